@@ -1,0 +1,25 @@
+import fs from 'node:fs';
+import path from 'node:path';
+import { pino, type Logger } from 'pino';
+import type { Settings } from './settings.js';
+
+export type { Logger };
+
+/**
+ * One JSON line per event. The shim's stdout/stderr belong to containerd, so
+ * with a log file configured everything goes there (synchronously: the shim
+ * exits or execs right after logging).
+ */
+export function createLogger(settings: Pick<Settings, 'logFile' | 'logLevel' | 'nodeName'>, component: string): Logger {
+  let dest: pino.DestinationStream;
+  if (settings.logFile) {
+    fs.mkdirSync(path.dirname(settings.logFile), { recursive: true });
+    dest = pino.destination({ dest: settings.logFile, sync: true, append: true, mkdir: true });
+  } else {
+    dest = pino.destination({ dest: 2, sync: true });
+  }
+  return pino(
+    { level: settings.logLevel, base: { node: settings.nodeName, component }, timestamp: pino.stdTimeFunctions.isoTime },
+    dest,
+  );
+}

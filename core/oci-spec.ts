@@ -1,0 +1,46 @@
+import fs from 'node:fs/promises';
+import path from 'node:path';
+
+/** The parts of an OCI runtime spec (config.json) ARCH reads or changes. */
+export interface OciMount {
+  destination: string;
+  source?: string;
+  type?: string;
+  options?: string[];
+}
+export interface OciSpec {
+  ociVersion?: string;
+  process?: { env?: string[]; cwd?: string; args?: string[]; terminal?: boolean };
+  root?: { path: string; readonly?: boolean };
+  mounts?: OciMount[];
+  annotations?: Record<string, string>;
+  [k: string]: unknown;
+}
+
+export async function readSpec(bundle: string): Promise<OciSpec> {
+  return JSON.parse(await fs.readFile(path.join(bundle, 'config.json'), 'utf8')) as OciSpec;
+}
+
+/** Rewrite config.json atomically (a half-written spec would break the create). */
+export async function writeSpec(bundle: string, spec: OciSpec): Promise<void> {
+  const file = path.join(bundle, 'config.json');
+  const tmp = `${file}.arch-tmp`;
+  await fs.writeFile(tmp, JSON.stringify(spec));
+  await fs.rename(tmp, file);
+}
+
+export function rootfsOf(bundle: string, spec: OciSpec): string {
+  const p = spec.root?.path ?? 'rootfs';
+  return path.isAbsolute(p) ? p : path.join(bundle, p);
+}
+
+/**
+ * Shared-filesystem mode: bind the shared work dir at the container path and
+ * make it the working directory. Idempotent (a restore re-applies it to the
+ * same bundle): an existing mount at that destination is replaced.
+ */
+export function withWorkdirMount(spec: OciSpec, hostDir: string, containerPath: string): OciSpec {
+  const mounts = (spec.mounts ?? []).filter((m) => m.destination !== containerPath);
+  mounts.push({ destination: containerPath, type: 'bind', source: hostDir, options: ['rbind', 'rw'] });
+  return { ...spec, mounts, process: { ...spec.process, cwd: containerPath } };
+}

@@ -1,0 +1,86 @@
+import fs from 'node:fs';
+import os from 'node:os';
+import { ArchInputError } from './errors.js';
+import { requireAbsolutePath } from './paths.js';
+
+/**
+ * Node-wide ARCH settings. One file, /etc/arch/arch.env (or $ARCH_CONFIG),
+ * in KEY=VALUE shell syntax so that the shell front of arch-runc can source
+ * it too; variables in the environment override the file.
+ */
+export interface Settings {
+  /** The real runc that arch-runc hands calls to. */
+  runc: string;
+  /** The CRIU binary runc must use (passed as runc --criu). */
+  criu: string;
+  /** Export CRIU_FAULT=130 to CRIU: needed where hardware breakpoints do not fire (some VMs). */
+  criuNoBreakpoints: boolean;
+  /** fsync checkpoint files before publishing them. */
+  fsync: boolean;
+  logFile: string | undefined;
+  logLevel: string;
+  nodeName: string;
+  /** Base of containerd's per-namespace runc roots on this node. */
+  runcRootBase: string;
+  /** Checkpoint root for containers that set no ARCH_*_HOST_PATH. */
+  defaultCheckpointRoot: string;
+  temporalCli: string;
+  temporalAddress: string;
+  temporalNamespace: string;
+  configFile: string;
+}
+
+export const DEFAULT_CONFIG_FILE = '/etc/arch/arch.env';
+
+export function parseEnvFile(text: string): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const raw of text.split('\n')) {
+    const line = raw.trim();
+    if (!line || line.startsWith('#')) continue;
+    const m = /^(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)=(.*)$/.exec(line);
+    if (!m) continue;
+    let v = m[2]!.trim();
+    if ((v.startsWith('"') && v.endsWith('"')) || (v.startsWith("'") && v.endsWith("'"))) v = v.slice(1, -1);
+    out[m[1]!] = v;
+  }
+  return out;
+}
+
+function parseBool(v: string | undefined, field: string, dflt: boolean): boolean {
+  if (v === undefined || v === '') return dflt;
+  if (['1', 'true', 'yes', 'on'].includes(v.toLowerCase())) return true;
+  if (['0', 'false', 'no', 'off'].includes(v.toLowerCase())) return false;
+  throw new ArchInputError(field, `"${v}" is not a boolean`, `set ${field}=1 or ${field}=0`);
+}
+
+export function loadSettings(env: NodeJS.ProcessEnv = process.env): Settings {
+  const configFile = env.ARCH_CONFIG || DEFAULT_CONFIG_FILE;
+  let fileVars: Record<string, string> = {};
+  try {
+    fileVars = parseEnvFile(fs.readFileSync(configFile, 'utf8'));
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+  }
+  const get = (k: string): string | undefined => env[k] ?? fileVars[k];
+  const logFile = get('ARCH_LOG_FILE');
+  return {
+    runc: get('ARCH_RUNC') || 'runc',
+    criu: get('ARCH_CRIU') || 'criu',
+    criuNoBreakpoints: parseBool(get('ARCH_CRIU_NO_BREAKPOINTS'), 'ARCH_CRIU_NO_BREAKPOINTS', false),
+    fsync: parseBool(get('ARCH_FSYNC'), 'ARCH_FSYNC', true),
+    logFile: logFile ? requireAbsolutePath(logFile, 'ARCH_LOG_FILE') : undefined,
+    logLevel: get('ARCH_LOG_LEVEL') || 'info',
+    nodeName: get('ARCH_NODE_NAME') || os.hostname(),
+    runcRootBase: requireAbsolutePath(get('ARCH_RUNC_ROOT') || '/run/containerd/runc', 'ARCH_RUNC_ROOT'),
+    defaultCheckpointRoot: requireAbsolutePath(get('ARCH_DEFAULT_CHECKPOINT_PATH') || '/var/lib/arch/checkpoints', 'ARCH_DEFAULT_CHECKPOINT_PATH'),
+    temporalCli: get('ARCH_TEMPORAL_CLI') || 'temporal',
+    temporalAddress: get('TEMPORAL_ADDRESS') || 'localhost:7233',
+    temporalNamespace: get('TEMPORAL_NAMESPACE') || 'default',
+    configFile,
+  };
+}
+
+/** Environment for runc calls that reach CRIU: runc passes its own env to criu. */
+export function criuEnv(settings: Settings): Record<string, string> {
+  return settings.criuNoBreakpoints ? { CRIU_FAULT: '130' } : {};
+}

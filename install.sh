@@ -1,0 +1,144 @@
+#!/usr/bin/env bash
+# ARCH node installer: idempotent, as root, on Debian 12 or 13.
+# Installs runc, containerd, iptables, zstd, CRIU >= 4, the Temporal CLI,
+# the npm dependencies and the build, then puts arch-runc, arch-cli and
+# arch-worker on PATH and writes /etc/arch/arch.env (kept if present).
+#
+#   sudo ./install.sh            # everything
+#   ARCH_PREFIX=/opt/arch        # where private binaries go (default)
+set -euo pipefail
+
+ARCH_HOME="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+ARCH_PREFIX="${ARCH_PREFIX:-/opt/arch}"
+TEMPORAL_CLI_VERSION="v1.5.1"   # later versions cannot be go-installed
+CONF_DIR=/etc/arch
+say() { printf '[arch-install] %s\n' "$*"; }
+die() { printf '[arch-install] ERROR: %s\n' "$*" >&2; exit 1; }
+
+[ "$(id -u)" = 0 ] || die "run as root (sudo ./install.sh)"
+[ -r /etc/debian_version ] || die "only Debian 12 and 13 are supported (no /etc/debian_version)"
+DEBIAN_MAJOR="$(cut -d. -f1 /etc/debian_version)"
+case "$DEBIAN_MAJOR" in
+  12|13) ;;
+  trixie*|forky*|sid*) DEBIAN_MAJOR=13 ;;
+  *) die "unsupported Debian version '$(cat /etc/debian_version)': use Debian 12 or 13" ;;
+esac
+say "Debian $DEBIAN_MAJOR, ARCH at $ARCH_HOME, private binaries in $ARCH_PREFIX"
+mkdir -p "$ARCH_PREFIX/bin" "$CONF_DIR"
+export DEBIAN_FRONTEND=noninteractive
+
+# ---- Debian packages -------------------------------------------------------
+PKGS=(runc containerd iptables zstd busybox-static gcc libc6-dev attr ca-certificates)
+[ "$DEBIAN_MAJOR" = 13 ] && PKGS+=(criu)
+missing=()
+for p in "${PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  say "installing Debian packages: ${missing[*]}"
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+else
+  say "Debian packages present"
+fi
+
+# ---- CRIU >= 4 -------------------------------------------------------------
+criu_major() { "$1" --version 2>/dev/null | sed -n 's/^Version: \([0-9]*\).*/\1/p'; }
+CRIU_BIN=""
+if [ "$DEBIAN_MAJOR" = 13 ]; then
+  CRIU_BIN="$(command -v criu || true)"
+else
+  # Debian 12's criu 3.17 cannot dump on kernels with [vvar_vclock]. Take
+  # Debian 13's criu and the libraries it needs into a private directory and
+  # run it through that directory's own loader: the system libc stays as is.
+  CRIU_DIR="$ARCH_PREFIX/criu"
+  if [ ! -x "$CRIU_DIR/bin/criu" ] || [ "$(criu_major "$CRIU_DIR/bin/criu")" -lt 4 ] 2>/dev/null; then
+    say "fetching Debian 13 criu into $CRIU_DIR (system libc untouched)"
+    APT_PRIV="$ARCH_PREFIX/apt-trixie"
+    mkdir -p "$APT_PRIV/lists/partial" "$APT_PRIV/cache/archives/partial" "$APT_PRIV/debs"
+    # Same mirror as the configured Debian suite, read from apt's own config.
+    MIRROR="$(cat /etc/apt/sources.list.d/*.sources /etc/apt/sources.list 2>/dev/null \
+      | grep -E '^(URIs:|deb )' | grep -v -- '-security' | grep -oE 'https?://[^ ]+/debian/?' | head -n1 | sed 's:/*$::' || true)"
+    [ -n "$MIRROR" ] || die "cannot find the Debian mirror in /etc/apt (needed to fetch Debian 13's criu)"
+    cat > "$APT_PRIV/trixie.sources" <<SRC
+Types: deb
+URIs: $MIRROR
+Suites: trixie
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+SRC
+    APT_OPTS=(-o "Dir::Etc::SourceList=$APT_PRIV/trixie.sources" -o "Dir::Etc::SourceParts=/nonexistent"
+      -o "Dir::State::Lists=$APT_PRIV/lists" -o "Dir::Cache=$APT_PRIV/cache" -o "Dir::State::status=$APT_PRIV/status"
+      -o "APT::Architecture=amd64" -o "Debug::NoLocking=1" -o "APT::Sandbox::User=root")
+    : > "$APT_PRIV/status"
+    apt-get "${APT_OPTS[@]}" update -qq
+    DEBS=(criu libcompel1 libc6 libgnutls30t64 libnettle8t64 libhogweed6t64 libp11-kit0 libunistring5
+      libtasn1-6 libidn2-0 libgmp10 libnftables1 libnl-3-200 libprotobuf-c1 libnet1 libbsd0 libmd0
+      libuuid1 libjansson4 libxtables12 libmnl0 libnftnl11 libffi8 libedit2 libtinfo6 libcap2 libgcc-s1)
+    (cd "$APT_PRIV/debs" && apt-get "${APT_OPTS[@]}" download "${DEBS[@]}" >/dev/null)
+    rm -rf "$CRIU_DIR.new" && mkdir -p "$CRIU_DIR.new/bin"
+    for d in "$APT_PRIV"/debs/*.deb; do dpkg-deb -x "$d" "$CRIU_DIR.new/root"; done
+    cat > "$CRIU_DIR.new/bin/criu" <<WRAP
+#!/bin/sh
+# Debian 13's criu, run by its own loader and libraries (installed by ARCH).
+R=$CRIU_DIR/root
+exec "\$R/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2" --library-path "\$R/usr/lib/x86_64-linux-gnu:\$R/lib/x86_64-linux-gnu" "\$R/usr/sbin/criu" "\$@"
+WRAP
+    chmod 755 "$CRIU_DIR.new/bin/criu"
+    rm -rf "$CRIU_DIR" && mv "$CRIU_DIR.new" "$CRIU_DIR"
+  fi
+  CRIU_BIN="$CRIU_DIR/bin/criu"
+fi
+[ -n "$CRIU_BIN" ] && [ "$(criu_major "$CRIU_BIN")" -ge 4 ] || die "CRIU >= 4 not available at '$CRIU_BIN'"
+say "criu: $("$CRIU_BIN" --version | head -n1) at $CRIU_BIN"
+
+# ---- Go (for the Temporal CLI) and the Temporal CLI -------------------------
+GO=""
+for g in /usr/local/go/bin/go "$(command -v go || true)"; do [ -n "$g" ] && [ -x "$g" ] && { GO="$g"; break; }; done
+# go-installed builds report version 0.0.0-DEV: a stamp file records which one we built.
+if [ ! -x "$ARCH_PREFIX/bin/temporal" ] || [ "$(cat "$ARCH_PREFIX/bin/.temporal-version" 2>/dev/null)" != "$TEMPORAL_CLI_VERSION" ]; then
+  if [ -z "$GO" ]; then
+    say "installing golang-go (needed to build the Temporal CLI)"
+    apt-get install -y -qq --no-install-recommends golang-go >/dev/null
+    GO="$(command -v go)"
+  fi
+  say "building the Temporal CLI $TEMPORAL_CLI_VERSION with $("$GO" version) (module cache makes reruns fast)"
+  GOTOOLCHAIN="${GOTOOLCHAIN:-auto}" GOBIN="$ARCH_PREFIX/bin" GOFLAGS=-mod=mod "$GO" install "github.com/temporalio/cli/cmd/temporal@$TEMPORAL_CLI_VERSION"
+  echo "$TEMPORAL_CLI_VERSION" > "$ARCH_PREFIX/bin/.temporal-version"
+fi
+say "temporal: $("$ARCH_PREFIX/bin/temporal" --version)"
+
+# ---- npm dependencies and build --------------------------------------------
+command -v node >/dev/null || die "node (20+) is required: apt-get install nodejs"
+cd "$ARCH_HOME"
+if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+  say "installing npm dependencies"
+  npm ci --no-audit --no-fund --loglevel=error
+fi
+say "building"
+npm run --silent build
+
+# ---- PATH and configuration ------------------------------------------------
+for b in arch-runc arch-cli arch-worker; do ln -sfn "$ARCH_HOME/bin/$b" "/usr/local/bin/$b"; done
+ln -sfn "$ARCH_PREFIX/bin/temporal" /usr/local/bin/arch-temporal
+if [ ! -f "$CONF_DIR/arch.env" ]; then
+  say "writing $CONF_DIR/arch.env"
+  cat > "$CONF_DIR/arch.env" <<CONF
+# ARCH node settings (shell syntax, read by arch-runc, arch-cli, arch-worker).
+# Environment variables of the same name override these.
+ARCH_HOME=$ARCH_HOME
+ARCH_RUNC=$(command -v runc)
+ARCH_CRIU=$CRIU_BIN
+ARCH_TEMPORAL_CLI=$ARCH_PREFIX/bin/temporal
+ARCH_LOG_FILE=/var/log/arch/arch.log
+CONF
+else
+  # Keep the user's settings; only move ARCH_HOME to this checkout.
+  sed -i "s:^ARCH_HOME=.*:ARCH_HOME=$ARCH_HOME:" "$CONF_DIR/arch.env"
+fi
+mkdir -p /var/log/arch /var/lib/arch
+# Hardware breakpoints do not fire in some VMs: CRIU then hangs in dump unless
+# told to use its ptrace fallback. Probe once and record the answer.
+"$ARCH_HOME/bin/arch-cli" doctor --write-config >/dev/null || true
+"$ARCH_HOME/bin/arch-cli" doctor || say "doctor reported problems (see above)"
+say "done: arch-runc, arch-cli, arch-worker are on PATH"
