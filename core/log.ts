@@ -1,6 +1,6 @@
 import fs from 'node:fs';
 import path from 'node:path';
-import { pino, type Logger } from 'pino';
+import { pino, destination, stdTimeFunctions, type DestinationStream, type Logger } from 'pino';
 import type { Settings } from './settings.js';
 
 export type { Logger };
@@ -11,15 +11,15 @@ export type { Logger };
  * exits or execs right after logging).
  */
 export function createLogger(settings: Pick<Settings, 'logFile' | 'logLevel' | 'nodeName'>, component: string): Logger {
-  let dest: pino.DestinationStream;
+  let dest: DestinationStream;
   if (settings.logFile) {
     fs.mkdirSync(path.dirname(settings.logFile), { recursive: true });
-    dest = pino.destination({ dest: settings.logFile, sync: true, append: true, mkdir: true });
+    dest = destination({ dest: settings.logFile, sync: true, append: true, mkdir: true });
   } else {
-    dest = pino.destination({ dest: 2, sync: true });
+    dest = destination({ dest: 2, sync: true });
   }
   return pino(
-    { level: settings.logLevel, base: { node: settings.nodeName, component }, timestamp: pino.stdTimeFunctions.isoTime },
+    { level: settings.logLevel, base: { node: settings.nodeName, component }, timestamp: stdTimeFunctions.isoTime },
     dest,
   );
 }

@@ -1,0 +1,192 @@
+import fsp from 'node:fs/promises';
+import path from 'node:path';
+import type { NodeContext } from './context.js';
+import { checkpointDirOf, envListToMap, parseContract, type EnabledContract } from './env-contract.js';
+import { ArchInputError, errorMessage } from './errors.js';
+import { validateContainerId, validateNamespace } from './ids.js';
+import { FORMAT_VERSION } from './manifest.js';
+import { readSpec, rootfsOf, type OciSpec } from './oci-spec.js';
+import { captureDiff, DELETED_FILES, findUpperDir, ROOTFS_TAR } from './rootfs-diff.js';
+import { Runc } from './runc.js';
+import { updateShimState } from './shim-state.js';
+import { CheckpointStore } from './store.js';
+import { runtimeVersions } from './versions.js';
+
+/**
+ * One checkpoint path for everybody: `arch-cli finalize`, the Temporal
+ * activities and the shim (for a checkpoint containerd asks for) all end here.
+ *
+ * Consistency: processes and files must describe the same instant. The
+ * container is frozen first, CRIU dumps it leaving it frozen, the writable
+ * layer is captured while nothing can write to it, the checkpoint is
+ * published, and only then are the processes killed (or thawed when the caller
+ * wants them left running). If anything fails before publishing, the container
+ * is thawed and keeps running: a failed checkpoint never loses the job.
+ */
+export interface CheckpointRequest {
+  namespace: string;
+  id: string;
+  /** runc state root; default <runcRootBase>/<namespace> (containerd's layout). */
+  runcRoot?: string;
+  leaveRunning?: boolean;
+  image?: string;
+  signal?: AbortSignal;
+  onProgress?: (p: { phase: string; bytesDone?: number; bytesTotal?: number }) => void;
+  /**
+   * CRIU images already dumped by runc (a checkpoint containerd issued): they
+   * are copied in instead of dumping again, and the processes are not touched.
+   */
+  dumpedImages?: string;
+}
+
+export interface CheckpointResult {
+  namespace: string;
+  id: string;
+  node: string;
+  dir: string;
+  containerDir: string;
+  sizeBytes: number;
+  timings: Record<string, number>;
+  totalMs: number;
+}
+
+export interface ContainerOnNode {
+  runc: Runc;
+  bundle: string;
+  spec: OciSpec;
+  contract: EnabledContract;
+  status: string;
+  pid: number;
+}
+
+/** Find an ARCH container through runc and read its contract from its spec. */
+export async function inspectArchContainer(ctx: NodeContext, namespace: string, id: string, runcRoot?: string): Promise<ContainerOnNode> {
+  validateNamespace(namespace);
+  validateContainerId(id);
+  const runc = new Runc(ctx.settings, runcRoot ?? path.join(ctx.settings.runcRootBase, namespace));
+  let state;
+  try {
+    state = await runc.state(id);
+  } catch (err) {
+    throw new ArchInputError('container', `${namespace}/${id} is not a container on this node (${runc.root}): ${firstLine(err)}`, 'check the namespace and id with `arch-cli ls`');
+  }
+  const spec = await readSpec(state.bundle);
+  const contract = parseContract(envListToMap(spec.process?.env), undefined);
+  if (!contract.enabled) {
+    throw new ArchInputError('ARCH_ENABLE', `${namespace}/${id} is not ARCH-enabled`, 'run the container with ARCH_ENABLE=1 in its environment');
+  }
+  return { runc, bundle: state.bundle, spec, contract, status: state.status, pid: state.pid };
+}
+
+function firstLine(err: unknown): string {
+  return errorMessage(err).split('\n').find((l) => l.trim()) ?? '';
+}
+
+export async function checkpointContainer(ctx: NodeContext, req: CheckpointRequest): Promise<CheckpointResult> {
+  const t0 = Date.now();
+  const timings: Record<string, number> = {};
+  const lap = (phase: string, since: number) => {
+    timings[phase] = (timings[phase] ?? 0) + (Date.now() - since);
+  };
+  const c = await inspectArchContainer(ctx, req.namespace, req.id, req.runcRoot);
+  const log = ctx.log.child({ namespace: req.namespace, container: req.id });
+  if (!req.dumpedImages && c.status !== 'running' && c.status !== 'paused') {
+    throw new ArchInputError('container', `${req.namespace}/${req.id} is ${c.status}, not running`, 'only a running container can be checkpointed');
+  }
+  const containerDir = checkpointDirOf(c.contract, req.namespace, req.id);
+  const store = new CheckpointStore(containerDir);
+  const staging = await store.begin();
+  const upper = await findUpperDir(rootfsOf(c.bundle, c.spec));
+  const wasPaused = c.status === 'paused';
+  let frozen = false;
+  let published = false;
+  try {
+    let t = Date.now();
+    const criuDir = path.join(staging.dir, 'criu');
+    req.onProgress?.({ phase: 'dump' });
+    if (req.dumpedImages) {
+      await copyDir(req.dumpedImages, criuDir);
+    } else {
+      if (!wasPaused) {
+        await c.runc.pause(req.id);
+        frozen = true;
+      }
+      await fsp.mkdir(criuDir);
+      await c.runc.checkpoint(req.id, {
+        imagePath: criuDir,
+        workPath: path.join(staging.dir, 'criu-work'),
+        leaveRunning: true,
+        signal: req.signal,
+      });
+    }
+    lap('dump', t);
+    t = Date.now();
+    req.onProgress?.({ phase: 'rootfs' });
+    const diff = upper
+      ? await captureDiff(upper, staging.dir)
+      : await emptyDiff(staging.dir);
+    if (!upper) log.warn({ phase: 'rootfs' }, 'rootfs is not an overlay mount: no writable layer to capture');
+    await fsp.writeFile(path.join(staging.dir, 'config.json'), JSON.stringify(c.spec));
+    lap('rootfs', t);
+    req.signal?.throwIfAborted();
+    t = Date.now();
+    req.onProgress?.({ phase: 'publish' });
+    const versions = await runtimeVersions(ctx.settings);
+    const pub = await store.publish(
+      staging,
+      {
+        formatVersion: FORMAT_VERSION,
+        namespace: req.namespace,
+        containerId: req.id,
+        image: req.image,
+        node: ctx.settings.nodeName,
+        createdAt: new Date().toISOString(),
+        mode: c.contract.mode,
+        leaveRunning: !!req.leaveRunning,
+        runtime: versions,
+        timingsMs: timings,
+        rootfs: { files: diff.files, bytes: diff.bytes, deletions: diff.deletions },
+      },
+      { fsync: ctx.settings.fsync, onPhase: (p, ms) => (timings[p] = ms) },
+    );
+    published = true;
+    lap('publish', t);
+    // Delete after this checkpoint must keep it (the shim reads this).
+    await updateShimState(c.runc.root, req.id, { checkpointed: true });
+    t = Date.now();
+    if (frozen || (!req.dumpedImages && wasPaused)) {
+      if (!req.leaveRunning) await c.runc.kill(req.id, 'KILL', true);
+      if (frozen) await c.runc.resume(req.id);
+      frozen = false;
+    }
+    lap('stop', t);
+    const totalMs = Date.now() - t0;
+    log.info({ phase: 'checkpoint', durationMs: totalMs, sizeBytes: pub.sizeBytes, timings, dir: pub.dir }, 'checkpoint published');
+    return { namespace: req.namespace, id: req.id, node: ctx.settings.nodeName, dir: pub.dir, containerDir, sizeBytes: pub.sizeBytes, timings, totalMs };
+  } catch (err) {
+    if (!published) await store.abort(staging).catch(() => undefined);
+    if (frozen) {
+      // Nothing was published: let the job go on as if we had never come.
+      await c.runc.resume(req.id).catch((e) => log.error({ phase: 'checkpoint', err: errorMessage(e) }, 'could not thaw container after a failed checkpoint'));
+    }
+    log.error({ phase: 'checkpoint', durationMs: Date.now() - t0, err: errorMessage(err) }, 'checkpoint failed; previous checkpoint (if any) kept');
+    throw err;
+  }
+}
+
+async function emptyDiff(dir: string) {
+  await fsp.writeFile(path.join(dir, ROOTFS_TAR), Buffer.alloc(1024));
+  await fsp.writeFile(path.join(dir, DELETED_FILES), JSON.stringify({ whiteouts: [], opaque: [] }));
+  return { files: 0, bytes: 0, deletions: 0, skipped: [] as string[] };
+}
+
+/** Hard-link when on the same filesystem (free), copy otherwise. */
+async function copyDir(from: string, to: string): Promise<void> {
+  await fsp.mkdir(to, { recursive: true });
+  for (const e of await fsp.readdir(from, { withFileTypes: true })) {
+    const src = path.join(from, e.name);
+    const dst = path.join(to, e.name);
+    if (e.isDirectory()) await copyDir(src, dst);
+    else if (e.isFile()) await fsp.link(src, dst).catch(() => fsp.copyFile(src, dst));
+  }
+}

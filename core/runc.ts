@@ -1,0 +1,110 @@
+import { execa, type Options } from 'execa';
+import fs from 'node:fs/promises';
+import { criuEnv, type Settings } from './settings.js';
+
+/** What `runc state` / `runc list --format json` report. */
+export interface RuncState {
+  id: string;
+  pid: number;
+  status: 'created' | 'running' | 'pausing' | 'paused' | 'stopped' | string;
+  bundle: string;
+  rootfs: string;
+  created: string;
+  annotations?: Record<string, string>;
+}
+
+/**
+ * The real runc, always called with the node's --root and ARCH's CRIU (runc
+ * passes its environment on to CRIU, which is how CRIU_FAULT reaches it).
+ */
+export class Runc {
+  readonly binary: string;
+  constructor(
+    private readonly settings: Pick<Settings, 'runc' | 'criu' | 'criuNoBreakpoints'>,
+    readonly root: string,
+    private readonly extraGlobals: string[] = [],
+  ) {
+    this.binary = settings.runc;
+  }
+
+  globals(): string[] {
+    return ['--root', this.root, '--criu', this.settings.criu, ...this.extraGlobals];
+  }
+
+  private run(args: string[], opts: Options = {}) {
+    return execa(this.binary, [...this.globals(), ...args], {
+      env: { ...criuEnv(this.settings as Settings) },
+      ...opts,
+    });
+  }
+
+  async state(id: string): Promise<RuncState> {
+    const r = await this.run(['state', id]);
+    return JSON.parse(String(r.stdout)) as RuncState;
+  }
+
+  async list(): Promise<RuncState[]> {
+    try {
+      await fs.access(this.root);
+    } catch {
+      return [];
+    }
+    const r = await this.run(['list', '--format', 'json']);
+    return (JSON.parse(String(r.stdout) || 'null') as RuncState[] | null) ?? [];
+  }
+
+  /** Dump the container's processes into imagePath (CRIU images + descriptors.json). */
+  async checkpoint(
+    id: string,
+    o: { imagePath: string; workPath: string; leaveRunning?: boolean; extra?: string[]; signal?: AbortSignal },
+  ): Promise<void> {
+    const args = ['checkpoint', '--image-path', o.imagePath, '--work-path', o.workPath];
+    if (o.leaveRunning) args.push('--leave-running');
+    args.push(...(o.extra ?? []), id);
+    // SIGTERM on cancel: runc aborts the dump and CRIU resumes the tasks.
+    await this.run(args, { cancelSignal: o.signal, killSignal: 'SIGTERM', forceKillAfterDelay: 30_000 });
+  }
+
+  /**
+   * Restore detached, with the bundle, pid file and console socket of the
+   * create call it replaces, and the caller's stdio: containerd's pipes/FIFOs
+   * are fds 0-2 of that call, and runc hands them to CRIU for the restored
+   * process (it matches them with descriptors.json).
+   */
+  async restore(
+    id: string,
+    o: { bundle: string; imagePath: string; workPath: string; pidFile?: string; consoleSocket?: string; extra?: string[] },
+  ): Promise<void> {
+    const args = ['restore', '--detach', '--bundle', o.bundle, '--image-path', o.imagePath, '--work-path', o.workPath];
+    if (o.pidFile) args.push('--pid-file', o.pidFile);
+    if (o.consoleSocket) args.push('--console-socket', o.consoleSocket);
+    args.push(...(o.extra ?? []), id);
+    await this.run(args, { stdio: 'inherit' });
+  }
+
+  async pause(id: string): Promise<void> {
+    await this.run(['pause', id]);
+  }
+
+  async resume(id: string): Promise<void> {
+    await this.run(['resume', id]);
+  }
+
+  async kill(id: string, signal: string, all = false): Promise<void> {
+    await this.run(['kill', ...(all ? ['--all'] : []), id, signal]);
+  }
+
+  async delete(id: string, force = false): Promise<void> {
+    await this.run(['delete', ...(force ? ['--force'] : []), id]);
+  }
+
+  async version(): Promise<string> {
+    const r = await execa(this.binary, ['--version']);
+    return /runc version (\S+)/.exec(String(r.stdout))?.[1] ?? 'unknown';
+  }
+}
+
+export async function criuVersion(criu: string): Promise<string> {
+  const r = await execa(criu, ['--version']);
+  return /Version: (\S+)/.exec(String(r.stdout))?.[1] ?? 'unknown';
+}

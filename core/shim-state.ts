@@ -1,0 +1,53 @@
+import fsp from 'node:fs/promises';
+import path from 'node:path';
+
+/**
+ * What the shim remembers about an ARCH container between runc calls.
+ * It lives inside runc's own state directory for the container
+ * (<runc root>/<id>/): keyed by the node's runc root, so two containerd
+ * instances never share it, and removed by `runc delete` with the rest.
+ * The shell front of arch-runc tests for ARCH_STATE_FILE there to decide, without
+ * starting Node, whether a start/checkpoint/delete concerns an ARCH container;
+ * it creates KILLED_FILE on `runc kill` (see shim/arch-runc.sh).
+ */
+export const ARCH_STATE_FILE = 'arch.json';
+export const KILLED_FILE = 'arch.killed';
+
+export interface ShimState {
+  namespace: string;
+  id: string;
+  /** Restored on create: the following `start` is a no-op. */
+  restorePending: boolean;
+  /** Checkpointed since it started: delete keeps the checkpoint. */
+  checkpointed: boolean;
+  checkpointDir: string;
+  workDir?: string;
+  createdAt: string;
+}
+
+export function stateFile(runcRoot: string, id: string): string {
+  return path.join(runcRoot, id, ARCH_STATE_FILE);
+}
+
+export async function readShimState(runcRoot: string, id: string): Promise<ShimState | undefined> {
+  try {
+    return JSON.parse(await fsp.readFile(stateFile(runcRoot, id), 'utf8')) as ShimState;
+  } catch {
+    return undefined;
+  }
+}
+
+export async function writeShimState(runcRoot: string, s: ShimState): Promise<void> {
+  const file = stateFile(runcRoot, s.id);
+  await fsp.writeFile(`${file}.tmp`, JSON.stringify(s));
+  await fsp.rename(`${file}.tmp`, file);
+}
+
+export async function updateShimState(runcRoot: string, id: string, patch: Partial<ShimState>): Promise<void> {
+  const cur = await readShimState(runcRoot, id);
+  if (cur) await writeShimState(runcRoot, { ...cur, ...patch });
+}
+
+export async function wasKilled(runcRoot: string, id: string): Promise<boolean> {
+  return fsp.access(path.join(runcRoot, id, KILLED_FILE)).then(() => true, () => false);
+}

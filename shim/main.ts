@@ -1,0 +1,170 @@
+/**
+ * arch-runc, Node side. The shell front (bin/arch-runc) execs the real runc
+ * directly for everything that is not ARCH's business and starts this only for
+ * `create` of a container whose spec mentions ARCH_ENABLE, and for
+ * start/checkpoint/delete of containers this shim created.
+ */
+import fsp from 'node:fs/promises';
+import path from 'node:path';
+import { checkpointContainer } from '../core/checkpoint.js';
+import { createNodeContext, type NodeContext } from '../core/context.js';
+import { checkpointDirOf, envListToMap, parseContract, workDirOf, type EnabledContract } from '../core/env-contract.js';
+import { ArchInputError, CheckpointUnusableError, errorMessage } from '../core/errors.js';
+import { validateContainerId, validateNamespace } from '../core/ids.js';
+import { readSpec, withWorkdirMount, writeSpec } from '../core/oci-spec.js';
+import { restoreFromCheckpoint } from '../core/restore.js';
+import { containerIdOf, namespaceOfRoot, optionString, parseRuncArgs, type RuncCall } from '../core/runc-args.js';
+import { Runc } from '../core/runc.js';
+import { readShimState, updateShimState, wasKilled, writeShimState } from '../core/shim-state.js';
+import { CheckpointStore } from '../core/store.js';
+import { runRealRunc } from './passthrough.js';
+
+async function main(argv: string[]): Promise<number> {
+  let ctx: NodeContext;
+  try {
+    ctx = createNodeContext('arch-runc');
+  } catch (err) {
+    // Broken node settings must not stop containers: say why, then be runc.
+    process.stderr.write(`arch-runc: ${errorMessage(err)}; passing the call to runc unchanged\n`);
+    return runRealRunc(process.env.ARCH_RUNC || 'runc', argv);
+  }
+  const call = parseRuncArgs(argv);
+  const id = containerIdOf(call);
+  const pass = () => runRealRunc(ctx.settings.runc, argv);
+  if (!id) return pass();
+  let namespace: string;
+  try {
+    namespace = validateNamespace(namespaceOfRoot(call.root), 'namespace (from runc --root)');
+    validateContainerId(id);
+  } catch (err) {
+    ctx.log.error({ phase: call.subcommand, container: id, err: errorMessage(err) }, 'not handling this container: invalid identity; passing through');
+    return pass();
+  }
+  const log = ctx.log.child({ namespace, container: id, phase: call.subcommand });
+  try {
+    switch (call.subcommand) {
+      case 'create':
+        return await handleCreate(ctx, call, namespace, id, log);
+      case 'start':
+        return await handleStart(ctx, call, id, log);
+      case 'checkpoint':
+        return await handleCheckpoint(ctx, call, namespace, id, log);
+      case 'delete':
+        return await handleDelete(call, id, log, pass);
+      default:
+        return pass();
+    }
+  } catch (err) {
+    log.error({ err: errorMessage(err) }, 'unexpected error in arch-runc; passing the call to runc');
+    return pass();
+  }
+}
+
+type Log = NodeContext['log'];
+
+/** The globals containerd gave (--log, --log-format, ...) minus the ones Runc sets itself. */
+function passGlobals(call: RuncCall): string[] {
+  const out: string[] = [];
+  for (const [k, v] of call.globals) {
+    if (k === '--root' || k === '--criu') continue;
+    out.push(v === true ? k : `${k}=${v}`);
+  }
+  return out;
+}
+
+async function handleCreate(ctx: NodeContext, call: RuncCall, namespace: string, id: string, log: Log): Promise<number> {
+  const t0 = Date.now();
+  const bundle = path.resolve(optionString(call, '--bundle', '-b') ?? process.cwd());
+  const spec = await readSpec(bundle);
+  let contract: EnabledContract;
+  try {
+    const c = parseContract(envListToMap(spec.process?.env));
+    if (!c.enabled) return runRealRunc(ctx.settings.runc, call.argv);
+    contract = c;
+  } catch (err) {
+    // Bad ARCH_* settings: the container still starts, as if ARCH were off.
+    log.error({ err: errorMessage(err), field: err instanceof ArchInputError ? err.field : undefined }, 'invalid ARCH configuration; starting the container without ARCH');
+    return runRealRunc(ctx.settings.runc, call.argv);
+  }
+  const checkpointDir = checkpointDirOf(contract, namespace, id);
+  const workDir = workDirOf(contract, namespace, id);
+  let finalSpec = spec;
+  if (contract.mode === 'shared' && workDir) {
+    await fsp.mkdir(workDir, { recursive: true });
+    finalSpec = withWorkdirMount(spec, workDir, contract.workdirContainerPath);
+    await writeSpec(bundle, finalSpec);
+  }
+  const runc = new Runc(ctx.settings, call.root, passGlobals(call));
+  const state = { namespace, id, checkpointDir, workDir, checkpointed: false, createdAt: new Date().toISOString() };
+  try {
+    const restored = await restoreFromCheckpoint(ctx, {
+      namespace, id, bundle, spec: finalSpec, contract, runc,
+      pidFile: optionString(call, '--pid-file'),
+      consoleSocket: optionString(call, '--console-socket'),
+    });
+    if (restored) {
+      await writeShimState(call.root, { ...state, restorePending: true });
+      log.info({ durationMs: Date.now() - t0, timings: restored.timings, checkpoint: restored.checkpointDir, from: restored.manifest.node }, 'restored from checkpoint');
+      return 0;
+    }
+    log.info({ checkpointDir }, 'no checkpoint; creating fresh');
+  } catch (err) {
+    const reason = err instanceof CheckpointUnusableError ? err.reason : 'restore-failed';
+    log.error({ reason, err: errorMessage(err), checkpointDir }, 'checkpoint not restored; starting the container fresh');
+  }
+  const code = await runRealRunc(ctx.settings.runc, call.argv);
+  if (code === 0) await writeShimState(call.root, { ...state, restorePending: false }).catch((e) => log.warn({ err: errorMessage(e) }, 'could not record shim state'));
+  return code;
+}
+
+async function handleStart(ctx: NodeContext, call: RuncCall, id: string, log: Log): Promise<number> {
+  const s = await readShimState(call.root, id);
+  if (s?.restorePending) {
+    // The processes already run since the restore; runc would refuse to start them.
+    await updateShimState(call.root, id, { restorePending: false });
+    log.info('start after restore: nothing to do');
+    return 0;
+  }
+  return runRealRunc(ctx.settings.runc, call.argv);
+}
+
+/** containerd asked runc for a checkpoint: give it one, and publish an ARCH checkpoint from the same images. */
+async function handleCheckpoint(ctx: NodeContext, call: RuncCall, namespace: string, id: string, log: Log): Promise<number> {
+  const imagePath = optionString(call, '--image-path');
+  const code = await runRealRunc(ctx.settings.runc, call.argv);
+  if (code !== 0 || !imagePath || call.options.has('--pre-dump')) return code;
+  try {
+    await checkpointContainer({ settings: ctx.settings, log: ctx.log }, {
+      namespace, id, runcRoot: call.root, dumpedImages: imagePath, leaveRunning: call.options.has('--leave-running'),
+    });
+  } catch (err) {
+    // containerd's own checkpoint succeeded; ARCH's copy failing must not fail it.
+    log.error({ err: errorMessage(err) }, 'containerd checkpoint done, but the ARCH checkpoint could not be published');
+  }
+  return code;
+}
+
+/**
+ * After a natural exit the job is over: its checkpoint and work dir go.
+ * After a checkpoint (or a kill from outside: a drain, an operator) they stay,
+ * so the container continues when it is created again.
+ */
+async function handleDelete(call: RuncCall, id: string, log: Log, pass: () => Promise<number>): Promise<number> {
+  const s = await readShimState(call.root, id);
+  if (s && !s.checkpointed && !(await wasKilled(call.root, id))) {
+    await new CheckpointStore(s.checkpointDir).remove();
+    if (s.workDir) await fsp.rm(s.workDir, { recursive: true, force: true });
+    log.info({ checkpointDir: s.checkpointDir, workDir: s.workDir }, 'container exited by itself: checkpoint and work dir removed');
+  } else if (s) {
+    log.info({ checkpointed: s.checkpointed }, 'container was checkpointed or stopped from outside: checkpoint kept');
+  }
+  return pass();
+}
+
+main(process.argv.slice(2)).then(
+  (code) => process.exit(code),
+  (err) => {
+    process.stderr.write(`arch-runc: ${errorMessage(err)}\n`);
+    process.exit(1);
+  },
+);
