@@ -1,0 +1,75 @@
+import fs from 'node:fs';
+import path from 'node:path';
+import { execaSync } from 'execa';
+import { REPO_ROOT } from './images.js';
+
+/**
+ * The settings file (ARCH_CONFIG) a test hands to arch-runc and the other
+ * ARCH programs: same KEY=VALUE syntax as /etc/arch/arch.env, but private to
+ * the test, so tests never depend on (or change) the machine's config.
+ */
+
+export const PRIVATE_CRIU = '/opt/arch/criu/bin/criu';
+
+/** The real runc on PATH (never the wrapper). */
+export function realRunc(): string {
+  const r = execaSync('sh', ['-c', 'command -v runc'], { reject: false });
+  const p = r.stdout?.trim();
+  if (!p) throw new Error('runc not found on PATH: apt-get install runc');
+  return p;
+}
+
+/** CRIU >= 4 as installed by install.sh on Debian 12, else the system's. */
+export function criuBinary(): string {
+  return fs.existsSync(PRIVATE_CRIU) ? PRIVATE_CRIU : 'criu';
+}
+
+/**
+ * Write DIR/arch.env and return its path. Defaults: the real runc, CRIU 4,
+ * no hardware breakpoints (these VMs need it), log to DIR/arch.log, ARCH_HOME
+ * = this checkout. `overrides` win; a value of undefined drops the key.
+ */
+export function writeArchConfig(dir: string, overrides: Record<string, string | undefined> = {}): string {
+  fs.mkdirSync(dir, { recursive: true });
+  const vars: Record<string, string | undefined> = {
+    ARCH_HOME: REPO_ROOT,
+    ARCH_RUNC: realRunc(),
+    ARCH_CRIU: criuBinary(),
+    ARCH_CRIU_NO_BREAKPOINTS: '1',
+    ARCH_LOG_FILE: path.join(dir, 'arch.log'),
+    ARCH_LOG_LEVEL: 'debug',
+    ...overrides,
+  };
+  const lines = ['# Written by test/support/arch-env.ts for one test.'];
+  for (const [k, v] of Object.entries(vars)) {
+    if (v === undefined) continue;
+    if (/[\n'"]/.test(v)) throw new Error(`writeArchConfig: ${k} has a quote or newline: ${JSON.stringify(v)}`);
+    // Plain values stay bare; others are single-quoted so a shell can source the file too.
+    lines.push(/^[A-Za-z0-9_./:=,@+%-]*$/.test(v) ? `${k}=${v}` : `${k}='${v}'`);
+  }
+  const file = path.join(dir, 'arch.env');
+  fs.writeFileSync(file, `${lines.join('\n')}\n`);
+  return file;
+}
+
+/** JSON log lines of `file` (pino output); non-JSON lines are skipped; [] if missing. */
+export function readLogLines(file: string): Record<string, unknown>[] {
+  let text: string;
+  try {
+    text = fs.readFileSync(file, 'utf8');
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return [];
+    throw err;
+  }
+  const out: Record<string, unknown>[] = [];
+  for (const line of text.split('\n')) {
+    if (!line.trim()) continue;
+    try {
+      const v: unknown = JSON.parse(line);
+      if (v && typeof v === 'object' && !Array.isArray(v)) out.push(v as Record<string, unknown>);
+    } catch {
+      // A partial last line while the writer is still going: skip it.
+    }
+  }
+  return out;
+}

@@ -1,0 +1,178 @@
+/*
+ * counter: the workload of ARCH's integration tests and benchmarks.
+ *
+ * A static program (gcc -static) so the test image needs no libc. It keeps
+ * its state in memory, so a restored process can be told apart from a fresh
+ * start: after a good restore the count goes on from where it was; after a
+ * fallback to a fresh start it begins at 1 again and appends a line to
+ * <state dir>/starts.
+ *
+ * Environment:
+ *   COUNTER_INTERVAL_MS  tick period (default 100)
+ *   COUNTER_FILE         where each value is written, atomically with
+ *                        write + rename (default /state/count)
+ *   COUNTER_MEM_MB       allocate and touch this many MiB at start and keep it
+ *                        resident: first half pseudo-random bytes (so a
+ *                        checkpoint does not compress), second half a pattern
+ *   COUNTER_VERIFY_EVERY every N ticks re-check that memory still holds what
+ *                        was written; prints "memcheck ok|FAIL" and writes
+ *                        <state dir>/memcheck (0 = never, the default)
+ *   COUNTER_START_FILES  if set, at start: create <state dir>/created.txt and
+ *                        <state dir>/created-dir/nested.txt, overwrite
+ *                        /etc/to-modify.txt, delete /etc/to-delete.txt (both
+ *                        are in the test image). Lets a test check that the
+ *                        writable layer (new, changed and deleted files)
+ *                        survives a checkpoint/restore.
+ *   COUNTER_EXIT_AFTER   exit 0 once the count reaches N (0 = never)
+ *
+ * Output: "counter start pid=P\n" once, then "count N\n" each tick, flushed.
+ * SIGTERM/SIGINT: prints "counter exit N" and exits 0 (a clean exit), which
+ * a pid-1 process would otherwise ignore.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <libgen.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+static volatile sig_atomic_t stop_requested = 0;
+static void on_term(int sig) { (void)sig; stop_requested = 1; }
+
+static long env_long(const char *name, long dflt) {
+  const char *v = getenv(name);
+  if (!v || !*v) return dflt;
+  char *end = NULL;
+  long n = strtol(v, &end, 10);
+  return (end && *end == '\0' && n >= 0) ? n : dflt;
+}
+
+/* mkdir -p */
+static void mkdirs(const char *path) {
+  char buf[4096];
+  snprintf(buf, sizeof buf, "%s", path);
+  for (char *p = buf + 1; *p; p++) {
+    if (*p == '/') { *p = '\0'; mkdir(buf, 0755); *p = '/'; }
+  }
+  mkdir(buf, 0755);
+}
+
+/* Write a whole file atomically: tmp file, then rename over the target. */
+static int write_atomic(const char *path, const char *data, size_t len) {
+  char tmp[4200];
+  snprintf(tmp, sizeof tmp, "%s.tmp", path);
+  int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  if (fd < 0) return -1;
+  ssize_t w = write(fd, data, len);
+  close(fd);
+  if (w != (ssize_t)len) return -1;
+  return rename(tmp, path);
+}
+
+/* xorshift64*: deterministic so the content can be re-generated to verify. */
+static uint64_t rng_state;
+static uint64_t rng_next(void) {
+  rng_state ^= rng_state >> 12; rng_state ^= rng_state << 25; rng_state ^= rng_state >> 27;
+  return rng_state * 2685821657736338717ULL;
+}
+#define RNG_SEED 0x9E3779B97F4A7C15ULL
+
+static void fill_or_check(unsigned char *mem, size_t size, int check, int *ok) {
+  size_t half = (size / 2) & ~(size_t)7;
+  rng_state = RNG_SEED;
+  for (size_t i = 0; i < half; i += 8) {
+    uint64_t v = rng_next();
+    if (check) { if (memcmp(mem + i, &v, 8) != 0) { *ok = 0; return; } }
+    else memcpy(mem + i, &v, 8);
+  }
+  for (size_t i = half; i < size; i++) {
+    unsigned char v = (unsigned char)(i * 7 + 3);
+    if (check) { if (mem[i] != v) { *ok = 0; return; } }
+    else mem[i] = v;
+  }
+}
+
+static void start_files(const char *state_dir) {
+  char path[4200];
+  snprintf(path, sizeof path, "%s/created.txt", state_dir);
+  const char *created = "created before checkpoint\n";
+  write_atomic(path, created, strlen(created));
+  snprintf(path, sizeof path, "%s/created-dir", state_dir);
+  mkdirs(path);
+  snprintf(path, sizeof path, "%s/created-dir/nested.txt", state_dir);
+  const char *nested = "nested file\n";
+  write_atomic(path, nested, strlen(nested));
+  const char *modified = "modified by counter\n";
+  write_atomic("/etc/to-modify.txt", modified, strlen(modified));
+  unlink("/etc/to-delete.txt");
+}
+
+int main(void) {
+  long interval_ms = env_long("COUNTER_INTERVAL_MS", 100);
+  long mem_mb = env_long("COUNTER_MEM_MB", 0);
+  long verify_every = env_long("COUNTER_VERIFY_EVERY", 0);
+  long exit_after = env_long("COUNTER_EXIT_AFTER", 0);
+  const char *file = getenv("COUNTER_FILE");
+  if (!file || !*file) file = "/state/count";
+
+  char dir_buf[4096];
+  snprintf(dir_buf, sizeof dir_buf, "%s", file);
+  char state_dir[4096];
+  snprintf(state_dir, sizeof state_dir, "%s", dirname(dir_buf));
+  mkdirs(state_dir);
+
+  struct sigaction sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = on_term;
+  sigaction(SIGTERM, &sa, NULL);
+  sigaction(SIGINT, &sa, NULL);
+  setvbuf(stdout, NULL, _IOLBF, 0);
+
+  /* One line per fresh start: a restored process never runs this again. */
+  char path[4200];
+  snprintf(path, sizeof path, "%s/starts", state_dir);
+  int sfd = open(path, O_WRONLY | O_CREAT | O_APPEND, 0644);
+  if (sfd >= 0) { (void)!write(sfd, "start\n", 6); close(sfd); }
+
+  if (getenv("COUNTER_START_FILES")) start_files(state_dir);
+
+  unsigned char *mem = NULL;
+  size_t mem_size = (size_t)mem_mb << 20;
+  if (mem_size) {
+    mem = mmap(NULL, mem_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (mem == MAP_FAILED) { perror("counter: mmap"); return 1; }
+    int ok = 1;
+    fill_or_check(mem, mem_size, 0, &ok);
+  }
+
+  printf("counter start pid=%d mem_mb=%ld\n", (int)getpid(), mem_mb);
+
+  unsigned long count = 0;
+  while (!stop_requested) {
+    struct timespec req = { interval_ms / 1000, (interval_ms % 1000) * 1000000L }, rem;
+    while (nanosleep(&req, &rem) == -1 && errno == EINTR && !stop_requested) req = rem;
+    if (stop_requested) break;
+    count++;
+    char line[64];
+    int n = snprintf(line, sizeof line, "%lu\n", count);
+    write_atomic(file, line, (size_t)n);
+    printf("count %lu\n", count);
+    if (mem && verify_every > 0 && count % (unsigned long)verify_every == 0) {
+      int ok = 1;
+      fill_or_check(mem, mem_size, 1, &ok);
+      printf("memcheck %s\n", ok ? "ok" : "FAIL");
+      snprintf(path, sizeof path, "%s/memcheck", state_dir);
+      write_atomic(path, ok ? "ok\n" : "FAIL\n", ok ? 3 : 5);
+    }
+    if (exit_after > 0 && count >= (unsigned long)exit_after) break;
+  }
+  printf("counter exit %lu\n", count);
+  return 0;
+}
