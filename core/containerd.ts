@@ -11,16 +11,24 @@ import { execa } from 'execa';
  *
  * Facts about ctr 1.6 this adapter relies on (checked on Debian 12):
  * - `ctr run -d` returns once the task has started. Without `--log-uri` the
- *   task's stdout/stderr go to FIFOs that only the (now exited) ctr read:
- *   the output is lost and a chatty task eventually blocks on a full pipe.
- *   `--log-uri file:///abs/path` makes the shim copy both streams into that
- *   file; the task itself still gets pipes (CRIU needs pipes, not files).
+ *   task's stdout/stderr are copied by the shim into FIFOs under
+ *   /run/containerd/fifo that only the (now exited) ctr read. The shim holds
+ *   both ends open, so nothing fails: output is lost, and once the pipe and
+ *   FIFO buffers are full (~128 KiB) the task blocks in write() for good
+ *   (seen: a task writing 1 MB never finished). `--log-uri file:///abs/path`
+ *   makes the shim copy both streams into that file instead; the task still
+ *   gets pipes as stdio (CRIU needs pipes, not files).
  * - `--runc-binary` and `--runc-root` are stored in the container record as
  *   runc runtime options (BinaryName, Root); the runc shim then calls
  *   `BINARY --root ROOT/NAMESPACE ...`. Without Root the shim uses
  *   /run/containerd/runc/NAMESPACE whatever containerd instance it belongs
  *   to, so two containerd instances on one host must pass distinct roots.
- *   containerd's config cannot set a default Root for non-CRI clients.
+ *   containerd's config cannot set a default Root for non-CRI clients (the
+ *   runc options in config.toml belong to the CRI plugin; verified).
+ *   `ctr containers info` prints these options as a protobuf Any (base64):
+ *   decodeRuncOptions() reads them.
+ * - A missing container/task makes ctr exit 1 with "...: not found" on
+ *   stderr (isNotFound).
  * - ctr's default cgroup path is /NAMESPACE/ID, also shared by all
  *   containerd instances on a host: `cgroupParent` gives each its own.
  */

@@ -147,6 +147,8 @@ describe('test harness', () => {
     await runCounter(node, 'victim');
     const t = await node.containerd.waitStatus('victim', 'RUNNING');
     await waitCount(node, 'victim', 2);
+    const shimSocket = fs.readFileSync(path.join(node.bundleDir('victim'), 'address'), 'utf8').replace(/^unix:\/\//, '').trim();
+    expect(fs.existsSync(shimSocket)).toBe(true);
     await node.kill();
     expect(node.pid).toBeUndefined();
     await waitFor('container process gone', () => (fs.existsSync(`/proc/${t!.pid}/cmdline`) && fs.readFileSync(`/proc/${t!.pid}/cmdline`, 'utf8') ? undefined : true));
@@ -154,6 +156,7 @@ describe('test harness', () => {
     await node.stop();
     expect(mountsUnder(node.dir)).toEqual([]);
     expect(fs.existsSync(node.dir)).toBe(false);
+    expect(fs.existsSync(shimSocket)).toBe(false);
   });
 
   test('plain runc checkpoint through ctr (CRIU 4, no breakpoints)', async () => {

@@ -160,6 +160,30 @@ function shimSocket(address: string, namespace: string, id: string): string {
   return path.join(SHIM_SOCKET_DIR, crypto.createHash('sha256').update(path.join(address, namespace, id)).digest('hex'));
 }
 
+/** Shim sockets named in STATE/io.containerd.runtime.v2.task/NS/ID/address (only under SHIM_SOCKET_DIR). */
+function shimSocketsOfBundles(state: string): string[] {
+  const out: string[] = [];
+  const tasks = path.join(state, 'io.containerd.runtime.v2.task');
+  const list = (d: string): string[] => {
+    try {
+      return fs.readdirSync(d);
+    } catch {
+      return [];
+    }
+  };
+  for (const ns of list(tasks)) {
+    for (const id of list(path.join(tasks, ns))) {
+      try {
+        const sock = fs.readFileSync(path.join(tasks, ns, id, 'address'), 'utf8').trim().replace(/^unix:\/\//, '');
+        if (path.dirname(sock) === SHIM_SOCKET_DIR) out.push(sock);
+      } catch {
+        // no address file
+      }
+    }
+  }
+  return out;
+}
+
 /** Running shims of the containerd at `address`: {pid, namespace, id}. */
 function shimsOf(address: string): { pid: number; namespace: string; id: string }[] {
   const out: { pid: number; namespace: string; id: string }[] = [];
@@ -241,6 +265,9 @@ async function cleanupNodeDir(dir: string, address: string, cgroupParent: string
   for (const s of shims) killPid(s.pid, 'SIGKILL');
   await waitGone(shims.map((s) => s.pid), 5_000);
   for (const s of shims) fs.rmSync(shimSocket(address, s.namespace, s.id), { force: true });
+  // Shims that died earlier (kill(), a crash) left their sockets too; each
+  // bundle records its shim's address in an "address" file.
+  for (const sock of shimSocketsOfBundles(path.join(dir, 'state'))) fs.rmSync(sock, { force: true });
   const left = await unmountUnder(dir);
   removeCgroups(cgroupParent);
   if (left.length > 0) throw new Error(`node dir ${dir}: could not unmount ${left.join(', ')}; left in place`);
@@ -272,7 +299,7 @@ export async function cleanupStaleNodes(): Promise<string[]> {
     } catch {
       // no owner file: a node that died while starting
     }
-    if (owner.pid && owner.start && processStartTime(owner.pid) === owner.start) continue;
+    if (owner.pid && owner.start && isAlive(owner.pid) && processStartTime(owner.pid) === owner.start) continue;
     const { address, cgroupParent } = nodeLayout(dir);
     await cleanupNodeDir(dir, address, cgroupParent);
     cleaned.push(dir);
