@@ -1,2 +1,6 @@
 /** Every workflow the `arch` task queue runs; the bundle's entry point. */
-export {};
+export { migrateContainer, migrateProgressQuery } from './migrate.js';
+export { drainNode } from './drain.js';
+export { nodeReclaimWatch, reclaimSignal, reclaimStateQuery } from './reclaim.js';
+export { pauseContainers, resumeContainers } from './pause.js';
+export { listNodeContainers } from './list.js';

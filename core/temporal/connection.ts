@@ -30,7 +30,7 @@ export function temporalTarget(settings: Pick<Settings, 'temporalAddress' | 'tem
 }
 
 /** Options shared by the client Connection and the worker's NativeConnection. */
-export function connectionOptions(t: TemporalTarget): Pick<ConnectionOptions, 'address' | 'tls' | 'apiKey'> {
+export function connectionOptions(t: TemporalTarget): { address: string; tls: ConnectionOptions['tls']; apiKey?: string } {
   let tls: ConnectionOptions['tls'] = false;
   if (t.tls === true) tls = true;
   else if (t.tls && typeof t.tls === 'object') {

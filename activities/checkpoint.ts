@@ -1,0 +1,125 @@
+/**
+ * Checkpoint activities (source side): dump a container into its checkpoint
+ * store, and offer a published checkpoint (or the container's image) to
+ * other nodes over the transfer server.
+ */
+import fsp from 'node:fs/promises';
+import path from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { checkpointContainer as coreCheckpoint } from '../core/checkpoint.js';
+import { isNotFound } from '../core/containerd.js';
+import { checkpointDirOf, envListToMap, parseContract } from '../core/env-contract.js';
+import { CheckpointStore } from '../core/store.js';
+import { FailureType } from '../core/temporal/failures.js';
+import { manifestDigest } from '../core/transfer.js';
+import type { CheckpointInfo, ContainerRef, TransferOffer } from '../workflows/types.js';
+import { activityLog, containerd, fail, mapped, withHeartbeat, type NodeDeps } from './context.js';
+import { throughputEstimator } from './containers.js';
+
+export interface CheckpointInput {
+  ref: ContainerRef;
+  /** Keep the processes running after the dump (a safety copy, not a move). */
+  leaveRunning?: boolean;
+  /**
+   * A retry may find the container already stopped by an earlier attempt
+   * whose result was lost: a checkpoint published at or after this time is
+   * then that attempt's result.
+   */
+  notBefore?: string;
+  /** Also offer the checkpoint for transfer (node-local storage). */
+  offer?: boolean;
+}
+
+export function checkpointActivities(d: NodeDeps) {
+  async function containerDirOf(ref: ContainerRef): Promise<{ containerDir: string; mode: 'local' | 'shared' }> {
+    const info = await containerd(d, ref.namespace).info(ref.id);
+    const contract = parseContract(envListToMap(info.spec.process?.env));
+    if (!contract.enabled) throw fail(FailureType.notArchEnabled, `${ref.namespace}/${ref.id} is not ARCH-enabled`);
+    return { containerDir: checkpointDirOf(contract, ref.namespace, ref.id), mode: contract.mode };
+  }
+
+  async function describePublished(dir: string, containerDir: string, mode: 'local' | 'shared', ref: ContainerRef, extra: Pick<CheckpointInfo, 'timings' | 'totalMs' | 'reused'>): Promise<CheckpointInfo> {
+    const store = new CheckpointStore(containerDir);
+    const manifest = await store.readManifest();
+    if (!manifest) throw fail(FailureType.checkpointUnusable, `checkpoint of ${ref.namespace}/${ref.id} vanished from ${containerDir}`);
+    return {
+      ...ref,
+      node: d.node,
+      dir,
+      containerDir,
+      mode,
+      manifestSha256: await manifestDigest(dir),
+      createdAt: manifest.createdAt,
+      sizeBytes: manifest.files.reduce((a, f) => a + f.size, 0),
+      ...extra,
+    };
+  }
+
+  async function offer(dir: string, sha: string): Promise<TransferOffer> {
+    return d.transfer.offerCheckpoint(dir, sha, d.offerTtlMs);
+  }
+
+  return {
+    async checkpointContainer(input: CheckpointInput): Promise<CheckpointInfo & { offer?: TransferOffer }> {
+      const { ref } = input;
+      const log = activityLog(d, { namespace: ref.namespace, container: ref.id, phase: 'checkpoint' });
+      return withHeartbeat({ phase: 'checkpoint' }, async (signal, report) => {
+        const cd = containerd(d, ref.namespace);
+        let task;
+        try {
+          task = await cd.task(ref.id);
+          if (!task) await cd.info(ref.id); // distinguishes "no task" from "no container"
+        } catch (err) {
+          if (isNotFound(err)) throw fail(FailureType.containerNotFound, `${ref.namespace}/${ref.id} is not a container on node ${d.node}`);
+          throw err;
+        }
+        const { containerDir, mode } = await containerDirOf(ref);
+        let info: CheckpointInfo;
+        if (task && (task.status === 'RUNNING' || task.status === 'PAUSED')) {
+          const r = await coreCheckpoint(d.ctx, {
+            namespace: ref.namespace,
+            id: ref.id,
+            runcRoot: path.join(d.ctx.settings.runcRootBase, ref.namespace),
+            leaveRunning: input.leaveRunning,
+            signal,
+            onProgress: (p) => report({ ...p }),
+          });
+          throughputEstimator(d).observe(r.sizeBytes, r.timings.dump ?? r.totalMs);
+          info = await describePublished(r.dir, r.containerDir, mode, ref, { timings: r.timings, totalMs: r.totalMs, reused: false });
+        } else {
+          // Not running: an earlier attempt may have done the work already.
+          const store = new CheckpointStore(containerDir);
+          const dir = await store.current();
+          const manifest = dir ? await store.readManifest() : null;
+          if (!dir || !manifest || (input.notBefore && manifest.createdAt < input.notBefore)) {
+            throw fail(FailureType.containerNotRunning, `${ref.namespace}/${ref.id} on node ${d.node} is ${task?.status ?? 'not started'} and has no checkpoint from this operation: nothing to checkpoint`);
+          }
+          log.info({ dir }, 'container already checkpointed by an earlier attempt; reusing it');
+          info = await describePublished(dir, containerDir, mode, ref, { timings: {}, totalMs: 0, reused: true });
+        }
+        return input.offer ? { ...info, offer: await offer(info.dir, info.manifestSha256) } : info;
+      });
+    },
+
+    /** Offer an already published checkpoint again (the previous offer expired or the worker restarted). */
+    async offerCheckpoint(input: { ref: ContainerRef; dir: string; manifestSha256: string }): Promise<TransferOffer> {
+      return mapped(() => offer(input.dir, input.manifestSha256));
+    },
+
+    /** Export the image to a file and offer it, for a target that does not have it. */
+    async offerImage(input: { namespace: string; image: string }): Promise<TransferOffer> {
+      return withHeartbeat({ phase: 'image-export' }, async () => {
+        const dir = path.join(d.stateDir, 'image-exports');
+        await fsp.mkdir(dir, { recursive: true });
+        const file = path.join(dir, `${randomBytes(6).toString('hex')}.tar`);
+        await containerd(d, input.namespace).ctr(['images', 'export', file, input.image], 600_000);
+        return d.transfer.offerFile(file, d.offerTtlMs, () => void fsp.rm(file, { force: true }));
+      });
+    },
+
+    /** Forget an offer (the transfer is done or abandoned). */
+    async withdrawOffer(input: { token: string }): Promise<boolean> {
+      return d.transfer.withdraw(input.token);
+    },
+  };
+}

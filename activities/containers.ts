@@ -1,0 +1,224 @@
+/**
+ * Read-only activities: what runs on this node, what a container is, and
+ * whether a node can take a container.
+ */
+import fsp from 'node:fs/promises';
+import path from 'node:path';
+import { isNotFound } from '../core/containerd.js';
+import { planDrain, ThroughputEstimator } from '../core/drain-plan.js';
+import { checkpointDirOf, envListToMap, parseContract } from '../core/env-contract.js';
+import { errorMessage } from '../core/errors.js';
+import { CheckpointStore } from '../core/store.js';
+import { validateContainerId, validateNamespace } from '../core/ids.js';
+import { FailureType } from '../core/temporal/failures.js';
+import type { ContainerRef, ContainerSpec, ContainerSummary, Selector } from '../workflows/types.js';
+import { activityLog, containerd, fail, mapped, type NodeDeps } from './context.js';
+import { specFromInfo } from './spec.js';
+
+export function throughputEstimator(d: NodeDeps): ThroughputEstimator {
+  return new ThroughputEstimator(path.join(d.stateDir, `throughput-${d.node}.json`), { logger: d.ctx.log });
+}
+
+interface CoreArchContainer {
+  namespace: string;
+  id: string;
+  status: string;
+  pid: number;
+  contract: { enabled: boolean; mode?: 'local' | 'shared'; priority?: number };
+  rssBytes?: number;
+  upperDirBytes?: number;
+  checkpoint?: { dir: string; createdAt: string; sizeBytes: number };
+}
+type CoreLister = (ctx: NodeDeps['ctx'], opts?: { namespaces?: string[] }) => Promise<CoreArchContainer[]>;
+let coreListerCache: CoreLister | null | undefined;
+
+/**
+ * core/node-containers.ts (runc-based, with RSS and writable-layer sizes the
+ * drain planner needs) when this build has it; else the containerd scan below.
+ */
+async function coreLister(): Promise<CoreLister | null> {
+  if (coreListerCache !== undefined) return coreListerCache;
+  const specifier = '../core/node-containers.js';
+  try {
+    const mod = (await import(specifier)) as { listArchContainers?: CoreLister };
+    coreListerCache = mod.listArchContainers ?? null;
+  } catch {
+    coreListerCache = null;
+  }
+  return coreListerCache;
+}
+
+export function containerActivities(d: NodeDeps) {
+  /**
+   * ARCH-enabled containers from containerd's records: every container with
+   * ARCH_ENABLE=1, its task state and its published checkpoint. With
+   * pausedOnly, those without a running task that have a checkpoint (a paused
+   * container whose stopped task was deleted is still found).
+   */
+  async function scan(namespaces: string[] | undefined, pausedOnly: boolean): Promise<ContainerSummary[]> {
+    const base = containerd(d, 'default');
+    const nss = namespaces ?? d.namespaces ?? (await base.ctr(['namespaces', 'ls', '-q'])).split('\n').filter(Boolean);
+    const out: ContainerSummary[] = [];
+    for (const ns of nss) {
+      const cd = containerd(d, ns);
+      const tasks = new Map((await cd.listTasks()).map((t) => [t.id, t]));
+      for (const id of await cd.listContainers()) {
+        const task = tasks.get(id);
+        if (pausedOnly && task?.status === 'RUNNING') continue;
+        let spec: ContainerSpec | undefined;
+        try {
+          spec = specFromInfo(await cd.info(id), ns);
+        } catch {
+          continue; // invalid ARCH_* settings: arch-runc runs it without ARCH
+        }
+        if (!spec) continue;
+        const contract = parseContract(envListToMap(spec.env));
+        if (!contract.enabled) continue;
+        const store = new CheckpointStore(checkpointDirOf(contract, ns, id));
+        const m = await store.readManifest().catch(() => null);
+        const dir = await store.current().catch(() => null);
+        if (pausedOnly && (!m || !dir)) continue;
+        out.push({
+          namespace: ns, id, status: (task?.status ?? 'ABSENT').toLowerCase(), pid: task?.pid ?? 0, mode: spec.mode, priority: spec.priority,
+          checkpoint: m && dir ? { dir, createdAt: m.createdAt, sizeBytes: m.files.reduce((a, f) => a + f.size, 0) } : undefined,
+        });
+      }
+    }
+    return out.sort((a, b) => b.priority - a.priority || a.namespace.localeCompare(b.namespace) || a.id.localeCompare(b.id));
+  }
+
+  async function list(namespaces?: string[]): Promise<ContainerSummary[]> {
+    const listArchContainers = await coreLister();
+    if (!listArchContainers) return scan(namespaces, false);
+    const found = await listArchContainers(d.ctx, { namespaces: namespaces ?? d.namespaces });
+    return found.map((c) => ({
+      namespace: c.namespace,
+      id: c.id,
+      status: c.status,
+      pid: c.pid,
+      mode: c.contract.enabled ? c.contract.mode : undefined,
+      priority: c.contract.enabled ? c.contract.priority ?? 0 : 0,
+      rssBytes: c.rssBytes,
+      upperDirBytes: c.upperDirBytes,
+      checkpoint: c.checkpoint,
+    }));
+  }
+
+  return {
+    /** Liveness of the node's worker; the workflow's scheduleToStart makes "no worker" fail fast. */
+    async ping(): Promise<{ node: string; pid: number; transferUrl: string }> {
+      return { node: d.node, pid: process.pid, transferUrl: d.transfer.url };
+    },
+
+    async listContainers(input: { namespaces?: string[] } = {}): Promise<ContainerSummary[]> {
+      return mapped(() => list(input.namespaces));
+    },
+
+    /** The containers a selector picks, in drain order (priority first). */
+    async selectContainers(input: { selector?: Selector; runningOnly?: boolean; checkpointedOnly?: boolean }): Promise<ContainerSummary[]> {
+      return mapped(async () => {
+        const s = input.selector ?? {};
+        if (s.namespace) validateNamespace(s.namespace, 'selector namespace');
+        for (const id of s.ids ?? []) validateContainerId(id, 'selector id');
+        const all = await list(s.namespace ? [s.namespace] : undefined);
+        return all
+          .filter((c) => !s.ids?.length || s.ids.includes(c.id))
+          .filter((c) => !input.runningOnly || c.status === 'running')
+          .filter((c) => !input.checkpointedOnly || (c.status !== 'running' && c.checkpoint !== undefined))
+          .sort((a, b) => b.priority - a.priority || a.namespace.localeCompare(b.namespace) || a.id.localeCompare(b.id));
+      });
+    },
+
+    /**
+     * Paused containers: ARCH-enabled containerd containers without a running
+     * task whose checkpoint is published. Read from containerd, not runc, so
+     * a container whose stopped task was deleted is still found.
+     */
+    async selectPaused(input: { selector?: Selector }): Promise<ContainerSummary[]> {
+      return mapped(async () => {
+        const s = input.selector ?? {};
+        if (s.namespace) validateNamespace(s.namespace, 'selector namespace');
+        for (const id of s.ids ?? []) validateContainerId(id, 'selector id');
+        const all = await scan(s.namespace ? [s.namespace] : undefined, true);
+        return all.filter((c) => !s.ids?.length || s.ids.includes(c.id));
+      });
+    },
+
+    /** The spec to create the container again elsewhere. Unknown or non-ARCH containers fail non-retryably. */
+    async describeContainer(ref: ContainerRef): Promise<{ spec: ContainerSpec; status: string; ms: number }> {
+      return mapped(async () => {
+        const t0 = Date.now();
+        validateNamespace(ref.namespace);
+        validateContainerId(ref.id);
+        const cd = containerd(d, ref.namespace);
+        let info;
+        try {
+          info = await cd.info(ref.id);
+        } catch (err) {
+          if (isNotFound(err)) throw fail(FailureType.containerNotFound, `${ref.namespace}/${ref.id} is not a container on node ${d.node}`, { node: d.node });
+          throw err;
+        }
+        const spec = specFromInfo(info, ref.namespace);
+        if (!spec) throw fail(FailureType.notArchEnabled, `${ref.namespace}/${ref.id} on node ${d.node} is not ARCH-enabled (no ARCH_ENABLE=1 in its environment)`);
+        const task = await cd.task(ref.id);
+        return { spec, status: task?.status ?? 'ABSENT', ms: Date.now() - t0 };
+      });
+    },
+
+    /**
+     * Can this node take the container? It must not run a container of that
+     * id already, and should have its image (else the caller ships it).
+     */
+    async checkTarget(input: { ref: ContainerRef; image: string }): Promise<{ node: string; imagePresent: boolean; staleContainer: boolean; ms: number }> {
+      return mapped(async () => {
+        const t0 = Date.now();
+        const cd = containerd(d, input.ref.namespace);
+        const task = await cd.task(input.ref.id).catch((err: unknown) => {
+          if (isNotFound(err)) return undefined;
+          throw err;
+        });
+        if (task && task.status === 'RUNNING') {
+          throw fail(FailureType.input, `${input.ref.namespace}/${input.ref.id} already runs on node ${d.node}: refusing to start a second copy. Fix: pick another target or remove it there`);
+        }
+        const staleContainer = (await cd.listContainers().catch(() => [] as string[])).includes(input.ref.id);
+        return { node: d.node, imagePresent: await cd.hasImage(input.image), staleContainer, ms: Date.now() - t0 };
+      });
+    },
+
+    /** Order and parallelism for draining this node before `deadline` (core/drain-plan.ts). */
+    async planDrain(input: { deadline: string; maxParallel: number; selector?: Selector }) {
+      return mapped(async () => {
+        const s = input.selector ?? {};
+        const running = (await list(s.namespace ? [s.namespace] : undefined))
+          .filter((c) => c.status === 'running' && (!s.ids?.length || s.ids.includes(c.id)));
+        const est = throughputEstimator(d);
+        const plan = planDrain({
+          now: new Date(),
+          deadline: new Date(input.deadline),
+          containers: running.map((c) => ({ namespace: c.namespace, id: c.id, priority: c.priority, rssBytes: c.rssBytes ?? 0, upperDirBytes: c.upperDirBytes ?? 0 })),
+          throughputBytesPerSec: est.bytesPerSec,
+          perContainerOverheadMs: 1500,
+          maxParallel: Math.max(1, input.maxParallel),
+          safetyMarginMs: 2000,
+        });
+        activityLog(d, { phase: 'plan' }).info({ containers: running.length, parallelism: plan.parallelism, fit: plan.expectedToFit.length, budgetMs: plan.budgetMs }, 'drain planned');
+        return {
+          order: plan.order.map((p) => ({ namespace: p.namespace, id: p.id, priority: p.priority, bytes: p.bytes, expectedFinishMs: p.expectedFinishMs })),
+          parallelism: plan.parallelism,
+          expectedToFit: plan.expectedToFit.length,
+          budgetMs: plan.budgetMs,
+        };
+      });
+    },
+  };
+}
+
+/** Best effort: read a small text file, or undefined. */
+export async function readText(file: string): Promise<string | undefined> {
+  try {
+    return await fsp.readFile(file, 'utf8');
+  } catch (err) {
+    void errorMessage(err);
+    return undefined;
+  }
+}

@@ -1,0 +1,375 @@
+/**
+ * Moving a checkpoint between nodes with node-local storage.
+ *
+ * The target pulls: the source's worker runs a small HTTP server that serves
+ * only what it was told to offer (one checkpoint directory, or one file such
+ * as an exported image), each under a random bearer token that expires. The
+ * target streams every file into a staging directory of its own checkpoint
+ * store, hashing while it writes, compares size and sha256 with the
+ * manifest, and publishes atomically. The manifest itself is bound to the
+ * checkpoint by its sha256, which the orchestrator got from the source: a
+ * transfer can never deliver a different (or tampered) checkpoint.
+ *
+ * Why pull: the node that restores is the one that must trust the bytes, so
+ * it is the one that verifies; and a target that dies mid-transfer leaves
+ * only a staging directory (removed on the next begin()).
+ *
+ * Shared storage needs none of this: the target finds the same manifest
+ * already published and `receiveCheckpoint` reports it as present.
+ */
+import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
+import fs from 'node:fs';
+import fsp from 'node:fs/promises';
+import http from 'node:http';
+import os from 'node:os';
+import path from 'node:path';
+import { pipeline } from 'node:stream/promises';
+import { Transform } from 'node:stream';
+import { CheckpointUnusableError } from './errors.js';
+import type { Logger } from './log.js';
+import { MANIFEST_FILE, parseManifest, type Manifest } from './manifest.js';
+import type { CheckpointStore } from './store.js';
+
+export interface Offer {
+  url: string;
+  token: string;
+  expiresAt: string;
+}
+
+type Served =
+  | { kind: 'checkpoint'; dir: string; manifestSha256: string; files: Map<string, number> }
+  | { kind: 'file'; file: string; size: number; onDone?: () => void };
+
+interface Entry {
+  tokenHash: Buffer;
+  expires: number;
+  served: Served;
+}
+
+export interface TransferServerOptions {
+  /** Listen address; port 0 = any free port. */
+  host: string;
+  port: number;
+  /** Host name other nodes use to reach this one (default: host, or the hostname when host is a wildcard). */
+  advertiseHost?: string;
+  log: Logger;
+}
+
+const TOKEN_BYTES = 32;
+
+export class TransferServer {
+  private readonly offers = new Map<string, Entry>();
+  private server: http.Server | undefined;
+  private baseUrl = '';
+  private sweeper: NodeJS.Timeout | undefined;
+
+  constructor(private readonly opts: TransferServerOptions) {}
+
+  get url(): string {
+    return this.baseUrl;
+  }
+
+  async start(): Promise<string> {
+    const server = http.createServer((req, res) => {
+      this.handle(req, res).catch((err: unknown) => {
+        this.opts.log.warn({ phase: 'transfer', err: (err as Error).message }, 'transfer request failed');
+        if (!res.headersSent) res.writeHead(500).end();
+        else res.destroy();
+      });
+    });
+    // Page images are large: no socket timeout while a response streams.
+    server.requestTimeout = 0;
+    server.timeout = 0;
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(this.opts.port, this.opts.host, () => resolve());
+    });
+    this.server = server;
+    const addr = server.address();
+    const port = typeof addr === 'object' && addr ? addr.port : this.opts.port;
+    const wildcard = this.opts.host === '0.0.0.0' || this.opts.host === '::' || this.opts.host === '';
+    const host = this.opts.advertiseHost || (wildcard ? os.hostname() : this.opts.host);
+    this.baseUrl = `http://${host.includes(':') ? `[${host}]` : host}:${port}`;
+    this.sweeper = setInterval(() => this.sweep(), 60_000).unref();
+    return this.baseUrl;
+  }
+
+  async stop(): Promise<void> {
+    if (this.sweeper) clearInterval(this.sweeper);
+    const s = this.server;
+    this.server = undefined;
+    if (!s) return;
+    s.closeAllConnections();
+    await new Promise<void>((resolve) => s.close(() => resolve()));
+  }
+
+  /** Offer one published checkpoint directory, pinned to its manifest digest. */
+  async offerCheckpoint(dir: string, manifestSha256: string, ttlMs: number): Promise<Offer> {
+    const text = await fsp.readFile(path.join(dir, MANIFEST_FILE));
+    if (sha256(text) !== manifestSha256) {
+      throw new CheckpointUnusableError('replaced', `the checkpoint in ${dir} is not the one requested (manifest digest differs)`);
+    }
+    const manifest = parseManifest(text.toString('utf8'));
+    const files = new Map(manifest.files.map((f) => [f.path, f.size]));
+    return this.add({ kind: 'checkpoint', dir, manifestSha256, files }, ttlMs, 'checkpoint');
+  }
+
+  /** Offer one file (e.g. an exported image archive); onDone runs when the offer goes. */
+  async offerFile(file: string, ttlMs: number, onDone?: () => void): Promise<Offer> {
+    const st = await fsp.stat(file);
+    return this.add({ kind: 'file', file, size: st.size, onDone }, ttlMs, 'file');
+  }
+
+  withdraw(token: string): boolean {
+    const key = tokenKey(token);
+    const e = this.offers.get(key);
+    if (!e) return false;
+    this.offers.delete(key);
+    if (e.served.kind === 'file') e.served.onDone?.();
+    return true;
+  }
+
+  private add(served: Served, ttlMs: number, kind: string): Offer {
+    if (!this.server) throw new Error('transfer server is not started');
+    const token = randomBytes(TOKEN_BYTES).toString('hex');
+    const expires = Date.now() + ttlMs;
+    this.offers.set(tokenKey(token), { tokenHash: createHash('sha256').update(token).digest(), expires, served });
+    return { url: `${this.baseUrl}/v1/${kind}`, token, expiresAt: new Date(expires).toISOString() };
+  }
+
+  private sweep(): void {
+    const now = Date.now();
+    for (const [k, e] of this.offers) {
+      if (e.expires < now) {
+        this.offers.delete(k);
+        if (e.served.kind === 'file') e.served.onDone?.();
+      }
+    }
+  }
+
+  private lookup(req: http.IncomingMessage): Entry | undefined {
+    const auth = req.headers.authorization ?? '';
+    const m = /^Bearer ([0-9a-f]{64})$/.exec(auth);
+    if (!m) return undefined;
+    const e = this.offers.get(tokenKey(m[1]!));
+    if (!e || e.expires < Date.now()) return undefined;
+    // The map lookup already matched; compare digests in constant time anyway.
+    const h = createHash('sha256').update(m[1]!).digest();
+    return timingSafeEqual(h, e.tokenHash) ? e : undefined;
+  }
+
+  private async handle(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
+    if (req.method !== 'GET') return void res.writeHead(405).end();
+    const e = this.lookup(req);
+    if (!e) return void res.writeHead(404, { 'content-type': 'text/plain' }).end('no such offer (expired, withdrawn, or the node restarted)\n');
+    const url = new URL(req.url ?? '/', 'http://x');
+    let file: string;
+    let size: number;
+    if (e.served.kind === 'file') {
+      if (url.pathname !== '/v1/file') return void res.writeHead(404).end();
+      file = e.served.file;
+      size = e.served.size;
+    } else {
+      const rel = url.searchParams.get('path') ?? '';
+      if (url.pathname !== '/v1/checkpoint') return void res.writeHead(404).end();
+      if (rel === MANIFEST_FILE) {
+        file = path.join(e.served.dir, MANIFEST_FILE);
+        size = (await fsp.stat(file)).size;
+      } else {
+        // Only paths the manifest lists: the offer never exposes anything else on the node.
+        const s = e.served.files.get(rel);
+        if (s === undefined) return void res.writeHead(404).end();
+        file = path.join(e.served.dir, rel);
+        size = s;
+      }
+    }
+    res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': String(size) });
+    await pipeline(fs.createReadStream(file, { highWaterMark: 1 << 20 }), res);
+  }
+}
+
+function tokenKey(token: string): string {
+  return createHash('sha256').update(token).digest('hex');
+}
+
+function sha256(data: Buffer | string): string {
+  return createHash('sha256').update(data).digest('hex');
+}
+
+/** A fetch that failed in a way retrying the same offer cannot fix. */
+export class OfferGoneError extends Error {
+  constructor(url: string) {
+    super(`transfer offer at ${url} is gone (expired, withdrawn, or the source worker restarted)`);
+    this.name = 'OfferGoneError';
+  }
+}
+
+export interface FetchProgress {
+  bytesDone: number;
+  bytesTotal: number;
+  files: number;
+}
+
+interface GetOptions {
+  signal?: AbortSignal;
+}
+
+function get(offer: Offer, query: string, o: GetOptions): Promise<http.IncomingMessage> {
+  const url = `${offer.url}${query}`;
+  return new Promise((resolve, reject) => {
+    const req = http.get(url, { headers: { authorization: `Bearer ${offer.token}` }, signal: o.signal }, (res) => {
+      if (res.statusCode === 200) return resolve(res);
+      res.resume();
+      if (res.statusCode === 404) reject(new OfferGoneError(offer.url));
+      else reject(new Error(`GET ${offer.url}: HTTP ${res.statusCode}`));
+    });
+    req.on('error', reject);
+  });
+}
+
+/** Stream a response to a file, hashing as it goes; returns [size, sha256]. */
+async function download(offer: Offer, query: string, dest: string, o: GetOptions & { onBytes?: (n: number) => void }): Promise<[number, string]> {
+  const res = await get(offer, query, o);
+  const hash = createHash('sha256');
+  let size = 0;
+  const tap = new Transform({
+    transform(chunk: Buffer, _enc, cb) {
+      hash.update(chunk);
+      size += chunk.length;
+      o.onBytes?.(chunk.length);
+      cb(null, chunk);
+    },
+  });
+  await fsp.mkdir(path.dirname(dest), { recursive: true });
+  await pipeline(res, tap, fs.createWriteStream(dest, { flags: 'wx', highWaterMark: 1 << 20 }), { signal: o.signal });
+  return [size, hash.digest('hex')];
+}
+
+export interface FetchCheckpointOptions {
+  offer: Offer;
+  manifestSha256: string;
+  store: CheckpointStore;
+  fsync: boolean;
+  signal?: AbortSignal;
+  onProgress?: (p: FetchProgress) => void;
+  /** Files fetched at once (default 4: many small CRIU images, a few large ones). */
+  concurrency?: number;
+}
+
+export interface FetchCheckpointResult {
+  /** present: the store already holds this very checkpoint (an earlier attempt, or storage both nodes see). */
+  kind: 'copied' | 'present';
+  dir: string;
+  manifest: Manifest;
+  bytes: number;
+  files: number;
+  ms: number;
+}
+
+/** The same checkpoint, whichever node's copy: identity, origin, time and every file's digest. */
+export function sameCheckpoint(a: Manifest, b: Manifest): boolean {
+  if (a.namespace !== b.namespace || a.containerId !== b.containerId || a.node !== b.node || a.createdAt !== b.createdAt) return false;
+  if (a.files.length !== b.files.length) return false;
+  return a.files.every((f, i) => f.path === b.files[i]!.path && f.size === b.files[i]!.size && f.sha256 === b.files[i]!.sha256);
+}
+
+async function readBody(res: http.IncomingMessage, limit: number): Promise<Buffer> {
+  const chunks: Buffer[] = [];
+  let n = 0;
+  for await (const c of res) {
+    n += (c as Buffer).length;
+    if (n > limit) throw new CheckpointUnusableError('manifest-invalid', `manifest larger than ${limit} bytes`);
+    chunks.push(c as Buffer);
+  }
+  return Buffer.concat(chunks);
+}
+
+/** Fetch and check the offered manifest against the digest the orchestrator holds. */
+export async function fetchManifest(offer: Offer, manifestSha256: string, signal?: AbortSignal): Promise<Manifest> {
+  const text = await readBody(await get(offer, `?path=${MANIFEST_FILE}`, { signal }), 64 << 20);
+  const digest = sha256(text);
+  if (digest !== manifestSha256) {
+    throw new CheckpointUnusableError('corrupt', `manifest from ${offer.url} does not match the checkpoint that was taken (sha256 ${digest.slice(0, 12)}…, expected ${manifestSha256.slice(0, 12)}…)`);
+  }
+  // Untrusted input: parseManifest rejects absolute paths, "..", unknown formats.
+  return parseManifest(text.toString('utf8'));
+}
+
+/**
+ * Pull an offered checkpoint into `store` and publish it. Every byte is
+ * verified against the manifest before anything becomes visible; on any
+ * error the staging directory is removed and the store is untouched.
+ */
+export async function fetchCheckpoint(o: FetchCheckpointOptions): Promise<FetchCheckpointResult> {
+  const t0 = Date.now();
+  const manifest = await fetchManifest(o.offer, o.manifestSha256, o.signal);
+  const bytesTotal = manifest.files.reduce((a, f) => a + f.size, 0);
+  const have = await o.store.readManifest().catch(() => null);
+  const haveDir = await o.store.current().catch(() => null);
+  if (have && haveDir && sameCheckpoint(have, manifest)) {
+    return { kind: 'present', dir: haveDir, manifest, bytes: bytesTotal, files: manifest.files.length, ms: Date.now() - t0 };
+  }
+  const staging = await o.store.begin();
+  try {
+    let bytesDone = 0;
+    let filesDone = 0;
+    const report = () => o.onProgress?.({ bytesDone, bytesTotal, files: filesDone });
+    let next = 0;
+    const lane = async (): Promise<void> => {
+      while (next < manifest.files.length) {
+        o.signal?.throwIfAborted();
+        const f = manifest.files[next++]!;
+        const dest = path.join(staging.dir, f.path);
+        if (!dest.startsWith(staging.dir + path.sep)) throw new CheckpointUnusableError('manifest-invalid', `file entry ${f.path} escapes the checkpoint`);
+        const [size, sum] = await download(o.offer, `?path=${encodeURIComponent(f.path)}`, dest, {
+          signal: o.signal,
+          onBytes: (n) => {
+            bytesDone += n;
+          },
+        });
+        if (size !== f.size) throw new CheckpointUnusableError('truncated', `${f.path}: received ${size} bytes, manifest says ${f.size}`);
+        if (sum !== f.sha256) throw new CheckpointUnusableError('corrupt', `${f.path}: sha256 mismatch after transfer`);
+        filesDone++;
+        report();
+      }
+    };
+    const ticker = setInterval(report, 1000);
+    try {
+      await Promise.all(Array.from({ length: Math.max(1, o.concurrency ?? 4) }, lane));
+    } finally {
+      clearInterval(ticker);
+    }
+    report();
+    const { files: _files, ...meta } = manifest;
+    // publish() describes the files again and writes the manifest it computed:
+    // compare it with the source's so a disk that corrupted a write is caught too.
+    const pub = await o.store.publish(staging, meta, { fsync: o.fsync });
+    if (!sameCheckpoint(pub.manifest, manifest)) {
+      // A retry sees a manifest that differs from the source's and fetches again.
+      throw new CheckpointUnusableError('corrupt', 'the published copy differs from the source checkpoint');
+    }
+    return { kind: 'copied', dir: pub.dir, manifest, bytes: bytesTotal, files: manifest.files.length, ms: Date.now() - t0 };
+  } catch (err) {
+    await o.store.abort(staging).catch(() => undefined);
+    throw err;
+  }
+}
+
+/** Stream an offered single file (e.g. an image archive) to dest; returns its size. */
+export async function fetchFile(offer: Offer, dest: string, o: GetOptions & { onBytes?: (n: number) => void } = {}): Promise<number> {
+  const tmp = `${dest}.part-${process.pid}`;
+  await fsp.rm(tmp, { force: true });
+  try {
+    const [size] = await download(offer, '', tmp, o);
+    await fsp.rename(tmp, dest);
+    return size;
+  } catch (err) {
+    await fsp.rm(tmp, { force: true });
+    throw err;
+  }
+}
+
+/** sha256 of a published checkpoint's manifest.json. */
+export async function manifestDigest(dir: string): Promise<string> {
+  return sha256(await fsp.readFile(path.join(dir, MANIFEST_FILE)));
+}

@@ -1,0 +1,140 @@
+/**
+ * One node's worker process: an activity-only worker on the node's queue
+ * (arch-node-<node>) and a workflow worker on the shared `arch` queue, plus
+ * the transfer server other nodes pull checkpoints from.
+ */
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { NativeConnection, Runtime, Worker } from '@temporalio/worker';
+import { createActivities } from '../activities/index.js';
+import { createLogger, type Logger } from '../core/log.js';
+import type { Settings } from '../core/settings.js';
+import { connectionOptions, temporalTarget } from '../core/temporal/connection.js';
+import { nodeTaskQueue, WORKFLOW_TASK_QUEUE } from '../core/temporal/names.js';
+import { TransferServer } from '../core/transfer.js';
+import { sdkLogger } from './logger.js';
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+/** The checkout: this file is <repo>/dist/worker/run.js. */
+export const REPO_DIR = path.resolve(here, '../..');
+export const WORKFLOW_BUNDLE = path.resolve(here, '../workflow-bundle.js');
+
+export interface NodeWorkerOptions {
+  node: string;
+  settings: Settings;
+  containerdAddress: string;
+  ctr?: string;
+  namespaces?: string[];
+  cgroupParent?: string;
+  archRunc?: string;
+  transferListen: { host: string; port: number };
+  transferAdvertise?: string;
+  logDir?: string;
+  stateDir: string;
+  /** Time in-flight activities (a checkpoint) get to finish after SIGTERM. */
+  shutdownGraceMs: number;
+  workflows: boolean;
+  verifyStableMs?: number;
+  maxConcurrentActivities?: number;
+  /** Install SIGINT/SIGTERM handlers that shut the workers down (default true). */
+  handleSignals?: boolean;
+}
+
+export interface RunningWorker {
+  node: string;
+  transferUrl: string;
+  log: Logger;
+  /** Resolves when both workers have stopped. */
+  done: Promise<void>;
+  shutdown(): void;
+}
+
+let runtimeInstalled = false;
+
+export async function startNodeWorker(o: NodeWorkerOptions): Promise<RunningWorker> {
+  const settings: Settings = { ...o.settings, nodeName: o.node };
+  const log = createLogger(settings, 'arch-worker');
+  if (!runtimeInstalled) {
+    Runtime.install({ logger: sdkLogger(log.child({ component: 'temporal-sdk' })), shutdownSignals: o.handleSignals === false ? [] : ['SIGINT', 'SIGTERM', 'SIGQUIT'] });
+    runtimeInstalled = true;
+  }
+  if (o.workflows && !fs.existsSync(WORKFLOW_BUNDLE)) {
+    throw new Error(`workflow bundle ${WORKFLOW_BUNDLE} is missing: run \`npm run build\` in ${REPO_DIR}`);
+  }
+  fs.mkdirSync(o.stateDir, { recursive: true });
+  const transfer = new TransferServer({ host: o.transferListen.host, port: o.transferListen.port, advertiseHost: o.transferAdvertise, log });
+  const transferUrl = await transfer.start();
+  const target = temporalTarget(settings);
+  let connection: NativeConnection | undefined;
+  try {
+    connection = await NativeConnection.connect(connectionOptions(target));
+    const identity = `${o.node}@${os.hostname()}:${process.pid}`;
+    const activities = createActivities({
+      node: o.node,
+      ctx: { settings, log },
+      containerdAddress: o.containerdAddress,
+      ctr: o.ctr,
+      cgroupParent: o.cgroupParent,
+      archRunc: o.archRunc ?? path.join(REPO_DIR, 'bin', 'arch-runc'),
+      namespaces: o.namespaces,
+      transfer,
+      logDir: o.logDir,
+      stateDir: o.stateDir,
+      verifyStableMs: o.verifyStableMs ?? 1000,
+      offerTtlMs: 60 * 60_000,
+    });
+    const workers: Worker[] = [
+      await Worker.create({
+        connection,
+        namespace: target.namespace,
+        taskQueue: nodeTaskQueue(o.node),
+        identity,
+        activities,
+        shutdownGraceTime: o.shutdownGraceMs,
+        maxConcurrentActivityTaskExecutions: o.maxConcurrentActivities ?? 8,
+      }),
+    ];
+    if (o.workflows) {
+      workers.push(
+        await Worker.create({
+          connection,
+          namespace: target.namespace,
+          taskQueue: WORKFLOW_TASK_QUEUE,
+          identity,
+          workflowBundle: { codePath: WORKFLOW_BUNDLE },
+          // A killed worker's sticky workflows move to another worker after this.
+          stickyQueueScheduleToStartTimeout: '3s',
+        }),
+      );
+    }
+    const conn = connection;
+    const done = (async () => {
+      try {
+        await Promise.all(workers.map((w) => w.run()));
+      } finally {
+        await transfer.stop().catch(() => undefined);
+        await conn.close().catch(() => undefined);
+        log.info({ phase: 'shutdown' }, 'worker stopped');
+      }
+    })();
+    log.info(
+      { phase: 'start', taskQueues: [nodeTaskQueue(o.node), ...(o.workflows ? [WORKFLOW_TASK_QUEUE] : [])], temporal: target.address, namespace: target.namespace, transferUrl, containerd: o.containerdAddress, runcRoot: settings.runcRootBase },
+      'worker running',
+    );
+    return {
+      node: o.node,
+      transferUrl,
+      log,
+      done,
+      shutdown: () => {
+        for (const w of workers) if (w.getState() === 'RUNNING') w.shutdown();
+      },
+    };
+  } catch (err) {
+    await transfer.stop().catch(() => undefined);
+    await connection?.close().catch(() => undefined);
+    throw err;
+  }
+}

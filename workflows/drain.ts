@@ -1,0 +1,125 @@
+/**
+ * drainNode(node, targets, deadline): get every ARCH container off a node
+ * that is going away.
+ *
+ * Phase 1 races the deadline: checkpoint every container (highest priority
+ * first, in the order and parallelism core/drain-plan.ts computes from the
+ * node's measured disk throughput), so that what the node had is safe
+ * before it dies. Phase 2 does not depend on the node any more (shared
+ * storage) or only on its transfer server (local storage): each checkpoint
+ * is restored on a target, round-robin, trying the next target if one fails.
+ */
+import { ApplicationFailure } from '@temporalio/workflow';
+import { FailureType } from '../core/temporal/failures.js';
+import { boundedAll, checkDeadline, checkNode, failureTypeOf, inputFailure, nodeUnavailable, onNode, rootMessage, track, DEFAULTS } from './common.js';
+import { checkpointOn, expectedOf, moveCheckpointed, Timeline } from './migrate.js';
+import type { ActivityTimeouts, CheckpointInfo, ContainerSpec, DrainContainerResult, DrainInput, DrainResult, TransferOffer } from './types.js';
+
+export async function drainNode(input: DrainInput): Promise<DrainResult> {
+  const node = checkNode(input.node, 'node');
+  const targets = (input.targets ?? []).map((n, i) => checkNode(n, `targets[${i}]`));
+  if (targets.includes(node)) throw inputFailure(`targets include the drained node ${node}. Fix: restore on other nodes`);
+  const deadline = checkDeadline(input.deadline);
+  const deadlineMs = Date.parse(deadline);
+  const t0 = Date.now();
+  const t: ActivityTimeouts = input;
+  const phase = (p: string, details: string) =>
+    track({ sourceNode: node, targetNode: targets.join(','), operation: 'drain', phase: p }, `**${p}** — drain ${node} → ${targets.join(', ') || '(checkpoint only)'} by ${deadline}${input.reason ? ` (${input.reason})` : ''}\n\n${details}`);
+  phase('plan', 'planning');
+
+  let plan;
+  try {
+    plan = await onNode(node, 'quick', t).planDrain({ deadline, maxParallel: input.parallelism ?? 2, selector: input.selector });
+  } catch (err) {
+    if (failureTypeOf(err) === FailureType.nodeUnavailable) throw nodeUnavailable(node, t.nodeStartTimeoutMs ?? DEFAULTS.nodeStartTimeoutMs, err);
+    throw ApplicationFailure.create({ type: failureTypeOf(err) ?? FailureType.drainFailed, message: `planning the drain of ${node} failed: ${rootMessage(err)}`, nonRetryable: true });
+  }
+
+  const results: DrainContainerResult[] = plan.order.map((c) => ({ namespace: c.namespace, id: c.id, outcome: 'checkpoint-failed' as const }));
+  const checkpointed: { idx: number; spec: ContainerSpec; ck: CheckpointInfo & { offer?: TransferOffer } }[] = [];
+  phase('checkpoint', `${plan.order.length} containers, ${plan.parallelism} at a time, ${plan.expectedToFit} expected in time`);
+
+  await boundedAll(plan.order, plan.parallelism, async (c, idx) => {
+    const r = results[idx]!;
+    const ref = { namespace: c.namespace, id: c.id };
+    const tl = new Timeline();
+    const s = Date.now();
+    try {
+      const described = await onNode(node, 'quick', t).describeContainer(ref);
+      // Whatever time is left: a checkpoint that ends after the node is gone is worthless.
+      const left = Math.max(5_000, deadlineMs - Date.now());
+      const ck = await checkpointOn(ref, node, described.spec, { ...t, checkpointTimeoutMs: Math.min(left, t.checkpointTimeoutMs ?? DEFAULTS.checkpointTimeoutMs) }, tl);
+      r.outcome = 'checkpointed';
+      r.checkpointMs = Date.now() - s;
+      r.sizeBytes = ck.sizeBytes;
+      r.checkpointedInTime = Date.now() <= deadlineMs;
+      checkpointed.push({ idx, spec: described.spec, ck });
+    } catch (err) {
+      r.error = rootMessage(err);
+      r.checkpointedInTime = false;
+    }
+  });
+  const checkpointPhaseMs = Date.now() - t0;
+
+  if (targets.length > 0 && checkpointed.length > 0) {
+    phase('restore', `${checkpointed.length} checkpointed in ${checkpointPhaseMs} ms; restoring`);
+    checkpointed.sort((a, b) => a.idx - b.idx);
+    await boundedAll(checkpointed, Math.max(plan.parallelism, 2), async ({ idx, spec, ck }, i) => {
+      const r = results[idx]!;
+      const errors: string[] = [];
+      for (let k = 0; k < targets.length; k++) {
+        const to = targets[(i + k) % targets.length]!;
+        const tl = new Timeline();
+        try {
+          // The image check (and shipping) of a normal move; the container is already stopped.
+          await prepareImageOnly(spec, node, to, t, tl);
+          const moved = await moveCheckpointed(spec, ck, to, t, tl, () => undefined);
+          r.outcome = 'migrated';
+          r.target = to;
+          r.runningOn = to;
+          r.transferMs = tl.phases.filter((p) => p.phase === 'transfer').reduce((a, p) => a + p.ms, 0);
+          r.restoreMs = tl.phases.filter((p) => p.phase === 'restore').reduce((a, p) => a + p.ms, 0);
+          r.error = undefined;
+          // The source may be gone already: its clean-up is best effort and quick to give up.
+          await onNode(node, 'quick', { ...t, nodeStartTimeoutMs: 5_000 })
+            .cleanupSource({ spec, removeCheckpoint: moved.received.kind === 'copied', expected: expectedOf(ck), offerToken: moved.offer?.token })
+            .catch(() => undefined);
+          return;
+        } catch (err) {
+          errors.push(`${to}: ${rootMessage(err)}`);
+        }
+      }
+      r.outcome = 'restore-failed';
+      r.target = targets[i % targets.length];
+      r.error = `${errors.join('; ')}. The checkpoint is kept on ${node}'s storage`;
+    });
+  }
+
+  const result: DrainResult = {
+    node,
+    targets,
+    deadline,
+    reason: input.reason,
+    containers: results,
+    withinDeadline: results.every((r) => r.checkpointedInTime === true),
+    checkpointPhaseMs,
+    totalMs: Date.now() - t0,
+  };
+  const migrated = results.filter((r) => r.outcome === 'migrated').length;
+  const failed = results.filter((r) => r.outcome === 'checkpoint-failed' || r.outcome === 'restore-failed').length;
+  phase('done', `${migrated} migrated, ${failed} failed of ${results.length}; checkpoints ${result.withinDeadline ? 'within' : 'NOT within'} the deadline`);
+  return result;
+}
+
+/** Make sure `to` can take the container (alive, not running it, has the image). */
+async function prepareImageOnly(spec: ContainerSpec, from: string, to: string, t: ActivityTimeouts, tl: Timeline): Promise<void> {
+  const ref = { namespace: spec.namespace, id: spec.id };
+  const target = await tl.step('check-target', to, () => onNode(to, 'quick', t).checkTarget({ ref, image: spec.image }));
+  if (target.imagePresent) return;
+  const offer = await onNode(from, 'transfer', t).offerImage({ namespace: ref.namespace, image: spec.image });
+  try {
+    await tl.step('image-import', to, () => onNode(to, 'transfer', t).ensureImage({ namespace: ref.namespace, image: spec.image, offer }));
+  } finally {
+    await onNode(from, 'quick', t).withdrawOffer({ token: offer.token }).catch(() => undefined);
+  }
+}

@@ -1,0 +1,265 @@
+/**
+ * migrateContainer(ns/id, from, to):
+ *   describe on `from` → check `to` (alive, no copy running, image) →
+ *   checkpoint on `from` (processes stop) → transfer to `to` →
+ *   restore on `to` (verified running, restored) → clean up `from`.
+ *
+ * Invariants: never two running copies (a restore that fails removes its
+ * copy; compensation first removes any copy on `to`), and never none after
+ * success. Until the checkpoint nothing has changed, so bad input and dead
+ * nodes fail before it. After the checkpoint every failure compensates:
+ * the container is restored on `from` from the same checkpoint.
+ */
+import {
+  ApplicationFailure,
+  CancellationScope,
+  defineQuery,
+  isCancellation,
+  setHandler,
+  workflowInfo,
+} from '@temporalio/workflow';
+import { FailureType } from '../core/temporal/failures.js';
+import type { ExpectedCheckpoint } from '../activities/restore.js';
+import {
+  checkNode,
+  checkRef,
+  failureTypeOf,
+  inputFailure,
+  nodeUnavailable,
+  onNode,
+  refString,
+  rootMessage,
+  track,
+  DEFAULTS,
+} from './common.js';
+import type {
+  ActivityTimeouts,
+  CheckpointInfo,
+  ContainerRef,
+  ContainerSpec,
+  MigrateInput,
+  MigrateProgress,
+  MigrateResult,
+  PhaseTiming,
+  ReceiveResult,
+  RestoreResult,
+  TransferOffer,
+} from './types.js';
+
+export const migrateProgressQuery = defineQuery<MigrateProgress>('progress');
+
+/** Phase bookkeeping shared by migrate and drain. */
+export class Timeline {
+  readonly phases: PhaseTiming[] = [];
+  /** Activities report their own duration as `ms` (or `totalMs`); others count as overhead. */
+  async step<T>(phase: string, node: string, fn: () => Promise<T>): Promise<T> {
+    const s = Date.now();
+    const r = await fn();
+    const own = r as { ms?: unknown; totalMs?: unknown } | undefined;
+    const activityMs = typeof own?.ms === 'number' ? own.ms : typeof own?.totalMs === 'number' ? own.totalMs : undefined;
+    this.phases.push({ phase, node, ms: Date.now() - s, activityMs });
+    return r;
+  }
+  activityMs(): number {
+    return this.phases.reduce((a, p) => a + (p.activityMs ?? 0), 0);
+  }
+}
+
+/** Rethrow an activity failure as an ApplicationFailure that says where and what. */
+function wrap(err: unknown, node: string, what: string, t: ActivityTimeouts): ApplicationFailure {
+  if (isCancellation(err)) throw err;
+  const type = failureTypeOf(err);
+  if (type === FailureType.nodeUnavailable) return nodeUnavailable(node, t.nodeStartTimeoutMs ?? DEFAULTS.nodeStartTimeoutMs, err);
+  return ApplicationFailure.create({
+    type: type ?? 'ActivityFailed',
+    message: `${what} on node ${node} failed: ${rootMessage(err)}`,
+    nonRetryable: true,
+    cause: err instanceof Error ? err : undefined,
+  });
+}
+
+export interface Prepared {
+  spec: ContainerSpec;
+}
+
+/** Everything that can be refused before the container is touched. */
+export async function prepareMove(ref: ContainerRef, from: string, to: string, t: ActivityTimeouts, tl: Timeline): Promise<Prepared> {
+  let described;
+  try {
+    described = await tl.step('describe', from, () => onNode(from, 'quick', t).describeContainer(ref));
+  } catch (err) {
+    throw wrap(err, from, `describing ${refString(ref)}`, t);
+  }
+  if (described.status !== 'RUNNING') {
+    throw ApplicationFailure.create({
+      type: FailureType.containerNotRunning,
+      message: `${refString(ref)} is ${described.status} on node ${from}, not running: nothing to move`,
+      nonRetryable: true,
+    });
+  }
+  const spec = described.spec;
+  let target;
+  try {
+    target = await tl.step('check-target', to, () => onNode(to, 'quick', t).checkTarget({ ref, image: spec.image }));
+  } catch (err) {
+    throw wrap(err, to, `checking target for ${refString(ref)}`, t);
+  }
+  if (!target.imagePresent) {
+    // Ship the image from the source before anything stops: a target that
+    // cannot get it must refuse now, not after the processes are gone.
+    let offer: TransferOffer | undefined;
+    try {
+      offer = await tl.step('image-export', from, () => onNode(from, 'transfer', t).offerImage({ namespace: ref.namespace, image: spec.image }));
+      await tl.step('image-import', to, () => onNode(to, 'transfer', t).ensureImage({ namespace: ref.namespace, image: spec.image, offer }));
+    } catch (err) {
+      throw wrap(err, to, `getting image ${spec.image}`, t);
+    } finally {
+      if (offer) await onNode(from, 'quick', t).withdrawOffer({ token: offer.token }).catch(() => undefined);
+    }
+  }
+  return { spec };
+}
+
+export async function checkpointOn(ref: ContainerRef, node: string, spec: ContainerSpec, t: ActivityTimeouts, tl: Timeline, leaveRunning = false) {
+  try {
+    return await tl.step('checkpoint', node, () =>
+      onNode(node, 'checkpoint', t).checkpointContainer({
+        ref,
+        leaveRunning,
+        offer: spec.mode === 'local',
+        notBefore: workflowInfo().startTime.toISOString(),
+      }),
+    );
+  } catch (err) {
+    throw wrap(err, node, `checkpoint of ${refString(ref)} (the container keeps running there)`, t);
+  }
+}
+
+export const expectedOf = (ck: CheckpointInfo): ExpectedCheckpoint => ({ manifestSha256: ck.manifestSha256, node: ck.node, createdAt: ck.createdAt });
+
+/** Transfer (re-offering if the source's offer went away) and restore on `to`. */
+export async function moveCheckpointed(
+  spec: ContainerSpec,
+  ck: CheckpointInfo & { offer?: TransferOffer },
+  to: string,
+  t: ActivityTimeouts,
+  tl: Timeline,
+  onPhase: (p: string) => void,
+): Promise<{ received: ReceiveResult; restored: RestoreResult; offer?: TransferOffer }> {
+  const ref = { namespace: spec.namespace, id: spec.id };
+  const expected = expectedOf(ck);
+  let offer = ck.offer;
+  onPhase('transfer');
+  let received: ReceiveResult | undefined;
+  for (let i = 0; !received; i++) {
+    try {
+      received = await tl.step('transfer', to, () => onNode(to, 'transfer', t).receiveCheckpoint({ spec, expected, offer }));
+    } catch (err) {
+      if (failureTypeOf(err) !== FailureType.offerGone || i >= 3 || spec.mode !== 'local') throw wrap(err, to, `transfer of ${refString(ref)}`, t);
+      offer = await tl.step('offer', ck.node, () => onNode(ck.node, 'quick', t).offerCheckpoint({ ref, dir: ck.dir, manifestSha256: ck.manifestSha256 }));
+    }
+  }
+  onPhase('restore');
+  try {
+    const restored = await tl.step('restore', to, () => onNode(to, 'restore', t).restoreContainer({ spec, expected }));
+    return { received, restored, offer };
+  } catch (err) {
+    throw wrap(err, to, `restore of ${refString(ref)}`, t);
+  }
+}
+
+/**
+ * The move failed after the checkpoint: remove whatever copy `to` may have,
+ * then restore on the source from the same checkpoint. Returns where it
+ * runs, or throws MigrationFailed with what to do by hand.
+ */
+export async function compensate(
+  spec: ContainerSpec,
+  ck: CheckpointInfo,
+  from: string,
+  to: string,
+  cause: unknown,
+  t: ActivityTimeouts,
+  tl: Timeline,
+): Promise<RestoreResult> {
+  const ref = { namespace: spec.namespace, id: spec.id };
+  return CancellationScope.nonCancellable(async () => {
+    try {
+      // A dead target cannot hold a running copy for long; do not wait on it.
+      await tl.step('remove-target-copy', to, () => onNode(to, 'quick', { ...t, nodeStartTimeoutMs: Math.min(t.nodeStartTimeoutMs ?? DEFAULTS.nodeStartTimeoutMs, 10_000) }).removeContainer({ ref }));
+    } catch {
+      // node gone or containerd down: nothing of ours runs there
+    }
+    try {
+      return await tl.step('compensate-restore', from, () => onNode(from, 'restore', t).restoreContainer({ spec, expected: expectedOf(ck) }));
+    } catch (err2) {
+      throw ApplicationFailure.create({
+        type: FailureType.migrationFailed,
+        message: `${refString(ref)}: restore failed on ${to} (${rootMessage(cause)}) and again on ${from} (${rootMessage(err2)}). Its checkpoint is kept in ${ck.dir} on ${from}: create the container again there (same namespace, id and environment, runtime arch-runc) to restore it`,
+        nonRetryable: true,
+        details: [{ checkpointDir: ck.dir, node: from }],
+      });
+    }
+  });
+}
+
+export async function migrateContainer(input: MigrateInput): Promise<MigrateResult> {
+  const ref = checkRef(input);
+  const from = checkNode(input.from, 'from');
+  const to = checkNode(input.to, 'to');
+  if (from === to) throw inputFailure(`from and to are both "${from}". Fix: pass two different nodes`);
+  const t: ActivityTimeouts = input;
+  const t0 = Date.now();
+  const tl = new Timeline();
+  const progress: MigrateProgress = { phase: 'preflight', from, to, phases: tl.phases };
+  setHandler(migrateProgressQuery, () => progress);
+  const phase = (p: string, details?: string) => {
+    progress.phase = p;
+    track({ container: refString(ref), namespace: ref.namespace, sourceNode: from, targetNode: to, operation: 'migrate', phase: p }, `**${p}** — ${refString(ref)}: ${from} → ${to}${details ? `\n\n${details}` : ''}`);
+  };
+  phase('preflight');
+
+  const { spec } = await prepareMove(ref, from, to, t, tl);
+  phase('checkpoint');
+  const ck = await checkpointOn(ref, from, spec, t, tl);
+
+  let moved: Awaited<ReturnType<typeof moveCheckpointed>>;
+  try {
+    moved = await moveCheckpointed(spec, ck, to, t, tl, (p) => phase(p, `checkpoint ${Math.round(ck.sizeBytes / 1024)} KiB (${ck.mode} storage)`));
+  } catch (err) {
+    progress.error = rootMessage(err);
+    phase('compensate', `move failed: ${progress.error}`);
+    const back = await compensate(spec, ck, from, to, err, t, tl);
+    phase('compensated', `runs again on ${from} (pid ${back.pid})`);
+    if (isCancellation(err)) throw err;
+    const result: MigrateResult = {
+      ...ref, from, to, outcome: 'compensated', runningOn: from,
+      checkpoint: { sizeBytes: ck.sizeBytes, mode: ck.mode, transferred: 'present' },
+      phases: tl.phases, totalMs: Date.now() - t0, activityMs: tl.activityMs(),
+    };
+    throw ApplicationFailure.create({
+      type: FailureType.compensated,
+      message: `${refString(ref)} could not move to ${to} (${progress.error}); it runs again on ${from}`,
+      nonRetryable: true,
+      details: [result],
+    });
+  }
+
+  phase('cleanup');
+  let cleanupError: string | undefined;
+  try {
+    await tl.step('cleanup', from, () =>
+      onNode(from, 'cleanup', t).cleanupSource({ spec, removeCheckpoint: moved.received.kind === 'copied', expected: expectedOf(ck), offerToken: moved.offer?.token }),
+    );
+  } catch (err) {
+    // The container runs on `to`; a stale record on `from` is only untidy.
+    cleanupError = rootMessage(err);
+  }
+  phase('done', `runs on ${to} (pid ${moved.restored.pid})${cleanupError ? `; cleanup on ${from} failed: ${cleanupError}` : ''}`);
+  return {
+    ...ref, from, to, outcome: 'migrated', runningOn: to,
+    checkpoint: { sizeBytes: ck.sizeBytes, mode: ck.mode, transferred: moved.received.kind },
+    phases: tl.phases, totalMs: Date.now() - t0, activityMs: tl.activityMs(),
+    ...(cleanupError ? { cleanupError } : {}),
+  };
+}

@@ -1,0 +1,252 @@
+/**
+ * Data exchanged between workflows, activities and the CLI. Everything here
+ * travels through Temporal's JSON payload converter and lands in workflow
+ * history: plain data only, no classes, no Buffers, no Node types.
+ */
+
+export interface ContainerRef {
+  namespace: string;
+  id: string;
+}
+
+export interface MountSpec {
+  type: string;
+  src: string;
+  dst: string;
+  options: string[];
+}
+
+/**
+ * What it takes to create the container again on any node: captured from
+ * the source's containerd record before the checkpoint, replayed by
+ * `ctr run` on the target (where arch-runc then restores the checkpoint).
+ */
+export interface ContainerSpec extends ContainerRef {
+  image: string;
+  /** The full process environment (ARCH_* included): it decides where the checkpoint lives. */
+  env: string[];
+  args: string[];
+  cwd?: string;
+  labels: Record<string, string>;
+  annotations: Record<string, string>;
+  /** User bind mounts only; containerd adds /proc, /dev, ... itself. */
+  mounts: MountSpec[];
+  netHost: boolean;
+  mode: 'local' | 'shared';
+  priority: number;
+}
+
+export interface ContainerSummary extends ContainerRef {
+  status: string;
+  pid: number;
+  mode?: 'local' | 'shared';
+  priority: number;
+  rssBytes?: number;
+  upperDirBytes?: number;
+  checkpoint?: { dir: string; createdAt: string; sizeBytes: number };
+}
+
+/** A checkpoint published on a node, as the other activities need it. */
+export interface CheckpointInfo extends ContainerRef {
+  node: string;
+  dir: string;
+  containerDir: string;
+  mode: 'local' | 'shared';
+  /** sha256 of manifest.json: binds transfer and restore to exactly this checkpoint. */
+  manifestSha256: string;
+  createdAt: string;
+  sizeBytes: number;
+  timings: Record<string, number>;
+  totalMs: number;
+  /** True when an earlier attempt had already checkpointed (retry after a lost result). */
+  reused: boolean;
+}
+
+/** A source node's permission to fetch one checkpoint (or image) over HTTP. */
+export interface TransferOffer {
+  url: string;
+  token: string;
+  expiresAt: string;
+}
+
+export interface ReceiveResult {
+  /** copied: streamed and verified; present: already there (shared storage, or an earlier attempt). */
+  kind: 'copied' | 'present';
+  dir: string;
+  bytes: number;
+  files: number;
+  ms: number;
+}
+
+export interface RestoreResult extends ContainerRef {
+  node: string;
+  pid: number;
+  /** The checkpoint the shim restored from (evidence read on the node). */
+  restoredFrom: string;
+  /** True when a previous attempt had already restored it (retry after a lost result). */
+  alreadyRunning: boolean;
+  imageImported: boolean;
+  timings: Record<string, number>;
+  ms: number;
+}
+
+export interface PhaseTiming {
+  phase: string;
+  node: string;
+  /** Wall time of the activity as the workflow saw it (includes queueing). */
+  ms: number;
+  /** Time spent inside the activity, as it reported. */
+  activityMs?: number;
+}
+
+export interface ActivityTimeouts {
+  /** How long a node may take to pick up a task before it is considered gone. */
+  nodeStartTimeoutMs?: number;
+  restoreAttempts?: number;
+  checkpointTimeoutMs?: number;
+  transferTimeoutMs?: number;
+  restoreTimeoutMs?: number;
+}
+
+export interface MigrateInput extends ContainerRef, ActivityTimeouts {
+  from: string;
+  to: string;
+}
+
+export type MigrateOutcome = 'migrated' | 'compensated';
+
+export interface MigrateResult extends ContainerRef {
+  from: string;
+  to: string;
+  outcome: MigrateOutcome;
+  /** Where the container runs now. */
+  runningOn: string;
+  checkpoint: { sizeBytes: number; mode: 'local' | 'shared'; transferred: 'copied' | 'present' };
+  phases: PhaseTiming[];
+  totalMs: number;
+  /** Sum of the activities' own durations: totalMs minus this is orchestration overhead. */
+  activityMs: number;
+  cleanupError?: string;
+}
+
+export interface MigrateProgress {
+  phase: string;
+  from: string;
+  to: string;
+  phases: PhaseTiming[];
+  error?: string;
+}
+
+export interface Selector {
+  /** Only this containerd namespace. */
+  namespace?: string;
+  /** Only these container ids (any namespace unless namespace is set). */
+  ids?: string[];
+}
+
+export interface DrainInput extends ActivityTimeouts {
+  node: string;
+  /** Nodes to restore on, round-robin; empty = checkpoint only. */
+  targets: string[];
+  /** ISO time by which every checkpoint must be published. */
+  deadline: string;
+  parallelism?: number;
+  selector?: Selector;
+  reason?: string;
+}
+
+export type DrainOutcome = 'migrated' | 'checkpointed' | 'checkpoint-failed' | 'restore-failed' | 'compensated';
+
+export interface DrainContainerResult extends ContainerRef {
+  outcome: DrainOutcome;
+  target?: string;
+  runningOn?: string;
+  checkpointMs?: number;
+  transferMs?: number;
+  restoreMs?: number;
+  /** Checkpoint published before the deadline. */
+  checkpointedInTime?: boolean;
+  sizeBytes?: number;
+  error?: string;
+}
+
+export interface DrainResult {
+  node: string;
+  targets: string[];
+  deadline: string;
+  reason?: string;
+  containers: DrainContainerResult[];
+  /** Every checkpoint published before the deadline. */
+  withinDeadline: boolean;
+  checkpointPhaseMs: number;
+  totalMs: number;
+}
+
+export interface ReclaimSignal {
+  /** ISO time, or absent for the watcher's default lead time. */
+  deadline?: string;
+  reason?: string;
+  targets?: string[];
+}
+
+export interface ReclaimWatchInput {
+  node: string;
+  targets: string[];
+  /** Used when a reclaim signal carries no deadline (seconds from receipt). */
+  defaultDeadlineSec?: number;
+  /** Carried over continueAsNew. */
+  history?: ReclaimRecord[];
+  pending?: ReclaimSignal[];
+  /** Continue-as-new after this many drains (tests lower it). */
+  maxDrainsPerRun?: number;
+}
+
+export interface ReclaimRecord {
+  receivedAt: string;
+  deadline: string;
+  reason?: string;
+  drainWorkflowId: string;
+  status: 'running' | 'completed' | 'failed';
+  migrated?: number;
+  failed?: number;
+  withinDeadline?: boolean;
+  error?: string;
+}
+
+export interface ReclaimWatchState {
+  node: string;
+  targets: string[];
+  status: 'watching' | 'draining';
+  current?: ReclaimRecord;
+  history: ReclaimRecord[];
+  pending: number;
+  runsSinceStart: number;
+}
+
+export interface PauseInput extends ActivityTimeouts {
+  node: string;
+  selector?: Selector;
+  parallelism?: number;
+  /** Set by schedules: the schedule name, for the UI. */
+  schedule?: string;
+}
+
+export interface PauseItemResult extends ContainerRef {
+  outcome: 'paused' | 'resumed' | 'skipped' | 'failed';
+  ms?: number;
+  sizeBytes?: number;
+  error?: string;
+}
+
+export interface PauseResult {
+  node: string;
+  action: 'pause' | 'resume';
+  containers: PauseItemResult[];
+  totalMs: number;
+}
+
+export interface ListNodeInput {
+  node: string;
+  namespaces?: string[];
+  nodeStartTimeoutMs?: number;
+}
