@@ -156,7 +156,8 @@ export async function checkpointContainer(ctx: NodeContext, req: CheckpointReque
     t = Date.now();
     if (frozen || (!req.dumpedImages && wasPaused)) {
       if (!req.leaveRunning) await c.runc.kill(req.id, 'KILL', true);
-      if (frozen) await c.runc.resume(req.id);
+      // Thaw so the killed processes die (runc may already have thawed them).
+      if (frozen) await c.runc.resume(req.id).catch(() => undefined);
       frozen = false;
     }
     lap('stop', t);

@@ -1,0 +1,101 @@
+import fsp from 'node:fs/promises';
+import path from 'node:path';
+import type { NodeContext } from './context.js';
+import { checkpointDirOf, envListToMap, parseContract, type EnabledContract } from './env-contract.js';
+import { errorMessage } from './errors.js';
+import { readSpec, rootfsOf } from './oci-spec.js';
+import { findUpperDir } from './rootfs-diff.js';
+import { Runc } from './runc.js';
+import { CheckpointStore } from './store.js';
+
+/**
+ * The ARCH containers on this node, found the way the shim sees them: runc's
+ * state roots (<runcRootBase>/<namespace>) and each bundle's config.json.
+ * Needs no containerd connection, so `finalize` works even when containerd
+ * itself is struggling on a node that is about to die.
+ */
+export interface ArchContainer {
+  namespace: string;
+  id: string;
+  runcRoot: string;
+  bundle: string;
+  pid: number;
+  status: string;
+  contract: EnabledContract;
+  rssBytes: number;
+  upperDirBytes: number;
+  checkpoint?: { dir: string; createdAt: string; sizeBytes: number; node: string };
+}
+
+export async function listArchContainers(
+  ctx: NodeContext,
+  opts: { namespaces?: string[]; runcRootBase?: string; withSizes?: boolean } = {},
+): Promise<ArchContainer[]> {
+  const base = opts.runcRootBase ?? ctx.settings.runcRootBase;
+  const namespaces = opts.namespaces ?? (await fsp.readdir(base).catch(() => [] as string[]));
+  const out: ArchContainer[] = [];
+  for (const namespace of namespaces) {
+    const runc = new Runc(ctx.settings, path.join(base, namespace));
+    let states;
+    try {
+      states = await runc.list();
+    } catch (err) {
+      ctx.log.warn({ namespace, err: errorMessage(err) }, 'cannot list runc containers');
+      continue;
+    }
+    for (const st of states) {
+      try {
+        const spec = await readSpec(st.bundle);
+        const contract = parseContract(envListToMap(spec.process?.env));
+        if (!contract.enabled) continue;
+        const c: ArchContainer = {
+          namespace, id: st.id, runcRoot: runc.root, bundle: st.bundle, pid: st.pid, status: st.status, contract,
+          rssBytes: 0, upperDirBytes: 0,
+        };
+        if (opts.withSizes !== false) {
+          c.rssBytes = st.pid > 0 ? await rssOf(st.pid) : 0;
+          const upper = await findUpperDir(rootfsOf(st.bundle, spec));
+          c.upperDirBytes = upper ? await duBytes(upper) : 0;
+        }
+        const m = await new CheckpointStore(checkpointDirOf(contract, namespace, st.id)).readManifest().catch(() => null);
+        const dir = await new CheckpointStore(checkpointDirOf(contract, namespace, st.id)).current().catch(() => null);
+        if (m && dir) c.checkpoint = { dir, createdAt: m.createdAt, sizeBytes: m.files.reduce((a, f) => a + f.size, 0), node: m.node };
+        out.push(c);
+      } catch (err) {
+        ctx.log.warn({ namespace, container: st.id, err: errorMessage(err) }, 'skipping container with unreadable or invalid ARCH settings');
+      }
+    }
+  }
+  return out;
+}
+
+/** Resident memory of the container's cgroup (all its processes), falling back to the init's VmRSS. */
+export async function rssOf(pid: number): Promise<number> {
+  try {
+    const cg = await fsp.readFile(`/proc/${pid}/cgroup`, 'utf8');
+    const v1 = /^\d+:(?:[^:]*,)?memory(?:,[^:]*)?:(.*)$/m.exec(cg)?.[1];
+    if (v1) {
+      const stat = await fsp.readFile(path.join('/sys/fs/cgroup/memory', v1, 'memory.stat'), 'utf8');
+      const rss = /^total_rss (\d+)$/m.exec(stat)?.[1];
+      if (rss) return Number(rss);
+    }
+  } catch {
+    // fall through
+  }
+  try {
+    const status = await fsp.readFile(`/proc/${pid}/status`, 'utf8');
+    return Number(/^VmRSS:\s+(\d+) kB$/m.exec(status)?.[1] ?? 0) * 1024;
+  } catch {
+    return 0;
+  }
+}
+
+async function duBytes(dir: string): Promise<number> {
+  let total = 0;
+  for (const e of await fsp.readdir(dir, { withFileTypes: true }).catch(() => [])) {
+    const p = path.join(dir, e.name);
+    if (e.isDirectory()) total += await duBytes(p);
+    else if (e.isFile()) total += (await fsp.lstat(p)).size;
+  }
+  return total;
+}
