@@ -60,15 +60,12 @@ export async function restoreFromCheckpoint(ctx: NodeContext, req: RestoreReques
   timings.rootfs = Date.now() - t;
 
   t = Date.now();
-  // CRIU writes its own files (stats-restore) next to the images it reads; a
-  // private directory of links keeps the published checkpoint untouched.
+  // CRIU reads the images in place (it follows no symlinks for pagemaps, so
+  // no link farm) and writes its logs and stats to the work dir, not there.
   const work = path.join(req.bundle, 'arch-restore');
   await fsp.rm(work, { recursive: true, force: true });
-  const images = path.join(work, 'images');
-  await fsp.mkdir(images, { recursive: true });
-  for (const f of manifest.files.filter((x) => x.path.startsWith('criu/') && !x.path.slice(5).includes('/'))) {
-    await fsp.symlink(path.join(dir, f.path), path.join(images, path.basename(f.path)));
-  }
+  await fsp.mkdir(work, { recursive: true });
+  const images = path.join(dir, 'criu');
   try {
     await req.runc.restore(req.id, {
       bundle: req.bundle,
@@ -82,6 +79,7 @@ export async function restoreFromCheckpoint(ctx: NodeContext, req: RestoreReques
     // A failed restore can leave runc state behind; the fresh create needs the id free.
     await req.runc.delete(req.id, true).catch(() => undefined);
     const log = await fsp.readFile(path.join(work, 'restore.log'), 'utf8').catch(() => '');
+    if (process.env.ARCH_DEBUG_RESTORE_LOG) await fsp.copyFile(path.join(work, 'restore.log'), process.env.ARCH_DEBUG_RESTORE_LOG).catch(() => undefined);
     const tail = log.split('\n').filter((l) => /Error|error/.test(l)).slice(-3).join(' | ');
     throw new Error(`runc restore failed: ${errorMessage(err).split('\n').slice(-3).join(' ')}${tail ? ` (criu: ${tail})` : ''}`);
   }
