@@ -62,6 +62,19 @@ export async function restoreEvidence(runcRoot: string, runc: Runc, id: string):
   return undefined;
 }
 
+/** Copy CRIU's restore log out of the bundle before the failed copy (and its bundle) goes. */
+async function keepRestoreLog(runc: Runc, spec: ContainerSpec, stateDir: string): Promise<string | undefined> {
+  try {
+    const { bundle } = await runc.state(spec.id);
+    const dest = path.join(stateDir, 'failed-restores', `${spec.namespace}-${spec.id}-${new Date().toISOString().replace(/[:.]/g, '-')}.log`);
+    await fsp.mkdir(path.dirname(dest), { recursive: true });
+    await fsp.copyFile(path.join(bundle, 'arch-restore', 'restore.log'), dest);
+    return dest;
+  } catch {
+    return undefined;
+  }
+}
+
 export function restoreActivities(d: NodeDeps) {
   const runcRootOf = (ns: string) => path.join(d.ctx.settings.runcRootBase, ns);
 
@@ -178,9 +191,10 @@ export function restoreActivities(d: NodeDeps) {
         const evidence = task?.status === 'RUNNING' ? await restoreEvidence(runcRoot, runc, spec.id) : undefined;
         if (!task || task.status !== 'RUNNING' || !evidence) {
           const why = !task || task.status !== 'RUNNING' ? `is ${task?.status ?? 'gone'} right after create` : 'was started fresh by arch-runc (its restore failed; see the node log)';
-          log.error({ status: task?.status }, `restore failed: container ${why}; removing it`);
+          const kept = await keepRestoreLog(runc, spec, d.stateDir);
+          log.error({ status: task?.status, restoreLog: kept }, `restore failed: container ${why}; removing it`);
           await cd.removeContainer(spec.id).catch((e: unknown) => log.error({ err: errorMessage(e) }, 'could not remove the failed copy'));
-          throw fail(FailureType.restoreFellBack, `restore of ${spec.namespace}/${spec.id} on node ${d.node} failed: the container ${why}`);
+          throw fail(FailureType.restoreFellBack, `restore of ${spec.namespace}/${spec.id} on node ${d.node} failed: the container ${why}${kept ? `; CRIU's log is kept in ${kept}` : ''}`);
         }
         // Stays up: CRIU restores can die right after resuming (e.g. a missing file).
         await sleep(d.verifyStableMs, undefined, { signal });

@@ -1,0 +1,319 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { Client, Connection, type WorkflowHandle } from '@temporalio/client';
+import { startDevServer, type DevServer } from '../../core/temporal/dev-server.js';
+import { nodeTaskQueue } from '../../core/temporal/names.js';
+import { writeArchConfig } from './arch-env.js';
+import { startNode, type TestNode } from './containerd-node.js';
+import { COUNTER_FILES, ensureTestImage, REPO_ROOT, testWorkDir } from './images.js';
+
+/**
+ * Real Temporal for tests: the installed Temporal CLI dev server on random
+ * loopback ports (never a download), and real `arch-worker` processes, one
+ * per test node. Jest only ever holds a @temporalio/client; the workers'
+ * native core runs in their own processes. Everything started here is
+ * tracked and stopped by stopAllTemporal(), by pid, including after a
+ * failed test.
+ */
+
+export const TEMPORAL_CLI = process.env.ARCH_TEMPORAL_CLI ?? '/opt/arch/bin/temporal';
+
+export interface TestTemporal {
+  server: DevServer;
+  address: string;
+  namespace: string;
+  client: Client;
+  /** Environment for processes that must reach this server. */
+  env: Record<string, string>;
+  stop(): Promise<void>;
+}
+
+const liveServers = new Set<TestTemporal>();
+const liveWorkers = new Set<TestWorker>();
+
+export async function startTemporal(opts: { dir?: string } = {}): Promise<TestTemporal> {
+  if (!fs.existsSync(TEMPORAL_CLI)) throw new Error(`Temporal CLI not found at ${TEMPORAL_CLI}: run ./install.sh (or set ARCH_TEMPORAL_CLI)`);
+  const logFile = opts.dir ? path.join(opts.dir, 'temporal.log') : undefined;
+  const server = await startDevServer({ temporalCli: TEMPORAL_CLI, ip: '127.0.0.1', headless: true, logFile });
+  let connection: Connection | undefined;
+  try {
+    connection = await Connection.connect({ address: server.address });
+  } catch (err) {
+    await server.stop();
+    throw err;
+  }
+  const client = new Client({ connection, namespace: server.namespace });
+  let stopped = false;
+  const t: TestTemporal = {
+    server,
+    address: server.address,
+    namespace: server.namespace,
+    client,
+    env: { TEMPORAL_ADDRESS: server.address, TEMPORAL_NAMESPACE: server.namespace },
+    async stop() {
+      if (stopped) return;
+      stopped = true;
+      liveServers.delete(t);
+      await connection!.close().catch(() => undefined);
+      await server.stop();
+    },
+  };
+  liveServers.add(t);
+  return t;
+}
+
+export interface TestWorker {
+  node: string;
+  pid: number;
+  logFile: string;
+  /** The worker's structured log (pino JSON lines). */
+  archLog: string;
+  transferUrl: string;
+  /** SIGTERM and wait (graceful: in-flight activities finish). */
+  stop(timeoutMs?: number): Promise<number | null>;
+  /** SIGKILL and wait: a worker lost with its machine. */
+  kill(): Promise<void>;
+  exited: Promise<number | null>;
+}
+
+export interface StartWorkerOptions {
+  temporal: TestTemporal;
+  /** ARCH_CONFIG file (test/support/arch-env.ts writeArchConfig). */
+  archConfig: string;
+  /** Where the worker writes its logs and state. */
+  dir: string;
+  extraArgs?: string[];
+  env?: Record<string, string>;
+  readyTimeoutMs?: number;
+}
+
+/** Start `bin/arch-worker` for a test node and wait until it polls. */
+export async function startWorker(node: TestNode, o: StartWorkerOptions): Promise<TestWorker> {
+  fs.mkdirSync(o.dir, { recursive: true });
+  const logFile = path.join(o.dir, `worker-${node.name}.out`);
+  const archLog = path.join(o.dir, `worker-${node.name}.log`);
+  const out = fs.openSync(logFile, 'a');
+  const args = [
+    '--node', node.name,
+    '--containerd-address', node.address,
+    '--runc-root', node.runcRootBase,
+    '--cgroup-parent', node.cgroupParent,
+    '--transfer-listen', '127.0.0.1:0',
+    '--state-dir', path.join(o.dir, `state-${node.name}`),
+    '--log-dir', path.join(o.dir, `logs-${node.name}`),
+    '--shutdown-grace', '30s',
+    ...(o.extraArgs ?? []),
+  ];
+  const child: ChildProcess = spawn(path.join(REPO_ROOT, 'bin', 'arch-worker'), args, {
+    env: { ...process.env, ...o.temporal.env, ARCH_CONFIG: o.archConfig, ARCH_LOG_FILE: archLog, ARCH_NODE_NAME: node.name, ...o.env },
+    stdio: ['ignore', 'pipe', out],
+  });
+  fs.closeSync(out);
+  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+  const ready = await new Promise<{ transferUrl: string }>((resolve, reject) => {
+    let buf = '';
+    const timer = setTimeout(() => reject(new Error(`worker ${node.name} not ready within ${o.readyTimeoutMs ?? 30_000} ms; see ${logFile}`)), o.readyTimeoutMs ?? 30_000);
+    child.stdout!.on('data', (chunk: Buffer) => {
+      fs.appendFileSync(logFile, chunk);
+      buf += chunk.toString();
+      for (const line of buf.split('\n')) {
+        try {
+          const ev = JSON.parse(line) as { event?: string; transferUrl?: string };
+          if (ev.event === 'ready') {
+            clearTimeout(timer);
+            resolve({ transferUrl: ev.transferUrl ?? '' });
+          }
+        } catch {
+          // not a JSON line
+        }
+      }
+    });
+    void exited.then((code) => {
+      clearTimeout(timer);
+      reject(new Error(`worker ${node.name} exited with ${code} before it was ready:\n${tail(logFile)}`));
+    });
+  }).catch(async (err: unknown) => {
+    child.kill('SIGKILL');
+    await exited;
+    throw err;
+  });
+  let done = false;
+  void exited.then(() => {
+    done = true;
+    liveWorkers.delete(w);
+  });
+  const w: TestWorker = {
+    node: node.name,
+    pid: child.pid!,
+    logFile,
+    archLog,
+    transferUrl: ready.transferUrl,
+    exited,
+    async stop(timeoutMs = 40_000) {
+      if (done) return exited;
+      child.kill('SIGTERM');
+      const code = await Promise.race([exited, sleep(timeoutMs).then(() => 'timeout' as const)]);
+      if (code === 'timeout') {
+        child.kill('SIGKILL');
+        return exited;
+      }
+      return code;
+    },
+    async kill() {
+      if (done) return;
+      child.kill('SIGKILL');
+      await exited;
+    },
+  };
+  liveWorkers.add(w);
+  return w;
+}
+
+function tail(file: string, lines = 30): string {
+  try {
+    return fs.readFileSync(file, 'utf8').trimEnd().split('\n').slice(-lines).join('\n');
+  } catch {
+    return '';
+  }
+}
+
+/** Stop every worker and server this process started (afterAll, and on failures). */
+export async function stopAllTemporal(): Promise<void> {
+  await Promise.all([...liveWorkers].map((w) => w.kill()));
+  await Promise.all([...liveServers].map((s) => s.stop()));
+}
+
+/** True once a worker polls the node's activity queue (as the server sees it). */
+export async function nodeHasPoller(client: Client, namespace: string, node: string): Promise<boolean> {
+  const r = await client.workflowService.describeTaskQueue({
+    namespace,
+    taskQueue: { name: nodeTaskQueue(node), kind: 1 },
+    taskQueueType: 2, // TASK_QUEUE_TYPE_ACTIVITY
+  });
+  return (r.pollers ?? []).length > 0;
+}
+
+/** Workflow result or failure, whichever comes; never hangs past timeoutMs. */
+export async function outcome<T>(handle: WorkflowHandle, timeoutMs: number): Promise<{ ok: true; value: T } | { ok: false; error: Error }> {
+  const r = await Promise.race([
+    handle.result().then((value: T) => ({ ok: true as const, value }), (error: Error) => ({ ok: false as const, error })),
+    sleep(timeoutMs).then(() => 'timeout' as const),
+  ]);
+  if (r === 'timeout') throw new Error(`workflow ${handle.workflowId} did not finish within ${timeoutMs} ms`);
+  return r;
+}
+
+// ---- a cluster: Temporal + containerd nodes + one arch-worker each ----------
+
+
+export const ARCH_RUNC = path.join(REPO_ROOT, 'bin', 'arch-runc');
+
+export interface TestCluster {
+  dir: string;
+  archConfig: string;
+  /** arch-runc's log (all nodes: one config). */
+  archRuncLog: string;
+  temporal: TestTemporal;
+  nodes: Record<string, TestNode>;
+  workers: Record<string, TestWorker>;
+  /** Start (again) the worker of a node. */
+  startWorker(name: string, extraArgs?: string[]): Promise<TestWorker>;
+  /** Run an ARCH-enabled counter on a node through arch-runc. */
+  runCounter(name: string, id: string, env?: string[], namespace?: string): Promise<void>;
+  /** Current count of a counter on a node, or undefined if unreadable. */
+  count(name: string, id: string, namespace?: string): number | undefined;
+  waitCount(name: string, id: string, atLeast: number, timeoutMs?: number, namespace?: string): Promise<number>;
+  stop(): Promise<void>;
+}
+
+export interface ClusterOptions {
+  /** Nodes that get the counter image at start (default: all). */
+  imageOn?: string[];
+  /** Checkpoint host path (ARCH_CHECKPOINT_HOST_PATH) given to counters; default <dir>/checkpoints. */
+  checkpointRoot?: string;
+  workerArgs?: string[];
+}
+
+export async function startCluster(label: string, names: string[], o: ClusterOptions = {}): Promise<TestCluster> {
+  const dir = testWorkDir('temporal', `${label}-${process.pid}`);
+  fs.rmSync(dir, { recursive: true, force: true });
+  fs.mkdirSync(dir, { recursive: true });
+  const archRuncLog = path.join(dir, 'arch-runc.log');
+  const archConfig = writeArchConfig(dir, { ARCH_LOG_FILE: archRuncLog });
+  const checkpointRoot = o.checkpointRoot ?? path.join(dir, 'checkpoints');
+  const nodes: Record<string, TestNode> = {};
+  const workers: Record<string, TestWorker> = {};
+  let temporal: TestTemporal | undefined;
+  const stop = async () => {
+    await Promise.all(Object.values(workers).map((w) => w.kill()));
+    await Promise.all(Object.values(nodes).map((n) => n.stop().catch(() => undefined)));
+    await temporal?.stop();
+  };
+  try {
+    temporal = await startTemporal({ dir });
+    await Promise.all(names.map(async (n) => {
+      nodes[n] = await startNode(n, { env: { ARCH_CONFIG: archConfig } });
+    }));
+    await Promise.all((o.imageOn ?? names).map((n) => ensureTestImage(nodes[n]!.containerd)));
+    const t = temporal;
+    const start = async (name: string, extraArgs: string[] = []) => {
+      const w = await startWorker(nodes[name]!, { temporal: t, archConfig, dir, extraArgs: [...(o.workerArgs ?? []), ...extraArgs] });
+      workers[name] = w;
+      return w;
+    };
+    await Promise.all(names.map((n) => start(n)));
+    const count = (name: string, id: string, ns = 'default') => {
+      try {
+        const v = Number(nodes[name]!.readContainerFile(id, COUNTER_FILES.count, ns).trim());
+        return Number.isFinite(v) ? v : undefined;
+      } catch {
+        return undefined;
+      }
+    };
+    return {
+      dir, archConfig, archRuncLog, temporal, nodes, workers,
+      startWorker: start,
+      async runCounter(name, id, env = [], namespace = 'default') {
+        const node = nodes[name]!;
+        const cd = namespace === 'default' ? node.containerd : node.containerd.withNamespace(namespace);
+        if (namespace !== 'default') await ensureTestImage(cd);
+        await cd.run({
+          image: 'localhost/arch-test/counter:1',
+          id,
+          env: ['ARCH_ENABLE=1', `ARCH_CHECKPOINT_HOST_PATH=${checkpointRoot}`, ...env],
+          runcBinary: ARCH_RUNC,
+          logFile: path.join(dir, `${name}-${namespace}-${id}.out`),
+          detach: true,
+        });
+        await cd.waitStatus(id, 'RUNNING', 15_000);
+      },
+      count,
+      async waitCount(name, id, atLeast, timeoutMs = 20_000, ns = 'default') {
+        const deadline = Date.now() + timeoutMs;
+        for (;;) {
+          const v = count(name, id, ns);
+          if (v !== undefined && v >= atLeast) return v;
+          if (Date.now() > deadline) throw new Error(`${name}: ${ns}/${id} count ${v} did not reach ${atLeast} within ${timeoutMs} ms`);
+          await sleep(100);
+        }
+      },
+      stop,
+    };
+  } catch (err) {
+    await stop();
+    throw err;
+  }
+}
+
+/** Running copies of a container across nodes: exactly one is the invariant. */
+export async function runningOn(cluster: TestCluster, id: string, namespace = 'default'): Promise<string[]> {
+  const out: string[] = [];
+  for (const [name, node] of Object.entries(cluster.nodes)) {
+    const cd = namespace === 'default' ? node.containerd : node.containerd.withNamespace(namespace);
+    const t = await cd.task(id).catch(() => undefined);
+    if (t?.status === 'RUNNING') out.push(name);
+  }
+  return out;
+}
