@@ -37,6 +37,8 @@ export interface CheckpointRequest {
    * are copied in instead of dumping again, and the processes are not touched.
    */
   dumpedImages?: string;
+  /** The bundle, when runc no longer knows the container (see dumpedImages). */
+  bundle?: string;
 }
 
 export interface CheckpointResult {
@@ -60,13 +62,16 @@ export interface ContainerOnNode {
 }
 
 /** Find an ARCH container through runc and read its contract from its spec. */
-export async function inspectArchContainer(ctx: NodeContext, namespace: string, id: string, runcRoot?: string): Promise<ContainerOnNode> {
+export async function inspectArchContainer(
+  ctx: NodeContext, namespace: string, id: string, runcRoot?: string, knownBundle?: string,
+): Promise<ContainerOnNode> {
   validateNamespace(namespace);
   validateContainerId(id);
   const runc = new Runc(ctx.settings, runcRoot ?? path.join(ctx.settings.runcRootBase, namespace));
-  let state;
+  let state: { bundle: string; status: string; pid: number };
   try {
-    state = await runc.state(id);
+    // runc forgets a container it checkpointed without --leave-running: then the caller knows the bundle.
+    state = knownBundle ? { bundle: knownBundle, status: 'stopped', pid: 0 } : await runc.state(id);
   } catch (err) {
     throw new ArchInputError('container', `${namespace}/${id} is not a container on this node (${runc.root}): ${firstLine(err)}`, 'check the namespace and id with `arch-cli ls`');
   }
@@ -88,7 +93,7 @@ export async function checkpointContainer(ctx: NodeContext, req: CheckpointReque
   const lap = (phase: string, since: number) => {
     timings[phase] = (timings[phase] ?? 0) + (Date.now() - since);
   };
-  const c = await inspectArchContainer(ctx, req.namespace, req.id, req.runcRoot);
+  const c = await inspectArchContainer(ctx, req.namespace, req.id, req.runcRoot, req.bundle);
   const log = ctx.log.child({ namespace: req.namespace, container: req.id });
   if (!req.dumpedImages && c.status !== 'running' && c.status !== 'paused') {
     throw new ArchInputError('container', `${req.namespace}/${req.id} is ${c.status}, not running`, 'only a running container can be checkpointed');

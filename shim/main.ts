@@ -131,11 +131,13 @@ async function handleStart(ctx: NodeContext, call: RuncCall, id: string, log: Lo
 /** containerd asked runc for a checkpoint: give it one, and publish an ARCH checkpoint from the same images. */
 async function handleCheckpoint(ctx: NodeContext, call: RuncCall, namespace: string, id: string, log: Log): Promise<number> {
   const imagePath = optionString(call, '--image-path');
+  // Ask for the bundle first: runc forgets the container once it is dumped.
+  const bundle = await new Runc(ctx.settings, call.root).state(id).then((s) => s.bundle, () => undefined);
   const code = await runRealRunc(ctx.settings.runc, call.argv);
-  if (code !== 0 || !imagePath || call.options.has('--pre-dump')) return code;
+  if (code !== 0 || !imagePath || !bundle || call.options.has('--pre-dump')) return code;
   try {
-    await checkpointContainer({ settings: ctx.settings, log: ctx.log }, {
-      namespace, id, runcRoot: call.root, dumpedImages: imagePath, leaveRunning: call.options.has('--leave-running'),
+    await checkpointContainer(ctx, {
+      namespace, id, runcRoot: call.root, bundle, dumpedImages: imagePath, leaveRunning: call.options.has('--leave-running'),
     });
   } catch (err) {
     // containerd's own checkpoint succeeded; ARCH's copy failing must not fail it.

@@ -70,3 +70,83 @@ test('local mode: checkpoint, delete, create again → counter continues, files 
   expect(a.logLines().some((l) => l.msg === 'restored from checkpoint' && l.container === id)).toBe(true);
   await a.containerd.removeContainer(id);
 });
+
+test('shared mode: work dir bind-mounted and made the cwd, survives with the checkpoint', async () => {
+  const id = 'shared-1';
+  const shared = path.join(storage, 'shared');
+  const env = ['ARCH_ENABLE=1', `ARCH_SHAREDFS_HOST_PATH=${shared}`, 'ARCH_WORKDIR_CONTAINER_PATH=/work',
+    // Shared mode wins over local mode: this path must stay unused.
+    `ARCH_CHECKPOINT_HOST_PATH=${storage}/ignored`, 'COUNTER_FILE=/work/count'];
+  await a.runCounter(id, env);
+  const hostCount = path.join(shared, 'work/default', id, 'count');
+  await waitFor('count in the shared work dir', () => (fs.existsSync(hostCount) && Number(fs.readFileSync(hostCount, 'utf8')) >= 10 ? true : undefined));
+  const res = await checkpointContainer(a.ctx, { namespace: 'default', id, runcRoot: a.runcRoot('default') });
+  expect(res.dir.startsWith(path.join(shared, 'checkpoint/default', id))).toBe(true);
+  expect(fs.existsSync(path.join(storage, 'ignored'))).toBe(false);
+  await a.containerd.waitStatus(id, 'STOPPED', 15_000);
+  const atCheckpoint = Number(fs.readFileSync(hostCount, 'utf8'));
+  await a.containerd.removeContainer(id);
+  // Kept after delete: the container was checkpointed.
+  expect(fs.existsSync(hostCount)).toBe(true);
+
+  await a.runCounter(id, env);
+  await waitFor('restored count in the shared work dir', () => (Number(fs.readFileSync(hostCount, 'utf8')) > atCheckpoint + 3 ? true : undefined));
+  expect(a.logLines().some((l) => l.msg === 'restored from checkpoint' && l.container === id)).toBe(true);
+  await a.containerd.removeContainer(id);
+});
+
+test('another node: checkpoint on node A, create on node B from the same storage', async () => {
+  const id = 'move-1';
+  const env = ['ARCH_ENABLE=1', `ARCH_CHECKPOINT_HOST_PATH=${storage}/local`, 'COUNTER_START_FILES=1'];
+  await a.runCounter(id, env);
+  await a.waitCount(id, 10);
+  const atCheckpoint = await checkpointAndRemove(a, id);
+
+  const out = await b.runCounter(id, env.filter((e) => !e.startsWith('COUNTER_START_FILES')));
+  await b.containerd.waitStatus(id, 'RUNNING', 15_000);
+  await b.waitCount(id, atCheckpoint + 3);
+  expect(Number(/count (\d+)/.exec(fs.readFileSync(out, 'utf8'))?.[1])).toBeGreaterThanOrEqual(atCheckpoint);
+  expect(b.readContainerFile(id, COUNTER_FILES.created)).toBe(COUNTER_FILES.createdContent);
+  expect(b.logLines().some((l) => l.msg === 'restored from checkpoint' && l.container === id && l.from === 'shim-a')).toBe(true);
+  await b.containerd.removeContainer(id);
+});
+
+test('delete after the job exits by itself removes its checkpoint and work dir', async () => {
+  const id = 'done-1';
+  const shared = path.join(storage, 'shared-done');
+  const env = ['ARCH_ENABLE=1', `ARCH_SHAREDFS_HOST_PATH=${shared}`, 'ARCH_WORKDIR_CONTAINER_PATH=/work'];
+  // The restored process keeps its memory, so its exit point is set at the first start.
+  await a.runCounter(id, [...env, 'COUNTER_INTERVAL_MS=50', 'COUNTER_EXIT_AFTER=60']);
+  await a.waitCount(id, 3);
+  await checkpointContainer(a.ctx, { namespace: 'default', id, runcRoot: a.runcRoot('default') });
+  await a.containerd.waitStatus(id, 'STOPPED', 15_000);
+  await a.containerd.removeContainer(id);
+  const ckDir = path.join(shared, 'checkpoint/default', id);
+  expect(fs.existsSync(path.join(ckDir, 'current'))).toBe(true);
+
+  // Restored, it counts on to 60 and exits 0 by itself: the job is done.
+  await a.runCounter(id, env);
+  await a.containerd.waitStatus(id, 'STOPPED', 30_000);
+  expect(a.logLines().some((l) => l.msg === 'restored from checkpoint' && l.container === id)).toBe(true);
+  await a.containerd.removeContainer(id);
+  expect(fs.existsSync(ckDir)).toBe(false);
+  expect(fs.existsSync(path.join(shared, 'work/default', id))).toBe(false);
+});
+
+test('ctr task checkpoint of an ARCH container also publishes an ARCH checkpoint', async () => {
+  const id = 'ctr-ck-1';
+  const env = ['ARCH_ENABLE=1', `ARCH_CHECKPOINT_HOST_PATH=${storage}/ctr`];
+  await a.runCounter(id, env);
+  await a.waitCount(id, 5);
+  await a.containerd.taskCheckpoint(id, { exit: true });
+  await a.containerd.waitStatus(id, 'STOPPED', 15_000);
+  const store = new CheckpointStore(path.join(storage, 'ctr/default', id));
+  const { manifest } = await store.verifyCurrent();
+  expect(manifest.containerId).toBe(id);
+  const atCheckpoint = a.count(id);
+  await a.containerd.removeContainer(id);
+  await a.runCounter(id, env);
+  await a.waitCount(id, atCheckpoint + 3);
+  expect(a.logLines().some((l) => l.msg === 'restored from checkpoint' && l.container === id)).toBe(true);
+  await a.containerd.removeContainer(id);
+});

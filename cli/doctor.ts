@@ -1,0 +1,33 @@
+import type { Command } from 'commander';
+import { runDoctor, writeProbedSettings } from '../core/doctor.js';
+import { loadSettings } from '../core/settings.js';
+import { makeOut } from './output.js';
+
+export function registerDoctor(program: Command): void {
+  program
+    .command('doctor')
+    .description('check this node: runc, containerd, CRIU (and its breakpoint quirk), iptables, Temporal CLI; prints the fix for each failure')
+    .option('--json', 'machine-readable output')
+    .option('--write-config', 'record probe results (e.g. ARCH_CRIU_NO_BREAKPOINTS=1) in the settings file')
+    .action(async (opts: { json?: boolean; writeConfig?: boolean }) => {
+      let settings = loadSettings();
+      let checks = await runDoctor(settings);
+      if (opts.writeConfig && (await writeProbedSettings(settings, checks))) {
+        settings = loadSettings();
+        checks = await runDoctor(settings);
+        if (!opts.json) process.stdout.write(`wrote ARCH_CRIU_NO_BREAKPOINTS=1 to ${settings.configFile}\n`);
+      }
+      const failed = checks.filter((c) => !c.ok && !c.optional);
+      if (opts.json) {
+        makeOut(true).result({ ok: failed.length === 0, checks }, () => '');
+      } else {
+        for (const c of checks) {
+          const mark = c.ok ? 'ok  ' : c.optional ? 'warn' : 'FAIL';
+          process.stdout.write(`${mark}  ${c.name.padEnd(22)} ${c.version ?? ''}${c.detail ? `  ${c.detail}` : ''}\n`);
+          if (!c.ok && c.fix) process.stdout.write(`      fix: ${c.fix}\n`);
+        }
+        process.stdout.write(failed.length ? `\n${failed.length} problem(s) found.\n` : '\nThis node is ready for ARCH.\n');
+      }
+      process.exitCode = failed.length ? 1 : 0;
+    });
+}

@@ -1,0 +1,45 @@
+import type { Command } from 'commander';
+import { createNodeContext } from '../core/context.js';
+import { finalizeNode, type FinalizeItem } from '../core/finalize.js';
+import { parseDurationMs } from '../worker/args.js';
+import { bytes as formatBytes, makeOut, ms as formatMs } from './output.js';
+
+/**
+ * `arch-cli finalize`: on a reclaim warning, checkpoint every running ARCH
+ * container of this node now. No Temporal needed: it must work when
+ * everything else on a dying node does not.
+ */
+export function registerFinalize(program: Command): void {
+  program
+    .command('finalize')
+    .description('checkpoint every running ARCH container on this node now (reclaim warning); exits 1 if any failed')
+    .option('--deadline <duration>', 'time left before the node goes away (e.g. 90s, 2m)', '120s')
+    .option('--parallel <n>', 'at most this many checkpoints at once', '4')
+    .option('--namespace <ns...>', 'only these containerd namespaces')
+    .option('--leave-running', 'keep the containers running after the checkpoint')
+    .option('--json', 'machine-readable output')
+    .action(async (opts: { deadline: string; parallel: string; namespace?: string[]; leaveRunning?: boolean; json?: boolean }) => {
+      const ctx = createNodeContext('arch-cli');
+      const deadlineMs = parseDurationMs(opts.deadline, '--deadline');
+      const maxParallel = Number(opts.parallel);
+      if (!Number.isInteger(maxParallel) || maxParallel < 1) throw new Error(`--parallel: "${opts.parallel}" is not a positive integer. Fix: e.g. --parallel 4`);
+      const line = (i: FinalizeItem) => {
+        const what = i.status === 'checkpointed' ? 'ok    ' : i.status === 'deadline' ? 'LATE  ' : 'FAILED';
+        process.stdout.write(`${what} ${`${i.namespace}/${i.id}`.padEnd(36)} ${formatBytes(i.sizeBytes).padStart(10)} ${formatMs(i.durationMs).padStart(8)}${i.error ? `  ${i.error}` : ''}\n`);
+      };
+      const report = await finalizeNode(ctx, {
+        deadline: new Date(Date.now() + deadlineMs),
+        maxParallel,
+        namespaces: opts.namespace,
+        leaveRunning: opts.leaveRunning,
+        onPlan: (plan, containers) => {
+          if (opts.json) return;
+          process.stdout.write(`finalize: ${containers.length} ARCH container(s), ${plan.parallelism} at a time, deadline in ${formatMs(deadlineMs)}\n`);
+          for (const p of plan.notExpectedToFit) process.stdout.write(`warning: ${p.namespace}/${p.id} is not expected to finish before the deadline\n`);
+        },
+        onResult: opts.json ? undefined : line,
+      });
+      makeOut(!!opts.json).result(report, () => `${report.items.filter((i) => i.status === 'checkpointed').length}/${report.items.length} checkpointed in ${formatMs(report.wallMs)}`);
+      process.exitCode = report.ok ? 0 : 1;
+    });
+}

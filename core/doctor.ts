@@ -1,0 +1,126 @@
+import { execa } from 'execa';
+import { spawn } from 'node:child_process';
+import fs from 'node:fs';
+import fsp from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { parseEnvFile, type Settings } from './settings.js';
+
+/**
+ * `arch-cli doctor`: every dependency with its version, CRIU's own check, and
+ * whether hardware breakpoints fire (they do not in some VMs, where CRIU's
+ * dump then hangs unless CRIU_FAULT=130 makes it use ptrace instead).
+ * Each failed check carries the exact fix.
+ */
+export interface Check {
+  name: string;
+  ok: boolean;
+  version?: string;
+  detail?: string;
+  fix?: string;
+  /** A failed optional check is a warning, not a failure. */
+  optional?: boolean;
+}
+
+async function versionOf(cmd: string, args: string[], re: RegExp): Promise<string | undefined> {
+  try {
+    const r = await execa(cmd, args, { reject: false, timeout: 10_000, all: true });
+    return re.exec(String(r.all ?? ''))?.[1];
+  } catch {
+    return undefined;
+  }
+}
+
+async function binCheck(name: string, cmd: string, args: string[], re: RegExp, fix: string, optional = false): Promise<Check> {
+  const version = await versionOf(cmd, args, re);
+  return version ? { name, ok: true, version, detail: cmd } : { name, ok: false, detail: `${cmd} not found or not working`, fix, optional };
+}
+
+/**
+ * Dump a throwaway process with CRIU (leave it running). Returns 'ok',
+ * 'hang' (the "Waiting for PID to trap" symptom), or the error text.
+ */
+export async function probeCriuDump(criu: string, noBreakpoints: boolean, timeoutMs = 8000): Promise<'ok' | 'hang' | string> {
+  const dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'arch-criu-probe-'));
+  const child = spawn('sleep', ['600'], { detached: true, stdio: 'ignore' });
+  try {
+    const r = await execa(criu, ['dump', '-t', String(child.pid), '-D', dir, '-o', 'dump.log', '-v4', '--leave-running', '--shell-job'], {
+      reject: false,
+      timeout: timeoutMs,
+      env: noBreakpoints ? { CRIU_FAULT: '130' } : {},
+    });
+    if (r.exitCode === 0) return 'ok';
+    const log = await fsp.readFile(path.join(dir, 'dump.log'), 'utf8').catch(() => '');
+    if (r.timedOut || /Waiting for PID to trap\s*$/.test(log.trimEnd())) return 'hang';
+    return log.split('\n').filter((l) => l.includes('Error')).slice(-2).join(' | ') || `exit ${r.exitCode}`;
+  } finally {
+    try {
+      process.kill(child.pid!, 'SIGKILL');
+    } catch {
+      // already gone
+    }
+    await fsp.rm(dir, { recursive: true, force: true });
+  }
+}
+
+export async function runDoctor(settings: Settings): Promise<Check[]> {
+  const checks: Check[] = [];
+  checks.push({ name: 'node', ok: Number(process.versions.node.split('.')[0]) >= 20, version: process.versions.node, fix: 'install Node.js 20 or newer' });
+  checks.push(await binCheck('runc', settings.runc, ['--version'], /runc version (\S+)/, 'apt-get install runc (or set ARCH_RUNC to the real runc)'));
+  checks.push(await binCheck('containerd', 'containerd', ['--version'], /containerd \S+ (\S+)/, 'apt-get install containerd'));
+  checks.push(await binCheck('ctr', 'ctr', ['--version'], /ctr \S+ (\S+)/, 'apt-get install containerd'));
+  const criu = await binCheck('criu', settings.criu, ['--version'], /Version: (\S+)/, 'run ./install.sh (installs CRIU >= 4), or set ARCH_CRIU');
+  if (criu.ok && Number(criu.version!.split('.')[0]) < 4) {
+    Object.assign(criu, { ok: false, detail: `CRIU ${criu.version} is too old for this kernel (vDSO layout)`, fix: 'run ./install.sh: it installs Debian 13\'s CRIU 4 privately on Debian 12' });
+  }
+  checks.push(criu);
+  if (criu.ok) {
+    const r = await execa(settings.criu, ['check'], { reject: false, all: true, timeout: 30_000 });
+    const out = String(r.all ?? '');
+    checks.push({ name: 'criu check', ok: r.exitCode === 0 && /Looks good/.test(out), detail: out.split('\n').filter((l) => /Looks good|Error/.test(l)).slice(0, 3).join(' | '), fix: 'see `criu check -v4` output; the kernel needs CONFIG_CHECKPOINT_RESTORE' });
+    const plain = await probeCriuDump(settings.criu, false);
+    const bp: Check = { name: 'hardware breakpoints', ok: plain === 'ok', detail: plain === 'ok' ? 'CRIU dump works with breakpoints' : plain === 'hang' ? 'CRIU dump hangs (breakpoints do not fire: typical in VMs)' : plain };
+    if (plain !== 'ok') {
+      const fallback = await probeCriuDump(settings.criu, true);
+      if (fallback === 'ok') {
+        bp.ok = settings.criuNoBreakpoints; // configured correctly already → fine
+        bp.detail += settings.criuNoBreakpoints ? '; ARCH_CRIU_NO_BREAKPOINTS=1 is set: CRIU uses ptrace instead' : '; works with CRIU_FAULT=130';
+        bp.fix = `set ARCH_CRIU_NO_BREAKPOINTS=1 in ${settings.configFile} (or run: arch-cli doctor --write-config)`;
+      } else {
+        bp.detail += `; also fails with CRIU_FAULT=130: ${fallback}`;
+        bp.fix = 'run `criu dump` by hand with -v4 and read its log';
+      }
+    }
+    checks.push(bp);
+  }
+  checks.push(await binCheck('iptables', 'iptables-restore', ['--version'], /v(\S+)/, 'apt-get install iptables (CRIU locks container networks with iptables-restore)'));
+  checks.push(await binCheck('zstd', 'zstd', ['--version'], /v(\d\S*),?/, 'apt-get install zstd', true));
+  checks.push(await binCheck('getfattr', 'getfattr', ['--version'], /getfattr (\S+)/, 'apt-get install attr (needed for opaque overlay directories)'));
+  checks.push(await binCheck('temporal', settings.temporalCli, ['--version'], /temporal version (\S+)/, 'run ./install.sh (builds the Temporal CLI), or set ARCH_TEMPORAL_CLI', true));
+  checks.push({ name: 'settings', ok: true, detail: fs.existsSync(settings.configFile) ? settings.configFile : `${settings.configFile} (absent: defaults)` });
+  if (settings.logFile) {
+    let ok = true;
+    try {
+      await fsp.mkdir(path.dirname(settings.logFile), { recursive: true });
+      await fsp.appendFile(settings.logFile, '');
+    } catch {
+      ok = false;
+    }
+    checks.push({ name: 'log file', ok, detail: settings.logFile, fix: `make ${path.dirname(settings.logFile)} writable or change ARCH_LOG_FILE` });
+  }
+  return checks;
+}
+
+/** Record what the probes found in the settings file (keeps every other line). */
+export async function writeProbedSettings(settings: Settings, checks: Check[]): Promise<boolean> {
+  const bp = checks.find((c) => c.name === 'hardware breakpoints');
+  if (!bp || bp.ok || !bp.detail?.includes('works with CRIU_FAULT=130')) return false;
+  const file = settings.configFile;
+  const text = await fsp.readFile(file, 'utf8').catch(() => '');
+  if (parseEnvFile(text).ARCH_CRIU_NO_BREAKPOINTS === '1') return false;
+  const lines = text.split('\n').filter((l) => !/^\s*ARCH_CRIU_NO_BREAKPOINTS=/.test(l) && l !== '');
+  lines.push('# Hardware breakpoints do not fire on this host (arch-cli doctor): CRIU uses ptrace instead.', 'ARCH_CRIU_NO_BREAKPOINTS=1');
+  await fsp.mkdir(path.dirname(file), { recursive: true });
+  await fsp.writeFile(file, `${lines.join('\n')}\n`);
+  return true;
+}

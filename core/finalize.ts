@@ -1,0 +1,132 @@
+import path from 'node:path';
+import { checkpointContainer, type CheckpointResult } from './checkpoint.js';
+import type { NodeContext } from './context.js';
+import { planDrain, ThroughputEstimator, type DrainPlan } from './drain-plan.js';
+import { errorMessage } from './errors.js';
+import { listArchContainers, type ArchContainer } from './node-containers.js';
+
+/**
+ * Checkpoint every running ARCH container on this node before a deadline:
+ * what the original ARCH's container_finalizer did on a reclaim warning, now
+ * planned. The planner orders by ARCH_PRIORITY then size and picks the
+ * parallelism from measured disk throughput; containers still running when
+ * the deadline comes are cancelled (CRIU aborts, the container is thawed, its
+ * previous checkpoint stays) and reported, never half-published.
+ */
+export interface FinalizeOptions {
+  deadline: Date;
+  maxParallel?: number;
+  /** Only these containers ("ns/id"); default all running ARCH containers. */
+  only?: string[];
+  namespaces?: string[];
+  leaveRunning?: boolean;
+  onPlan?: (plan: DrainPlan, containers: ArchContainer[]) => void;
+  onResult?: (r: FinalizeItem) => void;
+  signal?: AbortSignal;
+}
+
+export interface FinalizeItem {
+  namespace: string;
+  id: string;
+  status: 'checkpointed' | 'failed' | 'deadline';
+  expectedToFit: boolean;
+  sizeBytes?: number;
+  durationMs?: number;
+  dir?: string;
+  timings?: Record<string, number>;
+  error?: string;
+}
+
+export interface FinalizeReport {
+  node: string;
+  startedAt: string;
+  deadline: string;
+  parallelism: number;
+  wallMs: number;
+  items: FinalizeItem[];
+  ok: boolean;
+}
+
+/** Fixed cost of one checkpoint (freeze, CRIU start, runc calls), measured on these machines. */
+const PER_CONTAINER_OVERHEAD_MS = 350;
+
+export function throughputFile(ctx: NodeContext): string {
+  return path.join(path.dirname(ctx.settings.defaultCheckpointRoot), 'throughput.json');
+}
+
+export async function finalizeNode(ctx: NodeContext, opts: FinalizeOptions): Promise<FinalizeReport> {
+  const t0 = Date.now();
+  const all = await listArchContainers(ctx, { namespaces: opts.namespaces });
+  const running = all.filter(
+    (c) => (c.status === 'running' || c.status === 'paused') && (!opts.only || opts.only.includes(`${c.namespace}/${c.id}`)),
+  );
+  const estimator = new ThroughputEstimator(throughputFile(ctx), { logger: ctx.log });
+  const plan = planDrain({
+    now: new Date(t0),
+    deadline: opts.deadline,
+    containers: running.map((c) => ({ namespace: c.namespace, id: c.id, priority: c.contract.priority, rssBytes: c.rssBytes, upperDirBytes: c.upperDirBytes })),
+    throughputBytesPerSec: estimator.bytesPerSec,
+    perContainerOverheadMs: PER_CONTAINER_OVERHEAD_MS,
+    maxParallel: opts.maxParallel ?? 4,
+    safetyMarginMs: 1000,
+  });
+  opts.onPlan?.(plan, running);
+  const byKey = new Map(running.map((c) => [`${c.namespace}/${c.id}`, c]));
+  const fits = new Set(plan.expectedToFit.map((p) => `${p.namespace}/${p.id}`));
+  if (plan.notExpectedToFit.length) {
+    ctx.log.warn(
+      { phase: 'finalize', notExpectedToFit: plan.notExpectedToFit.map((p) => `${p.namespace}/${p.id}`), budgetMs: plan.budgetMs },
+      'some containers are not expected to finish before the deadline; trying them last',
+    );
+  }
+  // Past the deadline every in-flight checkpoint is cancelled: a late checkpoint is worth nothing.
+  const deadlineAbort = new AbortController();
+  const timer = setTimeout(() => deadlineAbort.abort(new Error('deadline reached')), Math.max(0, opts.deadline.getTime() - Date.now()));
+  const signal = opts.signal ? AbortSignal.any([opts.signal, deadlineAbort.signal]) : deadlineAbort.signal;
+  const items: FinalizeItem[] = [];
+  let next = 0;
+  let batchBytes = 0;
+  const lane = async (): Promise<void> => {
+    while (next < plan.order.length) {
+      const p = plan.order[next++]!;
+      const key = `${p.namespace}/${p.id}`;
+      const c = byKey.get(key)!;
+      const base = { namespace: p.namespace, id: p.id, expectedToFit: fits.has(key) };
+      let item: FinalizeItem;
+      if (signal.aborted) {
+        item = { ...base, status: 'deadline', error: 'not started: deadline reached' };
+      } else {
+        const s = Date.now();
+        try {
+          const r: CheckpointResult = await checkpointContainer(ctx, {
+            namespace: p.namespace, id: p.id, runcRoot: c.runcRoot, leaveRunning: opts.leaveRunning, signal,
+          });
+          batchBytes += r.sizeBytes;
+          item = { ...base, status: 'checkpointed', sizeBytes: r.sizeBytes, durationMs: r.totalMs, dir: r.dir, timings: r.timings };
+        } catch (err) {
+          item = { ...base, status: signal.aborted ? 'deadline' : 'failed', durationMs: Date.now() - s, error: errorMessage(err).split('\n')[0] };
+        }
+      }
+      items.push(item);
+      opts.onResult?.(item);
+    }
+  };
+  try {
+    await Promise.all(Array.from({ length: Math.max(1, plan.parallelism) }, lane));
+  } finally {
+    clearTimeout(timer);
+  }
+  const wallMs = Date.now() - t0;
+  if (batchBytes > 0) estimator.observe(batchBytes, wallMs);
+  const report: FinalizeReport = {
+    node: ctx.settings.nodeName,
+    startedAt: new Date(t0).toISOString(),
+    deadline: opts.deadline.toISOString(),
+    parallelism: plan.parallelism,
+    wallMs,
+    items,
+    ok: items.every((i) => i.status === 'checkpointed'),
+  };
+  ctx.log.info({ phase: 'finalize', durationMs: wallMs, checkpointed: items.filter((i) => i.status === 'checkpointed').length, total: items.length }, 'finalize done');
+  return report;
+}
