@@ -1,0 +1,67 @@
+import { execa } from 'execa';
+import fs from 'node:fs';
+import path from 'node:path';
+import { CheckpointStore } from '../../core/store.js';
+import { cleanupStaleNodes, stopAllNodes } from '../support/containerd-node.js';
+import { startArchNode, type ArchTestNode } from '../support/arch-node.js';
+import { REPO_ROOT } from '../support/images.js';
+
+/**
+ * `arch-cli finalize` on a reclaim warning: every running ARCH container of
+ * the node is checkpointed at once; non-ARCH containers are left alone; each
+ * restored container continues.
+ */
+let node: ArchTestNode;
+let storage: string;
+
+beforeAll(async () => {
+  await cleanupStaleNodes();
+  storage = fs.mkdtempSync('/tmp/arch-finalize-');
+  node = await startArchNode('fin-a');
+});
+
+afterAll(async () => {
+  await stopAllNodes();
+  fs.rmSync(storage, { recursive: true, force: true });
+});
+
+test('finalize checkpoints several ARCH containers in parallel; each continues after re-create', async () => {
+  const ids = ['job-1', 'job-2', 'job-3'];
+  const env = ['ARCH_ENABLE=1', `ARCH_CHECKPOINT_HOST_PATH=${storage}`];
+  for (const id of ids) await node.runCounter(id, env);
+  await node.runCounter('plain-1', []); // not ARCH: finalize must not touch it
+  for (const id of ids) await node.waitCount(id, 5);
+
+  const r = await execa(path.join(REPO_ROOT, 'bin/arch-cli'), ['finalize', '--deadline', '60s', '--json'], {
+    env: { ARCH_CONFIG: node.archConfig },
+    reject: false,
+  });
+  expect(r.exitCode).toBe(0);
+  const report = JSON.parse(String(r.stdout)) as { ok: boolean; items: { id: string; status: string; sizeBytes: number }[] };
+  expect(report.ok).toBe(true);
+  expect(report.items.map((i) => i.id).sort()).toEqual(ids);
+  expect(report.items.every((i) => i.status === 'checkpointed' && i.sizeBytes > 0)).toBe(true);
+
+  const counts: Record<string, number> = {};
+  for (const id of ids) {
+    await node.containerd.waitStatus(id, 'STOPPED', 15_000);
+    await new CheckpointStore(path.join(storage, 'default', id)).verifyCurrent();
+    counts[id] = node.count(id);
+    await node.containerd.removeContainer(id);
+  }
+  expect((await node.containerd.listTasks()).find((t) => t.id === 'plain-1')?.status).toBe('RUNNING');
+
+  for (const id of ids) await node.runCounter(id, env);
+  for (const id of ids) await node.waitCount(id, counts[id]! + 3);
+  expect(node.logLines().filter((l) => l.msg === 'restored from checkpoint').length).toBe(ids.length);
+  for (const id of [...ids, 'plain-1']) await node.containerd.removeContainer(id);
+});
+
+test('finalize with nothing to do says so and succeeds; bad --deadline is a clear error', async () => {
+  const ok = await execa(path.join(REPO_ROOT, 'bin/arch-cli'), ['finalize'], { env: { ARCH_CONFIG: node.archConfig }, reject: false });
+  expect(ok.exitCode).toBe(0);
+  expect(String(ok.stdout)).toContain('0/0 checkpointed');
+  const bad = await execa(path.join(REPO_ROOT, 'bin/arch-cli'), ['finalize', '--deadline', 'soon'], { env: { ARCH_CONFIG: node.archConfig }, reject: false });
+  expect(bad.exitCode).not.toBe(0);
+  expect(String(bad.stderr)).toMatch(/--deadline.*Fix/);
+});
