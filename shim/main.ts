@@ -15,6 +15,7 @@ import { readSpec, withWorkdirMount, writeSpec } from '../core/oci-spec.js';
 import { restoreFromCheckpoint } from '../core/restore.js';
 import { containerIdOf, namespaceOfRoot, optionString, parseRuncArgs, type RuncCall } from '../core/runc-args.js';
 import { Runc } from '../core/runc.js';
+import { criuEnv } from '../core/settings.js';
 import { readShimState, updateShimState, wasKilled, writeShimState } from '../core/shim-state.js';
 import { CheckpointStore } from '../core/store.js';
 import { runRealRunc } from './passthrough.js';
@@ -133,7 +134,9 @@ async function handleCheckpoint(ctx: NodeContext, call: RuncCall, namespace: str
   const imagePath = optionString(call, '--image-path');
   // Ask for the bundle first: runc forgets the container once it is dumped.
   const bundle = await new Runc(ctx.settings, call.root).state(id).then((s) => s.bundle, () => undefined);
-  const code = await runRealRunc(ctx.settings.runc, call.argv);
+  // The dump containerd asked for needs ARCH's CRIU and its VM quirk setting too.
+  const argv = call.globals.has('--criu') ? call.argv : ['--criu', ctx.settings.criu, ...call.argv];
+  const code = await runRealRunc(ctx.settings.runc, argv, criuEnv(ctx.settings));
   if (code !== 0 || !imagePath || !bundle || call.options.has('--pre-dump')) return code;
   try {
     await checkpointContainer(ctx, {

@@ -5,9 +5,9 @@ import { spawn } from 'node:child_process';
  * fds, so containerd's pipes reach runc), signals forwarded, exit code or
  * signal mirrored. Node cannot exec(2); this is the closest equivalent.
  */
-export function runRealRunc(runc: string, argv: string[]): Promise<number> {
+export function runRealRunc(runc: string, argv: string[], env?: Record<string, string>): Promise<number> {
   return new Promise((resolve) => {
-    const child = spawn(runc, argv, { stdio: 'inherit' });
+    const child = spawn(runc, argv, { stdio: 'inherit', env: env ? { ...process.env, ...env } : process.env });
     const forward = (sig: NodeJS.Signals) => () => child.kill(sig);
     const sigs: NodeJS.Signals[] = ['SIGTERM', 'SIGINT', 'SIGHUP', 'SIGQUIT', 'SIGUSR1', 'SIGUSR2'];
     const handlers = sigs.map((s) => [s, forward(s)] as const);
