@@ -1,0 +1,91 @@
+/**
+ * arch-cli dev: the embedded default. Uses the Temporal server at
+ * TEMPORAL_ADDRESS if one answers; otherwise starts the installed Temporal
+ * CLI dev server there with a persistent SQLite file and ARCH's search
+ * attributes. Then runs this node's worker in the foreground until Ctrl-C.
+ */
+import os from 'node:os';
+import path from 'node:path';
+import { Command } from 'commander';
+import { Connection } from '@temporalio/client';
+import { isReachable, temporalTarget } from '../../core/temporal/connection.js';
+import { startDevServer, type DevServer } from '../../core/temporal/dev-server.js';
+import { ensureSearchAttributes } from '../../core/temporal/register.js';
+import { addWorkerOptions, workerOptionsFrom, type WorkerFlags } from '../../worker/options.js';
+import { startNodeWorker } from '../../worker/run.js';
+import type { CliContext } from '../context.js';
+import { CliError, EXIT } from '../exit-codes.js';
+
+interface DevFlags extends WorkerFlags {
+  db: string;
+  uiPort?: string;
+  worker: boolean;
+  keepServer?: boolean;
+}
+
+function defaultDb(): string {
+  return process.getuid?.() === 0 ? '/var/lib/arch/temporal-dev.sqlite' : path.join(os.homedir(), '.local/share/arch/temporal-dev.sqlite');
+}
+
+function splitAddress(address: string): { host: string; port: number } {
+  const m = /^(?:\[([^\]]+)\]|([^:]+)):(\d+)$/.exec(address);
+  if (!m) throw new CliError(`TEMPORAL_ADDRESS "${address}" is not HOST:PORT`, EXIT.input);
+  return { host: m[1] ?? m[2]!, port: Number(m[3]) };
+}
+
+const LOCAL = new Set(['localhost', '127.0.0.1', '::1', '0.0.0.0']);
+
+export function registerDev(program: Command, ctx: CliContext): void {
+  const cmd = new Command('dev')
+    .description('run a local Temporal dev server (if none answers at TEMPORAL_ADDRESS) and this node\'s worker, until Ctrl-C')
+    .option('--db <file>', 'SQLite file of the dev server (workflows survive restarts)', defaultDb())
+    .option('--ui-port <port>', 'Temporal UI port (default: frontend port + 1000)')
+    .option('--no-worker', 'only the server')
+    .option('--keep-server', 'leave the dev server running when this exits');
+  addWorkerOptions(cmd, ctx.settings);
+  cmd.action(async (o: DevFlags) => {
+    const out = ctx.out();
+    const g = ctx.globals();
+    const target = temporalTarget({ temporalAddress: g.address ?? ctx.settings.temporalAddress, temporalNamespace: g.namespace ?? ctx.settings.temporalNamespace });
+    let server: DevServer | undefined;
+    let uiUrl: string | undefined;
+    if (await isReachable(target)) {
+      out.info(`Temporal answers at ${target.address}: using it`);
+    } else {
+      const { host, port } = splitAddress(target.address);
+      if (!LOCAL.has(host)) throw new CliError(`Temporal at ${target.address} does not answer, and it is not local: cannot start a dev server there. Fix: start it, or unset TEMPORAL_ADDRESS`, EXIT.unavailable);
+      const uiPort = o.uiPort ? Number(o.uiPort) : port + 1000;
+      out.info(`starting the Temporal dev server on ${target.address} (state in ${o.db})`);
+      server = await startDevServer({
+        temporalCli: ctx.settings.temporalCli,
+        ip: host === 'localhost' ? '127.0.0.1' : host,
+        port,
+        uiPort,
+        dbFile: o.db,
+        namespace: target.namespace,
+        logFile: path.join(path.dirname(o.db), 'temporal-dev.log'),
+        detached: !!o.keepServer,
+      });
+      uiUrl = server.uiUrl;
+    }
+    const connection = await Connection.connect({ address: target.address });
+    const sa = await ensureSearchAttributes(connection, target.namespace);
+    await connection.close();
+    out.info(`search attributes: ${sa.added.length ? `registered ${sa.added.join(', ')}` : 'already registered'}`);
+    if (uiUrl) out.info(`Temporal UI: ${uiUrl}`);
+    if (!o.worker) {
+      out.result({ address: target.address, namespace: target.namespace, uiUrl, pid: server?.pid }, () => `Temporal dev server at ${target.address}${uiUrl ? `, UI ${uiUrl}` : ''}; Ctrl-C stops it`);
+      if (server) await new Promise<void>((resolve) => {
+        process.once('SIGINT', resolve);
+        process.once('SIGTERM', resolve);
+      });
+    } else {
+      const worker = await startNodeWorker(workerOptionsFrom(o, { ...ctx.settings, temporalAddress: target.address, temporalNamespace: target.namespace }));
+      out.result({ address: target.address, namespace: target.namespace, uiUrl, node: worker.node, transferUrl: worker.transferUrl }, () =>
+        `ARCH dev: Temporal ${target.address}${uiUrl ? ` (UI ${uiUrl})` : ''}, worker for node ${worker.node}. Ctrl-C stops.`);
+      await worker.done;
+    }
+    if (server && !o.keepServer) await server.stop();
+  });
+  program.addCommand(cmd);
+}

@@ -1,0 +1,62 @@
+/** The node worker's command-line options, shared by arch-worker and `arch-cli dev`. */
+import { Command, InvalidArgumentError, Option } from 'commander';
+import { requireAbsolutePath } from '../core/paths.js';
+import type { Settings } from '../core/settings.js';
+import { isValidNodeName, NODE_NAME_RULE } from '../core/temporal/names.js';
+import { parseDurationMs, parseHostPort } from './args.js';
+import type { NodeWorkerOptions } from './run.js';
+
+export interface WorkerFlags {
+  node: string;
+  containerdAddress: string;
+  namespace?: string[];
+  runcRoot: string;
+  cgroupParent?: string;
+  ctr: string;
+  archRunc?: string;
+  transferListen: string;
+  transferAdvertise?: string;
+  logDir?: string;
+  stateDir: string;
+  shutdownGrace: string;
+  verifyStable: string;
+  workflows: boolean;
+}
+
+export function addWorkerOptions(cmd: Command, settings: Settings): Command {
+  return cmd
+    .option('--node <name>', "this node's name (task queue arch-node-<name>)", settings.nodeName)
+    .option('--containerd-address <sock>', "containerd's socket", '/run/containerd/containerd.sock')
+    .option('--namespace <ns...>', 'containerd namespaces to manage (default: all)')
+    .option('--runc-root <dir>', 'base of the per-namespace runc roots containerd uses', settings.runcRootBase)
+    .option('--cgroup-parent <path>', 'cgroup parent for containers restored here')
+    .option('--ctr <path>', 'ctr binary', 'ctr')
+    .option('--arch-runc <path>', 'runc wrapper restored containers are created with (default: <repo>/bin/arch-runc)')
+    .option('--transfer-listen <host:port>', 'address of the checkpoint transfer server', '0.0.0.0:0')
+    .option('--transfer-advertise <host>', 'host name other nodes use for this node (default: the hostname)')
+    .option('--log-dir <dir>', 'stdout/stderr of restored containers go to <dir>/<ns>/<id>.log')
+    .option('--state-dir <dir>', 'worker state (image exports, throughput history)', '/var/lib/arch/worker')
+    .addOption(new Option('--shutdown-grace <duration>', 'time in-flight activities (a checkpoint) get after SIGTERM').default('120s'))
+    .option('--verify-stable <duration>', 'a restored container must stay up this long', '1s')
+    .option('--no-workflows', "only run this node's activities (no workflow worker)");
+}
+
+export function workerOptionsFrom(o: WorkerFlags, settings: Settings): NodeWorkerOptions {
+  if (!isValidNodeName(o.node)) throw new InvalidArgumentError(`--node "${o.node}": use ${NODE_NAME_RULE}`);
+  return {
+    node: o.node,
+    settings: { ...settings, runcRootBase: requireAbsolutePath(o.runcRoot, '--runc-root') },
+    containerdAddress: o.containerdAddress,
+    ctr: o.ctr,
+    namespaces: o.namespace,
+    cgroupParent: o.cgroupParent,
+    archRunc: o.archRunc,
+    transferListen: parseHostPort(o.transferListen, '--transfer-listen'),
+    transferAdvertise: o.transferAdvertise,
+    logDir: o.logDir ? requireAbsolutePath(o.logDir, '--log-dir') : undefined,
+    stateDir: requireAbsolutePath(o.stateDir, '--state-dir'),
+    shutdownGraceMs: parseDurationMs(o.shutdownGrace, '--shutdown-grace'),
+    verifyStableMs: parseDurationMs(o.verifyStable, '--verify-stable'),
+    workflows: o.workflows,
+  };
+}
