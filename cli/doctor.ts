@@ -7,9 +7,9 @@ export function registerDoctor(program: Command): void {
   program
     .command('doctor')
     .description('check this node: runc, containerd, CRIU (and its breakpoint quirk), iptables, Temporal CLI; prints the fix for each failure')
-    .option('--json', 'machine-readable output')
     .option('--write-config', 'record probe results (e.g. ARCH_CRIU_NO_BREAKPOINTS=1) in the settings file')
-    .action(async (opts: { json?: boolean; writeConfig?: boolean }) => {
+    .action(async (opts: { json?: boolean; writeConfig?: boolean }, cmd: Command) => {
+      opts.json = !!cmd.optsWithGlobals().json;
       let settings = loadSettings();
       let checks = await runDoctor(settings);
       if (opts.writeConfig && (await writeProbedSettings(settings, checks))) {

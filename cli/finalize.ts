@@ -1,4 +1,5 @@
 import type { Command } from 'commander';
+import { ArchInputError } from '../core/errors.js';
 import { createNodeContext } from '../core/context.js';
 import { finalizeNode, type FinalizeItem } from '../core/finalize.js';
 import { parseDurationMs } from '../worker/args.js';
@@ -15,14 +16,14 @@ export function registerFinalize(program: Command): void {
     .description('checkpoint every running ARCH container on this node now (reclaim warning); exits 1 if any failed')
     .option('--deadline <duration>', 'time left before the node goes away (e.g. 90s, 2m)', '120s')
     .option('--parallel <n>', 'at most this many checkpoints at once', '4')
-    .option('--namespace <ns...>', 'only these containerd namespaces')
+    .option('--ns <namespace...>', 'only these containerd namespaces')
     .option('--leave-running', 'keep the containers running after the checkpoint')
-    .option('--json', 'machine-readable output')
-    .action(async (opts: { deadline: string; parallel: string; namespace?: string[]; leaveRunning?: boolean; json?: boolean }) => {
+    .action(async (opts: { deadline: string; parallel: string; ns?: string[]; leaveRunning?: boolean; json?: boolean }, cmd: Command) => {
+      opts.json = !!cmd.optsWithGlobals().json;
       const ctx = createNodeContext('arch-cli');
       const deadlineMs = parseDurationMs(opts.deadline, '--deadline');
       const maxParallel = Number(opts.parallel);
-      if (!Number.isInteger(maxParallel) || maxParallel < 1) throw new Error(`--parallel: "${opts.parallel}" is not a positive integer. Fix: e.g. --parallel 4`);
+      if (!Number.isInteger(maxParallel) || maxParallel < 1) throw new ArchInputError('--parallel', `"${opts.parallel}" is not a positive integer`, 'pass e.g. --parallel 4');
       const line = (i: FinalizeItem) => {
         const what = i.status === 'checkpointed' ? 'ok    ' : i.status === 'deadline' ? 'LATE  ' : 'FAILED';
         process.stdout.write(`${what} ${`${i.namespace}/${i.id}`.padEnd(36)} ${formatBytes(i.sizeBytes).padStart(10)} ${formatMs(i.durationMs).padStart(8)}${i.error ? `  ${i.error}` : ''}\n`);
@@ -30,7 +31,7 @@ export function registerFinalize(program: Command): void {
       const report = await finalizeNode(ctx, {
         deadline: new Date(Date.now() + deadlineMs),
         maxParallel,
-        namespaces: opts.namespace,
+        namespaces: opts.ns,
         leaveRunning: opts.leaveRunning,
         onPlan: (plan, containers) => {
           if (opts.json) return;

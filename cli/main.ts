@@ -76,8 +76,11 @@ async function main(argv: string[]): Promise<number> {
   const { program, ctx } = await buildProgram(settings);
   try {
     await program.parseAsync(argv, { from: 'user' });
-    return EXIT.ok;
+    // Commands that print a full report and still fail (finalize, doctor) set exitCode.
+    return typeof process.exitCode === 'number' ? process.exitCode : EXIT.ok;
   } catch (err) {
+    // Thrown by our own validation inside an action: commander has not printed it.
+    if (err instanceof InvalidArgumentError) return report(err, json);
     if (err instanceof CommanderError) {
       // Help and version are successes; commander already printed the usage error.
       if (err.exitCode === 0 || err.code === 'commander.helpDisplayed' || err.code === 'commander.help' || err.code === 'commander.version') return EXIT.ok;
