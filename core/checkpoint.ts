@@ -159,10 +159,14 @@ export async function checkpointContainer(ctx: NodeContext, req: CheckpointReque
     // Delete after this checkpoint must keep it (the shim reads this).
     await updateShimState(c.runc.root, req.id, { checkpointed: true });
     t = Date.now();
-    if (frozen || (!req.dumpedImages && wasPaused)) {
-      if (!req.leaveRunning) await c.runc.kill(req.id, 'KILL', true);
-      // Thaw so the killed processes die (runc may already have thawed them).
-      if (frozen) await c.runc.resume(req.id).catch(() => undefined);
+    if (!req.dumpedImages) {
+      if (!req.leaveRunning) {
+        await c.runc.kill(req.id, 'KILL', true);
+        // Thaw so the killed processes die (runc may already have thawed them).
+        await c.runc.resume(req.id).catch(() => undefined);
+      } else if (frozen) {
+        await c.runc.resume(req.id); // a container the user had paused stays paused
+      }
       frozen = false;
     }
     lap('stop', t);

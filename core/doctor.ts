@@ -94,7 +94,7 @@ export async function runDoctor(settings: Settings): Promise<Check[]> {
     checks.push(bp);
   }
   checks.push(await binCheck('iptables', 'iptables-restore', ['--version'], /v(\S+)/, 'apt-get install iptables (CRIU locks container networks with iptables-restore)'));
-  checks.push(await binCheck('zstd', 'zstd', ['--version'], /v(\d\S*),?/, 'apt-get install zstd', true));
+  checks.push(await binCheck('zstd', 'zstd', ['--version'], /v(\d[\d.]*\d)/, 'apt-get install zstd', true));
   checks.push(await binCheck('getfattr', 'getfattr', ['--version'], /getfattr (\S+)/, 'apt-get install attr (needed for opaque overlay directories)'));
   checks.push(await binCheck('temporal', settings.temporalCli, ['--version'], /temporal version (\S+)/, 'run ./install.sh (builds the Temporal CLI), or set ARCH_TEMPORAL_CLI', true));
   checks.push({ name: 'settings', ok: true, detail: fs.existsSync(settings.configFile) ? settings.configFile : `${settings.configFile} (absent: defaults)` });
