@@ -107,13 +107,14 @@ export function checkpointActivities(d: NodeDeps) {
     },
 
     /** Export the image to a file and offer it, for a target that does not have it. */
-    async offerImage(input: { namespace: string; image: string }): Promise<TransferOffer> {
+    async offerImage(input: { namespace: string; image: string }): Promise<TransferOffer & { ms: number }> {
       return withHeartbeat({ phase: 'image-export' }, async () => {
+        const t0 = Date.now();
         const dir = path.join(d.stateDir, 'image-exports');
         await fsp.mkdir(dir, { recursive: true });
         const file = path.join(dir, `${randomBytes(6).toString('hex')}.tar`);
         await containerd(d, input.namespace).ctr(['images', 'export', file, input.image], 600_000);
-        return d.transfer.offerFile(file, d.offerTtlMs, () => void fsp.rm(file, { force: true }));
+        return { ...(await d.transfer.offerFile(file, d.offerTtlMs, () => void fsp.rm(file, { force: true }))), ms: Date.now() - t0 };
       });
     },
 

@@ -167,21 +167,21 @@ export function containerActivities(d: NodeDeps) {
 
     /**
      * Can this node take the container? It must not run a container of that
-     * id already, and should have its image (else the caller ships it).
+     * id already. Also lists the node's images in that namespace, so the
+     * caller can run this in parallel with describing the source and still
+     * know whether the image must be shipped.
      */
-    async checkTarget(input: { ref: ContainerRef; image: string }): Promise<{ node: string; imagePresent: boolean; staleContainer: boolean; ms: number }> {
+    async checkTarget(input: { ref: ContainerRef }): Promise<{ node: string; images: string[]; staleContainer: boolean; ms: number }> {
       return mapped(async () => {
         const t0 = Date.now();
+        validateNamespace(input.ref.namespace);
+        validateContainerId(input.ref.id);
         const cd = containerd(d, input.ref.namespace);
-        const task = await cd.task(input.ref.id).catch((err: unknown) => {
-          if (isNotFound(err)) return undefined;
-          throw err;
-        });
-        if (task && task.status === 'RUNNING') {
+        const [tasks, containers, images] = await Promise.all([cd.listTasks(), cd.listContainers(), cd.listImages()]);
+        if (tasks.find((t) => t.id === input.ref.id)?.status === 'RUNNING') {
           throw fail(FailureType.input, `${input.ref.namespace}/${input.ref.id} already runs on node ${d.node}: refusing to start a second copy. Fix: pick another target or remove it there`);
         }
-        const staleContainer = (await cd.listContainers().catch(() => [] as string[])).includes(input.ref.id);
-        return { node: d.node, imagePresent: await cd.hasImage(input.image), staleContainer, ms: Date.now() - t0 };
+        return { node: d.node, images, staleContainer: containers.includes(input.ref.id), ms: Date.now() - t0 };
       });
     },
 

@@ -173,6 +173,9 @@ export function restoreActivities(d: NodeDeps) {
         const store = storeFor(spec);
         // Without an expected checkpoint (resume after pause) the current one is it.
         const dir = input.expected ? await expectedPresent(store, input.expected) : await store.current().catch(() => null);
+        if (!dir && spec.mode === 'shared') {
+          throw fail(FailureType.sharedNotVisible, `node ${d.node} does not see the checkpoint of ${spec.namespace}/${spec.id} in ${store.containerDir}. Fix: mount the shared filesystem (ARCH_SHAREDFS_HOST_PATH) at the same path on every node`);
+        }
         if (!dir) {
           throw fail(FailureType.checkpointUnusable, `node ${d.node} has no copy of the ${input.expected ? 'expected ' : ''}checkpoint of ${spec.namespace}/${spec.id} in ${store.containerDir}`);
         }

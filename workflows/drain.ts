@@ -12,7 +12,7 @@
 import { ApplicationFailure } from '@temporalio/workflow';
 import { FailureType } from '../core/temporal/failures.js';
 import { boundedAll, checkDeadline, checkNode, failureTypeOf, inputFailure, nodeUnavailable, onNode, rootMessage, track, DEFAULTS } from './common.js';
-import { checkpointOn, expectedOf, moveCheckpointed, Timeline } from './migrate.js';
+import { checkpointOn, expectedOf, moveCheckpointed, shipImage, Timeline } from './migrate.js';
 import type { ActivityTimeouts, CheckpointInfo, ContainerSpec, DrainContainerResult, DrainInput, DrainResult, TransferOffer } from './types.js';
 
 export async function drainNode(input: DrainInput): Promise<DrainResult> {
@@ -113,13 +113,6 @@ export async function drainNode(input: DrainInput): Promise<DrainResult> {
 
 /** Make sure `to` can take the container (alive, not running it, has the image). */
 async function prepareImageOnly(spec: ContainerSpec, from: string, to: string, t: ActivityTimeouts, tl: Timeline): Promise<void> {
-  const ref = { namespace: spec.namespace, id: spec.id };
-  const target = await tl.step('check-target', to, () => onNode(to, 'quick', t).checkTarget({ ref, image: spec.image }));
-  if (target.imagePresent) return;
-  const offer = await onNode(from, 'transfer', t).offerImage({ namespace: ref.namespace, image: spec.image });
-  try {
-    await tl.step('image-import', to, () => onNode(to, 'transfer', t).ensureImage({ namespace: ref.namespace, image: spec.image, offer }));
-  } finally {
-    await onNode(from, 'quick', t).withdrawOffer({ token: offer.token }).catch(() => undefined);
-  }
+  const target = await tl.step('check-target', to, () => onNode(to, 'quick', t).checkTarget({ ref: { namespace: spec.namespace, id: spec.id } }));
+  if (!target.images.includes(spec.image)) await shipImage(spec, from, to, t, tl);
 }

@@ -97,6 +97,8 @@ export interface PhaseTiming {
   ms: number;
   /** Time spent inside the activity, as it reported. */
   activityMs?: number;
+  /** Steps of the same group ran at the same time. */
+  parallelGroup?: string;
 }
 
 export interface ActivityTimeouts {

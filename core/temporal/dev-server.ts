@@ -57,6 +57,9 @@ export function devServerArgs(o: DevServerOptions & { port: number; uiPort: numb
   else args.push('--ui-port', String(o.uiPort));
   if (o.dbFile) args.push('--db-filename', o.dbFile);
   if (o.namespace && o.namespace !== 'default') args.push('--namespace', o.namespace);
+  // One partition per task queue: on a single dev server, partitions only add
+  // forwarding hops between a task and the node's poller (tens of ms per activity).
+  args.push('--dynamic-config-value', 'matching.numTaskqueueReadPartitions=1', '--dynamic-config-value', 'matching.numTaskqueueWritePartitions=1');
   args.push(...devServerSearchAttributeArgs());
   return args;
 }

@@ -4,7 +4,10 @@ import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Client, Connection, type WorkflowHandle } from '@temporalio/client';
 import { startDevServer, type DevServer } from '../../core/temporal/dev-server.js';
-import { nodeTaskQueue } from '../../core/temporal/names.js';
+import { nodeTaskQueue, WORKFLOW_TASK_QUEUE } from '../../core/temporal/names.js';
+import { workflowOverhead, type Overhead } from '../../core/temporal/overhead.js';
+import { attributePairs } from '../../core/temporal/search-attributes.js';
+import type { MigrateInput, MigrateResult } from '../../workflows/types.js';
 import { writeArchConfig } from './arch-env.js';
 import { startNode, type TestNode } from './containerd-node.js';
 import { COUNTER_FILES, ensureTestImage, REPO_ROOT, testWorkDir } from './images.js';
@@ -234,6 +237,8 @@ export interface ClusterOptions {
   /** Checkpoint host path (ARCH_CHECKPOINT_HOST_PATH) given to counters; default <dir>/checkpoints. */
   checkpointRoot?: string;
   workerArgs?: string[];
+  /** Per-node settings overrides (their own arch.env for that node's containerd, arch-runc and worker). */
+  nodeSettings?: Record<string, Record<string, string | undefined>>;
 }
 
 export async function startCluster(label: string, names: string[], o: ClusterOptions = {}): Promise<TestCluster> {
@@ -242,6 +247,10 @@ export async function startCluster(label: string, names: string[], o: ClusterOpt
   fs.mkdirSync(dir, { recursive: true });
   const archRuncLog = path.join(dir, 'arch-runc.log');
   const archConfig = writeArchConfig(dir, { ARCH_LOG_FILE: archRuncLog });
+  const configOf: Record<string, string> = {};
+  for (const n of names) {
+    configOf[n] = o.nodeSettings?.[n] ? writeArchConfig(path.join(dir, `config-${n}`), { ARCH_LOG_FILE: archRuncLog, ...o.nodeSettings[n] }) : archConfig;
+  }
   const checkpointRoot = o.checkpointRoot ?? path.join(dir, 'checkpoints');
   const nodes: Record<string, TestNode> = {};
   const workers: Record<string, TestWorker> = {};
@@ -254,12 +263,12 @@ export async function startCluster(label: string, names: string[], o: ClusterOpt
   try {
     temporal = await startTemporal({ dir });
     await Promise.all(names.map(async (n) => {
-      nodes[n] = await startNode(n, { env: { ARCH_CONFIG: archConfig } });
+      nodes[n] = await startNode(n, { env: { ARCH_CONFIG: configOf[n]! } });
     }));
     await Promise.all((o.imageOn ?? names).map((n) => ensureTestImage(nodes[n]!.containerd)));
     const t = temporal;
     const start = async (name: string, extraArgs: string[] = []) => {
-      const w = await startWorker(nodes[name]!, { temporal: t, archConfig, dir, extraArgs: [...(o.workerArgs ?? []), ...extraArgs] });
+      const w = await startWorker(nodes[name]!, { temporal: t, archConfig: configOf[name]!, dir, extraArgs: [...(o.workerArgs ?? []), ...extraArgs] });
       workers[name] = w;
       return w;
     };
@@ -316,4 +325,76 @@ export async function runningOn(cluster: TestCluster, id: string, namespace = 'd
     if (t?.status === 'RUNNING') out.push(name);
   }
   return out;
+}
+
+export interface CliRun {
+  code: number | null;
+  stdout: string;
+  stderr: string;
+  /** stdout parsed, when it is JSON. */
+  json?: unknown;
+}
+
+/** Run the built `bin/arch-cli` against the cluster's Temporal (a real process, as a user would). */
+export async function runCli(cluster: TestCluster, args: string[], env: Record<string, string> = {}, timeoutMs = 120_000): Promise<CliRun> {
+  const child = spawn(path.join(REPO_ROOT, 'bin', 'arch-cli'), args, {
+    env: { ...process.env, ...cluster.temporal.env, ARCH_CONFIG: cluster.archConfig, ARCH_LOG_FILE: path.join(cluster.dir, 'cli.log'), ...env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let stdout = '';
+  let stderr = '';
+  child.stdout!.on('data', (c: Buffer) => (stdout += c.toString()));
+  child.stderr!.on('data', (c: Buffer) => (stderr += c.toString()));
+  const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
+  const code = await new Promise<number | null>((resolve) => child.once('exit', (c) => resolve(c)));
+  clearTimeout(timer);
+  let json: unknown;
+  try {
+    json = JSON.parse(stdout);
+  } catch {
+    json = undefined;
+  }
+  return { code, stdout, stderr, json };
+}
+
+export async function waitUntil<T>(what: string, fn: () => Promise<T | undefined> | T | undefined, timeoutMs = 30_000, everyMs = 200): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  let lastErr: unknown;
+  for (;;) {
+    try {
+      const v = await fn();
+      if (v !== undefined && v !== false) return v as T;
+    } catch (err) {
+      lastErr = err;
+    }
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${lastErr ? ` (last error: ${(lastErr as Error).message})` : ''}`);
+    await sleep(everyMs);
+  }
+}
+
+/**
+ * Migrate a running counter back and forth between two nodes `rounds` times
+ * and return each migration's orchestration overhead from its history (the
+ * benchmark and the overhead test use this). The first migration warms the
+ * workers up and is not counted.
+ */
+export async function measureMigrationOverhead(cluster: TestCluster, id: string, nodes: [string, string], rounds: number): Promise<{ overheads: Overhead[]; results: MigrateResult[] }> {
+  const overheads: Overhead[] = [];
+  const results: MigrateResult[] = [];
+  let [from, to] = nodes;
+  for (let i = 0; i <= rounds; i++) {
+    const handle = await cluster.temporal.client.workflow.start('migrateContainer', {
+      taskQueue: WORKFLOW_TASK_QUEUE,
+      workflowId: `bench-migrate-${id}-${i}-${process.pid}-${Date.now()}`,
+      args: [{ namespace: 'default', id, from, to } satisfies MigrateInput],
+      typedSearchAttributes: attributePairs({ container: `default/${id}`, namespace: 'default', sourceNode: from, targetNode: to, operation: 'migrate', phase: 'queued' }) as never,
+    });
+    const r = (await handle.result()) as MigrateResult;
+    if (i > 0) {
+      overheads.push(await workflowOverhead(handle));
+      results.push(r);
+    }
+    [from, to] = [to, from];
+  }
+  return { overheads, results };
 }
