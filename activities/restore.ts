@@ -66,9 +66,11 @@ export async function restoreEvidence(runcRoot: string, runc: Runc, id: string):
 async function keepRestoreLog(runc: Runc, spec: ContainerSpec, stateDir: string): Promise<string | undefined> {
   try {
     const { bundle } = await runc.state(spec.id);
+    const src = path.join(bundle, 'arch-restore', 'restore.log');
+    await fsp.access(src);
     const dest = path.join(stateDir, 'failed-restores', `${spec.namespace}-${spec.id}-${new Date().toISOString().replace(/[:.]/g, '-')}.log`);
     await fsp.mkdir(path.dirname(dest), { recursive: true });
-    await fsp.copyFile(path.join(bundle, 'arch-restore', 'restore.log'), dest);
+    await fsp.copyFile(src, dest);
     return dest;
   } catch {
     return undefined;

@@ -1,0 +1,69 @@
+import fs from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import { ApplicationFailure, WorkflowFailedError } from '@temporalio/client';
+import { FailureType } from '../../core/temporal/failures.js';
+import { WORKFLOW_TASK_QUEUE } from '../../core/temporal/names.js';
+import type { MigrateInput, MigrateResult } from '../../workflows/types.js';
+import { cleanupStaleNodes } from '../support/containerd-node.js';
+import { outcome, runCli, runningOn, startCluster, stopAllTemporal, type TestCluster } from '../support/temporal.js';
+
+/**
+ * A restore that fails on the target: node B's arch-runc is given a CRIU
+ * that always fails, so every restore there falls back to a fresh start,
+ * which the restore activity detects and removes. After its retries the
+ * migration compensates: the container is restored on A from the same
+ * checkpoint and continues from where it was.
+ */
+let cluster: TestCluster;
+const A = 'comp-a';
+const B = 'comp-b';
+
+beforeAll(async () => {
+  await cleanupStaleNodes();
+  cluster = await startCluster('compensation', [A, B], { nodeSettings: { [B]: { ARCH_CRIU: '/bin/false' } } });
+});
+
+afterAll(async () => {
+  await cluster?.stop();
+  await stopAllTemporal();
+});
+
+test('restore fails on B → restored on A, counter continues, no copy on B', async () => {
+  await cluster.runCounter(A, 'victim', ['COUNTER_START_FILES=1']);
+  const before = await cluster.waitCount(A, 'victim', 20);
+  const handle = await cluster.temporal.client.workflow.start('migrateContainer', {
+    taskQueue: WORKFLOW_TASK_QUEUE,
+    workflowId: `test-comp-${randomBytes(3).toString('hex')}`,
+    args: [{ namespace: 'default', id: 'victim', from: A, to: B, restoreAttempts: 2 } satisfies MigrateInput],
+  });
+  const o = await outcome<MigrateResult>(handle, 180_000);
+  expect(o.ok).toBe(false);
+  const failure = (o as unknown as { error: WorkflowFailedError }).error.cause as ApplicationFailure;
+  expect(failure).toBeInstanceOf(ApplicationFailure);
+  expect(failure.type).toBe(FailureType.compensated);
+  expect(failure.nonRetryable).toBe(true);
+  expect(failure.message).toMatch(/could not move to comp-b .*started fresh by arch-runc.*; it runs again on comp-a/);
+  const result = failure.details?.[0] as MigrateResult;
+  expect(result.runningOn).toBe(A);
+  expect(result.phases.map((p) => p.phase)).toEqual(expect.arrayContaining(['checkpoint', 'remove-target-copy', 'compensate-restore']));
+
+  // Restored, not restarted: right away the count is where it was, then it goes on.
+  expect(await runningOn(cluster, 'victim')).toEqual([A]);
+  const now = cluster.count(A, 'victim')!;
+  expect(now).toBeGreaterThanOrEqual(before);
+  await cluster.waitCount(A, 'victim', now + 3);
+  expect(cluster.nodes[A]!.readContainerFile('victim', '/state/starts')).toBe('start\n');
+  expect(await cluster.nodes[B]!.containerd.listContainers()).not.toContain('victim');
+  // arch-runc on B said why it started the container fresh.
+  const log = fs.readFileSync(cluster.archRuncLog, 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l) as Record<string, unknown>);
+  expect(log.some((l) => l.container === 'victim' && l.reason === 'restore-failed')).toBe(true);
+});
+
+test('the CLI reports a compensated migration with exit code 4', async () => {
+  const before = cluster.count(A, 'victim')!;
+  const r = await runCli(cluster, ['migrate', 'default/victim', '--from', A, '--to', B, '--wait']);
+  expect(r.code).toBe(4);
+  expect(r.stderr).toMatch(/it runs again on comp-a/);
+  expect(await runningOn(cluster, 'victim')).toEqual([A]);
+  expect(cluster.count(A, 'victim')!).toBeGreaterThanOrEqual(before);
+});
