@@ -1,0 +1,100 @@
+import { randomBytes } from 'node:crypto';
+import { WORKFLOW_TASK_QUEUE, workflowIds } from '../../core/temporal/names.js';
+import type { DrainResult, ReclaimWatchInput, ReclaimWatchState } from '../../workflows/types.js';
+import { cleanupStaleNodes } from '../support/containerd-node.js';
+import { runCli, runningOn, startCluster, stopAllTemporal, waitUntil, type TestCluster } from '../support/temporal.js';
+
+/**
+ * A reclaim notice for node A reaches its reclaim watcher (a long-running
+ * workflow): every ARCH container of A is checkpointed within the deadline
+ * and runs on B afterwards, in whatever containerd namespace it lived.
+ */
+let cluster: TestCluster;
+const A = 'rec-a';
+const B = 'rec-b';
+
+beforeAll(async () => {
+  await cleanupStaleNodes();
+  cluster = await startCluster('reclaim', [A, B]);
+});
+
+afterAll(async () => {
+  await cluster?.stop();
+  await stopAllTemporal();
+});
+
+test('reclaim signal → every ARCH container of A runs on B, checkpoints within the deadline', async () => {
+  await cluster.runCounter(A, 'r1', ['ARCH_PRIORITY=5']);
+  await cluster.runCounter(A, 'r2');
+  await cluster.runCounter(A, 'r3', [], 'batch');
+  const before = {
+    r1: await cluster.waitCount(A, 'r1', 3),
+    r2: await cluster.waitCount(A, 'r2', 3),
+    r3: await cluster.waitCount(A, 'r3', 3, 20_000, 'batch'),
+  };
+  // The watcher continues-as-new after each drain here, to prove nothing is lost across runs.
+  const client = cluster.temporal.client;
+  const watchId = workflowIds.reclaimWatch(A);
+  const first = await client.workflow.start('nodeReclaimWatch', {
+    taskQueue: WORKFLOW_TASK_QUEUE,
+    workflowId: watchId,
+    args: [{ node: A, targets: [B], maxDrainsPerRun: 1 } satisfies ReclaimWatchInput],
+  });
+  const t0 = Date.now();
+  const r = await runCli(cluster, ['--json', 'reclaim', A, '--deadline', '60s', '--reason', 'spot notice (test)']);
+  expect(r.code).toBe(0);
+  const deadline = Date.parse((r.json as { signal: { deadline: string } }).signal.deadline);
+
+  const state = await waitUntil('the drain to finish', async () => {
+    const s = await client.workflow.getHandle(watchId).query<ReclaimWatchState>('state');
+    return s.history.length > 0 && s.status === 'watching' ? s : undefined;
+  }, 120_000, 500);
+  const rec = state.history[0]!;
+  expect(rec).toMatchObject({ status: 'completed', migrated: 3, failed: 0, withinDeadline: true, reason: 'spot notice (test)' });
+  expect(Date.now()).toBeLessThan(deadline);
+
+  const drain = await client.workflow.getHandle(rec.drainWorkflowId).result() as DrainResult;
+  expect(drain.withinDeadline).toBe(true);
+  expect(drain.containers.map((c) => `${c.namespace}/${c.id}`)[0]).toBe('default/r1'); // highest ARCH_PRIORITY first
+  for (const c of drain.containers) {
+    expect(c).toMatchObject({ outcome: 'migrated', runningOn: B, checkpointedInTime: true });
+    expect(c.checkpointMs).toBeGreaterThan(0);
+    expect(c.restoreMs).toBeGreaterThan(0);
+  }
+  expect(await runningOn(cluster, 'r1')).toEqual([B]);
+  expect(await runningOn(cluster, 'r2')).toEqual([B]);
+  expect(await runningOn(cluster, 'r3', 'batch')).toEqual([B]);
+  await cluster.waitCount(B, 'r1', before.r1 + 2);
+  await cluster.waitCount(B, 'r2', before.r2 + 2);
+  await cluster.waitCount(B, 'r3', before.r3 + 2, 20_000, 'batch');
+  expect(await cluster.nodes[A]!.containerd.listContainers()).toEqual([]);
+  console.log(`reclaim: all moved in ${Date.now() - t0} ms; checkpoint phase ${drain.checkpointPhaseMs} ms`);
+
+  // It continued as new and still answers, with its history carried over.
+  const desc = await client.workflow.getHandle(watchId).describe();
+  expect(desc.runId).not.toBe(first.firstExecutionRunId);
+  expect(desc.status.name).toBe('RUNNING');
+  const status = await runCli(cluster, ['--json', 'reclaim', A, '--status']);
+  expect((status.json as ReclaimWatchState).history).toHaveLength(1);
+
+  // A second notice on the now empty node is handled as well (nothing to move).
+  await client.workflow.getHandle(watchId).signal('reclaim', { reason: 'second notice', deadline: new Date(Date.now() + 30_000).toISOString() });
+  const s2 = await waitUntil('the second drain', async () => {
+    const s = await client.workflow.getHandle(watchId).query<ReclaimWatchState>('state');
+    return s.history.length > 1 && s.status === 'watching' ? s : undefined;
+  }, 60_000, 500);
+  expect(s2.history[1]).toMatchObject({ status: 'completed', migrated: 0, failed: 0 });
+  await client.workflow.getHandle(watchId).terminate('test done');
+});
+
+test('drain through the CLI: checkpoint-only drain reports per-container results', async () => {
+  await cluster.runCounter(B, `d-${randomBytes(2).toString('hex')}`);
+  const r = await runCli(cluster, ['--json', 'drain', B, '--deadline', '60s', '--wait']);
+  expect(r.code).toBe(0);
+  const res = r.json as DrainResult;
+  expect(res.targets).toEqual([]);
+  expect(res.containers.length).toBeGreaterThanOrEqual(4);
+  expect(res.containers.every((c) => c.outcome === 'checkpointed' && c.checkpointedInTime)).toBe(true);
+  // Checkpointed and stopped: nothing runs on B any more.
+  expect((await cluster.nodes[B]!.containerd.listTasks()).filter((t) => t.status === 'RUNNING')).toEqual([]);
+});
