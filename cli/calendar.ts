@@ -49,6 +49,16 @@ function checkField(text: string, f: (typeof FIELDS)[number], calendar: string, 
   }
 }
 
+/** Month and weekday names to numbers ("mon-fri" → "1-5"): one spelling in schedules and listings. */
+function normalize(text: string, f: (typeof FIELDS)[number]): string {
+  if (!('names' in f)) return text;
+  const names = f.names as readonly string[];
+  return text.replace(/[a-z]+/gi, (w) => {
+    const i = names.indexOf(w.toLowerCase());
+    return i < 0 ? w : String(i + (f.name === 'month' ? 1 : 0));
+  });
+}
+
 /** A validated 5-field cron string. */
 export function parseCalendar(calendar: string, flag = '--calendar'): string {
   const text = calendar.trim().replace(/\s+/g, ' ');
@@ -58,7 +68,10 @@ export function parseCalendar(calendar: string, flag = '--calendar'): string {
     let dow = '*';
     if (days) {
       dow = DAY_WORDS[days.toLowerCase()] ?? days.toLowerCase();
-      if (!DAY_WORDS[days.toLowerCase()]) checkField(dow, FIELDS[4], calendar, flag);
+      if (!DAY_WORDS[days.toLowerCase()]) {
+        checkField(dow, FIELDS[4], calendar, flag);
+        dow = normalize(dow, FIELDS[4]);
+      }
     }
     const cron = `${Number(mm)} ${Number(hh)} * * ${dow}`;
     checkField(String(Number(hh)), FIELDS[1], calendar, flag);
@@ -70,7 +83,7 @@ export function parseCalendar(calendar: string, flag = '--calendar'): string {
     throw new ArchInputError(flag, `"${calendar}" is neither a 5-field cron expression nor "[days] HH:MM"`, 'write e.g. "0 22 * * 1-5", "22:00" or "mon-fri 22:00"');
   }
   parts.forEach((p, i) => checkField(p, FIELDS[i]!, calendar, flag));
-  return parts.join(' ');
+  return parts.map((p, i) => normalize(p, FIELDS[i]!)).join(' ');
 }
 
 export function checkTimeZone(tz: string): string {

@@ -157,7 +157,7 @@ export async function startWorker(node: TestNode, o: StartWorkerOptions): Promis
     async stop(timeoutMs = 40_000) {
       if (done) return exited;
       child.kill('SIGTERM');
-      const code = await Promise.race([exited, sleep(timeoutMs).then(() => 'timeout' as const)]);
+      const code = await withTimeout(exited, timeoutMs);
       if (code === 'timeout') {
         child.kill('SIGKILL');
         return exited;
@@ -198,12 +198,22 @@ export async function nodeHasPoller(client: Client, namespace: string, node: str
   return (r.pollers ?? []).length > 0;
 }
 
+/** p, or 'timeout' after ms; the timer never outlives the race (jest must be able to exit). */
+export async function withTimeout<T>(p: Promise<T>, ms: number): Promise<T | 'timeout'> {
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    return await Promise.race([p, new Promise<'timeout'>((resolve) => (timer = setTimeout(() => resolve('timeout'), ms)))]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
 /** Workflow result or failure, whichever comes; never hangs past timeoutMs. */
 export async function outcome<T>(handle: WorkflowHandle, timeoutMs: number): Promise<{ ok: true; value: T } | { ok: false; error: Error }> {
-  const r = await Promise.race([
+  const r = await withTimeout(
     handle.result().then((value: T) => ({ ok: true as const, value }), (error: Error) => ({ ok: false as const, error })),
-    sleep(timeoutMs).then(() => 'timeout' as const),
-  ]);
+    timeoutMs,
+  );
   if (r === 'timeout') throw new Error(`workflow ${handle.workflowId} did not finish within ${timeoutMs} ms`);
   return r;
 }
