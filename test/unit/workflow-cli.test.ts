@@ -1,0 +1,80 @@
+import { checkTimeZone, parseCalendar } from '../../cli/calendar.js';
+import { EXIT } from '../../cli/exit-codes.js';
+import { exitCodeFor } from '../../cli/follow.js';
+import { parseDeadline } from '../../cli/time.js';
+import { ArchInputError } from '../../core/errors.js';
+import { FailureType } from '../../core/temporal/failures.js';
+import { parseDurationMs, parseHostPort } from '../../worker/args.js';
+
+describe('calendars', () => {
+  test.each([
+    ['0 22 * * 1-5', '0 22 * * 1-5'],
+    ['*/15 * * * *', '*/15 * * * *'],
+    ['30 6 1,15 jan-mar mon', '30 6 1,15 1-3 1'],
+    ['22:00', '0 22 * * *'],
+    ['6:05', '5 6 * * *'],
+    ['mon-fri 22:00', '0 22 * * 1-5'],
+    ['weekends 08:30', '30 8 * * 0,6'],
+    ['  sat,sun   7:00 ', '0 7 * * 6,0'],
+  ])('%s → %s', (input, cron) => {
+    expect(parseCalendar(input)).toBe(cron);
+  });
+
+  test.each([
+    ['61 22 * * *', /minute "61" is not in 0-59/],
+    ['0 24 * * *', /hour "24" is not in 0-23/],
+    ['25:00', /hour "25" is not in 0-23/],
+    ['0 22 * * 8', /day of week "8" is not in 0-7/],
+    ['0 22 * * funday', /day of week "funday"/],
+    ['0 22 32 * *', /day of month "32"/],
+    ['0 22 * 13 *', /month "13"/],
+    ['0 22 * *', /neither a 5-field cron expression/],
+    ['every night', /neither a 5-field cron expression/],
+    ['0 5-2 * * *', /runs backwards/],
+    ['*/0 * * * *', /step "0" is not a positive number/],
+  ])('refuses %s', (input, why) => {
+    expect(() => parseCalendar(input, '--pause')).toThrow(ArchInputError);
+    expect(() => parseCalendar(input, '--pause')).toThrow(why);
+  });
+
+  test('time zones', () => {
+    expect(checkTimeZone('Europe/Paris')).toBe('Europe/Paris');
+    expect(checkTimeZone('UTC')).toBe('UTC');
+    expect(() => checkTimeZone('Mars/Olympus')).toThrow(/is not a time zone/);
+  });
+});
+
+describe('durations, addresses, deadlines', () => {
+  test('durations', () => {
+    expect(parseDurationMs('90s', 'x')).toBe(90_000);
+    expect(parseDurationMs('2m', 'x')).toBe(120_000);
+    expect(parseDurationMs('1h30m', 'x')).toBe(5_400_000);
+    expect(parseDurationMs('500ms', 'x')).toBe(500);
+    expect(parseDurationMs('3', 'x')).toBe(3000);
+    expect(() => parseDurationMs('soon', '--deadline')).toThrow(/--deadline "soon": not a duration/);
+    expect(() => parseDurationMs('5s extra', 'x')).toThrow();
+  });
+  test('host:port', () => {
+    expect(parseHostPort('127.0.0.1:0', 'x')).toEqual({ host: '127.0.0.1', port: 0 });
+    expect(parseHostPort('[::1]:7244', 'x')).toEqual({ host: '::1', port: 7244 });
+    expect(parseHostPort(':7244', 'x')).toEqual({ host: '', port: 7244 });
+    expect(() => parseHostPort('nohost', 'x')).toThrow(/not HOST:PORT/);
+    expect(() => parseHostPort('h:99999', 'x')).toThrow();
+  });
+  test('deadlines', () => {
+    const now = Date.parse('2026-01-01T00:00:00Z');
+    expect(parseDeadline('2m', '--deadline', now)).toBe('2026-01-01T00:02:00.000Z');
+    expect(parseDeadline('2026-01-01T12:00:00Z')).toBe('2026-01-01T12:00:00.000Z');
+    expect(() => parseDeadline('tomorrow')).toThrow(ArchInputError);
+  });
+});
+
+test('failure types map to exit codes scripts can rely on', () => {
+  expect(exitCodeFor(FailureType.input)).toBe(EXIT.input);
+  expect(exitCodeFor(FailureType.containerNotFound)).toBe(EXIT.input);
+  expect(exitCodeFor(FailureType.notArchEnabled)).toBe(EXIT.input);
+  expect(exitCodeFor(FailureType.nodeUnavailable)).toBe(EXIT.unavailable);
+  expect(exitCodeFor(FailureType.compensated)).toBe(EXIT.compensated);
+  expect(exitCodeFor(FailureType.migrationFailed)).toBe(EXIT.failed);
+  expect(exitCodeFor(undefined)).toBe(EXIT.failed);
+});
