@@ -57,7 +57,11 @@ export async function startNodeWorker(o: NodeWorkerOptions): Promise<RunningWork
   const settings: Settings = { ...o.settings, nodeName: o.node };
   const log = createLogger(settings, 'arch-worker');
   if (!runtimeInstalled) {
-    Runtime.install({ logger: sdkLogger(log.child({ component: 'temporal-sdk' })), shutdownSignals: o.handleSignals === false ? [] : ['SIGINT', 'SIGTERM', 'SIGQUIT'] });
+    // Signals are handled below, not by the SDK: its handler removes itself on
+    // the first signal, and execa's exit hook (signal-exit) then finds itself
+    // the only listener and re-raises the signal, killing the process in the
+    // middle of a checkpoint.
+    Runtime.install({ logger: sdkLogger(log.child({ component: 'temporal-sdk' })), shutdownSignals: [] });
     runtimeInstalled = true;
   }
   if (o.workflows && !fs.existsSync(WORKFLOW_BUNDLE)) {
@@ -123,15 +127,20 @@ export async function startNodeWorker(o: NodeWorkerOptions): Promise<RunningWork
       { phase: 'start', taskQueues: [nodeTaskQueue(o.node), ...(o.workflows ? [WORKFLOW_TASK_QUEUE] : [])], temporal: target.address, namespace: target.namespace, transferUrl, containerd: o.containerdAddress, runcRoot: settings.runcRootBase },
       'worker running',
     );
-    return {
-      node: o.node,
-      transferUrl,
-      log,
-      done,
-      shutdown: () => {
-        for (const w of workers) if (w.getState() === 'RUNNING') w.shutdown();
-      },
+    const shutdown = () => {
+      for (const w of workers) if (w.getState() === 'RUNNING') w.shutdown();
     };
+    if (o.handleSignals !== false) {
+      let signalled = 0;
+      const onSignal = (sig: NodeJS.Signals) => {
+        signalled++;
+        log.info({ phase: 'shutdown', signal: sig, graceMs: o.shutdownGraceMs }, signalled === 1 ? 'stopping: no new work; in-flight activities may finish' : 'already stopping; waiting for in-flight activities (SIGKILL to abort them)');
+        shutdown();
+      };
+      // These listeners stay for the life of the process (see the Runtime.install comment).
+      for (const sig of ['SIGINT', 'SIGTERM', 'SIGQUIT'] as const) process.on(sig, onSignal);
+    }
+    return { node: o.node, transferUrl, log, done, shutdown };
   } catch (err) {
     await transfer.stop().catch(() => undefined);
     await connection?.close().catch(() => undefined);

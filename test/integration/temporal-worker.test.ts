@@ -1,0 +1,59 @@
+import { randomBytes } from 'node:crypto';
+import { WORKFLOW_TASK_QUEUE } from '../../core/temporal/names.js';
+import type { PauseInput, PauseResult } from '../../workflows/types.js';
+import { cleanupStaleNodes } from '../support/containerd-node.js';
+import { outcome, startCluster, stopAllTemporal, waitUntil, type TestCluster } from '../support/temporal.js';
+
+/**
+ * SIGTERM to a worker while it checkpoints: it stops taking work, lets the
+ * checkpoint finish and report, then exits 0 — the checkpoint is not
+ * abandoned half-way nor run twice.
+ */
+let cluster: TestCluster;
+const N = 'wrk-a';
+
+beforeAll(async () => {
+  await cleanupStaleNodes();
+  cluster = await startCluster('worker', [N]);
+});
+
+afterAll(async () => {
+  await cluster?.stop();
+  await stopAllTemporal();
+});
+
+test('SIGTERM during a checkpoint: the checkpoint completes once, the worker exits 0', async () => {
+  // Enough memory that the checkpoint takes a while (CRIU dump + digests + fsync).
+  await cluster.runCounter(N, 'big', ['COUNTER_MEM_MB=384']);
+  await cluster.waitCount(N, 'big', 3, 60_000);
+  const client = cluster.temporal.client;
+  const handle = await client.workflow.start('pauseContainers', {
+    taskQueue: WORKFLOW_TASK_QUEUE,
+    workflowId: `test-sigterm-${randomBytes(3).toString('hex')}`,
+    args: [{ node: N, selector: { ids: ['big'] } } satisfies PauseInput],
+  });
+  await waitUntil('the checkpoint activity to be running', async () => {
+    const d = await handle.describe();
+    return (d.raw.pendingActivities ?? []).some((a) => a.activityType?.name === 'checkpointContainer' && Number(a.state) === 2 /* PENDING_ACTIVITY_STATE_STARTED */);
+  }, 60_000, 20);
+  const worker = cluster.workers[N]!;
+  const t0 = Date.now();
+  const code = await worker.stop(60_000);
+  expect(code).toBe(0);
+  const stoppedAfter = Date.now() - t0;
+  // The checkpoint was published and the container stopped, before the worker exited.
+  expect((await cluster.nodes[N]!.containerd.task('big'))?.status).toBe('STOPPED');
+  // A worker again, so the workflow can finish.
+  await cluster.startWorker(N);
+  const r = await outcome<PauseResult>(handle, 60_000);
+  if (!r.ok) throw r.error;
+  expect(r.value.containers).toEqual([expect.objectContaining({ id: 'big', outcome: 'paused' })]);
+  // Exactly one attempt, completed: nothing was retried or timed out.
+  const history = await handle.fetchHistory();
+  const types = (history.events ?? []).map((e) => Number(e.eventType));
+  expect(types.filter((t) => t === 12).length).toBe(3); // select, describe, checkpoint completed
+  expect(types.filter((t) => t === 13 || t === 14).length).toBe(0);
+  const started = (history.events ?? []).find((e) => Number(e.eventType) === 11 && e.activityTaskStartedEventAttributes?.attempt === 1);
+  expect(started).toBeDefined();
+  console.log(`worker exited ${stoppedAfter} ms after SIGTERM, after its checkpoint completed`);
+});
