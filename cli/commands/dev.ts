@@ -74,14 +74,14 @@ export function registerDev(program: Command, ctx: CliContext): void {
     out.info(`search attributes: ${sa.added.length ? `registered ${sa.added.join(', ')}` : 'already registered'}`);
     if (uiUrl) out.info(`Temporal UI: ${uiUrl}`);
     if (!o.worker) {
-      out.result({ address: target.address, namespace: target.namespace, uiUrl, pid: server?.pid }, () => `Temporal dev server at ${target.address}${uiUrl ? `, UI ${uiUrl}` : ''}; Ctrl-C stops it`);
+      out.result({ address: target.address, namespace: target.namespace, uiUrl, startedServer: !!server, pid: server?.pid }, () => `Temporal dev server at ${target.address}${uiUrl ? `, UI ${uiUrl}` : ''}; Ctrl-C stops it`);
       if (server) await new Promise<void>((resolve) => {
         process.once('SIGINT', resolve);
         process.once('SIGTERM', resolve);
       });
     } else {
       const worker = await startNodeWorker(workerOptionsFrom(o, { ...ctx.settings, temporalAddress: target.address, temporalNamespace: target.namespace }));
-      out.result({ address: target.address, namespace: target.namespace, uiUrl, node: worker.node, transferUrl: worker.transferUrl }, () =>
+      out.result({ address: target.address, namespace: target.namespace, uiUrl, startedServer: !!server, node: worker.node, transferUrl: worker.transferUrl }, () =>
         `ARCH dev: Temporal ${target.address}${uiUrl ? ` (UI ${uiUrl})` : ''}, worker for node ${worker.node}. Ctrl-C stops.`);
       await worker.done;
     }

@@ -1,0 +1,135 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import { Connection } from '@temporalio/client';
+import { freePort } from '../../core/temporal/dev-server.js';
+import { isReachable } from '../../core/temporal/connection.js';
+import type { StatusRow } from '../../cli/commands/status.js';
+import { writeArchConfig } from '../support/arch-env.js';
+import { cleanupStaleNodes, startNode, stopAllNodes, type TestNode } from '../support/containerd-node.js';
+import { REPO_ROOT, testWorkDir } from '../support/images.js';
+import { TEMPORAL_CLI, waitUntil, withTimeout } from '../support/temporal.js';
+
+/**
+ * `arch-cli dev`, the embedded default: with nothing listening at
+ * TEMPORAL_ADDRESS it starts the installed Temporal dev server (persistent
+ * SQLite file, search attributes registered, UI port printed) and runs this
+ * node's worker; Ctrl-C stops both. Started again on the same file, the
+ * earlier workflows are still there.
+ */
+let node: TestNode;
+let dir: string;
+let archConfig: string;
+let address: string;
+const children = new Set<ChildProcess>();
+
+beforeAll(async () => {
+  await cleanupStaleNodes();
+  dir = testWorkDir('temporal', `dev-${process.pid}`);
+  fs.rmSync(dir, { recursive: true, force: true });
+  fs.mkdirSync(dir, { recursive: true });
+  archConfig = writeArchConfig(dir, { ARCH_TEMPORAL_CLI: TEMPORAL_CLI, ARCH_LOG_LEVEL: 'info' });
+  node = await startNode('dev-a', { env: { ARCH_CONFIG: archConfig } });
+  address = `127.0.0.1:${await freePort()}`;
+});
+
+afterAll(async () => {
+  for (const c of children) c.kill('SIGKILL');
+  await stopAllNodes();
+});
+
+function env(): NodeJS.ProcessEnv {
+  return { ...process.env, ARCH_CONFIG: archConfig, TEMPORAL_ADDRESS: address, TEMPORAL_NAMESPACE: 'default', ARCH_LOG_FILE: path.join(dir, 'dev.log') };
+}
+
+async function startDev(): Promise<{ child: ChildProcess; banner: Record<string, unknown>; stderr: () => string }> {
+  const uiPort = await freePort();
+  const child = spawn(path.join(REPO_ROOT, 'bin', 'arch-cli'), [
+    '--json', 'dev', '--db', path.join(dir, 'temporal.sqlite'), '--ui-port', String(uiPort),
+    '--node', 'dev-a', '--containerd-address', node.address, '--runc-root', node.runcRootBase, '--cgroup-parent', node.cgroupParent,
+    '--transfer-listen', '127.0.0.1:0', '--state-dir', path.join(dir, 'state'),
+  ], { env: env(), stdio: ['ignore', 'pipe', 'pipe'] });
+  children.add(child);
+  child.once('exit', () => children.delete(child));
+  let out = '';
+  let err = '';
+  child.stdout!.on('data', (c: Buffer) => (out += c.toString()));
+  child.stderr!.on('data', (c: Buffer) => (err += c.toString()));
+  const banner = await waitUntil('the dev banner', () => {
+    try {
+      return JSON.parse(out) as Record<string, unknown>;
+    } catch {
+      if (child.exitCode !== null) throw new Error(`arch-cli dev exited ${child.exitCode}: ${err}`);
+      return undefined;
+    }
+  }, 90_000, 100);
+  return { child, banner, stderr: () => err };
+}
+
+async function cli(args: string[]): Promise<{ code: number | null; json: unknown; stderr: string }> {
+  const child = spawn(path.join(REPO_ROOT, 'bin', 'arch-cli'), ['--json', ...args], { env: env(), stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  let err = '';
+  child.stdout!.on('data', (c: Buffer) => (out += c.toString()));
+  child.stderr!.on('data', (c: Buffer) => (err += c.toString()));
+  const code = await new Promise<number | null>((resolve) => child.once('exit', resolve));
+  let json: unknown;
+  try {
+    json = JSON.parse(out);
+  } catch {
+    json = undefined;
+  }
+  return { code, json, stderr: err };
+}
+
+async function stopDev(child: ChildProcess): Promise<number | null> {
+  child.kill('SIGINT');
+  const r = await withTimeout(new Promise<number | null>((resolve) => child.once('exit', resolve)), 60_000);
+  if (r === 'timeout') throw new Error('arch-cli dev did not stop on SIGINT');
+  return r;
+}
+
+test('starts a dev server with search attributes and a worker; state survives a restart', async () => {
+  expect(await isReachable({ address, namespace: 'default' })).toBe(false);
+  const first = await startDev();
+  expect(first.banner).toMatchObject({ address, namespace: 'default', node: 'dev-a', startedServer: true });
+  expect(String(first.banner.uiUrl)).toMatch(/^http:\/\/127\.0\.0\.1:\d+$/);
+  expect(fs.existsSync(path.join(dir, 'temporal.sqlite'))).toBe(true);
+
+  const connection = await Connection.connect({ address });
+  try {
+    const sa = await connection.operatorService.listSearchAttributes({ namespace: 'default' });
+    expect(Object.keys(sa.customAttributes ?? {})).toEqual(expect.arrayContaining(['ArchContainer', 'ArchNamespace', 'ArchSourceNode', 'ArchTargetNode', 'ArchOperation', 'ArchPhase']));
+  } finally {
+    await connection.close();
+  }
+  // The node's worker answers: an (empty) pause runs to completion.
+  const p = await cli(['pause', '--node', 'dev-a', '--wait']);
+  expect(p.code).toBe(0);
+  expect(await stopDev(first.child)).toBe(0);
+  expect(await isReachable({ address, namespace: 'default' })).toBe(false);
+
+  // Again, on the same SQLite file: the pause is still in visibility.
+  const second = await startDev();
+  try {
+    const s = await cli(['status', '--operation', 'pause']);
+    expect(s.code).toBe(0);
+    expect((s.json as StatusRow[]).some((w) => w.status === 'COMPLETED' && w.sourceNode === 'dev-a')).toBe(true);
+  } finally {
+    expect(await stopDev(second.child)).toBe(0);
+  }
+});
+
+test('uses an already running server instead of starting one', async () => {
+  const { startDevServer } = await import('../../core/temporal/dev-server.js');
+  const server = await startDevServer({ temporalCli: TEMPORAL_CLI, ip: '127.0.0.1', port: Number(address.split(':')[1]), headless: true });
+  try {
+    const dev = await startDev();
+    expect(dev.banner.uiUrl).toBeUndefined();
+    expect(dev.banner.startedServer).toBe(false);
+    expect(await stopDev(dev.child)).toBe(0);
+    expect(await isReachable({ address, namespace: 'default' })).toBe(true); // not ours to stop
+  } finally {
+    await server.stop();
+  }
+});
