@@ -1,0 +1,258 @@
+import fs from 'node:fs';
+import path from 'node:path';
+import { checkpointContainer, type CheckpointResult } from '../core/checkpoint.js';
+import type { NodeContext } from '../core/context.js';
+import { criuBinary, readLogLines, realRunc } from '../test/support/arch-env.js';
+import { COUNTER_FILES } from '../test/support/images.js';
+import { duBytes, startBenchNode, syncDisks, type BenchNode } from './support/arch-bench-node.js';
+import type { Benchmark, BenchEnv, BenchOutcome, Row, Table } from './support/registry.js';
+import { median, msSince, round } from './support/stats.js';
+import { StandaloneRunc } from './support/standalone-runc.js';
+
+/**
+ * Checkpoint and restore of a counter holding MEM_MB resident (half random
+ * bytes): ARCH against runc, same run, interleaved, medians of REPS.
+ *
+ * Checkpoint
+ *   ARCH        checkpointContainer() total: freeze, runc checkpoint
+ *               --leave-running, writable layer, sha256 of every file,
+ *               fsync (ARCH_FSYNC=1, the default) or not (=0), publish, kill.
+ *   raw (ctr)   `runc checkpoint --image-path` of the same counter run by the
+ *               same containerd node with plain runc (processes stop).
+ *   raw (sa)    the same on a standalone runc container (no containerd).
+ * Restore
+ *   ARCH        the arch-runc `create` containerd's shim makes for the new
+ *               container (sh front + Node + verify digests + rootfs diff +
+ *               runc restore), timed by a wrapper around arch-runc; the
+ *               shim's own durationMs (from inside Node) is reported beside it.
+ *   raw         `runc restore --detach --image-path` of a standalone runc
+ *               container (stdio pipes, as containerd gives).
+ * Every restore is checked: the counter must go on from where it was (one
+ * fresh start only), else the repetition fails.
+ */
+const MEM_MB = 256;
+const TARGET_RATIO = 1.2;
+
+interface ArchSample {
+  rep: number;
+  fsync: boolean;
+  checkpointMs: number;
+  result: CheckpointResult;
+  restoreCallMs: number;
+  restoreShimMs: number;
+  restoreTimings: Record<string, number>;
+  ctrRunMs: number;
+}
+
+export const benchmark: Benchmark = {
+  name: 'checkpoint-restore',
+  title: `Checkpoint and restore of a ${MEM_MB} MiB container, ARCH vs runc`,
+  order: 20,
+  async run(env: BenchEnv): Promise<BenchOutcome> {
+    const reps = env.reps || (env.quick ? 1 : 7);
+    const bn = await startBenchNode('bench-cr', env.workDir, env.cleanup);
+    const sa = new StandaloneRunc(path.join(env.runDir, 'sa'), { runc: realRunc(), criu: criuBinary(), criuNoBreakpoints: true });
+    env.cleanup.defer('standalone runc containers', () => sa.destroyAll());
+    const scratch = path.join(env.workDir, 'raw-images');
+
+    // Indexed by repetition, so ARCH can be paired with the raw run of the same repetition.
+    const rawCtr: number[] = [];
+    const rawSaCkpt: number[] = [];
+    const rawSaRestore: number[] = [];
+    const rawSizes: number[] = [];
+    const arch: ArchSample[] = [];
+
+    const variants: Record<string, (rep: number) => Promise<void>> = {
+      'raw-ctr': async (rep) => {
+        const id = `raw-ctr-${rep}`;
+        await bn.run(id, { arch: false, memMb: MEM_MB });
+        const undo = env.cleanup.defer(`container ${id}`, () => bn.remove(id));
+        await bn.ready(id);
+        await syncDisks();
+        const img = path.join(scratch, id);
+        rawCtr[rep] = await bn.rawCheckpoint(id, img, `${img}-work`);
+        rawSizes[rep] = duBytes(img);
+        await bn.node.containerd.waitStatus(id, 'STOPPED', 15_000);
+        await undo();
+        fs.rmSync(img, { recursive: true, force: true });
+        fs.rmSync(`${img}-work`, { recursive: true, force: true });
+      },
+      'raw-standalone': async (rep) => {
+        const id = `raw-sa-${rep}`;
+        const bundle = await sa.bundle(id, { args: ['/usr/bin/counter'], env: [`COUNTER_MEM_MB=${MEM_MB}`] });
+        const undo = env.cleanup.defer(`standalone ${id}`, () => sa.remove(id));
+        await sa.run(id, bundle);
+        const countFile = path.join(bundle, 'rootfs', COUNTER_FILES.count);
+        const readCount = () => Number(fs.readFileSync(countFile, 'utf8').trim());
+        await waitUntil(`${id} ready`, () => fs.existsSync(countFile) && readCount() >= 2);
+        await syncDisks();
+        const img = path.join(scratch, id);
+        rawSaCkpt[rep] = await sa.checkpoint(id, img, `${img}-work`);
+        const at = readCount();
+        await sa.remove(id); // the dumped container is gone already; this drops its pipes
+        await syncDisks();
+        rawSaRestore[rep] = await sa.restore(id, bundle, img, `${img}-rwork`);
+        await waitUntil(`${id} counting after restore`, () => readCount() > at + 2);
+        const starts = fs.readFileSync(path.join(bundle, 'rootfs', COUNTER_FILES.starts), 'utf8').trim().split('\n').length;
+        if (starts !== 1) throw new Error(`${id}: raw restore started the counter fresh (${starts} starts)`);
+        await undo();
+        for (const d of [img, `${img}-work`, `${img}-rwork`, bundle]) fs.rmSync(d, { recursive: true, force: true });
+      },
+      'arch-fsync': (rep) => archCycle(bn, env, `arch-${rep}`, true).then((s) => void arch.push({ ...s, rep })),
+      'arch-nofsync': (rep) => archCycle(bn, env, `arch-nofsync-${rep}`, false).then((s) => void arch.push({ ...s, rep })),
+    };
+    const order = Object.keys(variants);
+    // One warm-up round first (first CRIU runs, cold caches), recorded under index `reps` and dropped.
+    for (const rep of [reps, ...Array.from({ length: reps }, (_, i) => i)]) {
+      // Rotate the order so no variant always follows the same one.
+      const rot = [...order.slice(rep % order.length), ...order.slice(0, rep % order.length)];
+      for (const v of rot) {
+        env.log(`checkpoint-restore: ${rep === reps ? 'warm-up' : `rep ${rep + 1}/${reps}`} ${v}`);
+        await variants[v]!(rep);
+      }
+    }
+    for (const xs of [rawCtr, rawSaCkpt, rawSaRestore, rawSizes]) xs.length = reps;
+    arch.splice(0, arch.length, ...arch.filter((s) => s.rep < reps));
+
+    // ---- summary ----------------------------------------------------------
+    const A1 = arch.filter((s) => s.fsync);
+    const A0 = arch.filter((s) => !s.fsync);
+    const med = (xs: number[]) => round(median(xs));
+    const ph = (xs: ArchSample[], k: string) => med(xs.map((s) => s.result.timings[k] ?? 0));
+    // Median of per-repetition ratios: load from other work on the machine drifts; a
+    // repetition's ARCH and raw runs are seconds apart, the repetitions are not.
+    const paired = (xs: ArchSample[], pick: (s: ArchSample) => number, raw: number[]) => round(median(xs.map((s) => pick(s) / raw[s.rep]!)));
+    const ck1 = median(A1.map((s) => s.checkpointMs));
+    const ck0 = median(A0.map((s) => s.checkpointMs));
+    const rCtr = median(rawCtr);
+    const rSa = median(rawSaCkpt);
+    const rsArch = median(arch.map((s) => s.restoreCallMs));
+    const rsShim = median(arch.map((s) => s.restoreShimMs));
+    const rsRaw = median(rawSaRestore);
+    const ctrRun = median(arch.map((s) => s.ctrRunMs));
+    const rows: Row[] = [
+      { metric: `checkpoint ${MEM_MB} MiB, ARCH_FSYNC=1 vs runc checkpoint (containerd node)`, unit: 'ms', arch: round(ck1), raw: round(rCtr), added: round(ck1 - rCtr), ratio: paired(A1, (s) => s.checkpointMs, rawCtr), n: A1.length, target: `≤ ${TARGET_RATIO}x`, pass: paired(A1, (s) => s.checkpointMs, rawCtr) <= TARGET_RATIO },
+      { metric: `checkpoint ${MEM_MB} MiB, ARCH_FSYNC=0 vs runc checkpoint (containerd node)`, unit: 'ms', arch: round(ck0), raw: round(rCtr), added: round(ck0 - rCtr), ratio: paired(A0, (s) => s.checkpointMs, rawCtr), n: A0.length, target: `≤ ${TARGET_RATIO}x`, pass: paired(A0, (s) => s.checkpointMs, rawCtr) <= TARGET_RATIO },
+      { metric: `checkpoint ${MEM_MB} MiB, ARCH_FSYNC=1 vs runc checkpoint (standalone)`, unit: 'ms', arch: round(ck1), raw: round(rSa), added: round(ck1 - rSa), ratio: paired(A1, (s) => s.checkpointMs, rawSaCkpt), n: A1.length },
+      { metric: `restore ${MEM_MB} MiB: arch-runc create vs runc restore -d`, unit: 'ms', arch: round(rsArch), raw: round(rsRaw), added: round(rsArch - rsRaw), ratio: paired(arch, (s) => s.restoreCallMs, rawSaRestore), n: arch.length, target: `≤ ${TARGET_RATIO}x`, pass: paired(arch, (s) => s.restoreCallMs, rawSaRestore) <= TARGET_RATIO, note: 'both ARCH_FSYNC settings pooled' },
+      { metric: `restore ${MEM_MB} MiB: shim durationMs (Node loaded) vs runc restore -d`, unit: 'ms', arch: round(rsShim), raw: round(rsRaw), added: round(rsShim - rsRaw), ratio: paired(arch, (s) => s.restoreShimMs, rawSaRestore), n: arch.length },
+    ];
+
+    const sizeMiB = round(median(arch.map((s) => s.result.sizeBytes)) / 2 ** 20);
+    const rawMiB = round(median(rawSizes) / 2 ** 20);
+    const phaseRow = (label: string, xs: ArchSample[]) => {
+      const total = med(xs.map((s) => s.checkpointMs));
+      const dump = ph(xs, 'dump');
+      const rootfs = ph(xs, 'rootfs');
+      const digest = ph(xs, 'digest');
+      const fsync = ph(xs, 'fsync');
+      const publish = ph(xs, 'publish');
+      const stop = ph(xs, 'stop');
+      const publishOther = round(median(xs.map((s) => (s.result.timings.publish ?? 0) - (s.result.timings.digest ?? 0) - (s.result.timings.fsync ?? 0))));
+      const other = round(median(xs.map((s) => s.checkpointMs - ['dump', 'rootfs', 'publish', 'stop'].reduce((a, k) => a + (s.result.timings[k] ?? 0), 0))));
+      return [label, total, dump, rootfs, digest, fsync, publishOther, stop, other, round(rCtr)];
+    };
+    const restoreRow = (label: string, xs: ArchSample[]) => {
+      const rt = (k: string) => med(xs.map((s) => s.restoreTimings[k] ?? 0));
+      return [label, med(xs.map((s) => s.restoreCallMs)), round(median(xs.map((s) => s.restoreCallMs - s.restoreShimMs))), rt('verify'), rt('rootfs'), rt('restore'),
+        round(median(xs.map((s) => s.restoreShimMs - (s.restoreTimings.verify ?? 0) - (s.restoreTimings.rootfs ?? 0) - (s.restoreTimings.restore ?? 0)))), round(rsRaw), med(xs.map((s) => s.ctrRunMs))];
+    };
+    const tables: Table[] = [
+      {
+        title: `ARCH checkpoint phases, ms (median of ${reps}; checkpoint ${sizeMiB} MiB, raw CRIU image ${rawMiB} MiB)`,
+        header: ['variant', 'total', 'dump (pause + runc checkpoint)', 'rootfs', 'digest (sha256)', 'fsync', 'publish rest', 'stop (kill)', 'other (inspect, store, versions)', 'raw runc checkpoint'],
+        rows: [phaseRow('ARCH_FSYNC=1', A1), phaseRow('ARCH_FSYNC=0', A0)],
+      },
+      {
+        title: `ARCH restore phases, ms (median of ${reps})`,
+        header: ['variant', 'arch-runc create (wall)', 'sh front + Node start + imports', 'verify (sha256)', 'rootfs diff', 'runc restore', 'other', 'raw runc restore -d', 'ctr run -d (wall, info)'],
+        rows: [restoreRow('after ARCH_FSYNC=1', A1), restoreRow('after ARCH_FSYNC=0', A0)],
+      },
+    ];
+
+    const bytes = median(arch.map((s) => s.result.sizeBytes));
+    const mbps = (ms: number) => (ms > 0 ? round(bytes / 1e6 / (ms / 1000)) : NaN);
+    const digestMs = median(arch.map((s) => s.result.timings.digest ?? 0));
+    const verifyMs = median(arch.map((s) => s.restoreTimings.verify ?? 0));
+    const fsyncMs = median(A1.map((s) => s.result.timings.fsync ?? 0));
+    const dumpMs = median(arch.map((s) => s.result.timings.dump ?? 0));
+    const nodeStart = median(arch.map((s) => s.restoreCallMs - s.restoreShimMs));
+    const notes = [
+      `Checkpoint: ARCH ${round(ck1)} ms (fsync) / ${round(ck0)} ms (no fsync) vs raw runc ${round(rCtr)} ms on the same containerd node (${round(rSa)} ms standalone): ${paired(A1, (s) => s.checkpointMs, rawCtr)}x / ${paired(A0, (s) => s.checkpointMs, rawCtr)}x (median of per-repetition ratios). Extra dump time over raw runc (pause + --leave-running + kill, same rep): ${round(median(arch.map((s) => (s.result.timings.dump ?? 0) - rawCtr[s.rep]!)))} ms.`,
+      `Where ARCH's checkpoint time goes (median): dump ${round(dumpMs)} ms (${mbps(dumpMs)} MB/s; the raw checkpoint of the same memory takes ${round(rCtr)} ms), sha256 of ${sizeMiB} MiB ${round(digestMs)} ms (${mbps(digestMs)} MB/s, page cache), fsync ${round(fsyncMs)} ms (${mbps(fsyncMs)} MB/s).`,
+      `Restore: the arch-runc create takes ${round(rsArch)} ms vs ${round(rsRaw)} ms for runc restore -d (${paired(arch, (s) => s.restoreCallMs, rawSaRestore)}x). Of ARCH's extra ${round(rsArch - rsRaw)} ms: verifying digests ${round(verifyMs)} ms (${mbps(verifyMs)} MB/s), sh front + Node start-up + module loading ${round(nodeStart)} ms. The whole ctr run -d until RUNNING takes ${round(ctrRun)} ms.`,
+      'Restores read the images from the page cache (just written); a restore on another node reading from network storage would be slower for both sides.',
+    ];
+    return {
+      rows,
+      tables,
+      notes,
+      details: {
+        memMb: MEM_MB,
+        reps,
+        raw: { ctrCheckpointMs: rawCtr, standaloneCheckpointMs: rawSaCkpt, standaloneRestoreMs: rawSaRestore, imageBytes: rawSizes },
+        arch: arch.map((s) => ({
+          fsync: s.fsync, checkpointMs: s.checkpointMs, checkpointTimings: s.result.timings, sizeBytes: s.result.sizeBytes,
+          restoreCallMs: s.restoreCallMs, restoreShimMs: s.restoreShimMs, restoreTimings: s.restoreTimings, ctrRunMs: s.ctrRunMs,
+        })),
+      },
+    };
+  },
+};
+
+/** One ARCH cycle: run, checkpoint (timed), delete, ctr run again = restore (timed), check, delete. */
+async function archCycle(bn: BenchNode, env: BenchEnv, id: string, fsync: boolean): Promise<Omit<ArchSample, 'rep'>> {
+  const node = bn.node;
+  const ctx: NodeContext = { ...node.ctx, settings: { ...node.ctx.settings, fsync } };
+  await bn.run(id, { arch: true, memMb: MEM_MB });
+  const undo = env.cleanup.defer(`container ${id}`, () => bn.remove(id));
+  env.cleanup.defer(`checkpoints of ${id}`, () => fs.rmSync(path.join(bn.storage, 'default', id), { recursive: true, force: true }));
+  await bn.ready(id);
+  await syncDisks();
+  const t0 = process.hrtime.bigint();
+  const result = await checkpointContainer(ctx, { namespace: 'default', id, runcRoot: node.runcRoot('default') });
+  const checkpointMs = msSince(t0);
+  await node.containerd.waitStatus(id, 'STOPPED', 15_000);
+  const at = node.count(id);
+  await bn.remove(id);
+  await syncDisks();
+
+  const t1 = process.hrtime.bigint();
+  await bn.run(id, { arch: true, memMb: MEM_MB });
+  const ctrRunMs = msSince(t1);
+  await node.containerd.waitStatus(id, 'RUNNING', 15_000);
+  const restored = readLogLines(node.archLog).filter((l) => l.msg === 'restored from checkpoint' && l.container === id).pop();
+  if (!restored) {
+    const why = readLogLines(node.archLog).filter((l) => l.container === id && (l.level as number) >= 40).map((l) => l.err ?? l.msg).join('; ');
+    throw new Error(`${id}: not restored from its checkpoint (${why || 'no log line'})`);
+  }
+  await bn.ready(id, at + 2, 20_000);
+  const starts = node.readContainerFile(id, COUNTER_FILES.starts).trim().split('\n').length;
+  if (starts !== 1) throw new Error(`${id}: counter started fresh after restore (${starts} starts)`);
+  const creates = bn.callTimes(id, 'create');
+  if (creates.length < 2) throw new Error(`${id}: arch-runc create timings missing (${creates.length})`);
+  await undo();
+  fs.rmSync(path.join(bn.storage, 'default', id), { recursive: true, force: true });
+  return {
+    fsync,
+    checkpointMs,
+    result,
+    restoreCallMs: creates[creates.length - 1]!,
+    restoreShimMs: Number(restored.durationMs),
+    restoreTimings: (restored.timings ?? {}) as Record<string, number>,
+    ctrRunMs,
+  };
+}
+
+async function waitUntil(what: string, fn: () => boolean, timeoutMs = 60_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    try {
+      if (fn()) return;
+    } catch {
+      // not yet
+    }
+    if (Date.now() > deadline) throw new Error(`timed out: ${what}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
