@@ -21,6 +21,7 @@ export interface WorkerFlags {
   shutdownGrace: string;
   verifyStable: string;
   workflows: boolean;
+  reclaimTargets?: string;
 }
 
 export function addWorkerOptions(cmd: Command, settings: Settings): Command {
@@ -38,7 +39,8 @@ export function addWorkerOptions(cmd: Command, settings: Settings): Command {
     .option('--state-dir <dir>', 'worker state (image exports, throughput history)', '/var/lib/arch/worker')
     .addOption(new Option('--shutdown-grace <duration>', 'time in-flight activities (a checkpoint) get after SIGTERM').default('120s'))
     .option('--verify-stable <duration>', 'a restored container must stay up this long', '1s')
-    .option('--no-workflows', "only run this node's activities (no workflow worker)");
+    .option('--no-workflows', "only run this node's activities (no workflow worker)")
+    .option('--reclaim-targets <nodes>', 'nodes a cloud reclaim notice (ARCH_CLOUD_PROVIDER) moves this node\'s containers to, comma-separated (default: checkpoint only)');
 }
 
 export function workerOptionsFrom(o: WorkerFlags, settings: Settings): NodeWorkerOptions {
@@ -58,5 +60,10 @@ export function workerOptionsFrom(o: WorkerFlags, settings: Settings): NodeWorke
     shutdownGraceMs: parseDurationMs(o.shutdownGrace, '--shutdown-grace'),
     verifyStableMs: parseDurationMs(o.verifyStable, '--verify-stable'),
     workflows: o.workflows,
+    reclaimTargets: o.reclaimTargets ? o.reclaimTargets.split(',').map((n) => {
+      const t = n.trim();
+      if (!isValidNodeName(t)) throw new InvalidArgumentError(`--reclaim-targets: "${t}" is not a node name (${NODE_NAME_RULE})`);
+      return t;
+    }) : undefined,
   };
 }

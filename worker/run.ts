@@ -15,6 +15,7 @@ import { connectionOptions, temporalTarget } from '../core/temporal/connection.j
 import { nodeTaskQueue, WORKFLOW_TASK_QUEUE } from '../core/temporal/names.js';
 import { TransferServer } from '../core/transfer.js';
 import { sdkLogger } from './logger.js';
+import { startNoticeWatcher } from './notices.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 /** The checkout: this file is <repo>/dist/worker/run.js. */
@@ -40,6 +41,8 @@ export interface NodeWorkerOptions {
   maxConcurrentActivities?: number;
   /** Install SIGINT/SIGTERM handlers that shut the workers down (default true). */
   handleSignals?: boolean;
+  /** Where a cloud reclaim notice sends this node's containers (ARCH_CLOUD_PROVIDER). */
+  reclaimTargets?: string[];
 }
 
 export interface RunningWorker {
@@ -114,10 +117,14 @@ export async function startNodeWorker(o: NodeWorkerOptions): Promise<RunningWork
       );
     }
     const conn = connection;
+    const runs = workers.map((w) => w.run());
+    // Only once the workers poll: a notice must find someone to drain the node.
+    const notices = await startNoticeWatcher({ node: o.node, targets: o.reclaimTargets ?? [], ctx: { settings, log }, target });
     const done = (async () => {
       try {
-        await Promise.all(workers.map((w) => w.run()));
+        await Promise.all(runs);
       } finally {
+        await notices?.stop().catch(() => undefined);
         await transfer.stop().catch(() => undefined);
         await conn.close().catch(() => undefined);
         log.info({ phase: 'shutdown' }, 'worker stopped');

@@ -2,6 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { WORKFLOW_TASK_QUEUE, workflowIds } from '../../core/temporal/names.js';
 import type { DrainResult, ReclaimWatchInput, ReclaimWatchState } from '../../workflows/types.js';
 import { cleanupStaleNodes } from '../support/containerd-node.js';
+import { FakeAwsImds } from '../support/fake-metadata.js';
 import { runCli, runningOn, startCluster, stopAllTemporal, waitUntil, type TestCluster } from '../support/temporal.js';
 
 /**
@@ -97,4 +98,27 @@ test('drain through the CLI: checkpoint-only drain reports per-container results
   expect(res.containers.every((c) => c.outcome === 'checkpointed' && c.checkpointedInTime)).toBe(true);
   // Checkpointed and stopped: nothing runs on B any more.
   expect((await cluster.nodes[B]!.containerd.listTasks()).filter((t) => t.status === 'RUNNING')).toEqual([]);
+});
+
+test('a cloud reclaim notice (AWS spot interruption, loopback fake IMDS) moves the node\'s containers', async () => {
+  const imds = await FakeAwsImds.start();
+  try {
+    await cluster.workers[A]!.stop();
+    await cluster.startWorker(A, ['--reclaim-targets', B], { ARCH_CLOUD_PROVIDER: 'aws', ARCH_METADATA_URL: imds.url, ARCH_NOTICE_POLL_MS: '200' });
+    await cluster.runCounter(A, 'cloud1');
+    const before = await cluster.waitCount(A, 'cloud1', 3);
+    const client = cluster.temporal.client;
+    const watchId = workflowIds.reclaimWatch(A);
+    const t0 = Date.now();
+    imds.scheduleNotice({ action: 'terminate', time: new Date(Date.now() + 120_000).toISOString().replace(/\.\d+Z$/, 'Z') });
+    await waitUntil('cloud1 running on B', async () => ((await runningOn(cluster, 'cloud1')).join() === B ? true : undefined), 120_000, 500);
+    await cluster.waitCount(B, 'cloud1', before + 2);
+    const s = await client.workflow.getHandle(watchId).query<ReclaimWatchState>('state');
+    const last = s.history.at(-1) ?? s.current;
+    expect(last?.reason).toMatch(/^aws termination/);
+    console.log(`cloud notice → running on B in ${Date.now() - t0} ms`);
+    await client.workflow.getHandle(watchId).terminate('test done');
+  } finally {
+    await imds.close();
+  }
 });

@@ -232,7 +232,7 @@ export interface TestCluster {
   nodes: Record<string, TestNode>;
   workers: Record<string, TestWorker>;
   /** Start (again) the worker of a node. */
-  startWorker(name: string, extraArgs?: string[]): Promise<TestWorker>;
+  startWorker(name: string, extraArgs?: string[], env?: Record<string, string>): Promise<TestWorker>;
   /** Run an ARCH-enabled counter on a node through arch-runc. */
   runCounter(name: string, id: string, env?: string[], namespace?: string): Promise<void>;
   /** Current count of a counter on a node, or undefined if unreadable. */
@@ -277,8 +277,8 @@ export async function startCluster(label: string, names: string[], o: ClusterOpt
     }));
     await Promise.all((o.imageOn ?? names).map((n) => ensureTestImage(nodes[n]!.containerd)));
     const t = temporal;
-    const start = async (name: string, extraArgs: string[] = []) => {
-      const w = await startWorker(nodes[name]!, { temporal: t, archConfig: configOf[name]!, dir, extraArgs: [...(o.workerArgs ?? []), ...extraArgs] });
+    const start = async (name: string, extraArgs: string[] = [], env?: Record<string, string>) => {
+      const w = await startWorker(nodes[name]!, { temporal: t, archConfig: configOf[name]!, dir, extraArgs: [...(o.workerArgs ?? []), ...extraArgs], env });
       workers[name] = w;
       return w;
     };

@@ -1,0 +1,79 @@
+/**
+ * Cloud reclaim notices → Temporal. The worker watches this VM's metadata
+ * service (core/cloud, ARCH_CLOUD_PROVIDER) and turns a notice into a
+ * `reclaim` signal to the node's reclaim watcher workflow (started if it is
+ * not running), which drains the node within the notice's deadline.
+ *
+ * If Temporal cannot be reached, the node does not wait for it: it
+ * checkpoints its own containers before the deadline (core/finalize), so
+ * they can be restored wherever they are created again.
+ */
+import fs from 'node:fs';
+import { Client, Connection } from '@temporalio/client';
+import { createWatcher, loadCloudConfig, type CloudWatcher, type ReclaimNotice } from '../core/cloud/index.js';
+import type { NodeContext } from '../core/context.js';
+import { errorMessage } from '../core/errors.js';
+import { finalizeNode } from '../core/finalize.js';
+import { parseEnvFile } from '../core/settings.js';
+import { connectionOptions, type TemporalTarget } from '../core/temporal/connection.js';
+import { WORKFLOW_TASK_QUEUE, WORKFLOW_TYPES, workflowIds } from '../core/temporal/names.js';
+import { attributePairs } from '../core/temporal/search-attributes.js';
+import type { ReclaimSignal, ReclaimWatchInput } from '../workflows/types.js';
+
+export interface NoticeOptions {
+  node: string;
+  targets: string[];
+  ctx: NodeContext;
+  target: TemporalTarget;
+  env?: NodeJS.ProcessEnv;
+}
+
+/** Settings file values under the environment, as loadSettings does. */
+function cloudEnv(ctx: NodeContext, env: NodeJS.ProcessEnv): Record<string, string | undefined> {
+  let file: Record<string, string> = {};
+  try {
+    file = parseEnvFile(fs.readFileSync(ctx.settings.configFile, 'utf8'));
+  } catch {
+    // no settings file: environment only
+  }
+  return { ...file, ...env };
+}
+
+export async function signalReclaim(client: Client, node: string, targets: string[], signal: ReclaimSignal): Promise<void> {
+  await client.workflow.signalWithStart(WORKFLOW_TYPES.reclaimWatch, {
+    taskQueue: WORKFLOW_TASK_QUEUE,
+    workflowId: workflowIds.reclaimWatch(node),
+    args: [{ node, targets } satisfies ReclaimWatchInput],
+    signal: 'reclaim',
+    signalArgs: [signal],
+    typedSearchAttributes: attributePairs({ sourceNode: node, targetNode: targets.join(','), operation: 'reclaim-watch', phase: 'watching' }) as never,
+  });
+}
+
+export async function startNoticeWatcher(o: NoticeOptions): Promise<CloudWatcher | undefined> {
+  const cfg = loadCloudConfig(cloudEnv(o.ctx, o.env ?? process.env));
+  if (cfg.provider === 'none') return undefined;
+  const log = o.ctx.log.child({ phase: 'reclaim-notice' });
+  const watcher = await createWatcher({ provider: cfg.provider, logger: log, baseUrl: cfg.baseUrl, pollMs: cfg.pollMs, rebalance: cfg.rebalance, azureVmName: cfg.azureVmName });
+  const onNotice = async (n: ReclaimNotice): Promise<void> => {
+    const signal: ReclaimSignal = { deadline: n.deadline.toISOString(), reason: `${n.provider} ${n.kind}: ${n.reason}` };
+    let connection: Connection | undefined;
+    try {
+      connection = await Connection.connect({ ...connectionOptions(o.target), connectTimeout: 3000 });
+      await signalReclaim(new Client({ connection, namespace: o.target.namespace }), o.node, o.targets, signal);
+      log.warn({ deadline: signal.deadline, reason: signal.reason }, 'reclaim notice signalled to the node\'s reclaim watcher');
+      return;
+    } catch (err) {
+      log.error({ err: errorMessage(err), deadline: signal.deadline }, 'cannot reach Temporal with the reclaim notice: checkpointing this node\'s containers locally');
+    } finally {
+      await connection?.close().catch(() => undefined);
+    }
+    // Without Temporal nobody will restore them elsewhere now, but their
+    // checkpoints exist: created again anywhere, they resume.
+    const report = await finalizeNode(o.ctx, { deadline: n.deadline });
+    log.warn({ ok: report.ok, items: report.items.length }, 'local checkpoint of every ARCH container done');
+  };
+  watcher.start(onNotice);
+  log.info({ provider: watcher.provider, targets: o.targets }, 'watching for reclaim notices');
+  return watcher;
+}
