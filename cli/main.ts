@@ -14,6 +14,7 @@ import { registerPauseResume } from './commands/pause.js';
 import { registerReclaim } from './commands/reclaim.js';
 import { registerSchedule } from './commands/schedule.js';
 import { registerStatus } from './commands/status.js';
+import { registerTemporalSetup } from './commands/temporal-setup.js';
 import { makeContext, type CliContext } from './context.js';
 import { registerDoctor } from './doctor.js';
 import { registerFinalize } from './finalize.js';
@@ -37,6 +38,7 @@ export async function buildProgram(settings: Settings): Promise<{ program: Comma
   registerLs(program, ctx);
   registerStatus(program, ctx);
   registerDev(program, ctx);
+  registerTemporalSetup(program, ctx);
   // Node-local commands (no Temporal needed).
   registerFinalize(program);
   registerDoctor(program);

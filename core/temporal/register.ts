@@ -13,7 +13,7 @@ import { SEARCH_ATTRIBUTE_DEFS } from './search-attributes.js';
 const KEYWORD = 2;
 const TYPE_NAMES = ['Unspecified', 'Text', 'Keyword', 'Int', 'Double', 'Bool', 'Datetime', 'KeywordList'];
 
-export async function ensureSearchAttributes(connection: Connection, namespace: string): Promise<{ added: string[]; present: string[] }> {
+export async function ensureSearchAttributes(connection: Pick<Connection, 'operatorService'>, namespace: string): Promise<{ added: string[]; present: string[] }> {
   const existing = await connection.operatorService.listSearchAttributes({ namespace });
   const custom = existing.customAttributes ?? {};
   const added: string[] = [];
@@ -34,7 +34,7 @@ export async function ensureSearchAttributes(connection: Connection, namespace: 
   return { added, present };
 }
 
-/** Shell commands an operator runs on a real cluster (printed by `arch-cli dev --print-setup`, docs, compose). */
+/** Shell commands an operator runs on a real cluster (`arch-cli temporal-setup --print`). */
 export function searchAttributeCreateCommands(namespace = 'default'): string[] {
   return SEARCH_ATTRIBUTE_DEFS.map((d) => `temporal operator search-attribute create --namespace ${namespace} --name ${d.name} --type ${d.cliType}`);
 }

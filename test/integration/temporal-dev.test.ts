@@ -133,3 +133,31 @@ test('uses an already running server instead of starting one', async () => {
     await server.stop();
   }
 });
+
+test('temporal-setup registers the search attributes on a server that lacks them, idempotently', async () => {
+  const port = await freePort();
+  const bare = spawn(TEMPORAL_CLI, ['server', 'start-dev', '--headless', '--ip', '127.0.0.1', '--port', String(port), '--log-level', 'error'], { stdio: 'ignore' });
+  children.add(bare);
+  const exited = new Promise<void>((resolve) => bare.once('exit', () => resolve()));
+  try {
+    const at = `127.0.0.1:${port}`;
+    await waitUntil('the bare dev server', () => isReachable({ address: at, namespace: 'default' }), 60_000, 200);
+    const run = async () => {
+      const child = spawn(path.join(REPO_ROOT, 'bin', 'arch-cli'), ['--json', '--address', at, 'temporal-setup'], { env: env(), stdio: ['ignore', 'pipe', 'pipe'] });
+      let out = '';
+      child.stdout!.on('data', (c: Buffer) => (out += c.toString()));
+      const code = await new Promise<number | null>((resolve) => child.once('exit', resolve));
+      return { code, json: JSON.parse(out) as { added: string[]; present: string[] } };
+    };
+    const first = await run();
+    expect(first.code).toBe(0);
+    expect(first.json.added.sort()).toEqual(['ArchContainer', 'ArchNamespace', 'ArchOperation', 'ArchPhase', 'ArchSourceNode', 'ArchTargetNode']);
+    const second = await run();
+    expect(second.json.added).toEqual([]);
+    expect(second.json.present).toHaveLength(6);
+  } finally {
+    bare.kill('SIGTERM');
+    await withTimeout(exited, 15_000);
+    children.delete(bare);
+  }
+});
