@@ -36,6 +36,7 @@ beforeAll(async () => {
 afterAll(async () => {
   for (const c of children) c.kill('SIGKILL');
   await stopAllNodes();
+  if (process.env.ARCH_TEST_KEEP !== '1') fs.rmSync(dir, { recursive: true, force: true });
 });
 
 function env(): NodeJS.ProcessEnv {

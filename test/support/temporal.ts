@@ -269,6 +269,8 @@ export async function startCluster(label: string, names: string[], o: ClusterOpt
     await Promise.all(Object.values(workers).map((w) => w.kill()));
     await Promise.all(Object.values(nodes).map((n) => n.stop().catch(() => undefined)));
     await temporal?.stop();
+    // Checkpoints of big test containers live here: keep them only when asked to.
+    if (process.env.ARCH_TEST_KEEP !== '1') fs.rmSync(dir, { recursive: true, force: true });
   };
   try {
     temporal = await startTemporal({ dir });
