@@ -110,32 +110,37 @@ export const benchmark: Benchmark = {
     }
 
     // For the explanation: what starting a shell and starting Node cost here.
-    const baseline = (cmd: string, args: string[], n: number) => {
-      const xs: number[] = [];
-      for (let i = 0; i < n; i++) {
-        const t0 = process.hrtime.bigint();
-        const r = spawnSync(cmd, args, { stdio: 'ignore', cwd: home });
-        if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ').slice(0, 200)} exited ${r.status ?? r.signal}`);
-        xs.push(Number(process.hrtime.bigint() - t0) / 1e6);
+    // Start-up costs, measured round-robin (each arm once per round) so load drift hits all alike.
+    const roundRobin = (arms: Record<string, [string, string[]]>, n: number): Record<string, number> => {
+      const xs: Record<string, number[]> = Object.fromEntries(Object.keys(arms).map((k) => [k, []]));
+      for (let i = -1; i < n; i++) {
+        for (const [k, [cmd, args]] of Object.entries(arms)) {
+          const t0 = process.hrtime.bigint();
+          const r = spawnSync(cmd, args, { stdio: 'ignore', cwd: home });
+          if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ').slice(0, 200)} exited ${r.status ?? r.signal}`);
+          if (i >= 0) xs[k]!.push(Number(process.hrtime.bigint() - t0) / 1e6);
+        }
       }
-      return round(median(xs));
+      return Object.fromEntries(Object.entries(xs).map(([k, v]) => [k, round(median(v))]));
     };
-    const nNode = env.quick ? 5 : 15;
-    const importMs = (specs: string[]) =>
-      baseline(process.execPath, ['--input-type=module', '-e', `for (const m of ${JSON.stringify(specs)}) await import(m);`], nNode);
+    const imports = (specs: string[]): [string, string[]] => [process.execPath, ['--input-type=module', '-e', `for (const m of ${JSON.stringify(specs)}) await import(m);`]];
     // The modules shim/main.js loads (its static imports), from the snapshot being measured.
     const shimGraph = ['checkpoint', 'context', 'env-contract', 'errors', 'ids', 'oci-spec', 'restore', 'runc-args', 'runc', 'settings', 'shim-state', 'store']
       .map((m) => path.join(home, 'dist/core', `${m}.js`));
-    const nodeEmptyMs = baseline(process.execPath, ['-e', '0'], nNode);
-    const pkgImportMs: Record<string, number> = {};
-    for (const pkg of ['execa', 'pino', 'zod', 'tar']) {
-      pkgImportMs[pkg] = round(importMs([pkg]) - nodeEmptyMs);
-    }
+    const pkgs = ['execa', 'pino', 'zod', 'tar'];
+    const nodeTimes = roundRobin({
+      nodeEmpty: [process.execPath, ['-e', '0']],
+      shimGraph: imports(shimGraph),
+      ...Object.fromEntries(pkgs.map((p) => [p, imports([p])])),
+    }, env.quick ? 5 : 20);
+    const shTimes = roundRobin({ sh: ['/bin/sh', ['-c', ':']], shSource: ['/bin/sh', ['-c', `. ${archConfig}`]] }, 50);
+    const nodeEmptyMs = nodeTimes.nodeEmpty!;
+    const pkgImportMs: Record<string, number> = Object.fromEntries(pkgs.map((p) => [p, round(nodeTimes[p]! - nodeEmptyMs)]));
     const startup = {
-      shTrueMs: baseline('/bin/sh', ['-c', ':'], 50),
-      shSourceConfigMs: baseline('/bin/sh', ['-c', `. ${archConfig}`], 50),
+      shTrueMs: shTimes.sh!,
+      shSourceConfigMs: shTimes.shSource!,
       nodeEmptyMs,
-      nodeShimModuleGraphMs: importMs(shimGraph),
+      nodeShimModuleGraphMs: nodeTimes.shimGraph!,
       /** Added by importing each package alone (ms over node -e 0). */
       pkgImportMs,
       shell: fs.realpathSync('/bin/sh'),
