@@ -33,8 +33,25 @@ beforeAll(async () => {
   address = `127.0.0.1:${await freePort()}`;
 });
 
+/** Dev servers that `arch-cli dev` started for this test (found by their unique SQLite path). */
+function ourDevServers(): number[] {
+  const db = path.join(dir, 'temporal.sqlite');
+  const pids: number[] = [];
+  for (const p of fs.readdirSync('/proc').filter((d) => /^\d+$/.test(d))) {
+    try {
+      const argv = fs.readFileSync(`/proc/${p}/cmdline`, 'utf8').split('\0');
+      if (argv.includes('start-dev') && argv.includes(db)) pids.push(Number(p));
+    } catch {
+      // gone
+    }
+  }
+  return pids;
+}
+
 afterAll(async () => {
   for (const c of children) c.kill('SIGKILL');
+  // A failed test may have killed `arch-cli dev` before it could stop its server.
+  for (const pid of ourDevServers()) process.kill(pid, 'SIGKILL');
   await stopAllNodes();
   if (process.env.ARCH_TEST_KEEP !== '1') fs.rmSync(dir, { recursive: true, force: true });
 });
@@ -109,6 +126,7 @@ test('starts a dev server with search attributes and a worker; state survives a 
   expect(p.code).toBe(0);
   expect(await stopDev(first.child)).toBe(0);
   expect(await isReachable({ address, namespace: 'default' })).toBe(false);
+  expect(ourDevServers()).toEqual([]);
 
   // Again, on the same SQLite file: the pause is still in visibility.
   const second = await startDev();
