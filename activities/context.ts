@@ -4,7 +4,7 @@
  * heartbeats its progress and stops when the activity is cancelled.
  */
 import { Context } from '@temporalio/activity';
-import { ApplicationFailure } from '@temporalio/common';
+import { ApplicationFailure, CancelledFailure } from '@temporalio/common';
 import { Containerd, isNotFound } from '../core/containerd.js';
 import type { NodeContext } from '../core/context.js';
 import { ArchInputError, CheckpointUnusableError, errorMessage } from '../core/errors.js';
@@ -111,6 +111,12 @@ export async function withHeartbeat<T>(
       last = p;
     });
   } catch (err) {
+    // Cancelled: whatever the interrupted tool said, report a cancellation
+    // (the SDK only does so for CancelledFailure/AbortError), not a failure
+    // that a retry policy would run again.
+    if (ctx?.cancellationSignal.aborted && !(err instanceof CancelledFailure)) {
+      throw new CancelledFailure(`cancelled: ${errorMessage(err)}`);
+    }
     throw toFailure(err);
   } finally {
     clearInterval(timer);

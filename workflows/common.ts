@@ -5,6 +5,7 @@
  * tracking for the UI, and failure classification.
  */
 import {
+  ActivityCancellationType,
   ActivityFailure,
   ApplicationFailure,
   proxyActivities,
@@ -48,7 +49,10 @@ export function onNode(node: string, kind: Kind, t: ActivityTimeouts = {}): Arch
       o = { startToCloseTimeout: '120s', retry: retry(5) };
       break;
     case 'checkpoint':
-      o = { startToCloseTimeout: t.checkpointTimeoutMs ?? DEFAULTS.checkpointTimeoutMs, heartbeatTimeout: '30s', retry: retry(3) };
+      // On cancellation wait for the activity's own answer: a checkpoint that
+      // finished anyway has stopped the container, and the workflow must
+      // know it to restore it.
+      o = { startToCloseTimeout: t.checkpointTimeoutMs ?? DEFAULTS.checkpointTimeoutMs, heartbeatTimeout: '30s', retry: retry(3), cancellationType: ActivityCancellationType.WAIT_CANCELLATION_COMPLETED };
       break;
     case 'transfer':
       o = { startToCloseTimeout: t.transferTimeoutMs ?? DEFAULTS.transferTimeoutMs, heartbeatTimeout: '30s', retry: retry(5) };

@@ -1,11 +1,12 @@
 import fs from 'node:fs';
+import path from 'node:path';
 import { randomBytes } from 'node:crypto';
-import { ApplicationFailure, WorkflowFailedError } from '@temporalio/client';
+import { ApplicationFailure, CancelledFailure, WorkflowFailedError } from '@temporalio/client';
 import { FailureType } from '../../core/temporal/failures.js';
 import { WORKFLOW_TASK_QUEUE } from '../../core/temporal/names.js';
 import type { MigrateInput, MigrateResult } from '../../workflows/types.js';
 import { cleanupStaleNodes } from '../support/containerd-node.js';
-import { outcome, runCli, runningOn, startCluster, stopAllTemporal, type TestCluster } from '../support/temporal.js';
+import { outcome, runCli, runningOn, startCluster, stopAllTemporal, waitUntil, type TestCluster } from '../support/temporal.js';
 
 /**
  * A restore that fails on the target: node B's arch-runc is given a CRIU
@@ -66,4 +67,30 @@ test('the CLI reports a compensated migration with exit code 4', async () => {
   expect(r.stderr).toMatch(/it runs again on comp-a/);
   expect(await runningOn(cluster, 'victim')).toEqual([A]);
   expect(cluster.count(A, 'victim')!).toBeGreaterThanOrEqual(before);
+});
+
+test('migration cancelled during the checkpoint: the container keeps running on A, nothing half-published', async () => {
+  await cluster.runCounter(A, 'cancelme', ['COUNTER_MEM_MB=384']);
+  const before = await cluster.waitCount(A, 'cancelme', 3, 60_000);
+  const handle = await cluster.temporal.client.workflow.start('migrateContainer', {
+    taskQueue: WORKFLOW_TASK_QUEUE,
+    workflowId: `test-cancel-${randomBytes(3).toString('hex')}`,
+    args: [{ namespace: 'default', id: 'cancelme', from: A, to: B } satisfies MigrateInput],
+  });
+  await waitUntil('the checkpoint activity to run', async () => {
+    const d = await handle.describe();
+    return (d.raw.pendingActivities ?? []).some((a) => a.activityType?.name === 'checkpointContainer' && Number(a.state) === 2);
+  }, 60_000, 20);
+  await handle.cancel();
+  const o = await outcome(handle, 120_000);
+  expect(o.ok).toBe(false);
+  expect((o as unknown as { error: WorkflowFailedError }).error.cause).toBeInstanceOf(CancelledFailure);
+  expect((await handle.describe()).status.name).toBe('CANCELLED');
+  // Thawed (dump aborted) or restored (dump had finished): either way it runs on A only, and goes on.
+  expect(await runningOn(cluster, 'cancelme')).toEqual([A]);
+  const now = await cluster.waitCount(A, 'cancelme', before);
+  await cluster.waitCount(A, 'cancelme', now + 3);
+  const store = path.join(cluster.dir, 'checkpoints', 'default', 'cancelme');
+  const left = fs.existsSync(store) ? fs.readdirSync(store).filter((n) => n.startsWith('.staging')) : [];
+  expect(left).toEqual([]);
 });
