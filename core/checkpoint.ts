@@ -1,6 +1,7 @@
 import fsp from 'node:fs/promises';
 import path from 'node:path';
 import type { NodeContext } from './context.js';
+import { DigestFollower, type Digest } from './digest.js';
 import { checkpointDirOf, envListToMap, parseContract, type EnabledContract } from './env-contract.js';
 import { ArchInputError, errorMessage } from './errors.js';
 import { validateContainerId, validateNamespace } from './ids.js';
@@ -108,6 +109,7 @@ export async function checkpointContainer(ctx: NodeContext, req: CheckpointReque
   try {
     let t = Date.now();
     const criuDir = path.join(staging.dir, 'criu');
+    const known = new Map<string, Digest>();
     req.onProgress?.({ phase: 'dump' });
     if (req.dumpedImages) {
       await copyDir(req.dumpedImages, criuDir);
@@ -117,12 +119,20 @@ export async function checkpointContainer(ctx: NodeContext, req: CheckpointReque
         frozen = true;
       }
       await fsp.mkdir(criuDir);
-      await c.runc.checkpoint(req.id, {
-        imagePath: criuDir,
-        workPath: path.join(staging.dir, 'criu-work'),
-        leaveRunning: true,
-        signal: req.signal,
-      });
+      // Hash (and start writing back) the page images while CRIU writes them.
+      const follower = new DigestFollower(criuDir, /^pages-\d+\.img$/, { fsync: ctx.settings.fsync });
+      try {
+        await c.runc.checkpoint(req.id, {
+          imagePath: criuDir,
+          workPath: path.join(staging.dir, 'criu-work'),
+          leaveRunning: true,
+          signal: req.signal,
+        });
+      } catch (err) {
+        await follower.cancel();
+        throw err;
+      }
+      for (const [name, d] of await follower.finish()) known.set(`criu/${name}`, d);
     }
     lap('dump', t);
     t = Date.now();
@@ -152,7 +162,7 @@ export async function checkpointContainer(ctx: NodeContext, req: CheckpointReque
         timingsMs: timings,
         rootfs: { files: diff.files, bytes: diff.bytes, deletions: diff.deletions },
       },
-      { fsync: ctx.settings.fsync, onPhase: (p, ms) => (timings[p] = ms) },
+      { fsync: ctx.settings.fsync, onPhase: (p, ms) => (timings[p] = ms), known, synced: ctx.settings.fsync ? new Set(known.keys()) : undefined },
     );
     published = true;
     lap('publish', t);

@@ -1,6 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
+import type { Digest } from './digest.js';
 import { CheckpointUnusableError } from './errors.js';
 import { describeFiles, listFiles, MANIFEST_FILE, parseManifest, verifyCheckpointDir, type Manifest } from './manifest.js';
 
@@ -75,30 +76,37 @@ export class CheckpointStore {
   async publish(
     staging: Staging,
     meta: Omit<Manifest, 'files'>,
-    opts: { fsync: boolean; onPhase?: (phase: string, ms: number) => void },
+    opts: { fsync: boolean; onPhase?: (phase: string, ms: number) => void; known?: Map<string, Digest>; synced?: Set<string> },
   ): Promise<{ dir: string; manifest: Manifest; sizeBytes: number }> {
+    let finalDir: string | undefined;
+    let tmpLink: string | undefined;
+    let linked = false;
     try {
       let t = Date.now();
-      const files = await describeFiles(staging.dir, await listFiles(staging.dir));
+      const files = await describeFiles(staging.dir, await listFiles(staging.dir), opts.known);
       opts.onPhase?.('digest', Date.now() - t);
       const manifest: Manifest = { ...meta, files };
       await fsp.writeFile(path.join(staging.dir, MANIFEST_FILE), JSON.stringify(manifest, null, 1));
       t = Date.now();
-      if (opts.fsync) await fsyncTree(staging.dir);
+      if (opts.fsync) await fsyncTree(staging.dir, opts.synced);
       opts.onPhase?.('fsync', Date.now() - t);
       const name = `ckpt-${new Date().toISOString().replace(/[:.]/g, '-')}-${randomBytes(4).toString('hex')}`;
-      const finalDir = path.join(this.containerDir, name);
-      await fsp.rename(staging.dir, finalDir);
       const previous = await this.current().catch(() => null);
-      const tmpLink = path.join(this.containerDir, `.${CURRENT_LINK}-${randomBytes(4).toString('hex')}`);
+      finalDir = path.join(this.containerDir, name);
+      await fsp.rename(staging.dir, finalDir);
+      tmpLink = path.join(this.containerDir, `.${CURRENT_LINK}-${randomBytes(4).toString('hex')}`);
       await fsp.symlink(name, tmpLink);
       await fsp.rename(tmpLink, path.join(this.containerDir, CURRENT_LINK));
+      linked = true;
       if (opts.fsync) await fsyncDir(this.containerDir);
       if (previous && previous !== finalDir) await fsp.rm(previous, { recursive: true, force: true });
       const sizeBytes = files.reduce((a, f) => a + f.size, 0);
       return { dir: finalDir, manifest, sizeBytes };
     } catch (err) {
       await this.abort(staging).catch(() => undefined);
+      // Renamed but never made current: nobody would ever read or remove it.
+      if (finalDir && !linked) await fsp.rm(finalDir, { recursive: true, force: true }).catch(() => undefined);
+      if (tmpLink && !linked) await fsp.rm(tmpLink, { force: true }).catch(() => undefined);
       throw err;
     }
   }
@@ -138,14 +146,14 @@ async function fsyncDir(dir: string): Promise<void> {
 }
 
 /** fsync every file (in parallel: the kernel merges the writeback) and then the directories. */
-async function fsyncTree(dir: string): Promise<void> {
+async function fsyncTree(dir: string, alreadySynced: Set<string> = new Set()): Promise<void> {
   const dirs: string[] = [];
   const files: string[] = [];
   async function walk(d: string): Promise<void> {
     dirs.push(d);
     for (const e of await fsp.readdir(d, { withFileTypes: true })) {
       if (e.isDirectory()) await walk(path.join(d, e.name));
-      else files.push(path.join(d, e.name));
+      else if (!alreadySynced.has(path.relative(dir, path.join(d, e.name)))) files.push(path.join(d, e.name));
     }
   }
   await walk(dir);
