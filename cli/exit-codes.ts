@@ -26,7 +26,13 @@ export const EXIT_HELP = `Exit codes:
 
 /** An error the CLI reports as-is with its exit code. */
 export class CliError extends Error {
-  constructor(message: string, readonly exitCode: number, readonly details?: unknown) {
+  constructor(
+    message: string,
+    readonly exitCode: number,
+    readonly details?: unknown,
+    /** The result document is already on stdout (--json prints nothing more: one document). */
+    readonly resultPrinted = false,
+  ) {
     super(message);
     this.name = 'CliError';
   }

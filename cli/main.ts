@@ -62,6 +62,7 @@ function report(err: unknown, json: boolean): number {
   } else if (err instanceof CheckpointUnusableError) {
     code = EXIT.failed;
   }
+  if (json && err instanceof CliError && err.resultPrinted) return code;
   if (json) process.stdout.write(`${JSON.stringify({ error: message, exitCode: code, ...(details ? { details } : {}) }, null, 2)}\n`);
   else process.stderr.write(`arch-cli: ${message}\n`);
   return code;

@@ -12,7 +12,7 @@
 import { ApplicationFailure } from '@temporalio/workflow';
 import { FailureType } from '../core/temporal/failures.js';
 import { boundedAll, checkDeadline, checkNode, failureTypeOf, inputFailure, nodeUnavailable, onNode, rootMessage, track, DEFAULTS } from './common.js';
-import { checkpointOn, expectedOf, moveCheckpointed, shipImage, Timeline } from './migrate.js';
+import { checkpointOn, compensate, expectedOf, moveCheckpointed, shipImage, Timeline } from './migrate.js';
 import type { ActivityTimeouts, CheckpointInfo, ContainerSpec, DrainContainerResult, DrainInput, DrainResult, TransferOffer } from './types.js';
 
 export async function drainNode(input: DrainInput): Promise<DrainResult> {
@@ -89,8 +89,21 @@ export async function drainNode(input: DrainInput): Promise<DrainResult> {
           errors.push(`${to}: ${rootMessage(err)}`);
         }
       }
-      r.outcome = 'restore-failed';
       r.target = targets[i % targets.length];
+      // No target took it. While the node is still there (a maintenance
+      // drain, or time left before a reclaim), it goes back to running there.
+      if (Date.now() < deadlineMs) {
+        try {
+          await compensate(spec, ck, node, r.target!, new Error(errors.join('; ')), { ...t, nodeStartTimeoutMs: 10_000 }, new Timeline());
+          r.outcome = 'compensated';
+          r.runningOn = node;
+          r.error = `no target could restore it (${errors.join('; ')}); it runs again on ${node}`;
+          return;
+        } catch (err) {
+          errors.push(`${node} (back): ${rootMessage(err)}`);
+        }
+      }
+      r.outcome = 'restore-failed';
       r.error = `${errors.join('; ')}. The checkpoint is kept on ${node}'s storage`;
     });
   }
@@ -106,7 +119,7 @@ export async function drainNode(input: DrainInput): Promise<DrainResult> {
     totalMs: Date.now() - t0,
   };
   const migrated = results.filter((r) => r.outcome === 'migrated').length;
-  const failed = results.filter((r) => r.outcome === 'checkpoint-failed' || r.outcome === 'restore-failed').length;
+  const failed = results.filter((r) => r.outcome === 'checkpoint-failed' || r.outcome === 'restore-failed' || r.outcome === 'compensated').length;
   phase('done', `${migrated} migrated, ${failed} failed of ${results.length}; checkpoints ${result.withinDeadline ? 'within' : 'NOT within'} the deadline`);
   return result;
 }

@@ -23,7 +23,7 @@ export function formatDrain(r: DrainResult): string {
 }
 
 export function drainExitCode(r: DrainResult): number {
-  return r.containers.some((c) => c.outcome === 'checkpoint-failed' || c.outcome === 'restore-failed') || !r.withinDeadline ? EXIT.failed : EXIT.ok;
+  return r.containers.some((c) => c.outcome !== 'migrated' && c.outcome !== 'checkpointed') || !r.withinDeadline ? EXIT.failed : EXIT.ok;
 }
 
 export function registerDrain(program: Command, ctx: CliContext): void {
@@ -63,6 +63,6 @@ export function registerDrain(program: Command, ctx: CliContext): void {
       const r = await follow<DrainResult>(handle, { out, label: `drain ${node}` });
       out.result({ workflowId, ...r }, () => formatDrain(r));
       const code = drainExitCode(r);
-      if (code !== EXIT.ok) throw new CliError(`drain of ${node}: not every container was moved in time`, code);
+      if (code !== EXIT.ok) throw new CliError(`drain of ${node}: not every container was moved in time`, code, undefined, true);
     });
 }

@@ -58,6 +58,6 @@ export function registerMigrate(program: Command, ctx: CliContext): void {
       }
       const r = await follow<MigrateResult>(handle, { out, label: `migrate ${container}`, timeoutMs: o.timeout ? parseDurationMs(o.timeout, '--timeout') : undefined });
       out.result({ workflowId, ...r }, () => formatMigrate(r));
-      if (r.outcome !== 'migrated') throw new CliError(`${container} was not migrated`, EXIT.compensated);
+      if (r.outcome !== 'migrated') throw new CliError(`${container} was not migrated`, EXIT.compensated, undefined, true);
     });
 }

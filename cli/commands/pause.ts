@@ -46,7 +46,7 @@ export function registerPauseResume(program: Command, ctx: CliContext): void {
         }
         const r = await follow<PauseResult>(handle, { out, label: `${action} ${o.node}` });
         out.result({ workflowId, ...r }, () => formatPause(r));
-        if (r.containers.some((c) => c.outcome === 'failed')) throw new CliError(`${action}: some containers failed`, EXIT.failed);
+        if (r.containers.some((c) => c.outcome === 'failed')) throw new CliError(`${action}: some containers failed`, EXIT.failed, undefined, true);
       });
   }
 }

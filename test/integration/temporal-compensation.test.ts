@@ -4,7 +4,7 @@ import { randomBytes } from 'node:crypto';
 import { ApplicationFailure, CancelledFailure, WorkflowFailedError } from '@temporalio/client';
 import { FailureType } from '../../core/temporal/failures.js';
 import { WORKFLOW_TASK_QUEUE } from '../../core/temporal/names.js';
-import type { MigrateInput, MigrateResult } from '../../workflows/types.js';
+import type { DrainResult, MigrateInput, MigrateResult } from '../../workflows/types.js';
 import { cleanupStaleNodes } from '../support/containerd-node.js';
 import { outcome, runCli, runningOn, startCluster, stopAllTemporal, waitUntil, type TestCluster } from '../support/temporal.js';
 
@@ -93,4 +93,15 @@ test('migration cancelled during the checkpoint: the container keeps running on 
   const store = path.join(cluster.dir, 'checkpoints', 'default', 'cancelme');
   const left = fs.existsSync(store) ? fs.readdirSync(store).filter((n) => n.startsWith('.staging')) : [];
   expect(left).toEqual([]);
+});
+
+test('a drain whose target cannot restore puts the container back on the drained node', async () => {
+  const r = await runCli(cluster, ['--json', 'drain', A, '--to', B, '--deadline', '90s', '--wait']);
+  expect(r.code).toBe(1);
+  expect(r.stderr).toBe('');
+  const res = r.json as DrainResult;
+  expect(res.containers.map((c) => [c.id, c.outcome, c.runningOn]).sort()).toEqual([['cancelme', 'compensated', A], ['victim', 'compensated', A]]);
+  for (const id of ['victim', 'cancelme']) expect(await runningOn(cluster, id)).toEqual([A]);
+  const human = await runCli(cluster, ['status', '--operation', 'drain']);
+  expect(human.stdout).toMatch(/arch-drain-comp-a-.*drain.*COMPLETED/);
 });
