@@ -111,6 +111,10 @@ export const benchmark: Benchmark = {
     }
 
     const wall = (v: string) => median(samples[v]!.map((s) => s.wallMs));
+    const range = (v: string) => {
+      const xs = samples[v]!.map((s) => s.wallMs);
+      return `${round(Math.min(...xs))}–${round(Math.max(...xs))} ms`;
+    };
     const fin = wall('finalize');
     const poolMs = wall('pool');
     const raw = wall('raw');
@@ -139,7 +143,7 @@ export const benchmark: Benchmark = {
     ];
     const notes = [
       `finalizeNode checkpointed ${COUNT}×${MEM_MB} MiB in ${round(fin / 1000)} s (${round((100 * fin) / BUDGET_MS)} % of a ${BUDGET_MS / 1000} s notice); raw runc checkpoint of the same with ${PARALLEL} at a time: ${round(raw / 1000)} s (${round(fin / raw)}x).`,
-      `finalizeNode vs a plain pool over checkpointContainer: ${round(fin)} vs ${round(poolMs)} ms (listing, sizing and planning cost ${round(fin - poolMs)} ms).`,
+      `finalizeNode vs a plain pool over checkpointContainer: ${round(fin)} vs ${round(poolMs)} ms (ranges ${range('finalize')} and ${range('pool')} over ${reps} repetitions: listing, sizing and planning are lost in the run-to-run noise).`,
     ];
     return { rows, tables, notes, details: { count: COUNT, memMb: MEM_MB, parallel: PARALLEL, budgetMs: BUDGET_MS, reps, samples } };
   },

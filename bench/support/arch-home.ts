@@ -38,7 +38,14 @@ export async function snapshotArchHome(dir: string): Promise<ArchHome> {
 
 /** Commit and uncommitted changes of the checkout (what the numbers describe). */
 export async function provenance(): Promise<Record<string, string>> {
-  const git = async (args: string[]) => (await execa('git', args, { cwd: REPO_ROOT, reject: false, stripFinalNewline: true })).stdout;
+  const git = async (args: string[]) => {
+    const r = await execa('git', args, { cwd: REPO_ROOT, reject: false, stripFinalNewline: true });
+    return r.exitCode === 0 ? r.stdout : '';
+  };
+  // An export (git archive) is not a checkout: say which commit it is with ARCH_BENCH_COMMIT.
+  if (!(await git(['rev-parse', '--git-dir']))) {
+    return { commit: process.env.ARCH_BENCH_COMMIT ?? 'unknown (not a git checkout)', uncommittedInCoreShimBin: 'n/a (export)' };
+  }
   // Porcelain lines are "XY path": no trim before slicing, X may be a space.
   const dirty = (await git(['status', '--porcelain', '--', 'core', 'shim', 'bin'])).split('\n').filter(Boolean).map((l) => l.slice(3));
   return {
