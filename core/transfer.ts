@@ -25,6 +25,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { Transform } from 'node:stream';
+import { ChunkedHasher, type Digest } from './digest.js';
 import { CheckpointUnusableError } from './errors.js';
 import type { Logger } from './log.js';
 import { MANIFEST_FILE, parseManifest, type Manifest } from './manifest.js';
@@ -227,22 +228,20 @@ function get(offer: Offer, query: string, o: GetOptions): Promise<http.IncomingM
   });
 }
 
-/** Stream a response to a file, hashing as it goes; returns [size, sha256]. */
-async function download(offer: Offer, query: string, dest: string, o: GetOptions & { onBytes?: (n: number) => void }): Promise<[number, string]> {
+/** Stream a response to a file, hashing as it goes (whole file and chunks, as manifests record them). */
+async function download(offer: Offer, query: string, dest: string, o: GetOptions & { onBytes?: (n: number) => void }): Promise<Digest> {
   const res = await get(offer, query, o);
-  const hash = createHash('sha256');
-  let size = 0;
+  const hash = new ChunkedHasher();
   const tap = new Transform({
     transform(chunk: Buffer, _enc, cb) {
       hash.update(chunk);
-      size += chunk.length;
       o.onBytes?.(chunk.length);
       cb(null, chunk);
     },
   });
   await fsp.mkdir(path.dirname(dest), { recursive: true });
   await pipeline(res, tap, fs.createWriteStream(dest, { flags: 'wx', highWaterMark: 1 << 20 }), { signal: o.signal });
-  return [size, hash.digest('hex')];
+  return hash.digest();
 }
 
 export interface FetchCheckpointOptions {
@@ -310,6 +309,8 @@ export async function fetchCheckpoint(o: FetchCheckpointOptions): Promise<FetchC
     return { kind: 'present', dir: haveDir, manifest, bytes: bytesTotal, files: manifest.files.length, ms: Date.now() - t0 };
   }
   const staging = await o.store.begin();
+  // Digests computed while the bytes arrived: publish need not read them again.
+  const known = new Map<string, Digest>();
   try {
     let bytesDone = 0;
     let filesDone = 0;
@@ -321,14 +322,18 @@ export async function fetchCheckpoint(o: FetchCheckpointOptions): Promise<FetchC
         const f = manifest.files[next++]!;
         const dest = path.join(staging.dir, f.path);
         if (!dest.startsWith(staging.dir + path.sep)) throw new CheckpointUnusableError('manifest-invalid', `file entry ${f.path} escapes the checkpoint`);
-        const [size, sum] = await download(o.offer, `?path=${encodeURIComponent(f.path)}`, dest, {
+        const got = await download(o.offer, `?path=${encodeURIComponent(f.path)}`, dest, {
           signal: o.signal,
           onBytes: (n) => {
             bytesDone += n;
           },
         });
-        if (size !== f.size) throw new CheckpointUnusableError('truncated', `${f.path}: received ${size} bytes, manifest says ${f.size}`);
-        if (sum !== f.sha256) throw new CheckpointUnusableError('corrupt', `${f.path}: sha256 mismatch after transfer`);
+        if (got.size !== f.size) throw new CheckpointUnusableError('truncated', `${f.path}: received ${got.size} bytes, manifest says ${f.size}`);
+        if (got.sha256 !== f.sha256) throw new CheckpointUnusableError('corrupt', `${f.path}: sha256 mismatch after transfer`);
+        if (f.chunks && (got.chunks?.length !== f.chunks.length || got.chunks.some((c, k) => c !== f.chunks![k]))) {
+          throw new CheckpointUnusableError('corrupt', `${f.path}: chunk digests in the manifest do not match the data`);
+        }
+        known.set(f.path, got);
         filesDone++;
         report();
       }
@@ -341,11 +346,9 @@ export async function fetchCheckpoint(o: FetchCheckpointOptions): Promise<FetchC
     }
     report();
     const { files: _files, ...meta } = manifest;
-    // publish() describes the files again and writes the manifest it computed:
-    // compare it with the source's so a disk that corrupted a write is caught too.
-    const pub = await o.store.publish(staging, meta, { fsync: o.fsync });
+    const pub = await o.store.publish(staging, meta, { fsync: o.fsync, known });
     if (!sameCheckpoint(pub.manifest, manifest)) {
-      // A retry sees a manifest that differs from the source's and fetches again.
+      // Only an extra file in staging could do this; a retry fetches again.
       throw new CheckpointUnusableError('corrupt', 'the published copy differs from the source checkpoint');
     }
     return { kind: 'copied', dir: pub.dir, manifest, bytes: bytesTotal, files: manifest.files.length, ms: Date.now() - t0 };
@@ -360,7 +363,7 @@ export async function fetchFile(offer: Offer, dest: string, o: GetOptions & { on
   const tmp = `${dest}.part-${process.pid}`;
   await fsp.rm(tmp, { force: true });
   try {
-    const [size] = await download(offer, '', tmp, o);
+    const { size } = await download(offer, '', tmp, o);
     await fsp.rename(tmp, dest);
     return size;
   } catch (err) {
