@@ -181,7 +181,21 @@ export function containerActivities(d: NodeDeps) {
         if (tasks.find((t) => t.id === input.ref.id)?.status === 'RUNNING') {
           throw fail(FailureType.input, `${input.ref.namespace}/${input.ref.id} already runs on node ${d.node}: refusing to start a second copy. Fix: pick another target or remove it there`);
         }
-        return { node: d.node, images, staleContainer: containers.includes(input.ref.id), ms: Date.now() - t0 };
+        const staleContainer = containers.includes(input.ref.id);
+        if (staleContainer) {
+          // A stopped leftover of this very container (earlier move, pause) is
+          // replaced by the restore; anything else of that name is not ours.
+          let arch = false;
+          try {
+            arch = specFromInfo(await cd.info(input.ref.id), input.ref.namespace) !== undefined;
+          } catch {
+            arch = false;
+          }
+          if (!arch) {
+            throw fail(FailureType.input, `node ${d.node} already has a container ${input.ref.namespace}/${input.ref.id} that is not ARCH-enabled; refusing to replace it. Fix: remove or rename it there, or pick another target`);
+          }
+        }
+        return { node: d.node, images, staleContainer, ms: Date.now() - t0 };
       });
     },
 

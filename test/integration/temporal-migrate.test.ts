@@ -56,7 +56,10 @@ test('a counter moves A → B (image shipped), continues above its checkpointed 
   // The writable layer came along: the file the counter created before the checkpoint.
   expect(cluster.nodes[B]!.readContainerFile('counter1', '/state/created.txt')).toBe('created before checkpoint\n');
   expect(await cluster.nodes[A]!.containerd.listContainers()).not.toContain('counter1');
-  expect(res.phases.map((p) => p.phase)).toEqual(['describe', 'check-target', 'image-export', 'image-import', 'checkpoint', 'transfer', 'restore', 'cleanup']);
+  // describe (A) and check-target (B) run in parallel: either may finish first.
+  const phases = res.phases.map((p) => p.phase);
+  expect(phases.slice(0, 2).sort()).toEqual(['check-target', 'describe']);
+  expect(phases.slice(2)).toEqual(['image-export', 'image-import', 'checkpoint', 'transfer', 'restore', 'cleanup']);
   // Visible in Temporal with its search attributes, final phase "done".
   const d = await cluster.temporal.client.workflow.getHandle(res.workflowId).describe();
   expect(d.typedSearchAttributes.get(SA.phase)).toBe('done');
@@ -159,6 +162,21 @@ describe('bad input: clear error, non-retryable failure, nothing changed', () =>
     } finally {
       await cluster.startWorker(B);
     }
+  });
+
+  test('a different container of the same name on the target', async () => {
+    await cluster.runCounter(A, 'clash');
+    const b = cluster.nodes[B]!.containerd;
+    await b.run({ image: 'localhost/arch-test/counter:1', id: 'clash', detach: true }); // plain runc, no ARCH
+    await b.waitStatus('clash', 'RUNNING');
+    await b.taskKill('clash', 'SIGKILL');
+    await b.waitStatus('clash', 'STOPPED');
+    const r = await runCli(cluster, ['migrate', 'default/clash', '--from', A, '--to', B]);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toMatch(/already has a container default\/clash that is not ARCH-enabled; refusing to replace it/);
+    expect(await runningOn(cluster, 'clash')).toEqual([A]);
+    expect(await b.listContainers()).toContain('clash');
+    await b.removeContainer('clash');
   });
 
   test('bad calendar and time zone', async () => {
