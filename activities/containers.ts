@@ -2,12 +2,10 @@
  * Read-only activities: what runs on this node, what a container is, and
  * whether a node can take a container.
  */
-import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { isNotFound } from '../core/containerd.js';
 import { planDrain, ThroughputEstimator } from '../core/drain-plan.js';
 import { checkpointDirOf, envListToMap, parseContract } from '../core/env-contract.js';
-import { errorMessage } from '../core/errors.js';
 import { CheckpointStore } from '../core/store.js';
 import { validateContainerId, validateNamespace } from '../core/ids.js';
 import { FailureType } from '../core/temporal/failures.js';
@@ -225,14 +223,4 @@ export function containerActivities(d: NodeDeps) {
       });
     },
   };
-}
-
-/** Best effort: read a small text file, or undefined. */
-export async function readText(file: string): Promise<string | undefined> {
-  try {
-    return await fsp.readFile(file, 'utf8');
-  } catch (err) {
-    void errorMessage(err);
-    return undefined;
-  }
 }
