@@ -18,7 +18,8 @@ export function requireAbsolutePath(value: string, field: string): string {
 export function joinInside(root: string, ...parts: string[]): string {
   const joined = path.resolve(root, ...parts);
   const rel = path.relative(root, joined);
-  if (rel === '' || (!rel.startsWith('..') && !path.isAbsolute(rel))) return joined;
+  // "..x" is a name inside root; only ".." itself or "../..." leaves it.
+  if (rel === '' || (rel !== '..' && !rel.startsWith('../') && !path.isAbsolute(rel))) return joined;
   throw new ArchInputError('path', `"${parts.join('/')}" escapes ${root}`, 'use names without "/" or ".."');
 }
 

@@ -81,8 +81,11 @@ export async function captureDiff(upperDir: string, destDir: string): Promise<Ca
   await walk('');
   deletions.opaque = await opaqueDirs(upperDir);
   // Directories are listed with their contents excluded: tar recurses otherwise.
+  // node-tar reads a list entry starting with "@" as an archive to splice in:
+  // "./" keeps a file named like that (the container chose its name) a file.
   const tarFile = path.join(destDir, ROOTFS_TAR);
-  if (keep.length) await tar.c({ file: tarFile, cwd: upperDir, portable: false, noDirRecurse: true }, keep);
+  const list = keep.map((r) => (r.startsWith('@') ? `./${r}` : r));
+  if (keep.length) await tar.c({ file: tarFile, cwd: upperDir, portable: false, noDirRecurse: true }, list);
   else await fsp.writeFile(tarFile, Buffer.alloc(1024)); // an empty tar: two zero blocks
   await fsp.writeFile(path.join(destDir, DELETED_FILES), JSON.stringify(deletions));
   return { files: keep.length, bytes, deletions: deletions.whiteouts.length + deletions.opaque.length, skipped };
@@ -110,13 +113,20 @@ function assertPlainRelative(p: string, what: string): void {
   }
 }
 
+/** One spelling per path ("a/./b/", "./a//b" -> "a/b"), so the checks below compare like with like. */
+function canonical(p: string): string {
+  return p.split('/').filter((x) => x !== '' && x !== '.').join('/');
+}
+
 /**
  * Check every entry before anything is written: only files, directories,
  * symlinks and hard links; no absolute paths, no "..", no entry below a
  * symlink of the archive (it would be written wherever the link points), hard
- * links only to earlier entries of the archive.
+ * links only to earlier entries of the archive, each path once (a later entry
+ * replacing an earlier one could turn a checked directory into a symlink).
  */
 export async function validateDiffArchive(tarFile: string): Promise<void> {
+  if (await isEmptyArchive(tarFile)) return;
   const symlinks = new Set<string>();
   const seen = new Set<string>();
   let problem: CheckpointUnusableError | undefined;
@@ -126,14 +136,15 @@ export async function validateDiffArchive(tarFile: string): Promise<void> {
     onReadEntry: (entry) => {
       if (problem) return;
       try {
-        const p = entry.path.replace(/\/+$/, '').replace(/^\.\//, '');
-        assertPlainRelative(p, 'archive entry');
+        assertPlainRelative(entry.path, 'archive entry');
+        const p = canonical(entry.path);
         const parts = p.split('/');
         for (let i = 1; i < parts.length; i++) {
           if (symlinks.has(parts.slice(0, i).join('/'))) {
             throw new CheckpointUnusableError('archive-escape', `entry "${p}" lies below the archive's symlink "${parts.slice(0, i).join('/')}"`);
           }
         }
+        if (seen.has(p)) throw new CheckpointUnusableError('archive-entry', `entry "${p}" appears twice`);
         switch (entry.type) {
           case 'File':
           case 'OldFile':
@@ -141,11 +152,14 @@ export async function validateDiffArchive(tarFile: string): Promise<void> {
           case 'Directory':
             break;
           case 'SymbolicLink':
+            for (const s of seen) {
+              if (s.startsWith(`${p}/`)) throw new CheckpointUnusableError('archive-escape', `symlink "${p}" replaces a directory holding earlier entries ("${s}")`);
+            }
             symlinks.add(p);
             break;
           case 'Link': {
-            const target = (entry.linkpath ?? '').replace(/^\.\//, '');
-            assertPlainRelative(target, 'hard link target');
+            assertPlainRelative(entry.linkpath ?? '', 'hard link target');
+            const target = canonical(entry.linkpath ?? '');
             if (!seen.has(target)) throw new CheckpointUnusableError('archive-escape', `hard link "${p}" points outside the archive ("${target}")`);
             break;
           }
@@ -161,18 +175,31 @@ export async function validateDiffArchive(tarFile: string): Promise<void> {
   if (problem) throw problem;
 }
 
+/**
+ * An archive of nothing but zero blocks: what captureDiff writes for an
+ * unchanged layer. node-tar (strict) calls it "Unrecognized archive format".
+ */
+async function isEmptyArchive(tarFile: string): Promise<boolean> {
+  const st = await fsp.stat(tarFile);
+  if (st.size === 0 || st.size > 20 * 512 || st.size % 512 !== 0) return false;
+  return (await fsp.readFile(tarFile)).every((b) => b === 0);
+}
+
 function shQuote(s: string): string {
   return `'${s.replace(/'/g, `'\\''`)}'`;
 }
 
-/** Refuse to touch a path whose parent chain inside root contains a symlink. */
-async function assertNoSymlinkParents(root: string, rel: string): Promise<void> {
-  const parts = rel.split('/');
+/**
+ * Refuse to touch a path whose parent chain inside root contains a symlink
+ * (with `self`, the path itself must not be one either: setfattr follows it).
+ */
+async function assertNoSymlinks(root: string, rel: string, self = false): Promise<void> {
+  const parts = canonical(rel).split('/');
   let cur = root;
-  for (const part of parts.slice(0, -1)) {
+  for (const part of self ? parts : parts.slice(0, -1)) {
     cur = path.join(cur, part);
     const st = await fsp.lstat(cur).catch(() => undefined);
-    if (st?.isSymbolicLink()) throw new CheckpointUnusableError('archive-escape', `"${rel}" lies below a symlink`);
+    if (st?.isSymbolicLink()) throw new CheckpointUnusableError('archive-escape', `"${rel}" ${cur === path.join(root, rel) ? 'is' : 'lies below'} a symlink`);
   }
 }
 
@@ -196,26 +223,56 @@ export async function applyDiff(checkpointDir: string, upperDir: string): Promis
     assertPlainRelative(p, 'deleted path');
   }
   let files = 0;
-  await tar.x({
+  // Symlinks are made by hand after the rest: node-tar treats a symlink's
+  // target like a path to extract to (it strips a leading "/" and refuses
+  // targets leaving the directory), but in a container layer "/usr/x" and
+  // "../../x" are ordinary targets, read inside the container's root. A
+  // target is only data; no entry lies below an archive symlink (validated).
+  const symlinks: { p: string; target: string; uid?: number; gid?: number; mtime?: Date }[] = [];
+  // Modes are set by hand too: node-tar creates files through the process
+  // umask (0666 -> 0644, /tmp's 1777 -> 1755) and its chown clears set-id bits.
+  const modes: { p: string; mode: number }[] = [];
+  if (!(await isEmptyArchive(tarFile))) await tar.x({
     file: tarFile,
     cwd: upperDir,
     strict: true,
     preservePaths: false,
     preserveOwner: true,
-    onReadEntry: () => {
+    filter: (_p, entry) => {
+      if (!('type' in entry)) return true;
       files++;
+      if (entry.type === 'SymbolicLink') {
+        symlinks.push({ p: canonical(entry.path), target: entry.linkpath ?? '', uid: entry.uid, gid: entry.gid, mtime: entry.mtime });
+        return false;
+      }
+      if (typeof entry.mode === 'number' && entry.type !== 'Link') modes.push({ p: canonical(entry.path), mode: entry.mode & 0o7777 });
+      return true;
     },
   });
+  // No symlink exists in the fresh layer yet: chmod cannot be led outside it.
+  for (const { p, mode } of modes) {
+    const abs = path.join(upperDir, p);
+    const st = await fsp.lstat(abs);
+    if ((st.isFile() || st.isDirectory()) && (st.mode & 0o7777) !== mode) await fsp.chmod(abs, mode);
+  }
+  for (const l of symlinks) {
+    await assertNoSymlinks(upperDir, l.p);
+    const abs = path.join(upperDir, l.p);
+    await fsp.mkdir(path.dirname(abs), { recursive: true });
+    await fsp.symlink(l.target, abs);
+    if (l.uid !== undefined && l.gid !== undefined) await fsp.lchown(abs, l.uid, l.gid);
+    if (l.mtime) await fsp.lutimes(abs, l.mtime, l.mtime);
+  }
   const script: string[] = ['set -e'];
   for (const w of deletions.whiteouts) {
-    await assertNoSymlinkParents(upperDir, w);
+    await assertNoSymlinks(upperDir, w);
     const abs = path.join(upperDir, w);
     script.push(`mkdir -p ${shQuote(path.dirname(abs))}`, `rm -rf ${shQuote(abs)}`, `mknod ${shQuote(abs)} c 0 0`);
   }
   for (const o of deletions.opaque) {
-    await assertNoSymlinkParents(upperDir, o);
+    await assertNoSymlinks(upperDir, o, true);
     const abs = path.join(upperDir, o);
-    script.push(`mkdir -p ${shQuote(abs)}`, `setfattr -n trusted.overlay.opaque -v y ${shQuote(abs)}`);
+    script.push(`mkdir -p ${shQuote(abs)}`, `setfattr -h -n trusted.overlay.opaque -v y ${shQuote(abs)}`);
   }
   // One shell for all of them: Node has no mknod, and one spawn per whiteout adds up.
   if (script.length > 1) await execa('sh', ['-c', script.join('\n')]);

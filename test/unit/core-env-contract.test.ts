@@ -1,0 +1,147 @@
+import { checkpointDirOf, envListToMap, parseContract, workDirOf, type EnabledContract } from '../../core/env-contract.js';
+import { ArchInputError } from '../../core/errors.js';
+
+const env = (o: Record<string, string>): Map<string, string> => new Map(Object.entries(o));
+
+function inputError(fn: () => unknown): ArchInputError {
+  try {
+    fn();
+  } catch (err) {
+    expect(err).toBeInstanceOf(ArchInputError);
+    return err as ArchInputError;
+  }
+  throw new Error('expected an ArchInputError, nothing was thrown');
+}
+
+function enabled(c: ReturnType<typeof parseContract>): EnabledContract {
+  if (!c.enabled) throw new Error('contract is not enabled');
+  return c;
+}
+
+describe('envListToMap', () => {
+  test('K=V pairs, last one wins, "=" inside values kept, junk ignored', () => {
+    const m = envListToMap(['A=1', 'B=x=y', 'A=2', 'NOEQ', '=v', 'E=']);
+    expect([...m]).toEqual([['A', '2'], ['B', 'x=y'], ['E', '']]);
+  });
+
+  test('undefined env', () => {
+    expect(envListToMap(undefined).size).toBe(0);
+  });
+});
+
+describe('parseContract: enable', () => {
+  test('absent or 0: disabled, whatever else is set (even nonsense)', () => {
+    expect(parseContract(env({}))).toEqual({ enabled: false });
+    expect(parseContract(env({ ARCH_ENABLE: '0', ARCH_CHECKPOINT_HOST_PATH: 'rel' }))).toEqual({ enabled: false });
+  });
+
+  test.each(['yes', 'true', 'on', '2', ' 1', '1 ', '', '01', 'TRUE'])('ARCH_ENABLE=%j is refused, naming the field and both fixes', (v) => {
+    const err = inputError(() => parseContract(env({ ARCH_ENABLE: v, ARCH_CHECKPOINT_HOST_PATH: '/x' })));
+    expect(err.field).toBe('ARCH_ENABLE');
+    expect(err.message).toBe(`ARCH_ENABLE: "${v}" is not 0 or 1. Fix: set ARCH_ENABLE=1 to enable ARCH or ARCH_ENABLE=0 to disable it`);
+  });
+});
+
+describe('parseContract: local mode', () => {
+  test('ARCH_CHECKPOINT_HOST_PATH, normalised', () => {
+    expect(parseContract(env({ ARCH_ENABLE: '1', ARCH_CHECKPOINT_HOST_PATH: '/var/lib//arch/' }))).toEqual({
+      enabled: true, mode: 'local', checkpointRoot: '/var/lib/arch', priority: 0,
+    });
+  });
+
+  test('relative path: the field and the fix', () => {
+    const err = inputError(() => parseContract(env({ ARCH_ENABLE: '1', ARCH_CHECKPOINT_HOST_PATH: 'rel/path' })));
+    expect(err.field).toBe('ARCH_CHECKPOINT_HOST_PATH');
+    expect(err.message).toContain('"rel/path" is a relative path');
+    expect(err.fix).toContain('absolute path');
+  });
+
+  test('".." in the path', () => {
+    const err = inputError(() => parseContract(env({ ARCH_ENABLE: '1', ARCH_CHECKPOINT_HOST_PATH: '/var/lib/../../etc' })));
+    expect(err.field).toBe('ARCH_CHECKPOINT_HOST_PATH');
+    expect(err.message).toContain('".."');
+  });
+
+  test('missing (or empty) without a node default: says how to set either mode', () => {
+    for (const e of [{ ARCH_ENABLE: '1' }, { ARCH_ENABLE: '1', ARCH_CHECKPOINT_HOST_PATH: '' }] as Record<string, string>[]) {
+      const err = inputError(() => parseContract(env(e)));
+      expect(err.field).toBe('ARCH_CHECKPOINT_HOST_PATH');
+      expect(err.message).toContain('is not set');
+      expect(err.fix).toContain('ARCH_SHAREDFS_HOST_PATH');
+      expect(err.fix).toContain('ARCH_WORKDIR_CONTAINER_PATH');
+    }
+  });
+
+  test('missing with a node default: the default', () => {
+    expect(enabled(parseContract(env({ ARCH_ENABLE: '1' }), '/var/lib/arch/checkpoints')).checkpointRoot).toBe('/var/lib/arch/checkpoints');
+  });
+
+  test('ARCH_PRIORITY', () => {
+    expect(enabled(parseContract(env({ ARCH_ENABLE: '1', ARCH_CHECKPOINT_HOST_PATH: '/x', ARCH_PRIORITY: '-7' }))).priority).toBe(-7);
+    expect(enabled(parseContract(env({ ARCH_ENABLE: '1', ARCH_CHECKPOINT_HOST_PATH: '/x', ARCH_PRIORITY: '' }))).priority).toBe(0);
+    for (const bad of ['high', '1.5', '1e3', '9999999']) {
+      const err = inputError(() => parseContract(env({ ARCH_ENABLE: '1', ARCH_CHECKPOINT_HOST_PATH: '/x', ARCH_PRIORITY: bad })));
+      expect(err.field).toBe('ARCH_PRIORITY');
+      expect(err.fix).toContain('integer');
+    }
+  });
+});
+
+describe('parseContract: shared mode', () => {
+  test('both variables: shared mode, checkpoints under <shared>/checkpoint, and it wins over the local path', () => {
+    const c = parseContract(env({
+      ARCH_ENABLE: '1', ARCH_SHAREDFS_HOST_PATH: '/mnt/shared/', ARCH_WORKDIR_CONTAINER_PATH: '/work/', ARCH_CHECKPOINT_HOST_PATH: 'ignored/relative',
+    }));
+    expect(c).toEqual({ enabled: true, mode: 'shared', sharedRoot: '/mnt/shared', checkpointRoot: '/mnt/shared/checkpoint', workdirContainerPath: '/work', priority: 0 });
+  });
+
+  test('only ARCH_SHAREDFS_HOST_PATH: names the missing ARCH_WORKDIR_CONTAINER_PATH', () => {
+    const err = inputError(() => parseContract(env({ ARCH_ENABLE: '1', ARCH_SHAREDFS_HOST_PATH: '/mnt/shared' })));
+    expect(err.field).toBe('ARCH_WORKDIR_CONTAINER_PATH');
+    expect(err.message).toContain('half-set shared mode');
+    expect(err.fix).toContain('/work');
+  });
+
+  test('only ARCH_WORKDIR_CONTAINER_PATH: names the missing ARCH_SHAREDFS_HOST_PATH (even with a local path set)', () => {
+    for (const e of [{ ARCH_ENABLE: '1', ARCH_WORKDIR_CONTAINER_PATH: '/work' }, { ARCH_ENABLE: '1', ARCH_WORKDIR_CONTAINER_PATH: '/work', ARCH_CHECKPOINT_HOST_PATH: '/x' }] as Record<string, string>[]) {
+      const err = inputError(() => parseContract(env(e)));
+      expect(err.field).toBe('ARCH_SHAREDFS_HOST_PATH');
+      expect(err.message).toContain('half-set shared mode');
+      expect(err.fix).toContain('ARCH_WORKDIR_CONTAINER_PATH');
+    }
+  });
+
+  test('relative shared path / workdir, workdir "/" or with ".."', () => {
+    const cases: [Record<string, string>, string, RegExp][] = [
+      [{ ARCH_SHAREDFS_HOST_PATH: 'mnt/shared', ARCH_WORKDIR_CONTAINER_PATH: '/work' }, 'ARCH_SHAREDFS_HOST_PATH', /relative path/],
+      [{ ARCH_SHAREDFS_HOST_PATH: '/mnt/shared', ARCH_WORKDIR_CONTAINER_PATH: 'work' }, 'ARCH_WORKDIR_CONTAINER_PATH', /relative path/],
+      [{ ARCH_SHAREDFS_HOST_PATH: '/mnt/shared', ARCH_WORKDIR_CONTAINER_PATH: '/' }, 'ARCH_WORKDIR_CONTAINER_PATH', /is "\/"/],
+      [{ ARCH_SHAREDFS_HOST_PATH: '/mnt/shared', ARCH_WORKDIR_CONTAINER_PATH: '/work/../..' }, 'ARCH_WORKDIR_CONTAINER_PATH', /"\.\."/],
+      [{ ARCH_SHAREDFS_HOST_PATH: '/mnt/../shared', ARCH_WORKDIR_CONTAINER_PATH: '/work' }, 'ARCH_SHAREDFS_HOST_PATH', /"\.\."/],
+    ];
+    for (const [e, field, msg] of cases) {
+      const err = inputError(() => parseContract(env({ ARCH_ENABLE: '1', ...e })));
+      expect(err.field).toBe(field);
+      expect(err.message).toMatch(msg);
+      expect(err.message).toContain('Fix: ');
+    }
+  });
+});
+
+describe('checkpointDirOf / workDirOf', () => {
+  const local = enabled(parseContract(env({ ARCH_ENABLE: '1', ARCH_CHECKPOINT_HOST_PATH: '/ck' })));
+  const shared = enabled(parseContract(env({ ARCH_ENABLE: '1', ARCH_SHAREDFS_HOST_PATH: '/sh', ARCH_WORKDIR_CONTAINER_PATH: '/work' })));
+
+  test('layout of both modes', () => {
+    expect(checkpointDirOf(local, 'default', 'job')).toBe('/ck/default/job');
+    expect(workDirOf(local, 'default', 'job')).toBeUndefined();
+    expect(checkpointDirOf(shared, 'k8s.io', 'job')).toBe('/sh/checkpoint/k8s.io/job');
+    expect(workDirOf(shared, 'k8s.io', 'job')).toBe('/sh/work/k8s.io/job');
+  });
+
+  test('escaping namespace/id never becomes a path', () => {
+    expect(() => checkpointDirOf(local, '..', 'job')).toThrow(ArchInputError);
+    expect(() => checkpointDirOf(local, 'default', '../../etc')).toThrow(ArchInputError);
+    expect(() => workDirOf(shared, 'default', '..')).toThrow(ArchInputError);
+  });
+});

@@ -1,0 +1,447 @@
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { execa } from 'execa';
+import { CheckpointUnusableError } from '../../core/errors.js';
+import { applyDiff, captureDiff, DELETED_FILES, findUpperDir, ROOTFS_TAR, validateDiffArchive } from '../../core/rootfs-diff.js';
+
+/**
+ * The writable layer on plain directories (and one real overlay mount): what
+ * captureDiff writes, applyDiff reproduces exactly, and archives that would
+ * write outside the layer are refused before anything is written. Runs as
+ * root (mknod, chown, trusted.* xattrs, mount).
+ */
+
+let tmp: string;
+const mounts: string[] = [];
+beforeAll(() => {
+  tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'arch-rootfs-diff-'));
+});
+afterAll(async () => {
+  for (const m of mounts.reverse()) await execa('umount', ['-l', m], { reject: false });
+  fs.rmSync(tmp, { recursive: true, force: true });
+});
+
+let n = 0;
+function fresh(name: string): string {
+  const d = path.join(tmp, `${name}-${++n}`);
+  fs.mkdirSync(d, { recursive: true });
+  return d;
+}
+
+async function xattr(p: string, name: string): Promise<string | undefined> {
+  const r = await execa('getfattr', ['-h', '--only-values', '-n', name, p], { reject: false });
+  return r.exitCode === 0 ? r.stdout : undefined;
+}
+
+const modeOf = (p: string): number => fs.lstatSync(p).mode & 0o7777;
+
+// ---- a minimal ustar writer, to craft archives node-tar would never write ----
+
+interface Entry {
+  name: string;
+  type: '0' | '1' | '2' | '3' | '4' | '5' | '6';
+  data?: string;
+  link?: string;
+  mode?: number;
+  dev?: [number, number];
+}
+
+function octal(buf: Buffer, off: number, len: number, v: number): void {
+  buf.write(`${v.toString(8).padStart(len - 1, '0')}\0`, off, len, 'ascii');
+}
+
+function tarHeader(e: Entry): Buffer {
+  const h = Buffer.alloc(512);
+  if (Buffer.byteLength(e.name) > 100 || Buffer.byteLength(e.link ?? '') > 100) throw new Error('name too long for this writer');
+  h.write(e.name, 0, 100, 'utf8');
+  octal(h, 100, 8, e.mode ?? (e.type === '5' ? 0o755 : 0o644));
+  octal(h, 108, 8, 0);
+  octal(h, 116, 8, 0);
+  octal(h, 124, 12, Buffer.byteLength(e.data ?? ''));
+  octal(h, 136, 12, 1_700_000_000);
+  h.write(e.type, 156, 1, 'ascii');
+  h.write(e.link ?? '', 157, 100, 'utf8');
+  h.write('ustar\0', 257, 6, 'ascii');
+  h.write('00', 263, 2, 'ascii');
+  octal(h, 329, 8, e.dev?.[0] ?? 0);
+  octal(h, 337, 8, e.dev?.[1] ?? 0);
+  h.fill(' ', 148, 156);
+  let sum = 0;
+  for (const b of h) sum += b;
+  h.write(`${sum.toString(8).padStart(6, '0')}\0 `, 148, 8, 'ascii');
+  return h;
+}
+
+function craftTar(entries: Entry[]): Buffer {
+  const parts: Buffer[] = [];
+  for (const e of entries) {
+    parts.push(tarHeader(e));
+    const data = Buffer.from(e.data ?? '');
+    if (data.length) parts.push(data, Buffer.alloc((512 - (data.length % 512)) % 512));
+  }
+  parts.push(Buffer.alloc(1024));
+  return Buffer.concat(parts);
+}
+
+/** A checkpoint dir holding only the writable-layer files. */
+function ckptWith(entries: Entry[], deletions: unknown = { whiteouts: [], opaque: [] }): string {
+  const d = fresh('ckpt');
+  fs.writeFileSync(path.join(d, ROOTFS_TAR), craftTar(entries));
+  fs.writeFileSync(path.join(d, DELETED_FILES), typeof deletions === 'string' ? deletions : JSON.stringify(deletions));
+  return d;
+}
+
+async function refused(p: Promise<unknown>): Promise<CheckpointUnusableError> {
+  try {
+    await p;
+  } catch (err) {
+    expect(err).toBeInstanceOf(CheckpointUnusableError);
+    return err as CheckpointUnusableError;
+  }
+  throw new Error('expected a CheckpointUnusableError, nothing was thrown');
+}
+
+// ---- capture and apply on plain directories ----------------------------------
+
+describe('captureDiff + applyDiff round trip', () => {
+  let upper: string;
+  let ckpt: string;
+  let restored: string;
+  let result: Awaited<ReturnType<typeof captureDiff>>;
+
+  beforeAll(async () => {
+    upper = fresh('upper');
+    const w = (p: string, s: string, mode?: number): void => {
+      fs.mkdirSync(path.dirname(path.join(upper, p)), { recursive: true });
+      fs.writeFileSync(path.join(upper, p), s);
+      if (mode !== undefined) fs.chmodSync(path.join(upper, p), mode);
+    };
+    w('state/count', '42\n');
+    w('state/dir/nested.txt', 'nested\n');
+    w('etc/to-modify.txt', 'modified\n');
+    w('shared.txt', 'world-writable\n', 0o666);
+    w('usr/bin/tool', '#!/bin/sh\n', 0o4755);
+    fs.mkdirSync(path.join(upper, 'tmp'));
+    fs.chmodSync(path.join(upper, 'tmp'), 0o1777);
+    w('tmp/scratch', 'scratch');
+    fs.chownSync(path.join(upper, 'tmp/scratch'), 1234, 5678);
+    fs.symlinkSync('/usr/share/zoneinfo/UTC', path.join(upper, 'etc/localtime'));
+    fs.symlinkSync('../state/count', path.join(upper, 'etc/count-link'));
+    fs.symlinkSync('../../../../../../outside', path.join(upper, 'etc/far-link'));
+    fs.lchownSync(path.join(upper, 'etc/localtime'), 1234, 5678);
+    fs.linkSync(path.join(upper, 'state/count'), path.join(upper, 'state/count-hardlink'));
+    w('@at-name', 'not an archive\n');
+    w('-dash', 'dash\n');
+    // Deletions: whiteouts (char 0:0) and an opaque directory.
+    await execa('mknod', [path.join(upper, 'etc/to-delete.txt'), 'c', '0', '0']);
+    fs.mkdirSync(path.join(upper, 'var/cache'), { recursive: true });
+    await execa('mknod', [path.join(upper, 'var/cache/gone'), 'c', '0', '0']);
+    fs.mkdirSync(path.join(upper, 'opaque-dir'));
+    await execa('setfattr', ['-n', 'trusted.overlay.opaque', '-v', 'y', path.join(upper, 'opaque-dir')]);
+    w('opaque-dir/new.txt', 'only this\n');
+    // Not carried: a FIFO and a real character device.
+    await execa('mkfifo', [path.join(upper, 'state/fifo')]);
+    await execa('mknod', [path.join(upper, 'state/null'), 'c', '1', '3']);
+
+    ckpt = fresh('ckpt');
+    result = await captureDiff(upper, ckpt);
+    restored = fresh('restored');
+    await applyDiff(ckpt, restored);
+  });
+
+  test('capture counts and deletions', () => {
+    expect(result.deletions).toBe(3);
+    expect(result.skipped.sort()).toEqual(['state/fifo', 'state/null']);
+    const del = JSON.parse(fs.readFileSync(path.join(ckpt, DELETED_FILES), 'utf8')) as { whiteouts: string[]; opaque: string[] };
+    expect(del.whiteouts.sort()).toEqual(['etc/to-delete.txt', 'var/cache/gone']);
+    expect(del.opaque).toEqual(['opaque-dir']);
+    expect(fs.statSync(path.join(ckpt, ROOTFS_TAR)).size % 512).toBe(0);
+  });
+
+  test('the archive passes its own validation', async () => {
+    await expect(validateDiffArchive(path.join(ckpt, ROOTFS_TAR))).resolves.toBeUndefined();
+  });
+
+  test('files and contents', () => {
+    for (const p of ['state/count', 'state/dir/nested.txt', 'etc/to-modify.txt', 'shared.txt', 'tmp/scratch', 'opaque-dir/new.txt', '-dash']) {
+      expect(fs.readFileSync(path.join(restored, p), 'utf8')).toBe(fs.readFileSync(path.join(upper, p), 'utf8'));
+    }
+  });
+
+  test('a file whose name starts with "@" is a file, not an archive to splice in', () => {
+    expect(fs.readFileSync(path.join(restored, '@at-name'), 'utf8')).toBe('not an archive\n');
+  });
+
+  test('modes exactly, umask and set-id bits included', () => {
+    expect(modeOf(path.join(restored, 'shared.txt'))).toBe(0o666);
+    expect(modeOf(path.join(restored, 'tmp'))).toBe(0o1777);
+    expect(modeOf(path.join(restored, 'usr/bin/tool'))).toBe(0o4755);
+    expect(modeOf(path.join(restored, 'state/count'))).toBe(modeOf(path.join(upper, 'state/count')));
+  });
+
+  test('owners, of files and of symlinks', () => {
+    const st = fs.statSync(path.join(restored, 'tmp/scratch'));
+    expect([st.uid, st.gid]).toEqual([1234, 5678]);
+    const l = fs.lstatSync(path.join(restored, 'etc/localtime'));
+    expect([l.uid, l.gid]).toEqual([1234, 5678]);
+  });
+
+  test('symlinks keep their targets verbatim (absolute and relative, read inside the container)', () => {
+    expect(fs.readlinkSync(path.join(restored, 'etc/localtime'))).toBe('/usr/share/zoneinfo/UTC');
+    expect(fs.readlinkSync(path.join(restored, 'etc/count-link'))).toBe('../state/count');
+    expect(fs.readlinkSync(path.join(restored, 'etc/far-link'))).toBe('../../../../../../outside');
+  });
+
+  test('hard links stay hard links', () => {
+    const a = fs.statSync(path.join(restored, 'state/count'));
+    const b = fs.statSync(path.join(restored, 'state/count-hardlink'));
+    expect(b.ino).toBe(a.ino);
+    expect(a.nlink).toBe(2);
+  });
+
+  test('whiteouts are 0:0 character devices again, the opaque marker is back', async () => {
+    for (const p of ['etc/to-delete.txt', 'var/cache/gone']) {
+      const st = fs.lstatSync(path.join(restored, p));
+      expect(st.isCharacterDevice()).toBe(true);
+      expect(st.rdev).toBe(0);
+    }
+    expect(await xattr(path.join(restored, 'opaque-dir'), 'trusted.overlay.opaque')).toBe('y');
+  });
+
+  test('FIFOs and real devices are not carried', () => {
+    expect(fs.existsSync(path.join(restored, 'state/fifo'))).toBe(false);
+    expect(fs.existsSync(path.join(restored, 'state/null'))).toBe(false);
+  });
+
+  test('nothing else: same tree as the source minus the skipped entries', () => {
+    const tree = (root: string): string[] => {
+      const out: string[] = [];
+      const walk = (rel: string): void => {
+        for (const e of fs.readdirSync(path.join(root, rel), { withFileTypes: true })) {
+          const r = rel ? `${rel}/${e.name}` : e.name;
+          out.push(r);
+          if (e.isDirectory()) walk(r);
+        }
+      };
+      walk('');
+      return out.sort();
+    };
+    expect(tree(restored)).toEqual(tree(upper).filter((p) => p !== 'state/fifo' && p !== 'state/null'));
+  });
+});
+
+test('an empty layer: empty archive, no deletions, nothing applied', async () => {
+  const upper = fresh('empty');
+  const ckpt = fresh('ckpt');
+  expect(await captureDiff(upper, ckpt)).toEqual({ files: 0, bytes: 0, deletions: 0, skipped: [] });
+  const out = fresh('out');
+  expect(await applyDiff(ckpt, out)).toEqual({ files: 0, deletions: 0 });
+  expect(fs.readdirSync(out)).toEqual([]);
+});
+
+test('a "@name" archive planted in the layer is not spliced into the checkpoint', async () => {
+  // The container controls its files: "payload" is a tar with an escaping
+  // entry, "@payload" asks node-tar to splice it in if passed unescaped.
+  const upper = fresh('upper-at');
+  fs.writeFileSync(path.join(upper, 'payload'), craftTar([{ name: '../../escaped', type: '0', data: 'x' }]));
+  fs.writeFileSync(path.join(upper, '@payload'), 'just a file');
+  const ckpt = fresh('ckpt');
+  await captureDiff(upper, ckpt);
+  await expect(validateDiffArchive(path.join(ckpt, ROOTFS_TAR))).resolves.toBeUndefined();
+  const out = fresh('out');
+  await applyDiff(ckpt, out);
+  expect(fs.readdirSync(out).sort()).toEqual(['@payload', 'payload']);
+});
+
+// ---- archives that must be refused -------------------------------------------
+
+describe('validateDiffArchive / applyDiff refuse escaping or special entries, writing nothing', () => {
+  let outside: string;
+  beforeEach(() => {
+    outside = fresh('outside');
+  });
+
+  const cases: [string, (o: string) => Entry[], string][] = [
+    ['absolute path', (o) => [{ name: `${o}/abs-file`, type: '0', data: 'pwned' }], 'archive-escape'],
+    ['"../x"', () => [{ name: '../x', type: '0', data: 'pwned' }], 'archive-escape'],
+    ['"a/../../x"', () => [{ name: 'a/', type: '5' }, { name: 'a/../../x', type: '0', data: 'pwned' }], 'archive-escape'],
+    ['entry below an archive symlink', (o) => [{ name: 'evil', type: '2', link: o }, { name: 'evil/file', type: '0', data: 'pwned' }], 'archive-escape'],
+    ['entry below a symlink spelled "a/./evil"', (o) => [{ name: 'a/', type: '5' }, { name: 'a/./evil', type: '2', link: o }, { name: 'a/evil/file', type: '0', data: 'pwned' }], 'archive-escape'],
+    ['entry below a symlink spelled "./evil/"', (o) => [{ name: './evil/', type: '2', link: o }, { name: 'evil//file', type: '0', data: 'pwned' }], 'archive-escape'],
+    ['symlink replacing a directory with earlier entries', (o) => [{ name: 'd/f', type: '0', data: 'ok' }, { name: 'd', type: '2', link: o }], 'archive-escape'],
+    ['hard link to /etc/passwd', () => [{ name: 'passwd', type: '1', link: '/etc/passwd' }], 'archive-escape'],
+    ['hard link to ../../etc/passwd', () => [{ name: 'passwd', type: '1', link: '../../etc/passwd' }], 'archive-escape'],
+    ['hard link to a path not in the archive', () => [{ name: 'passwd', type: '1', link: 'etc/passwd' }], 'archive-escape'],
+    ['hard link through an archive symlink', () => [{ name: 'etc', type: '2', link: '/etc' }, { name: 'passwd', type: '1', link: 'etc/passwd' }], 'archive-escape'],
+    ['character device', () => [{ name: 'dev-mem', type: '3', dev: [1, 1], mode: 0o666 }], 'archive-entry'],
+    ['whiteout-like 0:0 device inside the archive', () => [{ name: 'wh', type: '3', dev: [0, 0] }], 'archive-entry'],
+    ['block device', () => [{ name: 'sda', type: '4', dev: [8, 0] }], 'archive-entry'],
+    ['FIFO', () => [{ name: 'fifo', type: '6' }], 'archive-entry'],
+    ['the same path twice', () => [{ name: 'f', type: '0', data: 'a' }, { name: './f', type: '0', data: 'b' }], 'archive-entry'],
+  ];
+
+  test.each(cases)('%s', async (_name, make, reason) => {
+    const entries = make(outside);
+    const ckpt = ckptWith(entries);
+    const err = await refused(validateDiffArchive(path.join(ckpt, ROOTFS_TAR)));
+    expect(err.reason).toBe(reason);
+    const upper = fresh('upper');
+    expect((await refused(applyDiff(ckpt, upper))).reason).toBe(reason);
+    // Refused before anything was written: not in the layer, not outside it.
+    expect(fs.readdirSync(upper)).toEqual([]);
+    expect(fs.readdirSync(outside)).toEqual([]);
+    expect(fs.existsSync(path.join(path.dirname(upper), 'x'))).toBe(false);
+  });
+
+  test('a symlink to /tmp/somewhere followed by evil/file leaves /tmp/somewhere/file absent', async () => {
+    const somewhere = path.join('/tmp', `arch-somewhere-${process.pid}`);
+    fs.rmSync(somewhere, { recursive: true, force: true });
+    fs.mkdirSync(somewhere);
+    try {
+      const ckpt = ckptWith([{ name: 'evil', type: '2', link: somewhere }, { name: 'evil/file', type: '0', data: 'pwned' }]);
+      await refused(applyDiff(ckpt, fresh('upper')));
+      expect(fs.existsSync(path.join(somewhere, 'file'))).toBe(false);
+    } finally {
+      fs.rmSync(somewhere, { recursive: true, force: true });
+    }
+  });
+
+  test('a hard link to /etc/passwd does not add a link to it', async () => {
+    const before = fs.statSync('/etc/passwd').nlink;
+    await refused(applyDiff(ckptWith([{ name: 'passwd', type: '1', link: '/etc/passwd' }]), fresh('upper')));
+    expect(fs.statSync('/etc/passwd').nlink).toBe(before);
+  });
+
+  test('a truncated archive is an error', async () => {
+    const ckpt = ckptWith([{ name: 'big', type: '0', data: 'x'.repeat(5000) }]);
+    const tarFile = path.join(ckpt, ROOTFS_TAR);
+    fs.truncateSync(tarFile, 512 + 1024);
+    await expect(validateDiffArchive(tarFile)).rejects.toThrow();
+  });
+
+  test('harmless spellings are accepted: "./a", "a/", relative symlinks out of the layer (targets are data)', async () => {
+    const ckpt = ckptWith([
+      { name: './a/', type: '5' },
+      { name: './a/f', type: '0', data: 'f' },
+      { name: 'a/link', type: '2', link: '../../../../etc/shadow' },
+      { name: 'a/hard', type: '1', link: './a/f' },
+    ]);
+    await expect(validateDiffArchive(path.join(ckpt, ROOTFS_TAR))).resolves.toBeUndefined();
+    const upper = fresh('upper');
+    await applyDiff(ckpt, upper);
+    expect(fs.readFileSync(path.join(upper, 'a/hard'), 'utf8')).toBe('f');
+    expect(fs.readlinkSync(path.join(upper, 'a/link'))).toBe('../../../../etc/shadow');
+  });
+});
+
+describe('deleted.files is checked too', () => {
+  test.each([
+    ['not JSON', '{'],
+    ['wrong shape', { whiteouts: 'x' }],
+    ['null', 'null'],
+    ['non-string entry', { whiteouts: [1], opaque: [] }],
+  ])('%s -> manifest-invalid', async (_n, del) => {
+    const upper = fresh('upper');
+    const err = await refused(applyDiff(ckptWith([{ name: 'f', type: '0', data: 'x' }], del), upper));
+    expect(err.reason).toBe('manifest-invalid');
+    expect(fs.readdirSync(upper)).toEqual([]);
+  });
+
+  test.each([
+    ['absolute whiteout', { whiteouts: ['/tmp/arch-wh-abs'], opaque: [] }],
+    ['".." whiteout', { whiteouts: ['../wh'], opaque: [] }],
+    ['".." opaque', { whiteouts: [], opaque: ['a/../../o'] }],
+  ])('%s -> archive-escape before extraction', async (_n, del) => {
+    const upper = fresh('upper');
+    const err = await refused(applyDiff(ckptWith([{ name: 'f', type: '0', data: 'x' }], del), upper));
+    expect(err.reason).toBe('archive-escape');
+    expect(fs.readdirSync(upper)).toEqual([]);
+    expect(fs.existsSync('/tmp/arch-wh-abs')).toBe(false);
+    expect(fs.existsSync(path.join(path.dirname(upper), 'wh'))).toBe(false);
+  });
+
+  test('a whiteout below an archive symlink: no device node outside', async () => {
+    const outside = fresh('outside');
+    const err = await refused(applyDiff(ckptWith([{ name: 'lnk', type: '2', link: outside }], { whiteouts: ['lnk/wh'], opaque: [] }), fresh('upper')));
+    expect(err.reason).toBe('archive-escape');
+    expect(fs.readdirSync(outside)).toEqual([]);
+  });
+
+  test('an opaque marker on an archive symlink: no xattr on its target', async () => {
+    const outside = fresh('outside');
+    const err = await refused(applyDiff(ckptWith([{ name: 'lnk', type: '2', link: outside }], { whiteouts: [], opaque: ['lnk'] }), fresh('upper')));
+    expect(err.reason).toBe('archive-escape');
+    expect(await xattr(outside, 'trusted.overlay.opaque')).toBeUndefined();
+  });
+
+  test('odd names survive the shell (quotes, spaces, $)', async () => {
+    const upper = fresh('upper');
+    const name = `it's a $(touch ${tmp}/pwned) "file"`;
+    await applyDiff(ckptWith([{ name: 'd/', type: '5' }], { whiteouts: [`d/${name}`], opaque: [`o p'q`] }), upper);
+    expect(fs.lstatSync(path.join(upper, 'd', name)).isCharacterDevice()).toBe(true);
+    expect(await xattr(path.join(upper, `o p'q`), 'trusted.overlay.opaque')).toBe('y');
+    expect(fs.existsSync(path.join(tmp, 'pwned'))).toBe(false);
+  });
+});
+
+// ---- on a real overlay mount -------------------------------------------------
+
+describe('on a real overlayfs', () => {
+  async function overlay(lower: string): Promise<{ merged: string; upper: string }> {
+    const d = fresh('ovl');
+    const upper = path.join(d, 'upper');
+    const work = path.join(d, 'work');
+    const merged = path.join(d, 'merged');
+    for (const x of [upper, work, merged]) fs.mkdirSync(x);
+    await execa('mount', ['-t', 'overlay', 'overlay', '-o', `lowerdir=${lower},upperdir=${upper},workdir=${work}`, merged]);
+    mounts.push(merged);
+    return { merged, upper };
+  }
+
+  test('findUpperDir finds the upper dir of a mount point, and nothing for a plain dir', async () => {
+    const lower = fresh('lower');
+    const { merged, upper } = await overlay(lower);
+    expect(await findUpperDir(merged)).toBe(upper);
+    expect(await findUpperDir(`${merged}/`)).toBe(upper);
+    expect(await findUpperDir(lower)).toBeUndefined();
+  });
+
+  test('changes made through one overlay appear identically through a fresh one after capture + apply', async () => {
+    const lower = fresh('lower');
+    fs.mkdirSync(path.join(lower, 'etc'));
+    fs.writeFileSync(path.join(lower, 'etc/keep'), 'keep');
+    fs.writeFileSync(path.join(lower, 'etc/delete-me'), 'x');
+    fs.writeFileSync(path.join(lower, 'etc/modify-me'), 'original');
+    fs.mkdirSync(path.join(lower, 'cache'));
+    fs.writeFileSync(path.join(lower, 'cache/old1'), '1');
+    fs.writeFileSync(path.join(lower, 'cache/old2'), '2');
+
+    const a = await overlay(lower);
+    fs.rmSync(path.join(a.merged, 'etc/delete-me'));
+    fs.writeFileSync(path.join(a.merged, 'etc/modify-me'), 'modified');
+    fs.writeFileSync(path.join(a.merged, 'etc/new'), 'new');
+    // Remove a lower directory and make it again: overlayfs marks it opaque.
+    fs.rmSync(path.join(a.merged, 'cache'), { recursive: true });
+    fs.mkdirSync(path.join(a.merged, 'cache'));
+    fs.writeFileSync(path.join(a.merged, 'cache/fresh'), 'f');
+
+    const ckpt = fresh('ckpt');
+    const res = await captureDiff(a.upper, ckpt);
+    expect(res.deletions).toBeGreaterThanOrEqual(2); // etc/delete-me whiteout + cache opaque
+
+    const b = await overlay(lower);
+    await applyDiff(ckpt, b.upper);
+    // Remount so overlayfs reads the new upper dir from scratch.
+    await execa('umount', [b.merged]);
+    mounts.splice(mounts.indexOf(b.merged), 1);
+    const c = path.dirname(b.upper);
+    await execa('mount', ['-t', 'overlay', 'overlay', '-o', `lowerdir=${lower},upperdir=${b.upper},workdir=${path.join(c, 'work')}`, b.merged]);
+    mounts.push(b.merged);
+
+    expect(fs.readdirSync(path.join(b.merged, 'etc')).sort()).toEqual(['keep', 'modify-me', 'new']);
+    expect(fs.readFileSync(path.join(b.merged, 'etc/modify-me'), 'utf8')).toBe('modified');
+    expect(fs.readFileSync(path.join(b.merged, 'etc/new'), 'utf8')).toBe('new');
+    expect(fs.readdirSync(path.join(b.merged, 'cache'))).toEqual(['fresh']);
+  });
+});
