@@ -8,6 +8,7 @@ import { planDrain, ThroughputEstimator } from '../core/drain-plan.js';
 import { checkpointDirOf, envListToMap, parseContract } from '../core/env-contract.js';
 import { CheckpointStore } from '../core/store.js';
 import { validateContainerId, validateNamespace } from '../core/ids.js';
+import { listArchContainers } from '../core/node-containers.js';
 import { FailureType } from '../core/temporal/failures.js';
 import type { ContainerRef, ContainerSpec, ContainerSummary, Selector } from '../workflows/types.js';
 import { activityLog, containerd, fail, mapped, type NodeDeps } from './context.js';
@@ -17,43 +18,13 @@ export function throughputEstimator(d: NodeDeps): ThroughputEstimator {
   return new ThroughputEstimator(path.join(d.stateDir, `throughput-${d.node}.json`), { logger: d.ctx.log });
 }
 
-interface CoreArchContainer {
-  namespace: string;
-  id: string;
-  status: string;
-  pid: number;
-  contract: { enabled: boolean; mode?: 'local' | 'shared'; priority?: number };
-  rssBytes?: number;
-  upperDirBytes?: number;
-  checkpoint?: { dir: string; createdAt: string; sizeBytes: number };
-}
-type CoreLister = (ctx: NodeDeps['ctx'], opts?: { namespaces?: string[] }) => Promise<CoreArchContainer[]>;
-let coreListerCache: CoreLister | null | undefined;
-
-/**
- * core/node-containers.ts (runc-based, with RSS and writable-layer sizes the
- * drain planner needs) when this build has it; else the containerd scan below.
- */
-async function coreLister(): Promise<CoreLister | null> {
-  if (coreListerCache !== undefined) return coreListerCache;
-  const specifier = '../core/node-containers.js';
-  try {
-    const mod = (await import(specifier)) as { listArchContainers?: CoreLister };
-    coreListerCache = mod.listArchContainers ?? null;
-  } catch {
-    coreListerCache = null;
-  }
-  return coreListerCache;
-}
-
 export function containerActivities(d: NodeDeps) {
   /**
-   * ARCH-enabled containers from containerd's records: every container with
-   * ARCH_ENABLE=1, its task state and its published checkpoint. With
-   * pausedOnly, those without a running task that have a checkpoint (a paused
-   * container whose stopped task was deleted is still found).
+   * Paused containers from containerd's records: ARCH-enabled, no running
+   * task, a published checkpoint. Read from containerd rather than runc so a
+   * paused container whose stopped task was deleted is still found.
    */
-  async function scan(namespaces: string[] | undefined, pausedOnly: boolean): Promise<ContainerSummary[]> {
+  async function scanPaused(namespaces: string[] | undefined): Promise<ContainerSummary[]> {
     const base = containerd(d, 'default');
     const nss = namespaces ?? d.namespaces ?? (await base.ctr(['namespaces', 'ls', '-q'])).split('\n').filter(Boolean);
     const out: ContainerSummary[] = [];
@@ -62,7 +33,7 @@ export function containerActivities(d: NodeDeps) {
       const tasks = new Map((await cd.listTasks()).map((t) => [t.id, t]));
       for (const id of await cd.listContainers()) {
         const task = tasks.get(id);
-        if (pausedOnly && task?.status === 'RUNNING') continue;
+        if (task?.status === 'RUNNING') continue;
         let spec: ContainerSpec | undefined;
         try {
           spec = specFromInfo(await cd.info(id), ns);
@@ -75,30 +46,29 @@ export function containerActivities(d: NodeDeps) {
         const store = new CheckpointStore(checkpointDirOf(contract, ns, id));
         const m = await store.readManifest().catch(() => null);
         const dir = await store.current().catch(() => null);
-        if (pausedOnly && (!m || !dir)) continue;
+        if (!m || !dir) continue;
         out.push({
           namespace: ns, id, status: (task?.status ?? 'ABSENT').toLowerCase(), pid: task?.pid ?? 0, mode: spec.mode, priority: spec.priority,
-          checkpoint: m && dir ? { dir, createdAt: m.createdAt, sizeBytes: m.files.reduce((a, f) => a + f.size, 0) } : undefined,
+          checkpoint: { dir, createdAt: m.createdAt, sizeBytes: m.files.reduce((a, f) => a + f.size, 0) },
         });
       }
     }
     return out.sort((a, b) => b.priority - a.priority || a.namespace.localeCompare(b.namespace) || a.id.localeCompare(b.id));
   }
 
+  /** Containers runc knows on this node, with the sizes the drain planner needs (core/node-containers). */
   async function list(namespaces?: string[]): Promise<ContainerSummary[]> {
-    const listArchContainers = await coreLister();
-    if (!listArchContainers) return scan(namespaces, false);
     const found = await listArchContainers(d.ctx, { namespaces: namespaces ?? d.namespaces });
     return found.map((c) => ({
       namespace: c.namespace,
       id: c.id,
       status: c.status,
       pid: c.pid,
-      mode: c.contract.enabled ? c.contract.mode : undefined,
-      priority: c.contract.enabled ? c.contract.priority ?? 0 : 0,
+      mode: c.contract.mode,
+      priority: c.contract.priority,
       rssBytes: c.rssBytes,
       upperDirBytes: c.upperDirBytes,
-      checkpoint: c.checkpoint,
+      checkpoint: c.checkpoint ? { dir: c.checkpoint.dir, createdAt: c.checkpoint.createdAt, sizeBytes: c.checkpoint.sizeBytes } : undefined,
     }));
   }
 
@@ -137,7 +107,7 @@ export function containerActivities(d: NodeDeps) {
         const s = input.selector ?? {};
         if (s.namespace) validateNamespace(s.namespace, 'selector namespace');
         for (const id of s.ids ?? []) validateContainerId(id, 'selector id');
-        const all = await scan(s.namespace ? [s.namespace] : undefined, true);
+        const all = await scanPaused(s.namespace ? [s.namespace] : undefined);
         return all.filter((c) => !s.ids?.length || s.ids.includes(c.id));
       });
     },
