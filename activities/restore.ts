@@ -45,21 +45,10 @@ async function expectedPresent(store: CheckpointStore, want: ExpectedCheckpoint)
 /**
  * Proof that arch-runc restored the container rather than starting it fresh
  * (it falls back to a fresh start when a restore fails, so "running" alone
- * proves nothing). Preferred: the shim's own record; else CRIU's restore log,
- * which the shim leaves in the bundle.
+ * proves nothing): the shim records the checkpoint it restored from.
  */
-export async function restoreEvidence(runcRoot: string, runc: Runc, id: string): Promise<string | undefined> {
-  const state = (await readShimState(runcRoot, id)) as (Awaited<ReturnType<typeof readShimState>> & { restoredFrom?: string }) | undefined;
-  if (!state) return undefined;
-  if (state.restoredFrom) return state.restoredFrom;
-  try {
-    const { bundle } = await runc.state(id);
-    const log = await fsp.readFile(path.join(bundle, 'arch-restore', 'restore.log'), 'utf8');
-    if (/Restore finished successfully/.test(log)) return state.checkpointDir;
-  } catch {
-    // no bundle or no log: not restored
-  }
-  return undefined;
+export async function restoreEvidence(runcRoot: string, _runc: Runc, id: string): Promise<string | undefined> {
+  return (await readShimState(runcRoot, id))?.restoredFrom;
 }
 
 /** Copy CRIU's restore log out of the bundle before the failed copy (and its bundle) goes. */

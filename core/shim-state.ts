@@ -21,6 +21,8 @@ export interface ShimState {
   /** Checkpointed since it started: delete keeps the checkpoint. */
   checkpointed: boolean;
   checkpointDir: string;
+  /** The checkpoint this container was restored from (kept after start): proof of a restore. */
+  restoredFrom?: string;
   workDir?: string;
   createdAt: string;
 }

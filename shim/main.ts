@@ -104,7 +104,7 @@ async function handleCreate(ctx: NodeContext, call: RuncCall, namespace: string,
       consoleSocket: optionString(call, '--console-socket'),
     });
     if (restored) {
-      await writeShimState(call.root, { ...state, restorePending: true });
+      await writeShimState(call.root, { ...state, restorePending: true, restoredFrom: restored.checkpointDir });
       log.info({ durationMs: Date.now() - t0, timings: restored.timings, checkpoint: restored.checkpointDir, from: restored.manifest.node }, 'restored from checkpoint');
       return 0;
     }
