@@ -24,7 +24,8 @@ export interface WorkerFlags {
   reclaimTargets?: string;
 }
 
-export function addWorkerOptions(cmd: Command, settings: Settings): Command {
+/** `transferListen`: dev mode (one host) keeps the transfer server on loopback. */
+export function addWorkerOptions(cmd: Command, settings: Settings, defaults: { transferListen?: string } = {}): Command {
   return cmd
     .option('--node <name>', "this node's name (task queue arch-node-<name>)", settings.nodeName)
     .option('--containerd-address <sock>', "containerd's socket", '/run/containerd/containerd.sock')
@@ -33,7 +34,7 @@ export function addWorkerOptions(cmd: Command, settings: Settings): Command {
     .option('--cgroup-parent <path>', 'cgroup parent for containers restored here')
     .option('--ctr <path>', 'ctr binary', 'ctr')
     .option('--arch-runc <path>', 'runc wrapper restored containers are created with (default: <repo>/bin/arch-runc)')
-    .option('--transfer-listen <host:port>', 'address of the checkpoint transfer server', '0.0.0.0:0')
+    .option('--transfer-listen <host:port>', 'address of the checkpoint transfer server (other nodes fetch checkpoints from it)', defaults.transferListen ?? '0.0.0.0:0')
     .option('--transfer-advertise <host>', 'host name other nodes use for this node (default: the hostname)')
     .option('--log-dir <dir>', 'stdout/stderr of restored containers go to <dir>/<ns>/<id>.log')
     .option('--state-dir <dir>', 'worker state (image exports, throughput history)', '/var/lib/arch/worker')

@@ -42,7 +42,7 @@ export function registerDev(program: Command, ctx: CliContext): void {
     .option('--ui-port <port>', 'Temporal UI port (default: frontend port + 1000)')
     .option('--no-worker', 'only the server')
     .option('--keep-server', 'leave the dev server running when this exits');
-  addWorkerOptions(cmd, ctx.settings);
+  addWorkerOptions(cmd, ctx.settings, { transferListen: '127.0.0.1:0' });
   cmd.action(async (o: DevFlags) => {
     const out = ctx.out();
     const g = ctx.globals();
