@@ -38,6 +38,8 @@ beforeAll(async () => {
 
 afterAll(async () => {
   await stopAllNodes();
+  // startArchNode's settings dir (arch.env, arch.log) is not removed by the support code.
+  if (node) fs.rmSync(path.dirname(node.archConfig), { recursive: true, force: true });
   fs.rmSync(work, { recursive: true, force: true });
   fs.rmSync(outside, { recursive: true, force: true });
 });

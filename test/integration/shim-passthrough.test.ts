@@ -145,6 +145,8 @@ beforeAll(async () => {
 afterAll(async () => {
   for (const id of [A, B, `${A}-0`, `${B}-0`, `${A}-off`]) await removeDirect(id);
   await stopAllNodes();
+  // startArchNode's settings dir (arch.env, arch.log) is not removed by the support code.
+  if (node) fs.rmSync(path.dirname(node.archConfig), { recursive: true, force: true });
   fs.rmSync(root, { recursive: true, force: true });
   fs.rmSync(work, { recursive: true, force: true });
   for (const c of fs.readdirSync('/sys/fs/cgroup')) {
