@@ -166,8 +166,9 @@ export async function checkpointContainer(ctx: NodeContext, req: CheckpointReque
     );
     published = true;
     lap('publish', t);
-    // Delete after this checkpoint must keep it (the shim reads this).
-    await updateShimState(c.runc.root, req.id, { checkpointed: true });
+    // Stopped by this checkpoint: delete must keep it (the shim reads this).
+    // A container left running is not: if it later exits by itself, its job is done.
+    if (!req.leaveRunning) await updateShimState(c.runc.root, req.id, { checkpointed: true });
     t = Date.now();
     if (!req.dumpedImages) {
       if (!req.leaveRunning) {

@@ -53,3 +53,27 @@ export async function updateShimState(runcRoot: string, id: string, patch: Parti
 export async function wasKilled(runcRoot: string, id: string): Promise<boolean> {
   return fsp.access(path.join(runcRoot, id, KILLED_FILE)).then(() => true, () => false);
 }
+
+/**
+ * Did the kernel's OOM killer end the container? A crash is not a finished
+ * job: its checkpoint must stay. runc keeps the cgroup until `runc delete`,
+ * so its memory controller still has the count when delete is handled.
+ */
+export async function wasOomKilled(runcRoot: string, id: string): Promise<boolean> {
+  try {
+    const st = JSON.parse(await fsp.readFile(path.join(runcRoot, id, 'state.json'), 'utf8')) as { cgroup_paths?: Record<string, string> };
+    const paths = st.cgroup_paths ?? {};
+    const candidates = [
+      paths.memory && path.join(paths.memory, 'memory.oom_control'), // cgroup v1: "oom_kill N"
+      paths[''] && path.join(paths[''], 'memory.events'), // cgroup v2: "oom_kill N"
+    ].filter((p): p is string => !!p);
+    for (const f of candidates) {
+      const text = await fsp.readFile(f, 'utf8').catch(() => '');
+      const n = /^oom_kill (\d+)$/m.exec(text)?.[1];
+      if (n && Number(n) > 0) return true;
+    }
+  } catch {
+    // no state: nothing known
+  }
+  return false;
+}

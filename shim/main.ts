@@ -16,7 +16,7 @@ import { restoreFromCheckpoint } from '../core/restore.js';
 import { containerIdOf, namespaceOfRoot, optionString, parseRuncArgs, type RuncCall } from '../core/runc-args.js';
 import { Runc } from '../core/runc.js';
 import { criuEnv } from '../core/settings.js';
-import { readShimState, updateShimState, wasKilled, writeShimState } from '../core/shim-state.js';
+import { readShimState, updateShimState, wasKilled, wasOomKilled, writeShimState } from '../core/shim-state.js';
 import { CheckpointStore } from '../core/store.js';
 import { runRealRunc } from './passthrough.js';
 
@@ -38,7 +38,10 @@ async function main(argv: string[]): Promise<number> {
     namespace = validateNamespace(namespaceOfRoot(call.root), 'namespace (from runc --root)');
     validateContainerId(id);
   } catch (err) {
-    ctx.log.error({ phase: call.subcommand, container: id, err: errorMessage(err) }, 'not handling this container: invalid identity; passing through');
+    ctx.log.error(
+      { phase: call.subcommand, container: id, namespace: namespaceOfRoot(call.root), field: err instanceof ArchInputError ? err.field : undefined, err: errorMessage(err) },
+      'not handling this container: invalid identity; passing through',
+    );
     return pass();
   }
   const log = ctx.log.child({ namespace, container: id, phase: call.subcommand });
@@ -151,17 +154,19 @@ async function handleCheckpoint(ctx: NodeContext, call: RuncCall, namespace: str
 
 /**
  * After a natural exit the job is over: its checkpoint and work dir go.
- * After a checkpoint (or a kill from outside: a drain, an operator) they stay,
- * so the container continues when it is created again.
+ * After a checkpoint, a kill from outside (a drain, an operator) or an OOM
+ * kill they stay, so the container continues when it is created again.
+ * runc is never told the exit code; a crash by other causes (e.g. SIGSEGV)
+ * looks like a natural exit here.
  */
 async function handleDelete(call: RuncCall, id: string, log: Log, pass: () => Promise<number>): Promise<number> {
   const s = await readShimState(call.root, id);
-  if (s && !s.checkpointed && !(await wasKilled(call.root, id))) {
+  if (s && !s.checkpointed && !(await wasKilled(call.root, id)) && !(await wasOomKilled(call.root, id))) {
     await new CheckpointStore(s.checkpointDir).remove();
     if (s.workDir) await fsp.rm(s.workDir, { recursive: true, force: true });
     log.info({ checkpointDir: s.checkpointDir, workDir: s.workDir }, 'container exited by itself: checkpoint and work dir removed');
   } else if (s) {
-    log.info({ checkpointed: s.checkpointed }, 'container was checkpointed or stopped from outside: checkpoint kept');
+    log.info({ checkpointed: s.checkpointed }, 'container was checkpointed, stopped from outside or OOM-killed: checkpoint kept');
   }
   return pass();
 }

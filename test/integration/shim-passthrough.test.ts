@@ -197,16 +197,21 @@ describe('direct calls: arch-runc and runc side by side', () => {
     expect(none.stderr).toMatch(/no runc found on PATH; set ARCH_RUNC/);
   });
 
-  // KNOWN BUG in bin/arch-runc (reported; not this file's to fix): the
-  // self-check compares paths as text, so a PATH entry "runc -> arch-runc"
-  // is taken for the real runc. arch-runc then execs that link; with
-  // ARCH_RUNC in the environment (even empty: sh exports it) the link execs
-  // itself forever. When this starts failing, the bug is fixed: drop .failing.
-  test.failing('KNOWN BUG: a "runc" symlink to arch-runc first on PATH, with ARCH_RUNC= in the environment, is not taken for runc', async () => {
+  // A PATH entry "runc -> arch-runc" is not taken for the real runc (resolved, not compared as text).
+  test('a "runc" symlink to arch-runc first on PATH, with ARCH_RUNC= in the environment, is skipped', async () => {
     const dir = pathWithSelfLink();
     const env = { ARCH_CONFIG: path.join(work, 'no-such.env'), ARCH_RUNC: '', PATH: `${dir}:${path.dirname(RUNC)}:/usr/bin:/bin` };
     const direct = await call(ARCH_RUNC_BIN, ['--version'], { env, timeoutMs: 5_000 });
     expectSame(direct, await call(RUNC, ['--version']));
+  });
+
+  // ARCH_RUNC pointing at arch-runc itself must stop with a clear error, not loop.
+  test('ARCH_RUNC set to arch-runc itself: one clear error, exit 127', async () => {
+    const dir = pathWithSelfLink();
+    const env = { ARCH_CONFIG: path.join(work, 'no-such.env'), ARCH_RUNC: path.join(dir, 'runc'), PATH: `/usr/bin:/bin` };
+    const r = await call(ARCH_RUNC_BIN, ['--version'], { env, timeoutMs: 5_000 });
+    expect(r.exitCode).toBe(127);
+    expect(r.stderr).toMatch(/is arch-runc itself; set ARCH_RUNC/);
   });
 
   describe('on running containers', () => {

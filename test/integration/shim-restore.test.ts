@@ -150,3 +150,16 @@ test('ctr task checkpoint of an ARCH container also publishes an ARCH checkpoint
   expect(a.logLines().some((l) => l.msg === 'restored from checkpoint' && l.container === id)).toBe(true);
   await a.containerd.removeContainer(id);
 });
+
+test('a leave-running checkpoint does not keep a finished job: it exits 0 later and delete removes the checkpoint', async () => {
+  const id = 'lr-done-1';
+  const env = ['ARCH_ENABLE=1', `ARCH_CHECKPOINT_HOST_PATH=${storage}/lr`, 'COUNTER_INTERVAL_MS=50', 'COUNTER_EXIT_AFTER=40'];
+  await a.runCounter(id, env);
+  await a.waitCount(id, 3);
+  await checkpointContainer(a.ctx, { namespace: 'default', id, runcRoot: a.runcRoot('default'), leaveRunning: true });
+  const ckDir = path.join(storage, 'lr/default', id);
+  expect(fs.existsSync(path.join(ckDir, 'current'))).toBe(true);
+  await a.containerd.waitStatus(id, 'STOPPED', 30_000); // exits 0 by itself at 40
+  await a.containerd.removeContainer(id);
+  expect(fs.existsSync(ckDir)).toBe(false);
+});
