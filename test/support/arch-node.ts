@@ -39,6 +39,8 @@ export async function waitFor<T>(what: string, fn: () => T | undefined | Promise
 export async function startArchNode(name: string, overrides: Record<string, string | undefined> = {}): Promise<ArchTestNode> {
   // The settings file must exist before containerd starts: its shims inherit ARCH_CONFIG.
   const cfgDir = fs.mkdtempSync(path.join('/tmp', `arch-${name}-`));
+  // Settings and logs stay readable until the test process ends (failure analysis), then go.
+  process.once('exit', () => fs.rmSync(cfgDir, { recursive: true, force: true }));
   const archConfig = writeArchConfig(cfgDir, { ARCH_NODE_NAME: name, ...overrides });
   const node = await startNode(name, { env: { ARCH_CONFIG: archConfig, ARCH_DEBUG_RESTORE_LOG: path.join(cfgDir, 'restore.log') } });
   // Now that the node's runc root is known, record it for finalize/list.
