@@ -1,10 +1,8 @@
-import type { Logger } from 'pino';
 import { ArchInputError } from '../errors.js';
-import { NoticeDelivery } from './delivery.js';
 import { isRecord, joinUrl, MalformedResponseError, metadataRequest, parseJson, UnexpectedStatusError } from './http.js';
-import { positiveMs, resolveWatcherOptions, type ResolvedWatcherOptions } from './options.js';
-import { PollLoop } from './poll-loop.js';
-import type { NoticeWatcher, ReclaimNotice, WatcherOptions } from './types.js';
+import { positiveMs } from './options.js';
+import { PollingNoticeWatcher } from './polling-watcher.js';
+import type { WatcherOptions } from './types.js';
 
 /**
  * AWS EC2 spot interruption and rebalance watcher over IMDSv2.
@@ -40,21 +38,16 @@ interface Token {
   refreshAt: number;
 }
 
-export class AwsNoticeWatcher implements NoticeWatcher {
+export class AwsNoticeWatcher extends PollingNoticeWatcher {
   readonly provider = 'aws' as const;
-  private readonly opts: ResolvedWatcherOptions;
   private readonly tokenTtlSeconds: number;
   private readonly onRebalance: 'act' | 'log';
   private readonly rebalanceWindowMs: number;
-  private readonly logger: Logger;
-  private readonly delivery: NoticeDelivery;
-  private readonly loop: PollLoop;
   private readonly loggedRebalances = new Set<string>();
   private token: Token | undefined;
 
   constructor(options: AwsWatcherOptions) {
-    this.opts = resolveWatcherOptions(options);
-    this.logger = options.logger.child({ provider: 'aws' });
+    super('aws', options);
     const ttl = options.tokenTtlSeconds ?? 21600;
     if (!Number.isInteger(ttl) || ttl < 1 || ttl > 21600) {
       throw new ArchInputError('tokenTtlSeconds', `${ttl} is outside IMDSv2's 1..21600`, 'pass a whole number of seconds between 1 and 21600');
@@ -66,25 +59,9 @@ export class AwsNoticeWatcher implements NoticeWatcher {
     }
     this.onRebalance = onRebalance;
     this.rebalanceWindowMs = positiveMs(options.rebalanceWindowMs, 'rebalanceWindowMs', 120_000);
-    this.delivery = new NoticeDelivery(this.logger);
-    this.loop = new PollLoop({
-      logger: this.logger,
-      intervalMs: this.opts.pollMs,
-      maxBackoffMs: this.opts.maxBackoffMs,
-      tick: (signal) => this.tick(signal),
-    });
   }
 
-  start(onNotice: (n: ReclaimNotice) => Promise<void>): void {
-    this.delivery.setHandler(onNotice);
-    this.loop.start();
-  }
-
-  stop(): Promise<void> {
-    return this.loop.stop();
-  }
-
-  private async tick(signal: AbortSignal): Promise<void> {
+  protected async tick(signal: AbortSignal): Promise<void> {
     // Retry earlier handler failures first: they do not depend on the network.
     await this.delivery.flush();
 

@@ -1,10 +1,8 @@
-import type { Logger } from 'pino';
 import { ArchInputError, errorMessage } from '../errors.js';
-import { NoticeDelivery } from './delivery.js';
 import { isRecord, joinUrl, MalformedResponseError, metadataRequest, parseJson, UnexpectedStatusError } from './http.js';
-import { positiveMs, resolveWatcherOptions, type ResolvedWatcherOptions } from './options.js';
-import { PollLoop } from './poll-loop.js';
-import type { NoticeWatcher, ReclaimNotice, WatcherOptions } from './types.js';
+import { positiveMs } from './options.js';
+import { PollingNoticeWatcher } from './polling-watcher.js';
+import type { WatcherOptions } from './types.js';
 
 /**
  * Azure Scheduled Events watcher (Spot eviction arrives as EventType
@@ -41,15 +39,11 @@ interface AzureEvent {
   Description?: string;
 }
 
-export class AzureNoticeWatcher implements NoticeWatcher {
+export class AzureNoticeWatcher extends PollingNoticeWatcher {
   readonly provider = 'azure' as const;
-  private readonly opts: ResolvedWatcherOptions;
   private readonly noticeWindowMs: number;
   private readonly eventTypes: Set<string>;
   private readonly autoAcknowledge: boolean;
-  private readonly logger: Logger;
-  private readonly delivery: NoticeDelivery;
-  private readonly loop: PollLoop;
   private vmName: string | undefined;
   private lastIncarnation: number | undefined;
   /** EventIds whose drain started but whose StartRequests POST has not succeeded yet. */
@@ -57,8 +51,7 @@ export class AzureNoticeWatcher implements NoticeWatcher {
   private readonly ignoredEvents = new Set<string>();
 
   constructor(options: AzureWatcherOptions) {
-    this.opts = resolveWatcherOptions(options);
-    this.logger = options.logger.child({ provider: 'azure' });
+    super('azure', options);
     if (options.vmName !== undefined && !options.vmName.trim()) {
       throw new ArchInputError('vmName', 'is empty', 'pass the VM name or leave vmName unset to look it up from IMDS');
     }
@@ -66,22 +59,6 @@ export class AzureNoticeWatcher implements NoticeWatcher {
     this.noticeWindowMs = positiveMs(options.noticeWindowMs, 'noticeWindowMs', 30_000);
     this.eventTypes = new Set(options.eventTypes ?? ['Preempt']);
     this.autoAcknowledge = options.autoAcknowledge ?? true;
-    this.delivery = new NoticeDelivery(this.logger);
-    this.loop = new PollLoop({
-      logger: this.logger,
-      intervalMs: this.opts.pollMs,
-      maxBackoffMs: this.opts.maxBackoffMs,
-      tick: (signal) => this.tick(signal),
-    });
-  }
-
-  start(onNotice: (n: ReclaimNotice) => Promise<void>): void {
-    this.delivery.setHandler(onNotice);
-    this.loop.start();
-  }
-
-  stop(): Promise<void> {
-    return this.loop.stop();
   }
 
   /** Tell Azure the event may start now (POST StartRequests). Throws on failure. */
@@ -98,7 +75,7 @@ export class AzureNoticeWatcher implements NoticeWatcher {
     this.logger.info({ event: 'cloud.azure.acknowledged', eventId }, 'scheduled event acknowledged (StartRequests)');
   }
 
-  private async tick(signal: AbortSignal): Promise<void> {
+  protected async tick(signal: AbortSignal): Promise<void> {
     await this.flushAndAcknowledge(signal);
     const vmName = this.vmName ?? (await this.lookupVmName(signal));
 

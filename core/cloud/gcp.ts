@@ -1,10 +1,9 @@
-import type { Logger } from 'pino';
 import { ArchInputError } from '../errors.js';
-import { NoticeDelivery } from './delivery.js';
 import { joinUrl, MalformedResponseError, metadataRequest, UnexpectedStatusError } from './http.js';
-import { positiveMs, resolveWatcherOptions, type ResolvedWatcherOptions } from './options.js';
-import { PollLoop, type TickResult } from './poll-loop.js';
-import type { NoticeWatcher, ReclaimNotice, WatcherOptions } from './types.js';
+import { positiveMs } from './options.js';
+import { PollingNoticeWatcher } from './polling-watcher.js';
+import type { TickResult } from './poll-loop.js';
+import type { WatcherOptions } from './types.js';
 
 /**
  * GCP preemptible / Spot VM watcher.
@@ -26,44 +25,23 @@ export interface GcpWatcherOptions extends WatcherOptions {
 export const PREEMPTED_PATH = '/computeMetadata/v1/instance/preempted';
 const PREEMPTED_KEY = 'gcp:preempted';
 
-export class GcpNoticeWatcher implements NoticeWatcher {
+export class GcpNoticeWatcher extends PollingNoticeWatcher {
   readonly provider = 'gcp' as const;
-  private readonly opts: ResolvedWatcherOptions;
   private readonly noticeWindowMs: number;
   private readonly waitTimeoutSec: number;
-  private readonly logger: Logger;
-  private readonly delivery: NoticeDelivery;
-  private readonly loop: PollLoop;
   private etag: string | undefined;
 
   constructor(options: GcpWatcherOptions) {
-    this.opts = resolveWatcherOptions(options);
-    this.logger = options.logger.child({ provider: 'gcp' });
+    super('gcp', options);
     this.noticeWindowMs = positiveMs(options.noticeWindowMs, 'noticeWindowMs', 30_000);
     const wait = options.waitTimeoutSec ?? 20;
     if (!Number.isInteger(wait) || wait < 1) {
       throw new ArchInputError('waitTimeoutSec', `${wait} is not a whole number of seconds >= 1`, 'pass waitTimeoutSec such as 20');
     }
     this.waitTimeoutSec = wait;
-    this.delivery = new NoticeDelivery(this.logger);
-    this.loop = new PollLoop({
-      logger: this.logger,
-      intervalMs: this.opts.pollMs,
-      maxBackoffMs: this.opts.maxBackoffMs,
-      tick: (signal) => this.tick(signal),
-    });
   }
 
-  start(onNotice: (n: ReclaimNotice) => Promise<void>): void {
-    this.delivery.setHandler(onNotice);
-    this.loop.start();
-  }
-
-  stop(): Promise<void> {
-    return this.loop.stop();
-  }
-
-  private async tick(signal: AbortSignal): Promise<TickResult> {
+  protected async tick(signal: AbortSignal): Promise<TickResult> {
     await this.delivery.flush();
 
     // Hang only when we know the current ETag and nothing awaits a retry:
