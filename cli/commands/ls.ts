@@ -1,6 +1,8 @@
 /** arch-cli ls [--node N] [--namespace NS]: ARCH containers of a node and their checkpoints. */
 import type { Command } from 'commander';
 import { validateNamespace } from '../../core/ids.js';
+import { createLogger } from '../../core/log.js';
+import { listArchContainers } from '../../core/node-containers.js';
 import { WORKFLOW_TASK_QUEUE } from '../../core/temporal/names.js';
 import type { ContainerSummary, ListNodeInput } from '../../workflows/types.js';
 import { requireWorkers } from '../connect.js';
@@ -23,9 +25,20 @@ export function registerLs(program: Command, ctx: CliContext): void {
     .description("list a node's ARCH containers and their checkpoints (asks the node's worker)")
     .option('--node <node>', 'the node (default: this one)', nodeArg)
     .option('--namespace <ns>', 'only this containerd namespace')
-    .action(async (o: { node?: string; namespace?: string }) => {
+    .option('--local', "this node only, read directly (no Temporal or worker needed)")
+    .action(async (o: { node?: string; namespace?: string; local?: boolean }) => {
       const node = o.node ?? ctx.settings.nodeName;
       if (o.namespace) validateNamespace(o.namespace, '--namespace');
+      if (o.local) {
+        const found = await listArchContainers({ settings: ctx.settings, log: createLogger(ctx.settings, 'arch-cli') }, { namespaces: o.namespace ? [o.namespace] : undefined });
+        const list: ContainerSummary[] = found.map((c) => ({
+          namespace: c.namespace, id: c.id, status: c.status, pid: c.pid, mode: c.contract.mode, priority: c.contract.priority,
+          rssBytes: c.rssBytes, upperDirBytes: c.upperDirBytes,
+          checkpoint: c.checkpoint ? { dir: c.checkpoint.dir, createdAt: c.checkpoint.createdAt, sizeBytes: c.checkpoint.sizeBytes } : undefined,
+        }));
+        ctx.out().result({ node: ctx.settings.nodeName, containers: list }, () => formatLs(ctx.settings.nodeName, list));
+        return;
+      }
       const client = await ctx.client();
       await requireWorkers(client, [node]);
       const input: ListNodeInput = { node, namespaces: o.namespace ? [o.namespace] : undefined };

@@ -32,6 +32,12 @@ test('finalize checkpoints several ARCH containers in parallel; each continues a
   await node.runCounter('plain-1', []); // not ARCH: finalize must not touch it
   for (const id of ids) await node.waitCount(id, 5);
 
+  const ls = await execa(path.join(REPO_ROOT, 'bin/arch-cli'), ['ls', '--local', '--json'], { env: { ARCH_CONFIG: node.archConfig }, reject: false });
+  expect(ls.exitCode).toBe(0);
+  const listed = JSON.parse(String(ls.stdout)) as { containers: { id: string; status: string; mode: string }[] };
+  expect(listed.containers.map((c) => c.id).sort()).toEqual(ids); // plain-1 is not ARCH
+  expect(listed.containers.every((c) => c.status === 'running' && c.mode === 'local')).toBe(true);
+
   const r = await execa(path.join(REPO_ROOT, 'bin/arch-cli'), ['finalize', '--deadline', '60s', '--json'], {
     env: { ARCH_CONFIG: node.archConfig },
     reject: false,
