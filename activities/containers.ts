@@ -10,9 +10,14 @@ import { CheckpointStore } from '../core/store.js';
 import { validateContainerId, validateNamespace } from '../core/ids.js';
 import { listArchContainers } from '../core/node-containers.js';
 import { FailureType } from '../core/temporal/failures.js';
-import type { ContainerRef, ContainerSpec, ContainerSummary, Selector } from '../workflows/types.js';
+import type { ContainerRef, ContainerSpec, ContainerSummary, DrainPlanSummary, Selector } from '../workflows/types.js';
 import { activityLog, containerd, fail, mapped, type NodeDeps } from './context.js';
 import { specFromInfo } from './spec.js';
+
+/** Fixed cost of one checkpoint activity (freeze, CRIU start, runc, fsync, Temporal round trips). */
+const DRAIN_OVERHEAD_MS = 1500;
+/** Kept free before a drain's deadline (estimate error, clock skew). */
+const DRAIN_SAFETY_MARGIN_MS = 2000;
 
 export function throughputEstimator(d: NodeDeps): ThroughputEstimator {
   return new ThroughputEstimator(path.join(d.stateDir, `throughput-${d.node}.json`), { logger: d.ctx.log });
@@ -167,28 +172,51 @@ export function containerActivities(d: NodeDeps) {
       });
     },
 
-    /** Order and parallelism for draining this node before `deadline` (core/drain-plan.ts). */
-    async planDrain(input: { deadline: string; maxParallel: number; selector?: Selector }) {
+    /**
+     * Order and parallelism for draining this node before `deadline`
+     * (core/drain-plan.ts), and which containers are not expected to make
+     * it: logged here, on the node, before any checkpoint starts.
+     */
+    async planDrain(input: { deadline: string; maxParallel: number; selector?: Selector }): Promise<DrainPlanSummary> {
       return mapped(async () => {
         const s = input.selector ?? {};
         const running = (await list(s.namespace ? [s.namespace] : undefined))
           .filter((c) => c.status === 'running' && (!s.ids?.length || s.ids.includes(c.id)));
         const est = throughputEstimator(d);
+        const now = new Date();
         const plan = planDrain({
-          now: new Date(),
+          now,
           deadline: new Date(input.deadline),
           containers: running.map((c) => ({ namespace: c.namespace, id: c.id, priority: c.priority, rssBytes: c.rssBytes ?? 0, upperDirBytes: c.upperDirBytes ?? 0 })),
           throughputBytesPerSec: est.bytesPerSec,
-          perContainerOverheadMs: 1500,
+          perContainerOverheadMs: DRAIN_OVERHEAD_MS,
           maxParallel: Math.max(1, input.maxParallel),
-          safetyMarginMs: 2000,
+          safetyMarginMs: DRAIN_SAFETY_MARGIN_MS,
         });
-        activityLog(d, { phase: 'plan' }).info({ containers: running.length, parallelism: plan.parallelism, fit: plan.expectedToFit.length, budgetMs: plan.budgetMs }, 'drain planned');
+        const fits = new Set(plan.expectedToFit.map((p) => `${p.namespace}/${p.id}`));
+        const notExpectedToFit = plan.notExpectedToFit.map((p) => `${p.namespace}/${p.id}`);
+        const log = activityLog(d, { phase: 'plan' });
+        const fields = {
+          containers: running.length, parallelism: plan.parallelism, fit: plan.expectedToFit.length, budgetMs: plan.budgetMs,
+          throughputBytesPerSec: Math.round(est.bytesPerSec), throughputSamples: est.sampleCount, deadline: input.deadline,
+        };
+        if (notExpectedToFit.length) {
+          log.warn({ ...fields, notExpectedToFit }, `drain planned: not expected to finish before the deadline: ${notExpectedToFit.join(', ')} (tried last, only if time is left)`);
+        } else {
+          log.info(fields, 'drain planned: every container expected to finish before the deadline');
+        }
         return {
-          order: plan.order.map((p) => ({ namespace: p.namespace, id: p.id, priority: p.priority, bytes: p.bytes, expectedFinishMs: p.expectedFinishMs })),
+          order: plan.order.map((p) => ({
+            namespace: p.namespace, id: p.id, priority: p.priority, bytes: p.bytes,
+            estimatedMs: p.estimatedMs, expectedFinishMs: p.expectedFinishMs, expectedToFit: fits.has(`${p.namespace}/${p.id}`),
+          })),
           parallelism: plan.parallelism,
           expectedToFit: plan.expectedToFit.length,
+          notExpectedToFit,
           budgetMs: plan.budgetMs,
+          plannedAt: now.toISOString(),
+          throughputBytesPerSec: est.bytesPerSec,
+          safetyMarginMs: DRAIN_SAFETY_MARGIN_MS,
         };
       });
     },

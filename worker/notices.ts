@@ -17,8 +17,12 @@ import { finalizeNode } from '../core/finalize.js';
 import { parseEnvFile } from '../core/settings.js';
 import { connectionOptions, type TemporalTarget } from '../core/temporal/connection.js';
 import { WORKFLOW_TASK_QUEUE, WORKFLOW_TYPES, workflowIds } from '../core/temporal/names.js';
+import { waitForReclaimDrain } from '../core/temporal/reclaim-drain.js';
 import { attributePairs } from '../core/temporal/search-attributes.js';
 import type { ReclaimSignal, ReclaimWatchInput } from '../workflows/types.js';
+
+/** How long a notice's handler waits for its drain to start before letting go. */
+const DRAIN_START_WAIT_MS = 15_000;
 
 export interface NoticeOptions {
   node: string;
@@ -60,8 +64,17 @@ export async function startNoticeWatcher(o: NoticeOptions): Promise<CloudWatcher
     let connection: Connection | undefined;
     try {
       connection = await Connection.connect({ ...connectionOptions(o.target), connectTimeout: 3000 });
-      await signalReclaim(new Client({ connection, namespace: o.target.namespace }), o.node, o.targets, signal);
+      const client = new Client({ connection, namespace: o.target.namespace });
+      await signalReclaim(client, o.node, o.targets, signal);
       log.warn({ deadline: signal.deadline, reason: signal.reason }, 'reclaim notice signalled to the node\'s reclaim watcher');
+      // Resolving tells the watcher the notice is handled (Azure then
+      // acknowledges it, letting the platform proceed): only once the drain
+      // runs. Never throws from here on: the signal is delivered, and a
+      // retry would signal a second drain.
+      const waitMs = Math.max(0, Math.min(DRAIN_START_WAIT_MS, n.deadline.getTime() - Date.now()));
+      const drainId = await waitForReclaimDrain(client, o.node, signal, { timeoutMs: waitMs }).catch(() => undefined);
+      if (drainId) log.info({ drainWorkflowId: drainId }, 'drain for the reclaim notice started');
+      else log.warn({ waitedMs: waitMs }, 'drain for the reclaim notice not seen starting yet (watcher busy?); the notice stays signalled');
       return;
     } catch (err) {
       log.error({ err: errorMessage(err), deadline: signal.deadline }, 'cannot reach Temporal with the reclaim notice: checkpointing this node\'s containers locally');

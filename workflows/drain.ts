@@ -5,15 +5,21 @@
  * Phase 1 races the deadline: checkpoint every container (highest priority
  * first, in the order and parallelism core/drain-plan.ts computes from the
  * node's measured disk throughput), so that what the node had is safe
- * before it dies. Phase 2 does not depend on the node any more (shared
+ * before it dies. The containers the plan does not expect to finish in time
+ * are reported before any checkpoint starts (node log, workflow details,
+ * `expectedToFit` in the result) and tried last, each only if its estimate
+ * still fits in the time left; otherwise it is reported as skipped and keeps
+ * running (a checkpoint never half-publishes: its previous one stays). Phase 2 does not depend on the node any more (shared
  * storage) or only on its transfer server (local storage): each checkpoint
  * is restored on a target, round-robin, trying the next target if one fails.
  */
-import { ApplicationFailure } from '@temporalio/workflow';
+import { ApplicationFailure, log } from '@temporalio/workflow';
 import { FailureType } from '../core/temporal/failures.js';
 import { boundedAll, checkDeadline, checkNode, failureTypeOf, inputFailure, nodeUnavailable, onNode, rootMessage, track, DEFAULTS } from './common.js';
 import { checkpointOn, compensate, expectedOf, moveCheckpointed, shipImage, Timeline } from './migrate.js';
-import type { ActivityTimeouts, CheckpointInfo, ContainerSpec, DrainContainerResult, DrainInput, DrainResult, TransferOffer } from './types.js';
+import type { ActivityTimeouts, CheckpointInfo, ContainerSpec, DrainContainerResult, DrainInput, DrainPlanSummary, DrainResult, PlannedContainer, TransferOffer } from './types.js';
+
+const secs = (ms: number): string => `${(ms / 1000).toFixed(1)} s`;
 
 export async function drainNode(input: DrainInput): Promise<DrainResult> {
   const node = checkNode(input.node, 'node');
@@ -27,7 +33,7 @@ export async function drainNode(input: DrainInput): Promise<DrainResult> {
     track({ sourceNode: node, targetNode: targets.join(','), operation: 'drain', phase: p }, `**${p}** — drain ${node} → ${targets.join(', ') || '(checkpoint only)'} by ${deadline}${input.reason ? ` (${input.reason})` : ''}\n\n${details}`);
   phase('plan', 'planning');
 
-  let plan;
+  let plan: DrainPlanSummary;
   try {
     plan = await onNode(node, 'quick', t).planDrain({ deadline, maxParallel: input.parallelism ?? 2, selector: input.selector });
   } catch (err) {
@@ -35,13 +41,36 @@ export async function drainNode(input: DrainInput): Promise<DrainResult> {
     throw ApplicationFailure.create({ type: failureTypeOf(err) ?? FailureType.drainFailed, message: `planning the drain of ${node} failed: ${rootMessage(err)}`, nonRetryable: true });
   }
 
-  const results: DrainContainerResult[] = plan.order.map((c) => ({ namespace: c.namespace, id: c.id, outcome: 'checkpoint-failed' as const }));
+  const results: DrainContainerResult[] = plan.order.map((c) => ({ namespace: c.namespace, id: c.id, outcome: 'checkpoint-failed' as const, expectedToFit: c.expectedToFit }));
   const checkpointed: { idx: number; spec: ContainerSpec; ck: CheckpointInfo & { offer?: TransferOffer } }[] = [];
-  phase('checkpoint', `${plan.order.length} containers, ${plan.parallelism} at a time, ${plan.expectedToFit} expected in time`);
+  // Reported before any checkpoint starts: the node logged it too (planDrain).
+  const late = plan.notExpectedToFit;
+  if (late.length) {
+    log.warn('drain: containers not expected to finish before the deadline', { node, deadline, budgetMs: plan.budgetMs, notExpectedToFit: late });
+  }
+  phase(
+    'checkpoint',
+    `${plan.order.length} containers, ${plan.parallelism} at a time, ${plan.expectedToFit} expected in time` +
+      (late.length ? `\n\nnot expected to fit: ${late.join(', ')} (tried last, only if time is left)` : ''),
+  );
 
-  await boundedAll(plan.order, plan.parallelism, async (c, idx) => {
+  const checkpointOne = async (c: PlannedContainer, idx: number): Promise<void> => {
     const r = results[idx]!;
     const ref = { namespace: c.namespace, id: c.id };
+    if (!c.expectedToFit) {
+      // Best effort, after every container that fits: start it only if its
+      // estimate still fits in the time left. A hopeless checkpoint would
+      // freeze the container for nothing; skipped, it keeps running here and
+      // its previous checkpoint (if any) stays the one to restore.
+      const leftMs = deadlineMs - Date.now() - plan.safetyMarginMs;
+      if (c.estimatedMs > leftMs) {
+        r.outcome = 'skipped';
+        r.runningOn = node;
+        r.checkpointedInTime = false;
+        r.error = `not started: not expected to finish before the deadline (needs about ${secs(c.estimatedMs)}, ${secs(Math.max(0, leftMs))} left); it keeps running on ${node}, its previous checkpoint (if any) kept`;
+        return;
+      }
+    }
     const tl = new Timeline();
     const s = Date.now();
     try {
@@ -58,7 +87,12 @@ export async function drainNode(input: DrainInput): Promise<DrainResult> {
       r.error = rootMessage(err);
       r.checkpointedInTime = false;
     }
-  });
+  };
+  const indexed = plan.order.map((c, idx) => ({ c, idx }));
+  // The plan's estimates assume the containers that fit have the disk to
+  // themselves: the others start only once all of them are done.
+  await boundedAll(indexed.filter((x) => x.c.expectedToFit), plan.parallelism, ({ c, idx }) => checkpointOne(c, idx));
+  await boundedAll(indexed.filter((x) => !x.c.expectedToFit), plan.parallelism, ({ c, idx }) => checkpointOne(c, idx));
   const checkpointPhaseMs = Date.now() - t0;
 
   if (targets.length > 0 && checkpointed.length > 0) {
@@ -114,13 +148,19 @@ export async function drainNode(input: DrainInput): Promise<DrainResult> {
     deadline,
     reason: input.reason,
     containers: results,
+    plan: { parallelism: plan.parallelism, budgetMs: plan.budgetMs, plannedAt: plan.plannedAt, throughputBytesPerSec: plan.throughputBytesPerSec, notExpectedToFit: late },
     withinDeadline: results.every((r) => r.checkpointedInTime === true),
     checkpointPhaseMs,
     totalMs: Date.now() - t0,
   };
   const migrated = results.filter((r) => r.outcome === 'migrated').length;
   const failed = results.filter((r) => r.outcome === 'checkpoint-failed' || r.outcome === 'restore-failed' || r.outcome === 'compensated').length;
-  phase('done', `${migrated} migrated, ${failed} failed of ${results.length}; checkpoints ${result.withinDeadline ? 'within' : 'NOT within'} the deadline`);
+  const skipped = results.filter((r) => r.outcome === 'skipped').map((r) => `${r.namespace}/${r.id}`);
+  phase(
+    'done',
+    `${migrated} migrated, ${failed} failed${skipped.length ? `, ${skipped.length} not started` : ''} of ${results.length}; checkpoints ${result.withinDeadline ? 'within' : 'NOT within'} the deadline` +
+      (late.length ? `\n\nnot expected to fit: ${late.join(', ')}${skipped.length ? `; not started (still on ${node}): ${skipped.join(', ')}` : ''}` : ''),
+  );
   return result;
 }
 

@@ -95,7 +95,9 @@ export async function nodeReclaimWatch(input: ReclaimWatchInput): Promise<void> 
       });
       record.status = 'completed';
       record.migrated = r.containers.filter((c) => c.outcome === 'migrated').length;
-      record.failed = r.containers.filter((c) => c.outcome === 'checkpoint-failed' || c.outcome === 'restore-failed').length;
+      record.failed = r.containers.filter((c) => c.outcome === 'checkpoint-failed' || c.outcome === 'restore-failed' || c.outcome === 'skipped').length;
+      record.skipped = r.containers.filter((c) => c.outcome === 'skipped').length;
+      if (r.plan.notExpectedToFit.length) record.notExpectedToFit = r.plan.notExpectedToFit;
       record.withinDeadline = r.withinDeadline;
     } catch (err) {
       record.status = 'failed';
@@ -122,5 +124,5 @@ export async function nodeReclaimWatch(input: ReclaimWatchInput): Promise<void> 
 function last(history: ReclaimRecord[]): string {
   const r = history[history.length - 1];
   if (!r) return 'no reclaim yet';
-  return `last reclaim: ${r.receivedAt} (${r.reason ?? 'no reason'}) → ${r.status}${r.migrated !== undefined ? `, ${r.migrated} migrated, ${r.failed} failed` : ''}${r.error ? `: ${r.error}` : ''}`;
+  return `last reclaim: ${r.receivedAt} (${r.reason ?? 'no reason'}) → ${r.status}${r.migrated !== undefined ? `, ${r.migrated} migrated, ${r.failed} failed` : ''}${r.notExpectedToFit?.length ? `; not expected to fit: ${r.notExpectedToFit.join(', ')}` : ''}${r.error ? `: ${r.error}` : ''}`;
 }

@@ -157,7 +157,42 @@ export interface DrainInput extends ActivityTimeouts {
   reason?: string;
 }
 
-export type DrainOutcome = 'migrated' | 'checkpointed' | 'checkpoint-failed' | 'restore-failed' | 'compensated';
+/**
+ * skipped: not started, because the plan did not expect it to finish before
+ * the deadline and there was still not enough time left when a lane freed;
+ * it keeps running on the drained node, its previous checkpoint (if any)
+ * untouched.
+ */
+export type DrainOutcome = 'migrated' | 'checkpointed' | 'checkpoint-failed' | 'restore-failed' | 'compensated' | 'skipped';
+
+/** One container in a drain plan (the planDrain activity's answer). */
+export interface PlannedContainer extends ContainerRef {
+  priority: number;
+  /** Resident memory + writable layer: what the checkpoint writes. */
+  bytes: number;
+  /** Estimated duration of its checkpoint. */
+  estimatedMs: number;
+  /** Expected finish, ms after plannedAt. */
+  expectedFinishMs: number;
+  /** Expected to finish before the deadline (minus the safety margin). */
+  expectedToFit: boolean;
+}
+
+export interface DrainPlanSummary {
+  /** Execution order: expected to fit first, then the others (best effort). */
+  order: PlannedContainer[];
+  parallelism: number;
+  /** How many are expected to fit. */
+  expectedToFit: number;
+  /** "ns/id" of those not expected to finish before the deadline. */
+  notExpectedToFit: string[];
+  /** deadline - plannedAt - safetyMarginMs (may be <= 0). */
+  budgetMs: number;
+  plannedAt: string;
+  /** Disk throughput the estimate used (measured on the node, or the default). */
+  throughputBytesPerSec: number;
+  safetyMarginMs: number;
+}
 
 export interface DrainContainerResult extends ContainerRef {
   outcome: DrainOutcome;
@@ -168,6 +203,8 @@ export interface DrainContainerResult extends ContainerRef {
   restoreMs?: number;
   /** Checkpoint published before the deadline. */
   checkpointedInTime?: boolean;
+  /** What the plan said before the checkpoints started. */
+  expectedToFit: boolean;
   sizeBytes?: number;
   error?: string;
 }
@@ -178,6 +215,8 @@ export interface DrainResult {
   deadline: string;
   reason?: string;
   containers: DrainContainerResult[];
+  /** The plan, as reported before the checkpoints started. */
+  plan: { parallelism: number; budgetMs: number; plannedAt: string; throughputBytesPerSec: number; notExpectedToFit: string[] };
   /** Every checkpoint published before the deadline. */
   withinDeadline: boolean;
   checkpointPhaseMs: number;
@@ -211,6 +250,10 @@ export interface ReclaimRecord {
   status: 'running' | 'completed' | 'failed';
   migrated?: number;
   failed?: number;
+  /** Left on the node: not expected to fit and not started (also counted in failed). */
+  skipped?: number;
+  /** "ns/id" the drain's plan did not expect to finish before the deadline. */
+  notExpectedToFit?: string[];
   withinDeadline?: boolean;
   error?: string;
 }

@@ -14,11 +14,14 @@ import { parseDeadline } from '../time.js';
 export function formatDrain(r: DrainResult): string {
   const rows = r.containers.map((c) => [
     `${c.namespace}/${c.id}`, c.outcome, c.runningOn ?? '-', ms(c.checkpointMs), c.checkpointedInTime === undefined ? '-' : c.checkpointedInTime ? 'yes' : 'NO',
+    c.expectedToFit === undefined ? '-' : c.expectedToFit ? 'yes' : 'NO',
     ms(c.transferMs), ms(c.restoreMs), bytes(c.sizeBytes), c.error ?? '',
   ]);
+  const late = r.plan?.notExpectedToFit ?? r.containers.filter((c) => c.expectedToFit === false).map((c) => `${c.namespace}/${c.id}`);
   return [
     `drain of ${r.node} → ${r.targets.join(', ') || '(checkpoint only)'}: ${r.containers.length} containers, checkpoints ${r.withinDeadline ? 'within' : 'NOT within'} the deadline ${r.deadline} (${ms(r.checkpointPhaseMs)}), total ${ms(r.totalMs)}`,
-    table(rows, ['CONTAINER', 'OUTCOME', 'RUNS ON', 'CHECKPOINT', 'IN TIME', 'TRANSFER', 'RESTORE', 'SIZE', 'ERROR']),
+    ...(late.length ? [`not expected to fit: ${late.join(', ')}`] : []),
+    table(rows, ['CONTAINER', 'OUTCOME', 'RUNS ON', 'CHECKPOINT', 'IN TIME', 'FIT', 'TRANSFER', 'RESTORE', 'SIZE', 'ERROR']),
   ].join('\n');
 }
 
