@@ -2,7 +2,9 @@
  * Cloud reclaim notices → Temporal. The worker watches this VM's metadata
  * service (core/cloud, ARCH_CLOUD_PROVIDER) and turns a notice into a
  * `reclaim` signal to the node's reclaim watcher workflow (started if it is
- * not running), which drains the node within the notice's deadline.
+ * not running), which drains the node within the notice's deadline. The
+ * notice counts as handled (for exactly-once delivery, and for Azure's
+ * acknowledgement) once that drain has started, or after a bounded wait.
  *
  * If Temporal cannot be reached, the node does not wait for it: it
  * checkpoints its own containers before the deadline (core/finalize), so

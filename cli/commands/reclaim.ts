@@ -22,7 +22,7 @@ export function formatWatch(s: ReclaimWatchState): string {
   const lines = [`reclaim watcher of ${s.node}: ${s.status}; restore targets ${s.targets.join(', ') || '(none)'}; ${s.pending} pending`];
   if (s.current) lines.push(`draining now: deadline ${s.current.deadline}, drain ${s.current.drainWorkflowId}`);
   for (const r of s.history.slice(-5)) {
-    lines.push(`  ${r.receivedAt} ${r.reason ?? ''} → ${r.status}${r.migrated !== undefined ? ` (${r.migrated} migrated, ${r.failed} failed, ${r.withinDeadline ? 'in time' : 'LATE'})` : ''}${r.error ? `: ${r.error}` : ''}`);
+    lines.push(`  ${r.receivedAt} ${r.reason ?? ''} → ${r.status}${r.migrated !== undefined ? ` (${r.migrated} migrated, ${r.failed} failed${r.skipped ? ` of which ${r.skipped} not started` : ''}, ${r.withinDeadline ? 'in time' : 'LATE'})` : ''}${r.error ? `: ${r.error}` : ''}`);
     if (r.notExpectedToFit?.length) lines.push(`    not expected to fit: ${r.notExpectedToFit.join(', ')}`);
   }
   return lines.join('\n');

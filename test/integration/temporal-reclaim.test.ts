@@ -56,9 +56,10 @@ test('reclaim signal → every ARCH container of A runs on B, checkpoints within
 
   const drain = await client.workflow.getHandle(rec.drainWorkflowId).result() as DrainResult;
   expect(drain.withinDeadline).toBe(true);
+  expect(drain.plan.notExpectedToFit).toEqual([]);
   expect(drain.containers.map((c) => `${c.namespace}/${c.id}`)[0]).toBe('default/r1'); // highest ARCH_PRIORITY first
   for (const c of drain.containers) {
-    expect(c).toMatchObject({ outcome: 'migrated', runningOn: B, checkpointedInTime: true });
+    expect(c).toMatchObject({ outcome: 'migrated', runningOn: B, checkpointedInTime: true, expectedToFit: true });
     expect(c.checkpointMs).toBeGreaterThan(0);
     expect(c.restoreMs).toBeGreaterThan(0);
   }

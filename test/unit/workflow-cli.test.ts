@@ -1,9 +1,13 @@
 import { checkTimeZone, parseCalendar } from '../../cli/calendar.js';
+import { drainExitCode, formatDrain } from '../../cli/commands/drain.js';
+import { formatWatch } from '../../cli/commands/reclaim.js';
 import { EXIT } from '../../cli/exit-codes.js';
 import { exitCodeFor } from '../../cli/follow.js';
 import { parseDeadline } from '../../cli/time.js';
 import { ArchInputError } from '../../core/errors.js';
 import { FailureType } from '../../core/temporal/failures.js';
+import { recordOf } from '../../core/temporal/reclaim-drain.js';
+import type { DrainResult, ReclaimRecord, ReclaimWatchState } from '../../workflows/types.js';
 import { parseDurationMs, parseHostPort } from '../../worker/args.js';
 
 describe('calendars', () => {
@@ -77,4 +81,43 @@ test('failure types map to exit codes scripts can rely on', () => {
   expect(exitCodeFor(FailureType.compensated)).toBe(EXIT.compensated);
   expect(exitCodeFor(FailureType.migrationFailed)).toBe(EXIT.failed);
   expect(exitCodeFor(undefined)).toBe(EXIT.failed);
+});
+
+describe('containers not expected to fit', () => {
+  const result: DrainResult = {
+    node: 'a',
+    targets: [],
+    deadline: '2026-01-01T00:00:20.000Z',
+    containers: [
+      { namespace: 'default', id: 'mid', outcome: 'checkpointed', expectedToFit: true, checkpointedInTime: true, checkpointMs: 900, sizeBytes: 64 << 20 },
+      { namespace: 'default', id: 'big', outcome: 'skipped', expectedToFit: false, checkpointedInTime: false, runningOn: 'a', error: 'not started: not expected to finish before the deadline' },
+    ],
+    plan: { parallelism: 2, budgetMs: 18_000, plannedAt: '2026-01-01T00:00:00.000Z', throughputBytesPerSec: 10 << 20, notExpectedToFit: ['default/big'] },
+    withinDeadline: false,
+    checkpointPhaseMs: 1000,
+    totalMs: 1100,
+  };
+
+  test('drain output names them, per container and in a line of their own; the exit code says not all made it', () => {
+    const text = formatDrain(result);
+    expect(text).toContain('not expected to fit: default/big');
+    expect(text).toMatch(/default\/big +skipped +a .* NO +NO /);
+    expect(text).toMatch(/default\/mid +checkpointed .* yes +yes /);
+    expect(drainExitCode(result)).toBe(EXIT.failed);
+    expect(formatDrain({ ...result, containers: [result.containers[0]!], plan: { ...result.plan, notExpectedToFit: [] }, withinDeadline: true })).not.toContain('not expected to fit');
+    expect(drainExitCode({ ...result, containers: [result.containers[0]!], withinDeadline: true })).toBe(EXIT.ok);
+  });
+
+  test('the reclaim watcher\'s status shows them; a signal finds its own record', () => {
+    const rec: ReclaimRecord = {
+      receivedAt: '2026-01-01T00:00:00.000Z', deadline: '2026-01-01T00:00:20.000Z', reason: 'spot', drainWorkflowId: 'arch-drain-a-1', status: 'completed',
+      migrated: 0, failed: 1, skipped: 1, notExpectedToFit: ['default/big'], withinDeadline: false,
+    };
+    const older: ReclaimRecord = { ...rec, deadline: '2025-12-31T00:00:00.000Z', drainWorkflowId: 'arch-drain-a-0', notExpectedToFit: undefined };
+    const state: ReclaimWatchState = { node: 'a', targets: [], status: 'watching', history: [older, rec], pending: 0, runsSinceStart: 2 };
+    expect(formatWatch(state)).toContain('not expected to fit: default/big');
+    expect(recordOf(state, { deadline: '2026-01-01T00:00:20Z', reason: 'spot' })?.drainWorkflowId).toBe('arch-drain-a-1');
+    expect(recordOf(state, { deadline: '2026-01-01T00:00:20Z', reason: 'other' })).toBeUndefined();
+    expect(recordOf({ ...state, history: [older], current: { ...rec, status: 'running' } }, { deadline: rec.deadline, reason: 'spot' })?.status).toBe('running');
+  });
 });
