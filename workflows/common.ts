@@ -63,11 +63,16 @@ export function onNode(node: string, kind: Kind, t: ActivityTimeouts = {}): Arch
   }
   const attempts = o.retry!.maximumAttempts!;
   const perAttempt = toMs(o.startToCloseTimeout!) + start;
+  let scheduleToClose = attempts * perAttempt + 60_000;
+  // A checkpoint that ends after the node is gone is worthless: retries stop at the deadline.
+  if (kind === 'checkpoint' && t.checkpointDeadlineEpochMs !== undefined) {
+    scheduleToClose = Math.max(5_000, Math.min(scheduleToClose, t.checkpointDeadlineEpochMs - Date.now()));
+  }
   return proxyActivities<ArchActivities>({
     ...o,
     taskQueue: nodeTaskQueue(node),
-    scheduleToStartTimeout: start,
-    scheduleToCloseTimeout: attempts * perAttempt + 60_000,
+    scheduleToStartTimeout: Math.min(start, scheduleToClose),
+    scheduleToCloseTimeout: scheduleToClose,
   });
 }
 

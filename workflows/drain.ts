@@ -77,7 +77,7 @@ export async function drainNode(input: DrainInput): Promise<DrainResult> {
       const described = await onNode(node, 'quick', t).describeContainer(ref);
       // Whatever time is left: a checkpoint that ends after the node is gone is worthless.
       const left = Math.max(5_000, deadlineMs - Date.now());
-      const ck = await checkpointOn(ref, node, described.spec, { ...t, checkpointTimeoutMs: Math.min(left, t.checkpointTimeoutMs ?? DEFAULTS.checkpointTimeoutMs) }, tl);
+      const ck = await checkpointOn(ref, node, described.spec, { ...t, checkpointTimeoutMs: Math.min(left, t.checkpointTimeoutMs ?? DEFAULTS.checkpointTimeoutMs), checkpointDeadlineEpochMs: deadlineMs }, tl);
       r.outcome = 'checkpointed';
       r.checkpointMs = Date.now() - s;
       r.sizeBytes = ck.sizeBytes;

@@ -108,6 +108,8 @@ export interface ActivityTimeouts {
   checkpointTimeoutMs?: number;
   transferTimeoutMs?: number;
   restoreTimeoutMs?: number;
+  /** Drains: no checkpoint attempt (retries included) may run past this instant (epoch ms). */
+  checkpointDeadlineEpochMs?: number;
 }
 
 export interface MigrateInput extends ContainerRef, ActivityTimeouts {
