@@ -6,6 +6,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { execa } from 'execa';
 import { buildRootfs } from '../../test/support/images.js';
 import { msSince } from './stats.js';
+import { removeCgroups } from '../../test/support/containerd-node.js';
 
 /**
  * runc without containerd: the "raw tool" baseline. Containers live in a
@@ -249,34 +250,5 @@ export function cgroupParentOf(base: string): string {
   return `/arch-bench-${path.resolve(base).split('/').filter(Boolean).slice(-3).join('-')}`;
 }
 
-/** rmdir /sys/fs/cgroup/<controller>/<parent>/... deepest first (empty cgroups only). */
-export function removeCgroupTree(parent: string): void {
-  let controllers: string[] = [];
-  try {
-    controllers = fs.readdirSync('/sys/fs/cgroup');
-  } catch {
-    return;
-  }
-  for (const c of controllers) {
-    const top = path.join('/sys/fs/cgroup', c, parent);
-    const dirs: string[] = [];
-    const walk = (d: string): void => {
-      let entries: fs.Dirent[];
-      try {
-        entries = fs.readdirSync(d, { withFileTypes: true });
-      } catch {
-        return;
-      }
-      dirs.push(d);
-      for (const e of entries) if (e.isDirectory()) walk(path.join(d, e.name));
-    };
-    walk(top);
-    for (const d of dirs.reverse()) {
-      try {
-        fs.rmdirSync(d);
-      } catch {
-        // busy or gone
-      }
-    }
-  }
-}
+/** rmdir /sys/fs/cgroup/<controller>/<parent>/... deepest first (empty cgroups only): the test nodes' own clean-up. */
+export const removeCgroupTree = removeCgroups;

@@ -217,7 +217,7 @@ async function killRuncContainers(runcRootBase: string, deleteState: boolean): P
 }
 
 /** Remove the node's (now empty) cgroup directories in every controller, deepest first. */
-function removeCgroups(cgroupParent: string): void {
+export function removeCgroups(cgroupParent: string): void {
   let controllers: string[] = [];
   try {
     controllers = fs.readdirSync('/sys/fs/cgroup');
