@@ -109,7 +109,11 @@ fi
 say "temporal: $("$ARCH_PREFIX/bin/temporal" --version)"
 
 # ---- npm dependencies and build --------------------------------------------
-command -v node >/dev/null || die "node (20+) is required: apt-get install nodejs"
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+  say "installing Node.js and npm (Debian packages)"
+  apt-get update -qq && apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null
+fi
+[ "$(node -p 'process.versions.node.split(".")[0]')" -ge 20 ] || die "Node.js 20 or newer is required (found $(node --version))"
 cd "$ARCH_HOME"
 if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
   say "installing npm dependencies"
