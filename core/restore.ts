@@ -79,7 +79,6 @@ export async function restoreFromCheckpoint(ctx: NodeContext, req: RestoreReques
     // A failed restore can leave runc state behind; the fresh create needs the id free.
     await req.runc.delete(req.id, true).catch(() => undefined);
     const log = await fsp.readFile(path.join(work, 'restore.log'), 'utf8').catch(() => '');
-    if (process.env.ARCH_DEBUG_RESTORE_LOG) await fsp.copyFile(path.join(work, 'restore.log'), process.env.ARCH_DEBUG_RESTORE_LOG).catch(() => undefined);
     const tail = log.split('\n').filter((l) => /Error|error/.test(l)).slice(-3).join(' | ');
     throw new Error(`runc restore failed: ${errorMessage(err).split('\n').slice(-3).join(' ')}${tail ? ` (criu: ${tail})` : ''}`);
   }

@@ -42,7 +42,7 @@ export async function startArchNode(name: string, overrides: Record<string, stri
   // Settings and logs stay readable until the test process ends (failure analysis), then go.
   process.once('exit', () => fs.rmSync(cfgDir, { recursive: true, force: true }));
   const archConfig = writeArchConfig(cfgDir, { ARCH_NODE_NAME: name, ...overrides });
-  const node = await startNode(name, { env: { ARCH_CONFIG: archConfig, ARCH_DEBUG_RESTORE_LOG: path.join(cfgDir, 'restore.log') } });
+  const node = await startNode(name, { env: { ARCH_CONFIG: archConfig } });
   // Now that the node's runc root is known, record it for finalize/list.
   writeArchConfig(cfgDir, { ARCH_NODE_NAME: name, ARCH_RUNC_ROOT: node.runcRootBase, ...overrides });
   const ctx = createNodeContext('test', { ...process.env, ARCH_CONFIG: archConfig });
