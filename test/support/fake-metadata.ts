@@ -481,3 +481,21 @@ export async function within(ms: number, p: Promise<unknown>): Promise<'settled'
     clearTimeout(timer);
   }
 }
+
+/**
+ * Jest hooks every cloud test file needs: fetch refused for anything but
+ * loopback for the whole file, and a stack of clean-ups run (last first)
+ * after each test. Returns the stack to push clean-ups onto.
+ */
+export function useCloudTestHooks(): (() => Promise<void>)[] {
+  let restoreFetch: () => void = () => undefined;
+  beforeAll(() => {
+    restoreFetch = guardLoopbackFetch();
+  });
+  afterAll(() => restoreFetch());
+  const cleanups: (() => Promise<void>)[] = [];
+  afterEach(async () => {
+    while (cleanups.length) await cleanups.pop()!();
+  });
+  return cleanups;
+}

@@ -1,20 +1,11 @@
 import { AwsNoticeWatcher, type AwsWatcherOptions } from '../../core/cloud/aws.js';
 import type { ReclaimNotice } from '../../core/cloud/types.js';
-import { captureLogger, FakeAwsImds, guardLoopbackFetch, sleep, unusedPort, waitUntil, within } from '../support/fake-metadata.js';
+import { captureLogger, FakeAwsImds, sleep, unusedPort, waitUntil, within, useCloudTestHooks } from '../support/fake-metadata.js';
 
 const ACTION = '/latest/meta-data/spot/instance-action';
 const REBALANCE = '/latest/meta-data/events/recommendations/rebalance';
 
-let restoreFetch: () => void;
-beforeAll(() => {
-  restoreFetch = guardLoopbackFetch();
-});
-afterAll(() => restoreFetch());
-
-const cleanups: (() => Promise<void>)[] = [];
-afterEach(async () => {
-  while (cleanups.length) await cleanups.pop()!();
-});
+const cleanups = useCloudTestHooks();
 
 async function fake(port?: number): Promise<FakeAwsImds> {
   const imds = await FakeAwsImds.start({ port });

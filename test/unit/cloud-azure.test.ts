@@ -1,19 +1,10 @@
 import { AzureNoticeWatcher, type AzureWatcherOptions } from '../../core/cloud/azure.js';
 import type { ReclaimNotice } from '../../core/cloud/types.js';
-import { captureLogger, FakeAzureImds, guardLoopbackFetch, sleep, waitUntil } from '../support/fake-metadata.js';
+import { captureLogger, FakeAzureImds, sleep, waitUntil, useCloudTestHooks } from '../support/fake-metadata.js';
 
 const EVENTS = '/metadata/scheduledevents';
 
-let restoreFetch: () => void;
-beforeAll(() => {
-  restoreFetch = guardLoopbackFetch();
-});
-afterAll(() => restoreFetch());
-
-const cleanups: (() => Promise<void>)[] = [];
-afterEach(async () => {
-  while (cleanups.length) await cleanups.pop()!();
-});
+const cleanups = useCloudTestHooks();
 
 async function fake(vmName = 'arch-test-vm'): Promise<FakeAzureImds> {
   const az = await FakeAzureImds.start({ vmName });

@@ -3,29 +3,11 @@ import { AzureNoticeWatcher } from '../../core/cloud/azure.js';
 import { CLOUD_ENV, createWatcher, DEFAULT_METADATA_URL, loadCloudConfig } from '../../core/cloud/detect.js';
 import { GcpNoticeWatcher } from '../../core/cloud/gcp.js';
 import type { ReclaimNotice } from '../../core/cloud/types.js';
-import { ArchInputError } from '../../core/errors.js';
-import { captureLogger, FakeAwsImds, FakeAzureImds, FakeGcpMetadata, guardLoopbackFetch, unusedPort, waitUntil } from '../support/fake-metadata.js';
+import { captureLogger, FakeAwsImds, FakeAzureImds, FakeGcpMetadata, unusedPort, waitUntil, useCloudTestHooks } from '../support/fake-metadata.js';
+import { inputError } from '../support/input-error.js';
 
-let restoreFetch: () => void;
-beforeAll(() => {
-  restoreFetch = guardLoopbackFetch();
-});
-afterAll(() => restoreFetch());
+const cleanups = useCloudTestHooks();
 
-const cleanups: (() => Promise<void>)[] = [];
-afterEach(async () => {
-  while (cleanups.length) await cleanups.pop()!();
-});
-
-function inputError(fn: () => unknown): ArchInputError {
-  try {
-    fn();
-  } catch (err) {
-    expect(err).toBeInstanceOf(ArchInputError);
-    return err as ArchInputError;
-  }
-  throw new Error('expected an ArchInputError');
-}
 
 describe('loadCloudConfig', () => {
   test('defaults: provider none, link-local metadata origin, 2 s polls, rebalance logged', () => {

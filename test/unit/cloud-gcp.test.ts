@@ -1,19 +1,10 @@
 import { GcpNoticeWatcher, type GcpWatcherOptions } from '../../core/cloud/gcp.js';
 import type { ReclaimNotice } from '../../core/cloud/types.js';
-import { captureLogger, FakeGcpMetadata, guardLoopbackFetch, sleep, waitUntil, within } from '../support/fake-metadata.js';
+import { captureLogger, FakeGcpMetadata, sleep, waitUntil, within, useCloudTestHooks } from '../support/fake-metadata.js';
 
 const PREEMPTED = '/computeMetadata/v1/instance/preempted';
 
-let restoreFetch: () => void;
-beforeAll(() => {
-  restoreFetch = guardLoopbackFetch();
-});
-afterAll(() => restoreFetch());
-
-const cleanups: (() => Promise<void>)[] = [];
-afterEach(async () => {
-  while (cleanups.length) await cleanups.pop()!();
-});
+const cleanups = useCloudTestHooks();
 
 async function fake(): Promise<FakeGcpMetadata> {
   const gcp = await FakeGcpMetadata.start();

@@ -1,17 +1,9 @@
 import { checkpointDirOf, envListToMap, parseContract, workDirOf, type EnabledContract } from '../../core/env-contract.js';
 import { ArchInputError } from '../../core/errors.js';
+import { inputError } from '../support/input-error.js';
 
 const env = (o: Record<string, string>): Map<string, string> => new Map(Object.entries(o));
 
-function inputError(fn: () => unknown): ArchInputError {
-  try {
-    fn();
-  } catch (err) {
-    expect(err).toBeInstanceOf(ArchInputError);
-    return err as ArchInputError;
-  }
-  throw new Error('expected an ArchInputError, nothing was thrown');
-}
 
 function enabled(c: ReturnType<typeof parseContract>): EnabledContract {
   if (!c.enabled) throw new Error('contract is not enabled');

@@ -1,16 +1,6 @@
-import { ArchInputError } from '../../core/errors.js';
 import { MAX_CONTAINER_ID_LENGTH, MAX_NAMESPACE_LENGTH, parseContainerRef, validateContainerId, validateNamespace } from '../../core/ids.js';
+import { inputError } from '../support/input-error.js';
 
-/** The thrown ArchInputError (fails the test if none or another kind is thrown). */
-function inputError(fn: () => unknown): ArchInputError {
-  try {
-    fn();
-  } catch (err) {
-    expect(err).toBeInstanceOf(ArchInputError);
-    return err as ArchInputError;
-  }
-  throw new Error('expected an ArchInputError, nothing was thrown');
-}
 
 describe('validateNamespace', () => {
   test.each(['default', 'k8s.io', 'moby', 'a', 'a-b_c.d', 'A1', 'x'.repeat(MAX_NAMESPACE_LENGTH)])('accepts %p', (ns) => {

@@ -1,15 +1,6 @@
-import { ArchInputError } from '../../core/errors.js';
 import { containerDir, joinInside, requireAbsolutePath } from '../../core/paths.js';
+import { inputError } from '../support/input-error.js';
 
-function inputError(fn: () => unknown): ArchInputError {
-  try {
-    fn();
-  } catch (err) {
-    expect(err).toBeInstanceOf(ArchInputError);
-    return err as ArchInputError;
-  }
-  throw new Error('expected an ArchInputError, nothing was thrown');
-}
 
 describe('requireAbsolutePath', () => {
   test.each([
