@@ -157,13 +157,23 @@ export interface TestImageArchive {
  * key covers counter.c, busybox and this builder's layout version; the
  * finished directory is renamed into place so concurrent builders are safe.
  */
-export async function buildTestImageArchive(): Promise<TestImageArchive> {
+let building: Promise<TestImageArchive> | undefined;
+
+/** One build per process at a time (callers in one Promise.all share it); other processes race by rename. */
+export function buildTestImageArchive(): Promise<TestImageArchive> {
+  building ??= buildOnce().finally(() => {
+    building = undefined;
+  });
+  return building;
+}
+
+async function buildOnce(): Promise<TestImageArchive> {
   const key = sha256([fs.readFileSync(COUNTER_SOURCE, 'utf8'), LAYOUT_VERSION, TEST_IMAGE_REF, fs.statSync(findBusybox()).size].join('\0')).slice(0, 16);
   const dir = testWorkDir('images', key);
   const archive = path.join(dir, 'counter-oci.tar');
   const digestFile = path.join(dir, 'manifest-digest');
   if (fs.existsSync(digestFile)) return { archive, digest: fs.readFileSync(digestFile, 'utf8').trim() };
-  const tmp = `${dir}.tmp-${process.pid}`;
+  const tmp = `${dir}.tmp-${process.pid}-${crypto.randomBytes(4).toString('hex')}`;
   fs.rmSync(tmp, { recursive: true, force: true });
   fs.mkdirSync(tmp, { recursive: true });
   await buildRootfs(path.join(tmp, 'rootfs'));
