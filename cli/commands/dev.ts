@@ -15,6 +15,7 @@ import { addWorkerOptions, workerOptionsFrom, type WorkerFlags } from '../../wor
 import { startNodeWorker } from '../../worker/run.js';
 import type { CliContext } from '../context.js';
 import { CliError, EXIT } from '../exit-codes.js';
+import { Containerd } from '../../core/containerd.js';
 
 interface DevFlags extends WorkerFlags {
   db: string;
@@ -80,6 +81,10 @@ export function registerDev(program: Command, ctx: CliContext): void {
         process.once('SIGTERM', resolve);
       });
     } else {
+      // The worker starts anyway (containerd may come up later), but say it now rather than at the first migration.
+      if (!(await new Containerd({ address: o.containerdAddress, ctr: o.ctr }).ping().catch(() => false))) {
+        out.info(`warning: containerd does not answer at ${o.containerdAddress}. Fix: start it (systemctl start containerd, or run \`containerd &\`), or pass --containerd-address`);
+      }
       const worker = await startNodeWorker(workerOptionsFrom(o, { ...ctx.settings, temporalAddress: target.address, temporalNamespace: target.namespace }));
       out.result({ address: target.address, namespace: target.namespace, uiUrl, startedServer: !!server, node: worker.node, transferUrl: worker.transferUrl }, () =>
         `ARCH dev: Temporal ${target.address}${uiUrl ? ` (UI ${uiUrl})` : ''}, worker for node ${worker.node}. Ctrl-C stops.`);
