@@ -9,6 +9,7 @@ import { randomBytes } from 'node:crypto';
 import { checkpointContainer as coreCheckpoint } from '../core/checkpoint.js';
 import { isNotFound } from '../core/containerd.js';
 import { checkpointDirOf, envListToMap, parseContract } from '../core/env-contract.js';
+import type { Manifest } from '../core/manifest.js';
 import { CheckpointStore } from '../core/store.js';
 import { FailureType } from '../core/temporal/failures.js';
 import { manifestDigest } from '../core/transfer.js';
@@ -38,21 +39,20 @@ export function checkpointActivities(d: NodeDeps) {
     return { containerDir: checkpointDirOf(contract, ref.namespace, ref.id), mode: contract.mode };
   }
 
-  async function describePublished(dir: string, containerDir: string, mode: 'local' | 'shared', ref: ContainerRef, extra: Pick<CheckpointInfo, 'timings' | 'totalMs' | 'reused'>): Promise<CheckpointInfo> {
-    const store = new CheckpointStore(containerDir);
-    const manifest = await store.readManifest();
-    if (!manifest) throw fail(FailureType.checkpointUnusable, `checkpoint of ${ref.namespace}/${ref.id} vanished from ${containerDir}`);
-    return {
+  function describePublished(
+    dir: string, containerDir: string, mode: 'local' | 'shared', ref: ContainerRef, manifest: Manifest, extra: Pick<CheckpointInfo, 'timings' | 'totalMs' | 'reused'>,
+  ): Promise<CheckpointInfo> {
+    return manifestDigest(dir).then((manifestSha256) => ({
       ...ref,
       node: d.node,
       dir,
       containerDir,
       mode,
-      manifestSha256: await manifestDigest(dir),
+      manifestSha256,
       createdAt: manifest.createdAt,
       sizeBytes: manifest.files.reduce((a, f) => a + f.size, 0),
       ...extra,
-    };
+    }));
   }
 
   async function offer(dir: string, sha: string): Promise<TransferOffer> {
@@ -85,7 +85,7 @@ export function checkpointActivities(d: NodeDeps) {
             onProgress: (p) => report({ ...p }),
           });
           throughputEstimator(d).observe(r.sizeBytes, r.timings.dump ?? r.totalMs);
-          info = await describePublished(r.dir, r.containerDir, mode, ref, { timings: r.timings, totalMs: r.totalMs, reused: false });
+          info = await describePublished(r.dir, r.containerDir, mode, ref, r.manifest, { timings: r.timings, totalMs: r.totalMs, reused: false });
         } else {
           // Not running: an earlier attempt may have done the work already.
           const store = new CheckpointStore(containerDir);
@@ -95,7 +95,7 @@ export function checkpointActivities(d: NodeDeps) {
             throw fail(FailureType.containerNotRunning, `${ref.namespace}/${ref.id} on node ${d.node} is ${task?.status ?? 'not started'} and has no checkpoint from this operation: nothing to checkpoint`);
           }
           log.info({ dir }, 'container already checkpointed by an earlier attempt; reusing it');
-          info = await describePublished(dir, containerDir, mode, ref, { timings: {}, totalMs: 0, reused: true });
+          info = await describePublished(dir, containerDir, mode, ref, manifest, { timings: {}, totalMs: 0, reused: true });
         }
         return input.offer ? { ...info, offer: await offer(info.dir, info.manifestSha256) } : info;
       });

@@ -2,9 +2,8 @@
  * Read-only activities: what runs on this node, what a container is, and
  * whether a node can take a container.
  */
-import path from 'node:path';
 import { isNotFound } from '../core/containerd.js';
-import { planDrain, ThroughputEstimator } from '../core/drain-plan.js';
+import { nodeThroughputFile, planDrain, ThroughputEstimator } from '../core/drain-plan.js';
 import { checkpointDirOf, envListToMap, parseContract } from '../core/env-contract.js';
 import { CheckpointStore } from '../core/store.js';
 import { validateContainerId, validateNamespace } from '../core/ids.js';
@@ -20,7 +19,7 @@ const DRAIN_OVERHEAD_MS = 1500;
 const DRAIN_SAFETY_MARGIN_MS = 2000;
 
 export function throughputEstimator(d: NodeDeps): ThroughputEstimator {
-  return new ThroughputEstimator(path.join(d.stateDir, `throughput-${d.node}.json`), { logger: d.ctx.log });
+  return new ThroughputEstimator(nodeThroughputFile(d.stateDir, d.node), { logger: d.ctx.log });
 }
 
 export function containerActivities(d: NodeDeps) {

@@ -5,7 +5,7 @@ import { DigestFollower, type Digest } from './digest.js';
 import { checkpointDirOf, envListToMap, parseContract, type EnabledContract } from './env-contract.js';
 import { ArchInputError, errorMessage } from './errors.js';
 import { validateContainerId, validateNamespace } from './ids.js';
-import { FORMAT_VERSION } from './manifest.js';
+import { FORMAT_VERSION, type Manifest } from './manifest.js';
 import { readSpec, rootfsOf, type OciSpec } from './oci-spec.js';
 import { captureDiff, DELETED_FILES, findUpperDir, ROOTFS_TAR } from './rootfs-diff.js';
 import { Runc } from './runc.js';
@@ -48,6 +48,7 @@ export interface CheckpointResult {
   node: string;
   dir: string;
   containerDir: string;
+  manifest: Manifest;
   sizeBytes: number;
   timings: Record<string, number>;
   totalMs: number;
@@ -183,7 +184,7 @@ export async function checkpointContainer(ctx: NodeContext, req: CheckpointReque
     lap('stop', t);
     const totalMs = Date.now() - t0;
     log.info({ phase: 'checkpoint', durationMs: totalMs, sizeBytes: pub.sizeBytes, timings, dir: pub.dir }, 'checkpoint published');
-    return { namespace: req.namespace, id: req.id, node: ctx.settings.nodeName, dir: pub.dir, containerDir, sizeBytes: pub.sizeBytes, timings, totalMs };
+    return { namespace: req.namespace, id: req.id, node: ctx.settings.nodeName, dir: pub.dir, containerDir, manifest: pub.manifest, sizeBytes: pub.sizeBytes, timings, totalMs };
   } catch (err) {
     if (!published) await store.abort(staging).catch(() => undefined);
     if (frozen) {

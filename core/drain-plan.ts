@@ -266,6 +266,11 @@ function validate(input: DrainInput): void {
 /** Used until this node has measured anything: a modest local SSD. */
 export const DEFAULT_THROUGHPUT_BYTES_PER_SEC = 300 * 1024 * 1024;
 
+/** Where a worker keeps its node's throughput history (planning and local finalize read the same file). */
+export function nodeThroughputFile(stateDir: string, node: string): string {
+  return path.join(stateDir, `throughput-${node}.json`);
+}
+
 export interface ThroughputEstimatorOptions {
   /** Weight of each new sample in the moving average. Default 0.3. */
   alpha?: number;

@@ -20,6 +20,8 @@ export interface FinalizeOptions {
   only?: string[];
   namespaces?: string[];
   leaveRunning?: boolean;
+  /** The node's throughput history (a worker's); default beside the checkpoint root. */
+  throughputFile?: string;
   onPlan?: (plan: DrainPlan, containers: ArchContainer[]) => void;
   onResult?: (r: FinalizeItem) => void;
   signal?: AbortSignal;
@@ -60,7 +62,7 @@ export async function finalizeNode(ctx: NodeContext, opts: FinalizeOptions): Pro
   const running = all.filter(
     (c) => (c.status === 'running' || c.status === 'paused') && (!opts.only || opts.only.includes(`${c.namespace}/${c.id}`)),
   );
-  const estimator = new ThroughputEstimator(throughputFile(ctx), { logger: ctx.log });
+  const estimator = new ThroughputEstimator(opts.throughputFile ?? throughputFile(ctx), { logger: ctx.log });
   const plan = planDrain({
     now: new Date(t0),
     deadline: opts.deadline,

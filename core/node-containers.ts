@@ -57,8 +57,9 @@ export async function listArchContainers(
           const upper = await findUpperDir(rootfsOf(st.bundle, spec));
           c.upperDirBytes = upper ? await duBytes(upper) : 0;
         }
-        const m = await new CheckpointStore(checkpointDirOf(contract, namespace, st.id)).readManifest().catch(() => null);
-        const dir = await new CheckpointStore(checkpointDirOf(contract, namespace, st.id)).current().catch(() => null);
+        const store = new CheckpointStore(checkpointDirOf(contract, namespace, st.id));
+        const dir = await store.current().catch(() => null);
+        const m = dir ? await store.readManifest().catch(() => null) : null;
         if (m && dir) c.checkpoint = { dir, createdAt: m.createdAt, sizeBytes: m.files.reduce((a, f) => a + f.size, 0), node: m.node };
         out.push(c);
       } catch (err) {

@@ -53,7 +53,11 @@ function parseBool(v: string | undefined, field: string, dflt: boolean): boolean
   throw new ArchInputError(field, `"${v}" is not a boolean`, `set ${field}=1 or ${field}=0`);
 }
 
-export function loadSettings(env: NodeJS.ProcessEnv = process.env): Settings {
+/**
+ * The settings file's variables with the environment over them: what every
+ * ARCH setting is read from (node settings here, cloud settings in core/cloud).
+ */
+export function settingsVars(env: NodeJS.ProcessEnv = process.env): { vars: Record<string, string | undefined>; configFile: string } {
   const configFile = env.ARCH_CONFIG || DEFAULT_CONFIG_FILE;
   let fileVars: Record<string, string> = {};
   try {
@@ -61,7 +65,12 @@ export function loadSettings(env: NodeJS.ProcessEnv = process.env): Settings {
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
   }
-  const get = (k: string): string | undefined => env[k] ?? fileVars[k];
+  return { vars: { ...fileVars, ...env }, configFile };
+}
+
+export function loadSettings(env: NodeJS.ProcessEnv = process.env): Settings {
+  const { vars, configFile } = settingsVars(env);
+  const get = (k: string): string | undefined => vars[k];
   const logFile = get('ARCH_LOG_FILE');
   return {
     runc: get('ARCH_RUNC') || 'runc',

@@ -10,13 +10,12 @@
  * checkpoints its own containers before the deadline (core/finalize), so
  * they can be restored wherever they are created again.
  */
-import fs from 'node:fs';
 import { Client, Connection } from '@temporalio/client';
 import { createWatcher, loadCloudConfig, type CloudWatcher, type ReclaimNotice } from '../core/cloud/index.js';
 import type { NodeContext } from '../core/context.js';
 import { errorMessage } from '../core/errors.js';
 import { finalizeNode } from '../core/finalize.js';
-import { parseEnvFile } from '../core/settings.js';
+import { settingsVars } from '../core/settings.js';
 import { connectionOptions, type TemporalTarget } from '../core/temporal/connection.js';
 import { WORKFLOW_TASK_QUEUE, WORKFLOW_TYPES, workflowIds } from '../core/temporal/names.js';
 import { waitForReclaimDrain } from '../core/temporal/reclaim-drain.js';
@@ -32,17 +31,8 @@ export interface NoticeOptions {
   ctx: NodeContext;
   target: TemporalTarget;
   env?: NodeJS.ProcessEnv;
-}
-
-/** Settings file values under the environment, as loadSettings does. */
-function cloudEnv(ctx: NodeContext, env: NodeJS.ProcessEnv): Record<string, string | undefined> {
-  let file: Record<string, string> = {};
-  try {
-    file = parseEnvFile(fs.readFileSync(ctx.settings.configFile, 'utf8'));
-  } catch {
-    // no settings file: environment only
-  }
-  return { ...file, ...env };
+  /** The node's measured checkpoint throughput (shared with the drain planning activity). */
+  throughputFile?: string;
 }
 
 export async function signalReclaim(client: Client, node: string, targets: string[], signal: ReclaimSignal): Promise<void> {
@@ -57,7 +47,7 @@ export async function signalReclaim(client: Client, node: string, targets: strin
 }
 
 export async function startNoticeWatcher(o: NoticeOptions): Promise<CloudWatcher | undefined> {
-  const cfg = loadCloudConfig(cloudEnv(o.ctx, o.env ?? process.env));
+  const cfg = loadCloudConfig(settingsVars({ ...(o.env ?? process.env), ARCH_CONFIG: o.ctx.settings.configFile }).vars);
   if (cfg.provider === 'none') return undefined;
   const log = o.ctx.log.child({ phase: 'reclaim-notice' });
   const watcher = await createWatcher({ provider: cfg.provider, logger: log, baseUrl: cfg.baseUrl, pollMs: cfg.pollMs, rebalance: cfg.rebalance, azureVmName: cfg.azureVmName });
@@ -85,7 +75,7 @@ export async function startNoticeWatcher(o: NoticeOptions): Promise<CloudWatcher
     }
     // Without Temporal nobody will restore them elsewhere now, but their
     // checkpoints exist: created again anywhere, they resume.
-    const report = await finalizeNode(o.ctx, { deadline: n.deadline });
+    const report = await finalizeNode(o.ctx, { deadline: n.deadline, throughputFile: o.throughputFile });
     log.warn({ ok: report.ok, items: report.items.length }, 'local checkpoint of every ARCH container done');
   };
   watcher.start(onNotice);

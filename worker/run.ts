@@ -16,6 +16,7 @@ import { nodeTaskQueue, WORKFLOW_TASK_QUEUE } from '../core/temporal/names.js';
 import { TransferServer } from '../core/transfer.js';
 import { sdkLogger } from './logger.js';
 import { startNoticeWatcher } from './notices.js';
+import { nodeThroughputFile } from '../core/drain-plan.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 /** The checkout: this file is <repo>/dist/worker/run.js. */
@@ -119,7 +120,7 @@ export async function startNodeWorker(o: NodeWorkerOptions): Promise<RunningWork
     const conn = connection;
     const runs = workers.map((w) => w.run());
     // Only once the workers poll: a notice must find someone to drain the node.
-    const notices = await startNoticeWatcher({ node: o.node, targets: o.reclaimTargets ?? [], ctx: { settings, log }, target });
+    const notices = await startNoticeWatcher({ node: o.node, targets: o.reclaimTargets ?? [], ctx: { settings, log }, target, throughputFile: nodeThroughputFile(o.stateDir, o.node) });
     const done = (async () => {
       try {
         await Promise.all(runs);
