@@ -27,46 +27,45 @@ function show(node: string, action: 'pause' | 'resume', phase: string, details: 
   track({ sourceNode: node, targetNode: node, operation: action, phase }, `**${phase}** — ${action} on ${node}${schedule ? ` (schedule ${schedule})` : ''}\n\n${details}`);
 }
 
-export async function pauseContainers(input: PauseInput): Promise<PauseResult> {
+/** Pause and resume differ only in the per-container step; selection, parallelism and reporting are shared. */
+async function forEachSelected(
+  input: PauseInput,
+  action: 'pause' | 'resume',
+  what: { selecting: string; stepPhase: string; done: string },
+  step: (ref: { namespace: string; id: string }, node: string) => Promise<Partial<PauseItemResult>>,
+): Promise<PauseResult> {
   const node = checkNode(input.node, 'node');
   const t0 = Date.now();
-  show(node, 'pause', 'select', 'selecting running ARCH containers', input.schedule);
-  const list = await select(input, node, 'pause');
-  show(node, 'pause', 'checkpoint', `${list.length} containers: ${list.map(refString).join(', ') || 'none'}`, input.schedule);
+  show(node, action, 'select', what.selecting, input.schedule);
+  const list = await select(input, node, action);
+  show(node, action, what.stepPhase, `${list.length} containers: ${list.map(refString).join(', ') || 'none'}`, input.schedule);
   const containers = await boundedAll(list, input.parallelism ?? 2, async (c): Promise<PauseItemResult> => {
     const ref = { namespace: c.namespace, id: c.id };
     const s = Date.now();
     try {
-      const { spec } = await onNode(node, 'quick', input).describeContainer(ref);
-      const ck = await checkpointOn(ref, node, spec, input, new Timeline());
-      return { ...ref, outcome: 'paused', ms: Date.now() - s, sizeBytes: ck.sizeBytes };
+      const extra = await step(ref, node);
+      return { ...ref, outcome: action === 'pause' ? 'paused' : 'resumed', ms: Date.now() - s, ...extra };
     } catch (err) {
       return { ...ref, outcome: 'failed', ms: Date.now() - s, error: rootMessage(err) };
     }
   });
   const failed = containers.filter((c) => c.outcome === 'failed').length;
-  show(node, 'pause', 'done', `${containers.length - failed} paused, ${failed} failed`, input.schedule);
-  return { node, action: 'pause', containers, totalMs: Date.now() - t0 };
+  show(node, action, 'done', `${containers.length - failed} ${what.done}, ${failed} failed`, input.schedule);
+  return { node, action, containers, totalMs: Date.now() - t0 };
+}
+
+export async function pauseContainers(input: PauseInput): Promise<PauseResult> {
+  return forEachSelected(input, 'pause', { selecting: 'selecting running ARCH containers', stepPhase: 'checkpoint', done: 'paused' }, async (ref, node) => {
+    const { spec } = await onNode(node, 'quick', input).describeContainer(ref);
+    const ck = await checkpointOn(ref, node, spec, input, new Timeline());
+    return { sizeBytes: ck.sizeBytes };
+  });
 }
 
 export async function resumeContainers(input: PauseInput): Promise<PauseResult> {
-  const node = checkNode(input.node, 'node');
-  const t0 = Date.now();
-  show(node, 'resume', 'select', 'selecting paused ARCH containers', input.schedule);
-  const list = await select(input, node, 'resume');
-  show(node, 'resume', 'restore', `${list.length} containers: ${list.map(refString).join(', ') || 'none'}`, input.schedule);
-  const containers = await boundedAll(list, input.parallelism ?? 2, async (c): Promise<PauseItemResult> => {
-    const ref = { namespace: c.namespace, id: c.id };
-    const s = Date.now();
-    try {
-      const { spec } = await onNode(node, 'quick', input).describeContainer(ref);
-      await onNode(node, 'restore', input).restoreContainer({ spec });
-      return { ...ref, outcome: 'resumed', ms: Date.now() - s };
-    } catch (err) {
-      return { ...ref, outcome: 'failed', ms: Date.now() - s, error: rootMessage(err) };
-    }
+  return forEachSelected(input, 'resume', { selecting: 'selecting paused ARCH containers', stepPhase: 'restore', done: 'resumed' }, async (ref, node) => {
+    const { spec } = await onNode(node, 'quick', input).describeContainer(ref);
+    await onNode(node, 'restore', input).restoreContainer({ spec });
+    return {};
   });
-  const failed = containers.filter((c) => c.outcome === 'failed').length;
-  show(node, 'resume', 'done', `${containers.length - failed} resumed, ${failed} failed`, input.schedule);
-  return { node, action: 'resume', containers, totalMs: Date.now() - t0 };
 }
