@@ -87,6 +87,25 @@ async function exactlyOne(client: Client, morePolls: () => Promise<void>): Promi
   return s;
 }
 
+/**
+ * The drained container runs on B; on timeout the error carries the drain's
+ * own result (outcome and error per container) so a failure says why.
+ */
+async function movedToB(client: Client, s: ReclaimWatchState, id: string): Promise<void> {
+  try {
+    await waitUntil(`${id} on B`, async () => ((await runningOn(cluster, id)).join() === B ? true : undefined), 60_000, 250);
+  } catch (err) {
+    const drainId = s.history[0]!.drainWorkflowId;
+    const result = await client.workflow.getHandle(drainId).result().catch((e: unknown) => `drain failed: ${(e as Error).message}`);
+    // Warnings and errors about this container from both workers and arch-runc.
+    const logs = [cluster.workers[A]!.archLog, cluster.workers[B]!.archLog, cluster.archRuncLog]
+      .flatMap((f) => readLogLines(f))
+      .filter((l) => l.container === id && Number(l.level) >= 40)
+      .map((l) => JSON.stringify(l).slice(0, 600));
+    throw new Error(`${(err as Error).message}; running on [${(await runningOn(cluster, id)).join()}]; watcher record ${JSON.stringify(s.history[0])}; drain ${drainId} result ${JSON.stringify(result)}; log lines:\n${logs.join('\n')}`);
+  }
+}
+
 test('AWS: refused connections, 500s, malformed JSON, timeouts, a dropped connection and a revoked token never stop the worker; then one notice → one signal → the drain', async () => {
   const client = cluster.temporal.client;
   const port = await unusedPort();
@@ -128,7 +147,7 @@ test('AWS: refused connections, 500s, malformed JSON, timeouts, a dropped connec
 
     imds.scheduleNotice({ action: 'terminate', time: new Date(Date.now() + 120_000).toISOString().replace(/\.\d+Z$/, 'Z') });
     const s = await drained(client, /^aws termination/);
-    await waitUntil('aws1 on B', async () => ((await runningOn(cluster, 'aws1')).join() === B ? true : undefined), 60_000, 250);
+    await movedToB(client, s, 'aws1');
     await cluster.waitCount(B, 'aws1', before + 2);
     await exactlyOne(client, async () => {
       const n = imds.requests.length;
@@ -158,7 +177,7 @@ test('GCP: preempted=TRUE through the worker → one signal → the drain', asyn
 
     gcp.setPreempted(true);
     const s = await drained(client, /^gcp preemption/);
-    await waitUntil('gcp1 on B', async () => ((await runningOn(cluster, 'gcp1')).join() === B ? true : undefined), 60_000, 250);
+    await movedToB(client, s, 'gcp1');
     await cluster.waitCount(B, 'gcp1', before + 2);
     await exactlyOne(client, async () => {
       const n = gcp.requests.length;
@@ -189,7 +208,7 @@ test('Azure: a Preempt event for this VM through the worker → one signal → t
 
     const eventId = azure.scheduleEvent();
     const s = await drained(client, /^azure preemption/);
-    await waitUntil('az1 on B', async () => ((await runningOn(cluster, 'az1')).join() === B ? true : undefined), 60_000, 250);
+    await movedToB(client, s, 'az1');
     await cluster.waitCount(B, 'az1', before + 2);
     await exactlyOne(client, async () => {
       const n = azure.requests.length;

@@ -39,10 +39,21 @@ export async function waitFor<T>(what: string, fn: () => T | undefined | Promise
 export async function startArchNode(name: string, overrides: Record<string, string | undefined> = {}): Promise<ArchTestNode> {
   // The settings file must exist before containerd starts: its shims inherit ARCH_CONFIG.
   const cfgDir = fs.mkdtempSync(path.join('/tmp', `arch-${name}-`));
-  // Settings and logs stay readable until the test process ends (failure analysis), then go.
-  process.once('exit', () => fs.rmSync(cfgDir, { recursive: true, force: true }));
+  const removeCfg = () => fs.rmSync(cfgDir, { recursive: true, force: true });
   const archConfig = writeArchConfig(cfgDir, { ARCH_NODE_NAME: name, ...overrides });
-  const node = await startNode(name, { env: { ARCH_CONFIG: archConfig } });
+  const node = await startNode(name, { env: { ARCH_CONFIG: archConfig } }).catch((err: unknown) => {
+    removeCfg();
+    throw err;
+  });
+  // Settings and logs stay readable while the node runs (failure messages quote them), and go with it.
+  const stopNode = node.stop.bind(node);
+  node.stop = async () => {
+    try {
+      await stopNode();
+    } finally {
+      removeCfg();
+    }
+  };
   // Now that the node's runc root is known, record it for finalize/list.
   writeArchConfig(cfgDir, { ARCH_NODE_NAME: name, ARCH_RUNC_ROOT: node.runcRootBase, ...overrides });
   const ctx = createNodeContext('test', { ...process.env, ARCH_CONFIG: archConfig });
