@@ -1,5 +1,6 @@
 import fsp from 'node:fs/promises';
 import path from 'node:path';
+import { CgroupFreezer } from './cgroup-freezer.js';
 import type { NodeContext } from './context.js';
 import { DigestFollower, type Digest } from './digest.js';
 import { checkpointDirOf, envListToMap, parseContract, type EnabledContract } from './env-contract.js';
@@ -105,6 +106,16 @@ export async function checkpointContainer(ctx: NodeContext, req: CheckpointReque
   const staging = await store.begin();
   const upper = await findUpperDir(rootfsOf(c.bundle, c.spec));
   const wasPaused = c.status === 'paused';
+  // Freeze/thaw/kill through the cgroup (no runc exec while frozen); runc where the layout is unknown.
+  const cgroup = req.dumpedImages || wasPaused ? undefined : await CgroupFreezer.of(c.pid);
+  const freeze = () => (cgroup ? cgroup.freeze() : c.runc.pause(req.id));
+  const thaw = () => (cgroup ? cgroup.thaw() : c.runc.resume(req.id));
+  const killFrozen = async () => {
+    if (cgroup) return cgroup.killAndThaw();
+    await c.runc.kill(req.id, 'KILL', true);
+    // Thaw so the killed processes die (runc may already have thawed them).
+    await c.runc.resume(req.id).catch(() => undefined);
+  };
   let frozen = false;
   let published = false;
   try {
@@ -116,12 +127,12 @@ export async function checkpointContainer(ctx: NodeContext, req: CheckpointReque
       await copyDir(req.dumpedImages, criuDir);
     } else {
       if (!wasPaused) {
-        await c.runc.pause(req.id);
+        await freeze();
         frozen = true;
       }
       await fsp.mkdir(criuDir);
       // Hash (and start writing back) the page images while CRIU writes them.
-      const follower = new DigestFollower(criuDir, /^pages-\d+\.img$/, { fsync: ctx.settings.fsync });
+      const follower = new DigestFollower(criuDir, /^pages-\d+\.img$/, { writeback: ctx.settings.fsync });
       try {
         await c.runc.checkpoint(req.id, {
           imagePath: criuDir,
@@ -163,7 +174,7 @@ export async function checkpointContainer(ctx: NodeContext, req: CheckpointReque
         timingsMs: timings,
         rootfs: { files: diff.files, bytes: diff.bytes, deletions: diff.deletions },
       },
-      { fsync: ctx.settings.fsync, onPhase: (p, ms) => (timings[p] = ms), known, synced: ctx.settings.fsync ? new Set(known.keys()) : undefined },
+      { fsync: ctx.settings.fsync, onPhase: (p, ms) => (timings[p] = ms), known, deferPrune: true },
     );
     published = true;
     lap('publish', t);
@@ -173,15 +184,15 @@ export async function checkpointContainer(ctx: NodeContext, req: CheckpointReque
     t = Date.now();
     if (!req.dumpedImages) {
       if (!req.leaveRunning) {
-        await c.runc.kill(req.id, 'KILL', true);
-        // Thaw so the killed processes die (runc may already have thawed them).
-        await c.runc.resume(req.id).catch(() => undefined);
+        await killFrozen();
       } else if (frozen) {
-        await c.runc.resume(req.id); // a container the user had paused stays paused
+        await thaw(); // a container the user had paused stays paused
       }
       frozen = false;
     }
     lap('stop', t);
+    // The container is stopped (or running again): only now drop the checkpoint this one replaces.
+    await pub.prune().catch((e) => log.warn({ phase: 'checkpoint', err: errorMessage(e) }, 'could not remove the previous checkpoint'));
     const totalMs = Date.now() - t0;
     log.info({ phase: 'checkpoint', durationMs: totalMs, sizeBytes: pub.sizeBytes, timings, dir: pub.dir }, 'checkpoint published');
     return { namespace: req.namespace, id: req.id, node: ctx.settings.nodeName, dir: pub.dir, containerDir, manifest: pub.manifest, sizeBytes: pub.sizeBytes, timings, totalMs };
@@ -189,7 +200,7 @@ export async function checkpointContainer(ctx: NodeContext, req: CheckpointReque
     if (!published) await store.abort(staging).catch(() => undefined);
     if (frozen) {
       // Nothing was published: let the job go on as if we had never come.
-      await c.runc.resume(req.id).catch((e) => log.error({ phase: 'checkpoint', err: errorMessage(e) }, 'could not thaw container after a failed checkpoint'));
+      await thaw().catch((e) => log.error({ phase: 'checkpoint', err: errorMessage(e) }, 'could not thaw container after a failed checkpoint'));
     }
     log.error({ phase: 'checkpoint', durationMs: Date.now() - t0, err: errorMessage(err) }, 'checkpoint failed; previous checkpoint (if any) kept');
     throw err;

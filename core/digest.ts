@@ -1,4 +1,5 @@
 import { createHash, type Hash } from 'node:crypto';
+import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -6,62 +7,46 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { Worker } from 'node:worker_threads';
 
 /**
- * File digests for checkpoint manifests.
+ * File digests for checkpoint manifests: every file's size and sha256.
  *
- * Each file gets its whole-file sha256 and, for large files, the sha256 of
- * every CHUNK_SIZE chunk. Two things make this fast without weakening it:
- *  - at checkpoint time, a follower hashes CRIU's page images while CRIU is
- *    still writing them (reading only below the current file size, which the
- *    kernel advances after the data is in the page cache), so hashing hides
- *    behind the dump on the other core;
- *  - at restore time, chunks are verified on worker threads in parallel: with
- *    the size checked, every byte is covered by exactly one chunk digest, so a
- *    match of all chunks is a match of the file.
+ * Hashing is the one cost ARCH adds to every byte of a checkpoint, so it is
+ * kept off the critical path where it can be:
+ *  - at checkpoint time a worker thread follows CRIU's page images while CRIU
+ *    is still writing them (reading only below the current file size, which
+ *    the kernel advances once the data is in the page cache); on the other
+ *    core it keeps pace with the dump, so little is left when CRIU is done;
+ *  - at restore time large files are verified on worker threads, one file per
+ *    thread, while the main thread checks the small ones.
+ * Reads are synchronous inside the workers (no thread-pool round trip per
+ * block), which is what lets one thread reach openssl's speed.
  */
-export const CHUNK_SIZE = 32 * 1024 * 1024;
-const READ_SIZE = 4 * 1024 * 1024;
-
 export interface Digest {
   size: number;
   sha256: string;
-  chunks?: string[];
 }
 
-/** Incremental whole-file + per-chunk hashing over a byte stream fed in order. */
-export class ChunkedHasher {
-  private readonly whole: Hash = createHash('sha256');
-  private chunk: Hash = createHash('sha256');
-  private inChunk = 0;
-  private readonly chunks: string[] = [];
+/** Files above this are hashed on worker threads when verifying. */
+const WORKER_MIN_BYTES = 1024 * 1024;
+const READ_SIZE = 4 * 1024 * 1024;
+
+/** Incremental sha256 + size over a byte stream fed in order (e.g. a download). */
+export class StreamDigest {
+  private readonly hash: Hash = createHash('sha256');
   size = 0;
 
   update(buf: Buffer): void {
-    this.whole.update(buf);
-    let off = 0;
-    while (off < buf.length) {
-      const take = Math.min(buf.length - off, CHUNK_SIZE - this.inChunk);
-      this.chunk.update(buf.subarray(off, off + take));
-      this.inChunk += take;
-      off += take;
-      if (this.inChunk === CHUNK_SIZE) {
-        this.chunks.push(this.chunk.digest('hex'));
-        this.chunk = createHash('sha256');
-        this.inChunk = 0;
-      }
-    }
+    this.hash.update(buf);
     this.size += buf.length;
   }
 
   digest(): Digest {
-    if (this.inChunk > 0 || this.chunks.length === 0) this.chunks.push(this.chunk.digest('hex'));
-    const sha256 = this.whole.digest('hex');
-    // Small files are checked whole; the chunk list only helps large ones.
-    return this.size > CHUNK_SIZE ? { size: this.size, sha256, chunks: this.chunks } : { size: this.size, sha256 };
+    return { size: this.size, sha256: this.hash.digest('hex') };
   }
 }
 
+/** sha256 of one file on the calling thread (small files; anything when no worker is worth it). */
 export async function digestFile(file: string): Promise<Digest> {
-  const h = new ChunkedHasher();
+  const h = new StreamDigest();
   const fh = await fsp.open(file, 'r');
   try {
     const buf = Buffer.allocUnsafe(READ_SIZE);
@@ -76,144 +61,233 @@ export async function digestFile(file: string): Promise<Digest> {
   return h.digest();
 }
 
-/**
- * Hash (and optionally make durable, step by step) the files matching
- * `pattern` in `dir` while another process is still appending to them.
- * finish() is called once the writer is done; it returns the digests of the
- * followed files. A followed file that shrank is re-hashed from scratch.
- */
-export class DigestFollower {
-  private done = false;
-  private readonly followed = new Map<string, Promise<Digest>>();
-  private readonly scanner: Promise<void>;
-  private failure: unknown;
-
-  constructor(
-    private readonly dir: string,
-    private readonly pattern: RegExp,
-    private readonly opts: { fsync: boolean; pollMs?: number } = { fsync: false },
-  ) {
-    this.scanner = this.scan();
-  }
-
-  private async scan(): Promise<void> {
+/** sha256 of a file on the calling thread, blocking it (small files; the shim's own verification). */
+function digestFileSync(file: string): Digest {
+  const fd = fs.openSync(file, 'r');
+  try {
+    const h = new StreamDigest();
+    const buf = Buffer.allocUnsafe(READ_SIZE);
     for (;;) {
-      const finishing = this.done;
-      for (const name of await fsp.readdir(this.dir).catch(() => [] as string[])) {
-        if (this.pattern.test(name) && !this.followed.has(name)) {
-          const p = this.follow(path.join(this.dir, name));
-          p.catch((err) => (this.failure ??= err));
-          this.followed.set(name, p);
-        }
-      }
-      if (finishing) return;
-      await sleep(this.opts.pollMs ?? 15);
+      const n = fs.readSync(fd, buf, 0, READ_SIZE, h.size);
+      if (n === 0) break;
+      h.update(buf.subarray(0, n));
     }
-  }
-
-  private async follow(file: string): Promise<Digest> {
-    const fh = await fsp.open(file, 'r');
-    try {
-      const h = new ChunkedHasher();
-      const buf = Buffer.allocUnsafe(READ_SIZE);
-      let syncedAt = 0;
-      for (;;) {
-        const finishing = this.done;
-        const { size } = await fh.stat();
-        if (size < h.size) return await digestFile(file); // rewritten: start over
-        while (h.size < size) {
-          const { bytesRead } = await fh.read(buf, 0, Math.min(READ_SIZE, size - h.size), h.size);
-          if (bytesRead === 0) break;
-          h.update(buf.subarray(0, bytesRead));
-        }
-        // Start writeback early so the final fsync has little left to do.
-        if (this.opts.fsync && h.size - syncedAt >= 4 * READ_SIZE) {
-          await fh.datasync();
-          syncedAt = h.size;
-        }
-        if (finishing) {
-          if (this.opts.fsync) await fh.datasync();
-          return h.digest();
-        }
-        await sleep(this.opts.pollMs ?? 15);
-      }
-    } finally {
-      await fh.close();
-    }
-  }
-
-  /** The writer is done: hash what is left; digests by file name. */
-  async finish(): Promise<Map<string, Digest>> {
-    this.done = true;
-    await this.scanner;
-    const out = new Map<string, Digest>();
-    for (const [name, p] of this.followed) out.set(name, await p);
-    if (this.failure) throw this.failure;
-    return out;
-  }
-
-  /** Abandon (the dump failed): stop reading, close files. */
-  async cancel(): Promise<void> {
-    this.done = true;
-    await this.scanner.catch(() => undefined);
-    await Promise.allSettled(this.followed.values());
+    return h.digest();
+  } finally {
+    fs.closeSync(fd);
   }
 }
 
 /**
- * Worker thread body: sha256 of one byte range of a file per message.
- * Inline (eval) so it works the same from dist/ and from the bundled shim.
+ * Worker thread body, inline (eval) so it works the same from dist/ and from
+ * the bundled shim. Two roles:
+ *  - workerData.follow = { dir, pattern }: follow matching files in dir until
+ *    the parent posts 'finish', then post { digests: [[name, digest], ...] };
+ *  - otherwise: for each posted { file }, post back its { size, sha256 }.
  */
-const HASH_WORKER_SOURCE = `
+const WORKER_SOURCE = `
 const { createHash } = require('node:crypto');
 const fs = require('node:fs');
-const { parentPort } = require('node:worker_threads');
-const buf = Buffer.allocUnsafe(4 * 1024 * 1024);
-parentPort.on('message', (job) => {
+const path = require('node:path');
+const { parentPort, workerData } = require('node:worker_threads');
+const buf = Buffer.allocUnsafe(${READ_SIZE * 2});
+const nap = (ms) => new Promise((r) => setTimeout(r, ms));
+
+function hashFile(file) {
+  const fd = fs.openSync(file, 'r');
   try {
     const h = createHash('sha256');
-    const fd = fs.openSync(job.file, 'r');
-    try {
-      let pos = job.start;
-      while (pos < job.end) {
-        const n = fs.readSync(fd, buf, 0, Math.min(buf.length, job.end - pos), pos);
-        if (n === 0) break;
-        h.update(buf.subarray(0, n));
-        pos += n;
-      }
-    } finally {
-      fs.closeSync(fd);
+    let pos = 0;
+    for (;;) {
+      const n = fs.readSync(fd, buf, 0, buf.length, pos);
+      if (n === 0) break;
+      h.update(buf.subarray(0, n));
+      pos += n;
     }
-    parentPort.postMessage({ hex: h.digest('hex') });
-  } catch (err) {
-    parentPort.postMessage({ error: err.message });
+    return { size: pos, sha256: h.digest('hex') };
+  } finally {
+    fs.closeSync(fd);
   }
-});
+}
+
+// Read what has been written since last time; a file that shrank was rewritten: start over.
+function catchUp(f) {
+  const size = fs.fstatSync(f.fd).size;
+  if (size < f.pos) {
+    f.hash = createHash('sha256');
+    f.pos = 0;
+  }
+  while (f.pos < size) {
+    const n = fs.readSync(f.fd, buf, 0, Math.min(buf.length, size - f.pos), f.pos);
+    if (n === 0) break;
+    f.hash.update(buf.subarray(0, n));
+    f.pos += n;
+  }
+}
+
+async function follow({ dir, pattern }) {
+  const re = new RegExp(pattern);
+  const files = new Map();
+  let finishing = false;
+  parentPort.on('message', (m) => { if (m === 'finish') finishing = true; });
+  for (;;) {
+    const last = finishing;
+    let names = [];
+    try { names = fs.readdirSync(dir); } catch {}
+    for (const name of names) {
+      if (!re.test(name) || files.has(name)) continue;
+      try { files.set(name, { fd: fs.openSync(path.join(dir, name), 'r'), pos: 0, hash: createHash('sha256') }); } catch {}
+    }
+    for (const f of files.values()) catchUp(f);
+    if (last) break;
+    await nap(5);
+  }
+  const digests = [];
+  for (const [name, f] of files) {
+    fs.closeSync(f.fd);
+    digests.push([name, { size: f.pos, sha256: f.hash.digest('hex') }]);
+  }
+  return digests;
+}
+
+if (workerData && workerData.follow) {
+  follow(workerData.follow).then(
+    (digests) => parentPort.postMessage({ digests }),
+    (err) => parentPort.postMessage({ error: err.message }),
+  );
+} else {
+  parentPort.on('message', (job) => {
+    try {
+      parentPort.postMessage(hashFile(job.file));
+    } catch (err) {
+      parentPort.postMessage({ error: err.message });
+    }
+  });
+}
 `;
 
-/** Hash byte ranges of files on worker threads; returns hex digests in job order. */
-export async function hashRanges(jobs: { file: string; start: number; end: number }[]): Promise<string[]> {
-  if (jobs.length === 0) return [];
-  const lanes = Math.max(1, Math.min(os.availableParallelism?.() ?? os.cpus().length, 4, jobs.length));
-  const results: string[] = new Array(jobs.length);
+type WorkerReply = { error?: string } & Partial<Digest> & { digests?: [string, Digest][] };
+
+function once(w: Worker): Promise<WorkerReply> {
+  return new Promise((resolve, reject) => {
+    const onMessage = (m: WorkerReply) => {
+      w.off('error', onError);
+      if (m.error) reject(new Error(m.error));
+      else resolve(m);
+    };
+    const onError = (err: Error) => {
+      w.off('message', onMessage);
+      reject(err);
+    };
+    w.once('message', onMessage);
+    w.once('error', onError);
+  });
+}
+
+/**
+ * Digests of many files, in input order: large ones on worker threads
+ * (largest first, one file per thread at a time), small ones here meanwhile.
+ * `inline`: this thread is one of the lanes and starts with the largest file
+ * (for a process that has nothing else to do meanwhile, like the shim: no
+ * worker start-up on the critical path). Never inline in a long-lived
+ * process whose event loop serves others (the Temporal worker).
+ */
+export async function digestFiles(files: string[], opts: { sizes?: number[]; inline?: boolean } = {}): Promise<Digest[]> {
+  const out: Digest[] = new Array(files.length);
+  const sizes = opts.sizes ?? (await Promise.all(files.map(async (f) => (await fsp.stat(f)).size)));
+  const large = files.map((_, i) => i).filter((i) => sizes[i]! > WORKER_MIN_BYTES).sort((a, b) => sizes[b]! - sizes[a]!);
+  const small = files.map((_, i) => i).filter((i) => sizes[i]! <= WORKER_MIN_BYTES);
+  const cpus = Math.max(1, Math.min(os.availableParallelism?.() ?? os.cpus().length, 4));
+  const workers = Math.min(large.length - (opts.inline ? 1 : 0), opts.inline ? cpus - 1 : cpus);
   let next = 0;
-  await Promise.all(
-    Array.from({ length: lanes }, async () => {
-      const w = new Worker(HASH_WORKER_SOURCE, { eval: true });
-      try {
-        while (next < jobs.length) {
-          const i = next++;
-          results[i] = await new Promise<string>((resolve, reject) => {
-            w.once('message', (m: { hex?: string; error?: string }) => (m.error ? reject(new Error(m.error)) : resolve(m.hex!)));
-            w.once('error', reject);
-            w.postMessage(jobs[i]);
-          });
-          w.removeAllListeners('error');
-        }
-      } finally {
-        await w.terminate();
+  const pool = Array.from({ length: Math.max(0, workers) }, async () => {
+    const w = new Worker(WORKER_SOURCE, { eval: true });
+    try {
+      while (next < large.length) {
+        const i = large[next++]!;
+        const reply = once(w);
+        w.postMessage({ file: files[i] });
+        const r = await reply;
+        out[i] = { size: r.size!, sha256: r.sha256! };
       }
-    }),
-  );
-  return results;
+    } finally {
+      await w.terminate();
+    }
+  });
+  const here = (async () => {
+    // Small files synchronously: a thread-pool round trip per read would cost more than the hashing.
+    if (opts.inline) {
+      while (next < large.length) {
+        const i = large[next++]!;
+        out[i] = digestFileSync(files[i]!);
+        await new Promise((r) => setImmediate(r)); // let the workers' replies in
+      }
+    }
+    for (const i of small) out[i] = digestFileSync(files[i]!);
+  })();
+  await Promise.all([...pool, here]);
+  return out;
+}
+
+/**
+ * Hash the files matching `pattern` in `dir` while another process is still
+ * writing them (CRIU's page images), on a worker thread. With `writeback`,
+ * this thread meanwhile fdatasyncs each file every WRITEBACK_STEP bytes, so
+ * the disk writes overlap the dump and the publishing fsync has little left.
+ * finish() is called once the writer is done and returns the digests by
+ * file name; cancel() abandons it (the dump failed).
+ */
+const WRITEBACK_STEP = 32 * 1024 * 1024;
+
+export class DigestFollower {
+  private readonly worker: Worker;
+  private readonly result: Promise<WorkerReply>;
+  private stopped = false;
+  private readonly writer: Promise<void>;
+
+  constructor(private readonly dir: string, private readonly pattern: RegExp, opts: { writeback?: boolean } = {}) {
+    this.worker = new Worker(WORKER_SOURCE, { eval: true, workerData: { follow: { dir, pattern: pattern.source } } });
+    this.result = once(this.worker);
+    this.result.catch(() => undefined); // observed by finish(); cancel() may never look
+    this.writer = opts.writeback ? this.writeback() : Promise.resolve();
+  }
+
+  private async writeback(): Promise<void> {
+    const synced = new Map<string, number>();
+    while (!this.stopped) {
+      for (const name of await fsp.readdir(this.dir).catch(() => [] as string[])) {
+        if (!this.pattern.test(name)) continue;
+        const file = path.join(this.dir, name);
+        const size = await fsp.stat(file).then((st) => st.size, () => 0);
+        if (size - (synced.get(name) ?? 0) < WRITEBACK_STEP) continue;
+        const fh = await fsp.open(file, 'r').catch(() => undefined);
+        if (!fh) continue;
+        try {
+          await fh.datasync();
+          synced.set(name, size);
+        } catch {
+          // only an early start: the publishing fsync reports real errors
+        } finally {
+          await fh.close();
+        }
+      }
+      await sleep(10);
+    }
+  }
+
+  async finish(): Promise<Map<string, Digest>> {
+    this.stopped = true;
+    this.worker.postMessage('finish');
+    try {
+      const [r] = await Promise.all([this.result, this.writer]);
+      return new Map(r.digests ?? []);
+    } finally {
+      await this.worker.terminate();
+    }
+  }
+
+  async cancel(): Promise<void> {
+    this.stopped = true;
+    await Promise.all([this.worker.terminate(), this.writer]);
+  }
 }

@@ -1,7 +1,7 @@
 import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { z } from 'zod';
-import { CHUNK_SIZE, digestFile, hashRanges, type Digest } from './digest.js';
+import { digestFile, digestFiles, type Digest } from './digest.js';
 import { CheckpointUnusableError } from './errors.js';
 
 /**
@@ -17,8 +17,6 @@ const FileEntry = z.object({
   path: z.string(),
   size: z.number().int().nonnegative(),
   sha256: HEX64,
-  /** sha256 of each CHUNK_SIZE chunk (large files): lets restore verify in parallel. */
-  chunks: z.array(HEX64).optional(),
 });
 export type FileEntry = z.infer<typeof FileEntry>;
 
@@ -84,26 +82,24 @@ export async function listFiles(dir: string): Promise<string[]> {
   return out.sort();
 }
 
-/** Size and digests of every file; `known` holds digests already computed (followed while written). */
+/** Size and sha256 of every file; `known` holds digests already computed (followed while written). */
 export async function describeFiles(dir: string, files: string[], known: Map<string, Digest> = new Map()): Promise<FileEntry[]> {
-  const entries: FileEntry[] = new Array(files.length);
-  let next = 0;
-  async function lane(): Promise<void> {
-    while (next < files.length) {
-      const i = next++;
-      const d = known.get(files[i]!) ?? (await digestFile(path.join(dir, files[i]!)));
-      entries[i] = { path: files[i]!, ...d };
-    }
-  }
-  await Promise.all([lane(), lane(), lane()]);
-  return entries;
+  const todo = files.filter((f) => !known.has(f));
+  const digests = await digestFiles(todo.map((f) => path.join(dir, f)));
+  const computed = new Map(todo.map((f, i) => [f, digests[i]!]));
+  return files.map((f) => ({ path: f, ...(known.get(f) ?? computed.get(f)!) }));
 }
 
 /**
  * Verify a checkpoint directory against its manifest: exactly the listed
  * files, each with the recorded size and sha256. Throws CheckpointUnusableError.
  */
-export async function verifyCheckpointDir(dir: string): Promise<Manifest> {
+export interface VerifyOptions {
+  /** Hash on this thread too (see digestFiles): only for a process with nothing else to do. */
+  inline?: boolean;
+}
+
+export async function verifyCheckpointDir(dir: string, opts: VerifyOptions = {}): Promise<Manifest> {
   let text: string;
   try {
     text = await fsp.readFile(path.join(dir, MANIFEST_FILE), 'utf8');
@@ -117,39 +113,21 @@ export async function verifyCheckpointDir(dir: string): Promise<Manifest> {
   const missing = listed.filter((p) => !present.includes(p));
   if (missing.length) throw new CheckpointUnusableError('truncated', `missing files: ${missing.slice(0, 5).join(', ')}`);
   if (extra.length) throw new CheckpointUnusableError('unexpected-file', `files not in the manifest: ${extra.slice(0, 5).join(', ')}`);
-  await verifyDigests(dir, manifest.files);
+  await verifyDigests(dir, manifest.files, opts);
   return manifest;
 }
 
 /**
- * Sizes first (cheap, catches truncation), then digests: chunked files on
- * worker threads in parallel, small ones whole. Any mismatch throws.
+ * Sizes first (cheap, catches truncation), then every file's sha256 (large
+ * files on worker threads in parallel). Any mismatch throws.
  */
-async function verifyDigests(dir: string, files: FileEntry[]): Promise<void> {
+async function verifyDigests(dir: string, files: FileEntry[], opts: VerifyOptions): Promise<void> {
   for (const f of files) {
     const st = await fsp.stat(path.join(dir, f.path));
     if (st.size !== f.size) throw new CheckpointUnusableError('truncated', `${f.path}: ${st.size} bytes, manifest says ${f.size}`);
   }
-  const jobs: { file: string; start: number; end: number; entry: FileEntry; expect: string }[] = [];
-  for (const f of files) {
-    const file = path.join(dir, f.path);
-    if (f.chunks && f.chunks.length === Math.max(1, Math.ceil(f.size / CHUNK_SIZE))) {
-      f.chunks.forEach((expect, i) => jobs.push({ file, start: i * CHUNK_SIZE, end: Math.min(f.size, (i + 1) * CHUNK_SIZE), entry: f, expect }));
-    } else if (f.size > 1024 * 1024) {
-      jobs.push({ file, start: 0, end: f.size, entry: f, expect: f.sha256 });
-    }
-  }
-  const inWorkers = new Set(jobs.map((j) => j.entry));
-  const [hexes] = await Promise.all([
-    hashRanges(jobs.map(({ file, start, end }) => ({ file, start, end }))),
-    (async () => {
-      for (const f of files) {
-        if (inWorkers.has(f)) continue;
-        if ((await digestFile(path.join(dir, f.path))).sha256 !== f.sha256) throw new CheckpointUnusableError('corrupt', `${f.path}: sha256 mismatch`);
-      }
-    })(),
-  ]);
-  jobs.forEach((j, i) => {
-    if (hexes[i] !== j.expect) throw new CheckpointUnusableError('corrupt', `${j.entry.path}: sha256 mismatch (bytes ${j.start}-${j.end})`);
+  const got = await digestFiles(files.map((f) => path.join(dir, f.path)), { sizes: files.map((f) => f.size), inline: opts.inline });
+  files.forEach((f, i) => {
+    if (got[i]!.sha256 !== f.sha256) throw new CheckpointUnusableError('corrupt', `${f.path}: sha256 mismatch`);
   });
 }

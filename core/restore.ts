@@ -38,7 +38,8 @@ export async function restoreFromCheckpoint(ctx: NodeContext, req: RestoreReques
   const store = new CheckpointStore(checkpointDirOf(req.contract, req.namespace, req.id));
   if (!(await store.current())) return undefined;
   let t = Date.now();
-  const { dir, manifest } = await store.verifyCurrent();
+  // The shim (the only caller) has nothing else to do meanwhile: hash on its own thread too.
+  const { dir, manifest } = await store.verifyCurrent({ inline: true });
   if (manifest.namespace !== req.namespace || manifest.containerId !== req.id) {
     throw new CheckpointUnusableError('identity', `checkpoint is for ${manifest.namespace}/${manifest.containerId}, not ${req.namespace}/${req.id}`);
   }

@@ -3,7 +3,7 @@ import fsp from 'node:fs/promises';
 import path from 'node:path';
 import type { Digest } from './digest.js';
 import { CheckpointUnusableError } from './errors.js';
-import { describeFiles, listFiles, MANIFEST_FILE, parseManifest, verifyCheckpointDir, type Manifest } from './manifest.js';
+import { describeFiles, listFiles, MANIFEST_FILE, parseManifest, verifyCheckpointDir, type Manifest, type VerifyOptions } from './manifest.js';
 
 /**
  * One container's checkpoints: <root>/<ns>/<id>/.
@@ -51,10 +51,10 @@ export class CheckpointStore {
   }
 
   /** Verified manifest of the current checkpoint; throws CheckpointUnusableError. */
-  async verifyCurrent(): Promise<{ dir: string; manifest: Manifest }> {
+  async verifyCurrent(opts: VerifyOptions = {}): Promise<{ dir: string; manifest: Manifest }> {
     const dir = await this.current();
     if (!dir) throw new CheckpointUnusableError('missing', `no checkpoint in ${this.containerDir}`);
-    return { dir, manifest: await verifyCheckpointDir(dir) };
+    return { dir, manifest: await verifyCheckpointDir(dir, opts) };
   }
 
   async begin(): Promise<Staging> {
@@ -76,8 +76,14 @@ export class CheckpointStore {
   async publish(
     staging: Staging,
     meta: Omit<Manifest, 'files'>,
-    opts: { fsync: boolean; onPhase?: (phase: string, ms: number) => void; known?: Map<string, Digest>; synced?: Set<string> },
-  ): Promise<{ dir: string; manifest: Manifest; sizeBytes: number }> {
+    opts: {
+      fsync: boolean;
+      onPhase?: (phase: string, ms: number) => void;
+      known?: Map<string, Digest>;
+      /** Leave the previous checkpoint for the caller to prune() (after its time-critical part). */
+      deferPrune?: boolean;
+    },
+  ): Promise<{ dir: string; manifest: Manifest; sizeBytes: number; prune: () => Promise<void> }> {
     let finalDir: string | undefined;
     let tmpLink: string | undefined;
     let linked = false;
@@ -88,7 +94,7 @@ export class CheckpointStore {
       const manifest: Manifest = { ...meta, files };
       await fsp.writeFile(path.join(staging.dir, MANIFEST_FILE), JSON.stringify(manifest, null, 1));
       t = Date.now();
-      if (opts.fsync) await fsyncTree(staging.dir, opts.synced);
+      if (opts.fsync) await fsyncTree(staging.dir);
       opts.onPhase?.('fsync', Date.now() - t);
       const name = `ckpt-${new Date().toISOString().replace(/[:.]/g, '-')}-${randomBytes(4).toString('hex')}`;
       const previous = await this.current().catch(() => null);
@@ -99,9 +105,13 @@ export class CheckpointStore {
       await fsp.rename(tmpLink, path.join(this.containerDir, CURRENT_LINK));
       linked = true;
       if (opts.fsync) await fsyncDir(this.containerDir);
-      if (previous && previous !== finalDir) await fsp.rm(previous, { recursive: true, force: true });
+      const stale = previous && previous !== finalDir ? previous : undefined;
+      const prune = async () => {
+        if (stale) await fsp.rm(stale, { recursive: true, force: true });
+      };
+      if (!opts.deferPrune) await prune();
       const sizeBytes = files.reduce((a, f) => a + f.size, 0);
-      return { dir: finalDir, manifest, sizeBytes };
+      return { dir: finalDir, manifest, sizeBytes, prune: opts.deferPrune ? prune : async () => undefined };
     } catch (err) {
       await this.abort(staging).catch(() => undefined);
       // Renamed but never made current: nobody would ever read or remove it.
@@ -146,14 +156,14 @@ async function fsyncDir(dir: string): Promise<void> {
 }
 
 /** fsync every file (in parallel: the kernel merges the writeback) and then the directories. */
-async function fsyncTree(dir: string, alreadySynced: Set<string> = new Set()): Promise<void> {
+async function fsyncTree(dir: string): Promise<void> {
   const dirs: string[] = [];
   const files: string[] = [];
   async function walk(d: string): Promise<void> {
     dirs.push(d);
     for (const e of await fsp.readdir(d, { withFileTypes: true })) {
       if (e.isDirectory()) await walk(path.join(d, e.name));
-      else if (!alreadySynced.has(path.relative(dir, path.join(d, e.name)))) files.push(path.join(d, e.name));
+      else files.push(path.join(d, e.name));
     }
   }
   await walk(dir);

@@ -33,7 +33,7 @@ beforeAll(async () => {
   source = new CheckpointStore(path.join(root, 'a', 'default', 'job-1'));
   const staging = await source.begin();
   fs.mkdirSync(path.join(staging.dir, 'criu'));
-  // Above CHUNK_SIZE (32 MiB): the manifest carries chunk digests, checked on arrival too.
+  // Large enough to be hashed on a worker thread when verified.
   fs.writeFileSync(path.join(staging.dir, 'criu', 'pages-1.img'), randomBytes(40 << 20));
   fs.writeFileSync(path.join(staging.dir, 'criu', 'inventory.img'), randomBytes(100));
   fs.writeFileSync(path.join(staging.dir, 'rootfs-diff.tar'), randomBytes(4096));
@@ -72,7 +72,6 @@ test('streams a checkpoint, verifies it, publishes it; a second fetch finds it p
   expect(await b.current()).toBe(r.dir);
   const verified = await verifyCheckpointDir(r.dir);
   expect(sameCheckpoint(verified, published.manifest)).toBe(true);
-  expect(verified.files.find((f) => f.path === 'criu/pages-1.img')?.chunks).toHaveLength(2);
   expect(leftovers(b).filter((n) => n.startsWith('.staging'))).toEqual([]);
   const again = await fetchCheckpoint({ offer, manifestSha256: digest, store: b, fsync: false });
   expect(again.kind).toBe('present');
@@ -157,20 +156,3 @@ test('single files (image archives) are offered and fetched, then removed when w
   expect(removed).toBe(true);
 });
 
-test('a manifest whose chunk digests do not describe the data is refused', async () => {
-  const manifestFile = path.join(published.dir, 'manifest.json');
-  const original = fs.readFileSync(manifestFile);
-  const m = JSON.parse(original.toString()) as Manifest;
-  const pages = m.files.find((f) => f.path === 'criu/pages-1.img')!;
-  pages.chunks = pages.chunks!.map(() => '0'.repeat(64));
-  fs.writeFileSync(manifestFile, JSON.stringify(m, null, 1));
-  try {
-    const forged = await manifestDigest(published.dir);
-    const offer = await server.offerCheckpoint(published.dir, forged, 60_000);
-    const h = target('h');
-    await expect(fetchCheckpoint({ offer, manifestSha256: forged, store: h, fsync: false })).rejects.toThrow(/chunk digests in the manifest do not match/);
-    expect(await h.current()).toBeNull();
-  } finally {
-    fs.writeFileSync(manifestFile, original);
-  }
-});
