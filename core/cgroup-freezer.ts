@@ -4,7 +4,7 @@ import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 
 /**
- * Freeze, thaw and kill a container's processes through its cgroup, as
+ * Freeze, thaw and signal a container's processes through its cgroup, as
  * `runc pause`, `runc resume` and `runc kill --all` do, without starting a
  * runc process for each: on the checkpoint path the container is frozen the
  * whole time, so every exec saved is downtime saved. runc reads the freezer
@@ -67,6 +67,22 @@ export class CgroupFreezer {
     return /^frozen 1$/m.test(await fsp.readFile(path.join(this.dir, 'cgroup.events'), 'utf8'));
   }
 
+  /** Send `signal` to every process of the cgroup (a process that is gone meanwhile is skipped). */
+  async signalAll(signal: NodeJS.Signals): Promise<number> {
+    let sent = 0;
+    for (const line of (await fsp.readFile(path.join(this.dir, 'cgroup.procs'), 'utf8')).split('\n')) {
+      const pid = Number(line);
+      if (!Number.isInteger(pid) || pid <= 0) continue;
+      try {
+        process.kill(pid, signal);
+        sent++;
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== 'ESRCH') throw err;
+      }
+    }
+    return sent;
+  }
+
   /**
    * SIGKILL every process of the cgroup, then thaw so they die (a frozen
    * process only acts on the signal once thawed). The pids cannot be reused
@@ -74,19 +90,8 @@ export class CgroupFreezer {
    */
   async killAndThaw(): Promise<void> {
     const killFile = path.join(this.dir, 'cgroup.kill');
-    if (this.version === 2 && fs.existsSync(killFile)) {
-      await fsp.writeFile(killFile, '1');
-    } else {
-      for (const line of (await fsp.readFile(path.join(this.dir, 'cgroup.procs'), 'utf8')).split('\n')) {
-        const pid = Number(line);
-        if (!Number.isInteger(pid) || pid <= 0) continue;
-        try {
-          process.kill(pid, 'SIGKILL');
-        } catch (err) {
-          if ((err as NodeJS.ErrnoException).code !== 'ESRCH') throw err;
-        }
-      }
-    }
+    if (this.version === 2 && fs.existsSync(killFile)) await fsp.writeFile(killFile, '1');
+    else await this.signalAll('SIGKILL');
     await this.thaw();
   }
 }

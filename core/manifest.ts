@@ -90,16 +90,32 @@ export async function describeFiles(dir: string, files: string[], known: Map<str
   return files.map((f) => ({ path: f, ...(known.get(f) ?? computed.get(f)!) }));
 }
 
-/**
- * Verify a checkpoint directory against its manifest: exactly the listed
- * files, each with the recorded size and sha256. Throws CheckpointUnusableError.
- */
 export interface VerifyOptions {
   /** Hash on this thread too (see digestFiles): only for a process with nothing else to do. */
   inline?: boolean;
 }
 
+/**
+ * Verify a checkpoint directory against its manifest: exactly the listed
+ * files, each with the recorded size and sha256. Throws CheckpointUnusableError.
+ */
 export async function verifyCheckpointDir(dir: string, opts: VerifyOptions = {}): Promise<Manifest> {
+  const { manifest, deferred } = await verifyCheckpointDirStaged(dir, opts);
+  await deferred;
+  return manifest;
+}
+
+/**
+ * The same check in two stages: everything is verified before this
+ * resolves except the digests of the files matching `defer` (sizes are
+ * checked for those too), which `deferred` settles later. For raw bytes
+ * that may be loaded before they are known good but must not be acted on
+ * until then (CRIU's page images, restored into stopped processes).
+ * `deferred` always has a rejection handler attached: await it.
+ */
+export async function verifyCheckpointDirStaged(
+  dir: string, opts: VerifyOptions & { defer?: RegExp } = {},
+): Promise<{ manifest: Manifest; deferred: Promise<void> }> {
   let text: string;
   try {
     text = await fsp.readFile(path.join(dir, MANIFEST_FILE), 'utf8');
@@ -113,19 +129,28 @@ export async function verifyCheckpointDir(dir: string, opts: VerifyOptions = {})
   const missing = listed.filter((p) => !present.includes(p));
   if (missing.length) throw new CheckpointUnusableError('truncated', `missing files: ${missing.slice(0, 5).join(', ')}`);
   if (extra.length) throw new CheckpointUnusableError('unexpected-file', `files not in the manifest: ${extra.slice(0, 5).join(', ')}`);
-  await verifyDigests(dir, manifest.files, opts);
-  return manifest;
-}
-
-/**
- * Sizes first (cheap, catches truncation), then every file's sha256 (large
- * files on worker threads in parallel). Any mismatch throws.
- */
-async function verifyDigests(dir: string, files: FileEntry[], opts: VerifyOptions): Promise<void> {
-  for (const f of files) {
+  // Sizes first (cheap, catches truncation), then the digests.
+  for (const f of manifest.files) {
     const st = await fsp.stat(path.join(dir, f.path));
     if (st.size !== f.size) throw new CheckpointUnusableError('truncated', `${f.path}: ${st.size} bytes, manifest says ${f.size}`);
   }
+  const later = manifest.files.filter((f) => opts.defer?.test(f.path));
+  const now = manifest.files.filter((f) => !later.includes(f));
+  // Started first, on worker threads, so they run while the rest is checked here.
+  const deferred = verifyDigests(dir, later, {});
+  deferred.catch(() => undefined);
+  try {
+    await verifyDigests(dir, now, opts);
+  } catch (err) {
+    await deferred.catch(() => undefined);
+    throw err;
+  }
+  return { manifest, deferred };
+}
+
+/** Every file's sha256 (large files on worker threads in parallel). Any mismatch throws. */
+async function verifyDigests(dir: string, files: FileEntry[], opts: VerifyOptions): Promise<void> {
+  if (files.length === 0) return;
   const got = await digestFiles(files.map((f) => path.join(dir, f.path)), { sizes: files.map((f) => f.size), inline: opts.inline });
   files.forEach((f, i) => {
     if (got[i]!.sha256 !== f.sha256) throw new CheckpointUnusableError('corrupt', `${f.path}: sha256 mismatch`);

@@ -1,10 +1,11 @@
 import fsp from 'node:fs/promises';
 import path from 'node:path';
+import { CgroupFreezer } from './cgroup-freezer.js';
 import type { NodeContext } from './context.js';
 import { checkpointDirOf, type EnabledContract } from './env-contract.js';
 import { CheckpointUnusableError, errorMessage } from './errors.js';
-import type { Manifest } from './manifest.js';
-import { rootfsOf, type OciSpec } from './oci-spec.js';
+import { verifyCheckpointDirStaged, type Manifest } from './manifest.js';
+import { rootfsOf, writeSpec, type OciSpec } from './oci-spec.js';
 import { applyDiff, findUpperDir } from './rootfs-diff.js';
 import type { Runc } from './runc.js';
 import { CheckpointStore } from './store.js';
@@ -12,7 +13,8 @@ import { CheckpointStore } from './store.js';
 /**
  * Restore a container in place of its create: the bundle, pid file, console
  * socket and stdio are those containerd gave the create call. Verified
- * manifest first, then the writable layer, then the processes.
+ * manifest first, then the writable layer, then the processes (which only
+ * run once their page images are verified too).
  * Throws CheckpointUnusableError (or the runc error); the caller then starts
  * the container fresh. Returns undefined when there is no checkpoint at all.
  */
@@ -33,30 +35,60 @@ export interface RestoreResult {
   timings: Record<string, number>;
 }
 
+/** CRIU's raw page images: restored into stopped processes while their digests are still being checked. */
+const PAGE_IMAGES = /^criu\/pages-\d+\.img$/;
+/** runc passes the file this annotation names to CRIU as its configuration (runc >= 1.0). */
+const CRIU_CONFIG_ANNOTATION = 'org.criu.config';
+/** What runc gives CRIU when the annotation is absent. */
+const RUNC_DEFAULT_CRIU_CONFIG = '/etc/criu/runc.conf';
+const BUNDLE_CRIU_CONFIG = 'arch-criu.conf';
+
 export async function restoreFromCheckpoint(ctx: NodeContext, req: RestoreRequest): Promise<RestoreResult | undefined> {
   const timings: Record<string, number> = {};
   const store = new CheckpointStore(checkpointDirOf(req.contract, req.namespace, req.id));
-  if (!(await store.current())) return undefined;
+  const dir = await store.current();
+  if (!dir) return undefined;
   let t = Date.now();
-  // The shim (the only caller) has nothing else to do meanwhile: hash on its own thread too.
-  const { dir, manifest } = await store.verifyCurrent({ inline: true });
-  if (manifest.namespace !== req.namespace || manifest.containerId !== req.id) {
-    throw new CheckpointUnusableError('identity', `checkpoint is for ${manifest.namespace}/${manifest.containerId}, not ${req.namespace}/${req.id}`);
+  // Verifying the page images is most of the verification time: it runs on
+  // worker threads while CRIU restores, and the restored processes stay
+  // stopped until it has passed (CRIU's leave-stopped). Everything CRIU
+  // parses (every other image), the rootfs archive and the manifest are
+  // verified before anything is used. A spec with its own CRIU configuration
+  // is left alone: then everything is verified first.
+  const overlap = req.spec.annotations?.[CRIU_CONFIG_ANNOTATION] === undefined;
+  const { manifest, deferred } = await verifyCheckpointDirStaged(dir, { inline: true, defer: overlap ? PAGE_IMAGES : undefined });
+  const pagesVerified = async (): Promise<void> => {
+    const w = Date.now();
+    await deferred;
+    timings.verifyPages = Date.now() - w;
+  };
+  try {
+    if (manifest.namespace !== req.namespace || manifest.containerId !== req.id) {
+      throw new CheckpointUnusableError('identity', `checkpoint is for ${manifest.namespace}/${manifest.containerId}, not ${req.namespace}/${req.id}`);
+    }
+  } catch (err) {
+    await deferred.catch(() => undefined);
+    throw err;
   }
   timings.verify = Date.now() - t;
 
   t = Date.now();
   const upper = await findUpperDir(rootfsOf(req.bundle, req.spec));
-  if (upper) {
-    await assertEmptyLayer(upper);
-    try {
-      await applyDiff(dir, upper);
-    } catch (err) {
-      await clearDir(upper);
-      throw err;
+  try {
+    if (upper) {
+      await assertEmptyLayer(upper);
+      try {
+        await applyDiff(dir, upper);
+      } catch (err) {
+        await clearDir(upper);
+        throw err;
+      }
+    } else if (manifest.rootfs.files + manifest.rootfs.deletions > 0) {
+      throw new CheckpointUnusableError('rootfs', 'the checkpoint has writable-layer changes but the new rootfs is not an overlay mount');
     }
-  } else if (manifest.rootfs.files + manifest.rootfs.deletions > 0) {
-    throw new CheckpointUnusableError('rootfs', 'the checkpoint has writable-layer changes but the new rootfs is not an overlay mount');
+  } catch (err) {
+    await deferred.catch(() => undefined);
+    throw err;
   }
   timings.rootfs = Date.now() - t;
 
@@ -66,7 +98,14 @@ export async function restoreFromCheckpoint(ctx: NodeContext, req: RestoreReques
   const work = path.join(req.bundle, 'arch-restore');
   await fsp.rm(work, { recursive: true, force: true });
   await fsp.mkdir(work, { recursive: true });
+  const criuConfig = overlap ? await leaveStoppedConfig(req.bundle, req.spec) : undefined;
   const images = path.join(dir, 'criu');
+  const undo = async (): Promise<void> => {
+    if (upper) await clearDir(upper);
+    // A failed restore can leave runc state (and stopped processes) behind; the fresh create needs the id free.
+    await req.runc.kill(req.id, 'KILL', true).catch(() => undefined);
+    await req.runc.delete(req.id, true).catch(() => undefined);
+  };
   try {
     await req.runc.restore(req.id, {
       bundle: req.bundle,
@@ -76,15 +115,49 @@ export async function restoreFromCheckpoint(ctx: NodeContext, req: RestoreReques
       consoleSocket: req.consoleSocket,
     });
   } catch (err) {
-    if (upper) await clearDir(upper);
-    // A failed restore can leave runc state behind; the fresh create needs the id free.
-    await req.runc.delete(req.id, true).catch(() => undefined);
+    await criuConfig?.reset().catch(() => undefined);
+    await deferred.catch(() => undefined);
+    await undo();
     const log = await fsp.readFile(path.join(work, 'restore.log'), 'utf8').catch(() => '');
     const tail = log.split('\n').filter((l) => /Error|error/.test(l)).slice(-3).join(' | ');
     throw new Error(`runc restore failed: ${errorMessage(err).split('\n').slice(-3).join(' ')}${tail ? ` (criu: ${tail})` : ''}`);
   }
   timings.restore = Date.now() - t;
+  if (criuConfig) {
+    try {
+      await criuConfig.reset(); // later dumps of this container must not leave it stopped
+      await pagesVerified();
+      await continueProcesses(req);
+    } catch (err) {
+      // Bad page images never ran: the stopped processes are killed unresumed.
+      await undo();
+      throw err;
+    }
+  }
   return { checkpointDir: dir, manifest, timings };
+}
+
+/**
+ * Point the bundle's spec at a CRIU configuration that restores the
+ * processes stopped. runc keeps the annotation for the container's life, so
+ * reset() rewrites the file to what runc would otherwise give CRIU.
+ */
+async function leaveStoppedConfig(bundle: string, spec: OciSpec): Promise<{ reset: () => Promise<void> }> {
+  const file = path.join(bundle, BUNDLE_CRIU_CONFIG);
+  const defaults = await fsp.readFile(RUNC_DEFAULT_CRIU_CONFIG, 'utf8').catch(() => '');
+  await fsp.writeFile(file, `${defaults}${defaults && !defaults.endsWith('\n') ? '\n' : ''}leave-stopped\n`);
+  await writeSpec(bundle, { ...spec, annotations: { ...spec.annotations, [CRIU_CONFIG_ANNOTATION]: file } });
+  return { reset: () => fsp.writeFile(file, defaults) };
+}
+
+/** SIGCONT every process of the restored container (through its cgroup; runc where that is unknown). */
+async function continueProcesses(req: RestoreRequest): Promise<void> {
+  const pid = req.pidFile
+    ? Number((await fsp.readFile(req.pidFile, 'utf8').catch(() => '')).trim())
+    : (await req.runc.state(req.id)).pid;
+  const cgroup = await CgroupFreezer.of(pid);
+  if (cgroup && (await cgroup.signalAll('SIGCONT')) > 0) return;
+  await req.runc.kill(req.id, 'CONT', true);
 }
 
 async function assertEmptyLayer(upper: string): Promise<void> {
