@@ -1,7 +1,7 @@
 import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { z } from 'zod';
-import { digestFile, digestFiles, type Digest } from './digest.js';
+import { digestFiles, type Digest } from './digest.js';
 import { CheckpointUnusableError } from './errors.js';
 
 /**
@@ -61,10 +61,6 @@ export function parseManifest(text: string): Manifest {
     }
   }
   return parsed.data;
-}
-
-export async function sha256File(file: string): Promise<string> {
-  return (await digestFile(file)).sha256;
 }
 
 /** Every regular file below dir (relative paths, sorted), except the manifest itself. */

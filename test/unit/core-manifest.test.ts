@@ -3,7 +3,8 @@ import os from 'node:os';
 import path from 'node:path';
 import { createHash } from 'node:crypto';
 import { CheckpointUnusableError } from '../../core/errors.js';
-import { describeFiles, FORMAT_VERSION, listFiles, parseManifest, sha256File, verifyCheckpointDir, type Manifest } from '../../core/manifest.js';
+import { digestFile } from '../../core/digest.js';
+import { describeFiles, FORMAT_VERSION, listFiles, parseManifest, verifyCheckpointDir, type Manifest } from '../../core/manifest.js';
 
 let tmp: string;
 beforeAll(() => {
@@ -98,7 +99,7 @@ describe('parseManifest', () => {
   });
 });
 
-describe('listFiles / describeFiles / sha256File', () => {
+describe('listFiles / describeFiles / digestFile', () => {
   test('sorted relative regular files, manifest excluded, digests right', async () => {
     const dir = await goodDir('list');
     expect(await listFiles(dir)).toEqual(['criu/core-1.img', 'criu/pages-1.img', 'deleted.files', 'rootfs-diff.tar']);
@@ -112,7 +113,7 @@ describe('listFiles / describeFiles / sha256File', () => {
     const buf = Buffer.alloc(3 * 1024 * 1024 + 17);
     for (let i = 0; i < buf.length; i++) buf[i] = (i * 31) & 0xff;
     fs.writeFileSync(big, buf);
-    expect(await sha256File(big)).toBe(sha(buf));
+    expect((await digestFile(big)).sha256).toBe(sha(buf));
   });
 
   test('a symlink, FIFO or device in a checkpoint dir is refused', async () => {
