@@ -10,7 +10,7 @@ import { FORMAT_VERSION, type Manifest } from './manifest.js';
 import { readSpec, rootfsOf, type OciSpec } from './oci-spec.js';
 import { captureDiff, DELETED_FILES, findUpperDir, ROOTFS_TAR } from './rootfs-diff.js';
 import { Runc } from './runc.js';
-import { updateShimState } from './shim-state.js';
+import { lockCheckpoint, updateShimState } from './shim-state.js';
 import { CheckpointStore } from './store.js';
 import { runtimeVersions } from './versions.js';
 
@@ -92,15 +92,37 @@ function firstLine(err: unknown): string {
 
 export async function checkpointContainer(ctx: NodeContext, req: CheckpointRequest): Promise<CheckpointResult> {
   const t0 = Date.now();
+  validateNamespace(req.namespace);
+  validateContainerId(req.id);
+  // One checkpoint of a container at a time (a drain while a migration runs):
+  // taken before looking at the container, so the second caller sees what the first left.
+  const root = req.runcRoot ?? path.join(ctx.settings.runcRootBase, req.namespace);
+  const lock = req.dumpedImages
+    ? { release: async () => undefined }
+    : await lockCheckpoint(root, req.id).catch((err: NodeJS.ErrnoException) => {
+        if (err.code === 'ENOENT') return { release: async () => undefined }; // no such container: inspect says so
+        throw err;
+      });
+  if ('heldBy' in lock) {
+    throw new ArchInputError('container', `${req.namespace}/${req.id} is being checkpointed already (process ${lock.heldBy})`, 'wait for that checkpoint to finish; its result is the checkpoint to use');
+  }
+  try {
+    const c = await inspectArchContainer(ctx, req.namespace, req.id, req.runcRoot, req.bundle);
+    if (!req.dumpedImages && c.status !== 'running' && c.status !== 'paused') {
+      throw new ArchInputError('container', `${req.namespace}/${req.id} is ${c.status}, not running`, 'only a running container can be checkpointed');
+    }
+    return await checkpointLocked(ctx, req, c, t0);
+  } finally {
+    await lock.release().catch(() => undefined);
+  }
+}
+
+async function checkpointLocked(ctx: NodeContext, req: CheckpointRequest, c: ContainerOnNode, t0: number): Promise<CheckpointResult> {
   const timings: Record<string, number> = {};
   const lap = (phase: string, since: number) => {
     timings[phase] = (timings[phase] ?? 0) + (Date.now() - since);
   };
-  const c = await inspectArchContainer(ctx, req.namespace, req.id, req.runcRoot, req.bundle);
   const log = ctx.log.child({ namespace: req.namespace, container: req.id });
-  if (!req.dumpedImages && c.status !== 'running' && c.status !== 'paused') {
-    throw new ArchInputError('container', `${req.namespace}/${req.id} is ${c.status}, not running`, 'only a running container can be checkpointed');
-  }
   const containerDir = checkpointDirOf(c.contract, req.namespace, req.id);
   const store = new CheckpointStore(containerDir);
   const staging = await store.begin();

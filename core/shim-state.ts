@@ -1,5 +1,6 @@
 import fsp from 'node:fs/promises';
 import path from 'node:path';
+import { isAlive } from './pid.js';
 
 /**
  * What the shim remembers about an ARCH container between runc calls.
@@ -76,4 +77,40 @@ export async function wasOomKilled(runcRoot: string, id: string): Promise<boolea
     // no state: nothing known
   }
   return false;
+}
+
+export const CHECKPOINT_LOCK_FILE = 'arch.checkpointing';
+
+/** Lock files this process holds (a worker runs many activities at once). */
+const heldHere = new Set<string>();
+
+/**
+ * One checkpoint of a container at a time on a node (a drain and a migration
+ * can both ask for one): the lock file, created exclusively in runc's state
+ * dir, holds the pid of the process checkpointing. A lock whose process is
+ * gone is stale and taken over. Returns the release function, or the pid
+ * that holds the lock.
+ */
+export async function lockCheckpoint(runcRoot: string, id: string): Promise<{ release: () => Promise<void> } | { heldBy: number }> {
+  const file = path.join(runcRoot, id, CHECKPOINT_LOCK_FILE);
+  if (heldHere.has(file)) return { heldBy: process.pid };
+  for (let attempt = 0; attempt < 2; attempt++) {
+    try {
+      await fsp.writeFile(file, String(process.pid), { flag: 'wx' });
+      heldHere.add(file);
+      return {
+        release: async () => {
+          heldHere.delete(file);
+          await fsp.rm(file, { force: true });
+        },
+      };
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+    }
+    const holder = Number((await fsp.readFile(file, 'utf8').catch(() => '')).trim());
+    if (heldHere.has(file)) return { heldBy: process.pid };
+    if (Number.isInteger(holder) && holder > 0 && holder !== process.pid && isAlive(holder)) return { heldBy: holder };
+    await fsp.rm(file, { force: true }); // stale: its process died mid-checkpoint
+  }
+  return { heldBy: -1 };
 }

@@ -3,6 +3,7 @@ import fsp from 'node:fs/promises';
 import path from 'node:path';
 import type { Digest } from './digest.js';
 import { CheckpointUnusableError } from './errors.js';
+import { isAlive } from './pid.js';
 import { describeFiles, listFiles, MANIFEST_FILE, parseManifest, verifyCheckpointDir, type Manifest, type VerifyOptions } from './manifest.js';
 
 /**
@@ -134,15 +135,6 @@ export class CheckpointStore {
       if (Number.isInteger(pid) && pid > 0 && isAlive(pid)) continue;
       await fsp.rm(path.join(this.containerDir, name), { recursive: true, force: true });
     }
-  }
-}
-
-function isAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
   }
 }
 

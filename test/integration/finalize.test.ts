@@ -1,6 +1,7 @@
 import { execa } from 'execa';
 import fs from 'node:fs';
 import path from 'node:path';
+import { checkpointContainer } from '../../core/checkpoint.js';
 import { CheckpointStore } from '../../core/store.js';
 import { cleanupStaleNodes, stopAllNodes } from '../support/containerd-node.js';
 import { startArchNode, type ArchTestNode } from '../support/arch-node.js';
@@ -70,4 +71,31 @@ test('finalize with nothing to do says so and succeeds; bad --deadline is a clea
   const bad = await execa(path.join(REPO_ROOT, 'bin/arch-cli'), ['finalize', '--deadline', 'soon'], { env: { ARCH_CONFIG: node.archConfig }, reject: false });
   expect(bad.exitCode).not.toBe(0);
   expect(String(bad.stderr)).toMatch(/--deadline.*Fix/);
+});
+
+test('two checkpoints of one container at once: one publishes, the other is refused without touching it', async () => {
+  const id = 'job-twice';
+  const env = ['ARCH_ENABLE=1', `ARCH_CHECKPOINT_HOST_PATH=${storage}`];
+  await node.runCounter(id, env);
+  await node.waitCount(id, 3);
+  const results = await Promise.allSettled([
+    checkpointContainer(node.ctx, { namespace: 'default', id }),
+    checkpointContainer(node.ctx, { namespace: 'default', id }),
+  ]);
+  const ok = results.filter((r) => r.status === 'fulfilled');
+  const refused = results.filter((r): r is PromiseRejectedResult => r.status === 'rejected');
+  expect(ok).toHaveLength(1);
+  expect(refused).toHaveLength(1);
+  expect(String(refused[0]!.reason)).toMatch(/is being checkpointed already.*Fix: wait/);
+  await node.containerd.waitStatus(id, 'STOPPED', 15_000);
+  const checkpoints = fs.readdirSync(path.join(storage, 'default', id)).filter((n) => n.startsWith('ckpt-'));
+  expect(checkpoints).toHaveLength(1);
+  await new CheckpointStore(path.join(storage, 'default', id)).verifyCurrent();
+  // The lock went with the checkpoint: a later one (after re-create) is not refused.
+  const at = node.count(id);
+  await node.containerd.removeContainer(id);
+  await node.runCounter(id, env);
+  await node.waitCount(id, at + 2);
+  await expect(checkpointContainer(node.ctx, { namespace: 'default', id, leaveRunning: true })).resolves.toMatchObject({ id });
+  await node.containerd.removeContainer(id);
 });
