@@ -3,7 +3,7 @@ import path from 'node:path';
 import { checkpointContainer } from '../../core/checkpoint.js';
 import { CheckpointStore } from '../../core/store.js';
 import { cleanupStaleNodes, stopAllNodes } from '../support/containerd-node.js';
-import { startArchNode, waitFor, type ArchTestNode } from '../support/arch-node.js';
+import { ARCH_RUNC_BIN, startArchNode, waitFor, type ArchTestNode } from '../support/arch-node.js';
 import { COUNTER_FILES } from '../support/images.js';
 
 /**
@@ -162,4 +162,38 @@ test('a leave-running checkpoint does not keep a finished job: it exits 0 later 
   await a.containerd.waitStatus(id, 'STOPPED', 30_000); // exits 0 by itself at 40
   await a.containerd.removeContainer(id);
   expect(fs.existsSync(ckDir)).toBe(false);
+});
+
+test('a container of several processes: all are restored, and all run again once their page images are verified', async () => {
+  const id = 'multi-1';
+  // pid 1 is a shell ticking its own file; the counter is its child.
+  const script = 'mkdir -p /state; /usr/bin/counter & i=0; while :; do i=$((i+1)); echo $i > /state/sh-ticks; sleep 0.1; done';
+  const env = ['ARCH_ENABLE=1', `ARCH_CHECKPOINT_HOST_PATH=${storage}/multi`];
+  const run = () => a.containerd.run({ image: a.image, id, env, args: ['/bin/sh', '-c', script], runcBinary: ARCH_RUNC_BIN, detach: true, logFile: path.join(storage, `${id}-${Date.now()}.out`) });
+  const shTicks = () => Number(a.readContainerFile(id, '/state/sh-ticks').trim());
+  await run();
+  await a.waitCount(id, 5);
+  await waitFor('shell ticks', () => (shTicks() >= 5 ? true : undefined));
+  await checkpointContainer(a.ctx, { namespace: 'default', id, runcRoot: a.runcRoot('default') });
+  await a.containerd.waitStatus(id, 'STOPPED', 15_000);
+  const atCheckpoint = a.count(id);
+  const shAtCheckpoint = shTicks();
+  await a.containerd.removeContainer(id);
+
+  await run();
+  await a.containerd.waitStatus(id, 'RUNNING', 15_000);
+  await a.waitCount(id, atCheckpoint + 5);
+  await waitFor('shell ticking again', () => (shTicks() >= shAtCheckpoint + 5 ? true : undefined));
+  expect(startsOf(a, id)).toBe(1);
+  const procs = fs.readdirSync('/proc').filter((p) => /^\d+$/.test(p)).map((p) => {
+    try {
+      return { cmd: fs.readFileSync(`/proc/${p}/cmdline`, 'utf8'), state: /State:\s+(\S)/.exec(fs.readFileSync(`/proc/${p}/status`, 'utf8'))?.[1] };
+    } catch {
+      return undefined;
+    }
+  });
+  // No process of it left stopped (T): the counter and the shell both run.
+  expect(procs.filter((p) => p && p.cmd.startsWith('/usr/bin/counter') && p.state === 'T')).toEqual([]);
+  expect(a.logLines().some((l) => l.container === id && l.msg === 'restored from checkpoint')).toBe(true);
+  await a.containerd.removeContainer(id);
 });
