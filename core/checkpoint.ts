@@ -123,6 +123,8 @@ async function checkpointLocked(ctx: NodeContext, req: CheckpointRequest, c: Con
     timings[phase] = (timings[phase] ?? 0) + (Date.now() - since);
   };
   const log = ctx.log.child({ namespace: req.namespace, container: req.id });
+  // Asked now (runc and criu --version, once per process) so it runs during the dump, not while frozen after it.
+  const versionsAsked = runtimeVersions(ctx.settings);
   const containerDir = checkpointDirOf(c.contract, req.namespace, req.id);
   const store = new CheckpointStore(containerDir);
   const staging = await store.begin();
@@ -180,7 +182,7 @@ async function checkpointLocked(ctx: NodeContext, req: CheckpointRequest, c: Con
     req.signal?.throwIfAborted();
     t = Date.now();
     req.onProgress?.({ phase: 'publish' });
-    const versions = await runtimeVersions(ctx.settings);
+    const versions = await versionsAsked;
     const pub = await store.publish(
       staging,
       {

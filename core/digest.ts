@@ -194,7 +194,8 @@ function once(w: Worker): Promise<WorkerReply> {
  */
 export async function digestFiles(files: string[], opts: { sizes?: number[]; inline?: boolean } = {}): Promise<Digest[]> {
   const out: Digest[] = new Array(files.length);
-  const sizes = opts.sizes ?? (await Promise.all(files.map(async (f) => (await fsp.stat(f)).size)));
+  // stat synchronously: microseconds each, where a thread-pool round trip per file costs more than the hashing.
+  const sizes = opts.sizes ?? files.map((f) => fs.statSync(f).size);
   const large = files.map((_, i) => i).filter((i) => sizes[i]! > WORKER_MIN_BYTES).sort((a, b) => sizes[b]! - sizes[a]!);
   const small = files.map((_, i) => i).filter((i) => sizes[i]! <= WORKER_MIN_BYTES);
   const cpus = Math.max(1, Math.min(os.availableParallelism?.() ?? os.cpus().length, 4));
