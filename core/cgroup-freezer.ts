@@ -67,19 +67,28 @@ export class CgroupFreezer {
     return /^frozen 1$/m.test(await fsp.readFile(path.join(this.dir, 'cgroup.events'), 'utf8'));
   }
 
-  /** Send `signal` to every process of the cgroup (a process that is gone meanwhile is skipped). */
+  /**
+   * Send `signal` to every process of the cgroup and of the cgroups below it
+   * (a container running its own cgroups); a process gone meanwhile is skipped.
+   */
   async signalAll(signal: NodeJS.Signals): Promise<number> {
     let sent = 0;
-    for (const line of (await fsp.readFile(path.join(this.dir, 'cgroup.procs'), 'utf8')).split('\n')) {
-      const pid = Number(line);
-      if (!Number.isInteger(pid) || pid <= 0) continue;
-      try {
-        process.kill(pid, signal);
-        sent++;
-      } catch (err) {
-        if ((err as NodeJS.ErrnoException).code !== 'ESRCH') throw err;
+    const visit = async (dir: string): Promise<void> => {
+      for (const line of (await fsp.readFile(path.join(dir, 'cgroup.procs'), 'utf8')).split('\n')) {
+        const pid = Number(line);
+        if (!Number.isInteger(pid) || pid <= 0) continue;
+        try {
+          process.kill(pid, signal);
+          sent++;
+        } catch (err) {
+          if ((err as NodeJS.ErrnoException).code !== 'ESRCH') throw err;
+        }
       }
-    }
+      for (const e of await fsp.readdir(dir, { withFileTypes: true })) {
+        if (e.isDirectory()) await visit(path.join(dir, e.name));
+      }
+    };
+    await visit(this.dir);
     return sent;
   }
 

@@ -30,6 +30,13 @@ afterEach(async () => {
 
 afterAll(async () => {
   fs.rmSync(TICKS, { force: true });
+  for (let i = 0; i < 50 && fs.existsSync(path.join(dir, 'sub')); i++) {
+    try {
+      fs.rmdirSync(path.join(dir, 'sub'));
+    } catch {
+      await sleep(100);
+    }
+  }
   for (let i = 0; i < 50 && fs.existsSync(dir); i++) {
     try {
       fs.rmdirSync(dir);
@@ -84,4 +91,20 @@ test('killAndThaw kills every process of a frozen cgroup', async () => {
   expect(await exited).toBe('SIGKILL');
   for (let i = 0; i < 100 && fs.readFileSync(path.join(dir, 'cgroup.procs'), 'utf8').trim() !== ''; i++) await sleep(20);
   expect(fs.readFileSync(path.join(dir, 'cgroup.procs'), 'utf8').trim()).toBe('');
+});
+
+test('killAndThaw also reaches processes in cgroups below the container\'s', async () => {
+  const { pid } = await ticker();
+  fs.mkdirSync(path.join(dir, 'sub'));
+  const nested = spawn('sleep', ['300'], { stdio: 'ignore' });
+  try {
+    fs.writeFileSync(path.join(dir, 'sub', 'cgroup.procs'), String(nested.pid));
+    const f = (await CgroupFreezer.of(pid))!;
+    await f.freeze();
+    const exits = [child!, nested].map((p) => new Promise((r) => p.once('exit', (_c, signal) => r(signal))));
+    await f.killAndThaw();
+    expect(await Promise.all(exits)).toEqual(['SIGKILL', 'SIGKILL']);
+  } finally {
+    if (nested.exitCode === null && nested.signalCode === null) nested.kill('SIGKILL');
+  }
 });
