@@ -28,7 +28,7 @@ mkdir -p "$ARCH_PREFIX/bin" "$CONF_DIR"
 export DEBIAN_FRONTEND=noninteractive
 
 # ---- Debian packages -------------------------------------------------------
-PKGS=(runc containerd iptables zstd busybox-static gcc libc6-dev attr ca-certificates)
+PKGS=(runc containerd iptables zstd busybox-static gcc libc6-dev attr ca-certificates openssl)
 [ "$DEBIAN_MAJOR" = 13 ] && PKGS+=(criu)
 missing=()
 for p in "${PKGS[@]}"; do

@@ -26,6 +26,8 @@ export interface NodeDeps {
   /** Namespaces this node manages; absent = every namespace under runcRootBase. */
   namespaces?: string[];
   transfer: TransferServer;
+  /** CA for fetching from other nodes' transfer servers (ARCH_TRANSFER_TLS_CA): https only when set. */
+  transferCa?: Buffer;
   /** Where restored containers' stdout/stderr go (<logDir>/<ns>/<id>.log); absent = discarded. */
   logDir?: string;
   /** Scratch space: image exports/imports, throughput history. */

@@ -74,7 +74,7 @@ export function restoreActivities(d: NodeDeps) {
     await fsp.mkdir(dir, { recursive: true });
     const file = path.join(dir, `${randomBytes(6).toString('hex')}.tar`);
     try {
-      await fetchFile(offer, file);
+      await fetchFile(offer, file, { ca: d.transferCa });
       await cd.importImage(file);
     } finally {
       await fsp.rm(file, { force: true });
@@ -105,6 +105,7 @@ export function restoreActivities(d: NodeDeps) {
           manifestSha256: input.expected.manifestSha256,
           store,
           fsync: d.ctx.settings.fsync,
+          ca: d.transferCa,
           signal,
           onProgress: (p) => report({ phase: 'transfer', bytesDone: p.bytesDone, bytesTotal: p.bytesTotal, files: p.files }),
         });

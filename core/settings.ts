@@ -25,6 +25,11 @@ export interface Settings {
   /** Checkpoint root for containers that set no ARCH_*_HOST_PATH. */
   defaultCheckpointRoot: string;
   temporalCli: string;
+  /** TLS for the checkpoint transfer server (PEM files): this node serves over https when both are set. */
+  transferTlsCert: string | undefined;
+  transferTlsKey: string | undefined;
+  /** CA that signed the other nodes' transfer certificates: when set, this node fetches only over verified https. */
+  transferTlsCa: string | undefined;
   temporalAddress: string;
   temporalNamespace: string;
   configFile: string;
@@ -72,6 +77,13 @@ export function loadSettings(env: NodeJS.ProcessEnv = process.env): Settings {
   const { vars, configFile } = settingsVars(env);
   const get = (k: string): string | undefined => vars[k];
   const logFile = get('ARCH_LOG_FILE');
+  const optionalPath = (k: string): string | undefined => (get(k) ? requireAbsolutePath(get(k)!, k) : undefined);
+  const transferTlsCert = optionalPath('ARCH_TRANSFER_TLS_CERT');
+  const transferTlsKey = optionalPath('ARCH_TRANSFER_TLS_KEY');
+  if (!transferTlsCert !== !transferTlsKey) {
+    const [set, unset] = transferTlsCert ? ['ARCH_TRANSFER_TLS_CERT', 'ARCH_TRANSFER_TLS_KEY'] : ['ARCH_TRANSFER_TLS_KEY', 'ARCH_TRANSFER_TLS_CERT'];
+    throw new ArchInputError(unset, `is not set but ${set} is`, `set both (PEM certificate and its private key) or neither`);
+  }
   return {
     runc: get('ARCH_RUNC') || 'runc',
     criu: get('ARCH_CRIU') || 'criu',
@@ -83,6 +95,9 @@ export function loadSettings(env: NodeJS.ProcessEnv = process.env): Settings {
     runcRootBase: requireAbsolutePath(get('ARCH_RUNC_ROOT') || '/run/containerd/runc', 'ARCH_RUNC_ROOT'),
     defaultCheckpointRoot: requireAbsolutePath(get('ARCH_DEFAULT_CHECKPOINT_PATH') || '/var/lib/arch/checkpoints', 'ARCH_DEFAULT_CHECKPOINT_PATH'),
     temporalCli: get('ARCH_TEMPORAL_CLI') || 'temporal',
+    transferTlsCert,
+    transferTlsKey,
+    transferTlsCa: optionalPath('ARCH_TRANSFER_TLS_CA'),
     temporalAddress: get('TEMPORAL_ADDRESS') || 'localhost:7233',
     temporalNamespace: get('TEMPORAL_NAMESPACE') || 'default',
     configFile,

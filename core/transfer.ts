@@ -21,14 +21,16 @@ import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import http from 'node:http';
+import https from 'node:https';
 import os from 'node:os';
 import path from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { Transform } from 'node:stream';
 import { StreamDigest, type Digest } from './digest.js';
-import { CheckpointUnusableError } from './errors.js';
+import { ArchInputError, CheckpointUnusableError } from './errors.js';
 import type { Logger } from './log.js';
 import { MANIFEST_FILE, parseManifest, type Manifest } from './manifest.js';
+import type { Settings } from './settings.js';
 import type { CheckpointStore } from './store.js';
 
 export interface Offer {
@@ -53,7 +55,33 @@ export interface TransferServerOptions {
   port: number;
   /** Host name other nodes use to reach this one (default: host, or the hostname when host is a wildcard). */
   advertiseHost?: string;
+  /** Serve over https with this certificate (its names must include the advertised host). */
+  tls?: { cert: Buffer; key: Buffer };
   log: Logger;
+}
+
+/** A node's transfer TLS material, read from the files its settings name. */
+export interface TransferTls {
+  /** Server side: this node's certificate and key. */
+  server?: { cert: Buffer; key: Buffer };
+  /** Client side: fetch only over https verified against this CA. */
+  ca?: Buffer;
+}
+
+export function loadTransferTls(settings: Settings): TransferTls {
+  const read = (file: string, field: string): Buffer => {
+    try {
+      return fs.readFileSync(file);
+    } catch (err) {
+      throw new ArchInputError(field, `cannot read ${file} (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`, 'point it at a readable PEM file');
+    }
+  };
+  return {
+    server: settings.transferTlsCert && settings.transferTlsKey
+      ? { cert: read(settings.transferTlsCert, 'ARCH_TRANSFER_TLS_CERT'), key: read(settings.transferTlsKey, 'ARCH_TRANSFER_TLS_KEY') }
+      : undefined,
+    ca: settings.transferTlsCa ? read(settings.transferTlsCa, 'ARCH_TRANSFER_TLS_CA') : undefined,
+  };
 }
 
 const TOKEN_BYTES = 32;
@@ -71,13 +99,14 @@ export class TransferServer {
   }
 
   async start(): Promise<string> {
-    const server = http.createServer((req, res) => {
+    const onRequest = (req: http.IncomingMessage, res: http.ServerResponse): void => {
       this.handle(req, res).catch((err: unknown) => {
         this.opts.log.warn({ phase: 'transfer', err: (err as Error).message }, 'transfer request failed');
         if (!res.headersSent) res.writeHead(500).end();
         else res.destroy();
       });
-    });
+    };
+    const server: http.Server = this.opts.tls ? https.createServer({ cert: this.opts.tls.cert, key: this.opts.tls.key }, onRequest) : http.createServer(onRequest);
     // Page images are large: no socket timeout while a response streams.
     server.requestTimeout = 0;
     server.timeout = 0;
@@ -90,7 +119,7 @@ export class TransferServer {
     const port = typeof addr === 'object' && addr ? addr.port : this.opts.port;
     const wildcard = this.opts.host === '0.0.0.0' || this.opts.host === '::' || this.opts.host === '';
     const host = this.opts.advertiseHost || (wildcard ? os.hostname() : this.opts.host);
-    this.baseUrl = `http://${host.includes(':') ? `[${host}]` : host}:${port}`;
+    this.baseUrl = `${this.opts.tls ? 'https' : 'http'}://${host.includes(':') ? `[${host}]` : host}:${port}`;
     this.sweeper = setInterval(() => this.sweep(), 60_000).unref();
     return this.baseUrl;
   }
@@ -213,20 +242,34 @@ export interface FetchProgress {
 
 interface GetOptions {
   signal?: AbortSignal;
+  /** Fetch only over https verified against this CA (a node with ARCH_TRANSFER_TLS_CA). */
+  ca?: Buffer;
 }
 
 function get(offer: Offer, query: string, o: GetOptions): Promise<http.IncomingMessage> {
   const url = `${offer.url}${query}`;
+  const secure = url.startsWith('https:');
+  if (o.ca && !secure) {
+    // No silent downgrade: this node was told to trust only verified peers.
+    return Promise.reject(new ArchInputError('ARCH_TRANSFER_TLS_CA', `is set on this node, but the source offers plain http (${offer.url})`, 'set ARCH_TRANSFER_TLS_CERT and ARCH_TRANSFER_TLS_KEY on the source node too'));
+  }
+  const options = { headers: { authorization: `Bearer ${offer.token}` }, signal: o.signal, ...(secure && o.ca ? { ca: o.ca } : {}) };
   return new Promise((resolve, reject) => {
-    const req = http.get(url, { headers: { authorization: `Bearer ${offer.token}` }, signal: o.signal }, (res) => {
+    const req = (secure ? https : http).get(url, options, (res) => {
       if (res.statusCode === 200) return resolve(res);
       res.resume();
       if (res.statusCode === 404) reject(new OfferGoneError(offer.url));
       else reject(new Error(`GET ${offer.url}: HTTP ${res.statusCode}`));
     });
-    req.on('error', reject);
+    req.on('error', (err: NodeJS.ErrnoException) => reject(TLS_TRUST_ERRORS.has(err.code ?? '') ? new ArchInputError('ARCH_TRANSFER_TLS_CA', `the source's certificate at ${offer.url} is not trusted (${err.message})`, 'set ARCH_TRANSFER_TLS_CA on this node to the CA that signed the source node\'s ARCH_TRANSFER_TLS_CERT, whose names must include the host it advertises') : err));
   });
 }
+
+/** Certificate verification failures: configuration, not a transient network error. */
+const TLS_TRUST_ERRORS = new Set([
+  'DEPTH_ZERO_SELF_SIGNED_CERT', 'SELF_SIGNED_CERT_IN_CHAIN', 'UNABLE_TO_VERIFY_LEAF_SIGNATURE', 'UNABLE_TO_GET_ISSUER_CERT_LOCALLY',
+  'ERR_TLS_CERT_ALTNAME_INVALID', 'CERT_HAS_EXPIRED', 'CERT_NOT_YET_VALID', 'CERT_SIGNATURE_FAILURE',
+]);
 
 /** Stream a response to a file, hashing as it goes. */
 async function download(offer: Offer, query: string, dest: string, o: GetOptions & { onBytes?: (n: number) => void }): Promise<Digest> {
@@ -253,6 +296,8 @@ export interface FetchCheckpointOptions {
   onProgress?: (p: FetchProgress) => void;
   /** Files fetched at once (default 4: many small CRIU images, a few large ones). */
   concurrency?: number;
+  /** See GetOptions.ca. */
+  ca?: Buffer;
 }
 
 export interface FetchCheckpointResult {
@@ -284,8 +329,8 @@ async function readBody(res: http.IncomingMessage, limit: number): Promise<Buffe
 }
 
 /** Fetch and check the offered manifest against the digest the orchestrator holds. */
-export async function fetchManifest(offer: Offer, manifestSha256: string, signal?: AbortSignal): Promise<Manifest> {
-  const text = await readBody(await get(offer, `?path=${MANIFEST_FILE}`, { signal }), 64 << 20);
+export async function fetchManifest(offer: Offer, manifestSha256: string, o: GetOptions = {}): Promise<Manifest> {
+  const text = await readBody(await get(offer, `?path=${MANIFEST_FILE}`, o), 64 << 20);
   const digest = sha256(text);
   if (digest !== manifestSha256) {
     throw new CheckpointUnusableError('corrupt', `manifest from ${offer.url} does not match the checkpoint that was taken (sha256 ${digest.slice(0, 12)}…, expected ${manifestSha256.slice(0, 12)}…)`);
@@ -301,7 +346,7 @@ export async function fetchManifest(offer: Offer, manifestSha256: string, signal
  */
 export async function fetchCheckpoint(o: FetchCheckpointOptions): Promise<FetchCheckpointResult> {
   const t0 = Date.now();
-  const manifest = await fetchManifest(o.offer, o.manifestSha256, o.signal);
+  const manifest = await fetchManifest(o.offer, o.manifestSha256, { signal: o.signal, ca: o.ca });
   const bytesTotal = manifest.files.reduce((a, f) => a + f.size, 0);
   const have = await o.store.readManifest().catch(() => null);
   const haveDir = await o.store.current().catch(() => null);
@@ -324,6 +369,7 @@ export async function fetchCheckpoint(o: FetchCheckpointOptions): Promise<FetchC
         if (!dest.startsWith(staging.dir + path.sep)) throw new CheckpointUnusableError('manifest-invalid', `file entry ${f.path} escapes the checkpoint`);
         const got = await download(o.offer, `?path=${encodeURIComponent(f.path)}`, dest, {
           signal: o.signal,
+          ca: o.ca,
           onBytes: (n) => {
             bytesDone += n;
           },

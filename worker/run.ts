@@ -13,7 +13,7 @@ import { createLogger, type Logger } from '../core/log.js';
 import type { Settings } from '../core/settings.js';
 import { connectionOptions, temporalTarget } from '../core/temporal/connection.js';
 import { nodeTaskQueue, WORKFLOW_TASK_QUEUE } from '../core/temporal/names.js';
-import { TransferServer } from '../core/transfer.js';
+import { loadTransferTls, TransferServer } from '../core/transfer.js';
 import { sdkLogger } from './logger.js';
 import { startNoticeWatcher } from './notices.js';
 import { nodeThroughputFile } from '../core/drain-plan.js';
@@ -72,7 +72,8 @@ export async function startNodeWorker(o: NodeWorkerOptions): Promise<RunningWork
     throw new Error(`workflow bundle ${WORKFLOW_BUNDLE} is missing: run \`npm run build\` in ${REPO_DIR}`);
   }
   fs.mkdirSync(o.stateDir, { recursive: true });
-  const transfer = new TransferServer({ host: o.transferListen.host, port: o.transferListen.port, advertiseHost: o.transferAdvertise, log });
+  const tls = loadTransferTls(settings);
+  const transfer = new TransferServer({ host: o.transferListen.host, port: o.transferListen.port, advertiseHost: o.transferAdvertise, tls: tls.server, log });
   const transferUrl = await transfer.start();
   const target = temporalTarget(settings);
   let connection: NativeConnection | undefined;
@@ -88,6 +89,7 @@ export async function startNodeWorker(o: NodeWorkerOptions): Promise<RunningWork
       archRunc: o.archRunc ?? path.join(REPO_DIR, 'bin', 'arch-runc'),
       namespaces: o.namespaces,
       transfer,
+      transferCa: tls.ca,
       logDir: o.logDir,
       stateDir: o.stateDir,
       verifyStableMs: o.verifyStableMs ?? 1000,

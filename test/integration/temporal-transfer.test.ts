@@ -4,10 +4,12 @@ import http from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
 import { pino } from 'pino';
-import { CheckpointUnusableError } from '../../core/errors.js';
+import { execa } from 'execa';
+import { ArchInputError, CheckpointUnusableError } from '../../core/errors.js';
+import { loadSettings } from '../../core/settings.js';
 import { FORMAT_VERSION, verifyCheckpointDir, type Manifest } from '../../core/manifest.js';
 import { CheckpointStore } from '../../core/store.js';
-import { fetchCheckpoint, fetchFile, manifestDigest, OfferGoneError, sameCheckpoint, TransferServer, type Offer } from '../../core/transfer.js';
+import { fetchCheckpoint, fetchFile, loadTransferTls, manifestDigest, OfferGoneError, sameCheckpoint, TransferServer, type Offer } from '../../core/transfer.js';
 
 /**
  * The node-to-node checkpoint transfer (node-local storage): a real HTTP
@@ -156,3 +158,70 @@ test('single files (image archives) are offered and fetched, then removed when w
   expect(removed).toBe(true);
 });
 
+
+describe('over TLS (ARCH_TRANSFER_TLS_CERT/KEY on the source, ARCH_TRANSFER_TLS_CA on the target)', () => {
+  let tlsDir: string;
+  let tlsServer: TransferServer;
+  let ca: Buffer;
+  let otherCa: Buffer;
+
+  /** A CA and a certificate it signs for 127.0.0.1, made with openssl; and an unrelated CA. */
+  beforeAll(async () => {
+    tlsDir = path.join(root, 'tls');
+    fs.mkdirSync(tlsDir);
+    const ssl = (args: string[]) => execa('openssl', args, { cwd: tlsDir });
+    for (const name of ['ca', 'other-ca']) {
+      await ssl(['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', `${name}.key`, '-out', `${name}.pem`, '-days', '2', '-subj', `/CN=arch-test-${name}`]);
+    }
+    await ssl(['req', '-newkey', 'rsa:2048', '-nodes', '-keyout', 'node.key', '-out', 'node.csr', '-subj', '/CN=node-a']);
+    fs.writeFileSync(path.join(tlsDir, 'san.ext'), 'subjectAltName=IP:127.0.0.1\n');
+    await ssl(['x509', '-req', '-in', 'node.csr', '-CA', 'ca.pem', '-CAkey', 'ca.key', '-CAcreateserial', '-out', 'node.pem', '-days', '2', '-extfile', 'san.ext']);
+    ca = fs.readFileSync(path.join(tlsDir, 'ca.pem'));
+    otherCa = fs.readFileSync(path.join(tlsDir, 'other-ca.pem'));
+    const settings = loadSettings({
+      ARCH_CONFIG: path.join(tlsDir, 'none.env'),
+      ARCH_TRANSFER_TLS_CERT: path.join(tlsDir, 'node.pem'),
+      ARCH_TRANSFER_TLS_KEY: path.join(tlsDir, 'node.key'),
+      ARCH_TRANSFER_TLS_CA: path.join(tlsDir, 'ca.pem'),
+    });
+    const tls = loadTransferTls(settings);
+    expect(tls.ca?.equals(ca)).toBe(true);
+    tlsServer = new TransferServer({ host: '127.0.0.1', port: 0, tls: tls.server, log });
+    await tlsServer.start();
+  });
+
+  afterAll(async () => {
+    await tlsServer?.stop();
+  });
+
+  test('a checkpoint streams over https, verified against the CA', async () => {
+    expect(tlsServer.url).toMatch(/^https:\/\/127\.0\.0\.1:\d+$/);
+    const offer = await tlsServer.offerCheckpoint(published.dir, digest, 60_000);
+    const r = await fetchCheckpoint({ offer, manifestSha256: digest, store: target('tls-1'), fsync: false, ca });
+    expect(r.kind).toBe('copied');
+    expect(sameCheckpoint(await verifyCheckpointDir(r.dir), published.manifest)).toBe(true);
+  });
+
+  test('a certificate the CA did not sign is refused, naming the setting to fix; nothing is published', async () => {
+    const offer = await tlsServer.offerCheckpoint(published.dir, digest, 60_000);
+    const store = target('tls-2');
+    const err = await fetchCheckpoint({ offer, manifestSha256: digest, store, fsync: false, ca: otherCa }).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(ArchInputError);
+    expect(String(err)).toMatch(/ARCH_TRANSFER_TLS_CA: the source's certificate at https:.* is not trusted .*Fix: set ARCH_TRANSFER_TLS_CA/);
+    expect(await store.current()).toBeNull();
+  });
+
+  test('a node that requires TLS never fetches over plain http', async () => {
+    const offer = await server.offerCheckpoint(published.dir, digest, 60_000);
+    await expect(fetchCheckpoint({ offer, manifestSha256: digest, store: target('tls-3'), fsync: false, ca })).rejects.toThrow(/ARCH_TRANSFER_TLS_CA: is set on this node, but the source offers plain http .*Fix: set ARCH_TRANSFER_TLS_CERT and ARCH_TRANSFER_TLS_KEY on the source/);
+    server.withdraw(offer.token);
+  });
+
+  test('settings: certificate without key, relative paths and unreadable files are clear errors', () => {
+    const base = { ARCH_CONFIG: path.join(tlsDir, 'none.env') };
+    expect(() => loadSettings({ ...base, ARCH_TRANSFER_TLS_CERT: path.join(tlsDir, 'node.pem') })).toThrow(/ARCH_TRANSFER_TLS_KEY: is not set but ARCH_TRANSFER_TLS_CERT is\. Fix: set both/);
+    expect(() => loadSettings({ ...base, ARCH_TRANSFER_TLS_CA: 'ca.pem' })).toThrow(/ARCH_TRANSFER_TLS_CA/);
+    const missing = loadSettings({ ...base, ARCH_TRANSFER_TLS_CA: path.join(tlsDir, 'missing.pem') });
+    expect(() => loadTransferTls(missing)).toThrow(/ARCH_TRANSFER_TLS_CA: cannot read .*missing\.pem \(ENOENT\)\. Fix: point it at a readable PEM file/);
+  });
+});
