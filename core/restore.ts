@@ -101,10 +101,11 @@ export async function restoreFromCheckpoint(ctx: NodeContext, req: RestoreReques
   const criuConfig = overlap ? await leaveStoppedConfig(req.bundle, req.spec) : undefined;
   const images = path.join(dir, 'criu');
   const undo = async (): Promise<void> => {
-    if (upper) await clearDir(upper);
     // A failed restore can leave runc state (and stopped processes) behind; the fresh create needs the id free.
     await req.runc.kill(req.id, 'KILL', true).catch(() => undefined);
     await req.runc.delete(req.id, true).catch(() => undefined);
+    // And an empty writable layer: the fresh start must not see the checkpoint's files.
+    if (upper) await clearDir(upper);
   };
   try {
     await req.runc.restore(req.id, {
