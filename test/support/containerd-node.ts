@@ -46,6 +46,14 @@ export interface StartNodeOptions {
   /** containerd --log-level (default "info"). */
   logLevel?: string;
   startTimeoutMs?: number;
+  /**
+   * Run containerd (so its shims, arch-runc and containers) in a mount
+   * namespace of its own where each `source` is bind-mounted over `target`:
+   * a second node with its own disk at the same path (node-local storage).
+   * Mounts it makes there are not visible on the host: read its containers'
+   * output, not their files. Workers join it (TestNode.mountNsPid).
+   */
+  privateMounts?: { source: string; target: string }[];
 }
 
 export interface TestNode {
@@ -63,6 +71,8 @@ export interface TestNode {
   logFile: string;
   /** containerd's pid (undefined once stopped or killed). */
   readonly pid: number | undefined;
+  /** Started with privateMounts: processes that must see this node's files join containerd's mount namespace. */
+  privateMountNs: boolean;
   /** For namespace "default"; use containerd.withNamespace(ns) for others. */
   containerd: Containerd;
   runcRoot(namespace?: string): string;
@@ -368,7 +378,13 @@ export async function startNode(name: string, opts: StartNodeOptions = {}): Prom
   // cleanup: true (execa's default) kills containerd if the test process
   // exits without stop(); shims and containers are then left to
   // cleanupStaleNodes(). Both streams append to the log (O_APPEND: no clobbering).
-  const proc = execa('containerd', ['--config', configFile, '--log-level', opts.logLevel ?? 'info'], {
+  const containerdArgs = ['--config', configFile, '--log-level', opts.logLevel ?? 'info'];
+  const mounts = opts.privateMounts ?? [];
+  // unshare and sh exec into containerd: the pid stays containerd's.
+  const [file, args] = mounts.length === 0
+    ? ['containerd', containerdArgs]
+    : ['unshare', ['-m', '--propagation', 'private', '--', 'sh', '-c', `set -e; ${mounts.map((_, i) => `mount --bind "$${2 * i + 1}" "$${2 * i + 2}"`).join('; ')}; shift ${2 * mounts.length}; exec containerd "$@"`, 'sh', ...mounts.flatMap((m) => [m.source, m.target]), ...containerdArgs]];
+  const proc = execa(file, args, {
     env, extendEnv: true, stdin: 'ignore', stdout: { file: logFile, append: true }, stderr: { file: logFile, append: true },
     reject: false, cleanup: true,
   });
@@ -404,6 +420,7 @@ export async function startNode(name: string, opts: StartNodeOptions = {}): Prom
   const node: TestNode = {
     name, dir, address, root, state, runcRootBase, cgroupParent, configFile, logFile, containerd,
     get pid() { return pid; },
+    privateMountNs: mounts.length > 0,
     runcRoot: (ns = 'default') => path.join(runcRootBase, ns),
     bundleDir: (id, ns = 'default') => path.join(state, 'io.containerd.runtime.v2.task', ns, id),
     readContainerFile: (id, p, ns = 'default') => fs.readFileSync(path.join(node.bundleDir(id, ns), 'rootfs', p), 'utf8'),

@@ -109,7 +109,11 @@ export async function startWorker(node: TestNode, o: StartWorkerOptions): Promis
     '--shutdown-grace', '30s',
     ...(o.extraArgs ?? []),
   ];
-  const child: ChildProcess = spawn(path.join(REPO_ROOT, 'bin', 'arch-worker'), args, {
+  // A node with its own mount namespace (its own disk at shared paths): the worker joins it; nsenter execs, so the pid stays the worker's.
+  const [cmd, argv] = node.privateMountNs
+    ? ['nsenter', ['-t', String(node.pid), '-m', '--', path.join(REPO_ROOT, 'bin', 'arch-worker'), ...args]]
+    : [path.join(REPO_ROOT, 'bin', 'arch-worker'), args];
+  const child: ChildProcess = spawn(cmd, argv, {
     env: { ...process.env, ...o.temporal.env, ARCH_CONFIG: o.archConfig, ARCH_LOG_FILE: archLog, ARCH_NODE_NAME: node.name, ...o.env },
     stdio: ['ignore', 'pipe', out],
   });
@@ -249,6 +253,12 @@ export interface ClusterOptions {
   workerArgs?: string[];
   /** Per-node settings overrides (their own arch.env for that node's containerd, arch-runc and worker). */
   nodeSettings?: Record<string, Record<string, string | undefined>>;
+  /**
+   * Nodes with a disk of their own at the checkpoint root (node-local
+   * storage): <dir>/checkpoints-<node> is mounted over it in the node's own
+   * mount namespace, so checkpoints must really be copied to reach it.
+   */
+  ownCheckpointDisk?: string[];
 }
 
 export async function startCluster(label: string, names: string[], o: ClusterOptions = {}): Promise<TestCluster> {
@@ -274,8 +284,11 @@ export async function startCluster(label: string, names: string[], o: ClusterOpt
   };
   try {
     temporal = await startTemporal({ dir });
+    fs.mkdirSync(checkpointRoot, { recursive: true });
     await Promise.all(names.map(async (n) => {
-      nodes[n] = await startNode(n, { env: { ARCH_CONFIG: configOf[n]! } });
+      const own = o.ownCheckpointDisk?.includes(n) ? path.join(dir, `checkpoints-${n}`) : undefined;
+      if (own) fs.mkdirSync(own, { recursive: true });
+      nodes[n] = await startNode(n, { env: { ARCH_CONFIG: configOf[n]! }, privateMounts: own ? [{ source: own, target: checkpointRoot }] : undefined });
     }));
     await Promise.all((o.imageOn ?? names).map((n) => ensureTestImage(nodes[n]!.containerd)));
     const t = temporal;
