@@ -4,12 +4,12 @@ import http from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
 import { pino } from 'pino';
-import { execa } from 'execa';
 import { ArchInputError, CheckpointUnusableError } from '../../core/errors.js';
 import { loadSettings } from '../../core/settings.js';
 import { FORMAT_VERSION, verifyCheckpointDir, type Manifest } from '../../core/manifest.js';
 import { CheckpointStore } from '../../core/store.js';
 import { fetchCheckpoint, fetchFile, loadTransferTls, manifestDigest, OfferGoneError, sameCheckpoint, TransferServer, type Offer } from '../../core/transfer.js';
+import { makeTestPki } from '../support/tls.js';
 
 /**
  * The node-to-node checkpoint transfer (node-local storage): a real HTTP
@@ -165,24 +165,17 @@ describe('over TLS (ARCH_TRANSFER_TLS_CERT/KEY on the source, ARCH_TRANSFER_TLS_
   let ca: Buffer;
   let otherCa: Buffer;
 
-  /** A CA and a certificate it signs for 127.0.0.1, made with openssl; and an unrelated CA. */
+  /** A CA and a certificate it signs for 127.0.0.1; and an unrelated CA. */
   beforeAll(async () => {
     tlsDir = path.join(root, 'tls');
-    fs.mkdirSync(tlsDir);
-    const ssl = (args: string[]) => execa('openssl', args, { cwd: tlsDir });
-    for (const name of ['ca', 'other-ca']) {
-      await ssl(['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', `${name}.key`, '-out', `${name}.pem`, '-days', '2', '-subj', `/CN=arch-test-${name}`]);
-    }
-    await ssl(['req', '-newkey', 'rsa:2048', '-nodes', '-keyout', 'node.key', '-out', 'node.csr', '-subj', '/CN=node-a']);
-    fs.writeFileSync(path.join(tlsDir, 'san.ext'), 'subjectAltName=IP:127.0.0.1\n');
-    await ssl(['x509', '-req', '-in', 'node.csr', '-CA', 'ca.pem', '-CAkey', 'ca.key', '-CAcreateserial', '-out', 'node.pem', '-days', '2', '-extfile', 'san.ext']);
-    ca = fs.readFileSync(path.join(tlsDir, 'ca.pem'));
-    otherCa = fs.readFileSync(path.join(tlsDir, 'other-ca.pem'));
+    const pki = await makeTestPki(tlsDir);
+    ca = fs.readFileSync(pki.ca);
+    otherCa = fs.readFileSync(pki.otherCa);
     const settings = loadSettings({
       ARCH_CONFIG: path.join(tlsDir, 'none.env'),
-      ARCH_TRANSFER_TLS_CERT: path.join(tlsDir, 'node.pem'),
-      ARCH_TRANSFER_TLS_KEY: path.join(tlsDir, 'node.key'),
-      ARCH_TRANSFER_TLS_CA: path.join(tlsDir, 'ca.pem'),
+      ARCH_TRANSFER_TLS_CERT: pki.cert,
+      ARCH_TRANSFER_TLS_KEY: pki.key,
+      ARCH_TRANSFER_TLS_CA: pki.ca,
     });
     const tls = loadTransferTls(settings);
     expect(tls.ca?.equals(ca)).toBe(true);
