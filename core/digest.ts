@@ -44,23 +44,6 @@ export class StreamDigest {
   }
 }
 
-/** sha256 of one file on the calling thread (small files; anything when no worker is worth it). */
-export async function digestFile(file: string): Promise<Digest> {
-  const h = new StreamDigest();
-  const fh = await fsp.open(file, 'r');
-  try {
-    const buf = Buffer.allocUnsafe(READ_SIZE);
-    for (;;) {
-      const { bytesRead } = await fh.read(buf, 0, READ_SIZE, h.size);
-      if (bytesRead === 0) break;
-      h.update(buf.subarray(0, bytesRead));
-    }
-  } finally {
-    await fh.close();
-  }
-  return h.digest();
-}
-
 /** sha256 of a file on the calling thread, blocking it (small files; the shim's own verification). */
 function digestFileSync(file: string): Digest {
   const fd = fs.openSync(file, 'r');

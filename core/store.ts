@@ -4,7 +4,7 @@ import path from 'node:path';
 import type { Digest } from './digest.js';
 import { CheckpointUnusableError } from './errors.js';
 import { isAlive } from './pid.js';
-import { describeFiles, listFiles, MANIFEST_FILE, parseManifest, verifyCheckpointDir, type Manifest, type VerifyOptions } from './manifest.js';
+import { describeFiles, listFiles, MANIFEST_FILE, parseManifest, verifyCheckpointDir, type Manifest } from './manifest.js';
 
 /**
  * One container's checkpoints: <root>/<ns>/<id>/.
@@ -52,10 +52,10 @@ export class CheckpointStore {
   }
 
   /** Verified manifest of the current checkpoint; throws CheckpointUnusableError. */
-  async verifyCurrent(opts: VerifyOptions = {}): Promise<{ dir: string; manifest: Manifest }> {
+  async verifyCurrent(): Promise<{ dir: string; manifest: Manifest }> {
     const dir = await this.current();
     if (!dir) throw new CheckpointUnusableError('missing', `no checkpoint in ${this.containerDir}`);
-    return { dir, manifest: await verifyCheckpointDir(dir, opts) };
+    return { dir, manifest: await verifyCheckpointDir(dir) };
   }
 
   async begin(): Promise<Staging> {

@@ -4,10 +4,11 @@ import { spawn } from 'node:child_process';
 import { execa } from 'execa';
 import { checkpointContainer } from '../../core/checkpoint.js';
 import { CtrError } from '../../core/containerd.js';
-import { digestFile } from '../../core/digest.js';
+import { digestFiles } from '../../core/digest.js';
 import type { Manifest } from '../../core/manifest.js';
 import { findUpperDir } from '../../core/rootfs-diff.js';
 import { CheckpointStore } from '../../core/store.js';
+import { craftTar, type TarEntry } from '../support/crafted-tar.js';
 import { realRunc } from '../support/arch-env.js';
 import { ARCH_RUNC_BIN, startArchNode, waitFor, type ArchTestNode } from '../support/arch-node.js';
 import { cleanupStaleNodes, stopAllNodes } from '../support/containerd-node.js';
@@ -79,7 +80,7 @@ async function treeDigest(dir: string): Promise<Record<string, string>> {
       const r = rel ? `${rel}/${e.name}` : e.name;
       if (e.isDirectory()) await walk(r);
       else if (e.isSymbolicLink()) out[r] = `-> ${fs.readlinkSync(path.join(dir, r))}`;
-      else out[r] = (await digestFile(path.join(dir, r))).sha256;
+      else out[r] = (await digestFiles([path.join(dir, r)]))[0]!.sha256;
     }
   };
   await walk('');
@@ -131,60 +132,6 @@ describe('bad ARCH_* settings: the container starts without ARCH, the field is n
 
 // ---- damaged checkpoints -----------------------------------------------------
 
-/** Minimal ustar reading/writing, to craft archives node-tar would never write. */
-interface TarEntry {
-  name: string;
-  type: '0' | '1' | '2' | '3';
-  data?: string;
-  link?: string;
-  dev?: [number, number];
-}
-
-function tarHeader(e: TarEntry): Buffer {
-  const h = Buffer.alloc(512);
-  const oct = (off: number, len: number, v: number): void => void h.write(`${v.toString(8).padStart(len - 1, '0')}\0`, off, len, 'ascii');
-  h.write(e.name, 0, 100, 'utf8');
-  oct(100, 8, 0o644);
-  oct(108, 8, 0);
-  oct(116, 8, 0);
-  oct(124, 12, Buffer.byteLength(e.data ?? ''));
-  oct(136, 12, 1_700_000_000);
-  h.write(e.type, 156, 1, 'ascii');
-  h.write(e.link ?? '', 157, 100, 'utf8');
-  h.write('ustar\0', 257, 6, 'ascii');
-  h.write('00', 263, 2, 'ascii');
-  oct(329, 8, e.dev?.[0] ?? 0);
-  oct(337, 8, e.dev?.[1] ?? 0);
-  h.fill(' ', 148, 156);
-  let sum = 0;
-  for (const b of h) sum += b;
-  h.write(`${sum.toString(8).padStart(6, '0')}\0 `, 148, 8, 'ascii');
-  return h;
-}
-
-/** The archive's entries (headers and data blocks) without its end-of-archive zero blocks. */
-function tarBody(buf: Buffer): Buffer {
-  let off = 0;
-  while (off + 512 <= buf.length) {
-    const h = buf.subarray(off, off + 512);
-    if (h.every((b) => b === 0)) break;
-    const size = parseInt(h.subarray(124, 136).toString('ascii').replace(/\0.*$/, '').trim() || '0', 8);
-    off += 512 + Math.ceil(size / 512) * 512;
-  }
-  return buf.subarray(0, off);
-}
-
-function appendEntries(tar: Buffer, entries: TarEntry[]): Buffer {
-  const parts: Buffer[] = [tarBody(tar)];
-  for (const e of entries) {
-    parts.push(tarHeader(e));
-    const data = Buffer.from(e.data ?? '');
-    if (data.length) parts.push(data, Buffer.alloc((512 - (data.length % 512)) % 512));
-  }
-  parts.push(Buffer.alloc(1024));
-  return Buffer.concat(parts);
-}
-
 describe('damaged checkpoints: refused, container starts fresh, nothing written outside', () => {
   const SEED = 'bi-seed';
   let ckRoot: string;
@@ -230,9 +177,9 @@ describe('damaged checkpoints: refused, container starts fresh, nothing written 
   /** Rewrite rootfs-diff.tar with extra entries, and its manifest entry so the digests still match. */
   async function tamperArchive(dir: string, entries: TarEntry[]): Promise<void> {
     const tarFile = path.join(dir, 'rootfs-diff.tar');
-    fs.writeFileSync(tarFile, appendEntries(fs.readFileSync(tarFile), entries));
+    fs.writeFileSync(tarFile, craftTar(entries, fs.readFileSync(tarFile)));
     const m = readManifest(dir);
-    const d = await digestFile(tarFile);
+    const d = (await digestFiles([tarFile]))[0]!;
     writeManifest(dir, { ...m, files: m.files.map((f) => (f.path === 'rootfs-diff.tar' ? { path: f.path, ...d } : f)) });
     await expect(new CheckpointStore(path.dirname(dir)).verifyCurrent()).resolves.toBeTruthy();
   }

@@ -3,7 +3,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { DigestFollower, digestFile, digestFiles, StreamDigest } from '../../core/digest.js';
+import { DigestFollower, digestFiles, StreamDigest } from '../../core/digest.js';
 
 let tmp: string;
 beforeAll(() => {
@@ -23,7 +23,7 @@ test('digestFiles: small and large files, inline or not, in input order, equal t
   const want = datas.map((d) => ({ size: d.length, sha256: sha(d) }));
   expect(await digestFiles(files)).toEqual(want);
   expect(await digestFiles(files, { inline: true })).toEqual(want);
-  expect(await digestFile(files[3]!)).toEqual(want[3]);
+  expect((await digestFiles([files[3]!]))[0]!).toEqual(want[3]);
   await expect(digestFiles([path.join(tmp, 'missing')])).rejects.toThrow(/ENOENT/);
 });
 

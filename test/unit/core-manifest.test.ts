@@ -2,9 +2,9 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { createHash } from 'node:crypto';
-import { CheckpointUnusableError } from '../../core/errors.js';
-import { digestFile } from '../../core/digest.js';
+import { digestFiles } from '../../core/digest.js';
 import { describeFiles, FORMAT_VERSION, listFiles, parseManifest, verifyCheckpointDir, type Manifest } from '../../core/manifest.js';
+import { checkpointUnusable } from '../support/input-error.js';
 
 let tmp: string;
 beforeAll(() => {
@@ -44,16 +44,6 @@ async function goodDir(name: string): Promise<string> {
   return dir;
 }
 
-async function unusable(p: Promise<unknown> | (() => unknown)): Promise<CheckpointUnusableError> {
-  try {
-    await (typeof p === 'function' ? p() : p);
-  } catch (err) {
-    expect(err).toBeInstanceOf(CheckpointUnusableError);
-    return err as CheckpointUnusableError;
-  }
-  throw new Error('expected a CheckpointUnusableError, nothing was thrown');
-}
-
 describe('parseManifest', () => {
   test('round trip', () => {
     const m = baseManifest({ image: 'localhost/x:1', files: [{ path: 'criu/a.img', size: 1, sha256: sha('a') }] });
@@ -61,18 +51,18 @@ describe('parseManifest', () => {
   });
 
   test('not JSON', async () => {
-    expect((await unusable(() => parseManifest('{"formatVersion": 1,'))).reason).toBe('manifest-corrupt');
+    expect((await checkpointUnusable(() => parseManifest('{"formatVersion": 1,'))).reason).toBe('manifest-corrupt');
   });
 
   test('newer format: refused before the schema is even looked at, with the fix', async () => {
-    const err = await unusable(() => parseManifest(JSON.stringify({ formatVersion: 99, whatever: true })));
+    const err = await checkpointUnusable(() => parseManifest(JSON.stringify({ formatVersion: 99, whatever: true })));
     expect(err.reason).toBe('format-newer');
     expect(err.message).toContain('99');
     expect(err.message).toContain('upgrade ARCH');
   });
 
   test('older/unknown format', async () => {
-    expect((await unusable(() => parseManifest(JSON.stringify(baseManifest({ formatVersion: 0 }))))).reason).toBe('format-unknown');
+    expect((await checkpointUnusable(() => parseManifest(JSON.stringify(baseManifest({ formatVersion: 0 }))))).reason).toBe('format-unknown');
   });
 
   test.each([
@@ -85,21 +75,21 @@ describe('parseManifest', () => {
   ])('%s -> manifest-invalid', async (_n, mutate) => {
     const m = baseManifest() as unknown as Record<string, unknown>;
     mutate(m);
-    expect((await unusable(() => parseManifest(JSON.stringify(m)))).reason).toBe('manifest-invalid');
+    expect((await checkpointUnusable(() => parseManifest(JSON.stringify(m)))).reason).toBe('manifest-invalid');
   });
 
   test('"null" as the whole manifest', async () => {
-    expect((await unusable(() => parseManifest('null'))).reason).toBe('manifest-invalid');
+    expect((await checkpointUnusable(() => parseManifest('null'))).reason).toBe('manifest-invalid');
   });
 
   test.each(['/etc/passwd', '../x', 'criu/../../x', 'manifest.json'])('file entry %p is refused', async (p) => {
-    const err = await unusable(() => parseManifest(JSON.stringify(baseManifest({ files: [{ path: p, size: 0, sha256: sha('') }] }))));
+    const err = await checkpointUnusable(() => parseManifest(JSON.stringify(baseManifest({ files: [{ path: p, size: 0, sha256: sha('') }] }))));
     expect(err.reason).toBe('manifest-invalid');
     expect(err.message).toContain(p);
   });
 });
 
-describe('listFiles / describeFiles / digestFile', () => {
+describe('listFiles / describeFiles / digestFiles', () => {
   test('sorted relative regular files, manifest excluded, digests right', async () => {
     const dir = await goodDir('list');
     expect(await listFiles(dir)).toEqual(['criu/core-1.img', 'criu/pages-1.img', 'deleted.files', 'rootfs-diff.tar']);
@@ -113,13 +103,13 @@ describe('listFiles / describeFiles / digestFile', () => {
     const buf = Buffer.alloc(3 * 1024 * 1024 + 17);
     for (let i = 0; i < buf.length; i++) buf[i] = (i * 31) & 0xff;
     fs.writeFileSync(big, buf);
-    expect((await digestFile(big)).sha256).toBe(sha(buf));
+    expect((await digestFiles([big]))[0]!.sha256).toBe(sha(buf));
   });
 
   test('a symlink, FIFO or device in a checkpoint dir is refused', async () => {
     const dir = await goodDir('special');
     fs.symlinkSync('/etc/passwd', path.join(dir, 'criu/link.img'));
-    expect((await unusable(listFiles(dir))).reason).toBe('unexpected-file');
+    expect((await checkpointUnusable(listFiles(dir))).reason).toBe('unexpected-file');
   });
 });
 
@@ -133,13 +123,13 @@ describe('verifyCheckpointDir', () => {
   test('no manifest', async () => {
     const dir = await goodDir('nomanifest');
     fs.rmSync(path.join(dir, 'manifest.json'));
-    expect((await unusable(verifyCheckpointDir(dir))).reason).toBe('manifest-missing');
+    expect((await checkpointUnusable(verifyCheckpointDir(dir))).reason).toBe('manifest-missing');
   });
 
   test('truncated file: size differs', async () => {
     const dir = await goodDir('truncated');
     fs.truncateSync(path.join(dir, 'criu/pages-1.img'), 4096);
-    const err = await unusable(verifyCheckpointDir(dir));
+    const err = await checkpointUnusable(verifyCheckpointDir(dir));
     expect(err.reason).toBe('truncated');
     expect(err.message).toContain('criu/pages-1.img: 4096 bytes, manifest says 10000');
   });
@@ -147,7 +137,7 @@ describe('verifyCheckpointDir', () => {
   test('missing file', async () => {
     const dir = await goodDir('missing');
     fs.rmSync(path.join(dir, 'criu/core-1.img'));
-    const err = await unusable(verifyCheckpointDir(dir));
+    const err = await checkpointUnusable(verifyCheckpointDir(dir));
     expect(err.reason).toBe('truncated');
     expect(err.message).toContain('criu/core-1.img');
   });
@@ -158,7 +148,7 @@ describe('verifyCheckpointDir', () => {
     const b = fs.readFileSync(f);
     b[5000] ^= 0x01;
     fs.writeFileSync(f, b);
-    const err = await unusable(verifyCheckpointDir(dir));
+    const err = await checkpointUnusable(verifyCheckpointDir(dir));
     expect(err.reason).toBe('corrupt');
     expect(err.message).toContain('criu/pages-1.img: sha256 mismatch');
   });
@@ -166,7 +156,7 @@ describe('verifyCheckpointDir', () => {
   test('a file not in the manifest', async () => {
     const dir = await goodDir('extra');
     fs.writeFileSync(path.join(dir, 'criu/injected.img'), 'x');
-    const err = await unusable(verifyCheckpointDir(dir));
+    const err = await checkpointUnusable(verifyCheckpointDir(dir));
     expect(err.reason).toBe('unexpected-file');
     expect(err.message).toContain('criu/injected.img');
   });
@@ -175,7 +165,7 @@ describe('verifyCheckpointDir', () => {
     const dir = await goodDir('newer');
     const m = JSON.parse(fs.readFileSync(path.join(dir, 'manifest.json'), 'utf8')) as Manifest;
     fs.writeFileSync(path.join(dir, 'manifest.json'), JSON.stringify({ ...m, formatVersion: 99 }));
-    expect((await unusable(verifyCheckpointDir(dir))).reason).toBe('format-newer');
+    expect((await checkpointUnusable(verifyCheckpointDir(dir))).reason).toBe('format-newer');
   });
 
   test('a large file (verified on a worker thread): a flipped byte deep inside is found', async () => {
@@ -191,7 +181,7 @@ describe('verifyCheckpointDir', () => {
     const fd = fs.openSync(f, 'r+');
     fs.writeSync(fd, Buffer.from([4]), 0, 1, 33 * 1024 * 1024 + 100);
     fs.closeSync(fd);
-    const err = await unusable(verifyCheckpointDir(dir));
+    const err = await checkpointUnusable(verifyCheckpointDir(dir));
     expect(err.reason).toBe('corrupt');
     expect(err.message).toContain('pages-1.img: sha256 mismatch');
     fs.rmSync(dir, { recursive: true });

@@ -2,8 +2,9 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { execa } from 'execa';
-import { CheckpointUnusableError } from '../../core/errors.js';
 import { applyDiff, captureDiff, DELETED_FILES, findUpperDir, ROOTFS_TAR, validateDiffArchive } from '../../core/rootfs-diff.js';
+import { craftTar, type TarEntry } from '../support/crafted-tar.js';
+import { checkpointUnusable } from '../support/input-error.js';
 
 /**
  * The writable layer on plain directories (and one real overlay mount): what
@@ -36,70 +37,12 @@ async function xattr(p: string, name: string): Promise<string | undefined> {
 
 const modeOf = (p: string): number => fs.lstatSync(p).mode & 0o7777;
 
-// ---- a minimal ustar writer, to craft archives node-tar would never write ----
-
-interface Entry {
-  name: string;
-  type: '0' | '1' | '2' | '3' | '4' | '5' | '6';
-  data?: string;
-  link?: string;
-  mode?: number;
-  dev?: [number, number];
-}
-
-function octal(buf: Buffer, off: number, len: number, v: number): void {
-  buf.write(`${v.toString(8).padStart(len - 1, '0')}\0`, off, len, 'ascii');
-}
-
-function tarHeader(e: Entry): Buffer {
-  const h = Buffer.alloc(512);
-  if (Buffer.byteLength(e.name) > 100 || Buffer.byteLength(e.link ?? '') > 100) throw new Error('name too long for this writer');
-  h.write(e.name, 0, 100, 'utf8');
-  octal(h, 100, 8, e.mode ?? (e.type === '5' ? 0o755 : 0o644));
-  octal(h, 108, 8, 0);
-  octal(h, 116, 8, 0);
-  octal(h, 124, 12, Buffer.byteLength(e.data ?? ''));
-  octal(h, 136, 12, 1_700_000_000);
-  h.write(e.type, 156, 1, 'ascii');
-  h.write(e.link ?? '', 157, 100, 'utf8');
-  h.write('ustar\0', 257, 6, 'ascii');
-  h.write('00', 263, 2, 'ascii');
-  octal(h, 329, 8, e.dev?.[0] ?? 0);
-  octal(h, 337, 8, e.dev?.[1] ?? 0);
-  h.fill(' ', 148, 156);
-  let sum = 0;
-  for (const b of h) sum += b;
-  h.write(`${sum.toString(8).padStart(6, '0')}\0 `, 148, 8, 'ascii');
-  return h;
-}
-
-function craftTar(entries: Entry[]): Buffer {
-  const parts: Buffer[] = [];
-  for (const e of entries) {
-    parts.push(tarHeader(e));
-    const data = Buffer.from(e.data ?? '');
-    if (data.length) parts.push(data, Buffer.alloc((512 - (data.length % 512)) % 512));
-  }
-  parts.push(Buffer.alloc(1024));
-  return Buffer.concat(parts);
-}
-
 /** A checkpoint dir holding only the writable-layer files. */
-function ckptWith(entries: Entry[], deletions: unknown = { whiteouts: [], opaque: [] }): string {
+function ckptWith(entries: TarEntry[], deletions: unknown = { whiteouts: [], opaque: [] }): string {
   const d = fresh('ckpt');
   fs.writeFileSync(path.join(d, ROOTFS_TAR), craftTar(entries));
   fs.writeFileSync(path.join(d, DELETED_FILES), typeof deletions === 'string' ? deletions : JSON.stringify(deletions));
   return d;
-}
-
-async function refused(p: Promise<unknown>): Promise<CheckpointUnusableError> {
-  try {
-    await p;
-  } catch (err) {
-    expect(err).toBeInstanceOf(CheckpointUnusableError);
-    return err as CheckpointUnusableError;
-  }
-  throw new Error('expected a CheckpointUnusableError, nothing was thrown');
 }
 
 // ---- capture and apply on plain directories ----------------------------------
@@ -262,7 +205,7 @@ describe('validateDiffArchive / applyDiff refuse escaping or special entries, wr
     outside = fresh('outside');
   });
 
-  const cases: [string, (o: string) => Entry[], string][] = [
+  const cases: [string, (o: string) => TarEntry[], string][] = [
     ['absolute path', (o) => [{ name: `${o}/abs-file`, type: '0', data: 'pwned' }], 'archive-escape'],
     ['"../x"', () => [{ name: '../x', type: '0', data: 'pwned' }], 'archive-escape'],
     ['"a/../../x"', () => [{ name: 'a/', type: '5' }, { name: 'a/../../x', type: '0', data: 'pwned' }], 'archive-escape'],
@@ -284,10 +227,10 @@ describe('validateDiffArchive / applyDiff refuse escaping or special entries, wr
   test.each(cases)('%s', async (_name, make, reason) => {
     const entries = make(outside);
     const ckpt = ckptWith(entries);
-    const err = await refused(validateDiffArchive(path.join(ckpt, ROOTFS_TAR)));
+    const err = await checkpointUnusable(validateDiffArchive(path.join(ckpt, ROOTFS_TAR)));
     expect(err.reason).toBe(reason);
     const upper = fresh('upper');
-    expect((await refused(applyDiff(ckpt, upper))).reason).toBe(reason);
+    expect((await checkpointUnusable(applyDiff(ckpt, upper))).reason).toBe(reason);
     // Refused before anything was written: not in the layer, not outside it.
     expect(fs.readdirSync(upper)).toEqual([]);
     expect(fs.readdirSync(outside)).toEqual([]);
@@ -300,7 +243,7 @@ describe('validateDiffArchive / applyDiff refuse escaping or special entries, wr
     fs.mkdirSync(somewhere);
     try {
       const ckpt = ckptWith([{ name: 'evil', type: '2', link: somewhere }, { name: 'evil/file', type: '0', data: 'pwned' }]);
-      await refused(applyDiff(ckpt, fresh('upper')));
+      await checkpointUnusable(applyDiff(ckpt, fresh('upper')));
       expect(fs.existsSync(path.join(somewhere, 'file'))).toBe(false);
     } finally {
       fs.rmSync(somewhere, { recursive: true, force: true });
@@ -309,7 +252,7 @@ describe('validateDiffArchive / applyDiff refuse escaping or special entries, wr
 
   test('a hard link to /etc/passwd does not add a link to it', async () => {
     const before = fs.statSync('/etc/passwd').nlink;
-    await refused(applyDiff(ckptWith([{ name: 'passwd', type: '1', link: '/etc/passwd' }]), fresh('upper')));
+    await checkpointUnusable(applyDiff(ckptWith([{ name: 'passwd', type: '1', link: '/etc/passwd' }]), fresh('upper')));
     expect(fs.statSync('/etc/passwd').nlink).toBe(before);
   });
 
@@ -343,7 +286,7 @@ describe('deleted.files is checked too', () => {
     ['non-string entry', { whiteouts: [1], opaque: [] }],
   ])('%s -> manifest-invalid', async (_n, del) => {
     const upper = fresh('upper');
-    const err = await refused(applyDiff(ckptWith([{ name: 'f', type: '0', data: 'x' }], del), upper));
+    const err = await checkpointUnusable(applyDiff(ckptWith([{ name: 'f', type: '0', data: 'x' }], del), upper));
     expect(err.reason).toBe('manifest-invalid');
     expect(fs.readdirSync(upper)).toEqual([]);
   });
@@ -354,7 +297,7 @@ describe('deleted.files is checked too', () => {
     ['".." opaque', { whiteouts: [], opaque: ['a/../../o'] }],
   ])('%s -> archive-escape before extraction', async (_n, del) => {
     const upper = fresh('upper');
-    const err = await refused(applyDiff(ckptWith([{ name: 'f', type: '0', data: 'x' }], del), upper));
+    const err = await checkpointUnusable(applyDiff(ckptWith([{ name: 'f', type: '0', data: 'x' }], del), upper));
     expect(err.reason).toBe('archive-escape');
     expect(fs.readdirSync(upper)).toEqual([]);
     expect(fs.existsSync('/tmp/arch-wh-abs')).toBe(false);
@@ -363,14 +306,14 @@ describe('deleted.files is checked too', () => {
 
   test('a whiteout below an archive symlink: no device node outside', async () => {
     const outside = fresh('outside');
-    const err = await refused(applyDiff(ckptWith([{ name: 'lnk', type: '2', link: outside }], { whiteouts: ['lnk/wh'], opaque: [] }), fresh('upper')));
+    const err = await checkpointUnusable(applyDiff(ckptWith([{ name: 'lnk', type: '2', link: outside }], { whiteouts: ['lnk/wh'], opaque: [] }), fresh('upper')));
     expect(err.reason).toBe('archive-escape');
     expect(fs.readdirSync(outside)).toEqual([]);
   });
 
   test('an opaque marker on an archive symlink: no xattr on its target', async () => {
     const outside = fresh('outside');
-    const err = await refused(applyDiff(ckptWith([{ name: 'lnk', type: '2', link: outside }], { whiteouts: [], opaque: ['lnk'] }), fresh('upper')));
+    const err = await checkpointUnusable(applyDiff(ckptWith([{ name: 'lnk', type: '2', link: outside }], { whiteouts: [], opaque: ['lnk'] }), fresh('upper')));
     expect(err.reason).toBe('archive-escape');
     expect(await xattr(outside, 'trusted.overlay.opaque')).toBeUndefined();
   });

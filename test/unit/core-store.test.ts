@@ -2,9 +2,9 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { spawnSync } from 'node:child_process';
-import { CheckpointUnusableError } from '../../core/errors.js';
 import { FORMAT_VERSION, type Manifest } from '../../core/manifest.js';
 import { CheckpointStore, CURRENT_LINK } from '../../core/store.js';
+import { checkpointUnusable } from '../support/input-error.js';
 
 let tmp: string;
 beforeAll(() => {
@@ -43,21 +43,11 @@ function leftovers(store: CheckpointStore): string[] {
   return fs.readdirSync(store.containerDir).filter((e) => e !== CURRENT_LINK && !/^ckpt-/.test(e));
 }
 
-async function unusable(p: Promise<unknown>): Promise<CheckpointUnusableError> {
-  try {
-    await p;
-  } catch (err) {
-    expect(err).toBeInstanceOf(CheckpointUnusableError);
-    return err as CheckpointUnusableError;
-  }
-  throw new Error('expected a CheckpointUnusableError, nothing was thrown');
-}
-
 test('empty store: no current, verifyCurrent says missing', async () => {
   const s = newStore();
   expect(await s.current()).toBeNull();
   expect(await s.readManifest()).toBeNull();
-  expect((await unusable(s.verifyCurrent())).reason).toBe('missing');
+  expect((await checkpointUnusable(s.verifyCurrent())).reason).toBe('missing');
 });
 
 test('publish: current is a relative symlink to a ckpt dir that verifies; staging gone; dir is private', async () => {
@@ -115,7 +105,7 @@ test('a publish that fails after its rename (current is in the way) leaves no or
   // ...and nothing of the attempt may stay behind.
   expect(fs.readdirSync(s.containerDir)).toEqual([CURRENT_LINK]);
   // Such a `current` is refused, not followed.
-  expect((await unusable(s.current())).reason).toBe('layout');
+  expect((await checkpointUnusable(s.current())).reason).toBe('layout');
 });
 
 test('abort removes the staging dir', async () => {
@@ -153,24 +143,24 @@ describe('current: a link from shared storage is data, not trusted', () => {
     const s = newStore();
     fs.mkdirSync(s.containerDir, { recursive: true });
     fs.symlinkSync(target, path.join(s.containerDir, CURRENT_LINK));
-    const err = await unusable(s.current());
+    const err = await checkpointUnusable(s.current());
     expect(err.reason).toBe('layout');
     expect(err.message).toContain(target);
-    expect((await unusable(s.verifyCurrent())).reason).toBe('layout');
+    expect((await checkpointUnusable(s.verifyCurrent())).reason).toBe('layout');
   });
 
   test('a regular file named current is refused', async () => {
     const s = newStore();
     fs.mkdirSync(s.containerDir, { recursive: true });
     fs.writeFileSync(path.join(s.containerDir, CURRENT_LINK), 'ckpt-x');
-    expect((await unusable(s.current())).reason).toBe('layout');
+    expect((await checkpointUnusable(s.current())).reason).toBe('layout');
   });
 
   test('a well-named target that does not exist: manifest-missing on verify', async () => {
     const s = newStore();
     fs.mkdirSync(s.containerDir, { recursive: true });
     fs.symlinkSync('ckpt-2026-01-01T00-00-00-000Z-0000abcd', path.join(s.containerDir, CURRENT_LINK));
-    expect((await unusable(s.verifyCurrent())).reason).toBe('manifest-missing');
+    expect((await checkpointUnusable(s.verifyCurrent())).reason).toBe('manifest-missing');
   });
 
   test('a publish over a bad link replaces it', async () => {
@@ -187,9 +177,9 @@ test('tampering after publish is caught by verifyCurrent', async () => {
   const s = newStore();
   const res = await publishOne(s, 'abcdef');
   fs.writeFileSync(path.join(res.dir, 'criu/pages-1.img'), 'abcdeF');
-  expect((await unusable(s.verifyCurrent())).reason).toBe('corrupt');
+  expect((await checkpointUnusable(s.verifyCurrent())).reason).toBe('corrupt');
   fs.writeFileSync(path.join(res.dir, 'criu/pages-1.img'), 'abc');
-  expect((await unusable(s.verifyCurrent())).reason).toBe('truncated');
+  expect((await checkpointUnusable(s.verifyCurrent())).reason).toBe('truncated');
 });
 
 test('remove deletes the container dir, and is idempotent', async () => {
