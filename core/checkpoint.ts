@@ -1,6 +1,7 @@
 import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { CgroupFreezer } from './cgroup-freezer.js';
+import { criuRunEnv } from './criu-network-lock.js';
 import type { NodeContext } from './context.js';
 import { DigestFollower, type Digest } from './digest.js';
 import { checkpointDirOf, envListToMap, parseContract, type EnabledContract } from './env-contract.js';
@@ -125,6 +126,7 @@ async function checkpointLocked(ctx: NodeContext, req: CheckpointRequest, c: Con
   const log = ctx.log.child({ namespace: req.namespace, container: req.id });
   // Asked now (runc and criu --version, once per process) so it runs during the dump, not while frozen after it.
   const versionsAsked = runtimeVersions(ctx.settings);
+  const criuAsked = criuRunEnv(ctx.settings);
   const containerDir = checkpointDirOf(c.contract, req.namespace, req.id);
   const store = new CheckpointStore(containerDir);
   const staging = await store.begin();
@@ -163,6 +165,7 @@ async function checkpointLocked(ctx: NodeContext, req: CheckpointRequest, c: Con
           workPath: path.join(staging.dir, 'criu-work'),
           leaveRunning: true,
           signal: req.signal,
+          env: (await criuAsked).env,
         });
       } catch (err) {
         await follower.cancel();
@@ -194,7 +197,7 @@ async function checkpointLocked(ctx: NodeContext, req: CheckpointRequest, c: Con
         createdAt: new Date().toISOString(),
         mode: c.contract.mode,
         leaveRunning: !!req.leaveRunning,
-        runtime: versions,
+        runtime: { ...versions, networkLock: (await criuAsked).networkLock },
         timingsMs: timings,
         rootfs: { files: diff.files, bytes: diff.bytes, deletions: diff.deletions },
       },

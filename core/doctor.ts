@@ -4,6 +4,7 @@ import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
+import { networkLockOf } from './criu-network-lock.js';
 import { parseEnvFile, type Settings } from './settings.js';
 
 /**
@@ -63,6 +64,20 @@ export async function probeCriuDump(criu: string, noBreakpoints: boolean, timeou
   }
 }
 
+/** Which method CRIU will lock container networks with, and whether this CRIU can. */
+async function networkLockCheck(settings: Settings): Promise<Check> {
+  const method = await networkLockOf(settings);
+  const name = 'network lock';
+  if (method !== 'nftables' || settings.criuNetworkLock === 'auto') {
+    const why = settings.criuNetworkLock === 'auto' ? (method === 'nftables' ? 'auto: this CRIU supports nftables' : 'auto: this CRIU or kernel has no nftables locking, CRIU\'s default is used') : `ARCH_CRIU_NETWORK_LOCK=${method}`;
+    return { name, ok: true, version: method, detail: why };
+  }
+  const r = await execa(settings.criu, ['check', '--feature', 'network_lock_nftables'], { reject: false, all: true, timeout: 30_000 });
+  return r.exitCode === 0
+    ? { name, ok: true, version: method, detail: 'ARCH_CRIU_NETWORK_LOCK=nftables' }
+    : { name, ok: false, version: method, detail: `ARCH_CRIU_NETWORK_LOCK=nftables, but this CRIU cannot: ${String(r.all ?? '').trim().split('\n').pop()}`, fix: `set ARCH_CRIU_NETWORK_LOCK=auto in ${settings.configFile}` };
+}
+
 export async function runDoctor(settings: Settings): Promise<Check[]> {
   const checks: Check[] = [];
   checks.push({ name: 'node', ok: Number(process.versions.node.split('.')[0]) >= 20, version: process.versions.node, fix: 'install Node.js 20 or newer' });
@@ -93,7 +108,10 @@ export async function runDoctor(settings: Settings): Promise<Check[]> {
     }
     checks.push(bp);
   }
-  checks.push(await binCheck('iptables', 'iptables-restore', ['--version'], /v(\S+)/, 'apt-get install iptables (CRIU locks container networks with iptables-restore)'));
+  const lock = criu.ok ? await networkLockCheck(settings) : undefined;
+  if (lock) checks.push(lock);
+  // CRIU runs iptables-restore only for the iptables method (its default).
+  checks.push(await binCheck('iptables', 'iptables-restore', ['--version'], /v(\S+)/, 'apt-get install iptables (CRIU locks container networks with iptables-restore)', lock?.version !== 'iptables'));
   checks.push(await binCheck('zstd', 'zstd', ['--version'], /v(\d[\d.]*\d)/, 'apt-get install zstd', true));
   checks.push(await binCheck('getfattr', 'getfattr', ['--version'], /getfattr (\S+)/, 'apt-get install attr (needed for opaque overlay directories)'));
   checks.push(await binCheck('temporal', settings.temporalCli, ['--version'], /temporal version (\S+)/, 'run ./install.sh (builds the Temporal CLI), or set ARCH_TEMPORAL_CLI', true));

@@ -29,7 +29,8 @@ export const ManifestSchema = z.object({
   createdAt: z.string(),
   mode: z.enum(['local', 'shared']),
   leaveRunning: z.boolean(),
-  runtime: z.object({ runc: z.string(), criu: z.string() }),
+  /** networkLock: how CRIU locked the container's network during the dump (absent before ARCH recorded it). */
+  runtime: z.object({ runc: z.string(), criu: z.string(), networkLock: z.string().optional() }),
   timingsMs: z.record(z.number()),
   rootfs: z.object({ files: z.number().int(), bytes: z.number().int(), deletions: z.number().int() }),
   files: z.array(FileEntry),

@@ -1,6 +1,7 @@
 import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { CgroupFreezer } from './cgroup-freezer.js';
+import { criuRunEnv } from './criu-network-lock.js';
 import type { NodeContext } from './context.js';
 import { checkpointDirOf, type EnabledContract } from './env-contract.js';
 import { CheckpointUnusableError, errorMessage } from './errors.js';
@@ -49,6 +50,8 @@ export async function restoreFromCheckpoint(ctx: NodeContext, req: RestoreReques
   const dir = await store.current();
   if (!dir) return undefined;
   let t = Date.now();
+  // Resolved while the checkpoint is verified (a probe of CRIU the first time after boot).
+  const criuAsked = criuRunEnv(ctx.settings);
   // Verifying the page images is most of the verification time: it runs on
   // worker threads while CRIU restores, and the restored processes stay
   // stopped until it has passed (CRIU's leave-stopped). Everything CRIU
@@ -99,6 +102,7 @@ export async function restoreFromCheckpoint(ctx: NodeContext, req: RestoreReques
   await fsp.rm(work, { recursive: true, force: true });
   await fsp.mkdir(work, { recursive: true });
   const criuConfig = overlap ? await leaveStoppedConfig(req.bundle, req.spec) : undefined;
+  const { env } = await criuAsked;
   const images = path.join(dir, 'criu');
   const undo = async (): Promise<void> => {
     // A failed restore can leave runc state (and stopped processes) behind; the fresh create needs the id free.
@@ -114,6 +118,7 @@ export async function restoreFromCheckpoint(ctx: NodeContext, req: RestoreReques
       workPath: work,
       pidFile: req.pidFile,
       consoleSocket: req.consoleSocket,
+      env,
     });
   } catch (err) {
     await criuConfig?.reset().catch(() => undefined);

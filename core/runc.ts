@@ -15,7 +15,8 @@ export interface RuncState {
 
 /**
  * The real runc, always called with the node's --root and ARCH's CRIU (runc
- * passes its environment on to CRIU, which is how CRIU_FAULT reaches it).
+ * passes its environment on to CRIU, which is how CRIU_FAULT and
+ * CRIU_CONFIG_FILE reach it: see criu-network-lock.ts).
  */
 export class Runc {
   readonly binary: string;
@@ -33,8 +34,8 @@ export class Runc {
 
   private run(args: string[], opts: Options = {}) {
     return execa(this.binary, [...this.globals(), ...args], {
-      env: { ...criuEnv(this.settings as Settings) },
       ...opts,
+      env: { ...criuEnv(this.settings), ...opts.env },
     });
   }
 
@@ -56,13 +57,13 @@ export class Runc {
   /** Dump the container's processes into imagePath (CRIU images + descriptors.json). */
   async checkpoint(
     id: string,
-    o: { imagePath: string; workPath: string; leaveRunning?: boolean; extra?: string[]; signal?: AbortSignal },
+    o: { imagePath: string; workPath: string; leaveRunning?: boolean; extra?: string[]; signal?: AbortSignal; env?: Record<string, string> },
   ): Promise<void> {
     const args = ['checkpoint', '--image-path', o.imagePath, '--work-path', o.workPath];
     if (o.leaveRunning) args.push('--leave-running');
     args.push(...(o.extra ?? []), id);
     // SIGTERM on cancel: runc aborts the dump and CRIU resumes the tasks.
-    await this.run(args, { cancelSignal: o.signal, killSignal: 'SIGTERM', forceKillAfterDelay: 30_000 });
+    await this.run(args, { cancelSignal: o.signal, killSignal: 'SIGTERM', forceKillAfterDelay: 30_000, env: o.env });
   }
 
   /**
@@ -73,13 +74,13 @@ export class Runc {
    */
   async restore(
     id: string,
-    o: { bundle: string; imagePath: string; workPath: string; pidFile?: string; consoleSocket?: string; extra?: string[] },
+    o: { bundle: string; imagePath: string; workPath: string; pidFile?: string; consoleSocket?: string; extra?: string[]; env?: Record<string, string> },
   ): Promise<void> {
     const args = ['restore', '--detach', '--bundle', o.bundle, '--image-path', o.imagePath, '--work-path', o.workPath];
     if (o.pidFile) args.push('--pid-file', o.pidFile);
     if (o.consoleSocket) args.push('--console-socket', o.consoleSocket);
     args.push(...(o.extra ?? []), id);
-    await this.run(args, { stdio: 'inherit' });
+    await this.run(args, { stdio: 'inherit', env: o.env });
   }
 
   async pause(id: string): Promise<void> {

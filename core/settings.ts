@@ -15,6 +15,8 @@ export interface Settings {
   criu: string;
   /** Export CRIU_FAULT=130 to CRIU: needed where hardware breakpoints do not fire (some VMs). */
   criuNoBreakpoints: boolean;
+  /** How CRIU locks container networks while it works (core/criu-network-lock.ts). */
+  criuNetworkLock: NetworkLockSetting;
   /** fsync checkpoint files before publishing them. */
   fsync: boolean;
   logFile: string | undefined;
@@ -58,6 +60,16 @@ function parseBool(v: string | undefined, field: string, dflt: boolean): boolean
   throw new ArchInputError(field, `"${v}" is not a boolean`, `set ${field}=1 or ${field}=0`);
 }
 
+/** ARCH_CRIU_NETWORK_LOCK's values (core/criu-network-lock.ts says what they do). */
+export const NETWORK_LOCKS = ['auto', 'iptables', 'nftables', 'skip'] as const;
+export type NetworkLockSetting = (typeof NETWORK_LOCKS)[number];
+
+function parseNetworkLock(v: string | undefined): NetworkLockSetting {
+  if (v === undefined || v === '') return 'auto';
+  if ((NETWORK_LOCKS as readonly string[]).includes(v)) return v as NetworkLockSetting;
+  throw new ArchInputError('ARCH_CRIU_NETWORK_LOCK', `"${v}" is not a network lock method`, `set ARCH_CRIU_NETWORK_LOCK to one of ${NETWORK_LOCKS.join(', ')} (auto: nftables where CRIU supports it)`);
+}
+
 /**
  * The settings file's variables with the environment over them: what every
  * ARCH setting is read from (node settings here, cloud settings in core/cloud).
@@ -88,6 +100,7 @@ export function loadSettings(env: NodeJS.ProcessEnv = process.env): Settings {
     runc: get('ARCH_RUNC') || 'runc',
     criu: get('ARCH_CRIU') || 'criu',
     criuNoBreakpoints: parseBool(get('ARCH_CRIU_NO_BREAKPOINTS'), 'ARCH_CRIU_NO_BREAKPOINTS', false),
+    criuNetworkLock: parseNetworkLock(get('ARCH_CRIU_NETWORK_LOCK')),
     fsync: parseBool(get('ARCH_FSYNC'), 'ARCH_FSYNC', true),
     logFile: logFile ? requireAbsolutePath(logFile, 'ARCH_LOG_FILE') : undefined,
     logLevel: get('ARCH_LOG_LEVEL') || 'info',
@@ -105,6 +118,6 @@ export function loadSettings(env: NodeJS.ProcessEnv = process.env): Settings {
 }
 
 /** Environment for runc calls that reach CRIU: runc passes its own env to criu. */
-export function criuEnv(settings: Settings): Record<string, string> {
+export function criuEnv(settings: Pick<Settings, 'criuNoBreakpoints'>): Record<string, string> {
   return settings.criuNoBreakpoints ? { CRIU_FAULT: '130' } : {};
 }

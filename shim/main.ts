@@ -15,7 +15,7 @@ import { readSpec, withWorkdirMount, writeSpec } from '../core/oci-spec.js';
 import { restoreFromCheckpoint } from '../core/restore.js';
 import { containerIdOf, namespaceOfRoot, optionString, parseRuncArgs, type RuncCall } from '../core/runc-args.js';
 import { Runc } from '../core/runc.js';
-import { criuEnv } from '../core/settings.js';
+import { criuRunEnv } from '../core/criu-network-lock.js';
 import { readShimState, updateShimState, wasKilled, wasOomKilled, writeShimState } from '../core/shim-state.js';
 import { CheckpointStore } from '../core/store.js';
 import { runRealRunc } from './passthrough.js';
@@ -139,7 +139,7 @@ async function handleCheckpoint(ctx: NodeContext, call: RuncCall, namespace: str
   const bundle = await new Runc(ctx.settings, call.root).state(id).then((s) => s.bundle, () => undefined);
   // The dump containerd asked for needs ARCH's CRIU and its VM quirk setting too.
   const argv = call.globals.has('--criu') ? call.argv : ['--criu', ctx.settings.criu, ...call.argv];
-  const code = await runRealRunc(ctx.settings.runc, argv, criuEnv(ctx.settings));
+  const code = await runRealRunc(ctx.settings.runc, argv, (await criuRunEnv(ctx.settings)).env);
   if (code !== 0 || !imagePath || !bundle || call.options.has('--pre-dump')) return code;
   try {
     await checkpointContainer(ctx, {

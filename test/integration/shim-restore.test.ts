@@ -1,6 +1,9 @@
+import { execa } from 'execa';
 import fs from 'node:fs';
 import path from 'node:path';
 import { checkpointContainer } from '../../core/checkpoint.js';
+import { createNodeContext } from '../../core/context.js';
+import { Runc } from '../../core/runc.js';
 import { CheckpointStore } from '../../core/store.js';
 import { cleanupStaleNodes, stopAllNodes } from '../support/containerd-node.js';
 import { ARCH_RUNC_BIN, startArchNode, waitFor, type ArchTestNode } from '../support/arch-node.js';
@@ -195,5 +198,41 @@ test('a container of several processes: all are restored, and all run again once
   // No process of it left stopped (T): the counter and the shell both run.
   expect(procs.filter((p) => p && p.cmd.startsWith('/usr/bin/counter') && p.state === 'T')).toEqual([]);
   expect(a.logLines().some((l) => l.container === id && l.msg === 'restored from checkpoint')).toBe(true);
+  await a.containerd.removeContainer(id);
+});
+
+test('network lock: the container network is left as it was, and either method restores under the other', async () => {
+  const id = 'netlock-1';
+  const env = ['ARCH_ENABLE=1', `ARCH_CHECKPOINT_HOST_PATH=${storage}/netlock`];
+  // What `auto` must pick on this machine, asked of CRIU independently of ARCH.
+  const nft = await execa(a.ctx.settings.criu, ['check', '--feature', 'network_lock_nftables'], { reject: false });
+  const expected = nft.exitCode === 0 ? 'nftables' : 'iptables';
+  await a.runCounter(id, env);
+  await a.waitCount(id, 5);
+  const runc = new Runc(a.ctx.settings, a.runcRoot('default'));
+  const rules = async () => {
+    const pid = (await runc.state(id)).pid;
+    const r = await execa('nsenter', ['-t', String(pid), '-n', 'sh', '-c', 'nft list ruleset; iptables-save; ip6tables-save'], { reject: false, all: true });
+    return String(r.all ?? '').split('\n').filter((l) => l.trim() && !l.startsWith('#')).join('\n');
+  };
+  const before = await rules();
+  const kept = await checkpointContainer(a.ctx, { namespace: 'default', id, runcRoot: a.runcRoot('default'), leaveRunning: true });
+  expect(kept.manifest.runtime.networkLock).toBe(expected);
+  // Locked for the dump and unlocked again: nothing of the lock is left in the running container's namespace.
+  expect(await rules()).toBe(before);
+  await a.waitCount(id, a.count(id) + 2);
+
+  // A checkpoint taken with CRIU's default method restores on a node that uses `auto`.
+  const iptablesCtx = createNodeContext('test', { ...process.env, ARCH_CONFIG: a.archConfig, ARCH_CRIU_NETWORK_LOCK: 'iptables' });
+  const res = await checkpointContainer(iptablesCtx, { namespace: 'default', id, runcRoot: a.runcRoot('default') });
+  expect(res.manifest.runtime.networkLock).toBe('iptables');
+  await a.containerd.waitStatus(id, 'STOPPED', 15_000);
+  const atCheckpoint = a.count(id);
+  await a.containerd.removeContainer(id);
+  await a.runCounter(id, env);
+  await a.containerd.waitStatus(id, 'RUNNING', 15_000);
+  await a.waitCount(id, atCheckpoint + 3);
+  expect(startsOf(a, id)).toBe(1);
+  expect(await rules()).not.toMatch(/CRIU/);
   await a.containerd.removeContainer(id);
 });

@@ -43,7 +43,7 @@ describe('loadSettings', () => {
   test('defaults with no config file', () => {
     const s = loadSettings({ ARCH_CONFIG: path.join(dir, 'missing.env') });
     expect(s).toMatchObject({
-      runc: 'runc', criu: 'criu', criuNoBreakpoints: false, fsync: true, logFile: undefined, logLevel: 'info',
+      runc: 'runc', criu: 'criu', criuNoBreakpoints: false, criuNetworkLock: 'auto', fsync: true, logFile: undefined, logLevel: 'info',
       nodeName: os.hostname(), runcRootBase: '/run/containerd/runc', defaultCheckpointRoot: '/var/lib/arch/checkpoints',
       temporalAddress: 'localhost:7233', temporalNamespace: 'default', configFile: path.join(dir, 'missing.env'),
     });
@@ -68,6 +68,16 @@ describe('loadSettings', () => {
     expect(err).toBeInstanceOf(ArchInputError);
     expect((err as ArchInputError).field).toBe('ARCH_CRIU_NO_BREAKPOINTS');
     expect((err as ArchInputError).message).toBe('ARCH_CRIU_NO_BREAKPOINTS: "maybe" is not a boolean. Fix: set ARCH_CRIU_NO_BREAKPOINTS=1 or ARCH_CRIU_NO_BREAKPOINTS=0');
+  });
+
+  test.each(['auto', 'iptables', 'nftables', 'skip'])('ARCH_CRIU_NETWORK_LOCK=%s is taken', (v) => {
+    expect(loadSettings({ ARCH_CONFIG: path.join(dir, 'missing.env'), ARCH_CRIU_NETWORK_LOCK: v }).criuNetworkLock).toBe(v);
+  });
+
+  test('an unknown network lock method names the setting and the values', () => {
+    expect(() => loadSettings({ ARCH_CONFIG: path.join(dir, 'missing.env'), ARCH_CRIU_NETWORK_LOCK: 'nft' })).toThrow(
+      'ARCH_CRIU_NETWORK_LOCK: "nft" is not a network lock method. Fix: set ARCH_CRIU_NETWORK_LOCK to one of auto, iptables, nftables, skip (auto: nftables where CRIU supports it)',
+    );
   });
 
   test.each(['ARCH_LOG_FILE', 'ARCH_RUNC_ROOT', 'ARCH_DEFAULT_CHECKPOINT_PATH'])('relative %s is refused', (k) => {

@@ -1,0 +1,105 @@
+import { execa } from 'execa';
+import fs from 'node:fs/promises';
+import path from 'node:path';
+import { criuEnv, type NetworkLockSetting, type Settings } from './settings.js';
+
+/**
+ * How CRIU cuts a container's network off while it dumps or restores it.
+ *
+ * CRIU's default, iptables, runs iptables-restore (and ip6tables-restore) a
+ * few times to lift the lock: about 55 ms at the end of every dump that leaves
+ * the container running and of every restore, measured on these machines.
+ * nftables does the same through libnftables inside CRIU (about 10 ms), and
+ * leaves the container's network namespace as it found it (iptables-nft
+ * leaves empty filter tables behind).
+ *
+ * runc (1.1) has no flag for the method, and CRIU 4.1.1 crashes when an RPC
+ * configuration file (runc's org.criu.config) sets `network-lock`. A file
+ * named by CRIU_CONFIG_FILE is read at CRIU's start instead, after
+ * /etc/criu/default.conf, and runc hands its environment on to CRIU: that is
+ * how the method gets there.
+ */
+export type NetworkLock = Exclude<NetworkLockSetting, 'auto'>;
+
+/** Root-owned, per boot: what the probe found and the CRIU configuration files. */
+export const CRIU_RUN_DIR = '/run/arch/criu';
+
+const resolved = new Map<string, Promise<NetworkLock>>();
+
+/**
+ * The method this node uses: the setting, or for `auto` nftables when this
+ * CRIU and kernel support it (`criu check --feature network_lock_nftables`,
+ * asked once per boot and CRIU binary; the answer is kept in CRIU_RUN_DIR).
+ */
+export function networkLockOf(settings: Pick<Settings, 'criu' | 'criuNetworkLock'>): Promise<NetworkLock> {
+  if (settings.criuNetworkLock !== 'auto') return Promise.resolve(settings.criuNetworkLock);
+  let p = resolved.get(settings.criu);
+  if (!p) {
+    p = probeCached(settings.criu);
+    resolved.set(settings.criu, p);
+  }
+  return p;
+}
+
+async function probeCached(criu: string): Promise<NetworkLock> {
+  const key = await cacheKey(criu);
+  const file = path.join(CRIU_RUN_DIR, 'network-lock.json');
+  const cache = await fs.readFile(file, 'utf8').then((t) => JSON.parse(t) as Record<string, NetworkLock>, () => ({}) as Record<string, NetworkLock>);
+  const hit = key ? cache[key] : undefined;
+  if (hit === 'nftables' || hit === 'iptables') return hit;
+  const r = await execa(criu, ['check', '--feature', 'network_lock_nftables'], { reject: false, timeout: 30_000 });
+  const method: NetworkLock = r.exitCode === 0 ? 'nftables' : 'iptables';
+  if (key) await writeAtomic(file, JSON.stringify({ ...cache, [key]: method })).catch(() => undefined);
+  return method;
+}
+
+/** The CRIU binary (by path, size and mtime) on this boot: a new CRIU or kernel asks again. */
+async function cacheKey(criu: string): Promise<string | undefined> {
+  try {
+    const bin = criu.includes('/') ? criu : await which(criu);
+    const st = await fs.stat(bin);
+    const boot = (await fs.readFile('/proc/sys/kernel/random/boot_id', 'utf8')).trim();
+    return `${boot}:${bin}:${st.size}:${st.mtimeMs}`;
+  } catch {
+    return undefined;
+  }
+}
+
+async function which(cmd: string): Promise<string> {
+  for (const dir of (process.env.PATH ?? '').split(':')) {
+    const p = path.join(dir, cmd);
+    try {
+      await fs.access(p, fs.constants.X_OK);
+      return p;
+    } catch {
+      // next
+    }
+  }
+  throw new Error(`${cmd} not on PATH`);
+}
+
+async function writeAtomic(file: string, text: string): Promise<void> {
+  await fs.mkdir(path.dirname(file), { recursive: true, mode: 0o700 });
+  const tmp = `${file}.${process.pid}.tmp`;
+  await fs.writeFile(tmp, text, { mode: 0o600 });
+  await fs.rename(tmp, file);
+}
+
+/**
+ * Environment for a runc call that runs CRIU (checkpoint, restore): the VM
+ * quirk setting and the network lock method. Never fails: when the method
+ * cannot be set up, CRIU keeps its default (iptables), which always worked.
+ */
+export async function criuRunEnv(settings: Pick<Settings, 'criu' | 'criuNetworkLock' | 'criuNoBreakpoints'>): Promise<{ env: Record<string, string>; networkLock: NetworkLock }> {
+  const env = criuEnv(settings);
+  try {
+    const networkLock = await networkLockOf(settings);
+    if (networkLock === 'iptables') return { env, networkLock }; // CRIU's own default: nothing to add
+    const file = path.join(CRIU_RUN_DIR, `network-lock-${networkLock}.conf`);
+    const text = `# Written by ARCH (ARCH_CRIU_NETWORK_LOCK); read by CRIU through CRIU_CONFIG_FILE.\nnetwork-lock ${networkLock}\n`;
+    if ((await fs.readFile(file, 'utf8').catch(() => '')) !== text) await writeAtomic(file, text);
+    return { env: { ...env, CRIU_CONFIG_FILE: file }, networkLock };
+  } catch {
+    return { env, networkLock: 'iptables' };
+  }
+}
