@@ -148,6 +148,14 @@ async function checkpointLocked(ctx: NodeContext, req: CheckpointRequest, c: Con
     let t = Date.now();
     const criuDir = path.join(staging.dir, 'criu');
     const known = new Map<string, Digest>();
+    // The writable layer, captured while nothing can write to it.
+    const captureRootfs = async () => {
+      const c0 = Date.now();
+      const d = upper ? await captureDiff(upper, staging.dir) : await emptyDiff(staging.dir);
+      timings.rootfsCapture = Date.now() - c0;
+      return d;
+    };
+    let captured: ReturnType<typeof captureRootfs> | undefined;
     req.onProgress?.({ phase: 'dump' });
     if (req.dumpedImages) {
       await copyDir(req.dumpedImages, criuDir);
@@ -156,6 +164,10 @@ async function checkpointLocked(ctx: NodeContext, req: CheckpointRequest, c: Con
         await freeze();
         frozen = true;
       }
+      // Frozen (or paused by the user) from here until the kill or thaw: the
+      // layer is captured during the dump, on this thread while CRIU works.
+      captured = captureRootfs();
+      captured.catch(() => undefined); // awaited below
       await fsp.mkdir(criuDir);
       // Hash (and start writing back) the page images while CRIU writes them.
       const follower = new DigestFollower(criuDir, /^pages-\d+\.img$/, { writeback: ctx.settings.fsync });
@@ -169,6 +181,7 @@ async function checkpointLocked(ctx: NodeContext, req: CheckpointRequest, c: Con
         });
       } catch (err) {
         await follower.cancel();
+        await captured.catch(() => undefined);
         throw err;
       }
       for (const [name, d] of await follower.finish()) known.set(`criu/${name}`, d);
@@ -176,9 +189,7 @@ async function checkpointLocked(ctx: NodeContext, req: CheckpointRequest, c: Con
     lap('dump', t);
     t = Date.now();
     req.onProgress?.({ phase: 'rootfs' });
-    const diff = upper
-      ? await captureDiff(upper, staging.dir)
-      : await emptyDiff(staging.dir);
+    const diff = await (captured ?? captureRootfs());
     if (!upper) log.warn({ phase: 'rootfs' }, 'rootfs is not an overlay mount: no writable layer to capture');
     await fsp.writeFile(path.join(staging.dir, 'config.json'), JSON.stringify(c.spec));
     lap('rootfs', t);

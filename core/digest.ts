@@ -44,12 +44,20 @@ export class StreamDigest {
   }
 }
 
+/**
+ * The read buffer of digestFileSync, allocated once: a checkpoint has dozens
+ * of small files, and a fresh 4 MiB buffer per file cost more (allocation
+ * and the garbage collections it caused) than hashing them. Safe to share:
+ * digestFileSync never yields while it uses it.
+ */
+let syncBuf: Buffer | undefined;
+
 /** sha256 of a file on the calling thread, blocking it (small files; the shim's own verification). */
 function digestFileSync(file: string): Digest {
   const fd = fs.openSync(file, 'r');
   try {
     const h = new StreamDigest();
-    const buf = Buffer.allocUnsafe(READ_SIZE);
+    const buf = (syncBuf ??= Buffer.allocUnsafe(READ_SIZE));
     for (;;) {
       const n = fs.readSync(fd, buf, 0, READ_SIZE, h.size);
       if (n === 0) break;

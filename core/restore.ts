@@ -56,44 +56,53 @@ export async function restoreFromCheckpoint(ctx: NodeContext, req: RestoreReques
   // worker threads while CRIU restores, and the restored processes stay
   // stopped until it has passed (CRIU's leave-stopped). Everything CRIU
   // parses (every other image), the rootfs archive and the manifest are
-  // verified before anything is used. A spec with its own CRIU configuration
-  // is left alone: then everything is verified first.
+  // verified before CRIU starts. A spec with its own CRIU configuration is
+  // left alone: then everything is verified first.
   const overlap = req.spec.annotations?.[CRIU_CONFIG_ANNOTATION] === undefined;
-  const { manifest, deferred } = await verifyCheckpointDirStaged(dir, { inline: true, defer: overlap ? PAGE_IMAGES : undefined });
-  const pagesVerified = async (): Promise<void> => {
-    const w = Date.now();
-    await deferred;
-    timings.verifyPages = Date.now() - w;
-  };
-  try {
-    if (manifest.namespace !== req.namespace || manifest.containerId !== req.id) {
-      throw new CheckpointUnusableError('identity', `checkpoint is for ${manifest.namespace}/${manifest.containerId}, not ${req.namespace}/${req.id}`);
+  const verified = verifyCheckpointDirStaged(dir, { inline: true, defer: overlap ? PAGE_IMAGES : undefined }).then(async (v) => {
+    timings.verify = Date.now() - t;
+    if (v.manifest.namespace !== req.namespace || v.manifest.containerId !== req.id) {
+      await v.deferred.catch(() => undefined);
+      throw new CheckpointUnusableError('identity', `checkpoint is for ${v.manifest.namespace}/${v.manifest.containerId}, not ${req.namespace}/${req.id}`);
     }
-  } catch (err) {
-    await deferred.catch(() => undefined);
-    throw err;
-  }
-  timings.verify = Date.now() - t;
-
-  t = Date.now();
-  const upper = await findUpperDir(rootfsOf(req.bundle, req.spec));
-  try {
+    return v;
+  });
+  // The writable layer is written while that runs: its archive is handled as
+  // untrusted input anyway (applyDiff refuses escapes, devices, links out),
+  // and if verification fails the layer is emptied again before anything runs.
+  const layer = (async () => {
+    const upper = await findUpperDir(rootfsOf(req.bundle, req.spec));
     if (upper) {
-      await assertEmptyLayer(upper);
+      await assertEmptyLayer(upper); // not ours to clear when this fails
       try {
         await applyDiff(dir, upper);
       } catch (err) {
         await clearDir(upper);
         throw err;
       }
-    } else if (manifest.rootfs.files + manifest.rootfs.deletions > 0) {
-      throw new CheckpointUnusableError('rootfs', 'the checkpoint has writable-layer changes but the new rootfs is not an overlay mount');
     }
-  } catch (err) {
-    await deferred.catch(() => undefined);
-    throw err;
+    timings.rootfs = Date.now() - t;
+    return upper;
+  })();
+  const [v, l] = await Promise.allSettled([verified, layer]);
+  if (v.status === 'rejected' || l.status === 'rejected') {
+    if (v.status === 'fulfilled') await v.value.deferred.catch(() => undefined);
+    if (l.status === 'fulfilled' && l.value) await clearDir(l.value);
+    // A failed verification explains a bad archive too: it comes first.
+    throw v.status === 'rejected' ? v.reason : (l as PromiseRejectedResult).reason;
   }
-  timings.rootfs = Date.now() - t;
+  const { manifest, deferred } = v.value;
+  const upper = l.value;
+  const pagesVerified = async (): Promise<void> => {
+    const w = Date.now();
+    await deferred;
+    timings.verifyPages = Date.now() - w;
+  };
+  if (!upper && manifest.rootfs.files + manifest.rootfs.deletions > 0) {
+    await deferred.catch(() => undefined);
+    throw new CheckpointUnusableError('rootfs', 'the checkpoint has writable-layer changes but the new rootfs is not an overlay mount');
+  }
+  timings.prepare = Date.now() - t;
 
   t = Date.now();
   // CRIU reads the images in place (it follows no symlinks for pagemaps, so
