@@ -2,6 +2,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { checkpointContainer, type CheckpointResult } from '../core/checkpoint.js';
 import type { NodeContext } from '../core/context.js';
+import { criuRunEnv } from '../core/criu-network-lock.js';
 import { criuBinary, readLogLines, realRunc } from '../test/support/arch-env.js';
 import { COUNTER_FILES } from '../test/support/images.js';
 import { duBytes, startBenchNode, syncDisks, type BenchNode } from './support/arch-bench-node.js';
@@ -19,14 +20,20 @@ import { StandaloneRunc } from './support/standalone-runc.js';
  *               fsync (ARCH_FSYNC=1, the default) or not (=0), publish, kill.
  *   raw (ctr)   `runc checkpoint --image-path` of the same counter run by the
  *               same containerd node with plain runc (processes stop).
+ *               Reference rows: the same plus an fsync of its images (ARCH's
+ *               durability), and the same with ARCH's CRIU network lock.
  *   raw (sa)    the same on a standalone runc container (no containerd).
  * Restore
  *   ARCH        the arch-runc `create` containerd's shim makes for the new
- *               container (sh front + Node + verify digests + rootfs diff +
- *               runc restore, page images verified meanwhile), timed by a wrapper around arch-runc; the
+ *               container (sh front + Node + verify digests while the rootfs
+ *               diff is applied + runc restore, page images verified
+ *               meanwhile), timed by a wrapper around arch-runc; the
  *               shim's own durationMs (from inside Node) is reported beside it.
  *   raw         `runc restore --detach --image-path` of a standalone runc
- *               container (stdio pipes, as containerd gives).
+ *               container (stdio pipes, as containerd gives); reference row:
+ *               the same with ARCH's CRIU network lock.
+ * The targets compare with runc as it comes (CRIU's defaults): choosing the
+ * faster network lock is part of what ARCH does for its users.
  * Every restore is checked: the counter must go on from where it was (one
  * fresh start only), else the repetition fails.
  */
@@ -53,12 +60,19 @@ export const benchmark: Benchmark = {
     const bn = await startBenchNode('bench-cr', env.workDir, env.cleanup);
     const sa = new StandaloneRunc(path.join(env.runDir, 'sa'), { runc: realRunc(), criu: criuBinary(), criuNoBreakpoints: true });
     env.cleanup.defer('standalone runc containers', () => sa.destroyAll());
+    // The CRIU network lock ARCH uses on this node, for raw runs with the same CRIU configuration.
+    const criuLock = await criuRunEnv(bn.node.ctx.settings);
+    const saSameLock = new StandaloneRunc(path.join(env.runDir, 'sa-lock'), { runc: realRunc(), criu: criuBinary(), criuNoBreakpoints: true, extraEnv: criuLock.env });
+    env.cleanup.defer('standalone runc containers (network lock)', () => saSameLock.destroyAll());
     const scratch = path.join(env.workDir, 'raw-images');
 
     // Indexed by repetition, so ARCH can be paired with the raw run of the same repetition.
     const rawCtr: number[] = [];
+    const rawCtrFsync: number[] = [];
+    const rawCtrSameLock: number[] = [];
     const rawSaCkpt: number[] = [];
     const rawSaRestore: number[] = [];
+    const rawSaRestoreSameLock: number[] = [];
     const rawSizes: number[] = [];
     const arch: ArchSample[] = [];
 
@@ -71,34 +85,31 @@ export const benchmark: Benchmark = {
         await syncDisks();
         const img = path.join(scratch, id);
         rawCtr[rep] = await bn.rawCheckpoint(id, img, `${img}-work`);
+        // What making those images durable would add (ARCH publishes only fsynced checkpoints).
+        rawCtrFsync[rep] = fsyncImages(img);
         rawSizes[rep] = duBytes(img);
         await bn.node.containerd.waitStatus(id, 'STOPPED', 15_000);
         await undo();
         fs.rmSync(img, { recursive: true, force: true });
         fs.rmSync(`${img}-work`, { recursive: true, force: true });
       },
-      'raw-standalone': async (rep) => {
-        const id = `raw-sa-${rep}`;
-        const bundle = await sa.bundle(id, { args: ['/usr/bin/counter'], env: [`COUNTER_MEM_MB=${MEM_MB}`] });
-        const undo = env.cleanup.defer(`standalone ${id}`, () => sa.remove(id));
-        await sa.run(id, bundle);
-        const countFile = path.join(bundle, 'rootfs', COUNTER_FILES.count);
-        const readCount = () => Number(fs.readFileSync(countFile, 'utf8').trim());
-        await waitUntil(`${id} ready`, () => fs.existsSync(countFile) && readCount() >= 2);
+      'raw-ctr-nft': async (rep) => {
+        // The raw tool with the CRIU network lock ARCH picks on this node (for the ratio's fairness).
+        const id = `raw-nft-${rep}`;
+        await bn.run(id, { arch: false, memMb: MEM_MB });
+        const undo = env.cleanup.defer(`container ${id}`, () => bn.remove(id));
+        await bn.ready(id);
         await syncDisks();
         const img = path.join(scratch, id);
-        rawSaCkpt[rep] = await sa.checkpoint(id, img, `${img}-work`);
-        const at = readCount();
-        await sa.remove(id); // the dumped container is gone already; this drops its pipes
-        await syncDisks();
-        rawSaRestore[rep] = await sa.restore(id, bundle, img, `${img}-rwork`);
-        await waitUntil(`${id} counting after restore`, () => readCount() > at + 2);
-        const starts = fs.readFileSync(path.join(bundle, 'rootfs', COUNTER_FILES.starts), 'utf8').trim().split('\n').length;
-        if (starts !== 1) throw new Error(`${id}: raw restore started the counter fresh (${starts} starts)`);
+        rawCtrSameLock[rep] = await bn.rawCheckpoint(id, img, `${img}-work`, criuLock.env);
+        await bn.node.containerd.waitStatus(id, 'STOPPED', 15_000);
         await undo();
-        for (const d of [img, `${img}-work`, `${img}-rwork`, bundle]) fs.rmSync(d, { recursive: true, force: true });
+        fs.rmSync(img, { recursive: true, force: true });
+        fs.rmSync(`${img}-work`, { recursive: true, force: true });
       },
-      'arch-fsync': (rep) => archCycle(bn, env, `arch-${rep}`, true).then((s) => void arch.push({ ...s, rep })),
+      'raw-standalone': (rep) => rawStandalone(sa, `raw-sa-${rep}`, scratch, env.cleanup).then((r) => { rawSaCkpt[rep] = r.checkpointMs; rawSaRestore[rep] = r.restoreMs; }),
+      'raw-standalone-nft': (rep) => rawStandalone(saSameLock, `raw-sa-nft-${rep}`, scratch, env.cleanup).then((r) => { rawSaRestoreSameLock[rep] = r.restoreMs; }),
+            'arch-fsync': (rep) => archCycle(bn, env, `arch-${rep}`, true).then((s) => void arch.push({ ...s, rep })),
       'arch-nofsync': (rep) => archCycle(bn, env, `arch-nofsync-${rep}`, false).then((s) => void arch.push({ ...s, rep })),
     };
     const order = Object.keys(variants);
@@ -111,7 +122,7 @@ export const benchmark: Benchmark = {
         await variants[v]!(rep);
       }
     }
-    for (const xs of [rawCtr, rawSaCkpt, rawSaRestore, rawSizes]) xs.length = reps;
+    for (const xs of [rawCtr, rawCtrFsync, rawCtrSameLock, rawSaCkpt, rawSaRestore, rawSaRestoreSameLock, rawSizes]) xs.length = reps;
     arch.splice(0, arch.length, ...arch.filter((s) => s.rep < reps));
 
     // ---- summary ----------------------------------------------------------
@@ -133,8 +144,11 @@ export const benchmark: Benchmark = {
     const rows: Row[] = [
       { metric: `checkpoint ${MEM_MB} MiB, ARCH_FSYNC=1 vs runc checkpoint (containerd node)`, unit: 'ms', arch: round(ck1), raw: round(rCtr), added: round(ck1 - rCtr), ratio: paired(A1, (s) => s.checkpointMs, rawCtr), n: A1.length, target: `≤ ${TARGET_RATIO}x`, pass: paired(A1, (s) => s.checkpointMs, rawCtr) <= TARGET_RATIO },
       { metric: `checkpoint ${MEM_MB} MiB, ARCH_FSYNC=0 vs runc checkpoint (containerd node)`, unit: 'ms', arch: round(ck0), raw: round(rCtr), added: round(ck0 - rCtr), ratio: paired(A0, (s) => s.checkpointMs, rawCtr), n: A0.length, target: `≤ ${TARGET_RATIO}x`, pass: paired(A0, (s) => s.checkpointMs, rawCtr) <= TARGET_RATIO },
+      { metric: `checkpoint ${MEM_MB} MiB, ARCH_FSYNC=1 vs runc checkpoint + fsync of its images (containerd node, same durability)`, unit: 'ms', arch: round(ck1), raw: round(median(rawCtr.map((x, i) => x + rawCtrFsync[i]!))), added: round(ck1 - median(rawCtr.map((x, i) => x + rawCtrFsync[i]!))), ratio: paired(A1, (s) => s.checkpointMs, rawCtr.map((x, i) => x + rawCtrFsync[i]!)), n: A1.length, note: `fsync of runc's images alone: ${round(median(rawCtrFsync))} ms` },
+      { metric: `checkpoint ${MEM_MB} MiB, ARCH_FSYNC=1 vs runc checkpoint with ARCH's CRIU network lock (${criuLock.networkLock})`, unit: 'ms', arch: round(ck1), raw: round(median(rawCtrSameLock)), added: round(ck1 - median(rawCtrSameLock)), ratio: paired(A1, (s) => s.checkpointMs, rawCtrSameLock), n: A1.length },
       { metric: `checkpoint ${MEM_MB} MiB, ARCH_FSYNC=1 vs runc checkpoint (standalone)`, unit: 'ms', arch: round(ck1), raw: round(rSa), added: round(ck1 - rSa), ratio: paired(A1, (s) => s.checkpointMs, rawSaCkpt), n: A1.length },
       { metric: `restore ${MEM_MB} MiB: arch-runc create vs runc restore -d`, unit: 'ms', arch: round(rsArch), raw: round(rsRaw), added: round(rsArch - rsRaw), ratio: paired(arch, (s) => s.restoreCallMs, rawSaRestore), n: arch.length, target: `≤ ${TARGET_RATIO}x`, pass: paired(arch, (s) => s.restoreCallMs, rawSaRestore) <= TARGET_RATIO, note: 'both ARCH_FSYNC settings pooled' },
+      { metric: `restore ${MEM_MB} MiB: arch-runc create vs runc restore -d with ARCH's CRIU network lock (${criuLock.networkLock})`, unit: 'ms', arch: round(rsArch), raw: round(median(rawSaRestoreSameLock)), added: round(rsArch - median(rawSaRestoreSameLock)), ratio: paired(arch, (s) => s.restoreCallMs, rawSaRestoreSameLock), n: arch.length },
       { metric: `restore ${MEM_MB} MiB: shim durationMs (Node loaded) vs runc restore -d`, unit: 'ms', arch: round(rsShim), raw: round(rsRaw), added: round(rsShim - rsRaw), ratio: paired(arch, (s) => s.restoreShimMs, rawSaRestore), n: arch.length },
     ];
 
@@ -203,6 +217,56 @@ export const benchmark: Benchmark = {
     };
   },
 };
+
+/** fsync every file below dir, then the directories (as ARCH's publish does); ms. */
+function fsyncImages(dir: string): number {
+  const t0 = process.hrtime.bigint();
+  const walk = (d: string) => {
+    for (const e of fs.readdirSync(d, { withFileTypes: true })) {
+      const p = path.join(d, e.name);
+      if (e.isDirectory()) walk(p);
+      else if (e.isFile()) {
+        const fd = fs.openSync(p, 'r');
+        try {
+          fs.fsyncSync(fd);
+        } finally {
+          fs.closeSync(fd);
+        }
+      }
+    }
+    const fd = fs.openSync(d, 'r');
+    try {
+      fs.fsyncSync(fd);
+    } finally {
+      fs.closeSync(fd);
+    }
+  };
+  walk(dir);
+  return msSince(t0);
+}
+
+/** A counter in a standalone runc container: raw `runc checkpoint`, then raw `runc restore -d` of it. */
+async function rawStandalone(sa: StandaloneRunc, id: string, scratch: string, cleanup: BenchEnv['cleanup']): Promise<{ checkpointMs: number; restoreMs: number }> {
+  const bundle = await sa.bundle(id, { args: ['/usr/bin/counter'], env: [`COUNTER_MEM_MB=${MEM_MB}`] });
+  const undo = cleanup.defer(`standalone ${id}`, () => sa.remove(id));
+  await sa.run(id, bundle);
+  const countFile = path.join(bundle, 'rootfs', COUNTER_FILES.count);
+  const readCount = () => Number(fs.readFileSync(countFile, 'utf8').trim());
+  await waitUntil(`${id} ready`, () => fs.existsSync(countFile) && readCount() >= 2);
+  await syncDisks();
+  const img = path.join(scratch, id);
+  const checkpointMs = await sa.checkpoint(id, img, `${img}-work`);
+  const at = readCount();
+  await sa.remove(id); // the dumped container is gone already; this drops its pipes
+  await syncDisks();
+  const restoreMs = await sa.restore(id, bundle, img, `${img}-rwork`);
+  await waitUntil(`${id} counting after restore`, () => readCount() > at + 2);
+  const starts = fs.readFileSync(path.join(bundle, 'rootfs', COUNTER_FILES.starts), 'utf8').trim().split('\n').length;
+  if (starts !== 1) throw new Error(`${id}: raw restore started the counter fresh (${starts} starts)`);
+  await undo();
+  for (const d of [img, `${img}-work`, `${img}-rwork`, bundle]) fs.rmSync(d, { recursive: true, force: true });
+  return { checkpointMs, restoreMs };
+}
 
 /** One ARCH cycle: run, checkpoint (timed), delete, ctr run again = restore (timed), check, delete. */
 async function archCycle(bn: BenchNode, env: BenchEnv, id: string, fsync: boolean): Promise<Omit<ArchSample, 'rep'>> {

@@ -160,6 +160,7 @@ async function checkpointLocked(ctx: NodeContext, req: CheckpointRequest, c: Con
     if (req.dumpedImages) {
       await copyDir(req.dumpedImages, criuDir);
     } else {
+      timings.prepare = Date.now() - t0; // lock, inspect, staging: before the container is touched
       if (!wasPaused) {
         await freeze();
         frozen = true;

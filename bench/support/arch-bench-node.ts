@@ -26,7 +26,7 @@ export interface BenchNode {
   /** Wall time of arch-runc calls for `id` with subcommand `sub` (newest last). */
   callTimes(id: string, sub: string): number[];
   /** `runc checkpoint` (processes stop) of a plain-runc container of this node; resolves ms. */
-  rawCheckpoint(id: string, imagePath: string, workPath: string): Promise<number>;
+  rawCheckpoint(id: string, imagePath: string, workPath: string, extraEnv?: Record<string, string>): Promise<number>;
   remove(id: string): Promise<void>;
 }
 
@@ -90,12 +90,12 @@ export async function startBenchNode(name: string, workDir: string, cleanup: Cle
       }
       return out;
     },
-    async rawCheckpoint(id, imagePath, workPath) {
+    async rawCheckpoint(id, imagePath, workPath, extraEnv = {}) {
       fs.mkdirSync(imagePath, { recursive: true });
       fs.mkdirSync(workPath, { recursive: true });
       const t0 = process.hrtime.bigint();
       const r = await execa(runc, ['--root', node.runcRoot('default'), '--criu', criu, 'checkpoint', '--image-path', imagePath, '--work-path', workPath, id], {
-        env: { ...process.env, CRIU_FAULT: '130' }, reject: false, all: true,
+        env: { ...process.env, CRIU_FAULT: '130', ...extraEnv }, reject: false, all: true,
       });
       const ms = Number(process.hrtime.bigint() - t0) / 1e6;
       if (r.exitCode !== 0) throw new Error(`raw runc checkpoint of ${id} failed: ${r.all ?? ''}`);

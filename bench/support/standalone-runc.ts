@@ -30,6 +30,8 @@ export interface StandaloneOptions {
   criu: string;
   /** Set CRIU_FAULT=130 (VMs whose hardware breakpoints do not fire). */
   criuNoBreakpoints: boolean;
+  /** More environment for runc (and so CRIU), e.g. CRIU_CONFIG_FILE. */
+  extraEnv?: Record<string, string>;
 }
 
 export interface BundleSpec {
@@ -60,7 +62,7 @@ export class StandaloneRunc {
   }
 
   env(): NodeJS.ProcessEnv {
-    return this.opts.criuNoBreakpoints ? { ...process.env, CRIU_FAULT: '130' } : { ...process.env };
+    return { ...process.env, ...(this.opts.criuNoBreakpoints ? { CRIU_FAULT: '130' } : {}), ...this.opts.extraEnv };
   }
 
   /** The test image's rootfs (busybox + counter), built once per run. */
