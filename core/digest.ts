@@ -147,6 +147,11 @@ if (workerData && workerData.follow) {
     (err) => parentPort.postMessage({ error: err.message }),
   );
 } else {
+  // A background verification yields the CPU to the work it overlaps (CRIU
+  // restoring the pages it checks). On Linux this sets this thread only.
+  if (workerData && workerData.background) {
+    try { require('node:os').setPriority(0, 10); } catch {}
+  }
   parentPort.on('message', (job) => {
     try {
       parentPort.postMessage(hashFile(job.file));
@@ -183,7 +188,7 @@ function once(w: Worker): Promise<WorkerReply> {
  * worker start-up on the critical path). Never inline in a long-lived
  * process whose event loop serves others (the Temporal worker).
  */
-export async function digestFiles(files: string[], opts: { sizes?: number[]; inline?: boolean } = {}): Promise<Digest[]> {
+export async function digestFiles(files: string[], opts: { sizes?: number[]; inline?: boolean; background?: boolean } = {}): Promise<Digest[]> {
   const out: Digest[] = new Array(files.length);
   // stat synchronously: microseconds each, where a thread-pool round trip per file costs more than the hashing.
   const sizes = opts.sizes ?? files.map((f) => fs.statSync(f).size);
@@ -193,7 +198,7 @@ export async function digestFiles(files: string[], opts: { sizes?: number[]; inl
   const workers = Math.min(large.length - (opts.inline ? 1 : 0), opts.inline ? cpus - 1 : cpus);
   let next = 0;
   const pool = Array.from({ length: Math.max(0, workers) }, async () => {
-    const w = new Worker(WORKER_SOURCE, { eval: true });
+    const w = new Worker(WORKER_SOURCE, { eval: true, workerData: { background: !!opts.background } });
     try {
       while (next < large.length) {
         const i = large[next++]!;

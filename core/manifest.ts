@@ -90,6 +90,8 @@ export async function describeFiles(dir: string, files: string[], known: Map<str
 export interface VerifyOptions {
   /** Hash on this thread too (see digestFiles): only for a process with nothing else to do. */
   inline?: boolean;
+  /** Worker threads at a lower CPU priority (the deferred digests, overlapping CRIU). */
+  background?: boolean;
 }
 
 /**
@@ -134,7 +136,7 @@ export async function verifyCheckpointDirStaged(
   const later = manifest.files.filter((f) => opts.defer?.test(f.path));
   const now = manifest.files.filter((f) => !later.includes(f));
   // Started first, on worker threads, so they run while the rest is checked here.
-  const deferred = verifyDigests(dir, later, {});
+  const deferred = verifyDigests(dir, later, { background: true });
   deferred.catch(() => undefined);
   try {
     await verifyDigests(dir, now, opts);
@@ -148,7 +150,7 @@ export async function verifyCheckpointDirStaged(
 /** Every file's sha256 (large files on worker threads in parallel). Any mismatch throws. */
 async function verifyDigests(dir: string, files: FileEntry[], opts: VerifyOptions): Promise<void> {
   if (files.length === 0) return;
-  const got = await digestFiles(files.map((f) => path.join(dir, f.path)), { sizes: files.map((f) => f.size), inline: opts.inline });
+  const got = await digestFiles(files.map((f) => path.join(dir, f.path)), { sizes: files.map((f) => f.size), inline: opts.inline, background: opts.background });
   files.forEach((f, i) => {
     if (got[i]!.sha256 !== f.sha256) throw new CheckpointUnusableError('corrupt', `${f.path}: sha256 mismatch`);
   });
