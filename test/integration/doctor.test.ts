@@ -1,0 +1,84 @@
+import { execa } from 'execa';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { criuBinary, writeArchConfig } from '../support/arch-env.js';
+import { REPO_ROOT } from '../support/images.js';
+
+/**
+ * `arch-cli doctor` on this machine's real runc, containerd and CRIU: what it
+ * reports, and the fix it names when a setting is wrong.
+ */
+interface Check {
+  name: string;
+  ok: boolean;
+  version?: string;
+  detail?: string;
+  fix?: string;
+  optional?: boolean;
+}
+
+const CLI = path.join(REPO_ROOT, 'bin/arch-cli');
+let dir: string;
+
+beforeAll(() => {
+  dir = fs.mkdtempSync(path.join(os.tmpdir(), 'arch-doctor-'));
+});
+afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));
+
+async function doctor(overrides: Record<string, string> = {}, env: Record<string, string> = {}) {
+  const config = writeArchConfig(fs.mkdtempSync(path.join(dir, 'cfg-')), overrides);
+  const r = await execa(CLI, ['doctor', '--json'], { env: { ARCH_CONFIG: config, ...env }, reject: false });
+  return { exitCode: r.exitCode, out: r.stdout, err: r.stderr, config };
+}
+
+function parse(out: string): { ok: boolean; checks: Check[] } {
+  return JSON.parse(out) as { ok: boolean; checks: Check[] };
+}
+
+test('every dependency with its version, CRIU probed, and the network lock this node uses', async () => {
+  const r = await doctor();
+  const report = parse(r.out);
+  const byName = new Map(report.checks.map((c) => [c.name, c]));
+  expect(report.checks.filter((c) => !c.ok && !c.optional)).toEqual([]);
+  expect(report.ok).toBe(true);
+  expect(r.exitCode).toBe(0);
+  for (const name of ['runc', 'containerd', 'ctr', 'criu']) expect(byName.get(name)?.version).toMatch(/^\d/);
+  expect(Number(byName.get('criu')!.version!.split('.')[0])).toBeGreaterThanOrEqual(4);
+  expect(byName.get('criu check')?.ok).toBe(true);
+  expect(byName.get('hardware breakpoints')?.ok).toBe(true);
+  // `auto` picks what CRIU itself says it can do.
+  const nft = await execa(criuBinary(), ['check', '--feature', 'network_lock_nftables'], { reject: false });
+  expect(byName.get('network lock')).toMatchObject({ ok: true, version: nft.exitCode === 0 ? 'nftables' : 'iptables' });
+});
+
+test('a CRIU that is not there: the failure says which setting to fix, exit code 1', async () => {
+  const r = await doctor({ ARCH_CRIU: path.join(dir, 'no-such-criu') });
+  const report = parse(r.out);
+  expect(report.ok).toBe(false);
+  expect(r.exitCode).toBe(1);
+  expect(report.checks.find((c) => c.name === 'criu')).toMatchObject({ ok: false, fix: expect.stringContaining('ARCH_CRIU') });
+});
+
+test('an unknown network lock method is refused with the field and its values', async () => {
+  const r = await doctor({ ARCH_CRIU_NETWORK_LOCK: 'pf' });
+  expect(r.exitCode).toBe(2);
+  expect(JSON.parse(r.out)).toMatchObject({ error: expect.stringContaining('ARCH_CRIU_NETWORK_LOCK: "pf" is not a network lock method') });
+  expect(JSON.parse(r.out).error).toContain('auto, iptables, nftables, skip');
+});
+
+test('iptables-restore is required for the iptables method only', async () => {
+  // iptables-restore lives in /usr/sbin: without it on PATH, the iptables method cannot work.
+  const noSbin = { PATH: '/usr/bin:/bin' };
+  const ipt = await doctor({ ARCH_CRIU_NETWORK_LOCK: 'iptables' }, noSbin);
+  const iptReport = parse(ipt.out);
+  expect(iptReport.checks.find((c) => c.name === 'network lock')).toMatchObject({ ok: true, version: 'iptables' });
+  expect(iptReport.checks.find((c) => c.name === 'iptables')).toMatchObject({ ok: false, fix: expect.stringContaining('apt-get install iptables') });
+  expect(iptReport.checks.find((c) => c.name === 'iptables')?.optional).toBeFalsy();
+  expect(ipt.exitCode).toBe(1);
+
+  const nft = await doctor({ ARCH_CRIU_NETWORK_LOCK: 'nftables' }, noSbin);
+  const nftReport = parse(nft.out);
+  expect(nftReport.checks.find((c) => c.name === 'iptables')).toMatchObject({ ok: false, optional: true });
+  if (nftReport.checks.find((c) => c.name === 'network lock')?.ok) expect(nft.exitCode).toBe(0);
+});
