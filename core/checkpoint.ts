@@ -185,7 +185,9 @@ async function checkpointLocked(ctx: NodeContext, req: CheckpointRequest, c: Con
         await captured.catch(() => undefined);
         throw err;
       }
+      const tail = Date.now();
       for (const [name, d] of await follower.finish()) known.set(`criu/${name}`, d);
+      timings.hashTail = Date.now() - tail; // hashing left when CRIU was done (part of dump)
     }
     lap('dump', t);
     t = Date.now();
