@@ -44,7 +44,12 @@ export function networkLockOf(settings: Pick<Settings, 'criu' | 'criuNetworkLock
 async function probeCached(criu: string): Promise<NetworkLock> {
   const key = await cacheKey(criu);
   const file = path.join(CRIU_RUN_DIR, 'network-lock.json');
-  const cache = await fs.readFile(file, 'utf8').then((t) => JSON.parse(t) as Record<string, NetworkLock>, () => ({}) as Record<string, NetworkLock>);
+  let cache: Record<string, NetworkLock> = {};
+  try {
+    cache = JSON.parse(await fs.readFile(file, 'utf8')) as Record<string, NetworkLock>;
+  } catch {
+    // none yet (or unreadable): ask CRIU, and write a fresh one
+  }
   const hit = key ? cache[key] : undefined;
   if (hit === 'nftables' || hit === 'iptables') return hit;
   const r = await execa(criu, ['check', '--feature', 'network_lock_nftables'], { reject: false, timeout: 30_000 });
@@ -53,29 +58,20 @@ async function probeCached(criu: string): Promise<NetworkLock> {
   return method;
 }
 
-/** The CRIU binary (by path, size and mtime) on this boot: a new CRIU or kernel asks again. */
+/**
+ * The CRIU binary (by path, size and mtime) on this boot: a new CRIU or
+ * kernel asks again. Only for an absolute ARCH_CRIU (the installer's); a
+ * bare name is probed once per process.
+ */
 async function cacheKey(criu: string): Promise<string | undefined> {
+  if (!path.isAbsolute(criu)) return undefined;
   try {
-    const bin = criu.includes('/') ? criu : await which(criu);
-    const st = await fs.stat(bin);
+    const st = await fs.stat(criu);
     const boot = (await fs.readFile('/proc/sys/kernel/random/boot_id', 'utf8')).trim();
-    return `${boot}:${bin}:${st.size}:${st.mtimeMs}`;
+    return `${boot}:${criu}:${st.size}:${st.mtimeMs}`;
   } catch {
     return undefined;
   }
-}
-
-async function which(cmd: string): Promise<string> {
-  for (const dir of (process.env.PATH ?? '').split(':')) {
-    const p = path.join(dir, cmd);
-    try {
-      await fs.access(p, fs.constants.X_OK);
-      return p;
-    } catch {
-      // next
-    }
-  }
-  throw new Error(`${cmd} not on PATH`);
 }
 
 async function writeAtomic(file: string, text: string): Promise<void> {

@@ -2,12 +2,15 @@ import { execa } from 'execa';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { CRIU_RUN_DIR, criuRunEnv } from '../../core/criu-network-lock.js';
+import type { NetworkLockSetting } from '../../core/settings.js';
 import { criuBinary, writeArchConfig } from '../support/arch-env.js';
 import { REPO_ROOT } from '../support/images.js';
 
 /**
  * `arch-cli doctor` on this machine's real runc, containerd and CRIU: what it
- * reports, and the fix it names when a setting is wrong.
+ * reports, and the fix it names when a setting is wrong; and the network
+ * lock method CRIU is given (core/criu-network-lock.ts).
  */
 interface Check {
   name: string;
@@ -81,4 +84,42 @@ test('iptables-restore is required for the iptables method only', async () => {
   const nftReport = parse(nft.out);
   expect(nftReport.checks.find((c) => c.name === 'iptables')).toMatchObject({ ok: false, optional: true });
   if (nftReport.checks.find((c) => c.name === 'network lock')?.ok) expect(nft.exitCode).toBe(0);
+});
+
+describe('the network lock CRIU is given', () => {
+  const settings = (criuNetworkLock: NetworkLockSetting) => ({ criu: criuBinary(), criuNetworkLock, criuNoBreakpoints: true });
+
+  test.each(['nftables', 'skip'] as const)('%s: a CRIU configuration file naming it, through CRIU_CONFIG_FILE', async (m) => {
+    const { env, networkLock } = await criuRunEnv(settings(m));
+    expect(networkLock).toBe(m);
+    expect(env.CRIU_FAULT).toBe('130');
+    expect(path.dirname(env.CRIU_CONFIG_FILE!)).toBe(CRIU_RUN_DIR);
+    expect(fs.readFileSync(env.CRIU_CONFIG_FILE!, 'utf8')).toMatch(new RegExp(`^network-lock ${m}$`, 'm'));
+  });
+
+  test('iptables is CRIU\'s own default: nothing to add', async () => {
+    expect(await criuRunEnv(settings('iptables'))).toEqual({ env: { CRIU_FAULT: '130' }, networkLock: 'iptables' });
+  });
+
+  test('auto asks CRIU, and a damaged answer file is asked again, not trusted', async () => {
+    // The answer is kept for an absolute CRIU path (what the installer sets).
+    const criu = path.isAbsolute(criuBinary()) ? criuBinary() : (await execa('sh', ['-c', 'command -v criu'])).stdout.trim();
+    const nft = await execa(criu, ['check', '--feature', 'network_lock_nftables'], { reject: false });
+    const expected = nft.exitCode === 0 ? 'nftables' : 'iptables';
+    const cacheFile = path.join(CRIU_RUN_DIR, 'network-lock.json');
+    const saved = fs.existsSync(cacheFile) ? fs.readFileSync(cacheFile) : undefined;
+    try {
+      fs.mkdirSync(CRIU_RUN_DIR, { recursive: true });
+      fs.writeFileSync(cacheFile, '{not json');
+      // A fresh process: this one may have the answer in memory already.
+      const r = await execa(process.execPath, ['--input-type=module', '-e',
+        `import { networkLockOf } from ${JSON.stringify(path.join(REPO_ROOT, 'dist/core/criu-network-lock.js'))};` +
+        `process.stdout.write(await networkLockOf({ criu: ${JSON.stringify(criu)}, criuNetworkLock: 'auto' }));`]);
+      expect(r.stdout).toBe(expected);
+      expect(Object.values(JSON.parse(fs.readFileSync(cacheFile, 'utf8')) as Record<string, string>)).toEqual([expected]);
+    } finally {
+      if (saved) fs.writeFileSync(cacheFile, saved);
+      else fs.rmSync(cacheFile, { force: true });
+    }
+  });
 });
