@@ -11,7 +11,8 @@
  *
  * V8 checks a cache only against the source's length, so the cache file
  * carries the sha256 of the bundle it was made from, and is used only with
- * that bundle.
+ * that bundle; and the sha256 of the cache data itself, so that a damaged
+ * file is never handed to V8 (it would be recompiled and written anew).
  */
 import crypto = require('node:crypto');
 import fs = require('node:fs');
@@ -21,14 +22,17 @@ import vm = require('node:vm');
 
 const BUNDLE = path.join(__dirname, 'arch-runc.cjs');
 const CACHE = `${BUNDLE}.v8cache`;
-const KEY_BYTES = 32;
+const sha256 = (data: string | Buffer): Buffer => crypto.createHash('sha256').update(data).digest();
+/** Cache file: sha256 of the bundle, sha256 of the data, the data. */
+const HEADER_BYTES = 64;
 
 const source = fs.readFileSync(BUNDLE, 'utf8');
-const key = crypto.createHash('sha256').update(source).digest();
+const key = sha256(source);
 let cachedData: Buffer | undefined;
 try {
   const file = fs.readFileSync(CACHE);
-  if (file.subarray(0, KEY_BYTES).equals(key)) cachedData = file.subarray(KEY_BYTES);
+  const data = file.subarray(HEADER_BYTES);
+  if (file.subarray(0, 32).equals(key) && file.subarray(32, HEADER_BYTES).equals(sha256(data))) cachedData = data;
 } catch {
   // no cache yet: compile, and write one at exit
 }
@@ -43,7 +47,8 @@ const mod = { exports: {} };
 function writeCache(): void {
   const tmp = `${CACHE}.${process.pid}.tmp`;
   try {
-    fs.writeFileSync(tmp, Buffer.concat([key, script.createCachedData()]));
+    const data = script.createCachedData();
+    fs.writeFileSync(tmp, Buffer.concat([key, sha256(data), data]));
     fs.renameSync(tmp, CACHE);
   } catch {
     fs.rmSync(tmp, { force: true });

@@ -1,0 +1,91 @@
+import { execa } from 'execa';
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { REPO_ROOT } from '../support/images.js';
+
+/**
+ * shim/start.cts starts the shim's bundle with V8's code cache. Whatever the
+ * cache file holds (nothing, a cache for another bundle, damaged bytes), the
+ * shim must run as it would without one, and leave a valid cache behind.
+ * Runs the built loader and bundle (copies in a temp dir) on a call the shim
+ * passes through to /bin/true, with settings that name nothing else.
+ */
+const BUILT = path.join(REPO_ROOT, 'dist/shim');
+let dir: string;
+
+beforeEach(() => {
+  dir = fs.mkdtempSync(path.join(os.tmpdir(), 'arch-code-cache-'));
+  for (const f of ['start.cjs', 'arch-runc.cjs']) fs.copyFileSync(path.join(BUILT, f), path.join(dir, f));
+});
+afterEach(() => fs.rmSync(dir, { recursive: true, force: true }));
+
+const cacheFile = () => path.join(dir, 'arch-runc.cjs.v8cache');
+const sha256 = (b: Buffer | string) => crypto.createHash('sha256').update(b).digest();
+
+async function runShim() {
+  const cfg = path.join(dir, 'arch.env');
+  fs.writeFileSync(cfg, 'ARCH_RUNC=/bin/true\n');
+  // `state` of a container the shim does not handle: passed to ARCH_RUNC, its exit code returned.
+  return execa(process.execPath, [path.join(dir, 'start.cjs'), 'state', 'some-id'], { env: { ARCH_CONFIG: cfg }, reject: false });
+}
+
+/** The cache file is for this bundle and its data is intact. */
+function expectValidCache(): Buffer {
+  const file = fs.readFileSync(cacheFile());
+  expect(file.subarray(0, 32).equals(sha256(fs.readFileSync(path.join(dir, 'arch-runc.cjs'), 'utf8')))).toBe(true);
+  expect(file.subarray(32, 64).equals(sha256(file.subarray(64)))).toBe(true);
+  expect(file.length).toBeGreaterThan(64 + 1024);
+  return file;
+}
+
+test('no cache: the call runs, and a cache for this bundle is written', async () => {
+  const r = await runShim();
+  expect(r.exitCode).toBe(0);
+  expect(r.stderr).toBe('');
+  expectValidCache();
+});
+
+test('a valid cache is used as it is (not rewritten)', async () => {
+  await runShim();
+  const before = fs.statSync(cacheFile()).mtimeMs;
+  const bytes = expectValidCache();
+  const r = await runShim();
+  expect(r.exitCode).toBe(0);
+  expect(fs.statSync(cacheFile()).mtimeMs).toBe(before);
+  expect(fs.readFileSync(cacheFile()).equals(bytes)).toBe(true);
+});
+
+test.each([
+  ['damaged data', (f: Buffer) => Buffer.concat([f.subarray(0, 64), Buffer.alloc(f.length - 64, 0xa5)])],
+  ['another bundle\'s cache', (f: Buffer) => Buffer.concat([sha256('another bundle'), f.subarray(32)])],
+  ['truncated', (f: Buffer) => f.subarray(0, 40)],
+  ['empty', () => Buffer.alloc(0)],
+])('%s: ignored, the call runs, a valid cache replaces it', async (_what, spoil) => {
+  await runShim();
+  fs.writeFileSync(cacheFile(), spoil(fs.readFileSync(cacheFile())));
+  const r = await runShim();
+  expect(r.exitCode).toBe(0);
+  expect(r.stderr).toBe('');
+  expectValidCache();
+});
+
+test('a cache V8 refuses (made by another Node): the call runs, a valid cache replaces it', async () => {
+  await runShim();
+  const file = fs.readFileSync(cacheFile());
+  const data = Buffer.from(file.subarray(64));
+  data[4] = data[4]! ^ 0xff; // inside V8's header: the version hash
+  fs.writeFileSync(cacheFile(), Buffer.concat([file.subarray(0, 32), sha256(data), data]));
+  const r = await runShim();
+  expect(r.exitCode).toBe(0);
+  expect(r.stderr).toBe('');
+  // Rewritten by this Node: its version hash again, not the spoiled one.
+  expect(expectValidCache()[64 + 4]).toBe(file[64 + 4]);
+});
+
+test('the exit code of the real runc comes back through the loader', async () => {
+  fs.writeFileSync(path.join(dir, 'arch.env'), 'ARCH_RUNC=/bin/false\n');
+  const r = await execa(process.execPath, [path.join(dir, 'start.cjs'), 'state', 'some-id'], { env: { ARCH_CONFIG: path.join(dir, 'arch.env') }, reject: false });
+  expect(r.exitCode).toBe(1);
+});
