@@ -1,6 +1,7 @@
 import path from 'node:path';
+import readline from 'node:readline';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { execa } from 'execa';
+import { execa, type ResultPromise } from 'execa';
 
 /**
  * A thin containerd adapter over the `ctr` CLI (containerd 1.6).
@@ -389,11 +390,78 @@ export class Containerd {
     await this.ignoreNotFound(this.containerDelete(id));
   }
 
+  /**
+   * Follow containerd's task exits (all namespaces) until stop(): `ctr
+   * events` runs as a child and is started again when it ends (containerd
+   * restarting). Exec'd processes are left out: only a task's init.
+   */
+  followTaskExits(onExit: (e: TaskExit) => void, onError: (err: Error) => void = () => undefined): { stop: () => Promise<void> } {
+    let stopped = false;
+    let child: ResultPromise | undefined;
+    const loop = (async () => {
+      while (!stopped) {
+        child = execa(this.ctrBinary, ['-a', this.address, 'events'], { reject: false, stdin: 'ignore', buffer: false });
+        const lines = readline.createInterface({ input: child.stdout! });
+        lines.on('line', (line) => {
+          const e = parseTaskExit(line);
+          if (e && e.execId === e.containerId) onExit(e);
+        });
+        const r = await child;
+        if (stopped) break;
+        onError(new CtrError(['events'], String(r.stderr ?? ''), r.exitCode, 'ctr events ended'));
+        await sleep(1000);
+      }
+    })();
+    return {
+      stop: async () => {
+        stopped = true;
+        child?.kill('SIGTERM');
+        await loop;
+      },
+    };
+  }
+
   private async ignoreNotFound(p: Promise<unknown>): Promise<void> {
     try {
       await p;
     } catch (err) {
       if (!isNotFound(err)) throw err;
     }
+  }
+}
+
+/** A task's process ended (containerd's /tasks/exit event). */
+export interface TaskExit {
+  namespace: string;
+  containerId: string;
+  /** The process: the container id for the task's init, else the exec id. */
+  execId: string;
+  pid: number;
+  exitStatus: number;
+  exitedAt?: string;
+}
+
+/**
+ * One line of `ctr events` (containerd 1.6):
+ *   TIME (4 fields) NAMESPACE TOPIC JSON
+ * e.g. `2026-11-28 20:00:00.1 +0000 UTC default /tasks/exit {"container_id":"x","id":"x","pid":9,"exit_status":3,...}`.
+ * exit_status is left out of the JSON when it is 0.
+ */
+export function parseTaskExit(line: string): TaskExit | undefined {
+  const m = /^\S+ \S+ \S+ \S+ (\S+) \/tasks\/exit (\{.*\})\s*$/.exec(line);
+  if (!m) return undefined;
+  try {
+    const j = JSON.parse(m[2]!) as { container_id?: unknown; id?: unknown; pid?: unknown; exit_status?: unknown; exited_at?: unknown };
+    if (typeof j.container_id !== 'string' || typeof j.id !== 'string') return undefined;
+    return {
+      namespace: m[1]!,
+      containerId: j.container_id,
+      execId: j.id,
+      pid: typeof j.pid === 'number' ? j.pid : 0,
+      exitStatus: typeof j.exit_status === 'number' ? j.exit_status : 0,
+      exitedAt: typeof j.exited_at === 'string' ? j.exited_at : undefined,
+    };
+  } catch {
+    return undefined;
   }
 }

@@ -13,6 +13,8 @@ import { isAlive } from './pid.js';
  */
 export const ARCH_STATE_FILE = 'arch.json';
 export const KILLED_FILE = 'arch.killed';
+/** How the init process exited, from containerd's exit event (written by the node's worker). */
+export const EXIT_FILE = 'arch.exit';
 
 export interface ShimState {
   namespace: string;
@@ -113,4 +115,34 @@ export async function lockCheckpoint(runcRoot: string, id: string): Promise<{ re
     await fsp.rm(file, { force: true }); // stale: its process died mid-checkpoint
   }
   return { heldBy: -1 };
+}
+
+export interface RecordedExit {
+  exitStatus: number;
+  exitedAt?: string;
+}
+
+/**
+ * Record how an ARCH container's init process exited. runc never learns an
+ * exit code (containerd's shim reaps the process); containerd publishes it
+ * as a /tasks/exit event, which the node's worker follows and hands here, so
+ * that delete can tell a finished job (0) from a crash. Only for containers
+ * arch-runc created (their state file is there); false otherwise.
+ */
+export async function recordExit(runcRoot: string, id: string, exit: RecordedExit): Promise<boolean> {
+  if (!(await fsp.access(stateFile(runcRoot, id)).then(() => true, () => false))) return false;
+  const file = path.join(runcRoot, id, EXIT_FILE);
+  await fsp.writeFile(`${file}.tmp`, JSON.stringify(exit));
+  await fsp.rename(`${file}.tmp`, file);
+  return true;
+}
+
+/** The recorded exit, if the worker saw it (undefined without a worker, or if delete came first). */
+export async function recordedExit(runcRoot: string, id: string): Promise<RecordedExit | undefined> {
+  try {
+    const e = JSON.parse(await fsp.readFile(path.join(runcRoot, id, EXIT_FILE), 'utf8')) as RecordedExit;
+    return Number.isInteger(e.exitStatus) ? e : undefined;
+  } catch {
+    return undefined;
+  }
 }

@@ -16,7 +16,7 @@ import { restoreFromCheckpoint } from '../core/restore.js';
 import { containerIdOf, namespaceOfRoot, optionString, parseRuncArgs, type RuncCall } from '../core/runc-args.js';
 import { Runc } from '../core/runc.js';
 import { criuRunEnv } from '../core/criu-network-lock.js';
-import { readShimState, updateShimState, wasKilled, wasOomKilled, writeShimState } from '../core/shim-state.js';
+import { readShimState, recordedExit, updateShimState, wasKilled, wasOomKilled, writeShimState } from '../core/shim-state.js';
 import { CheckpointStore } from '../core/store.js';
 import { runRealRunc } from './passthrough.js';
 
@@ -153,20 +153,33 @@ async function handleCheckpoint(ctx: NodeContext, call: RuncCall, namespace: str
 }
 
 /**
- * After a natural exit the job is over: its checkpoint and work dir go.
- * After a checkpoint, a kill from outside (a drain, an operator) or an OOM
- * kill they stay, so the container continues when it is created again.
- * runc is never told the exit code; a crash by other causes (e.g. SIGSEGV)
- * looks like a natural exit here.
+ * After a clean exit (code 0) the job is over: its checkpoint and work dir go.
+ * After a checkpoint, a kill from outside (a drain, an operator), an OOM kill
+ * or a non-zero exit they stay, so the container continues from its last
+ * checkpoint when it is created again. runc is never told the exit code: it
+ * comes from containerd's exit event, recorded by the node's worker
+ * (recordExit). Without a worker to record it, an exit by itself counts as
+ * clean.
  */
 async function handleDelete(call: RuncCall, id: string, log: Log, pass: () => Promise<number>): Promise<number> {
   const s = await readShimState(call.root, id);
-  if (s && !s.checkpointed && !(await wasKilled(call.root, id)) && !(await wasOomKilled(call.root, id))) {
+  if (!s) return pass();
+  const exit = await recordedExit(call.root, id);
+  const keptBecause = s.checkpointed
+    ? 'checkpointed'
+    : (await wasKilled(call.root, id))
+      ? 'stopped from outside'
+      : (await wasOomKilled(call.root, id))
+        ? 'OOM-killed'
+        : exit && exit.exitStatus !== 0
+          ? `exited with code ${exit.exitStatus}`
+          : undefined;
+  if (keptBecause) {
+    log.info({ reason: keptBecause, exitStatus: exit?.exitStatus, checkpointDir: s.checkpointDir }, `container ${keptBecause}: checkpoint kept`);
+  } else {
     await new CheckpointStore(s.checkpointDir).remove();
     if (s.workDir) await fsp.rm(s.workDir, { recursive: true, force: true });
-    log.info({ checkpointDir: s.checkpointDir, workDir: s.workDir }, 'container exited by itself: checkpoint and work dir removed');
-  } else if (s) {
-    log.info({ checkpointed: s.checkpointed }, 'container was checkpointed, stopped from outside or OOM-killed: checkpoint kept');
+    log.info({ exitStatus: exit?.exitStatus, checkpointDir: s.checkpointDir, workDir: s.workDir }, 'container exited by itself: checkpoint and work dir removed');
   }
   return pass();
 }

@@ -1,7 +1,8 @@
 /**
  * One node's worker process: an activity-only worker on the node's queue
  * (arch-node-<node>) and a workflow worker on the shared `arch` queue, plus
- * the transfer server other nodes pull checkpoints from.
+ * the transfer server other nodes pull checkpoints from, the cloud notice
+ * watcher and the exit recorder (worker/exits.ts).
  */
 import fs from 'node:fs';
 import os from 'node:os';
@@ -9,12 +10,14 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { NativeConnection, Runtime, Worker } from '@temporalio/worker';
 import { createActivities } from '../activities/index.js';
+import { Containerd } from '../core/containerd.js';
 import { createLogger, type Logger } from '../core/log.js';
 import type { Settings } from '../core/settings.js';
 import { connectionOptions, temporalTarget } from '../core/temporal/connection.js';
 import { nodeTaskQueue, WORKFLOW_TASK_QUEUE } from '../core/temporal/names.js';
 import { loadTransferTls, TransferServer } from '../core/transfer.js';
 import { sdkLogger } from './logger.js';
+import { startExitRecorder } from './exits.js';
 import { startNoticeWatcher } from './notices.js';
 import { nodeThroughputFile } from '../core/drain-plan.js';
 
@@ -123,10 +126,12 @@ export async function startNodeWorker(o: NodeWorkerOptions): Promise<RunningWork
     const runs = workers.map((w) => w.run());
     // Only once the workers poll: a notice must find someone to drain the node.
     const notices = await startNoticeWatcher({ node: o.node, targets: o.reclaimTargets ?? [], ctx: { settings, log }, target, throughputFile: nodeThroughputFile(o.stateDir, o.node) });
+    const exits = startExitRecorder({ containerd: new Containerd({ address: o.containerdAddress, ctr: o.ctr }), runcRootBase: settings.runcRootBase, log });
     const done = (async () => {
       try {
         await Promise.all(runs);
       } finally {
+        await exits.stop().catch(() => undefined);
         await notices?.stop().catch(() => undefined);
         await transfer.stop().catch(() => undefined);
         await conn.close().catch(() => undefined);

@@ -1,13 +1,20 @@
 import { randomBytes } from 'node:crypto';
+import path from 'node:path';
+import { checkpointContainer } from '../../core/checkpoint.js';
+import { createNodeContext } from '../../core/context.js';
+import { recordedExit } from '../../core/shim-state.js';
+import { CheckpointStore } from '../../core/store.js';
 import { WORKFLOW_TASK_QUEUE } from '../../core/temporal/names.js';
 import type { PauseInput, PauseResult } from '../../workflows/types.js';
+import { readLogLines } from '../support/arch-env.js';
 import { cleanupStaleNodes } from '../support/containerd-node.js';
 import { outcome, startCluster, stopAllTemporal, waitUntil, type TestCluster } from '../support/temporal.js';
 
 /**
- * SIGTERM to a worker while it checkpoints: it stops taking work, lets the
- * checkpoint finish and report, then exits 0 — the checkpoint is not
- * abandoned half-way nor run twice.
+ * The node worker as a process: SIGTERM while it checkpoints (it stops taking
+ * work, lets the checkpoint finish and report, then exits 0 — the checkpoint
+ * is not abandoned half-way nor run twice); and the exit codes it records
+ * from containerd's events for arch-runc's delete.
  */
 let cluster: TestCluster;
 const N = 'wrk-a';
@@ -58,4 +65,37 @@ test('SIGTERM during a checkpoint: the checkpoint completes once, the worker exi
   const started = (history.events ?? []).find((e) => Number(e.eventType) === 11 && e.activityTaskStartedEventAttributes?.attempt === 1);
   expect(started).toBeDefined();
   console.log(`worker exited ${stoppedAfter} ms after SIGTERM, after its checkpoint completed`);
+});
+
+test('exit codes from containerd: a crash keeps the checkpoint (the job goes on from it), a clean exit removes it', async () => {
+  const node = cluster.nodes[N]!;
+  const ctx = createNodeContext('test', { ...process.env, ARCH_CONFIG: cluster.archConfig, ARCH_RUNC_ROOT: node.runcRootBase });
+  const checkpointsOf = (id: string) => new CheckpointStore(path.join(cluster.dir, 'checkpoints/default', id));
+  /** Run to `exitAfter` ticks and exit with `code`, with a checkpoint (left running) on the way. */
+  const runToExit = async (id: string, exitAfter: number, code: number) => {
+    await cluster.runCounter(N, id, ['COUNTER_INTERVAL_MS=50', `COUNTER_EXIT_AFTER=${exitAfter}`, `COUNTER_EXIT_CODE=${code}`]);
+    await cluster.waitCount(N, id, 5);
+    await checkpointContainer(ctx, { namespace: 'default', id, runcRoot: node.runcRoot('default'), leaveRunning: true });
+    const atCheckpoint = cluster.count(N, id)!;
+    await node.containerd.waitStatus(id, 'STOPPED', 30_000);
+    // The worker records the exit from containerd's event; delete reads it.
+    const exit = await waitUntil(`${id}: exit recorded`, () => recordedExit(node.runcRoot('default'), id), 10_000, 50);
+    expect(exit.exitStatus).toBe(code);
+    await node.containerd.removeContainer(id);
+    return atCheckpoint;
+  };
+
+  const atCheckpoint = await runToExit('crash', 60, 3);
+  expect(await checkpointsOf('crash').current()).toBeTruthy();
+  expect(readLogLines(cluster.archRuncLog).some((l) => l.container === 'crash' && l.msg === 'container exited with code 3: checkpoint kept')).toBe(true);
+  // Created again, it goes on from the checkpoint, not from the start.
+  await cluster.runCounter(N, 'crash', []);
+  await waitUntil('crash restored', () => readLogLines(cluster.archRuncLog).some((l) => l.container === 'crash' && l.msg === 'restored from checkpoint') || undefined, 20_000, 100);
+  const resumed = await cluster.waitCount(N, 'crash', atCheckpoint + 2);
+  expect(resumed).toBeGreaterThan(atCheckpoint);
+  await node.containerd.removeContainer('crash');
+
+  await runToExit('clean', 25, 0);
+  expect(await checkpointsOf('clean').current()).toBeNull();
+  expect(readLogLines(cluster.archRuncLog).some((l) => l.container === 'clean' && l.msg === 'container exited by itself: checkpoint and work dir removed' && l.exitStatus === 0)).toBe(true);
 });

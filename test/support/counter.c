@@ -23,7 +23,8 @@
  *                        are in the test image). Lets a test check that the
  *                        writable layer (new, changed and deleted files)
  *                        survives a checkpoint/restore.
- *   COUNTER_EXIT_AFTER   exit 0 once the count reaches N (0 = never)
+ *   COUNTER_EXIT_AFTER   exit once the count reaches N (0 = never)
+ *   COUNTER_EXIT_CODE    ... with this exit code (default 0; a crash-like exit)
  *
  * Output: "counter start pid=P\n" once, then "count N\n" each tick, flushed.
  * SIGTERM/SIGINT: prints "counter exit N" and exits 0 (a clean exit), which
@@ -119,6 +120,7 @@ int main(void) {
   long mem_mb = env_long("COUNTER_MEM_MB", 0);
   long verify_every = env_long("COUNTER_VERIFY_EVERY", 0);
   long exit_after = env_long("COUNTER_EXIT_AFTER", 0);
+  long exit_code = env_long("COUNTER_EXIT_CODE", 0);
   const char *file = getenv("COUNTER_FILE");
   if (!file || !*file) file = "/state/count";
 
@@ -174,5 +176,5 @@ int main(void) {
     if (exit_after > 0 && count >= (unsigned long)exit_after) break;
   }
   printf("counter exit %lu\n", count);
-  return 0;
+  return exit_after > 0 && count >= (unsigned long)exit_after ? (int)exit_code : 0;
 }

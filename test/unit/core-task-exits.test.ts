@@ -1,0 +1,69 @@
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { parseTaskExit } from '../../core/containerd.js';
+import { ARCH_STATE_FILE, EXIT_FILE, recordedExit, recordExit } from '../../core/shim-state.js';
+
+/**
+ * Exit codes for delete: containerd's /tasks/exit events as `ctr events`
+ * prints them, and the record arch-runc's delete reads.
+ */
+describe('parseTaskExit', () => {
+  const at = '2026-11-28 20:00:00.123456789 +0000 UTC';
+
+  test('an init exit with its code', () => {
+    expect(parseTaskExit(`${at} default /tasks/exit {"container_id":"job-1","id":"job-1","pid":4242,"exit_status":3,"exited_at":"2026-11-28T20:00:00.1Z"}`)).toEqual({
+      namespace: 'default', containerId: 'job-1', execId: 'job-1', pid: 4242, exitStatus: 3, exitedAt: '2026-11-28T20:00:00.1Z',
+    });
+  });
+
+  test('exit_status is left out of the JSON when it is 0', () => {
+    expect(parseTaskExit(`${at} k8s.io /tasks/exit {"container_id":"c","id":"c","pid":7,"exited_at":"2026-11-28T20:00:00Z"}`)).toMatchObject({ namespace: 'k8s.io', exitStatus: 0 });
+  });
+
+  test('an exec process keeps its own id', () => {
+    expect(parseTaskExit(`${at} default /tasks/exit {"container_id":"c","id":"exec-1","pid":8,"exit_status":1}`)).toMatchObject({ containerId: 'c', execId: 'exec-1', exitStatus: 1 });
+  });
+
+  test.each([
+    `${at} default /tasks/start {"container_id":"c","pid":7}`,
+    `${at} default /tasks/exit not-json`,
+    `${at} default /tasks/exit {"id":"c"}`,
+    'default /tasks/exit {"container_id":"c","id":"c"}',
+    '',
+  ])('not a task exit: %j', (line) => {
+    expect(parseTaskExit(line)).toBeUndefined();
+  });
+});
+
+describe('recordExit / recordedExit', () => {
+  let root: string;
+  beforeEach(() => {
+    root = fs.mkdtempSync(path.join(os.tmpdir(), 'arch-exit-'));
+  });
+  afterEach(() => fs.rmSync(root, { recursive: true, force: true }));
+
+  test('recorded for a container arch-runc created, and read back', async () => {
+    fs.mkdirSync(path.join(root, 'job-1'));
+    fs.writeFileSync(path.join(root, 'job-1', ARCH_STATE_FILE), '{}');
+    expect(await recordedExit(root, 'job-1')).toBeUndefined();
+    expect(await recordExit(root, 'job-1', { exitStatus: 3, exitedAt: 'then' })).toBe(true);
+    expect(await recordedExit(root, 'job-1')).toEqual({ exitStatus: 3, exitedAt: 'then' });
+    expect(fs.readdirSync(path.join(root, 'job-1')).sort()).toEqual([ARCH_STATE_FILE, EXIT_FILE].sort());
+  });
+
+  test('not recorded for other containers (no ARCH state), nor for unknown ones', async () => {
+    fs.mkdirSync(path.join(root, 'plain'));
+    expect(await recordExit(root, 'plain', { exitStatus: 1 })).toBe(false);
+    expect(await recordExit(root, 'missing', { exitStatus: 1 })).toBe(false);
+    expect(fs.readdirSync(path.join(root, 'plain'))).toEqual([]);
+  });
+
+  test('a damaged record reads as none', async () => {
+    fs.mkdirSync(path.join(root, 'job-2'));
+    fs.writeFileSync(path.join(root, 'job-2', EXIT_FILE), '{"exitStatus":"x"}');
+    expect(await recordedExit(root, 'job-2')).toBeUndefined();
+    fs.writeFileSync(path.join(root, 'job-2', EXIT_FILE), 'garbage');
+    expect(await recordedExit(root, 'job-2')).toBeUndefined();
+  });
+});

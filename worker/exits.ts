@@ -1,0 +1,38 @@
+/**
+ * Exit codes for arch-runc's delete. runc never learns how a container's
+ * init process ended (containerd's shim reaps it), so delete could not tell
+ * a finished job from a crash. containerd publishes every exit as an event;
+ * the worker follows them and records each ARCH container's exit in its runc
+ * state dir (core/shim-state.ts recordExit), where delete reads it: a
+ * non-zero exit keeps the checkpoint, so the job continues from it when the
+ * container is created again.
+ */
+import path from 'node:path';
+import type { Containerd } from '../core/containerd.js';
+import { errorMessage } from '../core/errors.js';
+import { validateContainerId, validateNamespace } from '../core/ids.js';
+import type { Logger } from '../core/log.js';
+import { recordExit } from '../core/shim-state.js';
+
+export function startExitRecorder(o: { containerd: Containerd; runcRootBase: string; log: Logger }): { stop: () => Promise<void> } {
+  return o.containerd.followTaskExits(
+    (e) => {
+      const log = o.log.child({ namespace: e.namespace, container: e.containerId, phase: 'exit' });
+      try {
+        // Names from containerd become a path below the runc root: checked like any other.
+        validateNamespace(e.namespace);
+        validateContainerId(e.containerId);
+      } catch (err) {
+        log.warn({ err: errorMessage(err) }, 'exit event of a container whose name ARCH does not accept: not recorded');
+        return;
+      }
+      recordExit(path.join(o.runcRootBase, e.namespace), e.containerId, { exitStatus: e.exitStatus, exitedAt: e.exitedAt }).then(
+        (recorded) => {
+          if (recorded) log.info({ exitStatus: e.exitStatus }, 'container exited');
+        },
+        (err: unknown) => log.warn({ err: errorMessage(err) }, 'could not record the exit code'),
+      );
+    },
+    (err) => o.log.warn({ phase: 'exit', err: errorMessage(err) }, 'containerd events ended; following them again'),
+  );
+}
