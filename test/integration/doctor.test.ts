@@ -3,6 +3,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { CRIU_RUN_DIR, criuRunEnv } from '../../core/criu-network-lock.js';
+import type { Check } from '../../core/doctor.js';
 import type { NetworkLockSetting } from '../../core/settings.js';
 import { criuBinary, writeArchConfig } from '../support/arch-env.js';
 import { REPO_ROOT } from '../support/images.js';
@@ -12,14 +13,6 @@ import { REPO_ROOT } from '../support/images.js';
  * reports, and the fix it names when a setting is wrong; and the network
  * lock method CRIU is given (core/criu-network-lock.ts).
  */
-interface Check {
-  name: string;
-  ok: boolean;
-  version?: string;
-  detail?: string;
-  fix?: string;
-  optional?: boolean;
-}
 
 const CLI = path.join(REPO_ROOT, 'bin/arch-cli');
 let dir: string;

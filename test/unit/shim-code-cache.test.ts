@@ -57,31 +57,34 @@ test('a valid cache is used as it is (not rewritten)', async () => {
   expect(fs.readFileSync(cacheFile()).equals(bytes)).toBe(true);
 });
 
+/** Spoil the cache file of a first run; the second run must still work and leave a valid cache: returns (original, new). */
+async function runWithSpoiledCache(spoil: (file: Buffer) => Buffer): Promise<{ original: Buffer; rewritten: Buffer }> {
+  await runShim();
+  const original = fs.readFileSync(cacheFile());
+  fs.writeFileSync(cacheFile(), spoil(original));
+  const r = await runShim();
+  expect(r.exitCode).toBe(0);
+  expect(r.stderr).toBe('');
+  return { original, rewritten: expectValidCache() };
+}
+
 test.each([
   ['damaged data', (f: Buffer) => Buffer.concat([f.subarray(0, 64), Buffer.alloc(f.length - 64, 0xa5)])],
   ['another bundle\'s cache', (f: Buffer) => Buffer.concat([sha256('another bundle'), f.subarray(32)])],
   ['truncated', (f: Buffer) => f.subarray(0, 40)],
   ['empty', () => Buffer.alloc(0)],
 ])('%s: ignored, the call runs, a valid cache replaces it', async (_what, spoil) => {
-  await runShim();
-  fs.writeFileSync(cacheFile(), spoil(fs.readFileSync(cacheFile())));
-  const r = await runShim();
-  expect(r.exitCode).toBe(0);
-  expect(r.stderr).toBe('');
-  expectValidCache();
+  await runWithSpoiledCache(spoil);
 });
 
 test('a cache V8 refuses (made by another Node): the call runs, a valid cache replaces it', async () => {
-  await runShim();
-  const file = fs.readFileSync(cacheFile());
-  const data = Buffer.from(file.subarray(64));
-  data[4] = data[4]! ^ 0xff; // inside V8's header: the version hash
-  fs.writeFileSync(cacheFile(), Buffer.concat([file.subarray(0, 32), sha256(data), data]));
-  const r = await runShim();
-  expect(r.exitCode).toBe(0);
-  expect(r.stderr).toBe('');
+  const { original, rewritten } = await runWithSpoiledCache((file) => {
+    const data = Buffer.from(file.subarray(64));
+    data[4] = data[4]! ^ 0xff; // inside V8's header: the version hash
+    return Buffer.concat([file.subarray(0, 32), sha256(data), data]);
+  });
   // Rewritten by this Node: its version hash again, not the spoiled one.
-  expect(expectValidCache()[64 + 4]).toBe(file[64 + 4]);
+  expect(rewritten[64 + 4]).toBe(original[64 + 4]);
 });
 
 test('the exit code of the real runc comes back through the loader', async () => {
