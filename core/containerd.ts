@@ -393,7 +393,9 @@ export class Containerd {
   /**
    * Follow containerd's task exits (all namespaces) until stop(): `ctr
    * events` runs as a child and is started again when it ends (containerd
-   * restarting). Exec'd processes are left out: only a task's init.
+   * restarting). Exec'd processes are left out: only a task's init. If this
+   * process dies without stop(), the orphaned ctr ends at the next event it
+   * prints (its stdout is a pipe nobody reads: SIGPIPE).
    */
   followTaskExits(onExit: (e: TaskExit) => void, onError: (err: Error) => void = () => undefined): { stop: () => Promise<void> } {
     let stopped = false;
