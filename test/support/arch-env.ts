@@ -19,9 +19,10 @@ export function realRunc(): string {
   return p;
 }
 
-/** CRIU >= 4 as installed by install.sh on Debian 12, else the system's. */
+/** CRIU >= 4 as installed by install.sh on Debian 12, else the system's (by absolute path, as the installer sets it). */
 export function criuBinary(): string {
-  return fs.existsSync(PRIVATE_CRIU) ? PRIVATE_CRIU : 'criu';
+  if (fs.existsSync(PRIVATE_CRIU)) return PRIVATE_CRIU;
+  return execaSync('sh', ['-c', 'command -v criu'], { reject: false }).stdout?.trim() || 'criu';
 }
 
 /**
