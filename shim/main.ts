@@ -165,15 +165,7 @@ async function handleDelete(call: RuncCall, id: string, log: Log, pass: () => Pr
   const s = await readShimState(call.root, id);
   if (!s) return pass();
   const exit = await recordedExit(call.root, id);
-  const keptBecause = s.checkpointed
-    ? 'checkpointed'
-    : (await wasKilled(call.root, id))
-      ? 'stopped from outside'
-      : (await wasOomKilled(call.root, id))
-        ? 'OOM-killed'
-        : exit && exit.exitStatus !== 0
-          ? `exited with code ${exit.exitStatus}`
-          : undefined;
+  const keptBecause = await keepReason(call.root, id, s.checkpointed, exit?.exitStatus);
   if (keptBecause) {
     log.info({ reason: keptBecause, exitStatus: exit?.exitStatus, checkpointDir: s.checkpointDir }, `container ${keptBecause}: checkpoint kept`);
   } else {
@@ -182,6 +174,15 @@ async function handleDelete(call: RuncCall, id: string, log: Log, pass: () => Pr
     log.info({ exitStatus: exit?.exitStatus, checkpointDir: s.checkpointDir, workDir: s.workDir }, 'container exited by itself: checkpoint and work dir removed');
   }
   return pass();
+}
+
+/** Why the container's checkpoint stays (undefined: the job finished). */
+async function keepReason(root: string, id: string, checkpointed: boolean, exitStatus: number | undefined): Promise<string | undefined> {
+  if (checkpointed) return 'checkpointed';
+  if (await wasKilled(root, id)) return 'stopped from outside';
+  if (await wasOomKilled(root, id)) return 'OOM-killed';
+  if (exitStatus !== undefined && exitStatus !== 0) return `exited with code ${exitStatus}`;
+  return undefined;
 }
 
 main(process.argv.slice(2)).then(
