@@ -1,6 +1,7 @@
 import { execa } from 'execa';
 import fs from 'node:fs/promises';
 import path from 'node:path';
+import { writeFileAtomic } from './atomic-file.js';
 import { criuEnv, type NetworkLockSetting, type Settings } from './settings.js';
 
 /**
@@ -54,7 +55,7 @@ async function probeCached(criu: string): Promise<NetworkLock> {
   if (hit === 'nftables' || hit === 'iptables') return hit;
   const r = await execa(criu, ['check', '--feature', 'network_lock_nftables'], { reject: false, timeout: 30_000 });
   const method: NetworkLock = r.exitCode === 0 ? 'nftables' : 'iptables';
-  if (key) await writeAtomic(file, JSON.stringify({ ...cache, [key]: method })).catch(() => undefined);
+  if (key) await writeRunFile(file, JSON.stringify({ ...cache, [key]: method })).catch(() => undefined);
   return method;
 }
 
@@ -74,11 +75,10 @@ async function cacheKey(criu: string): Promise<string | undefined> {
   }
 }
 
-async function writeAtomic(file: string, text: string): Promise<void> {
+/** Files of CRIU_RUN_DIR: root's only. */
+async function writeRunFile(file: string, text: string): Promise<void> {
   await fs.mkdir(path.dirname(file), { recursive: true, mode: 0o700 });
-  const tmp = `${file}.${process.pid}.tmp`;
-  await fs.writeFile(tmp, text, { mode: 0o600 });
-  await fs.rename(tmp, file);
+  await writeFileAtomic(file, text, { mode: 0o600 });
 }
 
 /**
@@ -93,7 +93,7 @@ export async function criuRunEnv(settings: Pick<Settings, 'criu' | 'criuNetworkL
     if (networkLock === 'iptables') return { env, networkLock }; // CRIU's own default: nothing to add
     const file = path.join(CRIU_RUN_DIR, `network-lock-${networkLock}.conf`);
     const text = `# Written by ARCH (ARCH_CRIU_NETWORK_LOCK); read by CRIU through CRIU_CONFIG_FILE.\nnetwork-lock ${networkLock}\n`;
-    if ((await fs.readFile(file, 'utf8').catch(() => '')) !== text) await writeAtomic(file, text);
+    if ((await fs.readFile(file, 'utf8').catch(() => '')) !== text) await writeRunFile(file, text);
     return { env: { ...env, CRIU_CONFIG_FILE: file }, networkLock };
   } catch {
     return { env, networkLock: 'iptables' };

@@ -5,7 +5,7 @@ import fsp from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { networkLockOf } from './criu-network-lock.js';
-import { parseEnvFile, type Settings } from './settings.js';
+import { criuEnv, parseEnvFile, type Settings } from './settings.js';
 
 /**
  * `arch-cli doctor`: every dependency with its version, CRIU's own check, and
@@ -48,7 +48,7 @@ export async function probeCriuDump(criu: string, noBreakpoints: boolean, timeou
     const r = await execa(criu, ['dump', '-t', String(child.pid), '-D', dir, '-o', 'dump.log', '-v4', '--leave-running', '--shell-job'], {
       reject: false,
       timeout: timeoutMs,
-      env: noBreakpoints ? { CRIU_FAULT: '130' } : {},
+      env: criuEnv({ criuNoBreakpoints: noBreakpoints }),
     });
     if (r.exitCode === 0) return 'ok';
     const log = await fsp.readFile(path.join(dir, 'dump.log'), 'utf8').catch(() => '');

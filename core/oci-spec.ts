@@ -1,5 +1,6 @@
 import fs from 'node:fs/promises';
 import path from 'node:path';
+import { writeFileAtomic } from './atomic-file.js';
 
 /** The parts of an OCI runtime spec (config.json) ARCH reads or changes. */
 export interface OciMount {
@@ -23,10 +24,7 @@ export async function readSpec(bundle: string): Promise<OciSpec> {
 
 /** Rewrite config.json atomically (a half-written spec would break the create). */
 export async function writeSpec(bundle: string, spec: OciSpec): Promise<void> {
-  const file = path.join(bundle, 'config.json');
-  const tmp = `${file}.arch-tmp`;
-  await fs.writeFile(tmp, JSON.stringify(spec));
-  await fs.rename(tmp, file);
+  await writeFileAtomic(path.join(bundle, 'config.json'), JSON.stringify(spec));
 }
 
 export function rootfsOf(bundle: string, spec: OciSpec): string {

@@ -1,5 +1,6 @@
 import fsp from 'node:fs/promises';
 import path from 'node:path';
+import { writeFileAtomic } from './atomic-file.js';
 import { isAlive } from './pid.js';
 
 /**
@@ -43,9 +44,7 @@ export async function readShimState(runcRoot: string, id: string): Promise<ShimS
 }
 
 export async function writeShimState(runcRoot: string, s: ShimState): Promise<void> {
-  const file = stateFile(runcRoot, s.id);
-  await fsp.writeFile(`${file}.tmp`, JSON.stringify(s));
-  await fsp.rename(`${file}.tmp`, file);
+  await writeFileAtomic(stateFile(runcRoot, s.id), JSON.stringify(s));
 }
 
 export async function updateShimState(runcRoot: string, id: string, patch: Partial<ShimState>): Promise<void> {
@@ -131,9 +130,7 @@ export interface RecordedExit {
  */
 export async function recordExit(runcRoot: string, id: string, exit: RecordedExit): Promise<boolean> {
   if (!(await fsp.access(stateFile(runcRoot, id)).then(() => true, () => false))) return false;
-  const file = path.join(runcRoot, id, EXIT_FILE);
-  await fsp.writeFile(`${file}.tmp`, JSON.stringify(exit));
-  await fsp.rename(`${file}.tmp`, file);
+  await writeFileAtomic(path.join(runcRoot, id, EXIT_FILE), JSON.stringify(exit));
   return true;
 }
 
