@@ -32,7 +32,8 @@ export async function listArchContainers(
   opts: { namespaces?: string[]; runcRootBase?: string; withSizes?: boolean } = {},
 ): Promise<ArchContainer[]> {
   const base = opts.runcRootBase ?? ctx.settings.runcRootBase;
-  const namespaces = opts.namespaces ?? (await fsp.readdir(base).catch(() => [] as string[]));
+  // Namespaces are the directories (the worker keeps a marker file here: shim-state.ts).
+  const namespaces = opts.namespaces ?? (await fsp.readdir(base, { withFileTypes: true }).catch(() => [])).filter((e) => e.isDirectory()).map((e) => e.name);
   const out: ArchContainer[] = [];
   for (const namespace of namespaces) {
     const runc = new Runc(ctx.settings, path.join(base, namespace));

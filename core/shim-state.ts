@@ -134,6 +134,48 @@ export async function recordExit(runcRoot: string, id: string, exit: RecordedExi
   return true;
 }
 
+/**
+ * A live exit recorder (the node's worker) announces itself beside the runc
+ * roots: <runc root base>/.arch-exit-recorder holds its pid. No containerd
+ * namespace can be named like that (a leading dot), so it never meets a runc
+ * root. Delete reads it to know whether an exit record is still to come.
+ */
+export const EXIT_RECORDER_FILE = '.arch-exit-recorder';
+
+/** Say that this process records exits for the runc roots below `runcRootBase`; returns the undo. */
+export async function announceExitRecorder(runcRootBase: string): Promise<() => Promise<void>> {
+  // containerd makes this dir on its first container; the worker may come first after a boot.
+  await fsp.mkdir(runcRootBase, { recursive: true, mode: 0o711 });
+  const file = path.join(runcRootBase, EXIT_RECORDER_FILE);
+  await writeFileAtomic(file, String(process.pid));
+  return async () => {
+    // Only our own announcement: a worker started since then has written its pid.
+    if ((await fsp.readFile(file, 'utf8').catch(() => '')).trim() === String(process.pid)) await fsp.rm(file, { force: true });
+  };
+}
+
+async function exitRecorderAlive(runcRoot: string): Promise<boolean> {
+  const pid = Number((await fsp.readFile(path.join(path.dirname(runcRoot), EXIT_RECORDER_FILE), 'utf8').catch(() => '')).trim());
+  return Number.isInteger(pid) && pid > 0 && isAlive(pid);
+}
+
+/**
+ * The recorded exit, waiting for it when a recorder runs but has not written
+ * it yet: a delete that follows the exit at once (`ctr run --rm`, `docker run
+ * --rm`) races containerd's exit event to the worker. Without a recorder
+ * there is nothing to wait for. `waitedMs` says how long it took.
+ */
+export async function awaitRecordedExit(runcRoot: string, id: string, timeoutMs: number): Promise<{ exit?: RecordedExit; waitedMs: number }> {
+  const t0 = Date.now();
+  let exit = await recordedExit(runcRoot, id);
+  if (exit || !(await exitRecorderAlive(runcRoot))) return { exit, waitedMs: 0 };
+  while (!exit && Date.now() - t0 < timeoutMs) {
+    await new Promise((r) => setTimeout(r, 10));
+    exit = await recordedExit(runcRoot, id);
+  }
+  return { exit, waitedMs: Date.now() - t0 };
+}
+
 /** The recorded exit, if the worker saw it (undefined without a worker, or if delete came first). */
 export async function recordedExit(runcRoot: string, id: string): Promise<RecordedExit | undefined> {
   try {

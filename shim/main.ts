@@ -16,7 +16,7 @@ import { restoreFromCheckpoint } from '../core/restore.js';
 import { containerIdOf, namespaceOfRoot, optionString, parseRuncArgs, type RuncCall } from '../core/runc-args.js';
 import { Runc } from '../core/runc.js';
 import { criuRunEnv } from '../core/criu-network-lock.js';
-import { readShimState, recordedExit, updateShimState, wasKilled, wasOomKilled, writeShimState } from '../core/shim-state.js';
+import { awaitRecordedExit, readShimState, recordedExit, updateShimState, wasKilled, wasOomKilled, writeShimState } from '../core/shim-state.js';
 import { CheckpointStore } from '../core/store.js';
 import { runRealRunc } from './passthrough.js';
 
@@ -161,11 +161,25 @@ async function handleCheckpoint(ctx: NodeContext, call: RuncCall, namespace: str
  * (recordExit). Without a worker to record it, an exit by itself counts as
  * clean.
  */
+/**
+ * How long delete waits for the worker to record an exit it has not recorded
+ * yet. It normally lands within milliseconds of the exit; the wait only runs
+ * when a worker is alive and nothing else already says to keep the checkpoint.
+ */
+const EXIT_RECORD_WAIT_MS = 1000;
+
 async function handleDelete(call: RuncCall, id: string, log: Log, pass: () => Promise<number>): Promise<number> {
   const s = await readShimState(call.root, id);
   if (!s) return pass();
-  const exit = await recordedExit(call.root, id);
-  const keptBecause = await keepReason(call.root, id, s.checkpointed, exit?.exitStatus);
+  let exit = await recordedExit(call.root, id);
+  let keptBecause = await keepReason(call.root, id, s.checkpointed, exit?.exitStatus);
+  if (!keptBecause && !exit) {
+    // Removing the checkpoint of a crashed job would lose it: hear the exit code first.
+    const waited = await awaitRecordedExit(call.root, id, EXIT_RECORD_WAIT_MS);
+    exit = waited.exit;
+    if (waited.waitedMs > 0) log.info({ waitedMs: waited.waitedMs, exitStatus: exit?.exitStatus }, exit ? 'exit code arrived after delete began' : 'no exit code recorded in time: counting the exit as clean');
+    keptBecause = await keepReason(call.root, id, s.checkpointed, exit?.exitStatus);
+  }
   if (keptBecause) {
     log.info({ reason: keptBecause, exitStatus: exit?.exitStatus, checkpointDir: s.checkpointDir }, `container ${keptBecause}: checkpoint kept`);
   } else {

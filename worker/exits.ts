@@ -5,17 +5,18 @@
  * the worker follows them and records each ARCH container's exit in its runc
  * state dir (core/shim-state.ts recordExit), where delete reads it: a
  * non-zero exit keeps the checkpoint, so the job continues from it when the
- * container is created again.
+ * container is created again. The worker announces itself (its pid beside
+ * the runc roots) so that a delete arriving before the event waits for it.
  */
 import path from 'node:path';
 import type { Containerd } from '../core/containerd.js';
 import { errorMessage } from '../core/errors.js';
 import { validateContainerId, validateNamespace } from '../core/ids.js';
 import type { Logger } from '../core/log.js';
-import { recordExit } from '../core/shim-state.js';
+import { announceExitRecorder, recordExit } from '../core/shim-state.js';
 
-export function startExitRecorder(o: { containerd: Containerd; runcRootBase: string; log: Logger }): { stop: () => Promise<void> } {
-  return o.containerd.followTaskExits(
+export async function startExitRecorder(o: { containerd: Containerd; runcRootBase: string; log: Logger }): Promise<{ stop: () => Promise<void> }> {
+  const follower = o.containerd.followTaskExits(
     (e) => {
       const log = o.log.child({ namespace: e.namespace, container: e.containerId, phase: 'exit' });
       try {
@@ -35,4 +36,15 @@ export function startExitRecorder(o: { containerd: Containerd; runcRootBase: str
     },
     (err) => o.log.warn({ phase: 'exit', err: errorMessage(err) }, 'containerd events ended; following them again'),
   );
+  // Delete waits for an exit record only while someone is there to write it.
+  const unannounce = await announceExitRecorder(o.runcRootBase).catch((err: unknown) => {
+    o.log.warn({ phase: 'exit', err: errorMessage(err) }, 'could not announce the exit recorder: a delete right after an exit may not see its code');
+    return async () => undefined;
+  });
+  return {
+    stop: async () => {
+      await unannounce().catch(() => undefined);
+      await follower.stop();
+    },
+  };
 }

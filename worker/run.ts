@@ -126,7 +126,7 @@ export async function startNodeWorker(o: NodeWorkerOptions): Promise<RunningWork
     const runs = workers.map((w) => w.run());
     // Only once the workers poll: a notice must find someone to drain the node.
     const notices = await startNoticeWatcher({ node: o.node, targets: o.reclaimTargets ?? [], ctx: { settings, log }, target, throughputFile: nodeThroughputFile(o.stateDir, o.node) });
-    const exits = startExitRecorder({ containerd: new Containerd({ address: o.containerdAddress, ctr: o.ctr }), runcRootBase: settings.runcRootBase, log });
+    const exits = await startExitRecorder({ containerd: new Containerd({ address: o.containerdAddress, ctr: o.ctr }), runcRootBase: settings.runcRootBase, log });
     const done = (async () => {
       try {
         await Promise.all(runs);

@@ -8,7 +8,7 @@ import { WORKFLOW_TASK_QUEUE } from '../../core/temporal/names.js';
 import type { PauseInput, PauseResult } from '../../workflows/types.js';
 import { readLogLines } from '../support/arch-env.js';
 import { cleanupStaleNodes } from '../support/containerd-node.js';
-import { outcome, startCluster, stopAllTemporal, waitUntil, type TestCluster } from '../support/temporal.js';
+import { ARCH_RUNC, outcome, startCluster, stopAllTemporal, waitUntil, type TestCluster } from '../support/temporal.js';
 
 /**
  * The node worker as a process: SIGTERM while it checkpoints (it stops taking
@@ -98,4 +98,46 @@ test('exit codes from containerd: a crash keeps the checkpoint (the job goes on 
   await runToExit('clean', 25, 0);
   expect(await checkpointsOf('clean').current()).toBeNull();
   expect(readLogLines(cluster.archRuncLog).some((l) => l.container === 'clean' && l.msg === 'container exited by itself: checkpoint and work dir removed' && l.exitStatus === 0)).toBe(true);
+});
+
+test('ctr run --rm: delete comes right after a crash, before the worker has the exit code: it waits for it and keeps the checkpoint', async () => {
+  const node = cluster.nodes[N]!;
+  const cd = node.containerd;
+  const ctx = createNodeContext('test', { ...process.env, ARCH_CONFIG: cluster.archConfig, ARCH_RUNC_ROOT: node.runcRootBase });
+  const id = 'rm-crash';
+  const worker = cluster.workers[N]!;
+  // Foreground with --rm: ctr waits for the exit and deletes the task at once.
+  const run = cd
+    .ctr([
+      'run', '--rm', '--runc-binary', ARCH_RUNC,
+      ...(cd.runcRoot ? ['--runc-root', cd.runcRoot] : []),
+      ...(cd.cgroupParent ? ['--cgroup', `${cd.cgroupParent}/default/${id}`] : []),
+      '--log-uri', `file://${path.join(cluster.dir, `${id}.out`)}`,
+      '--env', 'ARCH_ENABLE=1', '--env', `ARCH_CHECKPOINT_HOST_PATH=${path.join(cluster.dir, 'checkpoints')}`,
+      '--env', 'COUNTER_INTERVAL_MS=50', '--env', 'COUNTER_EXIT_AFTER=40', '--env', 'COUNTER_EXIT_CODE=3',
+      'localhost/arch-test/counter:1', id,
+    ], 60_000)
+    .then(() => 0, () => 1); // ctr passes the task's exit code 3 on: an error here
+  let held = false;
+  try {
+    await cluster.waitCount(N, id, 5);
+    await checkpointContainer(ctx, { namespace: 'default', id, runcRoot: node.runcRoot('default'), leaveRunning: true });
+    // Hold the worker back: the exit event waits in its pipe until after delete has begun.
+    process.kill(worker.pid, 'SIGSTOP');
+    held = true;
+    // Its last count comes right before its exit (asking containerd would wait for the delete in progress).
+    await waitUntil(`${id} at its last count`, () => ((cluster.count(N, id) ?? 40) >= 40 ? true : undefined), 30_000, 10);
+    await new Promise((r) => setTimeout(r, 300));
+    process.kill(worker.pid, 'SIGCONT');
+    held = false;
+    expect(await run).toBe(1);
+  } finally {
+    if (held) process.kill(worker.pid, 'SIGCONT');
+    await run;
+  }
+  const lines = readLogLines(cluster.archRuncLog).filter((l) => l.container === id);
+  expect(lines.some((l) => l.msg === 'exit code arrived after delete began' && l.exitStatus === 3 && Number(l.waitedMs) > 0)).toBe(true);
+  expect(lines.some((l) => l.msg === 'container exited with code 3: checkpoint kept')).toBe(true);
+  expect(await new CheckpointStore(path.join(cluster.dir, 'checkpoints/default', id)).current()).toBeTruthy();
+  await waitUntil(`${id} gone`, async () => (await cd.task(id)) === undefined || undefined, 20_000, 50);
 });

@@ -2,7 +2,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { parseTaskExit } from '../../core/containerd.js';
-import { ARCH_STATE_FILE, EXIT_FILE, recordedExit, recordExit } from '../../core/shim-state.js';
+import { announceExitRecorder, ARCH_STATE_FILE, awaitRecordedExit, EXIT_FILE, EXIT_RECORDER_FILE, recordedExit, recordExit } from '../../core/shim-state.js';
 
 /**
  * Exit codes for delete: containerd's /tasks/exit events as `ctr events`
@@ -65,5 +65,58 @@ describe('recordExit / recordedExit', () => {
     expect(await recordedExit(root, 'job-2')).toBeUndefined();
     fs.writeFileSync(path.join(root, 'job-2', EXIT_FILE), 'garbage');
     expect(await recordedExit(root, 'job-2')).toBeUndefined();
+  });
+});
+
+describe('awaitRecordedExit: a delete right after the exit waits for the worker', () => {
+  let base: string;
+  let root: string;
+  beforeEach(() => {
+    base = fs.mkdtempSync(path.join(os.tmpdir(), 'arch-exit-wait-'));
+    root = path.join(base, 'default');
+    fs.mkdirSync(path.join(root, 'job'), { recursive: true });
+    fs.writeFileSync(path.join(root, 'job', ARCH_STATE_FILE), '{}');
+  });
+  afterEach(() => fs.rmSync(base, { recursive: true, force: true }));
+
+  test('no recorder announced: nothing to wait for', async () => {
+    expect(await awaitRecordedExit(root, 'job', 5_000)).toEqual({ exit: undefined, waitedMs: 0 });
+  });
+
+  test('a recorder that died (stale pid): nothing to wait for', async () => {
+    fs.writeFileSync(path.join(base, EXIT_RECORDER_FILE), '2147483646');
+    expect(await awaitRecordedExit(root, 'job', 5_000)).toEqual({ exit: undefined, waitedMs: 0 });
+  });
+
+  test('already recorded: no wait', async () => {
+    await announceExitRecorder(base);
+    await recordExit(root, 'job', { exitStatus: 0 });
+    expect(await awaitRecordedExit(root, 'job', 5_000)).toEqual({ exit: { exitStatus: 0 }, waitedMs: 0 });
+  });
+
+  test('a live recorder writes the exit late: delete gets it', async () => {
+    const undo = await announceExitRecorder(base);
+    expect(fs.readFileSync(path.join(base, EXIT_RECORDER_FILE), 'utf8')).toBe(String(process.pid));
+    setTimeout(() => void recordExit(root, 'job', { exitStatus: 3 }), 150);
+    const r = await awaitRecordedExit(root, 'job', 5_000);
+    expect(r.exit).toEqual({ exitStatus: 3 });
+    expect(r.waitedMs).toBeGreaterThan(0);
+    await undo();
+    expect(fs.existsSync(path.join(base, EXIT_RECORDER_FILE))).toBe(false);
+  });
+
+  test('a live recorder that never writes: the wait ends at its bound with no exit', async () => {
+    await announceExitRecorder(base);
+    const r = await awaitRecordedExit(root, 'job', 100);
+    expect(r.exit).toBeUndefined();
+    expect(r.waitedMs).toBeGreaterThanOrEqual(100);
+  });
+
+  test("undo leaves a newer recorder's announcement alone; the base dir is created when missing", async () => {
+    const fresh = path.join(base, 'not-yet');
+    const undo = await announceExitRecorder(fresh);
+    fs.writeFileSync(path.join(fresh, EXIT_RECORDER_FILE), '1'); // another worker since
+    await undo();
+    expect(fs.readFileSync(path.join(fresh, EXIT_RECORDER_FILE), 'utf8')).toBe('1');
   });
 });
