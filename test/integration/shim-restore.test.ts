@@ -236,3 +236,41 @@ test('network lock: the container network is left as it was, and either method r
   expect(await rules()).not.toMatch(/CRIU/);
   await a.containerd.removeContainer(id);
 });
+
+test('a pod: a container in a sandbox container\'s network, IPC and UTS namespaces is restored into a new sandbox', async () => {
+  // Kubernetes runs every container of a pod in the namespaces of the pod's
+  // sandbox (through the same runtime class: arch-runc, ARCH off for it).
+  // Created again (a new pod on this or another node), the container joins
+  // the new sandbox's namespaces and goes on from its checkpoint.
+  const id = 'pod-app-1';
+  const env = ['ARCH_ENABLE=1', `ARCH_CHECKPOINT_HOST_PATH=${storage}/pod`];
+  const sandbox = async (sid: string) => {
+    await a.containerd.run({ image: a.image, id: sid, args: ['/usr/bin/counter'], env: ['COUNTER_INTERVAL_MS=1000'], runcBinary: ARCH_RUNC_BIN, detach: true, logFile: path.join(storage, `${sid}.out`) });
+    const t = await a.containerd.waitStatus(sid, 'RUNNING', 15_000);
+    return t!.pid;
+  };
+  const nsOf = (pid: number, t: string) => fs.readlinkSync(`/proc/${pid}/ns/${t}`);
+  const app = (pid: number) =>
+    a.containerd.run({
+      image: a.image, id, env, runcBinary: ARCH_RUNC_BIN, detach: true, logFile: path.join(storage, `${id}-${Date.now()}.out`),
+      extraFlags: ['--with-ns', `network:/proc/${pid}/ns/net`, '--with-ns', `ipc:/proc/${pid}/ns/ipc`, '--with-ns', `uts:/proc/${pid}/ns/uts`],
+    });
+  const first = await sandbox('pod-sandbox-1');
+  await app(first);
+  await a.waitCount(id, 5);
+  const appPid = (await a.containerd.task(id))!.pid;
+  expect(['net', 'ipc', 'uts'].map((t) => nsOf(appPid, t))).toEqual(['net', 'ipc', 'uts'].map((t) => nsOf(first, t)));
+  const atCheckpoint = await checkpointAndRemove(a, id);
+  await a.containerd.removeContainer('pod-sandbox-1');
+
+  const second = await sandbox('pod-sandbox-2');
+  await app(second);
+  await a.containerd.waitStatus(id, 'RUNNING', 15_000);
+  await a.waitCount(id, atCheckpoint + 3);
+  expect(startsOf(a, id)).toBe(1);
+  expect(a.logLines().some((l) => l.msg === 'restored from checkpoint' && l.container === id)).toBe(true);
+  const restoredPid = (await a.containerd.task(id))!.pid;
+  expect(['net', 'ipc', 'uts'].map((t) => nsOf(restoredPid, t))).toEqual(['net', 'ipc', 'uts'].map((t) => nsOf(second, t)));
+  await a.containerd.removeContainer(id);
+  await a.containerd.removeContainer('pod-sandbox-2');
+});
