@@ -206,6 +206,7 @@ async function checkpointLocked(ctx: NodeContext, req: CheckpointRequest, c: Con
         formatVersion: FORMAT_VERSION,
         namespace: req.namespace,
         containerId: req.id,
+        ...(c.contract.checkpointId ? { checkpointId: c.contract.checkpointId } : {}),
         image: req.image,
         node: ctx.settings.nodeName,
         createdAt: new Date().toISOString(),

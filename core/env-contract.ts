@@ -1,23 +1,33 @@
 import path from 'node:path';
 import { ArchInputError } from './errors.js';
+import { validateContainerId } from './ids.js';
 import { containerDir, requireAbsolutePath } from './paths.js';
 
 /**
  * The container contract (kept exactly from the original ARCH): environment
  * variables on the container decide whether ARCH handles it and where its
  * checkpoint and work directory live.
+ *
+ * One addition, optional: ARCH_CHECKPOINT_ID names the checkpoint instead of
+ * the container id. Kubernetes and `docker run` give every container they
+ * create a new id, so a container created again (a restarted pod, a pod
+ * rescheduled after a reclaim) would never find its checkpoint by id.
  */
+interface ContractCommon {
+  enabled: true;
+  priority: number;
+  /** ARCH_CHECKPOINT_ID: the checkpoint's name when it is not the container id. */
+  checkpointId?: string;
+}
+
 export type ArchContract =
   | { enabled: false }
-  | {
-      enabled: true;
+  | (ContractCommon & {
       mode: 'local';
       /** ARCH_CHECKPOINT_HOST_PATH */
       checkpointRoot: string;
-      priority: number;
-    }
-  | {
-      enabled: true;
+    })
+  | (ContractCommon & {
       mode: 'shared';
       /** ARCH_SHAREDFS_HOST_PATH */
       sharedRoot: string;
@@ -25,8 +35,7 @@ export type ArchContract =
       checkpointRoot: string;
       /** ARCH_WORKDIR_CONTAINER_PATH */
       workdirContainerPath: string;
-      priority: number;
-    };
+    });
 
 export type EnabledContract = Extract<ArchContract, { enabled: true }>;
 
@@ -36,6 +45,7 @@ export const ENV = {
   sharedHostPath: 'ARCH_SHAREDFS_HOST_PATH',
   workdirContainerPath: 'ARCH_WORKDIR_CONTAINER_PATH',
   priority: 'ARCH_PRIORITY',
+  checkpointId: 'ARCH_CHECKPOINT_ID',
 } as const;
 
 /** OCI process.env (["K=V", ...]) to a map; the last value of a key wins, as in execve. */
@@ -59,6 +69,8 @@ export function parseContract(env: Map<string, string>, defaultCheckpointRoot?: 
     throw new ArchInputError(ENV.enable, `"${enable}" is not 0 or 1`, `set ${ENV.enable}=1 to enable ARCH or ${ENV.enable}=0 to disable it`);
   }
   const priority = parsePriority(env.get(ENV.priority));
+  const checkpointId = parseCheckpointId(env.get(ENV.checkpointId));
+  const common = { enabled: true as const, priority, ...(checkpointId ? { checkpointId } : {}) };
   const shared = env.get(ENV.sharedHostPath);
   const workdir = env.get(ENV.workdirContainerPath);
   if (shared !== undefined && shared !== '') {
@@ -74,7 +86,7 @@ export function parseContract(env: Map<string, string>, defaultCheckpointRoot?: 
     if (wd === '/') {
       throw new ArchInputError(ENV.workdirContainerPath, 'is "/"', 'use a sub-directory such as /work: the root of the container cannot be a bind mount');
     }
-    return { enabled: true, mode: 'shared', sharedRoot, checkpointRoot: path.join(sharedRoot, 'checkpoint'), workdirContainerPath: wd, priority };
+    return { ...common, mode: 'shared', sharedRoot, checkpointRoot: path.join(sharedRoot, 'checkpoint'), workdirContainerPath: wd };
   }
   if (workdir !== undefined && workdir !== '') {
     throw new ArchInputError(
@@ -85,10 +97,10 @@ export function parseContract(env: Map<string, string>, defaultCheckpointRoot?: 
   }
   const local = env.get(ENV.checkpointHostPath);
   if (local === undefined || local === '') {
-    if (defaultCheckpointRoot) return { enabled: true, mode: 'local', checkpointRoot: defaultCheckpointRoot, priority };
+    if (defaultCheckpointRoot) return { ...common, mode: 'local', checkpointRoot: defaultCheckpointRoot };
     throw new ArchInputError(ENV.checkpointHostPath, 'is not set', `set ${ENV.checkpointHostPath}=/var/lib/arch (local mode) or ${ENV.sharedHostPath} and ${ENV.workdirContainerPath} (shared mode)`);
   }
-  return { enabled: true, mode: 'local', checkpointRoot: requireAbsolutePath(local, ENV.checkpointHostPath), priority };
+  return { ...common, mode: 'local', checkpointRoot: requireAbsolutePath(local, ENV.checkpointHostPath) };
 }
 
 function parsePriority(v: string | undefined): number {
@@ -99,13 +111,24 @@ function parsePriority(v: string | undefined): number {
   return Number(v);
 }
 
-/** Where this container's checkpoints live: <checkpointRoot>/<ns>/<id>. */
-export function checkpointDirOf(contract: EnabledContract, namespace: string, id: string): string {
-  return containerDir(contract.checkpointRoot, namespace, id);
+/** A name for the checkpoint: it becomes a path part, so the container id's rules apply. */
+function parseCheckpointId(v: string | undefined): string | undefined {
+  if (v === undefined || v === '') return undefined;
+  return validateContainerId(v, ENV.checkpointId);
 }
 
-/** Shared mode only: <sharedRoot>/work/<ns>/<id>, bind-mounted at the workdir. */
+/** The name a container's checkpoint is kept under: ARCH_CHECKPOINT_ID, else the container id. */
+export function checkpointKeyOf(contract: EnabledContract, id: string): string {
+  return contract.checkpointId ?? id;
+}
+
+/** Where this container's checkpoints live: <checkpointRoot>/<ns>/<ARCH_CHECKPOINT_ID or id>. */
+export function checkpointDirOf(contract: EnabledContract, namespace: string, id: string): string {
+  return containerDir(contract.checkpointRoot, namespace, checkpointKeyOf(contract, id));
+}
+
+/** Shared mode only: <sharedRoot>/work/<ns>/<ARCH_CHECKPOINT_ID or id>, bind-mounted at the workdir. */
 export function workDirOf(contract: EnabledContract, namespace: string, id: string): string | undefined {
   if (contract.mode !== 'shared') return undefined;
-  return containerDir(path.join(contract.sharedRoot, 'work'), namespace, id);
+  return containerDir(path.join(contract.sharedRoot, 'work'), namespace, checkpointKeyOf(contract, id));
 }

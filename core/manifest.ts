@@ -24,6 +24,8 @@ export const ManifestSchema = z.object({
   formatVersion: z.number().int(),
   namespace: z.string(),
   containerId: z.string(),
+  /** ARCH_CHECKPOINT_ID of the container, when it named its checkpoint (else the checkpoint is the container id's). */
+  checkpointId: z.string().optional(),
   image: z.string().optional(),
   node: z.string(),
   createdAt: z.string(),

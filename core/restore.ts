@@ -3,7 +3,7 @@ import path from 'node:path';
 import { CgroupFreezer } from './cgroup-freezer.js';
 import { criuRunEnv } from './criu-network-lock.js';
 import type { NodeContext } from './context.js';
-import { checkpointDirOf, type EnabledContract } from './env-contract.js';
+import { checkpointDirOf, checkpointKeyOf, type EnabledContract } from './env-contract.js';
 import { CheckpointUnusableError, errorMessage } from './errors.js';
 import { verifyCheckpointDirStaged, type Manifest } from './manifest.js';
 import { rootfsOf, writeSpec, type OciSpec } from './oci-spec.js';
@@ -61,9 +61,12 @@ export async function restoreFromCheckpoint(ctx: NodeContext, req: RestoreReques
   const overlap = req.spec.annotations?.[CRIU_CONFIG_ANNOTATION] === undefined;
   const verified = verifyCheckpointDirStaged(dir, { inline: true, defer: overlap ? PAGE_IMAGES : undefined }).then(async (v) => {
     timings.verify = Date.now() - t;
-    if (v.manifest.namespace !== req.namespace || v.manifest.containerId !== req.id) {
+    // The checkpoint's name (ARCH_CHECKPOINT_ID, else the container id) must be the one this container looks for.
+    const want = checkpointKeyOf(req.contract, req.id);
+    const have = v.manifest.checkpointId ?? v.manifest.containerId;
+    if (v.manifest.namespace !== req.namespace || have !== want) {
       await v.deferred.catch(() => undefined);
-      throw new CheckpointUnusableError('identity', `checkpoint is for ${v.manifest.namespace}/${v.manifest.containerId}, not ${req.namespace}/${req.id}`);
+      throw new CheckpointUnusableError('identity', `checkpoint is for ${v.manifest.namespace}/${have}, not ${req.namespace}/${want}`);
     }
     return v;
   });

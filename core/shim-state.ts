@@ -52,6 +52,39 @@ export async function updateShimState(runcRoot: string, id: string, patch: Parti
   if (cur) await writeShimState(runcRoot, { ...cur, ...patch });
 }
 
+/**
+ * Another container in this runc root, still running, that keeps its
+ * checkpoint in `checkpointDir` (two containers given the same
+ * ARCH_CHECKPOINT_ID). Running = runc's init process of it is alive, checked
+ * with its start time (a reused pid is not it). Exited ones do not count:
+ * Kubernetes keeps a crashed container until it is collected, and its
+ * successor must continue from the crashed one's checkpoint.
+ */
+export async function runningHolderOf(runcRoot: string, checkpointDir: string, exceptId: string): Promise<string | undefined> {
+  const entries = await fsp.readdir(runcRoot, { withFileTypes: true }).catch(() => []);
+  for (const e of entries) {
+    if (!e.isDirectory() || e.name === exceptId) continue;
+    const s = await readShimState(runcRoot, e.name);
+    if (s?.checkpointDir !== checkpointDir) continue;
+    if (await initRunning(runcRoot, e.name)) return e.name;
+  }
+  return undefined;
+}
+
+async function initRunning(runcRoot: string, id: string): Promise<boolean> {
+  try {
+    const st = JSON.parse(await fsp.readFile(path.join(runcRoot, id, 'state.json'), 'utf8')) as { init_process_pid?: number; init_process_start?: number };
+    const pid = st.init_process_pid;
+    if (!Number.isInteger(pid) || !pid || pid <= 0) return false;
+    const stat = await fsp.readFile(`/proc/${pid}/stat`, 'utf8');
+    // Field 22 (start time), counted after the command name's closing parenthesis.
+    const start = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19]);
+    return st.init_process_start === undefined || start === Number(st.init_process_start);
+  } catch {
+    return false;
+  }
+}
+
 export async function wasKilled(runcRoot: string, id: string): Promise<boolean> {
   return fsp.access(path.join(runcRoot, id, KILLED_FILE)).then(() => true, () => false);
 }

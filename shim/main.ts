@@ -8,7 +8,7 @@ import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { checkpointContainer } from '../core/checkpoint.js';
 import { createNodeContext, type NodeContext } from '../core/context.js';
-import { checkpointDirOf, envListToMap, parseContract, workDirOf, type EnabledContract } from '../core/env-contract.js';
+import { checkpointDirOf, ENV, envListToMap, parseContract, workDirOf, type EnabledContract } from '../core/env-contract.js';
 import { ArchInputError, CheckpointUnusableError, errorMessage } from '../core/errors.js';
 import { validateContainerId, validateNamespace } from '../core/ids.js';
 import { readSpec, withWorkdirMount, writeSpec } from '../core/oci-spec.js';
@@ -16,7 +16,7 @@ import { restoreFromCheckpoint } from '../core/restore.js';
 import { containerIdOf, namespaceOfRoot, optionString, parseRuncArgs, type RuncCall } from '../core/runc-args.js';
 import { Runc } from '../core/runc.js';
 import { criuRunEnv } from '../core/criu-network-lock.js';
-import { awaitRecordedExit, readShimState, recordedExit, updateShimState, wasKilled, wasOomKilled, writeShimState } from '../core/shim-state.js';
+import { awaitRecordedExit, readShimState, recordedExit, runningHolderOf, updateShimState, wasKilled, wasOomKilled, writeShimState } from '../core/shim-state.js';
 import { CheckpointStore } from '../core/store.js';
 import { runRealRunc } from './passthrough.js';
 
@@ -84,6 +84,13 @@ async function handleCreate(ctx: NodeContext, call: RuncCall, namespace: string,
   try {
     const c = parseContract(envListToMap(spec.process?.env));
     if (!c.enabled) return runRealRunc(ctx.settings.runc, call.argv);
+    if (c.checkpointId) {
+      // Two running containers writing one checkpoint would overwrite each other's progress.
+      const holder = await runningHolderOf(call.root, checkpointDirOf(c, namespace, id), id);
+      if (holder) {
+        throw new ArchInputError(ENV.checkpointId, `"${c.checkpointId}" is in use by running container ${holder} on this node`, `give each running container its own ${ENV.checkpointId} (e.g. the pod name, from the downward API's metadata.name)`);
+      }
+    }
     contract = c;
   } catch (err) {
     // Bad ARCH_* settings: the container still starts, as if ARCH were off.
@@ -92,6 +99,16 @@ async function handleCreate(ctx: NodeContext, call: RuncCall, namespace: string,
   }
   const checkpointDir = checkpointDirOf(contract, namespace, id);
   const workDir = workDirOf(contract, namespace, id);
+  if (contract.checkpointId) {
+    // Kubernetes restarts a container that exited 0 (restartPolicy Always) before it deletes the
+    // old one: the job finished there, so its checkpoint is not where this one starts.
+    const finishedIn = await finishedPredecessor(call.root, checkpointDir, id);
+    if (finishedIn) {
+      await new CheckpointStore(checkpointDir).remove();
+      if (workDir) await fsp.rm(workDir, { recursive: true, force: true });
+      log.info({ predecessor: finishedIn, checkpointDir }, `the job finished in container ${finishedIn} (exit 0): its checkpoint removed, starting fresh`);
+    }
+  }
   let finalSpec = spec;
   if (contract.mode === 'shared' && workDir) {
     await fsp.mkdir(workDir, { recursive: true });
@@ -180,7 +197,11 @@ async function handleDelete(call: RuncCall, id: string, log: Log, pass: () => Pr
     if (waited.waitedMs > 0) log.info({ waitedMs: waited.waitedMs, exitStatus: exit?.exitStatus }, exit ? 'exit code arrived after delete began' : 'no exit code recorded in time: counting the exit as clean');
     keptBecause = await keepReason(call.root, id, s.checkpointed, exit?.exitStatus);
   }
-  if (keptBecause) {
+  // Named with ARCH_CHECKPOINT_ID, the checkpoint may have passed on to a newer container since.
+  const successor = keptBecause ? undefined : await newerOwner(s.checkpointDir, id, s.restoredFrom);
+  if (successor) {
+    log.info({ owner: successor, checkpointDir: s.checkpointDir }, `checkpoint now belongs to container ${successor}: kept`);
+  } else if (keptBecause) {
     log.info({ reason: keptBecause, exitStatus: exit?.exitStatus, checkpointDir: s.checkpointDir }, `container ${keptBecause}: checkpoint kept`);
   } else {
     await new CheckpointStore(s.checkpointDir).remove();
@@ -188,6 +209,48 @@ async function handleDelete(call: RuncCall, id: string, log: Log, pass: () => Pr
     log.info({ exitStatus: exit?.exitStatus, checkpointDir: s.checkpointDir, workDir: s.workDir }, 'container exited by itself: checkpoint and work dir removed');
   }
   return pass();
+}
+
+/**
+ * The container that published the current checkpoint, when it is not this
+ * one and this one did not restore from it: that container carries the job
+ * on now (a successor with the same ARCH_CHECKPOINT_ID, e.g. a restarted
+ * pod), and this one's clean exit must not remove its checkpoint.
+ */
+async function newerOwner(checkpointDir: string, id: string, restoredFrom: string | undefined): Promise<string | undefined> {
+  const store = new CheckpointStore(checkpointDir);
+  try {
+    const current = await store.current();
+    if (!current || current === restoredFrom) return undefined;
+    const m = await store.readManifest();
+    return m && m.containerId !== id ? m.containerId : undefined;
+  } catch {
+    return undefined; // unreadable: the clean exit removes it, as before
+  }
+}
+
+/**
+ * The container that published the current checkpoint, if it is another one
+ * still in this runc root that exited 0 by itself (known from its exit record,
+ * not assumed) with nothing else keeping its checkpoint.
+ */
+async function finishedPredecessor(root: string, checkpointDir: string, id: string): Promise<string | undefined> {
+  let owner: string | undefined;
+  try {
+    owner = (await new CheckpointStore(checkpointDir).readManifest())?.containerId;
+  } catch {
+    return undefined; // unreadable: restore decides, and falls back to a fresh start
+  }
+  if (!owner || owner === id) return undefined;
+  try {
+    validateContainerId(owner); // from storage: it becomes a path below the runc root
+  } catch {
+    return undefined;
+  }
+  const s = await readShimState(root, owner).catch(() => undefined);
+  const exit = await recordedExit(root, owner);
+  if (!s || exit?.exitStatus !== 0) return undefined;
+  return (await keepReason(root, owner, s.checkpointed, exit.exitStatus)) ? undefined : owner;
 }
 
 /** Why the container's checkpoint stays (undefined: the job finished). */

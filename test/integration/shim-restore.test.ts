@@ -274,3 +274,55 @@ test('a pod: a container in a sandbox container\'s network, IPC and UTS namespac
   await a.containerd.removeContainer(id);
   await a.containerd.removeContainer('pod-sandbox-2');
 });
+
+describe('ARCH_CHECKPOINT_ID (Kubernetes and `docker run` give every container a new id)', () => {
+  test('a container created with a new id continues from the checkpoint its predecessor left under the same name', async () => {
+    const env = ['ARCH_ENABLE=1', `ARCH_CHECKPOINT_HOST_PATH=${storage}/ckid`, 'ARCH_CHECKPOINT_ID=train-7'];
+    await a.runCounter('ckid-1', [...env, 'COUNTER_START_FILES=1']);
+    await a.waitCount('ckid-1', 10);
+    const res = await checkpointContainer(a.ctx, { namespace: 'default', id: 'ckid-1', runcRoot: a.runcRoot('default') });
+    expect(res.dir.startsWith(path.join(storage, 'ckid/default/train-7/'))).toBe(true);
+    expect(res.manifest).toMatchObject({ containerId: 'ckid-1', checkpointId: 'train-7' });
+    expect(fs.existsSync(path.join(storage, 'ckid/default/ckid-1'))).toBe(false);
+    await a.containerd.waitStatus('ckid-1', 'STOPPED', 15_000);
+    const atCheckpoint = a.count('ckid-1');
+    // The old container is still there (Kubernetes collects it later): the new one restores anyway.
+    await a.runCounter('ckid-2', env);
+    await a.containerd.waitStatus('ckid-2', 'RUNNING', 15_000);
+    expect(await a.waitCount('ckid-2', atCheckpoint + 3)).toBeGreaterThan(atCheckpoint);
+    expect(startsOf(a, 'ckid-2')).toBe(1);
+    expect(a.readContainerFile('ckid-2', COUNTER_FILES.created)).toBe(COUNTER_FILES.createdContent);
+    expect(a.logLines().some((l) => l.msg === 'restored from checkpoint' && l.container === 'ckid-2')).toBe(true);
+    // Collecting the old one keeps the checkpoint (it was checkpointed, and the job goes on in ckid-2).
+    await a.containerd.removeContainer('ckid-1');
+    const store = new CheckpointStore(path.join(storage, 'ckid/default/train-7'));
+    expect(await store.current()).toBeTruthy();
+    await checkpointContainer(a.ctx, { namespace: 'default', id: 'ckid-2', runcRoot: a.runcRoot('default'), leaveRunning: true });
+    expect(await store.readManifest()).toMatchObject({ containerId: 'ckid-2', checkpointId: 'train-7' });
+    await a.containerd.removeContainer('ckid-2');
+    fs.rmSync(path.join(storage, 'ckid'), { recursive: true, force: true });
+  });
+
+  test('a second running container with the same name starts without ARCH; the first one\'s checkpoint is untouched', async () => {
+    const env = ['ARCH_ENABLE=1', `ARCH_CHECKPOINT_HOST_PATH=${storage}/dup`, 'ARCH_CHECKPOINT_ID=shared-name'];
+    await a.runCounter('dup-1', env);
+    await a.waitCount('dup-1', 5);
+    await checkpointContainer(a.ctx, { namespace: 'default', id: 'dup-1', runcRoot: a.runcRoot('default'), leaveRunning: true });
+    const store = new CheckpointStore(path.join(storage, 'dup/default/shared-name'));
+    const before = await store.current();
+
+    await a.runCounter('dup-2', env);
+    await a.containerd.waitStatus('dup-2', 'RUNNING', 15_000);
+    await a.waitCount('dup-2', 2);
+    expect(startsOf(a, 'dup-2')).toBe(1);
+    const refused = a.logLines().find((l) => l.container === 'dup-2' && l.field === 'ARCH_CHECKPOINT_ID');
+    expect(refused?.msg).toBe('invalid ARCH configuration; starting the container without ARCH');
+    expect(String(refused?.err)).toContain('"shared-name" is in use by running container dup-1 on this node');
+    expect(a.logLines().some((l) => l.msg === 'restored from checkpoint' && l.container === 'dup-2')).toBe(false);
+    await a.containerd.removeContainer('dup-2');
+    expect(await store.current()).toBe(before);
+    expect(await store.readManifest()).toMatchObject({ containerId: 'dup-1' });
+    await a.containerd.removeContainer('dup-1');
+    fs.rmSync(path.join(storage, 'dup'), { recursive: true, force: true });
+  });
+});

@@ -141,3 +141,30 @@ test('ctr run --rm: delete comes right after a crash, before the worker has the 
   expect(await new CheckpointStore(path.join(cluster.dir, 'checkpoints/default', id)).current()).toBeTruthy();
   await waitUntil(`${id} gone`, async () => (await cd.task(id)) === undefined || undefined, 20_000, 50);
 });
+
+test('ARCH_CHECKPOINT_ID: the job finished (exit 0) in the old container before Kubernetes created its successor: the successor starts fresh, and collecting the old one leaves the successor\'s checkpoint alone', async () => {
+  const node = cluster.nodes[N]!;
+  const ctx = createNodeContext('test', { ...process.env, ARCH_CONFIG: cluster.archConfig, ARCH_RUNC_ROOT: node.runcRootBase });
+  const name = ['ARCH_CHECKPOINT_ID=fin-job'];
+  const store = new CheckpointStore(path.join(cluster.dir, 'checkpoints/default/fin-job'));
+  await cluster.runCounter(N, 'fin-1', [...name, 'COUNTER_INTERVAL_MS=50', 'COUNTER_EXIT_AFTER=40']);
+  await cluster.waitCount(N, 'fin-1', 5);
+  await checkpointContainer(ctx, { namespace: 'default', id: 'fin-1', runcRoot: node.runcRoot('default'), leaveRunning: true });
+  await node.containerd.waitStatus('fin-1', 'STOPPED', 30_000);
+  expect((await waitUntil('fin-1: exit recorded', () => recordedExit(node.runcRoot('default'), 'fin-1'), 10_000, 50)).exitStatus).toBe(0);
+  expect(await store.current()).toBeTruthy();
+
+  // Restarted (restartPolicy Always) while fin-1 is still there: a fresh start, not fin-1's old state.
+  await cluster.runCounter(N, 'fin-2', name);
+  await cluster.waitCount(N, 'fin-2', 3);
+  const lines = () => readLogLines(cluster.archRuncLog);
+  expect(lines().some((l) => l.container === 'fin-2' && l.msg === 'the job finished in container fin-1 (exit 0): its checkpoint removed, starting fresh')).toBe(true);
+  expect(lines().some((l) => l.container === 'fin-2' && l.msg === 'restored from checkpoint')).toBe(false);
+  await checkpointContainer(ctx, { namespace: 'default', id: 'fin-2', runcRoot: node.runcRoot('default'), leaveRunning: true });
+
+  // Collecting fin-1 (exit 0) must not remove what fin-2 has written since.
+  await node.containerd.removeContainer('fin-1');
+  expect(lines().some((l) => l.container === 'fin-1' && l.msg === 'checkpoint now belongs to container fin-2: kept')).toBe(true);
+  expect(await store.readManifest()).toMatchObject({ containerId: 'fin-2', checkpointId: 'fin-job' });
+  await node.containerd.removeContainer('fin-2');
+});

@@ -137,3 +137,27 @@ describe('checkpointDirOf / workDirOf', () => {
     expect(() => workDirOf(shared, 'default', '..')).toThrow(ArchInputError);
   });
 });
+
+describe('ARCH_CHECKPOINT_ID: the checkpoint named by the user instead of the container id', () => {
+  test('both modes keep checkpoint and work dir under the name; unset or empty: the container id', () => {
+    const local = enabled(parseContract(env({ ARCH_ENABLE: '1', ARCH_CHECKPOINT_HOST_PATH: '/ck', ARCH_CHECKPOINT_ID: 'train-7' })));
+    expect(local.checkpointId).toBe('train-7');
+    expect(checkpointDirOf(local, 'k8s.io', '4f9c0e1d2b3a')).toBe('/ck/k8s.io/train-7');
+    const shared = enabled(parseContract(env({ ARCH_ENABLE: '1', ARCH_SHAREDFS_HOST_PATH: '/sh', ARCH_WORKDIR_CONTAINER_PATH: '/work', ARCH_CHECKPOINT_ID: 'web-0' })));
+    expect(checkpointDirOf(shared, 'k8s.io', 'abc')).toBe('/sh/checkpoint/k8s.io/web-0');
+    expect(workDirOf(shared, 'k8s.io', 'abc')).toBe('/sh/work/k8s.io/web-0');
+    const empty = enabled(parseContract(env({ ARCH_ENABLE: '1', ARCH_CHECKPOINT_HOST_PATH: '/ck', ARCH_CHECKPOINT_ID: '' })));
+    expect(empty.checkpointId).toBeUndefined();
+    expect(checkpointDirOf(empty, 'default', 'job')).toBe('/ck/default/job');
+  });
+
+  test.each(['..', '.', '../x', 'a/b', '/abs', 'a\0b', 'sp ace', 'x'.repeat(129)])('ARCH_CHECKPOINT_ID=%j is refused, naming the field and the fix', (v) => {
+    const err = inputError(() => parseContract(env({ ARCH_ENABLE: '1', ARCH_CHECKPOINT_HOST_PATH: '/ck', ARCH_CHECKPOINT_ID: v })));
+    expect(err.field).toBe('ARCH_CHECKPOINT_ID');
+    expect(err.fix).toContain('letters, digits');
+  });
+
+  test('ignored when ARCH is off, like every other variable', () => {
+    expect(parseContract(env({ ARCH_ENABLE: '0', ARCH_CHECKPOINT_ID: '../x' }))).toEqual({ enabled: false });
+  });
+});
