@@ -170,21 +170,22 @@ async function handleCheckpoint(ctx: NodeContext, call: RuncCall, namespace: str
 }
 
 /**
- * After a clean exit (code 0) the job is over: its checkpoint and work dir go.
- * After a checkpoint, a kill from outside (a drain, an operator), an OOM kill
- * or a non-zero exit they stay, so the container continues from its last
- * checkpoint when it is created again. runc is never told the exit code: it
- * comes from containerd's exit event, recorded by the node's worker
- * (recordExit). Without a worker to record it, an exit by itself counts as
- * clean.
- */
-/**
  * How long delete waits for the worker to record an exit it has not recorded
  * yet. It normally lands within milliseconds of the exit; the wait only runs
  * when a worker is alive and nothing else already says to keep the checkpoint.
  */
 const EXIT_RECORD_WAIT_MS = 1000;
 
+/**
+ * After a clean exit (code 0) the job is over: its checkpoint and work dir go.
+ * After a checkpoint, a kill from outside (a drain, an operator), an OOM kill
+ * or a non-zero exit they stay, so the container continues from its last
+ * checkpoint when it is created again. runc is never told the exit code: it
+ * comes from containerd's exit event, recorded by the node's worker
+ * (recordExit). Without a worker to record it, an exit by itself counts as
+ * clean. A checkpoint named with ARCH_CHECKPOINT_ID that a newer container
+ * has written to since stays too.
+ */
 async function handleDelete(call: RuncCall, id: string, log: Log, pass: () => Promise<number>): Promise<number> {
   const s = await readShimState(call.root, id);
   if (!s) return pass();
