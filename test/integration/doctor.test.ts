@@ -3,7 +3,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { CRIU_RUN_DIR, criuRunEnv } from '../../core/criu-network-lock.js';
-import type { Check } from '../../core/doctor.js';
+import { criuProbeCacheCheck, type Check } from '../../core/doctor.js';
 import type { NetworkLockSetting } from '../../core/settings.js';
 import { criuBinary, writeArchConfig } from '../support/arch-env.js';
 import { REPO_ROOT } from '../support/images.js';
@@ -46,6 +46,9 @@ test('every dependency with its version, CRIU probed, and the network lock this 
   // `auto` picks what CRIU itself says it can do.
   const nft = await execa(criuBinary(), ['check', '--feature', 'network_lock_nftables'], { reject: false });
   expect(byName.get('network lock')).toMatchObject({ ok: true, version: nft.exitCode === 0 ? 'nftables' : 'iptables' });
+  // Whether CRIU can keep its kernel probes: /run must be a tmpfs (a warning at most).
+  const runFs = (await execa('stat', ['-f', '-c', '%T', '/run'])).stdout.trim();
+  expect(byName.get('CRIU probe cache')).toMatchObject({ ok: runFs === 'tmpfs', optional: true });
 });
 
 test('a CRIU that is not there: the failure says which setting to fix, exit code 1', async () => {
@@ -116,4 +119,20 @@ describe('the network lock CRIU is given', () => {
       else fs.rmSync(cacheFile, { force: true });
     }
   });
+});
+
+test('CRIU probe cache: ok on a tmpfs, a warning with the fix elsewhere (and for a path that is not there)', async () => {
+  const tmpfs = fs.mkdtempSync(path.join(dir, 'tmpfs-'));
+  await execa('mount', ['-t', 'tmpfs', '-o', 'size=1m', 'arch-doctor-test', tmpfs]);
+  try {
+    expect(criuProbeCacheCheck(tmpfs)).toMatchObject({ ok: true, optional: true });
+  } finally {
+    await execa('umount', [tmpfs]);
+  }
+  // The same directory without the tmpfs: on the test's disk.
+  const onDisk = criuProbeCacheCheck(tmpfs);
+  expect(onDisk).toMatchObject({ ok: false, optional: true });
+  expect(onDisk.detail).toContain('is not a tmpfs');
+  expect(onDisk.fix).toContain('tmpfs');
+  expect(criuProbeCacheCheck(path.join(dir, 'missing'))).toMatchObject({ ok: false, optional: true });
 });
