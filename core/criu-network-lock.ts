@@ -53,10 +53,15 @@ async function probeCached(criu: string): Promise<NetworkLock> {
   }
   const hit = key ? cache[key] : undefined;
   if (hit === 'nftables' || hit === 'iptables') return hit;
-  const r = await execa(criu, ['check', '--feature', 'network_lock_nftables'], { reject: false, timeout: 30_000 });
-  const method: NetworkLock = r.exitCode === 0 ? 'nftables' : 'iptables';
+  const method: NetworkLock = (await nftablesLockCheck(criu)).ok ? 'nftables' : 'iptables';
   if (key) await writeRunFile(file, JSON.stringify({ ...cache, [key]: method })).catch(() => undefined);
   return method;
+}
+
+/** CRIU's own answer to whether it can lock networks with nftables here (this CRIU, this kernel). */
+export async function nftablesLockCheck(criu: string): Promise<{ ok: boolean; output: string }> {
+  const r = await execa(criu, ['check', '--feature', 'network_lock_nftables'], { reject: false, all: true, timeout: 30_000 });
+  return { ok: r.exitCode === 0, output: String(r.all ?? '').trim() };
 }
 
 /**

@@ -4,7 +4,7 @@ import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import { networkLockOf } from './criu-network-lock.js';
+import { networkLockOf, nftablesLockCheck } from './criu-network-lock.js';
 import { criuEnv, parseEnvFile, type Settings } from './settings.js';
 
 /**
@@ -72,10 +72,10 @@ async function networkLockCheck(settings: Settings): Promise<Check> {
     const why = settings.criuNetworkLock === 'auto' ? (method === 'nftables' ? 'auto: this CRIU supports nftables' : 'auto: this CRIU or kernel has no nftables locking, CRIU\'s default is used') : `ARCH_CRIU_NETWORK_LOCK=${method}`;
     return { name, ok: true, version: method, detail: why };
   }
-  const r = await execa(settings.criu, ['check', '--feature', 'network_lock_nftables'], { reject: false, all: true, timeout: 30_000 });
-  return r.exitCode === 0
+  const r = await nftablesLockCheck(settings.criu);
+  return r.ok
     ? { name, ok: true, version: method, detail: 'ARCH_CRIU_NETWORK_LOCK=nftables' }
-    : { name, ok: false, version: method, detail: `ARCH_CRIU_NETWORK_LOCK=nftables, but this CRIU cannot: ${String(r.all ?? '').trim().split('\n').pop()}`, fix: `set ARCH_CRIU_NETWORK_LOCK=auto in ${settings.configFile}` };
+    : { name, ok: false, version: method, detail: `ARCH_CRIU_NETWORK_LOCK=nftables, but this CRIU cannot: ${r.output.split('\n').pop()}`, fix: `set ARCH_CRIU_NETWORK_LOCK=auto in ${settings.configFile}` };
 }
 
 export async function runDoctor(settings: Settings): Promise<Check[]> {

@@ -189,15 +189,11 @@ const EXIT_RECORD_WAIT_MS = 1000;
 async function handleDelete(call: RuncCall, id: string, log: Log, pass: () => Promise<number>): Promise<number> {
   const s = await readShimState(call.root, id);
   if (!s) return pass();
-  let exit = await recordedExit(call.root, id);
-  let keptBecause = await keepReason(call.root, id, s.checkpointed, exit?.exitStatus);
-  if (!keptBecause && !exit) {
-    // Removing the checkpoint of a crashed job would lose it: hear the exit code first.
-    const waited = await awaitRecordedExit(call.root, id, EXIT_RECORD_WAIT_MS);
-    exit = waited.exit;
-    if (waited.waitedMs > 0) log.info({ waitedMs: waited.waitedMs, exitStatus: exit?.exitStatus }, exit ? 'exit code arrived after delete began' : 'no exit code recorded in time: counting the exit as clean');
-    keptBecause = await keepReason(call.root, id, s.checkpointed, exit?.exitStatus);
-  }
+  const stopped = await stoppedReason(call.root, id, s.checkpointed);
+  // Otherwise only its exit code can tell a crash (keep) from a finished job: wait for the worker to write it.
+  const { exit, waitedMs } = stopped ? { exit: await recordedExit(call.root, id), waitedMs: 0 } : await awaitRecordedExit(call.root, id, EXIT_RECORD_WAIT_MS);
+  if (waitedMs > 0) log.info({ waitedMs, exitStatus: exit?.exitStatus }, exit ? 'exit code arrived after delete began' : 'no exit code recorded in time: counting the exit as clean');
+  const keptBecause = stopped ?? (exit && exit.exitStatus !== 0 ? `exited with code ${exit.exitStatus}` : undefined);
   // Named with ARCH_CHECKPOINT_ID, the checkpoint may have passed on to a newer container since.
   const successor = keptBecause ? undefined : await newerOwner(s.checkpointDir, id, s.restoredFrom);
   if (successor) {
@@ -212,55 +208,55 @@ async function handleDelete(call: RuncCall, id: string, log: Log, pass: () => Pr
   return pass();
 }
 
+/** Why a container was stopped rather than finishing its job (undefined: it exited by itself). */
+async function stoppedReason(root: string, id: string, checkpointed: boolean): Promise<string | undefined> {
+  if (checkpointed) return 'checkpointed';
+  if (await wasKilled(root, id)) return 'stopped from outside';
+  if (await wasOomKilled(root, id)) return 'OOM-killed';
+  return undefined;
+}
+
+/** The current checkpoint and the container that published it (undefined: none, or unreadable). */
+async function currentPublisher(checkpointDir: string): Promise<{ dir: string; containerId: string } | undefined> {
+  const store = new CheckpointStore(checkpointDir);
+  try {
+    const dir = await store.current();
+    const m = dir ? await store.readManifest() : null;
+    return dir && m ? { dir, containerId: m.containerId } : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
 /**
  * The container that published the current checkpoint, when it is not this
  * one and this one did not restore from it: that container carries the job
  * on now (a successor with the same ARCH_CHECKPOINT_ID, e.g. a restarted
- * pod), and this one's clean exit must not remove its checkpoint.
+ * pod), and this one's clean exit must not remove its checkpoint. An
+ * unreadable checkpoint is removed by a clean exit, as before.
  */
 async function newerOwner(checkpointDir: string, id: string, restoredFrom: string | undefined): Promise<string | undefined> {
-  const store = new CheckpointStore(checkpointDir);
-  try {
-    const current = await store.current();
-    if (!current || current === restoredFrom) return undefined;
-    const m = await store.readManifest();
-    return m && m.containerId !== id ? m.containerId : undefined;
-  } catch {
-    return undefined; // unreadable: the clean exit removes it, as before
-  }
+  const p = await currentPublisher(checkpointDir);
+  return p && p.dir !== restoredFrom && p.containerId !== id ? p.containerId : undefined;
 }
 
 /**
  * The container that published the current checkpoint, if it is another one
  * still in this runc root that exited 0 by itself (known from its exit record,
- * not assumed) with nothing else keeping its checkpoint.
+ * not assumed) and was not stopped. An unreadable checkpoint is left to
+ * restore, which falls back to a fresh start.
  */
 async function finishedPredecessor(root: string, checkpointDir: string, id: string): Promise<string | undefined> {
-  let owner: string | undefined;
-  try {
-    owner = (await new CheckpointStore(checkpointDir).readManifest())?.containerId;
-  } catch {
-    return undefined; // unreadable: restore decides, and falls back to a fresh start
-  }
+  const owner = (await currentPublisher(checkpointDir))?.containerId;
   if (!owner || owner === id) return undefined;
   try {
     validateContainerId(owner); // from storage: it becomes a path below the runc root
   } catch {
     return undefined;
   }
-  const s = await readShimState(root, owner).catch(() => undefined);
-  const exit = await recordedExit(root, owner);
-  if (!s || exit?.exitStatus !== 0) return undefined;
-  return (await keepReason(root, owner, s.checkpointed, exit.exitStatus)) ? undefined : owner;
-}
-
-/** Why the container's checkpoint stays (undefined: the job finished). */
-async function keepReason(root: string, id: string, checkpointed: boolean, exitStatus: number | undefined): Promise<string | undefined> {
-  if (checkpointed) return 'checkpointed';
-  if (await wasKilled(root, id)) return 'stopped from outside';
-  if (await wasOomKilled(root, id)) return 'OOM-killed';
-  if (exitStatus !== undefined && exitStatus !== 0) return `exited with code ${exitStatus}`;
-  return undefined;
+  const s = await readShimState(root, owner);
+  if (!s || (await recordedExit(root, owner))?.exitStatus !== 0) return undefined;
+  return (await stoppedReason(root, owner, s.checkpointed)) ? undefined : owner;
 }
 
 main(process.argv.slice(2)).then(

@@ -43,7 +43,11 @@ if (!cachedData || script.cachedDataRejected) process.once('exit', writeCache);
 const mod = { exports: {} };
 (script.runInThisContext() as (...args: unknown[]) => void)(mod.exports, require, mod, BUNDLE, path.dirname(BUNDLE));
 
-/** At exit, so that the functions this run compiled are in it; never fails the call. */
+/**
+ * At exit, so that the functions this run compiled are in it; never fails the
+ * call. Written beside and renamed like core/atomic-file.ts does, but
+ * synchronously: an exit handler cannot wait, and this file loads nothing of dist/.
+ */
 function writeCache(): void {
   const tmp = `${CACHE}.${process.pid}.tmp`;
   try {
