@@ -16,6 +16,7 @@
 import { ApplicationFailure, log } from '@temporalio/workflow';
 import { FailureType } from '../core/temporal/failures.js';
 import { boundedAll, checkDeadline, checkNode, failureTypeOf, inputFailure, nodeUnavailable, onNode, rootMessage, track, DEFAULTS } from './common.js';
+import { drainCounts } from './drain-outcomes.js';
 import { checkpointOn, compensate, expectedOf, moveCheckpointed, shipImage, Timeline } from './migrate.js';
 import type { ActivityTimeouts, CheckpointInfo, ContainerSpec, DrainContainerResult, DrainInput, DrainPlanSummary, DrainResult, PlannedContainer, TransferOffer } from './types.js';
 
@@ -153,12 +154,11 @@ export async function drainNode(input: DrainInput): Promise<DrainResult> {
     checkpointPhaseMs,
     totalMs: Date.now() - t0,
   };
-  const migrated = results.filter((r) => r.outcome === 'migrated').length;
-  const failed = results.filter((r) => r.outcome === 'checkpoint-failed' || r.outcome === 'restore-failed' || r.outcome === 'compensated').length;
+  const counts = drainCounts(results);
   const skipped = results.filter((r) => r.outcome === 'skipped').map((r) => `${r.namespace}/${r.id}`);
   phase(
     'done',
-    `${migrated} migrated, ${failed} failed${skipped.length ? `, ${skipped.length} not started` : ''} of ${results.length}; checkpoints ${result.withinDeadline ? 'within' : 'NOT within'} the deadline` +
+    `${targets.length ? `${counts.migrated} migrated` : `${counts.checkpointed} checkpointed`}, ${counts.failed} failed${skipped.length ? ` (${skipped.length} not started)` : ''} of ${results.length}; checkpoints ${result.withinDeadline ? 'within' : 'NOT within'} the deadline` +
       (late.length ? `\n\nnot expected to fit: ${late.join(', ')}${skipped.length ? `; not started (still on ${node}): ${skipped.join(', ')}` : ''}` : ''),
   );
   return result;

@@ -22,6 +22,7 @@ import {
 import { workflowIds } from '../core/temporal/names.js';
 import { checkDeadline, checkNode, inputFailure, rootMessage, track } from './common.js';
 import { drainNode } from './drain.js';
+import { drainCounts } from './drain-outcomes.js';
 import type { ReclaimRecord, ReclaimSignal, ReclaimWatchInput, ReclaimWatchState } from './types.js';
 
 export const reclaimSignal = defineSignal<[ReclaimSignal]>('reclaim');
@@ -94,9 +95,10 @@ export async function nodeReclaimWatch(input: ReclaimWatchInput): Promise<void> 
         parentClosePolicy: ParentClosePolicy.ABANDON,
       });
       record.status = 'completed';
-      record.migrated = r.containers.filter((c) => c.outcome === 'migrated').length;
-      record.failed = r.containers.filter((c) => c.outcome === 'checkpoint-failed' || c.outcome === 'restore-failed' || c.outcome === 'skipped').length;
-      record.skipped = r.containers.filter((c) => c.outcome === 'skipped').length;
+      const counts = drainCounts(r.containers);
+      record.migrated = counts.migrated;
+      record.failed = counts.failed;
+      record.skipped = counts.skipped;
       if (r.plan.notExpectedToFit.length) record.notExpectedToFit = r.plan.notExpectedToFit;
       record.withinDeadline = r.withinDeadline;
     } catch (err) {

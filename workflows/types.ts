@@ -251,6 +251,7 @@ export interface ReclaimRecord {
   drainWorkflowId: string;
   status: 'running' | 'completed' | 'failed';
   migrated?: number;
+  /** Not moved off the node: checkpoint or restore failed, running there again (compensated) or not started (skipped). */
   failed?: number;
   /** Left on the node: not expected to fit and not started (also counted in failed). */
   skipped?: number;

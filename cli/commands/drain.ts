@@ -3,6 +3,7 @@ import type { Command } from 'commander';
 import { ArchInputError } from '../../core/errors.js';
 import { WORKFLOW_TASK_QUEUE, WORKFLOW_TYPES, workflowIds } from '../../core/temporal/names.js';
 import { attributePairs } from '../../core/temporal/search-attributes.js';
+import { drainCounts } from '../../workflows/drain-outcomes.js';
 import type { DrainInput, DrainResult } from '../../workflows/types.js';
 import { requireWorkers } from '../connect.js';
 import { nodeArg, nodeList, suffix, type CliContext } from '../context.js';
@@ -26,7 +27,7 @@ export function formatDrain(r: DrainResult): string {
 }
 
 export function drainExitCode(r: DrainResult): number {
-  return r.containers.some((c) => c.outcome !== 'migrated' && c.outcome !== 'checkpointed') || !r.withinDeadline ? EXIT.failed : EXIT.ok;
+  return drainCounts(r.containers).failed > 0 || !r.withinDeadline ? EXIT.failed : EXIT.ok;
 }
 
 export function registerDrain(program: Command, ctx: CliContext): void {

@@ -9,6 +9,7 @@ import { workflowOverhead, type Overhead } from '../../core/temporal/overhead.js
 import { attributePairs } from '../../core/temporal/search-attributes.js';
 import type { MigrateInput, MigrateResult } from '../../workflows/types.js';
 import { writeArchConfig } from './arch-env.js';
+import type { DiagnosableCluster } from './failure-environment.js';
 import { startNode, type TestNode } from './containerd-node.js';
 import { COUNTER_FILES, ensureTestImage, REPO_ROOT, testWorkDir } from './images.js';
 
@@ -242,6 +243,12 @@ export interface TestCluster {
   /** Current count of a counter on a node, or undefined if unreadable. */
   count(name: string, id: string, namespace?: string): number | undefined;
   waitCount(name: string, id: string, atLeast: number, timeoutMs?: number, namespace?: string): Promise<number>;
+  /**
+   * The warnings and errors the workers and arch-runc logged so far (pino
+   * level >= 40) and containerd's errors, last `max` lines: what a failed test shows so that a rare
+   * failure (CI) can be understood without the logs, which stop() removes.
+   */
+  logDigest(max?: number): string;
   stop(): Promise<void>;
 }
 
@@ -275,7 +282,9 @@ export async function startCluster(label: string, names: string[], o: ClusterOpt
   const nodes: Record<string, TestNode> = {};
   const workers: Record<string, TestWorker> = {};
   let temporal: TestTemporal | undefined;
+  let cluster: TestCluster | undefined;
   const stop = async () => {
+    if (cluster) live.delete(cluster);
     await Promise.all(Object.values(workers).map((w) => w.kill()));
     await Promise.all(Object.values(nodes).map((n) => n.stop().catch(() => undefined)));
     await temporal?.stop();
@@ -306,7 +315,7 @@ export async function startCluster(label: string, names: string[], o: ClusterOpt
         return undefined;
       }
     };
-    return {
+    cluster = {
       dir, archConfig, archRuncLog, temporal, nodes, workers,
       startWorker: start,
       async runCounter(name, id, env = [], namespace = 'default') {
@@ -333,13 +342,56 @@ export async function startCluster(label: string, names: string[], o: ClusterOpt
           await sleep(100);
         }
       },
+      logDigest(max = 40) {
+        return logDigest([
+          { file: archRuncLog, label: 'arch-runc' },
+          ...Object.values(workers).map((w) => ({ file: w.archLog, label: `worker ${w.node}` })),
+          ...Object.values(nodes).map((n) => ({ file: n.logFile, label: `containerd ${n.name}` })),
+        ], max);
+      },
       stop,
     };
+    live.add(cluster);
+    return cluster;
   } catch (err) {
     await stop();
     throw err;
   }
 }
+
+/** Clusters started and not stopped yet: test/support/after-failure shows their logs after a failed test. */
+const live: Set<DiagnosableCluster> = ((globalThis as typeof globalThis & { __archLiveClusters?: Set<DiagnosableCluster> }).__archLiveClusters ??= new Set());
+
+function logDigest(files: { file: string; label: string }[], max: number): string {
+  const lines: { time: number; text: string }[] = [];
+  for (const { file, label } of files) {
+    let text = '';
+    try {
+      text = fs.readFileSync(file, 'utf8');
+    } catch {
+      continue;
+    }
+    for (const line of text.split('\n')) {
+      // containerd's own log (logfmt): its errors only.
+      const cd = /^time="([^"]+)" level=error /.exec(line);
+      if (cd) {
+        lines.push({ time: Date.parse(cd[1]!), text: `${label}: ${line}` });
+        continue;
+      }
+      try {
+        const e = JSON.parse(line) as { level?: number; time?: number | string; msg?: string };
+        // The SDK's start-up notes about the task queues a worker does not poll are not news.
+        if ((e.level ?? 0) < 40 || /not polling for/.test(e.msg ?? '')) continue;
+        lines.push({ time: typeof e.time === 'string' ? Date.parse(e.time) : (e.time ?? 0), text: `${label}: ${line}` });
+      } catch {
+        // not a pino line
+      }
+    }
+  }
+  lines.sort((a, b) => a.time - b.time);
+  return lines.slice(-max).map((l) => l.text).join('\n') || '(no warnings or errors logged)';
+}
+
 
 /** Running copies of a container across nodes: exactly one is the invariant. */
 export async function runningOn(cluster: TestCluster, id: string, namespace = 'default'): Promise<string[]> {

@@ -7,7 +7,8 @@ import { parseDeadline } from '../../cli/time.js';
 import { ArchInputError } from '../../core/errors.js';
 import { FailureType } from '../../core/temporal/failures.js';
 import { recordOf } from '../../core/temporal/reclaim-drain.js';
-import type { DrainResult, ReclaimRecord, ReclaimWatchState } from '../../workflows/types.js';
+import { drainCounts } from '../../workflows/drain-outcomes.js';
+import type { DrainOutcome, DrainResult, ReclaimRecord, ReclaimWatchState } from '../../workflows/types.js';
 import { parseDurationMs, parseHostPort } from '../../worker/args.js';
 
 describe('calendars', () => {
@@ -106,6 +107,15 @@ describe('containers not expected to fit', () => {
     expect(drainExitCode(result)).toBe(EXIT.failed);
     expect(formatDrain({ ...result, containers: [result.containers[0]!], plan: { ...result.plan, notExpectedToFit: [] }, withinDeadline: true })).not.toContain('not expected to fit');
     expect(drainExitCode({ ...result, containers: [result.containers[0]!], withinDeadline: true })).toBe(EXIT.ok);
+  });
+
+  test('one count for the drain, the reclaim record and the exit code: back on the drained node is not moved', () => {
+    const c = (outcome: DrainOutcome) => ({ outcome });
+    expect(drainCounts([c('migrated'), c('migrated'), c('compensated')])).toEqual({ migrated: 2, checkpointed: 0, failed: 1, skipped: 0 });
+    expect(drainCounts([c('checkpointed'), c('skipped'), c('checkpoint-failed'), c('restore-failed')])).toEqual({ migrated: 0, checkpointed: 1, failed: 3, skipped: 1 });
+    expect(drainCounts([])).toEqual({ migrated: 0, checkpointed: 0, failed: 0, skipped: 0 });
+    const back = { ...result, withinDeadline: true, containers: [{ ...result.containers[0]!, outcome: 'compensated' as const, runningOn: 'a' }] };
+    expect(drainExitCode(back)).toBe(EXIT.failed);
   });
 
   test('the reclaim watcher\'s status shows them; a signal finds its own record', () => {
