@@ -8,7 +8,7 @@ import { nodeTaskQueue, WORKFLOW_TASK_QUEUE } from '../../core/temporal/names.js
 import { workflowOverhead, type Overhead } from '../../core/temporal/overhead.js';
 import { attributePairs } from '../../core/temporal/search-attributes.js';
 import type { MigrateInput, MigrateResult } from '../../workflows/types.js';
-import { writeArchConfig } from './arch-env.js';
+import { readLogLines, writeArchConfig } from './arch-env.js';
 import type { DiagnosableCluster } from './failure-environment.js';
 import { startNode, type TestNode } from './containerd-node.js';
 import { COUNTER_FILES, ensureTestImage, REPO_ROOT, testWorkDir } from './images.js';
@@ -364,34 +364,20 @@ const live: Set<DiagnosableCluster> = ((globalThis as typeof globalThis & { __ar
 
 function logDigest(files: { file: string; label: string }[], max: number): string {
   const lines: { time: number; text: string }[] = [];
+  const timeOf = (t: unknown) => (typeof t === 'string' ? Date.parse(t) : Number(t ?? 0));
   for (const { file, label } of files) {
-    let text = '';
-    try {
-      text = fs.readFileSync(file, 'utf8');
-    } catch {
-      continue;
+    for (const e of readLogLines(file)) {
+      // The SDK's start-up notes about the task queues a worker does not poll are not news.
+      if (Number(e.level ?? 0) < 40 || /not polling for/.test(String(e.msg ?? ''))) continue;
+      lines.push({ time: timeOf(e.time), text: `${label}: ${JSON.stringify(e)}` });
     }
-    for (const line of text.split('\n')) {
-      // containerd's own log (logfmt): its errors only.
-      const cd = /^time="([^"]+)" level=error /.exec(line);
-      if (cd) {
-        lines.push({ time: Date.parse(cd[1]!), text: `${label}: ${line}` });
-        continue;
-      }
-      try {
-        const e = JSON.parse(line) as { level?: number; time?: number | string; msg?: string };
-        // The SDK's start-up notes about the task queues a worker does not poll are not news.
-        if ((e.level ?? 0) < 40 || /not polling for/.test(e.msg ?? '')) continue;
-        lines.push({ time: typeof e.time === 'string' ? Date.parse(e.time) : (e.time ?? 0), text: `${label}: ${line}` });
-      } catch {
-        // not a pino line
-      }
-    }
+    // containerd's own log (logfmt): its errors only.
+    const text = fs.existsSync(file) ? fs.readFileSync(file, 'utf8') : '';
+    for (const m of text.matchAll(/^time="([^"]+)" level=error .*$/gm)) lines.push({ time: Date.parse(m[1]!), text: `${label}: ${m[0]}` });
   }
   lines.sort((a, b) => a.time - b.time);
   return lines.slice(-max).map((l) => l.text).join('\n') || '(no warnings or errors logged)';
 }
-
 
 /** Running copies of a container across nodes: exactly one is the invariant. */
 export async function runningOn(cluster: TestCluster, id: string, namespace = 'default'): Promise<string[]> {
