@@ -344,9 +344,9 @@ export async function startCluster(label: string, names: string[], o: ClusterOpt
       },
       logDigest(max = 40) {
         return logDigest([
-          { file: archRuncLog, label: 'arch-runc' },
-          ...Object.values(workers).map((w) => ({ file: w.archLog, label: `worker ${w.node}` })),
-          ...Object.values(nodes).map((n) => ({ file: n.logFile, label: `containerd ${n.name}` })),
+          { file: archRuncLog, label: 'arch-runc', format: 'pino' },
+          ...Object.values(workers).map((w) => ({ file: w.archLog, label: `worker ${w.node}`, format: 'pino' as const })),
+          ...Object.values(nodes).map((n) => ({ file: n.logFile, label: `containerd ${n.name}`, format: 'logfmt' as const })),
         ], max);
       },
       stop,
@@ -362,16 +362,18 @@ export async function startCluster(label: string, names: string[], o: ClusterOpt
 /** Clusters started and not stopped yet: test/support/after-failure shows their logs after a failed test. */
 const live: Set<DiagnosableCluster> = ((globalThis as typeof globalThis & { __archLiveClusters?: Set<DiagnosableCluster> }).__archLiveClusters ??= new Set());
 
-function logDigest(files: { file: string; label: string }[], max: number): string {
+function logDigest(files: { file: string; label: string; format: 'pino' | 'logfmt' }[], max: number): string {
   const lines: { time: number; text: string }[] = [];
-  const timeOf = (t: unknown) => (typeof t === 'string' ? Date.parse(t) : Number(t ?? 0));
-  for (const { file, label } of files) {
-    for (const e of readLogLines(file)) {
-      // The SDK's start-up notes about the task queues a worker does not poll are not news.
-      if (Number(e.level ?? 0) < 40 || /not polling for/.test(String(e.msg ?? ''))) continue;
-      lines.push({ time: timeOf(e.time), text: `${label}: ${JSON.stringify(e)}` });
+  for (const { file, label, format } of files) {
+    if (format === 'pino') {
+      for (const e of readLogLines(file)) {
+        // The SDK's start-up notes about the task queues a worker does not poll are not news.
+        if (Number(e.level ?? 0) < 40 || /not polling for/.test(String(e.msg ?? ''))) continue;
+        lines.push({ time: typeof e.time === 'string' ? Date.parse(e.time) : Number(e.time ?? 0), text: `${label}: ${JSON.stringify(e)}` });
+      }
+      continue;
     }
-    // containerd's own log (logfmt): its errors only.
+    // containerd's own log: its errors only.
     const text = fs.existsSync(file) ? fs.readFileSync(file, 'utf8') : '';
     for (const m of text.matchAll(/^time="([^"]+)" level=error .*$/gm)) lines.push({ time: Date.parse(m[1]!), text: `${label}: ${m[0]}` });
   }
