@@ -10,7 +10,7 @@ import { isAlive } from './pid.js';
  * instances never share it, and removed by `runc delete` with the rest.
  * The shell front of arch-runc tests for ARCH_STATE_FILE there to decide, without
  * starting Node, whether a start/checkpoint/delete concerns an ARCH container;
- * it creates KILLED_FILE on `runc kill` (see shim/arch-runc.sh).
+ * it creates KILLED_FILE on `runc kill` (see bin/arch-runc).
  */
 export const ARCH_STATE_FILE = 'arch.json';
 export const KILLED_FILE = 'arch.killed';
@@ -72,16 +72,32 @@ export async function runningHolderOf(runcRoot: string, checkpointDir: string, e
 }
 
 async function initRunning(runcRoot: string, id: string): Promise<boolean> {
+  const st = await readRuncStateFile(runcRoot, id);
+  const pid = st?.init_process_pid;
+  if (!st || !Number.isInteger(pid) || !pid || pid <= 0) return false;
   try {
-    const st = JSON.parse(await fsp.readFile(path.join(runcRoot, id, 'state.json'), 'utf8')) as { init_process_pid?: number; init_process_start?: number };
-    const pid = st.init_process_pid;
-    if (!Number.isInteger(pid) || !pid || pid <= 0) return false;
     const stat = await fsp.readFile(`/proc/${pid}/stat`, 'utf8');
     // Field 22 (start time), counted after the command name's closing parenthesis.
     const start = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19]);
     return st.init_process_start === undefined || start === Number(st.init_process_start);
   } catch {
     return false;
+  }
+}
+
+/** The fields ARCH reads of runc's own state file (<runc root>/<id>/state.json). */
+interface RuncStateFile {
+  init_process_pid?: number;
+  init_process_start?: number;
+  cgroup_paths?: Record<string, string>;
+}
+
+/** runc's state file of a container; undefined when absent or unreadable. */
+async function readRuncStateFile(runcRoot: string, id: string): Promise<RuncStateFile | undefined> {
+  try {
+    return JSON.parse(await fsp.readFile(path.join(runcRoot, id, 'state.json'), 'utf8')) as RuncStateFile;
+  } catch {
+    return undefined;
   }
 }
 
@@ -95,20 +111,15 @@ export async function wasKilled(runcRoot: string, id: string): Promise<boolean> 
  * so its memory controller still has the count when delete is handled.
  */
 export async function wasOomKilled(runcRoot: string, id: string): Promise<boolean> {
-  try {
-    const st = JSON.parse(await fsp.readFile(path.join(runcRoot, id, 'state.json'), 'utf8')) as { cgroup_paths?: Record<string, string> };
-    const paths = st.cgroup_paths ?? {};
-    const candidates = [
-      paths.memory && path.join(paths.memory, 'memory.oom_control'), // cgroup v1: "oom_kill N"
-      paths[''] && path.join(paths[''], 'memory.events'), // cgroup v2: "oom_kill N"
-    ].filter((p): p is string => !!p);
-    for (const f of candidates) {
-      const text = await fsp.readFile(f, 'utf8').catch(() => '');
-      const n = /^oom_kill (\d+)$/m.exec(text)?.[1];
-      if (n && Number(n) > 0) return true;
-    }
-  } catch {
-    // no state: nothing known
+  const paths = (await readRuncStateFile(runcRoot, id))?.cgroup_paths ?? {}; // no state: nothing known
+  const candidates = [
+    paths.memory && path.join(paths.memory, 'memory.oom_control'), // cgroup v1: "oom_kill N"
+    paths[''] && path.join(paths[''], 'memory.events'), // cgroup v2: "oom_kill N"
+  ].filter((p): p is string => !!p);
+  for (const f of candidates) {
+    const text = await fsp.readFile(f, 'utf8').catch(() => '');
+    const n = /^oom_kill (\d+)$/m.exec(text)?.[1];
+    if (n && Number(n) > 0) return true;
   }
   return false;
 }
