@@ -171,7 +171,7 @@ async function checkpointLocked(ctx: NodeContext, req: CheckpointRequest, c: Con
       captured.catch(() => undefined); // awaited below
       await fsp.mkdir(criuDir);
       // Hash (and start writing back) the page images while CRIU writes them.
-      const follower = new DigestFollower(criuDir, /^pages-\d+\.img$/, { writeback: ctx.settings.fsync });
+      const follower = await DigestFollower.start(criuDir, /^pages-\d+\.img$/, { writeback: ctx.settings.fsync });
       try {
         await c.runc.checkpoint(req.id, {
           imagePath: criuDir,

@@ -25,6 +25,19 @@ export interface Digest {
   sha256: string;
 }
 
+/**
+ * Whether this process hashes on worker threads. The shim turns them off
+ * (shim/entry.ts): started from its V8 start-up snapshot, a worker dies at
+ * once on Node 20 ("undefined is not an integer typed array": pino loads
+ * worker_threads while the snapshot is built, and its cwd counter does not
+ * survive the snapshot). The shim has its thread to itself anyway: it hashes
+ * there, in chunks, while it waits for runc.
+ */
+let workerThreads = true;
+export function hashOnThisThreadOnly(): void {
+  workerThreads = false;
+}
+
 /** Files above this are hashed on worker threads when verifying. */
 const WORKER_MIN_BYTES = 1024 * 1024;
 const READ_SIZE = 4 * 1024 * 1024;
@@ -45,23 +58,38 @@ export class StreamDigest {
 }
 
 /**
- * The read buffer of digestFileSync, allocated once: a checkpoint has dozens
- * of small files, and a fresh 4 MiB buffer per file cost more (allocation
- * and the garbage collections it caused) than hashing them. Safe to share:
- * digestFileSync never yields while it uses it.
+ * sha256 of a file on the calling thread, blocking it (small files; the
+ * shim's own verification). `buf` is the caller's read buffer, one per
+ * digestFiles call: a checkpoint has dozens of small files, and a fresh
+ * 4 MiB buffer per file cost more (allocation and the garbage collections
+ * it caused) than hashing them. Not a module-level buffer: that would live
+ * on in the shim's start-up snapshot (4 MiB more to load at every start).
  */
-let syncBuf: Buffer | undefined;
-
-/** sha256 of a file on the calling thread, blocking it (small files; the shim's own verification). */
-function digestFileSync(file: string): Digest {
+function digestFileSync(file: string, buf: Buffer): Digest {
   const fd = fs.openSync(file, 'r');
   try {
     const h = new StreamDigest();
-    const buf = (syncBuf ??= Buffer.allocUnsafe(READ_SIZE));
     for (;;) {
-      const n = fs.readSync(fd, buf, 0, READ_SIZE, h.size);
+      const n = fs.readSync(fd, buf, 0, buf.length, h.size);
       if (n === 0) break;
       h.update(buf.subarray(0, n));
+    }
+    return h.digest();
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+/** digestFileSync in READ_SIZE steps, giving the event loop a turn after each. */
+async function digestFileYielding(file: string, buf: Buffer): Promise<Digest> {
+  const fd = fs.openSync(file, 'r');
+  try {
+    const h = new StreamDigest();
+    for (;;) {
+      const n = fs.readSync(fd, buf, 0, buf.length, h.size);
+      if (n === 0) break;
+      h.update(buf.subarray(0, n));
+      if (n === buf.length) await new Promise((r) => setImmediate(r));
     }
     return h.digest();
   } finally {
@@ -190,6 +218,13 @@ function once(w: Worker): Promise<WorkerReply> {
  */
 export async function digestFiles(files: string[], opts: { sizes?: number[]; inline?: boolean; background?: boolean } = {}): Promise<Digest[]> {
   const out: Digest[] = new Array(files.length);
+  if (!workerThreads) {
+    // Largest first, a yield after every read: whatever else this thread serves (runc's exit) is not kept waiting.
+    const buf = Buffer.allocUnsafe(READ_SIZE);
+    const order = files.map((_, i) => i).sort((a, b) => (opts.sizes?.[b] ?? 0) - (opts.sizes?.[a] ?? 0));
+    for (const i of order) out[i] = await digestFileYielding(files[i]!, buf);
+    return out;
+  }
   // stat synchronously: microseconds each, where a thread-pool round trip per file costs more than the hashing.
   const sizes = opts.sizes ?? files.map((f) => fs.statSync(f).size);
   const large = files.map((_, i) => i).filter((i) => sizes[i]! > WORKER_MIN_BYTES).sort((a, b) => sizes[b]! - sizes[a]!);
@@ -212,15 +247,17 @@ export async function digestFiles(files: string[], opts: { sizes?: number[]; inl
     }
   });
   const here = (async () => {
+    let buf: Buffer | undefined;
+    const readBuf = () => (buf ??= Buffer.allocUnsafe(READ_SIZE));
     // Small files synchronously: a thread-pool round trip per read would cost more than the hashing.
     if (opts.inline) {
       while (next < large.length) {
         const i = large[next++]!;
-        out[i] = digestFileSync(files[i]!);
+        out[i] = digestFileSync(files[i]!, readBuf());
         await new Promise((r) => setImmediate(r)); // let the workers' replies in
       }
     }
-    for (const i of small) out[i] = digestFileSync(files[i]!);
+    for (const i of small) out[i] = digestFileSync(files[i]!, readBuf());
   })();
   await Promise.all([...pool, here]);
   return out;
@@ -231,19 +268,23 @@ export async function digestFiles(files: string[], opts: { sizes?: number[]; inl
  * writing them (CRIU's page images), on a worker thread. With `writeback`,
  * this thread meanwhile fdatasyncs each file every WRITEBACK_STEP bytes, so
  * the disk writes overlap the dump and the publishing fsync has little left.
- * finish() is called once the writer is done and returns the digests by
- * file name; cancel() abandons it (the dump failed).
+ * Start it with DigestFollower.start(). finish() is called once the writer
+ * is done and returns the digests by file name; cancel() abandons it (the
+ * dump failed).
  */
 const WRITEBACK_STEP = 32 * 1024 * 1024;
 
 export class DigestFollower {
-  private readonly worker: Worker;
   private readonly result: Promise<WorkerReply>;
   private stopped = false;
   private readonly writer: Promise<void>;
 
-  constructor(private readonly dir: string, private readonly pattern: RegExp, opts: { writeback?: boolean } = {}) {
-    this.worker = new Worker(WORKER_SOURCE, { eval: true, workerData: { follow: { dir, pattern: pattern.source } } });
+  static async start(dir: string, pattern: RegExp, opts: { writeback?: boolean } = {}): Promise<DigestFollower> {
+    if (!workerThreads) throw new Error('DigestFollower needs worker threads, and this process hashes on its own thread only');
+    return new DigestFollower(new Worker(WORKER_SOURCE, { eval: true, workerData: { follow: { dir, pattern: pattern.source } } }), dir, pattern, opts);
+  }
+
+  private constructor(private readonly worker: Worker, private readonly dir: string, private readonly pattern: RegExp, opts: { writeback?: boolean }) {
     this.result = once(this.worker);
     this.result.catch(() => undefined); // observed by finish(); cancel() may never look
     this.writer = opts.writeback ? this.writeback() : Promise.resolve();

@@ -101,22 +101,24 @@ export interface VerifyOptions {
  * files, each with the recorded size and sha256. Throws CheckpointUnusableError.
  */
 export async function verifyCheckpointDir(dir: string, opts: VerifyOptions = {}): Promise<Manifest> {
-  const { manifest, deferred } = await verifyCheckpointDirStaged(dir, opts);
-  await deferred;
+  const { manifest, verifyDeferred } = await verifyCheckpointDirStaged(dir, opts);
+  await verifyDeferred();
   return manifest;
 }
 
 /**
  * The same check in two stages: everything is verified before this
  * resolves except the digests of the files matching `defer` (sizes are
- * checked for those too), which `deferred` settles later. For raw bytes
- * that may be loaded before they are known good but must not be acted on
- * until then (CRIU's page images, restored into stopped processes).
- * `deferred` always has a rejection handler attached: await it.
+ * checked for those too), which `verifyDeferred()` checks when the caller
+ * is ready for it: for raw bytes that may be loaded before they are known
+ * good but must not be acted on until then (CRIU's page images, restored
+ * into stopped processes, hashed while CRIU reads them). It starts the work
+ * on its first call and returns the same promise after; a caller that gives
+ * up before calling it leaves nothing running.
  */
 export async function verifyCheckpointDirStaged(
   dir: string, opts: VerifyOptions & { defer?: RegExp } = {},
-): Promise<{ manifest: Manifest; deferred: Promise<void> }> {
+): Promise<{ manifest: Manifest; verifyDeferred: () => Promise<void> }> {
   let text: string;
   try {
     text = await fsp.readFile(path.join(dir, MANIFEST_FILE), 'utf8');
@@ -137,16 +139,9 @@ export async function verifyCheckpointDirStaged(
   }
   const later = manifest.files.filter((f) => opts.defer?.test(f.path));
   const now = manifest.files.filter((f) => !later.includes(f));
-  // Started first, on worker threads, so they run while the rest is checked here.
-  const deferred = verifyDigests(dir, later, { background: true });
-  deferred.catch(() => undefined);
-  try {
-    await verifyDigests(dir, now, opts);
-  } catch (err) {
-    await deferred.catch(() => undefined);
-    throw err;
-  }
-  return { manifest, deferred };
+  await verifyDigests(dir, now, opts);
+  let deferred: Promise<void> | undefined;
+  return { manifest, verifyDeferred: () => (deferred ??= verifyDigests(dir, later, { background: true })) };
 }
 
 /** Every file's sha256 (large files on worker threads in parallel). Any mismatch throws. */

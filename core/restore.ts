@@ -52,12 +52,13 @@ export async function restoreFromCheckpoint(ctx: NodeContext, req: RestoreReques
   let t = Date.now();
   // Resolved while the checkpoint is verified (a probe of CRIU the first time after boot).
   const criuAsked = criuRunEnv(ctx.settings);
-  // Verifying the page images is most of the verification time: it runs on
-  // worker threads while CRIU restores, and the restored processes stay
-  // stopped until it has passed (CRIU's leave-stopped). Everything CRIU
-  // parses (every other image), the rootfs archive and the manifest are
-  // verified before CRIU starts. A spec with its own CRIU configuration is
-  // left alone: then everything is verified first.
+  // Verifying the page images is most of the verification time: it runs
+  // while CRIU restores (started once runc is, so that it delays nothing
+  // before), and the restored processes stay stopped until it has passed
+  // (CRIU's leave-stopped). Everything CRIU parses (every other image), the
+  // rootfs archive and the manifest are verified before CRIU starts. A spec
+  // with its own CRIU configuration is left alone: then everything is
+  // verified first.
   const overlap = req.spec.annotations?.[CRIU_CONFIG_ANNOTATION] === undefined;
   const verified = verifyCheckpointDirStaged(dir, { inline: true, defer: overlap ? PAGE_IMAGES : undefined }).then(async (v) => {
     timings.verify = Date.now() - t;
@@ -65,7 +66,6 @@ export async function restoreFromCheckpoint(ctx: NodeContext, req: RestoreReques
     const want = checkpointKeyOf(req.contract, req.id);
     const have = v.manifest.checkpointId ?? v.manifest.containerId;
     if (v.manifest.namespace !== req.namespace || have !== want) {
-      await v.deferred.catch(() => undefined);
       throw new CheckpointUnusableError('identity', `checkpoint is for ${v.manifest.namespace}/${have}, not ${req.namespace}/${want}`);
     }
     return v;
@@ -89,20 +89,18 @@ export async function restoreFromCheckpoint(ctx: NodeContext, req: RestoreReques
   })();
   const [v, l] = await Promise.allSettled([verified, layer]);
   if (v.status === 'rejected' || l.status === 'rejected') {
-    if (v.status === 'fulfilled') await v.value.deferred.catch(() => undefined);
     if (l.status === 'fulfilled' && l.value) await clearDir(l.value);
     // A failed verification explains a bad archive too: it comes first.
     throw v.status === 'rejected' ? v.reason : (l as PromiseRejectedResult).reason;
   }
-  const { manifest, deferred } = v.value;
+  const { manifest, verifyDeferred } = v.value;
   const upper = l.value;
   const pagesVerified = async (): Promise<void> => {
     const w = Date.now();
-    await deferred;
+    await verifyDeferred();
     timings.verifyPages = Date.now() - w;
   };
   if (!upper && manifest.rootfs.files + manifest.rootfs.deletions > 0) {
-    await deferred.catch(() => undefined);
     throw new CheckpointUnusableError('rootfs', 'the checkpoint has writable-layer changes but the new rootfs is not an overlay mount');
   }
   timings.prepare = Date.now() - t;
@@ -131,10 +129,12 @@ export async function restoreFromCheckpoint(ctx: NodeContext, req: RestoreReques
       pidFile: req.pidFile,
       consoleSocket: req.consoleSocket,
       env,
+      // This thread waits for runc from here on: it hashes meanwhile.
+      onSpawn: () => void verifyDeferred().catch(() => undefined),
     });
   } catch (err) {
     await criuConfig?.reset().catch(() => undefined);
-    await deferred.catch(() => undefined);
+    await verifyDeferred().catch(() => undefined);
     await undo();
     const log = await fsp.readFile(path.join(work, 'restore.log'), 'utf8').catch(() => '');
     const tail = log.split('\n').filter((l) => /Error|error/.test(l)).slice(-3).join(' | ');

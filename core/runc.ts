@@ -74,13 +74,19 @@ export class Runc {
    */
   async restore(
     id: string,
-    o: { bundle: string; imagePath: string; workPath: string; pidFile?: string; consoleSocket?: string; extra?: string[]; env?: Record<string, string> },
+    o: {
+      bundle: string; imagePath: string; workPath: string; pidFile?: string; consoleSocket?: string; extra?: string[]; env?: Record<string, string>;
+      /** Called once runc runs, before it is waited for. */
+      onSpawn?: () => void;
+    },
   ): Promise<void> {
     const args = ['restore', '--detach', '--bundle', o.bundle, '--image-path', o.imagePath, '--work-path', o.workPath];
     if (o.pidFile) args.push('--pid-file', o.pidFile);
     if (o.consoleSocket) args.push('--console-socket', o.consoleSocket);
     args.push(...(o.extra ?? []), id);
-    await this.run(args, { stdio: 'inherit', env: o.env });
+    const runc = this.run(args, { stdio: 'inherit', env: o.env });
+    o.onSpawn?.();
+    await runc;
   }
 
   async pause(id: string): Promise<void> {

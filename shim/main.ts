@@ -20,7 +20,7 @@ import { awaitRecordedExit, readShimState, recordedExit, runningHolderOf, update
 import { CheckpointStore } from '../core/store.js';
 import { runRealRunc } from './passthrough.js';
 
-async function main(argv: string[]): Promise<number> {
+export async function main(argv: string[]): Promise<number> {
   let ctx: NodeContext;
   try {
     ctx = createNodeContext('arch-runc');
@@ -259,10 +259,13 @@ async function finishedPredecessor(root: string, checkpointDir: string, id: stri
   return (await stoppedReason(root, owner, s.checkpointed)) ? undefined : owner;
 }
 
-main(process.argv.slice(2)).then(
-  (code) => process.exit(code),
-  (err) => {
-    process.stderr.write(`arch-runc: ${errorMessage(err)}\n`);
-    process.exit(1);
-  },
-);
+/** Run one runc call and exit with its code (the bundle's entry, shim/entry.ts, calls this). */
+export function runShim(argv: string[]): void {
+  main(argv).then(
+    (code) => process.exit(code),
+    (err) => {
+      process.stderr.write(`arch-runc: ${errorMessage(err)}\n`);
+      process.exit(1);
+    },
+  );
+}

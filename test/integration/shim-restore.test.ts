@@ -46,7 +46,8 @@ function startsOf(node: ArchTestNode, id: string): number {
 
 test('local mode: checkpoint, delete, create again → counter continues, files kept, deletions kept', async () => {
   const id = 'local-1';
-  const env = ['ARCH_ENABLE=1', `ARCH_CHECKPOINT_HOST_PATH=${storage}/local`, 'COUNTER_START_FILES=1'];
+  // 8 MiB of memory: page images large enough to be hashed in steps while CRIU restores them.
+  const env = ['ARCH_ENABLE=1', `ARCH_CHECKPOINT_HOST_PATH=${storage}/local`, 'COUNTER_START_FILES=1', 'COUNTER_MEM_MB=8'];
   const out1 = await a.runCounter(id, env);
   await a.waitCount(id, 15);
   expect(a.readContainerFile(id, COUNTER_FILES.created)).toBe(COUNTER_FILES.createdContent);

@@ -39,7 +39,7 @@ test('StreamDigest over pieces equals the digest of the whole', () => {
 test('DigestFollower hashes files while they are written, only those matching, including ones created late', async () => {
   const dir = path.join(tmp, 'follow');
   fs.mkdirSync(dir);
-  const follower = new DigestFollower(dir, /^pages-\d+\.img$/, { writeback: true });
+  const follower = await DigestFollower.start(dir, /^pages-\d+\.img$/, { writeback: true });
   const a = fs.openSync(path.join(dir, 'pages-1.img'), 'w');
   const parts: Buffer[] = [];
   for (let i = 0; i < 12; i++) {
@@ -62,7 +62,7 @@ test('DigestFollower: a file rewritten shorter is hashed from the start again', 
   const dir = path.join(tmp, 'rewrite');
   fs.mkdirSync(dir);
   const f = path.join(dir, 'pages-1.img');
-  const follower = new DigestFollower(dir, /^pages-\d+\.img$/);
+  const follower = await DigestFollower.start(dir, /^pages-\d+\.img$/);
   fs.writeFileSync(f, randomBytes(2 << 20));
   await sleep(100);
   const final = randomBytes(1000);
@@ -74,7 +74,7 @@ test('DigestFollower: a file rewritten shorter is hashed from the start again', 
 test('DigestFollower.cancel stops without waiting for the writer', async () => {
   const dir = path.join(tmp, 'cancel');
   fs.mkdirSync(dir);
-  const follower = new DigestFollower(dir, /^pages-\d+\.img$/, { writeback: true });
+  const follower = await DigestFollower.start(dir, /^pages-\d+\.img$/, { writeback: true });
   fs.writeFileSync(path.join(dir, 'pages-1.img'), randomBytes(1 << 20));
   await follower.cancel();
 });

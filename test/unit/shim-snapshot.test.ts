@@ -1,0 +1,104 @@
+import { execa } from 'execa';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { REPO_ROOT } from '../support/images.js';
+
+/**
+ * bin/arch-runc starts its Node side from the V8 start-up snapshot the build
+ * made (scripts/build-shim-snapshot.ts) only with the Node its stamp names,
+ * unchanged since; otherwise through start.cjs. Any other Node would crash on
+ * the blob, and a container create must not fail for that.
+ *
+ * Each test runs the real front on a copy of the built shim (ARCH_HOME), on
+ * a `start` of a container the shim created (its marker file in the runc
+ * root): the Node side looks at it and hands the call to ARCH_RUNC, here
+ * /bin/echo, so the output shows the call arrived whole. Which way Node
+ * started is made visible by removing the other way: no start.cjs, or a blob
+ * of garbage (which crashes Node if it is ever used).
+ */
+const BUILT = path.join(REPO_ROOT, 'dist/shim');
+const FRONT = path.join(REPO_ROOT, 'bin/arch-runc');
+const ID = 'snap-1';
+let home: string;
+let root: string;
+let conf: string;
+
+beforeEach(() => {
+  home = fs.mkdtempSync(path.join(os.tmpdir(), 'arch-snapshot-'));
+  const shim = path.join(home, 'dist/shim');
+  fs.mkdirSync(shim, { recursive: true });
+  for (const f of ['start.cjs', 'arch-runc.cjs', 'arch-runc.blob', 'arch-runc.blob.stamp']) fs.copyFileSync(path.join(BUILT, f), path.join(shim, f));
+  root = path.join(home, 'runc/default');
+  fs.mkdirSync(path.join(root, ID), { recursive: true });
+  fs.writeFileSync(path.join(root, ID, 'arch.json'), '{}');
+  conf = path.join(home, 'arch.env');
+  fs.writeFileSync(conf, 'ARCH_RUNC=/bin/echo\n');
+});
+afterEach(() => fs.rmSync(home, { recursive: true, force: true }));
+
+const shimFile = (f: string) => path.join(home, 'dist/shim', f);
+const stamp = () => fs.readFileSync(shimFile('arch-runc.blob.stamp'), 'utf8').split('\n');
+
+async function front(args: string[], env: Record<string, string> = {}) {
+  return execa(FRONT, args, { env: { ARCH_CONFIG: conf, ARCH_HOME: home, ...env }, reject: false });
+}
+const call = () => ['--root', root, '--log', path.join(home, 'a log.json'), 'start', ID];
+/** A blob that would crash Node: proves the front did not use it. */
+const spoilBlob = () => fs.writeFileSync(shimFile('arch-runc.blob'), Buffer.alloc(4096, 0x5a));
+
+test('the build made a blob and a stamp naming this Node', () => {
+  const [node, , identity] = stamp();
+  expect(node).toBe(fs.realpathSync(process.execPath));
+  expect(identity).toMatch(/^(\d+:\d+:\d+:\d+:\d+;)+$/);
+  expect(fs.statSync(shimFile('arch-runc.blob')).size).toBeGreaterThan(1 << 20);
+});
+
+test('with the Node the stamp names, unchanged: started from the snapshot (start.cjs is not needed), the call arrives whole', async () => {
+  fs.rmSync(shimFile('start.cjs'));
+  fs.rmSync(shimFile('arch-runc.cjs'));
+  const r = await front(call());
+  expect(r.stderr).toBe('');
+  expect(r.exitCode).toBe(0);
+  expect(r.stdout).toBe(call().join(' '));
+});
+
+test('from the snapshot, the exit code of the real runc comes back', async () => {
+  fs.rmSync(shimFile('start.cjs'));
+  fs.writeFileSync(conf, 'ARCH_RUNC=/bin/false\n');
+  expect((await front(call())).exitCode).toBe(1);
+});
+
+test.each([
+  ['the Node has changed since the build (another identity)', () => {
+    const [node, libs, identity] = stamp();
+    fs.writeFileSync(shimFile('arch-runc.blob.stamp'), `${node}\n${libs}\n${identity!.replace(/^\d+:\d+/, '1:1')}\n`);
+  }],
+  ['the stamp names a Node that is not there', () => {
+    const [, libs, identity] = stamp();
+    fs.writeFileSync(shimFile('arch-runc.blob.stamp'), `/nonexistent/node\n${libs}\n${identity}\n`);
+  }],
+  ['a library the stamp names is gone', () => {
+    const [node, libs, identity] = stamp();
+    fs.writeFileSync(shimFile('arch-runc.blob.stamp'), `${node}\n${libs} /nonexistent/libnode.so.1\n${identity}\n`);
+  }],
+  ['no stamp', () => fs.rmSync(shimFile('arch-runc.blob.stamp'))],
+  ['an empty stamp', () => fs.writeFileSync(shimFile('arch-runc.blob.stamp'), '')],
+])('%s: started through start.cjs, the blob left alone', async (_what, change) => {
+  spoilBlob();
+  change();
+  const r = await front(call());
+  expect(r.stderr).toBe('');
+  expect(r.exitCode).toBe(0);
+  expect(r.stdout).toBe(call().join(' '));
+});
+
+test('ARCH_NODE_BIN naming another Node: that Node runs start.cjs', async () => {
+  spoilBlob();
+  const other = path.join(home, 'other-node');
+  fs.writeFileSync(other, `#!/bin/sh\necho other-node >&2\nexec ${JSON.stringify(process.execPath)} "$@"\n`, { mode: 0o755 });
+  const r = await front(call(), { ARCH_NODE_BIN: other });
+  expect(r.stderr).toBe('other-node');
+  expect(r.exitCode).toBe(0);
+  expect(r.stdout).toBe(call().join(' '));
+});
