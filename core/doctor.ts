@@ -4,8 +4,13 @@ import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { networkLockOf, nftablesLockCheck } from './criu-network-lock.js';
 import { criuEnv, parseEnvFile, type Settings } from './settings.js';
+import { snapshotState } from './shim-snapshot.js';
+
+/** This checkout (dist/core/doctor.js lives two levels below it). */
+const ARCH_HOME = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 
 /**
  * `arch-cli doctor`: every dependency with its version, CRIU's own check, and
@@ -109,6 +114,7 @@ export async function runDoctor(settings: Settings): Promise<Check[]> {
     checks.push(bp);
   }
   if (criu.ok) checks.push(criuProbeCacheCheck());
+  checks.push(await shimSnapshotCheck());
   const lock = criu.ok ? await networkLockCheck(settings) : undefined;
   if (lock) checks.push(lock);
   // CRIU runs iptables-restore only for the iptables method (its default).
@@ -151,6 +157,22 @@ export function criuProbeCacheCheck(run = '/run'): Check {
     optional: true,
     detail: ok ? `${run} is a tmpfs: CRIU keeps its kernel probes in ${run}/criu.kdat` : `${run} is not a tmpfs: CRIU probes the kernel on every run (about 20-30 ms more per checkpoint and restore)`,
     fix: `mount ${run} as a tmpfs at boot (systemd does); nothing else is needed`,
+  };
+}
+
+/**
+ * arch-runc starts ~20 ms sooner from the start-up snapshot the build made
+ * (core/shim-snapshot.ts); after an upgrade of Node it starts the slower way
+ * until the next build. Nothing fails either way.
+ */
+export async function shimSnapshotCheck(archHome = ARCH_HOME): Promise<Check> {
+  const s = await snapshotState(archHome);
+  return {
+    name: 'arch-runc start-up snapshot',
+    ok: s.usable,
+    optional: true,
+    detail: s.usable ? s.detail : `${s.detail}: arch-runc starts about 20 ms slower (through start.cjs) until it is rebuilt`,
+    fix: `run ${path.join(archHome, 'install.sh')} (or npm run build in ${archHome})`,
   };
 }
 

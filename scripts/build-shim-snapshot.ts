@@ -14,10 +14,8 @@
  * as `stat -L` prints it. bin/arch-runc runs the blob with that Node only
  * while the identity is unchanged (and ARCH_NODE_BIN, if set, names it),
  * and starts through start.cjs (code cache) otherwise. An upgrade of Node
- * changes the identity (new inode, ctime) until the next build.
- *
- * Stamp: line 1 the Node, line 2 its libraries (space-separated, may be
- * empty), line 3 `stat -L --printf STAT_FORMAT` of line 1 and line 2.
+ * changes the identity (new inode, ctime) until the next build. The stamp's
+ * format is in core/shim-snapshot.ts.
  *
  * Never fails the build: without a blob, arch-runc works as before, slower.
  */
@@ -25,13 +23,11 @@ import { execa } from 'execa';
 import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { fileIdentity, formatStamp, snapshotFiles } from '../core/shim-snapshot.js';
 
-const SHIM_DIR = path.join(path.dirname(fileURLToPath(import.meta.url)), '..', 'shim');
-const BUNDLE = path.join(SHIM_DIR, 'arch-runc.cjs');
-const BLOB = path.join(SHIM_DIR, 'arch-runc.blob');
-const STAMP = `${BLOB}.stamp`;
-/** The identity bin/arch-runc compares: device, inode, size, mtime, ctime of each file. */
-const STAT_FORMAT = '%d:%i:%s:%Y:%Z;';
+const ARCH_HOME = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
+const BUNDLE = path.join(ARCH_HOME, 'dist/shim/arch-runc.cjs');
+const { blob: BLOB, stamp: STAMP } = snapshotFiles(ARCH_HOME);
 
 /** Node's own shared library, when this Node is built on one (Debian's libnode). */
 function nodeLibraries(): string[] {
@@ -63,11 +59,12 @@ async function build(): Promise<void> {
     if (check.exitCode !== 0 || String(check.stdout).trim() !== argv.join(' ')) {
       throw new Error(`the snapshot's check call printed "${String(check.all).trim()}" (exit ${check.exitCode})`);
     }
-    const files = [fs.realpathSync(process.execPath), ...nodeLibraries()];
-    const identity = await execa('stat', ['-L', '--printf', STAT_FORMAT, ...files]);
+    const node = fs.realpathSync(process.execPath);
+    const libs = nodeLibraries();
+    const identity = await fileIdentity([node, ...libs]);
     fs.renameSync(tmp, BLOB);
     const stampTmp = `${STAMP}.${process.pid}.tmp`;
-    fs.writeFileSync(stampTmp, `${files[0]}\n${files.slice(1).join(' ')}\n${identity.stdout}\n`);
+    fs.writeFileSync(stampTmp, formatStamp({ node, libs, identity }));
     fs.renameSync(stampTmp, STAMP);
   } finally {
     fs.rmSync(tmp, { force: true });

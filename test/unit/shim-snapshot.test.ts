@@ -2,6 +2,7 @@ import { execa } from 'execa';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { shimSnapshotCheck } from '../../core/doctor.js';
 import { REPO_ROOT } from '../support/images.js';
 
 /**
@@ -101,4 +102,26 @@ test('ARCH_NODE_BIN naming another Node: that Node runs start.cjs', async () => 
   expect(r.stderr).toBe('other-node');
   expect(r.exitCode).toBe(0);
   expect(r.stdout).toBe(call().join(' '));
+});
+
+describe('arch-cli doctor says whether arch-runc starts from the snapshot (a warning, never a failure)', () => {
+  test('the stamp holds: ok', async () => {
+    const c = await shimSnapshotCheck(home);
+    expect(c).toMatchObject({ name: 'arch-runc start-up snapshot', ok: true, optional: true });
+    expect(c.detail).toContain(fs.realpathSync(process.execPath));
+  });
+
+  test('Node changed since the build: a warning that names the Node and the fix', async () => {
+    const [node, libs, identity] = stamp();
+    fs.writeFileSync(shimFile('arch-runc.blob.stamp'), `${node}\n${libs}\n${identity!.replace(/^\d+:\d+/, '1:1')}\n`);
+    const c = await shimSnapshotCheck(home);
+    expect(c).toMatchObject({ ok: false, optional: true });
+    expect(c.detail).toContain(`${node} changed since the build`);
+    expect(c.fix).toContain('install.sh');
+  });
+
+  test('no snapshot built: a warning', async () => {
+    fs.rmSync(shimFile('arch-runc.blob.stamp'));
+    expect(await shimSnapshotCheck(home)).toMatchObject({ ok: false, optional: true, detail: expect.stringContaining('made no snapshot') });
+  });
 });
