@@ -128,7 +128,18 @@ export const benchmark: Benchmark = {
           }
         }
         return published.size === COUNT ? true : undefined;
-      }, 120_000, 100);
+      }, 120_000, 100).catch(async (err: Error) => {
+        // Say what the nodes saw: a failure seen once in a long run must explain itself.
+        const state = await watchState().catch((e: Error) => `no watcher state: ${e.message}`);
+        const polled = imds.requests.filter((r) => r.at >= t0 && r.path === INSTANCE_ACTION).map((r) => r.status);
+        throw new Error([
+          err.message,
+          `published: ${[...published.keys()].join(', ') || 'none'}`,
+          `${A}'s polls of the notice since it was posted: ${polled.length} (statuses ${[...new Set(polled)].join(', ') || 'none'})`,
+          `watcher ${watchId}: ${JSON.stringify(state)}`,
+          `what the nodes logged (warnings and errors):\n${cluster.logDigest()}`,
+        ].join('\n'));
+      });
       const drainId = await waitUntil('the drain workflow id', async () => {
         const s = await watchState();
         return s.history[rep]?.drainWorkflowId ?? s.current?.drainWorkflowId;
