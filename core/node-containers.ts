@@ -45,27 +45,36 @@ export async function listArchContainers(
       continue;
     }
     for (const st of states) {
+      let spec;
+      let contract;
       try {
-        const spec = await readSpec(st.bundle);
-        const contract = parseContract(envListToMap(spec.process?.env));
-        if (!contract.enabled) continue;
-        const c: ArchContainer = {
-          namespace, id: st.id, runcRoot: runc.root, bundle: st.bundle, pid: st.pid, status: st.status, contract,
-          rssBytes: 0, upperDirBytes: 0,
-        };
-        if (opts.withSizes !== false) {
-          c.rssBytes = st.pid > 0 ? await rssOf(st.pid) : 0;
-          const upper = await findUpperDir(rootfsOf(st.bundle, spec));
-          c.upperDirBytes = upper ? await duBytes(upper) : 0;
-        }
-        const store = new CheckpointStore(checkpointDirOf(contract, namespace, st.id));
-        const dir = await store.current().catch(() => null);
-        const m = dir ? await store.readManifest().catch(() => null) : null;
-        if (m && dir) c.checkpoint = { dir, createdAt: m.createdAt, sizeBytes: m.files.reduce((a, f) => a + f.size, 0), node: m.node };
-        out.push(c);
+        spec = await readSpec(st.bundle);
+        contract = parseContract(envListToMap(spec.process?.env));
       } catch (err) {
         ctx.log.warn({ namespace, container: st.id, err: errorMessage(err) }, 'skipping container with unreadable or invalid ARCH settings');
+        continue;
       }
+      if (!contract.enabled) continue;
+      const c: ArchContainer = {
+        namespace, id: st.id, runcRoot: runc.root, bundle: st.bundle, pid: st.pid, status: st.status, contract,
+        rssBytes: 0, upperDirBytes: 0,
+      };
+      // Sizes only shape the plan: a container whose size cannot be read is still listed
+      // (a drain or finalize that skipped it would leave its job behind on a node that goes away).
+      if (opts.withSizes !== false) {
+        c.rssBytes = st.pid > 0 ? await rssOf(st.pid) : 0;
+        try {
+          const upper = await findUpperDir(rootfsOf(st.bundle, spec));
+          c.upperDirBytes = upper ? await layerBytes(upper) : 0;
+        } catch (err) {
+          ctx.log.warn({ namespace, container: st.id, err: errorMessage(err) }, 'cannot size the container\'s writable layer; listed without it');
+        }
+      }
+      const store = new CheckpointStore(checkpointDirOf(contract, namespace, st.id));
+      const dir = await store.current().catch(() => null);
+      const m = dir ? await store.readManifest().catch(() => null) : null;
+      if (m && dir) c.checkpoint = { dir, createdAt: m.createdAt, sizeBytes: m.files.reduce((a, f) => a + f.size, 0), node: m.node };
+      out.push(c);
     }
   }
   return out;
@@ -92,12 +101,18 @@ export async function rssOf(pid: number): Promise<number> {
   }
 }
 
-async function duBytes(dir: string): Promise<number> {
+/**
+ * Bytes of the regular files below `dir`, a running container's writable
+ * layer: its files come and go while this walks (a job writing a temporary
+ * file and renaming it), so an entry gone between the listing and its
+ * lstat counts as nothing.
+ */
+export async function layerBytes(dir: string): Promise<number> {
   let total = 0;
   for (const e of await fsp.readdir(dir, { withFileTypes: true }).catch(() => [])) {
     const p = path.join(dir, e.name);
-    if (e.isDirectory()) total += await duBytes(p);
-    else if (e.isFile()) total += (await fsp.lstat(p)).size;
+    if (e.isDirectory()) total += await layerBytes(p);
+    else if (e.isFile()) total += await fsp.lstat(p).then((st) => st.size, () => 0);
   }
   return total;
 }
