@@ -58,30 +58,18 @@ export class StreamDigest {
 }
 
 /**
- * sha256 of a file on the calling thread, blocking it (small files; the
- * shim's own verification). `buf` is the caller's read buffer, one per
- * digestFiles call: a checkpoint has dozens of small files, and a fresh
- * 4 MiB buffer per file cost more (allocation and the garbage collections
- * it caused) than hashing them. Not a module-level buffer: that would live
- * on in the shim's start-up snapshot (4 MiB more to load at every start).
+ * sha256 of a file on the calling thread (small files; all of them in the
+ * shim). Synchronous reads (no thread-pool round trip per block), with a
+ * turn for the event loop after every full buffer: a small file is hashed
+ * in one go, a large one lets whatever else this thread serves (runc's
+ * exit, the workers' replies) in every READ_SIZE bytes. `buf` is the
+ * caller's read buffer, one per digestFiles call: a checkpoint has dozens of
+ * small files, and a fresh 4 MiB buffer per file cost more (allocation and
+ * the garbage collections it caused) than hashing them. Not a module-level
+ * buffer: that would live on in the shim's start-up snapshot (4 MiB more to
+ * load at every start).
  */
-function digestFileSync(file: string, buf: Buffer): Digest {
-  const fd = fs.openSync(file, 'r');
-  try {
-    const h = new StreamDigest();
-    for (;;) {
-      const n = fs.readSync(fd, buf, 0, buf.length, h.size);
-      if (n === 0) break;
-      h.update(buf.subarray(0, n));
-    }
-    return h.digest();
-  } finally {
-    fs.closeSync(fd);
-  }
-}
-
-/** digestFileSync in READ_SIZE steps, giving the event loop a turn after each. */
-async function digestFileYielding(file: string, buf: Buffer): Promise<Digest> {
+async function digestFileHere(file: string, buf: Buffer): Promise<Digest> {
   const fd = fs.openSync(file, 'r');
   try {
     const h = new StreamDigest();
@@ -219,10 +207,8 @@ function once(w: Worker): Promise<WorkerReply> {
 export async function digestFiles(files: string[], opts: { sizes?: number[]; inline?: boolean; background?: boolean } = {}): Promise<Digest[]> {
   const out: Digest[] = new Array(files.length);
   if (!workerThreads) {
-    // Largest first, a yield after every read: whatever else this thread serves (runc's exit) is not kept waiting.
     const buf = Buffer.allocUnsafe(READ_SIZE);
-    const order = files.map((_, i) => i).sort((a, b) => (opts.sizes?.[b] ?? 0) - (opts.sizes?.[a] ?? 0));
-    for (const i of order) out[i] = await digestFileYielding(files[i]!, buf);
+    for (let i = 0; i < files.length; i++) out[i] = await digestFileHere(files[i]!, buf);
     return out;
   }
   // stat synchronously: microseconds each, where a thread-pool round trip per file costs more than the hashing.
@@ -249,15 +235,13 @@ export async function digestFiles(files: string[], opts: { sizes?: number[]; inl
   const here = (async () => {
     let buf: Buffer | undefined;
     const readBuf = () => (buf ??= Buffer.allocUnsafe(READ_SIZE));
-    // Small files synchronously: a thread-pool round trip per read would cost more than the hashing.
     if (opts.inline) {
       while (next < large.length) {
         const i = large[next++]!;
-        out[i] = digestFileSync(files[i]!, readBuf());
-        await new Promise((r) => setImmediate(r)); // let the workers' replies in
+        out[i] = await digestFileHere(files[i]!, readBuf());
       }
     }
-    for (const i of small) out[i] = digestFileSync(files[i]!, readBuf());
+    for (const i of small) out[i] = await digestFileHere(files[i]!, readBuf());
   })();
   await Promise.all([...pool, here]);
   return out;
