@@ -29,6 +29,9 @@ const ARCH_HOME = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..
 const BUNDLE = path.join(ARCH_HOME, 'dist/shim/arch-runc.cjs');
 const { blob: BLOB, stamp: STAMP } = snapshotFiles(ARCH_HOME);
 
+/** Node's notes about modules it has not verified in snapshots (printed at every build). */
+const SNAPSHOT_SUPPORT_NOTE = /not yet fully verified|may still work in some cases|To request support for the module|--trace-warnings/;
+
 /** Node's own shared library, when this Node is built on one (Debian's libnode). */
 function nodeLibraries(): string[] {
   const maps = fs.readFileSync('/proc/self/maps', 'utf8');
@@ -40,16 +43,26 @@ function nodeLibraries(): string[] {
   return [...libs];
 }
 
+/**
+ * The stamp goes first (package.json's bundle:shim removes it before the
+ * bundle is rewritten, so an old blob never runs beside new code); the blob
+ * is replaced by a rename, never removed: an arch-runc that read the stamp
+ * a moment ago opens the old blob or the new one, never none (a missing
+ * blob fails that runc call). A blob left without a stamp is never used,
+ * and the next build replaces it.
+ */
 async function build(): Promise<void> {
-  fs.rmSync(STAMP, { force: true }); // first: a stamp must never name a blob being replaced
-  fs.rmSync(BLOB, { force: true });
+  fs.rmSync(STAMP, { force: true });
   const tmp = `${BLOB}.${process.pid}.tmp`;
   const env = { ...process.env, NODE_OPTIONS: '', NODE_EXTRA_CA_CERTS: '' };
   try {
     // Node warns that child_process, tty and worker_threads are "not yet fully
     // verified" in snapshots: the whole test suite runs arch-runc from this blob.
     const b = await execa(process.execPath, ['--snapshot-blob', tmp, '--build-snapshot', BUNDLE], { env, reject: false, all: true });
-    if (b.exitCode !== 0) throw new Error(`node --build-snapshot exited ${b.exitCode}: ${String(b.all).trim().split('\n').slice(-5).join(' | ')}`);
+    if (b.exitCode !== 0) {
+      const said = String(b.all).split('\n').filter((l) => l.trim() && !SNAPSHOT_SUPPORT_NOTE.test(l));
+      throw new Error(`node --build-snapshot exited ${b.exitCode}: ${said.slice(-5).join(' | ')}`);
+    }
     // The blob must run a call with argv intact before anything uses it.
     const argv = ['--root', '/run/arch-snapshot-check/x', 'state', 'arch-snapshot-check'];
     const check = await execa(process.execPath, ['--snapshot-blob', tmp, '--', ...argv], {
@@ -73,6 +86,5 @@ async function build(): Promise<void> {
 
 build().catch((err: unknown) => {
   fs.rmSync(STAMP, { force: true });
-  fs.rmSync(BLOB, { force: true });
   process.stderr.write(`warning: no start-up snapshot for arch-runc (it starts through start.cjs, ~25 ms slower): ${err instanceof Error ? err.message : String(err)}\n`);
 });
