@@ -15,10 +15,12 @@ import { Worker } from 'node:worker_threads';
  *    is still writing them (reading only below the current file size, which
  *    the kernel advances once the data is in the page cache); on the other
  *    core it keeps pace with the dump, so little is left when CRIU is done;
- *  - at restore time large files are verified on worker threads, one file per
- *    thread, while the main thread checks the small ones.
- * Reads are synchronous inside the workers (no thread-pool round trip per
- * block), which is what lets one thread reach openssl's speed.
+ *  - when verifying (transfers, `verifyCurrent`), large files are hashed on
+ *    worker threads, one file per thread, while the main thread checks the
+ *    small ones; the shim hashes everything on its own thread (see
+ *    hashOnThisThreadOnly), its page images while runc restores them.
+ * Reads are synchronous (no thread-pool round trip per block), which is what
+ * lets one thread reach openssl's speed.
  */
 export interface Digest {
   size: number;
@@ -63,7 +65,7 @@ export class StreamDigest {
  * turn for the event loop after every full buffer: a small file is hashed
  * in one go, a large one lets whatever else this thread serves (runc's
  * exit, the workers' replies) in every READ_SIZE bytes. `buf` is the
- * caller's read buffer, one per digestFiles call: a checkpoint has dozens of
+ * caller's read buffer, one per digestFilesHere call: a checkpoint has dozens of
  * small files, and a fresh 4 MiB buffer per file cost more (allocation and
  * the garbage collections it caused) than hashing them. Not a module-level
  * buffer: that would live on in the shim's start-up snapshot (4 MiB more to
@@ -163,11 +165,6 @@ if (workerData && workerData.follow) {
     (err) => parentPort.postMessage({ error: err.message }),
   );
 } else {
-  // A background verification yields the CPU to the work it overlaps (CRIU
-  // restoring the pages it checks). On Linux this sets this thread only.
-  if (workerData && workerData.background) {
-    try { require('node:os').setPriority(0, 10); } catch {}
-  }
   parentPort.on('message', (job) => {
     try {
       parentPort.postMessage(hashFile(job.file));
@@ -198,28 +195,21 @@ function once(w: Worker): Promise<WorkerReply> {
 
 /**
  * Digests of many files, in input order: large ones on worker threads
- * (largest first, one file per thread at a time), small ones here meanwhile.
- * `inline`: this thread is one of the lanes and starts with the largest file
- * (for a process that has nothing else to do meanwhile, like the shim: no
- * worker start-up on the critical path). Never inline in a long-lived
- * process whose event loop serves others (the Temporal worker).
+ * (largest first, one file per thread at a time), small ones here meanwhile;
+ * all of them here in a process that hashes on its own thread only (the shim).
  */
-export async function digestFiles(files: string[], opts: { sizes?: number[]; inline?: boolean; background?: boolean } = {}): Promise<Digest[]> {
+export async function digestFiles(files: string[], opts: { sizes?: number[] } = {}): Promise<Digest[]> {
+  if (!workerThreads) return digestFilesHere(files);
   const out: Digest[] = new Array(files.length);
-  if (!workerThreads) {
-    const buf = Buffer.allocUnsafe(READ_SIZE);
-    for (let i = 0; i < files.length; i++) out[i] = await digestFileHere(files[i]!, buf);
-    return out;
-  }
   // stat synchronously: microseconds each, where a thread-pool round trip per file costs more than the hashing.
   const sizes = opts.sizes ?? files.map((f) => fs.statSync(f).size);
   const large = files.map((_, i) => i).filter((i) => sizes[i]! > WORKER_MIN_BYTES).sort((a, b) => sizes[b]! - sizes[a]!);
   const small = files.map((_, i) => i).filter((i) => sizes[i]! <= WORKER_MIN_BYTES);
   const cpus = Math.max(1, Math.min(os.availableParallelism?.() ?? os.cpus().length, 4));
-  const workers = Math.min(large.length - (opts.inline ? 1 : 0), opts.inline ? cpus - 1 : cpus);
+  const workers = Math.min(large.length, cpus);
   let next = 0;
   const pool = Array.from({ length: Math.max(0, workers) }, async () => {
-    const w = new Worker(WORKER_SOURCE, { eval: true, workerData: { background: !!opts.background } });
+    const w = new Worker(WORKER_SOURCE, { eval: true });
     try {
       while (next < large.length) {
         const i = large[next++]!;
@@ -232,18 +222,16 @@ export async function digestFiles(files: string[], opts: { sizes?: number[]; inl
       await w.terminate();
     }
   });
-  const here = (async () => {
-    let buf: Buffer | undefined;
-    const readBuf = () => (buf ??= Buffer.allocUnsafe(READ_SIZE));
-    if (opts.inline) {
-      while (next < large.length) {
-        const i = large[next++]!;
-        out[i] = await digestFileHere(files[i]!, readBuf());
-      }
-    }
-    for (const i of small) out[i] = await digestFileHere(files[i]!, readBuf());
-  })();
+  const here = digestFilesHere(small.map((i) => files[i]!)).then((ds) => ds.forEach((d, k) => (out[small[k]!] = d)));
   await Promise.all([...pool, here]);
+  return out;
+}
+
+/** Digests of many files, in input order, all on this thread (digestFileHere: it yields between 4 MiB reads). */
+export async function digestFilesHere(files: string[]): Promise<Digest[]> {
+  const out: Digest[] = [];
+  const buf = files.length ? Buffer.allocUnsafe(READ_SIZE) : Buffer.alloc(0);
+  for (const f of files) out.push(await digestFileHere(f, buf));
   return out;
 }
 

@@ -89,19 +89,12 @@ export async function describeFiles(dir: string, files: string[], known: Map<str
   return files.map((f) => ({ path: f, ...(known.get(f) ?? computed.get(f)!) }));
 }
 
-export interface VerifyOptions {
-  /** Hash on this thread too (see digestFiles): only for a process with nothing else to do. */
-  inline?: boolean;
-  /** Worker threads at a lower CPU priority (the deferred digests, overlapping CRIU). */
-  background?: boolean;
-}
-
 /**
  * Verify a checkpoint directory against its manifest: exactly the listed
  * files, each with the recorded size and sha256. Throws CheckpointUnusableError.
  */
-export async function verifyCheckpointDir(dir: string, opts: VerifyOptions = {}): Promise<Manifest> {
-  const { manifest, verifyDeferred } = await verifyCheckpointDirStaged(dir, opts);
+export async function verifyCheckpointDir(dir: string): Promise<Manifest> {
+  const { manifest, verifyDeferred } = await verifyCheckpointDirStaged(dir);
   await verifyDeferred();
   return manifest;
 }
@@ -117,7 +110,7 @@ export async function verifyCheckpointDir(dir: string, opts: VerifyOptions = {})
  * up before calling it leaves nothing running.
  */
 export async function verifyCheckpointDirStaged(
-  dir: string, opts: VerifyOptions & { defer?: RegExp } = {},
+  dir: string, opts: { defer?: RegExp } = {},
 ): Promise<{ manifest: Manifest; verifyDeferred: () => Promise<void> }> {
   let text: string;
   try {
@@ -139,15 +132,15 @@ export async function verifyCheckpointDirStaged(
   }
   const later = manifest.files.filter((f) => opts.defer?.test(f.path));
   const now = manifest.files.filter((f) => !later.includes(f));
-  await verifyDigests(dir, now, opts);
+  await verifyDigests(dir, now);
   let deferred: Promise<void> | undefined;
-  return { manifest, verifyDeferred: () => (deferred ??= verifyDigests(dir, later, { background: true })) };
+  return { manifest, verifyDeferred: () => (deferred ??= verifyDigests(dir, later)) };
 }
 
 /** Every file's sha256 (large files on worker threads in parallel). Any mismatch throws. */
-async function verifyDigests(dir: string, files: FileEntry[], opts: VerifyOptions): Promise<void> {
+async function verifyDigests(dir: string, files: FileEntry[]): Promise<void> {
   if (files.length === 0) return;
-  const got = await digestFiles(files.map((f) => path.join(dir, f.path)), { sizes: files.map((f) => f.size), inline: opts.inline, background: opts.background });
+  const got = await digestFiles(files.map((f) => path.join(dir, f.path)), { sizes: files.map((f) => f.size) });
   files.forEach((f, i) => {
     if (got[i]!.sha256 !== f.sha256) throw new CheckpointUnusableError('corrupt', `${f.path}: sha256 mismatch`);
   });

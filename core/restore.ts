@@ -60,7 +60,7 @@ export async function restoreFromCheckpoint(ctx: NodeContext, req: RestoreReques
   // with its own CRIU configuration is left alone: then everything is
   // verified first.
   const overlap = req.spec.annotations?.[CRIU_CONFIG_ANNOTATION] === undefined;
-  const verified = verifyCheckpointDirStaged(dir, { inline: true, defer: overlap ? PAGE_IMAGES : undefined }).then(async (v) => {
+  const verified = verifyCheckpointDirStaged(dir, { defer: overlap ? PAGE_IMAGES : undefined }).then(async (v) => {
     timings.verify = Date.now() - t;
     // The checkpoint's name (ARCH_CHECKPOINT_ID, else the container id) must be the one this container looks for.
     const want = checkpointKeyOf(req.contract, req.id);

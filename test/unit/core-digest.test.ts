@@ -3,7 +3,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { DigestFollower, digestFiles, StreamDigest } from '../../core/digest.js';
+import { DigestFollower, digestFiles, digestFilesHere, StreamDigest } from '../../core/digest.js';
 
 let tmp: string;
 beforeAll(() => {
@@ -13,7 +13,7 @@ afterAll(() => fs.rmSync(tmp, { recursive: true, force: true }));
 
 const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
 
-test('digestFiles: small and large files, inline or not, in input order, equal to sha256 of the bytes', async () => {
+test('digestFiles: small and large files, on worker threads or this one, in input order, equal to sha256 of the bytes', async () => {
   const datas = [randomBytes(10), randomBytes(3 << 20), Buffer.alloc(0), randomBytes(5 << 20), randomBytes(1 << 20)];
   const files = datas.map((d, i) => {
     const f = path.join(tmp, `f${i}`);
@@ -22,7 +22,7 @@ test('digestFiles: small and large files, inline or not, in input order, equal t
   });
   const want = datas.map((d) => ({ size: d.length, sha256: sha(d) }));
   expect(await digestFiles(files)).toEqual(want);
-  expect(await digestFiles(files, { inline: true })).toEqual(want);
+  expect(await digestFilesHere(files)).toEqual(want);
   expect((await digestFiles([files[3]!]))[0]!).toEqual(want[3]);
   await expect(digestFiles([path.join(tmp, 'missing')])).rejects.toThrow(/ENOENT/);
 });
