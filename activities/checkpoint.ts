@@ -8,11 +8,11 @@ import path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { checkpointContainer as coreCheckpoint } from '../core/checkpoint.js';
 import { isNotFound } from '../core/containerd.js';
-import { checkpointDirOf, envListToMap, parseContract } from '../core/env-contract.js';
+import { checkpointStoreOf, contractOptions, envListToMap, parseContract } from '../core/env-contract.js';
 import type { Manifest } from '../core/manifest.js';
 import { CheckpointStore } from '../core/store.js';
 import { FailureType } from '../core/temporal/failures.js';
-import { manifestDigest } from '../core/transfer.js';
+import { manifestDigest, offerTtlFor } from '../core/transfer.js';
 import type { CheckpointInfo, ContainerRef, TransferOffer } from '../workflows/types.js';
 import { activityLog, containerd, fail, mapped, withHeartbeat, type NodeDeps } from './context.js';
 import { throughputEstimator } from './containers.js';
@@ -32,11 +32,12 @@ export interface CheckpointInput {
 }
 
 export function checkpointActivities(d: NodeDeps) {
-  async function containerDirOf(ref: ContainerRef): Promise<{ containerDir: string; mode: 'local' | 'shared' }> {
+  async function containerDirOf(ref: ContainerRef): Promise<{ containerDir: string; mode: 'local' | 'shared'; store: CheckpointStore }> {
     const info = await containerd(d, ref.namespace).info(ref.id);
-    const contract = parseContract(envListToMap(info.spec.process?.env));
+    const contract = parseContract(envListToMap(info.spec.process?.env), contractOptions(d.ctx.settings));
     if (!contract.enabled) throw fail(FailureType.notArchEnabled, `${ref.namespace}/${ref.id} is not ARCH-enabled`);
-    return { containerDir: checkpointDirOf(contract, ref.namespace, ref.id), mode: contract.mode };
+    const store = checkpointStoreOf(contract, ref.namespace, ref.id);
+    return { containerDir: store.containerDir, mode: contract.mode, store };
   }
 
   function describePublished(
@@ -56,7 +57,7 @@ export function checkpointActivities(d: NodeDeps) {
   }
 
   async function offer(dir: string, sha: string): Promise<TransferOffer> {
-    return d.transfer.offerCheckpoint(dir, sha, d.offerTtlMs);
+    return d.transfer.offerCheckpoint(dir, sha, (bytes) => offerTtlFor(d.offerTtlMs, bytes));
   }
 
   return {
@@ -73,7 +74,7 @@ export function checkpointActivities(d: NodeDeps) {
           if (isNotFound(err)) throw fail(FailureType.containerNotFound, `${ref.namespace}/${ref.id} is not a container on node ${d.node}`);
           throw err;
         }
-        const { containerDir, mode } = await containerDirOf(ref);
+        const { containerDir, mode, store: guarded } = await containerDirOf(ref);
         let info: CheckpointInfo;
         if (task && (task.status === 'RUNNING' || task.status === 'PAUSED')) {
           const r = await coreCheckpoint(d.ctx, {
@@ -88,7 +89,7 @@ export function checkpointActivities(d: NodeDeps) {
           info = await describePublished(r.dir, r.containerDir, mode, ref, r.manifest, { timings: r.timings, totalMs: r.totalMs, reused: false });
         } else {
           // Not running: an earlier attempt may have done the work already.
-          const store = new CheckpointStore(containerDir);
+          const store = guarded;
           const dir = await store.current();
           const manifest = dir ? await store.readManifest() : null;
           if (!dir || !manifest || (input.notBefore && manifest.createdAt < input.notBefore)) {
@@ -114,7 +115,8 @@ export function checkpointActivities(d: NodeDeps) {
         await fsp.mkdir(dir, { recursive: true });
         const file = path.join(dir, `${randomBytes(6).toString('hex')}.tar`);
         await containerd(d, input.namespace).ctr(['images', 'export', file, input.image], 600_000);
-        return { ...(await d.transfer.offerFile(file, d.offerTtlMs, () => void fsp.rm(file, { force: true }))), ms: Date.now() - t0 };
+        const { size } = await fsp.stat(file);
+        return { ...(await d.transfer.offerFile(file, offerTtlFor(d.offerTtlMs, size), () => void fsp.rm(file, { force: true }))), ms: Date.now() - t0 };
       });
     },
 

@@ -4,7 +4,7 @@
  */
 import { isNotFound } from '../core/containerd.js';
 import { nodeThroughputFile, planDrain, ThroughputEstimator } from '../core/drain-plan.js';
-import { checkpointDirOf, envListToMap, parseContract } from '../core/env-contract.js';
+import { checkpointStoreOf, contractOptions, envListToMap, parseContract } from '../core/env-contract.js';
 import { CheckpointStore } from '../core/store.js';
 import { validateContainerId, validateNamespace } from '../core/ids.js';
 import { listArchContainers } from '../core/node-containers.js';
@@ -40,14 +40,14 @@ export function containerActivities(d: NodeDeps) {
         if (task?.status === 'RUNNING') continue;
         let spec: ContainerSpec | undefined;
         try {
-          spec = specFromInfo(await cd.info(id), ns);
+          spec = specFromInfo(await cd.info(id), ns, contractOptions(d.ctx.settings));
         } catch {
           continue; // invalid ARCH_* settings: arch-runc runs it without ARCH
         }
         if (!spec) continue;
-        const contract = parseContract(envListToMap(spec.env));
+        const contract = parseContract(envListToMap(spec.env), contractOptions(d.ctx.settings));
         if (!contract.enabled) continue;
-        const store = new CheckpointStore(checkpointDirOf(contract, ns, id));
+        const store = checkpointStoreOf(contract, ns, id);
         const m = await store.readManifest().catch(() => null);
         const dir = await store.current().catch(() => null);
         if (!m || !dir) continue;
@@ -130,7 +130,7 @@ export function containerActivities(d: NodeDeps) {
           if (isNotFound(err)) throw fail(FailureType.containerNotFound, `${ref.namespace}/${ref.id} is not a container on node ${d.node}`, { node: d.node });
           throw err;
         }
-        const spec = specFromInfo(info, ref.namespace);
+        const spec = specFromInfo(info, ref.namespace, contractOptions(d.ctx.settings));
         if (!spec) throw fail(FailureType.notArchEnabled, `${ref.namespace}/${ref.id} on node ${d.node} is not ARCH-enabled (no ARCH_ENABLE=1 in its environment)`);
         const task = await cd.task(ref.id);
         return { spec, status: task?.status ?? 'ABSENT', ms: Date.now() - t0 };
@@ -159,7 +159,7 @@ export function containerActivities(d: NodeDeps) {
           // replaced by the restore; anything else of that name is not ours.
           let arch = false;
           try {
-            arch = specFromInfo(await cd.info(input.ref.id), input.ref.namespace) !== undefined;
+            arch = specFromInfo(await cd.info(input.ref.id), input.ref.namespace, contractOptions(d.ctx.settings)) !== undefined;
           } catch {
             arch = false;
           }

@@ -8,7 +8,7 @@ import path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Containerd } from '../core/containerd.js';
-import { checkpointDirOf, envListToMap, parseContract } from '../core/env-contract.js';
+import { checkpointStoreOf, contractOptions, envListToMap, parseContract } from '../core/env-contract.js';
 import { errorMessage } from '../core/errors.js';
 import { Runc } from '../core/runc.js';
 import { readShimState } from '../core/shim-state.js';
@@ -18,6 +18,7 @@ import { fetchCheckpoint, fetchFile, manifestDigest, type Offer } from '../core/
 import type { ContainerRef, ContainerSpec, ReceiveResult, RestoreResult, TransferOffer } from '../workflows/types.js';
 import { activityLog, containerd, fail, mapped, withHeartbeat, type NodeDeps } from './context.js';
 import { runOptionsFor } from './spec.js';
+import { trustOf } from '../core/trust.js';
 
 /** Which checkpoint the restore must use: the one the source published. */
 export interface ExpectedCheckpoint {
@@ -27,10 +28,10 @@ export interface ExpectedCheckpoint {
   createdAt: string;
 }
 
-function storeFor(spec: Pick<ContainerSpec, 'env' | 'namespace' | 'id'>): CheckpointStore {
-  const contract = parseContract(envListToMap(spec.env));
+function storeFor(d: NodeDeps, spec: Pick<ContainerSpec, 'env' | 'namespace' | 'id'>): CheckpointStore {
+  const contract = parseContract(envListToMap(spec.env), contractOptions(d.ctx.settings));
   if (!contract.enabled) throw fail(FailureType.notArchEnabled, `${spec.namespace}/${spec.id} is not ARCH-enabled`);
-  return new CheckpointStore(checkpointDirOf(contract, spec.namespace, spec.id));
+  return checkpointStoreOf(contract, spec.namespace, spec.id);
 }
 
 /** Does this node's store hold exactly the expected checkpoint? Returns its dir. */
@@ -91,7 +92,7 @@ export function restoreActivities(d: NodeDeps) {
       const log = activityLog(d, { namespace: spec.namespace, container: spec.id, phase: 'transfer' });
       return withHeartbeat({ phase: 'transfer' }, async (signal, report) => {
         const t0 = Date.now();
-        const store = storeFor(spec);
+        const store = storeFor(d, spec);
         const present = await expectedPresent(store, input.expected);
         if (present) {
           log.info({ dir: present }, 'checkpoint already on this node (shared storage or earlier attempt)');
@@ -106,6 +107,7 @@ export function restoreActivities(d: NodeDeps) {
           store,
           fsync: d.ctx.settings.fsync,
           ca: d.transferCa,
+          trust: trustOf(d.ctx.settings),
           signal,
           onProgress: (p) => report({ phase: 'transfer', bytesDone: p.bytesDone, bytesTotal: p.bytesTotal, files: p.files }),
         });
@@ -162,7 +164,7 @@ export function restoreActivities(d: NodeDeps) {
         }
         timings.cleanup = Date.now() - t;
 
-        const store = storeFor(spec);
+        const store = storeFor(d, spec);
         // Without an expected checkpoint (resume after pause) the current one is it.
         const dir = input.expected ? await expectedPresent(store, input.expected) : await store.current().catch(() => null);
         if (!dir && spec.mode === 'shared') {
@@ -237,7 +239,7 @@ export function restoreActivities(d: NodeDeps) {
           await cd.removeContainer(spec.id);
         }
         let removedCheckpoint = false;
-        const store = storeFor(spec);
+        const store = storeFor(d, spec);
         if (input.removeCheckpoint && input.expected && (await expectedPresent(store, input.expected))) {
           await store.remove();
           removedCheckpoint = true;

@@ -4,7 +4,7 @@
  */
 import path from 'node:path';
 import type { ContainerInfo, RunOptions } from '../core/containerd.js';
-import { envListToMap, parseContract } from '../core/env-contract.js';
+import { envListToMap, parseContract, type ContractOptions } from '../core/env-contract.js';
 import type { ContainerSpec, MountSpec } from '../workflows/types.js';
 
 /** Mounts containerd (ctr) puts in every spec by itself; replaying them would duplicate them. */
@@ -25,9 +25,9 @@ export function userMounts(mounts: NonNullable<ContainerInfo['spec']['mounts']>)
 }
 
 /** Throws ArchInputError when the container's ARCH_* variables are invalid; returns undefined when ARCH is off. */
-export function specFromInfo(info: ContainerInfo, namespace: string): ContainerSpec | undefined {
+export function specFromInfo(info: ContainerInfo, namespace: string, opts: ContractOptions): ContainerSpec | undefined {
   const env = info.spec.process?.env ?? [];
-  const contract = parseContract(envListToMap(env));
+  const contract = parseContract(envListToMap(env), opts);
   if (!contract.enabled) return undefined;
   const namespaces = (info.spec.linux as { namespaces?: { type: string }[] } | undefined)?.namespaces ?? [];
   return {

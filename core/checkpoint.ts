@@ -4,11 +4,14 @@ import { CgroupFreezer } from './cgroup-freezer.js';
 import { criuRunEnv } from './criu-network-lock.js';
 import type { NodeContext } from './context.js';
 import { DigestFollower, type Digest } from './digest.js';
-import { checkpointDirOf, envListToMap, parseContract, type EnabledContract } from './env-contract.js';
+import { checkpointKeyOf, checkpointStoreOf, contractOptions, envListToMap, parseContract, type EnabledContract } from './env-contract.js';
 import { ArchInputError, errorMessage } from './errors.js';
+import { FreezeGuard } from './freeze-guard.js';
 import { validateContainerId, validateNamespace } from './ids.js';
 import { FORMAT_VERSION, type Manifest } from './manifest.js';
 import { readSpec, rootfsOf, type OciSpec } from './oci-spec.js';
+import { ownerOf } from './owner.js';
+import { trustOf } from './trust.js';
 import { captureDiff, DELETED_FILES, findUpperDir, ROOTFS_TAR } from './rootfs-diff.js';
 import { Runc } from './runc.js';
 import { lockCheckpoint, updateShimState } from './shim-state.js';
@@ -80,7 +83,7 @@ export async function inspectArchContainer(
     throw new ArchInputError('container', `${namespace}/${id} is not a container on this node (${runc.root}): ${firstLine(err)}`, 'check the namespace and id with `arch-cli ls`');
   }
   const spec = await readSpec(state.bundle);
-  const contract = parseContract(envListToMap(spec.process?.env), undefined);
+  const contract = parseContract(envListToMap(spec.process?.env), contractOptions(ctx.settings));
   if (!contract.enabled) {
     throw new ArchInputError('ARCH_ENABLE', `${namespace}/${id} is not ARCH-enabled`, 'run the container with ARCH_ENABLE=1 in its environment');
   }
@@ -127,9 +130,11 @@ async function checkpointLocked(ctx: NodeContext, req: CheckpointRequest, c: Con
   // Asked now (runc and criu --version, once per process) so it runs during the dump, not while frozen after it.
   const versionsAsked = runtimeVersions(ctx.settings);
   const criuAsked = criuRunEnv(ctx.settings);
-  const containerDir = checkpointDirOf(c.contract, req.namespace, req.id);
-  const store = new CheckpointStore(containerDir);
-  const staging = await store.begin();
+  // Whose job this is (pod namespace, image), recorded in the signed manifest: asked during the dump too.
+  const ownerAsked = ownerOf(c.spec, req.namespace, req.id, c.pid > 0 ? c.pid : process.pid);
+  const store = checkpointStoreOf(c.contract, req.namespace, req.id);
+  const containerDir = store.containerDir;
+  const staging = await store.begin({ namespace: req.namespace, key: checkpointKeyOf(c.contract, req.id), containerId: req.id, node: ctx.settings.nodeName });
   const upper = await findUpperDir(rootfsOf(c.bundle, c.spec));
   const wasPaused = c.status === 'paused';
   // Freeze/thaw/kill through the cgroup (no runc exec while frozen); runc where the layout is unknown.
@@ -142,6 +147,21 @@ async function checkpointLocked(ctx: NodeContext, req: CheckpointRequest, c: Con
     // Thaw so the killed processes die (runc may already have thawed them).
     await c.runc.resume(req.id).catch(() => undefined);
   };
+  // Whoever freezes makes sure of the thaw: if this process dies while the container is frozen, the guard's watcher thaws it.
+  const armGuard = (imageDir: string) =>
+    FreezeGuard.arm(
+      {
+        pid: process.pid,
+        id: req.id,
+        runcRoot: c.runc.root,
+        cgroup: cgroup && { version: cgroup.version, dir: cgroup.dir },
+        runc: { runc: ctx.settings.runc, criu: ctx.settings.criu, criuNoBreakpoints: ctx.settings.criuNoBreakpoints },
+        imageDir,
+        log: { logFile: ctx.settings.logFile, logLevel: ctx.settings.logLevel, nodeName: ctx.settings.nodeName },
+      },
+      log,
+    );
+  let guard: FreezeGuard | undefined;
   let frozen = false;
   let published = false;
   try {
@@ -162,6 +182,7 @@ async function checkpointLocked(ctx: NodeContext, req: CheckpointRequest, c: Con
     } else {
       timings.prepare = Date.now() - t0; // lock, inspect, staging: before the container is touched
       if (!wasPaused) {
+        guard = armGuard(criuDir);
         await freeze();
         frozen = true;
       }
@@ -208,6 +229,7 @@ async function checkpointLocked(ctx: NodeContext, req: CheckpointRequest, c: Con
         containerId: req.id,
         ...(c.contract.checkpointId ? { checkpointId: c.contract.checkpointId } : {}),
         image: req.image,
+        owner: await ownerAsked,
         node: ctx.settings.nodeName,
         createdAt: new Date().toISOString(),
         mode: c.contract.mode,
@@ -216,9 +238,12 @@ async function checkpointLocked(ctx: NodeContext, req: CheckpointRequest, c: Con
         timingsMs: timings,
         rootfs: { files: diff.files, bytes: diff.bytes, deletions: diff.deletions },
       },
-      { fsync: ctx.settings.fsync, onPhase: (p, ms) => (timings[p] = ms), known, deferPrune: true },
+      { fsync: ctx.settings.fsync, onPhase: (p, ms) => (timings[p] = ms), known, deferPrune: true, trust: trustOf(ctx.settings) },
     );
     published = true;
+    if (pub.unsignedBecause) {
+      log.error({ phase: 'checkpoint', reason: 'unsigned', err: pub.unsignedBecause, dir: pub.dir }, 'checkpoint published UNSIGNED: no node restores it (unless ARCH_ACCEPT_UNSIGNED=1); give this node its signing key');
+    }
     lap('publish', t);
     // Stopped by this checkpoint: delete must keep it (the shim reads this).
     // A container left running is not: if it later exits by itself, its job is done.
@@ -231,6 +256,7 @@ async function checkpointLocked(ctx: NodeContext, req: CheckpointRequest, c: Con
         await thaw(); // a container the user had paused stays paused
       }
       frozen = false;
+      guard?.disarm();
     }
     lap('stop', t);
     // The container is stopped (or running again): only now drop the checkpoint this one replaces.
@@ -242,8 +268,12 @@ async function checkpointLocked(ctx: NodeContext, req: CheckpointRequest, c: Con
     if (!published) await store.abort(staging).catch(() => undefined);
     if (frozen) {
       // Nothing was published: let the job go on as if we had never come.
-      await thaw().catch((e) => log.error({ phase: 'checkpoint', err: errorMessage(e) }, 'could not thaw container after a failed checkpoint'));
+      await thaw().catch((e) => {
+        log.error({ phase: 'checkpoint', err: errorMessage(e) }, 'could not thaw container after a failed checkpoint');
+        guard?.handOver(); // its watcher goes on trying
+      });
     }
+    guard?.disarm();
     log.error({ phase: 'checkpoint', durationMs: Date.now() - t0, err: errorMessage(err) }, 'checkpoint failed; previous checkpoint (if any) kept');
     throw err;
   }

@@ -1,7 +1,9 @@
 import path from 'node:path';
 import { ArchInputError } from './errors.js';
 import { validateContainerId } from './ids.js';
+import { requireAllowedRoot } from './host-dirs.js';
 import { containerDir, requireAbsolutePath } from './paths.js';
+import { CheckpointStore } from './store.js';
 
 /**
  * The container contract (kept exactly from the original ARCH): environment
@@ -15,6 +17,8 @@ import { containerDir, requireAbsolutePath } from './paths.js';
  */
 interface ContractCommon {
   enabled: true;
+  /** The node's allowed root (ARCH_ALLOWED_ROOTS) that holds this container's directories: nothing below it is followed through a symlink. */
+  allowedRoot: string;
   priority: number;
   /** ARCH_CHECKPOINT_ID: the checkpoint's name when it is not the container id. */
   checkpointId?: string;
@@ -58,11 +62,21 @@ export function envListToMap(list: readonly string[] | undefined): Map<string, s
   return m;
 }
 
+export interface ContractOptions {
+  /** The node's ARCH_ALLOWED_ROOTS: every host path the container names must lie under one. */
+  allowedRoots: readonly string[];
+  /** Where a container that names no host path keeps its checkpoints (none: such a container is refused). */
+  defaultCheckpointRoot?: string;
+}
+
 /**
  * Parse and validate the contract. Throws ArchInputError naming the variable
  * and the fix; callers on the create path log it and start the container fresh.
+ * The host paths are the container owner's input: the node's allowed roots
+ * decide whether they may be used at all.
  */
-export function parseContract(env: Map<string, string>, defaultCheckpointRoot?: string): ArchContract {
+export function parseContract(env: Map<string, string>, opts: ContractOptions): ArchContract {
+  const { defaultCheckpointRoot } = opts;
   const enable = env.get(ENV.enable);
   if (enable === undefined || enable === '0') return { enabled: false };
   if (enable !== '1') {
@@ -71,6 +85,7 @@ export function parseContract(env: Map<string, string>, defaultCheckpointRoot?: 
   const priority = parsePriority(env.get(ENV.priority));
   const checkpointId = parseCheckpointId(env.get(ENV.checkpointId));
   const common = { enabled: true as const, priority, ...(checkpointId ? { checkpointId } : {}) };
+  const allowed = (p: string, field: string) => ({ ...common, allowedRoot: requireAllowedRoot(p, opts.allowedRoots, field) });
   const shared = env.get(ENV.sharedHostPath);
   const workdir = env.get(ENV.workdirContainerPath);
   if (shared !== undefined && shared !== '') {
@@ -86,7 +101,7 @@ export function parseContract(env: Map<string, string>, defaultCheckpointRoot?: 
     if (wd === '/') {
       throw new ArchInputError(ENV.workdirContainerPath, 'is "/"', 'use a sub-directory such as /work: the root of the container cannot be a bind mount');
     }
-    return { ...common, mode: 'shared', sharedRoot, checkpointRoot: path.join(sharedRoot, 'checkpoint'), workdirContainerPath: wd };
+    return { ...allowed(sharedRoot, ENV.sharedHostPath), mode: 'shared', sharedRoot, checkpointRoot: path.join(sharedRoot, 'checkpoint'), workdirContainerPath: wd };
   }
   if (workdir !== undefined && workdir !== '') {
     throw new ArchInputError(
@@ -97,10 +112,11 @@ export function parseContract(env: Map<string, string>, defaultCheckpointRoot?: 
   }
   const local = env.get(ENV.checkpointHostPath);
   if (local === undefined || local === '') {
-    if (defaultCheckpointRoot) return { ...common, mode: 'local', checkpointRoot: defaultCheckpointRoot };
+    if (defaultCheckpointRoot) return { ...common, allowedRoot: defaultCheckpointRoot, mode: 'local', checkpointRoot: defaultCheckpointRoot };
     throw new ArchInputError(ENV.checkpointHostPath, 'is not set', `set ${ENV.checkpointHostPath}=/var/lib/arch (local mode) or ${ENV.sharedHostPath} and ${ENV.workdirContainerPath} (shared mode)`);
   }
-  return { ...common, mode: 'local', checkpointRoot: requireAbsolutePath(local, ENV.checkpointHostPath) };
+  const checkpointRoot = requireAbsolutePath(local, ENV.checkpointHostPath);
+  return { ...allowed(checkpointRoot, ENV.checkpointHostPath), mode: 'local', checkpointRoot };
 }
 
 function parsePriority(v: string | undefined): number {
@@ -125,6 +141,19 @@ export function checkpointKeyOf(contract: EnabledContract, id: string): string {
 /** Where this container's checkpoints live: <checkpointRoot>/<ns>/<ARCH_CHECKPOINT_ID or id>. */
 export function checkpointDirOf(contract: EnabledContract, namespace: string, id: string): string {
   return containerDir(contract.checkpointRoot, namespace, checkpointKeyOf(contract, id));
+}
+
+/** The contract options a node's settings give. */
+export function contractOptions(settings: { allowedRoots: readonly string[]; defaultCheckpointRoot: string }, withDefault = false): ContractOptions {
+  return { allowedRoots: settings.allowedRoots, ...(withDefault ? { defaultCheckpointRoot: settings.defaultCheckpointRoot } : {}) };
+}
+
+/** This container's checkpoint store, walked from its allowed root without following symlinks. */
+export function checkpointStoreOf(contract: EnabledContract, namespace: string, id: string): CheckpointStore {
+  return new CheckpointStore(checkpointDirOf(contract, namespace, id), {
+    root: contract.allowedRoot,
+    field: contract.mode === 'shared' ? ENV.sharedHostPath : ENV.checkpointHostPath,
+  });
 }
 
 /** Shared mode only: <sharedRoot>/work/<ns>/<ARCH_CHECKPOINT_ID or id>, bind-mounted at the workdir. */

@@ -1,7 +1,7 @@
 import fsp from 'node:fs/promises';
 import path from 'node:path';
 import type { NodeContext } from './context.js';
-import { checkpointDirOf, envListToMap, parseContract, type EnabledContract } from './env-contract.js';
+import { checkpointStoreOf, contractOptions, envListToMap, parseContract, type EnabledContract } from './env-contract.js';
 import { errorMessage } from './errors.js';
 import { readSpec, rootfsOf } from './oci-spec.js';
 import { findUpperDir } from './rootfs-diff.js';
@@ -49,7 +49,7 @@ export async function listArchContainers(
       let contract;
       try {
         spec = await readSpec(st.bundle);
-        contract = parseContract(envListToMap(spec.process?.env));
+        contract = parseContract(envListToMap(spec.process?.env), contractOptions(ctx.settings));
       } catch (err) {
         ctx.log.warn({ namespace, container: st.id, err: errorMessage(err) }, 'skipping container with unreadable or invalid ARCH settings');
         continue;
@@ -70,7 +70,7 @@ export async function listArchContainers(
           ctx.log.warn({ namespace, container: st.id, err: errorMessage(err) }, 'cannot size the container\'s writable layer; listed without it');
         }
       }
-      const store = new CheckpointStore(checkpointDirOf(contract, namespace, st.id));
+      const store = checkpointStoreOf(contract, namespace, st.id);
       const dir = await store.current().catch(() => null);
       const m = dir ? await store.readManifest().catch(() => null) : null;
       if (m && dir) c.checkpoint = { dir, createdAt: m.createdAt, sizeBytes: m.files.reduce((a, f) => a + f.size, 0), node: m.node };

@@ -3,13 +3,15 @@ import path from 'node:path';
 import { CgroupFreezer } from './cgroup-freezer.js';
 import { criuRunEnv } from './criu-network-lock.js';
 import type { NodeContext } from './context.js';
-import { checkpointDirOf, checkpointKeyOf, type EnabledContract } from './env-contract.js';
+import { checkpointKeyOf, checkpointStoreOf, type EnabledContract } from './env-contract.js';
 import { CheckpointUnusableError, errorMessage } from './errors.js';
 import { verifyCheckpointDirStaged, type Manifest } from './manifest.js';
 import { rootfsOf, writeSpec, type OciSpec } from './oci-spec.js';
+import { assertSameOwner, ownerOf } from './owner.js';
 import { applyDiff, findUpperDir } from './rootfs-diff.js';
 import type { Runc } from './runc.js';
 import { CheckpointStore } from './store.js';
+import { trustOf } from './trust.js';
 
 /**
  * Restore a container in place of its create: the bundle, pid file, console
@@ -46,7 +48,7 @@ const BUNDLE_CRIU_CONFIG = 'arch-criu.conf';
 
 export async function restoreFromCheckpoint(ctx: NodeContext, req: RestoreRequest): Promise<RestoreResult | undefined> {
   const timings: Record<string, number> = {};
-  const store = new CheckpointStore(checkpointDirOf(req.contract, req.namespace, req.id));
+  const store = checkpointStoreOf(req.contract, req.namespace, req.id);
   const dir = await store.current();
   if (!dir) return undefined;
   let t = Date.now();
@@ -60,7 +62,14 @@ export async function restoreFromCheckpoint(ctx: NodeContext, req: RestoreReques
   // with its own CRIU configuration is left alone: then everything is
   // verified first.
   const overlap = req.spec.annotations?.[CRIU_CONFIG_ANNOTATION] === undefined;
-  const verified = verifyCheckpointDirStaged(dir, { defer: overlap ? PAGE_IMAGES : undefined }).then(async (v) => {
+  const trust = trustOf(ctx.settings);
+  // Who this container is (pod namespace, image: containerd's record), asked while the checkpoint is verified.
+  const ownerAsked = ownerOf(req.spec, req.namespace, req.id, process.pid);
+  // The manifest's signature, then every size and every digest but the page
+  // images', then whose checkpoint it is: all before a byte of the archive
+  // is extracted (a forged archive must never reach the disk, not even for
+  // the moment it takes a parallel check to fail).
+  const verified = verifyCheckpointDirStaged(dir, { defer: overlap ? PAGE_IMAGES : undefined, trust }).then(async (v) => {
     timings.verify = Date.now() - t;
     // The checkpoint's name (ARCH_CHECKPOINT_ID, else the container id) must be the one this container looks for.
     const want = checkpointKeyOf(req.contract, req.id);
@@ -68,17 +77,18 @@ export async function restoreFromCheckpoint(ctx: NodeContext, req: RestoreReques
     if (v.manifest.namespace !== req.namespace || have !== want) {
       throw new CheckpointUnusableError('identity', `checkpoint is for ${v.manifest.namespace}/${have}, not ${req.namespace}/${want}`);
     }
+    assertSameOwner(v.manifest.owner, await ownerAsked, trust.acceptUnsigned && v.signer === 'unsigned');
+    if (v.signer === 'unsigned') {
+      ctx.log.warn({ namespace: req.namespace, container: req.id, checkpointDir: dir, reason: 'unsigned' }, 'restoring an UNSIGNED checkpoint because ARCH_ACCEPT_UNSIGNED=1 (meant for upgrades only: unset it once the old checkpoints are gone)');
+    }
     return v;
   });
-  // The writable layer is written while that runs: its archive is handled as
-  // untrusted input anyway (applyDiff refuses escapes, devices, links out),
-  // and if verification fails the layer is emptied again before anything runs.
-  const layer = (async () => {
+  const layer = verified.then(async (v) => {
     const upper = await findUpperDir(rootfsOf(req.bundle, req.spec));
     if (upper) {
       await assertEmptyLayer(upper); // not ours to clear when this fails
       try {
-        await applyDiff(dir, upper);
+        await applyDiff(dir, upper, v.manifest.rootfs.bytes);
       } catch (err) {
         await clearDir(upper);
         throw err;
@@ -86,10 +96,9 @@ export async function restoreFromCheckpoint(ctx: NodeContext, req: RestoreReques
     }
     timings.rootfs = Date.now() - t;
     return upper;
-  })();
+  });
   const [v, l] = await Promise.allSettled([verified, layer]);
   if (v.status === 'rejected' || l.status === 'rejected') {
-    if (l.status === 'fulfilled' && l.value) await clearDir(l.value);
     // A failed verification explains a bad archive too: it comes first.
     throw v.status === 'rejected' ? v.reason : (l as PromiseRejectedResult).reason;
   }

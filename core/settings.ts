@@ -26,6 +26,12 @@ export interface Settings {
   runcRootBase: string;
   /** Checkpoint root for containers that set no ARCH_*_HOST_PATH. */
   defaultCheckpointRoot: string;
+  /**
+   * ARCH_ALLOWED_ROOTS: the only host directories under which a container's
+   * ARCH_CHECKPOINT_HOST_PATH / ARCH_SHAREDFS_HOST_PATH may lie (core/host-dirs.ts).
+   * The default checkpoint root is always one of them.
+   */
+  allowedRoots: string[];
   temporalCli: string;
   /** TLS for the checkpoint transfer server (PEM files): this node serves over https when both are set. */
   transferTlsCert: string | undefined;
@@ -96,6 +102,7 @@ export function loadSettings(env: NodeJS.ProcessEnv = process.env): Settings {
     const [set, unset] = transferTlsCert ? ['ARCH_TRANSFER_TLS_CERT', 'ARCH_TRANSFER_TLS_KEY'] : ['ARCH_TRANSFER_TLS_KEY', 'ARCH_TRANSFER_TLS_CERT'];
     throw new ArchInputError(unset, `is not set but ${set} is`, `set both (PEM certificate and its private key) or neither`);
   }
+  const defaultCheckpointRoot = requireAbsolutePath(get('ARCH_DEFAULT_CHECKPOINT_PATH') || '/var/lib/arch/checkpoints', 'ARCH_DEFAULT_CHECKPOINT_PATH');
   return {
     runc: get('ARCH_RUNC') || 'runc',
     criu: get('ARCH_CRIU') || 'criu',
@@ -106,7 +113,8 @@ export function loadSettings(env: NodeJS.ProcessEnv = process.env): Settings {
     logLevel: get('ARCH_LOG_LEVEL') || 'info',
     nodeName: get('ARCH_NODE_NAME') || os.hostname(),
     runcRootBase: requireAbsolutePath(get('ARCH_RUNC_ROOT') || '/run/containerd/runc', 'ARCH_RUNC_ROOT'),
-    defaultCheckpointRoot: requireAbsolutePath(get('ARCH_DEFAULT_CHECKPOINT_PATH') || '/var/lib/arch/checkpoints', 'ARCH_DEFAULT_CHECKPOINT_PATH'),
+    defaultCheckpointRoot,
+    allowedRoots: parseAllowedRoots(get('ARCH_ALLOWED_ROOTS'), defaultCheckpointRoot),
     temporalCli: get('ARCH_TEMPORAL_CLI') || 'temporal',
     transferTlsCert,
     transferTlsKey,
@@ -115,6 +123,19 @@ export function loadSettings(env: NodeJS.ProcessEnv = process.env): Settings {
     temporalNamespace: get('TEMPORAL_NAMESPACE') || 'default',
     configFile,
   };
+}
+
+/** Default of ARCH_ALLOWED_ROOTS. */
+export const DEFAULT_ALLOWED_ROOTS = ['/var/lib/arch'];
+
+/** ARCH_ALLOWED_ROOTS: absolute directories separated by ":" or ","; "/" alone is refused (it would allow everything). */
+export function parseAllowedRoots(v: string | undefined, defaultCheckpointRoot: string): string[] {
+  const listed = v === undefined || v.trim() === '' ? DEFAULT_ALLOWED_ROOTS : v.split(/[:,]/).map((s) => s.trim()).filter(Boolean);
+  const roots = listed.map((r) => requireAbsolutePath(r, 'ARCH_ALLOWED_ROOTS'));
+  if (roots.includes('/')) {
+    throw new ArchInputError('ARCH_ALLOWED_ROOTS', 'contains "/"', 'list only the directories that hold checkpoints and shared work dirs, e.g. /var/lib/arch:/mnt/shared');
+  }
+  return [...new Set([...roots, defaultCheckpointRoot])];
 }
 
 /** Environment for runc calls that reach CRIU: runc passes its own env to criu. */

@@ -28,6 +28,10 @@ export interface ShimState {
   /** The checkpoint this container was restored from (kept after start): proof of a restore. */
   restoredFrom?: string;
   workDir?: string;
+  /** The allowed root both directories lie under (absent in states of ARCH before 0.2: then nothing is removed). */
+  allowedRoot?: string;
+  /** The setting that named the checkpoint's home (for errors). */
+  checkpointField?: string;
   createdAt: string;
 }
 

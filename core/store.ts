@@ -2,9 +2,11 @@ import { randomBytes } from 'node:crypto';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
 import type { Digest } from './digest.js';
-import { CheckpointUnusableError } from './errors.js';
+import { ArchInputError, CheckpointUnusableError } from './errors.js';
+import { holdDir, mayRemove, type HeldDir } from './host-dirs.js';
 import { isAlive } from './pid.js';
 import { describeFiles, listFiles, MANIFEST_FILE, parseManifest, verifyCheckpointDir, type Manifest } from './manifest.js';
+import { loadTrust, signManifest, SIGNATURE_FILE, type Trust } from './trust.js';
 
 /**
  * One container's checkpoints: <root>/<ns>/<id>/.
@@ -26,11 +28,46 @@ export interface Staging {
   dir: string;
 }
 
+/** Who a checkpoint directory is written for (its ownership record). */
+export interface StoreOwner {
+  namespace: string;
+  /** ARCH_CHECKPOINT_ID or the container id. */
+  key: string;
+  containerId: string;
+  node: string;
+}
+
+/** Names ARCH itself gives entries of a container's checkpoint directory. */
+const ARCH_ENTRY_RE = /^(current|ckpt-[0-9TZ-]+-[0-9a-f]{8}|\.staging-.*|\.current-[0-9a-f]{8})$/;
+
 export class CheckpointStore {
-  constructor(readonly containerDir: string) {}
+  /**
+   * `guard`: the allowed root the directory lies under and the setting that
+   * named it. With it, every use walks from the root without following a
+   * symlink (core/host-dirs.ts) and only a directory whose ownership record
+   * names the container is removed. Without it the directory is the node's own.
+   */
+  constructor(
+    readonly containerDir: string,
+    readonly guard?: { root: string; field: string },
+  ) {}
+
+  private hold(create: boolean): Promise<HeldDir | undefined> {
+    return holdDir({ root: this.guard!.root, target: this.containerDir, kind: 'checkpoint', create, field: this.guard!.field });
+  }
+
+  /** Throw ArchInputError when the way to this directory is not one ARCH may use (symlinks, nesting). */
+  async checkPath(): Promise<void> {
+    if (this.guard) await (await this.hold(false))?.close();
+  }
 
   /** The published checkpoint directory, or null if there is none. */
   async current(): Promise<string | null> {
+    if (this.guard) {
+      const held = await this.hold(false);
+      if (!held) return null;
+      await held.close();
+    }
     let target: string;
     try {
       target = await fsp.readlink(path.join(this.containerDir, CURRENT_LINK));
@@ -58,8 +95,9 @@ export class CheckpointStore {
     return { dir, manifest: await verifyCheckpointDir(dir) };
   }
 
-  async begin(): Promise<Staging> {
-    await fsp.mkdir(this.containerDir, { recursive: true, mode: 0o700 });
+  async begin(owner?: StoreOwner): Promise<Staging> {
+    if (this.guard) await this.claim(owner);
+    else await fsp.mkdir(this.containerDir, { recursive: true, mode: 0o700 });
     await this.removeDeadStagings();
     const dir = path.join(this.containerDir, `${STAGING_PREFIX}${process.pid}-${randomBytes(4).toString('hex')}`);
     await fsp.mkdir(dir, { mode: 0o700 });
@@ -83,8 +121,10 @@ export class CheckpointStore {
       known?: Map<string, Digest>;
       /** Leave the previous checkpoint for the caller to prune() (after its time-critical part). */
       deferPrune?: boolean;
+      /** The node's keys (default: from its settings). */
+      trust?: Trust;
     },
-  ): Promise<{ dir: string; manifest: Manifest; sizeBytes: number; prune: () => Promise<void> }> {
+  ): Promise<{ dir: string; manifest: Manifest; sizeBytes: number; prune: () => Promise<void>; unsignedBecause?: string }> {
     let finalDir: string | undefined;
     let tmpLink: string | undefined;
     let linked = false;
@@ -93,7 +133,12 @@ export class CheckpointStore {
       const files = await describeFiles(staging.dir, await listFiles(staging.dir), opts.known);
       opts.onPhase?.('digest', Date.now() - t);
       const manifest: Manifest = { ...meta, files };
-      await fsp.writeFile(path.join(staging.dir, MANIFEST_FILE), JSON.stringify(manifest, null, 1));
+      const bytes = Buffer.from(JSON.stringify(manifest, null, 1));
+      await fsp.writeFile(path.join(staging.dir, MANIFEST_FILE), bytes);
+      // Signed as written (restore verifies these exact bytes), before the fsync and the rename publish both.
+      const trust = opts.trust ?? loadTrust();
+      const signature = signManifest(bytes, trust);
+      if (signature) await fsp.writeFile(path.join(staging.dir, SIGNATURE_FILE), signature);
       t = Date.now();
       if (opts.fsync) await fsyncTree(staging.dir);
       opts.onPhase?.('fsync', Date.now() - t);
@@ -112,7 +157,8 @@ export class CheckpointStore {
       };
       if (!opts.deferPrune) await prune();
       const sizeBytes = files.reduce((a, f) => a + f.size, 0);
-      return { dir: finalDir, manifest, sizeBytes, prune: opts.deferPrune ? prune : async () => undefined };
+      // Unsigned (the node has no key): published all the same, and the caller says loudly that no node will restore it.
+      return { dir: finalDir, manifest, sizeBytes, prune: opts.deferPrune ? prune : async () => undefined, ...(signature ? {} : { unsignedBecause: trust.signerProblem }) };
     } catch (err) {
       await this.abort(staging).catch(() => undefined);
       // Renamed but never made current: nobody would ever read or remove it.
@@ -122,9 +168,70 @@ export class CheckpointStore {
     }
   }
 
-  /** Remove every checkpoint of this container (after a clean exit). */
-  async remove(): Promise<void> {
-    await fsp.rm(this.containerDir, { recursive: true, force: true });
+  /**
+   * Create the directory (recording ARCH as its creator) or take it over for
+   * `owner`. An existing directory without a record is taken only when it
+   * holds nothing but ARCH's own entries (a checkpoint made before records
+   * existed): anything else is not ARCH's to write into, or later to remove.
+   */
+  private async claim(owner: StoreOwner | undefined): Promise<void> {
+    const held = (await this.hold(true))!;
+    try {
+      const now = new Date().toISOString();
+      const base = owner ?? { namespace: '?', key: path.basename(this.containerDir), containerId: '?', node: '?' };
+      if (held.created) {
+        await held.writeRecord({ kind: 'checkpoint', ...base, createdByArch: true, createdAt: now });
+      } else if (!held.record) {
+        const foreign = (await fsp.readdir(held.fdPath)).filter((n) => !ARCH_ENTRY_RE.test(n));
+        if (foreign.length > 0) {
+          throw new ArchInputError(
+            this.guard!.field,
+            `"${this.containerDir}" exists and is not an ARCH checkpoint directory (it holds ${foreign.slice(0, 3).join(', ')})`,
+            'point it at a directory of its own that ARCH creates (a new path, or remove that directory)',
+          );
+        }
+        await held.writeRecord({ kind: 'checkpoint', ...base, createdByArch: true, createdAt: now });
+      } else if (owner && (held.record.containerId !== owner.containerId || held.record.namespace !== owner.namespace)) {
+        // The same job in a new container (ARCH_CHECKPOINT_ID): it holds the checkpoint from now on.
+        await held.writeRecord({ ...held.record, containerId: owner.containerId, node: owner.node });
+      }
+    } finally {
+      await held.close();
+    }
+  }
+
+  /** Record that `owner` holds this checkpoint now (a container restored from it). */
+  async takeOver(owner: StoreOwner): Promise<void> {
+    if (!this.guard) return;
+    const held = await this.hold(false);
+    if (!held) return;
+    try {
+      if (held.record && held.record.containerId !== owner.containerId) await held.writeRecord({ ...held.record, containerId: owner.containerId, node: owner.node });
+    } finally {
+      await held.close();
+    }
+  }
+
+  /**
+   * Remove every checkpoint of this container (after a clean exit). With a
+   * guard, only when ARCH created the directory and its record names
+   * `namespace`/`id`; otherwise it stays and the reason is returned.
+   */
+  async remove(holder?: { namespace: string; id: string }): Promise<{ removed: boolean; why?: string }> {
+    if (!this.guard) {
+      await fsp.rm(this.containerDir, { recursive: true, force: true });
+      return { removed: true };
+    }
+    const held = await this.hold(false);
+    if (!held) return { removed: false, why: 'it does not exist' };
+    try {
+      const may = mayRemove(held.record, 'checkpoint', holder?.namespace ?? '', holder?.id ?? '');
+      if (!may.ok) return { removed: false, why: may.why };
+      await held.removeAll();
+      return { removed: true };
+    } finally {
+      await held.close();
+    }
   }
 
   /** Staging dirs of processes that died mid-checkpoint (the live ones are left alone). */

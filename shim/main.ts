@@ -4,20 +4,20 @@
  * `create` of a container whose spec mentions ARCH_ENABLE, and for
  * start/checkpoint/delete of containers this shim created.
  */
-import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { checkpointContainer } from '../core/checkpoint.js';
 import { createNodeContext, type NodeContext } from '../core/context.js';
-import { checkpointDirOf, ENV, envListToMap, parseContract, workDirOf, type EnabledContract } from '../core/env-contract.js';
+import { checkpointDirOf, checkpointKeyOf, workDirOf, checkpointStoreOf, contractOptions, ENV, envListToMap, parseContract, type EnabledContract } from '../core/env-contract.js';
 import { ArchInputError, CheckpointUnusableError, errorMessage } from '../core/errors.js';
 import { validateContainerId, validateNamespace } from '../core/ids.js';
-import { readSpec, withWorkdirMount, writeSpec } from '../core/oci-spec.js';
+import { readSpec, withWorkdirMount, writeSpec, type OciSpec } from '../core/oci-spec.js';
 import { restoreFromCheckpoint } from '../core/restore.js';
 import { containerIdOf, namespaceOfRoot, optionString, parseRuncArgs, type RuncCall } from '../core/runc-args.js';
 import { Runc } from '../core/runc.js';
 import { criuRunEnv } from '../core/criu-network-lock.js';
 import { awaitRecordedExit, readShimState, recordedExit, runningHolderOf, updateShimState, wasKilled, wasOomKilled, writeShimState } from '../core/shim-state.js';
 import { CheckpointStore } from '../core/store.js';
+import { prepareWorkDir, removeWorkDir, type PreparedWorkDir } from '../core/work-dir.js';
 import { runRealRunc } from './passthrough.js';
 
 export async function main(argv: string[]): Promise<number> {
@@ -82,7 +82,7 @@ async function handleCreate(ctx: NodeContext, call: RuncCall, namespace: string,
   const spec = await readSpec(bundle);
   let contract: EnabledContract;
   try {
-    const c = parseContract(envListToMap(spec.process?.env));
+    const c = parseContract(envListToMap(spec.process?.env), contractOptions(ctx.settings));
     if (!c.enabled) return runRealRunc(ctx.settings.runc, call.argv);
     if (c.checkpointId) {
       // Two running containers writing one checkpoint would overwrite each other's progress.
@@ -97,26 +97,55 @@ async function handleCreate(ctx: NodeContext, call: RuncCall, namespace: string,
     log.error({ err: errorMessage(err), field: err instanceof ArchInputError ? err.field : undefined }, 'invalid ARCH configuration; starting the container without ARCH');
     return runRealRunc(ctx.settings.runc, call.argv);
   }
-  const checkpointDir = checkpointDirOf(contract, namespace, id);
-  const workDir = workDirOf(contract, namespace, id);
-  if (contract.checkpointId) {
-    // Kubernetes restarts a container that exited 0 (restartPolicy Always) before it deletes the
-    // old one: the job finished there, so its checkpoint is not where this one starts.
-    const finishedIn = await finishedPredecessor(call.root, checkpointDir, id);
-    if (finishedIn) {
-      await new CheckpointStore(checkpointDir).remove();
-      if (workDir) await fsp.rm(workDir, { recursive: true, force: true });
-      log.info({ predecessor: finishedIn, checkpointDir }, `the job finished in container ${finishedIn} (exit 0): its checkpoint removed, starting fresh`);
+  const store = checkpointStoreOf(contract, namespace, id);
+  const checkpointDir = store.containerDir;
+  let work: PreparedWorkDir | undefined;
+  try {
+    if (contract.checkpointId) {
+      // Kubernetes restarts a container that exited 0 (restartPolicy Always) before it deletes the
+      // old one: the job finished there, so its checkpoint is not where this one starts.
+      const finishedIn = await finishedPredecessor(call.root, store, id);
+      if (finishedIn) {
+        const gone = await store.remove({ namespace, id: finishedIn });
+        const finishedWork = workDirOf(contract, namespace, id);
+        if (finishedWork) await removeWorkDir({ allowedRoot: contract.allowedRoot, workDir: finishedWork }, namespace, finishedIn);
+        log.info({ predecessor: finishedIn, checkpointDir, removed: gone.removed, why: gone.why }, `the job finished in container ${finishedIn} (exit 0): starting fresh`);
+      }
     }
+    // Walked (and the work dir recorded before it is mounted): a path through a symlink, or inside a work dir, is refused here.
+    await store.checkPath();
+    work = await prepareWorkDir(contract, namespace, id, ctx.settings.nodeName);
+  } catch (err) {
+    if (!(err instanceof ArchInputError)) throw err;
+    log.error({ err: errorMessage(err), field: err.field }, 'unsafe ARCH host path; starting the container without ARCH');
+    return runRealRunc(ctx.settings.runc, call.argv);
   }
+  try {
+    return await createHeld(ctx, call, { namespace, id, bundle, spec, contract, store, work, t0 }, log);
+  } finally {
+    await work?.release();
+  }
+}
+
+/** The rest of create, while the work dir (if any) is held open for runc to mount. */
+async function createHeld(
+  ctx: NodeContext, call: RuncCall,
+  c: { namespace: string; id: string; bundle: string; spec: OciSpec; contract: EnabledContract; store: CheckpointStore; work: PreparedWorkDir | undefined; t0: number },
+  log: Log,
+): Promise<number> {
+  const { namespace, id, bundle, spec, contract, store, t0 } = c;
+  const checkpointDir = store.containerDir;
+  const workDir = c.work?.path;
   let finalSpec = spec;
-  if (contract.mode === 'shared' && workDir) {
-    await fsp.mkdir(workDir, { recursive: true });
-    finalSpec = withWorkdirMount(spec, workDir, contract.workdirContainerPath);
+  if (contract.mode === 'shared' && c.work) {
+    finalSpec = withWorkdirMount(spec, c.work.mountSource, contract.workdirContainerPath);
     await writeSpec(bundle, finalSpec);
   }
   const runc = new Runc(ctx.settings, call.root, passGlobals(call));
-  const state = { namespace, id, checkpointDir, workDir, checkpointed: false, createdAt: new Date().toISOString() };
+  const state = {
+    namespace, id, checkpointDir, workDir, allowedRoot: contract.allowedRoot, checkpointField: store.guard?.field,
+    checkpointed: false, createdAt: new Date().toISOString(),
+  };
   try {
     const restored = await restoreFromCheckpoint(ctx, {
       namespace, id, bundle, spec: finalSpec, contract, runc,
@@ -125,6 +154,9 @@ async function handleCreate(ctx: NodeContext, call: RuncCall, namespace: string,
     });
     if (restored) {
       await writeShimState(call.root, { ...state, restorePending: true, restoredFrom: restored.checkpointDir });
+      // This container carries the job on: its clean exit may remove the checkpoint, a predecessor's may not.
+      await store.takeOver({ namespace, key: checkpointKeyOf(contract, id), containerId: id, node: ctx.settings.nodeName })
+        .catch((e) => log.warn({ err: errorMessage(e) }, 'could not record this container as the checkpoint\'s holder'));
       log.info({ durationMs: Date.now() - t0, timings: restored.timings, checkpoint: restored.checkpointDir, from: restored.manifest.node }, 'restored from checkpoint');
       return 0;
     }
@@ -195,15 +227,23 @@ async function handleDelete(call: RuncCall, id: string, log: Log, pass: () => Pr
   if (waitedMs > 0) log.info({ waitedMs, exitStatus: exit?.exitStatus }, exit ? 'exit code arrived after delete began' : 'no exit code recorded in time: counting the exit as clean');
   const keptBecause = stopped ?? (exit && exit.exitStatus !== 0 ? `exited with code ${exit.exitStatus}` : undefined);
   // Named with ARCH_CHECKPOINT_ID, the checkpoint may have passed on to a newer container since.
-  const successor = keptBecause ? undefined : await newerOwner(s.checkpointDir, id, s.restoredFrom);
-  if (successor) {
+  const store = s.allowedRoot ? new CheckpointStore(s.checkpointDir, { root: s.allowedRoot, field: s.checkpointField ?? ENV.checkpointHostPath }) : undefined;
+  const successor = keptBecause || !store ? undefined : await newerOwner(store, id, s.restoredFrom);
+  if (!store) {
+    log.warn({ checkpointDir: s.checkpointDir }, 'created by an older ARCH without ownership records: checkpoint and work dir left in place');
+  } else if (successor) {
     log.info({ owner: successor, checkpointDir: s.checkpointDir }, `checkpoint now belongs to container ${successor}: kept`);
   } else if (keptBecause) {
     log.info({ reason: keptBecause, exitStatus: exit?.exitStatus, checkpointDir: s.checkpointDir }, `container ${keptBecause}: checkpoint kept`);
   } else {
-    await new CheckpointStore(s.checkpointDir).remove();
-    if (s.workDir) await fsp.rm(s.workDir, { recursive: true, force: true });
-    log.info({ exitStatus: exit?.exitStatus, checkpointDir: s.checkpointDir, workDir: s.workDir }, 'container exited by itself: checkpoint and work dir removed');
+    // Only what ARCH created for this very container goes (its ownership record says so).
+    const ck = await store.remove({ namespace: s.namespace, id }).catch((e: unknown) => ({ removed: false, why: errorMessage(e) }));
+    const wd = s.workDir ? await removeWorkDir({ allowedRoot: s.allowedRoot!, workDir: s.workDir }, s.namespace, id).catch((e: unknown) => ({ removed: false, why: errorMessage(e) })) : undefined;
+    const kept = [!ck.removed && `checkpoint kept: ${ck.why}`, wd && !wd.removed && `work dir kept: ${wd.why}`].filter(Boolean);
+    log.info(
+      { exitStatus: exit?.exitStatus, checkpointDir: s.checkpointDir, workDir: s.workDir, checkpointRemoved: ck.removed, workDirRemoved: wd?.removed },
+      kept.length ? `container exited by itself; ${kept.join('; ')}` : 'container exited by itself: checkpoint and work dir removed',
+    );
   }
   return pass();
 }
@@ -217,8 +257,7 @@ async function stoppedReason(root: string, id: string, checkpointed: boolean): P
 }
 
 /** The current checkpoint and the container that published it (undefined: none, or unreadable). */
-async function currentPublisher(checkpointDir: string): Promise<{ dir: string; containerId: string } | undefined> {
-  const store = new CheckpointStore(checkpointDir);
+async function currentPublisher(store: CheckpointStore): Promise<{ dir: string; containerId: string } | undefined> {
   try {
     const dir = await store.current();
     const m = dir ? await store.readManifest() : null;
@@ -235,8 +274,8 @@ async function currentPublisher(checkpointDir: string): Promise<{ dir: string; c
  * pod), and this one's clean exit must not remove its checkpoint. An
  * unreadable checkpoint is removed by a clean exit, as before.
  */
-async function newerOwner(checkpointDir: string, id: string, restoredFrom: string | undefined): Promise<string | undefined> {
-  const p = await currentPublisher(checkpointDir);
+async function newerOwner(store: CheckpointStore, id: string, restoredFrom: string | undefined): Promise<string | undefined> {
+  const p = await currentPublisher(store);
   return p && p.dir !== restoredFrom && p.containerId !== id ? p.containerId : undefined;
 }
 
@@ -246,8 +285,8 @@ async function newerOwner(checkpointDir: string, id: string, restoredFrom: strin
  * not assumed) and was not stopped. An unreadable checkpoint is left to
  * restore, which falls back to a fresh start.
  */
-async function finishedPredecessor(root: string, checkpointDir: string, id: string): Promise<string | undefined> {
-  const owner = (await currentPublisher(checkpointDir))?.containerId;
+async function finishedPredecessor(root: string, store: CheckpointStore, id: string): Promise<string | undefined> {
+  const owner = (await currentPublisher(store))?.containerId;
   if (!owner || owner === id) return undefined;
   try {
     validateContainerId(owner); // from storage: it becomes a path below the runc root

@@ -1,4 +1,6 @@
+import crypto from 'node:crypto';
 import fs from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import { execaSync } from 'execa';
 import { REPO_ROOT } from './images.js';
@@ -26,6 +28,27 @@ export function criuBinary(): string {
 }
 
 /**
+ * This test run's node key (Ed25519, made on first use, removed when the
+ * process exits): every node of the run signs with it and so trusts the
+ * others (the "shared key" cluster setup). This process gets it too
+ * (ARCH_SIGNING_KEY in its environment), so what the test itself publishes
+ * or verifies uses the same key as the nodes.
+ */
+export function testSigningKey(): string {
+  const dir = path.join(os.tmpdir(), `arch-test-keys-${process.pid}`);
+  const file = path.join(dir, 'node.key');
+  if (!fs.existsSync(file)) {
+    fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
+    fs.writeFileSync(`${file}.tmp`, crypto.generateKeyPairSync('ed25519').privateKey.export({ type: 'pkcs8', format: 'pem' }), { mode: 0o600 });
+    fs.renameSync(`${file}.tmp`, file);
+    process.once('exit', () => fs.rmSync(dir, { recursive: true, force: true }));
+  }
+  process.env.ARCH_SIGNING_KEY = file;
+  return file;
+}
+testSigningKey();
+
+/**
  * Write DIR/arch.env and return its path. Defaults: the real runc, CRIU 4,
  * no hardware breakpoints (these VMs need it), log to DIR/arch.log, ARCH_HOME
  * = this checkout. `overrides` win; a value of undefined drops the key.
@@ -39,6 +62,9 @@ export function writeArchConfig(dir: string, overrides: Record<string, string | 
     ARCH_CRIU_NO_BREAKPOINTS: '1',
     ARCH_LOG_FILE: path.join(dir, 'arch.log'),
     ARCH_LOG_LEVEL: 'debug',
+    ARCH_SIGNING_KEY: testSigningKey(),
+    // Tests keep checkpoints and shared dirs in their own temporary directories.
+    ARCH_ALLOWED_ROOTS: '/tmp:/run/arch-test:/var/lib/arch',
     ...overrides,
   };
   const lines = ['# Written by test/support/arch-env.ts for one test.'];

@@ -5,6 +5,8 @@ import { overheadFromHistory } from '../../core/temporal/overhead.js';
 import { attributePairs, devServerSearchAttributeArgs, SA } from '../../core/temporal/search-attributes.js';
 import { runOptionsFor, specFromInfo, userMounts } from '../../activities/spec.js';
 
+const OPTS = { allowedRoots: ['/var/lib/arch', '/mnt/shared'] };
+
 function info(env: string[], extra: Partial<ContainerInfo['spec']> = {}): ContainerInfo {
   return {
     id: 'job-1',
@@ -32,7 +34,7 @@ function info(env: string[], extra: Partial<ContainerInfo['spec']> = {}): Contai
 
 describe('container spec replayed on another node', () => {
   test('ARCH-enabled: env, args, cwd, labels, user bind mounts only, host network detected', () => {
-    const spec = specFromInfo(info(['PATH=/bin', 'ARCH_ENABLE=1', 'ARCH_CHECKPOINT_HOST_PATH=/var/lib/arch', 'ARCH_PRIORITY=3']), 'default')!;
+    const spec = specFromInfo(info(['PATH=/bin', 'ARCH_ENABLE=1', 'ARCH_CHECKPOINT_HOST_PATH=/var/lib/arch', 'ARCH_PRIORITY=3']), 'default', OPTS)!;
     expect(spec).toMatchObject({
       namespace: 'default', id: 'job-1', image: 'localhost/app:1', args: ['/app', '--x'], cwd: '/srv', labels: { team: 'a' },
       mounts: [{ type: 'bind', src: '/srv/data', dst: '/data', options: ['rbind', 'rw'] }], netHost: true, mode: 'local', priority: 3,
@@ -42,13 +44,13 @@ describe('container spec replayed on another node', () => {
     expect(run.env).toContain('ARCH_ENABLE=1');
   });
   test('shared mode and private network', () => {
-    const spec = specFromInfo(info(['ARCH_ENABLE=1', 'ARCH_SHAREDFS_HOST_PATH=/mnt/shared', 'ARCH_WORKDIR_CONTAINER_PATH=/work'], { linux: { namespaces: [{ type: 'network' }] } as never }), 'k8s.io')!;
+    const spec = specFromInfo(info(['ARCH_ENABLE=1', 'ARCH_SHAREDFS_HOST_PATH=/mnt/shared', 'ARCH_WORKDIR_CONTAINER_PATH=/work'], { linux: { namespaces: [{ type: 'network' }] } as never }), 'k8s.io', OPTS)!;
     expect(spec.mode).toBe('shared');
     expect(spec.netHost).toBe(false);
   });
   test('not ARCH-enabled → undefined; invalid ARCH settings → ArchInputError', () => {
-    expect(specFromInfo(info(['PATH=/bin']), 'default')).toBeUndefined();
-    expect(() => specFromInfo(info(['ARCH_ENABLE=yes']), 'default')).toThrow(ArchInputError);
+    expect(specFromInfo(info(['PATH=/bin']), 'default', OPTS)).toBeUndefined();
+    expect(() => specFromInfo(info(['ARCH_ENABLE=yes']), 'default', OPTS)).toThrow(ArchInputError);
   });
   test('runtime mounts are never replayed', () => {
     expect(userMounts([{ destination: '/dev/shm', type: 'tmpfs', source: 'shm' }, { destination: '/x', type: 'none', source: '/y', options: ['bind'] }]))
