@@ -8,6 +8,9 @@ import { fileURLToPath } from 'node:url';
 import { networkLockOf, nftablesLockCheck } from './criu-network-lock.js';
 import { criuEnv, parseEnvFile, type Settings } from './settings.js';
 import { snapshotState } from './shim-snapshot.js';
+import { payloadKeyCheck } from './temporal/payload-check.js';
+import { errorMessage } from './errors.js';
+import { DEFAULT_SIGNING_KEY, trustOf, type Trust } from './trust.js';
 
 /** This checkout (dist/core/doctor.js lives two levels below it). */
 const ARCH_HOME = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
@@ -123,6 +126,9 @@ export async function runDoctor(settings: Settings): Promise<Check[]> {
   checks.push(await binCheck('getfattr', 'getfattr', ['--version'], /getfattr (\S+)/, 'apt-get install attr (needed for opaque overlay directories)'));
   checks.push(await binCheck('temporal', settings.temporalCli, ['--version'], /temporal version (\S+)/, 'run ./install.sh (builds the Temporal CLI), or set ARCH_TEMPORAL_CLI', true));
   checks.push({ name: 'settings', ok: true, detail: fs.existsSync(settings.configFile) ? settings.configFile : `${settings.configFile} (absent: defaults)` });
+  checks.push(payloadKeyCheck(settings));
+  checks.push(...allowedRootChecks(settings));
+  checks.push(...signingChecks(settings));
   if (settings.logFile) {
     let ok = true;
     try {
@@ -132,6 +138,61 @@ export async function runDoctor(settings: Settings): Promise<Check[]> {
       ok = false;
     }
     checks.push({ name: 'log file', ok, detail: settings.logFile, fix: `make ${path.dirname(settings.logFile)} writable or change ARCH_LOG_FILE` });
+  }
+  return checks;
+}
+
+/**
+ * ARCH_ALLOWED_ROOTS: the only places a container's ARCH_CHECKPOINT_HOST_PATH
+ * or ARCH_SHAREDFS_HOST_PATH may name. A root that does not exist yet is fine
+ * (created on first use); one that is a file, or writable by others than root,
+ * is not a safe home for checkpoints.
+ */
+export function allowedRootChecks(settings: Pick<Settings, 'allowedRoots' | 'configFile'>): Check[] {
+  return settings.allowedRoots.map((root) => {
+    let st: fs.Stats | undefined;
+    try {
+      st = fs.statSync(root);
+    } catch {
+      return { name: 'allowed root', ok: true, detail: `${root} (absent: created on first use)` };
+    }
+    if (!st.isDirectory()) return { name: 'allowed root', ok: false, detail: `${root} is not a directory`, fix: `remove it from ARCH_ALLOWED_ROOTS in ${settings.configFile} or make it a directory` };
+    // World-writable without the sticky bit: anyone could swap what lies below it.
+    const loose = (st.mode & 0o002) !== 0 && (st.mode & 0o1000) === 0;
+    return {
+      name: 'allowed root', ok: !loose, detail: `${root}${loose ? ' is writable by every user' : ''}`,
+      fix: `chmod o-w ${root}, or list a root only root can write in ARCH_ALLOWED_ROOTS (${settings.configFile})`,
+    };
+  });
+}
+
+/**
+ * The node's signing key (without it its checkpoints restore nowhere) and
+ * the keys whose checkpoints it restores (core/trust.ts).
+ */
+export function signingChecks(settings: Pick<Settings, 'configFile'>): Check[] {
+  let trust: Trust;
+  try {
+    trust = trustOf(settings);
+  } catch (err) {
+    return [{ name: 'trusted keys', ok: false, detail: errorMessage(err), fix: 'fix ARCH_TRUSTED_KEYS (absolute paths of node.pub files, or directories of *.pub, separated by ":")' }];
+  }
+  const key: Check = trust.signer
+    ? { name: 'signing key', ok: true, version: trust.signer.keyId, detail: trust.signer.file }
+    : { name: 'signing key', ok: false, detail: `${trust.signerProblem}: checkpoints of this node are published unsigned and no node restores them`, fix: `run ${path.join(ARCH_HOME, 'install.sh')} (it creates ${DEFAULT_SIGNING_KEY}), or set ARCH_SIGNING_KEY in ${settings.configFile}` };
+  if (trust.signer && (fs.statSync(trust.signer.file).mode & 0o077) !== 0) {
+    Object.assign(key, { ok: false, detail: `${trust.signer.file} is readable by others than its owner: anyone who can read it can forge checkpoints this cluster restores`, fix: `chmod 600 ${trust.signer.file}` });
+  }
+  const trusted: Check = {
+    name: 'trusted keys',
+    ok: trust.trusted.size > 0,
+    version: String(trust.trusted.size),
+    detail: [...trust.trusted].map(([id, k]) => `${id} ${k.source}`).join('; ') || 'none: this node restores no checkpoint',
+    fix: 'list the other nodes\' node.pub files in ARCH_TRUSTED_KEYS (or give every node the same key)',
+  };
+  const checks = [key, trusted];
+  if (trust.acceptUnsigned) {
+    checks.push({ name: 'unsigned checkpoints', ok: false, optional: true, detail: 'ARCH_ACCEPT_UNSIGNED=1: checkpoints without a signature are restored (anyone who can write the store can run code here)', fix: `remove ARCH_ACCEPT_UNSIGNED from ${settings.configFile} once the checkpoints of the previous ARCH are restored` });
   }
   return checks;
 }

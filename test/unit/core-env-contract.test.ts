@@ -39,7 +39,7 @@ describe('parseContract: enable', () => {
 describe('parseContract: local mode', () => {
   test('ARCH_CHECKPOINT_HOST_PATH, normalised', () => {
     expect(parseContract(env({ ARCH_ENABLE: '1', ARCH_CHECKPOINT_HOST_PATH: '/var/lib//arch/' }), OPTS)).toEqual({
-      enabled: true, mode: 'local', checkpointRoot: '/var/lib/arch', priority: 0,
+      enabled: true, mode: 'local', checkpointRoot: '/var/lib/arch', priority: 0, allowedRoot: '/var/lib',
     });
   });
 
@@ -86,7 +86,15 @@ describe('parseContract: shared mode', () => {
     const c = parseContract(env({
       ARCH_ENABLE: '1', ARCH_SHAREDFS_HOST_PATH: '/mnt/shared/', ARCH_WORKDIR_CONTAINER_PATH: '/work/', ARCH_CHECKPOINT_HOST_PATH: 'ignored/relative',
     }), OPTS);
-    expect(c).toEqual({ enabled: true, mode: 'shared', sharedRoot: '/mnt/shared', checkpointRoot: '/mnt/shared/checkpoint', workdirContainerPath: '/work', priority: 0 });
+    expect(c).toEqual({ enabled: true, mode: 'shared', sharedRoot: '/mnt/shared', checkpointRoot: '/mnt/shared/checkpoint', workdirContainerPath: '/work', priority: 0, allowedRoot: '/mnt/shared' });
+  });
+
+  test('a host path outside the node\'s allowed roots: refused, naming the field and ARCH_ALLOWED_ROOTS', () => {
+    const local = inputError(() => parseContract(env({ ARCH_ENABLE: '1', ARCH_CHECKPOINT_HOST_PATH: '/etc/arch' }), { allowedRoots: ['/var/lib/arch'] }));
+    expect(local.field).toBe('ARCH_CHECKPOINT_HOST_PATH');
+    expect(local.fix).toContain('ARCH_ALLOWED_ROOTS');
+    const shared = inputError(() => parseContract(env({ ARCH_ENABLE: '1', ARCH_SHAREDFS_HOST_PATH: '/run/containerd', ARCH_WORKDIR_CONTAINER_PATH: '/work' }), { allowedRoots: ['/var/lib/arch'] }));
+    expect(shared.field).toBe('ARCH_SHAREDFS_HOST_PATH');
   });
 
   test('only ARCH_SHAREDFS_HOST_PATH: names the missing ARCH_WORKDIR_CONTAINER_PATH', () => {
