@@ -141,6 +141,24 @@ else
   sed -i "s:^ARCH_HOME=.*:ARCH_HOME=$ARCH_HOME:" "$CONF_DIR/arch.env"
 fi
 mkdir -p /var/log/arch /var/lib/arch
+# This node's checkpoint signing key (Ed25519): restores accept only manifests
+# signed by a trusted key. Made once, never replaced (checkpoints signed with
+# it would stop restoring); node.pub is what other nodes list in
+# ARCH_TRUSTED_KEYS.
+KEY_DIR=$CONF_DIR/keys
+mkdir -p "$KEY_DIR"
+[ -f "$KEY_DIR/node.key" ] || say "creating this node's signing key $KEY_DIR/node.key (public part: node.pub)"
+(umask 077; node -e '
+  const c = require("node:crypto"), fs = require("node:fs"), dir = process.argv[1];
+  const key = dir + "/node.key", pub = dir + "/node.pub";
+  if (!fs.existsSync(key)) {
+    fs.writeFileSync(key + ".tmp", c.generateKeyPairSync("ed25519").privateKey.export({ type: "pkcs8", format: "pem" }), { mode: 0o600 });
+    fs.renameSync(key + ".tmp", key);
+  }
+  fs.chmodSync(key, 0o600);
+  if (!fs.existsSync(pub)) fs.writeFileSync(pub, c.createPublicKey(fs.readFileSync(key)).export({ type: "spki", format: "pem" }));
+  fs.chmodSync(pub, 0o644);
+' "$KEY_DIR") || die "could not create the signing key in $KEY_DIR"
 # Hardware breakpoints do not fire in some VMs: CRIU then hangs in dump unless
 # told to use its ptrace fallback. Probe once and record the answer.
 "$ARCH_HOME/bin/arch-cli" doctor --write-config >/dev/null || true

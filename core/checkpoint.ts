@@ -131,7 +131,7 @@ async function checkpointLocked(ctx: NodeContext, req: CheckpointRequest, c: Con
   const versionsAsked = runtimeVersions(ctx.settings);
   const criuAsked = criuRunEnv(ctx.settings);
   // Whose job this is (pod namespace, image), recorded in the signed manifest: asked during the dump too.
-  const ownerAsked = ownerOf(c.spec, req.namespace, req.id, c.pid > 0 ? c.pid : process.pid);
+  const ownerAsked = ownerOf(c.spec, req.namespace, req.id, c.pid > 0 ? c.pid : process.pid, (why) => log.warn({ phase: 'checkpoint', why }, 'the image of this container is not known from containerd: recorded as unknown (only a container whose image is unknown too restores it)'));
   const store = checkpointStoreOf(c.contract, req.namespace, req.id);
   const containerDir = store.containerDir;
   const staging = await store.begin({ namespace: req.namespace, key: checkpointKeyOf(c.contract, req.id), containerId: req.id, node: ctx.settings.nodeName });

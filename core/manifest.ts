@@ -1,8 +1,10 @@
+import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { z } from 'zod';
 import { digestFiles, type Digest } from './digest.js';
 import { CheckpointUnusableError } from './errors.js';
+import { loadTrust, SIGNATURE_FILE, verifyManifestSignature, type Trust } from './trust.js';
 
 /**
  * The manifest is what makes a checkpoint trustworthy: restore refuses any
@@ -27,6 +29,14 @@ export const ManifestSchema = z.object({
   /** ARCH_CHECKPOINT_ID of the container, when it named its checkpoint (else the checkpoint is the container id's). */
   checkpointId: z.string().optional(),
   image: z.string().optional(),
+  /**
+   * Whose job this is, beyond the containerd namespace and the checkpoint's
+   * name (core/owner.ts): a restore into a container with another pod
+   * namespace or image is refused. null: not known when the checkpoint was
+   * taken (no CRI annotations / containerd did not say). Absent in manifests
+   * of ARCH before signing.
+   */
+  owner: z.object({ podNamespace: z.string().nullable(), image: z.string().nullable() }).optional(),
   node: z.string(),
   createdAt: z.string(),
   mode: z.enum(['local', 'shared']),
@@ -59,21 +69,21 @@ export function parseManifest(text: string): Manifest {
     throw new CheckpointUnusableError('format-unknown', `format version ${parsed.data.formatVersion} is not ${FORMAT_VERSION}`);
   }
   for (const f of parsed.data.files) {
-    if (path.isAbsolute(f.path) || f.path.split('/').includes('..') || f.path === MANIFEST_FILE) {
+    if (path.isAbsolute(f.path) || f.path.split('/').includes('..') || f.path === MANIFEST_FILE || f.path === SIGNATURE_FILE) {
       throw new CheckpointUnusableError('manifest-invalid', `file entry "${f.path}" is not a plain relative path`);
     }
   }
   return parsed.data;
 }
 
-/** Every regular file below dir (relative paths, sorted), except the manifest itself. */
+/** Every regular file below dir (relative paths, sorted), except the manifest and its signature. */
 export async function listFiles(dir: string): Promise<string[]> {
   const out: string[] = [];
   async function walk(rel: string): Promise<void> {
     for (const e of await fsp.readdir(path.join(dir, rel), { withFileTypes: true })) {
       const r = rel ? `${rel}/${e.name}` : e.name;
       if (e.isDirectory()) await walk(r);
-      else if (e.isFile() && r !== MANIFEST_FILE) out.push(r);
+      else if (e.isFile() && r !== MANIFEST_FILE && r !== SIGNATURE_FILE) out.push(r);
       else if (!e.isFile()) throw new CheckpointUnusableError('unexpected-file', `${r} is not a regular file or directory`);
     }
   }
@@ -110,15 +120,16 @@ export async function verifyCheckpointDir(dir: string): Promise<Manifest> {
  * up before calling it leaves nothing running.
  */
 export async function verifyCheckpointDirStaged(
-  dir: string, opts: { defer?: RegExp } = {},
-): Promise<{ manifest: Manifest; verifyDeferred: () => Promise<void> }> {
-  let text: string;
-  try {
-    text = await fsp.readFile(path.join(dir, MANIFEST_FILE), 'utf8');
-  } catch {
-    throw new CheckpointUnusableError('manifest-missing', `${dir} has no ${MANIFEST_FILE}`);
-  }
-  const manifest = parseManifest(text);
+  dir: string, opts: { defer?: RegExp; trust?: Trust } = {},
+): Promise<{ manifest: Manifest; signer: string; verifyDeferred: () => Promise<void> }> {
+  // The signature first: nothing in the manifest is believed (not even its
+  // file list) before a trusted key is known to have signed these bytes.
+  const trust = opts.trust ?? loadTrust();
+  const bytes = await readSmallFile(path.join(dir, MANIFEST_FILE), MAX_MANIFEST_BYTES);
+  if (!bytes) throw new CheckpointUnusableError('manifest-missing', `${dir} has no ${MANIFEST_FILE}`);
+  const sig = await readSmallFile(path.join(dir, SIGNATURE_FILE), MAX_SIGNATURE_BYTES);
+  const signer = verifyManifestSignature(bytes, sig?.toString('utf8'), trust);
+  const manifest = parseManifest(bytes.toString('utf8'));
   const present = await listFiles(dir);
   const listed = manifest.files.map((f) => f.path).sort();
   const extra = present.filter((p) => !listed.includes(p));
@@ -134,7 +145,37 @@ export async function verifyCheckpointDirStaged(
   const now = manifest.files.filter((f) => !later.includes(f));
   await verifyDigests(dir, now);
   let deferred: Promise<void> | undefined;
-  return { manifest, verifyDeferred: () => (deferred ??= verifyDigests(dir, later)) };
+  return { manifest, signer, verifyDeferred: () => (deferred ??= verifyDigests(dir, later)) };
+}
+
+/** Far above any real manifest (about 100 bytes a file), far below what would hurt to read. */
+export const MAX_MANIFEST_BYTES = 64 << 20;
+const MAX_SIGNATURE_BYTES = 4096;
+
+/**
+ * A regular file's bytes, refused above `limit`; undefined when absent. Not
+ * through a symlink (O_NOFOLLOW), and the size is that of the open file:
+ * the store is written by others, and a link to /dev/zero or a huge file
+ * must not be read before it is refused.
+ */
+async function readSmallFile(file: string, limit: number): Promise<Buffer | undefined> {
+  let fh: fsp.FileHandle;
+  try {
+    fh = await fsp.open(file, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW | fs.constants.O_NONBLOCK);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+    throw new CheckpointUnusableError('unexpected-file', `${path.basename(file)}: ${(err as Error).message}`);
+  }
+  try {
+    const st = await fh.stat();
+    if (!st.isFile()) throw new CheckpointUnusableError('unexpected-file', `${path.basename(file)} is not a regular file`);
+    if (st.size > limit) throw new CheckpointUnusableError('manifest-invalid', `${path.basename(file)} is ${st.size} bytes, more than ${limit}`);
+    const buf = Buffer.alloc(st.size);
+    const { bytesRead } = await fh.read(buf, 0, st.size, 0);
+    return buf.subarray(0, bytesRead);
+  } finally {
+    await fh.close();
+  }
 }
 
 /** Every file's sha256 (large files on worker threads in parallel). Any mismatch throws. */

@@ -1,5 +1,5 @@
 import fsp from 'node:fs/promises';
-import http2 from 'node:http2';
+import type http2 from 'node:http2';
 import net from 'node:net';
 import { CheckpointUnusableError } from './errors.js';
 import type { Manifest } from './manifest.js';
@@ -42,11 +42,19 @@ export function podNamespaceOf(spec: OciSpec): string | null {
 /**
  * The owner of the container `id`: `fromPid` is a process below its
  * containerd shim (the container's init, or arch-runc itself when containerd
- * called it). Never throws: what cannot be learnt is null.
+ * called it). Never throws: what cannot be learnt is null, and `whyUnknown`
+ * hears why containerd could not say (for the log).
  */
-export async function ownerOf(spec: OciSpec, namespace: string, id: string, fromPid: number): Promise<Owner> {
-  const address = await containerdAddressAbove(fromPid).catch(() => undefined);
-  const fromContainerd = address ? await imageFromContainerd(address, namespace, id).catch(() => undefined) : undefined;
+export async function ownerOf(spec: OciSpec, namespace: string, id: string, fromPid: number, whyUnknown?: (why: string) => void): Promise<Owner> {
+  let fromContainerd: string | undefined;
+  try {
+    const address = await containerdAddressAbove(fromPid);
+    if (!address) throw new Error(`no containerd shim above process ${fromPid}`);
+    fromContainerd = await imageFromContainerd(address, namespace, id);
+    if (!fromContainerd) throw new Error(`containerd at ${address} records no image for ${namespace}/${id}`);
+  } catch (err) {
+    whyUnknown?.((err as Error).message);
+  }
   return { podNamespace: podNamespaceOf(spec), image: fromContainerd ?? spec.annotations?.[CRI_IMAGE_ANNOTATION] ?? null };
 }
 
@@ -87,7 +95,11 @@ export async function containerdAddressAbove(pid: number): Promise<string | unde
 /** "name@digest" of the container's image, from containerd (undefined: containerd knows no image for it). */
 async function imageFromContainerd(address: string, namespace: string, id: string): Promise<string | undefined> {
   const socket = address.replace(/^unix:\/\//, '');
-  const session = http2.connect('http://localhost', { createConnection: () => net.connect(socket) });
+  // Loaded when first used: node:http2 cannot be part of arch-runc's start-up snapshot, and
+  // import() does not work in code started from one (process.getBuiltinModule: Node >= 20.16).
+  const builtin = (process as { getBuiltinModule?: (id: string) => unknown }).getBuiltinModule;
+  const { connect } = (builtin ? builtin('node:http2') : await import('node:http2')) as typeof http2;
+  const session = connect('http://localhost', { createConnection: () => net.connect(socket) });
   session.on('error', () => undefined); // a call's own promise reports it
   const timer = setTimeout(() => session.destroy(new Error(`containerd at ${socket} did not answer in ${ASK_TIMEOUT_MS} ms`)), ASK_TIMEOUT_MS);
   try {

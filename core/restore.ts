@@ -64,7 +64,7 @@ export async function restoreFromCheckpoint(ctx: NodeContext, req: RestoreReques
   const overlap = req.spec.annotations?.[CRIU_CONFIG_ANNOTATION] === undefined;
   const trust = trustOf(ctx.settings);
   // Who this container is (pod namespace, image: containerd's record), asked while the checkpoint is verified.
-  const ownerAsked = ownerOf(req.spec, req.namespace, req.id, process.pid);
+  const ownerAsked = ownerOf(req.spec, req.namespace, req.id, process.pid, (why) => ctx.log.debug({ namespace: req.namespace, container: req.id, why }, 'the image of this container is not known from containerd'));
   // The manifest's signature, then every size and every digest but the page
   // images', then whose checkpoint it is: all before a byte of the archive
   // is extracted (a forged archive must never reach the disk, not even for

@@ -72,7 +72,6 @@ export async function captureDiff(upperDir: string, destDir: string): Promise<Ca
         await walk(r);
       } else if (e.isFile() || e.isSymbolicLink()) {
         keep.push(r);
-        if (e.isFile()) bytes += (await fsp.lstat(path.join(upperDir, r))).size;
       } else {
         skipped.push(r); // sockets, FIFOs, block devices: recreated by the processes, not files to carry
       }
@@ -85,7 +84,15 @@ export async function captureDiff(upperDir: string, destDir: string): Promise<Ca
   // "./" keeps a file named like that (the container chose its name) a file.
   const tarFile = path.join(destDir, ROOTFS_TAR);
   const list = keep.map((r) => (r.startsWith('@') ? `./${r}` : r));
-  if (keep.length) await tar.c({ file: tarFile, cwd: upperDir, portable: false, noDirRecurse: true }, list);
+  // The bytes are counted from the very stat each header's size is written
+  // from: a restore refuses an archive declaring more than this (signed)
+  // number, and a file growing between two stats (a checkpoint containerd
+  // asked for with --leave-running) must not make its own archive refused.
+  const count = (_p: string, st: unknown) => {
+    if ((st as { isFile?: () => boolean }).isFile?.()) bytes += (st as { size: number }).size;
+    return true;
+  };
+  if (keep.length) await tar.c({ file: tarFile, cwd: upperDir, portable: false, noDirRecurse: true, filter: count }, list);
   else await fsp.writeFile(tarFile, Buffer.alloc(1024)); // an empty tar: two zero blocks
   await fsp.writeFile(path.join(destDir, DELETED_FILES), JSON.stringify(deletions));
   return { files: keep.length, bytes, deletions: deletions.whiteouts.length + deletions.opaque.length, skipped };
@@ -124,11 +131,15 @@ function canonical(p: string): string {
  * symlink of the archive (it would be written wherever the link points), hard
  * links only to earlier entries of the archive, each path once (a later entry
  * replacing an earlier one could turn a checked directory into a symlink).
+ * No sparse entries, and no more bytes declared in all than `maxBytes` (the
+ * manifest's signed rootfs.bytes): a few KiB of archive must not make the
+ * restore write gigabytes of holes and zeros into the node's disk.
  */
-export async function validateDiffArchive(tarFile: string): Promise<void> {
+export async function validateDiffArchive(tarFile: string, maxBytes = Infinity): Promise<void> {
   if (await isEmptyArchive(tarFile)) return;
   const symlinks = new Set<string>();
   const seen = new Set<string>();
+  let declared = 0;
   let problem: CheckpointUnusableError | undefined;
   await tar.t({
     file: tarFile,
@@ -136,6 +147,10 @@ export async function validateDiffArchive(tarFile: string): Promise<void> {
     onReadEntry: (entry) => {
       if (problem) return;
       try {
+        declared += entry.size ?? 0;
+        if (declared > maxBytes) {
+          throw new CheckpointUnusableError('archive-size', `entry "${entry.path}" brings the archive's declared content to ${declared} bytes, more than the ${maxBytes} the manifest records for the writable layer`);
+        }
         assertPlainRelative(entry.path, 'archive entry');
         const p = canonical(entry.path);
         const parts = p.split('/');
@@ -163,6 +178,10 @@ export async function validateDiffArchive(tarFile: string): Promise<void> {
             if (!seen.has(target)) throw new CheckpointUnusableError('archive-escape', `hard link "${p}" points outside the archive ("${target}")`);
             break;
           }
+          case 'SparseFile':
+            // GNU sparse ('S'): a few blocks that extract to a file of any size. (PAX sparse
+            // maps are not understood by node-tar: such an entry extracts as the plain bytes it holds.)
+            throw new CheckpointUnusableError('archive-entry', `entry "${p}" is a sparse file: ARCH never writes those, refused`);
           default:
             throw new CheckpointUnusableError('archive-entry', `entry "${p}" has type ${entry.type}: device nodes, FIFOs and other special files are refused`);
         }
@@ -171,8 +190,15 @@ export async function validateDiffArchive(tarFile: string): Promise<void> {
         problem = err as CheckpointUnusableError;
       }
     },
-  });
+  }).catch(unreadable);
   if (problem) throw problem;
+}
+
+/** node-tar's errors on a damaged archive (TAR_BAD_ARCHIVE, TAR_ENTRY_INVALID...): the checkpoint's fault. */
+function unreadable(err: unknown): never {
+  const code = (err as { code?: unknown }).code;
+  if (typeof code === 'string' && code.startsWith('TAR_')) throw new CheckpointUnusableError('archive-invalid', `${ROOTFS_TAR}: ${(err as Error).message}`);
+  throw err;
 }
 
 /**
@@ -208,9 +234,9 @@ async function assertNoSymlinks(root: string, rel: string, self = false): Promis
  * restored: extract the (validated) files, then re-create whiteouts and
  * opaque markers so deleted files stay deleted.
  */
-export async function applyDiff(checkpointDir: string, upperDir: string): Promise<{ files: number; deletions: number }> {
+export async function applyDiff(checkpointDir: string, upperDir: string, maxBytes = Infinity): Promise<{ files: number; deletions: number }> {
   const tarFile = path.join(checkpointDir, ROOTFS_TAR);
-  await validateDiffArchive(tarFile);
+  await validateDiffArchive(tarFile, maxBytes);
   let deletions: Deletions;
   try {
     deletions = JSON.parse(await fsp.readFile(path.join(checkpointDir, DELETED_FILES), 'utf8')) as Deletions;
@@ -218,9 +244,13 @@ export async function applyDiff(checkpointDir: string, upperDir: string): Promis
   } catch (err) {
     throw new CheckpointUnusableError('manifest-invalid', `${DELETED_FILES}: ${(err as Error).message}`);
   }
+  const listed = new Set<string>();
   for (const p of [...deletions.whiteouts, ...deletions.opaque]) {
     if (typeof p !== 'string') throw new CheckpointUnusableError('manifest-invalid', `${DELETED_FILES} holds a non-string entry`);
     assertPlainRelative(p, 'deleted path');
+    // A path both deleted and an opaque directory (or listed twice) is nothing captureDiff writes.
+    if (listed.has(canonical(p))) throw new CheckpointUnusableError('manifest-invalid', `${DELETED_FILES} lists "${p}" twice`);
+    listed.add(canonical(p));
   }
   let files = 0;
   // Symlinks are made by hand after the rest: node-tar treats a symlink's
@@ -248,7 +278,7 @@ export async function applyDiff(checkpointDir: string, upperDir: string): Promis
       if (typeof entry.mode === 'number' && entry.type !== 'Link') modes.push({ p: canonical(entry.path), mode: entry.mode & 0o7777 });
       return true;
     },
-  });
+  }).catch(unreadable);
   // No symlink exists in the fresh layer yet: chmod cannot be led outside it.
   for (const { p, mode } of modes) {
     const abs = path.join(upperDir, p);
@@ -275,6 +305,10 @@ export async function applyDiff(checkpointDir: string, upperDir: string): Promis
     script.push(`mkdir -p ${shQuote(abs)}`, `setfattr -h -n trusted.overlay.opaque -v y ${shQuote(abs)}`);
   }
   // One shell for all of them: Node has no mknod, and one spawn per whiteout adds up.
-  if (script.length > 1) await execa('sh', ['-c', script.join('\n')]);
+  if (script.length > 1) {
+    const r = await execa('sh', ['-c', script.join('\n')], { reject: false, all: true });
+    // The paths were checked; what still fails (a deletion below a file of the archive) is the checkpoint's doing.
+    if (r.exitCode !== 0) throw new CheckpointUnusableError('archive-entry', `${DELETED_FILES}: the deletions do not fit the archive's files: ${String(r.all).split('\n')[0]}`);
+  }
   return { files, deletions: deletions.whiteouts.length + deletions.opaque.length };
 }

@@ -30,6 +30,7 @@ import { StreamDigest, type Digest } from './digest.js';
 import { ArchInputError, CheckpointUnusableError } from './errors.js';
 import type { Logger } from './log.js';
 import { MANIFEST_FILE, parseManifest, type Manifest } from './manifest.js';
+import { loadTrust, SIGNATURE_FILE, verifyManifestSignature, type Trust } from './trust.js';
 import type { Settings } from './settings.js';
 import type { CheckpointStore } from './store.js';
 
@@ -202,9 +203,11 @@ export class TransferServer {
     } else {
       const rel = url.searchParams.get('path') ?? '';
       if (url.pathname !== '/v1/checkpoint') return void res.writeHead(404).end();
-      if (rel === MANIFEST_FILE) {
-        file = path.join(e.served.dir, MANIFEST_FILE);
-        size = (await fsp.stat(file)).size;
+      if (rel === MANIFEST_FILE || rel === SIGNATURE_FILE) {
+        file = path.join(e.served.dir, rel);
+        const st = await fsp.stat(file).catch(() => undefined);
+        if (!st) return void res.writeHead(404).end(); // an unsigned checkpoint: the receiver decides
+        size = st.size;
       } else {
         // Only paths the manifest lists: the offer never exposes anything else on the node.
         const s = e.served.files.get(rel);
@@ -298,6 +301,8 @@ export interface FetchCheckpointOptions {
   concurrency?: number;
   /** See GetOptions.ca. */
   ca?: Buffer;
+  /** The receiving node's keys: the source's signature is checked with them, the copy signed (default: from the settings). */
+  trust?: Trust;
 }
 
 export interface FetchCheckpointResult {
@@ -329,12 +334,19 @@ async function readBody(res: http.IncomingMessage, limit: number): Promise<Buffe
 }
 
 /** Fetch and check the offered manifest against the digest the orchestrator holds. */
-export async function fetchManifest(offer: Offer, manifestSha256: string, o: GetOptions = {}): Promise<Manifest> {
+export async function fetchManifest(offer: Offer, manifestSha256: string, o: GetOptions & { trust?: Trust } = {}): Promise<Manifest> {
   const text = await readBody(await get(offer, `?path=${MANIFEST_FILE}`, o), 64 << 20);
   const digest = sha256(text);
   if (digest !== manifestSha256) {
     throw new CheckpointUnusableError('corrupt', `manifest from ${offer.url} does not match the checkpoint that was taken (sha256 ${digest.slice(0, 12)}…, expected ${manifestSha256.slice(0, 12)}…)`);
   }
+  // Signed by a node this one trusts (ARCH_TRUSTED_KEYS), before anything in it is used: the
+  // receiver publishes the copy under its own signature, so it must not vouch for what nobody trusted signed.
+  const sig = await readBody(await get(offer, `?path=${SIGNATURE_FILE}`, o), 4096).catch((err: unknown) => {
+    if (err instanceof OfferGoneError) return undefined; // the manifest was just served: no signature file
+    throw err;
+  });
+  verifyManifestSignature(text, sig?.toString('utf8'), o.trust ?? loadTrust());
   // Untrusted input: parseManifest rejects absolute paths, "..", unknown formats.
   return parseManifest(text.toString('utf8'));
 }
@@ -346,7 +358,7 @@ export async function fetchManifest(offer: Offer, manifestSha256: string, o: Get
  */
 export async function fetchCheckpoint(o: FetchCheckpointOptions): Promise<FetchCheckpointResult> {
   const t0 = Date.now();
-  const manifest = await fetchManifest(o.offer, o.manifestSha256, { signal: o.signal, ca: o.ca });
+  const manifest = await fetchManifest(o.offer, o.manifestSha256, { signal: o.signal, ca: o.ca, trust: o.trust });
   const bytesTotal = manifest.files.reduce((a, f) => a + f.size, 0);
   const have = await o.store.readManifest().catch(() => null);
   const haveDir = await o.store.current().catch(() => null);
@@ -389,7 +401,7 @@ export async function fetchCheckpoint(o: FetchCheckpointOptions): Promise<FetchC
     }
     report();
     const { files: _files, ...meta } = manifest;
-    const pub = await o.store.publish(staging, meta, { fsync: o.fsync, known });
+    const pub = await o.store.publish(staging, meta, { fsync: o.fsync, known, trust: o.trust });
     if (!sameCheckpoint(pub.manifest, manifest)) {
       // Only an extra file in staging could do this; a retry fetches again.
       throw new CheckpointUnusableError('corrupt', 'the published copy differs from the source checkpoint');

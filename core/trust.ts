@@ -17,7 +17,7 @@ import { settingsVars } from './settings.js';
  *
  *   ARCH_SIGNING_KEY     this node's Ed25519 private key (PEM), made by install.sh
  *   ARCH_TRUSTED_KEYS    public keys (PEM files, or directories of *.pub),
- *                        comma-separated; this node's own key is always trusted
+ *                        separated by ":" or ","; this node's own key is always trusted
  *   ARCH_ACCEPT_UNSIGNED =1 during an upgrade only: unsigned checkpoints of an
  *                        older ARCH are restored (with a warning each time)
  */
@@ -55,7 +55,7 @@ function requireEd25519(key: KeyObject, field: string, file: string): void {
 
 /** Public keys named by one ARCH_TRUSTED_KEYS entry: a PEM file, or every *.pub in a directory. */
 function readPublicKeys(entry: string): { key: KeyObject; source: string }[] {
-  if (!path.isAbsolute(entry)) throw new ArchInputError('ARCH_TRUSTED_KEYS', `"${entry}" is a relative path`, 'list absolute paths of public key files or directories of *.pub files, comma-separated');
+  if (!path.isAbsolute(entry)) throw new ArchInputError('ARCH_TRUSTED_KEYS', `"${entry}" is a relative path`, 'list absolute paths of public key files or directories of *.pub files, separated by ":"');
   let files: string[];
   try {
     files = fs.statSync(entry).isDirectory()
@@ -102,7 +102,7 @@ export function loadTrust(env: NodeJS.ProcessEnv = process.env): Trust {
       ? `ARCH_SIGNING_KEY: ${keyFile} does not exist. Fix: run install.sh (it creates the node key), or set ARCH_SIGNING_KEY to this node's Ed25519 private key`
       : `ARCH_SIGNING_KEY: ${keyFile} is not usable (${errorMessage(err).replace(/^ARCH_SIGNING_KEY: /, '')}). Fix: point ARCH_SIGNING_KEY at an Ed25519 private key in PEM (openssl genpkey -algorithm ed25519)`;
   }
-  for (const entry of (vars.ARCH_TRUSTED_KEYS ?? '').split(',').map((s) => s.trim()).filter(Boolean)) {
+  for (const entry of (vars.ARCH_TRUSTED_KEYS ?? '').split(/[:,]/).map((s) => s.trim()).filter(Boolean)) {
     for (const k of readPublicKeys(entry)) if (!trusted.has(keyIdOf(k.key))) trusted.set(keyIdOf(k.key), k);
   }
   const accept = (vars.ARCH_ACCEPT_UNSIGNED ?? '').toLowerCase();
@@ -110,6 +110,15 @@ export function loadTrust(env: NodeJS.ProcessEnv = process.env): Trust {
     throw new ArchInputError('ARCH_ACCEPT_UNSIGNED', `"${vars.ARCH_ACCEPT_UNSIGNED}" is not a boolean`, 'set ARCH_ACCEPT_UNSIGNED=1 only while old unsigned checkpoints are restored after an upgrade, else leave it unset');
   }
   return { signer, signerProblem, trusted, acceptUnsigned: ['1', 'true', 'yes', 'on'].includes(accept) };
+}
+
+/**
+ * The keys of the node whose settings these are: a process may act for a
+ * node whose settings file is not its own ARCH_CONFIG (tests, several
+ * nodes on one host), and its NodeContext's settings say which file.
+ */
+export function trustOf(settings: { configFile: string }): Trust {
+  return loadTrust({ ...process.env, ARCH_CONFIG: settings.configFile });
 }
 
 /** The signature file's text for these manifest bytes (undefined when the node has no key). */

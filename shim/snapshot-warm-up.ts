@@ -13,6 +13,7 @@
  * that stops the warm-up from reaching the restore fails the build's
  * snapshot step instead of silently warming nothing.
  */
+import { generateKeyPairSync } from 'node:crypto';
 import fsp from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -39,6 +40,10 @@ export async function warmUp(main: (argv: string[]) => Promise<number>): Promise
       root: { path: 'rootfs' },
     };
     await fsp.writeFile(path.join(bundle, 'config.json'), JSON.stringify(spec));
+    // A key of its own: the restore verifies the manifest's signature (and that code gets warmed too).
+    const signingKey = path.join(tmp, 'node.key');
+    await fsp.writeFile(signingKey, generateKeyPairSync('ed25519').privateKey.export({ type: 'pkcs8', format: 'pem' }), { mode: 0o600 });
+    process.env.ARCH_SIGNING_KEY = signingKey;
     await makeCheckpoint(path.join(checkpoints, NAMESPACE, ID), tmp);
 
     Object.assign(process.env, {
@@ -90,6 +95,8 @@ async function makeCheckpoint(containerDir: string, tmp: string): Promise<void> 
     formatVersion: FORMAT_VERSION,
     namespace: NAMESPACE,
     containerId: ID,
+    // What the restore finds for this spec (no CRI annotations, no containerd shim above it).
+    owner: { podNamespace: null, image: null },
     node: 'warm-up',
     createdAt: new Date().toISOString(),
     mode: 'local',
