@@ -129,7 +129,7 @@ async function checkpointLocked(ctx: NodeContext, req: CheckpointRequest, c: Con
   const log = ctx.log.child({ namespace: req.namespace, container: req.id });
   // Asked now (runc and criu --version, once per process) so it runs during the dump, not while frozen after it.
   const versionsAsked = runtimeVersions(ctx.settings);
-  const criuAsked = criuRunEnv(ctx.settings);
+  const criuAsked = criuRunEnv(ctx.settings, c.spec);
   // Whose job this is (pod namespace, image), recorded in the signed manifest: asked during the dump too.
   const ownerAsked = ownerOf(c.spec, req.namespace, req.id, c.pid > 0 ? c.pid : process.pid, (why) => log.warn({ phase: 'checkpoint', why }, 'the image of this container is not known from containerd: recorded as unknown (only a container whose image is unknown too restores it)'));
   const store = checkpointStoreOf(c.contract, req.namespace, req.id);

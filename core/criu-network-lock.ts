@@ -2,6 +2,7 @@ import { execa } from 'execa';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { writeFileAtomic } from './atomic-file.js';
+import type { OciSpec } from './oci-spec.js';
 import { criuEnv, type NetworkLockSetting, type Settings } from './settings.js';
 
 /**
@@ -80,6 +81,12 @@ async function cacheKey(criu: string): Promise<string | undefined> {
   }
 }
 
+/** Does the container join a network namespace made outside it (a path), rather than get its own? */
+export function joinsNetworkNamespace(spec: OciSpec | undefined): boolean {
+  const namespaces = (spec?.linux as { namespaces?: { type?: string; path?: string }[] } | undefined)?.namespaces ?? [];
+  return namespaces.some((n) => n.type === 'network' && !!n.path);
+}
+
 /** Files of CRIU_RUN_DIR: root's only. */
 async function writeRunFile(file: string, text: string): Promise<void> {
   await fs.mkdir(path.dirname(file), { recursive: true, mode: 0o700 });
@@ -91,10 +98,19 @@ async function writeRunFile(file: string, text: string): Promise<void> {
  * quirk setting and the network lock method. Never fails: when the method
  * cannot be set up, CRIU keeps its default (iptables), which always worked.
  */
-export async function criuRunEnv(settings: Pick<Settings, 'criu' | 'criuNetworkLock' | 'criuNoBreakpoints'>): Promise<{ env: Record<string, string>; networkLock: NetworkLock }> {
+export async function criuRunEnv(
+  settings: Pick<Settings, 'criu' | 'criuNetworkLock' | 'criuNoBreakpoints'>, spec?: OciSpec,
+): Promise<{ env: Record<string, string>; networkLock: NetworkLock }> {
   const env = criuEnv(settings);
   try {
-    const networkLock = await networkLockOf(settings);
+    // nftables' lock is a table named after the container's first pid, made in
+    // the container's network namespace. A namespace the container only joined
+    // (a pod's sandbox, --network container:X) outlives a dump that kills the
+    // container, and so does the table: the restore, with the same pid, then
+    // fails to make it again ("File exists"). iptables' rules are taken down
+    // by the restore instead. So such a container always uses iptables, on
+    // the dump and on the restore.
+    const networkLock = joinsNetworkNamespace(spec) && settings.criuNetworkLock !== 'skip' ? 'iptables' : await networkLockOf(settings);
     if (networkLock === 'iptables') return { env, networkLock }; // CRIU's own default: nothing to add
     const file = path.join(CRIU_RUN_DIR, `network-lock-${networkLock}.conf`);
     const text = `# Written by ARCH (ARCH_CRIU_NETWORK_LOCK); read by CRIU through CRIU_CONFIG_FILE.\nnetwork-lock ${networkLock}\n`;

@@ -53,7 +53,7 @@ export async function restoreFromCheckpoint(ctx: NodeContext, req: RestoreReques
   if (!dir) return undefined;
   let t = Date.now();
   // Resolved while the checkpoint is verified (a probe of CRIU the first time after boot).
-  const criuAsked = criuRunEnv(ctx.settings);
+  const criuAsked = criuRunEnv(ctx.settings, req.spec);
   // Verifying the page images is most of the verification time: it runs
   // while CRIU restores (started once runc is, so that it delays nothing
   // before), and the restored processes stay stopped until it has passed

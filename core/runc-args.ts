@@ -21,6 +21,8 @@ export interface RuncCall {
   argv: string[];
   globals: Map<string, string | true>;
   subcommand: string | undefined;
+  /** Where the subcommand stands in argv (argv.length when there is none). */
+  subcommandIndex: number;
   options: Map<string, string | true>;
   positionals: string[];
   /** runc's state root (--root), default /run/runc. */
@@ -46,6 +48,7 @@ export function parseRuncArgs(argv: string[]): RuncCall {
     else globals.set(name, true);
   }
   const subcommand = argv[i];
+  const sub = i;
   for (i++; i < argv.length; i++) {
     const a = argv[i]!;
     if (a === '--') {
@@ -64,7 +67,7 @@ export function parseRuncArgs(argv: string[]): RuncCall {
     }
   }
   const root = globals.get('--root');
-  return { argv, globals, subcommand, options, positionals, root: typeof root === 'string' && root ? root : '/run/runc' };
+  return { argv, globals, subcommand, subcommandIndex: sub, options, positionals, root: typeof root === 'string' && root ? root : '/run/runc' };
 }
 
 export function optionString(call: RuncCall, ...names: string[]): string | undefined {
@@ -73,6 +76,31 @@ export function optionString(call: RuncCall, ...names: string[]): string | undef
     if (typeof v === 'string') return v;
   }
   return undefined;
+}
+
+/**
+ * Descriptors beyond stdio that runc itself uses from the caller: the N after
+ * stdio that --preserve-fds hands to the container, and --status-fd. The
+ * shell front execs runc (everything inherited); where Node starts runc these
+ * must be passed on by number, or they are lost.
+ */
+export function inheritedFds(call: RuncCall): number[] {
+  const out = new Set<number>();
+  const n = Number(optionString(call, '--preserve-fds') ?? 0);
+  if (Number.isInteger(n) && n > 0 && n <= 1024) for (let fd = 3; fd < 3 + n; fd++) out.add(fd);
+  const status = Number(optionString(call, '--status-fd') ?? -1);
+  if (Number.isInteger(status) && status >= 3 && status <= 65535) out.add(status);
+  return [...out].sort((a, b) => a - b);
+}
+
+/**
+ * `runc run -d` as the two calls it stands for: create (same options, less
+ * run's own) and start. The globals are kept as they are.
+ */
+export function splitDetachedRun(call: RuncCall, id: string): { create: string[]; start: string[] } {
+  const globals = call.argv.slice(0, call.subcommandIndex);
+  const rest = call.argv.slice(call.subcommandIndex + 1).filter((a) => !['-d', '--detach', '--keep', '-d=true', '--detach=true'].includes(a));
+  return { create: [...globals, 'create', ...rest], start: [...globals, 'start', id] };
 }
 
 /** The container id: the first positional after the subcommand. */

@@ -75,7 +75,8 @@ export async function runningHolderOf(runcRoot: string, checkpointDir: string, e
   return undefined;
 }
 
-async function initRunning(runcRoot: string, id: string): Promise<boolean> {
+/** runc's init process of the container is alive (checked with its start time: a reused pid is not it). */
+export async function initRunning(runcRoot: string, id: string): Promise<boolean> {
   const st = await readRuncStateFile(runcRoot, id);
   const pid = st?.init_process_pid;
   if (!st || !Number.isInteger(pid) || !pid || pid <= 0) return false;

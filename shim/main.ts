@@ -12,10 +12,10 @@ import { ArchInputError, CheckpointUnusableError, errorMessage } from '../core/e
 import { validateContainerId, validateNamespace } from '../core/ids.js';
 import { readSpec, withWorkdirMount, writeSpec, type OciSpec } from '../core/oci-spec.js';
 import { restoreFromCheckpoint } from '../core/restore.js';
-import { containerIdOf, namespaceOfRoot, optionString, parseRuncArgs, type RuncCall } from '../core/runc-args.js';
+import { containerIdOf, namespaceOfRoot, optionString, parseRuncArgs, splitDetachedRun, type RuncCall } from '../core/runc-args.js';
 import { Runc } from '../core/runc.js';
 import { criuRunEnv } from '../core/criu-network-lock.js';
-import { awaitRecordedExit, readShimState, recordedExit, runningHolderOf, updateShimState, wasKilled, wasOomKilled, writeShimState } from '../core/shim-state.js';
+import { awaitRecordedExit, initRunning, readShimState, recordedExit, runningHolderOf, updateShimState, wasKilled, wasOomKilled, writeShimState } from '../core/shim-state.js';
 import { CheckpointStore } from '../core/store.js';
 import { prepareWorkDir, removeWorkDir, type PreparedWorkDir } from '../core/work-dir.js';
 import { runRealRunc } from './passthrough.js';
@@ -49,6 +49,8 @@ export async function main(argv: string[]): Promise<number> {
     switch (call.subcommand) {
       case 'create':
         return await handleCreate(ctx, call, namespace, id, log);
+      case 'run':
+        return await handleRun(ctx, call, namespace, id, log, pass);
       case 'start':
         return await handleStart(ctx, call, id, log);
       case 'checkpoint':
@@ -170,6 +172,23 @@ async function createHeld(
   return code;
 }
 
+/**
+ * `runc run -d` restores like create + start. In the foreground (no -d) runc
+ * waits for the container and returns its exit code, which only runc itself
+ * can do (the restored process is not this one's child): it is passed through
+ * and starts fresh, with a log line saying so when a checkpoint is waiting.
+ */
+async function handleRun(ctx: NodeContext, call: RuncCall, namespace: string, id: string, log: Log, pass: () => Promise<number>): Promise<number> {
+  if (!(call.options.has('-d') || call.options.has('--detach'))) {
+    log.info('runc run in the foreground: passed to runc (ARCH restores on create, or on run -d)');
+    return pass();
+  }
+  const { create, start } = splitDetachedRun(call, id);
+  const code = await handleCreate(ctx, parseRuncArgs(create), namespace, id, log.child({ phase: 'run' }));
+  if (code !== 0) return code;
+  return handleStart(ctx, parseRuncArgs(start), id, log);
+}
+
 async function handleStart(ctx: NodeContext, call: RuncCall, id: string, log: Log): Promise<number> {
   const s = await readShimState(call.root, id);
   if (s?.restorePending) {
@@ -188,7 +207,8 @@ async function handleCheckpoint(ctx: NodeContext, call: RuncCall, namespace: str
   const bundle = await new Runc(ctx.settings, call.root).state(id).then((s) => s.bundle, () => undefined);
   // The dump containerd asked for needs ARCH's CRIU and its VM quirk setting too.
   const argv = call.globals.has('--criu') ? call.argv : ['--criu', ctx.settings.criu, ...call.argv];
-  const code = await runRealRunc(ctx.settings.runc, argv, (await criuRunEnv(ctx.settings)).env);
+  const spec = bundle ? await readSpec(bundle).catch(() => undefined) : undefined;
+  const code = await runRealRunc(ctx.settings.runc, argv, (await criuRunEnv(ctx.settings, spec)).env);
   if (code !== 0 || !imagePath || !bundle || call.options.has('--pre-dump')) return code;
   try {
     await checkpointContainer(ctx, {
@@ -221,7 +241,9 @@ const EXIT_RECORD_WAIT_MS = 1000;
 async function handleDelete(call: RuncCall, id: string, log: Log, pass: () => Promise<number>): Promise<number> {
   const s = await readShimState(call.root, id);
   if (!s) return pass();
-  const stopped = await stoppedReason(call.root, id, s.checkpointed);
+  // `delete --force` of a container still running kills it: not a job that finished.
+  const forced = (call.options.has('--force') || call.options.has('-f')) && (await initRunning(call.root, id));
+  const stopped = forced ? 'force-deleted while running' : await stoppedReason(call.root, id, s.checkpointed);
   // Otherwise only its exit code can tell a crash (keep) from a finished job: wait for the worker to write it.
   const { exit, waitedMs } = stopped ? { exit: await recordedExit(call.root, id), waitedMs: 0 } : await awaitRecordedExit(call.root, id, EXIT_RECORD_WAIT_MS);
   if (waitedMs > 0) log.info({ waitedMs, exitStatus: exit?.exitStatus }, exit ? 'exit code arrived after delete began' : 'no exit code recorded in time: counting the exit as clean');

@@ -1,4 +1,6 @@
-import { spawn } from 'node:child_process';
+import { spawn, type StdioOptions } from 'node:child_process';
+import fs from 'node:fs';
+import { inheritedFds, parseRuncArgs } from '../core/runc-args.js';
 
 /**
  * Hand a call to the real runc unchanged: same argv, same stdio (inherited
@@ -7,7 +9,7 @@ import { spawn } from 'node:child_process';
  */
 export function runRealRunc(runc: string, argv: string[], env?: Record<string, string>): Promise<number> {
   return new Promise((resolve) => {
-    const child = spawn(runc, argv, { stdio: 'inherit', env: env ? { ...process.env, ...env } : process.env });
+    const child = spawn(runc, argv, { stdio: stdioFor(argv), env: env ? { ...process.env, ...env } : process.env });
     const forward = (sig: NodeJS.Signals) => () => child.kill(sig);
     const sigs: NodeJS.Signals[] = ['SIGTERM', 'SIGINT', 'SIGHUP', 'SIGQUIT', 'SIGUSR1', 'SIGUSR2'];
     const handlers = sigs.map((s) => [s, forward(s)] as const);
@@ -21,6 +23,33 @@ export function runRealRunc(runc: string, argv: string[], env?: Record<string, s
       resolve(code ?? 128 + (signal ? signalNumber(signal) : 0));
     });
   });
+}
+
+/**
+ * stdin, stdout, stderr, and every descriptor the call names (--preserve-fds,
+ * --status-fd) at its own number, as an exec would have left them. Gaps are
+ * left closed ('ignore' would put /dev/null there, which runc would then hand
+ * to the container as if it had been given). A named descriptor this process
+ * does not have is left out: runc then says so, as it would have.
+ */
+export function stdioFor(argv: string[]): StdioOptions {
+  const fds = inheritedFds(parseRuncArgs(argv)).filter((fd) => isOpen(fd));
+  if (fds.length === 0) return 'inherit';
+  const stdio: (number | 'inherit' | 'ignore' | null)[] = [0, 1, 2];
+  for (const fd of fds) {
+    while (stdio.length < fd) stdio.push(null);
+    stdio[fd] = fd;
+  }
+  return stdio as StdioOptions;
+}
+
+function isOpen(fd: number): boolean {
+  try {
+    fs.fstatSync(fd);
+    return true;
+  } catch {
+    return false;
+  }
 }
 
 function signalNumber(sig: NodeJS.Signals): number {

@@ -6,6 +6,7 @@ import { execa } from 'execa';
 import { realRunc } from '../support/arch-env.js';
 import { ARCH_RUNC_BIN, startArchNode, waitFor, type ArchTestNode } from '../support/arch-node.js';
 import { cleanupStaleNodes, stopAllNodes } from '../support/containerd-node.js';
+import { makeRuncBundle } from '../support/direct-runc.js';
 import { buildRootfs, COUNTER_FILES } from '../support/images.js';
 
 /**
@@ -101,20 +102,7 @@ async function status(id: string): Promise<string> {
 }
 
 async function makeBundle(dir: string, rootfsFrom: string, env: string[], name: string): Promise<void> {
-  fs.mkdirSync(dir, { recursive: true });
-  await execa('cp', ['-a', rootfsFrom, path.join(dir, 'rootfs')]);
-  await execa(RUNC, ['spec', '--bundle', dir]);
-  const spec = JSON.parse(fs.readFileSync(path.join(dir, 'config.json'), 'utf8')) as {
-    process: { terminal: boolean; args: string[]; env: string[] };
-    root: { path: string; readonly: boolean };
-    linux: { cgroupsPath?: string };
-  };
-  spec.process.terminal = false;
-  spec.process.args = ['/usr/bin/counter'];
-  spec.process.env = [...spec.process.env, ...env];
-  spec.root = { path: 'rootfs', readonly: false };
-  spec.linux.cgroupsPath = `${cgroupParent}/${name}`;
-  fs.writeFileSync(path.join(dir, 'config.json'), JSON.stringify(spec, null, 1));
+  await makeRuncBundle(dir, rootfsFrom, { env, cgroupsPath: `${cgroupParent}/${name}` });
 }
 
 async function runDetached(id: string, bundle: string): Promise<void> {

@@ -1,0 +1,153 @@
+import { execa } from 'execa';
+import { spawn } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import { checkpointContainer } from '../../core/checkpoint.js';
+import { CheckpointStore } from '../../core/store.js';
+import { realRunc } from '../support/arch-env.js';
+import { ARCH_RUNC_BIN, startArchNode, waitFor, type ArchTestNode } from '../support/arch-node.js';
+import { cleanupStaleNodes, stopAllNodes } from '../support/containerd-node.js';
+import { makeRuncBundle } from '../support/direct-runc.js';
+import { buildRootfs, COUNTER_FILES } from '../support/images.js';
+
+/**
+ * arch-runc must be runc, with ARCH on too: the four differences runc's own
+ * integration tests found (inherited descriptors, `runc run`, force-delete,
+ * restore into a network namespace the container only joined).
+ */
+const RUNC = realRunc();
+let node: ArchTestNode;
+let work: string;
+let storage: string;
+let root: string;
+let namespace: string;
+const cgroupParent = `/arch-compat-${process.pid}`;
+const ids: string[] = [];
+
+beforeAll(async () => {
+  await cleanupStaleNodes();
+  node = await startArchNode('compat');
+  work = fs.mkdtempSync('/tmp/arch-compat-');
+  storage = path.join(work, 'ck');
+  // runc's --root: its last part is the namespace ARCH files checkpoints under.
+  namespace = `compat-${process.pid}`;
+  root = path.join('/run/arch-compat', namespace);
+  fs.mkdirSync(root, { recursive: true });
+  await buildRootfs(path.join(work, 'rootfs'));
+});
+
+afterAll(async () => {
+  for (const id of ids) {
+    await execa(RUNC, ['--root', root, 'kill', '--all', id, 'KILL'], { reject: false, stdin: 'ignore' });
+    await execa(RUNC, ['--root', root, 'delete', '--force', id], { reject: false, stdin: 'ignore' });
+  }
+  await stopAllNodes();
+  if (node) fs.rmSync(path.dirname(node.archConfig), { recursive: true, force: true });
+  fs.rmSync(root, { recursive: true, force: true });
+  fs.rmSync(work, { recursive: true, force: true });
+  for (const c of fs.readdirSync('/sys/fs/cgroup')) fs.rmSync(path.join('/sys/fs/cgroup', c, cgroupParent), { recursive: true, force: true });
+});
+
+async function bundle(id: string, opts: { args?: string[]; env?: string[] } = {}): Promise<string> {
+  ids.push(id);
+  const dir = path.join(work, `bundle-${id}`);
+  await makeRuncBundle(dir, path.join(work, 'rootfs'), {
+    cgroupsPath: `${cgroupParent}/${id}`, args: opts.args,
+    env: ['ARCH_ENABLE=1', `ARCH_CHECKPOINT_HOST_PATH=${storage}`, ...(opts.env ?? [])],
+  });
+  return dir;
+}
+
+/** arch-runc with this test node's settings; stdio: /dev/null, plus any descriptors given at their numbers. */
+async function archRunc(args: string[], extraFds: number[] = []): Promise<number> {
+  const stdio: (number | 'ignore')[] = ['ignore', 'ignore', 'ignore'];
+  for (const fd of extraFds) stdio[fd] = fd;
+  const p = spawn(ARCH_RUNC_BIN, ['--root', root, ...args], { env: { ...process.env, ARCH_CONFIG: node.archConfig }, stdio });
+  return new Promise((resolve) => p.on('exit', (code) => resolve(code ?? 128)));
+}
+
+async function status(id: string): Promise<string> {
+  const r = await execa(RUNC, ['--root', root, 'state', id], { reject: false });
+  return r.exitCode === 0 ? (JSON.parse(r.stdout) as { status: string }).status : 'absent';
+}
+
+const countIn = (dir: string): number => Number(fs.readFileSync(path.join(dir, 'rootfs', COUNTER_FILES.count), 'utf8'));
+
+test('--preserve-fds: the descriptors after stdio reach the container of an ARCH create', async () => {
+  const id = `fds-${process.pid}`;
+  const dir = await bundle(id, { args: ['/bin/sh', '-c', 'cat /proc/self/fd/3 > /from-fd3; cat /proc/self/fd/4 > /from-fd4; sleep 60'] });
+  fs.writeFileSync(path.join(work, 'fd3'), 'three\n');
+  fs.writeFileSync(path.join(work, 'fd4'), 'four\n');
+  // Opened here so that the numbers are this process's; handed to arch-runc at 3 and 4.
+  const fd3 = fs.openSync(path.join(work, 'fd3'), 'r');
+  const fd4 = fs.openSync(path.join(work, 'fd4'), 'r');
+  try {
+    const stdio: (number | 'ignore')[] = ['ignore', 'ignore', 'ignore', fd3, fd4];
+    const p = spawn(ARCH_RUNC_BIN, ['--root', root, 'create', '--preserve-fds', '2', '--bundle', dir, id], { env: { ...process.env, ARCH_CONFIG: node.archConfig }, stdio });
+    expect(await new Promise((resolve) => p.on('exit', resolve))).toBe(0);
+  } finally {
+    fs.closeSync(fd3);
+    fs.closeSync(fd4);
+  }
+  expect(fs.existsSync(path.join(root, id, 'arch.json'))).toBe(true); // an ARCH container
+  expect(await archRunc(['start', id])).toBe(0);
+  await waitFor('the container read fd 4', () => (fs.existsSync(path.join(dir, 'rootfs/from-fd4')) ? true : undefined));
+  expect(fs.readFileSync(path.join(dir, 'rootfs/from-fd3'), 'utf8')).toBe('three\n');
+  expect(fs.readFileSync(path.join(dir, 'rootfs/from-fd4'), 'utf8')).toBe('four\n');
+});
+
+test('`runc run -d` restores like create + start; `delete --force` of the running container keeps its checkpoint', async () => {
+  const id = `run-${process.pid}`;
+  const dir = await bundle(id, { env: ['COUNTER_INTERVAL_MS=50'] });
+  expect(await archRunc(['run', '-d', '--bundle', dir, id])).toBe(0);
+  expect(await status(id)).toBe('running');
+  await waitFor('count >= 5', () => (countIn(dir) >= 5 ? true : undefined));
+  const res = await checkpointContainer(node.ctx, { namespace, id, runcRoot: root });
+  const atCheckpoint = countIn(dir);
+  expect(await archRunc(['delete', id])).toBe(0);
+
+  expect(await archRunc(['run', '-d', '--bundle', dir, id])).toBe(0);
+  expect(await status(id)).toBe('running');
+  await waitFor('count continues', () => (countIn(dir) > atCheckpoint + 3 ? true : undefined));
+  expect(node.logLines().some((l) => l.container === id && l.msg === 'restored from checkpoint')).toBe(true);
+
+  // Killed by a force-delete while it runs: not a finished job.
+  expect(await archRunc(['delete', '--force', id])).toBe(0);
+  expect(await status(id)).toBe('absent');
+  const store = new CheckpointStore(path.dirname(res.dir));
+  expect(await store.current()).toBe(res.dir);
+  expect(node.logLines().some((l) => l.container === id && /force-deleted while running: checkpoint kept/.test(String(l.msg)))).toBe(true);
+});
+
+test('a container in a network namespace it only joined is restored into that same namespace', async () => {
+  // A pod: the app joins the sandbox's namespaces; the kubelet restarts the app inside the same sandbox.
+  const sid = `sandbox-${process.pid}`;
+  const id = `pod-app-${process.pid}`;
+  const env = ['ARCH_ENABLE=1', `ARCH_CHECKPOINT_HOST_PATH=${storage}`];
+  await node.containerd.run({ image: node.image, id: sid, args: ['/usr/bin/counter'], env: ['COUNTER_INTERVAL_MS=1000'], runcBinary: ARCH_RUNC_BIN, detach: true, logFile: path.join(work, `${sid}.out`) });
+  const sandboxPid = (await node.containerd.waitStatus(sid, 'RUNNING', 15_000))!.pid;
+  const app = () => node.containerd.run({
+    image: node.image, id, env, runcBinary: ARCH_RUNC_BIN, detach: true, logFile: path.join(work, `${id}-${Date.now()}.out`),
+    extraFlags: ['--with-ns', `network:/proc/${sandboxPid}/ns/net`],
+  });
+  try {
+    await app();
+    await node.waitCount(id, 5);
+    const res = await checkpointContainer(node.ctx, { namespace: 'default', id, runcRoot: node.runcRoot('default') });
+    expect(res.manifest.runtime.networkLock).toBe('iptables');
+    await node.containerd.waitStatus(id, 'STOPPED', 15_000);
+    const atCheckpoint = node.count(id);
+    await node.containerd.removeContainer(id);
+
+    await app();
+    await node.containerd.waitStatus(id, 'RUNNING', 15_000);
+    await node.waitCount(id, atCheckpoint + 3);
+    expect(node.logLines().some((l) => l.container === id && l.msg === 'restored from checkpoint')).toBe(true);
+    // And the sandbox's network is not left locked.
+    const rules = await execa('nsenter', ['-t', String(sandboxPid), '-n', 'sh', '-c', 'nft list ruleset; iptables-save'], { reject: false, all: true });
+    expect(String(rules.all ?? '')).not.toMatch(/CRIU/);
+  } finally {
+    await node.containerd.removeContainer(id).catch(() => undefined);
+    await node.containerd.removeContainer(sid).catch(() => undefined);
+  }
+});
