@@ -63,8 +63,8 @@ export function writeArchConfig(dir: string, overrides: Record<string, string | 
     ARCH_LOG_FILE: path.join(dir, 'arch.log'),
     ARCH_LOG_LEVEL: 'debug',
     ARCH_SIGNING_KEY: testSigningKey(),
-    // Tests keep checkpoints and shared dirs in their own temporary directories.
-    ARCH_ALLOWED_ROOTS: '/tmp:/run/arch-test:/var/lib/arch',
+    // Tests and benchmarks keep checkpoints and shared dirs in their own temporary directories.
+    ARCH_ALLOWED_ROOTS: '/tmp:/run/arch-test:/run/arch-bench:/var/lib/arch',
     ...overrides,
   };
   const lines = ['# Written by test/support/arch-env.ts for one test.'];
