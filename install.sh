@@ -159,6 +159,17 @@ mkdir -p "$KEY_DIR"
   if (!fs.existsSync(pub)) fs.writeFileSync(pub, c.createPublicKey(fs.readFileSync(key)).export({ type: "spki", format: "pem" }));
   fs.chmodSync(pub, 0o644);
 ' "$KEY_DIR") || die "could not create the signing key in $KEY_DIR"
+# The cluster's Temporal payload key (AES-256): container environments and
+# transfer tokens reach Temporal only encrypted with it. ONE key per cluster:
+# copy this file from the first node to every node and CLI host before
+# running install.sh there (an existing key is kept, never replaced).
+PAYLOAD_KEY=$CONF_DIR/keys/payload.key
+mkdir -p "$CONF_DIR/keys" && chmod 700 "$CONF_DIR/keys"
+if [ ! -s "$PAYLOAD_KEY" ]; then
+  say "creating the cluster's payload key $PAYLOAD_KEY: copy it to every other node and CLI host (same path, mode 0600)"
+  (umask 077; openssl rand -hex 32 > "$PAYLOAD_KEY.tmp" && mv "$PAYLOAD_KEY.tmp" "$PAYLOAD_KEY") || die "could not create $PAYLOAD_KEY"
+fi
+chmod 600 "$PAYLOAD_KEY"
 # Hardware breakpoints do not fire in some VMs: CRIU then hangs in dump unless
 # told to use its ptrace fallback. Probe once and record the answer.
 "$ARCH_HOME/bin/arch-cli" doctor --write-config >/dev/null || true

@@ -7,6 +7,7 @@ import { SingleBar } from 'cli-progress';
 import { ApplicationFailure, type WorkflowHandle, WorkflowFailedError } from '@temporalio/client';
 import { FailureType } from '../core/temporal/failures.js';
 import { SA } from '../core/temporal/search-attributes.js';
+import { decodePayloads } from '../core/temporal/data-converter.js';
 import { CliError, EXIT } from './exit-codes.js';
 import { bytes, type Out } from './output.js';
 
@@ -65,7 +66,9 @@ async function snapshot(handle: WorkflowHandle): Promise<Snapshot> {
   let activity: string | undefined;
   for (const a of d.raw.pendingActivities ?? []) {
     activity = a.activityType?.name ?? undefined;
-    const payload = a.heartbeatDetails?.payloads?.[0];
+    // Raw from describe(): still encrypted when a payload key is set.
+    const raw = a.heartbeatDetails?.payloads?.[0];
+    const payload = raw ? (await decodePayloads(handle.client.options.loadedDataConverter.payloadCodecs, [raw]).catch(() => []))[0] : undefined;
     if (payload?.data) {
       try {
         const p = JSON.parse(Buffer.from(payload.data).toString('utf8')) as { bytesDone?: number; bytesTotal?: number };

@@ -6,6 +6,7 @@
 import { Command, CommanderError, InvalidArgumentError } from 'commander';
 import { ArchInputError, CheckpointUnusableError, errorMessage } from '../core/errors.js';
 import { loadSettings, type Settings } from '../core/settings.js';
+import { registerCodecServer } from './commands/codec-server.js';
 import { registerDev } from './commands/dev.js';
 import { registerDrain } from './commands/drain.js';
 import { registerLs } from './commands/ls.js';
@@ -39,6 +40,7 @@ export async function buildProgram(settings: Settings): Promise<{ program: Comma
   registerStatus(program, ctx);
   registerDev(program, ctx);
   registerTemporalSetup(program, ctx);
+  registerCodecServer(program, ctx);
   // Node-local commands (no Temporal needed).
   registerFinalize(program);
   registerDoctor(program);
@@ -96,8 +98,8 @@ async function main(argv: string[]): Promise<number> {
 }
 
 // Ctrl-C while waiting on an operation: the operation goes on in Temporal.
-// `dev` handles its own signals (the worker shuts down gracefully).
-if (!process.argv.slice(2).includes('dev')) {
+// `dev` and `codec-server` handle their own signals (they shut down gracefully).
+if (!process.argv.slice(2).some((a) => a === 'dev' || a === 'codec-server')) {
   process.once('SIGINT', () => {
     process.stderr.write('\ninterrupted; the operation continues in Temporal (arch-cli status)\n');
     process.exit(EXIT.interrupted);

@@ -46,8 +46,28 @@ type Served =
 
 interface Entry {
   tokenHash: Buffer;
+  /** Gone after this (ms epoch); each request moves it to at least now + OFFER_IDLE_MS. */
   expires: number;
+  /** ...but never past this: a token that keeps being used is still not forever. */
+  hardExpires: number;
   served: Served;
+}
+
+/**
+ * Offer lifetimes. An offer is a bearer token that travels through Temporal
+ * (encrypted, but readable by every node of the cluster): it must die soon.
+ * The workflows withdraw it as soon as the bytes are across or the move is
+ * abandoned; the expiry covers what they cannot (a workflow that stalls, a
+ * withdraw that does not arrive). offerTtlFor() sizes it to the transfer;
+ * a transfer still fetching files keeps it alive, up to 3 times that.
+ */
+export const OFFER_MIN_BYTES_PER_SEC = 8 << 20;
+export const OFFER_IDLE_MS = 2 * 60_000;
+const OFFER_HARD_FACTOR = 3;
+
+/** Time for the target to start fetching (baseMs) plus the bytes at a slow rate. */
+export function offerTtlFor(baseMs: number, bytes: number): number {
+  return baseMs + Math.ceil((bytes / OFFER_MIN_BYTES_PER_SEC) * 1000);
 }
 
 export interface TransferServerOptions {
@@ -134,15 +154,16 @@ export class TransferServer {
     await new Promise<void>((resolve) => s.close(() => resolve()));
   }
 
-  /** Offer one published checkpoint directory, pinned to its manifest digest. */
-  async offerCheckpoint(dir: string, manifestSha256: string, ttlMs: number): Promise<Offer> {
+  /** Offer one published checkpoint directory, pinned to its manifest digest. `ttlMs` may depend on its size. */
+  async offerCheckpoint(dir: string, manifestSha256: string, ttlMs: number | ((bytes: number) => number)): Promise<Offer> {
     const text = await fsp.readFile(path.join(dir, MANIFEST_FILE));
     if (sha256(text) !== manifestSha256) {
       throw new CheckpointUnusableError('replaced', `the checkpoint in ${dir} is not the one requested (manifest digest differs)`);
     }
     const manifest = parseManifest(text.toString('utf8'));
     const files = new Map(manifest.files.map((f) => [f.path, f.size]));
-    return this.add({ kind: 'checkpoint', dir, manifestSha256, files }, ttlMs, 'checkpoint');
+    const ttl = typeof ttlMs === 'number' ? ttlMs : ttlMs(manifest.files.reduce((a, f) => a + f.size, 0));
+    return this.add({ kind: 'checkpoint', dir, manifestSha256, files }, ttl, 'checkpoint');
   }
 
   /** Offer one file (e.g. an exported image archive); onDone runs when the offer goes. */
@@ -163,8 +184,9 @@ export class TransferServer {
   private add(served: Served, ttlMs: number, kind: string): Offer {
     if (!this.server) throw new Error('transfer server is not started');
     const token = randomBytes(TOKEN_BYTES).toString('hex');
-    const expires = Date.now() + ttlMs;
-    this.offers.set(tokenKey(token), { tokenHash: createHash('sha256').update(token).digest(), expires, served });
+    const now = Date.now();
+    const expires = now + ttlMs;
+    this.offers.set(tokenKey(token), { tokenHash: createHash('sha256').update(token).digest(), expires, hardExpires: now + OFFER_HARD_FACTOR * ttlMs, served });
     return { url: `${this.baseUrl}/v1/${kind}`, token, expiresAt: new Date(expires).toISOString() };
   }
 
@@ -186,7 +208,14 @@ export class TransferServer {
     if (!e || e.expires < Date.now()) return undefined;
     // The map lookup already matched; compare digests in constant time anyway.
     const h = createHash('sha256').update(m[1]!).digest();
-    return timingSafeEqual(h, e.tokenHash) ? e : undefined;
+    if (!timingSafeEqual(h, e.tokenHash)) return undefined;
+    this.touch(e);
+    return e;
+  }
+
+  /** In use: not idle-expired while a transfer still fetches its files. */
+  private touch(e: Entry): void {
+    e.expires = Math.min(e.hardExpires, Math.max(e.expires, Date.now() + OFFER_IDLE_MS));
   }
 
   private async handle(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
@@ -218,6 +247,7 @@ export class TransferServer {
     }
     res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': String(size) });
     await pipeline(fs.createReadStream(file, { highWaterMark: 1 << 20 }), res);
+    this.touch(e);
   }
 }
 

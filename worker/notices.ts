@@ -17,6 +17,7 @@ import { errorMessage } from '../core/errors.js';
 import { finalizeNode } from '../core/finalize.js';
 import { settingsVars } from '../core/settings.js';
 import { connectionOptions, type TemporalTarget } from '../core/temporal/connection.js';
+import { clientDataConverter, type PayloadProtection } from '../core/temporal/data-converter.js';
 import { WORKFLOW_TASK_QUEUE, WORKFLOW_TYPES, workflowIds } from '../core/temporal/names.js';
 import { waitForReclaimDrain } from '../core/temporal/reclaim-drain.js';
 import { attributePairs } from '../core/temporal/search-attributes.js';
@@ -30,6 +31,8 @@ export interface NoticeOptions {
   targets: string[];
   ctx: NodeContext;
   target: TemporalTarget;
+  /** The worker's payload codec: the signal's arguments are payloads too. */
+  payloads: PayloadProtection;
   env?: NodeJS.ProcessEnv;
   /** The node's measured checkpoint throughput (shared with the drain planning activity). */
   throughputFile?: string;
@@ -56,7 +59,7 @@ export async function startNoticeWatcher(o: NoticeOptions): Promise<CloudWatcher
     let connection: Connection | undefined;
     try {
       connection = await Connection.connect({ ...connectionOptions(o.target), connectTimeout: 3000 });
-      const client = new Client({ connection, namespace: o.target.namespace });
+      const client = new Client({ connection, namespace: o.target.namespace, dataConverter: clientDataConverter(o.payloads) });
       await signalReclaim(client, o.node, o.targets, signal);
       log.warn({ deadline: signal.deadline, reason: signal.reason }, 'reclaim notice signalled to the node\'s reclaim watcher');
       // Resolving tells the watcher the notice is handled (Azure then

@@ -13,7 +13,8 @@ import { createActivities } from '../activities/index.js';
 import { Containerd } from '../core/containerd.js';
 import { createLogger, type Logger } from '../core/log.js';
 import type { Settings } from '../core/settings.js';
-import { connectionOptions, temporalTarget } from '../core/temporal/connection.js';
+import { connectionOptions, targetPayloads, temporalTarget } from '../core/temporal/connection.js';
+import { describeProtection, workerDataConverter } from '../core/temporal/data-converter.js';
 import { nodeTaskQueue, WORKFLOW_TASK_QUEUE } from '../core/temporal/names.js';
 import { loadTransferTls, TransferServer } from '../core/transfer.js';
 import { sdkLogger } from './logger.js';
@@ -75,10 +76,15 @@ export async function startNodeWorker(o: NodeWorkerOptions): Promise<RunningWork
     throw new Error(`workflow bundle ${WORKFLOW_BUNDLE} is missing: run \`npm run build\` in ${REPO_DIR}`);
   }
   fs.mkdirSync(o.stateDir, { recursive: true });
+  const target = temporalTarget(settings);
+  // Before anything listens: a key that cannot be used, or none for a remote Temporal, stops the worker here.
+  const payloads = targetPayloads(target, process.env, 'worker');
   const tls = loadTransferTls(settings);
   const transfer = new TransferServer({ host: o.transferListen.host, port: o.transferListen.port, advertiseHost: o.transferAdvertise, tls: tls.server, log });
   const transferUrl = await transfer.start();
-  const target = temporalTarget(settings);
+  if (payloads.codec) log.info({ phase: 'start', payloadKey: payloads.codec.keyId, payloadKeySource: payloads.source }, describeProtection(payloads));
+  else log.warn({ phase: 'start', payloadEncryption: false }, describeProtection(payloads));
+  const dataConverter = workerDataConverter(payloads);
   let connection: NativeConnection | undefined;
   try {
     connection = await NativeConnection.connect(connectionOptions(target));
@@ -96,7 +102,8 @@ export async function startNodeWorker(o: NodeWorkerOptions): Promise<RunningWork
       logDir: o.logDir,
       stateDir: o.stateDir,
       verifyStableMs: o.verifyStableMs ?? 1000,
-      offerTtlMs: 60 * 60_000,
+      // Until the target starts fetching (offerTtlFor adds the transfer's own time).
+      offerTtlMs: 5 * 60_000,
     });
     const workers: Worker[] = [
       await Worker.create({
@@ -105,6 +112,7 @@ export async function startNodeWorker(o: NodeWorkerOptions): Promise<RunningWork
         taskQueue: nodeTaskQueue(o.node),
         identity,
         activities,
+        dataConverter,
         shutdownGraceTime: o.shutdownGraceMs,
         maxConcurrentActivityTaskExecutions: o.maxConcurrentActivities ?? 8,
       }),
@@ -117,6 +125,7 @@ export async function startNodeWorker(o: NodeWorkerOptions): Promise<RunningWork
           taskQueue: WORKFLOW_TASK_QUEUE,
           identity,
           workflowBundle: { codePath: WORKFLOW_BUNDLE },
+          dataConverter,
           // A killed worker's sticky workflows move to another worker after this.
           stickyQueueScheduleToStartTimeout: '3s',
         }),
@@ -125,7 +134,7 @@ export async function startNodeWorker(o: NodeWorkerOptions): Promise<RunningWork
     const conn = connection;
     const runs = workers.map((w) => w.run());
     // Only once the workers poll: a notice must find someone to drain the node.
-    const notices = await startNoticeWatcher({ node: o.node, targets: o.reclaimTargets ?? [], ctx: { settings, log }, target, throughputFile: nodeThroughputFile(o.stateDir, o.node) });
+    const notices = await startNoticeWatcher({ node: o.node, targets: o.reclaimTargets ?? [], ctx: { settings, log }, target, payloads, throughputFile: nodeThroughputFile(o.stateDir, o.node) });
     const exits = await startExitRecorder({ containerd: new Containerd({ address: o.containerdAddress, ctr: o.ctr }), runcRootBase: settings.runcRootBase, log });
     const done = (async () => {
       try {

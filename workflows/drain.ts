@@ -17,7 +17,7 @@ import { ApplicationFailure, log } from '@temporalio/workflow';
 import { FailureType } from '../core/temporal/failures.js';
 import { boundedAll, checkDeadline, checkNode, failureTypeOf, inputFailure, nodeUnavailable, onNode, rootMessage, track, DEFAULTS } from './common.js';
 import { drainCounts } from './drain-outcomes.js';
-import { checkpointOn, compensate, expectedOf, moveCheckpointed, shipImage, Timeline } from './migrate.js';
+import { checkpointOn, compensate, expectedOf, moveCheckpointed, shipImage, Timeline, withdrawOffer, withdrawsOffers } from './migrate.js';
 import type { ActivityTimeouts, CheckpointInfo, ContainerSpec, DrainContainerResult, DrainInput, DrainPlanSummary, DrainResult, PlannedContainer, TransferOffer } from './types.js';
 
 const secs = (ms: number): string => `${(ms / 1000).toFixed(1)} s`;
@@ -30,6 +30,7 @@ export async function drainNode(input: DrainInput): Promise<DrainResult> {
   const deadlineMs = Date.parse(deadline);
   const t0 = Date.now();
   const t: ActivityTimeouts = input;
+  const tidy = withdrawsOffers();
   const phase = (p: string, details: string) =>
     track({ sourceNode: node, targetNode: targets.join(','), operation: 'drain', phase: p }, `**${p}** — drain ${node} → ${targets.join(', ') || '(checkpoint only)'} by ${deadline}${input.reason ? ` (${input.reason})` : ''}\n\n${details}`);
   phase('plan', 'planning');
@@ -78,7 +79,9 @@ export async function drainNode(input: DrainInput): Promise<DrainResult> {
       const described = await onNode(node, 'quick', t).describeContainer(ref);
       // Whatever time is left: a checkpoint that ends after the node is gone is worthless.
       const left = Math.max(5_000, deadlineMs - Date.now());
-      const ck = await checkpointOn(ref, node, described.spec, { ...t, checkpointTimeoutMs: Math.min(left, t.checkpointTimeoutMs ?? DEFAULTS.checkpointTimeoutMs), checkpointDeadlineEpochMs: deadlineMs }, tl);
+      // Checkpoint only (no targets): nothing will be fetched, so nothing is offered.
+      const offer = tidy && targets.length === 0 ? false : undefined;
+      const ck = await checkpointOn(ref, node, described.spec, { ...t, checkpointTimeoutMs: Math.min(left, t.checkpointTimeoutMs ?? DEFAULTS.checkpointTimeoutMs), checkpointDeadlineEpochMs: deadlineMs }, tl, false, offer);
       r.outcome = 'checkpointed';
       r.checkpointMs = Date.now() - s;
       r.sizeBytes = ck.sizeBytes;
@@ -107,8 +110,8 @@ export async function drainNode(input: DrainInput): Promise<DrainResult> {
         const tl = new Timeline();
         try {
           // The image check (and shipping) of a normal move; the container is already stopped.
-          await prepareImageOnly(spec, node, to, t, tl);
-          const moved = await moveCheckpointed(spec, ck, to, t, tl, () => undefined);
+          await prepareImageOnly(spec, node, to, t, tl, tidy);
+          const moved = await moveCheckpointed(spec, ck, to, t, tl, () => undefined, tidy);
           r.outcome = 'migrated';
           r.target = to;
           r.runningOn = to;
@@ -125,6 +128,8 @@ export async function drainNode(input: DrainInput): Promise<DrainResult> {
         }
       }
       r.target = targets[i % targets.length];
+      // Whatever happens to it now, its checkpoint is not fetched any more.
+      if (tidy) await withdrawOffer(node, ck.offer, { ...t, nodeStartTimeoutMs: 5_000 });
       // No target took it. While the node is still there (a maintenance
       // drain, or time left before a reclaim), it goes back to running there.
       if (Date.now() < deadlineMs) {
@@ -165,7 +170,7 @@ export async function drainNode(input: DrainInput): Promise<DrainResult> {
 }
 
 /** Make sure `to` can take the container (alive, not running it, has the image). */
-async function prepareImageOnly(spec: ContainerSpec, from: string, to: string, t: ActivityTimeouts, tl: Timeline): Promise<void> {
+async function prepareImageOnly(spec: ContainerSpec, from: string, to: string, t: ActivityTimeouts, tl: Timeline, tidy: boolean): Promise<void> {
   const target = await tl.step('check-target', to, () => onNode(to, 'quick', t).checkTarget({ ref: { namespace: spec.namespace, id: spec.id } }));
-  if (!target.images.includes(spec.image)) await shipImage(spec, from, to, t, tl);
+  if (!target.images.includes(spec.image)) await shipImage(spec, from, to, t, tl, tidy);
 }

@@ -15,6 +15,7 @@ import {
   CancellationScope,
   defineQuery,
   isCancellation,
+  patched,
   setHandler,
   workflowInfo,
 } from '@temporalio/workflow';
@@ -47,6 +48,29 @@ import type {
 } from './types.js';
 
 export const migrateProgressQuery = defineQuery<MigrateProgress>('progress');
+
+/**
+ * Runs started before this change keep their old course (patched() is false
+ * when their history is replayed); new runs withdraw every transfer offer
+ * they made as soon as it is not needed, on every path, and make none
+ * where nothing will be transferred. A token in a history then opens nothing.
+ */
+export const OFFERS_PATCH = 'arch-withdraw-offers-v1';
+
+/** Decided once at the start of a run: see OFFERS_PATCH. */
+export function withdrawsOffers(): boolean {
+  return patched(OFFERS_PATCH);
+}
+
+/**
+ * Best effort, and also while the workflow is being cancelled: a source
+ * that is gone took its offers with it (they live in its worker's memory).
+ */
+export async function withdrawOffer(node: string, offer: TransferOffer | undefined, t: ActivityTimeouts): Promise<void> {
+  if (!offer) return;
+  const quick = { ...t, nodeStartTimeoutMs: Math.min(t.nodeStartTimeoutMs ?? DEFAULTS.nodeStartTimeoutMs, 10_000) };
+  await CancellationScope.nonCancellable(() => onNode(node, 'quick', quick).withdrawOffer({ token: offer.token })).catch(() => undefined);
+}
 
 /** Phase bookkeeping shared by migrate and drain. */
 export class Timeline {
@@ -94,7 +118,7 @@ export interface Prepared {
  * Everything that can be refused before the container is touched. The
  * source and the target are checked in parallel (one round trip less).
  */
-export async function prepareMove(ref: ContainerRef, from: string, to: string, t: ActivityTimeouts, tl: Timeline): Promise<Prepared> {
+export async function prepareMove(ref: ContainerRef, from: string, to: string, t: ActivityTimeouts, tl: Timeline, tidy = false): Promise<Prepared> {
   const [described, target] = await Promise.all([
     tl.step('describe', from, () => onNode(from, 'quick', t).describeContainer(ref), 'preflight').catch((err: unknown) => {
       throw wrap(err, from, `describing ${refString(ref)}`, t);
@@ -111,7 +135,7 @@ export async function prepareMove(ref: ContainerRef, from: string, to: string, t
     });
   }
   const spec = described.spec;
-  if (!target.images.includes(spec.image)) await shipImage(spec, from, to, t, tl);
+  if (!target.images.includes(spec.image)) await shipImage(spec, from, to, t, tl, tidy);
   return { spec };
 }
 
@@ -119,7 +143,7 @@ export async function prepareMove(ref: ContainerRef, from: string, to: string, t
  * Ship the image from the source before anything stops: a target that
  * cannot get it must refuse now, not after the processes are gone.
  */
-export async function shipImage(spec: ContainerSpec, from: string, to: string, t: ActivityTimeouts, tl: Timeline): Promise<void> {
+export async function shipImage(spec: ContainerSpec, from: string, to: string, t: ActivityTimeouts, tl: Timeline, tidy = false): Promise<void> {
   let offer: TransferOffer | undefined;
   try {
     offer = await tl.step('image-export', from, () => onNode(from, 'transfer', t).offerImage({ namespace: spec.namespace, image: spec.image }));
@@ -127,17 +151,19 @@ export async function shipImage(spec: ContainerSpec, from: string, to: string, t
   } catch (err) {
     throw wrap(err, to, `getting image ${spec.image}`, t);
   } finally {
-    if (offer) await onNode(from, 'quick', t).withdrawOffer({ token: offer.token }).catch(() => undefined);
+    if (tidy) await withdrawOffer(from, offer, t);
+    else if (offer) await onNode(from, 'quick', t).withdrawOffer({ token: offer.token }).catch(() => undefined);
   }
 }
 
-export async function checkpointOn(ref: ContainerRef, node: string, spec: ContainerSpec, t: ActivityTimeouts, tl: Timeline, leaveRunning = false) {
+/** `offer`: also offer it for transfer (default: node-local storage, where a target must copy it). */
+export async function checkpointOn(ref: ContainerRef, node: string, spec: ContainerSpec, t: ActivityTimeouts, tl: Timeline, leaveRunning = false, offer?: boolean) {
   try {
     return await tl.step('checkpoint', node, () =>
       onNode(node, 'checkpoint', t).checkpointContainer({
         ref,
         leaveRunning,
-        offer: spec.mode === 'local',
+        offer: offer ?? spec.mode === 'local',
         notBefore: workflowInfo().startTime.toISOString(),
       }),
     );
@@ -148,7 +174,12 @@ export async function checkpointOn(ref: ContainerRef, node: string, spec: Contai
 
 export const expectedOf = (ck: CheckpointInfo): ExpectedCheckpoint => ({ manifestSha256: ck.manifestSha256, node: ck.node, createdAt: ck.createdAt });
 
-/** Transfer (re-offering if the source's offer went away) and restore on `to`. */
+/**
+ * Transfer (re-offering if the source's offer went away) and restore on `to`.
+ * `tidy` (OFFERS_PATCH): the offer is withdrawn once the bytes are on `to`,
+ * while the restore runs, and ck.offer says what is still offered (nothing
+ * then; a next target asks for a new offer).
+ */
 export async function moveCheckpointed(
   spec: ContainerSpec,
   ck: CheckpointInfo & { offer?: TransferOffer },
@@ -156,10 +187,14 @@ export async function moveCheckpointed(
   t: ActivityTimeouts,
   tl: Timeline,
   onPhase: (p: string) => void,
+  tidy = false,
 ): Promise<{ received: ReceiveResult; restored: RestoreResult; offer?: TransferOffer }> {
   const ref = { namespace: spec.namespace, id: spec.id };
   const expected = expectedOf(ck);
   let offer = ck.offer;
+  if (tidy && !offer && ck.mode === 'local') {
+    offer = ck.offer = await tl.step('offer', ck.node, () => onNode(ck.node, 'quick', t).offerCheckpoint({ ref, dir: ck.dir, manifestSha256: ck.manifestSha256 }));
+  }
   let received: ReceiveResult | undefined;
   // Shared storage: the target reads the very same directory; the restore
   // itself checks that it sees it (one activity round trip less).
@@ -171,14 +206,23 @@ export async function moveCheckpointed(
     } catch (err) {
       if (failureTypeOf(err) !== FailureType.offerGone || i >= 3 || spec.mode !== 'local') throw wrap(err, to, `transfer of ${refString(ref)}`, t);
       offer = await tl.step('offer', ck.node, () => onNode(ck.node, 'quick', t).offerCheckpoint({ ref, dir: ck.dir, manifestSha256: ck.manifestSha256 }));
+      if (tidy) ck.offer = offer;
     }
+  }
+  // Runs beside the restore: no time added to the move.
+  let withdrawn: Promise<void> = Promise.resolve();
+  if (tidy && offer) {
+    withdrawn = withdrawOffer(ck.node, offer, t);
+    ck.offer = undefined;
   }
   onPhase('restore');
   try {
     const restored = await tl.step('restore', to, () => onNode(to, 'restore', t).restoreContainer({ spec, expected }));
-    return { received, restored, offer };
+    return { received, restored, offer: tidy ? undefined : offer };
   } catch (err) {
     throw wrap(err, to, `restore of ${refString(ref)}`, t);
+  } finally {
+    await withdrawn;
   }
 }
 
@@ -223,6 +267,7 @@ export async function migrateContainer(input: MigrateInput): Promise<MigrateResu
   const to = checkNode(input.to, 'to');
   if (from === to) throw inputFailure(`from and to are both "${from}". Fix: pass two different nodes`);
   const t: ActivityTimeouts = input;
+  const tidy = withdrawsOffers();
   const t0 = Date.now();
   const tl = new Timeline();
   const progress: MigrateProgress = { phase: 'preflight', from, to, phases: tl.phases };
@@ -233,16 +278,18 @@ export async function migrateContainer(input: MigrateInput): Promise<MigrateResu
   };
   phase('preflight');
 
-  const { spec } = await prepareMove(ref, from, to, t, tl);
+  const { spec } = await prepareMove(ref, from, to, t, tl, tidy);
   phase('checkpoint');
   const ck = await checkpointOn(ref, from, spec, t, tl);
 
   let moved: Awaited<ReturnType<typeof moveCheckpointed>>;
   try {
-    moved = await moveCheckpointed(spec, ck, to, t, tl, (p) => phase(p, `checkpoint ${Math.round(ck.sizeBytes / 1024)} KiB (${ck.mode} storage)`));
+    moved = await moveCheckpointed(spec, ck, to, t, tl, (p) => phase(p, `checkpoint ${Math.round(ck.sizeBytes / 1024)} KiB (${ck.mode} storage)`), tidy);
   } catch (err) {
     progress.error = rootMessage(err);
     phase('compensate', `move failed: ${progress.error}`);
+    // Whatever failed (or was cancelled), the checkpoint must not stay downloadable.
+    if (tidy) await withdrawOffer(from, ck.offer, t);
     const back = await compensate(spec, ck, from, to, err, t, tl);
     phase('compensated', `runs again on ${from} (pid ${back.pid})`);
     if (isCancellation(err)) throw err;

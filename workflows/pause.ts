@@ -8,7 +8,7 @@
 import { ApplicationFailure } from '@temporalio/workflow';
 import { FailureType } from '../core/temporal/failures.js';
 import { boundedAll, checkNode, failureTypeOf, nodeUnavailable, onNode, refString, rootMessage, track, DEFAULTS } from './common.js';
-import { checkpointOn, Timeline } from './migrate.js';
+import { checkpointOn, Timeline, withdrawsOffers } from './migrate.js';
 import type { ContainerSummary, PauseInput, PauseItemResult, PauseResult } from './types.js';
 
 async function select(input: PauseInput, node: string, action: 'pause' | 'resume'): Promise<ContainerSummary[]> {
@@ -55,9 +55,11 @@ async function forEachSelected(
 }
 
 export async function pauseContainers(input: PauseInput): Promise<PauseResult> {
+  // A paused container is restored where it is: nothing to offer for transfer.
+  const offer = withdrawsOffers() ? false : undefined;
   return forEachSelected(input, 'pause', { selecting: 'selecting running ARCH containers', stepPhase: 'checkpoint', done: 'paused' }, async (ref, node) => {
     const { spec } = await onNode(node, 'quick', input).describeContainer(ref);
-    const ck = await checkpointOn(ref, node, spec, input, new Timeline());
+    const ck = await checkpointOn(ref, node, spec, input, new Timeline(), false, offer);
     return { sizeBytes: ck.sizeBytes };
   });
 }

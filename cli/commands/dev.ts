@@ -8,7 +8,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { Command } from 'commander';
 import { Connection } from '@temporalio/client';
-import { isReachable, temporalTarget } from '../../core/temporal/connection.js';
+import { connectionOptions, isReachable, temporalTarget } from '../../core/temporal/connection.js';
 import { startDevServer, type DevServer } from '../../core/temporal/dev-server.js';
 import { ensureSearchAttributes } from '../../core/temporal/register.js';
 import { addWorkerOptions, workerOptionsFrom, type WorkerFlags } from '../../worker/options.js';
@@ -69,7 +69,7 @@ export function registerDev(program: Command, ctx: CliContext): void {
       });
       uiUrl = server.uiUrl;
     }
-    const connection = await Connection.connect({ address: target.address });
+    const connection = await Connection.connect(connectionOptions(target));
     const sa = await ensureSearchAttributes(connection, target.namespace);
     await connection.close();
     out.info(`search attributes: ${sa.added.length ? `registered ${sa.added.join(', ')}` : 'already registered'}`);

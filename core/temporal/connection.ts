@@ -2,31 +2,65 @@
  * How every ARCH process reaches Temporal: TEMPORAL_ADDRESS /
  * TEMPORAL_NAMESPACE (defaults localhost:7233 / default, from Settings), the
  * same variables the Temporal CLI reads, plus optional TLS / API key for a
- * real cluster or Temporal Cloud.
+ * real cluster or Temporal Cloud, and the payload codec (data-converter.ts).
+ *
+ * mTLS: TEMPORAL_TLS_CERT + TEMPORAL_TLS_KEY (client certificate and key),
+ * TEMPORAL_TLS_CA (the CA that signed the server's certificate, when it is
+ * not a public one), TEMPORAL_TLS_SERVER_NAME; the Temporal CLI's names
+ * (TEMPORAL_TLS_CLIENT_CERT_PATH, TEMPORAL_TLS_CLIENT_KEY_PATH,
+ * TEMPORAL_TLS_SERVER_CA_CERT_PATH) work too. Read like every ARCH setting:
+ * the settings file, the environment over it.
  */
 import fs from 'node:fs';
 import { Client, Connection, type ConnectionOptions } from '@temporalio/client';
-import type { Settings } from '../settings.js';
+import { ArchInputError } from '../errors.js';
+import { settingsVars, type Settings } from '../settings.js';
+import { clientDataConverter, payloadProtection, type PayloadProtection } from './data-converter.js';
 
 export interface TemporalTarget {
   address: string;
   namespace: string;
-  /** TLS on when TEMPORAL_TLS=1, a client certificate is given, or an API key is set. */
-  tls?: { clientCertPath?: string; clientKeyPath?: string; serverName?: string } | boolean;
+  /** TLS on when TEMPORAL_TLS=1, a client certificate or CA is given, or an API key is set. */
+  tls?: { clientCertPath?: string; clientKeyPath?: string; caPath?: string; serverName?: string } | boolean;
   apiKey?: string;
 }
 
+const first = (vars: Record<string, string | undefined>, ...names: string[]): string | undefined => {
+  for (const n of names) if (vars[n]) return vars[n];
+  return undefined;
+};
+
 export function temporalTarget(settings: Pick<Settings, 'temporalAddress' | 'temporalNamespace'>, env: NodeJS.ProcessEnv = process.env): TemporalTarget {
-  const apiKey = env.TEMPORAL_API_KEY || undefined;
-  const certPath = env.TEMPORAL_TLS_CLIENT_CERT_PATH || env.TEMPORAL_TLS_CERT || undefined;
-  const keyPath = env.TEMPORAL_TLS_CLIENT_KEY_PATH || env.TEMPORAL_TLS_KEY || undefined;
-  const tlsOn = ['1', 'true', 'yes'].includes((env.TEMPORAL_TLS ?? '').toLowerCase()) || !!certPath || !!apiKey;
+  const { vars } = settingsVars(env);
+  const apiKey = vars.TEMPORAL_API_KEY || undefined;
+  const certPath = first(vars, 'TEMPORAL_TLS_CERT', 'TEMPORAL_TLS_CLIENT_CERT_PATH');
+  const keyPath = first(vars, 'TEMPORAL_TLS_KEY', 'TEMPORAL_TLS_CLIENT_KEY_PATH');
+  const caPath = first(vars, 'TEMPORAL_TLS_CA', 'TEMPORAL_TLS_SERVER_CA_CERT_PATH');
+  const serverName = vars.TEMPORAL_TLS_SERVER_NAME || undefined;
+  if (!certPath !== !keyPath) {
+    const [set, unset] = certPath ? ['TEMPORAL_TLS_CERT', 'TEMPORAL_TLS_KEY'] : ['TEMPORAL_TLS_KEY', 'TEMPORAL_TLS_CERT'];
+    throw new ArchInputError(unset, `is not set but ${set} is`, 'set both (the client certificate and its private key, PEM files) or neither');
+  }
+  const tlsOn = ['1', 'true', 'yes'].includes((vars.TEMPORAL_TLS ?? '').toLowerCase()) || !!certPath || !!caPath || !!apiKey;
   return {
     address: settings.temporalAddress,
     namespace: settings.temporalNamespace,
-    tls: tlsOn ? (certPath ? { clientCertPath: certPath, clientKeyPath: keyPath, serverName: env.TEMPORAL_TLS_SERVER_NAME || undefined } : true) : false,
+    tls: tlsOn ? (certPath || caPath || serverName ? { clientCertPath: certPath, clientKeyPath: keyPath, caPath, serverName } : true) : false,
     apiKey,
   };
+}
+
+/** The payload codec for this target (throws where plaintext is refused: data-converter.ts). */
+export function targetPayloads(t: TemporalTarget, env: NodeJS.ProcessEnv = process.env, role: 'reader' | 'worker' = 'reader'): PayloadProtection {
+  return payloadProtection(settingsVars(env).vars, t.address, role);
+}
+
+function readPem(file: string, field: string): Buffer {
+  try {
+    return fs.readFileSync(file);
+  } catch (err) {
+    throw new ArchInputError(field, `cannot read ${file} (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`, 'point it at a readable PEM file');
+  }
 }
 
 /** Options shared by the client Connection and the worker's NativeConnection. */
@@ -36,17 +70,20 @@ export function connectionOptions(t: TemporalTarget): { address: string; tls: Co
   else if (t.tls && typeof t.tls === 'object') {
     tls = {
       serverNameOverride: t.tls.serverName,
+      serverRootCACertificate: t.tls.caPath ? readPem(t.tls.caPath, 'TEMPORAL_TLS_CA') : undefined,
       clientCertPair: t.tls.clientCertPath && t.tls.clientKeyPath
-        ? { crt: fs.readFileSync(t.tls.clientCertPath), key: fs.readFileSync(t.tls.clientKeyPath) }
+        ? { crt: readPem(t.tls.clientCertPath, 'TEMPORAL_TLS_CERT'), key: readPem(t.tls.clientKeyPath, 'TEMPORAL_TLS_KEY') }
         : undefined,
     };
   }
   return { address: t.address, tls, ...(t.apiKey ? { apiKey: t.apiKey } : {}) };
 }
 
-export async function connectClient(t: TemporalTarget, opts: { connectTimeoutMs?: number } = {}): Promise<Client> {
+/** A client that encrypts and decrypts payloads as the settings say (`payloads` defaults to targetPayloads(t)). */
+export async function connectClient(t: TemporalTarget, opts: { connectTimeoutMs?: number; payloads?: PayloadProtection } = {}): Promise<Client> {
+  const payloads = opts.payloads ?? targetPayloads(t);
   const connection = await Connection.connect({ ...connectionOptions(t), connectTimeout: opts.connectTimeoutMs ?? 5000 });
-  return new Client({ connection, namespace: t.namespace });
+  return new Client({ connection, namespace: t.namespace, dataConverter: clientDataConverter(payloads) });
 }
 
 /** True when a Temporal frontend answers at the address within timeoutMs. */

@@ -39,9 +39,9 @@ test('current images, pinned, no auto-setup', () => {
   expect(s.postgresql!.image).toMatch(/^postgres:/);
 });
 
-test('ports: frontend 7233, UI on 8233', () => {
-  expect(s.temporal!.ports).toEqual(['7233:7233']);
-  expect(s['temporal-ui']!.ports).toEqual(['8233:8080']);
+test('ports: frontend 7233, UI on 8233, on loopback unless ARCH_TEMPORAL_BIND says otherwise', () => {
+  expect(s.temporal!.ports).toEqual(['${ARCH_TEMPORAL_BIND:-127.0.0.1}:7233:7233']);
+  expect(s['temporal-ui']!.ports).toEqual(['${ARCH_TEMPORAL_BIND:-127.0.0.1}:8233:8080']);
   expect(s['temporal-ui']!.environment?.TEMPORAL_ADDRESS).toBe('temporal:7233');
   expect(s.postgresql!.ports).toBeUndefined(); // the database stays inside the compose network
 });
