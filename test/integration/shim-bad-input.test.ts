@@ -8,6 +8,7 @@ import { digestFiles } from '../../core/digest.js';
 import type { Manifest } from '../../core/manifest.js';
 import { findUpperDir } from '../../core/rootfs-diff.js';
 import { CheckpointStore } from '../../core/store.js';
+import { signManifest, SIGNATURE_FILE, trustOf } from '../../core/trust.js';
 import { craftTar, type TarEntry } from '../support/crafted-tar.js';
 import { realRunc } from '../support/arch-env.js';
 import { ARCH_RUNC_BIN, startArchNode, waitFor, type ArchTestNode } from '../support/arch-node.js';
@@ -153,8 +154,11 @@ describe('damaged checkpoints: refused, container starts fresh, nothing written 
     return JSON.parse(fs.readFileSync(path.join(dir, 'manifest.json'), 'utf8')) as Manifest;
   }
 
+  /** Written and signed by this node: these cases test the readers behind the signature (shim-trust tests the signature). */
   function writeManifest(dir: string, m: Manifest): void {
-    fs.writeFileSync(path.join(dir, 'manifest.json'), JSON.stringify(m, null, 1));
+    const bytes = Buffer.from(JSON.stringify(m, null, 1));
+    fs.writeFileSync(path.join(dir, 'manifest.json'), bytes);
+    fs.writeFileSync(path.join(dir, SIGNATURE_FILE), signManifest(bytes, trustOf(node.ctx.settings))!);
   }
 
   /** A copy of the seed checkpoint published for container `id` (manifest identity rewritten). */

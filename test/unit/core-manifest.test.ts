@@ -4,6 +4,8 @@ import path from 'node:path';
 import { createHash } from 'node:crypto';
 import { digestFiles } from '../../core/digest.js';
 import { describeFiles, FORMAT_VERSION, listFiles, parseManifest, verifyCheckpointDir, type Manifest } from '../../core/manifest.js';
+import { loadTrust, signManifest, SIGNATURE_FILE } from '../../core/trust.js';
+import { testSigningKey } from '../support/arch-env.js';
 import { checkpointUnusable } from '../support/input-error.js';
 
 let tmp: string;
@@ -11,6 +13,13 @@ beforeAll(() => {
   tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'arch-manifest-'));
 });
 afterAll(() => fs.rmSync(tmp, { recursive: true, force: true }));
+
+/** manifest.json as the node writes it: signed (with this test run's key, see testSigningKey). */
+function writeManifest(dir: string, text: string): void {
+  testSigningKey();
+  fs.writeFileSync(path.join(dir, 'manifest.json'), text);
+  fs.writeFileSync(path.join(dir, SIGNATURE_FILE), signManifest(Buffer.from(text), loadTrust())!);
+}
 
 const sha = (b: Buffer | string): string => createHash('sha256').update(b).digest('hex');
 
@@ -40,7 +49,7 @@ async function goodDir(name: string): Promise<string> {
   fs.writeFileSync(path.join(dir, 'rootfs-diff.tar'), Buffer.alloc(1024));
   fs.writeFileSync(path.join(dir, 'deleted.files'), '{"whiteouts":[],"opaque":[]}');
   const files = await describeFiles(dir, await listFiles(dir));
-  fs.writeFileSync(path.join(dir, 'manifest.json'), JSON.stringify(baseManifest({ files })));
+  writeManifest(dir, JSON.stringify(baseManifest({ files })));
   return dir;
 }
 
@@ -164,7 +173,7 @@ describe('verifyCheckpointDir', () => {
   test('newer format in an otherwise intact dir', async () => {
     const dir = await goodDir('newer');
     const m = JSON.parse(fs.readFileSync(path.join(dir, 'manifest.json'), 'utf8')) as Manifest;
-    fs.writeFileSync(path.join(dir, 'manifest.json'), JSON.stringify({ ...m, formatVersion: 99 }));
+    writeManifest(dir, JSON.stringify({ ...m, formatVersion: 99 }));
     expect((await checkpointUnusable(verifyCheckpointDir(dir))).reason).toBe('format-newer');
   });
 
@@ -176,7 +185,7 @@ describe('verifyCheckpointDir', () => {
     fs.writeFileSync(f, Buffer.alloc(size, 3));
     const files = await describeFiles(dir, await listFiles(dir));
     expect(files[0]).toEqual({ path: 'pages-1.img', size, sha256: sha(fs.readFileSync(f)) });
-    fs.writeFileSync(path.join(dir, 'manifest.json'), JSON.stringify(baseManifest({ files })));
+    writeManifest(dir, JSON.stringify(baseManifest({ files })));
     await expect(verifyCheckpointDir(dir)).resolves.toBeTruthy();
     const fd = fs.openSync(f, 'r+');
     fs.writeSync(fd, Buffer.from([4]), 0, 1, 33 * 1024 * 1024 + 100);
@@ -190,7 +199,7 @@ describe('verifyCheckpointDir', () => {
   test('digest recorded for a listed file in another order still verifies (order-independent listing)', async () => {
     const dir = await goodDir('order');
     const m = JSON.parse(fs.readFileSync(path.join(dir, 'manifest.json'), 'utf8')) as Manifest;
-    fs.writeFileSync(path.join(dir, 'manifest.json'), JSON.stringify({ ...m, files: [...m.files].reverse() }));
+    writeManifest(dir, JSON.stringify({ ...m, files: [...m.files].reverse() }));
     await expect(verifyCheckpointDir(dir)).resolves.toBeTruthy();
   });
 });

@@ -4,10 +4,12 @@ import path from 'node:path';
 import { spawnSync } from 'node:child_process';
 import { FORMAT_VERSION, type Manifest } from '../../core/manifest.js';
 import { CheckpointStore, CURRENT_LINK } from '../../core/store.js';
+import { testSigningKey } from '../support/arch-env.js';
 import { checkpointUnusable } from '../support/input-error.js';
 
 let tmp: string;
 beforeAll(() => {
+  testSigningKey(); // publish signs with this test run's key, not the machine's
   tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'arch-store-'));
 });
 afterAll(() => fs.rmSync(tmp, { recursive: true, force: true }));
