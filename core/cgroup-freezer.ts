@@ -43,6 +43,14 @@ export class CgroupFreezer {
     return undefined;
   }
 
+  /** The freezer of a cgroup already found by of() (a freeze guard's watcher gets it as plain data). */
+  static at(version: 1 | 2, dir: string): CgroupFreezer {
+    if ((version !== 1 && version !== 2) || !path.isAbsolute(dir) || path.normalize(dir) !== dir) {
+      throw new Error(`not a cgroup freezer: v${String(version)} ${dir}`);
+    }
+    return new CgroupFreezer(version, dir);
+  }
+
   async freeze(timeoutMs = 10_000): Promise<void> {
     if (this.version === 1) await fsp.writeFile(path.join(this.dir, 'freezer.state'), 'FROZEN');
     else await fsp.writeFile(path.join(this.dir, 'cgroup.freeze'), '1');
@@ -65,6 +73,16 @@ export class CgroupFreezer {
   async frozen(): Promise<boolean> {
     if (this.version === 1) return (await fsp.readFile(path.join(this.dir, 'freezer.state'), 'utf8')).trim() === 'FROZEN';
     return /^frozen 1$/m.test(await fsp.readFile(path.join(this.dir, 'cgroup.events'), 'utf8'));
+  }
+
+  /**
+   * Has anyone asked for a freeze that is not undone? Unlike frozen(), also
+   * true while v1 is still FREEZING or v2 tasks have not all stopped yet: a
+   * watcher that must leave the container running looks at the request.
+   */
+  async freezeRequested(): Promise<boolean> {
+    if (this.version === 1) return (await fsp.readFile(path.join(this.dir, 'freezer.state'), 'utf8')).trim() !== 'THAWED';
+    return (await fsp.readFile(path.join(this.dir, 'cgroup.freeze'), 'utf8')).trim() === '1';
   }
 
   /**
