@@ -184,7 +184,9 @@ describe('damaged checkpoints: refused, container starts fresh, nothing written 
     fs.writeFileSync(tarFile, craftTar(entries, fs.readFileSync(tarFile)));
     const m = readManifest(dir);
     const d = (await digestFiles([tarFile]))[0]!;
-    writeManifest(dir, { ...m, files: m.files.map((f) => (f.path === 'rootfs-diff.tar' ? { path: f.path, ...d } : f)) });
+    // rootfs.bytes grown too, as whoever signed it would: the archive's declared size is checked before its entries.
+    const rootfs = { ...m.rootfs, bytes: m.rootfs.bytes + entries.reduce((a, e) => a + Buffer.byteLength(e.data ?? ''), 0) };
+    writeManifest(dir, { ...m, rootfs, files: m.files.map((f) => (f.path === 'rootfs-diff.tar' ? { path: f.path, ...d } : f)) });
     await expect(new CheckpointStore(path.dirname(dir)).verifyCurrent()).resolves.toBeTruthy();
   }
 
