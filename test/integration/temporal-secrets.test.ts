@@ -3,6 +3,7 @@ import http from 'node:http';
 import path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { Client, Connection } from '@temporalio/client';
 import type { Payload } from '@temporalio/common';
 import { AesGcmPayloadCodec, ENCRYPTED_ENCODING, loadPayloadKeys } from '../../core/temporal/codec.js';
 import { WORKFLOW_TASK_QUEUE } from '../../core/temporal/names.js';
@@ -179,8 +180,10 @@ test('a compensated migration leaves no offer behind: its token no longer downlo
 });
 
 test('a worker with a key refuses plaintext payloads: a workflow started without the key never runs an activity', async () => {
-  // Anyone who reaches Temporal can start this; only the key makes it ARCH's own.
-  const handle = await cluster.temporal.client.workflow.start('migrateContainer', {
+  // Anyone who reaches Temporal can start this (a client without any codec); only the key makes it ARCH's own.
+  const connection = await Connection.connect({ address: cluster.temporal.address });
+  const plain = new Client({ connection, namespace: cluster.temporal.namespace });
+  const handle = await plain.workflow.start('migrateContainer', {
     taskQueue: WORKFLOW_TASK_QUEUE,
     workflowId: `test-sec-plain-${randomBytes(3).toString('hex')}`,
     args: [{ namespace: 'default', id: 'secretive', from: B, to: A } satisfies MigrateInput],
@@ -196,6 +199,7 @@ test('a worker with a key refuses plaintext payloads: a workflow started without
     expect(await runningOn(cluster, 'secretive')).toEqual([B]);
   } finally {
     await handle.terminate('test: plaintext workflow').catch(() => undefined);
+    await connection.close().catch(() => undefined);
   }
 });
 

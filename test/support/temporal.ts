@@ -4,6 +4,8 @@ import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Client, Connection, type WorkflowHandle } from '@temporalio/client';
 import { startDevServer, type DevServer } from '../../core/temporal/dev-server.js';
+import { clientDataConverter, payloadProtection } from '../../core/temporal/data-converter.js';
+import { settingsVars } from '../../core/settings.js';
 import { nodeTaskQueue, WORKFLOW_TASK_QUEUE } from '../../core/temporal/names.js';
 import { workflowOverhead, type Overhead } from '../../core/temporal/overhead.js';
 import { attributePairs } from '../../core/temporal/search-attributes.js';
@@ -48,7 +50,8 @@ export async function startTemporal(opts: { dir?: string } = {}): Promise<TestTe
     await server.stop();
     throw err;
   }
-  const client = new Client({ connection, namespace: server.namespace });
+  // The payload key the workers find too (ARCH_PAYLOAD_KEY[_FILE], or the node's default key file): workers with a key refuse plaintext.
+  const client = new Client({ connection, namespace: server.namespace, dataConverter: clientDataConverter(payloadProtection(settingsVars().vars, server.address)) });
   let stopped = false;
   const t: TestTemporal = {
     server,
