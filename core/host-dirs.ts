@@ -106,8 +106,17 @@ export async function holdDir(req: WalkRequest): Promise<HeldDir | undefined> {
   if (rel.startsWith('..') || path.isAbsolute(rel)) throw new ArchInputError(req.field, `"${req.target}" is not under ${req.root}`, 'use a path under an allowed root');
   const parts = rel === '' ? [] : rel.split('/');
   if (parts.length === 0) throw new ArchInputError(req.field, `"${req.target}" is an allowed root itself`, 'ARCH keeps each container in its own directory below the root');
-  // The root is the administrator's: it may itself be reached through a symlink.
-  let dir: FileHandle = await fsp.open(req.root, O_RDONLY | O_DIRECTORY);
+  // The root is the administrator's: it may itself be reached through a symlink,
+  // and it is made on first use.
+  let dir: FileHandle;
+  try {
+    dir = await fsp.open(req.root, O_RDONLY | O_DIRECTORY);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+    if (!req.create) return undefined;
+    await fsp.mkdir(req.root, { recursive: true, mode: 0o755 });
+    dir = await fsp.open(req.root, O_RDONLY | O_DIRECTORY);
+  }
   let parent: FileHandle | undefined;
   let created = false;
   let record: OwnerRecord | undefined;

@@ -3,7 +3,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { execaSync } from 'execa';
-import { REPO_ROOT } from './images.js';
+import { REPO_ROOT, testWorkDir } from './images.js';
 
 /**
  * The settings file (ARCH_CONFIG) a test hands to arch-runc and the other
@@ -64,7 +64,7 @@ export function writeArchConfig(dir: string, overrides: Record<string, string | 
     ARCH_LOG_LEVEL: 'debug',
     ARCH_SIGNING_KEY: testSigningKey(),
     // Tests and benchmarks keep checkpoints and shared dirs in their own temporary directories.
-    ARCH_ALLOWED_ROOTS: '/tmp:/run/arch-test:/run/arch-bench:/var/lib/arch',
+    ARCH_ALLOWED_ROOTS: ['/tmp', '/run/arch-test', '/run/arch-bench', '/var/lib/arch', testWorkDir()].join(':'),
     ...overrides,
   };
   const lines = ['# Written by test/support/arch-env.ts for one test.'];

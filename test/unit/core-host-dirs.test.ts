@@ -77,6 +77,14 @@ describe('holdDir', () => {
     expect(String(same)).toMatch(/is the shared work directory of container default\/a/);
   });
 
+  test('a root that does not exist yet: nothing to find, or made on first use', async () => {
+    const root = path.join(dir, 'new-root');
+    expect(await holdDir({ root, target: path.join(root, 'ns/id'), kind: 'checkpoint', create: false, field: 'F' })).toBeUndefined();
+    const h = (await holdDir({ root, target: path.join(root, 'ns/id'), kind: 'checkpoint', create: true, field: 'F' }))!;
+    expect(h.created).toBe(true);
+    await h.close();
+  });
+
   test('absent target without create: undefined', async () => {
     expect(await holdDir({ root: dir, target: path.join(dir, 'none/x'), kind: 'work', create: false, field: 'F' })).toBeUndefined();
   });
