@@ -1,3 +1,4 @@
+import { readSignature, signManifest, trustOf, verifyManifestSignature } from '../core/trust.js';
 import fs from 'node:fs';
 import path from 'node:path';
 import { checkpointContainer, type CheckpointResult } from '../core/checkpoint.js';
@@ -49,6 +50,9 @@ interface ArchSample {
   restoreShimMs: number;
   restoreTimings: Record<string, number>;
   ctrRunMs: number;
+  /** What signing adds: the node's keys read, the manifest signed, and on restore the keys read, signature read and verified. */
+  signMs: number;
+  verifyMs: number;
 }
 
 export const benchmark: Benchmark = {
@@ -149,6 +153,12 @@ export const benchmark: Benchmark = {
       { metric: `checkpoint ${MEM_MB} MiB, ARCH_FSYNC=1 vs runc checkpoint (standalone)`, unit: 'ms', arch: round(ck1), raw: round(rSa), added: round(ck1 - rSa), ratio: paired(A1, (s) => s.checkpointMs, rawSaCkpt), n: A1.length },
       { metric: `restore ${MEM_MB} MiB: arch-runc create vs runc restore -d`, unit: 'ms', arch: round(rsArch), raw: round(rsRaw), added: round(rsArch - rsRaw), ratio: paired(arch, (s) => s.restoreCallMs, rawSaRestore), n: arch.length, target: `≤ ${TARGET_RATIO}x`, pass: paired(arch, (s) => s.restoreCallMs, rawSaRestore) <= TARGET_RATIO, note: 'both ARCH_FSYNC settings pooled' },
       { metric: `restore ${MEM_MB} MiB: arch-runc create vs runc restore -d with ARCH's CRIU network lock (${criuLock.networkLock})`, unit: 'ms', arch: round(rsArch), raw: round(median(rawSaRestoreSameLock)), added: round(rsArch - median(rawSaRestoreSameLock)), ratio: paired(arch, (s) => s.restoreCallMs, rawSaRestoreSameLock), n: arch.length },
+      {
+        metric: `signing: sign at publish + verify at restore, as a share of the ${MEM_MB} MiB restore (arch-runc create)`, unit: '%',
+        arch: round((100 * median(arch.map((s) => s.signMs + s.verifyMs))) / rsArch), n: arch.length, target: '≤ 2 %',
+        pass: (100 * median(arch.map((s) => s.signMs + s.verifyMs))) / rsArch <= 2,
+        note: `sign ${round(median(arch.map((s) => s.signMs)))} ms, verify ${round(median(arch.map((s) => s.verifyMs)))} ms (keys read from the settings each time, as the shim does)`,
+      },
       { metric: `restore ${MEM_MB} MiB: shim durationMs (Node loaded) vs runc restore -d`, unit: 'ms', arch: round(rsShim), raw: round(rsRaw), added: round(rsShim - rsRaw), ratio: paired(arch, (s) => s.restoreShimMs, rawSaRestore), n: arch.length },
     ];
 
@@ -282,6 +292,7 @@ async function archCycle(bn: BenchNode, env: BenchEnv, id: string, fsync: boolea
   const t0 = process.hrtime.bigint();
   const result = await checkpointContainer(ctx, { namespace: 'default', id, runcRoot: node.runcRoot('default') });
   const checkpointMs = msSince(t0);
+  const { signMs, verifyMs } = await signingCost(ctx, result.dir);
   await node.containerd.waitStatus(id, 'STOPPED', 15_000);
   const at = node.count(id);
   await bn.remove(id);
@@ -311,7 +322,30 @@ async function archCycle(bn: BenchNode, env: BenchEnv, id: string, fsync: boolea
     restoreShimMs: Number(restored.durationMs),
     restoreTimings: (restored.timings ?? {}) as Record<string, number>,
     ctrRunMs,
+    signMs,
+    verifyMs,
   };
+}
+
+/**
+ * The signature's share of the work, on the checkpoint just published: what
+ * publish does (keys read, manifest bytes signed) and what a restore does
+ * before anything else (keys read, signature read, verified). The median of
+ * 5 each, in this (warm) process, as a share of the restore measured beside it.
+ */
+async function signingCost(ctx: NodeContext, dir: string): Promise<{ signMs: number; verifyMs: number }> {
+  const bytes = fs.readFileSync(path.join(dir, 'manifest.json'));
+  const signs: number[] = [];
+  const verifies: number[] = [];
+  for (let i = 0; i < 5; i++) {
+    let t = process.hrtime.bigint();
+    signManifest(bytes, trustOf(ctx.settings));
+    signs.push(msSince(t));
+    t = process.hrtime.bigint();
+    verifyManifestSignature(fs.readFileSync(path.join(dir, 'manifest.json')), await readSignature(dir), trustOf(ctx.settings));
+    verifies.push(msSince(t));
+  }
+  return { signMs: median(signs), verifyMs: median(verifies) };
 }
 
 async function waitUntil(what: string, fn: () => boolean, timeoutMs = 60_000): Promise<void> {
