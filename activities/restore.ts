@@ -241,8 +241,10 @@ export function restoreActivities(d: NodeDeps) {
         let removedCheckpoint = false;
         const store = storeFor(d, spec);
         if (input.removeCheckpoint && input.expected && (await expectedPresent(store, input.expected))) {
-          await store.remove();
-          removedCheckpoint = true;
+          // Only what ARCH made for this container on this node (its ownership record says so).
+          const r = await store.remove({ namespace: spec.namespace, id: spec.id });
+          removedCheckpoint = r.removed;
+          if (!r.removed) log.warn({ why: r.why }, 'source checkpoint kept');
         }
         log.info({ removedContainer: had, removedCheckpoint }, 'source cleaned up');
         return { removedContainer: had, removedCheckpoint, ms: Date.now() - t0 };

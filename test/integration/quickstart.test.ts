@@ -46,7 +46,10 @@ test('install → ctr run with arch-runc → finalize → re-create continues', 
   await cd.run({ ...arch, logFile: path.join(storage, 'out1') });
   await waitFor('count >= 5', () => (countOf() >= 5 ? true : undefined));
 
-  const fin = await execa(path.join(REPO_ROOT, 'bin/arch-cli'), ['finalize', '--ns', NS, '--deadline', '60s'], { reject: false });
+  // The installed node's settings and keys, not the test run's (test/support/arch-env.ts sets ARCH_SIGNING_KEY).
+  const installed: NodeJS.ProcessEnv = { ...process.env };
+  for (const k of Object.keys(installed)) if (k.startsWith('ARCH_') && k !== 'ARCH_CI_RUN_ID') delete installed[k];
+  const fin = await execa(path.join(REPO_ROOT, 'bin/arch-cli'), ['finalize', '--ns', NS, '--deadline', '60s'], { reject: false, env: installed, extendEnv: false });
   expect(fin.stderr).toBe('');
   expect(fin.exitCode).toBe(0);
   expect(String(fin.stdout)).toMatch(new RegExp(`ok\\s+${NS}/${ID}`));
