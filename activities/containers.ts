@@ -7,7 +7,7 @@ import { nodeThroughputFile, planDrain, ThroughputEstimator } from '../core/drai
 import { checkpointStoreOf, contractOptions, envListToMap, parseContract } from '../core/env-contract.js';
 import { CheckpointStore } from '../core/store.js';
 import { validateContainerId, validateNamespace } from '../core/ids.js';
-import { listArchContainers } from '../core/node-containers.js';
+import { containerSummary, listArchContainers } from '../core/node-containers.js';
 import { FailureType } from '../core/temporal/failures.js';
 import type { ContainerRef, ContainerSpec, ContainerSummary, DrainPlanSummary, Selector } from '../workflows/types.js';
 import { activityLog, containerd, fail, mapped, type NodeDeps } from './context.js';
@@ -63,17 +63,7 @@ export function containerActivities(d: NodeDeps) {
   /** Containers runc knows on this node, with the sizes the drain planner needs (core/node-containers). */
   async function list(namespaces?: string[]): Promise<ContainerSummary[]> {
     const found = await listArchContainers(d.ctx, { namespaces: namespaces ?? d.namespaces });
-    return found.map((c) => ({
-      namespace: c.namespace,
-      id: c.id,
-      status: c.status,
-      pid: c.pid,
-      mode: c.contract.mode,
-      priority: c.contract.priority,
-      rssBytes: c.rssBytes,
-      upperDirBytes: c.upperDirBytes,
-      checkpoint: c.checkpoint ? { dir: c.checkpoint.dir, createdAt: c.checkpoint.createdAt, sizeBytes: c.checkpoint.sizeBytes } : undefined,
-    }));
+    return found.map(containerSummary);
   }
 
   return {

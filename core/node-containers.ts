@@ -6,6 +6,7 @@ import { errorMessage } from './errors.js';
 import { readSpec, rootfsOf } from './oci-spec.js';
 import { findUpperDir } from './rootfs-diff.js';
 import { Runc } from './runc.js';
+import { readShimState, type RestoreFailure } from './shim-state.js';
 import { CheckpointStore } from './store.js';
 
 /**
@@ -25,6 +26,18 @@ export interface ArchContainer {
   rssBytes: number;
   upperDirBytes: number;
   checkpoint?: { dir: string; createdAt: string; sizeBytes: number; node: string };
+  /** The checkpoint that failed to restore when this container was created (it started fresh). */
+  lastRestoreFailure?: RestoreFailure;
+}
+
+/** What `arch-cli ls` and the list activity report of a container (workflows/types.ts ContainerSummary). */
+export function containerSummary(c: ArchContainer) {
+  return {
+    namespace: c.namespace, id: c.id, status: c.status, pid: c.pid, mode: c.contract.mode, priority: c.contract.priority,
+    rssBytes: c.rssBytes, upperDirBytes: c.upperDirBytes,
+    checkpoint: c.checkpoint ? { dir: c.checkpoint.dir, createdAt: c.checkpoint.createdAt, sizeBytes: c.checkpoint.sizeBytes } : undefined,
+    lastRestoreFailure: c.lastRestoreFailure,
+  };
 }
 
 export async function listArchContainers(
@@ -74,6 +87,7 @@ export async function listArchContainers(
       const dir = await store.current().catch(() => null);
       const m = dir ? await store.readManifest().catch(() => null) : null;
       if (m && dir) c.checkpoint = { dir, createdAt: m.createdAt, sizeBytes: m.files.reduce((a, f) => a + f.size, 0), node: m.node };
+      c.lastRestoreFailure = (await readShimState(runc.root, st.id))?.lastRestoreFailure;
       out.push(c);
     }
   }

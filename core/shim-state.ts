@@ -33,6 +33,21 @@ export interface ShimState {
   /** The setting that named the checkpoint's home (for errors). */
   checkpointField?: string;
   createdAt: string;
+  /** The restore that failed before this container started fresh instead (`arch-cli ls` shows it). */
+  lastRestoreFailure?: RestoreFailure;
+}
+
+/**
+ * A checkpoint that was there but did not restore. The container started
+ * fresh, so the job's progress since the start is lost: that must be visible
+ * (ls, the error log), not only a container that runs.
+ */
+export interface RestoreFailure {
+  /** A short cause: CheckpointUnusableError's reason, `pid-in-use`, or `restore-failed`. */
+  reason: string;
+  message: string;
+  at: string;
+  checkpointDir: string;
 }
 
 export function stateFile(runcRoot: string, id: string): string {

@@ -1,9 +1,12 @@
 /**
  * arch-runc, Node side. The shell front (bin/arch-runc) execs the real runc
  * directly for everything that is not ARCH's business and starts this only for
- * `create` of a container whose spec mentions ARCH_ENABLE, and for
- * start/checkpoint/delete of containers this shim created.
+ * `create` of a container whose spec mentions ARCH_ENABLE, for
+ * start/checkpoint/delete of containers this shim created, and for checkpoint
+ * and restore of any container that the caller gave no --criu (the node's
+ * CRIU and its environment are added, nothing else).
  */
+import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { checkpointContainer } from '../core/checkpoint.js';
 import { createNodeContext, type NodeContext } from '../core/context.js';
@@ -15,10 +18,10 @@ import { restoreFromCheckpoint } from '../core/restore.js';
 import { containerIdOf, namespaceOfRoot, optionString, parseRuncArgs, splitDetachedRun, type RuncCall } from '../core/runc-args.js';
 import { Runc } from '../core/runc.js';
 import { criuRunEnv } from '../core/criu-network-lock.js';
-import { awaitRecordedExit, initRunning, readShimState, recordedExit, runningHolderOf, updateShimState, wasKilled, wasOomKilled, writeShimState } from '../core/shim-state.js';
+import { awaitRecordedExit, initRunning, readShimState, recordedExit, runningHolderOf, updateShimState, wasKilled, wasOomKilled, writeShimState, type RestoreFailure } from '../core/shim-state.js';
 import { CheckpointStore } from '../core/store.js';
 import { prepareWorkDir, removeWorkDir, type PreparedWorkDir } from '../core/work-dir.js';
-import { runRealRunc } from './passthrough.js';
+import { runRealRunc, withNodeCriu } from './passthrough.js';
 
 export async function main(argv: string[]): Promise<number> {
   let ctx: NodeContext;
@@ -31,7 +34,10 @@ export async function main(argv: string[]): Promise<number> {
   }
   const call = parseRuncArgs(argv);
   const id = containerIdOf(call);
-  const pass = () => runRealRunc(ctx.settings.runc, argv);
+  const pass = async () => {
+    const p = await withNodeCriu(ctx.settings, call, () => specOfCall(ctx, call, id));
+    return runRealRunc(ctx.settings.runc, p.argv, p.env);
+  };
   if (!id) return pass();
   let namespace: string;
   try {
@@ -54,7 +60,8 @@ export async function main(argv: string[]): Promise<number> {
       case 'start':
         return await handleStart(ctx, call, id, log);
       case 'checkpoint':
-        return await handleCheckpoint(ctx, call, namespace, id, log);
+        // The front sends checkpoints of other containers too (for the node's CRIU): those pass through.
+        return (await readShimState(call.root, id)) ? await handleCheckpoint(ctx, call, namespace, id, log) : await pass();
       case 'delete':
         return await handleDelete(call, id, log, pass);
       default:
@@ -68,6 +75,16 @@ export async function main(argv: string[]): Promise<number> {
 
 type Log = NodeContext['log'];
 
+const exists = (p: string) => fsp.access(p).then(() => true, () => false);
+
+/** The spec of the container a checkpoint or restore concerns (for CRIU's network lock); undefined when unknown. */
+async function specOfCall(ctx: NodeContext, call: RuncCall, id: string | undefined): Promise<OciSpec | undefined> {
+  const bundle = call.subcommand === 'restore'
+    ? path.resolve(optionString(call, '--bundle', '-b') ?? process.cwd())
+    : id && (await new Runc(ctx.settings, call.root).state(id).then((s) => s.bundle, () => undefined));
+  return bundle ? readSpec(bundle).catch(() => undefined) : undefined;
+}
+
 /** The globals containerd gave (--log, --log-format, ...) minus the ones Runc sets itself. */
 function passGlobals(call: RuncCall): string[] {
   const out: string[] = [];
@@ -78,14 +95,22 @@ function passGlobals(call: RuncCall): string[] {
   return out;
 }
 
-async function handleCreate(ctx: NodeContext, call: RuncCall, namespace: string, id: string, log: Log): Promise<number> {
+/**
+ * `fresh`: what runc gets when the container starts fresh (no checkpoint, a
+ * failed restore, ARCH off for it): the create itself, or the `run -d` it
+ * stands for, so that runc's own run does it (its errors say "run").
+ */
+async function handleCreate(ctx: NodeContext, call: RuncCall, namespace: string, id: string, log: Log, fresh = call.argv): Promise<number> {
   const t0 = Date.now();
+  // The id is taken (runc's state file is there): runc refuses with its own error. A restore
+  // attempt would fail too, and its clean-up would kill and delete the container holding the id.
+  if (await exists(path.join(call.root, id, 'state.json'))) return runRealRunc(ctx.settings.runc, fresh);
   const bundle = path.resolve(optionString(call, '--bundle', '-b') ?? process.cwd());
   const spec = await readSpec(bundle);
   let contract: EnabledContract;
   try {
     const c = parseContract(envListToMap(spec.process?.env), contractOptions(ctx.settings));
-    if (!c.enabled) return runRealRunc(ctx.settings.runc, call.argv);
+    if (!c.enabled) return runRealRunc(ctx.settings.runc, fresh);
     if (c.checkpointId) {
       // Two running containers writing one checkpoint would overwrite each other's progress.
       const holder = await runningHolderOf(call.root, checkpointDirOf(c, namespace, id), id);
@@ -97,7 +122,7 @@ async function handleCreate(ctx: NodeContext, call: RuncCall, namespace: string,
   } catch (err) {
     // Bad ARCH_* settings: the container still starts, as if ARCH were off.
     log.error({ err: errorMessage(err), field: err instanceof ArchInputError ? err.field : undefined }, 'invalid ARCH configuration; starting the container without ARCH');
-    return runRealRunc(ctx.settings.runc, call.argv);
+    return runRealRunc(ctx.settings.runc, fresh);
   }
   const store = checkpointStoreOf(contract, namespace, id);
   const checkpointDir = store.containerDir;
@@ -111,7 +136,10 @@ async function handleCreate(ctx: NodeContext, call: RuncCall, namespace: string,
         const gone = await store.remove({ namespace, id: finishedIn });
         const finishedWork = workDirOf(contract, namespace, id);
         if (finishedWork) await removeWorkDir({ allowedRoot: contract.allowedRoot, workDir: finishedWork }, namespace, finishedIn);
-        log.info({ predecessor: finishedIn, checkpointDir, removed: gone.removed, why: gone.why }, `the job finished in container ${finishedIn} (exit 0): starting fresh`);
+        log.info(
+          { predecessor: finishedIn, checkpointDir, removed: gone.removed, why: gone.why },
+          `the job finished in container ${finishedIn} (exit 0): its checkpoint ${gone.removed ? 'removed' : `kept (${gone.why})`}, starting fresh`,
+        );
       }
     }
     // Walked (and the work dir recorded before it is mounted): a path through a symlink, or inside a work dir, is refused here.
@@ -120,10 +148,10 @@ async function handleCreate(ctx: NodeContext, call: RuncCall, namespace: string,
   } catch (err) {
     if (!(err instanceof ArchInputError)) throw err;
     log.error({ err: errorMessage(err), field: err.field }, 'unsafe ARCH host path; starting the container without ARCH');
-    return runRealRunc(ctx.settings.runc, call.argv);
+    return runRealRunc(ctx.settings.runc, fresh);
   }
   try {
-    return await createHeld(ctx, call, { namespace, id, bundle, spec, contract, store, work, t0 }, log);
+    return await createHeld(ctx, call, { namespace, id, bundle, spec, contract, store, work, t0, fresh }, log);
   } finally {
     await work?.release();
   }
@@ -132,10 +160,10 @@ async function handleCreate(ctx: NodeContext, call: RuncCall, namespace: string,
 /** The rest of create, while the work dir (if any) is held open for runc to mount. */
 async function createHeld(
   ctx: NodeContext, call: RuncCall,
-  c: { namespace: string; id: string; bundle: string; spec: OciSpec; contract: EnabledContract; store: CheckpointStore; work: PreparedWorkDir | undefined; t0: number },
+  c: { namespace: string; id: string; bundle: string; spec: OciSpec; contract: EnabledContract; store: CheckpointStore; work: PreparedWorkDir | undefined; t0: number; fresh: string[] },
   log: Log,
 ): Promise<number> {
-  const { namespace, id, bundle, spec, contract, store, t0 } = c;
+  const { namespace, id, bundle, spec, contract, store, t0, fresh } = c;
   const checkpointDir = store.containerDir;
   const workDir = c.work?.path;
   let finalSpec = spec;
@@ -148,6 +176,7 @@ async function createHeld(
     namespace, id, checkpointDir, workDir, allowedRoot: contract.allowedRoot, checkpointField: store.guard?.field,
     checkpointed: false, createdAt: new Date().toISOString(),
   };
+  let failure: RestoreFailure | undefined;
   try {
     const restored = await restoreFromCheckpoint(ctx, {
       namespace, id, bundle, spec: finalSpec, contract, runc,
@@ -164,12 +193,25 @@ async function createHeld(
     }
     log.info({ checkpointDir }, 'no checkpoint; creating fresh');
   } catch (err) {
-    const reason = err instanceof CheckpointUnusableError ? err.reason : 'restore-failed';
-    log.error({ reason, err: errorMessage(err), checkpointDir }, 'checkpoint not restored; starting the container fresh');
+    failure = { reason: restoreFailureReason(err), message: errorMessage(err), at: new Date().toISOString(), checkpointDir };
+    log.error({ reason: failure.reason, err: failure.message, checkpointDir }, 'checkpoint not restored; starting the container fresh');
   }
-  const code = await runRealRunc(ctx.settings.runc, call.argv);
-  if (code === 0) await writeShimState(call.root, { ...state, restorePending: false }).catch((e) => log.warn({ err: errorMessage(e) }, 'could not record shim state'));
+  const code = await runRealRunc(ctx.settings.runc, fresh);
+  if (code === 0) {
+    await writeShimState(call.root, { ...state, restorePending: false, lastRestoreFailure: failure }).catch((e) => log.warn({ err: errorMessage(e) }, 'could not record shim state'));
+  }
   return code;
+}
+
+/**
+ * Why a restore failed, in a word the log and `arch-cli ls` can be searched
+ * by. A restored pid that is taken (CRIU "Can't fork for N: File exists") is
+ * a PID namespace the container shares with others (a pod's): no retry of
+ * this checkpoint can work there, and the fresh start is the outcome.
+ */
+export function restoreFailureReason(err: unknown): string {
+  if (err instanceof CheckpointUnusableError) return err.reason;
+  return /Can't fork for \d+: File exists/.test(errorMessage(err)) ? 'pid-in-use' : 'restore-failed';
 }
 
 /**
@@ -184,8 +226,9 @@ async function handleRun(ctx: NodeContext, call: RuncCall, namespace: string, id
     return pass();
   }
   const { create, start } = splitDetachedRun(call, id);
-  const code = await handleCreate(ctx, parseRuncArgs(create), namespace, id, log.child({ phase: 'run' }));
-  if (code !== 0) return code;
+  const code = await handleCreate(ctx, parseRuncArgs(create), namespace, id, log.child({ phase: 'run' }), call.argv);
+  // Started fresh, runc's run has started it; a restored container only needs the start's bookkeeping.
+  if (code !== 0 || !(await readShimState(call.root, id))?.restorePending) return code;
   return handleStart(ctx, parseRuncArgs(start), id, log);
 }
 
@@ -200,6 +243,13 @@ async function handleStart(ctx: NodeContext, call: RuncCall, id: string, log: Lo
   return runRealRunc(ctx.settings.runc, call.argv);
 }
 
+/**
+ * Dumps whose image directory lacks memory pages: they are in the parent
+ * (--parent-path: ARCH copies no symlink), or were sent to a page server or
+ * lazy-pages daemon. An ARCH checkpoint made of them would not restore.
+ */
+const PARTIAL_DUMP_OPTIONS = ['--parent-path', '--lazy-pages', '--page-server'];
+
 /** containerd asked runc for a checkpoint: give it one, and publish an ARCH checkpoint from the same images. */
 async function handleCheckpoint(ctx: NodeContext, call: RuncCall, namespace: string, id: string, log: Log): Promise<number> {
   const imagePath = optionString(call, '--image-path');
@@ -210,6 +260,11 @@ async function handleCheckpoint(ctx: NodeContext, call: RuncCall, namespace: str
   const spec = bundle ? await readSpec(bundle).catch(() => undefined) : undefined;
   const code = await runRealRunc(ctx.settings.runc, argv, (await criuRunEnv(ctx.settings, spec)).env);
   if (code !== 0 || !imagePath || !bundle || call.options.has('--pre-dump')) return code;
+  const partial = PARTIAL_DUMP_OPTIONS.filter((o) => call.options.has(o));
+  if (partial.length > 0) {
+    log.warn({ options: partial, imagePath }, 'checkpoint done as asked; its images are not complete by themselves (pages elsewhere), so no ARCH checkpoint was published from them');
+    return code;
+  }
   try {
     await checkpointContainer(ctx, {
       namespace, id, runcRoot: call.root, bundle, dumpedImages: imagePath, leaveRunning: call.options.has('--leave-running'),

@@ -1,6 +1,9 @@
 import { spawn, type StdioOptions } from 'node:child_process';
 import fs from 'node:fs';
-import { inheritedFds, parseRuncArgs } from '../core/runc-args.js';
+import { criuRunEnv } from '../core/criu-network-lock.js';
+import type { OciSpec } from '../core/oci-spec.js';
+import { inheritedFds, parseRuncArgs, type RuncCall } from '../core/runc-args.js';
+import type { Settings } from '../core/settings.js';
 
 /**
  * Hand a call to the real runc unchanged: same argv, same stdio (inherited
@@ -23,6 +26,23 @@ export function runRealRunc(runc: string, argv: string[], env?: Record<string, s
       resolve(code ?? 128 + (signal ? signalNumber(signal) : 0));
     });
   });
+}
+
+/** The runc subcommands that run CRIU. */
+const CRIU_SUBCOMMANDS = new Set(['checkpoint', 'restore']);
+
+/**
+ * A pass-through call as runc should get it on this node: checkpoint and
+ * restore (of any container) run the node's CRIU (ARCH_CRIU: CRIU 4 lives off
+ * PATH) with its environment (criuRunEnv: without CRIU_FAULT the dump hangs on
+ * these VMs), unless the caller named a CRIU itself with --criu: then the call
+ * is the caller's exactly. Everything else is unchanged.
+ */
+export async function withNodeCriu(
+  settings: Pick<Settings, 'criu' | 'criuNetworkLock' | 'criuNoBreakpoints'>, call: RuncCall, spec: () => Promise<OciSpec | undefined>,
+): Promise<{ argv: string[]; env?: Record<string, string> }> {
+  if (!CRIU_SUBCOMMANDS.has(call.subcommand ?? '') || call.globals.has('--criu')) return { argv: call.argv };
+  return { argv: ['--criu', settings.criu, ...call.argv], env: (await criuRunEnv(settings, await spec())).env };
 }
 
 /**

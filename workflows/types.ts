@@ -44,6 +44,8 @@ export interface ContainerSummary extends ContainerRef {
   rssBytes?: number;
   upperDirBytes?: number;
   checkpoint?: { dir: string; createdAt: string; sizeBytes: number };
+  /** The checkpoint that failed to restore when the container was created (it started fresh): core/shim-state.ts. */
+  lastRestoreFailure?: { reason: string; message: string; at: string; checkpointDir: string };
 }
 
 /** A checkpoint published on a node, as the other activities need it. */

@@ -2,7 +2,7 @@
 import type { Command } from 'commander';
 import { validateNamespace } from '../../core/ids.js';
 import { createLogger } from '../../core/log.js';
-import { listArchContainers } from '../../core/node-containers.js';
+import { containerSummary, listArchContainers } from '../../core/node-containers.js';
 import { WORKFLOW_TASK_QUEUE } from '../../core/temporal/names.js';
 import type { ContainerSummary, ListNodeInput } from '../../workflows/types.js';
 import { requireWorkers } from '../connect.js';
@@ -15,8 +15,15 @@ export function formatLs(node: string, list: ContainerSummary[]): string {
   const rows = list.map((c) => [
     `${c.namespace}/${c.id}`, c.status, c.pid ? String(c.pid) : '-', c.mode ?? '-', String(c.priority), bytes(c.rssBytes),
     c.checkpoint ? `${c.checkpoint.createdAt} (${bytes(c.checkpoint.sizeBytes)})` : '-',
+    c.lastRestoreFailure ? `FAILED (${c.lastRestoreFailure.reason})` : '-',
   ]);
-  return table(rows, ['CONTAINER', 'STATUS', 'PID', 'MODE', 'PRIO', 'RSS', 'CHECKPOINT']);
+  const out = table(rows, ['CONTAINER', 'STATUS', 'PID', 'MODE', 'PRIO', 'RSS', 'CHECKPOINT', 'RESTORE']);
+  // A failed restore means lost progress: its cause in full, below the table.
+  const failures = list.filter((c) => c.lastRestoreFailure).map((c) => {
+    const f = c.lastRestoreFailure!;
+    return `${c.namespace}/${c.id}: restore failed at ${f.at} (${f.reason}), started fresh: ${f.message} [checkpoint ${f.checkpointDir}]`;
+  });
+  return failures.length ? `${out}\n\n${failures.join('\n')}` : out;
 }
 
 export function registerLs(program: Command, ctx: CliContext): void {
@@ -31,11 +38,7 @@ export function registerLs(program: Command, ctx: CliContext): void {
       if (o.namespace) validateNamespace(o.namespace, '--namespace');
       if (o.local) {
         const found = await listArchContainers({ settings: ctx.settings, log: createLogger(ctx.settings, 'arch-cli') }, { namespaces: o.namespace ? [o.namespace] : undefined });
-        const list: ContainerSummary[] = found.map((c) => ({
-          namespace: c.namespace, id: c.id, status: c.status, pid: c.pid, mode: c.contract.mode, priority: c.contract.priority,
-          rssBytes: c.rssBytes, upperDirBytes: c.upperDirBytes,
-          checkpoint: c.checkpoint ? { dir: c.checkpoint.dir, createdAt: c.checkpoint.createdAt, sizeBytes: c.checkpoint.sizeBytes } : undefined,
-        }));
+        const list: ContainerSummary[] = found.map(containerSummary);
         ctx.out().result({ node: ctx.settings.nodeName, containers: list }, () => formatLs(ctx.settings.nodeName, list));
         return;
       }

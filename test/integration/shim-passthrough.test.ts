@@ -7,6 +7,7 @@ import { realRunc } from '../support/arch-env.js';
 import { ARCH_RUNC_BIN, startArchNode, waitFor, type ArchTestNode } from '../support/arch-node.js';
 import { cleanupStaleNodes, stopAllNodes } from '../support/containerd-node.js';
 import { makeRuncBundle } from '../support/direct-runc.js';
+import { expectSame, runcCaller } from '../support/side-by-side.js';
 import { buildRootfs, COUNTER_FILES } from '../support/images.js';
 
 /**
@@ -27,73 +28,17 @@ const A = `pt-a-${process.pid}`;
 const B = `pt-b-${process.pid}`;
 const cgroupParent = `/arch-pt-${process.pid}`;
 
-interface Result {
-  exitCode: number | undefined;
-  signal: string | undefined;
-  stdout: string;
-  stderr: string;
-}
-
 function archEnv(): Record<string, string> {
   return { ARCH_CONFIG: node.archConfig };
 }
 
-let outSeq = 0;
-
-/**
- * Run bin with args. `files`: stdout/stderr go to files, read after exit —
- * for `create`, whose container inherits (and keeps open) runc's stdio.
- */
-async function call(bin: string, args: string[], opts: { input?: string; env?: Record<string, string>; timeoutMs?: number; files?: boolean } = {}): Promise<Result> {
-  const env = { ...(bin === ARCH_RUNC_BIN ? archEnv() : {}), ...opts.env };
-  if (opts.files) {
-    // Plain fds (not pipes that a library drains): the container may keep them.
-    const base = path.join(work, `call-${++outSeq}`);
-    const out = fs.openSync(`${base}.out`, 'w');
-    const err = fs.openSync(`${base}.err`, 'w');
-    try {
-      const p = spawn(bin, args, { env: { ...process.env, ...env }, stdio: ['ignore', out, err] });
-      const end = await Promise.race([
-        new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((res) => p.on('exit', (code, signal) => res({ code, signal }))),
-        sleep(opts.timeoutMs ?? 30_000).then(() => undefined),
-      ]);
-      if (!end) {
-        p.kill('SIGKILL');
-        throw new Error(`${bin} ${args.join(' ')}: no exit within the timeout`);
-      }
-      return { exitCode: end.code ?? undefined, signal: end.signal ?? undefined, stdout: fs.readFileSync(`${base}.out`, 'utf8'), stderr: fs.readFileSync(`${base}.err`, 'utf8') };
-    } finally {
-      fs.closeSync(out);
-      fs.closeSync(err);
-    }
-  }
-  const r = await execa(bin, args, {
-    reject: false,
-    input: opts.input,
-    stdin: opts.input === undefined ? 'ignore' : undefined,
-    env,
-    timeout: opts.timeoutMs ?? 30_000,
-    stripFinalNewline: false,
-  });
-  return { exitCode: r.exitCode, signal: r.signal, stdout: String(r.stdout), stderr: String(r.stderr) };
-}
-
-/** runc's logrus lines carry a timestamp; ids may differ when two containers are compared. */
-function norm(s: string, ids: [string, string][] = []): string {
-  let out = s.replace(/time="[^"]*"/g, 'time=T');
-  for (const [from, to] of ids) out = out.split(from).join(to);
-  return out;
-}
+const call = runcCaller(archEnv, () => work);
 
 const both = async (args: (id: string) => string[], idArch: string, idRunc: string, input?: string, files = false) => {
   const a = await call(ARCH_RUNC_BIN, ['--root', root, ...args(idArch)], { input, files });
   const r = await call(RUNC, ['--root', root, ...args(idRunc)], { input, files });
   return { a, r };
 };
-
-function expectSame(a: Result, r: Result, ids: [string, string][] = []): void {
-  expect({ ...a, stdout: norm(a.stdout, ids), stderr: norm(a.stderr, ids) }).toEqual({ ...r, stdout: norm(r.stdout), stderr: norm(r.stderr) });
-}
 
 async function status(id: string): Promise<string> {
   const r = await call(RUNC, ['--root', root, 'state', id]);
