@@ -445,12 +445,24 @@ async function lazyMigrate(s: SideName, id: string, to: string, port: number): P
   fs.mkdirSync(images, { recursive: true });
   const fifo = path.join(work, s, `${id}-status`);
   await execa('mkfifo', [fifo]);
-  const holder = fs.openSync(fifo, 'r+'); // read-write: opening waits for no peer, and the write end below finds a reader
+  // Read without blocking: a blocking read of a FIFO would hold a thread of
+  // libuv's pool (and so jest's process) for as long as any writer lives.
+  const reader = fs.openSync(fifo, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK);
   const statusFd = fs.openSync(fifo, 'w'); // runc wants the status descriptor write-only
-  const status = fs.createReadStream(fifo);
+  let stopped = false;
   let daemon: ChildProcess | undefined;
   try {
-    const ready = new Promise<void>((resolve) => status.once('data', () => resolve()));
+    const ready = (async () => {
+      const buf = Buffer.alloc(16);
+      while (!stopped) {
+        try {
+          if (fs.readSync(reader, buf, 0, buf.length, null) > 0) return;
+        } catch (err) {
+          if ((err as NodeJS.ErrnoException).code !== 'EAGAIN') throw err;
+        }
+        await new Promise((r) => setTimeout(r, 20));
+      }
+    })();
     const dump = on(s, ['checkpoint', '--lazy-pages', '--page-server', `127.0.0.1:${port}`, '--status-fd', '3', '--image-path', images, '--work-path', images, id], { criu: true, fds: [statusFd], timeoutMs: 60_000 });
     const first = await Promise.race([ready.then(() => undefined), dump]);
     if (first) return { dump: first, restore: first, ready: false }; // the dump ended before it was ready: compared as it is
@@ -461,10 +473,10 @@ async function lazyMigrate(s: SideName, id: string, to: string, port: number): P
     const restore = await on(s, ['restore', '-d', '--lazy-pages', '--image-path', images, '--work-path', images, '--bundle', bundleOf(s, to), to], { criu: true, devNull: true, timeoutMs: 60_000 });
     return { dump: await dump, restore, ready: true };
   } finally {
+    stopped = true;
     daemon?.kill('SIGKILL');
     fs.closeSync(statusFd);
-    fs.closeSync(holder);
-    status.destroy();
+    fs.closeSync(reader);
   }
 }
 

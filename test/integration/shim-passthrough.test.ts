@@ -232,7 +232,7 @@ describe('direct calls: arch-runc and runc side by side', () => {
         await waitFor(`${path.basename(bin)} events output`, () => (out.includes('"type":"stats"') ? true : undefined), 10_000);
         const exe = fs.readlinkSync(`/proc/${p.pid}/exe`);
         p.kill('SIGTERM');
-        const end = await Promise.race([exited, sleep(10_000).then(() => undefined)]);
+        const end = await Promise.race([exited, sleep(10_000, undefined, { ref: false }).then(() => undefined)]);
         if (!end) {
           p.kill('SIGKILL');
           throw new Error(`${bin} events did not end on SIGTERM`);

@@ -67,7 +67,8 @@ async function callWithFiles(bin: string, args: string[], env: Record<string, st
     const p = spawn(bin, args, { env: { ...process.env, ...env }, stdio: ['ignore', out, err, ...(opts.fds ?? [])] });
     const end = await Promise.race([
       new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((res) => p.on('exit', (code, signal) => res({ code, signal }))),
-      sleep(opts.timeoutMs ?? 30_000).then(() => undefined),
+      // Unref'd: a timer left after the race must not keep jest's process alive.
+      sleep(opts.timeoutMs ?? 30_000, undefined, { ref: false }).then(() => undefined),
     ]);
     if (!end) {
       p.kill('SIGKILL');
