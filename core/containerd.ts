@@ -2,6 +2,7 @@ import path from 'node:path';
 import readline from 'node:readline';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { execa, type ResultPromise } from 'execa';
+import { wireFields } from './protobuf-wire.js';
 
 /**
  * A thin containerd adapter over the `ctr` CLI (containerd 1.6).
@@ -177,40 +178,16 @@ export function decodeRuncOptions(any: unknown): RuncRuntimeOptions | undefined 
   if (typeof typeUrl !== 'string' || !typeUrl.endsWith('runc.v1.Options') || typeof value !== 'string') return undefined;
   const buf = Buffer.from(value, 'base64');
   const out: RuncRuntimeOptions = {};
-  let pos = 0;
-  const varint = (): number => {
-    let result = 0;
-    let shift = 0;
-    for (;;) {
-      if (pos >= buf.length) throw new Error('truncated runc options');
-      const b = buf[pos++]!;
-      result += (b & 0x7f) * 2 ** shift;
-      if (!(b & 0x80)) return result;
-      shift += 7;
+  try {
+    for (const f of wireFields(buf)) {
+      if (f.wire === 0 && f.no === 1) out.NoPivotRoot = f.value !== 0;
+      if (f.wire === 0 && f.no === 9) out.SystemdCgroup = f.value !== 0;
+      if (f.wire === 2 && f.no === 6) out.BinaryName = f.bytes.toString('utf8');
+      if (f.wire === 2 && f.no === 7) out.Root = f.bytes.toString('utf8');
+      if (f.wire === 2 && f.no === 8) out.CriuPath = f.bytes.toString('utf8');
     }
-  };
-  while (pos < buf.length) {
-    const key = varint();
-    const field = Math.floor(key / 8);
-    const wire = key & 7;
-    if (wire === 0) {
-      const v = varint();
-      if (field === 1) out.NoPivotRoot = v !== 0;
-      if (field === 9) out.SystemdCgroup = v !== 0;
-    } else if (wire === 2) {
-      const len = varint();
-      const str = buf.subarray(pos, pos + len).toString('utf8');
-      pos += len;
-      if (field === 6) out.BinaryName = str;
-      if (field === 7) out.Root = str;
-      if (field === 8) out.CriuPath = str;
-    } else if (wire === 5) {
-      pos += 4;
-    } else if (wire === 1) {
-      pos += 8;
-    } else {
-      break; // groups: not used by this message
-    }
+  } catch {
+    // a truncated message: keep what was read (groups are not used by this message)
   }
   return out;
 }

@@ -4,6 +4,7 @@ import net from 'node:net';
 import { CheckpointUnusableError } from './errors.js';
 import type { Manifest } from './manifest.js';
 import type { OciSpec } from './oci-spec.js';
+import { stringField, wireFields } from './protobuf-wire.js';
 
 /**
  * Whose job a checkpoint is. The checkpoint's name (ARCH_CHECKPOINT_ID) is
@@ -104,11 +105,11 @@ async function imageFromContainerd(address: string, namespace: string, id: strin
   const timer = setTimeout(() => session.destroy(new Error(`containerd at ${socket} did not answer in ${ASK_TIMEOUT_MS} ms`)), ASK_TIMEOUT_MS);
   try {
     // GetContainerResponse.container (1) → Container.image (3)
-    const container = field(await grpcCall(session, namespace, '/containerd.services.containers.v1.Containers/Get', pbString(1, id)), 1);
+    const container = field(await grpcCall(session, namespace, '/containerd.services.containers.v1.Containers/Get', stringField(1, id)), 1);
     const name = container && field(container, 3)?.toString('utf8');
     if (!name) return undefined;
     // GetImageResponse.image (1) → Image.target (3) → Descriptor.digest (2)
-    const image = await grpcCall(session, namespace, '/containerd.services.images.v1.Images/Get', pbString(1, name)).catch(() => undefined);
+    const image = await grpcCall(session, namespace, '/containerd.services.images.v1.Images/Get', stringField(1, name)).catch(() => undefined);
     const target = image && field(field(image, 1) ?? Buffer.alloc(0), 3);
     const digest = target && field(target, 2)?.toString('utf8');
     return digest ? `${name}@${digest}` : name;
@@ -145,52 +146,12 @@ function grpcCall(session: http2.ClientHttp2Session, namespace: string, method: 
   });
 }
 
-function varint(n: number): Buffer {
-  const out: number[] = [];
-  while (n > 0x7f) {
-    out.push((n & 0x7f) | 0x80);
-    n >>>= 7;
-  }
-  out.push(n);
-  return Buffer.from(out);
-}
-
-function pbString(fieldNo: number, s: string): Buffer {
-  const b = Buffer.from(s);
-  return Buffer.concat([varint((fieldNo << 3) | 2), varint(b.length), b]);
-}
-
 /** The first length-delimited field `fieldNo` of a protobuf message (undefined if absent or malformed). */
 function field(msg: Buffer, fieldNo: number): Buffer | undefined {
-  let i = 0;
-  const readVarint = (): number => {
-    let v = 0;
-    let mul = 1;
-    for (;;) {
-      if (i >= msg.length) throw new Error('truncated');
-      const b = msg[i++]!;
-      v += (b & 0x7f) * mul;
-      if (!(b & 0x80)) return v;
-      mul *= 128;
-    }
-  };
   try {
-    while (i < msg.length) {
-      const key = readVarint();
-      const wire = key % 8;
-      const no = Math.floor(key / 8);
-      if (wire === 0) readVarint();
-      else if (wire === 1) i += 8;
-      else if (wire === 5) i += 4;
-      else if (wire === 2) {
-        const len = readVarint();
-        if (i + len > msg.length) return undefined;
-        if (no === fieldNo) return msg.subarray(i, i + len);
-        i += len;
-      } else return undefined;
-    }
+    for (const f of wireFields(msg)) if (f.no === fieldNo && f.wire === 2) return f.bytes;
   } catch {
-    return undefined;
+    // malformed: as if absent
   }
   return undefined;
 }
