@@ -4,6 +4,7 @@ import path from 'node:path';
 import { z } from 'zod';
 import { digestFiles, type Digest } from './digest.js';
 import { CheckpointUnusableError } from './errors.js';
+import { SEAL_ALG, sealedSize } from './seal.js';
 import { loadTrust, SIGNATURE_FILE, verifyManifestSignature, type Trust } from './trust.js';
 
 /**
@@ -12,6 +13,14 @@ import { loadTrust, SIGNATURE_FILE, verifyManifestSignature, type Trust } from '
  * byte, what the checkpointing node recorded.
  */
 export const FORMAT_VERSION = 1;
+/**
+ * A checkpoint with sealed (encrypted) files, core/seal.ts. Its own version:
+ * an ARCH before sealing would parse the manifest (unknown fields are
+ * dropped) and hand ciphertext to CRIU; with 2 it says "format-newer,
+ * upgrade ARCH" instead. Unsealed checkpoints stay version 1, so nodes not
+ * yet upgraded keep restoring them.
+ */
+export const SEALED_FORMAT_VERSION = 2;
 export const MANIFEST_FILE = 'manifest.json';
 
 const HEX64 = z.string().regex(/^[0-9a-f]{64}$/);
@@ -21,6 +30,16 @@ const FileEntry = z.object({
   sha256: HEX64,
 });
 export type FileEntry = z.infer<typeof FileEntry>;
+
+/** How one file was sealed (core/seal.ts); `files` still lists its stored (ciphertext) size and sha256. */
+const SealedEntry = z.object({
+  path: z.string(),
+  alg: z.string(),
+  keyId: z.string().regex(/^[0-9a-f]{16}$/),
+  nonce: z.string().regex(/^[0-9a-f]{24}$/),
+  chunkBytes: z.number().int().min(4096).max(64 << 20),
+  plainSize: z.number().int().nonnegative(),
+});
 
 export const ManifestSchema = z.object({
   formatVersion: z.number().int(),
@@ -46,6 +65,8 @@ export const ManifestSchema = z.object({
   timingsMs: z.record(z.number()),
   rootfs: z.object({ files: z.number().int(), bytes: z.number().int(), deletions: z.number().int() }),
   files: z.array(FileEntry),
+  /** Present exactly in SEALED_FORMAT_VERSION manifests: the random id every chunk is bound to, and each sealed file. */
+  seal: z.object({ id: z.string().regex(/^[0-9a-f]{32}$/), files: z.array(SealedEntry).min(1) }).optional(),
 });
 export type Manifest = z.infer<typeof ManifestSchema>;
 
@@ -58,22 +79,48 @@ export function parseManifest(text: string): Manifest {
     throw new CheckpointUnusableError('manifest-corrupt', `manifest.json is not JSON: ${(err as Error).message}`);
   }
   const version = (raw as { formatVersion?: unknown } | null)?.formatVersion;
-  if (typeof version === 'number' && version > FORMAT_VERSION) {
-    throw new CheckpointUnusableError('format-newer', `format version ${version} is newer than this ARCH supports (${FORMAT_VERSION}); upgrade ARCH on this node`);
+  if (typeof version === 'number' && version > SEALED_FORMAT_VERSION) {
+    throw new CheckpointUnusableError('format-newer', `format version ${version} is newer than this ARCH supports (${SEALED_FORMAT_VERSION}); upgrade ARCH on this node`);
   }
   const parsed = ManifestSchema.safeParse(raw);
   if (!parsed.success) {
     throw new CheckpointUnusableError('manifest-invalid', parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; '));
   }
-  if (parsed.data.formatVersion !== FORMAT_VERSION) {
-    throw new CheckpointUnusableError('format-unknown', `format version ${parsed.data.formatVersion} is not ${FORMAT_VERSION}`);
+  if (parsed.data.formatVersion !== FORMAT_VERSION && parsed.data.formatVersion !== SEALED_FORMAT_VERSION) {
+    throw new CheckpointUnusableError('format-unknown', `format version ${parsed.data.formatVersion} is not ${FORMAT_VERSION} or ${SEALED_FORMAT_VERSION}`);
   }
   for (const f of parsed.data.files) {
     if (path.isAbsolute(f.path) || f.path.split('/').includes('..') || f.path === MANIFEST_FILE || f.path === SIGNATURE_FILE) {
       throw new CheckpointUnusableError('manifest-invalid', `file entry "${f.path}" is not a plain relative path`);
     }
   }
+  checkSeal(parsed.data);
   return parsed.data;
+}
+
+/**
+ * A seal must be what this ARCH writes: only in a version-2 manifest (and
+ * always there), a known algorithm, each sealed file listed once in `files`
+ * with the stored size its plaintext size implies.
+ */
+function checkSeal(m: Manifest): void {
+  const sealed = m.formatVersion === SEALED_FORMAT_VERSION;
+  if (sealed !== !!m.seal) {
+    throw new CheckpointUnusableError('manifest-invalid', sealed ? `format version ${m.formatVersion} without a seal` : `format version ${m.formatVersion} with a seal`);
+  }
+  if (!m.seal) return;
+  const seen = new Set<string>();
+  for (const s of m.seal.files) {
+    if (s.alg !== SEAL_ALG) {
+      throw new CheckpointUnusableError('seal-unknown', `${s.path} is sealed with "${s.alg}", which this ARCH does not know (it knows ${SEAL_ALG}); upgrade ARCH on this node`);
+    }
+    const f = m.files.find((x) => x.path === s.path);
+    if (!f || seen.has(s.path)) throw new CheckpointUnusableError('manifest-invalid', `sealed file "${s.path}" is not listed once in files`);
+    seen.add(s.path);
+    if (f.size !== sealedSize(s.plainSize, s.chunkBytes)) {
+      throw new CheckpointUnusableError('manifest-invalid', `sealed file "${s.path}": stored size ${f.size} does not fit its plaintext size ${s.plainSize}`);
+    }
+  }
 }
 
 /** Every regular file below dir (relative paths, sorted), except the manifest and its signature. */
