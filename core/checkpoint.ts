@@ -8,12 +8,13 @@ import { checkpointKeyOf, checkpointStoreOf, contractOptions, envListToMap, pars
 import { ArchInputError, errorMessage } from './errors.js';
 import { FreezeGuard } from './freeze-guard.js';
 import { validateContainerId, validateNamespace } from './ids.js';
-import { FORMAT_VERSION, type Manifest } from './manifest.js';
+import { FORMAT_VERSION, SEALED_FORMAT_VERSION, type Manifest } from './manifest.js';
 import { readSpec, rootfsOf, type OciSpec } from './oci-spec.js';
 import { ownerOf } from './owner.js';
 import { trustOf } from './trust.js';
 import { captureDiff, DELETED_FILES, findUpperDir, ROOTFS_TAR } from './rootfs-diff.js';
 import { Runc } from './runc.js';
+import { storeKeysOf, makeScratch, newSealId, SealFollower, type SealedFile, type Scratch, type StoreKey } from './seal.js';
 import { lockCheckpoint, updateShimState } from './shim-state.js';
 import { CheckpointStore } from './store.js';
 import { runtimeVersions } from './versions.js';
@@ -134,6 +135,8 @@ async function checkpointLocked(ctx: NodeContext, req: CheckpointRequest, c: Con
   const ownerAsked = ownerOf(c.spec, req.namespace, req.id, c.pid > 0 ? c.pid : process.pid, (why) => log.warn({ phase: 'checkpoint', why }, 'the image of this container is not known from containerd: recorded as unknown (only a container whose image is unknown too restores it)'));
   const store = checkpointStoreOf(c.contract, req.namespace, req.id);
   const containerDir = store.containerDir;
+  // Encryption at rest (ARCH_STORE_KEY_FILE): a bad key file fails the checkpoint here, before the container is touched.
+  const sealKey: StoreKey | undefined = storeKeysOf(ctx.settings)?.keys[0];
   const staging = await store.begin({ namespace: req.namespace, key: checkpointKeyOf(c.contract, req.id), containerId: req.id, node: ctx.settings.nodeName });
   const upper = await findUpperDir(rootfsOf(c.bundle, c.spec));
   const wasPaused = c.status === 'paused';
@@ -164,25 +167,46 @@ async function checkpointLocked(ctx: NodeContext, req: CheckpointRequest, c: Con
   let guard: FreezeGuard | undefined;
   let frozen = false;
   let published = false;
+  let sealer: SealFollower | undefined;
+  let scratch: Scratch | undefined;
+  const sealId = newSealId();
   try {
+    // Before the freeze: no tmpfs with room refuses the checkpoint with the container untouched.
+    if (sealKey) scratch = await makeScratch(await plaintextEstimate(c.pid));
     let t = Date.now();
     const criuDir = path.join(staging.dir, 'criu');
+    // Sealing: CRIU and the layer capture write plaintext to the tmpfs
+    // scratch only; the sealer encrypts from there into the staging dir as
+    // they write (this thread, a chunk at a time), so the freeze does not
+    // wait for a separate encryption pass.
+    const dumpDir = scratch ? path.join(scratch.dir, 'criu') : criuDir;
+    const diffDir = scratch ? scratch.dir : staging.dir;
+    if (scratch && sealKey) {
+      sealer = new SealFollower(
+        [
+          { dir: dumpDir, pattern: PAGE_IMAGE_NAME, rel: (n) => `criu/${n}` },
+          { dir: scratch.dir, pattern: new RegExp(`^${ROOTFS_TAR.replace('.', '\\.')}$`), rel: (n) => n },
+        ],
+        staging.dir, sealKey, sealId, { writeback: ctx.settings.fsync },
+      );
+    }
     const known = new Map<string, Digest>();
     // The writable layer, captured while nothing can write to it.
     const captureRootfs = async () => {
       const c0 = Date.now();
-      const d = upper ? await captureDiff(upper, staging.dir) : await emptyDiff(staging.dir);
+      const d = upper ? await captureDiff(upper, diffDir) : await emptyDiff(diffDir);
       timings.rootfsCapture = Date.now() - c0;
       return d;
     };
     let captured: ReturnType<typeof captureRootfs> | undefined;
     req.onProgress?.({ phase: 'dump' });
     if (req.dumpedImages) {
-      await copyDir(req.dumpedImages, criuDir);
+      if (scratch) await copyDir(req.dumpedImages, dumpDir); // runc's own dump: sealed from a copy like any other
+      else await copyDir(req.dumpedImages, criuDir);
     } else {
       timings.prepare = Date.now() - t0; // lock, inspect, staging: before the container is touched
       if (!wasPaused) {
-        guard = armGuard(criuDir);
+        guard = armGuard(dumpDir);
         await freeze();
         frozen = true;
       }
@@ -190,24 +214,24 @@ async function checkpointLocked(ctx: NodeContext, req: CheckpointRequest, c: Con
       // layer is captured during the dump, on this thread while CRIU works.
       captured = captureRootfs();
       captured.catch(() => undefined); // awaited below
-      await fsp.mkdir(criuDir);
-      // Hash (and start writing back) the page images while CRIU writes them.
-      const follower = await DigestFollower.start(criuDir, /^pages-\d+\.img$/, { writeback: ctx.settings.fsync });
+      await fsp.mkdir(dumpDir);
+      // Hash (and start writing back) the page images while CRIU writes them (sealed: the sealer does both).
+      const follower = scratch ? undefined : await DigestFollower.start(criuDir, PAGE_IMAGE_NAME, { writeback: ctx.settings.fsync });
       try {
         await c.runc.checkpoint(req.id, {
-          imagePath: criuDir,
+          imagePath: dumpDir,
           workPath: path.join(staging.dir, 'criu-work'),
           leaveRunning: true,
           signal: req.signal,
           env: (await criuAsked).env,
         });
       } catch (err) {
-        await follower.cancel();
+        await follower?.cancel();
         await captured.catch(() => undefined);
         throw err;
       }
       const tail = Date.now();
-      for (const [name, d] of await follower.finish()) known.set(`criu/${name}`, d);
+      if (follower) for (const [name, d] of await follower.finish()) known.set(`criu/${name}`, d);
       timings.hashTail = Date.now() - tail; // hashing left when CRIU was done (part of dump)
     }
     lap('dump', t);
@@ -215,6 +239,13 @@ async function checkpointLocked(ctx: NodeContext, req: CheckpointRequest, c: Con
     req.onProgress?.({ phase: 'rootfs' });
     const diff = await (captured ?? captureRootfs());
     if (!upper) log.warn({ phase: 'rootfs' }, 'rootfs is not an overlay mount: no writable layer to capture');
+    let seal: Manifest['seal'];
+    if (scratch && sealer) {
+      const s0 = Date.now();
+      seal = { id: sealId, files: await finishSealing(sealer, scratch, staging.dir, known) };
+      sealer = undefined;
+      timings.sealTail = Date.now() - s0; // sealing left when CRIU and the layer capture were done
+    }
     await fsp.writeFile(path.join(staging.dir, 'config.json'), JSON.stringify(c.spec));
     lap('rootfs', t);
     req.signal?.throwIfAborted();
@@ -224,7 +255,7 @@ async function checkpointLocked(ctx: NodeContext, req: CheckpointRequest, c: Con
     const pub = await store.publish(
       staging,
       {
-        formatVersion: FORMAT_VERSION,
+        formatVersion: seal ? SEALED_FORMAT_VERSION : FORMAT_VERSION,
         namespace: req.namespace,
         containerId: req.id,
         ...(c.contract.checkpointId ? { checkpointId: c.contract.checkpointId } : {}),
@@ -237,6 +268,7 @@ async function checkpointLocked(ctx: NodeContext, req: CheckpointRequest, c: Con
         runtime: { ...versions, networkLock: (await criuAsked).networkLock },
         timingsMs: timings,
         rootfs: { files: diff.files, bytes: diff.bytes, deletions: diff.deletions },
+        ...(seal ? { seal } : {}),
       },
       { fsync: ctx.settings.fsync, onPhase: (p, ms) => (timings[p] = ms), known, deferPrune: true, trust: trustOf(ctx.settings) },
     );
@@ -261,10 +293,13 @@ async function checkpointLocked(ctx: NodeContext, req: CheckpointRequest, c: Con
     lap('stop', t);
     // The container is stopped (or running again): only now drop the checkpoint this one replaces.
     await pub.prune().catch((e) => log.warn({ phase: 'checkpoint', err: errorMessage(e) }, 'could not remove the previous checkpoint'));
+    await scratch?.remove();
     const totalMs = Date.now() - t0;
     log.info({ phase: 'checkpoint', durationMs: totalMs, sizeBytes: pub.sizeBytes, timings, dir: pub.dir }, 'checkpoint published');
     return { namespace: req.namespace, id: req.id, node: ctx.settings.nodeName, dir: pub.dir, containerDir, manifest: pub.manifest, sizeBytes: pub.sizeBytes, timings, totalMs };
   } catch (err) {
+    await sealer?.cancel();
+    await scratch?.remove().catch(() => undefined);
     if (!published) await store.abort(staging).catch(() => undefined);
     if (frozen) {
       // Nothing was published: let the job go on as if we had never come.
@@ -276,6 +311,51 @@ async function checkpointLocked(ctx: NodeContext, req: CheckpointRequest, c: Con
     guard?.disarm();
     log.error({ phase: 'checkpoint', durationMs: Date.now() - t0, err: errorMessage(err) }, 'checkpoint failed; previous checkpoint (if any) kept');
     throw err;
+  }
+}
+
+/** CRIU's page images: the memory of the job (sealed when the node has a store key). */
+const PAGE_IMAGE_NAME = /^pages-\d+\.img$/;
+
+/**
+ * The end of a sealed dump: the rest of each file sealed, the small CRIU
+ * images and the deletion list (metadata CRIU parses / file names, not
+ * memory or file contents) copied beside them, the ciphertexts' digests
+ * handed to the manifest. The plaintext stays in the scratch dir, removed
+ * by the caller on every path.
+ */
+async function finishSealing(sealer: SealFollower, scratch: Scratch, stagingDir: string, known: Map<string, Digest>): Promise<SealedFile[]> {
+  const files: SealedFile[] = [];
+  for (const [rel, r] of await sealer.finish()) {
+    known.set(rel, r.stored);
+    files.push(r.sealed);
+  }
+  const dumpDir = path.join(scratch.dir, 'criu');
+  await fsp.mkdir(path.join(stagingDir, 'criu'), { recursive: true });
+  for (const e of await fsp.readdir(dumpDir, { withFileTypes: true }).catch(() => [])) {
+    if (e.isFile() && !PAGE_IMAGE_NAME.test(e.name)) await fsp.copyFile(path.join(dumpDir, e.name), path.join(stagingDir, 'criu', e.name));
+  }
+  await fsp.copyFile(path.join(scratch.dir, DELETED_FILES), path.join(stagingDir, DELETED_FILES));
+  return files;
+}
+
+/**
+ * Bytes of plaintext a sealed dump puts in the scratch tmpfs: the
+ * container's anonymous and shared memory (what CRIU dumps) from its cgroup
+ * (v2), plus a margin for the other images and the layer archive. Unknown
+ * (cgroup v1, no pid): only the margin is asked for.
+ */
+async function plaintextEstimate(pid: number): Promise<number> {
+  const margin = 64 * 1024 * 1024;
+  if (pid <= 0) return margin;
+  try {
+    const line = (await fsp.readFile(`/proc/${pid}/cgroup`, 'utf8')).split('\n').find((l) => l.startsWith('0::'));
+    if (!line) return margin;
+    const stat = await fsp.readFile(path.join('/sys/fs/cgroup', line.slice(3), 'memory.stat'), 'utf8');
+    const get = (k: string) => Number(new RegExp(`^${k} (\\d+)$`, 'm').exec(stat)?.[1] ?? 0);
+    return get('anon') + get('shmem') + margin;
+  } catch {
+    return margin;
   }
 }
 

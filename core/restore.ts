@@ -8,8 +8,9 @@ import { CheckpointUnusableError, errorMessage } from './errors.js';
 import { verifyCheckpointDirStaged, type Manifest } from './manifest.js';
 import { rootfsOf, writeSpec, type OciSpec } from './oci-spec.js';
 import { assertSameOwner, ownerOf } from './owner.js';
-import { applyDiff, findUpperDir } from './rootfs-diff.js';
+import { applyDiff, DELETED_FILES, findUpperDir, ROOTFS_TAR } from './rootfs-diff.js';
 import type { Runc } from './runc.js';
+import { keyFor, storeKeysOf, makeScratch, openSealedFile, SEAL_CHUNK_BYTES, type Scratch, type StoreKey, type StoreKeys } from './seal.js';
 import { CheckpointStore } from './store.js';
 import { trustOf } from './trust.js';
 
@@ -47,6 +48,16 @@ const RUNC_DEFAULT_CRIU_CONFIG = '/etc/criu/runc.conf';
 const BUNDLE_CRIU_CONFIG = 'arch-criu.conf';
 
 export async function restoreFromCheckpoint(ctx: NodeContext, req: RestoreRequest): Promise<RestoreResult | undefined> {
+  // A sealed checkpoint's plaintext lives in a tmpfs scratch dir only for the restore: removed however it ends.
+  const held: { scratch?: Scratch } = {};
+  try {
+    return await restoreHolding(ctx, req, held);
+  } finally {
+    await held.scratch?.remove().catch((err) => ctx.log.error({ namespace: req.namespace, container: req.id, dir: held.scratch?.dir, err: errorMessage(err) }, 'could not remove the plaintext scratch dir of a sealed checkpoint'));
+  }
+}
+
+async function restoreHolding(ctx: NodeContext, req: RestoreRequest, held: { scratch?: Scratch }): Promise<RestoreResult | undefined> {
   const timings: Record<string, number> = {};
   const store = checkpointStoreOf(req.contract, req.namespace, req.id);
   const dir = await store.current();
@@ -81,14 +92,34 @@ export async function restoreFromCheckpoint(ctx: NodeContext, req: RestoreReques
     if (v.signer === 'unsigned') {
       ctx.log.warn({ namespace: req.namespace, container: req.id, checkpointDir: dir, reason: 'unsigned' }, 'restoring an UNSIGNED checkpoint because ARCH_ACCEPT_UNSIGNED=1 (meant for upgrades only: unset it once the old checkpoints are gone)');
     }
-    return v;
+    return { ...v, keys: v.manifest.seal ? sealKeys(v.manifest, ctx.settings) : undefined };
   });
-  const layer = verified.then(async (v) => {
+  // Sealed: the archive is decrypted into the scratch dir (every chunk
+  // authenticated) before it is validated and extracted from there, then the
+  // CRIU images (page images decrypted, the rest copied) for CRIU to read.
+  const layerSource = verified.then(async (v) => {
+    if (!v.keys) return dir;
+    const s = Date.now();
+    held.scratch = await restoreScratch(v.manifest);
+    await stageFiles(dir, held.scratch.dir, v.manifest, v.keys, (p) => p === ROOTFS_TAR || p === DELETED_FILES);
+    timings.unsealRootfs = Date.now() - s;
+    return held.scratch.dir;
+  });
+  const imagesStaged = layerSource.then(async (src) => {
+    const v = await verified;
+    if (!v.keys) return path.join(dir, 'criu');
+    const s = Date.now();
+    await stageFiles(dir, src, v.manifest, v.keys, (p) => p.startsWith('criu/'));
+    timings.unsealImages = Date.now() - s;
+    return path.join(src, 'criu');
+  });
+  const layer = layerSource.then(async (src) => {
+    const v = await verified;
     const upper = await findUpperDir(rootfsOf(req.bundle, req.spec));
     if (upper) {
       await assertEmptyLayer(upper); // not ours to clear when this fails
       try {
-        await applyDiff(dir, upper, v.manifest.rootfs.bytes);
+        await applyDiff(src, upper, v.manifest.rootfs.bytes);
       } catch (err) {
         await clearDir(upper);
         throw err;
@@ -97,10 +128,11 @@ export async function restoreFromCheckpoint(ctx: NodeContext, req: RestoreReques
     timings.rootfs = Date.now() - t;
     return upper;
   });
-  const [v, l] = await Promise.allSettled([verified, layer]);
-  if (v.status === 'rejected' || l.status === 'rejected') {
+  const [v, l, im] = await Promise.allSettled([verified, layer, imagesStaged]);
+  if (v.status === 'rejected' || l.status === 'rejected' || im.status === 'rejected') {
+    if (l.status === 'fulfilled' && l.value) await clearDir(l.value); // the images failed after the layer was written
     // A failed verification explains a bad archive too: it comes first.
-    throw v.status === 'rejected' ? v.reason : (l as PromiseRejectedResult).reason;
+    throw v.status === 'rejected' ? v.reason : l.status === 'rejected' ? l.reason : (im as PromiseRejectedResult).reason;
   }
   const { manifest, verifyDeferred } = v.value;
   const upper = l.value;
@@ -122,7 +154,7 @@ export async function restoreFromCheckpoint(ctx: NodeContext, req: RestoreReques
   await fsp.mkdir(work, { recursive: true });
   const criuConfig = overlap ? await leaveStoppedConfig(req.bundle, req.spec) : undefined;
   const { env } = await criuAsked;
-  const images = path.join(dir, 'criu');
+  const images = im.value;
   const undo = async (): Promise<void> => {
     // A failed restore can leave runc state (and stopped processes) behind; the fresh create needs the id free.
     await req.runc.kill(req.id, 'KILL', true).catch(() => undefined);
@@ -162,6 +194,42 @@ export async function restoreFromCheckpoint(ctx: NodeContext, req: RestoreReques
     }
   }
   return { checkpointDir: dir, manifest, timings };
+}
+
+/** The keys a sealed checkpoint needs, each found on this node: else a 'sealed-key' refusal. */
+function sealKeys(manifest: Manifest, settings: { configFile: string }): Map<string, StoreKey> {
+  let keys: StoreKeys | undefined;
+  let problem: string | undefined;
+  try {
+    keys = storeKeysOf(settings);
+  } catch (err) {
+    problem = errorMessage(err);
+  }
+  return new Map(manifest.seal!.files.map((f) => [f.path, keyFor(f, keys, problem)]));
+}
+
+/** A tmpfs scratch dir with room for every file the restore stages there (plaintext sizes). */
+async function restoreScratch(manifest: Manifest): Promise<Scratch> {
+  const plain = new Map(manifest.seal!.files.map((f) => [f.path, f.plainSize]));
+  const need = manifest.files.reduce((a, f) => a + (plain.get(f.path) ?? f.size), 0) + 16 * 1024 * 1024;
+  try {
+    return await makeScratch(need);
+  } catch (err) {
+    throw new CheckpointUnusableError('sealed-scratch', errorMessage(err));
+  }
+}
+
+/** Decrypt the sealed files (copy the others) matching `which` from the checkpoint into `to`. */
+async function stageFiles(dir: string, to: string, manifest: Manifest, keys: Map<string, StoreKey>, which: (p: string) => boolean): Promise<void> {
+  const sealed = new Map(manifest.seal!.files.map((f) => [f.path, f]));
+  const buf = Buffer.allocUnsafe(SEAL_CHUNK_BYTES + 16);
+  for (const f of manifest.files.filter((x) => which(x.path))) {
+    const dest = path.join(to, f.path);
+    await fsp.mkdir(path.dirname(dest), { recursive: true, mode: 0o700 });
+    const s = sealed.get(f.path);
+    if (s) await openSealedFile(path.join(dir, f.path), dest, s, manifest.seal!.id, keys.get(f.path)!, buf);
+    else await fsp.copyFile(path.join(dir, f.path), dest);
+  }
 }
 
 /**

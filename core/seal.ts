@@ -106,6 +106,11 @@ export function loadStoreKeys(vars: Record<string, string | undefined> = setting
   return { file, keys: lines.map((l, i) => parseStoreKey(l, `${file}, line ${i + 1},`)) };
 }
 
+/** The store keys of the node whose settings file this is (environment over the file), as trustOf does for signing keys. */
+export function storeKeysOf(settings: { configFile: string }): StoreKeys | undefined {
+  return loadStoreKeys(settingsVars({ ...process.env, ARCH_CONFIG: settings.configFile }).vars);
+}
+
 /** A new checkpoint's seal id: random, recorded in the signed manifest, bound into every chunk. */
 export function newSealId(): string {
   return randomBytes(16).toString('hex');
