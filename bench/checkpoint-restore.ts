@@ -38,10 +38,10 @@ import { StandaloneRunc } from './support/standalone-runc.js';
  * Every restore is checked: the counter must go on from where it was (one
  * fresh start only), else the repetition fails.
  */
-const MEM_MB = 256;
+export const MEM_MB = 256;
 const TARGET_RATIO = 1.2;
 
-interface ArchSample {
+export interface ArchSample {
   rep: number;
   fsync: boolean;
   checkpointMs: number;
@@ -231,7 +231,7 @@ export const benchmark: Benchmark = {
 };
 
 /** fsync every file below dir, then the directories (as ARCH's publish does); ms. */
-function fsyncImages(dir: string): number {
+export function fsyncImages(dir: string): number {
   const t0 = process.hrtime.bigint();
   const walk = (d: string) => {
     for (const e of fs.readdirSync(d, { withFileTypes: true })) {
@@ -258,7 +258,7 @@ function fsyncImages(dir: string): number {
 }
 
 /** A counter in a standalone runc container: raw `runc checkpoint`, then raw `runc restore -d` of it. */
-async function rawStandalone(sa: StandaloneRunc, id: string, scratch: string, cleanup: BenchEnv['cleanup']): Promise<{ checkpointMs: number; restoreMs: number }> {
+export async function rawStandalone(sa: StandaloneRunc, id: string, scratch: string, cleanup: BenchEnv['cleanup']): Promise<{ checkpointMs: number; restoreMs: number }> {
   const bundle = await sa.bundle(id, { args: ['/usr/bin/counter'], env: [`COUNTER_MEM_MB=${MEM_MB}`] });
   const undo = cleanup.defer(`standalone ${id}`, () => sa.remove(id));
   await sa.run(id, bundle);
@@ -281,7 +281,7 @@ async function rawStandalone(sa: StandaloneRunc, id: string, scratch: string, cl
 }
 
 /** One ARCH cycle: run, checkpoint (timed), delete, ctr run again = restore (timed), check, delete. */
-async function archCycle(bn: BenchNode, env: BenchEnv, id: string, fsync: boolean): Promise<Omit<ArchSample, 'rep'>> {
+export async function archCycle(bn: BenchNode, env: BenchEnv, id: string, fsync: boolean): Promise<Omit<ArchSample, 'rep'>> {
   const node = bn.node;
   const ctx: NodeContext = { ...node.ctx, settings: { ...node.ctx.settings, fsync } };
   await bn.run(id, { arch: true, memMb: MEM_MB });

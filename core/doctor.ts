@@ -10,6 +10,7 @@ import { criuEnv, parseEnvFile, type Settings } from './settings.js';
 import { snapshotState } from './shim-snapshot.js';
 import { payloadKeyCheck } from './temporal/payload-check.js';
 import { errorMessage } from './errors.js';
+import { SCRATCH_ROOTS, STORE_KEY_SETTING, storeKeysOf } from './seal.js';
 import { DEFAULT_SIGNING_KEY, trustOf, type Trust } from './trust.js';
 
 /** This checkout (dist/core/doctor.js lives two levels below it). */
@@ -129,6 +130,7 @@ export async function runDoctor(settings: Settings): Promise<Check[]> {
   checks.push(payloadKeyCheck(settings));
   checks.push(...allowedRootChecks(settings));
   checks.push(...signingChecks(settings));
+  checks.push(storeKeyCheck(settings));
   if (settings.logFile) {
     let ok = true;
     try {
@@ -249,4 +251,21 @@ export async function writeProbedSettings(settings: Settings, checks: Check[]): 
   await fsp.mkdir(path.dirname(file), { recursive: true });
   await fsp.writeFile(file, `${lines.join('\n')}\n`);
   return true;
+}
+
+/**
+ * Encryption at rest (core/seal.ts): off by default, so its absence is only
+ * a note; a key file that is set but unusable fails (checkpoints would fail
+ * too). The key ids must be the same on every node of a cluster.
+ */
+export function storeKeyCheck(settings: Pick<Settings, 'configFile'>): Check {
+  try {
+    const keys = storeKeysOf(settings);
+    if (!keys) return { name: 'store key', ok: true, optional: true, detail: `${STORE_KEY_SETTING} unset: checkpoints are signed, not encrypted (anyone who can read the store can read a job's memory and files)` };
+    const [first, ...rest] = keys.keys;
+    const scratch = SCRATCH_ROOTS.join(' or ');
+    return { name: 'store key', ok: true, version: first!.id, detail: `${keys.file}: new checkpoints sealed with key id ${first!.id}${rest.length ? `; also opens ${rest.map((k) => k.id).join(', ')}` : ''}; plaintext scratch on tmpfs (${scratch}); every node of the cluster needs this file` };
+  } catch (err) {
+    return { name: 'store key', ok: false, detail: errorMessage(err), fix: (err as { fix?: string }).fix ?? `fix ${STORE_KEY_SETTING} in ${settings.configFile}` };
+  }
 }

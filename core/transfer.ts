@@ -16,6 +16,12 @@
  *
  * Shared storage needs none of this: the target finds the same manifest
  * already published and `receiveCheckpoint` reports it as present.
+ *
+ * A sealed checkpoint (core/seal.ts) moves as it is stored: ciphertext on the
+ * wire and on the target's disk, its seal section carried over in the
+ * manifest the target signs. Neither side decrypts; the node that restores
+ * needs the same ARCH_STORE_KEY_FILE (one store key per cluster, like the
+ * payload key), else the container starts fresh with reason `sealed-key`.
  */
 import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
 import fs from 'node:fs';
