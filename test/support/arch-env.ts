@@ -64,7 +64,7 @@ export function writeArchConfig(dir: string, overrides: Record<string, string | 
     ARCH_LOG_LEVEL: 'debug',
     ARCH_SIGNING_KEY: testSigningKey(),
     // Tests and benchmarks keep checkpoints and shared dirs in their own temporary directories.
-    ARCH_ALLOWED_ROOTS: ['/tmp', '/run/arch-test', '/run/arch-bench', '/var/lib/arch', testWorkDir()].join(':'),
+    ARCH_ALLOWED_ROOTS: ['/tmp', '/run/arch-test', '/run/arch-bench', '/var/lib/arch', testWorkDir(), path.join(REPO_ROOT, '.bench')].join(':'),
     ...overrides,
   };
   const lines = ['# Written by test/support/arch-env.ts for one test.'];
