@@ -38,7 +38,7 @@ export const benchmark: Benchmark = {
     const reps = env.reps || (env.quick ? 1 : 5);
     const keyFile = path.join(env.workDir, 'store.key');
     fs.writeFileSync(keyFile, `${randomBytes(32).toString('hex')}\n`, { mode: 0o600 });
-    const bn = await startBenchNode('bench-seal', env.workDir, env.cleanup, { ARCH_STORE_KEY_FILE: keyFile });
+    const bn = await startBenchNode('bench-seal', env.workDir, env.cleanup, { ARCH_STORE_KEY_FILE: keyFile, ARCH_ALLOWED_ROOTS: env.workDir });
     const sa = new StandaloneRunc(path.join(env.runDir, 'sa-seal'), { runc: realRunc(), criu: criuBinary(), criuNoBreakpoints: true });
     env.cleanup.defer('standalone runc containers', () => sa.destroyAll());
     const scratch = path.join(env.workDir, 'raw-images-seal');
@@ -112,6 +112,9 @@ export const benchmark: Benchmark = {
     ];
     const phases = ['prepare', 'dump', 'hashTail', 'sealTail', 'rootfsCapture', 'digest', 'fsync', 'publish', 'stop'];
     const restorePhases = ['verify', 'unsealRootfs', 'unsealImages', 'rootfs', 'prepare', 'restore', 'verifyPages'];
+    // The phases in the run's log too (a --no-write run shows no tables).
+    env.log(`seal phases: sealed checkpoint ${JSON.stringify(Object.fromEntries(phases.map((p) => [p, ph(sealed, p)])))}; unsealed ${JSON.stringify(Object.fromEntries(phases.map((p) => [p, ph(plain, p)])))}; raw runc ${med(rawCkpt)} + fsync ${med(rawFsync)}`);
+    env.log(`seal phases: sealed restore ${JSON.stringify(Object.fromEntries(restorePhases.map((p) => [p, rph(sealed, p)])))}; unsealed ${JSON.stringify(Object.fromEntries(restorePhases.map((p) => [p, rph(plain, p)])))}`);
     return {
       rows,
       tables: [
