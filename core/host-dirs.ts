@@ -148,6 +148,8 @@ export async function holdDir(req: WalkRequest): Promise<HeldDir | undefined> {
           const at = dir.fd;
           next = await openNoFollow(at, part).catch(async (e: unknown) => throw_(await walkError(req, here, at, part, e)));
         } else if (code === 'ENOENT') {
+          await dir.close();
+          await parent?.close();
           return undefined;
         } else {
           throw await walkError(req, here, dir.fd, part, err);
