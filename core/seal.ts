@@ -8,6 +8,7 @@ import { ArchInputError, CheckpointUnusableError } from './errors.js';
 import { requireAbsolutePath } from './paths.js';
 import { isAlive } from './pid.js';
 import { settingsVars } from './settings.js';
+import { parseKeyText } from './key-text.js';
 
 /**
  * Encryption at rest of a checkpoint's page images and writable-layer
@@ -63,11 +64,8 @@ export function storeKeyId(key: Buffer): string {
 }
 
 export function parseStoreKey(v: string, where: string): StoreKey {
-  const s = v.trim();
-  let key: Buffer | undefined;
-  if (/^[0-9a-fA-F]{64}$/.test(s)) key = Buffer.from(s, 'hex');
-  else if (/^[A-Za-z0-9+/]{43}=?$/.test(s)) key = Buffer.from(s, 'base64');
-  if (!key || key.length !== 32) {
+  const key = parseKeyText(v);
+  if (!key) {
     throw new ArchInputError(STORE_KEY_SETTING, `${where} is not a 32-byte key (64 hex digits or base64)`, 'create one with `openssl rand -hex 32 > FILE; chmod 600 FILE`, the same file on every node of the cluster');
   }
   return { id: storeKeyId(key), key };

@@ -23,6 +23,7 @@ import { createCipheriv, createDecipheriv, createHash, randomBytes } from 'node:
 import fs from 'node:fs';
 import type { Payload, PayloadCodec } from '@temporalio/common';
 import { ArchInputError } from '../errors.js';
+import { parseKeyText } from '../key-text.js';
 
 export const ENCRYPTED_ENCODING = 'binary/encrypted';
 export const KEY_ID_METADATA = 'encryption-key-id';
@@ -48,11 +49,8 @@ export function keyId(key: Buffer): string {
 }
 
 export function parseKey(v: string, field: string): PayloadKey {
-  const s = v.trim();
-  let key: Buffer | undefined;
-  if (/^[0-9a-fA-F]{64}$/.test(s)) key = Buffer.from(s, 'hex');
-  else if (/^[A-Za-z0-9+/]{43}=?$/.test(s)) key = Buffer.from(s, 'base64');
-  if (!key || key.length !== 32) {
+  const key = parseKeyText(v);
+  if (!key) {
     throw new ArchInputError(field, 'is not a 32-byte key (64 hex digits or base64)', 'create one with `openssl rand -hex 32`, the same on every node and CLI of the cluster');
   }
   return { id: keyId(key), key };
