@@ -3,14 +3,14 @@ import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { checkpointContainer } from '../../core/checkpoint.js';
-import { digestFiles } from '../../core/digest.js';
 import { SEALED_FORMAT_VERSION, type Manifest } from '../../core/manifest.js';
 import { findUpperDir } from '../../core/rootfs-diff.js';
 import { chunkAad, chunkNonce, listScratch, SCRATCH_ROOTS, sealedSize, storeKeyId } from '../../core/seal.js';
-import { signManifest, SIGNATURE_FILE, trustOf, type Trust } from '../../core/trust.js';
+import { trustOf, type Trust } from '../../core/trust.js';
 import { writeArchConfig } from '../support/arch-env.js';
 import { ARCH_RUNC_BIN, startArchNode, waitFor, type ArchTestNode } from '../support/arch-node.js';
 import { cleanupStaleNodes, stopAllNodes } from '../support/containerd-node.js';
+import * as copies from '../support/checkpoint-copies.js';
 import { COUNTER_FILES } from '../support/images.js';
 import { createCipheriv, createDecipheriv } from 'node:crypto';
 
@@ -126,42 +126,19 @@ async function remove(id: string): Promise<void> {
   await node.containerd.removeContainer(id).catch(() => undefined);
 }
 
-function readManifest(dir: string): Manifest {
-  return JSON.parse(fs.readFileSync(path.join(dir, 'manifest.json'), 'utf8')) as Manifest;
-}
-
-function writeManifest(dir: string, m: Manifest): void {
-  const bytes = Buffer.from(JSON.stringify(m, null, 1));
-  fs.writeFileSync(path.join(dir, 'manifest.json'), bytes);
-  fs.writeFileSync(path.join(dir, SIGNATURE_FILE), signManifest(bytes, trust)!);
-}
-
+const readManifest = copies.readManifest;
 /** Every size and sha256 recomputed and signed by this node's own key: only the seal itself can catch the change. */
-async function redigest(dir: string, seal?: Manifest['seal']): Promise<void> {
-  const m = readManifest(dir);
-  const files = await Promise.all(m.files.map(async (f) => ({ path: f.path, ...(await digestFiles([path.join(dir, f.path)]))[0]! })));
-  writeManifest(dir, { ...m, files, ...(seal ? { seal } : {}) });
-}
-
+const redigest = (dir: string, seal?: Manifest['seal']): Promise<void> => copies.redigest(dir, trust, seal ? { seal } : {});
 /** The seed checkpoint as checkpoint `key` (a legitimate copy, signed by this node). */
-async function copyAs(key: string): Promise<string> {
-  const cdir = path.join(ckRoot, 'default', key);
-  fs.mkdirSync(cdir, { recursive: true });
-  const dir = path.join(cdir, path.basename(seedDir).replace(/^seed$/, 'ckpt-2026-01-01T00-00-00-000Z-0000000a'));
-  await execa('cp', ['-a', seedDir, dir]);
-  fs.symlinkSync(path.basename(dir), path.join(cdir, 'current'));
-  writeManifest(dir, { ...readManifest(dir), checkpointId: key });
-  return dir;
-}
+const copyAs = (key: string): Promise<string> =>
+  copies.publishCopy({ ckRoot, seedDir, name: key, key: trust, dirName: path.basename(seedDir).replace(/^seed$/, 'ckpt-2026-01-01T00-00-00-000Z-0000000a') });
 
 function pagesRel(dir: string): string {
   const m = readManifest(dir);
   return m.seal!.files.map((f) => f.path).find((p) => /^criu\/pages-\d+\.img$/.test(p) && m.seal!.files.find((s) => s.path === p)!.plainSize > 2 * (4 << 20))!;
 }
 
-function errorsOf(id: string): Record<string, unknown>[] {
-  return node.logLines().filter((l) => l.container === id && (l.level as number) >= 50);
-}
+const errorsOf = (id: string): Record<string, unknown>[] => copies.errorsOf(node, id);
 
 async function expectFreshWith(id: string, out: string, reason: string): Promise<Record<string, unknown>> {
   await node.containerd.waitStatus(id, 'RUNNING', 15_000);
@@ -174,13 +151,7 @@ async function expectFreshWith(id: string, out: string, reason: string): Promise
   return e;
 }
 
-async function expectRestored(id: string, out: string): Promise<void> {
-  await node.containerd.waitStatus(id, 'RUNNING', 15_000);
-  await waitFor('restored output', () => (/count \d+\n/.test(fs.readFileSync(out, 'utf8')) ? true : undefined));
-  expect(fs.readFileSync(out, 'utf8')).not.toMatch(/(^|\n)count 1\n/);
-  expect(node.readContainerFile(id, COUNTER_FILES.created)).toBe(COUNTER_FILES.createdContent);
-  expect(errorsOf(id)).toEqual([]);
-}
+const expectRestored = (id: string, out: string): Promise<void> => copies.expectRestored(node, id, out);
 
 describe('with a key', () => {
   afterEach(() => useKey(keyA));

@@ -1,15 +1,13 @@
-import { execa } from 'execa';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { checkpointContainer } from '../../core/checkpoint.js';
-import { digestFiles } from '../../core/digest.js';
-import type { Manifest } from '../../core/manifest.js';
 import { findUpperDir } from '../../core/rootfs-diff.js';
-import { signManifest, SIGNATURE_FILE, trustOf, type Trust } from '../../core/trust.js';
+import { SIGNATURE_FILE, trustOf, type Trust } from '../../core/trust.js';
 import { craftTar } from '../support/crafted-tar.js';
 import { ARCH_RUNC_BIN, startArchNode, waitFor, type ArchTestNode } from '../support/arch-node.js';
 import { cleanupStaleNodes, stopAllNodes } from '../support/containerd-node.js';
+import * as copies from '../support/checkpoint-copies.js';
 import { COUNTER_FILES } from '../support/images.js';
 
 /**
@@ -67,42 +65,16 @@ async function remove(id: string): Promise<void> {
   await node.containerd.removeContainer(id).catch(() => undefined);
 }
 
-function readManifest(dir: string): Manifest {
-  return JSON.parse(fs.readFileSync(path.join(dir, 'manifest.json'), 'utf8')) as Manifest;
-}
-
-/** Write the manifest; signed with `key` (a trusted node's by default), or left with its old signature (null). */
-function writeManifest(dir: string, m: Manifest, key: Trust | null = trust): void {
-  const bytes = Buffer.from(JSON.stringify(m, null, 1));
-  fs.writeFileSync(path.join(dir, 'manifest.json'), bytes);
-  if (key) fs.writeFileSync(path.join(dir, SIGNATURE_FILE), signManifest(bytes, key)!);
-}
-
 /** Recompute every size and sha256 in manifest.json, as a forger who can write the store would. */
-async function redigest(dir: string, key: Trust | null): Promise<void> {
-  const m = readManifest(dir);
-  const files = await Promise.all(m.files.map(async (f) => ({ path: f.path, ...(await digestFiles([path.join(dir, f.path)]))[0]! })));
-  writeManifest(dir, { ...m, files }, key);
-}
-
+const redigest = (dir: string, key: Trust | null): Promise<void> => copies.redigest(dir, key);
 /** The seed checkpoint published again under checkpoint name `key` (signed by this node: a legitimate copy). */
-async function copyAs(key: string): Promise<string> {
-  const cdir = path.join(ckRoot, 'default', key);
-  fs.mkdirSync(cdir, { recursive: true });
-  const dir = path.join(cdir, path.basename(seedDir));
-  await execa('cp', ['-a', seedDir, dir]);
-  fs.symlinkSync(path.basename(seedDir), path.join(cdir, 'current'));
-  writeManifest(dir, { ...readManifest(dir), checkpointId: key });
-  return dir;
-}
+const copyAs = (key: string): Promise<string> => copies.publishCopy({ ckRoot, seedDir, name: key, key: trust });
 
 function pagesFile(dir: string): string {
   return path.join(dir, 'criu', fs.readdirSync(path.join(dir, 'criu')).find((n) => /^pages-\d+\.img$/.test(n))!);
 }
 
-function errorsOf(id: string): Record<string, unknown>[] {
-  return node.logLines().filter((l) => l.container === id && (l.level as number) >= 50);
-}
+const errorsOf = (id: string): Record<string, unknown>[] => copies.errorsOf(node, id);
 
 async function theError(id: string): Promise<Record<string, unknown>> {
   await waitFor(`error logged for ${id}`, () => (errorsOf(id).length ? true : undefined), 15_000);
@@ -121,13 +93,7 @@ async function expectFresh(id: string, out: string): Promise<void> {
   expect(fs.readdirSync(upper!).sort()).toEqual(['state']);
 }
 
-async function expectRestored(id: string, out: string): Promise<void> {
-  await node.containerd.waitStatus(id, 'RUNNING', 15_000);
-  await waitFor('restored output', () => (/count \d+\n/.test(fs.readFileSync(out, 'utf8')) ? true : undefined));
-  expect(fs.readFileSync(out, 'utf8')).not.toMatch(/(^|\n)count 1\n/);
-  expect(node.readContainerFile(id, COUNTER_FILES.created)).toBe(COUNTER_FILES.createdContent);
-  expect(errorsOf(id)).toEqual([]);
-}
+const expectRestored = (id: string, out: string): Promise<void> => copies.expectRestored(node, id, out);
 
 test('control: a copy signed by this node restores', async () => {
   const id = 'tr-control';
