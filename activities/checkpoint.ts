@@ -32,7 +32,9 @@ export interface CheckpointInput {
 }
 
 export function checkpointActivities(d: NodeDeps) {
-  async function containerDirOf(ref: ContainerRef): Promise<{ containerDir: string; mode: 'local' | 'shared'; store: CheckpointStore }> {
+  async function containerDirOf(
+    ref: ContainerRef,
+  ): Promise<{ containerDir: string; mode: 'local' | 'shared'; store: CheckpointStore }> {
     const info = await containerd(d, ref.namespace).info(ref.id);
     const contract = parseContract(envListToMap(info.spec.process?.env), contractOptions(d.ctx.settings));
     if (!contract.enabled) throw fail(FailureType.notArchEnabled, `${ref.namespace}/${ref.id} is not ARCH-enabled`);
@@ -41,7 +43,12 @@ export function checkpointActivities(d: NodeDeps) {
   }
 
   function describePublished(
-    dir: string, containerDir: string, mode: 'local' | 'shared', ref: ContainerRef, manifest: Manifest, extra: Pick<CheckpointInfo, 'timings' | 'totalMs' | 'reused'>,
+    dir: string,
+    containerDir: string,
+    mode: 'local' | 'shared',
+    ref: ContainerRef,
+    manifest: Manifest,
+    extra: Pick<CheckpointInfo, 'timings' | 'totalMs' | 'reused'>,
   ): Promise<CheckpointInfo> {
     return manifestDigest(dir).then((manifestSha256) => ({
       ...ref,
@@ -71,7 +78,11 @@ export function checkpointActivities(d: NodeDeps) {
           task = await cd.task(ref.id);
           if (!task) await cd.info(ref.id); // distinguishes "no task" from "no container"
         } catch (err) {
-          if (isNotFound(err)) throw fail(FailureType.containerNotFound, `${ref.namespace}/${ref.id} is not a container on node ${d.node}`);
+          if (isNotFound(err))
+            throw fail(
+              FailureType.containerNotFound,
+              `${ref.namespace}/${ref.id} is not a container on node ${d.node}`,
+            );
           throw err;
         }
         const { containerDir, mode, store: guarded } = await containerDirOf(ref);
@@ -86,17 +97,28 @@ export function checkpointActivities(d: NodeDeps) {
             onProgress: (p) => report({ ...p }),
           });
           throughputEstimator(d).observe(r.sizeBytes, r.timings.dump ?? r.totalMs);
-          info = await describePublished(r.dir, r.containerDir, mode, ref, r.manifest, { timings: r.timings, totalMs: r.totalMs, reused: false });
+          info = await describePublished(r.dir, r.containerDir, mode, ref, r.manifest, {
+            timings: r.timings,
+            totalMs: r.totalMs,
+            reused: false,
+          });
         } else {
           // Not running: an earlier attempt may have done the work already.
           const store = guarded;
           const dir = await store.current();
           const manifest = dir ? await store.readManifest() : null;
           if (!dir || !manifest || (input.notBefore && manifest.createdAt < input.notBefore)) {
-            throw fail(FailureType.containerNotRunning, `${ref.namespace}/${ref.id} on node ${d.node} is ${task?.status ?? 'not started'} and has no checkpoint from this operation: nothing to checkpoint`);
+            throw fail(
+              FailureType.containerNotRunning,
+              `${ref.namespace}/${ref.id} on node ${d.node} is ${task?.status ?? 'not started'} and has no checkpoint from this operation: nothing to checkpoint`,
+            );
           }
           log.info({ dir }, 'container already checkpointed by an earlier attempt; reusing it');
-          info = await describePublished(dir, containerDir, mode, ref, manifest, { timings: {}, totalMs: 0, reused: true });
+          info = await describePublished(dir, containerDir, mode, ref, manifest, {
+            timings: {},
+            totalMs: 0,
+            reused: true,
+          });
         }
         return input.offer ? { ...info, offer: await offer(info.dir, info.manifestSha256) } : info;
       });
@@ -116,7 +138,14 @@ export function checkpointActivities(d: NodeDeps) {
         const file = path.join(dir, `${randomBytes(6).toString('hex')}.tar`);
         await containerd(d, input.namespace).ctr(['images', 'export', file, input.image], 600_000);
         const { size } = await fsp.stat(file);
-        return { ...(await d.transfer.offerFile(file, offerTtlFor(d.offerTtlMs, size), () => void fsp.rm(file, { force: true }))), ms: Date.now() - t0 };
+        return {
+          ...(await d.transfer.offerFile(
+            file,
+            offerTtlFor(d.offerTtlMs, size),
+            () => void fsp.rm(file, { force: true }),
+          )),
+          ms: Date.now() - t0,
+        };
       });
     },
 

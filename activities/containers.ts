@@ -52,12 +52,19 @@ export function containerActivities(d: NodeDeps) {
         const dir = await store.current().catch(() => null);
         if (!m || !dir) continue;
         out.push({
-          namespace: ns, id, status: (task?.status ?? 'ABSENT').toLowerCase(), pid: task?.pid ?? 0, mode: spec.mode, priority: spec.priority,
+          namespace: ns,
+          id,
+          status: (task?.status ?? 'ABSENT').toLowerCase(),
+          pid: task?.pid ?? 0,
+          mode: spec.mode,
+          priority: spec.priority,
           checkpoint: { dir, createdAt: m.createdAt, sizeBytes: m.files.reduce((a, f) => a + f.size, 0) },
         });
       }
     }
-    return out.sort((a, b) => b.priority - a.priority || a.namespace.localeCompare(b.namespace) || a.id.localeCompare(b.id));
+    return out.sort(
+      (a, b) => b.priority - a.priority || a.namespace.localeCompare(b.namespace) || a.id.localeCompare(b.id),
+    );
   }
 
   /** Containers runc knows on this node, with the sizes the drain planner needs (core/node-containers). */
@@ -77,7 +84,11 @@ export function containerActivities(d: NodeDeps) {
     },
 
     /** The containers a selector picks, in drain order (priority first). */
-    async selectContainers(input: { selector?: Selector; runningOnly?: boolean; checkpointedOnly?: boolean }): Promise<ContainerSummary[]> {
+    async selectContainers(input: {
+      selector?: Selector;
+      runningOnly?: boolean;
+      checkpointedOnly?: boolean;
+    }): Promise<ContainerSummary[]> {
       return mapped(async () => {
         const s = input.selector ?? {};
         if (s.namespace) validateNamespace(s.namespace, 'selector namespace');
@@ -87,7 +98,9 @@ export function containerActivities(d: NodeDeps) {
           .filter((c) => !s.ids?.length || s.ids.includes(c.id))
           .filter((c) => !input.runningOnly || c.status === 'running')
           .filter((c) => !input.checkpointedOnly || (c.status !== 'running' && c.checkpoint !== undefined))
-          .sort((a, b) => b.priority - a.priority || a.namespace.localeCompare(b.namespace) || a.id.localeCompare(b.id));
+          .sort(
+            (a, b) => b.priority - a.priority || a.namespace.localeCompare(b.namespace) || a.id.localeCompare(b.id),
+          );
       });
     },
 
@@ -117,11 +130,20 @@ export function containerActivities(d: NodeDeps) {
         try {
           info = await cd.info(ref.id);
         } catch (err) {
-          if (isNotFound(err)) throw fail(FailureType.containerNotFound, `${ref.namespace}/${ref.id} is not a container on node ${d.node}`, { node: d.node });
+          if (isNotFound(err))
+            throw fail(
+              FailureType.containerNotFound,
+              `${ref.namespace}/${ref.id} is not a container on node ${d.node}`,
+              { node: d.node },
+            );
           throw err;
         }
         const spec = specFromInfo(info, ref.namespace, contractOptions(d.ctx.settings));
-        if (!spec) throw fail(FailureType.notArchEnabled, `${ref.namespace}/${ref.id} on node ${d.node} is not ARCH-enabled (no ARCH_ENABLE=1 in its environment)`);
+        if (!spec)
+          throw fail(
+            FailureType.notArchEnabled,
+            `${ref.namespace}/${ref.id} on node ${d.node} is not ARCH-enabled (no ARCH_ENABLE=1 in its environment)`,
+          );
         const task = await cd.task(ref.id);
         return { spec, status: task?.status ?? 'ABSENT', ms: Date.now() - t0 };
       });
@@ -133,7 +155,9 @@ export function containerActivities(d: NodeDeps) {
      * caller can run this in parallel with describing the source and still
      * know whether the image must be shipped.
      */
-    async checkTarget(input: { ref: ContainerRef }): Promise<{ node: string; images: string[]; staleContainer: boolean; ms: number }> {
+    async checkTarget(input: {
+      ref: ContainerRef;
+    }): Promise<{ node: string; images: string[]; staleContainer: boolean; ms: number }> {
       return mapped(async () => {
         const t0 = Date.now();
         validateNamespace(input.ref.namespace);
@@ -141,7 +165,10 @@ export function containerActivities(d: NodeDeps) {
         const cd = containerd(d, input.ref.namespace);
         const [tasks, containers, images] = await Promise.all([cd.listTasks(), cd.listContainers(), cd.listImages()]);
         if (tasks.find((t) => t.id === input.ref.id)?.status === 'RUNNING') {
-          throw fail(FailureType.input, `${input.ref.namespace}/${input.ref.id} already runs on node ${d.node}: refusing to start a second copy. Fix: pick another target or remove it there`);
+          throw fail(
+            FailureType.input,
+            `${input.ref.namespace}/${input.ref.id} already runs on node ${d.node}: refusing to start a second copy. Fix: pick another target or remove it there`,
+          );
         }
         const staleContainer = containers.includes(input.ref.id);
         if (staleContainer) {
@@ -149,12 +176,17 @@ export function containerActivities(d: NodeDeps) {
           // replaced by the restore; anything else of that name is not ours.
           let arch = false;
           try {
-            arch = specFromInfo(await cd.info(input.ref.id), input.ref.namespace, contractOptions(d.ctx.settings)) !== undefined;
+            arch =
+              specFromInfo(await cd.info(input.ref.id), input.ref.namespace, contractOptions(d.ctx.settings)) !==
+              undefined;
           } catch {
             arch = false;
           }
           if (!arch) {
-            throw fail(FailureType.input, `node ${d.node} already has a container ${input.ref.namespace}/${input.ref.id} that is not ARCH-enabled; refusing to replace it. Fix: remove or rename it there, or pick another target`);
+            throw fail(
+              FailureType.input,
+              `node ${d.node} already has a container ${input.ref.namespace}/${input.ref.id} that is not ARCH-enabled; refusing to replace it. Fix: remove or rename it there, or pick another target`,
+            );
           }
         }
         return { node: d.node, images, staleContainer, ms: Date.now() - t0 };
@@ -169,14 +201,21 @@ export function containerActivities(d: NodeDeps) {
     async planDrain(input: { deadline: string; maxParallel: number; selector?: Selector }): Promise<DrainPlanSummary> {
       return mapped(async () => {
         const s = input.selector ?? {};
-        const running = (await list(s.namespace ? [s.namespace] : undefined))
-          .filter((c) => c.status === 'running' && (!s.ids?.length || s.ids.includes(c.id)));
+        const running = (await list(s.namespace ? [s.namespace] : undefined)).filter(
+          (c) => c.status === 'running' && (!s.ids?.length || s.ids.includes(c.id)),
+        );
         const est = throughputEstimator(d);
         const now = new Date();
         const plan = planDrain({
           now,
           deadline: new Date(input.deadline),
-          containers: running.map((c) => ({ namespace: c.namespace, id: c.id, priority: c.priority, rssBytes: c.rssBytes ?? 0, upperDirBytes: c.upperDirBytes ?? 0 })),
+          containers: running.map((c) => ({
+            namespace: c.namespace,
+            id: c.id,
+            priority: c.priority,
+            rssBytes: c.rssBytes ?? 0,
+            upperDirBytes: c.upperDirBytes ?? 0,
+          })),
           throughputBytesPerSec: est.bytesPerSec,
           perContainerOverheadMs: DRAIN_OVERHEAD_MS,
           maxParallel: Math.max(1, input.maxParallel),
@@ -186,18 +225,31 @@ export function containerActivities(d: NodeDeps) {
         const notExpectedToFit = plan.notExpectedToFit.map((p) => `${p.namespace}/${p.id}`);
         const log = activityLog(d, { phase: 'plan' });
         const fields = {
-          containers: running.length, parallelism: plan.parallelism, fit: plan.expectedToFit.length, budgetMs: plan.budgetMs,
-          throughputBytesPerSec: Math.round(est.bytesPerSec), throughputSamples: est.sampleCount, deadline: input.deadline,
+          containers: running.length,
+          parallelism: plan.parallelism,
+          fit: plan.expectedToFit.length,
+          budgetMs: plan.budgetMs,
+          throughputBytesPerSec: Math.round(est.bytesPerSec),
+          throughputSamples: est.sampleCount,
+          deadline: input.deadline,
         };
         if (notExpectedToFit.length) {
-          log.warn({ ...fields, notExpectedToFit }, `drain planned: not expected to finish before the deadline: ${notExpectedToFit.join(', ')} (tried last, only if time is left)`);
+          log.warn(
+            { ...fields, notExpectedToFit },
+            `drain planned: not expected to finish before the deadline: ${notExpectedToFit.join(', ')} (tried last, only if time is left)`,
+          );
         } else {
           log.info(fields, 'drain planned: every container expected to finish before the deadline');
         }
         return {
           order: plan.order.map((p) => ({
-            namespace: p.namespace, id: p.id, priority: p.priority, bytes: p.bytes,
-            estimatedMs: p.estimatedMs, expectedFinishMs: p.expectedFinishMs, expectedToFit: fits.has(`${p.namespace}/${p.id}`),
+            namespace: p.namespace,
+            id: p.id,
+            priority: p.priority,
+            bytes: p.bytes,
+            estimatedMs: p.estimatedMs,
+            expectedFinishMs: p.expectedFinishMs,
+            expectedToFit: fits.has(`${p.namespace}/${p.id}`),
           })),
           parallelism: plan.parallelism,
           expectedToFit: plan.expectedToFit.length,

@@ -53,7 +53,11 @@ export function activityLog(d: NodeDeps, fields: { namespace?: string; container
   let wf: Record<string, string> = {};
   try {
     const info = Context.current().info;
-    wf = { activity: info.activityType, workflowId: info.workflowExecution?.workflowId ?? '', attempt: String(info.attempt) };
+    wf = {
+      activity: info.activityType,
+      workflowId: info.workflowExecution?.workflowId ?? '',
+      attempt: String(info.attempt),
+    };
   } catch {
     // called outside an activity (tests, CLI): no Temporal fields
   }
@@ -64,22 +68,40 @@ export function activityLog(d: NodeDeps, fields: { namespace?: string; container
 export function toFailure(err: unknown): unknown {
   if (err instanceof ApplicationFailure) return err;
   if (err instanceof ArchInputError) {
-    return ApplicationFailure.create({ type: FailureType.input, message: err.message, nonRetryable: true, details: [{ field: err.field, fix: err.fix }] });
+    return ApplicationFailure.create({
+      type: FailureType.input,
+      message: err.message,
+      nonRetryable: true,
+      details: [{ field: err.field, fix: err.fix }],
+    });
   }
   if (err instanceof CheckpointUnusableError) {
-    return ApplicationFailure.create({ type: FailureType.checkpointUnusable, message: err.message, details: [{ reason: err.reason }] });
+    return ApplicationFailure.create({
+      type: FailureType.checkpointUnusable,
+      message: err.message,
+      details: [{ reason: err.reason }],
+    });
   }
   if (err instanceof OfferGoneError) {
     return ApplicationFailure.create({ type: FailureType.offerGone, message: err.message, nonRetryable: true });
   }
   if (isNotFound(err)) {
-    return ApplicationFailure.create({ type: FailureType.containerNotFound, message: errorMessage(err), nonRetryable: true });
+    return ApplicationFailure.create({
+      type: FailureType.containerNotFound,
+      message: errorMessage(err),
+      nonRetryable: true,
+    });
   }
   return err;
 }
 
 export function fail(type: string, message: string, details?: unknown): ApplicationFailure {
-  return ApplicationFailure.create({ type, message, nonRetryable: true, details: details === undefined ? undefined : [details] });
+  return ApplicationFailure.create({
+    type,
+    message,
+    nonRetryable: true,
+    details: details === undefined ? undefined : [details],
+  });
 }
 
 export interface Progress {

@@ -58,7 +58,11 @@ async function keepRestoreLog(runc: Runc, spec: ContainerSpec, stateDir: string)
     const { bundle } = await runc.state(spec.id);
     const src = path.join(bundle, 'arch-restore', 'restore.log');
     await fsp.access(src);
-    const dest = path.join(stateDir, 'failed-restores', `${spec.namespace}-${spec.id}-${new Date().toISOString().replace(/[:.]/g, '-')}.log`);
+    const dest = path.join(
+      stateDir,
+      'failed-restores',
+      `${spec.namespace}-${spec.id}-${new Date().toISOString().replace(/[:.]/g, '-')}.log`,
+    );
     await fsp.mkdir(path.dirname(dest), { recursive: true });
     await fsp.copyFile(src, dest);
     return dest;
@@ -87,7 +91,11 @@ export function restoreActivities(d: NodeDeps) {
      * Bring the source's checkpoint into this node's store: streamed and
      * verified (local storage), or found already there (shared storage).
      */
-    async receiveCheckpoint(input: { spec: ContainerSpec; expected: ExpectedCheckpoint; offer?: TransferOffer }): Promise<ReceiveResult> {
+    async receiveCheckpoint(input: {
+      spec: ContainerSpec;
+      expected: ExpectedCheckpoint;
+      offer?: TransferOffer;
+    }): Promise<ReceiveResult> {
       const { spec } = input;
       const log = activityLog(d, { namespace: spec.namespace, container: spec.id, phase: 'transfer' });
       return withHeartbeat({ phase: 'transfer' }, async (signal, report) => {
@@ -99,7 +107,10 @@ export function restoreActivities(d: NodeDeps) {
           return { kind: 'present', dir: present, bytes: 0, files: 0, ms: Date.now() - t0 };
         }
         if (!input.offer) {
-          throw fail(FailureType.sharedNotVisible, `node ${d.node} does not see the checkpoint of ${spec.namespace}/${spec.id} in ${store.containerDir}, and nothing was offered for transfer. Fix: mount the shared filesystem (ARCH_SHAREDFS_HOST_PATH) at the same path on every node`);
+          throw fail(
+            FailureType.sharedNotVisible,
+            `node ${d.node} does not see the checkpoint of ${spec.namespace}/${spec.id} in ${store.containerDir}, and nothing was offered for transfer. Fix: mount the shared filesystem (ARCH_SHAREDFS_HOST_PATH) at the same path on every node`,
+          );
         }
         const r = await fetchCheckpoint({
           offer: input.offer,
@@ -109,22 +120,37 @@ export function restoreActivities(d: NodeDeps) {
           ca: d.transferCa,
           trust: trustOf(d.ctx.settings),
           signal,
-          onProgress: (p) => report({ phase: 'transfer', bytesDone: p.bytesDone, bytesTotal: p.bytesTotal, files: p.files }),
+          onProgress: (p) =>
+            report({ phase: 'transfer', bytesDone: p.bytesDone, bytesTotal: p.bytesTotal, files: p.files }),
         });
         log.info({ kind: r.kind, dir: r.dir, bytes: r.bytes, files: r.files, durationMs: r.ms }, 'checkpoint received');
-        return { kind: r.kind, dir: r.dir, bytes: r.kind === 'copied' ? r.bytes : 0, files: r.files, ms: Date.now() - t0 };
+        return {
+          kind: r.kind,
+          dir: r.dir,
+          bytes: r.kind === 'copied' ? r.bytes : 0,
+          files: r.files,
+          ms: Date.now() - t0,
+        };
       });
     },
 
     /** Import the image if missing: from an offer of the source node, else fail clearly. */
-    async ensureImage(input: { namespace: string; image: string; offer?: TransferOffer }): Promise<{ imported: boolean; ms: number }> {
+    async ensureImage(input: {
+      namespace: string;
+      image: string;
+      offer?: TransferOffer;
+    }): Promise<{ imported: boolean; ms: number }> {
       return withHeartbeat({ phase: 'image' }, async () => {
         const t0 = Date.now();
         const cd = containerd(d, input.namespace);
         if (await cd.hasImage(input.image)) return { imported: false, ms: Date.now() - t0 };
         if (!input.offer) throw fail(FailureType.imageMissing, `node ${d.node} does not have image ${input.image}`);
         await importFromOffer(cd, input.offer);
-        if (!(await cd.hasImage(input.image))) throw fail(FailureType.imageMissing, `importing the source's export did not provide ${input.image} on node ${d.node}`);
+        if (!(await cd.hasImage(input.image)))
+          throw fail(
+            FailureType.imageMissing,
+            `importing the source's export did not provide ${input.image} on node ${d.node}`,
+          );
         return { imported: true, ms: Date.now() - t0 };
       });
     },
@@ -152,7 +178,15 @@ export function restoreActivities(d: NodeDeps) {
           const evidence = await restoreEvidence(runcRoot, runc, spec.id);
           if (evidence) {
             log.info({ pid: existing.pid, restoredFrom: evidence }, 'already restored by an earlier attempt');
-            return { ...base, pid: existing.pid, restoredFrom: evidence, alreadyRunning: true, imageImported: false, timings, ms: Date.now() - t0 };
+            return {
+              ...base,
+              pid: existing.pid,
+              restoredFrom: evidence,
+              alreadyRunning: true,
+              imageImported: false,
+              timings,
+              ms: Date.now() - t0,
+            };
           }
         }
         let t = Date.now();
@@ -166,20 +200,31 @@ export function restoreActivities(d: NodeDeps) {
 
         const store = storeFor(d, spec);
         // Without an expected checkpoint (resume after pause) the current one is it.
-        const dir = input.expected ? await expectedPresent(store, input.expected) : await store.current().catch(() => null);
+        const dir = input.expected
+          ? await expectedPresent(store, input.expected)
+          : await store.current().catch(() => null);
         if (!dir && spec.mode === 'shared') {
-          throw fail(FailureType.sharedNotVisible, `node ${d.node} does not see the checkpoint of ${spec.namespace}/${spec.id} in ${store.containerDir}. Fix: mount the shared filesystem (ARCH_SHAREDFS_HOST_PATH) at the same path on every node`);
+          throw fail(
+            FailureType.sharedNotVisible,
+            `node ${d.node} does not see the checkpoint of ${spec.namespace}/${spec.id} in ${store.containerDir}. Fix: mount the shared filesystem (ARCH_SHAREDFS_HOST_PATH) at the same path on every node`,
+          );
         }
         if (!dir) {
-          throw fail(FailureType.checkpointUnusable, `node ${d.node} has no copy of the ${input.expected ? 'expected ' : ''}checkpoint of ${spec.namespace}/${spec.id} in ${store.containerDir}`);
+          throw fail(
+            FailureType.checkpointUnusable,
+            `node ${d.node} has no copy of the ${input.expected ? 'expected ' : ''}checkpoint of ${spec.namespace}/${spec.id} in ${store.containerDir}`,
+          );
         }
-        if (!(await cd.hasImage(spec.image))) throw fail(FailureType.imageMissing, `node ${d.node} does not have image ${spec.image}`);
+        if (!(await cd.hasImage(spec.image)))
+          throw fail(FailureType.imageMissing, `node ${d.node} does not have image ${spec.image}`);
         signal.throwIfAborted();
 
         t = Date.now();
         report({ phase: 'restore' });
         if (d.logDir) await fsp.mkdir(path.join(d.logDir, spec.namespace), { recursive: true });
-        await cd.run(runOptionsFor(spec, { archRunc: d.archRunc, runcRoot: d.ctx.settings.runcRootBase, logDir: d.logDir }));
+        await cd.run(
+          runOptionsFor(spec, { archRunc: d.archRunc, runcRoot: d.ctx.settings.runcRootBase, logDir: d.logDir }),
+        );
         timings.create = Date.now() - t;
 
         t = Date.now();
@@ -187,22 +232,44 @@ export function restoreActivities(d: NodeDeps) {
         const task = await cd.task(spec.id);
         const evidence = task?.status === 'RUNNING' ? await restoreEvidence(runcRoot, runc, spec.id) : undefined;
         if (!task || task.status !== 'RUNNING' || !evidence) {
-          const why = !task || task.status !== 'RUNNING' ? `is ${task?.status ?? 'gone'} right after create` : 'was started fresh by arch-runc (its restore failed; see the node log)';
+          const why =
+            !task || task.status !== 'RUNNING'
+              ? `is ${task?.status ?? 'gone'} right after create`
+              : 'was started fresh by arch-runc (its restore failed; see the node log)';
           const kept = await keepRestoreLog(runc, spec, d.stateDir);
           log.error({ status: task?.status, restoreLog: kept }, `restore failed: container ${why}; removing it`);
-          await cd.removeContainer(spec.id).catch((e: unknown) => log.error({ err: errorMessage(e) }, 'could not remove the failed copy'));
-          throw fail(FailureType.restoreFellBack, `restore of ${spec.namespace}/${spec.id} on node ${d.node} failed: the container ${why}${kept ? `; CRIU's log is kept in ${kept}` : ''}`);
+          await cd
+            .removeContainer(spec.id)
+            .catch((e: unknown) => log.error({ err: errorMessage(e) }, 'could not remove the failed copy'));
+          throw fail(
+            FailureType.restoreFellBack,
+            `restore of ${spec.namespace}/${spec.id} on node ${d.node} failed: the container ${why}${kept ? `; CRIU's log is kept in ${kept}` : ''}`,
+          );
         }
         // Stays up: CRIU restores can die right after resuming (e.g. a missing file).
         await sleep(d.verifyStableMs, undefined, { signal });
         const after = await cd.task(spec.id);
         if (!after || after.status !== 'RUNNING' || after.pid !== task.pid) {
           await cd.removeContainer(spec.id).catch(() => undefined);
-          throw fail(FailureType.restoreFellBack, `restored ${spec.namespace}/${spec.id} on node ${d.node} stopped within ${d.verifyStableMs} ms (status ${after?.status ?? 'gone'})`);
+          throw fail(
+            FailureType.restoreFellBack,
+            `restored ${spec.namespace}/${spec.id} on node ${d.node} stopped within ${d.verifyStableMs} ms (status ${after?.status ?? 'gone'})`,
+          );
         }
         timings.verify = Date.now() - t;
-        log.info({ pid: task.pid, restoredFrom: evidence, timings, durationMs: Date.now() - t0 }, 'container restored and running');
-        return { ...base, pid: task.pid, restoredFrom: evidence, alreadyRunning: false, imageImported: false, timings, ms: Date.now() - t0 };
+        log.info(
+          { pid: task.pid, restoredFrom: evidence, timings, durationMs: Date.now() - t0 },
+          'container restored and running',
+        );
+        return {
+          ...base,
+          pid: task.pid,
+          restoredFrom: evidence,
+          alreadyRunning: false,
+          imageImported: false,
+          timings,
+          ms: Date.now() - t0,
+        };
       });
     },
 
@@ -212,7 +279,10 @@ export function restoreActivities(d: NodeDeps) {
         const cd = containerd(d, input.ref.namespace);
         const had = (await cd.listContainers()).includes(input.ref.id);
         if (had) await cd.removeContainer(input.ref.id);
-        activityLog(d, { namespace: input.ref.namespace, container: input.ref.id, phase: 'cleanup' }).info({ had }, 'container removed from containerd');
+        activityLog(d, { namespace: input.ref.namespace, container: input.ref.id, phase: 'cleanup' }).info(
+          { had },
+          'container removed from containerd',
+        );
         return { removed: had };
       });
     },
@@ -222,7 +292,12 @@ export function restoreActivities(d: NodeDeps) {
      * containerd, the offer is withdrawn, and a checkpoint copy that no
      * longer belongs here (it was copied to the target) is deleted.
      */
-    async cleanupSource(input: { spec: ContainerSpec; removeCheckpoint: boolean; expected?: ExpectedCheckpoint; offerToken?: string }): Promise<{ removedContainer: boolean; removedCheckpoint: boolean; ms: number }> {
+    async cleanupSource(input: {
+      spec: ContainerSpec;
+      removeCheckpoint: boolean;
+      expected?: ExpectedCheckpoint;
+      offerToken?: string;
+    }): Promise<{ removedContainer: boolean; removedCheckpoint: boolean; ms: number }> {
       return mapped(async () => {
         const t0 = Date.now();
         const { spec } = input;
@@ -234,7 +309,10 @@ export function restoreActivities(d: NodeDeps) {
           const task = await cd.task(spec.id);
           if (task?.status === 'RUNNING') {
             // Never remove a live container here: whatever runs it now is not ours to stop.
-            throw fail(FailureType.input, `${spec.namespace}/${spec.id} is running on node ${d.node} again; not cleaning it up`);
+            throw fail(
+              FailureType.input,
+              `${spec.namespace}/${spec.id} is running on node ${d.node} again; not cleaning it up`,
+            );
           }
           await cd.removeContainer(spec.id);
         }

@@ -8,7 +8,16 @@ import { envListToMap, parseContract, type ContractOptions } from '../core/env-c
 import type { ContainerSpec, MountSpec } from '../workflows/types.js';
 
 /** Mounts containerd (ctr) puts in every spec by itself; replaying them would duplicate them. */
-const RUNTIME_MOUNTS = new Set(['/proc', '/dev', '/dev/pts', '/dev/shm', '/dev/mqueue', '/sys', '/sys/fs/cgroup', '/run']);
+const RUNTIME_MOUNTS = new Set([
+  '/proc',
+  '/dev',
+  '/dev/pts',
+  '/dev/shm',
+  '/dev/mqueue',
+  '/sys',
+  '/sys/fs/cgroup',
+  '/run',
+]);
 /** Added by ctr --net-host from the host; the target adds its own. */
 const HOST_NET_FILES = new Set(['/etc/hosts', '/etc/resolv.conf', '/etc/hostname']);
 

@@ -62,11 +62,20 @@ export const benchmark: Benchmark = {
   async run(env: BenchEnv): Promise<BenchOutcome> {
     const reps = env.reps || (env.quick ? 1 : 7);
     const bn = await startBenchNode('bench-cr', env.workDir, env.cleanup);
-    const sa = new StandaloneRunc(path.join(env.runDir, 'sa'), { runc: realRunc(), criu: criuBinary(), criuNoBreakpoints: true });
+    const sa = new StandaloneRunc(path.join(env.runDir, 'sa'), {
+      runc: realRunc(),
+      criu: criuBinary(),
+      criuNoBreakpoints: true,
+    });
     env.cleanup.defer('standalone runc containers', () => sa.destroyAll());
     // The CRIU network lock ARCH uses on this node, for raw runs with the same CRIU configuration.
     const criuLock = await criuRunEnv(bn.node.ctx.settings);
-    const saSameLock = new StandaloneRunc(path.join(env.runDir, 'sa-lock'), { runc: realRunc(), criu: criuBinary(), criuNoBreakpoints: true, extraEnv: criuLock.env });
+    const saSameLock = new StandaloneRunc(path.join(env.runDir, 'sa-lock'), {
+      runc: realRunc(),
+      criu: criuBinary(),
+      criuNoBreakpoints: true,
+      extraEnv: criuLock.env,
+    });
     env.cleanup.defer('standalone runc containers (network lock)', () => saSameLock.destroyAll());
     const scratch = path.join(env.workDir, 'raw-images');
 
@@ -111,10 +120,18 @@ export const benchmark: Benchmark = {
         fs.rmSync(img, { recursive: true, force: true });
         fs.rmSync(`${img}-work`, { recursive: true, force: true });
       },
-      'raw-standalone': (rep) => rawStandalone(sa, `raw-sa-${rep}`, scratch, env.cleanup).then((r) => { rawSaCkpt[rep] = r.checkpointMs; rawSaRestore[rep] = r.restoreMs; }),
-      'raw-standalone-nft': (rep) => rawStandalone(saSameLock, `raw-sa-nft-${rep}`, scratch, env.cleanup).then((r) => { rawSaRestoreSameLock[rep] = r.restoreMs; }),
-            'arch-fsync': (rep) => archCycle(bn, env, `arch-${rep}`, true).then((s) => void arch.push({ ...s, rep })),
-      'arch-nofsync': (rep) => archCycle(bn, env, `arch-nofsync-${rep}`, false).then((s) => void arch.push({ ...s, rep })),
+      'raw-standalone': (rep) =>
+        rawStandalone(sa, `raw-sa-${rep}`, scratch, env.cleanup).then((r) => {
+          rawSaCkpt[rep] = r.checkpointMs;
+          rawSaRestore[rep] = r.restoreMs;
+        }),
+      'raw-standalone-nft': (rep) =>
+        rawStandalone(saSameLock, `raw-sa-nft-${rep}`, scratch, env.cleanup).then((r) => {
+          rawSaRestoreSameLock[rep] = r.restoreMs;
+        }),
+      'arch-fsync': (rep) => archCycle(bn, env, `arch-${rep}`, true).then((s) => void arch.push({ ...s, rep })),
+      'arch-nofsync': (rep) =>
+        archCycle(bn, env, `arch-nofsync-${rep}`, false).then((s) => void arch.push({ ...s, rep })),
     };
     const order = Object.keys(variants);
     // One warm-up round first (first CRIU runs, cold caches), recorded under index `reps` and dropped.
@@ -126,7 +143,8 @@ export const benchmark: Benchmark = {
         await variants[v]!(rep);
       }
     }
-    for (const xs of [rawCtr, rawCtrFsync, rawCtrSameLock, rawSaCkpt, rawSaRestore, rawSaRestoreSameLock, rawSizes]) xs.length = reps;
+    for (const xs of [rawCtr, rawCtrFsync, rawCtrSameLock, rawSaCkpt, rawSaRestore, rawSaRestoreSameLock, rawSizes])
+      xs.length = reps;
     arch.splice(0, arch.length, ...arch.filter((s) => s.rep < reps));
 
     // ---- summary ----------------------------------------------------------
@@ -136,7 +154,8 @@ export const benchmark: Benchmark = {
     const ph = (xs: ArchSample[], k: string) => med(xs.map((s) => s.result.timings[k] ?? 0));
     // Median of per-repetition ratios: load from other work on the machine drifts; a
     // repetition's ARCH and raw runs are seconds apart, the repetitions are not.
-    const paired = (xs: ArchSample[], pick: (s: ArchSample) => number, raw: number[]) => round(median(xs.map((s) => pick(s) / raw[s.rep]!)));
+    const paired = (xs: ArchSample[], pick: (s: ArchSample) => number, raw: number[]) =>
+      round(median(xs.map((s) => pick(s) / raw[s.rep]!)));
     const ck1 = median(A1.map((s) => s.checkpointMs));
     const ck0 = median(A0.map((s) => s.checkpointMs));
     const rCtr = median(rawCtr);
@@ -146,20 +165,99 @@ export const benchmark: Benchmark = {
     const rsRaw = median(rawSaRestore);
     const ctrRun = median(arch.map((s) => s.ctrRunMs));
     const rows: Row[] = [
-      { metric: `checkpoint ${MEM_MB} MiB, ARCH_FSYNC=1 vs runc checkpoint (containerd node)`, unit: 'ms', arch: round(ck1), raw: round(rCtr), added: round(ck1 - rCtr), ratio: paired(A1, (s) => s.checkpointMs, rawCtr), n: A1.length, target: `≤ ${TARGET_RATIO}x`, pass: paired(A1, (s) => s.checkpointMs, rawCtr) <= TARGET_RATIO },
-      { metric: `checkpoint ${MEM_MB} MiB, ARCH_FSYNC=0 vs runc checkpoint (containerd node)`, unit: 'ms', arch: round(ck0), raw: round(rCtr), added: round(ck0 - rCtr), ratio: paired(A0, (s) => s.checkpointMs, rawCtr), n: A0.length, target: `≤ ${TARGET_RATIO}x`, pass: paired(A0, (s) => s.checkpointMs, rawCtr) <= TARGET_RATIO },
-      { metric: `checkpoint ${MEM_MB} MiB, ARCH_FSYNC=1 vs runc checkpoint + fsync of its images (containerd node, same durability)`, unit: 'ms', arch: round(ck1), raw: round(median(rawCtr.map((x, i) => x + rawCtrFsync[i]!))), added: round(ck1 - median(rawCtr.map((x, i) => x + rawCtrFsync[i]!))), ratio: paired(A1, (s) => s.checkpointMs, rawCtr.map((x, i) => x + rawCtrFsync[i]!)), n: A1.length, note: `fsync of runc's images alone: ${round(median(rawCtrFsync))} ms` },
-      { metric: `checkpoint ${MEM_MB} MiB, ARCH_FSYNC=1 vs runc checkpoint with ARCH's CRIU network lock (${criuLock.networkLock})`, unit: 'ms', arch: round(ck1), raw: round(median(rawCtrSameLock)), added: round(ck1 - median(rawCtrSameLock)), ratio: paired(A1, (s) => s.checkpointMs, rawCtrSameLock), n: A1.length },
-      { metric: `checkpoint ${MEM_MB} MiB, ARCH_FSYNC=1 vs runc checkpoint (standalone)`, unit: 'ms', arch: round(ck1), raw: round(rSa), added: round(ck1 - rSa), ratio: paired(A1, (s) => s.checkpointMs, rawSaCkpt), n: A1.length },
-      { metric: `restore ${MEM_MB} MiB: arch-runc create vs runc restore -d`, unit: 'ms', arch: round(rsArch), raw: round(rsRaw), added: round(rsArch - rsRaw), ratio: paired(arch, (s) => s.restoreCallMs, rawSaRestore), n: arch.length, target: `≤ ${TARGET_RATIO}x`, pass: paired(arch, (s) => s.restoreCallMs, rawSaRestore) <= TARGET_RATIO, note: 'both ARCH_FSYNC settings pooled' },
-      { metric: `restore ${MEM_MB} MiB: arch-runc create vs runc restore -d with ARCH's CRIU network lock (${criuLock.networkLock})`, unit: 'ms', arch: round(rsArch), raw: round(median(rawSaRestoreSameLock)), added: round(rsArch - median(rawSaRestoreSameLock)), ratio: paired(arch, (s) => s.restoreCallMs, rawSaRestoreSameLock), n: arch.length },
       {
-        metric: `signing: sign at publish + verify at restore, as a share of the ${MEM_MB} MiB restore (arch-runc create)`, unit: '%',
-        arch: round((100 * median(arch.map((s) => s.signMs + s.verifyMs))) / rsArch), n: arch.length, target: '≤ 2 %',
+        metric: `checkpoint ${MEM_MB} MiB, ARCH_FSYNC=1 vs runc checkpoint (containerd node)`,
+        unit: 'ms',
+        arch: round(ck1),
+        raw: round(rCtr),
+        added: round(ck1 - rCtr),
+        ratio: paired(A1, (s) => s.checkpointMs, rawCtr),
+        n: A1.length,
+        target: `≤ ${TARGET_RATIO}x`,
+        pass: paired(A1, (s) => s.checkpointMs, rawCtr) <= TARGET_RATIO,
+      },
+      {
+        metric: `checkpoint ${MEM_MB} MiB, ARCH_FSYNC=0 vs runc checkpoint (containerd node)`,
+        unit: 'ms',
+        arch: round(ck0),
+        raw: round(rCtr),
+        added: round(ck0 - rCtr),
+        ratio: paired(A0, (s) => s.checkpointMs, rawCtr),
+        n: A0.length,
+        target: `≤ ${TARGET_RATIO}x`,
+        pass: paired(A0, (s) => s.checkpointMs, rawCtr) <= TARGET_RATIO,
+      },
+      {
+        metric: `checkpoint ${MEM_MB} MiB, ARCH_FSYNC=1 vs runc checkpoint + fsync of its images (containerd node, same durability)`,
+        unit: 'ms',
+        arch: round(ck1),
+        raw: round(median(rawCtr.map((x, i) => x + rawCtrFsync[i]!))),
+        added: round(ck1 - median(rawCtr.map((x, i) => x + rawCtrFsync[i]!))),
+        ratio: paired(
+          A1,
+          (s) => s.checkpointMs,
+          rawCtr.map((x, i) => x + rawCtrFsync[i]!),
+        ),
+        n: A1.length,
+        note: `fsync of runc's images alone: ${round(median(rawCtrFsync))} ms`,
+      },
+      {
+        metric: `checkpoint ${MEM_MB} MiB, ARCH_FSYNC=1 vs runc checkpoint with ARCH's CRIU network lock (${criuLock.networkLock})`,
+        unit: 'ms',
+        arch: round(ck1),
+        raw: round(median(rawCtrSameLock)),
+        added: round(ck1 - median(rawCtrSameLock)),
+        ratio: paired(A1, (s) => s.checkpointMs, rawCtrSameLock),
+        n: A1.length,
+      },
+      {
+        metric: `checkpoint ${MEM_MB} MiB, ARCH_FSYNC=1 vs runc checkpoint (standalone)`,
+        unit: 'ms',
+        arch: round(ck1),
+        raw: round(rSa),
+        added: round(ck1 - rSa),
+        ratio: paired(A1, (s) => s.checkpointMs, rawSaCkpt),
+        n: A1.length,
+      },
+      {
+        metric: `restore ${MEM_MB} MiB: arch-runc create vs runc restore -d`,
+        unit: 'ms',
+        arch: round(rsArch),
+        raw: round(rsRaw),
+        added: round(rsArch - rsRaw),
+        ratio: paired(arch, (s) => s.restoreCallMs, rawSaRestore),
+        n: arch.length,
+        target: `≤ ${TARGET_RATIO}x`,
+        pass: paired(arch, (s) => s.restoreCallMs, rawSaRestore) <= TARGET_RATIO,
+        note: 'both ARCH_FSYNC settings pooled',
+      },
+      {
+        metric: `restore ${MEM_MB} MiB: arch-runc create vs runc restore -d with ARCH's CRIU network lock (${criuLock.networkLock})`,
+        unit: 'ms',
+        arch: round(rsArch),
+        raw: round(median(rawSaRestoreSameLock)),
+        added: round(rsArch - median(rawSaRestoreSameLock)),
+        ratio: paired(arch, (s) => s.restoreCallMs, rawSaRestoreSameLock),
+        n: arch.length,
+      },
+      {
+        metric: `signing: sign at publish + verify at restore, as a share of the ${MEM_MB} MiB restore (arch-runc create)`,
+        unit: '%',
+        arch: round((100 * median(arch.map((s) => s.signMs + s.verifyMs))) / rsArch),
+        n: arch.length,
+        target: '≤ 2 %',
         pass: (100 * median(arch.map((s) => s.signMs + s.verifyMs))) / rsArch <= 2,
         note: `sign ${round(median(arch.map((s) => s.signMs)))} ms, verify ${round(median(arch.map((s) => s.verifyMs)))} ms (keys read from the settings each time, as the shim does)`,
       },
-      { metric: `restore ${MEM_MB} MiB: shim durationMs (Node loaded) vs runc restore -d`, unit: 'ms', arch: round(rsShim), raw: round(rsRaw), added: round(rsShim - rsRaw), ratio: paired(arch, (s) => s.restoreShimMs, rawSaRestore), n: arch.length },
+      {
+        metric: `restore ${MEM_MB} MiB: shim durationMs (Node loaded) vs runc restore -d`,
+        unit: 'ms',
+        arch: round(rsShim),
+        raw: round(rsRaw),
+        added: round(rsShim - rsRaw),
+        ratio: paired(arch, (s) => s.restoreShimMs, rawSaRestore),
+        n: arch.length,
+      },
     ];
 
     const sizeMiB = round(median(arch.map((s) => s.result.sizeBytes)) / 2 ** 20);
@@ -172,26 +270,74 @@ export const benchmark: Benchmark = {
       const fsync = ph(xs, 'fsync');
       const publish = ph(xs, 'publish');
       const stop = ph(xs, 'stop');
-      const publishOther = round(median(xs.map((s) => (s.result.timings.publish ?? 0) - (s.result.timings.digest ?? 0) - (s.result.timings.fsync ?? 0))));
-      const other = round(median(xs.map((s) => s.checkpointMs - ['dump', 'rootfs', 'publish', 'stop'].reduce((a, k) => a + (s.result.timings[k] ?? 0), 0))));
+      const publishOther = round(
+        median(
+          xs.map(
+            (s) => (s.result.timings.publish ?? 0) - (s.result.timings.digest ?? 0) - (s.result.timings.fsync ?? 0),
+          ),
+        ),
+      );
+      const other = round(
+        median(
+          xs.map(
+            (s) =>
+              s.checkpointMs -
+              ['dump', 'rootfs', 'publish', 'stop'].reduce((a, k) => a + (s.result.timings[k] ?? 0), 0),
+          ),
+        ),
+      );
       return [label, total, dump, rootfs, digest, fsync, publishOther, stop, other, round(rCtr)];
     };
     const restoreRow = (label: string, xs: ArchSample[]) => {
       const rt = (k: string) => med(xs.map((s) => s.restoreTimings[k] ?? 0));
       // verify and rootfs run side by side; prepare is the wall time of both.
       const known = ['prepare', 'restore', 'verifyPages'];
-      return [label, med(xs.map((s) => s.restoreCallMs)), round(median(xs.map((s) => s.restoreCallMs - s.restoreShimMs))), rt('verify'), rt('rootfs'), rt('prepare'), rt('restore'), rt('verifyPages'),
-        round(median(xs.map((s) => s.restoreShimMs - known.reduce((a, k) => a + (s.restoreTimings[k] ?? 0), 0)))), round(rsRaw), med(xs.map((s) => s.ctrRunMs))];
+      return [
+        label,
+        med(xs.map((s) => s.restoreCallMs)),
+        round(median(xs.map((s) => s.restoreCallMs - s.restoreShimMs))),
+        rt('verify'),
+        rt('rootfs'),
+        rt('prepare'),
+        rt('restore'),
+        rt('verifyPages'),
+        round(median(xs.map((s) => s.restoreShimMs - known.reduce((a, k) => a + (s.restoreTimings[k] ?? 0), 0)))),
+        round(rsRaw),
+        med(xs.map((s) => s.ctrRunMs)),
+      ];
     };
     const tables: Table[] = [
       {
         title: `ARCH checkpoint phases, ms (median of ${reps}; checkpoint ${sizeMiB} MiB, raw CRIU image ${rawMiB} MiB)`,
-        header: ['variant', 'total', 'dump (freeze + runc checkpoint --leave-running; pages hashed and layer captured meanwhile)', 'rootfs (left after the dump)', 'digest (the other files)', 'fsync (left after the dump)', 'publish rest', 'stop (kill)', 'other (lock, inspect, staging)', 'raw runc checkpoint'],
+        header: [
+          'variant',
+          'total',
+          'dump (freeze + runc checkpoint --leave-running; pages hashed and layer captured meanwhile)',
+          'rootfs (left after the dump)',
+          'digest (the other files)',
+          'fsync (left after the dump)',
+          'publish rest',
+          'stop (kill)',
+          'other (lock, inspect, staging)',
+          'raw runc checkpoint',
+        ],
         rows: [phaseRow('ARCH_FSYNC=1', A1), phaseRow('ARCH_FSYNC=0', A0)],
       },
       {
         title: `ARCH restore phases, ms (median of ${reps})`,
-        header: ['variant', 'arch-runc create (wall)', 'sh front + Node start + imports', 'verify (manifest, all but page images)', 'rootfs diff (meanwhile)', 'both (wall)', 'runc restore (page images verified meanwhile)', 'wait for page verification', 'other', 'raw runc restore -d', 'ctr run -d (wall, info)'],
+        header: [
+          'variant',
+          'arch-runc create (wall)',
+          'sh front + Node start + imports',
+          'verify (manifest, all but page images)',
+          'rootfs diff (meanwhile)',
+          'both (wall)',
+          'runc restore (page images verified meanwhile)',
+          'wait for page verification',
+          'other',
+          'raw runc restore -d',
+          'ctr run -d (wall, info)',
+        ],
         rows: [restoreRow('after ARCH_FSYNC=1', A1), restoreRow('after ARCH_FSYNC=0', A0)],
       },
     ];
@@ -220,10 +366,21 @@ export const benchmark: Benchmark = {
       details: {
         memMb: MEM_MB,
         reps,
-        raw: { ctrCheckpointMs: rawCtr, standaloneCheckpointMs: rawSaCkpt, standaloneRestoreMs: rawSaRestore, imageBytes: rawSizes },
+        raw: {
+          ctrCheckpointMs: rawCtr,
+          standaloneCheckpointMs: rawSaCkpt,
+          standaloneRestoreMs: rawSaRestore,
+          imageBytes: rawSizes,
+        },
         arch: arch.map((s) => ({
-          fsync: s.fsync, checkpointMs: s.checkpointMs, checkpointTimings: s.result.timings, sizeBytes: s.result.sizeBytes,
-          restoreCallMs: s.restoreCallMs, restoreShimMs: s.restoreShimMs, restoreTimings: s.restoreTimings, ctrRunMs: s.ctrRunMs,
+          fsync: s.fsync,
+          checkpointMs: s.checkpointMs,
+          checkpointTimings: s.result.timings,
+          sizeBytes: s.result.sizeBytes,
+          restoreCallMs: s.restoreCallMs,
+          restoreShimMs: s.restoreShimMs,
+          restoreTimings: s.restoreTimings,
+          ctrRunMs: s.ctrRunMs,
         })),
       },
     };
@@ -258,7 +415,12 @@ export function fsyncImages(dir: string): number {
 }
 
 /** A counter in a standalone runc container: raw `runc checkpoint`, then raw `runc restore -d` of it. */
-export async function rawStandalone(sa: StandaloneRunc, id: string, scratch: string, cleanup: BenchEnv['cleanup']): Promise<{ checkpointMs: number; restoreMs: number }> {
+export async function rawStandalone(
+  sa: StandaloneRunc,
+  id: string,
+  scratch: string,
+  cleanup: BenchEnv['cleanup'],
+): Promise<{ checkpointMs: number; restoreMs: number }> {
   const bundle = await sa.bundle(id, { args: ['/usr/bin/counter'], env: [`COUNTER_MEM_MB=${MEM_MB}`] });
   const undo = cleanup.defer(`standalone ${id}`, () => sa.remove(id));
   await sa.run(id, bundle);
@@ -273,7 +435,10 @@ export async function rawStandalone(sa: StandaloneRunc, id: string, scratch: str
   await syncDisks();
   const restoreMs = await sa.restore(id, bundle, img, `${img}-rwork`);
   await waitUntil(`${id} counting after restore`, () => readCount() > at + 2);
-  const starts = fs.readFileSync(path.join(bundle, 'rootfs', COUNTER_FILES.starts), 'utf8').trim().split('\n').length;
+  const starts = fs
+    .readFileSync(path.join(bundle, 'rootfs', COUNTER_FILES.starts), 'utf8')
+    .trim()
+    .split('\n').length;
   if (starts !== 1) throw new Error(`${id}: raw restore started the counter fresh (${starts} starts)`);
   await undo();
   for (const d of [img, `${img}-work`, `${img}-rwork`, bundle]) fs.rmSync(d, { recursive: true, force: true });
@@ -281,12 +446,19 @@ export async function rawStandalone(sa: StandaloneRunc, id: string, scratch: str
 }
 
 /** One ARCH cycle: run, checkpoint (timed), delete, ctr run again = restore (timed), check, delete. */
-export async function archCycle(bn: BenchNode, env: BenchEnv, id: string, fsync: boolean): Promise<Omit<ArchSample, 'rep'>> {
+export async function archCycle(
+  bn: BenchNode,
+  env: BenchEnv,
+  id: string,
+  fsync: boolean,
+): Promise<Omit<ArchSample, 'rep'>> {
   const node = bn.node;
   const ctx: NodeContext = { ...node.ctx, settings: { ...node.ctx.settings, fsync } };
   await bn.run(id, { arch: true, memMb: MEM_MB });
   const undo = env.cleanup.defer(`container ${id}`, () => bn.remove(id));
-  env.cleanup.defer(`checkpoints of ${id}`, () => fs.rmSync(path.join(bn.storage, 'default', id), { recursive: true, force: true }));
+  env.cleanup.defer(`checkpoints of ${id}`, () =>
+    fs.rmSync(path.join(bn.storage, 'default', id), { recursive: true, force: true }),
+  );
   await bn.ready(id);
   await syncDisks();
   const t0 = process.hrtime.bigint();
@@ -302,9 +474,14 @@ export async function archCycle(bn: BenchNode, env: BenchEnv, id: string, fsync:
   await bn.run(id, { arch: true, memMb: MEM_MB });
   const ctrRunMs = msSince(t1);
   await node.containerd.waitStatus(id, 'RUNNING', 15_000);
-  const restored = readLogLines(node.archLog).filter((l) => l.msg === 'restored from checkpoint' && l.container === id).pop();
+  const restored = readLogLines(node.archLog)
+    .filter((l) => l.msg === 'restored from checkpoint' && l.container === id)
+    .pop();
   if (!restored) {
-    const why = readLogLines(node.archLog).filter((l) => l.container === id && (l.level as number) >= 40).map((l) => l.err ?? l.msg).join('; ');
+    const why = readLogLines(node.archLog)
+      .filter((l) => l.container === id && (l.level as number) >= 40)
+      .map((l) => l.err ?? l.msg)
+      .join('; ');
     throw new Error(`${id}: not restored from its checkpoint (${why || 'no log line'})`);
   }
   await bn.ready(id, at + 2, 20_000);
@@ -342,7 +519,11 @@ async function signingCost(ctx: NodeContext, dir: string): Promise<{ signMs: num
     signManifest(bytes, trustOf(ctx.settings));
     signs.push(msSince(t));
     t = process.hrtime.bigint();
-    verifyManifestSignature(fs.readFileSync(path.join(dir, 'manifest.json')), await readSignature(dir), trustOf(ctx.settings));
+    verifyManifestSignature(
+      fs.readFileSync(path.join(dir, 'manifest.json')),
+      await readSignature(dir),
+      trustOf(ctx.settings),
+    );
     verifies.push(msSince(t));
   }
   return { signMs: median(signs), verifyMs: median(verifies) };

@@ -86,7 +86,8 @@ export const benchmark: Benchmark = {
       t = process.hrtime.bigint();
       await Promise.all([hashRange(file, 0, half), hashRange(file, half, 2 * half)]);
       const t2 = msSince(t);
-      if (a !== want || b !== want || !r.stdout.startsWith(want)) throw new Error(`hashes disagree: ${a} ${b} ${r.stdout} ${want}`);
+      if (a !== want || b !== want || !r.stdout.startsWith(want))
+        throw new Error(`hashes disagree: ${a} ${b} ${r.stdout} ${want}`);
       if (i < 0) continue;
       arch.push(ta);
       inline.push(tb);
@@ -97,19 +98,50 @@ export const benchmark: Benchmark = {
     const mbps = (ms: number) => round((SIZE_MB * 1.048576) / (ms / 1000));
     const rawMs = median(raw);
     const row = (metric: string, xs: number[], note?: string): Row => ({
-      metric, unit: 'ms', arch: round(median(xs)), raw: round(rawMs), added: round(median(xs) - rawMs), ratio: round(median(xs) / rawMs), n: xs.length, note,
+      metric,
+      unit: 'ms',
+      arch: round(median(xs)),
+      raw: round(rawMs),
+      added: round(median(xs) - rawMs),
+      ratio: round(median(xs) / rawMs),
+      n: xs.length,
+      note,
     });
     return {
       rows: [
-        row(`sha256 of ${SIZE_MB} MiB (page cache): digestFiles on a worker thread vs openssl dgst -sha256`, arch, 'checkpoint publishing, transfers'),
-        row(`sha256 of ${SIZE_MB} MiB (page cache): digestFilesHere (this thread) vs openssl dgst -sha256`, inline, 'the shim\'s restore'),
-        row(`sha256 of ${SIZE_MB} MiB: in-memory buffer vs openssl dgst -sha256`, mem, 'single-core ceiling, for scale'),
-        row(`sha256 of ${SIZE_MB} MiB: 2 halves on 2 worker threads vs openssl dgst -sha256`, two, 'for scale: a whole-file sha256 cannot be split'),
+        row(
+          `sha256 of ${SIZE_MB} MiB (page cache): digestFiles on a worker thread vs openssl dgst -sha256`,
+          arch,
+          'checkpoint publishing, transfers',
+        ),
+        row(
+          `sha256 of ${SIZE_MB} MiB (page cache): digestFilesHere (this thread) vs openssl dgst -sha256`,
+          inline,
+          "the shim's restore",
+        ),
+        row(
+          `sha256 of ${SIZE_MB} MiB: in-memory buffer vs openssl dgst -sha256`,
+          mem,
+          'single-core ceiling, for scale',
+        ),
+        row(
+          `sha256 of ${SIZE_MB} MiB: 2 halves on 2 worker threads vs openssl dgst -sha256`,
+          two,
+          'for scale: a whole-file sha256 cannot be split',
+        ),
       ],
       notes: [
         `digestFiles: ${mbps(median(arch))} MB/s on a worker (its start-up included), ${mbps(median(inline))} MB/s on this thread (the shim); openssl dgst -sha256: ${mbps(rawMs)} MB/s; SHA-256 of a buffer in memory: ${mbps(median(mem))} MB/s; two halves on two threads: ${mbps(median(two))} MB/s (this machine has 2 cores).`,
       ],
-      details: { sizeMb: SIZE_MB, reps, archMs: arch, inlineMs: inline, opensslMs: raw, inMemoryMs: mem, twoWorkersMs: two },
+      details: {
+        sizeMb: SIZE_MB,
+        reps,
+        archMs: arch,
+        inlineMs: inline,
+        opensslMs: raw,
+        inMemoryMs: mem,
+        twoWorkersMs: two,
+      },
     };
   },
 };

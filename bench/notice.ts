@@ -8,7 +8,13 @@ import type { DrainResult, ReclaimWatchState } from '../workflows/types.js';
 import { syncDisks } from './support/arch-bench-node.js';
 import type { Benchmark, BenchEnv, BenchOutcome, Row, Table } from './support/registry.js';
 import { median, round } from './support/stats.js';
-import { activityContainerId, resultTimings, startBenchCluster, workflowTimes, type ActivityRun } from './support/temporal-cluster.js';
+import {
+  activityContainerId,
+  resultTimings,
+  startBenchCluster,
+  workflowTimes,
+  type ActivityRun,
+} from './support/temporal-cluster.js';
 
 /**
  * Issue 4's figure, through the real path: time from a cloud reclaim notice
@@ -86,13 +92,24 @@ export const benchmark: Benchmark = {
     const loadBefore = os.loadavg()[0]!;
     const imds = await FakeAwsImds.start();
     env.cleanup.defer('fake AWS IMDS', () => imds.close());
-    const cluster = await startBenchCluster('notice', [A, B], env.workDir, env.cleanup, { checkpointRoot: path.join(env.workDir, 'checkpoints') });
+    const cluster = await startBenchCluster('notice', [A, B], env.workDir, env.cleanup, {
+      checkpointRoot: path.join(env.workDir, 'checkpoints'),
+    });
     const shared = path.join(env.workDir, 'shared');
     fs.mkdirSync(shared, { recursive: true });
     // A's worker watches the fake metadata service and sends A's containers to B.
     await cluster.workers[A]!.stop();
-    await cluster.startWorker(A, ['--reclaim-targets', B], { ARCH_CLOUD_PROVIDER: 'aws', ARCH_METADATA_URL: imds.url, ARCH_NOTICE_POLL_MS: String(POLL_MS) });
-    await waitUntil('A\'s worker polling the fake IMDS', () => (imds.requests.some((r) => r.path === INSTANCE_ACTION && r.status === 404) ? true : undefined), 30_000, 100);
+    await cluster.startWorker(A, ['--reclaim-targets', B], {
+      ARCH_CLOUD_PROVIDER: 'aws',
+      ARCH_METADATA_URL: imds.url,
+      ARCH_NOTICE_POLL_MS: String(POLL_MS),
+    });
+    await waitUntil(
+      "A's worker polling the fake IMDS",
+      () => (imds.requests.some((r) => r.path === INSTANCE_ACTION && r.status === 404) ? true : undefined),
+      30_000,
+      100,
+    );
     const client = cluster.temporal.client;
     const watchId = workflowIds.reclaimWatch(A);
     const watchState = () => client.workflow.getHandle(watchId).query<ReclaimWatchState>('state');
@@ -102,13 +119,18 @@ export const benchmark: Benchmark = {
       const ids = Array.from({ length: COUNT }, (_, i) => `ntc${rep}-${i}`);
       env.log(`notice: rep ${rep + 1}/${reps}: starting ${COUNT} counters of ${MEM_MB} MiB on ${A}`);
       for (const id of ids) {
-        await cluster.runCounter(A, id, [`COUNTER_MEM_MB=${MEM_MB}`, `ARCH_SHAREDFS_HOST_PATH=${shared}`, 'ARCH_WORKDIR_CONTAINER_PATH=/work']);
+        await cluster.runCounter(A, id, [
+          `COUNTER_MEM_MB=${MEM_MB}`,
+          `ARCH_SHAREDFS_HOST_PATH=${shared}`,
+          'ARCH_WORKDIR_CONTAINER_PATH=/work',
+        ]);
       }
       const before: Record<string, number> = {};
       for (const id of ids) before[id] = await cluster.waitCount(A, id, 2, 60_000);
       await syncDisks();
       const currentLink = (id: string) => path.join(shared, 'checkpoint', 'default', id, 'current');
-      for (const id of ids) if (fs.existsSync(currentLink(id))) throw new Error(`${id} has a checkpoint before the notice`);
+      for (const id of ids)
+        if (fs.existsSync(currentLink(id))) throw new Error(`${id} has a checkpoint before the notice`);
 
       // The notice: visible from t0 on.
       const t0 = Date.now();
@@ -118,48 +140,71 @@ export const benchmark: Benchmark = {
       env.log(`notice: rep ${rep + 1}/${reps}: spot instance-action, time ${deadline}`);
 
       const published = new Map<string, number>();
-      await waitUntil(`all ${COUNT} checkpoints published`, () => {
-        for (const id of ids) {
-          if (published.has(id)) continue;
-          try {
-            published.set(id, fs.lstatSync(currentLink(id)).mtimeMs);
-          } catch {
-            // not yet
+      await waitUntil(
+        `all ${COUNT} checkpoints published`,
+        () => {
+          for (const id of ids) {
+            if (published.has(id)) continue;
+            try {
+              published.set(id, fs.lstatSync(currentLink(id)).mtimeMs);
+            } catch {
+              // not yet
+            }
           }
-        }
-        return published.size === COUNT ? true : undefined;
-      }, 120_000, 100).catch(async (err: Error) => {
+          return published.size === COUNT ? true : undefined;
+        },
+        120_000,
+        100,
+      ).catch(async (err: Error) => {
         // Say what the nodes saw: a failure seen once in a long run must explain itself.
         const state = await watchState().catch((e: Error) => `no watcher state: ${e.message}`);
         const polled = imds.requests.filter((r) => r.at >= t0 && r.path === INSTANCE_ACTION).map((r) => r.status);
-        throw new Error([
-          err.message,
-          `published: ${[...published.keys()].join(', ') || 'none'}`,
-          `${A}'s polls of the notice since it was posted: ${polled.length} (statuses ${[...new Set(polled)].join(', ') || 'none'})`,
-          `watcher ${watchId}: ${JSON.stringify(state)}`,
-          `what the nodes logged (warnings and errors):\n${cluster.logDigest()}`,
-        ].join('\n'));
+        throw new Error(
+          [
+            err.message,
+            `published: ${[...published.keys()].join(', ') || 'none'}`,
+            `${A}'s polls of the notice since it was posted: ${polled.length} (statuses ${[...new Set(polled)].join(', ') || 'none'})`,
+            `watcher ${watchId}: ${JSON.stringify(state)}`,
+            `what the nodes logged (warnings and errors):\n${cluster.logDigest()}`,
+          ].join('\n'),
+        );
       });
-      const drainId = await waitUntil('the drain workflow id', async () => {
-        const s = await watchState();
-        return s.history[rep]?.drainWorkflowId ?? s.current?.drainWorkflowId;
-      }, 30_000, 250);
+      const drainId = await waitUntil(
+        'the drain workflow id',
+        async () => {
+          const s = await watchState();
+          return s.history[rep]?.drainWorkflowId ?? s.current?.drainWorkflowId;
+        },
+        30_000,
+        250,
+      );
       const drainHandle = client.workflow.getHandle(drainId);
       const drain = await withTimeout(drainHandle.result() as Promise<DrainResult>, 120_000);
       if (drain === 'timeout') throw new Error(`drain ${drainId} did not finish within 120 s`);
-      const state = await waitUntil('the watcher to record the drain', async () => {
-        const s = await watchState();
-        return s.history.length > rep && s.status === 'watching' ? s : undefined;
-      }, 30_000, 250);
+      const state = await waitUntil(
+        'the watcher to record the drain',
+        async () => {
+          const s = await watchState();
+          return s.history.length > rep && s.status === 'watching' ? s : undefined;
+        },
+        30_000,
+        250,
+      );
       const record = state.history[rep]!;
 
       // Correctness first: every container checkpointed in time and running on B, and counting on.
       if (Date.parse(drain.deadline) !== deadlineMs || !/^aws /.test(record.reason ?? '')) {
-        throw new Error(`drain ${drainId} is not the notice's: deadline ${drain.deadline} (notice ${deadline}), reason ${record.reason}`);
+        throw new Error(
+          `drain ${drainId} is not the notice's: deadline ${drain.deadline} (notice ${deadline}), reason ${record.reason}`,
+        );
       }
-      const wrong = drain.containers.filter((c) => c.outcome !== 'migrated' || c.runningOn !== B || !c.checkpointedInTime);
+      const wrong = drain.containers.filter(
+        (c) => c.outcome !== 'migrated' || c.runningOn !== B || !c.checkpointedInTime,
+      );
       if (drain.containers.length !== COUNT || wrong.length) {
-        throw new Error(`drain ${drainId}: ${drain.containers.length}/${COUNT} containers, not migrated to ${B} in time: ${JSON.stringify(wrong)}`);
+        throw new Error(
+          `drain ${drainId}: ${drain.containers.length}/${COUNT} containers, not migrated to ${B} in time: ${JSON.stringify(wrong)}`,
+        );
       }
       for (const id of ids) {
         const where = await runningOn(cluster, id);
@@ -203,7 +248,9 @@ export const benchmark: Benchmark = {
         perContainer,
       };
       samples.push(s);
-      env.log(`notice: rep ${rep + 1}/${reps}: detected ${round(s.detectedMs)} ms, signalled ${round(s.signalledMs)} ms, all checkpointed ${round(s.allCheckpointedMs)} ms, all running on ${B} ${round(s.allRunningOnBMs)} ms`);
+      env.log(
+        `notice: rep ${rep + 1}/${reps}: detected ${round(s.detectedMs)} ms, signalled ${round(s.signalledMs)} ms, all checkpointed ${round(s.allCheckpointedMs)} ms, all running on ${B} ${round(s.allRunningOnBMs)} ms`,
+      );
 
       // Next repetition starts from the same state: nothing on either node.
       for (const id of ids) {
@@ -212,7 +259,10 @@ export const benchmark: Benchmark = {
         fs.rmSync(path.join(shared, 'checkpoint', 'default', id), { recursive: true, force: true });
       }
     }
-    await client.workflow.getHandle(watchId).terminate('benchmark done').catch(() => undefined);
+    await client.workflow
+      .getHandle(watchId)
+      .terminate('benchmark done')
+      .catch(() => undefined);
 
     const med = (f: (s: RepSample) => number) => round(median(samples.map(f)));
     const worst = Math.max(...samples.map((s) => s.allCheckpointedMs));
@@ -221,39 +271,103 @@ export const benchmark: Benchmark = {
     const pct = (ms: number) => round((100 * ms) / BUDGET_MS);
     const rows: Row[] = [
       {
-        metric: `notice → all ${COUNT}×${MEM_MB} MiB checkpointed (fake AWS spot notice → worker → reclaim workflow → drain)`, unit: 'ms', arch: allCk, n: reps,
-        target: `< ${BUDGET_MS} ms (all ${COUNT} inside the notice)`, pass: samples.every((s) => s.allCheckpointedMs < BUDGET_MS && s.withinDeadline),
+        metric: `notice → all ${COUNT}×${MEM_MB} MiB checkpointed (fake AWS spot notice → worker → reclaim workflow → drain)`,
+        unit: 'ms',
+        arch: allCk,
+        n: reps,
+        target: `< ${BUDGET_MS} ms (all ${COUNT} inside the notice)`,
+        pass: samples.every((s) => s.allCheckpointedMs < BUDGET_MS && s.withinDeadline),
         note: `worst ${round(worst)} ms`,
       },
-      { metric: `notice → all ${COUNT} checkpointed: share of a ${BUDGET_MS / 1000} s notice`, unit: '%', arch: pct(allCk), n: reps, target: '< 100 %', pass: worst < BUDGET_MS, note: `worst ${pct(worst)} %` },
-      { metric: `notice → all ${COUNT} running on ${B} (restored from shared storage)`, unit: 'ms', arch: allB, n: reps, note: `${pct(allB)} % of ${BUDGET_MS / 1000} s` },
-      { metric: `notice → drain workflow started (poll every ${POLL_MS} ms, signal-with-start, child workflow)`, unit: 'ms', arch: med((s) => s.drainStartedMs), n: reps },
+      {
+        metric: `notice → all ${COUNT} checkpointed: share of a ${BUDGET_MS / 1000} s notice`,
+        unit: '%',
+        arch: pct(allCk),
+        n: reps,
+        target: '< 100 %',
+        pass: worst < BUDGET_MS,
+        note: `worst ${pct(worst)} %`,
+      },
+      {
+        metric: `notice → all ${COUNT} running on ${B} (restored from shared storage)`,
+        unit: 'ms',
+        arch: allB,
+        n: reps,
+        note: `${pct(allB)} % of ${BUDGET_MS / 1000} s`,
+      },
+      {
+        metric: `notice → drain workflow started (poll every ${POLL_MS} ms, signal-with-start, child workflow)`,
+        unit: 'ms',
+        arch: med((s) => s.drainStartedMs),
+        n: reps,
+      },
     ];
     const tables: Table[] = [
       {
         title: `Timeline of each repetition, ms after the notice became visible (deadline = notice + ${BUDGET_MS / 1000} s, rounded up to the second)`,
-        header: ['rep', 'detected by the worker', 'signal received by the watcher', 'drain started', 'first checkpoint', `all ${COUNT} checkpointed`, '% of 30 s', `all running on ${B}`, 'all restores verified', 'drain closed', 'parallelism (checkpoint/restore)', 'MiB written'],
+        header: [
+          'rep',
+          'detected by the worker',
+          'signal received by the watcher',
+          'drain started',
+          'first checkpoint',
+          `all ${COUNT} checkpointed`,
+          '% of 30 s',
+          `all running on ${B}`,
+          'all restores verified',
+          'drain closed',
+          'parallelism (checkpoint/restore)',
+          'MiB written',
+        ],
         rows: [
           ...samples.map((s) => [
-            s.rep + 1, round(s.detectedMs), round(s.signalledMs), round(s.drainStartedMs), round(s.firstCheckpointMs), round(s.allCheckpointedMs), pct(s.allCheckpointedMs),
-            round(s.allRunningOnBMs), round(s.allVerifiedOnBMs), round(s.drainClosedMs), `${s.parallelism}/${s.restoreParallelism}`, round(s.bytes / 2 ** 20),
+            s.rep + 1,
+            round(s.detectedMs),
+            round(s.signalledMs),
+            round(s.drainStartedMs),
+            round(s.firstCheckpointMs),
+            round(s.allCheckpointedMs),
+            pct(s.allCheckpointedMs),
+            round(s.allRunningOnBMs),
+            round(s.allVerifiedOnBMs),
+            round(s.drainClosedMs),
+            `${s.parallelism}/${s.restoreParallelism}`,
+            round(s.bytes / 2 ** 20),
           ]),
           [
-            'median', med((s) => s.detectedMs), med((s) => s.signalledMs), med((s) => s.drainStartedMs), med((s) => s.firstCheckpointMs), allCk, pct(allCk),
-            allB, med((s) => s.allVerifiedOnBMs), med((s) => s.drainClosedMs), '', med((s) => s.bytes / 2 ** 20),
+            'median',
+            med((s) => s.detectedMs),
+            med((s) => s.signalledMs),
+            med((s) => s.drainStartedMs),
+            med((s) => s.firstCheckpointMs),
+            allCk,
+            pct(allCk),
+            allB,
+            med((s) => s.allVerifiedOnBMs),
+            med((s) => s.drainClosedMs),
+            '',
+            med((s) => s.bytes / 2 ** 20),
           ],
         ],
       },
       {
         title: 'Per container (median over containers and repetitions), ms',
-        header: ['checkpoint activity run', 'restore activity run', 'checkpoint published after notice', `running on ${B} after notice`, 'MiB'],
-        rows: [[
-          round(median(samples.flatMap((s) => s.perContainer.map((c) => c.checkpointRunMs)))),
-          round(median(samples.flatMap((s) => s.perContainer.map((c) => c.restoreRunMs)))),
-          round(median(samples.flatMap((s) => s.perContainer.map((c) => c.checkpointedMs)))),
-          round(median(samples.flatMap((s) => s.perContainer.map((c) => c.runningOnBMs)))),
-          round(median(samples.flatMap((s) => s.perContainer.map((c) => (c.sizeBytes ?? NaN) / 2 ** 20)))),
-        ]],
+        header: [
+          'checkpoint activity run',
+          'restore activity run',
+          'checkpoint published after notice',
+          `running on ${B} after notice`,
+          'MiB',
+        ],
+        rows: [
+          [
+            round(median(samples.flatMap((s) => s.perContainer.map((c) => c.checkpointRunMs)))),
+            round(median(samples.flatMap((s) => s.perContainer.map((c) => c.restoreRunMs)))),
+            round(median(samples.flatMap((s) => s.perContainer.map((c) => c.checkpointedMs)))),
+            round(median(samples.flatMap((s) => s.perContainer.map((c) => c.runningOnBMs)))),
+            round(median(samples.flatMap((s) => s.perContainer.map((c) => (c.sizeBytes ?? NaN) / 2 ** 20)))),
+          ],
+        ],
       },
     ];
     const ckSpan = med((s) => s.allCheckpointedMs - s.drainStartedMs);
@@ -264,15 +378,35 @@ export const benchmark: Benchmark = {
       `Load average (1 min) ${loadBefore.toFixed(2)} at start and ${os.loadavg()[0]!.toFixed(2)} at the end (other work shares this machine). The reclaim benchmark measures the same ${COUNT}×${MEM_MB} MiB checkpoint locally (finalizeNode, no Temporal).`,
     ];
     return {
-      rows, tables, notes,
-      details: { count: COUNT, memMb: MEM_MB, budgetMs: BUDGET_MS, pollMs: POLL_MS, reps, nodes: [A, B], workerEntry: cluster.workerEntry(A), samples, loadAvg: { start: loadBefore, end: os.loadavg()[0] } },
+      rows,
+      tables,
+      notes,
+      details: {
+        count: COUNT,
+        memMb: MEM_MB,
+        budgetMs: BUDGET_MS,
+        pollMs: POLL_MS,
+        reps,
+        nodes: [A, B],
+        workerEntry: cluster.workerEntry(A),
+        samples,
+        loadAvg: { start: loadBefore, end: os.loadavg()[0] },
+      },
     };
   },
 };
 
 /** Most activities in flight at once. */
 function maxConcurrent(runs: ActivityRun[]): number {
-  const ev = runs.flatMap((r) => [[r.startedAt, 1], [r.closedAt, -1]] as [number, number][]).sort((a, b) => a[0] - b[0] || a[1] - b[1]);
+  const ev = runs
+    .flatMap(
+      (r) =>
+        [
+          [r.startedAt, 1],
+          [r.closedAt, -1],
+        ] as [number, number][],
+    )
+    .sort((a, b) => a[0] - b[0] || a[1] - b[1]);
   let cur = 0;
   let best = 0;
   for (const [, d] of ev) {

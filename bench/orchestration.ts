@@ -48,7 +48,9 @@ export const benchmark: Benchmark = {
   async run(env: BenchEnv): Promise<BenchOutcome> {
     const rounds = env.reps || (env.quick ? 5 : 15);
     const loadBefore = os.loadavg()[0]!;
-    const cluster = await startBenchCluster('orch', [A, B], env.workDir, env.cleanup, { checkpointRoot: path.join(env.workDir, 'checkpoints') });
+    const cluster = await startBenchCluster('orch', [A, B], env.workDir, env.cleanup, {
+      checkpointRoot: path.join(env.workDir, 'checkpoints'),
+    });
     const shared = path.join(env.workDir, 'shared');
     fs.mkdirSync(shared, { recursive: true });
     env.log(`orchestration: workers run ${cluster.workerEntry(A)}`);
@@ -62,15 +64,20 @@ export const benchmark: Benchmark = {
     // rounds + 2 migrations from A: even count ends on A, odd on B.
     const endsOn = (rounds + 2) % 2 === 0 ? A : B;
     const where = await runningOn(cluster, ID);
-    if (where.join() !== endsOn) throw new Error(`${ID} runs on [${where.join(', ')}] after the migrations, expected ${endsOn}`);
+    if (where.join() !== endsOn)
+      throw new Error(`${ID} runs on [${where.join(', ')}] after the migrations, expected ${endsOn}`);
     const before = cluster.count(endsOn, ID) ?? 0;
     await cluster.waitCount(endsOn, ID, before + 1);
-    const bad = results.filter((r) => r.outcome !== 'migrated' || r.checkpoint.mode !== 'shared' || r.checkpoint.transferred !== 'present');
+    const bad = results.filter(
+      (r) => r.outcome !== 'migrated' || r.checkpoint.mode !== 'shared' || r.checkpoint.transferred !== 'present',
+    );
     if (bad.length) throw new Error(`not a shared-storage migration: ${JSON.stringify(bad[0])}`);
 
     // The steps inside checkpoint and restore (their own timings, from the results in the histories).
     // measureMigrationOverhead names its workflows bench-migrate-<id>-<i>-...; i = 0 is each call's warm-up.
-    const counted = (await closedWorkflows(cluster.temporal.client, 'migrateContainer', `bench-migrate-${ID}-`)).filter((w) => !w.workflowId.startsWith(`bench-migrate-${ID}-0-`));
+    const counted = (await closedWorkflows(cluster.temporal.client, 'migrateContainer', `bench-migrate-${ID}-`)).filter(
+      (w) => !w.workflowId.startsWith(`bench-migrate-${ID}-0-`),
+    );
     const steps: Record<string, Record<string, number[]>> = { checkpointContainer: {}, restoreContainer: {} };
     for (const w of counted) {
       for (const a of (await workflowTimes(w.handle)).activities) {
@@ -90,32 +97,44 @@ export const benchmark: Benchmark = {
 
     const rows: Row[] = [
       {
-        metric: 'migration, shared storage: migrate workflow wall time vs time inside its activities (added = orchestration overhead)',
-        unit: 'ms', arch: round(median(total)), raw: round(median(act)), added: round(medOv), addedP95: round(p95Ov),
-        ratio: round(median(total) / median(act)), n: rounds, target: `≤ ${TARGET_MS} ms added (median)`, pass: medOv <= TARGET_MS,
+        metric:
+          'migration, shared storage: migrate workflow wall time vs time inside its activities (added = orchestration overhead)',
+        unit: 'ms',
+        arch: round(median(total)),
+        raw: round(median(act)),
+        added: round(medOv),
+        addedP95: round(p95Ov),
+        ratio: round(median(total) / median(act)),
+        n: rounds,
+        target: `≤ ${TARGET_MS} ms added (median)`,
+        pass: medOv <= TARGET_MS,
       },
     ];
 
     const types = [...new Set(overheads.flatMap((o) => o.activities.map((a) => a.activityType)))];
     const perType = (o: Overhead, t: string) => o.activities.filter((a) => a.activityType === t);
-    const selfReported = (r: MigrateResult, phase: string) => r.phases.filter((p) => p.phase === phase).reduce((a, p) => a + (p.activityMs ?? 0), 0);
+    const selfReported = (r: MigrateResult, phase: string) =>
+      r.phases.filter((p) => p.phase === phase).reduce((a, p) => a + (p.activityMs ?? 0), 0);
     const tables: Table[] = [
       {
         title: `Per migration, ms (${rounds} migrations, alternating ${A} → ${B} and back)`,
         header: ['measure', 'median', 'p95', 'min', 'max'],
-        rows: ([
-          ['workflow wall time (start → close)', total],
-          ['time inside activities (union) = raw', act],
-          ['sum of activity run times', actSum],
-          ['orchestration overhead = wall − union', ov],
-          ['  of which activity queueing (scheduled → started, summed)', queueSum],
-        ] as [string, number[]][]).map(([k, xs]) => {
+        rows: (
+          [
+            ['workflow wall time (start → close)', total],
+            ['time inside activities (union) = raw', act],
+            ['sum of activity run times', actSum],
+            ['orchestration overhead = wall − union', ov],
+            ['  of which activity queueing (scheduled → started, summed)', queueSum],
+          ] as [string, number[]][]
+        ).map(([k, xs]) => {
           const s = roundSummary(summarize(xs));
           return [k, s.median, s.p95, s.min, s.max];
         }),
       },
       {
-        title: 'Activities of one migration (median over the migrations), ms: run = started → closed in the history, queue = scheduled → started, self-reported = what the activity measured itself',
+        title:
+          'Activities of one migration (median over the migrations), ms: run = started → closed in the history, queue = scheduled → started, self-reported = what the activity measured itself',
         header: ['activity', 'step', 'per migration', 'run', 'run p95', 'queue', 'queue p95', 'self-reported'],
         rows: types.map((t) => {
           const runs = overheads.map((o) => perType(o, t).reduce((a, s) => a + s.runMs, 0));
@@ -123,15 +142,23 @@ export const benchmark: Benchmark = {
           const phase = PHASE_OF[t] ?? '';
           const self = phase ? results.map((r) => selfReported(r, phase)) : [];
           return [
-            t, phase, round(median(overheads.map((o) => perType(o, t).length))), round(median(runs)), round(p95(runs)),
-            round(median(queues)), round(p95(queues)), self.length && self.some((x) => x > 0) ? round(median(self)) : '',
+            t,
+            phase,
+            round(median(overheads.map((o) => perType(o, t).length))),
+            round(median(runs)),
+            round(p95(runs)),
+            round(median(queues)),
+            round(p95(queues)),
+            self.length && self.some((x) => x > 0) ? round(median(self)) : '',
           ];
         }),
       },
       {
         title: `Inside checkpoint and restore (the activities' own step timings, median of ${counted.length} migrations), ms`,
         header: ['activity', 'step', 'median', 'p95'],
-        rows: Object.entries(steps).flatMap(([t, ks]) => Object.entries(ks).map(([k, xs]) => [t, k, round(median(xs)), round(p95(xs))])),
+        rows: Object.entries(steps).flatMap(([t, ks]) =>
+          Object.entries(ks).map(([k, xs]) => [t, k, round(median(xs)), round(p95(xs))]),
+        ),
       },
     ];
 
@@ -144,11 +171,28 @@ export const benchmark: Benchmark = {
       `Load average (1 min) ${loadBefore.toFixed(2)} at start and ${os.loadavg()[0]!.toFixed(2)} at the end on ${os.cpus().length} cores (other work shares this machine).`,
     ];
     return {
-      rows, tables, notes,
+      rows,
+      tables,
+      notes,
       details: {
-        rounds, nodes: [A, B], targetMs: TARGET_MS, workerEntry: cluster.workerEntry(A),
-        overheadMs: ov, totalMs: total, activityMs: act, activitySumMs: actSum, queueSumMs: queueSum,
-        stepTimings: steps, overheads, phases: results.map((r) => ({ from: r.from, to: r.to, totalMs: r.totalMs, activityMs: r.activityMs, phases: r.phases })),
+        rounds,
+        nodes: [A, B],
+        targetMs: TARGET_MS,
+        workerEntry: cluster.workerEntry(A),
+        overheadMs: ov,
+        totalMs: total,
+        activityMs: act,
+        activitySumMs: actSum,
+        queueSumMs: queueSum,
+        stepTimings: steps,
+        overheads,
+        phases: results.map((r) => ({
+          from: r.from,
+          to: r.to,
+          totalMs: r.totalMs,
+          activityMs: r.activityMs,
+          phases: r.phases,
+        })),
         loadAvg: { start: loadBefore, end: os.loadavg()[0] },
       },
     };

@@ -27,7 +27,11 @@ export const benchmark: Benchmark = {
     const runc = realRunc();
     const cfgDir = path.join(env.workDir, 'cfg');
     const { home, runcBin: ARCH_RUNC_BIN } = archHome();
-    const archConfig = writeArchConfig(cfgDir, { ARCH_NODE_NAME: 'bench-passthrough', ARCH_LOG_LEVEL: 'info', ARCH_HOME: home });
+    const archConfig = writeArchConfig(cfgDir, {
+      ARCH_NODE_NAME: 'bench-passthrough',
+      ARCH_LOG_LEVEL: 'info',
+      ARCH_HOME: home,
+    });
     const sa = new StandaloneRunc(path.join(env.runDir, 'pt'), { runc, criu: criuBinary(), criuNoBreakpoints: true });
     env.cleanup.defer('standalone runc containers (passthrough)', () => sa.destroyAll());
     const root = sa.root;
@@ -47,20 +51,44 @@ export const benchmark: Benchmark = {
     };
     // containerd's runc shim calls: --root R --log B/log.json --log-format json create --bundle B --pid-file B/init.pid ID
     const createArgs = (bundle: string, id: string) => [
-      '--root', root, '--log', path.join(bundle, 'log.json'), '--log-format', 'json',
-      'create', '--bundle', bundle, '--pid-file', path.join(bundle, 'init.pid'), id,
+      '--root',
+      root,
+      '--log',
+      path.join(bundle, 'log.json'),
+      '--log-format',
+      'json',
+      'create',
+      '--bundle',
+      bundle,
+      '--pid-file',
+      path.join(bundle, 'init.pid'),
+      id,
     ];
-    const pair = (args: string[], afterA?: () => void, afterB?: () => void) => [
-      commandSide(ARCH_RUNC_BIN, args, { env: callEnv }, afterA),
-      commandSide(runc, args, { env: callEnv }, afterB),
-    ] as const;
+    const pair = (args: string[], afterA?: () => void, afterB?: () => void) =>
+      [
+        commandSide(ARCH_RUNC_BIN, args, { env: callEnv }, afterA),
+        commandSide(runc, args, { env: callEnv }, afterB),
+      ] as const;
 
-    const cases: { metric: string; n: number; sides: readonly [ReturnType<typeof commandSide>, ReturnType<typeof commandSide>]; passThrough: boolean; note?: string }[] = [
+    const cases: {
+      metric: string;
+      n: number;
+      sides: readonly [ReturnType<typeof commandSide>, ReturnType<typeof commandSide>];
+      passThrough: boolean;
+      note?: string;
+    }[] = [
       { metric: 'runc --version', n: iterations, sides: pair(['--version']), passThrough: true },
       { metric: 'runc --root R list', n: iterations, sides: pair(['--root', root, 'list']), passThrough: true },
-      { metric: 'runc --root R state ID (running)', n: iterations, sides: pair(['--root', root, 'state', 'pt-sleeper']), passThrough: true },
       {
-        metric: 'runc create, non-ARCH bundle (containerd argv)', n: createIterations, passThrough: true,
+        metric: 'runc --root R state ID (running)',
+        n: iterations,
+        sides: pair(['--root', root, 'state', 'pt-sleeper']),
+        passThrough: true,
+      },
+      {
+        metric: 'runc create, non-ARCH bundle (containerd argv)',
+        n: createIterations,
+        passThrough: true,
         sides: [
           commandSide(ARCH_RUNC_BIN, createArgs(plain, 'pt-create-a'), { env: callEnv }, del('pt-create-a')),
           commandSide(runc, createArgs(plain, 'pt-create-b'), { env: callEnv }, del('pt-create-b')),
@@ -68,7 +96,9 @@ export const benchmark: Benchmark = {
         note: 'grep of config.json runs',
       },
       {
-        metric: 'runc create, ARCH bundle, no checkpoint (Node side)', n: archCreateIterations, passThrough: false,
+        metric: 'runc create, ARCH bundle, no checkpoint (Node side)',
+        n: archCreateIterations,
+        passThrough: false,
         sides: [
           commandSide(ARCH_RUNC_BIN, createArgs(archBundle, 'pt-arch-a'), { env: callEnv }, del('pt-arch-a')),
           commandSide(runc, createArgs(archBundle, 'pt-arch-b'), { env: callEnv }, del('pt-arch-b')),
@@ -78,17 +108,31 @@ export const benchmark: Benchmark = {
     ];
 
     // The front's own cost without runc's noise: the "real runc" is /bin/true.
-    const trueConfig = writeArchConfig(path.join(env.workDir, 'cfg-true'), { ARCH_NODE_NAME: 'bench-passthrough', ARCH_HOME: home, ARCH_RUNC: '/bin/true' });
+    const trueConfig = writeArchConfig(path.join(env.workDir, 'cfg-true'), {
+      ARCH_NODE_NAME: 'bench-passthrough',
+      ARCH_HOME: home,
+      ARCH_RUNC: '/bin/true',
+    });
     const trueEnv = { ...process.env, ARCH_CONFIG: trueConfig };
     cases.push(
       {
-        metric: 'front alone (real runc = /bin/true): state ID', n: iterations, passThrough: true,
-        sides: [commandSide(ARCH_RUNC_BIN, ['--root', root, 'state', 'pt-sleeper'], { env: trueEnv }), commandSide('/bin/true', ['--root', root, 'state', 'pt-sleeper'], { env: trueEnv })],
+        metric: 'front alone (real runc = /bin/true): state ID',
+        n: iterations,
+        passThrough: true,
+        sides: [
+          commandSide(ARCH_RUNC_BIN, ['--root', root, 'state', 'pt-sleeper'], { env: trueEnv }),
+          commandSide('/bin/true', ['--root', root, 'state', 'pt-sleeper'], { env: trueEnv }),
+        ],
         note: 'sh + settings file',
       },
       {
-        metric: 'front alone (real runc = /bin/true): create, non-ARCH bundle', n: iterations, passThrough: true,
-        sides: [commandSide(ARCH_RUNC_BIN, createArgs(plain, 'pt-true'), { env: trueEnv }), commandSide('/bin/true', createArgs(plain, 'pt-true'), { env: trueEnv })],
+        metric: 'front alone (real runc = /bin/true): create, non-ARCH bundle',
+        n: iterations,
+        passThrough: true,
+        sides: [
+          commandSide(ARCH_RUNC_BIN, createArgs(plain, 'pt-true'), { env: trueEnv }),
+          commandSide('/bin/true', createArgs(plain, 'pt-true'), { env: trueEnv }),
+        ],
         note: 'sh + settings file + grep',
       },
     );
@@ -101,8 +145,14 @@ export const benchmark: Benchmark = {
       const s = abSummary(r);
       samples[c.metric] = { ...r, summary: s };
       rows.push({
-        metric: c.metric, unit: 'ms', arch: s.archMedianMs, raw: s.rawMedianMs, added: s.addedMedianMs, addedP95: s.addedP95Ms,
-        ratio: round(median(r.a) / median(r.b)), n: s.n,
+        metric: c.metric,
+        unit: 'ms',
+        arch: s.archMedianMs,
+        raw: s.rawMedianMs,
+        added: s.addedMedianMs,
+        addedP95: s.addedP95Ms,
+        ratio: round(median(r.a) / median(r.b)),
+        n: s.n,
         target: c.passThrough ? `≤ ${TARGET_ADDED_MS} ms added` : undefined,
         pass: c.passThrough ? s.addedMedianMs <= TARGET_ADDED_MS : undefined,
         note: c.note,
@@ -111,7 +161,11 @@ export const benchmark: Benchmark = {
 
     // For the explanation: what starting a shell and starting Node cost here.
     // Start-up costs, measured round-robin (each arm once per round) so load drift hits all alike.
-    const roundRobin = (arms: Record<string, [string, string[]]>, n: number, armEnv: NodeJS.ProcessEnv = process.env): Record<string, number> => {
+    const roundRobin = (
+      arms: Record<string, [string, string[]]>,
+      n: number,
+      armEnv: NodeJS.ProcessEnv = process.env,
+    ): Record<string, number> => {
       const xs: Record<string, number[]> = Object.fromEntries(Object.keys(arms).map((k) => [k, []]));
       for (let i = -1; i < n; i++) {
         for (const [k, [cmd, args]] of Object.entries(arms)) {
@@ -123,23 +177,35 @@ export const benchmark: Benchmark = {
       }
       return Object.fromEntries(Object.entries(xs).map(([k, v]) => [k, round(median(v))]));
     };
-    const imports = (specs: string[]): [string, string[]] => [process.execPath, ['--input-type=module', '-e', `for (const m of ${JSON.stringify(specs)}) await import(m);`]];
+    const imports = (specs: string[]): [string, string[]] => [
+      process.execPath,
+      ['--input-type=module', '-e', `for (const m of ${JSON.stringify(specs)}) await import(m);`],
+    ];
     const pkgs = ['execa', 'pino', 'zod', 'tar'];
     // Node as the front starts it (no extra CA certificates, no NODE_OPTIONS); the shim's
     // Node side on a call it passes through to /bin/true: from the start-up snapshot, with the code cache, and without.
     const nodeEnv: NodeJS.ProcessEnv = { ...process.env, ARCH_CONFIG: archConfig, ARCH_RUNC: '/bin/true' };
     delete nodeEnv.NODE_EXTRA_CA_CERTS;
     delete nodeEnv.NODE_OPTIONS;
-    const nodeTimes = roundRobin({
-      nodeEmpty: [process.execPath, ['-e', '0']],
-      shimSnapshot: [process.execPath, ['--snapshot-blob', path.join(home, 'dist/shim/arch-runc.blob'), '--', 'state', 'x']],
-      shimStart: [process.execPath, [path.join(home, 'dist/shim/start.cjs'), 'state', 'x']],
-      shimNoCodeCache: [process.execPath, [path.join(home, 'dist/shim/arch-runc.cjs'), 'state', 'x']],
-      ...Object.fromEntries(pkgs.map((p) => [p, imports([p])])),
-    }, env.quick ? 5 : 20, nodeEnv);
+    const nodeTimes = roundRobin(
+      {
+        nodeEmpty: [process.execPath, ['-e', '0']],
+        shimSnapshot: [
+          process.execPath,
+          ['--snapshot-blob', path.join(home, 'dist/shim/arch-runc.blob'), '--', 'state', 'x'],
+        ],
+        shimStart: [process.execPath, [path.join(home, 'dist/shim/start.cjs'), 'state', 'x']],
+        shimNoCodeCache: [process.execPath, [path.join(home, 'dist/shim/arch-runc.cjs'), 'state', 'x']],
+        ...Object.fromEntries(pkgs.map((p) => [p, imports([p])])),
+      },
+      env.quick ? 5 : 20,
+      nodeEnv,
+    );
     const shTimes = roundRobin({ sh: ['/bin/sh', ['-c', ':']], shSource: ['/bin/sh', ['-c', `. ${archConfig}`]] }, 50);
     const nodeEmptyMs = nodeTimes.nodeEmpty!;
-    const pkgImportMs: Record<string, number> = Object.fromEntries(pkgs.map((p) => [p, round(nodeTimes[p]! - nodeEmptyMs)]));
+    const pkgImportMs: Record<string, number> = Object.fromEntries(
+      pkgs.map((p) => [p, round(nodeTimes[p]! - nodeEmptyMs)]),
+    );
     const startup = {
       shTrueMs: shTimes.sh!,
       shSourceConfigMs: shTimes.shSource!,

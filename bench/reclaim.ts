@@ -44,7 +44,9 @@ export const benchmark: Benchmark = {
       const ids = Array.from({ length: COUNT }, (_, i) => `${prefix}-${i}`);
       for (const id of ids) {
         env.cleanup.defer(`container ${id}`, () => bn.remove(id));
-        env.cleanup.defer(`checkpoints of ${id}`, () => fs.rmSync(path.join(bn.storage, 'default', id), { recursive: true, force: true }));
+        env.cleanup.defer(`checkpoints of ${id}`, () =>
+          fs.rmSync(path.join(bn.storage, 'default', id), { recursive: true, force: true }),
+        );
         await bn.run(id, { arch, memMb: MEM_MB });
       }
       for (const id of ids) await bn.ready(id);
@@ -64,16 +66,22 @@ export const benchmark: Benchmark = {
         const ids = await start(`rc-fin-${rep}`, true);
         const t0 = process.hrtime.bigint();
         const report: FinalizeReport = await finalizeNode(bn.node.ctx, {
-          deadline: new Date(Date.now() + BUDGET_MS), maxParallel: PARALLEL, namespaces: ['default'],
+          deadline: new Date(Date.now() + BUDGET_MS),
+          maxParallel: PARALLEL,
+          namespaces: ['default'],
         });
         const wallMs = msSince(t0);
         const bad = report.items.filter((i) => i.status !== 'checkpointed');
         if (bad.length || report.items.length !== COUNT) {
-          throw new Error(`finalize: ${report.items.length}/${COUNT} handled, not checkpointed: ${bad.map((b) => `${b.id} ${b.status} ${b.error ?? ''}`).join('; ')}`);
+          throw new Error(
+            `finalize: ${report.items.length}/${COUNT} handled, not checkpointed: ${bad.map((b) => `${b.id} ${b.status} ${b.error ?? ''}`).join('; ')}`,
+          );
         }
         await finish(ids);
         return {
-          wallMs, parallelism: report.parallelism, bytes: report.items.reduce((a, i) => a + (i.sizeBytes ?? 0), 0),
+          wallMs,
+          parallelism: report.parallelism,
+          bytes: report.items.reduce((a, i) => a + (i.sizeBytes ?? 0), 0),
           perContainer: report.items.map((i) => ({ id: i.id, ms: i.durationMs ?? 0, timings: i.timings })),
         };
       },
@@ -82,18 +90,30 @@ export const benchmark: Benchmark = {
         const t0 = process.hrtime.bigint();
         const results = await pool(ids, PARALLEL, async (id) => {
           const s = process.hrtime.bigint();
-          const r: CheckpointResult = await checkpointContainer(bn.node.ctx, { namespace: 'default', id, runcRoot: bn.node.runcRoot('default') });
+          const r: CheckpointResult = await checkpointContainer(bn.node.ctx, {
+            namespace: 'default',
+            id,
+            runcRoot: bn.node.runcRoot('default'),
+          });
           return { id, ms: msSince(s), timings: r.timings, bytes: r.sizeBytes };
         });
         const wallMs = msSince(t0);
         await finish(ids);
-        return { wallMs, parallelism: PARALLEL, bytes: results.reduce((a, r) => a + r.bytes, 0), perContainer: results };
+        return {
+          wallMs,
+          parallelism: PARALLEL,
+          bytes: results.reduce((a, r) => a + r.bytes, 0),
+          perContainer: results,
+        };
       },
       raw: async (rep) => {
         const ids = await start(`rc-raw-${rep}`, false);
         const img = path.join(env.workDir, 'raw-images');
         const t0 = process.hrtime.bigint();
-        const results = await pool(ids, PARALLEL, async (id) => ({ id, ms: await bn.rawCheckpoint(id, path.join(img, id), path.join(img, `${id}-work`)) }));
+        const results = await pool(ids, PARALLEL, async (id) => ({
+          id,
+          ms: await bn.rawCheckpoint(id, path.join(img, id), path.join(img, `${id}-work`)),
+        }));
         const wallMs = msSince(t0);
         const bytes = ids.reduce((a, id) => a + duBytes(path.join(img, id)), 0);
         fs.rmSync(img, { recursive: true, force: true });
@@ -119,24 +139,67 @@ export const benchmark: Benchmark = {
     const poolMs = wall('pool');
     const raw = wall('raw');
     const rows: Row[] = [
-      { metric: `reclaim ${COUNT}×${MEM_MB} MiB: finalizeNode (≤ ${PARALLEL} parallel) vs raw runc checkpoint (${PARALLEL} parallel)`, unit: 'ms', arch: round(fin), raw: round(raw), added: round(fin - raw), ratio: round(fin / raw), n: reps },
-      { metric: `reclaim ${COUNT}×${MEM_MB} MiB: checkpointContainer pool(${PARALLEL}) vs raw`, unit: 'ms', arch: round(poolMs), raw: round(raw), added: round(poolMs - raw), ratio: round(poolMs / raw), n: reps },
-      { metric: `reclaim ${COUNT}×${MEM_MB} MiB: share of a ${BUDGET_MS / 1000} s notice (finalizeNode)`, unit: '%', arch: round((100 * fin) / BUDGET_MS), raw: round((100 * raw) / BUDGET_MS), n: reps, target: '< 100 %', pass: fin < BUDGET_MS },
+      {
+        metric: `reclaim ${COUNT}×${MEM_MB} MiB: finalizeNode (≤ ${PARALLEL} parallel) vs raw runc checkpoint (${PARALLEL} parallel)`,
+        unit: 'ms',
+        arch: round(fin),
+        raw: round(raw),
+        added: round(fin - raw),
+        ratio: round(fin / raw),
+        n: reps,
+      },
+      {
+        metric: `reclaim ${COUNT}×${MEM_MB} MiB: checkpointContainer pool(${PARALLEL}) vs raw`,
+        unit: 'ms',
+        arch: round(poolMs),
+        raw: round(raw),
+        added: round(poolMs - raw),
+        ratio: round(poolMs / raw),
+        n: reps,
+      },
+      {
+        metric: `reclaim ${COUNT}×${MEM_MB} MiB: share of a ${BUDGET_MS / 1000} s notice (finalizeNode)`,
+        unit: '%',
+        arch: round((100 * fin) / BUDGET_MS),
+        raw: round((100 * raw) / BUDGET_MS),
+        n: reps,
+        target: '< 100 %',
+        pass: fin < BUDGET_MS,
+      },
     ];
-    const phaseSum = (v: string, k: string) => round(median(samples[v]!.map((s) => s.perContainer.reduce((a, c) => a + (c.timings?.[k] ?? 0), 0))));
+    const phaseSum = (v: string, k: string) =>
+      round(median(samples[v]!.map((s) => s.perContainer.reduce((a, c) => a + (c.timings?.[k] ?? 0), 0))));
     const tables: Table[] = [
       {
         title: `Reclaim variants (median of ${reps}); phase columns are sums over the ${COUNT} containers, ms`,
-        header: ['variant', 'wall ms', 'parallelism', 'MiB written', 'MB/s', 'per container median ms', 'dump', 'rootfs', 'digest', 'fsync', 'stop'],
+        header: [
+          'variant',
+          'wall ms',
+          'parallelism',
+          'MiB written',
+          'MB/s',
+          'per container median ms',
+          'dump',
+          'rootfs',
+          'digest',
+          'fsync',
+          'stop',
+        ],
         rows: order.map((v) => {
           const xs = samples[v]!;
           const w = median(xs.map((s) => s.wallMs));
           const bytes = median(xs.map((s) => s.bytes));
           const hasPhases = v !== 'raw';
           return [
-            v, round(w), xs.map((s) => s.parallelism).join('/'), round(bytes / 2 ** 20), round(bytes / 1e6 / (w / 1000)),
+            v,
+            round(w),
+            xs.map((s) => s.parallelism).join('/'),
+            round(bytes / 2 ** 20),
+            round(bytes / 1e6 / (w / 1000)),
             round(median(xs.flatMap((s) => s.perContainer.map((c) => c.ms)))),
-            ...(hasPhases ? ['dump', 'rootfs', 'digest', 'fsync', 'stop'].map((k) => phaseSum(v, k)) : ['', '', '', '', '']),
+            ...(hasPhases
+              ? ['dump', 'rootfs', 'digest', 'fsync', 'stop'].map((k) => phaseSum(v, k))
+              : ['', '', '', '', '']),
           ];
         }),
       },
@@ -145,7 +208,12 @@ export const benchmark: Benchmark = {
       `finalizeNode checkpointed ${COUNT}×${MEM_MB} MiB in ${round(fin / 1000)} s (${round((100 * fin) / BUDGET_MS)} % of a ${BUDGET_MS / 1000} s notice); raw runc checkpoint of the same with ${PARALLEL} at a time: ${round(raw / 1000)} s (${round(fin / raw)}x).`,
       `finalizeNode vs a plain pool over checkpointContainer: ${round(fin)} vs ${round(poolMs)} ms (ranges ${range('finalize')} and ${range('pool')} over ${reps} repetitions: listing, sizing and planning are lost in the run-to-run noise).`,
     ];
-    return { rows, tables, notes, details: { count: COUNT, memMb: MEM_MB, parallel: PARALLEL, budgetMs: BUDGET_MS, reps, samples } };
+    return {
+      rows,
+      tables,
+      notes,
+      details: { count: COUNT, memMb: MEM_MB, parallel: PARALLEL, budgetMs: BUDGET_MS, reps, samples },
+    };
   },
 };
 
@@ -162,4 +230,3 @@ async function pool<T, R>(items: T[], n: number, fn: (x: T) => Promise<R>): Prom
   await Promise.all(Array.from({ length: Math.min(n, items.length) }, lane));
   return out;
 }
-

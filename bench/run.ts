@@ -83,7 +83,9 @@ async function cleanupStale(): Promise<void> {
       const bdir = path.join(dir, bench);
       if (!fs.statSync(bdir).isDirectory()) continue;
       for (const sub of fs.readdirSync(bdir)) {
-        await destroyStandaloneBase(path.join(bdir, sub)).catch((e: unknown) => log(`stale ${bdir}/${sub}: ${String(e)}`));
+        await destroyStandaloneBase(path.join(bdir, sub)).catch((e: unknown) =>
+          log(`stale ${bdir}/${sub}: ${String(e)}`),
+        );
       }
     }
     fs.rmSync(dir, { recursive: true, force: true });
@@ -112,7 +114,10 @@ async function hostInfo(): Promise<Record<string, string | number>> {
     criu: await v(criuBinary(), ['--version'], /Version: (\S+)/),
     containerd: await v('containerd', ['--version'], /containerd \S+ (\S+)/),
     debian: fs.existsSync('/etc/debian_version') ? fs.readFileSync('/etc/debian_version', 'utf8').trim() : 'unknown',
-    loadAvgAtStart: os.loadavg().map((x) => x.toFixed(2)).join(' '),
+    loadAvgAtStart: os
+      .loadavg()
+      .map((x) => x.toFixed(2))
+      .join(' '),
   };
 }
 
@@ -124,7 +129,8 @@ async function main(): Promise<number> {
     return 0;
   }
   const unknown = opts.only.filter((n) => !all.some((b) => b.name === n));
-  if (unknown.length) throw new Error(`no benchmark named ${unknown.join(', ')} (have: ${all.map((b) => b.name).join(', ')})`);
+  if (unknown.length)
+    throw new Error(`no benchmark named ${unknown.join(', ')} (have: ${all.map((b) => b.name).join(', ')})`);
   const chosen = opts.only.length ? all.filter((b) => opts.only.includes(b.name)) : all.filter((b) => !b.optIn);
   if (process.getuid?.() !== 0) throw new Error('the benchmarks need root (runc, CRIU, containerd)');
 
@@ -177,12 +183,29 @@ async function main(): Promise<number> {
       log(`${b.name}: ${b.title}`);
       const bt = Date.now();
       try {
-        const out = await b.run({ quick: opts.quick, iterations: opts.iterations, reps: opts.reps, workDir, runDir: benchRunDir, cleanup, log });
+        const out = await b.run({
+          quick: opts.quick,
+          iterations: opts.iterations,
+          reps: opts.reps,
+          workDir,
+          runDir: benchRunDir,
+          cleanup,
+          log,
+        });
         results.push({ name: b.name, title: b.title, status: 'ok', durationMs: Date.now() - bt, ...out });
       } catch (err) {
         const msg = err instanceof Error ? (err.stack ?? err.message) : String(err);
         log(`${b.name} FAILED: ${msg}`);
-        results.push({ name: b.name, title: b.title, status: 'failed', error: msg, durationMs: Date.now() - bt, rows: [], details: {}, notes: [] });
+        results.push({
+          name: b.name,
+          title: b.title,
+          status: 'failed',
+          error: msg,
+          durationMs: Date.now() - bt,
+          rows: [],
+          details: {},
+          notes: [],
+        });
       } finally {
         const errors = await cleanup.run();
         await stopAllNodes().catch((e: unknown) => errors.push(String(e)));
@@ -201,14 +224,27 @@ async function main(): Promise<number> {
   const info: RunInfo = {
     startedAt: started.toISOString(),
     durationMs: Date.now() - t0,
-    host: { ...host, loadAvgAtEnd: os.loadavg().map((x) => x.toFixed(2)).join(' ') },
-    options: { quick: opts.quick, only: opts.only, iterations: opts.iterations || 'default', reps: opts.reps || 'default' },
+    host: {
+      ...host,
+      loadAvgAtEnd: os
+        .loadavg()
+        .map((x) => x.toFixed(2))
+        .join(' '),
+    },
+    options: {
+      quick: opts.quick,
+      only: opts.only,
+      iterations: opts.iterations || 'default',
+      reps: opts.reps || 'default',
+    },
   };
   process.stdout.write(`\n${summaryTable(results)}\n\n`);
   if (opts.write) {
     fs.writeFileSync(path.join(OUT_DIR, 'results.json'), `${JSON.stringify({ ...info, results }, null, 1)}\n`);
     fs.writeFileSync(path.join(OUT_DIR, 'RESULTS.md'), resultsMarkdown(info, results));
-    log(`wrote ${path.relative(REPO_ROOT, path.join(OUT_DIR, 'results.json'))} and ${path.relative(REPO_ROOT, path.join(OUT_DIR, 'RESULTS.md'))}`);
+    log(
+      `wrote ${path.relative(REPO_ROOT, path.join(OUT_DIR, 'results.json'))} and ${path.relative(REPO_ROOT, path.join(OUT_DIR, 'RESULTS.md'))}`,
+    );
   }
   return results.some((r) => r.status === 'failed') ? 1 : 0;
 }

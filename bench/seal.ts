@@ -38,8 +38,15 @@ export const benchmark: Benchmark = {
     const reps = env.reps || (env.quick ? 1 : 5);
     const keyFile = path.join(env.workDir, 'store.key');
     fs.writeFileSync(keyFile, `${randomBytes(32).toString('hex')}\n`, { mode: 0o600 });
-    const bn = await startBenchNode('bench-seal', env.workDir, env.cleanup, { ARCH_STORE_KEY_FILE: keyFile, ARCH_ALLOWED_ROOTS: env.workDir });
-    const sa = new StandaloneRunc(path.join(env.runDir, 'sa-seal'), { runc: realRunc(), criu: criuBinary(), criuNoBreakpoints: true });
+    const bn = await startBenchNode('bench-seal', env.workDir, env.cleanup, {
+      ARCH_STORE_KEY_FILE: keyFile,
+      ARCH_ALLOWED_ROOTS: env.workDir,
+    });
+    const sa = new StandaloneRunc(path.join(env.runDir, 'sa-seal'), {
+      runc: realRunc(),
+      criu: criuBinary(),
+      criuNoBreakpoints: true,
+    });
     env.cleanup.defer('standalone runc containers', () => sa.destroyAll());
     const scratch = path.join(env.workDir, 'raw-images-seal');
 
@@ -76,15 +83,18 @@ export const benchmark: Benchmark = {
         fs.rmSync(img, { recursive: true, force: true });
         fs.rmSync(`${img}-work`, { recursive: true, force: true });
       },
-      'raw-restore': (rep) => rawStandalone(sa, `seal-sa-${rep}`, scratch, env.cleanup).then((r) => void (rawRestore[rep] = r.restoreMs)),
-      sealed: (rep) => archCycle(bn, env, `seal-on-${rep}`, true).then((s) => {
-        if (!s.result.manifest.seal) throw new Error('the sealed variant published an unsealed checkpoint');
-        sealed.push({ ...s, rep });
-      }),
-      plain: (rep) => withoutKey(() => archCycle(bn, env, `seal-off-${rep}`, true)).then((s) => {
-        if (s.result.manifest.seal) throw new Error('the plain variant published a sealed checkpoint');
-        plain.push({ ...s, rep });
-      }),
+      'raw-restore': (rep) =>
+        rawStandalone(sa, `seal-sa-${rep}`, scratch, env.cleanup).then((r) => void (rawRestore[rep] = r.restoreMs)),
+      sealed: (rep) =>
+        archCycle(bn, env, `seal-on-${rep}`, true).then((s) => {
+          if (!s.result.manifest.seal) throw new Error('the sealed variant published an unsealed checkpoint');
+          sealed.push({ ...s, rep });
+        }),
+      plain: (rep) =>
+        withoutKey(() => archCycle(bn, env, `seal-off-${rep}`, true)).then((s) => {
+          if (s.result.manifest.seal) throw new Error('the plain variant published a sealed checkpoint');
+          plain.push({ ...s, rep });
+        }),
     };
     const order = Object.keys(variants);
     for (const rep of [reps, ...Array.from({ length: reps }, (_, i) => i)]) {
@@ -97,7 +107,8 @@ export const benchmark: Benchmark = {
     for (const xs of [rawCkpt, rawFsync, rawRestore, rawSizes]) xs.length = reps;
     for (const xs of [sealed, plain]) xs.splice(0, xs.length, ...xs.filter((s) => s.rep < reps));
 
-    const paired = (xs: ArchSample[], pick: (s: ArchSample) => number, raw: number[]) => round(median(xs.map((s) => pick(s) / raw[s.rep]!)));
+    const paired = (xs: ArchSample[], pick: (s: ArchSample) => number, raw: number[]) =>
+      round(median(xs.map((s) => pick(s) / raw[s.rep]!)));
     const rawCkptFsync = rawCkpt.map((x, i) => x + rawFsync[i]!);
     const med = (xs: number[]) => round(median(xs));
     const ph = (xs: ArchSample[], k: string) => med(xs.map((s) => s.result.timings[k] ?? 0));
@@ -105,35 +116,123 @@ export const benchmark: Benchmark = {
     const ckRatio = paired(sealed, (s) => s.checkpointMs, rawCkptFsync);
     const rsRatio = paired(sealed, (s) => s.restoreCallMs, rawRestore);
     const rows: Row[] = [
-      { metric: `sealed checkpoint ${MEM_MB} MiB vs runc checkpoint + fsync of its images (containerd node)`, unit: 'ms', arch: med(sealed.map((s) => s.checkpointMs)), raw: med(rawCkptFsync), ratio: ckRatio, n: sealed.length, target: `≤ ${CHECKPOINT_TARGET}x`, pass: ckRatio <= CHECKPOINT_TARGET },
-      { metric: `sealed restore ${MEM_MB} MiB: arch-runc create vs runc restore -d`, unit: 'ms', arch: med(sealed.map((s) => s.restoreCallMs)), raw: med(rawRestore), ratio: rsRatio, n: sealed.length, target: `≤ ${RESTORE_TARGET}x`, pass: rsRatio <= RESTORE_TARGET },
-      { metric: `unsealed checkpoint ${MEM_MB} MiB vs runc checkpoint + fsync (same run, reference)`, unit: 'ms', arch: med(plain.map((s) => s.checkpointMs)), raw: med(rawCkptFsync), ratio: paired(plain, (s) => s.checkpointMs, rawCkptFsync), n: plain.length },
-      { metric: `unsealed restore ${MEM_MB} MiB vs runc restore -d (same run, reference)`, unit: 'ms', arch: med(plain.map((s) => s.restoreCallMs)), raw: med(rawRestore), ratio: paired(plain, (s) => s.restoreCallMs, rawRestore), n: plain.length },
+      {
+        metric: `sealed checkpoint ${MEM_MB} MiB vs runc checkpoint + fsync of its images (containerd node)`,
+        unit: 'ms',
+        arch: med(sealed.map((s) => s.checkpointMs)),
+        raw: med(rawCkptFsync),
+        ratio: ckRatio,
+        n: sealed.length,
+        target: `≤ ${CHECKPOINT_TARGET}x`,
+        pass: ckRatio <= CHECKPOINT_TARGET,
+      },
+      {
+        metric: `sealed restore ${MEM_MB} MiB: arch-runc create vs runc restore -d`,
+        unit: 'ms',
+        arch: med(sealed.map((s) => s.restoreCallMs)),
+        raw: med(rawRestore),
+        ratio: rsRatio,
+        n: sealed.length,
+        target: `≤ ${RESTORE_TARGET}x`,
+        pass: rsRatio <= RESTORE_TARGET,
+      },
+      {
+        metric: `unsealed checkpoint ${MEM_MB} MiB vs runc checkpoint + fsync (same run, reference)`,
+        unit: 'ms',
+        arch: med(plain.map((s) => s.checkpointMs)),
+        raw: med(rawCkptFsync),
+        ratio: paired(plain, (s) => s.checkpointMs, rawCkptFsync),
+        n: plain.length,
+      },
+      {
+        metric: `unsealed restore ${MEM_MB} MiB vs runc restore -d (same run, reference)`,
+        unit: 'ms',
+        arch: med(plain.map((s) => s.restoreCallMs)),
+        raw: med(rawRestore),
+        ratio: paired(plain, (s) => s.restoreCallMs, rawRestore),
+        n: plain.length,
+      },
     ];
     const phases = ['prepare', 'dump', 'hashTail', 'sealTail', 'rootfsCapture', 'digest', 'fsync', 'publish', 'stop'];
     const restorePhases = ['verify', 'unsealRootfs', 'unsealImages', 'rootfs', 'prepare', 'restore', 'verifyPages'];
     // The phases in the run's log too (a --no-write run shows no tables).
-    env.log(`seal phases: sealed checkpoint ${JSON.stringify(Object.fromEntries(phases.map((p) => [p, ph(sealed, p)])))}; unsealed ${JSON.stringify(Object.fromEntries(phases.map((p) => [p, ph(plain, p)])))}; raw runc ${med(rawCkpt)} + fsync ${med(rawFsync)}`);
-    env.log(`seal phases: sealed restore ${JSON.stringify(Object.fromEntries(restorePhases.map((p) => [p, rph(sealed, p)])))}; unsealed ${JSON.stringify(Object.fromEntries(restorePhases.map((p) => [p, rph(plain, p)])))}`);
+    env.log(
+      `seal phases: sealed checkpoint ${JSON.stringify(Object.fromEntries(phases.map((p) => [p, ph(sealed, p)])))}; unsealed ${JSON.stringify(Object.fromEntries(phases.map((p) => [p, ph(plain, p)])))}; raw runc ${med(rawCkpt)} + fsync ${med(rawFsync)}`,
+    );
+    env.log(
+      `seal phases: sealed restore ${JSON.stringify(Object.fromEntries(restorePhases.map((p) => [p, rph(sealed, p)])))}; unsealed ${JSON.stringify(Object.fromEntries(restorePhases.map((p) => [p, rph(plain, p)])))}`,
+    );
     return {
       rows,
       tables: [
-        { title: 'Checkpoint phases (median ms)', header: ['variant', 'total', ...phases, 'raw runc checkpoint', 'raw fsync'], rows: [
-          ['sealed', med(sealed.map((s) => s.checkpointMs)), ...phases.map((p) => ph(sealed, p)), med(rawCkpt), med(rawFsync)],
-          ['unsealed', med(plain.map((s) => s.checkpointMs)), ...phases.map((p) => ph(plain, p)), med(rawCkpt), med(rawFsync)],
-        ] },
-        { title: 'Restore phases in the shim (median ms, cumulative from the start where marked in core/restore.ts)', header: ['variant', 'arch-runc create', 'shim durationMs', ...restorePhases, 'raw runc restore'], rows: [
-          ['sealed', med(sealed.map((s) => s.restoreCallMs)), med(sealed.map((s) => s.restoreShimMs)), ...restorePhases.map((p) => rph(sealed, p)), med(rawRestore)],
-          ['unsealed', med(plain.map((s) => s.restoreCallMs)), med(plain.map((s) => s.restoreShimMs)), ...restorePhases.map((p) => rph(plain, p)), med(rawRestore)],
-        ] },
+        {
+          title: 'Checkpoint phases (median ms)',
+          header: ['variant', 'total', ...phases, 'raw runc checkpoint', 'raw fsync'],
+          rows: [
+            [
+              'sealed',
+              med(sealed.map((s) => s.checkpointMs)),
+              ...phases.map((p) => ph(sealed, p)),
+              med(rawCkpt),
+              med(rawFsync),
+            ],
+            [
+              'unsealed',
+              med(plain.map((s) => s.checkpointMs)),
+              ...phases.map((p) => ph(plain, p)),
+              med(rawCkpt),
+              med(rawFsync),
+            ],
+          ],
+        },
+        {
+          title: 'Restore phases in the shim (median ms, cumulative from the start where marked in core/restore.ts)',
+          header: ['variant', 'arch-runc create', 'shim durationMs', ...restorePhases, 'raw runc restore'],
+          rows: [
+            [
+              'sealed',
+              med(sealed.map((s) => s.restoreCallMs)),
+              med(sealed.map((s) => s.restoreShimMs)),
+              ...restorePhases.map((p) => rph(sealed, p)),
+              med(rawRestore),
+            ],
+            [
+              'unsealed',
+              med(plain.map((s) => s.restoreCallMs)),
+              med(plain.map((s) => s.restoreShimMs)),
+              ...restorePhases.map((p) => rph(plain, p)),
+              med(rawRestore),
+            ],
+          ],
+        },
       ],
       notes: [
         `Sealed checkpoint ${ckRatio}x raw runc checkpoint + fsync (target ≤ ${CHECKPOINT_TARGET}x); sealed restore ${rsRatio}x raw runc restore (target ≤ ${RESTORE_TARGET}x). Sealing left after CRIU and the layer capture were done: ${ph(sealed, 'sealTail')} ms; decrypting before CRIU: ${rph(sealed, 'unsealImages')} ms (images) + ${rph(sealed, 'unsealRootfs')} ms (archive).`,
       ],
       details: {
-        reps, rawCkpt, rawFsync, rawRestore, rawSizes,
-        sealed: sealed.map((s) => ({ rep: s.rep, checkpointMs: s.checkpointMs, timings: s.result.timings, restoreCallMs: s.restoreCallMs, restoreShimMs: s.restoreShimMs, restoreTimings: s.restoreTimings, sizeBytes: s.result.sizeBytes })),
-        plain: plain.map((s) => ({ rep: s.rep, checkpointMs: s.checkpointMs, timings: s.result.timings, restoreCallMs: s.restoreCallMs, restoreShimMs: s.restoreShimMs, restoreTimings: s.restoreTimings, sizeBytes: s.result.sizeBytes })),
+        reps,
+        rawCkpt,
+        rawFsync,
+        rawRestore,
+        rawSizes,
+        sealed: sealed.map((s) => ({
+          rep: s.rep,
+          checkpointMs: s.checkpointMs,
+          timings: s.result.timings,
+          restoreCallMs: s.restoreCallMs,
+          restoreShimMs: s.restoreShimMs,
+          restoreTimings: s.restoreTimings,
+          sizeBytes: s.result.sizeBytes,
+        })),
+        plain: plain.map((s) => ({
+          rep: s.rep,
+          checkpointMs: s.checkpointMs,
+          timings: s.result.timings,
+          restoreCallMs: s.restoreCallMs,
+          restoreShimMs: s.restoreShimMs,
+          restoreTimings: s.restoreTimings,
+          sizeBytes: s.result.sizeBytes,
+        })),
       },
     };
   },

@@ -11,7 +11,12 @@ const FIELDS = [
   { name: 'minute', min: 0, max: 59 },
   { name: 'hour', min: 0, max: 23 },
   { name: 'day of month', min: 1, max: 31 },
-  { name: 'month', min: 1, max: 12, names: ['jan', 'feb', 'mar', 'apr', 'may', 'jun', 'jul', 'aug', 'sep', 'oct', 'nov', 'dec'] },
+  {
+    name: 'month',
+    min: 1,
+    max: 12,
+    names: ['jan', 'feb', 'mar', 'apr', 'may', 'jun', 'jul', 'aug', 'sep', 'oct', 'nov', 'dec'],
+  },
   { name: 'day of week', min: 0, max: 7, names: ['sun', 'mon', 'tue', 'wed', 'thu', 'fri', 'sat'] },
 ] as const;
 
@@ -27,7 +32,11 @@ function value(tok: string, f: (typeof FIELDS)[number], calendar: string, flag: 
   const byName = names?.indexOf(tok.toLowerCase()) ?? -1;
   const n = byName >= 0 ? byName + (f.name === 'month' ? 1 : 0) : /^\d+$/.test(tok) ? Number(tok) : NaN;
   if (!Number.isInteger(n) || n < f.min || n > f.max) {
-    throw new ArchInputError(flag, `"${calendar}": ${f.name} "${tok}" is not in ${f.min}-${f.max}${names ? ` or ${names.join('/')}` : ''}`, 'write a cron expression "MIN HOUR DAY MONTH WEEKDAY" (e.g. "0 22 * * 1-5") or "mon-fri 22:00"');
+    throw new ArchInputError(
+      flag,
+      `"${calendar}": ${f.name} "${tok}" is not in ${f.min}-${f.max}${names ? ` or ${names.join('/')}` : ''}`,
+      'write a cron expression "MIN HOUR DAY MONTH WEEKDAY" (e.g. "0 22 * * 1-5") or "mon-fri 22:00"',
+    );
   }
   return n;
 }
@@ -36,15 +45,29 @@ function checkField(text: string, f: (typeof FIELDS)[number], calendar: string, 
   for (const part of text.split(',')) {
     const [range, step] = part.split('/');
     if (step !== undefined && !/^[1-9]\d*$/.test(step)) {
-      throw new ArchInputError(flag, `"${calendar}": ${f.name} step "${step}" is not a positive number`, 'write e.g. */15');
+      throw new ArchInputError(
+        flag,
+        `"${calendar}": ${f.name} step "${step}" is not a positive number`,
+        'write e.g. */15',
+      );
     }
-    if (range === '*' ) continue;
-    if (!range) throw new ArchInputError(flag, `"${calendar}": empty ${f.name} field`, 'write a value, a range a-b, a list a,b or *');
+    if (range === '*') continue;
+    if (!range)
+      throw new ArchInputError(
+        flag,
+        `"${calendar}": empty ${f.name} field`,
+        'write a value, a range a-b, a list a,b or *',
+      );
     const [lo, hi, extra] = range.split('-');
-    if (extra !== undefined) throw new ArchInputError(flag, `"${calendar}": ${f.name} "${range}" is not a range`, 'write a range as a-b');
+    if (extra !== undefined)
+      throw new ArchInputError(flag, `"${calendar}": ${f.name} "${range}" is not a range`, 'write a range as a-b');
     const a = value(lo!, f, calendar, flag);
     if (hi !== undefined && value(hi, f, calendar, flag) < a) {
-      throw new ArchInputError(flag, `"${calendar}": ${f.name} range "${range}" runs backwards`, 'write the smaller value first');
+      throw new ArchInputError(
+        flag,
+        `"${calendar}": ${f.name} range "${range}" runs backwards`,
+        'write the smaller value first',
+      );
     }
   }
 }
@@ -80,7 +103,11 @@ export function parseCalendar(calendar: string, flag = '--calendar'): string {
   }
   const parts = text.split(' ');
   if (parts.length !== 5) {
-    throw new ArchInputError(flag, `"${calendar}" is neither a 5-field cron expression nor "[days] HH:MM"`, 'write e.g. "0 22 * * 1-5", "22:00" or "mon-fri 22:00"');
+    throw new ArchInputError(
+      flag,
+      `"${calendar}" is neither a 5-field cron expression nor "[days] HH:MM"`,
+      'write e.g. "0 22 * * 1-5", "22:00" or "mon-fri 22:00"',
+    );
   }
   parts.forEach((p, i) => checkField(p, FIELDS[i]!, calendar, flag));
   return parts.map((p, i) => normalize(p, FIELDS[i]!)).join(' ');

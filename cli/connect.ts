@@ -15,7 +15,10 @@ export interface GlobalOpts {
 }
 
 export function targetFrom(settings: Settings, g: GlobalOpts): TemporalTarget {
-  return temporalTarget({ temporalAddress: g.address ?? settings.temporalAddress, temporalNamespace: g.namespace ?? settings.temporalNamespace });
+  return temporalTarget({
+    temporalAddress: g.address ?? settings.temporalAddress,
+    temporalNamespace: g.namespace ?? settings.temporalNamespace,
+  });
 }
 
 export async function connect(settings: Settings, g: GlobalOpts): Promise<Client> {
@@ -46,7 +49,10 @@ export async function nodeHasWorker(client: Client, node: string): Promise<boole
 export async function requireWorkers(client: Client, nodes: string[]): Promise<void> {
   for (const n of nodes) {
     if (!(await nodeHasWorker(client, n))) {
-      throw new CliError(`node "${n}" has no worker: nothing polls task queue ${nodeTaskQueue(n)}. Fix: start \`arch-worker --node ${n}\` on that node, or check the name (\`arch-cli status --nodes\`)`, EXIT.unavailable);
+      throw new CliError(
+        `node "${n}" has no worker: nothing polls task queue ${nodeTaskQueue(n)}. Fix: start \`arch-worker --node ${n}\` on that node, or check the name (\`arch-cli status --nodes\`)`,
+        EXIT.unavailable,
+      );
     }
   }
 }

@@ -36,7 +36,10 @@ export function nodeArg(v: string): string {
 }
 
 export function nodeList(v: string): string[] {
-  const nodes = v.split(',').map((s) => s.trim()).filter(Boolean);
+  const nodes = v
+    .split(',')
+    .map((s) => s.trim())
+    .filter(Boolean);
   if (nodes.length === 0) throw new InvalidArgumentError('give at least one node, e.g. node-b or node-b,node-c');
   return nodes.map(nodeArg);
 }

@@ -6,7 +6,9 @@ import { makeOut } from './output.js';
 export function registerDoctor(program: Command): void {
   program
     .command('doctor')
-    .description('check this node: runc, containerd, CRIU (and its breakpoint quirk), iptables, Temporal CLI; prints the fix for each failure')
+    .description(
+      'check this node: runc, containerd, CRIU (and its breakpoint quirk), iptables, Temporal CLI; prints the fix for each failure',
+    )
     .option('--write-config', 'record probe results (e.g. ARCH_CRIU_NO_BREAKPOINTS=1) in the settings file')
     .action(async (opts: { json?: boolean; writeConfig?: boolean }, cmd: Command) => {
       opts.json = !!cmd.optsWithGlobals().json;
@@ -26,7 +28,9 @@ export function registerDoctor(program: Command): void {
           process.stdout.write(`${mark}  ${c.name.padEnd(22)} ${c.version ?? ''}${c.detail ? `  ${c.detail}` : ''}\n`);
           if (!c.ok && c.fix) process.stdout.write(`      fix: ${c.fix}\n`);
         }
-        process.stdout.write(failed.length ? `\n${failed.length} problem(s) found.\n` : '\nThis node is ready for ARCH.\n');
+        process.stdout.write(
+          failed.length ? `\n${failed.length} problem(s) found.\n` : '\nThis node is ready for ARCH.\n',
+        );
       }
       process.exitCode = failed.length ? 1 : 0;
     });

@@ -18,29 +18,48 @@ export function registerFinalize(program: Command): void {
     .option('--parallel <n>', 'at most this many checkpoints at once', '4')
     .option('--ns <namespace...>', 'only these containerd namespaces')
     .option('--leave-running', 'keep the containers running after the checkpoint')
-    .action(async (opts: { deadline: string; parallel: string; ns?: string[]; leaveRunning?: boolean; json?: boolean }, cmd: Command) => {
-      opts.json = !!cmd.optsWithGlobals().json;
-      const ctx = createNodeContext('arch-cli');
-      const deadlineMs = parseDurationMs(opts.deadline, '--deadline');
-      const maxParallel = Number(opts.parallel);
-      if (!Number.isInteger(maxParallel) || maxParallel < 1) throw new ArchInputError('--parallel', `"${opts.parallel}" is not a positive integer`, 'pass e.g. --parallel 4');
-      const line = (i: FinalizeItem) => {
-        const what = i.status === 'checkpointed' ? 'ok    ' : i.status === 'deadline' ? 'LATE  ' : 'FAILED';
-        process.stdout.write(`${what} ${`${i.namespace}/${i.id}`.padEnd(36)} ${formatBytes(i.sizeBytes).padStart(10)} ${formatMs(i.durationMs).padStart(8)}${i.error ? `  ${i.error}` : ''}\n`);
-      };
-      const report = await finalizeNode(ctx, {
-        deadline: new Date(Date.now() + deadlineMs),
-        maxParallel,
-        namespaces: opts.ns,
-        leaveRunning: opts.leaveRunning,
-        onPlan: (plan, containers) => {
-          if (opts.json) return;
-          process.stdout.write(`finalize: ${containers.length} ARCH container(s), ${plan.parallelism} at a time, deadline in ${formatMs(deadlineMs)}\n`);
-          for (const p of plan.notExpectedToFit) process.stdout.write(`warning: ${p.namespace}/${p.id} is not expected to finish before the deadline\n`);
-        },
-        onResult: opts.json ? undefined : line,
-      });
-      makeOut(!!opts.json).result(report, () => `${report.items.filter((i) => i.status === 'checkpointed').length}/${report.items.length} checkpointed in ${formatMs(report.wallMs)}`);
-      process.exitCode = report.ok ? 0 : 1;
-    });
+    .action(
+      async (
+        opts: { deadline: string; parallel: string; ns?: string[]; leaveRunning?: boolean; json?: boolean },
+        cmd: Command,
+      ) => {
+        opts.json = !!cmd.optsWithGlobals().json;
+        const ctx = createNodeContext('arch-cli');
+        const deadlineMs = parseDurationMs(opts.deadline, '--deadline');
+        const maxParallel = Number(opts.parallel);
+        if (!Number.isInteger(maxParallel) || maxParallel < 1)
+          throw new ArchInputError(
+            '--parallel',
+            `"${opts.parallel}" is not a positive integer`,
+            'pass e.g. --parallel 4',
+          );
+        const line = (i: FinalizeItem) => {
+          const what = i.status === 'checkpointed' ? 'ok    ' : i.status === 'deadline' ? 'LATE  ' : 'FAILED';
+          process.stdout.write(
+            `${what} ${`${i.namespace}/${i.id}`.padEnd(36)} ${formatBytes(i.sizeBytes).padStart(10)} ${formatMs(i.durationMs).padStart(8)}${i.error ? `  ${i.error}` : ''}\n`,
+          );
+        };
+        const report = await finalizeNode(ctx, {
+          deadline: new Date(Date.now() + deadlineMs),
+          maxParallel,
+          namespaces: opts.ns,
+          leaveRunning: opts.leaveRunning,
+          onPlan: (plan, containers) => {
+            if (opts.json) return;
+            process.stdout.write(
+              `finalize: ${containers.length} ARCH container(s), ${plan.parallelism} at a time, deadline in ${formatMs(deadlineMs)}\n`,
+            );
+            for (const p of plan.notExpectedToFit)
+              process.stdout.write(`warning: ${p.namespace}/${p.id} is not expected to finish before the deadline\n`);
+          },
+          onResult: opts.json ? undefined : line,
+        });
+        makeOut(!!opts.json).result(
+          report,
+          () =>
+            `${report.items.filter((i) => i.status === 'checkpointed').length}/${report.items.length} checkpointed in ${formatMs(report.wallMs)}`,
+        );
+        process.exitCode = report.ok ? 0 : 1;
+      },
+    );
 }

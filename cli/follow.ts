@@ -30,7 +30,9 @@ export function exitCodeFor(type: string | undefined | null): number {
 /** The ApplicationFailure at the root of a workflow failure. */
 export function rootFailure(err: unknown): { type?: string; message: string; details?: unknown[] } {
   let e: unknown = err;
-  let last: { type?: string; message: string; details?: unknown[] } = { message: err instanceof Error ? err.message : String(err) };
+  let last: { type?: string; message: string; details?: unknown[] } = {
+    message: err instanceof Error ? err.message : String(err),
+  };
   for (let i = 0; i < 8 && e; i++) {
     if (e instanceof ApplicationFailure) {
       last = { type: e.type ?? undefined, message: e.message, details: e.details ?? undefined };
@@ -46,7 +48,10 @@ export function failureToCliError(err: unknown, what: string): CliError {
   if (err instanceof CliError) return err;
   const root = rootFailure(err);
   const status = err instanceof WorkflowFailedError ? '' : ` (${(err as Error)?.name ?? 'error'})`;
-  return new CliError(`${what} failed${status}: ${root.message}`, exitCodeFor(root.type), { type: root.type, details: root.details });
+  return new CliError(`${what} failed${status}: ${root.message}`, exitCodeFor(root.type), {
+    type: root.type,
+    details: root.details,
+  });
 }
 
 interface Snapshot {
@@ -68,7 +73,9 @@ async function snapshot(handle: WorkflowHandle): Promise<Snapshot> {
     activity = a.activityType?.name ?? undefined;
     // Raw from describe(): still encrypted when a payload key is set.
     const raw = a.heartbeatDetails?.payloads?.[0];
-    const payload = raw ? (await decodePayloads(handle.client.options.loadedDataConverter.payloadCodecs, [raw]).catch(() => []))[0] : undefined;
+    const payload = raw
+      ? (await decodePayloads(handle.client.options.loadedDataConverter.payloadCodecs, [raw]).catch(() => []))[0]
+      : undefined;
     if (payload?.data) {
       try {
         const p = JSON.parse(Buffer.from(payload.data).toString('utf8')) as { bytesDone?: number; bytesTotal?: number };
@@ -92,9 +99,15 @@ export interface FollowOptions {
 
 /** Show progress until the workflow closes; resolves its result or throws CliError. */
 export async function follow<T>(handle: WorkflowHandle, o: FollowOptions): Promise<T> {
-  const bar = o.out.isTTY && !o.out.json
-    ? new SingleBar({ format: `${o.label} {phase} [{bar}] {bytes} {duration}s`, hideCursor: true, clearOnComplete: true, barsize: 24 })
-    : undefined;
+  const bar =
+    o.out.isTTY && !o.out.json
+      ? new SingleBar({
+          format: `${o.label} {phase} [{bar}] {bytes} {duration}s`,
+          hideCursor: true,
+          clearOnComplete: true,
+          barsize: 24,
+        })
+      : undefined;
   const started = Date.now();
   let lastPhase: string | undefined;
   let done = false;
@@ -108,7 +121,10 @@ export async function follow<T>(handle: WorkflowHandle, o: FollowOptions): Promi
         const s = await snapshot(handle);
         if (bar) {
           const frac = s.bytesTotal ? (s.bytesDone ?? 0) / s.bytesTotal : 0;
-          bar.update(frac, { phase: s.phase ?? '', bytes: s.bytesTotal ? `${bytes(s.bytesDone)} / ${bytes(s.bytesTotal)}` : '' });
+          bar.update(frac, {
+            phase: s.phase ?? '',
+            bytes: s.bytesTotal ? `${bytes(s.bytesDone)} / ${bytes(s.bytesTotal)}` : '',
+          });
         } else if (s.phase && s.phase !== lastPhase) {
           o.out.info(`${o.label}: ${s.phase}`);
         }
@@ -122,7 +138,16 @@ export async function follow<T>(handle: WorkflowHandle, o: FollowOptions): Promi
   let timer: NodeJS.Timeout | undefined;
   const timeout = o.timeoutMs
     ? new Promise<never>((_, reject) => {
-        timer = setTimeout(() => reject(new CliError(`${o.label}: still running after ${Math.round(o.timeoutMs! / 1000)} s; it goes on in Temporal (workflow ${handle.workflowId})`, EXIT.waitTimeout)), o.timeoutMs);
+        timer = setTimeout(
+          () =>
+            reject(
+              new CliError(
+                `${o.label}: still running after ${Math.round(o.timeoutMs! / 1000)} s; it goes on in Temporal (workflow ${handle.workflowId})`,
+                EXIT.waitTimeout,
+              ),
+            ),
+          o.timeoutMs,
+        );
       })
     : undefined;
   try {
@@ -142,7 +167,11 @@ export async function follow<T>(handle: WorkflowHandle, o: FollowOptions): Promi
  * Without --wait: give the workflow a moment to get past its checks so bad
  * input or a dead node is reported now, not found later in the UI.
  */
-export async function waitPastPreflight(handle: WorkflowHandle, preflightPhases: string[], maxMs = 15_000): Promise<string | undefined> {
+export async function waitPastPreflight(
+  handle: WorkflowHandle,
+  preflightPhases: string[],
+  maxMs = 15_000,
+): Promise<string | undefined> {
   const deadline = Date.now() + maxMs;
   for (;;) {
     const d = await handle.describe();

@@ -65,7 +65,10 @@ function report(err: unknown, json: boolean): number {
     code = EXIT.failed;
   }
   if (json && err instanceof CliError && err.resultPrinted) return code;
-  if (json) process.stdout.write(`${JSON.stringify({ error: message, exitCode: code, ...(details ? { details } : {}) }, null, 2)}\n`);
+  if (json)
+    process.stdout.write(
+      `${JSON.stringify({ error: message, exitCode: code, ...(details ? { details } : {}) }, null, 2)}\n`,
+    );
   else process.stderr.write(`arch-cli: ${message}\n`);
   return code;
 }
@@ -88,7 +91,13 @@ async function main(argv: string[]): Promise<number> {
     if (err instanceof InvalidArgumentError) return report(err, json);
     if (err instanceof CommanderError) {
       // Help and version are successes; commander already printed the usage error.
-      if (err.exitCode === 0 || err.code === 'commander.helpDisplayed' || err.code === 'commander.help' || err.code === 'commander.version') return EXIT.ok;
+      if (
+        err.exitCode === 0 ||
+        err.code === 'commander.helpDisplayed' ||
+        err.code === 'commander.help' ||
+        err.code === 'commander.version'
+      )
+        return EXIT.ok;
       return EXIT.input;
     }
     return report(err, json);

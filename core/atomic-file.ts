@@ -5,7 +5,11 @@ import fsp from 'node:fs/promises';
  * of it (a crash mid-write included): write beside it, then rename over it.
  * The temporary name carries the pid, so two writers never share one.
  */
-export async function writeFileAtomic(file: string, data: string | Buffer, opts: { mode?: number } = {}): Promise<void> {
+export async function writeFileAtomic(
+  file: string,
+  data: string | Buffer,
+  opts: { mode?: number } = {},
+): Promise<void> {
   const tmp = `${file}.${process.pid}.tmp`;
   try {
     await fsp.writeFile(tmp, data, opts.mode === undefined ? {} : { mode: opts.mode });

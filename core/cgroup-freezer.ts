@@ -71,7 +71,8 @@ export class CgroupFreezer {
   }
 
   async frozen(): Promise<boolean> {
-    if (this.version === 1) return (await fsp.readFile(path.join(this.dir, 'freezer.state'), 'utf8')).trim() === 'FROZEN';
+    if (this.version === 1)
+      return (await fsp.readFile(path.join(this.dir, 'freezer.state'), 'utf8')).trim() === 'FROZEN';
     return /^frozen 1$/m.test(await fsp.readFile(path.join(this.dir, 'cgroup.events'), 'utf8'));
   }
 
@@ -81,7 +82,8 @@ export class CgroupFreezer {
    * watcher that must leave the container running looks at the request.
    */
   async freezeRequested(): Promise<boolean> {
-    if (this.version === 1) return (await fsp.readFile(path.join(this.dir, 'freezer.state'), 'utf8')).trim() !== 'THAWED';
+    if (this.version === 1)
+      return (await fsp.readFile(path.join(this.dir, 'freezer.state'), 'utf8')).trim() !== 'THAWED';
     return (await fsp.readFile(path.join(this.dir, 'cgroup.freeze'), 'utf8')).trim() === '1';
   }
 

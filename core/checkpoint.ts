@@ -4,7 +4,14 @@ import { CgroupFreezer } from './cgroup-freezer.js';
 import { criuRunEnv } from './criu-network-lock.js';
 import type { NodeContext } from './context.js';
 import { DigestFollower, type Digest } from './digest.js';
-import { checkpointKeyOf, checkpointStoreOf, contractOptions, envListToMap, parseContract, type EnabledContract } from './env-contract.js';
+import {
+  checkpointKeyOf,
+  checkpointStoreOf,
+  contractOptions,
+  envListToMap,
+  parseContract,
+  type EnabledContract,
+} from './env-contract.js';
 import { ArchInputError, errorMessage } from './errors.js';
 import { FreezeGuard } from './freeze-guard.js';
 import { validateContainerId, validateNamespace } from './ids.js';
@@ -14,7 +21,15 @@ import { ownerOf } from './owner.js';
 import { trustOf } from './trust.js';
 import { captureDiff, DELETED_FILES, findUpperDir, ROOTFS_TAR } from './rootfs-diff.js';
 import { Runc } from './runc.js';
-import { storeKeysOf, makeScratch, newSealId, SealFollower, type SealedFile, type Scratch, type StoreKey } from './seal.js';
+import {
+  storeKeysOf,
+  makeScratch,
+  newSealId,
+  SealFollower,
+  type SealedFile,
+  type Scratch,
+  type StoreKey,
+} from './seal.js';
 import { lockCheckpoint, updateShimState } from './shim-state.js';
 import { CheckpointStore } from './store.js';
 import { runtimeVersions } from './versions.js';
@@ -71,7 +86,11 @@ export interface ContainerOnNode {
 
 /** Find an ARCH container through runc and read its contract from its spec. */
 export async function inspectArchContainer(
-  ctx: NodeContext, namespace: string, id: string, runcRoot?: string, knownBundle?: string,
+  ctx: NodeContext,
+  namespace: string,
+  id: string,
+  runcRoot?: string,
+  knownBundle?: string,
 ): Promise<ContainerOnNode> {
   validateNamespace(namespace);
   validateContainerId(id);
@@ -81,18 +100,30 @@ export async function inspectArchContainer(
     // runc forgets a container it checkpointed without --leave-running: then the caller knows the bundle.
     state = knownBundle ? { bundle: knownBundle, status: 'stopped', pid: 0 } : await runc.state(id);
   } catch (err) {
-    throw new ArchInputError('container', `${namespace}/${id} is not a container on this node (${runc.root}): ${firstLine(err)}`, 'check the namespace and id with `arch-cli ls`');
+    throw new ArchInputError(
+      'container',
+      `${namespace}/${id} is not a container on this node (${runc.root}): ${firstLine(err)}`,
+      'check the namespace and id with `arch-cli ls`',
+    );
   }
   const spec = await readSpec(state.bundle);
   const contract = parseContract(envListToMap(spec.process?.env), contractOptions(ctx.settings));
   if (!contract.enabled) {
-    throw new ArchInputError('ARCH_ENABLE', `${namespace}/${id} is not ARCH-enabled`, 'run the container with ARCH_ENABLE=1 in its environment');
+    throw new ArchInputError(
+      'ARCH_ENABLE',
+      `${namespace}/${id} is not ARCH-enabled`,
+      'run the container with ARCH_ENABLE=1 in its environment',
+    );
   }
   return { runc, bundle: state.bundle, spec, contract, status: state.status, pid: state.pid };
 }
 
 function firstLine(err: unknown): string {
-  return errorMessage(err).split('\n').find((l) => l.trim()) ?? '';
+  return (
+    errorMessage(err)
+      .split('\n')
+      .find((l) => l.trim()) ?? ''
+  );
 }
 
 export async function checkpointContainer(ctx: NodeContext, req: CheckpointRequest): Promise<CheckpointResult> {
@@ -109,12 +140,20 @@ export async function checkpointContainer(ctx: NodeContext, req: CheckpointReque
         throw err;
       });
   if ('heldBy' in lock) {
-    throw new ArchInputError('container', `${req.namespace}/${req.id} is being checkpointed already (process ${lock.heldBy})`, 'wait for that checkpoint to finish; its result is the checkpoint to use');
+    throw new ArchInputError(
+      'container',
+      `${req.namespace}/${req.id} is being checkpointed already (process ${lock.heldBy})`,
+      'wait for that checkpoint to finish; its result is the checkpoint to use',
+    );
   }
   try {
     const c = await inspectArchContainer(ctx, req.namespace, req.id, req.runcRoot, req.bundle);
     if (!req.dumpedImages && c.status !== 'running' && c.status !== 'paused') {
-      throw new ArchInputError('container', `${req.namespace}/${req.id} is ${c.status}, not running`, 'only a running container can be checkpointed');
+      throw new ArchInputError(
+        'container',
+        `${req.namespace}/${req.id} is ${c.status}, not running`,
+        'only a running container can be checkpointed',
+      );
     }
     return await checkpointLocked(ctx, req, c, t0);
   } finally {
@@ -122,7 +161,12 @@ export async function checkpointContainer(ctx: NodeContext, req: CheckpointReque
   }
 }
 
-async function checkpointLocked(ctx: NodeContext, req: CheckpointRequest, c: ContainerOnNode, t0: number): Promise<CheckpointResult> {
+async function checkpointLocked(
+  ctx: NodeContext,
+  req: CheckpointRequest,
+  c: ContainerOnNode,
+  t0: number,
+): Promise<CheckpointResult> {
   const timings: Record<string, number> = {};
   const lap = (phase: string, since: number) => {
     timings[phase] = (timings[phase] ?? 0) + (Date.now() - since);
@@ -132,12 +176,22 @@ async function checkpointLocked(ctx: NodeContext, req: CheckpointRequest, c: Con
   const versionsAsked = runtimeVersions(ctx.settings);
   const criuAsked = criuRunEnv(ctx.settings, c.spec);
   // Whose job this is (pod namespace, image), recorded in the signed manifest: asked during the dump too.
-  const ownerAsked = ownerOf(c.spec, req.namespace, req.id, c.pid > 0 ? c.pid : process.pid, (why) => log.warn({ phase: 'checkpoint', why }, 'the image of this container is not known from containerd: recorded as unknown (only a container whose image is unknown too restores it)'));
+  const ownerAsked = ownerOf(c.spec, req.namespace, req.id, c.pid > 0 ? c.pid : process.pid, (why) =>
+    log.warn(
+      { phase: 'checkpoint', why },
+      'the image of this container is not known from containerd: recorded as unknown (only a container whose image is unknown too restores it)',
+    ),
+  );
   const store = checkpointStoreOf(c.contract, req.namespace, req.id);
   const containerDir = store.containerDir;
   // Encryption at rest (ARCH_STORE_KEY_FILE): a bad key file fails the checkpoint here, before the container is touched.
   const sealKey: StoreKey | undefined = storeKeysOf(ctx.settings)?.keys[0];
-  const staging = await store.begin({ namespace: req.namespace, key: checkpointKeyOf(c.contract, req.id), containerId: req.id, node: ctx.settings.nodeName });
+  const staging = await store.begin({
+    namespace: req.namespace,
+    key: checkpointKeyOf(c.contract, req.id),
+    containerId: req.id,
+    node: ctx.settings.nodeName,
+  });
   const upper = await findUpperDir(rootfsOf(c.bundle, c.spec));
   const wasPaused = c.status === 'paused';
   // Freeze/thaw/kill through the cgroup (no runc exec while frozen); runc where the layout is unknown.
@@ -187,7 +241,10 @@ async function checkpointLocked(ctx: NodeContext, req: CheckpointRequest, c: Con
           { dir: dumpDir, pattern: PAGE_IMAGE_NAME, rel: (n) => `criu/${n}` },
           { dir: scratch.dir, pattern: new RegExp(`^${ROOTFS_TAR.replace('.', '\\.')}$`), rel: (n) => n },
         ],
-        staging.dir, sealKey, sealId, { writeback: ctx.settings.fsync },
+        staging.dir,
+        sealKey,
+        sealId,
+        { writeback: ctx.settings.fsync },
       );
     }
     const known = new Map<string, Digest>();
@@ -201,7 +258,8 @@ async function checkpointLocked(ctx: NodeContext, req: CheckpointRequest, c: Con
     let captured: ReturnType<typeof captureRootfs> | undefined;
     req.onProgress?.({ phase: 'dump' });
     if (req.dumpedImages) {
-      if (scratch) await copyDir(req.dumpedImages, dumpDir); // runc's own dump: sealed from a copy like any other
+      if (scratch)
+        await copyDir(req.dumpedImages, dumpDir); // runc's own dump: sealed from a copy like any other
       else await copyDir(req.dumpedImages, criuDir);
     } else {
       timings.prepare = Date.now() - t0; // lock, inspect, staging: before the container is touched
@@ -216,7 +274,9 @@ async function checkpointLocked(ctx: NodeContext, req: CheckpointRequest, c: Con
       captured.catch(() => undefined); // awaited below
       await fsp.mkdir(dumpDir);
       // Hash (and start writing back) the page images while CRIU writes them (sealed: the sealer does both).
-      const follower = scratch ? undefined : await DigestFollower.start(criuDir, PAGE_IMAGE_NAME, { writeback: ctx.settings.fsync });
+      const follower = scratch
+        ? undefined
+        : await DigestFollower.start(criuDir, PAGE_IMAGE_NAME, { writeback: ctx.settings.fsync });
       try {
         await c.runc.checkpoint(req.id, {
           imagePath: dumpDir,
@@ -270,11 +330,20 @@ async function checkpointLocked(ctx: NodeContext, req: CheckpointRequest, c: Con
         rootfs: { files: diff.files, bytes: diff.bytes, deletions: diff.deletions },
         ...(seal ? { seal } : {}),
       },
-      { fsync: ctx.settings.fsync, onPhase: (p, ms) => (timings[p] = ms), known, deferPrune: true, trust: trustOf(ctx.settings) },
+      {
+        fsync: ctx.settings.fsync,
+        onPhase: (p, ms) => (timings[p] = ms),
+        known,
+        deferPrune: true,
+        trust: trustOf(ctx.settings),
+      },
     );
     published = true;
     if (pub.unsignedBecause) {
-      log.error({ phase: 'checkpoint', reason: 'unsigned', err: pub.unsignedBecause, dir: pub.dir }, 'checkpoint published UNSIGNED: no node restores it (unless ARCH_ACCEPT_UNSIGNED=1); give this node its signing key');
+      log.error(
+        { phase: 'checkpoint', reason: 'unsigned', err: pub.unsignedBecause, dir: pub.dir },
+        'checkpoint published UNSIGNED: no node restores it (unless ARCH_ACCEPT_UNSIGNED=1); give this node its signing key',
+      );
     }
     lap('publish', t);
     // Stopped by this checkpoint: delete must keep it (the shim reads this).
@@ -292,11 +361,28 @@ async function checkpointLocked(ctx: NodeContext, req: CheckpointRequest, c: Con
     }
     lap('stop', t);
     // The container is stopped (or running again): only now drop the checkpoint this one replaces.
-    await pub.prune().catch((e) => log.warn({ phase: 'checkpoint', err: errorMessage(e) }, 'could not remove the previous checkpoint'));
+    await pub
+      .prune()
+      .catch((e) =>
+        log.warn({ phase: 'checkpoint', err: errorMessage(e) }, 'could not remove the previous checkpoint'),
+      );
     await scratch?.remove();
     const totalMs = Date.now() - t0;
-    log.info({ phase: 'checkpoint', durationMs: totalMs, sizeBytes: pub.sizeBytes, timings, dir: pub.dir }, 'checkpoint published');
-    return { namespace: req.namespace, id: req.id, node: ctx.settings.nodeName, dir: pub.dir, containerDir, manifest: pub.manifest, sizeBytes: pub.sizeBytes, timings, totalMs };
+    log.info(
+      { phase: 'checkpoint', durationMs: totalMs, sizeBytes: pub.sizeBytes, timings, dir: pub.dir },
+      'checkpoint published',
+    );
+    return {
+      namespace: req.namespace,
+      id: req.id,
+      node: ctx.settings.nodeName,
+      dir: pub.dir,
+      containerDir,
+      manifest: pub.manifest,
+      sizeBytes: pub.sizeBytes,
+      timings,
+      totalMs,
+    };
   } catch (err) {
     await sealer?.cancel();
     await scratch?.remove().catch(() => undefined);
@@ -309,7 +395,10 @@ async function checkpointLocked(ctx: NodeContext, req: CheckpointRequest, c: Con
       });
     }
     guard?.disarm();
-    log.error({ phase: 'checkpoint', durationMs: Date.now() - t0, err: errorMessage(err) }, 'checkpoint failed; previous checkpoint (if any) kept');
+    log.error(
+      { phase: 'checkpoint', durationMs: Date.now() - t0, err: errorMessage(err) },
+      'checkpoint failed; previous checkpoint (if any) kept',
+    );
     throw err;
   }
 }
@@ -324,7 +413,12 @@ const PAGE_IMAGE_NAME = /^pages-\d+\.img$/;
  * handed to the manifest. The plaintext stays in the scratch dir, removed
  * by the caller on every path.
  */
-async function finishSealing(sealer: SealFollower, scratch: Scratch, stagingDir: string, known: Map<string, Digest>): Promise<SealedFile[]> {
+async function finishSealing(
+  sealer: SealFollower,
+  scratch: Scratch,
+  stagingDir: string,
+  known: Map<string, Digest>,
+): Promise<SealedFile[]> {
   const files: SealedFile[] = [];
   for (const [rel, r] of await sealer.finish()) {
     known.set(rel, r.stored);
@@ -333,7 +427,8 @@ async function finishSealing(sealer: SealFollower, scratch: Scratch, stagingDir:
   const dumpDir = path.join(scratch.dir, 'criu');
   await fsp.mkdir(path.join(stagingDir, 'criu'), { recursive: true });
   for (const e of await fsp.readdir(dumpDir, { withFileTypes: true }).catch(() => [])) {
-    if (e.isFile() && !PAGE_IMAGE_NAME.test(e.name)) await fsp.copyFile(path.join(dumpDir, e.name), path.join(stagingDir, 'criu', e.name));
+    if (e.isFile() && !PAGE_IMAGE_NAME.test(e.name))
+      await fsp.copyFile(path.join(dumpDir, e.name), path.join(stagingDir, 'criu', e.name));
   }
   await fsp.copyFile(path.join(scratch.dir, DELETED_FILES), path.join(stagingDir, DELETED_FILES));
   return files;

@@ -140,7 +140,9 @@ export class CtrError extends Error {
   readonly stderr: string;
   readonly exitCode: number | undefined;
   constructor(args: string[], stderr: string, exitCode: number | undefined, cause?: string) {
-    super(`ctr ${args.join(' ')} failed${exitCode === undefined ? '' : ` (exit ${exitCode})`}: ${stderr.trim() || cause || 'no output'}`);
+    super(
+      `ctr ${args.join(' ')} failed${exitCode === undefined ? '' : ` (exit ${exitCode})`}: ${stderr.trim() || cause || 'no output'}`,
+    );
     this.name = 'CtrError';
     this.args = args;
     this.stderr = stderr;
@@ -175,7 +177,8 @@ export function parseTaskList(stdout: string): TaskInfo[] {
 export function decodeRuncOptions(any: unknown): RuncRuntimeOptions | undefined {
   if (!any || typeof any !== 'object') return undefined;
   const { type_url: typeUrl, value } = any as { type_url?: string; value?: string };
-  if (typeof typeUrl !== 'string' || !typeUrl.endsWith('runc.v1.Options') || typeof value !== 'string') return undefined;
+  if (typeof typeUrl !== 'string' || !typeUrl.endsWith('runc.v1.Options') || typeof value !== 'string')
+    return undefined;
   const buf = Buffer.from(value, 'base64');
   const out: RuncRuntimeOptions = {};
   try {
@@ -227,14 +230,27 @@ export class Containerd {
 
   /** The same containerd, another namespace. */
   withNamespace(namespace: string): Containerd {
-    return new Containerd({ address: this.address, namespace, ctr: this.ctrBinary, runcRoot: this.runcRoot, cgroupParent: this.cgroupParent, timeoutMs: this.timeoutMs });
+    return new Containerd({
+      address: this.address,
+      namespace,
+      ctr: this.ctrBinary,
+      runcRoot: this.runcRoot,
+      cgroupParent: this.cgroupParent,
+      timeoutMs: this.timeoutMs,
+    });
   }
 
   /** Run `ctr -a ADDRESS -n NAMESPACE ...args`; resolves stdout, throws CtrError. */
   async ctr(args: string[], timeoutMs = this.timeoutMs): Promise<string> {
     const full = ['-a', this.address, '-n', this.namespace, ...args];
     const r = await execa(this.ctrBinary, full, { reject: false, timeout: timeoutMs, stdin: 'ignore' });
-    if (r.failed) throw new CtrError(full, r.stderr ?? '', r.exitCode, r.timedOut ? `timed out after ${timeoutMs} ms` : r.shortMessage);
+    if (r.failed)
+      throw new CtrError(
+        full,
+        r.stderr ?? '',
+        r.exitCode,
+        r.timedOut ? `timed out after ${timeoutMs} ms` : r.shortMessage,
+      );
     return r.stdout ?? '';
   }
 
@@ -339,7 +355,9 @@ export class Containerd {
       last = await this.task(id);
       if (status === 'ABSENT' ? last === undefined : last?.status === status) return last;
       if (Date.now() >= deadline) {
-        throw new Error(`task ${id} in ${this.namespace}: still ${last?.status ?? 'ABSENT'} after ${timeoutMs} ms (waiting for ${status})`);
+        throw new Error(
+          `task ${id} in ${this.namespace}: still ${last?.status ?? 'ABSENT'} after ${timeoutMs} ms (waiting for ${status})`,
+        );
       }
       await sleep(100);
     }
@@ -374,12 +392,19 @@ export class Containerd {
    * process dies without stop(), the orphaned ctr ends at the next event it
    * prints (its stdout is a pipe nobody reads: SIGPIPE).
    */
-  followTaskExits(onExit: (e: TaskExit) => void, onError: (err: Error) => void = () => undefined): { stop: () => Promise<void> } {
+  followTaskExits(
+    onExit: (e: TaskExit) => void,
+    onError: (err: Error) => void = () => undefined,
+  ): { stop: () => Promise<void> } {
     let stopped = false;
     let child: ResultPromise | undefined;
     const loop = (async () => {
       while (!stopped) {
-        child = execa(this.ctrBinary, ['-a', this.address, 'events'], { reject: false, stdin: 'ignore', buffer: false });
+        child = execa(this.ctrBinary, ['-a', this.address, 'events'], {
+          reject: false,
+          stdin: 'ignore',
+          buffer: false,
+        });
         const lines = readline.createInterface({ input: child.stdout! });
         lines.on('line', (line) => {
           const e = parseTaskExit(line);
@@ -430,7 +455,13 @@ export function parseTaskExit(line: string): TaskExit | undefined {
   const m = /^\S+ \S+ \S+ \S+ (\S+) \/tasks\/exit (\{.*\})\s*$/.exec(line);
   if (!m) return undefined;
   try {
-    const j = JSON.parse(m[2]!) as { container_id?: unknown; id?: unknown; pid?: unknown; exit_status?: unknown; exited_at?: unknown };
+    const j = JSON.parse(m[2]!) as {
+      container_id?: unknown;
+      id?: unknown;
+      pid?: unknown;
+      exit_status?: unknown;
+      exited_at?: unknown;
+    };
     if (typeof j.container_id !== 'string' || typeof j.id !== 'string') return undefined;
     return {
       namespace: m[1]!,

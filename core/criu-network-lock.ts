@@ -61,7 +61,11 @@ async function probeCached(criu: string): Promise<NetworkLock> {
 
 /** CRIU's own answer to whether it can lock networks with nftables here (this CRIU, this kernel). */
 export async function nftablesLockCheck(criu: string): Promise<{ ok: boolean; output: string }> {
-  const r = await execa(criu, ['check', '--feature', 'network_lock_nftables'], { reject: false, all: true, timeout: 30_000 });
+  const r = await execa(criu, ['check', '--feature', 'network_lock_nftables'], {
+    reject: false,
+    all: true,
+    timeout: 30_000,
+  });
   return { ok: r.exitCode === 0, output: String(r.all ?? '').trim() };
 }
 
@@ -99,7 +103,8 @@ async function writeRunFile(file: string, text: string): Promise<void> {
  * cannot be set up, CRIU keeps its default (iptables), which always worked.
  */
 export async function criuRunEnv(
-  settings: Pick<Settings, 'criu' | 'criuNetworkLock' | 'criuNoBreakpoints'>, spec?: OciSpec,
+  settings: Pick<Settings, 'criu' | 'criuNetworkLock' | 'criuNoBreakpoints'>,
+  spec?: OciSpec,
 ): Promise<{ env: Record<string, string>; networkLock: NetworkLock }> {
   const env = criuEnv(settings);
   try {
@@ -110,7 +115,8 @@ export async function criuRunEnv(
     // fails to make it again ("File exists"). iptables' rules are taken down
     // by the restore instead. So such a container always uses iptables, on
     // the dump and on the restore.
-    const networkLock = joinsNetworkNamespace(spec) && settings.criuNetworkLock !== 'skip' ? 'iptables' : await networkLockOf(settings);
+    const networkLock =
+      joinsNetworkNamespace(spec) && settings.criuNetworkLock !== 'skip' ? 'iptables' : await networkLockOf(settings);
     if (networkLock === 'iptables') return { env, networkLock }; // CRIU's own default: nothing to add
     const file = path.join(CRIU_RUN_DIR, `network-lock-${networkLock}.conf`);
     const text = `# Written by ARCH (ARCH_CRIU_NETWORK_LOCK); read by CRIU through CRIU_CONFIG_FILE.\nnetwork-lock ${networkLock}\n`;

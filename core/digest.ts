@@ -203,7 +203,10 @@ export async function digestFiles(files: string[], opts: { sizes?: number[] } = 
   const out: Digest[] = new Array(files.length);
   // stat synchronously: microseconds each, where a thread-pool round trip per file costs more than the hashing.
   const sizes = opts.sizes ?? files.map((f) => fs.statSync(f).size);
-  const large = files.map((_, i) => i).filter((i) => sizes[i]! > WORKER_MIN_BYTES).sort((a, b) => sizes[b]! - sizes[a]!);
+  const large = files
+    .map((_, i) => i)
+    .filter((i) => sizes[i]! > WORKER_MIN_BYTES)
+    .sort((a, b) => sizes[b]! - sizes[a]!);
   const small = files.map((_, i) => i).filter((i) => sizes[i]! <= WORKER_MIN_BYTES);
   const cpus = Math.max(1, Math.min(os.availableParallelism?.() ?? os.cpus().length, 4));
   const workers = Math.min(large.length, cpus);
@@ -252,11 +255,22 @@ export class DigestFollower {
   private readonly writer: Promise<void>;
 
   static async start(dir: string, pattern: RegExp, opts: { writeback?: boolean } = {}): Promise<DigestFollower> {
-    if (!workerThreads) throw new Error('DigestFollower needs worker threads, and this process hashes on its own thread only');
-    return new DigestFollower(new Worker(WORKER_SOURCE, { eval: true, workerData: { follow: { dir, pattern: pattern.source } } }), dir, pattern, opts);
+    if (!workerThreads)
+      throw new Error('DigestFollower needs worker threads, and this process hashes on its own thread only');
+    return new DigestFollower(
+      new Worker(WORKER_SOURCE, { eval: true, workerData: { follow: { dir, pattern: pattern.source } } }),
+      dir,
+      pattern,
+      opts,
+    );
   }
 
-  private constructor(private readonly worker: Worker, private readonly dir: string, private readonly pattern: RegExp, opts: { writeback?: boolean }) {
+  private constructor(
+    private readonly worker: Worker,
+    private readonly dir: string,
+    private readonly pattern: RegExp,
+    opts: { writeback?: boolean },
+  ) {
     this.result = once(this.worker);
     this.result.catch(() => undefined); // observed by finish(); cancel() may never look
     this.writer = opts.writeback ? this.writeback() : Promise.resolve();
@@ -268,7 +282,10 @@ export class DigestFollower {
       for (const name of await fsp.readdir(this.dir).catch(() => [] as string[])) {
         if (!this.pattern.test(name)) continue;
         const file = path.join(this.dir, name);
-        const size = await fsp.stat(file).then((st) => st.size, () => 0);
+        const size = await fsp.stat(file).then(
+          (st) => st.size,
+          () => 0,
+        );
         if (size - (synced.get(name) ?? 0) < WRITEBACK_STEP) continue;
         const fh = await fsp.open(file, 'r').catch(() => undefined);
         if (!fh) continue;

@@ -41,28 +41,51 @@ async function versionOf(cmd: string, args: string[], re: RegExp): Promise<strin
   }
 }
 
-async function binCheck(name: string, cmd: string, args: string[], re: RegExp, fix: string, optional = false): Promise<Check> {
+async function binCheck(
+  name: string,
+  cmd: string,
+  args: string[],
+  re: RegExp,
+  fix: string,
+  optional = false,
+): Promise<Check> {
   const version = await versionOf(cmd, args, re);
-  return version ? { name, ok: true, version, detail: cmd } : { name, ok: false, detail: `${cmd} not found or not working`, fix, optional };
+  return version
+    ? { name, ok: true, version, detail: cmd }
+    : { name, ok: false, detail: `${cmd} not found or not working`, fix, optional };
 }
 
 /**
  * Dump a throwaway process with CRIU (leave it running). Returns 'ok',
  * 'hang' (the "Waiting for PID to trap" symptom), or the error text.
  */
-export async function probeCriuDump(criu: string, noBreakpoints: boolean, timeoutMs = 8000): Promise<'ok' | 'hang' | string> {
+export async function probeCriuDump(
+  criu: string,
+  noBreakpoints: boolean,
+  timeoutMs = 8000,
+): Promise<'ok' | 'hang' | string> {
   const dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'arch-criu-probe-'));
   const child = spawn('sleep', ['600'], { detached: true, stdio: 'ignore' });
   try {
-    const r = await execa(criu, ['dump', '-t', String(child.pid), '-D', dir, '-o', 'dump.log', '-v4', '--leave-running', '--shell-job'], {
-      reject: false,
-      timeout: timeoutMs,
-      env: criuEnv({ criuNoBreakpoints: noBreakpoints }),
-    });
+    const r = await execa(
+      criu,
+      ['dump', '-t', String(child.pid), '-D', dir, '-o', 'dump.log', '-v4', '--leave-running', '--shell-job'],
+      {
+        reject: false,
+        timeout: timeoutMs,
+        env: criuEnv({ criuNoBreakpoints: noBreakpoints }),
+      },
+    );
     if (r.exitCode === 0) return 'ok';
     const log = await fsp.readFile(path.join(dir, 'dump.log'), 'utf8').catch(() => '');
     if (r.timedOut || /Waiting for PID to trap\s*$/.test(log.trimEnd())) return 'hang';
-    return log.split('\n').filter((l) => l.includes('Error')).slice(-2).join(' | ') || `exit ${r.exitCode}`;
+    return (
+      log
+        .split('\n')
+        .filter((l) => l.includes('Error'))
+        .slice(-2)
+        .join(' | ') || `exit ${r.exitCode}`
+    );
   } finally {
     try {
       process.kill(child.pid!, 'SIGKILL');
@@ -78,37 +101,93 @@ async function networkLockCheck(settings: Settings): Promise<Check> {
   const method = await networkLockOf(settings);
   const name = 'network lock';
   if (method !== 'nftables' || settings.criuNetworkLock === 'auto') {
-    const why = settings.criuNetworkLock === 'auto' ? (method === 'nftables' ? 'auto: this CRIU supports nftables' : 'auto: this CRIU or kernel has no nftables locking, CRIU\'s default is used') : `ARCH_CRIU_NETWORK_LOCK=${method}`;
+    const why =
+      settings.criuNetworkLock === 'auto'
+        ? method === 'nftables'
+          ? 'auto: this CRIU supports nftables'
+          : "auto: this CRIU or kernel has no nftables locking, CRIU's default is used"
+        : `ARCH_CRIU_NETWORK_LOCK=${method}`;
     return { name, ok: true, version: method, detail: why };
   }
   const r = await nftablesLockCheck(settings.criu);
   return r.ok
     ? { name, ok: true, version: method, detail: 'ARCH_CRIU_NETWORK_LOCK=nftables' }
-    : { name, ok: false, version: method, detail: `ARCH_CRIU_NETWORK_LOCK=nftables, but this CRIU cannot: ${r.output.split('\n').pop()}`, fix: `set ARCH_CRIU_NETWORK_LOCK=auto in ${settings.configFile}` };
+    : {
+        name,
+        ok: false,
+        version: method,
+        detail: `ARCH_CRIU_NETWORK_LOCK=nftables, but this CRIU cannot: ${r.output.split('\n').pop()}`,
+        fix: `set ARCH_CRIU_NETWORK_LOCK=auto in ${settings.configFile}`,
+      };
 }
 
 export async function runDoctor(settings: Settings): Promise<Check[]> {
   const checks: Check[] = [];
-  checks.push({ name: 'node', ok: Number(process.versions.node.split('.')[0]) >= 20, version: process.versions.node, fix: 'install Node.js 20 or newer' });
-  checks.push(await binCheck('runc', settings.runc, ['--version'], /runc version (\S+)/, 'apt-get install runc (or set ARCH_RUNC to the real runc)'));
-  checks.push(await binCheck('containerd', 'containerd', ['--version'], /containerd \S+ (\S+)/, 'apt-get install containerd'));
+  checks.push({
+    name: 'node',
+    ok: Number(process.versions.node.split('.')[0]) >= 20,
+    version: process.versions.node,
+    fix: 'install Node.js 20 or newer',
+  });
+  checks.push(
+    await binCheck(
+      'runc',
+      settings.runc,
+      ['--version'],
+      /runc version (\S+)/,
+      'apt-get install runc (or set ARCH_RUNC to the real runc)',
+    ),
+  );
+  checks.push(
+    await binCheck('containerd', 'containerd', ['--version'], /containerd \S+ (\S+)/, 'apt-get install containerd'),
+  );
   checks.push(await binCheck('ctr', 'ctr', ['--version'], /ctr \S+ (\S+)/, 'apt-get install containerd'));
-  const criu = await binCheck('criu', settings.criu, ['--version'], /Version: (\S+)/, 'run ./install.sh (installs CRIU >= 4), or set ARCH_CRIU');
+  const criu = await binCheck(
+    'criu',
+    settings.criu,
+    ['--version'],
+    /Version: (\S+)/,
+    'run ./install.sh (installs CRIU >= 4), or set ARCH_CRIU',
+  );
   if (criu.ok && Number(criu.version!.split('.')[0]) < 4) {
-    Object.assign(criu, { ok: false, detail: `CRIU ${criu.version} is too old for this kernel (vDSO layout)`, fix: 'run ./install.sh: it installs Debian 13\'s CRIU 4 privately on Debian 12' });
+    Object.assign(criu, {
+      ok: false,
+      detail: `CRIU ${criu.version} is too old for this kernel (vDSO layout)`,
+      fix: "run ./install.sh: it installs Debian 13's CRIU 4 privately on Debian 12",
+    });
   }
   checks.push(criu);
   if (criu.ok) {
     const r = await execa(settings.criu, ['check'], { reject: false, all: true, timeout: 30_000 });
     const out = String(r.all ?? '');
-    checks.push({ name: 'criu check', ok: r.exitCode === 0 && /Looks good/.test(out), detail: out.split('\n').filter((l) => /Looks good|Error/.test(l)).slice(0, 3).join(' | '), fix: 'see `criu check -v4` output; the kernel needs CONFIG_CHECKPOINT_RESTORE' });
+    checks.push({
+      name: 'criu check',
+      ok: r.exitCode === 0 && /Looks good/.test(out),
+      detail: out
+        .split('\n')
+        .filter((l) => /Looks good|Error/.test(l))
+        .slice(0, 3)
+        .join(' | '),
+      fix: 'see `criu check -v4` output; the kernel needs CONFIG_CHECKPOINT_RESTORE',
+    });
     const plain = await probeCriuDump(settings.criu, false);
-    const bp: Check = { name: 'hardware breakpoints', ok: plain === 'ok', detail: plain === 'ok' ? 'CRIU dump works with breakpoints' : plain === 'hang' ? 'CRIU dump hangs (breakpoints do not fire: typical in VMs)' : plain };
+    const bp: Check = {
+      name: 'hardware breakpoints',
+      ok: plain === 'ok',
+      detail:
+        plain === 'ok'
+          ? 'CRIU dump works with breakpoints'
+          : plain === 'hang'
+            ? 'CRIU dump hangs (breakpoints do not fire: typical in VMs)'
+            : plain,
+    };
     if (plain !== 'ok') {
       const fallback = await probeCriuDump(settings.criu, true);
       if (fallback === 'ok') {
         bp.ok = settings.criuNoBreakpoints; // configured correctly already → fine
-        bp.detail += settings.criuNoBreakpoints ? '; ARCH_CRIU_NO_BREAKPOINTS=1 is set: CRIU uses ptrace instead' : '; works with CRIU_FAULT=130';
+        bp.detail += settings.criuNoBreakpoints
+          ? '; ARCH_CRIU_NO_BREAKPOINTS=1 is set: CRIU uses ptrace instead'
+          : '; works with CRIU_FAULT=130';
         bp.fix = `set ARCH_CRIU_NO_BREAKPOINTS=1 in ${settings.configFile} (or run: arch-cli doctor --write-config)`;
       } else {
         bp.detail += `; also fails with CRIU_FAULT=130: ${fallback}`;
@@ -122,11 +201,41 @@ export async function runDoctor(settings: Settings): Promise<Check[]> {
   const lock = criu.ok ? await networkLockCheck(settings) : undefined;
   if (lock) checks.push(lock);
   // CRIU runs iptables-restore only for the iptables method (its default).
-  checks.push(await binCheck('iptables', 'iptables-restore', ['--version'], /v(\S+)/, 'apt-get install iptables (CRIU locks container networks with iptables-restore)', lock?.version !== 'iptables'));
+  checks.push(
+    await binCheck(
+      'iptables',
+      'iptables-restore',
+      ['--version'],
+      /v(\S+)/,
+      'apt-get install iptables (CRIU locks container networks with iptables-restore)',
+      lock?.version !== 'iptables',
+    ),
+  );
   checks.push(await binCheck('zstd', 'zstd', ['--version'], /v(\d[\d.]*\d)/, 'apt-get install zstd', true));
-  checks.push(await binCheck('getfattr', 'getfattr', ['--version'], /getfattr (\S+)/, 'apt-get install attr (needed for opaque overlay directories)'));
-  checks.push(await binCheck('temporal', settings.temporalCli, ['--version'], /temporal version (\S+)/, 'run ./install.sh (builds the Temporal CLI), or set ARCH_TEMPORAL_CLI', true));
-  checks.push({ name: 'settings', ok: true, detail: fs.existsSync(settings.configFile) ? settings.configFile : `${settings.configFile} (absent: defaults)` });
+  checks.push(
+    await binCheck(
+      'getfattr',
+      'getfattr',
+      ['--version'],
+      /getfattr (\S+)/,
+      'apt-get install attr (needed for opaque overlay directories)',
+    ),
+  );
+  checks.push(
+    await binCheck(
+      'temporal',
+      settings.temporalCli,
+      ['--version'],
+      /temporal version (\S+)/,
+      'run ./install.sh (builds the Temporal CLI), or set ARCH_TEMPORAL_CLI',
+      true,
+    ),
+  );
+  checks.push({
+    name: 'settings',
+    ok: true,
+    detail: fs.existsSync(settings.configFile) ? settings.configFile : `${settings.configFile} (absent: defaults)`,
+  });
   checks.push(payloadKeyCheck(settings));
   checks.push(...allowedRootChecks(settings));
   checks.push(...signingChecks(settings));
@@ -139,7 +248,12 @@ export async function runDoctor(settings: Settings): Promise<Check[]> {
     } catch {
       ok = false;
     }
-    checks.push({ name: 'log file', ok, detail: settings.logFile, fix: `make ${path.dirname(settings.logFile)} writable or change ARCH_LOG_FILE` });
+    checks.push({
+      name: 'log file',
+      ok,
+      detail: settings.logFile,
+      fix: `make ${path.dirname(settings.logFile)} writable or change ARCH_LOG_FILE`,
+    });
   }
   return checks;
 }
@@ -158,11 +272,19 @@ export function allowedRootChecks(settings: Pick<Settings, 'allowedRoots' | 'con
     } catch {
       return { name: 'allowed root', ok: true, detail: `${root} (absent: created on first use)` };
     }
-    if (!st.isDirectory()) return { name: 'allowed root', ok: false, detail: `${root} is not a directory`, fix: `remove it from ARCH_ALLOWED_ROOTS in ${settings.configFile} or make it a directory` };
+    if (!st.isDirectory())
+      return {
+        name: 'allowed root',
+        ok: false,
+        detail: `${root} is not a directory`,
+        fix: `remove it from ARCH_ALLOWED_ROOTS in ${settings.configFile} or make it a directory`,
+      };
     // World-writable without the sticky bit: anyone could swap what lies below it.
     const loose = (st.mode & 0o002) !== 0 && (st.mode & 0o1000) === 0;
     return {
-      name: 'allowed root', ok: !loose, detail: `${root}${loose ? ' is writable by every user' : ''}`,
+      name: 'allowed root',
+      ok: !loose,
+      detail: `${root}${loose ? ' is writable by every user' : ''}`,
       fix: `chmod o-w ${root}, or list a root only root can write in ARCH_ALLOWED_ROOTS (${settings.configFile})`,
     };
   });
@@ -177,24 +299,48 @@ export function signingChecks(settings: Pick<Settings, 'configFile'>): Check[] {
   try {
     trust = trustOf(settings);
   } catch (err) {
-    return [{ name: 'trusted keys', ok: false, detail: errorMessage(err), fix: 'fix ARCH_TRUSTED_KEYS (absolute paths of node.pub files, or directories of *.pub, separated by ":")' }];
+    return [
+      {
+        name: 'trusted keys',
+        ok: false,
+        detail: errorMessage(err),
+        fix: 'fix ARCH_TRUSTED_KEYS (absolute paths of node.pub files, or directories of *.pub, separated by ":")',
+      },
+    ];
   }
   const key: Check = trust.signer
     ? { name: 'signing key', ok: true, version: trust.signer.keyId, detail: trust.signer.file }
-    : { name: 'signing key', ok: false, detail: `${trust.signerProblem}: checkpoints of this node are published unsigned and no node restores them`, fix: `run ${path.join(ARCH_HOME, 'install.sh')} (it creates ${DEFAULT_SIGNING_KEY}), or set ARCH_SIGNING_KEY in ${settings.configFile}` };
+    : {
+        name: 'signing key',
+        ok: false,
+        detail: `${trust.signerProblem}: checkpoints of this node are published unsigned and no node restores them`,
+        fix: `run ${path.join(ARCH_HOME, 'install.sh')} (it creates ${DEFAULT_SIGNING_KEY}), or set ARCH_SIGNING_KEY in ${settings.configFile}`,
+      };
   if (trust.signer && (fs.statSync(trust.signer.file).mode & 0o077) !== 0) {
-    Object.assign(key, { ok: false, detail: `${trust.signer.file} is readable by others than its owner: anyone who can read it can forge checkpoints this cluster restores`, fix: `chmod 600 ${trust.signer.file}` });
+    Object.assign(key, {
+      ok: false,
+      detail: `${trust.signer.file} is readable by others than its owner: anyone who can read it can forge checkpoints this cluster restores`,
+      fix: `chmod 600 ${trust.signer.file}`,
+    });
   }
   const trusted: Check = {
     name: 'trusted keys',
     ok: trust.trusted.size > 0,
     version: String(trust.trusted.size),
-    detail: [...trust.trusted].map(([id, k]) => `${id} ${k.source}`).join('; ') || 'none: this node restores no checkpoint',
-    fix: 'list the other nodes\' node.pub files in ARCH_TRUSTED_KEYS (or give every node the same key)',
+    detail:
+      [...trust.trusted].map(([id, k]) => `${id} ${k.source}`).join('; ') || 'none: this node restores no checkpoint',
+    fix: "list the other nodes' node.pub files in ARCH_TRUSTED_KEYS (or give every node the same key)",
   };
   const checks = [key, trusted];
   if (trust.acceptUnsigned) {
-    checks.push({ name: 'unsigned checkpoints', ok: false, optional: true, detail: 'ARCH_ACCEPT_UNSIGNED=1: checkpoints without a signature are restored (anyone who can write the store can run code here)', fix: `remove ARCH_ACCEPT_UNSIGNED from ${settings.configFile} once the checkpoints of the previous ARCH are restored` });
+    checks.push({
+      name: 'unsigned checkpoints',
+      ok: false,
+      optional: true,
+      detail:
+        'ARCH_ACCEPT_UNSIGNED=1: checkpoints without a signature are restored (anyone who can write the store can run code here)',
+      fix: `remove ARCH_ACCEPT_UNSIGNED from ${settings.configFile} once the checkpoints of the previous ARCH are restored`,
+    });
   }
   return checks;
 }
@@ -218,7 +364,9 @@ export function criuProbeCacheCheck(run = '/run'): Check {
     name: 'CRIU probe cache',
     ok,
     optional: true,
-    detail: ok ? `${run} is a tmpfs: CRIU keeps its kernel probes in ${run}/criu.kdat` : `${run} is not a tmpfs: CRIU probes the kernel on every run (about 20-30 ms more per checkpoint and restore)`,
+    detail: ok
+      ? `${run} is a tmpfs: CRIU keeps its kernel probes in ${run}/criu.kdat`
+      : `${run} is not a tmpfs: CRIU probes the kernel on every run (about 20-30 ms more per checkpoint and restore)`,
     fix: `mount ${run} as a tmpfs at boot (systemd does); nothing else is needed`,
   };
 }
@@ -234,7 +382,9 @@ export async function shimSnapshotCheck(archHome = ARCH_HOME): Promise<Check> {
     name: 'arch-runc start-up snapshot',
     ok: s.usable,
     optional: true,
-    detail: s.usable ? s.detail : `${s.detail}: arch-runc starts about 20 ms slower (through start.cjs) until it is rebuilt`,
+    detail: s.usable
+      ? s.detail
+      : `${s.detail}: arch-runc starts about 20 ms slower (through start.cjs) until it is rebuilt`,
     fix: `run ${path.join(archHome, 'install.sh')} (or npm run build in ${archHome})`,
   };
 }
@@ -247,7 +397,10 @@ export async function writeProbedSettings(settings: Settings, checks: Check[]): 
   const text = await fsp.readFile(file, 'utf8').catch(() => '');
   if (parseEnvFile(text).ARCH_CRIU_NO_BREAKPOINTS === '1') return false;
   const lines = text.split('\n').filter((l) => !/^\s*ARCH_CRIU_NO_BREAKPOINTS=/.test(l) && l !== '');
-  lines.push('# Hardware breakpoints do not fire on this host (arch-cli doctor): CRIU uses ptrace instead.', 'ARCH_CRIU_NO_BREAKPOINTS=1');
+  lines.push(
+    '# Hardware breakpoints do not fire on this host (arch-cli doctor): CRIU uses ptrace instead.',
+    'ARCH_CRIU_NO_BREAKPOINTS=1',
+  );
   await fsp.mkdir(path.dirname(file), { recursive: true });
   await fsp.writeFile(file, `${lines.join('\n')}\n`);
   return true;
@@ -261,11 +414,27 @@ export async function writeProbedSettings(settings: Settings, checks: Check[]): 
 export function storeKeyCheck(settings: Pick<Settings, 'configFile'>): Check {
   try {
     const keys = storeKeysOf(settings);
-    if (!keys) return { name: 'store key', ok: true, optional: true, detail: `${STORE_KEY_SETTING} unset: checkpoints are signed, not encrypted (anyone who can read the store can read a job's memory and files)` };
+    if (!keys)
+      return {
+        name: 'store key',
+        ok: true,
+        optional: true,
+        detail: `${STORE_KEY_SETTING} unset: checkpoints are signed, not encrypted (anyone who can read the store can read a job's memory and files)`,
+      };
     const [first, ...rest] = keys.keys;
     const scratch = SCRATCH_ROOTS.join(' or ');
-    return { name: 'store key', ok: true, version: first!.id, detail: `${keys.file}: new checkpoints sealed with key id ${first!.id}${rest.length ? `; also opens ${rest.map((k) => k.id).join(', ')}` : ''}; plaintext scratch on tmpfs (${scratch}); every node of the cluster needs this file` };
+    return {
+      name: 'store key',
+      ok: true,
+      version: first!.id,
+      detail: `${keys.file}: new checkpoints sealed with key id ${first!.id}${rest.length ? `; also opens ${rest.map((k) => k.id).join(', ')}` : ''}; plaintext scratch on tmpfs (${scratch}); every node of the cluster needs this file`,
+    };
   } catch (err) {
-    return { name: 'store key', ok: false, detail: errorMessage(err), fix: (err as { fix?: string }).fix ?? `fix ${STORE_KEY_SETTING} in ${settings.configFile}` };
+    return {
+      name: 'store key',
+      ok: false,
+      detail: errorMessage(err),
+      fix: (err as { fix?: string }).fix ?? `fix ${STORE_KEY_SETTING} in ${settings.configFile}`,
+    };
   }
 }

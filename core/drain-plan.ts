@@ -173,7 +173,13 @@ interface Times {
  * in order; a job spends overheadMs, then writes its bytes at
  * bytesPerMs / (number of jobs writing at that moment).
  */
-export function simulate(jobs: { bytes: number }[], lanes: number, bytesPerMs: number, overheadMs: number, startAt: number): Times[] {
+export function simulate(
+  jobs: { bytes: number }[],
+  lanes: number,
+  bytesPerMs: number,
+  overheadMs: number,
+  startAt: number,
+): Times[] {
   const times: Times[] = jobs.map(() => ({ start: NaN, finish: NaN }));
   interface Active {
     idx: number;
@@ -242,12 +248,18 @@ function planned(j: Job, t: Times): PlannedCheckpoint {
 
 function validate(input: DrainInput): void {
   const nonNeg = (v: number, field: string): void => {
-    if (!Number.isFinite(v) || v < 0) throw new ArchInputError(field, `${v} is not a finite number >= 0`, `pass a non-negative ${field}`);
+    if (!Number.isFinite(v) || v < 0)
+      throw new ArchInputError(field, `${v} is not a finite number >= 0`, `pass a non-negative ${field}`);
   };
   if (Number.isNaN(input.now.getTime())) throw new ArchInputError('now', 'is an invalid date', 'pass a valid Date');
-  if (Number.isNaN(input.deadline.getTime())) throw new ArchInputError('deadline', 'is an invalid date', 'pass the notice deadline as a valid Date');
+  if (Number.isNaN(input.deadline.getTime()))
+    throw new ArchInputError('deadline', 'is an invalid date', 'pass the notice deadline as a valid Date');
   if (!Number.isFinite(input.throughputBytesPerSec) || input.throughputBytesPerSec <= 0) {
-    throw new ArchInputError('throughputBytesPerSec', `${input.throughputBytesPerSec} is not a positive number`, 'pass ThroughputEstimator.bytesPerSec or a positive default');
+    throw new ArchInputError(
+      'throughputBytesPerSec',
+      `${input.throughputBytesPerSec} is not a positive number`,
+      'pass ThroughputEstimator.bytesPerSec or a positive default',
+    );
   }
   if (!Number.isInteger(input.maxParallel) || input.maxParallel < 1) {
     throw new ArchInputError('maxParallel', `${input.maxParallel} is not a whole number >= 1`, 'pass maxParallel >= 1');
@@ -257,7 +269,12 @@ function validate(input: DrainInput): void {
   for (const c of input.containers) {
     nonNeg(c.rssBytes, `containers[${c.namespace}/${c.id}].rssBytes`);
     nonNeg(c.upperDirBytes, `containers[${c.namespace}/${c.id}].upperDirBytes`);
-    if (!Number.isFinite(c.priority)) throw new ArchInputError(`containers[${c.namespace}/${c.id}].priority`, `${c.priority} is not a number`, 'pass a finite priority');
+    if (!Number.isFinite(c.priority))
+      throw new ArchInputError(
+        `containers[${c.namespace}/${c.id}].priority`,
+        `${c.priority} is not a number`,
+        'pass a finite priority',
+      );
   }
 }
 
@@ -313,10 +330,15 @@ export class ThroughputEstimator {
   constructor(file: string, opts: ThroughputEstimatorOptions = {}) {
     this.file = file;
     this.alpha = opts.alpha ?? 0.3;
-    if (!(this.alpha > 0 && this.alpha <= 1)) throw new ArchInputError('alpha', `${this.alpha} is not in (0, 1]`, 'pass alpha such as 0.3');
+    if (!(this.alpha > 0 && this.alpha <= 1))
+      throw new ArchInputError('alpha', `${this.alpha} is not in (0, 1]`, 'pass alpha such as 0.3');
     this.defaultBytesPerSec = opts.defaultBytesPerSec ?? DEFAULT_THROUGHPUT_BYTES_PER_SEC;
     if (!(this.defaultBytesPerSec > 0)) {
-      throw new ArchInputError('defaultBytesPerSec', `${this.defaultBytesPerSec} is not positive`, 'pass a positive default throughput');
+      throw new ArchInputError(
+        'defaultBytesPerSec',
+        `${this.defaultBytesPerSec} is not positive`,
+        'pass a positive default throughput',
+      );
     }
     this.minSampleBytes = opts.minSampleBytes ?? 16 * 1024 * 1024;
     this.logger = opts.logger;
@@ -351,32 +373,51 @@ export class ThroughputEstimator {
       text = fs.readFileSync(this.file, 'utf8');
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== 'ENOENT') {
-        this.logger?.warn({ event: 'throughput.load_failed', file: this.file, err: errorMessage(err) }, 'cannot read throughput history; using default');
+        this.logger?.warn(
+          { event: 'throughput.load_failed', file: this.file, err: errorMessage(err) },
+          'cannot read throughput history; using default',
+        );
       }
       return;
     }
     try {
       const doc = JSON.parse(text) as Partial<EstimatorFile>;
-      if (doc.version !== 1 || typeof doc.bytesPerSec !== 'number' || !(doc.bytesPerSec > 0) || !Number.isFinite(doc.bytesPerSec)) {
+      if (
+        doc.version !== 1 ||
+        typeof doc.bytesPerSec !== 'number' ||
+        !(doc.bytesPerSec > 0) ||
+        !Number.isFinite(doc.bytesPerSec)
+      ) {
         throw new Error('unexpected content');
       }
       this.estimate = doc.bytesPerSec;
       this.samples = typeof doc.samples === 'number' && doc.samples >= 0 ? doc.samples : 0;
     } catch (err) {
-      this.logger?.warn({ event: 'throughput.load_failed', file: this.file, err: errorMessage(err) }, 'throughput history unreadable; using default');
+      this.logger?.warn(
+        { event: 'throughput.load_failed', file: this.file, err: errorMessage(err) },
+        'throughput history unreadable; using default',
+      );
     }
   }
 
   /** Write-then-rename so a crash mid-write never leaves half a JSON file. */
   private save(): void {
-    const doc: EstimatorFile = { version: 1, bytesPerSec: this.estimate!, samples: this.samples, updatedAt: new Date().toISOString() };
+    const doc: EstimatorFile = {
+      version: 1,
+      bytesPerSec: this.estimate!,
+      samples: this.samples,
+      updatedAt: new Date().toISOString(),
+    };
     const tmp = `${this.file}.${process.pid}.tmp`;
     try {
       fs.mkdirSync(path.dirname(this.file), { recursive: true });
       fs.writeFileSync(tmp, JSON.stringify(doc) + '\n');
       fs.renameSync(tmp, this.file);
     } catch (err) {
-      this.logger?.warn({ event: 'throughput.save_failed', file: this.file, err: errorMessage(err) }, 'cannot persist throughput estimate; keeping it in memory');
+      this.logger?.warn(
+        { event: 'throughput.save_failed', file: this.file, err: errorMessage(err) },
+        'cannot persist throughput estimate; keeping it in memory',
+      );
       try {
         fs.rmSync(tmp, { force: true });
       } catch {

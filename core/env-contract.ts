@@ -80,12 +80,19 @@ export function parseContract(env: Map<string, string>, opts: ContractOptions): 
   const enable = env.get(ENV.enable);
   if (enable === undefined || enable === '0') return { enabled: false };
   if (enable !== '1') {
-    throw new ArchInputError(ENV.enable, `"${enable}" is not 0 or 1`, `set ${ENV.enable}=1 to enable ARCH or ${ENV.enable}=0 to disable it`);
+    throw new ArchInputError(
+      ENV.enable,
+      `"${enable}" is not 0 or 1`,
+      `set ${ENV.enable}=1 to enable ARCH or ${ENV.enable}=0 to disable it`,
+    );
   }
   const priority = parsePriority(env.get(ENV.priority));
   const checkpointId = parseCheckpointId(env.get(ENV.checkpointId));
   const common = { enabled: true as const, priority, ...(checkpointId ? { checkpointId } : {}) };
-  const allowed = (p: string, field: string) => ({ ...common, allowedRoot: requireAllowedRoot(p, opts.allowedRoots, field) });
+  const allowed = (p: string, field: string) => ({
+    ...common,
+    allowedRoot: requireAllowedRoot(p, opts.allowedRoots, field),
+  });
   const shared = env.get(ENV.sharedHostPath);
   const workdir = env.get(ENV.workdirContainerPath);
   if (shared !== undefined && shared !== '') {
@@ -99,9 +106,19 @@ export function parseContract(env: Map<string, string>, opts: ContractOptions): 
     }
     const wd = requireAbsolutePath(workdir, ENV.workdirContainerPath);
     if (wd === '/') {
-      throw new ArchInputError(ENV.workdirContainerPath, 'is "/"', 'use a sub-directory such as /work: the root of the container cannot be a bind mount');
+      throw new ArchInputError(
+        ENV.workdirContainerPath,
+        'is "/"',
+        'use a sub-directory such as /work: the root of the container cannot be a bind mount',
+      );
     }
-    return { ...allowed(sharedRoot, ENV.sharedHostPath), mode: 'shared', sharedRoot, checkpointRoot: path.join(sharedRoot, 'checkpoint'), workdirContainerPath: wd };
+    return {
+      ...allowed(sharedRoot, ENV.sharedHostPath),
+      mode: 'shared',
+      sharedRoot,
+      checkpointRoot: path.join(sharedRoot, 'checkpoint'),
+      workdirContainerPath: wd,
+    };
   }
   if (workdir !== undefined && workdir !== '') {
     throw new ArchInputError(
@@ -112,8 +129,13 @@ export function parseContract(env: Map<string, string>, opts: ContractOptions): 
   }
   const local = env.get(ENV.checkpointHostPath);
   if (local === undefined || local === '') {
-    if (defaultCheckpointRoot) return { ...common, allowedRoot: defaultCheckpointRoot, mode: 'local', checkpointRoot: defaultCheckpointRoot };
-    throw new ArchInputError(ENV.checkpointHostPath, 'is not set', `set ${ENV.checkpointHostPath}=/var/lib/arch (local mode) or ${ENV.sharedHostPath} and ${ENV.workdirContainerPath} (shared mode)`);
+    if (defaultCheckpointRoot)
+      return { ...common, allowedRoot: defaultCheckpointRoot, mode: 'local', checkpointRoot: defaultCheckpointRoot };
+    throw new ArchInputError(
+      ENV.checkpointHostPath,
+      'is not set',
+      `set ${ENV.checkpointHostPath}=/var/lib/arch (local mode) or ${ENV.sharedHostPath} and ${ENV.workdirContainerPath} (shared mode)`,
+    );
   }
   const checkpointRoot = requireAbsolutePath(local, ENV.checkpointHostPath);
   return { ...allowed(checkpointRoot, ENV.checkpointHostPath), mode: 'local', checkpointRoot };
@@ -122,7 +144,11 @@ export function parseContract(env: Map<string, string>, opts: ContractOptions): 
 function parsePriority(v: string | undefined): number {
   if (v === undefined || v === '') return 0;
   if (!/^-?\d{1,6}$/.test(v)) {
-    throw new ArchInputError(ENV.priority, `"${v}" is not an integer`, `set ${ENV.priority} to an integer; higher is checkpointed first (default 0)`);
+    throw new ArchInputError(
+      ENV.priority,
+      `"${v}" is not an integer`,
+      `set ${ENV.priority} to an integer; higher is checkpointed first (default 0)`,
+    );
   }
   return Number(v);
 }
@@ -144,8 +170,14 @@ export function checkpointDirOf(contract: EnabledContract, namespace: string, id
 }
 
 /** The contract options a node's settings give. */
-export function contractOptions(settings: { allowedRoots: readonly string[]; defaultCheckpointRoot: string }, withDefault = false): ContractOptions {
-  return { allowedRoots: settings.allowedRoots, ...(withDefault ? { defaultCheckpointRoot: settings.defaultCheckpointRoot } : {}) };
+export function contractOptions(
+  settings: { allowedRoots: readonly string[]; defaultCheckpointRoot: string },
+  withDefault = false,
+): ContractOptions {
+  return {
+    allowedRoots: settings.allowedRoots,
+    ...(withDefault ? { defaultCheckpointRoot: settings.defaultCheckpointRoot } : {}),
+  };
 }
 
 /** This container's checkpoint store, walked from its allowed root without following symlinks. */

@@ -60,13 +60,20 @@ export async function finalizeNode(ctx: NodeContext, opts: FinalizeOptions): Pro
   const t0 = Date.now();
   const all = await listArchContainers(ctx, { namespaces: opts.namespaces });
   const running = all.filter(
-    (c) => (c.status === 'running' || c.status === 'paused') && (!opts.only || opts.only.includes(`${c.namespace}/${c.id}`)),
+    (c) =>
+      (c.status === 'running' || c.status === 'paused') && (!opts.only || opts.only.includes(`${c.namespace}/${c.id}`)),
   );
   const estimator = new ThroughputEstimator(opts.throughputFile ?? throughputFile(ctx), { logger: ctx.log });
   const plan = planDrain({
     now: new Date(t0),
     deadline: opts.deadline,
-    containers: running.map((c) => ({ namespace: c.namespace, id: c.id, priority: c.contract.priority, rssBytes: c.rssBytes, upperDirBytes: c.upperDirBytes })),
+    containers: running.map((c) => ({
+      namespace: c.namespace,
+      id: c.id,
+      priority: c.contract.priority,
+      rssBytes: c.rssBytes,
+      upperDirBytes: c.upperDirBytes,
+    })),
     throughputBytesPerSec: estimator.bytesPerSec,
     perContainerOverheadMs: PER_CONTAINER_OVERHEAD_MS,
     maxParallel: opts.maxParallel ?? 4,
@@ -77,13 +84,20 @@ export async function finalizeNode(ctx: NodeContext, opts: FinalizeOptions): Pro
   const fits = new Set(plan.expectedToFit.map((p) => `${p.namespace}/${p.id}`));
   if (plan.notExpectedToFit.length) {
     ctx.log.warn(
-      { phase: 'finalize', notExpectedToFit: plan.notExpectedToFit.map((p) => `${p.namespace}/${p.id}`), budgetMs: plan.budgetMs },
+      {
+        phase: 'finalize',
+        notExpectedToFit: plan.notExpectedToFit.map((p) => `${p.namespace}/${p.id}`),
+        budgetMs: plan.budgetMs,
+      },
       'some containers are not expected to finish before the deadline; trying them last',
     );
   }
   // Past the deadline every in-flight checkpoint is cancelled: a late checkpoint is worth nothing.
   const deadlineAbort = new AbortController();
-  const timer = setTimeout(() => deadlineAbort.abort(new Error('deadline reached')), Math.max(0, opts.deadline.getTime() - Date.now()));
+  const timer = setTimeout(
+    () => deadlineAbort.abort(new Error('deadline reached')),
+    Math.max(0, opts.deadline.getTime() - Date.now()),
+  );
   const signal = opts.signal ? AbortSignal.any([opts.signal, deadlineAbort.signal]) : deadlineAbort.signal;
   const items: FinalizeItem[] = [];
   let next = 0;
@@ -101,12 +115,28 @@ export async function finalizeNode(ctx: NodeContext, opts: FinalizeOptions): Pro
         const s = Date.now();
         try {
           const r: CheckpointResult = await checkpointContainer(ctx, {
-            namespace: p.namespace, id: p.id, runcRoot: c.runcRoot, leaveRunning: opts.leaveRunning, signal,
+            namespace: p.namespace,
+            id: p.id,
+            runcRoot: c.runcRoot,
+            leaveRunning: opts.leaveRunning,
+            signal,
           });
           batchBytes += r.sizeBytes;
-          item = { ...base, status: 'checkpointed', sizeBytes: r.sizeBytes, durationMs: r.totalMs, dir: r.dir, timings: r.timings };
+          item = {
+            ...base,
+            status: 'checkpointed',
+            sizeBytes: r.sizeBytes,
+            durationMs: r.totalMs,
+            dir: r.dir,
+            timings: r.timings,
+          };
         } catch (err) {
-          item = { ...base, status: signal.aborted ? 'deadline' : 'failed', durationMs: Date.now() - s, error: errorMessage(err).split('\n')[0] };
+          item = {
+            ...base,
+            status: signal.aborted ? 'deadline' : 'failed',
+            durationMs: Date.now() - s,
+            error: errorMessage(err).split('\n')[0],
+          };
         }
       }
       items.push(item);
@@ -129,6 +159,14 @@ export async function finalizeNode(ctx: NodeContext, opts: FinalizeOptions): Pro
     items,
     ok: items.every((i) => i.status === 'checkpointed'),
   };
-  ctx.log.info({ phase: 'finalize', durationMs: wallMs, checkpointed: items.filter((i) => i.status === 'checkpointed').length, total: items.length }, 'finalize done');
+  ctx.log.info(
+    {
+      phase: 'finalize',
+      durationMs: wallMs,
+      checkpointed: items.filter((i) => i.status === 'checkpointed').length,
+      total: items.length,
+    },
+    'finalize done',
+  );
   return report;
 }

@@ -13,7 +13,10 @@ const log = createLogger(plan.log, 'freeze-guard').child({ container: plan.id, r
 recoverAfterDeath(plan, log).then(
   () => process.exit(0),
   (err: unknown) => {
-    log.error({ phase: 'freeze-guard', checkpointer: plan.pid, err: errorMessage(err) }, 'could not repair the container after its checkpointer died');
+    log.error(
+      { phase: 'freeze-guard', checkpointer: plan.pid, err: errorMessage(err) },
+      'could not repair the container after its checkpointer died',
+    );
     process.exit(1);
   },
 );

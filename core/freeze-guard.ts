@@ -67,7 +67,10 @@ export class FreezeGuard {
         stdio: ['pipe', 'ignore', plan.log.logFile ? 'ignore' : 'inherit'],
       });
     } catch (err) {
-      log.warn({ phase: 'freeze-guard', err: errorMessage(err) }, 'could not start the freeze guard: a killed checkpoint would leave the container frozen');
+      log.warn(
+        { phase: 'freeze-guard', err: errorMessage(err) },
+        'could not start the freeze guard: a killed checkpoint would leave the container frozen',
+      );
       return new FreezeGuard(undefined);
     }
     watcher.on('error', (err) => log.warn({ phase: 'freeze-guard', err: errorMessage(err) }, 'freeze guard failed'));
@@ -102,7 +105,10 @@ function targetOf(plan: FreezeGuardPlan): Target {
     const f = CgroupFreezer.at(plan.cgroup.version, plan.cgroup.dir);
     return {
       // A cgroup gone with its container is not frozen.
-      freezeRequested: () => f.freezeRequested().catch((err: NodeJS.ErrnoException) => (err.code === 'ENOENT' ? false : Promise.reject(err))),
+      freezeRequested: () =>
+        f
+          .freezeRequested()
+          .catch((err: NodeJS.ErrnoException) => (err.code === 'ENOENT' ? false : Promise.reject(err))),
       thaw: () => f.thaw(),
       killAndThaw: () => f.killAndThaw(),
     };
@@ -110,7 +116,10 @@ function targetOf(plan: FreezeGuardPlan): Target {
   const runc = new Runc(plan.runc, plan.runcRoot);
   return {
     freezeRequested: async () => {
-      const status = await runc.state(plan.id).then((s) => s.status, () => 'gone');
+      const status = await runc.state(plan.id).then(
+        (s) => s.status,
+        () => 'gone',
+      );
       return status === 'paused' || status === 'pausing';
     },
     thaw: () => runc.resume(plan.id),
@@ -150,7 +159,10 @@ export async function recoverAfterDeath(plan: FreezeGuardPlan, log: Logger): Pro
     const dumping = plan.imageDir ? await processNaming(plan.imageDir) : undefined;
     const other = await otherCheckpointer(plan);
     if (other) {
-      log.warn({ phase: 'freeze-guard', checkpointer: plan.pid, other }, 'another checkpoint holds the container now: leaving the freeze to it');
+      log.warn(
+        { phase: 'freeze-guard', checkpointer: plan.pid, other },
+        'another checkpoint holds the container now: leaving the freeze to it',
+      );
       return 'deferred';
     }
     let frozen = true;
@@ -173,12 +185,19 @@ export async function recoverAfterDeath(plan: FreezeGuardPlan, log: Logger): Pro
       }
     } catch (err) {
       // Tried again at the next look: the container must not stay frozen for a passing error.
-      if (!failed) log.error({ phase: 'freeze-guard', checkpointer: plan.pid, err: errorMessage(err) }, 'could not thaw the container yet; retrying');
+      if (!failed)
+        log.error(
+          { phase: 'freeze-guard', checkpointer: plan.pid, err: errorMessage(err) },
+          'could not thaw the container yet; retrying',
+        );
       failed = true;
     }
     if (!frozen && dumping === undefined) return result;
     if (Date.now() > deadline) {
-      log.error({ phase: 'freeze-guard', checkpointer: plan.pid, dumpStillRunning: dumping }, 'gave up watching an orphaned dump');
+      log.error(
+        { phase: 'freeze-guard', checkpointer: plan.pid, dumpStillRunning: dumping },
+        'gave up watching an orphaned dump',
+      );
       return result;
     }
     await sleep(POLL_MS);

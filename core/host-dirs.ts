@@ -103,9 +103,15 @@ export interface WalkRequest {
  */
 export async function holdDir(req: WalkRequest): Promise<HeldDir | undefined> {
   const rel = path.relative(req.root, req.target);
-  if (rel.startsWith('..') || path.isAbsolute(rel)) throw new ArchInputError(req.field, `"${req.target}" is not under ${req.root}`, 'use a path under an allowed root');
+  if (rel.startsWith('..') || path.isAbsolute(rel))
+    throw new ArchInputError(req.field, `"${req.target}" is not under ${req.root}`, 'use a path under an allowed root');
   const parts = rel === '' ? [] : rel.split('/');
-  if (parts.length === 0) throw new ArchInputError(req.field, `"${req.target}" is an allowed root itself`, 'ARCH keeps each container in its own directory below the root');
+  if (parts.length === 0)
+    throw new ArchInputError(
+      req.field,
+      `"${req.target}" is an allowed root itself`,
+      'ARCH keeps each container in its own directory below the root',
+    );
   // The root is the administrator's: it may itself be reached through a symlink,
   // and it is made on first use.
   let dir: FileHandle;
@@ -141,12 +147,16 @@ export async function holdDir(req: WalkRequest): Promise<HeldDir | undefined> {
       } catch (err) {
         const code = (err as NodeJS.ErrnoException).code;
         if (code === 'ENOENT' && req.create) {
-          await fsp.mkdir(`/proc/self/fd/${dir.fd}/${part}`, { mode: req.mode ?? 0o700 }).catch((e: NodeJS.ErrnoException) => {
-            if (e.code !== 'EEXIST') throw e;
-          });
+          await fsp
+            .mkdir(`/proc/self/fd/${dir.fd}/${part}`, { mode: req.mode ?? 0o700 })
+            .catch((e: NodeJS.ErrnoException) => {
+              if (e.code !== 'EEXIST') throw e;
+            });
           if (last) created = true;
           const at = dir.fd;
-          next = await openNoFollow(at, part).catch(async (e: unknown) => throw_(await walkError(req, here, at, part, e)));
+          next = await openNoFollow(at, part).catch(async (e: unknown) =>
+            throw_(await walkError(req, here, at, part, e)),
+          );
         } else if (code === 'ENOENT') {
           await dir.close();
           await parent?.close();
@@ -207,7 +217,12 @@ async function walkError(req: WalkRequest, here: string, dirFd: number, name: st
   const code = (err as NodeJS.ErrnoException).code;
   if (code === 'ELOOP' || code === 'ENOTDIR') {
     // O_NOFOLLOW with O_DIRECTORY says ENOTDIR for a symlink too: lstat tells which it was.
-    const link = code === 'ELOOP' || (await fsp.lstat(`/proc/self/fd/${dirFd}/${name}`).then((st) => st.isSymbolicLink(), () => false));
+    const link =
+      code === 'ELOOP' ||
+      (await fsp.lstat(`/proc/self/fd/${dirFd}/${name}`).then(
+        (st) => st.isSymbolicLink(),
+        () => false,
+      ));
     return new ArchInputError(
       req.field,
       `"${here}" is ${link ? 'a symlink' : 'not a directory'}`,
@@ -221,7 +236,10 @@ async function walkError(req: WalkRequest, here: string, dirFd: number, name: st
 async function readRecordAt(dirFd: number, name: string): Promise<OwnerRecord | undefined> {
   let text: string;
   try {
-    text = await fsp.readFile(`/proc/self/fd/${dirFd}/${name}${RECORD_SUFFIX}`, { encoding: 'utf8', flag: O_RDONLY | O_NOFOLLOW });
+    text = await fsp.readFile(`/proc/self/fd/${dirFd}/${name}${RECORD_SUFFIX}`, {
+      encoding: 'utf8',
+      flag: O_RDONLY | O_NOFOLLOW,
+    });
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
     throw err;
@@ -239,7 +257,12 @@ async function readRecordAt(dirFd: number, name: string): Promise<OwnerRecord | 
  * Whether `record` lets ARCH remove its directory for container `id` of
  * `namespace`: ARCH created it, and it belongs to that container now.
  */
-export function mayRemove(record: OwnerRecord | undefined, kind: DirKind, namespace: string, id: string): { ok: true } | { ok: false; why: string } {
+export function mayRemove(
+  record: OwnerRecord | undefined,
+  kind: DirKind,
+  namespace: string,
+  id: string,
+): { ok: true } | { ok: false; why: string } {
   if (!record) return { ok: false, why: 'it has no ownership record (ARCH did not create it)' };
   if (record.kind !== kind) return { ok: false, why: `its record says it is a ${record.kind} directory` };
   if (!record.createdByArch) return { ok: false, why: 'it existed before ARCH used it' };

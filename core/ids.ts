@@ -43,7 +43,11 @@ export function validateContainerId(id: string, field = 'container id'): string 
 export function parseContainerRef(ref: string, field = 'container'): { namespace: string; id: string } {
   const slash = ref.indexOf('/');
   if (slash <= 0) {
-    throw new ArchInputError(field, `"${printable(ref)}" has no namespace`, 'write it as NAMESPACE/ID, e.g. default/job-1');
+    throw new ArchInputError(
+      field,
+      `"${printable(ref)}" has no namespace`,
+      'write it as NAMESPACE/ID, e.g. default/job-1',
+    );
   }
   return {
     namespace: validateNamespace(ref.slice(0, slash), `${field} namespace`),

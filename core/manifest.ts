@@ -37,7 +37,11 @@ const SealedEntry = z.object({
   alg: z.string(),
   keyId: z.string().regex(/^[0-9a-f]{16}$/),
   nonce: z.string().regex(/^[0-9a-f]{24}$/),
-  chunkBytes: z.number().int().min(4096).max(64 << 20),
+  chunkBytes: z
+    .number()
+    .int()
+    .min(4096)
+    .max(64 << 20),
   plainSize: z.number().int().nonnegative(),
 });
 
@@ -80,17 +84,31 @@ export function parseManifest(text: string): Manifest {
   }
   const version = (raw as { formatVersion?: unknown } | null)?.formatVersion;
   if (typeof version === 'number' && version > SEALED_FORMAT_VERSION) {
-    throw new CheckpointUnusableError('format-newer', `format version ${version} is newer than this ARCH supports (${SEALED_FORMAT_VERSION}); upgrade ARCH on this node`);
+    throw new CheckpointUnusableError(
+      'format-newer',
+      `format version ${version} is newer than this ARCH supports (${SEALED_FORMAT_VERSION}); upgrade ARCH on this node`,
+    );
   }
   const parsed = ManifestSchema.safeParse(raw);
   if (!parsed.success) {
-    throw new CheckpointUnusableError('manifest-invalid', parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; '));
+    throw new CheckpointUnusableError(
+      'manifest-invalid',
+      parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; '),
+    );
   }
   if (parsed.data.formatVersion !== FORMAT_VERSION && parsed.data.formatVersion !== SEALED_FORMAT_VERSION) {
-    throw new CheckpointUnusableError('format-unknown', `format version ${parsed.data.formatVersion} is not ${FORMAT_VERSION} or ${SEALED_FORMAT_VERSION}`);
+    throw new CheckpointUnusableError(
+      'format-unknown',
+      `format version ${parsed.data.formatVersion} is not ${FORMAT_VERSION} or ${SEALED_FORMAT_VERSION}`,
+    );
   }
   for (const f of parsed.data.files) {
-    if (path.isAbsolute(f.path) || f.path.split('/').includes('..') || f.path === MANIFEST_FILE || f.path === SIGNATURE_FILE) {
+    if (
+      path.isAbsolute(f.path) ||
+      f.path.split('/').includes('..') ||
+      f.path === MANIFEST_FILE ||
+      f.path === SIGNATURE_FILE
+    ) {
       throw new CheckpointUnusableError('manifest-invalid', `file entry "${f.path}" is not a plain relative path`);
     }
   }
@@ -106,19 +124,29 @@ export function parseManifest(text: string): Manifest {
 function checkSeal(m: Manifest): void {
   const sealed = m.formatVersion === SEALED_FORMAT_VERSION;
   if (sealed !== !!m.seal) {
-    throw new CheckpointUnusableError('manifest-invalid', sealed ? `format version ${m.formatVersion} without a seal` : `format version ${m.formatVersion} with a seal`);
+    throw new CheckpointUnusableError(
+      'manifest-invalid',
+      sealed ? `format version ${m.formatVersion} without a seal` : `format version ${m.formatVersion} with a seal`,
+    );
   }
   if (!m.seal) return;
   const seen = new Set<string>();
   for (const s of m.seal.files) {
     if (s.alg !== SEAL_ALG) {
-      throw new CheckpointUnusableError('seal-unknown', `${s.path} is sealed with "${s.alg}", which this ARCH does not know (it knows ${SEAL_ALG}); upgrade ARCH on this node`);
+      throw new CheckpointUnusableError(
+        'seal-unknown',
+        `${s.path} is sealed with "${s.alg}", which this ARCH does not know (it knows ${SEAL_ALG}); upgrade ARCH on this node`,
+      );
     }
     const f = m.files.find((x) => x.path === s.path);
-    if (!f || seen.has(s.path)) throw new CheckpointUnusableError('manifest-invalid', `sealed file "${s.path}" is not listed once in files`);
+    if (!f || seen.has(s.path))
+      throw new CheckpointUnusableError('manifest-invalid', `sealed file "${s.path}" is not listed once in files`);
     seen.add(s.path);
     if (f.size !== sealedSize(s.plainSize, s.chunkBytes)) {
-      throw new CheckpointUnusableError('manifest-invalid', `sealed file "${s.path}": stored size ${f.size} does not fit its plaintext size ${s.plainSize}`);
+      throw new CheckpointUnusableError(
+        'manifest-invalid',
+        `sealed file "${s.path}": stored size ${f.size} does not fit its plaintext size ${s.plainSize}`,
+      );
     }
   }
 }
@@ -131,7 +159,8 @@ export async function listFiles(dir: string): Promise<string[]> {
       const r = rel ? `${rel}/${e.name}` : e.name;
       if (e.isDirectory()) await walk(r);
       else if (e.isFile() && r !== MANIFEST_FILE && r !== SIGNATURE_FILE) out.push(r);
-      else if (!e.isFile()) throw new CheckpointUnusableError('unexpected-file', `${r} is not a regular file or directory`);
+      else if (!e.isFile())
+        throw new CheckpointUnusableError('unexpected-file', `${r} is not a regular file or directory`);
     }
   }
   await walk('');
@@ -139,7 +168,11 @@ export async function listFiles(dir: string): Promise<string[]> {
 }
 
 /** Size and sha256 of every file; `known` holds digests already computed (followed while written). */
-export async function describeFiles(dir: string, files: string[], known: Map<string, Digest> = new Map()): Promise<FileEntry[]> {
+export async function describeFiles(
+  dir: string,
+  files: string[],
+  known: Map<string, Digest> = new Map(),
+): Promise<FileEntry[]> {
   const todo = files.filter((f) => !known.has(f));
   const digests = await digestFiles(todo.map((f) => path.join(dir, f)));
   const computed = new Map(todo.map((f, i) => [f, digests[i]!]));
@@ -167,7 +200,8 @@ export async function verifyCheckpointDir(dir: string): Promise<Manifest> {
  * up before calling it leaves nothing running.
  */
 export async function verifyCheckpointDirStaged(
-  dir: string, opts: { defer?: RegExp; trust?: Trust } = {},
+  dir: string,
+  opts: { defer?: RegExp; trust?: Trust } = {},
 ): Promise<{ manifest: Manifest; signer: string; verifyDeferred: () => Promise<void> }> {
   // The signature first: nothing in the manifest is believed (not even its
   // file list) before a trusted key is known to have signed these bytes.
@@ -181,12 +215,15 @@ export async function verifyCheckpointDirStaged(
   const listed = manifest.files.map((f) => f.path).sort();
   const extra = present.filter((p) => !listed.includes(p));
   const missing = listed.filter((p) => !present.includes(p));
-  if (missing.length) throw new CheckpointUnusableError('truncated', `missing files: ${missing.slice(0, 5).join(', ')}`);
-  if (extra.length) throw new CheckpointUnusableError('unexpected-file', `files not in the manifest: ${extra.slice(0, 5).join(', ')}`);
+  if (missing.length)
+    throw new CheckpointUnusableError('truncated', `missing files: ${missing.slice(0, 5).join(', ')}`);
+  if (extra.length)
+    throw new CheckpointUnusableError('unexpected-file', `files not in the manifest: ${extra.slice(0, 5).join(', ')}`);
   // Sizes first (cheap, catches truncation), then the digests.
   for (const f of manifest.files) {
     const st = await fsp.stat(path.join(dir, f.path));
-    if (st.size !== f.size) throw new CheckpointUnusableError('truncated', `${f.path}: ${st.size} bytes, manifest says ${f.size}`);
+    if (st.size !== f.size)
+      throw new CheckpointUnusableError('truncated', `${f.path}: ${st.size} bytes, manifest says ${f.size}`);
   }
   const later = manifest.files.filter((f) => opts.defer?.test(f.path));
   const now = manifest.files.filter((f) => !later.includes(f));
@@ -215,8 +252,13 @@ async function readSmallFile(file: string, limit: number): Promise<Buffer | unde
   }
   try {
     const st = await fh.stat();
-    if (!st.isFile()) throw new CheckpointUnusableError('unexpected-file', `${path.basename(file)} is not a regular file`);
-    if (st.size > limit) throw new CheckpointUnusableError('manifest-invalid', `${path.basename(file)} is ${st.size} bytes, more than ${limit}`);
+    if (!st.isFile())
+      throw new CheckpointUnusableError('unexpected-file', `${path.basename(file)} is not a regular file`);
+    if (st.size > limit)
+      throw new CheckpointUnusableError(
+        'manifest-invalid',
+        `${path.basename(file)} is ${st.size} bytes, more than ${limit}`,
+      );
     const buf = Buffer.alloc(st.size);
     const { bytesRead } = await fh.read(buf, 0, st.size, 0);
     return buf.subarray(0, bytesRead);
@@ -228,7 +270,10 @@ async function readSmallFile(file: string, limit: number): Promise<Buffer | unde
 /** Every file's sha256 (large files on worker threads in parallel). Any mismatch throws. */
 async function verifyDigests(dir: string, files: FileEntry[]): Promise<void> {
   if (files.length === 0) return;
-  const got = await digestFiles(files.map((f) => path.join(dir, f.path)), { sizes: files.map((f) => f.size) });
+  const got = await digestFiles(
+    files.map((f) => path.join(dir, f.path)),
+    { sizes: files.map((f) => f.size) },
+  );
   files.forEach((f, i) => {
     if (got[i]!.sha256 !== f.sha256) throw new CheckpointUnusableError('corrupt', `${f.path}: sha256 mismatch`);
   });

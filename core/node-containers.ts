@@ -1,7 +1,13 @@
 import fsp from 'node:fs/promises';
 import path from 'node:path';
 import type { NodeContext } from './context.js';
-import { checkpointStoreOf, contractOptions, envListToMap, parseContract, type EnabledContract } from './env-contract.js';
+import {
+  checkpointStoreOf,
+  contractOptions,
+  envListToMap,
+  parseContract,
+  type EnabledContract,
+} from './env-contract.js';
 import { errorMessage } from './errors.js';
 import { readSpec, rootfsOf } from './oci-spec.js';
 import { findUpperDir } from './rootfs-diff.js';
@@ -33,9 +39,17 @@ export interface ArchContainer {
 /** What `arch-cli ls` and the list activity report of a container (workflows/types.ts ContainerSummary). */
 export function containerSummary(c: ArchContainer) {
   return {
-    namespace: c.namespace, id: c.id, status: c.status, pid: c.pid, mode: c.contract.mode, priority: c.contract.priority,
-    rssBytes: c.rssBytes, upperDirBytes: c.upperDirBytes,
-    checkpoint: c.checkpoint ? { dir: c.checkpoint.dir, createdAt: c.checkpoint.createdAt, sizeBytes: c.checkpoint.sizeBytes } : undefined,
+    namespace: c.namespace,
+    id: c.id,
+    status: c.status,
+    pid: c.pid,
+    mode: c.contract.mode,
+    priority: c.contract.priority,
+    rssBytes: c.rssBytes,
+    upperDirBytes: c.upperDirBytes,
+    checkpoint: c.checkpoint
+      ? { dir: c.checkpoint.dir, createdAt: c.checkpoint.createdAt, sizeBytes: c.checkpoint.sizeBytes }
+      : undefined,
     lastRestoreFailure: c.lastRestoreFailure,
   };
 }
@@ -46,7 +60,11 @@ export async function listArchContainers(
 ): Promise<ArchContainer[]> {
   const base = opts.runcRootBase ?? ctx.settings.runcRootBase;
   // Namespaces are the directories (the worker keeps a marker file here: shim-state.ts).
-  const namespaces = opts.namespaces ?? (await fsp.readdir(base, { withFileTypes: true }).catch(() => [])).filter((e) => e.isDirectory()).map((e) => e.name);
+  const namespaces =
+    opts.namespaces ??
+    (await fsp.readdir(base, { withFileTypes: true }).catch(() => []))
+      .filter((e) => e.isDirectory())
+      .map((e) => e.name);
   const out: ArchContainer[] = [];
   for (const namespace of namespaces) {
     const runc = new Runc(ctx.settings, path.join(base, namespace));
@@ -64,13 +82,23 @@ export async function listArchContainers(
         spec = await readSpec(st.bundle);
         contract = parseContract(envListToMap(spec.process?.env), contractOptions(ctx.settings));
       } catch (err) {
-        ctx.log.warn({ namespace, container: st.id, err: errorMessage(err) }, 'skipping container with unreadable or invalid ARCH settings');
+        ctx.log.warn(
+          { namespace, container: st.id, err: errorMessage(err) },
+          'skipping container with unreadable or invalid ARCH settings',
+        );
         continue;
       }
       if (!contract.enabled) continue;
       const c: ArchContainer = {
-        namespace, id: st.id, runcRoot: runc.root, bundle: st.bundle, pid: st.pid, status: st.status, contract,
-        rssBytes: 0, upperDirBytes: 0,
+        namespace,
+        id: st.id,
+        runcRoot: runc.root,
+        bundle: st.bundle,
+        pid: st.pid,
+        status: st.status,
+        contract,
+        rssBytes: 0,
+        upperDirBytes: 0,
       };
       // Sizes only shape the plan: a container whose size cannot be read is still listed
       // (a drain or finalize that skipped it would leave its job behind on a node that goes away).
@@ -80,13 +108,22 @@ export async function listArchContainers(
           const upper = await findUpperDir(rootfsOf(st.bundle, spec));
           c.upperDirBytes = upper ? await layerBytes(upper) : 0;
         } catch (err) {
-          ctx.log.warn({ namespace, container: st.id, err: errorMessage(err) }, 'cannot size the container\'s writable layer; listed without it');
+          ctx.log.warn(
+            { namespace, container: st.id, err: errorMessage(err) },
+            "cannot size the container's writable layer; listed without it",
+          );
         }
       }
       const store = checkpointStoreOf(contract, namespace, st.id);
       const dir = await store.current().catch(() => null);
       const m = dir ? await store.readManifest().catch(() => null) : null;
-      if (m && dir) c.checkpoint = { dir, createdAt: m.createdAt, sizeBytes: m.files.reduce((a, f) => a + f.size, 0), node: m.node };
+      if (m && dir)
+        c.checkpoint = {
+          dir,
+          createdAt: m.createdAt,
+          sizeBytes: m.files.reduce((a, f) => a + f.size, 0),
+          node: m.node,
+        };
       c.lastRestoreFailure = (await readShimState(runc.root, st.id))?.lastRestoreFailure;
       out.push(c);
     }
@@ -126,7 +163,11 @@ export async function layerBytes(dir: string): Promise<number> {
   for (const e of await fsp.readdir(dir, { withFileTypes: true }).catch(() => [])) {
     const p = path.join(dir, e.name);
     if (e.isDirectory()) total += await layerBytes(p);
-    else if (e.isFile()) total += await fsp.lstat(p).then((st) => st.size, () => 0);
+    else if (e.isFile())
+      total += await fsp.lstat(p).then(
+        (st) => st.size,
+        () => 0,
+      );
   }
   return total;
 }

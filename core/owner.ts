@@ -46,7 +46,13 @@ export function podNamespaceOf(spec: OciSpec): string | null {
  * called it). Never throws: what cannot be learnt is null, and `whyUnknown`
  * hears why containerd could not say (for the log).
  */
-export async function ownerOf(spec: OciSpec, namespace: string, id: string, fromPid: number, whyUnknown?: (why: string) => void): Promise<Owner> {
+export async function ownerOf(
+  spec: OciSpec,
+  namespace: string,
+  id: string,
+  fromPid: number,
+  whyUnknown?: (why: string) => void,
+): Promise<Owner> {
   let fromContainerd: string | undefined;
   try {
     const address = await containerdAddressAbove(fromPid);
@@ -56,20 +62,32 @@ export async function ownerOf(spec: OciSpec, namespace: string, id: string, from
   } catch (err) {
     whyUnknown?.((err as Error).message);
   }
-  return { podNamespace: podNamespaceOf(spec), image: fromContainerd ?? spec.annotations?.[CRI_IMAGE_ANNOTATION] ?? null };
+  return {
+    podNamespace: podNamespaceOf(spec),
+    image: fromContainerd ?? spec.annotations?.[CRI_IMAGE_ANNOTATION] ?? null,
+  };
 }
 
 /** Refuse a checkpoint whose owner is not this container's (CheckpointUnusableError 'identity'). */
 export function assertSameOwner(recorded: Owner | undefined, current: Owner, acceptUnrecorded: boolean): void {
   if (!recorded) {
     if (acceptUnrecorded) return; // an old manifest, accepted by ARCH_ACCEPT_UNSIGNED during an upgrade (and logged so)
-    throw new CheckpointUnusableError('identity', 'the checkpoint records no owner (pod namespace, image): written by an older ARCH. Fix: checkpoint again with this ARCH; during an upgrade ARCH_ACCEPT_UNSIGNED=1 restores old checkpoints');
+    throw new CheckpointUnusableError(
+      'identity',
+      'the checkpoint records no owner (pod namespace, image): written by an older ARCH. Fix: checkpoint again with this ARCH; during an upgrade ARCH_ACCEPT_UNSIGNED=1 restores old checkpoints',
+    );
   }
   if (recorded.podNamespace !== current.podNamespace) {
-    throw new CheckpointUnusableError('identity', `the checkpoint belongs to pod namespace ${JSON.stringify(recorded.podNamespace)}, this container is in ${JSON.stringify(current.podNamespace)}`);
+    throw new CheckpointUnusableError(
+      'identity',
+      `the checkpoint belongs to pod namespace ${JSON.stringify(recorded.podNamespace)}, this container is in ${JSON.stringify(current.podNamespace)}`,
+    );
   }
   if (recorded.image !== current.image) {
-    throw new CheckpointUnusableError('identity', `the checkpoint was taken from image ${JSON.stringify(recorded.image)}, this container runs ${JSON.stringify(current.image)}. Fix: give each job its own ARCH_CHECKPOINT_ID; a job restarted with a new image starts fresh`);
+    throw new CheckpointUnusableError(
+      'identity',
+      `the checkpoint was taken from image ${JSON.stringify(recorded.image)}, this container runs ${JSON.stringify(current.image)}. Fix: give each job its own ARCH_CHECKPOINT_ID; a job restarted with a new image starts fresh`,
+    );
   }
 }
 
@@ -102,14 +120,25 @@ async function imageFromContainerd(address: string, namespace: string, id: strin
   const { connect } = (builtin ? builtin('node:http2') : await import('node:http2')) as typeof http2;
   const session = connect('http://localhost', { createConnection: () => net.connect(socket) });
   session.on('error', () => undefined); // a call's own promise reports it
-  const timer = setTimeout(() => session.destroy(new Error(`containerd at ${socket} did not answer in ${ASK_TIMEOUT_MS} ms`)), ASK_TIMEOUT_MS);
+  const timer = setTimeout(
+    () => session.destroy(new Error(`containerd at ${socket} did not answer in ${ASK_TIMEOUT_MS} ms`)),
+    ASK_TIMEOUT_MS,
+  );
   try {
     // GetContainerResponse.container (1) → Container.image (3)
-    const container = field(await grpcCall(session, namespace, '/containerd.services.containers.v1.Containers/Get', stringField(1, id)), 1);
+    const container = field(
+      await grpcCall(session, namespace, '/containerd.services.containers.v1.Containers/Get', stringField(1, id)),
+      1,
+    );
     const name = container && field(container, 3)?.toString('utf8');
     if (!name) return undefined;
     // GetImageResponse.image (1) → Image.target (3) → Descriptor.digest (2)
-    const image = await grpcCall(session, namespace, '/containerd.services.images.v1.Images/Get', stringField(1, name)).catch(() => undefined);
+    const image = await grpcCall(
+      session,
+      namespace,
+      '/containerd.services.images.v1.Images/Get',
+      stringField(1, name),
+    ).catch(() => undefined);
     const target = image && field(field(image, 1) ?? Buffer.alloc(0), 3);
     const digest = target && field(target, 2)?.toString('utf8');
     return digest ? `${name}@${digest}` : name;
@@ -120,9 +149,20 @@ async function imageFromContainerd(address: string, namespace: string, id: strin
 }
 
 /** One unary gRPC call (no compression); the response message's bytes. */
-function grpcCall(session: http2.ClientHttp2Session, namespace: string, method: string, message: Buffer): Promise<Buffer> {
+function grpcCall(
+  session: http2.ClientHttp2Session,
+  namespace: string,
+  method: string,
+  message: Buffer,
+): Promise<Buffer> {
   return new Promise((resolve, reject) => {
-    const req = session.request({ ':method': 'POST', ':path': method, 'content-type': 'application/grpc', te: 'trailers', 'containerd-namespace': namespace });
+    const req = session.request({
+      ':method': 'POST',
+      ':path': method,
+      'content-type': 'application/grpc',
+      te: 'trailers',
+      'containerd-namespace': namespace,
+    });
     const chunks: Buffer[] = [];
     let status: string | undefined;
     let detail = '';

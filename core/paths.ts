@@ -4,7 +4,8 @@ import { validateContainerId, validateNamespace } from './ids.js';
 
 /** Require an absolute, normalised host path (no "..", no NUL). */
 export function requireAbsolutePath(value: string, field: string): string {
-  if (value.includes('\0')) throw new ArchInputError(field, 'contains a NUL byte', 'set it to an absolute directory path');
+  if (value.includes('\0'))
+    throw new ArchInputError(field, 'contains a NUL byte', 'set it to an absolute directory path');
   if (!path.isAbsolute(value)) {
     throw new ArchInputError(field, `"${value}" is a relative path`, 'set it to an absolute path, e.g. /var/lib/arch');
   }

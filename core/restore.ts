@@ -10,7 +10,16 @@ import { rootfsOf, writeSpec, type OciSpec } from './oci-spec.js';
 import { assertSameOwner, ownerOf } from './owner.js';
 import { applyDiff, DELETED_FILES, findUpperDir, ROOTFS_TAR } from './rootfs-diff.js';
 import type { Runc } from './runc.js';
-import { keyFor, storeKeysOf, makeScratch, openSealedFile, SEAL_CHUNK_BYTES, type Scratch, type StoreKey, type StoreKeys } from './seal.js';
+import {
+  keyFor,
+  storeKeysOf,
+  makeScratch,
+  openSealedFile,
+  SEAL_CHUNK_BYTES,
+  type Scratch,
+  type StoreKey,
+  type StoreKeys,
+} from './seal.js';
 import { CheckpointStore } from './store.js';
 import { trustOf } from './trust.js';
 
@@ -53,11 +62,22 @@ export async function restoreFromCheckpoint(ctx: NodeContext, req: RestoreReques
   try {
     return await restoreHolding(ctx, req, held);
   } finally {
-    await held.scratch?.remove().catch((err) => ctx.log.error({ namespace: req.namespace, container: req.id, dir: held.scratch?.dir, err: errorMessage(err) }, 'could not remove the plaintext scratch dir of a sealed checkpoint'));
+    await held.scratch
+      ?.remove()
+      .catch((err) =>
+        ctx.log.error(
+          { namespace: req.namespace, container: req.id, dir: held.scratch?.dir, err: errorMessage(err) },
+          'could not remove the plaintext scratch dir of a sealed checkpoint',
+        ),
+      );
   }
 }
 
-async function restoreHolding(ctx: NodeContext, req: RestoreRequest, held: { scratch?: Scratch }): Promise<RestoreResult | undefined> {
+async function restoreHolding(
+  ctx: NodeContext,
+  req: RestoreRequest,
+  held: { scratch?: Scratch },
+): Promise<RestoreResult | undefined> {
   const timings: Record<string, number> = {};
   const store = checkpointStoreOf(req.contract, req.namespace, req.id);
   const dir = await store.current();
@@ -75,25 +95,38 @@ async function restoreHolding(ctx: NodeContext, req: RestoreRequest, held: { scr
   const overlap = req.spec.annotations?.[CRIU_CONFIG_ANNOTATION] === undefined;
   const trust = trustOf(ctx.settings);
   // Who this container is (pod namespace, image: containerd's record), asked while the checkpoint is verified.
-  const ownerAsked = ownerOf(req.spec, req.namespace, req.id, process.pid, (why) => ctx.log.debug({ namespace: req.namespace, container: req.id, why }, 'the image of this container is not known from containerd'));
+  const ownerAsked = ownerOf(req.spec, req.namespace, req.id, process.pid, (why) =>
+    ctx.log.debug(
+      { namespace: req.namespace, container: req.id, why },
+      'the image of this container is not known from containerd',
+    ),
+  );
   // The manifest's signature, then every size and every digest but the page
   // images', then whose checkpoint it is: all before a byte of the archive
   // is extracted (a forged archive must never reach the disk, not even for
   // the moment it takes a parallel check to fail).
-  const verified = verifyCheckpointDirStaged(dir, { defer: overlap ? PAGE_IMAGES : undefined, trust }).then(async (v) => {
-    timings.verify = Date.now() - t;
-    // The checkpoint's name (ARCH_CHECKPOINT_ID, else the container id) must be the one this container looks for.
-    const want = checkpointKeyOf(req.contract, req.id);
-    const have = v.manifest.checkpointId ?? v.manifest.containerId;
-    if (v.manifest.namespace !== req.namespace || have !== want) {
-      throw new CheckpointUnusableError('identity', `checkpoint is for ${v.manifest.namespace}/${have}, not ${req.namespace}/${want}`);
-    }
-    assertSameOwner(v.manifest.owner, await ownerAsked, trust.acceptUnsigned && v.signer === 'unsigned');
-    if (v.signer === 'unsigned') {
-      ctx.log.warn({ namespace: req.namespace, container: req.id, checkpointDir: dir, reason: 'unsigned' }, 'restoring an UNSIGNED checkpoint because ARCH_ACCEPT_UNSIGNED=1 (meant for upgrades only: unset it once the old checkpoints are gone)');
-    }
-    return { ...v, keys: v.manifest.seal ? sealKeys(v.manifest, ctx.settings) : undefined };
-  });
+  const verified = verifyCheckpointDirStaged(dir, { defer: overlap ? PAGE_IMAGES : undefined, trust }).then(
+    async (v) => {
+      timings.verify = Date.now() - t;
+      // The checkpoint's name (ARCH_CHECKPOINT_ID, else the container id) must be the one this container looks for.
+      const want = checkpointKeyOf(req.contract, req.id);
+      const have = v.manifest.checkpointId ?? v.manifest.containerId;
+      if (v.manifest.namespace !== req.namespace || have !== want) {
+        throw new CheckpointUnusableError(
+          'identity',
+          `checkpoint is for ${v.manifest.namespace}/${have}, not ${req.namespace}/${want}`,
+        );
+      }
+      assertSameOwner(v.manifest.owner, await ownerAsked, trust.acceptUnsigned && v.signer === 'unsigned');
+      if (v.signer === 'unsigned') {
+        ctx.log.warn(
+          { namespace: req.namespace, container: req.id, checkpointDir: dir, reason: 'unsigned' },
+          'restoring an UNSIGNED checkpoint because ARCH_ACCEPT_UNSIGNED=1 (meant for upgrades only: unset it once the old checkpoints are gone)',
+        );
+      }
+      return { ...v, keys: v.manifest.seal ? sealKeys(v.manifest, ctx.settings) : undefined };
+    },
+  );
   // Sealed: the archive is decrypted into the scratch dir (every chunk
   // authenticated) before it is validated and extracted from there, then the
   // CRIU images (page images decrypted, the rest copied) for CRIU to read.
@@ -132,7 +165,11 @@ async function restoreHolding(ctx: NodeContext, req: RestoreRequest, held: { scr
   if (v.status === 'rejected' || l.status === 'rejected' || im.status === 'rejected') {
     if (l.status === 'fulfilled' && l.value) await clearDir(l.value); // the images failed after the layer was written
     // A failed verification explains a bad archive too: it comes first.
-    throw v.status === 'rejected' ? v.reason : l.status === 'rejected' ? l.reason : (im as PromiseRejectedResult).reason;
+    throw v.status === 'rejected'
+      ? v.reason
+      : l.status === 'rejected'
+        ? l.reason
+        : (im as PromiseRejectedResult).reason;
   }
   const { manifest, verifyDeferred } = v.value;
   const upper = l.value;
@@ -142,7 +179,10 @@ async function restoreHolding(ctx: NodeContext, req: RestoreRequest, held: { scr
     timings.verifyPages = Date.now() - w;
   };
   if (!upper && manifest.rootfs.files + manifest.rootfs.deletions > 0) {
-    throw new CheckpointUnusableError('rootfs', 'the checkpoint has writable-layer changes but the new rootfs is not an overlay mount');
+    throw new CheckpointUnusableError(
+      'rootfs',
+      'the checkpoint has writable-layer changes but the new rootfs is not an overlay mount',
+    );
   }
   timings.prepare = Date.now() - t;
 
@@ -178,8 +218,14 @@ async function restoreHolding(ctx: NodeContext, req: RestoreRequest, held: { scr
     await verifyDeferred().catch(() => undefined);
     await undo();
     const log = await fsp.readFile(path.join(work, 'restore.log'), 'utf8').catch(() => '');
-    const tail = log.split('\n').filter((l) => /Error|error/.test(l)).slice(-3).join(' | ');
-    throw new Error(`runc restore failed: ${errorMessage(err).split('\n').slice(-3).join(' ')}${tail ? ` (criu: ${tail})` : ''}`);
+    const tail = log
+      .split('\n')
+      .filter((l) => /Error|error/.test(l))
+      .slice(-3)
+      .join(' | ');
+    throw new Error(
+      `runc restore failed: ${errorMessage(err).split('\n').slice(-3).join(' ')}${tail ? ` (criu: ${tail})` : ''}`,
+    );
   }
   timings.restore = Date.now() - t;
   if (criuConfig) {
@@ -220,7 +266,13 @@ async function restoreScratch(manifest: Manifest): Promise<Scratch> {
 }
 
 /** Decrypt the sealed files (copy the others) matching `which` from the checkpoint into `to`. */
-async function stageFiles(dir: string, to: string, manifest: Manifest, keys: Map<string, StoreKey>, which: (p: string) => boolean): Promise<void> {
+async function stageFiles(
+  dir: string,
+  to: string,
+  manifest: Manifest,
+  keys: Map<string, StoreKey>,
+  which: (p: string) => boolean,
+): Promise<void> {
   const sealed = new Map(manifest.seal!.files.map((f) => [f.path, f]));
   const buf = Buffer.allocUnsafe(SEAL_CHUNK_BYTES + 16);
   for (const f of manifest.files.filter((x) => which(x.path))) {
@@ -259,7 +311,10 @@ async function assertEmptyLayer(upper: string): Promise<void> {
   const entries = await fsp.readdir(upper);
   if (entries.length > 0) {
     // Not ours to overwrite: the layer already holds this container's writes.
-    throw new CheckpointUnusableError('rootfs', `the container's writable layer is not empty (${entries.slice(0, 3).join(', ')})`);
+    throw new CheckpointUnusableError(
+      'rootfs',
+      `the container's writable layer is not empty (${entries.slice(0, 3).join(', ')})`,
+    );
   }
 }
 

@@ -92,7 +92,8 @@ export async function captureDiff(upperDir: string, destDir: string): Promise<Ca
     if ((st as { isFile?: () => boolean }).isFile?.()) bytes += (st as { size: number }).size;
     return true;
   };
-  if (keep.length) await tar.c({ file: tarFile, cwd: upperDir, portable: false, noDirRecurse: true, filter: count }, list);
+  if (keep.length)
+    await tar.c({ file: tarFile, cwd: upperDir, portable: false, noDirRecurse: true, filter: count }, list);
   else await fsp.writeFile(tarFile, Buffer.alloc(1024)); // an empty tar: two zero blocks
   await fsp.writeFile(path.join(destDir, DELETED_FILES), JSON.stringify(deletions));
   return { files: keep.length, bytes, deletions: deletions.whiteouts.length + deletions.opaque.length, skipped };
@@ -100,7 +101,11 @@ export async function captureDiff(upperDir: string, destDir: string): Promise<Ca
 
 async function opaqueDirs(upperDir: string): Promise<string[]> {
   // One getfattr walk for the whole layer; files without the xattr print nothing.
-  const r = await execa('getfattr', ['-R', '-P', '--absolute-names', '-d', '-m', '^trusted\\.overlay\\.opaque$', upperDir], { reject: false });
+  const r = await execa(
+    'getfattr',
+    ['-R', '-P', '--absolute-names', '-d', '-m', '^trusted\\.overlay\\.opaque$', upperDir],
+    { reject: false },
+  );
   const out: string[] = [];
   let file: string | undefined;
   for (const line of String(r.stdout).split('\n')) {
@@ -122,7 +127,10 @@ function assertPlainRelative(p: string, what: string): void {
 
 /** One spelling per path ("a/./b/", "./a//b" -> "a/b"), so the checks below compare like with like. */
 function canonical(p: string): string {
-  return p.split('/').filter((x) => x !== '' && x !== '.').join('/');
+  return p
+    .split('/')
+    .filter((x) => x !== '' && x !== '.')
+    .join('/');
 }
 
 /**
@@ -141,63 +149,86 @@ export async function validateDiffArchive(tarFile: string, maxBytes = Infinity):
   const seen = new Set<string>();
   let declared = 0;
   let problem: CheckpointUnusableError | undefined;
-  await tar.t({
-    file: tarFile,
-    strict: true,
-    onReadEntry: (entry) => {
-      if (problem) return;
-      try {
-        declared += entry.size ?? 0;
-        if (declared > maxBytes) {
-          throw new CheckpointUnusableError('archive-size', `entry "${entry.path}" brings the archive's declared content to ${declared} bytes, more than the ${maxBytes} the manifest records for the writable layer`);
-        }
-        assertPlainRelative(entry.path, 'archive entry');
-        const p = canonical(entry.path);
-        const parts = p.split('/');
-        for (let i = 1; i < parts.length; i++) {
-          if (symlinks.has(parts.slice(0, i).join('/'))) {
-            throw new CheckpointUnusableError('archive-escape', `entry "${p}" lies below the archive's symlink "${parts.slice(0, i).join('/')}"`);
+  await tar
+    .t({
+      file: tarFile,
+      strict: true,
+      onReadEntry: (entry) => {
+        if (problem) return;
+        try {
+          declared += entry.size ?? 0;
+          if (declared > maxBytes) {
+            throw new CheckpointUnusableError(
+              'archive-size',
+              `entry "${entry.path}" brings the archive's declared content to ${declared} bytes, more than the ${maxBytes} the manifest records for the writable layer`,
+            );
           }
-        }
-        if (seen.has(p)) throw new CheckpointUnusableError('archive-entry', `entry "${p}" appears twice`);
-        switch (entry.type) {
-          case 'File':
-          case 'OldFile':
-          case 'ContiguousFile':
-          case 'Directory':
-            break;
-          case 'SymbolicLink':
-            for (const s of seen) {
-              if (s.startsWith(`${p}/`)) throw new CheckpointUnusableError('archive-escape', `symlink "${p}" replaces a directory holding earlier entries ("${s}")`);
+          assertPlainRelative(entry.path, 'archive entry');
+          const p = canonical(entry.path);
+          const parts = p.split('/');
+          for (let i = 1; i < parts.length; i++) {
+            if (symlinks.has(parts.slice(0, i).join('/'))) {
+              throw new CheckpointUnusableError(
+                'archive-escape',
+                `entry "${p}" lies below the archive's symlink "${parts.slice(0, i).join('/')}"`,
+              );
             }
-            symlinks.add(p);
-            break;
-          case 'Link': {
-            assertPlainRelative(entry.linkpath ?? '', 'hard link target');
-            const target = canonical(entry.linkpath ?? '');
-            if (!seen.has(target)) throw new CheckpointUnusableError('archive-escape', `hard link "${p}" points outside the archive ("${target}")`);
-            break;
           }
-          case 'SparseFile':
-            // GNU sparse ('S'): a few blocks that extract to a file of any size. (PAX sparse
-            // maps are not understood by node-tar: such an entry extracts as the plain bytes it holds.)
-            throw new CheckpointUnusableError('archive-entry', `entry "${p}" is a sparse file: ARCH never writes those, refused`);
-          default:
-            throw new CheckpointUnusableError('archive-entry', `entry "${p}" has type ${entry.type}: device nodes, FIFOs and other special files are refused`);
+          if (seen.has(p)) throw new CheckpointUnusableError('archive-entry', `entry "${p}" appears twice`);
+          switch (entry.type) {
+            case 'File':
+            case 'OldFile':
+            case 'ContiguousFile':
+            case 'Directory':
+              break;
+            case 'SymbolicLink':
+              for (const s of seen) {
+                if (s.startsWith(`${p}/`))
+                  throw new CheckpointUnusableError(
+                    'archive-escape',
+                    `symlink "${p}" replaces a directory holding earlier entries ("${s}")`,
+                  );
+              }
+              symlinks.add(p);
+              break;
+            case 'Link': {
+              assertPlainRelative(entry.linkpath ?? '', 'hard link target');
+              const target = canonical(entry.linkpath ?? '');
+              if (!seen.has(target))
+                throw new CheckpointUnusableError(
+                  'archive-escape',
+                  `hard link "${p}" points outside the archive ("${target}")`,
+                );
+              break;
+            }
+            case 'SparseFile':
+              // GNU sparse ('S'): a few blocks that extract to a file of any size. (PAX sparse
+              // maps are not understood by node-tar: such an entry extracts as the plain bytes it holds.)
+              throw new CheckpointUnusableError(
+                'archive-entry',
+                `entry "${p}" is a sparse file: ARCH never writes those, refused`,
+              );
+            default:
+              throw new CheckpointUnusableError(
+                'archive-entry',
+                `entry "${p}" has type ${entry.type}: device nodes, FIFOs and other special files are refused`,
+              );
+          }
+          seen.add(p);
+        } catch (err) {
+          problem = err as CheckpointUnusableError;
         }
-        seen.add(p);
-      } catch (err) {
-        problem = err as CheckpointUnusableError;
-      }
-    },
-  }).catch(unreadable);
+      },
+    })
+    .catch(unreadable);
   if (problem) throw problem;
 }
 
 /** node-tar's errors on a damaged archive (TAR_BAD_ARCHIVE, TAR_ENTRY_INVALID...): the checkpoint's fault. */
 function unreadable(err: unknown): never {
   const code = (err as { code?: unknown }).code;
-  if (typeof code === 'string' && code.startsWith('TAR_')) throw new CheckpointUnusableError('archive-invalid', `${ROOTFS_TAR}: ${(err as Error).message}`);
+  if (typeof code === 'string' && code.startsWith('TAR_'))
+    throw new CheckpointUnusableError('archive-invalid', `${ROOTFS_TAR}: ${(err as Error).message}`);
   throw err;
 }
 
@@ -225,7 +256,11 @@ async function assertNoSymlinks(root: string, rel: string, self = false): Promis
   for (const part of self ? parts : parts.slice(0, -1)) {
     cur = path.join(cur, part);
     const st = await fsp.lstat(cur).catch(() => undefined);
-    if (st?.isSymbolicLink()) throw new CheckpointUnusableError('archive-escape', `"${rel}" ${cur === path.join(root, rel) ? 'is' : 'lies below'} a symlink`);
+    if (st?.isSymbolicLink())
+      throw new CheckpointUnusableError(
+        'archive-escape',
+        `"${rel}" ${cur === path.join(root, rel) ? 'is' : 'lies below'} a symlink`,
+      );
   }
 }
 
@@ -234,22 +269,29 @@ async function assertNoSymlinks(root: string, rel: string, self = false): Promis
  * restored: extract the (validated) files, then re-create whiteouts and
  * opaque markers so deleted files stay deleted.
  */
-export async function applyDiff(checkpointDir: string, upperDir: string, maxBytes = Infinity): Promise<{ files: number; deletions: number }> {
+export async function applyDiff(
+  checkpointDir: string,
+  upperDir: string,
+  maxBytes = Infinity,
+): Promise<{ files: number; deletions: number }> {
   const tarFile = path.join(checkpointDir, ROOTFS_TAR);
   await validateDiffArchive(tarFile, maxBytes);
   let deletions: Deletions;
   try {
     deletions = JSON.parse(await fsp.readFile(path.join(checkpointDir, DELETED_FILES), 'utf8')) as Deletions;
-    if (!Array.isArray(deletions.whiteouts) || !Array.isArray(deletions.opaque)) throw new Error('not {whiteouts, opaque}');
+    if (!Array.isArray(deletions.whiteouts) || !Array.isArray(deletions.opaque))
+      throw new Error('not {whiteouts, opaque}');
   } catch (err) {
     throw new CheckpointUnusableError('manifest-invalid', `${DELETED_FILES}: ${(err as Error).message}`);
   }
   const listed = new Set<string>();
   for (const p of [...deletions.whiteouts, ...deletions.opaque]) {
-    if (typeof p !== 'string') throw new CheckpointUnusableError('manifest-invalid', `${DELETED_FILES} holds a non-string entry`);
+    if (typeof p !== 'string')
+      throw new CheckpointUnusableError('manifest-invalid', `${DELETED_FILES} holds a non-string entry`);
     assertPlainRelative(p, 'deleted path');
     // A path both deleted and an opaque directory (or listed twice) is nothing captureDiff writes.
-    if (listed.has(canonical(p))) throw new CheckpointUnusableError('manifest-invalid', `${DELETED_FILES} lists "${p}" twice`);
+    if (listed.has(canonical(p)))
+      throw new CheckpointUnusableError('manifest-invalid', `${DELETED_FILES} lists "${p}" twice`);
     listed.add(canonical(p));
   }
   let files = 0;
@@ -262,23 +304,33 @@ export async function applyDiff(checkpointDir: string, upperDir: string, maxByte
   // Modes are set by hand too: node-tar creates files through the process
   // umask (0666 -> 0644, /tmp's 1777 -> 1755) and its chown clears set-id bits.
   const modes: { p: string; mode: number }[] = [];
-  if (!(await isEmptyArchive(tarFile))) await tar.x({
-    file: tarFile,
-    cwd: upperDir,
-    strict: true,
-    preservePaths: false,
-    preserveOwner: true,
-    filter: (_p, entry) => {
-      if (!('type' in entry)) return true;
-      files++;
-      if (entry.type === 'SymbolicLink') {
-        symlinks.push({ p: canonical(entry.path), target: entry.linkpath ?? '', uid: entry.uid, gid: entry.gid, mtime: entry.mtime });
-        return false;
-      }
-      if (typeof entry.mode === 'number' && entry.type !== 'Link') modes.push({ p: canonical(entry.path), mode: entry.mode & 0o7777 });
-      return true;
-    },
-  }).catch(unreadable);
+  if (!(await isEmptyArchive(tarFile)))
+    await tar
+      .x({
+        file: tarFile,
+        cwd: upperDir,
+        strict: true,
+        preservePaths: false,
+        preserveOwner: true,
+        filter: (_p, entry) => {
+          if (!('type' in entry)) return true;
+          files++;
+          if (entry.type === 'SymbolicLink') {
+            symlinks.push({
+              p: canonical(entry.path),
+              target: entry.linkpath ?? '',
+              uid: entry.uid,
+              gid: entry.gid,
+              mtime: entry.mtime,
+            });
+            return false;
+          }
+          if (typeof entry.mode === 'number' && entry.type !== 'Link')
+            modes.push({ p: canonical(entry.path), mode: entry.mode & 0o7777 });
+          return true;
+        },
+      })
+      .catch(unreadable);
   // No symlink exists in the fresh layer yet: chmod cannot be led outside it.
   for (const { p, mode } of modes) {
     const abs = path.join(upperDir, p);
@@ -308,7 +360,11 @@ export async function applyDiff(checkpointDir: string, upperDir: string, maxByte
   if (script.length > 1) {
     const r = await execa('sh', ['-c', script.join('\n')], { reject: false, all: true });
     // The paths were checked; what still fails (a deletion below a file of the archive) is the checkpoint's doing.
-    if (r.exitCode !== 0) throw new CheckpointUnusableError('archive-entry', `${DELETED_FILES}: the deletions do not fit the archive's files: ${String(r.all).split('\n')[0]}`);
+    if (r.exitCode !== 0)
+      throw new CheckpointUnusableError(
+        'archive-entry',
+        `${DELETED_FILES}: the deletions do not fit the archive's files: ${String(r.all).split('\n')[0]}`,
+      );
   }
   return { files, deletions: deletions.whiteouts.length + deletions.opaque.length };
 }

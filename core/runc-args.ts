@@ -11,10 +11,24 @@ const GLOBAL_WITH_VALUE = new Set(['--log', '--log-format', '--root', '--criu', 
 // to be boolean; an unknown option with a value makes the id guess wrong, in
 // which case the caller sees no valid id and passes the call through.
 const SUB_WITH_VALUE = new Set([
-  '--bundle', '-b', '--console-socket', '--pid-file', '--preserve-fds',
-  '--image-path', '--work-path', '--parent-path', '--page-server', '--status-fd',
-  '--manage-cgroups-mode', '--empty-ns', '--signal', '-s', '--format', '-f',
-  '--lsm-profile', '--lsm-mount-context',
+  '--bundle',
+  '-b',
+  '--console-socket',
+  '--pid-file',
+  '--preserve-fds',
+  '--image-path',
+  '--work-path',
+  '--parent-path',
+  '--page-server',
+  '--status-fd',
+  '--manage-cgroups-mode',
+  '--empty-ns',
+  '--signal',
+  '-s',
+  '--format',
+  '-f',
+  '--lsm-profile',
+  '--lsm-mount-context',
 ]);
 
 export interface RuncCall {
@@ -60,14 +74,23 @@ export function parseRuncArgs(argv: string[]): RuncCall {
       // The subcommand's own option names differ from the global ones; `-f` is
       // --force for delete but --format for state/list, both harmless here.
       if (inline !== undefined) options.set(name, inline);
-      else if (SUB_WITH_VALUE.has(name) && !(name === '-f' && subcommand === 'delete')) options.set(name, argv[++i] ?? '');
+      else if (SUB_WITH_VALUE.has(name) && !(name === '-f' && subcommand === 'delete'))
+        options.set(name, argv[++i] ?? '');
       else options.set(name, true);
     } else {
       positionals.push(a);
     }
   }
   const root = globals.get('--root');
-  return { argv, globals, subcommand, subcommandIndex: sub, options, positionals, root: typeof root === 'string' && root ? root : '/run/runc' };
+  return {
+    argv,
+    globals,
+    subcommand,
+    subcommandIndex: sub,
+    options,
+    positionals,
+    root: typeof root === 'string' && root ? root : '/run/runc',
+  };
 }
 
 export function optionString(call: RuncCall, ...names: string[]): string | undefined {
@@ -99,7 +122,9 @@ export function inheritedFds(call: RuncCall): number[] {
  */
 export function splitDetachedRun(call: RuncCall, id: string): { create: string[]; start: string[] } {
   const globals = call.argv.slice(0, call.subcommandIndex);
-  const rest = call.argv.slice(call.subcommandIndex + 1).filter((a) => !['-d', '--detach', '--keep', '-d=true', '--detach=true'].includes(a));
+  const rest = call.argv
+    .slice(call.subcommandIndex + 1)
+    .filter((a) => !['-d', '--detach', '--keep', '-d=true', '--detach=true'].includes(a));
   return { create: [...globals, 'create', ...rest], start: [...globals, 'start', id] };
 }
 

@@ -57,7 +57,14 @@ export class Runc {
   /** Dump the container's processes into imagePath (CRIU images + descriptors.json). */
   async checkpoint(
     id: string,
-    o: { imagePath: string; workPath: string; leaveRunning?: boolean; extra?: string[]; signal?: AbortSignal; env?: Record<string, string> },
+    o: {
+      imagePath: string;
+      workPath: string;
+      leaveRunning?: boolean;
+      extra?: string[];
+      signal?: AbortSignal;
+      env?: Record<string, string>;
+    },
   ): Promise<void> {
     const args = ['checkpoint', '--image-path', o.imagePath, '--work-path', o.workPath];
     if (o.leaveRunning) args.push('--leave-running');
@@ -75,7 +82,13 @@ export class Runc {
   async restore(
     id: string,
     o: {
-      bundle: string; imagePath: string; workPath: string; pidFile?: string; consoleSocket?: string; extra?: string[]; env?: Record<string, string>;
+      bundle: string;
+      imagePath: string;
+      workPath: string;
+      pidFile?: string;
+      consoleSocket?: string;
+      extra?: string[];
+      env?: Record<string, string>;
       /** Called once runc runs, before it is waited for. */
       onSpawn?: () => void;
     },

@@ -66,7 +66,11 @@ export function storeKeyId(key: Buffer): string {
 export function parseStoreKey(v: string, where: string): StoreKey {
   const key = parseKeyText(v);
   if (!key) {
-    throw new ArchInputError(STORE_KEY_SETTING, `${where} is not a 32-byte key (64 hex digits or base64)`, 'create one with `openssl rand -hex 32 > FILE; chmod 600 FILE`, the same file on every node of the cluster');
+    throw new ArchInputError(
+      STORE_KEY_SETTING,
+      `${where} is not a 32-byte key (64 hex digits or base64)`,
+      'create one with `openssl rand -hex 32 > FILE; chmod 600 FILE`, the same file on every node of the cluster',
+    );
   }
   return { id: storeKeyId(key), key };
 }
@@ -87,9 +91,18 @@ export function loadStoreKeys(vars: Record<string, string | undefined> = setting
     const fd = fs.openSync(file, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW);
     try {
       const st = fs.fstatSync(fd);
-      if (!st.isFile()) throw new ArchInputError(STORE_KEY_SETTING, `${file} is not a regular file`, 'point it at the cluster\'s store key file');
+      if (!st.isFile())
+        throw new ArchInputError(
+          STORE_KEY_SETTING,
+          `${file} is not a regular file`,
+          "point it at the cluster's store key file",
+        );
       if ((st.mode & 0o077) !== 0) {
-        throw new ArchInputError(STORE_KEY_SETTING, `${file} has mode 0${(st.mode & 0o777).toString(8)}: group or other users may access the key`, `chmod 600 ${file} (mode 0600 is required)`);
+        throw new ArchInputError(
+          STORE_KEY_SETTING,
+          `${file} has mode 0${(st.mode & 0o777).toString(8)}: group or other users may access the key`,
+          `chmod 600 ${file} (mode 0600 is required)`,
+        );
       }
       body = fs.readFileSync(fd, 'utf8');
     } finally {
@@ -97,10 +110,22 @@ export function loadStoreKeys(vars: Record<string, string | undefined> = setting
     }
   } catch (err) {
     if (err instanceof ArchInputError) throw err;
-    throw new ArchInputError(STORE_KEY_SETTING, `cannot read ${file} (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`, 'point it at the cluster\'s store key file (mode 0600, readable by root), or unset it to store checkpoints unencrypted');
+    throw new ArchInputError(
+      STORE_KEY_SETTING,
+      `cannot read ${file} (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`,
+      "point it at the cluster's store key file (mode 0600, readable by root), or unset it to store checkpoints unencrypted",
+    );
   }
-  const lines = body.split('\n').map((l) => l.trim()).filter((l) => l && !l.startsWith('#'));
-  if (lines.length === 0) throw new ArchInputError(STORE_KEY_SETTING, `${file} holds no key`, 'write one with `openssl rand -hex 32 > FILE` (the same on every node)');
+  const lines = body
+    .split('\n')
+    .map((l) => l.trim())
+    .filter((l) => l && !l.startsWith('#'));
+  if (lines.length === 0)
+    throw new ArchInputError(
+      STORE_KEY_SETTING,
+      `${file} holds no key`,
+      'write one with `openssl rand -hex 32 > FILE` (the same on every node)',
+    );
   return { file, keys: lines.map((l, i) => parseStoreKey(l, `${file}, line ${i + 1},`)) };
 }
 
@@ -158,7 +183,10 @@ function openChunk(key: Buffer, nonce: Buffer, aad: Buffer, sealed: Buffer, what
   try {
     out.push(d.final());
   } catch {
-    throw new CheckpointUnusableError('corrupt', `${what} failed authentication (altered, truncated, reordered or from another file)`);
+    throw new CheckpointUnusableError(
+      'corrupt',
+      `${what} failed authentication (altered, truncated, reordered or from another file)`,
+    );
   }
   return out;
 }
@@ -215,7 +243,12 @@ class FileSealer {
       if (r === 0) throw new Error(`${this.rel}: short read at ${this.pos + got}`);
       got += r;
     }
-    const out = sealChunk(this.key.key, chunkNonce(this.nonce, this.index), chunkAad(this.sealId, this.rel, this.index, last), this.buf.subarray(0, n));
+    const out = sealChunk(
+      this.key.key,
+      chunkNonce(this.nonce, this.index),
+      chunkAad(this.sealId, this.rel, this.index, last),
+      this.buf.subarray(0, n),
+    );
     for (const b of out) this.hash.update(b);
     this.written += writeAll(this.dst, out);
     this.pos += n;
@@ -239,7 +272,14 @@ class FileSealer {
     while (this.pumpOne(true)) await yieldTurn();
     return {
       stored: { size: this.written, sha256: this.hash.digest('hex') },
-      sealed: { path: this.rel, alg: SEAL_ALG, keyId: this.key.id, nonce: this.nonce.toString('hex'), chunkBytes: this.chunkBytes, plainSize: this.pos },
+      sealed: {
+        path: this.rel,
+        alg: SEAL_ALG,
+        keyId: this.key.id,
+        nonce: this.nonce.toString('hex'),
+        chunkBytes: this.chunkBytes,
+        plainSize: this.pos,
+      },
     };
   }
 
@@ -304,7 +344,10 @@ export class SealFollower {
         const dstPath = path.join(this.dest, rel);
         fs.mkdirSync(path.dirname(dstPath), { recursive: true, mode: 0o700 });
         const dst = fs.openSync(dstPath, 'wx', 0o600);
-        this.files.set(rel, new FileSealer(rel, src, dst, this.key, this.sealId, this.buf.length, this.buf, !!this.opts.writeback));
+        this.files.set(
+          rel,
+          new FileSealer(rel, src, dst, this.key, this.sealId, this.buf.length, this.buf, !!this.opts.writeback),
+        );
       }
     }
   }
@@ -346,8 +389,21 @@ export class SealFollower {
 }
 
 /** Seal one complete file (e.g. a page image runc dumped elsewhere). */
-export async function sealFile(src: string, destDir: string, rel: string, key: StoreKey, sealId: string, chunkBytes = SEAL_CHUNK_BYTES): Promise<{ stored: Digest; sealed: SealedFile }> {
-  const f = new SealFollower([{ dir: path.dirname(src), pattern: new RegExp(`^${escapeRe(path.basename(src))}$`), rel: () => rel }], destDir, key, sealId, { chunkBytes });
+export async function sealFile(
+  src: string,
+  destDir: string,
+  rel: string,
+  key: StoreKey,
+  sealId: string,
+  chunkBytes = SEAL_CHUNK_BYTES,
+): Promise<{ stored: Digest; sealed: SealedFile }> {
+  const f = new SealFollower(
+    [{ dir: path.dirname(src), pattern: new RegExp(`^${escapeRe(path.basename(src))}$`), rel: () => rel }],
+    destDir,
+    key,
+    sealId,
+    { chunkBytes },
+  );
   const r = (await f.finish()).get(rel);
   if (!r) throw new Error(`${src} is not there to seal`);
   return r;
@@ -361,8 +417,15 @@ function escapeRe(s: string): string {
 export function keyFor(entry: SealedFile, keys: StoreKeys | undefined, keysProblem?: string): StoreKey {
   const k = keys?.keys.find((x) => x.id === entry.keyId);
   if (k) return k;
-  const have = keys ? `this node's ${STORE_KEY_SETTING} (${keys.file}) holds key id(s) ${keys.keys.map((x) => x.id).join(', ')}` : keysProblem ? `this node's ${STORE_KEY_SETTING} cannot be used: ${keysProblem}` : `this node has no ${STORE_KEY_SETTING}`;
-  throw new CheckpointUnusableError('sealed-key', `the checkpoint is encrypted with store key id ${entry.keyId}, and ${have}; give every node of the cluster the same key file (the first line seals, every line opens)`);
+  const have = keys
+    ? `this node's ${STORE_KEY_SETTING} (${keys.file}) holds key id(s) ${keys.keys.map((x) => x.id).join(', ')}`
+    : keysProblem
+      ? `this node's ${STORE_KEY_SETTING} cannot be used: ${keysProblem}`
+      : `this node has no ${STORE_KEY_SETTING}`;
+  throw new CheckpointUnusableError(
+    'sealed-key',
+    `the checkpoint is encrypted with store key id ${entry.keyId}, and ${have}; give every node of the cluster the same key file (the first line seals, every line opens)`,
+  );
 }
 
 /**
@@ -371,7 +434,14 @@ export function keyFor(entry: SealedFile, keys: StoreKeys | undefined, keysProbl
  * exactly the chunks the manifest implies (the last one marked last).
  * Runs on this thread, yielding between chunks. Throws CheckpointUnusableError.
  */
-export async function openSealedFile(src: string, dest: string, entry: SealedFile, sealId: string, key: StoreKey, buf?: Buffer): Promise<void> {
+export async function openSealedFile(
+  src: string,
+  dest: string,
+  entry: SealedFile,
+  sealId: string,
+  key: StoreKey,
+  buf?: Buffer,
+): Promise<void> {
   const chunks = chunkCount(entry.plainSize, entry.chunkBytes);
   const b = buf && buf.length >= entry.chunkBytes + TAG_BYTES ? buf : Buffer.allocUnsafe(entry.chunkBytes + TAG_BYTES);
   const nonce = Buffer.from(entry.nonce, 'hex');
@@ -380,7 +450,10 @@ export async function openSealedFile(src: string, dest: string, entry: SealedFil
   try {
     const size = fs.fstatSync(fd).size;
     if (size !== sealedSize(entry.plainSize, entry.chunkBytes)) {
-      throw new CheckpointUnusableError('truncated', `${entry.path}: ${size} bytes, its seal says ${sealedSize(entry.plainSize, entry.chunkBytes)}`);
+      throw new CheckpointUnusableError(
+        'truncated',
+        `${entry.path}: ${size} bytes, its seal says ${sealedSize(entry.plainSize, entry.chunkBytes)}`,
+      );
     }
     out = fs.openSync(dest, 'wx', 0o600);
     let pos = 0;
@@ -393,7 +466,16 @@ export async function openSealedFile(src: string, dest: string, entry: SealedFil
         if (r === 0) throw new CheckpointUnusableError('truncated', `${entry.path}: ends inside chunk ${i}`);
         got += r;
       }
-      writeAll(out, openChunk(key.key, chunkNonce(nonce, i), chunkAad(sealId, entry.path, i, i === chunks - 1), b.subarray(0, n), `${entry.path}: chunk ${i + 1} of ${chunks}`));
+      writeAll(
+        out,
+        openChunk(
+          key.key,
+          chunkNonce(nonce, i),
+          chunkAad(sealId, entry.path, i, i === chunks - 1),
+          b.subarray(0, n),
+          `${entry.path}: chunk ${i + 1} of ${chunks}`,
+        ),
+      );
       pos += n;
       if (i + 1 < chunks) await yieldTurn();
     }
@@ -468,6 +550,8 @@ export async function removeDeadScratch(root: string): Promise<void> {
 /** Scratch directories present now (tests: none may be left behind). */
 export async function listScratch(roots = SCRATCH_ROOTS): Promise<string[]> {
   const out: string[] = [];
-  for (const root of roots) for (const n of await fsp.readdir(root).catch(() => [] as string[])) if (n.startsWith(SCRATCH_PREFIX)) out.push(path.join(root, n));
+  for (const root of roots)
+    for (const n of await fsp.readdir(root).catch(() => [] as string[]))
+      if (n.startsWith(SCRATCH_PREFIX)) out.push(path.join(root, n));
   return out;
 }

@@ -73,14 +73,21 @@ export type NetworkLockSetting = (typeof NETWORK_LOCKS)[number];
 function parseNetworkLock(v: string | undefined): NetworkLockSetting {
   if (v === undefined || v === '') return 'auto';
   if ((NETWORK_LOCKS as readonly string[]).includes(v)) return v as NetworkLockSetting;
-  throw new ArchInputError('ARCH_CRIU_NETWORK_LOCK', `"${v}" is not a network lock method`, `set ARCH_CRIU_NETWORK_LOCK to one of ${NETWORK_LOCKS.join(', ')} (auto: nftables where CRIU supports it)`);
+  throw new ArchInputError(
+    'ARCH_CRIU_NETWORK_LOCK',
+    `"${v}" is not a network lock method`,
+    `set ARCH_CRIU_NETWORK_LOCK to one of ${NETWORK_LOCKS.join(', ')} (auto: nftables where CRIU supports it)`,
+  );
 }
 
 /**
  * The settings file's variables with the environment over them: what every
  * ARCH setting is read from (node settings here, cloud settings in core/cloud).
  */
-export function settingsVars(env: NodeJS.ProcessEnv = process.env): { vars: Record<string, string | undefined>; configFile: string } {
+export function settingsVars(env: NodeJS.ProcessEnv = process.env): {
+  vars: Record<string, string | undefined>;
+  configFile: string;
+} {
   const configFile = env.ARCH_CONFIG || DEFAULT_CONFIG_FILE;
   let fileVars: Record<string, string> = {};
   try {
@@ -99,10 +106,19 @@ export function loadSettings(env: NodeJS.ProcessEnv = process.env): Settings {
   const transferTlsCert = optionalPath('ARCH_TRANSFER_TLS_CERT');
   const transferTlsKey = optionalPath('ARCH_TRANSFER_TLS_KEY');
   if (!transferTlsCert !== !transferTlsKey) {
-    const [set, unset] = transferTlsCert ? ['ARCH_TRANSFER_TLS_CERT', 'ARCH_TRANSFER_TLS_KEY'] : ['ARCH_TRANSFER_TLS_KEY', 'ARCH_TRANSFER_TLS_CERT'];
-    throw new ArchInputError(unset, `is not set but ${set} is`, `set both (PEM certificate and its private key) or neither`);
+    const [set, unset] = transferTlsCert
+      ? ['ARCH_TRANSFER_TLS_CERT', 'ARCH_TRANSFER_TLS_KEY']
+      : ['ARCH_TRANSFER_TLS_KEY', 'ARCH_TRANSFER_TLS_CERT'];
+    throw new ArchInputError(
+      unset,
+      `is not set but ${set} is`,
+      `set both (PEM certificate and its private key) or neither`,
+    );
   }
-  const defaultCheckpointRoot = requireAbsolutePath(get('ARCH_DEFAULT_CHECKPOINT_PATH') || '/var/lib/arch/checkpoints', 'ARCH_DEFAULT_CHECKPOINT_PATH');
+  const defaultCheckpointRoot = requireAbsolutePath(
+    get('ARCH_DEFAULT_CHECKPOINT_PATH') || '/var/lib/arch/checkpoints',
+    'ARCH_DEFAULT_CHECKPOINT_PATH',
+  );
   return {
     runc: get('ARCH_RUNC') || 'runc',
     criu: get('ARCH_CRIU') || 'criu',
@@ -130,10 +146,20 @@ export const DEFAULT_ALLOWED_ROOTS = ['/var/lib/arch'];
 
 /** ARCH_ALLOWED_ROOTS: absolute directories separated by ":" or ","; "/" alone is refused (it would allow everything). */
 export function parseAllowedRoots(v: string | undefined, defaultCheckpointRoot: string): string[] {
-  const listed = v === undefined || v.trim() === '' ? DEFAULT_ALLOWED_ROOTS : v.split(/[:,]/).map((s) => s.trim()).filter(Boolean);
+  const listed =
+    v === undefined || v.trim() === ''
+      ? DEFAULT_ALLOWED_ROOTS
+      : v
+          .split(/[:,]/)
+          .map((s) => s.trim())
+          .filter(Boolean);
   const roots = listed.map((r) => requireAbsolutePath(r, 'ARCH_ALLOWED_ROOTS'));
   if (roots.includes('/')) {
-    throw new ArchInputError('ARCH_ALLOWED_ROOTS', 'contains "/"', 'list only the directories that hold checkpoints and shared work dirs, e.g. /var/lib/arch:/mnt/shared');
+    throw new ArchInputError(
+      'ARCH_ALLOWED_ROOTS',
+      'contains "/"',
+      'list only the directories that hold checkpoints and shared work dirs, e.g. /var/lib/arch:/mnt/shared',
+    );
   }
   return [...new Set([...roots, defaultCheckpointRoot])];
 }

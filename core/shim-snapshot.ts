@@ -45,6 +45,10 @@ export async function snapshotState(archHome: string): Promise<{ usable: boolean
   const [node = '', libs = '', identity = ''] = text.split('\n');
   const files = [node, ...libs.split(' ').filter(Boolean)];
   const now = await fileIdentity(files).catch(() => undefined);
-  if (now === undefined || now !== identity) return { usable: false, detail: `${node}${files.length > 1 ? ` (or ${files.slice(1).join(', ')})` : ''} changed since the build made ${blob}` };
+  if (now === undefined || now !== identity)
+    return {
+      usable: false,
+      detail: `${node}${files.length > 1 ? ` (or ${files.slice(1).join(', ')})` : ''} changed since the build made ${blob}`,
+    };
   return { usable: true, detail: `${blob}, for ${node}` };
 }

@@ -79,7 +79,11 @@ export async function updateShimState(runcRoot: string, id: string, patch: Parti
  * Kubernetes keeps a crashed container until it is collected, and its
  * successor must continue from the crashed one's checkpoint.
  */
-export async function runningHolderOf(runcRoot: string, checkpointDir: string, exceptId: string): Promise<string | undefined> {
+export async function runningHolderOf(
+  runcRoot: string,
+  checkpointDir: string,
+  exceptId: string,
+): Promise<string | undefined> {
   const entries = await fsp.readdir(runcRoot, { withFileTypes: true }).catch(() => []);
   for (const e of entries) {
     if (!e.isDirectory() || e.name === exceptId) continue;
@@ -122,7 +126,10 @@ async function readRuncStateFile(runcRoot: string, id: string): Promise<RuncStat
 }
 
 export async function wasKilled(runcRoot: string, id: string): Promise<boolean> {
-  return fsp.access(path.join(runcRoot, id, KILLED_FILE)).then(() => true, () => false);
+  return fsp.access(path.join(runcRoot, id, KILLED_FILE)).then(
+    () => true,
+    () => false,
+  );
 }
 
 /**
@@ -156,7 +163,10 @@ const heldHere = new Set<string>();
  * gone is stale and taken over. Returns the release function, or the pid
  * that holds the lock.
  */
-export async function lockCheckpoint(runcRoot: string, id: string): Promise<{ release: () => Promise<void> } | { heldBy: number }> {
+export async function lockCheckpoint(
+  runcRoot: string,
+  id: string,
+): Promise<{ release: () => Promise<void> } | { heldBy: number }> {
   const file = path.join(runcRoot, id, CHECKPOINT_LOCK_FILE);
   if (heldHere.has(file)) return { heldBy: process.pid };
   for (let attempt = 0; attempt < 2; attempt++) {
@@ -193,7 +203,13 @@ export interface RecordedExit {
  * arch-runc created (their state file is there); false otherwise.
  */
 export async function recordExit(runcRoot: string, id: string, exit: RecordedExit): Promise<boolean> {
-  if (!(await fsp.access(stateFile(runcRoot, id)).then(() => true, () => false))) return false;
+  if (
+    !(await fsp.access(stateFile(runcRoot, id)).then(
+      () => true,
+      () => false,
+    ))
+  )
+    return false;
   await writeFileAtomic(path.join(runcRoot, id, EXIT_FILE), JSON.stringify(exit));
   return true;
 }
@@ -214,12 +230,15 @@ export async function announceExitRecorder(runcRootBase: string): Promise<() => 
   await writeFileAtomic(file, String(process.pid));
   return async () => {
     // Only our own announcement: a worker started since then has written its pid.
-    if ((await fsp.readFile(file, 'utf8').catch(() => '')).trim() === String(process.pid)) await fsp.rm(file, { force: true });
+    if ((await fsp.readFile(file, 'utf8').catch(() => '')).trim() === String(process.pid))
+      await fsp.rm(file, { force: true });
   };
 }
 
 async function exitRecorderAlive(runcRoot: string): Promise<boolean> {
-  const pid = Number((await fsp.readFile(path.join(path.dirname(runcRoot), EXIT_RECORDER_FILE), 'utf8').catch(() => '')).trim());
+  const pid = Number(
+    (await fsp.readFile(path.join(path.dirname(runcRoot), EXIT_RECORDER_FILE), 'utf8').catch(() => '')).trim(),
+  );
   return Number.isInteger(pid) && pid > 0 && isAlive(pid);
 }
 
@@ -229,7 +248,11 @@ async function exitRecorderAlive(runcRoot: string): Promise<boolean> {
  * --rm`) races containerd's exit event to the worker. Without a recorder
  * there is nothing to wait for. `waitedMs` says how long it took.
  */
-export async function awaitRecordedExit(runcRoot: string, id: string, timeoutMs: number): Promise<{ exit?: RecordedExit; waitedMs: number }> {
+export async function awaitRecordedExit(
+  runcRoot: string,
+  id: string,
+  timeoutMs: number,
+): Promise<{ exit?: RecordedExit; waitedMs: number }> {
   const t0 = Date.now();
   let exit = await recordedExit(runcRoot, id);
   if (exit || !(await exitRecorderAlive(runcRoot))) return { exit, waitedMs: 0 };

@@ -5,7 +5,14 @@ import type { Digest } from './digest.js';
 import { ArchInputError, CheckpointUnusableError } from './errors.js';
 import { holdDir, mayRemove, type HeldDir } from './host-dirs.js';
 import { isAlive } from './pid.js';
-import { describeFiles, listFiles, MANIFEST_FILE, parseManifest, verifyCheckpointDir, type Manifest } from './manifest.js';
+import {
+  describeFiles,
+  listFiles,
+  MANIFEST_FILE,
+  parseManifest,
+  verifyCheckpointDir,
+  type Manifest,
+} from './manifest.js';
 import { loadTrust, signManifest, SIGNATURE_FILE, type Trust } from './trust.js';
 
 /**
@@ -53,7 +60,13 @@ export class CheckpointStore {
   ) {}
 
   private hold(create: boolean): Promise<HeldDir | undefined> {
-    return holdDir({ root: this.guard!.root, target: this.containerDir, kind: 'checkpoint', create, field: this.guard!.field });
+    return holdDir({
+      root: this.guard!.root,
+      target: this.containerDir,
+      kind: 'checkpoint',
+      create,
+      field: this.guard!.field,
+    });
   }
 
   /** Throw ArchInputError when the way to this directory is not one ARCH may use (symlinks, nesting). */
@@ -74,11 +87,16 @@ export class CheckpointStore {
     } catch (err) {
       const code = (err as NodeJS.ErrnoException).code;
       if (code === 'ENOENT') return null;
-      if (code === 'EINVAL') throw new CheckpointUnusableError('layout', `${CURRENT_LINK} in ${this.containerDir} is not a symlink`);
+      if (code === 'EINVAL')
+        throw new CheckpointUnusableError('layout', `${CURRENT_LINK} in ${this.containerDir} is not a symlink`);
       throw err;
     }
     // The link is data from storage other nodes write: accept only our own names.
-    if (!CKPT_RE.test(target)) throw new CheckpointUnusableError('layout', `${CURRENT_LINK} points to "${target}", not a checkpoint of this store`);
+    if (!CKPT_RE.test(target))
+      throw new CheckpointUnusableError(
+        'layout',
+        `${CURRENT_LINK} points to "${target}", not a checkpoint of this store`,
+      );
     return path.join(this.containerDir, target);
   }
 
@@ -124,7 +142,13 @@ export class CheckpointStore {
       /** The node's keys (default: from its settings). */
       trust?: Trust;
     },
-  ): Promise<{ dir: string; manifest: Manifest; sizeBytes: number; prune: () => Promise<void>; unsignedBecause?: string }> {
+  ): Promise<{
+    dir: string;
+    manifest: Manifest;
+    sizeBytes: number;
+    prune: () => Promise<void>;
+    unsignedBecause?: string;
+  }> {
     let finalDir: string | undefined;
     let tmpLink: string | undefined;
     let linked = false;
@@ -158,7 +182,13 @@ export class CheckpointStore {
       if (!opts.deferPrune) await prune();
       const sizeBytes = files.reduce((a, f) => a + f.size, 0);
       // Unsigned (the node has no key): published all the same, and the caller says loudly that no node will restore it.
-      return { dir: finalDir, manifest, sizeBytes, prune: opts.deferPrune ? prune : async () => undefined, ...(signature ? {} : { unsignedBecause: trust.signerProblem }) };
+      return {
+        dir: finalDir,
+        manifest,
+        sizeBytes,
+        prune: opts.deferPrune ? prune : async () => undefined,
+        ...(signature ? {} : { unsignedBecause: trust.signerProblem }),
+      };
     } catch (err) {
       await this.abort(staging).catch(() => undefined);
       // Renamed but never made current: nobody would ever read or remove it.
@@ -191,7 +221,10 @@ export class CheckpointStore {
           );
         }
         await held.writeRecord({ kind: 'checkpoint', ...base, createdByArch: true, createdAt: now });
-      } else if (owner && (held.record.containerId !== owner.containerId || held.record.namespace !== owner.namespace)) {
+      } else if (
+        owner &&
+        (held.record.containerId !== owner.containerId || held.record.namespace !== owner.namespace)
+      ) {
         // The same job in a new container (ARCH_CHECKPOINT_ID): it holds the checkpoint from now on.
         await held.writeRecord({ ...held.record, containerId: owner.containerId, node: owner.node });
       }
@@ -206,7 +239,8 @@ export class CheckpointStore {
     const held = await this.hold(false);
     if (!held) return;
     try {
-      if (held.record && held.record.containerId !== owner.containerId) await held.writeRecord({ ...held.record, containerId: owner.containerId, node: owner.node });
+      if (held.record && held.record.containerId !== owner.containerId)
+        await held.writeRecord({ ...held.record, containerId: owner.containerId, node: owner.node });
     } finally {
       await held.close();
     }

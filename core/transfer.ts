@@ -100,13 +100,21 @@ export function loadTransferTls(settings: Settings): TransferTls {
     try {
       return fs.readFileSync(file);
     } catch (err) {
-      throw new ArchInputError(field, `cannot read ${file} (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`, 'point it at a readable PEM file');
+      throw new ArchInputError(
+        field,
+        `cannot read ${file} (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`,
+        'point it at a readable PEM file',
+      );
     }
   };
   return {
-    server: settings.transferTlsCert && settings.transferTlsKey
-      ? { cert: read(settings.transferTlsCert, 'ARCH_TRANSFER_TLS_CERT'), key: read(settings.transferTlsKey, 'ARCH_TRANSFER_TLS_KEY') }
-      : undefined,
+    server:
+      settings.transferTlsCert && settings.transferTlsKey
+        ? {
+            cert: read(settings.transferTlsCert, 'ARCH_TRANSFER_TLS_CERT'),
+            key: read(settings.transferTlsKey, 'ARCH_TRANSFER_TLS_KEY'),
+          }
+        : undefined,
     ca: settings.transferTlsCa ? read(settings.transferTlsCa, 'ARCH_TRANSFER_TLS_CA') : undefined,
   };
 }
@@ -133,7 +141,9 @@ export class TransferServer {
         else res.destroy();
       });
     };
-    const server: http.Server = this.opts.tls ? https.createServer({ cert: this.opts.tls.cert, key: this.opts.tls.key }, onRequest) : http.createServer(onRequest);
+    const server: http.Server = this.opts.tls
+      ? https.createServer({ cert: this.opts.tls.cert, key: this.opts.tls.key }, onRequest)
+      : http.createServer(onRequest);
     // Page images are large: no socket timeout while a response streams.
     server.requestTimeout = 0;
     server.timeout = 0;
@@ -161,10 +171,17 @@ export class TransferServer {
   }
 
   /** Offer one published checkpoint directory, pinned to its manifest digest. `ttlMs` may depend on its size. */
-  async offerCheckpoint(dir: string, manifestSha256: string, ttlMs: number | ((bytes: number) => number)): Promise<Offer> {
+  async offerCheckpoint(
+    dir: string,
+    manifestSha256: string,
+    ttlMs: number | ((bytes: number) => number),
+  ): Promise<Offer> {
     const text = await fsp.readFile(path.join(dir, MANIFEST_FILE));
     if (sha256(text) !== manifestSha256) {
-      throw new CheckpointUnusableError('replaced', `the checkpoint in ${dir} is not the one requested (manifest digest differs)`);
+      throw new CheckpointUnusableError(
+        'replaced',
+        `the checkpoint in ${dir} is not the one requested (manifest digest differs)`,
+      );
     }
     const manifest = parseManifest(text.toString('utf8'));
     const files = new Map(manifest.files.map((f) => [f.path, f.size]));
@@ -192,7 +209,12 @@ export class TransferServer {
     const token = randomBytes(TOKEN_BYTES).toString('hex');
     const now = Date.now();
     const expires = now + ttlMs;
-    this.offers.set(tokenKey(token), { tokenHash: createHash('sha256').update(token).digest(), expires, hardExpires: now + OFFER_HARD_FACTOR * ttlMs, served });
+    this.offers.set(tokenKey(token), {
+      tokenHash: createHash('sha256').update(token).digest(),
+      expires,
+      hardExpires: now + OFFER_HARD_FACTOR * ttlMs,
+      served,
+    });
     return { url: `${this.baseUrl}/v1/${kind}`, token, expiresAt: new Date(expires).toISOString() };
   }
 
@@ -227,7 +249,10 @@ export class TransferServer {
   private async handle(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
     if (req.method !== 'GET') return void res.writeHead(405).end();
     const e = this.lookup(req);
-    if (!e) return void res.writeHead(404, { 'content-type': 'text/plain' }).end('no such offer (expired, withdrawn, or the node restarted)\n');
+    if (!e)
+      return void res
+        .writeHead(404, { 'content-type': 'text/plain' })
+        .end('no such offer (expired, withdrawn, or the node restarted)\n');
     const url = new URL(req.url ?? '/', 'http://x');
     let file: string;
     let size: number;
@@ -290,9 +315,19 @@ function get(offer: Offer, query: string, o: GetOptions): Promise<http.IncomingM
   const secure = url.startsWith('https:');
   if (o.ca && !secure) {
     // No silent downgrade: this node was told to trust only verified peers.
-    return Promise.reject(new ArchInputError('ARCH_TRANSFER_TLS_CA', `is set on this node, but the source offers plain http (${offer.url})`, 'set ARCH_TRANSFER_TLS_CERT and ARCH_TRANSFER_TLS_KEY on the source node too'));
+    return Promise.reject(
+      new ArchInputError(
+        'ARCH_TRANSFER_TLS_CA',
+        `is set on this node, but the source offers plain http (${offer.url})`,
+        'set ARCH_TRANSFER_TLS_CERT and ARCH_TRANSFER_TLS_KEY on the source node too',
+      ),
+    );
   }
-  const options = { headers: { authorization: `Bearer ${offer.token}` }, signal: o.signal, ...(secure && o.ca ? { ca: o.ca } : {}) };
+  const options = {
+    headers: { authorization: `Bearer ${offer.token}` },
+    signal: o.signal,
+    ...(secure && o.ca ? { ca: o.ca } : {}),
+  };
   return new Promise((resolve, reject) => {
     const req = (secure ? https : http).get(url, options, (res) => {
       if (res.statusCode === 200) return resolve(res);
@@ -300,18 +335,39 @@ function get(offer: Offer, query: string, o: GetOptions): Promise<http.IncomingM
       if (res.statusCode === 404) reject(new OfferGoneError(offer.url));
       else reject(new Error(`GET ${offer.url}: HTTP ${res.statusCode}`));
     });
-    req.on('error', (err: NodeJS.ErrnoException) => reject(TLS_TRUST_ERRORS.has(err.code ?? '') ? new ArchInputError('ARCH_TRANSFER_TLS_CA', `the source's certificate at ${offer.url} is not trusted (${err.message})`, 'set ARCH_TRANSFER_TLS_CA on this node to the CA that signed the source node\'s ARCH_TRANSFER_TLS_CERT, whose names must include the host it advertises') : err));
+    req.on('error', (err: NodeJS.ErrnoException) =>
+      reject(
+        TLS_TRUST_ERRORS.has(err.code ?? '')
+          ? new ArchInputError(
+              'ARCH_TRANSFER_TLS_CA',
+              `the source's certificate at ${offer.url} is not trusted (${err.message})`,
+              "set ARCH_TRANSFER_TLS_CA on this node to the CA that signed the source node's ARCH_TRANSFER_TLS_CERT, whose names must include the host it advertises",
+            )
+          : err,
+      ),
+    );
   });
 }
 
 /** Certificate verification failures: configuration, not a transient network error. */
 const TLS_TRUST_ERRORS = new Set([
-  'DEPTH_ZERO_SELF_SIGNED_CERT', 'SELF_SIGNED_CERT_IN_CHAIN', 'UNABLE_TO_VERIFY_LEAF_SIGNATURE', 'UNABLE_TO_GET_ISSUER_CERT_LOCALLY',
-  'ERR_TLS_CERT_ALTNAME_INVALID', 'CERT_HAS_EXPIRED', 'CERT_NOT_YET_VALID', 'CERT_SIGNATURE_FAILURE',
+  'DEPTH_ZERO_SELF_SIGNED_CERT',
+  'SELF_SIGNED_CERT_IN_CHAIN',
+  'UNABLE_TO_VERIFY_LEAF_SIGNATURE',
+  'UNABLE_TO_GET_ISSUER_CERT_LOCALLY',
+  'ERR_TLS_CERT_ALTNAME_INVALID',
+  'CERT_HAS_EXPIRED',
+  'CERT_NOT_YET_VALID',
+  'CERT_SIGNATURE_FAILURE',
 ]);
 
 /** Stream a response to a file, hashing as it goes. */
-async function download(offer: Offer, query: string, dest: string, o: GetOptions & { onBytes?: (n: number) => void }): Promise<Digest> {
+async function download(
+  offer: Offer,
+  query: string,
+  dest: string,
+  o: GetOptions & { onBytes?: (n: number) => void },
+): Promise<Digest> {
   const res = await get(offer, query, o);
   const hash = new StreamDigest();
   const tap = new Transform({
@@ -353,9 +409,17 @@ export interface FetchCheckpointResult {
 
 /** The same checkpoint, whichever node's copy: identity, origin, time and every file's digest. */
 export function sameCheckpoint(a: Manifest, b: Manifest): boolean {
-  if (a.namespace !== b.namespace || a.containerId !== b.containerId || a.node !== b.node || a.createdAt !== b.createdAt) return false;
+  if (
+    a.namespace !== b.namespace ||
+    a.containerId !== b.containerId ||
+    a.node !== b.node ||
+    a.createdAt !== b.createdAt
+  )
+    return false;
   if (a.files.length !== b.files.length) return false;
-  return a.files.every((f, i) => f.path === b.files[i]!.path && f.size === b.files[i]!.size && f.sha256 === b.files[i]!.sha256);
+  return a.files.every(
+    (f, i) => f.path === b.files[i]!.path && f.size === b.files[i]!.size && f.sha256 === b.files[i]!.sha256,
+  );
 }
 
 async function readBody(res: http.IncomingMessage, limit: number): Promise<Buffer> {
@@ -370,11 +434,18 @@ async function readBody(res: http.IncomingMessage, limit: number): Promise<Buffe
 }
 
 /** Fetch and check the offered manifest against the digest the orchestrator holds. */
-export async function fetchManifest(offer: Offer, manifestSha256: string, o: GetOptions & { trust?: Trust } = {}): Promise<Manifest> {
+export async function fetchManifest(
+  offer: Offer,
+  manifestSha256: string,
+  o: GetOptions & { trust?: Trust } = {},
+): Promise<Manifest> {
   const text = await readBody(await get(offer, `?path=${MANIFEST_FILE}`, o), 64 << 20);
   const digest = sha256(text);
   if (digest !== manifestSha256) {
-    throw new CheckpointUnusableError('corrupt', `manifest from ${offer.url} does not match the checkpoint that was taken (sha256 ${digest.slice(0, 12)}…, expected ${manifestSha256.slice(0, 12)}…)`);
+    throw new CheckpointUnusableError(
+      'corrupt',
+      `manifest from ${offer.url} does not match the checkpoint that was taken (sha256 ${digest.slice(0, 12)}…, expected ${manifestSha256.slice(0, 12)}…)`,
+    );
   }
   // Signed by a node this one trusts (ARCH_TRUSTED_KEYS), before anything in it is used: the
   // receiver publishes the copy under its own signature, so it must not vouch for what nobody trusted signed.
@@ -399,7 +470,14 @@ export async function fetchCheckpoint(o: FetchCheckpointOptions): Promise<FetchC
   const have = await o.store.readManifest().catch(() => null);
   const haveDir = await o.store.current().catch(() => null);
   if (have && haveDir && sameCheckpoint(have, manifest)) {
-    return { kind: 'present', dir: haveDir, manifest, bytes: bytesTotal, files: manifest.files.length, ms: Date.now() - t0 };
+    return {
+      kind: 'present',
+      dir: haveDir,
+      manifest,
+      bytes: bytesTotal,
+      files: manifest.files.length,
+      ms: Date.now() - t0,
+    };
   }
   const staging = await o.store.begin();
   // Digests computed while the bytes arrived: publish need not read them again.
@@ -414,7 +492,8 @@ export async function fetchCheckpoint(o: FetchCheckpointOptions): Promise<FetchC
         o.signal?.throwIfAborted();
         const f = manifest.files[next++]!;
         const dest = path.join(staging.dir, f.path);
-        if (!dest.startsWith(staging.dir + path.sep)) throw new CheckpointUnusableError('manifest-invalid', `file entry ${f.path} escapes the checkpoint`);
+        if (!dest.startsWith(staging.dir + path.sep))
+          throw new CheckpointUnusableError('manifest-invalid', `file entry ${f.path} escapes the checkpoint`);
         const got = await download(o.offer, `?path=${encodeURIComponent(f.path)}`, dest, {
           signal: o.signal,
           ca: o.ca,
@@ -422,8 +501,13 @@ export async function fetchCheckpoint(o: FetchCheckpointOptions): Promise<FetchC
             bytesDone += n;
           },
         });
-        if (got.size !== f.size) throw new CheckpointUnusableError('truncated', `${f.path}: received ${got.size} bytes, manifest says ${f.size}`);
-        if (got.sha256 !== f.sha256) throw new CheckpointUnusableError('corrupt', `${f.path}: sha256 mismatch after transfer`);
+        if (got.size !== f.size)
+          throw new CheckpointUnusableError(
+            'truncated',
+            `${f.path}: received ${got.size} bytes, manifest says ${f.size}`,
+          );
+        if (got.sha256 !== f.sha256)
+          throw new CheckpointUnusableError('corrupt', `${f.path}: sha256 mismatch after transfer`);
         known.set(f.path, got);
         filesDone++;
         report();
@@ -442,7 +526,14 @@ export async function fetchCheckpoint(o: FetchCheckpointOptions): Promise<FetchC
       // Only an extra file in staging could do this; a retry fetches again.
       throw new CheckpointUnusableError('corrupt', 'the published copy differs from the source checkpoint');
     }
-    return { kind: 'copied', dir: pub.dir, manifest, bytes: bytesTotal, files: manifest.files.length, ms: Date.now() - t0 };
+    return {
+      kind: 'copied',
+      dir: pub.dir,
+      manifest,
+      bytes: bytesTotal,
+      files: manifest.files.length,
+      ms: Date.now() - t0,
+    };
   } catch (err) {
     await o.store.abort(staging).catch(() => undefined);
     throw err;
@@ -450,7 +541,11 @@ export async function fetchCheckpoint(o: FetchCheckpointOptions): Promise<FetchC
 }
 
 /** Stream an offered single file (e.g. an image archive) to dest; returns its size. */
-export async function fetchFile(offer: Offer, dest: string, o: GetOptions & { onBytes?: (n: number) => void } = {}): Promise<number> {
+export async function fetchFile(
+  offer: Offer,
+  dest: string,
+  o: GetOptions & { onBytes?: (n: number) => void } = {},
+): Promise<number> {
   const tmp = `${dest}.part-${process.pid}`;
   await fsp.rm(tmp, { force: true });
   try {

@@ -44,32 +44,56 @@ interface SignatureFile {
 
 /** A key's id: sha256 of its public key (DER), so the same key has the same id on every node. */
 export function keyIdOf(pub: KeyObject): string {
-  return createHash('sha256').update(pub.export({ type: 'spki', format: 'der' })).digest('hex').slice(0, 32);
+  return createHash('sha256')
+    .update(pub.export({ type: 'spki', format: 'der' }))
+    .digest('hex')
+    .slice(0, 32);
 }
 
 function requireEd25519(key: KeyObject, field: string, file: string): void {
   if (key.asymmetricKeyType !== 'ed25519') {
-    throw new ArchInputError(field, `${file} is a ${key.asymmetricKeyType ?? key.type} key, not Ed25519`, `make one with: openssl genpkey -algorithm ed25519 -out ${DEFAULT_SIGNING_KEY}`);
+    throw new ArchInputError(
+      field,
+      `${file} is a ${key.asymmetricKeyType ?? key.type} key, not Ed25519`,
+      `make one with: openssl genpkey -algorithm ed25519 -out ${DEFAULT_SIGNING_KEY}`,
+    );
   }
 }
 
 /** Public keys named by one ARCH_TRUSTED_KEYS entry: a PEM file, or every *.pub in a directory. */
 function readPublicKeys(entry: string): { key: KeyObject; source: string }[] {
-  if (!path.isAbsolute(entry)) throw new ArchInputError('ARCH_TRUSTED_KEYS', `"${entry}" is a relative path`, 'list absolute paths of public key files or directories of *.pub files, separated by ":"');
+  if (!path.isAbsolute(entry))
+    throw new ArchInputError(
+      'ARCH_TRUSTED_KEYS',
+      `"${entry}" is a relative path`,
+      'list absolute paths of public key files or directories of *.pub files, separated by ":"',
+    );
   let files: string[];
   try {
     files = fs.statSync(entry).isDirectory()
-      ? fs.readdirSync(entry).filter((n) => n.endsWith('.pub')).sort().map((n) => path.join(entry, n))
+      ? fs
+          .readdirSync(entry)
+          .filter((n) => n.endsWith('.pub'))
+          .sort()
+          .map((n) => path.join(entry, n))
       : [entry];
   } catch (err) {
-    throw new ArchInputError('ARCH_TRUSTED_KEYS', `cannot read ${entry}: ${errorMessage(err)}`, 'copy the other nodes\' node.pub files there, or fix the path');
+    throw new ArchInputError(
+      'ARCH_TRUSTED_KEYS',
+      `cannot read ${entry}: ${errorMessage(err)}`,
+      "copy the other nodes' node.pub files there, or fix the path",
+    );
   }
   return files.map((file) => {
     let key: KeyObject;
     try {
       key = createPublicKey(fs.readFileSync(file));
     } catch (err) {
-      throw new ArchInputError('ARCH_TRUSTED_KEYS', `${file} is not a PEM public key (${errorMessage(err)})`, 'list the node.pub files install.sh wrote on each node');
+      throw new ArchInputError(
+        'ARCH_TRUSTED_KEYS',
+        `${file} is not a PEM public key (${errorMessage(err)})`,
+        'list the node.pub files install.sh wrote on each node',
+      );
     }
     requireEd25519(key, 'ARCH_TRUSTED_KEYS', file);
     return { key, source: file };
@@ -98,16 +122,24 @@ export function loadTrust(env: NodeJS.ProcessEnv = process.env): Trust {
     trusted.set(signer.keyId, { key: pub, source: `${keyFile} (this node)` });
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
-    signerProblem = code === 'ENOENT'
-      ? `ARCH_SIGNING_KEY: ${keyFile} does not exist. Fix: run install.sh (it creates the node key), or set ARCH_SIGNING_KEY to this node's Ed25519 private key`
-      : `ARCH_SIGNING_KEY: ${keyFile} is not usable (${errorMessage(err).replace(/^ARCH_SIGNING_KEY: /, '')}). Fix: point ARCH_SIGNING_KEY at an Ed25519 private key in PEM (openssl genpkey -algorithm ed25519)`;
+    signerProblem =
+      code === 'ENOENT'
+        ? `ARCH_SIGNING_KEY: ${keyFile} does not exist. Fix: run install.sh (it creates the node key), or set ARCH_SIGNING_KEY to this node's Ed25519 private key`
+        : `ARCH_SIGNING_KEY: ${keyFile} is not usable (${errorMessage(err).replace(/^ARCH_SIGNING_KEY: /, '')}). Fix: point ARCH_SIGNING_KEY at an Ed25519 private key in PEM (openssl genpkey -algorithm ed25519)`;
   }
-  for (const entry of (vars.ARCH_TRUSTED_KEYS ?? '').split(/[:,]/).map((s) => s.trim()).filter(Boolean)) {
+  for (const entry of (vars.ARCH_TRUSTED_KEYS ?? '')
+    .split(/[:,]/)
+    .map((s) => s.trim())
+    .filter(Boolean)) {
     for (const k of readPublicKeys(entry)) if (!trusted.has(keyIdOf(k.key))) trusted.set(keyIdOf(k.key), k);
   }
   const accept = (vars.ARCH_ACCEPT_UNSIGNED ?? '').toLowerCase();
   if (accept && !['0', '1', 'true', 'false', 'yes', 'no', 'on', 'off'].includes(accept)) {
-    throw new ArchInputError('ARCH_ACCEPT_UNSIGNED', `"${vars.ARCH_ACCEPT_UNSIGNED}" is not a boolean`, 'set ARCH_ACCEPT_UNSIGNED=1 only while old unsigned checkpoints are restored after an upgrade, else leave it unset');
+    throw new ArchInputError(
+      'ARCH_ACCEPT_UNSIGNED',
+      `"${vars.ARCH_ACCEPT_UNSIGNED}" is not a boolean`,
+      'set ARCH_ACCEPT_UNSIGNED=1 only while old unsigned checkpoints are restored after an upgrade, else leave it unset',
+    );
   }
   return { signer, signerProblem, trusted, acceptUnsigned: ['1', 'true', 'yes', 'on'].includes(accept) };
 }
@@ -124,7 +156,12 @@ export function trustOf(settings: { configFile: string }): Trust {
 /** The signature file's text for these manifest bytes (undefined when the node has no key). */
 export function signManifest(manifestBytes: Buffer, trust: Trust): string | undefined {
   if (!trust.signer) return undefined;
-  const s: SignatureFile = { format: SIGNATURE_FORMAT, alg: 'ed25519', keyId: trust.signer.keyId, signature: sign(null, manifestBytes, trust.signer.key).toString('base64') };
+  const s: SignatureFile = {
+    format: SIGNATURE_FORMAT,
+    alg: 'ed25519',
+    keyId: trust.signer.keyId,
+    signature: sign(null, manifestBytes, trust.signer.key).toString('base64'),
+  };
   return `${JSON.stringify(s)}\n`;
 }
 
@@ -138,7 +175,10 @@ export function signManifest(manifestBytes: Buffer, trust: Trust): string | unde
 export function verifyManifestSignature(manifestBytes: Buffer, sigText: string | undefined, trust: Trust): string {
   if (sigText === undefined) {
     if (trust.acceptUnsigned) return 'unsigned';
-    throw new CheckpointUnusableError('unsigned', `the checkpoint has no ${SIGNATURE_FILE}: written by an ARCH without signing, or by a node without a key, or not by ARCH at all. Fix: checkpoint again on a node with a key; during an upgrade ARCH_ACCEPT_UNSIGNED=1 restores old checkpoints`);
+    throw new CheckpointUnusableError(
+      'unsigned',
+      `the checkpoint has no ${SIGNATURE_FILE}: written by an ARCH without signing, or by a node without a key, or not by ARCH at all. Fix: checkpoint again on a node with a key; during an upgrade ARCH_ACCEPT_UNSIGNED=1 restores old checkpoints`,
+    );
   }
   let s: Partial<SignatureFile>;
   try {
@@ -146,16 +186,32 @@ export function verifyManifestSignature(manifestBytes: Buffer, sigText: string |
   } catch {
     throw new CheckpointUnusableError('signature-invalid', `${SIGNATURE_FILE} is not JSON`);
   }
-  if (!s || typeof s !== 'object' || s.format !== SIGNATURE_FORMAT || s.alg !== 'ed25519' || typeof s.keyId !== 'string' || typeof s.signature !== 'string') {
-    throw new CheckpointUnusableError('signature-invalid', `${SIGNATURE_FILE} is not an ARCH signature (format ${SIGNATURE_FORMAT}, ed25519, keyId, signature)`);
+  if (
+    !s ||
+    typeof s !== 'object' ||
+    s.format !== SIGNATURE_FORMAT ||
+    s.alg !== 'ed25519' ||
+    typeof s.keyId !== 'string' ||
+    typeof s.signature !== 'string'
+  ) {
+    throw new CheckpointUnusableError(
+      'signature-invalid',
+      `${SIGNATURE_FILE} is not an ARCH signature (format ${SIGNATURE_FORMAT}, ed25519, keyId, signature)`,
+    );
   }
   const k = trust.trusted.get(s.keyId);
   if (!k) {
-    throw new CheckpointUnusableError('untrusted-signer', `signed by key ${s.keyId.slice(0, 32)}, which this node does not trust. Fix: add that node's node.pub to ARCH_TRUSTED_KEYS (trusted here: ${[...trust.trusted.keys()].join(', ') || 'none'})`);
+    throw new CheckpointUnusableError(
+      'untrusted-signer',
+      `signed by key ${s.keyId.slice(0, 32)}, which this node does not trust. Fix: add that node's node.pub to ARCH_TRUSTED_KEYS (trusted here: ${[...trust.trusted.keys()].join(', ') || 'none'})`,
+    );
   }
   const sig = Buffer.from(s.signature, 'base64');
   if (sig.length !== 64 || !verify(null, manifestBytes, k.key, sig)) {
-    throw new CheckpointUnusableError('bad-signature', `the signature by key ${s.keyId} does not match manifest.json: the manifest was changed after it was signed`);
+    throw new CheckpointUnusableError(
+      'bad-signature',
+      `the signature by key ${s.keyId} does not match manifest.json: the manifest was changed after it was signed`,
+    );
   }
   return s.keyId;
 }

@@ -29,16 +29,34 @@ export interface PreparedWorkDir {
 }
 
 export async function prepareWorkDir(
-  contract: EnabledContract, namespace: string, id: string, node: string,
+  contract: EnabledContract,
+  namespace: string,
+  id: string,
+  node: string,
 ): Promise<PreparedWorkDir | undefined> {
   const target = workDirOf(contract, namespace, id);
   if (!target) return undefined;
-  const held = (await holdDir({ root: contract.allowedRoot, target, kind: 'work', create: true, mode: 0o755, field: ENV.sharedHostPath }))!;
+  const held = (await holdDir({
+    root: contract.allowedRoot,
+    target,
+    kind: 'work',
+    create: true,
+    mode: 0o755,
+    field: ENV.sharedHostPath,
+  }))!;
   try {
     const key = checkpointKeyOf(contract, id);
     if (held.created || !held.record) {
       // One that existed before (made by hand, or by an ARCH without records) is used, never removed.
-      await held.writeRecord({ kind: 'work', namespace, key, containerId: id, node, createdByArch: held.created, createdAt: new Date().toISOString() });
+      await held.writeRecord({
+        kind: 'work',
+        namespace,
+        key,
+        containerId: id,
+        node,
+        createdByArch: held.created,
+        createdAt: new Date().toISOString(),
+      });
     } else if (held.record.containerId !== id) {
       // The same job in a new container (ARCH_CHECKPOINT_ID): it holds the work dir from now on.
       await held.writeRecord({ ...held.record, containerId: id, node });
@@ -51,7 +69,12 @@ export async function prepareWorkDir(
     await removeStaleStages();
     const stage = path.join(STAGE_DIR, `${namespace}-${id}-${process.pid}-${randomBytes(3).toString('hex')}`);
     await fsp.mkdir(stage, { recursive: true, mode: 0o700 });
-    await execa('mount', ['--no-canonicalize', '--bind', held.fdPath.replace('/proc/self/', `/proc/${process.pid}/`), stage]);
+    await execa('mount', [
+      '--no-canonicalize',
+      '--bind',
+      held.fdPath.replace('/proc/self/', `/proc/${process.pid}/`),
+      stage,
+    ]);
     return {
       path: target,
       mountSource: stage,
@@ -82,9 +105,17 @@ async function removeStaleStages(): Promise<void> {
 
 /** Remove a work dir after its job finished, only when ARCH made it and it belongs to `namespace`/`id`. */
 export async function removeWorkDir(
-  where: { allowedRoot: string; workDir: string }, namespace: string, id: string,
+  where: { allowedRoot: string; workDir: string },
+  namespace: string,
+  id: string,
 ): Promise<{ removed: boolean; why?: string }> {
-  const held = await holdDir({ root: where.allowedRoot, target: where.workDir, kind: 'work', create: false, field: ENV.sharedHostPath });
+  const held = await holdDir({
+    root: where.allowedRoot,
+    target: where.workDir,
+    kind: 'work',
+    create: false,
+    field: ENV.sharedHostPath,
+  });
   if (!held) return { removed: false, why: 'it does not exist' };
   try {
     const may = mayRemove(held.record, 'work', namespace, id);

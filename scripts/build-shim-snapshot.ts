@@ -30,7 +30,8 @@ const BUNDLE = path.join(ARCH_HOME, 'dist/shim/arch-runc.cjs');
 const { blob: BLOB, stamp: STAMP } = snapshotFiles(ARCH_HOME);
 
 /** Node's notes about modules it has not verified in snapshots (printed at every build). */
-const SNAPSHOT_SUPPORT_NOTE = /not yet fully verified|may still work in some cases|To request support for the module|--trace-warnings/;
+const SNAPSHOT_SUPPORT_NOTE =
+  /not yet fully verified|may still work in some cases|To request support for the module|--trace-warnings/;
 
 /** Node's own shared library, when this Node is built on one (Debian's libnode). */
 function nodeLibraries(): string[] {
@@ -58,16 +59,23 @@ async function build(): Promise<void> {
   try {
     // Node warns that child_process, tty and worker_threads are "not yet fully
     // verified" in snapshots: the whole test suite runs arch-runc from this blob.
-    const b = await execa(process.execPath, ['--snapshot-blob', tmp, '--build-snapshot', BUNDLE], { env, reject: false, all: true });
+    const b = await execa(process.execPath, ['--snapshot-blob', tmp, '--build-snapshot', BUNDLE], {
+      env,
+      reject: false,
+      all: true,
+    });
     if (b.exitCode !== 0) {
-      const said = String(b.all).split('\n').filter((l) => l.trim() && !SNAPSHOT_SUPPORT_NOTE.test(l));
+      const said = String(b.all)
+        .split('\n')
+        .filter((l) => l.trim() && !SNAPSHOT_SUPPORT_NOTE.test(l));
       throw new Error(`node --build-snapshot exited ${b.exitCode}: ${said.slice(-5).join(' | ')}`);
     }
     // The blob must run a call with argv intact before anything uses it.
     const argv = ['--root', '/run/arch-snapshot-check/x', 'state', 'arch-snapshot-check'];
     const check = await execa(process.execPath, ['--snapshot-blob', tmp, '--', ...argv], {
       env: { ...env, ARCH_CONFIG: '/dev/null', ARCH_RUNC: '/bin/echo', ARCH_LOG_FILE: '' },
-      reject: false, all: true,
+      reject: false,
+      all: true,
     });
     if (check.exitCode !== 0 || String(check.stdout).trim() !== argv.join(' ')) {
       throw new Error(`the snapshot's check call printed "${String(check.all).trim()}" (exit ${check.exitCode})`);
@@ -86,5 +94,7 @@ async function build(): Promise<void> {
 
 build().catch((err: unknown) => {
   fs.rmSync(STAMP, { force: true });
-  process.stderr.write(`warning: no start-up snapshot for arch-runc (it starts through start.cjs, ~25 ms slower): ${err instanceof Error ? err.message : String(err)}\n`);
+  process.stderr.write(
+    `warning: no start-up snapshot for arch-runc (it starts through start.cjs, ~25 ms slower): ${err instanceof Error ? err.message : String(err)}\n`,
+  );
 });

@@ -29,7 +29,9 @@ async function main(): Promise<void> {
   const tmp = `${WORKFLOW_BUNDLE}.tmp-${process.pid}`;
   await fs.writeFile(tmp, code);
   await fs.rename(tmp, WORKFLOW_BUNDLE);
-  console.log(`workflow bundle: ${path.relative(process.cwd(), WORKFLOW_BUNDLE)} (${Math.round(code.length / 1024)} KiB, ${Date.now() - started} ms)`);
+  console.log(
+    `workflow bundle: ${path.relative(process.cwd(), WORKFLOW_BUNDLE)} (${Math.round(code.length / 1024)} KiB, ${Date.now() - started} ms)`,
+  );
 }
 
 main().catch((err: unknown) => {

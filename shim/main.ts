@@ -10,15 +10,43 @@ import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { checkpointContainer } from '../core/checkpoint.js';
 import { createNodeContext, type NodeContext } from '../core/context.js';
-import { checkpointDirOf, checkpointKeyOf, workDirOf, checkpointStoreOf, contractOptions, ENV, envListToMap, parseContract, type EnabledContract } from '../core/env-contract.js';
+import {
+  checkpointDirOf,
+  checkpointKeyOf,
+  workDirOf,
+  checkpointStoreOf,
+  contractOptions,
+  ENV,
+  envListToMap,
+  parseContract,
+  type EnabledContract,
+} from '../core/env-contract.js';
 import { ArchInputError, CheckpointUnusableError, errorMessage } from '../core/errors.js';
 import { validateContainerId, validateNamespace } from '../core/ids.js';
 import { readSpec, withWorkdirMount, writeSpec, type OciSpec } from '../core/oci-spec.js';
 import { restoreFromCheckpoint } from '../core/restore.js';
-import { containerIdOf, namespaceOfRoot, optionString, parseRuncArgs, splitDetachedRun, type RuncCall } from '../core/runc-args.js';
+import {
+  containerIdOf,
+  namespaceOfRoot,
+  optionString,
+  parseRuncArgs,
+  splitDetachedRun,
+  type RuncCall,
+} from '../core/runc-args.js';
 import { Runc } from '../core/runc.js';
 import { criuRunEnv } from '../core/criu-network-lock.js';
-import { awaitRecordedExit, initRunning, readShimState, recordedExit, runningHolderOf, updateShimState, wasKilled, wasOomKilled, writeShimState, type RestoreFailure } from '../core/shim-state.js';
+import {
+  awaitRecordedExit,
+  initRunning,
+  readShimState,
+  recordedExit,
+  runningHolderOf,
+  updateShimState,
+  wasKilled,
+  wasOomKilled,
+  writeShimState,
+  type RestoreFailure,
+} from '../core/shim-state.js';
 import { CheckpointStore } from '../core/store.js';
 import { prepareWorkDir, removeWorkDir, type PreparedWorkDir } from '../core/work-dir.js';
 import { runRealRunc, withNodeCriu } from './passthrough.js';
@@ -45,7 +73,13 @@ export async function main(argv: string[]): Promise<number> {
     validateContainerId(id);
   } catch (err) {
     ctx.log.error(
-      { phase: call.subcommand, container: id, namespace: namespaceOfRoot(call.root), field: err instanceof ArchInputError ? err.field : undefined, err: errorMessage(err) },
+      {
+        phase: call.subcommand,
+        container: id,
+        namespace: namespaceOfRoot(call.root),
+        field: err instanceof ArchInputError ? err.field : undefined,
+        err: errorMessage(err),
+      },
       'not handling this container: invalid identity; passing through',
     );
     return pass();
@@ -61,7 +95,9 @@ export async function main(argv: string[]): Promise<number> {
         return await handleStart(ctx, call, id, log);
       case 'checkpoint':
         // The front sends checkpoints of other containers too (for the node's CRIU): those pass through.
-        return (await readShimState(call.root, id)) ? await handleCheckpoint(ctx, call, namespace, id, log) : await pass();
+        return (await readShimState(call.root, id))
+          ? await handleCheckpoint(ctx, call, namespace, id, log)
+          : await pass();
       case 'delete':
         return await handleDelete(call, id, log, pass);
       default:
@@ -75,13 +111,22 @@ export async function main(argv: string[]): Promise<number> {
 
 type Log = NodeContext['log'];
 
-const exists = (p: string) => fsp.access(p).then(() => true, () => false);
+const exists = (p: string) =>
+  fsp.access(p).then(
+    () => true,
+    () => false,
+  );
 
 /** The spec of the container a checkpoint or restore concerns (for CRIU's network lock); undefined when unknown. */
 async function specOfCall(ctx: NodeContext, call: RuncCall, id: string | undefined): Promise<OciSpec | undefined> {
-  const bundle = call.subcommand === 'restore'
-    ? path.resolve(optionString(call, '--bundle', '-b') ?? process.cwd())
-    : id && (await new Runc(ctx.settings, call.root).state(id).then((s) => s.bundle, () => undefined));
+  const bundle =
+    call.subcommand === 'restore'
+      ? path.resolve(optionString(call, '--bundle', '-b') ?? process.cwd())
+      : id &&
+        (await new Runc(ctx.settings, call.root).state(id).then(
+          (s) => s.bundle,
+          () => undefined,
+        ));
   return bundle ? readSpec(bundle).catch(() => undefined) : undefined;
 }
 
@@ -100,7 +145,14 @@ function passGlobals(call: RuncCall): string[] {
  * failed restore, ARCH off for it): the create itself, or the `run -d` it
  * stands for, so that runc's own run does it (its errors say "run").
  */
-async function handleCreate(ctx: NodeContext, call: RuncCall, namespace: string, id: string, log: Log, fresh = call.argv): Promise<number> {
+async function handleCreate(
+  ctx: NodeContext,
+  call: RuncCall,
+  namespace: string,
+  id: string,
+  log: Log,
+  fresh = call.argv,
+): Promise<number> {
   const t0 = Date.now();
   // The id is taken (runc's state file is there): runc refuses with its own error. A restore
   // attempt would fail too, and its clean-up would kill and delete the container holding the id.
@@ -115,13 +167,20 @@ async function handleCreate(ctx: NodeContext, call: RuncCall, namespace: string,
       // Two running containers writing one checkpoint would overwrite each other's progress.
       const holder = await runningHolderOf(call.root, checkpointDirOf(c, namespace, id), id);
       if (holder) {
-        throw new ArchInputError(ENV.checkpointId, `"${c.checkpointId}" is in use by running container ${holder} on this node`, `give each running container its own ${ENV.checkpointId} (e.g. the pod name, from the downward API's metadata.name)`);
+        throw new ArchInputError(
+          ENV.checkpointId,
+          `"${c.checkpointId}" is in use by running container ${holder} on this node`,
+          `give each running container its own ${ENV.checkpointId} (e.g. the pod name, from the downward API's metadata.name)`,
+        );
       }
     }
     contract = c;
   } catch (err) {
     // Bad ARCH_* settings: the container still starts, as if ARCH were off.
-    log.error({ err: errorMessage(err), field: err instanceof ArchInputError ? err.field : undefined }, 'invalid ARCH configuration; starting the container without ARCH');
+    log.error(
+      { err: errorMessage(err), field: err instanceof ArchInputError ? err.field : undefined },
+      'invalid ARCH configuration; starting the container without ARCH',
+    );
     return runRealRunc(ctx.settings.runc, fresh);
   }
   const store = checkpointStoreOf(contract, namespace, id);
@@ -135,7 +194,8 @@ async function handleCreate(ctx: NodeContext, call: RuncCall, namespace: string,
       if (finishedIn) {
         const gone = await store.remove({ namespace, id: finishedIn });
         const finishedWork = workDirOf(contract, namespace, id);
-        if (finishedWork) await removeWorkDir({ allowedRoot: contract.allowedRoot, workDir: finishedWork }, namespace, finishedIn);
+        if (finishedWork)
+          await removeWorkDir({ allowedRoot: contract.allowedRoot, workDir: finishedWork }, namespace, finishedIn);
         log.info(
           { predecessor: finishedIn, checkpointDir, removed: gone.removed, why: gone.why },
           `the job finished in container ${finishedIn} (exit 0): its checkpoint ${gone.removed ? 'removed' : `kept (${gone.why})`}, starting fresh`,
@@ -147,7 +207,10 @@ async function handleCreate(ctx: NodeContext, call: RuncCall, namespace: string,
     work = await prepareWorkDir(contract, namespace, id, ctx.settings.nodeName);
   } catch (err) {
     if (!(err instanceof ArchInputError)) throw err;
-    log.error({ err: errorMessage(err), field: err.field }, 'unsafe ARCH host path; starting the container without ARCH');
+    log.error(
+      { err: errorMessage(err), field: err.field },
+      'unsafe ARCH host path; starting the container without ARCH',
+    );
     return runRealRunc(ctx.settings.runc, fresh);
   }
   try {
@@ -159,8 +222,19 @@ async function handleCreate(ctx: NodeContext, call: RuncCall, namespace: string,
 
 /** The rest of create, while the work dir (if any) is held open for runc to mount. */
 async function createHeld(
-  ctx: NodeContext, call: RuncCall,
-  c: { namespace: string; id: string; bundle: string; spec: OciSpec; contract: EnabledContract; store: CheckpointStore; work: PreparedWorkDir | undefined; t0: number; fresh: string[] },
+  ctx: NodeContext,
+  call: RuncCall,
+  c: {
+    namespace: string;
+    id: string;
+    bundle: string;
+    spec: OciSpec;
+    contract: EnabledContract;
+    store: CheckpointStore;
+    work: PreparedWorkDir | undefined;
+    t0: number;
+    fresh: string[];
+  },
   log: Log,
 ): Promise<number> {
   const { namespace, id, bundle, spec, contract, store, t0, fresh } = c;
@@ -173,32 +247,62 @@ async function createHeld(
   }
   const runc = new Runc(ctx.settings, call.root, passGlobals(call));
   const state = {
-    namespace, id, checkpointDir, workDir, allowedRoot: contract.allowedRoot, checkpointField: store.guard?.field,
-    checkpointed: false, createdAt: new Date().toISOString(),
+    namespace,
+    id,
+    checkpointDir,
+    workDir,
+    allowedRoot: contract.allowedRoot,
+    checkpointField: store.guard?.field,
+    checkpointed: false,
+    createdAt: new Date().toISOString(),
   };
   let failure: RestoreFailure | undefined;
   try {
     const restored = await restoreFromCheckpoint(ctx, {
-      namespace, id, bundle, spec: finalSpec, contract, runc,
+      namespace,
+      id,
+      bundle,
+      spec: finalSpec,
+      contract,
+      runc,
       pidFile: optionString(call, '--pid-file'),
       consoleSocket: optionString(call, '--console-socket'),
     });
     if (restored) {
       await writeShimState(call.root, { ...state, restorePending: true, restoredFrom: restored.checkpointDir });
       // This container carries the job on: its clean exit may remove the checkpoint, a predecessor's may not.
-      await store.takeOver({ namespace, key: checkpointKeyOf(contract, id), containerId: id, node: ctx.settings.nodeName })
-        .catch((e) => log.warn({ err: errorMessage(e) }, 'could not record this container as the checkpoint\'s holder'));
-      log.info({ durationMs: Date.now() - t0, timings: restored.timings, checkpoint: restored.checkpointDir, from: restored.manifest.node }, 'restored from checkpoint');
+      await store
+        .takeOver({ namespace, key: checkpointKeyOf(contract, id), containerId: id, node: ctx.settings.nodeName })
+        .catch((e) => log.warn({ err: errorMessage(e) }, "could not record this container as the checkpoint's holder"));
+      log.info(
+        {
+          durationMs: Date.now() - t0,
+          timings: restored.timings,
+          checkpoint: restored.checkpointDir,
+          from: restored.manifest.node,
+        },
+        'restored from checkpoint',
+      );
       return 0;
     }
     log.info({ checkpointDir }, 'no checkpoint; creating fresh');
   } catch (err) {
-    failure = { reason: restoreFailureReason(err), message: errorMessage(err), at: new Date().toISOString(), checkpointDir };
-    log.error({ reason: failure.reason, err: failure.message, checkpointDir }, 'checkpoint not restored; starting the container fresh');
+    failure = {
+      reason: restoreFailureReason(err),
+      message: errorMessage(err),
+      at: new Date().toISOString(),
+      checkpointDir,
+    };
+    log.error(
+      { reason: failure.reason, err: failure.message, checkpointDir },
+      'checkpoint not restored; starting the container fresh',
+    );
   }
   const code = await runRealRunc(ctx.settings.runc, fresh);
   if (code === 0) {
-    await writeShimState(call.root, { ...state, restorePending: false, lastRestoreFailure: failure }).catch((e) => log.warn({ err: errorMessage(e) }, 'could not record shim state'));
+    await writeShimState(call.root, { ...state, restorePending: false, lastRestoreFailure: failure }).catch((e) =>
+      log.warn({ err: errorMessage(e) }, 'could not record shim state'),
+    );
   }
   return code;
 }
@@ -220,7 +324,14 @@ export function restoreFailureReason(err: unknown): string {
  * can do (the restored process is not this one's child): it is passed through
  * and starts fresh, with a log line saying so when a checkpoint is waiting.
  */
-async function handleRun(ctx: NodeContext, call: RuncCall, namespace: string, id: string, log: Log, pass: () => Promise<number>): Promise<number> {
+async function handleRun(
+  ctx: NodeContext,
+  call: RuncCall,
+  namespace: string,
+  id: string,
+  log: Log,
+  pass: () => Promise<number>,
+): Promise<number> {
   if (!(call.options.has('-d') || call.options.has('--detach'))) {
     log.info('runc run in the foreground: passed to runc (ARCH restores on create, or on run -d)');
     return pass();
@@ -251,10 +362,19 @@ async function handleStart(ctx: NodeContext, call: RuncCall, id: string, log: Lo
 const PARTIAL_DUMP_OPTIONS = ['--parent-path', '--lazy-pages', '--page-server'];
 
 /** containerd asked runc for a checkpoint: give it one, and publish an ARCH checkpoint from the same images. */
-async function handleCheckpoint(ctx: NodeContext, call: RuncCall, namespace: string, id: string, log: Log): Promise<number> {
+async function handleCheckpoint(
+  ctx: NodeContext,
+  call: RuncCall,
+  namespace: string,
+  id: string,
+  log: Log,
+): Promise<number> {
   const imagePath = optionString(call, '--image-path');
   // Ask for the bundle first: runc forgets the container once it is dumped.
-  const bundle = await new Runc(ctx.settings, call.root).state(id).then((s) => s.bundle, () => undefined);
+  const bundle = await new Runc(ctx.settings, call.root).state(id).then(
+    (s) => s.bundle,
+    () => undefined,
+  );
   // The dump containerd asked for needs ARCH's CRIU and its VM quirk setting too.
   const argv = call.globals.has('--criu') ? call.argv : ['--criu', ctx.settings.criu, ...call.argv];
   const spec = bundle ? await readSpec(bundle).catch(() => undefined) : undefined;
@@ -262,12 +382,20 @@ async function handleCheckpoint(ctx: NodeContext, call: RuncCall, namespace: str
   if (code !== 0 || !imagePath || !bundle || call.options.has('--pre-dump')) return code;
   const partial = PARTIAL_DUMP_OPTIONS.filter((o) => call.options.has(o));
   if (partial.length > 0) {
-    log.warn({ options: partial, imagePath }, 'checkpoint done as asked; its images are not complete by themselves (pages elsewhere), so no ARCH checkpoint was published from them');
+    log.warn(
+      { options: partial, imagePath },
+      'checkpoint done as asked; its images are not complete by themselves (pages elsewhere), so no ARCH checkpoint was published from them',
+    );
     return code;
   }
   try {
     await checkpointContainer(ctx, {
-      namespace, id, runcRoot: call.root, bundle, dumpedImages: imagePath, leaveRunning: call.options.has('--leave-running'),
+      namespace,
+      id,
+      runcRoot: call.root,
+      bundle,
+      dumpedImages: imagePath,
+      leaveRunning: call.options.has('--leave-running'),
     });
   } catch (err) {
     // containerd's own checkpoint succeeded; ARCH's copy failing must not fail it.
@@ -300,26 +428,59 @@ async function handleDelete(call: RuncCall, id: string, log: Log, pass: () => Pr
   const forced = (call.options.has('--force') || call.options.has('-f')) && (await initRunning(call.root, id));
   const stopped = forced ? 'force-deleted while running' : await stoppedReason(call.root, id, s.checkpointed);
   // Otherwise only its exit code can tell a crash (keep) from a finished job: wait for the worker to write it.
-  const { exit, waitedMs } = stopped ? { exit: await recordedExit(call.root, id), waitedMs: 0 } : await awaitRecordedExit(call.root, id, EXIT_RECORD_WAIT_MS);
-  if (waitedMs > 0) log.info({ waitedMs, exitStatus: exit?.exitStatus }, exit ? 'exit code arrived after delete began' : 'no exit code recorded in time: counting the exit as clean');
+  const { exit, waitedMs } = stopped
+    ? { exit: await recordedExit(call.root, id), waitedMs: 0 }
+    : await awaitRecordedExit(call.root, id, EXIT_RECORD_WAIT_MS);
+  if (waitedMs > 0)
+    log.info(
+      { waitedMs, exitStatus: exit?.exitStatus },
+      exit ? 'exit code arrived after delete began' : 'no exit code recorded in time: counting the exit as clean',
+    );
   const keptBecause = stopped ?? (exit && exit.exitStatus !== 0 ? `exited with code ${exit.exitStatus}` : undefined);
   // Named with ARCH_CHECKPOINT_ID, the checkpoint may have passed on to a newer container since.
-  const store = s.allowedRoot ? new CheckpointStore(s.checkpointDir, { root: s.allowedRoot, field: s.checkpointField ?? ENV.checkpointHostPath }) : undefined;
+  const store = s.allowedRoot
+    ? new CheckpointStore(s.checkpointDir, { root: s.allowedRoot, field: s.checkpointField ?? ENV.checkpointHostPath })
+    : undefined;
   const successor = keptBecause || !store ? undefined : await newerOwner(store, id, s.restoredFrom);
   if (!store) {
-    log.warn({ checkpointDir: s.checkpointDir }, 'created by an older ARCH without ownership records: checkpoint and work dir left in place');
+    log.warn(
+      { checkpointDir: s.checkpointDir },
+      'created by an older ARCH without ownership records: checkpoint and work dir left in place',
+    );
   } else if (successor) {
-    log.info({ owner: successor, checkpointDir: s.checkpointDir }, `checkpoint now belongs to container ${successor}: kept`);
+    log.info(
+      { owner: successor, checkpointDir: s.checkpointDir },
+      `checkpoint now belongs to container ${successor}: kept`,
+    );
   } else if (keptBecause) {
-    log.info({ reason: keptBecause, exitStatus: exit?.exitStatus, checkpointDir: s.checkpointDir }, `container ${keptBecause}: checkpoint kept`);
+    log.info(
+      { reason: keptBecause, exitStatus: exit?.exitStatus, checkpointDir: s.checkpointDir },
+      `container ${keptBecause}: checkpoint kept`,
+    );
   } else {
     // Only what ARCH created for this very container goes (its ownership record says so).
-    const ck = await store.remove({ namespace: s.namespace, id }).catch((e: unknown) => ({ removed: false, why: errorMessage(e) }));
-    const wd = s.workDir ? await removeWorkDir({ allowedRoot: s.allowedRoot!, workDir: s.workDir }, s.namespace, id).catch((e: unknown) => ({ removed: false, why: errorMessage(e) })) : undefined;
-    const kept = [!ck.removed && `checkpoint kept: ${ck.why}`, wd && !wd.removed && `work dir kept: ${wd.why}`].filter(Boolean);
+    const ck = await store
+      .remove({ namespace: s.namespace, id })
+      .catch((e: unknown) => ({ removed: false, why: errorMessage(e) }));
+    const wd = s.workDir
+      ? await removeWorkDir({ allowedRoot: s.allowedRoot!, workDir: s.workDir }, s.namespace, id).catch(
+          (e: unknown) => ({ removed: false, why: errorMessage(e) }),
+        )
+      : undefined;
+    const kept = [!ck.removed && `checkpoint kept: ${ck.why}`, wd && !wd.removed && `work dir kept: ${wd.why}`].filter(
+      Boolean,
+    );
     log.info(
-      { exitStatus: exit?.exitStatus, checkpointDir: s.checkpointDir, workDir: s.workDir, checkpointRemoved: ck.removed, workDirRemoved: wd?.removed },
-      kept.length ? `container exited by itself; ${kept.join('; ')}` : 'container exited by itself: checkpoint and work dir removed',
+      {
+        exitStatus: exit?.exitStatus,
+        checkpointDir: s.checkpointDir,
+        workDir: s.workDir,
+        checkpointRemoved: ck.removed,
+        workDirRemoved: wd?.removed,
+      },
+      kept.length
+        ? `container exited by itself; ${kept.join('; ')}`
+        : 'container exited by itself: checkpoint and work dir removed',
     );
   }
   return pass();
@@ -351,7 +512,11 @@ async function currentPublisher(store: CheckpointStore): Promise<{ dir: string; 
  * pod), and this one's clean exit must not remove its checkpoint. An
  * unreadable checkpoint is removed by a clean exit, as before.
  */
-async function newerOwner(store: CheckpointStore, id: string, restoredFrom: string | undefined): Promise<string | undefined> {
+async function newerOwner(
+  store: CheckpointStore,
+  id: string,
+  restoredFrom: string | undefined,
+): Promise<string | undefined> {
   const p = await currentPublisher(store);
   return p && p.dir !== restoredFrom && p.containerId !== id ? p.containerId : undefined;
 }

@@ -39,7 +39,9 @@ const CRIU_SUBCOMMANDS = new Set(['checkpoint', 'restore']);
  * is the caller's exactly. Everything else is unchanged.
  */
 export async function withNodeCriu(
-  settings: Pick<Settings, 'criu' | 'criuNetworkLock' | 'criuNoBreakpoints'>, call: RuncCall, spec: () => Promise<OciSpec | undefined>,
+  settings: Pick<Settings, 'criu' | 'criuNetworkLock' | 'criuNoBreakpoints'>,
+  call: RuncCall,
+  spec: () => Promise<OciSpec | undefined>,
 ): Promise<{ argv: string[]; env?: Record<string, string> }> {
   if (!CRIU_SUBCOMMANDS.has(call.subcommand ?? '') || call.globals.has('--criu')) return { argv: call.argv };
   return { argv: ['--criu', settings.criu, ...call.argv], env: (await criuRunEnv(settings, await spec())).env };
@@ -73,6 +75,14 @@ function isOpen(fd: number): boolean {
 }
 
 function signalNumber(sig: NodeJS.Signals): number {
-  const table: Partial<Record<NodeJS.Signals, number>> = { SIGHUP: 1, SIGINT: 2, SIGQUIT: 3, SIGKILL: 9, SIGTERM: 15, SIGSEGV: 11, SIGABRT: 6 };
+  const table: Partial<Record<NodeJS.Signals, number>> = {
+    SIGHUP: 1,
+    SIGINT: 2,
+    SIGQUIT: 3,
+    SIGKILL: 9,
+    SIGTERM: 15,
+    SIGSEGV: 11,
+    SIGABRT: 6,
+  };
   return table[sig] ?? 1;
 }

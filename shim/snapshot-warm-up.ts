@@ -36,13 +36,21 @@ export async function warmUp(main: (argv: string[]) => Promise<number>): Promise
     await fsp.mkdir(path.join(bundle, 'rootfs'), { recursive: true });
     const spec = {
       ociVersion: '1.0.2',
-      process: { args: ['/bin/sh'], cwd: '/', env: ['PATH=/bin', 'ARCH_ENABLE=1', `ARCH_CHECKPOINT_HOST_PATH=${checkpoints}`] },
+      process: {
+        args: ['/bin/sh'],
+        cwd: '/',
+        env: ['PATH=/bin', 'ARCH_ENABLE=1', `ARCH_CHECKPOINT_HOST_PATH=${checkpoints}`],
+      },
       root: { path: 'rootfs' },
     };
     await fsp.writeFile(path.join(bundle, 'config.json'), JSON.stringify(spec));
     // A key of its own: the restore verifies the manifest's signature (and that code gets warmed too).
     const signingKey = path.join(tmp, 'node.key');
-    await fsp.writeFile(signingKey, generateKeyPairSync('ed25519').privateKey.export({ type: 'pkcs8', format: 'pem' }), { mode: 0o600 });
+    await fsp.writeFile(
+      signingKey,
+      generateKeyPairSync('ed25519').privateKey.export({ type: 'pkcs8', format: 'pem' }),
+      { mode: 0o600 },
+    );
     process.env.ARCH_SIGNING_KEY = signingKey;
     await makeCheckpoint(path.join(checkpoints, NAMESPACE, ID), tmp);
 
@@ -57,7 +65,20 @@ export async function warmUp(main: (argv: string[]) => Promise<number>): Promise
       ARCH_DEFAULT_CHECKPOINT_PATH: checkpoints,
     });
     const calls = [
-      ['--root', root, '--log', path.join(bundle, 'log.json'), '--log-format', 'json', 'create', '--bundle', bundle, '--pid-file', path.join(bundle, 'init.pid'), ID],
+      [
+        '--root',
+        root,
+        '--log',
+        path.join(bundle, 'log.json'),
+        '--log-format',
+        'json',
+        'create',
+        '--bundle',
+        bundle,
+        '--pid-file',
+        path.join(bundle, 'init.pid'),
+        ID,
+      ],
       ['--root', root, 'start', ID],
       ['--root', root, 'delete', ID],
     ];
@@ -66,7 +87,11 @@ export async function warmUp(main: (argv: string[]) => Promise<number>): Promise
       if (code !== 0) throw new Error(`warm-up: arch-runc ${argv.join(' ')} exited ${code}`);
     }
     const log = await fsp.readFile(logFile, 'utf8');
-    for (const msg of ['restored from checkpoint', 'start after restore: nothing to do', 'container exited by itself']) {
+    for (const msg of [
+      'restored from checkpoint',
+      'start after restore: nothing to do',
+      'container exited by itself',
+    ]) {
       if (!log.includes(`"msg":"${msg}`)) throw new Error(`warm-up: the shim did not log "${msg}"; its log:\n${log}`);
     }
   } finally {
@@ -81,7 +106,12 @@ async function makeCheckpoint(containerDir: string, tmp: string): Promise<void> 
   const store = new CheckpointStore(containerDir);
   const staging = await store.begin();
   await fsp.mkdir(path.join(staging.dir, 'criu'));
-  for (const [name, bytes] of [['inventory.img', 64], ['core-1.img', 4096], ['pagemap-1.img', 256], ['pages-1.img', 64 * 1024]] as const) {
+  for (const [name, bytes] of [
+    ['inventory.img', 64],
+    ['core-1.img', 4096],
+    ['pagemap-1.img', 256],
+    ['pages-1.img', 64 * 1024],
+  ] as const) {
     await fsp.writeFile(path.join(staging.dir, 'criu', name), Buffer.alloc(bytes, name.length));
   }
   // The writable layer is captured and applied here too (the restore leaves
@@ -91,20 +121,24 @@ async function makeCheckpoint(containerDir: string, tmp: string): Promise<void> 
   await fsp.writeFile(path.join(upper, 'data', 'state.txt'), 'warm');
   await fsp.symlink('state.txt', path.join(upper, 'data', 'link'));
   await captureDiff(upper, staging.dir);
-  await store.publish(staging, {
-    formatVersion: FORMAT_VERSION,
-    namespace: NAMESPACE,
-    containerId: ID,
-    // What the restore finds for this spec (no CRI annotations, no containerd shim above it).
-    owner: { podNamespace: null, image: null },
-    node: 'warm-up',
-    createdAt: new Date().toISOString(),
-    mode: 'local',
-    leaveRunning: false,
-    runtime: { runc: 'warm-up', criu: 'warm-up', networkLock: 'iptables' },
-    timingsMs: {},
-    rootfs: { files: 0, bytes: 0, deletions: 0 },
-  }, { fsync: false });
+  await store.publish(
+    staging,
+    {
+      formatVersion: FORMAT_VERSION,
+      namespace: NAMESPACE,
+      containerId: ID,
+      // What the restore finds for this spec (no CRI annotations, no containerd shim above it).
+      owner: { podNamespace: null, image: null },
+      node: 'warm-up',
+      createdAt: new Date().toISOString(),
+      mode: 'local',
+      leaveRunning: false,
+      runtime: { runc: 'warm-up', criu: 'warm-up', networkLock: 'iptables' },
+      timingsMs: {},
+      rootfs: { files: 0, bytes: 0, deletions: 0 },
+    },
+    { fsync: false },
+  );
   const applied = path.join(tmp, 'applied');
   await fsp.mkdir(applied);
   const current = await store.current();

@@ -15,13 +15,15 @@ export function parseDurationMs(v: string, flag: string): number {
     total += Number(m[1]) * UNITS[m[2]!]!;
     pos = re.lastIndex;
   }
-  if (pos !== s.length || s.length === 0) throw new InvalidArgumentError(`${flag} "${v}": not a duration. Fix: write e.g. 90s, 2m, 1h30m or 500ms`);
+  if (pos !== s.length || s.length === 0)
+    throw new InvalidArgumentError(`${flag} "${v}": not a duration. Fix: write e.g. 90s, 2m, 1h30m or 500ms`);
   return Math.round(total);
 }
 
 export function parseHostPort(v: string, flag: string): { host: string; port: number } {
   const m = /^(?:\[([^\]]+)\]|([^:]*)):(\d{1,5})$/.exec(v.trim());
   const port = m ? Number(m[3]) : NaN;
-  if (!m || port > 65535) throw new InvalidArgumentError(`${flag} "${v}": not HOST:PORT. Fix: e.g. 0.0.0.0:7244 or 127.0.0.1:0`);
+  if (!m || port > 65535)
+    throw new InvalidArgumentError(`${flag} "${v}": not HOST:PORT. Fix: e.g. 0.0.0.0:7244 or 127.0.0.1:0`);
   return { host: m[1] ?? m[2] ?? '0.0.0.0', port };
 }

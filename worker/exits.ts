@@ -15,7 +15,11 @@ import { validateContainerId, validateNamespace } from '../core/ids.js';
 import type { Logger } from '../core/log.js';
 import { announceExitRecorder, recordExit } from '../core/shim-state.js';
 
-export async function startExitRecorder(o: { containerd: Containerd; runcRootBase: string; log: Logger }): Promise<{ stop: () => Promise<void> }> {
+export async function startExitRecorder(o: {
+  containerd: Containerd;
+  runcRootBase: string;
+  log: Logger;
+}): Promise<{ stop: () => Promise<void> }> {
   const follower = o.containerd.followTaskExits(
     (e) => {
       const log = o.log.child({ namespace: e.namespace, container: e.containerId, phase: 'exit' });
@@ -27,7 +31,10 @@ export async function startExitRecorder(o: { containerd: Containerd; runcRootBas
         log.warn({ err: errorMessage(err) }, 'exit event of a container whose name ARCH does not accept: not recorded');
         return;
       }
-      recordExit(path.join(o.runcRootBase, e.namespace), e.containerId, { exitStatus: e.exitStatus, exitedAt: e.exitedAt }).then(
+      recordExit(path.join(o.runcRootBase, e.namespace), e.containerId, {
+        exitStatus: e.exitStatus,
+        exitedAt: e.exitedAt,
+      }).then(
         (recorded) => {
           if (recorded) log.info({ exitStatus: e.exitStatus }, 'container exited');
         },
@@ -38,7 +45,10 @@ export async function startExitRecorder(o: { containerd: Containerd; runcRootBas
   );
   // Delete waits for an exit record only while someone is there to write it.
   const unannounce = await announceExitRecorder(o.runcRootBase).catch((err: unknown) => {
-    o.log.warn({ phase: 'exit', err: errorMessage(err) }, 'could not announce the exit recorder: a delete right after an exit may not see its code');
+    o.log.warn(
+      { phase: 'exit', err: errorMessage(err) },
+      'could not announce the exit recorder: a delete right after an exit may not see its code',
+    );
     return async () => undefined;
   });
   return {

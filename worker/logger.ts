@@ -14,13 +14,17 @@ const LEVELS: Record<LogLevel, 'trace' | 'debug' | 'info' | 'warn' | 'error'> = 
 function plain(meta: LogMetadata | undefined): Record<string, unknown> {
   const out: Record<string, unknown> = {};
   for (const [k, v] of Object.entries(meta ?? {})) {
-    out[k] = v instanceof Error ? { name: v.name, message: v.message, ...(v.cause instanceof Error ? { cause: v.cause.message } : {}) } : v;
+    out[k] =
+      v instanceof Error
+        ? { name: v.name, message: v.message, ...(v.cause instanceof Error ? { cause: v.cause.message } : {}) }
+        : v;
   }
   return out;
 }
 
 export function sdkLogger(log: Logger): SdkLogger {
-  const emit = (level: LogLevel, message: string, meta?: LogMetadata) => log[LEVELS[level] ?? 'info'](plain(meta), message);
+  const emit = (level: LogLevel, message: string, meta?: LogMetadata) =>
+    log[LEVELS[level] ?? 'info'](plain(meta), message);
   return {
     log: emit,
     trace: (m, meta) => emit('TRACE', m, meta),

@@ -14,13 +14,17 @@ import { startNodeWorker } from './run.js';
 async function main(argv: string[]): Promise<number> {
   const settings = loadSettings();
   const program = addWorkerOptions(
-    new Command('arch-worker').description("Run this node's ARCH worker: activities on arch-node-<node>, workflows on arch"),
+    new Command('arch-worker').description(
+      "Run this node's ARCH worker: activities on arch-node-<node>, workflows on arch",
+    ),
     settings,
   ).exitOverride();
   program.parse(argv, { from: 'user' });
   const worker = await startNodeWorker(workerOptionsFrom(program.opts<WorkerFlags>(), settings));
   // Tests and supervisors wait for this line on stdout to know the worker polls.
-  process.stdout.write(`${JSON.stringify({ event: 'ready', node: worker.node, pid: process.pid, transferUrl: worker.transferUrl })}\n`);
+  process.stdout.write(
+    `${JSON.stringify({ event: 'ready', node: worker.node, pid: process.pid, transferUrl: worker.transferUrl })}\n`,
+  );
   await worker.done;
   return 0;
 }

@@ -38,14 +38,24 @@ export interface NoticeOptions {
   throughputFile?: string;
 }
 
-export async function signalReclaim(client: Client, node: string, targets: string[], signal: ReclaimSignal): Promise<void> {
+export async function signalReclaim(
+  client: Client,
+  node: string,
+  targets: string[],
+  signal: ReclaimSignal,
+): Promise<void> {
   await client.workflow.signalWithStart(WORKFLOW_TYPES.reclaimWatch, {
     taskQueue: WORKFLOW_TASK_QUEUE,
     workflowId: workflowIds.reclaimWatch(node),
     args: [{ node, targets } satisfies ReclaimWatchInput],
     signal: 'reclaim',
     signalArgs: [signal],
-    typedSearchAttributes: attributePairs({ sourceNode: node, targetNode: targets.join(','), operation: 'reclaim-watch', phase: 'watching' }) as never,
+    typedSearchAttributes: attributePairs({
+      sourceNode: node,
+      targetNode: targets.join(','),
+      operation: 'reclaim-watch',
+      phase: 'watching',
+    }) as never,
   });
 }
 
@@ -53,15 +63,32 @@ export async function startNoticeWatcher(o: NoticeOptions): Promise<CloudWatcher
   const cfg = loadCloudConfig(settingsVars({ ...(o.env ?? process.env), ARCH_CONFIG: o.ctx.settings.configFile }).vars);
   if (cfg.provider === 'none') return undefined;
   const log = o.ctx.log.child({ phase: 'reclaim-notice' });
-  const watcher = await createWatcher({ provider: cfg.provider, logger: log, baseUrl: cfg.baseUrl, pollMs: cfg.pollMs, rebalance: cfg.rebalance, azureVmName: cfg.azureVmName });
+  const watcher = await createWatcher({
+    provider: cfg.provider,
+    logger: log,
+    baseUrl: cfg.baseUrl,
+    pollMs: cfg.pollMs,
+    rebalance: cfg.rebalance,
+    azureVmName: cfg.azureVmName,
+  });
   const onNotice = async (n: ReclaimNotice): Promise<void> => {
-    const signal: ReclaimSignal = { deadline: n.deadline.toISOString(), reason: `${n.provider} ${n.kind}: ${n.reason}` };
+    const signal: ReclaimSignal = {
+      deadline: n.deadline.toISOString(),
+      reason: `${n.provider} ${n.kind}: ${n.reason}`,
+    };
     let connection: Connection | undefined;
     try {
       connection = await Connection.connect({ ...connectionOptions(o.target), connectTimeout: 3000 });
-      const client = new Client({ connection, namespace: o.target.namespace, dataConverter: clientDataConverter(o.payloads) });
+      const client = new Client({
+        connection,
+        namespace: o.target.namespace,
+        dataConverter: clientDataConverter(o.payloads),
+      });
       await signalReclaim(client, o.node, o.targets, signal);
-      log.warn({ deadline: signal.deadline, reason: signal.reason }, 'reclaim notice signalled to the node\'s reclaim watcher');
+      log.warn(
+        { deadline: signal.deadline, reason: signal.reason },
+        "reclaim notice signalled to the node's reclaim watcher",
+      );
       // Resolving tells the watcher the notice is handled (Azure then
       // acknowledges it, letting the platform proceed): only once the drain
       // runs. Never throws from here on: the signal is delivered, and a
@@ -69,10 +96,17 @@ export async function startNoticeWatcher(o: NoticeOptions): Promise<CloudWatcher
       const waitMs = Math.max(0, Math.min(DRAIN_START_WAIT_MS, n.deadline.getTime() - Date.now()));
       const drainId = await waitForReclaimDrain(client, o.node, signal, { timeoutMs: waitMs }).catch(() => undefined);
       if (drainId) log.info({ drainWorkflowId: drainId }, 'drain for the reclaim notice started');
-      else log.warn({ waitedMs: waitMs }, 'drain for the reclaim notice not seen starting yet (watcher busy?); the notice stays signalled');
+      else
+        log.warn(
+          { waitedMs: waitMs },
+          'drain for the reclaim notice not seen starting yet (watcher busy?); the notice stays signalled',
+        );
       return;
     } catch (err) {
-      log.error({ err: errorMessage(err), deadline: signal.deadline }, 'cannot reach Temporal with the reclaim notice: checkpointing this node\'s containers locally');
+      log.error(
+        { err: errorMessage(err), deadline: signal.deadline },
+        "cannot reach Temporal with the reclaim notice: checkpointing this node's containers locally",
+      );
     } finally {
       await connection?.close().catch(() => undefined);
     }

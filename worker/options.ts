@@ -25,7 +25,11 @@ export interface WorkerFlags {
 }
 
 /** `transferListen`: dev mode (one host) keeps the transfer server on loopback. */
-export function addWorkerOptions(cmd: Command, settings: Settings, defaults: { transferListen?: string } = {}): Command {
+export function addWorkerOptions(
+  cmd: Command,
+  settings: Settings,
+  defaults: { transferListen?: string } = {},
+): Command {
   return cmd
     .option('--node <name>', "this node's name (task queue arch-node-<name>)", settings.nodeName)
     .option('--containerd-address <sock>', "containerd's socket", '/run/containerd/containerd.sock')
@@ -34,14 +38,25 @@ export function addWorkerOptions(cmd: Command, settings: Settings, defaults: { t
     .option('--cgroup-parent <path>', 'cgroup parent for containers restored here')
     .option('--ctr <path>', 'ctr binary', 'ctr')
     .option('--arch-runc <path>', 'runc wrapper restored containers are created with (default: <repo>/bin/arch-runc)')
-    .option('--transfer-listen <host:port>', 'address of the checkpoint transfer server (other nodes fetch checkpoints from it)', defaults.transferListen ?? '0.0.0.0:0')
+    .option(
+      '--transfer-listen <host:port>',
+      'address of the checkpoint transfer server (other nodes fetch checkpoints from it)',
+      defaults.transferListen ?? '0.0.0.0:0',
+    )
     .option('--transfer-advertise <host>', 'host name other nodes use for this node (default: the hostname)')
     .option('--log-dir <dir>', 'stdout/stderr of restored containers go to <dir>/<ns>/<id>.log')
     .option('--state-dir <dir>', 'worker state (image exports, throughput history)', '/var/lib/arch/worker')
-    .addOption(new Option('--shutdown-grace <duration>', 'time in-flight activities (a checkpoint) get after SIGTERM').default('120s'))
+    .addOption(
+      new Option('--shutdown-grace <duration>', 'time in-flight activities (a checkpoint) get after SIGTERM').default(
+        '120s',
+      ),
+    )
     .option('--verify-stable <duration>', 'a restored container must stay up this long', '1s')
     .option('--no-workflows', "only run this node's activities (no workflow worker)")
-    .option('--reclaim-targets <nodes>', 'nodes a cloud reclaim notice (ARCH_CLOUD_PROVIDER) moves this node\'s containers to, comma-separated (default: checkpoint only)');
+    .option(
+      '--reclaim-targets <nodes>',
+      "nodes a cloud reclaim notice (ARCH_CLOUD_PROVIDER) moves this node's containers to, comma-separated (default: checkpoint only)",
+    );
 }
 
 export function workerOptionsFrom(o: WorkerFlags, settings: Settings): NodeWorkerOptions {
@@ -61,10 +76,13 @@ export function workerOptionsFrom(o: WorkerFlags, settings: Settings): NodeWorke
     shutdownGraceMs: parseDurationMs(o.shutdownGrace, '--shutdown-grace'),
     verifyStableMs: parseDurationMs(o.verifyStable, '--verify-stable'),
     workflows: o.workflows,
-    reclaimTargets: o.reclaimTargets ? o.reclaimTargets.split(',').map((n) => {
-      const t = n.trim();
-      if (!isValidNodeName(t)) throw new InvalidArgumentError(`--reclaim-targets: "${t}" is not a node name (${NODE_NAME_RULE})`);
-      return t;
-    }) : undefined,
+    reclaimTargets: o.reclaimTargets
+      ? o.reclaimTargets.split(',').map((n) => {
+          const t = n.trim();
+          if (!isValidNodeName(t))
+            throw new InvalidArgumentError(`--reclaim-targets: "${t}" is not a node name (${NODE_NAME_RULE})`);
+          return t;
+        })
+      : undefined,
   };
 }

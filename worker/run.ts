@@ -80,9 +80,19 @@ export async function startNodeWorker(o: NodeWorkerOptions): Promise<RunningWork
   // Before anything listens: a key that cannot be used, or none for a remote Temporal, stops the worker here.
   const payloads = targetPayloads(target, process.env, 'worker');
   const tls = loadTransferTls(settings);
-  const transfer = new TransferServer({ host: o.transferListen.host, port: o.transferListen.port, advertiseHost: o.transferAdvertise, tls: tls.server, log });
+  const transfer = new TransferServer({
+    host: o.transferListen.host,
+    port: o.transferListen.port,
+    advertiseHost: o.transferAdvertise,
+    tls: tls.server,
+    log,
+  });
   const transferUrl = await transfer.start();
-  if (payloads.codec) log.info({ phase: 'start', payloadKey: payloads.codec.keyId, payloadKeySource: payloads.source }, describeProtection(payloads));
+  if (payloads.codec)
+    log.info(
+      { phase: 'start', payloadKey: payloads.codec.keyId, payloadKeySource: payloads.source },
+      describeProtection(payloads),
+    );
   else log.warn({ phase: 'start', payloadEncryption: false }, describeProtection(payloads));
   const dataConverter = workerDataConverter(payloads);
   let connection: NativeConnection | undefined;
@@ -134,8 +144,19 @@ export async function startNodeWorker(o: NodeWorkerOptions): Promise<RunningWork
     const conn = connection;
     const runs = workers.map((w) => w.run());
     // Only once the workers poll: a notice must find someone to drain the node.
-    const notices = await startNoticeWatcher({ node: o.node, targets: o.reclaimTargets ?? [], ctx: { settings, log }, target, payloads, throughputFile: nodeThroughputFile(o.stateDir, o.node) });
-    const exits = await startExitRecorder({ containerd: new Containerd({ address: o.containerdAddress, ctr: o.ctr }), runcRootBase: settings.runcRootBase, log });
+    const notices = await startNoticeWatcher({
+      node: o.node,
+      targets: o.reclaimTargets ?? [],
+      ctx: { settings, log },
+      target,
+      payloads,
+      throughputFile: nodeThroughputFile(o.stateDir, o.node),
+    });
+    const exits = await startExitRecorder({
+      containerd: new Containerd({ address: o.containerdAddress, ctr: o.ctr }),
+      runcRootBase: settings.runcRootBase,
+      log,
+    });
     const done = (async () => {
       try {
         await Promise.all(runs);
@@ -148,7 +169,15 @@ export async function startNodeWorker(o: NodeWorkerOptions): Promise<RunningWork
       }
     })();
     log.info(
-      { phase: 'start', taskQueues: [nodeTaskQueue(o.node), ...(o.workflows ? [WORKFLOW_TASK_QUEUE] : [])], temporal: target.address, namespace: target.namespace, transferUrl, containerd: o.containerdAddress, runcRoot: settings.runcRootBase },
+      {
+        phase: 'start',
+        taskQueues: [nodeTaskQueue(o.node), ...(o.workflows ? [WORKFLOW_TASK_QUEUE] : [])],
+        temporal: target.address,
+        namespace: target.namespace,
+        transferUrl,
+        containerd: o.containerdAddress,
+        runcRoot: settings.runcRootBase,
+      },
       'worker running',
     );
     const shutdown = () => {
@@ -158,7 +187,12 @@ export async function startNodeWorker(o: NodeWorkerOptions): Promise<RunningWork
       let signalled = 0;
       const onSignal = (sig: NodeJS.Signals) => {
         signalled++;
-        log.info({ phase: 'shutdown', signal: sig, graceMs: o.shutdownGraceMs }, signalled === 1 ? 'stopping: no new work; in-flight activities may finish' : 'already stopping; waiting for in-flight activities (SIGKILL to abort them)');
+        log.info(
+          { phase: 'shutdown', signal: sig, graceMs: o.shutdownGraceMs },
+          signalled === 1
+            ? 'stopping: no new work; in-flight activities may finish'
+            : 'already stopping; waiting for in-flight activities (SIGKILL to abort them)',
+        );
         shutdown();
       };
       // These listeners stay for the life of the process (see the Runtime.install comment).

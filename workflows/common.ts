@@ -39,7 +39,13 @@ export type Kind = 'quick' | 'checkpoint' | 'transfer' | 'restore' | 'cleanup';
  */
 export function onNode(node: string, kind: Kind, t: ActivityTimeouts = {}): ArchActivities {
   const start = t.nodeStartTimeoutMs ?? DEFAULTS.nodeStartTimeoutMs;
-  const retry = (maximumAttempts: number) => ({ initialInterval: '1s', backoffCoefficient: 2, maximumInterval: '20s', maximumAttempts, nonRetryableErrorTypes: NON_RETRYABLE });
+  const retry = (maximumAttempts: number) => ({
+    initialInterval: '1s',
+    backoffCoefficient: 2,
+    maximumInterval: '20s',
+    maximumAttempts,
+    nonRetryableErrorTypes: NON_RETRYABLE,
+  });
   let o: ActivityOptions;
   switch (kind) {
     case 'quick':
@@ -52,13 +58,26 @@ export function onNode(node: string, kind: Kind, t: ActivityTimeouts = {}): Arch
       // On cancellation wait for the activity's own answer: a checkpoint that
       // finished anyway has stopped the container, and the workflow must
       // know it to restore it.
-      o = { startToCloseTimeout: t.checkpointTimeoutMs ?? DEFAULTS.checkpointTimeoutMs, heartbeatTimeout: '30s', retry: retry(3), cancellationType: ActivityCancellationType.WAIT_CANCELLATION_COMPLETED };
+      o = {
+        startToCloseTimeout: t.checkpointTimeoutMs ?? DEFAULTS.checkpointTimeoutMs,
+        heartbeatTimeout: '30s',
+        retry: retry(3),
+        cancellationType: ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+      };
       break;
     case 'transfer':
-      o = { startToCloseTimeout: t.transferTimeoutMs ?? DEFAULTS.transferTimeoutMs, heartbeatTimeout: '30s', retry: retry(5) };
+      o = {
+        startToCloseTimeout: t.transferTimeoutMs ?? DEFAULTS.transferTimeoutMs,
+        heartbeatTimeout: '30s',
+        retry: retry(5),
+      };
       break;
     case 'restore':
-      o = { startToCloseTimeout: t.restoreTimeoutMs ?? DEFAULTS.restoreTimeoutMs, heartbeatTimeout: '10s', retry: retry(t.restoreAttempts ?? DEFAULTS.restoreAttempts) };
+      o = {
+        startToCloseTimeout: t.restoreTimeoutMs ?? DEFAULTS.restoreTimeoutMs,
+        heartbeatTimeout: '10s',
+        retry: retry(t.restoreAttempts ?? DEFAULTS.restoreAttempts),
+      };
       break;
   }
   const attempts = o.retry!.maximumAttempts!;
@@ -89,7 +108,8 @@ export function inputFailure(message: string): ApplicationFailure {
 }
 
 export function checkNode(node: unknown, field: string): string {
-  if (typeof node !== 'string' || !isValidNodeName(node)) throw inputFailure(`${field}: "${String(node)}" is not a node name. Fix: use ${NODE_NAME_RULE}`);
+  if (typeof node !== 'string' || !isValidNodeName(node))
+    throw inputFailure(`${field}: "${String(node)}" is not a node name. Fix: use ${NODE_NAME_RULE}`);
   return node;
 }
 
@@ -103,7 +123,8 @@ export function checkRef(ref: Partial<ContainerRef>): ContainerRef {
 
 export function checkDeadline(v: unknown, field = 'deadline'): string {
   const t = typeof v === 'string' ? Date.parse(v) : NaN;
-  if (Number.isNaN(t)) throw inputFailure(`${field}: "${String(v)}" is not an ISO time. Fix: pass e.g. 2026-01-01T12:00:00Z`);
+  if (Number.isNaN(t))
+    throw inputFailure(`${field}: "${String(v)}" is not an ISO time. Fix: pass e.g. 2026-01-01T12:00:00Z`);
   return new Date(t).toISOString();
 }
 
@@ -149,7 +170,11 @@ export function nodeUnavailable(node: string, startTimeoutMs: number, err: unkno
 }
 
 /** Run fns with at most `limit` at once; results in input order. */
-export async function boundedAll<T, R>(items: T[], limit: number, fn: (item: T, index: number) => Promise<R>): Promise<R[]> {
+export async function boundedAll<T, R>(
+  items: T[],
+  limit: number,
+  fn: (item: T, index: number) => Promise<R>,
+): Promise<R[]> {
   const out: R[] = new Array(items.length);
   let next = 0;
   const lane = async (): Promise<void> => {

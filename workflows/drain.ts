@@ -15,40 +15,93 @@
  */
 import { ApplicationFailure, log } from '@temporalio/workflow';
 import { FailureType } from '../core/temporal/failures.js';
-import { boundedAll, checkDeadline, checkNode, failureTypeOf, inputFailure, nodeUnavailable, onNode, rootMessage, track, DEFAULTS } from './common.js';
+import {
+  boundedAll,
+  checkDeadline,
+  checkNode,
+  failureTypeOf,
+  inputFailure,
+  nodeUnavailable,
+  onNode,
+  rootMessage,
+  track,
+  DEFAULTS,
+} from './common.js';
 import { drainCounts } from './drain-outcomes.js';
-import { checkpointOn, compensate, expectedOf, moveCheckpointed, shipImage, Timeline, withdrawOffer, withdrawsOffers } from './migrate.js';
-import type { ActivityTimeouts, CheckpointInfo, ContainerSpec, DrainContainerResult, DrainInput, DrainPlanSummary, DrainResult, PlannedContainer, TransferOffer } from './types.js';
+import {
+  checkpointOn,
+  compensate,
+  expectedOf,
+  moveCheckpointed,
+  shipImage,
+  Timeline,
+  withdrawOffer,
+  withdrawsOffers,
+} from './migrate.js';
+import type {
+  ActivityTimeouts,
+  CheckpointInfo,
+  ContainerSpec,
+  DrainContainerResult,
+  DrainInput,
+  DrainPlanSummary,
+  DrainResult,
+  PlannedContainer,
+  TransferOffer,
+} from './types.js';
 
 const secs = (ms: number): string => `${(ms / 1000).toFixed(1)} s`;
 
 export async function drainNode(input: DrainInput): Promise<DrainResult> {
   const node = checkNode(input.node, 'node');
   const targets = (input.targets ?? []).map((n, i) => checkNode(n, `targets[${i}]`));
-  if (targets.includes(node)) throw inputFailure(`targets include the drained node ${node}. Fix: restore on other nodes`);
+  if (targets.includes(node))
+    throw inputFailure(`targets include the drained node ${node}. Fix: restore on other nodes`);
   const deadline = checkDeadline(input.deadline);
   const deadlineMs = Date.parse(deadline);
   const t0 = Date.now();
   const t: ActivityTimeouts = input;
   const tidy = withdrawsOffers();
   const phase = (p: string, details: string) =>
-    track({ sourceNode: node, targetNode: targets.join(','), operation: 'drain', phase: p }, `**${p}** — drain ${node} → ${targets.join(', ') || '(checkpoint only)'} by ${deadline}${input.reason ? ` (${input.reason})` : ''}\n\n${details}`);
+    track(
+      { sourceNode: node, targetNode: targets.join(','), operation: 'drain', phase: p },
+      `**${p}** — drain ${node} → ${targets.join(', ') || '(checkpoint only)'} by ${deadline}${input.reason ? ` (${input.reason})` : ''}\n\n${details}`,
+    );
   phase('plan', 'planning');
 
   let plan: DrainPlanSummary;
   try {
-    plan = await onNode(node, 'quick', t).planDrain({ deadline, maxParallel: input.parallelism ?? 2, selector: input.selector });
+    plan = await onNode(node, 'quick', t).planDrain({
+      deadline,
+      maxParallel: input.parallelism ?? 2,
+      selector: input.selector,
+    });
   } catch (err) {
-    if (failureTypeOf(err) === FailureType.nodeUnavailable) throw nodeUnavailable(node, t.nodeStartTimeoutMs ?? DEFAULTS.nodeStartTimeoutMs, err);
-    throw ApplicationFailure.create({ type: failureTypeOf(err) ?? FailureType.drainFailed, message: `planning the drain of ${node} failed: ${rootMessage(err)}`, nonRetryable: true });
+    if (failureTypeOf(err) === FailureType.nodeUnavailable)
+      throw nodeUnavailable(node, t.nodeStartTimeoutMs ?? DEFAULTS.nodeStartTimeoutMs, err);
+    throw ApplicationFailure.create({
+      type: failureTypeOf(err) ?? FailureType.drainFailed,
+      message: `planning the drain of ${node} failed: ${rootMessage(err)}`,
+      nonRetryable: true,
+    });
   }
 
-  const results: DrainContainerResult[] = plan.order.map((c) => ({ namespace: c.namespace, id: c.id, outcome: 'checkpoint-failed' as const, expectedToFit: c.expectedToFit }));
+  const results: DrainContainerResult[] = plan.order.map((c) => ({
+    namespace: c.namespace,
+    id: c.id,
+    outcome: 'checkpoint-failed' as const,
+    expectedToFit: c.expectedToFit,
+  }));
   const checkpointed: { idx: number; spec: ContainerSpec; ck: CheckpointInfo & { offer?: TransferOffer } }[] = [];
   // Reported before any checkpoint starts: the node logged it too (planDrain).
   const late = plan.notExpectedToFit;
   if (late.length) {
-    log.warn('drain: containers not expected to finish before the deadline', { node, deadline, budgetMs: plan.budgetMs, notExpectedToFit: late });
+    log.warn('drain: containers not expected to finish before the deadline', {
+      node,
+      deadline,
+      budgetMs: plan.budgetMs,
+      notExpectedToFit: late,
+    });
   }
   phase(
     'checkpoint',
@@ -81,7 +134,19 @@ export async function drainNode(input: DrainInput): Promise<DrainResult> {
       const left = Math.max(5_000, deadlineMs - Date.now());
       // Checkpoint only (no targets): nothing will be fetched, so nothing is offered.
       const offer = tidy && targets.length === 0 ? false : undefined;
-      const ck = await checkpointOn(ref, node, described.spec, { ...t, checkpointTimeoutMs: Math.min(left, t.checkpointTimeoutMs ?? DEFAULTS.checkpointTimeoutMs), checkpointDeadlineEpochMs: deadlineMs }, tl, false, offer);
+      const ck = await checkpointOn(
+        ref,
+        node,
+        described.spec,
+        {
+          ...t,
+          checkpointTimeoutMs: Math.min(left, t.checkpointTimeoutMs ?? DEFAULTS.checkpointTimeoutMs),
+          checkpointDeadlineEpochMs: deadlineMs,
+        },
+        tl,
+        false,
+        offer,
+      );
       r.outcome = 'checkpointed';
       r.checkpointMs = Date.now() - s;
       r.sizeBytes = ck.sizeBytes;
@@ -95,8 +160,16 @@ export async function drainNode(input: DrainInput): Promise<DrainResult> {
   const indexed = plan.order.map((c, idx) => ({ c, idx }));
   // The plan's estimates assume the containers that fit have the disk to
   // themselves: the others start only once all of them are done.
-  await boundedAll(indexed.filter((x) => x.c.expectedToFit), plan.parallelism, ({ c, idx }) => checkpointOne(c, idx));
-  await boundedAll(indexed.filter((x) => !x.c.expectedToFit), plan.parallelism, ({ c, idx }) => checkpointOne(c, idx));
+  await boundedAll(
+    indexed.filter((x) => x.c.expectedToFit),
+    plan.parallelism,
+    ({ c, idx }) => checkpointOne(c, idx),
+  );
+  await boundedAll(
+    indexed.filter((x) => !x.c.expectedToFit),
+    plan.parallelism,
+    ({ c, idx }) => checkpointOne(c, idx),
+  );
   const checkpointPhaseMs = Date.now() - t0;
 
   if (targets.length > 0 && checkpointed.length > 0) {
@@ -120,7 +193,12 @@ export async function drainNode(input: DrainInput): Promise<DrainResult> {
           r.error = undefined;
           // The source may be gone already: its clean-up is best effort and quick to give up.
           await onNode(node, 'quick', { ...t, nodeStartTimeoutMs: 5_000 })
-            .cleanupSource({ spec, removeCheckpoint: moved.received.kind === 'copied', expected: expectedOf(ck), offerToken: moved.offer?.token })
+            .cleanupSource({
+              spec,
+              removeCheckpoint: moved.received.kind === 'copied',
+              expected: expectedOf(ck),
+              offerToken: moved.offer?.token,
+            })
             .catch(() => undefined);
           return;
         } catch (err) {
@@ -134,7 +212,15 @@ export async function drainNode(input: DrainInput): Promise<DrainResult> {
       // drain, or time left before a reclaim), it goes back to running there.
       if (Date.now() < deadlineMs) {
         try {
-          await compensate(spec, ck, node, r.target!, new Error(errors.join('; ')), { ...t, nodeStartTimeoutMs: 10_000 }, new Timeline());
+          await compensate(
+            spec,
+            ck,
+            node,
+            r.target!,
+            new Error(errors.join('; ')),
+            { ...t, nodeStartTimeoutMs: 10_000 },
+            new Timeline(),
+          );
           r.outcome = 'compensated';
           r.runningOn = node;
           r.error = `no target could restore it (${errors.join('; ')}); it runs again on ${node}`;
@@ -154,7 +240,13 @@ export async function drainNode(input: DrainInput): Promise<DrainResult> {
     deadline,
     reason: input.reason,
     containers: results,
-    plan: { parallelism: plan.parallelism, budgetMs: plan.budgetMs, plannedAt: plan.plannedAt, throughputBytesPerSec: plan.throughputBytesPerSec, notExpectedToFit: late },
+    plan: {
+      parallelism: plan.parallelism,
+      budgetMs: plan.budgetMs,
+      plannedAt: plan.plannedAt,
+      throughputBytesPerSec: plan.throughputBytesPerSec,
+      notExpectedToFit: late,
+    },
     withinDeadline: results.every((r) => r.checkpointedInTime === true),
     checkpointPhaseMs,
     totalMs: Date.now() - t0,
@@ -164,13 +256,24 @@ export async function drainNode(input: DrainInput): Promise<DrainResult> {
   phase(
     'done',
     `${targets.length ? `${counts.migrated} migrated` : `${counts.checkpointed} checkpointed`}, ${counts.failed} failed${skipped.length ? ` (${skipped.length} not started)` : ''} of ${results.length}; checkpoints ${result.withinDeadline ? 'within' : 'NOT within'} the deadline` +
-      (late.length ? `\n\nnot expected to fit: ${late.join(', ')}${skipped.length ? `; not started (still on ${node}): ${skipped.join(', ')}` : ''}` : ''),
+      (late.length
+        ? `\n\nnot expected to fit: ${late.join(', ')}${skipped.length ? `; not started (still on ${node}): ${skipped.join(', ')}` : ''}`
+        : ''),
   );
   return result;
 }
 
 /** Make sure `to` can take the container (alive, not running it, has the image). */
-async function prepareImageOnly(spec: ContainerSpec, from: string, to: string, t: ActivityTimeouts, tl: Timeline, tidy: boolean): Promise<void> {
-  const target = await tl.step('check-target', to, () => onNode(to, 'quick', t).checkTarget({ ref: { namespace: spec.namespace, id: spec.id } }));
+async function prepareImageOnly(
+  spec: ContainerSpec,
+  from: string,
+  to: string,
+  t: ActivityTimeouts,
+  tl: Timeline,
+  tidy: boolean,
+): Promise<void> {
+  const target = await tl.step('check-target', to, () =>
+    onNode(to, 'quick', t).checkTarget({ ref: { namespace: spec.namespace, id: spec.id } }),
+  );
   if (!target.images.includes(spec.image)) await shipImage(spec, from, to, t, tl, tidy);
 }

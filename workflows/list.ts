@@ -16,6 +16,10 @@ export async function listNodeContainers(input: ListNodeInput): Promise<Containe
     return await onNode(node, 'quick', t).listContainers({ namespaces: input.namespaces });
   } catch (err) {
     if (failureTypeOf(err) === FailureType.nodeUnavailable) throw nodeUnavailable(node, t.nodeStartTimeoutMs, err);
-    throw ApplicationFailure.create({ type: failureTypeOf(err) ?? 'ActivityFailed', message: `listing containers on ${node} failed: ${rootMessage(err)}`, nonRetryable: true });
+    throw ApplicationFailure.create({
+      type: failureTypeOf(err) ?? 'ActivityFailed',
+      message: `listing containers on ${node} failed: ${rootMessage(err)}`,
+      nonRetryable: true,
+    });
   }
 }

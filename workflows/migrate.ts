@@ -66,10 +66,16 @@ export function withdrawsOffers(): boolean {
  * Best effort, and also while the workflow is being cancelled: a source
  * that is gone took its offers with it (they live in its worker's memory).
  */
-export async function withdrawOffer(node: string, offer: TransferOffer | undefined, t: ActivityTimeouts): Promise<void> {
+export async function withdrawOffer(
+  node: string,
+  offer: TransferOffer | undefined,
+  t: ActivityTimeouts,
+): Promise<void> {
   if (!offer) return;
   const quick = { ...t, nodeStartTimeoutMs: Math.min(t.nodeStartTimeoutMs ?? DEFAULTS.nodeStartTimeoutMs, 10_000) };
-  await CancellationScope.nonCancellable(() => onNode(node, 'quick', quick).withdrawOffer({ token: offer.token })).catch(() => undefined);
+  await CancellationScope.nonCancellable(() =>
+    onNode(node, 'quick', quick).withdrawOffer({ token: offer.token }),
+  ).catch(() => undefined);
 }
 
 /** Phase bookkeeping shared by migrate and drain. */
@@ -80,7 +86,8 @@ export class Timeline {
     const s = Date.now();
     const r = await fn();
     const own = r as { ms?: unknown; totalMs?: unknown } | undefined;
-    const activityMs = typeof own?.ms === 'number' ? own.ms : typeof own?.totalMs === 'number' ? own.totalMs : undefined;
+    const activityMs =
+      typeof own?.ms === 'number' ? own.ms : typeof own?.totalMs === 'number' ? own.totalMs : undefined;
     this.phases.push({ phase, node, ms: Date.now() - s, activityMs, ...(parallelGroup ? { parallelGroup } : {}) });
     return r;
   }
@@ -101,7 +108,8 @@ export class Timeline {
 function wrap(err: unknown, node: string, what: string, t: ActivityTimeouts): ApplicationFailure {
   if (isCancellation(err)) throw err;
   const type = failureTypeOf(err);
-  if (type === FailureType.nodeUnavailable) return nodeUnavailable(node, t.nodeStartTimeoutMs ?? DEFAULTS.nodeStartTimeoutMs, err);
+  if (type === FailureType.nodeUnavailable)
+    return nodeUnavailable(node, t.nodeStartTimeoutMs ?? DEFAULTS.nodeStartTimeoutMs, err);
   return ApplicationFailure.create({
     type: type ?? 'ActivityFailed',
     message: `${what} on node ${node} failed: ${rootMessage(err)}`,
@@ -118,14 +126,25 @@ export interface Prepared {
  * Everything that can be refused before the container is touched. The
  * source and the target are checked in parallel (one round trip less).
  */
-export async function prepareMove(ref: ContainerRef, from: string, to: string, t: ActivityTimeouts, tl: Timeline, tidy = false): Promise<Prepared> {
+export async function prepareMove(
+  ref: ContainerRef,
+  from: string,
+  to: string,
+  t: ActivityTimeouts,
+  tl: Timeline,
+  tidy = false,
+): Promise<Prepared> {
   const [described, target] = await Promise.all([
-    tl.step('describe', from, () => onNode(from, 'quick', t).describeContainer(ref), 'preflight').catch((err: unknown) => {
-      throw wrap(err, from, `describing ${refString(ref)}`, t);
-    }),
-    tl.step('check-target', to, () => onNode(to, 'quick', t).checkTarget({ ref }), 'preflight').catch((err: unknown) => {
-      throw wrap(err, to, `checking target for ${refString(ref)}`, t);
-    }),
+    tl
+      .step('describe', from, () => onNode(from, 'quick', t).describeContainer(ref), 'preflight')
+      .catch((err: unknown) => {
+        throw wrap(err, from, `describing ${refString(ref)}`, t);
+      }),
+    tl
+      .step('check-target', to, () => onNode(to, 'quick', t).checkTarget({ ref }), 'preflight')
+      .catch((err: unknown) => {
+        throw wrap(err, to, `checking target for ${refString(ref)}`, t);
+      }),
   ]);
   if (described.status !== 'RUNNING') {
     throw ApplicationFailure.create({
@@ -143,21 +162,43 @@ export async function prepareMove(ref: ContainerRef, from: string, to: string, t
  * Ship the image from the source before anything stops: a target that
  * cannot get it must refuse now, not after the processes are gone.
  */
-export async function shipImage(spec: ContainerSpec, from: string, to: string, t: ActivityTimeouts, tl: Timeline, tidy = false): Promise<void> {
+export async function shipImage(
+  spec: ContainerSpec,
+  from: string,
+  to: string,
+  t: ActivityTimeouts,
+  tl: Timeline,
+  tidy = false,
+): Promise<void> {
   let offer: TransferOffer | undefined;
   try {
-    offer = await tl.step('image-export', from, () => onNode(from, 'transfer', t).offerImage({ namespace: spec.namespace, image: spec.image }));
-    await tl.step('image-import', to, () => onNode(to, 'transfer', t).ensureImage({ namespace: spec.namespace, image: spec.image, offer }));
+    offer = await tl.step('image-export', from, () =>
+      onNode(from, 'transfer', t).offerImage({ namespace: spec.namespace, image: spec.image }),
+    );
+    await tl.step('image-import', to, () =>
+      onNode(to, 'transfer', t).ensureImage({ namespace: spec.namespace, image: spec.image, offer }),
+    );
   } catch (err) {
     throw wrap(err, to, `getting image ${spec.image}`, t);
   } finally {
     if (tidy) await withdrawOffer(from, offer, t);
-    else if (offer) await onNode(from, 'quick', t).withdrawOffer({ token: offer.token }).catch(() => undefined);
+    else if (offer)
+      await onNode(from, 'quick', t)
+        .withdrawOffer({ token: offer.token })
+        .catch(() => undefined);
   }
 }
 
 /** `offer`: also offer it for transfer (default: node-local storage, where a target must copy it). */
-export async function checkpointOn(ref: ContainerRef, node: string, spec: ContainerSpec, t: ActivityTimeouts, tl: Timeline, leaveRunning = false, offer?: boolean) {
+export async function checkpointOn(
+  ref: ContainerRef,
+  node: string,
+  spec: ContainerSpec,
+  t: ActivityTimeouts,
+  tl: Timeline,
+  leaveRunning = false,
+  offer?: boolean,
+) {
   try {
     return await tl.step('checkpoint', node, () =>
       onNode(node, 'checkpoint', t).checkpointContainer({
@@ -172,7 +213,11 @@ export async function checkpointOn(ref: ContainerRef, node: string, spec: Contai
   }
 }
 
-export const expectedOf = (ck: CheckpointInfo): ExpectedCheckpoint => ({ manifestSha256: ck.manifestSha256, node: ck.node, createdAt: ck.createdAt });
+export const expectedOf = (ck: CheckpointInfo): ExpectedCheckpoint => ({
+  manifestSha256: ck.manifestSha256,
+  node: ck.node,
+  createdAt: ck.createdAt,
+});
 
 /**
  * Transfer (re-offering if the source's offer went away) and restore on `to`.
@@ -193,7 +238,9 @@ export async function moveCheckpointed(
   const expected = expectedOf(ck);
   let offer = ck.offer;
   if (tidy && !offer && ck.mode === 'local') {
-    offer = ck.offer = await tl.step('offer', ck.node, () => onNode(ck.node, 'quick', t).offerCheckpoint({ ref, dir: ck.dir, manifestSha256: ck.manifestSha256 }));
+    offer = ck.offer = await tl.step('offer', ck.node, () =>
+      onNode(ck.node, 'quick', t).offerCheckpoint({ ref, dir: ck.dir, manifestSha256: ck.manifestSha256 }),
+    );
   }
   let received: ReceiveResult | undefined;
   // Shared storage: the target reads the very same directory; the restore
@@ -202,10 +249,15 @@ export async function moveCheckpointed(
   else onPhase('transfer');
   for (let i = 0; !received; i++) {
     try {
-      received = await tl.step('transfer', to, () => onNode(to, 'transfer', t).receiveCheckpoint({ spec, expected, offer }));
+      received = await tl.step('transfer', to, () =>
+        onNode(to, 'transfer', t).receiveCheckpoint({ spec, expected, offer }),
+      );
     } catch (err) {
-      if (failureTypeOf(err) !== FailureType.offerGone || i >= 3 || spec.mode !== 'local') throw wrap(err, to, `transfer of ${refString(ref)}`, t);
-      offer = await tl.step('offer', ck.node, () => onNode(ck.node, 'quick', t).offerCheckpoint({ ref, dir: ck.dir, manifestSha256: ck.manifestSha256 }));
+      if (failureTypeOf(err) !== FailureType.offerGone || i >= 3 || spec.mode !== 'local')
+        throw wrap(err, to, `transfer of ${refString(ref)}`, t);
+      offer = await tl.step('offer', ck.node, () =>
+        onNode(ck.node, 'quick', t).offerCheckpoint({ ref, dir: ck.dir, manifestSha256: ck.manifestSha256 }),
+      );
       if (tidy) ck.offer = offer;
     }
   }
@@ -244,12 +296,19 @@ export async function compensate(
   return CancellationScope.nonCancellable(async () => {
     try {
       // A dead target cannot hold a running copy for long; do not wait on it.
-      await tl.step('remove-target-copy', to, () => onNode(to, 'quick', { ...t, nodeStartTimeoutMs: Math.min(t.nodeStartTimeoutMs ?? DEFAULTS.nodeStartTimeoutMs, 10_000) }).removeContainer({ ref }));
+      await tl.step('remove-target-copy', to, () =>
+        onNode(to, 'quick', {
+          ...t,
+          nodeStartTimeoutMs: Math.min(t.nodeStartTimeoutMs ?? DEFAULTS.nodeStartTimeoutMs, 10_000),
+        }).removeContainer({ ref }),
+      );
     } catch {
       // node gone or containerd down: nothing of ours runs there
     }
     try {
-      return await tl.step('compensate-restore', from, () => onNode(from, 'restore', t).restoreContainer({ spec, expected: expectedOf(ck) }));
+      return await tl.step('compensate-restore', from, () =>
+        onNode(from, 'restore', t).restoreContainer({ spec, expected: expectedOf(ck) }),
+      );
     } catch (err2) {
       throw ApplicationFailure.create({
         type: FailureType.migrationFailed,
@@ -274,7 +333,17 @@ export async function migrateContainer(input: MigrateInput): Promise<MigrateResu
   setHandler(migrateProgressQuery, () => progress);
   const phase = (p: string, details?: string) => {
     progress.phase = p;
-    track({ container: refString(ref), namespace: ref.namespace, sourceNode: from, targetNode: to, operation: 'migrate', phase: p }, `**${p}** — ${refString(ref)}: ${from} → ${to}${details ? `\n\n${details}` : ''}`);
+    track(
+      {
+        container: refString(ref),
+        namespace: ref.namespace,
+        sourceNode: from,
+        targetNode: to,
+        operation: 'migrate',
+        phase: p,
+      },
+      `**${p}** — ${refString(ref)}: ${from} → ${to}${details ? `\n\n${details}` : ''}`,
+    );
   };
   phase('preflight');
 
@@ -284,7 +353,15 @@ export async function migrateContainer(input: MigrateInput): Promise<MigrateResu
 
   let moved: Awaited<ReturnType<typeof moveCheckpointed>>;
   try {
-    moved = await moveCheckpointed(spec, ck, to, t, tl, (p) => phase(p, `checkpoint ${Math.round(ck.sizeBytes / 1024)} KiB (${ck.mode} storage)`), tidy);
+    moved = await moveCheckpointed(
+      spec,
+      ck,
+      to,
+      t,
+      tl,
+      (p) => phase(p, `checkpoint ${Math.round(ck.sizeBytes / 1024)} KiB (${ck.mode} storage)`),
+      tidy,
+    );
   } catch (err) {
     progress.error = rootMessage(err);
     phase('compensate', `move failed: ${progress.error}`);
@@ -294,9 +371,15 @@ export async function migrateContainer(input: MigrateInput): Promise<MigrateResu
     phase('compensated', `runs again on ${from} (pid ${back.pid})`);
     if (isCancellation(err)) throw err;
     const result: MigrateResult = {
-      ...ref, from, to, outcome: 'compensated', runningOn: from,
+      ...ref,
+      from,
+      to,
+      outcome: 'compensated',
+      runningOn: from,
       checkpoint: { sizeBytes: ck.sizeBytes, mode: ck.mode, transferred: 'present' },
-      phases: tl.phases, totalMs: Date.now() - t0, activityMs: tl.activityMs(),
+      phases: tl.phases,
+      totalMs: Date.now() - t0,
+      activityMs: tl.activityMs(),
     };
     throw ApplicationFailure.create({
       type: FailureType.compensated,
@@ -310,17 +393,31 @@ export async function migrateContainer(input: MigrateInput): Promise<MigrateResu
   let cleanupError: string | undefined;
   try {
     await tl.step('cleanup', from, () =>
-      onNode(from, 'cleanup', t).cleanupSource({ spec, removeCheckpoint: moved.received.kind === 'copied', expected: expectedOf(ck), offerToken: moved.offer?.token }),
+      onNode(from, 'cleanup', t).cleanupSource({
+        spec,
+        removeCheckpoint: moved.received.kind === 'copied',
+        expected: expectedOf(ck),
+        offerToken: moved.offer?.token,
+      }),
     );
   } catch (err) {
     // The container runs on `to`; a stale record on `from` is only untidy.
     cleanupError = rootMessage(err);
   }
-  phase('done', `runs on ${to} (pid ${moved.restored.pid})${cleanupError ? `; cleanup on ${from} failed: ${cleanupError}` : ''}`);
+  phase(
+    'done',
+    `runs on ${to} (pid ${moved.restored.pid})${cleanupError ? `; cleanup on ${from} failed: ${cleanupError}` : ''}`,
+  );
   return {
-    ...ref, from, to, outcome: 'migrated', runningOn: to,
+    ...ref,
+    from,
+    to,
+    outcome: 'migrated',
+    runningOn: to,
     checkpoint: { sizeBytes: ck.sizeBytes, mode: ck.mode, transferred: moved.received.kind },
-    phases: tl.phases, totalMs: Date.now() - t0, activityMs: tl.activityMs(),
+    phases: tl.phases,
+    totalMs: Date.now() - t0,
+    activityMs: tl.activityMs(),
     ...(cleanupError ? { cleanupError } : {}),
   };
 }

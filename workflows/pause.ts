@@ -7,7 +7,17 @@
  */
 import { ApplicationFailure } from '@temporalio/workflow';
 import { FailureType } from '../core/temporal/failures.js';
-import { boundedAll, checkNode, failureTypeOf, nodeUnavailable, onNode, refString, rootMessage, track, DEFAULTS } from './common.js';
+import {
+  boundedAll,
+  checkNode,
+  failureTypeOf,
+  nodeUnavailable,
+  onNode,
+  refString,
+  rootMessage,
+  track,
+  DEFAULTS,
+} from './common.js';
 import { checkpointOn, Timeline, withdrawsOffers } from './migrate.js';
 import type { ContainerSummary, PauseInput, PauseItemResult, PauseResult } from './types.js';
 
@@ -18,13 +28,21 @@ async function select(input: PauseInput, node: string, action: 'pause' | 'resume
       ? await a.selectContainers({ selector: input.selector, runningOnly: true })
       : await a.selectPaused({ selector: input.selector });
   } catch (err) {
-    if (failureTypeOf(err) === FailureType.nodeUnavailable) throw nodeUnavailable(node, input.nodeStartTimeoutMs ?? DEFAULTS.nodeStartTimeoutMs, err);
-    throw ApplicationFailure.create({ type: failureTypeOf(err) ?? 'ActivityFailed', message: `selecting containers on ${node} failed: ${rootMessage(err)}`, nonRetryable: true });
+    if (failureTypeOf(err) === FailureType.nodeUnavailable)
+      throw nodeUnavailable(node, input.nodeStartTimeoutMs ?? DEFAULTS.nodeStartTimeoutMs, err);
+    throw ApplicationFailure.create({
+      type: failureTypeOf(err) ?? 'ActivityFailed',
+      message: `selecting containers on ${node} failed: ${rootMessage(err)}`,
+      nonRetryable: true,
+    });
   }
 }
 
 function show(node: string, action: 'pause' | 'resume', phase: string, details: string, schedule?: string): void {
-  track({ sourceNode: node, targetNode: node, operation: action, phase }, `**${phase}** — ${action} on ${node}${schedule ? ` (schedule ${schedule})` : ''}\n\n${details}`);
+  track(
+    { sourceNode: node, targetNode: node, operation: action, phase },
+    `**${phase}** — ${action} on ${node}${schedule ? ` (schedule ${schedule})` : ''}\n\n${details}`,
+  );
 }
 
 /** Pause and resume differ only in the per-container step; selection, parallelism and reporting are shared. */
@@ -38,7 +56,13 @@ async function forEachSelected(
   const t0 = Date.now();
   show(node, action, 'select', what.selecting, input.schedule);
   const list = await select(input, node, action);
-  show(node, action, what.stepPhase, `${list.length} containers: ${list.map(refString).join(', ') || 'none'}`, input.schedule);
+  show(
+    node,
+    action,
+    what.stepPhase,
+    `${list.length} containers: ${list.map(refString).join(', ') || 'none'}`,
+    input.schedule,
+  );
   const containers = await boundedAll(list, input.parallelism ?? 2, async (c): Promise<PauseItemResult> => {
     const ref = { namespace: c.namespace, id: c.id };
     const s = Date.now();
@@ -57,17 +81,27 @@ async function forEachSelected(
 export async function pauseContainers(input: PauseInput): Promise<PauseResult> {
   // A paused container is restored where it is: nothing to offer for transfer.
   const offer = withdrawsOffers() ? false : undefined;
-  return forEachSelected(input, 'pause', { selecting: 'selecting running ARCH containers', stepPhase: 'checkpoint', done: 'paused' }, async (ref, node) => {
-    const { spec } = await onNode(node, 'quick', input).describeContainer(ref);
-    const ck = await checkpointOn(ref, node, spec, input, new Timeline(), false, offer);
-    return { sizeBytes: ck.sizeBytes };
-  });
+  return forEachSelected(
+    input,
+    'pause',
+    { selecting: 'selecting running ARCH containers', stepPhase: 'checkpoint', done: 'paused' },
+    async (ref, node) => {
+      const { spec } = await onNode(node, 'quick', input).describeContainer(ref);
+      const ck = await checkpointOn(ref, node, spec, input, new Timeline(), false, offer);
+      return { sizeBytes: ck.sizeBytes };
+    },
+  );
 }
 
 export async function resumeContainers(input: PauseInput): Promise<PauseResult> {
-  return forEachSelected(input, 'resume', { selecting: 'selecting paused ARCH containers', stepPhase: 'restore', done: 'resumed' }, async (ref, node) => {
-    const { spec } = await onNode(node, 'quick', input).describeContainer(ref);
-    await onNode(node, 'restore', input).restoreContainer({ spec });
-    return {};
-  });
+  return forEachSelected(
+    input,
+    'resume',
+    { selecting: 'selecting paused ARCH containers', stepPhase: 'restore', done: 'resumed' },
+    async (ref, node) => {
+      const { spec } = await onNode(node, 'quick', input).describeContainer(ref);
+      await onNode(node, 'restore', input).restoreContainer({ spec });
+      return {};
+    },
+  );
 }

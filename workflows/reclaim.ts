@@ -41,7 +41,10 @@ export async function nodeReclaimWatch(input: ReclaimWatchInput): Promise<void> 
   const node = checkNode(input.node, 'node');
   const targets = (input.targets ?? []).map((n, i) => checkNode(n, `targets[${i}]`));
   const leadSec = input.defaultDeadlineSec ?? 120;
-  if (!(leadSec > 0)) throw inputFailure(`defaultDeadlineSec: ${leadSec} is not positive. Fix: pass the notice lead time in seconds, e.g. 120`);
+  if (!(leadSec > 0))
+    throw inputFailure(
+      `defaultDeadlineSec: ${leadSec} is not positive. Fix: pass the notice lead time in seconds, e.g. 120`,
+    );
   const maxDrains = input.maxDrainsPerRun ?? 10;
   const history: ReclaimRecord[] = [...(input.history ?? [])];
   const pending: Pending[] = [];
@@ -57,7 +60,12 @@ export async function nodeReclaimWatch(input: ReclaimWatchInput): Promise<void> 
       deadline = new Date(now.getTime() + leadSec * 1000).toISOString();
     }
     const tgs = s.targets?.filter((n) => typeof n === 'string' && n !== node);
-    pending.push({ receivedAt: now.toISOString(), deadline, reason: s.reason, targets: tgs && tgs.length ? tgs : undefined });
+    pending.push({
+      receivedAt: now.toISOString(),
+      deadline,
+      reason: s.reason,
+      targets: tgs && tgs.length ? tgs : undefined,
+    });
     state.pending = pending.length;
   };
   for (const s of input.pending ?? []) accept(s);
@@ -65,7 +73,10 @@ export async function nodeReclaimWatch(input: ReclaimWatchInput): Promise<void> 
   setHandler(reclaimStateQuery, () => state);
 
   const show = (phase: string, details: string) =>
-    track({ sourceNode: node, targetNode: targets.join(','), operation: 'reclaim-watch', phase }, `**${phase}** — node ${node}, restore targets ${targets.join(', ') || '(none)'}\n\n${details}`);
+    track(
+      { sourceNode: node, targetNode: targets.join(','), operation: 'reclaim-watch', phase },
+      `**${phase}** — node ${node}, restore targets ${targets.join(', ') || '(none)'}\n\n${details}`,
+    );
   show('watching', last(history));
 
   let drains = 0;
@@ -85,7 +96,10 @@ export async function nodeReclaimWatch(input: ReclaimWatchInput): Promise<void> 
     };
     state.current = record;
     state.status = 'draining';
-    show('draining', `reclaim (${p.reason ?? 'no reason given'}) received ${p.receivedAt}, deadline ${p.deadline}; drain ${record.drainWorkflowId}`);
+    show(
+      'draining',
+      `reclaim (${p.reason ?? 'no reason given'}) received ${p.receivedAt}, deadline ${p.deadline}; drain ${record.drainWorkflowId}`,
+    );
     try {
       const r = await executeChild(drainNode, {
         workflowId: record.drainWorkflowId,

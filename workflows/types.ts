@@ -167,7 +167,8 @@ export interface DrainInput extends ActivityTimeouts {
  * it keeps running on the drained node, its previous checkpoint (if any)
  * untouched.
  */
-export type DrainOutcome = 'migrated' | 'checkpointed' | 'checkpoint-failed' | 'restore-failed' | 'compensated' | 'skipped';
+export type DrainOutcome =
+  'migrated' | 'checkpointed' | 'checkpoint-failed' | 'restore-failed' | 'compensated' | 'skipped';
 
 /** One container in a drain plan (the planDrain activity's answer). */
 export interface PlannedContainer extends ContainerRef {
@@ -220,7 +221,13 @@ export interface DrainResult {
   reason?: string;
   containers: DrainContainerResult[];
   /** The plan, as reported before the checkpoints started. */
-  plan: { parallelism: number; budgetMs: number; plannedAt: string; throughputBytesPerSec: number; notExpectedToFit: string[] };
+  plan: {
+    parallelism: number;
+    budgetMs: number;
+    plannedAt: string;
+    throughputBytesPerSec: number;
+    notExpectedToFit: string[];
+  };
   /** Every checkpoint published before the deadline. */
   withinDeadline: boolean;
   checkpointPhaseMs: number;

@@ -22,7 +22,8 @@ export function commandSide(cmd: string, args: string[], opts: SpawnSyncOptions 
     run() {
       const r = spawnSync(cmd, args, { stdio: 'ignore', ...opts });
       if (r.error) return `${cmd}: ${r.error.message}`;
-      if (r.status !== 0) return `${cmd} ${args.join(' ')} exited ${r.status ?? r.signal}${r.stderr ? `: ${String(r.stderr).slice(-500)}` : ''}`;
+      if (r.status !== 0)
+        return `${cmd} ${args.join(' ')} exited ${r.status ?? r.signal}${r.stderr ? `: ${String(r.stderr).slice(-500)}` : ''}`;
       return undefined;
     },
     after,

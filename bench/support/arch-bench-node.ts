@@ -30,7 +30,12 @@ export interface BenchNode {
   remove(id: string): Promise<void>;
 }
 
-export async function startBenchNode(name: string, workDir: string, cleanup: Cleanup, overrides: Record<string, string> = {}): Promise<BenchNode> {
+export async function startBenchNode(
+  name: string,
+  workDir: string,
+  cleanup: Cleanup,
+  overrides: Record<string, string> = {},
+): Promise<BenchNode> {
   const storage = path.join(workDir, 'checkpoints');
   fs.mkdirSync(storage, { recursive: true });
   const { home, runcBin } = archHome();
@@ -53,7 +58,10 @@ export async function startBenchNode(name: string, workDir: string, cleanup: Cle
   );
   // ARCH_DEFAULT_CHECKPOINT_PATH: finalize keeps its throughput estimate beside it; not in /var/lib/arch.
   const node = await startArchNode(name, {
-    ARCH_LOG_LEVEL: 'info', ARCH_HOME: home, ARCH_DEFAULT_CHECKPOINT_PATH: path.join(workDir, 'default-checkpoints'), ...overrides,
+    ARCH_LOG_LEVEL: 'info',
+    ARCH_HOME: home,
+    ARCH_DEFAULT_CHECKPOINT_PATH: path.join(workDir, 'default-checkpoints'),
+    ...overrides,
   });
   cleanup.defer(`containerd node ${name}`, () => node.stop());
   const criu = criuBinary();
@@ -62,18 +70,29 @@ export async function startBenchNode(name: string, workDir: string, cleanup: Cle
     node,
     storage,
     async run(id, o) {
-      const env = [`COUNTER_MEM_MB=${o.memMb}`, ...(o.arch ? ['ARCH_ENABLE=1', `ARCH_CHECKPOINT_HOST_PATH=${storage}`] : []), ...(o.env ?? [])];
+      const env = [
+        `COUNTER_MEM_MB=${o.memMb}`,
+        ...(o.arch ? ['ARCH_ENABLE=1', `ARCH_CHECKPOINT_HOST_PATH=${storage}`] : []),
+        ...(o.env ?? []),
+      ];
       await node.containerd.run({
-        image: node.image, id, env, detach: true,
+        image: node.image,
+        id,
+        env,
+        detach: true,
         logFile: path.join(node.dir, `${id}-${Date.now()}.out`),
         runcBinary: o.arch ? timer : undefined,
       });
     },
     ready(id, ticks = 2, timeoutMs = 60_000) {
-      return waitFor(`${id} ticks ${ticks}`, () => {
-        const c = node.count(id);
-        return c >= ticks ? c : undefined;
-      }, timeoutMs);
+      return waitFor(
+        `${id} ticks ${ticks}`,
+        () => {
+          const c = node.count(id);
+          return c >= ticks ? c : undefined;
+        },
+        timeoutMs,
+      );
     },
     callTimes(id, sub) {
       let text = '';
@@ -94,9 +113,26 @@ export async function startBenchNode(name: string, workDir: string, cleanup: Cle
       fs.mkdirSync(imagePath, { recursive: true });
       fs.mkdirSync(workPath, { recursive: true });
       const t0 = process.hrtime.bigint();
-      const r = await execa(runc, ['--root', node.runcRoot('default'), '--criu', criu, 'checkpoint', '--image-path', imagePath, '--work-path', workPath, id], {
-        env: { ...process.env, CRIU_FAULT: '130', ...extraEnv }, reject: false, all: true,
-      });
+      const r = await execa(
+        runc,
+        [
+          '--root',
+          node.runcRoot('default'),
+          '--criu',
+          criu,
+          'checkpoint',
+          '--image-path',
+          imagePath,
+          '--work-path',
+          workPath,
+          id,
+        ],
+        {
+          env: { ...process.env, CRIU_FAULT: '130', ...extraEnv },
+          reject: false,
+          all: true,
+        },
+      );
       const ms = Number(process.hrtime.bigint() - t0) / 1e6;
       if (r.exitCode !== 0) throw new Error(`raw runc checkpoint of ${id} failed: ${r.all ?? ''}`);
       return ms;
@@ -106,7 +142,6 @@ export async function startBenchNode(name: string, workDir: string, cleanup: Cle
     },
   };
 }
-
 
 /** Flush dirty pages so one measurement's writeback does not slow the next one down. */
 export async function syncDisks(): Promise<void> {

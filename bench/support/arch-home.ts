@@ -27,11 +27,28 @@ export function archHome(): ArchHome {
 export async function snapshotArchHome(dir: string): Promise<ArchHome> {
   fs.rmSync(dir, { recursive: true, force: true });
   fs.mkdirSync(dir, { recursive: true });
-  await execa('cp', ['-a', path.join(REPO_ROOT, 'dist'), path.join(REPO_ROOT, 'bin'), path.join(REPO_ROOT, 'package.json'), dir]);
+  await execa('cp', [
+    '-a',
+    path.join(REPO_ROOT, 'dist'),
+    path.join(REPO_ROOT, 'bin'),
+    path.join(REPO_ROOT, 'package.json'),
+    dir,
+  ]);
   fs.symlinkSync(path.join(REPO_ROOT, 'node_modules'), path.join(dir, 'node_modules'));
   // Refuse a snapshot taken mid-build: the shim's entry must load.
-  const r = await execa(process.execPath, ['--input-type=module', '-e', `await import(${JSON.stringify(path.join(dir, 'dist/core/checkpoint.js'))}); await import(${JSON.stringify(path.join(dir, 'dist/core/restore.js'))});`], { reject: false });
-  if (r.exitCode !== 0) throw new Error(`the dist/ snapshot does not load (a build in progress?): ${r.stderr.split('\n').slice(0, 4).join(' ')}`);
+  const r = await execa(
+    process.execPath,
+    [
+      '--input-type=module',
+      '-e',
+      `await import(${JSON.stringify(path.join(dir, 'dist/core/checkpoint.js'))}); await import(${JSON.stringify(path.join(dir, 'dist/core/restore.js'))});`,
+    ],
+    { reject: false },
+  );
+  if (r.exitCode !== 0)
+    throw new Error(
+      `the dist/ snapshot does not load (a build in progress?): ${r.stderr.split('\n').slice(0, 4).join(' ')}`,
+    );
   current = { home: dir, runcBin: path.join(dir, 'bin/arch-runc') };
   return current;
 }
@@ -44,10 +61,16 @@ export async function provenance(): Promise<Record<string, string>> {
   };
   // An export (git archive) is not a checkout: say which commit it is with ARCH_BENCH_COMMIT.
   if (!(await git(['rev-parse', '--git-dir']))) {
-    return { commit: process.env.ARCH_BENCH_COMMIT ?? 'unknown (not a git checkout)', uncommittedInCoreShimBin: 'n/a (export)' };
+    return {
+      commit: process.env.ARCH_BENCH_COMMIT ?? 'unknown (not a git checkout)',
+      uncommittedInCoreShimBin: 'n/a (export)',
+    };
   }
   // Porcelain lines are "XY path": no trim before slicing, X may be a space.
-  const dirty = (await git(['status', '--porcelain', '--', 'core', 'shim', 'bin'])).split('\n').filter(Boolean).map((l) => l.slice(3));
+  const dirty = (await git(['status', '--porcelain', '--', 'core', 'shim', 'bin']))
+    .split('\n')
+    .filter(Boolean)
+    .map((l) => l.slice(3));
   return {
     commit: (await git(['rev-parse', '--short', 'HEAD'])).trim() || 'unknown',
     uncommittedInCoreShimBin: dirty.length ? dirty.join(' ') : 'none',

@@ -95,7 +95,10 @@ export interface Benchmark {
 /** Import every module in `dir` (except `exclude`) and collect their `benchmark` exports. */
 export async function loadBenchmarks(dir: string, exclude: string[] = []): Promise<Benchmark[]> {
   const out: Benchmark[] = [];
-  const files = fs.readdirSync(dir).filter((f) => f.endsWith('.js') && !exclude.includes(f)).sort();
+  const files = fs
+    .readdirSync(dir)
+    .filter((f) => f.endsWith('.js') && !exclude.includes(f))
+    .sort();
   for (const f of files) {
     const mod = (await import(pathToFileURL(path.join(dir, f)).href)) as { benchmark?: Benchmark };
     if (mod.benchmark && typeof mod.benchmark.run === 'function') out.push(mod.benchmark);

@@ -18,13 +18,32 @@ function mdTable(header: string[], rows: (string | number)[][]): string {
   ].join('\n');
 }
 
-const SUMMARY_HEADER = ['benchmark', 'metric', 'ARCH', 'raw', 'added (median)', 'added p95', 'ARCH/raw', 'n', 'target', 'ok'];
+const SUMMARY_HEADER = [
+  'benchmark',
+  'metric',
+  'ARCH',
+  'raw',
+  'added (median)',
+  'added p95',
+  'ARCH/raw',
+  'n',
+  'target',
+  'ok',
+];
 
 function summaryRow(bench: string, r: Row): (string | number)[] {
   const u = r.unit === 'x' ? 'x' : ` ${r.unit}`;
   return [
-    bench, r.note ? `${r.metric} (${r.note})` : r.metric, fmt(r.arch, u), fmt(r.raw, u), fmt(r.added, u), fmt(r.addedP95, u),
-    r.ratio === undefined ? '' : `${r.ratio}`, fmt(r.n), r.target ?? '', r.pass === undefined ? '' : r.pass ? 'yes' : 'NO',
+    bench,
+    r.note ? `${r.metric} (${r.note})` : r.metric,
+    fmt(r.arch, u),
+    fmt(r.raw, u),
+    fmt(r.added, u),
+    fmt(r.addedP95, u),
+    r.ratio === undefined ? '' : `${r.ratio}`,
+    fmt(r.n),
+    r.target ?? '',
+    r.pass === undefined ? '' : r.pass ? 'yes' : 'NO',
   ];
 }
 
@@ -32,7 +51,8 @@ function summaryRow(bench: string, r: Row): (string | number)[] {
 export function summaryTable(results: BenchResult[]): string {
   const rows: (string | number)[][] = [];
   for (const b of results) {
-    if (b.status === 'failed') rows.push([b.name, `FAILED: ${b.error?.split('\n')[0] ?? ''}`, '', '', '', '', '', '', '', 'NO']);
+    if (b.status === 'failed')
+      rows.push([b.name, `FAILED: ${b.error?.split('\n')[0] ?? ''}`, '', '', '', '', '', '', '', 'NO']);
     for (const r of b.rows) rows.push(summaryRow(b.name, r));
   }
   return mdTable(SUMMARY_HEADER, rows);
@@ -48,7 +68,9 @@ export function resultsMarkdown(info: RunInfo, results: BenchResult[]): string {
   parts.push(
     [
       `Written by \`npm run bench\` (bench/run.ts) on ${info.startedAt}, ${Math.round(info.durationMs / 1000)} s in all.`,
-      `Machine: ${Object.entries(info.host).map(([k, v]) => `${k} ${v}`).join(', ')}.`,
+      `Machine: ${Object.entries(info.host)
+        .map(([k, v]) => `${k} ${v}`)
+        .join(', ')}.`,
       `Options: ${JSON.stringify(info.options)}.`,
       'ARCH and the raw tool are measured in the same run, interleaved; compare ratios and paired differences, not absolute times (the VM is noisy, and shared with other work: see the load averages).',
       'Columns: ARCH and raw are medians; "added" is the median of paired differences (passthrough) or the difference of the medians; ARCH/raw is the median of per-repetition ratios for checkpoint-restore, the ratio of the medians elsewhere.',

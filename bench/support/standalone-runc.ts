@@ -51,7 +51,10 @@ export class StandaloneRunc {
   private templateRootfs: Promise<string> | undefined;
   private specTemplate: Record<string, unknown> | undefined;
 
-  constructor(readonly base: string, private readonly opts: StandaloneOptions) {
+  constructor(
+    readonly base: string,
+    private readonly opts: StandaloneOptions,
+  ) {
     this.root = path.join(base, 'runc');
     this.cgroupParent = cgroupParentOf(base);
     fs.mkdirSync(this.root, { recursive: true });
@@ -80,7 +83,10 @@ export class StandaloneRunc {
       const dir = path.join(this.base, 'spec-template');
       await fsp.mkdir(dir, { recursive: true });
       await execa(this.opts.runc, ['spec'], { cwd: dir });
-      this.specTemplate = JSON.parse(await fsp.readFile(path.join(dir, 'config.json'), 'utf8')) as Record<string, unknown>;
+      this.specTemplate = JSON.parse(await fsp.readFile(path.join(dir, 'config.json'), 'utf8')) as Record<
+        string,
+        unknown
+      >;
     }
     return structuredClone(this.specTemplate);
   }
@@ -135,7 +141,10 @@ export class StandaloneRunc {
       });
       child.on('error', reject);
       child.on('exit', (code) => {
-        if (!/rc=\d+/.test(rc)) reject(new Error(`sh for runc ${args[0]} ${id} exited ${code} before runc did: ${p.output.join('').slice(-2000)}`));
+        if (!/rc=\d+/.test(rc))
+          reject(
+            new Error(`sh for runc ${args[0]} ${id} exited ${code} before runc did: ${p.output.join('').slice(-2000)}`),
+          );
       });
     });
   }
@@ -147,7 +156,10 @@ export class StandaloneRunc {
 
   /** `runc run -d` with stdio from /dev/null (for containers that are never checkpointed). */
   async runQuiet(id: string, bundle: string): Promise<void> {
-    await execa(this.opts.runc, [...this.globals(), 'run', '-d', '--bundle', bundle, id], { env: this.env(), stdio: 'ignore' });
+    await execa(this.opts.runc, [...this.globals(), 'run', '-d', '--bundle', bundle, id], {
+      env: this.env(),
+      stdio: 'ignore',
+    });
   }
 
   /** `runc checkpoint` (processes stop unless extra has --leave-running); resolves ms. */
@@ -155,11 +167,18 @@ export class StandaloneRunc {
     await fsp.mkdir(imagePath, { recursive: true });
     await fsp.mkdir(workPath, { recursive: true });
     const t0 = process.hrtime.bigint();
-    const r = await execa(this.opts.runc, [...this.globals(), 'checkpoint', '--image-path', imagePath, '--work-path', workPath, ...extra, id], {
-      env: this.env(), reject: false, all: true,
-    });
+    const r = await execa(
+      this.opts.runc,
+      [...this.globals(), 'checkpoint', '--image-path', imagePath, '--work-path', workPath, ...extra, id],
+      {
+        env: this.env(),
+        reject: false,
+        all: true,
+      },
+    );
     const ms = msSince(t0);
-    if (r.exitCode !== 0) throw new Error(`runc checkpoint ${id} failed: ${r.all ?? ''}${await criuLogTail(workPath, 'dump.log')}`);
+    if (r.exitCode !== 0)
+      throw new Error(`runc checkpoint ${id} failed: ${r.all ?? ''}${await criuLogTail(workPath, 'dump.log')}`);
     return ms;
   }
 
@@ -167,9 +186,21 @@ export class StandaloneRunc {
   async restore(id: string, bundle: string, imagePath: string, workPath: string): Promise<number> {
     await fsp.mkdir(workPath, { recursive: true });
     try {
-      return await this.runPiped(id, ['restore', '--detach', '--bundle', bundle, '--image-path', imagePath, '--work-path', workPath, id]);
+      return await this.runPiped(id, [
+        'restore',
+        '--detach',
+        '--bundle',
+        bundle,
+        '--image-path',
+        imagePath,
+        '--work-path',
+        workPath,
+        id,
+      ]);
     } catch (err) {
-      throw new Error(`${err instanceof Error ? err.message : String(err)}${await criuLogTail(workPath, 'restore.log')}`);
+      throw new Error(
+        `${err instanceof Error ? err.message : String(err)}${await criuLogTail(workPath, 'restore.log')}`,
+      );
     }
   }
 
@@ -208,7 +239,7 @@ export class StandaloneRunc {
       }
       p.child.stdout?.destroy();
       p.child.stderr?.destroy();
-      (p.child.stdio[3] as NodeJS.ReadableStream & { destroy?: () => void } | null)?.destroy?.();
+      (p.child.stdio[3] as (NodeJS.ReadableStream & { destroy?: () => void }) | null)?.destroy?.();
     }
     this.piped.delete(id);
   }
@@ -222,7 +253,10 @@ export class StandaloneRunc {
 
 async function criuLogTail(workPath: string, file: string): Promise<string> {
   const log = await fsp.readFile(path.join(workPath, file), 'utf8').catch(() => '');
-  const lines = log.split('\n').filter((l) => /Error|error|fail/i.test(l)).slice(-4);
+  const lines = log
+    .split('\n')
+    .filter((l) => /Error|error|fail/i.test(l))
+    .slice(-4);
   return lines.length ? ` (criu ${file}: ${lines.join(' | ')})` : '';
 }
 
@@ -242,7 +276,11 @@ export async function destroyStandaloneBase(base: string, runc = 'runc'): Promis
   }
   removeCgroupTree(cgroupParentOf(base));
   // A failed restore can leave a rootfs bind mount behind.
-  const mounts = fs.readFileSync('/proc/self/mountinfo', 'utf8').split('\n').map((l) => l.split(' ')[4] ?? '').filter((m) => m === base || m.startsWith(`${base}/`));
+  const mounts = fs
+    .readFileSync('/proc/self/mountinfo', 'utf8')
+    .split('\n')
+    .map((l) => l.split(' ')[4] ?? '')
+    .filter((m) => m === base || m.startsWith(`${base}/`));
   for (const m of mounts.sort((a, b) => b.length - a.length)) await execa('umount', ['-l', m], { reject: false });
   await fsp.rm(base, { recursive: true, force: true });
 }

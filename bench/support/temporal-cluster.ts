@@ -26,7 +26,13 @@ export interface BenchCluster extends TestCluster {
   workerEntry(node: string): string;
 }
 
-export async function startBenchCluster(label: string, names: string[], workDir: string, cleanup: Cleanup, o: ClusterOptions = {}): Promise<BenchCluster> {
+export async function startBenchCluster(
+  label: string,
+  names: string[],
+  workDir: string,
+  cleanup: Cleanup,
+  o: ClusterOptions = {},
+): Promise<BenchCluster> {
   const { home } = archHome();
   const repoDist = `${fs.realpathSync(REPO_ROOT)}/dist/`;
   const wrapper = path.join(workDir, 'node-from-snapshot');
@@ -38,7 +44,7 @@ export async function startBenchCluster(label: string, names: string[], workDir:
     wrapper,
     [
       '#!/bin/sh',
-      '# Benchmark: run a file of the checkout\'s dist/ from the snapshot of dist/ taken at the start of the run.',
+      "# Benchmark: run a file of the checkout's dist/ from the snapshot of dist/ taken at the start of the run.",
       'case "$1" in',
       `  ${q(repoDist)}*) _f=\${1#${q(repoDist)}}; shift; exec ${q(process.execPath)} ${q(`${home}/dist/`)}"$_f" "$@" ;;`,
       'esac',
@@ -77,7 +83,17 @@ export async function startBenchCluster(label: string, names: string[], workDir:
 // ---- workflow history, for timings the workflow result does not carry ------
 
 // temporal.api.enums.v1.EventType values (as core/temporal/overhead.ts spells them out).
-const EV = { started: 1, completed: 2, failed: 3, scheduled: 10, actStarted: 11, actCompleted: 12, actFailed: 13, actTimedOut: 14, actCanceled: 16 } as const;
+const EV = {
+  started: 1,
+  completed: 2,
+  failed: 3,
+  scheduled: 10,
+  actStarted: 11,
+  actCompleted: 12,
+  actFailed: 13,
+  actTimedOut: 14,
+  actCanceled: 16,
+} as const;
 
 interface Ts {
   seconds?: { toNumber(): number } | number | null;
@@ -149,7 +165,15 @@ export async function workflowTimes(handle: WorkflowHandle): Promise<WorkflowTim
         break;
       case EV.scheduled: {
         const a = e.activityTaskScheduledEventAttributes;
-        const run: ActivityRun = { type: a?.activityType?.name ?? '?', scheduledAt: t, startedAt: NaN, closedAt: NaN, ok: false, input: firstPayload(a?.input), result: undefined };
+        const run: ActivityRun = {
+          type: a?.activityType?.name ?? '?',
+          scheduledAt: t,
+          startedAt: NaN,
+          closedAt: NaN,
+          ok: false,
+          input: firstPayload(a?.input),
+          result: undefined,
+        };
         byId.set(num(e.eventId), run);
         out.push(run);
         break;
@@ -163,7 +187,11 @@ export async function workflowTimes(handle: WorkflowHandle): Promise<WorkflowTim
       case EV.actFailed:
       case EV.actTimedOut:
       case EV.actCanceled: {
-        const a = e.activityTaskCompletedEventAttributes ?? e.activityTaskFailedEventAttributes ?? e.activityTaskTimedOutEventAttributes ?? e.activityTaskCanceledEventAttributes;
+        const a =
+          e.activityTaskCompletedEventAttributes ??
+          e.activityTaskFailedEventAttributes ??
+          e.activityTaskTimedOutEventAttributes ??
+          e.activityTaskCanceledEventAttributes;
         const r = byId.get(num(a?.scheduledEventId));
         if (r) {
           r.closedAt = t;
@@ -189,15 +217,25 @@ export function activityContainerId(input: unknown): string | undefined {
 export function resultTimings(result: unknown): Record<string, number> {
   const t = (result as { timings?: unknown } | undefined)?.timings;
   if (!t || typeof t !== 'object') return {};
-  return Object.fromEntries(Object.entries(t as Record<string, unknown>).filter((e): e is [string, number] => typeof e[1] === 'number'));
+  return Object.fromEntries(
+    Object.entries(t as Record<string, unknown>).filter((e): e is [string, number] => typeof e[1] === 'number'),
+  );
 }
 
 /** Handles of the closed workflows of a type whose id starts with `prefix`, oldest first (visibility). */
-export async function closedWorkflows(client: Client, type: string, prefix: string): Promise<{ workflowId: string; handle: WorkflowHandle; startTime: number }[]> {
+export async function closedWorkflows(
+  client: Client,
+  type: string,
+  prefix: string,
+): Promise<{ workflowId: string; handle: WorkflowHandle; startTime: number }[]> {
   const out: { workflowId: string; handle: WorkflowHandle; startTime: number }[] = [];
   for await (const w of client.workflow.list({ query: `WorkflowType = '${type.replace(/'/g, '')}'` })) {
     if (!w.workflowId.startsWith(prefix) || w.status.name === 'RUNNING') continue;
-    out.push({ workflowId: w.workflowId, handle: client.workflow.getHandle(w.workflowId, w.runId), startTime: w.startTime.getTime() });
+    out.push({
+      workflowId: w.workflowId,
+      handle: client.workflow.getHandle(w.workflowId, w.runId),
+      startTime: w.startTime.getTime(),
+    });
   }
   return out.sort((a, b) => a.startTime - b.startTime);
 }

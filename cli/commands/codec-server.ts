@@ -16,7 +16,13 @@ import http from 'node:http';
 import type { Command } from 'commander';
 import { InvalidArgumentError } from 'commander';
 import { settingsVars } from '../../core/settings.js';
-import { loadPayloadKeys, AesGcmPayloadCodec, payloadFromJson, payloadToJson, type JsonPayload } from '../../core/temporal/codec.js';
+import {
+  loadPayloadKeys,
+  AesGcmPayloadCodec,
+  payloadFromJson,
+  payloadToJson,
+  type JsonPayload,
+} from '../../core/temporal/codec.js';
 import type { CliContext } from '../context.js';
 import { CliError, EXIT } from '../exit-codes.js';
 
@@ -28,7 +34,12 @@ export interface CodecServer {
 }
 
 /** Start the endpoint; `origins` are the UI origins allowed to call it. */
-export async function startCodecServer(o: { codec: AesGcmPayloadCodec; host: string; port: number; origins: string[] }): Promise<CodecServer> {
+export async function startCodecServer(o: {
+  codec: AesGcmPayloadCodec;
+  host: string;
+  port: number;
+  origins: string[];
+}): Promise<CodecServer> {
   const server = http.createServer((req, res) => {
     const origin = req.headers.origin;
     // Browsers send Origin on cross-origin calls; a caller without one (curl) is not a browser page.
@@ -44,7 +55,10 @@ export async function startCodecServer(o: { codec: AesGcmPayloadCodec; host: str
       res.writeHead(allowed ? 204 : 403).end();
       return;
     }
-    if (!allowed) return void res.writeHead(403, { 'content-type': 'text/plain' }).end(`origin ${origin} is not allowed (arch-cli codec-server --ui-origin)\n`);
+    if (!allowed)
+      return void res
+        .writeHead(403, { 'content-type': 'text/plain' })
+        .end(`origin ${origin} is not allowed (arch-cli codec-server --ui-origin)\n`);
     const op = req.url?.split('?')[0];
     if (req.method !== 'POST' || (op !== '/decode' && op !== '/encode')) return void res.writeHead(404).end();
     const chunks: Buffer[] = [];
@@ -61,12 +75,16 @@ export async function startCodecServer(o: { codec: AesGcmPayloadCodec; host: str
           body = JSON.parse(Buffer.concat(chunks).toString('utf8')) as { payloads?: JsonPayload[] };
           if (!Array.isArray(body.payloads)) throw new Error('no "payloads" array');
         } catch (err) {
-          return void res.writeHead(400, { 'content-type': 'text/plain' }).end(`bad request: ${(err as Error).message}\n`);
+          return void res
+            .writeHead(400, { 'content-type': 'text/plain' })
+            .end(`bad request: ${(err as Error).message}\n`);
         }
         try {
           const payloads = body.payloads.map(payloadFromJson);
           const out = op === '/decode' ? await o.codec.decode(payloads) : await o.codec.encode(payloads);
-          res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ payloads: out.map(payloadToJson) }));
+          res
+            .writeHead(200, { 'content-type': 'application/json' })
+            .end(JSON.stringify({ payloads: out.map(payloadToJson) }));
         } catch (err) {
           res.writeHead(400, { 'content-type': 'text/plain' }).end(`${(err as Error).message}\n`);
         }
@@ -81,10 +99,11 @@ export async function startCodecServer(o: { codec: AesGcmPayloadCodec; host: str
   const port = typeof addr === 'object' && addr ? addr.port : o.port;
   return {
     url: `http://${o.host.includes(':') ? `[${o.host}]` : o.host}:${port}`,
-    close: () => new Promise<void>((resolve) => {
-      server.closeAllConnections();
-      server.close(() => resolve());
-    }),
+    close: () =>
+      new Promise<void>((resolve) => {
+        server.closeAllConnections();
+        server.close(() => resolve());
+      }),
   };
 }
 
@@ -97,18 +116,37 @@ function portArg(v: string): number {
 export function registerCodecServer(program: Command, ctx: CliContext): void {
   program
     .command('codec-server')
-    .description('serve /encode and /decode for the Temporal UI with this cluster\'s payload key (loopback by default), until Ctrl-C')
+    .description(
+      "serve /encode and /decode for the Temporal UI with this cluster's payload key (loopback by default), until Ctrl-C",
+    )
     .option('--port <n>', 'port (0: any free one)', portArg, 8888)
     .option('--listen <host>', 'address to listen on: whoever reaches it can decrypt payloads', '127.0.0.1')
-    .option('--ui-origin <url...>', 'origin(s) of the Temporal UI allowed to call it', ['http://localhost:8233', 'http://127.0.0.1:8233'])
+    .option('--ui-origin <url...>', 'origin(s) of the Temporal UI allowed to call it', [
+      'http://localhost:8233',
+      'http://127.0.0.1:8233',
+    ])
     .action(async (o: { port: number; listen: string; uiOrigin: string[] }) => {
       const out = ctx.out();
-      const { keys, source } = loadPayloadKeys(settingsVars({ ...process.env, ARCH_CONFIG: ctx.settings.configFile }).vars);
-      if (keys.length === 0) throw new CliError('no payload key: nothing to decode. Fix: set ARCH_PAYLOAD_KEY_FILE (install.sh creates /etc/arch/keys/payload.key), the key the cluster\'s nodes use', EXIT.input);
+      const { keys, source } = loadPayloadKeys(
+        settingsVars({ ...process.env, ARCH_CONFIG: ctx.settings.configFile }).vars,
+      );
+      if (keys.length === 0)
+        throw new CliError(
+          "no payload key: nothing to decode. Fix: set ARCH_PAYLOAD_KEY_FILE (install.sh creates /etc/arch/keys/payload.key), the key the cluster's nodes use",
+          EXIT.input,
+        );
       const codec = new AesGcmPayloadCodec(keys, { acceptPlaintext: true });
-      const server = await startCodecServer({ codec, host: o.listen, port: o.port, origins: o.uiOrigin.map((u) => u.replace(/\/+$/, '')) });
-      out.result({ url: server.url, keyId: codec.keyId, keySource: source, uiOrigins: o.uiOrigin }, () =>
-        `codec server at ${server.url} (key ${codec.keyId} from ${source}), for the UI at ${o.uiOrigin.join(', ')}.\nIn the UI: Settings → Codec Server → ${server.url}, or start the UI with TEMPORAL_CODEC_ENDPOINT=${server.url}. Ctrl-C stops.`);
+      const server = await startCodecServer({
+        codec,
+        host: o.listen,
+        port: o.port,
+        origins: o.uiOrigin.map((u) => u.replace(/\/+$/, '')),
+      });
+      out.result(
+        { url: server.url, keyId: codec.keyId, keySource: source, uiOrigins: o.uiOrigin },
+        () =>
+          `codec server at ${server.url} (key ${codec.keyId} from ${source}), for the UI at ${o.uiOrigin.join(', ')}.\nIn the UI: Settings → Codec Server → ${server.url}, or start the UI with TEMPORAL_CODEC_ENDPOINT=${server.url}. Ctrl-C stops.`,
+      );
       await new Promise<void>((resolve) => {
         process.once('SIGINT', resolve);
         process.once('SIGTERM', resolve);

@@ -25,7 +25,9 @@ interface DevFlags extends WorkerFlags {
 }
 
 function defaultDb(): string {
-  return process.getuid?.() === 0 ? '/var/lib/arch/temporal-dev.sqlite' : path.join(os.homedir(), '.local/share/arch/temporal-dev.sqlite');
+  return process.getuid?.() === 0
+    ? '/var/lib/arch/temporal-dev.sqlite'
+    : path.join(os.homedir(), '.local/share/arch/temporal-dev.sqlite');
 }
 
 function splitAddress(address: string): { host: string; port: number } {
@@ -38,7 +40,9 @@ const LOCAL = new Set(['localhost', '127.0.0.1', '::1', '0.0.0.0']);
 
 export function registerDev(program: Command, ctx: CliContext): void {
   const cmd = new Command('dev')
-    .description('run a local Temporal dev server (if none answers at TEMPORAL_ADDRESS) and this node\'s worker, until Ctrl-C')
+    .description(
+      "run a local Temporal dev server (if none answers at TEMPORAL_ADDRESS) and this node's worker, until Ctrl-C",
+    )
     .option('--db <file>', 'SQLite file of the dev server (workflows survive restarts)', defaultDb())
     .option('--ui-port <port>', 'Temporal UI port (default: frontend port + 1000)')
     .option('--no-worker', 'only the server')
@@ -47,14 +51,21 @@ export function registerDev(program: Command, ctx: CliContext): void {
   cmd.action(async (o: DevFlags) => {
     const out = ctx.out();
     const g = ctx.globals();
-    const target = temporalTarget({ temporalAddress: g.address ?? ctx.settings.temporalAddress, temporalNamespace: g.namespace ?? ctx.settings.temporalNamespace });
+    const target = temporalTarget({
+      temporalAddress: g.address ?? ctx.settings.temporalAddress,
+      temporalNamespace: g.namespace ?? ctx.settings.temporalNamespace,
+    });
     let server: DevServer | undefined;
     let uiUrl: string | undefined;
     if (await isReachable(target)) {
       out.info(`Temporal answers at ${target.address}: using it`);
     } else {
       const { host, port } = splitAddress(target.address);
-      if (!LOCAL.has(host)) throw new CliError(`Temporal at ${target.address} does not answer, and it is not local: cannot start a dev server there. Fix: start it, or unset TEMPORAL_ADDRESS`, EXIT.unavailable);
+      if (!LOCAL.has(host))
+        throw new CliError(
+          `Temporal at ${target.address} does not answer, and it is not local: cannot start a dev server there. Fix: start it, or unset TEMPORAL_ADDRESS`,
+          EXIT.unavailable,
+        );
       const uiPort = o.uiPort ? Number(o.uiPort) : port + 1000;
       out.info(`starting the Temporal dev server on ${target.address} (state in ${o.db})`);
       server = await startDevServer({
@@ -75,19 +86,37 @@ export function registerDev(program: Command, ctx: CliContext): void {
     out.info(`search attributes: ${sa.added.length ? `registered ${sa.added.join(', ')}` : 'already registered'}`);
     if (uiUrl) out.info(`Temporal UI: ${uiUrl}`);
     if (!o.worker) {
-      out.result({ address: target.address, namespace: target.namespace, uiUrl, startedServer: !!server, pid: server?.pid }, () => `Temporal dev server at ${target.address}${uiUrl ? `, UI ${uiUrl}` : ''}; Ctrl-C stops it`);
-      if (server) await new Promise<void>((resolve) => {
-        process.once('SIGINT', resolve);
-        process.once('SIGTERM', resolve);
-      });
+      out.result(
+        { address: target.address, namespace: target.namespace, uiUrl, startedServer: !!server, pid: server?.pid },
+        () => `Temporal dev server at ${target.address}${uiUrl ? `, UI ${uiUrl}` : ''}; Ctrl-C stops it`,
+      );
+      if (server)
+        await new Promise<void>((resolve) => {
+          process.once('SIGINT', resolve);
+          process.once('SIGTERM', resolve);
+        });
     } else {
       // The worker starts anyway (containerd may come up later), but say it now rather than at the first migration.
       if (!(await new Containerd({ address: o.containerdAddress, ctr: o.ctr }).ping().catch(() => false))) {
-        out.info(`warning: containerd does not answer at ${o.containerdAddress}. Fix: start it (systemctl start containerd, or run \`containerd &\`), or pass --containerd-address`);
+        out.info(
+          `warning: containerd does not answer at ${o.containerdAddress}. Fix: start it (systemctl start containerd, or run \`containerd &\`), or pass --containerd-address`,
+        );
       }
-      const worker = await startNodeWorker(workerOptionsFrom(o, { ...ctx.settings, temporalAddress: target.address, temporalNamespace: target.namespace }));
-      out.result({ address: target.address, namespace: target.namespace, uiUrl, startedServer: !!server, node: worker.node, transferUrl: worker.transferUrl }, () =>
-        `ARCH dev: Temporal ${target.address}${uiUrl ? ` (UI ${uiUrl})` : ''}, worker for node ${worker.node}. Ctrl-C stops.`);
+      const worker = await startNodeWorker(
+        workerOptionsFrom(o, { ...ctx.settings, temporalAddress: target.address, temporalNamespace: target.namespace }),
+      );
+      out.result(
+        {
+          address: target.address,
+          namespace: target.namespace,
+          uiUrl,
+          startedServer: !!server,
+          node: worker.node,
+          transferUrl: worker.transferUrl,
+        },
+        () =>
+          `ARCH dev: Temporal ${target.address}${uiUrl ? ` (UI ${uiUrl})` : ''}, worker for node ${worker.node}. Ctrl-C stops.`,
+      );
       await worker.done;
     }
     if (server && !o.keepServer) await server.stop();

@@ -14,15 +14,35 @@ import { parseDeadline } from '../time.js';
 
 export function formatDrain(r: DrainResult): string {
   const rows = r.containers.map((c) => [
-    `${c.namespace}/${c.id}`, c.outcome, c.runningOn ?? '-', ms(c.checkpointMs), c.checkpointedInTime === undefined ? '-' : c.checkpointedInTime ? 'yes' : 'NO',
+    `${c.namespace}/${c.id}`,
+    c.outcome,
+    c.runningOn ?? '-',
+    ms(c.checkpointMs),
+    c.checkpointedInTime === undefined ? '-' : c.checkpointedInTime ? 'yes' : 'NO',
     c.expectedToFit === undefined ? '-' : c.expectedToFit ? 'yes' : 'NO',
-    ms(c.transferMs), ms(c.restoreMs), bytes(c.sizeBytes), c.error ?? '',
+    ms(c.transferMs),
+    ms(c.restoreMs),
+    bytes(c.sizeBytes),
+    c.error ?? '',
   ]);
-  const late = r.plan?.notExpectedToFit ?? r.containers.filter((c) => c.expectedToFit === false).map((c) => `${c.namespace}/${c.id}`);
+  const late =
+    r.plan?.notExpectedToFit ??
+    r.containers.filter((c) => c.expectedToFit === false).map((c) => `${c.namespace}/${c.id}`);
   return [
     `drain of ${r.node} → ${r.targets.join(', ') || '(checkpoint only)'}: ${r.containers.length} containers, checkpoints ${r.withinDeadline ? 'within' : 'NOT within'} the deadline ${r.deadline} (${ms(r.checkpointPhaseMs)}), total ${ms(r.totalMs)}`,
     ...(late.length ? [`not expected to fit: ${late.join(', ')}`] : []),
-    table(rows, ['CONTAINER', 'OUTCOME', 'RUNS ON', 'CHECKPOINT', 'IN TIME', 'FIT', 'TRANSFER', 'RESTORE', 'SIZE', 'ERROR']),
+    table(rows, [
+      'CONTAINER',
+      'OUTCOME',
+      'RUNS ON',
+      'CHECKPOINT',
+      'IN TIME',
+      'FIT',
+      'TRANSFER',
+      'RESTORE',
+      'SIZE',
+      'ERROR',
+    ]),
   ].join('\n');
 }
 
@@ -39,34 +59,54 @@ export function registerDrain(program: Command, ctx: CliContext): void {
     .option('--deadline <time>', 'checkpoints must be done by then: a duration from now (2m) or an ISO time', '2m')
     .option('--parallelism <n>', 'checkpoints at once, at most', (v) => {
       const n = Number(v);
-      if (!Number.isInteger(n) || n < 1) throw new ArchInputError('--parallelism', `"${v}" is not a whole number >= 1`, 'pass e.g. 2');
+      if (!Number.isInteger(n) || n < 1)
+        throw new ArchInputError('--parallelism', `"${v}" is not a whole number >= 1`, 'pass e.g. 2');
       return n;
     })
     .option('--namespace <ns>', 'only this containerd namespace')
     .option('--wait', 'wait and show per-container results')
-    .action(async (node: string, o: { to?: string[]; deadline: string; parallelism?: number; namespace?: string; wait?: boolean }) => {
-      const out = ctx.out();
-      const targets = o.to ?? [];
-      if (targets.includes(node)) throw new ArchInputError('--to', `includes the drained node ${node}`, 'restore on other nodes');
-      const input: DrainInput = { node, targets, deadline: parseDeadline(o.deadline), parallelism: o.parallelism, selector: o.namespace ? { namespace: o.namespace } : undefined, reason: 'arch-cli drain' };
-      const client = await ctx.client();
-      await requireWorkers(client, [node, ...targets]);
-      const workflowId = workflowIds.drain(node, suffix());
-      const handle = await client.workflow.start(WORKFLOW_TYPES.drain, {
-        taskQueue: WORKFLOW_TASK_QUEUE,
-        workflowId,
-        args: [input],
-        typedSearchAttributes: attributePairs({ sourceNode: node, targetNode: targets.join(','), operation: 'drain', phase: 'queued' }) as never,
-        staticSummary: `drain ${node} → ${targets.join(', ') || '(checkpoint only)'} by ${input.deadline}`,
-      });
-      out.info(`drain ${workflowId} started (deadline ${input.deadline})`);
-      if (!o.wait) {
-        out.result({ workflowId, deadline: input.deadline }, () => `Follow it: arch-cli status ${workflowId}`);
-        return;
-      }
-      const r = await follow<DrainResult>(handle, { out, label: `drain ${node}` });
-      out.result({ workflowId, ...r }, () => formatDrain(r));
-      const code = drainExitCode(r);
-      if (code !== EXIT.ok) throw new CliError(`drain of ${node}: not every container was moved in time`, code, undefined, true);
-    });
+    .action(
+      async (
+        node: string,
+        o: { to?: string[]; deadline: string; parallelism?: number; namespace?: string; wait?: boolean },
+      ) => {
+        const out = ctx.out();
+        const targets = o.to ?? [];
+        if (targets.includes(node))
+          throw new ArchInputError('--to', `includes the drained node ${node}`, 'restore on other nodes');
+        const input: DrainInput = {
+          node,
+          targets,
+          deadline: parseDeadline(o.deadline),
+          parallelism: o.parallelism,
+          selector: o.namespace ? { namespace: o.namespace } : undefined,
+          reason: 'arch-cli drain',
+        };
+        const client = await ctx.client();
+        await requireWorkers(client, [node, ...targets]);
+        const workflowId = workflowIds.drain(node, suffix());
+        const handle = await client.workflow.start(WORKFLOW_TYPES.drain, {
+          taskQueue: WORKFLOW_TASK_QUEUE,
+          workflowId,
+          args: [input],
+          typedSearchAttributes: attributePairs({
+            sourceNode: node,
+            targetNode: targets.join(','),
+            operation: 'drain',
+            phase: 'queued',
+          }) as never,
+          staticSummary: `drain ${node} → ${targets.join(', ') || '(checkpoint only)'} by ${input.deadline}`,
+        });
+        out.info(`drain ${workflowId} started (deadline ${input.deadline})`);
+        if (!o.wait) {
+          out.result({ workflowId, deadline: input.deadline }, () => `Follow it: arch-cli status ${workflowId}`);
+          return;
+        }
+        const r = await follow<DrainResult>(handle, { out, label: `drain ${node}` });
+        out.result({ workflowId, ...r }, () => formatDrain(r));
+        const code = drainExitCode(r);
+        if (code !== EXIT.ok)
+          throw new CliError(`drain of ${node}: not every container was moved in time`, code, undefined, true);
+      },
+    );
 }

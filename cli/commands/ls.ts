@@ -13,16 +13,23 @@ import { bytes, table } from '../output.js';
 export function formatLs(node: string, list: ContainerSummary[]): string {
   if (list.length === 0) return `no ARCH containers on ${node}`;
   const rows = list.map((c) => [
-    `${c.namespace}/${c.id}`, c.status, c.pid ? String(c.pid) : '-', c.mode ?? '-', String(c.priority), bytes(c.rssBytes),
+    `${c.namespace}/${c.id}`,
+    c.status,
+    c.pid ? String(c.pid) : '-',
+    c.mode ?? '-',
+    String(c.priority),
+    bytes(c.rssBytes),
     c.checkpoint ? `${c.checkpoint.createdAt} (${bytes(c.checkpoint.sizeBytes)})` : '-',
     c.lastRestoreFailure ? `FAILED (${c.lastRestoreFailure.reason})` : '-',
   ]);
   const out = table(rows, ['CONTAINER', 'STATUS', 'PID', 'MODE', 'PRIO', 'RSS', 'CHECKPOINT', 'RESTORE']);
   // A failed restore means lost progress: its cause in full, below the table.
-  const failures = list.filter((c) => c.lastRestoreFailure).map((c) => {
-    const f = c.lastRestoreFailure!;
-    return `${c.namespace}/${c.id}: restore failed at ${f.at} (${f.reason}), started fresh: ${f.message} [checkpoint ${f.checkpointDir}]`;
-  });
+  const failures = list
+    .filter((c) => c.lastRestoreFailure)
+    .map((c) => {
+      const f = c.lastRestoreFailure!;
+      return `${c.namespace}/${c.id}: restore failed at ${f.at} (${f.reason}), started fresh: ${f.message} [checkpoint ${f.checkpointDir}]`;
+    });
   return failures.length ? `${out}\n\n${failures.join('\n')}` : out;
 }
 
@@ -32,14 +39,19 @@ export function registerLs(program: Command, ctx: CliContext): void {
     .description("list a node's ARCH containers and their checkpoints (asks the node's worker)")
     .option('--node <node>', 'the node (default: this one)', nodeArg)
     .option('--namespace <ns>', 'only this containerd namespace')
-    .option('--local', "this node only, read directly (no Temporal or worker needed)")
+    .option('--local', 'this node only, read directly (no Temporal or worker needed)')
     .action(async (o: { node?: string; namespace?: string; local?: boolean }) => {
       const node = o.node ?? ctx.settings.nodeName;
       if (o.namespace) validateNamespace(o.namespace, '--namespace');
       if (o.local) {
-        const found = await listArchContainers({ settings: ctx.settings, log: createLogger(ctx.settings, 'arch-cli') }, { namespaces: o.namespace ? [o.namespace] : undefined });
+        const found = await listArchContainers(
+          { settings: ctx.settings, log: createLogger(ctx.settings, 'arch-cli') },
+          { namespaces: o.namespace ? [o.namespace] : undefined },
+        );
         const list: ContainerSummary[] = found.map(containerSummary);
-        ctx.out().result({ node: ctx.settings.nodeName, containers: list }, () => formatLs(ctx.settings.nodeName, list));
+        ctx
+          .out()
+          .result({ node: ctx.settings.nodeName, containers: list }, () => formatLs(ctx.settings.nodeName, list));
         return;
       }
       const client = await ctx.client();

@@ -17,7 +17,15 @@ export function formatMigrate(r: MigrateResult): string {
   const ck = `checkpoint ${bytes(r.checkpoint.sizeBytes)}, ${r.checkpoint.mode} storage, ${r.checkpoint.transferred === 'copied' ? 'copied to the target' : 'already visible to the target'}`;
   const rows = r.phases.map((p) => [p.phase, p.node, ms(p.ms), ms(p.activityMs)]);
   const overhead = `orchestration overhead ${ms(r.totalMs - r.activityMs)} (wall time minus time inside activities)`;
-  return [head, ck, table(rows, ['PHASE', 'NODE', 'WALL', 'IN ACTIVITY']), overhead, r.cleanupError ? `warning: cleanup on ${r.from} failed: ${r.cleanupError}` : ''].filter(Boolean).join('\n');
+  return [
+    head,
+    ck,
+    table(rows, ['PHASE', 'NODE', 'WALL', 'IN ACTIVITY']),
+    overhead,
+    r.cleanupError ? `warning: cleanup on ${r.from} failed: ${r.cleanupError}` : '',
+  ]
+    .filter(Boolean)
+    .join('\n');
 }
 
 export function registerMigrate(program: Command, ctx: CliContext): void {
@@ -30,34 +38,61 @@ export function registerMigrate(program: Command, ctx: CliContext): void {
     .option('--wait', 'wait for the migration and show its progress and phase timings')
     .addOption(new Option('--timeout <duration>', 'with --wait: give up waiting after this long (exit 5)'))
     .option('--node-timeout <duration>', 'how long a node may take to pick up work before it counts as down', '30s')
-    .action(async (container: string, o: { from: string; to: string; wait?: boolean; timeout?: string; nodeTimeout: string }) => {
-      const out = ctx.out();
-      const ref = parseContainerRef(container);
-      if (o.from === o.to) throw new ArchInputError('--to', `is the same node as --from (${o.from})`, 'pass two different nodes');
-      const input: MigrateInput = { ...ref, from: o.from, to: o.to, nodeStartTimeoutMs: parseDurationMs(o.nodeTimeout, '--node-timeout') };
-      const client = await ctx.client();
-      await requireWorkers(client, [o.from, o.to]);
-      const workflowId = workflowIds.migrate(ref.namespace, ref.id, suffix());
-      const handle = await client.workflow.start(WORKFLOW_TYPES.migrate, {
-        taskQueue: WORKFLOW_TASK_QUEUE,
-        workflowId,
-        args: [input],
-        typedSearchAttributes: attributePairs({ container: `${ref.namespace}/${ref.id}`, namespace: ref.namespace, sourceNode: o.from, targetNode: o.to, operation: 'migrate', phase: 'queued' }) as never,
-        staticSummary: `migrate ${ref.namespace}/${ref.id}: ${o.from} → ${o.to}`,
-      });
-      out.info(`migration ${workflowId} started`);
-      if (!o.wait) {
-        let phase: string | undefined;
-        try {
-          phase = await waitPastPreflight(handle, ['queued', 'preflight']);
-        } catch (err) {
-          throw failureToCliError(err, `migrate ${container}`);
+    .action(
+      async (
+        container: string,
+        o: { from: string; to: string; wait?: boolean; timeout?: string; nodeTimeout: string },
+      ) => {
+        const out = ctx.out();
+        const ref = parseContainerRef(container);
+        if (o.from === o.to)
+          throw new ArchInputError('--to', `is the same node as --from (${o.from})`, 'pass two different nodes');
+        const input: MigrateInput = {
+          ...ref,
+          from: o.from,
+          to: o.to,
+          nodeStartTimeoutMs: parseDurationMs(o.nodeTimeout, '--node-timeout'),
+        };
+        const client = await ctx.client();
+        await requireWorkers(client, [o.from, o.to]);
+        const workflowId = workflowIds.migrate(ref.namespace, ref.id, suffix());
+        const handle = await client.workflow.start(WORKFLOW_TYPES.migrate, {
+          taskQueue: WORKFLOW_TASK_QUEUE,
+          workflowId,
+          args: [input],
+          typedSearchAttributes: attributePairs({
+            container: `${ref.namespace}/${ref.id}`,
+            namespace: ref.namespace,
+            sourceNode: o.from,
+            targetNode: o.to,
+            operation: 'migrate',
+            phase: 'queued',
+          }) as never,
+          staticSummary: `migrate ${ref.namespace}/${ref.id}: ${o.from} → ${o.to}`,
+        });
+        out.info(`migration ${workflowId} started`);
+        if (!o.wait) {
+          let phase: string | undefined;
+          try {
+            phase = await waitPastPreflight(handle, ['queued', 'preflight']);
+          } catch (err) {
+            throw failureToCliError(err, `migrate ${container}`);
+          }
+          out.result(
+            { workflowId, runId: handle.firstExecutionRunId, phase },
+            () =>
+              `${container}: ${o.from} → ${o.to} is under way (phase ${phase ?? 'starting'}).\nFollow it: arch-cli status ${workflowId}  (or the Temporal UI, search ArchContainer="${container}")`,
+          );
+          return;
         }
-        out.result({ workflowId, runId: handle.firstExecutionRunId, phase }, () => `${container}: ${o.from} → ${o.to} is under way (phase ${phase ?? 'starting'}).\nFollow it: arch-cli status ${workflowId}  (or the Temporal UI, search ArchContainer="${container}")`);
-        return;
-      }
-      const r = await follow<MigrateResult>(handle, { out, label: `migrate ${container}`, timeoutMs: o.timeout ? parseDurationMs(o.timeout, '--timeout') : undefined });
-      out.result({ workflowId, ...r }, () => formatMigrate(r));
-      if (r.outcome !== 'migrated') throw new CliError(`${container} was not migrated`, EXIT.compensated, undefined, true);
-    });
+        const r = await follow<MigrateResult>(handle, {
+          out,
+          label: `migrate ${container}`,
+          timeoutMs: o.timeout ? parseDurationMs(o.timeout, '--timeout') : undefined,
+        });
+        out.result({ workflowId, ...r }, () => formatMigrate(r));
+        if (r.outcome !== 'migrated')
+          throw new CliError(`${container} was not migrated`, EXIT.compensated, undefined, true);
+      },
+    );
 }

@@ -11,15 +11,28 @@ import { follow } from '../follow.js';
 import { bytes, ms, table } from '../output.js';
 
 export function formatPause(r: PauseResult): string {
-  const rows = r.containers.map((c) => [`${c.namespace}/${c.id}`, c.outcome, ms(c.ms), bytes(c.sizeBytes), c.error ?? '']);
-  return [`${r.action} on ${r.node}: ${r.containers.length} containers in ${ms(r.totalMs)}`, rows.length ? table(rows, ['CONTAINER', 'OUTCOME', 'TIME', 'SIZE', 'ERROR']) : '(nothing matched)'].join('\n');
+  const rows = r.containers.map((c) => [
+    `${c.namespace}/${c.id}`,
+    c.outcome,
+    ms(c.ms),
+    bytes(c.sizeBytes),
+    c.error ?? '',
+  ]);
+  return [
+    `${r.action} on ${r.node}: ${r.containers.length} containers in ${ms(r.totalMs)}`,
+    rows.length ? table(rows, ['CONTAINER', 'OUTCOME', 'TIME', 'SIZE', 'ERROR']) : '(nothing matched)',
+  ].join('\n');
 }
 
 export function registerPauseResume(program: Command, ctx: CliContext): void {
   for (const action of ['pause', 'resume'] as const) {
     program
       .command(action)
-      .description(action === 'pause' ? 'checkpoint and stop the matching ARCH containers of a node' : 'restore the paused ARCH containers of a node')
+      .description(
+        action === 'pause'
+          ? 'checkpoint and stop the matching ARCH containers of a node'
+          : 'restore the paused ARCH containers of a node',
+      )
       .argument('[ids...]', 'only these container ids (default: all)')
       .requiredOption('--node <node>', 'the node', nodeArg)
       .option('--namespace <ns>', 'only this containerd namespace')
@@ -28,7 +41,10 @@ export function registerPauseResume(program: Command, ctx: CliContext): void {
         const out = ctx.out();
         if (o.namespace) validateNamespace(o.namespace, '--namespace');
         ids.forEach((id) => validateContainerId(id));
-        const input: PauseInput = { node: o.node, selector: { namespace: o.namespace, ids: ids.length ? ids : undefined } };
+        const input: PauseInput = {
+          node: o.node,
+          selector: { namespace: o.namespace, ids: ids.length ? ids : undefined },
+        };
         const client = await ctx.client();
         await requireWorkers(client, [o.node]);
         const workflowId = (action === 'pause' ? workflowIds.pause : workflowIds.resume)(o.node, suffix());
@@ -36,7 +52,12 @@ export function registerPauseResume(program: Command, ctx: CliContext): void {
           taskQueue: WORKFLOW_TASK_QUEUE,
           workflowId,
           args: [input],
-          typedSearchAttributes: attributePairs({ sourceNode: o.node, targetNode: o.node, operation: action, phase: 'queued' }) as never,
+          typedSearchAttributes: attributePairs({
+            sourceNode: o.node,
+            targetNode: o.node,
+            operation: action,
+            phase: 'queued',
+          }) as never,
           staticSummary: `${action} on ${o.node}`,
         });
         out.info(`${action} ${workflowId} started`);
@@ -46,7 +67,8 @@ export function registerPauseResume(program: Command, ctx: CliContext): void {
         }
         const r = await follow<PauseResult>(handle, { out, label: `${action} ${o.node}` });
         out.result({ workflowId, ...r }, () => formatPause(r));
-        if (r.containers.some((c) => c.outcome === 'failed')) throw new CliError(`${action}: some containers failed`, EXIT.failed, undefined, true);
+        if (r.containers.some((c) => c.outcome === 'failed'))
+          throw new CliError(`${action}: some containers failed`, EXIT.failed, undefined, true);
       });
   }
 }

@@ -24,7 +24,8 @@ type Action = (typeof ACTIONS)[number];
 const scheduleId = (name: string, action: Action) => `${workflowIds.schedule(name)}-${action}`;
 
 function checkName(name: string): string {
-  if (!isValidNodeName(name)) throw new ArchInputError('schedule name', `"${name}" is not a valid name`, 'use letters, digits, ".", "_" and "-"');
+  if (!isValidNodeName(name))
+    throw new ArchInputError('schedule name', `"${name}" is not a valid name`, 'use letters, digits, ".", "_" and "-"');
   return name;
 }
 
@@ -42,7 +43,8 @@ export interface ArchScheduleInfo {
 async function archSchedules(client: Client): Promise<ArchScheduleInfo[]> {
   const out: ArchScheduleInfo[] = [];
   for await (const s of client.schedule.list() as AsyncIterable<ScheduleSummary>) {
-    const m = s.memo as { archSchedule?: string; node?: string; action?: Action; calendar?: string; timeZone?: string } | undefined;
+    const m = s.memo as
+      { archSchedule?: string; node?: string; action?: Action; calendar?: string; timeZone?: string } | undefined;
     if (!m?.archSchedule || !s.scheduleId.startsWith(workflowIds.schedule(''))) continue;
     out.push({
       name: m.archSchedule,
@@ -72,7 +74,9 @@ async function requireSchedule(client: Client, name: string): Promise<void> {
 }
 
 export function registerSchedule(program: Command, ctx: CliContext): void {
-  const sched = program.command('schedule').description('calendar-driven pause/resume of a node\'s containers (Temporal Schedules)');
+  const sched = program
+    .command('schedule')
+    .description("calendar-driven pause/resume of a node's containers (Temporal Schedules)");
 
   sched
     .command('create')
@@ -85,49 +89,81 @@ export function registerSchedule(program: Command, ctx: CliContext): void {
     .option('--ids <ids>', 'only these container ids (comma-separated)')
     .addOption(new Option('--paused', 'create the schedules paused (no runs until `schedule unpause`)'))
     .description('create the pause and resume schedules of a node')
-    .action(async (name: string, o: { node: string; pause: string; resume: string; tz: string; namespace?: string; ids?: string; paused?: boolean }) => {
-      const out = ctx.out();
-      checkName(name);
-      // Everything is validated before the first Schedule exists: bad input changes nothing.
-      const cron: Record<Action, string> = { pause: parseCalendar(o.pause, '--pause'), resume: parseCalendar(o.resume, '--resume') };
-      const tz = checkTimeZone(o.tz);
-      if (o.namespace) validateNamespace(o.namespace, '--namespace');
-      const ids = o.ids ? o.ids.split(',').map((s) => validateContainerId(s.trim(), '--ids')) : undefined;
-      const client = await ctx.client();
-      if (!(await nodeHasWorker(client, o.node))) out.info(`warning: node ${o.node} has no worker right now; the schedule runs will fail until it has one`);
-      const created: string[] = [];
-      try {
-        for (const action of ACTIONS) {
-          const input: PauseInput = { node: o.node, selector: { namespace: o.namespace, ids }, schedule: name };
-          await client.schedule.create({
-            scheduleId: scheduleId(name, action),
-            spec: { cronExpressions: [cron[action]], timezone: tz },
-            action: {
-              type: 'startWorkflow',
-              workflowType: action === 'pause' ? WORKFLOW_TYPES.pause : WORKFLOW_TYPES.resume,
-              workflowId: `${(action === 'pause' ? workflowIds.pause : workflowIds.resume)(o.node, `sched-${name}`)}`,
-              taskQueue: WORKFLOW_TASK_QUEUE,
-              args: [input],
-              typedSearchAttributes: attributePairs({ sourceNode: o.node, targetNode: o.node, operation: action, phase: 'scheduled' }) as never,
-            },
-            policies: { overlap: ScheduleOverlapPolicy.BUFFER_ONE, catchupWindow: '10m' },
-            state: { paused: !!o.paused, note: `ARCH ${action} of ${o.node} (schedule ${name})` },
-            memo: { archSchedule: name, node: o.node, action, calendar: cron[action], timeZone: tz },
-          });
-          created.push(scheduleId(name, action));
+    .action(
+      async (
+        name: string,
+        o: {
+          node: string;
+          pause: string;
+          resume: string;
+          tz: string;
+          namespace?: string;
+          ids?: string;
+          paused?: boolean;
+        },
+      ) => {
+        const out = ctx.out();
+        checkName(name);
+        // Everything is validated before the first Schedule exists: bad input changes nothing.
+        const cron: Record<Action, string> = {
+          pause: parseCalendar(o.pause, '--pause'),
+          resume: parseCalendar(o.resume, '--resume'),
+        };
+        const tz = checkTimeZone(o.tz);
+        if (o.namespace) validateNamespace(o.namespace, '--namespace');
+        const ids = o.ids ? o.ids.split(',').map((s) => validateContainerId(s.trim(), '--ids')) : undefined;
+        const client = await ctx.client();
+        if (!(await nodeHasWorker(client, o.node)))
+          out.info(`warning: node ${o.node} has no worker right now; the schedule runs will fail until it has one`);
+        const created: string[] = [];
+        try {
+          for (const action of ACTIONS) {
+            const input: PauseInput = { node: o.node, selector: { namespace: o.namespace, ids }, schedule: name };
+            await client.schedule.create({
+              scheduleId: scheduleId(name, action),
+              spec: { cronExpressions: [cron[action]], timezone: tz },
+              action: {
+                type: 'startWorkflow',
+                workflowType: action === 'pause' ? WORKFLOW_TYPES.pause : WORKFLOW_TYPES.resume,
+                workflowId: `${(action === 'pause' ? workflowIds.pause : workflowIds.resume)(o.node, `sched-${name}`)}`,
+                taskQueue: WORKFLOW_TASK_QUEUE,
+                args: [input],
+                typedSearchAttributes: attributePairs({
+                  sourceNode: o.node,
+                  targetNode: o.node,
+                  operation: action,
+                  phase: 'scheduled',
+                }) as never,
+              },
+              policies: { overlap: ScheduleOverlapPolicy.BUFFER_ONE, catchupWindow: '10m' },
+              state: { paused: !!o.paused, note: `ARCH ${action} of ${o.node} (schedule ${name})` },
+              memo: { archSchedule: name, node: o.node, action, calendar: cron[action], timeZone: tz },
+            });
+            created.push(scheduleId(name, action));
+          }
+        } catch (err) {
+          for (const id of created)
+            await client.schedule
+              .getHandle(id)
+              .delete()
+              .catch(() => undefined);
+          const msg = (err as Error).message;
+          if (/already (exists|running)/i.test(msg) || (err as Error).name === 'ScheduleAlreadyRunning') {
+            throw new CliError(
+              `schedule "${name}" already exists. Fix: \`arch-cli schedule rm ${name}\` first, or pick another name`,
+              EXIT.input,
+            );
+          }
+          if (/invalid/i.test(msg)) throw new CliError(`the server refused the schedule: ${msg}`, EXIT.input);
+          throw err;
         }
-      } catch (err) {
-        for (const id of created) await client.schedule.getHandle(id).delete().catch(() => undefined);
-        const msg = (err as Error).message;
-        if (/already (exists|running)/i.test(msg) || (err as Error).name === 'ScheduleAlreadyRunning') {
-          throw new CliError(`schedule "${name}" already exists. Fix: \`arch-cli schedule rm ${name}\` first, or pick another name`, EXIT.input);
-        }
-        if (/invalid/i.test(msg)) throw new CliError(`the server refused the schedule: ${msg}`, EXIT.input);
-        throw err;
-      }
-      out.result({ name, node: o.node, pause: cron.pause, resume: cron.resume, timeZone: tz, scheduleIds: created }, () =>
-        `schedule ${name}: pause ${o.node} at "${cron.pause}", resume at "${cron.resume}" (${tz})${o.paused ? ', created paused' : ''}`);
-    });
+        out.result(
+          { name, node: o.node, pause: cron.pause, resume: cron.resume, timeZone: tz, scheduleIds: created },
+          () =>
+            `schedule ${name}: pause ${o.node} at "${cron.pause}", resume at "${cron.resume}" (${tz})${o.paused ? ', created paused' : ''}`,
+        );
+      },
+    );
 
   sched
     .command('ls')
@@ -137,7 +173,19 @@ export function registerSchedule(program: Command, ctx: CliContext): void {
       const list = await archSchedules(await ctx.client());
       out.result(list, () =>
         list.length
-          ? table(list.map((s) => [s.name, s.node, s.action, s.calendar, s.timeZone, s.paused ? 'paused' : 'active', s.nextRuns[0] ?? '-', s.lastRun ?? '-']), ['NAME', 'NODE', 'ACTION', 'CALENDAR', 'TZ', 'STATE', 'NEXT', 'LAST'])
+          ? table(
+              list.map((s) => [
+                s.name,
+                s.node,
+                s.action,
+                s.calendar,
+                s.timeZone,
+                s.paused ? 'paused' : 'active',
+                s.nextRuns[0] ?? '-',
+                s.lastRun ?? '-',
+              ]),
+              ['NAME', 'NODE', 'ACTION', 'CALENDAR', 'TZ', 'STATE', 'NEXT', 'LAST'],
+            )
           : 'no ARCH schedules',
       );
     });
@@ -149,9 +197,13 @@ export function registerSchedule(program: Command, ctx: CliContext): void {
     .action(async (name: string) => {
       const client = await ctx.client();
       await requireSchedule(client, checkName(name));
-      for (const a of ACTIONS) await client.schedule.getHandle(scheduleId(name, a)).delete().catch((err: unknown) => {
-        if (!(err instanceof ScheduleNotFoundError)) throw err;
-      });
+      for (const a of ACTIONS)
+        await client.schedule
+          .getHandle(scheduleId(name, a))
+          .delete()
+          .catch((err: unknown) => {
+            if (!(err instanceof ScheduleNotFoundError)) throw err;
+          });
       ctx.out().result({ name, deleted: true }, () => `schedule ${name} deleted`);
     });
 
@@ -159,7 +211,9 @@ export function registerSchedule(program: Command, ctx: CliContext): void {
     sched
       .command(verb)
       .argument('<name>')
-      .description(verb === 'pause' ? 'stop the schedule from firing (containers are not touched)' : 'let the schedule fire again')
+      .description(
+        verb === 'pause' ? 'stop the schedule from firing (containers are not touched)' : 'let the schedule fire again',
+      )
       .action(async (name: string) => {
         const client = await ctx.client();
         await requireSchedule(client, checkName(name));
@@ -177,7 +231,12 @@ export function registerSchedule(program: Command, ctx: CliContext): void {
     .requiredOption('--action <action>', 'which part to run now: pause or resume')
     .description('run the pause or the resume of a schedule now')
     .action(async (name: string, o: { action: string }) => {
-      if (!ACTIONS.includes(o.action as Action)) throw new ArchInputError('--action', `"${o.action}" is not pause or resume`, 'pass --action pause or --action resume');
+      if (!ACTIONS.includes(o.action as Action))
+        throw new ArchInputError(
+          '--action',
+          `"${o.action}" is not pause or resume`,
+          'pass --action pause or --action resume',
+        );
       const client = await ctx.client();
       await requireSchedule(client, checkName(name));
       await client.schedule.getHandle(scheduleId(name, o.action as Action)).trigger(ScheduleOverlapPolicy.ALLOW_ALL);

@@ -46,7 +46,10 @@ function row(w: WorkflowExecutionInfo): StatusRow {
 
 const quote = (v: string) => `"${v.replace(/["\\]/g, '')}"`;
 
-export async function listArchWorkflows(client: Client, o: { running?: boolean; node?: string; container?: string; operation?: string; limit: number }): Promise<StatusRow[]> {
+export async function listArchWorkflows(
+  client: Client,
+  o: { running?: boolean; node?: string; container?: string; operation?: string; limit: number },
+): Promise<StatusRow[]> {
   const q = [ARCH_VISIBILITY_QUERY];
   if (o.running) q.push(`ExecutionStatus = "Running"`);
   if (o.node) q.push(`(ArchSourceNode = ${quote(o.node)} OR ArchTargetNode = ${quote(o.node)})`);
@@ -70,40 +73,65 @@ export function registerStatus(program: Command, ctx: CliContext): void {
     .option('--container <ref>', 'only those of this container (NAMESPACE/ID)')
     .option('--operation <op>', 'migrate, drain, reclaim-watch, pause or resume')
     .option('--limit <n>', 'at most this many', '20')
-    .action(async (workflowId: string | undefined, o: { running?: boolean; node?: string; container?: string; operation?: string; limit: string }) => {
-      const out = ctx.out();
-      const client = await ctx.client();
-      if (workflowId) {
-        const h = client.workflow.getHandle(workflowId);
-        const d = await h.describe();
-        const info: Record<string, unknown> = { ...row(d as unknown as WorkflowExecutionInfo), runId: d.runId, historyLength: d.historyLength };
-        if (d.status.name === 'COMPLETED') info.result = await h.result();
-        else if (d.status.name !== 'RUNNING') info.failure = await h.result().then(() => undefined, (err: unknown) => rootFailure(err));
-        else if (d.type === 'migrateContainer') info.progress = await h.query('progress').catch(() => undefined);
-        else if (d.type === 'nodeReclaimWatch') info.state = await h.query('state').catch(() => undefined);
-        out.result(info, () => {
-          const r = info as unknown as StatusRow & { failure?: { message: string } };
-          return [
-            `${r.workflowId} (${r.type}): ${r.status}${r.phase ? `, phase ${r.phase}` : ''}`,
-            `  ${r.container ?? ''} ${r.sourceNode ?? ''}${r.targetNode ? ` → ${r.targetNode}` : ''}`.trimEnd(),
-            `  started ${r.startTime}${r.closeTime ? `, closed ${r.closeTime} (${ms(r.durationMs)})` : ''}`,
-            r.failure ? `  failure: ${r.failure.message}` : '',
-            info.result !== undefined ? `  result: ${JSON.stringify(info.result)}` : '',
-          ].filter(Boolean).join('\n');
-        });
-        return;
-      }
-      const limit = Number(o.limit);
-      if (!Number.isInteger(limit) || limit < 1) throw new ArchInputError('--limit', `"${o.limit}" is not a whole number >= 1`, 'pass e.g. 20');
-      if (o.container) parseContainerRef(o.container, '--container');
-      const rows = await listArchWorkflows(client, { ...o, limit });
-      out.result(rows, () =>
-        rows.length
-          ? table(
-              rows.map((r) => [r.workflowId, r.operation ?? r.type, r.container ?? '-', `${r.sourceNode ?? '-'}${r.targetNode && r.targetNode !== r.sourceNode ? ` → ${r.targetNode}` : ''}`, r.phase ?? '-', r.status, r.startTime.replace(/\.\d+Z$/, 'Z'), ms(r.durationMs)]),
-              ['WORKFLOW', 'OPERATION', 'CONTAINER', 'NODES', 'PHASE', 'STATUS', 'STARTED', 'TOOK'],
-            )
-          : 'no ARCH workflows',
-      );
-    });
+    .action(
+      async (
+        workflowId: string | undefined,
+        o: { running?: boolean; node?: string; container?: string; operation?: string; limit: string },
+      ) => {
+        const out = ctx.out();
+        const client = await ctx.client();
+        if (workflowId) {
+          const h = client.workflow.getHandle(workflowId);
+          const d = await h.describe();
+          const info: Record<string, unknown> = {
+            ...row(d as unknown as WorkflowExecutionInfo),
+            runId: d.runId,
+            historyLength: d.historyLength,
+          };
+          if (d.status.name === 'COMPLETED') info.result = await h.result();
+          else if (d.status.name !== 'RUNNING')
+            info.failure = await h.result().then(
+              () => undefined,
+              (err: unknown) => rootFailure(err),
+            );
+          else if (d.type === 'migrateContainer') info.progress = await h.query('progress').catch(() => undefined);
+          else if (d.type === 'nodeReclaimWatch') info.state = await h.query('state').catch(() => undefined);
+          out.result(info, () => {
+            const r = info as unknown as StatusRow & { failure?: { message: string } };
+            return [
+              `${r.workflowId} (${r.type}): ${r.status}${r.phase ? `, phase ${r.phase}` : ''}`,
+              `  ${r.container ?? ''} ${r.sourceNode ?? ''}${r.targetNode ? ` → ${r.targetNode}` : ''}`.trimEnd(),
+              `  started ${r.startTime}${r.closeTime ? `, closed ${r.closeTime} (${ms(r.durationMs)})` : ''}`,
+              r.failure ? `  failure: ${r.failure.message}` : '',
+              info.result !== undefined ? `  result: ${JSON.stringify(info.result)}` : '',
+            ]
+              .filter(Boolean)
+              .join('\n');
+          });
+          return;
+        }
+        const limit = Number(o.limit);
+        if (!Number.isInteger(limit) || limit < 1)
+          throw new ArchInputError('--limit', `"${o.limit}" is not a whole number >= 1`, 'pass e.g. 20');
+        if (o.container) parseContainerRef(o.container, '--container');
+        const rows = await listArchWorkflows(client, { ...o, limit });
+        out.result(rows, () =>
+          rows.length
+            ? table(
+                rows.map((r) => [
+                  r.workflowId,
+                  r.operation ?? r.type,
+                  r.container ?? '-',
+                  `${r.sourceNode ?? '-'}${r.targetNode && r.targetNode !== r.sourceNode ? ` → ${r.targetNode}` : ''}`,
+                  r.phase ?? '-',
+                  r.status,
+                  r.startTime.replace(/\.\d+Z$/, 'Z'),
+                  ms(r.durationMs),
+                ]),
+                ['WORKFLOW', 'OPERATION', 'CONTAINER', 'NODES', 'PHASE', 'STATUS', 'STARTED', 'TOOK'],
+              )
+            : 'no ARCH workflows',
+        );
+      },
+    );
 }

@@ -13,7 +13,9 @@ import { CliError, EXIT } from '../exit-codes.js';
 export function registerTemporalSetup(program: Command, ctx: CliContext): void {
   program
     .command('temporal-setup')
-    .description("register ARCH's search attributes (ArchContainer, ArchNamespace, ArchSourceNode, ArchTargetNode, ArchOperation, ArchPhase) on the Temporal server")
+    .description(
+      "register ARCH's search attributes (ArchContainer, ArchNamespace, ArchSourceNode, ArchTargetNode, ArchOperation, ArchPhase) on the Temporal server",
+    )
     .option('--print', 'print the `temporal operator search-attribute create` commands instead')
     .action(async (o: { print?: boolean }) => {
       const out = ctx.out();
@@ -26,11 +28,20 @@ export function registerTemporalSetup(program: Command, ctx: CliContext): void {
       const client = await ctx.client();
       let r;
       try {
-        r = await ensureSearchAttributes(client.connection as unknown as Pick<Connection, 'operatorService'>, t.namespace);
+        r = await ensureSearchAttributes(
+          client.connection as unknown as Pick<Connection, 'operatorService'>,
+          t.namespace,
+        );
       } catch (err) {
-        throw new CliError(`registering search attributes on ${t.address} (namespace ${t.namespace}) failed: ${(err as Error).message}. Fix: run the commands of \`arch-cli temporal-setup --print\` with an admin's credentials`, EXIT.failed);
+        throw new CliError(
+          `registering search attributes on ${t.address} (namespace ${t.namespace}) failed: ${(err as Error).message}. Fix: run the commands of \`arch-cli temporal-setup --print\` with an admin's credentials`,
+          EXIT.failed,
+        );
       }
       out.result({ address: t.address, namespace: t.namespace, ...r }, () =>
-        r.added.length ? `registered ${r.added.join(', ')} on ${t.address} (${t.namespace})` : `all ARCH search attributes already registered on ${t.address} (${t.namespace})`);
+        r.added.length
+          ? `registered ${r.added.join(', ')} on ${t.address} (${t.namespace})`
+          : `all ARCH search attributes already registered on ${t.address} (${t.namespace})`,
+      );
     });
 }

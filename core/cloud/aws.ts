@@ -1,5 +1,12 @@
 import { ArchInputError } from '../errors.js';
-import { isRecord, joinUrl, MalformedResponseError, metadataRequest, parseJson, UnexpectedStatusError } from './http.js';
+import {
+  isRecord,
+  joinUrl,
+  MalformedResponseError,
+  metadataRequest,
+  parseJson,
+  UnexpectedStatusError,
+} from './http.js';
 import { positiveMs } from './options.js';
 import { PollingNoticeWatcher } from './polling-watcher.js';
 import type { WatcherOptions } from './types.js';
@@ -50,12 +57,20 @@ export class AwsNoticeWatcher extends PollingNoticeWatcher {
     super('aws', options);
     const ttl = options.tokenTtlSeconds ?? 21600;
     if (!Number.isInteger(ttl) || ttl < 1 || ttl > 21600) {
-      throw new ArchInputError('tokenTtlSeconds', `${ttl} is outside IMDSv2's 1..21600`, 'pass a whole number of seconds between 1 and 21600');
+      throw new ArchInputError(
+        'tokenTtlSeconds',
+        `${ttl} is outside IMDSv2's 1..21600`,
+        'pass a whole number of seconds between 1 and 21600',
+      );
     }
     this.tokenTtlSeconds = ttl;
     const onRebalance = options.onRebalance ?? 'log';
     if (onRebalance !== 'act' && onRebalance !== 'log') {
-      throw new ArchInputError('onRebalance', `"${String(onRebalance)}" is not act or log`, 'pass onRebalance: "act" or "log"');
+      throw new ArchInputError(
+        'onRebalance',
+        `"${String(onRebalance)}" is not act or log`,
+        'pass onRebalance: "act" or "log"',
+      );
     }
     this.onRebalance = onRebalance;
     this.rebalanceWindowMs = positiveMs(options.rebalanceWindowMs, 'rebalanceWindowMs', 120_000);
@@ -84,7 +99,10 @@ export class AwsNoticeWatcher extends PollingNoticeWatcher {
     if (Number.isNaN(deadline.getTime())) {
       // Acting early beats not acting: assume the documented two-minute warning.
       deadline = new Date(Date.now() + AWS_INTERRUPTION_WARNING_MS);
-      this.logger.warn({ event: 'cloud.aws.bad_time', time }, 'instance-action time unreadable; assuming two minutes from now');
+      this.logger.warn(
+        { event: 'cloud.aws.bad_time', time },
+        'instance-action time unreadable; assuming two minutes from now',
+      );
     }
     this.delivery.offer(`aws:instance-action:${doc.action}:${time}`, {
       provider: 'aws',
@@ -105,7 +123,10 @@ export class AwsNoticeWatcher extends PollingNoticeWatcher {
     if (this.onRebalance === 'log') {
       if (!this.loggedRebalances.has(noticeTime)) {
         this.loggedRebalances.add(noticeTime);
-        this.logger.warn({ event: 'cloud.aws.rebalance_logged', noticeTime }, 'EC2 rebalance recommendation (not acting: onRebalance=log)');
+        this.logger.warn(
+          { event: 'cloud.aws.rebalance_logged', noticeTime },
+          'EC2 rebalance recommendation (not acting: onRebalance=log)',
+        );
       }
       return;
     }
@@ -123,7 +144,11 @@ export class AwsNoticeWatcher extends PollingNoticeWatcher {
     const url = joinUrl(this.opts.baseUrl, path);
     for (let attempt = 0; ; attempt++) {
       const token = await this.currentToken(signal);
-      const res = await metadataRequest(url, { headers: { [TOKEN_HEADER]: token }, timeoutMs: this.opts.requestTimeoutMs, signal });
+      const res = await metadataRequest(url, {
+        headers: { [TOKEN_HEADER]: token },
+        timeoutMs: this.opts.requestTimeoutMs,
+        signal,
+      });
       if (res.status === 401 && attempt === 0) {
         // Expired early or revoked (e.g. IMDS restarted): get a fresh token once.
         this.logger.info({ event: 'cloud.aws.token_rejected', path }, 'IMDSv2 token rejected; refreshing');
@@ -153,7 +178,10 @@ export class AwsNoticeWatcher extends PollingNoticeWatcher {
     // later), and refresh a quarter of the TTL (at most a minute) early.
     const ttlMs = this.tokenTtlSeconds * 1000;
     this.token = { value, refreshAt: requestedAt + ttlMs - Math.min(60_000, ttlMs / 4) };
-    this.logger.debug({ event: 'cloud.aws.token_refreshed', ttlSeconds: this.tokenTtlSeconds }, 'IMDSv2 token obtained');
+    this.logger.debug(
+      { event: 'cloud.aws.token_refreshed', ttlSeconds: this.tokenTtlSeconds },
+      'IMDSv2 token obtained',
+    );
     return value;
   }
 }

@@ -1,5 +1,12 @@
 import { ArchInputError, errorMessage } from '../errors.js';
-import { isRecord, joinUrl, MalformedResponseError, metadataRequest, parseJson, UnexpectedStatusError } from './http.js';
+import {
+  isRecord,
+  joinUrl,
+  MalformedResponseError,
+  metadataRequest,
+  parseJson,
+  UnexpectedStatusError,
+} from './http.js';
 import { positiveMs } from './options.js';
 import { PollingNoticeWatcher } from './polling-watcher.js';
 import type { WatcherOptions } from './types.js';
@@ -80,7 +87,11 @@ export class AzureNoticeWatcher extends PollingNoticeWatcher {
     const vmName = this.vmName ?? (await this.lookupVmName(signal));
 
     const url = joinUrl(this.opts.baseUrl, EVENTS_PATH);
-    const res = await metadataRequest(url, { headers: { Metadata: 'true' }, timeoutMs: this.opts.requestTimeoutMs, signal });
+    const res = await metadataRequest(url, {
+      headers: { Metadata: 'true' },
+      timeoutMs: this.opts.requestTimeoutMs,
+      signal,
+    });
     if (res.status !== 200) throw new UnexpectedStatusError(url, res.status, res.body);
     const doc = parseJson(res.body, 'scheduledevents');
     if (!isRecord(doc) || typeof doc.DocumentIncarnation !== 'number' || !Array.isArray(doc.Events)) {
@@ -96,7 +107,10 @@ export class AzureNoticeWatcher extends PollingNoticeWatcher {
   private onEvent(raw: unknown, vmName: string): void {
     const ev = toEvent(raw);
     if (!ev) {
-      this.logger.warn({ event: 'cloud.azure.bad_event', raw }, 'scheduled event without EventId/EventType/Resources; skipped');
+      this.logger.warn(
+        { event: 'cloud.azure.bad_event', raw },
+        'scheduled event without EventId/EventType/Resources; skipped',
+      );
       return;
     }
     // Azure VM names are case-insensitive.
@@ -105,7 +119,13 @@ export class AzureNoticeWatcher extends PollingNoticeWatcher {
       if (!this.ignoredEvents.has(ev.EventId)) {
         this.ignoredEvents.add(ev.EventId);
         this.logger.info(
-          { event: 'cloud.azure.event_ignored', eventId: ev.EventId, eventType: ev.EventType, resources: ev.Resources, vmName },
+          {
+            event: 'cloud.azure.event_ignored',
+            eventId: ev.EventId,
+            eventType: ev.EventType,
+            resources: ev.Resources,
+            vmName,
+          },
           ours ? 'scheduled event type not acted on' : 'scheduled event for another VM',
         );
       }
@@ -127,7 +147,10 @@ export class AzureNoticeWatcher extends PollingNoticeWatcher {
     const notBefore = ev.NotBefore?.trim() ? Date.parse(ev.NotBefore) : NaN;
     if (!Number.isNaN(notBefore)) return new Date(notBefore);
     if (ev.NotBefore?.trim()) {
-      this.logger.warn({ event: 'cloud.azure.bad_not_before', eventId: ev.EventId, notBefore: ev.NotBefore }, 'NotBefore unreadable; assuming the event is imminent');
+      this.logger.warn(
+        { event: 'cloud.azure.bad_not_before', eventId: ev.EventId, notBefore: ev.NotBefore },
+        'NotBefore unreadable; assuming the event is imminent',
+      );
     }
     return new Date(Date.now() + this.noticeWindowMs);
   }
@@ -143,14 +166,21 @@ export class AzureNoticeWatcher extends PollingNoticeWatcher {
       } catch (err) {
         // The drain is already running; a failed ack only costs Azure's head
         // start, so retry next poll without failing the tick.
-        this.logger.warn({ event: 'cloud.azure.ack_failed', eventId, err: errorMessage(err) }, 'acknowledging scheduled event failed; will retry');
+        this.logger.warn(
+          { event: 'cloud.azure.ack_failed', eventId, err: errorMessage(err) },
+          'acknowledging scheduled event failed; will retry',
+        );
       }
     }
   }
 
   private async lookupVmName(signal: AbortSignal): Promise<string> {
     const url = joinUrl(this.opts.baseUrl, VM_NAME_PATH);
-    const res = await metadataRequest(url, { headers: { Metadata: 'true' }, timeoutMs: this.opts.requestTimeoutMs, signal });
+    const res = await metadataRequest(url, {
+      headers: { Metadata: 'true' },
+      timeoutMs: this.opts.requestTimeoutMs,
+      signal,
+    });
     if (res.status !== 200) throw new UnexpectedStatusError(url, res.status, res.body);
     const name = res.body.trim();
     if (!name) throw new MalformedResponseError('empty compute/name');
@@ -163,7 +193,8 @@ export class AzureNoticeWatcher extends PollingNoticeWatcher {
 function toEvent(raw: unknown): AzureEvent | undefined {
   if (!isRecord(raw)) return undefined;
   const { EventId, EventType, Resources } = raw;
-  if (typeof EventId !== 'string' || !EventId || typeof EventType !== 'string' || !Array.isArray(Resources)) return undefined;
+  if (typeof EventId !== 'string' || !EventId || typeof EventType !== 'string' || !Array.isArray(Resources))
+    return undefined;
   return {
     EventId,
     EventType,

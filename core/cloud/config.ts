@@ -53,7 +53,11 @@ export function loadCloudConfig(env: Record<string, string | undefined> = proces
 
   const provider = (get(CLOUD_ENV.provider) ?? 'none').toLowerCase() as ProviderChoice;
   if (!PROVIDERS.includes(provider)) {
-    throw new ArchInputError(CLOUD_ENV.provider, `"${get(CLOUD_ENV.provider)}" is not a known provider`, `set ${CLOUD_ENV.provider} to one of ${PROVIDERS.join(', ')}`);
+    throw new ArchInputError(
+      CLOUD_ENV.provider,
+      `"${get(CLOUD_ENV.provider)}" is not a known provider`,
+      `set ${CLOUD_ENV.provider} to one of ${PROVIDERS.join(', ')}`,
+    );
   }
 
   const rawUrl = get(CLOUD_ENV.metadataUrl) ?? DEFAULT_METADATA_URL;
@@ -61,24 +65,40 @@ export function loadCloudConfig(env: Record<string, string | undefined> = proces
   try {
     baseUrl = checkBaseUrl(rawUrl, CLOUD_ENV.metadataUrl);
   } catch {
-    throw new ArchInputError(CLOUD_ENV.metadataUrl, `"${rawUrl}" is not an http(s) origin`, `set ${CLOUD_ENV.metadataUrl} to e.g. ${DEFAULT_METADATA_URL}, or unset it`);
+    throw new ArchInputError(
+      CLOUD_ENV.metadataUrl,
+      `"${rawUrl}" is not an http(s) origin`,
+      `set ${CLOUD_ENV.metadataUrl} to e.g. ${DEFAULT_METADATA_URL}, or unset it`,
+    );
   }
 
   const rebalance = (get(CLOUD_ENV.rebalance) ?? 'log').toLowerCase();
   if (rebalance !== 'act' && rebalance !== 'log') {
-    throw new ArchInputError(CLOUD_ENV.rebalance, `"${get(CLOUD_ENV.rebalance)}" is not act or log`, `set ${CLOUD_ENV.rebalance}=act to drain on AWS rebalance recommendations or ${CLOUD_ENV.rebalance}=log to only log them`);
+    throw new ArchInputError(
+      CLOUD_ENV.rebalance,
+      `"${get(CLOUD_ENV.rebalance)}" is not act or log`,
+      `set ${CLOUD_ENV.rebalance}=act to drain on AWS rebalance recommendations or ${CLOUD_ENV.rebalance}=log to only log them`,
+    );
   }
 
   const rawPoll = get(CLOUD_ENV.pollMs);
   const pollMs = rawPoll === undefined ? DEFAULT_POLL_MS : Number(rawPoll);
   if (!Number.isInteger(pollMs) || pollMs < MIN_POLL_MS || pollMs > MAX_POLL_MS) {
-    throw new ArchInputError(CLOUD_ENV.pollMs, `"${rawPoll}" is not a whole number of milliseconds in ${MIN_POLL_MS}..${MAX_POLL_MS}`, `set ${CLOUD_ENV.pollMs}=${DEFAULT_POLL_MS} (notices give only 30 s on GCP and Azure)`);
+    throw new ArchInputError(
+      CLOUD_ENV.pollMs,
+      `"${rawPoll}" is not a whole number of milliseconds in ${MIN_POLL_MS}..${MAX_POLL_MS}`,
+      `set ${CLOUD_ENV.pollMs}=${DEFAULT_POLL_MS} (notices give only 30 s on GCP and Azure)`,
+    );
   }
 
   const azureVmName = get(CLOUD_ENV.azureVmName);
   // Azure VM and scale-set instance names: letters, digits, '-', '_', '.', at most 64.
   if (azureVmName !== undefined && !/^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/.test(azureVmName)) {
-    throw new ArchInputError(CLOUD_ENV.azureVmName, `"${azureVmName}" is not a valid Azure VM name`, `set ${CLOUD_ENV.azureVmName} to the name shown in the portal, or unset it to look it up from IMDS`);
+    throw new ArchInputError(
+      CLOUD_ENV.azureVmName,
+      `"${azureVmName}" is not a valid Azure VM name`,
+      `set ${CLOUD_ENV.azureVmName} to the name shown in the portal, or unset it to look it up from IMDS`,
+    );
   }
 
   return { provider, baseUrl, pollMs, rebalance, ...(azureVmName ? { azureVmName } : {}) };

@@ -23,7 +23,15 @@ export class NoticeDelivery {
   offer(key: string, notice: ReclaimNotice): void {
     if (this.delivered.has(key) || this.pending.has(key)) return;
     this.logger.warn(
-      { event: 'cloud.notice.seen', key, provider: notice.provider, kind: notice.kind, deadline: notice.deadline.toISOString(), reason: notice.reason, eventId: notice.eventId },
+      {
+        event: 'cloud.notice.seen',
+        key,
+        provider: notice.provider,
+        kind: notice.kind,
+        deadline: notice.deadline.toISOString(),
+        reason: notice.reason,
+        eventId: notice.eventId,
+      },
       'reclaim notice received',
     );
     this.pending.set(key, notice);
@@ -45,7 +53,10 @@ export class NoticeDelivery {
       try {
         await this.onNotice(notice);
       } catch (err) {
-        this.logger.error({ event: 'cloud.notice.handler_failed', key, err: errorMessage(err) }, 'notice handler failed; will retry on next poll');
+        this.logger.error(
+          { event: 'cloud.notice.handler_failed', key, err: errorMessage(err) },
+          'notice handler failed; will retry on next poll',
+        );
         continue;
       }
       this.pending.delete(key);

@@ -72,26 +72,45 @@ export async function createWatcher(config: CreateWatcherConfig): Promise<CloudW
  * cloud VM, or metadata blocked). Order of preference when several answer:
  * GCP (its response header is the strongest evidence), AWS, Azure.
  */
-export async function detectProvider(config: Pick<CreateWatcherConfig, 'baseUrl' | 'baseUrls' | 'probeTimeoutMs' | 'logger'>): Promise<CloudProvider | undefined> {
+export async function detectProvider(
+  config: Pick<CreateWatcherConfig, 'baseUrl' | 'baseUrls' | 'probeTimeoutMs' | 'logger'>,
+): Promise<CloudProvider | undefined> {
   const timeoutMs = config.probeTimeoutMs ?? 1000;
   const base = (p: CloudProvider): string => checkBaseUrl(config.baseUrls?.[p] ?? config.baseUrl, 'baseUrl');
   const order: CloudProvider[] = ['gcp', 'aws', 'azure'];
   const probes: Record<CloudProvider, () => Promise<boolean>> = {
     gcp: async () => {
-      const res = await metadataRequest(joinUrl(base('gcp'), '/computeMetadata/v1/'), { headers: { 'Metadata-Flavor': 'Google' }, timeoutMs });
+      const res = await metadataRequest(joinUrl(base('gcp'), '/computeMetadata/v1/'), {
+        headers: { 'Metadata-Flavor': 'Google' },
+        timeoutMs,
+      });
       return res.status === 200 && res.headers.get('metadata-flavor') === 'Google';
     },
     aws: async () => {
-      const res = await metadataRequest(joinUrl(base('aws'), TOKEN_PATH), { method: 'PUT', headers: { [TOKEN_TTL_HEADER]: '60' }, timeoutMs });
+      const res = await metadataRequest(joinUrl(base('aws'), TOKEN_PATH), {
+        method: 'PUT',
+        headers: { [TOKEN_TTL_HEADER]: '60' },
+        timeoutMs,
+      });
       return res.status === 200 && res.body.trim().length > 0;
     },
     azure: async () => {
-      const res = await metadataRequest(joinUrl(base('azure'), VM_NAME_PATH), { headers: { Metadata: 'true' }, timeoutMs });
+      const res = await metadataRequest(joinUrl(base('azure'), VM_NAME_PATH), {
+        headers: { Metadata: 'true' },
+        timeoutMs,
+      });
       return res.status === 200 && res.body.trim().length > 0;
     },
   };
   const results = await Promise.all(order.map((p) => probes[p]().catch(() => false)));
   const found = order.find((_, i) => results[i]);
-  config.logger.info({ event: 'cloud.detect', provider: found ?? 'none', probes: Object.fromEntries(order.map((p, i) => [p, results[i]])) }, found ? `cloud provider detected: ${found}` : 'no cloud metadata service answered');
+  config.logger.info(
+    {
+      event: 'cloud.detect',
+      provider: found ?? 'none',
+      probes: Object.fromEntries(order.map((p, i) => [p, results[i]])),
+    },
+    found ? `cloud provider detected: ${found}` : 'no cloud metadata service answered',
+  );
   return found;
 }

@@ -36,7 +36,11 @@ export class GcpNoticeWatcher extends PollingNoticeWatcher {
     this.noticeWindowMs = positiveMs(options.noticeWindowMs, 'noticeWindowMs', 30_000);
     const wait = options.waitTimeoutSec ?? 20;
     if (!Number.isInteger(wait) || wait < 1) {
-      throw new ArchInputError('waitTimeoutSec', `${wait} is not a whole number of seconds >= 1`, 'pass waitTimeoutSec such as 20');
+      throw new ArchInputError(
+        'waitTimeoutSec',
+        `${wait} is not a whole number of seconds >= 1`,
+        'pass waitTimeoutSec such as 20',
+      );
     }
     this.waitTimeoutSec = wait;
   }
@@ -65,7 +69,9 @@ export class GcpNoticeWatcher extends PollingNoticeWatcher {
     if (res.status !== 200) throw new UnexpectedStatusError(url, res.status, res.body);
     const value = res.body.trim().toUpperCase();
     if (value !== 'TRUE' && value !== 'FALSE') {
-      throw new MalformedResponseError(`instance/preempted is ${JSON.stringify(res.body.slice(0, 100))}, not TRUE or FALSE`);
+      throw new MalformedResponseError(
+        `instance/preempted is ${JSON.stringify(res.body.slice(0, 100))}, not TRUE or FALSE`,
+      );
     }
     const previousEtag = this.etag;
     this.etag = res.headers.get('etag') ?? undefined;

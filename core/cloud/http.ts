@@ -62,7 +62,8 @@ export async function metadataRequest(url: string, req: MetadataRequest): Promis
     return { status: res.status, headers: res.headers, body };
   } catch (err) {
     if (err instanceof MalformedResponseError) throw err;
-    if (timeout.aborted && !req.signal?.aborted) throw new Error(`${req.method ?? 'GET'} ${url}: no answer within ${req.timeoutMs} ms`);
+    if (timeout.aborted && !req.signal?.aborted)
+      throw new Error(`${req.method ?? 'GET'} ${url}: no answer within ${req.timeoutMs} ms`);
     throw new Error(`${req.method ?? 'GET'} ${url}: ${describeFetchError(err)}`);
   }
 }

@@ -12,7 +12,11 @@ export interface ResolvedWatcherOptions {
 export function positiveMs(value: number | undefined, field: string, dflt: number): number {
   if (value === undefined) return dflt;
   if (!Number.isFinite(value) || value <= 0) {
-    throw new ArchInputError(field, `${value} is not a positive number of milliseconds`, `pass a positive number for ${field}`);
+    throw new ArchInputError(
+      field,
+      `${value} is not a positive number of milliseconds`,
+      `pass a positive number for ${field}`,
+    );
   }
   return value;
 }
@@ -28,7 +32,11 @@ export function checkBaseUrl(value: string, field: string): string {
     throw new ArchInputError(field, `"${value}" is not an http(s) URL`, `use an origin such as http://169.254.169.254`);
   }
   if (u.search || u.hash) {
-    throw new ArchInputError(field, `"${value}" has a query or fragment`, `give only the origin (and optional path prefix), e.g. http://169.254.169.254`);
+    throw new ArchInputError(
+      field,
+      `"${value}" has a query or fragment`,
+      `give only the origin (and optional path prefix), e.g. http://169.254.169.254`,
+    );
   }
   return value.replace(/\/+$/, '');
 }

@@ -63,7 +63,10 @@ export class PollLoop {
     try {
       const result = await this.opts.tick(abort.signal);
       if (this.failures > 0) {
-        this.opts.logger.info({ event: 'cloud.watch.recovered', afterFailures: this.failures }, 'metadata service reachable again');
+        this.opts.logger.info(
+          { event: 'cloud.watch.recovered', afterFailures: this.failures },
+          'metadata service reachable again',
+        );
       }
       this.failures = 0;
       if (result?.nextDelayMs !== undefined) delay = result.nextDelayMs;
@@ -75,7 +78,12 @@ export class PollLoop {
       // visible without writing a warning every few seconds.
       const isPowerOfTwo = (this.failures & (this.failures - 1)) === 0;
       this.opts.logger[isPowerOfTwo ? 'warn' : 'debug'](
-        { event: 'cloud.watch.poll_failed', err: errorMessage(err), consecutiveFailures: this.failures, retryInMs: delay },
+        {
+          event: 'cloud.watch.poll_failed',
+          err: errorMessage(err),
+          consecutiveFailures: this.failures,
+          retryInMs: delay,
+        },
         'metadata poll failed; retrying',
       );
     } finally {

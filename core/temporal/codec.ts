@@ -51,7 +51,11 @@ export function keyId(key: Buffer): string {
 export function parseKey(v: string, field: string): PayloadKey {
   const key = parseKeyText(v);
   if (!key) {
-    throw new ArchInputError(field, 'is not a 32-byte key (64 hex digits or base64)', 'create one with `openssl rand -hex 32`, the same on every node and CLI of the cluster');
+    throw new ArchInputError(
+      field,
+      'is not a 32-byte key (64 hex digits or base64)',
+      'create one with `openssl rand -hex 32`, the same on every node and CLI of the cluster',
+    );
   }
   return { id: keyId(key), key };
 }
@@ -80,7 +84,11 @@ export function loadPayloadKeys(vars: Record<string, string | undefined>): Paylo
     st = fs.statSync(file);
   } catch (err) {
     if (!named && (err as NodeJS.ErrnoException).code === 'ENOENT') return { keys: [] };
-    throw new ArchInputError('ARCH_PAYLOAD_KEY_FILE', `cannot read ${file} (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`, 'point it at the cluster\'s payload key file (mode 0600), or run install.sh to create one');
+    throw new ArchInputError(
+      'ARCH_PAYLOAD_KEY_FILE',
+      `cannot read ${file} (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`,
+      "point it at the cluster's payload key file (mode 0600), or run install.sh to create one",
+    );
   }
   if ((st.mode & 0o004) !== 0) {
     throw new ArchInputError('ARCH_PAYLOAD_KEY_FILE', `${file} is readable by every user`, `chmod 600 ${file}`);
@@ -89,10 +97,22 @@ export function loadPayloadKeys(vars: Record<string, string | undefined>): Paylo
   try {
     body = fs.readFileSync(file, 'utf8');
   } catch (err) {
-    throw new ArchInputError('ARCH_PAYLOAD_KEY_FILE', `cannot read ${file} (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`, 'run this as a user that may read it (root), or point ARCH_PAYLOAD_KEY_FILE elsewhere');
+    throw new ArchInputError(
+      'ARCH_PAYLOAD_KEY_FILE',
+      `cannot read ${file} (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`,
+      'run this as a user that may read it (root), or point ARCH_PAYLOAD_KEY_FILE elsewhere',
+    );
   }
-  const lines = body.split('\n').map((l) => l.trim()).filter((l) => l && !l.startsWith('#'));
-  if (lines.length === 0) throw new ArchInputError('ARCH_PAYLOAD_KEY_FILE', `${file} holds no key`, 'write one with `openssl rand -hex 32 > FILE` (the same on every node)');
+  const lines = body
+    .split('\n')
+    .map((l) => l.trim())
+    .filter((l) => l && !l.startsWith('#'));
+  if (lines.length === 0)
+    throw new ArchInputError(
+      'ARCH_PAYLOAD_KEY_FILE',
+      `${file} holds no key`,
+      'write one with `openssl rand -hex 32 > FILE` (the same on every node)',
+    );
   return { keys: lines.map((l, i) => parseKey(l, `ARCH_PAYLOAD_KEY_FILE (${file}, line ${i + 1})`)), source: file };
 }
 
@@ -101,7 +121,10 @@ export class AesGcmPayloadCodec implements PayloadCodec {
   private readonly byId: Map<string, Buffer>;
   private readonly current: PayloadKey;
 
-  constructor(keys: PayloadKey[], private readonly opts: { acceptPlaintext: boolean } = { acceptPlaintext: true }) {
+  constructor(
+    keys: PayloadKey[],
+    private readonly opts: { acceptPlaintext: boolean } = { acceptPlaintext: true },
+  ) {
     if (keys.length === 0) throw new Error('AesGcmPayloadCodec needs at least one key');
     this.current = keys[0]!;
     this.byId = new Map(keys.map((k) => [k.id, k.key]));
@@ -124,7 +147,11 @@ export class AesGcmPayloadCodec implements PayloadCodec {
     const cipher = createCipheriv('aes-256-gcm', this.current.key, iv).setAAD(AAD);
     const body = Buffer.concat([cipher.update(serialize(p)), cipher.final()]);
     return {
-      metadata: { encoding: utf8(ENCRYPTED_ENCODING), [KEY_ID_METADATA]: utf8(this.current.id), [CIPHER_METADATA]: utf8(CIPHER) },
+      metadata: {
+        encoding: utf8(ENCRYPTED_ENCODING),
+        [KEY_ID_METADATA]: utf8(this.current.id),
+        [CIPHER_METADATA]: utf8(CIPHER),
+      },
       data: Buffer.concat([iv, body, cipher.getAuthTag()]),
     };
   }
@@ -151,7 +178,9 @@ export class AesGcmPayloadCodec implements PayloadCodec {
     try {
       plain = Buffer.concat([decipher.update(data.subarray(IV_BYTES, data.length - TAG_BYTES)), decipher.final()]);
     } catch {
-      throw new Error(`encrypted payload (key ${id}) fails authentication: altered, or encrypted with another key of the same id`);
+      throw new Error(
+        `encrypted payload (key ${id}) fails authentication: altered, or encrypted with another key of the same id`,
+      );
     }
     return deserialize(plain);
   }

@@ -30,7 +30,10 @@ const first = (vars: Record<string, string | undefined>, ...names: string[]): st
   return undefined;
 };
 
-export function temporalTarget(settings: Pick<Settings, 'temporalAddress' | 'temporalNamespace'>, env: NodeJS.ProcessEnv = process.env): TemporalTarget {
+export function temporalTarget(
+  settings: Pick<Settings, 'temporalAddress' | 'temporalNamespace'>,
+  env: NodeJS.ProcessEnv = process.env,
+): TemporalTarget {
   const { vars } = settingsVars(env);
   const apiKey = vars.TEMPORAL_API_KEY || undefined;
   const certPath = first(vars, 'TEMPORAL_TLS_CERT', 'TEMPORAL_TLS_CLIENT_CERT_PATH');
@@ -38,20 +41,35 @@ export function temporalTarget(settings: Pick<Settings, 'temporalAddress' | 'tem
   const caPath = first(vars, 'TEMPORAL_TLS_CA', 'TEMPORAL_TLS_SERVER_CA_CERT_PATH');
   const serverName = vars.TEMPORAL_TLS_SERVER_NAME || undefined;
   if (!certPath !== !keyPath) {
-    const [set, unset] = certPath ? ['TEMPORAL_TLS_CERT', 'TEMPORAL_TLS_KEY'] : ['TEMPORAL_TLS_KEY', 'TEMPORAL_TLS_CERT'];
-    throw new ArchInputError(unset, `is not set but ${set} is`, 'set both (the client certificate and its private key, PEM files) or neither');
+    const [set, unset] = certPath
+      ? ['TEMPORAL_TLS_CERT', 'TEMPORAL_TLS_KEY']
+      : ['TEMPORAL_TLS_KEY', 'TEMPORAL_TLS_CERT'];
+    throw new ArchInputError(
+      unset,
+      `is not set but ${set} is`,
+      'set both (the client certificate and its private key, PEM files) or neither',
+    );
   }
-  const tlsOn = ['1', 'true', 'yes'].includes((vars.TEMPORAL_TLS ?? '').toLowerCase()) || !!certPath || !!caPath || !!apiKey;
+  const tlsOn =
+    ['1', 'true', 'yes'].includes((vars.TEMPORAL_TLS ?? '').toLowerCase()) || !!certPath || !!caPath || !!apiKey;
   return {
     address: settings.temporalAddress,
     namespace: settings.temporalNamespace,
-    tls: tlsOn ? (certPath || caPath || serverName ? { clientCertPath: certPath, clientKeyPath: keyPath, caPath, serverName } : true) : false,
+    tls: tlsOn
+      ? certPath || caPath || serverName
+        ? { clientCertPath: certPath, clientKeyPath: keyPath, caPath, serverName }
+        : true
+      : false,
     apiKey,
   };
 }
 
 /** The payload codec for this target (throws where plaintext is refused: data-converter.ts). */
-export function targetPayloads(t: TemporalTarget, env: NodeJS.ProcessEnv = process.env, role: 'reader' | 'worker' = 'reader'): PayloadProtection {
+export function targetPayloads(
+  t: TemporalTarget,
+  env: NodeJS.ProcessEnv = process.env,
+  role: 'reader' | 'worker' = 'reader',
+): PayloadProtection {
   return payloadProtection(settingsVars(env).vars, t.address, role);
 }
 
@@ -59,30 +77,48 @@ function readPem(file: string, field: string): Buffer {
   try {
     return fs.readFileSync(file);
   } catch (err) {
-    throw new ArchInputError(field, `cannot read ${file} (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`, 'point it at a readable PEM file');
+    throw new ArchInputError(
+      field,
+      `cannot read ${file} (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`,
+      'point it at a readable PEM file',
+    );
   }
 }
 
 /** Options shared by the client Connection and the worker's NativeConnection. */
-export function connectionOptions(t: TemporalTarget): { address: string; tls: ConnectionOptions['tls']; apiKey?: string } {
+export function connectionOptions(t: TemporalTarget): {
+  address: string;
+  tls: ConnectionOptions['tls'];
+  apiKey?: string;
+} {
   let tls: ConnectionOptions['tls'] = false;
   if (t.tls === true) tls = true;
   else if (t.tls && typeof t.tls === 'object') {
     tls = {
       serverNameOverride: t.tls.serverName,
       serverRootCACertificate: t.tls.caPath ? readPem(t.tls.caPath, 'TEMPORAL_TLS_CA') : undefined,
-      clientCertPair: t.tls.clientCertPath && t.tls.clientKeyPath
-        ? { crt: readPem(t.tls.clientCertPath, 'TEMPORAL_TLS_CERT'), key: readPem(t.tls.clientKeyPath, 'TEMPORAL_TLS_KEY') }
-        : undefined,
+      clientCertPair:
+        t.tls.clientCertPath && t.tls.clientKeyPath
+          ? {
+              crt: readPem(t.tls.clientCertPath, 'TEMPORAL_TLS_CERT'),
+              key: readPem(t.tls.clientKeyPath, 'TEMPORAL_TLS_KEY'),
+            }
+          : undefined,
     };
   }
   return { address: t.address, tls, ...(t.apiKey ? { apiKey: t.apiKey } : {}) };
 }
 
 /** A client that encrypts and decrypts payloads as the settings say (`payloads` defaults to targetPayloads(t)). */
-export async function connectClient(t: TemporalTarget, opts: { connectTimeoutMs?: number; payloads?: PayloadProtection } = {}): Promise<Client> {
+export async function connectClient(
+  t: TemporalTarget,
+  opts: { connectTimeoutMs?: number; payloads?: PayloadProtection } = {},
+): Promise<Client> {
   const payloads = opts.payloads ?? targetPayloads(t);
-  const connection = await Connection.connect({ ...connectionOptions(t), connectTimeout: opts.connectTimeoutMs ?? 5000 });
+  const connection = await Connection.connect({
+    ...connectionOptions(t),
+    connectTimeout: opts.connectTimeoutMs ?? 5000,
+  });
   return new Client({ connection, namespace: t.namespace, dataConverter: clientDataConverter(payloads) });
 }
 

@@ -49,15 +49,25 @@ const isTrue = (v: string | undefined): boolean => ['1', 'true', 'yes', 'on'].in
  * Throws ArchInputError when the key is unusable, or when there is none and
  * Temporal is not on this host.
  */
-export function payloadProtection(vars: Record<string, string | undefined>, temporalAddress: string, role: 'reader' | 'worker' = 'reader'): PayloadProtection {
+export function payloadProtection(
+  vars: Record<string, string | undefined>,
+  temporalAddress: string,
+  role: 'reader' | 'worker' = 'reader',
+): PayloadProtection {
   const { keys, source } = loadPayloadKeys(vars);
-  if (keys.length > 0) return { codec: new AesGcmPayloadCodec(keys, { acceptPlaintext: role === 'reader' || isTrue(vars.ARCH_PAYLOAD_PLAINTEXT) }), source };
+  if (keys.length > 0)
+    return {
+      codec: new AesGcmPayloadCodec(keys, {
+        acceptPlaintext: role === 'reader' || isTrue(vars.ARCH_PAYLOAD_PLAINTEXT),
+      }),
+      source,
+    };
   if (isTrue(vars.ARCH_PAYLOAD_PLAINTEXT)) return { plaintextBecause: 'ARCH_PAYLOAD_PLAINTEXT=1' };
   if (isLoopbackAddress(temporalAddress)) return { plaintextBecause: `Temporal at ${temporalAddress} is on this host` };
   throw new ArchInputError(
     'ARCH_PAYLOAD_KEY_FILE',
     `no payload key, and Temporal at ${temporalAddress} is not on this host: container environments and transfer tokens would be stored there in plaintext`,
-    'copy the cluster\'s key to /etc/arch/keys/payload.key (mode 0600; install.sh creates one on the first node) or set ARCH_PAYLOAD_KEY_FILE, the same key on every node and CLI; or set ARCH_PAYLOAD_PLAINTEXT=1 to accept plaintext',
+    "copy the cluster's key to /etc/arch/keys/payload.key (mode 0600; install.sh creates one on the first node) or set ARCH_PAYLOAD_KEY_FILE, the same key on every node and CLI; or set ARCH_PAYLOAD_PLAINTEXT=1 to accept plaintext",
   );
 }
 
@@ -79,7 +89,10 @@ export function clientDataConverter(p: PayloadProtection): LoadedDataConverter {
  * For Worker.create: the failure converter goes by path (the SDK loads it
  * for activities); the workflow bundle was built with the same path.
  */
-export function workerDataConverter(p: PayloadProtection): { payloadCodecs: PayloadCodec[]; failureConverterPath: string } {
+export function workerDataConverter(p: PayloadProtection): {
+  payloadCodecs: PayloadCodec[];
+  failureConverterPath: string;
+} {
   return { payloadCodecs: codecsOf(p), failureConverterPath: FAILURE_CONVERTER_PATH };
 }
 

@@ -59,7 +59,12 @@ export function devServerArgs(o: DevServerOptions & { port: number; uiPort: numb
   if (o.namespace && o.namespace !== 'default') args.push('--namespace', o.namespace);
   // One partition per task queue: on a single dev server, partitions only add
   // forwarding hops between a task and the node's poller (tens of ms per activity).
-  args.push('--dynamic-config-value', 'matching.numTaskqueueReadPartitions=1', '--dynamic-config-value', 'matching.numTaskqueueWritePartitions=1');
+  args.push(
+    '--dynamic-config-value',
+    'matching.numTaskqueueReadPartitions=1',
+    '--dynamic-config-value',
+    'matching.numTaskqueueWritePartitions=1',
+  );
   args.push(...devServerSearchAttributeArgs());
   return args;
 }
@@ -111,7 +116,9 @@ export async function startDevServer(o: DevServerOptions): Promise<DevServer> {
     }
     if (Date.now() > deadline) {
       await stop();
-      throw new Error(`temporal dev server did not answer on ${address} within ${o.startTimeoutMs ?? 60_000} ms${o.logFile ? `; see ${o.logFile}` : ''}`);
+      throw new Error(
+        `temporal dev server did not answer on ${address} within ${o.startTimeoutMs ?? 60_000} ms${o.logFile ? `; see ${o.logFile}` : ''}`,
+      );
     }
     await new Promise((r) => setTimeout(r, 200));
   }

@@ -13,7 +13,8 @@ export function isValidNodeName(node: string): boolean {
   return typeof node === 'string' && NODE_RE.test(node);
 }
 
-export const NODE_NAME_RULE = 'letters, digits, ".", "_" and "-", starting and ending with a letter or digit, at most 63 characters';
+export const NODE_NAME_RULE =
+  'letters, digits, ".", "_" and "-", starting and ending with a letter or digit, at most 63 characters';
 
 /** The node's own activity queue: activities scheduled here run on that node only. */
 export function nodeTaskQueue(node: string): string {

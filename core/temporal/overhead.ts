@@ -51,7 +51,10 @@ interface Event {
   eventId?: { toNumber(): number } | number | null;
   eventTime?: Ts | null;
   eventType?: number | null;
-  activityTaskScheduledEventAttributes?: { activityType?: { name?: string | null } | null; taskQueue?: { name?: string | null } | null } | null;
+  activityTaskScheduledEventAttributes?: {
+    activityType?: { name?: string | null } | null;
+    taskQueue?: { name?: string | null } | null;
+  } | null;
   activityTaskStartedEventAttributes?: { scheduledEventId?: { toNumber(): number } | number | null } | null;
   activityTaskCompletedEventAttributes?: { scheduledEventId?: { toNumber(): number } | number | null } | null;
   activityTaskFailedEventAttributes?: { scheduledEventId?: { toNumber(): number } | number | null } | null;
@@ -59,7 +62,8 @@ interface Event {
   activityTaskCanceledEventAttributes?: { scheduledEventId?: { toNumber(): number } | number | null } | null;
 }
 
-const num = (v: { toNumber(): number } | number | null | undefined): number => (typeof v === 'number' ? v : (v?.toNumber() ?? 0));
+const num = (v: { toNumber(): number } | number | null | undefined): number =>
+  typeof v === 'number' ? v : (v?.toNumber() ?? 0);
 
 export function overheadFromHistory(events: Event[]): Overhead {
   let start = NaN;
@@ -80,7 +84,11 @@ export function overheadFromHistory(events: Event[]): Overhead {
         end = t;
         break;
       case EV.activityScheduled:
-        scheduled.set(id, { at: t, type: e.activityTaskScheduledEventAttributes?.activityType?.name ?? '?', queue: e.activityTaskScheduledEventAttributes?.taskQueue?.name ?? '?' });
+        scheduled.set(id, {
+          at: t,
+          type: e.activityTaskScheduledEventAttributes?.activityType?.name ?? '?',
+          queue: e.activityTaskScheduledEventAttributes?.taskQueue?.name ?? '?',
+        });
         break;
       case EV.activityStarted:
         started.set(num(e.activityTaskStartedEventAttributes?.scheduledEventId), t);
@@ -89,7 +97,11 @@ export function overheadFromHistory(events: Event[]): Overhead {
       case EV.activityFailed:
       case EV.activityTimedOut:
       case EV.activityCanceled: {
-        const a = e.activityTaskCompletedEventAttributes ?? e.activityTaskFailedEventAttributes ?? e.activityTaskTimedOutEventAttributes ?? e.activityTaskCanceledEventAttributes;
+        const a =
+          e.activityTaskCompletedEventAttributes ??
+          e.activityTaskFailedEventAttributes ??
+          e.activityTaskTimedOutEventAttributes ??
+          e.activityTaskCanceledEventAttributes;
         const sid = num(a?.scheduledEventId);
         const s = scheduled.get(sid);
         const st = started.get(sid) ?? t;

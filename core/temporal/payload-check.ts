@@ -5,17 +5,30 @@ import { settingsVars, type Settings } from '../settings.js';
 import { loadPayloadKeys } from './codec.js';
 import { isLoopbackAddress } from './data-converter.js';
 
-export function payloadKeyCheck(settings: Pick<Settings, 'configFile' | 'temporalAddress'>, env: NodeJS.ProcessEnv = process.env): Check {
+export function payloadKeyCheck(
+  settings: Pick<Settings, 'configFile' | 'temporalAddress'>,
+  env: NodeJS.ProcessEnv = process.env,
+): Check {
   const name = 'payload encryption';
   const vars = settingsVars({ ...env, ARCH_CONFIG: settings.configFile }).vars;
   try {
     const { keys, source } = loadPayloadKeys(vars);
     if (keys.length > 0) {
       // The id, never the key: compare it across nodes, it must be the same everywhere.
-      return { name, ok: true, version: `key ${keys[0]!.id}`, detail: `AES-256-GCM, key from ${source}${keys.length > 1 ? ` (+${keys.length - 1} older for decryption)` : ''}; every node and CLI of the cluster must show the same key id` };
+      return {
+        name,
+        ok: true,
+        version: `key ${keys[0]!.id}`,
+        detail: `AES-256-GCM, key from ${source}${keys.length > 1 ? ` (+${keys.length - 1} older for decryption)` : ''}; every node and CLI of the cluster must show the same key id`,
+      };
     }
   } catch (err) {
-    return { name, ok: false, detail: errorMessage(err), fix: 'fix the key file (see the message), the same key on every node and CLI' };
+    return {
+      name,
+      ok: false,
+      detail: errorMessage(err),
+      fix: 'fix the key file (see the message), the same key on every node and CLI',
+    };
   }
   const local = isLoopbackAddress(settings.temporalAddress);
   return {

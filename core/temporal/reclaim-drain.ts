@@ -14,7 +14,9 @@ import { workflowIds } from './names.js';
 export function recordOf(state: ReclaimWatchState, signal: ReclaimSignal): ReclaimRecord | undefined {
   const deadline = signal.deadline ? new Date(Date.parse(signal.deadline)).toISOString() : undefined;
   const matches = (r: ReclaimRecord | undefined): r is ReclaimRecord =>
-    r !== undefined && (deadline === undefined || r.deadline === deadline) && (signal.reason === undefined || r.reason === signal.reason);
+    r !== undefined &&
+    (deadline === undefined || r.deadline === deadline) &&
+    (signal.reason === undefined || r.reason === signal.reason);
   if (matches(state.current)) return state.current;
   return [...state.history].reverse().find(matches);
 }
@@ -32,7 +34,12 @@ export interface WaitDrainOptions {
  * undefined when that did not happen within timeoutMs. Query errors (a
  * watcher between runs, a server hiccup) are retried until then.
  */
-export async function waitForReclaimDrain(client: Client, node: string, signal: ReclaimSignal, o: WaitDrainOptions): Promise<string | undefined> {
+export async function waitForReclaimDrain(
+  client: Client,
+  node: string,
+  signal: ReclaimSignal,
+  o: WaitDrainOptions,
+): Promise<string | undefined> {
   const end = Date.now() + o.timeoutMs;
   const watcher = client.workflow.getHandle(workflowIds.reclaimWatch(node));
   let drainId: string | undefined;

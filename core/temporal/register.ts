@@ -13,7 +13,10 @@ import { SEARCH_ATTRIBUTE_DEFS } from './search-attributes.js';
 const KEYWORD = 2;
 const TYPE_NAMES = ['Unspecified', 'Text', 'Keyword', 'Int', 'Double', 'Bool', 'Datetime', 'KeywordList'];
 
-export async function ensureSearchAttributes(connection: Pick<Connection, 'operatorService'>, namespace: string): Promise<{ added: string[]; present: string[] }> {
+export async function ensureSearchAttributes(
+  connection: Pick<Connection, 'operatorService'>,
+  namespace: string,
+): Promise<{ added: string[]; present: string[] }> {
   const existing = await connection.operatorService.listSearchAttributes({ namespace });
   const custom = existing.customAttributes ?? {};
   const added: string[] = [];
@@ -25,7 +28,9 @@ export async function ensureSearchAttributes(connection: Pick<Connection, 'opera
       toAdd[d.name] = KEYWORD;
       added.push(d.name);
     } else if (have !== KEYWORD) {
-      throw new Error(`search attribute ${d.name} exists with type ${TYPE_NAMES[Number(have)] ?? have}, ARCH needs Keyword: remove it or use another namespace`);
+      throw new Error(
+        `search attribute ${d.name} exists with type ${TYPE_NAMES[Number(have)] ?? have}, ARCH needs Keyword: remove it or use another namespace`,
+      );
     } else {
       present.push(d.name);
     }
@@ -36,5 +41,7 @@ export async function ensureSearchAttributes(connection: Pick<Connection, 'opera
 
 /** Shell commands an operator runs on a real cluster (`arch-cli temporal-setup --print`). */
 export function searchAttributeCreateCommands(namespace = 'default'): string[] {
-  return SEARCH_ATTRIBUTE_DEFS.map((d) => `temporal operator search-attribute create --namespace ${namespace} --name ${d.name} --type ${d.cliType}`);
+  return SEARCH_ATTRIBUTE_DEFS.map(
+    (d) => `temporal operator search-attribute create --namespace ${namespace} --name ${d.name} --type ${d.cliType}`,
+  );
 }

@@ -18,10 +18,12 @@ export const SA = {
 } as const;
 
 /** Name and type as the Temporal CLI spells them (`--search-attribute Name=Keyword`). */
-export const SEARCH_ATTRIBUTE_DEFS: ReadonlyArray<{ name: string; cliType: 'Keyword' }> = Object.values(SA).map((k) => ({
-  name: k.name,
-  cliType: 'Keyword',
-}));
+export const SEARCH_ATTRIBUTE_DEFS: ReadonlyArray<{ name: string; cliType: 'Keyword' }> = Object.values(SA).map(
+  (k) => ({
+    name: k.name,
+    cliType: 'Keyword',
+  }),
+);
 
 /** `temporal server start-dev` arguments that register every ARCH attribute. */
 export function devServerSearchAttributeArgs(): string[] {

@@ -21,7 +21,9 @@ beforeAll(() => {
 
 afterEach(async () => {
   if (child && child.exitCode === null && child.signalCode === null) {
-    await fs.promises.writeFile(path.join(dir, V1 ? 'freezer.state' : 'cgroup.freeze'), V1 ? 'THAWED' : '0').catch(() => undefined);
+    await fs.promises
+      .writeFile(path.join(dir, V1 ? 'freezer.state' : 'cgroup.freeze'), V1 ? 'THAWED' : '0')
+      .catch(() => undefined);
     child.kill('SIGKILL');
     await new Promise((r) => child!.once('exit', r));
   }
@@ -89,11 +91,12 @@ test('killAndThaw kills every process of a frozen cgroup', async () => {
   const exited = new Promise((r) => child!.once('exit', (_code, signal) => r(signal)));
   await f.killAndThaw();
   expect(await exited).toBe('SIGKILL');
-  for (let i = 0; i < 100 && fs.readFileSync(path.join(dir, 'cgroup.procs'), 'utf8').trim() !== ''; i++) await sleep(20);
+  for (let i = 0; i < 100 && fs.readFileSync(path.join(dir, 'cgroup.procs'), 'utf8').trim() !== ''; i++)
+    await sleep(20);
   expect(fs.readFileSync(path.join(dir, 'cgroup.procs'), 'utf8').trim()).toBe('');
 });
 
-test('killAndThaw also reaches processes in cgroups below the container\'s', async () => {
+test("killAndThaw also reaches processes in cgroups below the container's", async () => {
   const { pid } = await ticker();
   fs.mkdirSync(path.join(dir, 'sub'));
   const nested = spawn('sleep', ['300'], { stdio: 'ignore' });

@@ -56,13 +56,18 @@ test('a CRIU that is not there: the failure says which setting to fix, exit code
   const report = parse(r.out);
   expect(report.ok).toBe(false);
   expect(r.exitCode).toBe(1);
-  expect(report.checks.find((c) => c.name === 'criu')).toMatchObject({ ok: false, fix: expect.stringContaining('ARCH_CRIU') });
+  expect(report.checks.find((c) => c.name === 'criu')).toMatchObject({
+    ok: false,
+    fix: expect.stringContaining('ARCH_CRIU'),
+  });
 });
 
 test('an unknown network lock method is refused with the field and its values', async () => {
   const r = await doctor({ ARCH_CRIU_NETWORK_LOCK: 'pf' });
   expect(r.exitCode).toBe(2);
-  expect(JSON.parse(r.out)).toMatchObject({ error: expect.stringContaining('ARCH_CRIU_NETWORK_LOCK: "pf" is not a network lock method') });
+  expect(JSON.parse(r.out)).toMatchObject({
+    error: expect.stringContaining('ARCH_CRIU_NETWORK_LOCK: "pf" is not a network lock method'),
+  });
   expect(JSON.parse(r.out).error).toContain('auto, iptables, nftables, skip');
 });
 
@@ -72,7 +77,10 @@ test('iptables-restore is required for the iptables method only', async () => {
   const ipt = await doctor({ ARCH_CRIU_NETWORK_LOCK: 'iptables' }, noSbin);
   const iptReport = parse(ipt.out);
   expect(iptReport.checks.find((c) => c.name === 'network lock')).toMatchObject({ ok: true, version: 'iptables' });
-  expect(iptReport.checks.find((c) => c.name === 'iptables')).toMatchObject({ ok: false, fix: expect.stringContaining('apt-get install iptables') });
+  expect(iptReport.checks.find((c) => c.name === 'iptables')).toMatchObject({
+    ok: false,
+    fix: expect.stringContaining('apt-get install iptables'),
+  });
   expect(iptReport.checks.find((c) => c.name === 'iptables')?.optional).toBeFalsy();
   expect(ipt.exitCode).toBe(1);
 
@@ -83,17 +91,24 @@ test('iptables-restore is required for the iptables method only', async () => {
 });
 
 describe('the network lock CRIU is given', () => {
-  const settings = (criuNetworkLock: NetworkLockSetting) => ({ criu: criuBinary(), criuNetworkLock, criuNoBreakpoints: true });
-
-  test.each(['nftables', 'skip'] as const)('%s: a CRIU configuration file naming it, through CRIU_CONFIG_FILE', async (m) => {
-    const { env, networkLock } = await criuRunEnv(settings(m));
-    expect(networkLock).toBe(m);
-    expect(env.CRIU_FAULT).toBe('130');
-    expect(path.dirname(env.CRIU_CONFIG_FILE!)).toBe(CRIU_RUN_DIR);
-    expect(fs.readFileSync(env.CRIU_CONFIG_FILE!, 'utf8')).toMatch(new RegExp(`^network-lock ${m}$`, 'm'));
+  const settings = (criuNetworkLock: NetworkLockSetting) => ({
+    criu: criuBinary(),
+    criuNetworkLock,
+    criuNoBreakpoints: true,
   });
 
-  test('iptables is CRIU\'s own default: nothing to add', async () => {
+  test.each(['nftables', 'skip'] as const)(
+    '%s: a CRIU configuration file naming it, through CRIU_CONFIG_FILE',
+    async (m) => {
+      const { env, networkLock } = await criuRunEnv(settings(m));
+      expect(networkLock).toBe(m);
+      expect(env.CRIU_FAULT).toBe('130');
+      expect(path.dirname(env.CRIU_CONFIG_FILE!)).toBe(CRIU_RUN_DIR);
+      expect(fs.readFileSync(env.CRIU_CONFIG_FILE!, 'utf8')).toMatch(new RegExp(`^network-lock ${m}$`, 'm'));
+    },
+  );
+
+  test("iptables is CRIU's own default: nothing to add", async () => {
     expect(await criuRunEnv(settings('iptables'))).toEqual({ env: { CRIU_FAULT: '130' }, networkLock: 'iptables' });
   });
 
@@ -109,11 +124,16 @@ describe('the network lock CRIU is given', () => {
       fs.mkdirSync(CRIU_RUN_DIR, { recursive: true });
       fs.writeFileSync(cacheFile, '{not json');
       // A fresh process: this one may have the answer in memory already.
-      const r = await execa(process.execPath, ['--input-type=module', '-e',
+      const r = await execa(process.execPath, [
+        '--input-type=module',
+        '-e',
         `import { networkLockOf } from ${JSON.stringify(path.join(REPO_ROOT, 'dist/core/criu-network-lock.js'))};` +
-        `process.stdout.write(await networkLockOf({ criu: ${JSON.stringify(criu)}, criuNetworkLock: 'auto' }));`]);
+          `process.stdout.write(await networkLockOf({ criu: ${JSON.stringify(criu)}, criuNetworkLock: 'auto' }));`,
+      ]);
       expect(r.stdout).toBe(expected);
-      expect(Object.values(JSON.parse(fs.readFileSync(cacheFile, 'utf8')) as Record<string, string>)).toEqual([expected]);
+      expect(Object.values(JSON.parse(fs.readFileSync(cacheFile, 'utf8')) as Record<string, string>)).toEqual([
+        expected,
+      ]);
     } finally {
       if (saved) fs.writeFileSync(cacheFile, saved);
       else fs.rmSync(cacheFile, { force: true });

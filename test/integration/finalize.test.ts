@@ -33,7 +33,10 @@ test('finalize checkpoints several ARCH containers in parallel; each continues a
   await node.runCounter('plain-1', []); // not ARCH: finalize must not touch it
   for (const id of ids) await node.waitCount(id, 5);
 
-  const ls = await execa(path.join(REPO_ROOT, 'bin/arch-cli'), ['ls', '--local', '--json'], { env: { ARCH_CONFIG: node.archConfig }, reject: false });
+  const ls = await execa(path.join(REPO_ROOT, 'bin/arch-cli'), ['ls', '--local', '--json'], {
+    env: { ARCH_CONFIG: node.archConfig },
+    reject: false,
+  });
   expect(ls.exitCode).toBe(0);
   const listed = JSON.parse(String(ls.stdout)) as { containers: { id: string; status: string; mode: string }[] };
   expect(listed.containers.map((c) => c.id).sort()).toEqual(ids); // plain-1 is not ARCH
@@ -44,7 +47,10 @@ test('finalize checkpoints several ARCH containers in parallel; each continues a
     reject: false,
   });
   expect(r.exitCode).toBe(0);
-  const report = JSON.parse(String(r.stdout)) as { ok: boolean; items: { id: string; status: string; sizeBytes: number }[] };
+  const report = JSON.parse(String(r.stdout)) as {
+    ok: boolean;
+    items: { id: string; status: string; sizeBytes: number }[];
+  };
   expect(report.ok).toBe(true);
   expect(report.items.map((i) => i.id).sort()).toEqual(ids);
   expect(report.items.every((i) => i.status === 'checkpointed' && i.sizeBytes > 0)).toBe(true);
@@ -65,10 +71,16 @@ test('finalize checkpoints several ARCH containers in parallel; each continues a
 });
 
 test('finalize with nothing to do says so and succeeds; bad --deadline is a clear error', async () => {
-  const ok = await execa(path.join(REPO_ROOT, 'bin/arch-cli'), ['finalize'], { env: { ARCH_CONFIG: node.archConfig }, reject: false });
+  const ok = await execa(path.join(REPO_ROOT, 'bin/arch-cli'), ['finalize'], {
+    env: { ARCH_CONFIG: node.archConfig },
+    reject: false,
+  });
   expect(ok.exitCode).toBe(0);
   expect(String(ok.stdout)).toContain('0/0 checkpointed');
-  const bad = await execa(path.join(REPO_ROOT, 'bin/arch-cli'), ['finalize', '--deadline', 'soon'], { env: { ARCH_CONFIG: node.archConfig }, reject: false });
+  const bad = await execa(path.join(REPO_ROOT, 'bin/arch-cli'), ['finalize', '--deadline', 'soon'], {
+    env: { ARCH_CONFIG: node.archConfig },
+    reject: false,
+  });
   expect(bad.exitCode).not.toBe(0);
   expect(String(bad.stderr)).toMatch(/--deadline.*Fix/);
 });
@@ -96,6 +108,8 @@ test('two checkpoints of one container at once: one publishes, the other is refu
   await node.containerd.removeContainer(id);
   await node.runCounter(id, env);
   await node.waitCount(id, at + 2);
-  await expect(checkpointContainer(node.ctx, { namespace: 'default', id, leaveRunning: true })).resolves.toMatchObject({ id });
+  await expect(checkpointContainer(node.ctx, { namespace: 'default', id, leaveRunning: true })).resolves.toMatchObject({
+    id,
+  });
   await node.containerd.removeContainer(id);
 });

@@ -59,7 +59,10 @@ function freezeRequestedSync(f: CgroupFreezer): boolean {
 }
 
 function stagingDirs(containerDir: string): string[] {
-  return fs.readdirSync(containerDir).filter((n) => n.startsWith('.staging-')).map((n) => path.join(containerDir, n));
+  return fs
+    .readdirSync(containerDir)
+    .filter((n) => n.startsWith('.staging-'))
+    .map((n) => path.join(containerDir, n));
 }
 
 /** Live processes whose arguments contain every one of `parts`. */
@@ -89,7 +92,8 @@ async function killAt(cli: ChildProcess, moment: string, at: () => boolean): Pro
   let output = '';
   for (const s of [cli.stdout, cli.stderr]) s?.on('data', (b: Buffer) => (output += String(b)));
   while (!at()) {
-    if (cli.exitCode !== null) throw new Error(`finalize ended (${cli.exitCode}) before the checkpoint reached "${moment}":\n${output}`);
+    if (cli.exitCode !== null)
+      throw new Error(`finalize ended (${cli.exitCode}) before the checkpoint reached "${moment}":\n${output}`);
     if (Date.now() > deadline) throw new Error(`the checkpoint never reached "${moment}"`);
     await sleep(1);
   }
@@ -126,7 +130,11 @@ describe.each<Moment>(['frozen', 'dump', 'publish', 'published'])('kill -9 of ar
       // A previous checkpoint (left running): after the kill the store must hold it or a new complete one.
       const prev = await checkpointContainer(node.ctx, { namespace: 'default', id, leaveRunning: true });
       // The normal path disarms: no watcher is left behind.
-      await waitFor(`no freeze guard left for ${id} after a normal checkpoint`, () => (guardProcesses(id).length === 0 ? true : undefined), 3_000);
+      await waitFor(
+        `no freeze guard left for ${id} after a normal checkpoint`,
+        () => (guardProcesses(id).length === 0 ? true : undefined),
+        3_000,
+      );
       const f = await freezerOf(id);
       expect(freezeRequestedSync(f)).toBe(false);
       const before = fs.readdirSync(containerDir);
@@ -143,9 +151,17 @@ describe.each<Moment>(['frozen', 'dump', 'publish', 'published'])('kill -9 of ar
 
       // Unfrozen within a few seconds, and still so once the orphaned dump (if any) is over:
       // CRIU puts the freezer back as it found it (frozen) when it ends.
-      await waitFor(`${id} thawed after kill -9 at "${moment}"`, () => (freezeRequestedSync(f) ? undefined : true), THAW_WITHIN_MS);
+      await waitFor(
+        `${id} thawed after kill -9 at "${moment}"`,
+        () => (freezeRequestedSync(f) ? undefined : true),
+        THAW_WITHIN_MS,
+      );
       const thawMs = Date.now() - killedAt;
-      await waitFor(`the freeze guard of ${id} to finish`, () => (guardProcesses(id).length === 0 ? true : undefined), 60_000);
+      await waitFor(
+        `the freeze guard of ${id} to finish`,
+        () => (guardProcesses(id).length === 0 ? true : undefined),
+        60_000,
+      );
       await sleep(300);
       const task = await node.containerd.task(id);
       const frozenNow = task?.status === 'STOPPED' ? false : freezeRequestedSync(f);
@@ -194,7 +210,11 @@ test('a container its user paused stays paused when the checkpointer is killed',
     await killAt(cli, 'dump', () => reached('dump', f, containerDir, []));
     await exited;
     // The orphaned dump ends (CRIU leaves the freezer as it found it); nobody thaws what the user paused.
-    await waitFor('the orphaned dump to end', () => (processesNaming(`${containerDir}/.staging-`).length === 0 ? true : undefined), 30_000);
+    await waitFor(
+      'the orphaned dump to end',
+      () => (processesNaming(`${containerDir}/.staging-`).length === 0 ? true : undefined),
+      30_000,
+    );
     await sleep(THAW_WITHIN_MS / 2);
     expect(freezeRequestedSync(f)).toBe(true);
     expect((await runcOf().state(id)).status).toBe('paused');
@@ -217,7 +237,11 @@ async function standIn(id: string, how: 'runc-pause' | 'committed-stop'): Promis
     id,
     runcRoot: node.runcRoot('default'),
     ...(how === 'committed-stop' ? { cgroup: { version: f.version, dir: f.dir } } : {}),
-    runc: { runc: node.ctx.settings.runc, criu: node.ctx.settings.criu, criuNoBreakpoints: node.ctx.settings.criuNoBreakpoints },
+    runc: {
+      runc: node.ctx.settings.runc,
+      criu: node.ctx.settings.criu,
+      criuNoBreakpoints: node.ctx.settings.criuNoBreakpoints,
+    },
     log: { logFile: node.archLog, logLevel: 'debug', nodeName: node.name },
   };
   const dist = (m: string) => JSON.stringify(path.join(REPO_ROOT, 'dist/core', m));
@@ -238,7 +262,9 @@ async function standIn(id: string, how: 'runc-pause' | 'committed-stop'): Promis
     process.stdout.write('frozen\\n');
     setInterval(() => undefined, 1000);
   `;
-  const helper = spawn(process.execPath, ['--input-type=module', '-e', script], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const helper = spawn(process.execPath, ['--input-type=module', '-e', script], {
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
   helpers.push(helper);
   await new Promise<void>((resolve, reject) => {
     helper.stdout!.on('data', (b: Buffer) => String(b).includes('frozen') && resolve());
@@ -255,7 +281,11 @@ async function killStandIn(helper: ChildProcess): Promise<number> {
   return Date.now();
 }
 
-const guardActions = (id: string) => node.logLines().filter((l) => l.component === 'freeze-guard' && l.container === id).map((l) => l.action);
+const guardActions = (id: string) =>
+  node
+    .logLines()
+    .filter((l) => l.component === 'freeze-guard' && l.container === id)
+    .map((l) => l.action);
 
 test('runc pause fallback: a guard armed before `runc pause` resumes the container when its process is killed', async () => {
   // Where the cgroup layout is unknown the checkpoint freezes with `runc pause`; the guard then uses runc too.
@@ -265,7 +295,11 @@ test('runc pause fallback: a guard armed before `runc pause` resumes the contain
     const helper = await standIn(id, 'runc-pause');
     expect((await runcOf().state(id)).status).toBe('paused');
     const killedAt = await killStandIn(helper);
-    await waitFor(`${id} resumed by its guard`, async () => ((await runcOf().state(id)).status === 'running' ? true : undefined), THAW_WITHIN_MS);
+    await waitFor(
+      `${id} resumed by its guard`,
+      async () => ((await runcOf().state(id)).status === 'running' ? true : undefined),
+      THAW_WITHIN_MS,
+    );
     expect(Date.now() - killedAt).toBeLessThanOrEqual(THAW_WITHIN_MS);
     await waitFor('the guard to exit', () => (guardProcesses(id).length === 0 ? true : undefined), 5_000);
     const at = node.count(id);

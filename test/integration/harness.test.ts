@@ -11,7 +11,11 @@ import { COUNTER_FILES, ensureTestImage, testWorkDir } from '../support/images.j
  * nodes, the self-built counter image, plain runc (no ARCH wrapper).
  */
 
-async function waitFor<T>(what: string, fn: () => T | undefined | Promise<T | undefined>, timeoutMs = 15_000): Promise<T> {
+async function waitFor<T>(
+  what: string,
+  fn: () => T | undefined | Promise<T | undefined>,
+  timeoutMs = 15_000,
+): Promise<T> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     try {
@@ -64,9 +68,18 @@ describe('ctr output parsing', () => {
     // BinaryName=/usr/local/bin/arch-runc (field 6), Root=/run/x (field 7), SystemdCgroup (field 9).
     const bin = Buffer.from('/usr/local/bin/arch-runc');
     const root = Buffer.from('/run/x');
-    const value = Buffer.concat([Buffer.from([0x32, bin.length]), bin, Buffer.from([0x3a, root.length]), root, Buffer.from([0x48, 1])]);
-    expect(decodeRuncOptions({ type_url: 'containerd.runc.v1.Options', value: value.toString('base64') }))
-      .toEqual({ BinaryName: '/usr/local/bin/arch-runc', Root: '/run/x', SystemdCgroup: true });
+    const value = Buffer.concat([
+      Buffer.from([0x32, bin.length]),
+      bin,
+      Buffer.from([0x3a, root.length]),
+      root,
+      Buffer.from([0x48, 1]),
+    ]);
+    expect(decodeRuncOptions({ type_url: 'containerd.runc.v1.Options', value: value.toString('base64') })).toEqual({
+      BinaryName: '/usr/local/bin/arch-runc',
+      Root: '/run/x',
+      SystemdCgroup: true,
+    });
     expect(decodeRuncOptions(null)).toBeUndefined();
   });
 });
@@ -116,7 +129,10 @@ describe('test harness', () => {
 
     const pid = node.pid!;
     await node.stop();
-    expect(fs.existsSync(`/proc/${pid}/cmdline`) && fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes(node.configFile)).toBe(false);
+    expect(
+      fs.existsSync(`/proc/${pid}/cmdline`) &&
+        fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes(node.configFile),
+    ).toBe(false);
     expect(mountsUnder(node.dir)).toEqual([]);
     expect(fs.existsSync(node.dir)).toBe(false);
   });
@@ -124,7 +140,10 @@ describe('test harness', () => {
   test('two nodes run the same container id side by side', async () => {
     const [a, b] = await Promise.all([startNode('harness-a'), startNode('harness-b')]);
     await Promise.all([runCounter(a, 'same'), runCounter(b, 'same', ['COUNTER_INTERVAL_MS=50'])]);
-    const [ta, tb] = await Promise.all([a.containerd.waitStatus('same', 'RUNNING'), b.containerd.waitStatus('same', 'RUNNING')]);
+    const [ta, tb] = await Promise.all([
+      a.containerd.waitStatus('same', 'RUNNING'),
+      b.containerd.waitStatus('same', 'RUNNING'),
+    ]);
     expect(ta!.pid).not.toBe(tb!.pid);
     await Promise.all([waitCount(a, 'same', 3), waitCount(b, 'same', 3)]);
     expect(a.runcRoot()).not.toBe(b.runcRoot());
@@ -147,11 +166,16 @@ describe('test harness', () => {
     await runCounter(node, 'victim');
     const t = await node.containerd.waitStatus('victim', 'RUNNING');
     await waitCount(node, 'victim', 2);
-    const shimSocket = fs.readFileSync(path.join(node.bundleDir('victim'), 'address'), 'utf8').replace(/^unix:\/\//, '').trim();
+    const shimSocket = fs
+      .readFileSync(path.join(node.bundleDir('victim'), 'address'), 'utf8')
+      .replace(/^unix:\/\//, '')
+      .trim();
     expect(fs.existsSync(shimSocket)).toBe(true);
     await node.kill();
     expect(node.pid).toBeUndefined();
-    await waitFor('container process gone', () => (fs.existsSync(`/proc/${t!.pid}/cmdline`) && fs.readFileSync(`/proc/${t!.pid}/cmdline`, 'utf8') ? undefined : true));
+    await waitFor('container process gone', () =>
+      fs.existsSync(`/proc/${t!.pid}/cmdline`) && fs.readFileSync(`/proc/${t!.pid}/cmdline`, 'utf8') ? undefined : true,
+    );
     expect(mountsUnder(node.dir).length).toBeGreaterThan(0); // a dead machine unmounts nothing
     await node.stop();
     expect(mountsUnder(node.dir)).toEqual([]);

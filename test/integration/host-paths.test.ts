@@ -35,7 +35,12 @@ afterAll(async () => {
   fs.rmSync(outside, { recursive: true, force: true });
 });
 
-const SHARED = (root: string) => ['ARCH_ENABLE=1', `ARCH_SHAREDFS_HOST_PATH=${root}`, 'ARCH_WORKDIR_CONTAINER_PATH=/work', 'COUNTER_FILE=/work/count'];
+const SHARED = (root: string) => [
+  'ARCH_ENABLE=1',
+  `ARCH_SHAREDFS_HOST_PATH=${root}`,
+  'ARCH_WORKDIR_CONTAINER_PATH=/work',
+  'COUNTER_FILE=/work/count',
+];
 
 async function pidOf(id: string): Promise<number> {
   return waitFor(`${id} has a task`, async () => {
@@ -66,7 +71,7 @@ test('a host path outside ARCH_ALLOWED_ROOTS: the container starts without ARCH,
   await node.containerd.removeContainer(id);
 });
 
-test('a symlink planted in one container\'s work dir never becomes another container\'s work dir', async () => {
+test("a symlink planted in one container's work dir never becomes another container's work dir", async () => {
   const a = 'hp-planter';
   const b = 'hp-victim';
   const shared = path.join(storage, 'shared');
@@ -107,13 +112,23 @@ test('a clean exit removes only what ARCH created for that container', async () 
   // An existing directory that a container names as its checkpoint (ARCH_CHECKPOINT_ID = its name).
   const victim = path.join(storage, 'ck/default/precious');
   fs.mkdirSync(victim, { recursive: true });
-  fs.writeFileSync(path.join(victim, 'keep.txt'), 'not ARCH\'s\n');
+  fs.writeFileSync(path.join(victim, 'keep.txt'), "not ARCH's\n");
   const id = 'hp-exit';
-  await node.runCounter(id, ['ARCH_ENABLE=1', `ARCH_CHECKPOINT_HOST_PATH=${path.join(storage, 'ck')}`, 'ARCH_CHECKPOINT_ID=precious', 'COUNTER_INTERVAL_MS=50', 'COUNTER_EXIT_AFTER=5']);
+  await node.runCounter(id, [
+    'ARCH_ENABLE=1',
+    `ARCH_CHECKPOINT_HOST_PATH=${path.join(storage, 'ck')}`,
+    'ARCH_CHECKPOINT_ID=precious',
+    'COUNTER_INTERVAL_MS=50',
+    'COUNTER_EXIT_AFTER=5',
+  ]);
   await node.containerd.waitStatus(id, 'STOPPED', 30_000);
   await node.containerd.removeContainer(id);
-  expect(fs.readFileSync(path.join(victim, 'keep.txt'), 'utf8')).toBe('not ARCH\'s\n');
-  expect(node.logLines().some((l) => l.container === id && /checkpoint kept: it has no ownership record/.test(String(l.msg)))).toBe(true);
+  expect(fs.readFileSync(path.join(victim, 'keep.txt'), 'utf8')).toBe("not ARCH's\n");
+  expect(
+    node
+      .logLines()
+      .some((l) => l.container === id && /checkpoint kept: it has no ownership record/.test(String(l.msg))),
+  ).toBe(true);
 
   // And what ARCH did create for a container goes with its clean exit.
   const own = 'hp-exit-own';
@@ -126,14 +141,21 @@ test('a clean exit removes only what ARCH created for that container', async () 
   expect(fs.existsSync(path.join(shared, 'work/default', `${own}${RECORD_SUFFIX}`))).toBe(false);
 });
 
-test('bounded race: a directory swapped with a symlink while containers are created never mounts the symlink\'s target', async () => {
+test("bounded race: a directory swapped with a symlink while containers are created never mounts the symlink's target", async () => {
   const race = path.join(storage, 'race');
   fs.mkdirSync(path.join(race, 'd'), { recursive: true });
   // A writer inside the tree swaps race/s between a real directory and a symlink to the secret, as fast as it can.
-  const swapper: ResultPromise = execa('sh', ['-c', `cd '${race}' || exit 1
+  const swapper: ResultPromise = execa(
+    'sh',
+    [
+      '-c',
+      `cd '${race}' || exit 1
     i=0; while [ $i -lt 2000000 ]; do
       mv d s 2>/dev/null; mv s d 2>/dev/null; ln -s '${secret}' s 2>/dev/null; rm -f s; ln -s '${secret}' s 2>/dev/null; rm -f s; i=$((i+1))
-    done`], { reject: false });
+    done`,
+    ],
+    { reject: false },
+  );
   try {
     for (let i = 0; i < 8; i++) {
       const id = `hp-race-${i}`;

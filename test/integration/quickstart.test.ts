@@ -49,7 +49,11 @@ test('install → ctr run with arch-runc → finalize → re-create continues', 
   // The installed node's settings and keys, not the test run's (test/support/arch-env.ts sets ARCH_SIGNING_KEY).
   const installed: NodeJS.ProcessEnv = { ...process.env };
   for (const k of Object.keys(installed)) if (k.startsWith('ARCH_') && k !== 'ARCH_CI_RUN_ID') delete installed[k];
-  const fin = await execa(path.join(REPO_ROOT, 'bin/arch-cli'), ['finalize', '--ns', NS, '--deadline', '60s'], { reject: false, env: installed, extendEnv: false });
+  const fin = await execa(path.join(REPO_ROOT, 'bin/arch-cli'), ['finalize', '--ns', NS, '--deadline', '60s'], {
+    reject: false,
+    env: installed,
+    extendEnv: false,
+  });
   expect(fin.stderr).toBe('');
   expect(fin.exitCode).toBe(0);
   expect(String(fin.stdout)).toMatch(new RegExp(`ok\\s+${NS}/${ID}`));
@@ -62,6 +66,9 @@ test('install → ctr run with arch-runc → finalize → re-create continues', 
   await waitFor('count continues', () => (countOf() > atCheckpoint + 3 ? true : undefined));
   expect(Number(/count (\d+)/.exec(fs.readFileSync(out2, 'utf8'))?.[1])).toBeGreaterThanOrEqual(atCheckpoint);
   // The installed settings send the shim's log to ARCH_LOG_FILE.
-  const logFile = /^ARCH_LOG_FILE=(.*)$/m.exec(fs.readFileSync('/etc/arch/arch.env', 'utf8'))?.[1] ?? '/var/log/arch/arch.log';
-  expect(readLogLines(logFile).some((l) => l.msg === 'restored from checkpoint' && l.namespace === NS && l.container === ID)).toBe(true);
+  const logFile =
+    /^ARCH_LOG_FILE=(.*)$/m.exec(fs.readFileSync('/etc/arch/arch.env', 'utf8'))?.[1] ?? '/var/log/arch/arch.log';
+  expect(
+    readLogLines(logFile).some((l) => l.msg === 'restored from checkpoint' && l.namespace === NS && l.container === ID),
+  ).toBe(true);
 });

@@ -45,14 +45,16 @@ afterAll(async () => {
   if (node) fs.rmSync(path.dirname(node.archConfig), { recursive: true, force: true });
   fs.rmSync(root, { recursive: true, force: true });
   fs.rmSync(work, { recursive: true, force: true });
-  for (const c of fs.readdirSync('/sys/fs/cgroup')) fs.rmSync(path.join('/sys/fs/cgroup', c, cgroupParent), { recursive: true, force: true });
+  for (const c of fs.readdirSync('/sys/fs/cgroup'))
+    fs.rmSync(path.join('/sys/fs/cgroup', c, cgroupParent), { recursive: true, force: true });
 });
 
 async function bundle(id: string, opts: { args?: string[]; env?: string[] } = {}): Promise<string> {
   ids.push(id);
   const dir = path.join(work, `bundle-${id}`);
   await makeRuncBundle(dir, path.join(work, 'rootfs'), {
-    cgroupsPath: `${cgroupParent}/${id}`, args: opts.args,
+    cgroupsPath: `${cgroupParent}/${id}`,
+    args: opts.args,
     env: ['ARCH_ENABLE=1', `ARCH_CHECKPOINT_HOST_PATH=${storage}`, ...(opts.env ?? [])],
   });
   return dir;
@@ -62,7 +64,10 @@ async function bundle(id: string, opts: { args?: string[]; env?: string[] } = {}
 async function archRunc(args: string[], extraFds: number[] = []): Promise<number> {
   const stdio: (number | 'ignore')[] = ['ignore', 'ignore', 'ignore'];
   for (const fd of extraFds) stdio[fd] = fd;
-  const p = spawn(ARCH_RUNC_BIN, ['--root', root, ...args], { env: { ...process.env, ARCH_CONFIG: node.archConfig }, stdio });
+  const p = spawn(ARCH_RUNC_BIN, ['--root', root, ...args], {
+    env: { ...process.env, ARCH_CONFIG: node.archConfig },
+    stdio,
+  });
   return new Promise((resolve) => p.on('exit', (code) => resolve(code ?? 128)));
 }
 
@@ -75,7 +80,9 @@ const countIn = (dir: string): number => Number(fs.readFileSync(path.join(dir, '
 
 test('--preserve-fds: the descriptors after stdio reach the container of an ARCH create', async () => {
   const id = `fds-${process.pid}`;
-  const dir = await bundle(id, { args: ['/bin/sh', '-c', 'cat /proc/self/fd/3 > /from-fd3; cat /proc/self/fd/4 > /from-fd4; sleep 60'] });
+  const dir = await bundle(id, {
+    args: ['/bin/sh', '-c', 'cat /proc/self/fd/3 > /from-fd3; cat /proc/self/fd/4 > /from-fd4; sleep 60'],
+  });
   fs.writeFileSync(path.join(work, 'fd3'), 'three\n');
   fs.writeFileSync(path.join(work, 'fd4'), 'four\n');
   // Opened here so that the numbers are this process's; handed to arch-runc at 3 and 4.
@@ -83,7 +90,10 @@ test('--preserve-fds: the descriptors after stdio reach the container of an ARCH
   const fd4 = fs.openSync(path.join(work, 'fd4'), 'r');
   try {
     const stdio: (number | 'ignore')[] = ['ignore', 'ignore', 'ignore', fd3, fd4];
-    const p = spawn(ARCH_RUNC_BIN, ['--root', root, 'create', '--preserve-fds', '2', '--bundle', dir, id], { env: { ...process.env, ARCH_CONFIG: node.archConfig }, stdio });
+    const p = spawn(ARCH_RUNC_BIN, ['--root', root, 'create', '--preserve-fds', '2', '--bundle', dir, id], {
+      env: { ...process.env, ARCH_CONFIG: node.archConfig },
+      stdio,
+    });
     expect(await new Promise((resolve) => p.on('exit', resolve))).toBe(0);
   } finally {
     fs.closeSync(fd3);
@@ -116,7 +126,11 @@ test('`runc run -d` restores like create + start; `delete --force` of the runnin
   expect(await status(id)).toBe('absent');
   const store = new CheckpointStore(path.dirname(res.dir));
   expect(await store.current()).toBe(res.dir);
-  expect(node.logLines().some((l) => l.container === id && /force-deleted while running: checkpoint kept/.test(String(l.msg)))).toBe(true);
+  expect(
+    node
+      .logLines()
+      .some((l) => l.container === id && /force-deleted while running: checkpoint kept/.test(String(l.msg))),
+  ).toBe(true);
 });
 
 test('a container in a network namespace it only joined is restored into that same namespace', async () => {
@@ -124,12 +138,26 @@ test('a container in a network namespace it only joined is restored into that sa
   const sid = `sandbox-${process.pid}`;
   const id = `pod-app-${process.pid}`;
   const env = ['ARCH_ENABLE=1', `ARCH_CHECKPOINT_HOST_PATH=${storage}`];
-  await node.containerd.run({ image: node.image, id: sid, args: ['/usr/bin/counter'], env: ['COUNTER_INTERVAL_MS=1000'], runcBinary: ARCH_RUNC_BIN, detach: true, logFile: path.join(work, `${sid}.out`) });
-  const sandboxPid = (await node.containerd.waitStatus(sid, 'RUNNING', 15_000))!.pid;
-  const app = () => node.containerd.run({
-    image: node.image, id, env, runcBinary: ARCH_RUNC_BIN, detach: true, logFile: path.join(work, `${id}-${Date.now()}.out`),
-    extraFlags: ['--with-ns', `network:/proc/${sandboxPid}/ns/net`],
+  await node.containerd.run({
+    image: node.image,
+    id: sid,
+    args: ['/usr/bin/counter'],
+    env: ['COUNTER_INTERVAL_MS=1000'],
+    runcBinary: ARCH_RUNC_BIN,
+    detach: true,
+    logFile: path.join(work, `${sid}.out`),
   });
+  const sandboxPid = (await node.containerd.waitStatus(sid, 'RUNNING', 15_000))!.pid;
+  const app = () =>
+    node.containerd.run({
+      image: node.image,
+      id,
+      env,
+      runcBinary: ARCH_RUNC_BIN,
+      detach: true,
+      logFile: path.join(work, `${id}-${Date.now()}.out`),
+      extraFlags: ['--with-ns', `network:/proc/${sandboxPid}/ns/net`],
+    });
   try {
     await app();
     await node.waitCount(id, 5);
@@ -144,7 +172,11 @@ test('a container in a network namespace it only joined is restored into that sa
     await node.waitCount(id, atCheckpoint + 3);
     expect(node.logLines().some((l) => l.container === id && l.msg === 'restored from checkpoint')).toBe(true);
     // And the sandbox's network is not left locked.
-    const rules = await execa('nsenter', ['-t', String(sandboxPid), '-n', 'sh', '-c', 'nft list ruleset; iptables-save'], { reject: false, all: true });
+    const rules = await execa(
+      'nsenter',
+      ['-t', String(sandboxPid), '-n', 'sh', '-c', 'nft list ruleset; iptables-save'],
+      { reject: false, all: true },
+    );
     expect(String(rules.all ?? '')).not.toMatch(/CRIU/);
   } finally {
     await node.containerd.removeContainer(id).catch(() => undefined);

@@ -40,14 +40,22 @@ const rootOf = (s: SideName) => path.join(base, s);
 const bundleOf = (s: SideName, id: string) => path.join(work, s, id);
 const binOf = (s: SideName) => (s === 'arch' ? ARCH_RUNC_BIN : RUNC);
 
-const call = runcCaller(() => ({ ARCH_CONFIG: node.archConfig }), () => work);
+const call = runcCaller(
+  () => ({ ARCH_CONFIG: node.archConfig }),
+  () => work,
+);
 
 /** What differs between the sides by design: the root and the bundle dirs (arch's mapped onto runc's). */
-const masks = (): [string, string][] => [[rootOf('arch'), rootOf('runc')], [path.join(work, 'arch'), path.join(work, 'runc')]];
+const masks = (): [string, string][] => [
+  [rootOf('arch'), rootOf('runc')],
+  [path.join(work, 'arch'), path.join(work, 'runc')],
+];
 
 /** The node's CRIU for a direct runc call: arch-runc adds the same by itself. */
 function criuFor(s: SideName): { globals: string[]; env: Record<string, string> } {
-  return s === 'arch' ? { globals: [], env: {} } : { globals: ['--criu', node.ctx.settings.criu], env: criuEnv(node.ctx.settings) };
+  return s === 'arch'
+    ? { globals: [], env: {} }
+    : { globals: ['--criu', node.ctx.settings.criu], env: criuEnv(node.ctx.settings) };
 }
 
 /** One runc call on one side. `criu`: the call runs CRIU (checkpoint, restore). */
@@ -57,7 +65,10 @@ function on(s: SideName, args: string[], opts: CallOptions & { criu?: boolean } 
 }
 
 /** The same call on both sides (args get the side: bundles and files are per side). */
-async function both(args: (s: SideName) => string[], opts: CallOptions & { criu?: boolean } = {}): Promise<{ a: CallResult; r: CallResult }> {
+async function both(
+  args: (s: SideName) => string[],
+  opts: CallOptions & { criu?: boolean } = {},
+): Promise<{ a: CallResult; r: CallResult }> {
   const a = await on('arch', args('arch'), opts);
   const r = await on('runc', args('runc'), opts);
   return { a, r };
@@ -70,10 +81,15 @@ function same(x: { a: CallResult; r: CallResult }, code?: number): void {
 }
 
 /** Both bundles of a pair: identical specs (ARCH's variables on both), their own cgroups. */
-async function pair(id: string, opts: { args?: string[]; env?: string[]; edit?: (spec: RuncSpec) => void } = {}): Promise<void> {
+async function pair(
+  id: string,
+  opts: { args?: string[]; env?: string[]; edit?: (spec: RuncSpec) => void } = {},
+): Promise<void> {
   for (const s of SIDES) {
     await makeRuncBundle(bundleOf(s, id), path.join(work, 'rootfs'), {
-      cgroupsPath: `${cgroupParent}/${s}-${id}`, args: opts.args, edit: opts.edit,
+      cgroupsPath: `${cgroupParent}/${s}-${id}`,
+      args: opts.args,
+      edit: opts.edit,
       env: ['ARCH_ENABLE=1', `ARCH_CHECKPOINT_HOST_PATH=${storage}`, ...(opts.env ?? [])],
     });
   }
@@ -95,39 +111,64 @@ async function pidOf(s: SideName, id: string): Promise<number> {
 /** runc's own files in its state dir of the container (ARCH's arch.* markers left out). */
 function runcFiles(s: SideName, id: string): string[] {
   const dir = path.join(rootOf(s), id);
-  return fs.existsSync(dir) ? fs.readdirSync(dir).filter((f) => !f.startsWith('arch.')).sort() : ['(absent)'];
+  return fs.existsSync(dir)
+    ? fs
+        .readdirSync(dir)
+        .filter((f) => !f.startsWith('arch.'))
+        .sort()
+    : ['(absent)'];
 }
 
-const countIn = (s: SideName, id: string): number => Number(fs.readFileSync(path.join(bundleOf(s, id), 'rootfs', COUNTER_FILES.count), 'utf8') || 0);
+const countIn = (s: SideName, id: string): number =>
+  Number(fs.readFileSync(path.join(bundleOf(s, id), 'rootfs', COUNTER_FILES.count), 'utf8') || 0);
 
 async function waitCounts(id: string, above: [number, number] = [0, 0]): Promise<void> {
-  for (const [i, s] of SIDES.entries()) await waitFor(`${s}/${id} counts past ${above[i]! + 2}`, () => (countIn(s, id) > above[i]! + 2 ? true : undefined));
+  for (const [i, s] of SIDES.entries())
+    await waitFor(`${s}/${id} counts past ${above[i]! + 2}`, () => (countIn(s, id) > above[i]! + 2 ? true : undefined));
 }
 
 /** Output columns that differ between two containers or two moments (pids, times, CPU) become X. */
 function maskColumns(out: string, cols: number[]): string {
-  return out.split('\n').map((line, i) => {
-    const f = line.trim().split(/\s+/);
-    if (i === 0 || f.length < 2) return f.join(' ');
-    for (const c of cols) if (c < f.length) f[c] = 'X';
-    return f.join(' ');
-  }).join('\n');
+  return out
+    .split('\n')
+    .map((line, i) => {
+      const f = line.trim().split(/\s+/);
+      if (i === 0 || f.length < 2) return f.join(' ');
+      for (const c of cols) if (c < f.length) f[c] = 'X';
+      return f.join(' ');
+    })
+    .join('\n');
 }
 
 /** `runc state`/`list --format json` output with the pid and creation time masked. */
 function maskStateJson(out: string): string {
-  const mask = (o: Record<string, unknown>) => ({ ...o, pid: typeof o.pid === 'number' && o.pid > 0 ? 'PID' : o.pid, created: 'T' });
+  const mask = (o: Record<string, unknown>) => ({
+    ...o,
+    pid: typeof o.pid === 'number' && o.pid > 0 ? 'PID' : o.pid,
+    created: 'T',
+  });
   const v = JSON.parse(out) as Record<string, unknown> | Record<string, unknown>[] | null;
   return JSON.stringify(Array.isArray(v) ? v.map(mask) : v && mask(v));
 }
 
-const withStdout = (r: CallResult, f: (s: string) => string): CallResult => ({ ...r, stdout: r.exitCode === 0 ? f(r.stdout) : r.stdout });
+const withStdout = (r: CallResult, f: (s: string) => string): CallResult => ({
+  ...r,
+  stdout: r.exitCode === 0 ? f(r.stdout) : r.stdout,
+});
 
 async function removeAll(): Promise<void> {
   for (const s of SIDES) {
     for (const id of fs.existsSync(rootOf(s)) ? fs.readdirSync(rootOf(s)) : []) {
-      await execa(RUNC, ['--root', rootOf(s), 'kill', '--all', id, 'KILL'], { reject: false, stdin: 'ignore', timeout: 10_000 });
-      await execa(RUNC, ['--root', rootOf(s), 'delete', '--force', id], { reject: false, stdin: 'ignore', timeout: 10_000 });
+      await execa(RUNC, ['--root', rootOf(s), 'kill', '--all', id, 'KILL'], {
+        reject: false,
+        stdin: 'ignore',
+        timeout: 10_000,
+      });
+      await execa(RUNC, ['--root', rootOf(s), 'delete', '--force', id], {
+        reject: false,
+        stdin: 'ignore',
+        timeout: 10_000,
+      });
     }
   }
 }
@@ -175,7 +216,10 @@ describe('ARCH on: arch-runc and runc side by side on fresh containers', () => {
     const lists = await both(() => ['list', '--format', 'json']);
     same({ a: withStdout(lists.a, maskStateJson), r: withStdout(lists.r, maskStateJson) }, 0);
     const table = await both(() => ['list']); // ID PID STATUS BUNDLE CREATED OWNER
-    same({ a: withStdout(table.a, (o) => maskColumns(o, [1, 4])), r: withStdout(table.r, (o) => maskColumns(o, [1, 4])) }, 0);
+    same(
+      { a: withStdout(table.a, (o) => maskColumns(o, [1, 4])), r: withStdout(table.r, (o) => maskColumns(o, [1, 4])) },
+      0,
+    );
     same(await both(() => ['list', '-q']), 0);
 
     same(await both(() => ['start', id]), 0);
@@ -184,10 +228,27 @@ describe('ARCH on: arch-runc and runc side by side on fresh containers', () => {
     await waitCounts(id);
 
     const ps = await both(() => ['ps', id]); // UID PID PPID C STIME TTY TIME CMD
-    same({ a: withStdout(ps.a, (o) => maskColumns(o, [1, 2, 3, 4, 6])), r: withStdout(ps.r, (o) => maskColumns(o, [1, 2, 3, 4, 6])) }, 0);
+    same(
+      {
+        a: withStdout(ps.a, (o) => maskColumns(o, [1, 2, 3, 4, 6])),
+        r: withStdout(ps.r, (o) => maskColumns(o, [1, 2, 3, 4, 6])),
+      },
+      0,
+    );
     const psJson = await both(() => ['ps', '--format', 'json', id]);
-    same({ a: withStdout(psJson.a, (o) => String((JSON.parse(o) as number[]).length)), r: withStdout(psJson.r, (o) => String((JSON.parse(o) as number[]).length)) }, 0);
-    same(await both(() => ['exec', id, '/bin/sh', '-c', 'echo out; echo err >&2; read x; echo "got $x"; exit 7'], { input: 'line\n' }), 7);
+    same(
+      {
+        a: withStdout(psJson.a, (o) => String((JSON.parse(o) as number[]).length)),
+        r: withStdout(psJson.r, (o) => String((JSON.parse(o) as number[]).length)),
+      },
+      0,
+    );
+    same(
+      await both(() => ['exec', id, '/bin/sh', '-c', 'echo out; echo err >&2; read x; echo "got $x"; exit 7'], {
+        input: 'line\n',
+      }),
+      7,
+    );
     same(await both(() => ['exec', id, '/no/such/binary']));
 
     same(await both(() => ['pause', id]), 0);
@@ -214,14 +275,19 @@ describe('ARCH on: arch-runc and runc side by side on fresh containers', () => {
     await pair(id, { args: ['/bin/sleep', '600'] });
     const pidFile = (s: SideName) => path.join(work, s, `${id}.pid`);
     for (let round = 0; round < 2; round++) {
-      same(await both((s) => ['run', '-d', '--pid-file', pidFile(s), '--bundle', bundleOf(s, id), id], { files: true }), 0);
+      same(
+        await both((s) => ['run', '-d', '--pid-file', pidFile(s), '--bundle', bundleOf(s, id), id], { files: true }),
+        0,
+      );
       expect(await statuses(id)).toEqual(['running', 'running']);
       same(await both((s) => ['run', '-d', '--bundle', bundleOf(s, id), id], { files: true }), 1); // exists
       for (const s of SIDES) expect(Number(fs.readFileSync(pidFile(s), 'utf8'))).toBe(await pidOf(s, id));
       same(await both(() => ['delete', id]), 1);
       if (round === 1) {
         same(await both(() => ['kill', id, 'KILL']), 0);
-        await waitFor('both stopped', async () => ((await statuses(id)).every((x) => x === 'stopped') ? true : undefined));
+        await waitFor('both stopped', async () =>
+          (await statuses(id)).every((x) => x === 'stopped') ? true : undefined,
+        );
       }
       same(await both(() => ['delete', '--force', id]), 0);
       expect(await statuses(id)).toEqual(['absent', 'absent']);
@@ -245,7 +311,13 @@ describe('ARCH on: arch-runc and runc side by side on fresh containers', () => {
 
   test('--preserve-fds: the descriptors after stdio reach the container', async () => {
     const id = 'sbs-fds';
-    await pair(id, { args: ['/bin/sh', '-c', 'cat /proc/self/fd/3 > /from-fd3; cat /proc/self/fd/4 > /from-fd4; ls /proc/self/fd/5 2>/dev/null > /fd5; sleep 600'] });
+    await pair(id, {
+      args: [
+        '/bin/sh',
+        '-c',
+        'cat /proc/self/fd/3 > /from-fd3; cat /proc/self/fd/4 > /from-fd4; ls /proc/self/fd/5 2>/dev/null > /fd5; sleep 600',
+      ],
+    });
     for (const n of [3, 4]) fs.writeFileSync(path.join(work, `fd${n}`), `fd ${n}\n`);
     const fds = [3, 4].map((n) => fs.openSync(path.join(work, `fd${n}`), 'r'));
     try {
@@ -255,28 +327,44 @@ describe('ARCH on: arch-runc and runc side by side on fresh containers', () => {
     }
     same(await both(() => ['start', id]), 0);
     for (const s of SIDES) {
-      await waitFor(`${s} read fd 4`, () => (fs.existsSync(path.join(bundleOf(s, id), 'rootfs/fd5')) ? true : undefined));
+      await waitFor(`${s} read fd 4`, () =>
+        fs.existsSync(path.join(bundleOf(s, id), 'rootfs/fd5')) ? true : undefined,
+      );
       const rootfs = path.join(bundleOf(s, id), 'rootfs');
-      expect([fs.readFileSync(path.join(rootfs, 'from-fd3'), 'utf8'), fs.readFileSync(path.join(rootfs, 'from-fd4'), 'utf8'), fs.readFileSync(path.join(rootfs, 'fd5'), 'utf8')])
-        .toEqual(['fd 3\n', 'fd 4\n', '']);
+      expect([
+        fs.readFileSync(path.join(rootfs, 'from-fd3'), 'utf8'),
+        fs.readFileSync(path.join(rootfs, 'from-fd4'), 'utf8'),
+        fs.readFileSync(path.join(rootfs, 'fd5'), 'utf8'),
+      ]).toEqual(['fd 3\n', 'fd 4\n', '']);
     }
     same(await both(() => ['delete', '--force', id]), 0);
   });
 
   test('--console-socket: the terminal of a create goes to the socket', async () => {
     const id = 'sbs-tty';
-    await pair(id, { args: ['/bin/sh', '-c', 'tty; echo hi; sleep 600'], edit: (spec) => void (spec.process.terminal = true) });
+    await pair(id, {
+      args: ['/bin/sh', '-c', 'tty; echo hi; sleep 600'],
+      edit: (spec) => void (spec.process.terminal = true),
+    });
     const receivers: ChildProcess[] = [];
     try {
       const socket = (s: SideName) => path.join(work, s, `${id}.sock`);
       const received = (s: SideName) => path.join(work, s, `${id}.tty`);
       for (const s of SIDES) {
-        receivers.push(spawn('/usr/bin/python3', ['-c', CONSOLE_RECEIVER, socket(s), received(s)], { stdio: 'ignore' }));
+        receivers.push(
+          spawn('/usr/bin/python3', ['-c', CONSOLE_RECEIVER, socket(s), received(s)], { stdio: 'ignore' }),
+        );
         await waitFor(`${s} console socket`, () => (fs.existsSync(socket(s)) ? true : undefined));
       }
-      same(await both((s) => ['create', '--console-socket', socket(s), '--bundle', bundleOf(s, id), id], { files: true }), 0);
+      same(
+        await both((s) => ['create', '--console-socket', socket(s), '--bundle', bundleOf(s, id), id], { files: true }),
+        0,
+      );
       same(await both(() => ['start', id]), 0);
-      const text = (s: SideName) => waitFor(`${s} terminal output`, () => (fs.existsSync(received(s)) ? fs.readFileSync(received(s), 'utf8') : undefined));
+      const text = (s: SideName) =>
+        waitFor(`${s} terminal output`, () =>
+          fs.existsSync(received(s)) ? fs.readFileSync(received(s), 'utf8') : undefined,
+        );
       expect(await text('arch')).toBe(await text('runc'));
       expect(await text('arch')).toMatch(/^\/dev\/pts\/\d+\r\nhi\r\n$/);
       same(await both(() => ['delete', '--force', id]), 0);
@@ -316,7 +404,7 @@ time.sleep(3600)
 `;
 
 describe('ARCH on: checkpoint and restore side by side', () => {
-  test('checkpoint into an image dir, restore from it (--pid-file); the node\'s CRIU without --criu', async () => {
+  test("checkpoint into an image dir, restore from it (--pid-file); the node's CRIU without --criu", async () => {
     const id = 'sbs-ckpt';
     await pair(id, { env: ['COUNTER_INTERVAL_MS=100'] });
     same(await both((s) => ['run', '-d', '--bundle', bundleOf(s, id), id], { devNull: true }), 0);
@@ -325,14 +413,24 @@ describe('ARCH on: checkpoint and restore side by side', () => {
     same(await both((s) => ['checkpoint', '--image-path', images(s), id], { criu: true }), 0);
     expect(await statuses(id)).toEqual(['absent', 'absent']);
     // CRIU names tmpfs images by mount id, which differs between any two containers.
-    const names = (s: SideName) => fs.readdirSync(images(s)).map((n) => n.replace(/^tmpfs-dev-\d+/, 'tmpfs-dev-N')).sort();
+    const names = (s: SideName) =>
+      fs
+        .readdirSync(images(s))
+        .map((n) => n.replace(/^tmpfs-dev-\d+/, 'tmpfs-dev-N'))
+        .sort();
     expect(names('arch')).toEqual(names('runc'));
     const at: [number, number] = [countIn('arch', id), countIn('runc', id)];
     // ARCH's own copy of a complete dump (by design: a later create restores it).
     expect(await new CheckpointStore(path.join(storage, 'arch', id)).current()).toBeTruthy();
 
     const pidFile = (s: SideName) => path.join(work, s, `${id}.pid`);
-    same(await both((s) => ['restore', '-d', '--image-path', images(s), '--pid-file', pidFile(s), '--bundle', bundleOf(s, id), id], { criu: true, devNull: true }), 0);
+    same(
+      await both(
+        (s) => ['restore', '-d', '--image-path', images(s), '--pid-file', pidFile(s), '--bundle', bundleOf(s, id), id],
+        { criu: true, devNull: true },
+      ),
+      0,
+    );
     expect(await statuses(id)).toEqual(['running', 'running']);
     for (const s of SIDES) expect(Number(fs.readFileSync(pidFile(s), 'utf8'))).toBe(await pidOf(s, id));
     await waitCounts(id, at);
@@ -346,7 +444,9 @@ describe('ARCH on: checkpoint and restore side by side', () => {
     await waitCounts(id);
     const dir = (s: SideName, name: string) => path.join(work, s, `${id}-${name}`);
     // A pre-dump needs the kernel's dirty-memory tracking, which some VMs lack: then both fail alike.
-    const tracking = (await execa(node.ctx.settings.criu, ['check', '--feature', 'mem_dirty_track'], { reject: false })).exitCode === 0;
+    const tracking =
+      (await execa(node.ctx.settings.criu, ['check', '--feature', 'mem_dirty_track'], { reject: false })).exitCode ===
+      0;
     const pre = await both((s) => ['checkpoint', '--pre-dump', '--image-path', dir(s, 'pre'), id], { criu: true });
     same(pre, tracking ? 0 : 1);
     if (!tracking) expect(pre.a.stderr).toMatch(/CRIU is missing features/);
@@ -355,18 +455,41 @@ describe('ARCH on: checkpoint and restore side by side', () => {
       same(await both(() => ['delete', '--force', id]), 0);
       return;
     }
-    same(await both((s) => ['checkpoint', '--leave-running', '--parent-path', '../' + path.basename(dir(s, 'pre')), '--image-path', dir(s, 'final'), id], { criu: true }), 0);
+    same(
+      await both(
+        (s) => [
+          'checkpoint',
+          '--leave-running',
+          '--parent-path',
+          '../' + path.basename(dir(s, 'pre')),
+          '--image-path',
+          dir(s, 'final'),
+          id,
+        ],
+        { criu: true },
+      ),
+      0,
+    );
     expect(await statuses(id)).toEqual(['running', 'running']);
-    for (const s of SIDES) expect(fs.readlinkSync(path.join(dir(s, 'final'), 'parent'))).toBe('../' + path.basename(dir(s, 'pre')));
+    for (const s of SIDES)
+      expect(fs.readlinkSync(path.join(dir(s, 'final'), 'parent'))).toBe('../' + path.basename(dir(s, 'pre')));
     // Its pages are in the parent: ARCH publishes no checkpoint of it (it would not restore).
     expect(await new CheckpointStore(path.join(storage, 'arch', id)).current()).toBeFalsy();
     same(await both(() => ['kill', id, 'KILL']), 0);
     await waitFor('both stopped', async () => ((await statuses(id)).every((x) => x === 'stopped') ? true : undefined));
     same(await both(() => ['delete', id]), 0);
     const at: [number, number] = [countIn('arch', id), countIn('runc', id)];
-    same(await both((s) => ['restore', '-d', '--image-path', dir(s, 'final'), '--bundle', bundleOf(s, id), id], { criu: true, devNull: true }), 0);
+    same(
+      await both((s) => ['restore', '-d', '--image-path', dir(s, 'final'), '--bundle', bundleOf(s, id), id], {
+        criu: true,
+        devNull: true,
+      }),
+      0,
+    );
     expect(await statuses(id)).toEqual(['running', 'running']);
-    await waitFor('both count on from the restored value', () => (SIDES.every((s, i) => countIn(s, id) > 0 && countIn(s, id) !== at[i]) ? true : undefined));
+    await waitFor('both count on from the restored value', () =>
+      SIDES.every((s, i) => countIn(s, id) > 0 && countIn(s, id) !== at[i]) ? true : undefined,
+    );
     same(await both(() => ['delete', '--force', id]), 0);
   });
 
@@ -379,7 +502,8 @@ describe('ARCH on: checkpoint and restore side by side', () => {
     const to = `${id}-to`;
     await pair(to, { env: ['COUNTER_INTERVAL_MS=100'] });
     const results: Record<SideName, { dump: CallResult; restore: CallResult; ready: boolean }> = {} as never;
-    for (const [i, s] of SIDES.entries()) results[s] = await lazyMigrate(s, id, to, 27_300 + (process.pid % 300) * 2 + i);
+    for (const [i, s] of SIDES.entries())
+      results[s] = await lazyMigrate(s, id, to, 27_300 + (process.pid % 300) * 2 + i);
     expectSame(results.arch.dump, results.runc.dump, masks());
     expectSame(results.arch.restore, results.runc.restore, masks());
     // Both dumps said on the status descriptor that their page server was ready (arch-runc handed it on).
@@ -399,16 +523,26 @@ describe('ARCH on: checkpoint and restore side by side', () => {
     const nsPath = `/run/netns/${netns}`;
     await pair(id, {
       env: ['COUNTER_INTERVAL_MS=100'],
-      edit: (spec) => void (spec.linux.namespaces = spec.linux.namespaces.map((n) => (n.type === 'network' ? { type: 'network', path: nsPath } : n))),
+      edit: (spec) =>
+        void (spec.linux.namespaces = spec.linux.namespaces.map((n) =>
+          n.type === 'network' ? { type: 'network', path: nsPath } : n,
+        )),
     });
     same(await both((s) => ['run', '-d', '--bundle', bundleOf(s, id), id], { devNull: true }), 0);
     await waitCounts(id);
-    const inNs = async (s: SideName) => fs.statSync(`/proc/${await pidOf(s, id)}/ns/net`).ino === fs.statSync(nsPath).ino;
+    const inNs = async (s: SideName) =>
+      fs.statSync(`/proc/${await pidOf(s, id)}/ns/net`).ino === fs.statSync(nsPath).ino;
     expect([await inNs('arch'), await inNs('runc')]).toEqual([true, true]);
     const images = (s: SideName) => path.join(work, s, `${id}-images`);
     same(await both((s) => ['checkpoint', '--image-path', images(s), id], { criu: true }), 0);
     const at: [number, number] = [countIn('arch', id), countIn('runc', id)];
-    same(await both((s) => ['restore', '-d', '--image-path', images(s), '--bundle', bundleOf(s, id), id], { criu: true, devNull: true }), 0);
+    same(
+      await both((s) => ['restore', '-d', '--image-path', images(s), '--bundle', bundleOf(s, id), id], {
+        criu: true,
+        devNull: true,
+      }),
+      0,
+    );
     expect([await inNs('arch'), await inNs('runc')]).toEqual([true, true]);
     await waitCounts(id, at);
     const rules = await execa('ip', ['netns', 'exec', netns, 'iptables-save'], { reject: false, all: true });
@@ -419,7 +553,10 @@ describe('ARCH on: checkpoint and restore side by side', () => {
   test('a container without ARCH through arch-runc: checkpoint without --criu, restore with --criu given', async () => {
     const id = 'sbs-plain';
     for (const s of SIDES) {
-      await makeRuncBundle(bundleOf(s, id), path.join(work, 'rootfs'), { cgroupsPath: `${cgroupParent}/${s}-${id}`, env: ['COUNTER_INTERVAL_MS=100'] });
+      await makeRuncBundle(bundleOf(s, id), path.join(work, 'rootfs'), {
+        cgroupsPath: `${cgroupParent}/${s}-${id}`,
+        env: ['COUNTER_INTERVAL_MS=100'],
+      });
     }
     same(await both((s) => ['run', '-d', '--bundle', bundleOf(s, id), id], { devNull: true }), 0);
     expect(fs.existsSync(path.join(rootOf('arch'), id, 'arch.json'))).toBe(false);
@@ -429,7 +566,13 @@ describe('ARCH on: checkpoint and restore side by side', () => {
     const at: [number, number] = [countIn('arch', id), countIn('runc', id)];
     // Given --criu (and its environment), arch-runc is runc itself.
     const c = criuFor('runc');
-    same(await both((s) => [...c.globals, 'restore', '-d', '--image-path', images(s), '--bundle', bundleOf(s, id), id], { env: c.env, devNull: true }), 0);
+    same(
+      await both((s) => [...c.globals, 'restore', '-d', '--image-path', images(s), '--bundle', bundleOf(s, id), id], {
+        env: c.env,
+        devNull: true,
+      }),
+      0,
+    );
     await waitCounts(id, at);
     same(await both(() => ['delete', '--force', id]), 0);
   });
@@ -440,7 +583,12 @@ describe('ARCH on: checkpoint and restore side by side', () => {
  * server and says on --status-fd when it is ready; CRIU's lazy-pages daemon
  * fetches them for the restore. The dump exits once every page is moved.
  */
-async function lazyMigrate(s: SideName, id: string, to: string, port: number): Promise<{ dump: CallResult; restore: CallResult; ready: boolean }> {
+async function lazyMigrate(
+  s: SideName,
+  id: string,
+  to: string,
+  port: number,
+): Promise<{ dump: CallResult; restore: CallResult; ready: boolean }> {
   const images = path.join(work, s, `${id}-lazy`);
   fs.mkdirSync(images, { recursive: true });
   const fifo = path.join(work, s, `${id}-status`);
@@ -463,14 +611,52 @@ async function lazyMigrate(s: SideName, id: string, to: string, port: number): P
         await new Promise((r) => setTimeout(r, 20));
       }
     })();
-    const dump = on(s, ['checkpoint', '--lazy-pages', '--page-server', `127.0.0.1:${port}`, '--status-fd', '3', '--image-path', images, '--work-path', images, id], { criu: true, fds: [statusFd], timeoutMs: 60_000 });
+    const dump = on(
+      s,
+      [
+        'checkpoint',
+        '--lazy-pages',
+        '--page-server',
+        `127.0.0.1:${port}`,
+        '--status-fd',
+        '3',
+        '--image-path',
+        images,
+        '--work-path',
+        images,
+        id,
+      ],
+      { criu: true, fds: [statusFd], timeoutMs: 60_000 },
+    );
     const first = await Promise.race([ready.then(() => undefined), dump]);
     if (first) return { dump: first, restore: first, ready: false }; // the dump ended before it was ready: compared as it is
-    daemon = spawn(node.ctx.settings.criu, ['lazy-pages', '--page-server', '--address', '127.0.0.1', '--port', String(port), '--images-dir', images, '--work-dir', images], {
-      stdio: 'ignore', env: { ...process.env, ...criuEnv(node.ctx.settings) },
-    });
-    await waitFor(`${s} lazy-pages socket`, () => (fs.existsSync(path.join(images, 'lazy-pages.socket')) ? true : undefined));
-    const restore = await on(s, ['restore', '-d', '--lazy-pages', '--image-path', images, '--work-path', images, '--bundle', bundleOf(s, to), to], { criu: true, devNull: true, timeoutMs: 60_000 });
+    daemon = spawn(
+      node.ctx.settings.criu,
+      [
+        'lazy-pages',
+        '--page-server',
+        '--address',
+        '127.0.0.1',
+        '--port',
+        String(port),
+        '--images-dir',
+        images,
+        '--work-dir',
+        images,
+      ],
+      {
+        stdio: 'ignore',
+        env: { ...process.env, ...criuEnv(node.ctx.settings) },
+      },
+    );
+    await waitFor(`${s} lazy-pages socket`, () =>
+      fs.existsSync(path.join(images, 'lazy-pages.socket')) ? true : undefined,
+    );
+    const restore = await on(
+      s,
+      ['restore', '-d', '--lazy-pages', '--image-path', images, '--work-path', images, '--bundle', bundleOf(s, to), to],
+      { criu: true, devNull: true, timeoutMs: 60_000 },
+    );
     return { dump: await dump, restore, ready: true };
   } finally {
     stopped = true;
@@ -484,7 +670,10 @@ describe('a restore that fails is reported: shim state, arch-cli ls, the error l
   test('a checkpoint whose file is gone from the rootfs: fresh start, and the failure recorded', async () => {
     const id = 'sbs-restore-fails';
     // The job holds /etc/job-input open; without it (a fresh start) it runs all the same.
-    await pair(id, { args: ['/bin/sh', '-c', '[ -e /etc/job-input ] && exec 3</etc/job-input; exec /usr/bin/counter'], env: ['COUNTER_INTERVAL_MS=100'] });
+    await pair(id, {
+      args: ['/bin/sh', '-c', '[ -e /etc/job-input ] && exec 3</etc/job-input; exec /usr/bin/counter'],
+      env: ['COUNTER_INTERVAL_MS=100'],
+    });
     const bundle = bundleOf('arch', id);
     const root = rootOf('arch');
     fs.writeFileSync(path.join(bundle, 'rootfs/etc/job-input'), 'input\n');
@@ -501,17 +690,31 @@ describe('a restore that fails is reported: shim state, arch-cli ls, the error l
     expect(failure).toMatchObject({ reason: 'restore-failed', checkpointDir: path.dirname(res.dir) });
     expect(failure!.message).toMatch(/runc restore failed/);
     expect(Number.isNaN(Date.parse(failure!.at))).toBe(false);
-    const logged = node.logLines().slice(lines).find((l) => l.container === id && l.level === 50);
-    expect(logged).toMatchObject({ reason: 'restore-failed', msg: 'checkpoint not restored; starting the container fresh' });
+    const logged = node
+      .logLines()
+      .slice(lines)
+      .find((l) => l.container === id && l.level === 50);
+    expect(logged).toMatchObject({
+      reason: 'restore-failed',
+      msg: 'checkpoint not restored; starting the container fresh',
+    });
 
-    const cli = (args: string[]) => execa(path.join(REPO_ROOT, 'bin/arch-cli'), ['ls', '--local', '--namespace', 'arch', ...args], { env: { ARCH_CONFIG: node.archConfig, ARCH_RUNC_ROOT: base }, reject: false });
+    const cli = (args: string[]) =>
+      execa(path.join(REPO_ROOT, 'bin/arch-cli'), ['ls', '--local', '--namespace', 'arch', ...args], {
+        env: { ARCH_CONFIG: node.archConfig, ARCH_RUNC_ROOT: base },
+        reject: false,
+      });
     const json = await cli(['--json']);
     expect(json.exitCode).toBe(0);
-    const listed = (JSON.parse(String(json.stdout)) as { containers: { id: string; lastRestoreFailure?: unknown }[] }).containers.find((c) => c.id === id);
+    const listed = (
+      JSON.parse(String(json.stdout)) as { containers: { id: string; lastRestoreFailure?: unknown }[] }
+    ).containers.find((c) => c.id === id);
     expect(listed?.lastRestoreFailure).toEqual(failure);
     const text = String((await cli([])).stdout);
     expect(text).toMatch(new RegExp(`arch/${id} .*FAILED \\(restore-failed\\)`));
-    expect(text).toContain(`arch/${id}: restore failed at ${failure!.at} (restore-failed), started fresh: ${failure!.message}`);
+    expect(text).toContain(
+      `arch/${id}: restore failed at ${failure!.at} (restore-failed), started fresh: ${failure!.message}`,
+    );
     expect((await on('arch', ['delete', '--force', id])).exitCode).toBe(0);
   });
 });

@@ -50,7 +50,12 @@ afterAll(async () => {
 type LogLine = Record<string, unknown>;
 
 function errorsOf(id: string, namespace = 'default'): LogLine[] {
-  return node.logLines().filter((l) => l.container === id && (l.namespace === namespace || l.namespace === undefined) && (l.level as number) >= 50);
+  return node
+    .logLines()
+    .filter(
+      (l) =>
+        l.container === id && (l.namespace === namespace || l.namespace === undefined) && (l.level as number) >= 50,
+    );
 }
 
 /** The single error line the shim wrote for this container (waits for it). */
@@ -71,7 +76,10 @@ async function expectFreshStart(id: string, out: string, namespace = 'default'):
 }
 
 async function remove(id: string, namespace = 'default'): Promise<void> {
-  await node.containerd.withNamespace(namespace).removeContainer(id).catch(() => undefined);
+  await node.containerd
+    .withNamespace(namespace)
+    .removeContainer(id)
+    .catch(() => undefined);
 }
 
 /** Every file below dir with its size and digest (to prove a dir was not touched). */
@@ -93,12 +101,48 @@ async function treeDigest(dir: string): Promise<Record<string, string>> {
 
 describe('bad ARCH_* settings: the container starts without ARCH, the field is named', () => {
   const cases: { name: string; id: string; env: (w: string) => string[]; field: string; message: RegExp }[] = [
-    { name: 'ARCH_ENABLE=yes', id: 'bi-enable-yes', env: (w) => ['ARCH_ENABLE=yes', `ARCH_CHECKPOINT_HOST_PATH=${w}/ck`], field: 'ARCH_ENABLE', message: /"yes" is not 0 or 1/ },
-    { name: 'relative ARCH_CHECKPOINT_HOST_PATH', id: 'bi-relative', env: () => ['ARCH_ENABLE=1', 'ARCH_CHECKPOINT_HOST_PATH=rel/path'], field: 'ARCH_CHECKPOINT_HOST_PATH', message: /"rel\/path" is a relative path/ },
-    { name: 'ARCH_CHECKPOINT_HOST_PATH with ".."', id: 'bi-dotdot', env: (w) => ['ARCH_ENABLE=1', `ARCH_CHECKPOINT_HOST_PATH=${w}/ck/../../escape`], field: 'ARCH_CHECKPOINT_HOST_PATH', message: /contains "\.\."/ },
-    { name: 'missing ARCH_CHECKPOINT_HOST_PATH', id: 'bi-missing', env: () => ['ARCH_ENABLE=1'], field: 'ARCH_CHECKPOINT_HOST_PATH', message: /is not set/ },
-    { name: 'only ARCH_SHAREDFS_HOST_PATH', id: 'bi-only-shared', env: (w) => ['ARCH_ENABLE=1', `ARCH_SHAREDFS_HOST_PATH=${w}/shared`], field: 'ARCH_WORKDIR_CONTAINER_PATH', message: /half-set shared mode/ },
-    { name: 'only ARCH_WORKDIR_CONTAINER_PATH', id: 'bi-only-workdir', env: (w) => ['ARCH_ENABLE=1', 'ARCH_WORKDIR_CONTAINER_PATH=/work', `ARCH_CHECKPOINT_HOST_PATH=${w}/ck`], field: 'ARCH_SHAREDFS_HOST_PATH', message: /half-set shared mode/ },
+    {
+      name: 'ARCH_ENABLE=yes',
+      id: 'bi-enable-yes',
+      env: (w) => ['ARCH_ENABLE=yes', `ARCH_CHECKPOINT_HOST_PATH=${w}/ck`],
+      field: 'ARCH_ENABLE',
+      message: /"yes" is not 0 or 1/,
+    },
+    {
+      name: 'relative ARCH_CHECKPOINT_HOST_PATH',
+      id: 'bi-relative',
+      env: () => ['ARCH_ENABLE=1', 'ARCH_CHECKPOINT_HOST_PATH=rel/path'],
+      field: 'ARCH_CHECKPOINT_HOST_PATH',
+      message: /"rel\/path" is a relative path/,
+    },
+    {
+      name: 'ARCH_CHECKPOINT_HOST_PATH with ".."',
+      id: 'bi-dotdot',
+      env: (w) => ['ARCH_ENABLE=1', `ARCH_CHECKPOINT_HOST_PATH=${w}/ck/../../escape`],
+      field: 'ARCH_CHECKPOINT_HOST_PATH',
+      message: /contains "\.\."/,
+    },
+    {
+      name: 'missing ARCH_CHECKPOINT_HOST_PATH',
+      id: 'bi-missing',
+      env: () => ['ARCH_ENABLE=1'],
+      field: 'ARCH_CHECKPOINT_HOST_PATH',
+      message: /is not set/,
+    },
+    {
+      name: 'only ARCH_SHAREDFS_HOST_PATH',
+      id: 'bi-only-shared',
+      env: (w) => ['ARCH_ENABLE=1', `ARCH_SHAREDFS_HOST_PATH=${w}/shared`],
+      field: 'ARCH_WORKDIR_CONTAINER_PATH',
+      message: /half-set shared mode/,
+    },
+    {
+      name: 'only ARCH_WORKDIR_CONTAINER_PATH',
+      id: 'bi-only-workdir',
+      env: (w) => ['ARCH_ENABLE=1', 'ARCH_WORKDIR_CONTAINER_PATH=/work', `ARCH_CHECKPOINT_HOST_PATH=${w}/ck`],
+      field: 'ARCH_SHAREDFS_HOST_PATH',
+      message: /half-set shared mode/,
+    },
   ];
 
   test.each(cases)('$name', async ({ id, env, field, message }) => {
@@ -118,11 +162,15 @@ describe('bad ARCH_* settings: the container starts without ARCH, the field is n
       expect(fs.existsSync(path.join(work, 'escape'))).toBe(false);
       expect(fs.readdirSync(path.join(w, 'shared'))).toEqual([]);
       const bundle = node.bundleDir(id);
-      const spec = JSON.parse(fs.readFileSync(path.join(bundle, 'config.json'), 'utf8')) as { mounts: { destination: string }[]; process: { cwd: string } };
+      const spec = JSON.parse(fs.readFileSync(path.join(bundle, 'config.json'), 'utf8')) as {
+        mounts: { destination: string }[];
+        process: { cwd: string };
+      };
       expect(spec.mounts.map((m) => m.destination)).not.toContain('/work');
       expect(spec.process.cwd).toBe('/');
       // A relative path resolved against any working directory in play would land here.
-      for (const base of [bundle, '/', node.dir, node.state, REPO_ROOT, process.cwd()]) expect(fs.existsSync(path.join(base, 'rel'))).toBe(false);
+      for (const base of [bundle, '/', node.dir, node.state, REPO_ROOT, process.cwd()])
+        expect(fs.existsSync(path.join(base, 'rel'))).toBe(false);
       const upper = await findUpperDir(path.join(bundle, 'rootfs'));
       expect(upper).toBeDefined();
       expect(fs.readdirSync(upper!).sort()).toEqual(['state']);
@@ -144,7 +192,11 @@ describe('damaged checkpoints: refused, container starts fresh, nothing written 
     // A real checkpoint of a counter that also wrote, changed and deleted files.
     await node.runCounter(SEED, ['ARCH_ENABLE=1', `ARCH_CHECKPOINT_HOST_PATH=${ckRoot}`, 'COUNTER_START_FILES=1']);
     await node.waitCount(SEED, 5);
-    const res = await checkpointContainer(node.ctx, { namespace: 'default', id: SEED, runcRoot: node.runcRoot('default') });
+    const res = await checkpointContainer(node.ctx, {
+      namespace: 'default',
+      id: SEED,
+      runcRoot: node.runcRoot('default'),
+    });
     await node.containerd.waitStatus(SEED, 'STOPPED', 15_000);
     await remove(SEED);
     seedDir = res.dir;
@@ -186,12 +238,19 @@ describe('damaged checkpoints: refused, container starts fresh, nothing written 
     const m = readManifest(dir);
     const d = (await digestFiles([tarFile]))[0]!;
     // rootfs.bytes grown too, as whoever signed it would: the archive's declared size is checked before its entries.
-    const rootfs = { ...m.rootfs, bytes: m.rootfs.bytes + entries.reduce((a, e) => a + Buffer.byteLength(e.data ?? ''), 0) };
-    writeManifest(dir, { ...m, rootfs, files: m.files.map((f) => (f.path === 'rootfs-diff.tar' ? { path: f.path, ...d } : f)) });
+    const rootfs = {
+      ...m.rootfs,
+      bytes: m.rootfs.bytes + entries.reduce((a, e) => a + Buffer.byteLength(e.data ?? ''), 0),
+    };
+    writeManifest(dir, {
+      ...m,
+      rootfs,
+      files: m.files.map((f) => (f.path === 'rootfs-diff.tar' ? { path: f.path, ...d } : f)),
+    });
     await expect(new CheckpointStore(path.dirname(dir)).verifyCurrent()).resolves.toBeTruthy();
   }
 
-  test('control: an untampered copy restores (so the refusals below are the tampering\'s doing)', async () => {
+  test("control: an untampered copy restores (so the refusals below are the tampering's doing)", async () => {
     const id = 'bi-control';
     await copyFor(id);
     try {
@@ -245,7 +304,11 @@ describe('damaged checkpoints: refused, container starts fresh, nothing written 
     {
       name: 'archive entry "../x"',
       id: 'bi-tar-dotdot',
-      tamper: (dir) => tamperArchive(dir, [{ name: '../x', type: '0', data: 'pwned' }, { name: '../../../../../../../../tmp/x', type: '0', data: 'pwned' }]),
+      tamper: (dir) =>
+        tamperArchive(dir, [
+          { name: '../x', type: '0', data: 'pwned' },
+          { name: '../../../../../../../../tmp/x', type: '0', data: 'pwned' },
+        ]),
       reason: 'archive-escape',
     },
     {
@@ -253,7 +316,10 @@ describe('damaged checkpoints: refused, container starts fresh, nothing written 
       id: 'bi-tar-symlink',
       tamper: (dir) => {
         fs.mkdirSync(path.dirname(escapeTargets().somewhere), { recursive: true });
-        return tamperArchive(dir, [{ name: 'evil', type: '2', link: path.dirname(escapeTargets().somewhere) }, { name: 'evil/file', type: '0', data: 'pwned' }]);
+        return tamperArchive(dir, [
+          { name: 'evil', type: '2', link: path.dirname(escapeTargets().somewhere) },
+          { name: 'evil/file', type: '0', data: 'pwned' },
+        ]);
       },
       reason: 'archive-escape',
     },
@@ -277,7 +343,11 @@ describe('damaged checkpoints: refused, container starts fresh, nothing written 
     const before = await treeDigest(path.join(ckRoot, 'default', id));
     const passwdBefore = fs.statSync('/etc/passwd');
     try {
-      const out = await node.runCounter(id, ['ARCH_ENABLE=1', `ARCH_CHECKPOINT_HOST_PATH=${ckRoot}`, 'COUNTER_INTERVAL_MS=50']);
+      const out = await node.runCounter(id, [
+        'ARCH_ENABLE=1',
+        `ARCH_CHECKPOINT_HOST_PATH=${ckRoot}`,
+        'COUNTER_INTERVAL_MS=50',
+      ]);
       await expectFreshStart(id, out);
       const e = await theError(id);
       expect(e).toMatchObject({ namespace: 'default', container: id, phase: 'create', reason });
@@ -286,13 +356,22 @@ describe('damaged checkpoints: refused, container starts fresh, nothing written 
       // The fresh container's layer holds only what the counter wrote: nothing of the archive.
       const upper = await findUpperDir(path.join(node.bundleDir(id), 'rootfs'));
       expect(fs.readdirSync(upper!).sort()).toEqual(['state']);
-      expect(fs.readdirSync(path.join(upper!, 'state')).filter((f) => !f.endsWith('.tmp')).sort()).toEqual(['count', 'starts']);
+      expect(
+        fs
+          .readdirSync(path.join(upper!, 'state'))
+          .filter((f) => !f.endsWith('.tmp'))
+          .sort(),
+      ).toEqual(['count', 'starts']);
       expect(fs.existsSync(path.join(upper!, '..', 'x'))).toBe(false);
       // Nothing outside: the escape targets, /etc/passwd, /tmp/x.
       for (const t of Object.values(escapeTargets())) expect(fs.existsSync(t)).toBe(false);
       expect(fs.existsSync('/tmp/x')).toBe(false);
       const passwdAfter = fs.statSync('/etc/passwd');
-      expect([passwdAfter.nlink, passwdAfter.size, passwdAfter.mtimeMs]).toEqual([passwdBefore.nlink, passwdBefore.size, passwdBefore.mtimeMs]);
+      expect([passwdAfter.nlink, passwdAfter.size, passwdAfter.mtimeMs]).toEqual([
+        passwdBefore.nlink,
+        passwdBefore.size,
+        passwdBefore.mtimeMs,
+      ]);
       // The damaged checkpoint is left as it was (evidence for the operator), not "repaired" or half-used.
       expect(await treeDigest(path.join(ckRoot, 'default', id))).toEqual(before);
     } finally {
@@ -308,7 +387,16 @@ describe('namespace / id that would escape the checkpoint root', () => {
     const ck = path.join(work, 'ids-ck');
     const env = ['ARCH_ENABLE=1', `ARCH_CHECKPOINT_HOST_PATH=${ck}`];
     for (const id of ['a..b', '..', 'x'.repeat(77), 'a/b']) {
-      await expect(node.containerd.run({ image: node.image, id, env, runcBinary: ARCH_RUNC_BIN, detach: true, logFile: path.join(work, 'ids.out') })).rejects.toThrow(CtrError);
+      await expect(
+        node.containerd.run({
+          image: node.image,
+          id,
+          env,
+          runcBinary: ARCH_RUNC_BIN,
+          detach: true,
+          logFile: path.join(work, 'ids.out'),
+        }),
+      ).rejects.toThrow(CtrError);
     }
     await expect(node.containerd.withNamespace('a..b').ctr(['containers', 'ls'])).rejects.toThrow(CtrError);
     expect(fs.existsSync(ck)).toBe(false);
@@ -323,7 +411,12 @@ describe('namespace / id that would escape the checkpoint root', () => {
     try {
       await node.runCounter(id, ['ARCH_ENABLE=1', `ARCH_CHECKPOINT_HOST_PATH=${ck}`], { namespace: ns });
       await node.waitCount(id, 2, ns);
-      const res = await checkpointContainer(node.ctx, { namespace: ns, id, runcRoot: node.runcRoot(ns), leaveRunning: true });
+      const res = await checkpointContainer(node.ctx, {
+        namespace: ns,
+        id,
+        runcRoot: node.runcRoot(ns),
+        leaveRunning: true,
+      });
       expect(path.dirname(res.dir)).toBe(path.join(ck, ns, id));
       expect(fs.readdirSync(ck)).toEqual([ns]);
       // The checkpoint dir and its ownership record beside it (core/host-dirs.ts), nothing else.
@@ -334,7 +427,7 @@ describe('namespace / id that would escape the checkpoint root', () => {
     }
   });
 
-  describe('direct callers of arch-runc (not containerd): hostile --root or id is not ARCH\'s to handle', () => {
+  describe("direct callers of arch-runc (not containerd): hostile --root or id is not ARCH's to handle", () => {
     const RUNC = realRunc();
     let bundle: string;
     let ck: string;
@@ -384,7 +477,8 @@ describe('namespace / id that would escape the checkpoint root', () => {
       try {
         // Plain fds: the created container keeps runc's stdio open.
         const p = spawn(ARCH_RUNC_BIN, ['--root', runcRoot, 'create', '--bundle', bundle, id], {
-          env: { ...process.env, ARCH_CONFIG: node.archConfig }, stdio: ['ignore', out, out],
+          env: { ...process.env, ARCH_CONFIG: node.archConfig },
+          stdio: ['ignore', out, out],
         });
         const code = await new Promise<number | null>((res) => p.on('exit', (c) => res(c)));
         // Passed to runc unchanged: the container exists (runc's own rules allow these).
@@ -444,7 +538,10 @@ test('full disk during checkpoint: it fails, the previous checkpoint stays curre
     expect(st.bavail * st.bsize).toBeLessThan(64 * 1024);
 
     const linesBefore = node.logLines().length;
-    const failure = await checkpointContainer(node.ctx, req).then(() => undefined, (err: unknown) => err as Error);
+    const failure = await checkpointContainer(node.ctx, req).then(
+      () => undefined,
+      (err: unknown) => err as Error,
+    );
     // CRIU ran out of space writing the images (it reports that as "criu failed").
     expect(failure).toBeInstanceOf(Error);
     expect(failure!.message).toMatch(/criu failed|ENOSPC|no space/i);
@@ -458,7 +555,12 @@ test('full disk during checkpoint: it fails, the previous checkpoint stays curre
     const c = node.count(id);
     expect(c).toBeGreaterThanOrEqual(afterFirst);
     await node.waitCount(id, c + 3);
-    expect(node.logLines().slice(linesBefore).some((l) => l.container === id && (l.level as number) >= 50 && /checkpoint failed/.test(String(l.msg)))).toBe(true);
+    expect(
+      node
+        .logLines()
+        .slice(linesBefore)
+        .some((l) => l.container === id && (l.level as number) >= 50 && /checkpoint failed/.test(String(l.msg))),
+    ).toBe(true);
   } finally {
     await remove(id);
     await execa('umount', ['-l', mnt], { reject: false });

@@ -93,7 +93,17 @@ afterAll(async () => {
 
 describe('direct calls: arch-runc and runc side by side', () => {
   test('--version, --help, no arguments, unknown subcommand, unknown global flag', async () => {
-    for (const args of [['--version'], ['-v'], ['--help'], [], ['frob'], ['frob', 'x'], ['--no-such-flag', 'list'], ['state'], ['delete']]) {
+    for (const args of [
+      ['--version'],
+      ['-v'],
+      ['--help'],
+      [],
+      ['frob'],
+      ['frob', 'x'],
+      ['--no-such-flag', 'list'],
+      ['state'],
+      ['delete'],
+    ]) {
       const a = await call(ARCH_RUNC_BIN, args);
       const r = await call(RUNC, args);
       expectSame(a, r);
@@ -117,13 +127,17 @@ describe('direct calls: arch-runc and runc side by side', () => {
     const env = { ARCH_CONFIG: path.join(work, 'no-such.env'), PATH: `${path.dirname(RUNC)}:/usr/bin:/bin` };
     expectSame(await call(ARCH_RUNC_BIN, ['--version'], { env, timeoutMs: 10_000 }), await call(RUNC, ['--version']));
     // Called through a link named runc that comes first on PATH: it skips itself.
-    const viaLink = await call(path.join(dir, 'runc'), ['--version'], { env: { ...env, PATH: `${dir}:${env.PATH}` }, timeoutMs: 10_000 });
+    const viaLink = await call(path.join(dir, 'runc'), ['--version'], {
+      env: { ...env, PATH: `${dir}:${env.PATH}` },
+      timeoutMs: 10_000,
+    });
     expectSame(viaLink, await call(RUNC, ['--version']));
     // No runc at all: a clear error, not a loop. (Only the tools the sh front uses are on PATH.)
     const tools = path.join(work, 'path-tools');
     fs.mkdirSync(tools, { recursive: true });
     for (const t of ['dirname', 'basename', 'readlink', 'grep']) {
-      if (!fs.existsSync(path.join(tools, t))) fs.symlinkSync((await execa('sh', ['-c', `command -v ${t}`])).stdout.trim(), path.join(tools, t));
+      if (!fs.existsSync(path.join(tools, t)))
+        fs.symlinkSync((await execa('sh', ['-c', `command -v ${t}`])).stdout.trim(), path.join(tools, t));
     }
     const none = await call(ARCH_RUNC_BIN, ['--version'], { env: { ...env, PATH: tools }, timeoutMs: 10_000 });
     expect(none.exitCode).toBe(127);
@@ -133,7 +147,11 @@ describe('direct calls: arch-runc and runc side by side', () => {
   // A PATH entry "runc -> arch-runc" is not taken for the real runc (resolved, not compared as text).
   test('a "runc" symlink to arch-runc first on PATH, with ARCH_RUNC= in the environment, is skipped', async () => {
     const dir = pathWithSelfLink();
-    const env = { ARCH_CONFIG: path.join(work, 'no-such.env'), ARCH_RUNC: '', PATH: `${dir}:${path.dirname(RUNC)}:/usr/bin:/bin` };
+    const env = {
+      ARCH_CONFIG: path.join(work, 'no-such.env'),
+      ARCH_RUNC: '',
+      PATH: `${dir}:${path.dirname(RUNC)}:/usr/bin:/bin`,
+    };
     const direct = await call(ARCH_RUNC_BIN, ['--version'], { env, timeoutMs: 5_000 });
     expectSame(direct, await call(RUNC, ['--version']));
   });
@@ -141,7 +159,11 @@ describe('direct calls: arch-runc and runc side by side', () => {
   // ARCH_RUNC pointing at arch-runc itself must stop with a clear error, not loop.
   test('ARCH_RUNC set to arch-runc itself: one clear error, exit 127', async () => {
     const dir = pathWithSelfLink();
-    const env = { ARCH_CONFIG: path.join(work, 'no-such.env'), ARCH_RUNC: path.join(dir, 'runc'), PATH: `/usr/bin:/bin` };
+    const env = {
+      ARCH_CONFIG: path.join(work, 'no-such.env'),
+      ARCH_RUNC: path.join(dir, 'runc'),
+      PATH: `/usr/bin:/bin`,
+    };
     const r = await call(ARCH_RUNC_BIN, ['--version'], { env, timeoutMs: 5_000 });
     expect(r.exitCode).toBe(127);
     expect(r.stderr).toMatch(/is arch-runc itself; set ARCH_RUNC/);
@@ -152,24 +174,41 @@ describe('direct calls: arch-runc and runc side by side', () => {
       await runDetached(A, bundleA);
       await runDetached(B, bundleB);
       // Let them tick so ps/events have something to show.
-      await waitFor('counter A ticks', () => (fs.existsSync(path.join(bundleA, 'rootfs', COUNTER_FILES.count)) ? true : undefined));
+      await waitFor('counter A ticks', () =>
+        fs.existsSync(path.join(bundleA, 'rootfs', COUNTER_FILES.count)) ? true : undefined,
+      );
     });
 
     test('list, state, ps (table and json): identical output for the same container', async () => {
       // ps's C (CPU %) and TIME columns move between two calls on a running process: the rest must match.
       const maskPsClock = (out: string) =>
-        out.split('\n').map((line, i) => {
-          const f = line.trim().split(/\s+/);
-          if (i === 0 || f.length < 8) return line;
-          f[3] = 'C';
-          f[6] = 'TIME';
-          return f.join(' ');
-        }).join('\n');
-      for (const args of [['list'], ['list', '-q'], ['list', '--format', 'json'], ['state', A], ['ps', A], ['ps', '--format', 'json', A], ['state', 'no-such-id'], ['ps', 'no-such-id']]) {
+        out
+          .split('\n')
+          .map((line, i) => {
+            const f = line.trim().split(/\s+/);
+            if (i === 0 || f.length < 8) return line;
+            f[3] = 'C';
+            f[6] = 'TIME';
+            return f.join(' ');
+          })
+          .join('\n');
+      for (const args of [
+        ['list'],
+        ['list', '-q'],
+        ['list', '--format', 'json'],
+        ['state', A],
+        ['ps', A],
+        ['ps', '--format', 'json', A],
+        ['state', 'no-such-id'],
+        ['ps', 'no-such-id'],
+      ]) {
         const a = await call(ARCH_RUNC_BIN, ['--root', root, ...args]);
         const r = await call(RUNC, ['--root', root, ...args]);
         const table = args[0] === 'ps' && !args.includes('json');
-        expectSame(table ? { ...a, stdout: maskPsClock(a.stdout) } : a, table ? { ...r, stdout: maskPsClock(r.stdout) } : r);
+        expectSame(
+          table ? { ...a, stdout: maskPsClock(a.stdout) } : a,
+          table ? { ...r, stdout: maskPsClock(r.stdout) } : r,
+        );
       }
       const l = await call(ARCH_RUNC_BIN, ['--root', root, 'list', '-q']);
       expect(l.stdout.split('\n').filter(Boolean).sort()).toEqual([A, B].sort());
@@ -186,11 +225,20 @@ describe('direct calls: arch-runc and runc side by side', () => {
       expect(ja.type).toBe('stats');
       expect(ja.id).toBe(A);
       expect(Object.keys(ja.data).sort()).toEqual(Object.keys(jr.data).sort());
-      expectSame(await call(ARCH_RUNC_BIN, ['--root', root, 'events', '--stats', 'no-such-id']), await call(RUNC, ['--root', root, 'events', '--stats', 'no-such-id']));
+      expectSame(
+        await call(ARCH_RUNC_BIN, ['--root', root, 'events', '--stats', 'no-such-id']),
+        await call(RUNC, ['--root', root, 'events', '--stats', 'no-such-id']),
+      );
     });
 
     test('exec: stdout, stderr, exit code, stdin', async () => {
-      const args = (id: string) => ['exec', id, '/bin/sh', '-c', 'echo out; echo err >&2; read x; echo "got $x"; exit 7'];
+      const args = (id: string) => [
+        'exec',
+        id,
+        '/bin/sh',
+        '-c',
+        'echo out; echo err >&2; read x; echo "got $x"; exit 7',
+      ];
       const { a, r } = await both(args, A, A, 'line\n');
       expect(a.exitCode).toBe(7);
       expect(a.stdout).toBe('out\ngot line\n');
@@ -198,7 +246,12 @@ describe('direct calls: arch-runc and runc side by side', () => {
     });
 
     test('update --resources - reads stdin', async () => {
-      const { a, r } = await both((id) => ['update', '--resources', '-', id], A, B, JSON.stringify({ pids: { limit: 321 } }));
+      const { a, r } = await both(
+        (id) => ['update', '--resources', '-', id],
+        A,
+        B,
+        JSON.stringify({ pids: { limit: 321 } }),
+      );
       expectSame(a, r, [[A, B]]);
       expect(a.exitCode).toBe(0);
       for (const id of [A, B]) {
@@ -225,11 +278,20 @@ describe('direct calls: arch-runc and runc side by side', () => {
     test('a long-running call (events) is runc itself (no Node in between) and SIGTERM ends it like runc', async () => {
       const ends: { code: number | null; signal: NodeJS.Signals | null; exe: string }[] = [];
       for (const bin of [ARCH_RUNC_BIN, RUNC]) {
-        const p = spawn(bin, ['--root', root, 'events', '--interval', '1s', A], { env: { ...process.env, ...archEnv() }, stdio: ['ignore', 'pipe', 'pipe'] });
+        const p = spawn(bin, ['--root', root, 'events', '--interval', '1s', A], {
+          env: { ...process.env, ...archEnv() },
+          stdio: ['ignore', 'pipe', 'pipe'],
+        });
         let out = '';
         p.stdout.on('data', (d: Buffer) => (out += d.toString()));
-        const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((res) => p.on('exit', (code, signal) => res({ code, signal })));
-        await waitFor(`${path.basename(bin)} events output`, () => (out.includes('"type":"stats"') ? true : undefined), 10_000);
+        const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((res) =>
+          p.on('exit', (code, signal) => res({ code, signal })),
+        );
+        await waitFor(
+          `${path.basename(bin)} events output`,
+          () => (out.includes('"type":"stats"') ? true : undefined),
+          10_000,
+        );
         const exe = fs.readlinkSync(`/proc/${p.pid}/exe`);
         p.kill('SIGTERM');
         const end = await Promise.race([exited, sleep(10_000, undefined, { ref: false }).then(() => undefined)]);
@@ -240,7 +302,10 @@ describe('direct calls: arch-runc and runc side by side', () => {
         ends.push({ ...end, exe });
       }
       expect(ends[0]!.exe).toBe(fs.realpathSync(RUNC));
-      expect({ code: ends[0]!.code, signal: ends[0]!.signal }).toEqual({ code: ends[1]!.code, signal: ends[1]!.signal });
+      expect({ code: ends[0]!.code, signal: ends[0]!.signal }).toEqual({
+        code: ends[1]!.code,
+        signal: ends[1]!.signal,
+      });
     });
 
     test('kill, delete (refused while running, then after the kill), and their errors', async () => {
@@ -250,7 +315,9 @@ describe('direct calls: arch-runc and runc side by side', () => {
       x = await both((id) => ['kill', id, 'KILL'], A, B);
       expectSame(x.a, x.r, [[A, B]]);
       expect(x.a.exitCode).toBe(0);
-      await waitFor('both stopped', async () => ((await status(A)) === 'stopped' && (await status(B)) === 'stopped' ? true : undefined));
+      await waitFor('both stopped', async () =>
+        (await status(A)) === 'stopped' && (await status(B)) === 'stopped' ? true : undefined,
+      );
       x = await both((id) => ['kill', id, 'KILL'], A, B); // not running
       expectSame(x.a, x.r, [[A, B]]);
       x = await both((id) => ['delete', id], A, B);
@@ -267,11 +334,23 @@ describe('direct calls: arch-runc and runc side by side', () => {
 
     test('create and start (non-ARCH bundle) go straight to runc; errors too', async () => {
       const ids = [`${A}-0`, `${B}-0`];
-      let x = await both((id) => ['create', '--bundle', id.startsWith(A) ? bundleA : bundleB, id], ids[0]!, ids[1]!, undefined, true);
+      let x = await both(
+        (id) => ['create', '--bundle', id.startsWith(A) ? bundleA : bundleB, id],
+        ids[0]!,
+        ids[1]!,
+        undefined,
+        true,
+      );
       expectSame(x.a, x.r, [[ids[0]!, ids[1]!]]);
       expect(x.a.exitCode).toBe(0);
       expect([await status(ids[0]!), await status(ids[1]!)]).toEqual(['created', 'created']);
-      x = await both((id) => ['create', '--bundle', id.startsWith(A) ? bundleA : bundleB, id], ids[0]!, ids[1]!, undefined, true); // exists
+      x = await both(
+        (id) => ['create', '--bundle', id.startsWith(A) ? bundleA : bundleB, id],
+        ids[0]!,
+        ids[1]!,
+        undefined,
+        true,
+      ); // exists
       expectSame(x.a, x.r, [[ids[0]!, ids[1]!]]);
       expect(x.a.exitCode).not.toBe(0);
       x = await both((id) => ['start', id], ids[0]!, ids[1]!);
@@ -285,7 +364,12 @@ describe('direct calls: arch-runc and runc side by side', () => {
 
   test('ARCH_ENABLE=0 goes through the Node side and still behaves as runc (output, exit code, state)', async () => {
     const bundle = path.join(work, 'bundle-off');
-    await makeBundle(bundle, path.join(work, 'rootfs'), ['ARCH_ENABLE=0', 'ARCH_CHECKPOINT_HOST_PATH=rel/ignored'], `${A}-off`);
+    await makeBundle(
+      bundle,
+      path.join(work, 'rootfs'),
+      ['ARCH_ENABLE=0', 'ARCH_CHECKPOINT_HOST_PATH=rel/ignored'],
+      `${A}-off`,
+    );
     const id = `${A}-off`;
     try {
       const linesBefore = node.logLines().length;
@@ -298,10 +382,20 @@ describe('direct calls: arch-runc and runc side by side', () => {
       const againRunc = await call(RUNC, ['--root', root, 'create', '--bundle', bundle, id], { files: true });
       expectSame(again, againRunc);
       expect(again.exitCode).not.toBe(0);
-      expectSame(await call(ARCH_RUNC_BIN, ['--root', root, 'start', id]), { exitCode: 0, signal: undefined, stdout: '', stderr: '' });
+      expectSame(await call(ARCH_RUNC_BIN, ['--root', root, 'start', id]), {
+        exitCode: 0,
+        signal: undefined,
+        stdout: '',
+        stderr: '',
+      });
       expect(await status(id)).toBe('running');
       // A disabled container is not ARCH's business: no errors about it.
-      expect(node.logLines().slice(linesBefore).filter((l) => (l.level as number) >= 50)).toEqual([]);
+      expect(
+        node
+          .logLines()
+          .slice(linesBefore)
+          .filter((l) => (l.level as number) >= 50),
+      ).toEqual([]);
     } finally {
       await removeDirect(id);
     }
@@ -311,10 +405,21 @@ describe('direct calls: arch-runc and runc side by side', () => {
 describe('under containerd: a non-ARCH container through arch-runc is a runc container', () => {
   async function runBoth(idArch: string, idRunc: string, args: string[], env: string[] = []) {
     const outs: string[] = [];
-    for (const [id, runcBinary] of [[idArch, ARCH_RUNC_BIN], [idRunc, undefined]] as const) {
+    for (const [id, runcBinary] of [
+      [idArch, ARCH_RUNC_BIN],
+      [idRunc, undefined],
+    ] as const) {
       const logFile = path.join(node.dir, `${id}.out`);
       outs.push(logFile);
-      await node.containerd.run({ image: node.image, id, env, args, logFile, detach: true, ...(runcBinary ? { runcBinary } : {}) });
+      await node.containerd.run({
+        image: node.image,
+        id,
+        env,
+        args,
+        logFile,
+        detach: true,
+        ...(runcBinary ? { runcBinary } : {}),
+      });
     }
     return outs;
   }
@@ -332,15 +437,19 @@ describe('under containerd: a non-ARCH container through arch-runc is a runc con
   });
 
   async function exitStatus(id: string): Promise<number> {
-    return waitFor(`exit event of ${id}`, () => {
-      for (const line of eventLog.split('\n')) {
-        const m = /\/tasks\/exit (\{.*\})\s*$/.exec(line);
-        if (!m) continue;
-        const e = JSON.parse(m[1]!) as { container_id?: string; exit_status?: number };
-        if (e.container_id === id) return e.exit_status ?? 0;
-      }
-      return undefined;
-    }, 10_000);
+    return waitFor(
+      `exit event of ${id}`,
+      () => {
+        for (const line of eventLog.split('\n')) {
+          const m = /\/tasks\/exit (\{.*\})\s*$/.exec(line);
+          if (!m) continue;
+          const e = JSON.parse(m[1]!) as { container_id?: string; exit_status?: number };
+          if (e.container_id === id) return e.exit_status ?? 0;
+        }
+        return undefined;
+      },
+      10_000,
+    );
   }
 
   async function deleteExitCode(id: string): Promise<number> {
@@ -410,7 +519,11 @@ describe('under containerd: a non-ARCH container through arch-runc is a runc con
     const id = 'np-disabled';
     const storage = fs.mkdtempSync('/tmp/arch-pt-storage-');
     try {
-      const out = await node.runCounter(id, ['ARCH_ENABLE=0', `ARCH_CHECKPOINT_HOST_PATH=${storage}`, 'COUNTER_EXIT_AFTER=3']);
+      const out = await node.runCounter(id, [
+        'ARCH_ENABLE=0',
+        `ARCH_CHECKPOINT_HOST_PATH=${storage}`,
+        'COUNTER_EXIT_AFTER=3',
+      ]);
       await node.containerd.waitStatus(id, 'STOPPED', 15_000);
       expect(fs.readFileSync(out, 'utf8')).toMatch(/count 1\ncount 2\ncount 3\ncounter exit 3\n$/);
       expect(await deleteExitCode(id)).toBe(0);

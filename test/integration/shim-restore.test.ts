@@ -47,7 +47,12 @@ function startsOf(node: ArchTestNode, id: string): number {
 test('local mode: checkpoint, delete, create again → counter continues, files kept, deletions kept', async () => {
   const id = 'local-1';
   // 8 MiB of memory: page images large enough to be hashed in steps while CRIU restores them.
-  const env = ['ARCH_ENABLE=1', `ARCH_CHECKPOINT_HOST_PATH=${storage}/local`, 'COUNTER_START_FILES=1', 'COUNTER_MEM_MB=8'];
+  const env = [
+    'ARCH_ENABLE=1',
+    `ARCH_CHECKPOINT_HOST_PATH=${storage}/local`,
+    'COUNTER_START_FILES=1',
+    'COUNTER_MEM_MB=8',
+  ];
   const out1 = await a.runCounter(id, env);
   await a.waitCount(id, 15);
   expect(a.readContainerFile(id, COUNTER_FILES.created)).toBe(COUNTER_FILES.createdContent);
@@ -55,7 +60,10 @@ test('local mode: checkpoint, delete, create again → counter continues, files 
   expect(new CheckpointStore(path.join(storage, 'local/default', id)).current()).resolves.toBeTruthy();
 
   // COUNTER_START_FILES is not set this time: a fresh start would not create the files.
-  const out2 = await a.runCounter(id, env.filter((e) => !e.startsWith('COUNTER_START_FILES')));
+  const out2 = await a.runCounter(
+    id,
+    env.filter((e) => !e.startsWith('COUNTER_START_FILES')),
+  );
   await a.containerd.waitStatus(id, 'RUNNING', 15_000);
   const after = await a.waitCount(id, atCheckpoint + 5);
   expect(after).toBeGreaterThan(atCheckpoint);
@@ -66,7 +74,9 @@ test('local mode: checkpoint, delete, create again → counter continues, files 
   expect(a.readContainerFile(id, COUNTER_FILES.modified)).toBe(COUNTER_FILES.modifiedContent);
   expect(() => a.readContainerFile(id, COUNTER_FILES.deleted)).toThrow();
   // Output of the restored process still reaches containerd's log.
-  await waitFor('restored output', () => (fs.readFileSync(out2, 'utf8').includes(`count ${atCheckpoint + 3}`) ? true : undefined));
+  await waitFor('restored output', () =>
+    fs.readFileSync(out2, 'utf8').includes(`count ${atCheckpoint + 3}`) ? true : undefined,
+  );
   // The restored process never counted from 1 again.
   const firstAfter = Number(/count (\d+)/.exec(fs.readFileSync(out2, 'utf8'))?.[1]);
   expect(firstAfter).toBeGreaterThanOrEqual(atCheckpoint);
@@ -78,12 +88,19 @@ test('local mode: checkpoint, delete, create again → counter continues, files 
 test('shared mode: work dir bind-mounted and made the cwd, survives with the checkpoint', async () => {
   const id = 'shared-1';
   const shared = path.join(storage, 'shared');
-  const env = ['ARCH_ENABLE=1', `ARCH_SHAREDFS_HOST_PATH=${shared}`, 'ARCH_WORKDIR_CONTAINER_PATH=/work',
+  const env = [
+    'ARCH_ENABLE=1',
+    `ARCH_SHAREDFS_HOST_PATH=${shared}`,
+    'ARCH_WORKDIR_CONTAINER_PATH=/work',
     // Shared mode wins over local mode: this path must stay unused.
-    `ARCH_CHECKPOINT_HOST_PATH=${storage}/ignored`, 'COUNTER_FILE=/work/count'];
+    `ARCH_CHECKPOINT_HOST_PATH=${storage}/ignored`,
+    'COUNTER_FILE=/work/count',
+  ];
   await a.runCounter(id, env);
   const hostCount = path.join(shared, 'work/default', id, 'count');
-  await waitFor('count in the shared work dir', () => (fs.existsSync(hostCount) && Number(fs.readFileSync(hostCount, 'utf8')) >= 10 ? true : undefined));
+  await waitFor('count in the shared work dir', () =>
+    fs.existsSync(hostCount) && Number(fs.readFileSync(hostCount, 'utf8')) >= 10 ? true : undefined,
+  );
   const res = await checkpointContainer(a.ctx, { namespace: 'default', id, runcRoot: a.runcRoot('default') });
   expect(res.dir.startsWith(path.join(shared, 'checkpoint/default', id))).toBe(true);
   expect(fs.existsSync(path.join(storage, 'ignored'))).toBe(false);
@@ -94,7 +111,9 @@ test('shared mode: work dir bind-mounted and made the cwd, survives with the che
   expect(fs.existsSync(hostCount)).toBe(true);
 
   await a.runCounter(id, env);
-  await waitFor('restored count in the shared work dir', () => (Number(fs.readFileSync(hostCount, 'utf8')) > atCheckpoint + 3 ? true : undefined));
+  await waitFor('restored count in the shared work dir', () =>
+    Number(fs.readFileSync(hostCount, 'utf8')) > atCheckpoint + 3 ? true : undefined,
+  );
   expect(a.logLines().some((l) => l.msg === 'restored from checkpoint' && l.container === id)).toBe(true);
   await a.containerd.removeContainer(id);
 });
@@ -106,12 +125,17 @@ test('another node: checkpoint on node A, create on node B from the same storage
   await a.waitCount(id, 10);
   const atCheckpoint = await checkpointAndRemove(a, id);
 
-  const out = await b.runCounter(id, env.filter((e) => !e.startsWith('COUNTER_START_FILES')));
+  const out = await b.runCounter(
+    id,
+    env.filter((e) => !e.startsWith('COUNTER_START_FILES')),
+  );
   await b.containerd.waitStatus(id, 'RUNNING', 15_000);
   await b.waitCount(id, atCheckpoint + 3);
   expect(Number(/count (\d+)/.exec(fs.readFileSync(out, 'utf8'))?.[1])).toBeGreaterThanOrEqual(atCheckpoint);
   expect(b.readContainerFile(id, COUNTER_FILES.created)).toBe(COUNTER_FILES.createdContent);
-  expect(b.logLines().some((l) => l.msg === 'restored from checkpoint' && l.container === id && l.from === 'shim-a')).toBe(true);
+  expect(
+    b.logLines().some((l) => l.msg === 'restored from checkpoint' && l.container === id && l.from === 'shim-a'),
+  ).toBe(true);
   await b.containerd.removeContainer(id);
 });
 
@@ -157,7 +181,12 @@ test('ctr task checkpoint of an ARCH container also publishes an ARCH checkpoint
 
 test('a leave-running checkpoint does not keep a finished job: it exits 0 later and delete removes the checkpoint', async () => {
   const id = 'lr-done-1';
-  const env = ['ARCH_ENABLE=1', `ARCH_CHECKPOINT_HOST_PATH=${storage}/lr`, 'COUNTER_INTERVAL_MS=50', 'COUNTER_EXIT_AFTER=40'];
+  const env = [
+    'ARCH_ENABLE=1',
+    `ARCH_CHECKPOINT_HOST_PATH=${storage}/lr`,
+    'COUNTER_INTERVAL_MS=50',
+    'COUNTER_EXIT_AFTER=40',
+  ];
   await a.runCounter(id, env);
   await a.waitCount(id, 3);
   await checkpointContainer(a.ctx, { namespace: 'default', id, runcRoot: a.runcRoot('default'), leaveRunning: true });
@@ -171,9 +200,19 @@ test('a leave-running checkpoint does not keep a finished job: it exits 0 later 
 test('a container of several processes: all are restored, and all run again once their page images are verified', async () => {
   const id = 'multi-1';
   // pid 1 is a shell ticking its own file; the counter is its child.
-  const script = 'mkdir -p /state; /usr/bin/counter & i=0; while :; do i=$((i+1)); echo $i > /state/sh-ticks; sleep 0.1; done';
+  const script =
+    'mkdir -p /state; /usr/bin/counter & i=0; while :; do i=$((i+1)); echo $i > /state/sh-ticks; sleep 0.1; done';
   const env = ['ARCH_ENABLE=1', `ARCH_CHECKPOINT_HOST_PATH=${storage}/multi`];
-  const run = () => a.containerd.run({ image: a.image, id, env, args: ['/bin/sh', '-c', script], runcBinary: ARCH_RUNC_BIN, detach: true, logFile: path.join(storage, `${id}-${Date.now()}.out`) });
+  const run = () =>
+    a.containerd.run({
+      image: a.image,
+      id,
+      env,
+      args: ['/bin/sh', '-c', script],
+      runcBinary: ARCH_RUNC_BIN,
+      detach: true,
+      logFile: path.join(storage, `${id}-${Date.now()}.out`),
+    });
   const shTicks = () => Number(a.readContainerFile(id, '/state/sh-ticks').trim());
   await run();
   await a.waitCount(id, 5);
@@ -189,13 +228,19 @@ test('a container of several processes: all are restored, and all run again once
   await a.waitCount(id, atCheckpoint + 5);
   await waitFor('shell ticking again', () => (shTicks() >= shAtCheckpoint + 5 ? true : undefined));
   expect(startsOf(a, id)).toBe(1);
-  const procs = fs.readdirSync('/proc').filter((p) => /^\d+$/.test(p)).map((p) => {
-    try {
-      return { cmd: fs.readFileSync(`/proc/${p}/cmdline`, 'utf8'), state: /State:\s+(\S)/.exec(fs.readFileSync(`/proc/${p}/status`, 'utf8'))?.[1] };
-    } catch {
-      return undefined;
-    }
-  });
+  const procs = fs
+    .readdirSync('/proc')
+    .filter((p) => /^\d+$/.test(p))
+    .map((p) => {
+      try {
+        return {
+          cmd: fs.readFileSync(`/proc/${p}/cmdline`, 'utf8'),
+          state: /State:\s+(\S)/.exec(fs.readFileSync(`/proc/${p}/status`, 'utf8'))?.[1],
+        };
+      } catch {
+        return undefined;
+      }
+    });
   // No process of it left stopped (T): the counter and the shell both run.
   expect(procs.filter((p) => p && p.cmd.startsWith('/usr/bin/counter') && p.state === 'T')).toEqual([]);
   expect(a.logLines().some((l) => l.container === id && l.msg === 'restored from checkpoint')).toBe(true);
@@ -213,18 +258,34 @@ test('network lock: the container network is left as it was, and either method r
   const runc = new Runc(a.ctx.settings, a.runcRoot('default'));
   const rules = async () => {
     const pid = (await runc.state(id)).pid;
-    const r = await execa('nsenter', ['-t', String(pid), '-n', 'sh', '-c', 'nft list ruleset; iptables-save; ip6tables-save'], { reject: false, all: true });
-    return String(r.all ?? '').split('\n').filter((l) => l.trim() && !l.startsWith('#')).join('\n');
+    const r = await execa(
+      'nsenter',
+      ['-t', String(pid), '-n', 'sh', '-c', 'nft list ruleset; iptables-save; ip6tables-save'],
+      { reject: false, all: true },
+    );
+    return String(r.all ?? '')
+      .split('\n')
+      .filter((l) => l.trim() && !l.startsWith('#'))
+      .join('\n');
   };
   const before = await rules();
-  const kept = await checkpointContainer(a.ctx, { namespace: 'default', id, runcRoot: a.runcRoot('default'), leaveRunning: true });
+  const kept = await checkpointContainer(a.ctx, {
+    namespace: 'default',
+    id,
+    runcRoot: a.runcRoot('default'),
+    leaveRunning: true,
+  });
   expect(kept.manifest.runtime.networkLock).toBe(expected);
   // Locked for the dump and unlocked again: nothing of the lock is left in the running container's namespace.
   expect(await rules()).toBe(before);
   await a.waitCount(id, a.count(id) + 2);
 
   // A checkpoint taken with CRIU's default method restores on a node that uses `auto`.
-  const iptablesCtx = createNodeContext('test', { ...process.env, ARCH_CONFIG: a.archConfig, ARCH_CRIU_NETWORK_LOCK: 'iptables' });
+  const iptablesCtx = createNodeContext('test', {
+    ...process.env,
+    ARCH_CONFIG: a.archConfig,
+    ARCH_CRIU_NETWORK_LOCK: 'iptables',
+  });
   const res = await checkpointContainer(iptablesCtx, { namespace: 'default', id, runcRoot: a.runcRoot('default') });
   expect(res.manifest.runtime.networkLock).toBe('iptables');
   await a.containerd.waitStatus(id, 'STOPPED', 15_000);
@@ -238,7 +299,7 @@ test('network lock: the container network is left as it was, and either method r
   await a.containerd.removeContainer(id);
 });
 
-test('a pod: a container in a sandbox container\'s network, IPC and UTS namespaces is restored into a new sandbox', async () => {
+test("a pod: a container in a sandbox container's network, IPC and UTS namespaces is restored into a new sandbox", async () => {
   // Kubernetes runs every container of a pod in the namespaces of the pod's
   // sandbox (through the same runtime class: arch-runc, ARCH off for it).
   // Created again (a new pod on this or another node), the container joins
@@ -246,15 +307,35 @@ test('a pod: a container in a sandbox container\'s network, IPC and UTS namespac
   const id = 'pod-app-1';
   const env = ['ARCH_ENABLE=1', `ARCH_CHECKPOINT_HOST_PATH=${storage}/pod`];
   const sandbox = async (sid: string) => {
-    await a.containerd.run({ image: a.image, id: sid, args: ['/usr/bin/counter'], env: ['COUNTER_INTERVAL_MS=1000'], runcBinary: ARCH_RUNC_BIN, detach: true, logFile: path.join(storage, `${sid}.out`) });
+    await a.containerd.run({
+      image: a.image,
+      id: sid,
+      args: ['/usr/bin/counter'],
+      env: ['COUNTER_INTERVAL_MS=1000'],
+      runcBinary: ARCH_RUNC_BIN,
+      detach: true,
+      logFile: path.join(storage, `${sid}.out`),
+    });
     const t = await a.containerd.waitStatus(sid, 'RUNNING', 15_000);
     return t!.pid;
   };
   const nsOf = (pid: number, t: string) => fs.readlinkSync(`/proc/${pid}/ns/${t}`);
   const app = (pid: number) =>
     a.containerd.run({
-      image: a.image, id, env, runcBinary: ARCH_RUNC_BIN, detach: true, logFile: path.join(storage, `${id}-${Date.now()}.out`),
-      extraFlags: ['--with-ns', `network:/proc/${pid}/ns/net`, '--with-ns', `ipc:/proc/${pid}/ns/ipc`, '--with-ns', `uts:/proc/${pid}/ns/uts`],
+      image: a.image,
+      id,
+      env,
+      runcBinary: ARCH_RUNC_BIN,
+      detach: true,
+      logFile: path.join(storage, `${id}-${Date.now()}.out`),
+      extraFlags: [
+        '--with-ns',
+        `network:/proc/${pid}/ns/net`,
+        '--with-ns',
+        `ipc:/proc/${pid}/ns/ipc`,
+        '--with-ns',
+        `uts:/proc/${pid}/ns/uts`,
+      ],
     });
   const first = await sandbox('pod-sandbox-1');
   await app(first);
@@ -271,7 +352,9 @@ test('a pod: a container in a sandbox container\'s network, IPC and UTS namespac
   expect(startsOf(a, id)).toBe(1);
   expect(a.logLines().some((l) => l.msg === 'restored from checkpoint' && l.container === id)).toBe(true);
   const restoredPid = (await a.containerd.task(id))!.pid;
-  expect(['net', 'ipc', 'uts'].map((t) => nsOf(restoredPid, t))).toEqual(['net', 'ipc', 'uts'].map((t) => nsOf(second, t)));
+  expect(['net', 'ipc', 'uts'].map((t) => nsOf(restoredPid, t))).toEqual(
+    ['net', 'ipc', 'uts'].map((t) => nsOf(second, t)),
+  );
   await a.containerd.removeContainer(id);
   await a.containerd.removeContainer('pod-sandbox-2');
 });
@@ -281,7 +364,11 @@ describe('ARCH_CHECKPOINT_ID (Kubernetes and `docker run` give every container a
     const env = ['ARCH_ENABLE=1', `ARCH_CHECKPOINT_HOST_PATH=${storage}/ckid`, 'ARCH_CHECKPOINT_ID=train-7'];
     await a.runCounter('ckid-1', [...env, 'COUNTER_START_FILES=1']);
     await a.waitCount('ckid-1', 10);
-    const res = await checkpointContainer(a.ctx, { namespace: 'default', id: 'ckid-1', runcRoot: a.runcRoot('default') });
+    const res = await checkpointContainer(a.ctx, {
+      namespace: 'default',
+      id: 'ckid-1',
+      runcRoot: a.runcRoot('default'),
+    });
     expect(res.dir.startsWith(path.join(storage, 'ckid/default/train-7/'))).toBe(true);
     expect(res.manifest).toMatchObject({ containerId: 'ckid-1', checkpointId: 'train-7' });
     expect(fs.existsSync(path.join(storage, 'ckid/default/ckid-1'))).toBe(false);
@@ -298,17 +385,27 @@ describe('ARCH_CHECKPOINT_ID (Kubernetes and `docker run` give every container a
     await a.containerd.removeContainer('ckid-1');
     const store = new CheckpointStore(path.join(storage, 'ckid/default/train-7'));
     expect(await store.current()).toBeTruthy();
-    await checkpointContainer(a.ctx, { namespace: 'default', id: 'ckid-2', runcRoot: a.runcRoot('default'), leaveRunning: true });
+    await checkpointContainer(a.ctx, {
+      namespace: 'default',
+      id: 'ckid-2',
+      runcRoot: a.runcRoot('default'),
+      leaveRunning: true,
+    });
     expect(await store.readManifest()).toMatchObject({ containerId: 'ckid-2', checkpointId: 'train-7' });
     await a.containerd.removeContainer('ckid-2');
     fs.rmSync(path.join(storage, 'ckid'), { recursive: true, force: true });
   });
 
-  test('a second running container with the same name starts without ARCH; the first one\'s checkpoint is untouched', async () => {
+  test("a second running container with the same name starts without ARCH; the first one's checkpoint is untouched", async () => {
     const env = ['ARCH_ENABLE=1', `ARCH_CHECKPOINT_HOST_PATH=${storage}/dup`, 'ARCH_CHECKPOINT_ID=shared-name'];
     await a.runCounter('dup-1', env);
     await a.waitCount('dup-1', 5);
-    await checkpointContainer(a.ctx, { namespace: 'default', id: 'dup-1', runcRoot: a.runcRoot('default'), leaveRunning: true });
+    await checkpointContainer(a.ctx, {
+      namespace: 'default',
+      id: 'dup-1',
+      runcRoot: a.runcRoot('default'),
+      leaveRunning: true,
+    });
     const store = new CheckpointStore(path.join(storage, 'dup/default/shared-name'));
     const before = await store.current();
 

@@ -80,7 +80,11 @@ async function expectNoScratch(): Promise<void> {
 }
 
 function useKey(file: string | undefined): void {
-  writeArchConfig(path.dirname(node.archConfig), { ARCH_NODE_NAME: 'seal', ARCH_RUNC_ROOT: node.runcRootBase, ARCH_STORE_KEY_FILE: file });
+  writeArchConfig(path.dirname(node.archConfig), {
+    ARCH_NODE_NAME: 'seal',
+    ARCH_RUNC_ROOT: node.runcRootBase,
+    ARCH_STORE_KEY_FILE: file,
+  });
 }
 
 function writeKey(name: string, body: string): string {
@@ -100,7 +104,11 @@ beforeAll(async () => {
   trust = trustOf(node.ctx.settings);
   await run('se-seed', ['ARCH_CHECKPOINT_ID=seed', 'COUNTER_START_FILES=1']);
   await node.waitCount('se-seed', 5);
-  const res = await checkpointContainer(node.ctx, { namespace: 'default', id: 'se-seed', runcRoot: node.runcRoot('default') });
+  const res = await checkpointContainer(node.ctx, {
+    namespace: 'default',
+    id: 'se-seed',
+    runcRoot: node.runcRoot('default'),
+  });
   await node.containerd.waitStatus('se-seed', 'STOPPED', 15_000);
   await remove('se-seed');
   seedDir = path.join(work, 'seed');
@@ -116,8 +124,18 @@ afterAll(async () => {
 async function run(id: string, env: string[]): Promise<string> {
   const logFile = path.join(node.dir, `${id}-${Date.now()}.out`);
   await node.containerd.run({
-    image: node.image, id, logFile, runcBinary: ARCH_RUNC_BIN, detach: true,
-    env: ['ARCH_ENABLE=1', `ARCH_CHECKPOINT_HOST_PATH=${ckRoot}`, 'COUNTER_INTERVAL_MS=50', `COUNTER_MEM_MB=${MEM_MB}`, ...env],
+    image: node.image,
+    id,
+    logFile,
+    runcBinary: ARCH_RUNC_BIN,
+    detach: true,
+    env: [
+      'ARCH_ENABLE=1',
+      `ARCH_CHECKPOINT_HOST_PATH=${ckRoot}`,
+      'COUNTER_INTERVAL_MS=50',
+      `COUNTER_MEM_MB=${MEM_MB}`,
+      ...env,
+    ],
   });
   return logFile;
 }
@@ -128,14 +146,25 @@ async function remove(id: string): Promise<void> {
 
 const readManifest = copies.readManifest;
 /** Every size and sha256 recomputed and signed by this node's own key: only the seal itself can catch the change. */
-const redigest = (dir: string, seal?: Manifest['seal']): Promise<void> => copies.redigest(dir, trust, seal ? { seal } : {});
+const redigest = (dir: string, seal?: Manifest['seal']): Promise<void> =>
+  copies.redigest(dir, trust, seal ? { seal } : {});
 /** The seed checkpoint as checkpoint `key` (a legitimate copy, signed by this node). */
 const copyAs = (key: string): Promise<string> =>
-  copies.publishCopy({ ckRoot, seedDir, name: key, key: trust, dirName: path.basename(seedDir).replace(/^seed$/, 'ckpt-2026-01-01T00-00-00-000Z-0000000a') });
+  copies.publishCopy({
+    ckRoot,
+    seedDir,
+    name: key,
+    key: trust,
+    dirName: path.basename(seedDir).replace(/^seed$/, 'ckpt-2026-01-01T00-00-00-000Z-0000000a'),
+  });
 
 function pagesRel(dir: string): string {
   const m = readManifest(dir);
-  return m.seal!.files.map((f) => f.path).find((p) => /^criu\/pages-\d+\.img$/.test(p) && m.seal!.files.find((s) => s.path === p)!.plainSize > 2 * (4 << 20))!;
+  return m
+    .seal!.files.map((f) => f.path)
+    .find(
+      (p) => /^criu\/pages-\d+\.img$/.test(p) && m.seal!.files.find((s) => s.path === p)!.plainSize > 2 * (4 << 20),
+    )!;
 }
 
 const errorsOf = (id: string): Record<string, unknown>[] => copies.errorsOf(node, id);
@@ -159,7 +188,9 @@ describe('with a key', () => {
   test('the store holds no plaintext of memory or files; delete and create again restores, the count goes on', async () => {
     const m = readManifest(seedDir);
     expect(m.formatVersion).toBe(SEALED_FORMAT_VERSION);
-    expect(m.seal!.files.map((f) => f.path)).toEqual(expect.arrayContaining(['rootfs-diff.tar', expect.stringMatching(/^criu\/pages-\d+\.img$/)]));
+    expect(m.seal!.files.map((f) => f.path)).toEqual(
+      expect.arrayContaining(['rootfs-diff.tar', expect.stringMatching(/^criu\/pages-\d+\.img$/)]),
+    );
     expect(new Set(m.seal!.files.map((f) => f.keyId))).toEqual(new Set([storeKeyId(Buffer.from(hexA, 'hex'))]));
     expect(markersIn(seedDir)).toEqual({ memory: false, file: false });
     await expectNoScratch();
@@ -282,7 +313,10 @@ describe('an altered sealed checkpoint is refused (fresh start), nothing extract
         const m = readManifest(dir);
         const f = path.join(dir, rel);
         fs.truncateSync(f, 2 * CH);
-        const seal = { ...m.seal!, files: m.seal!.files.map((s) => (s.path === rel ? { ...s, plainSize: 2 * s.chunkBytes } : s)) };
+        const seal = {
+          ...m.seal!,
+          files: m.seal!.files.map((s) => (s.path === rel ? { ...s, plainSize: 2 * s.chunkBytes } : s)),
+        };
         expect(sealedSize(2 * (4 << 20), 4 << 20)).toBe(2 * CH);
         await redigest(dir, seal);
       },

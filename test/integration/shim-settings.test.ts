@@ -24,25 +24,37 @@ test('ARCH_LOG_FILE and ARCH_RUNC from the environment beat the settings file', 
   // An invalid contract: arch-runc logs why and hands the create to the real runc.
   fs.writeFileSync(path.join(bundle, 'config.json'), JSON.stringify({ process: { env: ['ARCH_ENABLE=yes'] } }));
   const conf = path.join(dir, 'arch.env');
-  fs.writeFileSync(conf, [`ARCH_LOG_FILE=${dir}/from-file.log`, 'ARCH_RUNC="/bin/false"', `export ARCH_HOME='${REPO_ROOT}'`, ''].join('\n'));
+  fs.writeFileSync(
+    conf,
+    [`ARCH_LOG_FILE=${dir}/from-file.log`, 'ARCH_RUNC="/bin/false"', `export ARCH_HOME='${REPO_ROOT}'`, ''].join('\n'),
+  );
   const r = await execa(ARCH_RUNC_BIN, ['--root', path.join(dir, 'root'), 'create', '--bundle', bundle, 'st-1'], {
     env: { ARCH_CONFIG: conf, ARCH_LOG_FILE: path.join(dir, 'from-env.log'), ARCH_RUNC: '/bin/true' },
     reject: false,
   });
   expect(r.exitCode).toBe(0); // /bin/true from the environment, not /bin/false from the file
   expect(fs.existsSync(path.join(dir, 'from-file.log'))).toBe(false);
-  expect(readLogLines(path.join(dir, 'from-env.log')).some((l) => l.field === 'ARCH_ENABLE' && l.container === 'st-1')).toBe(true);
+  expect(
+    readLogLines(path.join(dir, 'from-env.log')).some((l) => l.field === 'ARCH_ENABLE' && l.container === 'st-1'),
+  ).toBe(true);
 });
 
-test('without them in the environment, the file\'s values are used (quoted or not, with export)', async () => {
+test("without them in the environment, the file's values are used (quoted or not, with export)", async () => {
   const bundle = path.join(dir, 'bundle');
   const conf = path.join(dir, 'arch2.env');
-  fs.writeFileSync(conf, [`  ARCH_LOG_FILE=${dir}/file2.log`, 'ARCH_RUNC=\'/bin/true\'', `export ARCH_HOME="${REPO_ROOT}"`].join('\n'));
+  fs.writeFileSync(
+    conf,
+    [`  ARCH_LOG_FILE=${dir}/file2.log`, "ARCH_RUNC='/bin/true'", `export ARCH_HOME="${REPO_ROOT}"`].join('\n'),
+  );
   const env: NodeJS.ProcessEnv = { ...process.env, ARCH_CONFIG: conf };
   delete env.ARCH_LOG_FILE;
   delete env.ARCH_RUNC;
   delete env.ARCH_HOME;
-  const r = await execa(ARCH_RUNC_BIN, ['--root', path.join(dir, 'root'), 'create', '--bundle', bundle, 'st-2'], { env, extendEnv: false, reject: false });
+  const r = await execa(ARCH_RUNC_BIN, ['--root', path.join(dir, 'root'), 'create', '--bundle', bundle, 'st-2'], {
+    env,
+    extendEnv: false,
+    reject: false,
+  });
   expect(r.exitCode).toBe(0);
   expect(readLogLines(path.join(dir, 'file2.log')).some((l) => l.container === 'st-2')).toBe(true);
 });

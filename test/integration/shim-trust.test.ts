@@ -37,12 +37,19 @@ beforeAll(async () => {
   await node.containerd.ctr(['images', 'tag', node.image, OTHER_IMAGE]);
   await run('tr-seed', ['ARCH_CHECKPOINT_ID=seed', 'COUNTER_START_FILES=1']);
   await node.waitCount('tr-seed', 5);
-  const res = await checkpointContainer(node.ctx, { namespace: 'default', id: 'tr-seed', runcRoot: node.runcRoot('default') });
+  const res = await checkpointContainer(node.ctx, {
+    namespace: 'default',
+    id: 'tr-seed',
+    runcRoot: node.runcRoot('default'),
+  });
   await node.containerd.waitStatus('tr-seed', 'STOPPED', 15_000);
   await remove('tr-seed');
   seedDir = res.dir;
   // The owner as containerd knows it, found from the test process through the container's shim.
-  expect(res.manifest.owner).toEqual({ podNamespace: null, image: expect.stringMatching(/^localhost\/arch-test\/counter:1@sha256:[0-9a-f]{64}$/) });
+  expect(res.manifest.owner).toEqual({
+    podNamespace: null,
+    image: expect.stringMatching(/^localhost\/arch-test\/counter:1@sha256:[0-9a-f]{64}$/),
+  });
   expect(fs.existsSync(path.join(seedDir, SIGNATURE_FILE))).toBe(true);
 });
 
@@ -52,10 +59,19 @@ afterAll(async () => {
   if (work) fs.rmSync(work, { recursive: true, force: true });
 });
 
-async function run(id: string, env: string[], opts: { image?: string; annotations?: Record<string, string> } = {}): Promise<string> {
+async function run(
+  id: string,
+  env: string[],
+  opts: { image?: string; annotations?: Record<string, string> } = {},
+): Promise<string> {
   const logFile = path.join(node.dir, `${id}-${Date.now()}.out`);
   await node.containerd.run({
-    image: opts.image ?? node.image, id, logFile, runcBinary: ARCH_RUNC_BIN, detach: true, annotations: opts.annotations,
+    image: opts.image ?? node.image,
+    id,
+    logFile,
+    runcBinary: ARCH_RUNC_BIN,
+    detach: true,
+    annotations: opts.annotations,
     env: ['ARCH_ENABLE=1', `ARCH_CHECKPOINT_HOST_PATH=${ckRoot}`, 'COUNTER_INTERVAL_MS=50', ...env],
   });
   return logFile;
@@ -71,7 +87,11 @@ const redigest = (dir: string, key: Trust | null): Promise<void> => copies.redig
 const copyAs = (key: string): Promise<string> => copies.publishCopy({ ckRoot, seedDir, name: key, key: trust });
 
 function pagesFile(dir: string): string {
-  return path.join(dir, 'criu', fs.readdirSync(path.join(dir, 'criu')).find((n) => /^pages-\d+\.img$/.test(n))!);
+  return path.join(
+    dir,
+    'criu',
+    fs.readdirSync(path.join(dir, 'criu')).find((n) => /^pages-\d+\.img$/.test(n))!,
+  );
 }
 
 const errorsOf = (id: string): Record<string, unknown>[] => copies.errorsOf(node, id);
@@ -112,7 +132,13 @@ describe('finding 4: a forged checkpoint (every size and sha256 recomputed) is n
       key: 'forged-tar',
       forge: async (dir) => {
         const tarFile = path.join(dir, 'rootfs-diff.tar');
-        fs.writeFileSync(tarFile, craftTar([{ name: 'planted.sh', type: '0', data: '#!/bin/sh\necho pwned\n', mode: 0o755 }], fs.readFileSync(tarFile)));
+        fs.writeFileSync(
+          tarFile,
+          craftTar(
+            [{ name: 'planted.sh', type: '0', data: '#!/bin/sh\necho pwned\n', mode: 0o755 }],
+            fs.readFileSync(tarFile),
+          ),
+        );
         await redigest(dir, null);
       },
       reason: 'bad-signature',
@@ -136,8 +162,16 @@ describe('finding 4: a forged checkpoint (every size and sha256 recomputed) is n
         b[10] ^= 1;
         fs.writeFileSync(pagesFile(dir), b);
         const { privateKey, publicKey } = crypto.generateKeyPairSync('ed25519');
-        const keyId = crypto.createHash('sha256').update(publicKey.export({ type: 'spki', format: 'der' })).digest('hex').slice(0, 32);
-        await redigest(dir, { signer: { keyId, key: privateKey, file: 'forger' }, trusted: new Map(), acceptUnsigned: false });
+        const keyId = crypto
+          .createHash('sha256')
+          .update(publicKey.export({ type: 'spki', format: 'der' }))
+          .digest('hex')
+          .slice(0, 32);
+        await redigest(dir, {
+          signer: { keyId, key: privateKey, file: 'forger' },
+          trusted: new Map(),
+          acceptUnsigned: false,
+        });
       },
       reason: 'untrusted-signer',
     },
@@ -145,7 +179,10 @@ describe('finding 4: a forged checkpoint (every size and sha256 recomputed) is n
       name: 'forged with the signature file removed',
       key: 'forged-unsigned',
       forge: async (dir) => {
-        fs.writeFileSync(path.join(dir, 'rootfs-diff.tar'), craftTar([{ name: 'planted.sh', type: '0', data: 'x' }], fs.readFileSync(path.join(dir, 'rootfs-diff.tar'))));
+        fs.writeFileSync(
+          path.join(dir, 'rootfs-diff.tar'),
+          craftTar([{ name: 'planted.sh', type: '0', data: 'x' }], fs.readFileSync(path.join(dir, 'rootfs-diff.tar'))),
+        );
         await redigest(dir, null);
         fs.rmSync(path.join(dir, SIGNATURE_FILE));
       },
@@ -168,7 +205,7 @@ describe('finding 4: a forged checkpoint (every size and sha256 recomputed) is n
   });
 });
 
-describe('finding 3: a container naming another job\'s checkpoint', () => {
+describe("finding 3: a container naming another job's checkpoint", () => {
   test('same checkpoint name, another image → fresh start, reason identity', async () => {
     const id = 'tr-thief-image';
     await copyAs('victim-image');
@@ -176,7 +213,9 @@ describe('finding 3: a container naming another job\'s checkpoint', () => {
       await expectFresh(id, await run(id, ['ARCH_CHECKPOINT_ID=victim-image'], { image: OTHER_IMAGE }));
       const e = await theError(id);
       expect(e).toMatchObject({ phase: 'create', reason: 'identity' });
-      expect(String(e.err)).toMatch(/taken from image "localhost\/arch-test\/counter:1@sha256:[0-9a-f]+", this container runs "localhost\/arch-test\/other:1@sha256:/);
+      expect(String(e.err)).toMatch(
+        /taken from image "localhost\/arch-test\/counter:1@sha256:[0-9a-f]+", this container runs "localhost\/arch-test\/other:1@sha256:/,
+      );
     } finally {
       await remove(id);
     }
@@ -186,13 +225,20 @@ describe('finding 3: a container naming another job\'s checkpoint', () => {
     const job = 'tr-job';
     await run(job, ['ARCH_CHECKPOINT_ID=pod-job', 'COUNTER_START_FILES=1'], { annotations: { [POD_NS]: 'team-a' } });
     await node.waitCount(job, 5);
-    const res = await checkpointContainer(node.ctx, { namespace: 'default', id: job, runcRoot: node.runcRoot('default') });
+    const res = await checkpointContainer(node.ctx, {
+      namespace: 'default',
+      id: job,
+      runcRoot: node.runcRoot('default'),
+    });
     await node.containerd.waitStatus(job, 'STOPPED', 15_000);
     await remove(job);
     expect(res.manifest.owner?.podNamespace).toBe('team-a');
     const thief = 'tr-thief-pod';
     try {
-      await expectFresh(thief, await run(thief, ['ARCH_CHECKPOINT_ID=pod-job'], { annotations: { [POD_NS]: 'team-b' } }));
+      await expectFresh(
+        thief,
+        await run(thief, ['ARCH_CHECKPOINT_ID=pod-job'], { annotations: { [POD_NS]: 'team-b' } }),
+      );
       const e = await theError(thief);
       expect(e).toMatchObject({ phase: 'create', reason: 'identity' });
       expect(String(e.err)).toContain('belongs to pod namespace "team-a", this container is in "team-b"');
@@ -210,7 +256,10 @@ describe('finding 3: a container naming another job\'s checkpoint', () => {
     // The job itself, created again under a new container id (what Kubernetes does), continues.
     const again = 'tr-job-2';
     try {
-      await expectRestored(again, await run(again, ['ARCH_CHECKPOINT_ID=pod-job'], { annotations: { [POD_NS]: 'team-a' } }));
+      await expectRestored(
+        again,
+        await run(again, ['ARCH_CHECKPOINT_ID=pod-job'], { annotations: { [POD_NS]: 'team-a' } }),
+      );
     } finally {
       await remove(again);
     }
@@ -256,7 +305,12 @@ describe('finding 8: an archive entry claiming far more than the archive holds i
     // The store's copy changed, the signed manifest not: the size check fails, and fails first.
     { name: 'manifest untouched (its size check fails)', key: 'sparse-plain', resign: false, reason: 'truncated' },
     // Even signed by a trusted node, the entries may not declare more than the manifest's rootfs.bytes.
-    { name: 'manifest re-digested and signed by a trusted node', key: 'sparse-signed', resign: true, reason: 'archive-size' },
+    {
+      name: 'manifest re-digested and signed by a trusted node',
+      key: 'sparse-signed',
+      resign: true,
+      reason: 'archive-size',
+    },
   ])('$name → reason $reason, nothing large written', async ({ key, resign, reason }) => {
     const id = `tr-${key}`;
     const dir = await copyAs(key);

@@ -29,17 +29,27 @@ afterAll(async () => {
 const watchId = workflowIds.reclaimWatch(A);
 
 /** Restart A's worker watching a (fake) metadata service. */
-async function watchingWorker(provider: string, url: string): Promise<{ alive: () => boolean; events: (name: string) => Record<string, unknown>[] }> {
+async function watchingWorker(
+  provider: string,
+  url: string,
+): Promise<{ alive: () => boolean; events: (name: string) => Record<string, unknown>[] }> {
   const old = cluster.workers[A]!;
   await old.stop();
   // The log file is shared by every worker A had: only this one's lines count.
   const skip = readLogLines(old.archLog).length;
-  const worker = await cluster.startWorker(A, ['--reclaim-targets', B], { ARCH_CLOUD_PROVIDER: provider, ARCH_METADATA_URL: url, ARCH_NOTICE_POLL_MS: '100' });
+  const worker = await cluster.startWorker(A, ['--reclaim-targets', B], {
+    ARCH_CLOUD_PROVIDER: provider,
+    ARCH_METADATA_URL: url,
+    ARCH_NOTICE_POLL_MS: '100',
+  });
   let exited = false;
   void worker.exited.then(() => (exited = true));
   return {
     alive: () => !exited,
-    events: (name) => readLogLines(worker.archLog).slice(skip).filter((l) => l.event === name),
+    events: (name) =>
+      readLogLines(worker.archLog)
+        .slice(skip)
+        .filter((l) => l.event === name),
   };
 }
 
@@ -68,11 +78,16 @@ async function reclaimSignals(client: Client): Promise<number> {
 
 /** The running watcher (not a terminated earlier one) has finished a drain for this notice. */
 async function drained(client: Client, reason: RegExp): Promise<ReclaimWatchState> {
-  return waitUntil('the drain for the notice to finish', async () => {
-    if (!(await runningWatcher(client))) return undefined;
-    const s = await client.workflow.getHandle(watchId).query<ReclaimWatchState>('state');
-    return s.history.length > 0 && s.status === 'watching' && reason.test(s.history[0]!.reason ?? '') ? s : undefined;
-  }, 120_000, 250);
+  return waitUntil(
+    'the drain for the notice to finish',
+    async () => {
+      if (!(await runningWatcher(client))) return undefined;
+      const s = await client.workflow.getHandle(watchId).query<ReclaimWatchState>('state');
+      return s.history.length > 0 && s.status === 'watching' && reason.test(s.history[0]!.reason ?? '') ? s : undefined;
+    },
+    120_000,
+    250,
+  );
 }
 
 /** After many more polls still one signal, one drain, nothing pending. */
@@ -94,11 +109,21 @@ async function exactlyOne(client: Client, morePolls: () => Promise<void>): Promi
  */
 async function movedToB(client: Client, s: ReclaimWatchState, id: string): Promise<void> {
   try {
-    await waitUntil(`${id} on B`, async () => ((await runningOn(cluster, id)).join() === B ? true : undefined), 60_000, 250);
+    await waitUntil(
+      `${id} on B`,
+      async () => ((await runningOn(cluster, id)).join() === B ? true : undefined),
+      60_000,
+      250,
+    );
   } catch (err) {
     const drainId = s.history[0]!.drainWorkflowId;
-    const result = await client.workflow.getHandle(drainId).result().catch((e: unknown) => `drain failed: ${(e as Error).message}`);
-    throw new Error(`${(err as Error).message}; running on [${(await runningOn(cluster, id)).join()}]; watcher record ${JSON.stringify(s.history[0])}; drain ${drainId} result ${JSON.stringify(result)}`);
+    const result = await client.workflow
+      .getHandle(drainId)
+      .result()
+      .catch((e: unknown) => `drain failed: ${(e as Error).message}`);
+    throw new Error(
+      `${(err as Error).message}; running on [${(await runningOn(cluster, id)).join()}]; watcher record ${JSON.stringify(s.history[0])}; drain ${drainId} result ${JSON.stringify(result)}`,
+    );
   }
 }
 
@@ -110,12 +135,20 @@ test('AWS: refused connections, 500s, malformed JSON, timeouts, a dropped connec
   const before = await cluster.waitCount(A, 'aws1', 3);
 
   // Nothing listens yet: connection refused, logged and retried.
-  await waitUntil('refused polls logged', () => (events('cloud.watch.poll_failed').length >= 2 ? true : undefined), 30_000);
+  await waitUntil(
+    'refused polls logged',
+    () => (events('cloud.watch.poll_failed').length >= 2 ? true : undefined),
+    30_000,
+  );
   await answers();
 
   const imds = await FakeAwsImds.start({ port });
   try {
-    await waitUntil('the watcher to reach the metadata service', () => (imds.countStatus(404) > 0 ? true : undefined), 30_000);
+    await waitUntil(
+      'the watcher to reach the metadata service',
+      () => (imds.countStatus(404) > 0 ? true : undefined),
+      30_000,
+    );
     imds.injectFault({ kind: 'http500', method: 'PUT', pathIncludes: '/latest/api/token' });
     imds.injectFault({ kind: 'malformed', pathIncludes: 'instance-action', times: 2 });
     imds.injectFault({ kind: 'slow', pathIncludes: 'instance-action', delayMs: 4000 }); // past the 2 s request timeout
@@ -125,12 +158,27 @@ test('AWS: refused connections, 500s, malformed JSON, timeouts, a dropped connec
     imds.revokeTokens();
     await waitUntil('every fault served', () => (imds.pendingFaults() === 0 ? true : undefined), 90_000, 100);
     const served = imds.requests.length;
-    await waitUntil('a clean poll after the faults', () => (imds.requests.slice(served).some((r) => r.path.endsWith('instance-action') && r.status === 404) ? true : undefined), 30_000);
+    await waitUntil(
+      'a clean poll after the faults',
+      () =>
+        imds.requests.slice(served).some((r) => r.path.endsWith('instance-action') && r.status === 404)
+          ? true
+          : undefined,
+      30_000,
+    );
     // An expired/revoked token: 401, a fresh token, and polling goes on.
     const tokens = imds.tokensIssued;
     const afterRevoke = imds.requests.length;
     imds.revokeTokens();
-    await waitUntil('a poll with a fresh token', () => (imds.tokensIssued > tokens && imds.requests.slice(afterRevoke).some((r) => r.path.endsWith('instance-action') && r.status === 404) ? true : undefined), 30_000);
+    await waitUntil(
+      'a poll with a fresh token',
+      () =>
+        imds.tokensIssued > tokens &&
+        imds.requests.slice(afterRevoke).some((r) => r.path.endsWith('instance-action') && r.status === 404)
+          ? true
+          : undefined,
+      30_000,
+    );
     expect(imds.countStatus(401)).toBeGreaterThan(0);
     expect(imds.countStatus('dropped')).toBe(1);
     expect(events('cloud.watch.poll_failed').length).toBeGreaterThan(2);
@@ -141,19 +189,32 @@ test('AWS: refused connections, 500s, malformed JSON, timeouts, a dropped connec
     await answers();
     expect(await runningWatcher(client)).toBeUndefined();
 
-    imds.scheduleNotice({ action: 'terminate', time: new Date(Date.now() + 120_000).toISOString().replace(/\.\d+Z$/, 'Z') });
+    imds.scheduleNotice({
+      action: 'terminate',
+      time: new Date(Date.now() + 120_000).toISOString().replace(/\.\d+Z$/, 'Z'),
+    });
     const s = await drained(client, /^aws termination/);
     await movedToB(client, s, 'aws1');
     await cluster.waitCount(B, 'aws1', before + 2);
     await exactlyOne(client, async () => {
       const n = imds.requests.length;
-      await waitUntil('20 more polls', () => (imds.requests.slice(n).filter((r) => r.path.endsWith('instance-action') && r.status === 200).length >= 20 ? true : undefined), 30_000);
+      await waitUntil(
+        '20 more polls',
+        () =>
+          imds.requests.slice(n).filter((r) => r.path.endsWith('instance-action') && r.status === 200).length >= 20
+            ? true
+            : undefined,
+        30_000,
+      );
     });
     expect(events('cloud.notice.delivered')).toHaveLength(1);
     expect(alive()).toBe(true);
   } finally {
     await imds.close();
-    await client.workflow.getHandle(watchId).terminate('test done').catch(() => undefined);
+    await client.workflow
+      .getHandle(watchId)
+      .terminate('test done')
+      .catch(() => undefined);
   }
 });
 
@@ -167,7 +228,12 @@ test('GCP: preempted=TRUE through the worker → one signal → the drain', asyn
     const { alive, events } = await watchingWorker('gcp', gcp.url);
     await cluster.runCounter(A, 'gcp1');
     const before = await cluster.waitCount(A, 'gcp1', 3);
-    await waitUntil('faults served and the watcher waiting for a change', () => (gcp.pendingFaults() === 0 && gcp.hangingCount > 0 ? true : undefined), 60_000, 100);
+    await waitUntil(
+      'faults served and the watcher waiting for a change',
+      () => (gcp.pendingFaults() === 0 && gcp.hangingCount > 0 ? true : undefined),
+      60_000,
+      100,
+    );
     expect(events('cloud.watch.poll_failed').length).toBeGreaterThanOrEqual(2);
     expect(await runningWatcher(client)).toBeUndefined();
 
@@ -183,7 +249,10 @@ test('GCP: preempted=TRUE through the worker → one signal → the drain', asyn
     expect(alive()).toBe(true);
   } finally {
     await gcp.close();
-    await client.workflow.getHandle(watchId).terminate('test done').catch(() => undefined);
+    await client.workflow
+      .getHandle(watchId)
+      .terminate('test done')
+      .catch(() => undefined);
   }
 });
 
@@ -197,7 +266,12 @@ test('Azure: a Preempt event for this VM through the worker → one signal → t
     // Another VM's eviction and a malformed document: nothing to do.
     azure.scheduleEvent({ Resources: ['some-other-vm'] });
     azure.injectFault({ kind: 'malformed', pathIncludes: 'scheduledevents' });
-    await waitUntil('the other VM\'s event seen and ignored', () => (events('cloud.azure.event_ignored').length > 0 && azure.pendingFaults() === 0 ? true : undefined), 60_000, 100);
+    await waitUntil(
+      "the other VM's event seen and ignored",
+      () => (events('cloud.azure.event_ignored').length > 0 && azure.pendingFaults() === 0 ? true : undefined),
+      60_000,
+      100,
+    );
     expect(await runningWatcher(client)).toBeUndefined();
     expect(azure.acks).toEqual([]);
     expect(events('cloud.watch.poll_failed').length).toBeGreaterThan(0);
@@ -219,6 +293,9 @@ test('Azure: a Preempt event for this VM through the worker → one signal → t
     expect(alive()).toBe(true);
   } finally {
     await azure.close();
-    await client.workflow.getHandle(watchId).terminate('test done').catch(() => undefined);
+    await client.workflow
+      .getHandle(watchId)
+      .terminate('test done')
+      .catch(() => undefined);
   }
 });

@@ -6,7 +6,15 @@ import { FailureType } from '../../core/temporal/failures.js';
 import { WORKFLOW_TASK_QUEUE } from '../../core/temporal/names.js';
 import type { DrainResult, MigrateInput, MigrateResult } from '../../workflows/types.js';
 import { cleanupStaleNodes } from '../support/containerd-node.js';
-import { outcome, runCli, runningOn, startCluster, stopAllTemporal, waitUntil, type TestCluster } from '../support/temporal.js';
+import {
+  outcome,
+  runCli,
+  runningOn,
+  startCluster,
+  stopAllTemporal,
+  waitUntil,
+  type TestCluster,
+} from '../support/temporal.js';
 
 /**
  * A restore that fails on the target: node B's arch-runc is given a CRIU
@@ -46,7 +54,9 @@ test('restore fails on B → restored on A, counter continues, no copy on B', as
   expect(failure.message).toMatch(/could not move to comp-b .*started fresh by arch-runc.*; it runs again on comp-a/);
   const result = failure.details?.[0] as MigrateResult;
   expect(result.runningOn).toBe(A);
-  expect(result.phases.map((p) => p.phase)).toEqual(expect.arrayContaining(['checkpoint', 'remove-target-copy', 'compensate-restore']));
+  expect(result.phases.map((p) => p.phase)).toEqual(
+    expect.arrayContaining(['checkpoint', 'remove-target-copy', 'compensate-restore']),
+  );
 
   // Restored, not restarted: right away the count is where it was, then it goes on.
   expect(await runningOn(cluster, 'victim')).toEqual([A]);
@@ -56,7 +66,11 @@ test('restore fails on B → restored on A, counter continues, no copy on B', as
   expect(cluster.nodes[A]!.readContainerFile('victim', '/state/starts')).toBe('start\n');
   expect(await cluster.nodes[B]!.containerd.listContainers()).not.toContain('victim');
   // arch-runc on B said why it started the container fresh.
-  const log = fs.readFileSync(cluster.archRuncLog, 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l) as Record<string, unknown>);
+  const log = fs
+    .readFileSync(cluster.archRuncLog, 'utf8')
+    .split('\n')
+    .filter(Boolean)
+    .map((l) => JSON.parse(l) as Record<string, unknown>);
   expect(log.some((l) => l.container === 'victim' && l.reason === 'restore-failed')).toBe(true);
 });
 
@@ -77,10 +91,17 @@ test('migration cancelled during the checkpoint: the container keeps running on 
     workflowId: `test-cancel-${randomBytes(3).toString('hex')}`,
     args: [{ namespace: 'default', id: 'cancelme', from: A, to: B } satisfies MigrateInput],
   });
-  await waitUntil('the checkpoint activity to run', async () => {
-    const d = await handle.describe();
-    return (d.raw.pendingActivities ?? []).some((a) => a.activityType?.name === 'checkpointContainer' && Number(a.state) === 2);
-  }, 60_000, 20);
+  await waitUntil(
+    'the checkpoint activity to run',
+    async () => {
+      const d = await handle.describe();
+      return (d.raw.pendingActivities ?? []).some(
+        (a) => a.activityType?.name === 'checkpointContainer' && Number(a.state) === 2,
+      );
+    },
+    60_000,
+    20,
+  );
   await handle.cancel();
   const o = await outcome(handle, 120_000);
   expect(o.ok).toBe(false);
@@ -100,7 +121,10 @@ test('a drain whose target cannot restore puts the container back on the drained
   expect(r.code).toBe(1);
   expect(r.stderr).toBe('');
   const res = r.json as DrainResult;
-  expect(res.containers.map((c) => [c.id, c.outcome, c.runningOn]).sort()).toEqual([['cancelme', 'compensated', A], ['victim', 'compensated', A]]);
+  expect(res.containers.map((c) => [c.id, c.outcome, c.runningOn]).sort()).toEqual([
+    ['cancelme', 'compensated', A],
+    ['victim', 'compensated', A],
+  ]);
   for (const id of ['victim', 'cancelme']) expect(await runningOn(cluster, id)).toEqual([A]);
   const human = await runCli(cluster, ['status', '--operation', 'drain']);
   expect(human.stdout).toMatch(/arch-drain-comp-a-.*drain.*COMPLETED/);

@@ -57,35 +57,68 @@ afterAll(async () => {
 });
 
 function env(): NodeJS.ProcessEnv {
-  return { ...process.env, ARCH_CONFIG: archConfig, TEMPORAL_ADDRESS: address, TEMPORAL_NAMESPACE: 'default', ARCH_LOG_FILE: path.join(dir, 'dev.log') };
+  return {
+    ...process.env,
+    ARCH_CONFIG: archConfig,
+    TEMPORAL_ADDRESS: address,
+    TEMPORAL_NAMESPACE: 'default',
+    ARCH_LOG_FILE: path.join(dir, 'dev.log'),
+  };
 }
 
 async function startDev(): Promise<{ child: ChildProcess; banner: Record<string, unknown>; stderr: () => string }> {
   const uiPort = await freePort();
-  const child = spawn(path.join(REPO_ROOT, 'bin', 'arch-cli'), [
-    '--json', 'dev', '--db', path.join(dir, 'temporal.sqlite'), '--ui-port', String(uiPort),
-    '--node', 'dev-a', '--containerd-address', node.address, '--runc-root', node.runcRootBase, '--cgroup-parent', node.cgroupParent,
-    '--transfer-listen', '127.0.0.1:0', '--state-dir', path.join(dir, 'state'),
-  ], { env: env(), stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(
+    path.join(REPO_ROOT, 'bin', 'arch-cli'),
+    [
+      '--json',
+      'dev',
+      '--db',
+      path.join(dir, 'temporal.sqlite'),
+      '--ui-port',
+      String(uiPort),
+      '--node',
+      'dev-a',
+      '--containerd-address',
+      node.address,
+      '--runc-root',
+      node.runcRootBase,
+      '--cgroup-parent',
+      node.cgroupParent,
+      '--transfer-listen',
+      '127.0.0.1:0',
+      '--state-dir',
+      path.join(dir, 'state'),
+    ],
+    { env: env(), stdio: ['ignore', 'pipe', 'pipe'] },
+  );
   children.add(child);
   child.once('exit', () => children.delete(child));
   let out = '';
   let err = '';
   child.stdout!.on('data', (c: Buffer) => (out += c.toString()));
   child.stderr!.on('data', (c: Buffer) => (err += c.toString()));
-  const banner = await waitUntil('the dev banner', () => {
-    try {
-      return JSON.parse(out) as Record<string, unknown>;
-    } catch {
-      if (child.exitCode !== null) throw new Error(`arch-cli dev exited ${child.exitCode}: ${err}`);
-      return undefined;
-    }
-  }, 90_000, 100);
+  const banner = await waitUntil(
+    'the dev banner',
+    () => {
+      try {
+        return JSON.parse(out) as Record<string, unknown>;
+      } catch {
+        if (child.exitCode !== null) throw new Error(`arch-cli dev exited ${child.exitCode}: ${err}`);
+        return undefined;
+      }
+    },
+    90_000,
+    100,
+  );
   return { child, banner, stderr: () => err };
 }
 
 async function cli(args: string[]): Promise<{ code: number | null; json: unknown; stderr: string }> {
-  const child = spawn(path.join(REPO_ROOT, 'bin', 'arch-cli'), ['--json', ...args], { env: env(), stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(path.join(REPO_ROOT, 'bin', 'arch-cli'), ['--json', ...args], {
+    env: env(),
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
   let out = '';
   let err = '';
   child.stdout!.on('data', (c: Buffer) => (out += c.toString()));
@@ -117,7 +150,16 @@ test('starts a dev server with search attributes and a worker; state survives a 
   const connection = await Connection.connect({ address });
   try {
     const sa = await connection.operatorService.listSearchAttributes({ namespace: 'default' });
-    expect(Object.keys(sa.customAttributes ?? {})).toEqual(expect.arrayContaining(['ArchContainer', 'ArchNamespace', 'ArchSourceNode', 'ArchTargetNode', 'ArchOperation', 'ArchPhase']));
+    expect(Object.keys(sa.customAttributes ?? {})).toEqual(
+      expect.arrayContaining([
+        'ArchContainer',
+        'ArchNamespace',
+        'ArchSourceNode',
+        'ArchTargetNode',
+        'ArchOperation',
+        'ArchPhase',
+      ]),
+    );
   } finally {
     await connection.close();
   }
@@ -141,7 +183,12 @@ test('starts a dev server with search attributes and a worker; state survives a 
 
 test('uses an already running server instead of starting one', async () => {
   const { startDevServer } = await import('../../core/temporal/dev-server.js');
-  const server = await startDevServer({ temporalCli: TEMPORAL_CLI, ip: '127.0.0.1', port: Number(address.split(':')[1]), headless: true });
+  const server = await startDevServer({
+    temporalCli: TEMPORAL_CLI,
+    ip: '127.0.0.1',
+    port: Number(address.split(':')[1]),
+    headless: true,
+  });
   try {
     const dev = await startDev();
     expect(dev.banner.uiUrl).toBeUndefined();
@@ -155,14 +202,21 @@ test('uses an already running server instead of starting one', async () => {
 
 test('temporal-setup registers the search attributes on a server that lacks them, idempotently', async () => {
   const port = await freePort();
-  const bare = spawn(TEMPORAL_CLI, ['server', 'start-dev', '--headless', '--ip', '127.0.0.1', '--port', String(port), '--log-level', 'error'], { stdio: 'ignore' });
+  const bare = spawn(
+    TEMPORAL_CLI,
+    ['server', 'start-dev', '--headless', '--ip', '127.0.0.1', '--port', String(port), '--log-level', 'error'],
+    { stdio: 'ignore' },
+  );
   children.add(bare);
   const exited = new Promise<void>((resolve) => bare.once('exit', () => resolve()));
   try {
     const at = `127.0.0.1:${port}`;
     await waitUntil('the bare dev server', () => isReachable({ address: at, namespace: 'default' }), 60_000, 200);
     const run = async () => {
-      const child = spawn(path.join(REPO_ROOT, 'bin', 'arch-cli'), ['--json', '--address', at, 'temporal-setup'], { env: env(), stdio: ['ignore', 'pipe', 'pipe'] });
+      const child = spawn(path.join(REPO_ROOT, 'bin', 'arch-cli'), ['--json', '--address', at, 'temporal-setup'], {
+        env: env(),
+        stdio: ['ignore', 'pipe', 'pipe'],
+      });
       let out = '';
       child.stdout!.on('data', (c: Buffer) => (out += c.toString()));
       const code = await new Promise<number | null>((resolve) => child.once('exit', resolve));
@@ -170,7 +224,14 @@ test('temporal-setup registers the search attributes on a server that lacks them
     };
     const first = await run();
     expect(first.code).toBe(0);
-    expect(first.json.added.sort()).toEqual(['ArchContainer', 'ArchNamespace', 'ArchOperation', 'ArchPhase', 'ArchSourceNode', 'ArchTargetNode']);
+    expect(first.json.added.sort()).toEqual([
+      'ArchContainer',
+      'ArchNamespace',
+      'ArchOperation',
+      'ArchPhase',
+      'ArchSourceNode',
+      'ArchTargetNode',
+    ]);
     const second = await run();
     expect(second.json.added).toEqual([]);
     expect(second.json.present).toHaveLength(6);

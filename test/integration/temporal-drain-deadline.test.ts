@@ -48,7 +48,10 @@ test('deadline too short: the planned subset is checkpointed, the rest is report
   await cluster.waitCount(A, 'big', 3);
   const finDir = path.join(cluster.dir, 'finalize');
   fs.mkdirSync(finDir, { recursive: true });
-  fs.writeFileSync(path.join(finDir, 'throughput.json'), JSON.stringify({ version: 1, bytesPerSec: 2 * MiB, samples: 1, updatedAt: new Date().toISOString() }));
+  fs.writeFileSync(
+    path.join(finDir, 'throughput.json'),
+    JSON.stringify({ version: 1, bytesPerSec: 2 * MiB, samples: 1, updatedAt: new Date().toISOString() }),
+  );
   const fin = await runCli(cluster, ['finalize', '--leave-running', '--deadline', '60s'], {
     ARCH_RUNC_ROOT: cluster.nodes[A]!.runcRootBase,
     ARCH_NODE_NAME: A,
@@ -83,7 +86,9 @@ test('deadline too short: the planned subset is checkpointed, the rest is report
   const rec = state.history[0]!;
   expect(rec).toMatchObject({ status: 'completed', skipped: 1, notExpectedToFit: ['default/big'] });
   const drain = (await client.workflow.getHandle(rec.drainWorkflowId).result()) as DrainResult;
-  console.log(`plan: ${JSON.stringify(drain.plan)}; ${drain.containers.map((c) => `${c.id}:${c.outcome}${c.checkpointMs ? `/${c.checkpointMs}ms` : ''}`).join(' ')}`);
+  console.log(
+    `plan: ${JSON.stringify(drain.plan)}; ${drain.containers.map((c) => `${c.id}:${c.outcome}${c.checkpointMs ? `/${c.checkpointMs}ms` : ''}`).join(' ')}`,
+  );
 
   // What the plan said, before any checkpoint: "big" cannot fit, the priority container comes first.
   expect(drain.plan.throughputBytesPerSec).toBe(SEEDED_THROUGHPUT);
@@ -97,7 +102,9 @@ test('deadline too short: the planned subset is checkpointed, the rest is report
   // Reported to the operator before the checkpoints: the node's log and the workflow's details.
   const planned = readLogLines(cluster.workers[A]!.archLog).filter((l) => Array.isArray(l.notExpectedToFit));
   expect(planned.some((l) => (l.notExpectedToFit as string[]).includes('default/big'))).toBe(true);
-  const meta = await client.workflow.getHandle(rec.drainWorkflowId).query<{ currentDetails?: string }>('__temporal_workflow_metadata');
+  const meta = await client.workflow
+    .getHandle(rec.drainWorkflowId)
+    .query<{ currentDetails?: string }>('__temporal_workflow_metadata');
   expect(meta.currentDetails).toContain('not expected to fit: default/big');
 
   // The planned subset finished before the deadline (the estimate is pessimistic on purpose).
@@ -124,7 +131,9 @@ test('deadline too short: the planned subset is checkpointed, the rest is report
   // Nothing half-published anywhere.
   // (Beside each container's directory lies its ownership record, <id>@arch.json.)
   for (const id of fs.readdirSync(path.join(checkpointRoot(), 'default')).filter((n) => !n.endsWith(RECORD_SUFFIX))) {
-    expect(fs.readdirSync(containerDir(id)).filter((n) => n.startsWith('.staging-') || n.startsWith('.current-'))).toEqual([]);
+    expect(
+      fs.readdirSync(containerDir(id)).filter((n) => n.startsWith('.staging-') || n.startsWith('.current-')),
+    ).toEqual([]);
     await new CheckpointStore(containerDir(id)).verifyCurrent();
   }
 
@@ -132,6 +141,8 @@ test('deadline too short: the planned subset is checkpointed, the rest is report
   const status = await runCli(cluster, ['reclaim', A, '--status']);
   expect(status.code).toBe(0);
   expect(status.stdout).toContain('not expected to fit: default/big');
-  await waitUntil('watcher idle', async () => ((await watch.query<ReclaimWatchState>('state')).status === 'watching' ? true : undefined));
+  await waitUntil('watcher idle', async () =>
+    (await watch.query<ReclaimWatchState>('state')).status === 'watching' ? true : undefined,
+  );
   await watch.terminate('test done');
 });

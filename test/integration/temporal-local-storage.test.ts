@@ -26,7 +26,11 @@ beforeAll(async () => {
   pkiDir = fs.mkdtempSync(path.join(os.tmpdir(), 'arch-pki-'));
   const pki = await makeTestPki(pkiDir);
   const tls = { ARCH_TRANSFER_TLS_CERT: pki.cert, ARCH_TRANSFER_TLS_KEY: pki.key, ARCH_TRANSFER_TLS_CA: pki.ca };
-  cluster = await startCluster('local-storage', [A, B], { ownCheckpointDisk: [B], imageOn: [A], nodeSettings: { [A]: tls, [B]: tls } });
+  cluster = await startCluster('local-storage', [A, B], {
+    ownCheckpointDisk: [B],
+    imageOn: [A],
+    nodeSettings: { [A]: tls, [B]: tls },
+  });
 });
 
 afterAll(async () => {
@@ -52,7 +56,11 @@ test('migrate with node-local storage, over TLS: the image and the checkpoint ar
   expect(r.stderr).toBe('');
   expect(r.code).toBe(0);
   const res = r.json as MigrateResult;
-  expect(res).toMatchObject({ outcome: 'migrated', runningOn: B, checkpoint: { mode: 'local', transferred: 'copied' } });
+  expect(res).toMatchObject({
+    outcome: 'migrated',
+    runningOn: B,
+    checkpoint: { mode: 'local', transferred: 'copied' },
+  });
   expect(res.phases.some((p) => p.phase === 'transfer')).toBe(true);
   // The workers served over https; B had no image, so it came the same way.
   expect(res.phases.some((p) => p.phase === 'image-import')).toBe(true);
@@ -65,10 +73,14 @@ test('migrate with node-local storage, over TLS: the image and the checkpoint ar
 
   // The restored counter writes to B's log: it goes on above its count on A, never from 1.
   const out = path.join(cluster.dir, `logs-${B}`, 'default', `${id}.log`);
-  const counts = await waitUntil('counts on B above the checkpointed one', () => {
-    const c = countsIn(out);
-    return c.some((n) => n > before + 2) ? c : undefined;
-  }, 30_000);
+  const counts = await waitUntil(
+    'counts on B above the checkpointed one',
+    () => {
+      const c = countsIn(out);
+      return c.some((n) => n > before + 2) ? c : undefined;
+    },
+    30_000,
+  );
   expect(counts[0]).toBeGreaterThan(1);
   expect(counts).not.toContain(1);
 });

@@ -8,7 +8,15 @@ import { WORKFLOW_TASK_QUEUE } from '../../core/temporal/names.js';
 import { attributePairs, SA } from '../../core/temporal/search-attributes.js';
 import type { MigrateInput, MigrateResult } from '../../workflows/types.js';
 import { cleanupStaleNodes } from '../support/containerd-node.js';
-import { outcome, runCli, runningOn, startCluster, stopAllTemporal, waitUntil, type TestCluster } from '../support/temporal.js';
+import {
+  outcome,
+  runCli,
+  runningOn,
+  startCluster,
+  stopAllTemporal,
+  waitUntil,
+  type TestCluster,
+} from '../support/temporal.js';
 
 /**
  * migrateContainer on the real stack: a Temporal dev server, two containerd
@@ -37,7 +45,14 @@ function startMigrate(id: string, from: string, to: string, extra: Partial<Migra
     taskQueue: WORKFLOW_TASK_QUEUE,
     workflowId: `test-migrate-${id}-${randomBytes(3).toString('hex')}`,
     args: [{ namespace: 'default', id, from, to, ...extra } satisfies MigrateInput],
-    typedSearchAttributes: attributePairs({ container: `default/${id}`, namespace: 'default', sourceNode: from, targetNode: to, operation: 'migrate', phase: 'queued' }) as never,
+    typedSearchAttributes: attributePairs({
+      container: `default/${id}`,
+      namespace: 'default',
+      sourceNode: from,
+      targetNode: to,
+      operation: 'migrate',
+      phase: 'queued',
+    }) as never,
   });
 }
 
@@ -67,14 +82,25 @@ test('a counter moves A → B (image shipped), continues above its checkpointed 
   expect(d.typedSearchAttributes.get(SA.targetNode)).toBe(B);
   const status = await runCli(cluster, ['--json', 'status', '--container', 'default/counter1']);
   expect(status.code).toBe(0);
-  expect((status.json as { workflowId: string; status: string }[]).find((w) => w.workflowId === res.workflowId)?.status).toBe('COMPLETED');
+  expect(
+    (status.json as { workflowId: string; status: string }[]).find((w) => w.workflowId === res.workflowId)?.status,
+  ).toBe('COMPLETED');
   const o = await workflowOverhead(cluster.temporal.client.workflow.getHandle(res.workflowId));
-  console.log(`migrate A→B from history: total ${o.totalMs} ms, inside activities ${o.activityMs} ms, orchestration overhead ${o.overheadMs} ms`, JSON.stringify(o.activities));
+  console.log(
+    `migrate A→B from history: total ${o.totalMs} ms, inside activities ${o.activityMs} ms, orchestration overhead ${o.overheadMs} ms`,
+    JSON.stringify(o.activities),
+  );
   expect(o.overheadMs).toBeLessThan(o.totalMs);
   if (process.env.DEBUG_HISTORY) {
     const h = await cluster.temporal.client.workflow.getHandle(res.workflowId).fetchHistory();
     const t0 = Number(h.events![0]!.eventTime!.seconds) * 1000 + Math.floor(h.events![0]!.eventTime!.nanos! / 1e6);
-    console.log(h.events!.map((e) => `${Number(e.eventTime!.seconds) * 1000 + Math.floor(e.eventTime!.nanos! / 1e6) - t0} ${e.eventType}`).join('\n'));
+    console.log(
+      h
+        .events!.map(
+          (e) => `${Number(e.eventTime!.seconds) * 1000 + Math.floor(e.eventTime!.nanos! / 1e6) - t0} ${e.eventType}`,
+        )
+        .join('\n'),
+    );
   }
 });
 
@@ -87,7 +113,12 @@ test("B's worker killed in the middle of the restore: the workflow completes onc
   const before = await cluster.waitCount(A, 'counter2', 3);
   const handle = await startMigrate('counter2', A, B);
   // The container already runs on B (restored), the activity is still verifying it.
-  await waitUntil('counter2 restored on B', async () => (await cluster.nodes[B]!.containerd.task('counter2'))?.status === 'RUNNING', 60_000, 50);
+  await waitUntil(
+    'counter2 restored on B',
+    async () => (await cluster.nodes[B]!.containerd.task('counter2'))?.status === 'RUNNING',
+    60_000,
+    50,
+  );
   await cluster.workers[B]!.kill();
   await sleep(2000);
   expect((await handle.describe()).status.name).toBe('RUNNING');
@@ -155,9 +186,21 @@ describe('bad input: clear error, non-retryable failure, nothing changed', () =>
     try {
       // The server remembers a poller for a while after its worker stopped, so
       // the CLI's quick check may pass; the workflow's scheduleToStart then fails it.
-      const r = await runCli(cluster, ['migrate', 'default/stays', '--from', A, '--to', B, '--wait', '--node-timeout', '4s']);
+      const r = await runCli(cluster, [
+        'migrate',
+        'default/stays',
+        '--from',
+        A,
+        '--to',
+        B,
+        '--wait',
+        '--node-timeout',
+        '4s',
+      ]);
       expect(r.code).toBe(3);
-      expect(r.stderr).toMatch(/node "mig-b" has no worker|node mig-b did not answer within 4 s: no arch-worker polls task queue arch-node-mig-b/);
+      expect(r.stderr).toMatch(
+        /node "mig-b" has no worker|node mig-b did not answer within 4 s: no arch-worker polls task queue arch-node-mig-b/,
+      );
       await unchanged();
     } finally {
       await cluster.startWorker(B);
@@ -180,10 +223,32 @@ describe('bad input: clear error, non-retryable failure, nothing changed', () =>
   });
 
   test('bad calendar and time zone', async () => {
-    const r = await runCli(cluster, ['schedule', 'create', 'x', '--node', A, '--pause', '25:00', '--resume', '0 6 * * *']);
+    const r = await runCli(cluster, [
+      'schedule',
+      'create',
+      'x',
+      '--node',
+      A,
+      '--pause',
+      '25:00',
+      '--resume',
+      '0 6 * * *',
+    ]);
     expect(r.code).toBe(2);
     expect(r.stderr).toMatch(/--pause: "25:00": hour "25" is not in 0-23/);
-    const r2 = await runCli(cluster, ['schedule', 'create', 'x', '--node', A, '--pause', '0 22 * * *', '--resume', '0 6 * * *', '--tz', 'Mars/Olympus']);
+    const r2 = await runCli(cluster, [
+      'schedule',
+      'create',
+      'x',
+      '--node',
+      A,
+      '--pause',
+      '0 22 * * *',
+      '--resume',
+      '0 6 * * *',
+      '--tz',
+      'Mars/Olympus',
+    ]);
     expect(r2.code).toBe(2);
     expect(r2.stderr).toMatch(/--tz: "Mars\/Olympus" is not a time zone/);
     const ls = await runCli(cluster, ['--json', 'schedule', 'ls']);
@@ -192,7 +257,11 @@ describe('bad input: clear error, non-retryable failure, nothing changed', () =>
 });
 
 test('the workers log structured lines with container, namespace, node and phase', () => {
-  const lines = fs.readFileSync(cluster.workers[A]!.archLog, 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l) as Record<string, unknown>);
+  const lines = fs
+    .readFileSync(cluster.workers[A]!.archLog, 'utf8')
+    .split('\n')
+    .filter(Boolean)
+    .map((l) => JSON.parse(l) as Record<string, unknown>);
   const ck = lines.find((l) => l.phase === 'checkpoint' && l.container === 'counter1');
   expect(ck).toMatchObject({ namespace: 'default', node: A });
 });

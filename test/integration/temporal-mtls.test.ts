@@ -29,7 +29,14 @@ beforeAll(async () => {
   temporal = await startTemporal();
   const [host, port] = temporal.address.split(':');
   front = tls.createServer(
-    { key: fs.readFileSync(pki.key), cert: fs.readFileSync(pki.cert), ca: fs.readFileSync(pki.ca), requestCert: true, rejectUnauthorized: true, ALPNProtocols: ['h2'] },
+    {
+      key: fs.readFileSync(pki.key),
+      cert: fs.readFileSync(pki.cert),
+      ca: fs.readFileSync(pki.ca),
+      requestCert: true,
+      rejectUnauthorized: true,
+      ALPNProtocols: ['h2'],
+    },
     (client) => {
       const upstream = net.connect(Number(port), host);
       client.pipe(upstream).pipe(client);
@@ -53,13 +60,24 @@ afterAll(async () => {
 });
 
 function cli(args: string[], tlsEnv: Record<string, string>) {
-  const env: NodeJS.ProcessEnv = { ...process.env, TEMPORAL_ADDRESS: frontAddress, TEMPORAL_NAMESPACE: temporal.namespace, ARCH_CONFIG: '/dev/null', ...tlsEnv };
-  for (const k of ['TEMPORAL_TLS', 'TEMPORAL_TLS_CERT', 'TEMPORAL_TLS_KEY', 'TEMPORAL_TLS_CA']) if (!(k in tlsEnv)) delete env[k];
+  const env: NodeJS.ProcessEnv = {
+    ...process.env,
+    TEMPORAL_ADDRESS: frontAddress,
+    TEMPORAL_NAMESPACE: temporal.namespace,
+    ARCH_CONFIG: '/dev/null',
+    ...tlsEnv,
+  };
+  for (const k of ['TEMPORAL_TLS', 'TEMPORAL_TLS_CERT', 'TEMPORAL_TLS_KEY', 'TEMPORAL_TLS_CA'])
+    if (!(k in tlsEnv)) delete env[k];
   return execa(path.join(REPO_ROOT, 'bin/arch-cli'), args, { env, extendEnv: false, reject: false, timeout: 60_000 });
 }
 
-test('a client certificate and the server\'s CA from the settings: arch-cli talks to Temporal over mTLS', async () => {
-  const r = await cli(['schedule', 'ls'], { TEMPORAL_TLS_CERT: pki.cert, TEMPORAL_TLS_KEY: pki.key, TEMPORAL_TLS_CA: pki.ca });
+test("a client certificate and the server's CA from the settings: arch-cli talks to Temporal over mTLS", async () => {
+  const r = await cli(['schedule', 'ls'], {
+    TEMPORAL_TLS_CERT: pki.cert,
+    TEMPORAL_TLS_KEY: pki.key,
+    TEMPORAL_TLS_CA: pki.ca,
+  });
   expect(r.stderr).toBe('');
   expect(r.exitCode).toBe(0);
   expect(String(r.stdout)).toMatch(/no ARCH schedules/);
@@ -68,7 +86,11 @@ test('a client certificate and the server\'s CA from the settings: arch-cli talk
 test('without a client certificate, or trusting another CA: refused, with the address in the error', async () => {
   const noCert = await cli(['schedule', 'ls'], { TEMPORAL_TLS_CA: pki.ca });
   expect(noCert.exitCode).not.toBe(0);
-  const otherCa = await cli(['schedule', 'ls'], { TEMPORAL_TLS_CERT: pki.cert, TEMPORAL_TLS_KEY: pki.key, TEMPORAL_TLS_CA: pki.otherCa });
+  const otherCa = await cli(['schedule', 'ls'], {
+    TEMPORAL_TLS_CERT: pki.cert,
+    TEMPORAL_TLS_KEY: pki.key,
+    TEMPORAL_TLS_CA: pki.otherCa,
+  });
   expect(otherCa.exitCode).not.toBe(0);
   for (const r of [noCert, otherCa]) expect(String(r.stderr)).toContain(frontAddress);
 });
@@ -79,13 +101,20 @@ test('a certificate without its key is a clear settings error', async () => {
   expect(String(r.stderr)).toMatch(/TEMPORAL_TLS_KEY: is not set but TEMPORAL_TLS_CERT is/);
 });
 
-test('arch-worker over mTLS (its own TLS stack): it polls its node\'s task queue through the TLS front', async () => {
+test("arch-worker over mTLS (its own TLS stack): it polls its node's task queue through the TLS front", async () => {
   await cleanupStaleNodes();
   const archConfig = writeArchConfig(path.join(dir, 'cfg'), { ARCH_NODE_NAME: 'mtls-a' });
   const node = await startNode('mtls-a', { env: { ARCH_CONFIG: archConfig } });
   const worker = await startWorker(node, {
-    temporal, archConfig, dir: path.join(dir, 'worker'),
-    env: { TEMPORAL_ADDRESS: frontAddress, TEMPORAL_TLS_CERT: pki.cert, TEMPORAL_TLS_KEY: pki.key, TEMPORAL_TLS_CA: pki.ca },
+    temporal,
+    archConfig,
+    dir: path.join(dir, 'worker'),
+    env: {
+      TEMPORAL_ADDRESS: frontAddress,
+      TEMPORAL_TLS_CERT: pki.cert,
+      TEMPORAL_TLS_KEY: pki.key,
+      TEMPORAL_TLS_CA: pki.ca,
+    },
   });
   expect(await nodeHasPoller(temporal.client, temporal.namespace, 'mtls-a')).toBe(true);
   await worker.stop();

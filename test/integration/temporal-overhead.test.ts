@@ -22,7 +22,10 @@ afterAll(async () => {
 test('migration overhead, warm workers, shared storage', async () => {
   // Shared mode: both nodes see the checkpoint, so the migration is
   // describe ∥ check-target → checkpoint → restore → cleanup.
-  await cluster.runCounter('ovh-a', 'bench1', [`ARCH_SHAREDFS_HOST_PATH=${cluster.dir}/shared`, 'ARCH_WORKDIR_CONTAINER_PATH=/work']);
+  await cluster.runCounter('ovh-a', 'bench1', [
+    `ARCH_SHAREDFS_HOST_PATH=${cluster.dir}/shared`,
+    'ARCH_WORKDIR_CONTAINER_PATH=/work',
+  ]);
   await cluster.waitCount('ovh-a', 'bench1', 2);
   const { overheads, results } = await measureMigrationOverhead(cluster, 'bench1', ['ovh-a', 'ovh-b'], 4);
   const sorted = overheads.map((o) => o.overheadMs).sort((a, b) => a - b);

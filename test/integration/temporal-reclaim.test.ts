@@ -21,7 +21,10 @@ beforeAll(async () => {
 
 // A test that fails half-way must not leave its watcher to the next test.
 afterEach(async () => {
-  await cluster?.temporal.client.workflow.getHandle(workflowIds.reclaimWatch(A)).terminate('test done').catch(() => undefined);
+  await cluster?.temporal.client.workflow
+    .getHandle(workflowIds.reclaimWatch(A))
+    .terminate('test done')
+    .catch(() => undefined);
 });
 
 afterAll(async () => {
@@ -55,14 +58,25 @@ test('reclaim signal → every ARCH container of A runs on B, checkpoints within
   expect(r.code).toBe(0);
   const deadline = Date.parse((r.json as { signal: { deadline: string } }).signal.deadline);
 
-  const state = await waitUntil('the drain to finish', async () => {
-    const s = await client.workflow.getHandle(watchId).query<ReclaimWatchState>('state');
-    return s.history.length > 0 && s.status === 'watching' ? s : undefined;
-  }, 120_000, 500);
+  const state = await waitUntil(
+    'the drain to finish',
+    async () => {
+      const s = await client.workflow.getHandle(watchId).query<ReclaimWatchState>('state');
+      return s.history.length > 0 && s.status === 'watching' ? s : undefined;
+    },
+    120_000,
+    500,
+  );
   const rec = state.history[0]!;
-  const drain = await client.workflow.getHandle(rec.drainWorkflowId).result() as DrainResult;
+  const drain = (await client.workflow.getHandle(rec.drainWorkflowId).result()) as DrainResult;
   expect(outcomes(drain)).toEqual(['batch/r3: migrated', 'default/r1: migrated', 'default/r2: migrated']);
-  expect(rec).toMatchObject({ status: 'completed', migrated: 3, failed: 0, withinDeadline: true, reason: 'spot notice (test)' });
+  expect(rec).toMatchObject({
+    status: 'completed',
+    migrated: 3,
+    failed: 0,
+    withinDeadline: true,
+    reason: 'spot notice (test)',
+  });
   expect(Date.now()).toBeLessThan(deadline);
 
   expect(drain.withinDeadline).toBe(true);
@@ -90,11 +104,18 @@ test('reclaim signal → every ARCH container of A runs on B, checkpoints within
   expect((status.json as ReclaimWatchState).history).toHaveLength(1);
 
   // A second notice on the now empty node is handled as well (nothing to move).
-  await client.workflow.getHandle(watchId).signal('reclaim', { reason: 'second notice', deadline: new Date(Date.now() + 30_000).toISOString() });
-  const s2 = await waitUntil('the second drain', async () => {
-    const s = await client.workflow.getHandle(watchId).query<ReclaimWatchState>('state');
-    return s.history.length > 1 && s.status === 'watching' ? s : undefined;
-  }, 60_000, 500);
+  await client.workflow
+    .getHandle(watchId)
+    .signal('reclaim', { reason: 'second notice', deadline: new Date(Date.now() + 30_000).toISOString() });
+  const s2 = await waitUntil(
+    'the second drain',
+    async () => {
+      const s = await client.workflow.getHandle(watchId).query<ReclaimWatchState>('state');
+      return s.history.length > 1 && s.status === 'watching' ? s : undefined;
+    },
+    60_000,
+    500,
+  );
   expect(s2.history[1]).toMatchObject({ status: 'completed', migrated: 0, failed: 0 });
 });
 
@@ -111,18 +132,30 @@ test('drain through the CLI: checkpoint-only drain reports per-container results
   expect((await cluster.nodes[B]!.containerd.listTasks()).filter((t) => t.status === 'RUNNING')).toEqual([]);
 });
 
-test('a cloud reclaim notice (AWS spot interruption, loopback fake IMDS) moves the node\'s containers', async () => {
+test("a cloud reclaim notice (AWS spot interruption, loopback fake IMDS) moves the node's containers", async () => {
   const imds = await FakeAwsImds.start();
   try {
     await cluster.workers[A]!.stop();
-    await cluster.startWorker(A, ['--reclaim-targets', B], { ARCH_CLOUD_PROVIDER: 'aws', ARCH_METADATA_URL: imds.url, ARCH_NOTICE_POLL_MS: '200' });
+    await cluster.startWorker(A, ['--reclaim-targets', B], {
+      ARCH_CLOUD_PROVIDER: 'aws',
+      ARCH_METADATA_URL: imds.url,
+      ARCH_NOTICE_POLL_MS: '200',
+    });
     await cluster.runCounter(A, 'cloud1');
     const before = await cluster.waitCount(A, 'cloud1', 3);
     const client = cluster.temporal.client;
     const watchId = workflowIds.reclaimWatch(A);
     const t0 = Date.now();
-    imds.scheduleNotice({ action: 'terminate', time: new Date(Date.now() + 120_000).toISOString().replace(/\.\d+Z$/, 'Z') });
-    await waitUntil('cloud1 running on B', async () => ((await runningOn(cluster, 'cloud1')).join() === B ? true : undefined), 120_000, 500);
+    imds.scheduleNotice({
+      action: 'terminate',
+      time: new Date(Date.now() + 120_000).toISOString().replace(/\.\d+Z$/, 'Z'),
+    });
+    await waitUntil(
+      'cloud1 running on B',
+      async () => ((await runningOn(cluster, 'cloud1')).join() === B ? true : undefined),
+      120_000,
+      500,
+    );
     await cluster.waitCount(B, 'cloud1', before + 2);
     // The drain that moved it may still be cleaning up (current) or be done (history).
     const s = await client.workflow.getHandle(watchId).query<ReclaimWatchState>('state');

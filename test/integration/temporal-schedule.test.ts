@@ -24,10 +24,15 @@ afterAll(async () => {
 });
 
 async function lastCompleted(operation: 'pause' | 'resume', after: number): Promise<StatusRow> {
-  return waitUntil(`a completed ${operation} workflow`, async () => {
-    const r = await runCli(cluster, ['--json', 'status', '--operation', operation, '--node', N]);
-    return (r.json as StatusRow[]).find((w) => w.status === 'COMPLETED' && Date.parse(w.startTime) >= after);
-  }, 90_000, 500);
+  return waitUntil(
+    `a completed ${operation} workflow`,
+    async () => {
+      const r = await runCli(cluster, ['--json', 'status', '--operation', operation, '--node', N]);
+      return (r.json as StatusRow[]).find((w) => w.status === 'COMPLETED' && Date.parse(w.startTime) >= after);
+    },
+    90_000,
+    500,
+  );
 }
 
 test('schedule create / ls / trigger pause / trigger resume / pause / rm', async () => {
@@ -35,11 +40,41 @@ test('schedule create / ls / trigger pause / trigger resume / pause / rm', async
   await cluster.runCounter(N, 'other-job');
   await cluster.waitCount(N, 'nightly-job', 5);
 
-  const c = await runCli(cluster, ['--json', 'schedule', 'create', 'nightly', '--node', N, '--pause', '0 3 * * *', '--resume', 'mon-fri 06:30', '--tz', 'Europe/Paris', '--ids', 'nightly-job']);
+  const c = await runCli(cluster, [
+    '--json',
+    'schedule',
+    'create',
+    'nightly',
+    '--node',
+    N,
+    '--pause',
+    '0 3 * * *',
+    '--resume',
+    'mon-fri 06:30',
+    '--tz',
+    'Europe/Paris',
+    '--ids',
+    'nightly-job',
+  ]);
   expect(c.stderr).toBe('');
   expect(c.code).toBe(0);
-  expect(c.json).toMatchObject({ name: 'nightly', pause: '0 3 * * *', resume: '30 6 * * 1-5', timeZone: 'Europe/Paris' });
-  const again = await runCli(cluster, ['schedule', 'create', 'nightly', '--node', N, '--pause', '0 3 * * *', '--resume', '0 4 * * *']);
+  expect(c.json).toMatchObject({
+    name: 'nightly',
+    pause: '0 3 * * *',
+    resume: '30 6 * * 1-5',
+    timeZone: 'Europe/Paris',
+  });
+  const again = await runCli(cluster, [
+    'schedule',
+    'create',
+    'nightly',
+    '--node',
+    N,
+    '--pause',
+    '0 3 * * *',
+    '--resume',
+    '0 4 * * *',
+  ]);
   expect(again.code).toBe(2);
   expect(again.stderr).toMatch(/already exists/);
 
@@ -56,14 +91,18 @@ test('schedule create / ls / trigger pause / trigger resume / pause / rm', async
   expect((await runCli(cluster, ['schedule', 'trigger', 'nightly', '--action', 'pause'])).code).toBe(0);
   const paused = await lastCompleted('pause', t1);
   const pr = (await runCli(cluster, ['--json', 'status', paused.workflowId])).json as { result: PauseResult };
-  expect(pr.result.containers).toEqual([expect.objectContaining({ namespace: 'default', id: 'nightly-job', outcome: 'paused' })]);
+  expect(pr.result.containers).toEqual([
+    expect.objectContaining({ namespace: 'default', id: 'nightly-job', outcome: 'paused' }),
+  ]);
   expect((await cluster.nodes[N]!.containerd.task('nightly-job'))?.status).toBe('STOPPED');
   expect((await cluster.nodes[N]!.containerd.task('other-job'))?.status).toBe('RUNNING'); // not selected
   const frozen = cluster.count(N, 'nightly-job')!;
   await sleep(1000);
   expect(cluster.count(N, 'nightly-job')).toBe(frozen);
   const lsNode = await runCli(cluster, ['--json', 'ls', '--node', N]);
-  const row = (lsNode.json as { containers: { id: string; status: string; checkpoint?: unknown }[] }).containers.find((x) => x.id === 'nightly-job');
+  const row = (lsNode.json as { containers: { id: string; status: string; checkpoint?: unknown }[] }).containers.find(
+    (x) => x.id === 'nightly-job',
+  );
   expect(row?.checkpoint).toBeDefined();
   expect(row?.status).not.toBe('running');
 
@@ -79,7 +118,9 @@ test('schedule create / ls / trigger pause / trigger resume / pause / rm', async
 
   // Schedule-level pause/unpause and removal.
   expect((await runCli(cluster, ['schedule', 'pause', 'nightly'])).code).toBe(0);
-  expect(((await runCli(cluster, ['--json', 'schedule', 'ls'])).json as ArchScheduleInfo[]).every((s) => s.paused)).toBe(true);
+  expect(
+    ((await runCli(cluster, ['--json', 'schedule', 'ls'])).json as ArchScheduleInfo[]).every((s) => s.paused),
+  ).toBe(true);
   expect((await runCli(cluster, ['schedule', 'unpause', 'nightly'])).code).toBe(0);
   expect((await runCli(cluster, ['schedule', 'rm', 'nightly'])).code).toBe(0);
   expect((await runCli(cluster, ['--json', 'schedule', 'ls'])).json).toEqual([]);
@@ -94,6 +135,8 @@ test('pause and resume by hand, with --wait', async () => {
   expect((p.json as PauseResult).containers).toEqual([expect.objectContaining({ id: 'other-job', outcome: 'paused' })]);
   const r = await runCli(cluster, ['--json', 'resume', '--node', N, '--wait']);
   expect(r.code).toBe(0);
-  expect((r.json as PauseResult).containers).toEqual([expect.objectContaining({ id: 'other-job', outcome: 'resumed' })]);
+  expect((r.json as PauseResult).containers).toEqual([
+    expect.objectContaining({ id: 'other-job', outcome: 'resumed' }),
+  ]);
   expect((await cluster.nodes[N]!.containerd.task('other-job'))?.status).toBe('RUNNING');
 });

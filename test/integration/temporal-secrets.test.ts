@@ -33,7 +33,10 @@ beforeAll(async () => {
   fs.writeFileSync(keyFile, `${randomBytes(32).toString('hex')}\n`, { mode: 0o600 });
   const withKey = { ARCH_PAYLOAD_KEY_FILE: keyFile };
   // The image only on A and C: the first move ships it to B (an image offer, a second token).
-  cluster = await startCluster('secrets', [A, B, C], { imageOn: [A, C], nodeSettings: { [A]: withKey, [B]: withKey, [C]: { ...withKey, ARCH_CRIU: '/bin/false' } } });
+  cluster = await startCluster('secrets', [A, B, C], {
+    imageOn: [A, C],
+    nodeSettings: { [A]: withKey, [B]: withKey, [C]: { ...withKey, ARCH_CRIU: '/bin/false' } },
+  });
 });
 
 afterAll(async () => {
@@ -84,7 +87,8 @@ function payloadsIn(v: unknown, acc: Payload[] = []): Payload[] {
     const o = v as Record<string, unknown>;
     if (o.data instanceof Uint8Array && o.metadata && typeof o.metadata === 'object') acc.push(o as Payload);
     // Patch markers are Temporal's own bookkeeping (the patch's name), written by the SDK's core.
-    else if (o.markerName !== 'core_patch') for (const [k, x] of Object.entries(o)) if (k !== 'searchAttributes') payloadsIn(x, acc);
+    else if (o.markerName !== 'core_patch')
+      for (const [k, x] of Object.entries(o)) if (k !== 'searchAttributes') payloadsIn(x, acc);
   }
   return acc;
 }
@@ -115,14 +119,16 @@ async function offersIn(histories: { events: unknown[] }[]): Promise<TransferOff
 
 function httpGet(url: string, token: string): Promise<number> {
   return new Promise((resolve, reject) => {
-    http.get(url, { headers: { authorization: `Bearer ${token}` } }, (res) => {
-      res.resume();
-      resolve(res.statusCode ?? 0);
-    }).on('error', reject);
+    http
+      .get(url, { headers: { authorization: `Bearer ${token}` } }, (res) => {
+        res.resume();
+        resolve(res.statusCode ?? 0);
+      })
+      .on('error', reject);
   });
 }
 
-test('after a migration, no workflow history holds the container\'s secret or a transfer token; the CLI still shows the result', async () => {
+test("after a migration, no workflow history holds the container's secret or a transfer token; the CLI still shows the result", async () => {
   await cluster.runCounter(A, 'secretive', [`SECRET_TOKEN=${SECRET}`]);
   await cluster.waitCount(A, 'secretive', 3);
   const r = await cli(['--json', 'migrate', 'default/secretive', '--from', A, '--to', B, '--wait']);
@@ -155,7 +161,12 @@ test('after a migration, no workflow history holds the container\'s secret or a 
   // With the key, the CLI shows the result in full.
   const status = await cli(['--json', 'status', res.workflowId]);
   expect(status.code).toBe(0);
-  expect((status.json as { result: MigrateResult }).result).toMatchObject({ outcome: 'migrated', runningOn: B, from: A, to: B });
+  expect((status.json as { result: MigrateResult }).result).toMatchObject({
+    outcome: 'migrated',
+    runningOn: B,
+    from: A,
+    to: B,
+  });
 });
 
 test('a compensated migration leaves no offer behind: its token no longer downloads the checkpoint', async () => {
@@ -190,8 +201,17 @@ test('a worker with a key refuses plaintext payloads: a workflow started without
   });
   try {
     // The workers say why (the workflow task fails and is retried until someone terminates it).
-    await waitUntil('a worker refusing the plaintext input', () =>
-      Object.values(cluster.workers).some((w) => fs.existsSync(w.archLog) && fs.readFileSync(w.archLog, 'utf8').includes('refusing a payload that is not encrypted')), 30_000, 250);
+    await waitUntil(
+      'a worker refusing the plaintext input',
+      () =>
+        Object.values(cluster.workers).some(
+          (w) =>
+            fs.existsSync(w.archLog) &&
+            fs.readFileSync(w.archLog, 'utf8').includes('refusing a payload that is not encrypted'),
+        ),
+      30_000,
+      250,
+    );
     await sleep(1000);
     expect((await handle.describe()).status.name).toBe('RUNNING');
     const h = await handle.fetchHistory();
@@ -208,16 +228,39 @@ test('codec server: the UI origin may decode; other origins are refused', async 
   const codec = new AesGcmPayloadCodec(loadPayloadKeys({ ARCH_PAYLOAD_KEY_FILE: keyFile }).keys);
   const server = await startCodecServer({ codec, host: '127.0.0.1', port: 0, origins: ['http://localhost:8233'] });
   try {
-    const [enc] = await codec.encode([{ metadata: { encoding: Buffer.from('json/plain') }, data: Buffer.from(JSON.stringify({ hello: SECRET })) }]);
-    const body = JSON.stringify({ payloads: [{ metadata: Object.fromEntries(Object.entries(enc!.metadata!).map(([k, v]) => [k, Buffer.from(v).toString('base64')])), data: Buffer.from(enc!.data!).toString('base64') }] });
-    const post = (origin: string) => fetch(`${server.url}/decode`, { method: 'POST', headers: { origin, 'content-type': 'application/json', 'x-namespace': 'default' }, body });
+    const [enc] = await codec.encode([
+      { metadata: { encoding: Buffer.from('json/plain') }, data: Buffer.from(JSON.stringify({ hello: SECRET })) },
+    ]);
+    const body = JSON.stringify({
+      payloads: [
+        {
+          metadata: Object.fromEntries(
+            Object.entries(enc!.metadata!).map(([k, v]) => [k, Buffer.from(v).toString('base64')]),
+          ),
+          data: Buffer.from(enc!.data!).toString('base64'),
+        },
+      ],
+    });
+    const post = (origin: string) =>
+      fetch(`${server.url}/decode`, {
+        method: 'POST',
+        headers: { origin, 'content-type': 'application/json', 'x-namespace': 'default' },
+        body,
+      });
     const ok = await post('http://localhost:8233');
     expect(ok.status).toBe(200);
     expect(ok.headers.get('access-control-allow-origin')).toBe('http://localhost:8233');
     const decoded = (await ok.json()) as { payloads: { metadata: Record<string, string>; data: string }[] };
     expect(Buffer.from(decoded.payloads[0]!.metadata.encoding!, 'base64').toString()).toBe('json/plain');
     expect(JSON.parse(Buffer.from(decoded.payloads[0]!.data, 'base64').toString())).toEqual({ hello: SECRET });
-    const pre = await fetch(`${server.url}/decode`, { method: 'OPTIONS', headers: { origin: 'http://localhost:8233', 'access-control-request-method': 'POST', 'access-control-request-headers': 'content-type,x-namespace' } });
+    const pre = await fetch(`${server.url}/decode`, {
+      method: 'OPTIONS',
+      headers: {
+        origin: 'http://localhost:8233',
+        'access-control-request-method': 'POST',
+        'access-control-request-headers': 'content-type,x-namespace',
+      },
+    });
     expect(pre.status).toBe(204);
     expect(pre.headers.get('access-control-allow-headers')).toMatch(/x-namespace/);
     expect((await post('http://evil.example')).status).toBe(403);

@@ -8,7 +8,16 @@ import { ArchInputError, CheckpointUnusableError } from '../../core/errors.js';
 import { loadSettings } from '../../core/settings.js';
 import { FORMAT_VERSION, verifyCheckpointDir, type Manifest } from '../../core/manifest.js';
 import { CheckpointStore } from '../../core/store.js';
-import { fetchCheckpoint, fetchFile, loadTransferTls, manifestDigest, OfferGoneError, sameCheckpoint, TransferServer, type Offer } from '../../core/transfer.js';
+import {
+  fetchCheckpoint,
+  fetchFile,
+  loadTransferTls,
+  manifestDigest,
+  OfferGoneError,
+  sameCheckpoint,
+  TransferServer,
+  type Offer,
+} from '../../core/transfer.js';
 import { makeTestPki } from '../support/tls.js';
 
 /**
@@ -25,8 +34,16 @@ const log = pino({ level: 'silent' });
 
 function meta(): Omit<Manifest, 'files'> {
   return {
-    formatVersion: FORMAT_VERSION, namespace: 'default', containerId: 'job-1', node: 'node-a', createdAt: new Date().toISOString(),
-    mode: 'local', leaveRunning: false, runtime: { runc: 'test', criu: 'test' }, timingsMs: {}, rootfs: { files: 1, bytes: 10, deletions: 0 },
+    formatVersion: FORMAT_VERSION,
+    namespace: 'default',
+    containerId: 'job-1',
+    node: 'node-a',
+    createdAt: new Date().toISOString(),
+    mode: 'local',
+    leaveRunning: false,
+    runtime: { runc: 'test', criu: 'test' },
+    timingsMs: {},
+    rootfs: { files: 1, bytes: 10, deletions: 0 },
   };
 }
 
@@ -67,7 +84,13 @@ test('streams a checkpoint, verifies it, publishes it; a second fetch finds it p
   expect(offer.url).toMatch(/^http:\/\/127\.0\.0\.1:\d+\/v1\/checkpoint$/);
   const b = target('b');
   const progress: number[] = [];
-  const r = await fetchCheckpoint({ offer, manifestSha256: digest, store: b, fsync: true, onProgress: (p) => progress.push(p.bytesDone) });
+  const r = await fetchCheckpoint({
+    offer,
+    manifestSha256: digest,
+    store: b,
+    fsync: true,
+    onProgress: (p) => progress.push(p.bytesDone),
+  });
   expect(r.kind).toBe('copied');
   expect(r.bytes).toBe(published.manifest.files.reduce((a, f) => a + f.size, 0));
   expect(progress.at(-1)).toBe(r.bytes);
@@ -83,7 +106,9 @@ test('streams a checkpoint, verifies it, publishes it; a second fetch finds it p
 test('a manifest that is not the one taken is refused; the target store stays untouched', async () => {
   const offer = await server.offerCheckpoint(published.dir, digest, 60_000);
   const c = target('c');
-  await expect(fetchCheckpoint({ offer, manifestSha256: 'f'.repeat(64), store: c, fsync: false })).rejects.toThrow(CheckpointUnusableError);
+  await expect(fetchCheckpoint({ offer, manifestSha256: 'f'.repeat(64), store: c, fsync: false })).rejects.toThrow(
+    CheckpointUnusableError,
+  );
   expect(await c.current()).toBeNull();
   expect(leftovers(c)).toEqual([]);
 });
@@ -97,7 +122,9 @@ test('bytes changed at the source after the checkpoint: sha256 mismatch, nothing
   fs.writeFileSync(pages, tampered);
   const d = target('d');
   try {
-    await expect(fetchCheckpoint({ offer, manifestSha256: digest, store: d, fsync: false })).rejects.toThrow(/pages-1.img: sha256 mismatch/);
+    await expect(fetchCheckpoint({ offer, manifestSha256: digest, store: d, fsync: false })).rejects.toThrow(
+      /pages-1.img: sha256 mismatch/,
+    );
     expect(await d.current()).toBeNull();
     expect(leftovers(d).filter((n) => n.startsWith('.staging'))).toEqual([]);
   } finally {
@@ -108,15 +135,19 @@ test('bytes changed at the source after the checkpoint: sha256 mismatch, nothing
 test('withdrawn or unknown offers are gone; only listed files are served, only with the token', async () => {
   const offer = await server.offerCheckpoint(published.dir, digest, 60_000);
   expect(server.withdraw(offer.token)).toBe(true);
-  await expect(fetchCheckpoint({ offer, manifestSha256: digest, store: target('e'), fsync: false })).rejects.toThrow(OfferGoneError);
+  await expect(fetchCheckpoint({ offer, manifestSha256: digest, store: target('e'), fsync: false })).rejects.toThrow(
+    OfferGoneError,
+  );
   const live = await server.offerCheckpoint(published.dir, digest, 60_000);
   fs.writeFileSync(path.join(published.dir, 'secret.txt'), 'not in the manifest');
   const get = (q: string, token?: string) =>
     new Promise<number>((resolve, reject) => {
-      http.get(`${live.url}${q}`, { headers: token ? { authorization: `Bearer ${token}` } : {} }, (res) => {
-        res.resume();
-        resolve(res.statusCode ?? 0);
-      }).on('error', reject);
+      http
+        .get(`${live.url}${q}`, { headers: token ? { authorization: `Bearer ${token}` } : {} }, (res) => {
+          res.resume();
+          resolve(res.statusCode ?? 0);
+        })
+        .on('error', reject);
     });
   try {
     expect(await get('?path=manifest.json', live.token)).toBe(200);
@@ -131,14 +162,24 @@ test('withdrawn or unknown offers are gone; only listed files are served, only w
   // Expired offers are gone too.
   const short = await server.offerCheckpoint(published.dir, digest, 1);
   await new Promise((r) => setTimeout(r, 20));
-  await expect(fetchCheckpoint({ offer: short, manifestSha256: digest, store: target('f'), fsync: false })).rejects.toThrow(OfferGoneError);
+  await expect(
+    fetchCheckpoint({ offer: short, manifestSha256: digest, store: target('f'), fsync: false }),
+  ).rejects.toThrow(OfferGoneError);
 });
 
 test('cancellation stops the transfer and leaves nothing behind', async () => {
   const offer = await server.offerCheckpoint(published.dir, digest, 60_000);
   const g = target('g');
   const ac = new AbortController();
-  const p = fetchCheckpoint({ offer, manifestSha256: digest, store: g, fsync: false, signal: ac.signal, concurrency: 1, onProgress: () => ac.abort() });
+  const p = fetchCheckpoint({
+    offer,
+    manifestSha256: digest,
+    store: g,
+    fsync: false,
+    signal: ac.signal,
+    concurrency: 1,
+    onProgress: () => ac.abort(),
+  });
   await expect(p).rejects.toThrow();
   expect(await g.current()).toBeNull();
   expect(leftovers(g).filter((n) => n.startsWith('.staging'))).toEqual([]);
@@ -157,7 +198,6 @@ test('single files (image archives) are offered and fetched, then removed when w
   server.withdraw(offer.token);
   expect(removed).toBe(true);
 });
-
 
 describe('over TLS (ARCH_TRANSFER_TLS_CERT/KEY on the source, ARCH_TRANSFER_TLS_CA on the target)', () => {
   let tlsDir: string;
@@ -198,23 +238,35 @@ describe('over TLS (ARCH_TRANSFER_TLS_CERT/KEY on the source, ARCH_TRANSFER_TLS_
   test('a certificate the CA did not sign is refused, naming the setting to fix; nothing is published', async () => {
     const offer = await tlsServer.offerCheckpoint(published.dir, digest, 60_000);
     const store = target('tls-2');
-    const err = await fetchCheckpoint({ offer, manifestSha256: digest, store, fsync: false, ca: otherCa }).catch((e: unknown) => e);
+    const err = await fetchCheckpoint({ offer, manifestSha256: digest, store, fsync: false, ca: otherCa }).catch(
+      (e: unknown) => e,
+    );
     expect(err).toBeInstanceOf(ArchInputError);
-    expect(String(err)).toMatch(/ARCH_TRANSFER_TLS_CA: the source's certificate at https:.* is not trusted .*Fix: set ARCH_TRANSFER_TLS_CA/);
+    expect(String(err)).toMatch(
+      /ARCH_TRANSFER_TLS_CA: the source's certificate at https:.* is not trusted .*Fix: set ARCH_TRANSFER_TLS_CA/,
+    );
     expect(await store.current()).toBeNull();
   });
 
   test('a node that requires TLS never fetches over plain http', async () => {
     const offer = await server.offerCheckpoint(published.dir, digest, 60_000);
-    await expect(fetchCheckpoint({ offer, manifestSha256: digest, store: target('tls-3'), fsync: false, ca })).rejects.toThrow(/ARCH_TRANSFER_TLS_CA: is set on this node, but the source offers plain http .*Fix: set ARCH_TRANSFER_TLS_CERT and ARCH_TRANSFER_TLS_KEY on the source/);
+    await expect(
+      fetchCheckpoint({ offer, manifestSha256: digest, store: target('tls-3'), fsync: false, ca }),
+    ).rejects.toThrow(
+      /ARCH_TRANSFER_TLS_CA: is set on this node, but the source offers plain http .*Fix: set ARCH_TRANSFER_TLS_CERT and ARCH_TRANSFER_TLS_KEY on the source/,
+    );
     server.withdraw(offer.token);
   });
 
   test('settings: certificate without key, relative paths and unreadable files are clear errors', () => {
     const base = { ARCH_CONFIG: path.join(tlsDir, 'none.env') };
-    expect(() => loadSettings({ ...base, ARCH_TRANSFER_TLS_CERT: path.join(tlsDir, 'node.pem') })).toThrow(/ARCH_TRANSFER_TLS_KEY: is not set but ARCH_TRANSFER_TLS_CERT is\. Fix: set both/);
+    expect(() => loadSettings({ ...base, ARCH_TRANSFER_TLS_CERT: path.join(tlsDir, 'node.pem') })).toThrow(
+      /ARCH_TRANSFER_TLS_KEY: is not set but ARCH_TRANSFER_TLS_CERT is\. Fix: set both/,
+    );
     expect(() => loadSettings({ ...base, ARCH_TRANSFER_TLS_CA: 'ca.pem' })).toThrow(/ARCH_TRANSFER_TLS_CA/);
     const missing = loadSettings({ ...base, ARCH_TRANSFER_TLS_CA: path.join(tlsDir, 'missing.pem') });
-    expect(() => loadTransferTls(missing)).toThrow(/ARCH_TRANSFER_TLS_CA: cannot read .*missing\.pem \(ENOENT\)\. Fix: point it at a readable PEM file/);
+    expect(() => loadTransferTls(missing)).toThrow(
+      /ARCH_TRANSFER_TLS_CA: cannot read .*missing\.pem \(ENOENT\)\. Fix: point it at a readable PEM file/,
+    );
   });
 });

@@ -39,10 +39,18 @@ test('SIGTERM during a checkpoint: the checkpoint completes once, the worker exi
     workflowId: `test-sigterm-${randomBytes(3).toString('hex')}`,
     args: [{ node: N, selector: { ids: ['big'] } } satisfies PauseInput],
   });
-  await waitUntil('the checkpoint activity to be running', async () => {
-    const d = await handle.describe();
-    return (d.raw.pendingActivities ?? []).some((a) => a.activityType?.name === 'checkpointContainer' && Number(a.state) === 2 /* PENDING_ACTIVITY_STATE_STARTED */);
-  }, 60_000, 20);
+  await waitUntil(
+    'the checkpoint activity to be running',
+    async () => {
+      const d = await handle.describe();
+      return (d.raw.pendingActivities ?? []).some(
+        (a) =>
+          a.activityType?.name === 'checkpointContainer' && Number(a.state) === 2 /* PENDING_ACTIVITY_STATE_STARTED */,
+      );
+    },
+    60_000,
+    20,
+  );
   const worker = cluster.workers[N]!;
   const t0 = Date.now();
   const code = await worker.stop(60_000);
@@ -62,20 +70,35 @@ test('SIGTERM during a checkpoint: the checkpoint completes once, the worker exi
   const types = (history.events ?? []).map((e) => Number(e.eventType));
   expect(types.filter((t) => t === 12).length).toBe(3); // select, describe, checkpoint completed
   expect(types.filter((t) => t === 13 || t === 14).length).toBe(0);
-  const started = (history.events ?? []).find((e) => Number(e.eventType) === 11 && e.activityTaskStartedEventAttributes?.attempt === 1);
+  const started = (history.events ?? []).find(
+    (e) => Number(e.eventType) === 11 && e.activityTaskStartedEventAttributes?.attempt === 1,
+  );
   expect(started).toBeDefined();
   console.log(`worker exited ${stoppedAfter} ms after SIGTERM, after its checkpoint completed`);
 });
 
 test('exit codes from containerd: a crash keeps the checkpoint (the job goes on from it), a clean exit removes it', async () => {
   const node = cluster.nodes[N]!;
-  const ctx = createNodeContext('test', { ...process.env, ARCH_CONFIG: cluster.archConfig, ARCH_RUNC_ROOT: node.runcRootBase });
+  const ctx = createNodeContext('test', {
+    ...process.env,
+    ARCH_CONFIG: cluster.archConfig,
+    ARCH_RUNC_ROOT: node.runcRootBase,
+  });
   const checkpointsOf = (id: string) => new CheckpointStore(path.join(cluster.dir, 'checkpoints/default', id));
   /** Run to `exitAfter` ticks and exit with `code`, with a checkpoint (left running) on the way. */
   const runToExit = async (id: string, exitAfter: number, code: number) => {
-    await cluster.runCounter(N, id, ['COUNTER_INTERVAL_MS=50', `COUNTER_EXIT_AFTER=${exitAfter}`, `COUNTER_EXIT_CODE=${code}`]);
+    await cluster.runCounter(N, id, [
+      'COUNTER_INTERVAL_MS=50',
+      `COUNTER_EXIT_AFTER=${exitAfter}`,
+      `COUNTER_EXIT_CODE=${code}`,
+    ]);
     await cluster.waitCount(N, id, 5);
-    await checkpointContainer(ctx, { namespace: 'default', id, runcRoot: node.runcRoot('default'), leaveRunning: true });
+    await checkpointContainer(ctx, {
+      namespace: 'default',
+      id,
+      runcRoot: node.runcRoot('default'),
+      leaveRunning: true,
+    });
     const atCheckpoint = cluster.count(N, id)!;
     await node.containerd.waitStatus(id, 'STOPPED', 30_000);
     // The worker records the exit from containerd's event; delete reads it.
@@ -87,46 +110,97 @@ test('exit codes from containerd: a crash keeps the checkpoint (the job goes on 
 
   const atCheckpoint = await runToExit('crash', 60, 3);
   expect(await checkpointsOf('crash').current()).toBeTruthy();
-  expect(readLogLines(cluster.archRuncLog).some((l) => l.container === 'crash' && l.msg === 'container exited with code 3: checkpoint kept')).toBe(true);
+  expect(
+    readLogLines(cluster.archRuncLog).some(
+      (l) => l.container === 'crash' && l.msg === 'container exited with code 3: checkpoint kept',
+    ),
+  ).toBe(true);
   // Created again, it goes on from the checkpoint, not from the start.
   await cluster.runCounter(N, 'crash', []);
-  await waitUntil('crash restored', () => readLogLines(cluster.archRuncLog).some((l) => l.container === 'crash' && l.msg === 'restored from checkpoint') || undefined, 20_000, 100);
+  await waitUntil(
+    'crash restored',
+    () =>
+      readLogLines(cluster.archRuncLog).some((l) => l.container === 'crash' && l.msg === 'restored from checkpoint') ||
+      undefined,
+    20_000,
+    100,
+  );
   const resumed = await cluster.waitCount(N, 'crash', atCheckpoint + 2);
   expect(resumed).toBeGreaterThan(atCheckpoint);
   await node.containerd.removeContainer('crash');
 
   await runToExit('clean', 25, 0);
   expect(await checkpointsOf('clean').current()).toBeNull();
-  expect(readLogLines(cluster.archRuncLog).some((l) => l.container === 'clean' && l.msg === 'container exited by itself: checkpoint and work dir removed' && l.exitStatus === 0)).toBe(true);
+  expect(
+    readLogLines(cluster.archRuncLog).some(
+      (l) =>
+        l.container === 'clean' &&
+        l.msg === 'container exited by itself: checkpoint and work dir removed' &&
+        l.exitStatus === 0,
+    ),
+  ).toBe(true);
 });
 
 test('ctr run --rm: delete comes right after a crash, before the worker has the exit code: it waits for it and keeps the checkpoint', async () => {
   const node = cluster.nodes[N]!;
   const cd = node.containerd;
-  const ctx = createNodeContext('test', { ...process.env, ARCH_CONFIG: cluster.archConfig, ARCH_RUNC_ROOT: node.runcRootBase });
+  const ctx = createNodeContext('test', {
+    ...process.env,
+    ARCH_CONFIG: cluster.archConfig,
+    ARCH_RUNC_ROOT: node.runcRootBase,
+  });
   const id = 'rm-crash';
   const worker = cluster.workers[N]!;
   // Foreground with --rm: ctr waits for the exit and deletes the task at once.
   const run = cd
-    .ctr([
-      'run', '--rm', '--runc-binary', ARCH_RUNC,
-      ...(cd.runcRoot ? ['--runc-root', cd.runcRoot] : []),
-      ...(cd.cgroupParent ? ['--cgroup', `${cd.cgroupParent}/default/${id}`] : []),
-      '--log-uri', `file://${path.join(cluster.dir, `${id}.out`)}`,
-      '--env', 'ARCH_ENABLE=1', '--env', `ARCH_CHECKPOINT_HOST_PATH=${path.join(cluster.dir, 'checkpoints')}`,
-      '--env', 'COUNTER_INTERVAL_MS=50', '--env', 'COUNTER_EXIT_AFTER=40', '--env', 'COUNTER_EXIT_CODE=3',
-      'localhost/arch-test/counter:1', id,
-    ], 60_000)
-    .then(() => 0, () => 1); // ctr passes the task's exit code 3 on: an error here
+    .ctr(
+      [
+        'run',
+        '--rm',
+        '--runc-binary',
+        ARCH_RUNC,
+        ...(cd.runcRoot ? ['--runc-root', cd.runcRoot] : []),
+        ...(cd.cgroupParent ? ['--cgroup', `${cd.cgroupParent}/default/${id}`] : []),
+        '--log-uri',
+        `file://${path.join(cluster.dir, `${id}.out`)}`,
+        '--env',
+        'ARCH_ENABLE=1',
+        '--env',
+        `ARCH_CHECKPOINT_HOST_PATH=${path.join(cluster.dir, 'checkpoints')}`,
+        '--env',
+        'COUNTER_INTERVAL_MS=50',
+        '--env',
+        'COUNTER_EXIT_AFTER=40',
+        '--env',
+        'COUNTER_EXIT_CODE=3',
+        'localhost/arch-test/counter:1',
+        id,
+      ],
+      60_000,
+    )
+    .then(
+      () => 0,
+      () => 1,
+    ); // ctr passes the task's exit code 3 on: an error here
   let held = false;
   try {
     await cluster.waitCount(N, id, 5);
-    await checkpointContainer(ctx, { namespace: 'default', id, runcRoot: node.runcRoot('default'), leaveRunning: true });
+    await checkpointContainer(ctx, {
+      namespace: 'default',
+      id,
+      runcRoot: node.runcRoot('default'),
+      leaveRunning: true,
+    });
     // Hold the worker back: the exit event waits in its pipe until after delete has begun.
     process.kill(worker.pid, 'SIGSTOP');
     held = true;
     // Its last count comes right before its exit (asking containerd would wait for the delete in progress).
-    await waitUntil(`${id} at its last count`, () => ((cluster.count(N, id) ?? 40) >= 40 ? true : undefined), 30_000, 10);
+    await waitUntil(
+      `${id} at its last count`,
+      () => ((cluster.count(N, id) ?? 40) >= 40 ? true : undefined),
+      30_000,
+      10,
+    );
     await new Promise((r) => setTimeout(r, 300));
     process.kill(worker.pid, 'SIGCONT');
     held = false;
@@ -136,35 +210,62 @@ test('ctr run --rm: delete comes right after a crash, before the worker has the 
     await run;
   }
   const lines = readLogLines(cluster.archRuncLog).filter((l) => l.container === id);
-  expect(lines.some((l) => l.msg === 'exit code arrived after delete began' && l.exitStatus === 3 && Number(l.waitedMs) > 0)).toBe(true);
+  expect(
+    lines.some((l) => l.msg === 'exit code arrived after delete began' && l.exitStatus === 3 && Number(l.waitedMs) > 0),
+  ).toBe(true);
   expect(lines.some((l) => l.msg === 'container exited with code 3: checkpoint kept')).toBe(true);
   expect(await new CheckpointStore(path.join(cluster.dir, 'checkpoints/default', id)).current()).toBeTruthy();
   await waitUntil(`${id} gone`, async () => (await cd.task(id)) === undefined || undefined, 20_000, 50);
 });
 
-test('ARCH_CHECKPOINT_ID: the job finished (exit 0) in the old container before Kubernetes created its successor: the successor starts fresh, and collecting the old one leaves the successor\'s checkpoint alone', async () => {
+test("ARCH_CHECKPOINT_ID: the job finished (exit 0) in the old container before Kubernetes created its successor: the successor starts fresh, and collecting the old one leaves the successor's checkpoint alone", async () => {
   const node = cluster.nodes[N]!;
-  const ctx = createNodeContext('test', { ...process.env, ARCH_CONFIG: cluster.archConfig, ARCH_RUNC_ROOT: node.runcRootBase });
+  const ctx = createNodeContext('test', {
+    ...process.env,
+    ARCH_CONFIG: cluster.archConfig,
+    ARCH_RUNC_ROOT: node.runcRootBase,
+  });
   const name = ['ARCH_CHECKPOINT_ID=fin-job'];
   const store = new CheckpointStore(path.join(cluster.dir, 'checkpoints/default/fin-job'));
   await cluster.runCounter(N, 'fin-1', [...name, 'COUNTER_INTERVAL_MS=50', 'COUNTER_EXIT_AFTER=40']);
   await cluster.waitCount(N, 'fin-1', 5);
-  await checkpointContainer(ctx, { namespace: 'default', id: 'fin-1', runcRoot: node.runcRoot('default'), leaveRunning: true });
+  await checkpointContainer(ctx, {
+    namespace: 'default',
+    id: 'fin-1',
+    runcRoot: node.runcRoot('default'),
+    leaveRunning: true,
+  });
   await node.containerd.waitStatus('fin-1', 'STOPPED', 30_000);
-  expect((await waitUntil('fin-1: exit recorded', () => recordedExit(node.runcRoot('default'), 'fin-1'), 10_000, 50)).exitStatus).toBe(0);
+  expect(
+    (await waitUntil('fin-1: exit recorded', () => recordedExit(node.runcRoot('default'), 'fin-1'), 10_000, 50))
+      .exitStatus,
+  ).toBe(0);
   expect(await store.current()).toBeTruthy();
 
   // Restarted (restartPolicy Always) while fin-1 is still there: a fresh start, not fin-1's old state.
   await cluster.runCounter(N, 'fin-2', name);
   await cluster.waitCount(N, 'fin-2', 3);
   const lines = () => readLogLines(cluster.archRuncLog);
-  expect(lines().some((l) => l.container === 'fin-2' && l.msg === 'the job finished in container fin-1 (exit 0): its checkpoint removed, starting fresh')).toBe(true);
+  expect(
+    lines().some(
+      (l) =>
+        l.container === 'fin-2' &&
+        l.msg === 'the job finished in container fin-1 (exit 0): its checkpoint removed, starting fresh',
+    ),
+  ).toBe(true);
   expect(lines().some((l) => l.container === 'fin-2' && l.msg === 'restored from checkpoint')).toBe(false);
-  await checkpointContainer(ctx, { namespace: 'default', id: 'fin-2', runcRoot: node.runcRoot('default'), leaveRunning: true });
+  await checkpointContainer(ctx, {
+    namespace: 'default',
+    id: 'fin-2',
+    runcRoot: node.runcRoot('default'),
+    leaveRunning: true,
+  });
 
   // Collecting fin-1 (exit 0) must not remove what fin-2 has written since.
   await node.containerd.removeContainer('fin-1');
-  expect(lines().some((l) => l.container === 'fin-1' && l.msg === 'checkpoint now belongs to container fin-2: kept')).toBe(true);
+  expect(
+    lines().some((l) => l.container === 'fin-1' && l.msg === 'checkpoint now belongs to container fin-2: kept'),
+  ).toBe(true);
   expect(await store.readManifest()).toMatchObject({ containerId: 'fin-2', checkpointId: 'fin-job' });
   await node.containerd.removeContainer('fin-2');
 });

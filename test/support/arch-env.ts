@@ -39,7 +39,11 @@ export function testSigningKey(): string {
   const file = path.join(dir, 'node.key');
   if (!fs.existsSync(file)) {
     fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
-    fs.writeFileSync(`${file}.tmp`, crypto.generateKeyPairSync('ed25519').privateKey.export({ type: 'pkcs8', format: 'pem' }), { mode: 0o600 });
+    fs.writeFileSync(
+      `${file}.tmp`,
+      crypto.generateKeyPairSync('ed25519').privateKey.export({ type: 'pkcs8', format: 'pem' }),
+      { mode: 0o600 },
+    );
     fs.renameSync(`${file}.tmp`, file);
     process.once('exit', () => fs.rmSync(dir, { recursive: true, force: true }));
   }
@@ -64,7 +68,14 @@ export function writeArchConfig(dir: string, overrides: Record<string, string | 
     ARCH_LOG_LEVEL: 'debug',
     ARCH_SIGNING_KEY: testSigningKey(),
     // Tests and benchmarks keep checkpoints and shared dirs in their own temporary directories.
-    ARCH_ALLOWED_ROOTS: ['/tmp', '/run/arch-test', '/run/arch-bench', '/var/lib/arch', testWorkDir(), path.join(REPO_ROOT, '.bench')].join(':'),
+    ARCH_ALLOWED_ROOTS: [
+      '/tmp',
+      '/run/arch-test',
+      '/run/arch-bench',
+      '/var/lib/arch',
+      testWorkDir(),
+      path.join(REPO_ROOT, '.bench'),
+    ].join(':'),
     ...overrides,
   };
   const lines = ['# Written by test/support/arch-env.ts for one test.'];

@@ -21,7 +21,11 @@ export interface ArchTestNode extends TestNode {
 
 export const ARCH_RUNC_BIN = path.join(REPO_ROOT, 'bin/arch-runc');
 
-export async function waitFor<T>(what: string, fn: () => T | undefined | Promise<T | undefined>, timeoutMs = 20_000): Promise<T> {
+export async function waitFor<T>(
+  what: string,
+  fn: () => T | undefined | Promise<T | undefined>,
+  timeoutMs = 20_000,
+): Promise<T> {
   const deadline = Date.now() + timeoutMs;
   let last: unknown;
   for (;;) {
@@ -36,7 +40,10 @@ export async function waitFor<T>(what: string, fn: () => T | undefined | Promise
   }
 }
 
-export async function startArchNode(name: string, overrides: Record<string, string | undefined> = {}): Promise<ArchTestNode> {
+export async function startArchNode(
+  name: string,
+  overrides: Record<string, string | undefined> = {},
+): Promise<ArchTestNode> {
   // The settings file must exist before containerd starts: its shims inherit ARCH_CONFIG.
   const cfgDir = fs.mkdtempSync(path.join('/tmp', `arch-${name}-`));
   const removeCfg = () => fs.rmSync(cfgDir, { recursive: true, force: true });

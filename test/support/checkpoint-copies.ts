@@ -29,12 +29,20 @@ export function writeManifest(dir: string, m: Manifest, key: Trust | null): void
 /** Recompute every size and sha256 in manifest.json (and apply `patch`), then write it as writeManifest does. */
 export async function redigest(dir: string, key: Trust | null, patch: Partial<Manifest> = {}): Promise<void> {
   const m = readManifest(dir);
-  const files = await Promise.all(m.files.map(async (f) => ({ path: f.path, ...(await digestFiles([path.join(dir, f.path)]))[0]! })));
+  const files = await Promise.all(
+    m.files.map(async (f) => ({ path: f.path, ...(await digestFiles([path.join(dir, f.path)]))[0]! })),
+  );
   writeManifest(dir, { ...m, files, ...patch }, key);
 }
 
 /** The seed checkpoint published again under checkpoint name `name` in `ckRoot`/default, signed with `key` (a legitimate copy). */
-export async function publishCopy(o: { ckRoot: string; seedDir: string; name: string; key: Trust; dirName?: string }): Promise<string> {
+export async function publishCopy(o: {
+  ckRoot: string;
+  seedDir: string;
+  name: string;
+  key: Trust;
+  dirName?: string;
+}): Promise<string> {
   const cdir = path.join(o.ckRoot, 'default', o.name);
   fs.mkdirSync(cdir, { recursive: true });
   const dir = path.join(cdir, o.dirName ?? path.basename(o.seedDir));

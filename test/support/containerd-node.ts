@@ -112,7 +112,10 @@ function processArgv(pid: number): string[] {
 }
 
 function allPids(): number[] {
-  return fs.readdirSync('/proc').filter((d) => /^\d+$/.test(d)).map(Number);
+  return fs
+    .readdirSync('/proc')
+    .filter((d) => /^\d+$/.test(d))
+    .map(Number);
 }
 
 function isAlive(pid: number): boolean {
@@ -144,7 +147,8 @@ async function waitGone(pids: number[], timeoutMs: number): Promise<boolean> {
 
 /** Mount points at or below `dir`, deepest first (from /proc/self/mountinfo). */
 export function mountsUnder(dir: string): string[] {
-  const unescape = (s: string): string => s.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)));
+  const unescape = (s: string): string =>
+    s.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)));
   const out = new Set<string>();
   for (const line of fs.readFileSync('/proc/self/mountinfo', 'utf8').split('\n')) {
     const mp = line.split(' ')[4];
@@ -167,7 +171,13 @@ export async function unmountUnder(dir: string): Promise<string[]> {
 
 /** The shim's socket name: sha256(ADDRESS/NAMESPACE/ID) (containerd 1.6 runtime/v2/shim). */
 function shimSocket(address: string, namespace: string, id: string): string {
-  return path.join(SHIM_SOCKET_DIR, crypto.createHash('sha256').update(path.join(address, namespace, id)).digest('hex'));
+  return path.join(
+    SHIM_SOCKET_DIR,
+    crypto
+      .createHash('sha256')
+      .update(path.join(address, namespace, id))
+      .digest('hex'),
+  );
 }
 
 /** Shim sockets named in STATE/io.containerd.runtime.v2.task/NS/ID/address (only under SHIM_SOCKET_DIR). */
@@ -184,7 +194,10 @@ function shimSocketsOfBundles(state: string): string[] {
   for (const ns of list(tasks)) {
     for (const id of list(path.join(tasks, ns))) {
       try {
-        const sock = fs.readFileSync(path.join(tasks, ns, id, 'address'), 'utf8').trim().replace(/^unix:\/\//, '');
+        const sock = fs
+          .readFileSync(path.join(tasks, ns, id, 'address'), 'utf8')
+          .trim()
+          .replace(/^unix:\/\//, '');
         if (path.dirname(sock) === SHIM_SOCKET_DIR) out.push(sock);
       } catch {
         // no address file
@@ -273,7 +286,10 @@ async function cleanupNodeDir(dir: string, address: string, cgroupParent: string
   await killRuncContainers(path.join(dir, 'runc'), true);
   const shims = shimsOf(address);
   for (const s of shims) killPid(s.pid, 'SIGKILL');
-  await waitGone(shims.map((s) => s.pid), 5_000);
+  await waitGone(
+    shims.map((s) => s.pid),
+    5_000,
+  );
   for (const s of shims) fs.rmSync(shimSocket(address, s.namespace, s.id), { force: true });
   // Shims that died earlier (kill(), a crash) left their sockets too; each
   // bundle records its shim's address in an "address" file.
@@ -334,12 +350,14 @@ export async function nodeConfig(dir: string): Promise<string> {
       done.add(key);
       return `${line.slice(0, line.indexOf(line.trimStart()))}${line.trimStart().split('=')[0]!.trim()} = ${value}`;
     };
-    if (section === '' && /^disabled_plugins\s*=/.test(line)) return set('disabled_plugins', JSON.stringify([CRI_PLUGIN]));
+    if (section === '' && /^disabled_plugins\s*=/.test(line))
+      return set('disabled_plugins', JSON.stringify([CRI_PLUGIN]));
     if (section === '' && /^root\s*=/.test(line)) return set('root', JSON.stringify(path.join(dir, 'root')));
     if (section === '' && /^state\s*=/.test(line)) return set('state', JSON.stringify(path.join(dir, 'state')));
     if (section === 'grpc' && /^\s*address\s*=/.test(line)) return set('grpc.address', JSON.stringify(address));
     // Only read by the (disabled) CRI plugin; kept right for anyone enabling it.
-    if (section.endsWith('.runtimes.runc.options') && /^\s*Root\s*=/.test(line)) return set('runc.Root', JSON.stringify(path.join(dir, 'runc')));
+    if (section.endsWith('.runtimes.runc.options') && /^\s*Root\s*=/.test(line))
+      return set('runc.Root', JSON.stringify(path.join(dir, 'runc')));
     return line;
   });
   for (const k of ['disabled_plugins', 'root', 'state', 'grpc.address']) {
@@ -354,11 +372,13 @@ const liveNodes = new Set<TestNode>();
 
 /** Start a private containerd named `name` (letters, digits, "-"; at most 40). */
 export async function startNode(name: string, opts: StartNodeOptions = {}): Promise<TestNode> {
-  if (!/^[a-z0-9][a-z0-9-]{0,39}$/.test(name)) throw new Error(`startNode: bad node name "${name}" (use [a-z0-9-], at most 40)`);
+  if (!/^[a-z0-9][a-z0-9-]{0,39}$/.test(name))
+    throw new Error(`startNode: bad node name "${name}" (use [a-z0-9-], at most 40)`);
   const dir = path.join(NODE_BASE, `${name}-${process.pid}`);
   const { address, cgroupParent } = nodeLayout(dir);
   if (Buffer.byteLength(`${address}.ttrpc`) >= 108) throw new Error(`startNode: socket path too long: ${address}`);
-  for (const n of liveNodes) if (n.dir === dir) throw new Error(`startNode: node "${name}" is already running in this process`);
+  for (const n of liveNodes)
+    if (n.dir === dir) throw new Error(`startNode: node "${name}" is already running in this process`);
   if (fs.existsSync(dir)) await cleanupNodeDir(dir, address, cgroupParent); // left by an earlier test file of this process
   const root = path.join(dir, 'root');
   const state = path.join(dir, 'state');
@@ -381,15 +401,37 @@ export async function startNode(name: string, opts: StartNodeOptions = {}): Prom
   const containerdArgs = ['--config', configFile, '--log-level', opts.logLevel ?? 'info'];
   const mounts = opts.privateMounts ?? [];
   // unshare and sh exec into containerd: the pid stays containerd's.
-  const [file, args] = mounts.length === 0
-    ? ['containerd', containerdArgs]
-    : ['unshare', ['-m', '--propagation', 'private', '--', 'sh', '-c', `set -e; ${mounts.map((_, i) => `mount --bind "$${2 * i + 1}" "$${2 * i + 2}"`).join('; ')}; shift ${2 * mounts.length}; exec containerd "$@"`, 'sh', ...mounts.flatMap((m) => [m.source, m.target]), ...containerdArgs]];
+  const [file, args] =
+    mounts.length === 0
+      ? ['containerd', containerdArgs]
+      : [
+          'unshare',
+          [
+            '-m',
+            '--propagation',
+            'private',
+            '--',
+            'sh',
+            '-c',
+            `set -e; ${mounts.map((_, i) => `mount --bind "$${2 * i + 1}" "$${2 * i + 2}"`).join('; ')}; shift ${2 * mounts.length}; exec containerd "$@"`,
+            'sh',
+            ...mounts.flatMap((m) => [m.source, m.target]),
+            ...containerdArgs,
+          ],
+        ];
   const proc = execa(file, args, {
-    env, extendEnv: true, stdin: 'ignore', stdout: { file: logFile, append: true }, stderr: { file: logFile, append: true },
-    reject: false, cleanup: true,
+    env,
+    extendEnv: true,
+    stdin: 'ignore',
+    stdout: { file: logFile, append: true },
+    stderr: { file: logFile, append: true },
+    reject: false,
+    cleanup: true,
   });
   let exited = false;
-  void proc.then(() => { exited = true; });
+  void proc.then(() => {
+    exited = true;
+  });
   fs.writeFileSync(path.join(dir, 'containerd.pid'), String(proc.pid));
 
   const containerd = new Containerd({ address, runcRoot: runcRootBase, cgroupParent });
@@ -408,7 +450,10 @@ export async function startNode(name: string, opts: StartNodeOptions = {}): Prom
     pid = undefined;
     if (!exited) {
       killPid(p, signal);
-      const gone = await Promise.race([proc.then(() => true), sleep(10_000, undefined, { ref: false }).then(() => false)]);
+      const gone = await Promise.race([
+        proc.then(() => true),
+        sleep(10_000, undefined, { ref: false }).then(() => false),
+      ]);
       if (!gone) {
         killPid(p, 'SIGKILL');
         await proc;
@@ -418,19 +463,34 @@ export async function startNode(name: string, opts: StartNodeOptions = {}): Prom
 
   let stopped = false;
   const node: TestNode = {
-    name, dir, address, root, state, runcRootBase, cgroupParent, configFile, logFile, containerd,
-    get pid() { return pid; },
+    name,
+    dir,
+    address,
+    root,
+    state,
+    runcRootBase,
+    cgroupParent,
+    configFile,
+    logFile,
+    containerd,
+    get pid() {
+      return pid;
+    },
     privateMountNs: mounts.length > 0,
     runcRoot: (ns = 'default') => path.join(runcRootBase, ns),
     bundleDir: (id, ns = 'default') => path.join(state, 'io.containerd.runtime.v2.task', ns, id),
-    readContainerFile: (id, p, ns = 'default') => fs.readFileSync(path.join(node.bundleDir(id, ns), 'rootfs', p), 'utf8'),
+    readContainerFile: (id, p, ns = 'default') =>
+      fs.readFileSync(path.join(node.bundleDir(id, ns), 'rootfs', p), 'utf8'),
     logTail,
     async kill() {
       await stopContainerd('SIGKILL');
       const shims = shimsOf(address);
       for (const s of shims) killPid(s.pid, 'SIGKILL');
       await killRuncContainers(runcRootBase, false);
-      await waitGone(shims.map((s) => s.pid), 5_000);
+      await waitGone(
+        shims.map((s) => s.pid),
+        5_000,
+      );
     },
     async stop() {
       if (stopped) return;
@@ -453,7 +513,8 @@ export async function startNode(name: string, opts: StartNodeOptions = {}): Prom
       }
       await stopContainerd('SIGTERM');
       await cleanupNodeDir(dir, address, cgroupParent);
-      if (errors.length) process.emitWarning(`node ${name}: graceful cleanup had errors (forced instead): ${errors.join('; ')}`);
+      if (errors.length)
+        process.emitWarning(`node ${name}: graceful cleanup had errors (forced instead): ${errors.join('; ')}`);
     },
   };
   liveNodes.add(node);

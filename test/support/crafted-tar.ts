@@ -18,7 +18,8 @@ function octal(buf: Buffer, off: number, len: number, v: number): void {
 
 function tarHeader(e: TarEntry): Buffer {
   const h = Buffer.alloc(512);
-  if (Buffer.byteLength(e.name) > 100 || Buffer.byteLength(e.link ?? '') > 100) throw new Error('name too long for this writer');
+  if (Buffer.byteLength(e.name) > 100 || Buffer.byteLength(e.link ?? '') > 100)
+    throw new Error('name too long for this writer');
   h.write(e.name, 0, 100, 'utf8');
   octal(h, 100, 8, e.mode ?? (e.type === '5' ? 0o755 : 0o644));
   octal(h, 108, 8, 0);

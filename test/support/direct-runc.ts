@@ -16,7 +16,9 @@ export interface RuncSpec {
  * directory, `runc spec`'s defaults, no terminal.
  */
 export async function makeRuncBundle(
-  dir: string, rootfsFrom: string, opts: { env?: string[]; cgroupsPath: string; args?: string[]; edit?: (spec: RuncSpec) => void },
+  dir: string,
+  rootfsFrom: string,
+  opts: { env?: string[]; cgroupsPath: string; args?: string[]; edit?: (spec: RuncSpec) => void },
 ): Promise<void> {
   fs.mkdirSync(dir, { recursive: true });
   await execa('cp', ['-a', rootfsFrom, path.join(dir, 'rootfs')]);

@@ -95,10 +95,21 @@ abstract class FakeMetadataServer {
     return {};
   }
 
-  protected send(res: http.ServerResponse, rec: RecordedRequest, status: number, body: string, headers: Record<string, string> = {}): void {
+  protected send(
+    res: http.ServerResponse,
+    rec: RecordedRequest,
+    status: number,
+    body: string,
+    headers: Record<string, string> = {},
+  ): void {
     if (res.writableEnded || res.destroyed) return;
     rec.status = status;
-    res.writeHead(status, { 'Content-Type': 'text/plain', ...this.baseHeaders(), ...headers, 'Content-Length': Buffer.byteLength(body) });
+    res.writeHead(status, {
+      'Content-Type': 'text/plain',
+      ...this.baseHeaders(),
+      ...headers,
+      'Content-Length': Buffer.byteLength(body),
+    });
     res.end(body);
   }
 
@@ -131,7 +142,10 @@ abstract class FakeMetadataServer {
         at: Date.now(),
       };
       this.requests.push(rec);
-      const fault = this.faultList.find((f) => f.left > 0 && (!f.pathIncludes || rec.url.includes(f.pathIncludes)) && (!f.method || f.method === rec.method));
+      const fault = this.faultList.find(
+        (f) =>
+          f.left > 0 && (!f.pathIncludes || rec.url.includes(f.pathIncludes)) && (!f.method || f.method === rec.method),
+      );
       if (fault) {
         fault.left -= 1;
         switch (fault.kind) {
@@ -192,7 +206,8 @@ export class FakeAwsImds extends FakeMetadataServer {
       if (rec.method !== 'PUT') return this.send(res, rec, 405, 'Method Not Allowed');
       const ttlRaw = req.headers['x-aws-ec2-metadata-token-ttl-seconds'];
       const ttl = Number(ttlRaw);
-      if (typeof ttlRaw !== 'string' || !Number.isInteger(ttl) || ttl < 1 || ttl > 21600) return this.send(res, rec, 400, 'Bad Request');
+      if (typeof ttlRaw !== 'string' || !Number.isInteger(ttl) || ttl < 1 || ttl > 21600)
+        return this.send(res, rec, 400, 'Bad Request');
       const token = crypto.randomBytes(30).toString('base64');
       this.tokens.set(token, Date.now() + ttl * 1000);
       this.tokensIssued += 1;
@@ -205,9 +220,13 @@ export class FakeAwsImds extends FakeMetadataServer {
     if (expiry === undefined || Date.now() >= expiry) return this.send(res, rec, 401, 'Unauthorized');
     switch (rec.path) {
       case '/latest/meta-data/spot/instance-action':
-        return this.instanceAction ? this.send(res, rec, 200, JSON.stringify(this.instanceAction)) : this.send(res, rec, 404, 'Not Found');
+        return this.instanceAction
+          ? this.send(res, rec, 200, JSON.stringify(this.instanceAction))
+          : this.send(res, rec, 404, 'Not Found');
       case '/latest/meta-data/events/recommendations/rebalance':
-        return this.rebalance ? this.send(res, rec, 200, JSON.stringify(this.rebalance)) : this.send(res, rec, 404, 'Not Found');
+        return this.rebalance
+          ? this.send(res, rec, 200, JSON.stringify(this.rebalance))
+          : this.send(res, rec, 404, 'Not Found');
       default:
         return this.send(res, rec, 404, 'Not Found');
     }
@@ -367,18 +386,38 @@ export class FakeAzureImds extends FakeMetadataServer {
   protected override handle(req: http.IncomingMessage, res: http.ServerResponse, rec: RecordedRequest): void {
     const json = { 'Content-Type': 'application/json; charset=utf-8' };
     if (req.headers['metadata'] !== 'true') {
-      return this.send(res, rec, 400, JSON.stringify({ error: 'Bad request. Required metadata header not specified' }), json);
+      return this.send(
+        res,
+        rec,
+        400,
+        JSON.stringify({ error: 'Bad request. Required metadata header not specified' }),
+        json,
+      );
     }
     if (!rec.query.get('api-version')) {
-      return this.send(res, rec, 400, JSON.stringify({ error: 'Bad request. api-version was not specified in the request' }), json);
+      return this.send(
+        res,
+        rec,
+        400,
+        JSON.stringify({ error: 'Bad request. api-version was not specified in the request' }),
+        json,
+      );
     }
     if (rec.path === '/metadata/instance/compute/name' && rec.method === 'GET') {
-      if (rec.query.get('format') !== 'text') return this.send(res, rec, 400, JSON.stringify({ error: 'format=text required for leaf' }), json);
+      if (rec.query.get('format') !== 'text')
+        return this.send(res, rec, 400, JSON.stringify({ error: 'format=text required for leaf' }), json);
       return this.send(res, rec, 200, this.vmName);
     }
-    if (rec.path !== '/metadata/scheduledevents') return this.send(res, rec, 404, JSON.stringify({ error: 'Not found' }), json);
+    if (rec.path !== '/metadata/scheduledevents')
+      return this.send(res, rec, 404, JSON.stringify({ error: 'Not found' }), json);
     if (rec.method === 'GET') {
-      return this.send(res, rec, 200, JSON.stringify({ DocumentIncarnation: this.incarnation, Events: this.events }), json);
+      return this.send(
+        res,
+        rec,
+        200,
+        JSON.stringify({ DocumentIncarnation: this.incarnation, Events: this.events }),
+        json,
+      );
     }
     if (rec.method === 'POST') {
       let ids: string[];
@@ -448,7 +487,8 @@ export function captureLogger(): { logger: Logger; entries: LogEntry[]; events: 
   const entries: LogEntry[] = [];
   const stream = new Writable({
     write(chunk: Buffer, _enc, cb) {
-      for (const line of chunk.toString('utf8').split('\n')) if (line.trim()) entries.push(JSON.parse(line) as LogEntry);
+      for (const line of chunk.toString('utf8').split('\n'))
+        if (line.trim()) entries.push(JSON.parse(line) as LogEntry);
       cb();
     },
   });
@@ -476,7 +516,13 @@ export async function within(ms: number, p: Promise<unknown>): Promise<'settled'
     timer = setTimeout(() => r('pending'), ms);
   });
   try {
-    return await Promise.race([p.then(() => 'settled' as const, () => 'settled' as const), timeout]);
+    return await Promise.race([
+      p.then(
+        () => 'settled' as const,
+        () => 'settled' as const,
+      ),
+      timeout,
+    ]);
   } finally {
     clearTimeout(timer);
   }

@@ -36,7 +36,33 @@ export const COUNTER_FILES = {
 
 /** Bump when the image layout below changes, to invalidate caches. */
 const LAYOUT_VERSION = '1';
-const BUSYBOX_APPLETS = ['sh', 'sleep', 'cat', 'ls', 'echo', 'mkdir', 'rm', 'touch', 'ps', 'kill', 'grep', 'true', 'false', 'env', 'id', 'stat', 'wc', 'head', 'tail', 'md5sum', 'sha256sum', 'dd', 'mv', 'cp', 'date'];
+const BUSYBOX_APPLETS = [
+  'sh',
+  'sleep',
+  'cat',
+  'ls',
+  'echo',
+  'mkdir',
+  'rm',
+  'touch',
+  'ps',
+  'kill',
+  'grep',
+  'true',
+  'false',
+  'env',
+  'id',
+  'stat',
+  'wc',
+  'head',
+  'tail',
+  'md5sum',
+  'sha256sum',
+  'dd',
+  'mv',
+  'cp',
+  'date',
+];
 
 /** The repository root: this file is <root>/dist/test/support/images.js. */
 export const REPO_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
@@ -106,35 +132,48 @@ export async function writeOciArchive(rootfs: string, ref: string, archive: stri
 
   // Layer: files relative to the rootfs, fixed mtime so the digest only
   // changes when the content does.
-  const layerTar = await streamToBuffer(tar.c({ cwd: rootfs, mtime: new Date(0), noDirRecurse: false }, fs.readdirSync(rootfs).sort()));
+  const layerTar = await streamToBuffer(
+    tar.c({ cwd: rootfs, mtime: new Date(0), noDirRecurse: false }, fs.readdirSync(rootfs).sort()),
+  );
   const diffId = `sha256:${sha256(layerTar)}`;
   const layer = writeBlob(work, zlib.gzipSync(layerTar, { level: 6 }));
 
-  const config = writeBlob(work, JSON.stringify({
-    architecture: 'amd64',
-    os: 'linux',
-    config: { Cmd: ['/usr/bin/counter'], Env: ['PATH=/usr/bin:/bin'], WorkingDir: '/' },
-    rootfs: { type: 'layers', diff_ids: [diffId] },
-    history: [{ created_by: 'ARCH test/support/images.ts' }],
-  }));
-  const manifest = writeBlob(work, JSON.stringify({
-    schemaVersion: 2,
-    mediaType: 'application/vnd.oci.image.manifest.v1+json',
-    config: { mediaType: 'application/vnd.oci.image.config.v1+json', ...config },
-    layers: [{ mediaType: 'application/vnd.oci.image.layer.v1.tar+gzip', ...layer }],
-  }));
-  fs.writeFileSync(path.join(work, 'oci-layout'), JSON.stringify({ imageLayoutVersion: '1.0.0' }));
-  fs.writeFileSync(path.join(work, 'index.json'), JSON.stringify({
-    schemaVersion: 2,
-    mediaType: 'application/vnd.oci.image.index.v1+json',
-    manifests: [{
+  const config = writeBlob(
+    work,
+    JSON.stringify({
+      architecture: 'amd64',
+      os: 'linux',
+      config: { Cmd: ['/usr/bin/counter'], Env: ['PATH=/usr/bin:/bin'], WorkingDir: '/' },
+      rootfs: { type: 'layers', diff_ids: [diffId] },
+      history: [{ created_by: 'ARCH test/support/images.ts' }],
+    }),
+  );
+  const manifest = writeBlob(
+    work,
+    JSON.stringify({
+      schemaVersion: 2,
       mediaType: 'application/vnd.oci.image.manifest.v1+json',
-      ...manifest,
-      platform: { architecture: 'amd64', os: 'linux' },
-      // ctr keeps a full reference in ref.name as the image name.
-      annotations: { 'org.opencontainers.image.ref.name': ref, 'io.containerd.image.name': ref },
-    }],
-  }));
+      config: { mediaType: 'application/vnd.oci.image.config.v1+json', ...config },
+      layers: [{ mediaType: 'application/vnd.oci.image.layer.v1.tar+gzip', ...layer }],
+    }),
+  );
+  fs.writeFileSync(path.join(work, 'oci-layout'), JSON.stringify({ imageLayoutVersion: '1.0.0' }));
+  fs.writeFileSync(
+    path.join(work, 'index.json'),
+    JSON.stringify({
+      schemaVersion: 2,
+      mediaType: 'application/vnd.oci.image.index.v1+json',
+      manifests: [
+        {
+          mediaType: 'application/vnd.oci.image.manifest.v1+json',
+          ...manifest,
+          platform: { architecture: 'amd64', os: 'linux' },
+          // ctr keeps a full reference in ref.name as the image name.
+          annotations: { 'org.opencontainers.image.ref.name': ref, 'io.containerd.image.name': ref },
+        },
+      ],
+    }),
+  );
   await tar.c({ cwd: work, file: archive, mtime: new Date(0) }, ['oci-layout', 'index.json', 'blobs']);
   fs.rmSync(work, { recursive: true, force: true });
   return manifest.digest;
@@ -168,7 +207,11 @@ export function buildTestImageArchive(): Promise<TestImageArchive> {
 }
 
 async function buildOnce(): Promise<TestImageArchive> {
-  const key = sha256([fs.readFileSync(COUNTER_SOURCE, 'utf8'), LAYOUT_VERSION, TEST_IMAGE_REF, fs.statSync(findBusybox()).size].join('\0')).slice(0, 16);
+  const key = sha256(
+    [fs.readFileSync(COUNTER_SOURCE, 'utf8'), LAYOUT_VERSION, TEST_IMAGE_REF, fs.statSync(findBusybox()).size].join(
+      '\0',
+    ),
+  ).slice(0, 16);
   const dir = testWorkDir('images', key);
   const archive = path.join(dir, 'counter-oci.tar');
   const digestFile = path.join(dir, 'manifest-digest');

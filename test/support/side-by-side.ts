@@ -46,7 +46,8 @@ export function runcCaller(archEnv: () => Record<string, string>, outDir: () => 
   let seq = 0;
   return async (bin, args, opts = {}) => {
     const env = { ...(bin === ARCH_RUNC_BIN ? archEnv() : {}), ...opts.env };
-    if (opts.files || opts.fds || opts.devNull) return callWithFiles(bin, args, env, path.join(outDir(), `call-${++seq}`), opts);
+    if (opts.files || opts.fds || opts.devNull)
+      return callWithFiles(bin, args, env, path.join(outDir(), `call-${++seq}`), opts);
     const r = await execa(bin, args, {
       reject: false,
       input: opts.input,
@@ -59,14 +60,22 @@ export function runcCaller(archEnv: () => Record<string, string>, outDir: () => 
   };
 }
 
-async function callWithFiles(bin: string, args: string[], env: Record<string, string>, base: string, opts: CallOptions): Promise<CallResult> {
+async function callWithFiles(
+  bin: string,
+  args: string[],
+  env: Record<string, string>,
+  base: string,
+  opts: CallOptions,
+): Promise<CallResult> {
   // Plain fds (not pipes that a library drains): the container may keep them.
   const out = fs.openSync(opts.devNull ? '/dev/null' : `${base}.out`, 'w');
   const err = fs.openSync(opts.devNull ? '/dev/null' : `${base}.err`, 'w');
   try {
     const p = spawn(bin, args, { env: { ...process.env, ...env }, stdio: ['ignore', out, err, ...(opts.fds ?? [])] });
     const end = await Promise.race([
-      new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((res) => p.on('exit', (code, signal) => res({ code, signal }))),
+      new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((res) =>
+        p.on('exit', (code, signal) => res({ code, signal })),
+      ),
       // Unref'd: a timer left after the race must not keep jest's process alive.
       sleep(opts.timeoutMs ?? 30_000, undefined, { ref: false }).then(() => undefined),
     ]);
@@ -75,7 +84,12 @@ async function callWithFiles(bin: string, args: string[], env: Record<string, st
       throw new Error(`${bin} ${args.join(' ')}: no exit within the timeout`);
     }
     const text = (ext: string) => (opts.devNull ? '' : fs.readFileSync(`${base}.${ext}`, 'utf8'));
-    return { exitCode: end.code ?? undefined, signal: end.signal ?? undefined, stdout: text('out'), stderr: text('err') };
+    return {
+      exitCode: end.code ?? undefined,
+      signal: end.signal ?? undefined,
+      stdout: text('out'),
+      stderr: text('err'),
+    };
   } finally {
     fs.closeSync(out);
     fs.closeSync(err);
@@ -91,5 +105,9 @@ export function norm(s: string, ids: [string, string][] = []): string {
 
 /** Same exit, signal and output, after `ids` are mapped in a's output. */
 export function expectSame(a: CallResult, r: CallResult, ids: [string, string][] = []): void {
-  expect({ ...a, stdout: norm(a.stdout, ids), stderr: norm(a.stderr, ids) }).toEqual({ ...r, stdout: norm(r.stdout), stderr: norm(r.stderr) });
+  expect({ ...a, stdout: norm(a.stdout, ids), stderr: norm(a.stderr, ids) }).toEqual({
+    ...r,
+    stdout: norm(r.stdout),
+    stderr: norm(r.stderr),
+  });
 }

@@ -40,7 +40,8 @@ const liveServers = new Set<TestTemporal>();
 const liveWorkers = new Set<TestWorker>();
 
 export async function startTemporal(opts: { dir?: string } = {}): Promise<TestTemporal> {
-  if (!fs.existsSync(TEMPORAL_CLI)) throw new Error(`Temporal CLI not found at ${TEMPORAL_CLI}: run ./install.sh (or set ARCH_TEMPORAL_CLI)`);
+  if (!fs.existsSync(TEMPORAL_CLI))
+    throw new Error(`Temporal CLI not found at ${TEMPORAL_CLI}: run ./install.sh (or set ARCH_TEMPORAL_CLI)`);
   const logFile = opts.dir ? path.join(opts.dir, 'temporal.log') : undefined;
   const server = await startDevServer({ temporalCli: TEMPORAL_CLI, ip: '127.0.0.1', headless: true, logFile });
   let connection: Connection | undefined;
@@ -51,7 +52,11 @@ export async function startTemporal(opts: { dir?: string } = {}): Promise<TestTe
     throw err;
   }
   // The payload key the workers find too (ARCH_PAYLOAD_KEY[_FILE], or the node's default key file): workers with a key refuse plaintext.
-  const client = new Client({ connection, namespace: server.namespace, dataConverter: clientDataConverter(payloadProtection(settingsVars().vars, server.address)) });
+  const client = new Client({
+    connection,
+    namespace: server.namespace,
+    dataConverter: clientDataConverter(payloadProtection(settingsVars().vars, server.address)),
+  });
   let stopped = false;
   const t: TestTemporal = {
     server,
@@ -103,14 +108,22 @@ export async function startWorker(node: TestNode, o: StartWorkerOptions): Promis
   const archLog = path.join(o.dir, `worker-${node.name}.log`);
   const out = fs.openSync(logFile, 'a');
   const args = [
-    '--node', node.name,
-    '--containerd-address', node.address,
-    '--runc-root', node.runcRootBase,
-    '--cgroup-parent', node.cgroupParent,
-    '--transfer-listen', '127.0.0.1:0',
-    '--state-dir', path.join(o.dir, `state-${node.name}`),
-    '--log-dir', path.join(o.dir, `logs-${node.name}`),
-    '--shutdown-grace', '30s',
+    '--node',
+    node.name,
+    '--containerd-address',
+    node.address,
+    '--runc-root',
+    node.runcRootBase,
+    '--cgroup-parent',
+    node.cgroupParent,
+    '--transfer-listen',
+    '127.0.0.1:0',
+    '--state-dir',
+    path.join(o.dir, `state-${node.name}`),
+    '--log-dir',
+    path.join(o.dir, `logs-${node.name}`),
+    '--shutdown-grace',
+    '30s',
     ...(o.extraArgs ?? []),
   ];
   // A node with its own mount namespace (its own disk at shared paths): the worker joins it; nsenter execs, so the pid stays the worker's.
@@ -118,14 +131,24 @@ export async function startWorker(node: TestNode, o: StartWorkerOptions): Promis
     ? ['nsenter', ['-t', String(node.pid), '-m', '--', path.join(REPO_ROOT, 'bin', 'arch-worker'), ...args]]
     : [path.join(REPO_ROOT, 'bin', 'arch-worker'), args];
   const child: ChildProcess = spawn(cmd, argv, {
-    env: { ...process.env, ...o.temporal.env, ARCH_CONFIG: o.archConfig, ARCH_LOG_FILE: archLog, ARCH_NODE_NAME: node.name, ...o.env },
+    env: {
+      ...process.env,
+      ...o.temporal.env,
+      ARCH_CONFIG: o.archConfig,
+      ARCH_LOG_FILE: archLog,
+      ARCH_NODE_NAME: node.name,
+      ...o.env,
+    },
     stdio: ['ignore', 'pipe', out],
   });
   fs.closeSync(out);
   const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
   const ready = await new Promise<{ transferUrl: string }>((resolve, reject) => {
     let buf = '';
-    const timer = setTimeout(() => reject(new Error(`worker ${node.name} not ready within ${o.readyTimeoutMs ?? 30_000} ms; see ${logFile}`)), o.readyTimeoutMs ?? 30_000);
+    const timer = setTimeout(
+      () => reject(new Error(`worker ${node.name} not ready within ${o.readyTimeoutMs ?? 30_000} ms; see ${logFile}`)),
+      o.readyTimeoutMs ?? 30_000,
+    );
     child.stdout!.on('data', (chunk: Buffer) => {
       fs.appendFileSync(logFile, chunk);
       buf += chunk.toString();
@@ -210,16 +233,25 @@ export async function nodeHasPoller(client: Client, namespace: string, node: str
 export async function withTimeout<T>(p: Promise<T>, ms: number): Promise<T | 'timeout'> {
   let timer: NodeJS.Timeout | undefined;
   try {
-    return await Promise.race([p, new Promise<'timeout'>((resolve) => (timer = setTimeout(() => resolve('timeout'), ms)))]);
+    return await Promise.race([
+      p,
+      new Promise<'timeout'>((resolve) => (timer = setTimeout(() => resolve('timeout'), ms))),
+    ]);
   } finally {
     clearTimeout(timer);
   }
 }
 
 /** Workflow result or failure, whichever comes; never hangs past timeoutMs. */
-export async function outcome<T>(handle: WorkflowHandle, timeoutMs: number): Promise<{ ok: true; value: T } | { ok: false; error: Error }> {
+export async function outcome<T>(
+  handle: WorkflowHandle,
+  timeoutMs: number,
+): Promise<{ ok: true; value: T } | { ok: false; error: Error }> {
   const r = await withTimeout(
-    handle.result().then((value: T) => ({ ok: true as const, value }), (error: Error) => ({ ok: false as const, error })),
+    handle.result().then(
+      (value: T) => ({ ok: true as const, value }),
+      (error: Error) => ({ ok: false as const, error }),
+    ),
     timeoutMs,
   );
   if (r === 'timeout') throw new Error(`workflow ${handle.workflowId} did not finish within ${timeoutMs} ms`);
@@ -227,7 +259,6 @@ export async function outcome<T>(handle: WorkflowHandle, timeoutMs: number): Pro
 }
 
 // ---- a cluster: Temporal + containerd nodes + one arch-worker each ----------
-
 
 export const ARCH_RUNC = path.join(REPO_ROOT, 'bin', 'arch-runc');
 
@@ -279,7 +310,9 @@ export async function startCluster(label: string, names: string[], o: ClusterOpt
   const archConfig = writeArchConfig(dir, { ARCH_LOG_FILE: archRuncLog });
   const configOf: Record<string, string> = {};
   for (const n of names) {
-    configOf[n] = o.nodeSettings?.[n] ? writeArchConfig(path.join(dir, `config-${n}`), { ARCH_LOG_FILE: archRuncLog, ...o.nodeSettings[n] }) : archConfig;
+    configOf[n] = o.nodeSettings?.[n]
+      ? writeArchConfig(path.join(dir, `config-${n}`), { ARCH_LOG_FILE: archRuncLog, ...o.nodeSettings[n] })
+      : archConfig;
   }
   const checkpointRoot = o.checkpointRoot ?? path.join(dir, 'checkpoints');
   const nodes: Record<string, TestNode> = {};
@@ -297,15 +330,26 @@ export async function startCluster(label: string, names: string[], o: ClusterOpt
   try {
     temporal = await startTemporal({ dir });
     fs.mkdirSync(checkpointRoot, { recursive: true });
-    await Promise.all(names.map(async (n) => {
-      const own = o.ownCheckpointDisk?.includes(n) ? path.join(dir, `checkpoints-${n}`) : undefined;
-      if (own) fs.mkdirSync(own, { recursive: true });
-      nodes[n] = await startNode(n, { env: { ARCH_CONFIG: configOf[n]! }, privateMounts: own ? [{ source: own, target: checkpointRoot }] : undefined });
-    }));
+    await Promise.all(
+      names.map(async (n) => {
+        const own = o.ownCheckpointDisk?.includes(n) ? path.join(dir, `checkpoints-${n}`) : undefined;
+        if (own) fs.mkdirSync(own, { recursive: true });
+        nodes[n] = await startNode(n, {
+          env: { ARCH_CONFIG: configOf[n]! },
+          privateMounts: own ? [{ source: own, target: checkpointRoot }] : undefined,
+        });
+      }),
+    );
     await Promise.all((o.imageOn ?? names).map((n) => ensureTestImage(nodes[n]!.containerd)));
     const t = temporal;
     const start = async (name: string, extraArgs: string[] = [], env?: Record<string, string>) => {
-      const w = await startWorker(nodes[name]!, { temporal: t, archConfig: configOf[name]!, dir, extraArgs: [...(o.workerArgs ?? []), ...extraArgs], env });
+      const w = await startWorker(nodes[name]!, {
+        temporal: t,
+        archConfig: configOf[name]!,
+        dir,
+        extraArgs: [...(o.workerArgs ?? []), ...extraArgs],
+        env,
+      });
       workers[name] = w;
       return w;
     };
@@ -319,7 +363,12 @@ export async function startCluster(label: string, names: string[], o: ClusterOpt
       }
     };
     cluster = {
-      dir, archConfig, archRuncLog, temporal, nodes, workers,
+      dir,
+      archConfig,
+      archRuncLog,
+      temporal,
+      nodes,
+      workers,
       startWorker: start,
       async runCounter(name, id, env = [], namespace = 'default') {
         const node = nodes[name]!;
@@ -341,16 +390,28 @@ export async function startCluster(label: string, names: string[], o: ClusterOpt
         for (;;) {
           const v = count(name, id, ns);
           if (v !== undefined && v >= atLeast) return v;
-          if (Date.now() > deadline) throw new Error(`${name}: ${ns}/${id} count ${v} did not reach ${atLeast} within ${timeoutMs} ms`);
+          if (Date.now() > deadline)
+            throw new Error(`${name}: ${ns}/${id} count ${v} did not reach ${atLeast} within ${timeoutMs} ms`);
           await sleep(100);
         }
       },
       logDigest(max = 40) {
-        return logDigest([
-          { file: archRuncLog, label: 'arch-runc', format: 'pino' },
-          ...Object.values(workers).map((w) => ({ file: w.archLog, label: `worker ${w.node}`, format: 'pino' as const })),
-          ...Object.values(nodes).map((n) => ({ file: n.logFile, label: `containerd ${n.name}`, format: 'logfmt' as const })),
-        ], max);
+        return logDigest(
+          [
+            { file: archRuncLog, label: 'arch-runc', format: 'pino' },
+            ...Object.values(workers).map((w) => ({
+              file: w.archLog,
+              label: `worker ${w.node}`,
+              format: 'pino' as const,
+            })),
+            ...Object.values(nodes).map((n) => ({
+              file: n.logFile,
+              label: `containerd ${n.name}`,
+              format: 'logfmt' as const,
+            })),
+          ],
+          max,
+        );
       },
       stop,
     };
@@ -363,7 +424,9 @@ export async function startCluster(label: string, names: string[], o: ClusterOpt
 }
 
 /** Clusters started and not stopped yet: test/support/after-failure shows their logs after a failed test. */
-const live: Set<DiagnosableCluster> = ((globalThis as typeof globalThis & { __archLiveClusters?: Set<DiagnosableCluster> }).__archLiveClusters ??= new Set());
+const live: Set<DiagnosableCluster> = ((
+  globalThis as typeof globalThis & { __archLiveClusters?: Set<DiagnosableCluster> }
+).__archLiveClusters ??= new Set());
 
 function logDigest(files: { file: string; label: string; format: 'pino' | 'logfmt' }[], max: number): string {
   const lines: { time: number; text: string }[] = [];
@@ -372,16 +435,25 @@ function logDigest(files: { file: string; label: string; format: 'pino' | 'logfm
       for (const e of readLogLines(file)) {
         // The SDK's start-up notes about the task queues a worker does not poll are not news.
         if (Number(e.level ?? 0) < 40 || /not polling for/.test(String(e.msg ?? ''))) continue;
-        lines.push({ time: typeof e.time === 'string' ? Date.parse(e.time) : Number(e.time ?? 0), text: `${label}: ${JSON.stringify(e)}` });
+        lines.push({
+          time: typeof e.time === 'string' ? Date.parse(e.time) : Number(e.time ?? 0),
+          text: `${label}: ${JSON.stringify(e)}`,
+        });
       }
       continue;
     }
     // containerd's own log: its errors only.
     const text = fs.existsSync(file) ? fs.readFileSync(file, 'utf8') : '';
-    for (const m of text.matchAll(/^time="([^"]+)" level=error .*$/gm)) lines.push({ time: Date.parse(m[1]!), text: `${label}: ${m[0]}` });
+    for (const m of text.matchAll(/^time="([^"]+)" level=error .*$/gm))
+      lines.push({ time: Date.parse(m[1]!), text: `${label}: ${m[0]}` });
   }
   lines.sort((a, b) => a.time - b.time);
-  return lines.slice(-max).map((l) => l.text).join('\n') || '(no warnings or errors logged)';
+  return (
+    lines
+      .slice(-max)
+      .map((l) => l.text)
+      .join('\n') || '(no warnings or errors logged)'
+  );
 }
 
 /** Running copies of a container across nodes: exactly one is the invariant. */
@@ -404,9 +476,20 @@ export interface CliRun {
 }
 
 /** Run the built `bin/arch-cli` against the cluster's Temporal (a real process, as a user would). */
-export async function runCli(cluster: TestCluster, args: string[], env: Record<string, string> = {}, timeoutMs = 120_000): Promise<CliRun> {
+export async function runCli(
+  cluster: TestCluster,
+  args: string[],
+  env: Record<string, string> = {},
+  timeoutMs = 120_000,
+): Promise<CliRun> {
   const child = spawn(path.join(REPO_ROOT, 'bin', 'arch-cli'), args, {
-    env: { ...process.env, ...cluster.temporal.env, ARCH_CONFIG: cluster.archConfig, ARCH_LOG_FILE: path.join(cluster.dir, 'cli.log'), ...env },
+    env: {
+      ...process.env,
+      ...cluster.temporal.env,
+      ARCH_CONFIG: cluster.archConfig,
+      ARCH_LOG_FILE: path.join(cluster.dir, 'cli.log'),
+      ...env,
+    },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   let stdout = '';
@@ -425,7 +508,12 @@ export async function runCli(cluster: TestCluster, args: string[], env: Record<s
   return { code, stdout, stderr, json };
 }
 
-export async function waitUntil<T>(what: string, fn: () => Promise<T | undefined> | T | undefined, timeoutMs = 30_000, everyMs = 200): Promise<T> {
+export async function waitUntil<T>(
+  what: string,
+  fn: () => Promise<T | undefined> | T | undefined,
+  timeoutMs = 30_000,
+  everyMs = 200,
+): Promise<T> {
   const deadline = Date.now() + timeoutMs;
   let lastErr: unknown;
   for (;;) {
@@ -435,7 +523,10 @@ export async function waitUntil<T>(what: string, fn: () => Promise<T | undefined
     } catch (err) {
       lastErr = err;
     }
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${lastErr ? ` (last error: ${(lastErr as Error).message})` : ''}`);
+    if (Date.now() > deadline)
+      throw new Error(
+        `timed out after ${timeoutMs} ms waiting for ${what}${lastErr ? ` (last error: ${(lastErr as Error).message})` : ''}`,
+      );
     await sleep(everyMs);
   }
 }
@@ -446,7 +537,12 @@ export async function waitUntil<T>(what: string, fn: () => Promise<T | undefined
  * benchmark and the overhead test use this). The first migration warms the
  * workers up and is not counted.
  */
-export async function measureMigrationOverhead(cluster: TestCluster, id: string, nodes: [string, string], rounds: number): Promise<{ overheads: Overhead[]; results: MigrateResult[] }> {
+export async function measureMigrationOverhead(
+  cluster: TestCluster,
+  id: string,
+  nodes: [string, string],
+  rounds: number,
+): Promise<{ overheads: Overhead[]; results: MigrateResult[] }> {
   const overheads: Overhead[] = [];
   const results: MigrateResult[] = [];
   let [from, to] = nodes;
@@ -455,7 +551,14 @@ export async function measureMigrationOverhead(cluster: TestCluster, id: string,
       taskQueue: WORKFLOW_TASK_QUEUE,
       workflowId: `bench-migrate-${id}-${i}-${process.pid}-${Date.now()}`,
       args: [{ namespace: 'default', id, from, to } satisfies MigrateInput],
-      typedSearchAttributes: attributePairs({ container: `default/${id}`, namespace: 'default', sourceNode: from, targetNode: to, operation: 'migrate', phase: 'queued' }) as never,
+      typedSearchAttributes: attributePairs({
+        container: `default/${id}`,
+        namespace: 'default',
+        sourceNode: from,
+        targetNode: to,
+        operation: 'migrate',
+        phase: 'queued',
+      }) as never,
     });
     const r = (await handle.result()) as MigrateResult;
     if (i > 0) {

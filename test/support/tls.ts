@@ -17,11 +17,52 @@ export async function makeTestPki(dir: string): Promise<TestPki> {
   fs.mkdirSync(dir, { recursive: true });
   const ssl = (args: string[]) => execa('openssl', args, { cwd: dir });
   for (const name of ['ca', 'other-ca']) {
-    await ssl(['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', `${name}.key`, '-out', `${name}.pem`, '-days', '2', '-subj', `/CN=arch-test-${name}`]);
+    await ssl([
+      'req',
+      '-x509',
+      '-newkey',
+      'rsa:2048',
+      '-nodes',
+      '-keyout',
+      `${name}.key`,
+      '-out',
+      `${name}.pem`,
+      '-days',
+      '2',
+      '-subj',
+      `/CN=arch-test-${name}`,
+    ]);
   }
-  await ssl(['req', '-newkey', 'rsa:2048', '-nodes', '-keyout', 'node.key', '-out', 'node.csr', '-subj', '/CN=arch-test-node']);
+  await ssl([
+    'req',
+    '-newkey',
+    'rsa:2048',
+    '-nodes',
+    '-keyout',
+    'node.key',
+    '-out',
+    'node.csr',
+    '-subj',
+    '/CN=arch-test-node',
+  ]);
   fs.writeFileSync(path.join(dir, 'san.ext'), 'subjectAltName=IP:127.0.0.1\n');
-  await ssl(['x509', '-req', '-in', 'node.csr', '-CA', 'ca.pem', '-CAkey', 'ca.key', '-CAcreateserial', '-out', 'node.pem', '-days', '2', '-extfile', 'san.ext']);
+  await ssl([
+    'x509',
+    '-req',
+    '-in',
+    'node.csr',
+    '-CA',
+    'ca.pem',
+    '-CAkey',
+    'ca.key',
+    '-CAcreateserial',
+    '-out',
+    'node.pem',
+    '-days',
+    '2',
+    '-extfile',
+    'san.ext',
+  ]);
   const at = (f: string) => path.join(dir, f);
   return { ca: at('ca.pem'), cert: at('node.pem'), key: at('node.key'), otherCa: at('other-ca.pem') };
 }

@@ -1,6 +1,14 @@
 import { AwsNoticeWatcher, type AwsWatcherOptions } from '../../core/cloud/aws.js';
 import type { ReclaimNotice } from '../../core/cloud/types.js';
-import { captureLogger, FakeAwsImds, sleep, unusedPort, waitUntil, within, useCloudTestHooks } from '../support/fake-metadata.js';
+import {
+  captureLogger,
+  FakeAwsImds,
+  sleep,
+  unusedPort,
+  waitUntil,
+  within,
+  useCloudTestHooks,
+} from '../support/fake-metadata.js';
 
 const ACTION = '/latest/meta-data/spot/instance-action';
 const REBALANCE = '/latest/meta-data/events/recommendations/rebalance';
@@ -15,7 +23,13 @@ async function fake(port?: number): Promise<FakeAwsImds> {
 
 function watch(opts: Partial<AwsWatcherOptions> & { baseUrl: string }, handler?: (n: ReclaimNotice) => Promise<void>) {
   const log = captureLogger();
-  const watcher = new AwsNoticeWatcher({ logger: log.logger, pollMs: 50, maxBackoffMs: 200, requestTimeoutMs: 1000, ...opts });
+  const watcher = new AwsNoticeWatcher({
+    logger: log.logger,
+    pollMs: 50,
+    maxBackoffMs: 200,
+    requestTimeoutMs: 1000,
+    ...opts,
+  });
   const notices: ReclaimNotice[] = [];
   watcher.start(handler ?? (async (n) => void notices.push(n)));
   // Registered after the server, so it runs first (LIFO): stop the watcher, then close the server.
@@ -39,7 +53,11 @@ test('delivers a scheduled interruption once, with its time as the deadline', as
   await waitUntil(() => statusCount(imds, ACTION, 200) >= seen + 3, 'more polls after delivery');
 
   expect(notices).toHaveLength(1);
-  expect(notices[0]).toMatchObject({ provider: 'aws', kind: 'termination', raw: { action: 'terminate', time: '2026-11-28T17:00:00Z' } });
+  expect(notices[0]).toMatchObject({
+    provider: 'aws',
+    kind: 'termination',
+    raw: { action: 'terminate', time: '2026-11-28T17:00:00Z' },
+  });
   expect(notices[0]!.deadline.toISOString()).toBe('2026-11-28T17:00:00.000Z');
 
   // IMDSv2: a token PUT with the TTL header, then every GET carries the token.
@@ -169,7 +187,9 @@ test('stop() aborts an in-flight request and leaves nothing running', async () =
 
 test('rejects bad options with the field named', () => {
   const { logger } = captureLogger();
-  expect(() => new AwsNoticeWatcher({ baseUrl: 'http://127.0.0.1:1', logger, tokenTtlSeconds: 0 })).toThrow(/tokenTtlSeconds/);
+  expect(() => new AwsNoticeWatcher({ baseUrl: 'http://127.0.0.1:1', logger, tokenTtlSeconds: 0 })).toThrow(
+    /tokenTtlSeconds/,
+  );
   expect(() => new AwsNoticeWatcher({ baseUrl: 'not a url', logger })).toThrow(/baseUrl/);
   expect(() => new AwsNoticeWatcher({ baseUrl: 'http://127.0.0.1:1', logger, pollMs: -5 })).toThrow(/pollMs/);
 });

@@ -12,16 +12,26 @@ async function fake(vmName = 'arch-test-vm'): Promise<FakeAzureImds> {
   return az;
 }
 
-function watch(opts: Partial<AzureWatcherOptions> & { baseUrl: string }, handler?: (n: ReclaimNotice) => Promise<void>) {
+function watch(
+  opts: Partial<AzureWatcherOptions> & { baseUrl: string },
+  handler?: (n: ReclaimNotice) => Promise<void>,
+) {
   const log = captureLogger();
-  const watcher = new AzureNoticeWatcher({ logger: log.logger, pollMs: 50, maxBackoffMs: 200, requestTimeoutMs: 1000, ...opts });
+  const watcher = new AzureNoticeWatcher({
+    logger: log.logger,
+    pollMs: 50,
+    maxBackoffMs: 200,
+    requestTimeoutMs: 1000,
+    ...opts,
+  });
   const notices: ReclaimNotice[] = [];
   watcher.start(handler ?? (async (n) => void notices.push(n)));
   cleanups.push(() => watcher.stop());
   return { watcher, notices, log };
 }
 
-const eventGets = (az: FakeAzureImds) => az.requests.filter((r) => r.path === EVENTS && r.method === 'GET' && r.status === 200).length;
+const eventGets = (az: FakeAzureImds) =>
+  az.requests.filter((r) => r.path === EVENTS && r.method === 'GET' && r.status === 200).length;
 
 async function morePolls(az: FakeAzureImds, n = 3): Promise<void> {
   const seen = eventGets(az);

@@ -3,15 +3,27 @@ import { AzureNoticeWatcher } from '../../core/cloud/azure.js';
 import { CLOUD_ENV, createWatcher, DEFAULT_METADATA_URL, loadCloudConfig } from '../../core/cloud/detect.js';
 import { GcpNoticeWatcher } from '../../core/cloud/gcp.js';
 import type { ReclaimNotice } from '../../core/cloud/types.js';
-import { captureLogger, FakeAwsImds, FakeAzureImds, FakeGcpMetadata, unusedPort, waitUntil, useCloudTestHooks } from '../support/fake-metadata.js';
+import {
+  captureLogger,
+  FakeAwsImds,
+  FakeAzureImds,
+  FakeGcpMetadata,
+  unusedPort,
+  waitUntil,
+  useCloudTestHooks,
+} from '../support/fake-metadata.js';
 import { inputError } from '../support/input-error.js';
 
 const cleanups = useCloudTestHooks();
 
-
 describe('loadCloudConfig', () => {
   test('defaults: provider none, link-local metadata origin, 2 s polls, rebalance logged', () => {
-    expect(loadCloudConfig({})).toEqual({ provider: 'none', baseUrl: DEFAULT_METADATA_URL, pollMs: 2000, rebalance: 'log' });
+    expect(loadCloudConfig({})).toEqual({
+      provider: 'none',
+      baseUrl: DEFAULT_METADATA_URL,
+      pollMs: 2000,
+      rebalance: 'log',
+    });
     expect(DEFAULT_METADATA_URL).toBe('http://169.254.169.254');
   });
 
@@ -24,7 +36,13 @@ describe('loadCloudConfig', () => {
         ARCH_NOTICE_POLL_MS: '500',
         ARCH_AZURE_VM_NAME: 'spot-vm_01',
       }),
-    ).toEqual({ provider: 'azure', baseUrl: 'http://127.0.0.1:8080', pollMs: 500, rebalance: 'act', azureVmName: 'spot-vm_01' });
+    ).toEqual({
+      provider: 'azure',
+      baseUrl: 'http://127.0.0.1:8080',
+      pollMs: 500,
+      rebalance: 'act',
+      azureVmName: 'spot-vm_01',
+    });
   });
 
   test.each([
@@ -62,11 +80,19 @@ describe('createWatcher', () => {
     const aws = await FakeAwsImds.start();
     const gcp = await FakeGcpMetadata.start();
     const azure = await FakeAzureImds.start();
-    cleanups.push(() => aws.close(), () => gcp.close(), () => azure.close());
+    cleanups.push(
+      () => aws.close(),
+      () => gcp.close(),
+      () => azure.close(),
+    );
     const refused = `http://127.0.0.1:${await unusedPort()}`;
 
     // One origin answering for one provider: the other probes get 4xx there.
-    for (const [fakeServer, expected] of [[aws, 'aws'], [gcp, 'gcp'], [azure, 'azure']] as const) {
+    for (const [fakeServer, expected] of [
+      [aws, 'aws'],
+      [gcp, 'gcp'],
+      [azure, 'azure'],
+    ] as const) {
       const w = await createWatcher({ provider: 'auto', baseUrl: fakeServer.url, logger, probeTimeoutMs: 1000 });
       expect(w.provider).toBe(expected);
     }

@@ -1,6 +1,13 @@
 import { GcpNoticeWatcher, type GcpWatcherOptions } from '../../core/cloud/gcp.js';
 import type { ReclaimNotice } from '../../core/cloud/types.js';
-import { captureLogger, FakeGcpMetadata, sleep, waitUntil, within, useCloudTestHooks } from '../support/fake-metadata.js';
+import {
+  captureLogger,
+  FakeGcpMetadata,
+  sleep,
+  waitUntil,
+  within,
+  useCloudTestHooks,
+} from '../support/fake-metadata.js';
 
 const PREEMPTED = '/computeMetadata/v1/instance/preempted';
 
@@ -14,7 +21,14 @@ async function fake(): Promise<FakeGcpMetadata> {
 
 function watch(opts: Partial<GcpWatcherOptions> & { baseUrl: string }, handler?: (n: ReclaimNotice) => Promise<void>) {
   const log = captureLogger();
-  const watcher = new GcpNoticeWatcher({ logger: log.logger, pollMs: 50, maxBackoffMs: 200, requestTimeoutMs: 1000, waitTimeoutSec: 10, ...opts });
+  const watcher = new GcpNoticeWatcher({
+    logger: log.logger,
+    pollMs: 50,
+    maxBackoffMs: 200,
+    requestTimeoutMs: 1000,
+    waitTimeoutSec: 10,
+    ...opts,
+  });
   const notices: ReclaimNotice[] = [];
   watcher.start(handler ?? (async (n) => void notices.push(n)));
   cleanups.push(() => watcher.stop());
@@ -56,7 +70,11 @@ test('re-arms the hanging GET after timeout_sec without a change', async () => {
   const gcp = await fake();
   const { notices } = watch({ baseUrl: gcp.url, waitTimeoutSec: 1 });
 
-  await waitUntil(() => hangingRequests(gcp).filter((r) => r.status === 200).length >= 2, 'two waits timed out', 20_000);
+  await waitUntil(
+    () => hangingRequests(gcp).filter((r) => r.status === 200).length >= 2,
+    'two waits timed out',
+    20_000,
+  );
   expect(notices).toHaveLength(0);
   gcp.setPreempted(true);
   await waitUntil(() => notices.length === 1, 'notice');

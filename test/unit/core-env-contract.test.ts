@@ -1,11 +1,16 @@
-import { checkpointDirOf, envListToMap, parseContract, workDirOf, type EnabledContract } from '../../core/env-contract.js';
+import {
+  checkpointDirOf,
+  envListToMap,
+  parseContract,
+  workDirOf,
+  type EnabledContract,
+} from '../../core/env-contract.js';
 import { ArchInputError } from '../../core/errors.js';
 import { inputError } from '../support/input-error.js';
 
 const env = (o: Record<string, string>): Map<string, string> => new Map(Object.entries(o));
 /** Roots covering every path these tests name; the allowed-roots tests below use their own. */
 const OPTS = { allowedRoots: ['/var/lib', '/x', '/ck', '/sh', '/mnt/shared'] };
-
 
 function enabled(c: ReturnType<typeof parseContract>): EnabledContract {
   if (!c.enabled) throw new Error('contract is not enabled');
@@ -15,7 +20,11 @@ function enabled(c: ReturnType<typeof parseContract>): EnabledContract {
 describe('envListToMap', () => {
   test('K=V pairs, last one wins, "=" inside values kept, junk ignored', () => {
     const m = envListToMap(['A=1', 'B=x=y', 'A=2', 'NOEQ', '=v', 'E=']);
-    expect([...m]).toEqual([['A', '2'], ['B', 'x=y'], ['E', '']]);
+    expect([...m]).toEqual([
+      ['A', '2'],
+      ['B', 'x=y'],
+      ['E', ''],
+    ]);
   });
 
   test('undefined env', () => {
@@ -26,20 +35,31 @@ describe('envListToMap', () => {
 describe('parseContract: enable', () => {
   test('absent or 0: disabled, whatever else is set (even nonsense)', () => {
     expect(parseContract(env({}), OPTS)).toEqual({ enabled: false });
-    expect(parseContract(env({ ARCH_ENABLE: '0', ARCH_CHECKPOINT_HOST_PATH: 'rel' }), OPTS)).toEqual({ enabled: false });
+    expect(parseContract(env({ ARCH_ENABLE: '0', ARCH_CHECKPOINT_HOST_PATH: 'rel' }), OPTS)).toEqual({
+      enabled: false,
+    });
   });
 
-  test.each(['yes', 'true', 'on', '2', ' 1', '1 ', '', '01', 'TRUE'])('ARCH_ENABLE=%j is refused, naming the field and both fixes', (v) => {
-    const err = inputError(() => parseContract(env({ ARCH_ENABLE: v, ARCH_CHECKPOINT_HOST_PATH: '/x' }), OPTS));
-    expect(err.field).toBe('ARCH_ENABLE');
-    expect(err.message).toBe(`ARCH_ENABLE: "${v}" is not 0 or 1. Fix: set ARCH_ENABLE=1 to enable ARCH or ARCH_ENABLE=0 to disable it`);
-  });
+  test.each(['yes', 'true', 'on', '2', ' 1', '1 ', '', '01', 'TRUE'])(
+    'ARCH_ENABLE=%j is refused, naming the field and both fixes',
+    (v) => {
+      const err = inputError(() => parseContract(env({ ARCH_ENABLE: v, ARCH_CHECKPOINT_HOST_PATH: '/x' }), OPTS));
+      expect(err.field).toBe('ARCH_ENABLE');
+      expect(err.message).toBe(
+        `ARCH_ENABLE: "${v}" is not 0 or 1. Fix: set ARCH_ENABLE=1 to enable ARCH or ARCH_ENABLE=0 to disable it`,
+      );
+    },
+  );
 });
 
 describe('parseContract: local mode', () => {
   test('ARCH_CHECKPOINT_HOST_PATH, normalised', () => {
     expect(parseContract(env({ ARCH_ENABLE: '1', ARCH_CHECKPOINT_HOST_PATH: '/var/lib//arch/' }), OPTS)).toEqual({
-      enabled: true, mode: 'local', checkpointRoot: '/var/lib/arch', priority: 0, allowedRoot: '/var/lib',
+      enabled: true,
+      mode: 'local',
+      checkpointRoot: '/var/lib/arch',
+      priority: 0,
+      allowedRoot: '/var/lib',
     });
   });
 
@@ -51,13 +71,18 @@ describe('parseContract: local mode', () => {
   });
 
   test('".." in the path', () => {
-    const err = inputError(() => parseContract(env({ ARCH_ENABLE: '1', ARCH_CHECKPOINT_HOST_PATH: '/var/lib/../../etc' }), OPTS));
+    const err = inputError(() =>
+      parseContract(env({ ARCH_ENABLE: '1', ARCH_CHECKPOINT_HOST_PATH: '/var/lib/../../etc' }), OPTS),
+    );
     expect(err.field).toBe('ARCH_CHECKPOINT_HOST_PATH');
     expect(err.message).toContain('".."');
   });
 
   test('missing (or empty) without a node default: says how to set either mode', () => {
-    for (const e of [{ ARCH_ENABLE: '1' }, { ARCH_ENABLE: '1', ARCH_CHECKPOINT_HOST_PATH: '' }] as Record<string, string>[]) {
+    for (const e of [{ ARCH_ENABLE: '1' }, { ARCH_ENABLE: '1', ARCH_CHECKPOINT_HOST_PATH: '' }] as Record<
+      string,
+      string
+    >[]) {
       const err = inputError(() => parseContract(env(e), OPTS));
       expect(err.field).toBe('ARCH_CHECKPOINT_HOST_PATH');
       expect(err.message).toContain('is not set');
@@ -67,14 +92,25 @@ describe('parseContract: local mode', () => {
   });
 
   test('missing with a node default: the default', () => {
-    expect(enabled(parseContract(env({ ARCH_ENABLE: '1' }), { ...OPTS, defaultCheckpointRoot: '/var/lib/arch/checkpoints' })).checkpointRoot).toBe('/var/lib/arch/checkpoints');
+    expect(
+      enabled(parseContract(env({ ARCH_ENABLE: '1' }), { ...OPTS, defaultCheckpointRoot: '/var/lib/arch/checkpoints' }))
+        .checkpointRoot,
+    ).toBe('/var/lib/arch/checkpoints');
   });
 
   test('ARCH_PRIORITY', () => {
-    expect(enabled(parseContract(env({ ARCH_ENABLE: '1', ARCH_CHECKPOINT_HOST_PATH: '/x', ARCH_PRIORITY: '-7' }), OPTS)).priority).toBe(-7);
-    expect(enabled(parseContract(env({ ARCH_ENABLE: '1', ARCH_CHECKPOINT_HOST_PATH: '/x', ARCH_PRIORITY: '' }), OPTS)).priority).toBe(0);
+    expect(
+      enabled(parseContract(env({ ARCH_ENABLE: '1', ARCH_CHECKPOINT_HOST_PATH: '/x', ARCH_PRIORITY: '-7' }), OPTS))
+        .priority,
+    ).toBe(-7);
+    expect(
+      enabled(parseContract(env({ ARCH_ENABLE: '1', ARCH_CHECKPOINT_HOST_PATH: '/x', ARCH_PRIORITY: '' }), OPTS))
+        .priority,
+    ).toBe(0);
     for (const bad of ['high', '1.5', '1e3', '9999999']) {
-      const err = inputError(() => parseContract(env({ ARCH_ENABLE: '1', ARCH_CHECKPOINT_HOST_PATH: '/x', ARCH_PRIORITY: bad }), OPTS));
+      const err = inputError(() =>
+        parseContract(env({ ARCH_ENABLE: '1', ARCH_CHECKPOINT_HOST_PATH: '/x', ARCH_PRIORITY: bad }), OPTS),
+      );
       expect(err.field).toBe('ARCH_PRIORITY');
       expect(err.fix).toContain('integer');
     }
@@ -83,29 +119,57 @@ describe('parseContract: local mode', () => {
 
 describe('parseContract: shared mode', () => {
   test('both variables: shared mode, checkpoints under <shared>/checkpoint, and it wins over the local path', () => {
-    const c = parseContract(env({
-      ARCH_ENABLE: '1', ARCH_SHAREDFS_HOST_PATH: '/mnt/shared/', ARCH_WORKDIR_CONTAINER_PATH: '/work/', ARCH_CHECKPOINT_HOST_PATH: 'ignored/relative',
-    }), OPTS);
-    expect(c).toEqual({ enabled: true, mode: 'shared', sharedRoot: '/mnt/shared', checkpointRoot: '/mnt/shared/checkpoint', workdirContainerPath: '/work', priority: 0, allowedRoot: '/mnt/shared' });
+    const c = parseContract(
+      env({
+        ARCH_ENABLE: '1',
+        ARCH_SHAREDFS_HOST_PATH: '/mnt/shared/',
+        ARCH_WORKDIR_CONTAINER_PATH: '/work/',
+        ARCH_CHECKPOINT_HOST_PATH: 'ignored/relative',
+      }),
+      OPTS,
+    );
+    expect(c).toEqual({
+      enabled: true,
+      mode: 'shared',
+      sharedRoot: '/mnt/shared',
+      checkpointRoot: '/mnt/shared/checkpoint',
+      workdirContainerPath: '/work',
+      priority: 0,
+      allowedRoot: '/mnt/shared',
+    });
   });
 
-  test('a host path outside the node\'s allowed roots: refused, naming the field and ARCH_ALLOWED_ROOTS', () => {
-    const local = inputError(() => parseContract(env({ ARCH_ENABLE: '1', ARCH_CHECKPOINT_HOST_PATH: '/etc/arch' }), { allowedRoots: ['/var/lib/arch'] }));
+  test("a host path outside the node's allowed roots: refused, naming the field and ARCH_ALLOWED_ROOTS", () => {
+    const local = inputError(() =>
+      parseContract(env({ ARCH_ENABLE: '1', ARCH_CHECKPOINT_HOST_PATH: '/etc/arch' }), {
+        allowedRoots: ['/var/lib/arch'],
+      }),
+    );
     expect(local.field).toBe('ARCH_CHECKPOINT_HOST_PATH');
     expect(local.fix).toContain('ARCH_ALLOWED_ROOTS');
-    const shared = inputError(() => parseContract(env({ ARCH_ENABLE: '1', ARCH_SHAREDFS_HOST_PATH: '/run/containerd', ARCH_WORKDIR_CONTAINER_PATH: '/work' }), { allowedRoots: ['/var/lib/arch'] }));
+    const shared = inputError(() =>
+      parseContract(
+        env({ ARCH_ENABLE: '1', ARCH_SHAREDFS_HOST_PATH: '/run/containerd', ARCH_WORKDIR_CONTAINER_PATH: '/work' }),
+        { allowedRoots: ['/var/lib/arch'] },
+      ),
+    );
     expect(shared.field).toBe('ARCH_SHAREDFS_HOST_PATH');
   });
 
   test('only ARCH_SHAREDFS_HOST_PATH: names the missing ARCH_WORKDIR_CONTAINER_PATH', () => {
-    const err = inputError(() => parseContract(env({ ARCH_ENABLE: '1', ARCH_SHAREDFS_HOST_PATH: '/mnt/shared' }), OPTS));
+    const err = inputError(() =>
+      parseContract(env({ ARCH_ENABLE: '1', ARCH_SHAREDFS_HOST_PATH: '/mnt/shared' }), OPTS),
+    );
     expect(err.field).toBe('ARCH_WORKDIR_CONTAINER_PATH');
     expect(err.message).toContain('half-set shared mode');
     expect(err.fix).toContain('/work');
   });
 
   test('only ARCH_WORKDIR_CONTAINER_PATH: names the missing ARCH_SHAREDFS_HOST_PATH (even with a local path set)', () => {
-    for (const e of [{ ARCH_ENABLE: '1', ARCH_WORKDIR_CONTAINER_PATH: '/work' }, { ARCH_ENABLE: '1', ARCH_WORKDIR_CONTAINER_PATH: '/work', ARCH_CHECKPOINT_HOST_PATH: '/x' }] as Record<string, string>[]) {
+    for (const e of [
+      { ARCH_ENABLE: '1', ARCH_WORKDIR_CONTAINER_PATH: '/work' },
+      { ARCH_ENABLE: '1', ARCH_WORKDIR_CONTAINER_PATH: '/work', ARCH_CHECKPOINT_HOST_PATH: '/x' },
+    ] as Record<string, string>[]) {
       const err = inputError(() => parseContract(env(e), OPTS));
       expect(err.field).toBe('ARCH_SHAREDFS_HOST_PATH');
       expect(err.message).toContain('half-set shared mode');
@@ -115,11 +179,31 @@ describe('parseContract: shared mode', () => {
 
   test('relative shared path / workdir, workdir "/" or with ".."', () => {
     const cases: [Record<string, string>, string, RegExp][] = [
-      [{ ARCH_SHAREDFS_HOST_PATH: 'mnt/shared', ARCH_WORKDIR_CONTAINER_PATH: '/work' }, 'ARCH_SHAREDFS_HOST_PATH', /relative path/],
-      [{ ARCH_SHAREDFS_HOST_PATH: '/mnt/shared', ARCH_WORKDIR_CONTAINER_PATH: 'work' }, 'ARCH_WORKDIR_CONTAINER_PATH', /relative path/],
-      [{ ARCH_SHAREDFS_HOST_PATH: '/mnt/shared', ARCH_WORKDIR_CONTAINER_PATH: '/' }, 'ARCH_WORKDIR_CONTAINER_PATH', /is "\/"/],
-      [{ ARCH_SHAREDFS_HOST_PATH: '/mnt/shared', ARCH_WORKDIR_CONTAINER_PATH: '/work/../..' }, 'ARCH_WORKDIR_CONTAINER_PATH', /"\.\."/],
-      [{ ARCH_SHAREDFS_HOST_PATH: '/mnt/../shared', ARCH_WORKDIR_CONTAINER_PATH: '/work' }, 'ARCH_SHAREDFS_HOST_PATH', /"\.\."/],
+      [
+        { ARCH_SHAREDFS_HOST_PATH: 'mnt/shared', ARCH_WORKDIR_CONTAINER_PATH: '/work' },
+        'ARCH_SHAREDFS_HOST_PATH',
+        /relative path/,
+      ],
+      [
+        { ARCH_SHAREDFS_HOST_PATH: '/mnt/shared', ARCH_WORKDIR_CONTAINER_PATH: 'work' },
+        'ARCH_WORKDIR_CONTAINER_PATH',
+        /relative path/,
+      ],
+      [
+        { ARCH_SHAREDFS_HOST_PATH: '/mnt/shared', ARCH_WORKDIR_CONTAINER_PATH: '/' },
+        'ARCH_WORKDIR_CONTAINER_PATH',
+        /is "\/"/,
+      ],
+      [
+        { ARCH_SHAREDFS_HOST_PATH: '/mnt/shared', ARCH_WORKDIR_CONTAINER_PATH: '/work/../..' },
+        'ARCH_WORKDIR_CONTAINER_PATH',
+        /"\.\."/,
+      ],
+      [
+        { ARCH_SHAREDFS_HOST_PATH: '/mnt/../shared', ARCH_WORKDIR_CONTAINER_PATH: '/work' },
+        'ARCH_SHAREDFS_HOST_PATH',
+        /"\.\."/,
+      ],
     ];
     for (const [e, field, msg] of cases) {
       const err = inputError(() => parseContract(env({ ARCH_ENABLE: '1', ...e }), OPTS));
@@ -132,7 +216,12 @@ describe('parseContract: shared mode', () => {
 
 describe('checkpointDirOf / workDirOf', () => {
   const local = enabled(parseContract(env({ ARCH_ENABLE: '1', ARCH_CHECKPOINT_HOST_PATH: '/ck' }), OPTS));
-  const shared = enabled(parseContract(env({ ARCH_ENABLE: '1', ARCH_SHAREDFS_HOST_PATH: '/sh', ARCH_WORKDIR_CONTAINER_PATH: '/work' }), OPTS));
+  const shared = enabled(
+    parseContract(
+      env({ ARCH_ENABLE: '1', ARCH_SHAREDFS_HOST_PATH: '/sh', ARCH_WORKDIR_CONTAINER_PATH: '/work' }),
+      OPTS,
+    ),
+  );
 
   test('layout of both modes', () => {
     expect(checkpointDirOf(local, 'default', 'job')).toBe('/ck/default/job');
@@ -150,22 +239,41 @@ describe('checkpointDirOf / workDirOf', () => {
 
 describe('ARCH_CHECKPOINT_ID: the checkpoint named by the user instead of the container id', () => {
   test('both modes keep checkpoint and work dir under the name; unset or empty: the container id', () => {
-    const local = enabled(parseContract(env({ ARCH_ENABLE: '1', ARCH_CHECKPOINT_HOST_PATH: '/ck', ARCH_CHECKPOINT_ID: 'train-7' }), OPTS));
+    const local = enabled(
+      parseContract(env({ ARCH_ENABLE: '1', ARCH_CHECKPOINT_HOST_PATH: '/ck', ARCH_CHECKPOINT_ID: 'train-7' }), OPTS),
+    );
     expect(local.checkpointId).toBe('train-7');
     expect(checkpointDirOf(local, 'k8s.io', '4f9c0e1d2b3a')).toBe('/ck/k8s.io/train-7');
-    const shared = enabled(parseContract(env({ ARCH_ENABLE: '1', ARCH_SHAREDFS_HOST_PATH: '/sh', ARCH_WORKDIR_CONTAINER_PATH: '/work', ARCH_CHECKPOINT_ID: 'web-0' }), OPTS));
+    const shared = enabled(
+      parseContract(
+        env({
+          ARCH_ENABLE: '1',
+          ARCH_SHAREDFS_HOST_PATH: '/sh',
+          ARCH_WORKDIR_CONTAINER_PATH: '/work',
+          ARCH_CHECKPOINT_ID: 'web-0',
+        }),
+        OPTS,
+      ),
+    );
     expect(checkpointDirOf(shared, 'k8s.io', 'abc')).toBe('/sh/checkpoint/k8s.io/web-0');
     expect(workDirOf(shared, 'k8s.io', 'abc')).toBe('/sh/work/k8s.io/web-0');
-    const empty = enabled(parseContract(env({ ARCH_ENABLE: '1', ARCH_CHECKPOINT_HOST_PATH: '/ck', ARCH_CHECKPOINT_ID: '' }), OPTS));
+    const empty = enabled(
+      parseContract(env({ ARCH_ENABLE: '1', ARCH_CHECKPOINT_HOST_PATH: '/ck', ARCH_CHECKPOINT_ID: '' }), OPTS),
+    );
     expect(empty.checkpointId).toBeUndefined();
     expect(checkpointDirOf(empty, 'default', 'job')).toBe('/ck/default/job');
   });
 
-  test.each(['..', '.', '../x', 'a/b', '/abs', 'a\0b', 'sp ace', 'x'.repeat(129)])('ARCH_CHECKPOINT_ID=%j is refused, naming the field and the fix', (v) => {
-    const err = inputError(() => parseContract(env({ ARCH_ENABLE: '1', ARCH_CHECKPOINT_HOST_PATH: '/ck', ARCH_CHECKPOINT_ID: v }), OPTS));
-    expect(err.field).toBe('ARCH_CHECKPOINT_ID');
-    expect(err.fix).toContain('letters, digits');
-  });
+  test.each(['..', '.', '../x', 'a/b', '/abs', 'a\0b', 'sp ace', 'x'.repeat(129)])(
+    'ARCH_CHECKPOINT_ID=%j is refused, naming the field and the fix',
+    (v) => {
+      const err = inputError(() =>
+        parseContract(env({ ARCH_ENABLE: '1', ARCH_CHECKPOINT_HOST_PATH: '/ck', ARCH_CHECKPOINT_ID: v }), OPTS),
+      );
+      expect(err.field).toBe('ARCH_CHECKPOINT_ID');
+      expect(err.fix).toContain('letters, digits');
+    },
+  );
 
   test('ignored when ARCH is off, like every other variable', () => {
     expect(parseContract(env({ ARCH_ENABLE: '0', ARCH_CHECKPOINT_ID: '../x' }), OPTS)).toEqual({ enabled: false });

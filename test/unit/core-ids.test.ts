@@ -1,11 +1,19 @@
-import { MAX_CONTAINER_ID_LENGTH, MAX_NAMESPACE_LENGTH, parseContainerRef, validateContainerId, validateNamespace } from '../../core/ids.js';
+import {
+  MAX_CONTAINER_ID_LENGTH,
+  MAX_NAMESPACE_LENGTH,
+  parseContainerRef,
+  validateContainerId,
+  validateNamespace,
+} from '../../core/ids.js';
 import { inputError } from '../support/input-error.js';
 
-
 describe('validateNamespace', () => {
-  test.each(['default', 'k8s.io', 'moby', 'a', 'a-b_c.d', 'A1', 'x'.repeat(MAX_NAMESPACE_LENGTH)])('accepts %p', (ns) => {
-    expect(validateNamespace(ns)).toBe(ns);
-  });
+  test.each(['default', 'k8s.io', 'moby', 'a', 'a-b_c.d', 'A1', 'x'.repeat(MAX_NAMESPACE_LENGTH)])(
+    'accepts %p',
+    (ns) => {
+      expect(validateNamespace(ns)).toBe(ns);
+    },
+  );
 
   test.each([
     ['..'],
@@ -44,22 +52,36 @@ describe('validateNamespace', () => {
 });
 
 describe('validateContainerId', () => {
-  test.each(['job-1', 'a', 'A_b+c-d.e', '..x', 'x..', 'a.b', '0', 'x'.repeat(MAX_CONTAINER_ID_LENGTH)])('accepts %p', (id) => {
-    expect(validateContainerId(id)).toBe(id);
-  });
-
-  test.each([['.'], ['..'], ['a/b'], ['../etc'], ['/'], ['a\0'], ['a\n'], ['a b'], ['a:b'], ['é'], ['x'.repeat(MAX_CONTAINER_ID_LENGTH + 1)]])(
-    'refuses %j',
+  test.each(['job-1', 'a', 'A_b+c-d.e', '..x', 'x..', 'a.b', '0', 'x'.repeat(MAX_CONTAINER_ID_LENGTH)])(
+    'accepts %p',
     (id) => {
-      const err = inputError(() => validateContainerId(id));
-      expect(err.field).toBe('container id');
-      expect(err.message).toContain('is not a valid container id');
-      expect(err.fix).toContain(String(MAX_CONTAINER_ID_LENGTH));
+      expect(validateContainerId(id)).toBe(id);
     },
   );
 
+  test.each([
+    ['.'],
+    ['..'],
+    ['a/b'],
+    ['../etc'],
+    ['/'],
+    ['a\0'],
+    ['a\n'],
+    ['a b'],
+    ['a:b'],
+    ['é'],
+    ['x'.repeat(MAX_CONTAINER_ID_LENGTH + 1)],
+  ])('refuses %j', (id) => {
+    const err = inputError(() => validateContainerId(id));
+    expect(err.field).toBe('container id');
+    expect(err.message).toContain('is not a valid container id');
+    expect(err.fix).toContain(String(MAX_CONTAINER_ID_LENGTH));
+  });
+
   test('empty id', () => {
-    expect(inputError(() => validateContainerId('', 'id')).message).toBe('id: is empty. Fix: pass the container id as runc/containerd knows it');
+    expect(inputError(() => validateContainerId('', 'id')).message).toBe(
+      'id: is empty. Fix: pass the container id as runc/containerd knows it',
+    );
   });
 });
 

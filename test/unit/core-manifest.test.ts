@@ -3,7 +3,14 @@ import os from 'node:os';
 import path from 'node:path';
 import { createHash } from 'node:crypto';
 import { digestFiles } from '../../core/digest.js';
-import { describeFiles, FORMAT_VERSION, listFiles, parseManifest, verifyCheckpointDir, type Manifest } from '../../core/manifest.js';
+import {
+  describeFiles,
+  FORMAT_VERSION,
+  listFiles,
+  parseManifest,
+  verifyCheckpointDir,
+  type Manifest,
+} from '../../core/manifest.js';
 import { loadTrust, signManifest, SIGNATURE_FILE } from '../../core/trust.js';
 import { testSigningKey } from '../support/arch-env.js';
 import { checkpointUnusable } from '../support/input-error.js';
@@ -71,7 +78,9 @@ describe('parseManifest', () => {
   });
 
   test('older/unknown format', async () => {
-    expect((await checkpointUnusable(() => parseManifest(JSON.stringify(baseManifest({ formatVersion: 0 }))))).reason).toBe('format-unknown');
+    expect(
+      (await checkpointUnusable(() => parseManifest(JSON.stringify(baseManifest({ formatVersion: 0 }))))).reason,
+    ).toBe('format-unknown');
   });
 
   test.each([
@@ -92,7 +101,9 @@ describe('parseManifest', () => {
   });
 
   test.each(['/etc/passwd', '../x', 'criu/../../x', 'manifest.json'])('file entry %p is refused', async (p) => {
-    const err = await checkpointUnusable(() => parseManifest(JSON.stringify(baseManifest({ files: [{ path: p, size: 0, sha256: sha('') }] }))));
+    const err = await checkpointUnusable(() =>
+      parseManifest(JSON.stringify(baseManifest({ files: [{ path: p, size: 0, sha256: sha('') }] }))),
+    );
     expect(err.reason).toBe('manifest-invalid');
     expect(err.message).toContain(p);
   });
@@ -126,7 +137,12 @@ describe('verifyCheckpointDir', () => {
   test('a good dir verifies and returns its manifest', async () => {
     const dir = await goodDir('good');
     const m = await verifyCheckpointDir(dir);
-    expect(m.files.map((f) => f.path)).toEqual(['criu/core-1.img', 'criu/pages-1.img', 'deleted.files', 'rootfs-diff.tar']);
+    expect(m.files.map((f) => f.path)).toEqual([
+      'criu/core-1.img',
+      'criu/pages-1.img',
+      'deleted.files',
+      'rootfs-diff.tar',
+    ]);
   });
 
   test('no manifest', async () => {

@@ -32,14 +32,17 @@ test('layerBytes of a layer whose files are written and renamed meanwhile never 
   // Another process, as the container's job: temp files appear and are renamed away all the time.
   const churn = path.join(dir, 'state');
   fs.mkdirSync(churn);
-  const writer = execa(process.execPath, ['-e', `
+  const writer = execa(process.execPath, [
+    '-e',
+    `
     const fs = require('fs'), p = require('path'), d = ${JSON.stringify(churn)}, end = Date.now() + 1500;
     for (let n = 0; Date.now() < end; n++) {
       const t = p.join(d, 'count.tmp.' + (n % 50));
       fs.writeFileSync(t, String(n));
       fs.renameSync(t, p.join(d, 'count'));
     }
-  `]);
+  `,
+  ]);
   let walks = 0;
   const started = Date.now();
   while (writer.exitCode === null && Date.now() - started < 10_000) {

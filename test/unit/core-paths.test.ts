@@ -1,7 +1,6 @@
 import { containerDir, joinInside, requireAbsolutePath } from '../../core/paths.js';
 import { inputError } from '../support/input-error.js';
 
-
 describe('requireAbsolutePath', () => {
   test.each([
     ['/var/lib/arch', '/var/lib/arch'],
@@ -16,7 +15,9 @@ describe('requireAbsolutePath', () => {
   test.each([['rel/path'], ['./x'], ['x'], ['']])('relative %j is refused with the field and an example fix', (v) => {
     const err = inputError(() => requireAbsolutePath(v, 'ARCH_CHECKPOINT_HOST_PATH'));
     expect(err.field).toBe('ARCH_CHECKPOINT_HOST_PATH');
-    expect(err.message).toMatch(/^ARCH_CHECKPOINT_HOST_PATH: .* is a relative path\. Fix: set it to an absolute path, e\.g\. \/var\/lib\/arch$/);
+    expect(err.message).toMatch(
+      /^ARCH_CHECKPOINT_HOST_PATH: .* is a relative path\. Fix: set it to an absolute path, e\.g\. \/var\/lib\/arch$/,
+    );
   });
 
   test.each([['/var/../etc'], ['/..'], ['/a/b/..']])('%j with ".." is refused', (v) => {
@@ -40,10 +41,13 @@ describe('joinInside', () => {
     expect(joinInside('/r', 'a/./b')).toBe('/r/a/b');
   });
 
-  test.each([[['..']], [['a', '../..']], [['/etc']], [['a/../../x']], [['..', 'rx']]])('%j escapes and is refused', (parts) => {
-    const err = inputError(() => joinInside('/r', ...parts));
-    expect(err.message).toContain('escapes /r');
-  });
+  test.each([[['..']], [['a', '../..']], [['/etc']], [['a/../../x']], [['..', 'rx']]])(
+    '%j escapes and is refused',
+    (parts) => {
+      const err = inputError(() => joinInside('/r', ...parts));
+      expect(err.message).toContain('escapes /r');
+    },
+  );
 
   test('a detour that comes back inside is inside', () => {
     expect(joinInside('/r', '..', 'r', 'x')).toBe('/r/x');

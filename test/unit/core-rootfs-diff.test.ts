@@ -2,7 +2,14 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { execa } from 'execa';
-import { applyDiff, captureDiff, DELETED_FILES, findUpperDir, ROOTFS_TAR, validateDiffArchive } from '../../core/rootfs-diff.js';
+import {
+  applyDiff,
+  captureDiff,
+  DELETED_FILES,
+  findUpperDir,
+  ROOTFS_TAR,
+  validateDiffArchive,
+} from '../../core/rootfs-diff.js';
 import { craftTar, type TarEntry } from '../support/crafted-tar.js';
 import { checkpointUnusable } from '../support/input-error.js';
 
@@ -96,7 +103,10 @@ describe('captureDiff + applyDiff round trip', () => {
   test('capture counts and deletions', () => {
     expect(result.deletions).toBe(3);
     expect(result.skipped.sort()).toEqual(['state/fifo', 'state/null']);
-    const del = JSON.parse(fs.readFileSync(path.join(ckpt, DELETED_FILES), 'utf8')) as { whiteouts: string[]; opaque: string[] };
+    const del = JSON.parse(fs.readFileSync(path.join(ckpt, DELETED_FILES), 'utf8')) as {
+      whiteouts: string[];
+      opaque: string[];
+    };
     expect(del.whiteouts.sort()).toEqual(['etc/to-delete.txt', 'var/cache/gone']);
     expect(del.opaque).toEqual(['opaque-dir']);
     expect(fs.statSync(path.join(ckpt, ROOTFS_TAR)).size % 512).toBe(0);
@@ -107,7 +117,15 @@ describe('captureDiff + applyDiff round trip', () => {
   });
 
   test('files and contents', () => {
-    for (const p of ['state/count', 'state/dir/nested.txt', 'etc/to-modify.txt', 'shared.txt', 'tmp/scratch', 'opaque-dir/new.txt', '-dash']) {
+    for (const p of [
+      'state/count',
+      'state/dir/nested.txt',
+      'etc/to-modify.txt',
+      'shared.txt',
+      'tmp/scratch',
+      'opaque-dir/new.txt',
+      '-dash',
+    ]) {
       expect(fs.readFileSync(path.join(restored, p), 'utf8')).toBe(fs.readFileSync(path.join(upper, p), 'utf8'));
     }
   });
@@ -208,20 +226,78 @@ describe('validateDiffArchive / applyDiff refuse escaping or special entries, wr
   const cases: [string, (o: string) => TarEntry[], string][] = [
     ['absolute path', (o) => [{ name: `${o}/abs-file`, type: '0', data: 'pwned' }], 'archive-escape'],
     ['"../x"', () => [{ name: '../x', type: '0', data: 'pwned' }], 'archive-escape'],
-    ['"a/../../x"', () => [{ name: 'a/', type: '5' }, { name: 'a/../../x', type: '0', data: 'pwned' }], 'archive-escape'],
-    ['entry below an archive symlink', (o) => [{ name: 'evil', type: '2', link: o }, { name: 'evil/file', type: '0', data: 'pwned' }], 'archive-escape'],
-    ['entry below a symlink spelled "a/./evil"', (o) => [{ name: 'a/', type: '5' }, { name: 'a/./evil', type: '2', link: o }, { name: 'a/evil/file', type: '0', data: 'pwned' }], 'archive-escape'],
-    ['entry below a symlink spelled "./evil/"', (o) => [{ name: './evil/', type: '2', link: o }, { name: 'evil//file', type: '0', data: 'pwned' }], 'archive-escape'],
-    ['symlink replacing a directory with earlier entries', (o) => [{ name: 'd/f', type: '0', data: 'ok' }, { name: 'd', type: '2', link: o }], 'archive-escape'],
+    [
+      '"a/../../x"',
+      () => [
+        { name: 'a/', type: '5' },
+        { name: 'a/../../x', type: '0', data: 'pwned' },
+      ],
+      'archive-escape',
+    ],
+    [
+      'entry below an archive symlink',
+      (o) => [
+        { name: 'evil', type: '2', link: o },
+        { name: 'evil/file', type: '0', data: 'pwned' },
+      ],
+      'archive-escape',
+    ],
+    [
+      'entry below a symlink spelled "a/./evil"',
+      (o) => [
+        { name: 'a/', type: '5' },
+        { name: 'a/./evil', type: '2', link: o },
+        { name: 'a/evil/file', type: '0', data: 'pwned' },
+      ],
+      'archive-escape',
+    ],
+    [
+      'entry below a symlink spelled "./evil/"',
+      (o) => [
+        { name: './evil/', type: '2', link: o },
+        { name: 'evil//file', type: '0', data: 'pwned' },
+      ],
+      'archive-escape',
+    ],
+    [
+      'symlink replacing a directory with earlier entries',
+      (o) => [
+        { name: 'd/f', type: '0', data: 'ok' },
+        { name: 'd', type: '2', link: o },
+      ],
+      'archive-escape',
+    ],
     ['hard link to /etc/passwd', () => [{ name: 'passwd', type: '1', link: '/etc/passwd' }], 'archive-escape'],
-    ['hard link to ../../etc/passwd', () => [{ name: 'passwd', type: '1', link: '../../etc/passwd' }], 'archive-escape'],
-    ['hard link to a path not in the archive', () => [{ name: 'passwd', type: '1', link: 'etc/passwd' }], 'archive-escape'],
-    ['hard link through an archive symlink', () => [{ name: 'etc', type: '2', link: '/etc' }, { name: 'passwd', type: '1', link: 'etc/passwd' }], 'archive-escape'],
+    [
+      'hard link to ../../etc/passwd',
+      () => [{ name: 'passwd', type: '1', link: '../../etc/passwd' }],
+      'archive-escape',
+    ],
+    [
+      'hard link to a path not in the archive',
+      () => [{ name: 'passwd', type: '1', link: 'etc/passwd' }],
+      'archive-escape',
+    ],
+    [
+      'hard link through an archive symlink',
+      () => [
+        { name: 'etc', type: '2', link: '/etc' },
+        { name: 'passwd', type: '1', link: 'etc/passwd' },
+      ],
+      'archive-escape',
+    ],
     ['character device', () => [{ name: 'dev-mem', type: '3', dev: [1, 1], mode: 0o666 }], 'archive-entry'],
     ['whiteout-like 0:0 device inside the archive', () => [{ name: 'wh', type: '3', dev: [0, 0] }], 'archive-entry'],
     ['block device', () => [{ name: 'sda', type: '4', dev: [8, 0] }], 'archive-entry'],
     ['FIFO', () => [{ name: 'fifo', type: '6' }], 'archive-entry'],
-    ['the same path twice', () => [{ name: 'f', type: '0', data: 'a' }, { name: './f', type: '0', data: 'b' }], 'archive-entry'],
+    [
+      'the same path twice',
+      () => [
+        { name: 'f', type: '0', data: 'a' },
+        { name: './f', type: '0', data: 'b' },
+      ],
+      'archive-entry',
+    ],
   ];
 
   test.each(cases)('%s', async (_name, make, reason) => {
@@ -242,7 +318,10 @@ describe('validateDiffArchive / applyDiff refuse escaping or special entries, wr
     fs.rmSync(somewhere, { recursive: true, force: true });
     fs.mkdirSync(somewhere);
     try {
-      const ckpt = ckptWith([{ name: 'evil', type: '2', link: somewhere }, { name: 'evil/file', type: '0', data: 'pwned' }]);
+      const ckpt = ckptWith([
+        { name: 'evil', type: '2', link: somewhere },
+        { name: 'evil/file', type: '0', data: 'pwned' },
+      ]);
       await checkpointUnusable(applyDiff(ckpt, fresh('upper')));
       expect(fs.existsSync(path.join(somewhere, 'file'))).toBe(false);
     } finally {
@@ -306,14 +385,24 @@ describe('deleted.files is checked too', () => {
 
   test('a whiteout below an archive symlink: no device node outside', async () => {
     const outside = fresh('outside');
-    const err = await checkpointUnusable(applyDiff(ckptWith([{ name: 'lnk', type: '2', link: outside }], { whiteouts: ['lnk/wh'], opaque: [] }), fresh('upper')));
+    const err = await checkpointUnusable(
+      applyDiff(
+        ckptWith([{ name: 'lnk', type: '2', link: outside }], { whiteouts: ['lnk/wh'], opaque: [] }),
+        fresh('upper'),
+      ),
+    );
     expect(err.reason).toBe('archive-escape');
     expect(fs.readdirSync(outside)).toEqual([]);
   });
 
   test('an opaque marker on an archive symlink: no xattr on its target', async () => {
     const outside = fresh('outside');
-    const err = await checkpointUnusable(applyDiff(ckptWith([{ name: 'lnk', type: '2', link: outside }], { whiteouts: [], opaque: ['lnk'] }), fresh('upper')));
+    const err = await checkpointUnusable(
+      applyDiff(
+        ckptWith([{ name: 'lnk', type: '2', link: outside }], { whiteouts: [], opaque: ['lnk'] }),
+        fresh('upper'),
+      ),
+    );
     expect(err.reason).toBe('archive-escape');
     expect(await xattr(outside, 'trusted.overlay.opaque')).toBeUndefined();
   });
@@ -337,7 +426,14 @@ describe('on a real overlayfs', () => {
     const work = path.join(d, 'work');
     const merged = path.join(d, 'merged');
     for (const x of [upper, work, merged]) fs.mkdirSync(x);
-    await execa('mount', ['-t', 'overlay', 'overlay', '-o', `lowerdir=${lower},upperdir=${upper},workdir=${work}`, merged]);
+    await execa('mount', [
+      '-t',
+      'overlay',
+      'overlay',
+      '-o',
+      `lowerdir=${lower},upperdir=${upper},workdir=${work}`,
+      merged,
+    ]);
     mounts.push(merged);
     return { merged, upper };
   }
@@ -379,7 +475,14 @@ describe('on a real overlayfs', () => {
     await execa('umount', [b.merged]);
     mounts.splice(mounts.indexOf(b.merged), 1);
     const c = path.dirname(b.upper);
-    await execa('mount', ['-t', 'overlay', 'overlay', '-o', `lowerdir=${lower},upperdir=${b.upper},workdir=${path.join(c, 'work')}`, b.merged]);
+    await execa('mount', [
+      '-t',
+      'overlay',
+      'overlay',
+      '-o',
+      `lowerdir=${lower},upperdir=${b.upper},workdir=${path.join(c, 'work')}`,
+      b.merged,
+    ]);
     mounts.push(b.merged);
 
     expect(fs.readdirSync(path.join(b.merged, 'etc')).sort()).toEqual(['keep', 'modify-me', 'new']);

@@ -12,7 +12,11 @@ describe('parseRuncArgs on what containerd sends', () => {
     expect(c.argv).toBe(argv);
     expect(c.subcommand).toBe('create');
     expect(c.root).toBe(ROOT);
-    expect([...c.globals]).toEqual([['--root', ROOT], ['--log', `${B}/log.json`], ['--log-format', 'json']]);
+    expect([...c.globals]).toEqual([
+      ['--root', ROOT],
+      ['--log', `${B}/log.json`],
+      ['--log-format', 'json'],
+    ]);
     expect(optionString(c, '--bundle', '-b')).toBe(B);
     expect(optionString(c, '--pid-file')).toBe(`${B}/init.pid`);
     expect(containerIdOf(c)).toBe('job-1');
@@ -20,7 +24,17 @@ describe('parseRuncArgs on what containerd sends', () => {
   });
 
   test('create with a console socket and preserved fds, -b and = forms', () => {
-    const c = parseRuncArgs([...G, 'create', '-b', B, '--console-socket=/tmp/s.sock', '--preserve-fds', '2', '--no-pivot', 'job-1']);
+    const c = parseRuncArgs([
+      ...G,
+      'create',
+      '-b',
+      B,
+      '--console-socket=/tmp/s.sock',
+      '--preserve-fds',
+      '2',
+      '--no-pivot',
+      'job-1',
+    ]);
     expect(optionString(c, '--bundle', '-b')).toBe(B);
     expect(optionString(c, '--console-socket')).toBe('/tmp/s.sock');
     expect(c.options.get('--no-pivot')).toBe(true);
@@ -40,8 +54,17 @@ describe('parseRuncArgs on what containerd sends', () => {
 
   test('checkpoint as containerd issues it', () => {
     const c = parseRuncArgs([
-      ...G, 'checkpoint', '--image-path', '/ck/img', '--work-path', '/ck/work', '--leave-running',
-      '--manage-cgroups-mode', 'soft', '--file-locks', 'job-1',
+      ...G,
+      'checkpoint',
+      '--image-path',
+      '/ck/img',
+      '--work-path',
+      '/ck/work',
+      '--leave-running',
+      '--manage-cgroups-mode',
+      'soft',
+      '--file-locks',
+      'job-1',
     ]);
     expect(c.subcommand).toBe('checkpoint');
     expect(optionString(c, '--image-path')).toBe('/ck/img');
@@ -80,7 +103,7 @@ describe('parseRuncArgs on what containerd sends', () => {
     expect(containerIdOf(c)).toBe('x');
   });
 
-  test('an empty --root falls back to runc\'s default', () => {
+  test("an empty --root falls back to runc's default", () => {
     expect(parseRuncArgs(['--root', '', 'state', 'x']).root).toBe('/run/runc');
   });
 

@@ -5,7 +5,19 @@ import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { FORMAT_VERSION, parseManifest, SEALED_FORMAT_VERSION, type Manifest } from '../../core/manifest.js';
 import {
-  chunkCount, keyFor, loadStoreKeys, newSealId, openSealedFile, parseStoreKey, SEAL_ALG, sealedSize, sealFile, SealFollower, storeKeyId, type SealedFile, type StoreKey,
+  chunkCount,
+  keyFor,
+  loadStoreKeys,
+  newSealId,
+  openSealedFile,
+  parseStoreKey,
+  SEAL_ALG,
+  sealedSize,
+  sealFile,
+  SealFollower,
+  storeKeyId,
+  type SealedFile,
+  type StoreKey,
 } from '../../core/seal.js';
 import { settingsVars } from '../../core/settings.js';
 import { checkpointUnusable, inputError } from '../support/input-error.js';
@@ -32,7 +44,10 @@ async function sealed(plain: Buffer, k = key(), rel = 'criu/pages-1.img', sealId
   return { dir, k, rel, sealId, stored: path.join(dir, 'store', rel), entry: r.sealed, digest: r.stored };
 }
 
-async function open(s: { dir: string; k: StoreKey; sealId: string; stored: string; entry: SealedFile }, over: { entry?: Partial<SealedFile>; sealId?: string; k?: StoreKey } = {}): Promise<Buffer> {
+async function open(
+  s: { dir: string; k: StoreKey; sealId: string; stored: string; entry: SealedFile },
+  over: { entry?: Partial<SealedFile>; sealId?: string; k?: StoreKey } = {},
+): Promise<Buffer> {
   const out = path.join(s.dir, `out-${n++}`);
   await openSealedFile(s.stored, out, { ...s.entry, ...over.entry }, over.sealId ?? s.sealId, over.k ?? s.k);
   return fs.readFileSync(out);
@@ -56,7 +71,13 @@ describe('seal format: round trip', () => {
     fs.mkdirSync(src);
     const k = key();
     const id = newSealId();
-    const f = new SealFollower([{ dir: src, pattern: /^pages-\d+\.img$/, rel: (x) => `criu/${x}` }], path.join(dir, 'store'), k, id, { chunkBytes: CHUNK });
+    const f = new SealFollower(
+      [{ dir: src, pattern: /^pages-\d+\.img$/, rel: (x) => `criu/${x}` }],
+      path.join(dir, 'store'),
+      k,
+      id,
+      { chunkBytes: CHUNK },
+    );
     const parts: Buffer[] = [];
     for (let i = 0; i < 20; i++) {
       const p = randomBytes(1000 + i * 37);
@@ -102,7 +123,10 @@ describe('seal format: tampering is refused, and no unauthenticated plaintext is
   });
 
   test('a flipped bit in a tag', () => refused((b) => ((b[chunkAt(1) + CHUNK + 3]! ^= 0x80), b)));
-  test('two chunks swapped', () => refused((b) => Buffer.concat([b.subarray(chunkAt(1), chunkAt(2)), b.subarray(0, chunkAt(1)), b.subarray(chunkAt(2))])));
+  test('two chunks swapped', () =>
+    refused((b) =>
+      Buffer.concat([b.subarray(chunkAt(1), chunkAt(2)), b.subarray(0, chunkAt(1)), b.subarray(chunkAt(2))]),
+    ));
   test('a truncated file', () => refused((b) => b.subarray(0, b.length - 1), {}, 'truncated'));
   test('a file cut at a chunk boundary, its manifest entry shortened to match', () =>
     refused((b) => b.subarray(0, chunkAt(3)), { entry: { plainSize: 3 * CHUNK } }));
@@ -137,7 +161,10 @@ describe('store keys', () => {
   test('unset: no sealing', () => expect(loadStoreKeys({})).toBeUndefined());
   test('hex and base64, one per line, comments; the first seals', () => {
     const keys = loadStoreKeys({ ARCH_STORE_KEY_FILE: keyFile(`# cluster store key\n${hex}\n\n${b64}\n`) })!;
-    expect(keys.keys.map((k) => k.id)).toEqual([storeKeyId(Buffer.from(hex, 'hex')), storeKeyId(Buffer.from(b64, 'base64'))]);
+    expect(keys.keys.map((k) => k.id)).toEqual([
+      storeKeyId(Buffer.from(hex, 'hex')),
+      storeKeyId(Buffer.from(b64, 'base64')),
+    ]);
     expect(keys.keys[0]!.id).toMatch(/^[0-9a-f]{16}$/);
     expect(keys.keys[0]!.id).not.toBe(hex.slice(0, 16));
   });
@@ -146,11 +173,17 @@ describe('store keys', () => {
     expect(e.field).toBe('ARCH_STORE_KEY_FILE');
     expect(e.message).toMatch(/0600/);
   });
-  test.each([['short', 'abcd'], ['not a key', 'x'.repeat(64)], ['empty', '# nothing\n']])('%s is refused', (_w, body) => {
+  test.each([
+    ['short', 'abcd'],
+    ['not a key', 'x'.repeat(64)],
+    ['empty', '# nothing\n'],
+  ])('%s is refused', (_w, body) => {
     expect(inputError(() => loadStoreKeys({ ARCH_STORE_KEY_FILE: keyFile(body) })).field).toBe('ARCH_STORE_KEY_FILE');
   });
   test('a missing file and a relative path are refused', () => {
-    expect(inputError(() => loadStoreKeys({ ARCH_STORE_KEY_FILE: path.join(tmp, 'absent.key') })).field).toBe('ARCH_STORE_KEY_FILE');
+    expect(inputError(() => loadStoreKeys({ ARCH_STORE_KEY_FILE: path.join(tmp, 'absent.key') })).field).toBe(
+      'ARCH_STORE_KEY_FILE',
+    );
     expect(() => loadStoreKeys({ ARCH_STORE_KEY_FILE: 'store.key' })).toThrow(/ARCH_STORE_KEY_FILE/);
   });
   test('the environment wins over the settings file', () => {
@@ -159,7 +192,9 @@ describe('store keys', () => {
     const fromEnv = keyFile(b64);
     fs.writeFileSync(path.join(dir, 'arch.env'), `ARCH_STORE_KEY_FILE=${fromFile}\n`);
     expect(loadStoreKeys(settingsVars({ ARCH_CONFIG: path.join(dir, 'arch.env') }).vars)!.file).toBe(fromFile);
-    expect(loadStoreKeys(settingsVars({ ARCH_CONFIG: path.join(dir, 'arch.env'), ARCH_STORE_KEY_FILE: fromEnv }).vars)!.file).toBe(fromEnv);
+    expect(
+      loadStoreKeys(settingsVars({ ARCH_CONFIG: path.join(dir, 'arch.env'), ARCH_STORE_KEY_FILE: fromEnv }).vars)!.file,
+    ).toBe(fromEnv);
   });
   test('a sealed file whose key this node lacks: sealed-key, naming the key id and the setting, never the key', async () => {
     const k = key();
@@ -176,19 +211,38 @@ describe('store keys', () => {
 });
 
 describe('manifest: seals', () => {
-  const entry = (over: Partial<SealedFile> = {}): SealedFile => ({ path: 'criu/pages-1.img', alg: SEAL_ALG, keyId: 'ab'.repeat(8), nonce: 'cd'.repeat(12), chunkBytes: 4 << 20, plainSize: 100, ...over });
+  const entry = (over: Partial<SealedFile> = {}): SealedFile => ({
+    path: 'criu/pages-1.img',
+    alg: SEAL_ALG,
+    keyId: 'ab'.repeat(8),
+    nonce: 'cd'.repeat(12),
+    chunkBytes: 4 << 20,
+    plainSize: 100,
+    ...over,
+  });
   const m = (over: Partial<Manifest> = {}): Manifest => ({
-    formatVersion: SEALED_FORMAT_VERSION, namespace: 'default', containerId: 'job-1', node: 'n', createdAt: 'now', mode: 'local', leaveRunning: false,
-    runtime: { runc: '1', criu: '4' }, timingsMs: {}, rootfs: { files: 0, bytes: 0, deletions: 0 },
+    formatVersion: SEALED_FORMAT_VERSION,
+    namespace: 'default',
+    containerId: 'job-1',
+    node: 'n',
+    createdAt: 'now',
+    mode: 'local',
+    leaveRunning: false,
+    runtime: { runc: '1', criu: '4' },
+    timingsMs: {},
+    rootfs: { files: 0, bytes: 0, deletions: 0 },
     files: [{ path: 'criu/pages-1.img', size: sealedSize(100, 4 << 20), sha256: 'e'.repeat(64) }],
     seal: { id: 'f'.repeat(32), files: [entry()] },
     ...over,
   });
   const reason = async (x: unknown) => (await checkpointUnusable(() => parseManifest(JSON.stringify(x)))).reason;
 
-  test('a sealed manifest parses', () => expect(parseManifest(JSON.stringify(m())).seal!.files[0]!.plainSize).toBe(100));
+  test('a sealed manifest parses', () =>
+    expect(parseManifest(JSON.stringify(m())).seal!.files[0]!.plainSize).toBe(100));
   test('an unknown seal algorithm is refused clearly', async () => {
-    const e = await checkpointUnusable(() => parseManifest(JSON.stringify(m({ seal: { id: 'f'.repeat(32), files: [entry({ alg: 'rot13' })] } }))));
+    const e = await checkpointUnusable(() =>
+      parseManifest(JSON.stringify(m({ seal: { id: 'f'.repeat(32), files: [entry({ alg: 'rot13' })] } }))),
+    );
     expect(e.reason).toBe('seal-unknown');
     expect(e.message).toContain('rot13');
   });
@@ -197,19 +251,28 @@ describe('manifest: seals', () => {
     expect(await reason(m({ formatVersion: FORMAT_VERSION }))).toBe('manifest-invalid');
   });
   test('a stored size that does not fit the plaintext size', async () => {
-    expect(await reason(m({ seal: { id: 'f'.repeat(32), files: [entry({ plainSize: 99 })] } }))).toBe('manifest-invalid');
+    expect(await reason(m({ seal: { id: 'f'.repeat(32), files: [entry({ plainSize: 99 })] } }))).toBe(
+      'manifest-invalid',
+    );
   });
   test('a sealed file not in the file list, or twice', async () => {
     expect(await reason(m({ seal: { id: 'f'.repeat(32), files: [entry({ path: 'x' })] } }))).toBe('manifest-invalid');
     expect(await reason(m({ seal: { id: 'f'.repeat(32), files: [entry(), entry()] } }))).toBe('manifest-invalid');
   });
   test('malformed seal parameters', async () => {
-    for (const bad of [{ keyId: 'KEY' }, { nonce: '00' }, { chunkBytes: 1 }, { chunkBytes: 1 << 30 }, { plainSize: -1 }]) {
+    for (const bad of [
+      { keyId: 'KEY' },
+      { nonce: '00' },
+      { chunkBytes: 1 },
+      { chunkBytes: 1 << 30 },
+      { plainSize: -1 },
+    ]) {
       expect(await reason(m({ seal: { id: 'f'.repeat(32), files: [entry(bad)] } }))).toBe('manifest-invalid');
     }
     expect(await reason(m({ seal: { id: 'short', files: [entry()] } }))).toBe('manifest-invalid');
   });
-  test('a newer format still says format-newer', async () => expect(await reason({ ...m(), formatVersion: 3 })).toBe('format-newer'));
+  test('a newer format still says format-newer', async () =>
+    expect(await reason({ ...m(), formatVersion: 3 })).toBe('format-newer'));
   test('chunk arithmetic', () => {
     expect(chunkCount(0, 10)).toBe(1);
     expect(chunkCount(10, 10)).toBe(1);

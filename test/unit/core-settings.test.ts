@@ -18,24 +18,29 @@ function configFile(text: string): string {
 
 describe('parseEnvFile', () => {
   test('KEY=VALUE, export, quotes, comments, blank and junk lines', () => {
-    const vars = parseEnvFile([
-      '# comment',
-      '',
-      'A=1',
-      'export B=two words',
-      "C='/opt/x y'",
-      'D="q"',
-      '  E = x',
-      'not a line',
-      'F=',
-      'G=a=b',
-      '1BAD=x',
-    ].join('\n'));
+    const vars = parseEnvFile(
+      [
+        '# comment',
+        '',
+        'A=1',
+        'export B=two words',
+        "C='/opt/x y'",
+        'D="q"',
+        '  E = x',
+        'not a line',
+        'F=',
+        'G=a=b',
+        '1BAD=x',
+      ].join('\n'),
+    );
     expect(vars).toEqual({ A: '1', B: 'two words', C: '/opt/x y', D: 'q', F: '', G: 'a=b' });
   });
 
   test('what test/support/arch-env.ts writes reads back', () => {
-    expect(parseEnvFile("ARCH_RUNC=/usr/sbin/runc\nARCH_LOG_FILE='/tmp/a b/arch.log'\n")).toEqual({ ARCH_RUNC: '/usr/sbin/runc', ARCH_LOG_FILE: '/tmp/a b/arch.log' });
+    expect(parseEnvFile("ARCH_RUNC=/usr/sbin/runc\nARCH_LOG_FILE='/tmp/a b/arch.log'\n")).toEqual({
+      ARCH_RUNC: '/usr/sbin/runc',
+      ARCH_LOG_FILE: '/tmp/a b/arch.log',
+    });
   });
 });
 
@@ -43,17 +48,36 @@ describe('loadSettings', () => {
   test('defaults with no config file', () => {
     const s = loadSettings({ ARCH_CONFIG: path.join(dir, 'missing.env') });
     expect(s).toMatchObject({
-      runc: 'runc', criu: 'criu', criuNoBreakpoints: false, criuNetworkLock: 'auto', fsync: true, logFile: undefined, logLevel: 'info',
-      nodeName: os.hostname(), runcRootBase: '/run/containerd/runc', defaultCheckpointRoot: '/var/lib/arch/checkpoints',
-      temporalAddress: 'localhost:7233', temporalNamespace: 'default', configFile: path.join(dir, 'missing.env'),
+      runc: 'runc',
+      criu: 'criu',
+      criuNoBreakpoints: false,
+      criuNetworkLock: 'auto',
+      fsync: true,
+      logFile: undefined,
+      logLevel: 'info',
+      nodeName: os.hostname(),
+      runcRootBase: '/run/containerd/runc',
+      defaultCheckpointRoot: '/var/lib/arch/checkpoints',
+      temporalAddress: 'localhost:7233',
+      temporalNamespace: 'default',
+      configFile: path.join(dir, 'missing.env'),
     });
     expect(criuEnv(s)).toEqual({});
   });
 
   test('file values, and the environment overrides the file', () => {
-    const f = configFile('ARCH_RUNC=/usr/sbin/runc\nARCH_CRIU=/opt/arch/criu/bin/criu\nARCH_CRIU_NO_BREAKPOINTS=yes\nARCH_NODE_NAME=file-node\nARCH_LOG_FILE=/var/log/arch.log\nARCH_FSYNC=off\n');
+    const f = configFile(
+      'ARCH_RUNC=/usr/sbin/runc\nARCH_CRIU=/opt/arch/criu/bin/criu\nARCH_CRIU_NO_BREAKPOINTS=yes\nARCH_NODE_NAME=file-node\nARCH_LOG_FILE=/var/log/arch.log\nARCH_FSYNC=off\n',
+    );
     const s = loadSettings({ ARCH_CONFIG: f, ARCH_NODE_NAME: 'env-node' });
-    expect(s).toMatchObject({ runc: '/usr/sbin/runc', criu: '/opt/arch/criu/bin/criu', criuNoBreakpoints: true, nodeName: 'env-node', logFile: '/var/log/arch.log', fsync: false });
+    expect(s).toMatchObject({
+      runc: '/usr/sbin/runc',
+      criu: '/opt/arch/criu/bin/criu',
+      criuNoBreakpoints: true,
+      nodeName: 'env-node',
+      logFile: '/var/log/arch.log',
+      fsync: false,
+    });
     expect(criuEnv(s)).toEqual({ CRIU_FAULT: '130' });
   });
 
@@ -67,11 +91,15 @@ describe('loadSettings', () => {
     }
     expect(err).toBeInstanceOf(ArchInputError);
     expect((err as ArchInputError).field).toBe('ARCH_CRIU_NO_BREAKPOINTS');
-    expect((err as ArchInputError).message).toBe('ARCH_CRIU_NO_BREAKPOINTS: "maybe" is not a boolean. Fix: set ARCH_CRIU_NO_BREAKPOINTS=1 or ARCH_CRIU_NO_BREAKPOINTS=0');
+    expect((err as ArchInputError).message).toBe(
+      'ARCH_CRIU_NO_BREAKPOINTS: "maybe" is not a boolean. Fix: set ARCH_CRIU_NO_BREAKPOINTS=1 or ARCH_CRIU_NO_BREAKPOINTS=0',
+    );
   });
 
   test.each(['auto', 'iptables', 'nftables', 'skip'])('ARCH_CRIU_NETWORK_LOCK=%s is taken', (v) => {
-    expect(loadSettings({ ARCH_CONFIG: path.join(dir, 'missing.env'), ARCH_CRIU_NETWORK_LOCK: v }).criuNetworkLock).toBe(v);
+    expect(
+      loadSettings({ ARCH_CONFIG: path.join(dir, 'missing.env'), ARCH_CRIU_NETWORK_LOCK: v }).criuNetworkLock,
+    ).toBe(v);
   });
 
   test('an unknown network lock method names the setting and the values', () => {
@@ -81,7 +109,9 @@ describe('loadSettings', () => {
   });
 
   test.each(['ARCH_LOG_FILE', 'ARCH_RUNC_ROOT', 'ARCH_DEFAULT_CHECKPOINT_PATH'])('relative %s is refused', (k) => {
-    expect(() => loadSettings({ ARCH_CONFIG: path.join(dir, 'missing.env'), [k]: 'rel/x' })).toThrow(new RegExp(`^${k}: "rel/x" is a relative path`));
+    expect(() => loadSettings({ ARCH_CONFIG: path.join(dir, 'missing.env'), [k]: 'rel/x' })).toThrow(
+      new RegExp(`^${k}: "rel/x" is a relative path`),
+    );
   });
 
   test('an unreadable config file (a directory) is an error, not silently ignored', () => {

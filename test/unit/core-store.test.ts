@@ -61,7 +61,9 @@ test('publish: current is a relative symlink to a ckpt dir that verifies; stagin
   const res = await s.publish(st, META, { fsync: true, onPhase: (p) => phases.push(p) });
   expect(phases).toEqual(['digest', 'fsync']);
   expect(res.sizeBytes).toBe(3);
-  expect(res.manifest.files).toEqual([{ path: 'a', size: 3, sha256: 'ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad' }]);
+  expect(res.manifest.files).toEqual([
+    { path: 'a', size: 3, sha256: 'ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad' },
+  ]);
   const link = fs.readlinkSync(path.join(s.containerDir, CURRENT_LINK));
   expect(link).toMatch(/^ckpt-[0-9TZ-]+-[0-9a-f]{8}$/);
   expect(await s.current()).toBe(res.dir);

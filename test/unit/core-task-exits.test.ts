@@ -2,7 +2,15 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { parseTaskExit } from '../../core/containerd.js';
-import { announceExitRecorder, ARCH_STATE_FILE, awaitRecordedExit, EXIT_FILE, EXIT_RECORDER_FILE, recordedExit, recordExit } from '../../core/shim-state.js';
+import {
+  announceExitRecorder,
+  ARCH_STATE_FILE,
+  awaitRecordedExit,
+  EXIT_FILE,
+  EXIT_RECORDER_FILE,
+  recordedExit,
+  recordExit,
+} from '../../core/shim-state.js';
 
 /**
  * Exit codes for delete: containerd's /tasks/exit events as `ctr events`
@@ -12,17 +20,32 @@ describe('parseTaskExit', () => {
   const at = '2026-11-28 20:00:00.123456789 +0000 UTC';
 
   test('an init exit with its code', () => {
-    expect(parseTaskExit(`${at} default /tasks/exit {"container_id":"job-1","id":"job-1","pid":4242,"exit_status":3,"exited_at":"2026-11-28T20:00:00.1Z"}`)).toEqual({
-      namespace: 'default', containerId: 'job-1', execId: 'job-1', pid: 4242, exitStatus: 3, exitedAt: '2026-11-28T20:00:00.1Z',
+    expect(
+      parseTaskExit(
+        `${at} default /tasks/exit {"container_id":"job-1","id":"job-1","pid":4242,"exit_status":3,"exited_at":"2026-11-28T20:00:00.1Z"}`,
+      ),
+    ).toEqual({
+      namespace: 'default',
+      containerId: 'job-1',
+      execId: 'job-1',
+      pid: 4242,
+      exitStatus: 3,
+      exitedAt: '2026-11-28T20:00:00.1Z',
     });
   });
 
   test('exit_status is left out of the JSON when it is 0', () => {
-    expect(parseTaskExit(`${at} k8s.io /tasks/exit {"container_id":"c","id":"c","pid":7,"exited_at":"2026-11-28T20:00:00Z"}`)).toMatchObject({ namespace: 'k8s.io', exitStatus: 0 });
+    expect(
+      parseTaskExit(
+        `${at} k8s.io /tasks/exit {"container_id":"c","id":"c","pid":7,"exited_at":"2026-11-28T20:00:00Z"}`,
+      ),
+    ).toMatchObject({ namespace: 'k8s.io', exitStatus: 0 });
   });
 
   test('an exec process keeps its own id', () => {
-    expect(parseTaskExit(`${at} default /tasks/exit {"container_id":"c","id":"exec-1","pid":8,"exit_status":1}`)).toMatchObject({ containerId: 'c', execId: 'exec-1', exitStatus: 1 });
+    expect(
+      parseTaskExit(`${at} default /tasks/exit {"container_id":"c","id":"exec-1","pid":8,"exit_status":1}`),
+    ).toMatchObject({ containerId: 'c', execId: 'exec-1', exitStatus: 1 });
   });
 
   test.each([

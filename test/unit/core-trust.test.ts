@@ -36,11 +36,15 @@ test('a node trusts its own key; another node trusts it only once its node.pub i
   expect(verifyManifestSignature(manifest, sig, ta)).toBe(ta.signer!.keyId);
   const tb = loadTrust(env({ ARCH_SIGNING_KEY: b.key }));
   expect((await checkpointUnusable(() => verifyManifestSignature(manifest, sig, tb))).reason).toBe('untrusted-signer');
-  expect(verifyManifestSignature(manifest, sig, loadTrust(env({ ARCH_SIGNING_KEY: b.key, ARCH_TRUSTED_KEYS: a.pub })))).toBe(ta.signer!.keyId);
+  expect(
+    verifyManifestSignature(manifest, sig, loadTrust(env({ ARCH_SIGNING_KEY: b.key, ARCH_TRUSTED_KEYS: a.pub }))),
+  ).toBe(ta.signer!.keyId);
   const keysDir = path.join(tmp, 'cluster');
   fs.mkdirSync(keysDir);
   fs.copyFileSync(a.pub, path.join(keysDir, 'a.pub'));
-  expect(verifyManifestSignature(manifest, sig, loadTrust(env({ ARCH_SIGNING_KEY: b.key, ARCH_TRUSTED_KEYS: keysDir })))).toBe(ta.signer!.keyId);
+  expect(
+    verifyManifestSignature(manifest, sig, loadTrust(env({ ARCH_SIGNING_KEY: b.key, ARCH_TRUSTED_KEYS: keysDir }))),
+  ).toBe(ta.signer!.keyId);
 });
 
 test('unsigned, changed or malformed: refused with the reason; ARCH_ACCEPT_UNSIGNED lets only the unsigned pass', async () => {
@@ -48,11 +52,17 @@ test('unsigned, changed or malformed: refused with the reason; ARCH_ACCEPT_UNSIG
   const t = loadTrust(env({ ARCH_SIGNING_KEY: a.key }));
   const sig = signManifest(manifest, t)!;
   expect((await checkpointUnusable(() => verifyManifestSignature(manifest, undefined, t))).reason).toBe('unsigned');
-  expect((await checkpointUnusable(() => verifyManifestSignature(Buffer.from('{"formatVersion":2}'), sig, t))).reason).toBe('bad-signature');
-  expect((await checkpointUnusable(() => verifyManifestSignature(manifest, 'not json', t))).reason).toBe('signature-invalid');
+  expect(
+    (await checkpointUnusable(() => verifyManifestSignature(Buffer.from('{"formatVersion":2}'), sig, t))).reason,
+  ).toBe('bad-signature');
+  expect((await checkpointUnusable(() => verifyManifestSignature(manifest, 'not json', t))).reason).toBe(
+    'signature-invalid',
+  );
   const accepting = loadTrust(env({ ARCH_SIGNING_KEY: a.key, ARCH_ACCEPT_UNSIGNED: '1' }));
   expect(verifyManifestSignature(manifest, undefined, accepting)).toBe('unsigned');
-  expect((await checkpointUnusable(() => verifyManifestSignature(Buffer.from('x'), sig, accepting))).reason).toBe('bad-signature');
+  expect((await checkpointUnusable(() => verifyManifestSignature(Buffer.from('x'), sig, accepting))).reason).toBe(
+    'bad-signature',
+  );
 });
 
 test('no signing key: nothing is signed and the problem names the setting and the fix; a bad trusted key is an input error', () => {
@@ -62,22 +72,36 @@ test('no signing key: nothing is signed and the problem names the setting and th
   expect(signManifest(manifest, t)).toBeUndefined();
   fs.writeFileSync(path.join(tmp, 'junk.pub'), 'junk');
   expect(() => loadTrust(env({ ARCH_TRUSTED_KEYS: path.join(tmp, 'junk.pub') }))).toThrow(ArchInputError);
-  expect(() => loadTrust(env({ ARCH_TRUSTED_KEYS: 'relative.pub' }))).toThrow(/ARCH_TRUSTED_KEYS: "relative.pub" is a relative path/);
+  expect(() => loadTrust(env({ ARCH_TRUSTED_KEYS: 'relative.pub' }))).toThrow(
+    /ARCH_TRUSTED_KEYS: "relative.pub" is a relative path/,
+  );
 });
 
 test('owner: pod namespace and image must match; an old manifest without one passes only when accepted', async () => {
   const owner = { podNamespace: 'team-a', image: 'img@sha256:aa' };
   expect(() => assertSameOwner(owner, { ...owner }, false)).not.toThrow();
-  expect((await checkpointUnusable(() => assertSameOwner(owner, { ...owner, podNamespace: 'team-b' }, false))).reason).toBe('identity');
-  expect((await checkpointUnusable(() => assertSameOwner(owner, { ...owner, image: 'img@sha256:bb' }, false))).reason).toBe('identity');
-  expect((await checkpointUnusable(() => assertSameOwner(owner, { ...owner, image: null }, false))).reason).toBe('identity');
+  expect(
+    (await checkpointUnusable(() => assertSameOwner(owner, { ...owner, podNamespace: 'team-b' }, false))).reason,
+  ).toBe('identity');
+  expect(
+    (await checkpointUnusable(() => assertSameOwner(owner, { ...owner, image: 'img@sha256:bb' }, false))).reason,
+  ).toBe('identity');
+  expect((await checkpointUnusable(() => assertSameOwner(owner, { ...owner, image: null }, false))).reason).toBe(
+    'identity',
+  );
   expect((await checkpointUnusable(() => assertSameOwner(undefined, owner, false))).reason).toBe('identity');
   expect(() => assertSameOwner(undefined, owner, true)).not.toThrow();
 });
 
 test('archive: declared sizes above rootfs.bytes and GNU sparse entries are refused before anything is extracted', async () => {
   const file = path.join(tmp, 'a.tar');
-  fs.writeFileSync(file, craftTar([{ name: 'a', type: '0', data: 'x'.repeat(100) }, { name: 'b', type: '0', data: 'y'.repeat(100) }]));
+  fs.writeFileSync(
+    file,
+    craftTar([
+      { name: 'a', type: '0', data: 'x'.repeat(100) },
+      { name: 'b', type: '0', data: 'y'.repeat(100) },
+    ]),
+  );
   await expect(validateDiffArchive(file, 200)).resolves.toBeUndefined();
   const err = await checkpointUnusable(validateDiffArchive(file, 150));
   expect(err.reason).toBe('archive-size');

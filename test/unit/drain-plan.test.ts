@@ -1,7 +1,14 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { DEFAULT_THROUGHPUT_BYTES_PER_SEC, planDrain, simulate, ThroughputEstimator, type DrainContainer, type DrainInput } from '../../core/drain-plan.js';
+import {
+  DEFAULT_THROUGHPUT_BYTES_PER_SEC,
+  planDrain,
+  simulate,
+  ThroughputEstimator,
+  type DrainContainer,
+  type DrainInput,
+} from '../../core/drain-plan.js';
 import { ArchInputError } from '../../core/errors.js';
 import { captureLogger } from '../support/fake-metadata.js';
 
@@ -30,7 +37,17 @@ function input(over: Partial<DrainInput>): DrainInput {
 
 describe('planDrain', () => {
   test('orders by priority (higher first), then size (smaller first)', () => {
-    const plan = planDrain(input({ containers: [c('big-low', 1, 3), c('small-low', 1, 1), c('big-high', 9, 4), c('small-high', 9, 2), c('mid', 5, 1)] }));
+    const plan = planDrain(
+      input({
+        containers: [
+          c('big-low', 1, 3),
+          c('small-low', 1, 1),
+          c('big-high', 9, 4),
+          c('small-high', 9, 2),
+          c('mid', 5, 1),
+        ],
+      }),
+    );
     expect(plan.order.map((p) => p.id)).toEqual(['small-high', 'big-high', 'mid', 'small-low', 'big-low']);
     expect(plan.notExpectedToFit).toEqual([]);
     // Serial at 100 MB/s: 2 GB -> 20 s, +4 GB -> 60 s, +1 -> 70 s, +1 -> 80 s, +3 -> 110 s.
@@ -53,7 +70,9 @@ describe('planDrain', () => {
       ['d', 35_000],
     ]);
     // 'huge' (50 s alone) cannot make it; it goes last, best effort, after the others.
-    expect(plan.notExpectedToFit.map((p) => [p.id, p.expectedStartMs, p.expectedFinishMs])).toEqual([['huge', 35_000, 85_000]]);
+    expect(plan.notExpectedToFit.map((p) => [p.id, p.expectedStartMs, p.expectedFinishMs])).toEqual([
+      ['huge', 35_000, 85_000],
+    ]);
     expect(plan.order.map((p) => p.id)).toEqual(['b', 'c', 'd', 'huge']);
   });
 
@@ -91,7 +110,9 @@ describe('planDrain', () => {
   });
 
   test('a deadline already passed: nothing is expected to fit, order is still given', () => {
-    const plan = planDrain(input({ deadline: new Date(NOW.getTime() - 1000), containers: [c('a', 1, 1), c('b', 2, 1)] }));
+    const plan = planDrain(
+      input({ deadline: new Date(NOW.getTime() - 1000), containers: [c('a', 1, 1), c('b', 2, 1)] }),
+    );
     expect(plan.budgetMs).toBe(-1000);
     expect(plan.expectedToFit).toEqual([]);
     expect(plan.order.map((p) => p.id)).toEqual(['b', 'a']);
@@ -125,7 +146,9 @@ describe('planDrain', () => {
     expect(field({ maxParallel: 0 })).toBe('maxParallel');
     expect(field({ throughputBytesPerSec: 0 })).toBe('throughputBytesPerSec');
     expect(field({ deadline: new Date('nope') })).toBe('deadline');
-    expect(field({ containers: [{ namespace: 'n', id: 'x', priority: 1, rssBytes: -1, upperDirBytes: 0 }] })).toBe('containers[n/x].rssBytes');
+    expect(field({ containers: [{ namespace: 'n', id: 'x', priority: 1, rssBytes: -1, upperDirBytes: 0 }] })).toBe(
+      'containers[n/x].rssBytes',
+    );
   });
 });
 

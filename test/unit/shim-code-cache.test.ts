@@ -28,7 +28,10 @@ async function runShim() {
   const cfg = path.join(dir, 'arch.env');
   fs.writeFileSync(cfg, 'ARCH_RUNC=/bin/true\n');
   // `state` of a container the shim does not handle: passed to ARCH_RUNC, its exit code returned.
-  return execa(process.execPath, [path.join(dir, 'start.cjs'), 'state', 'some-id'], { env: { ARCH_CONFIG: cfg }, reject: false });
+  return execa(process.execPath, [path.join(dir, 'start.cjs'), 'state', 'some-id'], {
+    env: { ARCH_CONFIG: cfg },
+    reject: false,
+  });
 }
 
 /** The cache file is for this bundle and its data is intact. */
@@ -70,7 +73,7 @@ async function runWithSpoiledCache(spoil: (file: Buffer) => Buffer): Promise<{ o
 
 test.each([
   ['damaged data', (f: Buffer) => Buffer.concat([f.subarray(0, 64), Buffer.alloc(f.length - 64, 0xa5)])],
-  ['another bundle\'s cache', (f: Buffer) => Buffer.concat([sha256('another bundle'), f.subarray(32)])],
+  ["another bundle's cache", (f: Buffer) => Buffer.concat([sha256('another bundle'), f.subarray(32)])],
   ['truncated', (f: Buffer) => f.subarray(0, 40)],
   ['empty', () => Buffer.alloc(0)],
 ])('%s: ignored, the call runs, a valid cache replaces it', async (_what, spoil) => {
@@ -89,6 +92,9 @@ test('a cache V8 refuses (made by another Node): the call runs, a valid cache re
 
 test('the exit code of the real runc comes back through the loader', async () => {
   fs.writeFileSync(path.join(dir, 'arch.env'), 'ARCH_RUNC=/bin/false\n');
-  const r = await execa(process.execPath, [path.join(dir, 'start.cjs'), 'state', 'some-id'], { env: { ARCH_CONFIG: path.join(dir, 'arch.env') }, reject: false });
+  const r = await execa(process.execPath, [path.join(dir, 'start.cjs'), 'state', 'some-id'], {
+    env: { ARCH_CONFIG: path.join(dir, 'arch.env') },
+    reject: false,
+  });
   expect(r.exitCode).toBe(1);
 });

@@ -29,7 +29,8 @@ beforeEach(() => {
   home = fs.mkdtempSync(path.join(os.tmpdir(), 'arch-snapshot-'));
   const shim = path.join(home, 'dist/shim');
   fs.mkdirSync(shim, { recursive: true });
-  for (const f of ['start.cjs', 'arch-runc.cjs', 'arch-runc.blob', 'arch-runc.blob.stamp']) fs.copyFileSync(path.join(BUILT, f), path.join(shim, f));
+  for (const f of ['start.cjs', 'arch-runc.cjs', 'arch-runc.blob', 'arch-runc.blob.stamp'])
+    fs.copyFileSync(path.join(BUILT, f), path.join(shim, f));
   root = path.join(home, 'runc/default');
   fs.mkdirSync(path.join(root, ID), { recursive: true });
   fs.writeFileSync(path.join(root, ID, 'arch.json'), '{}');
@@ -71,18 +72,27 @@ test('from the snapshot, the exit code of the real runc comes back', async () =>
 });
 
 test.each([
-  ['the Node has changed since the build (another identity)', () => {
-    const [node, libs, identity] = stamp();
-    fs.writeFileSync(shimFile('arch-runc.blob.stamp'), `${node}\n${libs}\n${identity!.replace(/^\d+:\d+/, '1:1')}\n`);
-  }],
-  ['the stamp names a Node that is not there', () => {
-    const [, libs, identity] = stamp();
-    fs.writeFileSync(shimFile('arch-runc.blob.stamp'), `/nonexistent/node\n${libs}\n${identity}\n`);
-  }],
-  ['a library the stamp names is gone', () => {
-    const [node, libs, identity] = stamp();
-    fs.writeFileSync(shimFile('arch-runc.blob.stamp'), `${node}\n${libs} /nonexistent/libnode.so.1\n${identity}\n`);
-  }],
+  [
+    'the Node has changed since the build (another identity)',
+    () => {
+      const [node, libs, identity] = stamp();
+      fs.writeFileSync(shimFile('arch-runc.blob.stamp'), `${node}\n${libs}\n${identity!.replace(/^\d+:\d+/, '1:1')}\n`);
+    },
+  ],
+  [
+    'the stamp names a Node that is not there',
+    () => {
+      const [, libs, identity] = stamp();
+      fs.writeFileSync(shimFile('arch-runc.blob.stamp'), `/nonexistent/node\n${libs}\n${identity}\n`);
+    },
+  ],
+  [
+    'a library the stamp names is gone',
+    () => {
+      const [node, libs, identity] = stamp();
+      fs.writeFileSync(shimFile('arch-runc.blob.stamp'), `${node}\n${libs} /nonexistent/libnode.so.1\n${identity}\n`);
+    },
+  ],
   ['no stamp', () => fs.rmSync(shimFile('arch-runc.blob.stamp'))],
   ['an empty stamp', () => fs.writeFileSync(shimFile('arch-runc.blob.stamp'), '')],
 ])('%s: started through start.cjs, the blob left alone', async (_what, change) => {
@@ -97,7 +107,9 @@ test.each([
 test('ARCH_NODE_BIN naming another Node: that Node runs start.cjs', async () => {
   spoilBlob();
   const other = path.join(home, 'other-node');
-  fs.writeFileSync(other, `#!/bin/sh\necho other-node >&2\nexec ${JSON.stringify(process.execPath)} "$@"\n`, { mode: 0o755 });
+  fs.writeFileSync(other, `#!/bin/sh\necho other-node >&2\nexec ${JSON.stringify(process.execPath)} "$@"\n`, {
+    mode: 0o755,
+  });
   const r = await front(call(), { ARCH_NODE_BIN: other });
   expect(r.stderr).toBe('other-node');
   expect(r.exitCode).toBe(0);
@@ -124,7 +136,11 @@ describe('arch-cli doctor says whether arch-runc starts from the snapshot (a war
 
   test('no snapshot built: a warning', async () => {
     fs.rmSync(shimFile('arch-runc.blob.stamp'));
-    expect(await shimSnapshotCheck(home)).toMatchObject({ ok: false, optional: true, detail: expect.stringContaining('made no snapshot') });
+    expect(await shimSnapshotCheck(home)).toMatchObject({
+      ok: false,
+      optional: true,
+      detail: expect.stringContaining('made no snapshot'),
+    });
   });
 });
 

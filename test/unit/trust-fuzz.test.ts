@@ -4,7 +4,13 @@ import os from 'node:os';
 import path from 'node:path';
 import * as tar from 'tar';
 import { CheckpointUnusableError } from '../../core/errors.js';
-import { describeFiles, FORMAT_VERSION, listFiles, verifyCheckpointDirStaged, type Manifest } from '../../core/manifest.js';
+import {
+  describeFiles,
+  FORMAT_VERSION,
+  listFiles,
+  verifyCheckpointDirStaged,
+  type Manifest,
+} from '../../core/manifest.js';
 import { applyDiff, captureDiff } from '../../core/rootfs-diff.js';
 import { keyIdOf, signManifest, SIGNATURE_FILE, type Trust } from '../../core/trust.js';
 import { craftTar, type TarEntry } from '../support/crafted-tar.js';
@@ -47,7 +53,11 @@ beforeAll(async () => {
   fs.mkdirSync(outside);
   const { privateKey } = crypto.generateKeyPairSync('ed25519');
   const pub = crypto.createPublicKey(privateKey);
-  trust = { signer: { keyId: keyIdOf(pub), key: privateKey, file: 'fuzz' }, trusted: new Map([[keyIdOf(pub), { key: pub, source: 'fuzz' }]]), acceptUnsigned: false };
+  trust = {
+    signer: { keyId: keyIdOf(pub), key: privateKey, file: 'fuzz' },
+    trusted: new Map([[keyIdOf(pub), { key: pub, source: 'fuzz' }]]),
+    acceptUnsigned: false,
+  };
   // A small but varied writable layer: files, a directory, a symlink, a hard link.
   const layer = path.join(tmp, 'layer');
   fs.mkdirSync(path.join(layer, 'etc/app'), { recursive: true });
@@ -62,12 +72,22 @@ beforeAll(async () => {
   fs.writeFileSync(path.join(base, 'criu/pages-1.img'), crypto.randomBytes(8192));
   fs.writeFileSync(path.join(base, 'criu/core-1.img'), crypto.randomBytes(300));
   const m: Manifest = {
-    formatVersion: FORMAT_VERSION, namespace: 'default', containerId: 'fuzz', owner: { podNamespace: null, image: 'img@sha256:00' }, node: 'n',
-    createdAt: '2026-12-03T00:00:00.000Z', mode: 'local', leaveRunning: false, runtime: { runc: 'r', criu: 'c' }, timingsMs: {},
-    rootfs: { files: diff.files, bytes: diff.bytes, deletions: 0 }, files: await describeFiles(base, await listFiles(base)),
+    formatVersion: FORMAT_VERSION,
+    namespace: 'default',
+    containerId: 'fuzz',
+    owner: { podNamespace: null, image: 'img@sha256:00' },
+    node: 'n',
+    createdAt: '2026-12-03T00:00:00.000Z',
+    mode: 'local',
+    leaveRunning: false,
+    runtime: { runc: 'r', criu: 'c' },
+    timingsMs: {},
+    rootfs: { files: diff.files, bytes: diff.bytes, deletions: 0 },
+    files: await describeFiles(base, await listFiles(base)),
   };
   writeSigned(base, m);
-  for (const f of [...(await listFiles(base)), 'manifest.json', SIGNATURE_FILE]) originals.set(f, fs.readFileSync(path.join(base, f)));
+  for (const f of [...(await listFiles(base)), 'manifest.json', SIGNATURE_FILE])
+    originals.set(f, fs.readFileSync(path.join(base, f)));
 });
 
 afterAll(() => fs.rmSync(tmp, { recursive: true, force: true }));
@@ -113,7 +133,10 @@ function mutateBytes(b: Buffer, r: () => number, within = b.length): Buffer {
 const HOSTILE: TarEntry[][] = [
   [{ name: '../escape', type: '0', data: 'x' }],
   [{ name: '/tmp/abs-escape', type: '0', data: 'x' }],
-  [{ name: 'l', type: '2', link: '..' }, { name: 'l/escape', type: '0', data: 'x' }],
+  [
+    { name: 'l', type: '2', link: '..' },
+    { name: 'l/escape', type: '0', data: 'x' },
+  ],
   [{ name: 'h', type: '1', link: '/etc/passwd' }],
   [{ name: 'dev', type: '3', dev: [1, 1] }],
   [{ name: 'fifo', type: '6' }],
@@ -136,7 +159,20 @@ async function mutate(dir: string, r: () => number): Promise<string> {
       const m = JSON.parse(originals.get('manifest.json')!.toString()) as Record<string, unknown>;
       const keys = [...Object.keys(m), 'files.0.path', 'rootfs.bytes', 'owner.image', 'formatVersion'];
       const k = keys[Math.floor(r() * keys.length)]!;
-      const values: unknown[] = [null, -1, 2 ** 53, 'x', '../../etc', '/abs', [], {}, true, 1e308, 'manifest.json', SIGNATURE_FILE];
+      const values: unknown[] = [
+        null,
+        -1,
+        2 ** 53,
+        'x',
+        '../../etc',
+        '/abs',
+        [],
+        {},
+        true,
+        1e308,
+        'manifest.json',
+        SIGNATURE_FILE,
+      ];
       const v = values[Math.floor(r() * values.length)];
       const parts = k.split('.');
       let o = m as Record<string, unknown>;
@@ -147,7 +183,12 @@ async function mutate(dir: string, r: () => number): Promise<string> {
       break;
     }
     case 2: {
-      const choices = [mutateBytes(originals.get(SIGNATURE_FILE)!, r), Buffer.from('{}'), Buffer.alloc(0), Buffer.from('{"format":1,"alg":"ed25519","keyId":"00","signature":"AAAA"}')];
+      const choices = [
+        mutateBytes(originals.get(SIGNATURE_FILE)!, r),
+        Buffer.from('{}'),
+        Buffer.alloc(0),
+        Buffer.from('{"format":1,"alg":"ed25519","keyId":"00","signature":"AAAA"}'),
+      ];
       fs.writeFileSync(path.join(dir, SIGNATURE_FILE), choices[Math.floor(r() * choices.length)]!);
       what = 'signature';
       break;
@@ -168,7 +209,10 @@ async function mutate(dir: string, r: () => number): Promise<string> {
     default: {
       const paths = ['../x', '/abs', 'a/../../b', 'etc/link/x', '', '.', 'ok/path', 7, null];
       const pick = () => paths[Math.floor(r() * paths.length)];
-      const d = r() < 0.2 ? mutateBytes(originals.get('deleted.files')!, r).toString() : JSON.stringify({ whiteouts: [pick()], opaque: [pick()] });
+      const d =
+        r() < 0.2
+          ? mutateBytes(originals.get('deleted.files')!, r).toString()
+          : JSON.stringify({ whiteouts: [pick()], opaque: [pick()] });
       fs.writeFileSync(path.join(dir, 'deleted.files'), d);
       what = `deleted.files ${d}`;
       break;
@@ -201,13 +245,23 @@ test(`${CASES} mutated checkpoints: each verifies and applies inside the target,
     outcomes.set(outcome, (outcomes.get(outcome) ?? 0) + 1);
     // Nothing outside the target: the sibling directories are what they were.
     expect({ i, what, outside: fs.readdirSync(outside) }).toEqual({ i, what, outside: [] });
-    expect({ i, what, tmp: fs.readdirSync(tmp).sort() }).toEqual({ i, what, tmp: ['case', 'ckpt', 'layer', 'outside', 'upper'] });
+    expect({ i, what, tmp: fs.readdirSync(tmp).sort() }).toEqual({
+      i,
+      what,
+      tmp: ['case', 'ckpt', 'layer', 'outside', 'upper'],
+    });
     expect(fs.existsSync('/tmp/abs-escape') || fs.existsSync(path.join(tmp, 'escape'))).toBe(false);
   }
   const ms = Date.now() - t0;
-  process.stdout.write(`fuzz: ${CASES} cases in ${ms} ms: ${JSON.stringify(Object.fromEntries([...outcomes].sort((a, b) => b[1] - a[1])))}\n`);
+  process.stdout.write(
+    `fuzz: ${CASES} cases in ${ms} ms: ${JSON.stringify(Object.fromEntries([...outcomes].sort((a, b) => b[1] - a[1])))}\n`,
+  );
   // The mutations reach past the signature to the readers behind it.
   expect(outcomes.get('bad-signature')).toBeGreaterThan(0);
-  expect((outcomes.get('archive-escape') ?? 0) + (outcomes.get('archive-entry') ?? 0) + (outcomes.get('archive-invalid') ?? 0)).toBeGreaterThan(0);
+  expect(
+    (outcomes.get('archive-escape') ?? 0) +
+      (outcomes.get('archive-entry') ?? 0) +
+      (outcomes.get('archive-invalid') ?? 0),
+  ).toBeGreaterThan(0);
   expect(outcomes.get('applied')).toBeGreaterThan(0);
 });

@@ -90,10 +90,32 @@ describe('containers not expected to fit', () => {
     targets: [],
     deadline: '2026-01-01T00:00:20.000Z',
     containers: [
-      { namespace: 'default', id: 'mid', outcome: 'checkpointed', expectedToFit: true, checkpointedInTime: true, checkpointMs: 900, sizeBytes: 64 << 20 },
-      { namespace: 'default', id: 'big', outcome: 'skipped', expectedToFit: false, checkpointedInTime: false, runningOn: 'a', error: 'not started: not expected to finish before the deadline' },
+      {
+        namespace: 'default',
+        id: 'mid',
+        outcome: 'checkpointed',
+        expectedToFit: true,
+        checkpointedInTime: true,
+        checkpointMs: 900,
+        sizeBytes: 64 << 20,
+      },
+      {
+        namespace: 'default',
+        id: 'big',
+        outcome: 'skipped',
+        expectedToFit: false,
+        checkpointedInTime: false,
+        runningOn: 'a',
+        error: 'not started: not expected to finish before the deadline',
+      },
     ],
-    plan: { parallelism: 2, budgetMs: 18_000, plannedAt: '2026-01-01T00:00:00.000Z', throughputBytesPerSec: 10 << 20, notExpectedToFit: ['default/big'] },
+    plan: {
+      parallelism: 2,
+      budgetMs: 18_000,
+      plannedAt: '2026-01-01T00:00:00.000Z',
+      throughputBytesPerSec: 10 << 20,
+      notExpectedToFit: ['default/big'],
+    },
     withinDeadline: false,
     checkpointPhaseMs: 1000,
     totalMs: 1100,
@@ -105,29 +127,77 @@ describe('containers not expected to fit', () => {
     expect(text).toMatch(/default\/big +skipped +a .* NO +NO /);
     expect(text).toMatch(/default\/mid +checkpointed .* yes +yes /);
     expect(drainExitCode(result)).toBe(EXIT.failed);
-    expect(formatDrain({ ...result, containers: [result.containers[0]!], plan: { ...result.plan, notExpectedToFit: [] }, withinDeadline: true })).not.toContain('not expected to fit');
+    expect(
+      formatDrain({
+        ...result,
+        containers: [result.containers[0]!],
+        plan: { ...result.plan, notExpectedToFit: [] },
+        withinDeadline: true,
+      }),
+    ).not.toContain('not expected to fit');
     expect(drainExitCode({ ...result, containers: [result.containers[0]!], withinDeadline: true })).toBe(EXIT.ok);
   });
 
   test('one count for the drain, the reclaim record and the exit code: back on the drained node is not moved', () => {
     const c = (outcome: DrainOutcome) => ({ outcome });
-    expect(drainCounts([c('migrated'), c('migrated'), c('compensated')])).toEqual({ migrated: 2, checkpointed: 0, failed: 1, skipped: 0 });
-    expect(drainCounts([c('checkpointed'), c('skipped'), c('checkpoint-failed'), c('restore-failed')])).toEqual({ migrated: 0, checkpointed: 1, failed: 3, skipped: 1 });
+    expect(drainCounts([c('migrated'), c('migrated'), c('compensated')])).toEqual({
+      migrated: 2,
+      checkpointed: 0,
+      failed: 1,
+      skipped: 0,
+    });
+    expect(drainCounts([c('checkpointed'), c('skipped'), c('checkpoint-failed'), c('restore-failed')])).toEqual({
+      migrated: 0,
+      checkpointed: 1,
+      failed: 3,
+      skipped: 1,
+    });
     expect(drainCounts([])).toEqual({ migrated: 0, checkpointed: 0, failed: 0, skipped: 0 });
-    const back = { ...result, withinDeadline: true, containers: [{ ...result.containers[0]!, outcome: 'compensated' as const, runningOn: 'a' }] };
+    const back = {
+      ...result,
+      withinDeadline: true,
+      containers: [{ ...result.containers[0]!, outcome: 'compensated' as const, runningOn: 'a' }],
+    };
     expect(drainExitCode(back)).toBe(EXIT.failed);
   });
 
-  test('the reclaim watcher\'s status shows them; a signal finds its own record', () => {
+  test("the reclaim watcher's status shows them; a signal finds its own record", () => {
     const rec: ReclaimRecord = {
-      receivedAt: '2026-01-01T00:00:00.000Z', deadline: '2026-01-01T00:00:20.000Z', reason: 'spot', drainWorkflowId: 'arch-drain-a-1', status: 'completed',
-      migrated: 0, failed: 1, skipped: 1, notExpectedToFit: ['default/big'], withinDeadline: false,
+      receivedAt: '2026-01-01T00:00:00.000Z',
+      deadline: '2026-01-01T00:00:20.000Z',
+      reason: 'spot',
+      drainWorkflowId: 'arch-drain-a-1',
+      status: 'completed',
+      migrated: 0,
+      failed: 1,
+      skipped: 1,
+      notExpectedToFit: ['default/big'],
+      withinDeadline: false,
     };
-    const older: ReclaimRecord = { ...rec, deadline: '2025-12-31T00:00:00.000Z', drainWorkflowId: 'arch-drain-a-0', notExpectedToFit: undefined };
-    const state: ReclaimWatchState = { node: 'a', targets: [], status: 'watching', history: [older, rec], pending: 0, runsSinceStart: 2 };
+    const older: ReclaimRecord = {
+      ...rec,
+      deadline: '2025-12-31T00:00:00.000Z',
+      drainWorkflowId: 'arch-drain-a-0',
+      notExpectedToFit: undefined,
+    };
+    const state: ReclaimWatchState = {
+      node: 'a',
+      targets: [],
+      status: 'watching',
+      history: [older, rec],
+      pending: 0,
+      runsSinceStart: 2,
+    };
     expect(formatWatch(state)).toContain('not expected to fit: default/big');
-    expect(recordOf(state, { deadline: '2026-01-01T00:00:20Z', reason: 'spot' })?.drainWorkflowId).toBe('arch-drain-a-1');
+    expect(recordOf(state, { deadline: '2026-01-01T00:00:20Z', reason: 'spot' })?.drainWorkflowId).toBe(
+      'arch-drain-a-1',
+    );
     expect(recordOf(state, { deadline: '2026-01-01T00:00:20Z', reason: 'other' })).toBeUndefined();
-    expect(recordOf({ ...state, history: [older], current: { ...rec, status: 'running' } }, { deadline: rec.deadline, reason: 'spot' })?.status).toBe('running');
+    expect(
+      recordOf(
+        { ...state, history: [older], current: { ...rec, status: 'running' } },
+        { deadline: rec.deadline, reason: 'spot' },
+      )?.status,
+    ).toBe('running');
   });
 });

@@ -19,11 +19,20 @@ interface Service {
   restart?: string;
 }
 
-const compose = parse(fs.readFileSync(path.join(REPO_ROOT, 'docker-compose.yml'), 'utf8'), { merge: true }) as { services: Record<string, Service>; volumes?: Record<string, unknown> };
+const compose = parse(fs.readFileSync(path.join(REPO_ROOT, 'docker-compose.yml'), 'utf8'), { merge: true }) as {
+  services: Record<string, Service>;
+  volumes?: Record<string, unknown>;
+};
 const s = compose.services;
 
 test('services: PostgreSQL, schema one-shot, server, search-attribute one-shot, UI', () => {
-  expect(Object.keys(s).sort()).toEqual(['arch-search-attributes', 'postgresql', 'temporal', 'temporal-schema', 'temporal-ui']);
+  expect(Object.keys(s).sort()).toEqual([
+    'arch-search-attributes',
+    'postgresql',
+    'temporal',
+    'temporal-schema',
+    'temporal-ui',
+  ]);
 });
 
 test('current images, pinned, no auto-setup', () => {
@@ -47,7 +56,11 @@ test('ports: frontend 7233, UI on 8233, on loopback unless ARCH_TEMPORAL_BIND sa
 });
 
 test('the server runs on PostgreSQL and starts after its schema exists', () => {
-  expect(s.temporal!.environment).toMatchObject({ DB: 'postgres12', POSTGRES_SEEDS: 'postgresql', POSTGRES_USER: 'temporal' });
+  expect(s.temporal!.environment).toMatchObject({
+    DB: 'postgres12',
+    POSTGRES_SEEDS: 'postgresql',
+    POSTGRES_USER: 'temporal',
+  });
   expect(s.temporal!.depends_on).toEqual({ 'temporal-schema': { condition: 'service_completed_successfully' } });
   expect(s['temporal-schema']!.depends_on).toEqual({ postgresql: { condition: 'service_healthy' } });
   const schema = String(s['temporal-schema']!.command);
@@ -62,7 +75,9 @@ test("the one-shot registers exactly ARCH's search attributes, as Keyword, once 
   expect(job.depends_on).toEqual({ temporal: { condition: 'service_healthy' } });
   expect(job.environment?.TEMPORAL_ADDRESS).toBe('temporal:7233');
   const script = String(job.command);
-  expect(script).toMatch(/temporal operator search-attribute create --namespace "\$\$TEMPORAL_NAMESPACE" --name "\$\$attr" --type Keyword/);
+  expect(script).toMatch(
+    /temporal operator search-attribute create --namespace "\$\$TEMPORAL_NAMESPACE" --name "\$\$attr" --type Keyword/,
+  );
   const loops = [...script.matchAll(/for attr in ([A-Za-z ]+); do/g)].map((m) => m[1]!.trim().split(/\s+/).sort());
   const expected = SEARCH_ATTRIBUTE_DEFS.map((d) => d.name).sort();
   expect(loops.length).toBe(2); // create, then check every one is listed

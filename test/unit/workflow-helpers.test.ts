@@ -34,17 +34,47 @@ function info(env: string[], extra: Partial<ContainerInfo['spec']> = {}): Contai
 
 describe('container spec replayed on another node', () => {
   test('ARCH-enabled: env, args, cwd, labels, user bind mounts only, host network detected', () => {
-    const spec = specFromInfo(info(['PATH=/bin', 'ARCH_ENABLE=1', 'ARCH_CHECKPOINT_HOST_PATH=/var/lib/arch', 'ARCH_PRIORITY=3']), 'default', OPTS)!;
+    const spec = specFromInfo(
+      info(['PATH=/bin', 'ARCH_ENABLE=1', 'ARCH_CHECKPOINT_HOST_PATH=/var/lib/arch', 'ARCH_PRIORITY=3']),
+      'default',
+      OPTS,
+    )!;
     expect(spec).toMatchObject({
-      namespace: 'default', id: 'job-1', image: 'localhost/app:1', args: ['/app', '--x'], cwd: '/srv', labels: { team: 'a' },
-      mounts: [{ type: 'bind', src: '/srv/data', dst: '/data', options: ['rbind', 'rw'] }], netHost: true, mode: 'local', priority: 3,
+      namespace: 'default',
+      id: 'job-1',
+      image: 'localhost/app:1',
+      args: ['/app', '--x'],
+      cwd: '/srv',
+      labels: { team: 'a' },
+      mounts: [{ type: 'bind', src: '/srv/data', dst: '/data', options: ['rbind', 'rw'] }],
+      netHost: true,
+      mode: 'local',
+      priority: 3,
     });
-    const run = runOptionsFor(spec, { archRunc: '/opt/arch/bin/arch-runc', runcRoot: '/run/x', logDir: '/var/log/arch/containers' });
-    expect(run).toMatchObject({ image: 'localhost/app:1', id: 'job-1', runcBinary: '/opt/arch/bin/arch-runc', runcRoot: '/run/x', netHost: true, detach: true, logFile: '/var/log/arch/containers/default/job-1.log' });
+    const run = runOptionsFor(spec, {
+      archRunc: '/opt/arch/bin/arch-runc',
+      runcRoot: '/run/x',
+      logDir: '/var/log/arch/containers',
+    });
+    expect(run).toMatchObject({
+      image: 'localhost/app:1',
+      id: 'job-1',
+      runcBinary: '/opt/arch/bin/arch-runc',
+      runcRoot: '/run/x',
+      netHost: true,
+      detach: true,
+      logFile: '/var/log/arch/containers/default/job-1.log',
+    });
     expect(run.env).toContain('ARCH_ENABLE=1');
   });
   test('shared mode and private network', () => {
-    const spec = specFromInfo(info(['ARCH_ENABLE=1', 'ARCH_SHAREDFS_HOST_PATH=/mnt/shared', 'ARCH_WORKDIR_CONTAINER_PATH=/work'], { linux: { namespaces: [{ type: 'network' }] } as never }), 'k8s.io', OPTS)!;
+    const spec = specFromInfo(
+      info(['ARCH_ENABLE=1', 'ARCH_SHAREDFS_HOST_PATH=/mnt/shared', 'ARCH_WORKDIR_CONTAINER_PATH=/work'], {
+        linux: { namespaces: [{ type: 'network' }] } as never,
+      }),
+      'k8s.io',
+      OPTS,
+    )!;
     expect(spec.mode).toBe('shared');
     expect(spec.netHost).toBe(false);
   });
@@ -53,8 +83,12 @@ describe('container spec replayed on another node', () => {
     expect(() => specFromInfo(info(['ARCH_ENABLE=yes']), 'default', OPTS)).toThrow(ArchInputError);
   });
   test('runtime mounts are never replayed', () => {
-    expect(userMounts([{ destination: '/dev/shm', type: 'tmpfs', source: 'shm' }, { destination: '/x', type: 'none', source: '/y', options: ['bind'] }]))
-      .toEqual([{ type: 'bind', src: '/y', dst: '/x', options: ['bind'] }]);
+    expect(
+      userMounts([
+        { destination: '/dev/shm', type: 'tmpfs', source: 'shm' },
+        { destination: '/x', type: 'none', source: '/y', options: ['bind'] },
+      ]),
+    ).toEqual([{ type: 'bind', src: '/y', dst: '/x', options: ['bind'] }]);
   });
 });
 
@@ -68,9 +102,18 @@ describe('names and search attributes', () => {
   });
   test('dev server registers every attribute as Keyword', () => {
     expect(devServerSearchAttributeArgs()).toEqual([
-      '--search-attribute', 'ArchContainer=Keyword', '--search-attribute', 'ArchNamespace=Keyword',
-      '--search-attribute', 'ArchSourceNode=Keyword', '--search-attribute', 'ArchTargetNode=Keyword',
-      '--search-attribute', 'ArchOperation=Keyword', '--search-attribute', 'ArchPhase=Keyword',
+      '--search-attribute',
+      'ArchContainer=Keyword',
+      '--search-attribute',
+      'ArchNamespace=Keyword',
+      '--search-attribute',
+      'ArchSourceNode=Keyword',
+      '--search-attribute',
+      'ArchTargetNode=Keyword',
+      '--search-attribute',
+      'ArchOperation=Keyword',
+      '--search-attribute',
+      'ArchPhase=Keyword',
     ]);
   });
   test('typed pairs skip unset values', () => {
@@ -85,13 +128,37 @@ test('overhead from a history: wall time minus the union of activity intervals',
   const t = (ms: number) => ({ seconds: Math.floor(ms / 1000), nanos: (ms % 1000) * 1e6 });
   const events = [
     { eventId: 1, eventType: 1, eventTime: t(0) },
-    { eventId: 5, eventType: 10, eventTime: t(10), activityTaskScheduledEventAttributes: { activityType: { name: 'describeContainer' }, taskQueue: { name: 'arch-node-a' } } },
-    { eventId: 6, eventType: 10, eventTime: t(10), activityTaskScheduledEventAttributes: { activityType: { name: 'checkTarget' }, taskQueue: { name: 'arch-node-b' } } },
+    {
+      eventId: 5,
+      eventType: 10,
+      eventTime: t(10),
+      activityTaskScheduledEventAttributes: {
+        activityType: { name: 'describeContainer' },
+        taskQueue: { name: 'arch-node-a' },
+      },
+    },
+    {
+      eventId: 6,
+      eventType: 10,
+      eventTime: t(10),
+      activityTaskScheduledEventAttributes: {
+        activityType: { name: 'checkTarget' },
+        taskQueue: { name: 'arch-node-b' },
+      },
+    },
     { eventId: 7, eventType: 11, eventTime: t(12), activityTaskStartedEventAttributes: { scheduledEventId: 5 } },
     { eventId: 8, eventType: 11, eventTime: t(14), activityTaskStartedEventAttributes: { scheduledEventId: 6 } },
     { eventId: 9, eventType: 12, eventTime: t(60), activityTaskCompletedEventAttributes: { scheduledEventId: 6 } },
     { eventId: 10, eventType: 12, eventTime: t(112), activityTaskCompletedEventAttributes: { scheduledEventId: 5 } },
-    { eventId: 11, eventType: 10, eventTime: t(130), activityTaskScheduledEventAttributes: { activityType: { name: 'checkpointContainer' }, taskQueue: { name: 'arch-node-a' } } },
+    {
+      eventId: 11,
+      eventType: 10,
+      eventTime: t(130),
+      activityTaskScheduledEventAttributes: {
+        activityType: { name: 'checkpointContainer' },
+        taskQueue: { name: 'arch-node-a' },
+      },
+    },
     { eventId: 12, eventType: 11, eventTime: t(132), activityTaskStartedEventAttributes: { scheduledEventId: 11 } },
     { eventId: 13, eventType: 12, eventTime: t(1132), activityTaskCompletedEventAttributes: { scheduledEventId: 11 } },
     { eventId: 14, eventType: 2, eventTime: t(1150) },
