@@ -89,7 +89,7 @@ WRAP
   fi
   CRIU_BIN="$CRIU_DIR/bin/criu"
 fi
-[ -n "$CRIU_BIN" ] && [ "$(criu_major "$CRIU_BIN")" -ge 4 ] || die "CRIU >= 4 not available at '$CRIU_BIN'"
+{ [ -n "$CRIU_BIN" ] && [ "$(criu_major "$CRIU_BIN")" -ge 4 ]; } || die "CRIU >= 4 not available at '$CRIU_BIN'"
 say "criu: $("$CRIU_BIN" --version | head -n1) at $CRIU_BIN"
 
 # ---- Go (for the Temporal CLI) and the Temporal CLI -------------------------

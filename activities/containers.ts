@@ -5,7 +5,6 @@
 import { isNotFound } from '../core/containerd.js';
 import { nodeThroughputFile, planDrain, ThroughputEstimator } from '../core/drain-plan.js';
 import { checkpointStoreOf, contractOptions, envListToMap, parseContract } from '../core/env-contract.js';
-import { CheckpointStore } from '../core/store.js';
 import { validateContainerId, validateNamespace } from '../core/ids.js';
 import { containerSummary, listArchContainers } from '../core/node-containers.js';
 import { FailureType } from '../core/temporal/failures.js';

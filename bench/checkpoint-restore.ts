@@ -268,7 +268,6 @@ export const benchmark: Benchmark = {
       const rootfs = ph(xs, 'rootfs');
       const digest = ph(xs, 'digest');
       const fsync = ph(xs, 'fsync');
-      const publish = ph(xs, 'publish');
       const stop = ph(xs, 'stop');
       const publishOther = round(
         median(

@@ -85,7 +85,7 @@ function normalize(text: string, f: (typeof FIELDS)[number]): string {
 /** A validated 5-field cron string. */
 export function parseCalendar(calendar: string, flag = '--calendar'): string {
   const text = calendar.trim().replace(/\s+/g, ' ');
-  const short = /^(?:([a-z,\-]+) )?(\d{1,2}):(\d{2})$/i.exec(text);
+  const short = /^(?:([a-z,-]+) )?(\d{1,2}):(\d{2})$/i.exec(text);
   if (short) {
     const [, days, hh, mm] = short;
     let dow = '*';

@@ -31,7 +31,6 @@ import {
   type StoreKey,
 } from './seal.js';
 import { lockCheckpoint, updateShimState } from './shim-state.js';
-import { CheckpointStore } from './store.js';
 import { runtimeVersions } from './versions.js';
 
 /**

@@ -13,7 +13,6 @@ import { readSpec, rootfsOf } from './oci-spec.js';
 import { findUpperDir } from './rootfs-diff.js';
 import { Runc } from './runc.js';
 import { readShimState, type RestoreFailure } from './shim-state.js';
-import { CheckpointStore } from './store.js';
 
 /**
  * The ARCH containers on this node, found the way the shim sees them: runc's

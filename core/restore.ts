@@ -20,7 +20,6 @@ import {
   type StoreKey,
   type StoreKeys,
 } from './seal.js';
-import { CheckpointStore } from './store.js';
 import { trustOf } from './trust.js';
 
 /**

@@ -313,7 +313,6 @@ export interface SealSource {
 export class SealFollower {
   private readonly files = new Map<string, FileSealer>();
   private stopped = false;
-  private failure: unknown;
   private readonly loop: Promise<void>;
   private readonly buf: Buffer;
 

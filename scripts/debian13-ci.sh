@@ -42,6 +42,7 @@ mkdir -p "$ROOT/work" "$ROOT/.oldroot"
 git clone -q "$REPO" "$ROOT/work/arch"
 
 say "running .ci/run in it"
+# shellcheck disable=SC2016 # the script is expanded by the inner bash, in the new mount namespace
 exec unshare -m --propagation private bash -c '
   set -e
   R="$1"

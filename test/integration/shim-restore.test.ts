@@ -57,7 +57,7 @@ test('local mode: checkpoint, delete, create again → counter continues, files 
   await a.waitCount(id, 15);
   expect(a.readContainerFile(id, COUNTER_FILES.created)).toBe(COUNTER_FILES.createdContent);
   const atCheckpoint = await checkpointAndRemove(a, id);
-  expect(new CheckpointStore(path.join(storage, 'local/default', id)).current()).resolves.toBeTruthy();
+  await expect(new CheckpointStore(path.join(storage, 'local/default', id)).current()).resolves.toBeTruthy();
 
   // COUNTER_START_FILES is not set this time: a fresh start would not create the files.
   const out2 = await a.runCounter(
