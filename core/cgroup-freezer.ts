@@ -52,16 +52,41 @@ export class CgroupFreezer {
   }
 
   async freeze(timeoutMs = 10_000): Promise<void> {
-    if (this.version === 1) await fsp.writeFile(path.join(this.dir, 'freezer.state'), 'FROZEN');
-    else await fsp.writeFile(path.join(this.dir, 'cgroup.freeze'), '1');
-    // Freezing is asynchronous: tasks stop at their next chance (v1 passes through FREEZING).
     const deadline = Date.now() + timeoutMs;
-    while (!(await this.frozen())) {
-      if (Date.now() > deadline) {
-        await this.thaw().catch(() => undefined);
-        throw new Error(`${this.dir}: processes did not freeze within ${timeoutMs} ms`);
+    if (this.version === 1) await this.freezeV1(deadline);
+    else {
+      await fsp.writeFile(path.join(this.dir, 'cgroup.freeze'), '1');
+      // Freezing is asynchronous: tasks stop at their next chance.
+      while (!(await this.frozen())) {
+        if (Date.now() > deadline) break;
+        await sleep(1);
       }
-      await sleep(1);
+    }
+    if (!(await this.frozen())) {
+      await this.thaw().catch(() => undefined);
+      throw new Error(`${this.dir}: processes did not freeze within ${timeoutMs} ms`);
+    }
+  }
+
+  /**
+   * A v1 freezer can stay FREEZING for good while new processes keep
+   * appearing in the cgroup (a shell loop forking every few ms): a task
+   * forked during the freeze may be missed, and the kernel does not try
+   * again by itself. So the request is written again until it holds, with
+   * an occasional thaw and pause to let a burst of forks settle, as runc's
+   * own v1 freezer does (cgroup v2 has no such race). Seen here: a ticker
+   * forking `sleep` every 10 ms stuck FREEZING for 10 s after one write.
+   */
+  private async freezeV1(deadline: number): Promise<void> {
+    const state = path.join(this.dir, 'freezer.state');
+    for (let attempt = 1; Date.now() <= deadline; attempt++) {
+      if (attempt % 50 === 0) {
+        await fsp.writeFile(state, 'THAWED');
+        await sleep(10);
+      }
+      await fsp.writeFile(state, 'FROZEN');
+      if (await this.frozen()) return;
+      await sleep(attempt % 25 === 0 ? 10 : 1);
     }
   }
 
