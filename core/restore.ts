@@ -1,10 +1,12 @@
 import fsp from 'node:fs/promises';
 import path from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { CgroupFreezer } from './cgroup-freezer.js';
 import { criuRunEnv } from './criu-network-lock.js';
 import type { NodeContext } from './context.js';
 import { checkpointKeyOf, checkpointStoreOf, type EnabledContract } from './env-contract.js';
 import { CheckpointUnusableError, errorMessage } from './errors.js';
+import type { Foreground } from './foreground.js';
 import { verifyCheckpointDirStaged, type Manifest } from './manifest.js';
 import { rootfsOf, writeSpec, type OciSpec } from './oci-spec.js';
 import { assertSameOwner, ownerOf } from './owner.js';
@@ -23,8 +25,9 @@ import {
 import { trustOf } from './trust.js';
 
 /**
- * Restore a container in place of its create: the bundle, pid file, console
- * socket and stdio are those containerd gave the create call. Verified
+ * Restore a container in place of its create (or of a `runc run`, in the
+ * foreground too): the bundle, pid file, console socket and stdio are those
+ * containerd (or the caller) gave that call. Verified
  * manifest first, then the writable layer, then the processes (which only
  * run once their page images are verified too).
  * Throws CheckpointUnusableError (or the runc error); the caller then starts
@@ -39,12 +42,16 @@ export interface RestoreRequest {
   runc: Runc;
   pidFile?: string;
   consoleSocket?: string;
+  /** As `runc run` without -d: runc stays in the foreground until the container exits (see `running`). */
+  foreground?: boolean;
 }
 
 export interface RestoreResult {
   checkpointDir: string;
   manifest: Manifest;
   timings: Record<string, number>;
+  /** A foreground restore: runc, waiting for the restored container (its exit code is the container's). */
+  running?: Foreground;
 }
 
 /** CRIU's raw page images: restored into stopped processes while their digests are still being checked. */
@@ -194,24 +201,28 @@ async function restoreHolding(
   const criuConfig = overlap ? await leaveStoppedConfig(req.bundle, req.spec) : undefined;
   const { env } = await criuAsked;
   const images = im.value;
+  // In the foreground runc says it has restored only by writing the pid file: one is needed then.
+  const pidFile = req.pidFile ?? (req.foreground ? path.join(work, 'init.pid') : undefined);
+  let running: Foreground | undefined;
   const undo = async (): Promise<void> => {
     // A failed restore can leave runc state (and stopped processes) behind; the fresh create needs the id free.
     await req.runc.kill(req.id, 'KILL', true).catch(() => undefined);
     await req.runc.delete(req.id, true).catch(() => undefined);
+    await running?.exited; // a foreground runc deletes the container as it exits
     // And an empty writable layer: the fresh start must not see the checkpoint's files.
     if (upper) await clearDir(upper);
   };
   try {
-    await req.runc.restore(req.id, {
-      bundle: req.bundle,
-      imagePath: images,
-      workPath: work,
-      pidFile: req.pidFile,
-      consoleSocket: req.consoleSocket,
-      env,
+    const o = { bundle: req.bundle, imagePath: images, workPath: work, pidFile, consoleSocket: req.consoleSocket, env };
+    if (req.foreground) {
+      await fsp.rm(pidFile!, { force: true }); // a stale one would say "restored" at once
+      running = req.runc.restoreForeground(req.id, o);
+      void verifyDeferred().catch(() => undefined);
+      await restoredOrExited(pidFile!, running);
+    } else {
       // This thread waits for runc from here on: it hashes meanwhile.
-      onSpawn: () => void verifyDeferred().catch(() => undefined),
-    });
+      await req.runc.restore(req.id, { ...o, onSpawn: () => void verifyDeferred().catch(() => undefined) });
+    }
   } catch (err) {
     await criuConfig?.reset().catch(() => undefined);
     await verifyDeferred().catch(() => undefined);
@@ -231,14 +242,31 @@ async function restoreHolding(
     try {
       await criuConfig.reset(); // later dumps of this container must not leave it stopped
       await pagesVerified();
-      await continueProcesses(req);
+      await continueProcesses(req, pidFile);
     } catch (err) {
       // Bad page images never ran: the stopped processes are killed unresumed.
       await undo();
       throw err;
     }
   }
-  return { checkpointDir: dir, manifest, timings };
+  return { checkpointDir: dir, manifest, timings, running };
+}
+
+/** Resolves once runc has written the pid file (the processes are restored); throws if runc exits first. */
+async function restoredOrExited(pidFile: string, running: Foreground): Promise<void> {
+  let code: number | undefined;
+  void running.exited.then((c) => (code = c));
+  for (let wait = 2; ; wait = Math.min(wait * 2, 50)) {
+    if (code !== undefined) throw new Error(`runc exited with code ${code}`);
+    if (
+      await fsp.access(pidFile).then(
+        () => true,
+        () => false,
+      )
+    )
+      return;
+    await sleep(wait);
+  }
 }
 
 /** The keys a sealed checkpoint needs, each found on this node: else a 'sealed-key' refusal. */
@@ -297,9 +325,9 @@ async function leaveStoppedConfig(bundle: string, spec: OciSpec): Promise<{ rese
 }
 
 /** SIGCONT every process of the restored container (through its cgroup; runc where that is unknown). */
-async function continueProcesses(req: RestoreRequest): Promise<void> {
-  const pid = req.pidFile
-    ? Number((await fsp.readFile(req.pidFile, 'utf8').catch(() => '')).trim())
+async function continueProcesses(req: RestoreRequest, pidFile: string | undefined): Promise<void> {
+  const pid = pidFile
+    ? Number((await fsp.readFile(pidFile, 'utf8').catch(() => '')).trim())
     : (await req.runc.state(req.id)).pid;
   const cgroup = await CgroupFreezer.of(pid);
   if (cgroup && (await cgroup.signalAll('SIGCONT')) > 0) return;

@@ -1,5 +1,6 @@
 import { execa, type Options } from 'execa';
 import fs from 'node:fs/promises';
+import { runForeground, type Foreground } from './foreground.js';
 import { criuEnv, type Settings } from './settings.js';
 
 /** What `runc state` / `runc list --format json` report. */
@@ -81,25 +82,26 @@ export class Runc {
    */
   async restore(
     id: string,
-    o: {
-      bundle: string;
-      imagePath: string;
-      workPath: string;
-      pidFile?: string;
-      consoleSocket?: string;
-      extra?: string[];
-      env?: Record<string, string>;
+    o: RestoreOptions & {
       /** Called once runc runs, before it is waited for. */
       onSpawn?: () => void;
     },
   ): Promise<void> {
-    const args = ['restore', '--detach', '--bundle', o.bundle, '--image-path', o.imagePath, '--work-path', o.workPath];
-    if (o.pidFile) args.push('--pid-file', o.pidFile);
-    if (o.consoleSocket) args.push('--console-socket', o.consoleSocket);
-    args.push(...(o.extra ?? []), id);
-    const runc = this.run(args, { stdio: 'inherit', env: o.env });
+    const runc = this.run(['restore', '--detach', ...restoreArgs(id, o)], { stdio: 'inherit', env: o.env });
     o.onSpawn?.();
     await runc;
+  }
+
+  /**
+   * Restore in the foreground, as `runc run` runs: runc stays the restored
+   * process's parent, relays its stdio (or terminal), forwards the signals
+   * this process gets, deletes the container when it exits and exits with
+   * its status. The pid file appears once the processes are restored.
+   */
+  restoreForeground(id: string, o: RestoreOptions): Foreground {
+    return runForeground(this.binary, [...this.globals(), 'restore', ...restoreArgs(id, o)], {
+      env: { ...criuEnv(this.settings), ...o.env },
+    });
   }
 
   async pause(id: string): Promise<void> {
@@ -122,6 +124,23 @@ export class Runc {
     const r = await execa(this.binary, ['--version']);
     return /runc version (\S+)/.exec(String(r.stdout))?.[1] ?? 'unknown';
   }
+}
+
+export interface RestoreOptions {
+  bundle: string;
+  imagePath: string;
+  workPath: string;
+  pidFile?: string;
+  consoleSocket?: string;
+  extra?: string[];
+  env?: Record<string, string>;
+}
+
+function restoreArgs(id: string, o: RestoreOptions): string[] {
+  const args = ['--bundle', o.bundle, '--image-path', o.imagePath, '--work-path', o.workPath];
+  if (o.pidFile) args.push('--pid-file', o.pidFile);
+  if (o.consoleSocket) args.push('--console-socket', o.consoleSocket);
+  return [...args, ...(o.extra ?? []), id];
 }
 
 export async function criuVersion(criu: string): Promise<string> {

@@ -6,7 +6,9 @@
  * and restore of any container that the caller gave no --criu (the node's
  * CRIU and its environment are added, nothing else).
  */
+import fs from 'node:fs';
 import fsp from 'node:fs/promises';
+import { setTimeout as sleep } from 'node:timers/promises';
 import path from 'node:path';
 import { checkpointContainer } from '../core/checkpoint.js';
 import { createNodeContext, type NodeContext } from '../core/context.js';
@@ -36,7 +38,10 @@ import {
 import { Runc } from '../core/runc.js';
 import { criuRunEnv } from '../core/criu-network-lock.js';
 import {
+  ARCH_STATE_FILE,
   awaitRecordedExit,
+  KILLED_FILE,
+  recordExit,
   initRunning,
   readShimState,
   recordedExit,
@@ -46,10 +51,12 @@ import {
   wasOomKilled,
   writeShimState,
   type RestoreFailure,
+  type ShimState,
 } from '../core/shim-state.js';
 import { CheckpointStore } from '../core/store.js';
 import { prepareWorkDir, removeWorkDir, type PreparedWorkDir } from '../core/work-dir.js';
-import { runRealRunc, withNodeCriu } from './passthrough.js';
+import { runRealRunc, startRealRunc, withNodeCriu } from './passthrough.js';
+import type { Foreground } from '../core/foreground.js';
 
 export async function main(argv: string[]): Promise<number> {
   let ctx: NodeContext;
@@ -90,7 +97,7 @@ export async function main(argv: string[]): Promise<number> {
       case 'create':
         return await handleCreate(ctx, call, namespace, id, log);
       case 'run':
-        return await handleRun(ctx, call, namespace, id, log, pass);
+        return await handleRun(ctx, call, namespace, id, log);
       case 'start':
         return await handleStart(ctx, call, id, log);
       case 'checkpoint':
@@ -144,6 +151,8 @@ function passGlobals(call: RuncCall): string[] {
  * `fresh`: what runc gets when the container starts fresh (no checkpoint, a
  * failed restore, ARCH off for it): the create itself, or the `run -d` it
  * stands for, so that runc's own run does it (its errors say "run").
+ * `foreground`: a `runc run` without -d, whose call lasts as long as the
+ * container and exits with its status.
  */
 async function handleCreate(
   ctx: NodeContext,
@@ -151,7 +160,7 @@ async function handleCreate(
   namespace: string,
   id: string,
   log: Log,
-  fresh = call.argv,
+  { fresh = call.argv, foreground = false }: { fresh?: string[]; foreground?: boolean } = {},
 ): Promise<number> {
   const t0 = Date.now();
   // The id is taken (runc's state file is there): runc refuses with its own error. A restore
@@ -214,7 +223,12 @@ async function handleCreate(
     return runRealRunc(ctx.settings.runc, fresh);
   }
   try {
-    return await createHeld(ctx, call, { namespace, id, bundle, spec, contract, store, work, t0, fresh }, log);
+    return await createHeld(
+      ctx,
+      call,
+      { namespace, id, bundle, spec, contract, store, work, t0, fresh, foreground },
+      log,
+    );
   } finally {
     await work?.release();
   }
@@ -234,10 +248,11 @@ async function createHeld(
     work: PreparedWorkDir | undefined;
     t0: number;
     fresh: string[];
+    foreground: boolean;
   },
   log: Log,
 ): Promise<number> {
-  const { namespace, id, bundle, spec, contract, store, t0, fresh } = c;
+  const { namespace, id, bundle, spec, contract, store, t0, fresh, foreground } = c;
   const checkpointDir = store.containerDir;
   const workDir = c.work?.path;
   let finalSpec = spec;
@@ -246,7 +261,7 @@ async function createHeld(
     await writeSpec(bundle, finalSpec);
   }
   const runc = new Runc(ctx.settings, call.root, passGlobals(call));
-  const state = {
+  const state: ShimState = {
     namespace,
     id,
     checkpointDir,
@@ -254,9 +269,11 @@ async function createHeld(
     allowedRoot: contract.allowedRoot,
     checkpointField: store.guard?.field,
     checkpointed: false,
+    restorePending: false,
     createdAt: new Date().toISOString(),
   };
   let failure: RestoreFailure | undefined;
+  let running: { fg: Foreground; state: ShimState } | undefined;
   try {
     const restored = await restoreFromCheckpoint(ctx, {
       namespace,
@@ -267,9 +284,16 @@ async function createHeld(
       runc,
       pidFile: optionString(call, '--pid-file'),
       consoleSocket: optionString(call, '--console-socket'),
+      foreground,
     });
     if (restored) {
-      await writeShimState(call.root, { ...state, restorePending: true, restoredFrom: restored.checkpointDir });
+      const restoredState = { ...state, restorePending: !restored.running, restoredFrom: restored.checkpointDir };
+      if (restored.running) running = { fg: restored.running, state: restoredState };
+      const recorded = writeShimState(call.root, restoredState);
+      // In the foreground the container runs already (and may be gone with its state dir): not a failed restore.
+      await (running
+        ? recorded.catch((e) => log.warn({ err: errorMessage(e) }, 'could not record shim state'))
+        : recorded);
       // This container carries the job on: its clean exit may remove the checkpoint, a predecessor's may not.
       await store
         .takeOver({ namespace, key: checkpointKeyOf(contract, id), containerId: id, node: ctx.settings.nodeName })
@@ -283,9 +307,12 @@ async function createHeld(
         },
         'restored from checkpoint',
       );
-      return 0;
+      if (!running) return 0;
+      if (call.options.has('--keep'))
+        log.warn('runc restore has no --keep: the restored container is deleted when it exits, as without --keep');
+    } else {
+      log.info({ checkpointDir }, 'no checkpoint; creating fresh');
     }
-    log.info({ checkpointDir }, 'no checkpoint; creating fresh');
   } catch (err) {
     failure = {
       reason: restoreFailureReason(err),
@@ -297,6 +324,18 @@ async function createHeld(
       { reason: failure.reason, err: failure.message, checkpointDir },
       'checkpoint not restored; starting the container fresh',
     );
+  }
+  if (running) return finishForeground(call, id, running.fg, running.state, log);
+  if (foreground) {
+    const fg = startRealRunc(ctx.settings.runc, fresh);
+    // runc makes the container's state dir: the shim state goes in there once it exists.
+    const made = await stateDirOrExit(call.root, id, fg);
+    const started: ShimState = { ...state, lastRestoreFailure: failure };
+    if (made)
+      await writeShimState(call.root, started).catch((e) =>
+        log.warn({ err: errorMessage(e) }, 'could not record shim state'),
+      );
+    return finishForeground(call, id, fg, made ? started : undefined, log);
   }
   const code = await runRealRunc(ctx.settings.runc, fresh);
   if (code === 0) {
@@ -319,25 +358,18 @@ export function restoreFailureReason(err: unknown): string {
 }
 
 /**
- * `runc run -d` restores like create + start. In the foreground (no -d) runc
- * waits for the container and returns its exit code, which only runc itself
- * can do (the restored process is not this one's child): it is passed through
- * and starts fresh, with a log line saying so when a checkpoint is waiting.
+ * `runc run -d` restores like create + start. In the foreground (no -d) it
+ * is `runc restore` in the foreground (runc stays the container's parent,
+ * relays its stdio, forwards signals and exits with its status), or the run
+ * itself when the container starts fresh.
  */
-async function handleRun(
-  ctx: NodeContext,
-  call: RuncCall,
-  namespace: string,
-  id: string,
-  log: Log,
-  pass: () => Promise<number>,
-): Promise<number> {
-  if (!(call.options.has('-d') || call.options.has('--detach'))) {
-    log.info('runc run in the foreground: passed to runc (ARCH restores on create, or on run -d)');
-    return pass();
-  }
+async function handleRun(ctx: NodeContext, call: RuncCall, namespace: string, id: string, log: Log): Promise<number> {
+  if (!(call.options.has('-d') || call.options.has('--detach')))
+    return handleCreate(ctx, call, namespace, id, log, { foreground: true });
   const { create, start } = splitDetachedRun(call, id);
-  const code = await handleCreate(ctx, parseRuncArgs(create), namespace, id, log.child({ phase: 'run' }), call.argv);
+  const code = await handleCreate(ctx, parseRuncArgs(create), namespace, id, log.child({ phase: 'run' }), {
+    fresh: call.argv,
+  });
   // Started fresh, runc's run has started it; a restored container only needs the start's bookkeeping.
   if (code !== 0 || !(await readShimState(call.root, id))?.restorePending) return code;
   return handleStart(ctx, parseRuncArgs(start), id, log);
@@ -437,6 +469,22 @@ async function handleDelete(call: RuncCall, id: string, log: Log, pass: () => Pr
       exit ? 'exit code arrived after delete began' : 'no exit code recorded in time: counting the exit as clean',
     );
   const keptBecause = stopped ?? (exit && exit.exitStatus !== 0 ? `exited with code ${exit.exitStatus}` : undefined);
+  await settleCheckpoint(s, id, keptBecause, exit?.exitStatus, log);
+  return pass();
+}
+
+/**
+ * The checkpoint and work dir of a container that is gone: kept for the
+ * reason given (stopped, crashed), else removed, the job being done, unless
+ * another container carries the job on now.
+ */
+async function settleCheckpoint(
+  s: ShimState,
+  id: string,
+  keptBecause: string | undefined,
+  exitStatus: number | undefined,
+  log: Log,
+): Promise<void> {
   // Named with ARCH_CHECKPOINT_ID, the checkpoint may have passed on to a newer container since.
   const store = s.allowedRoot
     ? new CheckpointStore(s.checkpointDir, { root: s.allowedRoot, field: s.checkpointField ?? ENV.checkpointHostPath })
@@ -454,7 +502,7 @@ async function handleDelete(call: RuncCall, id: string, log: Log, pass: () => Pr
     );
   } else if (keptBecause) {
     log.info(
-      { reason: keptBecause, exitStatus: exit?.exitStatus, checkpointDir: s.checkpointDir },
+      { reason: keptBecause, exitStatus, checkpointDir: s.checkpointDir },
       `container ${keptBecause}: checkpoint kept`,
     );
   } else {
@@ -472,7 +520,7 @@ async function handleDelete(call: RuncCall, id: string, log: Log, pass: () => Pr
     );
     log.info(
       {
-        exitStatus: exit?.exitStatus,
+        exitStatus,
         checkpointDir: s.checkpointDir,
         workDir: s.workDir,
         checkpointRemoved: ck.removed,
@@ -483,7 +531,66 @@ async function handleDelete(call: RuncCall, id: string, log: Log, pass: () => Pr
         : 'container exited by itself: checkpoint and work dir removed',
     );
   }
-  return pass();
+}
+
+/** Resolves true once runc has made the container's state dir, false if runc exits first. */
+async function stateDirOrExit(root: string, id: string, fg: Foreground): Promise<boolean> {
+  let over = false;
+  void fg.exited.then(() => (over = true));
+  for (let wait = 2; !over; wait = Math.min(wait * 2, 50)) {
+    if (await exists(path.join(root, id, 'state.json'))) return true;
+    await sleep(wait);
+  }
+  return false;
+}
+
+/**
+ * Wait for a foreground `runc run` (or its restore) and mirror its exit
+ * code, the container's. runc deletes the container as it exits (unless
+ * --keep), so what delete would decide for an ARCH container is decided
+ * here: a clean exit ends the job (its checkpoint goes), a stop from
+ * outside (a kill, a checkpoint, a signal to this call) or a non-zero exit
+ * keeps it. A kept container (--keep) gets its exit recorded: its delete
+ * decides then.
+ */
+async function finishForeground(
+  call: RuncCall,
+  id: string,
+  fg: Foreground,
+  s: ShimState | undefined,
+  log: Log,
+): Promise<number> {
+  const dir = path.join(call.root, id);
+  // The notes live in the state dir runc removes on exit: followed while it is there.
+  let stopped: string | undefined;
+  const note = (name: string | null) => {
+    if (name === KILLED_FILE) stopped ??= 'stopped from outside';
+    else if (name === ARCH_STATE_FILE)
+      void readShimState(call.root, id).then((x) => void (x?.checkpointed && (stopped = 'checkpointed')));
+  };
+  let watcher: fs.FSWatcher | undefined;
+  if (s) {
+    try {
+      watcher = fs.watch(dir, (_e, name) => note(name));
+      watcher.on('error', () => undefined);
+    } catch {
+      // Gone already: the container has exited.
+    }
+    if (await exists(path.join(dir, KILLED_FILE))) note(KILLED_FILE);
+  }
+  const code = await fg.exited;
+  watcher?.close();
+  if (!s) return code;
+  if (await exists(path.join(dir, 'state.json'))) {
+    await recordExit(call.root, id, { exitStatus: code, exitedAt: new Date().toISOString() }).catch((e) =>
+      log.warn({ err: errorMessage(e) }, 'could not record the exit code'),
+    );
+    return code;
+  }
+  const signalled = fg.stops.length > 0 ? `stopped by ${fg.stops[0]}` : undefined;
+  const keptBecause = stopped ?? signalled ?? (code !== 0 ? `exited with code ${code}` : undefined);
+  await settleCheckpoint(s, id, keptBecause, code, log);
+  return code;
 }
 
 /** Why a container was stopped rather than finishing its job (undefined: it exited by itself). */

@@ -437,6 +437,41 @@ describe('ARCH on: checkpoint and restore side by side', () => {
     same(await both(() => ['delete', '--force', id]), 0);
   });
 
+  test('run in the foreground, checkpointed; run again: arch-runc restores as `runc restore` does in the foreground', async () => {
+    const id = 'sbs-fg-restore';
+    // Waits for /go (made after the checkpoint), then reads its stdin: only a restored process says "got".
+    await pair(id, {
+      args: [
+        '/bin/sh',
+        '-c',
+        'echo start; touch /ready; while [ ! -e /go ]; do sleep 0.1; done; read x; echo "got $x"; echo err >&2; exit 5',
+      ],
+    });
+    const rootfs = (s: SideName) => path.join(bundleOf(s, id), 'rootfs');
+    const first = SIDES.map((s) => on(s, ['run', '--bundle', bundleOf(s, id), id], { timeoutMs: 60_000 }));
+    for (const s of SIDES)
+      await waitFor(`${s} ready`, () => (fs.existsSync(path.join(rootfs(s), 'ready')) ? true : undefined));
+    const images = (s: SideName) => path.join(work, s, `${id}-images`);
+    same(await both((s) => ['checkpoint', '--image-path', images(s), id], { criu: true }), 0);
+    const [fa, fr] = await Promise.all(first);
+    expectSame(fa!, fr!, masks()); // killed by the dump, as runc reports it
+    expect(fa!.stdout).toBe('start\n');
+    // The arch side published an ARCH checkpoint from the dump: its plain `run` restores from it.
+    expect(await new CheckpointStore(path.join(storage, 'arch', id)).current()).toBeTruthy();
+
+    for (const s of SIDES) fs.writeFileSync(path.join(rootfs(s), 'go'), '');
+    const a = await on('arch', ['run', '--bundle', bundleOf('arch', id), id], { input: 'line\n', timeoutMs: 60_000 });
+    const r = await on('runc', ['restore', '--image-path', images('runc'), '--bundle', bundleOf('runc', id), id], {
+      criu: true,
+      input: 'line\n',
+      timeoutMs: 60_000,
+    });
+    same({ a, r }, 5);
+    expect(a.stdout).toBe('got line\n');
+    expect(a.stderr).toBe('err\n');
+    expect(await statuses(id)).toEqual(['absent', 'absent']);
+  });
+
   test('checkpoint --pre-dump, then a dump on its parent (--parent-path), --leave-running; restore', async () => {
     const id = 'sbs-predump';
     await pair(id, { env: ['COUNTER_INTERVAL_MS=100'] });

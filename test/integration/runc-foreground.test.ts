@@ -1,0 +1,201 @@
+import { execa } from 'execa';
+import { spawn, type ChildProcess } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import { checkpointContainer } from '../../core/checkpoint.js';
+import { readShimState } from '../../core/shim-state.js';
+import { CheckpointStore } from '../../core/store.js';
+import { realRunc } from '../support/arch-env.js';
+import { ARCH_RUNC_BIN, startArchNode, waitFor, type ArchTestNode } from '../support/arch-node.js';
+import { cleanupStaleNodes, stopAllNodes } from '../support/containerd-node.js';
+import { makeRuncBundle } from '../support/direct-runc.js';
+import { buildRootfs } from '../support/images.js';
+
+/**
+ * `runc run` in the foreground (no -d), as people type it, of an ARCH
+ * container that has a checkpoint: arch-runc restores it (runc restore in the
+ * foreground), relays its stdio, mirrors its exit status, forwards the
+ * signals it gets, and applies ARCH's exit logic when the container is gone.
+ */
+const RUNC = realRunc();
+let node: ArchTestNode;
+let work: string;
+let storage: string;
+let root: string;
+let namespace: string;
+const cgroupParent = `/arch-fg-${process.pid}`;
+const ids: string[] = [];
+const running: ChildProcess[] = [];
+
+/**
+ * Counts in its memory (a fresh start says "tick 1"), writes each count to
+ * /count, exits with the code a file in its rootfs names, and says which
+ * signal reached it (it is the container's pid 1: only trapped signals do).
+ */
+const JOB = [
+  "trap 'echo got TERM; exit 7' TERM",
+  "trap 'echo got INT; exit 8' INT",
+  'i=0',
+  'while :; do',
+  '  i=$((i+1)); echo $i > /count; echo "tick $i"',
+  '  [ -e /exit3 ] && exit 3',
+  '  [ -e /exit0 ] && exit 0',
+  '  sleep 0.1',
+  'done',
+].join('\n');
+
+beforeAll(async () => {
+  await cleanupStaleNodes();
+  node = await startArchNode('foreground');
+  work = fs.mkdtempSync('/tmp/arch-fg-');
+  storage = path.join(work, 'ck');
+  namespace = `fg-${process.pid}`;
+  root = path.join('/run/arch-fg', namespace);
+  fs.mkdirSync(root, { recursive: true });
+  await buildRootfs(path.join(work, 'rootfs'));
+});
+
+afterAll(async () => {
+  for (const p of running) if (p.exitCode === null && p.signalCode === null) p.kill('SIGKILL');
+  for (const id of ids) {
+    await execa(RUNC, ['--root', root, 'kill', '--all', id, 'KILL'], { reject: false, stdin: 'ignore' });
+    await execa(RUNC, ['--root', root, 'delete', '--force', id], { reject: false, stdin: 'ignore' });
+  }
+  await stopAllNodes();
+  if (node) fs.rmSync(path.dirname(node.archConfig), { recursive: true, force: true });
+  if (root) fs.rmSync(root, { recursive: true, force: true });
+  if (work) fs.rmSync(work, { recursive: true, force: true });
+  for (const c of fs.readdirSync('/sys/fs/cgroup'))
+    fs.rmSync(path.join('/sys/fs/cgroup', c, cgroupParent), { recursive: true, force: true });
+});
+
+async function bundle(id: string): Promise<string> {
+  ids.push(id);
+  const dir = path.join(work, `bundle-${id}`);
+  await makeRuncBundle(dir, path.join(work, 'rootfs'), {
+    cgroupsPath: `${cgroupParent}/${id}`,
+    args: ['/bin/sh', '-c', JOB],
+    env: ['ARCH_ENABLE=1', `ARCH_CHECKPOINT_HOST_PATH=${storage}`],
+  });
+  return dir;
+}
+
+interface Run {
+  proc: ChildProcess;
+  out: () => string;
+  exit: Promise<number | string>;
+}
+
+/** `arch-runc run` in the foreground with pipes for stdio, as a shell would run it. */
+function runForeground(dir: string, id: string): Run {
+  const proc = spawn(ARCH_RUNC_BIN, ['--root', root, 'run', '--bundle', dir, id], {
+    env: { ...process.env, ARCH_CONFIG: node.archConfig },
+    stdio: ['pipe', 'pipe', 'pipe'],
+  });
+  running.push(proc);
+  let out = '';
+  proc.stdout!.on('data', (b: Buffer) => (out += b.toString()));
+  proc.stderr!.resume();
+  const exit = new Promise<number | string>((resolve) =>
+    proc.on('exit', (code, signal) => resolve(code ?? signal ?? 'none')),
+  );
+  return { proc, out: () => out, exit };
+}
+
+const count = (dir: string): number => Number(fs.readFileSync(path.join(dir, 'rootfs/count'), 'utf8') || 0);
+const ticks = (out: string): number[] => [...out.matchAll(/^tick (\d+)$/gm)].map((m) => Number(m[1]));
+
+async function status(id: string): Promise<string> {
+  const r = await execa(RUNC, ['--root', root, 'state', id], { reject: false });
+  return r.exitCode === 0 ? (JSON.parse(r.stdout) as { status: string }).status : 'absent';
+}
+
+/** A fresh foreground run, checkpointed by ARCH once it has counted a little: the count it was checkpointed at. */
+async function runAndCheckpoint(dir: string, id: string): Promise<{ at: number; ckDir: string }> {
+  const first = runForeground(dir, id);
+  await waitFor(`${id} counts`, () => (ticks(first.out()).length >= 5 ? true : undefined));
+  expect(ticks(first.out())[0]).toBe(1);
+  const res = await checkpointContainer(node.ctx, { namespace, id, runcRoot: root });
+  // The container is gone with its checkpoint (CRIU kills it): runc reports the kill as its exit.
+  expect(await first.exit).toBe(137);
+  expect(await status(id)).toBe('absent');
+  expect(await new CheckpointStore(path.dirname(res.dir)).current()).toBe(res.dir);
+  return { at: count(dir), ckDir: res.dir };
+}
+
+test('restores, relays stdout, mirrors the exit code; signals reach the container; a clean exit removes the checkpoint', async () => {
+  const id = `fg-${process.pid}`;
+  const dir = await bundle(id);
+  const { at, ckDir } = await runAndCheckpoint(dir, id);
+  const store = new CheckpointStore(path.dirname(ckDir));
+
+  // Restored, not fresh: it counts on from the checkpoint, and its exit code is arch-runc's.
+  const lines = node.logLines().length;
+  const second = runForeground(dir, id);
+  await waitFor('restored counting', () => (ticks(second.out()).length >= 3 ? true : undefined));
+  expect(await status(id)).toBe('running');
+  expect(ticks(second.out())[0]).toBeGreaterThan(at);
+  fs.writeFileSync(path.join(dir, 'rootfs/exit3'), '');
+  expect(await second.exit).toBe(3);
+  fs.rmSync(path.join(dir, 'rootfs/exit3'));
+  expect(ticks(second.out())).not.toContain(1);
+  const logs = node.logLines().slice(lines);
+  expect(logs.some((l) => l.container === id && l.msg === 'restored from checkpoint')).toBe(true);
+  expect(logs.some((l) => l.container === id && l.msg === 'container exited with code 3: checkpoint kept')).toBe(true);
+  expect(await status(id)).toBe('absent'); // runc deletes it after the exit, as runc run does
+  expect(await store.current()).toBe(ckDir);
+
+  // SIGTERM and SIGINT to arch-runc reach the restored container (its traps answer).
+  for (const [sig, code, said] of [
+    ['SIGTERM', 7, 'got TERM'],
+    ['SIGINT', 8, 'got INT'],
+  ] as const) {
+    const run = runForeground(dir, id);
+    await waitFor(`restored counting (${sig})`, () => (ticks(run.out()).length >= 2 ? true : undefined));
+    expect(ticks(run.out())[0]).toBeGreaterThan(at);
+    run.proc.kill(sig);
+    expect(await run.exit).toBe(code);
+    expect(run.out()).toContain(`${said}\n`);
+    expect(await store.current()).toBe(ckDir); // stopped from outside: kept
+  }
+
+  // The job finishes (exit 0) after a restore: its checkpoint goes, as a delete after a clean exit does.
+  const last = runForeground(dir, id);
+  await waitFor('restored counting (exit 0)', () => (ticks(last.out()).length >= 2 ? true : undefined));
+  expect(ticks(last.out())[0]).toBeGreaterThan(at);
+  fs.writeFileSync(path.join(dir, 'rootfs/exit0'), '');
+  expect(await last.exit).toBe(0);
+  fs.rmSync(path.join(dir, 'rootfs/exit0'));
+  expect(await store.current()).toBeFalsy();
+  expect(fs.existsSync(ckDir)).toBe(false);
+});
+
+test('a corrupt checkpoint: a fresh foreground start, the restored processes never ran, the reason recorded', async () => {
+  const id = `fg-bad-${process.pid}`;
+  const dir = await bundle(id);
+  const { ckDir } = await runAndCheckpoint(dir, id);
+  // One flipped byte in a page image: found only while CRIU restores (pages are verified meanwhile).
+  const pages = fs.readdirSync(path.join(ckDir, 'criu')).find((n) => /^pages-\d+\.img$/.test(n))!;
+  const file = path.join(ckDir, 'criu', pages);
+  const bytes = fs.readFileSync(file);
+  bytes[bytes.length >> 1] ^= 0xff;
+  fs.writeFileSync(file, bytes);
+
+  const lines = node.logLines().length;
+  const run = runForeground(dir, id);
+  await waitFor('fresh counting', () => (ticks(run.out()).length >= 3 ? true : undefined));
+  // Its first words are a fresh start's: the restored (stopped) processes were killed before they ran.
+  expect(ticks(run.out()).slice(0, 3)).toEqual([1, 2, 3]);
+  const failure = (await readShimState(root, id))?.lastRestoreFailure;
+  expect(failure).toMatchObject({ reason: 'corrupt', checkpointDir: path.dirname(ckDir) });
+  expect(failure!.message).toMatch(/sha256 mismatch/);
+  expect(
+    node
+      .logLines()
+      .slice(lines)
+      .find((l) => l.container === id && l.level === 50),
+  ).toMatchObject({ reason: 'corrupt', msg: 'checkpoint not restored; starting the container fresh' });
+  run.proc.kill('SIGTERM');
+  expect(await run.exit).toBe(7);
+  expect(await status(id)).toBe('absent');
+});
