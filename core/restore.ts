@@ -8,7 +8,8 @@ import { CheckpointUnusableError, errorMessage } from './errors.js';
 import { verifyCheckpointDirStaged, type Manifest } from './manifest.js';
 import { rootfsOf, writeSpec, type OciSpec } from './oci-spec.js';
 import { assertSameOwner, ownerOf } from './owner.js';
-import { applyDiff, DELETED_FILES, findUpperDir, ROOTFS_TAR } from './rootfs-diff.js';
+import { layerDifference } from './layer-match.js';
+import { applyDiff, DELETED_FILES, findOverlayDirs, ROOTFS_TAR } from './rootfs-diff.js';
 import type { Runc } from './runc.js';
 import {
   keyFor,
@@ -148,9 +149,22 @@ async function restoreHolding(
   });
   const layer = layerSource.then(async (src) => {
     const v = await verified;
-    const upper = await findUpperDir(rootfsOf(req.bundle, req.spec));
-    if (upper) {
-      await assertEmptyLayer(upper); // not ours to clear when this fails
+    const overlay = await findOverlayDirs(rootfsOf(req.bundle, req.spec));
+    const upper = overlay?.upper;
+    let written = false;
+    if (upper && (await fsp.readdir(upper)).length > 0) {
+      // The same container started again (docker start, a restart policy): its layer is still there.
+      // Not ours to overwrite, nor to clear if the restore fails: restored over only if unchanged.
+      const c = Date.now();
+      const why = await layerDifference(src, upper, overlay.lower, v.manifest.rootfs.bytes);
+      timings.rootfsCompare = Date.now() - c;
+      if (why)
+        throw new CheckpointUnusableError(
+          'rootfs-changed',
+          `the container's writable layer is not the one the checkpoint recorded: ${why}`,
+        );
+    } else if (upper) {
+      written = true;
       try {
         await applyDiff(src, upper, v.manifest.rootfs.bytes);
       } catch (err) {
@@ -159,11 +173,11 @@ async function restoreHolding(
       }
     }
     timings.rootfs = Date.now() - t;
-    return upper;
+    return { upper, written };
   });
   const [v, l, im] = await Promise.allSettled([verified, layer, imagesStaged]);
   if (v.status === 'rejected' || l.status === 'rejected' || im.status === 'rejected') {
-    if (l.status === 'fulfilled' && l.value) await clearDir(l.value); // the images failed after the layer was written
+    if (l.status === 'fulfilled' && l.value.written) await clearDir(l.value.upper!); // the images failed after the layer was written
     // A failed verification explains a bad archive too: it comes first.
     throw v.status === 'rejected'
       ? v.reason
@@ -172,7 +186,7 @@ async function restoreHolding(
         : (im as PromiseRejectedResult).reason;
   }
   const { manifest, verifyDeferred } = v.value;
-  const upper = l.value;
+  const { upper, written } = l.value;
   const pagesVerified = async (): Promise<void> => {
     const w = Date.now();
     await verifyDeferred();
@@ -199,8 +213,9 @@ async function restoreHolding(
     // A failed restore can leave runc state (and stopped processes) behind; the fresh create needs the id free.
     await req.runc.kill(req.id, 'KILL', true).catch(() => undefined);
     await req.runc.delete(req.id, true).catch(() => undefined);
-    // And an empty writable layer: the fresh start must not see the checkpoint's files.
-    if (upper) await clearDir(upper);
+    // And the writable layer as it was: empty if this restore wrote it (the fresh start must not see the
+    // checkpoint's files), untouched if the container had it already (its own files, equal to the checkpoint's).
+    if (upper && written) await clearDir(upper);
   };
   try {
     await req.runc.restore(req.id, {
@@ -305,17 +320,6 @@ async function continueProcesses(req: RestoreRequest): Promise<void> {
   const cgroup = await CgroupFreezer.of(pid);
   if (cgroup && (await cgroup.signalAll('SIGCONT')) > 0) return;
   await req.runc.kill(req.id, 'CONT', true);
-}
-
-async function assertEmptyLayer(upper: string): Promise<void> {
-  const entries = await fsp.readdir(upper);
-  if (entries.length > 0) {
-    // Not ours to overwrite: the layer already holds this container's writes.
-    throw new CheckpointUnusableError(
-      'rootfs',
-      `the container's writable layer is not empty (${entries.slice(0, 3).join(', ')})`,
-    );
-  }
 }
 
 async function clearDir(dir: string): Promise<void> {
