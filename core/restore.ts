@@ -167,6 +167,7 @@ async function restoreHolding(
       written = true;
       try {
         await applyDiff(src, upper, v.manifest.rootfs.bytes);
+        await ensureVisible(ctx, rootfsOf(req.bundle, req.spec), upper);
       } catch (err) {
         await clearDir(upper);
         throw err;
@@ -320,6 +321,50 @@ async function continueProcesses(req: RestoreRequest): Promise<void> {
   const cgroup = await CgroupFreezer.of(pid);
   if (cgroup && (await cgroup.signalAll('SIGCONT')) > 0) return;
   await req.runc.kill(req.id, 'CONT', true);
+}
+
+/**
+ * The layer is written into the upper dir of an overlay that is mounted
+ * already, and overlayfs caches what it looked up: a directory looked up
+ * through the mount before (Docker reads the new container's /etc before it
+ * calls the runtime) keeps hiding upper-dir entries made under it since. So
+ * every written path is looked up through the mount; if the mount does not
+ * show it, the kernel's unused dentries are dropped (the cache entries
+ * go, nothing else) and it is looked up again. Still hidden: refused, so the
+ * container starts fresh rather than with half its files.
+ */
+async function ensureVisible(ctx: NodeContext, merged: string, upper: string): Promise<void> {
+  const hidden = async (): Promise<string | undefined> => {
+    const walk = async (rel: string): Promise<string | undefined> => {
+      for (const d of await fsp.readdir(path.join(upper, rel), { withFileTypes: true })) {
+        const r = rel ? `${rel}/${d.name}` : d.name;
+        const u = await fsp.lstat(path.join(upper, r));
+        const m = await fsp.lstat(path.join(merged, r)).catch(() => undefined);
+        const whiteout = u.isCharacterDevice() && u.rdev === 0;
+        if (whiteout ? m !== undefined : !m || m.isDirectory() !== u.isDirectory() || (u.isFile() && m.size !== u.size))
+          return r;
+        if (u.isDirectory()) {
+          const below = await walk(r);
+          if (below) return below;
+        }
+      }
+      return undefined;
+    };
+    return walk('');
+  };
+  const first = await hidden();
+  if (!first) return;
+  ctx.log.info(
+    { rootfs: merged, path: first },
+    "the rootfs mount does not show the restored layer yet (looked up before it was written): dropping the kernel's unused dentries",
+  );
+  await fsp.writeFile('/proc/sys/vm/drop_caches', '2');
+  const still = await hidden();
+  if (still)
+    throw new CheckpointUnusableError(
+      'rootfs',
+      `the container's rootfs mount does not show the restored "${still}" (an overlay looked up before the layer was written)`,
+    );
 }
 
 async function clearDir(dir: string): Promise<void> {
