@@ -11,6 +11,7 @@ import { isNotFound } from '../core/containerd.js';
 import { checkpointStoreOf, contractOptions, envListToMap, parseContract } from '../core/env-contract.js';
 import type { Manifest } from '../core/manifest.js';
 import { CheckpointStore } from '../core/store.js';
+import { runcRootOf } from '../core/runc-roots.js';
 import { FailureType } from '../core/temporal/failures.js';
 import { manifestDigest, offerTtlFor } from '../core/transfer.js';
 import type { CheckpointInfo, ContainerRef, TransferOffer } from '../workflows/types.js';
@@ -91,7 +92,7 @@ export function checkpointActivities(d: NodeDeps) {
           const r = await coreCheckpoint(d.ctx, {
             namespace: ref.namespace,
             id: ref.id,
-            runcRoot: path.join(d.ctx.settings.runcRootBase, ref.namespace),
+            runcRoot: await runcRootOf(d.ctx.settings, ref.namespace, ref.id),
             leaveRunning: input.leaveRunning,
             signal,
             onProgress: (p) => report({ ...p }),

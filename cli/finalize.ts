@@ -46,6 +46,7 @@ export function registerFinalize(program: Command): void {
           leaveRunning: opts.leaveRunning,
           onPlan: (plan, containers) => {
             if (opts.json) return;
+            if (containers.length === 0) return; // said below, with the roots searched
             process.stdout.write(
               `finalize: ${containers.length} ARCH container(s), ${plan.parallelism} at a time, deadline in ${formatMs(deadlineMs)}\n`,
             );
@@ -54,10 +55,13 @@ export function registerFinalize(program: Command): void {
           },
           onResult: opts.json ? undefined : line,
         });
-        makeOut(!!opts.json).result(
-          report,
-          () =>
-            `${report.items.filter((i) => i.status === 'checkpointed').length}/${report.items.length} checkpointed in ${formatMs(report.wallMs)}`,
+        if (!opts.json) for (const w of report.warnings) process.stderr.write(`warning: ${w.field}: ${w.message}\n`);
+        makeOut(!!opts.json).result(report, () =>
+          report.items.length === 0
+            ? `no ARCH containers found (nothing to checkpoint); searched the runc roots:\n${report.runcRoots
+                .map((r) => `  ${r.base}${r.exists ? '' : ' (absent)'}  [${r.source}]`)
+                .join('\n')}`
+            : `${report.items.filter((i) => i.status === 'checkpointed').length}/${report.items.length} checkpointed in ${formatMs(report.wallMs)}`,
         );
         process.exitCode = report.ok ? 0 : 1;
       },

@@ -3,7 +3,8 @@ import { checkpointContainer, type CheckpointResult } from './checkpoint.js';
 import type { NodeContext } from './context.js';
 import { planDrain, ThroughputEstimator, type DrainPlan } from './drain-plan.js';
 import { errorMessage } from './errors.js';
-import { listArchContainers, type ArchContainer } from './node-containers.js';
+import { findArchContainers, type ArchContainer } from './node-containers.js';
+import { describeSearched, type RuncRootsFound } from './runc-roots.js';
 
 /**
  * Checkpoint every running ARCH container on this node before a deadline:
@@ -47,6 +48,10 @@ export interface FinalizeReport {
   wallMs: number;
   items: FinalizeItem[];
   ok: boolean;
+  /** The runc roots looked in (a reclaim that finds nothing must say where it looked). */
+  runcRoots: RuncRootsFound['searched'];
+  /** Settings naming something that is not there (ARCH_RUNC_ROOT, ARCH_DOCKER_CONFIG...). */
+  warnings: RuncRootsFound['warnings'];
 }
 
 /** Fixed cost of one checkpoint (freeze, CRIU start, runc calls), measured on these machines. */
@@ -58,7 +63,7 @@ export function throughputFile(ctx: NodeContext): string {
 
 export async function finalizeNode(ctx: NodeContext, opts: FinalizeOptions): Promise<FinalizeReport> {
   const t0 = Date.now();
-  const all = await listArchContainers(ctx, { namespaces: opts.namespaces });
+  const { containers: all, roots } = await findArchContainers(ctx, { namespaces: opts.namespaces });
   const running = all.filter(
     (c) =>
       (c.status === 'running' || c.status === 'paused') && (!opts.only || opts.only.includes(`${c.namespace}/${c.id}`)),
@@ -79,6 +84,11 @@ export async function finalizeNode(ctx: NodeContext, opts: FinalizeOptions): Pro
     maxParallel: opts.maxParallel ?? 4,
     safetyMarginMs: 1000,
   });
+  if (running.length === 0)
+    ctx.log.warn(
+      { phase: 'finalize', searched: roots.searched.map((r) => r.base) },
+      `no running ARCH containers found; searched ${describeSearched(roots)}`,
+    );
   opts.onPlan?.(plan, running);
   const byKey = new Map(running.map((c) => [`${c.namespace}/${c.id}`, c]));
   const fits = new Set(plan.expectedToFit.map((p) => `${p.namespace}/${p.id}`));
@@ -158,6 +168,8 @@ export async function finalizeNode(ctx: NodeContext, opts: FinalizeOptions): Pro
     wallMs,
     items,
     ok: items.every((i) => i.status === 'checkpointed'),
+    runcRoots: roots.searched,
+    warnings: roots.warnings,
   };
   ctx.log.info(
     {

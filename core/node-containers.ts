@@ -12,11 +12,13 @@ import { errorMessage } from './errors.js';
 import { readSpec, rootfsOf } from './oci-spec.js';
 import { findUpperDir } from './rootfs-diff.js';
 import { Runc } from './runc.js';
+import { findRuncRoots, namespacesOf, type RuncRootsFound } from './runc-roots.js';
 import { readShimState, type RestoreFailure } from './shim-state.js';
 
 /**
  * The ARCH containers on this node, found the way the shim sees them: runc's
- * state roots (<runcRootBase>/<namespace>) and each bundle's config.json.
+ * state roots (<base>/<namespace>, for every base core/runc-roots.ts finds:
+ * containerd's, CRI runtimes', Docker's) and each bundle's config.json.
  * Needs no containerd connection, so `finalize` works even when containerd
  * itself is struggling on a node that is about to die.
  */
@@ -53,25 +55,48 @@ export function containerSummary(c: ArchContainer) {
   };
 }
 
-export async function listArchContainers(
+export interface ListOptions {
+  namespaces?: string[];
+  /** Only these runc root bases (default: every one core/runc-roots.ts finds). */
+  runcRootBases?: string[];
+  withSizes?: boolean;
+}
+
+/** The ARCH containers under every runc root of the node, and the roots that were searched. */
+export async function findArchContainers(
   ctx: NodeContext,
-  opts: { namespaces?: string[]; runcRootBase?: string; withSizes?: boolean } = {},
-): Promise<ArchContainer[]> {
-  const base = opts.runcRootBase ?? ctx.settings.runcRootBase;
+  opts: ListOptions = {},
+): Promise<{ containers: ArchContainer[]; roots: RuncRootsFound }> {
+  const roots: RuncRootsFound = opts.runcRootBases
+    ? {
+        searched: opts.runcRootBases.map((base) => ({ base, source: 'caller', exists: true })),
+        bases: opts.runcRootBases,
+        warnings: [],
+      }
+    : await findRuncRoots(ctx.settings);
+  for (const w of roots.warnings) ctx.log.warn({ field: w.field }, `runc roots: ${w.field}: ${w.message}`);
+  const containers: ArchContainer[] = [];
+  for (const base of roots.bases) containers.push(...(await listUnder(ctx, base, opts)));
+  return { containers, roots };
+}
+
+export async function listArchContainers(ctx: NodeContext, opts: ListOptions = {}): Promise<ArchContainer[]> {
+  return (await findArchContainers(ctx, opts)).containers;
+}
+
+async function listUnder(ctx: NodeContext, base: string, opts: ListOptions): Promise<ArchContainer[]> {
   // Namespaces are the directories (the worker keeps a marker file here: shim-state.ts).
-  const namespaces =
-    opts.namespaces ??
-    (await fsp.readdir(base, { withFileTypes: true }).catch(() => []))
-      .filter((e) => e.isDirectory())
-      .map((e) => e.name);
+  const namespaces = opts.namespaces ?? (await namespacesOf(base));
   const out: ArchContainer[] = [];
   for (const namespace of namespaces) {
     const runc = new Runc(ctx.settings, path.join(base, namespace));
     let states;
     try {
+      // A namespace asked for that this base does not have: nothing here (runc would say so as an error).
+      if (opts.namespaces && !(await isDir(runc.root))) continue;
       states = await runc.list();
     } catch (err) {
-      ctx.log.warn({ namespace, err: errorMessage(err) }, 'cannot list runc containers');
+      ctx.log.warn({ namespace, runcRoot: runc.root, err: errorMessage(err) }, 'cannot list runc containers');
       continue;
     }
     for (const st of states) {
@@ -129,6 +154,12 @@ export async function listArchContainers(
   }
   return out;
 }
+
+const isDir = (p: string) =>
+  fsp.stat(p).then(
+    (s) => s.isDirectory(),
+    () => false,
+  );
 
 /** Resident memory of the container's cgroup (all its processes), falling back to the init's VmRSS. */
 export async function rssOf(pid: number): Promise<number> {

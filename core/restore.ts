@@ -10,7 +10,8 @@ import type { Foreground } from './foreground.js';
 import { verifyCheckpointDirStaged, type Manifest } from './manifest.js';
 import { rootfsOf, writeSpec, type OciSpec } from './oci-spec.js';
 import { assertSameOwner, ownerOf } from './owner.js';
-import { applyDiff, DELETED_FILES, findUpperDir, ROOTFS_TAR } from './rootfs-diff.js';
+import { layerDifference } from './layer-match.js';
+import { applyDiff, DELETED_FILES, findOverlayDirs, ROOTFS_TAR } from './rootfs-diff.js';
 import type { Runc } from './runc.js';
 import {
   keyFor,
@@ -154,22 +155,36 @@ async function restoreHolding(
   });
   const layer = layerSource.then(async (src) => {
     const v = await verified;
-    const upper = await findUpperDir(rootfsOf(req.bundle, req.spec));
-    if (upper) {
-      await assertEmptyLayer(upper); // not ours to clear when this fails
+    const overlay = await findOverlayDirs(rootfsOf(req.bundle, req.spec));
+    const upper = overlay?.upper;
+    let written = false;
+    if (upper && (await fsp.readdir(upper)).length > 0) {
+      // The same container started again (docker start, a restart policy): its layer is still there.
+      // Not ours to overwrite, nor to clear if the restore fails: restored over only if unchanged.
+      const c = Date.now();
+      const why = await layerDifference(src, upper, overlay.lower, v.manifest.rootfs.bytes);
+      timings.rootfsCompare = Date.now() - c;
+      if (why)
+        throw new CheckpointUnusableError(
+          'rootfs-changed',
+          `the container's writable layer is not the one the checkpoint recorded: ${why}`,
+        );
+    } else if (upper) {
+      written = true;
       try {
         await applyDiff(src, upper, v.manifest.rootfs.bytes);
+        await ensureVisible(ctx, rootfsOf(req.bundle, req.spec), upper);
       } catch (err) {
         await clearDir(upper);
         throw err;
       }
     }
     timings.rootfs = Date.now() - t;
-    return upper;
+    return { upper, written };
   });
   const [v, l, im] = await Promise.allSettled([verified, layer, imagesStaged]);
   if (v.status === 'rejected' || l.status === 'rejected' || im.status === 'rejected') {
-    if (l.status === 'fulfilled' && l.value) await clearDir(l.value); // the images failed after the layer was written
+    if (l.status === 'fulfilled' && l.value.written) await clearDir(l.value.upper!); // the images failed after the layer was written
     // A failed verification explains a bad archive too: it comes first.
     throw v.status === 'rejected'
       ? v.reason
@@ -178,7 +193,7 @@ async function restoreHolding(
         : (im as PromiseRejectedResult).reason;
   }
   const { manifest, verifyDeferred } = v.value;
-  const upper = l.value;
+  const { upper, written } = l.value;
   const pagesVerified = async (): Promise<void> => {
     const w = Date.now();
     await verifyDeferred();
@@ -209,8 +224,9 @@ async function restoreHolding(
     await req.runc.kill(req.id, 'KILL', true).catch(() => undefined);
     await req.runc.delete(req.id, true).catch(() => undefined);
     await running?.exited; // a foreground runc deletes the container as it exits
-    // And an empty writable layer: the fresh start must not see the checkpoint's files.
-    if (upper) await clearDir(upper);
+    // And the writable layer as it was: empty if this restore wrote it (the fresh start must not see the
+    // checkpoint's files), untouched if the container had it already (its own files, equal to the checkpoint's).
+    if (upper && written) await clearDir(upper);
   };
   try {
     const o = { bundle: req.bundle, imagePath: images, workPath: work, pidFile, consoleSocket: req.consoleSocket, env };
@@ -334,15 +350,48 @@ async function continueProcesses(req: RestoreRequest, pidFile: string | undefine
   await req.runc.kill(req.id, 'CONT', true);
 }
 
-async function assertEmptyLayer(upper: string): Promise<void> {
-  const entries = await fsp.readdir(upper);
-  if (entries.length > 0) {
-    // Not ours to overwrite: the layer already holds this container's writes.
+/**
+ * The layer is written into the upper dir of an overlay that is mounted
+ * already, and overlayfs caches what it looked up: a directory looked up
+ * through the mount before (Docker reads the new container's /etc before it
+ * calls the runtime) keeps hiding upper-dir entries made under it since. So
+ * every written path is looked up through the mount; if the mount does not
+ * show it, the kernel's unused dentries are dropped (the cache entries
+ * go, nothing else) and it is looked up again. Still hidden: refused, so the
+ * container starts fresh rather than with half its files.
+ */
+async function ensureVisible(ctx: NodeContext, merged: string, upper: string): Promise<void> {
+  const hidden = async (): Promise<string | undefined> => {
+    const walk = async (rel: string): Promise<string | undefined> => {
+      for (const d of await fsp.readdir(path.join(upper, rel), { withFileTypes: true })) {
+        const r = rel ? `${rel}/${d.name}` : d.name;
+        const u = await fsp.lstat(path.join(upper, r));
+        const m = await fsp.lstat(path.join(merged, r)).catch(() => undefined);
+        const whiteout = u.isCharacterDevice() && u.rdev === 0;
+        if (whiteout ? m !== undefined : !m || m.isDirectory() !== u.isDirectory() || (u.isFile() && m.size !== u.size))
+          return r;
+        if (u.isDirectory()) {
+          const below = await walk(r);
+          if (below) return below;
+        }
+      }
+      return undefined;
+    };
+    return walk('');
+  };
+  const first = await hidden();
+  if (!first) return;
+  ctx.log.info(
+    { rootfs: merged, path: first },
+    "the rootfs mount does not show the restored layer yet (looked up before it was written): dropping the kernel's unused dentries",
+  );
+  await fsp.writeFile('/proc/sys/vm/drop_caches', '2');
+  const still = await hidden();
+  if (still)
     throw new CheckpointUnusableError(
       'rootfs',
-      `the container's writable layer is not empty (${entries.slice(0, 3).join(', ')})`,
+      `the container's rootfs mount does not show the restored "${still}" (an overlay looked up before the layer was written)`,
     );
-  }
 }
 
 async function clearDir(dir: string): Promise<void> {

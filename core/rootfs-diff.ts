@@ -24,9 +24,24 @@ export interface Deletions {
 
 /** The overlay upper dir mounted at `mountPoint`, or undefined if it is not an overlay. */
 export async function findUpperDir(mountPoint: string): Promise<string | undefined> {
+  return (await findOverlayDirs(mountPoint))?.upper;
+}
+
+export interface OverlayDirs {
+  upper: string;
+  /**
+   * The lower dirs, topmost first; undefined when the mount names them
+   * relative to a directory this process cannot know (Docker does that when
+   * the absolute list would be too long for the mount call).
+   */
+  lower: string[] | undefined;
+}
+
+/** The overlay mounted at `mountPoint` (the last mount there wins), or undefined if it is not an overlay with an upper dir. */
+export async function findOverlayDirs(mountPoint: string): Promise<OverlayDirs | undefined> {
   const target = path.resolve(mountPoint);
   const lines = (await fsp.readFile('/proc/self/mountinfo', 'utf8')).split('\n');
-  let found: string | undefined;
+  let found: OverlayDirs | undefined;
   for (const line of lines) {
     const sep = line.indexOf(' - ');
     if (sep < 0) continue;
@@ -37,8 +52,21 @@ export async function findUpperDir(mountPoint: string): Promise<string | undefin
       found = undefined; // a later mount on the same point hides earlier ones
       continue;
     }
-    const upper = (right[2] ?? '').split(',').find((o) => o.startsWith('upperdir='));
-    found = upper ? unescapeMount(upper.slice('upperdir='.length)) : undefined;
+    const opts = (right[2] ?? '').split(',');
+    const upper = opts.find((o) => o.startsWith('upperdir='));
+    const lower = opts.find((o) => o.startsWith('lowerdir='));
+    // "\\:" escapes a colon inside one lower dir's name.
+    const lowers = lower
+      ? unescapeMount(lower.slice('lowerdir='.length))
+          .split(/(?<!\\):/)
+          .map((d) => d.replace(/\\:/g, ':'))
+      : [];
+    found = upper
+      ? {
+          upper: unescapeMount(upper.slice('upperdir='.length)),
+          lower: lowers.length && lowers.every((d) => path.isAbsolute(d)) ? lowers : undefined,
+        }
+      : undefined;
   }
   return found;
 }
@@ -99,7 +127,8 @@ export async function captureDiff(upperDir: string, destDir: string): Promise<Ca
   return { files: keep.length, bytes, deletions: deletions.whiteouts.length + deletions.opaque.length, skipped };
 }
 
-async function opaqueDirs(upperDir: string): Promise<string[]> {
+/** Directories of the layer marked opaque (trusted.overlay.opaque=y), relative to it. */
+export async function opaqueDirs(upperDir: string): Promise<string[]> {
   // One getfattr walk for the whole layer; files without the xattr print nothing.
   const r = await execa(
     'getfattr',
@@ -118,7 +147,7 @@ async function opaqueDirs(upperDir: string): Promise<string[]> {
   return out;
 }
 
-function assertPlainRelative(p: string, what: string): void {
+export function assertPlainRelative(p: string, what: string): void {
   const parts = p.split('/').filter((x) => x !== '' && x !== '.');
   if (p.includes('\0') || path.isAbsolute(p) || parts.includes('..') || parts.length === 0) {
     throw new CheckpointUnusableError('archive-escape', `${what} "${p}" is absolute or contains ".."`);
@@ -126,7 +155,7 @@ function assertPlainRelative(p: string, what: string): void {
 }
 
 /** One spelling per path ("a/./b/", "./a//b" -> "a/b"), so the checks below compare like with like. */
-function canonical(p: string): string {
+export function canonical(p: string): string {
   return p
     .split('/')
     .filter((x) => x !== '' && x !== '.')
@@ -225,7 +254,7 @@ export async function validateDiffArchive(tarFile: string, maxBytes = Infinity):
 }
 
 /** node-tar's errors on a damaged archive (TAR_BAD_ARCHIVE, TAR_ENTRY_INVALID...): the checkpoint's fault. */
-function unreadable(err: unknown): never {
+export function unreadable(err: unknown): never {
   const code = (err as { code?: unknown }).code;
   if (typeof code === 'string' && code.startsWith('TAR_'))
     throw new CheckpointUnusableError('archive-invalid', `${ROOTFS_TAR}: ${(err as Error).message}`);
@@ -236,7 +265,7 @@ function unreadable(err: unknown): never {
  * An archive of nothing but zero blocks: what captureDiff writes for an
  * unchanged layer. node-tar (strict) calls it "Unrecognized archive format".
  */
-async function isEmptyArchive(tarFile: string): Promise<boolean> {
+export async function isEmptyArchive(tarFile: string): Promise<boolean> {
   const st = await fsp.stat(tarFile);
   if (st.size === 0 || st.size > 20 * 512 || st.size % 512 !== 0) return false;
   return (await fsp.readFile(tarFile)).every((b) => b === 0);

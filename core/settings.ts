@@ -22,8 +22,20 @@ export interface Settings {
   logFile: string | undefined;
   logLevel: string;
   nodeName: string;
-  /** Base of containerd's per-namespace runc roots on this node. */
+  /**
+   * The node's own containerd's runc root base: where containers that ARCH
+   * itself creates (restores through containerd) get their runc state. The
+   * first ARCH_RUNC_ROOT entry, else containerd's default.
+   */
   runcRootBase: string;
+  /** ARCH_RUNC_ROOT: runc root bases named in settings (a list; core/runc-roots.ts adds the discovered ones). */
+  runcRoots: string[];
+  /** ARCH_DISCOVER_RUNC_ROOTS: also look where containerd's and Docker's configs put runc's state. */
+  discoverRuncRoots: boolean;
+  /** ARCH_CONTAINERD_CONFIG: containerd's config.toml to read runtime roots from (default /etc/containerd/config.toml). */
+  containerdConfig: string | undefined;
+  /** ARCH_DOCKER_CONFIG: dockerd's daemon.json to read exec-root from (default /etc/docker/daemon.json). */
+  dockerConfig: string | undefined;
   /** Checkpoint root for containers that set no ARCH_*_HOST_PATH. */
   defaultCheckpointRoot: string;
   /**
@@ -119,6 +131,7 @@ export function loadSettings(env: NodeJS.ProcessEnv = process.env): Settings {
     get('ARCH_DEFAULT_CHECKPOINT_PATH') || '/var/lib/arch/checkpoints',
     'ARCH_DEFAULT_CHECKPOINT_PATH',
   );
+  const runcRoots = parsePathList(get('ARCH_RUNC_ROOT'), 'ARCH_RUNC_ROOT');
   return {
     runc: get('ARCH_RUNC') || 'runc',
     criu: get('ARCH_CRIU') || 'criu',
@@ -128,7 +141,11 @@ export function loadSettings(env: NodeJS.ProcessEnv = process.env): Settings {
     logFile: logFile ? requireAbsolutePath(logFile, 'ARCH_LOG_FILE') : undefined,
     logLevel: get('ARCH_LOG_LEVEL') || 'info',
     nodeName: get('ARCH_NODE_NAME') || os.hostname(),
-    runcRootBase: requireAbsolutePath(get('ARCH_RUNC_ROOT') || '/run/containerd/runc', 'ARCH_RUNC_ROOT'),
+    runcRootBase: runcRoots[0] ?? '/run/containerd/runc',
+    runcRoots,
+    discoverRuncRoots: parseBool(get('ARCH_DISCOVER_RUNC_ROOTS'), 'ARCH_DISCOVER_RUNC_ROOTS', true),
+    containerdConfig: optionalPath('ARCH_CONTAINERD_CONFIG'),
+    dockerConfig: optionalPath('ARCH_DOCKER_CONFIG'),
     defaultCheckpointRoot,
     allowedRoots: parseAllowedRoots(get('ARCH_ALLOWED_ROOTS'), defaultCheckpointRoot),
     temporalCli: get('ARCH_TEMPORAL_CLI') || 'temporal',
@@ -144,16 +161,19 @@ export function loadSettings(env: NodeJS.ProcessEnv = process.env): Settings {
 /** Default of ARCH_ALLOWED_ROOTS. */
 export const DEFAULT_ALLOWED_ROOTS = ['/var/lib/arch'];
 
+/** A list setting of absolute paths separated by ":" or "," (empty or unset: none), duplicates removed. */
+export function parsePathList(v: string | undefined, field: string): string[] {
+  const listed = (v ?? '')
+    .split(/[:,]/)
+    .map((s) => s.trim())
+    .filter(Boolean);
+  return [...new Set(listed.map((r) => requireAbsolutePath(r, field)))];
+}
+
 /** ARCH_ALLOWED_ROOTS: absolute directories separated by ":" or ","; "/" alone is refused (it would allow everything). */
 export function parseAllowedRoots(v: string | undefined, defaultCheckpointRoot: string): string[] {
-  const listed =
-    v === undefined || v.trim() === ''
-      ? DEFAULT_ALLOWED_ROOTS
-      : v
-          .split(/[:,]/)
-          .map((s) => s.trim())
-          .filter(Boolean);
-  const roots = listed.map((r) => requireAbsolutePath(r, 'ARCH_ALLOWED_ROOTS'));
+  const listed = parsePathList(v, 'ARCH_ALLOWED_ROOTS');
+  const roots = listed.length ? listed : DEFAULT_ALLOWED_ROOTS;
   if (roots.includes('/')) {
     throw new ArchInputError(
       'ARCH_ALLOWED_ROOTS',

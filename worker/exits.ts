@@ -13,13 +13,17 @@ import type { Containerd } from '../core/containerd.js';
 import { errorMessage } from '../core/errors.js';
 import { validateContainerId, validateNamespace } from '../core/ids.js';
 import type { Logger } from '../core/log.js';
+import { findRuncRoots } from '../core/runc-roots.js';
+import type { Settings } from '../core/settings.js';
 import { announceExitRecorder, recordExit } from '../core/shim-state.js';
 
 export async function startExitRecorder(o: {
   containerd: Containerd;
-  runcRootBase: string;
+  /** The node's settings: the exit lands in whichever of its runc roots holds the container (core/runc-roots.ts). */
+  settings: Settings;
   log: Logger;
 }): Promise<{ stop: () => Promise<void> }> {
+  const bases = async () => [...new Set([o.settings.runcRootBase, ...(await findRuncRoots(o.settings)).bases])];
   const follower = o.containerd.followTaskExits(
     (e) => {
       const log = o.log.child({ namespace: e.namespace, container: e.containerId, phase: 'exit' });
@@ -31,26 +35,43 @@ export async function startExitRecorder(o: {
         log.warn({ err: errorMessage(err) }, 'exit event of a container whose name ARCH does not accept: not recorded');
         return;
       }
-      recordExit(path.join(o.runcRootBase, e.namespace), e.containerId, {
-        exitStatus: e.exitStatus,
-        exitedAt: e.exitedAt,
-      }).then(
-        (recorded) => {
-          if (recorded) log.info({ exitStatus: e.exitStatus }, 'container exited');
-        },
-        (err: unknown) => log.warn({ err: errorMessage(err) }, 'could not record the exit code'),
-      );
+      // One containerd serves several clients (ctr, CRI, Docker's "moby"), each with its own runc root.
+      bases()
+        .then((all) =>
+          Promise.all(
+            all.map((base) =>
+              recordExit(path.join(base, e.namespace), e.containerId, {
+                exitStatus: e.exitStatus,
+                exitedAt: e.exitedAt,
+              }),
+            ),
+          ),
+        )
+        .then(
+          (recorded) => {
+            if (recorded.some(Boolean)) log.info({ exitStatus: e.exitStatus }, 'container exited');
+          },
+          (err: unknown) => log.warn({ err: errorMessage(err) }, 'could not record the exit code'),
+        );
     },
     (err) => o.log.warn({ phase: 'exit', err: errorMessage(err) }, 'containerd events ended; following them again'),
   );
   // Delete waits for an exit record only while someone is there to write it.
-  const unannounce = await announceExitRecorder(o.runcRootBase).catch((err: unknown) => {
-    o.log.warn(
-      { phase: 'exit', err: errorMessage(err) },
-      'could not announce the exit recorder: a delete right after an exit may not see its code',
+  const undo: (() => Promise<void>)[] = [];
+  for (const base of await bases()) {
+    undo.push(
+      await announceExitRecorder(base).catch((err: unknown) => {
+        o.log.warn(
+          { phase: 'exit', runcRootBase: base, err: errorMessage(err) },
+          'could not announce the exit recorder: a delete right after an exit may not see its code',
+        );
+        return async () => undefined;
+      }),
     );
-    return async () => undefined;
-  });
+  }
+  const unannounce = async () => {
+    for (const u of undo) await u();
+  };
   return {
     stop: async () => {
       await unannounce().catch(() => undefined);

@@ -154,7 +154,7 @@ export async function startNodeWorker(o: NodeWorkerOptions): Promise<RunningWork
     });
     const exits = await startExitRecorder({
       containerd: new Containerd({ address: o.containerdAddress, ctr: o.ctr }),
-      runcRootBase: settings.runcRootBase,
+      settings,
       log,
     });
     const done = (async () => {

@@ -2,7 +2,8 @@
 import type { Command } from 'commander';
 import { validateNamespace } from '../../core/ids.js';
 import { createLogger } from '../../core/log.js';
-import { containerSummary, listArchContainers } from '../../core/node-containers.js';
+import { containerSummary, findArchContainers } from '../../core/node-containers.js';
+import { describeSearched } from '../../core/runc-roots.js';
 import { WORKFLOW_TASK_QUEUE } from '../../core/temporal/names.js';
 import type { ContainerSummary, ListNodeInput } from '../../workflows/types.js';
 import { requireWorkers } from '../connect.js';
@@ -44,14 +45,21 @@ export function registerLs(program: Command, ctx: CliContext): void {
       const node = o.node ?? ctx.settings.nodeName;
       if (o.namespace) validateNamespace(o.namespace, '--namespace');
       if (o.local) {
-        const found = await listArchContainers(
+        const found = await findArchContainers(
           { settings: ctx.settings, log: createLogger(ctx.settings, 'arch-cli') },
           { namespaces: o.namespace ? [o.namespace] : undefined },
         );
-        const list: ContainerSummary[] = found.map(containerSummary);
+        const list: ContainerSummary[] = found.containers.map(containerSummary);
+        const { searched, warnings } = found.roots;
         ctx
           .out()
-          .result({ node: ctx.settings.nodeName, containers: list }, () => formatLs(ctx.settings.nodeName, list));
+          .result({ node: ctx.settings.nodeName, containers: list, runcRoots: searched, warnings }, () =>
+            [
+              ...warnings.map((w) => `warning: ${w.field}: ${w.message}`),
+              formatLs(ctx.settings.nodeName, list),
+              ...(list.length ? [] : [`searched the runc roots: ${describeSearched(found.roots)}`]),
+            ].join('\n'),
+          );
         return;
       }
       const client = await ctx.client();

@@ -76,7 +76,18 @@ test('finalize with nothing to do says so and succeeds; bad --deadline is a clea
     reject: false,
   });
   expect(ok.exitCode).toBe(0);
-  expect(String(ok.stdout)).toContain('0/0 checkpointed');
+  expect(String(ok.stdout)).toContain('no ARCH containers found');
+  expect(String(ok.stdout)).toContain(node.runcRootBase); // where it looked
+  expect(String(ok.stderr)).toBe('');
+  // A runc root named in settings that is not there: a warning naming the setting, and the roots searched.
+  const missing = path.join(storage, 'no-such-runc-root');
+  const warned = await execa(path.join(REPO_ROOT, 'bin/arch-cli'), ['finalize'], {
+    env: { ARCH_CONFIG: node.archConfig, ARCH_RUNC_ROOT: `${node.runcRootBase}:${missing}` },
+    reject: false,
+  });
+  expect(warned.exitCode).toBe(0);
+  expect(String(warned.stderr)).toContain(`warning: ARCH_RUNC_ROOT: ${missing} does not exist`);
+  expect(String(warned.stdout)).toMatch(new RegExp(`no ARCH containers found[^]*${missing} \\(absent\\)`));
   const bad = await execa(path.join(REPO_ROOT, 'bin/arch-cli'), ['finalize', '--deadline', 'soon'], {
     env: { ARCH_CONFIG: node.archConfig },
     reject: false,

@@ -67,6 +67,9 @@ export function writeArchConfig(dir: string, overrides: Record<string, string | 
     ARCH_LOG_FILE: path.join(dir, 'arch.log'),
     ARCH_LOG_LEVEL: 'debug',
     ARCH_SIGNING_KEY: testSigningKey(),
+    // A test node is one of several "nodes" on this machine: it looks only in its own runc roots
+    // (the machine's /run/containerd/runc belongs to other tests, or to nobody).
+    ARCH_DISCOVER_RUNC_ROOTS: '0',
     // Tests and benchmarks keep checkpoints and shared dirs in their own temporary directories.
     ARCH_ALLOWED_ROOTS: [
       '/tmp',

@@ -28,6 +28,8 @@ import { PRIVATE_CRIU } from './arch-env.js';
  */
 
 export const NODE_BASE = process.env.ARCH_TEST_RUN_DIR ?? '/run/arch-test';
+/** A node's dockerd keeps its data-root, exec-root, socket and pid file here (test/support/docker-node.ts). */
+export const DOCKER_SUBDIR = 'docker';
 const CRI_PLUGIN = 'io.containerd.grpc.v1.cri';
 const SHIM_SOCKET_DIR = '/run/containerd/s';
 
@@ -222,7 +224,7 @@ function shimsOf(address: string): { pid: number; namespace: string; id: string 
 }
 
 /** SIGKILL every container in the runc roots under base, then runc delete --force them. */
-async function killRuncContainers(runcRootBase: string, deleteState: boolean): Promise<void> {
+export async function killRuncContainers(runcRootBase: string, deleteState: boolean): Promise<void> {
   let namespaces: string[] = [];
   try {
     namespaces = fs.readdirSync(runcRootBase);
@@ -277,13 +279,19 @@ export function removeCgroups(cgroupParent: string): void {
  * processes, shims and their sockets, mounts, cgroups.
  */
 async function cleanupNodeDir(dir: string, address: string, cgroupParent: string): Promise<void> {
-  const pidFile = path.join(dir, 'containerd.pid');
-  const cdPid = Number(fs.existsSync(pidFile) ? fs.readFileSync(pidFile, 'utf8') : NaN);
-  if (cdPid > 0 && processArgv(cdPid).includes(path.join(dir, 'config.toml'))) {
-    killPid(cdPid, 'SIGKILL');
-    await waitGone([cdPid], 5_000);
+  // A dockerd of this node (test/support/docker-node.ts) goes first: it would restart its containers.
+  for (const [pidFile, config] of [
+    [path.join(dir, 'containerd.pid'), path.join(dir, 'config.toml')],
+    [path.join(dir, DOCKER_SUBDIR, 'dockerd.pid'), path.join(dir, DOCKER_SUBDIR, 'daemon.json')],
+  ] as const) {
+    const pid = Number(fs.existsSync(pidFile) ? fs.readFileSync(pidFile, 'utf8') : NaN);
+    if (pid > 0 && processArgv(pid).includes(config)) {
+      killPid(pid, 'SIGKILL');
+      await waitGone([pid], 5_000);
+    }
   }
   await killRuncContainers(path.join(dir, 'runc'), true);
+  await killRuncContainers(path.join(dir, DOCKER_SUBDIR, 'exec', 'runtime-runc'), true);
   const shims = shimsOf(address);
   for (const s of shims) killPid(s.pid, 'SIGKILL');
   await waitGone(

@@ -1,0 +1,206 @@
+import { execa } from 'execa';
+import fs from 'node:fs';
+import path from 'node:path';
+import { waitFor } from '../support/arch-node.js';
+import { cleanupStaleNodes } from '../support/containerd-node.js';
+import { dockerInstalled, startDockerNode, type DockerNode } from '../support/docker-node.js';
+import { REPO_ROOT } from '../support/images.js';
+
+/**
+ * Docker as a client of ARCH (issue 13): a real dockerd (Debian's docker.io)
+ * on a test node's own containerd, with arch-runc as its runtime "arch"
+ * (daemon.json). ARCH finds Docker's runc root (<exec-root>/runtime-runc)
+ * through that daemon.json, without ARCH_RUNC_ROOT naming it.
+ *
+ * The counter writes its count and a line per fresh start to a bind-mounted
+ * host directory (/out), so the writable layer stays what the checkpoint
+ * recorded unless a test changes it: a restored counter goes on from its
+ * checkpoint, a fresh one adds a second "start" line.
+ */
+const ARCH_CLI = path.join(REPO_ROOT, 'bin/arch-cli');
+let dk: DockerNode;
+let work: string;
+
+beforeAll(async () => {
+  if (!dockerInstalled())
+    throw new Error('Docker (docker.io) is not installed: run scripts/install-test-clients.sh docker');
+  await cleanupStaleNodes();
+  work = fs.mkdtempSync('/tmp/arch-docker-');
+  dk = await startDockerNode('dk');
+});
+
+afterAll(async () => {
+  await dk?.stop();
+  if (work) fs.rmSync(work, { recursive: true, force: true });
+});
+
+interface Job {
+  name: string;
+  out: string;
+}
+
+/** docker run the counter with arch-runc; ARCH_ENABLE unless `plain`. */
+async function runJob(name: string, extra: string[] = [], opts: { plain?: boolean; job?: string } = {}): Promise<Job> {
+  const out = path.join(work, name);
+  fs.mkdirSync(out, { recursive: true });
+  const arch = opts.plain
+    ? []
+    : [
+        '-e',
+        'ARCH_ENABLE=1',
+        '-e',
+        `ARCH_CHECKPOINT_HOST_PATH=${path.join(work, 'ck')}`,
+        '-e',
+        `ARCH_CHECKPOINT_ID=${opts.job ?? name}`,
+      ];
+  await dk.docker([
+    'run',
+    '-d',
+    '--name',
+    name,
+    '--runtime',
+    'arch',
+    '-v',
+    `${out}:/out`,
+    '-e',
+    'COUNTER_FILE=/out/count',
+    '-e',
+    'COUNTER_START_FILES=1',
+    ...arch,
+    ...extra,
+    dk.image,
+  ]);
+  return { name, out };
+}
+
+const count = (j: Job): number => Number(fs.readFileSync(path.join(j.out, 'count'), 'utf8').trim() || 0);
+const starts = (j: Job): number =>
+  fs.readFileSync(path.join(j.out, 'starts'), 'utf8').split('\n').filter(Boolean).length;
+const waitCount = (j: Job, atLeast: number) =>
+  waitFor(`${j.name} count >= ${atLeast}`, () => {
+    try {
+      const c = count(j);
+      return c >= atLeast ? c : undefined;
+    } catch {
+      return undefined;
+    }
+  });
+const state = async (j: Job) => (await dk.docker(['inspect', '-f', '{{.State.Status}}', j.name])).stdout.trim();
+const idOf = async (j: Job) => (await dk.docker(['inspect', '-f', '{{.Id}}', j.name])).stdout.trim();
+
+async function finalize(extra: string[] = []) {
+  // Only Docker's namespace: the machine's own containerd root is searched too, and may hold other tests' containers.
+  const r = await execa(ARCH_CLI, ['finalize', '--deadline', '60s', '--ns', 'moby', '--json', ...extra], {
+    env: { ARCH_CONFIG: dk.node.archConfig },
+    reject: false,
+  });
+  if (r.exitCode !== 0) throw new Error(`finalize failed: ${r.stdout} ${r.stderr}`);
+  return JSON.parse(String(r.stdout)) as {
+    ok: boolean;
+    items: { id: string; status: string }[];
+    runcRoots: { base: string; source: string; exists: boolean }[];
+  };
+}
+
+const logsFor = (id: string) => dk.node.logLines().filter((l) => l.container === id);
+const restoredLines = (id: string) => logsFor(id).filter((l) => l.msg === 'restored from checkpoint');
+
+test("run -> arch-cli finalize -> rm -> run again: restored, the count goes on; Docker's runc root found by itself", async () => {
+  const a = await runJob('job-rerun');
+  await waitCount(a, 5);
+  const report = await finalize();
+  // Found through ARCH_DOCKER_CONFIG's exec-root: ARCH_RUNC_ROOT names only the node's containerd root.
+  expect(report.runcRoots).toContainEqual(expect.objectContaining({ base: dk.runcRootBase, exists: true }));
+  expect(report.items).toEqual([expect.objectContaining({ id: await idOf(a), status: 'checkpointed' })]);
+  await waitFor('exit after checkpoint', async () => ((await state(a)) === 'exited' ? true : undefined));
+  const atCheckpoint = count(a);
+  await dk.docker(['rm', a.name]);
+
+  const b = await runJob('job-rerun-2', [], { job: 'job-rerun' });
+  fs.writeFileSync(path.join(b.out, 'count'), '0\n');
+  fs.copyFileSync(path.join(a.out, 'starts'), path.join(b.out, 'starts'));
+  // The restored counter goes on from its checkpoint in memory; a fresh one would start at 1.
+  const c = await waitCount(b, atCheckpoint + 3);
+  expect(c).toBeGreaterThan(atCheckpoint);
+  expect(restoredLines(await idOf(b))).toHaveLength(1);
+  // Its files from before the checkpoint came along (new, changed and deleted files of the layer).
+  expect((await dk.docker(['exec', b.name, 'cat', '/etc/to-modify.txt'])).stdout).toBe('modified by counter');
+  expect((await dk.docker(['exec', b.name, 'ls', '/etc'], { reject: false })).stdout).not.toContain('to-delete.txt');
+  await dk.docker(['rm', '-f', b.name]);
+});
+
+test('docker stop / docker start of the same container restores its checkpoint', async () => {
+  const j = await runJob('job-stopstart');
+  await waitCount(j, 5);
+  await finalize(['--leave-running']);
+  const id = await idOf(j);
+  expect(fs.readdirSync(path.join(work, 'ck', 'moby'))).toContain('job-stopstart');
+  await waitCount(j, count(j) + 3); // runs on past its checkpoint (its memory only: the layer stays)
+  await dk.docker(['stop', j.name]);
+  await dk.docker(['start', j.name]);
+  await waitFor('restore of the same container', () => (restoredLines(id).length === 1 ? true : undefined));
+  expect(starts(j)).toBe(1);
+  const c = count(j);
+  await waitCount(j, c + 3);
+  expect(logsFor(id).find((l) => l.msg === 'checkpoint not restored; starting the container fresh')).toBeUndefined();
+  await dk.docker(['rm', '-f', j.name]);
+});
+
+test('a restart policy after dockerd restarts (live-restore off) restores the same container', async () => {
+  const j = await runJob('job-policy', ['--restart=always']);
+  await waitCount(j, 5);
+  await finalize(['--leave-running']);
+  const id = await idOf(j);
+  await dk.restartDaemon(); // as after a reboot: dockerd stops its containers, then starts the "always" ones
+  await waitFor('restore by the restart policy', () => (restoredLines(id).length === 1 ? true : undefined), 60_000);
+  expect(await state(j)).toBe('running');
+  expect(starts(j)).toBe(1);
+  const c = count(j);
+  await waitCount(j, c + 3);
+  await dk.docker(['rm', '-f', j.name]);
+});
+
+test('a container whose writable layer changed after the checkpoint starts fresh, and the log says why', async () => {
+  const j = await runJob('job-changed');
+  await waitCount(j, 5);
+  await finalize(['--leave-running']);
+  const id = await idOf(j);
+  await dk.docker(['exec', j.name, 'sh', '-c', 'echo later > /etc/written-after-checkpoint']);
+  await dk.docker(['stop', j.name]);
+  await dk.docker(['start', j.name]);
+  const fresh = await waitFor('fresh start', () =>
+    logsFor(id).find((l) => l.msg === 'checkpoint not restored; starting the container fresh'),
+  );
+  expect(fresh.reason).toBe('rootfs-changed');
+  expect(String(fresh.err)).toContain('"etc/written-after-checkpoint" was created after the checkpoint');
+  await waitFor('second start line', () => (starts(j) === 2 ? true : undefined));
+  expect(restoredLines(id)).toHaveLength(0);
+  // Its files are its own: the fresh start kept the layer as it was (nothing cleared, nothing extracted).
+  expect((await dk.docker(['exec', j.name, 'cat', '/etc/written-after-checkpoint'])).stdout).toBe('later');
+  // arch-cli ls shows the failed restore.
+  const ls = await execa(ARCH_CLI, ['ls', '--local', '--namespace', 'moby'], {
+    env: { ARCH_CONFIG: dk.node.archConfig },
+    reject: false,
+  });
+  expect(String(ls.stdout)).toContain('FAILED (rootfs-changed)');
+  await dk.docker(['rm', '-f', j.name]);
+});
+
+test("docker checkpoint create + docker start --checkpoint (runc restore passed through with the node's CRIU)", async () => {
+  const j = await runJob('plain-cp', [], { plain: true });
+  await waitCount(j, 5);
+  await dk.docker(['checkpoint', 'create', j.name, 'cp1'], { timeoutMs: 120_000 });
+  expect(await state(j)).toBe('exited');
+  const atCheckpoint = count(j);
+  // Docker 20.10 sometimes fails its own upload of the checkpoint to containerd's content store
+  // ("commit failed: content sha256:...: already exists", moby/moby#42900): asked again then.
+  for (let attempt = 1; ; attempt++) {
+    const r = await dk.docker(['start', '--checkpoint', 'cp1', j.name], { timeoutMs: 120_000, reject: false });
+    if (r.exitCode === 0) break;
+    if (attempt === 3 || !/failed to upload checkpoint to containerd: .*already exists/.test(r.stderr))
+      throw new Error(`docker start --checkpoint failed: ${r.stderr}\n${dk.logTail(15)}`);
+  }
+  await waitCount(j, atCheckpoint + 3);
+  expect(starts(j)).toBe(1); // restored, not started over
+  await dk.docker(['rm', '-f', j.name]);
+});
