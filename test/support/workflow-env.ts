@@ -100,6 +100,16 @@ const quiet = { log() {}, trace() {}, debug() {}, info() {}, warn() {}, error: c
 
 let runtimeInstalled = false;
 
+/** The SDK's and core's logs go nowhere: a test reads what the stubs recorded, and a failure throws. */
+export function installQuietRuntime(): void {
+  if (runtimeInstalled) return;
+  Runtime.install({
+    logger: { log() {}, trace() {}, debug() {}, info() {}, warn() {}, error() {} } as never,
+    telemetryOptions: { logging: { filter: 'ERROR', forward: {} } },
+  });
+  runtimeInstalled = true;
+}
+
 /**
  * The worker's converter without the failure converter's path: the SDK
  * require()s that file, and Jest's require cannot load an ES module. The
@@ -132,14 +142,7 @@ export class StubCluster {
    * (run()); keeping the workers saves seconds per test.
    */
   static async start(nodes: string[]): Promise<StubCluster> {
-    if (!runtimeInstalled) {
-      // Core's own logs go to the (silent) SDK logger: a test reads what the stubs recorded.
-      Runtime.install({
-        logger: { log() {}, trace() {}, debug() {}, info() {}, warn() {}, error() {} } as never,
-        telemetryOptions: { logging: { filter: 'ERROR', forward: {} } },
-      });
-      runtimeInstalled = true;
-    }
+    installQuietRuntime();
     const env = await TestWorkflowEnvironment.createLocal({
       server: {
         executable: { type: 'existing-path', path: TEMPORAL_CLI },
