@@ -2,6 +2,8 @@ import type {
   CheckpointInfo,
   ContainerSpec,
   ContainerSummary,
+  DrainPlanSummary,
+  PlannedContainer,
   ReceiveResult,
   RestoreResult,
   TransferOffer,
@@ -116,4 +118,32 @@ export function withStubs(base: Stubs, over: Stubs): Stubs {
   for (const node of new Set([...Object.keys(base), ...Object.keys(over)]))
     out[node] = { ...base[node], ...over[node] };
   return out;
+}
+
+/** A drain plan as planDrain answers it: `fits` first, then `late` (not expected to finish in time). */
+export function plan(
+  fits: string[],
+  late: { id: string; estimatedMs: number }[] = [],
+  o: Partial<DrainPlanSummary> = {},
+): DrainPlanSummary {
+  const one = (id: string, expectedToFit: boolean, estimatedMs: number): PlannedContainer => ({
+    namespace: 'default',
+    id,
+    priority: 0,
+    bytes: 4096,
+    estimatedMs,
+    expectedFinishMs: estimatedMs,
+    expectedToFit,
+  });
+  return {
+    order: [...fits.map((id) => one(id, true, 100)), ...late.map((l) => one(l.id, false, l.estimatedMs))],
+    parallelism: 1,
+    expectedToFit: fits.length,
+    notExpectedToFit: late.map((l) => `default/${l.id}`),
+    budgetMs: 60_000,
+    plannedAt: new Date().toISOString(),
+    throughputBytesPerSec: 100e6,
+    safetyMarginMs: 1_000,
+    ...o,
+  };
 }
