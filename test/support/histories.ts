@@ -1,9 +1,6 @@
 import fs from 'node:fs';
 import path from 'node:path';
-import { createRequire } from 'node:module';
-import type { History } from '@temporalio/common/lib/proto-utils.js';
-import proto from '@temporalio/proto';
-import { patchProtobufRoot } from '@temporalio/proto/lib/patch-protobuf-root.js';
+import { historyFromJSON, historyToJSON, type History } from '@temporalio/common/lib/proto-utils.js';
 import { AesGcmPayloadCodec, parseKey } from '../../core/temporal/codec.js';
 import { REPO_ROOT } from './images.js';
 
@@ -39,28 +36,16 @@ export function testCodec(): AesGcmPayloadCodec {
 
 /**
  * History <-> JSON, in the form `temporal workflow show --output json`, the
- * UI's download and the SDK's historyFromJSON use. Not the SDK's own
- * historyToJSON/historyFromJSON: in this install @temporalio/common and
- * @temporalio/proto each carry their own copy of protobufjs, and common's
- * protojson refuses proto's message types ("type must be a Type"). The
- * protojson of the protobufjs that @temporalio/proto itself loads has no
- * such mismatch.
+ * UI's download and the SDK's historyFromJSON use. (The SDK's helpers need
+ * one protobufjs shared by @temporalio/common and @temporalio/proto: hence
+ * protobufjs as a direct dependency in package.json.)
  */
-const protoRequire = createRequire(createRequire(import.meta.url).resolve('@temporalio/proto'));
-const protojson = protoRequire('protobufjs/ext/protojson') as {
-  toJson(type: unknown, message: unknown): unknown;
-  fromJson(type: unknown, json: unknown, options?: { ignoreUnknownFields?: boolean }): unknown;
-};
-const historyType = (
-  patchProtobufRoot(proto as unknown as Record<string, unknown>) as unknown as { lookupType(n: string): unknown }
-).lookupType('temporal.api.history.v1.History');
-
 export function historyToJson(h: History): unknown {
-  return protojson.toJson(historyType, proto.temporal.api.history.v1.History.fromObject(h));
+  return JSON.parse(historyToJSON(h));
 }
 
 export function historyFromJson(json: unknown): History {
-  const h = protojson.fromJson(historyType, json, { ignoreUnknownFields: true }) as History | null;
+  const h = historyFromJSON(json);
   if (!h?.events?.length) throw new Error('not a workflow history (no events)');
   return h;
 }
