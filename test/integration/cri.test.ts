@@ -1,0 +1,159 @@
+import { execa } from 'execa';
+import fs from 'node:fs';
+import path from 'node:path';
+import { readShimState } from '../../core/shim-state.js';
+import { waitFor } from '../support/arch-node.js';
+import { cleanupStaleNodes, stopAllNodes } from '../support/containerd-node.js';
+import { CRI_NAMESPACE, startCriNode, type CriTestNode, type Pod, type PidMode } from '../support/cri-node.js';
+import { REPO_ROOT } from '../support/images.js';
+
+/**
+ * Kubernetes' way in, end to end: containerd's CRI plugin driven by the real
+ * crictl as the kubelet would, runtime handler `arch` = arch-runc over real
+ * runc and CRIU, the sandbox a real pause (reaps zombies). A job named with
+ * ARCH_CHECKPOINT_ID is finalized (checkpointed and stopped), then
+ *  - its pod is removed and a new pod runs it again (a rescheduled pod), or
+ *  - the kubelet creates attempt 1 of the container in the same pod;
+ * each with the pod's PID namespace shared (namespace_options.pid = POD) and
+ * with the container's own. The restore must continue the count; a restore
+ * that cannot work must say why in `arch-cli ls`, never start over silently.
+ */
+let node: CriTestNode;
+let storage: string;
+
+beforeAll(async () => {
+  await cleanupStaleNodes();
+  storage = fs.mkdtempSync('/tmp/arch-cri-');
+  node = await startCriNode('cri-a');
+}, 120_000);
+
+afterAll(async () => {
+  await stopAllNodes();
+  fs.rmSync(storage, { recursive: true, force: true });
+});
+
+async function archCli(args: string[]): Promise<string> {
+  const r = await execa(path.join(REPO_ROOT, 'bin/arch-cli'), args, {
+    env: { ARCH_CONFIG: node.archConfig },
+    reject: false,
+  });
+  if (r.exitCode !== 0) throw new Error(`arch-cli ${args.join(' ')} failed (${r.exitCode}): ${r.stderr}`);
+  return String(r.stdout);
+}
+
+interface Listed {
+  id: string;
+  lastRestoreFailure?: { reason: string; message: string };
+}
+
+async function listed(id: string): Promise<Listed | undefined> {
+  const out = JSON.parse(await archCli(['ls', '--local', '--json', '--namespace', CRI_NAMESPACE])) as {
+    containers: Listed[];
+  };
+  return out.containers.find((c) => c.id === id);
+}
+
+/**
+ * The job keeps its count (and its starts file: a line per fresh start) in
+ * its shared work dir: readable on the host after the CRI plugin has
+ * unmounted an exited container's rootfs, and the same dir for every
+ * container of the job.
+ */
+function jobEnv(checkpointId: string): Record<string, string> {
+  return {
+    ARCH_ENABLE: '1',
+    ARCH_CHECKPOINT_ID: checkpointId,
+    ARCH_SHAREDFS_HOST_PATH: storage,
+    ARCH_WORKDIR_CONTAINER_PATH: '/work',
+    COUNTER_FILE: '/work/count',
+  };
+}
+
+function jobFile(checkpointId: string, name: string): string {
+  return path.join(storage, 'work', CRI_NAMESPACE, checkpointId, name);
+}
+
+function count(checkpointId: string): number {
+  return Number(fs.readFileSync(jobFile(checkpointId, 'count'), 'utf8').trim());
+}
+
+function starts(checkpointId: string): number {
+  return fs.readFileSync(jobFile(checkpointId, 'starts'), 'utf8').trim().split('\n').length;
+}
+
+function waitCount(checkpointId: string, atLeast: number): Promise<number> {
+  return waitFor(`${checkpointId} count >= ${atLeast}`, () => {
+    const c = count(checkpointId);
+    return c >= atLeast ? c : undefined;
+  });
+}
+
+/** `arch-cli finalize` (what a node does on a reclaim warning): the job is checkpointed and stopped. */
+async function finalize(containerId: string, checkpointId: string): Promise<number> {
+  const report = JSON.parse(await archCli(['finalize', '--deadline', '60s', '--json'])) as {
+    items: { id: string; status: string }[];
+  };
+  expect(report.items).toEqual([expect.objectContaining({ id: containerId, status: 'checkpointed' })]);
+  await waitState(containerId, 'CONTAINER_EXITED');
+  // The counter is dead now: its last written count is what memory held at the dump (±1 tick).
+  return count(checkpointId);
+}
+
+async function waitState(containerId: string, state: string): Promise<void> {
+  const deadline = Date.now() + 20_000;
+  for (let s = await node.containerState(containerId); s !== state; s = await node.containerState(containerId)) {
+    if (Date.now() > deadline) throw new Error(`container ${containerId}: ${s}, not ${state}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+/** What the counter printed (CRI log format: one "TIME STREAM TAG text" line per line). */
+function output(pod: Pod, name: string, attempt: number): string {
+  return fs.readFileSync(path.join(path.dirname(pod.configFile), `${name}-${attempt}.log`), 'utf8');
+}
+
+/** The container continues the job: restored (shim state), count goes on, the program did not start again. */
+async function expectRestored(
+  pod: Pod,
+  containerId: string,
+  attempt: number,
+  checkpointId: string,
+  atCheckpoint: number,
+): Promise<void> {
+  const state = await readShimState(node.runcRoot(CRI_NAMESPACE), containerId);
+  const failure = (await listed(containerId))?.lastRestoreFailure;
+  expect({ restored: !!state?.restoredFrom, failure }).toEqual({ restored: true, failure: undefined });
+  await waitCount(checkpointId, atCheckpoint + 3);
+  expect(starts(checkpointId)).toBe(1);
+  expect(output(pod, 'job', attempt)).not.toMatch(/counter start/);
+}
+
+describe.each<PidMode>(['container', 'pod'])('PID namespace of the %s', (pidMode) => {
+  test('a new pod restores the checkpoint of a removed one', async () => {
+    const job = `new-pod-${pidMode}`;
+    const env = jobEnv(job);
+    const first = await node.runPod(`first-${pidMode}`, pidMode);
+    const c0 = await node.startCounter(first, { name: 'job', attempt: 0, env });
+    await waitCount(job, 5);
+    const at = await finalize(c0, job);
+    await node.removePod(first);
+
+    const second = await node.runPod(`second-${pidMode}`, pidMode);
+    const c1 = await node.startCounter(second, { name: 'job', attempt: 0, env });
+    await expectRestored(second, c1, 0, job, at);
+    await node.removePod(second);
+  });
+
+  test('attempt 1 of the container in the same pod restores (kubelet restart)', async () => {
+    const job = `same-pod-${pidMode}`;
+    const env = jobEnv(job);
+    const pod = await node.runPod(`same-${pidMode}`, pidMode);
+    const c0 = await node.startCounter(pod, { name: 'job', attempt: 0, env });
+    await waitCount(job, 5);
+    const at = await finalize(c0, job);
+
+    const c1 = await node.startCounter(pod, { name: 'job', attempt: 1, env });
+    await expectRestored(pod, c1, 1, job, at);
+    await node.removePod(pod);
+  });
+});
