@@ -3,7 +3,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { execa } from 'execa';
 import { ARCH_RUNC_BIN, startArchNode, waitFor, type ArchTestNode } from './arch-node.js';
-import { ensureImage, ensureTestImage, PAUSE_IMAGE, PAUSE_IMAGE_REF } from './images.js';
+import { ensureImage, ensureTestImage, PAUSE_IMAGE, SLEEP_SANDBOX_IMAGE } from './images.js';
 
 /**
  * An ARCH node driven the way the kubelet drives it: containerd's CRI plugin
@@ -17,7 +17,8 @@ import { ensureImage, ensureTestImage, PAUSE_IMAGE, PAUSE_IMAGE_REF } from './im
 export const CRI_NAMESPACE = 'k8s.io';
 export const ARCH_HANDLER = 'arch';
 /** Where scripts/install-test-clients.sh puts crictl (ARCH_CRICTL overrides). */
-export const CRICTL = process.env.ARCH_CRICTL ?? '/opt/arch/test-tools/bin/crictl';
+export const CRICTL =
+  process.env.ARCH_CRICTL ?? path.join(process.env.ARCH_TEST_TOOLS ?? '/opt/arch/test-tools', 'bin/crictl');
 
 /** CRI NamespaceMode (k8s.io/cri-api): POD = shared with the sandbox, CONTAINER = the container's own. */
 export type PidMode = 'pod' | 'container';
@@ -31,11 +32,18 @@ export interface Pod {
   configFile: string;
 }
 
+export interface CounterOptions {
+  name: string;
+  attempt: number;
+  env: Record<string, string>;
+  command?: string[];
+}
+
 export interface CriTestNode extends ArchTestNode {
   crictl(args: string[], timeoutMs?: number): Promise<string>;
   runPod(name: string, pidMode: PidMode): Promise<Pod>;
-  /** crictl create + start of the counter in `pod`; returns the container id. */
-  startCounter(pod: Pod, opts: { name: string; attempt: number; env: Record<string, string> }): Promise<string>;
+  /** crictl create + start of the counter (or `command` in its image) in `pod`; returns the container id. */
+  startCounter(pod: Pod, opts: CounterOptions): Promise<string>;
   /** `crictl inspect`'s status.state (CONTAINER_RUNNING, CONTAINER_EXITED...). */
   containerState(containerId: string): Promise<string>;
   removePod(pod: Pod): Promise<void>;
@@ -50,13 +58,21 @@ export function requireCrictl(): string {
   return CRICTL;
 }
 
+/**
+ * `sandbox`: the pod's PID 1 when containers share its PID namespace. `pause`
+ * (default) reaps zombies as Kubernetes' pause does; `sleep` does not, as a
+ * home-made sandbox image might not: orphans of a stopped container stay
+ * zombies and keep their PIDs.
+ */
 export async function startCriNode(
   name: string,
   overrides: Record<string, string | undefined> = {},
+  opts: { sandbox?: 'pause' | 'sleep' } = {},
 ): Promise<CriTestNode> {
   const crictl = requireCrictl();
+  const sandbox = opts.sandbox === 'sleep' ? SLEEP_SANDBOX_IMAGE : PAUSE_IMAGE;
   const base = await startArchNode(name, overrides, {
-    cri: { sandboxImage: PAUSE_IMAGE_REF, runtimes: { [ARCH_HANDLER]: ARCH_RUNC_BIN } },
+    cri: { sandboxImage: sandbox.ref, runtimes: { [ARCH_HANDLER]: ARCH_RUNC_BIN } },
   });
   const n = base as CriTestNode;
   // Its own crictl config: flags alone would still read /etc/crictl.yaml if present.
@@ -87,10 +103,10 @@ export async function startCriNode(
     await stopBase();
   };
   try {
-    await ensureImage(cri, PAUSE_IMAGE);
+    await ensureImage(cri, sandbox);
     await ensureTestImage(cri);
     // The CRI plugin learns of imported images from containerd's events: wait until it knows both.
-    for (const ref of [PAUSE_IMAGE_REF, n.image]) {
+    for (const ref of [sandbox.ref, n.image]) {
       await waitFor(`CRI image ${ref}`, () => run(['inspecti', ref], 10_000).then(() => true), 30_000);
     }
   } catch (err) {
@@ -121,13 +137,14 @@ export async function startCriNode(
       pods.add(id);
       return { id, name: podName, pidMode, configFile };
     },
-    async startCounter(pod: Pod, opts: { name: string; attempt: number; env: Record<string, string> }) {
+    async startCounter(pod: Pod, opts: CounterOptions) {
       const file = path.join(path.dirname(pod.configFile), `${opts.name}-${opts.attempt}.json`);
       fs.writeFileSync(
         file,
         JSON.stringify({
           metadata: { name: opts.name, attempt: opts.attempt },
           image: { image: n.image },
+          ...(opts.command ? { command: opts.command } : {}),
           envs: Object.entries(opts.env).map(([key, value]) => ({ key, value })),
           log_path: `${opts.name}-${opts.attempt}.log`,
           linux: {

@@ -231,6 +231,16 @@ export const PAUSE_IMAGE: ImageRecipe = {
   cmd: ['/pause'],
 };
 
+/** A sandbox image whose PID 1 is `sleep`: it never reaps its pod's zombies (the counter image's files). */
+export const SLEEP_SANDBOX_IMAGE: ImageRecipe = {
+  ref: 'localhost/arch-test/sleep-sandbox:1',
+  get inputs() {
+    return [...COUNTER_IMAGE.inputs, 'sleep-sandbox'];
+  },
+  buildRootfs,
+  cmd: ['/bin/sleep', '2000000000'],
+};
+
 /**
  * Build (or reuse) an image archive, cached under .test-work/images/<hash of
  * the recipe's inputs>/; the finished directory is renamed into place so
