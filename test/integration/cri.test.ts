@@ -175,6 +175,21 @@ describe('a sandbox whose PID 1 does not reap (sleep), PID namespace of the pod'
   }, 120_000);
   afterAll(() => sleepy?.stop());
 
+  test('a new pod restores: no orphan holds a PID there yet', async () => {
+    const job = 'sleep-sandbox-new-pod';
+    const env = jobEnv(job);
+    const first = await sleepy.runPod('sleepy-first', 'pod');
+    const c0 = await sleepy.startCounter(first, { name: 'job', attempt: 0, env, command: TWO_PROCESSES });
+    await waitCount(job, 5);
+    const at = await finalize(sleepy, c0, job);
+    await sleepy.removePod(first);
+
+    const second = await sleepy.runPod('sleepy-second', 'pod');
+    const c1 = await sleepy.startCounter(second, { name: 'job', attempt: 0, env, command: TWO_PROCESSES });
+    await expectRestored(sleepy, { pod: second, id: c1, attempt: 0, job }, at);
+    await sleepy.removePod(second);
+  });
+
   test('attempt 1 in the same pod cannot have its PIDs back: ls says why, the job starts fresh', async () => {
     const job = 'sleep-sandbox';
     const env = jobEnv(job);
