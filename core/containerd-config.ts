@@ -1,6 +1,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import type { Check } from './doctor.js';
+import { errorMessage } from './errors.js';
 
 /**
  * `arch-cli doctor`'s look at containerd's CRI configuration (what
@@ -111,62 +112,98 @@ export function archRuntimesOf(conf: Map<string, TomlValue>): {
   return { criDisabled, restrictOomScoreAdj, runtimes };
 }
 
-/** Checks of one containerd config file's CRI part against this node's ARCH settings. */
+export interface ContainerdConfigFile {
+  file: string;
+  text: string;
+  /** The containerd reading it has CAP_SYS_RESOURCE (can set any oom_score_adj). */
+  hasSysResource: boolean;
+}
+
+const NAME = 'containerd CRI config';
+
+/**
+ * Checks of the CRI part of every containerd config on the host. Which
+ * containerd is this node's is not a setting: it is the one whose arch-runc
+ * runtime keeps runc's state in ARCH_RUNC_ROOT. Others are fine as long as
+ * no two share a runc root.
+ */
 export function containerdConfigChecks(
-  file: string,
-  text: string,
-  opts: { runcRootBase: string; configFile: string; hasSysResource: boolean },
+  files: ContainerdConfigFile[],
+  opts: { runcRootBase: string; configFile: string },
 ): Check[] {
-  const name = 'containerd CRI config';
-  let conf: Map<string, TomlValue>;
-  try {
-    conf = readTomlTables(text);
-  } catch (err) {
-    return [{ name, ok: false, optional: true, detail: `${file}: ${(err as Error).message}`, fix: 'check the file' }];
-  }
-  const { criDisabled, restrictOomScoreAdj, runtimes } = archRuntimesOf(conf);
-  if (criDisabled) return [{ name, ok: true, detail: `${file}: CRI plugin disabled (Kubernetes does not use it)` }];
-  if (runtimes.length === 0) {
-    return [
-      {
-        name,
-        ok: false,
-        optional: true,
-        detail: `${file}: no CRI runtime runs arch-runc (pods cannot use ARCH)`,
-        fix: 'add a runtime whose options.BinaryName is arch-runc (README: Other ways to put arch-runc under containerd)',
-      },
-    ];
-  }
   const checks: Check[] = [];
-  for (const r of runtimes) {
-    const root = r.root ?? CONTAINERD_DEFAULT_RUNC_ROOT;
-    const where = `${file}: runtime "${r.handler}"`;
-    if (path.resolve(root) !== path.resolve(opts.runcRootBase)) {
+  const found: { file: string; runtime: CriRuntime; root: string }[] = [];
+  for (const f of files) {
+    let conf: Map<string, TomlValue>;
+    try {
+      conf = readTomlTables(f.text);
+    } catch (err) {
+      checks.push({ name: NAME, ok: false, optional: true, detail: `${f.file}: ${(err as Error).message}` });
+      continue;
+    }
+    const { criDisabled, restrictOomScoreAdj, runtimes } = archRuntimesOf(conf);
+    if (criDisabled) {
+      checks.push({ name: NAME, ok: true, detail: `${f.file}: CRI plugin disabled (Kubernetes does not use it)` });
+      continue;
+    }
+    if (runtimes.length === 0) {
       checks.push({
-        name,
-        ok: false,
-        detail: `${where} keeps runc state in ${root}${r.root ? '' : ' (no Root: the default)'}, ARCH looks in ${opts.runcRootBase}`,
-        fix: `set ARCH_RUNC_ROOT=${root} in ${opts.configFile}, or the runtime's Root option to ${opts.runcRootBase}`,
-      });
-    } else if (!r.root) {
-      checks.push({
-        name,
+        name: NAME,
         ok: false,
         optional: true,
-        detail: `${where} has no Root: every containerd on this host shares ${CONTAINERD_DEFAULT_RUNC_ROOT}/k8s.io`,
-        fix: `with more than one containerd on the host, give each runtime its own Root (and ARCH_RUNC_ROOT the same)`,
+        detail: `${f.file}: no CRI runtime runs arch-runc (pods cannot use ARCH)`,
+        fix: 'add a runtime whose options.BinaryName is arch-runc (README: Other ways to put arch-runc under containerd)',
       });
-    } else {
-      checks.push({ name, ok: true, detail: `${where}: Root ${root}` });
+      continue;
+    }
+    for (const runtime of runtimes) {
+      found.push({ file: f.file, runtime, root: path.resolve(runtime.root ?? CONTAINERD_DEFAULT_RUNC_ROOT) });
+    }
+    if (!restrictOomScoreAdj && !f.hasSysResource) {
+      checks.push({
+        name: NAME,
+        ok: false,
+        detail: `${f.file}: containerd lacks CAP_SYS_RESOURCE and restrict_oom_score_adj is not set: runc cannot set a pod's oom_score_adj, pods fail to start`,
+        fix: `set restrict_oom_score_adj = true under [${CRI_TABLES[0]}] and restart containerd`,
+      });
     }
   }
-  if (!restrictOomScoreAdj && !opts.hasSysResource) {
+  const shared = new Set<string>();
+  for (const root of new Set(found.map((x) => x.root))) {
+    const owners = [...new Set(found.filter((x) => x.root === root).map((x) => x.file))];
+    if (owners.length < 2) continue;
+    shared.add(root);
     checks.push({
-      name,
+      name: NAME,
       ok: false,
-      detail: `${file}: containerd lacks CAP_SYS_RESOURCE and restrict_oom_score_adj is not set: runc cannot set pods' oom_score_adj`,
-      fix: `set restrict_oom_score_adj = true under [${CRI_TABLES[0]}] and restart containerd`,
+      detail: `${owners.join(' and ')} keep runc state in the same ${root}/k8s.io: a container id of one collides with the other's`,
+      fix: "give each containerd's arch-runc runtime a Root of its own, and each node's ARCH_RUNC_ROOT the same",
     });
+  }
+  const base = path.resolve(opts.runcRootBase);
+  const ours = found.filter((x) => x.root === base);
+  if (found.length > 0 && ours.length === 0) {
+    checks.push({
+      name: NAME,
+      ok: false,
+      detail: `no arch-runc runtime keeps runc state in ARCH_RUNC_ROOT=${base} (found: ${found.map((x) => `${x.file} "${x.runtime.handler}" ${x.root}`).join(', ')}): arch-cli ls and finalize would not see its pods`,
+      fix: `set ARCH_RUNC_ROOT in ${opts.configFile} to the Root of this node's containerd, or that runtime's Root to ${base}`,
+    });
+  }
+  for (const x of found) {
+    if (shared.has(x.root)) continue;
+    const where = `${x.file}: runtime "${x.runtime.handler}"`;
+    if (x.root !== base) checks.push({ name: NAME, ok: true, detail: `${where}: Root ${x.root} (another node)` });
+    else if (x.runtime.root) checks.push({ name: NAME, ok: true, detail: `${where}: Root ${x.root}` });
+    else {
+      checks.push({
+        name: NAME,
+        ok: false,
+        optional: true,
+        detail: `${where} has no Root: a second containerd on this host would share ${CONTAINERD_DEFAULT_RUNC_ROOT}/k8s.io`,
+        fix: 'set Root (README: Other ways to put arch-runc under containerd); each containerd needs its own',
+      });
+    }
   }
   return checks;
 }
@@ -211,21 +248,20 @@ export function hasSysResource(pid: number | 'self' = 'self'): boolean {
 
 /** Every containerd config found, checked; none found is fine (ctr and Docker need none). */
 export function containerdChecks(settings: { runcRootBase: string; configFile: string }): Check[] {
-  const files = findContainerdConfigs();
-  if (files.size === 0) {
-    return [
-      { name: 'containerd CRI config', ok: true, detail: `no containerd config found (${CONTAINERD_DEFAULT_CONFIG})` },
-    ];
+  const found = findContainerdConfigs();
+  if (found.size === 0) {
+    return [{ name: NAME, ok: true, detail: `no containerd config found (${CONTAINERD_DEFAULT_CONFIG})` }];
   }
-  return [...files].flatMap(([file, pid]) => {
-    let text: string;
+  const files: ContainerdConfigFile[] = [];
+  const unreadable: Check[] = [];
+  for (const [file, pid] of found) {
     try {
-      text = fs.readFileSync(file, 'utf8');
+      files.push({ file, text: fs.readFileSync(file, 'utf8'), hasSysResource: hasSysResource(pid ?? 'self') });
     } catch (err) {
-      // A running containerd with its defaults and no file: nothing of the CRI part to check.
-      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return [];
-      return [{ name: 'containerd CRI config', ok: false, optional: true, detail: `${file}: ${String(err)}` }];
+      // A containerd running on its defaults has no file: no CRI runtime of ARCH's to check there.
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT')
+        unreadable.push({ name: NAME, ok: false, optional: true, detail: `${file}: ${errorMessage(err)}` });
     }
-    return containerdConfigChecks(file, text, { ...settings, hasSysResource: hasSysResource(pid ?? 'self') });
-  });
+  }
+  return [...unreadable, ...containerdConfigChecks(files, settings)];
 }

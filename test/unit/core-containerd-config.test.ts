@@ -24,55 +24,70 @@ function config(opts: { root?: string; restrict?: boolean; binary?: string; disa
   ].join('\n');
 }
 
-const settings = { runcRootBase: '/run/containerd-a/runc', configFile: '/etc/arch/arch.env', hasSysResource: false };
+const settings = { runcRootBase: '/run/containerd-a/runc', configFile: '/etc/arch/arch.env' };
+
+/** Checks of one config file, read by a containerd with or without CAP_SYS_RESOURCE. */
+function check(text: string, opts: { runcRootBase?: string; hasSysResource?: boolean } = {}) {
+  return containerdConfigChecks([{ file: '/c.toml', text, hasSysResource: opts.hasSysResource ?? false }], {
+    ...settings,
+    runcRootBase: opts.runcRootBase ?? settings.runcRootBase,
+  });
+}
 
 describe('containerd CRI config checks', () => {
   test('the arch runtime with its own Root = ARCH_RUNC_ROOT and restrict_oom_score_adj: all ok', () => {
-    const checks = containerdConfigChecks('/c.toml', config({ root: '/run/containerd-a/runc' }), settings);
-    expect(checks).toEqual([expect.objectContaining({ ok: true, detail: expect.stringContaining('"arch"') })]);
+    expect(check(config({ root: '/run/containerd-a/runc' }))).toEqual([
+      expect.objectContaining({ ok: true, detail: '/c.toml: runtime "arch": Root /run/containerd-a/runc' }),
+    ]);
   });
 
-  test('no Root: a warning that every containerd on the host shares /run/containerd/runc/k8s.io', () => {
-    const checks = containerdConfigChecks('/c.toml', config(), { ...settings, runcRootBase: '/run/containerd/runc' });
-    expect(checks).toEqual([
-      expect.objectContaining({ ok: false, optional: true, detail: expect.stringMatching(/no Root.*shares/) }),
+  test('no Root: a warning that a second containerd would share /run/containerd/runc/k8s.io', () => {
+    expect(check(config(), { runcRootBase: '/run/containerd/runc' })).toEqual([
+      expect.objectContaining({ ok: false, optional: true, detail: expect.stringMatching(/no Root.*share/) }),
     ]);
   });
 
   test('runc state elsewhere than ARCH_RUNC_ROOT: a failure naming both and the setting to change', () => {
-    const [c] = containerdConfigChecks('/c.toml', config({ root: '/run/other/runc' }), settings);
+    const [c] = check(config({ root: '/run/other/runc' }));
     expect(c).toMatchObject({ ok: false, detail: expect.stringContaining('/run/other/runc') });
     expect(c!.optional).toBeFalsy();
-    expect(c!.fix).toMatch(/ARCH_RUNC_ROOT=\/run\/other\/runc/);
+    expect(c!.fix).toMatch(/ARCH_RUNC_ROOT in \/etc\/arch\/arch.env/);
     // No Root and a non-default ARCH_RUNC_ROOT: the same mismatch.
-    expect(containerdConfigChecks('/c.toml', config(), settings)[0]).toMatchObject({
-      ok: false,
-      detail: expect.stringContaining('no Root'),
-    });
+    expect(check(config())[0]).toMatchObject({ ok: false, detail: expect.stringContaining('/run/containerd/runc') });
+  });
+
+  test("two containerd instances: the other node's own Root is fine, a shared one is a failure", () => {
+    const a = { file: '/a.toml', text: config({ root: '/run/containerd-a/runc' }), hasSysResource: true };
+    const b = { file: '/b.toml', text: config({ root: '/run/containerd-b/runc' }), hasSysResource: true };
+    expect(containerdConfigChecks([a, b], settings).every((c) => c.ok)).toBe(true);
+    const both = containerdConfigChecks([a, { ...b, text: a.text }], settings);
+    expect(both).toEqual([
+      expect.objectContaining({
+        ok: false,
+        detail: expect.stringMatching(/\/a.toml and \/b.toml keep runc state in the same/),
+      }),
+    ]);
   });
 
   test('restrict_oom_score_adj off: a failure only where containerd lacks CAP_SYS_RESOURCE', () => {
     const text = config({ root: '/run/containerd-a/runc', restrict: false });
-    const without = containerdConfigChecks('/c.toml', text, settings);
-    expect(without).toContainEqual(
+    expect(check(text)).toContainEqual(
       expect.objectContaining({ ok: false, fix: expect.stringContaining('restrict_oom_score_adj = true') }),
     );
-    expect(containerdConfigChecks('/c.toml', text, { ...settings, hasSysResource: true }).every((c) => c.ok)).toBe(
-      true,
-    );
+    expect(check(text, { hasSysResource: true }).every((c) => c.ok)).toBe(true);
   });
 
   test('CRI plugin disabled, or no runtime runs arch-runc', () => {
-    const off = containerdConfigChecks('/c.toml', config({ disabled: '"io.containerd.grpc.v1.cri"' }), settings);
-    expect(off).toEqual([expect.objectContaining({ ok: true, detail: expect.stringContaining('disabled') })]);
-    const none = containerdConfigChecks('/c.toml', config({ binary: '/usr/sbin/runc' }), settings);
-    expect(none).toEqual([
+    expect(check(config({ disabled: '"io.containerd.grpc.v1.cri"' }))).toEqual([
+      expect.objectContaining({ ok: true, detail: expect.stringContaining('disabled') }),
+    ]);
+    expect(check(config({ binary: '/usr/sbin/runc' }))).toEqual([
       expect.objectContaining({ ok: false, optional: true, detail: expect.stringContaining('no CRI runtime') }),
     ]);
   });
 
   test('a line the reader does not understand is a warning naming the line', () => {
-    const [c] = containerdConfigChecks('/c.toml', `${config()}\nthis is not toml`, settings);
+    const [c] = check(`${config()}\nthis is not toml`);
     expect(c).toMatchObject({ ok: false, optional: true, detail: expect.stringMatching(/line 16: /) });
   });
 });
