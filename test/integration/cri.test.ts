@@ -30,6 +30,9 @@ beforeAll(async () => {
   node = await startCriNode('cri-a');
 }, 120_000);
 
+// A failed test leaves its pods running: the next test's finalize would checkpoint its job too.
+afterEach(() => node?.removeAllPods());
+
 afterAll(async () => {
   await stopAllNodes();
   fs.rmSync(storage, { recursive: true, force: true });
@@ -173,6 +176,7 @@ describe('a sandbox whose PID 1 does not reap (sleep), PID namespace of the pod'
   beforeAll(async () => {
     sleepy = await startCriNode('cri-sleep', {}, { sandbox: 'sleep' });
   }, 120_000);
+  afterEach(() => sleepy?.removeAllPods());
   afterAll(() => sleepy?.stop());
 
   test('a new pod restores: no orphan holds a PID there yet', async () => {

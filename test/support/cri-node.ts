@@ -47,6 +47,8 @@ export interface CriTestNode extends ArchTestNode {
   /** `crictl inspect`'s status.state (CONTAINER_RUNNING, CONTAINER_EXITED...). */
   containerState(containerId: string): Promise<string>;
   removePod(pod: Pod): Promise<void>;
+  /** Force-remove every pod this node started and has not removed (after a failed test). */
+  removeAllPods(): Promise<void>;
 }
 
 export function requireCrictl(): string {
@@ -96,10 +98,16 @@ export async function startCriNode(
     }
     return String(r.stdout).trim();
   };
+  const removeAllPods = async (): Promise<void> => {
+    for (const id of pods) {
+      await run(['rmp', '-f', id], 60_000).catch(() => undefined);
+      pods.delete(id);
+    }
+  };
   const stopBase = n.stop.bind(n);
   n.stop = async () => {
     // The CRI plugin's own records go first (pods, their containers, shm mounts); the node's clean-up does the rest.
-    for (const id of pods) await run(['rmp', '-f', id], 60_000).catch(() => undefined);
+    await removeAllPods();
     await stopBase();
   };
   try {
@@ -116,6 +124,7 @@ export async function startCriNode(
   const podsDir = path.join(n.dir, 'pods');
   Object.assign(n, {
     crictl: run,
+    removeAllPods,
     async runPod(podName: string, pidMode: PidMode): Promise<Pod> {
       const logDir = path.join(podsDir, podName);
       fs.mkdirSync(logDir, { recursive: true });
