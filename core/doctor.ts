@@ -6,6 +6,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { networkLockOf, nftablesLockCheck } from './criu-network-lock.js';
+import { containerdChecks } from './containerd-config.js';
 import { criuEnv, parseEnvFile, type Settings } from './settings.js';
 import { snapshotState } from './shim-snapshot.js';
 import { payloadKeyCheck } from './temporal/payload-check.js';
@@ -142,6 +143,7 @@ export async function runDoctor(settings: Settings): Promise<Check[]> {
     await binCheck('containerd', 'containerd', ['--version'], /containerd \S+ (\S+)/, 'apt-get install containerd'),
   );
   checks.push(await binCheck('ctr', 'ctr', ['--version'], /ctr \S+ (\S+)/, 'apt-get install containerd'));
+  checks.push(...containerdChecks(settings));
   const criu = await binCheck(
     'criu',
     settings.criu,

@@ -27,6 +27,16 @@ export async function writeSpec(bundle: string, spec: OciSpec): Promise<void> {
   await writeFileAtomic(path.join(bundle, 'config.json'), JSON.stringify(spec));
 }
 
+/**
+ * The PID namespace the container joins instead of getting its own: a pod's
+ * (CRI namespace_options.pid = POD, Kubernetes' shareProcessNamespace), or
+ * another container's. Undefined when it has its own (or the host's).
+ */
+export function joinedPidNamespace(spec: OciSpec): string | undefined {
+  const linux = spec.linux as { namespaces?: { type?: string; path?: string }[] } | undefined;
+  return linux?.namespaces?.find((n) => n.type === 'pid')?.path || undefined;
+}
+
 export function rootfsOf(bundle: string, spec: OciSpec): string {
   const p = spec.root?.path ?? 'rootfs';
   return path.isAbsolute(p) ? p : path.join(bundle, p);

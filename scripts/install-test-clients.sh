@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # Real clients the integration tests drive (not needed on a production node:
-# install.sh is for users). Each part installs only when missing, so later CI
-# runs on the same machine skip it.
+# install.sh is for users). Each part installs only when missing or of
+# another version, so later CI runs on the same machine skip the build.
 #
-#   scripts/install-test-clients.sh            # every part
-#   scripts/install-test-clients.sh docker     # only the named parts
+#   scripts/install-test-clients.sh                 # every part
+#   scripts/install-test-clients.sh docker crictl   # only the named parts
+#
+#   ARCH_TEST_TOOLS=/opt/arch/test-tools   where built binaries go (bin/ below it)
 set -euo pipefail
 
+ARCH_TEST_TOOLS="${ARCH_TEST_TOOLS:-/opt/arch/test-tools}"
+CRICTL_VERSION="v1.37.0"
 say() { printf '[test-clients] %s\n' "$*"; }
 die() { printf '[test-clients] ERROR: %s\n' "$*" >&2; exit 1; }
 
@@ -22,15 +26,52 @@ install_docker() {
   say "installing Debian's docker.io"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  apt-get install -y -qq --no-install-recommends docker.io >/dev/null
+  # policy-rc.d 101: the package's service must not start (on a machine with
+  # systemd it would make a bridge and iptables rules of its own).
+  local policy=/usr/sbin/policy-rc.d made_policy=0
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod 755 "$policy" && made_policy=1
+  fi
+  apt-get install -y -qq --no-install-recommends docker.io >/dev/null || {
+    [ "$made_policy" = 1 ] && rm -f "$policy"
+    die "apt-get install docker.io failed"
+  }
+  [ "$made_policy" = 1 ] && rm -f "$policy"
   say "installed: $(/usr/bin/docker --version)"
 }
 
+find_go() {
+  local g
+  for g in /usr/local/go/bin/go "$(command -v go || true)"; do
+    [ -n "$g" ] && [ -x "$g" ] && { echo "$g"; return 0; }
+  done
+  return 1
+}
+
+# crictl drives containerd's CRI plugin as the kubelet would (test/support/cri-node.ts).
+# No Debian package has it; a go install takes about 3 minutes, so a stamp
+# file beside the binary records which version was built.
+install_crictl() {
+  local bin="$ARCH_TEST_TOOLS/bin/crictl" stamp="$ARCH_TEST_TOOLS/bin/.crictl-version"
+  if [ -x "$bin" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$CRICTL_VERSION" ]; then
+    say "crictl $CRICTL_VERSION present at $bin"
+    return 0
+  fi
+  local go
+  go="$(find_go)" || die "Go is needed to build crictl (apt-get install golang-go)"
+  say "building crictl $CRICTL_VERSION with $("$go" version) (about 3 minutes the first time)"
+  mkdir -p "$ARCH_TEST_TOOLS/bin"
+  GOTOOLCHAIN="${GOTOOLCHAIN:-auto}" GOBIN="$ARCH_TEST_TOOLS/bin" "$go" install "sigs.k8s.io/cri-tools/cmd/crictl@$CRICTL_VERSION"
+  echo "$CRICTL_VERSION" >"$stamp"
+  say "crictl $CRICTL_VERSION built at $bin"
+}
+
 parts=("$@")
-[ "${#parts[@]}" -gt 0 ] || parts=(docker)
+[ "${#parts[@]}" -gt 0 ] || parts=(docker crictl)
 for p in "${parts[@]}"; do
   case "$p" in
     docker) install_docker ;;
-    *) die "unknown part '$p' (known: docker)" ;;
+    crictl) install_crictl ;;
+    *) die "unknown part '$p' (known: docker, crictl)" ;;
   esac
 done

@@ -25,7 +25,7 @@ import {
 } from '../core/env-contract.js';
 import { ArchInputError, CheckpointUnusableError, errorMessage } from '../core/errors.js';
 import { validateContainerId, validateNamespace } from '../core/ids.js';
-import { readSpec, withWorkdirMount, writeSpec, type OciSpec } from '../core/oci-spec.js';
+import { joinedPidNamespace, readSpec, withWorkdirMount, writeSpec, type OciSpec } from '../core/oci-spec.js';
 import { restoreFromCheckpoint } from '../core/restore.js';
 import {
   containerIdOf,
@@ -314,12 +314,7 @@ async function createHeld(
       log.info({ checkpointDir }, 'no checkpoint; creating fresh');
     }
   } catch (err) {
-    failure = {
-      reason: restoreFailureReason(err),
-      message: errorMessage(err),
-      at: new Date().toISOString(),
-      checkpointDir,
-    };
+    failure = { ...restoreFailureOf(err, finalSpec), at: new Date().toISOString(), checkpointDir };
     log.error(
       { reason: failure.reason, err: failure.message, checkpointDir },
       'checkpoint not restored; starting the container fresh',
@@ -355,6 +350,29 @@ async function createHeld(
 export function restoreFailureReason(err: unknown): string {
   if (err instanceof CheckpointUnusableError) return err.reason;
   return /Can't fork for \d+: File exists/.test(errorMessage(err)) ? 'pid-in-use' : 'restore-failed';
+}
+
+/**
+ * The reason and a message that says what to change. CRIU's "Can't fork for
+ * N" alone does not tell a pod's owner that the PID is held in the pod's
+ * shared PID namespace: by a zombie its PID 1 did not reap (a sandbox image
+ * that is not a real pause), or by a live process of another container. The
+ * restore cannot take another PID (the processes keep theirs), so no retry
+ * helps: the container starts fresh, with this reason shown by `arch-cli ls`.
+ */
+export function restoreFailureOf(err: unknown, spec: OciSpec): { reason: string; message: string } {
+  const reason = restoreFailureReason(err);
+  const message = errorMessage(err);
+  if (reason !== 'pid-in-use') return { reason, message };
+  const pid = /Can't fork for (\d+)/.exec(message)?.[1] ?? '?';
+  const explained = joinedPidNamespace(spec)
+    ? `PID ${pid} of the checkpoint is taken in the PID namespace this container shares with its pod ` +
+      `(shareProcessNamespace: true / CRI namespace_options.pid = POD): by a zombie that the pod's PID 1 did not reap, ` +
+      `or by another container's process. Fix: give the container its own PID namespace ` +
+      `(shareProcessNamespace: false: its PIDs are then always free), or use a sandbox (pause) image whose PID 1 ` +
+      `reaps zombies and no other container in the pod that could hold the PID`
+    : `PID ${pid} of the checkpoint is taken in the container's PID namespace`;
+  return { reason, message: `${explained}. runc: ${message}` };
 }
 
 /**

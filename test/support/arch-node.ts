@@ -3,7 +3,7 @@ import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { createNodeContext, type NodeContext } from '../../core/context.js';
 import { readLogLines, writeArchConfig } from './arch-env.js';
-import { startNode, type TestNode } from './containerd-node.js';
+import { startNode, type StartNodeOptions, type TestNode } from './containerd-node.js';
 import { COUNTER_FILES, ensureTestImage, REPO_ROOT } from './images.js';
 
 /** A containerd "node" whose runc is arch-runc, with its own ARCH settings file. */
@@ -43,12 +43,13 @@ export async function waitFor<T>(
 export async function startArchNode(
   name: string,
   overrides: Record<string, string | undefined> = {},
+  nodeOpts: Omit<StartNodeOptions, 'env'> = {},
 ): Promise<ArchTestNode> {
   // The settings file must exist before containerd starts: its shims inherit ARCH_CONFIG.
   const cfgDir = fs.mkdtempSync(path.join('/tmp', `arch-${name}-`));
   const removeCfg = () => fs.rmSync(cfgDir, { recursive: true, force: true });
   const archConfig = writeArchConfig(cfgDir, { ARCH_NODE_NAME: name, ...overrides });
-  const node = await startNode(name, { env: { ARCH_CONFIG: archConfig } }).catch((err: unknown) => {
+  const node = await startNode(name, { ...nodeOpts, env: { ARCH_CONFIG: archConfig } }).catch((err: unknown) => {
     removeCfg();
     throw err;
   });

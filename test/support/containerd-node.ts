@@ -13,7 +13,8 @@ import { PRIVATE_CRIU } from './arch-env.js';
  * test process, so two test runs on one machine never share a node):
  *   c.sock            gRPC socket (unix socket paths must stay < 108 bytes)
  *   config.toml       `containerd config default` with root/state/address
- *                     changed and the CRI plugin disabled
+ *                     changed and the CRI plugin disabled (or, with the
+ *                     `cri` option, enabled: see CriNodeOptions)
  *   root/ state/      containerd's own root and state
  *   runc/             runc root base: the shim runs runc --root runc/NAMESPACE
  *   containerd.log    containerd's output
@@ -56,6 +57,20 @@ export interface StartNodeOptions {
    * output, not their files. Workers join it (TestNode.mountNsPid).
    */
   privateMounts?: { source: string; target: string }[];
+  /** Enable containerd's CRI plugin (off by default: ctr-only nodes do not need it). */
+  cri?: CriNodeOptions;
+}
+
+/**
+ * The CRI plugin's settings a node needs on these machines: its sandbox
+ * image (built locally: no registry), its runtime handlers, and what every
+ * instance must have of its own or must set to work here (see nodeConfig).
+ */
+export interface CriNodeOptions {
+  /** An image already in (or imported into) the node's k8s.io namespace. */
+  sandboxImage: string;
+  /** Runtime handler name -> the runc binary containerd's runc shim calls (e.g. arch-runc). */
+  runtimes: Record<string, string>;
 }
 
 export interface TestNode {
@@ -345,10 +360,20 @@ export async function cleanupStaleNodes(): Promise<string[]> {
 
 let defaultConfig: string | undefined;
 
-/** `containerd config default`, with this node's paths and the CRI plugin off. */
-export async function nodeConfig(dir: string): Promise<string> {
+/**
+ * `containerd config default`, with this node's paths and the CRI plugin off,
+ * or on with `cri`. Then every runtime gets Root = DIR/runc: the runc shim
+ * uses Root/NAMESPACE as runc's root, and without it two containerd
+ * instances on one host share /run/containerd/runc/k8s.io. It also sets
+ * restrict_oom_score_adj (runc cannot raise oom_score_adj where containerd
+ * lacks CAP_SYS_RESOURCE, as in these VMs: every pod fails to start) and a
+ * CNI config dir of the node's own, empty: pods use the host network, and
+ * no CNI config of the host is picked up.
+ */
+export async function nodeConfig(dir: string, cri?: CriNodeOptions): Promise<string> {
   defaultConfig ??= (await execa('containerd', ['config', 'default'])).stdout;
   const { address } = nodeLayout(dir);
+  const runcRoot = JSON.stringify(path.join(dir, 'runc'));
   let section = '';
   const done = new Set<string>();
   const lines = defaultConfig.split('\n').map((line) => {
@@ -359,17 +384,32 @@ export async function nodeConfig(dir: string): Promise<string> {
       return `${line.slice(0, line.indexOf(line.trimStart()))}${line.trimStart().split('=')[0]!.trim()} = ${value}`;
     };
     if (section === '' && /^disabled_plugins\s*=/.test(line))
-      return set('disabled_plugins', JSON.stringify([CRI_PLUGIN]));
+      return set('disabled_plugins', JSON.stringify(cri ? [] : [CRI_PLUGIN]));
     if (section === '' && /^root\s*=/.test(line)) return set('root', JSON.stringify(path.join(dir, 'root')));
     if (section === '' && /^state\s*=/.test(line)) return set('state', JSON.stringify(path.join(dir, 'state')));
     if (section === 'grpc' && /^\s*address\s*=/.test(line)) return set('grpc.address', JSON.stringify(address));
-    // Only read by the (disabled) CRI plugin; kept right for anyone enabling it.
-    if (section.endsWith('.runtimes.runc.options') && /^\s*Root\s*=/.test(line))
-      return set('runc.Root', JSON.stringify(path.join(dir, 'runc')));
+    // Only read by the CRI plugin (off unless `cri`); kept right for anyone enabling it.
+    if (section.endsWith('.runtimes.runc.options') && /^\s*Root\s*=/.test(line)) return set('runc.Root', runcRoot);
+    if (cri && section === `plugins.${JSON.stringify(CRI_PLUGIN)}`) {
+      if (/^\s*sandbox_image\s*=/.test(line)) return set('sandbox_image', JSON.stringify(cri.sandboxImage));
+      if (/^\s*restrict_oom_score_adj\s*=/.test(line)) return set('restrict_oom_score_adj', 'true');
+    }
+    if (cri && section === `plugins.${JSON.stringify(CRI_PLUGIN)}.cni`) {
+      if (/^\s*conf_dir\s*=/.test(line)) return set('cni.conf_dir', JSON.stringify(path.join(dir, 'cni')));
+      if (/^\s*bin_dir\s*=/.test(line)) return set('cni.bin_dir', JSON.stringify(path.join(dir, 'cni')));
+    }
     return line;
   });
-  for (const k of ['disabled_plugins', 'root', 'state', 'grpc.address']) {
+  const required = ['disabled_plugins', 'root', 'state', 'grpc.address'];
+  if (cri) required.push('runc.Root', 'sandbox_image', 'restrict_oom_score_adj', 'cni.conf_dir', 'cni.bin_dir');
+  for (const k of required) {
     if (!done.has(k)) throw new Error(`containerd config default has no ${k} line: cannot make a node config`);
+  }
+  // TOML tables may come in any order: each handler is a table of its own at the end.
+  for (const [handler, binary] of Object.entries(cri?.runtimes ?? {})) {
+    const t = `plugins.${JSON.stringify(CRI_PLUGIN)}.containerd.runtimes.${handler}`;
+    lines.push('', `[${t}]`, '  runtime_type = "io.containerd.runc.v2"', `[${t}.options]`);
+    lines.push(`  BinaryName = ${JSON.stringify(binary)}`, `  Root = ${runcRoot}`);
   }
   return `# ARCH test node ${path.basename(dir)} (test/support/containerd-node.ts)\n${lines.join('\n')}`;
 }
@@ -394,7 +434,8 @@ export async function startNode(name: string, opts: StartNodeOptions = {}): Prom
   for (const d of [root, state, runcRootBase]) fs.mkdirSync(d, { recursive: true });
   fs.writeFileSync(path.join(dir, 'owner'), JSON.stringify({ pid: process.pid, start: processStartTime(process.pid) }));
   const configFile = path.join(dir, 'config.toml');
-  fs.writeFileSync(configFile, await nodeConfig(dir));
+  if (opts.cri) fs.mkdirSync(path.join(dir, 'cni'));
+  fs.writeFileSync(configFile, await nodeConfig(dir, opts.cri));
   const logFile = path.join(dir, 'containerd.log');
 
   const env: Record<string, string> = {};

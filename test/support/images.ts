@@ -123,9 +123,14 @@ function writeBlob(ociDir: string, data: Buffer | string): Blob {
 
 /**
  * Pack a rootfs into an OCI image archive (a tar of an oci-layout
- * directory) with a single gzip layer. Cmd is ["/usr/bin/counter"].
+ * directory) with a single gzip layer. Cmd defaults to ["/usr/bin/counter"].
  */
-export async function writeOciArchive(rootfs: string, ref: string, archive: string): Promise<string> {
+export async function writeOciArchive(
+  rootfs: string,
+  ref: string,
+  archive: string,
+  cmd: string[] = ['/usr/bin/counter'],
+): Promise<string> {
   const work = `${archive}.dir`;
   fs.rmSync(work, { recursive: true, force: true });
   fs.mkdirSync(path.join(work, 'blobs/sha256'), { recursive: true });
@@ -143,7 +148,7 @@ export async function writeOciArchive(rootfs: string, ref: string, archive: stri
     JSON.stringify({
       architecture: 'amd64',
       os: 'linux',
-      config: { Cmd: ['/usr/bin/counter'], Env: ['PATH=/usr/bin:/bin'], WorkingDir: '/' },
+      config: { Cmd: cmd, Env: ['PATH=/usr/bin:/bin'], WorkingDir: '/' },
       rootfs: { type: 'layers', diff_ids: [diffId] },
       history: [{ created_by: 'ARCH test/support/images.ts' }],
     }),
@@ -191,36 +196,89 @@ export interface TestImageArchive {
   digest: string;
 }
 
-/**
- * Build (or reuse) the counter image archive. The cache
- * key covers counter.c, busybox and this builder's layout version; the
- * finished directory is renamed into place so concurrent builders are safe.
- */
-let building: Promise<TestImageArchive> | undefined;
-
-/** One build per process at a time (callers in one Promise.all share it); other processes race by rename. */
-export function buildTestImageArchive(): Promise<TestImageArchive> {
-  building ??= buildOnce().finally(() => {
-    building = undefined;
-  });
-  return building;
+/** An image archive built once per set of inputs: what `ensureImage` imports. */
+export interface ImageRecipe {
+  ref: string;
+  /** Everything the archive depends on (sources, sizes, layout versions): the cache key. */
+  inputs: (string | number)[];
+  /** Lay out the rootfs directory (it exists and is empty). */
+  buildRootfs(dir: string): Promise<void>;
+  cmd: string[];
 }
 
-async function buildOnce(): Promise<TestImageArchive> {
-  const key = sha256(
-    [fs.readFileSync(COUNTER_SOURCE, 'utf8'), LAYOUT_VERSION, TEST_IMAGE_REF, fs.statSync(findBusybox()).size].join(
-      '\0',
-    ),
-  ).slice(0, 16);
+const COUNTER_IMAGE: ImageRecipe = {
+  ref: TEST_IMAGE_REF,
+  get inputs() {
+    return [fs.readFileSync(COUNTER_SOURCE, 'utf8'), LAYOUT_VERSION, TEST_IMAGE_REF, fs.statSync(findBusybox()).size];
+  },
+  buildRootfs,
+  cmd: ['/usr/bin/counter'],
+};
+
+export const PAUSE_IMAGE_REF = 'localhost/arch-test/pause:1';
+export const PAUSE_SOURCE = path.join(REPO_ROOT, 'test/support/pause.c');
+
+/** The CRI tests' sandbox image: only a static pause (pause.c) that reaps its pod's zombies. */
+export const PAUSE_IMAGE: ImageRecipe = {
+  ref: PAUSE_IMAGE_REF,
+  get inputs() {
+    return [fs.readFileSync(PAUSE_SOURCE, 'utf8'), PAUSE_IMAGE_REF];
+  },
+  async buildRootfs(dir) {
+    for (const d of ['proc', 'sys', 'dev', 'etc']) fs.mkdirSync(path.join(dir, d), { mode: 0o755 });
+    await execa('gcc', ['-static', '-O2', '-Wall', '-o', path.join(dir, 'pause'), PAUSE_SOURCE]);
+  },
+  cmd: ['/pause'],
+};
+
+/** A sandbox image whose PID 1 is `sleep`: it never reaps its pod's zombies (the counter image's files). */
+export const SLEEP_SANDBOX_IMAGE: ImageRecipe = {
+  ref: 'localhost/arch-test/sleep-sandbox:1',
+  get inputs() {
+    return [...COUNTER_IMAGE.inputs, 'sleep-sandbox'];
+  },
+  buildRootfs,
+  cmd: ['/bin/sleep', '2000000000'],
+};
+
+/**
+ * Build (or reuse) an image archive, cached under .test-work/images/<hash of
+ * the recipe's inputs>/; the finished directory is renamed into place so
+ * concurrent builders are safe. One build per recipe per process at a time
+ * (callers in one Promise.all share it); other processes race by rename.
+ */
+const building = new Map<string, Promise<TestImageArchive>>();
+
+export function buildImageArchive(recipe: ImageRecipe): Promise<TestImageArchive> {
+  let b = building.get(recipe.ref);
+  if (!b) {
+    b = buildOnce(recipe).finally(() => building.delete(recipe.ref));
+    building.set(recipe.ref, b);
+  }
+  return b;
+}
+
+/** The counter image archive. */
+export function buildTestImageArchive(): Promise<TestImageArchive> {
+  return buildImageArchive(COUNTER_IMAGE);
+}
+
+async function buildOnce(recipe: ImageRecipe): Promise<TestImageArchive> {
+  const key = sha256([...recipe.inputs, recipe.cmd.join(' ')].join('\0')).slice(0, 16);
   const dir = testWorkDir('images', key);
-  const archive = path.join(dir, 'counter-oci.tar');
+  const archive = path.join(dir, 'image-oci.tar');
   const digestFile = path.join(dir, 'manifest-digest');
   if (fs.existsSync(digestFile)) return { archive, digest: fs.readFileSync(digestFile, 'utf8').trim() };
   const tmp = `${dir}.tmp-${process.pid}-${crypto.randomBytes(4).toString('hex')}`;
   fs.rmSync(tmp, { recursive: true, force: true });
-  fs.mkdirSync(tmp, { recursive: true });
-  await buildRootfs(path.join(tmp, 'rootfs'));
-  const digest = await writeOciArchive(path.join(tmp, 'rootfs'), TEST_IMAGE_REF, path.join(tmp, 'counter-oci.tar'));
+  fs.mkdirSync(path.join(tmp, 'rootfs'), { recursive: true });
+  await recipe.buildRootfs(path.join(tmp, 'rootfs'));
+  const digest = await writeOciArchive(
+    path.join(tmp, 'rootfs'),
+    recipe.ref,
+    path.join(tmp, 'image-oci.tar'),
+    recipe.cmd,
+  );
   // Written last: its presence marks a complete cache entry.
   fs.writeFileSync(path.join(tmp, 'manifest-digest'), `${digest}\n`);
   fs.rmSync(path.join(tmp, 'rootfs'), { recursive: true, force: true });
@@ -235,20 +293,25 @@ async function buildOnce(): Promise<TestImageArchive> {
 }
 
 /**
- * Make sure `containerd` has the current counter image; returns its ref.
- * An image of the same ref but another digest (older counter.c) is replaced.
+ * Make sure `containerd` has the recipe's current image; returns its ref.
+ * An image of the same ref but another digest (older sources) is replaced.
  */
-export async function ensureTestImage(containerd: Containerd): Promise<string> {
-  const { archive, digest } = await buildTestImageArchive();
+export async function ensureImage(containerd: Containerd, recipe: ImageRecipe): Promise<string> {
+  const { archive, digest } = await buildImageArchive(recipe);
   // `ctr images ls` columns: REF TYPE DIGEST ...
   const listed = (await containerd.ctr(['images', 'ls'])).split('\n').some((l) => {
     const cols = l.trim().split(/\s+/);
-    return cols[0] === TEST_IMAGE_REF && cols[2] === digest;
+    return cols[0] === recipe.ref && cols[2] === digest;
   });
-  if (listed) return TEST_IMAGE_REF;
+  if (listed) return recipe.ref;
   const refs = await containerd.importImage(archive);
-  if (!refs.includes(TEST_IMAGE_REF) && !(await containerd.hasImage(TEST_IMAGE_REF))) {
-    throw new Error(`importing the test image gave ${JSON.stringify(refs)}, not ${TEST_IMAGE_REF}`);
+  if (!refs.includes(recipe.ref) && !(await containerd.hasImage(recipe.ref))) {
+    throw new Error(`importing the test image gave ${JSON.stringify(refs)}, not ${recipe.ref}`);
   }
-  return TEST_IMAGE_REF;
+  return recipe.ref;
+}
+
+/** Make sure `containerd` has the current counter image; returns its ref. */
+export function ensureTestImage(containerd: Containerd): Promise<string> {
+  return ensureImage(containerd, COUNTER_IMAGE);
 }

@@ -1,0 +1,214 @@
+import { execa } from 'execa';
+import fs from 'node:fs';
+import path from 'node:path';
+import { readShimState } from '../../core/shim-state.js';
+import { waitFor } from '../support/arch-node.js';
+import { cleanupStaleNodes, stopAllNodes } from '../support/containerd-node.js';
+import { CRI_NAMESPACE, startCriNode, type CriTestNode, type Pod, type PidMode } from '../support/cri-node.js';
+import { REPO_ROOT } from '../support/images.js';
+
+/**
+ * Kubernetes' way in, end to end: containerd's CRI plugin driven by the real
+ * crictl as the kubelet would, runtime handler `arch` = arch-runc over real
+ * runc and CRIU, the sandbox a real pause (reaps zombies). A job named with
+ * ARCH_CHECKPOINT_ID is finalized (checkpointed and stopped), then
+ *  - its pod is removed and a new pod runs it again (a rescheduled pod), or
+ *  - the kubelet creates attempt 1 of the container in the same pod;
+ * each with the pod's PID namespace shared (namespace_options.pid = POD) and
+ * with the container's own. The job is two processes (a shell and the
+ * counter it waits for): when the container stops, the counter is an orphan
+ * of the pod's PID 1, and its PID is free again only once that PID 1 reaps
+ * it. The restore must continue the count; a restore that cannot work must
+ * say why in `arch-cli ls`, never start over silently.
+ */
+let node: CriTestNode;
+let storage: string;
+
+beforeAll(async () => {
+  await cleanupStaleNodes();
+  storage = fs.mkdtempSync('/tmp/arch-cri-');
+  node = await startCriNode('cri-a');
+}, 120_000);
+
+// A failed test leaves its pods running: the next test's finalize would checkpoint its job too.
+afterEach(() => node?.removeAllPods());
+
+afterAll(async () => {
+  await stopAllNodes();
+  fs.rmSync(storage, { recursive: true, force: true });
+});
+
+/** sh as the container's init, the counter its child. */
+const TWO_PROCESSES = ['/bin/sh', '-c', '/usr/bin/counter & wait'];
+
+async function archCli(on: CriTestNode, args: string[]): Promise<string> {
+  const r = await execa(path.join(REPO_ROOT, 'bin/arch-cli'), args, {
+    env: { ARCH_CONFIG: on.archConfig },
+    reject: false,
+  });
+  if (r.exitCode !== 0) throw new Error(`arch-cli ${args.join(' ')} failed (${r.exitCode}): ${r.stderr}`);
+  return String(r.stdout);
+}
+
+interface Listed {
+  id: string;
+  lastRestoreFailure?: { reason: string; message: string };
+}
+
+async function listed(on: CriTestNode, id: string): Promise<Listed | undefined> {
+  const out = JSON.parse(await archCli(on, ['ls', '--local', '--json', '--namespace', CRI_NAMESPACE])) as {
+    containers: Listed[];
+  };
+  return out.containers.find((c) => c.id === id);
+}
+
+/**
+ * The job keeps its count (and its starts file: a line per fresh start) in
+ * its shared work dir: readable on the host after the CRI plugin has
+ * unmounted an exited container's rootfs, and the same dir for every
+ * container of the job.
+ */
+function jobEnv(checkpointId: string): Record<string, string> {
+  return {
+    ARCH_ENABLE: '1',
+    ARCH_CHECKPOINT_ID: checkpointId,
+    ARCH_SHAREDFS_HOST_PATH: storage,
+    ARCH_WORKDIR_CONTAINER_PATH: '/work',
+    COUNTER_FILE: '/work/count',
+  };
+}
+
+function jobFile(checkpointId: string, name: string): string {
+  return path.join(storage, 'work', CRI_NAMESPACE, checkpointId, name);
+}
+
+function count(checkpointId: string): number {
+  return Number(fs.readFileSync(jobFile(checkpointId, 'count'), 'utf8').trim());
+}
+
+function starts(checkpointId: string): number {
+  return fs.readFileSync(jobFile(checkpointId, 'starts'), 'utf8').trim().split('\n').length;
+}
+
+function waitCount(checkpointId: string, atLeast: number): Promise<number> {
+  return waitFor(`${checkpointId} count >= ${atLeast}`, () => {
+    const c = count(checkpointId);
+    return c >= atLeast ? c : undefined;
+  });
+}
+
+/** `arch-cli finalize` (what a node does on a reclaim warning): the job is checkpointed and stopped. */
+async function finalize(on: CriTestNode, containerId: string, checkpointId: string): Promise<number> {
+  const report = JSON.parse(await archCli(on, ['finalize', '--deadline', '60s', '--json'])) as {
+    items: { id: string; status: string }[];
+  };
+  expect(report.items).toEqual([expect.objectContaining({ id: containerId, status: 'checkpointed' })]);
+  await waitFor(`${containerId} exited`, async () =>
+    (await on.containerState(containerId)) === 'CONTAINER_EXITED' ? true : undefined,
+  );
+  // The counter is dead now: its last written count is what memory held at the dump (±1 tick).
+  return count(checkpointId);
+}
+
+/** What the job printed (CRI log format: one "TIME STREAM TAG text" line per line). */
+function output(pod: Pod, name: string, attempt: number): string {
+  return fs.readFileSync(path.join(path.dirname(pod.configFile), `${name}-${attempt}.log`), 'utf8');
+}
+
+/** The container continues the job: restored (shim state), count goes on, the program did not start again. */
+async function expectRestored(
+  on: CriTestNode,
+  c: { pod: Pod; id: string; attempt: number; job: string },
+  atCheckpoint: number,
+): Promise<void> {
+  const state = await readShimState(on.runcRoot(CRI_NAMESPACE), c.id);
+  const failure = (await listed(on, c.id))?.lastRestoreFailure;
+  expect({ restored: !!state?.restoredFrom, failure }).toEqual({ restored: true, failure: undefined });
+  await waitCount(c.job, atCheckpoint + 3);
+  expect(starts(c.job)).toBe(1);
+  expect(output(c.pod, 'job', c.attempt)).not.toMatch(/counter start/);
+}
+
+test("arch-cli doctor finds the node's containerd and checks its CRI config (Root, restrict_oom_score_adj)", async () => {
+  const r = await execa(path.join(REPO_ROOT, 'bin/arch-cli'), ['doctor', '--json'], {
+    env: { ARCH_CONFIG: node.archConfig },
+    reject: false,
+  });
+  const { checks } = JSON.parse(String(r.stdout)) as { checks: { name: string; ok: boolean; detail?: string }[] };
+  const ours = checks.filter((c) => c.name === 'containerd CRI config' && c.detail?.startsWith(node.configFile));
+  expect(ours).toEqual([
+    expect.objectContaining({ ok: true, detail: `${node.configFile}: runtime "arch": Root ${node.runcRootBase}` }),
+  ]);
+});
+
+describe.each<PidMode>(['container', 'pod'])('PID namespace of the %s', (pidMode) => {
+  test('a new pod restores the checkpoint of a removed one', async () => {
+    const job = `new-pod-${pidMode}`;
+    const env = jobEnv(job);
+    const first = await node.runPod(`first-${pidMode}`, pidMode);
+    const c0 = await node.startCounter(first, { name: 'job', attempt: 0, env, command: TWO_PROCESSES });
+    await waitCount(job, 5);
+    const at = await finalize(node, c0, job);
+    await node.removePod(first);
+
+    const second = await node.runPod(`second-${pidMode}`, pidMode);
+    const c1 = await node.startCounter(second, { name: 'job', attempt: 0, env, command: TWO_PROCESSES });
+    await expectRestored(node, { pod: second, id: c1, attempt: 0, job }, at);
+    await node.removePod(second);
+  });
+
+  test('attempt 1 of the container in the same pod restores (kubelet restart)', async () => {
+    const job = `same-pod-${pidMode}`;
+    const env = jobEnv(job);
+    const pod = await node.runPod(`same-${pidMode}`, pidMode);
+    const c0 = await node.startCounter(pod, { name: 'job', attempt: 0, env, command: TWO_PROCESSES });
+    await waitCount(job, 5);
+    const at = await finalize(node, c0, job);
+
+    const c1 = await node.startCounter(pod, { name: 'job', attempt: 1, env, command: TWO_PROCESSES });
+    await expectRestored(node, { pod, id: c1, attempt: 1, job }, at);
+    await node.removePod(pod);
+  });
+});
+
+describe('a sandbox whose PID 1 does not reap (sleep), PID namespace of the pod', () => {
+  let sleepy: CriTestNode;
+  beforeAll(async () => {
+    sleepy = await startCriNode('cri-sleep', {}, { sandbox: 'sleep' });
+  }, 120_000);
+  afterEach(() => sleepy?.removeAllPods());
+  afterAll(() => sleepy?.stop());
+
+  test('a new pod restores: no orphan holds a PID there yet', async () => {
+    const job = 'sleep-sandbox-new-pod';
+    const env = jobEnv(job);
+    const first = await sleepy.runPod('sleepy-first', 'pod');
+    const c0 = await sleepy.startCounter(first, { name: 'job', attempt: 0, env, command: TWO_PROCESSES });
+    await waitCount(job, 5);
+    const at = await finalize(sleepy, c0, job);
+    await sleepy.removePod(first);
+
+    const second = await sleepy.runPod('sleepy-second', 'pod');
+    const c1 = await sleepy.startCounter(second, { name: 'job', attempt: 0, env, command: TWO_PROCESSES });
+    await expectRestored(sleepy, { pod: second, id: c1, attempt: 0, job }, at);
+    await sleepy.removePod(second);
+  });
+
+  test('attempt 1 in the same pod cannot have its PIDs back: ls says why, the job starts fresh', async () => {
+    const job = 'sleep-sandbox';
+    const env = jobEnv(job);
+    const pod = await sleepy.runPod('sleepy', 'pod');
+    const c0 = await sleepy.startCounter(pod, { name: 'job', attempt: 0, env, command: TWO_PROCESSES });
+    await waitCount(job, 5);
+    await finalize(sleepy, c0, job);
+
+    const c1 = await sleepy.startCounter(pod, { name: 'job', attempt: 1, env, command: TWO_PROCESSES });
+    const failure = (await listed(sleepy, c1))?.lastRestoreFailure;
+    expect(failure).toMatchObject({ reason: 'pid-in-use' });
+    expect(failure?.message).toMatch(/shares with its pod.*Fix: .*own PID namespace.*Can't fork for \d+: File exists/s);
+    const table = await archCli(sleepy, ['ls', '--local', '--namespace', CRI_NAMESPACE]);
+    expect(table).toMatch(/FAILED \(pid-in-use\)/);
+    await waitFor('a fresh start', () => (starts(job) === 2 ? true : undefined));
+    await sleepy.removePod(pod);
+  });
+});
