@@ -11,9 +11,9 @@ import { isNotFound } from '../core/containerd.js';
 import { checkpointStoreOf, contractOptions, envListToMap, parseContract } from '../core/env-contract.js';
 import type { Manifest } from '../core/manifest.js';
 import { CheckpointStore } from '../core/store.js';
-import { FailureType } from '../core/temporal/failures.js';
+import { FailureType } from '../contract/failures.js';
 import { manifestDigest, offerTtlFor } from '../core/transfer.js';
-import type { CheckpointInfo, ContainerRef, TransferOffer } from '../workflows/types.js';
+import type { CheckpointInfo, ContainerRef, TransferOffer } from '../contract/types.js';
 import { activityLog, containerd, fail, mapped, withHeartbeat, type NodeDeps } from './context.js';
 import { throughputEstimator } from './containers.js';
 

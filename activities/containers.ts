@@ -8,8 +8,8 @@ import { checkpointStoreOf, contractOptions, envListToMap, parseContract } from 
 import { CheckpointStore } from '../core/store.js';
 import { validateContainerId, validateNamespace } from '../core/ids.js';
 import { containerSummary, listArchContainers } from '../core/node-containers.js';
-import { FailureType } from '../core/temporal/failures.js';
-import type { ContainerRef, ContainerSpec, ContainerSummary, DrainPlanSummary, Selector } from '../workflows/types.js';
+import { FailureType } from '../contract/failures.js';
+import type { ContainerRef, ContainerSpec, ContainerSummary, DrainPlanSummary, Selector } from '../contract/types.js';
 import { activityLog, containerd, fail, mapped, type NodeDeps } from './context.js';
 import { specFromInfo } from './spec.js';
 

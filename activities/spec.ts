@@ -5,7 +5,7 @@
 import path from 'node:path';
 import type { ContainerInfo, RunOptions } from '../core/containerd.js';
 import { envListToMap, parseContract, type ContractOptions } from '../core/env-contract.js';
-import type { ContainerSpec, MountSpec } from '../workflows/types.js';
+import type { ContainerSpec, MountSpec } from '../contract/types.js';
 
 /** Mounts containerd (ctr) puts in every spec by itself; replaying them would duplicate them. */
 const RUNTIME_MOUNTS = new Set([

@@ -1,10 +1,10 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { workflowIds } from '../core/temporal/names.js';
+import { workflowIds } from '../contract/names.js';
 import { FakeAwsImds } from '../test/support/fake-metadata.js';
 import { runningOn, waitUntil, withTimeout } from '../test/support/temporal.js';
-import type { DrainResult, ReclaimWatchState } from '../workflows/types.js';
+import type { DrainResult, ReclaimWatchState } from '../contract/types.js';
 import { syncDisks } from './support/arch-bench-node.js';
 import type { Benchmark, BenchEnv, BenchOutcome, Row, Table } from './support/registry.js';
 import { median, round } from './support/stats.js';

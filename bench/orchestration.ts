@@ -3,7 +3,7 @@ import os from 'node:os';
 import path from 'node:path';
 import type { Overhead } from '../core/temporal/overhead.js';
 import { measureMigrationOverhead, runningOn } from '../test/support/temporal.js';
-import type { MigrateResult } from '../workflows/types.js';
+import type { MigrateResult } from '../contract/types.js';
 import type { Benchmark, BenchEnv, BenchOutcome, Row, Table } from './support/registry.js';
 import { median, p95, round, summarize, roundSummary } from './support/stats.js';
 import { closedWorkflows, resultTimings, startBenchCluster, workflowTimes } from './support/temporal-cluster.js';

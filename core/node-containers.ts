@@ -36,7 +36,7 @@ export interface ArchContainer {
   lastRestoreFailure?: RestoreFailure;
 }
 
-/** What `arch-cli ls` and the list activity report of a container (workflows/types.ts ContainerSummary). */
+/** What `arch-cli ls` and the list activity report of a container (contract/types.ts ContainerSummary). */
 export function containerSummary(c: ArchContainer) {
   return {
     namespace: c.namespace,

@@ -18,10 +18,10 @@ import { finalizeNode } from '../core/finalize.js';
 import { settingsVars } from '../core/settings.js';
 import { connectionOptions, type TemporalTarget } from '../core/temporal/connection.js';
 import { clientDataConverter, type PayloadProtection } from '../core/temporal/data-converter.js';
-import { WORKFLOW_TASK_QUEUE, WORKFLOW_TYPES, workflowIds } from '../core/temporal/names.js';
+import { WORKFLOW_TASK_QUEUE, WORKFLOW_TYPES, workflowIds } from '../contract/names.js';
 import { waitForReclaimDrain } from '../core/temporal/reclaim-drain.js';
-import { attributePairs } from '../core/temporal/search-attributes.js';
-import type { ReclaimSignal, ReclaimWatchInput } from '../workflows/types.js';
+import { attributePairs } from '../contract/search-attributes.js';
+import type { ReclaimSignal, ReclaimWatchInput } from '../contract/types.js';
 
 /** How long a notice's handler waits for its drain to start before letting go. */
 const DRAIN_START_WAIT_MS = 15_000;

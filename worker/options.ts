@@ -2,7 +2,7 @@
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { requireAbsolutePath } from '../core/paths.js';
 import type { Settings } from '../core/settings.js';
-import { isValidNodeName, NODE_NAME_RULE } from '../core/temporal/names.js';
+import { isValidNodeName, NODE_NAME_RULE } from '../contract/names.js';
 import { parseDurationMs, parseHostPort } from './args.js';
 import type { NodeWorkerOptions } from './run.js';
 

@@ -15,7 +15,7 @@ import { createLogger, type Logger } from '../core/log.js';
 import type { Settings } from '../core/settings.js';
 import { connectionOptions, targetPayloads, temporalTarget } from '../core/temporal/connection.js';
 import { describeProtection, workerDataConverter } from '../core/temporal/data-converter.js';
-import { nodeTaskQueue, WORKFLOW_TASK_QUEUE } from '../core/temporal/names.js';
+import { nodeTaskQueue, WORKFLOW_TASK_QUEUE } from '../contract/names.js';
 import { loadTransferTls, TransferServer } from '../core/transfer.js';
 import { sdkLogger } from './logger.js';
 import { startExitRecorder } from './exits.js';

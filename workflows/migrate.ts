@@ -19,8 +19,7 @@ import {
   setHandler,
   workflowInfo,
 } from '@temporalio/workflow';
-import { FailureType } from '../core/temporal/failures.js';
-import type { ExpectedCheckpoint } from '../activities/restore.js';
+import { FailureType } from '../contract/failures.js';
 import {
   checkNode,
   checkRef,
@@ -38,6 +37,7 @@ import type {
   CheckpointInfo,
   ContainerRef,
   ContainerSpec,
+  ExpectedCheckpoint,
   MigrateInput,
   MigrateProgress,
   MigrateResult,
@@ -45,7 +45,7 @@ import type {
   ReceiveResult,
   RestoreResult,
   TransferOffer,
-} from './types.js';
+} from '../contract/types.js';
 
 export const migrateProgressQuery = defineQuery<MigrateProgress>('progress');
 

@@ -6,7 +6,7 @@
  * Temporal Schedules `arch-cli schedule create` makes.
  */
 import { ApplicationFailure } from '@temporalio/workflow';
-import { FailureType } from '../core/temporal/failures.js';
+import { FailureType } from '../contract/failures.js';
 import {
   boundedAll,
   checkNode,
@@ -19,7 +19,7 @@ import {
   DEFAULTS,
 } from './common.js';
 import { checkpointOn, Timeline, withdrawsOffers } from './migrate.js';
-import type { ContainerSummary, PauseInput, PauseItemResult, PauseResult } from './types.js';
+import type { ContainerSummary, PauseInput, PauseItemResult, PauseResult } from '../contract/types.js';
 
 async function select(input: PauseInput, node: string, action: 'pause' | 'resume'): Promise<ContainerSummary[]> {
   try {

@@ -1,10 +1,10 @@
 /** arch-cli drain NODE --to B[,C] [--deadline 2m] [--wait] */
 import type { Command } from 'commander';
 import { ArchInputError } from '../../core/errors.js';
-import { WORKFLOW_TASK_QUEUE, WORKFLOW_TYPES, workflowIds } from '../../core/temporal/names.js';
-import { attributePairs } from '../../core/temporal/search-attributes.js';
+import { WORKFLOW_TASK_QUEUE, WORKFLOW_TYPES, workflowIds } from '../../contract/names.js';
+import { attributePairs } from '../../contract/search-attributes.js';
 import { drainCounts } from '../../workflows/drain-outcomes.js';
-import type { DrainInput, DrainResult } from '../../workflows/types.js';
+import type { DrainInput, DrainResult } from '../../contract/types.js';
 import { requireWorkers } from '../connect.js';
 import { nodeArg, nodeList, suffix, type CliContext } from '../context.js';
 import { CliError, EXIT } from '../exit-codes.js';

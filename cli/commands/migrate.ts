@@ -2,9 +2,9 @@
 import { Option, type Command } from 'commander';
 import { ArchInputError } from '../../core/errors.js';
 import { parseContainerRef } from '../../core/ids.js';
-import { WORKFLOW_TASK_QUEUE, WORKFLOW_TYPES, workflowIds } from '../../core/temporal/names.js';
-import { attributePairs } from '../../core/temporal/search-attributes.js';
-import type { MigrateInput, MigrateResult } from '../../workflows/types.js';
+import { WORKFLOW_TASK_QUEUE, WORKFLOW_TYPES, workflowIds } from '../../contract/names.js';
+import { attributePairs } from '../../contract/search-attributes.js';
+import type { MigrateInput, MigrateResult } from '../../contract/types.js';
 import { parseDurationMs } from '../../worker/args.js';
 import { requireWorkers } from '../connect.js';
 import { nodeArg, suffix, type CliContext } from '../context.js';

@@ -1,9 +1,9 @@
 /** arch-cli pause|resume --node N [--namespace NS] [IDS...] [--wait] */
 import type { Command } from 'commander';
 import { validateContainerId, validateNamespace } from '../../core/ids.js';
-import { WORKFLOW_TASK_QUEUE, WORKFLOW_TYPES, workflowIds } from '../../core/temporal/names.js';
-import { attributePairs } from '../../core/temporal/search-attributes.js';
-import type { PauseInput, PauseResult } from '../../workflows/types.js';
+import { WORKFLOW_TASK_QUEUE, WORKFLOW_TYPES, workflowIds } from '../../contract/names.js';
+import { attributePairs } from '../../contract/search-attributes.js';
+import type { PauseInput, PauseResult } from '../../contract/types.js';
 import { requireWorkers } from '../connect.js';
 import { nodeArg, suffix, type CliContext } from '../context.js';
 import { CliError, EXIT } from '../exit-codes.js';

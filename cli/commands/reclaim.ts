@@ -5,11 +5,11 @@
  * starts and shows its results (what was not expected to fit, too).
  */
 import type { Command } from 'commander';
-import { WORKFLOW_TASK_QUEUE, WORKFLOW_TYPES, workflowIds } from '../../core/temporal/names.js';
-import { attributePairs } from '../../core/temporal/search-attributes.js';
-import type { ReclaimSignal, ReclaimWatchInput, ReclaimWatchState } from '../../workflows/types.js';
+import { WORKFLOW_TASK_QUEUE, WORKFLOW_TYPES, workflowIds } from '../../contract/names.js';
+import { attributePairs } from '../../contract/search-attributes.js';
+import type { ReclaimSignal, ReclaimWatchInput, ReclaimWatchState } from '../../contract/types.js';
 import { waitForReclaimDrain } from '../../core/temporal/reclaim-drain.js';
-import type { DrainResult } from '../../workflows/types.js';
+import type { DrainResult } from '../../contract/types.js';
 import { requireWorkers } from '../connect.js';
 import { nodeArg, nodeList, type CliContext } from '../context.js';
 import { CliError, EXIT } from '../exit-codes.js';

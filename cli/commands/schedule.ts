@@ -9,9 +9,9 @@ import { ScheduleNotFoundError, ScheduleOverlapPolicy, type Client, type Schedul
 import { Option, type Command } from 'commander';
 import { ArchInputError } from '../../core/errors.js';
 import { validateContainerId, validateNamespace } from '../../core/ids.js';
-import { isValidNodeName, WORKFLOW_TASK_QUEUE, WORKFLOW_TYPES, workflowIds } from '../../core/temporal/names.js';
-import { attributePairs } from '../../core/temporal/search-attributes.js';
-import type { PauseInput } from '../../workflows/types.js';
+import { isValidNodeName, WORKFLOW_TASK_QUEUE, WORKFLOW_TYPES, workflowIds } from '../../contract/names.js';
+import { attributePairs } from '../../contract/search-attributes.js';
+import type { PauseInput } from '../../contract/types.js';
 import { checkTimeZone, parseCalendar } from '../calendar.js';
 import { nodeHasWorker } from '../connect.js';
 import { nodeArg, type CliContext } from '../context.js';

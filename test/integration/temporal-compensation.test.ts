@@ -2,9 +2,9 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { ApplicationFailure, CancelledFailure, WorkflowFailedError } from '@temporalio/client';
-import { FailureType } from '../../core/temporal/failures.js';
-import { WORKFLOW_TASK_QUEUE } from '../../core/temporal/names.js';
-import type { DrainResult, MigrateInput, MigrateResult } from '../../workflows/types.js';
+import { FailureType } from '../../contract/failures.js';
+import { WORKFLOW_TASK_QUEUE } from '../../contract/names.js';
+import type { DrainResult, MigrateInput, MigrateResult } from '../../contract/types.js';
 import { cleanupStaleNodes } from '../support/containerd-node.js';
 import {
   outcome,

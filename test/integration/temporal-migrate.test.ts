@@ -2,11 +2,11 @@ import fs from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { ApplicationFailure, WorkflowFailedError } from '@temporalio/client';
-import { FailureType } from '../../core/temporal/failures.js';
+import { FailureType } from '../../contract/failures.js';
 import { workflowOverhead } from '../../core/temporal/overhead.js';
-import { WORKFLOW_TASK_QUEUE } from '../../core/temporal/names.js';
-import { attributePairs, SA } from '../../core/temporal/search-attributes.js';
-import type { MigrateInput, MigrateResult } from '../../workflows/types.js';
+import { WORKFLOW_TASK_QUEUE } from '../../contract/names.js';
+import { attributePairs, SA } from '../../contract/search-attributes.js';
+import type { MigrateInput, MigrateResult } from '../../contract/types.js';
 import { cleanupStaleNodes } from '../support/containerd-node.js';
 import {
   outcome,

@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
-import { WORKFLOW_TASK_QUEUE, workflowIds } from '../../core/temporal/names.js';
-import type { DrainResult, ReclaimWatchInput, ReclaimWatchState } from '../../workflows/types.js';
+import { WORKFLOW_TASK_QUEUE, workflowIds } from '../../contract/names.js';
+import type { DrainResult, ReclaimWatchInput, ReclaimWatchState } from '../../contract/types.js';
 import { cleanupStaleNodes } from '../support/containerd-node.js';
 import { FakeAwsImds } from '../support/fake-metadata.js';
 import { runCli, runningOn, startCluster, stopAllTemporal, waitUntil, type TestCluster } from '../support/temporal.js';
