@@ -6,7 +6,7 @@ import { isNotFound } from '../core/containerd.js';
 import { nodeThroughputFile, planDrain, ThroughputEstimator } from '../core/drain-plan.js';
 import { checkpointStoreOf, contractOptions, envListToMap, parseContract } from '../core/env-contract.js';
 import { CheckpointStore } from '../core/store.js';
-import { validateContainerId, validateNamespace } from '../core/ids.js';
+import { validateContainerId, validateNamespace } from '../contract/ids.js';
 import { containerSummary, listArchContainers } from '../core/node-containers.js';
 import { FailureType } from '../contract/failures.js';
 import type { ContainerRef, ContainerSpec, ContainerSummary, DrainPlanSummary, Selector } from '../contract/types.js';

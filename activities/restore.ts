@@ -9,7 +9,7 @@ import { randomBytes } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Containerd } from '../core/containerd.js';
 import { checkpointStoreOf, contractOptions, envListToMap, parseContract } from '../core/env-contract.js';
-import { errorMessage } from '../core/errors.js';
+import { errorMessage } from '../contract/errors.js';
 import { Runc } from '../core/runc.js';
 import { readShimState } from '../core/shim-state.js';
 import { CheckpointStore } from '../core/store.js';

@@ -1,5 +1,5 @@
 import type { Command } from 'commander';
-import { ArchInputError } from '../core/errors.js';
+import { ArchInputError } from '../contract/errors.js';
 import { createNodeContext } from '../core/context.js';
 import { finalizeNode, type FinalizeItem } from '../core/finalize.js';
 import { parseDurationMs } from '../worker/args.js';

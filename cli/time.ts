@@ -1,5 +1,5 @@
 /** "--deadline 2m" (from now) or an ISO time. */
-import { ArchInputError } from '../core/errors.js';
+import { ArchInputError } from '../contract/errors.js';
 import { parseDurationMs } from '../worker/args.js';
 
 export function parseDeadline(v: string, flag = '--deadline', now = Date.now()): string {

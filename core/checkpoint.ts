@@ -12,9 +12,9 @@ import {
   parseContract,
   type EnabledContract,
 } from './env-contract.js';
-import { ArchInputError, errorMessage } from './errors.js';
+import { ArchInputError, errorMessage } from '../contract/errors.js';
 import { FreezeGuard } from './freeze-guard.js';
-import { validateContainerId, validateNamespace } from './ids.js';
+import { validateContainerId, validateNamespace } from '../contract/ids.js';
 import { FORMAT_VERSION, SEALED_FORMAT_VERSION, type Manifest } from './manifest.js';
 import { readSpec, rootfsOf, type OciSpec } from './oci-spec.js';
 import { ownerOf } from './owner.js';

@@ -9,7 +9,7 @@ import { networkLockOf, nftablesLockCheck } from './criu-network-lock.js';
 import { criuEnv, parseEnvFile, type Settings } from './settings.js';
 import { snapshotState } from './shim-snapshot.js';
 import { payloadKeyCheck } from './temporal/payload-check.js';
-import { errorMessage } from './errors.js';
+import { errorMessage } from '../contract/errors.js';
 import { SCRATCH_ROOTS, STORE_KEY_SETTING, storeKeysOf } from './seal.js';
 import { DEFAULT_SIGNING_KEY, trustOf, type Trust } from './trust.js';
 

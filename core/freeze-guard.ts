@@ -4,7 +4,7 @@ import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 import { CgroupFreezer } from './cgroup-freezer.js';
-import { errorMessage } from './errors.js';
+import { errorMessage } from '../contract/errors.js';
 import type { Logger } from './log.js';
 import { isAlive } from './pid.js';
 import { Runc } from './runc.js';

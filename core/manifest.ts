@@ -3,7 +3,7 @@ import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { z } from 'zod';
 import { digestFiles, type Digest } from './digest.js';
-import { CheckpointUnusableError } from './errors.js';
+import { CheckpointUnusableError } from '../contract/errors.js';
 import { SEAL_ALG, sealedSize } from './seal.js';
 import { loadTrust, SIGNATURE_FILE, verifyManifestSignature, type Trust } from './trust.js';
 

@@ -8,7 +8,7 @@ import {
   parseContract,
   type EnabledContract,
 } from './env-contract.js';
-import { errorMessage } from './errors.js';
+import { errorMessage } from '../contract/errors.js';
 import { readSpec, rootfsOf } from './oci-spec.js';
 import { findUpperDir } from './rootfs-diff.js';
 import { Runc } from './runc.js';

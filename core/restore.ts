@@ -4,7 +4,7 @@ import { CgroupFreezer } from './cgroup-freezer.js';
 import { criuRunEnv } from './criu-network-lock.js';
 import type { NodeContext } from './context.js';
 import { checkpointKeyOf, checkpointStoreOf, type EnabledContract } from './env-contract.js';
-import { CheckpointUnusableError, errorMessage } from './errors.js';
+import { CheckpointUnusableError, errorMessage } from '../contract/errors.js';
 import { verifyCheckpointDirStaged, type Manifest } from './manifest.js';
 import { rootfsOf, writeSpec, type OciSpec } from './oci-spec.js';
 import { assertSameOwner, ownerOf } from './owner.js';

@@ -2,7 +2,7 @@ import { execa } from 'execa';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
 import * as tar from 'tar';
-import { CheckpointUnusableError } from './errors.js';
+import { CheckpointUnusableError } from '../contract/errors.js';
 
 /**
  * The container's writable layer: what its processes created, changed and

@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
 import type { Digest } from './digest.js';
-import { ArchInputError, CheckpointUnusableError } from './errors.js';
+import { ArchInputError, CheckpointUnusableError } from '../contract/errors.js';
 import { holdDir, mayRemove, type HeldDir } from './host-dirs.js';
 import { isAlive } from './pid.js';
 import {

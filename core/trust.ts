@@ -1,7 +1,7 @@
 import { createHash, createPrivateKey, createPublicKey, sign, verify, type KeyObject } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
-import { ArchInputError, CheckpointUnusableError, errorMessage } from './errors.js';
+import { ArchInputError, CheckpointUnusableError, errorMessage } from '../contract/errors.js';
 import { settingsVars } from './settings.js';
 
 /**

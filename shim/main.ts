@@ -21,8 +21,8 @@ import {
   parseContract,
   type EnabledContract,
 } from '../core/env-contract.js';
-import { ArchInputError, CheckpointUnusableError, errorMessage } from '../core/errors.js';
-import { validateContainerId, validateNamespace } from '../core/ids.js';
+import { ArchInputError, CheckpointUnusableError, errorMessage } from '../contract/errors.js';
+import { validateContainerId, validateNamespace } from '../contract/ids.js';
 import { readSpec, withWorkdirMount, writeSpec, type OciSpec } from '../core/oci-spec.js';
 import { restoreFromCheckpoint } from '../core/restore.js';
 import {

@@ -13,7 +13,7 @@
 import { Client, Connection } from '@temporalio/client';
 import { createWatcher, loadCloudConfig, type CloudWatcher, type ReclaimNotice } from '../core/cloud/index.js';
 import type { NodeContext } from '../core/context.js';
-import { errorMessage } from '../core/errors.js';
+import { errorMessage } from '../contract/errors.js';
 import { finalizeNode } from '../core/finalize.js';
 import { settingsVars } from '../core/settings.js';
 import { connectionOptions, type TemporalTarget } from '../core/temporal/connection.js';

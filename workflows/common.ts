@@ -18,7 +18,7 @@ import type { ArchActivities } from '../activities/index.js';
 import { attributePairs, type ArchAttributes } from '../contract/search-attributes.js';
 import { FailureType, NON_RETRYABLE } from '../contract/failures.js';
 import { isValidNodeName, NODE_NAME_RULE, nodeTaskQueue } from '../contract/names.js';
-import { validateContainerId, validateNamespace } from '../core/ids.js';
+import { validateContainerId, validateNamespace } from '../contract/ids.js';
 import type { ActivityTimeouts, ContainerRef } from '../contract/types.js';
 
 export const DEFAULTS = {

@@ -1,6 +1,6 @@
 /** arch-cli drain NODE --to B[,C] [--deadline 2m] [--wait] */
 import type { Command } from 'commander';
-import { ArchInputError } from '../../core/errors.js';
+import { ArchInputError } from '../../contract/errors.js';
 import { WORKFLOW_TASK_QUEUE, WORKFLOW_TYPES, workflowIds } from '../../contract/names.js';
 import { attributePairs } from '../../contract/search-attributes.js';
 import { drainCounts } from '../../workflows/drain-outcomes.js';

@@ -1,6 +1,6 @@
 /** arch-cli ls [--node N] [--namespace NS]: ARCH containers of a node and their checkpoints. */
 import type { Command } from 'commander';
-import { validateNamespace } from '../../core/ids.js';
+import { validateNamespace } from '../../contract/ids.js';
 import { createLogger } from '../../core/log.js';
 import { containerSummary, listArchContainers } from '../../core/node-containers.js';
 import { WORKFLOW_TASK_QUEUE } from '../../contract/names.js';

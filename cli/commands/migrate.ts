@@ -1,7 +1,7 @@
 /** arch-cli migrate NS/ID --from A --to B [--wait] */
 import { Option, type Command } from 'commander';
-import { ArchInputError } from '../../core/errors.js';
-import { parseContainerRef } from '../../core/ids.js';
+import { ArchInputError } from '../../contract/errors.js';
+import { parseContainerRef } from '../../contract/ids.js';
 import { WORKFLOW_TASK_QUEUE, WORKFLOW_TYPES, workflowIds } from '../../contract/names.js';
 import { attributePairs } from '../../contract/search-attributes.js';
 import type { MigrateInput, MigrateResult } from '../../contract/types.js';

@@ -1,6 +1,6 @@
 /** arch-cli pause|resume --node N [--namespace NS] [IDS...] [--wait] */
 import type { Command } from 'commander';
-import { validateContainerId, validateNamespace } from '../../core/ids.js';
+import { validateContainerId, validateNamespace } from '../../contract/ids.js';
 import { WORKFLOW_TASK_QUEUE, WORKFLOW_TYPES, workflowIds } from '../../contract/names.js';
 import { attributePairs } from '../../contract/search-attributes.js';
 import type { PauseInput, PauseResult } from '../../contract/types.js';

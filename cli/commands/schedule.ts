@@ -7,8 +7,8 @@
  */
 import { ScheduleNotFoundError, ScheduleOverlapPolicy, type Client, type ScheduleSummary } from '@temporalio/client';
 import { Option, type Command } from 'commander';
-import { ArchInputError } from '../../core/errors.js';
-import { validateContainerId, validateNamespace } from '../../core/ids.js';
+import { ArchInputError } from '../../contract/errors.js';
+import { validateContainerId, validateNamespace } from '../../contract/ids.js';
 import { isValidNodeName, WORKFLOW_TASK_QUEUE, WORKFLOW_TYPES, workflowIds } from '../../contract/names.js';
 import { attributePairs } from '../../contract/search-attributes.js';
 import type { PauseInput } from '../../contract/types.js';

@@ -22,7 +22,7 @@
 import { createCipheriv, createDecipheriv, createHash, randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import type { Payload, PayloadCodec } from '@temporalio/common';
-import { ArchInputError } from '../errors.js';
+import { ArchInputError } from '../../contract/errors.js';
 import { parseKeyText } from '../key-text.js';
 
 export const ENCRYPTED_ENCODING = 'binary/encrypted';

@@ -13,7 +13,7 @@
  */
 import fs from 'node:fs';
 import { Client, Connection, type ConnectionOptions } from '@temporalio/client';
-import { ArchInputError } from '../errors.js';
+import { ArchInputError } from '../../contract/errors.js';
 import { settingsVars, type Settings } from '../settings.js';
 import { clientDataConverter, payloadProtection, type PayloadProtection } from './data-converter.js';
 

@@ -16,7 +16,7 @@
  */
 import { fileURLToPath } from 'node:url';
 import { defaultPayloadConverter, type LoadedDataConverter, type Payload, type PayloadCodec } from '@temporalio/common';
-import { ArchInputError } from '../errors.js';
+import { ArchInputError } from '../../contract/errors.js';
 import { AesGcmPayloadCodec, loadPayloadKeys } from './codec.js';
 import { failureConverter } from '../../contract/failure-converter.js';
 

@@ -1,6 +1,6 @@
 /** `arch-cli doctor`: is what this node puts in Temporal encrypted, and with which key? */
 import type { Check } from '../doctor.js';
-import { errorMessage } from '../errors.js';
+import { errorMessage } from '../../contract/errors.js';
 import { settingsVars, type Settings } from '../settings.js';
 import { loadPayloadKeys } from './codec.js';
 import { isLoopbackAddress } from './data-converter.js';

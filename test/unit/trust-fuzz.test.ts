@@ -3,7 +3,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import * as tar from 'tar';
-import { CheckpointUnusableError } from '../../core/errors.js';
+import { CheckpointUnusableError } from '../../contract/errors.js';
 import {
   describeFiles,
   FORMAT_VERSION,

@@ -4,7 +4,7 @@ import { formatWatch } from '../../cli/commands/reclaim.js';
 import { EXIT } from '../../cli/exit-codes.js';
 import { exitCodeFor } from '../../cli/follow.js';
 import { parseDeadline } from '../../cli/time.js';
-import { ArchInputError } from '../../core/errors.js';
+import { ArchInputError } from '../../contract/errors.js';
 import { FailureType } from '../../contract/failures.js';
 import { recordOf } from '../../core/temporal/reclaim-drain.js';
 import { drainCounts } from '../../workflows/drain-outcomes.js';

@@ -1,5 +1,5 @@
 import type { ContainerInfo } from '../../core/containerd.js';
-import { ArchInputError } from '../../core/errors.js';
+import { ArchInputError } from '../../contract/errors.js';
 import { isValidNodeName, nodeTaskQueue, workflowIds } from '../../contract/names.js';
 import { overheadFromHistory } from '../../core/temporal/overhead.js';
 import { attributePairs, devServerSearchAttributeArgs, SA } from '../../contract/search-attributes.js';
