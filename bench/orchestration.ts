@@ -1,7 +1,7 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import type { Overhead } from '../core/temporal/overhead.js';
+import type { Overhead } from '../temporal/overhead.js';
 import { measureMigrationOverhead, runningOn } from '../test/support/temporal.js';
 import type { MigrateResult } from '../contract/types.js';
 import type { Benchmark, BenchEnv, BenchOutcome, Row, Table } from './support/registry.js';
@@ -13,7 +13,7 @@ import { closedWorkflows, resultTimings, startBenchCluster, workflowTimes } from
  * a counter on shared storage (so a migration is describe ∥ check-target →
  * checkpoint → restore → cleanup, no copy) moved back and forth between two
  * nodes, each with its own containerd and `arch-worker`. From each
- * migration's workflow history (core/temporal/overhead.ts):
+ * migration's workflow history (temporal/overhead.ts):
  *
  *   ARCH  the migrate workflow's wall time, start to close
  *   raw   the time inside its activities (union of the activity runs:

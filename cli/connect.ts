@@ -4,7 +4,7 @@
  */
 import type { Client } from '@temporalio/client';
 import type { Settings } from '../core/settings.js';
-import { connectClient, temporalTarget, type TemporalTarget } from '../core/temporal/connection.js';
+import { connectClient, temporalTarget, type TemporalTarget } from '../temporal/connection.js';
 import { nodeTaskQueue } from '../contract/names.js';
 import { CliError, EXIT } from './exit-codes.js';
 

@@ -7,7 +7,7 @@ import { SingleBar } from 'cli-progress';
 import { ApplicationFailure, type WorkflowHandle, WorkflowFailedError } from '@temporalio/client';
 import { FailureType } from '../contract/failures.js';
 import { SA } from '../contract/search-attributes.js';
-import { decodePayloads } from '../core/temporal/data-converter.js';
+import { decodePayloads } from '../temporal/data-converter.js';
 import { CliError, EXIT } from './exit-codes.js';
 import { bytes, type Out } from './output.js';
 

@@ -16,10 +16,10 @@ import type { NodeContext } from '../core/context.js';
 import { errorMessage } from '../contract/errors.js';
 import { finalizeNode } from '../core/finalize.js';
 import { settingsVars } from '../core/settings.js';
-import { connectionOptions, type TemporalTarget } from '../core/temporal/connection.js';
-import { clientDataConverter, type PayloadProtection } from '../core/temporal/data-converter.js';
+import { connectionOptions, type TemporalTarget } from '../temporal/connection.js';
+import { clientDataConverter, type PayloadProtection } from '../temporal/data-converter.js';
 import { WORKFLOW_TASK_QUEUE, WORKFLOW_TYPES, workflowIds } from '../contract/names.js';
-import { waitForReclaimDrain } from '../core/temporal/reclaim-drain.js';
+import { waitForReclaimDrain } from '../temporal/reclaim-drain.js';
 import { attributePairs } from '../contract/search-attributes.js';
 import type { ReclaimSignal, ReclaimWatchInput } from '../contract/types.js';
 

@@ -82,7 +82,7 @@ export async function startBenchCluster(
 
 // ---- workflow history, for timings the workflow result does not carry ------
 
-// temporal.api.enums.v1.EventType values (as core/temporal/overhead.ts spells them out).
+// temporal.api.enums.v1.EventType values (as temporal/overhead.ts spells them out).
 const EV = {
   started: 1,
   completed: 2,

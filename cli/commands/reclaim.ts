@@ -8,7 +8,7 @@ import type { Command } from 'commander';
 import { WORKFLOW_TASK_QUEUE, WORKFLOW_TYPES, workflowIds } from '../../contract/names.js';
 import { attributePairs } from '../../contract/search-attributes.js';
 import type { ReclaimSignal, ReclaimWatchInput, ReclaimWatchState } from '../../contract/types.js';
-import { waitForReclaimDrain } from '../../core/temporal/reclaim-drain.js';
+import { waitForReclaimDrain } from '../../temporal/reclaim-drain.js';
 import type { DrainResult } from '../../contract/types.js';
 import { requireWorkers } from '../connect.js';
 import { nodeArg, nodeList, type CliContext } from '../context.js';

@@ -5,7 +5,7 @@ import { randomBytes } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Client, Connection } from '@temporalio/client';
 import type { Payload } from '@temporalio/common';
-import { AesGcmPayloadCodec, ENCRYPTED_ENCODING, loadPayloadKeys } from '../../core/temporal/codec.js';
+import { AesGcmPayloadCodec, ENCRYPTED_ENCODING, loadPayloadKeys } from '../../temporal/codec.js';
 import { WORKFLOW_TASK_QUEUE } from '../../contract/names.js';
 import type { MigrateInput, MigrateResult, TransferOffer } from '../../contract/types.js';
 import { cleanupStaleNodes } from '../support/containerd-node.js';

@@ -6,7 +6,7 @@ import { exitCodeFor } from '../../cli/follow.js';
 import { parseDeadline } from '../../cli/time.js';
 import { ArchInputError } from '../../contract/errors.js';
 import { FailureType } from '../../contract/failures.js';
-import { recordOf } from '../../core/temporal/reclaim-drain.js';
+import { recordOf } from '../../temporal/reclaim-drain.js';
 import { drainCounts } from '../../workflows/drain-outcomes.js';
 import type { DrainOutcome, DrainResult, ReclaimRecord, ReclaimWatchState } from '../../contract/types.js';
 import { parseDurationMs, parseHostPort } from '../../worker/args.js';

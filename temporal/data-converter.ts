@@ -16,11 +16,11 @@
  */
 import { fileURLToPath } from 'node:url';
 import { defaultPayloadConverter, type LoadedDataConverter, type Payload, type PayloadCodec } from '@temporalio/common';
-import { ArchInputError } from '../../contract/errors.js';
+import { ArchInputError } from '../contract/errors.js';
 import { AesGcmPayloadCodec, loadPayloadKeys } from './codec.js';
-import { failureConverter } from '../../contract/failure-converter.js';
+import { failureConverter } from '../contract/failure-converter.js';
 
-export const FAILURE_CONVERTER_PATH = fileURLToPath(new URL('../../contract/failure-converter.js', import.meta.url));
+export const FAILURE_CONVERTER_PATH = fileURLToPath(new URL('../contract/failure-converter.js', import.meta.url));
 
 export interface PayloadProtection {
   codec?: AesGcmPayloadCodec;
