@@ -3,7 +3,7 @@ import { randomBytes } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { ApplicationFailure, WorkflowFailedError } from '@temporalio/client';
 import { FailureType } from '../../contract/failures.js';
-import { workflowOverhead } from '../../temporal/overhead.js';
+import { workflowOverhead } from '../../temporal/history.js';
 import { WORKFLOW_TASK_QUEUE } from '../../contract/names.js';
 import { attributePairs, SA } from '../../contract/search-attributes.js';
 import type { MigrateInput, MigrateResult } from '../../contract/types.js';

@@ -7,7 +7,7 @@ import { startDevServer, type DevServer } from '../../temporal/dev-server.js';
 import { clientDataConverter, payloadProtection } from '../../temporal/data-converter.js';
 import { settingsVars } from '../../core/settings.js';
 import { nodeTaskQueue, WORKFLOW_TASK_QUEUE } from '../../contract/names.js';
-import { workflowOverhead, type Overhead } from '../../temporal/overhead.js';
+import { workflowOverhead, type Overhead } from '../../temporal/history.js';
 import { attributePairs } from '../../contract/search-attributes.js';
 import type { MigrateInput, MigrateResult } from '../../contract/types.js';
 import { readLogLines, writeArchConfig } from './arch-env.js';

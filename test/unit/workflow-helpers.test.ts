@@ -1,7 +1,7 @@
 import type { ContainerInfo } from '../../core/containerd.js';
 import { ArchInputError } from '../../contract/errors.js';
 import { isValidNodeName, nodeTaskQueue, workflowIds } from '../../contract/names.js';
-import { overheadFromHistory } from '../../temporal/overhead.js';
+import { overheadFromHistory } from '../../temporal/history.js';
 import { attributePairs, devServerSearchAttributeArgs, SA } from '../../contract/search-attributes.js';
 import { runOptionsFor, specFromInfo, userMounts } from '../../activities/spec.js';
 
