@@ -5,7 +5,7 @@ import { parseContainerRef } from '../../contract/ids.js';
 import { WORKFLOW_TASK_QUEUE, WORKFLOW_TYPES, workflowIds } from '../../contract/names.js';
 import { attributePairs } from '../../contract/search-attributes.js';
 import type { MigrateInput, MigrateResult } from '../../contract/types.js';
-import { parseDurationMs } from '../../worker/args.js';
+import { parseDurationMs } from '../../core/option-parsers.js';
 import { requireWorkers } from '../connect.js';
 import { nodeArg, suffix, type CliContext } from '../context.js';
 import { CliError, EXIT } from '../exit-codes.js';

@@ -9,7 +9,7 @@ import { FailureType } from '../../contract/failures.js';
 import { recordOf } from '../../temporal/reclaim-drain.js';
 import { drainCounts } from '../../workflows/drain-outcomes.js';
 import type { DrainOutcome, DrainResult, ReclaimRecord, ReclaimWatchState } from '../../contract/types.js';
-import { parseDurationMs, parseHostPort } from '../../worker/args.js';
+import { parseDurationMs, parseHostPort } from '../../core/option-parsers.js';
 
 describe('calendars', () => {
   test.each([
