@@ -37,7 +37,7 @@ import {
   Timeline,
   withdrawOffer,
   withdrawsOffers,
-} from './migrate.js';
+} from './move-steps.js';
 import type {
   ActivityTimeouts,
   CheckpointInfo,

@@ -18,7 +18,7 @@ import {
   track,
   DEFAULTS,
 } from './common.js';
-import { checkpointOn, Timeline, withdrawsOffers } from './migrate.js';
+import { checkpointOn, Timeline, withdrawsOffers } from './move-steps.js';
 import type { ContainerSummary, PauseInput, PauseItemResult, PauseResult } from '../contract/types.js';
 
 async function select(input: PauseInput, node: string, action: 'pause' | 'resume'): Promise<ContainerSummary[]> {
