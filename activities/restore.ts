@@ -182,7 +182,6 @@ export function restoreActivities(d: NodeDeps) {
               pid: existing.pid,
               restoredFrom: evidence,
               alreadyRunning: true,
-              imageImported: false,
               timings,
               ms: Date.now() - t0,
             };
@@ -265,7 +264,6 @@ export function restoreActivities(d: NodeDeps) {
           pid: task.pid,
           restoredFrom: evidence,
           alreadyRunning: false,
-          imageImported: false,
           timings,
           ms: Date.now() - t0,
         };

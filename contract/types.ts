@@ -95,7 +95,6 @@ export interface RestoreResult extends ContainerRef {
   restoredFrom: string;
   /** True when a previous attempt had already restored it (retry after a lost result). */
   alreadyRunning: boolean;
-  imageImported: boolean;
   timings: Record<string, number>;
   ms: number;
 }

@@ -18,10 +18,11 @@ import { finalizeNode } from '../core/finalize.js';
 import { settingsVars } from '../core/settings.js';
 import { connectionOptions, type TemporalTarget } from '../temporal/connection.js';
 import { clientDataConverter, type PayloadProtection } from '../temporal/data-converter.js';
-import { WORKFLOW_TASK_QUEUE, WORKFLOW_TYPES, workflowIds } from '../contract/names.js';
+import { WORKFLOW_TASK_QUEUE, workflowIds } from '../contract/names.js';
 import { waitForReclaimDrain } from '../temporal/reclaim-drain.js';
 import { attributePairs } from '../contract/search-attributes.js';
 import type { ReclaimSignal, ReclaimWatchInput } from '../contract/types.js';
+import { nodeReclaimWatch, reclaimSignal } from '../workflows/reclaim.js';
 
 /** How long a notice's handler waits for its drain to start before letting go. */
 const DRAIN_START_WAIT_MS = 15_000;
@@ -44,18 +45,18 @@ export async function signalReclaim(
   targets: string[],
   signal: ReclaimSignal,
 ): Promise<void> {
-  await client.workflow.signalWithStart(WORKFLOW_TYPES.reclaimWatch, {
+  await client.workflow.signalWithStart(nodeReclaimWatch, {
     taskQueue: WORKFLOW_TASK_QUEUE,
     workflowId: workflowIds.reclaimWatch(node),
     args: [{ node, targets } satisfies ReclaimWatchInput],
-    signal: 'reclaim',
+    signal: reclaimSignal,
     signalArgs: [signal],
     typedSearchAttributes: attributePairs({
       sourceNode: node,
       targetNode: targets.join(','),
       operation: 'reclaim-watch',
       phase: 'watching',
-    }) as never,
+    }),
   });
 }
 

@@ -59,7 +59,9 @@ export function registerLs(program: Command, ctx: CliContext): void {
       const input: ListNodeInput = { node, namespaces: o.namespace ? [o.namespace] : undefined };
       let list: ContainerSummary[];
       try {
-        list = await client.workflow.execute('listNodeContainers', {
+        // The workflow module (and @temporalio/workflow) only when a workflow starts: the CLI's other commands do not load it.
+        const { listNodeContainers } = await import('../../workflows/list.js');
+        list = await client.workflow.execute(listNodeContainers, {
           taskQueue: WORKFLOW_TASK_QUEUE,
           workflowId: `arch-ls-${node}-${suffix()}`,
           args: [input],

@@ -17,6 +17,7 @@ import {
   waitUntil,
   type TestCluster,
 } from '../support/temporal.js';
+import { migrateContainer } from '../../workflows/index.js';
 
 /**
  * migrateContainer on the real stack: a Temporal dev server, two containerd
@@ -41,7 +42,7 @@ afterAll(async () => {
 });
 
 function startMigrate(id: string, from: string, to: string, extra: Partial<MigrateInput> = {}) {
-  return cluster.temporal.client.workflow.start('migrateContainer', {
+  return cluster.temporal.client.workflow.start(migrateContainer, {
     taskQueue: WORKFLOW_TASK_QUEUE,
     workflowId: `test-migrate-${id}-${randomBytes(3).toString('hex')}`,
     args: [{ namespace: 'default', id, from, to, ...extra } satisfies MigrateInput],
@@ -52,7 +53,7 @@ function startMigrate(id: string, from: string, to: string, extra: Partial<Migra
       targetNode: to,
       operation: 'migrate',
       phase: 'queued',
-    }) as never,
+    }),
   });
 }
 
