@@ -38,7 +38,7 @@ export function specFromInfo(info: ContainerInfo, namespace: string, opts: Contr
   const env = info.spec.process?.env ?? [];
   const contract = parseContract(envListToMap(env), opts);
   if (!contract.enabled) return undefined;
-  const namespaces = (info.spec.linux as { namespaces?: { type: string }[] } | undefined)?.namespaces ?? [];
+  const namespaces = info.spec.linux?.namespaces ?? [];
   return {
     namespace,
     id: info.id,

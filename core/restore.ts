@@ -8,7 +8,7 @@ import { CheckpointUnusableError, errorMessage } from '../contract/errors.js';
 import { verifyCheckpointDirStaged, type Manifest } from './manifest.js';
 import { rootfsOf, writeSpec, type OciSpec } from './oci-spec.js';
 import { assertSameOwner, ownerOf } from './owner.js';
-import { applyDiff, DELETED_FILES, findUpperDir, ROOTFS_TAR } from './rootfs-diff.js';
+import { applyDiff, findUpperDir } from './rootfs-diff.js';
 import type { Runc } from './runc.js';
 import {
   keyFor,
@@ -22,6 +22,7 @@ import {
 } from './seal.js';
 import { CheckpointStore } from './store.js';
 import { trustOf } from './trust.js';
+import { CRIU_DIR, DELETED_FILES, PAGE_IMAGE_PATH, ROOTFS_TAR } from './checkpoint-layout.js';
 
 /**
  * Restore a container in place of its create: the bundle, pid file, console
@@ -49,7 +50,6 @@ export interface RestoreResult {
 }
 
 /** CRIU's raw page images: restored into stopped processes while their digests are still being checked. */
-const PAGE_IMAGES = /^criu\/pages-\d+\.img$/;
 /** runc passes the file this annotation names to CRIU as its configuration (runc >= 1.0). */
 const CRIU_CONFIG_ANNOTATION = 'org.criu.config';
 /** What runc gives CRIU when the annotation is absent. */
@@ -105,7 +105,7 @@ async function restoreHolding(
   // images', then whose checkpoint it is: all before a byte of the archive
   // is extracted (a forged archive must never reach the disk, not even for
   // the moment it takes a parallel check to fail).
-  const verified = verifyCheckpointDirStaged(dir, { defer: overlap ? PAGE_IMAGES : undefined, trust }).then(
+  const verified = verifyCheckpointDirStaged(dir, { defer: overlap ? PAGE_IMAGE_PATH : undefined, trust }).then(
     async (v) => {
       timings.verify = Date.now() - t;
       // The checkpoint's name (ARCH_CHECKPOINT_ID, else the container id) must be the one this container looks for.
@@ -140,11 +140,11 @@ async function restoreHolding(
   });
   const imagesStaged = layerSource.then(async (src) => {
     const v = await verified;
-    if (!v.keys) return path.join(dir, 'criu');
+    if (!v.keys) return path.join(dir, CRIU_DIR);
     const s = Date.now();
-    await stageFiles(dir, src, v.manifest, v.keys, (p) => p.startsWith('criu/'));
+    await stageFiles(dir, src, v.manifest, v.keys, (p) => p.startsWith(`${CRIU_DIR}/`));
     timings.unsealImages = Date.now() - s;
-    return path.join(src, 'criu');
+    return path.join(src, CRIU_DIR);
   });
   const layer = layerSource.then(async (src) => {
     const v = await verified;
