@@ -12,9 +12,9 @@ import { checkpointStoreOf, contractOptions, envListToMap, parseContract } from 
 import type { Manifest } from '../core/manifest.js';
 import { CheckpointStore } from '../core/store.js';
 import { runcRootOf } from '../core/runc-roots.js';
-import { FailureType } from '../core/temporal/failures.js';
+import { FailureType } from '../contract/failures.js';
 import { manifestDigest, offerTtlFor } from '../core/transfer.js';
-import type { CheckpointInfo, ContainerRef, TransferOffer } from '../workflows/types.js';
+import type { CheckpointInfo, ContainerRef, TransferOffer } from '../contract/types.js';
 import { activityLog, containerd, fail, mapped, withHeartbeat, type NodeDeps } from './context.js';
 import { throughputEstimator } from './containers.js';
 

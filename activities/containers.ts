@@ -5,10 +5,10 @@
 import { isNotFound } from '../core/containerd.js';
 import { nodeThroughputFile, planDrain, ThroughputEstimator } from '../core/drain-plan.js';
 import { checkpointStoreOf, contractOptions, envListToMap, parseContract } from '../core/env-contract.js';
-import { validateContainerId, validateNamespace } from '../core/ids.js';
+import { validateContainerId, validateNamespace } from '../contract/ids.js';
 import { containerSummary, listArchContainers } from '../core/node-containers.js';
-import { FailureType } from '../core/temporal/failures.js';
-import type { ContainerRef, ContainerSpec, ContainerSummary, DrainPlanSummary, Selector } from '../workflows/types.js';
+import { FailureType } from '../contract/failures.js';
+import type { ContainerRef, ContainerSpec, ContainerSummary, DrainPlanSummary, Selector } from '../contract/types.js';
 import { activityLog, containerd, fail, mapped, type NodeDeps } from './context.js';
 import { specFromInfo } from './spec.js';
 

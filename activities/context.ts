@@ -7,9 +7,9 @@ import { Context } from '@temporalio/activity';
 import { ApplicationFailure, CancelledFailure } from '@temporalio/common';
 import { Containerd, isNotFound } from '../core/containerd.js';
 import type { NodeContext } from '../core/context.js';
-import { ArchInputError, CheckpointUnusableError, errorMessage } from '../core/errors.js';
+import { ArchInputError, CheckpointUnusableError, errorMessage } from '../contract/errors.js';
 import type { Logger } from '../core/log.js';
-import { FailureType } from '../core/temporal/failures.js';
+import { FailureType } from '../contract/failures.js';
 import type { TransferServer } from '../core/transfer.js';
 import { OfferGoneError } from '../core/transfer.js';
 

@@ -9,24 +9,23 @@ import { randomBytes } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Containerd } from '../core/containerd.js';
 import { checkpointStoreOf, contractOptions, envListToMap, parseContract } from '../core/env-contract.js';
-import { errorMessage } from '../core/errors.js';
+import { errorMessage } from '../contract/errors.js';
 import { Runc } from '../core/runc.js';
 import { readShimState } from '../core/shim-state.js';
 import { CheckpointStore } from '../core/store.js';
-import { FailureType } from '../core/temporal/failures.js';
+import { FailureType } from '../contract/failures.js';
 import { fetchCheckpoint, fetchFile, manifestDigest, type Offer } from '../core/transfer.js';
-import type { ContainerRef, ContainerSpec, ReceiveResult, RestoreResult, TransferOffer } from '../workflows/types.js';
+import type {
+  ContainerRef,
+  ContainerSpec,
+  ExpectedCheckpoint,
+  ReceiveResult,
+  RestoreResult,
+  TransferOffer,
+} from '../contract/types.js';
 import { activityLog, containerd, fail, mapped, withHeartbeat, type NodeDeps } from './context.js';
 import { runOptionsFor } from './spec.js';
 import { trustOf } from '../core/trust.js';
-
-/** Which checkpoint the restore must use: the one the source published. */
-export interface ExpectedCheckpoint {
-  manifestSha256: string;
-  /** Identity fields of that manifest: a copy on this node has the same ones. */
-  node: string;
-  createdAt: string;
-}
 
 function storeFor(d: NodeDeps, spec: Pick<ContainerSpec, 'env' | 'namespace' | 'id'>): CheckpointStore {
   const contract = parseContract(envListToMap(spec.env), contractOptions(d.ctx.settings));
@@ -183,7 +182,6 @@ export function restoreActivities(d: NodeDeps) {
               pid: existing.pid,
               restoredFrom: evidence,
               alreadyRunning: true,
-              imageImported: false,
               timings,
               ms: Date.now() - t0,
             };
@@ -266,7 +264,6 @@ export function restoreActivities(d: NodeDeps) {
           pid: task.pid,
           restoredFrom: evidence,
           alreadyRunning: false,
-          imageImported: false,
           timings,
           ms: Date.now() - t0,
         };

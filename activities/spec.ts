@@ -5,7 +5,7 @@
 import path from 'node:path';
 import type { ContainerInfo, RunOptions } from '../core/containerd.js';
 import { envListToMap, parseContract, type ContractOptions } from '../core/env-contract.js';
-import type { ContainerSpec, MountSpec } from '../workflows/types.js';
+import type { ContainerSpec, MountSpec } from '../contract/types.js';
 
 /** Mounts containerd (ctr) puts in every spec by itself; replaying them would duplicate them. */
 const RUNTIME_MOUNTS = new Set([
@@ -38,7 +38,7 @@ export function specFromInfo(info: ContainerInfo, namespace: string, opts: Contr
   const env = info.spec.process?.env ?? [];
   const contract = parseContract(envListToMap(env), opts);
   if (!contract.enabled) return undefined;
-  const namespaces = (info.spec.linux as { namespaces?: { type: string }[] } | undefined)?.namespaces ?? [];
+  const namespaces = info.spec.linux?.namespaces ?? [];
   return {
     namespace,
     id: info.id,

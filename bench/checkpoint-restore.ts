@@ -10,6 +10,7 @@ import { duBytes, startBenchNode, syncDisks, type BenchNode } from './support/ar
 import type { Benchmark, BenchEnv, BenchOutcome, Row, Table } from './support/registry.js';
 import { median, msSince, round } from './support/stats.js';
 import { StandaloneRunc } from './support/standalone-runc.js';
+import { MANIFEST_FILE } from '../core/checkpoint-layout.js';
 
 /**
  * Checkpoint and restore of a counter holding MEM_MB resident (half random
@@ -510,7 +511,7 @@ export async function archCycle(
  * 5 each, in this (warm) process, as a share of the restore measured beside it.
  */
 async function signingCost(ctx: NodeContext, dir: string): Promise<{ signMs: number; verifyMs: number }> {
-  const bytes = fs.readFileSync(path.join(dir, 'manifest.json'));
+  const bytes = fs.readFileSync(path.join(dir, MANIFEST_FILE));
   const signs: number[] = [];
   const verifies: number[] = [];
   for (let i = 0; i < 5; i++) {
@@ -519,7 +520,7 @@ async function signingCost(ctx: NodeContext, dir: string): Promise<{ signMs: num
     signs.push(msSince(t));
     t = process.hrtime.bigint();
     verifyManifestSignature(
-      fs.readFileSync(path.join(dir, 'manifest.json')),
+      fs.readFileSync(path.join(dir, MANIFEST_FILE)),
       await readSignature(dir),
       trustOf(ctx.settings),
     );

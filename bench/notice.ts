@@ -1,20 +1,15 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { workflowIds } from '../core/temporal/names.js';
+import { workflowIds } from '../contract/names.js';
+import { workflowTimes, type ActivityRun } from '../temporal/history.js';
 import { FakeAwsImds } from '../test/support/fake-metadata.js';
 import { runningOn, waitUntil, withTimeout } from '../test/support/temporal.js';
-import type { DrainResult, ReclaimWatchState } from '../workflows/types.js';
+import type { DrainResult, ReclaimWatchState } from '../contract/types.js';
 import { syncDisks } from './support/arch-bench-node.js';
 import type { Benchmark, BenchEnv, BenchOutcome, Row, Table } from './support/registry.js';
 import { median, round } from './support/stats.js';
-import {
-  activityContainerId,
-  resultTimings,
-  startBenchCluster,
-  workflowTimes,
-  type ActivityRun,
-} from './support/temporal-cluster.js';
+import { activityContainerId, resultTimings, startBenchCluster } from './support/temporal-cluster.js';
 
 /**
  * Issue 4's figure, through the real path: time from a cloud reclaim notice

@@ -1,19 +1,19 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import type { Overhead } from '../core/temporal/overhead.js';
+import { workflowTimes, type Overhead } from '../temporal/history.js';
 import { measureMigrationOverhead, runningOn } from '../test/support/temporal.js';
-import type { MigrateResult } from '../workflows/types.js';
+import type { MigrateResult } from '../contract/types.js';
 import type { Benchmark, BenchEnv, BenchOutcome, Row, Table } from './support/registry.js';
 import { median, p95, round, summarize, roundSummary } from './support/stats.js';
-import { closedWorkflows, resultTimings, startBenchCluster, workflowTimes } from './support/temporal-cluster.js';
+import { closedWorkflows, resultTimings, startBenchCluster } from './support/temporal-cluster.js';
 
 /**
  * Orchestration overhead of a migration on the local Temporal dev server:
  * a counter on shared storage (so a migration is describe ∥ check-target →
  * checkpoint → restore → cleanup, no copy) moved back and forth between two
  * nodes, each with its own containerd and `arch-worker`. From each
- * migration's workflow history (core/temporal/overhead.ts):
+ * migration's workflow history (temporal/history.ts):
  *
  *   ARCH  the migrate workflow's wall time, start to close
  *   raw   the time inside its activities (union of the activity runs:

@@ -5,7 +5,7 @@
  * Temporal Schedule, validated here first so a typo fails with a message
  * that says which field is wrong, before anything is created.
  */
-import { ArchInputError } from '../core/errors.js';
+import { ArchInputError } from '../contract/errors.js';
 
 const FIELDS = [
   { name: 'minute', min: 0, max: 59 },

@@ -4,8 +4,8 @@
  */
 import type { Client } from '@temporalio/client';
 import type { Settings } from '../core/settings.js';
-import { connectClient, temporalTarget, type TemporalTarget } from '../core/temporal/connection.js';
-import { nodeTaskQueue } from '../core/temporal/names.js';
+import { connectClient, temporalTarget, type TemporalTarget } from '../temporal/connection.js';
+import { nodeTaskQueue } from '../contract/names.js';
 import { CliError, EXIT } from './exit-codes.js';
 
 export interface GlobalOpts {

@@ -3,7 +3,7 @@ import type { Client } from '@temporalio/client';
 import type { Command } from 'commander';
 import { InvalidArgumentError } from 'commander';
 import type { Settings } from '../core/settings.js';
-import { isValidNodeName, NODE_NAME_RULE } from '../core/temporal/names.js';
+import { isValidNodeName, NODE_NAME_RULE } from '../contract/names.js';
 import { connect, type GlobalOpts } from './connect.js';
 import { makeOut, type Out } from './output.js';
 

@@ -1,6 +1,7 @@
 import type { Command } from 'commander';
 import { runDoctor, writeProbedSettings } from '../core/doctor.js';
 import { loadSettings } from '../core/settings.js';
+import { payloadKeyCheck } from '../temporal/payload-check.js';
 import { makeOut } from './output.js';
 
 export function registerDoctor(program: Command): void {
@@ -13,10 +14,10 @@ export function registerDoctor(program: Command): void {
     .action(async (opts: { json?: boolean; writeConfig?: boolean }, cmd: Command) => {
       opts.json = !!cmd.optsWithGlobals().json;
       let settings = loadSettings();
-      let checks = await runDoctor(settings);
+      let checks = await runDoctor(settings, payloadKeyCheck);
       if (opts.writeConfig && (await writeProbedSettings(settings, checks))) {
         settings = loadSettings();
-        checks = await runDoctor(settings);
+        checks = await runDoctor(settings, payloadKeyCheck);
         if (!opts.json) process.stdout.write(`wrote ARCH_CRIU_NO_BREAKPOINTS=1 to ${settings.configFile}\n`);
       }
       const failed = checks.filter((c) => !c.ok && !c.optional);

@@ -1,8 +1,8 @@
 import type { Command } from 'commander';
-import { ArchInputError } from '../core/errors.js';
+import { ArchInputError } from '../contract/errors.js';
 import { createNodeContext } from '../core/context.js';
 import { finalizeNode, type FinalizeItem } from '../core/finalize.js';
-import { parseDurationMs } from '../worker/args.js';
+import { parseDurationMs } from '../core/option-parsers.js';
 import { bytes as formatBytes, makeOut, ms as formatMs } from './output.js';
 
 /**

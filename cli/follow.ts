@@ -5,9 +5,9 @@
  */
 import { SingleBar } from 'cli-progress';
 import { ApplicationFailure, type WorkflowHandle, WorkflowFailedError } from '@temporalio/client';
-import { FailureType } from '../core/temporal/failures.js';
-import { SA } from '../core/temporal/search-attributes.js';
-import { decodePayloads } from '../core/temporal/data-converter.js';
+import { FailureType } from '../contract/failures.js';
+import { SA } from '../contract/search-attributes.js';
+import { decodePayloads } from '../temporal/data-converter.js';
 import { CliError, EXIT } from './exit-codes.js';
 import { bytes, type Out } from './output.js';
 

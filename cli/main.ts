@@ -4,7 +4,7 @@
  * node directly.
  */
 import { Command, CommanderError, InvalidArgumentError } from 'commander';
-import { ArchInputError, CheckpointUnusableError, errorMessage } from '../core/errors.js';
+import { ArchInputError, CheckpointUnusableError, errorMessage } from '../contract/errors.js';
 import { loadSettings, type Settings } from '../core/settings.js';
 import { registerCodecServer } from './commands/codec-server.js';
 import { registerDev } from './commands/dev.js';

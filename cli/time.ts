@@ -1,6 +1,6 @@
 /** "--deadline 2m" (from now) or an ISO time. */
-import { ArchInputError } from '../core/errors.js';
-import { parseDurationMs } from '../worker/args.js';
+import { ArchInputError } from '../contract/errors.js';
+import { parseDurationMs } from '../core/option-parsers.js';
 
 export function parseDeadline(v: string, flag = '--deadline', now = Date.now()): string {
   if (/^\d{4}-\d{2}-\d{2}T/.test(v)) {

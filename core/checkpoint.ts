@@ -12,14 +12,14 @@ import {
   parseContract,
   type EnabledContract,
 } from './env-contract.js';
-import { ArchInputError, errorMessage } from './errors.js';
+import { ArchInputError, errorMessage } from '../contract/errors.js';
 import { FreezeGuard } from './freeze-guard.js';
-import { validateContainerId, validateNamespace } from './ids.js';
+import { validateContainerId, validateNamespace } from '../contract/ids.js';
 import { FORMAT_VERSION, SEALED_FORMAT_VERSION, type Manifest } from './manifest.js';
 import { readSpec, rootfsOf, type OciSpec } from './oci-spec.js';
 import { ownerOf } from './owner.js';
 import { trustOf } from './trust.js';
-import { captureDiff, DELETED_FILES, findUpperDir, ROOTFS_TAR } from './rootfs-diff.js';
+import { captureDiff, findUpperDir } from './rootfs-diff.js';
 import { Runc } from './runc.js';
 import {
   storeKeysOf,
@@ -32,6 +32,7 @@ import {
 } from './seal.js';
 import { lockCheckpoint, updateShimState } from './shim-state.js';
 import { runtimeVersions } from './versions.js';
+import { CRIU_DIR, DELETED_FILES, PAGE_IMAGE_NAME, ROOTFS_TAR, SPEC_FILE } from './checkpoint-layout.js';
 
 /**
  * One checkpoint path for everybody: `arch-cli finalize`, the Temporal
@@ -227,17 +228,17 @@ async function checkpointLocked(
     // Before the freeze: no tmpfs with room refuses the checkpoint with the container untouched.
     if (sealKey) scratch = await makeScratch(await plaintextEstimate(c.pid));
     let t = Date.now();
-    const criuDir = path.join(staging.dir, 'criu');
+    const criuDir = path.join(staging.dir, CRIU_DIR);
     // Sealing: CRIU and the layer capture write plaintext to the tmpfs
     // scratch only; the sealer encrypts from there into the staging dir as
     // they write (this thread, a chunk at a time), so the freeze does not
     // wait for a separate encryption pass.
-    const dumpDir = scratch ? path.join(scratch.dir, 'criu') : criuDir;
+    const dumpDir = scratch ? path.join(scratch.dir, CRIU_DIR) : criuDir;
     const diffDir = scratch ? scratch.dir : staging.dir;
     if (scratch && sealKey) {
       sealer = new SealFollower(
         [
-          { dir: dumpDir, pattern: PAGE_IMAGE_NAME, rel: (n) => `criu/${n}` },
+          { dir: dumpDir, pattern: PAGE_IMAGE_NAME, rel: (n) => `${CRIU_DIR}/${n}` },
           { dir: scratch.dir, pattern: new RegExp(`^${ROOTFS_TAR.replace('.', '\\.')}$`), rel: (n) => n },
         ],
         staging.dir,
@@ -290,7 +291,7 @@ async function checkpointLocked(
         throw err;
       }
       const tail = Date.now();
-      if (follower) for (const [name, d] of await follower.finish()) known.set(`criu/${name}`, d);
+      if (follower) for (const [name, d] of await follower.finish()) known.set(`${CRIU_DIR}/${name}`, d);
       timings.hashTail = Date.now() - tail; // hashing left when CRIU was done (part of dump)
     }
     lap('dump', t);
@@ -305,7 +306,7 @@ async function checkpointLocked(
       sealer = undefined;
       timings.sealTail = Date.now() - s0; // sealing left when CRIU and the layer capture were done
     }
-    await fsp.writeFile(path.join(staging.dir, 'config.json'), JSON.stringify(c.spec));
+    await fsp.writeFile(path.join(staging.dir, SPEC_FILE), JSON.stringify(c.spec));
     lap('rootfs', t);
     req.signal?.throwIfAborted();
     t = Date.now();
@@ -402,9 +403,6 @@ async function checkpointLocked(
   }
 }
 
-/** CRIU's page images: the memory of the job (sealed when the node has a store key). */
-const PAGE_IMAGE_NAME = /^pages-\d+\.img$/;
-
 /**
  * The end of a sealed dump: the rest of each file sealed, the small CRIU
  * images and the deletion list (metadata CRIU parses / file names, not
@@ -423,11 +421,11 @@ async function finishSealing(
     known.set(rel, r.stored);
     files.push(r.sealed);
   }
-  const dumpDir = path.join(scratch.dir, 'criu');
-  await fsp.mkdir(path.join(stagingDir, 'criu'), { recursive: true });
+  const dumpDir = path.join(scratch.dir, CRIU_DIR);
+  await fsp.mkdir(path.join(stagingDir, CRIU_DIR), { recursive: true });
   for (const e of await fsp.readdir(dumpDir, { withFileTypes: true }).catch(() => [])) {
     if (e.isFile() && !PAGE_IMAGE_NAME.test(e.name))
-      await fsp.copyFile(path.join(dumpDir, e.name), path.join(stagingDir, 'criu', e.name));
+      await fsp.copyFile(path.join(dumpDir, e.name), path.join(stagingDir, CRIU_DIR, e.name));
   }
   await fsp.copyFile(path.join(scratch.dir, DELETED_FILES), path.join(stagingDir, DELETED_FILES));
   return files;

@@ -1,7 +1,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import type { Check } from './doctor.js';
-import { errorMessage } from './errors.js';
+import { errorMessage } from '../contract/errors.js';
 
 /**
  * `arch-cli doctor`'s look at containerd's CRI configuration (what

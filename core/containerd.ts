@@ -3,6 +3,8 @@ import readline from 'node:readline';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { execa, type ResultPromise } from 'execa';
 import { wireFields } from './protobuf-wire.js';
+import type { MountSpec } from '../contract/types.js';
+import type { OciSpec } from './oci-spec.js';
 
 /**
  * A thin containerd adapter over the `ctr` CLI (containerd 1.6).
@@ -43,13 +45,6 @@ export interface TaskInfo {
   status: TaskStatus;
 }
 
-export interface Mount {
-  type: string;
-  src: string;
-  dst: string;
-  options: string[];
-}
-
 export interface RunOptions {
   image: string;
   id: string;
@@ -61,7 +56,7 @@ export interface RunOptions {
   runcBinary?: string;
   /** Base of runc state roots; the shim appends /NAMESPACE. Defaults to the adapter's runcRoot. */
   runcRoot?: string;
-  mounts?: Mount[];
+  mounts?: MountSpec[];
   cwd?: string;
   labels?: Record<string, string>;
   annotations?: Record<string, string>;
@@ -88,7 +83,7 @@ export interface ContainerInfo {
   snapshotter: string;
   snapshotKey: string;
   /** The OCI runtime spec (config.json) of the container. */
-  spec: OciSpecLike;
+  spec: OciSpec;
   /** The raw JSON, for fields not typed here. */
   raw: Record<string, unknown>;
 }
@@ -100,15 +95,6 @@ export interface RuncRuntimeOptions {
   CriuPath?: string;
   SystemdCgroup?: boolean;
   NoPivotRoot?: boolean;
-}
-
-export interface OciSpecLike {
-  process?: { env?: string[]; args?: string[]; cwd?: string };
-  root?: { path?: string; readonly?: boolean };
-  mounts?: { destination: string; type?: string; source?: string; options?: string[] }[];
-  annotations?: Record<string, string>;
-  linux?: { cgroupsPath?: string; [k: string]: unknown };
-  [k: string]: unknown;
 }
 
 export interface CheckpointOptions {
@@ -206,7 +192,7 @@ export function parseContainerInfo(json: string): ContainerInfo {
     runtime: { name: rt.Name ?? '', options: decodeRuncOptions(rt.Options) },
     snapshotter: String(raw.Snapshotter ?? ''),
     snapshotKey: String(raw.SnapshotKey ?? ''),
-    spec: (raw.Spec ?? {}) as OciSpecLike,
+    spec: (raw.Spec ?? {}) as OciSpec,
     raw,
   };
 }

@@ -87,7 +87,7 @@ async function cacheKey(criu: string): Promise<string | undefined> {
 
 /** Does the container join a network namespace made outside it (a path), rather than get its own? */
 export function joinsNetworkNamespace(spec: OciSpec | undefined): boolean {
-  const namespaces = (spec?.linux as { namespaces?: { type?: string; path?: string }[] } | undefined)?.namespaces ?? [];
+  const namespaces = spec?.linux?.namespaces ?? [];
   return namespaces.some((n) => n.type === 'network' && !!n.path);
 }
 

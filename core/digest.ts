@@ -88,92 +88,12 @@ async function digestFileHere(file: string, buf: Buffer): Promise<Digest> {
 }
 
 /**
- * Worker thread body, inline (eval) so it works the same from dist/ and from
- * the bundled shim. Two roles:
- *  - workerData.follow = { dir, pattern }: follow matching files in dir until
- *    the parent posts 'finish', then post { digests: [[name, digest], ...] };
- *  - otherwise: for each posted { file }, post back its { size, sha256 }.
+ * The worker threads' module (digest-worker.ts), resolved when a thread
+ * starts. From dist/core/digest.js and from the shim's bundle
+ * (dist/shim/arch-runc.cjs, whose import.meta.url package.json's
+ * bundle:shim defines) alike, '../core/' leads to dist/core.
  */
-const WORKER_SOURCE = `
-const { createHash } = require('node:crypto');
-const fs = require('node:fs');
-const path = require('node:path');
-const { parentPort, workerData } = require('node:worker_threads');
-const buf = Buffer.allocUnsafe(${READ_SIZE * 2});
-const nap = (ms) => new Promise((r) => setTimeout(r, ms));
-
-function hashFile(file) {
-  const fd = fs.openSync(file, 'r');
-  try {
-    const h = createHash('sha256');
-    let pos = 0;
-    for (;;) {
-      const n = fs.readSync(fd, buf, 0, buf.length, pos);
-      if (n === 0) break;
-      h.update(buf.subarray(0, n));
-      pos += n;
-    }
-    return { size: pos, sha256: h.digest('hex') };
-  } finally {
-    fs.closeSync(fd);
-  }
-}
-
-// Read what has been written since last time; a file that shrank was rewritten: start over.
-function catchUp(f) {
-  const size = fs.fstatSync(f.fd).size;
-  if (size < f.pos) {
-    f.hash = createHash('sha256');
-    f.pos = 0;
-  }
-  while (f.pos < size) {
-    const n = fs.readSync(f.fd, buf, 0, Math.min(buf.length, size - f.pos), f.pos);
-    if (n === 0) break;
-    f.hash.update(buf.subarray(0, n));
-    f.pos += n;
-  }
-}
-
-async function follow({ dir, pattern }) {
-  const re = new RegExp(pattern);
-  const files = new Map();
-  let finishing = false;
-  parentPort.on('message', (m) => { if (m === 'finish') finishing = true; });
-  for (;;) {
-    const last = finishing;
-    let names = [];
-    try { names = fs.readdirSync(dir); } catch {}
-    for (const name of names) {
-      if (!re.test(name) || files.has(name)) continue;
-      try { files.set(name, { fd: fs.openSync(path.join(dir, name), 'r'), pos: 0, hash: createHash('sha256') }); } catch {}
-    }
-    for (const f of files.values()) catchUp(f);
-    if (last) break;
-    await nap(5);
-  }
-  const digests = [];
-  for (const [name, f] of files) {
-    fs.closeSync(f.fd);
-    digests.push([name, { size: f.pos, sha256: f.hash.digest('hex') }]);
-  }
-  return digests;
-}
-
-if (workerData && workerData.follow) {
-  follow(workerData.follow).then(
-    (digests) => parentPort.postMessage({ digests }),
-    (err) => parentPort.postMessage({ error: err.message }),
-  );
-} else {
-  parentPort.on('message', (job) => {
-    try {
-      parentPort.postMessage(hashFile(job.file));
-    } catch (err) {
-      parentPort.postMessage({ error: err.message });
-    }
-  });
-}
-`;
+const workerFile = (): URL => new URL('../core/digest-worker.js', import.meta.url);
 
 type WorkerReply = { error?: string } & Partial<Digest> & { digests?: [string, Digest][] };
 
@@ -212,7 +132,7 @@ export async function digestFiles(files: string[], opts: { sizes?: number[] } = 
   const workers = Math.min(large.length, cpus);
   let next = 0;
   const pool = Array.from({ length: Math.max(0, workers) }, async () => {
-    const w = new Worker(WORKER_SOURCE, { eval: true });
+    const w = new Worker(workerFile());
     try {
       while (next < large.length) {
         const i = large[next++]!;
@@ -258,7 +178,7 @@ export class DigestFollower {
     if (!workerThreads)
       throw new Error('DigestFollower needs worker threads, and this process hashes on its own thread only');
     return new DigestFollower(
-      new Worker(WORKER_SOURCE, { eval: true, workerData: { follow: { dir, pattern: pattern.source } } }),
+      new Worker(workerFile(), { workerData: { follow: { dir, pattern: pattern.source } } }),
       dir,
       pattern,
       opts,

@@ -9,8 +9,7 @@ import { networkLockOf, nftablesLockCheck } from './criu-network-lock.js';
 import { containerdChecks } from './containerd-config.js';
 import { criuEnv, parseEnvFile, type Settings } from './settings.js';
 import { snapshotState } from './shim-snapshot.js';
-import { payloadKeyCheck } from './temporal/payload-check.js';
-import { errorMessage } from './errors.js';
+import { errorMessage } from '../contract/errors.js';
 import { SCRATCH_ROOTS, STORE_KEY_SETTING, storeKeysOf } from './seal.js';
 import { DEFAULT_SIGNING_KEY, trustOf, type Trust } from './trust.js';
 
@@ -122,7 +121,11 @@ async function networkLockCheck(settings: Settings): Promise<Check> {
       };
 }
 
-export async function runDoctor(settings: Settings): Promise<Check[]> {
+/**
+ * `payloadCheck`: the Temporal payload key's check (temporal/payload-check.ts),
+ * passed in by the CLI so that the domain library does not import the Temporal side.
+ */
+export async function runDoctor(settings: Settings, payloadCheck: (s: Settings) => Check): Promise<Check[]> {
   const checks: Check[] = [];
   checks.push({
     name: 'node',
@@ -238,7 +241,7 @@ export async function runDoctor(settings: Settings): Promise<Check[]> {
     ok: true,
     detail: fs.existsSync(settings.configFile) ? settings.configFile : `${settings.configFile} (absent: defaults)`,
   });
-  checks.push(payloadKeyCheck(settings));
+  checks.push(payloadCheck(settings));
   checks.push(...allowedRootChecks(settings));
   checks.push(...signingChecks(settings));
   checks.push(storeKeyCheck(settings));

@@ -1,7 +1,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import type { Logger } from 'pino';
-import { ArchInputError, errorMessage } from './errors.js';
+import { ArchInputError, errorMessage } from '../contract/errors.js';
 
 /**
  * Deadline-aware drain planning: given a reclaim deadline and the containers

@@ -1,6 +1,6 @@
 import path from 'node:path';
-import { ArchInputError } from './errors.js';
-import { validateContainerId } from './ids.js';
+import { ArchInputError } from '../contract/errors.js';
+import { validateContainerId } from '../contract/ids.js';
 import { requireAllowedRoot } from './host-dirs.js';
 import { containerDir, requireAbsolutePath } from './paths.js';
 import { CheckpointStore } from './store.js';

@@ -2,7 +2,7 @@ import path from 'node:path';
 import { checkpointContainer, type CheckpointResult } from './checkpoint.js';
 import type { NodeContext } from './context.js';
 import { planDrain, ThroughputEstimator, type DrainPlan } from './drain-plan.js';
-import { errorMessage } from './errors.js';
+import { errorMessage } from '../contract/errors.js';
 import { findArchContainers, type ArchContainer } from './node-containers.js';
 import { describeSearched, type RuncRootsFound } from './runc-roots.js';
 

@@ -1,4 +1,4 @@
-import { errorMessage } from './errors.js';
+import { errorMessage } from '../contract/errors.js';
 import { recoverAfterDeath, type FreezeGuardPlan } from './freeze-guard.js';
 import { createLogger } from './log.js';
 

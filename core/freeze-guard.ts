@@ -4,7 +4,7 @@ import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 import { CgroupFreezer } from './cgroup-freezer.js';
-import { errorMessage } from './errors.js';
+import { errorMessage } from '../contract/errors.js';
 import type { Logger } from './log.js';
 import { isAlive } from './pid.js';
 import { Runc } from './runc.js';
@@ -59,8 +59,8 @@ export class FreezeGuard {
   static arm(plan: FreezeGuardPlan, log: Logger): FreezeGuard {
     let watcher: ChildProcess;
     try {
-      // Resolved here, not at load: the shim's CommonJS bundle has no import.meta.url (it never freezes).
-      const main = fileURLToPath(new URL('./freeze-guard-main.js', import.meta.url));
+      // '../core/': dist/core from this module and from the shim's bundle in dist/shim alike (core/digest.ts's worker too).
+      const main = fileURLToPath(new URL('../core/freeze-guard-main.js', import.meta.url));
       watcher = spawn('/bin/sh', ['-c', WATCH_SCRIPT, process.execPath, main, JSON.stringify(plan)], {
         // Its own session: a Ctrl-C or hangup that kills the checkpointer's process group spares it.
         detached: true,

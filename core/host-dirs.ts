@@ -1,7 +1,7 @@
 import fs from 'node:fs';
 import fsp, { type FileHandle } from 'node:fs/promises';
 import path from 'node:path';
-import { ArchInputError } from './errors.js';
+import { ArchInputError } from '../contract/errors.js';
 
 /**
  * Host directories that a container's environment names (its checkpoint

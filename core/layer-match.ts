@@ -4,13 +4,12 @@ import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import * as tar from 'tar';
-import { CheckpointUnusableError } from './errors.js';
+import { CheckpointUnusableError } from '../contract/errors.js';
+import { DELETED_FILES, ROOTFS_TAR } from './checkpoint-layout.js';
 import {
   canonical,
-  DELETED_FILES,
   isEmptyArchive,
   opaqueDirs,
-  ROOTFS_TAR,
   unreadable,
   validateDiffArchive,
   type Deletions,

@@ -3,9 +3,10 @@ import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { z } from 'zod';
 import { digestFiles, type Digest } from './digest.js';
-import { CheckpointUnusableError } from './errors.js';
+import { CheckpointUnusableError } from '../contract/errors.js';
 import { SEAL_ALG, sealedSize } from './seal.js';
-import { loadTrust, SIGNATURE_FILE, verifyManifestSignature, type Trust } from './trust.js';
+import { loadTrust, verifyManifestSignature, type Trust } from './trust.js';
+import { MANIFEST_FILE, SIGNATURE_FILE } from './checkpoint-layout.js';
 
 /**
  * The manifest is what makes a checkpoint trustworthy: restore refuses any
@@ -21,7 +22,6 @@ export const FORMAT_VERSION = 1;
  * yet upgraded keep restoring them.
  */
 export const SEALED_FORMAT_VERSION = 2;
-export const MANIFEST_FILE = 'manifest.json';
 
 const HEX64 = z.string().regex(/^[0-9a-f]{64}$/);
 const FileEntry = z.object({

@@ -8,7 +8,7 @@ import {
   parseContract,
   type EnabledContract,
 } from './env-contract.js';
-import { errorMessage } from './errors.js';
+import { errorMessage } from '../contract/errors.js';
 import { readSpec, rootfsOf } from './oci-spec.js';
 import { findUpperDir } from './rootfs-diff.js';
 import { Runc } from './runc.js';
@@ -37,7 +37,7 @@ export interface ArchContainer {
   lastRestoreFailure?: RestoreFailure;
 }
 
-/** What `arch-cli ls` and the list activity report of a container (workflows/types.ts ContainerSummary). */
+/** What `arch-cli ls` and the list activity report of a container (contract/types.ts ContainerSummary). */
 export function containerSummary(c: ArchContainer) {
   return {
     namespace: c.namespace,

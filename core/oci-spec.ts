@@ -1,8 +1,9 @@
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { writeFileAtomic } from './atomic-file.js';
+import { SPEC_FILE } from './checkpoint-layout.js';
 
-/** The parts of an OCI runtime spec (config.json) ARCH reads or changes. */
+/** The parts of an OCI runtime spec (config.json) ARCH reads or changes: the one type of it, for bundles, checkpoints and containerd's record. */
 export interface OciMount {
   destination: string;
   source?: string;
@@ -15,16 +16,17 @@ export interface OciSpec {
   root?: { path: string; readonly?: boolean };
   mounts?: OciMount[];
   annotations?: Record<string, string>;
+  linux?: { cgroupsPath?: string; namespaces?: { type: string; path?: string }[]; [k: string]: unknown };
   [k: string]: unknown;
 }
 
 export async function readSpec(bundle: string): Promise<OciSpec> {
-  return JSON.parse(await fs.readFile(path.join(bundle, 'config.json'), 'utf8')) as OciSpec;
+  return JSON.parse(await fs.readFile(path.join(bundle, SPEC_FILE), 'utf8')) as OciSpec;
 }
 
 /** Rewrite config.json atomically (a half-written spec would break the create). */
 export async function writeSpec(bundle: string, spec: OciSpec): Promise<void> {
-  await writeFileAtomic(path.join(bundle, 'config.json'), JSON.stringify(spec));
+  await writeFileAtomic(path.join(bundle, SPEC_FILE), JSON.stringify(spec));
 }
 
 /**

@@ -1,7 +1,7 @@
 import fsp from 'node:fs/promises';
 import type http2 from 'node:http2';
 import net from 'node:net';
-import { CheckpointUnusableError } from './errors.js';
+import { CheckpointUnusableError } from '../contract/errors.js';
 import type { Manifest } from './manifest.js';
 import type { OciSpec } from './oci-spec.js';
 import { stringField, wireFields } from './protobuf-wire.js';

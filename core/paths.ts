@@ -1,6 +1,6 @@
 import path from 'node:path';
-import { ArchInputError } from './errors.js';
-import { validateContainerId, validateNamespace } from './ids.js';
+import { ArchInputError } from '../contract/errors.js';
+import { validateContainerId, validateNamespace } from '../contract/ids.js';
 
 /** Require an absolute, normalised host path (no "..", no NUL). */
 export function requireAbsolutePath(value: string, field: string): string {

@@ -5,13 +5,13 @@ import { CgroupFreezer } from './cgroup-freezer.js';
 import { criuRunEnv } from './criu-network-lock.js';
 import type { NodeContext } from './context.js';
 import { checkpointKeyOf, checkpointStoreOf, type EnabledContract } from './env-contract.js';
-import { CheckpointUnusableError, errorMessage } from './errors.js';
+import { CheckpointUnusableError, errorMessage } from '../contract/errors.js';
 import type { Foreground } from './foreground.js';
 import { verifyCheckpointDirStaged, type Manifest } from './manifest.js';
 import { rootfsOf, writeSpec, type OciSpec } from './oci-spec.js';
 import { assertSameOwner, ownerOf } from './owner.js';
 import { layerDifference } from './layer-match.js';
-import { applyDiff, DELETED_FILES, findOverlayDirs, ROOTFS_TAR } from './rootfs-diff.js';
+import { applyDiff, findOverlayDirs } from './rootfs-diff.js';
 import type { Runc } from './runc.js';
 import {
   keyFor,
@@ -24,6 +24,7 @@ import {
   type StoreKeys,
 } from './seal.js';
 import { trustOf } from './trust.js';
+import { CRIU_DIR, DELETED_FILES, PAGE_IMAGE_PATH, ROOTFS_TAR } from './checkpoint-layout.js';
 
 /**
  * Restore a container in place of its create (or of a `runc run`, in the
@@ -56,7 +57,6 @@ export interface RestoreResult {
 }
 
 /** CRIU's raw page images: restored into stopped processes while their digests are still being checked. */
-const PAGE_IMAGES = /^criu\/pages-\d+\.img$/;
 /** runc passes the file this annotation names to CRIU as its configuration (runc >= 1.0). */
 const CRIU_CONFIG_ANNOTATION = 'org.criu.config';
 /** What runc gives CRIU when the annotation is absent. */
@@ -112,7 +112,7 @@ async function restoreHolding(
   // images', then whose checkpoint it is: all before a byte of the archive
   // is extracted (a forged archive must never reach the disk, not even for
   // the moment it takes a parallel check to fail).
-  const verified = verifyCheckpointDirStaged(dir, { defer: overlap ? PAGE_IMAGES : undefined, trust }).then(
+  const verified = verifyCheckpointDirStaged(dir, { defer: overlap ? PAGE_IMAGE_PATH : undefined, trust }).then(
     async (v) => {
       timings.verify = Date.now() - t;
       // The checkpoint's name (ARCH_CHECKPOINT_ID, else the container id) must be the one this container looks for.
@@ -147,11 +147,11 @@ async function restoreHolding(
   });
   const imagesStaged = layerSource.then(async (src) => {
     const v = await verified;
-    if (!v.keys) return path.join(dir, 'criu');
+    if (!v.keys) return path.join(dir, CRIU_DIR);
     const s = Date.now();
-    await stageFiles(dir, src, v.manifest, v.keys, (p) => p.startsWith('criu/'));
+    await stageFiles(dir, src, v.manifest, v.keys, (p) => p.startsWith(`${CRIU_DIR}/`));
     timings.unsealImages = Date.now() - s;
-    return path.join(src, 'criu');
+    return path.join(src, CRIU_DIR);
   });
   const layer = layerSource.then(async (src) => {
     const v = await verified;

@@ -2,7 +2,8 @@ import { execa } from 'execa';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
 import * as tar from 'tar';
-import { CheckpointUnusableError } from './errors.js';
+import { CheckpointUnusableError } from '../contract/errors.js';
+import { DELETED_FILES, ROOTFS_TAR } from './checkpoint-layout.js';
 
 /**
  * The container's writable layer: what its processes created, changed and
@@ -14,8 +15,6 @@ import { CheckpointUnusableError } from './errors.js';
  *   rootfs-diff.tar   regular files, directories, symlinks, hard links
  *   deleted.files     JSON {whiteouts: [...], opaque: [...]} (relative paths)
  */
-export const ROOTFS_TAR = 'rootfs-diff.tar';
-export const DELETED_FILES = 'deleted.files';
 
 export interface Deletions {
   whiteouts: string[];

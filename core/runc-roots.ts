@@ -1,7 +1,7 @@
 import fsp from 'node:fs/promises';
 import path from 'node:path';
-import { errorMessage } from './errors.js';
-import { validateContainerId, validateNamespace } from './ids.js';
+import { errorMessage } from '../contract/errors.js';
+import { validateContainerId, validateNamespace } from '../contract/ids.js';
 import type { Settings } from './settings.js';
 
 /**

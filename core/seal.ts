@@ -4,7 +4,7 @@ import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Digest } from './digest.js';
-import { ArchInputError, CheckpointUnusableError } from './errors.js';
+import { ArchInputError, CheckpointUnusableError } from '../contract/errors.js';
 import { requireAbsolutePath } from './paths.js';
 import { isAlive } from './pid.js';
 import { settingsVars } from './settings.js';

@@ -1,6 +1,6 @@
 import fs from 'node:fs';
 import os from 'node:os';
-import { ArchInputError } from './errors.js';
+import { ArchInputError } from '../contract/errors.js';
 import { requireAbsolutePath } from './paths.js';
 
 /**

@@ -2,18 +2,12 @@ import { randomBytes } from 'node:crypto';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
 import type { Digest } from './digest.js';
-import { ArchInputError, CheckpointUnusableError } from './errors.js';
+import { ArchInputError, CheckpointUnusableError } from '../contract/errors.js';
 import { holdDir, mayRemove, type HeldDir } from './host-dirs.js';
 import { isAlive } from './pid.js';
-import {
-  describeFiles,
-  listFiles,
-  MANIFEST_FILE,
-  parseManifest,
-  verifyCheckpointDir,
-  type Manifest,
-} from './manifest.js';
-import { loadTrust, signManifest, SIGNATURE_FILE, type Trust } from './trust.js';
+import { describeFiles, listFiles, parseManifest, verifyCheckpointDir, type Manifest } from './manifest.js';
+import { loadTrust, signManifest, type Trust } from './trust.js';
+import { MANIFEST_FILE, SIGNATURE_FILE } from './checkpoint-layout.js';
 
 /**
  * One container's checkpoints: <root>/<ns>/<id>/.

@@ -33,12 +33,13 @@ import path from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { Transform } from 'node:stream';
 import { StreamDigest, type Digest } from './digest.js';
-import { ArchInputError, CheckpointUnusableError } from './errors.js';
+import { ArchInputError, CheckpointUnusableError } from '../contract/errors.js';
 import type { Logger } from './log.js';
-import { MANIFEST_FILE, parseManifest, type Manifest } from './manifest.js';
-import { loadTrust, SIGNATURE_FILE, verifyManifestSignature, type Trust } from './trust.js';
+import { parseManifest, type Manifest } from './manifest.js';
+import { loadTrust, verifyManifestSignature, type Trust } from './trust.js';
 import type { Settings } from './settings.js';
 import type { CheckpointStore } from './store.js';
+import { MANIFEST_FILE, SIGNATURE_FILE } from './checkpoint-layout.js';
 
 export interface Offer {
   url: string;

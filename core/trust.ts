@@ -1,8 +1,9 @@
 import { createHash, createPrivateKey, createPublicKey, sign, verify, type KeyObject } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
-import { ArchInputError, CheckpointUnusableError, errorMessage } from './errors.js';
+import { ArchInputError, CheckpointUnusableError, errorMessage } from '../contract/errors.js';
 import { settingsVars } from './settings.js';
+import { SIGNATURE_FILE } from './checkpoint-layout.js';
 
 /**
  * Who may write a checkpoint that this node restores. Anyone who can write
@@ -22,7 +23,6 @@ import { settingsVars } from './settings.js';
  *                        older ARCH are restored (with a warning each time)
  */
 export const DEFAULT_SIGNING_KEY = '/etc/arch/keys/node.key';
-export const SIGNATURE_FILE = 'manifest.sig';
 const SIGNATURE_FORMAT = 1;
 
 export interface Trust {

@@ -20,9 +20,9 @@ async function main(): Promise<void> {
   const started = Date.now();
   const { code } = await bundleWorkflowCode({
     workflowsPath,
-    // Failure messages encrypted like every payload (core/temporal/failure-converter.ts);
+    // Failure messages encrypted like every payload (contract/failure-converter.ts);
     // the worker loads the same file for its activities.
-    failureConverterPath: path.join(distDir, 'core', 'temporal', 'failure-converter.js'),
+    failureConverterPath: path.join(distDir, 'contract', 'failure-converter.js'),
     // Keep webpack's chatter out of the build output; errors still throw.
     logger: { log() {}, trace() {}, debug() {}, info() {}, warn: console.warn, error: console.error },
   });

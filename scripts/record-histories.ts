@@ -21,7 +21,7 @@
 import fs from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import type { WorkflowHandle } from '@temporalio/client';
-import { WORKFLOW_TASK_QUEUE, workflowIds } from '../core/temporal/names.js';
+import { WORKFLOW_TASK_QUEUE, workflowIds } from '../contract/names.js';
 import type {
   DrainInput,
   ListNodeInput,
@@ -29,7 +29,7 @@ import type {
   PauseInput,
   ReclaimWatchInput,
   ReclaimWatchState,
-} from '../workflows/types.js';
+} from '../contract/types.js';
 import { cleanupStaleNodes } from '../test/support/containerd-node.js';
 import { historyFile, historyToJson, testPayloadKey } from '../test/support/histories.js';
 import { outcome, startCluster, stopAllTemporal, waitUntil, type TestCluster } from '../test/support/temporal.js';

@@ -23,8 +23,8 @@ import {
   parseContract,
   type EnabledContract,
 } from '../core/env-contract.js';
-import { ArchInputError, CheckpointUnusableError, errorMessage } from '../core/errors.js';
-import { validateContainerId, validateNamespace } from '../core/ids.js';
+import { ArchInputError, CheckpointUnusableError, errorMessage } from '../contract/errors.js';
+import { validateContainerId, validateNamespace } from '../contract/ids.js';
 import { joinedPidNamespace, readSpec, withWorkdirMount, writeSpec, type OciSpec } from '../core/oci-spec.js';
 import { restoreFromCheckpoint } from '../core/restore.js';
 import {
@@ -47,12 +47,11 @@ import {
   recordedExit,
   runningHolderOf,
   updateShimState,
-  wasKilled,
-  wasOomKilled,
   writeShimState,
   type RestoreFailure,
   type ShimState,
 } from '../core/shim-state.js';
+import { finishedPredecessor, newerOwner, stoppedReason } from '../core/checkpoint-holder.js';
 import { CheckpointStore } from '../core/store.js';
 import { prepareWorkDir, removeWorkDir, type PreparedWorkDir } from '../core/work-dir.js';
 import { runRealRunc, startRealRunc, withNodeCriu } from './passthrough.js';
@@ -609,60 +608,6 @@ async function finishForeground(
   const keptBecause = stopped ?? signalled ?? (code !== 0 ? `exited with code ${code}` : undefined);
   await settleCheckpoint(s, id, keptBecause, code, log);
   return code;
-}
-
-/** Why a container was stopped rather than finishing its job (undefined: it exited by itself). */
-async function stoppedReason(root: string, id: string, checkpointed: boolean): Promise<string | undefined> {
-  if (checkpointed) return 'checkpointed';
-  if (await wasKilled(root, id)) return 'stopped from outside';
-  if (await wasOomKilled(root, id)) return 'OOM-killed';
-  return undefined;
-}
-
-/** The current checkpoint and the container that published it (undefined: none, or unreadable). */
-async function currentPublisher(store: CheckpointStore): Promise<{ dir: string; containerId: string } | undefined> {
-  try {
-    const dir = await store.current();
-    const m = dir ? await store.readManifest() : null;
-    return dir && m ? { dir, containerId: m.containerId } : undefined;
-  } catch {
-    return undefined;
-  }
-}
-
-/**
- * The container that published the current checkpoint, when it is not this
- * one and this one did not restore from it: that container carries the job
- * on now (a successor with the same ARCH_CHECKPOINT_ID, e.g. a restarted
- * pod), and this one's clean exit must not remove its checkpoint. An
- * unreadable checkpoint is removed by a clean exit, as before.
- */
-async function newerOwner(
-  store: CheckpointStore,
-  id: string,
-  restoredFrom: string | undefined,
-): Promise<string | undefined> {
-  const p = await currentPublisher(store);
-  return p && p.dir !== restoredFrom && p.containerId !== id ? p.containerId : undefined;
-}
-
-/**
- * The container that published the current checkpoint, if it is another one
- * still in this runc root that exited 0 by itself (known from its exit record,
- * not assumed) and was not stopped. An unreadable checkpoint is left to
- * restore, which falls back to a fresh start.
- */
-async function finishedPredecessor(root: string, store: CheckpointStore, id: string): Promise<string | undefined> {
-  const owner = (await currentPublisher(store))?.containerId;
-  if (!owner || owner === id) return undefined;
-  try {
-    validateContainerId(owner); // from storage: it becomes a path below the runc root
-  } catch {
-    return undefined;
-  }
-  const s = await readShimState(root, owner);
-  if (!s || (await recordedExit(root, owner))?.exitStatus !== 0) return undefined;
-  return (await stoppedReason(root, owner, s.checkpointed)) ? undefined : owner;
 }
 
 /** Run one runc call and exit with its code (the bundle's entry, shim/entry.ts, calls this). */

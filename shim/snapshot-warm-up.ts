@@ -20,6 +20,7 @@ import path from 'node:path';
 import { FORMAT_VERSION } from '../core/manifest.js';
 import { captureDiff, applyDiff } from '../core/rootfs-diff.js';
 import { CheckpointStore } from '../core/store.js';
+import { CRIU_DIR, SPEC_FILE } from '../core/checkpoint-layout.js';
 
 const NAMESPACE = 'warm-up';
 const ID = 'arch-snapshot-warm-up';
@@ -43,7 +44,7 @@ export async function warmUp(main: (argv: string[]) => Promise<number>): Promise
       },
       root: { path: 'rootfs' },
     };
-    await fsp.writeFile(path.join(bundle, 'config.json'), JSON.stringify(spec));
+    await fsp.writeFile(path.join(bundle, SPEC_FILE), JSON.stringify(spec));
     // A key of its own: the restore verifies the manifest's signature (and that code gets warmed too).
     const signingKey = path.join(tmp, 'node.key');
     await fsp.writeFile(
@@ -105,14 +106,14 @@ export async function warmUp(main: (argv: string[]) => Promise<number>): Promise
 async function makeCheckpoint(containerDir: string, tmp: string): Promise<void> {
   const store = new CheckpointStore(containerDir);
   const staging = await store.begin();
-  await fsp.mkdir(path.join(staging.dir, 'criu'));
+  await fsp.mkdir(path.join(staging.dir, CRIU_DIR));
   for (const [name, bytes] of [
     ['inventory.img', 64],
     ['core-1.img', 4096],
     ['pagemap-1.img', 256],
     ['pages-1.img', 64 * 1024],
   ] as const) {
-    await fsp.writeFile(path.join(staging.dir, 'criu', name), Buffer.alloc(bytes, name.length));
+    await fsp.writeFile(path.join(staging.dir, CRIU_DIR, name), Buffer.alloc(bytes, name.length));
   }
   // The writable layer is captured and applied here too (the restore leaves
   // it alone: this bundle's rootfs is no overlay mount).

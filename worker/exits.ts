@@ -10,8 +10,8 @@
  */
 import path from 'node:path';
 import type { Containerd } from '../core/containerd.js';
-import { errorMessage } from '../core/errors.js';
-import { validateContainerId, validateNamespace } from '../core/ids.js';
+import { errorMessage } from '../contract/errors.js';
+import { validateContainerId, validateNamespace } from '../contract/ids.js';
 import type { Logger } from '../core/log.js';
 import { findRuncRoots } from '../core/runc-roots.js';
 import type { Settings } from '../core/settings.js';

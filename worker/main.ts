@@ -6,7 +6,7 @@
  * checkpoint above all) finish within --shutdown-grace, then exit 0.
  */
 import { Command, InvalidArgumentError } from 'commander';
-import { ArchInputError, errorMessage } from '../core/errors.js';
+import { ArchInputError, errorMessage } from '../contract/errors.js';
 import { loadSettings } from '../core/settings.js';
 import { addWorkerOptions, workerOptionsFrom, type WorkerFlags } from './options.js';
 import { startNodeWorker } from './run.js';

@@ -13,15 +13,16 @@
 import { Client, Connection } from '@temporalio/client';
 import { createWatcher, loadCloudConfig, type CloudWatcher, type ReclaimNotice } from '../core/cloud/index.js';
 import type { NodeContext } from '../core/context.js';
-import { errorMessage } from '../core/errors.js';
+import { errorMessage } from '../contract/errors.js';
 import { finalizeNode } from '../core/finalize.js';
 import { settingsVars } from '../core/settings.js';
-import { connectionOptions, type TemporalTarget } from '../core/temporal/connection.js';
-import { clientDataConverter, type PayloadProtection } from '../core/temporal/data-converter.js';
-import { WORKFLOW_TASK_QUEUE, WORKFLOW_TYPES, workflowIds } from '../core/temporal/names.js';
-import { waitForReclaimDrain } from '../core/temporal/reclaim-drain.js';
-import { attributePairs } from '../core/temporal/search-attributes.js';
-import type { ReclaimSignal, ReclaimWatchInput } from '../workflows/types.js';
+import { connectionOptions, type TemporalTarget } from '../temporal/connection.js';
+import { clientDataConverter, type PayloadProtection } from '../temporal/data-converter.js';
+import { WORKFLOW_TASK_QUEUE, workflowIds } from '../contract/names.js';
+import { waitForReclaimDrain } from '../temporal/reclaim-drain.js';
+import { attributePairs } from '../contract/search-attributes.js';
+import type { ReclaimSignal, ReclaimWatchInput } from '../contract/types.js';
+import { nodeReclaimWatch, reclaimSignal } from '../workflows/reclaim.js';
 
 /** How long a notice's handler waits for its drain to start before letting go. */
 const DRAIN_START_WAIT_MS = 15_000;
@@ -44,18 +45,18 @@ export async function signalReclaim(
   targets: string[],
   signal: ReclaimSignal,
 ): Promise<void> {
-  await client.workflow.signalWithStart(WORKFLOW_TYPES.reclaimWatch, {
+  await client.workflow.signalWithStart(nodeReclaimWatch, {
     taskQueue: WORKFLOW_TASK_QUEUE,
     workflowId: workflowIds.reclaimWatch(node),
     args: [{ node, targets } satisfies ReclaimWatchInput],
-    signal: 'reclaim',
+    signal: reclaimSignal,
     signalArgs: [signal],
     typedSearchAttributes: attributePairs({
       sourceNode: node,
       targetNode: targets.join(','),
       operation: 'reclaim-watch',
       phase: 'watching',
-    }) as never,
+    }),
   });
 }
 

@@ -2,8 +2,8 @@
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { requireAbsolutePath } from '../core/paths.js';
 import type { Settings } from '../core/settings.js';
-import { isValidNodeName, NODE_NAME_RULE } from '../core/temporal/names.js';
-import { parseDurationMs, parseHostPort } from './args.js';
+import { isValidNodeName, NODE_NAME_RULE } from '../contract/names.js';
+import { parseDurationMs, parseHostPort } from '../core/option-parsers.js';
 import type { NodeWorkerOptions } from './run.js';
 
 export interface WorkerFlags {

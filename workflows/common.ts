@@ -15,11 +15,11 @@ import {
   type ActivityOptions,
 } from '@temporalio/workflow';
 import type { ArchActivities } from '../activities/index.js';
-import { attributePairs, type ArchAttributes } from '../core/temporal/search-attributes.js';
-import { FailureType, NON_RETRYABLE } from '../core/temporal/failures.js';
-import { isValidNodeName, NODE_NAME_RULE, nodeTaskQueue } from '../core/temporal/names.js';
-import { validateContainerId, validateNamespace } from '../core/ids.js';
-import type { ActivityTimeouts, ContainerRef } from './types.js';
+import { attributePairs, type ArchAttributes } from '../contract/search-attributes.js';
+import { FailureType, NON_RETRYABLE } from '../contract/failures.js';
+import { isValidNodeName, NODE_NAME_RULE, nodeTaskQueue } from '../contract/names.js';
+import { validateContainerId, validateNamespace } from '../contract/ids.js';
+import type { ActivityTimeouts, ContainerRef } from '../contract/types.js';
 
 export const DEFAULTS = {
   nodeStartTimeoutMs: 30_000,

@@ -1,4 +1,4 @@
-import type { DrainContainerResult } from './types.js';
+import type { DrainContainerResult } from '../contract/types.js';
 
 /**
  * How a drain went, counted once for the drain's own summary, the reclaim

@@ -14,7 +14,7 @@
  * is restored on a target, round-robin, trying the next target if one fails.
  */
 import { ApplicationFailure, log } from '@temporalio/workflow';
-import { FailureType } from '../core/temporal/failures.js';
+import { FailureType } from '../contract/failures.js';
 import {
   boundedAll,
   checkDeadline,
@@ -37,7 +37,7 @@ import {
   Timeline,
   withdrawOffer,
   withdrawsOffers,
-} from './migrate.js';
+} from './move-steps.js';
 import type {
   ActivityTimeouts,
   CheckpointInfo,
@@ -48,7 +48,7 @@ import type {
   DrainResult,
   PlannedContainer,
   TransferOffer,
-} from './types.js';
+} from '../contract/types.js';
 
 const secs = (ms: number): string => `${(ms / 1000).toFixed(1)} s`;
 

@@ -5,9 +5,9 @@
  * so `arch-cli status` does not list it.
  */
 import { ApplicationFailure } from '@temporalio/workflow';
-import { FailureType } from '../core/temporal/failures.js';
+import { FailureType } from '../contract/failures.js';
 import { checkNode, failureTypeOf, nodeUnavailable, onNode, rootMessage } from './common.js';
-import type { ContainerSummary, ListNodeInput } from './types.js';
+import type { ContainerSummary, ListNodeInput } from '../contract/types.js';
 
 export async function listNodeContainers(input: ListNodeInput): Promise<ContainerSummary[]> {
   const node = checkNode(input.node, 'node');

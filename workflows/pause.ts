@@ -6,7 +6,7 @@
  * Temporal Schedules `arch-cli schedule create` makes.
  */
 import { ApplicationFailure } from '@temporalio/workflow';
-import { FailureType } from '../core/temporal/failures.js';
+import { FailureType } from '../contract/failures.js';
 import {
   boundedAll,
   checkNode,
@@ -18,8 +18,8 @@ import {
   track,
   DEFAULTS,
 } from './common.js';
-import { checkpointOn, Timeline, withdrawsOffers } from './migrate.js';
-import type { ContainerSummary, PauseInput, PauseItemResult, PauseResult } from './types.js';
+import { checkpointOn, Timeline, withdrawsOffers } from './move-steps.js';
+import type { ContainerSummary, PauseInput, PauseItemResult, PauseResult } from '../contract/types.js';
 
 async function select(input: PauseInput, node: string, action: 'pause' | 'resume'): Promise<ContainerSummary[]> {
   try {

@@ -19,11 +19,11 @@ import {
   uuid4,
   workflowInfo,
 } from '@temporalio/workflow';
-import { workflowIds } from '../core/temporal/names.js';
+import { workflowIds } from '../contract/names.js';
 import { checkDeadline, checkNode, inputFailure, rootMessage, track } from './common.js';
 import { drainNode } from './drain.js';
 import { drainCounts } from './drain-outcomes.js';
-import type { ReclaimRecord, ReclaimSignal, ReclaimWatchInput, ReclaimWatchState } from './types.js';
+import type { ReclaimRecord, ReclaimSignal, ReclaimWatchInput, ReclaimWatchState } from '../contract/types.js';
 
 export const reclaimSignal = defineSignal<[ReclaimSignal]>('reclaim');
 export const reclaimStateQuery = defineQuery<ReclaimWatchState>('state');

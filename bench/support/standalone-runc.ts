@@ -7,6 +7,7 @@ import { execa } from 'execa';
 import { buildRootfs } from '../../test/support/images.js';
 import { msSince } from './stats.js';
 import { removeCgroups } from '../../test/support/containerd-node.js';
+import { SPEC_FILE } from '../../core/checkpoint-layout.js';
 
 /**
  * runc without containerd: the "raw tool" baseline. Containers live in a
@@ -83,10 +84,7 @@ export class StandaloneRunc {
       const dir = path.join(this.base, 'spec-template');
       await fsp.mkdir(dir, { recursive: true });
       await execa(this.opts.runc, ['spec'], { cwd: dir });
-      this.specTemplate = JSON.parse(await fsp.readFile(path.join(dir, 'config.json'), 'utf8')) as Record<
-        string,
-        unknown
-      >;
+      this.specTemplate = JSON.parse(await fsp.readFile(path.join(dir, SPEC_FILE), 'utf8')) as Record<string, unknown>;
     }
     return structuredClone(this.specTemplate);
   }
@@ -105,7 +103,7 @@ export class StandaloneRunc {
     spec.root = { path: path.join(bundle, 'rootfs'), readonly: false };
     spec.hostname = 'arch-bench';
     (spec.linux as Record<string, unknown>).cgroupsPath = `${this.cgroupParent}/${name}`;
-    await fsp.writeFile(path.join(bundle, 'config.json'), JSON.stringify(spec, null, 1));
+    await fsp.writeFile(path.join(bundle, SPEC_FILE), JSON.stringify(spec, null, 1));
     return bundle;
   }
 

@@ -22,7 +22,7 @@ import {
   payloadFromJson,
   payloadToJson,
   type JsonPayload,
-} from '../../core/temporal/codec.js';
+} from '../../temporal/codec.js';
 import type { CliContext } from '../context.js';
 import { CliError, EXIT } from '../exit-codes.js';
 

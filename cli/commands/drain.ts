@@ -1,10 +1,10 @@
 /** arch-cli drain NODE --to B[,C] [--deadline 2m] [--wait] */
 import type { Command } from 'commander';
-import { ArchInputError } from '../../core/errors.js';
-import { WORKFLOW_TASK_QUEUE, WORKFLOW_TYPES, workflowIds } from '../../core/temporal/names.js';
-import { attributePairs } from '../../core/temporal/search-attributes.js';
+import { ArchInputError } from '../../contract/errors.js';
+import { WORKFLOW_TASK_QUEUE, workflowIds } from '../../contract/names.js';
+import { attributePairs } from '../../contract/search-attributes.js';
 import { drainCounts } from '../../workflows/drain-outcomes.js';
-import type { DrainInput, DrainResult } from '../../workflows/types.js';
+import type { DrainInput, DrainResult } from '../../contract/types.js';
 import { requireWorkers } from '../connect.js';
 import { nodeArg, nodeList, suffix, type CliContext } from '../context.js';
 import { CliError, EXIT } from '../exit-codes.js';
@@ -85,7 +85,9 @@ export function registerDrain(program: Command, ctx: CliContext): void {
         const client = await ctx.client();
         await requireWorkers(client, [node, ...targets]);
         const workflowId = workflowIds.drain(node, suffix());
-        const handle = await client.workflow.start(WORKFLOW_TYPES.drain, {
+        // The workflow module (and @temporalio/workflow) only when a workflow starts: the CLI's other commands do not load it.
+        const { drainNode } = await import('../../workflows/drain.js');
+        const handle = await client.workflow.start(drainNode, {
           taskQueue: WORKFLOW_TASK_QUEUE,
           workflowId,
           args: [input],
@@ -94,7 +96,7 @@ export function registerDrain(program: Command, ctx: CliContext): void {
             targetNode: targets.join(','),
             operation: 'drain',
             phase: 'queued',
-          }) as never,
+          }),
           staticSummary: `drain ${node} → ${targets.join(', ') || '(checkpoint only)'} by ${input.deadline}`,
         });
         out.info(`drain ${workflowId} started (deadline ${input.deadline})`);

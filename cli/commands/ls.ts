@@ -1,11 +1,11 @@
 /** arch-cli ls [--node N] [--namespace NS]: ARCH containers of a node and their checkpoints. */
 import type { Command } from 'commander';
-import { validateNamespace } from '../../core/ids.js';
+import { validateNamespace } from '../../contract/ids.js';
 import { createLogger } from '../../core/log.js';
 import { containerSummary, findArchContainers } from '../../core/node-containers.js';
 import { describeSearched } from '../../core/runc-roots.js';
-import { WORKFLOW_TASK_QUEUE } from '../../core/temporal/names.js';
-import type { ContainerSummary, ListNodeInput } from '../../workflows/types.js';
+import { WORKFLOW_TASK_QUEUE } from '../../contract/names.js';
+import type { ContainerSummary, ListNodeInput } from '../../contract/types.js';
 import { requireWorkers } from '../connect.js';
 import { nodeArg, suffix, type CliContext } from '../context.js';
 import { failureToCliError } from '../follow.js';
@@ -67,7 +67,9 @@ export function registerLs(program: Command, ctx: CliContext): void {
       const input: ListNodeInput = { node, namespaces: o.namespace ? [o.namespace] : undefined };
       let list: ContainerSummary[];
       try {
-        list = await client.workflow.execute('listNodeContainers', {
+        // The workflow module (and @temporalio/workflow) only when a workflow starts: the CLI's other commands do not load it.
+        const { listNodeContainers } = await import('../../workflows/list.js');
+        list = await client.workflow.execute(listNodeContainers, {
           taskQueue: WORKFLOW_TASK_QUEUE,
           workflowId: `arch-ls-${node}-${suffix()}`,
           args: [input],

@@ -1,11 +1,11 @@
 /** arch-cli migrate NS/ID --from A --to B [--wait] */
 import { Option, type Command } from 'commander';
-import { ArchInputError } from '../../core/errors.js';
-import { parseContainerRef } from '../../core/ids.js';
-import { WORKFLOW_TASK_QUEUE, WORKFLOW_TYPES, workflowIds } from '../../core/temporal/names.js';
-import { attributePairs } from '../../core/temporal/search-attributes.js';
-import type { MigrateInput, MigrateResult } from '../../workflows/types.js';
-import { parseDurationMs } from '../../worker/args.js';
+import { ArchInputError } from '../../contract/errors.js';
+import { parseContainerRef } from '../../contract/ids.js';
+import { WORKFLOW_TASK_QUEUE, workflowIds } from '../../contract/names.js';
+import { attributePairs } from '../../contract/search-attributes.js';
+import type { MigrateInput, MigrateResult } from '../../contract/types.js';
+import { parseDurationMs } from '../../core/option-parsers.js';
 import { requireWorkers } from '../connect.js';
 import { nodeArg, suffix, type CliContext } from '../context.js';
 import { CliError, EXIT } from '../exit-codes.js';
@@ -56,7 +56,9 @@ export function registerMigrate(program: Command, ctx: CliContext): void {
         const client = await ctx.client();
         await requireWorkers(client, [o.from, o.to]);
         const workflowId = workflowIds.migrate(ref.namespace, ref.id, suffix());
-        const handle = await client.workflow.start(WORKFLOW_TYPES.migrate, {
+        // The workflow module (and @temporalio/workflow) only when a workflow starts: the CLI's other commands do not load it.
+        const { migrateContainer } = await import('../../workflows/migrate.js');
+        const handle = await client.workflow.start(migrateContainer, {
           taskQueue: WORKFLOW_TASK_QUEUE,
           workflowId,
           args: [input],
@@ -67,7 +69,7 @@ export function registerMigrate(program: Command, ctx: CliContext): void {
             targetNode: o.to,
             operation: 'migrate',
             phase: 'queued',
-          }) as never,
+          }),
           staticSummary: `migrate ${ref.namespace}/${ref.id}: ${o.from} → ${o.to}`,
         });
         out.info(`migration ${workflowId} started`);

@@ -1,9 +1,9 @@
 /** arch-cli pause|resume --node N [--namespace NS] [IDS...] [--wait] */
 import type { Command } from 'commander';
-import { validateContainerId, validateNamespace } from '../../core/ids.js';
-import { WORKFLOW_TASK_QUEUE, WORKFLOW_TYPES, workflowIds } from '../../core/temporal/names.js';
-import { attributePairs } from '../../core/temporal/search-attributes.js';
-import type { PauseInput, PauseResult } from '../../workflows/types.js';
+import { validateContainerId, validateNamespace } from '../../contract/ids.js';
+import { WORKFLOW_TASK_QUEUE, workflowIds } from '../../contract/names.js';
+import { attributePairs } from '../../contract/search-attributes.js';
+import type { PauseInput, PauseResult } from '../../contract/types.js';
 import { requireWorkers } from '../connect.js';
 import { nodeArg, suffix, type CliContext } from '../context.js';
 import { CliError, EXIT } from '../exit-codes.js';
@@ -48,7 +48,9 @@ export function registerPauseResume(program: Command, ctx: CliContext): void {
         const client = await ctx.client();
         await requireWorkers(client, [o.node]);
         const workflowId = (action === 'pause' ? workflowIds.pause : workflowIds.resume)(o.node, suffix());
-        const handle = await client.workflow.start(action === 'pause' ? WORKFLOW_TYPES.pause : WORKFLOW_TYPES.resume, {
+        // The workflow module (and @temporalio/workflow) only when a workflow starts: the CLI's other commands do not load it.
+        const { pauseContainers, resumeContainers } = await import('../../workflows/pause.js');
+        const handle = await client.workflow.start(action === 'pause' ? pauseContainers : resumeContainers, {
           taskQueue: WORKFLOW_TASK_QUEUE,
           workflowId,
           args: [input],
@@ -57,7 +59,7 @@ export function registerPauseResume(program: Command, ctx: CliContext): void {
             targetNode: o.node,
             operation: action,
             phase: 'queued',
-          }) as never,
+          }),
           staticSummary: `${action} on ${o.node}`,
         });
         out.info(`${action} ${workflowId} started`);

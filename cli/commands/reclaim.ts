@@ -5,11 +5,11 @@
  * starts and shows its results (what was not expected to fit, too).
  */
 import type { Command } from 'commander';
-import { WORKFLOW_TASK_QUEUE, WORKFLOW_TYPES, workflowIds } from '../../core/temporal/names.js';
-import { attributePairs } from '../../core/temporal/search-attributes.js';
-import type { ReclaimSignal, ReclaimWatchInput, ReclaimWatchState } from '../../workflows/types.js';
-import { waitForReclaimDrain } from '../../core/temporal/reclaim-drain.js';
-import type { DrainResult } from '../../workflows/types.js';
+import { WORKFLOW_TASK_QUEUE, workflowIds } from '../../contract/names.js';
+import { attributePairs } from '../../contract/search-attributes.js';
+import type { ReclaimSignal, ReclaimWatchInput, ReclaimWatchState } from '../../contract/types.js';
+import { waitForReclaimDrain } from '../../temporal/reclaim-drain.js';
+import type { DrainResult } from '../../contract/types.js';
 import { requireWorkers } from '../connect.js';
 import { nodeArg, nodeList, type CliContext } from '../context.js';
 import { CliError, EXIT } from '../exit-codes.js';
@@ -59,18 +59,20 @@ export function registerReclaim(program: Command, ctx: CliContext): void {
         const signal: ReclaimSignal = { deadline: parseDeadline(o.deadline), reason: o.reason, targets: o.to };
         const watchInput: ReclaimWatchInput = { node, targets: o.to ?? [] };
         const t0 = Date.now();
-        const handle = await client.workflow.signalWithStart(WORKFLOW_TYPES.reclaimWatch, {
+        // The workflow module (and @temporalio/workflow) only when a workflow starts: the CLI's other commands do not load it.
+        const { nodeReclaimWatch, reclaimSignal } = await import('../../workflows/reclaim.js');
+        const handle = await client.workflow.signalWithStart(nodeReclaimWatch, {
           taskQueue: WORKFLOW_TASK_QUEUE,
           workflowId,
           args: [watchInput],
-          signal: 'reclaim',
+          signal: reclaimSignal,
           signalArgs: [signal],
           typedSearchAttributes: attributePairs({
             sourceNode: node,
             targetNode: (o.to ?? []).join(','),
             operation: 'reclaim-watch',
             phase: 'watching',
-          }) as never,
+          }),
           staticSummary: `reclaim watcher of ${node}`,
         });
         if (!o.wait) {

@@ -7,11 +7,11 @@
  */
 import { ScheduleNotFoundError, ScheduleOverlapPolicy, type Client, type ScheduleSummary } from '@temporalio/client';
 import { Option, type Command } from 'commander';
-import { ArchInputError } from '../../core/errors.js';
-import { validateContainerId, validateNamespace } from '../../core/ids.js';
-import { isValidNodeName, WORKFLOW_TASK_QUEUE, WORKFLOW_TYPES, workflowIds } from '../../core/temporal/names.js';
-import { attributePairs } from '../../core/temporal/search-attributes.js';
-import type { PauseInput } from '../../workflows/types.js';
+import { ArchInputError } from '../../contract/errors.js';
+import { validateContainerId, validateNamespace } from '../../contract/ids.js';
+import { isValidNodeName, WORKFLOW_TASK_QUEUE, workflowIds } from '../../contract/names.js';
+import { attributePairs } from '../../contract/search-attributes.js';
+import type { PauseInput } from '../../contract/types.js';
 import { checkTimeZone, parseCalendar } from '../calendar.js';
 import { nodeHasWorker } from '../connect.js';
 import { nodeArg, type CliContext } from '../context.js';
@@ -115,6 +115,8 @@ export function registerSchedule(program: Command, ctx: CliContext): void {
         const client = await ctx.client();
         if (!(await nodeHasWorker(client, o.node)))
           out.info(`warning: node ${o.node} has no worker right now; the schedule runs will fail until it has one`);
+        // The workflow module (and @temporalio/workflow) only when a workflow starts: the CLI's other commands do not load it.
+        const { pauseContainers, resumeContainers } = await import('../../workflows/pause.js');
         const created: string[] = [];
         try {
           for (const action of ACTIONS) {
@@ -124,7 +126,7 @@ export function registerSchedule(program: Command, ctx: CliContext): void {
               spec: { cronExpressions: [cron[action]], timezone: tz },
               action: {
                 type: 'startWorkflow',
-                workflowType: action === 'pause' ? WORKFLOW_TYPES.pause : WORKFLOW_TYPES.resume,
+                workflowType: action === 'pause' ? pauseContainers : resumeContainers,
                 workflowId: `${(action === 'pause' ? workflowIds.pause : workflowIds.resume)(o.node, `sched-${name}`)}`,
                 taskQueue: WORKFLOW_TASK_QUEUE,
                 args: [input],
@@ -133,7 +135,7 @@ export function registerSchedule(program: Command, ctx: CliContext): void {
                   targetNode: o.node,
                   operation: action,
                   phase: 'scheduled',
-                }) as never,
+                }),
               },
               policies: { overlap: ScheduleOverlapPolicy.BUFFER_ONE, catchupWindow: '10m' },
               state: { paused: !!o.paused, note: `ARCH ${action} of ${o.node} (schedule ${name})` },

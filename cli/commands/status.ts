@@ -5,10 +5,10 @@
  */
 import type { Client, WorkflowExecutionInfo } from '@temporalio/client';
 import type { Command } from 'commander';
-import { ArchInputError } from '../../core/errors.js';
-import { parseContainerRef } from '../../core/ids.js';
-import { ARCH_VISIBILITY_QUERY } from '../../core/temporal/names.js';
-import { SA } from '../../core/temporal/search-attributes.js';
+import { ArchInputError } from '../../contract/errors.js';
+import { parseContainerRef } from '../../contract/ids.js';
+import { ARCH_VISIBILITY_QUERY } from '../../contract/names.js';
+import { SA } from '../../contract/search-attributes.js';
 import { nodeArg, type CliContext } from '../context.js';
 import { rootFailure } from '../follow.js';
 import { ms, table } from '../output.js';

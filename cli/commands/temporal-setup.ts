@@ -5,7 +5,7 @@
  */
 import type { Connection } from '@temporalio/client';
 import type { Command } from 'commander';
-import { ensureSearchAttributes, searchAttributeCreateCommands } from '../../core/temporal/register.js';
+import { ensureSearchAttributes, searchAttributeCreateCommands } from '../../temporal/register.js';
 import { targetFrom } from '../connect.js';
 import type { CliContext } from '../context.js';
 import { CliError, EXIT } from '../exit-codes.js';

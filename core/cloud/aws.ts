@@ -1,4 +1,4 @@
-import { ArchInputError } from '../errors.js';
+import { ArchInputError } from '../../contract/errors.js';
 import {
   isRecord,
   joinUrl,

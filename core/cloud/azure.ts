@@ -1,4 +1,4 @@
-import { ArchInputError, errorMessage } from '../errors.js';
+import { ArchInputError, errorMessage } from '../../contract/errors.js';
 import {
   isRecord,
   joinUrl,

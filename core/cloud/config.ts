@@ -1,4 +1,4 @@
-import { ArchInputError } from '../errors.js';
+import { ArchInputError } from '../../contract/errors.js';
 import { checkBaseUrl } from './options.js';
 import { DEFAULT_POLL_MS, type CloudProvider } from './types.js';
 

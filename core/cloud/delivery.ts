@@ -1,5 +1,5 @@
 import type { Logger } from 'pino';
-import { errorMessage } from '../errors.js';
+import { errorMessage } from '../../contract/errors.js';
 import type { ReclaimNotice } from './types.js';
 
 /**

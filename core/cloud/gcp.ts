@@ -1,4 +1,4 @@
-import { ArchInputError } from '../errors.js';
+import { ArchInputError } from '../../contract/errors.js';
 import { joinUrl, MalformedResponseError, metadataRequest, UnexpectedStatusError } from './http.js';
 import { positiveMs } from './options.js';
 import { PollingNoticeWatcher } from './polling-watcher.js';

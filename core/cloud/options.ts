@@ -1,4 +1,4 @@
-import { ArchInputError } from '../errors.js';
+import { ArchInputError } from '../../contract/errors.js';
 import { DEFAULT_MAX_BACKOFF_MS, DEFAULT_POLL_MS, DEFAULT_REQUEST_TIMEOUT_MS, type WatcherOptions } from './types.js';
 
 export interface ResolvedWatcherOptions {

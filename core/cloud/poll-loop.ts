@@ -1,5 +1,5 @@
 import type { Logger } from 'pino';
-import { errorMessage } from '../errors.js';
+import { errorMessage } from '../../contract/errors.js';
 
 export interface TickResult {
   /** Override the delay before the next tick (GCP re-arms its hanging GET at once). */

@@ -4,13 +4,13 @@ import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { CgroupFreezer } from '../../core/cgroup-freezer.js';
 import { checkpointContainer } from '../../core/checkpoint.js';
-import { MANIFEST_FILE } from '../../core/manifest.js';
 import { Runc } from '../../core/runc.js';
 import { readShimState } from '../../core/shim-state.js';
 import { CheckpointStore } from '../../core/store.js';
 import { startArchNode, waitFor, type ArchTestNode } from '../support/arch-node.js';
 import { cleanupStaleNodes, stopAllNodes } from '../support/containerd-node.js';
 import { REPO_ROOT } from '../support/images.js';
+import { MANIFEST_FILE } from '../../core/checkpoint-layout.js';
 
 /**
  * Security issue 10, finding 5: kill -9 of the process that froze a container

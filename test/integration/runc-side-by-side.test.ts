@@ -9,7 +9,8 @@ import { CheckpointStore } from '../../core/store.js';
 import { realRunc } from '../support/arch-env.js';
 import { ARCH_RUNC_BIN, startArchNode, waitFor, type ArchTestNode } from '../support/arch-node.js';
 import { cleanupStaleNodes, stopAllNodes } from '../support/containerd-node.js';
-import { makeRuncBundle, type RuncSpec } from '../support/direct-runc.js';
+import type { OciSpec } from '../../core/oci-spec.js';
+import { makeRuncBundle } from '../support/direct-runc.js';
 import { buildRootfs, COUNTER_FILES, REPO_ROOT } from '../support/images.js';
 import { expectSame, runcCaller, type CallOptions, type CallResult } from '../support/side-by-side.js';
 
@@ -83,7 +84,7 @@ function same(x: { a: CallResult; r: CallResult }, code?: number): void {
 /** Both bundles of a pair: identical specs (ARCH's variables on both), their own cgroups. */
 async function pair(
   id: string,
-  opts: { args?: string[]; env?: string[]; edit?: (spec: RuncSpec) => void } = {},
+  opts: { args?: string[]; env?: string[]; edit?: (spec: OciSpec) => void } = {},
 ): Promise<void> {
   for (const s of SIDES) {
     await makeRuncBundle(bundleOf(s, id), path.join(work, 'rootfs'), {
@@ -344,7 +345,7 @@ describe('ARCH on: arch-runc and runc side by side on fresh containers', () => {
     const id = 'sbs-tty';
     await pair(id, {
       args: ['/bin/sh', '-c', 'tty; echo hi; sleep 600'],
-      edit: (spec) => void (spec.process.terminal = true),
+      edit: (spec) => void (spec.process!.terminal = true),
     });
     const receivers: ChildProcess[] = [];
     try {
@@ -559,7 +560,7 @@ describe('ARCH on: checkpoint and restore side by side', () => {
     await pair(id, {
       env: ['COUNTER_INTERVAL_MS=100'],
       edit: (spec) =>
-        void (spec.linux.namespaces = spec.linux.namespaces.map((n) =>
+        void (spec.linux!.namespaces = spec.linux!.namespaces!.map((n) =>
           n.type === 'network' ? { type: 'network', path: nsPath } : n,
         )),
     });

@@ -9,12 +9,13 @@ import { digestFiles } from '../../core/digest.js';
 import type { Manifest } from '../../core/manifest.js';
 import { findUpperDir } from '../../core/rootfs-diff.js';
 import { CheckpointStore } from '../../core/store.js';
-import { signManifest, SIGNATURE_FILE, trustOf } from '../../core/trust.js';
+import { signManifest, trustOf } from '../../core/trust.js';
 import { craftTar, type TarEntry } from '../support/crafted-tar.js';
 import { realRunc } from '../support/arch-env.js';
 import { ARCH_RUNC_BIN, startArchNode, waitFor, type ArchTestNode } from '../support/arch-node.js';
 import { cleanupStaleNodes, stopAllNodes } from '../support/containerd-node.js';
 import { buildRootfs, COUNTER_FILES, REPO_ROOT } from '../support/images.js';
+import { CRIU_DIR, MANIFEST_FILE, PAGE_IMAGE_NAME, SIGNATURE_FILE, SPEC_FILE } from '../../core/checkpoint-layout.js';
 
 /**
  * Bad input on the real stack (containerd → arch-runc → runc/CRIU): for
@@ -162,7 +163,7 @@ describe('bad ARCH_* settings: the container starts without ARCH, the field is n
       expect(fs.existsSync(path.join(work, 'escape'))).toBe(false);
       expect(fs.readdirSync(path.join(w, 'shared'))).toEqual([]);
       const bundle = node.bundleDir(id);
-      const spec = JSON.parse(fs.readFileSync(path.join(bundle, 'config.json'), 'utf8')) as {
+      const spec = JSON.parse(fs.readFileSync(path.join(bundle, SPEC_FILE), 'utf8')) as {
         mounts: { destination: string }[];
         process: { cwd: string };
       };
@@ -200,17 +201,17 @@ describe('damaged checkpoints: refused, container starts fresh, nothing written 
     await node.containerd.waitStatus(SEED, 'STOPPED', 15_000);
     await remove(SEED);
     seedDir = res.dir;
-    expect(fs.readdirSync(path.join(seedDir, 'criu')).some((f) => /^pages-\d+\.img$/.test(f))).toBe(true);
+    expect(fs.readdirSync(path.join(seedDir, CRIU_DIR)).some((f) => PAGE_IMAGE_NAME.test(f))).toBe(true);
   });
 
   function readManifest(dir: string): Manifest {
-    return JSON.parse(fs.readFileSync(path.join(dir, 'manifest.json'), 'utf8')) as Manifest;
+    return JSON.parse(fs.readFileSync(path.join(dir, MANIFEST_FILE), 'utf8')) as Manifest;
   }
 
   /** Written and signed by this node: these cases test the readers behind the signature (shim-trust tests the signature). */
   function writeManifest(dir: string, m: Manifest): void {
     const bytes = Buffer.from(JSON.stringify(m, null, 1));
-    fs.writeFileSync(path.join(dir, 'manifest.json'), bytes);
+    fs.writeFileSync(path.join(dir, MANIFEST_FILE), bytes);
     fs.writeFileSync(path.join(dir, SIGNATURE_FILE), signManifest(bytes, trustOf(node.ctx.settings))!);
   }
 
@@ -227,8 +228,8 @@ describe('damaged checkpoints: refused, container starts fresh, nothing written 
   }
 
   function pagesFile(dir: string): string {
-    const f = fs.readdirSync(path.join(dir, 'criu')).find((n) => /^pages-\d+\.img$/.test(n))!;
-    return path.join(dir, 'criu', f);
+    const f = fs.readdirSync(path.join(dir, CRIU_DIR)).find((n) => PAGE_IMAGE_NAME.test(n))!;
+    return path.join(dir, CRIU_DIR, f);
   }
 
   /** Rewrite rootfs-diff.tar with extra entries, and its manifest entry so the digests still match. */
@@ -439,7 +440,7 @@ describe('namespace / id that would escape the checkpoint root', () => {
       fs.mkdirSync(bundle, { recursive: true });
       await buildRootfs(path.join(bundle, 'rootfs'));
       await execa(RUNC, ['spec', '--bundle', bundle]);
-      const spec = JSON.parse(fs.readFileSync(path.join(bundle, 'config.json'), 'utf8')) as {
+      const spec = JSON.parse(fs.readFileSync(path.join(bundle, SPEC_FILE), 'utf8')) as {
         process: { terminal: boolean; args: string[]; env: string[] };
         root: { path: string; readonly: boolean };
         linux: { cgroupsPath?: string };
@@ -449,7 +450,7 @@ describe('namespace / id that would escape the checkpoint root', () => {
       spec.process.env.push('ARCH_ENABLE=1', `ARCH_CHECKPOINT_HOST_PATH=${ck}`);
       spec.root = { path: 'rootfs', readonly: false };
       spec.linux.cgroupsPath = `${cg}/c`;
-      fs.writeFileSync(path.join(bundle, 'config.json'), JSON.stringify(spec));
+      fs.writeFileSync(path.join(bundle, SPEC_FILE), JSON.stringify(spec));
     });
 
     afterAll(() => {

@@ -13,6 +13,7 @@ import { cleanupStaleNodes, stopAllNodes } from '../support/containerd-node.js';
 import * as copies from '../support/checkpoint-copies.js';
 import { COUNTER_FILES } from '../support/images.js';
 import { createCipheriv, createDecipheriv } from 'node:crypto';
+import { PAGE_IMAGE_PATH } from '../../core/checkpoint-layout.js';
 
 /**
  * Issue 10, encryption at rest (ARCH_STORE_KEY_FILE) on the real stack
@@ -162,9 +163,7 @@ function pagesRel(dir: string): string {
   const m = readManifest(dir);
   return m
     .seal!.files.map((f) => f.path)
-    .find(
-      (p) => /^criu\/pages-\d+\.img$/.test(p) && m.seal!.files.find((s) => s.path === p)!.plainSize > 2 * (4 << 20),
-    )!;
+    .find((p) => PAGE_IMAGE_PATH.test(p) && m.seal!.files.find((s) => s.path === p)!.plainSize > 2 * (4 << 20))!;
 }
 
 const errorsOf = (id: string): Record<string, unknown>[] => copies.errorsOf(node, id);
@@ -189,7 +188,7 @@ describe('with a key', () => {
     const m = readManifest(seedDir);
     expect(m.formatVersion).toBe(SEALED_FORMAT_VERSION);
     expect(m.seal!.files.map((f) => f.path)).toEqual(
-      expect.arrayContaining(['rootfs-diff.tar', expect.stringMatching(/^criu\/pages-\d+\.img$/)]),
+      expect.arrayContaining(['rootfs-diff.tar', expect.stringMatching(PAGE_IMAGE_PATH)]),
     );
     expect(new Set(m.seal!.files.map((f) => f.keyId))).toEqual(new Set([storeKeyId(Buffer.from(hexA, 'hex'))]));
     expect(markersIn(seedDir)).toEqual({ memory: false, file: false });

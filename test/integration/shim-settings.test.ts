@@ -5,6 +5,7 @@ import path from 'node:path';
 import { readLogLines } from '../support/arch-env.js';
 import { ARCH_RUNC_BIN } from '../support/arch-node.js';
 import { REPO_ROOT } from '../support/images.js';
+import { SPEC_FILE } from '../../core/checkpoint-layout.js';
 
 /**
  * The environment wins over the settings file, in arch-runc's shell front
@@ -22,7 +23,7 @@ test('ARCH_LOG_FILE and ARCH_RUNC from the environment beat the settings file', 
   const bundle = path.join(dir, 'bundle');
   fs.mkdirSync(bundle);
   // An invalid contract: arch-runc logs why and hands the create to the real runc.
-  fs.writeFileSync(path.join(bundle, 'config.json'), JSON.stringify({ process: { env: ['ARCH_ENABLE=yes'] } }));
+  fs.writeFileSync(path.join(bundle, SPEC_FILE), JSON.stringify({ process: { env: ['ARCH_ENABLE=yes'] } }));
   const conf = path.join(dir, 'arch.env');
   fs.writeFileSync(
     conf,

@@ -3,12 +3,13 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { checkpointContainer } from '../../core/checkpoint.js';
 import { findUpperDir } from '../../core/rootfs-diff.js';
-import { SIGNATURE_FILE, trustOf, type Trust } from '../../core/trust.js';
+import { trustOf, type Trust } from '../../core/trust.js';
 import { craftTar } from '../support/crafted-tar.js';
 import { ARCH_RUNC_BIN, startArchNode, waitFor, type ArchTestNode } from '../support/arch-node.js';
 import { cleanupStaleNodes, stopAllNodes } from '../support/containerd-node.js';
 import * as copies from '../support/checkpoint-copies.js';
 import { COUNTER_FILES } from '../support/images.js';
+import { CRIU_DIR, PAGE_IMAGE_NAME, SIGNATURE_FILE } from '../../core/checkpoint-layout.js';
 
 /**
  * Issue 10, findings 3, 4 and 8 on the real stack (containerd → arch-runc →
@@ -89,8 +90,8 @@ const copyAs = (key: string): Promise<string> => copies.publishCopy({ ckRoot, se
 function pagesFile(dir: string): string {
   return path.join(
     dir,
-    'criu',
-    fs.readdirSync(path.join(dir, 'criu')).find((n) => /^pages-\d+\.img$/.test(n))!,
+    CRIU_DIR,
+    fs.readdirSync(path.join(dir, CRIU_DIR)).find((n) => PAGE_IMAGE_NAME.test(n))!,
   );
 }
 

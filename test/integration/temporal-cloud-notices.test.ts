@@ -1,6 +1,6 @@
 import { WorkflowNotFoundError, type Client } from '@temporalio/client';
-import { workflowIds } from '../../core/temporal/names.js';
-import type { ReclaimWatchState } from '../../workflows/types.js';
+import { workflowIds } from '../../contract/names.js';
+import type { ReclaimWatchState } from '../../contract/types.js';
 import { readLogLines } from '../support/arch-env.js';
 import { cleanupStaleNodes } from '../support/containerd-node.js';
 import { FakeAwsImds, FakeAzureImds, FakeGcpMetadata, unusedPort } from '../support/fake-metadata.js';

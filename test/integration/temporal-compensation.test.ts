@@ -2,9 +2,9 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { ApplicationFailure, CancelledFailure, WorkflowFailedError } from '@temporalio/client';
-import { FailureType } from '../../core/temporal/failures.js';
-import { WORKFLOW_TASK_QUEUE } from '../../core/temporal/names.js';
-import type { DrainResult, MigrateInput, MigrateResult } from '../../workflows/types.js';
+import { FailureType } from '../../contract/failures.js';
+import { WORKFLOW_TASK_QUEUE } from '../../contract/names.js';
+import type { DrainResult, MigrateInput, MigrateResult } from '../../contract/types.js';
 import { cleanupStaleNodes } from '../support/containerd-node.js';
 import {
   outcome,
@@ -15,6 +15,7 @@ import {
   waitUntil,
   type TestCluster,
 } from '../support/temporal.js';
+import { migrateContainer } from '../../workflows/index.js';
 
 /**
  * A restore that fails on the target: node B's arch-runc is given a CRIU
@@ -40,7 +41,7 @@ afterAll(async () => {
 test('restore fails on B → restored on A, counter continues, no copy on B', async () => {
   await cluster.runCounter(A, 'victim', ['COUNTER_START_FILES=1']);
   const before = await cluster.waitCount(A, 'victim', 20);
-  const handle = await cluster.temporal.client.workflow.start('migrateContainer', {
+  const handle = await cluster.temporal.client.workflow.start(migrateContainer, {
     taskQueue: WORKFLOW_TASK_QUEUE,
     workflowId: `test-comp-${randomBytes(3).toString('hex')}`,
     args: [{ namespace: 'default', id: 'victim', from: A, to: B, restoreAttempts: 2 } satisfies MigrateInput],
@@ -86,7 +87,7 @@ test('the CLI reports a compensated migration with exit code 4', async () => {
 test('migration cancelled during the checkpoint: the container keeps running on A, nothing half-published', async () => {
   await cluster.runCounter(A, 'cancelme', ['COUNTER_MEM_MB=384']);
   const before = await cluster.waitCount(A, 'cancelme', 3, 60_000);
-  const handle = await cluster.temporal.client.workflow.start('migrateContainer', {
+  const handle = await cluster.temporal.client.workflow.start(migrateContainer, {
     taskQueue: WORKFLOW_TASK_QUEUE,
     workflowId: `test-cancel-${randomBytes(3).toString('hex')}`,
     args: [{ namespace: 'default', id: 'cancelme', from: A, to: B } satisfies MigrateInput],

@@ -2,8 +2,8 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { Connection } from '@temporalio/client';
-import { freePort } from '../../core/temporal/dev-server.js';
-import { isReachable } from '../../core/temporal/connection.js';
+import { freePort } from '../../temporal/dev-server.js';
+import { isReachable } from '../../temporal/connection.js';
 import type { StatusRow } from '../../cli/commands/status.js';
 import { writeArchConfig } from '../support/arch-env.js';
 import { cleanupStaleNodes, startNode, stopAllNodes, type TestNode } from '../support/containerd-node.js';
@@ -182,7 +182,7 @@ test('starts a dev server with search attributes and a worker; state survives a 
 });
 
 test('uses an already running server instead of starting one', async () => {
-  const { startDevServer } = await import('../../core/temporal/dev-server.js');
+  const { startDevServer } = await import('../../temporal/dev-server.js');
   const server = await startDevServer({
     temporalCli: TEMPORAL_CLI,
     ip: '127.0.0.1',

@@ -1,7 +1,7 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import type { MigrateResult } from '../../workflows/types.js';
+import type { MigrateResult } from '../../contract/types.js';
 import { cleanupStaleNodes } from '../support/containerd-node.js';
 import { runCli, runningOn, startCluster, stopAllTemporal, waitUntil, type TestCluster } from '../support/temporal.js';
 import { makeTestPki } from '../support/tls.js';

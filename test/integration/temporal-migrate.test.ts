@@ -2,11 +2,11 @@ import fs from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { ApplicationFailure, WorkflowFailedError } from '@temporalio/client';
-import { FailureType } from '../../core/temporal/failures.js';
-import { workflowOverhead } from '../../core/temporal/overhead.js';
-import { WORKFLOW_TASK_QUEUE } from '../../core/temporal/names.js';
-import { attributePairs, SA } from '../../core/temporal/search-attributes.js';
-import type { MigrateInput, MigrateResult } from '../../workflows/types.js';
+import { FailureType } from '../../contract/failures.js';
+import { workflowOverhead } from '../../temporal/history.js';
+import { WORKFLOW_TASK_QUEUE } from '../../contract/names.js';
+import { attributePairs, SA } from '../../contract/search-attributes.js';
+import type { MigrateInput, MigrateResult } from '../../contract/types.js';
 import { cleanupStaleNodes } from '../support/containerd-node.js';
 import {
   outcome,
@@ -17,6 +17,7 @@ import {
   waitUntil,
   type TestCluster,
 } from '../support/temporal.js';
+import { migrateContainer } from '../../workflows/index.js';
 
 /**
  * migrateContainer on the real stack: a Temporal dev server, two containerd
@@ -41,7 +42,7 @@ afterAll(async () => {
 });
 
 function startMigrate(id: string, from: string, to: string, extra: Partial<MigrateInput> = {}) {
-  return cluster.temporal.client.workflow.start('migrateContainer', {
+  return cluster.temporal.client.workflow.start(migrateContainer, {
     taskQueue: WORKFLOW_TASK_QUEUE,
     workflowId: `test-migrate-${id}-${randomBytes(3).toString('hex')}`,
     args: [{ namespace: 'default', id, from, to, ...extra } satisfies MigrateInput],
@@ -52,7 +53,7 @@ function startMigrate(id: string, from: string, to: string, extra: Partial<Migra
       targetNode: to,
       operation: 'migrate',
       phase: 'queued',
-    }) as never,
+    }),
   });
 }
 

@@ -1,9 +1,10 @@
 import { randomBytes } from 'node:crypto';
-import { WORKFLOW_TASK_QUEUE, workflowIds } from '../../core/temporal/names.js';
-import type { DrainResult, ReclaimWatchInput, ReclaimWatchState } from '../../workflows/types.js';
+import { WORKFLOW_TASK_QUEUE, workflowIds } from '../../contract/names.js';
+import type { DrainResult, ReclaimWatchInput, ReclaimWatchState } from '../../contract/types.js';
 import { cleanupStaleNodes } from '../support/containerd-node.js';
 import { FakeAwsImds } from '../support/fake-metadata.js';
 import { runCli, runningOn, startCluster, stopAllTemporal, waitUntil, type TestCluster } from '../support/temporal.js';
+import { nodeReclaimWatch } from '../../workflows/index.js';
 
 /**
  * A reclaim notice for node A reaches its reclaim watcher (a long-running
@@ -48,7 +49,7 @@ test('reclaim signal → every ARCH container of A runs on B, checkpoints within
   // The watcher continues-as-new after each drain here, to prove nothing is lost across runs.
   const client = cluster.temporal.client;
   const watchId = workflowIds.reclaimWatch(A);
-  const first = await client.workflow.start('nodeReclaimWatch', {
+  const first = await client.workflow.start(nodeReclaimWatch, {
     taskQueue: WORKFLOW_TASK_QUEUE,
     workflowId: watchId,
     args: [{ node: A, targets: [B], maxDrainsPerRun: 1 } satisfies ReclaimWatchInput],

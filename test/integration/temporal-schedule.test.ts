@@ -1,7 +1,7 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { ArchScheduleInfo } from '../../cli/commands/schedule.js';
 import type { StatusRow } from '../../cli/commands/status.js';
-import type { PauseResult } from '../../workflows/types.js';
+import type { PauseResult } from '../../contract/types.js';
 import { cleanupStaleNodes } from '../support/containerd-node.js';
 import { runCli, startCluster, stopAllTemporal, waitUntil, type TestCluster } from '../support/temporal.js';
 

@@ -5,11 +5,12 @@ import { randomBytes } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Client, Connection } from '@temporalio/client';
 import type { Payload } from '@temporalio/common';
-import { AesGcmPayloadCodec, ENCRYPTED_ENCODING, loadPayloadKeys } from '../../core/temporal/codec.js';
-import { WORKFLOW_TASK_QUEUE } from '../../core/temporal/names.js';
-import type { MigrateInput, MigrateResult, TransferOffer } from '../../workflows/types.js';
+import { AesGcmPayloadCodec, ENCRYPTED_ENCODING, loadPayloadKeys } from '../../temporal/codec.js';
+import { WORKFLOW_TASK_QUEUE } from '../../contract/names.js';
+import type { MigrateInput, MigrateResult, TransferOffer } from '../../contract/types.js';
 import { cleanupStaleNodes } from '../support/containerd-node.js';
 import { runCli, runningOn, startCluster, stopAllTemporal, waitUntil, type TestCluster } from '../support/temporal.js';
+import { migrateContainer } from '../../workflows/index.js';
 
 /**
  * Security issue 10, findings 6 and 7, on the real stack (Temporal dev
@@ -194,7 +195,7 @@ test('a worker with a key refuses plaintext payloads: a workflow started without
   // Anyone who reaches Temporal can start this (a client without any codec); only the key makes it ARCH's own.
   const connection = await Connection.connect({ address: cluster.temporal.address });
   const plain = new Client({ connection, namespace: cluster.temporal.namespace });
-  const handle = await plain.workflow.start('migrateContainer', {
+  const handle = await plain.workflow.start(migrateContainer, {
     taskQueue: WORKFLOW_TASK_QUEUE,
     workflowId: `test-sec-plain-${randomBytes(3).toString('hex')}`,
     args: [{ namespace: 'default', id: 'secretive', from: B, to: A } satisfies MigrateInput],

@@ -4,7 +4,7 @@ import http from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
 import { pino } from 'pino';
-import { ArchInputError, CheckpointUnusableError } from '../../core/errors.js';
+import { ArchInputError, CheckpointUnusableError } from '../../contract/errors.js';
 import { loadSettings } from '../../core/settings.js';
 import { FORMAT_VERSION, verifyCheckpointDir, type Manifest } from '../../core/manifest.js';
 import { CheckpointStore } from '../../core/store.js';

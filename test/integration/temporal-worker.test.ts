@@ -4,11 +4,12 @@ import { checkpointContainer } from '../../core/checkpoint.js';
 import { createNodeContext } from '../../core/context.js';
 import { recordedExit } from '../../core/shim-state.js';
 import { CheckpointStore } from '../../core/store.js';
-import { WORKFLOW_TASK_QUEUE } from '../../core/temporal/names.js';
-import type { PauseInput, PauseResult } from '../../workflows/types.js';
+import { WORKFLOW_TASK_QUEUE } from '../../contract/names.js';
+import type { PauseInput, PauseResult } from '../../contract/types.js';
 import { readLogLines } from '../support/arch-env.js';
 import { cleanupStaleNodes } from '../support/containerd-node.js';
 import { ARCH_RUNC, outcome, startCluster, stopAllTemporal, waitUntil, type TestCluster } from '../support/temporal.js';
+import { pauseContainers } from '../../workflows/index.js';
 
 /**
  * The node worker as a process: SIGTERM while it checkpoints (it stops taking
@@ -34,7 +35,7 @@ test('SIGTERM during a checkpoint: the checkpoint completes once, the worker exi
   await cluster.runCounter(N, 'big', ['COUNTER_MEM_MB=384']);
   await cluster.waitCount(N, 'big', 3, 60_000);
   const client = cluster.temporal.client;
-  const handle = await client.workflow.start('pauseContainers', {
+  const handle = await client.workflow.start(pauseContainers, {
     taskQueue: WORKFLOW_TASK_QUEUE,
     workflowId: `test-sigterm-${randomBytes(3).toString('hex')}`,
     args: [{ node: N, selector: { ids: ['big'] } } satisfies PauseInput],

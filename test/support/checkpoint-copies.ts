@@ -3,10 +3,11 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { digestFiles } from '../../core/digest.js';
 import type { Manifest } from '../../core/manifest.js';
-import { signManifest, SIGNATURE_FILE, type Trust } from '../../core/trust.js';
+import { signManifest, type Trust } from '../../core/trust.js';
 import type { ArchTestNode } from './arch-node.js';
 import { waitFor } from './arch-node.js';
 import { COUNTER_FILES } from './images.js';
+import { MANIFEST_FILE, SIGNATURE_FILE } from '../../core/checkpoint-layout.js';
 
 /**
  * What the tests of checkpoints from the store do with them: copy a seed
@@ -16,13 +17,13 @@ import { COUNTER_FILES } from './images.js';
  * store would, and check that a container was restored from it.
  */
 export function readManifest(dir: string): Manifest {
-  return JSON.parse(fs.readFileSync(path.join(dir, 'manifest.json'), 'utf8')) as Manifest;
+  return JSON.parse(fs.readFileSync(path.join(dir, MANIFEST_FILE), 'utf8')) as Manifest;
 }
 
 /** Write the manifest; signed with `key`, or left with its old signature (null). */
 export function writeManifest(dir: string, m: Manifest, key: Trust | null): void {
   const bytes = Buffer.from(JSON.stringify(m, null, 1));
-  fs.writeFileSync(path.join(dir, 'manifest.json'), bytes);
+  fs.writeFileSync(path.join(dir, MANIFEST_FILE), bytes);
   if (key) fs.writeFileSync(path.join(dir, SIGNATURE_FILE), signManifest(bytes, key)!);
 }
 

@@ -1,7 +1,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { historyFromJSON, historyToJSON, type History } from '@temporalio/common/lib/proto-utils.js';
-import { AesGcmPayloadCodec, parseKey } from '../../core/temporal/codec.js';
+import { AesGcmPayloadCodec, parseKey } from '../../temporal/codec.js';
 import { REPO_ROOT } from './images.js';
 
 /**

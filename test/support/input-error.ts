@@ -1,4 +1,4 @@
-import { ArchInputError, CheckpointUnusableError } from '../../core/errors.js';
+import { ArchInputError, CheckpointUnusableError } from '../../contract/errors.js';
 
 /** The ArchInputError `fn` throws (fails the test if it throws nothing or something else). */
 export function inputError(fn: () => unknown): ArchInputError {

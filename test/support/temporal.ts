@@ -3,17 +3,18 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Client, Connection, type WorkflowHandle } from '@temporalio/client';
-import { startDevServer, type DevServer } from '../../core/temporal/dev-server.js';
-import { clientDataConverter, payloadProtection } from '../../core/temporal/data-converter.js';
+import { startDevServer, type DevServer } from '../../temporal/dev-server.js';
+import { clientDataConverter, payloadProtection } from '../../temporal/data-converter.js';
 import { settingsVars } from '../../core/settings.js';
-import { nodeTaskQueue, WORKFLOW_TASK_QUEUE } from '../../core/temporal/names.js';
-import { workflowOverhead, type Overhead } from '../../core/temporal/overhead.js';
-import { attributePairs } from '../../core/temporal/search-attributes.js';
-import type { MigrateInput, MigrateResult } from '../../workflows/types.js';
+import { nodeTaskQueue, WORKFLOW_TASK_QUEUE } from '../../contract/names.js';
+import { workflowOverhead, type Overhead } from '../../temporal/history.js';
+import { attributePairs } from '../../contract/search-attributes.js';
+import type { MigrateInput, MigrateResult } from '../../contract/types.js';
 import { readLogLines, writeArchConfig } from './arch-env.js';
 import type { DiagnosableCluster } from './failure-environment.js';
 import { startNode, type TestNode } from './containerd-node.js';
 import { COUNTER_FILES, ensureTestImage, REPO_ROOT, testWorkDir } from './images.js';
+import { migrateContainer } from '../../workflows/index.js';
 
 /**
  * Real Temporal for tests: the installed Temporal CLI dev server on random
@@ -547,7 +548,7 @@ export async function measureMigrationOverhead(
   const results: MigrateResult[] = [];
   let [from, to] = nodes;
   for (let i = 0; i <= rounds; i++) {
-    const handle = await cluster.temporal.client.workflow.start('migrateContainer', {
+    const handle = await cluster.temporal.client.workflow.start(migrateContainer, {
       taskQueue: WORKFLOW_TASK_QUEUE,
       workflowId: `bench-migrate-${id}-${i}-${process.pid}-${Date.now()}`,
       args: [{ namespace: 'default', id, from, to } satisfies MigrateInput],
@@ -558,7 +559,7 @@ export async function measureMigrationOverhead(
         targetNode: to,
         operation: 'migrate',
         phase: 'queued',
-      }) as never,
+      }),
     });
     const r = (await handle.result()) as MigrateResult;
     if (i > 0) {

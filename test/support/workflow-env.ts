@@ -11,9 +11,9 @@ import {
   FAILURE_CONVERTER_PATH,
   workerDataConverter,
   type PayloadProtection,
-} from '../../core/temporal/data-converter.js';
-import { nodeTaskQueue } from '../../core/temporal/names.js';
-import { SA } from '../../core/temporal/search-attributes.js';
+} from '../../temporal/data-converter.js';
+import { nodeTaskQueue } from '../../contract/names.js';
+import { SA } from '../../contract/search-attributes.js';
 import { TEMPORAL_CLI } from './temporal.js';
 import { REPO_ROOT } from './images.js';
 

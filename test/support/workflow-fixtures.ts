@@ -7,7 +7,7 @@ import type {
   ReceiveResult,
   RestoreResult,
   TransferOffer,
-} from '../../workflows/types.js';
+} from '../../contract/types.js';
 import type { Stubs } from './workflow-env.js';
 
 /**
@@ -76,7 +76,6 @@ export function restored(s: ContainerSpec, node: string, pid = 4242): RestoreRes
     pid,
     restoredFrom: `/var/lib/arch/${s.namespace}/${s.id}/ck-1`,
     alreadyRunning: false,
-    imageImported: false,
     timings: {},
     ms: 3,
   };

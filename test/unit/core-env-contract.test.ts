@@ -5,7 +5,7 @@ import {
   workDirOf,
   type EnabledContract,
 } from '../../core/env-contract.js';
-import { ArchInputError } from '../../core/errors.js';
+import { ArchInputError } from '../../contract/errors.js';
 import { inputError } from '../support/input-error.js';
 
 const env = (o: Record<string, string>): Map<string, string> => new Map(Object.entries(o));

@@ -4,7 +4,7 @@ import {
   parseContainerRef,
   validateContainerId,
   validateNamespace,
-} from '../../core/ids.js';
+} from '../../contract/ids.js';
 import { inputError } from '../support/input-error.js';
 
 describe('validateNamespace', () => {

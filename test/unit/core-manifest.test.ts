@@ -11,9 +11,10 @@ import {
   verifyCheckpointDir,
   type Manifest,
 } from '../../core/manifest.js';
-import { loadTrust, signManifest, SIGNATURE_FILE } from '../../core/trust.js';
+import { loadTrust, signManifest } from '../../core/trust.js';
 import { testSigningKey } from '../support/arch-env.js';
 import { checkpointUnusable } from '../support/input-error.js';
+import { SIGNATURE_FILE } from '../../core/checkpoint-layout.js';
 
 let tmp: string;
 beforeAll(() => {

@@ -2,16 +2,10 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { execa } from 'execa';
-import {
-  applyDiff,
-  captureDiff,
-  DELETED_FILES,
-  findUpperDir,
-  ROOTFS_TAR,
-  validateDiffArchive,
-} from '../../core/rootfs-diff.js';
+import { applyDiff, captureDiff, findUpperDir, validateDiffArchive } from '../../core/rootfs-diff.js';
 import { craftTar, type TarEntry } from '../support/crafted-tar.js';
 import { checkpointUnusable } from '../support/input-error.js';
+import { DELETED_FILES, ROOTFS_TAR } from '../../core/checkpoint-layout.js';
 
 /**
  * The writable layer on plain directories (and one real overlay mount): what

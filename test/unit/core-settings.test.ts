@@ -1,7 +1,7 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { ArchInputError } from '../../core/errors.js';
+import { ArchInputError } from '../../contract/errors.js';
 import { criuEnv, loadSettings, parseEnvFile } from '../../core/settings.js';
 
 let dir: string;

@@ -2,7 +2,7 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { ArchInputError } from '../../core/errors.js';
+import { ArchInputError } from '../../contract/errors.js';
 import { assertSameOwner } from '../../core/owner.js';
 import { applyDiff, validateDiffArchive } from '../../core/rootfs-diff.js';
 import { loadTrust, signManifest, verifyManifestSignature } from '../../core/trust.js';

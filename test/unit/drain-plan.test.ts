@@ -9,7 +9,7 @@ import {
   type DrainContainer,
   type DrainInput,
 } from '../../core/drain-plan.js';
-import { ArchInputError } from '../../core/errors.js';
+import { ArchInputError } from '../../contract/errors.js';
 import { captureLogger } from '../support/fake-metadata.js';
 
 const NOW = new Date('2026-11-28T16:58:00Z');

@@ -2,7 +2,7 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { CheckpointUnusableError } from '../../core/errors.js';
+import { CheckpointUnusableError } from '../../contract/errors.js';
 import {
   describeFiles,
   FORMAT_VERSION,
@@ -11,8 +11,9 @@ import {
   type Manifest,
 } from '../../core/manifest.js';
 import { applyDiff, captureDiff } from '../../core/rootfs-diff.js';
-import { keyIdOf, signManifest, SIGNATURE_FILE, type Trust } from '../../core/trust.js';
+import { keyIdOf, signManifest, type Trust } from '../../core/trust.js';
 import { craftTar, type TarEntry } from '../support/crafted-tar.js';
+import { PAGE_IMAGE_PATH, SIGNATURE_FILE } from '../../core/checkpoint-layout.js';
 
 /**
  * A bounded fuzz of what a restore reads from the store before anything
@@ -234,7 +235,7 @@ test(`${CASES} mutated checkpoints: each verifies and applies inside the target,
     const what = await mutate(dir, r);
     let outcome = 'applied';
     try {
-      const v = await verifyCheckpointDirStaged(dir, { trust, defer: /^criu\/pages-\d+\.img$/ });
+      const v = await verifyCheckpointDirStaged(dir, { trust, defer: PAGE_IMAGE_PATH });
       await v.verifyDeferred();
       await applyDiff(dir, upper, v.manifest.rootfs.bytes);
     } catch (err) {

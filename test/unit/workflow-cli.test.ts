@@ -4,12 +4,12 @@ import { formatWatch } from '../../cli/commands/reclaim.js';
 import { EXIT } from '../../cli/exit-codes.js';
 import { exitCodeFor } from '../../cli/follow.js';
 import { parseDeadline } from '../../cli/time.js';
-import { ArchInputError } from '../../core/errors.js';
-import { FailureType } from '../../core/temporal/failures.js';
-import { recordOf } from '../../core/temporal/reclaim-drain.js';
+import { ArchInputError } from '../../contract/errors.js';
+import { FailureType } from '../../contract/failures.js';
+import { recordOf } from '../../temporal/reclaim-drain.js';
 import { drainCounts } from '../../workflows/drain-outcomes.js';
-import type { DrainOutcome, DrainResult, ReclaimRecord, ReclaimWatchState } from '../../workflows/types.js';
-import { parseDurationMs, parseHostPort } from '../../worker/args.js';
+import type { DrainOutcome, DrainResult, ReclaimRecord, ReclaimWatchState } from '../../contract/types.js';
+import { parseDurationMs, parseHostPort } from '../../core/option-parsers.js';
 
 describe('calendars', () => {
   test.each([

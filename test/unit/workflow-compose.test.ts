@@ -1,7 +1,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { parse } from 'yaml';
-import { SEARCH_ATTRIBUTE_DEFS } from '../../core/temporal/search-attributes.js';
+import { SEARCH_ATTRIBUTE_DEFS } from '../../contract/search-attributes.js';
 import { REPO_ROOT } from '../support/images.js';
 
 /**

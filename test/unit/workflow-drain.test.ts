@@ -1,13 +1,13 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { ApplicationFailure, WorkflowFailedError } from '@temporalio/client';
-import { FailureType } from '../../core/temporal/failures.js';
+import { FailureType } from '../../contract/failures.js';
 import type {
   ContainerRef,
   DrainInput,
   DrainResult,
   ReclaimWatchInput,
   ReclaimWatchState,
-} from '../../workflows/types.js';
+} from '../../contract/types.js';
 import { fail, StubCluster, type Stubs } from '../support/workflow-env.js';
 import {
   checkpoint,

@@ -1,8 +1,8 @@
 import type { ContainerInfo } from '../../core/containerd.js';
-import { ArchInputError } from '../../core/errors.js';
-import { isValidNodeName, nodeTaskQueue, workflowIds } from '../../core/temporal/names.js';
-import { overheadFromHistory } from '../../core/temporal/overhead.js';
-import { attributePairs, devServerSearchAttributeArgs, SA } from '../../core/temporal/search-attributes.js';
+import { ArchInputError } from '../../contract/errors.js';
+import { isValidNodeName, nodeTaskQueue, workflowIds } from '../../contract/names.js';
+import { overheadFromHistory } from '../../temporal/history.js';
+import { attributePairs, devServerSearchAttributeArgs, SA } from '../../contract/search-attributes.js';
 import { runOptionsFor, specFromInfo, userMounts } from '../../activities/spec.js';
 
 const OPTS = { allowedRoots: ['/var/lib/arch', '/mnt/shared'] };

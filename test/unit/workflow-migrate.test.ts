@@ -1,6 +1,6 @@
 import { ApplicationFailure, CancelledFailure, WorkflowFailedError } from '@temporalio/client';
-import { FailureType } from '../../core/temporal/failures.js';
-import type { MigrateInput, MigrateResult } from '../../workflows/types.js';
+import { FailureType } from '../../contract/failures.js';
+import type { MigrateInput, MigrateResult } from '../../contract/types.js';
 import { fail, StubCluster, untilCancelled } from '../support/workflow-env.js';
 import {
   checkpoint,

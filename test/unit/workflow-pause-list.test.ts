@@ -1,6 +1,6 @@
 import { ApplicationFailure, WorkflowFailedError } from '@temporalio/client';
-import { FailureType } from '../../core/temporal/failures.js';
-import type { ContainerRef, ContainerSummary, PauseInput, PauseResult } from '../../workflows/types.js';
+import { FailureType } from '../../contract/failures.js';
+import type { ContainerRef, ContainerSummary, PauseInput, PauseResult } from '../../contract/types.js';
 import { fail, StubCluster, type Stubs } from '../support/workflow-env.js';
 import { checkpoint, described, restored, spec, summary } from '../support/workflow-fixtures.js';
 

@@ -7,8 +7,8 @@
  */
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Client } from '@temporalio/client';
-import type { ReclaimRecord, ReclaimSignal, ReclaimWatchState } from '../../workflows/types.js';
-import { workflowIds } from './names.js';
+import type { ReclaimRecord, ReclaimSignal, ReclaimWatchState } from '../contract/types.js';
+import { workflowIds } from '../contract/names.js';
 
 /** The watcher's record of this signal (current or in its history), once it has one. */
 export function recordOf(state: ReclaimWatchState, signal: ReclaimSignal): ReclaimRecord | undefined {

@@ -22,8 +22,8 @@
 import { createCipheriv, createDecipheriv, createHash, randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import type { Payload, PayloadCodec } from '@temporalio/common';
-import { ArchInputError } from '../errors.js';
-import { parseKeyText } from '../key-text.js';
+import { ArchInputError } from '../contract/errors.js';
+import { parseKeyText } from '../core/key-text.js';
 
 export const ENCRYPTED_ENCODING = 'binary/encrypted';
 export const KEY_ID_METADATA = 'encryption-key-id';

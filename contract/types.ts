@@ -64,6 +64,14 @@ export interface CheckpointInfo extends ContainerRef {
   reused: boolean;
 }
 
+/** Which checkpoint the restore must use: the one the source published. */
+export interface ExpectedCheckpoint {
+  manifestSha256: string;
+  /** Identity fields of that manifest: a copy on this node has the same ones. */
+  node: string;
+  createdAt: string;
+}
+
 /** A source node's permission to fetch one checkpoint (or image) over HTTP. */
 export interface TransferOffer {
   url: string;
@@ -87,7 +95,6 @@ export interface RestoreResult extends ContainerRef {
   restoredFrom: string;
   /** True when a previous attempt had already restored it (retry after a lost result). */
   alreadyRunning: boolean;
-  imageImported: boolean;
   timings: Record<string, number>;
   ms: number;
 }

@@ -6,7 +6,7 @@
  * Workflow code imports this module, so it must stay deterministic: it
  * depends on @temporalio/common only.
  */
-import { defineSearchAttributeKey, SearchAttributeType, type SearchAttributeUpdatePair } from '@temporalio/common';
+import { defineSearchAttributeKey, SearchAttributeType, type SearchAttributePair } from '@temporalio/common';
 
 export const SA = {
   container: defineSearchAttributeKey('ArchContainer', SearchAttributeType.KEYWORD),
@@ -43,8 +43,8 @@ export interface ArchAttributes {
 }
 
 /** Typed pairs for WorkflowStartOptions.typedSearchAttributes and upsertSearchAttributes. */
-export function attributePairs(a: ArchAttributes): SearchAttributeUpdatePair[] {
-  const out: SearchAttributeUpdatePair[] = [];
+export function attributePairs(a: ArchAttributes): SearchAttributePair[] {
+  const out: SearchAttributePair[] = [];
   for (const k of Object.keys(SA) as Array<keyof typeof SA>) {
     const v = a[k];
     if (v !== undefined && v !== '') out.push({ key: SA[k], value: v });

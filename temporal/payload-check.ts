@@ -1,7 +1,7 @@
 /** `arch-cli doctor`: is what this node puts in Temporal encrypted, and with which key? */
-import type { Check } from '../doctor.js';
-import { errorMessage } from '../errors.js';
-import { settingsVars, type Settings } from '../settings.js';
+import type { Check } from '../core/doctor.js';
+import { errorMessage } from '../contract/errors.js';
+import { settingsVars, type Settings } from '../core/settings.js';
 import { loadPayloadKeys } from './codec.js';
 import { isLoopbackAddress } from './data-converter.js';
 

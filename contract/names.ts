@@ -21,14 +21,6 @@ export function nodeTaskQueue(node: string): string {
   return `arch-node-${node}`;
 }
 
-export const WORKFLOW_TYPES = {
-  migrate: 'migrateContainer',
-  drain: 'drainNode',
-  reclaimWatch: 'nodeReclaimWatch',
-  pause: 'pauseContainers',
-  resume: 'resumeContainers',
-} as const;
-
 /** Workflow ids: one reclaim watcher per node; readable ids for the rest. */
 export const workflowIds = {
   reclaimWatch: (node: string): string => `arch-reclaim-watch-${node}`,

@@ -6,7 +6,7 @@
  * with another type is an error the operator must resolve.
  */
 import type { Connection } from '@temporalio/client';
-import { SEARCH_ATTRIBUTE_DEFS } from './search-attributes.js';
+import { SEARCH_ATTRIBUTE_DEFS } from '../contract/search-attributes.js';
 
 // temporal.api.enums.v1.IndexedValueType: @temporalio/proto is not a direct
 // dependency and its CJS build has no ESM named exports, so the values are spelled out.

@@ -8,7 +8,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
-import { devServerSearchAttributeArgs } from './search-attributes.js';
+import { devServerSearchAttributeArgs } from '../contract/search-attributes.js';
 import { isReachable } from './connection.js';
 
 export interface DevServerOptions {

@@ -1,7 +1,7 @@
 /**
  * How ARCH's clients and workers convert payloads: the default JSON
  * converter, failure messages inside encoded attributes
- * (failure-converter.ts), and the AES-GCM codec when a key is configured.
+ * (contract/failure-converter.ts), and the AES-GCM codec when a key is configured.
  *
  * No key: payloads stay plain, so a single-host setup (Temporal on
  * loopback: `arch-cli dev`, docker-compose on this host) keeps working and
@@ -16,11 +16,11 @@
  */
 import { fileURLToPath } from 'node:url';
 import { defaultPayloadConverter, type LoadedDataConverter, type Payload, type PayloadCodec } from '@temporalio/common';
-import { ArchInputError } from '../errors.js';
+import { ArchInputError } from '../contract/errors.js';
 import { AesGcmPayloadCodec, loadPayloadKeys } from './codec.js';
-import { failureConverter } from './failure-converter.js';
+import { failureConverter } from '../contract/failure-converter.js';
 
-export const FAILURE_CONVERTER_PATH = fileURLToPath(new URL('./failure-converter.js', import.meta.url));
+export const FAILURE_CONVERTER_PATH = fileURLToPath(new URL('../contract/failure-converter.js', import.meta.url));
 
 export interface PayloadProtection {
   codec?: AesGcmPayloadCodec;

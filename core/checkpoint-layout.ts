@@ -1,0 +1,22 @@
+/**
+ * What a checkpoint directory holds, named once (README "Checkpoint image"):
+ *   manifest.json, manifest.sig, criu/ (CRIU's images, pages-N.img among
+ *   them), rootfs-diff.tar, deleted.files, config.json.
+ * The writer (checkpoint.ts), the readers (restore.ts, store.ts,
+ * transfer.ts) and the tests spell these names from here.
+ */
+
+export const MANIFEST_FILE = 'manifest.json';
+/** The publishing node's signature of MANIFEST_FILE's bytes (trust.ts). */
+export const SIGNATURE_FILE = 'manifest.sig';
+/** CRIU's images and runc's descriptors.json. */
+export const CRIU_DIR = 'criu';
+export const ROOTFS_TAR = 'rootfs-diff.tar';
+export const DELETED_FILES = 'deleted.files';
+/** The OCI spec (oci-spec.ts): a bundle's config.json, kept in the checkpoint under the same name. */
+export const SPEC_FILE = 'config.json';
+
+/** CRIU's memory page images, by name inside CRIU_DIR: the bulk of a checkpoint. */
+export const PAGE_IMAGE_NAME = /^pages-\d+\.img$/;
+/** The same, by path relative to the checkpoint directory (as the manifest lists files). */
+export const PAGE_IMAGE_PATH = new RegExp(`^${CRIU_DIR}/${PAGE_IMAGE_NAME.source.slice(1)}`);

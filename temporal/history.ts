@@ -1,0 +1,207 @@
+/**
+ * What a workflow's history says about its timing: when it started and
+ * closed, and every activity it ran (scheduled, started, closed, input and
+ * result), read in one place for the tests and the benchmarks.
+ *
+ * Orchestration overhead is derived from it: wall time from start to close
+ * minus the time spent inside activities (the union of every activity
+ * attempt's started→closed interval, so parallel activities are not
+ * counted twice). What remains is Temporal and ARCH's workflow code: task
+ * dispatch, workflow tasks, the gaps between activities.
+ */
+import type { WorkflowHandle } from '@temporalio/client';
+
+// temporal.api.enums.v1.EventType values (see register.ts for why they are spelled out).
+const EV = {
+  started: 1,
+  completed: 2,
+  failed: 3,
+  activityScheduled: 10,
+  activityStarted: 11,
+  activityCompleted: 12,
+  activityFailed: 13,
+  activityTimedOut: 14,
+  activityCanceled: 16,
+} as const;
+
+type Num = { toNumber(): number } | number | null | undefined;
+
+interface Ts {
+  seconds?: Num;
+  nanos?: number | null;
+}
+
+const num = (v: Num): number => (typeof v === 'number' ? v : (v?.toNumber() ?? 0));
+const ms = (t: Ts | null | undefined): number => (t ? num(t.seconds) * 1000 + Math.floor((t.nanos ?? 0) / 1e6) : NaN);
+
+type Payloads = { payloads?: { data?: Uint8Array | null }[] | null } | null | undefined;
+
+/** The first JSON payload, parsed; undefined if absent or not JSON (e.g. encrypted). */
+function firstPayload(p: Payloads): unknown {
+  try {
+    const data = p?.payloads?.[0]?.data;
+    return data ? JSON.parse(Buffer.from(data).toString('utf8')) : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+export interface HistoryEvent {
+  eventId?: Num;
+  eventTime?: Ts | null;
+  eventType?: number | null;
+  activityTaskScheduledEventAttributes?: {
+    activityType?: { name?: string | null } | null;
+    taskQueue?: { name?: string | null } | null;
+    input?: Payloads;
+  } | null;
+  activityTaskStartedEventAttributes?: { scheduledEventId?: Num } | null;
+  activityTaskCompletedEventAttributes?: { scheduledEventId?: Num; result?: Payloads } | null;
+  activityTaskFailedEventAttributes?: { scheduledEventId?: Num } | null;
+  activityTaskTimedOutEventAttributes?: { scheduledEventId?: Num } | null;
+  activityTaskCanceledEventAttributes?: { scheduledEventId?: Num } | null;
+}
+
+export interface ActivityRun {
+  type: string;
+  taskQueue: string;
+  /** Epoch ms (server clock). */
+  scheduledAt: number;
+  /** Of the last attempt; NaN if the history has no started event for it. */
+  startedAt: number;
+  closedAt: number;
+  ok: boolean;
+  /** The activity's first argument, decoded (JSON payloads), or undefined. */
+  input: unknown;
+  /** Its result, decoded, when it completed. */
+  result: unknown;
+}
+
+export interface WorkflowTimes {
+  startedAt: number;
+  closedAt: number;
+  /** In the order they were scheduled. */
+  activities: ActivityRun[];
+}
+
+/** The runs in the order they closed, beside WorkflowTimes (overhead reports them so). */
+function readHistory(events: HistoryEvent[]): WorkflowTimes & { closed: ActivityRun[] } {
+  let startedAt = NaN;
+  let closedAt = NaN;
+  const byId = new Map<number, ActivityRun>();
+  const activities: ActivityRun[] = [];
+  const closed: ActivityRun[] = [];
+  for (const e of events) {
+    const t = ms(e.eventTime);
+    switch (e.eventType) {
+      case EV.started:
+        startedAt = t;
+        break;
+      case EV.completed:
+      case EV.failed:
+        closedAt = t;
+        break;
+      case EV.activityScheduled: {
+        const a = e.activityTaskScheduledEventAttributes;
+        const run: ActivityRun = {
+          type: a?.activityType?.name ?? '?',
+          taskQueue: a?.taskQueue?.name ?? '?',
+          scheduledAt: t,
+          startedAt: NaN,
+          closedAt: NaN,
+          ok: false,
+          input: firstPayload(a?.input),
+          result: undefined,
+        };
+        byId.set(num(e.eventId), run);
+        activities.push(run);
+        break;
+      }
+      case EV.activityStarted: {
+        const r = byId.get(num(e.activityTaskStartedEventAttributes?.scheduledEventId));
+        if (r) r.startedAt = t;
+        break;
+      }
+      case EV.activityCompleted:
+      case EV.activityFailed:
+      case EV.activityTimedOut:
+      case EV.activityCanceled: {
+        const a =
+          e.activityTaskCompletedEventAttributes ??
+          e.activityTaskFailedEventAttributes ??
+          e.activityTaskTimedOutEventAttributes ??
+          e.activityTaskCanceledEventAttributes;
+        const r = byId.get(num(a?.scheduledEventId));
+        if (r) {
+          r.closedAt = t;
+          r.ok = e.eventType === EV.activityCompleted;
+          if (r.ok) r.result = firstPayload(e.activityTaskCompletedEventAttributes?.result);
+          closed.push(r);
+        }
+        break;
+      }
+    }
+  }
+  return { startedAt, closedAt, activities, closed };
+}
+
+/** Start and close of a workflow and every activity it ran, from its history. */
+export async function workflowTimes(handle: WorkflowHandle): Promise<WorkflowTimes> {
+  const { startedAt, closedAt, activities } = readHistory(await historyEvents(handle));
+  return { startedAt, closedAt, activities };
+}
+
+export interface ActivitySpan {
+  activityType: string;
+  taskQueue: string;
+  /** Scheduled → started: waiting for the node's worker. */
+  queueMs: number;
+  /** Started → closed: inside the activity (last attempt). */
+  runMs: number;
+}
+
+export interface Overhead {
+  totalMs: number;
+  activityMs: number;
+  overheadMs: number;
+  /** In the order they closed. */
+  activities: ActivitySpan[];
+}
+
+export function overheadFromHistory(events: HistoryEvent[]): Overhead {
+  const h = readHistory(events);
+  const spans: { from: number; to: number }[] = [];
+  const activities: ActivitySpan[] = [];
+  for (const r of h.closed) {
+    const st = Number.isNaN(r.startedAt) ? r.closedAt : r.startedAt;
+    spans.push({ from: st, to: r.closedAt });
+    activities.push({
+      activityType: r.type,
+      taskQueue: r.taskQueue,
+      queueMs: st - r.scheduledAt,
+      runMs: r.closedAt - st,
+    });
+  }
+  spans.sort((a, b) => a.from - b.from);
+  let activityMs = 0;
+  let curFrom = NaN;
+  let curTo = NaN;
+  for (const s of spans) {
+    if (Number.isNaN(curTo) || s.from > curTo) {
+      if (!Number.isNaN(curTo)) activityMs += curTo - curFrom;
+      curFrom = s.from;
+      curTo = s.to;
+    } else curTo = Math.max(curTo, s.to);
+  }
+  if (!Number.isNaN(curTo)) activityMs += curTo - curFrom;
+  const totalMs = h.closedAt - h.startedAt;
+  return { totalMs, activityMs, overheadMs: totalMs - activityMs, activities };
+}
+
+export async function workflowOverhead(handle: WorkflowHandle): Promise<Overhead> {
+  return overheadFromHistory(await historyEvents(handle));
+}
+
+async function historyEvents(handle: WorkflowHandle): Promise<HistoryEvent[]> {
+  return ((await handle.fetchHistory()).events ?? []) as HistoryEvent[];
+}
