@@ -3,13 +3,10 @@ import { Option, type Command } from 'commander';
 import { ArchInputError } from '../../core/errors.js';
 import { parseContainerRef } from '../../core/ids.js';
 import { WORKFLOW_TASK_QUEUE, WORKFLOW_TYPES, workflowIds } from '../../core/temporal/names.js';
-import { attributePairs } from '../../core/temporal/search-attributes.js';
 import type { MigrateInput, MigrateResult } from '../../workflows/types.js';
 import { parseDurationMs } from '../../worker/args.js';
-import { requireWorkers } from '../connect.js';
 import { nodeArg, suffix, type CliContext } from '../context.js';
 import { CliError, EXIT } from '../exit-codes.js';
-import { failureToCliError, follow, waitPastPreflight } from '../follow.js';
 import { bytes, ms, table } from '../output.js';
 
 export function formatMigrate(r: MigrateResult): string {
@@ -53,6 +50,12 @@ export function registerMigrate(program: Command, ctx: CliContext): void {
           to: o.to,
           nodeStartTimeoutMs: parseDurationMs(o.nodeTimeout, '--node-timeout'),
         };
+        const [{ attributePairs }, { requireWorkers }, { failureToCliError, follow, waitPastPreflight }] =
+          await Promise.all([
+            import('../../core/temporal/search-attributes.js'),
+            import('../connect.js'),
+            import('../follow.js'),
+          ]);
         const client = await ctx.client();
         await requireWorkers(client, [o.from, o.to]);
         const workflowId = workflowIds.migrate(ref.namespace, ref.id, suffix());
