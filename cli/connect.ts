@@ -1,6 +1,6 @@
 /**
  * The CLI's Temporal client: TEMPORAL_ADDRESS / TEMPORAL_NAMESPACE (or
- * --address / --namespace), reachable or a clear exit 3.
+ * --address / --temporal-namespace), reachable or a clear exit 3.
  */
 import type { Client } from '@temporalio/client';
 import type { Settings } from '../core/settings.js';
@@ -11,13 +11,13 @@ import { CliError, EXIT } from './exit-codes.js';
 export interface GlobalOpts {
   json?: boolean;
   address?: string;
-  namespace?: string;
+  temporalNamespace?: string;
 }
 
 export function targetFrom(settings: Settings, g: GlobalOpts): TemporalTarget {
   return temporalTarget({
     temporalAddress: g.address ?? settings.temporalAddress,
-    temporalNamespace: g.namespace ?? settings.temporalNamespace,
+    temporalNamespace: g.temporalNamespace ?? settings.temporalNamespace,
   });
 }
 
@@ -29,7 +29,7 @@ export async function connect(settings: Settings, g: GlobalOpts): Promise<Client
     return client;
   } catch (err) {
     throw new CliError(
-      `cannot reach Temporal at ${t.address} (namespace ${t.namespace}): ${(err as Error).message.split('\n')[0]}. Fix: start it with \`arch-cli dev\`, or set TEMPORAL_ADDRESS / TEMPORAL_NAMESPACE`,
+      `cannot reach Temporal at ${t.address} (namespace ${t.namespace}): ${(err as Error).message.split('\n')[0]}. Fix: start it with \`arch-cli dev\`, or set TEMPORAL_ADDRESS / TEMPORAL_NAMESPACE (--address / --temporal-namespace)`,
       EXIT.unavailable,
     );
   }

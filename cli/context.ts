@@ -1,10 +1,15 @@
-/** What every command gets: settings, global flags, output, a lazily connected client. */
+/**
+ * What every command gets: settings, global flags, output, a lazily connected
+ * client. The Temporal client (and everything that loads it) is imported only
+ * when a command asks for it: it takes most of a second to load, and local
+ * commands (`finalize` on a reclaim notice above all) must not pay for it.
+ */
 import type { Client } from '@temporalio/client';
 import type { Command } from 'commander';
 import { InvalidArgumentError } from 'commander';
 import type { Settings } from '../core/settings.js';
 import { isValidNodeName, NODE_NAME_RULE } from '../contract/names.js';
-import { connect, type GlobalOpts } from './connect.js';
+import type { GlobalOpts } from './connect.js';
 import { makeOut, type Out } from './output.js';
 
 export interface CliContext {
@@ -22,7 +27,7 @@ export function makeContext(settings: Settings, program: Command): CliContext {
     settings,
     globals,
     out: () => makeOut(!!globals().json),
-    client: () => (client ??= connect(settings, globals())),
+    client: () => (client ??= import('./connect.js').then((m) => m.connect(settings, globals()))),
     async close() {
       if (client) await (await client.catch(() => undefined))?.connection.close().catch(() => undefined);
     },

@@ -1,5 +1,4 @@
 import type { Command } from 'commander';
-import { runDoctor, writeProbedSettings } from '../core/doctor.js';
 import { loadSettings } from '../core/settings.js';
 import { payloadKeyCheck } from '../temporal/payload-check.js';
 import { makeOut } from './output.js';
@@ -13,6 +12,7 @@ export function registerDoctor(program: Command): void {
     .option('--write-config', 'record probe results (e.g. ARCH_CRIU_NO_BREAKPOINTS=1) in the settings file')
     .action(async (opts: { json?: boolean; writeConfig?: boolean }, cmd: Command) => {
       opts.json = !!cmd.optsWithGlobals().json;
+      const { runDoctor, writeProbedSettings } = await import('../core/doctor.js');
       let settings = loadSettings();
       let checks = await runDoctor(settings, payloadKeyCheck);
       if (opts.writeConfig && (await writeProbedSettings(settings, checks))) {

@@ -1,7 +1,7 @@
 import type { Command } from 'commander';
 import { ArchInputError } from '../contract/errors.js';
-import { createNodeContext } from '../core/context.js';
-import { finalizeNode, type FinalizeItem } from '../core/finalize.js';
+import { validateNamespace } from '../contract/ids.js';
+import type { FinalizeItem } from '../core/finalize.js';
 import { parseDurationMs } from '../core/option-parsers.js';
 import { bytes as formatBytes, makeOut, ms as formatMs } from './output.js';
 
@@ -16,14 +16,18 @@ export function registerFinalize(program: Command): void {
     .description('checkpoint every running ARCH container on this node now (reclaim warning); exits 1 if any failed')
     .option('--deadline <duration>', 'time left before the node goes away (e.g. 90s, 2m)', '120s')
     .option('--parallel <n>', 'at most this many checkpoints at once', '4')
-    .option('--ns <namespace...>', 'only these containerd namespaces')
+    .option('-n, --namespace <ns...>', 'only these containerd namespaces')
     .option('--leave-running', 'keep the containers running after the checkpoint')
     .action(
       async (
-        opts: { deadline: string; parallel: string; ns?: string[]; leaveRunning?: boolean; json?: boolean },
+        opts: { deadline: string; parallel: string; namespace?: string[]; leaveRunning?: boolean; json?: boolean },
         cmd: Command,
       ) => {
         opts.json = !!cmd.optsWithGlobals().json;
+        const [{ createNodeContext }, { finalizeNode }] = await Promise.all([
+          import('../core/context.js'),
+          import('../core/finalize.js'),
+        ]);
         const ctx = createNodeContext('arch-cli');
         const deadlineMs = parseDurationMs(opts.deadline, '--deadline');
         const maxParallel = Number(opts.parallel);
@@ -33,6 +37,7 @@ export function registerFinalize(program: Command): void {
             `"${opts.parallel}" is not a positive integer`,
             'pass e.g. --parallel 4',
           );
+        opts.namespace?.forEach((ns) => validateNamespace(ns, '--namespace'));
         const line = (i: FinalizeItem) => {
           const what = i.status === 'checkpointed' ? 'ok    ' : i.status === 'deadline' ? 'LATE  ' : 'FAILED';
           process.stdout.write(
@@ -42,7 +47,7 @@ export function registerFinalize(program: Command): void {
         const report = await finalizeNode(ctx, {
           deadline: new Date(Date.now() + deadlineMs),
           maxParallel,
-          namespaces: opts.ns,
+          namespaces: opts.namespace,
           leaveRunning: opts.leaveRunning,
           onPlan: (plan, containers) => {
             if (opts.json) return;

@@ -1,56 +1,13 @@
 /**
  * arch-cli: ARCH's command line. Orchestration commands talk to Temporal
- * (TEMPORAL_ADDRESS / TEMPORAL_NAMESPACE); finalize and doctor act on this
- * node directly.
+ * (TEMPORAL_ADDRESS / TEMPORAL_NAMESPACE, or --address /
+ * --temporal-namespace); finalize and doctor act on this node directly.
  */
-import { Command, CommanderError, InvalidArgumentError } from 'commander';
+import { CommanderError, InvalidArgumentError } from 'commander';
 import { ArchInputError, CheckpointUnusableError, errorMessage } from '../contract/errors.js';
 import { loadSettings, type Settings } from '../core/settings.js';
-import { registerCodecServer } from './commands/codec-server.js';
-import { registerDev } from './commands/dev.js';
-import { registerDrain } from './commands/drain.js';
-import { registerLs } from './commands/ls.js';
-import { registerMigrate } from './commands/migrate.js';
-import { registerPauseResume } from './commands/pause.js';
-import { registerReclaim } from './commands/reclaim.js';
-import { registerSchedule } from './commands/schedule.js';
-import { registerStatus } from './commands/status.js';
-import { registerTemporalSetup } from './commands/temporal-setup.js';
-import { makeContext, type CliContext } from './context.js';
-import { registerDoctor } from './doctor.js';
-import { registerFinalize } from './finalize.js';
-import { CliError, EXIT, EXIT_HELP } from './exit-codes.js';
-
-export async function buildProgram(settings: Settings): Promise<{ program: Command; ctx: CliContext }> {
-  const program = new Command('arch-cli')
-    .description('ARCH: containers that survive losing their node')
-    .option('--json', 'machine-readable output (one JSON document on stdout)')
-    .option('--address <host:port>', 'Temporal frontend (default $TEMPORAL_ADDRESS or localhost:7233)')
-    .option('--namespace <ns>', 'Temporal namespace (default $TEMPORAL_NAMESPACE or default)')
-    .addHelpText('after', `\n${EXIT_HELP}`)
-    .showHelpAfterError('(run with --help for usage)')
-    .exitOverride();
-  const ctx = makeContext(settings, program);
-  registerMigrate(program, ctx);
-  registerDrain(program, ctx);
-  registerReclaim(program, ctx);
-  registerPauseResume(program, ctx);
-  registerSchedule(program, ctx);
-  registerLs(program, ctx);
-  registerStatus(program, ctx);
-  registerDev(program, ctx);
-  registerTemporalSetup(program, ctx);
-  registerCodecServer(program, ctx);
-  // Node-local commands (no Temporal needed).
-  registerFinalize(program);
-  registerDoctor(program);
-  // Subcommands inherit exitOverride so usage errors come back here as exit 2.
-  for (const c of program.commands) {
-    c.exitOverride();
-    for (const s of c.commands) s.exitOverride();
-  }
-  return { program, ctx };
-}
+import { CliError, EXIT } from './exit-codes.js';
+import { buildProgram } from './program.js';
 
 function report(err: unknown, json: boolean): number {
   let code: number = EXIT.failed;

@@ -1,6 +1,8 @@
 /**
  * How bin/arch-runc starts the shim's Node side: the one-file bundle
  * (arch-runc.cjs, see package.json's bundle:shim) run with V8's code cache.
+ * bin/arch-cli starts its own bundle the same way (cli/start.cts), through
+ * runBundle below.
  *
  * Why: arch-runc runs once per runc call containerd makes for an ARCH
  * container, and the restore of a container waits for it. Compiling the
@@ -20,41 +22,54 @@ import Module = require('node:module');
 import path = require('node:path');
 import vm = require('node:vm');
 
-const BUNDLE = path.join(__dirname, 'arch-runc.cjs');
-const CACHE = `${BUNDLE}.v8cache`;
 const sha256 = (data: string | Buffer): Buffer => crypto.createHash('sha256').update(data).digest();
 /** Cache file: sha256 of the bundle, sha256 of the data, the data. */
 const HEADER_BYTES = 64;
 
-const source = fs.readFileSync(BUNDLE, 'utf8');
-const key = sha256(source);
-let cachedData: Buffer | undefined;
-try {
-  const file = fs.readFileSync(CACHE);
-  const data = file.subarray(HEADER_BYTES);
-  if (file.subarray(0, 32).equals(key) && file.subarray(32, HEADER_BYTES).equals(sha256(data))) cachedData = data;
-} catch {
-  // no cache yet: compile, and write one at exit
+/** Run a CommonJS bundle as a module of its own, compiled from `<bundle>.v8cache` when that fits it. */
+function runBundle(bundle: string): void {
+  const cache = `${bundle}.v8cache`;
+  const source = fs.readFileSync(bundle, 'utf8');
+  const key = sha256(source);
+  let cachedData: Buffer | undefined;
+  try {
+    const file = fs.readFileSync(cache);
+    const data = file.subarray(HEADER_BYTES);
+    if (file.subarray(0, 32).equals(key) && file.subarray(32, HEADER_BYTES).equals(sha256(data))) cachedData = data;
+  } catch {
+    // no cache yet: compile, and write one at exit
+  }
+
+  const script = new vm.Script(Module.wrap(source), { filename: bundle, cachedData });
+  if (!cachedData || script.cachedDataRejected) process.once('exit', () => writeCache(script, cache, key));
+
+  const mod = { exports: {} };
+  // The bundle's require resolves from where the bundle is (its external packages: node_modules above it).
+  (script.runInThisContext() as (...args: unknown[]) => void)(
+    mod.exports,
+    Module.createRequire(bundle),
+    mod,
+    bundle,
+    path.dirname(bundle),
+  );
 }
-
-const script = new vm.Script(Module.wrap(source), { filename: BUNDLE, cachedData });
-if (!cachedData || script.cachedDataRejected) process.once('exit', writeCache);
-
-const mod = { exports: {} };
-(script.runInThisContext() as (...args: unknown[]) => void)(mod.exports, require, mod, BUNDLE, path.dirname(BUNDLE));
 
 /**
  * At exit, so that the functions this run compiled are in it; never fails the
  * call. Written beside and renamed like core/atomic-file.ts does, but
  * synchronously: an exit handler cannot wait, and this file loads nothing of dist/.
  */
-function writeCache(): void {
-  const tmp = `${CACHE}.${process.pid}.tmp`;
+function writeCache(script: vm.Script, cache: string, key: Buffer): void {
+  const tmp = `${cache}.${process.pid}.tmp`;
   try {
     const data = script.createCachedData();
     fs.writeFileSync(tmp, Buffer.concat([key, sha256(data), data]));
-    fs.renameSync(tmp, CACHE);
+    fs.renameSync(tmp, cache);
   } catch {
     fs.rmSync(tmp, { force: true });
   }
 }
+
+export = { runBundle };
+
+if (require.main === module) runBundle(path.join(__dirname, 'arch-runc.cjs'));

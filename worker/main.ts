@@ -1,24 +1,20 @@
 /**
- * arch-worker --node NAME [--containerd-address SOCK] [--namespace NS]...
+ * arch-worker --node NAME [--containerd-address SOCK] [-n|--namespace NS]...
+ *             [--temporal-namespace NS]
  *             [--runc-root DIR] [--transfer-listen HOST:PORT] ...
  *
  * One per node. SIGTERM/SIGINT: stop polling, let in-flight activities (a
  * checkpoint above all) finish within --shutdown-grace, then exit 0.
  */
-import { Command, InvalidArgumentError } from 'commander';
+import { InvalidArgumentError } from 'commander';
 import { ArchInputError, errorMessage } from '../contract/errors.js';
 import { loadSettings } from '../core/settings.js';
-import { addWorkerOptions, workerOptionsFrom, type WorkerFlags } from './options.js';
+import { workerOptionsFrom, workerProgram, type WorkerFlags } from './options.js';
 import { startNodeWorker } from './run.js';
 
 async function main(argv: string[]): Promise<number> {
   const settings = loadSettings();
-  const program = addWorkerOptions(
-    new Command('arch-worker').description(
-      "Run this node's ARCH worker: activities on arch-node-<node>, workflows on arch",
-    ),
-    settings,
-  ).exitOverride();
+  const program = workerProgram(settings);
   program.parse(argv, { from: 'user' });
   const worker = await startNodeWorker(workerOptionsFrom(program.opts<WorkerFlags>(), settings));
   // Tests and supervisors wait for this line on stdout to know the worker polls.

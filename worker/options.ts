@@ -1,5 +1,6 @@
 /** The node worker's command-line options, shared by arch-worker and `arch-cli dev`. */
 import { Command, InvalidArgumentError, Option } from 'commander';
+import { validateNamespace } from '../contract/ids.js';
 import { requireAbsolutePath } from '../core/paths.js';
 import type { Settings } from '../core/settings.js';
 import { isValidNodeName, NODE_NAME_RULE } from '../contract/names.js';
@@ -8,6 +9,8 @@ import type { NodeWorkerOptions } from './run.js';
 
 export interface WorkerFlags {
   node: string;
+  /** arch-worker only: `arch-cli dev` has the global --temporal-namespace. */
+  temporalNamespace?: string;
   containerdAddress: string;
   namespace?: string[];
   runcRoot: string;
@@ -24,16 +27,22 @@ export interface WorkerFlags {
   reclaimTargets?: string;
 }
 
-/** `transferListen`: dev mode (one host) keeps the transfer server on loopback. */
+/**
+ * `transferListen`: dev mode (one host) keeps the transfer server on loopback.
+ * `temporalNamespace`: add --temporal-namespace (arch-worker; `arch-cli dev`
+ * has it as a global option). -n/--namespace is always containerd's, as in ctr.
+ */
 export function addWorkerOptions(
   cmd: Command,
   settings: Settings,
-  defaults: { transferListen?: string } = {},
+  defaults: { transferListen?: string; temporalNamespace?: boolean } = {},
 ): Command {
+  if (defaults.temporalNamespace)
+    cmd.option('--temporal-namespace <ns>', 'Temporal namespace (default $TEMPORAL_NAMESPACE or default)');
   return cmd
     .option('--node <name>', "this node's name (task queue arch-node-<name>)", settings.nodeName)
     .option('--containerd-address <sock>', "containerd's socket", '/run/containerd/containerd.sock')
-    .option('--namespace <ns...>', 'containerd namespaces to manage (default: all)')
+    .option('-n, --namespace <ns...>', 'containerd namespaces to manage, repeatable (default: all)')
     .option('--runc-root <dir>', 'base of the per-namespace runc roots containerd uses', settings.runcRootBase)
     .option('--cgroup-parent <path>', 'cgroup parent for containers restored here')
     .option('--ctr <path>', 'ctr binary', 'ctr')
@@ -59,14 +68,29 @@ export function addWorkerOptions(
     );
 }
 
+/** arch-worker's command line. */
+export function workerProgram(settings: Settings): Command {
+  return addWorkerOptions(
+    new Command('arch-worker').description(
+      "Run this node's ARCH worker: activities on arch-node-<node>, workflows on arch",
+    ),
+    settings,
+    { temporalNamespace: true },
+  ).exitOverride();
+}
+
 export function workerOptionsFrom(o: WorkerFlags, settings: Settings): NodeWorkerOptions {
   if (!isValidNodeName(o.node)) throw new InvalidArgumentError(`--node "${o.node}": use ${NODE_NAME_RULE}`);
   return {
     node: o.node,
-    settings: { ...settings, runcRootBase: requireAbsolutePath(o.runcRoot, '--runc-root') },
+    settings: {
+      ...settings,
+      runcRootBase: requireAbsolutePath(o.runcRoot, '--runc-root'),
+      temporalNamespace: o.temporalNamespace ?? settings.temporalNamespace,
+    },
     containerdAddress: o.containerdAddress,
     ctr: o.ctr,
-    namespaces: o.namespace,
+    namespaces: o.namespace?.map((ns) => validateNamespace(ns, '--namespace')),
     cgroupParent: o.cgroupParent,
     archRunc: o.archRunc,
     transferListen: parseHostPort(o.transferListen, '--transfer-listen'),

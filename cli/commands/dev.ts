@@ -6,16 +6,11 @@
  */
 import os from 'node:os';
 import path from 'node:path';
-import { Command } from 'commander';
-import { Connection } from '@temporalio/client';
-import { connectionOptions, isReachable, temporalTarget } from '../../temporal/connection.js';
-import { startDevServer, type DevServer } from '../../temporal/dev-server.js';
-import { ensureSearchAttributes } from '../../temporal/register.js';
+import type { Command } from 'commander';
+import type { DevServer } from '../../temporal/dev-server.js';
 import { addWorkerOptions, workerOptionsFrom, type WorkerFlags } from '../../worker/options.js';
-import { startNodeWorker } from '../../worker/run.js';
 import type { CliContext } from '../context.js';
 import { CliError, EXIT } from '../exit-codes.js';
-import { Containerd } from '../../core/containerd.js';
 
 interface DevFlags extends WorkerFlags {
   db: string;
@@ -39,7 +34,8 @@ function splitAddress(address: string): { host: string; port: number } {
 const LOCAL = new Set(['localhost', '127.0.0.1', '::1', '0.0.0.0']);
 
 export function registerDev(program: Command, ctx: CliContext): void {
-  const cmd = new Command('dev')
+  const cmd = program
+    .command('dev')
     .description(
       "run a local Temporal dev server (if none answers at TEMPORAL_ADDRESS) and this node's worker, until Ctrl-C",
     )
@@ -47,14 +43,28 @@ export function registerDev(program: Command, ctx: CliContext): void {
     .option('--ui-port <port>', 'Temporal UI port (default: frontend port + 1000)')
     .option('--no-worker', 'only the server')
     .option('--keep-server', 'leave the dev server running when this exits');
+  // The Temporal namespace is the global --temporal-namespace; -n/--namespace are containerd's, as for arch-worker.
   addWorkerOptions(cmd, ctx.settings, { transferListen: '127.0.0.1:0' });
   cmd.action(async (o: DevFlags) => {
     const out = ctx.out();
-    const g = ctx.globals();
-    const target = temporalTarget({
-      temporalAddress: g.address ?? ctx.settings.temporalAddress,
-      temporalNamespace: g.namespace ?? ctx.settings.temporalNamespace,
-    });
+    const [
+      { Connection },
+      { connectionOptions, isReachable },
+      { startDevServer },
+      { ensureSearchAttributes },
+      { startNodeWorker },
+      { Containerd },
+      { targetFrom },
+    ] = await Promise.all([
+      import('@temporalio/client'),
+      import('../../temporal/connection.js'),
+      import('../../temporal/dev-server.js'),
+      import('../../temporal/register.js'),
+      import('../../worker/run.js'),
+      import('../../core/containerd.js'),
+      import('../connect.js'),
+    ]);
+    const target = targetFrom(ctx.settings, ctx.globals());
     let server: DevServer | undefined;
     let uiUrl: string | undefined;
     if (await isReachable(target)) {
@@ -121,5 +131,4 @@ export function registerDev(program: Command, ctx: CliContext): void {
     }
     if (server && !o.keepServer) await server.stop();
   });
-  program.addCommand(cmd);
 }

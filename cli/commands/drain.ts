@@ -1,14 +1,12 @@
 /** arch-cli drain NODE --to B[,C] [--deadline 2m] [--wait] */
 import type { Command } from 'commander';
 import { ArchInputError } from '../../contract/errors.js';
+import { validateNamespace } from '../../contract/ids.js';
 import { WORKFLOW_TASK_QUEUE, workflowIds } from '../../contract/names.js';
-import { attributePairs } from '../../contract/search-attributes.js';
 import { drainCounts } from '../../workflows/drain-outcomes.js';
 import type { DrainInput, DrainResult } from '../../contract/types.js';
-import { requireWorkers } from '../connect.js';
 import { nodeArg, nodeList, suffix, type CliContext } from '../context.js';
 import { CliError, EXIT } from '../exit-codes.js';
-import { follow } from '../follow.js';
 import { bytes, ms, table } from '../output.js';
 import { parseDeadline } from '../time.js';
 
@@ -63,7 +61,7 @@ export function registerDrain(program: Command, ctx: CliContext): void {
         throw new ArchInputError('--parallelism', `"${v}" is not a whole number >= 1`, 'pass e.g. 2');
       return n;
     })
-    .option('--namespace <ns>', 'only this containerd namespace')
+    .option('-n, --namespace <ns>', 'only this containerd namespace')
     .option('--wait', 'wait and show per-container results')
     .action(
       async (
@@ -71,6 +69,7 @@ export function registerDrain(program: Command, ctx: CliContext): void {
         o: { to?: string[]; deadline: string; parallelism?: number; namespace?: string; wait?: boolean },
       ) => {
         const out = ctx.out();
+        if (o.namespace) validateNamespace(o.namespace, '--namespace');
         const targets = o.to ?? [];
         if (targets.includes(node))
           throw new ArchInputError('--to', `includes the drained node ${node}`, 'restore on other nodes');
@@ -82,6 +81,11 @@ export function registerDrain(program: Command, ctx: CliContext): void {
           selector: o.namespace ? { namespace: o.namespace } : undefined,
           reason: 'arch-cli drain',
         };
+        const [{ attributePairs }, { requireWorkers }, { follow }] = await Promise.all([
+          import('../../contract/search-attributes.js'),
+          import('../connect.js'),
+          import('../follow.js'),
+        ]);
         const client = await ctx.client();
         await requireWorkers(client, [node, ...targets]);
         const workflowId = workflowIds.drain(node, suffix());

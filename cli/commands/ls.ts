@@ -1,14 +1,9 @@
-/** arch-cli ls [--node N] [--namespace NS]: ARCH containers of a node and their checkpoints. */
+/** arch-cli ls [--node N] [-n|--namespace NS]: ARCH containers of a node and their checkpoints. */
 import type { Command } from 'commander';
 import { validateNamespace } from '../../contract/ids.js';
-import { createLogger } from '../../core/log.js';
-import { containerSummary, findArchContainers } from '../../core/node-containers.js';
-import { describeSearched } from '../../core/runc-roots.js';
 import { WORKFLOW_TASK_QUEUE } from '../../contract/names.js';
 import type { ContainerSummary, ListNodeInput } from '../../contract/types.js';
-import { requireWorkers } from '../connect.js';
 import { nodeArg, suffix, type CliContext } from '../context.js';
-import { failureToCliError } from '../follow.js';
 import { bytes, table } from '../output.js';
 
 export function formatLs(node: string, list: ContainerSummary[]): string {
@@ -39,12 +34,17 @@ export function registerLs(program: Command, ctx: CliContext): void {
     .command('ls')
     .description("list a node's ARCH containers and their checkpoints (asks the node's worker)")
     .option('--node <node>', 'the node (default: this one)', nodeArg)
-    .option('--namespace <ns>', 'only this containerd namespace')
+    .option('-n, --namespace <ns>', 'only this containerd namespace')
     .option('--local', 'this node only, read directly (no Temporal or worker needed)')
     .action(async (o: { node?: string; namespace?: string; local?: boolean }) => {
       const node = o.node ?? ctx.settings.nodeName;
       if (o.namespace) validateNamespace(o.namespace, '--namespace');
       if (o.local) {
+        const [{ createLogger }, { containerSummary, findArchContainers }, { describeSearched }] = await Promise.all([
+          import('../../core/log.js'),
+          import('../../core/node-containers.js'),
+          import('../../core/runc-roots.js'),
+        ]);
         const found = await findArchContainers(
           { settings: ctx.settings, log: createLogger(ctx.settings, 'arch-cli') },
           { namespaces: o.namespace ? [o.namespace] : undefined },
@@ -62,6 +62,10 @@ export function registerLs(program: Command, ctx: CliContext): void {
           );
         return;
       }
+      const [{ requireWorkers }, { failureToCliError }] = await Promise.all([
+        import('../connect.js'),
+        import('../follow.js'),
+      ]);
       const client = await ctx.client();
       await requireWorkers(client, [node]);
       const input: ListNodeInput = { node, namespaces: o.namespace ? [o.namespace] : undefined };

@@ -3,13 +3,10 @@ import { Option, type Command } from 'commander';
 import { ArchInputError } from '../../contract/errors.js';
 import { parseContainerRef } from '../../contract/ids.js';
 import { WORKFLOW_TASK_QUEUE, workflowIds } from '../../contract/names.js';
-import { attributePairs } from '../../contract/search-attributes.js';
 import type { MigrateInput, MigrateResult } from '../../contract/types.js';
 import { parseDurationMs } from '../../core/option-parsers.js';
-import { requireWorkers } from '../connect.js';
 import { nodeArg, suffix, type CliContext } from '../context.js';
 import { CliError, EXIT } from '../exit-codes.js';
-import { failureToCliError, follow, waitPastPreflight } from '../follow.js';
 import { bytes, ms, table } from '../output.js';
 
 export function formatMigrate(r: MigrateResult): string {
@@ -53,6 +50,12 @@ export function registerMigrate(program: Command, ctx: CliContext): void {
           to: o.to,
           nodeStartTimeoutMs: parseDurationMs(o.nodeTimeout, '--node-timeout'),
         };
+        const [{ attributePairs }, { requireWorkers }, { failureToCliError, follow, waitPastPreflight }] =
+          await Promise.all([
+            import('../../contract/search-attributes.js'),
+            import('../connect.js'),
+            import('../follow.js'),
+          ]);
         const client = await ctx.client();
         await requireWorkers(client, [o.from, o.to]);
         const workflowId = workflowIds.migrate(ref.namespace, ref.id, suffix());

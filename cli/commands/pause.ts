@@ -1,13 +1,10 @@
-/** arch-cli pause|resume --node N [--namespace NS] [IDS...] [--wait] */
+/** arch-cli pause|resume --node N [-n|--namespace NS] [IDS...] [--wait] */
 import type { Command } from 'commander';
 import { validateContainerId, validateNamespace } from '../../contract/ids.js';
 import { WORKFLOW_TASK_QUEUE, workflowIds } from '../../contract/names.js';
-import { attributePairs } from '../../contract/search-attributes.js';
 import type { PauseInput, PauseResult } from '../../contract/types.js';
-import { requireWorkers } from '../connect.js';
 import { nodeArg, suffix, type CliContext } from '../context.js';
 import { CliError, EXIT } from '../exit-codes.js';
-import { follow } from '../follow.js';
 import { bytes, ms, table } from '../output.js';
 
 export function formatPause(r: PauseResult): string {
@@ -35,7 +32,7 @@ export function registerPauseResume(program: Command, ctx: CliContext): void {
       )
       .argument('[ids...]', 'only these container ids (default: all)')
       .requiredOption('--node <node>', 'the node', nodeArg)
-      .option('--namespace <ns>', 'only this containerd namespace')
+      .option('-n, --namespace <ns>', 'only this containerd namespace')
       .option('--wait', 'wait and show per-container results')
       .action(async (ids: string[], o: { node: string; namespace?: string; wait?: boolean }) => {
         const out = ctx.out();
@@ -45,6 +42,11 @@ export function registerPauseResume(program: Command, ctx: CliContext): void {
           node: o.node,
           selector: { namespace: o.namespace, ids: ids.length ? ids : undefined },
         };
+        const [{ attributePairs }, { requireWorkers }, { follow }] = await Promise.all([
+          import('../../contract/search-attributes.js'),
+          import('../connect.js'),
+          import('../follow.js'),
+        ]);
         const client = await ctx.client();
         await requireWorkers(client, [o.node]);
         const workflowId = (action === 'pause' ? workflowIds.pause : workflowIds.resume)(o.node, suffix());

@@ -6,14 +6,10 @@
  */
 import type { Command } from 'commander';
 import { WORKFLOW_TASK_QUEUE, workflowIds } from '../../contract/names.js';
-import { attributePairs } from '../../contract/search-attributes.js';
 import type { ReclaimSignal, ReclaimWatchInput, ReclaimWatchState } from '../../contract/types.js';
-import { waitForReclaimDrain } from '../../temporal/reclaim-drain.js';
 import type { DrainResult } from '../../contract/types.js';
-import { requireWorkers } from '../connect.js';
 import { nodeArg, nodeList, type CliContext } from '../context.js';
 import { CliError, EXIT } from '../exit-codes.js';
-import { follow } from '../follow.js';
 import { ms } from '../output.js';
 import { parseDeadline } from '../time.js';
 import { drainExitCode, formatDrain } from './drain.js';
@@ -48,6 +44,12 @@ export function registerReclaim(program: Command, ctx: CliContext): void {
         o: { deadline: string; reason: string; to?: string[]; status?: boolean; wait?: boolean },
       ) => {
         const out = ctx.out();
+        const [{ attributePairs }, { waitForReclaimDrain }, { requireWorkers }, { follow }] = await Promise.all([
+          import('../../contract/search-attributes.js'),
+          import('../../temporal/reclaim-drain.js'),
+          import('../connect.js'),
+          import('../follow.js'),
+        ]);
         const client = await ctx.client();
         const workflowId = workflowIds.reclaimWatch(node);
         if (o.status) {

@@ -5,15 +5,13 @@
  * One ARCH schedule = two Temporal Schedules (arch-schedule-NAME-pause and
  * -resume) that start pauseContainers / resumeContainers for the node.
  */
-import { ScheduleNotFoundError, ScheduleOverlapPolicy, type Client, type ScheduleSummary } from '@temporalio/client';
+import type { Client, ScheduleSummary } from '@temporalio/client';
 import { Option, type Command } from 'commander';
 import { ArchInputError } from '../../contract/errors.js';
 import { validateContainerId, validateNamespace } from '../../contract/ids.js';
 import { isValidNodeName, WORKFLOW_TASK_QUEUE, workflowIds } from '../../contract/names.js';
-import { attributePairs } from '../../contract/search-attributes.js';
 import type { PauseInput } from '../../contract/types.js';
 import { checkTimeZone, parseCalendar } from '../calendar.js';
-import { nodeHasWorker } from '../connect.js';
 import { nodeArg, type CliContext } from '../context.js';
 import { CliError, EXIT } from '../exit-codes.js';
 import { table } from '../output.js';
@@ -60,7 +58,11 @@ async function archSchedules(client: Client): Promise<ArchScheduleInfo[]> {
   return out.sort((a, b) => a.name.localeCompare(b.name) || a.action.localeCompare(b.action));
 }
 
+/** Loaded with the client, when a command needs it (see cli/context.ts). */
+const temporalClient = () => import('@temporalio/client');
+
 async function requireSchedule(client: Client, name: string): Promise<void> {
+  const { ScheduleNotFoundError } = await temporalClient();
   const ids = ACTIONS.map((a) => scheduleId(name, a));
   for (const id of ids) {
     try {
@@ -85,7 +87,7 @@ export function registerSchedule(program: Command, ctx: CliContext): void {
     .requiredOption('--pause <calendar>', 'when to pause: cron ("0 22 * * 1-5") or "[days] HH:MM" ("mon-fri 22:00")')
     .requiredOption('--resume <calendar>', 'when to resume, same syntax')
     .option('--tz <zone>', 'IANA time zone of the calendars', 'UTC')
-    .option('--namespace <ns>', 'only containers of this containerd namespace')
+    .option('-n, --namespace <ns>', 'only containers of this containerd namespace')
     .option('--ids <ids>', 'only these container ids (comma-separated)')
     .addOption(new Option('--paused', 'create the schedules paused (no runs until `schedule unpause`)'))
     .description('create the pause and resume schedules of a node')
@@ -112,6 +114,11 @@ export function registerSchedule(program: Command, ctx: CliContext): void {
         const tz = checkTimeZone(o.tz);
         if (o.namespace) validateNamespace(o.namespace, '--namespace');
         const ids = o.ids ? o.ids.split(',').map((s) => validateContainerId(s.trim(), '--ids')) : undefined;
+        const [{ ScheduleOverlapPolicy }, { attributePairs }, { nodeHasWorker }] = await Promise.all([
+          temporalClient(),
+          import('../../contract/search-attributes.js'),
+          import('../connect.js'),
+        ]);
         const client = await ctx.client();
         if (!(await nodeHasWorker(client, o.node)))
           out.info(`warning: node ${o.node} has no worker right now; the schedule runs will fail until it has one`);
@@ -199,6 +206,7 @@ export function registerSchedule(program: Command, ctx: CliContext): void {
     .action(async (name: string) => {
       const client = await ctx.client();
       await requireSchedule(client, checkName(name));
+      const { ScheduleNotFoundError } = await temporalClient();
       for (const a of ACTIONS)
         await client.schedule
           .getHandle(scheduleId(name, a))
@@ -241,6 +249,7 @@ export function registerSchedule(program: Command, ctx: CliContext): void {
         );
       const client = await ctx.client();
       await requireSchedule(client, checkName(name));
+      const { ScheduleOverlapPolicy } = await temporalClient();
       await client.schedule.getHandle(scheduleId(name, o.action as Action)).trigger(ScheduleOverlapPolicy.ALLOW_ALL);
       ctx.out().result({ name, action: o.action, triggered: true }, () => `schedule ${name}: ${o.action} triggered`);
     });

@@ -8,10 +8,10 @@ import type { Command } from 'commander';
 import { ArchInputError } from '../../contract/errors.js';
 import { parseContainerRef } from '../../contract/ids.js';
 import { ARCH_VISIBILITY_QUERY } from '../../contract/names.js';
-import { SA } from '../../contract/search-attributes.js';
 import { nodeArg, type CliContext } from '../context.js';
-import { rootFailure } from '../follow.js';
 import { ms, table } from '../output.js';
+
+type SearchAttributeKeys = (typeof import('../../contract/search-attributes.js'))['SA'];
 
 export interface StatusRow {
   workflowId: string;
@@ -27,7 +27,7 @@ export interface StatusRow {
   durationMs?: number;
 }
 
-function row(w: WorkflowExecutionInfo): StatusRow {
+function row(w: WorkflowExecutionInfo, SA: SearchAttributeKeys): StatusRow {
   const sa = w.typedSearchAttributes;
   return {
     workflowId: w.workflowId,
@@ -55,9 +55,10 @@ export async function listArchWorkflows(
   if (o.node) q.push(`(ArchSourceNode = ${quote(o.node)} OR ArchTargetNode = ${quote(o.node)})`);
   if (o.container) q.push(`ArchContainer = ${quote(o.container)}`);
   if (o.operation) q.push(`ArchOperation = ${quote(o.operation)}`);
+  const { SA } = await import('../../contract/search-attributes.js');
   const out: StatusRow[] = [];
   for await (const w of client.workflow.list({ query: q.join(' AND '), pageSize: Math.min(o.limit, 100) })) {
-    out.push(row(w));
+    out.push(row(w, SA));
     if (out.length >= o.limit) break;
   }
   return out;
@@ -81,10 +82,14 @@ export function registerStatus(program: Command, ctx: CliContext): void {
         const out = ctx.out();
         const client = await ctx.client();
         if (workflowId) {
+          const [{ SA }, { rootFailure }] = await Promise.all([
+            import('../../contract/search-attributes.js'),
+            import('../follow.js'),
+          ]);
           const h = client.workflow.getHandle(workflowId);
           const d = await h.describe();
           const info: Record<string, unknown> = {
-            ...row(d as unknown as WorkflowExecutionInfo),
+            ...row(d as unknown as WorkflowExecutionInfo, SA),
             runId: d.runId,
             historyLength: d.historyLength,
           };

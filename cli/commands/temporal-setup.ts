@@ -5,8 +5,6 @@
  */
 import type { Connection } from '@temporalio/client';
 import type { Command } from 'commander';
-import { ensureSearchAttributes, searchAttributeCreateCommands } from '../../temporal/register.js';
-import { targetFrom } from '../connect.js';
 import type { CliContext } from '../context.js';
 import { CliError, EXIT } from '../exit-codes.js';
 
@@ -19,6 +17,10 @@ export function registerTemporalSetup(program: Command, ctx: CliContext): void {
     .option('--print', 'print the `temporal operator search-attribute create` commands instead')
     .action(async (o: { print?: boolean }) => {
       const out = ctx.out();
+      const [{ ensureSearchAttributes, searchAttributeCreateCommands }, { targetFrom }] = await Promise.all([
+        import('../../temporal/register.js'),
+        import('../connect.js'),
+      ]);
       const t = targetFrom(ctx.settings, ctx.globals());
       if (o.print) {
         const cmds = searchAttributeCreateCommands(t.namespace);

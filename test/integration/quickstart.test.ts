@@ -49,7 +49,7 @@ test('install → ctr run with arch-runc → finalize → re-create continues', 
   // The installed node's settings and keys, not the test run's (test/support/arch-env.ts sets ARCH_SIGNING_KEY).
   const installed: NodeJS.ProcessEnv = { ...process.env };
   for (const k of Object.keys(installed)) if (k.startsWith('ARCH_') && k !== 'ARCH_CI_RUN_ID') delete installed[k];
-  const fin = await execa(path.join(REPO_ROOT, 'bin/arch-cli'), ['finalize', '--ns', NS, '--deadline', '60s'], {
+  const fin = await execa(path.join(REPO_ROOT, 'bin/arch-cli'), ['finalize', '-n', NS, '--deadline', '60s'], {
     reject: false,
     env: installed,
     extendEnv: false,

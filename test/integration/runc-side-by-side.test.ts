@@ -736,7 +736,7 @@ describe('a restore that fails is reported: shim state, arch-cli ls, the error l
     });
 
     const cli = (args: string[]) =>
-      execa(path.join(REPO_ROOT, 'bin/arch-cli'), ['ls', '--local', '--namespace', 'arch', ...args], {
+      execa(path.join(REPO_ROOT, 'bin/arch-cli'), ['ls', '--local', '-n', 'arch', ...args], {
         env: { ARCH_CONFIG: node.archConfig, ARCH_RUNC_ROOT: base },
         reject: false,
       });

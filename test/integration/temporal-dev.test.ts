@@ -66,7 +66,9 @@ function env(): NodeJS.ProcessEnv {
   };
 }
 
-async function startDev(): Promise<{ child: ChildProcess; banner: Record<string, unknown>; stderr: () => string }> {
+async function startDev(
+  extra: string[] = [],
+): Promise<{ child: ChildProcess; banner: Record<string, unknown>; stderr: () => string }> {
   const uiPort = await freePort();
   const child = spawn(
     path.join(REPO_ROOT, 'bin', 'arch-cli'),
@@ -89,6 +91,7 @@ async function startDev(): Promise<{ child: ChildProcess; banner: Record<string,
       '127.0.0.1:0',
       '--state-dir',
       path.join(dir, 'state'),
+      ...extra,
     ],
     { env: env(), stdio: ['ignore', 'pipe', 'pipe'] },
   );
@@ -178,6 +181,34 @@ test('starts a dev server with search attributes and a worker; state survives a 
     expect((s.json as StatusRow[]).some((w) => w.status === 'COMPLETED' && w.sourceNode === 'dev-a')).toBe(true);
   } finally {
     expect(await stopDev(second.child)).toBe(0);
+  }
+});
+
+test('--temporal-namespace is the namespace of the server, its search attributes and the worker; -n is containerd', async () => {
+  // TEMPORAL_NAMESPACE says default (env()): the flags alone pick the namespace.
+  const ns = 'arch-dev-ns';
+  const dev = await startDev(['--temporal-namespace', ns, '-n', 'default']);
+  try {
+    expect(dev.banner).toMatchObject({ address, namespace: ns, node: 'dev-a', startedServer: true });
+    const connection = await Connection.connect({ address });
+    try {
+      const sa = await connection.operatorService.listSearchAttributes({ namespace: ns });
+      expect(Object.keys(sa.customAttributes ?? {})).toEqual(expect.arrayContaining(['ArchContainer', 'ArchPhase']));
+    } finally {
+      await connection.close();
+    }
+    // The worker polls in that namespace: a pause started there (of containerd namespace default) completes.
+    const p = await cli(['--temporal-namespace', ns, 'pause', '--node', 'dev-a', '-n', 'default', '--wait']);
+    expect(p.stderr).toBe('');
+    expect(p.code).toBe(0);
+    const s = await cli(['status', '--operation', 'pause', '--temporal-namespace', ns]);
+    expect((s.json as StatusRow[]).map((w) => w.status)).toEqual(['COMPLETED']);
+    // The old global meaning is refused with the new name.
+    const old = await cli(['--namespace', ns, 'status']);
+    expect(old.code).toBe(2);
+    expect(old.stderr).toMatch(/--temporal-namespace/);
+  } finally {
+    if (dev.child.exitCode === null) expect(await stopDev(dev.child)).toBe(0);
   }
 });
 

@@ -55,6 +55,9 @@ test('schedule create / ls / trigger pause / trigger resume / pause / rm', async
     'Europe/Paris',
     '--ids',
     'nightly-job',
+    // The containerd namespace (issue 13: this once moved the schedules to Temporal namespace "default").
+    '--namespace',
+    'default',
   ]);
   expect(c.stderr).toBe('');
   expect(c.code).toBe(0);
@@ -85,6 +88,18 @@ test('schedule create / ls / trigger pause / trigger resume / pause / rm', async
     ['nightly', 'resume', '30 6 * * 1-5', false],
   ]);
   expect(list[0]!.nextRuns.length).toBeGreaterThan(0);
+  // --temporal-namespace is honoured, over TEMPORAL_NAMESPACE.
+  const there = await runCli(
+    cluster,
+    ['--json', '--temporal-namespace', cluster.temporal.namespace, 'schedule', 'ls'],
+    {
+      TEMPORAL_NAMESPACE: 'arch-no-such-namespace',
+    },
+  );
+  expect((there.json as ArchScheduleInfo[]).map((s) => s.name)).toEqual(['nightly', 'nightly']);
+  const elsewhere = await runCli(cluster, ['schedule', 'ls', '--temporal-namespace', 'arch-no-such-namespace']);
+  expect(elsewhere.code).not.toBe(0);
+  expect(elsewhere.stderr).toMatch(/arch-no-such-namespace/);
 
   // Pause now.
   const t1 = Date.now() - 1000;
