@@ -1,4 +1,5 @@
 /** arch-cli migrate NS/ID --from A --to B [--wait] */
+import type { Client, WorkflowHandleWithFirstExecutionRunId } from '@temporalio/client';
 import { Option, type Command } from 'commander';
 import { ArchInputError } from '../../core/errors.js';
 import { parseContainerRef } from '../../core/ids.js';
@@ -28,6 +29,27 @@ export function formatMigrate(r: MigrateResult): string {
     .join('\n');
 }
 
+/** Start the migrate workflow (with its search attributes and summary); `arch-cli demo` starts its migrations here too. */
+export async function startMigration(
+  client: Client,
+  input: MigrateInput,
+): Promise<WorkflowHandleWithFirstExecutionRunId> {
+  return client.workflow.start(WORKFLOW_TYPES.migrate, {
+    taskQueue: WORKFLOW_TASK_QUEUE,
+    workflowId: workflowIds.migrate(input.namespace, input.id, suffix()),
+    args: [input],
+    typedSearchAttributes: attributePairs({
+      container: `${input.namespace}/${input.id}`,
+      namespace: input.namespace,
+      sourceNode: input.from,
+      targetNode: input.to,
+      operation: 'migrate',
+      phase: 'queued',
+    }) as never,
+    staticSummary: `migrate ${input.namespace}/${input.id}: ${input.from} → ${input.to}`,
+  });
+}
+
 export function registerMigrate(program: Command, ctx: CliContext): void {
   program
     .command('migrate')
@@ -55,21 +77,8 @@ export function registerMigrate(program: Command, ctx: CliContext): void {
         };
         const client = await ctx.client();
         await requireWorkers(client, [o.from, o.to]);
-        const workflowId = workflowIds.migrate(ref.namespace, ref.id, suffix());
-        const handle = await client.workflow.start(WORKFLOW_TYPES.migrate, {
-          taskQueue: WORKFLOW_TASK_QUEUE,
-          workflowId,
-          args: [input],
-          typedSearchAttributes: attributePairs({
-            container: `${ref.namespace}/${ref.id}`,
-            namespace: ref.namespace,
-            sourceNode: o.from,
-            targetNode: o.to,
-            operation: 'migrate',
-            phase: 'queued',
-          }) as never,
-          staticSummary: `migrate ${ref.namespace}/${ref.id}: ${o.from} → ${o.to}`,
-        });
+        const handle = await startMigration(client, input);
+        const workflowId = handle.workflowId;
         out.info(`migration ${workflowId} started`);
         if (!o.wait) {
           let phase: string | undefined;
