@@ -151,7 +151,9 @@ export async function runDemo(o: DemoOptions, ctx: CliContext): Promise<void> {
         return n;
       }
       const dir = path.join(runDir, name);
-      const cgroupParent = `/arch-demo-${name}`;
+      // Two demos (another --run-dir) must not share cgroups.
+      const cgroupParent =
+        runDir === path.resolve(DEFAULT_RUN_DIR) ? `/arch-demo-${name}` : `/arch-demo-${path.basename(runDir)}-${name}`;
       // Recorded before it starts: an interrupted start is still cleaned up.
       const n: DemoNode = {
         name,
@@ -159,13 +161,13 @@ export async function runDemo(o: DemoOptions, ctx: CliContext): Promise<void> {
         runcRoot: path.join(dir, 'runc'),
         cgroupParent,
         logDir,
-        local: { dir, pid: 0 },
+        local: { dir },
       };
       s.nodes.push(n);
       await writeDemoState(s);
       const local = await until(startLocalContainerd({ name, dir, cgroupParent, detached: true }));
       n.address = local.address;
-      n.local = { dir, pid: local.pid! };
+      n.local = { dir, process: refOf(local.pid) };
       await writeDemoState(s);
       say(`✔ started ${name} (containerd pid ${local.pid}, socket ${local.address}, cgroup parent ${cgroupParent})`);
       return n;

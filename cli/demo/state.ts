@@ -9,7 +9,7 @@ import path from 'node:path';
 import { writeFileAtomic } from '../../core/atomic-file.js';
 import { Containerd } from '../../core/containerd.js';
 import { errorMessage } from '../../core/errors.js';
-import { localContainerdPid, stopLocalContainerd } from '../../core/local-node.js';
+import { stopLocalContainerd } from '../../core/local-node.js';
 import { isSameProcess, stopProcess, type ProcessRef } from '../../core/processes.js';
 
 export interface DemoNode {
@@ -20,7 +20,7 @@ export interface DemoNode {
   /** Where its worker sends restored containers' output (<logDir>/<ns>/<id>.log). */
   logDir: string;
   /** A containerd the demo started (absent: the host's, which the demo only borrows). */
-  local?: { dir: string; pid: number };
+  local?: { dir: string; process?: ProcessRef };
   /** The demo imported its image there (so it removes it again). */
   imageImported?: boolean;
 }
@@ -110,12 +110,14 @@ export async function teardown(
   }
   for (const n of [...s.nodes].reverse()) {
     if (n.local) {
-      const { dir, pid } = n.local;
-      await attempt(`node ${n.name} (containerd pid ${pid}, ${dir})`, async () => {
-        const running = localContainerdPid(dir) !== undefined;
+      const { dir, process: ref } = n.local;
+      await attempt(`node ${n.name} (containerd${ref ? ` pid ${ref.pid}` : ''}, ${dir})`, async () => {
+        const running = ref !== undefined && isSameProcess(ref);
         await stopLocalContainerd(dir, n.cgroupParent ?? '', opts.keepFiles);
-        if (localContainerdPid(dir) !== undefined) throw new Error('containerd still running');
-        return running ? `stopped ${n.name} (containerd pid ${pid})` : undefined;
+        // Its pid file is gone if someone removed the dir: its recorded pid and start time still find it.
+        if (ref && isSameProcess(ref)) await stopProcess(ref, 10_000);
+        if (ref && isSameProcess(ref)) throw new Error('containerd still running');
+        return running ? `stopped ${n.name} (containerd pid ${ref.pid})` : undefined;
       });
     } else if (n.imageImported) {
       await attempt(`image ${s.image} on ${n.name}`, async () => {
