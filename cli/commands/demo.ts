@@ -6,9 +6,7 @@
  */
 import { Command, InvalidArgumentError } from 'commander';
 import type { CliContext } from '../context.js';
-
-export const DEFAULT_STATE_DIR = '/var/lib/arch/demo';
-export const DEFAULT_RUN_DIR = '/run/arch/demo';
+import { DEFAULT_RUN_DIR, DEFAULT_STATE_DIR } from '../demo/defaults.js';
 
 function port(v: string): number {
   const n = Number(v);

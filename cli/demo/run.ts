@@ -21,12 +21,12 @@ import { isReachable } from '../../core/temporal/connection.js';
 import { startDevServer } from '../../core/temporal/dev-server.js';
 import type { MigrateResult } from '../../workflows/types.js';
 import { startWorkerProcess } from '../../worker/process.js';
-import { DEFAULT_RUN_DIR } from '../commands/demo.js';
 import { startMigration } from '../commands/migrate.js';
 import { connect } from '../connect.js';
 import type { CliContext } from '../context.js';
 import { CliError, EXIT } from '../exit-codes.js';
 import { DEMO_IMAGE_REF, demoImageArchive, demoLogFile, fileSize, lastCount } from './image.js';
+import { DEFAULT_RUN_DIR } from './defaults.js';
 import { readDemoState, teardown, writeDemoState, type DemoNode, type DemoState } from './state.js';
 
 export const DEMO_NAMESPACE = 'arch-demo';
