@@ -7,6 +7,7 @@ import type { Command } from 'commander';
 import type { Settings } from '../core/settings.js';
 import { ArchCommand } from './command.js';
 import { registerCodecServer } from './commands/codec-server.js';
+import { registerDemo } from './commands/demo.js';
 import { registerDev } from './commands/dev.js';
 import { registerDrain } from './commands/drain.js';
 import { registerLs } from './commands/ls.js';
@@ -39,6 +40,7 @@ export async function buildProgram(settings: Settings): Promise<{ program: Comma
   registerLs(program, ctx);
   registerStatus(program, ctx);
   registerDev(program, ctx);
+  registerDemo(program, ctx);
   registerTemporalSetup(program, ctx);
   registerCodecServer(program, ctx);
   // Node-local commands (no Temporal needed).

@@ -1,4 +1,5 @@
 /** arch-cli migrate NS/ID --from A --to B [--wait] */
+import type { Client, WorkflowHandleWithFirstExecutionRunId } from '@temporalio/client';
 import { Option, type Command } from 'commander';
 import { ArchInputError } from '../../contract/errors.js';
 import { parseContainerRef } from '../../contract/ids.js';
@@ -23,6 +24,32 @@ export function formatMigrate(r: MigrateResult): string {
   ]
     .filter(Boolean)
     .join('\n');
+}
+
+/** Start the migrate workflow (with its search attributes and summary); `arch-cli demo` starts its migrations here too. */
+export async function startMigration(
+  client: Client,
+  input: MigrateInput,
+): Promise<WorkflowHandleWithFirstExecutionRunId> {
+  // The workflow module (and @temporalio/workflow) only when a workflow starts: the CLI's other commands do not load it.
+  const [{ migrateContainer }, { attributePairs }] = await Promise.all([
+    import('../../workflows/migrate.js'),
+    import('../../contract/search-attributes.js'),
+  ]);
+  return client.workflow.start(migrateContainer, {
+    taskQueue: WORKFLOW_TASK_QUEUE,
+    workflowId: workflowIds.migrate(input.namespace, input.id, suffix()),
+    args: [input],
+    typedSearchAttributes: attributePairs({
+      container: `${input.namespace}/${input.id}`,
+      namespace: input.namespace,
+      sourceNode: input.from,
+      targetNode: input.to,
+      operation: 'migrate',
+      phase: 'queued',
+    }),
+    staticSummary: `migrate ${input.namespace}/${input.id}: ${input.from} → ${input.to}`,
+  });
 }
 
 export function registerMigrate(program: Command, ctx: CliContext): void {
@@ -50,31 +77,14 @@ export function registerMigrate(program: Command, ctx: CliContext): void {
           to: o.to,
           nodeStartTimeoutMs: parseDurationMs(o.nodeTimeout, '--node-timeout'),
         };
-        const [{ attributePairs }, { requireWorkers }, { failureToCliError, follow, waitPastPreflight }] =
-          await Promise.all([
-            import('../../contract/search-attributes.js'),
-            import('../connect.js'),
-            import('../follow.js'),
-          ]);
+        const [{ requireWorkers }, { failureToCliError, follow, waitPastPreflight }] = await Promise.all([
+          import('../connect.js'),
+          import('../follow.js'),
+        ]);
         const client = await ctx.client();
         await requireWorkers(client, [o.from, o.to]);
-        const workflowId = workflowIds.migrate(ref.namespace, ref.id, suffix());
-        // The workflow module (and @temporalio/workflow) only when a workflow starts: the CLI's other commands do not load it.
-        const { migrateContainer } = await import('../../workflows/migrate.js');
-        const handle = await client.workflow.start(migrateContainer, {
-          taskQueue: WORKFLOW_TASK_QUEUE,
-          workflowId,
-          args: [input],
-          typedSearchAttributes: attributePairs({
-            container: `${ref.namespace}/${ref.id}`,
-            namespace: ref.namespace,
-            sourceNode: o.from,
-            targetNode: o.to,
-            operation: 'migrate',
-            phase: 'queued',
-          }),
-          staticSummary: `migrate ${ref.namespace}/${ref.id}: ${o.from} → ${o.to}`,
-        });
+        const handle = await startMigration(client, input);
+        const workflowId = handle.workflowId;
         out.info(`migration ${workflowId} started`);
         if (!o.wait) {
           let phase: string | undefined;

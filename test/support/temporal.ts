@@ -1,9 +1,10 @@
-import { spawn, type ChildProcess } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Client, Connection, type WorkflowHandle } from '@temporalio/client';
 import { startDevServer, type DevServer } from '../../temporal/dev-server.js';
+import { startWorkerProcess } from '../../worker/process.js';
 import { clientDataConverter, payloadProtection } from '../../temporal/data-converter.js';
 import { settingsVars } from '../../core/settings.js';
 import { nodeTaskQueue, WORKFLOW_TASK_QUEUE } from '../../contract/names.js';
@@ -107,7 +108,6 @@ export async function startWorker(node: TestNode, o: StartWorkerOptions): Promis
   fs.mkdirSync(o.dir, { recursive: true });
   const logFile = path.join(o.dir, `worker-${node.name}.out`);
   const archLog = path.join(o.dir, `worker-${node.name}.log`);
-  const out = fs.openSync(logFile, 'a');
   const args = [
     '--node',
     node.name,
@@ -127,11 +127,8 @@ export async function startWorker(node: TestNode, o: StartWorkerOptions): Promis
     '30s',
     ...(o.extraArgs ?? []),
   ];
-  // A node with its own mount namespace (its own disk at shared paths): the worker joins it; nsenter execs, so the pid stays the worker's.
-  const [cmd, argv] = node.privateMountNs
-    ? ['nsenter', ['-t', String(node.pid), '-m', '--', path.join(REPO_ROOT, 'bin', 'arch-worker'), ...args]]
-    : [path.join(REPO_ROOT, 'bin', 'arch-worker'), args];
-  const child: ChildProcess = spawn(cmd, argv, {
+  const started = await startWorkerProcess({
+    args,
     env: {
       ...process.env,
       ...o.temporal.env,
@@ -140,40 +137,21 @@ export async function startWorker(node: TestNode, o: StartWorkerOptions): Promis
       ARCH_NODE_NAME: node.name,
       ...o.env,
     },
-    stdio: ['ignore', 'pipe', out],
+    outFile: logFile,
+    // A node with its own mount namespace (its own disk at shared paths): the worker joins it; nsenter execs, so the pid stays the worker's.
+    wrap: node.privateMountNs ? ['nsenter', '-t', String(node.pid), '-m', '--'] : undefined,
+    readyTimeoutMs: o.readyTimeoutMs,
+  }).catch((err: unknown) => {
+    throw new Error(`worker ${node.name}: ${(err as Error).message}`);
   });
-  fs.closeSync(out);
-  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
-  const ready = await new Promise<{ transferUrl: string }>((resolve, reject) => {
-    let buf = '';
-    const timer = setTimeout(
-      () => reject(new Error(`worker ${node.name} not ready within ${o.readyTimeoutMs ?? 30_000} ms; see ${logFile}`)),
-      o.readyTimeoutMs ?? 30_000,
-    );
-    child.stdout!.on('data', (chunk: Buffer) => {
-      fs.appendFileSync(logFile, chunk);
-      buf += chunk.toString();
-      for (const line of buf.split('\n')) {
-        try {
-          const ev = JSON.parse(line) as { event?: string; transferUrl?: string };
-          if (ev.event === 'ready') {
-            clearTimeout(timer);
-            resolve({ transferUrl: ev.transferUrl ?? '' });
-          }
-        } catch {
-          // not a JSON line
-        }
-      }
-    });
-    void exited.then((code) => {
-      clearTimeout(timer);
-      reject(new Error(`worker ${node.name} exited with ${code} before it was ready:\n${tail(logFile)}`));
-    });
-  }).catch(async (err: unknown) => {
-    child.kill('SIGKILL');
-    await exited;
-    throw err;
-  });
+  const { exited } = started;
+  const signal = (s: NodeJS.Signals) => {
+    try {
+      process.kill(started.pid, s);
+    } catch {
+      // already gone
+    }
+  };
   let done = false;
   void exited.then(() => {
     done = true;
@@ -181,37 +159,29 @@ export async function startWorker(node: TestNode, o: StartWorkerOptions): Promis
   });
   const w: TestWorker = {
     node: node.name,
-    pid: child.pid!,
+    pid: started.pid,
     logFile,
     archLog,
-    transferUrl: ready.transferUrl,
+    transferUrl: started.transferUrl,
     exited,
     async stop(timeoutMs = 40_000) {
       if (done) return exited;
-      child.kill('SIGTERM');
+      signal('SIGTERM');
       const code = await withTimeout(exited, timeoutMs);
       if (code === 'timeout') {
-        child.kill('SIGKILL');
+        signal('SIGKILL');
         return exited;
       }
       return code;
     },
     async kill() {
       if (done) return;
-      child.kill('SIGKILL');
+      signal('SIGKILL');
       await exited;
     },
   };
   liveWorkers.add(w);
   return w;
-}
-
-function tail(file: string, lines = 30): string {
-  try {
-    return fs.readFileSync(file, 'utf8').trimEnd().split('\n').slice(-lines).join('\n');
-  } catch {
-    return '';
-  }
 }
 
 /** Stop every worker and server this process started (afterAll, and on failures). */
