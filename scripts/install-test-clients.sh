@@ -4,7 +4,7 @@
 # another version, so later CI runs on the same machine skip the build.
 #
 #   scripts/install-test-clients.sh                 # every part
-#   scripts/install-test-clients.sh docker crictl   # only the named parts
+#   scripts/install-test-clients.sh docker crictl   # only the named parts (docker, crictl, shellcheck)
 #
 #   ARCH_TEST_TOOLS=/opt/arch/test-tools   where built binaries go (bin/ below it)
 set -euo pipefail
@@ -40,6 +40,17 @@ install_docker() {
   say "installed: $(/usr/bin/docker --version)"
 }
 
+# ShellCheck, for `npm run lint` (bin/, install.sh, .ci/run, scripts/).
+install_shellcheck() {
+  if command -v shellcheck >/dev/null 2>&1; then
+    say "shellcheck present: $(shellcheck --version | sed -n 's/^version: //p')"
+    return 0
+  fi
+  say "installing Debian's shellcheck"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y -qq shellcheck >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq shellcheck >/dev/null; }
+}
+
 find_go() {
   local g
   for g in /usr/local/go/bin/go "$(command -v go || true)"; do
@@ -67,11 +78,12 @@ install_crictl() {
 }
 
 parts=("$@")
-[ "${#parts[@]}" -gt 0 ] || parts=(docker crictl)
+[ "${#parts[@]}" -gt 0 ] || parts=(docker crictl shellcheck)
 for p in "${parts[@]}"; do
   case "$p" in
     docker) install_docker ;;
     crictl) install_crictl ;;
-    *) die "unknown part '$p' (known: docker, crictl)" ;;
+    shellcheck) install_shellcheck ;;
+    *) die "unknown part '$p' (known: docker, crictl, shellcheck)" ;;
   esac
 done
