@@ -90,7 +90,7 @@ const idOf = async (j: Job) => (await dk.docker(['inspect', '-f', '{{.Id}}', j.n
 
 async function finalize(extra: string[] = []) {
   // Only Docker's namespace: the machine's own containerd root is searched too, and may hold other tests' containers.
-  const r = await execa(ARCH_CLI, ['finalize', '--deadline', '60s', '--ns', 'moby', '--json', ...extra], {
+  const r = await execa(ARCH_CLI, ['finalize', '--deadline', '60s', '-n', 'moby', '--json', ...extra], {
     env: { ARCH_CONFIG: dk.node.archConfig },
     reject: false,
   });

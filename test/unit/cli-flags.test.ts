@@ -37,6 +37,8 @@ const COMMANDS: Record<string, { args: string[]; temporal: boolean; containerd: 
   'codec-server': { args: [], temporal: false, containerd: false },
   finalize: { args: [], temporal: false, containerd: true },
   doctor: { args: [], temporal: false, containerd: false },
+  // Its own dev server, in namespace default, and its own containerd namespace (arch-demo).
+  demo: { args: [], temporal: false, containerd: false },
 };
 
 interface Parsed {
