@@ -476,6 +476,44 @@ describe('validateDiffArchive / applyDiff refuse escaping or special entries, wr
       () => [{ name: 'passwd', type: '1', link: '../../etc/passwd' }],
       'archive-escape',
     ],
+    ['hard link to /etc/shadow', () => [{ name: 'shadow', type: '1', link: '/etc/shadow' }], 'archive-escape'],
+    [
+      'hard link to ../../etc/shadow',
+      () => [{ name: 'shadow', type: '1', link: '../../etc/shadow' }],
+      'archive-escape',
+    ],
+    [
+      'hard link to "a/../../etc/shadow" past an archive directory',
+      () => [
+        { name: 'a/', type: '5' },
+        { name: 'shadow', type: '1', link: 'a/../../etc/shadow' },
+      ],
+      'archive-escape',
+    ],
+    [
+      'hard link to a file of the archive that comes after it',
+      () => [
+        { name: 'early', type: '1', link: 'late' },
+        { name: 'late', type: '0', data: 'x' },
+      ],
+      'archive-escape',
+    ],
+    [
+      'hard link to a directory of the archive',
+      () => [
+        { name: 'd/', type: '5' },
+        { name: 'd-link', type: '1', link: 'd' },
+      ],
+      'archive-entry',
+    ],
+    [
+      'hard link to an archive symlink pointing at /etc/shadow',
+      () => [
+        { name: 'sym', type: '2', link: '/etc/shadow' },
+        { name: 'shadow', type: '1', link: 'sym' },
+      ],
+      'archive-entry',
+    ],
     [
       'hard link to a path not in the archive',
       () => [{ name: 'passwd', type: '1', link: 'etc/passwd' }],
@@ -532,11 +570,15 @@ describe('validateDiffArchive / applyDiff refuse escaping or special entries, wr
     }
   });
 
-  test('a hard link to /etc/passwd does not add a link to it', async () => {
-    const before = fs.statSync('/etc/passwd').nlink;
-    await checkpointUnusable(applyDiff(ckptWith([{ name: 'passwd', type: '1', link: '/etc/passwd' }]), fresh('upper')));
-    expect(fs.statSync('/etc/passwd').nlink).toBe(before);
-  });
+  test.each(['/etc/passwd', '/etc/shadow', '../../../../../../../../etc/shadow'])(
+    'a hard link to %s does not add a link to it',
+    async (link) => {
+      const target = path.resolve('/', link);
+      const before = fs.statSync(target).nlink;
+      await checkpointUnusable(applyDiff(ckptWith([{ name: 'x', type: '1', link }]), fresh('upper')));
+      expect(fs.statSync(target).nlink).toBe(before);
+    },
+  );
 
   test('a truncated archive is an error', async () => {
     const ckpt = ckptWith([{ name: 'big', type: '0', data: 'x'.repeat(5000) }]);
