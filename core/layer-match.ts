@@ -53,7 +53,7 @@ interface Entry {
 async function recordedLayer(
   checkpointDir: string,
   maxBytes: number,
-): Promise<{ entries: Map<string, Entry>; deletions: Deletions }> {
+): Promise<{ entries: Map<string, Entry>; links: Map<string, string>; deletions: Deletions }> {
   const tarFile = path.join(checkpointDir, ROOTFS_TAR);
   // Same checks as before an extraction: plain relative paths, links inside, declared size within the manifest's.
   await validateDiffArchive(tarFile, maxBytes);
@@ -99,6 +99,7 @@ async function recordedLayer(
     const t = entries.get(l.target);
     if (t) entries.set(l.p, { ...t });
   }
+  const linked = new Map(links.map((l) => [l.p, l.target]));
   let deletions: Deletions;
   try {
     deletions = JSON.parse(await fsp.readFile(path.join(checkpointDir, DELETED_FILES), 'utf8')) as Deletions;
@@ -109,6 +110,7 @@ async function recordedLayer(
   }
   return {
     entries,
+    links: linked,
     deletions: { whiteouts: deletions.whiteouts.map(canonical), opaque: deletions.opaque.map(canonical) },
   };
 }
@@ -200,6 +202,11 @@ export async function layerDifference(
   const nowOpaque = new Set(opaqueNow.map(canonical));
   for (const o of wasOpaque) if (!nowOpaque.has(o)) return `"${o}/" is no longer an opaque directory`;
   for (const o of nowOpaque) if (!wasOpaque.has(o)) return `"${o}/" was made opaque (emptied) after the checkpoint`;
+  // Two names of one file, copied apart: a write through one would no longer show through the other.
+  for (const [p, target] of was.links) {
+    const [a, b] = await Promise.all([fsp.lstat(path.join(upper, p)), fsp.lstat(path.join(upper, target))]);
+    if (a.ino !== b.ino) return `"${p}" is no longer a hard link to "${target}"`;
+  }
   for (const [p, e] of was.entries) {
     if (e.kind !== 'file') continue;
     if ((await sha256File(path.join(upper, p))) !== e.digest) return `"${p}" has other content`;

@@ -1,6 +1,8 @@
 import { execa } from 'execa';
+import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
+import { pipeline } from 'node:stream/promises';
 import * as tar from 'tar';
 import { CheckpointUnusableError } from '../contract/errors.js';
 import { DELETED_FILES, ROOTFS_TAR } from './checkpoint-layout.js';
@@ -86,7 +88,6 @@ export async function captureDiff(upperDir: string, destDir: string): Promise<Ca
   const keep: string[] = [];
   const deletions: Deletions = { whiteouts: [], opaque: [] };
   const skipped: string[] = [];
-  let bytes = 0;
   async function walk(rel: string): Promise<void> {
     for (const e of await fsp.readdir(path.join(upperDir, rel), { withFileTypes: true })) {
       const r = rel ? `${rel}/${e.name}` : e.name;
@@ -106,24 +107,50 @@ export async function captureDiff(upperDir: string, destDir: string): Promise<Ca
   }
   await walk('');
   deletions.opaque = await opaqueDirs(upperDir);
-  // Directories are listed with their contents excluded: tar recurses otherwise.
-  // node-tar reads a list entry starting with "@" as an archive to splice in:
-  // "./" keeps a file named like that (the container chose its name) a file.
   const tarFile = path.join(destDir, ROOTFS_TAR);
-  const list = keep.map((r) => (r.startsWith('@') ? `./${r}` : r));
-  // The bytes are counted from the very stat each header's size is written
-  // from: a restore refuses an archive declaring more than this (signed)
-  // number, and a file growing between two stats (a checkpoint containerd
-  // asked for with --leave-running) must not make its own archive refused.
-  const count = (_p: string, st: unknown) => {
-    if ((st as { isFile?: () => boolean }).isFile?.()) bytes += (st as { size: number }).size;
-    return true;
-  };
-  if (keep.length)
-    await tar.c({ file: tarFile, cwd: upperDir, portable: false, noDirRecurse: true, filter: count }, list);
+  let bytes = 0;
+  if (keep.length) bytes = await packInOrder(upperDir, keep, tarFile);
   else await fsp.writeFile(tarFile, Buffer.alloc(1024)); // an empty tar: two zero blocks
   await fsp.writeFile(path.join(destDir, DELETED_FILES), JSON.stringify(deletions));
   return { files: keep.length, bytes, deletions: deletions.whiteouts.length + deletions.opaque.length, skipped };
+}
+
+/**
+ * Archive `names` (relative to `cwd`, walk order, directories without their
+ * contents) into `tarFile`, one entry after the other; returns the content
+ * bytes the headers declare.
+ *
+ * Not tar.c/Pack: node-tar 7.5's Pack stats several entries ahead and holds
+ * back a multi-link file whose stat comes back before its turn, so that a
+ * Link never precedes its target; its bookkeeping of those held-back entries
+ * is wrong, and a layer with hard links in a few directories made it end the
+ * archive twice ("write after end", thrown from a stream event, which kills
+ * the process) or wait forever for an entry it never starts (upstream
+ * isaacs/node-tar#458, #460). One WriteEntry at a time needs no such
+ * bookkeeping: the first name of a file is archived as a File before any
+ * other name, which the shared linkCache turns into a Link to it. Names are
+ * paths here, never tar.c's list, where "@name" would name an archive to
+ * splice in (the container chose its file names).
+ *
+ * The count is taken from the very headers written: a restore refuses an
+ * archive declaring more than this (signed) number, and a file growing
+ * between two stats (a checkpoint containerd asked for with --leave-running)
+ * must not make its own archive refused. A hard link declares 0 bytes, as the
+ * restore counts it.
+ */
+async function packInOrder(cwd: string, names: string[], tarFile: string): Promise<number> {
+  const linkCache = new Map<`${number}:${number}`, string>(); // dev:ino -> first name archived
+  let declared = 0;
+  async function* entries(): AsyncGenerator<Buffer> {
+    for (const name of names) {
+      const entry = new tar.WriteEntry(name, { cwd, linkCache, portable: false });
+      for await (const chunk of entry) yield chunk;
+      declared += entry.header?.size ?? 0;
+    }
+    yield Buffer.alloc(1024); // end of archive: two zero blocks
+  }
+  await pipeline(entries(), fs.createWriteStream(tarFile));
+  return declared;
 }
 
 /** Directories of the layer marked opaque (trusted.overlay.opaque=y), relative to it. */
@@ -165,7 +192,7 @@ export function canonical(p: string): string {
  * Check every entry before anything is written: only files, directories,
  * symlinks and hard links; no absolute paths, no "..", no entry below a
  * symlink of the archive (it would be written wherever the link points), hard
- * links only to earlier entries of the archive, each path once (a later entry
+ * links only to earlier regular files of the archive, each path once (a later entry
  * replacing an earlier one could turn a checked directory into a symlink).
  * No sparse entries, and no more bytes declared in all than `maxBytes` (the
  * manifest's signed rootfs.bytes): a few KiB of archive must not make the
@@ -175,6 +202,7 @@ export async function validateDiffArchive(tarFile: string, maxBytes = Infinity):
   if (await isEmptyArchive(tarFile)) return;
   const symlinks = new Set<string>();
   const seen = new Set<string>();
+  const files = new Set<string>(); // regular files and hard links to them: what a hard link may name
   let declared = 0;
   let problem: CheckpointUnusableError | undefined;
   await tar
@@ -207,6 +235,8 @@ export async function validateDiffArchive(tarFile: string, maxBytes = Infinity):
             case 'File':
             case 'OldFile':
             case 'ContiguousFile':
+              files.add(p);
+              break;
             case 'Directory':
               break;
             case 'SymbolicLink':
@@ -227,6 +257,14 @@ export async function validateDiffArchive(tarFile: string, maxBytes = Infinity):
                   'archive-escape',
                   `hard link "${p}" points outside the archive ("${target}")`,
                 );
+              // captureDiff links only regular files; link(2) on a directory fails
+              // mid-extraction, and an archive symlink is not made until after it.
+              if (!files.has(target))
+                throw new CheckpointUnusableError(
+                  'archive-entry',
+                  `hard link "${p}" points to "${target}", which is not a regular file of the archive`,
+                );
+              files.add(p);
               break;
             }
             case 'SparseFile':

@@ -56,6 +56,8 @@ test('local mode: checkpoint, delete, create again → counter continues, files 
   const out1 = await a.runCounter(id, env);
   await a.waitCount(id, 15);
   expect(a.readContainerFile(id, COUNTER_FILES.created)).toBe(COUNTER_FILES.createdContent);
+  const inode = (p: string): number => fs.statSync(path.join(a.bundleDir(id), 'rootfs', p)).ino;
+  expect(inode(COUNTER_FILES.createdLink)).toBe(inode(COUNTER_FILES.created));
   const atCheckpoint = await checkpointAndRemove(a, id);
   await expect(new CheckpointStore(path.join(storage, 'local/default', id)).current()).resolves.toBeTruthy();
 
@@ -71,6 +73,8 @@ test('local mode: checkpoint, delete, create again → counter continues, files 
   expect(startsOf(a, id)).toBe(1);
   expect(a.readContainerFile(id, COUNTER_FILES.created)).toBe(COUNTER_FILES.createdContent);
   expect(a.readContainerFile(id, COUNTER_FILES.nested)).toBe(COUNTER_FILES.nestedContent);
+  // Still one file under two names, not two copies.
+  expect(inode(COUNTER_FILES.createdLink)).toBe(inode(COUNTER_FILES.created));
   expect(a.readContainerFile(id, COUNTER_FILES.modified)).toBe(COUNTER_FILES.modifiedContent);
   expect(() => a.readContainerFile(id, COUNTER_FILES.deleted)).toThrow();
   // Output of the restored process still reaches containerd's log.

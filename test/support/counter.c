@@ -17,8 +17,10 @@
  *   COUNTER_VERIFY_EVERY every N ticks re-check that memory still holds what
  *                        was written; prints "memcheck ok|FAIL" and writes
  *                        <state dir>/memcheck (0 = never, the default)
- *   COUNTER_START_FILES  if set, at start: create <state dir>/created.txt and
- *                        <state dir>/created-dir/nested.txt, overwrite
+ *   COUNTER_START_FILES  if set, at start: create <state dir>/created.txt,
+ *                        <state dir>/created-dir/nested.txt and a hard link
+ *                        <state dir>/created-dir/created-link.txt to
+ *                        created.txt, overwrite
  *                        /etc/to-modify.txt, delete /etc/to-delete.txt (both
  *                        are in the test image). Lets a test check that the
  *                        writable layer (new, changed and deleted files)
@@ -110,6 +112,12 @@ static void start_files(const char *state_dir) {
   snprintf(path, sizeof path, "%s/created-dir/nested.txt", state_dir);
   const char *nested = "nested file\n";
   write_atomic(path, nested, strlen(nested));
+  /* A second name for created.txt: the layer's hard links must survive as such. */
+  char target[4200];
+  snprintf(target, sizeof target, "%s/created.txt", state_dir);
+  snprintf(path, sizeof path, "%s/created-dir/created-link.txt", state_dir);
+  unlink(path);
+  (void)!link(target, path);
   const char *modified = "modified by counter\n";
   write_atomic("/etc/to-modify.txt", modified, strlen(modified));
   unlink("/etc/to-delete.txt");

@@ -26,6 +26,8 @@ export const COUNTER_FILES = {
   createdContent: 'created before checkpoint\n',
   nested: '/state/created-dir/nested.txt',
   nestedContent: 'nested file\n',
+  /** A hard link to `created`. */
+  createdLink: '/state/created-dir/created-link.txt',
   /** In the image; the counter overwrites it. */
   modified: '/etc/to-modify.txt',
   originalContent: 'original\n',

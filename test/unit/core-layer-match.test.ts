@@ -108,6 +108,26 @@ test.each<[string, (upper: string) => Promise<unknown> | unknown, RegExp]>([
   expect(await layerDifference(ckpt, upper, [lower])).toMatch(why);
 });
 
+test('hard links: the captured layer is equal; a change through one name, or a name copied apart, differs', async () => {
+  const { upper, ckpt, lower } = await captured();
+  fs.writeFileSync(path.join(upper, 'state/linked'), 'one file\n');
+  fs.mkdirSync(path.join(upper, 'other'));
+  fs.linkSync(path.join(upper, 'state/linked'), path.join(upper, 'other/linked'));
+  fs.linkSync(path.join(upper, 'state/linked'), path.join(upper, 'state/linked2'));
+  await captureDiff(upper, ckpt);
+  await expect(layerDifference(ckpt, upper, [lower])).resolves.toBeUndefined();
+
+  fs.writeFileSync(path.join(upper, 'other/linked'), 'one fil!\n');
+  expect(await layerDifference(ckpt, upper, [lower])).toMatch(/linked(2)?" has other content/);
+  fs.writeFileSync(path.join(upper, 'other/linked'), 'one file\n');
+  await expect(layerDifference(ckpt, upper, [lower])).resolves.toBeUndefined();
+
+  // Same content, mode and owner, but no longer the same file.
+  fs.rmSync(path.join(upper, 'state/linked2'));
+  fs.copyFileSync(path.join(upper, 'state/linked'), path.join(upper, 'state/linked2'));
+  expect(await layerDifference(ckpt, upper, [lower])).toMatch(/is no longer a hard link to/);
+});
+
 test('a directory copied up from the image unchanged (CRIU touching /tmp) is no change; with the image unknown it is', async () => {
   const { upper, ckpt, lower } = await captured();
   fs.mkdirSync(path.join(upper, 'tmp'));
