@@ -81,11 +81,14 @@ export function workerProgram(settings: Settings): Command {
 
 export function workerOptionsFrom(o: WorkerFlags, settings: Settings): NodeWorkerOptions {
   if (!isValidNodeName(o.node)) throw new InvalidArgumentError(`--node "${o.node}": use ${NODE_NAME_RULE}`);
+  const runcRoot = requireAbsolutePath(o.runcRoot, '--runc-root');
   return {
     node: o.node,
     settings: {
       ...settings,
-      runcRootBase: requireAbsolutePath(o.runcRoot, '--runc-root'),
+      runcRootBase: runcRoot,
+      // The worker's own root is searched first, with any other ARCH_RUNC_ROOT entries (and the discovered ones).
+      runcRoots: [runcRoot, ...settings.runcRoots.filter((r) => r !== runcRoot)],
       temporalNamespace: o.temporalNamespace ?? settings.temporalNamespace,
     },
     containerdAddress: o.containerdAddress,

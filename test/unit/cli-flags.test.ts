@@ -176,6 +176,12 @@ describe('arch-worker', () => {
     expect(o.namespaces).toBeUndefined();
   });
 
+  test('--runc-root is where the worker lists, checkpoints and records exits (searched first)', () => {
+    const o = worker(['--node', 'a', '--runc-root', '/run/node-b/runc']);
+    expect(o.settings.runcRootBase).toBe('/run/node-b/runc');
+    expect(o.settings.runcRoots[0]).toBe('/run/node-b/runc');
+  });
+
   test('a containerd namespace that is no name is refused, naming the flag', () => {
     expect(() => worker(['--node', 'a', '-n', '../etc'])).toThrow(ArchInputError);
     expect(() => worker(['--node', 'a', '-n', '../etc'])).toThrow(/--namespace/);
