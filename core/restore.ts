@@ -175,7 +175,7 @@ async function restoreHolding(
         await applyDiff(src, upper, v.manifest.rootfs.bytes);
         await ensureVisible(ctx, rootfsOf(req.bundle, req.spec), upper);
       } catch (err) {
-        await clearDir(upper);
+        await unwriteLayer(ctx, upper);
         throw err;
       }
     }
@@ -184,7 +184,7 @@ async function restoreHolding(
   });
   const [v, l, im] = await Promise.allSettled([verified, layer, imagesStaged]);
   if (v.status === 'rejected' || l.status === 'rejected' || im.status === 'rejected') {
-    if (l.status === 'fulfilled' && l.value.written) await clearDir(l.value.upper!); // the images failed after the layer was written
+    if (l.status === 'fulfilled' && l.value.written) await unwriteLayer(ctx, l.value.upper!); // the images failed after the layer was written
     // A failed verification explains a bad archive too: it comes first.
     throw v.status === 'rejected'
       ? v.reason
@@ -226,7 +226,7 @@ async function restoreHolding(
     await running?.exited; // a foreground runc deletes the container as it exits
     // And the writable layer as it was: empty if this restore wrote it (the fresh start must not see the
     // checkpoint's files), untouched if the container had it already (its own files, equal to the checkpoint's).
-    if (upper && written) await clearDir(upper);
+    if (upper && written) await unwriteLayer(ctx, upper);
   };
   try {
     const o = { bundle: req.bundle, imagePath: images, workPath: work, pidFile, consoleSocket: req.consoleSocket, env };
@@ -392,6 +392,21 @@ async function ensureVisible(ctx: NodeContext, merged: string, upper: string): P
       'rootfs',
       `the container's rootfs mount does not show the restored "${still}" (an overlay looked up before the layer was written)`,
     );
+}
+
+/**
+ * Take back a layer this restore wrote, so that the fresh start sees none of
+ * the checkpoint's files. ensureVisible looked every restored path up through
+ * the mounted overlay, which now caches them: emptying the upper dir under it
+ * would leave those entries showing (a "fresh" start that found the
+ * checkpoint's files, seen in the damaged-checkpoint tests), so the unused
+ * dentries are dropped again once it is empty. Failed restores only.
+ */
+async function unwriteLayer(ctx: NodeContext, upper: string): Promise<void> {
+  await clearDir(upper);
+  await fsp.writeFile('/proc/sys/vm/drop_caches', '2').catch((err: unknown) =>
+    ctx.log.warn({ err: errorMessage(err) }, 'could not drop the overlay cache after taking the layer back'),
+  );
 }
 
 async function clearDir(dir: string): Promise<void> {
