@@ -4,7 +4,7 @@ import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { execa } from 'execa';
 import { Containerd } from './containerd.js';
-import { allPids, isRunning, processArgv, signalPid, waitGone } from './processes.js';
+import { allPids, pidFileProcess, processArgv, signalPid, waitGone } from './processes.js';
 
 /**
  * A containerd instance of its own on this host: a second (third...) ARCH
@@ -14,9 +14,11 @@ import { allPids, isRunning, processArgv, signalPid, waitGone } from './processe
  * Everything of the instance lives under its directory DIR:
  *   c.sock            gRPC socket (unix socket paths must stay < 108 bytes)
  *   config.toml       `containerd config default` with root/state/address
- *                     changed and the CRI plugin disabled
+ *                     changed and the CRI plugin disabled (or, with the
+ *                     `cri` option, enabled: see LocalCriOptions)
  *   root/ state/      containerd's own root and state
  *   runc/             runc root base: the shim runs runc --root runc/NAMESPACE
+ *   cni/              with `cri`: an empty CNI config dir of the instance's own
  *   containerd.log    containerd's output
  *   containerd.pid    its pid (a later process stops it by this pid, only
  *                     while that pid still runs containerd with this config)
@@ -60,6 +62,20 @@ export interface LocalContainerdOptions {
   keepDir?: boolean;
   /** Files (name → content) written into DIR before containerd starts, e.g. a record of who owns the node. */
   files?: Record<string, string>;
+  /** Enable containerd's CRI plugin (off by default: ctr and the ARCH worker do not need it). */
+  cri?: LocalCriOptions;
+}
+
+/**
+ * The CRI plugin's settings an instance needs beside others on one host:
+ * its sandbox image and runtime handlers; what every instance must have of
+ * its own or must set to work is set by localContainerdConfig.
+ */
+export interface LocalCriOptions {
+  /** The pod sandbox image, already in (or imported into) the instance's k8s.io namespace: no registry is asked. */
+  sandboxImage: string;
+  /** Runtime handler name -> the runc binary containerd's runc shim calls (e.g. arch-runc). */
+  runtimes?: Record<string, string>;
 }
 
 export interface LocalContainerd {
@@ -171,7 +187,7 @@ function shimsOf(address: string): { pid: number; namespace: string; id: string 
 }
 
 /** SIGKILL every container in the runc roots under base, then runc delete --force them. */
-async function killRuncContainers(runcRootBase: string, deleteState: boolean): Promise<void> {
+export async function killRuncContainers(runcRootBase: string, deleteState: boolean): Promise<void> {
   let namespaces: string[] = [];
   try {
     namespaces = fs.readdirSync(runcRootBase);
@@ -222,9 +238,7 @@ export function removeCgroups(cgroupParent: string): void {
 
 /** The pid in DIR/containerd.pid, only while that pid still runs containerd with DIR's config. */
 export function localContainerdPid(dir: string): number | undefined {
-  const pidFile = path.join(dir, 'containerd.pid');
-  const pid = Number(fs.existsSync(pidFile) ? fs.readFileSync(pidFile, 'utf8') : NaN);
-  return pid > 0 && isRunning(pid) && processArgv(pid).includes(path.join(dir, 'config.toml')) ? pid : undefined;
+  return pidFileProcess(path.join(dir, 'containerd.pid'), path.join(dir, 'config.toml'));
 }
 
 /**
@@ -292,10 +306,22 @@ export async function stopLocalContainerd(dir: string, cgroupParent: string, kee
 
 let defaultConfig: string | undefined;
 
-/** `containerd config default`, with this instance's paths and the CRI plugin off. */
-export async function localContainerdConfig(dir: string, header: string): Promise<string> {
+/**
+ * `containerd config default`, with this instance's paths and the CRI plugin
+ * off, or on with `cri`. Then every runtime gets Root = DIR/runc: the runc
+ * shim uses Root/NAMESPACE as runc's root, and without it two containerd
+ * instances on one host share /run/containerd/runc/k8s.io. With `cri` it
+ * also sets restrict_oom_score_adj (runc cannot raise oom_score_adj where
+ * containerd lacks CAP_SYS_RESOURCE, as on the VMs ARCH is tested on:
+ * every pod fails to start) and a CNI config dir of the instance's own,
+ * empty: pods use the host network, and no CNI config of the host is
+ * picked up.
+ */
+export async function localContainerdConfig(dir: string, header: string, cri?: LocalCriOptions): Promise<string> {
   defaultConfig ??= (await execa('containerd', ['config', 'default'])).stdout;
   const address = localContainerdAddress(dir);
+  const runcRoot = JSON.stringify(path.join(dir, 'runc'));
+  const criTable = `plugins.${JSON.stringify(CRI_PLUGIN)}`;
   let section = '';
   const done = new Set<string>();
   const lines = defaultConfig.split('\n').map((line) => {
@@ -306,17 +332,32 @@ export async function localContainerdConfig(dir: string, header: string): Promis
       return `${line.slice(0, line.indexOf(line.trimStart()))}${line.trimStart().split('=')[0]!.trim()} = ${value}`;
     };
     if (section === '' && /^disabled_plugins\s*=/.test(line))
-      return set('disabled_plugins', JSON.stringify([CRI_PLUGIN]));
+      return set('disabled_plugins', JSON.stringify(cri ? [] : [CRI_PLUGIN]));
     if (section === '' && /^root\s*=/.test(line)) return set('root', JSON.stringify(path.join(dir, 'root')));
     if (section === '' && /^state\s*=/.test(line)) return set('state', JSON.stringify(path.join(dir, 'state')));
     if (section === 'grpc' && /^\s*address\s*=/.test(line)) return set('grpc.address', JSON.stringify(address));
-    // Only read by the (disabled) CRI plugin; kept right for anyone enabling it.
-    if (section.endsWith('.runtimes.runc.options') && /^\s*Root\s*=/.test(line))
-      return set('runc.Root', JSON.stringify(path.join(dir, 'runc')));
+    // Only read by the CRI plugin (off unless `cri`); kept right for anyone enabling it.
+    if (section.endsWith('.runtimes.runc.options') && /^\s*Root\s*=/.test(line)) return set('runc.Root', runcRoot);
+    if (cri && section === criTable) {
+      if (/^\s*sandbox_image\s*=/.test(line)) return set('sandbox_image', JSON.stringify(cri.sandboxImage));
+      if (/^\s*restrict_oom_score_adj\s*=/.test(line)) return set('restrict_oom_score_adj', 'true');
+    }
+    if (cri && section === `${criTable}.cni`) {
+      if (/^\s*conf_dir\s*=/.test(line)) return set('cni.conf_dir', JSON.stringify(path.join(dir, 'cni')));
+      if (/^\s*bin_dir\s*=/.test(line)) return set('cni.bin_dir', JSON.stringify(path.join(dir, 'cni')));
+    }
     return line;
   });
-  for (const k of ['disabled_plugins', 'root', 'state', 'grpc.address']) {
+  const required = ['disabled_plugins', 'root', 'state', 'grpc.address'];
+  if (cri) required.push('runc.Root', 'sandbox_image', 'restrict_oom_score_adj', 'cni.conf_dir', 'cni.bin_dir');
+  for (const k of required) {
     if (!done.has(k)) throw new Error(`containerd config default has no ${k} line: cannot make a node config`);
+  }
+  // TOML tables may come in any order: each handler is a table of its own at the end.
+  for (const [handler, binary] of Object.entries(cri?.runtimes ?? {})) {
+    const t = `${criTable}.containerd.runtimes.${handler}`;
+    lines.push('', `[${t}]`, '  runtime_type = "io.containerd.runc.v2"', `[${t}.options]`);
+    lines.push(`  BinaryName = ${JSON.stringify(binary)}`, `  Root = ${runcRoot}`);
   }
   return `# ${header}\n${lines.join('\n')}`;
 }
@@ -334,7 +375,11 @@ export async function startLocalContainerd(opts: LocalContainerdOptions): Promis
   for (const d of [root, state, runcRootBase]) fs.mkdirSync(d, { recursive: true });
   for (const [f, content] of Object.entries(opts.files ?? {})) fs.writeFileSync(path.join(dir, f), content);
   const configFile = path.join(dir, 'config.toml');
-  fs.writeFileSync(configFile, await localContainerdConfig(dir, `ARCH local node ${name} (core/local-node.ts)`));
+  if (opts.cri) fs.mkdirSync(path.join(dir, 'cni'));
+  fs.writeFileSync(
+    configFile,
+    await localContainerdConfig(dir, `ARCH local node ${name} (core/local-node.ts)`, opts.cri),
+  );
   const logFile = path.join(dir, 'containerd.log');
 
   // Both streams append to the log (O_APPEND: no clobbering).

@@ -33,6 +33,21 @@ export function processArgv(pid: number): string[] {
   }
 }
 
+/**
+ * The pid in pidFile, only while that pid still runs a process whose argv
+ * names `arg` (its config file, say): a pid file outlives its process and
+ * the pid may belong to another process by now.
+ */
+export function pidFileProcess(pidFile: string, arg: string): number | undefined {
+  let pid = NaN;
+  try {
+    pid = Number(fs.readFileSync(pidFile, 'utf8'));
+  } catch {
+    return undefined;
+  }
+  return pid > 0 && isRunning(pid) && processArgv(pid).includes(arg) ? pid : undefined;
+}
+
 export function allPids(): number[] {
   return fs
     .readdirSync('/proc')

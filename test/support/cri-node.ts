@@ -7,7 +7,7 @@ import { ensureImage, ensureTestImage, PAUSE_IMAGE, SLEEP_SANDBOX_IMAGE } from '
 
 /**
  * An ARCH node driven the way the kubelet drives it: containerd's CRI plugin
- * (enabled in the node's own config, see containerd-node.ts nodeConfig) and
+ * (enabled in the node's own config, see core/local-node.ts localContainerdConfig) and
  * the real `crictl`, with a runtime handler `arch` whose runc is arch-runc.
  * Pods use the host network (no CNI, no traffic beyond what the host has)
  * and a cgroup parent below the node's, so the node's clean-up removes them.

@@ -3,8 +3,9 @@ import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { execa, type ResultPromise } from 'execa';
 import * as tar from 'tar';
+import { killRuncContainers, unmountUnder } from '../../core/local-node.js';
 import { ARCH_RUNC_BIN, startArchNode, waitFor, type ArchTestNode } from './arch-node.js';
-import { DOCKER_SUBDIR, killRuncContainers, unmountUnder } from './containerd-node.js';
+import { DOCKER_SUBDIR } from './containerd-node.js';
 import { buildTestImageArchive, TEST_IMAGE_REF } from './images.js';
 
 /**
