@@ -36,10 +36,13 @@ export function howToMove(manager: ManagerName): string {
   return `checkpoint it with \`arch-cli finalize\` and let ${manager} create it again; arch-runc restores it on create`;
 }
 
+const DISPLAY: Record<string, string> = { docker: 'Docker', kubernetes: 'Kubernetes' };
+
 /** The refusal of a move ARCH would have to do behind the orchestrator's back (two copies of the job). */
 export function managedMoveRefusal(ref: string, manager: ManagerName): string {
+  const who = DISPLAY[manager] ?? manager;
   return (
-    `${ref} is managed by ${manager}: ARCH will not create it on another node behind ${manager}'s back ` +
-    `(${manager} would not know that copy and could start a second one). Fix: ${howToMove(manager)}`
+    `${ref} is managed by ${who}: ARCH will not create it on another node behind ${who}'s back ` +
+    `(${who} would not know that copy and could start a second one of the job). Fix: ${howToMove(manager)}`
   );
 }

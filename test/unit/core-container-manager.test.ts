@@ -73,7 +73,7 @@ describe('what users are told', () => {
 
   test('the refusal names the manager and the way to move it there', () => {
     expect(managedMoveRefusal('k8s.io/abc', 'kubernetes')).toMatch(
-      /^k8s\.io\/abc is managed by kubernetes: .*Fix: .*ARCH_CHECKPOINT_ID.*finalize.*drain the node or delete the pod/,
+      /^k8s\.io\/abc is managed by Kubernetes: .*Fix: .*ARCH_CHECKPOINT_ID.*finalize.*drain the node or delete the pod/,
     );
     expect(howToMove('docker')).toMatch(/finalize.*docker run/);
     expect(howToMove('nerdctl')).toMatch(/let nerdctl create it again/);

@@ -145,11 +145,11 @@ test('target refuses in preflight: the failure names the target node, no checkpo
 });
 
 test.each([
-  ['kubernetes', /drain the node or delete the pod/],
-  ['docker', /docker run/],
+  ['kubernetes', 'Kubernetes', /drain the node or delete the pod/],
+  ['docker', 'Docker', /docker run/],
 ])(
   'a container %s manages is refused in preflight, naming it and the way to move it: no checkpoint',
-  async (manager, how) => {
+  async (manager, who, how) => {
     const { from, to, s, input } = setup();
     const stubs = withStubs(happyMove(s, from, to), {
       [from]: { describeContainer: () => ({ ...described(s), manager }) },
@@ -158,7 +158,7 @@ test.each([
     const f = appFailure((r as { error: Error }).error);
     expect(f.type).toBe(FailureType.input);
     expect(f.nonRetryable).toBe(true);
-    expect(f.message).toMatch(new RegExp(`^default/job-1 is managed by ${manager}: .*Fix: `));
+    expect(f.message).toMatch(new RegExp(`^default/job-1 is managed by ${who}: .*Fix: `));
     expect(f.message).toMatch(how);
     expect(wf.callsOf('checkpointContainer')).toHaveLength(0);
     expect(wf.callsOf('offerImage')).toHaveLength(0);
