@@ -3,6 +3,8 @@
  * whether a node can take a container.
  */
 import { isNotFound } from '../core/containerd.js';
+import { managerOf } from '../core/container-manager.js';
+import type { ManagerName } from '../contract/managers.js';
 import { nodeThroughputFile, planDrain, ThroughputEstimator } from '../core/drain-plan.js';
 import { checkpointStoreOf, contractOptions, envListToMap, parseContract } from '../core/env-contract.js';
 import { validateContainerId, validateNamespace } from '../contract/ids.js';
@@ -46,6 +48,10 @@ export function containerActivities(d: NodeDeps) {
         if (!spec) continue;
         const contract = parseContract(envListToMap(spec.env), contractOptions(d.ctx.settings));
         if (!contract.enabled) continue;
+        const manager = managerOf(
+          { namespace: ns, labels: spec.labels, annotations: spec.annotations },
+          d.ctx.settings.managedNamespaces,
+        );
         const store = checkpointStoreOf(contract, ns, id);
         const m = await store.readManifest().catch(() => null);
         const dir = await store.current().catch(() => null);
@@ -56,6 +62,7 @@ export function containerActivities(d: NodeDeps) {
           status: (task?.status ?? 'ABSENT').toLowerCase(),
           pid: task?.pid ?? 0,
           mode: spec.mode,
+          manager,
           priority: spec.priority,
           checkpoint: { dir, createdAt: m.createdAt, sizeBytes: m.files.reduce((a, f) => a + f.size, 0) },
         });
@@ -119,7 +126,9 @@ export function containerActivities(d: NodeDeps) {
     },
 
     /** The spec to create the container again elsewhere. Unknown or non-ARCH containers fail non-retryably. */
-    async describeContainer(ref: ContainerRef): Promise<{ spec: ContainerSpec; status: string; ms: number }> {
+    async describeContainer(
+      ref: ContainerRef,
+    ): Promise<{ spec: ContainerSpec; status: string; manager: ManagerName; ms: number }> {
       return mapped(async () => {
         const t0 = Date.now();
         validateNamespace(ref.namespace);
@@ -144,7 +153,11 @@ export function containerActivities(d: NodeDeps) {
             `${ref.namespace}/${ref.id} on node ${d.node} is not ARCH-enabled (no ARCH_ENABLE=1 in its environment)`,
           );
         const task = await cd.task(ref.id);
-        return { spec, status: task?.status ?? 'ABSENT', ms: Date.now() - t0 };
+        const manager = managerOf(
+          { namespace: ref.namespace, labels: info.labels, annotations: info.spec.annotations },
+          d.ctx.settings.managedNamespaces,
+        );
+        return { spec, status: task?.status ?? 'ABSENT', manager, ms: Date.now() - t0 };
       });
     },
 

@@ -40,6 +40,8 @@ export interface ContainerSummary extends ContainerRef {
   status: string;
   pid: number;
   mode?: 'local' | 'shared';
+  /** Who creates the container (contract/managers.ts): ARCH moves only containerd's; absent from older workers. */
+  manager?: string;
   priority: number;
   rssBytes?: number;
   upperDirBytes?: number;

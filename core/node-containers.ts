@@ -9,6 +9,8 @@ import {
   type EnabledContract,
 } from './env-contract.js';
 import { errorMessage } from '../contract/errors.js';
+import type { ManagerName } from '../contract/managers.js';
+import { managerOf } from './container-manager.js';
 import { readSpec, rootfsOf } from './oci-spec.js';
 import { findUpperDir } from './rootfs-diff.js';
 import { Runc } from './runc.js';
@@ -30,6 +32,8 @@ export interface ArchContainer {
   pid: number;
   status: string;
   contract: EnabledContract;
+  /** Who creates it (core/container-manager.ts), from its namespace and spec annotations. */
+  manager: ManagerName;
   rssBytes: number;
   upperDirBytes: number;
   checkpoint?: { dir: string; createdAt: string; sizeBytes: number; node: string };
@@ -45,6 +49,7 @@ export function containerSummary(c: ArchContainer) {
     status: c.status,
     pid: c.pid,
     mode: c.contract.mode,
+    manager: c.manager,
     priority: c.contract.priority,
     rssBytes: c.rssBytes,
     upperDirBytes: c.upperDirBytes,
@@ -121,6 +126,8 @@ async function listUnder(ctx: NodeContext, base: string, opts: ListOptions): Pro
         pid: st.pid,
         status: st.status,
         contract,
+        // runc's state has the spec but not containerd's labels: managerOf decides from the rest.
+        manager: managerOf({ namespace, annotations: spec.annotations }, ctx.settings.managedNamespaces),
         rssBytes: 0,
         upperDirBytes: 0,
       };

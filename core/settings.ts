@@ -1,6 +1,7 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import { ArchInputError } from '../contract/errors.js';
+import { parseManagedNamespaces } from './container-manager.js';
 import { requireAbsolutePath } from './paths.js';
 
 /**
@@ -36,6 +37,8 @@ export interface Settings {
   containerdConfig: string | undefined;
   /** ARCH_DOCKER_CONFIG: dockerd's daemon.json to read exec-root from (default /etc/docker/daemon.json). */
   dockerConfig: string | undefined;
+  /** ARCH_MANAGED_NAMESPACES: containerd namespace -> the manager that creates its containers (core/container-manager.ts). */
+  managedNamespaces: Record<string, string>;
   /** Checkpoint root for containers that set no ARCH_*_HOST_PATH. */
   defaultCheckpointRoot: string;
   /**
@@ -146,6 +149,7 @@ export function loadSettings(env: NodeJS.ProcessEnv = process.env): Settings {
     discoverRuncRoots: parseBool(get('ARCH_DISCOVER_RUNC_ROOTS'), 'ARCH_DISCOVER_RUNC_ROOTS', true),
     containerdConfig: optionalPath('ARCH_CONTAINERD_CONFIG'),
     dockerConfig: optionalPath('ARCH_DOCKER_CONFIG'),
+    managedNamespaces: parseManagedNamespaces(get('ARCH_MANAGED_NAMESPACES')),
     defaultCheckpointRoot,
     allowedRoots: parseAllowedRoots(get('ARCH_ALLOWED_ROOTS'), defaultCheckpointRoot),
     temporalCli: get('ARCH_TEMPORAL_CLI') || 'temporal',

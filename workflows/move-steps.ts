@@ -6,7 +6,8 @@
  */
 import { ApplicationFailure, CancellationScope, isCancellation, patched, workflowInfo } from '@temporalio/workflow';
 import { FailureType } from '../contract/failures.js';
-import { failureTypeOf, nodeUnavailable, onNode, refString, rootMessage, DEFAULTS } from './common.js';
+import { isManaged, managedMoveRefusal } from '../contract/managers.js';
+import { failureTypeOf, inputFailure, nodeUnavailable, onNode, refString, rootMessage, DEFAULTS } from './common.js';
 import type {
   ActivityTimeouts,
   CheckpointInfo,
@@ -109,6 +110,12 @@ export async function prepareMove(
       .step('describe', from, () => onNode(from, 'quick', t).describeContainer(ref), 'preflight')
       .catch((err: unknown) => {
         throw wrap(err, from, `describing ${refString(ref)}`, t);
+      })
+      .then((d) => {
+        // Recreating it on `to` would make a copy its orchestrator does not know: refused before anything stops.
+        // (Histories from before describe reported a manager have none here: their course is unchanged.)
+        if (isManaged(d.manager)) throw inputFailure(managedMoveRefusal(refString(ref), d.manager));
+        return d;
       }),
     tl
       .step('check-target', to, () => onNode(to, 'quick', t).checkTarget({ ref }), 'preflight')

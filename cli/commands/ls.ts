@@ -13,12 +13,13 @@ export function formatLs(node: string, list: ContainerSummary[]): string {
     c.status,
     c.pid ? String(c.pid) : '-',
     c.mode ?? '-',
+    c.manager ?? '-',
     String(c.priority),
     bytes(c.rssBytes),
     c.checkpoint ? `${c.checkpoint.createdAt} (${bytes(c.checkpoint.sizeBytes)})` : '-',
     c.lastRestoreFailure ? `FAILED (${c.lastRestoreFailure.reason})` : '-',
   ]);
-  const out = table(rows, ['CONTAINER', 'STATUS', 'PID', 'MODE', 'PRIO', 'RSS', 'CHECKPOINT', 'RESTORE']);
+  const out = table(rows, ['CONTAINER', 'STATUS', 'PID', 'MODE', 'MANAGER', 'PRIO', 'RSS', 'CHECKPOINT', 'RESTORE']);
   // A failed restore means lost progress: its cause in full, below the table.
   const failures = list
     .filter((c) => c.lastRestoreFailure)

@@ -144,6 +144,38 @@ test('target refuses in preflight: the failure names the target node, no checkpo
   expect(wf.callsOf('checkpointContainer')).toHaveLength(0);
 });
 
+test.each([
+  ['kubernetes', 'Kubernetes', /drain the node or delete the pod/],
+  ['docker', 'Docker', /docker run/],
+])(
+  'a container %s manages is refused in preflight, naming it and the way to move it: no checkpoint',
+  async (manager, who, how) => {
+    const { from, to, s, input } = setup();
+    const stubs = withStubs(happyMove(s, from, to), {
+      [from]: { describeContainer: () => ({ ...described(s), manager }) },
+    });
+    const r = await wf.run<MigrateResult>('migrateContainer', input, stubs);
+    const f = appFailure((r as { error: Error }).error);
+    expect(f.type).toBe(FailureType.input);
+    expect(f.nonRetryable).toBe(true);
+    expect(f.message).toMatch(new RegExp(`^default/job-1 is managed by ${who}: .*Fix: `));
+    expect(f.message).toMatch(how);
+    expect(wf.callsOf('checkpointContainer')).toHaveLength(0);
+    expect(wf.callsOf('offerImage')).toHaveLength(0);
+    expect(wf.callsOf('describeContainer')).toHaveLength(1);
+  },
+);
+
+test('a plain containerd container (manager "containerd") moves as before', async () => {
+  const { from, to, s, input } = setup();
+  const stubs = withStubs(happyMove(s, from, to), {
+    [from]: { describeContainer: () => ({ ...described(s), manager: 'containerd' }) },
+  });
+  const r = await wf.run<MigrateResult>('migrateContainer', input, stubs);
+  if (!r.ok) throw r.error;
+  expect(r.value.outcome).toBe('migrated');
+});
+
 test('target node has no worker: NodeUnavailable after nodeStartTimeoutMs, source untouched', async () => {
   const { from, to, s, input } = setup('job-1', 'from', 'gone');
   const stubs = happyMove(s, from, to);
