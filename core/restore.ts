@@ -241,8 +241,14 @@ async function restoreHolding(
     }
   } catch (err) {
     await criuConfig?.reset().catch(() => undefined);
-    await verifyDeferred().catch(() => undefined);
+    const pages = await verifyDeferred().then(
+      () => undefined,
+      (e: unknown) => e,
+    );
     await undo();
+    // Damaged page images can make CRIU's restorer itself fail (a flipped
+    // byte in memory it needs): the damage is the reason then, not runc.
+    if (pages instanceof CheckpointUnusableError) throw pages;
     const log = await fsp.readFile(path.join(work, 'restore.log'), 'utf8').catch(() => '');
     const tail = log
       .split('\n')
@@ -404,9 +410,11 @@ async function ensureVisible(ctx: NodeContext, merged: string, upper: string): P
  */
 async function unwriteLayer(ctx: NodeContext, upper: string): Promise<void> {
   await clearDir(upper);
-  await fsp.writeFile('/proc/sys/vm/drop_caches', '2').catch((err: unknown) =>
-    ctx.log.warn({ err: errorMessage(err) }, 'could not drop the overlay cache after taking the layer back'),
-  );
+  await fsp
+    .writeFile('/proc/sys/vm/drop_caches', '2')
+    .catch((err: unknown) =>
+      ctx.log.warn({ err: errorMessage(err) }, 'could not drop the overlay cache after taking the layer back'),
+    );
 }
 
 async function clearDir(dir: string): Promise<void> {
