@@ -38,9 +38,20 @@ export function howToMove(manager: ManagerName): string {
 
 const DISPLAY: Record<string, string> = { docker: 'Docker', kubernetes: 'Kubernetes' };
 
+/** The manager as users know it: "Kubernetes", "Docker", or the name from ARCH_MANAGED_NAMESPACES. */
+export const managerDisplay = (manager: ManagerName): string => DISPLAY[manager] ?? manager;
+
+/** What drain and pause did with a managed container: ARCH's part ends at the checkpoint. */
+export const leftToManager = (manager: ManagerName): string =>
+  `checkpointed; left to ${managerDisplay(manager)} to recreate`;
+
+/** Why resume did not create a managed container again. */
+export const resumeRefusal = (manager: ManagerName): string =>
+  `not created: ${managerDisplay(manager)} creates it (start it there; arch-runc restores its checkpoint)`;
+
 /** The refusal of a move ARCH would have to do behind the orchestrator's back (two copies of the job). */
 export function managedMoveRefusal(ref: string, manager: ManagerName): string {
-  const who = DISPLAY[manager] ?? manager;
+  const who = managerDisplay(manager);
   return (
     `${ref} is managed by ${who}: ARCH will not create it on another node behind ${who}'s back ` +
     `(${who} would not know that copy and could start a second one of the job). Fix: ${howToMove(manager)}`

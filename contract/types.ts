@@ -175,9 +175,12 @@ export interface DrainInput extends ActivityTimeouts {
  * the deadline and there was still not enough time left when a lane freed;
  * it keeps running on the drained node, its previous checkpoint (if any)
  * untouched.
+ * left-to-manager: Docker or Kubernetes (see `manager`) created it, so it is
+ * checkpointed and stopped but not restored on a target: its orchestrator
+ * creates it again, and arch-runc restores it then.
  */
 export type DrainOutcome =
-  'migrated' | 'checkpointed' | 'checkpoint-failed' | 'restore-failed' | 'compensated' | 'skipped';
+  'migrated' | 'checkpointed' | 'checkpoint-failed' | 'restore-failed' | 'compensated' | 'skipped' | 'left-to-manager';
 
 /** One container in a drain plan (the planDrain activity's answer). */
 export interface PlannedContainer extends ContainerRef {
@@ -220,6 +223,8 @@ export interface DrainContainerResult extends ContainerRef {
   /** What the plan said before the checkpoints started. */
   expectedToFit: boolean;
   sizeBytes?: number;
+  /** Set for a container an orchestrator manages (contract/managers.ts). */
+  manager?: string;
   error?: string;
 }
 
@@ -273,6 +278,8 @@ export interface ReclaimRecord {
   failed?: number;
   /** Left on the node: not expected to fit and not started (also counted in failed). */
   skipped?: number;
+  /** Checkpointed and stopped, for Docker or Kubernetes to create again (not failed). */
+  leftToManager?: number;
   /** "ns/id" the drain's plan did not expect to finish before the deadline. */
   notExpectedToFit?: string[];
   withinDeadline?: boolean;
@@ -301,6 +308,10 @@ export interface PauseItemResult extends ContainerRef {
   outcome: 'paused' | 'resumed' | 'skipped' | 'failed';
   ms?: number;
   sizeBytes?: number;
+  /** Set for a container an orchestrator manages: paused, it is left to it; resume does not create it. */
+  manager?: string;
+  /** What happened to a managed container, or why it was skipped. */
+  note?: string;
   error?: string;
 }
 

@@ -9,6 +9,8 @@ import type { DrainContainerResult } from '../contract/types.js';
 export interface DrainCounts {
   migrated: number;
   checkpointed: number;
+  /** Checkpointed and stopped for Docker or Kubernetes to create again: done, not failed. */
+  leftToManager: number;
   /** Not moved off the node and not safely checkpointed there: everything else. */
   failed: number;
   /** Of failed: not started, not expected to fit before the deadline. */
@@ -19,5 +21,12 @@ export function drainCounts(containers: Pick<DrainContainerResult, 'outcome'>[])
   const n = (o: DrainContainerResult['outcome']) => containers.filter((c) => c.outcome === o).length;
   const migrated = n('migrated');
   const checkpointed = n('checkpointed');
-  return { migrated, checkpointed, failed: containers.length - migrated - checkpointed, skipped: n('skipped') };
+  const leftToManager = n('left-to-manager');
+  return {
+    migrated,
+    checkpointed,
+    leftToManager,
+    failed: containers.length - migrated - checkpointed - leftToManager,
+    skipped: n('skipped'),
+  };
 }

@@ -12,6 +12,9 @@
  * running (a checkpoint never half-publishes: its previous one stays). Phase 2 does not depend on the node any more (shared
  * storage) or only on its transfer server (local storage): each checkpoint
  * is restored on a target, round-robin, trying the next target if one fails.
+ * A container Docker or Kubernetes manages is checkpointed and stopped in
+ * phase 1 like the others but not restored: its orchestrator creates it
+ * again (outcome left-to-manager).
  */
 import { ApplicationFailure, log } from '@temporalio/workflow';
 import { FailureType } from '../contract/failures.js';
@@ -32,6 +35,7 @@ import {
   checkpointOn,
   compensate,
   expectedOf,
+  leavesToManager,
   moveCheckpointed,
   shipImage,
   Timeline,
@@ -130,10 +134,14 @@ export async function drainNode(input: DrainInput): Promise<DrainResult> {
     const s = Date.now();
     try {
       const described = await onNode(node, 'quick', t).describeContainer(ref);
+      // Docker or Kubernetes creates it again (wherever it schedules it) and
+      // arch-runc restores it then: a copy ARCH made on a target would be a
+      // second one of the job.
+      const managed = leavesToManager(described.manager);
       // Whatever time is left: a checkpoint that ends after the node is gone is worthless.
       const left = Math.max(5_000, deadlineMs - Date.now());
-      // Checkpoint only (no targets): nothing will be fetched, so nothing is offered.
-      const offer = tidy && targets.length === 0 ? false : undefined;
+      // Checkpoint only (no targets, or left to its manager): nothing will be fetched, so nothing is offered.
+      const offer = tidy && (targets.length === 0 || managed) ? false : undefined;
       const ck = await checkpointOn(
         ref,
         node,
@@ -147,10 +155,15 @@ export async function drainNode(input: DrainInput): Promise<DrainResult> {
         false,
         offer,
       );
-      r.outcome = 'checkpointed';
       r.checkpointMs = Date.now() - s;
       r.sizeBytes = ck.sizeBytes;
       r.checkpointedInTime = Date.now() <= deadlineMs;
+      if (managed) {
+        r.outcome = 'left-to-manager';
+        r.manager = described.manager;
+        return;
+      }
+      r.outcome = 'checkpointed';
       checkpointed.push({ idx, spec: described.spec, ck });
     } catch (err) {
       r.error = rootMessage(err);
@@ -255,7 +268,7 @@ export async function drainNode(input: DrainInput): Promise<DrainResult> {
   const skipped = results.filter((r) => r.outcome === 'skipped').map((r) => `${r.namespace}/${r.id}`);
   phase(
     'done',
-    `${targets.length ? `${counts.migrated} migrated` : `${counts.checkpointed} checkpointed`}, ${counts.failed} failed${skipped.length ? ` (${skipped.length} not started)` : ''} of ${results.length}; checkpoints ${result.withinDeadline ? 'within' : 'NOT within'} the deadline` +
+    `${targets.length ? `${counts.migrated} migrated` : `${counts.checkpointed} checkpointed`}, ${counts.leftToManager ? `${counts.leftToManager} left to their manager, ` : ''}${counts.failed} failed${skipped.length ? ` (${skipped.length} not started)` : ''} of ${results.length}; checkpoints ${result.withinDeadline ? 'within' : 'NOT within'} the deadline` +
       (late.length
         ? `\n\nnot expected to fit: ${late.join(', ')}${skipped.length ? `; not started (still on ${node}): ${skipped.join(', ')}` : ''}`
         : ''),

@@ -34,6 +34,19 @@ export function withdrawsOffers(): boolean {
 }
 
 /**
+ * Drain and resume leave a container Docker or Kubernetes manages to it
+ * (drain: checkpoint and stop, no restore on a target; resume: not created).
+ * Runs recorded before treated it like a plain one: replayed, patched() is
+ * false and they keep that course. Asked only for a managed container, at
+ * the point of that decision.
+ */
+export const MANAGED_PATCH = 'arch-managed-v1';
+
+export function leavesToManager(manager: string | undefined): boolean {
+  return isManaged(manager) && patched(MANAGED_PATCH);
+}
+
+/**
  * Best effort, and also while the workflow is being cancelled: a source
  * that is gone took its offers with it (they live in its worker's memory).
  */

@@ -3,7 +3,9 @@
  * the matching running containers of a node (their containerd records stay,
  * with a stopped task), and later create them again in place so arch-runc
  * restores them. Started by hand (`arch-cli pause|resume`) or by the
- * Temporal Schedules `arch-cli schedule create` makes.
+ * Temporal Schedules `arch-cli schedule create` makes. A container Docker
+ * or Kubernetes manages is paused the same way, but resume never creates it:
+ * its orchestrator does, and arch-runc restores it then.
  */
 import { ApplicationFailure } from '@temporalio/workflow';
 import { FailureType } from '../contract/failures.js';
@@ -18,7 +20,8 @@ import {
   track,
   DEFAULTS,
 } from './common.js';
-import { checkpointOn, Timeline, withdrawsOffers } from './move-steps.js';
+import { leftToManager, isManaged, resumeRefusal } from '../contract/managers.js';
+import { checkpointOn, leavesToManager, Timeline, withdrawsOffers } from './move-steps.js';
 import type { ContainerSummary, PauseInput, PauseItemResult, PauseResult } from '../contract/types.js';
 
 async function select(input: PauseInput, node: string, action: 'pause' | 'resume'): Promise<ContainerSummary[]> {
@@ -50,7 +53,7 @@ async function forEachSelected(
   input: PauseInput,
   action: 'pause' | 'resume',
   what: { selecting: string; stepPhase: string; done: string },
-  step: (ref: { namespace: string; id: string }, node: string) => Promise<Partial<PauseItemResult>>,
+  step: (c: ContainerSummary, node: string) => Promise<Partial<PauseItemResult>>,
 ): Promise<PauseResult> {
   const node = checkNode(input.node, 'node');
   const t0 = Date.now();
@@ -67,14 +70,21 @@ async function forEachSelected(
     const ref = { namespace: c.namespace, id: c.id };
     const s = Date.now();
     try {
-      const extra = await step(ref, node);
+      const extra = await step(c, node);
       return { ...ref, outcome: action === 'pause' ? 'paused' : 'resumed', ms: Date.now() - s, ...extra };
     } catch (err) {
       return { ...ref, outcome: 'failed', ms: Date.now() - s, error: rootMessage(err) };
     }
   });
   const failed = containers.filter((c) => c.outcome === 'failed').length;
-  show(node, action, 'done', `${containers.length - failed} ${what.done}, ${failed} failed`, input.schedule);
+  const skipped = containers.filter((c) => c.outcome === 'skipped').length;
+  show(
+    node,
+    action,
+    'done',
+    `${containers.length - failed - skipped} ${what.done}, ${skipped ? `${skipped} skipped (managed), ` : ''}${failed} failed`,
+    input.schedule,
+  );
   return { node, action, containers, totalMs: Date.now() - t0 };
 }
 
@@ -85,10 +95,14 @@ export async function pauseContainers(input: PauseInput): Promise<PauseResult> {
     input,
     'pause',
     { selecting: 'selecting running ARCH containers', stepPhase: 'checkpoint', done: 'paused' },
-    async (ref, node) => {
-      const { spec } = await onNode(node, 'quick', input).describeContainer(ref);
+    async (c, node) => {
+      const ref = { namespace: c.namespace, id: c.id };
+      const { spec, manager = c.manager } = await onNode(node, 'quick', input).describeContainer(ref);
       const ck = await checkpointOn(ref, node, spec, input, new Timeline(), false, offer);
-      return { sizeBytes: ck.sizeBytes };
+      // The same checkpoint and stop; its orchestrator, not resume, starts it again.
+      return isManaged(manager)
+        ? { sizeBytes: ck.sizeBytes, manager, note: leftToManager(manager!) }
+        : { sizeBytes: ck.sizeBytes };
     },
   );
 }
@@ -98,8 +112,11 @@ export async function resumeContainers(input: PauseInput): Promise<PauseResult> 
     input,
     'resume',
     { selecting: 'selecting paused ARCH containers', stepPhase: 'restore', done: 'resumed' },
-    async (ref, node) => {
-      const { spec } = await onNode(node, 'quick', input).describeContainer(ref);
+    async (c, node) => {
+      const ref = { namespace: c.namespace, id: c.id };
+      const { spec, manager = c.manager } = await onNode(node, 'quick', input).describeContainer(ref);
+      // A copy ARCH created would be one Docker or Kubernetes does not know.
+      if (leavesToManager(manager)) return { outcome: 'skipped', manager, note: resumeRefusal(manager!) };
       await onNode(node, 'restore', input).restoreContainer({ spec });
       return {};
     },

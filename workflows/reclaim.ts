@@ -113,6 +113,7 @@ export async function nodeReclaimWatch(input: ReclaimWatchInput): Promise<void> 
       record.migrated = counts.migrated;
       record.failed = counts.failed;
       record.skipped = counts.skipped;
+      if (counts.leftToManager) record.leftToManager = counts.leftToManager;
       if (r.plan.notExpectedToFit.length) record.notExpectedToFit = r.plan.notExpectedToFit;
       record.withinDeadline = r.withinDeadline;
     } catch (err) {

@@ -2,6 +2,7 @@
 import type { Command } from 'commander';
 import { ArchInputError } from '../../contract/errors.js';
 import { validateNamespace } from '../../contract/ids.js';
+import { leftToManager } from '../../contract/managers.js';
 import { WORKFLOW_TASK_QUEUE, workflowIds } from '../../contract/names.js';
 import { drainCounts } from '../../workflows/drain-outcomes.js';
 import type { DrainInput, DrainResult } from '../../contract/types.js';
@@ -21,7 +22,7 @@ export function formatDrain(r: DrainResult): string {
     ms(c.transferMs),
     ms(c.restoreMs),
     bytes(c.sizeBytes),
-    c.error ?? '',
+    c.error ?? (c.outcome === 'left-to-manager' && c.manager ? leftToManager(c.manager) : ''),
   ]);
   const late =
     r.plan?.notExpectedToFit ??
@@ -39,7 +40,7 @@ export function formatDrain(r: DrainResult): string {
       'TRANSFER',
       'RESTORE',
       'SIZE',
-      'ERROR',
+      'NOTE',
     ]),
   ].join('\n');
 }

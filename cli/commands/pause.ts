@@ -13,11 +13,11 @@ export function formatPause(r: PauseResult): string {
     c.outcome,
     ms(c.ms),
     bytes(c.sizeBytes),
-    c.error ?? '',
+    c.error ?? c.note ?? '',
   ]);
   return [
     `${r.action} on ${r.node}: ${r.containers.length} containers in ${ms(r.totalMs)}`,
-    rows.length ? table(rows, ['CONTAINER', 'OUTCOME', 'TIME', 'SIZE', 'ERROR']) : '(nothing matched)',
+    rows.length ? table(rows, ['CONTAINER', 'OUTCOME', 'TIME', 'SIZE', 'NOTE']) : '(nothing matched)',
   ].join('\n');
 }
 

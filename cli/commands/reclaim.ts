@@ -21,7 +21,7 @@ export function formatWatch(s: ReclaimWatchState): string {
   if (s.current) lines.push(`draining now: deadline ${s.current.deadline}, drain ${s.current.drainWorkflowId}`);
   for (const r of s.history.slice(-5)) {
     lines.push(
-      `  ${r.receivedAt} ${r.reason ?? ''} → ${r.status}${r.migrated !== undefined ? ` (${r.migrated} migrated, ${r.failed} failed${r.skipped ? ` of which ${r.skipped} not started` : ''}, ${r.withinDeadline ? 'in time' : 'LATE'})` : ''}${r.error ? `: ${r.error}` : ''}`,
+      `  ${r.receivedAt} ${r.reason ?? ''} → ${r.status}${r.migrated !== undefined ? ` (${r.migrated} migrated, ${r.leftToManager ? `${r.leftToManager} left to their manager, ` : ''}${r.failed} failed${r.skipped ? ` of which ${r.skipped} not started` : ''}, ${r.withinDeadline ? 'in time' : 'LATE'})` : ''}${r.error ? `: ${r.error}` : ''}`,
     );
     if (r.notExpectedToFit?.length) lines.push(`    not expected to fit: ${r.notExpectedToFit.join(', ')}`);
   }

@@ -143,16 +143,26 @@ describe('containers not expected to fit', () => {
     expect(drainCounts([c('migrated'), c('migrated'), c('compensated')])).toEqual({
       migrated: 2,
       checkpointed: 0,
+      leftToManager: 0,
       failed: 1,
       skipped: 0,
     });
     expect(drainCounts([c('checkpointed'), c('skipped'), c('checkpoint-failed'), c('restore-failed')])).toEqual({
       migrated: 0,
       checkpointed: 1,
+      leftToManager: 0,
       failed: 3,
       skipped: 1,
     });
-    expect(drainCounts([])).toEqual({ migrated: 0, checkpointed: 0, failed: 0, skipped: 0 });
+    // Left for Docker or Kubernetes to create again is what a drain must do with it: not a failure.
+    expect(drainCounts([c('migrated'), c('left-to-manager')])).toEqual({
+      migrated: 1,
+      checkpointed: 0,
+      leftToManager: 1,
+      failed: 0,
+      skipped: 0,
+    });
+    expect(drainCounts([])).toEqual({ migrated: 0, checkpointed: 0, leftToManager: 0, failed: 0, skipped: 0 });
     const back = {
       ...result,
       withinDeadline: true,
