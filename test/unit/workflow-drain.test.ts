@@ -8,6 +8,9 @@ import type {
   ReclaimWatchInput,
   ReclaimWatchState,
 } from '../../contract/types.js';
+import { drainExitCode, formatDrain } from '../../cli/commands/drain.js';
+import { EXIT } from '../../cli/exit-codes.js';
+import { drainCounts } from '../../workflows/drain-outcomes.js';
 import { fail, StubCluster, type Stubs } from '../support/workflow-env.js';
 import {
   checkpoint,
@@ -230,6 +233,34 @@ test('the plan cannot be made: the drain fails, saying so, nothing checkpointed'
   expect(f.type).toBe('Boom');
   expect(f.message).toBe('planning the drain of node failed: containerd down');
   expect(wf.calls.map((c) => c.activity)).toEqual(['planDrain']);
+});
+
+test('a Kubernetes container: checkpointed and stopped in time like the others, never transferred or restored', async () => {
+  const stubs = withStubs(drainStubs(), {
+    [NODE]: {
+      describeContainer: (ref: ContainerRef) => ({
+        ...described(spec(ref.id)),
+        manager: ref.id === 'b' ? 'kubernetes' : 'containerd',
+      }),
+    },
+  });
+  const r = await wf.run<DrainResult>('drainNode', drainInput(), stubs);
+  if (!r.ok) throw r.error;
+  expect(outcomes(r.value)).toEqual(['a:migrated@t1', 'b:left-to-manager']);
+  expect(r.value.containers[1]).toMatchObject({ manager: 'kubernetes', checkpointedInTime: true, sizeBytes: 4096 });
+  expect(r.value.containers[1]!.runningOn).toBeUndefined();
+  expect(r.value.withinDeadline).toBe(true);
+  // Checkpointed (and so stopped: leaveRunning false) like a plain one, but not offered: no one fetches it.
+  const byId = new Map(wf.callsOf('checkpointContainer').map((c) => [idOf(c.input), c.input]));
+  expect(byId.get('b')).toMatchObject({ leaveRunning: false, offer: false });
+  expect(byId.get('a')).toMatchObject({ leaveRunning: false, offer: true });
+  // Nothing for it on a target, and its stopped record stays on the node for Kubernetes.
+  const forB = wf.calls.filter((c) => c.activity !== 'planDrain' && idOf(c.input) === 'b').map((c) => c.activity);
+  expect(forB).toEqual(['describeContainer', 'checkpointContainer']);
+  expect(wf.calls.filter((c) => c.node !== NODE).map((c) => idOf(c.input))).not.toContain('b');
+  expect(drainCounts(r.value.containers)).toMatchObject({ migrated: 1, leftToManager: 1, failed: 0 });
+  expect(formatDrain(r.value)).toContain('checkpointed; left to Kubernetes to recreate');
+  expect(drainExitCode(r.value)).toBe(EXIT.ok);
 });
 
 test('targets include the drained node: refused at once', async () => {

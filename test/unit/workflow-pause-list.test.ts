@@ -1,6 +1,7 @@
 import { ApplicationFailure, WorkflowFailedError } from '@temporalio/client';
 import { FailureType } from '../../contract/failures.js';
 import type { ContainerRef, ContainerSummary, PauseInput, PauseResult } from '../../contract/types.js';
+import { formatPause } from '../../cli/commands/pause.js';
 import { fail, StubCluster, type Stubs } from '../support/workflow-env.js';
 import { checkpoint, described, restored, spec, summary } from '../support/workflow-fixtures.js';
 
@@ -86,6 +87,44 @@ test('resume: paused containers are described and restored where they are, witho
   expect(wf.sequence()).toEqual([`${N}:selectPaused`, `${N}:describeContainer`, `${N}:restoreContainer`]);
   expect(wf.calls[0]!.input).toEqual({ selector: { ids: ['a'] } });
   expect(wf.callsOf('restoreContainer')[0]!.input).toEqual({ spec: spec('a') });
+  expect(ids(wf.callsOf('restoreContainer'))).toEqual(['a']);
+});
+
+test('pause: a Kubernetes container from the listing is checkpointed and stopped like the others, reported as left to it', async () => {
+  const r = await wf.run<PauseResult>(
+    'pauseContainers',
+    { node: N, parallelism: 1 },
+    nodeStubs({ selectContainers: () => [summary('a'), summary('k', { manager: 'kubernetes' })] }),
+  );
+  if (!r.ok) throw r.error;
+  expect(r.value.containers.map((c) => [c.id, c.outcome, c.manager])).toEqual([
+    ['a', 'paused', undefined],
+    ['k', 'paused', 'kubernetes'],
+  ]);
+  expect(r.value.containers[1]!.note).toBe('checkpointed; left to Kubernetes to recreate');
+  expect(ids(wf.callsOf('checkpointContainer'))).toEqual(['a', 'k']);
+  for (const c of wf.callsOf('checkpointContainer')) expect(c.input).toMatchObject({ leaveRunning: false });
+  expect(formatPause(r.value)).toContain('left to Kubernetes to recreate');
+});
+
+test('resume: a Docker container is not created again, and says why; the plain one is restored', async () => {
+  const r = await wf.run<PauseResult>(
+    'resumeContainers',
+    { node: N, parallelism: 1 },
+    nodeStubs({
+      selectPaused: () => [summary('a', { status: 'STOPPED' }), summary('d', { status: 'STOPPED' })],
+      describeContainer: (ref: ContainerRef) => ({
+        ...described(spec(ref.id), 'STOPPED'),
+        manager: ref.id === 'd' ? 'docker' : 'containerd',
+      }),
+    }),
+  );
+  if (!r.ok) throw r.error;
+  expect(r.value.containers.map((c) => [c.id, c.outcome, c.manager])).toEqual([
+    ['a', 'resumed', undefined],
+    ['d', 'skipped', 'docker'],
+  ]);
+  expect(r.value.containers[1]!.note).toMatch(/^not created: Docker creates it/);
   expect(ids(wf.callsOf('restoreContainer'))).toEqual(['a']);
 });
 
