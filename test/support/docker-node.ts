@@ -75,18 +75,26 @@ async function dockerArchive(work: string): Promise<string> {
   return out;
 }
 
+/** The node settings Docker's runc root discovery needs (ARCH_DOCKER_CONFIG is added once the daemon.json exists). */
+export const DOCKER_NODE_SETTINGS = { ARCH_DISCOVER_RUNC_ROOTS: '1' } as const;
+
 export async function startDockerNode(
   name: string,
   overrides: Record<string, string | undefined> = {},
 ): Promise<DockerNode> {
-  // The node dir is only known once the node runs; the settings name the daemon.json at its fixed place there.
-  let daemonJson = '';
-  const node = await startArchNode(name, {
-    ARCH_DISCOVER_RUNC_ROOTS: '1',
-    ...overrides,
-  });
+  return addDocker(await startArchNode(name, { ...DOCKER_NODE_SETTINGS, ...overrides }));
+}
+
+/**
+ * Starts a dockerd on a running node (started with DOCKER_NODE_SETTINGS), e.g. a
+ * CRI node, so that one node carries Kubernetes, Docker and plain ctr containers.
+ * Its stop() stops the node too. Workers must start after this: it adds to the
+ * node's settings.
+ */
+export async function addDocker(node: ArchTestNode): Promise<DockerNode> {
+  const name = node.name;
   const dir = path.join(node.dir, DOCKER_SUBDIR);
-  daemonJson = path.join(dir, 'daemon.json');
+  const daemonJson = path.join(dir, 'daemon.json');
   const execRoot = path.join(dir, 'exec');
   const sock = path.join(dir, 'd.sock');
   const logFile = path.join(dir, 'dockerd.log');
