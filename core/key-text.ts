@@ -11,3 +11,11 @@ export function parseKeyText(v: string): Buffer | undefined {
   else if (/^[A-Za-z0-9+/]{43}=?$/.test(s)) key = Buffer.from(s, 'base64');
   return key && key.length === 32 ? key : undefined;
 }
+
+/** The key lines of a key file: trimmed, without blank lines and `#` comments (the first seals, every one opens). */
+export function keyLines(body: string): string[] {
+  return body
+    .split('\n')
+    .map((l) => l.trim())
+    .filter((l) => l && !l.startsWith('#'));
+}

@@ -139,7 +139,9 @@ async function currentLayer(upper: string): Promise<{ entries: Map<string, Entry
 
 async function sha256File(file: string): Promise<string> {
   const h = crypto.createHash('sha256');
-  await pipeline(fs.createReadStream(file), h);
+  // The layer is the container's: a file swapped for a symlink since the walk is not followed out of it.
+  const fh = await fsp.open(file, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW);
+  await pipeline(fh.createReadStream(), h); // closes fh
   return h.digest('hex');
 }
 

@@ -391,7 +391,7 @@ async function ensureVisible(ctx: NodeContext, merged: string, upper: string): P
     { rootfs: merged, path: first },
     "the rootfs mount does not show the restored layer yet (looked up before it was written): dropping the kernel's unused dentries",
   );
-  await fsp.writeFile('/proc/sys/vm/drop_caches', '2');
+  await dropUnusedDentries();
   const still = await hidden();
   if (still)
     throw new CheckpointUnusableError(
@@ -410,12 +410,13 @@ async function ensureVisible(ctx: NodeContext, merged: string, upper: string): P
  */
 async function unwriteLayer(ctx: NodeContext, upper: string): Promise<void> {
   await clearDir(upper);
-  await fsp
-    .writeFile('/proc/sys/vm/drop_caches', '2')
-    .catch((err: unknown) =>
-      ctx.log.warn({ err: errorMessage(err) }, 'could not drop the overlay cache after taking the layer back'),
-    );
+  await dropUnusedDentries().catch((err: unknown) =>
+    ctx.log.warn({ err: errorMessage(err) }, 'could not drop the overlay cache after taking the layer back'),
+  );
 }
+
+/** The kernel's unused dentries and inodes go (host-wide: nothing else is dropped, nothing written back). */
+const dropUnusedDentries = (): Promise<void> => fsp.writeFile('/proc/sys/vm/drop_caches', '2');
 
 async function clearDir(dir: string): Promise<void> {
   for (const name of await fsp.readdir(dir).catch(() => [] as string[])) {

@@ -8,7 +8,7 @@ import { ArchInputError, CheckpointUnusableError } from '../contract/errors.js';
 import { requireAbsolutePath } from './paths.js';
 import { isAlive } from './pid.js';
 import { settingsVars } from './settings.js';
-import { parseKeyText } from './key-text.js';
+import { keyLines, parseKeyText } from './key-text.js';
 
 /**
  * Encryption at rest of a checkpoint's page images and writable-layer
@@ -116,10 +116,7 @@ export function loadStoreKeys(vars: Record<string, string | undefined> = setting
       "point it at the cluster's store key file (mode 0600, readable by root), or unset it to store checkpoints unencrypted",
     );
   }
-  const lines = body
-    .split('\n')
-    .map((l) => l.trim())
-    .filter((l) => l && !l.startsWith('#'));
+  const lines = keyLines(body);
   if (lines.length === 0)
     throw new ArchInputError(
       STORE_KEY_SETTING,

@@ -23,7 +23,7 @@ import { createCipheriv, createDecipheriv, createHash, randomBytes } from 'node:
 import fs from 'node:fs';
 import type { Payload, PayloadCodec } from '@temporalio/common';
 import { ArchInputError } from '../contract/errors.js';
-import { parseKeyText } from '../core/key-text.js';
+import { keyLines, parseKeyText } from '../core/key-text.js';
 
 export const ENCRYPTED_ENCODING = 'binary/encrypted';
 export const KEY_ID_METADATA = 'encryption-key-id';
@@ -103,10 +103,7 @@ export function loadPayloadKeys(vars: Record<string, string | undefined>): Paylo
       'run this as a user that may read it (root), or point ARCH_PAYLOAD_KEY_FILE elsewhere',
     );
   }
-  const lines = body
-    .split('\n')
-    .map((l) => l.trim())
-    .filter((l) => l && !l.startsWith('#'));
+  const lines = keyLines(body);
   if (lines.length === 0)
     throw new ArchInputError(
       'ARCH_PAYLOAD_KEY_FILE',

@@ -1,6 +1,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { historyFromJSON, historyToJSON, type History } from '@temporalio/common/lib/proto-utils.js';
+import { keyLines } from '../../core/key-text.js';
 import { AesGcmPayloadCodec, parseKey } from '../../temporal/codec.js';
 import { REPO_ROOT } from './images.js';
 
@@ -20,11 +21,7 @@ export const TEST_KEY_FILE = path.join(HISTORIES_DIR, 'payload-test.key');
 
 /** The key as ARCH_PAYLOAD_KEY takes it (the file's comment lines left out). */
 export function testPayloadKey(): string {
-  const line = fs
-    .readFileSync(TEST_KEY_FILE, 'utf8')
-    .split('\n')
-    .map((l) => l.trim())
-    .find((l) => l && !l.startsWith('#'));
+  const line = keyLines(fs.readFileSync(TEST_KEY_FILE, 'utf8'))[0];
   if (!line) throw new Error(`${TEST_KEY_FILE} holds no key`);
   return line;
 }
