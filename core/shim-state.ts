@@ -252,10 +252,12 @@ export async function awaitRecordedExit(
   runcRoot: string,
   id: string,
   timeoutMs: number,
+  onWait?: () => void,
 ): Promise<{ exit?: RecordedExit; waitedMs: number }> {
   const t0 = Date.now();
   let exit = await recordedExit(runcRoot, id);
   if (exit || !(await exitRecorderAlive(runcRoot))) return { exit, waitedMs: 0 };
+  onWait?.();
   while (!exit && Date.now() - t0 < timeoutMs) {
     await new Promise((r) => setTimeout(r, 10));
     exit = await recordedExit(runcRoot, id);

@@ -479,7 +479,9 @@ async function handleDelete(call: RuncCall, id: string, log: Log, pass: () => Pr
   // Otherwise only its exit code can tell a crash (keep) from a finished job: wait for the worker to write it.
   const { exit, waitedMs } = stopped
     ? { exit: await recordedExit(call.root, id), waitedMs: 0 }
-    : await awaitRecordedExit(call.root, id, EXIT_RECORD_WAIT_MS);
+    : await awaitRecordedExit(call.root, id, EXIT_RECORD_WAIT_MS, () =>
+        log.info({ timeoutMs: EXIT_RECORD_WAIT_MS }, 'exit code not recorded yet: waiting for the worker'),
+      );
   if (waitedMs > 0)
     log.info(
       { waitedMs, exitStatus: exit?.exitStatus },

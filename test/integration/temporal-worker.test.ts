@@ -1,4 +1,5 @@
 import { randomBytes } from 'node:crypto';
+import fs from 'node:fs';
 import path from 'node:path';
 import { checkpointContainer } from '../../core/checkpoint.js';
 import { createNodeContext } from '../../core/context.js';
@@ -23,6 +24,12 @@ const N = 'wrk-a';
 beforeAll(async () => {
   await cleanupStaleNodes();
   cluster = await startCluster('worker', [N]);
+});
+
+// One test's failure must not take the others down with it: a worker a test stopped and could not restart is started again.
+beforeEach(async () => {
+  const w = cluster.workers[N];
+  if (!w?.running()) await cluster.startWorker(N);
 });
 
 afterAll(async () => {
@@ -51,6 +58,22 @@ test('SIGTERM during a checkpoint: the checkpoint completes once, the worker exi
     },
     60_000,
     20,
+  );
+  // STARTED on the server means the worker's poller has the task, not that the checkpoint began: a worker told to
+  // stop before its code runs may give the task back (a retry, not what this test is about). Its staging directory
+  // shows the checkpoint itself is under way.
+  const containerDir = path.join(cluster.dir, 'checkpoints/default/big');
+  await waitUntil(
+    'the checkpoint to be under way in the worker',
+    () => {
+      try {
+        return fs.readdirSync(containerDir).some((n) => n.startsWith('.staging-')) || undefined;
+      } catch {
+        return undefined;
+      }
+    },
+    60_000,
+    10,
   );
   const worker = cluster.workers[N]!;
   const t0 = Date.now();
@@ -171,7 +194,7 @@ test('ctr run --rm: delete comes right after a crash, before the worker has the 
         '--env',
         'COUNTER_INTERVAL_MS=50',
         '--env',
-        'COUNTER_EXIT_AFTER=40',
+        'COUNTER_EXIT_AFTER=160',
         '--env',
         'COUNTER_EXIT_CODE=3',
         'localhost/arch-test/counter:1',
@@ -186,23 +209,26 @@ test('ctr run --rm: delete comes right after a crash, before the worker has the 
   let held = false;
   try {
     await cluster.waitCount(N, id, 5);
+    // Hold the worker back: the exit event waits in its pipe until after delete has begun. Held before the
+    // checkpoint (which the test makes itself, without the worker), so a slow checkpoint cannot let the exit through.
+    process.kill(worker.pid, 'SIGSTOP');
+    held = true;
     await checkpointContainer(ctx, {
       namespace: 'default',
       id,
       runcRoot: node.runcRoot('default'),
       leaveRunning: true,
     });
-    // Hold the worker back: the exit event waits in its pipe until after delete has begun.
-    process.kill(worker.pid, 'SIGSTOP');
-    held = true;
-    // Its last count comes right before its exit (asking containerd would wait for the delete in progress).
+    // Released once arch-runc's delete waits for the exit code (a fixed sleep is too short on a loaded machine).
     await waitUntil(
-      `${id} at its last count`,
-      () => ((cluster.count(N, id) ?? 40) >= 40 ? true : undefined),
-      30_000,
+      `arch-runc delete ${id} to wait for the exit code`,
+      () =>
+        readLogLines(cluster.archRuncLog).some(
+          (l) => l.container === id && l.msg === 'exit code not recorded yet: waiting for the worker',
+        ) || undefined,
+      60_000,
       10,
     );
-    await new Promise((r) => setTimeout(r, 300));
     process.kill(worker.pid, 'SIGCONT');
     held = false;
     expect(await run).toBe(1);
@@ -228,7 +254,7 @@ test("ARCH_CHECKPOINT_ID: the job finished (exit 0) in the old container before 
   });
   const name = ['ARCH_CHECKPOINT_ID=fin-job'];
   const store = new CheckpointStore(path.join(cluster.dir, 'checkpoints/default/fin-job'));
-  await cluster.runCounter(N, 'fin-1', [...name, 'COUNTER_INTERVAL_MS=50', 'COUNTER_EXIT_AFTER=40']);
+  await cluster.runCounter(N, 'fin-1', [...name, 'COUNTER_INTERVAL_MS=50', 'COUNTER_EXIT_AFTER=100']);
   await cluster.waitCount(N, 'fin-1', 5);
   await checkpointContainer(ctx, {
     namespace: 'default',

@@ -90,6 +90,8 @@ export interface TestWorker {
   /** SIGKILL and wait: a worker lost with its machine. */
   kill(): Promise<void>;
   exited: Promise<number | null>;
+  /** False once the process has exited. */
+  running(): boolean;
 }
 
 export interface StartWorkerOptions {
@@ -164,6 +166,7 @@ export async function startWorker(node: TestNode, o: StartWorkerOptions): Promis
     archLog,
     transferUrl: started.transferUrl,
     exited,
+    running: () => !done,
     async stop(timeoutMs = 40_000) {
       if (done) return exited;
       signal('SIGTERM');
