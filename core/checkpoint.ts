@@ -343,7 +343,15 @@ async function checkpointLocked(
         known,
         deferPrune: true,
         trust: trustOf(ctx.settings),
-        ...(chunking ? { chunk: { from: scratch?.dir ?? staging.dir, keys: storeKey && chunkKeysOf(storeKey) } } : {}),
+        ...(chunking
+          ? {
+              chunk: {
+                from: scratch?.dir ?? staging.dir,
+                keys: storeKey && chunkKeysOf(storeKey),
+                keep: ctx.settings.keep,
+              },
+            }
+          : {}),
       },
     );
     published = true;

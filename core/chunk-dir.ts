@@ -105,15 +105,15 @@ export class ChunkDir {
   }
 
   /** The stored bytes of a chunk (not through a symlink), or undefined when it is not there. */
-  async get(id: string): Promise<Buffer | undefined> {
+  async get(id: string, retry = true): Promise<Buffer | undefined> {
     let fh: fsp.FileHandle;
     try {
       fh = await fsp.open(this.pathOf(id), fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW);
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
       // Set aside by a collector that read the manifests before this checkpoint was published: this checkpoint needs it.
-      if (!(await this.takeBack(id))) return undefined;
-      return this.get(id);
+      if (!retry || !(await this.takeBack(id))) return undefined;
+      return this.get(id, false);
     }
     try {
       return await fh.readFile();

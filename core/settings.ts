@@ -22,6 +22,8 @@ export interface Settings {
   fsync: boolean;
   /** ARCH_STORE_FORMAT: 1 (whole files, the default) or 2 (chunked, compressed, deduplicated: README "Checkpoint store v2"). */
   storeFormat: 1 | 2;
+  /** ARCH_KEEP: checkpoints of a container kept in store format 2 (the current one and the ones before it). */
+  keep: number;
   logFile: string | undefined;
   logLevel: string;
   nodeName: string;
@@ -144,6 +146,7 @@ export function loadSettings(env: NodeJS.ProcessEnv = process.env): Settings {
     criuNetworkLock: parseNetworkLock(get('ARCH_CRIU_NETWORK_LOCK')),
     fsync: parseBool(get('ARCH_FSYNC'), 'ARCH_FSYNC', true),
     storeFormat: parseStoreFormat(get('ARCH_STORE_FORMAT')),
+    keep: parseKeep(get('ARCH_KEEP')),
     logFile: logFile ? requireAbsolutePath(logFile, 'ARCH_LOG_FILE') : undefined,
     logLevel: get('ARCH_LOG_LEVEL') || 'info',
     nodeName: get('ARCH_NODE_NAME') || os.hostname(),
@@ -172,6 +175,16 @@ export function parseStoreFormat(v: string | undefined): 1 | 2 {
     'ARCH_STORE_FORMAT',
     `is "${v}"`,
     'set 1 (whole files) or 2 (chunked and compressed), or leave it unset (1)',
+  );
+}
+
+export function parseKeep(v: string | undefined): number {
+  if (v === undefined || v === '') return 2;
+  if (/^[1-9][0-9]{0,3}$/.test(v)) return Number(v);
+  throw new ArchInputError(
+    'ARCH_KEEP',
+    `is "${v}"`,
+    'set how many checkpoints of a container to keep: a whole number from 1 (default 2)',
   );
 }
 

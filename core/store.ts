@@ -18,6 +18,7 @@ import { MANIFEST_FILE, PAGE_IMAGE_PATH, ROOTFS_TAR, SIGNATURE_FILE } from './ch
 import { CHUNK_ALG, type ChunkKeys } from './chunk-codec.js';
 import { ChunkDir, CHUNKS_DIR, type ChunkWriteStats } from './chunk-dir.js';
 import { storeChunked } from './chunked-files.js';
+import { collect } from './chunk-gc.js';
 
 /**
  * One container's checkpoints: <root>/<ns>/<id>/.
@@ -160,7 +161,7 @@ export class CheckpointStore {
        * staging dir, or the tmpfs scratch an encrypted checkpoint was dumped
        * to) go into the chunk directory instead, listed under `chunked`.
        */
-      chunk?: { from: string; keys?: ChunkKeys };
+      chunk?: { from: string; keys?: ChunkKeys; keep: number };
     },
   ): Promise<{
     dir: string;
@@ -211,6 +212,7 @@ export class CheckpointStore {
       if (opts.fsync) await fsyncTree(staging.dir);
       opts.onPhase?.('fsync', Date.now() - t);
       const name = `ckpt-${new Date().toISOString().replace(/[:.]/g, '-')}-${randomBytes(4).toString('hex')}`;
+      if (chunked) await this.touchChunks(chunked.files);
       const previous = await this.current().catch(() => null);
       finalDir = path.join(this.containerDir, name);
       await fsp.rename(staging.dir, finalDir);
@@ -220,8 +222,11 @@ export class CheckpointStore {
       linked = true;
       if (opts.fsync) await fsyncDir(this.containerDir);
       const stale = previous && previous !== finalDir ? previous : undefined;
+      const published = finalDir;
       const prune = async () => {
-        if (stale) await fsp.rm(stale, { recursive: true, force: true });
+        if (opts.chunk)
+          await collect(this.containerDir, this.chunkDir(), { keep: opts.chunk.keep, current: published });
+        else if (stale) await fsp.rm(stale, { recursive: true, force: true });
       };
       if (!opts.deferPrune) await prune();
       const sizeBytes = [...files, ...(chunked?.files ?? [])].reduce((a, f) => a + f.size, 0);
@@ -240,6 +245,23 @@ export class CheckpointStore {
       if (finalDir && !linked) await fsp.rm(finalDir, { recursive: true, force: true }).catch(() => undefined);
       if (tmpLink && !linked) await fsp.rm(tmpLink, { force: true }).catch(() => undefined);
       throw err;
+    }
+  }
+
+  /**
+   * Every chunk the new manifest refers to touched (taken back if a
+   * collector set it aside) right before it is published: the other half of
+   * chunk-gc.ts's rule. A chunk that is gone fails the publish; the previous
+   * checkpoint stays current.
+   */
+  private async touchChunks(files: { path: string; chunks: { id: string }[] }[]): Promise<void> {
+    const dir = this.chunkDir();
+    const ids = [...new Set(files.flatMap((f) => f.chunks.map((c) => c.id)))];
+    for (let i = 0; i < ids.length; i += 32) {
+      const gone = (
+        await Promise.all(ids.slice(i, i + 32).map(async (id) => ((await dir.reuse(id)) ? undefined : id)))
+      ).find(Boolean);
+      if (gone) throw new Error(`chunk ${gone} disappeared from ${dir.dir} while this checkpoint was written`);
     }
   }
 

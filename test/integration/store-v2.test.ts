@@ -3,7 +3,8 @@ import { createHash, randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { checkpointContainer } from '../../core/checkpoint.js';
-import { CHUNKS_DIR } from '../../core/chunk-dir.js';
+import { ChunkDir, CHUNKS_DIR } from '../../core/chunk-dir.js';
+import { collect } from '../../core/chunk-gc.js';
 import { CHUNKED_FORMAT_VERSION, FORMAT_VERSION } from '../../core/manifest.js';
 import { createNodeContext } from '../../core/context.js';
 import { trustOf, type Trust } from '../../core/trust.js';
@@ -277,6 +278,53 @@ test('with a store key, a node without it starts fresh with reason sealed-key', 
     settings();
     const e = await expectFreshWith(id, await run(id, 'nokey'), 'sealed-key');
     expect(String(e.err)).toContain('ARCH_STORE_KEY_FILE');
+  } finally {
+    await remove(id);
+  }
+});
+
+test('retention: the last ARCH_KEEP checkpoints stay, chunks only old ones used go, shared ones stay; a checkpoint published while the collector runs is intact', async () => {
+  const id = 'sv2-gc';
+  const cdir = path.join(ckRoot, 'default', 'gc');
+  const ckpts = () => fs.readdirSync(cdir).filter((n) => n.startsWith('ckpt-'));
+  const store = new ChunkDir(cdir);
+  const idsOf = (dir: string) =>
+    new Set(copies.readManifest(dir).chunked!.files.flatMap((f) => f.chunks.map((c) => c.id)));
+  try {
+    settings({ ARCH_KEEP: '2' });
+    await run(id, 'gc', ['COUNTER_START_FILES=1']);
+    await node.waitCount(id, 3);
+    const first = await checkpoint(id, true);
+    await checkpoint(id, true);
+    const third = await checkpoint(id, true);
+    expect(ckpts()).toHaveLength(2);
+    expect(ckpts()).not.toContain(path.basename(first.dir));
+    // Every chunk set aside at once (no grace), then deleted by a run a grace period later: only unreferenced ones.
+    const kept = new Set([...idsOf(third.dir), ...idsOf(path.join(cdir, ckpts()[0]!))]);
+    await collect(cdir, store, { keep: 2, current: third.dir, graceMs: 0 });
+    await collect(cdir, store, { keep: 2, current: third.dir, graceMs: 0, now: Date.now() + 1000 });
+    const left = new Set((await store.list()).map((c) => c.id));
+    expect(left).toEqual(kept);
+
+    // The collector running over and over while the last checkpoint is written and published: every chunk
+    // old enough to be a candidate at once (the ones the new checkpoint reuses too), a short grace period.
+    const hourAgo = new Date(Date.now() - 3600_000);
+    for (const c of await store.list()) fs.utimesSync(store.pathOf(c.id), hourAgo, hourAgo);
+    let stop = false;
+    const collector = (async () => {
+      let runs = 0;
+      while (!stop) {
+        await collect(cdir, store, { keep: 2, current: null, graceMs: 5000 });
+        runs++;
+      }
+      return runs;
+    })();
+    const last = await checkpoint(id).finally(() => (stop = true));
+    expect(await collector).toBeGreaterThan(0);
+    await node.containerd.waitStatus(id, 'STOPPED', 15_000);
+    for (const c of idsOf(last.dir)) expect(fs.existsSync(store.pathOf(c))).toBe(true);
+    await remove(id);
+    await expectRestored(id, await run(id, 'gc'));
   } finally {
     await remove(id);
   }

@@ -9,6 +9,7 @@ import { CHUNKED_FORMAT_VERSION, parseManifest, type Manifest } from '../../core
 import { parseStoreKey } from '../../core/seal.js';
 import { loadSettings } from '../../core/settings.js';
 import { checkpointUnusable, inputError } from '../support/input-error.js';
+import { collect } from '../../core/chunk-gc.js';
 
 /** Store format 2's pieces on real bytes and a real directory: the codec, the chunk directory, split and assemble, the manifest rules. */
 
@@ -168,6 +169,117 @@ describe('manifest, format 3', () => {
     ['version 4', { formatVersion: 4 }, 'format-newer'],
   ])('%s is refused', async (_n, over, reason) => {
     expect((await checkpointUnusable(() => parseManifest(base(over as Partial<Manifest>)))).reason).toBe(reason);
+  });
+});
+
+describe('retention and chunk collection', () => {
+  const GRACE = 60_000;
+  let cdir: string;
+  let chunks: ChunkDir;
+  let n = 0;
+  beforeEach(() => {
+    cdir = path.join(tmp, `gc-${n++}`);
+    fs.mkdirSync(cdir);
+    chunks = new ChunkDir(cdir);
+  });
+
+  /** A chunk with an mtime `ageMs` in the past. */
+  async function chunk(ageMs: number): Promise<string> {
+    const plain = randomBytes(100);
+    const id = chunkIdOf(plain);
+    await chunks.put(id, encodeChunk(plain, id), false);
+    const t = new Date(Date.now() - ageMs);
+    fs.utimesSync(chunks.pathOf(id), t, t);
+    return id;
+  }
+
+  /** A published checkpoint directory whose manifest refers to `ids`. */
+  function checkpointWith(minute: number, ids: string[]): string {
+    const name = `ckpt-2026-12-03T10-${String(minute).padStart(2, '0')}-00-000Z-0000000${minute % 10}`;
+    fs.mkdirSync(path.join(cdir, name));
+    const m = {
+      formatVersion: CHUNKED_FORMAT_VERSION,
+      namespace: 'default',
+      containerId: 'j',
+      node: 'n',
+      createdAt: '2026-12-03T10:00:00.000Z',
+      mode: 'local',
+      leaveRunning: false,
+      runtime: { runc: '1', criu: '4' },
+      timingsMs: {},
+      rootfs: { files: 0, bytes: 0, deletions: 0 },
+      files: [],
+      chunked: {
+        alg: 'zstd',
+        files: ids.length
+          ? [{ path: 'criu/pages-1.img', size: ids.length * 100, chunks: ids.map((id) => ({ id, size: 100 })) }]
+          : [],
+      },
+    };
+    fs.writeFileSync(path.join(cdir, name, 'manifest.json'), JSON.stringify(m));
+    return path.join(cdir, name);
+  }
+
+  const present = (id: string) => fs.existsSync(chunks.pathOf(id));
+
+  test('keeps the newest ARCH_KEEP checkpoints; chunks only the removed ones used go after a grace period set aside; shared ones stay', async () => {
+    const [a, shared, b, c] = [
+      await chunk(2 * GRACE),
+      await chunk(2 * GRACE),
+      await chunk(2 * GRACE),
+      await chunk(2 * GRACE),
+    ];
+    checkpointWith(1, [a!, shared!]);
+    checkpointWith(2, [shared!, b!]);
+    const cur = checkpointWith(3, [shared!, c!]);
+    const r = await collect(cdir, chunks, { keep: 2, current: cur, graceMs: GRACE });
+    expect(r.removedCheckpoints).toHaveLength(1);
+    expect(fs.readdirSync(cdir).filter((x) => x.startsWith('ckpt-'))).toHaveLength(2);
+    expect([present(a!), present(shared!), present(b!), present(c!)]).toEqual([false, true, true, true]);
+    expect(r).toMatchObject({ trashed: 1, deleted: 0 });
+    // The next run within the grace period deletes nothing; one after it deletes what was set aside.
+    expect(await collect(cdir, chunks, { keep: 2, current: cur, graceMs: GRACE })).toMatchObject({ deleted: 0 });
+    expect(
+      await collect(cdir, chunks, { keep: 2, current: cur, graceMs: GRACE, now: Date.now() + 2 * GRACE }),
+    ).toMatchObject({ deleted: 1 });
+    expect(await chunks.trashDirs()).toEqual([]);
+  });
+
+  test('a young chunk nothing refers to yet (a checkpoint being written) stays', async () => {
+    const young = await chunk(1000);
+    const cur = checkpointWith(1, []);
+    await collect(cdir, chunks, { keep: 1, current: cur, graceMs: GRACE });
+    expect(present(young)).toBe(true);
+  });
+
+  test('published while the collector ran: a chunk set aside is taken back by the publisher, by a restore, or by the next collector', async () => {
+    const [x, y, z] = [await chunk(2 * GRACE), await chunk(2 * GRACE), await chunk(2 * GRACE)];
+    const cur = checkpointWith(1, []);
+    await collect(cdir, chunks, { keep: 2, current: cur, graceMs: GRACE });
+    expect([present(x!), present(y!), present(z!)]).toEqual([false, false, false]);
+    // A publisher reusing x touches it before publishing: taken back.
+    expect(await chunks.reuse(x!)).toBe(true);
+    expect(present(x!)).toBe(true);
+    // A restore of a checkpoint that refers to y finds it.
+    expect(await chunks.get(y!)).toBeDefined();
+    expect(present(y!)).toBe(true);
+    // A checkpoint referring to z published after the collector read the manifests: the next run takes it back, even past the grace period.
+    const late = checkpointWith(2, [x!, y!, z!]);
+    await collect(cdir, chunks, { keep: 2, current: late, graceMs: GRACE, now: Date.now() + 2 * GRACE });
+    expect([present(x!), present(y!), present(z!)]).toEqual([true, true, true]);
+  });
+});
+
+describe('ARCH_KEEP', () => {
+  test.each([
+    [undefined, 2],
+    ['1', 1],
+    ['5', 5],
+  ])('%s -> %s', (v, want) => {
+    expect(loadSettings({ ARCH_CONFIG: '/dev/null', ARCH_KEEP: v }).keep).toBe(want);
+  });
+  test.each(['0', '-1', 'two'])('%s names the setting and the fix', (v) => {
+    expect(inputError(() => loadSettings({ ARCH_CONFIG: '/dev/null', ARCH_KEEP: v })).field).toBe('ARCH_KEEP');
   });
 });
 
