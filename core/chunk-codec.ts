@@ -49,7 +49,7 @@ export function chunkIdOf(plain: Uint8Array, keys?: ChunkKeys): string {
   return (keys ? createHmac('sha256', keys.idKey) : createHash('sha256')).update(plain).digest('hex');
 }
 
-const require = createRequire(import.meta.url);
+const requireHere = createRequire(import.meta.url);
 
 /**
  * libzstd (zstd-napi's low-level binding: decompression into a buffer of the
@@ -60,7 +60,7 @@ const require = createRequire(import.meta.url);
 let codec: { zstd: typeof ZstdBinding; cctx: ZstdBinding.CCtx; dctx: ZstdBinding.DCtx } | undefined;
 function zstdCodec(): NonNullable<typeof codec> {
   if (!codec) {
-    const zstd = require('zstd-napi/binding') as typeof ZstdBinding;
+    const zstd = requireHere('zstd-napi/binding') as typeof ZstdBinding;
     const cctx = new zstd.CCtx();
     cctx.setParameter(zstd.CParameter.compressionLevel, ZSTD_LEVEL);
     codec = { zstd, cctx, dctx: new zstd.DCtx() };
