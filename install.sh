@@ -29,6 +29,8 @@ export DEBIAN_FRONTEND=noninteractive
 
 # ---- Debian packages -------------------------------------------------------
 PKGS=(runc containerd iptables zstd busybox-static gcc libc6-dev attr ca-certificates openssl)
+# npm ci builds zstd-napi (store format 2's compression) from source with node-gyp: a C++ compiler, make and python3.
+PKGS+=(g++ make python3)
 [ "$DEBIAN_MAJOR" = 13 ] && PKGS+=(criu)
 missing=()
 for p in "${PKGS[@]}"; do

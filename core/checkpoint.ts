@@ -30,6 +30,7 @@ import {
   type Scratch,
   type StoreKey,
 } from './seal.js';
+import { chunkKeysOf } from './chunk-codec.js';
 import { lockCheckpoint, updateShimState } from './shim-state.js';
 import { runtimeVersions } from './versions.js';
 import { CRIU_DIR, DELETED_FILES, PAGE_IMAGE_NAME, ROOTFS_TAR, SPEC_FILE } from './checkpoint-layout.js';
@@ -185,7 +186,10 @@ async function checkpointLocked(
   const store = checkpointStoreOf(c.contract, req.namespace, req.id);
   const containerDir = store.containerDir;
   // Encryption at rest (ARCH_STORE_KEY_FILE): a bad key file fails the checkpoint here, before the container is touched.
-  const sealKey: StoreKey | undefined = storeKeysOf(ctx.settings)?.keys[0];
+  const storeKey: StoreKey | undefined = storeKeysOf(ctx.settings)?.keys[0];
+  // Store format 2 encrypts chunk by chunk when it publishes (chunk-codec.ts), not file by file while CRIU writes.
+  const chunking = ctx.settings.storeFormat === 2;
+  const sealKey = chunking ? undefined : storeKey;
   const staging = await store.begin({
     namespace: req.namespace,
     key: checkpointKeyOf(c.contract, req.id),
@@ -226,7 +230,7 @@ async function checkpointLocked(
   const sealId = newSealId();
   try {
     // Before the freeze: no tmpfs with room refuses the checkpoint with the container untouched.
-    if (sealKey) scratch = await makeScratch(await plaintextEstimate(c.pid));
+    if (storeKey) scratch = await makeScratch(await plaintextEstimate(c.pid));
     let t = Date.now();
     const criuDir = path.join(staging.dir, CRIU_DIR);
     // Sealing: CRIU and the layer capture write plaintext to the tmpfs
@@ -274,9 +278,10 @@ async function checkpointLocked(
       captured.catch(() => undefined); // awaited below
       await fsp.mkdir(dumpDir);
       // Hash (and start writing back) the page images while CRIU writes them (sealed: the sealer does both).
-      const follower = scratch
-        ? undefined
-        : await DigestFollower.start(criuDir, PAGE_IMAGE_NAME, { writeback: ctx.settings.fsync });
+      const follower =
+        scratch || chunking // chunked: the chunks are hashed as they are stored
+          ? undefined
+          : await DigestFollower.start(criuDir, PAGE_IMAGE_NAME, { writeback: ctx.settings.fsync });
       try {
         await c.runc.checkpoint(req.id, {
           imagePath: dumpDir,
@@ -305,6 +310,8 @@ async function checkpointLocked(
       seal = { id: sealId, files: await finishSealing(sealer, scratch, staging.dir, known) };
       sealer = undefined;
       timings.sealTail = Date.now() - s0; // sealing left when CRIU and the layer capture were done
+    } else if (scratch) {
+      await copyMetadata(scratch, staging.dir); // chunked with a key: the large files are chunked from the scratch
     }
     await fsp.writeFile(path.join(staging.dir, SPEC_FILE), JSON.stringify(c.spec));
     lap('rootfs', t);
@@ -336,6 +343,15 @@ async function checkpointLocked(
         known,
         deferPrune: true,
         trust: trustOf(ctx.settings),
+        ...(chunking
+          ? {
+              chunk: {
+                from: scratch?.dir ?? staging.dir,
+                keys: storeKey && chunkKeysOf(storeKey),
+                keep: ctx.settings.keep,
+              },
+            }
+          : {}),
       },
     );
     published = true;
@@ -421,6 +437,12 @@ async function finishSealing(
     known.set(rel, r.stored);
     files.push(r.sealed);
   }
+  await copyMetadata(scratch, stagingDir);
+  return files;
+}
+
+/** The small CRIU images and the deletion list, from the scratch dir into the staging dir (the large files go elsewhere). */
+async function copyMetadata(scratch: Scratch, stagingDir: string): Promise<void> {
   const dumpDir = path.join(scratch.dir, CRIU_DIR);
   await fsp.mkdir(path.join(stagingDir, CRIU_DIR), { recursive: true });
   for (const e of await fsp.readdir(dumpDir, { withFileTypes: true }).catch(() => [])) {
@@ -428,7 +450,6 @@ async function finishSealing(
       await fsp.copyFile(path.join(dumpDir, e.name), path.join(stagingDir, CRIU_DIR, e.name));
   }
   await fsp.copyFile(path.join(scratch.dir, DELETED_FILES), path.join(stagingDir, DELETED_FILES));
-  return files;
 }
 
 /**

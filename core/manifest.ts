@@ -5,6 +5,7 @@ import { z } from 'zod';
 import { digestFiles, type Digest } from './digest.js';
 import { CheckpointUnusableError } from '../contract/errors.js';
 import { SEAL_ALG, sealedSize } from './seal.js';
+import { CHUNK_ALG } from './chunk-codec.js';
 import { loadTrust, verifyManifestSignature, type Trust } from './trust.js';
 import { MANIFEST_FILE, SIGNATURE_FILE } from './checkpoint-layout.js';
 
@@ -22,6 +23,14 @@ export const FORMAT_VERSION = 1;
  * yet upgraded keep restoring them.
  */
 export const SEALED_FORMAT_VERSION = 2;
+/**
+ * Store format 2 (README "Checkpoint store v2"): the large files are chunks
+ * in the container's chunk directory, listed under `chunked`. Its own
+ * manifest version for the same reason as sealing's: an older ARCH says
+ * "format-newer, upgrade ARCH" rather than looking for files that are not there.
+ */
+export const CHUNKED_FORMAT_VERSION = 3;
+const NEWEST_FORMAT_VERSION = CHUNKED_FORMAT_VERSION;
 
 const HEX64 = z.string().regex(/^[0-9a-f]{64}$/);
 const FileEntry = z.object({
@@ -43,6 +52,12 @@ const SealedEntry = z.object({
     .min(4096)
     .max(64 << 20),
   plainSize: z.number().int().nonnegative(),
+});
+
+const ChunkedFileEntry = z.object({
+  path: z.string(),
+  size: z.number().int().nonnegative(),
+  chunks: z.array(z.object({ id: HEX64, size: z.number().int().nonnegative() })).min(1),
 });
 
 export const ManifestSchema = z.object({
@@ -71,6 +86,21 @@ export const ManifestSchema = z.object({
   files: z.array(FileEntry),
   /** Present exactly in SEALED_FORMAT_VERSION manifests: the random id every chunk is bound to, and each sealed file. */
   seal: z.object({ id: z.string().regex(/^[0-9a-f]{32}$/), files: z.array(SealedEntry).min(1) }).optional(),
+  /**
+   * Present exactly in CHUNKED_FORMAT_VERSION manifests: the files stored as
+   * chunks (not in `files`), each chunk's id and plain size in file order.
+   * `keyId`: the store key that encrypts the chunks and keys their ids (absent: plain zstd, ids are sha256).
+   */
+  chunked: z
+    .object({
+      alg: z.string(),
+      keyId: z
+        .string()
+        .regex(/^[0-9a-f]{16}$/)
+        .optional(),
+      files: z.array(ChunkedFileEntry),
+    })
+    .optional(),
 });
 export type Manifest = z.infer<typeof ManifestSchema>;
 
@@ -83,10 +113,10 @@ export function parseManifest(text: string): Manifest {
     throw new CheckpointUnusableError('manifest-corrupt', `manifest.json is not JSON: ${(err as Error).message}`);
   }
   const version = (raw as { formatVersion?: unknown } | null)?.formatVersion;
-  if (typeof version === 'number' && version > SEALED_FORMAT_VERSION) {
+  if (typeof version === 'number' && version > NEWEST_FORMAT_VERSION) {
     throw new CheckpointUnusableError(
       'format-newer',
-      `format version ${version} is newer than this ARCH supports (${SEALED_FORMAT_VERSION}); upgrade ARCH on this node`,
+      `format version ${version} is newer than this ARCH supports (${NEWEST_FORMAT_VERSION}); upgrade ARCH on this node`,
     );
   }
   const parsed = ManifestSchema.safeParse(raw);
@@ -96,13 +126,13 @@ export function parseManifest(text: string): Manifest {
       parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; '),
     );
   }
-  if (parsed.data.formatVersion !== FORMAT_VERSION && parsed.data.formatVersion !== SEALED_FORMAT_VERSION) {
+  if (![FORMAT_VERSION, SEALED_FORMAT_VERSION, CHUNKED_FORMAT_VERSION].includes(parsed.data.formatVersion)) {
     throw new CheckpointUnusableError(
       'format-unknown',
-      `format version ${parsed.data.formatVersion} is not ${FORMAT_VERSION} or ${SEALED_FORMAT_VERSION}`,
+      `format version ${parsed.data.formatVersion} is not ${FORMAT_VERSION}, ${SEALED_FORMAT_VERSION} or ${CHUNKED_FORMAT_VERSION}`,
     );
   }
-  for (const f of parsed.data.files) {
+  for (const f of [...parsed.data.files, ...(parsed.data.chunked?.files ?? [])]) {
     if (
       path.isAbsolute(f.path) ||
       f.path.split('/').includes('..') ||
@@ -113,7 +143,38 @@ export function parseManifest(text: string): Manifest {
     }
   }
   checkSeal(parsed.data);
+  checkChunked(parsed.data);
   return parsed.data;
+}
+
+/** Chunks only in a version-3 manifest (always there), a known codec, each file once, its chunks adding up to its size. */
+function checkChunked(m: Manifest): void {
+  const chunked = m.formatVersion === CHUNKED_FORMAT_VERSION;
+  if (chunked !== !!m.chunked) {
+    throw new CheckpointUnusableError(
+      'manifest-invalid',
+      chunked
+        ? `format version ${m.formatVersion} without a chunk list`
+        : `format version ${m.formatVersion} with chunks`,
+    );
+  }
+  if (!m.chunked) return;
+  if (m.chunked.alg !== CHUNK_ALG)
+    throw new CheckpointUnusableError(
+      'format-unknown',
+      `chunks are stored as "${m.chunked.alg}", which this ARCH does not know (it knows ${CHUNK_ALG}); upgrade ARCH on this node`,
+    );
+  const seen = new Set(m.files.map((f) => f.path));
+  for (const f of m.chunked.files) {
+    if (seen.has(f.path))
+      throw new CheckpointUnusableError('manifest-invalid', `chunked file "${f.path}" is listed twice`);
+    seen.add(f.path);
+    if (f.chunks.reduce((a, c) => a + c.size, 0) !== f.size)
+      throw new CheckpointUnusableError(
+        'manifest-invalid',
+        `chunked file "${f.path}": its chunks do not add up to ${f.size} bytes`,
+      );
+  }
 }
 
 /**
@@ -123,6 +184,7 @@ export function parseManifest(text: string): Manifest {
  */
 function checkSeal(m: Manifest): void {
   const sealed = m.formatVersion === SEALED_FORMAT_VERSION;
+  // Version 3 encrypts chunk by chunk (chunk-codec.ts), never whole files.
   if (sealed !== !!m.seal) {
     throw new CheckpointUnusableError(
       'manifest-invalid',
@@ -201,7 +263,16 @@ export async function verifyCheckpointDir(dir: string): Promise<Manifest> {
  */
 export async function verifyCheckpointDirStaged(
   dir: string,
-  opts: { defer?: RegExp; trust?: Trust } = {},
+  opts: {
+    defer?: RegExp;
+    trust?: Trust;
+    /**
+     * The directory is a chunked checkpoint assembled by restore
+     * (chunked-files.ts): its chunked files are there too, their sizes are
+     * checked here and their contents were checked chunk by chunk as written.
+     */
+    assembled?: boolean;
+  } = {},
 ): Promise<{ manifest: Manifest; signer: string; verifyDeferred: () => Promise<void> }> {
   // The signature first: nothing in the manifest is believed (not even its
   // file list) before a trusted key is known to have signed these bytes.
@@ -212,7 +283,8 @@ export async function verifyCheckpointDirStaged(
   const signer = verifyManifestSignature(bytes, sig?.toString('utf8'), trust);
   const manifest = parseManifest(bytes.toString('utf8'));
   const present = await listFiles(dir);
-  const listed = manifest.files.map((f) => f.path).sort();
+  const whole = opts.assembled ? (manifest.chunked?.files ?? []) : [];
+  const listed = [...manifest.files, ...whole].map((f) => f.path).sort();
   const extra = present.filter((p) => !listed.includes(p));
   const missing = listed.filter((p) => !present.includes(p));
   if (missing.length)
@@ -220,7 +292,7 @@ export async function verifyCheckpointDirStaged(
   if (extra.length)
     throw new CheckpointUnusableError('unexpected-file', `files not in the manifest: ${extra.slice(0, 5).join(', ')}`);
   // Sizes first (cheap, catches truncation), then the digests.
-  for (const f of manifest.files) {
+  for (const f of [...manifest.files, ...whole]) {
     const st = await fsp.stat(path.join(dir, f.path));
     if (st.size !== f.size)
       throw new CheckpointUnusableError('truncated', `${f.path}: ${st.size} bytes, manifest says ${f.size}`);
@@ -234,7 +306,7 @@ export async function verifyCheckpointDirStaged(
 
 /** Far above any real manifest (about 100 bytes a file), far below what would hurt to read. */
 export const MAX_MANIFEST_BYTES = 64 << 20;
-const MAX_SIGNATURE_BYTES = 4096;
+export const MAX_SIGNATURE_BYTES = 4096;
 
 /**
  * A regular file's bytes, refused above `limit`; undefined when absent. Not
@@ -242,7 +314,7 @@ const MAX_SIGNATURE_BYTES = 4096;
  * the store is written by others, and a link to /dev/zero or a huge file
  * must not be read before it is refused.
  */
-async function readSmallFile(file: string, limit: number): Promise<Buffer | undefined> {
+export async function readSmallFile(file: string, limit: number): Promise<Buffer | undefined> {
   let fh: fsp.FileHandle;
   try {
     fh = await fsp.open(file, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW | fs.constants.O_NONBLOCK);

@@ -24,6 +24,7 @@ import {
   type StoreKeys,
 } from './seal.js';
 import { trustOf } from './trust.js';
+import { assembleIfChunked } from './chunked-restore.js';
 import { CRIU_DIR, DELETED_FILES, PAGE_IMAGE_PATH, ROOTFS_TAR } from './checkpoint-layout.js';
 
 /**
@@ -87,9 +88,14 @@ async function restoreHolding(
 ): Promise<RestoreResult | undefined> {
   const timings: Record<string, number> = {};
   const store = checkpointStoreOf(req.contract, req.namespace, req.id);
-  const dir = await store.current();
-  if (!dir) return undefined;
+  const stored = await store.current();
+  if (!stored) return undefined;
   let t = Date.now();
+  const trust = trustOf(ctx.settings);
+  // Store format 2: chunks assembled into a tmpfs scratch dir, read from there like any checkpoint directory.
+  const assembled = await assembleIfChunked(stored, store, trust, ctx.settings, held);
+  if (assembled) timings.assemble = Date.now() - t;
+  const dir = assembled ?? stored;
   // Resolved while the checkpoint is verified (a probe of CRIU the first time after boot).
   const criuAsked = criuRunEnv(ctx.settings, req.spec);
   // Verifying the page images is most of the verification time: it runs
@@ -100,7 +106,6 @@ async function restoreHolding(
   // with its own CRIU configuration is left alone: then everything is
   // verified first.
   const overlap = req.spec.annotations?.[CRIU_CONFIG_ANNOTATION] === undefined;
-  const trust = trustOf(ctx.settings);
   // Who this container is (pod namespace, image: containerd's record), asked while the checkpoint is verified.
   const ownerAsked = ownerOf(req.spec, req.namespace, req.id, process.pid, (why) =>
     ctx.log.debug(
@@ -112,28 +117,30 @@ async function restoreHolding(
   // images', then whose checkpoint it is: all before a byte of the archive
   // is extracted (a forged archive must never reach the disk, not even for
   // the moment it takes a parallel check to fail).
-  const verified = verifyCheckpointDirStaged(dir, { defer: overlap ? PAGE_IMAGE_PATH : undefined, trust }).then(
-    async (v) => {
-      timings.verify = Date.now() - t;
-      // The checkpoint's name (ARCH_CHECKPOINT_ID, else the container id) must be the one this container looks for.
-      const want = checkpointKeyOf(req.contract, req.id);
-      const have = v.manifest.checkpointId ?? v.manifest.containerId;
-      if (v.manifest.namespace !== req.namespace || have !== want) {
-        throw new CheckpointUnusableError(
-          'identity',
-          `checkpoint is for ${v.manifest.namespace}/${have}, not ${req.namespace}/${want}`,
-        );
-      }
-      assertSameOwner(v.manifest.owner, await ownerAsked, trust.acceptUnsigned && v.signer === 'unsigned');
-      if (v.signer === 'unsigned') {
-        ctx.log.warn(
-          { namespace: req.namespace, container: req.id, checkpointDir: dir, reason: 'unsigned' },
-          'restoring an UNSIGNED checkpoint because ARCH_ACCEPT_UNSIGNED=1 (meant for upgrades only: unset it once the old checkpoints are gone)',
-        );
-      }
-      return { ...v, keys: v.manifest.seal ? sealKeys(v.manifest, ctx.settings) : undefined };
-    },
-  );
+  const verified = verifyCheckpointDirStaged(dir, {
+    defer: overlap ? PAGE_IMAGE_PATH : undefined,
+    trust,
+    assembled: !!assembled,
+  }).then(async (v) => {
+    timings.verify = Date.now() - t;
+    // The checkpoint's name (ARCH_CHECKPOINT_ID, else the container id) must be the one this container looks for.
+    const want = checkpointKeyOf(req.contract, req.id);
+    const have = v.manifest.checkpointId ?? v.manifest.containerId;
+    if (v.manifest.namespace !== req.namespace || have !== want) {
+      throw new CheckpointUnusableError(
+        'identity',
+        `checkpoint is for ${v.manifest.namespace}/${have}, not ${req.namespace}/${want}`,
+      );
+    }
+    assertSameOwner(v.manifest.owner, await ownerAsked, trust.acceptUnsigned && v.signer === 'unsigned');
+    if (v.signer === 'unsigned') {
+      ctx.log.warn(
+        { namespace: req.namespace, container: req.id, checkpointDir: stored, reason: 'unsigned' },
+        'restoring an UNSIGNED checkpoint because ARCH_ACCEPT_UNSIGNED=1 (meant for upgrades only: unset it once the old checkpoints are gone)',
+      );
+    }
+    return { ...v, keys: v.manifest.seal ? sealKeys(v.manifest, ctx.settings) : undefined };
+  });
   // Sealed: the archive is decrypted into the scratch dir (every chunk
   // authenticated) before it is validated and extracted from there, then the
   // CRIU images (page images decrypted, the rest copied) for CRIU to read.
@@ -271,7 +278,7 @@ async function restoreHolding(
       throw err;
     }
   }
-  return { checkpointDir: dir, manifest, timings, running };
+  return { checkpointDir: stored, manifest, timings, running };
 }
 
 /** Resolves once runc has written the pid file (the processes are restored); throws if runc exits first. */

@@ -160,7 +160,7 @@ export function chunkAad(sealId: string, file: string, index: number, final: boo
   return Buffer.concat([Buffer.from(`arch-seal-v1\0${sealId}\0${file}\0`), tail]);
 }
 
-function sealChunk(key: Buffer, nonce: Buffer, aad: Buffer, plain: Buffer): Buffer[] {
+export function sealChunk(key: Buffer, nonce: Buffer, aad: Buffer, plain: Buffer): Buffer[] {
   const c = createCipheriv('aes-256-gcm', key, nonce);
   c.setAAD(aad);
   const out: Buffer[] = [];
@@ -170,7 +170,7 @@ function sealChunk(key: Buffer, nonce: Buffer, aad: Buffer, plain: Buffer): Buff
 }
 
 /** One chunk's plaintext, or a CheckpointUnusableError: nothing unauthenticated is returned. */
-function openChunk(key: Buffer, nonce: Buffer, aad: Buffer, sealed: Buffer, what: string): Buffer[] {
+export function openChunk(key: Buffer, nonce: Buffer, aad: Buffer, sealed: Buffer, what: string): Buffer[] {
   const d = createDecipheriv('aes-256-gcm', key, nonce);
   d.setAAD(aad);
   d.setAuthTag(sealed.subarray(sealed.length - TAG_BYTES));
@@ -410,7 +410,7 @@ function escapeRe(s: string): string {
 }
 
 /** The key a sealed file needs, or a clear 'sealed-key' refusal naming its id and the setting. */
-export function keyFor(entry: SealedFile, keys: StoreKeys | undefined, keysProblem?: string): StoreKey {
+export function keyFor(entry: Pick<SealedFile, 'keyId'>, keys: StoreKeys | undefined, keysProblem?: string): StoreKey {
   const k = keys?.keys.find((x) => x.id === entry.keyId);
   if (k) return k;
   const have = keys

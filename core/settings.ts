@@ -20,6 +20,10 @@ export interface Settings {
   criuNetworkLock: NetworkLockSetting;
   /** fsync checkpoint files before publishing them. */
   fsync: boolean;
+  /** ARCH_STORE_FORMAT: 1 (whole files, the default) or 2 (chunked, compressed, deduplicated: README "Checkpoint store v2"). */
+  storeFormat: 1 | 2;
+  /** ARCH_KEEP: checkpoints of a container kept in store format 2 (the current one and the ones before it). */
+  keep: number;
   logFile: string | undefined;
   logLevel: string;
   nodeName: string;
@@ -141,6 +145,8 @@ export function loadSettings(env: NodeJS.ProcessEnv = process.env): Settings {
     criuNoBreakpoints: parseBool(get('ARCH_CRIU_NO_BREAKPOINTS'), 'ARCH_CRIU_NO_BREAKPOINTS', false),
     criuNetworkLock: parseNetworkLock(get('ARCH_CRIU_NETWORK_LOCK')),
     fsync: parseBool(get('ARCH_FSYNC'), 'ARCH_FSYNC', true),
+    storeFormat: parseStoreFormat(get('ARCH_STORE_FORMAT')),
+    keep: parseKeep(get('ARCH_KEEP')),
     logFile: logFile ? requireAbsolutePath(logFile, 'ARCH_LOG_FILE') : undefined,
     logLevel: get('ARCH_LOG_LEVEL') || 'info',
     nodeName: get('ARCH_NODE_NAME') || os.hostname(),
@@ -160,6 +166,26 @@ export function loadSettings(env: NodeJS.ProcessEnv = process.env): Settings {
     temporalNamespace: get('TEMPORAL_NAMESPACE') || 'default',
     configFile,
   };
+}
+
+export function parseStoreFormat(v: string | undefined): 1 | 2 {
+  if (v === undefined || v === '' || v === '1') return 1;
+  if (v === '2') return 2;
+  throw new ArchInputError(
+    'ARCH_STORE_FORMAT',
+    `is "${v}"`,
+    'set 1 (whole files) or 2 (chunked and compressed), or leave it unset (1)',
+  );
+}
+
+export function parseKeep(v: string | undefined): number {
+  if (v === undefined || v === '') return 2;
+  if (/^[1-9][0-9]{0,3}$/.test(v)) return Number(v);
+  throw new ArchInputError(
+    'ARCH_KEEP',
+    `is "${v}"`,
+    'set how many checkpoints of a container to keep: a whole number from 1 (default 2)',
+  );
 }
 
 /** Default of ARCH_ALLOWED_ROOTS. */

@@ -5,9 +5,20 @@ import type { Digest } from './digest.js';
 import { ArchInputError, CheckpointUnusableError } from '../contract/errors.js';
 import { holdDir, mayRemove, type HeldDir } from './host-dirs.js';
 import { isAlive } from './pid.js';
-import { describeFiles, listFiles, parseManifest, verifyCheckpointDir, type Manifest } from './manifest.js';
+import {
+  CHUNKED_FORMAT_VERSION,
+  describeFiles,
+  listFiles,
+  parseManifest,
+  verifyCheckpointDir,
+  type Manifest,
+} from './manifest.js';
 import { loadTrust, signManifest, type Trust } from './trust.js';
-import { MANIFEST_FILE, SIGNATURE_FILE } from './checkpoint-layout.js';
+import { MANIFEST_FILE, PAGE_IMAGE_PATH, ROOTFS_TAR, SIGNATURE_FILE } from './checkpoint-layout.js';
+import { CHUNK_ALG, type ChunkKeys } from './chunk-codec.js';
+import { ChunkDir, CHUNKS_DIR, type ChunkWriteStats } from './chunk-dir.js';
+import { storeChunked } from './chunked-files.js';
+import { collect } from './chunk-gc.js';
 
 /**
  * One container's checkpoints: <root>/<ns>/<id>/.
@@ -39,7 +50,12 @@ export interface StoreOwner {
 }
 
 /** Names ARCH itself gives entries of a container's checkpoint directory. */
-const ARCH_ENTRY_RE = /^(current|ckpt-[0-9TZ-]+-[0-9a-f]{8}|\.staging-.*|\.current-[0-9a-f]{8})$/;
+const ARCH_ENTRY_RE = new RegExp(
+  `^(current|ckpt-[0-9TZ-]+-[0-9a-f]{8}|\\.staging-.*|\\.current-[0-9a-f]{8}|${CHUNKS_DIR})$`,
+);
+
+/** The files store format 2 keeps as chunks: the large ones (everything else is a few KiB of CRIU metadata). */
+export const isChunkedPath = (rel: string): boolean => PAGE_IMAGE_PATH.test(rel) || rel === ROOTFS_TAR;
 
 export class CheckpointStore {
   /**
@@ -66,6 +82,11 @@ export class CheckpointStore {
   /** Throw ArchInputError when the way to this directory is not one ARCH may use (symlinks, nesting). */
   async checkPath(): Promise<void> {
     if (this.guard) await (await this.hold(false))?.close();
+  }
+
+  /** Where this container's chunks are (store format 2). */
+  chunkDir(): ChunkDir {
+    return new ChunkDir(this.containerDir);
   }
 
   /** The published checkpoint directory, or null if there is none. */
@@ -135,6 +156,12 @@ export class CheckpointStore {
       deferPrune?: boolean;
       /** The node's keys (default: from its settings). */
       trust?: Trust;
+      /**
+       * Store format 2: the large files (isChunkedPath) under `from` (the
+       * staging dir, or the tmpfs scratch an encrypted checkpoint was dumped
+       * to) go into the chunk directory instead, listed under `chunked`.
+       */
+      chunk?: { from: string; keys?: ChunkKeys; keep: number };
     },
   ): Promise<{
     dir: string;
@@ -142,15 +169,39 @@ export class CheckpointStore {
     sizeBytes: number;
     prune: () => Promise<void>;
     unsignedBecause?: string;
+    /** Store format 2: what went into the chunk directory. */
+    chunkStats?: ChunkWriteStats;
   }> {
     let finalDir: string | undefined;
     let tmpLink: string | undefined;
     let linked = false;
     try {
       let t = Date.now();
+      let chunked: Manifest['chunked'];
+      let chunkStats: ChunkWriteStats | undefined;
+      if (opts.chunk) {
+        const rels = (await listFiles(opts.chunk.from)).filter(isChunkedPath);
+        const r = await storeChunked(opts.chunk.from, rels, this.chunkDir(), {
+          keys: opts.chunk.keys,
+          fsync: opts.fsync,
+        });
+        if (opts.chunk.from === staging.dir) await Promise.all(rels.map((rel) => fsp.rm(path.join(staging.dir, rel))));
+        chunked = {
+          alg: CHUNK_ALG,
+          ...(opts.chunk.keys ? { keyId: opts.chunk.keys.key.id } : {}),
+          files: r.files,
+        };
+        chunkStats = r.stats;
+        opts.onPhase?.('chunk', Date.now() - t);
+        t = Date.now();
+      }
       const files = await describeFiles(staging.dir, await listFiles(staging.dir), opts.known);
       opts.onPhase?.('digest', Date.now() - t);
-      const manifest: Manifest = { ...meta, files };
+      const manifest: Manifest = {
+        ...meta,
+        files,
+        ...(chunked ? { formatVersion: CHUNKED_FORMAT_VERSION, chunked } : {}),
+      };
       const bytes = Buffer.from(JSON.stringify(manifest, null, 1));
       await fsp.writeFile(path.join(staging.dir, MANIFEST_FILE), bytes);
       // Signed as written (restore verifies these exact bytes), before the fsync and the rename publish both.
@@ -161,6 +212,7 @@ export class CheckpointStore {
       if (opts.fsync) await fsyncTree(staging.dir);
       opts.onPhase?.('fsync', Date.now() - t);
       const name = `ckpt-${new Date().toISOString().replace(/[:.]/g, '-')}-${randomBytes(4).toString('hex')}`;
+      if (chunked) await this.touchChunks(chunked.files);
       const previous = await this.current().catch(() => null);
       finalDir = path.join(this.containerDir, name);
       await fsp.rename(staging.dir, finalDir);
@@ -170,11 +222,14 @@ export class CheckpointStore {
       linked = true;
       if (opts.fsync) await fsyncDir(this.containerDir);
       const stale = previous && previous !== finalDir ? previous : undefined;
+      const published = finalDir;
       const prune = async () => {
-        if (stale) await fsp.rm(stale, { recursive: true, force: true });
+        if (opts.chunk)
+          await collect(this.containerDir, this.chunkDir(), { keep: opts.chunk.keep, current: published });
+        else if (stale) await fsp.rm(stale, { recursive: true, force: true });
       };
       if (!opts.deferPrune) await prune();
-      const sizeBytes = files.reduce((a, f) => a + f.size, 0);
+      const sizeBytes = [...files, ...(chunked?.files ?? [])].reduce((a, f) => a + f.size, 0);
       // Unsigned (the node has no key): published all the same, and the caller says loudly that no node will restore it.
       return {
         dir: finalDir,
@@ -182,6 +237,7 @@ export class CheckpointStore {
         sizeBytes,
         prune: opts.deferPrune ? prune : async () => undefined,
         ...(signature ? {} : { unsignedBecause: trust.signerProblem }),
+        ...(chunkStats ? { chunkStats } : {}),
       };
     } catch (err) {
       await this.abort(staging).catch(() => undefined);
@@ -189,6 +245,23 @@ export class CheckpointStore {
       if (finalDir && !linked) await fsp.rm(finalDir, { recursive: true, force: true }).catch(() => undefined);
       if (tmpLink && !linked) await fsp.rm(tmpLink, { force: true }).catch(() => undefined);
       throw err;
+    }
+  }
+
+  /**
+   * Every chunk the new manifest refers to touched (taken back if a
+   * collector set it aside) right before it is published: the other half of
+   * chunk-gc.ts's rule. A chunk that is gone fails the publish; the previous
+   * checkpoint stays current.
+   */
+  private async touchChunks(files: { path: string; chunks: { id: string }[] }[]): Promise<void> {
+    const dir = this.chunkDir();
+    const ids = [...new Set(files.flatMap((f) => f.chunks.map((c) => c.id)))];
+    for (let i = 0; i < ids.length; i += 32) {
+      const gone = (
+        await Promise.all(ids.slice(i, i + 32).map(async (id) => ((await dir.reuse(id)) ? undefined : id)))
+      ).find(Boolean);
+      if (gone) throw new Error(`chunk ${gone} disappeared from ${dir.dir} while this checkpoint was written`);
     }
   }
 

@@ -4,13 +4,14 @@
 # another version, so later CI runs on the same machine skip the build.
 #
 #   scripts/install-test-clients.sh                 # every part
-#   scripts/install-test-clients.sh docker crictl   # only the named parts (docker, crictl, shellcheck)
+#   scripts/install-test-clients.sh docker crictl   # only the named parts (docker, crictl, versitygw, shellcheck)
 #
 #   ARCH_TEST_TOOLS=/opt/arch/test-tools   where built binaries go (bin/ below it)
 set -euo pipefail
 
 ARCH_TEST_TOOLS="${ARCH_TEST_TOOLS:-/opt/arch/test-tools}"
 CRICTL_VERSION="v1.37.0"
+VERSITYGW_VERSION="v1.8.0"
 say() { printf '[test-clients] %s\n' "$*"; }
 die() { printf '[test-clients] ERROR: %s\n' "$*" >&2; exit 1; }
 
@@ -77,13 +78,32 @@ install_crictl() {
   say "crictl $CRICTL_VERSION built at $bin"
 }
 
+# versitygw: a real S3-compatible server (POSIX backend: it serves a
+# directory) that the S3 store tests start on loopback and stop
+# (test/support/s3-server.ts). Built like crictl, with its own stamp.
+install_versitygw() {
+  local bin="$ARCH_TEST_TOOLS/bin/versitygw" stamp="$ARCH_TEST_TOOLS/bin/.versitygw-version"
+  if [ -x "$bin" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$VERSITYGW_VERSION" ]; then
+    say "versitygw $VERSITYGW_VERSION present at $bin"
+    return 0
+  fi
+  local go
+  go="$(find_go)" || die "Go is needed to build versitygw (apt-get install golang-go)"
+  say "building versitygw $VERSITYGW_VERSION with $("$go" version) (about 3 minutes the first time)"
+  mkdir -p "$ARCH_TEST_TOOLS/bin"
+  GOTOOLCHAIN="${GOTOOLCHAIN:-auto}" GOBIN="$ARCH_TEST_TOOLS/bin" "$go" install "github.com/versity/versitygw/cmd/versitygw@$VERSITYGW_VERSION"
+  echo "$VERSITYGW_VERSION" >"$stamp"
+  say "versitygw $VERSITYGW_VERSION built at $bin"
+}
+
 parts=("$@")
-[ "${#parts[@]}" -gt 0 ] || parts=(docker crictl shellcheck)
+[ "${#parts[@]}" -gt 0 ] || parts=(docker crictl versitygw shellcheck)
 for p in "${parts[@]}"; do
   case "$p" in
     docker) install_docker ;;
     crictl) install_crictl ;;
+    versitygw) install_versitygw ;;
     shellcheck) install_shellcheck ;;
-    *) die "unknown part '$p' (known: docker, crictl, shellcheck)" ;;
+    *) die "unknown part '$p' (known: docker, crictl, versitygw, shellcheck)" ;;
   esac
 done

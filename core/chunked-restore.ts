@@ -1,0 +1,68 @@
+import fsp from 'node:fs/promises';
+import path from 'node:path';
+import { CheckpointUnusableError, errorMessage } from '../contract/errors.js';
+import { MANIFEST_FILE, SIGNATURE_FILE } from './checkpoint-layout.js';
+import { chunkKeysOf, type ChunkKeys } from './chunk-codec.js';
+import { assembleChunked } from './chunked-files.js';
+import { MAX_MANIFEST_BYTES, MAX_SIGNATURE_BYTES, parseManifest, readSmallFile } from './manifest.js';
+import { keyFor, makeScratch, storeKeysOf, type Scratch, type StoreKeys } from './seal.js';
+import type { CheckpointStore } from './store.js';
+import { verifyManifestSignature, type Trust } from './trust.js';
+
+/**
+ * Store format 2 on restore: a chunked checkpoint is assembled, as a whole
+ * v1-shaped directory, in a tmpfs scratch dir (plaintext never goes to a
+ * disk, and CRIU reads its page images from memory), and the restore goes
+ * on from there as from any checkpoint directory (verified again with
+ * `assembled`). Undefined for a checkpoint of another format: restore reads
+ * that one in place, as before.
+ *
+ * The signature is checked before the chunk list is believed, and the exact
+ * bytes checked are the ones copied; every chunk is checked against its id
+ * from that list before it is written (chunked-files.ts). A missing or bad
+ * chunk is a CheckpointUnusableError: the container starts fresh with that
+ * reason, nothing of the checkpoint having run.
+ */
+export async function assembleIfChunked(
+  stored: string,
+  store: CheckpointStore,
+  trust: Trust,
+  settings: { configFile: string },
+  held: { scratch?: Scratch },
+): Promise<string | undefined> {
+  const bytes = await readSmallFile(path.join(stored, MANIFEST_FILE), MAX_MANIFEST_BYTES);
+  if (!bytes) return undefined; // the verification that follows says so
+  const sig = await readSmallFile(path.join(stored, SIGNATURE_FILE), MAX_SIGNATURE_BYTES);
+  verifyManifestSignature(bytes, sig?.toString('utf8'), trust);
+  const manifest = parseManifest(bytes.toString('utf8'));
+  if (!manifest.chunked) return undefined;
+  const keys = manifest.chunked.keyId ? chunkKeysFor(manifest.chunked.keyId, settings) : undefined;
+  const need = [...manifest.files, ...manifest.chunked.files].reduce((a, f) => a + f.size, 0) + (16 << 20);
+  try {
+    held.scratch = await makeScratch(need);
+  } catch (err) {
+    throw new CheckpointUnusableError('scratch', errorMessage(err));
+  }
+  const dir = held.scratch.dir;
+  await fsp.writeFile(path.join(dir, MANIFEST_FILE), bytes, { mode: 0o600 });
+  if (sig) await fsp.writeFile(path.join(dir, SIGNATURE_FILE), sig, { mode: 0o600 });
+  for (const f of manifest.files) {
+    await fsp.mkdir(path.dirname(path.join(dir, f.path)), { recursive: true, mode: 0o700 });
+    await fsp.copyFile(path.join(stored, f.path), path.join(dir, f.path)).catch((err: unknown) => {
+      throw new CheckpointUnusableError('truncated', `${f.path}: ${errorMessage(err)}`);
+    });
+  }
+  await assembleChunked(manifest.chunked.files, store.chunkDir(), dir, keys);
+  return dir;
+}
+
+function chunkKeysFor(keyId: string, settings: { configFile: string }): ChunkKeys {
+  let keys: StoreKeys | undefined;
+  let problem: string | undefined;
+  try {
+    keys = storeKeysOf(settings);
+  } catch (err) {
+    problem = errorMessage(err);
+  }
+  return chunkKeysOf(keyFor({ keyId }, keys, problem));
+}

@@ -1,0 +1,300 @@
+import { createHash, randomBytes } from 'node:crypto';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { chunkIdOf, chunkKeysOf, decodeChunk, encodeChunk } from '../../core/chunk-codec.js';
+import { ChunkDir } from '../../core/chunk-dir.js';
+import { assembleChunked, CHUNK_BYTES, storeChunked } from '../../core/chunked-files.js';
+import { CHUNKED_FORMAT_VERSION, parseManifest, type Manifest } from '../../core/manifest.js';
+import { parseStoreKey } from '../../core/seal.js';
+import { loadSettings } from '../../core/settings.js';
+import { checkpointUnusable, inputError } from '../support/input-error.js';
+import { collect } from '../../core/chunk-gc.js';
+
+/** Store format 2's pieces on real bytes and a real directory: the codec, the chunk directory, split and assemble, the manifest rules. */
+
+let tmp: string;
+beforeAll(() => {
+  tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'arch-chunks-'));
+});
+afterAll(() => fs.rmSync(tmp, { recursive: true, force: true }));
+
+const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
+const keys = chunkKeysOf(parseStoreKey(randomBytes(32).toString('hex'), 'test'));
+
+/** Half random (incompressible), half a repeated pattern (compressible), like a page image. */
+function pageLike(bytes: number): Buffer {
+  const b = Buffer.alloc(bytes);
+  randomBytes(bytes >> 1).copy(b);
+  for (let i = bytes >> 1; i < bytes; i++) b[i] = i % 7;
+  return b;
+}
+
+describe('codec', () => {
+  const plain = pageLike(CHUNK_BYTES);
+
+  test('without a key: id is sha256 of the plain bytes, stored is a zstd frame that gives them back', () => {
+    const id = chunkIdOf(plain);
+    expect(id).toBe(sha(plain));
+    const stored = encodeChunk(plain, id);
+    expect(stored.length).toBeLessThan(plain.length * 0.6);
+    expect(decodeChunk(stored, id, plain.length, 'c').equals(plain)).toBe(true);
+  });
+
+  test('with a key: the id is not the sha256, the stored bytes hold no plaintext, and it opens only under its id', async () => {
+    const id = chunkIdOf(plain, keys);
+    expect(id).not.toBe(sha(plain));
+    const stored = encodeChunk(plain, id, keys);
+    expect(stored.includes(plain.subarray(0, 64))).toBe(false);
+    expect(decodeChunk(stored, id, plain.length, 'c', keys).equals(plain)).toBe(true);
+    const other = chunkIdOf(pageLike(4096), keys);
+    expect((await checkpointUnusable(() => decodeChunk(stored, other, plain.length, 'c', keys))).reason).toBe(
+      'corrupt',
+    );
+    const otherKeys = chunkKeysOf(parseStoreKey(randomBytes(32).toString('hex'), 'test'));
+    expect((await checkpointUnusable(() => decodeChunk(stored, id, plain.length, 'c', otherKeys))).reason).toBe(
+      'corrupt',
+    );
+  });
+
+  test.each([
+    ['a flipped byte', (b: Buffer) => ((b[b.length >> 1] ^= 1), b)],
+    ['cut short', (b: Buffer) => b.subarray(0, b.length - 10)],
+    ['empty', () => Buffer.alloc(0)],
+  ])('%s: corrupt, naming the chunk', async (_n, alter) => {
+    for (const k of [undefined, keys]) {
+      const id = chunkIdOf(plain, k);
+      const stored = alter(Buffer.from(encodeChunk(plain, id, k)));
+      const e = await checkpointUnusable(() => decodeChunk(stored, id, plain.length, 'criu/pages-1.img: chunk 1', k));
+      expect(e.reason).toBe('corrupt');
+      expect(e.message).toContain('criu/pages-1.img: chunk 1');
+    }
+  });
+
+  test('a frame that holds more than the manifest says is refused, not decompressed past the size', async () => {
+    const id = chunkIdOf(plain);
+    const e = await checkpointUnusable(() => decodeChunk(encodeChunk(plain, id), id, 4096, 'c'));
+    expect(e.reason).toBe('corrupt');
+  });
+});
+
+describe('split and assemble', () => {
+  test('round trip; a second store of the same bytes writes nothing new; one changed page writes one chunk', async () => {
+    const src = path.join(tmp, 'src');
+    fs.mkdirSync(path.join(src, 'criu'), { recursive: true });
+    const pages = pageLike(5 * CHUNK_BYTES + 12345);
+    fs.writeFileSync(path.join(src, 'criu/pages-1.img'), pages);
+    fs.writeFileSync(path.join(src, 'rootfs-diff.tar'), Buffer.alloc(0));
+    const store = new ChunkDir(path.join(tmp, 'store'));
+    const rels = ['criu/pages-1.img', 'rootfs-diff.tar'];
+    const first = await storeChunked(src, rels, store, { fsync: true });
+    expect(first.stats).toMatchObject({ written: 7, reused: 0 });
+    expect(first.files[0]!.chunks.map((c) => c.size)).toEqual([...Array(5).fill(CHUNK_BYTES), 12345]);
+    expect(first.files[1]).toEqual({
+      path: 'rootfs-diff.tar',
+      size: 0,
+      chunks: [{ id: sha(Buffer.alloc(0)), size: 0 }],
+    });
+
+    const again = await storeChunked(src, rels, store, { fsync: false });
+    expect(again.stats).toMatchObject({ written: 0, bytes: 0, reused: 7 });
+
+    pages.fill(9, 3 * CHUNK_BYTES + 4096, 3 * CHUNK_BYTES + 8192);
+    fs.writeFileSync(path.join(src, 'criu/pages-1.img'), pages);
+    const changed = await storeChunked(src, rels, store, { fsync: false });
+    expect(changed.stats).toMatchObject({ written: 1, reused: 6 });
+
+    const out = path.join(tmp, 'out');
+    await assembleChunked(changed.files, store, out);
+    expect(fs.readFileSync(path.join(out, 'criu/pages-1.img')).equals(pages)).toBe(true);
+    expect(fs.statSync(path.join(out, 'rootfs-diff.tar')).size).toBe(0);
+  });
+
+  test('with a key: assembled again only with it; a missing chunk is named', async () => {
+    const src = path.join(tmp, 'ksrc');
+    fs.mkdirSync(src);
+    const plain = pageLike(2 * CHUNK_BYTES + 1);
+    fs.writeFileSync(path.join(src, 'rootfs-diff.tar'), plain);
+    const store = new ChunkDir(path.join(tmp, 'kstore'));
+    const r = await storeChunked(src, ['rootfs-diff.tar'], store, { fsync: false, keys });
+    await assembleChunked(r.files, store, path.join(tmp, 'kout'), keys);
+    expect(fs.readFileSync(path.join(tmp, 'kout/rootfs-diff.tar')).equals(plain)).toBe(true);
+
+    fs.rmSync(store.pathOf(r.files[0]!.chunks[1]!.id));
+    const e = await checkpointUnusable(assembleChunked(r.files, store, path.join(tmp, 'kout2'), keys));
+    expect(e.reason).toBe('truncated');
+    expect(e.message).toContain('rootfs-diff.tar: chunk 2 of 3');
+  });
+});
+
+describe('manifest, format 3', () => {
+  const base = (over: Partial<Manifest>): string =>
+    JSON.stringify({
+      formatVersion: CHUNKED_FORMAT_VERSION,
+      namespace: 'default',
+      containerId: 'j',
+      node: 'n',
+      createdAt: '2026-12-03T00:00:00.000Z',
+      mode: 'local',
+      leaveRunning: false,
+      runtime: { runc: '1', criu: '4' },
+      timingsMs: {},
+      rootfs: { files: 0, bytes: 0, deletions: 0 },
+      files: [],
+      chunked: {
+        alg: 'zstd',
+        files: [{ path: 'criu/pages-1.img', size: 3, chunks: [{ id: 'a'.repeat(64), size: 3 }] }],
+      },
+      ...over,
+    });
+
+  test('parses', () => {
+    expect(parseManifest(base({})).chunked!.files[0]!.size).toBe(3);
+  });
+
+  test.each([
+    [
+      'chunks not adding up',
+      { chunked: { alg: 'zstd', files: [{ path: 'x', size: 4, chunks: [{ id: 'a'.repeat(64), size: 3 }] }] } },
+      'manifest-invalid',
+    ],
+    ['no chunk list', { chunked: undefined }, 'manifest-invalid'],
+    ['an unknown codec', { chunked: { alg: 'lz4', files: [] } }, 'format-unknown'],
+    [
+      'a path out of the directory',
+      { chunked: { alg: 'zstd', files: [{ path: '../x', size: 0, chunks: [{ id: 'a'.repeat(64), size: 0 }] }] } },
+      'manifest-invalid',
+    ],
+    ['a chunk list in version 1', { formatVersion: 1 }, 'manifest-invalid'],
+    ['version 4', { formatVersion: 4 }, 'format-newer'],
+  ])('%s is refused', async (_n, over, reason) => {
+    expect((await checkpointUnusable(() => parseManifest(base(over as Partial<Manifest>)))).reason).toBe(reason);
+  });
+});
+
+describe('retention and chunk collection', () => {
+  const GRACE = 60_000;
+  let cdir: string;
+  let chunks: ChunkDir;
+  let n = 0;
+  beforeEach(() => {
+    cdir = path.join(tmp, `gc-${n++}`);
+    fs.mkdirSync(cdir);
+    chunks = new ChunkDir(cdir);
+  });
+
+  /** A chunk with an mtime `ageMs` in the past. */
+  async function chunk(ageMs: number): Promise<string> {
+    const plain = randomBytes(100);
+    const id = chunkIdOf(plain);
+    await chunks.put(id, encodeChunk(plain, id), false);
+    const t = new Date(Date.now() - ageMs);
+    fs.utimesSync(chunks.pathOf(id), t, t);
+    return id;
+  }
+
+  /** A published checkpoint directory whose manifest refers to `ids`. */
+  function checkpointWith(minute: number, ids: string[]): string {
+    const name = `ckpt-2026-12-03T10-${String(minute).padStart(2, '0')}-00-000Z-0000000${minute % 10}`;
+    fs.mkdirSync(path.join(cdir, name));
+    const m = {
+      formatVersion: CHUNKED_FORMAT_VERSION,
+      namespace: 'default',
+      containerId: 'j',
+      node: 'n',
+      createdAt: '2026-12-03T10:00:00.000Z',
+      mode: 'local',
+      leaveRunning: false,
+      runtime: { runc: '1', criu: '4' },
+      timingsMs: {},
+      rootfs: { files: 0, bytes: 0, deletions: 0 },
+      files: [],
+      chunked: {
+        alg: 'zstd',
+        files: ids.length
+          ? [{ path: 'criu/pages-1.img', size: ids.length * 100, chunks: ids.map((id) => ({ id, size: 100 })) }]
+          : [],
+      },
+    };
+    fs.writeFileSync(path.join(cdir, name, 'manifest.json'), JSON.stringify(m));
+    return path.join(cdir, name);
+  }
+
+  const present = (id: string) => fs.existsSync(chunks.pathOf(id));
+
+  test('keeps the newest ARCH_KEEP checkpoints; chunks only the removed ones used go after a grace period set aside; shared ones stay', async () => {
+    const [a, shared, b, c] = [
+      await chunk(2 * GRACE),
+      await chunk(2 * GRACE),
+      await chunk(2 * GRACE),
+      await chunk(2 * GRACE),
+    ];
+    checkpointWith(1, [a!, shared!]);
+    checkpointWith(2, [shared!, b!]);
+    const cur = checkpointWith(3, [shared!, c!]);
+    const r = await collect(cdir, chunks, { keep: 2, current: cur, graceMs: GRACE });
+    expect(r.removedCheckpoints).toHaveLength(1);
+    expect(fs.readdirSync(cdir).filter((x) => x.startsWith('ckpt-'))).toHaveLength(2);
+    expect([present(a!), present(shared!), present(b!), present(c!)]).toEqual([false, true, true, true]);
+    expect(r).toMatchObject({ trashed: 1, deleted: 0 });
+    // The next run within the grace period deletes nothing; one after it deletes what was set aside.
+    expect(await collect(cdir, chunks, { keep: 2, current: cur, graceMs: GRACE })).toMatchObject({ deleted: 0 });
+    expect(
+      await collect(cdir, chunks, { keep: 2, current: cur, graceMs: GRACE, now: Date.now() + 2 * GRACE }),
+    ).toMatchObject({ deleted: 1 });
+    expect(await chunks.trashDirs()).toEqual([]);
+  });
+
+  test('a young chunk nothing refers to yet (a checkpoint being written) stays', async () => {
+    const young = await chunk(1000);
+    const cur = checkpointWith(1, []);
+    await collect(cdir, chunks, { keep: 1, current: cur, graceMs: GRACE });
+    expect(present(young)).toBe(true);
+  });
+
+  test('published while the collector ran: a chunk set aside is taken back by the publisher, by a restore, or by the next collector', async () => {
+    const [x, y, z] = [await chunk(2 * GRACE), await chunk(2 * GRACE), await chunk(2 * GRACE)];
+    const cur = checkpointWith(1, []);
+    await collect(cdir, chunks, { keep: 2, current: cur, graceMs: GRACE });
+    expect([present(x!), present(y!), present(z!)]).toEqual([false, false, false]);
+    // A publisher reusing x touches it before publishing: taken back.
+    expect(await chunks.reuse(x!)).toBe(true);
+    expect(present(x!)).toBe(true);
+    // A restore of a checkpoint that refers to y finds it.
+    expect(await chunks.get(y!)).toBeDefined();
+    expect(present(y!)).toBe(true);
+    // A checkpoint referring to z published after the collector read the manifests: the next run takes it back, even past the grace period.
+    const late = checkpointWith(2, [x!, y!, z!]);
+    await collect(cdir, chunks, { keep: 2, current: late, graceMs: GRACE, now: Date.now() + 2 * GRACE });
+    expect([present(x!), present(y!), present(z!)]).toEqual([true, true, true]);
+  });
+});
+
+describe('ARCH_KEEP', () => {
+  test.each([
+    [undefined, 2],
+    ['1', 1],
+    ['5', 5],
+  ])('%s -> %s', (v, want) => {
+    expect(loadSettings({ ARCH_CONFIG: '/dev/null', ARCH_KEEP: v }).keep).toBe(want);
+  });
+  test.each(['0', '-1', 'two'])('%s names the setting and the fix', (v) => {
+    expect(inputError(() => loadSettings({ ARCH_CONFIG: '/dev/null', ARCH_KEEP: v })).field).toBe('ARCH_KEEP');
+  });
+});
+
+describe('ARCH_STORE_FORMAT', () => {
+  test.each([
+    [undefined, 1],
+    ['1', 1],
+    ['2', 2],
+  ])('%s -> %s', (v, want) => {
+    expect(loadSettings({ ARCH_CONFIG: '/dev/null', ARCH_STORE_FORMAT: v }).storeFormat).toBe(want);
+  });
+
+  test('anything else names the setting and the fix', () => {
+    const e = inputError(() => loadSettings({ ARCH_CONFIG: '/dev/null', ARCH_STORE_FORMAT: 'v2' }));
+    expect(e.field).toBe('ARCH_STORE_FORMAT');
+    expect(e.message).toContain('set 1');
+  });
+});
