@@ -72,7 +72,7 @@ describe('seal format: round trip', () => {
     const k = key();
     const id = newSealId();
     const f = new SealFollower(
-      [{ dir: src, pattern: /^pages-\d+\.img$/, rel: (x) => `criu/${x}` }],
+      [{ dir: src, pattern: /^pages-\d+\.img$/, prefix: 'criu/' }],
       path.join(dir, 'store'),
       k,
       id,
