@@ -524,8 +524,9 @@ export async function openSealedFile(
   entry: SealedFile,
   sealId: string,
   key: StoreKey,
-  buf?: Buffer,
+  opts: { buf?: Buffer; signal?: AbortSignal } = {},
 ): Promise<void> {
+  const { buf, signal } = opts;
   const chunks = chunkCount(entry.plainSize, entry.chunkBytes);
   const b = buf && buf.length >= entry.chunkBytes + TAG_BYTES ? buf : Buffer.allocUnsafe(entry.chunkBytes + TAG_BYTES);
   const nonce = Buffer.from(entry.nonce, 'hex');
@@ -562,6 +563,7 @@ export async function openSealedFile(
       );
       pos += n;
       if (i + 1 < chunks) await yieldTurn();
+      signal?.throwIfAborted();
     }
   } finally {
     fs.closeSync(fd);

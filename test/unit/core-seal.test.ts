@@ -15,6 +15,7 @@ import {
   sealedSize,
   sealFile,
   SealFollower,
+  SealLoop,
   storeKeyId,
   type SealedFile,
   type StoreKey,
@@ -88,6 +89,67 @@ describe('seal format: round trip', () => {
     const r = (await f.finish()).get('criu/pages-1.img')!;
     const s = { dir, k, sealId: id, stored: path.join(dir, 'store/criu/pages-1.img'), entry: r.sealed };
     expect((await open(s)).equals(Buffer.concat(parts))).toBe(true);
+  });
+
+  test('the same loop on the calling thread (the shim, which starts no worker threads) writes the same format', async () => {
+    const dir = fresh();
+    const src = path.join(dir, 'in');
+    fs.mkdirSync(src);
+    const plain = randomBytes(3 * CHUNK + 77);
+    fs.writeFileSync(path.join(src, 'rootfs-diff.tar'), plain);
+    const k = key();
+    const id = newSealId();
+    const loop = new SealLoop([{ dir: src, pattern: /^rootfs-diff\.tar$/ }], path.join(dir, 'store'), k, id, {
+      chunkBytes: CHUNK,
+    });
+    const [[rel, r]] = (await loop.finish()) as [
+      [string, { sealed: SealedFile; stored: { size: number; sha256: string } }],
+    ];
+    expect(rel).toBe('rootfs-diff.tar');
+    const stored = path.join(dir, 'store/rootfs-diff.tar');
+    expect(r.stored).toEqual({ size: sealedSize(plain.length, CHUNK), sha256: sha(fs.readFileSync(stored)) });
+    expect((await open({ dir, k, sealId: id, stored, entry: r.sealed })).equals(plain)).toBe(true);
+  });
+
+  test('cancel() on the worker thread closes every file it opened (a terminated thread would leave them open)', async () => {
+    const fds = () => fs.readdirSync('/proc/self/fd').length;
+    const dir = fresh();
+    const src = path.join(dir, 'in');
+    fs.mkdirSync(src);
+    for (const i of [1, 2, 3]) fs.writeFileSync(path.join(src, `pages-${i}.img`), randomBytes(CHUNK * 2 + 1));
+    const before = fds();
+    const f = new SealFollower(
+      [{ dir: src, pattern: /^pages-\d+\.img$/, prefix: 'criu/' }],
+      path.join(dir, 'store'),
+      key(),
+      newSealId(),
+      {
+        chunkBytes: CHUNK,
+      },
+    );
+    await sleep(200); // the worker has started and opened them
+    await f.cancel();
+    await sleep(50);
+    expect(fds()).toBeLessThanOrEqual(before);
+  });
+
+  test('a sealing error on the worker thread fails finish() with its message', async () => {
+    const dir = fresh();
+    const src = path.join(dir, 'in');
+    fs.mkdirSync(src);
+    fs.writeFileSync(path.join(src, 'pages-1.img'), randomBytes(CHUNK * 3));
+    const f = new SealFollower(
+      [{ dir: src, pattern: /^pages-\d+\.img$/, prefix: 'criu/' }],
+      path.join(dir, 'store'),
+      key(),
+      newSealId(),
+      {
+        chunkBytes: CHUNK,
+      },
+    );
+    await sleep(200);
+    fs.truncateSync(path.join(src, 'pages-1.img'), 10); // a writer that shrinks a file it wrote
+    await expect(f.finish()).rejects.toThrow(/shrank/);
   });
 
   test('two files sealed with one key use different nonces', async () => {
