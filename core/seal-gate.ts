@@ -10,12 +10,14 @@ import { fileURLToPath } from 'node:url';
  * CRIU's swrk, namespaces, mounts) instead of before them. CRIU opens the
  * page images only after its post-setup-namespaces action; at that action
  * bin/arch-criu-gate (named as an `action-script` in the restore's CRIU
- * configuration) reads a verdict from the FIFO `arch-gate` in the image
- * directory: "ok" lets CRIU go on, anything else (a chunk that failed
- * authentication, or EOF because this process died) makes CRIU abort the
- * restore. The FIFO is held open here for reading and writing from the
- * start, so the script's open never waits for this process, and its read
- * ends when this process ends.
+ * configuration) waits for a verdict beside the FIFO `arch-gate` in the
+ * image directory: `arch-gate.ok` lets CRIU go on; `arch-gate.no` (a chunk
+ * failed authentication, the restore is abandoned), or no verdict when the
+ * FIFO reaches EOF (this process died), makes CRIU abort the restore. The
+ * FIFO is held open here for reading and writing from the start, so the
+ * script's open never waits for this process, its read ends when this
+ * process writes the wake-up line or ends, and no other process holds it
+ * (O_CLOEXEC: runc and CRIU do not inherit it).
  */
 export const GATE_FILE = 'arch-gate';
 const ARCH_HOME = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
@@ -25,7 +27,10 @@ export class SealGate {
   private fd: number | undefined;
   private said = false;
 
-  private constructor(fd: number) {
+  private constructor(
+    fd: number,
+    private readonly fifo: string,
+  ) {
     this.fd = fd;
   }
 
@@ -44,18 +49,15 @@ export class SealGate {
     await execa('mkfifo', ['-m', '600', fifo]);
     const fd = fs.openSync(fifo, fs.constants.O_RDWR | fs.constants.O_NONBLOCK | fs.constants.O_NOFOLLOW);
     fs.writeFileSync(`${fifo}.pid`, `${process.pid}\n`, { mode: 0o600, flag: 'wx' });
-    return new SealGate(fd);
+    return new SealGate(fd, fifo);
   }
 
   /** Let CRIU go on (true) or make it abort (false). Once; later calls do nothing. */
   open(pass: boolean): void {
     if (this.fd === undefined || this.said) return;
     this.said = true;
-    try {
-      fs.writeSync(this.fd, pass ? 'ok\n' : 'no\n');
-    } catch {
-      // nobody can read it any more: CRIU is gone
-    }
+    fs.writeFileSync(`${this.fifo}.${pass ? 'ok' : 'no'}`, '', { mode: 0o600 });
+    fs.writeSync(this.fd, '\n'); // wake a script waiting in its read (the pipe never fills: one line per gate)
   }
 
   /** After runc is done with the restore (either way). */

@@ -200,6 +200,14 @@ describe('with a key', () => {
       const out = await run(id, ['ARCH_CHECKPOINT_ID=restore']);
       await expectRestored(id, out);
       expect(fs.readFileSync(out, 'utf8')).not.toContain('counter start');
+      // The page images were decrypted behind CRIU's gate (while runc and CRIU started), which CRIU ran.
+      const restored = node
+        .logLines()
+        .filter((l) => l.msg === 'restored from checkpoint' && l.container === id)
+        .pop()!;
+      expect((restored.timings as Record<string, number>).unsealPages).toBeGreaterThanOrEqual(0);
+      const criuLog = fs.readFileSync(path.join(node.bundleDir(id), 'arch-restore', 'restore.log'), 'utf8');
+      expect(criuLog).toMatch(/Running post-setup-namespaces scripts\n.*\n?.*\[.*bin\/arch-criu-gate\]/);
       expect(node.readContainerFile(id, COUNTER_FILES.modified)).toBe(COUNTER_FILES.modifiedContent);
       await expectNoScratch();
       expect(markersIn(dir)).toEqual({ memory: false, file: false });

@@ -50,6 +50,17 @@ test('CRIU waits at post-setup-namespaces until the gate opens, then goes on', a
   gate.release();
 });
 
+test('CRIU runs the script twice per action (it reads its configuration twice): the second run goes on too', async () => {
+  const dir = fresh();
+  const gate = await SealGate.close(dir);
+  const first = criuRuns(dir);
+  await sleep(100);
+  gate.open(true);
+  expect(await first.exit).toBe(0);
+  expect(await criuRuns(dir).exit).toBe(0);
+  gate.release();
+});
+
 test('a verdict given before CRIU arrives is kept for it', async () => {
   const dir = fresh();
   const gate = await SealGate.close(dir);
