@@ -35,6 +35,12 @@ afterAll(() => fs.rmSync(tmp, { recursive: true, force: true }));
 const fresh = (): string => fs.mkdtempSync(path.join(tmp, `c${n++}-`));
 const key = (): StoreKey => parseStoreKey(randomBytes(32).toString('hex'), 'test');
 const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
+async function until(cond: () => boolean): Promise<void> {
+  for (let i = 0; !cond(); i++) {
+    if (i > 2000) throw new Error('timed out waiting for the sealing worker');
+    await sleep(5);
+  }
+}
 
 /** Seal `plain` as checkpoint file `rel`; returns where everything is. */
 async function sealed(plain: Buffer, k = key(), rel = 'criu/pages-1.img', sealId = newSealId()) {
@@ -127,7 +133,9 @@ describe('seal format: round trip', () => {
         chunkBytes: CHUNK,
       },
     );
-    await sleep(200); // the worker has started and opened them
+    // The worker has started and opened them all (it creates each stored file as it opens its source).
+    await until(() => [1, 2, 3].every((i) => fs.existsSync(path.join(dir, `store/criu/pages-${i}.img`))));
+    expect(fds()).toBeGreaterThanOrEqual(before + 6);
     await f.cancel();
     await sleep(50);
     expect(fds()).toBeLessThanOrEqual(before);
@@ -138,6 +146,7 @@ describe('seal format: round trip', () => {
     const src = path.join(dir, 'in');
     fs.mkdirSync(src);
     fs.writeFileSync(path.join(src, 'pages-1.img'), randomBytes(CHUNK * 3));
+    const stored = path.join(dir, 'store/criu/pages-1.img');
     const f = new SealFollower(
       [{ dir: src, pattern: /^pages-\d+\.img$/, prefix: 'criu/' }],
       path.join(dir, 'store'),
@@ -147,8 +156,9 @@ describe('seal format: round trip', () => {
         chunkBytes: CHUNK,
       },
     );
-    await sleep(200);
-    fs.truncateSync(path.join(src, 'pages-1.img'), 10); // a writer that shrinks a file it wrote
+    // Once it has sealed the first chunk, the writer shrinks the file it wrote.
+    await until(() => fs.existsSync(stored) && fs.statSync(stored).size >= CHUNK + 16);
+    fs.truncateSync(path.join(src, 'pages-1.img'), 10);
     await expect(f.finish()).rejects.toThrow(/shrank/);
   });
 
