@@ -235,15 +235,15 @@ async function checkpointLocked(
     const criuDir = path.join(staging.dir, CRIU_DIR);
     // Sealing: CRIU and the layer capture write plaintext to the tmpfs
     // scratch only; the sealer encrypts from there into the staging dir as
-    // they write (this thread, a chunk at a time), so the freeze does not
-    // wait for a separate encryption pass.
+    // they write (on a worker thread, a chunk at a time), so the freeze does
+    // not wait for a separate encryption pass.
     const dumpDir = scratch ? path.join(scratch.dir, CRIU_DIR) : criuDir;
     const diffDir = scratch ? scratch.dir : staging.dir;
     if (scratch && sealKey) {
       sealer = new SealFollower(
         [
-          { dir: dumpDir, pattern: PAGE_IMAGE_NAME, rel: (n) => `${CRIU_DIR}/${n}` },
-          { dir: scratch.dir, pattern: new RegExp(`^${ROOTFS_TAR.replace('.', '\\.')}$`), rel: (n) => n },
+          { dir: dumpDir, pattern: PAGE_IMAGE_NAME, prefix: `${CRIU_DIR}/` },
+          { dir: scratch.dir, pattern: new RegExp(`^${ROOTFS_TAR.replace('.', '\\.')}$`) },
         ],
         staging.dir,
         sealKey,

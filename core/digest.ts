@@ -39,6 +39,8 @@ let workerThreads = true;
 export function hashOnThisThreadOnly(): void {
   workerThreads = false;
 }
+/** Whether this process may start worker threads (false in the shim: see hashOnThisThreadOnly). */
+export const usesWorkerThreads = (): boolean => workerThreads;
 
 /** Files above this are hashed on worker threads when verifying. */
 const WORKER_MIN_BYTES = 1024 * 1024;
@@ -97,9 +99,10 @@ const workerFile = (): URL => new URL('../core/digest-worker.js', import.meta.ur
 
 type WorkerReply = { error?: string } & Partial<Digest> & { digests?: [string, Digest][] };
 
-function once(w: Worker): Promise<WorkerReply> {
+/** A worker's next message; its `error` field, or the thread's own error, rejects. */
+export function workerReply<T extends { error?: string }>(w: Worker): Promise<T> {
   return new Promise((resolve, reject) => {
-    const onMessage = (m: WorkerReply) => {
+    const onMessage = (m: T) => {
       w.off('error', onError);
       if (m.error) reject(new Error(m.error));
       else resolve(m);
@@ -136,7 +139,7 @@ export async function digestFiles(files: string[], opts: { sizes?: number[] } = 
     try {
       while (next < large.length) {
         const i = large[next++]!;
-        const reply = once(w);
+        const reply = workerReply<WorkerReply>(w);
         w.postMessage({ file: files[i] });
         const r = await reply;
         out[i] = { size: r.size!, sha256: r.sha256! };
@@ -191,7 +194,7 @@ export class DigestFollower {
     private readonly pattern: RegExp,
     opts: { writeback?: boolean },
   ) {
-    this.result = once(this.worker);
+    this.result = workerReply<WorkerReply>(this.worker);
     this.result.catch(() => undefined); // observed by finish(); cancel() may never look
     this.writer = opts.writeback ? this.writeback() : Promise.resolve();
   }

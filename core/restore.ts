@@ -25,6 +25,7 @@ import {
 } from './seal.js';
 import { trustOf } from './trust.js';
 import { assembleIfChunked } from './chunked-restore.js';
+import { SealGate } from './seal-gate.js';
 import { CRIU_DIR, DELETED_FILES, PAGE_IMAGE_PATH, ROOTFS_TAR } from './checkpoint-layout.js';
 
 /**
@@ -152,13 +153,30 @@ async function restoreHolding(
     timings.unsealRootfs = Date.now() - s;
     return held.scratch.dir;
   });
-  const imagesStaged = layerSource.then(async (src) => {
+  // Where CRIU can be held at its gate (our own CRIU configuration, the
+  // gate script installed), the page images are decrypted while runc and
+  // CRIU start; else before runc starts.
+  const gateScript = overlap ? SealGate.script() : Promise.resolve(undefined);
+  const stopDecrypting = new AbortController();
+  const imagesStaged = layerSource.then(async (src): Promise<StagedImages> => {
     const v = await verified;
-    if (!v.keys) return path.join(dir, CRIU_DIR);
+    if (!v.keys) return { dir: path.join(dir, CRIU_DIR) };
     const s = Date.now();
-    await stageFiles(dir, src, v.manifest, v.keys, (p) => p.startsWith(`${CRIU_DIR}/`));
+    const script = await gateScript;
+    const later = (p: string) => script !== undefined && PAGE_IMAGE_PATH.test(p);
+    await stageFiles(dir, src, v.manifest, v.keys, (p) => p.startsWith(`${CRIU_DIR}/`) && !later(p));
     timings.unsealImages = Date.now() - s;
-    return path.join(src, CRIU_DIR);
+    const images = path.join(src, CRIU_DIR);
+    if (script === undefined) return { dir: images };
+    const gate = await SealGate.close(images);
+    const pages = stageFiles(dir, src, v.manifest, v.keys, later, stopDecrypting.signal).then(() => {
+      timings.unsealPages = Date.now() - s;
+    });
+    pages.then(
+      () => gate.open(true),
+      () => gate.open(false),
+    );
+    return { dir: images, gate: { gate, script, pages } };
   });
   const layer = layerSource.then(async (src) => {
     const v = await verified;
@@ -191,6 +209,7 @@ async function restoreHolding(
   });
   const [v, l, im] = await Promise.allSettled([verified, layer, imagesStaged]);
   if (v.status === 'rejected' || l.status === 'rejected' || im.status === 'rejected') {
+    if (im.status === 'fulfilled') await stopGated(im.value, stopDecrypting);
     if (l.status === 'fulfilled' && l.value.written) await unwriteLayer(ctx, l.value.upper!); // the images failed after the layer was written
     // A failed verification explains a bad archive too: it comes first.
     throw v.status === 'rejected'
@@ -203,7 +222,7 @@ async function restoreHolding(
   const { upper, written } = l.value;
   const pagesVerified = async (): Promise<void> => {
     const w = Date.now();
-    await verifyDeferred();
+    await verifyPages();
     timings.verifyPages = Date.now() - w;
   };
   if (!upper && manifest.rootfs.files + manifest.rootfs.deletions > 0) {
@@ -220,9 +239,13 @@ async function restoreHolding(
   const work = path.join(req.bundle, 'arch-restore');
   await fsp.rm(work, { recursive: true, force: true });
   await fsp.mkdir(work, { recursive: true });
-  const criuConfig = overlap ? await leaveStoppedConfig(req.bundle, req.spec) : undefined;
+  const gated = im.value.gate;
+  const criuConfig = overlap ? await leaveStoppedConfig(req.bundle, req.spec, gated?.script) : undefined;
   const { env } = await criuAsked;
-  const images = im.value;
+  const images = im.value.dir;
+  // The ciphertext of the page images is hashed once they are decrypted (this thread does both).
+  const pagesDecrypted = gated ? gated.pages : Promise.resolve();
+  const verifyPages = (): Promise<void> => pagesDecrypted.then(verifyDeferred);
   // In the foreground runc says it has restored only by writing the pid file: one is needed then.
   const pidFile = req.pidFile ?? (req.foreground ? path.join(work, 'init.pid') : undefined);
   let running: Foreground | undefined;
@@ -240,21 +263,23 @@ async function restoreHolding(
     if (req.foreground) {
       await fsp.rm(pidFile!, { force: true }); // a stale one would say "restored" at once
       running = req.runc.restoreForeground(req.id, o);
-      void verifyDeferred().catch(() => undefined);
+      void verifyPages().catch(() => undefined);
       await restoredOrExited(pidFile!, running);
     } else {
       // This thread waits for runc from here on: it hashes meanwhile.
-      await req.runc.restore(req.id, { ...o, onSpawn: () => void verifyDeferred().catch(() => undefined) });
+      await req.runc.restore(req.id, { ...o, onSpawn: () => void verifyPages().catch(() => undefined) });
     }
   } catch (err) {
     await criuConfig?.reset().catch(() => undefined);
-    const pages = await verifyDeferred().then(
+    await stopGated(im.value, stopDecrypting);
+    const pages = await verifyPages().then(
       () => undefined,
       (e: unknown) => e,
     );
     await undo();
     // Damaged page images can make CRIU's restorer itself fail (a flipped
-    // byte in memory it needs): the damage is the reason then, not runc.
+    // byte in memory it needs), or its gate refuses them (a chunk failed
+    // authentication): the damage is the reason then, not runc.
     if (pages instanceof CheckpointUnusableError) throw pages;
     const log = await fsp.readFile(path.join(work, 'restore.log'), 'utf8').catch(() => '');
     const tail = log
@@ -267,6 +292,7 @@ async function restoreHolding(
     );
   }
   timings.restore = Date.now() - t;
+  gated?.gate.release();
   if (criuConfig) {
     try {
       await criuConfig.reset(); // later dumps of this container must not leave it stopped
@@ -296,6 +322,21 @@ async function restoredOrExited(pidFile: string, running: Foreground): Promise<v
       return;
     await sleep(wait);
   }
+}
+
+/** Where CRIU reads the images from; for page images decrypted behind the seal gate, the gate and the decryption. */
+interface StagedImages {
+  dir: string;
+  gate?: { gate: SealGate; script: string; pages: Promise<void> };
+}
+
+/** A restore that will not go on: refuse at the gate, stop decrypting, and wait for it (the scratch dir is removed next). */
+async function stopGated(images: StagedImages, stop: AbortController): Promise<void> {
+  if (!images.gate) return;
+  images.gate.gate.open(false);
+  stop.abort();
+  await images.gate.pages.catch(() => undefined);
+  images.gate.gate.release();
 }
 
 /** The keys a sealed checkpoint needs, each found on this node: else a 'sealed-key' refusal. */
@@ -328,6 +369,7 @@ async function stageFiles(
   manifest: Manifest,
   keys: Map<string, StoreKey>,
   which: (p: string) => boolean,
+  signal?: AbortSignal,
 ): Promise<void> {
   const sealed = new Map(manifest.seal!.files.map((f) => [f.path, f]));
   const buf = Buffer.allocUnsafe(SEAL_CHUNK_BYTES + 16);
@@ -335,20 +377,33 @@ async function stageFiles(
     const dest = path.join(to, f.path);
     await fsp.mkdir(path.dirname(dest), { recursive: true, mode: 0o700 });
     const s = sealed.get(f.path);
-    if (s) await openSealedFile(path.join(dir, f.path), dest, s, manifest.seal!.id, keys.get(f.path)!, buf);
-    else await fsp.copyFile(path.join(dir, f.path), dest);
+    if (!s) await fsp.copyFile(path.join(dir, f.path), dest);
+    else if (!signal)
+      await openSealedFile(path.join(dir, f.path), dest, s, manifest.seal!.id, keys.get(f.path)!, { buf });
+    else {
+      // Behind the gate: under another name until whole, so a CRIU that looked early would find no file, never half of one.
+      const part = `${dest}.part`;
+      await openSealedFile(path.join(dir, f.path), part, s, manifest.seal!.id, keys.get(f.path)!, { buf, signal });
+      await fsp.rename(part, dest);
+    }
   }
 }
 
 /**
  * Point the bundle's spec at a CRIU configuration that restores the
- * processes stopped. runc keeps the annotation for the container's life, so
+ * processes stopped (and, for a sealed checkpoint, holds CRIU at the seal
+ * gate until the page images are decrypted: core/seal-gate.ts). runc keeps the annotation for the container's life, so
  * reset() rewrites the file to what runc would otherwise give CRIU.
  */
-async function leaveStoppedConfig(bundle: string, spec: OciSpec): Promise<{ reset: () => Promise<void> }> {
+async function leaveStoppedConfig(
+  bundle: string,
+  spec: OciSpec,
+  gateScript?: string,
+): Promise<{ reset: () => Promise<void> }> {
   const file = path.join(bundle, BUNDLE_CRIU_CONFIG);
   const defaults = await fsp.readFile(RUNC_DEFAULT_CRIU_CONFIG, 'utf8').catch(() => '');
-  await fsp.writeFile(file, `${defaults}${defaults && !defaults.endsWith('\n') ? '\n' : ''}leave-stopped\n`);
+  const ours = `leave-stopped\n${gateScript ? `action-script ${gateScript}\n` : ''}`;
+  await fsp.writeFile(file, `${defaults}${defaults && !defaults.endsWith('\n') ? '\n' : ''}${ours}`);
   await writeSpec(bundle, { ...spec, annotations: { ...spec.annotations, [CRIU_CONFIG_ANNOTATION]: file } });
   return { reset: () => fsp.writeFile(file, defaults) };
 }

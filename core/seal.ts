@@ -7,6 +7,8 @@ import type { Digest } from './digest.js';
 import { ArchInputError, CheckpointUnusableError } from '../contract/errors.js';
 import { requireAbsolutePath } from './paths.js';
 import { isAlive } from './pid.js';
+import { usesWorkerThreads, workerReply } from './digest.js';
+import { Worker } from 'node:worker_threads';
 import { settingsVars } from './settings.js';
 import { keyLines, parseKeyText } from './key-text.js';
 
@@ -188,19 +190,30 @@ export function openChunk(key: Buffer, nonce: Buffer, aad: Buffer, sealed: Buffe
   return out;
 }
 
+/** Write every buffer, in order, with as few syscalls as the kernel allows (one writev for a whole chunk). */
 function writeAll(fd: number, bufs: Buffer[]): number {
-  let n = 0;
-  for (const b of bufs) {
-    let o = 0;
-    while (o < b.length) o += fs.writeSync(fd, b, o, b.length - o);
-    n += b.length;
+  const total = bufs.reduce((a, b) => a + b.length, 0);
+  let left = bufs;
+  for (let done = 0; done < total;) {
+    let n = fs.writevSync(fd, left);
+    done += n;
+    // A short write (rare on regular files): go on from where it stopped.
+    const rest: Buffer[] = [];
+    for (const b of left) {
+      if (n >= b.length) n -= b.length;
+      else {
+        rest.push(n > 0 ? b.subarray(n) : b);
+        n = 0;
+      }
+    }
+    left = rest;
   }
-  return n;
+  return total;
 }
 
 /**
  * Seals one file that may still be growing (CRIU's page images, the layer
- * archive being written): pump() seals every full chunk that is followed by
+ * archive being written): pumpOne() seals a full chunk that is followed by
  * more data (the last chunk must say it is last), finish() the rest. The
  * stored bytes are hashed as they are written: the manifest's sha256 of a
  * sealed file is that of its ciphertext, computed here for free while the
@@ -265,7 +278,7 @@ class FileSealer {
     });
   }
 
-  async finish(): Promise<{ stored: Digest; sealed: SealedFile }> {
+  async finish(): Promise<SealResult> {
     while (this.pumpOne(true)) await yieldTurn();
     return {
       stored: { size: this.written, sha256: this.hash.digest('hex') },
@@ -289,25 +302,31 @@ class FileSealer {
 
 const yieldTurn = () => new Promise<void>((r) => setImmediate(r));
 
-/** A directory whose matching files are sealed into `dest` under `rel(name)`. */
+/** A directory whose matching files are sealed into `dest` as `prefix + name`, or as `rel` (plain data: it is handed to a worker thread). */
 export interface SealSource {
   dir: string;
   pattern: RegExp;
-  rel: (name: string) => string;
+  prefix?: string;
+  rel?: string;
+}
+
+/** One sealed file: the digest of what was stored, and the manifest's seal entry. */
+export interface SealResult {
+  stored: Digest;
+  sealed: SealedFile;
+}
+
+export interface SealOptions {
+  writeback?: boolean;
+  chunkBytes?: number;
 }
 
 /**
- * Seal files while another process writes them, on this thread, a chunk per
- * turn of the event loop (this thread only waits for runc and writes the
- * layer archive meanwhile). finish() is called once every writer is done;
- * cancel() abandons it. The ciphertext's sha256 is kept in the manifest
- * although GCM authenticates every chunk: with it the signature binds the
- * exact bytes the signing node wrote, so a node that holds the cluster's
- * store key but is not a trusted signer still cannot substitute a page image
- * (GCM alone would only prove "someone with the key"); and the existing
- * size/digest verification and transfers keep working unchanged.
+ * The sealing loop itself, on whichever thread runs it (a worker's, see
+ * SealFollower): follows the sources, seals each full chunk as soon as it is
+ * there, a chunk per turn of the event loop.
  */
-export class SealFollower {
+export class SealLoop {
   private readonly files = new Map<string, FileSealer>();
   private stopped = false;
   private readonly loop: Promise<void>;
@@ -318,7 +337,7 @@ export class SealFollower {
     private readonly dest: string,
     private readonly key: StoreKey,
     private readonly sealId: string,
-    private readonly opts: { writeback?: boolean; chunkBytes?: number } = {},
+    private readonly opts: SealOptions = {},
   ) {
     this.buf = Buffer.allocUnsafe(opts.chunkBytes ?? SEAL_CHUNK_BYTES);
     this.loop = this.run();
@@ -334,7 +353,7 @@ export class SealFollower {
         continue; // not created yet
       }
       for (const name of names) {
-        const rel = s.rel(name);
+        const rel = s.rel ?? (s.prefix ?? '') + name;
         if (!s.pattern.test(name) || this.files.has(rel)) continue;
         const src = fs.openSync(path.join(s.dir, name), fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW);
         const dstPath = path.join(this.dest, rel);
@@ -354,18 +373,18 @@ export class SealFollower {
       let sealed = false;
       for (const f of this.files.values()) sealed = f.pumpOne(false) || sealed;
       if (sealed) await yieldTurn();
-      else await sleep(5);
+      else await sleep(2);
     }
   }
 
-  /** Every matching file sealed to its end: stored digests and the manifest's seal entries, by path. */
-  async finish(): Promise<Map<string, { stored: Digest; sealed: SealedFile }>> {
+  /** Every matching file sealed to its end, sorted by path. */
+  async finish(): Promise<[string, SealResult][]> {
     this.stopped = true;
     try {
       await this.loop;
       this.scan();
-      const out = new Map<string, { stored: Digest; sealed: SealedFile }>();
-      for (const [rel, f] of [...this.files].sort(([a], [b]) => a.localeCompare(b))) out.set(rel, await f.finish());
+      const out: [string, SealResult][] = [];
+      for (const [rel, f] of [...this.files].sort(([a], [b]) => a.localeCompare(b))) out.push([rel, await f.finish()]);
       return out;
     } finally {
       await this.closeAll();
@@ -384,6 +403,75 @@ export class SealFollower {
   }
 }
 
+/** What seal-worker.ts is started with. */
+export interface SealWorkerData {
+  sources: SealSource[];
+  dest: string;
+  key: { id: string; key: Uint8Array };
+  sealId: string;
+  opts: SealOptions;
+}
+
+/** From dist/core/seal.js and from the bundles alike (see digest.ts's workerFile). */
+const sealWorkerFile = (): URL => new URL('../core/seal-worker.js', import.meta.url);
+
+/**
+ * Seal files while another process writes them (CRIU's page images, the
+ * layer archive). On a worker thread where this process may start one:
+ * there the encryption and the ciphertext's hash run on the other core
+ * while CRIU dumps and this thread captures the layer, so little is left
+ * to seal once CRIU is done (the container is still frozen then). In the
+ * shim (no worker threads, see digest.ts) the same loop runs here instead.
+ * finish() is called once every writer is done; cancel() abandons it.
+ *
+ * The ciphertext's sha256 is kept in the manifest although GCM
+ * authenticates every chunk: with it the signature binds the exact bytes
+ * the signing node wrote, so a node that holds the cluster's store key but
+ * is not a trusted signer still cannot substitute a page image (GCM alone
+ * would only prove "someone with the key"); and the existing size/digest
+ * verification and transfers keep working unchanged.
+ */
+export class SealFollower {
+  private readonly here?: SealLoop;
+  private readonly worker?: Worker;
+  private readonly reply?: Promise<{ files?: [string, SealResult][]; error?: string }>;
+
+  constructor(sources: SealSource[], dest: string, key: StoreKey, sealId: string, opts: SealOptions = {}) {
+    if (!usesWorkerThreads()) {
+      this.here = new SealLoop(sources, dest, key, sealId, opts);
+      return;
+    }
+    const data: SealWorkerData = { sources, dest, key: { id: key.id, key: key.key }, sealId, opts };
+    this.worker = new Worker(sealWorkerFile(), { workerData: data });
+    this.reply = workerReply(this.worker);
+    this.reply.catch(() => undefined); // observed by finish() or cancel()
+  }
+
+  /** Every matching file sealed to its end: stored digests and the manifest's seal entries, by path. */
+  async finish(): Promise<Map<string, SealResult>> {
+    if (this.here) return new Map(await this.here.finish());
+    try {
+      this.worker!.postMessage('finish');
+      const r = await this.reply!;
+      if (r.error !== undefined || !r.files) throw new Error(`sealing failed: ${r.error ?? 'no result'}`);
+      return new Map(r.files);
+    } finally {
+      await this.worker!.terminate();
+    }
+  }
+
+  /** Stop and close every file (the worker closes its own: a terminated thread leaves its descriptors open). */
+  async cancel(): Promise<void> {
+    if (this.here) return this.here.cancel();
+    try {
+      this.worker!.postMessage('cancel');
+      await this.reply!.catch(() => undefined);
+    } finally {
+      await this.worker!.terminate();
+    }
+  }
+}
+
 /** Seal one complete file (e.g. a page image runc dumped elsewhere). */
 export async function sealFile(
   src: string,
@@ -394,7 +482,7 @@ export async function sealFile(
   chunkBytes = SEAL_CHUNK_BYTES,
 ): Promise<{ stored: Digest; sealed: SealedFile }> {
   const f = new SealFollower(
-    [{ dir: path.dirname(src), pattern: new RegExp(`^${escapeRe(path.basename(src))}$`), rel: () => rel }],
+    [{ dir: path.dirname(src), pattern: new RegExp(`^${escapeRe(path.basename(src))}$`), rel }],
     destDir,
     key,
     sealId,
@@ -436,8 +524,9 @@ export async function openSealedFile(
   entry: SealedFile,
   sealId: string,
   key: StoreKey,
-  buf?: Buffer,
+  opts: { buf?: Buffer; signal?: AbortSignal } = {},
 ): Promise<void> {
+  const { buf, signal } = opts;
   const chunks = chunkCount(entry.plainSize, entry.chunkBytes);
   const b = buf && buf.length >= entry.chunkBytes + TAG_BYTES ? buf : Buffer.allocUnsafe(entry.chunkBytes + TAG_BYTES);
   const nonce = Buffer.from(entry.nonce, 'hex');
@@ -474,6 +563,7 @@ export async function openSealedFile(
       );
       pos += n;
       if (i + 1 < chunks) await yieldTurn();
+      signal?.throwIfAborted();
     }
   } finally {
     fs.closeSync(fd);

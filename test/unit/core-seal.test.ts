@@ -15,6 +15,7 @@ import {
   sealedSize,
   sealFile,
   SealFollower,
+  SealLoop,
   storeKeyId,
   type SealedFile,
   type StoreKey,
@@ -34,6 +35,12 @@ afterAll(() => fs.rmSync(tmp, { recursive: true, force: true }));
 const fresh = (): string => fs.mkdtempSync(path.join(tmp, `c${n++}-`));
 const key = (): StoreKey => parseStoreKey(randomBytes(32).toString('hex'), 'test');
 const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
+async function until(cond: () => boolean): Promise<void> {
+  for (let i = 0; !cond(); i++) {
+    if (i > 2000) throw new Error('timed out waiting for the sealing worker');
+    await sleep(5);
+  }
+}
 
 /** Seal `plain` as checkpoint file `rel`; returns where everything is. */
 async function sealed(plain: Buffer, k = key(), rel = 'criu/pages-1.img', sealId = newSealId()) {
@@ -72,7 +79,7 @@ describe('seal format: round trip', () => {
     const k = key();
     const id = newSealId();
     const f = new SealFollower(
-      [{ dir: src, pattern: /^pages-\d+\.img$/, rel: (x) => `criu/${x}` }],
+      [{ dir: src, pattern: /^pages-\d+\.img$/, prefix: 'criu/' }],
       path.join(dir, 'store'),
       k,
       id,
@@ -88,6 +95,71 @@ describe('seal format: round trip', () => {
     const r = (await f.finish()).get('criu/pages-1.img')!;
     const s = { dir, k, sealId: id, stored: path.join(dir, 'store/criu/pages-1.img'), entry: r.sealed };
     expect((await open(s)).equals(Buffer.concat(parts))).toBe(true);
+  });
+
+  test('the same loop on the calling thread (the shim, which starts no worker threads) writes the same format', async () => {
+    const dir = fresh();
+    const src = path.join(dir, 'in');
+    fs.mkdirSync(src);
+    const plain = randomBytes(3 * CHUNK + 77);
+    fs.writeFileSync(path.join(src, 'rootfs-diff.tar'), plain);
+    const k = key();
+    const id = newSealId();
+    const loop = new SealLoop([{ dir: src, pattern: /^rootfs-diff\.tar$/ }], path.join(dir, 'store'), k, id, {
+      chunkBytes: CHUNK,
+    });
+    const [[rel, r]] = (await loop.finish()) as [
+      [string, { sealed: SealedFile; stored: { size: number; sha256: string } }],
+    ];
+    expect(rel).toBe('rootfs-diff.tar');
+    const stored = path.join(dir, 'store/rootfs-diff.tar');
+    expect(r.stored).toEqual({ size: sealedSize(plain.length, CHUNK), sha256: sha(fs.readFileSync(stored)) });
+    expect((await open({ dir, k, sealId: id, stored, entry: r.sealed })).equals(plain)).toBe(true);
+  });
+
+  test('cancel() on the worker thread closes every file it opened (a terminated thread would leave them open)', async () => {
+    const fds = () => fs.readdirSync('/proc/self/fd').length;
+    const dir = fresh();
+    const src = path.join(dir, 'in');
+    fs.mkdirSync(src);
+    for (const i of [1, 2, 3]) fs.writeFileSync(path.join(src, `pages-${i}.img`), randomBytes(CHUNK * 2 + 1));
+    const before = fds();
+    const f = new SealFollower(
+      [{ dir: src, pattern: /^pages-\d+\.img$/, prefix: 'criu/' }],
+      path.join(dir, 'store'),
+      key(),
+      newSealId(),
+      {
+        chunkBytes: CHUNK,
+      },
+    );
+    // The worker has started and opened them all (it creates each stored file as it opens its source).
+    await until(() => [1, 2, 3].every((i) => fs.existsSync(path.join(dir, `store/criu/pages-${i}.img`))));
+    expect(fds()).toBeGreaterThanOrEqual(before + 6);
+    await f.cancel();
+    await sleep(50);
+    expect(fds()).toBeLessThanOrEqual(before);
+  });
+
+  test('a sealing error on the worker thread fails finish() with its message', async () => {
+    const dir = fresh();
+    const src = path.join(dir, 'in');
+    fs.mkdirSync(src);
+    fs.writeFileSync(path.join(src, 'pages-1.img'), randomBytes(CHUNK * 3));
+    const stored = path.join(dir, 'store/criu/pages-1.img');
+    const f = new SealFollower(
+      [{ dir: src, pattern: /^pages-\d+\.img$/, prefix: 'criu/' }],
+      path.join(dir, 'store'),
+      key(),
+      newSealId(),
+      {
+        chunkBytes: CHUNK,
+      },
+    );
+    // Once it has sealed the first chunk, the writer shrinks the file it wrote.
+    await until(() => fs.existsSync(stored) && fs.statSync(stored).size >= CHUNK + 16);
+    fs.truncateSync(path.join(src, 'pages-1.img'), 10);
+    await expect(f.finish()).rejects.toThrow(/shrank/);
   });
 
   test('two files sealed with one key use different nonces', async () => {
