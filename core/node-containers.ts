@@ -12,7 +12,7 @@ import { errorMessage } from '../contract/errors.js';
 import type { ManagerName } from '../contract/managers.js';
 import { managerOf } from './container-manager.js';
 import { readSpec, rootfsOf } from './oci-spec.js';
-import { findUpperDir } from './rootfs-diff.js';
+import { findUpperDir } from './overlay-mount.js';
 import { Runc } from './runc.js';
 import { findRuncRoots, namespacesOf, type RuncRootsFound } from './runc-roots.js';
 import { readShimState, type RestoreFailure } from './shim-state.js';
