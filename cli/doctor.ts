@@ -1,6 +1,5 @@
 import type { Command } from 'commander';
 import { loadSettings } from '../core/settings.js';
-import { payloadKeyCheck } from '../temporal/payload-check.js';
 import { makeOut } from './output.js';
 
 export function registerDoctor(program: Command): void {
@@ -12,7 +11,11 @@ export function registerDoctor(program: Command): void {
     .option('--write-config', 'record probe results (e.g. ARCH_CRIU_NO_BREAKPOINTS=1) in the settings file')
     .action(async (opts: { json?: boolean; writeConfig?: boolean }, cmd: Command) => {
       opts.json = !!cmd.optsWithGlobals().json;
-      const { runDoctor, writeProbedSettings } = await import('../core/doctor.js');
+      // The payload check reads Temporal's data converter (and @temporalio/common): loaded by doctor only.
+      const [{ runDoctor, writeProbedSettings }, { payloadKeyCheck }] = await Promise.all([
+        import('../core/doctor.js'),
+        import('../temporal/payload-check.js'),
+      ]);
       let settings = loadSettings();
       let checks = await runDoctor(settings, payloadKeyCheck);
       if (opts.writeConfig && (await writeProbedSettings(settings, checks))) {

@@ -18,6 +18,7 @@ import { validateContainerId, validateNamespace } from '../contract/ids.js';
 import { FORMAT_VERSION, SEALED_FORMAT_VERSION, type Manifest } from './manifest.js';
 import { readSpec, rootfsOf, type OciSpec } from './oci-spec.js';
 import { ownerOf } from './owner.js';
+import { isAlive } from './pid.js';
 import { trustOf } from './trust.js';
 import { captureDiff, findUpperDir } from './rootfs-diff.js';
 import { Runc } from './runc.js';
@@ -62,6 +63,12 @@ export interface CheckpointRequest {
   dumpedImages?: string;
   /** The bundle, when runc no longer knows the container (see dumpedImages). */
   bundle?: string;
+  /**
+   * What a listing of the node found a moment ago (finalize's `runc list`):
+   * used instead of asking `runc state` again (a process, on a reclaim
+   * notice) once the lock is held, if its init process still lives.
+   */
+  listed?: { bundle: string; status: string; pid: number };
 }
 
 export interface CheckpointResult {
@@ -92,6 +99,7 @@ export async function inspectArchContainer(
   id: string,
   runcRoot?: string,
   knownBundle?: string,
+  listed?: CheckpointRequest['listed'],
 ): Promise<ContainerOnNode> {
   validateNamespace(namespace);
   validateContainerId(id);
@@ -99,7 +107,9 @@ export async function inspectArchContainer(
   let state: { bundle: string; status: string; pid: number };
   try {
     // runc forgets a container it checkpointed without --leave-running: then the caller knows the bundle.
-    state = knownBundle ? { bundle: knownBundle, status: 'stopped', pid: 0 } : await runc.state(id);
+    if (knownBundle) state = { bundle: knownBundle, status: 'stopped', pid: 0 };
+    else if (listed && listed.pid > 0 && isAlive(listed.pid)) state = listed;
+    else state = await runc.state(id);
   } catch (err) {
     throw new ArchInputError(
       'container',
@@ -148,7 +158,7 @@ export async function checkpointContainer(ctx: NodeContext, req: CheckpointReque
     );
   }
   try {
-    const c = await inspectArchContainer(ctx, req.namespace, req.id, req.runcRoot, req.bundle);
+    const c = await inspectArchContainer(ctx, req.namespace, req.id, req.runcRoot, req.bundle, req.listed);
     if (!req.dumpedImages && c.status !== 'running' && c.status !== 'paused') {
       throw new ArchInputError(
         'container',

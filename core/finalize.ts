@@ -128,6 +128,7 @@ export async function finalizeNode(ctx: NodeContext, opts: FinalizeOptions): Pro
             namespace: p.namespace,
             id: p.id,
             runcRoot: c.runcRoot,
+            listed: { bundle: c.bundle, status: c.status, pid: c.pid },
             leaveRunning: opts.leaveRunning,
             signal,
           });

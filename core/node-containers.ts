@@ -12,8 +12,8 @@ import { errorMessage } from '../contract/errors.js';
 import type { ManagerName } from '../contract/managers.js';
 import { managerOf } from './container-manager.js';
 import { readSpec, rootfsOf } from './oci-spec.js';
-import { findUpperDir } from './rootfs-diff.js';
-import { Runc } from './runc.js';
+import { findUpperDir } from './overlay-mount.js';
+import { Runc, type RuncState } from './runc.js';
 import { findRuncRoots, namespacesOf, type RuncRootsFound } from './runc-roots.js';
 import { readShimState, type RestoreFailure } from './shim-state.js';
 
@@ -80,8 +80,8 @@ export async function findArchContainers(
       }
     : await findRuncRoots(ctx.settings);
   for (const w of roots.warnings) ctx.log.warn({ field: w.field }, `runc roots: ${w.field}: ${w.message}`);
-  const containers: ArchContainer[] = [];
-  for (const base of roots.bases) containers.push(...(await listUnder(ctx, base, opts)));
+  // Every root and namespace at once: each is a `runc list` (a process), and a reclaim notice has no time to queue them.
+  const containers = (await Promise.all(roots.bases.map((base) => listUnder(ctx, base, opts)))).flat();
   return { containers, roots };
 }
 
@@ -92,74 +92,89 @@ export async function listArchContainers(ctx: NodeContext, opts: ListOptions = {
 async function listUnder(ctx: NodeContext, base: string, opts: ListOptions): Promise<ArchContainer[]> {
   // Namespaces are the directories (the worker keeps a marker file here: shim-state.ts).
   const namespaces = opts.namespaces ?? (await namespacesOf(base));
-  const out: ArchContainer[] = [];
-  for (const namespace of namespaces) {
-    const runc = new Runc(ctx.settings, path.join(base, namespace));
-    let states;
+  return (await Promise.all(namespaces.map((namespace) => listNamespace(ctx, base, namespace, opts)))).flat();
+}
+
+async function listNamespace(
+  ctx: NodeContext,
+  base: string,
+  namespace: string,
+  opts: ListOptions,
+): Promise<ArchContainer[]> {
+  const runc = new Runc(ctx.settings, path.join(base, namespace));
+  let states;
+  try {
+    // A namespace asked for that this base does not have: nothing here (runc would say so as an error).
+    if (opts.namespaces && !(await isDir(runc.root))) return [];
+    states = await runc.list();
+  } catch (err) {
+    ctx.log.warn({ namespace, runcRoot: runc.root, err: errorMessage(err) }, 'cannot list runc containers');
+    return [];
+  }
+  const found = await Promise.all(states.map((st) => archContainerOf(ctx, runc, namespace, st, opts)));
+  return found.filter((c): c is ArchContainer => c !== undefined);
+}
+
+/** One container runc listed, if it is ARCH's (undefined otherwise, or when its settings are unreadable). */
+async function archContainerOf(
+  ctx: NodeContext,
+  runc: Runc,
+  namespace: string,
+  st: RuncState,
+  opts: ListOptions,
+): Promise<ArchContainer | undefined> {
+  let spec;
+  let contract;
+  try {
+    spec = await readSpec(st.bundle);
+    contract = parseContract(envListToMap(spec.process?.env), contractOptions(ctx.settings));
+  } catch (err) {
+    ctx.log.warn(
+      { namespace, container: st.id, err: errorMessage(err) },
+      'skipping container with unreadable or invalid ARCH settings',
+    );
+    return undefined;
+  }
+  if (!contract.enabled) return undefined;
+  const c: ArchContainer = {
+    namespace,
+    id: st.id,
+    runcRoot: runc.root,
+    bundle: st.bundle,
+    pid: st.pid,
+    status: st.status,
+    contract,
+    // runc's state has the spec but not containerd's labels: managerOf decides from the rest.
+    manager: managerOf({ namespace, annotations: spec.annotations }, ctx.settings.managedNamespaces),
+    rssBytes: 0,
+    upperDirBytes: 0,
+  };
+  // Sizes only shape the plan: a container whose size cannot be read is still listed
+  // (a drain or finalize that skipped it would leave its job behind on a node that goes away).
+  if (opts.withSizes !== false) {
+    c.rssBytes = st.pid > 0 ? await rssOf(st.pid) : 0;
     try {
-      // A namespace asked for that this base does not have: nothing here (runc would say so as an error).
-      if (opts.namespaces && !(await isDir(runc.root))) continue;
-      states = await runc.list();
+      const upper = await findUpperDir(rootfsOf(st.bundle, spec));
+      c.upperDirBytes = upper ? await layerBytes(upper) : 0;
     } catch (err) {
-      ctx.log.warn({ namespace, runcRoot: runc.root, err: errorMessage(err) }, 'cannot list runc containers');
-      continue;
-    }
-    for (const st of states) {
-      let spec;
-      let contract;
-      try {
-        spec = await readSpec(st.bundle);
-        contract = parseContract(envListToMap(spec.process?.env), contractOptions(ctx.settings));
-      } catch (err) {
-        ctx.log.warn(
-          { namespace, container: st.id, err: errorMessage(err) },
-          'skipping container with unreadable or invalid ARCH settings',
-        );
-        continue;
-      }
-      if (!contract.enabled) continue;
-      const c: ArchContainer = {
-        namespace,
-        id: st.id,
-        runcRoot: runc.root,
-        bundle: st.bundle,
-        pid: st.pid,
-        status: st.status,
-        contract,
-        // runc's state has the spec but not containerd's labels: managerOf decides from the rest.
-        manager: managerOf({ namespace, annotations: spec.annotations }, ctx.settings.managedNamespaces),
-        rssBytes: 0,
-        upperDirBytes: 0,
-      };
-      // Sizes only shape the plan: a container whose size cannot be read is still listed
-      // (a drain or finalize that skipped it would leave its job behind on a node that goes away).
-      if (opts.withSizes !== false) {
-        c.rssBytes = st.pid > 0 ? await rssOf(st.pid) : 0;
-        try {
-          const upper = await findUpperDir(rootfsOf(st.bundle, spec));
-          c.upperDirBytes = upper ? await layerBytes(upper) : 0;
-        } catch (err) {
-          ctx.log.warn(
-            { namespace, container: st.id, err: errorMessage(err) },
-            "cannot size the container's writable layer; listed without it",
-          );
-        }
-      }
-      const store = checkpointStoreOf(contract, namespace, st.id);
-      const dir = await store.current().catch(() => null);
-      const m = dir ? await store.readManifest().catch(() => null) : null;
-      if (m && dir)
-        c.checkpoint = {
-          dir,
-          createdAt: m.createdAt,
-          sizeBytes: m.files.reduce((a, f) => a + f.size, 0),
-          node: m.node,
-        };
-      c.lastRestoreFailure = (await readShimState(runc.root, st.id))?.lastRestoreFailure;
-      out.push(c);
+      ctx.log.warn(
+        { namespace, container: st.id, err: errorMessage(err) },
+        "cannot size the container's writable layer; listed without it",
+      );
     }
   }
-  return out;
+  const store = checkpointStoreOf(contract, namespace, st.id);
+  const dir = await store.current().catch(() => null);
+  const m = dir ? await store.readManifest().catch(() => null) : null;
+  if (m && dir)
+    c.checkpoint = {
+      dir,
+      createdAt: m.createdAt,
+      sizeBytes: m.files.reduce((a, f) => a + f.size, 0),
+      node: m.node,
+    };
+  c.lastRestoreFailure = (await readShimState(runc.root, st.id))?.lastRestoreFailure;
+  return c;
 }
 
 const isDir = (p: string) =>

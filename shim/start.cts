@@ -12,36 +12,69 @@
  * whose cache is missing or refused by V8 (another Node) writes a new one.
  *
  * V8 checks a cache only against the source's length, so the cache file
- * carries the sha256 of the bundle it was made from, and is used only with
- * that bundle; and the sha256 of the cache data itself, so that a damaged
- * file is never handed to V8 (it would be recompiled and written anew).
+ * names the bundle it was made from (its device, inode, size and mtime in
+ * ns: a new build writes a new file), and is used only with that bundle;
+ * and carries the crc32 of the cache data itself, so that a damaged file is
+ * never handed to V8 (it would be recompiled and written anew). Not sha256:
+ * loading node:crypto and hashing 1.7 MB (bundle and cache) cost every
+ * `arch-cli` start more than zlib's crc32 of the cache, and telling the
+ * build's file from another needs no digest of it. A Node without
+ * zlib.crc32 (before 20.15) compiles without a cache.
  */
-import crypto = require('node:crypto');
 import fs = require('node:fs');
 import Module = require('node:module');
 import path = require('node:path');
 import vm = require('node:vm');
+import zlib = require('node:zlib');
 
-const sha256 = (data: string | Buffer): Buffer => crypto.createHash('sha256').update(data).digest();
-/** Cache file: sha256 of the bundle, sha256 of the data, the data. */
-const HEADER_BYTES = 64;
+const crc32 = (zlib as { crc32?: (data: Buffer) => number }).crc32;
+/** Cache file: the bundle's identity (KEY_BYTES, zero-padded), crc32 of the data (4 bytes, BE), the data. */
+const KEY_BYTES = 96;
+const HEADER_BYTES = KEY_BYTES + 4;
+
+/** Which file the source was read from, as the cache header holds it. */
+function identityOf(fd: number): Buffer {
+  const st = fs.fstatSync(fd, { bigint: true });
+  const key = Buffer.alloc(KEY_BYTES);
+  key.write(`${st.dev}:${st.ino}:${st.size}:${st.mtimeNs}`, 'latin1');
+  return key;
+}
+
+function checksum(data: Buffer): Buffer {
+  const b = Buffer.alloc(4);
+  b.writeUInt32BE(crc32!(data));
+  return b;
+}
 
 /** Run a CommonJS bundle as a module of its own, compiled from `<bundle>.v8cache` when that fits it. */
 function runBundle(bundle: string): void {
   const cache = `${bundle}.v8cache`;
-  const source = fs.readFileSync(bundle, 'utf8');
-  const key = sha256(source);
+  const fd = fs.openSync(bundle, 'r');
+  let source: string;
+  let key: Buffer;
+  try {
+    key = identityOf(fd);
+    source = fs.readFileSync(fd, 'utf8');
+  } finally {
+    fs.closeSync(fd);
+  }
   let cachedData: Buffer | undefined;
   try {
-    const file = fs.readFileSync(cache);
-    const data = file.subarray(HEADER_BYTES);
-    if (file.subarray(0, 32).equals(key) && file.subarray(32, HEADER_BYTES).equals(sha256(data))) cachedData = data;
+    const file = crc32 ? fs.readFileSync(cache) : undefined;
+    const data = file?.subarray(HEADER_BYTES);
+    if (
+      file &&
+      data &&
+      file.subarray(0, KEY_BYTES).equals(key) &&
+      file.subarray(KEY_BYTES, HEADER_BYTES).equals(checksum(data))
+    )
+      cachedData = data;
   } catch {
     // no cache yet: compile, and write one at exit
   }
 
   const script = new vm.Script(Module.wrap(source), { filename: bundle, cachedData });
-  if (!cachedData || script.cachedDataRejected) process.once('exit', () => writeCache(script, cache, key));
+  if (crc32 && (!cachedData || script.cachedDataRejected)) process.once('exit', () => writeCache(script, cache, key));
 
   const mod = { exports: {} };
   // The bundle's require resolves from where the bundle is (its external packages: node_modules above it).
@@ -63,7 +96,7 @@ function writeCache(script: vm.Script, cache: string, key: Buffer): void {
   const tmp = `${cache}.${process.pid}.tmp`;
   try {
     const data = script.createCachedData();
-    fs.writeFileSync(tmp, Buffer.concat([key, sha256(data), data]));
+    fs.writeFileSync(tmp, Buffer.concat([key, checksum(data), data]));
     fs.renameSync(tmp, cache);
   } catch {
     fs.rmSync(tmp, { force: true });

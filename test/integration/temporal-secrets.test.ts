@@ -225,7 +225,7 @@ test('a worker with a key refuses plaintext payloads: a workflow started without
 });
 
 test('codec server: the UI origin may decode; other origins are refused', async () => {
-  const { startCodecServer } = await import('../../cli/commands/codec-server.js');
+  const { startCodecServer } = await import('../../temporal/codec-server.js');
   const codec = new AesGcmPayloadCodec(loadPayloadKeys({ ARCH_PAYLOAD_KEY_FILE: keyFile }).keys);
   const server = await startCodecServer({ codec, host: '127.0.0.1', port: 0, origins: ['http://localhost:8233'] });
   try {
