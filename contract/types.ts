@@ -45,7 +45,10 @@ export interface ContainerSummary extends ContainerRef {
   priority: number;
   rssBytes?: number;
   upperDirBytes?: number;
-  checkpoint?: { dir: string; createdAt: string; sizeBytes: number };
+  /** freezeMs: how long its last checkpoint froze the job (absent for a stop, or from older ARCH). */
+  checkpoint?: { dir: string; createdAt: string; sizeBytes: number; freezeMs?: number };
+  /** The periodic checkpoint interval in force for it, when it has one (its own, the node's or `arch-cli protect`). */
+  checkpointIntervalMs?: number;
   /** The checkpoint that failed to restore when the container was created (it started fresh): core/shim-state.ts. */
   lastRestoreFailure?: { reason: string; message: string; at: string; checkpointDir: string };
 }
@@ -62,6 +65,8 @@ export interface CheckpointInfo extends ContainerRef {
   sizeBytes: number;
   timings: Record<string, number>;
   totalMs: number;
+  /** How long the job was frozen (a checkpoint that left it running). */
+  freezeMs?: number;
   /** True when an earlier attempt had already checkpointed (retry after a lost result). */
   reused: boolean;
 }

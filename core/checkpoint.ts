@@ -73,6 +73,8 @@ export interface CheckpointResult {
   sizeBytes: number;
   timings: Record<string, number>;
   totalMs: number;
+  /** How long the job was frozen (left running only): what it felt of this checkpoint. */
+  freezeMs?: number;
 }
 
 export interface ContainerOnNode {
@@ -220,6 +222,17 @@ async function checkpointLocked(
     );
   let guard: FreezeGuard | undefined;
   let frozen = false;
+  let frozenAt = 0;
+  let freezeMs: number | undefined;
+  // Left running: the job goes on as soon as its processes and files are
+  // captured; hashing, sealing, fsync and publishing happen while it runs.
+  const thawNow = async () => {
+    if (!frozen) return;
+    await thaw();
+    freezeMs = Date.now() - frozenAt;
+    frozen = false;
+    guard?.disarm();
+  };
   let published = false;
   let sealer: SealFollower | undefined;
   let scratch: Scratch | undefined;
@@ -265,6 +278,7 @@ async function checkpointLocked(
       timings.prepare = Date.now() - t0; // lock, inspect, staging: before the container is touched
       if (!wasPaused) {
         guard = armGuard(dumpDir);
+        frozenAt = Date.now();
         await freeze();
         frozen = true;
       }
@@ -285,6 +299,10 @@ async function checkpointLocked(
           signal: req.signal,
           env: (await criuAsked).env,
         });
+        if (req.leaveRunning) {
+          await captured;
+          await thawNow();
+        }
       } catch (err) {
         await follower?.cancel();
         await captured.catch(() => undefined);
@@ -327,6 +345,7 @@ async function checkpointLocked(
         leaveRunning: !!req.leaveRunning,
         runtime: { ...versions, networkLock: (await criuAsked).networkLock },
         timingsMs: timings,
+        ...(freezeMs !== undefined ? { freezeMs } : {}),
         rootfs: { files: diff.files, bytes: diff.bytes, deletions: diff.deletions },
         ...(seal ? { seal } : {}),
       },
@@ -353,8 +372,8 @@ async function checkpointLocked(
     if (!req.dumpedImages) {
       if (!req.leaveRunning) {
         await killFrozen();
-      } else if (frozen) {
-        await thaw(); // a container the user had paused stays paused
+      } else {
+        await thawNow(); // done already after the dump; a container the user had paused stays paused
       }
       frozen = false;
       guard?.disarm();
@@ -369,7 +388,7 @@ async function checkpointLocked(
     await scratch?.remove();
     const totalMs = Date.now() - t0;
     log.info(
-      { phase: 'checkpoint', durationMs: totalMs, sizeBytes: pub.sizeBytes, timings, dir: pub.dir },
+      { phase: 'checkpoint', durationMs: totalMs, freezeMs, sizeBytes: pub.sizeBytes, timings, dir: pub.dir },
       'checkpoint published',
     );
     return {
@@ -382,6 +401,7 @@ async function checkpointLocked(
       sizeBytes: pub.sizeBytes,
       timings,
       totalMs,
+      ...(freezeMs !== undefined ? { freezeMs } : {}),
     };
   } catch (err) {
     await sealer?.cancel();
