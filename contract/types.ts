@@ -332,3 +332,62 @@ export interface ListNodeInput {
   namespaces?: string[];
   nodeStartTimeoutMs?: number;
 }
+
+/** Node settings the worker hands its periodic-checkpoint workflow (a signal at each worker start). */
+export interface ProtectNodeSettings {
+  /** ARCH_MAX_CONCURRENT_CHECKPOINTS. */
+  maxConcurrent: number;
+}
+
+/** One container's periodic checkpoints as the node's protect workflow knows them. */
+export interface ProtectedContainer extends ContainerRef {
+  /** The interval in force (absent: not protected). */
+  intervalMs?: number;
+  /** Where it comes from: the container's environment (or the node's default), or `arch-cli protect`. */
+  source: 'container' | 'protect' | 'off';
+  /** When the next one is due (ISO). */
+  nextAt?: string;
+  running: boolean;
+  last?: PeriodicCheckpoint;
+  /** Checkpoints taken / failed by this workflow (across continueAsNew). */
+  taken: number;
+  failed: number;
+}
+
+export interface PeriodicCheckpoint {
+  startedAt: string;
+  ms: number;
+  ok: boolean;
+  freezeMs?: number;
+  sizeBytes?: number;
+  error?: string;
+}
+
+export interface ProtectWatchInput {
+  node: string;
+  settings?: ProtectNodeSettings;
+  /** `arch-cli protect` intervals by "ns/id": ms, or 0 for off. Carried over continueAsNew. */
+  overrides?: Record<string, number>;
+  /** Last checkpoint and counts by "ns/id", carried over continueAsNew. */
+  carried?: Record<string, Pick<ProtectedContainer, 'last' | 'taken' | 'failed'>>;
+  /** How often the node's containers are listed again (default 10 s). */
+  discoverEveryMs?: number;
+  /** Jitter as a fraction of the interval (default 0.1: ±10 %). */
+  jitter?: number;
+  /** Continue-as-new after this many wake-ups (tests lower it). */
+  maxRoundsPerRun?: number;
+}
+
+export interface ProtectRequest extends ContainerRef {
+  /** ms (at least 5 s), 0 for off, null for the container's own interval again. */
+  intervalMs: number | null;
+}
+
+export interface ProtectWatchState {
+  node: string;
+  maxConcurrent: number;
+  running: number;
+  containers: ProtectedContainer[];
+  lastDiscovery?: { at: string; ok: boolean; error?: string };
+  runs: number;
+}
