@@ -369,7 +369,7 @@ export interface ProtectWatchInput {
   /** `arch-cli protect` intervals by "ns/id": ms, or 0 for off. Carried over continueAsNew. */
   overrides?: Record<string, number>;
   /** Last checkpoint and counts by "ns/id", carried over continueAsNew. */
-  carried?: Record<string, Pick<ProtectedContainer, 'last' | 'taken' | 'failed'>>;
+  carried?: Record<string, Pick<ProtectedContainer, 'last' | 'taken' | 'failed' | 'nextAt'>>;
   /** How often the node's containers are listed again (default 10 s). */
   discoverEveryMs?: number;
   /** Jitter as a fraction of the interval (default 0.1: ±10 %). */

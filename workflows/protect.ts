@@ -160,6 +160,11 @@ export async function nodeProtect(input: ProtectWatchInput): Promise<void> {
       };
       entries.set(k, e);
       plan(e, lastStartMs(e, c));
+      // Planned by the previous run: a new run must not push it back (runs can be shorter than an interval).
+      if (was?.nextAt && e.dueMs !== undefined) {
+        e.dueMs = Date.parse(was.nextAt);
+        e.nextAt = was.nextAt;
+      }
     } else if (e.envIntervalMs !== c.checkpointIntervalMs) {
       // Created again with another ARCH_CHECKPOINT_INTERVAL.
       e.envIntervalMs = c.checkpointIntervalMs;
@@ -187,7 +192,7 @@ export async function nodeProtect(input: ProtectWatchInput): Promise<void> {
     lastDiscovery = { at, ok: true };
     const listed = new Set(found.map(refString));
     for (const c of found) {
-      if (c.status === 'running') entryFor(c);
+      if (c.status.toLowerCase() === 'running') entryFor(c);
       else {
         const e = entries.get(refString(c));
         if (e && !e.running) entries.delete(refString(c)); // stopped (paused, exited): nothing to protect now
@@ -265,7 +270,7 @@ export async function nodeProtect(input: ProtectWatchInput): Promise<void> {
         });
       if (req.intervalMs === null) delete overrides[k];
       else overrides[k] = req.intervalMs;
-      if (c.status !== 'running') {
+      if (c.status.toLowerCase() !== 'running') {
         return {
           namespace: ref.namespace,
           id: ref.id,
@@ -321,5 +326,7 @@ export async function nodeProtect(input: ProtectWatchInput): Promise<void> {
   }
   // Checkpoints in flight and updates being handled finish in this run: their results travel in `carried`.
   await condition(() => running === 0 && allHandlersFinished());
+  for (const e of entries.values())
+    carried[refString(e)] = { ...(e.last ? { last: e.last } : {}), taken: e.taken, failed: e.failed, nextAt: e.nextAt };
   await continueAsNew<typeof nodeProtect>({ ...input, settings, overrides, carried });
 }
