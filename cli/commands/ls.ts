@@ -100,6 +100,8 @@ export function registerLs(program: Command, ctx: CliContext): void {
       } catch (err) {
         throw failureToCliError(err, `ls ${node}`);
       }
+      const { protectState, withProtectState } = await import('./protect.js');
+      list = withProtectState(list, await protectState(client, node));
       ctx.out().result({ node, containers: list }, () => formatLs(node, list));
     });
 }
