@@ -54,7 +54,7 @@ export const protectStateQuery = defineQuery<ProtectWatchState>('protectState');
 const DEFAULTS = { discoverEveryMs: 10_000, jitter: 0.1, maxRoundsPerRun: 2000, maxConcurrent: 1 } as const;
 /** Jitter never moves a checkpoint by more than this, whatever the interval. */
 const MAX_JITTER_MS = 60_000;
-/** The least a job runs unfrozen between two checkpoints, even after one that overran. */
+/** Jitter never brings two checkpoints of a container closer than the least interval. */
 const MIN_GAP_MS = MIN_CHECKPOINT_INTERVAL_MS;
 
 interface Entry extends ProtectedContainer {
@@ -241,10 +241,11 @@ export async function nodeProtect(input: ProtectWatchInput): Promise<void> {
     const endMs = Date.now();
     plan(e, startMs);
     if (e.dueMs !== undefined && e.intervalMs) {
-      // Overran its interval: a full one after it ended; else at least the minimum gap unfrozen.
-      if (startMs + e.intervalMs < endMs) e.dueMs = endMs + jittered(e.intervalMs);
-      else e.dueMs = Math.max(e.dueMs, endMs + MIN_GAP_MS);
-      e.nextAt = new Date(e.dueMs).toISOString();
+      // Overran its interval: a full one after it ended, so the job is not frozen back to back.
+      if (e.dueMs < endMs) {
+        e.dueMs = endMs + jittered(e.intervalMs);
+        e.nextAt = new Date(e.dueMs).toISOString();
+      }
     }
     wake = true;
     details();

@@ -74,6 +74,11 @@ test('ARCH_CHECKPOINT_INTERVAL=5s: checkpointed at that pace while it keeps coun
     (l) => l.msg === 'checkpoint published' && l.container === id,
   );
   expect(published.length).toBeGreaterThanOrEqual(3);
+  const publishedAt = published.map((l) => Date.parse(String(l.time)));
+  const gaps = publishedAt.slice(1).map((t, i) => t - publishedAt[i]!);
+  const medianGap = [...gaps].sort((a, b) => a - b)[Math.floor(gaps.length / 2)]!;
+  expect(medianGap).toBeGreaterThanOrEqual(4500);
+  expect(medianGap).toBeLessThanOrEqual(10_000); // the interval, not interval + checkpoint time + a gap
   expect(published.every((l) => typeof l.freezeMs === 'number')).toBe(true);
 
   const ls = await runCli(cluster, ['--json', 'ls', '--node', N]);
