@@ -1,8 +1,8 @@
 import { ArchInputError } from '../contract/errors.js';
+import { MIN_CHECKPOINT_INTERVAL_MS } from '../contract/intervals.js';
 import { durationMs } from './duration.js';
 
-/** Shorter than this, a job would spend a noticeable share of its time frozen. */
-export const MIN_CHECKPOINT_INTERVAL_MS = 5_000;
+export { MIN_CHECKPOINT_INTERVAL_MS };
 
 /**
  * A periodic checkpoint interval (the container's variable, the node's

@@ -34,7 +34,7 @@ import {
   setHandler,
   workflowInfo,
 } from '@temporalio/workflow';
-import { MIN_CHECKPOINT_INTERVAL_MS } from '../core/checkpoint-interval.js';
+import { MIN_CHECKPOINT_INTERVAL_MS } from '../contract/intervals.js';
 import { FailureType } from '../contract/failures.js';
 import type {
   ContainerSummary,
