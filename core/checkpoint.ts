@@ -288,9 +288,12 @@ async function checkpointLocked(
       captured.catch(() => undefined); // awaited below
       await fsp.mkdir(dumpDir);
       // Hash (and start writing back) the page images while CRIU writes them (sealed: the sealer does both).
-      const follower = scratch
-        ? undefined
-        : await DigestFollower.start(criuDir, PAGE_IMAGE_NAME, { writeback: ctx.settings.fsync });
+      // Not when the job is left running: its stall is what counts, and hashing and
+      // fdatasyncs beside CRIU slow the dump (bench/periodic.ts); publishing does both after the thaw.
+      const follower =
+        scratch || req.leaveRunning
+          ? undefined
+          : await DigestFollower.start(criuDir, PAGE_IMAGE_NAME, { writeback: ctx.settings.fsync });
       try {
         await c.runc.checkpoint(req.id, {
           imagePath: dumpDir,
