@@ -49,7 +49,7 @@ export function checkpointActivities(d: NodeDeps) {
     mode: 'local' | 'shared',
     ref: ContainerRef,
     manifest: Manifest,
-    extra: Pick<CheckpointInfo, 'timings' | 'totalMs' | 'reused'>,
+    extra: Pick<CheckpointInfo, 'timings' | 'totalMs' | 'reused' | 'freezeMs'>,
   ): Promise<CheckpointInfo> {
     return manifestDigest(dir).then((manifestSha256) => ({
       ...ref,
@@ -102,6 +102,7 @@ export function checkpointActivities(d: NodeDeps) {
             timings: r.timings,
             totalMs: r.totalMs,
             reused: false,
+            ...(r.freezeMs !== undefined ? { freezeMs: r.freezeMs } : {}),
           });
         } else {
           // Not running: an earlier attempt may have done the work already.

@@ -74,8 +74,8 @@ export function containerActivities(d: NodeDeps) {
   }
 
   /** Containers runc knows on this node, with the sizes the drain planner needs (core/node-containers). */
-  async function list(namespaces?: string[]): Promise<ContainerSummary[]> {
-    const found = await listArchContainers(d.ctx, { namespaces: namespaces ?? d.namespaces });
+  async function list(namespaces?: string[], withSizes = true): Promise<ContainerSummary[]> {
+    const found = await listArchContainers(d.ctx, { namespaces: namespaces ?? d.namespaces, withSizes });
     return found.map(containerSummary);
   }
 
@@ -85,8 +85,9 @@ export function containerActivities(d: NodeDeps) {
       return { node: d.node, pid: process.pid, transferUrl: d.transfer.url };
     },
 
-    async listContainers(input: { namespaces?: string[] } = {}): Promise<ContainerSummary[]> {
-      return mapped(() => list(input.namespaces));
+    /** withSizes false: no memory or layer sizes (the periodic-checkpoint workflow lists every few seconds). */
+    async listContainers(input: { namespaces?: string[]; withSizes?: boolean } = {}): Promise<ContainerSummary[]> {
+      return mapped(() => list(input.namespaces, input.withSizes ?? true));
     },
 
     /** The containers a selector picks, in drain order (priority first). */

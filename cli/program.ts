@@ -13,6 +13,7 @@ import { registerDrain } from './commands/drain.js';
 import { registerLs } from './commands/ls.js';
 import { registerMigrate } from './commands/migrate.js';
 import { registerPauseResume } from './commands/pause.js';
+import { registerProtect } from './commands/protect.js';
 import { registerReclaim } from './commands/reclaim.js';
 import { registerSchedule } from './commands/schedule.js';
 import { registerStatus } from './commands/status.js';
@@ -37,6 +38,7 @@ export async function buildProgram(settings: Settings): Promise<{ program: Comma
   registerReclaim(program, ctx);
   registerPauseResume(program, ctx);
   registerSchedule(program, ctx);
+  registerProtect(program, ctx);
   registerLs(program, ctx);
   registerStatus(program, ctx);
   registerDev(program, ctx);

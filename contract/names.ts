@@ -29,6 +29,8 @@ export const workflowIds = {
   pause: (node: string, suffix: string): string => `arch-pause-${node}-${suffix}`,
   resume: (node: string, suffix: string): string => `arch-resume-${node}-${suffix}`,
   schedule: (name: string): string => `arch-schedule-${name}`,
+  /** One periodic-checkpoint workflow per node (workflows/protect.ts). */
+  protect: (node: string): string => `arch-protect-${node}`,
 };
 
 /** Visibility query matching every ARCH workflow (they all carry ArchOperation). */

@@ -30,7 +30,7 @@ export function devServerSearchAttributeArgs(): string[] {
   return SEARCH_ATTRIBUTE_DEFS.flatMap((d) => ['--search-attribute', `${d.name}=${d.cliType}`]);
 }
 
-export type Operation = 'migrate' | 'drain' | 'reclaim-watch' | 'pause' | 'resume';
+export type Operation = 'migrate' | 'drain' | 'reclaim-watch' | 'pause' | 'resume' | 'protect';
 
 export interface ArchAttributes {
   /** "ns/id" */

@@ -45,7 +45,10 @@ export interface ContainerSummary extends ContainerRef {
   priority: number;
   rssBytes?: number;
   upperDirBytes?: number;
-  checkpoint?: { dir: string; createdAt: string; sizeBytes: number };
+  /** freezeMs: how long its last checkpoint froze the job (absent for a stop, or from older ARCH). */
+  checkpoint?: { dir: string; createdAt: string; sizeBytes: number; freezeMs?: number };
+  /** The periodic checkpoint interval in force for it, when it has one (its own, the node's or `arch-cli protect`). */
+  checkpointIntervalMs?: number;
   /** The checkpoint that failed to restore when the container was created (it started fresh): core/shim-state.ts. */
   lastRestoreFailure?: { reason: string; message: string; at: string; checkpointDir: string };
 }
@@ -62,6 +65,8 @@ export interface CheckpointInfo extends ContainerRef {
   sizeBytes: number;
   timings: Record<string, number>;
   totalMs: number;
+  /** How long the job was frozen (a checkpoint that left it running). */
+  freezeMs?: number;
   /** True when an earlier attempt had already checkpointed (retry after a lost result). */
   reused: boolean;
 }
@@ -326,4 +331,63 @@ export interface ListNodeInput {
   node: string;
   namespaces?: string[];
   nodeStartTimeoutMs?: number;
+}
+
+/** Node settings the worker hands its periodic-checkpoint workflow (a signal at each worker start). */
+export interface ProtectNodeSettings {
+  /** ARCH_MAX_CONCURRENT_CHECKPOINTS. */
+  maxConcurrent: number;
+}
+
+/** One container's periodic checkpoints as the node's protect workflow knows them. */
+export interface ProtectedContainer extends ContainerRef {
+  /** The interval in force (absent: not protected). */
+  intervalMs?: number;
+  /** Where it comes from: the container's environment (or the node's default), or `arch-cli protect`. */
+  source: 'container' | 'protect' | 'off';
+  /** When the next one is due (ISO). */
+  nextAt?: string;
+  running: boolean;
+  last?: PeriodicCheckpoint;
+  /** Checkpoints taken / failed by this workflow (across continueAsNew). */
+  taken: number;
+  failed: number;
+}
+
+export interface PeriodicCheckpoint {
+  startedAt: string;
+  ms: number;
+  ok: boolean;
+  freezeMs?: number;
+  sizeBytes?: number;
+  error?: string;
+}
+
+export interface ProtectWatchInput {
+  node: string;
+  settings?: ProtectNodeSettings;
+  /** `arch-cli protect` intervals by "ns/id": ms, or 0 for off. Carried over continueAsNew. */
+  overrides?: Record<string, number>;
+  /** Last checkpoint and counts by "ns/id", carried over continueAsNew. */
+  carried?: Record<string, Pick<ProtectedContainer, 'last' | 'taken' | 'failed' | 'nextAt'>>;
+  /** How often the node's containers are listed again (default 10 s). */
+  discoverEveryMs?: number;
+  /** Jitter as a fraction of the interval (default 0.1: ±10 %). */
+  jitter?: number;
+  /** Continue-as-new after this many wake-ups (tests lower it). */
+  maxRoundsPerRun?: number;
+}
+
+export interface ProtectRequest extends ContainerRef {
+  /** ms (at least 5 s), 0 for off, null for the container's own interval again. */
+  intervalMs: number | null;
+}
+
+export interface ProtectWatchState {
+  node: string;
+  maxConcurrent: number;
+  running: number;
+  containers: ProtectedContainer[];
+  lastDiscovery?: { at: string; ok: boolean; error?: string };
+  runs: number;
 }

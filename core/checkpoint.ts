@@ -81,6 +81,8 @@ export interface CheckpointResult {
   sizeBytes: number;
   timings: Record<string, number>;
   totalMs: number;
+  /** How long the job was frozen (left running only): what it felt of this checkpoint. */
+  freezeMs?: number;
 }
 
 export interface ContainerOnNode {
@@ -234,6 +236,17 @@ async function checkpointLocked(
     );
   let guard: FreezeGuard | undefined;
   let frozen = false;
+  let frozenAt = 0;
+  let freezeMs: number | undefined;
+  // Left running: the job goes on as soon as its processes and files are
+  // captured; hashing, sealing, fsync and publishing happen while it runs.
+  const thawNow = async () => {
+    if (!frozen) return;
+    await thaw();
+    freezeMs = Date.now() - frozenAt;
+    frozen = false;
+    guard?.disarm();
+  };
   let published = false;
   let sealer: SealFollower | undefined;
   let scratch: Scratch | undefined;
@@ -279,6 +292,7 @@ async function checkpointLocked(
       timings.prepare = Date.now() - t0; // lock, inspect, staging: before the container is touched
       if (!wasPaused) {
         guard = armGuard(dumpDir);
+        frozenAt = Date.now();
         await freeze();
         frozen = true;
       }
@@ -288,8 +302,11 @@ async function checkpointLocked(
       captured.catch(() => undefined); // awaited below
       await fsp.mkdir(dumpDir);
       // Hash (and start writing back) the page images while CRIU writes them (sealed: the sealer does both).
+      // Not when the job is left running: its stall is what counts, and hashing and
+      // fdatasyncs beside CRIU slow the dump (bench/periodic.ts); publishing does both after the thaw.
+      // Nor when chunked: the chunks are hashed as they are stored.
       const follower =
-        scratch || chunking // chunked: the chunks are hashed as they are stored
+        scratch || chunking || req.leaveRunning
           ? undefined
           : await DigestFollower.start(criuDir, PAGE_IMAGE_NAME, { writeback: ctx.settings.fsync });
       try {
@@ -300,6 +317,10 @@ async function checkpointLocked(
           signal: req.signal,
           env: (await criuAsked).env,
         });
+        if (req.leaveRunning) {
+          await captured;
+          await thawNow();
+        }
       } catch (err) {
         await follower?.cancel();
         await captured.catch(() => undefined);
@@ -344,6 +365,7 @@ async function checkpointLocked(
         leaveRunning: !!req.leaveRunning,
         runtime: { ...versions, networkLock: (await criuAsked).networkLock },
         timingsMs: timings,
+        ...(freezeMs !== undefined ? { freezeMs } : {}),
         rootfs: { files: diff.files, bytes: diff.bytes, deletions: diff.deletions },
         ...(seal ? { seal } : {}),
       },
@@ -379,8 +401,8 @@ async function checkpointLocked(
     if (!req.dumpedImages) {
       if (!req.leaveRunning) {
         await killFrozen();
-      } else if (frozen) {
-        await thaw(); // a container the user had paused stays paused
+      } else {
+        await thawNow(); // done already after the dump; a container the user had paused stays paused
       }
       frozen = false;
       guard?.disarm();
@@ -395,7 +417,7 @@ async function checkpointLocked(
     await scratch?.remove();
     const totalMs = Date.now() - t0;
     log.info(
-      { phase: 'checkpoint', durationMs: totalMs, sizeBytes: pub.sizeBytes, timings, dir: pub.dir },
+      { phase: 'checkpoint', durationMs: totalMs, freezeMs, sizeBytes: pub.sizeBytes, timings, dir: pub.dir },
       'checkpoint published',
     );
     return {
@@ -408,6 +430,7 @@ async function checkpointLocked(
       sizeBytes: pub.sizeBytes,
       timings,
       totalMs,
+      ...(freezeMs !== undefined ? { freezeMs } : {}),
     };
   } catch (err) {
     await sealer?.cancel();

@@ -3,6 +3,7 @@ import { ArchInputError } from '../contract/errors.js';
 import { validateContainerId } from '../contract/ids.js';
 import { requireAllowedRoot } from './host-dirs.js';
 import { containerDir, requireAbsolutePath } from './paths.js';
+import { parseCheckpointIntervalMs } from './checkpoint-interval.js';
 import { CheckpointStore } from './store.js';
 
 /**
@@ -22,7 +23,16 @@ interface ContractCommon {
   priority: number;
   /** ARCH_CHECKPOINT_ID: the checkpoint's name when it is not the container id. */
   checkpointId?: string;
+  /** ARCH_CHECKPOINT_INTERVAL: checkpoint it (left running) this often; 'off' refuses the node's default. */
+  checkpointInterval?: CheckpointInterval;
 }
+
+/**
+ * A container's periodic checkpoint interval as it set it. A bad value is
+ * kept as the error rather than thrown: the container still runs with ARCH
+ * (its checkpoints on demand work), only without periodic ones.
+ */
+export type CheckpointInterval = { ms: number } | 'off' | { invalid: ArchInputError };
 
 export type ArchContract =
   | { enabled: false }
@@ -50,6 +60,7 @@ export const ENV = {
   workdirContainerPath: 'ARCH_WORKDIR_CONTAINER_PATH',
   priority: 'ARCH_PRIORITY',
   checkpointId: 'ARCH_CHECKPOINT_ID',
+  checkpointInterval: 'ARCH_CHECKPOINT_INTERVAL',
 } as const;
 
 /** OCI process.env (["K=V", ...]) to a map; the last value of a key wins, as in execve. */
@@ -88,7 +99,13 @@ export function parseContract(env: Map<string, string>, opts: ContractOptions): 
   }
   const priority = parsePriority(env.get(ENV.priority));
   const checkpointId = parseCheckpointId(env.get(ENV.checkpointId));
-  const common = { enabled: true as const, priority, ...(checkpointId ? { checkpointId } : {}) };
+  const checkpointInterval = readCheckpointInterval(env.get(ENV.checkpointInterval));
+  const common = {
+    enabled: true as const,
+    priority,
+    ...(checkpointId ? { checkpointId } : {}),
+    ...(checkpointInterval ? { checkpointInterval } : {}),
+  };
   const allowed = (p: string, field: string) => ({
     ...common,
     allowedRoot: requireAllowedRoot(p, opts.allowedRoots, field),
@@ -151,6 +168,29 @@ function parsePriority(v: string | undefined): number {
     );
   }
   return Number(v);
+}
+
+/** ARCH_CHECKPOINT_INTERVAL: undefined when unset (the node's default applies). */
+function readCheckpointInterval(v: string | undefined): CheckpointInterval | undefined {
+  if (v === undefined || v === '') return undefined;
+  if (v === 'off') return 'off';
+  try {
+    return { ms: parseCheckpointIntervalMs(v, ENV.checkpointInterval) };
+  } catch (err) {
+    if (err instanceof ArchInputError) return { invalid: err };
+    throw err;
+  }
+}
+
+/**
+ * The interval a container is checkpointed at: its own, else the node's
+ * default; none when it said 'off' or gave a bad value (logged at its create).
+ */
+export function effectiveIntervalMs(contract: EnabledContract, nodeDefaultMs: number | undefined): number | undefined {
+  const i = contract.checkpointInterval;
+  if (i === undefined) return nodeDefaultMs;
+  if (i === 'off' || 'invalid' in i) return undefined;
+  return i.ms;
 }
 
 /** A name for the checkpoint: it becomes a path part, so the container id's rules apply. */

@@ -82,6 +82,8 @@ export const ManifestSchema = z.object({
   /** networkLock: how CRIU locked the container's network during the dump (absent before ARCH recorded it). */
   runtime: z.object({ runc: z.string(), criu: z.string(), networkLock: z.string().optional() }),
   timingsMs: z.record(z.number()),
+  /** How long the job was frozen by a checkpoint that left it running (absent before ARCH measured it, and for a stop). */
+  freezeMs: z.number().nonnegative().optional(),
   rootfs: z.object({ files: z.number().int(), bytes: z.number().int(), deletions: z.number().int() }),
   files: z.array(FileEntry),
   /** Present exactly in SEALED_FORMAT_VERSION manifests: the random id every chunk is bound to, and each sealed file. */

@@ -4,6 +4,7 @@ import type { NodeContext } from './context.js';
 import {
   checkpointStoreOf,
   contractOptions,
+  effectiveIntervalMs,
   envListToMap,
   parseContract,
   type EnabledContract,
@@ -36,9 +37,11 @@ export interface ArchContainer {
   manager: ManagerName;
   rssBytes: number;
   upperDirBytes: number;
-  checkpoint?: { dir: string; createdAt: string; sizeBytes: number; node: string };
+  checkpoint?: { dir: string; createdAt: string; sizeBytes: number; node: string; freezeMs?: number };
   /** The checkpoint that failed to restore when this container was created (it started fresh). */
   lastRestoreFailure?: RestoreFailure;
+  /** Its periodic checkpoint interval from its environment or the node's default (core/env-contract.ts). */
+  checkpointIntervalMs?: number;
 }
 
 /** What `arch-cli ls` and the list activity report of a container (contract/types.ts ContainerSummary). */
@@ -54,9 +57,15 @@ export function containerSummary(c: ArchContainer) {
     rssBytes: c.rssBytes,
     upperDirBytes: c.upperDirBytes,
     checkpoint: c.checkpoint
-      ? { dir: c.checkpoint.dir, createdAt: c.checkpoint.createdAt, sizeBytes: c.checkpoint.sizeBytes }
+      ? {
+          dir: c.checkpoint.dir,
+          createdAt: c.checkpoint.createdAt,
+          sizeBytes: c.checkpoint.sizeBytes,
+          ...(c.checkpoint.freezeMs !== undefined ? { freezeMs: c.checkpoint.freezeMs } : {}),
+        }
       : undefined,
     lastRestoreFailure: c.lastRestoreFailure,
+    ...(c.checkpointIntervalMs ? { checkpointIntervalMs: c.checkpointIntervalMs } : {}),
   };
 }
 
@@ -148,6 +157,7 @@ async function archContainerOf(
     manager: managerOf({ namespace, annotations: spec.annotations }, ctx.settings.managedNamespaces),
     rssBytes: 0,
     upperDirBytes: 0,
+    checkpointIntervalMs: effectiveIntervalMs(contract, ctx.settings.defaultCheckpointIntervalMs),
   };
   // Sizes only shape the plan: a container whose size cannot be read is still listed
   // (a drain or finalize that skipped it would leave its job behind on a node that goes away).
@@ -172,6 +182,7 @@ async function archContainerOf(
       createdAt: m.createdAt,
       sizeBytes: m.files.reduce((a, f) => a + f.size, 0),
       node: m.node,
+      ...(m.freezeMs !== undefined ? { freezeMs: m.freezeMs } : {}),
     };
   c.lastRestoreFailure = (await readShimState(runc.root, st.id))?.lastRestoreFailure;
   return c;

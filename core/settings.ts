@@ -1,6 +1,7 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import { ArchInputError } from '../contract/errors.js';
+import { parseCheckpointIntervalMs } from './checkpoint-interval.js';
 import { parseManagedNamespaces } from './container-manager.js';
 import { requireAbsolutePath } from './paths.js';
 
@@ -60,6 +61,10 @@ export interface Settings {
   temporalAddress: string;
   temporalNamespace: string;
   configFile: string;
+  /** ARCH_DEFAULT_CHECKPOINT_INTERVAL: periodic checkpoints of ARCH containers that set no ARCH_CHECKPOINT_INTERVAL (none when unset). */
+  defaultCheckpointIntervalMs?: number;
+  /** ARCH_MAX_CONCURRENT_CHECKPOINTS: periodic checkpoints this node takes at once (its disk is the limit). */
+  maxConcurrentCheckpoints?: number;
 }
 
 export const DEFAULT_CONFIG_FILE = '/etc/arch/arch.env';
@@ -165,6 +170,8 @@ export function loadSettings(env: NodeJS.ProcessEnv = process.env): Settings {
     temporalAddress: get('TEMPORAL_ADDRESS') || 'localhost:7233',
     temporalNamespace: get('TEMPORAL_NAMESPACE') || 'default',
     configFile,
+    defaultCheckpointIntervalMs: optionalInterval(get('ARCH_DEFAULT_CHECKPOINT_INTERVAL')),
+    maxConcurrentCheckpoints: parseCount(get('ARCH_MAX_CONCURRENT_CHECKPOINTS'), 'ARCH_MAX_CONCURRENT_CHECKPOINTS', 1),
   };
 }
 
@@ -186,6 +193,17 @@ export function parseKeep(v: string | undefined): number {
     `is "${v}"`,
     'set how many checkpoints of a container to keep: a whole number from 1 (default 2)',
   );
+}
+
+function optionalInterval(v: string | undefined): number | undefined {
+  return v ? parseCheckpointIntervalMs(v, 'ARCH_DEFAULT_CHECKPOINT_INTERVAL') : undefined;
+}
+
+function parseCount(v: string | undefined, field: string, dflt: number): number {
+  if (v === undefined || v === '') return dflt;
+  if (!/^[1-9]\d{0,3}$/.test(v))
+    throw new ArchInputError(field, `"${v}" is not a positive integer`, `set ${field} to e.g. 1 or 4`);
+  return Number(v);
 }
 
 /** Default of ARCH_ALLOWED_ROOTS. */

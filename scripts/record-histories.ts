@@ -27,6 +27,8 @@ import type {
   ListNodeInput,
   MigrateInput,
   PauseInput,
+  ProtectWatchInput,
+  ProtectWatchState,
   ReclaimWatchInput,
   ReclaimWatchState,
 } from '../contract/types.js';
@@ -67,8 +69,57 @@ async function settle(h: WorkflowHandle, expectOk: boolean): Promise<void> {
     );
 }
 
+/**
+ * A's periodic-checkpoint workflow (its worker started one: replaced by one
+ * that continues as new after a few wake-ups): a container checkpointed at
+ * its ARCH_CHECKPOINT_INTERVAL, a `protect` update, and the continue-as-new.
+ */
+async function recordProtect(cluster: TestCluster): Promise<void> {
+  const client = cluster.temporal.client;
+  const id = workflowIds.protect(A);
+  await client.workflow
+    .getHandle(id)
+    .terminate('replaced for recording')
+    .catch(() => undefined);
+  await cluster.runCounter(A, 'paced', ['ARCH_CHECKPOINT_INTERVAL=5s']);
+  await cluster.waitCount(A, 'paced', 3);
+  const h = await start(cluster, 'nodeProtect', id, {
+    node: A,
+    settings: { maxConcurrent: 1 },
+    discoverEveryMs: 2000,
+    maxRoundsPerRun: 12,
+  } satisfies ProtectWatchInput);
+  try {
+    const firstRun = client.workflow.getHandle(id, h.firstExecutionRunId);
+    await waitUntil(
+      'a periodic checkpoint',
+      async () =>
+        ((await firstRun.query<ProtectWatchState>('protectState')).containers.find((c) => c.id === 'paced')?.taken ??
+          0) >= 1,
+      120_000,
+      500,
+    );
+    await firstRun.executeUpdate('protect', { args: [{ namespace: 'default', id: 'paced', intervalMs: 6000 }] });
+    await waitUntil(
+      'the protect workflow to continue as new',
+      async () => (await firstRun.describe()).status.name === 'CONTINUED_AS_NEW',
+      240_000,
+      500,
+    );
+    await save('nodeProtect', 'periodic', firstRun);
+  } finally {
+    await client.workflow
+      .getHandle(id)
+      .terminate('histories recorded')
+      .catch(() => undefined);
+    await cluster.nodes[A]!.containerd.removeContainer('paced').catch(() => undefined);
+  }
+}
+
 async function record(cluster: TestCluster): Promise<void> {
   const client = cluster.temporal.client;
+  if (wanted.size === 0 || wanted.has('nodeProtect-periodic')) await recordProtect(cluster);
+  if (wanted.size && [...wanted].every((n) => n.startsWith('nodeProtect-'))) return;
 
   await cluster.runCounter(A, 'mig');
   await cluster.waitCount(A, 'mig', 3);

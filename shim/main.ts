@@ -183,6 +183,14 @@ async function handleCreate(
       }
     }
     contract = c;
+    const interval = c.checkpointInterval;
+    if (interval && typeof interval === 'object' && 'invalid' in interval) {
+      // Only the periodic checkpoints are lost: everything else about ARCH still holds for this container.
+      log.error(
+        { err: interval.invalid.message, field: interval.invalid.field, fix: interval.invalid.fix },
+        `invalid ${interval.invalid.field}; the container starts with ARCH but without periodic checkpoints`,
+      );
+    }
   } catch (err) {
     // Bad ARCH_* settings: the container still starts, as if ARCH were off.
     log.error(

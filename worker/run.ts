@@ -20,6 +20,7 @@ import { loadTransferTls, TransferServer } from '../core/transfer.js';
 import { sdkLogger } from './logger.js';
 import { startExitRecorder } from './exits.js';
 import { startNoticeWatcher } from './notices.js';
+import { startProtect } from './protect.js';
 import { nodeThroughputFile } from '../core/drain-plan.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
@@ -152,6 +153,7 @@ export async function startNodeWorker(o: NodeWorkerOptions): Promise<RunningWork
       payloads,
       throughputFile: nodeThroughputFile(o.stateDir, o.node),
     });
+    const protect = startProtect({ node: o.node, ctx: { settings, log }, target, payloads });
     const exits = await startExitRecorder({
       containerd: new Containerd({ address: o.containerdAddress, ctr: o.ctr }),
       settings,
@@ -161,6 +163,7 @@ export async function startNodeWorker(o: NodeWorkerOptions): Promise<RunningWork
       try {
         await Promise.all(runs);
       } finally {
+        protect.stop();
         await exits.stop().catch(() => undefined);
         await notices?.stop().catch(() => undefined);
         await transfer.stop().catch(() => undefined);

@@ -29,7 +29,7 @@ export const DEFAULTS = {
   restoreTimeoutMs: 5 * 60_000,
 } as const;
 
-export type Kind = 'quick' | 'checkpoint' | 'transfer' | 'restore' | 'cleanup';
+export type Kind = 'quick' | 'checkpoint' | 'periodic' | 'transfer' | 'restore' | 'cleanup';
 
 /**
  * Activities of one node. scheduleToStart makes a node without a live worker
@@ -63,6 +63,14 @@ export function onNode(node: string, kind: Kind, t: ActivityTimeouts = {}): Arch
         heartbeatTimeout: '30s',
         retry: retry(3),
         cancellationType: ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+      };
+      break;
+    case 'periodic':
+      // One attempt: the next period is the retry, and a late copy is worth less than the next fresh one.
+      o = {
+        startToCloseTimeout: t.checkpointTimeoutMs ?? DEFAULTS.checkpointTimeoutMs,
+        heartbeatTimeout: '30s',
+        retry: retry(1),
       };
       break;
     case 'transfer':

@@ -4,9 +4,10 @@ import { validateNamespace } from '../../contract/ids.js';
 import { WORKFLOW_TASK_QUEUE } from '../../contract/names.js';
 import type { ContainerSummary, ListNodeInput } from '../../contract/types.js';
 import { nodeArg, suffix, type CliContext } from '../context.js';
-import { bytes, table } from '../output.js';
+import { bytes, ms, table } from '../output.js';
+import { formatDurationMs } from '../../core/duration.js';
 
-export function formatLs(node: string, list: ContainerSummary[]): string {
+export function formatLs(node: string, list: ContainerSummary[], now = Date.now()): string {
   if (list.length === 0) return `no ARCH containers on ${node}`;
   const rows = list.map((c) => [
     `${c.namespace}/${c.id}`,
@@ -16,10 +17,26 @@ export function formatLs(node: string, list: ContainerSummary[]): string {
     c.manager ?? '-',
     String(c.priority),
     bytes(c.rssBytes),
-    c.checkpoint ? `${c.checkpoint.createdAt} (${bytes(c.checkpoint.sizeBytes)})` : '-',
+    c.checkpoint ? `${formatDurationMs(Math.max(0, now - Date.parse(c.checkpoint.createdAt)))} ago` : '-',
+    c.checkpoint ? bytes(c.checkpoint.sizeBytes) : '-',
+    ms(c.checkpoint?.freezeMs),
+    c.checkpointIntervalMs ? formatDurationMs(c.checkpointIntervalMs) : '-',
     c.lastRestoreFailure ? `FAILED (${c.lastRestoreFailure.reason})` : '-',
   ]);
-  const out = table(rows, ['CONTAINER', 'STATUS', 'PID', 'MODE', 'MANAGER', 'PRIO', 'RSS', 'CHECKPOINT', 'RESTORE']);
+  const out = table(rows, [
+    'CONTAINER',
+    'STATUS',
+    'PID',
+    'MODE',
+    'MANAGER',
+    'PRIO',
+    'RSS',
+    'CHECKPOINT',
+    'SIZE',
+    'FROZEN',
+    'EVERY',
+    'RESTORE',
+  ]);
   // A failed restore means lost progress: its cause in full, below the table.
   const failures = list
     .filter((c) => c.lastRestoreFailure)
@@ -83,6 +100,8 @@ export function registerLs(program: Command, ctx: CliContext): void {
       } catch (err) {
         throw failureToCliError(err, `ls ${node}`);
       }
+      const { protectState, withProtectState } = await import('./protect.js');
+      list = withProtectState(list, await protectState(client, node));
       ctx.out().result({ node, containers: list }, () => formatLs(node, list));
     });
 }

@@ -1,7 +1,10 @@
 import { execa } from 'execa';
 import fs from 'node:fs';
 import path from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { CgroupFreezer } from '../../core/cgroup-freezer.js';
 import { checkpointContainer } from '../../core/checkpoint.js';
+import { Runc } from '../../core/runc.js';
 import { CheckpointStore } from '../../core/store.js';
 import { cleanupStaleNodes, stopAllNodes } from '../support/containerd-node.js';
 import { startArchNode, type ArchTestNode } from '../support/arch-node.js';
@@ -123,4 +126,43 @@ test('two checkpoints of one container at once: one publishes, the other is refu
     id,
   });
   await node.containerd.removeContainer(id);
+});
+
+test('a checkpoint that leaves the job running thaws it before publishing, and records how long it was frozen', async () => {
+  const id = 'job-freeze-time';
+  const env = ['ARCH_ENABLE=1', `ARCH_CHECKPOINT_HOST_PATH=${storage}`];
+  await node.runCounter(id, env);
+  try {
+    await node.waitCount(id, 3);
+    const runc = new Runc(node.ctx.settings, node.runcRoot('default'));
+    const freezer = await CgroupFreezer.of((await runc.state(id)).pid);
+    if (!freezer) throw new Error(`no freezer cgroup for ${id}`);
+    const frozenAt: Record<string, boolean> = {};
+    const r = await checkpointContainer(node.ctx, {
+      namespace: 'default',
+      id,
+      leaveRunning: true,
+      // Asked synchronously at each phase: publishing (hashing, fsync, rename) must find it running.
+      onProgress: (p) => void freezer.freezeRequested().then((f) => (frozenAt[p.phase] = f)),
+    });
+    await sleep(100);
+    expect(frozenAt).toMatchObject({ publish: false });
+    expect(r.freezeMs).toEqual(expect.any(Number));
+    expect(r.freezeMs!).toBeGreaterThan(0);
+    expect(r.freezeMs!).toBeLessThan(r.totalMs);
+    const m = await new CheckpointStore(path.join(storage, 'default', id)).readManifest();
+    expect(m?.freezeMs).toBe(r.freezeMs);
+    const at = node.count(id);
+    await node.waitCount(id, at + 2); // never stopped
+    const ls = await execa(path.join(REPO_ROOT, 'bin/arch-cli'), ['ls', '--local', '--json'], {
+      env: { ARCH_CONFIG: node.archConfig },
+      reject: false,
+    });
+    const listed = JSON.parse(String(ls.stdout)) as {
+      containers: { id: string; checkpoint?: { freezeMs?: number } }[];
+    };
+    expect(listed.containers.find((c) => c.id === id)?.checkpoint?.freezeMs).toBe(r.freezeMs);
+  } finally {
+    await node.containerd.removeContainer(id).catch(() => undefined);
+  }
 });

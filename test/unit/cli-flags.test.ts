@@ -30,6 +30,7 @@ const COMMANDS: Record<string, { args: string[]; temporal: boolean; containerd: 
   'schedule pause': { args: ['nightly'], temporal: true, containerd: false },
   'schedule unpause': { args: ['nightly'], temporal: true, containerd: false },
   'schedule trigger': { args: ['nightly', '--action', 'pause'], temporal: true, containerd: false },
+  protect: { args: ['default/job', '--every', '10m'], temporal: true, containerd: false },
   ls: { args: [], temporal: true, containerd: true },
   status: { args: [], temporal: true, containerd: false },
   dev: { args: [], temporal: true, containerd: true },

@@ -1,5 +1,6 @@
 import {
   checkpointDirOf,
+  effectiveIntervalMs,
   envListToMap,
   parseContract,
   workDirOf,
@@ -278,4 +279,44 @@ describe('ARCH_CHECKPOINT_ID: the checkpoint named by the user instead of the co
   test('ignored when ARCH is off, like every other variable', () => {
     expect(parseContract(env({ ARCH_ENABLE: '0', ARCH_CHECKPOINT_ID: '../x' }), OPTS)).toEqual({ enabled: false });
   });
+});
+
+describe('parseContract: ARCH_CHECKPOINT_INTERVAL', () => {
+  const base = { ARCH_ENABLE: '1', ARCH_CHECKPOINT_HOST_PATH: '/x' };
+  test.each([
+    ['30s', 30_000],
+    ['10m', 600_000],
+    ['1h', 3_600_000],
+    ['5s', 5_000],
+    ['1m30s', 90_000],
+  ])('%s is %d ms', (v, ms) => {
+    const c = enabled(parseContract(env({ ...base, ARCH_CHECKPOINT_INTERVAL: v }), OPTS));
+    expect(c.checkpointInterval).toEqual({ ms });
+    expect(effectiveIntervalMs(c, 60_000)).toBe(ms);
+  });
+
+  test('unset: the node default applies; off: none even with a node default', () => {
+    const unset = enabled(parseContract(env(base), OPTS));
+    expect(unset.checkpointInterval).toBeUndefined();
+    expect(effectiveIntervalMs(unset, 60_000)).toBe(60_000);
+    expect(effectiveIntervalMs(unset, undefined)).toBeUndefined();
+    const off = enabled(parseContract(env({ ...base, ARCH_CHECKPOINT_INTERVAL: 'off' }), OPTS));
+    expect(effectiveIntervalMs(off, 60_000)).toBeUndefined();
+  });
+
+  test.each(['0', '-1s', '2', '1ms', '4s', '10 minutes', 'soon'])(
+    '%j keeps ARCH on, without periodic checkpoints, and says the field and the fix',
+    (v) => {
+      const c = enabled(parseContract(env({ ...base, ARCH_CHECKPOINT_INTERVAL: v }), OPTS));
+      expect(c.mode).toBe('local');
+      const i = c.checkpointInterval;
+      if (!i || i === 'off' || !('invalid' in i)) throw new Error(`expected an invalid interval, got ${String(i)}`);
+      expect(i.invalid.field).toBe('ARCH_CHECKPOINT_INTERVAL');
+      expect(i.invalid.message).toContain(`ARCH_CHECKPOINT_INTERVAL: "${v}"`);
+      expect(i.invalid.fix).toBe(
+        'set ARCH_CHECKPOINT_INTERVAL to a duration of at least 5s with its unit, e.g. 30s, 10m or 1h',
+      );
+      expect(effectiveIntervalMs(c, 60_000)).toBeUndefined();
+    },
+  );
 });

@@ -102,6 +102,29 @@ describe('loadSettings', () => {
     ).toBe(v);
   });
 
+  test('periodic checkpoints: none and one at a time by default; a node default interval and a limit', () => {
+    const none = loadSettings({ ARCH_CONFIG: path.join(dir, 'missing.env') });
+    expect(none.defaultCheckpointIntervalMs).toBeUndefined();
+    expect(none.maxConcurrentCheckpoints).toBe(1);
+    const s = loadSettings({
+      ARCH_CONFIG: configFile('ARCH_DEFAULT_CHECKPOINT_INTERVAL=10m\nARCH_MAX_CONCURRENT_CHECKPOINTS=3\n'),
+    });
+    expect(s.defaultCheckpointIntervalMs).toBe(600_000);
+    expect(s.maxConcurrentCheckpoints).toBe(3);
+  });
+
+  test.each([
+    [
+      'ARCH_DEFAULT_CHECKPOINT_INTERVAL',
+      '2',
+      /^ARCH_DEFAULT_CHECKPOINT_INTERVAL: "2" is not a duration\. Fix: set ARCH_DEFAULT_CHECKPOINT_INTERVAL to a duration of at least 5s/,
+    ],
+    ['ARCH_DEFAULT_CHECKPOINT_INTERVAL', '1ms', /^ARCH_DEFAULT_CHECKPOINT_INTERVAL: "1ms" is shorter than 5 s\. Fix:/],
+    ['ARCH_MAX_CONCURRENT_CHECKPOINTS', '0', /^ARCH_MAX_CONCURRENT_CHECKPOINTS: "0" is not a positive integer\. Fix:/],
+  ])('%s=%s is refused with the fix', (k, v, msg) => {
+    expect(() => loadSettings({ ARCH_CONFIG: path.join(dir, 'missing.env'), [k]: v })).toThrow(msg);
+  });
+
   test('an unknown network lock method names the setting and the values', () => {
     expect(() => loadSettings({ ARCH_CONFIG: path.join(dir, 'missing.env'), ARCH_CRIU_NETWORK_LOCK: 'nft' })).toThrow(
       'ARCH_CRIU_NETWORK_LOCK: "nft" is not a network lock method. Fix: set ARCH_CRIU_NETWORK_LOCK to one of auto, iptables, nftables, skip (auto: nftables where CRIU supports it)',
