@@ -29,6 +29,11 @@ export const workflowIds = {
   pause: (node: string, suffix: string): string => `arch-pause-${node}-${suffix}`,
   resume: (node: string, suffix: string): string => `arch-resume-${node}-${suffix}`,
   schedule: (name: string): string => `arch-schedule-${name}`,
+  /** One per Temporal namespace: every worker reports to it (workflows/cluster.ts). */
+  cluster: (): string => 'arch-cluster',
+  recoverNode: (node: string, at: number): string => `arch-recover-node-${node}-${at}`,
+  recoverContainer: (namespace: string, id: string, node: string, at: number): string =>
+    `arch-recover-${namespace}-${id}-from-${node}-${at}`,
 };
 
 /** Visibility query matching every ARCH workflow (they all carry ArchOperation). */

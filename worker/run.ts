@@ -21,6 +21,8 @@ import { sdkLogger } from './logger.js';
 import { startExitRecorder } from './exits.js';
 import { startNoticeWatcher } from './notices.js';
 import { nodeThroughputFile } from '../core/drain-plan.js';
+import { livenessSettings, type LivenessSettings } from '../core/liveness-settings.js';
+import { startLiveness } from './liveness.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 /** The checkout: this file is <repo>/dist/worker/run.js. */
@@ -48,6 +50,8 @@ export interface NodeWorkerOptions {
   handleSignals?: boolean;
   /** Where a cloud reclaim notice sends this node's containers (ARCH_CLOUD_PROVIDER). */
   reclaimTargets?: string[];
+  /** ARCH_NODE_DEAD_AFTER / ARCH_FENCE_AFTER (default: from the node's settings). */
+  liveness?: LivenessSettings;
 }
 
 export interface RunningWorker {
@@ -79,6 +83,7 @@ export async function startNodeWorker(o: NodeWorkerOptions): Promise<RunningWork
   const target = temporalTarget(settings);
   // Before anything listens: a key that cannot be used, or none for a remote Temporal, stops the worker here.
   const payloads = targetPayloads(target, process.env, 'worker');
+  const liveness = o.liveness ?? livenessSettings({ ...process.env, ARCH_CONFIG: settings.configFile });
   const tls = loadTransferTls(settings);
   const transfer = new TransferServer({
     host: o.transferListen.host,
@@ -157,10 +162,22 @@ export async function startNodeWorker(o: NodeWorkerOptions): Promise<RunningWork
       settings,
       log,
     });
+    // Once the workers poll: a node that reports alive can take recoveries.
+    const alive = startLiveness({
+      node: o.node,
+      ctx: { settings, log },
+      liveness,
+      target,
+      payloads,
+      containerdAddress: o.containerdAddress,
+      ctr: o.ctr,
+      namespaces: o.namespaces,
+    });
     const done = (async () => {
       try {
         await Promise.all(runs);
       } finally {
+        await alive.stop().catch(() => undefined);
         await exits.stop().catch(() => undefined);
         await notices?.stop().catch(() => undefined);
         await transfer.stop().catch(() => undefined);

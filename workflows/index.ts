@@ -4,3 +4,4 @@ export { drainNode } from './drain.js';
 export { nodeReclaimWatch, reclaimSignal, reclaimStateQuery } from './reclaim.js';
 export { pauseContainers, resumeContainers } from './pause.js';
 export { listNodeContainers } from './list.js';
+export { clusterLiveness, clusterNodesQuery, nodeSeenSignal } from './cluster.js';
