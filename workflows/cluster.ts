@@ -13,18 +13,28 @@ import {
   continueAsNew,
   defineQuery,
   defineSignal,
+  ParentClosePolicy,
+  patched,
   setHandler,
+  startChild,
   workflowInfo,
 } from '@temporalio/workflow';
-import { isValidNodeName } from '../contract/names.js';
-import type { ClusterInput, ClusterView, NodeLiveness, NodeReport } from '../contract/liveness.js';
-import { track } from './common.js';
+import { isValidNodeName, workflowIds } from '../contract/names.js';
+import type { ClusterInput, ClusterView, NodeLiveness, NodeRecoveryInput, NodeReport } from '../contract/liveness.js';
+import { rootMessage, track } from './common.js';
+import { recoverNode } from './recover.js';
 
 export const nodeSeenSignal = defineSignal<[NodeReport]>('nodeSeen');
 export const clusterNodesQuery = defineQuery<ClusterView>('nodes');
 
 const EVENTS_KEPT = 10;
 
+/**
+ * Runs recorded before recovery existed only marked a silent node dead;
+ * replayed, patched() is false there and they keep that course. New runs
+ * start a recoverNode workflow for every node they declare dead.
+ */
+export const RECOVERY_PATCH = 'arch-recovery-v1';
 const DEFAULT_MAX_REPORTS = 2000;
 
 export async function clusterLiveness(input: ClusterInput = {}): Promise<void> {
@@ -73,6 +83,12 @@ export async function clusterLiveness(input: ClusterInput = {}): Promise<void> {
         n.status = 'dead';
         n.declaredDeadAt = now();
         note(n, `declared dead: silent since ${n.lastSeen} (ARCH_NODE_DEAD_AFTER ${n.report.deadAfterMs} ms)`);
+        if (patched(RECOVERY_PATCH))
+          await startRecovery(
+            n,
+            [...nodes.values()].filter((m) => m.status === 'alive'),
+            note,
+          );
       } else next = Math.min(next, due);
     }
     if (reports >= maxReports || workflowInfo().continueAsNewSuggested) break;
@@ -83,4 +99,43 @@ export async function clusterLiveness(input: ClusterInput = {}): Promise<void> {
   }
   await condition(allHandlersFinished);
   await continueAsNew<typeof clusterLiveness>({ ...input, nodes: [...nodes.values()] });
+}
+
+/** Its jobs go to the live nodes: one recoverNode workflow, which outlives this run (ABANDON). */
+async function startRecovery(
+  n: NodeLiveness,
+  alive: NodeLiveness[],
+  note: (n: NodeLiveness, line: string) => void,
+): Promise<void> {
+  const at = Date.parse(n.declaredDeadAt!);
+  const workflowId = workflowIds.recoverNode(n.node, at);
+  const input: NodeRecoveryInput = {
+    deadNode: n.node,
+    declaredDeadAt: n.declaredDeadAt!,
+    containers: n.report.containers,
+    candidates: alive.map((m) => ({ node: m.node, freeMemBytes: m.report.freeMemBytes })),
+  };
+  try {
+    const child = await startChild(recoverNode, {
+      workflowId,
+      taskQueue: workflowInfo().taskQueue,
+      args: [input],
+      parentClosePolicy: ParentClosePolicy.ABANDON,
+    });
+    n.recovery = { workflowId, startedAt: new Date(Date.now()).toISOString() };
+    const rec = n.recovery;
+    void child.result().then(
+      (r) => {
+        rec.result = r;
+        for (const c of r.containers)
+          note(
+            n,
+            `${c.namespace}/${c.id}: ${c.outcome}${c.runningOn ? ` on ${c.runningOn}` : ''}${c.reason ? ` (${c.reason})` : ''}`,
+          );
+      },
+      (err: unknown) => note(n, `recovery ${workflowId} failed: ${rootMessage(err)}`),
+    );
+  } catch (err) {
+    note(n, `recovery not started: ${rootMessage(err)}`);
+  }
 }

@@ -3,7 +3,8 @@ import { checkpointContainer } from '../../core/checkpoint.js';
 import { createNodeContext } from '../../core/context.js';
 import type { ClusterView, NodeLiveness } from '../../contract/liveness.js';
 import { cleanupStaleNodes } from '../support/containerd-node.js';
-import { runCli, startCluster, stopAllTemporal, waitUntil, type TestCluster } from '../support/temporal.js';
+import { readLogLines } from '../support/arch-env.js';
+import { runCli, runningOn, startCluster, stopAllTemporal, waitUntil, type TestCluster } from '../support/temporal.js';
 
 /**
  * Node liveness on the real stack: two containerd nodes, a worker each, a
@@ -15,17 +16,56 @@ import { runCli, startCluster, stopAllTemporal, waitUntil, type TestCluster } fr
 let cluster: TestCluster;
 const A = 'live-a';
 const B = 'live-b';
+const C = 'live-c';
 const DEAD_AFTER = { ARCH_NODE_DEAD_AFTER: '10s' };
 
-beforeAll(async () => {
+/** A fresh cluster per test: a test that kills a node must not leave the next one without it. */
+beforeEach(async () => {
   await cleanupStaleNodes();
-  cluster = await startCluster('liveness', [A, B], { nodeSettings: { [A]: DEAD_AFTER, [B]: DEAD_AFTER } });
+  cluster = await startCluster('liveness', [A, B, C], {
+    nodeSettings: { [A]: DEAD_AFTER, [B]: DEAD_AFTER, [C]: DEAD_AFTER },
+  });
 });
 
-afterAll(async () => {
+afterEach(async () => {
   await cluster?.stop();
   await stopAllTemporal();
 });
+
+const sharedEnv = () => [
+  `ARCH_SHAREDFS_HOST_PATH=${path.join(cluster.dir, 'shared')}`,
+  'ARCH_WORKDIR_CONTAINER_PATH=/work',
+];
+
+/** A checkpoint that leaves the container running (what periodic checkpoints will do). */
+async function checkpointLeavingRunning(node: string, id: string): Promise<void> {
+  const ctx = createNodeContext('test', {
+    ...process.env,
+    ARCH_CONFIG: cluster.archConfig,
+    ARCH_RUNC_ROOT: cluster.nodes[node]!.runcRootBase,
+  });
+  await checkpointContainer(ctx, {
+    namespace: 'default',
+    id,
+    runcRoot: cluster.nodes[node]!.runcRoot('default'),
+    leaveRunning: true,
+  });
+}
+
+/** Power loss: the worker, containerd, the shims and every process of the containers, SIGKILLed at once. */
+async function powerOff(node: string): Promise<void> {
+  await Promise.all([cluster.workers[node]!.kill(), cluster.nodes[node]!.kill()]);
+}
+
+/** Wait until the cluster has a recovery result for `node`. */
+async function recoveryOf(node: string, timeoutMs = 90_000): Promise<NodeLiveness> {
+  return waitUntil(
+    `recovery of ${node}`,
+    async () => (await nodes()).find((n) => n.node === node && n.recovery?.result),
+    timeoutMs,
+    500,
+  );
+}
 
 async function nodes(): Promise<NodeLiveness[]> {
   const r = await runCli(cluster, ['--json', 'nodes']);
@@ -33,21 +73,11 @@ async function nodes(): Promise<NodeLiveness[]> {
   return (r.json as ClusterView).nodes;
 }
 
-test('arch-cli nodes: both nodes alive, the ARCH container with the age of its last checkpoint; a node whose worker dies is declared dead', async () => {
+test('arch-cli nodes: the nodes alive, the ARCH container with the age of its last checkpoint; a node whose worker dies is declared dead', async () => {
   const shared = path.join(cluster.dir, 'shared');
-  await cluster.runCounter(A, 'job', [`ARCH_SHAREDFS_HOST_PATH=${shared}`, 'ARCH_WORKDIR_CONTAINER_PATH=/work']);
+  await cluster.runCounter(A, 'job', sharedEnv());
   await cluster.waitCount(A, 'job', 3);
-  const ctx = createNodeContext('test', {
-    ...process.env,
-    ARCH_CONFIG: cluster.archConfig,
-    ARCH_RUNC_ROOT: cluster.nodes[A]!.runcRootBase,
-  });
-  await checkpointContainer(ctx, {
-    namespace: 'default',
-    id: 'job',
-    runcRoot: cluster.nodes[A]!.runcRoot('default'),
-    leaveRunning: true,
-  });
+  await checkpointLeavingRunning(A, 'job');
   const seen = await waitUntil(
     'both nodes and the checkpointed container in arch-cli nodes',
     async () => {
@@ -106,4 +136,58 @@ test('arch-cli nodes: both nodes alive, the ARCH container with the age of its l
   expect(back.cameBackAt).toBeDefined();
   expect(back.events.join('\n')).toMatch(/came back after being declared dead/);
   await cluster.nodes[A]!.containerd.removeContainer('job');
+});
+
+test('power loss: node A loses power; its shared-mode job continues on a live node from its last checkpoint, its local-mode job is reported not recoverable, by name', async () => {
+  await cluster.runCounter(A, 'job', [...sharedEnv(), 'COUNTER_INTERVAL_MS=100']);
+  await cluster.runCounter(A, 'local-job', ['COUNTER_INTERVAL_MS=100']);
+  await cluster.waitCount(A, 'job', 5);
+  // Read before the checkpoint: the checkpoint's count is at least this.
+  const countAtCheckpoint = cluster.count(A, 'job')!;
+  await checkpointLeavingRunning(A, 'job');
+  await checkpointLeavingRunning(A, 'local-job');
+  // Both containers and their checkpoints are in A's report before it dies.
+  await waitUntil(
+    "A's report with both checkpoints",
+    async () => {
+      const a = (await nodes()).find((n) => n.node === A);
+      return (a?.report.containers ?? []).filter((c) => c.lastCheckpointAt).length === 2 || undefined;
+    },
+    30_000,
+    500,
+  );
+  await cluster.waitCount(A, 'job', countAtCheckpoint + 10);
+  await powerOff(A);
+
+  const a = await recoveryOf(A);
+  const byId = Object.fromEntries(a.recovery!.result!.containers.map((c) => [c.id, c]));
+  expect(byId['local-job']).toEqual(
+    expect.objectContaining({
+      outcome: 'not-recoverable',
+      reason: "not recoverable: checkpoint on the dead node's disk",
+    }),
+  );
+  expect(byId.job).toEqual(expect.objectContaining({ outcome: 'recovered' }));
+  const on = byId.job!.runningOn!;
+  expect([B, C]).toContain(on);
+  expect(await runningOn(cluster, 'job')).toEqual([on]);
+  expect(await runningOn(cluster, 'local-job')).toEqual([]);
+  // Restored, not started fresh: the count goes on from the checkpoint's value.
+  const after = await cluster.waitCount(on, 'job', countAtCheckpoint + 3);
+  expect(after).toBeGreaterThan(countAtCheckpoint);
+  expect(
+    readLogLines(cluster.archRuncLog).some((l) => l.container === 'job' && l.msg === 'restored from checkpoint'),
+  ).toBe(true);
+  // arch-cli says it by name, and status shows the recovery workflows.
+  const human = (await runCli(cluster, ['nodes'])).stdout;
+  expect(human).toMatch(new RegExp(`^${A}\\s+DEAD since `, 'm'));
+  expect(human).toContain(`default/local-job: not-recoverable (not recoverable: checkpoint on the dead node's disk)`);
+  expect(human).toContain(`default/job: recovered on ${on}`);
+  const status = await runCli(cluster, ['--json', 'status', '--operation', 'recover']);
+  expect(status.json).toEqual(
+    expect.arrayContaining([
+      expect.objectContaining({ container: 'default/job', sourceNode: A, targetNode: on, phase: 'done' }),
+    ]),
+  );
+  await cluster.nodes[on]!.containerd.removeContainer('job');
 });

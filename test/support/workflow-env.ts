@@ -47,6 +47,7 @@ const ACTIVITY_NAMES: Record<keyof ArchActivities, true> = {
   receiveCheckpoint: true,
   ensureImage: true,
   restoreContainer: true,
+  probeRecoveryTarget: true,
   removeContainer: true,
   cleanupSource: true,
 };
