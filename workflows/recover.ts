@@ -40,8 +40,6 @@ export async function recoverNode(input: NodeRecoveryInput): Promise<NodeRecover
           reason: `${managerDisplay(c.manager)} creates it again (ARCH does not create it behind ${managerDisplay(c.manager)}'s back); arch-runc restores its checkpoint then`,
         };
       if (c.mode === 'local') return { ...ref, outcome: 'not-recoverable', reason: NOT_RECOVERABLE_LOCAL };
-      if (!c.lastCheckpointAt)
-        return { ...ref, outcome: 'not-recoverable', reason: 'not recoverable: it had no checkpoint yet' };
       if (!c.spec)
         return {
           ...ref,
@@ -119,6 +117,17 @@ export async function recoverContainer(input: ContainerRecoveryInput): Promise<R
   usable.sort((a, b) => b.freeMemBytes - a.freeMemBytes || a.node.localeCompare(b.node));
   for (const p of usable) {
     target = p.node;
+    phase('claim', `taking the job from ${deadNode} on ${target}`);
+    try {
+      const claim = await onNode(target, 'quick', t).claimForRecovery({ spec, deadNode });
+      if (!claim.claimed) {
+        phase('done', `already runs on ${claim.owner} (generation ${claim.generation}): nothing to do`);
+        return { ...ref, outcome: 'already-elsewhere', runningOn: claim.owner, workflowId, attempts };
+      }
+    } catch (err) {
+      attempts.push({ node: target, error: `claim: ${rootMessage(err)}` });
+      continue;
+    }
     phase('restore', `restoring from the last checkpoint on ${target}`);
     try {
       const r = await onNode(target, 'restore', { ...t, restoreAttempts: 1 }).restoreContainer({ spec });

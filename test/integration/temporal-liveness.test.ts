@@ -3,6 +3,9 @@ import { checkpointContainer } from '../../core/checkpoint.js';
 import { createNodeContext } from '../../core/context.js';
 import type { ClusterView, NodeLiveness } from '../../contract/liveness.js';
 import { cleanupStaleNodes } from '../support/containerd-node.js';
+import { readLease, type Lease } from '../../core/lease.js';
+import { CheckpointStore } from '../../core/store.js';
+import { trustOf } from '../../core/trust.js';
 import { readLogLines } from '../support/arch-env.js';
 import { runCli, runningOn, startCluster, stopAllTemporal, waitUntil, type TestCluster } from '../support/temporal.js';
 
@@ -17,13 +20,14 @@ let cluster: TestCluster;
 const A = 'live-a';
 const B = 'live-b';
 const C = 'live-c';
-const DEAD_AFTER = { ARCH_NODE_DEAD_AFTER: '10s' };
+/** Each node's own settings: its name (arch-runc records it in the job's lease) and a short dead-after. */
+const settingsOf = (name: string) => ({ ARCH_NODE_NAME: name, ARCH_NODE_DEAD_AFTER: '10s' });
 
 /** A fresh cluster per test: a test that kills a node must not leave the next one without it. */
 beforeEach(async () => {
   await cleanupStaleNodes();
   cluster = await startCluster('liveness', [A, B, C], {
-    nodeSettings: { [A]: DEAD_AFTER, [B]: DEAD_AFTER, [C]: DEAD_AFTER },
+    nodeSettings: { [A]: settingsOf(A), [B]: settingsOf(B), [C]: settingsOf(C) },
   });
 });
 
@@ -37,19 +41,33 @@ const sharedEnv = () => [
   'ARCH_WORKDIR_CONTAINER_PATH=/work',
 ];
 
-/** A checkpoint that leaves the container running (what periodic checkpoints will do). */
-async function checkpointLeavingRunning(node: string, id: string): Promise<void> {
-  const ctx = createNodeContext('test', {
+const nodeCtx = (node: string) =>
+  createNodeContext('test', {
     ...process.env,
     ARCH_CONFIG: cluster.archConfig,
+    ARCH_NODE_NAME: node,
     ARCH_RUNC_ROOT: cluster.nodes[node]!.runcRootBase,
   });
-  await checkpointContainer(ctx, {
+
+/** A checkpoint that leaves the container running (what periodic checkpoints will do). */
+async function checkpointLeavingRunning(node: string, id: string): Promise<void> {
+  await checkpointContainer(nodeCtx(node), {
     namespace: 'default',
     id,
     runcRoot: cluster.nodes[node]!.runcRoot('default'),
     leaveRunning: true,
   });
+}
+
+async function leaseOfJob(id: string): Promise<Lease | undefined> {
+  const ctx = nodeCtx(A);
+  const store = new CheckpointStore(path.join(cluster.dir, 'shared/checkpoint/default', id), {
+    root: path.join(cluster.dir, 'shared'),
+    field: 'ARCH_SHAREDFS_HOST_PATH',
+  });
+  const r = await readLease(store, trustOf(ctx.settings));
+  if (r.problem) throw new Error(r.problem);
+  return r.lease;
 }
 
 /** Power loss: the worker, containerd, the shims and every process of the containers, SIGKILLed at once. */
@@ -172,6 +190,10 @@ test('power loss: node A loses power; its shared-mode job continues on a live no
   expect([B, C]).toContain(on);
   expect(await runningOn(cluster, 'job')).toEqual([on]);
   expect(await runningOn(cluster, 'local-job')).toEqual([]);
+  // Taken from A (revoked: its copy may never run again), then restored on the target: two generations on.
+  expect(await leaseOfJob('job')).toEqual(
+    expect.objectContaining({ state: 'running', node: on, generation: 3, reason: 'restored' }),
+  );
   // Restored, not started fresh: the count goes on from the checkpoint's value.
   const after = await cluster.waitCount(on, 'job', countAtCheckpoint + 3);
   expect(after).toBeGreaterThan(countAtCheckpoint);
@@ -190,4 +212,52 @@ test('power loss: node A loses power; its shared-mode job continues on a live no
     ]),
   );
   await cluster.nodes[on]!.containerd.removeContainer('job');
+});
+
+test('ownership: a job running on A is refused on B (clear error naming the owner, the generation and the fix; the containerd call fails); parked by a checkpoint that stops it, it restores on B, which takes it over one generation on', async () => {
+  await cluster.runCounter(A, 'own', sharedEnv());
+  await cluster.waitCount(A, 'own', 5);
+  expect(await leaseOfJob('own')).toEqual(
+    expect.objectContaining({ state: 'running', node: A, generation: 1, containerId: 'own' }),
+  );
+  await checkpointLeavingRunning(A, 'own');
+
+  // A second copy on B while it runs on A: refused, nothing runs on B.
+  const err = await cluster.runCounter(B, 'own', sharedEnv()).then(
+    () => undefined,
+    (e: unknown) => e as Error,
+  );
+  expect(err).toBeDefined();
+  expect(await runningOn(cluster, 'own')).toEqual([A]);
+  const refusal = readLogLines(cluster.archRuncLog).find(
+    (l) => l.container === 'own' && l.reason === 'owned-elsewhere',
+  );
+  expect(refusal).toEqual(expect.objectContaining({ owner: A, generation: 1, level: 50 }));
+  expect(String(refusal!.msg)).toMatch(
+    new RegExp(`recorded as running on node ${A} \\(generation 1, .*refusing to start a second copy here\\. Fix: `),
+  );
+  await cluster.nodes[B]!.containerd.removeContainer('own').catch(() => undefined);
+
+  // Checkpointed and stopped on A (finalize): parked, and any node that sees the storage may restore it.
+  const before = cluster.count(A, 'own')!;
+  await checkpointContainer(nodeCtx(A), {
+    namespace: 'default',
+    id: 'own',
+    runcRoot: cluster.nodes[A]!.runcRoot('default'),
+  });
+  expect(await leaseOfJob('own')).toEqual(
+    expect.objectContaining({ state: 'parked', node: A, generation: 1, reason: 'checkpointed' }),
+  );
+  await cluster.nodes[A]!.containerd.waitStatus('own', 'STOPPED', 10_000);
+  await cluster.runCounter(B, 'own', sharedEnv());
+  expect(await cluster.waitCount(B, 'own', before + 2)).toBeGreaterThan(before);
+  expect(await leaseOfJob('own')).toEqual(
+    expect.objectContaining({ state: 'running', node: B, generation: 2, reason: 'restored' }),
+  );
+  // The old container on A, started again: refused, the job stays on B alone.
+  await cluster.nodes[A]!.containerd.removeContainer('own');
+  await expect(cluster.runCounter(A, 'own', sharedEnv())).rejects.toThrow();
+  expect(await runningOn(cluster, 'own')).toEqual([B]);
+  await cluster.nodes[A]!.containerd.removeContainer('own').catch(() => undefined);
+  await cluster.nodes[B]!.containerd.removeContainer('own');
 });

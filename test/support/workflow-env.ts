@@ -48,6 +48,7 @@ const ACTIVITY_NAMES: Record<keyof ArchActivities, true> = {
   ensureImage: true,
   restoreContainer: true,
   probeRecoveryTarget: true,
+  claimForRecovery: true,
   removeContainer: true,
   cleanupSource: true,
 };
