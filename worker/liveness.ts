@@ -12,8 +12,11 @@ import type { NodeContext } from '../core/context.js';
 import { checkpointStoreOf, contractOptions } from '../core/env-contract.js';
 import type { LivenessSettings } from '../core/liveness-settings.js';
 import { listArchContainers, type ArchContainer } from '../core/node-containers.js';
+import { leaseOf, staleHere, type Lease } from '../core/lease.js';
+import { trustOf } from '../core/trust.js';
+import { fence, stopStale } from './fence.js';
 import { errorMessage } from '../contract/errors.js';
-import type { NodeReport, ProtectedContainer } from '../contract/liveness.js';
+import type { NodeReport, ProtectedContainer, StaleStop } from '../contract/liveness.js';
 import { WORKFLOW_TASK_QUEUE, workflowIds } from '../contract/names.js';
 import { attributePairs } from '../contract/search-attributes.js';
 import type { ContainerSpec } from '../contract/types.js';
@@ -24,6 +27,8 @@ import { freeMemBytes } from '../core/free-memory.js';
 
 export interface LivenessOptions {
   node: string;
+  /** The node name arch-runc records (its settings' ARCH_NODE_NAME, else the host name), when not `node`. */
+  runcNodeName?: string;
   ctx: NodeContext;
   liveness: LivenessSettings;
   target: TemporalTarget;
@@ -67,21 +72,32 @@ export class SpecCache {
   }
 }
 
-export async function protectedContainers(o: LivenessOptions, specs: SpecCache): Promise<ProtectedContainer[]> {
+export interface Listed {
+  container: ArchContainer;
+  report: ProtectedContainer;
+  lease?: Lease;
+}
+
+export async function protectedContainers(o: LivenessOptions, specs: SpecCache): Promise<Listed[]> {
   const found = await listArchContainers(o.ctx, { namespaces: o.namespaces, withSizes: false });
-  const out: ProtectedContainer[] = [];
+  const out: Listed[] = [];
+  const trust = trustOf(o.ctx.settings);
   for (const c of found) {
     const spec = await specs.of(c);
-    out.push({
+    const store = checkpointStoreOf(c.contract, c.namespace, c.id);
+    const lease = await leaseOf(store, trust, o.ctx.log).catch(() => undefined);
+    const report: ProtectedContainer = {
       namespace: c.namespace,
       id: c.id,
       status: c.status,
       mode: c.contract.mode,
       manager: c.manager,
       ...(spec ? { spec } : {}),
-      checkpointDir: checkpointStoreOf(c.contract, c.namespace, c.id).containerDir,
+      checkpointDir: store.containerDir,
       ...(c.checkpoint ? { lastCheckpointAt: c.checkpoint.createdAt } : {}),
-    });
+      ...(lease ? { generation: lease.generation } : {}),
+    };
+    out.push({ container: c, report, ...(lease ? { lease } : {}) });
   }
   specs.retain(new Set(found.map((c) => `${c.namespace}/${c.id}/${c.pid}`)));
   return out;
@@ -99,14 +115,34 @@ export function startLiveness(o: LivenessOptions): LivenessLoop {
   let timer: NodeJS.Timeout | undefined;
   let running: Promise<void> = Promise.resolve();
 
-  const report = async (): Promise<NodeReport> => ({
-    node: o.node,
-    at: new Date().toISOString(),
-    deadAfterMs: o.liveness.deadAfterMs,
-    fenceAfterMs: o.liveness.fenceAfterMs,
-    freeMemBytes: await freeMemBytes(),
-    containers: await protectedContainers(o, specs),
-  });
+  // The names this node's jobs may be recorded under: the worker's, and arch-runc's (its settings or the host name).
+  const mine = new Set([o.node, o.ctx.settings.nodeName, o.runcNodeName ?? o.node]);
+  const staleStopped: StaleStop[] = [];
+  let fenced: NodeReport['fenced'];
+  let fencing: Promise<void> | undefined;
+  /** Fenced since the last report Temporal took: not again until it takes one. */
+  let fencedOff = false;
+  let lastListed: Listed[] = [];
+
+  const report = async (): Promise<NodeReport> => {
+    const listed = await protectedContainers(o, specs);
+    lastListed = listed;
+    // A job that moved on while this node was cut off (or dead) must not go on here.
+    const stale = listed.filter(
+      (l) => l.container.status === 'running' && [...mine].every((n) => staleHere(l.lease, n)),
+    );
+    staleStopped.push(...(await stopStale(o.ctx, stale)));
+    return {
+      node: o.node,
+      at: new Date().toISOString(),
+      deadAfterMs: o.liveness.deadAfterMs,
+      fenceAfterMs: o.liveness.fenceAfterMs,
+      freeMemBytes: await freeMemBytes(),
+      containers: listed.filter((l) => !stale.includes(l)).map((l) => l.report),
+      ...(staleStopped.length ? { staleStopped: [...staleStopped] } : {}),
+      ...(fenced ? { fenced } : {}),
+    };
+  };
 
   const send = async (r: NodeReport): Promise<void> => {
     if (!client) {
@@ -139,11 +175,17 @@ export function startLiveness(o: LivenessOptions): LivenessLoop {
       log.error({ err: errorMessage(err) }, "cannot list this node's containers for its liveness report");
       return;
     }
+    // Temporal saw the report no earlier than this: counting from here, this node fences no later than it should.
+    const sentAt = Date.now();
     try {
       await send(r);
-      lastContact = Date.now();
       if (failing) log.info({ silentMs: Date.now() - lastContact }, 'Temporal reachable again');
+      lastContact = sentAt;
       failing = false;
+      fencedOff = false;
+      // Delivered: the cluster knows them now.
+      staleStopped.splice(0, r.staleStopped?.length ?? 0);
+      if (r.fenced === fenced) fenced = undefined;
     } catch (err) {
       if (!failing)
         log.warn(
@@ -153,6 +195,21 @@ export function startLiveness(o: LivenessOptions): LivenessLoop {
       failing = true;
     }
   };
+
+  /**
+   * Cut off for ARCH_FENCE_AFTER: stop the jobs before anyone may declare
+   * this node dead. Watched on its own timer, so a report that hangs does
+   * not delay it and the last checkpoint gets all the time there is.
+   */
+  const watchdog = setInterval(() => {
+    if (stopped || fencedOff || Date.now() - lastContact < o.liveness.fenceAfterMs) return;
+    fencedOff = true;
+    fencing = fence(o.ctx, lastListed, lastContact + o.liveness.deadAfterMs)
+      .then((f) => {
+        if (f.stopped.length) fenced = f;
+      })
+      .catch((err: unknown) => log.error({ err: errorMessage(err) }, 'fencing failed'));
+  }, 200);
 
   const loop = () => {
     if (stopped) return;
@@ -169,7 +226,9 @@ export function startLiveness(o: LivenessOptions): LivenessLoop {
     lastContactMs: () => lastContact,
     async stop() {
       stopped = true;
+      clearInterval(watchdog);
       if (timer) clearTimeout(timer);
+      await fencing?.catch(() => undefined);
       await running.catch(() => undefined);
       await connection?.close().catch(() => undefined);
     },

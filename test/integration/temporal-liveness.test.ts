@@ -1,4 +1,6 @@
+import fs from 'node:fs';
 import path from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { checkpointContainer } from '../../core/checkpoint.js';
 import { createNodeContext } from '../../core/context.js';
 import type { ClusterView, NodeLiveness } from '../../contract/liveness.js';
@@ -7,6 +9,7 @@ import { readLease, type Lease } from '../../core/lease.js';
 import { CheckpointStore } from '../../core/store.js';
 import { trustOf } from '../../core/trust.js';
 import { readLogLines } from '../support/arch-env.js';
+import { startTcpLink } from '../support/tcp-link.js';
 import { runCli, runningOn, startCluster, stopAllTemporal, waitUntil, type TestCluster } from '../support/temporal.js';
 
 /**
@@ -260,4 +263,98 @@ test('ownership: a job running on A is refused on B (clear error naming the owne
   expect(await runningOn(cluster, 'own')).toEqual([B]);
   await cluster.nodes[A]!.containerd.removeContainer('own').catch(() => undefined);
   await cluster.nodes[B]!.containerd.removeContainer('own');
+});
+
+test("partition: A loses Temporal while its job runs; it fences itself (the job stops on A) before another node restores it, and two copies never run (the job's own log on the shared work dir counts up without a repeat); A comes back: its old container is refused, arch-cli nodes says what happened", async () => {
+  const link = await startTcpLink(cluster.temporal.env.TEMPORAL_ADDRESS!);
+  let watching = true;
+  let watcher: Promise<void> | undefined;
+  try {
+    // A's worker reaches Temporal only through the link.
+    await cluster.workers[A]!.stop();
+    await cluster.startWorker(A, [], { TEMPORAL_ADDRESS: link.address });
+    await cluster.runCounter(A, 'part', [...sharedEnv(), 'COUNTER_LOG=/work/log', 'COUNTER_INTERVAL_MS=100']);
+    await cluster.waitCount(A, 'part', 5);
+    await checkpointLeavingRunning(A, 'part');
+    await waitUntil(
+      "A's report with the job's checkpoint",
+      async () =>
+        (await nodes()).find((n) => n.node === A)?.report.containers.find((c) => c.id === 'part' && c.lastCheckpointAt),
+      30_000,
+      500,
+    );
+    const copies: string[][] = [];
+    watcher = (async () => {
+      while (watching) {
+        copies.push(await runningOn(cluster, 'part'));
+        await sleep(100);
+      }
+    })();
+
+    link.cut();
+    const a = await recoveryOf(A);
+    const job = a.recovery!.result!.containers.find((c) => c.id === 'part')!;
+    expect(job.outcome).toBe('recovered');
+    const on = job.runningOn!;
+    const atRecovery = cluster.count(on, 'part')!;
+    await cluster.waitCount(on, 'part', atRecovery + 5);
+    watching = false;
+    await watcher;
+    // At no moment two copies.
+    expect(copies.filter((c) => c.length > 1)).toEqual([]);
+    expect(copies.some((c) => c.length === 1 && c[0] === on)).toBe(true);
+    // A fenced itself before the target restored: its worker says so, earlier than the restore.
+    const fenced = readLogLines(cluster.workers[A]!.archLog).find(
+      (l) => l.container === 'part' && String(l.msg).startsWith('fenced: default/part'),
+    );
+    expect(fenced).toBeDefined();
+    const restored = readLogLines(cluster.archRuncLog).find(
+      (l) => l.container === 'part' && l.msg === 'restored from checkpoint',
+    );
+    expect(Date.parse(String(fenced!.time))).toBeLessThan(Date.parse(String(restored!.time)));
+    // The job's own log: every value once, each one more than the one before (a second copy would repeat
+    // values); at most one step back, to the last checkpoint, if A's final checkpoint did not make it.
+    const values = fs
+      .readFileSync(path.join(cluster.dir, 'shared/work/default/part/log'), 'utf8')
+      .trim()
+      .split('\n')
+      .map(Number);
+    const breaks = values
+      .map((v, i) => (i > 0 && v !== values[i - 1]! + 1 ? [values[i - 1], v] : undefined))
+      .filter(Boolean);
+    expect(breaks.length).toBeLessThanOrEqual(1);
+    for (const [before, after] of breaks as number[][]) expect(after!).toBeLessThanOrEqual(before!);
+    console.log(
+      `partition: fenced ${fenced!.how}; the job's log has ${values.length} values, breaks ${JSON.stringify(breaks)}`,
+    );
+
+    // A comes back.
+    link.heal();
+    const back = await waitUntil(
+      'A alive again',
+      async () => (await nodes()).find((n) => n.node === A && n.status === 'alive' && n.cameBackAt),
+      40_000,
+      500,
+    );
+    expect(back.events.join('\n')).toMatch(/came back after being declared dead/);
+    expect(back.events.join('\n')).toMatch(/had fenced itself at .*default\/part/);
+    // Its client creates the old container again: refused, one copy only.
+    await cluster.nodes[A]!.containerd.removeContainer('part');
+    await expect(cluster.runCounter(A, 'part', sharedEnv())).rejects.toThrow();
+    expect(await runningOn(cluster, 'part')).toEqual([on]);
+    expect(
+      readLogLines(cluster.archRuncLog).some(
+        (l) => l.container === 'part' && l.reason === 'owned-elsewhere' && l.owner === on,
+      ),
+    ).toBe(true);
+    const human = (await runCli(cluster, ['nodes'])).stdout;
+    expect(human).toMatch(new RegExp(`^${A}\\s+alive`, 'm'));
+    expect(human).toContain('came back after being declared dead');
+    await cluster.nodes[A]!.containerd.removeContainer('part').catch(() => undefined);
+    await cluster.nodes[on]!.containerd.removeContainer('part');
+  } finally {
+    watching = false;
+    await watcher?.catch(() => undefined);
+    await link.close();
+  }
 });
