@@ -78,11 +78,16 @@ async function powerOff(node: string): Promise<void> {
   await Promise.all([cluster.workers[node]!.kill(), cluster.nodes[node]!.kill()]);
 }
 
-/** Wait until the cluster has a recovery result for `node`. */
-async function recoveryOf(node: string, timeoutMs = 90_000): Promise<NodeLiveness> {
+/**
+ * Wait until the cluster has the result of a recovery of `node` declared
+ * dead after `since` (a node whose worker restarts slowly may have been
+ * declared dead before, with nothing to recover).
+ */
+async function recoveryOf(node: string, since: number, timeoutMs = 90_000): Promise<NodeLiveness> {
   return waitUntil(
     `recovery of ${node}`,
-    async () => (await nodes()).find((n) => n.node === node && n.recovery?.result),
+    async () =>
+      (await nodes()).find((n) => n.node === node && n.recovery?.result && Date.parse(n.declaredDeadAt ?? '') >= since),
     timeoutMs,
     500,
   );
@@ -178,9 +183,10 @@ test('power loss: node A loses power; its shared-mode job continues on a live no
     500,
   );
   await cluster.waitCount(A, 'job', countAtCheckpoint + 10);
+  const offAt = Date.now();
   await powerOff(A);
 
-  const a = await recoveryOf(A);
+  const a = await recoveryOf(A, offAt);
   const byId = Object.fromEntries(a.recovery!.result!.containers.map((c) => [c.id, c]));
   expect(byId['local-job']).toEqual(
     expect.objectContaining({
@@ -291,8 +297,9 @@ test("partition: A loses Temporal while its job runs; it fences itself (the job 
       }
     })();
 
+    const cutAt = Date.now();
     link.cut();
-    const a = await recoveryOf(A);
+    const a = await recoveryOf(A, cutAt);
     const job = a.recovery!.result!.containers.find((c) => c.id === 'part')!;
     expect(job.outcome).toBe('recovered');
     const on = job.runningOn!;
