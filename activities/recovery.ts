@@ -11,7 +11,7 @@ import {
   envListToMap,
   parseContract,
 } from '../core/env-contract.js';
-import { leaseOf, parkedLease, writeLease, type Lease } from '../core/lease.js';
+import { leaseOf, ownNodeNames, parkedLease, writeLease, type Lease } from '../core/lease.js';
 import { trustOf } from '../core/trust.js';
 import { validateContainerId, validateNamespace } from '../contract/ids.js';
 import type { ContainerSpec } from '../contract/types.js';
@@ -52,7 +52,11 @@ export function recoveryActivities(d: NodeDeps) {
         const log = activityLog(d, { namespace: spec.namespace, container: spec.id, phase: 'claim' });
         const trust = trustOf(d.ctx.settings);
         const lease = await leaseOf(store, trust, log);
-        if (lease?.state === 'running' && lease.node !== input.deadNode && lease.node !== d.node)
+        if (
+          lease?.state === 'running' &&
+          lease.node !== input.deadNode &&
+          !ownNodeNames(d.ctx.settings).has(lease.node)
+        )
           return { claimed: false, owner: lease.node, generation: lease.generation };
         const base: Lease = lease ?? {
           format: 1,

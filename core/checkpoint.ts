@@ -18,7 +18,7 @@ import { validateContainerId, validateNamespace } from '../contract/ids.js';
 import { FORMAT_VERSION, SEALED_FORMAT_VERSION, type Manifest } from './manifest.js';
 import { readSpec, rootfsOf, type OciSpec } from './oci-spec.js';
 import { ownerOf } from './owner.js';
-import { leaseOf, leaseRefusal, parkedLease, writeLease } from './lease.js';
+import { leaseOf, leaseRefusal, ownNodeNames, parkedLease, writeLease } from './lease.js';
 import { trustOf } from './trust.js';
 import { captureDiff, findUpperDir } from './rootfs-diff.js';
 import { Runc } from './runc.js';
@@ -316,7 +316,8 @@ async function checkpointLocked(
     // A node that lost the job (it runs elsewhere now, or this node was declared dead) must not
     // replace the new owner's checkpoint with its stale one.
     const leaseBefore = await leaseOf(store, trustOf(ctx.settings), log);
-    const refusal = leaseRefusal(leaseBefore, ctx.settings.nodeName, `${req.namespace}/${req.id}`);
+    const mine = ownNodeNames(ctx.settings);
+    const refusal = leaseRefusal(leaseBefore, mine, `${req.namespace}/${req.id}`);
     if (refusal) throw new Error(`checkpoint not published: ${refusal}`);
     const pub = await store.publish(
       staging,
@@ -368,7 +369,7 @@ async function checkpointLocked(
     }
     lap('stop', t);
     // Stopped (not merely frozen) with its checkpoint: parked, for any node that sees the storage to restore.
-    if (!req.leaveRunning && leaseBefore?.state === 'running' && leaseBefore.node === ctx.settings.nodeName)
+    if (!req.leaveRunning && leaseBefore?.state === 'running' && mine.has(leaseBefore.node))
       await writeLease(store, parkedLease(leaseBefore, ctx.settings.nodeName, 'checkpointed'), trustOf(ctx.settings), {
         namespace: req.namespace,
         key: checkpointKeyOf(c.contract, req.id),

@@ -16,7 +16,9 @@
  * a container never sees the checkpoint directory, and a lease that no
  * trusted node signed is ignored (logged) rather than believed.
  */
+import os from 'node:os';
 import { errorMessage } from '../contract/errors.js';
+import { settingsVars, type Settings } from './settings.js';
 import type { CheckpointStore } from './store.js';
 import { signManifest, verifyManifestSignature, type Trust } from './trust.js';
 
@@ -110,18 +112,29 @@ export function parkedLease(prev: Lease, node: string, reason: string, revoked?:
 }
 
 /**
- * Why this node must not run the job (undefined: it may). `what` names the
- * job for the message.
+ * The names this node's jobs may be recorded under: its own (a worker's
+ * --node), and the one arch-runc records, which runs in containerd's
+ * environment: ARCH_NODE_NAME from the settings file, else the host name.
+ * They should be one (the worker warns when not); until then both are this node.
  */
-export function leaseRefusal(lease: Lease | undefined, node: string, what: string): string | undefined {
+export function ownNodeNames(settings: Pick<Settings, 'nodeName' | 'configFile'>): ReadonlySet<string> {
+  const runcName = settingsVars({ ARCH_CONFIG: settings.configFile }).vars.ARCH_NODE_NAME || os.hostname();
+  return new Set([settings.nodeName, runcName]);
+}
+
+/**
+ * Why this node (known by the names in `mine`) must not run the job
+ * (undefined: it may). `what` names the job for the message.
+ */
+export function leaseRefusal(lease: Lease | undefined, mine: ReadonlySet<string>, what: string): string | undefined {
   if (!lease) return undefined;
-  if (lease.state === 'running' && lease.node !== node)
+  if (lease.state === 'running' && !mine.has(lease.node))
     return (
       `${what}: its job is recorded as running on node ${lease.node} (generation ${lease.generation}, since ${lease.at}); ` +
       `refusing to start a second copy here. Fix: stop it there first (arch-cli migrate moves it, arch-cli finalize on ${lease.node} parks it); ` +
       `if ${lease.node} is gone, its job is recovered elsewhere once the cluster declares it dead (ARCH_NODE_DEAD_AFTER)`
     );
-  if (lease.revoked?.node === node)
+  if (lease.revoked && mine.has(lease.revoked.node))
     return (
       `${what}: this node was declared dead at generation ${lease.revoked.generation} and its job moved on ` +
       `(now generation ${lease.generation}, ${lease.state} on ${lease.node}); refusing to run a stale copy here. ` +
@@ -131,8 +144,8 @@ export function leaseRefusal(lease: Lease | undefined, node: string, what: strin
 }
 
 /** True when this node's copy is stale: the lease gives the job to another node, or revokes this one. */
-export function staleHere(lease: Lease | undefined, node: string): boolean {
-  return !!lease && ((lease.state === 'running' && lease.node !== node) || lease.revoked?.node === node);
+export function staleHere(lease: Lease | undefined, mine: ReadonlySet<string>): boolean {
+  return leaseRefusal(lease, mine, '') !== undefined;
 }
 
 /** The lease of a store as this node believes it (a lease not believed is logged and counts as none). */

@@ -53,7 +53,15 @@ import {
 } from '../core/shim-state.js';
 import { finishedPredecessor, newerOwner, stoppedReason } from '../core/checkpoint-holder.js';
 import { CheckpointStore } from '../core/store.js';
-import { leaseOf, leaseRefusal, parkedLease, runningLease, writeLease, type Lease } from '../core/lease.js';
+import {
+  leaseOf,
+  leaseRefusal,
+  ownNodeNames,
+  parkedLease,
+  runningLease,
+  writeLease,
+  type Lease,
+} from '../core/lease.js';
 import { trustOf } from '../core/trust.js';
 import { prepareWorkDir, removeWorkDir, type PreparedWorkDir } from '../core/work-dir.js';
 import { runRealRunc, startRealRunc, withNodeCriu } from './passthrough.js';
@@ -203,7 +211,7 @@ async function handleCreate(
     if (!(err instanceof ArchInputError)) throw err;
     lease = undefined; // an unsafe path: refused just below, and the container starts without ARCH
   }
-  const refusal = leaseRefusal(lease, ctx.settings.nodeName, `${namespace}/${id}`);
+  const refusal = leaseRefusal(lease, ownNodeNames(ctx.settings), `${namespace}/${id}`);
   if (refusal) {
     log.error(
       {
@@ -670,7 +678,7 @@ async function parkJob(
   try {
     const trust = trustOf(ctx.settings);
     const lease = await leaseOf(store, trust, log);
-    if (lease?.state !== 'running' || lease.node !== ctx.settings.nodeName || lease.containerId !== id) return;
+    if (lease?.state !== 'running' || !ownNodeNames(ctx.settings).has(lease.node) || lease.containerId !== id) return;
     const key = path.basename(s.checkpointDir);
     await writeLease(store, parkedLease(lease, ctx.settings.nodeName, reason), trust, { namespace: s.namespace, key });
   } catch (e) {

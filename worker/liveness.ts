@@ -12,7 +12,7 @@ import type { NodeContext } from '../core/context.js';
 import { checkpointStoreOf, contractOptions } from '../core/env-contract.js';
 import type { LivenessSettings } from '../core/liveness-settings.js';
 import { listArchContainers, type ArchContainer } from '../core/node-containers.js';
-import { leaseOf, staleHere, type Lease } from '../core/lease.js';
+import { leaseOf, ownNodeNames, staleHere, type Lease } from '../core/lease.js';
 import { trustOf } from '../core/trust.js';
 import { fence, stopStale } from './fence.js';
 import { errorMessage } from '../contract/errors.js';
@@ -27,8 +27,6 @@ import { freeMemBytes } from '../core/free-memory.js';
 
 export interface LivenessOptions {
   node: string;
-  /** The node name arch-runc records (its settings' ARCH_NODE_NAME, else the host name), when not `node`. */
-  runcNodeName?: string;
   ctx: NodeContext;
   liveness: LivenessSettings;
   target: TemporalTarget;
@@ -116,7 +114,7 @@ export function startLiveness(o: LivenessOptions): LivenessLoop {
   let running: Promise<void> = Promise.resolve();
 
   // The names this node's jobs may be recorded under: the worker's, and arch-runc's (its settings or the host name).
-  const mine = new Set([o.node, o.ctx.settings.nodeName, o.runcNodeName ?? o.node]);
+  const mine = new Set([o.node, ...ownNodeNames(o.ctx.settings)]);
   const staleStopped: StaleStop[] = [];
   let fenced: NodeReport['fenced'];
   let fencing: Promise<void> | undefined;
@@ -128,9 +126,7 @@ export function startLiveness(o: LivenessOptions): LivenessLoop {
     const listed = await protectedContainers(o, specs);
     lastListed = listed;
     // A job that moved on while this node was cut off (or dead) must not go on here.
-    const stale = listed.filter(
-      (l) => l.container.status === 'running' && [...mine].every((n) => staleHere(l.lease, n)),
-    );
+    const stale = listed.filter((l) => l.container.status === 'running' && staleHere(l.lease, mine));
     staleStopped.push(...(await stopStale(o.ctx, stale)));
     return {
       node: o.node,

@@ -22,7 +22,7 @@ import { startExitRecorder } from './exits.js';
 import { startNoticeWatcher } from './notices.js';
 import { nodeThroughputFile } from '../core/drain-plan.js';
 import { livenessSettings, type LivenessSettings } from '../core/liveness-settings.js';
-import { settingsVars } from '../core/settings.js';
+import { ownNodeNames } from '../core/lease.js';
 import { startLiveness } from './liveness.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
@@ -66,20 +66,14 @@ export interface RunningWorker {
 
 let runtimeInstalled = false;
 
-/**
- * The name arch-runc records in a job's lease: ARCH_NODE_NAME from the node's
- * settings file (arch-runc runs in containerd's environment, not this
- * worker's), else the host name. A worker named otherwise would take its
- * own jobs for someone else's: said loudly, and both names count as this node.
- */
-function runcNodeName(settings: Settings, log: Logger, node: string): string {
-  const name = settingsVars({ ARCH_CONFIG: settings.configFile }).vars.ARCH_NODE_NAME || os.hostname();
-  if (name !== node)
-    log.warn(
-      { phase: 'start', node, runcNodeName: name, field: 'ARCH_NODE_NAME' },
-      `arch-runc on this node records its jobs as node "${name}", this worker is "${node}". Fix: set ARCH_NODE_NAME=${node} in ${settings.configFile}`,
-    );
-  return name;
+/** arch-runc records jobs under its own node name: one that is not this worker's is a setup error, said loudly. */
+function warnOnOtherName(settings: Settings, log: Logger, node: string): void {
+  for (const name of ownNodeNames(settings))
+    if (name !== node)
+      log.warn(
+        { phase: 'start', node, runcNodeName: name, field: 'ARCH_NODE_NAME' },
+        `arch-runc on this node records its jobs as node "${name}", this worker is "${node}". Fix: set ARCH_NODE_NAME=${node} in ${settings.configFile}`,
+      );
 }
 
 export async function startNodeWorker(o: NodeWorkerOptions): Promise<RunningWorker> {
@@ -180,9 +174,9 @@ export async function startNodeWorker(o: NodeWorkerOptions): Promise<RunningWork
       log,
     });
     // Once the workers poll: a node that reports alive can take recoveries.
+    warnOnOtherName(settings, log, o.node);
     const alive = startLiveness({
       node: o.node,
-      runcNodeName: runcNodeName(settings, log, o.node),
       ctx: { settings, log },
       liveness,
       target,

@@ -21,23 +21,23 @@ const trustWith = (key: string) =>
 test('a running job is refused elsewhere, allowed on its node; a parked one anywhere but on a revoked node', () => {
   const running = runningLease(undefined, 'a', 'job', 'started');
   expect(running).toMatchObject({ state: 'running', node: 'a', generation: 1 });
-  expect(leaseRefusal(running, 'a', 'default/job')).toBeUndefined();
-  expect(leaseRefusal(running, 'b', 'default/job')).toMatch(
+  expect(leaseRefusal(running, new Set(['a']), 'default/job')).toBeUndefined();
+  expect(leaseRefusal(running, new Set(['b']), 'default/job')).toMatch(
     /^default\/job: its job is recorded as running on node a \(generation 1, .*Fix: /,
   );
   const parked = parkedLease(running, 'a', 'checkpointed');
   expect(parked).toMatchObject({ state: 'parked', generation: 1 });
-  expect(leaseRefusal(parked, 'b', 'x')).toBeUndefined();
-  expect(leaseRefusal(parked, 'a', 'x')).toBeUndefined();
+  expect(leaseRefusal(parked, new Set(['b']), 'x')).toBeUndefined();
+  expect(leaseRefusal(parked, new Set(['a']), 'x')).toBeUndefined();
   const taken = parkedLease(running, 'b', 'node-dead', { node: 'a', generation: 1 });
   expect(taken.generation).toBe(2);
-  expect(leaseRefusal(taken, 'a', 'x')).toMatch(/declared dead at generation 1 .*now generation 2/);
-  expect(staleHere(taken, 'a')).toBe(true);
+  expect(leaseRefusal(taken, new Set(['a']), 'x')).toMatch(/declared dead at generation 1 .*now generation 2/);
+  expect(staleHere(taken, new Set(['a']))).toBe(true);
   const onB = runningLease(taken, 'b', 'job', 'restored');
   expect(onB).toMatchObject({ generation: 3, node: 'b' });
   expect(onB.revoked).toBeUndefined();
-  expect(staleHere(onB, 'a')).toBe(true);
-  expect(staleHere(onB, 'b')).toBe(false);
+  expect(staleHere(onB, new Set(['a']))).toBe(true);
+  expect(staleHere(onB, new Set(['b']))).toBe(false);
 });
 
 test('a lease is read back only when a trusted key signed it; a forged or altered one is not believed', async () => {
