@@ -6,6 +6,7 @@
 import { checkpointActivities } from './checkpoint.js';
 import { containerActivities } from './containers.js';
 import type { NodeDeps } from './context.js';
+import { recoveryActivities } from './recovery.js';
 import { restoreActivities } from './restore.js';
 
 export type { NodeDeps } from './context.js';
@@ -15,6 +16,7 @@ export function createActivities(d: NodeDeps) {
     ...containerActivities(d),
     ...checkpointActivities(d),
     ...restoreActivities(d),
+    ...recoveryActivities(d),
   };
 }
 

@@ -12,6 +12,7 @@ import { registerDev } from './commands/dev.js';
 import { registerDrain } from './commands/drain.js';
 import { registerLs } from './commands/ls.js';
 import { registerMigrate } from './commands/migrate.js';
+import { registerNodes } from './commands/nodes.js';
 import { registerPauseResume } from './commands/pause.js';
 import { registerProtect } from './commands/protect.js';
 import { registerReclaim } from './commands/reclaim.js';
@@ -41,6 +42,7 @@ export async function buildProgram(settings: Settings): Promise<{ program: Comma
   registerProtect(program, ctx);
   registerLs(program, ctx);
   registerStatus(program, ctx);
+  registerNodes(program, ctx);
   registerDev(program, ctx);
   registerDemo(program, ctx);
   registerTemporalSetup(program, ctx);

@@ -31,6 +31,11 @@ export const workflowIds = {
   schedule: (name: string): string => `arch-schedule-${name}`,
   /** One periodic-checkpoint workflow per node (workflows/protect.ts). */
   protect: (node: string): string => `arch-protect-${node}`,
+  /** One per Temporal namespace: every worker reports to it (workflows/cluster.ts). */
+  cluster: (): string => 'arch-cluster',
+  recoverNode: (node: string, at: number): string => `arch-recover-node-${node}-${at}`,
+  recoverContainer: (namespace: string, id: string, node: string, at: number): string =>
+    `arch-recover-${namespace}-${id}-from-${node}-${at}`,
 };
 
 /** Visibility query matching every ARCH workflow (they all carry ArchOperation). */

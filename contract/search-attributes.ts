@@ -30,7 +30,8 @@ export function devServerSearchAttributeArgs(): string[] {
   return SEARCH_ATTRIBUTE_DEFS.flatMap((d) => ['--search-attribute', `${d.name}=${d.cliType}`]);
 }
 
-export type Operation = 'migrate' | 'drain' | 'reclaim-watch' | 'pause' | 'resume' | 'protect';
+export type Operation =
+  'migrate' | 'drain' | 'reclaim-watch' | 'pause' | 'resume' | 'protect' | 'cluster' | 'recover-node' | 'recover';
 
 export interface ArchAttributes {
   /** "ns/id" */

@@ -19,6 +19,7 @@ import { FORMAT_VERSION, SEALED_FORMAT_VERSION, type Manifest } from './manifest
 import { readSpec, rootfsOf, type OciSpec } from './oci-spec.js';
 import { ownerOf } from './owner.js';
 import { isAlive } from './pid.js';
+import { leaseOf, leaseRefusal, ownNodeNames, parkedLease, writeLease } from './lease.js';
 import { trustOf } from './trust.js';
 import { captureDiff, findUpperDir } from './rootfs-diff.js';
 import { Runc } from './runc.js';
@@ -350,6 +351,12 @@ async function checkpointLocked(
     t = Date.now();
     req.onProgress?.({ phase: 'publish' });
     const versions = await versionsAsked;
+    // A node that lost the job (it runs elsewhere now, or this node was declared dead) must not
+    // replace the new owner's checkpoint with its stale one.
+    const leaseBefore = await leaseOf(store, trustOf(ctx.settings), log);
+    const mine = ownNodeNames(ctx.settings);
+    const refusal = leaseRefusal(leaseBefore, mine, `${req.namespace}/${req.id}`);
+    if (refusal) throw new Error(`checkpoint not published: ${refusal}`);
     const pub = await store.publish(
       staging,
       {
@@ -397,6 +404,7 @@ async function checkpointLocked(
     // Stopped by this checkpoint: delete must keep it (the shim reads this).
     // A container left running is not: if it later exits by itself, its job is done.
     if (!req.leaveRunning) await updateShimState(c.runc.root, req.id, { checkpointed: true });
+
     t = Date.now();
     if (!req.dumpedImages) {
       if (!req.leaveRunning) {
@@ -408,6 +416,12 @@ async function checkpointLocked(
       guard?.disarm();
     }
     lap('stop', t);
+    // Stopped (not merely frozen) with its checkpoint: parked, for any node that sees the storage to restore.
+    if (!req.leaveRunning && leaseBefore?.state === 'running' && mine.has(leaseBefore.node))
+      await writeLease(store, parkedLease(leaseBefore, ctx.settings.nodeName, 'checkpointed'), trustOf(ctx.settings), {
+        namespace: req.namespace,
+        key: checkpointKeyOf(c.contract, req.id),
+      }).catch((e) => log.warn({ phase: 'checkpoint', err: errorMessage(e) }, 'could not record the job as parked'));
     // The container is stopped (or running again): only now drop the checkpoint this one replaces.
     await pub
       .prune()

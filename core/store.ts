@@ -51,11 +51,14 @@ export interface StoreOwner {
 
 /** Names ARCH itself gives entries of a container's checkpoint directory. */
 const ARCH_ENTRY_RE = new RegExp(
-  `^(current|ckpt-[0-9TZ-]+-[0-9a-f]{8}|\\.staging-.*|\\.current-[0-9a-f]{8}|${CHUNKS_DIR})$`,
+  `^(current|lease\\.json|\\.lease-.*|ckpt-[0-9TZ-]+-[0-9a-f]{8}|\\.staging-.*|\\.current-[0-9a-f]{8}|${CHUNKS_DIR})$`,
 );
 
 /** The files store format 2 keeps as chunks: the large ones (everything else is a few KiB of CRIU metadata). */
 export const isChunkedPath = (rel: string): boolean => PAGE_IMAGE_PATH.test(rel) || rel === ROOTFS_TAR;
+
+/** The job's ownership (core/lease.ts), beside its checkpoints. */
+export const LEASE_FILE = 'lease.json';
 
 export class CheckpointStore {
   /**
@@ -297,6 +300,46 @@ export class CheckpointStore {
       }
     } finally {
       await held.close();
+    }
+  }
+
+  /** The lease's text (core/lease.ts), undefined when there is none. */
+  async readLease(): Promise<string | undefined> {
+    let dir = this.containerDir;
+    let held: HeldDir | undefined;
+    if (this.guard) {
+      held = await this.hold(false);
+      if (!held) return undefined;
+      dir = held.fdPath;
+    }
+    try {
+      return await fsp.readFile(path.join(dir, LEASE_FILE), 'utf8');
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+      throw err;
+    } finally {
+      await held?.close();
+    }
+  }
+
+  /** Replace the lease atomically (a reader sees the old one or the new one), creating the directory if needed. */
+  async writeLease(text: string, owner: StoreOwner): Promise<void> {
+    let dir = this.containerDir;
+    let held: HeldDir | undefined;
+    if (this.guard) {
+      await this.claim(owner);
+      held = (await this.hold(false))!;
+      dir = held.fdPath;
+    } else await fsp.mkdir(dir, { recursive: true, mode: 0o700 });
+    const tmp = path.join(dir, `.lease-${process.pid}-${randomBytes(4).toString('hex')}`);
+    try {
+      await fsp.writeFile(tmp, text, { mode: 0o600, flag: 'wx' });
+      await fsp.rename(tmp, path.join(dir, LEASE_FILE));
+    } catch (err) {
+      await fsp.rm(tmp, { force: true }).catch(() => undefined);
+      throw err;
+    } finally {
+      await held?.close();
     }
   }
 

@@ -19,7 +19,11 @@
  * patched() (README: "Workflow tests and replay").
  */
 import fs from 'node:fs';
+import path from 'node:path';
 import { randomBytes } from 'node:crypto';
+import { checkpointContainer } from '../core/checkpoint.js';
+import { createNodeContext } from '../core/context.js';
+import type { ClusterView } from '../contract/liveness.js';
 import type { WorkflowHandle } from '@temporalio/client';
 import { WORKFLOW_TASK_QUEUE, workflowIds } from '../contract/names.js';
 import type {
@@ -40,6 +44,9 @@ const A = 'hist-a';
 const B = 'hist-b';
 /** Its CRIU always fails: every restore there falls back, and the migration compensates. */
 const C = 'hist-c';
+/** Loses power: the cluster workflow declares it dead and recovers its job. */
+const D = 'hist-d';
+const NODE_LOSS = ['clusterLiveness-node-lost', 'recoverNode-node-lost', 'recoverContainer-node-lost'];
 
 const wanted = new Set(process.argv.slice(2));
 const recorded: string[] = [];
@@ -202,6 +209,42 @@ async function record(cluster: TestCluster): Promise<void> {
   }
 }
 
+/** D's shared-mode job, D powered off, the recovery on a live node. */
+async function recordNodeLoss(cluster: TestCluster): Promise<void> {
+  const shared = path.join(cluster.dir, 'shared');
+  await cluster.runCounter(D, 'lost', [`ARCH_SHAREDFS_HOST_PATH=${shared}`, 'ARCH_WORKDIR_CONTAINER_PATH=/work']);
+  await cluster.waitCount(D, 'lost', 3);
+  await checkpointContainer(
+    createNodeContext('record', {
+      ...process.env,
+      ARCH_CONFIG: cluster.archConfig,
+      ARCH_NODE_NAME: D,
+      ARCH_RUNC_ROOT: cluster.nodes[D]!.runcRootBase,
+    }),
+    { namespace: 'default', id: 'lost', runcRoot: cluster.nodes[D]!.runcRoot('default'), leaveRunning: true },
+  );
+  const cl = cluster.temporal.client.workflow.getHandle(workflowIds.cluster());
+  await waitUntil(
+    "D's report with its checkpoint",
+    async () =>
+      (await cl.query<ClusterView>('nodes')).nodes.find((n) => n.node === D)?.report.containers[0]?.lastCheckpointAt,
+    60_000,
+    500,
+  );
+  await Promise.all([cluster.workers[D]!.kill(), cluster.nodes[D]!.kill()]);
+  const d = await waitUntil(
+    "D's recovery",
+    async () => (await cl.query<ClusterView>('nodes')).nodes.find((n) => n.node === D && n.recovery?.result),
+    120_000,
+    500,
+  );
+  const job = d.recovery!.result!.containers[0]!;
+  if (job.outcome !== 'recovered') throw new Error(`D's job was not recovered: ${JSON.stringify(job)}`);
+  await save('recoverNode', 'node-lost', cluster.temporal.client.workflow.getHandle(d.recovery!.workflowId));
+  await save('recoverContainer', 'node-lost', cluster.temporal.client.workflow.getHandle(job.workflowId!));
+  await save('clusterLiveness', 'node-lost', cl);
+}
+
 async function main(): Promise<void> {
   if (process.getuid?.() !== 0)
     throw new Error('run as root: real containerd nodes, runc and CRIU (like the integration tests)');
@@ -209,11 +252,18 @@ async function main(): Promise<void> {
   process.env.ARCH_PAYLOAD_KEY = testPayloadKey();
   delete process.env.ARCH_PAYLOAD_KEY_FILE;
   await cleanupStaleNodes();
-  const cluster = await startCluster('record-histories', [A, B, C], {
-    nodeSettings: { [C]: { ARCH_CRIU: '/bin/false' } },
+  const cluster = await startCluster('record-histories', [A, B, C, D], {
+    nodeSettings: {
+      [A]: { ARCH_NODE_NAME: A },
+      [B]: { ARCH_NODE_NAME: B },
+      [C]: { ARCH_NODE_NAME: C, ARCH_CRIU: '/bin/false' },
+      [D]: { ARCH_NODE_NAME: D, ARCH_NODE_DEAD_AFTER: '5s' },
+    },
   });
   try {
-    await record(cluster);
+    const wants = (names: string[]) => !wanted.size || [...wanted].some((w) => names.includes(w));
+    if (!wanted.size || [...wanted].some((w) => !NODE_LOSS.includes(w))) await record(cluster);
+    if (wants(NODE_LOSS)) await recordNodeLoss(cluster);
   } catch (err) {
     console.error(cluster.logDigest());
     throw err;

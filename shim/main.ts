@@ -53,6 +53,16 @@ import {
 } from '../core/shim-state.js';
 import { finishedPredecessor, newerOwner, stoppedReason } from '../core/checkpoint-holder.js';
 import { CheckpointStore } from '../core/store.js';
+import {
+  leaseOf,
+  leaseRefusal,
+  ownNodeNames,
+  parkedLease,
+  runningLease,
+  writeLease,
+  type Lease,
+} from '../core/lease.js';
+import { trustOf } from '../core/trust.js';
 import { prepareWorkDir, removeWorkDir, type PreparedWorkDir } from '../core/work-dir.js';
 import { runRealRunc, startRealRunc, withNodeCriu } from './passthrough.js';
 import type { Foreground } from '../core/foreground.js';
@@ -105,7 +115,7 @@ export async function main(argv: string[]): Promise<number> {
           ? await handleCheckpoint(ctx, call, namespace, id, log)
           : await pass();
       case 'delete':
-        return await handleDelete(call, id, log, pass);
+        return await handleDelete(ctx, call, id, log, pass);
       default:
         return pass();
     }
@@ -201,6 +211,29 @@ async function handleCreate(
   }
   const store = checkpointStoreOf(contract, namespace, id);
   const checkpointDir = store.containerDir;
+  // Whose job it is: a copy here while it runs elsewhere (or after this node lost it) is refused.
+  let lease: Lease | undefined;
+  try {
+    lease = await leaseOf(store, trustOf(ctx.settings), log);
+  } catch (err) {
+    if (!(err instanceof ArchInputError)) throw err;
+    lease = undefined; // an unsafe path: refused just below, and the container starts without ARCH
+  }
+  const refusal = leaseRefusal(lease, ownNodeNames(ctx.settings), `${namespace}/${id}`);
+  if (refusal) {
+    log.error(
+      {
+        reason: 'owned-elsewhere',
+        owner: lease!.node,
+        generation: lease!.generation,
+        state: lease!.state,
+        checkpointDir,
+      },
+      refusal,
+    );
+    process.stderr.write(`arch-runc: ${refusal}\n`);
+    return 1;
+  }
   let work: PreparedWorkDir | undefined;
   try {
     if (contract.checkpointId) {
@@ -233,7 +266,7 @@ async function handleCreate(
     return await createHeld(
       ctx,
       call,
-      { namespace, id, bundle, spec, contract, store, work, t0, fresh, foreground },
+      { namespace, id, bundle, spec, contract, store, work, t0, fresh, foreground, lease },
       log,
     );
   } finally {
@@ -256,10 +289,17 @@ async function createHeld(
     t0: number;
     fresh: string[];
     foreground: boolean;
+    lease: Lease | undefined;
   },
   log: Log,
 ): Promise<number> {
   const { namespace, id, bundle, spec, contract, store, t0, fresh, foreground } = c;
+  // This node runs the job from here on: the next generation, recorded where every node sees it.
+  const takeOwnership = (reason: string) =>
+    writeLease(store, runningLease(c.lease, ctx.settings.nodeName, id, reason), trustOf(ctx.settings), {
+      namespace,
+      key: checkpointKeyOf(contract, id),
+    }).catch((e) => log.warn({ err: errorMessage(e) }, 'could not record this node as the owner of the job'));
   const checkpointDir = store.containerDir;
   const workDir = c.work?.path;
   let finalSpec = spec;
@@ -305,6 +345,7 @@ async function createHeld(
       await store
         .takeOver({ namespace, key: checkpointKeyOf(contract, id), containerId: id, node: ctx.settings.nodeName })
         .catch((e) => log.warn({ err: errorMessage(e) }, "could not record this container as the checkpoint's holder"));
+      await takeOwnership('restored');
       log.info(
         {
           durationMs: Date.now() - t0,
@@ -327,20 +368,22 @@ async function createHeld(
       'checkpoint not restored; starting the container fresh',
     );
   }
-  if (running) return finishForeground(call, id, running.fg, running.state, log);
+  if (running) return finishForeground(ctx, call, id, running.fg, running.state, log);
   if (foreground) {
     const fg = startRealRunc(ctx.settings.runc, fresh);
     // runc makes the container's state dir: the shim state goes in there once it exists.
     const made = await stateDirOrExit(call.root, id, fg);
     const started: ShimState = { ...state, lastRestoreFailure: failure };
+    if (made) await takeOwnership('started');
     if (made)
       await writeShimState(call.root, started).catch((e) =>
         log.warn({ err: errorMessage(e) }, 'could not record shim state'),
       );
-    return finishForeground(call, id, fg, made ? started : undefined, log);
+    return finishForeground(ctx, call, id, fg, made ? started : undefined, log);
   }
   const code = await runRealRunc(ctx.settings.runc, fresh);
   if (code === 0) {
+    await takeOwnership('started');
     await writeShimState(call.root, { ...state, restorePending: false, lastRestoreFailure: failure }).catch((e) =>
       log.warn({ err: errorMessage(e) }, 'could not record shim state'),
     );
@@ -478,7 +521,13 @@ const EXIT_RECORD_WAIT_MS = 1000;
  * clean. A checkpoint named with ARCH_CHECKPOINT_ID that a newer container
  * has written to since stays too.
  */
-async function handleDelete(call: RuncCall, id: string, log: Log, pass: () => Promise<number>): Promise<number> {
+async function handleDelete(
+  ctx: NodeContext,
+  call: RuncCall,
+  id: string,
+  log: Log,
+  pass: () => Promise<number>,
+): Promise<number> {
   const s = await readShimState(call.root, id);
   if (!s) return pass();
   // `delete --force` of a container still running kills it: not a job that finished.
@@ -496,7 +545,7 @@ async function handleDelete(call: RuncCall, id: string, log: Log, pass: () => Pr
       exit ? 'exit code arrived after delete began' : 'no exit code recorded in time: counting the exit as clean',
     );
   const keptBecause = stopped ?? (exit && exit.exitStatus !== 0 ? `exited with code ${exit.exitStatus}` : undefined);
-  await settleCheckpoint(s, id, keptBecause, exit?.exitStatus, log);
+  await settleCheckpoint(ctx, s, id, keptBecause, exit?.exitStatus, log);
   return pass();
 }
 
@@ -506,6 +555,7 @@ async function handleDelete(call: RuncCall, id: string, log: Log, pass: () => Pr
  * another container carries the job on now.
  */
 async function settleCheckpoint(
+  ctx: NodeContext,
   s: ShimState,
   id: string,
   keptBecause: string | undefined,
@@ -532,6 +582,7 @@ async function settleCheckpoint(
       { reason: keptBecause, exitStatus, checkpointDir: s.checkpointDir },
       `container ${keptBecause}: checkpoint kept`,
     );
+    await parkJob(ctx, store, s, id, keptBecause, log);
   } else {
     // Only what ARCH created for this very container goes (its ownership record says so).
     const ck = await store
@@ -581,6 +632,7 @@ async function stateDirOrExit(root: string, id: string, fg: Foreground): Promise
  * decides then.
  */
 async function finishForeground(
+  ctx: NodeContext,
   call: RuncCall,
   id: string,
   fg: Foreground,
@@ -616,8 +668,32 @@ async function finishForeground(
   }
   const signalled = fg.stops.length > 0 ? `stopped by ${fg.stops[0]}` : undefined;
   const keptBecause = stopped ?? signalled ?? (code !== 0 ? `exited with code ${code}` : undefined);
-  await settleCheckpoint(s, id, keptBecause, code, log);
+  await settleCheckpoint(ctx, s, id, keptBecause, code, log);
   return code;
+}
+
+/**
+ * The job stopped here with its checkpoint kept: parked, so that any node
+ * that sees the storage may restore it. Only a lease this node holds for
+ * this container is changed (a job that moved on is not this node's to park).
+ */
+async function parkJob(
+  ctx: NodeContext,
+  store: CheckpointStore,
+  s: ShimState,
+  id: string,
+  reason: string,
+  log: Log,
+): Promise<void> {
+  try {
+    const trust = trustOf(ctx.settings);
+    const lease = await leaseOf(store, trust, log);
+    if (lease?.state !== 'running' || !ownNodeNames(ctx.settings).has(lease.node) || lease.containerId !== id) return;
+    const key = path.basename(s.checkpointDir);
+    await writeLease(store, parkedLease(lease, ctx.settings.nodeName, reason), trust, { namespace: s.namespace, key });
+  } catch (e) {
+    log.warn({ err: errorMessage(e) }, 'could not record the job as parked');
+  }
 }
 
 /** Run one runc call and exit with its code (the bundle's entry, shim/entry.ts, calls this). */

@@ -22,6 +22,9 @@ import { startExitRecorder } from './exits.js';
 import { startNoticeWatcher } from './notices.js';
 import { startProtect } from './protect.js';
 import { nodeThroughputFile } from '../core/drain-plan.js';
+import { livenessSettings, type LivenessSettings } from '../core/liveness-settings.js';
+import { ownNodeNames } from '../core/lease.js';
+import { startLiveness } from './liveness.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 /** The checkout: this file is <repo>/dist/worker/run.js. */
@@ -49,6 +52,8 @@ export interface NodeWorkerOptions {
   handleSignals?: boolean;
   /** Where a cloud reclaim notice sends this node's containers (ARCH_CLOUD_PROVIDER). */
   reclaimTargets?: string[];
+  /** ARCH_NODE_DEAD_AFTER / ARCH_FENCE_AFTER (default: from the node's settings). */
+  liveness?: LivenessSettings;
 }
 
 export interface RunningWorker {
@@ -61,6 +66,16 @@ export interface RunningWorker {
 }
 
 let runtimeInstalled = false;
+
+/** arch-runc records jobs under its own node name: one that is not this worker's is a setup error, said loudly. */
+function warnOnOtherName(settings: Settings, log: Logger, node: string): void {
+  for (const name of ownNodeNames(settings))
+    if (name !== node)
+      log.warn(
+        { phase: 'start', node, runcNodeName: name, field: 'ARCH_NODE_NAME' },
+        `arch-runc on this node records its jobs as node "${name}", this worker is "${node}". Fix: set ARCH_NODE_NAME=${node} in ${settings.configFile}`,
+      );
+}
 
 export async function startNodeWorker(o: NodeWorkerOptions): Promise<RunningWorker> {
   const settings: Settings = { ...o.settings, nodeName: o.node };
@@ -80,6 +95,7 @@ export async function startNodeWorker(o: NodeWorkerOptions): Promise<RunningWork
   const target = temporalTarget(settings);
   // Before anything listens: a key that cannot be used, or none for a remote Temporal, stops the worker here.
   const payloads = targetPayloads(target, process.env, 'worker');
+  const liveness = o.liveness ?? livenessSettings({ ...process.env, ARCH_CONFIG: settings.configFile });
   const tls = loadTransferTls(settings);
   const transfer = new TransferServer({
     host: o.transferListen.host,
@@ -159,11 +175,24 @@ export async function startNodeWorker(o: NodeWorkerOptions): Promise<RunningWork
       settings,
       log,
     });
+    // Once the workers poll: a node that reports alive can take recoveries.
+    warnOnOtherName(settings, log, o.node);
+    const alive = startLiveness({
+      node: o.node,
+      ctx: { settings, log },
+      liveness,
+      target,
+      payloads,
+      containerdAddress: o.containerdAddress,
+      ctr: o.ctr,
+      namespaces: o.namespaces,
+    });
     const done = (async () => {
       try {
         await Promise.all(runs);
       } finally {
         protect.stop();
+        await alive.stop().catch(() => undefined);
         await exits.stop().catch(() => undefined);
         await notices?.stop().catch(() => undefined);
         await transfer.stop().catch(() => undefined);

@@ -72,7 +72,7 @@ export function registerStatus(program: Command, ctx: CliContext): void {
     .option('--running', 'only running ones')
     .option('--node <node>', 'only those involving this node', nodeArg)
     .option('--container <ref>', 'only those of this container (NAMESPACE/ID)')
-    .option('--operation <op>', 'migrate, drain, reclaim-watch, pause or resume')
+    .option('--operation <op>', 'migrate, drain, reclaim-watch, pause, resume, cluster, recover-node or recover')
     .option('--limit <n>', 'at most this many', '20')
     .action(
       async (

@@ -27,6 +27,9 @@
  *                        survives a checkpoint/restore.
  *   COUNTER_EXIT_AFTER   exit once the count reaches N (0 = never)
  *   COUNTER_EXIT_CODE    ... with this exit code (default 0; a crash-like exit)
+ *   COUNTER_LOG          also append each value, one per line, to this file
+ *                        (opened and closed each tick): on a shared work dir it
+ *                        shows whether two copies of the job ever ran at once
  *
  * Output: "counter start pid=P\n" once, then "count N\n" each tick, flushed.
  * SIGTERM/SIGINT: prints "counter exit N" and exits 0 (a clean exit), which
@@ -131,6 +134,7 @@ int main(void) {
   long exit_code = env_long("COUNTER_EXIT_CODE", 0);
   const char *file = getenv("COUNTER_FILE");
   if (!file || !*file) file = "/state/count";
+  const char *log = getenv("COUNTER_LOG");
 
   char dir_buf[4096];
   snprintf(dir_buf, sizeof dir_buf, "%s", file);
@@ -173,6 +177,10 @@ int main(void) {
     char line[64];
     int n = snprintf(line, sizeof line, "%lu\n", count);
     write_atomic(file, line, (size_t)n);
+    if (log && *log) {
+      int lfd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0644);
+      if (lfd >= 0) { (void)!write(lfd, line, (size_t)n); close(lfd); }
+    }
     printf("count %lu\n", count);
     if (mem && verify_every > 0 && count % (unsigned long)verify_every == 0) {
       int ok = 1;

@@ -47,6 +47,8 @@ const ACTIVITY_NAMES: Record<keyof ArchActivities, true> = {
   receiveCheckpoint: true,
   ensureImage: true,
   restoreContainer: true,
+  probeRecoveryTarget: true,
+  claimForRecovery: true,
   removeContainer: true,
   cleanupSource: true,
 };

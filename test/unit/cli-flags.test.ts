@@ -33,6 +33,7 @@ const COMMANDS: Record<string, { args: string[]; temporal: boolean; containerd: 
   protect: { args: ['default/job', '--every', '10m'], temporal: true, containerd: false },
   ls: { args: [], temporal: true, containerd: true },
   status: { args: [], temporal: true, containerd: false },
+  nodes: { args: [], temporal: true, containerd: false },
   dev: { args: [], temporal: true, containerd: true },
   'temporal-setup': { args: [], temporal: true, containerd: false },
   'codec-server': { args: [], temporal: false, containerd: false },
