@@ -5,7 +5,7 @@ import { MANIFEST_FILE, SIGNATURE_FILE } from './checkpoint-layout.js';
 import { chunkKeysOf, type ChunkKeys } from './chunk-codec.js';
 import { assembleChunked } from './chunked-files.js';
 import { MAX_MANIFEST_BYTES, MAX_SIGNATURE_BYTES, parseManifest, readSmallFile } from './manifest.js';
-import { keyFor, makeScratch, storeKeysOf, type Scratch, type StoreKeys } from './seal.js';
+import { makeScratch, storeKeyLookup, type Scratch } from './seal.js';
 import type { CheckpointStore } from './store.js';
 import { verifyManifestSignature, type Trust } from './trust.js';
 
@@ -57,12 +57,5 @@ export async function assembleIfChunked(
 }
 
 function chunkKeysFor(keyId: string, settings: { configFile: string }): ChunkKeys {
-  let keys: StoreKeys | undefined;
-  let problem: string | undefined;
-  try {
-    keys = storeKeysOf(settings);
-  } catch (err) {
-    problem = errorMessage(err);
-  }
-  return chunkKeysOf(keyFor({ keyId }, keys, problem));
+  return chunkKeysOf(storeKeyLookup(settings)({ keyId }));
 }

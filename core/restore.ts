@@ -13,16 +13,7 @@ import { assertSameOwner, ownerOf } from './owner.js';
 import { layerDifference } from './layer-match.js';
 import { applyDiff, findOverlayDirs } from './rootfs-diff.js';
 import type { Runc } from './runc.js';
-import {
-  keyFor,
-  storeKeysOf,
-  makeScratch,
-  openSealedFile,
-  SEAL_CHUNK_BYTES,
-  type Scratch,
-  type StoreKey,
-  type StoreKeys,
-} from './seal.js';
+import { storeKeyLookup, makeScratch, openSealedFile, SEAL_CHUNK_BYTES, type Scratch, type StoreKey } from './seal.js';
 import { trustOf } from './trust.js';
 import { assembleIfChunked } from './chunked-restore.js';
 import { SealGate } from './seal-gate.js';
@@ -341,14 +332,8 @@ async function stopGated(images: StagedImages, stop: AbortController): Promise<v
 
 /** The keys a sealed checkpoint needs, each found on this node: else a 'sealed-key' refusal. */
 function sealKeys(manifest: Manifest, settings: { configFile: string }): Map<string, StoreKey> {
-  let keys: StoreKeys | undefined;
-  let problem: string | undefined;
-  try {
-    keys = storeKeysOf(settings);
-  } catch (err) {
-    problem = errorMessage(err);
-  }
-  return new Map(manifest.seal!.files.map((f) => [f.path, keyFor(f, keys, problem)]));
+  const keyOf = storeKeyLookup(settings);
+  return new Map(manifest.seal!.files.map((f) => [f.path, keyOf(f)]));
 }
 
 /** A tmpfs scratch dir with room for every file the restore stages there (plaintext sizes). */

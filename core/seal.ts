@@ -4,7 +4,7 @@ import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Digest } from './digest.js';
-import { ArchInputError, CheckpointUnusableError } from '../contract/errors.js';
+import { ArchInputError, CheckpointUnusableError, errorMessage } from '../contract/errors.js';
 import { requireAbsolutePath } from './paths.js';
 import { isAlive } from './pid.js';
 import { usesWorkerThreads, workerReply } from './digest.js';
@@ -131,6 +131,22 @@ export function loadStoreKeys(vars: Record<string, string | undefined> = setting
 /** The store keys of the node whose settings file this is (environment over the file), as trustOf does for signing keys. */
 export function storeKeysOf(settings: { configFile: string }): StoreKeys | undefined {
   return loadStoreKeys(settingsVars({ ...process.env, ARCH_CONFIG: settings.configFile }).vars);
+}
+
+/**
+ * A restore's lookup of the key a checkpoint names: `storeKeysOf`, with a
+ * key file that cannot be read kept as the reason (keyFor puts it in the
+ * 'sealed-key' refusal) instead of failing here.
+ */
+export function storeKeyLookup(settings: { configFile: string }): (entry: Pick<SealedFile, 'keyId'>) => StoreKey {
+  let keys: StoreKeys | undefined;
+  let problem: string | undefined;
+  try {
+    keys = storeKeysOf(settings);
+  } catch (err) {
+    problem = errorMessage(err);
+  }
+  return (entry) => keyFor(entry, keys, problem);
 }
 
 /** A new checkpoint's seal id: random, recorded in the signed manifest, bound into every chunk. */

@@ -60,41 +60,31 @@ find_go() {
   return 1
 }
 
-# crictl drives containerd's CRI plugin as the kubelet would (test/support/cri-node.ts).
-# No Debian package has it; a go install takes about 3 minutes, so a stamp
-# file beside the binary records which version was built.
-install_crictl() {
-  local bin="$ARCH_TEST_TOOLS/bin/crictl" stamp="$ARCH_TEST_TOOLS/bin/.crictl-version"
-  if [ -x "$bin" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$CRICTL_VERSION" ]; then
-    say "crictl $CRICTL_VERSION present at $bin"
+# A Go tool no Debian package has, built with `go install` (about 3 minutes)
+# into $ARCH_TEST_TOOLS/bin, a stamp file beside it recording which version:
+#   install_go_tool NAME VERSION MODULE_PATH
+install_go_tool() {
+  local name="$1" version="$2" module="$3"
+  local bin="$ARCH_TEST_TOOLS/bin/$name" stamp="$ARCH_TEST_TOOLS/bin/.$name-version"
+  if [ -x "$bin" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$version" ]; then
+    say "$name $version present at $bin"
     return 0
   fi
   local go
-  go="$(find_go)" || die "Go is needed to build crictl (apt-get install golang-go)"
-  say "building crictl $CRICTL_VERSION with $("$go" version) (about 3 minutes the first time)"
+  go="$(find_go)" || die "Go is needed to build $name (apt-get install golang-go)"
+  say "building $name $version with $("$go" version) (about 3 minutes the first time)"
   mkdir -p "$ARCH_TEST_TOOLS/bin"
-  GOTOOLCHAIN="${GOTOOLCHAIN:-auto}" GOBIN="$ARCH_TEST_TOOLS/bin" "$go" install "sigs.k8s.io/cri-tools/cmd/crictl@$CRICTL_VERSION"
-  echo "$CRICTL_VERSION" >"$stamp"
-  say "crictl $CRICTL_VERSION built at $bin"
+  GOTOOLCHAIN="${GOTOOLCHAIN:-auto}" GOBIN="$ARCH_TEST_TOOLS/bin" "$go" install "$module@$version"
+  echo "$version" >"$stamp"
+  say "$name $version built at $bin"
 }
 
+# crictl drives containerd's CRI plugin as the kubelet would (test/support/cri-node.ts).
+install_crictl() { install_go_tool crictl "$CRICTL_VERSION" sigs.k8s.io/cri-tools/cmd/crictl; }
+
 # versitygw: a real S3-compatible server (POSIX backend: it serves a
-# directory) that the S3 store tests start on loopback and stop
-# (test/support/s3-server.ts). Built like crictl, with its own stamp.
-install_versitygw() {
-  local bin="$ARCH_TEST_TOOLS/bin/versitygw" stamp="$ARCH_TEST_TOOLS/bin/.versitygw-version"
-  if [ -x "$bin" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$VERSITYGW_VERSION" ]; then
-    say "versitygw $VERSITYGW_VERSION present at $bin"
-    return 0
-  fi
-  local go
-  go="$(find_go)" || die "Go is needed to build versitygw (apt-get install golang-go)"
-  say "building versitygw $VERSITYGW_VERSION with $("$go" version) (about 3 minutes the first time)"
-  mkdir -p "$ARCH_TEST_TOOLS/bin"
-  GOTOOLCHAIN="${GOTOOLCHAIN:-auto}" GOBIN="$ARCH_TEST_TOOLS/bin" "$go" install "github.com/versity/versitygw/cmd/versitygw@$VERSITYGW_VERSION"
-  echo "$VERSITYGW_VERSION" >"$stamp"
-  say "versitygw $VERSITYGW_VERSION built at $bin"
-}
+# directory) for the S3 store tests, started on loopback and stopped by them.
+install_versitygw() { install_go_tool versitygw "$VERSITYGW_VERSION" github.com/versity/versitygw/cmd/versitygw; }
 
 parts=("$@")
 [ "${#parts[@]}" -gt 0 ] || parts=(docker crictl versitygw shellcheck)
