@@ -27,6 +27,8 @@ export interface ChunkWriteStats {
 export class ChunkDir {
   readonly dir: string;
   private readonly made = new Set<string>();
+  /** Directories checked to be real ones (not symlinks) by this instance. */
+  private readonly real = new Set<string>();
 
   constructor(containerDir: string) {
     this.dir = path.join(containerDir, CHUNKS_DIR);
@@ -38,14 +40,45 @@ export class ChunkDir {
   }
 
   /**
+   * Whoever can write the store could put a symlink where `chunks/` or one of
+   * its subdirectories should be, and have chunks written, touched or
+   * collected outside the store: those are used only as real directories.
+   * False when `d` is not there.
+   */
+  private async realDir(d: string): Promise<boolean> {
+    if (this.real.has(d)) return true;
+    if (d !== this.dir && !(await this.realDir(this.dir))) return false;
+    const st = await fsp.lstat(d).catch((err: NodeJS.ErrnoException) => {
+      if (err.code === 'ENOENT') return undefined;
+      throw err;
+    });
+    if (!st) return false;
+    if (!st.isDirectory())
+      throw new Error(
+        `${d} is not a directory (a symlink?): not followed; the checkpoint store was changed by someone`,
+      );
+    this.real.add(d);
+    return true;
+  }
+
+  /** The chunk's path, its directories checked first (undefined when they are not there). */
+  private async placeOf(id: string): Promise<string | undefined> {
+    const p = this.pathOf(id);
+    return (await this.realDir(path.dirname(p))) ? p : undefined;
+  }
+
+  /**
    * True when the chunk is there; its mtime is then set to now, so that a
    * collector running meanwhile sees it as young (the retention rule in gc.ts).
    */
   async reuse(id: string): Promise<boolean> {
     const now = new Date();
+    const place = await this.placeOf(id);
     try {
-      await fsp.utimes(this.pathOf(id), now, now);
-      return true;
+      if (place && (await fsp.lstat(place)).isFile()) {
+        await fsp.utimes(place, now, now);
+        return true;
+      }
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
     }
@@ -67,15 +100,21 @@ export class ChunkDir {
     return false;
   }
 
+  /** The collector's trash dirs (real directories only: see realDir). */
   async trashDirs(): Promise<string[]> {
-    return (await fsp.readdir(this.dir).catch(() => [] as string[])).filter((n) => n.startsWith(TRASH_PREFIX));
+    if (!(await this.realDir(this.dir))) return [];
+    const out: string[] = [];
+    for (const n of await fsp.readdir(this.dir).catch(() => [] as string[]))
+      if (n.startsWith(TRASH_PREFIX) && (await this.realDir(path.join(this.dir, n)).catch(() => false))) out.push(n);
+    return out;
   }
 
   /** Every chunk in place, with its mtime. */
   async list(): Promise<{ id: string; mtimeMs: number }[]> {
     const out: { id: string; mtimeMs: number }[] = [];
+    if (!(await this.realDir(this.dir))) return out;
     for (const sub of await fsp.readdir(this.dir).catch(() => [] as string[])) {
-      if (!/^[0-9a-f]{2}$/.test(sub)) continue;
+      if (!/^[0-9a-f]{2}$/.test(sub) || !(await this.realDir(path.join(this.dir, sub)).catch(() => false))) continue;
       for (const name of await fsp.readdir(path.join(this.dir, sub)).catch(() => [] as string[])) {
         if (!isChunkId(name)) continue;
         const st = await fsp.stat(path.join(this.dir, sub, name)).catch(() => undefined);
@@ -90,7 +129,14 @@ export class ChunkDir {
     const final = this.pathOf(id);
     const sub = path.dirname(final);
     if (!this.made.has(sub)) {
-      await fsp.mkdir(sub, { recursive: true, mode: 0o700 });
+      await fsp.mkdir(path.dirname(this.dir), { recursive: true, mode: 0o700 }); // the container's dir (the store's own walk)
+      // Then one level at a time, each checked before the next is made in it (mkdir -p would follow a planted symlink).
+      for (const d of [this.dir, sub]) {
+        await fsp.mkdir(d, { mode: 0o700 }).catch((err: NodeJS.ErrnoException) => {
+          if (err.code !== 'EEXIST') throw err;
+        });
+        if (!(await this.realDir(d))) throw new Error(`${d} disappeared while chunks were written`);
+      }
       this.made.add(sub);
     }
     const tmp = path.join(sub, `${TMP_PREFIX}${process.pid}-${randomBytes(4).toString('hex')}`);
@@ -108,7 +154,9 @@ export class ChunkDir {
   async get(id: string, retry = true): Promise<Buffer | undefined> {
     let fh: fsp.FileHandle;
     try {
-      fh = await fsp.open(this.pathOf(id), fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW);
+      const place = await this.placeOf(id);
+      if (!place) throw Object.assign(new Error(`no chunk ${id}`), { code: 'ENOENT' });
+      fh = await fsp.open(place, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW);
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
       // Set aside by a collector that read the manifests before this checkpoint was published: this checkpoint needs it.

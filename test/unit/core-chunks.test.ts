@@ -79,6 +79,30 @@ describe('codec', () => {
 });
 
 describe('split and assemble', () => {
+  test('a symlink planted in the store for chunks/ or a chunk subdirectory is not followed: nothing written, read or listed outside', async () => {
+    const outside = path.join(tmp, 'outside');
+    fs.mkdirSync(outside);
+    const id = sha(Buffer.from('x'));
+    // chunks/<2 hex> as a symlink to a directory outside the store
+    const a = path.join(tmp, 'sym-sub');
+    fs.mkdirSync(path.join(a, 'chunks'), { recursive: true });
+    fs.symlinkSync(outside, path.join(a, 'chunks', id.slice(0, 2)));
+    fs.writeFileSync(path.join(outside, id), 'planted');
+    const sub = new ChunkDir(a);
+    await expect(sub.put(id, Buffer.from('x'), false)).rejects.toThrow(/not a directory/);
+    await expect(sub.get(id)).rejects.toThrow(/not a directory/);
+    expect(await sub.list()).toEqual([]);
+    // chunks/ itself as a symlink
+    const b = path.join(tmp, 'sym-top');
+    fs.mkdirSync(b);
+    fs.symlinkSync(outside, path.join(b, 'chunks'));
+    const top = new ChunkDir(b);
+    await expect(top.put(id, Buffer.from('x'), false)).rejects.toThrow(/not a directory/);
+    await expect(top.list()).rejects.toThrow(/not a directory/);
+    expect(fs.readdirSync(outside)).toEqual([id]);
+    expect(fs.readFileSync(path.join(outside, id), 'utf8')).toBe('planted');
+  });
+
   test('round trip; a second store of the same bytes writes nothing new; one changed page writes one chunk', async () => {
     const src = path.join(tmp, 'src');
     fs.mkdirSync(path.join(src, 'criu'), { recursive: true });
