@@ -10,6 +10,7 @@ import {
   describeFiles,
   listFiles,
   parseManifest,
+  readSmallFile,
   verifyCheckpointDir,
   type Manifest,
 } from './manifest.js';
@@ -59,6 +60,8 @@ export const isChunkedPath = (rel: string): boolean => PAGE_IMAGE_PATH.test(rel)
 
 /** The job's ownership (core/lease.ts), beside its checkpoints. */
 export const LEASE_FILE = 'lease.json';
+/** A lease is a few hundred bytes; anything much larger is not one. */
+const MAX_LEASE_BYTES = 64 << 10;
 
 export class CheckpointStore {
   /**
@@ -313,10 +316,8 @@ export class CheckpointStore {
       dir = held.fdPath;
     }
     try {
-      return await fsp.readFile(path.join(dir, LEASE_FILE), 'utf8');
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
-      throw err;
+      // Like a manifest: not through a symlink, a regular file only (a FIFO would hang a create), and small.
+      return (await readSmallFile(path.join(dir, LEASE_FILE), MAX_LEASE_BYTES))?.toString('utf8');
     } finally {
       await held?.close();
     }

@@ -1,3 +1,4 @@
+import { execFileSync } from 'node:child_process';
 import { generateKeyPairSync } from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -73,4 +74,22 @@ test('ARCH_NODE_DEAD_AFTER / ARCH_FENCE_AFTER: defaults, and bad values name the
   expect(() => livenessSettings(env({ ARCH_NODE_DEAD_AFTER: '10s', ARCH_FENCE_AFTER: '10s' }))).toThrow(
     /ARCH_FENCE_AFTER.*not less than ARCH_NODE_DEAD_AFTER/,
   );
+});
+
+test('a lease.json planted as a symlink or a FIFO is not followed nor waited on: read as a problem, the job unleased', async () => {
+  const trust = trustWith(keyFile('plant'));
+  const target = path.join(dir, 'host-secret');
+  fs.writeFileSync(target, '{"lease":"x"}');
+  const viaLink = new CheckpointStore(path.join(dir, 'planted-link'));
+  fs.mkdirSync(viaLink.containerDir, { recursive: true });
+  fs.symlinkSync(target, path.join(viaLink.containerDir, 'lease.json'));
+  const r1 = await readLease(viaLink, trust);
+  expect(r1.lease).toBeUndefined();
+  expect(r1.problem).toMatch(/cannot read the lease/);
+  const viaFifo = new CheckpointStore(path.join(dir, 'planted-fifo'));
+  fs.mkdirSync(viaFifo.containerDir, { recursive: true });
+  execFileSync('mkfifo', [path.join(viaFifo.containerDir, 'lease.json')]);
+  const r2 = await readLease(viaFifo, trust);
+  expect(r2.lease).toBeUndefined();
+  expect(r2.problem).toMatch(/not a regular file/);
 });
