@@ -297,19 +297,24 @@ async function checkpointLocked(
         await freeze();
         frozen = true;
       }
-      // Frozen (or paused by the user) from here until the kill or thaw: the
-      // layer is captured during the dump, on this thread while CRIU works.
-      captured = captureRootfs();
-      captured.catch(() => undefined); // awaited below
       await fsp.mkdir(dumpDir);
       // Hash (and start writing back) the page images while CRIU writes them (sealed: the sealer does both).
       // Not when the job is left running: its stall is what counts, and hashing and
       // fdatasyncs beside CRIU slow the dump (bench/periodic.ts); publishing does both after the thaw.
       // Nor when chunked: the chunks are hashed as they are stored.
-      const follower =
-        scratch || chunking || req.leaveRunning
-          ? undefined
-          : await DigestFollower.start(criuDir, PAGE_IMAGE_NAME, { writeback: ctx.settings.fsync });
+      const hashBesideDump = !(scratch || chunking || req.leaveRunning);
+      // Frozen (or paused by the user) from here until the kill or thaw. The layer is captured
+      // during the dump, on this thread, when nothing hashes beside CRIU; when the hasher runs,
+      // CRIU and it have the two cores of these VMs, and a third job (tar, getfattr) slowed the
+      // whole dump by more than the capture takes alone (bench/cli.ts): captured after it then,
+      // the container still frozen (it is killed, never thawed, on this path).
+      if (!hashBesideDump) {
+        captured = captureRootfs();
+        captured.catch(() => undefined); // awaited below
+      }
+      const follower = hashBesideDump
+        ? await DigestFollower.start(criuDir, PAGE_IMAGE_NAME, { writeback: ctx.settings.fsync })
+        : undefined;
       try {
         await c.runc.checkpoint(req.id, {
           imagePath: dumpDir,
@@ -324,7 +329,7 @@ async function checkpointLocked(
         }
       } catch (err) {
         await follower?.cancel();
-        await captured.catch(() => undefined);
+        await captured?.catch(() => undefined);
         throw err;
       }
       const tail = Date.now();

@@ -1,7 +1,7 @@
 import { execa } from 'execa';
 import fs from 'node:fs/promises';
 import path from 'node:path';
-import { writeFileAtomic } from './atomic-file.js';
+import { cachedBinaryFact, writeRunFile } from './binary-facts.js';
 import type { OciSpec } from './oci-spec.js';
 import { criuEnv, type NetworkLockSetting, type Settings } from './settings.js';
 
@@ -31,7 +31,7 @@ const resolved = new Map<string, Promise<NetworkLock>>();
 /**
  * The method this node uses: the setting, or for `auto` nftables when this
  * CRIU and kernel support it (`criu check --feature network_lock_nftables`,
- * asked once per boot and CRIU binary; the answer is kept in CRIU_RUN_DIR).
+ * asked once per boot and CRIU binary: core/binary-facts.ts keeps the answer in CRIU_RUN_DIR).
  */
 export function networkLockOf(settings: Pick<Settings, 'criu' | 'criuNetworkLock'>): Promise<NetworkLock> {
   if (settings.criuNetworkLock !== 'auto') return Promise.resolve(settings.criuNetworkLock);
@@ -44,19 +44,13 @@ export function networkLockOf(settings: Pick<Settings, 'criu' | 'criuNetworkLock
 }
 
 async function probeCached(criu: string): Promise<NetworkLock> {
-  const key = await cacheKey(criu);
-  const file = path.join(CRIU_RUN_DIR, 'network-lock.json');
-  let cache: Record<string, NetworkLock> = {};
-  try {
-    cache = JSON.parse(await fs.readFile(file, 'utf8')) as Record<string, NetworkLock>;
-  } catch {
-    // none yet (or unreadable): ask CRIU, and write a fresh one
-  }
-  const hit = key ? cache[key] : undefined;
-  if (hit === 'nftables' || hit === 'iptables') return hit;
-  const method: NetworkLock = (await nftablesLockCheck(criu)).ok ? 'nftables' : 'iptables';
-  if (key) await writeRunFile(file, JSON.stringify({ ...cache, [key]: method })).catch(() => undefined);
-  return method;
+  const method = await cachedBinaryFact(
+    criu,
+    path.join(CRIU_RUN_DIR, 'network-lock.json'),
+    async () => ((await nftablesLockCheck(criu)).ok ? 'nftables' : 'iptables'),
+    (v) => v === 'nftables' || v === 'iptables',
+  );
+  return method as NetworkLock;
 }
 
 /** CRIU's own answer to whether it can lock networks with nftables here (this CRIU, this kernel). */
@@ -69,32 +63,10 @@ export async function nftablesLockCheck(criu: string): Promise<{ ok: boolean; ou
   return { ok: r.exitCode === 0, output: String(r.all ?? '').trim() };
 }
 
-/**
- * The CRIU binary (by path, size and mtime) on this boot: a new CRIU or
- * kernel asks again. Only for an absolute ARCH_CRIU (the installer's); a
- * bare name is probed once per process.
- */
-async function cacheKey(criu: string): Promise<string | undefined> {
-  if (!path.isAbsolute(criu)) return undefined;
-  try {
-    const st = await fs.stat(criu);
-    const boot = (await fs.readFile('/proc/sys/kernel/random/boot_id', 'utf8')).trim();
-    return `${boot}:${criu}:${st.size}:${st.mtimeMs}`;
-  } catch {
-    return undefined;
-  }
-}
-
 /** Does the container join a network namespace made outside it (a path), rather than get its own? */
 export function joinsNetworkNamespace(spec: OciSpec | undefined): boolean {
   const namespaces = spec?.linux?.namespaces ?? [];
   return namespaces.some((n) => n.type === 'network' && !!n.path);
-}
-
-/** Files of CRIU_RUN_DIR: root's only. */
-async function writeRunFile(file: string, text: string): Promise<void> {
-  await fs.mkdir(path.dirname(file), { recursive: true, mode: 0o700 });
-  await writeFileAtomic(file, text, { mode: 0o600 });
 }
 
 /**

@@ -46,11 +46,10 @@ export class Runc {
   }
 
   async list(): Promise<RuncState[]> {
-    try {
-      await fs.access(this.root);
-    } catch {
-      return [];
-    }
+    // runc keeps a container as a directory of its root: none (or no root) is an empty list without
+    // a runc process (a fork+exec for every empty namespace of every root, on each `ls` and `finalize`).
+    const entries = await fs.readdir(this.root, { withFileTypes: true }).catch(() => []);
+    if (!entries.some((e) => e.isDirectory())) return [];
     const r = await this.run(['list', '--format', 'json']);
     return (JSON.parse(String(r.stdout) || 'null') as RuncState[] | null) ?? [];
   }
