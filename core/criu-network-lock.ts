@@ -1,9 +1,9 @@
-import { execa } from 'execa';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { cachedBinaryFact, writeRunFile } from './binary-facts.js';
 import type { OciSpec } from './oci-spec.js';
 import { criuEnv, type NetworkLockSetting, type Settings } from './settings.js';
+import { runCommand } from './run-command.js';
 
 /**
  * How CRIU cuts a container's network off while it dumps or restores it.
@@ -55,10 +55,9 @@ async function probeCached(criu: string): Promise<NetworkLock> {
 
 /** CRIU's own answer to whether it can lock networks with nftables here (this CRIU, this kernel). */
 export async function nftablesLockCheck(criu: string): Promise<{ ok: boolean; output: string }> {
-  const r = await execa(criu, ['check', '--feature', 'network_lock_nftables'], {
+  const r = await runCommand(criu, ['check', '--feature', 'network_lock_nftables'], {
     reject: false,
-    all: true,
-    timeout: 30_000,
+    timeoutMs: 30_000,
   });
   return { ok: r.exitCode === 0, output: String(r.all ?? '').trim() };
 }

@@ -4,7 +4,7 @@ import type { NodeContext } from './context.js';
 import { planDrain, ThroughputEstimator, type DrainPlan } from './drain-plan.js';
 import { errorMessage } from '../contract/errors.js';
 import { findArchContainers, type ArchContainer } from './node-containers.js';
-import { describeSearched, type RuncRootsFound } from './runc-roots.js';
+import { describeSearched, findRuncRoots, type RuncRootsFound } from './runc-roots.js';
 
 /**
  * Checkpoint every running ARCH container on this node before a deadline:
@@ -52,6 +52,14 @@ export interface FinalizeReport {
   runcRoots: RuncRootsFound['searched'];
   /** Settings naming something that is not there (ARCH_RUNC_ROOT, ARCH_DOCKER_CONFIG...). */
   warnings: RuncRootsFound['warnings'];
+  /**
+   * When each step ended, in ms since this process started (Node's time
+   * origin): `started` is finalizeNode's start (Node, modules, settings and
+   * logger before it), then the runc roots found, the containers listed and
+   * planned, and every checkpoint done. A reclaim notice is counted from
+   * the process's start, not from the first checkpoint.
+   */
+  timeline: { started: number; rootsFound: number; listed: number; planned: number; checkpointed: number };
 }
 
 /** Fixed cost of one checkpoint (freeze, CRIU start, runc calls), measured on these machines. */
@@ -63,7 +71,12 @@ export function throughputFile(ctx: NodeContext): string {
 
 export async function finalizeNode(ctx: NodeContext, opts: FinalizeOptions): Promise<FinalizeReport> {
   const t0 = Date.now();
-  const { containers: all, roots } = await findArchContainers(ctx, { namespaces: opts.namespaces });
+  const since = () => Math.round(performance.now());
+  const started = since();
+  const found = await findRuncRoots(ctx.settings);
+  const rootsFound = since();
+  const { containers: all, roots } = await findArchContainers(ctx, { namespaces: opts.namespaces, roots: found });
+  const listed = since();
   const running = all.filter(
     (c) =>
       (c.status === 'running' || c.status === 'paused') && (!opts.only || opts.only.includes(`${c.namespace}/${c.id}`)),
@@ -84,6 +97,7 @@ export async function finalizeNode(ctx: NodeContext, opts: FinalizeOptions): Pro
     maxParallel: opts.maxParallel ?? 4,
     safetyMarginMs: 1000,
   });
+  const planned = since();
   if (running.length === 0)
     ctx.log.warn(
       { phase: 'finalize', searched: roots.searched.map((r) => r.base) },
@@ -159,6 +173,7 @@ export async function finalizeNode(ctx: NodeContext, opts: FinalizeOptions): Pro
   } finally {
     clearTimeout(timer);
   }
+  const checkpointed = since();
   const wallMs = Date.now() - t0;
   if (batchBytes > 0) estimator.observe(batchBytes, wallMs);
   const report: FinalizeReport = {
@@ -171,6 +186,7 @@ export async function finalizeNode(ctx: NodeContext, opts: FinalizeOptions): Pro
     ok: items.every((i) => i.status === 'checkpointed'),
     runcRoots: roots.searched,
     warnings: roots.warnings,
+    timeline: { started, rootsFound, listed, planned, checkpointed },
   };
   ctx.log.info(
     {

@@ -74,6 +74,8 @@ export interface ListOptions {
   /** Only these runc root bases (default: every one core/runc-roots.ts finds). */
   runcRootBases?: string[];
   withSizes?: boolean;
+  /** The roots core/runc-roots.ts found already (finalize times that step apart). */
+  roots?: RuncRootsFound;
 }
 
 /** The ARCH containers under every runc root of the node, and the roots that were searched. */
@@ -81,13 +83,15 @@ export async function findArchContainers(
   ctx: NodeContext,
   opts: ListOptions = {},
 ): Promise<{ containers: ArchContainer[]; roots: RuncRootsFound }> {
-  const roots: RuncRootsFound = opts.runcRootBases
-    ? {
-        searched: opts.runcRootBases.map((base) => ({ base, source: 'caller', exists: true })),
-        bases: opts.runcRootBases,
-        warnings: [],
-      }
-    : await findRuncRoots(ctx.settings);
+  const roots: RuncRootsFound = opts.roots
+    ? opts.roots
+    : opts.runcRootBases
+      ? {
+          searched: opts.runcRootBases.map((base) => ({ base, source: 'caller', exists: true })),
+          bases: opts.runcRootBases,
+          warnings: [],
+        }
+      : await findRuncRoots(ctx.settings);
   for (const w of roots.warnings) ctx.log.warn({ field: w.field }, `runc roots: ${w.field}: ${w.message}`);
   // Every root and namespace at once: each is a `runc list` (a process), and a reclaim notice has no time to queue them.
   const containers = (await Promise.all(roots.bases.map((base) => listUnder(ctx, base, opts)))).flat();

@@ -1,4 +1,3 @@
-import { execa } from 'execa';
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
@@ -6,6 +5,7 @@ import { pipeline } from 'node:stream/promises';
 import * as tar from 'tar';
 import { CheckpointUnusableError } from '../contract/errors.js';
 import { DELETED_FILES, ROOTFS_TAR } from './checkpoint-layout.js';
+import { runCommand } from './run-command.js';
 
 /**
  * The container's writable layer: what its processes created, changed and
@@ -107,7 +107,7 @@ async function packInOrder(cwd: string, names: string[], tarFile: string): Promi
 /** Directories of the layer marked opaque (trusted.overlay.opaque=y), relative to it. */
 export async function opaqueDirs(upperDir: string): Promise<string[]> {
   // One getfattr walk for the whole layer; files without the xattr print nothing.
-  const r = await execa(
+  const r = await runCommand(
     'getfattr',
     ['-R', '-P', '--absolute-names', '-d', '-m', '^trusted\\.overlay\\.opaque$', upperDir],
     { reject: false },
@@ -375,7 +375,7 @@ export async function applyDiff(
   }
   // One shell for all of them: Node has no mknod, and one spawn per whiteout adds up.
   if (script.length > 1) {
-    const r = await execa('sh', ['-c', script.join('\n')], { reject: false, all: true });
+    const r = await runCommand('sh', ['-c', script.join('\n')], { reject: false });
     // The paths were checked; what still fails (a deletion below a file of the archive) is the checkpoint's doing.
     if (r.exitCode !== 0)
       throw new CheckpointUnusableError(

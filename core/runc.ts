@@ -1,6 +1,6 @@
-import { execa, type Options } from 'execa';
 import fs from 'node:fs/promises';
 import { runForeground, type Foreground } from './foreground.js';
+import { runCommand, type RunOptions } from './run-command.js';
 import { criuEnv, type Settings } from './settings.js';
 
 /** What `runc state` / `runc list --format json` report. */
@@ -33,8 +33,8 @@ export class Runc {
     return ['--root', this.root, '--criu', this.settings.criu, ...this.extraGlobals];
   }
 
-  private run(args: string[], opts: Options = {}) {
-    return execa(this.binary, [...this.globals(), ...args], {
+  private run(args: string[], opts: RunOptions = {}) {
+    return runCommand(this.binary, [...this.globals(), ...args], {
       ...opts,
       env: { ...criuEnv(this.settings), ...opts.env },
     });
@@ -70,7 +70,7 @@ export class Runc {
     if (o.leaveRunning) args.push('--leave-running');
     args.push(...(o.extra ?? []), id);
     // SIGTERM on cancel: runc aborts the dump and CRIU resumes the tasks.
-    await this.run(args, { cancelSignal: o.signal, killSignal: 'SIGTERM', forceKillAfterDelay: 30_000, env: o.env });
+    await this.run(args, { signal: o.signal, killSignal: 'SIGTERM', forceKillAfterMs: 30_000, env: o.env });
   }
 
   /**
@@ -86,9 +86,11 @@ export class Runc {
       onSpawn?: () => void;
     },
   ): Promise<void> {
-    const runc = this.run(['restore', '--detach', ...restoreArgs(id, o)], { stdio: 'inherit', env: o.env });
-    o.onSpawn?.();
-    await runc;
+    await this.run(['restore', '--detach', ...restoreArgs(id, o)], {
+      stdio: 'inherit',
+      env: o.env,
+      onSpawn: o.onSpawn,
+    });
   }
 
   /**
@@ -120,7 +122,7 @@ export class Runc {
   }
 
   async version(): Promise<string> {
-    const r = await execa(this.binary, ['--version']);
+    const r = await runCommand(this.binary, ['--version']);
     return /runc version (\S+)/.exec(String(r.stdout))?.[1] ?? 'unknown';
   }
 }
@@ -143,6 +145,6 @@ function restoreArgs(id: string, o: RestoreOptions): string[] {
 }
 
 export async function criuVersion(criu: string): Promise<string> {
-  const r = await execa(criu, ['--version']);
+  const r = await runCommand(criu, ['--version']);
   return /Version: (\S+)/.exec(String(r.stdout))?.[1] ?? 'unknown';
 }

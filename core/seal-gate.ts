@@ -1,8 +1,8 @@
-import { execa } from 'execa';
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { runCommand } from './run-command.js';
 
 /**
  * Holds CRIU's restore of a sealed checkpoint until its page images are
@@ -46,7 +46,7 @@ export class SealGate {
   /** A closed gate in `imageDir` (the restore's CRIU image directory, root-only scratch). */
   static async close(imageDir: string): Promise<SealGate> {
     const fifo = path.join(imageDir, GATE_FILE);
-    await execa('mkfifo', ['-m', '600', fifo]);
+    await runCommand('mkfifo', ['-m', '600', fifo]);
     const fd = fs.openSync(fifo, fs.constants.O_RDWR | fs.constants.O_NONBLOCK | fs.constants.O_NOFOLLOW);
     fs.writeFileSync(`${fifo}.pid`, `${process.pid}\n`, { mode: 0o600, flag: 'wx' });
     return new SealGate(fd, fifo);
