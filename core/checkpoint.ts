@@ -14,6 +14,7 @@ import {
 } from './env-contract.js';
 import { ArchInputError, errorMessage } from '../contract/errors.js';
 import { FreezeGuard } from './freeze-guard.js';
+import { criuStallMs, LayerGate } from './layer-gate.js';
 import { validateContainerId, validateNamespace } from '../contract/ids.js';
 import { FORMAT_VERSION, SEALED_FORMAT_VERSION, type Manifest } from './manifest.js';
 import { readSpec, rootfsOf, type OciSpec } from './oci-spec.js';
@@ -188,7 +189,12 @@ async function checkpointLocked(
   const log = ctx.log.child({ namespace: req.namespace, container: req.id });
   // Asked now (runc and criu --version, once per process) so it runs during the dump, not while frozen after it.
   const versionsAsked = runtimeVersions(ctx.settings);
-  const criuAsked = criuRunEnv(ctx.settings, c.spec);
+  const wasPaused = c.status === 'paused';
+  // Left running: CRIU freezes the job itself, as a raw `runc checkpoint --leave-running`
+  // does, and the layer is captured behind the layer gate (core/layer-gate.ts). Stopping it,
+  // or a container the user paused: frozen here first, since it must stay frozen after CRIU.
+  const gateScript = req.leaveRunning && !wasPaused && !req.dumpedImages ? await LayerGate.script() : undefined;
+  const criuAsked = criuRunEnv(ctx.settings, c.spec, gateScript);
   // Whose job this is (pod namespace, image), recorded in the signed manifest: asked during the dump too.
   const ownerAsked = ownerOf(c.spec, req.namespace, req.id, c.pid > 0 ? c.pid : process.pid, (why) =>
     log.warn(
@@ -210,7 +216,6 @@ async function checkpointLocked(
     node: ctx.settings.nodeName,
   });
   const upper = await findUpperDir(rootfsOf(c.bundle, c.spec));
-  const wasPaused = c.status === 'paused';
   // Freeze/thaw/kill through the cgroup (no runc exec while frozen); runc where the layout is unknown.
   const cgroup = req.dumpedImages || wasPaused ? undefined : await CgroupFreezer.of(c.pid);
   const freeze = () => (cgroup ? cgroup.freeze() : c.runc.pause(req.id));
@@ -222,7 +227,7 @@ async function checkpointLocked(
     await c.runc.resume(req.id).catch(() => undefined);
   };
   // Whoever freezes makes sure of the thaw: if this process dies while the container is frozen, the guard's watcher thaws it.
-  const armGuard = (imageDir: string) =>
+  const armGuard = (imageDir: string, layerGate?: string) =>
     FreezeGuard.arm(
       {
         pid: process.pid,
@@ -231,6 +236,7 @@ async function checkpointLocked(
         cgroup: cgroup && { version: cgroup.version, dir: cgroup.dir },
         runc: { runc: ctx.settings.runc, criu: ctx.settings.criu, criuNoBreakpoints: ctx.settings.criuNoBreakpoints },
         imageDir,
+        ...(layerGate ? { layerGate } : {}),
         log: { logFile: ctx.settings.logFile, logLevel: ctx.settings.logLevel, nodeName: ctx.settings.nodeName },
       },
       log,
@@ -284,6 +290,53 @@ async function checkpointLocked(
       return d;
     };
     let captured: ReturnType<typeof captureRootfs> | undefined;
+    /**
+     * Left running: runc and CRIU start while the job runs; CRIU freezes it,
+     * and the layer is captured while CRIU holds the tasks stopped (from its
+     * network lock, or its post-dump action, until the capture is done). CRIU
+     * resumes them: if this process dies, the gate fails and CRIU resumes them
+     * all the same (the guard covers a death before the script opened it).
+     */
+    const dumpGated = async (dumpDir: string, workPath: string) => {
+      const g = await LayerGate.open();
+      guard = armGuard(dumpDir, g.dir);
+      const dumped = c.runc.checkpoint(req.id, {
+        imagePath: dumpDir,
+        workPath,
+        leaveRunning: true,
+        signal: req.signal,
+        env: { ...(await criuAsked).env, ...g.env() },
+      });
+      dumped.catch(() => undefined); // awaited below
+      const ran = Date.now();
+      const ended = dumped.then(
+        () => 'ended' as const,
+        () => 'ended' as const,
+      );
+      if ((await Promise.race([g.when('any').then(() => 'stopped' as const), ended])) === 'stopped') {
+        // The tasks are stopped from here until the gate opens.
+        captured = captureRootfs();
+        const ok = await captured.then(
+          () => true,
+          () => false,
+        );
+        if ((await Promise.race([g.when('post-dump').then(() => 'post-dump' as const), ended])) === 'post-dump')
+          g.release(ok);
+      }
+      const failed = await dumped.then(
+        () => undefined,
+        (err: unknown) => err,
+      );
+      g.release(false); // runc ended before post-dump: nothing waits; a no-op once released
+      guard.disarm();
+      await g.close();
+      if (captured) await captured; // its own error first: CRIU's says only that the script failed
+      if (failed) throw failed;
+      if (!captured) throw new Error('CRIU dumped without running the layer gate: the writable layer was not captured');
+      // What the job felt: CRIU's own freeze-to-resume, from its log; runc's whole run if the log says nothing.
+      const log = await fsp.readFile(path.join(workPath, 'dump.log'), 'utf8').catch(() => '');
+      freezeMs = criuStallMs(log) ?? Date.now() - ran;
+    };
     req.onProgress?.({ phase: 'dump' });
     if (req.dumpedImages) {
       if (scratch)
@@ -291,45 +344,50 @@ async function checkpointLocked(
       else await copyDir(req.dumpedImages, criuDir);
     } else {
       timings.prepare = Date.now() - t0; // lock, inspect, staging: before the container is touched
-      if (!wasPaused) {
-        guard = armGuard(dumpDir);
-        frozenAt = Date.now();
-        await freeze();
-        frozen = true;
-      }
-      // Frozen (or paused by the user) from here until the kill or thaw: the
-      // layer is captured during the dump, on this thread while CRIU works.
-      captured = captureRootfs();
-      captured.catch(() => undefined); // awaited below
+      const workPath = path.join(staging.dir, 'criu-work');
       await fsp.mkdir(dumpDir);
-      // Hash (and start writing back) the page images while CRIU writes them (sealed: the sealer does both).
-      // Not when the job is left running: its stall is what counts, and hashing and
-      // fdatasyncs beside CRIU slow the dump (bench/periodic.ts); publishing does both after the thaw.
-      // Nor when chunked: the chunks are hashed as they are stored.
-      const follower =
-        scratch || chunking || req.leaveRunning
-          ? undefined
-          : await DigestFollower.start(criuDir, PAGE_IMAGE_NAME, { writeback: ctx.settings.fsync });
-      try {
-        await c.runc.checkpoint(req.id, {
-          imagePath: dumpDir,
-          workPath: path.join(staging.dir, 'criu-work'),
-          leaveRunning: true,
-          signal: req.signal,
-          env: (await criuAsked).env,
-        });
-        if (req.leaveRunning) {
-          await captured;
-          await thawNow();
+      if ((await criuAsked).actionScript) {
+        await dumpGated(dumpDir, workPath);
+      } else {
+        if (!wasPaused) {
+          guard = armGuard(dumpDir);
+          frozenAt = Date.now();
+          await freeze();
+          frozen = true;
         }
-      } catch (err) {
-        await follower?.cancel();
-        await captured.catch(() => undefined);
-        throw err;
+        // Frozen (or paused by the user) from here until the kill or thaw: the
+        // layer is captured during the dump, on this thread while CRIU works.
+        captured = captureRootfs();
+        captured.catch(() => undefined); // awaited below
+        // Hash (and start writing back) the page images while CRIU writes them (sealed: the sealer does both).
+        // Not when the job is left running: its stall is what counts, and hashing and
+        // fdatasyncs beside CRIU slow the dump (bench/periodic.ts); publishing does both after the thaw.
+        // Nor when chunked: the chunks are hashed as they are stored.
+        const follower =
+          scratch || chunking || req.leaveRunning
+            ? undefined
+            : await DigestFollower.start(criuDir, PAGE_IMAGE_NAME, { writeback: ctx.settings.fsync });
+        try {
+          await c.runc.checkpoint(req.id, {
+            imagePath: dumpDir,
+            workPath,
+            leaveRunning: true,
+            signal: req.signal,
+            env: (await criuAsked).env,
+          });
+          if (req.leaveRunning) {
+            await captured;
+            await thawNow();
+          }
+        } catch (err) {
+          await follower?.cancel();
+          await captured.catch(() => undefined);
+          throw err;
+        }
+        const tail = Date.now();
+        if (follower) for (const [name, d] of await follower.finish()) known.set(`${CRIU_DIR}/${name}`, d);
+        timings.hashTail = Date.now() - tail; // hashing left when CRIU was done (part of dump)
       }
-      const tail = Date.now();
-      if (follower) for (const [name, d] of await follower.finish()) known.set(`${CRIU_DIR}/${name}`, d);
-      timings.hashTail = Date.now() - tail; // hashing left when CRIU was done (part of dump)
     }
     lap('dump', t);
     t = Date.now();
