@@ -42,12 +42,15 @@ import { CRIU_DIR, DELETED_FILES, PAGE_IMAGE_NAME, ROOTFS_TAR, SPEC_FILE } from 
  * One checkpoint path for everybody: `arch-cli finalize`, the Temporal
  * activities and the shim (for a checkpoint containerd asks for) all end here.
  *
- * Consistency: processes and files must describe the same instant. The
- * container is frozen first, CRIU dumps it leaving it frozen, the writable
- * layer is captured while nothing can write to it, the checkpoint is
- * published, and only then are the processes killed (or thawed when the caller
- * wants them left running). If anything fails before publishing, the container
- * is thawed and keeps running: a failed checkpoint never loses the job.
+ * Consistency: processes and files must describe the same instant. To stop
+ * the job, the container is frozen first, CRIU dumps it leaving it frozen,
+ * the writable layer is captured while nothing can write to it, the
+ * checkpoint is published, and only then are the processes killed. Left
+ * running, CRIU stops the job itself and the layer is captured while CRIU
+ * holds the tasks (core/layer-gate.ts), so runc's and CRIU's start-up are
+ * not part of what the job feels. If anything fails before publishing, the
+ * container is thawed and keeps running: a failed checkpoint never loses the
+ * job.
  */
 export interface CheckpointRequest {
   namespace: string;
