@@ -333,7 +333,13 @@ async function checkpointLocked(
       g.release(false); // runc ended before post-dump: nothing waits; a no-op once released
       guard.disarm();
       await g.close();
-      if (captured) await captured; // its own error first: CRIU's says only that the script failed
+      // Its own error first (CRIU's says only that the script failed), saying what it was for.
+      if (captured)
+        await captured.catch((err: unknown) => {
+          throw new Error(`the writable layer could not be captured while CRIU held the job: ${errorMessage(err)}`, {
+            cause: err,
+          });
+        });
       if (failed) throw failed;
       if (!captured) throw new Error('CRIU dumped without running the layer gate: the writable layer was not captured');
       // What the job felt: CRIU's own freeze-to-resume, from its log; runc's whole run if the log says nothing.
