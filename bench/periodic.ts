@@ -20,8 +20,9 @@ import { median, round } from './support/stats.js';
  * identical plain-runc container of the same containerd node. Both are
  * measured the same way, by the job's own progress: a separate process
  * reads its count file every millisecond and reports the longest time it
- * did not move. ARCH's recorded freezeMs (freeze to thaw) is shown beside
- * it. A third variant keeps ARCH's checkpoint store on a tmpfs: if staging
+ * did not move. ARCH's recorded freezeMs (CRIU's own freeze-to-resume
+ * window, from its log: CRIU stops a job left running, see
+ * core/layer-gate.ts) is shown beside it. A third variant keeps ARCH's checkpoint store on a tmpfs: if staging
  * the dump in memory helped, its stall would be the shorter.
  * Target: ARCH ≤ 1.05x raw (median of per-repetition ratios).
  * bench/protection-overhead.ts measures what a 30 s interval costs a job.

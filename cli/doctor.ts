@@ -28,7 +28,7 @@ export function registerDoctor(program: Command): void {
         makeOut(true).result({ ok: failed.length === 0, checks }, () => '');
       } else {
         for (const c of checks) {
-          const mark = c.ok ? 'ok  ' : c.optional ? 'warn' : 'FAIL';
+          const mark = c.info ? 'info' : c.ok ? 'ok  ' : c.optional ? 'warn' : 'FAIL';
           process.stdout.write(`${mark}  ${c.name.padEnd(22)} ${c.version ?? ''}${c.detail ? `  ${c.detail}` : ''}\n`);
           if (!c.ok && c.fix) process.stdout.write(`      fix: ${c.fix}\n`);
         }

@@ -368,6 +368,12 @@ export interface ProtectWatchInput {
   settings?: ProtectNodeSettings;
   /** `arch-cli protect` intervals by "ns/id": ms, or 0 for off. Carried over continueAsNew. */
   overrides?: Record<string, number>;
+  /**
+   * `arch-cli protect` choices handed over by another node's protect workflow
+   * for containers moving here, by "ns/id": kept until the container is
+   * listed here or until `until` (ISO) passes. Carried over continueAsNew.
+   */
+  incoming?: Record<string, { intervalMs: number; until: string; from: string }>;
   /** Last checkpoint and counts by "ns/id", carried over continueAsNew. */
   carried?: Record<string, Pick<ProtectedContainer, 'last' | 'taken' | 'failed' | 'nextAt'>>;
   /** How often the node's containers are listed again (default 10 s). */
@@ -376,6 +382,18 @@ export interface ProtectWatchInput {
   jitter?: number;
   /** Continue-as-new after this many wake-ups (tests lower it). */
   maxRoundsPerRun?: number;
+}
+
+/** A container leaves this node for `to` (a migration or a drain): its `protect` choice goes with it. */
+export interface ProtectHandOver extends ContainerRef {
+  to: string;
+}
+
+/** A `protect` choice arriving with a container from node `from` (sent by that node's protect workflow). */
+export interface ProtectCarry extends ContainerRef {
+  from: string;
+  /** ms, or 0 for off. */
+  intervalMs: number;
 }
 
 export interface ProtectRequest extends ContainerRef {

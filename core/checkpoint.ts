@@ -14,6 +14,7 @@ import {
 } from './env-contract.js';
 import { ArchInputError, errorMessage } from '../contract/errors.js';
 import { FreezeGuard } from './freeze-guard.js';
+import { criuStallMs, LayerGate } from './layer-gate.js';
 import { validateContainerId, validateNamespace } from '../contract/ids.js';
 import { FORMAT_VERSION, SEALED_FORMAT_VERSION, type Manifest } from './manifest.js';
 import { readSpec, rootfsOf, type OciSpec } from './oci-spec.js';
@@ -41,12 +42,15 @@ import { CRIU_DIR, DELETED_FILES, PAGE_IMAGE_NAME, ROOTFS_TAR, SPEC_FILE } from 
  * One checkpoint path for everybody: `arch-cli finalize`, the Temporal
  * activities and the shim (for a checkpoint containerd asks for) all end here.
  *
- * Consistency: processes and files must describe the same instant. The
- * container is frozen first, CRIU dumps it leaving it frozen, the writable
- * layer is captured while nothing can write to it, the checkpoint is
- * published, and only then are the processes killed (or thawed when the caller
- * wants them left running). If anything fails before publishing, the container
- * is thawed and keeps running: a failed checkpoint never loses the job.
+ * Consistency: processes and files must describe the same instant. To stop
+ * the job, the container is frozen first, CRIU dumps it leaving it frozen,
+ * the writable layer is captured while nothing can write to it, the
+ * checkpoint is published, and only then are the processes killed. Left
+ * running, CRIU stops the job itself and the layer is captured while CRIU
+ * holds the tasks (core/layer-gate.ts), so runc's and CRIU's start-up are
+ * not part of what the job feels. If anything fails before publishing, the
+ * container is thawed and keeps running: a failed checkpoint never loses the
+ * job.
  */
 export interface CheckpointRequest {
   namespace: string;
@@ -188,7 +192,12 @@ async function checkpointLocked(
   const log = ctx.log.child({ namespace: req.namespace, container: req.id });
   // Asked now (runc and criu --version, once per process) so it runs during the dump, not while frozen after it.
   const versionsAsked = runtimeVersions(ctx.settings);
-  const criuAsked = criuRunEnv(ctx.settings, c.spec);
+  const wasPaused = c.status === 'paused';
+  // Left running: CRIU freezes the job itself, as a raw `runc checkpoint --leave-running`
+  // does, and the layer is captured behind the layer gate (core/layer-gate.ts). Stopping it,
+  // or a container the user paused: frozen here first, since it must stay frozen after CRIU.
+  const gateScript = req.leaveRunning && !wasPaused && !req.dumpedImages ? await LayerGate.script() : undefined;
+  const criuAsked = criuRunEnv(ctx.settings, c.spec, gateScript);
   // Whose job this is (pod namespace, image), recorded in the signed manifest: asked during the dump too.
   const ownerAsked = ownerOf(c.spec, req.namespace, req.id, c.pid > 0 ? c.pid : process.pid, (why) =>
     log.warn(
@@ -210,7 +219,6 @@ async function checkpointLocked(
     node: ctx.settings.nodeName,
   });
   const upper = await findUpperDir(rootfsOf(c.bundle, c.spec));
-  const wasPaused = c.status === 'paused';
   // Freeze/thaw/kill through the cgroup (no runc exec while frozen); runc where the layout is unknown.
   const cgroup = req.dumpedImages || wasPaused ? undefined : await CgroupFreezer.of(c.pid);
   const freeze = () => (cgroup ? cgroup.freeze() : c.runc.pause(req.id));
@@ -222,7 +230,7 @@ async function checkpointLocked(
     await c.runc.resume(req.id).catch(() => undefined);
   };
   // Whoever freezes makes sure of the thaw: if this process dies while the container is frozen, the guard's watcher thaws it.
-  const armGuard = (imageDir: string) =>
+  const armGuard = (imageDir: string, layerGate?: string) =>
     FreezeGuard.arm(
       {
         pid: process.pid,
@@ -231,6 +239,7 @@ async function checkpointLocked(
         cgroup: cgroup && { version: cgroup.version, dir: cgroup.dir },
         runc: { runc: ctx.settings.runc, criu: ctx.settings.criu, criuNoBreakpoints: ctx.settings.criuNoBreakpoints },
         imageDir,
+        ...(layerGate ? { layerGate } : {}),
         log: { logFile: ctx.settings.logFile, logLevel: ctx.settings.logLevel, nodeName: ctx.settings.nodeName },
       },
       log,
@@ -284,6 +293,59 @@ async function checkpointLocked(
       return d;
     };
     let captured: ReturnType<typeof captureRootfs> | undefined;
+    /**
+     * Left running: runc and CRIU start while the job runs; CRIU freezes it,
+     * and the layer is captured while CRIU holds the tasks stopped (from its
+     * network lock, or its post-dump action, until the capture is done). CRIU
+     * resumes them: if this process dies, the gate fails and CRIU resumes them
+     * all the same (the guard covers a death before the script opened it).
+     */
+    const dumpGated = async (dumpDir: string, workPath: string) => {
+      const g = await LayerGate.open();
+      guard = armGuard(dumpDir, g.dir);
+      const dumped = c.runc.checkpoint(req.id, {
+        imagePath: dumpDir,
+        workPath,
+        leaveRunning: true,
+        signal: req.signal,
+        env: { ...(await criuAsked).env, ...g.env() },
+      });
+      dumped.catch(() => undefined); // awaited below
+      const ran = Date.now();
+      const ended = dumped.then(
+        () => 'ended' as const,
+        () => 'ended' as const,
+      );
+      if ((await Promise.race([g.when('any').then(() => 'stopped' as const), ended])) === 'stopped') {
+        // The tasks are stopped from here until the gate opens.
+        captured = captureRootfs();
+        const ok = await captured.then(
+          () => true,
+          () => false,
+        );
+        if ((await Promise.race([g.when('post-dump').then(() => 'post-dump' as const), ended])) === 'post-dump')
+          g.release(ok);
+      }
+      const failed = await dumped.then(
+        () => undefined,
+        (err: unknown) => err,
+      );
+      g.release(false); // runc ended before post-dump: nothing waits; a no-op once released
+      guard.disarm();
+      await g.close();
+      // Its own error first (CRIU's says only that the script failed), saying what it was for.
+      if (captured)
+        await captured.catch((err: unknown) => {
+          throw new Error(`the writable layer could not be captured while CRIU held the job: ${errorMessage(err)}`, {
+            cause: err,
+          });
+        });
+      if (failed) throw failed;
+      if (!captured) throw new Error('CRIU dumped without running the layer gate: the writable layer was not captured');
+      // What the job felt: CRIU's own freeze-to-resume, from its log; runc's whole run if the log says nothing.
+      const log = await fsp.readFile(path.join(workPath, 'dump.log'), 'utf8').catch(() => '');
+      freezeMs = criuStallMs(log) ?? Date.now() - ran;
+    };
     req.onProgress?.({ phase: 'dump' });
     if (req.dumpedImages) {
       if (scratch)
@@ -291,50 +353,55 @@ async function checkpointLocked(
       else await copyDir(req.dumpedImages, criuDir);
     } else {
       timings.prepare = Date.now() - t0; // lock, inspect, staging: before the container is touched
-      if (!wasPaused) {
-        guard = armGuard(dumpDir);
-        frozenAt = Date.now();
-        await freeze();
-        frozen = true;
-      }
+      const workPath = path.join(staging.dir, 'criu-work');
       await fsp.mkdir(dumpDir);
-      // Hash (and start writing back) the page images while CRIU writes them (sealed: the sealer does both).
-      // Not when the job is left running: its stall is what counts, and hashing and
-      // fdatasyncs beside CRIU slow the dump (bench/periodic.ts); publishing does both after the thaw.
-      // Nor when chunked: the chunks are hashed as they are stored.
-      const hashBesideDump = !(scratch || chunking || req.leaveRunning);
-      // Frozen (or paused by the user) from here until the kill or thaw. The layer is captured
-      // during the dump, on this thread, when nothing hashes beside CRIU; when the hasher runs,
-      // CRIU and it have the two cores of these VMs, and a third job (tar, getfattr) slowed the
-      // whole dump by more than the capture takes alone (bench/cli.ts): captured after it then,
-      // the container still frozen (it is killed, never thawed, on this path).
-      if (!hashBesideDump) {
-        captured = captureRootfs();
-        captured.catch(() => undefined); // awaited below
-      }
-      const follower = hashBesideDump
-        ? await DigestFollower.start(criuDir, PAGE_IMAGE_NAME, { writeback: ctx.settings.fsync })
-        : undefined;
-      try {
-        await c.runc.checkpoint(req.id, {
-          imagePath: dumpDir,
-          workPath: path.join(staging.dir, 'criu-work'),
-          leaveRunning: true,
-          signal: req.signal,
-          env: (await criuAsked).env,
-        });
-        if (req.leaveRunning) {
-          await captured;
-          await thawNow();
+      if ((await criuAsked).actionScript) {
+        await dumpGated(dumpDir, workPath);
+      } else {
+        if (!wasPaused) {
+          guard = armGuard(dumpDir);
+          frozenAt = Date.now();
+          await freeze();
+          frozen = true;
         }
-      } catch (err) {
-        await follower?.cancel();
-        await captured?.catch(() => undefined);
-        throw err;
+        // Hash (and start writing back) the page images while CRIU writes them (sealed: the sealer does both).
+        // Not when the job is left running: its stall is what counts, and hashing and
+        // fdatasyncs beside CRIU slow the dump (bench/periodic.ts); publishing does both after the thaw.
+        // Nor when chunked: the chunks are hashed as they are stored.
+        const hashBesideDump = !(scratch || chunking || req.leaveRunning);
+        // Frozen (or paused by the user) from here until the kill or thaw. The layer is captured
+        // during the dump, on this thread, when nothing hashes beside CRIU; when the hasher runs,
+        // CRIU and it have the two cores of these VMs, and a third job (tar, getfattr) slowed the
+        // whole dump by more than the capture takes alone (bench/cli.ts): captured after it then,
+        // the container still frozen (it is killed, never thawed, on this path).
+        if (!hashBesideDump) {
+          captured = captureRootfs();
+          captured.catch(() => undefined); // awaited below
+        }
+        const follower = hashBesideDump
+          ? await DigestFollower.start(criuDir, PAGE_IMAGE_NAME, { writeback: ctx.settings.fsync })
+          : undefined;
+        try {
+          await c.runc.checkpoint(req.id, {
+            imagePath: dumpDir,
+            workPath,
+            leaveRunning: true,
+            signal: req.signal,
+            env: (await criuAsked).env,
+          });
+          if (req.leaveRunning) {
+            await captured;
+            await thawNow();
+          }
+        } catch (err) {
+          await follower?.cancel();
+          await captured?.catch(() => undefined);
+          throw err;
+        }
+        const tail = Date.now();
+        if (follower) for (const [name, d] of await follower.finish()) known.set(`${CRIU_DIR}/${name}`, d);
+        timings.hashTail = Date.now() - tail; // hashing left when CRIU was done (part of dump)
       }
-      const tail = Date.now();
-      if (follower) for (const [name, d] of await follower.finish()) known.set(`${CRIU_DIR}/${name}`, d);
-      timings.hashTail = Date.now() - tail; // hashing left when CRIU was done (part of dump)
     }
     lap('dump', t);
     t = Date.now();

@@ -76,8 +76,11 @@ export function joinsNetworkNamespace(spec: OciSpec | undefined): boolean {
 export async function criuRunEnv(
   settings: Pick<Settings, 'criu' | 'criuNetworkLock' | 'criuNoBreakpoints'>,
   spec?: OciSpec,
-): Promise<{ env: Record<string, string>; networkLock: NetworkLock }> {
+  /** An action script for CRIU to run (the layer gate of a dump left running: core/layer-gate.ts). */
+  actionScript?: string,
+): Promise<{ env: Record<string, string>; networkLock: NetworkLock; actionScript?: string }> {
   const env = criuEnv(settings);
+  let networkLock: NetworkLock = 'iptables';
   try {
     // nftables' lock is a table named after the container's first pid, made in
     // the container's network namespace. A namespace the container only joined
@@ -86,14 +89,20 @@ export async function criuRunEnv(
     // fails to make it again ("File exists"). iptables' rules are taken down
     // by the restore instead. So such a container always uses iptables, on
     // the dump and on the restore.
-    const networkLock =
+    networkLock =
       joinsNetworkNamespace(spec) && settings.criuNetworkLock !== 'skip' ? 'iptables' : await networkLockOf(settings);
-    if (networkLock === 'iptables') return { env, networkLock }; // CRIU's own default: nothing to add
-    const file = path.join(CRIU_RUN_DIR, `network-lock-${networkLock}.conf`);
-    const text = `# Written by ARCH (ARCH_CRIU_NETWORK_LOCK); read by CRIU through CRIU_CONFIG_FILE.\nnetwork-lock ${networkLock}\n`;
+    // iptables is CRIU's own default: nothing to say about it. One file per combination (CRIU reads one CRIU_CONFIG_FILE).
+    const lines = [
+      ...(networkLock === 'iptables' ? [] : [`network-lock ${networkLock}`]),
+      ...(actionScript ? [`action-script ${actionScript}`] : []),
+    ];
+    if (!lines.length) return { env, networkLock };
+    const file = path.join(CRIU_RUN_DIR, `${actionScript ? 'gated-' : ''}network-lock-${networkLock}.conf`);
+    const text = `# Written by ARCH (ARCH_CRIU_NETWORK_LOCK, the layer gate); read by CRIU through CRIU_CONFIG_FILE.\n${lines.join('\n')}\n`;
     if ((await fs.readFile(file, 'utf8').catch(() => '')) !== text) await writeRunFile(file, text);
-    return { env: { ...env, CRIU_CONFIG_FILE: file }, networkLock };
+    return { env: { ...env, CRIU_CONFIG_FILE: file }, networkLock, ...(actionScript ? { actionScript } : {}) };
   } catch {
+    // The method could not be set up: CRIU keeps its default (iptables), which always worked; and no gate.
     return { env, networkLock: 'iptables' };
   }
 }

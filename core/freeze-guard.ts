@@ -7,6 +7,7 @@ import { CgroupFreezer } from './cgroup-freezer.js';
 import { errorMessage } from '../contract/errors.js';
 import type { Logger } from './log.js';
 import { isAlive } from './pid.js';
+import { pokeLayerGate } from './layer-gate.js';
 import { Runc } from './runc.js';
 import type { Settings } from './settings.js';
 import { CHECKPOINT_LOCK_FILE, readShimState } from './shim-state.js';
@@ -41,6 +42,12 @@ export interface FreezeGuardPlan {
   runc: Pick<Settings, 'runc' | 'criu' | 'criuNoBreakpoints'>;
   /** CRIU's image dir of this checkpoint: a process naming it is a dump still running. */
   imageDir?: string;
+  /**
+   * The layer gate of a dump CRIU freezes itself (core/layer-gate.ts): the
+   * script holding the stopped tasks at post-dump is released (failed), so
+   * CRIU resumes them.
+   */
+  layerGate?: string;
   log: Pick<Settings, 'logFile' | 'logLevel' | 'nodeName'>;
 }
 
@@ -157,6 +164,7 @@ export async function recoverAfterDeath(plan: FreezeGuardPlan, log: Logger): Pro
   for (;;) {
     // The dump is looked for before the freezer: if it was gone then, the state CRIU left is what we read.
     const dumping = plan.imageDir ? await processNaming(plan.imageDir) : undefined;
+    if (plan.layerGate) pokeLayerGate(plan.layerGate); // again at every look: the script may open it later
     const other = await otherCheckpointer(plan);
     if (other) {
       log.warn(
@@ -192,7 +200,10 @@ export async function recoverAfterDeath(plan: FreezeGuardPlan, log: Logger): Pro
         );
       failed = true;
     }
-    if (!frozen && dumping === undefined) return result;
+    if (!frozen && dumping === undefined) {
+      if (plan.layerGate) await fsp.rm(plan.layerGate, { recursive: true, force: true }).catch(() => undefined);
+      return result;
+    }
     if (Date.now() > deadline) {
       log.error(
         { phase: 'freeze-guard', checkpointer: plan.pid, dumpStillRunning: dumping },

@@ -11,6 +11,18 @@
  * a second copy. A checkpoint is not published by a node that lost the job
  * either (a late one would replace the new owner's).
  *
+ * Taking the job is a compare-and-swap: before a node restores or starts it,
+ * it claims the next generation (lease.claim-<N+1>, made with O_EXCL). Of two
+ * nodes that read the same parked lease at the same instant, exactly one
+ * makes the claim; the other is refused as if the job ran elsewhere. O_EXCL
+ * rather than a lock: fcntl/flock locks on NFS depend on its lock daemon and
+ * die with the process that held them, while an exclusive create is atomic
+ * on a local filesystem and on NFSv3 and later (link() to a unique name, the
+ * NFSv2 way, would need its own link-count check for no gain). Keyed by
+ * generation, a claim never has to be removed to let the next one happen,
+ * so a claimer that dies leaves nothing to clean: the next generation (a
+ * recovery bumps it) is a new file.
+ *
  * The lease is written atomically (beside, then renamed) through the
  * store's symlink-free walk, and signed with the node's key like a manifest:
  * a container never sees the checkpoint directory, and a lease that no
@@ -96,6 +108,42 @@ export function runningLease(prev: Lease | undefined, node: string, containerId:
     at: new Date().toISOString(),
     reason,
     containerId,
+  };
+}
+
+/**
+ * Claim the next generation of the job for `node` (see above): the lease
+ * this node will write once the job runs here, or why it must not run here
+ * (another node claimed that generation first). A claim this node already
+ * holds for that generation (a create retried here) is its own.
+ */
+export async function claimNextLease(
+  store: CheckpointStore,
+  prev: Lease | undefined,
+  node: string,
+  mine: ReadonlySet<string>,
+  containerId: string,
+  owner: { namespace: string; key: string },
+  what: string,
+): Promise<{ generation: number; refusal?: string }> {
+  const generation = (prev?.generation ?? 0) + 1;
+  const text = `${JSON.stringify({ node, generation, at: new Date().toISOString(), containerId })}\n`;
+  const taken = await store.claimLease(generation, text, { ...owner, containerId, node });
+  if (taken === undefined) return { generation };
+  let holder = '';
+  try {
+    holder = String((JSON.parse(taken) as { node?: unknown }).node ?? '');
+  } catch {
+    // empty or damaged: a claimer that died while writing it, still not this node
+  }
+  if (holder && mine.has(holder)) return { generation };
+  return {
+    generation,
+    refusal:
+      `${what}: another node${holder ? ` (${holder})` : ''} took the job at generation ${generation} at the same time ` +
+      `(${prev ? `it was ${prev.state} on ${prev.node} at generation ${prev.generation}` : 'its first start'}); ` +
+      `refusing to start a second copy here. Fix: let that node run it (arch-cli nodes / arch-cli ls show where it runs); ` +
+      `to run it here, move it with arch-cli migrate`,
   };
 }
 

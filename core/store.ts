@@ -52,7 +52,7 @@ export interface StoreOwner {
 
 /** Names ARCH itself gives entries of a container's checkpoint directory. */
 const ARCH_ENTRY_RE = new RegExp(
-  `^(current|lease\\.json|\\.lease-.*|ckpt-[0-9TZ-]+-[0-9a-f]{8}|\\.staging-.*|\\.current-[0-9a-f]{8}|${CHUNKS_DIR})$`,
+  `^(current|lease\\.json|lease\\.claim-\\d+|\\.lease-.*|ckpt-[0-9TZ-]+-[0-9a-f]{8}|\\.staging-.*|\\.current-[0-9a-f]{8}|${CHUNKS_DIR})$`,
 );
 
 /** The files store format 2 keeps as chunks: the large ones (everything else is a few KiB of CRIU metadata). */
@@ -60,6 +60,10 @@ export const isChunkedPath = (rel: string): boolean => PAGE_IMAGE_PATH.test(rel)
 
 /** The job's ownership (core/lease.ts), beside its checkpoints. */
 export const LEASE_FILE = 'lease.json';
+/** The claim of one generation of the lease (core/lease.ts: made once, exclusively). */
+export const leaseClaimFile = (generation: number): string => `lease.claim-${generation}`;
+/** The lease and its claims: the job's ownership, not part of any checkpoint. */
+export const isLeaseEntry = (name: string): boolean => name === LEASE_FILE || /^lease\.claim-\d+$/.test(name);
 /** A lease is a few hundred bytes; anything much larger is not one. */
 const MAX_LEASE_BYTES = 64 << 10;
 
@@ -339,6 +343,55 @@ export class CheckpointStore {
     } catch (err) {
       await fsp.rm(tmp, { force: true }).catch(() => undefined);
       throw err;
+    } finally {
+      await held?.close();
+    }
+  }
+
+  /**
+   * Claim generation `generation` of the lease: made with O_CREAT|O_EXCL, so
+   * of two nodes claiming it at once exactly one gets it (see core/lease.ts).
+   * Returns undefined when this call made it, else the claim's text (whoever
+   * made it; empty if it died between create and write). Claims older than
+   * the one before this are removed.
+   */
+  async claimLease(generation: number, text: string, owner: StoreOwner): Promise<string | undefined> {
+    let dir = this.containerDir;
+    let held: HeldDir | undefined;
+    if (this.guard) {
+      await this.claim(owner);
+      held = (await this.hold(false))!;
+      dir = held.fdPath;
+    } else await fsp.mkdir(dir, { recursive: true, mode: 0o700 });
+    try {
+      const file = path.join(dir, leaseClaimFile(generation));
+      try {
+        await fsp.writeFile(file, text, { mode: 0o600, flag: 'wx' });
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+        return (await readSmallFile(file, MAX_LEASE_BYTES).catch(() => undefined))?.toString('utf8') ?? '';
+      }
+      for (const n of await fsp.readdir(dir)) {
+        const m = /^lease\.claim-(\d+)$/.exec(n);
+        if (m && Number(m[1]) < generation - 1) await fsp.rm(path.join(dir, n), { force: true }).catch(() => undefined);
+      }
+      return undefined;
+    } finally {
+      await held?.close();
+    }
+  }
+
+  /** Give up a claim this node made but never used (the job did not start here). */
+  async releaseLeaseClaim(generation: number): Promise<void> {
+    let dir = this.containerDir;
+    let held: HeldDir | undefined;
+    if (this.guard) {
+      held = await this.hold(false);
+      if (!held) return;
+      dir = held.fdPath;
+    }
+    try {
+      await fsp.rm(path.join(dir, leaseClaimFile(generation)), { force: true });
     } finally {
       await held?.close();
     }

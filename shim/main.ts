@@ -54,6 +54,7 @@ import {
 import { finishedPredecessor, newerOwner, stoppedReason } from '../core/checkpoint-holder.js';
 import { CheckpointStore } from '../core/store.js';
 import {
+  claimNextLease,
   leaseOf,
   leaseRefusal,
   ownNodeNames,
@@ -262,15 +263,46 @@ async function handleCreate(
     );
     return runRealRunc(ctx.settings.runc, fresh);
   }
+  // Take the next generation before restoring or starting: of two nodes creating the parked job at once, one wins.
+  let claim: { generation: number; refusal?: string };
   try {
-    return await createHeld(
+    claim = await claimNextLease(
+      store,
+      lease,
+      ctx.settings.nodeName,
+      ownNodeNames(ctx.settings),
+      id,
+      { namespace, key: checkpointKeyOf(contract, id) },
+      `${namespace}/${id}`,
+    );
+  } catch (err) {
+    // The store cannot take the claim (full, read-only): as when the lease cannot be written, the job still starts.
+    log.warn({ err: errorMessage(err), checkpointDir }, 'could not claim the job for this node');
+    claim = { generation: (lease?.generation ?? 0) + 1 };
+  }
+  if (claim.refusal) {
+    await work?.release();
+    log.error({ reason: 'owned-elsewhere', generation: claim.generation, checkpointDir }, claim.refusal);
+    process.stderr.write(`arch-runc: ${claim.refusal}\n`);
+    return 1;
+  }
+  let started = false;
+  try {
+    const code = await createHeld(
       ctx,
       call,
       { namespace, id, bundle, spec, contract, store, work, t0, fresh, foreground, lease },
       log,
     );
+    started = code === 0 || foreground;
+    return code;
   } finally {
     await work?.release();
+    // Not started here: the claim is given back, so another node (or a later create) can take the job.
+    if (!started)
+      await store
+        .releaseLeaseClaim(claim.generation)
+        .catch((e) => log.warn({ err: errorMessage(e) }, 'could not give back the claim of the job'));
   }
 }
 

@@ -36,6 +36,7 @@ import {
   compensate,
   expectedOf,
   leavesToManager,
+  handOverProtection,
   moveCheckpointed,
   shipImage,
   Timeline,
@@ -204,6 +205,7 @@ export async function drainNode(input: DrainInput): Promise<DrainResult> {
           r.transferMs = tl.phases.filter((p) => p.phase === 'transfer').reduce((a, p) => a + p.ms, 0);
           r.restoreMs = tl.phases.filter((p) => p.phase === 'restore').reduce((a, p) => a + p.ms, 0);
           r.error = undefined;
+          await handOverProtection(spec, node, to);
           // The source may be gone already: its clean-up is best effort and quick to give up.
           await onNode(node, 'quick', { ...t, nodeStartTimeoutMs: 5_000 })
             .cleanupSource({

@@ -18,6 +18,7 @@ import {
   checkpointOn,
   compensate,
   expectedOf,
+  handOverProtection,
   moveCheckpointed,
   prepareMove,
   Timeline,
@@ -97,6 +98,7 @@ export async function migrateContainer(input: MigrateInput): Promise<MigrateResu
   }
 
   phase('cleanup');
+  await handOverProtection(ref, from, to);
   let cleanupError: string | undefined;
   try {
     await tl.step('cleanup', from, () =>

@@ -4,7 +4,16 @@
  * checkpoint, transfer and restore, compensation, phase bookkeeping, and the
  * withdrawal of transfer offers.
  */
-import { ApplicationFailure, CancellationScope, isCancellation, patched, workflowInfo } from '@temporalio/workflow';
+import {
+  ApplicationFailure,
+  CancellationScope,
+  getExternalWorkflowHandle,
+  isCancellation,
+  patched,
+  workflowInfo,
+} from '@temporalio/workflow';
+import { workflowIds } from '../contract/names.js';
+import { protectHandOverSignal } from './protect.js';
 import { FailureType } from '../contract/failures.js';
 import { isManaged, managedMoveRefusal } from '../contract/managers.js';
 import { failureTypeOf, inputFailure, nodeUnavailable, onNode, refString, rootMessage, DEFAULTS } from './common.js';
@@ -308,4 +317,24 @@ export async function compensate(
       });
     }
   });
+}
+
+/**
+ * The container runs on `to` now and is about to leave `from`: the protect
+ * workflow of `from` hands its `arch-cli protect` choice on to the one of
+ * `to` (workflows/protect.ts). Sent before the source's clean-up, so the
+ * choice is still there to hand on. A node without a protect workflow has
+ * no choice to carry: nothing to do.
+ */
+export async function handOverProtection(ref: ContainerRef, from: string, to: string): Promise<void> {
+  if (!patched('protect-hand-over')) return; // a move started before this existed replays as it ran
+  try {
+    await getExternalWorkflowHandle(workflowIds.protect(from)).signal(protectHandOverSignal, {
+      namespace: ref.namespace,
+      id: ref.id,
+      to,
+    });
+  } catch {
+    // no protect workflow on `from`
+  }
 }

@@ -16,6 +16,11 @@
  * `arch-cli protect` changes a container's interval with the `protect`
  * update; those choices, and each container's last checkpoint, travel
  * across continueAsNew, so a worker restart or a new run keeps the pace.
+ * A choice travels with its container too: a move (migrate, drain) signals
+ * `protectHandOver` to the source node's workflow before it removes the
+ * container there, and that workflow hands the choice on to the target
+ * node's (`protectCarry`), which keeps it until the container shows up in
+ * its listing (or an hour passes: a move that never arrived).
  *
  * Why one per node rather than one per container: the concurrency limit is
  * the node's, and one workflow sees all of the node's checkpoints at once
@@ -30,15 +35,19 @@ import {
   defineQuery,
   defineSignal,
   defineUpdate,
+  getExternalWorkflowHandle,
   setCurrentDetails,
   setHandler,
   workflowInfo,
 } from '@temporalio/workflow';
 import { MIN_CHECKPOINT_INTERVAL_MS } from '../contract/intervals.js';
 import { FailureType } from '../contract/failures.js';
+import { isValidNodeName, workflowIds } from '../contract/names.js';
 import type {
   ContainerSummary,
   PeriodicCheckpoint,
+  ProtectCarry,
+  ProtectHandOver,
   ProtectedContainer,
   ProtectNodeSettings,
   ProtectRequest,
@@ -50,6 +59,10 @@ import { checkNode, checkRef, failureTypeOf, inputFailure, onNode, refString, ro
 export const protectUpdate = defineUpdate<ProtectedContainer, [ProtectRequest]>('protect');
 export const protectSettingsSignal = defineSignal<[ProtectNodeSettings]>('protectSettings');
 export const protectStateQuery = defineQuery<ProtectWatchState>('protectState');
+export const protectHandOverSignal = defineSignal<[ProtectHandOver]>('protectHandOver');
+export const protectCarrySignal = defineSignal<[ProtectCarry]>('protectCarry');
+/** How long a choice handed over for a container waits for it to show up on this node. */
+const INCOMING_MS = 60 * 60_000;
 
 const DEFAULTS = { discoverEveryMs: 10_000, jitter: 0.1, maxRoundsPerRun: 2000, maxConcurrent: 1 } as const;
 /** Jitter never moves a checkpoint by more than this, whatever the interval. */
@@ -74,6 +87,7 @@ export async function nodeProtect(input: ProtectWatchInput): Promise<void> {
   let settings: ProtectNodeSettings = input.settings ?? { maxConcurrent: DEFAULTS.maxConcurrent };
   const overrides: Record<string, number> = { ...(input.overrides ?? {}) };
   const carried = { ...(input.carried ?? {}) };
+  const incoming = { ...(input.incoming ?? {}) };
   const entries = new Map<string, Entry>();
   let running = 0;
   let wake = false;
@@ -191,6 +205,9 @@ export async function nodeProtect(input: ProtectWatchInput): Promise<void> {
     }
     lastDiscovery = { at, ok: true };
     const listed = new Set(found.map(refString));
+    // A choice handed over with a container: in force once it is here, dropped if it never comes.
+    for (const [k, inc] of Object.entries(incoming))
+      if (listed.has(k) || Date.parse(inc.until) <= Date.now()) delete incoming[k];
     for (const c of found) {
       if (c.status.toLowerCase() === 'running') entryFor(c);
       else {
@@ -200,7 +217,7 @@ export async function nodeProtect(input: ProtectWatchInput): Promise<void> {
     }
     for (const [k, e] of entries) if (!listed.has(k) && !e.running) entries.delete(k);
     // A container gone from the node takes its `protect` choice with it; a paused one keeps it.
-    for (const k of Object.keys(overrides)) if (!listed.has(k)) delete overrides[k];
+    for (const k of Object.keys(overrides)) if (!listed.has(k) && !incoming[k]) delete overrides[k];
     for (const k of Object.keys(carried)) if (!listed.has(k)) delete carried[k];
     details();
   };
@@ -252,6 +269,31 @@ export async function nodeProtect(input: ProtectWatchInput): Promise<void> {
   };
 
   setHandler(protectStateQuery, state);
+  setHandler(protectHandOverSignal, async (h) => {
+    const k = refString(h);
+    const o = overrides[k];
+    if (o === undefined || !isValidNodeName(h.to) || h.to === node) return; // nothing chosen: the target's own rules apply
+    try {
+      await getExternalWorkflowHandle(workflowIds.protect(h.to)).signal(protectCarrySignal, {
+        namespace: h.namespace,
+        id: h.id,
+        from: node,
+        intervalMs: o,
+      });
+    } catch {
+      // The target node has no protect workflow (its worker never started): nothing there to keep the choice.
+    }
+  });
+  setHandler(protectCarrySignal, (c) => {
+    if (!(c?.intervalMs === 0 || (Number.isInteger(c?.intervalMs) && c.intervalMs >= MIN_CHECKPOINT_INTERVAL_MS)))
+      return;
+    const k = refString(c);
+    overrides[k] = c.intervalMs;
+    incoming[k] = { intervalMs: c.intervalMs, from: c.from, until: new Date(Date.now() + INCOMING_MS).toISOString() };
+    const e = entries.get(k);
+    if (e && !e.running) plan(e, lastStartMs(e));
+    discoverNow = true;
+  });
   setHandler(protectSettingsSignal, (s) => {
     if (Number.isInteger(s?.maxConcurrent) && s.maxConcurrent >= 1) settings = { maxConcurrent: s.maxConcurrent };
     wake = true;
@@ -329,5 +371,5 @@ export async function nodeProtect(input: ProtectWatchInput): Promise<void> {
   await condition(() => running === 0 && allHandlersFinished());
   for (const e of entries.values())
     carried[refString(e)] = { ...(e.last ? { last: e.last } : {}), taken: e.taken, failed: e.failed, nextAt: e.nextAt };
-  await continueAsNew<typeof nodeProtect>({ ...input, settings, overrides, carried });
+  await continueAsNew<typeof nodeProtect>({ ...input, settings, overrides, carried, incoming });
 }

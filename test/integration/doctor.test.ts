@@ -49,6 +49,18 @@ test('every dependency with its version, CRIU probed, and the network lock this 
   // Whether CRIU can keep its kernel probes: /run must be a tmpfs (a warning at most).
   const runFs = (await execa('stat', ['-f', '-c', '%T', '/run'])).stdout.trim();
   expect(byName.get('CRIU probe cache')).toMatchObject({ ok: runFs === 'tmpfs', optional: true });
+  // Dirty page tracking (pre-dumps): an information line that says what CRIU says on this machine.
+  const dirty = await execa(criuBinary(), ['check', '--feature', 'mem_dirty_track'], { reject: false });
+  expect(byName.get('dirty page tracking')).toMatchObject({
+    ok: true,
+    info: true,
+    version: dirty.exitCode === 0 ? 'present' : 'absent',
+    detail: expect.stringContaining('pre-dumps could cut the freeze time') as string,
+  });
+  const text = await execa(CLI, ['doctor'], { env: { ARCH_CONFIG: r.config }, reject: false });
+  expect(text.stdout).toMatch(
+    new RegExp(`^info  dirty page tracking\\s+${dirty.exitCode === 0 ? 'present' : 'absent'}  `, 'm'),
+  );
 });
 
 test('a CRIU that is not there: the failure says which setting to fix, exit code 1', async () => {

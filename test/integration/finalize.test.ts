@@ -166,3 +166,42 @@ test('a checkpoint that leaves the job running thaws it before publishing, and r
     await node.containerd.removeContainer(id).catch(() => undefined);
   }
 });
+
+test('a checkpoint left running captures the writable layer at the instant of the memory: the restored job logs every count once', async () => {
+  // The counter appends each count to a log in its writable layer, then keeps it in memory, every millisecond.
+  // CRIU freezes it (not ARCH) and the layer is captured behind CRIU's post-dump gate: if the layer were
+  // taken before or after the memory, the restored job would skip or repeat counts in its log.
+  const id = 'job-layer-instant';
+  const env = [
+    'ARCH_ENABLE=1',
+    `ARCH_CHECKPOINT_HOST_PATH=${storage}`,
+    'COUNTER_INTERVAL_MS=1',
+    'COUNTER_LOG=/state/log',
+  ];
+  await node.runCounter(id, env);
+  try {
+    await node.waitCount(id, 200);
+    const r = await checkpointContainer(node.ctx, { namespace: 'default', id, leaveRunning: true });
+    expect(r.freezeMs).toEqual(expect.any(Number));
+    const at = node.count(id);
+    await node.waitCount(id, at + 50); // ran on
+    // A crash: killed (not a clean exit, so delete keeps the checkpoint), then created again from it.
+    await node.containerd.taskKill(id, 'SIGKILL');
+    await node.containerd.waitStatus(id, 'STOPPED', 15_000);
+    await node.containerd.removeContainer(id);
+    await node.runCounter(id, env);
+    await node.containerd.waitStatus(id, 'RUNNING', 15_000);
+    const restoredAt = await node.waitCount(id, 1);
+    await node.waitCount(id, restoredAt + 50);
+    expect(node.logLines().some((l) => l.msg === 'restored from checkpoint' && l.container === id)).toBe(true);
+    const counts = node.readContainerFile(id, '/state/log').trim().split('\n').map(Number);
+    const wrong = counts.findIndex((n, i) => n !== i + 1);
+    expect({ wrongAt: wrong, near: wrong < 0 ? [] : counts.slice(Math.max(0, wrong - 2), wrong + 3) }).toEqual({
+      wrongAt: -1,
+      near: [],
+    });
+    expect(counts.length).toBeGreaterThan(r.manifest.rootfs.files > 0 ? 200 : 0);
+  } finally {
+    await node.containerd.removeContainer(id).catch(() => undefined);
+  }
+});

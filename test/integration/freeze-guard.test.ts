@@ -193,6 +193,56 @@ describe.each<Moment>(['frozen', 'dump', 'publish', 'published'])('kill -9 of ar
   });
 });
 
+test('kill -9 of a checkpoint left running while CRIU holds the job for the layer capture: the job runs on', async () => {
+  // Left running, CRIU (not ARCH) stops the job, and the layer is captured behind CRIU's layer gate
+  // (core/layer-gate.ts). The checkpointer dies once CRIU has stopped the tasks: the gate fails (or the
+  // guard fails it), CRIU resumes them, nothing is published.
+  const id = 'fg-layer-gate';
+  const containerDir = path.join(storage, 'default', id);
+  await node.runCounter(id, [...env(), 'COUNTER_MEM_MB=256']);
+  await node.waitCount(id, 3);
+  const tmp = fs.mkdtempSync(path.join(storage, 'tmp-'));
+  try {
+    const prev = await checkpointContainer(node.ctx, { namespace: 'default', id, leaveRunning: true });
+    const cli = spawn(path.join(REPO_ROOT, 'bin/arch-cli'), ['finalize', '--leave-running', '--deadline', '60s'], {
+      env: { ...process.env, ARCH_CONFIG: node.archConfig, TMPDIR: tmp },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    clis.push(cli);
+    const exited = new Promise((r) => cli.once('exit', r));
+    // CRIU has the tasks stopped: its network-lock action told the gate so.
+    const stopped = () => fs.readdirSync(tmp).some((d) => fs.existsSync(path.join(tmp, d, 'network-lock')));
+    const deadline = Date.now() + 60_000;
+    while (!stopped()) {
+      if (cli.exitCode !== null) throw new Error('finalize ended before CRIU stopped the job');
+      if (Date.now() > deadline) throw new Error('CRIU never reached its network lock');
+      await sleep(1);
+    }
+    process.kill(cli.pid!, 'SIGKILL');
+    const killedAt = Date.now();
+    await exited;
+    const at = node.count(id);
+    await waitFor(`${id} counting again`, () => (node.count(id) > at + 2 ? true : undefined), THAW_WITHIN_MS);
+    const resumedMs = Date.now() - killedAt;
+    await waitFor(
+      'the orphaned dump and the guard to end',
+      () =>
+        processesNaming(`${containerDir}/.staging-`).length === 0 && guardProcesses(id).length === 0 ? true : undefined,
+      60_000,
+    );
+    expect(resumedMs).toBeLessThanOrEqual(THAW_WITHIN_MS);
+    expect((await node.containerd.task(id))?.status).toBe('RUNNING');
+    const n = node.count(id);
+    await node.waitCount(id, n + 2);
+    // Nothing was published, and the gate left nothing behind.
+    expect((await new CheckpointStore(containerDir).verifyCurrent()).dir).toBe(prev.dir);
+    expect(fs.readdirSync(tmp)).toEqual([]);
+  } finally {
+    await node.containerd.removeContainer(id).catch(() => undefined);
+    fs.rmSync(tmp, { recursive: true, force: true });
+  }
+});
+
 test('a container its user paused stays paused when the checkpointer is killed', async () => {
   const id = 'fg-user-paused';
   const containerDir = path.join(storage, 'default', id);

@@ -8,7 +8,7 @@ import { CtrError } from '../../core/containerd.js';
 import { digestFiles } from '../../core/digest.js';
 import type { Manifest } from '../../core/manifest.js';
 import { findUpperDir } from '../../core/rootfs-diff.js';
-import { CheckpointStore, LEASE_FILE } from '../../core/store.js';
+import { CheckpointStore, isLeaseEntry } from '../../core/store.js';
 import { signManifest, trustOf } from '../../core/trust.js';
 import { craftTar, type TarEntry } from '../support/crafted-tar.js';
 import { realRunc } from '../support/arch-env.js';
@@ -96,7 +96,7 @@ async function treeDigest(dir: string): Promise<Record<string, string>> {
     for (const e of fs.readdirSync(path.join(dir, rel), { withFileTypes: true })) {
       const r = rel ? `${rel}/${e.name}` : e.name;
       // The job's lease (core/lease.ts) is not part of a checkpoint: every create of the job takes it.
-      if (r === LEASE_FILE) continue;
+      if (isLeaseEntry(r)) continue;
       if (e.isDirectory()) await walk(r);
       else if (e.isSymbolicLink()) out[r] = `-> ${fs.readlinkSync(path.join(dir, r))}`;
       else out[r] = (await digestFiles([path.join(dir, r)]))[0]!.sha256;
@@ -560,7 +560,7 @@ test('full disk during checkpoint: it fails, the previous checkpoint stays curre
     expect(
       fs
         .readdirSync(path.join(mnt, 'default', id))
-        .filter((n) => n !== LEASE_FILE)
+        .filter((n) => !isLeaseEntry(n))
         .sort(),
     ).toEqual([path.basename(first.dir), 'current'].sort());
     expect(fs.readdirSync(mnt).sort()).toEqual(['default', 'filler']);

@@ -1,9 +1,17 @@
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { generateKeyPairSync } from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { leaseRefusal, parkedLease, readLease, runningLease, staleHere, writeLease } from '../../core/lease.js';
+import {
+  claimNextLease,
+  leaseRefusal,
+  parkedLease,
+  readLease,
+  runningLease,
+  staleHere,
+  writeLease,
+} from '../../core/lease.js';
 import { livenessSettings } from '../../core/liveness-settings.js';
 import { CheckpointStore } from '../../core/store.js';
 import { loadTrust } from '../../core/trust.js';
@@ -92,4 +100,71 @@ test('a lease.json planted as a symlink or a FIFO is not followed nor waited on:
   const r2 = await readLease(viaFifo, trust);
   expect(r2.lease).toBeUndefined();
   expect(r2.problem).toMatch(/not a regular file/);
+});
+
+test('two nodes taking the same parked job at the same instant: exactly one claims its next generation, the other is refused', async () => {
+  // Two processes (the two nodes' arch-runc), released at once, race for the same 40 parked jobs on a real filesystem.
+  const base = path.join(dir, 'race');
+  const jobs = Array.from({ length: 40 }, (_, i) => `job-${i}`);
+  const trust = trustWith(keyFile('race'));
+  for (const j of jobs) {
+    const store = new CheckpointStore(path.join(base, j));
+    await writeLease(store, parkedLease(runningLease(undefined, 'old', j, 'started'), 'old', 'checkpointed'), trust, {
+      namespace: 'default',
+      key: j,
+    });
+  }
+  const go = path.join(dir, 'race-go');
+  const claimer = (node: string) => `
+    const fs = require('node:fs');
+    (async () => {
+      const { claimNextLease, readLease } = await import(${JSON.stringify(new URL('../../core/lease.js', import.meta.url).href)});
+      const { CheckpointStore } = await import(${JSON.stringify(new URL('../../core/store.js', import.meta.url).href)});
+      while (!fs.existsSync(${JSON.stringify(go)})) await new Promise((r) => setTimeout(r, 1));
+      const out = {};
+      await Promise.all(${JSON.stringify(jobs)}.map(async (j) => {
+        const store = new CheckpointStore(${JSON.stringify(base)} + '/' + j);
+        const prev = { format: 1, state: 'parked', node: 'old', generation: 1, at: '', reason: '', containerId: j };
+        const r = await claimNextLease(store, prev, ${JSON.stringify(node)}, new Set([${JSON.stringify(node)}]), j, { namespace: 'default', key: j }, 'default/' + j);
+        out[j] = r.refusal ?? 'won';
+      }));
+      process.stdout.write(JSON.stringify(out));
+    })();`;
+  const run = (node: string) =>
+    new Promise<Record<string, string>>((resolve, reject) => {
+      const p = spawn(process.execPath, ['-e', claimer(node)], { stdio: ['ignore', 'pipe', 'inherit'] });
+      let out = '';
+      p.stdout.on('data', (c: Buffer) => (out += c.toString()));
+      p.on('exit', (code) =>
+        code === 0
+          ? resolve(JSON.parse(out) as Record<string, string>)
+          : reject(new Error(`claimer ${node} exited ${code}`)),
+      );
+    });
+  const both = Promise.all([run('node-a'), run('node-b')]);
+  await new Promise((r) => setTimeout(r, 300)); // both loaded and waiting
+  fs.writeFileSync(go, '');
+  const [a, b] = await both;
+  for (const j of jobs) {
+    const won = [a[j] === 'won' ? 'node-a' : undefined, b[j] === 'won' ? 'node-b' : undefined].filter(Boolean);
+    expect({ j, won: won.length }).toEqual({ j, won: 1 });
+    const loser = a[j] === 'won' ? b[j]! : a[j]!;
+    expect(loser).toMatch(
+      new RegExp(`^default/${j}: another node \\(${String(won[0])}\\) took the job at generation 2 .*Fix: `),
+    );
+    const claim = JSON.parse(fs.readFileSync(path.join(base, j, 'lease.claim-2'), 'utf8')) as { node: string };
+    expect(claim.node).toBe(won[0]);
+  }
+  // A create retried on the winning node keeps its own claim; the claim is given back when the job did not start.
+  const store = new CheckpointStore(path.join(base, 'job-0'));
+  const prev = (await readLease(store, trust)).lease!;
+  const winner = a['job-0'] === 'won' ? 'node-a' : 'node-b';
+  await expect(
+    claimNextLease(store, prev, winner, new Set([winner]), 'job-0', { namespace: 'default', key: 'job-0' }, 'x'),
+  ).resolves.toEqual({ generation: 2 });
+  await store.releaseLeaseClaim(2);
+  const other = winner === 'node-a' ? 'node-b' : 'node-a';
+  await expect(
+    claimNextLease(store, prev, other, new Set([other]), 'job-0', { namespace: 'default', key: 'job-0' }, 'x'),
+  ).resolves.toEqual({ generation: 2 });
 });
