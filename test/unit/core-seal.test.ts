@@ -5,13 +5,17 @@ import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { FORMAT_VERSION, parseManifest, SEALED_FORMAT_VERSION, type Manifest } from '../../core/manifest.js';
 import {
+  chunkAad,
   chunkCount,
+  chunkNonce,
   keyFor,
   loadStoreKeys,
   newSealId,
+  openChunk,
   openSealedFile,
   parseStoreKey,
   SEAL_ALG,
+  sealChunk,
   sealedSize,
   sealFile,
   SealFollower,
@@ -192,6 +196,35 @@ describe('seal format: tampering is refused, and no unauthenticated plaintext is
     // The chunks before were authenticated and written; the bad one never was.
     const outs = fs.readdirSync(s.dir).filter((x) => x.startsWith('out-'));
     expect(fs.statSync(path.join(s.dir, outs[0]!)).size).toBe(i * CHUNK);
+  });
+
+  test('the format is that of the synchronous primitives (checkpoints sealed before open, and vice versa)', async () => {
+    // Whatever the sealer and openSealedFile do to go faster, a chunk is exactly sealChunk's.
+    const s = await sealed(plain);
+    const stored = fs.readFileSync(s.stored);
+    const nonce = Buffer.from(s.entry.nonce, 'hex');
+    const opened = [0, 1, 2, 3].flatMap((i) =>
+      openChunk(
+        s.k.key,
+        chunkNonce(nonce, i),
+        chunkAad(s.sealId, s.rel, i, i === 3),
+        stored.subarray(chunkAt(i), Math.min(chunkAt(i + 1), stored.length)),
+        `chunk ${i}`,
+      ),
+    );
+    expect(Buffer.concat(opened).equals(plain)).toBe(true);
+    const resealed = Buffer.concat(
+      [0, 1, 2, 3].flatMap((i) =>
+        sealChunk(
+          s.k.key,
+          chunkNonce(nonce, i),
+          chunkAad(s.sealId, s.rel, i, i === 3),
+          plain.subarray(i * CHUNK, (i + 1) * CHUNK),
+        ),
+      ),
+    );
+    fs.writeFileSync(s.stored, resealed);
+    expect((await open(s)).equals(plain)).toBe(true);
   });
 
   test('a flipped bit in a tag', () => refused((b) => ((b[chunkAt(1) + CHUNK + 3]! ^= 0x80), b)));
