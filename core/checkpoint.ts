@@ -33,6 +33,8 @@ import {
   type StoreKey,
 } from './seal.js';
 import { chunkKeysOf } from './chunk-codec.js';
+import { ChunkPool } from './chunk-pool.js';
+import { ChunkFollower, ChunkWriter } from './chunked-files.js';
 import { lockCheckpoint, updateShimState } from './shim-state.js';
 import { runtimeVersions } from './versions.js';
 import { CRIU_DIR, DELETED_FILES, PAGE_IMAGE_NAME, ROOTFS_TAR, SPEC_FILE } from './checkpoint-layout.js';
@@ -252,6 +254,10 @@ async function checkpointLocked(
   let sealer: SealFollower | undefined;
   let scratch: Scratch | undefined;
   const sealId = newSealId();
+  const chunkKeys = chunking && storeKey ? chunkKeysOf(storeKey) : undefined;
+  // Started before the freeze: the workers are ready when CRIU writes its first pages.
+  const chunkPool = chunking && !req.dumpedImages ? new ChunkPool(chunkKeys) : undefined;
+  let chunkFollower: ChunkFollower | undefined;
   try {
     // Before the freeze: no tmpfs with room refuses the checkpoint with the container untouched.
     if (storeKey) scratch = await makeScratch(await plaintextEstimate(c.pid));
@@ -305,11 +311,19 @@ async function checkpointLocked(
       // Hash (and start writing back) the page images while CRIU writes them (sealed: the sealer does both).
       // Not when the job is left running: its stall is what counts, and hashing and
       // fdatasyncs beside CRIU slow the dump (bench/periodic.ts); publishing does both after the thaw.
-      // Nor when chunked: the chunks are hashed as they are stored.
+      // Chunked: the page images are cut, hashed, compressed and stored while CRIU writes them instead
+      // (on worker threads; left running too, since that is most of a chunked checkpoint's work).
       const follower =
         scratch || chunking || req.leaveRunning
           ? undefined
           : await DigestFollower.start(criuDir, PAGE_IMAGE_NAME, { writeback: ctx.settings.fsync });
+      if (chunkPool)
+        chunkFollower = new ChunkFollower(
+          dumpDir,
+          PAGE_IMAGE_NAME,
+          `${CRIU_DIR}/`,
+          new ChunkWriter(store.chunkDir(), chunkPool, ctx.settings.fsync),
+        );
       try {
         await c.runc.checkpoint(req.id, {
           imagePath: dumpDir,
@@ -386,14 +400,16 @@ async function checkpointLocked(
           ? {
               chunk: {
                 from: scratch?.dir ?? staging.dir,
-                keys: storeKey && chunkKeysOf(storeKey),
+                keys: chunkKeys,
                 keep: ctx.settings.keep,
+                ...(chunkFollower ? { follower: chunkFollower } : {}),
               },
             }
           : {}),
       },
     );
     published = true;
+    await chunkPool?.close();
     if (pub.unsignedBecause) {
       log.error(
         { phase: 'checkpoint', reason: 'unsigned', err: pub.unsignedBecause, dir: pub.dir },
@@ -448,6 +464,8 @@ async function checkpointLocked(
     };
   } catch (err) {
     await sealer?.cancel();
+    await chunkFollower?.cancel().catch(() => undefined);
+    await chunkPool?.close();
     await scratch?.remove().catch(() => undefined);
     if (!published) await store.abort(staging).catch(() => undefined);
     if (frozen) {
