@@ -451,6 +451,8 @@ export async function archCycle(
   env: BenchEnv,
   id: string,
   fsync: boolean,
+  /** Looks at the published checkpoint before it is restored and removed (e.g. its size in the store). */
+  afterCheckpoint?: (r: CheckpointResult) => void,
 ): Promise<Omit<ArchSample, 'rep'>> {
   const node = bn.node;
   const ctx: NodeContext = { ...node.ctx, settings: { ...node.ctx.settings, fsync } };
@@ -464,6 +466,7 @@ export async function archCycle(
   const t0 = process.hrtime.bigint();
   const result = await checkpointContainer(ctx, { namespace: 'default', id, runcRoot: node.runcRoot('default') });
   const checkpointMs = msSince(t0);
+  afterCheckpoint?.(result);
   const { signMs, verifyMs } = await signingCost(ctx, result.dir);
   await node.containerd.waitStatus(id, 'STOPPED', 15_000);
   const at = node.count(id);

@@ -34,6 +34,7 @@ import {
 } from './seal.js';
 import { chunkKeysOf } from './chunk-codec.js';
 import { ChunkPool } from './chunk-pool.js';
+import type { ChunkWriteStats } from './chunk-dir.js';
 import { ChunkFollower, ChunkWriter } from './chunked-files.js';
 import { lockCheckpoint, updateShimState } from './shim-state.js';
 import { runtimeVersions } from './versions.js';
@@ -86,6 +87,8 @@ export interface CheckpointResult {
   totalMs: number;
   /** How long the job was frozen (left running only): what it felt of this checkpoint. */
   freezeMs?: number;
+  /** Store format 2: chunks written (new) and reused, and the bytes written. */
+  chunkStats?: ChunkWriteStats;
 }
 
 export interface ContainerOnNode {
@@ -461,6 +464,7 @@ async function checkpointLocked(
       timings,
       totalMs,
       ...(freezeMs !== undefined ? { freezeMs } : {}),
+      ...(pub.chunkStats ? { chunkStats: pub.chunkStats } : {}),
     };
   } catch (err) {
     await sealer?.cancel();

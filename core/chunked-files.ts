@@ -55,15 +55,27 @@ export class ChunkWriter {
     if (this.failed) throw this.failed;
   }
 
-  /** Start on `length` bytes of `fd` at `offset`; resolves to its ref once hashed (its storing goes on). The fd must stay open until then. */
-  add(fd: number, offset: number, length: number): Promise<ChunkRef> {
+  /**
+   * Start on `length` bytes of `fd` at `offset`; resolves to its ref once
+   * hashed (its storing goes on). The fd must stay open until then.
+   * `mayVanish`: the file may be cut short meanwhile (followed while
+   * written): failing to read it rejects only the ref, for the caller to judge.
+   */
+  add(fd: number, offset: number, length: number, mayVanish = false): Promise<ChunkRef> {
     const hashed = this.pool.hash(fd, offset, length);
     const done = hashed
-      .then((h) => this.store(h))
+      .then(
+        (h) => this.store(h),
+        (e: unknown) => {
+          if (!mayVanish) throw e;
+        },
+      )
       .catch((e: unknown) => void (this.failed ??= e))
       .finally(() => this.inFlight.delete(done));
     this.inFlight.add(done);
-    return hashed.then((h) => ({ id: h.id, size: length }));
+    const ref = hashed.then((h) => ({ id: h.id, size: length }));
+    ref.catch(() => undefined); // observed by whoever awaits it; failures count through `failed` meanwhile
+    return ref;
   }
 
   private async store(h: HeldChunk): Promise<void> {
@@ -166,7 +178,7 @@ export class ChunkFollower {
       while (f.pos + CHUNK_BYTES <= size || (last && (f.pos < size || f.refs.length === 0))) {
         const n = Math.min(CHUNK_BYTES, size - f.pos);
         await this.writer.slot();
-        f.refs.push(this.writer.add(f.fd, f.pos, n));
+        f.refs.push(this.writer.add(f.fd, f.pos, n, true));
         f.pos += n;
         if (n === 0) break;
       }
@@ -182,8 +194,12 @@ export class ChunkFollower {
       await this.catchUp(true);
       const out = new Map<string, ChunkedFile>();
       for (const [name, f] of this.files) {
-        const chunks = await Promise.all(f.refs);
+        const settled = await Promise.allSettled(f.refs);
+        if (!f.redo && fs.fstatSync(f.fd).size < f.pos) f.redo = true; // cut short after the last look
         if (f.redo) continue;
+        const bad = settled.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+        if (bad) throw bad.reason;
+        const chunks = settled.map((r) => (r as PromiseFulfilledResult<ChunkRef>).value);
         const rel = `${this.prefix}${name}`;
         out.set(rel, { path: rel, size: f.pos, chunks });
       }
