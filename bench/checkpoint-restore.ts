@@ -453,9 +453,11 @@ export async function archCycle(
   fsync: boolean,
   /** Looks at the published checkpoint before it is restored and removed (e.g. its size in the store). */
   afterCheckpoint?: (r: CheckpointResult) => void,
+  /** Other node settings for the checkpoint (e.g. another store format). */
+  settings: Partial<NodeContext['settings']> = {},
 ): Promise<Omit<ArchSample, 'rep'>> {
   const node = bn.node;
-  const ctx: NodeContext = { ...node.ctx, settings: { ...node.ctx.settings, fsync } };
+  const ctx: NodeContext = { ...node.ctx, settings: { ...node.ctx.settings, ...settings, fsync } };
   await bn.run(id, { arch: true, memMb: MEM_MB });
   const undo = env.cleanup.defer(`container ${id}`, () => bn.remove(id));
   env.cleanup.defer(`checkpoints of ${id}`, () =>

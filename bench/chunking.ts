@@ -180,6 +180,8 @@ export const benchmark: Benchmark = {
     const archStored: number[] = [];
     const archTimings: Record<string, number>[] = [];
     const incr: Incremental[] = [];
+    const v1Ckpt: number[] = [];
+    const v1Restore: number[] = [];
 
     const variants: Record<string, (rep: number) => Promise<void>> = {
       'raw-ctr': async (rep) => {
@@ -209,6 +211,11 @@ export const benchmark: Benchmark = {
         archRestore[rep] = s.restoreCallMs;
         archTimings[rep] = s.result.timings;
       },
+      'arch-v1': async (rep) => {
+        const s = await archCycle(bn, env, `arch-v1-${rep}`, true, undefined, { storeFormat: 1 });
+        v1Ckpt[rep] = s.checkpointMs;
+        v1Restore[rep] = s.restoreCallMs;
+      },
       'arch-v2-incremental': async (rep) => {
         incr[rep] = await incremental(bn, env, `arch-v2-inc-${rep}`);
       },
@@ -222,18 +229,31 @@ export const benchmark: Benchmark = {
         await variants[v]!(rep);
       }
     }
-    for (const xs of [rawCkpt, rawCkptFsync, rawZstd, rawRestore, archCkpt, archRestore, archStored, archTimings, incr])
+    for (const xs of [
+      rawCkpt,
+      rawCkptFsync,
+      rawZstd,
+      rawRestore,
+      archCkpt,
+      archRestore,
+      archStored,
+      archTimings,
+      incr,
+      v1Ckpt,
+      v1Restore,
+    ])
       xs.length = reps;
 
     const idx = Array.from({ length: reps }, (_, i) => i);
     const paired = (a: number[], b: number[]) => round(median(idx.map((i) => a[i]! / b[i]!)));
     const row = (metric: string, unit: Row['unit'], a: number[], b: number[], max: number, note?: string): Row => {
       const ratio = paired(a, b);
+      const mbNote = unit === 'x' ? `ARCH ${round(median(a))} MB, raw ${round(median(b))} MB` : undefined;
+      if (mbNote) note = note ? `${mbNote}; ${note}` : mbNote;
       return {
         metric,
         unit,
-        arch: round(median(a)),
-        raw: round(median(b)),
+        ...(unit === 'x' ? {} : { arch: round(median(a)), raw: round(median(b)) }),
         ratio,
         n: reps,
         target: `≤ ${max}x`,
@@ -263,7 +283,7 @@ export const benchmark: Benchmark = {
         mb(incr.map((s) => s.secondBytes)),
         mb(incr.map((s) => s.firstBytes)),
         0.15,
-        `MB; chunks reused by the second: ${round(median(incr.map((s) => s.reused)))}`,
+        `chunks reused by the second: ${round(median(incr.map((s) => s.reused)))}`,
       ),
       row(
         `second checkpoint of a barely changed ${BIG_MB} MiB job: time vs the first's`,
@@ -287,19 +307,28 @@ export const benchmark: Benchmark = {
         mb(archStored),
         mb(rawZstd),
         1.0,
-        'MB',
+      ),
+      row(`checkpoint ${MEM_MB} MiB, format 2 vs format 1 (both ARCH_FSYNC=1), info`, 'ms', archCkpt, v1Ckpt, Infinity),
+      row(
+        `restore ${MEM_MB} MiB, format 2 vs format 1 (arch-runc create), info`,
+        'ms',
+        archRestore,
+        v1Restore,
+        Infinity,
       ),
     ];
     for (const r of rows) if (r.target === '≤ Infinityx') (delete r.target, delete r.pass);
     const ph = (k: string) => round(median(archTimings.map((t) => t[k] ?? 0)));
+    const notes = [
+      `Checkpoint phases (median, ms): dump ${ph('dump')} (page images chunked, hashed, compressed and written meanwhile), rootfs ${ph('rootfs')}, chunk (what was left after the dump) ${ph('chunk')}, fsync ${ph('fsync')}, publish ${ph('publish')}, stop ${ph('stop')}.`,
+      podman
+        ? 'podman is installed: the size is compared with its export.'
+        : "podman is not installed on this machine: the size is compared with `tar | zstd -1` of the runc image directory, which is what `podman container checkpoint --export --compress zstd` writes (plus podman's small config files).",
+    ];
+    for (const n of notes) env.log(`store-v2: ${n}`);
     return {
       rows,
-      notes: [
-        `Checkpoint phases (median, ms): dump ${ph('dump')} (page images chunked, hashed, compressed and written meanwhile), rootfs ${ph('rootfs')}, chunk (what was left after the dump) ${ph('chunk')}, fsync ${ph('fsync')}, publish ${ph('publish')}, stop ${ph('stop')}.`,
-        podman
-          ? 'podman is installed: the size is compared with its export.'
-          : "podman is not installed on this machine: the size is compared with `tar | zstd -1` of the runc image directory, which is what `podman container checkpoint --export --compress zstd` writes (plus podman's small config files).",
-      ],
+      notes,
       details: {
         reps,
         memMb: MEM_MB,
@@ -313,6 +342,8 @@ export const benchmark: Benchmark = {
         archStored,
         archTimings,
         incr,
+        v1Ckpt,
+        v1Restore,
       },
     };
   },
