@@ -86,7 +86,7 @@ export class ChunkWriter {
       return this.pool.drop(h);
     }
     const stored = await this.pool.encode(h);
-    await this.chunks.put(h.id, stored, this.fsync);
+    await this.chunks.stage(h.id, stored);
     this.stats.written++;
     this.stats.bytes += stored.length;
   }
@@ -95,6 +95,7 @@ export class ChunkWriter {
   async finish(): Promise<ChunkWriteStats> {
     await this.settle();
     if (this.failed) throw this.failed;
+    await this.chunks.commitStaged(this.fsync);
     if (this.fsync && this.stats.written > 0) await this.chunks.syncDirs();
     return this.stats;
   }
@@ -102,6 +103,12 @@ export class ChunkWriter {
   /** Nothing in flight any more (failed or not). */
   async settle(): Promise<void> {
     while (this.inFlight.size > 0) await Promise.all(this.inFlight);
+  }
+
+  /** Failed or abandoned: chunks written but never named are removed. */
+  async abandon(): Promise<void> {
+    await this.settle();
+    await this.chunks.dropStaged();
   }
 }
 
@@ -214,6 +221,7 @@ export class ChunkFollower {
     this.stopping = true;
     await this.loop;
     await this.close();
+    await this.writer.abandon();
   }
 
   private async close(): Promise<void> {
@@ -241,6 +249,9 @@ export async function storeChunked(
     const files: ChunkedFile[] = [];
     for (const rel of rels) files.push(followed.get(rel) ?? (await chunkFile(srcDir, rel, writer)));
     return { files, stats: await writer.finish() };
+  } catch (err) {
+    await writer.abandon().catch(() => undefined);
+    throw err;
   } finally {
     await writer.settle();
     await pool?.close();
