@@ -19,6 +19,7 @@ export interface HeldChunk {
   id: string;
   job: number;
   lane: number;
+  length: number;
 }
 
 interface Lane {
@@ -53,7 +54,6 @@ export class ChunkPool {
       };
       w.on('error', fail);
       w.on('exit', (code) => fail(new Error(`chunk worker exited (${code})`)));
-      w.unref();
       lane.worker = w;
       return lane;
     });
@@ -64,12 +64,12 @@ export class ChunkPool {
     const lane = this.idlest();
     const job = this.nextJob++;
     const r = await this.send(lane, { op: 'hash', job, fd, offset, length });
-    return { id: r.id!, job, lane };
+    return { id: r.id!, job, lane, length };
   }
 
   /** The stored bytes of a held chunk (compressed, encrypted with a key). */
   async encode(h: HeldChunk): Promise<Buffer> {
-    const r = await this.send(h.lane, { op: 'encode', job: h.job, id: h.id });
+    const r = await this.send(h.lane, { op: 'encode', job: h.job, id: h.id, length: h.length });
     const s = r.stored!;
     return Buffer.from(s.buffer, s.byteOffset, s.byteLength);
   }
