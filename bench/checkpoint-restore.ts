@@ -451,9 +451,13 @@ export async function archCycle(
   env: BenchEnv,
   id: string,
   fsync: boolean,
+  /** Looks at the published checkpoint before it is restored and removed (e.g. its size in the store). */
+  afterCheckpoint?: (r: CheckpointResult) => void,
+  /** Other node settings for the checkpoint (e.g. another store format). */
+  settings: Partial<NodeContext['settings']> = {},
 ): Promise<Omit<ArchSample, 'rep'>> {
   const node = bn.node;
-  const ctx: NodeContext = { ...node.ctx, settings: { ...node.ctx.settings, fsync } };
+  const ctx: NodeContext = { ...node.ctx, settings: { ...node.ctx.settings, ...settings, fsync } };
   await bn.run(id, { arch: true, memMb: MEM_MB });
   const undo = env.cleanup.defer(`container ${id}`, () => bn.remove(id));
   env.cleanup.defer(`checkpoints of ${id}`, () =>
@@ -464,6 +468,7 @@ export async function archCycle(
   const t0 = process.hrtime.bigint();
   const result = await checkpointContainer(ctx, { namespace: 'default', id, runcRoot: node.runcRoot('default') });
   const checkpointMs = msSince(t0);
+  afterCheckpoint?.(result);
   const { signMs, verifyMs } = await signingCost(ctx, result.dir);
   await node.containerd.waitStatus(id, 'STOPPED', 15_000);
   const at = node.count(id);

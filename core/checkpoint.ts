@@ -34,6 +34,9 @@ import {
   type StoreKey,
 } from './seal.js';
 import { chunkKeysOf } from './chunk-codec.js';
+import { ChunkPool } from './chunk-pool.js';
+import type { ChunkWriteStats } from './chunk-dir.js';
+import { ChunkFollower, ChunkWriter } from './chunked-files.js';
 import { lockCheckpoint, updateShimState } from './shim-state.js';
 import { runtimeVersions } from './versions.js';
 import { CRIU_DIR, DELETED_FILES, PAGE_IMAGE_NAME, ROOTFS_TAR, SPEC_FILE } from './checkpoint-layout.js';
@@ -88,6 +91,8 @@ export interface CheckpointResult {
   totalMs: number;
   /** How long the job was frozen (left running only): what it felt of this checkpoint. */
   freezeMs?: number;
+  /** Store format 2: chunks written (new) and reused, and the bytes written. */
+  chunkStats?: ChunkWriteStats;
 }
 
 export interface ContainerOnNode {
@@ -261,6 +266,10 @@ async function checkpointLocked(
   let sealer: SealFollower | undefined;
   let scratch: Scratch | undefined;
   const sealId = newSealId();
+  const chunkKeys = chunking && storeKey ? chunkKeysOf(storeKey) : undefined;
+  // Started before the freeze: the workers are ready when CRIU writes its first pages.
+  const chunkPool = chunking && !req.dumpedImages ? new ChunkPool(chunkKeys) : undefined;
+  let chunkFollower: ChunkFollower | undefined;
   try {
     // Before the freeze: no tmpfs with room refuses the checkpoint with the container untouched.
     if (storeKey) scratch = await makeScratch(await plaintextEstimate(c.pid));
@@ -355,6 +364,15 @@ async function checkpointLocked(
       timings.prepare = Date.now() - t0; // lock, inspect, staging: before the container is touched
       const workPath = path.join(staging.dir, 'criu-work');
       await fsp.mkdir(dumpDir);
+      // Chunked: the page images are cut, hashed, compressed and stored while CRIU writes them
+      // (on worker threads; left running too, since that is most of a chunked checkpoint's work).
+      if (chunkPool)
+        chunkFollower = new ChunkFollower(
+          dumpDir,
+          PAGE_IMAGE_NAME,
+          `${CRIU_DIR}/`,
+          new ChunkWriter(store.chunkDir(), chunkPool, ctx.settings.fsync),
+        );
       if ((await criuAsked).actionScript) {
         await dumpGated(dumpDir, workPath);
       } else {
@@ -458,14 +476,16 @@ async function checkpointLocked(
           ? {
               chunk: {
                 from: scratch?.dir ?? staging.dir,
-                keys: storeKey && chunkKeysOf(storeKey),
+                keys: chunkKeys,
                 keep: ctx.settings.keep,
+                ...(chunkFollower ? { follower: chunkFollower } : {}),
               },
             }
           : {}),
       },
     );
     published = true;
+    await chunkPool?.close();
     if (pub.unsignedBecause) {
       log.error(
         { phase: 'checkpoint', reason: 'unsigned', err: pub.unsignedBecause, dir: pub.dir },
@@ -517,9 +537,12 @@ async function checkpointLocked(
       timings,
       totalMs,
       ...(freezeMs !== undefined ? { freezeMs } : {}),
+      ...(pub.chunkStats ? { chunkStats: pub.chunkStats } : {}),
     };
   } catch (err) {
     await sealer?.cancel();
+    await chunkFollower?.cancel().catch(() => undefined);
+    await chunkPool?.close();
     await scratch?.remove().catch(() => undefined);
     if (!published) await store.abort(staging).catch(() => undefined);
     if (frozen) {

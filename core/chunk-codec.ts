@@ -68,11 +68,15 @@ function zstdCodec(): NonNullable<typeof codec> {
   return codec;
 }
 
+let frameBuf: Buffer | undefined;
+
 /** The bytes the store keeps for `plain`, whose id is `id`. */
 export function encodeChunk(plain: Uint8Array, id: string, keys?: ChunkKeys): Buffer {
   const { zstd, cctx } = zstdCodec();
-  const dst = Buffer.allocUnsafe(zstd.compressBound(plain.length));
-  const frame = dst.subarray(0, cctx.compress2(dst, plain));
+  const bound = zstd.compressBound(plain.length);
+  // One output buffer per thread, reused: a fresh megabyte per chunk costs more in page faults than zstd spends.
+  if (!frameBuf || frameBuf.length < bound) frameBuf = Buffer.allocUnsafe(bound);
+  const frame = frameBuf.subarray(0, cctx.compress2(frameBuf, plain));
   if (!keys) return Buffer.from(frame);
   const nonce = randomBytes(NONCE_BYTES);
   return Buffer.concat([nonce, ...sealChunk(keys.key.key, nonce, aad(id), frame)]);
@@ -83,7 +87,15 @@ export function encodeChunk(plain: Uint8Array, id: string, keys?: ChunkKeys): Bu
  * decompressed into exactly `size` bytes, and named `id` by its digest.
  * Anything else is a CheckpointUnusableError('corrupt') naming `what`.
  */
-export function decodeChunk(stored: Buffer, id: string, size: number, what: string, keys?: ChunkKeys): Buffer {
+export function decodeChunk(
+  stored: Buffer,
+  id: string,
+  size: number,
+  what: string,
+  keys?: ChunkKeys,
+  /** Where to decompress (reused by the caller), at least `size` bytes; else a new buffer. */
+  into?: Buffer,
+): Buffer {
   let frame: Buffer = stored;
   if (keys) {
     if (stored.length < NONCE_BYTES + TAG_BYTES)
@@ -92,7 +104,7 @@ export function decodeChunk(stored: Buffer, id: string, size: number, what: stri
       openChunk(keys.key.key, stored.subarray(0, NONCE_BYTES), aad(id), stored.subarray(NONCE_BYTES), what),
     );
   }
-  const plain = Buffer.allocUnsafe(size);
+  const plain = into && into.length >= size ? into.subarray(0, size) : Buffer.allocUnsafe(size);
   let n: number;
   try {
     n = zstdCodec().dctx.decompress(plain, frame);

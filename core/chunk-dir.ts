@@ -12,6 +12,17 @@ import { isChunkId } from './chunk-codec.js';
  */
 export const CHUNKS_DIR = 'chunks';
 const TMP_PREFIX = '.tmp-';
+/** fsyncs in flight at once when staged chunks are committed (the kernel merges their writeback). */
+const SYNC_LANES = 16;
+
+async function syncFile(file: string): Promise<void> {
+  const fh = await fsp.open(file, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW);
+  try {
+    await fh.datasync();
+  } finally {
+    await fh.close();
+  }
+}
 /** Chunks the collector set aside (chunk-gc.ts): `.trash-<ms since epoch>/<id>`, deleted a grace period later unless taken back. */
 export const TRASH_PREFIX = '.trash-';
 
@@ -27,6 +38,7 @@ export interface ChunkWriteStats {
 export class ChunkDir {
   readonly dir: string;
   private readonly made = new Set<string>();
+  private readonly staged: { id: string; tmp: string }[] = [];
   /** Directories checked to be real ones (not symlinks) by this instance. */
   private readonly real = new Set<string>();
 
@@ -126,6 +138,40 @@ export class ChunkDir {
 
   /** Write a new chunk: durable (fsync) before it gets its name when `fsync`. */
   async put(id: string, bytes: Buffer, fsync: boolean): Promise<void> {
+    const tmp = await this.writeBeside(id, bytes);
+    if (fsync) await syncFile(tmp);
+    await fsp.rename(tmp, this.pathOf(id));
+  }
+
+  /**
+   * Write a new chunk under a temporary name; commitStaged() names it.
+   * A checkpoint's chunks are all written first and made durable together
+   * (one fsync each, in parallel, at the end), rather than the writer
+   * waiting on the disk chunk by chunk while CRIU is still dumping.
+   */
+  async stage(id: string, bytes: Buffer): Promise<void> {
+    this.staged.push({ id, tmp: await this.writeBeside(id, bytes) });
+  }
+
+  /** The staged chunks made durable (`fsync`), then named: a chunk file still appears only whole. */
+  async commitStaged(fsync: boolean): Promise<void> {
+    const staged = this.staged.splice(0);
+    if (fsync) {
+      let next = 0;
+      const lane = async () => {
+        while (next < staged.length) await syncFile(staged[next++]!.tmp);
+      };
+      await Promise.all(Array.from({ length: Math.min(SYNC_LANES, staged.length) }, lane));
+    }
+    for (const c of staged) await fsp.rename(c.tmp, this.pathOf(c.id));
+  }
+
+  /** Staged chunks never committed (the checkpoint failed) removed. */
+  async dropStaged(): Promise<void> {
+    for (const c of this.staged.splice(0)) await fsp.rm(c.tmp, { force: true });
+  }
+
+  private async writeBeside(id: string, bytes: Buffer): Promise<string> {
     const final = this.pathOf(id);
     const sub = path.dirname(final);
     if (!this.made.has(sub)) {
@@ -143,11 +189,10 @@ export class ChunkDir {
     const fh = await fsp.open(tmp, 'wx', 0o600);
     try {
       await fh.writeFile(bytes);
-      if (fsync) await fh.datasync();
     } finally {
       await fh.close();
     }
-    await fsp.rename(tmp, final);
+    return tmp;
   }
 
   /** The stored bytes of a chunk (not through a symlink), or undefined when it is not there. */

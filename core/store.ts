@@ -18,7 +18,7 @@ import { loadTrust, signManifest, type Trust } from './trust.js';
 import { MANIFEST_FILE, PAGE_IMAGE_PATH, ROOTFS_TAR, SIGNATURE_FILE } from './checkpoint-layout.js';
 import { CHUNK_ALG, type ChunkKeys } from './chunk-codec.js';
 import { ChunkDir, CHUNKS_DIR, type ChunkWriteStats } from './chunk-dir.js';
-import { storeChunked } from './chunked-files.js';
+import { storeChunked, type ChunkFollower } from './chunked-files.js';
 import { collect } from './chunk-gc.js';
 
 /**
@@ -169,9 +169,10 @@ export class CheckpointStore {
       /**
        * Store format 2: the large files (isChunkedPath) under `from` (the
        * staging dir, or the tmpfs scratch an encrypted checkpoint was dumped
-       * to) go into the chunk directory instead, listed under `chunked`.
+       * to) go into the chunk directory instead, listed under `chunked`;
+       * those `follower` chunked while they were written are taken from it.
        */
-      chunk?: { from: string; keys?: ChunkKeys; keep: number };
+      chunk?: { from: string; keys?: ChunkKeys; keep: number; follower?: ChunkFollower };
     },
   ): Promise<{
     dir: string;
@@ -194,6 +195,7 @@ export class CheckpointStore {
         const r = await storeChunked(opts.chunk.from, rels, this.chunkDir(), {
           keys: opts.chunk.keys,
           fsync: opts.fsync,
+          ...(opts.chunk.follower ? { follower: opts.chunk.follower } : {}),
         });
         if (opts.chunk.from === staging.dir) await Promise.all(rels.map((rel) => fsp.rm(path.join(staging.dir, rel))));
         chunked = {

@@ -4,7 +4,8 @@ import os from 'node:os';
 import path from 'node:path';
 import { chunkIdOf, chunkKeysOf, decodeChunk, encodeChunk } from '../../core/chunk-codec.js';
 import { ChunkDir } from '../../core/chunk-dir.js';
-import { assembleChunked, CHUNK_BYTES, storeChunked } from '../../core/chunked-files.js';
+import { assembleChunked, CHUNK_BYTES, ChunkFollower, ChunkWriter, storeChunked } from '../../core/chunked-files.js';
+import { ChunkPool } from '../../core/chunk-pool.js';
 import { CHUNKED_FORMAT_VERSION, parseManifest, type Manifest } from '../../core/manifest.js';
 import { parseStoreKey } from '../../core/seal.js';
 import { loadSettings } from '../../core/settings.js';
@@ -148,6 +149,93 @@ describe('split and assemble', () => {
     const e = await checkpointUnusable(assembleChunked(r.files, store, path.join(tmp, 'kout2'), keys));
     expect(e.reason).toBe('truncated');
     expect(e.message).toContain('rootfs-diff.tar: chunk 2 of 3');
+  });
+});
+
+describe('chunked while written (the dump)', () => {
+  const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+  test('files written a piece at a time while followed: the same chunks as chunking them afterwards, each new chunk written once; a rewritten file is chunked again at the end', async () => {
+    const src = path.join(tmp, 'fsrc');
+    fs.mkdirSync(path.join(src, 'criu'), { recursive: true });
+    const a = pageLike(4 * CHUNK_BYTES + 777);
+    // b repeats a's first chunk: stored once.
+    const b = Buffer.concat([a.subarray(0, CHUNK_BYTES), pageLike(CHUNK_BYTES + 5)]);
+    const c = pageLike(2 * CHUNK_BYTES);
+    const store = new ChunkDir(path.join(tmp, 'fstore'));
+    const pool = new ChunkPool(keys);
+    try {
+      const follower = new ChunkFollower(
+        path.join(src, 'criu'),
+        /^pages-\d+\.img$/,
+        'criu/',
+        new ChunkWriter(store, pool, true),
+      );
+      const writeSlowly = async (name: string, bytes: Buffer) => {
+        const fd = fs.openSync(path.join(src, 'criu', name), 'w');
+        for (let o = 0; o < bytes.length; o += 300_000) {
+          fs.writeSync(fd, bytes, o, Math.min(300_000, bytes.length - o));
+          await sleep(3);
+        }
+        fs.closeSync(fd);
+      };
+      await writeSlowly('pages-1.img', a);
+      await writeSlowly('pages-2.img', b);
+      await writeSlowly('pages-3.img', pageLike(3 * CHUNK_BYTES));
+      await sleep(200); // followed this far...
+      fs.writeFileSync(path.join(src, 'criu/pages-3.img'), c); // ...then rewritten shorter
+      fs.writeFileSync(path.join(src, 'criu/other.img'), 'not a page image');
+      fs.writeFileSync(path.join(src, 'rootfs-diff.tar'), 'layer');
+      const rels = ['criu/pages-1.img', 'criu/pages-2.img', 'criu/pages-3.img', 'rootfs-diff.tar'];
+      const followed = await storeChunked(src, rels, store, { fsync: true, keys, follower });
+      const after = await storeChunked(src, rels, new ChunkDir(path.join(tmp, 'fstore2')), { fsync: false, keys });
+      expect(followed.files).toEqual(after.files);
+      expect(after.stats.written).toBe(5 + 2 + 2 + 1);
+      // pages-3.img's first, longer version left chunks of its own; the rest exactly once.
+      expect(followed.stats.written).toBeGreaterThanOrEqual(after.stats.written);
+      expect(followed.stats.reused).toBe(0);
+      const out = path.join(tmp, 'fout');
+      await assembleChunked(followed.files, store, out, keys);
+      for (const [rel, want] of [
+        ['criu/pages-1.img', a],
+        ['criu/pages-2.img', b],
+        ['criu/pages-3.img', c],
+      ] as const)
+        expect(fs.readFileSync(path.join(out, rel)).equals(want)).toBe(true);
+    } finally {
+      await pool.close();
+    }
+  });
+
+  test('a second checkpoint of the same bytes, followed, writes nothing and reuses every chunk', async () => {
+    const src = path.join(tmp, 'f2src');
+    fs.mkdirSync(src);
+    fs.writeFileSync(path.join(src, 'pages-1.img'), pageLike(3 * CHUNK_BYTES));
+    const store = new ChunkDir(path.join(tmp, 'f2store'));
+    await storeChunked(src, ['pages-1.img'], store, { fsync: false });
+    const pool = new ChunkPool();
+    try {
+      const follower = new ChunkFollower(src, /^pages-\d+\.img$/, '', new ChunkWriter(store, pool, false));
+      const r = await storeChunked(src, ['pages-1.img'], store, { fsync: false, follower });
+      expect(r.stats).toEqual({ written: 0, bytes: 0, reused: 3 });
+    } finally {
+      await pool.close();
+    }
+  });
+
+  test('a bad chunk found on a worker thread keeps its reason (corrupt) and names the chunk', async () => {
+    const src = path.join(tmp, 'wsrc');
+    fs.mkdirSync(src);
+    fs.writeFileSync(path.join(src, 'rootfs-diff.tar'), pageLike(3 * CHUNK_BYTES));
+    const store = new ChunkDir(path.join(tmp, 'wstore'));
+    const r = await storeChunked(src, ['rootfs-diff.tar'], store, { fsync: false });
+    const victim = store.pathOf(r.files[0]!.chunks[2]!.id);
+    const bytes = fs.readFileSync(victim);
+    bytes[bytes.length >> 1] ^= 1;
+    fs.writeFileSync(victim, bytes);
+    const e = await checkpointUnusable(assembleChunked(r.files, store, path.join(tmp, 'wout')));
+    expect(e.reason).toBe('corrupt');
+    expect(e.message).toContain('rootfs-diff.tar: chunk 3 of 3');
   });
 });
 
