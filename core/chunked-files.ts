@@ -3,7 +3,7 @@ import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { CheckpointUnusableError } from '../contract/errors.js';
 import { chunkIdOf, decodeChunk, encodeChunk, type ChunkKeys } from './chunk-codec.js';
-import type { ChunkDir, ChunkWriteStats } from './chunk-dir.js';
+import type { ChunkStore, ChunkWriteStats } from './chunk-dir.js';
 
 /**
  * Large checkpoint files (page images, the layer archive) to and from
@@ -30,7 +30,7 @@ export interface ChunkedFile {
 export async function storeChunked(
   srcDir: string,
   rels: string[],
-  chunks: ChunkDir,
+  chunks: ChunkStore,
   opts: { keys?: ChunkKeys; fsync: boolean },
 ): Promise<{ files: ChunkedFile[]; stats: ChunkWriteStats }> {
   const stats: ChunkWriteStats = { written: 0, bytes: 0, reused: 0 };
@@ -94,7 +94,7 @@ export async function storeChunked(
  */
 export async function assembleChunked(
   files: ChunkedFile[],
-  chunks: ChunkDir,
+  chunks: ChunkStore,
   destDir: string,
   keys?: ChunkKeys,
 ): Promise<void> {
