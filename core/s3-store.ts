@@ -1,15 +1,9 @@
 import { randomBytes } from 'node:crypto';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
-import {
-  DeleteObjectsCommand,
-  GetObjectCommand,
-  HeadObjectCommand,
-  ListObjectsV2Command,
-  PutObjectCommand,
-  S3Client,
-  type S3ClientConfig,
-} from '@aws-sdk/client-s3';
+import { createRequire } from 'node:module';
+import type * as S3Sdk from '@aws-sdk/client-s3';
+import type { S3Client, S3ClientConfig } from '@aws-sdk/client-s3';
 import { ArchInputError, CheckpointUnusableError, errorMessage } from '../contract/errors.js';
 import { MANIFEST_FILE, SIGNATURE_FILE } from './checkpoint-layout.js';
 import { isChunkId } from './chunk-codec.js';
@@ -67,9 +61,20 @@ export function describeS3Error(err: unknown, loc: S3Location, s: S3ClientSettin
     );
   return new ArchInputError(
     'AWS_ENDPOINT_URL_S3',
-    `cannot reach object storage for ${url} at ${endpoint} (${name || errorMessage(err)})`,
+    `cannot reach object storage for ${url} at ${endpoint} (${[e?.code, errorMessage(err)].filter(Boolean).join(': ')})`,
     'check that the server is up and that AWS_ENDPOINT_URL_S3 and AWS_REGION in the node settings (/etc/arch/arch.env) name it',
   );
+}
+
+const requireHere = createRequire(import.meta.url);
+let loaded: typeof S3Sdk | undefined;
+/**
+ * The AWS SDK, loaded on first use: it needs node:http2, which cannot be
+ * part of the shim's start-up snapshot, and most shim calls never touch
+ * object storage.
+ */
+function sdk(): typeof S3Sdk {
+  return (loaded ??= requireHere('@aws-sdk/client-s3') as typeof S3Sdk);
 }
 
 const clients = new Map<string, S3Client>();
@@ -96,7 +101,7 @@ export function s3ClientFor(s: S3ClientSettings): S3Client {
           }
         : {}),
     };
-    c = new S3Client(cfg);
+    c = new (sdk().S3Client)(cfg);
     clients.set(key, c);
   }
   return c;
@@ -132,7 +137,7 @@ export class S3Prefix {
 
   async get(rel: string, max = MAX_SMALL_OBJECT): Promise<Buffer | undefined> {
     try {
-      const r = await this.client.send(new GetObjectCommand({ Bucket: this.loc.bucket, Key: this.key(rel) }));
+      const r = await this.client.send(new (sdk().GetObjectCommand)({ Bucket: this.loc.bucket, Key: this.key(rel) }));
       if ((r.ContentLength ?? 0) > max) throw new Error(`${this.key(rel)}: ${r.ContentLength} bytes, more than ${max}`);
       return Buffer.from(await r.Body!.transformToByteArray());
     } catch (err) {
@@ -143,7 +148,7 @@ export class S3Prefix {
 
   async has(rel: string): Promise<boolean> {
     try {
-      await this.client.send(new HeadObjectCommand({ Bucket: this.loc.bucket, Key: this.key(rel) }));
+      await this.client.send(new (sdk().HeadObjectCommand)({ Bucket: this.loc.bucket, Key: this.key(rel) }));
       return true;
     } catch (err) {
       // HEAD has no body to say which: a missing bucket is told by the next PUT.
@@ -154,7 +159,7 @@ export class S3Prefix {
 
   async put(rel: string, body: Buffer): Promise<void> {
     try {
-      await this.client.send(new PutObjectCommand({ Bucket: this.loc.bucket, Key: this.key(rel), Body: body }));
+      await this.client.send(new (sdk().PutObjectCommand)({ Bucket: this.loc.bucket, Key: this.key(rel), Body: body }));
     } catch (err) {
       this.fail(err);
     }
@@ -167,7 +172,7 @@ export class S3Prefix {
     try {
       do {
         const r = await this.client.send(
-          new ListObjectsV2Command({
+          new (sdk().ListObjectsV2Command)({
             Bucket: this.loc.bucket,
             Prefix: this.key(sub),
             ...(token ? { ContinuationToken: token } : {}),
@@ -187,7 +192,7 @@ export class S3Prefix {
     for (let i = 0; i < rels.length; i += 1000) {
       try {
         await this.client.send(
-          new DeleteObjectsCommand({
+          new (sdk().DeleteObjectsCommand)({
             Bucket: this.loc.bucket,
             Delete: { Objects: rels.slice(i, i + 1000).map((r) => ({ Key: this.key(r) })), Quiet: true },
           }),
