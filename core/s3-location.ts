@@ -63,7 +63,14 @@ export function parseS3Url(url: string, field: string): S3Location {
       'set it to s3://<bucket>/<prefix>, e.g. s3://checkpoints/team-a',
     );
   }
-  return { bucket: validateBucket(m[1]!, field), prefix: validatePrefix(m[2] ?? '', field) };
+  const bucket = validateBucket(m[1]!, field);
+  if (m[2] === '')
+    throw new ArchInputError(
+      field,
+      `"${url}" ends in "/" (an empty prefix segment)`,
+      `write s3://${bucket} or s3://${bucket}/<prefix>`,
+    );
+  return { bucket, prefix: validatePrefix(m[2] ?? '', field) };
 }
 
 export function formatS3Url(loc: S3Location): string {

@@ -74,7 +74,15 @@ let loaded: typeof S3Sdk | undefined;
  * object storage.
  */
 function sdk(): typeof S3Sdk {
+  // Its warning about Node 20 would reach containerd through arch-runc's stderr, on every create.
+  process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
   return (loaded ??= requireHere('@aws-sdk/client-s3') as typeof S3Sdk);
+}
+
+/** Close every client's connections (a long-lived process that is done with object storage, or a test). */
+export function closeS3Clients(): void {
+  for (const c of clients.values()) c.destroy();
+  clients.clear();
 }
 
 const clients = new Map<string, S3Client>();

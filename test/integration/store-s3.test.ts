@@ -7,7 +7,7 @@ import { CHUNKS_DIR } from '../../core/chunk-dir.js';
 import { CHUNKED_FORMAT_VERSION } from '../../core/manifest.js';
 import { createNodeContext } from '../../core/context.js';
 import { PAGE_IMAGE_PATH } from '../../core/checkpoint-layout.js';
-import { collectS3, S3CheckpointStore } from '../../core/s3-store.js';
+import { closeS3Clients, collectS3, S3CheckpointStore } from '../../core/s3-store.js';
 import { writeArchConfig } from '../support/arch-env.js';
 import { startArchNode, waitFor, type ArchTestNode } from '../support/arch-node.js';
 import { cleanupStaleNodes, stopAllNodes } from '../support/containerd-node.js';
@@ -65,6 +65,7 @@ beforeAll(async () => {
 
 afterAll(async () => {
   await stopAllNodes();
+  closeS3Clients();
   await s3?.close();
   if (work) fs.rmSync(work, { recursive: true, force: true });
 });
