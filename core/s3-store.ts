@@ -120,6 +120,9 @@ const isMissing = (err: unknown): boolean => {
   return e?.name === 'NoSuchKey' || e?.name === 'NotFound' || e?.$metadata?.httpStatusCode === 404;
 };
 
+/** An object whose bytes are not the ones uploaded (the SDK's checksum check). */
+export class S3CorruptObject extends Error {}
+
 /** Access to one key prefix of a bucket, every failure described by the settings that fix it. */
 export class S3Prefix {
   constructor(
@@ -137,8 +140,11 @@ export class S3Prefix {
     return `s3://${this.loc.bucket}/${this.base}`;
   }
 
-  private fail(err: unknown): never {
-    if (err instanceof ArchInputError) throw err;
+  private fail(err: unknown, rel?: string): never {
+    if (err instanceof ArchInputError || err instanceof S3CorruptObject) throw err;
+    // The SDK checks the checksum the server stored at upload against the bytes it returns.
+    if (rel !== undefined && /checksum mismatch/i.test(errorMessage(err)))
+      throw new S3CorruptObject(`${this.key(rel)}: ${errorMessage(err)}`);
     // A missing bucket answers 404 too: it is not a missing object.
     throw describeS3Error(err, this.loc, this.settings);
   }
@@ -150,7 +156,7 @@ export class S3Prefix {
       return Buffer.from(await r.Body!.transformToByteArray());
     } catch (err) {
       if (isMissing(err) && (err as { name?: string }).name !== 'NoSuchBucket') return undefined;
-      this.fail(err);
+      this.fail(err, rel);
     }
   }
 
@@ -241,6 +247,7 @@ export class S3Chunks implements ChunkStore {
     try {
       return await this.at.get(this.rel(id));
     } catch (err) {
+      if (err instanceof S3CorruptObject) throw new CheckpointUnusableError('corrupt', err.message);
       // On restore: the store failing now means this checkpoint cannot be read whole, so the container starts fresh.
       throw new CheckpointUnusableError('store', errorMessage(err));
     }
@@ -300,7 +307,7 @@ export class S3CheckpointStore extends CheckpointStore {
       return dir;
     } catch (err) {
       if (err instanceof CheckpointUnusableError) throw err;
-      throw new CheckpointUnusableError('store', errorMessage(err));
+      throw new CheckpointUnusableError(err instanceof S3CorruptObject ? 'corrupt' : 'store', errorMessage(err));
     }
   }
 

@@ -72,17 +72,11 @@ afterAll(async () => {
 
 // Each test starts with the server up and the node's settings as beforeAll wrote them.
 beforeEach(async () => {
-  await s3.start().catch(() => undefined);
+  await s3.start();
   settings();
 });
 
-async function startS3IfStopped(): Promise<void> {
-  try {
-    await s3.start();
-  } catch {
-    /* already running */
-  }
-}
+const startS3IfStopped = () => s3.start();
 
 async function run(id: string, key: string, env: string[] = [], url = `s3://${BUCKET}/${PREFIX}`): Promise<string> {
   return node.runCounter(id, [
@@ -250,7 +244,8 @@ test('a corrupted chunk in the bucket: fresh start, reason corrupt', async () =>
     b[b.length >> 1] ^= 0xff;
     fs.writeFileSync(chunk, b);
     const e = await expectFreshWith(id, await run(id, 'corrupt'), 'corrupt');
-    expect(String(e.err)).toMatch(/pages-\d+\.img: chunk 3 of \d+/);
+    // Caught by the SDK's checksum of the object (the server's, from the upload) before the chunk's own id check.
+    expect(String(e.err)).toContain(f.chunks[2]!.id);
   } finally {
     await remove(id);
   }
@@ -314,7 +309,7 @@ test('retention in the bucket: old checkpoints go, chunks shared with the kept o
   const id = 's3-gc';
   try {
     settings({ ARCH_KEEP: '1' });
-    await run(id, 'gc');
+    await run(id, 'gc', ['COUNTER_START_FILES=1']);
     await node.waitCount(id, 3);
     const a = await checkpoint(id, true);
     await node.waitCount(id, (await node.waitCount(id, 1)) + 2);

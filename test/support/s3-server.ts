@@ -25,7 +25,7 @@ export interface S3TestServer {
   /** Node settings (arch.env) that reach this server. */
   settings(): Record<string, string>;
   createBucket(name: string): Promise<void>;
-  /** Stop the process (the data stays); start() serves it again on the same port. */
+  /** Stop the process (the data stays); start() serves it again on the same port (a no-op while it serves). */
   stop(): Promise<void>;
   start(): Promise<void>;
   /** Stop and remove the directory. */
@@ -74,6 +74,8 @@ export async function startS3Server(): Promise<S3TestServer> {
   const secretKey = 'archtestsecret1234567890';
   let child: ChildProcess | undefined;
   const start = async () => {
+    // Already serving: a second process could not bind the port, and would hide the first from stop().
+    if (child && child.exitCode === null && child.signalCode === null) return;
     const out = fs.openSync(log, 'a');
     child = spawn(
       VERSITYGW,
@@ -83,17 +85,14 @@ export async function startS3Server(): Promise<S3TestServer> {
     fs.closeSync(out);
     await waitListening(port, child, log);
   };
+  // SIGKILL, as a crash: on SIGTERM versitygw goes on serving the connections a client keeps open.
   const stop = async () => {
     const c = child;
     child = undefined;
     if (!c || c.exitCode !== null || c.signalCode !== null) return;
     const exited = new Promise((r) => c.once('exit', r));
-    c.kill('SIGTERM');
-    await Promise.race([exited, sleep(5000)]);
-    if (c.exitCode === null && c.signalCode === null) {
-      c.kill('SIGKILL');
-      await exited;
-    }
+    c.kill('SIGKILL');
+    await exited;
   };
   // Stopped even when the test process ends without calling close().
   const onExit = () => child?.kill('SIGKILL');
