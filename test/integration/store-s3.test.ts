@@ -343,3 +343,34 @@ test('retention in the bucket: old checkpoints go, chunks shared with the kept o
     await remove(id);
   }
 });
+
+test('another node that allows the bucket restores the job from it: nothing is copied between the nodes', async () => {
+  const id = 's3-move';
+  const cacheB = path.join(work, 'cache-b');
+  const b = await startArchNode('s3m', {
+    ARCH_S3_CACHE_PATH: cacheB,
+    ARCH_ALLOWED_BUCKETS: BUCKET,
+    ...s3.settings(),
+  });
+  try {
+    await checkpointedJob(id, 'move');
+    const env = [
+      'ARCH_ENABLE=1',
+      `ARCH_CHECKPOINT_URL=s3://${BUCKET}/${PREFIX}`,
+      'ARCH_CHECKPOINT_ID=move',
+      'COUNTER_INTERVAL_MS=50',
+      `COUNTER_MEM_MB=${MEM_MB}`,
+      'COUNTER_VERIFY_EVERY=3',
+    ];
+    expect(fs.existsSync(cacheB)).toBe(false);
+    const out = await b.runCounter(id, env);
+    await copies.expectRestored(b, id, out);
+    // B fetched only the small files into its own cache; the chunks came from the bucket.
+    const cached = objectsIn(path.join(cacheB, BUCKET, PREFIX, 'default', 'move'));
+    expect(cached.some((o) => PAGE_IMAGE_PATH.test(o.rel))).toBe(false);
+    expect(cached.some((o) => o.rel.endsWith('manifest.json'))).toBe(true);
+  } finally {
+    await b.containerd.removeContainer(id).catch(() => undefined);
+    await b.stop();
+  }
+});
