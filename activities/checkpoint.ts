@@ -14,7 +14,7 @@ import { CheckpointStore } from '../core/store.js';
 import { runcRootOf } from '../core/runc-roots.js';
 import { FailureType } from '../contract/failures.js';
 import { manifestDigest, offerTtlFor } from '../core/transfer.js';
-import type { CheckpointInfo, ContainerRef, TransferOffer } from '../contract/types.js';
+import type { CheckpointInfo, ContainerRef, StorageMode, TransferOffer } from '../contract/types.js';
 import { activityLog, containerd, fail, mapped, withHeartbeat, type NodeDeps } from './context.js';
 import { throughputEstimator } from './containers.js';
 
@@ -35,7 +35,7 @@ export interface CheckpointInput {
 export function checkpointActivities(d: NodeDeps) {
   async function containerDirOf(
     ref: ContainerRef,
-  ): Promise<{ containerDir: string; mode: 'local' | 'shared'; store: CheckpointStore }> {
+  ): Promise<{ containerDir: string; mode: StorageMode; store: CheckpointStore }> {
     const info = await containerd(d, ref.namespace).info(ref.id);
     const contract = parseContract(envListToMap(info.spec.process?.env), contractOptions(d.ctx.settings));
     if (!contract.enabled) throw fail(FailureType.notArchEnabled, `${ref.namespace}/${ref.id} is not ARCH-enabled`);
@@ -46,7 +46,7 @@ export function checkpointActivities(d: NodeDeps) {
   function describePublished(
     dir: string,
     containerDir: string,
-    mode: 'local' | 'shared',
+    mode: StorageMode,
     ref: ContainerRef,
     manifest: Manifest,
     extra: Pick<CheckpointInfo, 'timings' | 'totalMs' | 'reused' | 'freezeMs'>,

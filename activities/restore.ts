@@ -13,6 +13,8 @@ import { errorMessage } from '../contract/errors.js';
 import { Runc } from '../core/runc.js';
 import { readShimState } from '../core/shim-state.js';
 import { CheckpointStore } from '../core/store.js';
+import type { S3CheckpointStore } from '../core/s3-store.js';
+import { reachableEverywhere } from '../contract/types.js';
 import { FailureType } from '../contract/failures.js';
 import { fetchCheckpoint, fetchFile, manifestDigest, type Offer } from '../core/transfer.js';
 import type {
@@ -201,10 +203,12 @@ export function restoreActivities(d: NodeDeps) {
         const dir = input.expected
           ? await expectedPresent(store, input.expected)
           : await store.current().catch(() => null);
-        if (!dir && spec.mode === 'shared') {
+        if (!dir && reachableEverywhere(spec.mode)) {
           throw fail(
             FailureType.sharedNotVisible,
-            `node ${d.node} does not see the checkpoint of ${spec.namespace}/${spec.id} in ${store.containerDir}. Fix: mount the shared filesystem (ARCH_SHAREDFS_HOST_PATH) at the same path on every node`,
+            spec.mode === 's3'
+              ? `node ${d.node} does not see the checkpoint of ${spec.namespace}/${spec.id} in ${(store as S3CheckpointStore).url}. Fix: give every node the same ARCH_ALLOWED_BUCKETS entry and AWS_* settings (/etc/arch/arch.env)`
+              : `node ${d.node} does not see the checkpoint of ${spec.namespace}/${spec.id} in ${store.containerDir}. Fix: mount the shared filesystem (ARCH_SHAREDFS_HOST_PATH) at the same path on every node`,
           );
         }
         if (!dir) {

@@ -3,12 +3,12 @@
  * workflow, what it knows, and what a recovery returns. Workflow code
  * imports this module: plain data only.
  */
-import type { ContainerRef, ContainerSpec } from './types.js';
+import type { ContainerRef, ContainerSpec, StorageMode } from './types.js';
 
 /** One ARCH container a node runs, as its worker reports it. */
 export interface ProtectedContainer extends ContainerRef {
   status: string;
-  mode: 'local' | 'shared';
+  mode: StorageMode;
   /** Who creates it (contract/managers.ts): a managed one is never recreated by ARCH. */
   manager: string;
   /** How to create it again elsewhere (absent when containerd could not describe it). */

@@ -4,6 +4,18 @@
  * history: plain data only, no classes, no Buffers, no Node types.
  */
 
+/**
+ * Where a container's checkpoints live: a node's own disk (moved by
+ * copying), a shared filesystem or object storage (every node reads them in
+ * place).
+ */
+export type StorageMode = 'local' | 'shared' | 's3';
+
+/** Modes whose checkpoints every node reads in place: nothing is copied between nodes to move a job. */
+export function reachableEverywhere(mode: StorageMode | undefined): boolean {
+  return mode === 'shared' || mode === 's3';
+}
+
 export interface ContainerRef {
   namespace: string;
   id: string;
@@ -32,14 +44,14 @@ export interface ContainerSpec extends ContainerRef {
   /** User bind mounts only; containerd adds /proc, /dev, ... itself. */
   mounts: MountSpec[];
   netHost: boolean;
-  mode: 'local' | 'shared';
+  mode: StorageMode;
   priority: number;
 }
 
 export interface ContainerSummary extends ContainerRef {
   status: string;
   pid: number;
-  mode?: 'local' | 'shared';
+  mode?: StorageMode;
   /** Who creates the container (contract/managers.ts): ARCH moves only containerd's; absent from older workers. */
   manager?: string;
   priority: number;
@@ -58,7 +70,7 @@ export interface CheckpointInfo extends ContainerRef {
   node: string;
   dir: string;
   containerDir: string;
-  mode: 'local' | 'shared';
+  mode: StorageMode;
   /** sha256 of manifest.json: binds transfer and restore to exactly this checkpoint. */
   manifestSha256: string;
   createdAt: string;
@@ -141,7 +153,7 @@ export interface MigrateResult extends ContainerRef {
   outcome: MigrateOutcome;
   /** Where the container runs now. */
   runningOn: string;
-  checkpoint: { sizeBytes: number; mode: 'local' | 'shared'; transferred: 'copied' | 'present' };
+  checkpoint: { sizeBytes: number; mode: StorageMode; transferred: 'copied' | 'present' };
   phases: PhaseTiming[];
   totalMs: number;
   /** Sum of the activities' own durations: totalMs minus this is orchestration overhead. */

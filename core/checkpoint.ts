@@ -215,7 +215,8 @@ async function checkpointLocked(
   // Encryption at rest (ARCH_STORE_KEY_FILE): a bad key file fails the checkpoint here, before the container is touched.
   const storeKey: StoreKey | undefined = storeKeysOf(ctx.settings)?.keys[0];
   // Store format 2 encrypts chunk by chunk when it publishes (chunk-codec.ts), not file by file while CRIU writes.
-  const chunking = ctx.settings.storeFormat === 2;
+  // Object storage holds only format 2: a chunk already in the bucket is never uploaded again.
+  const chunking = ctx.settings.storeFormat === 2 || c.contract.mode === 's3';
   const sealKey = chunking ? undefined : storeKey;
   const staging = await store.begin({
     namespace: req.namespace,

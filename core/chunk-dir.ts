@@ -35,7 +35,31 @@ export interface ChunkWriteStats {
   reused: number;
 }
 
-export class ChunkDir {
+/**
+ * Where chunks are kept, as the chunk code (chunked-files.ts) and the
+ * publisher (store.ts) use it: a local ChunkDir, or a bucket (s3-store.ts).
+ * A chunk appears only complete in either, so presence is enough to skip
+ * writing it again.
+ */
+export interface ChunkStore {
+  /** For messages: the directory or the s3:// place. */
+  readonly where: string;
+  /** True when the chunk is there (then marked as in use now, for a collector running meanwhile). */
+  reuse(id: string): Promise<boolean>;
+  put(id: string, bytes: Buffer, fsync: boolean): Promise<void>;
+  /** Write a new chunk as the dump goes; it need only be readable (and durable) after commitStaged(). */
+  stage(id: string, bytes: Buffer): Promise<void>;
+  /** Every staged chunk made durable and visible under its id. */
+  commitStaged(fsync: boolean): Promise<void>;
+  /** A checkpoint given up: its staged chunks removed where that is cheap (else the collector takes them). */
+  dropStaged(): Promise<void>;
+  /** The stored bytes, or undefined when the chunk is not there. */
+  get(id: string): Promise<Buffer | undefined>;
+  /** Make what put() wrote durable (a no-op where each put already is). */
+  syncDirs(): Promise<void>;
+}
+
+export class ChunkDir implements ChunkStore {
   readonly dir: string;
   private readonly made = new Set<string>();
   private readonly staged: { id: string; tmp: string }[] = [];
@@ -44,6 +68,10 @@ export class ChunkDir {
 
   constructor(containerDir: string) {
     this.dir = path.join(containerDir, CHUNKS_DIR);
+  }
+
+  get where(): string {
+    return this.dir;
   }
 
   pathOf(id: string): string {

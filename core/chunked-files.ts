@@ -4,7 +4,7 @@ import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { CheckpointUnusableError } from '../contract/errors.js';
 import type { ChunkKeys } from './chunk-codec.js';
-import type { ChunkDir, ChunkWriteStats } from './chunk-dir.js';
+import type { ChunkStore, ChunkWriteStats } from './chunk-dir.js';
 import { ChunkPool, type HeldChunk } from './chunk-pool.js';
 
 /**
@@ -34,7 +34,7 @@ export interface ChunkedFile {
  * Chunks on their way into a chunk directory: each is hashed on a worker,
  * and only one the directory lacks (and this checkpoint has not met yet) is
  * compressed, encrypted and written; one already there is touched (reuse).
- * Each chunk file is complete before it gets its name (ChunkDir.put), so a
+ * Each chunk file is complete before it gets its name (ChunkStore.stage, then commitStaged), so a
  * manifest written after finish() names only chunks that are whole.
  */
 export class ChunkWriter {
@@ -44,7 +44,7 @@ export class ChunkWriter {
   private failed: unknown;
 
   constructor(
-    private readonly chunks: ChunkDir,
+    private readonly chunks: ChunkStore,
     private readonly pool: ChunkPool,
     private readonly fsync: boolean,
   ) {}
@@ -239,7 +239,7 @@ export class ChunkFollower {
 export async function storeChunked(
   srcDir: string,
   rels: string[],
-  chunks: ChunkDir,
+  chunks: ChunkStore,
   opts: { keys?: ChunkKeys; fsync: boolean; follower?: ChunkFollower },
 ): Promise<{ files: ChunkedFile[]; stats: ChunkWriteStats }> {
   const pool = opts.follower ? undefined : new ChunkPool(opts.keys);
@@ -266,7 +266,7 @@ export async function storeChunked(
  */
 export async function assembleChunked(
   files: ChunkedFile[],
-  chunks: ChunkDir,
+  chunks: ChunkStore,
   destDir: string,
   keys?: ChunkKeys,
 ): Promise<void> {

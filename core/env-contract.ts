@@ -5,6 +5,9 @@ import { requireAllowedRoot } from './host-dirs.js';
 import { containerDir, requireAbsolutePath } from './paths.js';
 import { parseCheckpointIntervalMs } from './checkpoint-interval.js';
 import { CheckpointStore } from './store.js';
+import { parseS3Url, requireAllowedBucket, type S3Location } from './s3-location.js';
+import type { S3ClientSettings } from './settings.js';
+import { S3CheckpointStore, type S3StoreOptions } from './s3-store.js';
 
 /**
  * The container contract (kept exactly from the original ARCH): environment
@@ -49,6 +52,13 @@ export type ArchContract =
       checkpointRoot: string;
       /** ARCH_WORKDIR_CONTAINER_PATH */
       workdirContainerPath: string;
+    })
+  | (ContractCommon & {
+      mode: 's3';
+      /** ARCH_CHECKPOINT_URL (or the node's ARCH_DEFAULT_CHECKPOINT_URL) and how the node reaches it. */
+      s3: S3StoreOptions;
+      /** The node's cache for it: ARCH_S3_CACHE_PATH/<bucket>/<prefix> (core/s3-store.ts). */
+      checkpointRoot: string;
     });
 
 export type EnabledContract = Extract<ArchContract, { enabled: true }>;
@@ -61,6 +71,7 @@ export const ENV = {
   priority: 'ARCH_PRIORITY',
   checkpointId: 'ARCH_CHECKPOINT_ID',
   checkpointInterval: 'ARCH_CHECKPOINT_INTERVAL',
+  checkpointUrl: 'ARCH_CHECKPOINT_URL',
 } as const;
 
 /** OCI process.env (["K=V", ...]) to a map; the last value of a key wins, as in execve. */
@@ -78,6 +89,12 @@ export interface ContractOptions {
   allowedRoots: readonly string[];
   /** Where a container that names no host path keeps its checkpoints (none: such a container is refused). */
   defaultCheckpointRoot?: string;
+  /** The node's ARCH_ALLOWED_BUCKETS: every ARCH_CHECKPOINT_URL must be covered by one. */
+  allowedBuckets?: readonly S3Location[];
+  /** ARCH_DEFAULT_CHECKPOINT_URL: object storage for a container that names no place (before defaultCheckpointRoot). */
+  defaultCheckpointUrl?: S3Location;
+  /** How this node reaches object storage, and where it caches (required for ARCH_CHECKPOINT_URL). */
+  s3?: { client: S3ClientSettings; cacheRoot: string };
 }
 
 /**
@@ -112,6 +129,20 @@ export function parseContract(env: Map<string, string>, opts: ContractOptions): 
   });
   const shared = env.get(ENV.sharedHostPath);
   const workdir = env.get(ENV.workdirContainerPath);
+  const url = env.get(ENV.checkpointUrl);
+  if (url !== undefined && url !== '') {
+    const other = [ENV.sharedHostPath, ENV.checkpointHostPath, ENV.workdirContainerPath].find((k) => env.get(k));
+    if (other)
+      throw new ArchInputError(
+        ENV.checkpointUrl,
+        `is set together with ${other}`,
+        `name one place for the checkpoints: ${ENV.checkpointUrl} (object storage) or ${other}, not both`,
+      );
+    return s3Contract(common, parseS3Url(url, ENV.checkpointUrl), opts, ENV.checkpointUrl);
+  }
+  const namesPlace = [ENV.sharedHostPath, ENV.checkpointHostPath, ENV.workdirContainerPath].some((k) => env.get(k));
+  if (!namesPlace && opts.defaultCheckpointUrl)
+    return s3Contract(common, opts.defaultCheckpointUrl, opts, 'ARCH_DEFAULT_CHECKPOINT_URL');
   if (shared !== undefined && shared !== '') {
     const sharedRoot = requireAbsolutePath(shared, ENV.sharedHostPath);
     if (workdir === undefined || workdir === '') {
@@ -156,6 +187,25 @@ export function parseContract(env: Map<string, string>, opts: ContractOptions): 
   }
   const checkpointRoot = requireAbsolutePath(local, ENV.checkpointHostPath);
   return { ...allowed(checkpointRoot, ENV.checkpointHostPath), mode: 'local', checkpointRoot };
+}
+
+function s3Contract(
+  common: Omit<ContractCommon, 'allowedRoot'>,
+  loc: S3Location,
+  opts: ContractOptions,
+  field: string,
+): ArchContract {
+  requireAllowedBucket(loc, opts.allowedBuckets ?? [], field);
+  if (!opts.s3)
+    throw new ArchInputError(field, 'object storage is not configured on this node', 'set AWS_* in the node settings');
+  const checkpointRoot = path.join(opts.s3.cacheRoot, loc.bucket, ...(loc.prefix ? loc.prefix.split('/') : []));
+  return {
+    ...common,
+    allowedRoot: opts.s3.cacheRoot,
+    mode: 's3',
+    s3: { loc, client: opts.s3.client, cacheRoot: opts.s3.cacheRoot },
+    checkpointRoot,
+  };
 }
 
 function parsePriority(v: string | undefined): number {
@@ -211,17 +261,34 @@ export function checkpointDirOf(contract: EnabledContract, namespace: string, id
 
 /** The contract options a node's settings give. */
 export function contractOptions(
-  settings: { allowedRoots: readonly string[]; defaultCheckpointRoot: string },
+  settings: {
+    allowedRoots: readonly string[];
+    defaultCheckpointRoot: string;
+    allowedBuckets?: readonly S3Location[];
+    defaultCheckpointUrl?: S3Location;
+    s3?: S3ClientSettings;
+    s3CacheRoot?: string;
+  },
   withDefault = false,
 ): ContractOptions {
   return {
     allowedRoots: settings.allowedRoots,
+    ...(settings.allowedBuckets ? { allowedBuckets: settings.allowedBuckets } : {}),
+    ...(settings.defaultCheckpointUrl ? { defaultCheckpointUrl: settings.defaultCheckpointUrl } : {}),
+    ...(settings.s3 && settings.s3CacheRoot ? { s3: { client: settings.s3, cacheRoot: settings.s3CacheRoot } } : {}),
     ...(withDefault ? { defaultCheckpointRoot: settings.defaultCheckpointRoot } : {}),
   };
 }
 
 /** This container's checkpoint store, walked from its allowed root without following symlinks. */
 export function checkpointStoreOf(contract: EnabledContract, namespace: string, id: string): CheckpointStore {
+  if (contract.mode === 's3')
+    return new S3CheckpointStore(
+      contract.s3,
+      namespace,
+      checkpointKeyOf(contract, id),
+      checkpointDirOf(contract, namespace, id),
+    );
   return new CheckpointStore(checkpointDirOf(contract, namespace, id), {
     root: contract.allowedRoot,
     field: contract.mode === 'shared' ? ENV.sharedHostPath : ENV.checkpointHostPath,

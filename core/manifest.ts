@@ -77,7 +77,7 @@ export const ManifestSchema = z.object({
   owner: z.object({ podNamespace: z.string().nullable(), image: z.string().nullable() }).optional(),
   node: z.string(),
   createdAt: z.string(),
-  mode: z.enum(['local', 'shared']),
+  mode: z.enum(['local', 'shared', 's3']),
   leaveRunning: z.boolean(),
   /** networkLock: how CRIU locked the container's network during the dump (absent before ARCH recorded it). */
   runtime: z.object({ runc: z.string(), criu: z.string(), networkLock: z.string().optional() }),

@@ -4,6 +4,23 @@ import { ArchInputError } from '../contract/errors.js';
 import { parseCheckpointIntervalMs } from './checkpoint-interval.js';
 import { parseManagedNamespaces } from './container-manager.js';
 import { requireAbsolutePath } from './paths.js';
+import { parseAllowedBuckets, parseS3Url, type S3Location } from './s3-location.js';
+
+/**
+ * How this node reaches object storage: the AWS SDK's standard variables,
+ * read from the node settings (never from a container's environment).
+ * Unset ones fall back to the SDK's own chain (profiles, instance roles).
+ */
+export interface S3ClientSettings {
+  region?: string;
+  endpoint?: string;
+  accessKeyId?: string;
+  secretAccessKey?: string;
+  sessionToken?: string;
+  profile?: string;
+  /** ARCH_S3_FORCE_PATH_STYLE: bucket in the path, not the host name (most self-hosted servers need it; default on with an endpoint). */
+  forcePathStyle: boolean;
+}
 
 /**
  * Node-wide ARCH settings. One file, /etc/arch/arch.env (or $ARCH_CONFIG),
@@ -52,6 +69,13 @@ export interface Settings {
    * The default checkpoint root is always one of them.
    */
   allowedRoots: string[];
+  /** ARCH_ALLOWED_BUCKETS: the only buckets (or bucket/prefix) a container's ARCH_CHECKPOINT_URL may name; the default URL's is always one. */
+  allowedBuckets: S3Location[];
+  /** ARCH_DEFAULT_CHECKPOINT_URL: object storage for containers that name no checkpoint place (before the default path). */
+  defaultCheckpointUrl?: S3Location;
+  s3: S3ClientSettings;
+  /** ARCH_S3_CACHE_PATH: node-local directory where checkpoints in object storage are staged and their small files cached. */
+  s3CacheRoot: string;
   temporalCli: string;
   /** TLS for the checkpoint transfer server (PEM files): this node serves over https when both are set. */
   transferTlsCert: string | undefined;
@@ -144,6 +168,10 @@ export function loadSettings(env: NodeJS.ProcessEnv = process.env): Settings {
     'ARCH_DEFAULT_CHECKPOINT_PATH',
   );
   const runcRoots = parsePathList(get('ARCH_RUNC_ROOT'), 'ARCH_RUNC_ROOT');
+  const defaultCheckpointUrl = get('ARCH_DEFAULT_CHECKPOINT_URL')
+    ? parseS3Url(get('ARCH_DEFAULT_CHECKPOINT_URL')!, 'ARCH_DEFAULT_CHECKPOINT_URL')
+    : undefined;
+  const endpoint = get('AWS_ENDPOINT_URL_S3') || get('AWS_ENDPOINT_URL') || undefined;
   return {
     runc: get('ARCH_RUNC') || 'runc',
     criu: get('ARCH_CRIU') || 'criu',
@@ -163,6 +191,21 @@ export function loadSettings(env: NodeJS.ProcessEnv = process.env): Settings {
     managedNamespaces: parseManagedNamespaces(get('ARCH_MANAGED_NAMESPACES')),
     defaultCheckpointRoot,
     allowedRoots: parseAllowedRoots(get('ARCH_ALLOWED_ROOTS'), defaultCheckpointRoot),
+    allowedBuckets: [
+      ...parseAllowedBuckets(get('ARCH_ALLOWED_BUCKETS')),
+      ...(defaultCheckpointUrl ? [defaultCheckpointUrl] : []),
+    ],
+    ...(defaultCheckpointUrl ? { defaultCheckpointUrl } : {}),
+    s3: {
+      region: get('AWS_REGION') || get('AWS_DEFAULT_REGION') || undefined,
+      endpoint,
+      accessKeyId: get('AWS_ACCESS_KEY_ID') || undefined,
+      secretAccessKey: get('AWS_SECRET_ACCESS_KEY') || undefined,
+      sessionToken: get('AWS_SESSION_TOKEN') || undefined,
+      profile: get('AWS_PROFILE') || undefined,
+      forcePathStyle: parseBool(get('ARCH_S3_FORCE_PATH_STYLE'), 'ARCH_S3_FORCE_PATH_STYLE', !!endpoint),
+    },
+    s3CacheRoot: requireAbsolutePath(get('ARCH_S3_CACHE_PATH') || '/var/lib/arch/s3-cache', 'ARCH_S3_CACHE_PATH'),
     temporalCli: get('ARCH_TEMPORAL_CLI') || 'temporal',
     transferTlsCert,
     transferTlsKey,

@@ -32,6 +32,8 @@ export interface ShimState {
   allowedRoot?: string;
   /** The setting that named the checkpoint's home (for errors). */
   checkpointField?: string;
+  /** Object storage (core/s3-store.ts): the checkpoints are there, checkpointDir is the node's cache of them. */
+  checkpointUrl?: string;
   createdAt: string;
   /** The restore that failed before this container started fresh instead (`arch-cli ls` shows it). */
   lastRestoreFailure?: RestoreFailure;

@@ -17,7 +17,7 @@ import {
 import { loadTrust, signManifest, type Trust } from './trust.js';
 import { MANIFEST_FILE, PAGE_IMAGE_PATH, ROOTFS_TAR, SIGNATURE_FILE } from './checkpoint-layout.js';
 import { CHUNK_ALG, type ChunkKeys } from './chunk-codec.js';
-import { ChunkDir, CHUNKS_DIR, type ChunkWriteStats } from './chunk-dir.js';
+import { ChunkDir, CHUNKS_DIR, type ChunkStore, type ChunkWriteStats } from './chunk-dir.js';
 import { storeChunked, type ChunkFollower } from './chunked-files.js';
 import { collect } from './chunk-gc.js';
 
@@ -95,7 +95,7 @@ export class CheckpointStore {
   }
 
   /** Where this container's chunks are (store format 2). */
-  chunkDir(): ChunkDir {
+  chunkDir(): ChunkStore {
     return new ChunkDir(this.containerDir);
   }
 
@@ -183,9 +183,6 @@ export class CheckpointStore {
     /** Store format 2: what went into the chunk directory. */
     chunkStats?: ChunkWriteStats;
   }> {
-    let finalDir: string | undefined;
-    let tmpLink: string | undefined;
-    let linked = false;
     try {
       let t = Date.now();
       let chunked: Manifest['chunked'];
@@ -225,26 +222,13 @@ export class CheckpointStore {
       opts.onPhase?.('fsync', Date.now() - t);
       const name = `ckpt-${new Date().toISOString().replace(/[:.]/g, '-')}-${randomBytes(4).toString('hex')}`;
       if (chunked) await this.touchChunks(chunked.files);
-      const previous = await this.current().catch(() => null);
-      finalDir = path.join(this.containerDir, name);
-      await fsp.rename(staging.dir, finalDir);
-      tmpLink = path.join(this.containerDir, `.${CURRENT_LINK}-${randomBytes(4).toString('hex')}`);
-      await fsp.symlink(name, tmpLink);
-      await fsp.rename(tmpLink, path.join(this.containerDir, CURRENT_LINK));
-      linked = true;
-      if (opts.fsync) await fsyncDir(this.containerDir);
-      const stale = previous && previous !== finalDir ? previous : undefined;
-      const published = finalDir;
-      const prune = async () => {
-        if (opts.chunk)
-          await collect(this.containerDir, this.chunkDir(), { keep: opts.chunk.keep, current: published });
-        else if (stale) await fsp.rm(stale, { recursive: true, force: true });
-      };
+      const { dir: published, stale } = await this.commit(staging.dir, name, opts.fsync);
+      const prune = () => this.pruneAfter(published, stale, opts.chunk?.keep);
       if (!opts.deferPrune) await prune();
       const sizeBytes = [...files, ...(chunked?.files ?? [])].reduce((a, f) => a + f.size, 0);
       // Unsigned (the node has no key): published all the same, and the caller says loudly that no node will restore it.
       return {
-        dir: finalDir,
+        dir: published,
         manifest,
         sizeBytes,
         prune: opts.deferPrune ? prune : async () => undefined,
@@ -253,11 +237,39 @@ export class CheckpointStore {
       };
     } catch (err) {
       await this.abort(staging).catch(() => undefined);
-      // Renamed but never made current: nobody would ever read or remove it.
-      if (finalDir && !linked) await fsp.rm(finalDir, { recursive: true, force: true }).catch(() => undefined);
-      if (tmpLink && !linked) await fsp.rm(tmpLink, { force: true }).catch(() => undefined);
       throw err;
     }
+  }
+
+  /**
+   * Publish the complete, durable checkpoint in `stagingDir` as `name`: the
+   * directory renamed into place, then `current` swapped to it (the one
+   * atomic step a reader sees). Returns the previous checkpoint, for pruning.
+   * On failure nothing is current that was not before.
+   */
+  protected async commit(stagingDir: string, name: string, fsync: boolean): Promise<{ dir: string; stale?: string }> {
+    const previous = await this.current().catch(() => null);
+    const finalDir = path.join(this.containerDir, name);
+    await fsp.rename(stagingDir, finalDir);
+    const tmpLink = path.join(this.containerDir, `.${CURRENT_LINK}-${randomBytes(4).toString('hex')}`);
+    try {
+      await fsp.symlink(name, tmpLink);
+      await fsp.rename(tmpLink, path.join(this.containerDir, CURRENT_LINK));
+    } catch (err) {
+      // Renamed but never made current: nobody would ever read or remove it.
+      await fsp.rm(finalDir, { recursive: true, force: true }).catch(() => undefined);
+      await fsp.rm(tmpLink, { force: true }).catch(() => undefined);
+      throw err;
+    }
+    if (fsync) await fsyncDir(this.containerDir);
+    return { dir: finalDir, ...(previous && previous !== finalDir ? { stale: previous } : {}) };
+  }
+
+  /** After a publish: retention and chunk collection (format 2, `keep` given), else the previous checkpoint removed. */
+  protected async pruneAfter(published: string, stale: string | undefined, keep: number | undefined): Promise<void> {
+    if (keep !== undefined)
+      await collect(this.containerDir, new ChunkDir(this.containerDir), { keep, current: published });
+    else if (stale) await fsp.rm(stale, { recursive: true, force: true });
   }
 
   /**
@@ -266,14 +278,14 @@ export class CheckpointStore {
    * chunk-gc.ts's rule. A chunk that is gone fails the publish; the previous
    * checkpoint stays current.
    */
-  private async touchChunks(files: { path: string; chunks: { id: string }[] }[]): Promise<void> {
+  protected async touchChunks(files: { path: string; chunks: { id: string }[] }[]): Promise<void> {
     const dir = this.chunkDir();
     const ids = [...new Set(files.flatMap((f) => f.chunks.map((c) => c.id)))];
     for (let i = 0; i < ids.length; i += 32) {
       const gone = (
         await Promise.all(ids.slice(i, i + 32).map(async (id) => ((await dir.reuse(id)) ? undefined : id)))
       ).find(Boolean);
-      if (gone) throw new Error(`chunk ${gone} disappeared from ${dir.dir} while this checkpoint was written`);
+      if (gone) throw new Error(`chunk ${gone} disappeared from ${dir.where} while this checkpoint was written`);
     }
   }
 

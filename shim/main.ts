@@ -24,6 +24,8 @@ import {
   type EnabledContract,
 } from '../core/env-contract.js';
 import { ArchInputError, CheckpointUnusableError, errorMessage } from '../contract/errors.js';
+import { formatS3Url, parseS3Url } from '../core/s3-location.js';
+import { S3CheckpointStore } from '../core/s3-store.js';
 import { validateContainerId, validateNamespace } from '../contract/ids.js';
 import { joinedPidNamespace, readSpec, withWorkdirMount, writeSpec, type OciSpec } from '../core/oci-spec.js';
 import { restoreFromCheckpoint } from '../core/restore.js';
@@ -347,6 +349,7 @@ async function createHeld(
     workDir,
     allowedRoot: contract.allowedRoot,
     checkpointField: store.guard?.field,
+    ...(contract.mode === 's3' ? { checkpointUrl: formatS3Url(contract.s3.loc) } : {}),
     checkpointed: false,
     restorePending: false,
     createdAt: new Date().toISOString(),
@@ -595,9 +598,23 @@ async function settleCheckpoint(
   log: Log,
 ): Promise<void> {
   // Named with ARCH_CHECKPOINT_ID, the checkpoint may have passed on to a newer container since.
-  const store = s.allowedRoot
-    ? new CheckpointStore(s.checkpointDir, { root: s.allowedRoot, field: s.checkpointField ?? ENV.checkpointHostPath })
-    : undefined;
+  const store = s.checkpointUrl
+    ? new S3CheckpointStore(
+        {
+          loc: parseS3Url(s.checkpointUrl, 'checkpointUrl'),
+          client: ctx.settings.s3,
+          cacheRoot: ctx.settings.s3CacheRoot,
+        },
+        s.namespace,
+        path.basename(s.checkpointDir),
+        s.checkpointDir,
+      )
+    : s.allowedRoot
+      ? new CheckpointStore(s.checkpointDir, {
+          root: s.allowedRoot,
+          field: s.checkpointField ?? ENV.checkpointHostPath,
+        })
+      : undefined;
   const successor = keptBecause || !store ? undefined : await newerOwner(store, id, s.restoredFrom);
   if (!store) {
     log.warn(

@@ -12,6 +12,7 @@ import type { NodeContext } from '../core/context.js';
 import { Runc } from '../core/runc.js';
 import { errorMessage } from '../contract/errors.js';
 import { Manager } from '../contract/managers.js';
+import { reachableEverywhere } from '../contract/types.js';
 import type { NodeReport, StaleStop } from '../contract/liveness.js';
 import type { Listed } from './liveness.js';
 
@@ -51,7 +52,8 @@ export async function fence(
 ): Promise<NonNullable<NodeReport['fenced']>> {
   const log = ctx.log.child({ phase: 'fence' });
   const targets = listed.filter(
-    (l) => l.container.status === 'running' && l.report.mode === 'shared' && l.report.manager === Manager.containerd,
+    (l) =>
+      l.container.status === 'running' && reachableEverywhere(l.report.mode) && l.report.manager === Manager.containerd,
   );
   const at = new Date().toISOString();
   log.error(

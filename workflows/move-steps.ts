@@ -16,6 +16,7 @@ import { workflowIds } from '../contract/names.js';
 import { protectHandOverSignal } from './protect.js';
 import { FailureType } from '../contract/failures.js';
 import { isManaged, managedMoveRefusal } from '../contract/managers.js';
+import { reachableEverywhere } from '../contract/types.js';
 import { failureTypeOf, inputFailure, nodeUnavailable, onNode, refString, rootMessage, DEFAULTS } from './common.js';
 import type {
   ActivityTimeouts,
@@ -203,7 +204,7 @@ export async function checkpointOn(
       onNode(node, 'checkpoint', t).checkpointContainer({
         ref,
         leaveRunning,
-        offer: offer ?? spec.mode === 'local',
+        offer: offer ?? !reachableEverywhere(spec.mode),
         notBefore: workflowInfo().startTime.toISOString(),
       }),
     );
@@ -236,15 +237,15 @@ export async function moveCheckpointed(
   const ref = { namespace: spec.namespace, id: spec.id };
   const expected = expectedOf(ck);
   let offer = ck.offer;
-  if (tidy && !offer && ck.mode === 'local') {
+  if (tidy && !offer && !reachableEverywhere(ck.mode)) {
     offer = ck.offer = await tl.step('offer', ck.node, () =>
       onNode(ck.node, 'quick', t).offerCheckpoint({ ref, dir: ck.dir, manifestSha256: ck.manifestSha256 }),
     );
   }
   let received: ReceiveResult | undefined;
-  // Shared storage: the target reads the very same directory; the restore
-  // itself checks that it sees it (one activity round trip less).
-  if (ck.mode === 'shared') received = { kind: 'present', dir: ck.dir, bytes: 0, files: 0, ms: 0 };
+  // Shared storage or object storage: the target reads the very same checkpoint; the
+  // restore itself checks that it sees it (one activity round trip less).
+  if (reachableEverywhere(ck.mode)) received = { kind: 'present', dir: ck.dir, bytes: 0, files: 0, ms: 0 };
   else onPhase('transfer');
   for (let i = 0; !received; i++) {
     try {
@@ -252,7 +253,7 @@ export async function moveCheckpointed(
         onNode(to, 'transfer', t).receiveCheckpoint({ spec, expected, offer }),
       );
     } catch (err) {
-      if (failureTypeOf(err) !== FailureType.offerGone || i >= 3 || spec.mode !== 'local')
+      if (failureTypeOf(err) !== FailureType.offerGone || i >= 3 || reachableEverywhere(spec.mode))
         throw wrap(err, to, `transfer of ${refString(ref)}`, t);
       offer = await tl.step('offer', ck.node, () =>
         onNode(ck.node, 'quick', t).offerCheckpoint({ ref, dir: ck.dir, manifestSha256: ck.manifestSha256 }),

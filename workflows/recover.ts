@@ -9,6 +9,7 @@
  * tries the next node when one fails.
  */
 import { ParentClosePolicy, executeChild, workflowInfo } from '@temporalio/workflow';
+import { reachableEverywhere } from '../contract/types.js';
 import { isManaged, managerDisplay } from '../contract/managers.js';
 import { NOT_RECOVERABLE_LOCAL } from '../contract/liveness.js';
 import type {
@@ -39,7 +40,7 @@ export async function recoverNode(input: NodeRecoveryInput): Promise<NodeRecover
           outcome: 'left-to-manager',
           reason: `${managerDisplay(c.manager)} creates it again (ARCH does not create it behind ${managerDisplay(c.manager)}'s back); arch-runc restores its checkpoint then`,
         };
-      if (c.mode === 'local') return { ...ref, outcome: 'not-recoverable', reason: NOT_RECOVERABLE_LOCAL };
+      if (!reachableEverywhere(c.mode)) return { ...ref, outcome: 'not-recoverable', reason: NOT_RECOVERABLE_LOCAL };
       if (!c.spec)
         return {
           ...ref,
