@@ -11,7 +11,7 @@ import { CHUNKS_DIR, type ChunkStore } from './chunk-dir.js';
 import { listFiles, MAX_MANIFEST_BYTES, parseManifest } from './manifest.js';
 import { formatS3Url, type S3Location } from './s3-location.js';
 import type { S3ClientSettings } from './settings.js';
-import { CheckpointStore, LEASE_FILE } from './store.js';
+import { CheckpointStore, LEASE_FILE, leaseClaimFile, type StoreOwner } from './store.js';
 
 /**
  * A container's checkpoints in object storage, in store format 2 (chunks),
@@ -175,6 +175,23 @@ export class S3Prefix {
     try {
       await this.client.send(new (sdk().PutObjectCommand)({ Bucket: this.loc.bucket, Key: this.key(rel), Body: body }));
     } catch (err) {
+      this.fail(err);
+    }
+  }
+
+  /**
+   * A PUT that only creates (If-None-Match: *): false when the object was
+   * already there. S3, MinIO, Ceph RGW and versitygw answer 412 then.
+   */
+  async create(rel: string, body: Buffer): Promise<boolean> {
+    try {
+      await this.client.send(
+        new (sdk().PutObjectCommand)({ Bucket: this.loc.bucket, Key: this.key(rel), Body: body, IfNoneMatch: '*' }),
+      );
+      return true;
+    } catch (err) {
+      const e = err as { name?: string; $metadata?: { httpStatusCode?: number } };
+      if (e?.name === 'PreconditionFailed' || e?.$metadata?.httpStatusCode === 412) return false;
       this.fail(err);
     }
   }
@@ -394,6 +411,27 @@ export class S3CheckpointStore extends CheckpointStore {
 
   override async writeLease(text: string): Promise<void> {
     await this.at.put(LEASE_FILE, Buffer.from(text));
+  }
+
+  /**
+   * The lease's compare-and-swap (core/lease.ts) in the bucket: a conditional
+   * create, so of two nodes claiming a generation at once exactly one gets it,
+   * as O_EXCL does on a filesystem. Claims older than the one before are removed.
+   */
+  override async claimLease(generation: number, text: string, _owner: StoreOwner): Promise<string | undefined> {
+    const rel = leaseClaimFile(generation);
+    if (!(await this.at.create(rel, Buffer.from(text))))
+      return (await this.at.get(rel, 64 << 10))?.toString('utf8') ?? '';
+    const old = (await this.at.list('lease.claim-')).filter((o) => {
+      const m = /^lease\.claim-(\d+)$/.exec(o.rel);
+      return m !== null && Number(m[1]) < generation - 1;
+    });
+    if (old.length > 0) await this.at.remove(old.map((o) => o.rel)).catch(() => undefined);
+    return undefined;
+  }
+
+  override async releaseLeaseClaim(generation: number): Promise<void> {
+    await this.at.remove([leaseClaimFile(generation)]);
   }
 
   /** Everything of this container in the bucket, and its cache. */
