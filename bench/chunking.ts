@@ -317,7 +317,11 @@ export const benchmark: Benchmark = {
         Infinity,
       ),
     ];
-    for (const r of rows) if (r.target === '≤ Infinityx') (delete r.target, delete r.pass);
+    for (const r of rows)
+      if (r.target === '≤ Infinityx') {
+        delete r.target;
+        delete r.pass;
+      }
     const ph = (k: string) => round(median(archTimings.map((t) => t[k] ?? 0)));
     const notes = [
       `Checkpoint phases (median, ms): dump ${ph('dump')} (page images chunked, hashed, compressed and written meanwhile), rootfs ${ph('rootfs')}, chunk (what was left after the dump) ${ph('chunk')}, fsync ${ph('fsync')}, publish ${ph('publish')}, stop ${ph('stop')}.`,
