@@ -61,6 +61,11 @@ test('migrate of a format-2 checkpoint with node-local storage: its chunks are c
     for (const c of f.chunks)
       expect(fs.existsSync(path.join(containerDir, CHUNKS_DIR, c.id.slice(0, 2), c.id))).toBe(true);
 
+  // A's copy, chunks included, went once B ran it.
+  const aDir = path.join(cluster.dir, 'checkpoints', 'default', id);
+  expect(fs.existsSync(path.join(aDir, 'current'))).toBe(false);
+  expect(fs.existsSync(path.join(aDir, CHUNKS_DIR))).toBe(false);
+
   // Restored, not started fresh: the counter goes on above its count on A, never from 1.
   const out = path.join(cluster.dir, `logs-${B}`, 'default', `${id}.log`);
   const counts = await waitUntil(
