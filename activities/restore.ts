@@ -120,6 +120,7 @@ export function restoreActivities(d: NodeDeps) {
           fsync: d.ctx.settings.fsync,
           ca: d.transferCa,
           trust: trustOf(d.ctx.settings),
+          settings: d.ctx.settings,
           signal,
           onProgress: (p) =>
             report({ phase: 'transfer', bytesDone: p.bytesDone, bytesTotal: p.bytesTotal, files: p.files }),

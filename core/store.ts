@@ -173,6 +173,8 @@ export class CheckpointStore {
        * those `follower` chunked while they were written are taken from it.
        */
       chunk?: { from: string; keys?: ChunkKeys; keep: number; follower?: ChunkFollower };
+      /** Retention (ARCH_KEEP) for a format-2 checkpoint whose chunks are already in place (`meta.chunked`: a transfer). */
+      keep?: number;
     },
   ): Promise<{
     dir: string;
@@ -221,11 +223,12 @@ export class CheckpointStore {
       if (opts.fsync) await fsyncTree(staging.dir);
       opts.onPhase?.('fsync', Date.now() - t);
       const name = `ckpt-${new Date().toISOString().replace(/[:.]/g, '-')}-${randomBytes(4).toString('hex')}`;
-      if (chunked) await this.touchChunks(chunked.files);
+      if (manifest.chunked) await this.touchChunks(manifest.chunked.files);
       const { dir: published, stale } = await this.commit(staging.dir, name, opts.fsync);
-      const prune = () => this.pruneAfter(published, stale, opts.chunk?.keep);
+      const prune = () =>
+        this.pruneAfter(published, stale, opts.chunk?.keep ?? (manifest.chunked ? opts.keep : undefined));
       if (!opts.deferPrune) await prune();
-      const sizeBytes = [...files, ...(chunked?.files ?? [])].reduce((a, f) => a + f.size, 0);
+      const sizeBytes = [...files, ...(manifest.chunked?.files ?? [])].reduce((a, f) => a + f.size, 0);
       // Unsigned (the node has no key): published all the same, and the caller says loudly that no node will restore it.
       return {
         dir: published,

@@ -40,6 +40,10 @@ import { loadTrust, verifyManifestSignature, type Trust } from './trust.js';
 import type { Settings } from './settings.js';
 import type { CheckpointStore } from './store.js';
 import { MANIFEST_FILE, SIGNATURE_FILE } from './checkpoint-layout.js';
+import { chunkKeysOf, decodeChunk, isChunkId, type ChunkKeys } from './chunk-codec.js';
+import { ChunkDir, type ChunkStore, type ChunkWriteStats } from './chunk-dir.js';
+import { storeKeyLookup } from './seal.js';
+import { loadSettings } from './settings.js';
 
 export interface Offer {
   url: string;
@@ -48,7 +52,15 @@ export interface Offer {
 }
 
 type Served =
-  | { kind: 'checkpoint'; dir: string; manifestSha256: string; files: Map<string, number> }
+  | {
+      kind: 'checkpoint';
+      dir: string;
+      manifestSha256: string;
+      files: Map<string, number>;
+      /** Store format 2: the ids of the chunks the offered manifest refers to, and where they are. */
+      chunks: Set<string>;
+      chunkDir: ChunkDir;
+    }
   | { kind: 'file'; file: string; size: number; onDone?: () => void };
 
 interface Entry {
@@ -186,8 +198,13 @@ export class TransferServer {
     }
     const manifest = parseManifest(text.toString('utf8'));
     const files = new Map(manifest.files.map((f) => [f.path, f.size]));
-    const ttl = typeof ttlMs === 'number' ? ttlMs : ttlMs(manifest.files.reduce((a, f) => a + f.size, 0));
-    return this.add({ kind: 'checkpoint', dir, manifestSha256, files }, ttl, 'checkpoint');
+    const chunkedFiles = manifest.chunked?.files ?? [];
+    const chunks = new Set(chunkedFiles.flatMap((f) => f.chunks.map((c) => c.id)));
+    const bytes = [...manifest.files, ...chunkedFiles].reduce((a, f) => a + f.size, 0);
+    const ttl = typeof ttlMs === 'number' ? ttlMs : ttlMs(bytes);
+    // A published checkpoint directory sits in its container's directory, beside `chunks/`.
+    const chunkDir = new ChunkDir(path.dirname(dir));
+    return this.add({ kind: 'checkpoint', dir, manifestSha256, files, chunks, chunkDir }, ttl, 'checkpoint');
   }
 
   /** Offer one file (e.g. an exported image archive); onDone runs when the offer goes. */
@@ -264,6 +281,8 @@ export class TransferServer {
     } else {
       const rel = url.searchParams.get('path') ?? '';
       if (url.pathname !== '/v1/checkpoint') return void res.writeHead(404).end();
+      const chunk = url.searchParams.get('chunk');
+      if (chunk !== null) return this.serveChunk(e, e.served, chunk, res);
       if (rel === MANIFEST_FILE || rel === SIGNATURE_FILE) {
         file = path.join(e.served.dir, rel);
         const st = await fsp.stat(file).catch(() => undefined);
@@ -279,6 +298,26 @@ export class TransferServer {
     }
     res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': String(size) });
     await pipeline(fs.createReadStream(file, { highWaterMark: 1 << 20 }), res);
+    this.touch(e);
+  }
+
+  /**
+   * One stored chunk (compressed, encrypted if it was), only one the offered
+   * manifest refers to: the id is checked against that list, never turned
+   * into a path before; ChunkDir.get opens it without following a symlink.
+   * 410 when the store no longer has it: the target fails with `truncated`.
+   */
+  private async serveChunk(
+    e: Entry,
+    served: Extract<Served, { kind: 'checkpoint' }>,
+    id: string,
+    res: http.ServerResponse,
+  ): Promise<void> {
+    if (!isChunkId(id) || !served.chunks.has(id)) return void res.writeHead(404).end();
+    const bytes = await served.chunkDir.get(id);
+    if (!bytes) return void res.writeHead(410).end();
+    res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': String(bytes.length) });
+    res.end(bytes);
     this.touch(e);
   }
 }
@@ -334,6 +373,8 @@ function get(offer: Offer, query: string, o: GetOptions): Promise<http.IncomingM
       if (res.statusCode === 200) return resolve(res);
       res.resume();
       if (res.statusCode === 404) reject(new OfferGoneError(offer.url));
+      else if (res.statusCode === 410)
+        reject(new CheckpointUnusableError('truncated', `${url}: the source no longer has it`));
       else reject(new Error(`GET ${offer.url}: HTTP ${res.statusCode}`));
     });
     req.on('error', (err: NodeJS.ErrnoException) =>
@@ -396,6 +437,8 @@ export interface FetchCheckpointOptions {
   ca?: Buffer;
   /** The receiving node's keys: the source's signature is checked with them, the copy signed (default: from the settings). */
   trust?: Trust;
+  /** The receiving node's settings: its store key checks encrypted chunks, ARCH_KEEP applies to a format-2 copy (default: loadSettings()). */
+  settings?: { configFile: string; keep: number };
 }
 
 export interface FetchCheckpointResult {
@@ -418,20 +461,126 @@ export function sameCheckpoint(a: Manifest, b: Manifest): boolean {
   )
     return false;
   if (a.files.length !== b.files.length) return false;
-  return a.files.every(
-    (f, i) => f.path === b.files[i]!.path && f.size === b.files[i]!.size && f.sha256 === b.files[i]!.sha256,
+  if (
+    !a.files.every(
+      (f, i) => f.path === b.files[i]!.path && f.size === b.files[i]!.size && f.sha256 === b.files[i]!.sha256,
+    )
+  )
+    return false;
+  const ca = a.chunked?.files ?? [];
+  const cb = b.chunked?.files ?? [];
+  return (
+    a.chunked?.keyId === b.chunked?.keyId &&
+    ca.length === cb.length &&
+    ca.every(
+      (f, i) =>
+        f.path === cb[i]!.path &&
+        f.size === cb[i]!.size &&
+        f.chunks.length === cb[i]!.chunks.length &&
+        f.chunks.every((c, j) => c.id === cb[i]!.chunks[j]!.id && c.size === cb[i]!.chunks[j]!.size),
+    )
   );
 }
 
-async function readBody(res: http.IncomingMessage, limit: number): Promise<Buffer> {
+async function readBody(
+  res: http.IncomingMessage,
+  limit: number,
+  tooLarge: () => CheckpointUnusableError,
+): Promise<Buffer> {
   const chunks: Buffer[] = [];
   let n = 0;
   for await (const c of res) {
     n += (c as Buffer).length;
-    if (n > limit) throw new CheckpointUnusableError('manifest-invalid', `manifest larger than ${limit} bytes`);
+    if (n > limit) throw tooLarge();
     chunks.push(c as Buffer);
   }
   return Buffer.concat(chunks);
+}
+
+const manifestTooLarge = (limit: number) => () =>
+  new CheckpointUnusableError('manifest-invalid', `manifest larger than ${limit} bytes`);
+
+/** Stored bytes of a chunk of `size` plain bytes at most: zstd's worst case (incompressible data) plus a sealed chunk's nonce and tag. */
+function storedChunkLimit(size: number): number {
+  return size + (size >> 7) + (64 << 10);
+}
+
+/**
+ * Store format 2: the chunks the (verified) manifest refers to, into the
+ * target's chunk store. One the store already has is reused (touched, as a
+ * checkpoint reuses it); each other one is checked against its id as it
+ * arrives (decodeChunk: authenticated, decompressed into exactly the size
+ * the manifest gives, digest) before it is staged; all staged chunks are
+ * made durable together before the caller publishes the manifest. On any
+ * error nothing staged is left.
+ */
+async function receiveChunks(
+  o: FetchCheckpointOptions,
+  chunked: NonNullable<Manifest['chunked']>,
+  chunks: ChunkStore,
+  keys: ChunkKeys | undefined,
+  onBytes: (n: number) => void,
+): Promise<ChunkWriteStats> {
+  const stats: ChunkWriteStats = { written: 0, bytes: 0, reused: 0 };
+  const wanted = new Map<string, { size: number; what: string }>();
+  for (const f of chunked.files)
+    f.chunks.forEach((c, i) => {
+      if (!wanted.has(c.id))
+        wanted.set(c.id, {
+          size: c.size,
+          what: `${f.path}: chunk ${i + 1} of ${f.chunks.length} (${c.id.slice(0, 12)})`,
+        });
+    });
+  const ids = [...wanted.keys()];
+  let next = 0;
+  let failed = false;
+  const lane = async (): Promise<void> => {
+    while (next < ids.length && !failed) {
+      o.signal?.throwIfAborted();
+      const id = ids[next++]!;
+      const { size, what } = wanted.get(id)!;
+      try {
+        if (await chunks.reuse(id)) {
+          stats.reused++;
+        } else {
+          const res = await get(o.offer, `?chunk=${id}`, { signal: o.signal, ca: o.ca });
+          const limit = storedChunkLimit(size);
+          const stored = await readBody(
+            res,
+            limit,
+            () => new CheckpointUnusableError('corrupt', `${what}: more than ${limit} bytes from the source`),
+          ).catch((err: unknown) => {
+            if (err instanceof CheckpointUnusableError) throw err;
+            throw new CheckpointUnusableError(
+              'truncated',
+              `${what}: cut short in transfer (${(err as Error).message})`,
+            );
+          });
+          decodeChunk(stored, id, size, `${what} from ${o.offer.url}`, keys);
+          await chunks.stage(id, stored);
+          stats.written++;
+          stats.bytes += stored.length;
+        }
+        onBytes(size);
+      } catch (err) {
+        failed = true;
+        throw err;
+      }
+    }
+  };
+  try {
+    const results = await Promise.allSettled(
+      Array.from({ length: Math.min(Math.max(1, o.concurrency ?? 4), ids.length) }, lane),
+    );
+    const bad = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+    if (bad) throw bad.reason;
+    await chunks.commitStaged(o.fsync);
+    if (o.fsync && stats.written > 0) await chunks.syncDirs();
+    return stats;
+  } catch (err) {
+    await chunks.dropStaged().catch(() => undefined);
+    throw err;
+  }
 }
 
 /** Fetch and check the offered manifest against the digest the orchestrator holds. */
@@ -440,7 +589,7 @@ export async function fetchManifest(
   manifestSha256: string,
   o: GetOptions & { trust?: Trust } = {},
 ): Promise<Manifest> {
-  const text = await readBody(await get(offer, `?path=${MANIFEST_FILE}`, o), 64 << 20);
+  const text = await readBody(await get(offer, `?path=${MANIFEST_FILE}`, o), 64 << 20, manifestTooLarge(64 << 20));
   const digest = sha256(text);
   if (digest !== manifestSha256) {
     throw new CheckpointUnusableError(
@@ -450,10 +599,12 @@ export async function fetchManifest(
   }
   // Signed by a node this one trusts (ARCH_TRUSTED_KEYS), before anything in it is used: the
   // receiver publishes the copy under its own signature, so it must not vouch for what nobody trusted signed.
-  const sig = await readBody(await get(offer, `?path=${SIGNATURE_FILE}`, o), 4096).catch((err: unknown) => {
-    if (err instanceof OfferGoneError) return undefined; // the manifest was just served: no signature file
-    throw err;
-  });
+  const sig = await readBody(await get(offer, `?path=${SIGNATURE_FILE}`, o), 4096, manifestTooLarge(4096)).catch(
+    (err: unknown) => {
+      if (err instanceof OfferGoneError) return undefined; // the manifest was just served: no signature file
+      throw err;
+    },
+  );
   verifyManifestSignature(text, sig?.toString('utf8'), o.trust ?? loadTrust());
   // Untrusted input: parseManifest rejects absolute paths, "..", unknown formats.
   return parseManifest(text.toString('utf8'));
@@ -467,7 +618,7 @@ export async function fetchManifest(
 export async function fetchCheckpoint(o: FetchCheckpointOptions): Promise<FetchCheckpointResult> {
   const t0 = Date.now();
   const manifest = await fetchManifest(o.offer, o.manifestSha256, { signal: o.signal, ca: o.ca, trust: o.trust });
-  const bytesTotal = manifest.files.reduce((a, f) => a + f.size, 0);
+  const bytesTotal = [...manifest.files, ...(manifest.chunked?.files ?? [])].reduce((a, f) => a + f.size, 0);
   const have = await o.store.readManifest().catch(() => null);
   const haveDir = await o.store.current().catch(() => null);
   if (have && haveDir && sameCheckpoint(have, manifest)) {
@@ -480,6 +631,12 @@ export async function fetchCheckpoint(o: FetchCheckpointOptions): Promise<FetchC
       ms: Date.now() - t0,
     };
   }
+  const settings = manifest.chunked ? (o.settings ?? loadSettings()) : undefined;
+  // Before anything is fetched: a node without the key the chunks were encrypted with could neither check nor restore them.
+  const keys =
+    manifest.chunked?.keyId && settings
+      ? chunkKeysOf(storeKeyLookup(settings)({ keyId: manifest.chunked.keyId }))
+      : undefined;
   const staging = await o.store.begin();
   // Digests computed while the bytes arrived: publish need not read them again.
   const known = new Map<string, Digest>();
@@ -517,12 +674,22 @@ export async function fetchCheckpoint(o: FetchCheckpointOptions): Promise<FetchC
     const ticker = setInterval(report, 1000);
     try {
       await Promise.all(Array.from({ length: Math.max(1, o.concurrency ?? 4) }, lane));
+      if (manifest.chunked)
+        await receiveChunks(o, manifest.chunked, o.store.chunkDir(), keys, (n) => {
+          bytesDone += n;
+        });
     } finally {
       clearInterval(ticker);
     }
     report();
     const { files: _files, ...meta } = manifest;
-    const pub = await o.store.publish(staging, meta, { fsync: o.fsync, known, trust: o.trust });
+    // The chunk list is carried over as it is in `meta`; publish checks every listed chunk is in place before `current` moves.
+    const pub = await o.store.publish(staging, meta, {
+      fsync: o.fsync,
+      known,
+      trust: o.trust,
+      ...(settings ? { keep: settings.keep } : {}),
+    });
     if (!sameCheckpoint(pub.manifest, manifest)) {
       // Only an extra file in staging could do this; a retry fetches again.
       throw new CheckpointUnusableError('corrupt', 'the published copy differs from the source checkpoint');

@@ -19,6 +19,8 @@ import {
   type Offer,
 } from '../../core/transfer.js';
 import { makeTestPki } from '../support/tls.js';
+import { ChunkDir } from '../../core/chunk-dir.js';
+import { assembleChunked } from '../../core/chunked-files.js';
 
 /**
  * The node-to-node checkpoint transfer (node-local storage): a real HTTP
@@ -268,5 +270,182 @@ describe('over TLS (ARCH_TRANSFER_TLS_CERT/KEY on the source, ARCH_TRANSFER_TLS_
     expect(() => loadTransferTls(missing)).toThrow(
       /ARCH_TRANSFER_TLS_CA: cannot read .*missing\.pem \(ENOENT\)\. Fix: point it at a readable PEM file/,
     );
+  });
+});
+
+describe("store format 2: the offer serves the manifest's chunks, the target fetches those it lacks", () => {
+  let v2: { dir: string; manifest: Manifest };
+  let v2digest: string;
+  let pages: Buffer;
+  const settings = { configFile: '/nonexistent/arch.env', keep: 2 };
+
+  beforeAll(async () => {
+    const src = new CheckpointStore(path.join(root, 'a2', 'default', 'job-1'));
+    const staging = await src.begin();
+    fs.mkdirSync(path.join(staging.dir, 'criu'));
+    // Random chunks, two equal (zero) chunks and a short last one.
+    pages = Buffer.concat([randomBytes(3 << 20), Buffer.alloc(2 << 20), randomBytes(300_000)]);
+    fs.writeFileSync(path.join(staging.dir, 'criu', 'pages-1.img'), pages);
+    fs.writeFileSync(path.join(staging.dir, 'criu', 'inventory.img'), randomBytes(100));
+    fs.writeFileSync(path.join(staging.dir, 'rootfs-diff.tar'), randomBytes(4096));
+    fs.writeFileSync(path.join(staging.dir, 'deleted.files'), '{"whiteouts":[],"opaque":[]}');
+    fs.writeFileSync(path.join(staging.dir, 'config.json'), '{}');
+    const p = await src.publish(staging, meta(), { fsync: false, chunk: { from: staging.dir, keep: 2 } });
+    v2 = { dir: p.dir, manifest: p.manifest };
+    v2digest = await manifestDigest(p.dir);
+    expect(v2.manifest.chunked?.files.map((f) => f.path).sort()).toEqual(['criu/pages-1.img', 'rootfs-diff.tar']);
+  });
+
+  const ids = () => [...new Set(v2.manifest.chunked!.files.flatMap((f) => f.chunks.map((c) => c.id)))];
+  const sourceChunk = (id: string) => new ChunkDir(path.dirname(v2.dir)).pathOf(id);
+  /** A previous (format 1) checkpoint already current on the target: a failed transfer must leave it so. */
+  async function withPrevious(name: string): Promise<{ store: CheckpointStore; dir: string }> {
+    const store = target(name);
+    const offer = await server.offerCheckpoint(published.dir, digest, 60_000);
+    const r = await fetchCheckpoint({ offer, manifestSha256: digest, store, fsync: false });
+    return { store, dir: r.dir };
+  }
+  function chunkTemps(store: CheckpointStore): string[] {
+    const d = path.join(store.containerDir, 'chunks');
+    if (!fs.existsSync(d)) return [];
+    return fs.readdirSync(d, { recursive: true, encoding: 'utf8' }).filter((n) => path.basename(n).startsWith('.tmp-'));
+  }
+
+  test('a v2 checkpoint arrives with its chunks, durable, and reassembles to the same bytes; a second fetch finds it present', async () => {
+    const offer = await server.offerCheckpoint(v2.dir, v2digest, 60_000);
+    const b = target('v2-b');
+    const r = await fetchCheckpoint({ offer, manifestSha256: v2digest, store: b, fsync: true, settings });
+    expect(r.kind).toBe('copied');
+    expect(await b.current()).toBe(r.dir);
+    const copy = (await b.readManifest())!;
+    expect(copy.chunked).toEqual(v2.manifest.chunked);
+    expect(sameCheckpoint(copy, v2.manifest)).toBe(true);
+    for (const id of ids()) expect(fs.existsSync(new ChunkDir(b.containerDir).pathOf(id))).toBe(true);
+    const out = fs.mkdtempSync(path.join(root, 'assembled-'));
+    await assembleChunked(copy.chunked!.files, b.chunkDir(), out);
+    expect(fs.readFileSync(path.join(out, 'criu', 'pages-1.img')).equals(pages)).toBe(true);
+    expect(fs.existsSync(path.join(r.dir, 'criu', 'pages-1.img'))).toBe(false);
+    const again = await fetchCheckpoint({ offer, manifestSha256: v2digest, store: b, fsync: false, settings });
+    expect(again.kind).toBe('present');
+  });
+
+  test('chunks the target already has are not fetched (dedup against its own chunks dir)', async () => {
+    const offer = await server.offerCheckpoint(v2.dir, v2digest, 60_000);
+    const c = target('v2-c');
+    const have = ids()[0]!;
+    const mine = new ChunkDir(c.containerDir).pathOf(have);
+    fs.mkdirSync(path.dirname(mine), { recursive: true });
+    fs.copyFileSync(sourceChunk(have), mine);
+    // Gone from the source after the offer: fetching it would fail with `truncated`.
+    const aside = `${sourceChunk(have)}.aside`;
+    fs.renameSync(sourceChunk(have), aside);
+    try {
+      const r = await fetchCheckpoint({ offer, manifestSha256: v2digest, store: c, fsync: false, settings });
+      expect(r.kind).toBe('copied');
+    } finally {
+      fs.renameSync(aside, sourceChunk(have));
+    }
+    // Without it on the target, the same transfer fails cleanly.
+    const d = await withPrevious('v2-d');
+    fs.renameSync(sourceChunk(have), aside);
+    try {
+      await expect(
+        fetchCheckpoint({ offer, manifestSha256: v2digest, store: d.store, fsync: false, settings }),
+      ).rejects.toThrow(/no longer has it/);
+    } finally {
+      fs.renameSync(aside, sourceChunk(have));
+    }
+    expect(await d.store.current()).toBe(d.dir);
+  });
+
+  test('a chunk damaged on the source after the offer: corrupt, the previous checkpoint stays current, nothing staged is left', async () => {
+    const offer = await server.offerCheckpoint(v2.dir, v2digest, 60_000);
+    const e = await withPrevious('v2-e');
+    const victim = sourceChunk(v2.manifest.chunked!.files.find((f) => f.path === 'criu/pages-1.img')!.chunks[1]!.id);
+    const original = fs.readFileSync(victim);
+    const bad = Buffer.from(original);
+    bad[bad.length >> 1] = bad[bad.length >> 1]! ^ 0xff;
+    fs.writeFileSync(victim, bad);
+    try {
+      const err = await fetchCheckpoint({
+        offer,
+        manifestSha256: v2digest,
+        store: e.store,
+        fsync: false,
+        settings,
+      }).catch((x: unknown) => x);
+      expect(err).toBeInstanceOf(CheckpointUnusableError);
+      expect((err as CheckpointUnusableError).reason).toBe('corrupt');
+      expect((err as Error).message).toMatch(/pages-1\.img: chunk 2 of/);
+    } finally {
+      fs.writeFileSync(victim, original);
+    }
+    expect(await e.store.current()).toBe(e.dir);
+    expect((await e.store.readManifest())!.chunked).toBeUndefined();
+    expect(leftovers(e.store).filter((n) => n.startsWith('.staging') || n.startsWith('ckpt-')).length).toBe(1);
+    expect(chunkTemps(e.store)).toEqual([]);
+  });
+
+  test('a chunk stream cut short: truncated, nothing published', async () => {
+    const offer = await server.offerCheckpoint(v2.dir, v2digest, 60_000);
+    // A loopback relay in front of the server that cuts every chunk's body in half.
+    const upstream = new URL(offer.url);
+    const relay = http.createServer((req, res) => {
+      http.get({ host: upstream.hostname, port: upstream.port, path: req.url, headers: req.headers }, (up) => {
+        if (!req.url?.includes('chunk=') || up.statusCode !== 200) {
+          res.writeHead(up.statusCode ?? 500, up.headers);
+          up.pipe(res);
+          return;
+        }
+        void (async () => {
+          const parts: Buffer[] = [];
+          for await (const p of up) parts.push(p as Buffer);
+          const body = Buffer.concat(parts);
+          res.writeHead(200, { 'content-length': String(body.length) });
+          res.write(body.subarray(0, body.length >> 1), () => res.destroy());
+        })();
+      });
+    });
+    await new Promise<void>((r) => relay.listen(0, '127.0.0.1', () => r()));
+    const port = (relay.address() as { port: number }).port;
+    const f = await withPrevious('v2-f');
+    try {
+      const relayed: Offer = { ...offer, url: `http://127.0.0.1:${port}${upstream.pathname}` };
+      const err = await fetchCheckpoint({
+        offer: relayed,
+        manifestSha256: v2digest,
+        store: f.store,
+        fsync: false,
+        settings,
+      }).catch((x: unknown) => x);
+      expect(err).toBeInstanceOf(CheckpointUnusableError);
+      expect((err as CheckpointUnusableError).reason).toBe('truncated');
+    } finally {
+      relay.closeAllConnections();
+      await new Promise((r) => relay.close(r));
+    }
+    expect(await f.store.current()).toBe(f.dir);
+    expect(chunkTemps(f.store)).toEqual([]);
+  });
+
+  test('the server serves only chunks the offered manifest refers to', async () => {
+    const offer = await server.offerCheckpoint(v2.dir, v2digest, 60_000);
+    const other = await server.offerCheckpoint(published.dir, digest, 60_000);
+    const status = (o: Offer, q: string) =>
+      new Promise<number>((resolve, reject) => {
+        http
+          .get(`${o.url}${q}`, { headers: { authorization: `Bearer ${o.token}` } }, (res) => {
+            res.resume();
+            resolve(res.statusCode ?? 0);
+          })
+          .on('error', reject);
+      });
+    const id = ids()[0]!;
+    expect(await status(offer, `?chunk=${id}`)).toBe(200);
+    // The v1 offer of the same node does not reach the v2 checkpoint's chunks.
+    expect(await status(other, `?chunk=${id}`)).toBe(404);
+    expect(await status(offer, `?chunk=${'0'.repeat(64)}`)).toBe(404);
+    expect(await status(offer, `?chunk=${encodeURIComponent(`../../${id}`)}`)).toBe(404);
+    expect(await status(offer, `?chunk=${id.toUpperCase()}`)).toBe(404);
   });
 });
