@@ -25,13 +25,20 @@ const A = 's3f-a';
 const B = 's3f-b';
 const BUCKET = 'arch-flows';
 const PREFIX = 'jobs';
-const ID = 's3job';
+const MIG = 's3mig';
+const DRAIN = 's3drain';
+const URL_ENV = [
+  // The cluster's counters name a local checkpoint root; emptied here, as a URL excludes it.
+  'ARCH_CHECKPOINT_HOST_PATH=',
+  `ARCH_CHECKPOINT_URL=s3://${BUCKET}/${PREFIX}`,
+  'COUNTER_START_FILES=1',
+];
 
 /** Every activity that moves bytes between nodes (transfer server offers and fetches). */
 const TRANSFER_ACTIVITIES = ['offerCheckpoint', 'receiveCheckpoint', 'offerImage', 'withdrawOffer'];
 
-const jobObjects = () => path.join(s3.root, BUCKET, PREFIX, 'default', ID);
-const currentInBucket = () => fs.readFileSync(path.join(jobObjects(), 'current'), 'utf8').trim();
+const jobObjects = (id: string) => path.join(s3.root, BUCKET, PREFIX, 'default', id);
+const currentInBucket = (id: string) => fs.readFileSync(path.join(jobObjects(id), 'current'), 'utf8').trim();
 
 beforeAll(async () => {
   await cleanupStaleNodes();
@@ -47,11 +54,14 @@ beforeAll(async () => {
   cluster = await startCluster('s3flows', [A, B], { nodeSettings: { [A]: node(A), [B]: node(B) } });
 });
 
+// A test that fails half-way leaves neither its watcher nor its job to the next one.
 afterEach(async () => {
   await cluster?.temporal.client.workflow
     .getHandle(workflowIds.reclaimWatch(B))
     .terminate('test done')
     .catch(() => undefined);
+  for (const n of Object.values(cluster?.nodes ?? {}))
+    for (const id of [MIG, DRAIN]) await n.containerd.removeContainer(id).catch(() => undefined);
 });
 
 afterAll(async () => {
@@ -67,43 +77,41 @@ async function activityTypes(workflowId: string): Promise<string[]> {
   return t.activities.map((a) => a.type);
 }
 
-/** Nothing of the job in either node's checkpoint root: the bucket is its only home. */
-function expectNothingOnTheNodes(): void {
-  expect(fs.existsSync(path.join(cluster.dir, 'checkpoints', 'default', ID))).toBe(false);
+/** Nothing of the job in the nodes' checkpoint root: the bucket is its only home. */
+function expectNothingOnTheNodes(id: string): void {
+  expect(fs.existsSync(path.join(cluster.dir, 'checkpoints', 'default', id))).toBe(false);
 }
 
-test('migrate A → B through the bucket (nothing transferred between the nodes), then a reclaim drain of B through the bucket restores it on A', async () => {
-  // The cluster's counters name a local checkpoint root; emptied here, as a URL excludes it.
-  await cluster.runCounter(A, ID, [
-    'ARCH_CHECKPOINT_HOST_PATH=',
-    `ARCH_CHECKPOINT_URL=s3://${BUCKET}/${PREFIX}`,
-    'COUNTER_START_FILES=1',
-  ]);
-  const before = await cluster.waitCount(A, ID, 3);
-
-  // ---- migrate A → B
-  const r = await runCli(cluster, ['--json', 'migrate', `default/${ID}`, '--from', A, '--to', B, '--wait']);
+test('migrate A → B through the bucket: the counter continues on B, nothing is transferred between the nodes', async () => {
+  const id = MIG;
+  await cluster.runCounter(A, id, URL_ENV);
+  const before = await cluster.waitCount(A, id, 3);
+  const r = await runCli(cluster, ['--json', 'migrate', `default/${id}`, '--from', A, '--to', B, '--wait']);
   expect(r.stderr).toBe('');
   expect(r.code).toBe(0);
   const res = r.json as MigrateResult & { workflowId: string };
   expect(res.outcome).toBe('migrated');
   expect(res.checkpoint).toMatchObject({ mode: 's3', transferred: 'present' });
   expect(res.runningOn).toBe(B);
-  expect(await runningOn(cluster, ID)).toEqual([B]);
-  const onB = await cluster.waitCount(B, ID, before + 3);
+  expect(await runningOn(cluster, id)).toEqual([B]);
+  const onB = await cluster.waitCount(B, id, before + 3);
   expect(onB).toBeGreaterThan(before);
-  expect(cluster.nodes[B]!.readContainerFile(ID, COUNTER_FILES.created)).toBe(COUNTER_FILES.createdContent);
-  expect(await cluster.nodes[A]!.containerd.listContainers()).not.toContain(ID);
+  expect(cluster.nodes[B]!.readContainerFile(id, COUNTER_FILES.created)).toBe(COUNTER_FILES.createdContent);
+  expect(await cluster.nodes[A]!.containerd.listContainers()).not.toContain(id);
   // No transfer: not as a phase, not as an activity; the checkpoint is the bucket's current one.
   expect(res.phases.map((p) => p.phase)).not.toContain('transfer');
   const migrateActivities = await activityTypes(res.workflowId);
   expect(migrateActivities).toEqual(expect.arrayContaining(['checkpointContainer', 'restoreContainer']));
   expect(migrateActivities.filter((a) => TRANSFER_ACTIVITIES.includes(a))).toEqual([]);
-  const migrated = currentInBucket();
-  expect(objectsIn(path.join(jobObjects(), CHUNKS_DIR)).length).toBeGreaterThan(0);
-  expectNothingOnTheNodes();
+  expect(currentInBucket(id)).toMatch(/^ckpt-/);
+  expect(objectsIn(path.join(jobObjects(id), CHUNKS_DIR)).length).toBeGreaterThan(0);
+  expectNothingOnTheNodes(id);
+});
 
-  // ---- a reclaim notice for B: its drain checkpoints the job into the bucket and A restores it
+test('a reclaim drain of B through the bucket restores the job on A: no transfer, the counter continues', async () => {
+  const id = DRAIN;
+  await cluster.runCounter(B, id, URL_ENV);
+  const onB = await cluster.waitCount(B, id, 3);
   const client = cluster.temporal.client;
   const watchId = workflowIds.reclaimWatch(B);
   await client.workflow.start(nodeReclaimWatch, {
@@ -126,17 +134,18 @@ test('migrate A → B through the bucket (nothing transferred between the nodes)
   expect(rec).toMatchObject({ status: 'completed', migrated: 1, failed: 0, withinDeadline: true });
   const drain = (await client.workflow.getHandle(rec.drainWorkflowId).result()) as DrainResult;
   expect(drain.containers.map((c) => `${c.namespace}/${c.id}: ${c.outcome}${c.error ? ` (${c.error})` : ''}`)).toEqual([
-    `default/${ID}: migrated`,
+    `default/${id}: migrated`,
   ]);
   expect(drain.containers[0]).toMatchObject({ runningOn: A, checkpointedInTime: true });
-  expect(await runningOn(cluster, ID)).toEqual([A]);
-  await cluster.waitCount(A, ID, onB + 3);
-  expect(cluster.nodes[A]!.readContainerFile(ID, COUNTER_FILES.created)).toBe(COUNTER_FILES.createdContent);
-  expect(await cluster.nodes[B]!.containerd.listContainers()).not.toContain(ID);
-  // Through the bucket again: a new checkpoint there, and no transfer activity in the drain.
-  expect(currentInBucket()).not.toBe(migrated);
+  expect(await runningOn(cluster, id)).toEqual([A]);
+  await cluster.waitCount(A, id, onB + 3);
+  expect(cluster.nodes[A]!.readContainerFile(id, COUNTER_FILES.created)).toBe(COUNTER_FILES.createdContent);
+  expect(await cluster.nodes[B]!.containerd.listContainers()).not.toContain(id);
+  // Through the bucket: its checkpoint there, and no transfer activity in the drain.
+  expect(currentInBucket(id)).toMatch(/^ckpt-/);
+  expect(objectsIn(path.join(jobObjects(id), CHUNKS_DIR)).length).toBeGreaterThan(0);
   const drainActivities = await activityTypes(rec.drainWorkflowId);
   expect(drainActivities).toEqual(expect.arrayContaining(['checkpointContainer', 'restoreContainer']));
   expect(drainActivities.filter((a) => TRANSFER_ACTIVITIES.includes(a))).toEqual([]);
-  expectNothingOnTheNodes();
+  expectNothingOnTheNodes(id);
 });
