@@ -2,13 +2,13 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { WORKFLOW_TASK_QUEUE, workflowIds } from '../../contract/names.js';
-import type { DrainResult, MigrateResult, ReclaimWatchInput, ReclaimWatchState } from '../../contract/types.js';
+import type { DrainResult, MigrateResult, ReclaimWatchInput } from '../../contract/types.js';
 import { CHUNKS_DIR } from '../../core/chunk-dir.js';
 import { workflowTimes } from '../../temporal/history.js';
 import { cleanupStaleNodes } from '../support/containerd-node.js';
 import { COUNTER_FILES } from '../support/images.js';
 import { objectsIn, startS3Server, type S3TestServer } from '../support/s3-server.js';
-import { runCli, runningOn, startCluster, stopAllTemporal, waitUntil, type TestCluster } from '../support/temporal.js';
+import { drainsDone, runCli, runningOn, startCluster, stopAllTemporal, type TestCluster } from '../support/temporal.js';
 import { nodeReclaimWatch } from '../../workflows/index.js';
 
 /**
@@ -121,15 +121,7 @@ test('a reclaim drain of B through the bucket restores the job on A: no transfer
   });
   const sig = await runCli(cluster, ['--json', 'reclaim', B, '--deadline', '60s', '--reason', 'spot notice (s3 test)']);
   expect(sig.code).toBe(0);
-  const state = await waitUntil(
-    'the drain of B to finish',
-    async () => {
-      const s = await client.workflow.getHandle(watchId).query<ReclaimWatchState>('state');
-      return s.history.length > 0 && s.status === 'watching' ? s : undefined;
-    },
-    120_000,
-    500,
-  );
+  const state = await drainsDone(cluster, B);
   const rec = state.history[0]!;
   expect(rec).toMatchObject({ status: 'completed', migrated: 1, failed: 0, withinDeadline: true });
   const drain = (await client.workflow.getHandle(rec.drainWorkflowId).result()) as DrainResult;
