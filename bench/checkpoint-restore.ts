@@ -451,14 +451,16 @@ export async function archCycle(
   env: BenchEnv,
   id: string,
   fsync: boolean,
-  /** Looks at the published checkpoint before it is restored and removed (e.g. its size in the store). */
+  /** Looks at the published checkpoint before it is restored and removed (e.g. its size in the store), or empties a cache. */
   afterCheckpoint?: (r: CheckpointResult) => void,
   /** Other node settings for the checkpoint (e.g. another store format). */
   settings: Partial<NodeContext['settings']> = {},
+  /** More environment for the container (e.g. another place for its checkpoints). */
+  runEnv: string[] = [],
 ): Promise<Omit<ArchSample, 'rep'>> {
   const node = bn.node;
   const ctx: NodeContext = { ...node.ctx, settings: { ...node.ctx.settings, ...settings, fsync } };
-  await bn.run(id, { arch: true, memMb: MEM_MB });
+  await bn.run(id, { arch: true, memMb: MEM_MB, env: runEnv });
   const undo = env.cleanup.defer(`container ${id}`, () => bn.remove(id));
   env.cleanup.defer(`checkpoints of ${id}`, () =>
     fs.rmSync(path.join(bn.storage, 'default', id), { recursive: true, force: true }),
@@ -468,15 +470,15 @@ export async function archCycle(
   const t0 = process.hrtime.bigint();
   const result = await checkpointContainer(ctx, { namespace: 'default', id, runcRoot: node.runcRoot('default') });
   const checkpointMs = msSince(t0);
-  afterCheckpoint?.(result);
   const { signMs, verifyMs } = await signingCost(ctx, result.dir);
+  afterCheckpoint?.(result);
   await node.containerd.waitStatus(id, 'STOPPED', 15_000);
   const at = node.count(id);
   await bn.remove(id);
   await syncDisks();
 
   const t1 = process.hrtime.bigint();
-  await bn.run(id, { arch: true, memMb: MEM_MB });
+  await bn.run(id, { arch: true, memMb: MEM_MB, env: runEnv });
   const ctrRunMs = msSince(t1);
   await node.containerd.waitStatus(id, 'RUNNING', 15_000);
   const restored = readLogLines(node.archLog)

@@ -374,3 +374,67 @@ test('another node that allows the bucket restores the job from it: nothing is c
     await b.stop();
   }
 });
+
+test('GC safety: a checkpoint published while the collector runs on the same bucket is intact (every chunk there, it restores)', async () => {
+  const id = 's3-gcsafe';
+  const store = new S3CheckpointStore(
+    { loc: { bucket: BUCKET, prefix: PREFIX }, client: node.ctx.settings.s3, cacheRoot: cache },
+    'default',
+    'gcsafe',
+    path.join(cache, 'gcsafe'),
+  );
+  let collecting = true;
+  let passes = 0;
+  let collector: Promise<void> | undefined;
+  try {
+    await run(id, 'gcsafe', ['COUNTER_START_FILES=1']);
+    await node.waitCount(id, 3);
+    await checkpoint(id, true);
+    // Old garbage for the collector to find (an unreferenced chunk, a failed upload), aged past the grace period:
+    // a collector that removes it while the next checkpoint is published was really at work then.
+    const garbage = [
+      `${CHUNKS_DIR}/ab/ab${randomBytes(31).toString('hex')}`,
+      'ckpt-2020-01-01T00-00-00-000Z-deadbeef/x',
+    ];
+    for (const g of garbage) {
+      await store.at.put(g, Buffer.from('left over'));
+      const old = new Date(Date.now() - 2 * 3600_000);
+      fs.utimesSync(path.join(objectsDir('gcsafe'), g), old, old);
+    }
+    const listed = await store.at.list('');
+    for (const g of garbage) expect(listed.find((o) => o.rel === g)?.modified).toBeLessThan(Date.now() - 3600_000);
+    // Another node's retention, as its pruneAfter runs it, over and over on the same prefix (keep 1: the most eager).
+    collector = (async () => {
+      while (collecting) {
+        const current = (await store.at.get('current'))?.toString('utf8').trim() ?? '';
+        await collectS3(store.at, { keep: 1, current });
+        passes++;
+      }
+    })();
+    await waitFor('the collector at work', () => (passes > 0 ? true : undefined), 15_000);
+    await node.waitCount(id, (await node.waitCount(id, 1)) + 2);
+    const during = passes;
+    const second = await checkpoint(id);
+    const after = passes;
+    collecting = false;
+    await collector;
+    await node.containerd.waitStatus(id, 'STOPPED', 15_000);
+    // It ran through the publish, and it did collect.
+    expect(after - during).toBeGreaterThanOrEqual(2);
+    const left = new Set(objectsIn(objectsDir('gcsafe')).map((o) => o.rel));
+    for (const g of garbage) expect(left.has(g)).toBe(false);
+    // Published, and whole: every chunk its manifest lists is in the bucket.
+    expect(currentName('gcsafe')).toBe(path.basename(second.dir));
+    const ids = second.manifest.chunked!.files.flatMap((f) => f.chunks.map((c) => c.id));
+    expect(ids.length).toBeGreaterThan(MEM_MB / 2);
+    expect(ids.filter((c) => !left.has(`${CHUNKS_DIR}/${c.slice(0, 2)}/${c}`))).toEqual([]);
+    // And it restores from the bucket alone.
+    await remove(id);
+    fs.rmSync(cache, { recursive: true, force: true });
+    await expectRestored(id, await run(id, 'gcsafe'));
+  } finally {
+    collecting = false;
+    await collector?.catch(() => undefined);
+    await remove(id);
+  }
+});

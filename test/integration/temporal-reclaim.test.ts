@@ -3,7 +3,15 @@ import { WORKFLOW_TASK_QUEUE, workflowIds } from '../../contract/names.js';
 import type { DrainResult, ReclaimWatchInput, ReclaimWatchState } from '../../contract/types.js';
 import { cleanupStaleNodes } from '../support/containerd-node.js';
 import { FakeAwsImds } from '../support/fake-metadata.js';
-import { runCli, runningOn, startCluster, stopAllTemporal, waitUntil, type TestCluster } from '../support/temporal.js';
+import {
+  drainsDone,
+  runCli,
+  runningOn,
+  startCluster,
+  stopAllTemporal,
+  waitUntil,
+  type TestCluster,
+} from '../support/temporal.js';
 import { nodeReclaimWatch } from '../../workflows/index.js';
 
 /**
@@ -59,15 +67,7 @@ test('reclaim signal → every ARCH container of A runs on B, checkpoints within
   expect(r.code).toBe(0);
   const deadline = Date.parse((r.json as { signal: { deadline: string } }).signal.deadline);
 
-  const state = await waitUntil(
-    'the drain to finish',
-    async () => {
-      const s = await client.workflow.getHandle(watchId).query<ReclaimWatchState>('state');
-      return s.history.length > 0 && s.status === 'watching' ? s : undefined;
-    },
-    120_000,
-    500,
-  );
+  const state = await drainsDone(cluster, A);
   const rec = state.history[0]!;
   const drain = (await client.workflow.getHandle(rec.drainWorkflowId).result()) as DrainResult;
   expect(outcomes(drain)).toEqual(['batch/r3: migrated', 'default/r1: migrated', 'default/r2: migrated']);
@@ -108,15 +108,7 @@ test('reclaim signal → every ARCH container of A runs on B, checkpoints within
   await client.workflow
     .getHandle(watchId)
     .signal('reclaim', { reason: 'second notice', deadline: new Date(Date.now() + 30_000).toISOString() });
-  const s2 = await waitUntil(
-    'the second drain',
-    async () => {
-      const s = await client.workflow.getHandle(watchId).query<ReclaimWatchState>('state');
-      return s.history.length > 1 && s.status === 'watching' ? s : undefined;
-    },
-    60_000,
-    500,
-  );
+  const s2 = await drainsDone(cluster, A, 2, 60_000);
   expect(s2.history[1]).toMatchObject({ status: 'completed', migrated: 0, failed: 0 });
 });
 

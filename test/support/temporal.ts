@@ -7,10 +7,10 @@ import { startDevServer, type DevServer } from '../../temporal/dev-server.js';
 import { startWorkerProcess } from '../../worker/process.js';
 import { clientDataConverter, payloadProtection } from '../../temporal/data-converter.js';
 import { settingsVars } from '../../core/settings.js';
-import { nodeTaskQueue, WORKFLOW_TASK_QUEUE } from '../../contract/names.js';
+import { nodeTaskQueue, WORKFLOW_TASK_QUEUE, workflowIds } from '../../contract/names.js';
 import { workflowOverhead, type Overhead } from '../../temporal/history.js';
 import { attributePairs } from '../../contract/search-attributes.js';
-import type { MigrateInput, MigrateResult } from '../../contract/types.js';
+import type { MigrateInput, MigrateResult, ReclaimWatchState } from '../../contract/types.js';
 import { readLogLines, writeArchConfig } from './arch-env.js';
 import type { DiagnosableCluster } from './failure-environment.js';
 import { startNode, type TestNode } from './containerd-node.js';
@@ -503,6 +503,20 @@ export async function waitUntil<T>(
       );
     await sleep(everyMs);
   }
+}
+
+/** The state of `node`'s reclaim watcher once it has finished `drains` drains and watches again. */
+export function drainsDone(cluster: TestCluster, node: string, drains = 1, timeoutMs = 120_000) {
+  const handle = cluster.temporal.client.workflow.getHandle(workflowIds.reclaimWatch(node));
+  return waitUntil(
+    `drain ${drains} of ${node} to finish`,
+    async () => {
+      const s = await handle.query<ReclaimWatchState>('state');
+      return s.history.length >= drains && s.status === 'watching' ? s : undefined;
+    },
+    timeoutMs,
+    500,
+  );
 }
 
 /**
