@@ -1,6 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
 import type { Digest } from './digest.js';
 import { ArchInputError, CheckpointUnusableError } from '../contract/errors.js';
 import { holdDir, mayRemove, type HeldDir } from './host-dirs.js';
@@ -66,6 +67,8 @@ export const leaseClaimFile = (generation: number): string => `lease.claim-${gen
 export const isLeaseEntry = (name: string): boolean => name === LEASE_FILE || /^lease\.claim-\d+$/.test(name);
 /** A lease is a few hundred bytes; anything much larger is not one. */
 const MAX_LEASE_BYTES = 64 << 10;
+/** Reads of an empty claim, 5 ms apart, before it counts as one whose claimer died while writing it. */
+const CLAIM_READ_TRIES = 40;
 
 export class CheckpointStore {
   /**
@@ -386,7 +389,13 @@ export class CheckpointStore {
         await fsp.writeFile(file, text, { mode: 0o600, flag: 'wx' });
       } catch (err) {
         if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
-        return (await readSmallFile(file, MAX_LEASE_BYTES).catch(() => undefined))?.toString('utf8') ?? '';
+        // The winner creates the claim, then writes it: read it again briefly while it is empty, so
+        // that the refusal names the winner (still empty after that: a claimer that died in between).
+        for (let i = 0; ; i++) {
+          const text = (await readSmallFile(file, MAX_LEASE_BYTES).catch(() => undefined))?.toString('utf8') ?? '';
+          if (text || i >= CLAIM_READ_TRIES) return text;
+          await sleep(5);
+        }
       }
       for (const n of await fsp.readdir(dir)) {
         const m = /^lease\.claim-(\d+)$/.exec(n);
