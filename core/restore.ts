@@ -80,10 +80,10 @@ async function restoreHolding(
 ): Promise<RestoreResult | undefined> {
   const timings: Record<string, number> = {};
   const store = checkpointStoreOf(req.contract, req.namespace, req.id);
-  const stored = await store.current();
+  const trust = trustOf(ctx.settings);
+  const stored = await store.current(trust);
   if (!stored) return undefined;
   let t = Date.now();
-  const trust = trustOf(ctx.settings);
   // Store format 2: chunks assembled into a tmpfs scratch dir, read from there like any checkpoint directory.
   const assembled = await assembleIfChunked(stored, store, trust, ctx.settings, held);
   if (assembled) timings.assemble = Date.now() - t;

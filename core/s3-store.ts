@@ -11,7 +11,8 @@ import { CHUNKS_DIR, type ChunkStore } from './chunk-dir.js';
 import { listFiles, MAX_MANIFEST_BYTES, parseManifest } from './manifest.js';
 import { formatS3Url, type S3Location } from './s3-location.js';
 import type { S3ClientSettings } from './settings.js';
-import { CheckpointStore, LEASE_FILE, leaseClaimFile, type StoreOwner } from './store.js';
+import { verifyManifestSignature, type Trust } from './trust.js';
+import { CheckpointStore, LEASE_FILE, leaseClaimFile, staleLeaseClaims, type StoreOwner } from './store.js';
 
 /**
  * A container's checkpoints in object storage, in store format 2 (chunks),
@@ -34,6 +35,7 @@ import { CheckpointStore, LEASE_FILE, leaseClaimFile, type StoreOwner } from './
 const CURRENT_OBJECT = 'current';
 const CKPT_RE = /^ckpt-[0-9TZ-]+-[0-9a-f]{8}$/;
 const MAX_SMALL_OBJECT = 64 << 20;
+const MAX_SIGNATURE_BYTES = 64 << 10;
 const UPLOADS_IN_FLIGHT = 8;
 
 /** The settings that name what went wrong with object storage, and what to do about it. */
@@ -322,7 +324,7 @@ export class S3CheckpointStore extends CheckpointStore {
    * Failing to reach the store is a CheckpointUnusableError('store'): a
    * create starts fresh, with that reason.
    */
-  override async current(): Promise<string | null> {
+  override async current(trust?: Trust): Promise<string | null> {
     try {
       const text = (await this.at.get(CURRENT_OBJECT, 256))?.toString('utf8').trim();
       if (text === undefined) return null;
@@ -331,7 +333,7 @@ export class S3CheckpointStore extends CheckpointStore {
         throw new CheckpointUnusableError('layout', `${this.at.key(CURRENT_OBJECT)} names "${text}", not a checkpoint`);
       const dir = path.join(this.containerDir, text);
       if (await fsp.stat(path.join(dir, MANIFEST_FILE)).catch(() => undefined)) return dir;
-      await this.fetchCheckpoint(text, dir);
+      await this.fetchCheckpoint(text, dir, trust);
       return dir;
     } catch (err) {
       if (err instanceof CheckpointUnusableError) throw err;
@@ -339,26 +341,33 @@ export class S3CheckpointStore extends CheckpointStore {
     }
   }
 
-  private async fetchCheckpoint(name: string, dir: string): Promise<void> {
+  private async fetchCheckpoint(name: string, dir: string, trust: Trust | undefined): Promise<void> {
     const manifestBytes = await this.at.get(`${name}/${MANIFEST_FILE}`, MAX_MANIFEST_BYTES);
     if (!manifestBytes)
       throw new CheckpointUnusableError('truncated', `${this.at.key(name)}/${MANIFEST_FILE} is missing`);
-    // Not believed yet (the restore verifies the signature): read only for which files to fetch, each a checked relative path.
+    const sig = await this.at.get(`${name}/${SIGNATURE_FILE}`, MAX_SIGNATURE_BYTES);
+    // Whoever can write the bucket must not get files of their choosing onto this node: a restore
+    // checks the signature before anything the manifest lists is fetched (and verifies it all again).
+    if (trust) verifyManifestSignature(manifestBytes, sig?.toString('utf8'), trust);
     const manifest = parseManifest(manifestBytes.toString('utf8'));
     await fsp.mkdir(this.containerDir, { recursive: true, mode: 0o700 });
     const tmp = path.join(this.containerDir, `.fetch-${process.pid}-${randomBytes(4).toString('hex')}`);
     await fsp.mkdir(tmp, { mode: 0o700 });
     try {
       await fsp.writeFile(path.join(tmp, MANIFEST_FILE), manifestBytes, { mode: 0o600 });
-      const sig = await this.at.get(`${name}/${SIGNATURE_FILE}`);
       if (sig) await fsp.writeFile(path.join(tmp, SIGNATURE_FILE), sig, { mode: 0o600 });
-      const rels = manifest.files.map((f) => f.path);
-      for (const rel of rels)
-        if (path.isAbsolute(rel) || rel.split('/').some((p) => p === '' || p === '.' || p === '..'))
-          throw new CheckpointUnusableError('manifest-corrupt', `file "${rel}" is not a plain relative path`);
-      await inParallel(rels, async (rel) => {
-        const body = await this.at.get(`${name}/${rel}`);
+      for (const f of manifest.files)
+        if (path.isAbsolute(f.path) || f.path.split('/').some((p) => p === '' || p === '.' || p === '..'))
+          throw new CheckpointUnusableError('manifest-corrupt', `file "${f.path}" is not a plain relative path`);
+      await inParallel(manifest.files, async ({ path: rel, size }) => {
+        // At most the size the manifest gives (the read stops there), and exactly that.
+        const body = await this.at.get(`${name}/${rel}`, Math.min(size, MAX_SMALL_OBJECT));
         if (!body) throw new CheckpointUnusableError('truncated', `${this.at.key(`${name}/${rel}`)} is missing`);
+        if (body.length !== size)
+          throw new CheckpointUnusableError(
+            'truncated',
+            `${this.at.key(`${name}/${rel}`)}: ${body.length} bytes, not ${size}`,
+          );
         await fsp.mkdir(path.dirname(path.join(tmp, rel)), { recursive: true, mode: 0o700 });
         await fsp.writeFile(path.join(tmp, rel), body, { mode: 0o600, flag: 'wx' });
       });
@@ -422,11 +431,11 @@ export class S3CheckpointStore extends CheckpointStore {
     const rel = leaseClaimFile(generation);
     if (!(await this.at.create(rel, Buffer.from(text))))
       return (await this.at.get(rel, 64 << 10))?.toString('utf8') ?? '';
-    const old = (await this.at.list('lease.claim-')).filter((o) => {
-      const m = /^lease\.claim-(\d+)$/.exec(o.rel);
-      return m !== null && Number(m[1]) < generation - 1;
-    });
-    if (old.length > 0) await this.at.remove(old.map((o) => o.rel)).catch(() => undefined);
+    const old = staleLeaseClaims(
+      (await this.at.list('lease.claim-')).map((o) => o.rel),
+      generation,
+    );
+    if (old.length > 0) await this.at.remove(old).catch(() => undefined);
     return undefined;
   }
 

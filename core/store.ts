@@ -63,6 +63,14 @@ export const isChunkedPath = (rel: string): boolean => PAGE_IMAGE_PATH.test(rel)
 export const LEASE_FILE = 'lease.json';
 /** The claim of one generation of the lease (core/lease.ts: made once, exclusively). */
 export const leaseClaimFile = (generation: number): string => `lease.claim-${generation}`;
+
+/** Of these names, the lease claims older than the one before `generation` (no longer needed by anyone). */
+export function staleLeaseClaims(names: readonly string[], generation: number): string[] {
+  return names.filter((n) => {
+    const m = /^lease\.claim-(\d+)$/.exec(n);
+    return m !== null && Number(m[1]) < generation - 1;
+  });
+}
 /** The lease and its claims: the job's ownership, not part of any checkpoint. */
 export const isLeaseEntry = (name: string): boolean => name === LEASE_FILE || /^lease\.claim-\d+$/.test(name);
 /** A lease is a few hundred bytes; anything much larger is not one. */
@@ -102,8 +110,13 @@ export class CheckpointStore {
     return new ChunkDir(this.containerDir);
   }
 
-  /** The published checkpoint directory, or null if there is none. */
-  async current(): Promise<string | null> {
+  /**
+   * The published checkpoint directory, or null if there is none. `trust`:
+   * a store that has to fetch the checkpoint from elsewhere (a bucket) checks
+   * the manifest's signature with it before it fetches anything the
+   * manifest lists; a local directory is verified by the restore itself.
+   */
+  async current(_trust?: Trust): Promise<string | null> {
     if (this.guard) {
       const held = await this.hold(false);
       if (!held) return null;
@@ -330,42 +343,53 @@ export class CheckpointStore {
     }
   }
 
+  /** `fn` in this container's directory (held without symlinks when guarded); `absent` when it is not there. */
+  private async inDir<T>(absent: T, fn: (dir: string) => Promise<T>): Promise<T> {
+    if (!this.guard) return fn(this.containerDir);
+    const held = await this.hold(false);
+    if (!held) return absent;
+    try {
+      return await fn(held.fdPath);
+    } finally {
+      await held.close();
+    }
+  }
+
+  /** `fn` in this container's directory, made (and, when guarded, recorded as `owner`'s) first if needed. */
+  private async inMadeDir<T>(owner: StoreOwner, fn: (dir: string) => Promise<T>): Promise<T> {
+    if (!this.guard) {
+      await fsp.mkdir(this.containerDir, { recursive: true, mode: 0o700 });
+      return fn(this.containerDir);
+    }
+    await this.claim(owner);
+    const held = (await this.hold(false))!;
+    try {
+      return await fn(held.fdPath);
+    } finally {
+      await held.close();
+    }
+  }
+
   /** The lease's text (core/lease.ts), undefined when there is none. */
   async readLease(): Promise<string | undefined> {
-    let dir = this.containerDir;
-    let held: HeldDir | undefined;
-    if (this.guard) {
-      held = await this.hold(false);
-      if (!held) return undefined;
-      dir = held.fdPath;
-    }
-    try {
-      // Like a manifest: not through a symlink, a regular file only (a FIFO would hang a create), and small.
-      return (await readSmallFile(path.join(dir, LEASE_FILE), MAX_LEASE_BYTES))?.toString('utf8');
-    } finally {
-      await held?.close();
-    }
+    // Like a manifest: not through a symlink, a regular file only (a FIFO would hang a create), and small.
+    return this.inDir(undefined, async (dir) =>
+      (await readSmallFile(path.join(dir, LEASE_FILE), MAX_LEASE_BYTES))?.toString('utf8'),
+    );
   }
 
   /** Replace the lease atomically (a reader sees the old one or the new one), creating the directory if needed. */
   async writeLease(text: string, owner: StoreOwner): Promise<void> {
-    let dir = this.containerDir;
-    let held: HeldDir | undefined;
-    if (this.guard) {
-      await this.claim(owner);
-      held = (await this.hold(false))!;
-      dir = held.fdPath;
-    } else await fsp.mkdir(dir, { recursive: true, mode: 0o700 });
-    const tmp = path.join(dir, `.lease-${process.pid}-${randomBytes(4).toString('hex')}`);
-    try {
-      await fsp.writeFile(tmp, text, { mode: 0o600, flag: 'wx' });
-      await fsp.rename(tmp, path.join(dir, LEASE_FILE));
-    } catch (err) {
-      await fsp.rm(tmp, { force: true }).catch(() => undefined);
-      throw err;
-    } finally {
-      await held?.close();
-    }
+    await this.inMadeDir(owner, async (dir) => {
+      const tmp = path.join(dir, `.lease-${process.pid}-${randomBytes(4).toString('hex')}`);
+      try {
+        await fsp.writeFile(tmp, text, { mode: 0o600, flag: 'wx' });
+        await fsp.rename(tmp, path.join(dir, LEASE_FILE));
+      } catch (err) {
+        await fsp.rm(tmp, { force: true }).catch(() => undefined);
+        throw err;
+      }
+    });
   }
 
   /**
@@ -376,14 +400,7 @@ export class CheckpointStore {
    * the one before this are removed.
    */
   async claimLease(generation: number, text: string, owner: StoreOwner): Promise<string | undefined> {
-    let dir = this.containerDir;
-    let held: HeldDir | undefined;
-    if (this.guard) {
-      await this.claim(owner);
-      held = (await this.hold(false))!;
-      dir = held.fdPath;
-    } else await fsp.mkdir(dir, { recursive: true, mode: 0o700 });
-    try {
+    return this.inMadeDir(owner, async (dir) => {
       const file = path.join(dir, leaseClaimFile(generation));
       try {
         await fsp.writeFile(file, text, { mode: 0o600, flag: 'wx' });
@@ -392,35 +409,20 @@ export class CheckpointStore {
         // The winner creates the claim, then writes it: read it again briefly while it is empty, so
         // that the refusal names the winner (still empty after that: a claimer that died in between).
         for (let i = 0; ; i++) {
-          const text = (await readSmallFile(file, MAX_LEASE_BYTES).catch(() => undefined))?.toString('utf8') ?? '';
-          if (text || i >= CLAIM_READ_TRIES) return text;
+          const got = (await readSmallFile(file, MAX_LEASE_BYTES).catch(() => undefined))?.toString('utf8') ?? '';
+          if (got || i >= CLAIM_READ_TRIES) return got;
           await sleep(5);
         }
       }
-      for (const n of await fsp.readdir(dir)) {
-        const m = /^lease\.claim-(\d+)$/.exec(n);
-        if (m && Number(m[1]) < generation - 1) await fsp.rm(path.join(dir, n), { force: true }).catch(() => undefined);
-      }
+      for (const n of staleLeaseClaims(await fsp.readdir(dir), generation))
+        await fsp.rm(path.join(dir, n), { force: true }).catch(() => undefined);
       return undefined;
-    } finally {
-      await held?.close();
-    }
+    });
   }
 
   /** Give up a claim this node made but never used (the job did not start here). */
   async releaseLeaseClaim(generation: number): Promise<void> {
-    let dir = this.containerDir;
-    let held: HeldDir | undefined;
-    if (this.guard) {
-      held = await this.hold(false);
-      if (!held) return;
-      dir = held.fdPath;
-    }
-    try {
-      await fsp.rm(path.join(dir, leaseClaimFile(generation)), { force: true });
-    } finally {
-      await held?.close();
-    }
+    await this.inDir(undefined, (dir) => fsp.rm(path.join(dir, leaseClaimFile(generation)), { force: true }));
   }
 
   /** Record that `owner` holds this checkpoint now (a container restored from it). */

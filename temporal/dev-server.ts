@@ -69,7 +69,26 @@ export function devServerArgs(o: DevServerOptions & { port: number; uiPort: numb
   return args;
 }
 
+/** An exit during start-up, before the frontend answered. */
+class ExitedAtStart extends Error {}
+
+/**
+ * Start the dev server and wait until it answers. Ports this function picks
+ * are free when picked, but another process may bind one before the server
+ * does (the server then exits at once): it is started again on new ports,
+ * twice at most. Ports the caller chose are used once.
+ */
 export async function startDevServer(o: DevServerOptions): Promise<DevServer> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await startDevServerOnce(o);
+    } catch (err) {
+      if (!(err instanceof ExitedAtStart) || o.port || o.uiPort || attempt >= 3) throw err;
+    }
+  }
+}
+
+async function startDevServerOnce(o: DevServerOptions): Promise<DevServer> {
   const ip = o.ip ?? '127.0.0.1';
   const port = o.port || (await freePort(ip));
   const uiPort = o.uiPort || (o.headless ? 0 : await freePort(ip));
@@ -112,7 +131,7 @@ export async function startDevServer(o: DevServerOptions): Promise<DevServer> {
   while (!(await isReachable({ address, namespace }, 1000))) {
     if (exited) {
       const why = spawnError ? spawnError.message : `exited with ${exited.code ?? exited.signal}`;
-      throw new Error(`temporal dev server (${o.temporalCli}) ${why}${o.logFile ? `; see ${o.logFile}` : ''}`);
+      throw new ExitedAtStart(`temporal dev server (${o.temporalCli}) ${why}${o.logFile ? `; see ${o.logFile}` : ''}`);
     }
     if (Date.now() > deadline) {
       await stop();

@@ -1,15 +1,18 @@
+import { generateKeyPairSync } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { claimNextLease, type Lease } from '../../core/lease.js';
 import { closeS3Clients, S3CheckpointStore } from '../../core/s3-store.js';
 import { leaseClaimFile } from '../../core/store.js';
+import { loadTrust } from '../../core/trust.js';
 import { objectsIn, startS3Server, type S3TestServer } from '../support/s3-server.js';
 
 /**
  * The lease's compare-and-swap (core/lease.ts) when the job's checkpoints
  * live in a bucket: a claim is a conditional create (If-None-Match: *) on a
  * real S3 server (versitygw on loopback), so of two nodes taking the same
- * parked job at the same instant exactly one gets it.
+ * parked job at the same instant exactly one gets it. And what a restore
+ * reads from the bucket is signed before any of it reaches the node.
  */
 
 let s3: S3TestServer;
@@ -125,4 +128,21 @@ test('a claim not used is given back, and claims older than the one before are r
     .filter((r) => r.startsWith('lease.claim-'))
     .sort();
   expect(claims).toEqual([leaseClaimFile(3), leaseClaimFile(4)]);
+});
+
+test('a checkpoint in the bucket that no trusted node signed: refused before anything its manifest lists reaches the node', async () => {
+  const key = path.join(work, 'node.key');
+  fs.writeFileSync(key, generateKeyPairSync('ed25519').privateKey.export({ type: 'pkcs8', format: 'pem' }) as string, {
+    mode: 0o600,
+  });
+  const trust = loadTrust({ ARCH_CONFIG: path.join(work, 'none.env'), ARCH_SIGNING_KEY: key, ARCH_TRUSTED_KEYS: '' });
+  // Planted by whoever can write the bucket: a manifest listing a large file, no signature, named current.
+  const j = 'planted';
+  const store = storeFor('node-a', j);
+  const name = 'ckpt-20261203T000000Z-0123abcd';
+  await store.at.put(`${name}/manifest.json`, Buffer.from(JSON.stringify({ files: [{ path: 'big', size: 1 << 20 }] })));
+  await store.at.put(`${name}/big`, Buffer.alloc(1 << 20, 7));
+  await store.at.put('current', Buffer.from(`${name}\n`));
+  await expect(store.current(trust)).rejects.toMatchObject({ reason: 'unsigned' });
+  expect(fs.existsSync(path.join(work, 'node-a', j))).toBe(false);
 });
