@@ -15,6 +15,7 @@ import {
 import { ArchInputError, errorMessage } from '../contract/errors.js';
 import { FreezeGuard } from './freeze-guard.js';
 import { criuStallMs, LayerGate } from './layer-gate.js';
+import { dumpSizeEstimate, memoryStaging, moveStaged } from './dump-staging.js';
 import { validateContainerId, validateNamespace } from '../contract/ids.js';
 import { FORMAT_VERSION, SEALED_FORMAT_VERSION, type Manifest } from './manifest.js';
 import { readSpec, rootfsOf, type OciSpec } from './oci-spec.js';
@@ -61,6 +62,12 @@ export interface CheckpointRequest {
   /** runc state root; default <runcRootBase>/<namespace> (containerd's layout). */
   runcRoot?: string;
   leaveRunning?: boolean;
+  /**
+   * Left running: stage the dump in a tmpfs when it fits (the default), so
+   * the freeze does not wait on the disk's page cache; false writes it to
+   * the store's staging dir directly (bench/periodic.ts compares both).
+   */
+  stageInMemory?: boolean;
   image?: string;
   signal?: AbortSignal;
   onProgress?: (p: { phase: string; bytesDone?: number; bytesTotal?: number }) => void;
@@ -266,6 +273,8 @@ async function checkpointLocked(
   let published = false;
   let sealer: SealFollower | undefined;
   let scratch: Scratch | undefined;
+  /** Unsealed and staged in memory: moved whole into the store's staging dir after the thaw. */
+  let staged: Scratch | undefined;
   const sealId = newSealId();
   const chunkKeys = chunking && storeKey ? chunkKeysOf(storeKey) : undefined;
   // Started before the freeze: the workers are ready when CRIU writes its first pages.
@@ -273,7 +282,13 @@ async function checkpointLocked(
   let chunkFollower: ChunkFollower | undefined;
   try {
     // Before the freeze: no tmpfs with room refuses the checkpoint with the container untouched.
-    if (storeKey) scratch = await makeScratch(await plaintextEstimate(c.pid));
+    if (storeKey) scratch = await makeScratch(await dumpSizeEstimate(c.pid));
+    else if (req.leaveRunning && !chunking && !req.dumpedImages && req.stageInMemory !== false) {
+      // The job waits while CRIU writes its pages: into memory when they fit (core/dump-staging.ts).
+      const s = await memoryStaging(c.pid);
+      if ('scratch' in s) scratch = staged = s.scratch;
+      else log.info({ phase: 'checkpoint', why: s.why }, 'dump staged on disk, not in memory');
+    }
     let t = Date.now();
     const criuDir = path.join(staging.dir, CRIU_DIR);
     // Sealing: CRIU and the layer capture write plaintext to the tmpfs
@@ -433,6 +448,11 @@ async function checkpointLocked(
       seal = { id: sealId, files: await finishSealing(sealer, scratch, staging.dir, known) };
       sealer = undefined;
       timings.sealTail = Date.now() - s0; // sealing left when CRIU and the layer capture were done
+    } else if (staged) {
+      const m0 = Date.now();
+      await moveStaged(staged.dir, staging.dir);
+      await staged.remove();
+      timings.unstage = Date.now() - m0; // from memory to the store's staging dir, the job running
     } else if (scratch) {
       await copyMetadata(scratch, staging.dir); // chunked with a key: the large files are chunked from the scratch
     }
@@ -593,26 +613,6 @@ async function copyMetadata(scratch: Scratch, stagingDir: string): Promise<void>
       await fsp.copyFile(path.join(dumpDir, e.name), path.join(stagingDir, CRIU_DIR, e.name));
   }
   await fsp.copyFile(path.join(scratch.dir, DELETED_FILES), path.join(stagingDir, DELETED_FILES));
-}
-
-/**
- * Bytes of plaintext a sealed dump puts in the scratch tmpfs: the
- * container's anonymous and shared memory (what CRIU dumps) from its cgroup
- * (v2), plus a margin for the other images and the layer archive. Unknown
- * (cgroup v1, no pid): only the margin is asked for.
- */
-async function plaintextEstimate(pid: number): Promise<number> {
-  const margin = 64 * 1024 * 1024;
-  if (pid <= 0) return margin;
-  try {
-    const line = (await fsp.readFile(`/proc/${pid}/cgroup`, 'utf8')).split('\n').find((l) => l.startsWith('0::'));
-    if (!line) return margin;
-    const stat = await fsp.readFile(path.join('/sys/fs/cgroup', line.slice(3), 'memory.stat'), 'utf8');
-    const get = (k: string) => Number(new RegExp(`^${k} (\\d+)$`, 'm').exec(stat)?.[1] ?? 0);
-    return get('anon') + get('shmem') + margin;
-  } catch {
-    return margin;
-  }
 }
 
 async function emptyDiff(dir: string) {

@@ -6,6 +6,8 @@ import { CgroupFreezer } from '../../core/cgroup-freezer.js';
 import { checkpointContainer } from '../../core/checkpoint.js';
 import { Runc } from '../../core/runc.js';
 import { CheckpointStore } from '../../core/store.js';
+import { memoryStaging } from '../../core/dump-staging.js';
+import { listScratch, SCRATCH_ROOTS } from '../../core/seal.js';
 import { cleanupStaleNodes, stopAllNodes } from '../support/containerd-node.js';
 import { startArchNode, type ArchTestNode } from '../support/arch-node.js';
 import { REPO_ROOT } from '../support/images.js';
@@ -163,6 +165,63 @@ test('a checkpoint that leaves the job running thaws it before publishing, and r
     };
     expect(listed.containers.find((c) => c.id === id)?.checkpoint?.freezeMs).toBe(r.freezeMs);
   } finally {
+    await node.containerd.removeContainer(id).catch(() => undefined);
+  }
+});
+
+test('a checkpoint left running is dumped into memory while the job is frozen, and moved to the store after the thaw', async () => {
+  const id = 'job-staged';
+  const env = ['ARCH_ENABLE=1', `ARCH_CHECKPOINT_HOST_PATH=${storage}`, 'COUNTER_MEM_MB=32'];
+  await node.runCounter(id, env);
+  const small = fs.mkdtempSync('/tmp/arch-small-tmpfs-');
+  await execa('mount', ['-t', 'tmpfs', '-o', 'size=1m', 'tmpfs', small]);
+  try {
+    await node.waitCount(id, 3);
+    const mine = async () => (await listScratch()).filter((d) => path.basename(d).includes(`-${process.pid}-`));
+    const before = new Set(await mine());
+    // Right after the dump (the job running again), before anything is moved: where are the pages?
+    let stagedPages: string[] = [];
+    const r = await checkpointContainer(node.ctx, {
+      namespace: 'default',
+      id,
+      leaveRunning: true,
+      onProgress: (p) => {
+        if (p.phase !== 'rootfs') return;
+        const dirs = SCRATCH_ROOTS.flatMap((root) =>
+          (fs.existsSync(root) ? fs.readdirSync(root) : []).map((n) => path.join(root, n)),
+        ).filter((d) => path.basename(d).includes(`-${process.pid}-`) && !before.has(d));
+        stagedPages = dirs.flatMap((d) =>
+          fs.existsSync(path.join(d, 'criu'))
+            ? fs.readdirSync(path.join(d, 'criu')).filter((n) => /^pages-/.test(n))
+            : [],
+        );
+      },
+    });
+    expect(stagedPages.length).toBeGreaterThan(0);
+    expect(r.timings.unstage).toEqual(expect.any(Number));
+    expect((await mine()).filter((d) => !before.has(d))).toEqual([]); // the memory is given back
+    const store = new CheckpointStore(path.join(storage, 'default', id));
+    await store.verifyCurrent(); // every file moved, hashed and fsynced with the manifest
+    expect(fs.readdirSync(path.join(r.dir, 'criu')).some((n) => /^pages-/.test(n))).toBe(true);
+    expect(r.manifest.freezeMs).toEqual(expect.any(Number));
+
+    // No tmpfs with room: the dump goes to the disk, as it always did.
+    const pid = (await new Runc(node.ctx.settings, node.runcRoot('default')).state(id)).pid;
+    const tooSmall = await memoryStaging(pid, [small]);
+    expect('why' in tooSmall && tooSmall.why).toMatch(/no tmpfs has \d+ MiB free/);
+    const onDisk = await checkpointContainer(node.ctx, {
+      namespace: 'default',
+      id,
+      leaveRunning: true,
+      stageInMemory: false,
+    });
+    expect(onDisk.timings.unstage).toBeUndefined();
+    await store.verifyCurrent();
+    const at = node.count(id);
+    await node.waitCount(id, at + 2); // never stopped
+  } finally {
+    await execa('umount', ['-l', small]).catch(() => undefined);
+    fs.rmSync(small, { recursive: true, force: true });
     await node.containerd.removeContainer(id).catch(() => undefined);
   }
 });
