@@ -136,6 +136,7 @@ export const benchmark: Benchmark = {
         arch: async () => {
           const stop = await watchStall(countFile(ids.arch));
           const r = await checkpointContainer(bn.node.ctx, { namespace: 'default', id: ids.arch, leaveRunning: true });
+          if (r.timings.unstage === undefined) env.log('periodic: ARCH staged this dump on disk (no room in memory)');
           return {
             frozen: await stop(),
             self: r.freezeMs ?? NaN,
