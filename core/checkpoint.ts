@@ -63,9 +63,9 @@ export interface CheckpointRequest {
   runcRoot?: string;
   leaveRunning?: boolean;
   /**
-   * Left running: stage the dump in a tmpfs when it fits (the default), so
-   * the freeze does not wait on the disk's page cache; false writes it to
-   * the store's staging dir directly (bench/periodic.ts compares both).
+   * Left running: stage the dump in a tmpfs when it fits (true), or write it
+   * to the store's staging dir directly (false). Default: the node's
+   * ARCH_STAGE_DUMPS_IN_MEMORY (bench/periodic.ts compares both).
    */
   stageInMemory?: boolean;
   image?: string;
@@ -283,7 +283,12 @@ async function checkpointLocked(
   try {
     // Before the freeze: no tmpfs with room refuses the checkpoint with the container untouched.
     if (storeKey) scratch = await makeScratch(await dumpSizeEstimate(c.pid));
-    else if (req.leaveRunning && !chunking && !req.dumpedImages && req.stageInMemory !== false) {
+    else if (
+      req.leaveRunning &&
+      !chunking &&
+      !req.dumpedImages &&
+      (req.stageInMemory ?? ctx.settings.stageDumpsInMemory)
+    ) {
       // The job waits while CRIU writes its pages: into memory when they fit (core/dump-staging.ts).
       const s = await memoryStaging(c.pid);
       if ('scratch' in s) scratch = staged = s.scratch;

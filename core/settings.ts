@@ -38,6 +38,8 @@ export interface Settings {
   criuNetworkLock: NetworkLockSetting;
   /** fsync checkpoint files before publishing them. */
   fsync: boolean;
+  /** Stage the dump of a checkpoint left running in a tmpfs when it fits (core/dump-staging.ts). */
+  stageDumpsInMemory: boolean;
   /** ARCH_STORE_FORMAT: 1 (whole files, the default) or 2 (chunked, compressed, deduplicated: README "Checkpoint store v2"). */
   storeFormat: 1 | 2;
   /** ARCH_KEEP: checkpoints of a container kept in store format 2 (the current one and the ones before it). */
@@ -178,6 +180,7 @@ export function loadSettings(env: NodeJS.ProcessEnv = process.env): Settings {
     criuNoBreakpoints: parseBool(get('ARCH_CRIU_NO_BREAKPOINTS'), 'ARCH_CRIU_NO_BREAKPOINTS', false),
     criuNetworkLock: parseNetworkLock(get('ARCH_CRIU_NETWORK_LOCK')),
     fsync: parseBool(get('ARCH_FSYNC'), 'ARCH_FSYNC', true),
+    stageDumpsInMemory: parseBool(get('ARCH_STAGE_DUMPS_IN_MEMORY'), 'ARCH_STAGE_DUMPS_IN_MEMORY', false),
     storeFormat: parseStoreFormat(get('ARCH_STORE_FORMAT')),
     keep: parseKeep(get('ARCH_KEEP')),
     logFile: logFile ? requireAbsolutePath(logFile, 'ARCH_LOG_FILE') : undefined,

@@ -185,6 +185,7 @@ test('a checkpoint left running is dumped into memory while the job is frozen, a
       namespace: 'default',
       id,
       leaveRunning: true,
+      stageInMemory: true, // ARCH_STAGE_DUMPS_IN_MEMORY=1
       onProgress: (p) => {
         if (p.phase !== 'rootfs') return;
         const dirs = SCRATCH_ROOTS.flatMap((root) =>
