@@ -53,6 +53,7 @@ describe('loadSettings', () => {
       criuNoBreakpoints: false,
       criuNetworkLock: 'auto',
       fsync: true,
+      stageDumpsInMemory: false,
       logFile: undefined,
       logLevel: 'info',
       nodeName: os.hostname(),
@@ -111,6 +112,7 @@ describe('loadSettings', () => {
     });
     expect(s.defaultCheckpointIntervalMs).toBe(600_000);
     expect(s.maxConcurrentCheckpoints).toBe(3);
+    expect(loadSettings({ ARCH_CONFIG: configFile('ARCH_STAGE_DUMPS_IN_MEMORY=1\n') }).stageDumpsInMemory).toBe(true);
   });
 
   test.each([
@@ -121,6 +123,7 @@ describe('loadSettings', () => {
     ],
     ['ARCH_DEFAULT_CHECKPOINT_INTERVAL', '1ms', /^ARCH_DEFAULT_CHECKPOINT_INTERVAL: "1ms" is shorter than 5 s\. Fix:/],
     ['ARCH_MAX_CONCURRENT_CHECKPOINTS', '0', /^ARCH_MAX_CONCURRENT_CHECKPOINTS: "0" is not a positive integer\. Fix:/],
+    ['ARCH_STAGE_DUMPS_IN_MEMORY', 'maybe', /^ARCH_STAGE_DUMPS_IN_MEMORY: /],
   ])('%s=%s is refused with the fix', (k, v, msg) => {
     expect(() => loadSettings({ ARCH_CONFIG: path.join(dir, 'missing.env'), [k]: v })).toThrow(msg);
   });
