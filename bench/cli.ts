@@ -195,7 +195,8 @@ export const benchmark: Benchmark = {
     env.log(
       `cli: finalize whole/raw per repetition: ${counted
         .map(
-          (s) => `${round(s.wallMs / rawTotal[s.rep]!)} (exit ${round(s.wallMs - s.report.timeline.checkpointed)} ms)`,
+          (s) =>
+            `${round(s.wallMs / rawTotal[s.rep]!)} (started ${s.report.timeline.started}, listed ${s.report.timeline.listed - s.report.timeline.rootsFound}, exit ${round(s.wallMs - s.report.timeline.checkpointed)} ms)`,
         )
         .join(', ')}`,
     );
