@@ -73,9 +73,10 @@ export function throughputFile(ctx: NodeContext): string {
  * The checkpoint path's modules (most of what `arch-cli finalize` loads,
  * ~30 ms of JavaScript to run on these VMs), loaded while `runc list` runs
  * (a process, on the other core) rather than before it: a reclaim notice
- * counts from the process's start. A timer's turn first, so the listing's
- * first file-system replies are taken and `runc list` is started before
- * this thread is busy loading.
+ * counts from the process's start. The load waits a 2 ms head start, which
+ * is usually enough for the listing's few file-system replies, so that
+ * `runc list` is already running when this thread turns to loading. If it
+ * is not, the load only comes first, as it did before.
  */
 function loadCheckpointPath(): Promise<typeof import('./checkpoint.js')> {
   return new Promise((r) => setTimeout(r, LISTING_HEAD_START_MS)).then(() => import('./checkpoint.js'));
