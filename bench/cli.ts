@@ -191,6 +191,15 @@ export const benchmark: Benchmark = {
       },
     ];
     env.log(`cli: ${tables[0]!.header.map((k, i) => `${k} ${tables[0]!.rows[0]![i]}`).join(', ')}`);
+    // The spread behind the median (a shared machine's noise shows here first).
+    env.log(
+      `cli: finalize whole/raw per repetition: ${counted
+        .map(
+          (s) =>
+            `${round(s.wallMs / rawTotal[s.rep]!)} (started ${s.report.timeline.started}, listed ${s.report.timeline.listed - s.report.timeline.rootsFound}, exit ${round(s.wallMs - s.report.timeline.checkpointed)} ms)`,
+        )
+        .join(', ')}`,
+    );
     const h = abSummary(startup.help!);
     const m = abSummary(startup.helpModules!);
     return {
