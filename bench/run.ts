@@ -245,6 +245,11 @@ async function main(): Promise<number> {
     log(
       `wrote ${path.relative(REPO_ROOT, path.join(OUT_DIR, 'results.json'))} and ${path.relative(REPO_ROOT, path.join(OUT_DIR, 'RESULTS.md'))}`,
     );
+  } else {
+    // The tables and notes say what the summary rows cannot (per repetition, per container): kept where a reader finds them.
+    const f = path.join(os.tmpdir(), `arch-bench-${process.pid}.md`);
+    fs.writeFileSync(f, resultsMarkdown(info, results));
+    log(`tables and notes of this run: ${f}`);
   }
   return results.some((r) => r.status === 'failed') ? 1 : 0;
 }

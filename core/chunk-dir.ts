@@ -11,7 +11,8 @@ import { isChunkId } from './chunk-codec.js';
  * writing it again.
  */
 export const CHUNKS_DIR = 'chunks';
-const TMP_PREFIX = '.tmp-';
+/** A chunk being written (ChunkDir.stage, put): `.tmp-<pid>-<rand>` beside where it will be named. */
+export const TMP_PREFIX = '.tmp-';
 /** fsyncs in flight at once when staged chunks are committed (the kernel merges their writeback). */
 const SYNC_LANES = 16;
 

@@ -1,8 +1,9 @@
 import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { MANIFEST_FILE } from './checkpoint-layout.js';
-import { TRASH_PREFIX, type ChunkDir } from './chunk-dir.js';
+import { TMP_PREFIX, TRASH_PREFIX, type ChunkDir } from './chunk-dir.js';
 import { parseManifest } from './manifest.js';
+import { isAlive } from './pid.js';
 
 /**
  * Retention and chunk collection for store format 2, safe while other nodes
@@ -19,6 +20,14 @@ import { parseManifest } from './manifest.js';
  * too. So a chunk written or reused for a checkpoint being published is
  * young (1 and 2 keep it), or was set aside and is taken back by the
  * publisher, or by the next collector before it deletes anything (3).
+ *
+ * Chunks a dump staged and never committed (its process died before the
+ * checkpoint was published, so ChunkDir.dropStaged never ran) are
+ * `.tmp-<pid>-*` files beside the chunks; nothing refers to them. One is
+ * removed once it is older than the grace period and its process is not
+ * alive on this node. A dump on another node sharing the store is judged by
+ * age alone: were it to outlast the grace period, its commit fails and the
+ * previous checkpoint stays current; nothing half-written is published.
  */
 export const CHUNK_GRACE_MS = 15 * 60_000;
 const CKPT_RE = /^ckpt-[0-9TZ-]+-[0-9a-f]{8}$/;
@@ -30,6 +39,8 @@ export interface GcResult {
   trashed: number;
   /** Chunks deleted now (set aside by an earlier run). */
   deleted: number;
+  /** Staged chunks of dead dumps removed now. */
+  removedStaged: number;
 }
 
 /** Keep the newest `keep` checkpoints of the container (the current one always), then collect chunks. */
@@ -79,7 +90,28 @@ export async function collect(
     await fsp.rename(chunks.pathOf(c.id), path.join(trash, c.id)).catch(() => undefined);
     trashed++;
   }
-  return { removedCheckpoints, trashed, deleted };
+  const removedStaged = await removeStagedLeftovers(chunks, now - grace);
+  return { removedCheckpoints, trashed, deleted, removedStaged };
+}
+
+/** `.tmp-<pid>-*` files older than `before` whose process is gone here (see the rule above). */
+async function removeStagedLeftovers(chunks: ChunkDir, before: number): Promise<number> {
+  let removed = 0;
+  const subs = await fsp.readdir(chunks.dir, { withFileTypes: true }).catch(() => []);
+  // Real directories only (a Dirent of a symlink is not one): nothing is removed through a link.
+  for (const sub of subs.filter((d) => d.isDirectory() && /^[0-9a-f]{2}$/.test(d.name))) {
+    const dir = path.join(chunks.dir, sub.name);
+    for (const name of await fsp.readdir(dir).catch(() => [] as string[])) {
+      if (!name.startsWith(TMP_PREFIX)) continue;
+      const pid = Number(name.slice(TMP_PREFIX.length).split('-')[0]);
+      if (Number.isInteger(pid) && pid > 0 && isAlive(pid)) continue;
+      const st = await fsp.lstat(path.join(dir, name)).catch(() => undefined);
+      if (!st?.isFile() || st.mtimeMs >= before) continue;
+      await fsp.rm(path.join(dir, name), { force: true });
+      removed++;
+    }
+  }
+  return removed;
 }
 
 /** Chunk ids the manifests of every checkpoint directory present refer to. An unreadable manifest keeps everything. */

@@ -76,6 +76,8 @@ export interface HeldDir {
   created: boolean;
   /** Its ownership record, if ARCH wrote one. */
   record: OwnerRecord | undefined;
+  /** The names directly in it. */
+  entries(): Promise<string[]>;
   writeRecord(r: OwnerRecord): Promise<void>;
   /** Remove the directory with everything in it, then its record. */
   removeAll(): Promise<void>;
@@ -184,6 +186,7 @@ export async function holdDir(req: WalkRequest): Promise<HeldDir | undefined> {
     fdPath: `/proc/self/fd/${held.fd}`,
     created,
     record,
+    entries: () => fsp.readdir(`/proc/self/fd/${held.fd}`),
     async writeRecord(r: OwnerRecord) {
       // Atomic: a reader sees the old record or the new one.
       const tmp = `${recordPath()}.${process.pid}.tmp`;
@@ -244,11 +247,16 @@ async function readRecordAt(dirFd: number, name: string): Promise<OwnerRecord | 
     if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
     throw err;
   }
+  return parseOwnerRecord(text, name);
+}
+
+/** An ownership record's text; an unreadable one still marks its place as ARCH's (never removed, never nested into). */
+export function parseOwnerRecord(text: string, name: string): OwnerRecord {
   try {
     const r = JSON.parse(text) as OwnerRecord;
     if (r && (r.kind === 'checkpoint' || r.kind === 'work') && typeof r.containerId === 'string') return r;
   } catch {
-    // fall through: an unreadable record still marks the directory as ARCH's
+    // fall through
   }
   return { kind: 'work', namespace: '?', key: name, containerId: '?', node: '?', createdByArch: false, createdAt: '' };
 }

@@ -12,7 +12,15 @@ import { listFiles, MAX_MANIFEST_BYTES, parseManifest } from './manifest.js';
 import { formatS3Url, type S3Location } from './s3-location.js';
 import type { S3ClientSettings } from './settings.js';
 import { verifyManifestSignature, type Trust } from './trust.js';
-import { CheckpointStore, LEASE_FILE, leaseClaimFile, staleLeaseClaims, type StoreOwner } from './store.js';
+import { parseOwnerRecord, RECORD_SUFFIX, type OwnerRecord } from './host-dirs.js';
+import {
+  CheckpointStore,
+  LEASE_FILE,
+  leaseClaimFile,
+  staleLeaseClaims,
+  type OwnedPlace,
+  type StoreOwner,
+} from './store.js';
 
 /**
  * A container's checkpoints in object storage, in store format 2 (chunks),
@@ -22,6 +30,7 @@ import { CheckpointStore, LEASE_FILE, leaseClaimFile, staleLeaseClaims, type Sto
  *   <prefix>/<ns>/<key>/ckpt-<time>-<rand>/...  manifest.json, its signature and the small files
  *   <prefix>/<ns>/<key>/chunks/<2 hex>/<id>     chunks, shared by the container's checkpoints
  *   <prefix>/<ns>/<key>/lease.json              the job's lease (core/lease.ts)
+ *   <prefix>/<ns>/<key>@arch.json               its ownership record (core/host-dirs.ts), beside it
  *
  * A checkpoint's objects are all written before `current` names it (a single
  * PUT is atomic): a reader on any node sees the previous complete
@@ -295,6 +304,9 @@ export interface S3StoreOptions {
 
 export class S3CheckpointStore extends CheckpointStore {
   readonly at: S3Prefix;
+  /** The prefix the container's prefix lies in: its ownership record is there, beside it, as beside a directory. */
+  private readonly parent: S3Prefix;
+  private readonly recordRel: string;
 
   /** `key`: <ns>/<ARCH_CHECKPOINT_ID or id>, already validated (containerDir). */
   constructor(
@@ -306,6 +318,54 @@ export class S3CheckpointStore extends CheckpointStore {
     super(containerDir);
     const base = [opts.loc.prefix, namespace, key].filter(Boolean).join('/');
     this.at = new S3Prefix(s3ClientFor(opts.client), opts.loc, base, opts.client);
+    this.parent = new S3Prefix(this.at.client, opts.loc, path.posix.dirname(base), opts.client);
+    this.recordRel = `${path.posix.basename(base)}${RECORD_SUFFIX}`;
+  }
+
+  // The same ownership rule as a checkpoint directory (CheckpointStore.claim/takeOver/remove):
+  // a container naming another's prefix (ARCH_CHECKPOINT_ID) neither writes into it for itself
+  // unless it is that job's newer container, nor removes it.
+  protected override get owned(): boolean {
+    return true;
+  }
+
+  protected override get placeField(): string {
+    return 'ARCH_CHECKPOINT_URL';
+  }
+
+  /** The prefix with its record; undefined when neither is there (`create`: a prefix is never made, only written to). */
+  protected override async holdOwned(create: boolean): Promise<OwnedPlace | undefined> {
+    const text = (await this.parent.get(this.recordRel, 64 << 10))?.toString('utf8');
+    const record = text === undefined ? undefined : parseOwnerRecord(text, this.recordRel);
+    if (record && record.kind !== 'checkpoint')
+      throw new ArchInputError(
+        this.placeField,
+        `${this.at.url} is the ${record.kind === 'work' ? 'work directory' : record.kind} of container ${record.namespace}/${record.key}`,
+        'use a prefix of its own for each job',
+      );
+    let listed: string[] | undefined;
+    const entries = async () => {
+      listed ??= [...new Set((await this.at.list('')).map((o) => o.rel.split('/')[0]!))];
+      return listed;
+    };
+    if (!record && !create && (await entries()).length === 0) return undefined;
+    const place: OwnedPlace = {
+      path: this.at.url,
+      created: false,
+      record,
+      entries,
+      writeRecord: async (r: OwnerRecord) => {
+        await this.parent.put(this.recordRel, Buffer.from(JSON.stringify(r)));
+        place.record = r;
+      },
+      removeAll: async () => {
+        await this.at.remove((await this.at.list('')).map((o) => o.rel));
+        await this.parent.remove([this.recordRel]);
+        place.record = undefined;
+      },
+      close: async () => undefined,
+    };
+    return place;
   }
 
   /** For logs and `arch-cli ls`: where the checkpoints really are. */
@@ -418,7 +478,8 @@ export class S3CheckpointStore extends CheckpointStore {
     return (await this.at.get(LEASE_FILE, 64 << 10))?.toString('utf8');
   }
 
-  override async writeLease(text: string): Promise<void> {
+  override async writeLease(text: string, owner: StoreOwner): Promise<void> {
+    await this.claim(owner);
     await this.at.put(LEASE_FILE, Buffer.from(text));
   }
 
@@ -427,7 +488,8 @@ export class S3CheckpointStore extends CheckpointStore {
    * create, so of two nodes claiming a generation at once exactly one gets it,
    * as O_EXCL does on a filesystem. Claims older than the one before are removed.
    */
-  override async claimLease(generation: number, text: string, _owner: StoreOwner): Promise<string | undefined> {
+  override async claimLease(generation: number, text: string, owner: StoreOwner): Promise<string | undefined> {
+    await this.claim(owner);
     const rel = leaseClaimFile(generation);
     if (!(await this.at.create(rel, Buffer.from(text))))
       return (await this.at.get(rel, 64 << 10))?.toString('utf8') ?? '';
@@ -443,11 +505,11 @@ export class S3CheckpointStore extends CheckpointStore {
     await this.at.remove([leaseClaimFile(generation)]);
   }
 
-  /** Everything of this container in the bucket, and its cache. */
-  override async remove(): Promise<{ removed: boolean; why?: string }> {
-    await this.at.remove((await this.at.list('')).map((o) => o.rel));
-    await fsp.rm(this.containerDir, { recursive: true, force: true });
-    return { removed: true };
+  /** Everything of this container in the bucket, and its cache: only for the container its record names. */
+  override async remove(holder?: { namespace: string; id: string }): Promise<{ removed: boolean; why?: string }> {
+    const r = await super.remove(holder);
+    if (r.removed) await fsp.rm(this.containerDir, { recursive: true, force: true });
+    return r;
   }
 }
 

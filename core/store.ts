@@ -4,7 +4,7 @@ import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Digest } from './digest.js';
 import { ArchInputError, CheckpointUnusableError } from '../contract/errors.js';
-import { holdDir, mayRemove, type HeldDir } from './host-dirs.js';
+import { holdDir, mayRemove, type HeldDir, type OwnerRecord } from './host-dirs.js';
 import { isAlive } from './pid.js';
 import {
   CHUNKED_FORMAT_VERSION,
@@ -49,6 +49,27 @@ export interface StoreOwner {
   key: string;
   containerId: string;
   node: string;
+}
+
+/**
+ * Where a container's checkpoints are, held with its ownership record
+ * (core/host-dirs.ts): a directory walked without symlinks, or a bucket
+ * prefix (core/s3-store.ts). One rule for both: ARCH writes into it only
+ * for the container its record names (or takes it over for a newer one of
+ * the same job), and removes it only for that container.
+ */
+export interface OwnedPlace {
+  /** For messages: the path or URL. */
+  path: string;
+  /** Made just now (nothing was there). */
+  created: boolean;
+  record: OwnerRecord | undefined;
+  /** The names directly in it. */
+  entries(): Promise<string[]>;
+  writeRecord(r: OwnerRecord): Promise<void>;
+  /** Everything in it, then its record. */
+  removeAll(): Promise<void>;
+  close(): Promise<void>;
 }
 
 /** Names ARCH itself gives entries of a container's checkpoint directory. */
@@ -98,6 +119,24 @@ export class CheckpointStore {
       create,
       field: this.guard!.field,
     });
+  }
+
+  /**
+   * This store's place with its ownership record, made first when `create`;
+   * undefined when it is not there. Only called when `owned`.
+   */
+  protected holdOwned(create: boolean): Promise<OwnedPlace | undefined> {
+    return this.hold(create);
+  }
+
+  /** Whether ownership records apply (a guarded directory, a bucket prefix); else the place is the node's own. */
+  protected get owned(): boolean {
+    return this.guard !== undefined;
+  }
+
+  /** The setting that named this place (for errors). */
+  protected get placeField(): string {
+    return this.guard!.field;
   }
 
   /** Throw ArchInputError when the way to this directory is not one ARCH may use (symlinks, nesting). */
@@ -155,8 +194,9 @@ export class CheckpointStore {
   }
 
   async begin(owner?: StoreOwner): Promise<Staging> {
-    if (this.guard) await this.claim(owner);
-    else await fsp.mkdir(this.containerDir, { recursive: true, mode: 0o700 });
+    if (this.owned) await this.claim(owner);
+    // A bucket's checkpoints are staged in the node's cache.
+    if (!this.guard) await fsp.mkdir(this.containerDir, { recursive: true, mode: 0o700 });
     await this.removeDeadStagings();
     const dir = path.join(this.containerDir, `${STAGING_PREFIX}${process.pid}-${randomBytes(4).toString('hex')}`);
     await fsp.mkdir(dir, { mode: 0o700 });
@@ -314,19 +354,19 @@ export class CheckpointStore {
    * holds nothing but ARCH's own entries (a checkpoint made before records
    * existed): anything else is not ARCH's to write into, or later to remove.
    */
-  private async claim(owner: StoreOwner | undefined): Promise<void> {
-    const held = (await this.hold(true))!;
+  protected async claim(owner: StoreOwner | undefined): Promise<void> {
+    const held = (await this.holdOwned(true))!;
     try {
       const now = new Date().toISOString();
       const base = owner ?? { namespace: '?', key: path.basename(this.containerDir), containerId: '?', node: '?' };
       if (held.created) {
         await held.writeRecord({ kind: 'checkpoint', ...base, createdByArch: true, createdAt: now });
       } else if (!held.record) {
-        const foreign = (await fsp.readdir(held.fdPath)).filter((n) => !ARCH_ENTRY_RE.test(n));
+        const foreign = (await held.entries()).filter((n) => !ARCH_ENTRY_RE.test(n));
         if (foreign.length > 0) {
           throw new ArchInputError(
-            this.guard!.field,
-            `"${this.containerDir}" exists and is not an ARCH checkpoint directory (it holds ${foreign.slice(0, 3).join(', ')})`,
+            this.placeField,
+            `"${held.path}" exists and is not an ARCH checkpoint directory (it holds ${foreign.slice(0, 3).join(', ')})`,
             'point it at a directory of its own that ARCH creates (a new path, or remove that directory)',
           );
         }
@@ -427,8 +467,8 @@ export class CheckpointStore {
 
   /** Record that `owner` holds this checkpoint now (a container restored from it). */
   async takeOver(owner: StoreOwner): Promise<void> {
-    if (!this.guard) return;
-    const held = await this.hold(false);
+    if (!this.owned) return;
+    const held = await this.holdOwned(false);
     if (!held) return;
     try {
       if (held.record && held.record.containerId !== owner.containerId)
@@ -444,11 +484,11 @@ export class CheckpointStore {
    * `namespace`/`id`; otherwise it stays and the reason is returned.
    */
   async remove(holder?: { namespace: string; id: string }): Promise<{ removed: boolean; why?: string }> {
-    if (!this.guard) {
+    if (!this.owned) {
       await fsp.rm(this.containerDir, { recursive: true, force: true });
       return { removed: true };
     }
-    const held = await this.hold(false);
+    const held = await this.holdOwned(false);
     if (!held) return { removed: false, why: 'it does not exist' };
     try {
       const may = mayRemove(held.record, 'checkpoint', holder?.namespace ?? '', holder?.id ?? '');

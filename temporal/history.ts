@@ -10,6 +10,8 @@
  * dispatch, workflow tasks, the gaps between activities.
  */
 import type { WorkflowHandle } from '@temporalio/client';
+import type { Payload, PayloadCodec } from '@temporalio/common';
+import { decodePayloads } from './data-converter.js';
 
 // temporal.api.enums.v1.EventType values (see register.ts for why they are spelled out).
 const EV = {
@@ -147,7 +149,12 @@ function readHistory(events: HistoryEvent[]): WorkflowTimes & { closed: Activity
 
 /** Start and close of a workflow and every activity it ran, from its history. */
 export async function workflowTimes(handle: WorkflowHandle): Promise<WorkflowTimes> {
-  const { startedAt, closedAt, activities } = readHistory(await historyEvents(handle));
+  return timesFromHistory(await historyEvents(handle));
+}
+
+/** workflowTimes of events already fetched (and decoded: decodeHistory). */
+export function timesFromHistory(events: HistoryEvent[]): WorkflowTimes {
+  const { startedAt, closedAt, activities } = readHistory(events);
   return { startedAt, closedAt, activities };
 }
 
@@ -203,5 +210,24 @@ export async function workflowOverhead(handle: WorkflowHandle): Promise<Overhead
 }
 
 async function historyEvents(handle: WorkflowHandle): Promise<HistoryEvent[]> {
-  return ((await handle.fetchHistory()).events ?? []) as HistoryEvent[];
+  const events = ((await handle.fetchHistory()).events ?? []) as HistoryEvent[];
+  return decodeHistory(events, handle.client.options.loadedDataConverter.payloadCodecs);
+}
+
+/**
+ * The activities' inputs and results decoded in place with a client's codecs:
+ * a history holds payloads as the workers' codec wrote them (encrypted when
+ * the cluster has a payload key, temporal/codec.ts), and undecoded no input
+ * or result could be read (every activity's container and timings unknown).
+ */
+export async function decodeHistory(events: HistoryEvent[], codecs: PayloadCodec[]): Promise<HistoryEvent[]> {
+  if (codecs.length === 0) return events;
+  const decode = async (p: Payloads): Promise<void> => {
+    if (p?.payloads?.length) p.payloads = await decodePayloads(codecs, p.payloads as Payload[]);
+  };
+  for (const e of events) {
+    await decode(e.activityTaskScheduledEventAttributes?.input);
+    await decode(e.activityTaskCompletedEventAttributes?.result);
+  }
+  return events;
 }

@@ -1,6 +1,7 @@
 import { generateKeyPairSync } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
+import { RECORD_SUFFIX } from '../../core/host-dirs.js';
 import { claimNextLease, type Lease } from '../../core/lease.js';
 import { closeS3Clients, S3CheckpointStore } from '../../core/s3-store.js';
 import { leaseClaimFile } from '../../core/store.js';
@@ -11,8 +12,10 @@ import { objectsIn, startS3Server, type S3TestServer } from '../support/s3-serve
  * The lease's compare-and-swap (core/lease.ts) when the job's checkpoints
  * live in a bucket: a claim is a conditional create (If-None-Match: *) on a
  * real S3 server (versitygw on loopback), so of two nodes taking the same
- * parked job at the same instant exactly one gets it. And what a restore
- * reads from the bucket is signed before any of it reaches the node.
+ * parked job at the same instant exactly one gets it. What a restore
+ * reads from the bucket is signed before any of it reaches the node. And a
+ * prefix carries an ownership record, as a checkpoint directory does: ARCH
+ * writes into it and removes it only for the container that record names.
  */
 
 let s3: S3TestServer;
@@ -145,4 +148,69 @@ test('a checkpoint in the bucket that no trusted node signed: refused before any
   await store.at.put('current', Buffer.from(`${name}\n`));
   await expect(store.current(trust)).rejects.toMatchObject({ reason: 'unsigned' });
   expect(fs.existsSync(path.join(work, 'node-a', j))).toBe(false);
+});
+
+describe('a prefix belongs to the container its ownership record names', () => {
+  const owner = (containerId: string, key: string) => ({ namespace: 'default', key, containerId, node: 'node-a' });
+  const prefixDir = (j: string) => path.join(s3.root, BUCKET, 'p', 'default', j);
+  const recordFile = (j: string) => path.join(s3.root, BUCKET, 'p', 'default', `${j}${RECORD_SUFFIX}`);
+  const recordOf = (j: string) => JSON.parse(fs.readFileSync(recordFile(j), 'utf8')) as Record<string, unknown>;
+
+  test('the first write records its container; another container naming the prefix cannot remove it; its own can, record and all', async () => {
+    const j = 'owned-job';
+    const a = storeFor('node-a', j);
+    await a.writeLease('{"mine":"a"}\n', owner('ctr-a', j));
+    expect(recordOf(j)).toMatchObject({ kind: 'checkpoint', containerId: 'ctr-a', key: j, createdByArch: true });
+    // A second container naming the same ARCH_CHECKPOINT_URL + ARCH_CHECKPOINT_ID, exiting 0.
+    expect(await storeFor('node-b', j).remove({ namespace: 'default', id: 'ctr-b' })).toEqual({
+      removed: false,
+      why: 'it belongs to container default/ctr-a',
+    });
+    expect(await a.remove({ namespace: 'other', id: 'ctr-a' })).toMatchObject({ removed: false });
+    expect(await a.readLease()).toBe('{"mine":"a"}\n');
+    expect(await a.remove({ namespace: 'default', id: 'ctr-a' })).toEqual({ removed: true });
+    expect(objectsIn(prefixDir(j))).toEqual([]);
+    expect(fs.existsSync(recordFile(j))).toBe(false);
+  });
+
+  test('a newer container of the same job (restored from it) holds it from then on: the old one no longer removes it', async () => {
+    const j = 'passed-on';
+    await storeFor('node-a', j).writeLease('{}\n', owner('ctr-old', j));
+    const b = storeFor('node-b', j);
+    await b.takeOver(owner('ctr-new', j));
+    expect(recordOf(j)).toMatchObject({ containerId: 'ctr-new', createdByArch: true });
+    expect(await storeFor('node-a', j).remove({ namespace: 'default', id: 'ctr-old' })).toEqual({
+      removed: false,
+      why: 'it belongs to container default/ctr-new',
+    });
+    expect(await b.remove({ namespace: 'default', id: 'ctr-new' })).toEqual({ removed: true });
+  });
+
+  test('a prefix holding objects ARCH did not write: never written into, never removed', async () => {
+    const j = 'precious';
+    const s = storeFor('node-a', j);
+    await s.at.put('data.bin', Buffer.from("not ARCH's\n"));
+    expect(await s.remove({ namespace: 'default', id: 'ctr-x' })).toEqual({
+      removed: false,
+      why: 'it has no ownership record (ARCH did not create it)',
+    });
+    await expect(s.writeLease('{}\n', owner('ctr-x', j))).rejects.toMatchObject({
+      field: 'ARCH_CHECKPOINT_URL',
+      message: expect.stringMatching(
+        /s3:\/\/arch-lease\/p\/default\/precious" exists and is not an ARCH checkpoint .*data\.bin/,
+      ),
+    });
+    await expect(s.begin(owner('ctr-x', j))).rejects.toMatchObject({ field: 'ARCH_CHECKPOINT_URL' });
+    expect(objectsIn(prefixDir(j)).map((o) => o.rel)).toEqual(['data.bin']);
+    expect(fs.existsSync(recordFile(j))).toBe(false);
+  });
+
+  test('nothing there: nothing to remove, and no record is written by asking', async () => {
+    const j = 'never-used';
+    expect(await storeFor('node-a', j).remove({ namespace: 'default', id: 'ctr' })).toEqual({
+      removed: false,
+      why: 'it does not exist',
+    });
+    expect(fs.existsSync(recordFile(j))).toBe(false);
+  });
 });

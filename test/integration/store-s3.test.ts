@@ -4,6 +4,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { checkpointContainer } from '../../core/checkpoint.js';
 import { CHUNKS_DIR } from '../../core/chunk-dir.js';
+import { RECORD_SUFFIX } from '../../core/host-dirs.js';
 import { CHUNKED_FORMAT_VERSION } from '../../core/manifest.js';
 import { createNodeContext } from '../../core/context.js';
 import { PAGE_IMAGE_PATH } from '../../core/checkpoint-layout.js';
@@ -302,6 +303,53 @@ test('a bucket the node does not allow: the container starts without ARCH, the l
     expect(fs.existsSync(objectsDir('na'))).toBe(false);
   } finally {
     await remove(id);
+  }
+});
+
+test("a clean exit removes only the prefix ARCH wrote for that container: another's objects stay", async () => {
+  // Objects ARCH did not write, at the prefix a container names with ARCH_CHECKPOINT_ID.
+  const planted = new S3CheckpointStore(
+    {
+      loc: { bucket: BUCKET, prefix: PREFIX },
+      client: {
+        region: 'us-east-1',
+        endpoint: s3.endpoint,
+        accessKeyId: s3.accessKey,
+        secretAccessKey: s3.secretKey,
+        forcePathStyle: true,
+      },
+      cacheRoot: cache,
+    },
+    'default',
+    'precious',
+    path.join(work, 'unused'),
+  );
+  await planted.at.put('keep.txt', Buffer.from("not ARCH's\n"));
+  const id = 's3-exit-other';
+  const own = 's3-exit-own';
+  try {
+    await run(id, 'precious', ['COUNTER_EXIT_AFTER=5']);
+    await node.containerd.waitStatus(id, 'STOPPED', 30_000);
+    await remove(id);
+    expect(fs.readFileSync(path.join(objectsDir('precious'), 'keep.txt'), 'utf8')).toBe("not ARCH's\n");
+    await waitFor('kept logged', () =>
+      node
+        .logLines()
+        .find((l) => l.container === id && /checkpoint kept: it has no ownership record/.test(String(l.msg))),
+    );
+
+    // Its own prefix (the lease written at start, with the record beside it) goes with its clean exit.
+    await run(own, 'exit-own', ['COUNTER_EXIT_AFTER=5']);
+    await node.containerd.waitStatus(own, 'STOPPED', 30_000);
+    expect(fs.existsSync(`${objectsDir('exit-own')}${RECORD_SUFFIX}`)).toBe(true);
+    await remove(own);
+    await waitFor('own prefix removed', () =>
+      fs.existsSync(`${objectsDir('exit-own')}${RECORD_SUFFIX}`) ? undefined : true,
+    );
+    expect(objectsIn(objectsDir('exit-own'))).toEqual([]);
+  } finally {
+    await remove(id);
+    await remove(own);
   }
 });
 

@@ -1,4 +1,5 @@
 import { createHash, randomBytes } from 'node:crypto';
+import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -379,6 +380,64 @@ describe('retention and chunk collection', () => {
     const late = checkpointWith(2, [x!, y!, z!]);
     await collect(cdir, chunks, { keep: 2, current: late, graceMs: GRACE, now: Date.now() + 2 * GRACE });
     expect([present(x!), present(y!), present(z!)]).toEqual([true, true, true]);
+  });
+
+  /** A dump that staged a chunk of its own and was killed (SIGKILL) before it committed: its `.tmp-<pid>-*` file. */
+  async function crashedDumpLeftover(): Promise<string> {
+    const script = `
+      (async () => {
+        const { ChunkDir } = await import(${JSON.stringify(new URL('../../core/chunk-dir.js', import.meta.url).href)});
+        const { chunkIdOf, encodeChunk } = await import(${JSON.stringify(new URL('../../core/chunk-codec.js', import.meta.url).href)});
+        const plain = require('node:crypto').randomBytes(100);
+        const id = chunkIdOf(plain);
+        await new ChunkDir(${JSON.stringify(cdir)}).stage(id, encodeChunk(plain, id));
+        process.kill(process.pid, 'SIGKILL');
+      })();`;
+    const before = new Set(staged());
+    const r = spawnSync(process.execPath, ['-e', script], { stdio: 'inherit' });
+    expect(r.signal).toBe('SIGKILL');
+    const left = staged().filter((f) => !before.has(f));
+    expect(left).toHaveLength(1);
+    return left[0]!;
+  }
+
+  /** Every `.tmp-*` file under chunks/ (path relative to it). */
+  const staged = (): string[] =>
+    fs.existsSync(chunks.dir)
+      ? fs
+          .readdirSync(chunks.dir)
+          .filter((d) => /^[0-9a-f]{2}$/.test(d))
+          .flatMap((d) => fs.readdirSync(path.join(chunks.dir, d)).map((f) => path.join(d, f)))
+          .filter((f) => path.basename(f).startsWith('.tmp-'))
+      : [];
+
+  const age = (rel: string, ms: number) => {
+    const t = new Date(Date.now() - ms);
+    fs.utimesSync(path.join(chunks.dir, rel), t, t);
+  };
+
+  test("a crashed dump's staged chunks go once older than the grace period; a live dump's staged chunks stay and still commit", async () => {
+    const cur = checkpointWith(1, []);
+    const dead = await crashedDumpLeftover();
+    // Within the grace period: kept (its dump might be on another node, still running).
+    expect(await collect(cdir, chunks, { keep: 1, current: cur, graceMs: GRACE })).toMatchObject({ removedStaged: 0 });
+    expect(staged()).toContain(dead);
+
+    // A dump of this (live) process, staged long ago and not yet committed.
+    const live = new ChunkDir(cdir);
+    const plain = randomBytes(100);
+    const id = chunkIdOf(plain);
+    await live.stage(id, encodeChunk(plain, id));
+    const mine = staged().find((f) => f !== dead)!;
+    expect(path.basename(mine)).toMatch(new RegExp(`^\\.tmp-${process.pid}-`));
+    age(mine, 2 * GRACE);
+    age(dead, 2 * GRACE);
+
+    expect(await collect(cdir, chunks, { keep: 1, current: cur, graceMs: GRACE })).toMatchObject({ removedStaged: 1 });
+    expect(staged()).toEqual([mine]);
+    await live.commitStaged(false);
+    expect(staged()).toEqual([]);
+    expect(decodeChunk(fs.readFileSync(chunks.pathOf(id)), id, plain.length, 'c').equals(plain)).toBe(true);
   });
 });
 
