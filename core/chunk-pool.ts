@@ -74,6 +74,12 @@ export class ChunkPool {
     return Buffer.from(s.buffer, s.byteOffset, s.byteLength);
   }
 
+  /** Encode a held chunk into a new file at `dest` (made by the thread that encodes it); its fd is left open. */
+  async encodeTo(h: HeldChunk, dest: string): Promise<{ fd: number; size: number }> {
+    const r = await this.send(h.lane, { op: 'encode', job: h.job, id: h.id, length: h.length, dest });
+    return r.written!;
+  }
+
   drop(h: HeldChunk): void {
     this.send(h.lane, { op: 'drop', job: h.job }).catch(() => undefined);
   }
