@@ -14,9 +14,10 @@
  *                restore) vs `runc restore -d` of a standalone container;
  *   size         what the checkpoint takes in the store (du of its container
  *                directory: chunks + small files) vs podman's
- *                `checkpoint --export --compress zstd` when podman is
- *                installed, else vs `tar | zstd -1` of runc's image
- *                directory (said so in the row).
+ *                `checkpoint --export --compress zstd` of the same job
+ *                (bench/support/podman.ts, installed when absent), else
+ *                vs `tar | zstd -1` of runc's image directory (the row
+ *                says so and why).
  *
  * `node dist/bench/chunking.js <a CRIU pages-N.img>` (no benchmark): how
  * many new bytes a second checkpoint stores with fixed-size and with
@@ -34,6 +35,7 @@ import { archCycle, fsyncImages, rawStandalone } from './checkpoint-restore.js';
 import { duBytes, startBenchNode, syncDisks, type BenchNode } from './support/arch-bench-node.js';
 import type { Benchmark, BenchEnv, Row } from './support/registry.js';
 import { median, msSince, round } from './support/stats.js';
+import { startPodman } from './support/podman.js';
 import { StandaloneRunc } from './support/standalone-runc.js';
 
 const PAGE = 4096;
@@ -160,7 +162,6 @@ export const benchmark: Benchmark = {
   order: 22,
   async run(env) {
     const reps = env.reps || (env.quick ? 1 : 5);
-    const podman = (await execa('sh', ['-c', 'command -v podman'], { reject: false })).exitCode === 0;
     const bn = await startBenchNode('bench-v2', env.workDir, env.cleanup, { ARCH_STORE_FORMAT: '2', ARCH_FSYNC: '1' });
     if (bn.node.ctx.settings.storeFormat !== 2) throw new Error('the bench node is not set to store format 2');
     const sa = new StandaloneRunc(path.join(env.runDir, 'sa'), {
@@ -170,6 +171,11 @@ export const benchmark: Benchmark = {
     });
     env.cleanup.defer('standalone runc containers', () => sa.destroyAll());
     const scratch = path.join(env.workDir, 'raw-images');
+    const pod = await startPodman(env.workDir, env.runDir, criuBinary(), realRunc(), env.cleanup);
+    /** Why podman's side is missing (then the size row falls back to `tar | zstd -1`). */
+    let podmanProblem = typeof pod === 'string' ? pod : undefined;
+    const podSize: number[] = [];
+    const podCkpt: number[] = [];
 
     const rawCkpt: number[] = [];
     const rawCkptFsync: number[] = [];
@@ -195,6 +201,7 @@ export const benchmark: Benchmark = {
         rawCkpt[rep] = ms;
         rawCkptFsync[rep] = ms + fsyncImages(img);
         rawZstd[rep] = await zstdTarBytes(img);
+        if (process.env.STORE_V2_ONLY) env.log(`store-v2 probe: raw ckpt ${ms} + fsync ${rawCkptFsync[rep]! - ms} ms`);
         await bn.node.containerd.waitStatus(id, 'STOPPED', 15_000);
         await undo();
         fs.rmSync(img, { recursive: true, force: true });
@@ -202,6 +209,7 @@ export const benchmark: Benchmark = {
       },
       'raw-standalone': async (rep) => {
         rawRestore[rep] = (await rawStandalone(sa, `raw-sa-${rep}`, scratch, env.cleanup)).restoreMs;
+        if (process.env.STORE_V2_ONLY) env.log(`store-v2 probe: raw restore ${rawRestore[rep]} ms`);
       },
       'arch-v2': async (rep) => {
         const s = await archCycle(bn, env, `arch-v2-${rep}`, true, (r) => {
@@ -210,17 +218,34 @@ export const benchmark: Benchmark = {
         archCkpt[rep] = s.checkpointMs;
         archRestore[rep] = s.restoreCallMs;
         archTimings[rep] = s.result.timings;
+        if (process.env.STORE_V2_ONLY)
+          env.log(
+            `store-v2 probe: ckpt ${s.checkpointMs} ms ${JSON.stringify(s.result.timings)} restore ${s.restoreCallMs} ms ${JSON.stringify(s.restoreTimings)}`,
+          );
       },
       'arch-v1': async (rep) => {
         const s = await archCycle(bn, env, `arch-v1-${rep}`, true, undefined, { storeFormat: 1 });
         v1Ckpt[rep] = s.checkpointMs;
         v1Restore[rep] = s.restoreCallMs;
       },
+      podman: async (rep) => {
+        if (podmanProblem || typeof pod === 'string') return;
+        try {
+          const r = await pod.exportCheckpoint(`podman-${rep}`, MEM_MB);
+          podSize[rep] = r.bytes;
+          podCkpt[rep] = r.ms;
+        } catch (err) {
+          podmanProblem = `podman container checkpoint failed: ${(err as Error).message.split('\n')[0]!.slice(0, 200)}`;
+          env.log(`store-v2: ${podmanProblem}`);
+        }
+      },
       'arch-v2-incremental': async (rep) => {
         incr[rep] = await incremental(bn, env, `arch-v2-inc-${rep}`);
       },
     };
-    const order = Object.keys(variants);
+    const order = Object.keys(variants).filter(
+      (v) => !process.env.STORE_V2_ONLY || process.env.STORE_V2_ONLY.split(',').includes(v),
+    );
     // A warm-up round first (index `reps`, dropped), then the order rotated each repetition.
     for (const rep of [reps, ...Array.from({ length: reps }, (_, i) => i)]) {
       const rot = [...order.slice(rep % order.length), ...order.slice(0, rep % order.length)];
@@ -233,6 +258,8 @@ export const benchmark: Benchmark = {
       rawCkpt,
       rawCkptFsync,
       rawZstd,
+      podSize,
+      podCkpt,
       rawRestore,
       archCkpt,
       archRestore,
@@ -299,15 +326,39 @@ export const benchmark: Benchmark = {
         rawRestore,
         1.2,
       ),
-      row(
-        podman
-          ? `size of a ${MEM_MB} MiB checkpoint in the store vs podman checkpoint --export --compress zstd`
-          : `size of a ${MEM_MB} MiB checkpoint in the store vs tar | zstd -1 of runc's images (podman is not installed)`,
-        'x',
-        mb(archStored),
-        mb(rawZstd),
-        1.0,
-      ),
+      ...(podmanProblem
+        ? [
+            row(
+              `size of a ${MEM_MB} MiB checkpoint in the store vs tar | zstd -1 of runc's images (no podman: ${podmanProblem})`,
+              'x',
+              mb(archStored),
+              mb(rawZstd),
+              1.0,
+            ),
+          ]
+        : [
+            row(
+              `size of a ${MEM_MB} MiB checkpoint in the store vs podman container checkpoint --export --compress zstd of the same job`,
+              'x',
+              mb(archStored),
+              mb(podSize),
+              1.0,
+            ),
+            row(
+              `checkpoint ${MEM_MB} MiB, format 2 (ARCH_FSYNC=1) vs podman container checkpoint --export --compress zstd, info`,
+              'ms',
+              archCkpt,
+              podCkpt,
+              Infinity,
+            ),
+            row(
+              `size: tar | zstd -1 of runc's images vs podman's export, info`,
+              'x',
+              mb(rawZstd),
+              mb(podSize),
+              Infinity,
+            ),
+          ]),
       row(`checkpoint ${MEM_MB} MiB, format 2 vs format 1 (both ARCH_FSYNC=1), info`, 'ms', archCkpt, v1Ckpt, Infinity),
       row(
         `restore ${MEM_MB} MiB, format 2 vs format 1 (arch-runc create), info`,
@@ -325,9 +376,9 @@ export const benchmark: Benchmark = {
     const ph = (k: string) => round(median(archTimings.map((t) => t[k] ?? 0)));
     const notes = [
       `Checkpoint phases (median, ms): dump ${ph('dump')} (page images chunked, hashed, compressed and written meanwhile), rootfs ${ph('rootfs')}, chunk (what was left after the dump) ${ph('chunk')}, fsync ${ph('fsync')}, publish ${ph('publish')}, stop ${ph('stop')}.`,
-      podman
-        ? 'podman is installed: the size is compared with its export.'
-        : "podman is not installed on this machine: the size is compared with `tar | zstd -1` of the runc image directory, which is what `podman container checkpoint --export --compress zstd` writes (plus podman's small config files).",
+      podmanProblem
+        ? `podman's side is missing (${podmanProblem}): the size is compared with \`tar | zstd -1\` of the runc image directory, which is what \`podman container checkpoint --export --compress zstd\` writes (plus podman's small config files).`
+        : "podman (Debian's, its own storage, runc, ARCH's CRIU first on PATH) checkpointed the same counter job; its export's size is the size target's reference.",
     ];
     for (const n of notes) env.log(`store-v2: ${n}`);
     return {

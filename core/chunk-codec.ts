@@ -70,14 +70,18 @@ function zstdCodec(): NonNullable<typeof codec> {
 
 let frameBuf: Buffer | undefined;
 
-/** The bytes the store keeps for `plain`, whose id is `id`. */
-export function encodeChunk(plain: Uint8Array, id: string, keys?: ChunkKeys): Buffer {
+/**
+ * The bytes the store keeps for `plain`, whose id is `id`. `borrowed`: the
+ * result may be this thread's reused buffer, valid until the next call (for
+ * a caller that writes it out at once).
+ */
+export function encodeChunk(plain: Uint8Array, id: string, keys?: ChunkKeys, borrowed = false): Buffer {
   const { zstd, cctx } = zstdCodec();
   const bound = zstd.compressBound(plain.length);
   // One output buffer per thread, reused: a fresh megabyte per chunk costs more in page faults than zstd spends.
   if (!frameBuf || frameBuf.length < bound) frameBuf = Buffer.allocUnsafe(bound);
   const frame = frameBuf.subarray(0, cctx.compress2(frameBuf, plain));
-  if (!keys) return Buffer.from(frame);
+  if (!keys) return borrowed ? frame : Buffer.from(frame);
   const nonce = randomBytes(NONCE_BYTES);
   return Buffer.concat([nonce, ...sealChunk(keys.key.key, nonce, aad(id), frame)]);
 }

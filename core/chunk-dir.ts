@@ -13,8 +13,19 @@ import { isChunkId } from './chunk-codec.js';
 export const CHUNKS_DIR = 'chunks';
 /** A chunk being written (ChunkDir.stage, put): `.tmp-<pid>-<rand>` beside where it will be named. */
 export const TMP_PREFIX = '.tmp-';
-/** fsyncs in flight at once when staged chunks are committed (the kernel merges their writeback). */
+/** fsyncs (and renames) in flight at once when staged chunks are committed (the kernel merges their writeback). */
 const SYNC_LANES = 16;
+/** fdatasyncs in flight at once while chunks are still being written (each holds a libuv thread, which writes need too). */
+const SYNC_EARLY = 2;
+
+/** `f` over `items`, `n` at a time. */
+async function lanes<T>(items: T[], n: number, f: (item: T) => Promise<unknown> | undefined): Promise<void> {
+  let next = 0;
+  const lane = async () => {
+    while (next < items.length) await f(items[next++]!);
+  };
+  await Promise.all(Array.from({ length: Math.min(n, items.length) }, lane));
+}
 
 async function syncFile(file: string): Promise<void> {
   const fh = await fsp.open(file, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW);
@@ -50,6 +61,14 @@ export interface ChunkStore {
   put(id: string, bytes: Buffer, fsync: boolean): Promise<void>;
   /** Write a new chunk as the dump goes; it need only be readable (and durable) after commitStaged(). */
   stage(id: string, bytes: Buffer): Promise<void>;
+  /**
+   * Where a new chunk may be written by whoever encodes it (a worker thread,
+   * straight from its buffers), then handed back with adoptStaged(); absent
+   * where chunks are not files (a bucket: stage() then).
+   */
+  stagePath?(id: string): Promise<string>;
+  /** The chunk written at stagePath()'s place, its file still open as `fd` (taken over: closed here). */
+  adoptStaged?(id: string, tmp: string, fd: number, fsync: boolean): void;
   /** Every staged chunk made durable and visible under its id. */
   commitStaged(fsync: boolean): Promise<void>;
   /** A checkpoint given up: its staged chunks removed where that is cheap (else the collector takes them). */
@@ -63,7 +82,10 @@ export interface ChunkStore {
 export class ChunkDir implements ChunkStore {
   readonly dir: string;
   private readonly made = new Set<string>();
-  private readonly staged: { id: string; tmp: string }[] = [];
+  private readonly staged: { id: string; tmp: string; synced?: Promise<void> }[] = [];
+  /** Staged chunk files waiting for their fdatasync (started while the dump goes on, SYNC_EARLY at a time). */
+  private readonly toSync: { fd: number; done: () => void; fail: (e: Error) => void }[] = [];
+  private syncing = 0;
   /** Directories checked to be real ones (not symlinks) by this instance. */
   private readonly real = new Set<string>();
 
@@ -182,25 +204,85 @@ export class ChunkDir implements ChunkStore {
     this.staged.push({ id, tmp: await this.writeBeside(id, bytes) });
   }
 
+  async stagePath(id: string): Promise<string> {
+    const tmp = await this.tmpBeside(id);
+    this.staged.push({ id, tmp });
+    return tmp;
+  }
+
+  /**
+   * With `fsync`, the file's fdatasync starts now, beside the dump, a few at
+   * a time: the disk writes while chunks are still being made, and
+   * commitStaged() finds most of them durable already. The fd is closed
+   * once synced (at once without `fsync`).
+   */
+  adoptStaged(id: string, tmp: string, fd: number, fsync: boolean): void {
+    const c = this.staged.find((s) => s.tmp === tmp && s.id === id);
+    if (!c) {
+      fs.close(fd, () => undefined);
+      throw new Error(`${tmp}: not a staged chunk of this writer`);
+    }
+    if (!fsync) return fs.close(fd, () => undefined);
+    c.synced = new Promise<void>((done, fail) => {
+      this.toSync.push({ fd, done, fail });
+      this.pumpSyncs();
+    });
+    c.synced.catch(() => undefined); // awaited by commitStaged or dropStaged
+  }
+
+  private pumpSyncs(): void {
+    while (this.syncing < SYNC_EARLY && this.toSync.length > 0) {
+      const { fd, done, fail } = this.toSync.shift()!;
+      this.syncing++;
+      fs.fdatasync(fd, (syncErr) =>
+        fs.close(fd, (closeErr) => {
+          this.syncing--;
+          this.pumpSyncs();
+          const e = syncErr ?? closeErr;
+          if (e) fail(e);
+          else done();
+        }),
+      );
+    }
+  }
+
   /** The staged chunks made durable (`fsync`), then named: a chunk file still appears only whole. */
   async commitStaged(fsync: boolean): Promise<void> {
     const staged = this.staged.splice(0);
-    if (fsync) {
-      let next = 0;
-      const lane = async () => {
-        while (next < staged.length) await syncFile(staged[next++]!.tmp);
-      };
-      await Promise.all(Array.from({ length: Math.min(SYNC_LANES, staged.length) }, lane));
+    try {
+      await Promise.all(staged.map((c) => c.synced));
+    } catch (err) {
+      this.staged.push(...staged); // for dropStaged
+      throw err;
     }
-    for (const c of staged) await fsp.rename(c.tmp, this.pathOf(c.id));
+    await lanes(
+      staged.filter((c) => !c.synced),
+      SYNC_LANES,
+      (c) => (fsync ? syncFile(c.tmp) : undefined),
+    );
+    await lanes(staged, SYNC_LANES, (c) => fsp.rename(c.tmp, this.pathOf(c.id)));
   }
 
   /** Staged chunks never committed (the checkpoint failed) removed. */
   async dropStaged(): Promise<void> {
-    for (const c of this.staged.splice(0)) await fsp.rm(c.tmp, { force: true });
+    const staged = this.staged.splice(0);
+    await Promise.allSettled(staged.map((c) => c.synced)); // their fds closed
+    for (const c of staged) await fsp.rm(c.tmp, { force: true });
   }
 
   private async writeBeside(id: string, bytes: Buffer): Promise<string> {
+    const tmp = await this.tmpBeside(id);
+    const fh = await fsp.open(tmp, 'wx', 0o600);
+    try {
+      await fh.writeFile(bytes);
+    } finally {
+      await fh.close();
+    }
+    return tmp;
+  }
+
+  /** A new temporary name beside where chunk `id` goes, its directories made (and checked) first. */
+  private async tmpBeside(id: string): Promise<string> {
     const final = this.pathOf(id);
     const sub = path.dirname(final);
     if (!this.made.has(sub)) {
@@ -214,14 +296,7 @@ export class ChunkDir implements ChunkStore {
       }
       this.made.add(sub);
     }
-    const tmp = path.join(sub, `${TMP_PREFIX}${process.pid}-${randomBytes(4).toString('hex')}`);
-    const fh = await fsp.open(tmp, 'wx', 0o600);
-    try {
-      await fh.writeFile(bytes);
-    } finally {
-      await fh.close();
-    }
-    return tmp;
+    return path.join(sub, `${TMP_PREFIX}${process.pid}-${randomBytes(4).toString('hex')}`);
   }
 
   /** The stored bytes of a chunk (not through a symlink), or undefined when it is not there. */

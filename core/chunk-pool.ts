@@ -41,7 +41,12 @@ export class ChunkPool {
     const workerData = keys ? { keys: { id: keys.key.id, key: keys.key.key, idKey: keys.idKey } } : {};
     this.lanes = Array.from({ length: Math.max(1, workers) }, () => {
       const lane: Lane = { pending: new Map() };
-      const w = new Worker(new URL('../core/chunk-worker.js', import.meta.url), { workerData });
+      // trackUnmanagedFds off: a chunk file a worker opens is closed by this thread (after its
+      // fdatasync), so the worker must neither warn when the number comes back nor close it at exit.
+      const w = new Worker(new URL('../core/chunk-worker.js', import.meta.url), {
+        workerData,
+        trackUnmanagedFds: false,
+      });
       w.on('message', (r: ChunkReply) => {
         const p = lane.pending.get(r.job);
         lane.pending.delete(r.job);
@@ -72,6 +77,12 @@ export class ChunkPool {
     const r = await this.send(h.lane, { op: 'encode', job: h.job, id: h.id, length: h.length });
     const s = r.stored!;
     return Buffer.from(s.buffer, s.byteOffset, s.byteLength);
+  }
+
+  /** Encode a held chunk into a new file at `dest` (made by the thread that encodes it); its fd is left open. */
+  async encodeTo(h: HeldChunk, dest: string): Promise<{ fd: number; size: number }> {
+    const r = await this.send(h.lane, { op: 'encode', job: h.job, id: h.id, length: h.length, dest });
+    return r.written!;
   }
 
   drop(h: HeldChunk): void {

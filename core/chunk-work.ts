@@ -15,7 +15,7 @@ import { chunkIdOf, decodeChunk, encodeChunk, type ChunkKeys } from './chunk-cod
  */
 export type ChunkJob =
   | { op: 'hash'; job: number; fd: number; offset: number; length: number }
-  | { op: 'encode'; job: number; id: string; length: number }
+  | { op: 'encode'; job: number; id: string; length: number; dest?: string }
   | { op: 'drop'; job: number }
   | {
       op: 'decode';
@@ -32,6 +32,8 @@ export interface ChunkReply {
   job: number;
   id?: string;
   stored?: Uint8Array;
+  /** encode with `dest`: the new file, still open (for the caller's fdatasync), and its size. */
+  written?: { fd: number; size: number };
   error?: { message: string; reason?: string };
 }
 
@@ -66,8 +68,9 @@ export class ChunkWork {
           const buf = this.held.get(m.job);
           if (!buf) throw new Error(`chunk job ${m.job}: nothing held to encode`);
           this.held.delete(m.job);
-          const stored = encodeChunk(buf.subarray(0, m.length), m.id, this.keys);
+          const stored = encodeChunk(buf.subarray(0, m.length), m.id, this.keys, !!m.dest);
           this.release(buf);
+          if (m.dest) return { job: m.job, written: { fd: writeNewFile(m.dest, stored), size: stored.length } };
           return { job: m.job, stored };
         }
         case 'drop':
@@ -109,6 +112,25 @@ function readExactly(fd: number, offset: number, length: number, b: Buffer): Buf
     got += r;
   }
   return b.subarray(0, length);
+}
+
+/**
+ * `b` written to a file made here (never an existing one, nor through a
+ * symlink: O_EXCL), left open. Written from this thread, straight from the
+ * codec's reused buffer: the stored bytes never cross threads, and a fresh
+ * buffer per chunk (each page of it a fault on these VMs) is never needed.
+ */
+function writeNewFile(file: string, b: Buffer): number {
+  const { O_WRONLY, O_CREAT, O_EXCL, O_NOFOLLOW } = fs.constants;
+  const fd = fs.openSync(file, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW, 0o600);
+  try {
+    writeExactly(fd, b, 0);
+    return fd;
+  } catch (err) {
+    fs.closeSync(fd);
+    fs.rmSync(file, { force: true });
+    throw err;
+  }
 }
 
 function writeExactly(fd: number, b: Buffer, offset: number): void {

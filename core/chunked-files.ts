@@ -34,7 +34,7 @@ export interface ChunkedFile {
  * Chunks on their way into a chunk directory: each is hashed on a worker,
  * and only one the directory lacks (and this checkpoint has not met yet) is
  * compressed, encrypted and written; one already there is touched (reuse).
- * Each chunk file is complete before it gets its name (ChunkStore.stage, then commitStaged), so a
+ * Each chunk file is complete before it gets its name (ChunkStore.stage or stagePath, then commitStaged), so a
  * manifest written after finish() names only chunks that are whole.
  */
 export class ChunkWriter {
@@ -85,10 +85,22 @@ export class ChunkWriter {
       this.stats.reused++;
       return this.pool.drop(h);
     }
-    const stored = await this.pool.encode(h);
-    await this.chunks.stage(h.id, stored);
+    let size: number;
+    if (this.chunks.stagePath && this.chunks.adoptStaged) {
+      const tmp = await this.chunks.stagePath(h.id).catch((e: unknown) => {
+        this.pool.drop(h);
+        throw e;
+      });
+      const w = await this.pool.encodeTo(h, tmp);
+      this.chunks.adoptStaged(h.id, tmp, w.fd, this.fsync);
+      size = w.size;
+    } else {
+      const stored = await this.pool.encode(h);
+      await this.chunks.stage(h.id, stored);
+      size = stored.length;
+    }
     this.stats.written++;
-    this.stats.bytes += stored.length;
+    this.stats.bytes += size;
   }
 
   /** Every chunk started is stored (the renames durable too with fsync). */

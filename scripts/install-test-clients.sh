@@ -4,7 +4,7 @@
 # another version, so later CI runs on the same machine skip the build.
 #
 #   scripts/install-test-clients.sh                 # every part
-#   scripts/install-test-clients.sh docker crictl   # only the named parts (docker, crictl, versitygw, shellcheck)
+#   scripts/install-test-clients.sh docker crictl   # only the named parts (docker, crictl, versitygw, shellcheck, podman)
 #
 #   ARCH_TEST_TOOLS=/opt/arch/test-tools   where built binaries go (bin/ below it)
 set -euo pipefail
@@ -79,6 +79,21 @@ install_go_tool() {
   say "$name $version built at $bin"
 }
 
+# podman (Debian's), for the store-v2 bench's side-by-side size of
+# `podman container checkpoint --export --compress zstd` (bench/podman.ts).
+# Its CRIU comes from PATH: the bench puts ARCH's private CRIU first.
+install_podman() {
+  if command -v podman >/dev/null 2>&1; then
+    say "podman present: $(podman --version)"
+    return 0
+  fi
+  say "installing Debian's podman"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends podman >/dev/null || die "apt-get install podman failed"
+  say "podman installed: $(podman --version)"
+}
+
 # crictl drives containerd's CRI plugin as the kubelet would (test/support/cri-node.ts).
 install_crictl() { install_go_tool crictl "$CRICTL_VERSION" sigs.k8s.io/cri-tools/cmd/crictl; }
 
@@ -94,6 +109,7 @@ for p in "${parts[@]}"; do
     crictl) install_crictl ;;
     versitygw) install_versitygw ;;
     shellcheck) install_shellcheck ;;
-    *) die "unknown part '$p' (known: docker, crictl, versitygw, shellcheck)" ;;
+    podman) install_podman ;;
+    *) die "unknown part '$p' (known: docker, crictl, versitygw, shellcheck, podman)" ;;
   esac
 done
