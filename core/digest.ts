@@ -180,8 +180,6 @@ export class DigestFollower {
   private readonly writer: Promise<void>;
 
   static async start(dir: string, pattern: RegExp, opts: { writeback?: boolean } = {}): Promise<DigestFollower> {
-    if (!workerThreads)
-      throw new Error('DigestFollower needs worker threads, and this process hashes on its own thread only');
     return new DigestFollower(
       new Worker(workerFile(), { workerData: { follow: { dir, pattern: pattern.source } } }),
       dir,

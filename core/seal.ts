@@ -206,12 +206,12 @@ export function openChunk(key: Buffer, nonce: Buffer, aad: Buffer, sealed: Buffe
   return out;
 }
 
-/** Write every buffer, in order, with as few syscalls as the kernel allows (one writev for a whole chunk). */
-function writeAll(fd: number, bufs: Buffer[]): number {
+/** Write every buffer, in order (at `at`, else at the file position), with as few syscalls as the kernel allows (one writev for a whole chunk). */
+function writeAll(fd: number, bufs: Buffer[], at?: number): number {
   const total = bufs.reduce((a, b) => a + b.length, 0);
   let left = bufs;
   for (let done = 0; done < total;) {
-    let n = fs.writevSync(fd, left);
+    let n = at === undefined ? fs.writevSync(fd, left) : fs.writevSync(fd, left, at + done);
     done += n;
     // A short write (rare on regular files): go on from where it stopped.
     const rest: Buffer[] = [];
@@ -241,7 +241,6 @@ class FileSealer {
   private written = 0;
   private synced = 0;
   private syncing = false;
-  private readonly hash: Hash = createHash('sha256');
   private readonly nonce = randomBytes(NONCE_BYTES);
 
   constructor(
@@ -253,6 +252,8 @@ class FileSealer {
     private readonly chunkBytes: number,
     private readonly buf: Buffer,
     private readonly writeback: boolean,
+    /** Absent where another thread hashes the stored file as it grows (SealSource.hashedElsewhere). */
+    private readonly hash: Hash | undefined,
   ) {}
 
   /** Seal at most one chunk; true when one was sealed. */
@@ -275,7 +276,7 @@ class FileSealer {
       chunkAad(this.sealId, this.rel, this.index, last),
       this.buf.subarray(0, n),
     );
-    for (const b of out) this.hash.update(b);
+    if (this.hash) for (const b of out) this.hash.update(b);
     this.written += writeAll(this.dst, out);
     this.pos += n;
     this.index++;
@@ -297,7 +298,7 @@ class FileSealer {
   async finish(): Promise<SealResult> {
     while (this.pumpOne(true)) await yieldTurn();
     return {
-      stored: { size: this.written, sha256: this.hash.digest('hex') },
+      ...(this.hash ? { stored: { size: this.written, sha256: this.hash.digest('hex') } } : {}),
       sealed: {
         path: this.rel,
         alg: SEAL_ALG,
@@ -324,11 +325,13 @@ export interface SealSource {
   pattern: RegExp;
   prefix?: string;
   rel?: string;
+  /** Its stored files are hashed by the caller (a DigestFollower on `dest`), so this thread only seals. */
+  hashedElsewhere?: boolean;
 }
 
-/** One sealed file: the digest of what was stored, and the manifest's seal entry. */
+/** One sealed file: the digest of what was stored (unless hashed elsewhere), and the manifest's seal entry. */
 export interface SealResult {
-  stored: Digest;
+  stored?: Digest;
   sealed: SealedFile;
 }
 
@@ -377,7 +380,17 @@ export class SealLoop {
         const dst = fs.openSync(dstPath, 'wx', 0o600);
         this.files.set(
           rel,
-          new FileSealer(rel, src, dst, this.key, this.sealId, this.buf.length, this.buf, !!this.opts.writeback),
+          new FileSealer(
+            rel,
+            src,
+            dst,
+            this.key,
+            this.sealId,
+            this.buf.length,
+            this.buf,
+            !!this.opts.writeback,
+            s.hashedElsewhere ? undefined : createHash('sha256'),
+          ),
         );
       }
     }
@@ -505,8 +518,8 @@ export async function sealFile(
     { chunkBytes },
   );
   const r = (await f.finish()).get(rel);
-  if (!r) throw new Error(`${src} is not there to seal`);
-  return r;
+  if (!r?.stored) throw new Error(`${src} is not there to seal`);
+  return { stored: r.stored, sealed: r.sealed };
 }
 
 function escapeRe(s: string): string {
@@ -532,7 +545,9 @@ export function keyFor(entry: Pick<SealedFile, 'keyId'>, keys: StoreKeys | undef
  * Decrypt a sealed file into `dest` (mode 0600), chunk by chunk: each chunk
  * is authenticated before its plaintext is written, and the file must hold
  * exactly the chunks the manifest implies (the last one marked last).
- * Runs on this thread, yielding between chunks. Throws CheckpointUnusableError.
+ * With an Unsealer, its worker thread decrypts chunks too (large files:
+ * the page images), each thread taking the next chunk not yet taken; else
+ * all on this thread, yielding between chunks. Throws CheckpointUnusableError.
  */
 export async function openSealedFile(
   src: string,
@@ -540,12 +555,10 @@ export async function openSealedFile(
   entry: SealedFile,
   sealId: string,
   key: StoreKey,
-  opts: { buf?: Buffer; signal?: AbortSignal } = {},
+  opts: { buf?: Buffer; signal?: AbortSignal; helper?: Unsealer } = {},
 ): Promise<void> {
-  const { buf, signal } = opts;
-  const chunks = chunkCount(entry.plainSize, entry.chunkBytes);
+  const { buf, signal, helper } = opts;
   const b = buf && buf.length >= entry.chunkBytes + TAG_BYTES ? buf : Buffer.allocUnsafe(entry.chunkBytes + TAG_BYTES);
-  const nonce = Buffer.from(entry.nonce, 'hex');
   const fd = fs.openSync(src, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW);
   let out: number | undefined;
   try {
@@ -557,33 +570,132 @@ export async function openSealedFile(
       );
     }
     out = fs.openSync(dest, 'wx', 0o600);
-    let pos = 0;
-    for (let i = 0; i < chunks; i++) {
-      const plain = Math.min(entry.chunkBytes, entry.plainSize - i * entry.chunkBytes);
-      const n = plain + TAG_BYTES;
-      let got = 0;
-      while (got < n) {
-        const r = fs.readSync(fd, b, got, n - got, pos + got);
-        if (r === 0) throw new CheckpointUnusableError('truncated', `${entry.path}: ends inside chunk ${i}`);
-        got += r;
-      }
-      writeAll(
-        out,
-        openChunk(
-          key.key,
-          chunkNonce(nonce, i),
-          chunkAad(sealId, entry.path, i, i === chunks - 1),
-          b.subarray(0, n),
-          `${entry.path}: chunk ${i + 1} of ${chunks}`,
-        ),
-      );
-      pos += n;
-      if (i + 1 < chunks) await yieldTurn();
-      signal?.throwIfAborted();
+    const job: OpenJob = { src, dest, entry, sealId, key: { id: key.id, key: key.key } };
+    const next = new Int32Array(new SharedArrayBuffer(4));
+    const stop = () => Atomics.store(next, 0, CHUNKS_STOPPED); // the helper takes no further chunk
+    signal?.addEventListener('abort', stop, { once: true });
+    const helped = helper && chunkCount(entry.plainSize, entry.chunkBytes) > 1 ? helper.help(job, next) : undefined;
+    try {
+      await openChunks(fd, out, job, next, b, signal);
+    } catch (err) {
+      stop();
+      await helped?.catch(() => undefined);
+      throw err;
+    } finally {
+      signal?.removeEventListener('abort', stop);
     }
+    await helped;
   } finally {
     fs.closeSync(fd);
     if (out !== undefined) fs.closeSync(out);
+  }
+}
+
+/** What openSealedFile hands its helper thread (plain data). */
+export interface OpenJob {
+  src: string;
+  dest: string;
+  entry: SealedFile;
+  sealId: string;
+  key: { id: string; key: Uint8Array };
+}
+
+const CHUNKS_STOPPED = 0x3fffffff;
+
+/**
+ * Decrypt chunks of `job` from `fd` into `out` until none is left: each
+ * thread working on the file takes the next index from the shared counter
+ * `next`, so a helper that starts late, or a thread that is slowed, leaves
+ * more to the other. Plaintext goes to its own offset (chunk i at i x
+ * chunkBytes), so the order of the writes does not matter.
+ */
+export async function openChunks(
+  fd: number,
+  out: number,
+  job: OpenJob,
+  next: Int32Array,
+  b: Buffer,
+  signal?: AbortSignal,
+): Promise<void> {
+  const { entry } = job;
+  const chunks = chunkCount(entry.plainSize, entry.chunkBytes);
+  const nonce = Buffer.from(entry.nonce, 'hex');
+  const key = Buffer.from(job.key.key);
+  for (let i = Atomics.add(next, 0, 1); i < chunks; i = Atomics.add(next, 0, 1)) {
+    const plain = Math.min(entry.chunkBytes, entry.plainSize - i * entry.chunkBytes);
+    const n = plain + TAG_BYTES;
+    const pos = i * (entry.chunkBytes + TAG_BYTES);
+    let got = 0;
+    while (got < n) {
+      const r = fs.readSync(fd, b, got, n - got, pos + got);
+      if (r === 0) throw new CheckpointUnusableError('truncated', `${entry.path}: ends inside chunk ${i}`);
+      got += r;
+    }
+    writeAll(
+      out,
+      openChunk(
+        key,
+        chunkNonce(nonce, i),
+        chunkAad(job.sealId, entry.path, i, i === chunks - 1),
+        b.subarray(0, n),
+        `${entry.path}: chunk ${i + 1} of ${chunks}`,
+      ),
+      i * entry.chunkBytes,
+    );
+    if (i + 1 < chunks) await yieldTurn();
+    signal?.throwIfAborted();
+  }
+}
+
+/** From dist/core/seal.js and from the bundles alike (see digest.ts's workerFile). */
+const unsealWorkerFile = (): URL => new URL('../core/unseal-worker.js', import.meta.url);
+
+/**
+ * A worker thread that helps openSealedFile decrypt large files (a sealed
+ * restore's page images) on the other core. Started ahead of its first use
+ * (its module loads meanwhile); one file at a time; close() ends it.
+ */
+export class Unsealer {
+  private readonly worker = new Worker(unsealWorkerFile());
+  private busy: Promise<unknown> = Promise.resolve();
+
+  constructor() {
+    this.worker.unref(); // an idle helper never keeps the process alive
+  }
+
+  /** Decrypt chunks of `job` alongside the caller until `next` passes the last one. */
+  help(job: OpenJob, next: Int32Array): Promise<void> {
+    const w = this.worker;
+    const run = this.busy.then(
+      () =>
+        new Promise<void>((resolve, reject) => {
+          const done = () => {
+            w.off('message', onMessage);
+            w.off('error', onError);
+            w.unref();
+          };
+          const onMessage = (m: { error?: string; reason?: string }) => {
+            done();
+            if (m.error === undefined) resolve();
+            else reject(m.reason ? new CheckpointUnusableError(m.reason, m.error) : new Error(m.error));
+          };
+          const onError = (err: Error) => {
+            done();
+            reject(err);
+          };
+          w.on('message', onMessage);
+          w.on('error', onError);
+          w.ref(); // awaited: keeps the process alive until it answers
+          w.postMessage({ job, next });
+        }),
+    );
+    this.busy = run.catch(() => undefined);
+    return run;
+  }
+
+  async close(): Promise<void> {
+    await this.busy;
+    await this.worker.terminate();
   }
 }
 
