@@ -265,7 +265,6 @@ async function checkpointLocked(
   };
   let published = false;
   let sealer: SealFollower | undefined;
-  let sealHasher: DigestFollower | undefined;
   let scratch: Scratch | undefined;
   const sealId = newSealId();
   const chunkKeys = chunking && storeKey ? chunkKeysOf(storeKey) : undefined;
@@ -284,13 +283,9 @@ async function checkpointLocked(
     const dumpDir = scratch ? path.join(scratch.dir, CRIU_DIR) : criuDir;
     const diffDir = scratch ? scratch.dir : staging.dir;
     if (scratch && sealKey) {
-      // The page images' ciphertext is hashed on a thread of its own, following the sealer's writes
-      // (sequential: the stored file grows only at its end), so the sealer's thread only reads, encrypts and writes.
-      await fsp.mkdir(criuDir, { recursive: true });
-      sealHasher = await DigestFollower.start(criuDir, PAGE_IMAGE_NAME);
       sealer = new SealFollower(
         [
-          { dir: dumpDir, pattern: PAGE_IMAGE_NAME, prefix: `${CRIU_DIR}/`, hashedElsewhere: true },
+          { dir: dumpDir, pattern: PAGE_IMAGE_NAME, prefix: `${CRIU_DIR}/` },
           { dir: scratch.dir, pattern: new RegExp(`^${ROOTFS_TAR.replace('.', '\\.')}$`) },
         ],
         staging.dir,
@@ -437,8 +432,6 @@ async function checkpointLocked(
       const s0 = Date.now();
       seal = { id: sealId, files: await finishSealing(sealer, scratch, staging.dir, known) };
       sealer = undefined;
-      for (const [name, d] of await sealHasher!.finish()) known.set(`${CRIU_DIR}/${name}`, d);
-      sealHasher = undefined;
       timings.sealTail = Date.now() - s0; // sealing left when CRIU and the layer capture were done
     } else if (scratch) {
       await copyMetadata(scratch, staging.dir); // chunked with a key: the large files are chunked from the scratch
@@ -549,7 +542,6 @@ async function checkpointLocked(
     };
   } catch (err) {
     await sealer?.cancel();
-    await sealHasher?.cancel();
     await chunkFollower?.cancel().catch(() => undefined);
     await chunkPool?.close();
     await scratch?.remove().catch(() => undefined);
@@ -585,7 +577,7 @@ async function finishSealing(
 ): Promise<SealedFile[]> {
   const files: SealedFile[] = [];
   for (const [rel, r] of await sealer.finish()) {
-    if (r.stored) known.set(rel, r.stored);
+    known.set(rel, r.stored);
     files.push(r.sealed);
   }
   await copyMetadata(scratch, stagingDir);

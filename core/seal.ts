@@ -241,6 +241,7 @@ class FileSealer {
   private written = 0;
   private synced = 0;
   private syncing = false;
+  private readonly hash: Hash = createHash('sha256');
   private readonly nonce = randomBytes(NONCE_BYTES);
 
   constructor(
@@ -252,8 +253,6 @@ class FileSealer {
     private readonly chunkBytes: number,
     private readonly buf: Buffer,
     private readonly writeback: boolean,
-    /** Absent where another thread hashes the stored file as it grows (SealSource.hashedElsewhere). */
-    private readonly hash: Hash | undefined,
   ) {}
 
   /** Seal at most one chunk; true when one was sealed. */
@@ -276,7 +275,7 @@ class FileSealer {
       chunkAad(this.sealId, this.rel, this.index, last),
       this.buf.subarray(0, n),
     );
-    if (this.hash) for (const b of out) this.hash.update(b);
+    for (const b of out) this.hash.update(b);
     this.written += writeAll(this.dst, out);
     this.pos += n;
     this.index++;
@@ -298,7 +297,7 @@ class FileSealer {
   async finish(): Promise<SealResult> {
     while (this.pumpOne(true)) await yieldTurn();
     return {
-      ...(this.hash ? { stored: { size: this.written, sha256: this.hash.digest('hex') } } : {}),
+      stored: { size: this.written, sha256: this.hash.digest('hex') },
       sealed: {
         path: this.rel,
         alg: SEAL_ALG,
@@ -325,13 +324,11 @@ export interface SealSource {
   pattern: RegExp;
   prefix?: string;
   rel?: string;
-  /** Its stored files are hashed by the caller (a DigestFollower on `dest`), so this thread only seals. */
-  hashedElsewhere?: boolean;
 }
 
-/** One sealed file: the digest of what was stored (unless hashed elsewhere), and the manifest's seal entry. */
+/** One sealed file: the digest of what was stored, and the manifest's seal entry. */
 export interface SealResult {
-  stored?: Digest;
+  stored: Digest;
   sealed: SealedFile;
 }
 
@@ -380,17 +377,7 @@ export class SealLoop {
         const dst = fs.openSync(dstPath, 'wx', 0o600);
         this.files.set(
           rel,
-          new FileSealer(
-            rel,
-            src,
-            dst,
-            this.key,
-            this.sealId,
-            this.buf.length,
-            this.buf,
-            !!this.opts.writeback,
-            s.hashedElsewhere ? undefined : createHash('sha256'),
-          ),
+          new FileSealer(rel, src, dst, this.key, this.sealId, this.buf.length, this.buf, !!this.opts.writeback),
         );
       }
     }
@@ -449,8 +436,9 @@ const sealWorkerFile = (): URL => new URL('../core/seal-worker.js', import.meta.
  * layer archive). On a worker thread where this process may start one:
  * there the encryption and the ciphertext's hash run on the other core
  * while CRIU dumps and this thread captures the layer, so little is left
- * to seal once CRIU is done (the container is still frozen then). In the
- * shim (no worker threads, see digest.ts) the same loop runs here instead.
+ * to seal once CRIU is done (the container is still frozen then). Where a
+ * process may start no worker thread (usesWorkerThreads) the same loop runs
+ * here instead.
  * finish() is called once every writer is done; cancel() abandons it.
  *
  * The ciphertext's sha256 is kept in the manifest although GCM
@@ -518,8 +506,8 @@ export async function sealFile(
     { chunkBytes },
   );
   const r = (await f.finish()).get(rel);
-  if (!r?.stored) throw new Error(`${src} is not there to seal`);
-  return { stored: r.stored, sealed: r.sealed };
+  if (!r) throw new Error(`${src} is not there to seal`);
+  return r;
 }
 
 function escapeRe(s: string): string {
