@@ -17,7 +17,7 @@ import { Worker } from 'node:worker_threads';
  *    core it keeps pace with the dump, so little is left when CRIU is done;
  *  - when verifying (transfers, `verifyCurrent`), large files are hashed on
  *    worker threads, one file per thread, while the main thread checks the
- *    small ones; the shim hashes everything on its own thread (see
+ *    small ones; the shim hashes on its own thread (see
  *    hashOnThisThreadOnly), its page images while runc restores them.
  * Reads are synchronous (no thread-pool round trip per block), which is what
  * lets one thread reach openssl's speed.
@@ -28,19 +28,21 @@ export interface Digest {
 }
 
 /**
- * Whether this process hashes on worker threads. The shim turns them off
- * (shim/entry.ts): started from its V8 start-up snapshot, a worker dies at
- * once on Node 20 ("undefined is not an integer typed array": pino loads
- * worker_threads while the snapshot is built, and its cwd counter does not
- * survive the snapshot). The shim has its thread to itself anyway: it hashes
- * there, in chunks, while it waits for runc.
+ * Whether digestFiles hashes on worker threads. The shim hashes on its own
+ * thread (shim/entry.ts): it has that thread to itself while it waits for
+ * runc, and what it verifies before runc starts is small files, for which
+ * starting a thread costs more than hashing them.
  */
 let workerThreads = true;
 export function hashOnThisThreadOnly(): void {
   workerThreads = false;
 }
-/** Whether this process may start worker threads (false in the shim: see hashOnThisThreadOnly). */
-export const usesWorkerThreads = (): boolean => workerThreads;
+/**
+ * Whether this process may start worker threads: always, since the shim's
+ * bundle loads worker_threads only after its start-up snapshot is
+ * deserialized (shim/worker-threads-lazy.ts says why that matters).
+ */
+export const usesWorkerThreads = (): boolean => true;
 
 /** Files above this are hashed on worker threads when verifying. */
 const WORKER_MIN_BYTES = 1024 * 1024;
@@ -178,8 +180,6 @@ export class DigestFollower {
   private readonly writer: Promise<void>;
 
   static async start(dir: string, pattern: RegExp, opts: { writeback?: boolean } = {}): Promise<DigestFollower> {
-    if (!workerThreads)
-      throw new Error('DigestFollower needs worker threads, and this process hashes on its own thread only');
     return new DigestFollower(
       new Worker(workerFile(), { workerData: { follow: { dir, pattern: pattern.source } } }),
       dir,

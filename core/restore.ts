@@ -13,7 +13,15 @@ import { assertSameOwner, ownerOf } from './owner.js';
 import { layerDifference } from './layer-match.js';
 import { applyDiff, findOverlayDirs } from './rootfs-diff.js';
 import type { Runc } from './runc.js';
-import { storeKeyLookup, makeScratch, openSealedFile, SEAL_CHUNK_BYTES, type Scratch, type StoreKey } from './seal.js';
+import {
+  storeKeyLookup,
+  makeScratch,
+  openSealedFile,
+  SEAL_CHUNK_BYTES,
+  Unsealer,
+  type Scratch,
+  type StoreKey,
+} from './seal.js';
 import { trustOf } from './trust.js';
 import { assembleIfChunked } from './chunked-restore.js';
 import { SealGate } from './seal-gate.js';
@@ -58,10 +66,11 @@ const BUNDLE_CRIU_CONFIG = 'arch-criu.conf';
 
 export async function restoreFromCheckpoint(ctx: NodeContext, req: RestoreRequest): Promise<RestoreResult | undefined> {
   // A sealed checkpoint's plaintext lives in a tmpfs scratch dir only for the restore: removed however it ends.
-  const held: { scratch?: Scratch } = {};
+  const held: { scratch?: Scratch; unsealer?: Unsealer } = {};
   try {
     return await restoreHolding(ctx, req, held);
   } finally {
+    await held.unsealer?.close();
     await held.scratch
       ?.remove()
       .catch((err) =>
@@ -76,7 +85,7 @@ export async function restoreFromCheckpoint(ctx: NodeContext, req: RestoreReques
 async function restoreHolding(
   ctx: NodeContext,
   req: RestoreRequest,
-  held: { scratch?: Scratch },
+  held: { scratch?: Scratch; unsealer?: Unsealer },
 ): Promise<RestoreResult | undefined> {
   const timings: Record<string, number> = {};
   const store = checkpointStoreOf(req.contract, req.namespace, req.id);
@@ -131,7 +140,10 @@ async function restoreHolding(
         'restoring an UNSIGNED checkpoint because ARCH_ACCEPT_UNSIGNED=1 (meant for upgrades only: unset it once the old checkpoints are gone)',
       );
     }
-    return { ...v, keys: v.manifest.seal ? sealKeys(v.manifest, ctx.settings) : undefined };
+    const keys = v.manifest.seal ? sealKeys(v.manifest, ctx.settings) : undefined;
+    // The page images are decrypted on two threads: the helper's module loads while the archive is decrypted.
+    if (keys) held.unsealer = new Unsealer();
+    return { ...v, keys };
   });
   // Sealed: the archive is decrypted into the scratch dir (every chunk
   // authenticated) before it is validated and extracted from there, then the
@@ -155,12 +167,13 @@ async function restoreHolding(
     const s = Date.now();
     const script = await gateScript;
     const later = (p: string) => script !== undefined && PAGE_IMAGE_PATH.test(p);
-    await stageFiles(dir, src, v.manifest, v.keys, (p) => p.startsWith(`${CRIU_DIR}/`) && !later(p));
+    const now = (p: string) => p.startsWith(`${CRIU_DIR}/`) && !later(p);
+    await stageFiles(dir, src, v.manifest, v.keys, now, undefined, held.unsealer);
     timings.unsealImages = Date.now() - s;
     const images = path.join(src, CRIU_DIR);
     if (script === undefined) return { dir: images };
     const gate = await SealGate.close(images);
-    const pages = stageFiles(dir, src, v.manifest, v.keys, later, stopDecrypting.signal).then(() => {
+    const pages = stageFiles(dir, src, v.manifest, v.keys, later, stopDecrypting.signal, held.unsealer).then(() => {
       timings.unsealPages = Date.now() - s;
     });
     pages.then(
@@ -355,6 +368,7 @@ async function stageFiles(
   keys: Map<string, StoreKey>,
   which: (p: string) => boolean,
   signal?: AbortSignal,
+  helper?: Unsealer,
 ): Promise<void> {
   const sealed = new Map(manifest.seal!.files.map((f) => [f.path, f]));
   const buf = Buffer.allocUnsafe(SEAL_CHUNK_BYTES + 16);
@@ -364,11 +378,15 @@ async function stageFiles(
     const s = sealed.get(f.path);
     if (!s) await fsp.copyFile(path.join(dir, f.path), dest);
     else if (!signal)
-      await openSealedFile(path.join(dir, f.path), dest, s, manifest.seal!.id, keys.get(f.path)!, { buf });
+      await openSealedFile(path.join(dir, f.path), dest, s, manifest.seal!.id, keys.get(f.path)!, { buf, helper });
     else {
       // Behind the gate: under another name until whole, so a CRIU that looked early would find no file, never half of one.
       const part = `${dest}.part`;
-      await openSealedFile(path.join(dir, f.path), part, s, manifest.seal!.id, keys.get(f.path)!, { buf, signal });
+      await openSealedFile(path.join(dir, f.path), part, s, manifest.seal!.id, keys.get(f.path)!, {
+        buf,
+        signal,
+        helper,
+      });
       await fsp.rename(part, dest);
     }
   }

@@ -206,12 +206,12 @@ export function openChunk(key: Buffer, nonce: Buffer, aad: Buffer, sealed: Buffe
   return out;
 }
 
-/** Write every buffer, in order, with as few syscalls as the kernel allows (one writev for a whole chunk). */
-function writeAll(fd: number, bufs: Buffer[]): number {
+/** Write every buffer, in order (at `at`, else at the file position), with as few syscalls as the kernel allows (one writev for a whole chunk). */
+function writeAll(fd: number, bufs: Buffer[], at?: number): number {
   const total = bufs.reduce((a, b) => a + b.length, 0);
   let left = bufs;
   for (let done = 0; done < total;) {
-    let n = fs.writevSync(fd, left);
+    let n = at === undefined ? fs.writevSync(fd, left) : fs.writevSync(fd, left, at + done);
     done += n;
     // A short write (rare on regular files): go on from where it stopped.
     const rest: Buffer[] = [];
@@ -436,8 +436,9 @@ const sealWorkerFile = (): URL => new URL('../core/seal-worker.js', import.meta.
  * layer archive). On a worker thread where this process may start one:
  * there the encryption and the ciphertext's hash run on the other core
  * while CRIU dumps and this thread captures the layer, so little is left
- * to seal once CRIU is done (the container is still frozen then). In the
- * shim (no worker threads, see digest.ts) the same loop runs here instead.
+ * to seal once CRIU is done (the container is still frozen then). Where a
+ * process may start no worker thread (usesWorkerThreads) the same loop runs
+ * here instead.
  * finish() is called once every writer is done; cancel() abandons it.
  *
  * The ciphertext's sha256 is kept in the manifest although GCM
@@ -532,7 +533,9 @@ export function keyFor(entry: Pick<SealedFile, 'keyId'>, keys: StoreKeys | undef
  * Decrypt a sealed file into `dest` (mode 0600), chunk by chunk: each chunk
  * is authenticated before its plaintext is written, and the file must hold
  * exactly the chunks the manifest implies (the last one marked last).
- * Runs on this thread, yielding between chunks. Throws CheckpointUnusableError.
+ * With an Unsealer, its worker thread decrypts chunks too (large files:
+ * the page images), each thread taking the next chunk not yet taken; else
+ * all on this thread, yielding between chunks. Throws CheckpointUnusableError.
  */
 export async function openSealedFile(
   src: string,
@@ -540,12 +543,10 @@ export async function openSealedFile(
   entry: SealedFile,
   sealId: string,
   key: StoreKey,
-  opts: { buf?: Buffer; signal?: AbortSignal } = {},
+  opts: { buf?: Buffer; signal?: AbortSignal; helper?: Unsealer } = {},
 ): Promise<void> {
-  const { buf, signal } = opts;
-  const chunks = chunkCount(entry.plainSize, entry.chunkBytes);
+  const { buf, signal, helper } = opts;
   const b = buf && buf.length >= entry.chunkBytes + TAG_BYTES ? buf : Buffer.allocUnsafe(entry.chunkBytes + TAG_BYTES);
-  const nonce = Buffer.from(entry.nonce, 'hex');
   const fd = fs.openSync(src, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW);
   let out: number | undefined;
   try {
@@ -557,33 +558,132 @@ export async function openSealedFile(
       );
     }
     out = fs.openSync(dest, 'wx', 0o600);
-    let pos = 0;
-    for (let i = 0; i < chunks; i++) {
-      const plain = Math.min(entry.chunkBytes, entry.plainSize - i * entry.chunkBytes);
-      const n = plain + TAG_BYTES;
-      let got = 0;
-      while (got < n) {
-        const r = fs.readSync(fd, b, got, n - got, pos + got);
-        if (r === 0) throw new CheckpointUnusableError('truncated', `${entry.path}: ends inside chunk ${i}`);
-        got += r;
-      }
-      writeAll(
-        out,
-        openChunk(
-          key.key,
-          chunkNonce(nonce, i),
-          chunkAad(sealId, entry.path, i, i === chunks - 1),
-          b.subarray(0, n),
-          `${entry.path}: chunk ${i + 1} of ${chunks}`,
-        ),
-      );
-      pos += n;
-      if (i + 1 < chunks) await yieldTurn();
-      signal?.throwIfAborted();
+    const job: OpenJob = { src, dest, entry, sealId, key: { id: key.id, key: key.key } };
+    const next = new Int32Array(new SharedArrayBuffer(4));
+    const stop = () => Atomics.store(next, 0, CHUNKS_STOPPED); // the helper takes no further chunk
+    signal?.addEventListener('abort', stop, { once: true });
+    const helped = helper && chunkCount(entry.plainSize, entry.chunkBytes) > 1 ? helper.help(job, next) : undefined;
+    try {
+      await openChunks(fd, out, job, next, b, signal);
+    } catch (err) {
+      stop();
+      await helped?.catch(() => undefined);
+      throw err;
+    } finally {
+      signal?.removeEventListener('abort', stop);
     }
+    await helped;
   } finally {
     fs.closeSync(fd);
     if (out !== undefined) fs.closeSync(out);
+  }
+}
+
+/** What openSealedFile hands its helper thread (plain data). */
+export interface OpenJob {
+  src: string;
+  dest: string;
+  entry: SealedFile;
+  sealId: string;
+  key: { id: string; key: Uint8Array };
+}
+
+const CHUNKS_STOPPED = 0x3fffffff;
+
+/**
+ * Decrypt chunks of `job` from `fd` into `out` until none is left: each
+ * thread working on the file takes the next index from the shared counter
+ * `next`, so a helper that starts late, or a thread that is slowed, leaves
+ * more to the other. Plaintext goes to its own offset (chunk i at i x
+ * chunkBytes), so the order of the writes does not matter.
+ */
+export async function openChunks(
+  fd: number,
+  out: number,
+  job: OpenJob,
+  next: Int32Array,
+  b: Buffer,
+  signal?: AbortSignal,
+): Promise<void> {
+  const { entry } = job;
+  const chunks = chunkCount(entry.plainSize, entry.chunkBytes);
+  const nonce = Buffer.from(entry.nonce, 'hex');
+  const key = Buffer.from(job.key.key);
+  for (let i = Atomics.add(next, 0, 1); i < chunks; i = Atomics.add(next, 0, 1)) {
+    const plain = Math.min(entry.chunkBytes, entry.plainSize - i * entry.chunkBytes);
+    const n = plain + TAG_BYTES;
+    const pos = i * (entry.chunkBytes + TAG_BYTES);
+    let got = 0;
+    while (got < n) {
+      const r = fs.readSync(fd, b, got, n - got, pos + got);
+      if (r === 0) throw new CheckpointUnusableError('truncated', `${entry.path}: ends inside chunk ${i}`);
+      got += r;
+    }
+    writeAll(
+      out,
+      openChunk(
+        key,
+        chunkNonce(nonce, i),
+        chunkAad(job.sealId, entry.path, i, i === chunks - 1),
+        b.subarray(0, n),
+        `${entry.path}: chunk ${i + 1} of ${chunks}`,
+      ),
+      i * entry.chunkBytes,
+    );
+    if (i + 1 < chunks) await yieldTurn();
+    signal?.throwIfAborted();
+  }
+}
+
+/** From dist/core/seal.js and from the bundles alike (see digest.ts's workerFile). */
+const unsealWorkerFile = (): URL => new URL('../core/unseal-worker.js', import.meta.url);
+
+/**
+ * A worker thread that helps openSealedFile decrypt large files (a sealed
+ * restore's page images) on the other core. Started ahead of its first use
+ * (its module loads meanwhile); one file at a time; close() ends it.
+ */
+export class Unsealer {
+  private readonly worker = new Worker(unsealWorkerFile());
+  private busy: Promise<unknown> = Promise.resolve();
+
+  constructor() {
+    this.worker.unref(); // an idle helper never keeps the process alive
+  }
+
+  /** Decrypt chunks of `job` alongside the caller until `next` passes the last one. */
+  help(job: OpenJob, next: Int32Array): Promise<void> {
+    const w = this.worker;
+    const run = this.busy.then(
+      () =>
+        new Promise<void>((resolve, reject) => {
+          const done = () => {
+            w.off('message', onMessage);
+            w.off('error', onError);
+            w.unref();
+          };
+          const onMessage = (m: { error?: string; reason?: string }) => {
+            done();
+            if (m.error === undefined) resolve();
+            else reject(m.reason ? new CheckpointUnusableError(m.reason, m.error) : new Error(m.error));
+          };
+          const onError = (err: Error) => {
+            done();
+            reject(err);
+          };
+          w.on('message', onMessage);
+          w.on('error', onError);
+          w.ref(); // awaited: keeps the process alive until it answers
+          w.postMessage({ job, next });
+        }),
+    );
+    this.busy = run.catch(() => undefined);
+    return run;
+  }
+
+  async close(): Promise<void> {
+    await this.busy;
+    await this.worker.terminate();
   }
 }
 

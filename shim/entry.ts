@@ -14,7 +14,7 @@ import { hashOnThisThreadOnly } from '../core/digest.js';
 import { main, runShim } from './main.js';
 import { warmUp } from './snapshot-warm-up.js';
 
-// No worker threads in the shim, however it starts (core/digest.ts says why).
+// Digests on this thread (core/digest.ts says why); sealing and unsealing use worker threads.
 hashOnThisThreadOnly();
 
 if (v8.startupSnapshot.isBuildingSnapshot()) {

@@ -21,6 +21,7 @@ import {
   SealFollower,
   SealLoop,
   storeKeyId,
+  Unsealer,
   type SealedFile,
   type StoreKey,
 } from '../../core/seal.js';
@@ -172,6 +173,48 @@ describe('seal format: round trip', () => {
     const b = await sealed(Buffer.alloc(100), k);
     expect(a.entry.nonce).not.toBe(b.entry.nonce);
     expect(fs.readFileSync(a.stored).equals(fs.readFileSync(b.stored))).toBe(false);
+  });
+});
+
+describe('seal format: opened on two threads (an Unsealer helping, as a sealed restore opens its page images)', () => {
+  let helper: Unsealer;
+  beforeAll(() => {
+    helper = new Unsealer();
+  });
+  afterAll(() => helper.close());
+
+  async function openTwo(s: Awaited<ReturnType<typeof sealed>>): Promise<string> {
+    const out = path.join(s.dir, `out-${n++}`);
+    await openSealedFile(s.stored, out, s.entry, s.sealId, s.k, { helper });
+    return out;
+  }
+
+  test.each([1, CHUNK, 40 * CHUNK + 3])('%i bytes: the same plaintext, mode 0600', async (size) => {
+    const plain = randomBytes(size);
+    const s = await sealed(plain);
+    const out = await openTwo(s);
+    expect(fs.readFileSync(out).equals(plain)).toBe(true);
+    expect(fs.statSync(out).mode & 0o777).toBe(0o600);
+    // The helper goes on serving files one after another.
+    expect(fs.readFileSync(await openTwo(s)).equals(plain)).toBe(true);
+  });
+
+  test.each([0, 20, 40])('a flipped byte in chunk %i is refused, and its plaintext never written', async (i) => {
+    const plain = randomBytes(40 * CHUNK + 3);
+    const s = await sealed(plain);
+    const b = fs.readFileSync(s.stored);
+    b[i * (CHUNK + 16) + 10]! ^= 1;
+    fs.writeFileSync(s.stored, b);
+    const out = path.join(s.dir, `out-${n++}`);
+    const err = await checkpointUnusable(openSealedFile(s.stored, out, s.entry, s.sealId, s.k, { helper }));
+    expect(err.reason).toBe('corrupt');
+    expect(err.message).toContain(`chunk ${i + 1} of 41`);
+    const got = fs.readFileSync(out);
+    const want = plain.subarray(i * CHUNK, (i + 1) * CHUNK);
+    expect(got.subarray(i * CHUNK, (i + 1) * CHUNK).equals(want)).toBe(false);
+    // And the helper is still usable for the next file.
+    const ok = await sealed(plain);
+    expect(fs.readFileSync(await openTwo(ok)).equals(plain)).toBe(true);
   });
 });
 
