@@ -25,9 +25,9 @@ import { median, round } from './support/stats.js';
  * reads its count file every millisecond and reports the longest time it
  * did not move. ARCH's recorded freezeMs (CRIU's own freeze-to-resume
  * window, from its log: CRIU stops a job left running, see
- * core/layer-gate.ts) is shown beside it. A third variant stages ARCH's
- * dump in memory (stageInMemory: true, ARCH_STAGE_DUMPS_IN_MEMORY=1)
- * instead of writing it to the store's disk: what staging buys. Every variant keeps its previous image until
+ * core/layer-gate.ts) is shown beside it. ARCH runs twice: with its dump
+ * staged in memory (ARCH_STAGE_DUMPS_IN_MEMORY=1, the default: the target
+ * row) and written to the store's disk (=0): what staging buys. Every variant keeps its previous image until
  * the new one is written, the order rotates per repetition, and what each
  * leaves dirty is written back before the next (see the raw variant). CRIU's
  * own statistics of each dump are kept in the details.
@@ -149,6 +149,7 @@ export const benchmark: Benchmark = {
             namespace: 'default',
             id: ids.arch,
             leaveRunning: true,
+            stageInMemory: false,
           });
           return {
             frozen: await stop(),
@@ -203,17 +204,18 @@ export const benchmark: Benchmark = {
     const rows: Row[] = [];
     for (const sizeMb of sizes) {
       const s = samples.filter((x) => x.sizeMb === sizeMb);
-      const ratio = round(median(s.map((x) => x.arch / x.raw)));
+      // The target row is ARCH as the node runs it by default: the dump staged in memory.
+      const ratio = round(median(s.map((x) => x.archMem / x.raw)));
       rows.push({
-        metric: `job stalled by a periodic checkpoint, ${sizeMb} MiB (ARCH vs runc checkpoint --leave-running)`,
+        metric: `job stalled by a periodic checkpoint, ${sizeMb} MiB (ARCH, dump staged in memory, the default, vs runc checkpoint --leave-running)`,
         unit: 'ms',
-        arch: round(median(s.map((x) => x.arch))),
+        arch: round(median(s.map((x) => x.archMem))),
         raw: round(median(s.map((x) => x.raw))),
         ratio,
         target: `≤ ${FREEZE_TARGET}x`,
         pass: ratio <= FREEZE_TARGET,
         n: s.length,
-        note: `ARCH's recorded freezeMs median ${round(median(s.map((x) => x.archSelf)))} ms; ARCH staging in memory: ${round(median(s.map((x) => x.archMem)))} ms (${round(median(s.map((x) => x.archMem / x.raw)))}x raw); ratios per rep ${s.map((x) => round(x.arch / x.raw)).join(', ')}`,
+        note: `ratios per rep ${s.map((x) => round(x.archMem / x.raw)).join(', ')}; ARCH with its dump on the store's disk (ARCH_STAGE_DUMPS_IN_MEMORY=0): ${round(median(s.map((x) => x.arch)))} ms (${round(median(s.map((x) => x.arch / x.raw)))}x raw; per rep ${s.map((x) => round(x.arch / x.raw)).join(', ')}), its recorded freezeMs median ${round(median(s.map((x) => x.archSelf)))} ms`,
       });
     }
     const stagedRatio = round(median(samples.map((x) => x.archMem / x.arch)));
@@ -229,7 +231,7 @@ export const benchmark: Benchmark = {
       details: { samples },
       notes: [
         `The stall is the job's own: the longest time its count did not move (read every ms), for ARCH and raw runc alike.`,
-        `Staging in memory (ARCH_STAGE_DUMPS_IN_MEMORY=1, core/dump-staging.ts): the job stood still ${stagedRatio}x as long as with the dump written to the store's disk, the default (median over all sizes).`,
+        `Staging in memory (ARCH_STAGE_DUMPS_IN_MEMORY=1, core/dump-staging.ts): the default since 2026-12-04: the job stood still ${stagedRatio}x as long as with the dump written to the store's disk (ARCH_STAGE_DUMPS_IN_MEMORY=0; median over all sizes).`,
         `CRIU's own frozen time (stats-dump): raw ${criuFrozen('raw')}; ARCH ${criuFrozen('arch')}; ARCH staging in memory ${criuFrozen('mem')}.`,
       ],
     };

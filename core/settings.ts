@@ -180,7 +180,7 @@ export function loadSettings(env: NodeJS.ProcessEnv = process.env): Settings {
     criuNoBreakpoints: parseBool(get('ARCH_CRIU_NO_BREAKPOINTS'), 'ARCH_CRIU_NO_BREAKPOINTS', false),
     criuNetworkLock: parseNetworkLock(get('ARCH_CRIU_NETWORK_LOCK')),
     fsync: parseBool(get('ARCH_FSYNC'), 'ARCH_FSYNC', true),
-    stageDumpsInMemory: parseBool(get('ARCH_STAGE_DUMPS_IN_MEMORY'), 'ARCH_STAGE_DUMPS_IN_MEMORY', false),
+    stageDumpsInMemory: parseBool(get('ARCH_STAGE_DUMPS_IN_MEMORY'), 'ARCH_STAGE_DUMPS_IN_MEMORY', true),
     storeFormat: parseStoreFormat(get('ARCH_STORE_FORMAT')),
     keep: parseKeep(get('ARCH_KEEP')),
     logFile: logFile ? requireAbsolutePath(logFile, 'ARCH_LOG_FILE') : undefined,

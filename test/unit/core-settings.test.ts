@@ -53,7 +53,7 @@ describe('loadSettings', () => {
       criuNoBreakpoints: false,
       criuNetworkLock: 'auto',
       fsync: true,
-      stageDumpsInMemory: false,
+      stageDumpsInMemory: true,
       logFile: undefined,
       logLevel: 'info',
       nodeName: os.hostname(),
@@ -112,7 +112,7 @@ describe('loadSettings', () => {
     });
     expect(s.defaultCheckpointIntervalMs).toBe(600_000);
     expect(s.maxConcurrentCheckpoints).toBe(3);
-    expect(loadSettings({ ARCH_CONFIG: configFile('ARCH_STAGE_DUMPS_IN_MEMORY=1\n') }).stageDumpsInMemory).toBe(true);
+    expect(loadSettings({ ARCH_CONFIG: configFile('ARCH_STAGE_DUMPS_IN_MEMORY=0\n') }).stageDumpsInMemory).toBe(false);
   });
 
   test.each([
