@@ -67,21 +67,33 @@ export function requireAllowedRoot(p: string, roots: readonly string[], field: s
   );
 }
 
-/** A directory reached by the walk, held open so that nothing can swap it meanwhile. */
-export interface HeldDir {
-  /** The path as named (for logs and for runc). */
+/**
+ * Where a container's checkpoints are, held with its ownership record: a
+ * directory walked without symlinks (HeldDir), or a bucket prefix
+ * (core/s3-store.ts). One rule for both (CheckpointStore in core/store.ts):
+ * ARCH writes into it only for the container its record names (or takes it
+ * over for a newer one of the same job), and removes it only for that
+ * container.
+ */
+export interface OwnedPlace {
+  /** For messages and logs: the path or URL as named. */
   path: string;
-  /** /proc/self/fd/N: the very directory that was opened, whatever happens to its name. */
-  fdPath: string;
+  /** Made just now (nothing was there). */
   created: boolean;
   /** Its ownership record, if ARCH wrote one. */
   record: OwnerRecord | undefined;
   /** The names directly in it. */
   entries(): Promise<string[]>;
   writeRecord(r: OwnerRecord): Promise<void>;
-  /** Remove the directory with everything in it, then its record. */
+  /** Everything in it, then its record. */
   removeAll(): Promise<void>;
   close(): Promise<void>;
+}
+
+/** A directory reached by the walk, held open so that nothing can swap it meanwhile. */
+export interface HeldDir extends OwnedPlace {
+  /** /proc/self/fd/N: the very directory that was opened, whatever happens to its name. */
+  fdPath: string;
 }
 
 export interface WalkRequest {

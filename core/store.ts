@@ -4,7 +4,7 @@ import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Digest } from './digest.js';
 import { ArchInputError, CheckpointUnusableError } from '../contract/errors.js';
-import { holdDir, mayRemove, type HeldDir, type OwnerRecord } from './host-dirs.js';
+import { holdDir, mayRemove, type HeldDir, type OwnedPlace } from './host-dirs.js';
 import { isAlive } from './pid.js';
 import {
   CHUNKED_FORMAT_VERSION,
@@ -51,26 +51,7 @@ export interface StoreOwner {
   node: string;
 }
 
-/**
- * Where a container's checkpoints are, held with its ownership record
- * (core/host-dirs.ts): a directory walked without symlinks, or a bucket
- * prefix (core/s3-store.ts). One rule for both: ARCH writes into it only
- * for the container its record names (or takes it over for a newer one of
- * the same job), and removes it only for that container.
- */
-export interface OwnedPlace {
-  /** For messages: the path or URL. */
-  path: string;
-  /** Made just now (nothing was there). */
-  created: boolean;
-  record: OwnerRecord | undefined;
-  /** The names directly in it. */
-  entries(): Promise<string[]>;
-  writeRecord(r: OwnerRecord): Promise<void>;
-  /** Everything in it, then its record. */
-  removeAll(): Promise<void>;
-  close(): Promise<void>;
-}
+export type { OwnedPlace } from './host-dirs.js';
 
 /** Names ARCH itself gives entries of a container's checkpoint directory. */
 const ARCH_ENTRY_RE = new RegExp(
