@@ -4,9 +4,10 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { ApplicationFailure, WorkflowFailedError } from '@temporalio/client';
 import { FailureType } from '../../contract/failures.js';
 import { workflowOverhead } from '../../temporal/history.js';
-import { WORKFLOW_TASK_QUEUE } from '../../contract/names.js';
+import { WORKFLOW_TASK_QUEUE, workflowIds } from '../../contract/names.js';
 import { attributePairs, SA } from '../../contract/search-attributes.js';
-import type { MigrateInput, MigrateResult } from '../../contract/types.js';
+import type { MigrateInput, MigrateResult, ProtectWatchState } from '../../contract/types.js';
+import { readLogLines } from '../support/arch-env.js';
 import { cleanupStaleNodes } from '../support/containerd-node.js';
 import {
   outcome,
@@ -256,6 +257,44 @@ describe('bad input: clear error, non-retryable failure, nothing changed', () =>
     expect(ls.json).toEqual([]);
   });
 });
+
+test('an `arch-cli protect` choice moves with its container: --every 5s on A, migrated to B, B checkpoints it at that pace', async () => {
+  const id = 'guarded';
+  const protectedOn = async (node: string) =>
+    (
+      await cluster.temporal.client.workflow
+        .getHandle(workflowIds.protect(node))
+        .query<ProtectWatchState>('protectState')
+        .catch(() => undefined)
+    )?.containers.find((c) => c.id === id);
+  await cluster.runCounter(A, id); // no ARCH_CHECKPOINT_INTERVAL: only the protect choice asks for checkpoints
+  await cluster.waitCount(A, id, 2);
+  const on = await runCli(cluster, ['--json', 'protect', `default/${id}`, '--every', '5s', '--node', A]);
+  expect(on.code).toBe(0);
+  expect(on.json).toMatchObject({ intervalMs: 5000, source: 'protect' });
+  const r = await runCli(cluster, ['--json', 'migrate', `default/${id}`, '--from', A, '--to', B, '--wait']);
+  expect(r.stderr).toBe('');
+  expect(r.code).toBe(0);
+  expect(await runningOn(cluster, id)).toEqual([B]);
+  const onB = await waitUntil(
+    "B's protect workflow checkpoints it with the interval chosen on A",
+    async () => {
+      const p = await protectedOn(B);
+      return p && p.taken >= 2 ? p : undefined;
+    },
+    90_000,
+    500,
+  );
+  expect(onB).toMatchObject({ intervalMs: 5000, source: 'protect', last: { ok: true } });
+  const published = readLogLines(cluster.workers[B]!.archLog).filter(
+    (l) => l.msg === 'checkpoint published' && l.container === id,
+  );
+  expect(published.length).toBeGreaterThanOrEqual(2);
+  await waitUntil('A no longer lists it', async () => ((await protectedOn(A)) ? undefined : true), 60_000, 500);
+  const count = cluster.count(B, id)!;
+  await cluster.waitCount(B, id, count + 2); // still counting on B: the checkpoints leave it running
+  await cluster.nodes[B]!.containerd.removeContainer(id);
+}, 240_000);
 
 test('the workers log structured lines with container, namespace, node and phase', () => {
   const lines = fs
