@@ -6,6 +6,7 @@ import { archCycle, fsyncImages, MEM_MB, rawStandalone, type ArchSample } from '
 import { duBytes, startBenchNode, syncDisks } from './support/arch-bench-node.js';
 import type { Benchmark, BenchEnv, BenchOutcome, Row } from './support/registry.js';
 import { median, round } from './support/stats.js';
+import { loadSettings } from '../core/settings.js';
 import { StandaloneRunc } from './support/standalone-runc.js';
 
 /**
@@ -26,7 +27,21 @@ import { StandaloneRunc } from './support/standalone-runc.js';
  *               -d` of a standalone runc container.
  * Targets: sealed checkpoint ≤ 1.0x raw checkpoint + fsync; sealed restore
  * ≤ 1.2x raw restore.
+ *
+ * More sealed variants for A/B in the same run, named in SEAL_BENCH_VARIANTS
+ * (comma-separated, added to the four above; reported in the log and the
+ * details):
+ *   paged       ARCH_SEAL_DIRECT=0: the ciphertext written and read through
+ *               the page cache (core/direct-append.ts's fallback).
+ *   two-threads ARCH_UNSEAL_THREADS=2: the page images decrypted on two
+ *               threads on restore (the digest then a pass of its own).
+ *   format2     ARCH_STORE_FORMAT=2 with the same key: encrypted chunks.
  */
+const EXTRA_VARIANTS: Record<string, Record<string, string>> = {
+  paged: { ARCH_SEAL_DIRECT: '0' },
+  'two-threads': { ARCH_UNSEAL_THREADS: '2' },
+  format2: { ARCH_STORE_FORMAT: '2' },
+};
 const CHECKPOINT_TARGET = 1.0;
 const RESTORE_TARGET = 1.2;
 
@@ -67,6 +82,25 @@ export const benchmark: Benchmark = {
       }
     };
 
+    // A variant's settings: in the node's settings file for the shim (restore), in the context for the checkpoint.
+    const baseConfig = fs.readFileSync(bn.node.archConfig, 'utf8');
+    const withSettings = async <T>(vars: Record<string, string>, fn: () => Promise<T>): Promise<T> => {
+      const lines = Object.entries(vars).map(([k, v]) => `${k}=${v}\n`);
+      fs.writeFileSync(bn.node.archConfig, `${baseConfig}${baseConfig.endsWith('\n') ? '' : '\n'}${lines.join('')}`);
+      try {
+        return await fn();
+      } finally {
+        fs.writeFileSync(bn.node.archConfig, baseConfig);
+      }
+    };
+    const extraNames = (process.env.SEAL_BENCH_VARIANTS ?? '')
+      .split(',')
+      .map((x) => x.trim())
+      .filter(Boolean);
+    for (const x of extraNames)
+      if (!EXTRA_VARIANTS[x])
+        throw new Error(`SEAL_BENCH_VARIANTS: unknown variant ${x} (known: ${Object.keys(EXTRA_VARIANTS).join(', ')})`);
+    const extra: Record<string, ArchSample[]> = Object.fromEntries(extraNames.map((x) => [x, []]));
     const variants: Record<string, (rep: number) => Promise<void>> = {
       'raw-ctr': async (rep) => {
         const id = `seal-raw-${rep}`;
@@ -95,6 +129,26 @@ export const benchmark: Benchmark = {
           if (s.result.manifest.seal) throw new Error('the plain variant published a sealed checkpoint');
           plain.push({ ...s, rep });
         }),
+      ...Object.fromEntries(
+        extraNames.map((x) => [
+          x,
+          (rep: number) => {
+            const vars = EXTRA_VARIANTS[x]!;
+            const settings = loadSettings({ ...process.env, ARCH_CONFIG: bn.node.archConfig, ...vars });
+            return withSettings(vars, () =>
+              archCycle(bn, env, `seal-${x}-${rep}`, true, undefined, {
+                sealDirect: settings.sealDirect,
+                unsealThreads: settings.unsealThreads,
+                storeFormat: settings.storeFormat,
+              }),
+            ).then((s) => {
+              if (!s.result.manifest.seal && !s.result.manifest.chunked?.keyId)
+                throw new Error(`the ${x} variant published an unencrypted checkpoint`);
+              extra[x]!.push({ ...s, rep });
+            });
+          },
+        ]),
+      ),
     };
     const order = Object.keys(variants);
     for (const rep of [reps, ...Array.from({ length: reps }, (_, i) => i)]) {
@@ -105,7 +159,8 @@ export const benchmark: Benchmark = {
       }
     }
     for (const xs of [rawCkpt, rawFsync, rawRestore, rawSizes]) xs.length = reps;
-    for (const xs of [sealed, plain]) xs.splice(0, xs.length, ...xs.filter((s) => s.rep < reps));
+    for (const xs of [sealed, plain, ...Object.values(extra)])
+      xs.splice(0, xs.length, ...xs.filter((s) => s.rep < reps));
 
     const paired = (xs: ArchSample[], pick: (s: ArchSample) => number, raw: number[]) =>
       round(median(xs.map((s) => pick(s) / raw[s.rep]!)));
@@ -174,6 +229,41 @@ export const benchmark: Benchmark = {
       'restore',
       'verifyPages',
     ];
+    // Each extra variant against raw runc, per repetition, and against the default sealed variant.
+    for (const [x, xs] of Object.entries(extra)) {
+      const per = (pick: (s: ArchSample) => number, raw: number[]) =>
+        xs.map((s) => round(pick(s) / raw[s.rep]!)).join(', ');
+      const ck = paired(xs, (s) => s.checkpointMs, rawCkptFsync);
+      const rs = paired(xs, (s) => s.restoreCallMs, rawRestore);
+      rows.push(
+        {
+          metric: `variant ${x} (${JSON.stringify(EXTRA_VARIANTS[x])}): checkpoint vs runc checkpoint + fsync`,
+          unit: 'ms',
+          arch: med(xs.map((s) => s.checkpointMs)),
+          raw: med(rawCkptFsync),
+          ratio: ck,
+          n: xs.length,
+        },
+        {
+          metric: `variant ${x}: restore vs runc restore -d`,
+          unit: 'ms',
+          arch: med(xs.map((s) => s.restoreCallMs)),
+          raw: med(rawRestore),
+          ratio: rs,
+          n: xs.length,
+        },
+      );
+      env.log(
+        `seal variant ${x}: checkpoint ${ck}x (per rep ${per((s) => s.checkpointMs, rawCkptFsync)}), restore ${rs}x (per rep ${per((s) => s.restoreCallMs, rawRestore)}); phases ${JSON.stringify(Object.fromEntries(phases.map((p) => [p, ph(xs, p)])))} / ${JSON.stringify(Object.fromEntries(restorePhases.map((p) => [p, rph(xs, p)])))}`,
+      );
+    }
+    for (const [name, xs] of [
+      ['sealed', sealed],
+      ['unsealed', plain],
+    ] as const)
+      env.log(
+        `seal ${name} per rep: checkpoint ${xs.map((s) => round(s.checkpointMs / rawCkptFsync[s.rep]!)).join(', ')}; restore ${xs.map((s) => round(s.restoreCallMs / rawRestore[s.rep]!)).join(', ')}`,
+      );
     // The phases in the run's log too (a --no-write run shows no tables).
     env.log(
       `seal phases: sealed checkpoint ${JSON.stringify(Object.fromEntries(phases.map((p) => [p, ph(sealed, p)])))}; unsealed ${JSON.stringify(Object.fromEntries(phases.map((p) => [p, ph(plain, p)])))}; raw runc ${med(rawCkpt)} + fsync ${med(rawFsync)}`,
@@ -230,6 +320,18 @@ export const benchmark: Benchmark = {
       ],
       details: {
         reps,
+        extra: Object.fromEntries(
+          Object.entries(extra).map(([x, xs]) => [
+            x,
+            xs.map((s) => ({
+              rep: s.rep,
+              checkpointMs: s.checkpointMs,
+              timings: s.result.timings,
+              restoreCallMs: s.restoreCallMs,
+              restoreTimings: s.restoreTimings,
+            })),
+          ]),
+        ),
         rawCkpt,
         rawFsync,
         rawRestore,

@@ -311,7 +311,7 @@ async function checkpointLocked(
         staging.dir,
         sealKey,
         sealId,
-        { writeback: ctx.settings.fsync },
+        { writeback: ctx.settings.fsync, direct: ctx.settings.sealDirect },
       );
     }
     const known = new Map<string, Digest>();

@@ -13,12 +13,15 @@ import { assertSameOwner, ownerOf } from './owner.js';
 import { layerDifference } from './layer-match.js';
 import { applyDiff, findOverlayDirs } from './rootfs-diff.js';
 import type { Runc } from './runc.js';
+import { DirectBuffer } from './direct-append.js';
 import {
+  DIRECT_READ_BYTES,
   storeKeyLookup,
   makeScratch,
   openSealedFile,
   SEAL_CHUNK_BYTES,
   Unsealer,
+  type OpenBuffers,
   type Scratch,
   type StoreKey,
 } from './seal.js';
@@ -141,8 +144,10 @@ async function restoreHolding(
       );
     }
     const keys = v.manifest.seal ? sealKeys(v.manifest, ctx.settings) : undefined;
-    // The page images are decrypted on two threads: the helper's module loads while the archive is decrypted.
-    if (keys) held.unsealer = new Unsealer();
+    // ARCH_UNSEAL_THREADS=2: the page images decrypted on two threads (the helper's module loads while the
+    // archive is decrypted). One by default: on two cores with runc and CRIU starting beside it, the second
+    // thread was slower, and one thread hashes the ciphertext as it decrypts (no second read).
+    if (keys && ctx.settings.unsealThreads > 1) held.unsealer = new Unsealer();
     return { ...v, keys };
   });
   // Sealed: the archive is decrypted into the scratch dir (every chunk
@@ -152,7 +157,14 @@ async function restoreHolding(
     if (!v.keys) return dir;
     const s = Date.now();
     held.scratch = await restoreScratch(v.manifest);
-    await stageFiles(dir, held.scratch.dir, v.manifest, v.keys, (p) => p === ROOTFS_TAR || p === DELETED_FILES);
+    await stageFiles(
+      dir,
+      held.scratch.dir,
+      v.manifest,
+      v.keys,
+      (p) => p === ROOTFS_TAR || p === DELETED_FILES,
+      ctx.settings.sealDirect,
+    );
     timings.unsealRootfs = Date.now() - s;
     return held.scratch.dir;
   });
@@ -168,12 +180,21 @@ async function restoreHolding(
     const script = await gateScript;
     const later = (p: string) => script !== undefined && PAGE_IMAGE_PATH.test(p);
     const now = (p: string) => p.startsWith(`${CRIU_DIR}/`) && !later(p);
-    await stageFiles(dir, src, v.manifest, v.keys, now, undefined, held.unsealer);
+    await stageFiles(dir, src, v.manifest, v.keys, now, ctx.settings.sealDirect, undefined, held.unsealer);
     timings.unsealImages = Date.now() - s;
     const images = path.join(src, CRIU_DIR);
     if (script === undefined) return { dir: images };
     const gate = await SealGate.close(images);
-    const pages = stageFiles(dir, src, v.manifest, v.keys, later, stopDecrypting.signal, held.unsealer).then(() => {
+    const pages = stageFiles(
+      dir,
+      src,
+      v.manifest,
+      v.keys,
+      later,
+      ctx.settings.sealDirect,
+      stopDecrypting.signal,
+      held.unsealer,
+    ).then(() => {
       timings.unsealPages = Date.now() - s;
     });
     pages.then(
@@ -247,9 +268,14 @@ async function restoreHolding(
   const criuConfig = overlap ? await leaveStoppedConfig(req.bundle, req.spec, gated?.script) : undefined;
   const { env } = await criuAsked;
   const images = im.value.dir;
-  // The ciphertext of the page images is hashed once they are decrypted (this thread does both).
+  // Sealed: the ciphertext of every page image (all of them are sealed) was hashed and checked as it
+  // was decrypted, before the gate let CRIU read a page (or before runc started). Unsealed: hashed
+  // here while CRIU restores, the processes stopped until they match.
   const pagesDecrypted = gated ? gated.pages : Promise.resolve();
-  const verifyPages = (): Promise<void> => pagesDecrypted.then(verifyDeferred);
+  const sealedPaths = new Set(manifest.seal?.files.map((f) => f.path));
+  const checkedInDecryption = manifest.files.every((f) => !PAGE_IMAGE_PATH.test(f.path) || sealedPaths.has(f.path));
+  const verifyPages = (): Promise<void> =>
+    checkedInDecryption && v.value.keys ? pagesDecrypted : pagesDecrypted.then(verifyDeferred);
   // In the foreground runc says it has restored only by writing the pid file: one is needed then.
   const pidFile = req.pidFile ?? (req.foreground ? path.join(work, 'init.pid') : undefined);
   let running: Foreground | undefined;
@@ -367,27 +393,32 @@ async function stageFiles(
   manifest: Manifest,
   keys: Map<string, StoreKey>,
   which: (p: string) => boolean,
+  direct: boolean,
   signal?: AbortSignal,
   helper?: Unsealer,
 ): Promise<void> {
   const sealed = new Map(manifest.seal!.files.map((f) => [f.path, f]));
-  const buf = Buffer.allocUnsafe(SEAL_CHUNK_BYTES + 16);
-  for (const f of manifest.files.filter((x) => which(x.path))) {
+  const files = manifest.files.filter((x) => which(x.path));
+  // The ciphertext read around the page cache (ARCH_SEAL_DIRECT): fresh page cache is what costs here.
+  const large = files.some((f) => sealed.has(f.path) && f.size > SEAL_CHUNK_BYTES);
+  const bufs: OpenBuffers = direct && large ? { direct: new DirectBuffer(DIRECT_READ_BYTES) } : {};
+  for (const f of files) {
     const dest = path.join(to, f.path);
     await fsp.mkdir(path.dirname(dest), { recursive: true, mode: 0o700 });
     const s = sealed.get(f.path);
     if (!s) await fsp.copyFile(path.join(dir, f.path), dest);
-    else if (!signal)
-      await openSealedFile(path.join(dir, f.path), dest, s, manifest.seal!.id, keys.get(f.path)!, { buf, helper });
     else {
-      // Behind the gate: under another name until whole, so a CRIU that looked early would find no file, never half of one.
-      const part = `${dest}.part`;
+      // Behind the gate: under another name until whole (its digest checked), so a CRIU that looked early
+      // would find no file, never half of one.
+      const part = signal ? `${dest}.part` : dest;
       await openSealedFile(path.join(dir, f.path), part, s, manifest.seal!.id, keys.get(f.path)!, {
-        buf,
+        bufs,
         signal,
         helper,
+        // The page images' digests are deferred (verifyCheckpointDirStaged): checked here, as they are read.
+        sha256: PAGE_IMAGE_PATH.test(f.path) ? f.sha256 : undefined,
       });
-      await fsp.rename(part, dest);
+      if (part !== dest) await fsp.rename(part, dest);
     }
   }
 }

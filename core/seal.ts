@@ -11,6 +11,7 @@ import { usesWorkerThreads, workerReply } from './digest.js';
 import { Worker } from 'node:worker_threads';
 import { settingsVars } from './settings.js';
 import { keyLines, parseKeyText } from './key-text.js';
+import { DirectAppender, DirectBuffer, DirectReader, DIRECT_ALIGN, writeAll } from './direct-append.js';
 
 /**
  * Encryption at rest of a checkpoint's page images and writable-layer
@@ -206,27 +207,6 @@ export function openChunk(key: Buffer, nonce: Buffer, aad: Buffer, sealed: Buffe
   return out;
 }
 
-/** Write every buffer, in order (at `at`, else at the file position), with as few syscalls as the kernel allows (one writev for a whole chunk). */
-function writeAll(fd: number, bufs: Buffer[], at?: number): number {
-  const total = bufs.reduce((a, b) => a + b.length, 0);
-  let left = bufs;
-  for (let done = 0; done < total;) {
-    let n = at === undefined ? fs.writevSync(fd, left) : fs.writevSync(fd, left, at + done);
-    done += n;
-    // A short write (rare on regular files): go on from where it stopped.
-    const rest: Buffer[] = [];
-    for (const b of left) {
-      if (n >= b.length) n -= b.length;
-      else {
-        rest.push(n > 0 ? b.subarray(n) : b);
-        n = 0;
-      }
-    }
-    left = rest;
-  }
-  return total;
-}
-
 /**
  * Seals one file that may still be growing (CRIU's page images, the layer
  * archive being written): pumpOne() seals a full chunk that is followed by
@@ -238,22 +218,26 @@ function writeAll(fd: number, bufs: Buffer[], at?: number): number {
 class FileSealer {
   private pos = 0;
   private index = 0;
-  private written = 0;
   private synced = 0;
   private syncing = false;
   private readonly hash: Hash = createHash('sha256');
   private readonly nonce = randomBytes(NONCE_BYTES);
+  private readonly out: DirectAppender;
 
   constructor(
     readonly rel: string,
     private readonly src: number,
     private readonly dst: number,
+    dstPath: string,
     private readonly key: StoreKey,
     private readonly sealId: string,
     private readonly chunkBytes: number,
     private readonly buf: Buffer,
     private readonly writeback: boolean,
-  ) {}
+    direct: DirectBuffer | undefined,
+  ) {
+    this.out = new DirectAppender(dst, dstPath, direct);
+  }
 
   /** Seal at most one chunk; true when one was sealed. */
   pumpOne(final: boolean): boolean {
@@ -276,28 +260,33 @@ class FileSealer {
       this.buf.subarray(0, n),
     );
     for (const b of out) this.hash.update(b);
-    this.written += writeAll(this.dst, out);
+    this.out.append(out);
     this.pos += n;
     this.index++;
     this.startWriteback();
     return true;
   }
 
-  /** Start the disk write of what is sealed so far (fdatasync every 32 MiB, one at a time), so the publishing fsync has little left. */
+  /**
+   * Through the page cache: start the disk write of what is sealed so far
+   * (fdatasync every 32 MiB, one at a time), so the publishing fsync has
+   * little left. Direct writes are on the disk already.
+   */
   private startWriteback(): void {
-    if (!this.writeback || this.syncing || this.written - this.synced < 32 * 1024 * 1024) return;
+    const written = this.out.length;
+    if (this.out.direct || !this.writeback || this.syncing || written - this.synced < 32 * 1024 * 1024) return;
     this.syncing = true;
-    const upTo = this.written;
     fs.fdatasync(this.dst, () => {
-      this.synced = upTo;
+      this.synced = written;
       this.syncing = false;
     });
   }
 
   async finish(): Promise<SealResult> {
     while (this.pumpOne(true)) await yieldTurn();
+    this.out.finish();
     return {
-      stored: { size: this.written, sha256: this.hash.digest('hex') },
+      stored: { size: this.out.length, sha256: this.hash.digest('hex') },
       sealed: {
         path: this.rel,
         alg: SEAL_ALG,
@@ -311,6 +300,7 @@ class FileSealer {
 
   async close(): Promise<void> {
     while (this.syncing) await sleep(1); // never close an fd with a datasync in flight
+    this.out.close();
     fs.closeSync(this.src);
     fs.closeSync(this.dst);
   }
@@ -335,7 +325,12 @@ export interface SealResult {
 export interface SealOptions {
   writeback?: boolean;
   chunkBytes?: number;
+  /** Write the ciphertext around the page cache (core/direct-append.ts) where the store's filesystem allows. */
+  direct?: boolean;
 }
+
+/** Direct writes go out a MiB at a time: large enough for the disk, a small buffer to touch. */
+const DIRECT_WRITE_BYTES = 1024 * 1024;
 
 /**
  * The sealing loop itself, on whichever thread runs it (a worker's, see
@@ -347,6 +342,7 @@ export class SealLoop {
   private stopped = false;
   private readonly loop: Promise<void>;
   private readonly buf: Buffer;
+  private readonly direct: DirectBuffer | undefined;
 
   constructor(
     private readonly sources: SealSource[],
@@ -356,6 +352,7 @@ export class SealLoop {
     private readonly opts: SealOptions = {},
   ) {
     this.buf = Buffer.allocUnsafe(opts.chunkBytes ?? SEAL_CHUNK_BYTES);
+    this.direct = opts.direct ? new DirectBuffer(DIRECT_WRITE_BYTES) : undefined;
     this.loop = this.run();
     this.loop.catch(() => undefined); // observed by finish()
   }
@@ -377,7 +374,18 @@ export class SealLoop {
         const dst = fs.openSync(dstPath, 'wx', 0o600);
         this.files.set(
           rel,
-          new FileSealer(rel, src, dst, this.key, this.sealId, this.buf.length, this.buf, !!this.opts.writeback),
+          new FileSealer(
+            rel,
+            src,
+            dst,
+            dstPath,
+            this.key,
+            this.sealId,
+            this.buf.length,
+            this.buf,
+            !!this.opts.writeback,
+            this.direct,
+          ),
         );
       }
     }
@@ -529,13 +537,30 @@ export function keyFor(entry: Pick<SealedFile, 'keyId'>, keys: StoreKeys | undef
   );
 }
 
+/** A direct read of one sealed chunk needs the aligned blocks around it. */
+export const DIRECT_READ_BYTES = SEAL_CHUNK_BYTES + TAG_BYTES + 2 * DIRECT_ALIGN;
+
+/** One thread's buffers for opening sealed files, reused for every file. */
+export interface OpenBuffers {
+  /** Ordinary reads (the page cache). */
+  plain?: Buffer;
+  /** Direct reads (core/direct-append.ts); none: through the page cache. */
+  direct?: DirectBuffer;
+}
+
 /**
  * Decrypt a sealed file into `dest` (mode 0600), chunk by chunk: each chunk
  * is authenticated before its plaintext is written, and the file must hold
  * exactly the chunks the manifest implies (the last one marked last).
- * With an Unsealer, its worker thread decrypts chunks too (large files:
- * the page images), each thread taking the next chunk not yet taken; else
- * all on this thread, yielding between chunks. Throws CheckpointUnusableError.
+ * With `sha256` (the manifest's digest of the stored file), the ciphertext
+ * is hashed as it is read and must match before this returns: a caller that
+ * hands the plaintext on only then (the restore's seal gate) gives CRIU
+ * nothing but the signing node's exact bytes, with no second read.
+ * With an Unsealer, its worker thread decrypts chunks too, each thread
+ * taking the next chunk not yet taken (then the digest is a pass of its
+ * own once both are done); else all on this thread, yielding between
+ * chunks. The ciphertext is read around the page cache where `bufs.direct`
+ * allows. Throws CheckpointUnusableError.
  */
 export async function openSealedFile(
   src: string,
@@ -543,12 +568,13 @@ export async function openSealedFile(
   entry: SealedFile,
   sealId: string,
   key: StoreKey,
-  opts: { buf?: Buffer; signal?: AbortSignal; helper?: Unsealer } = {},
+  opts: { bufs?: OpenBuffers; signal?: AbortSignal; helper?: Unsealer; sha256?: string } = {},
 ): Promise<void> {
-  const { buf, signal, helper } = opts;
-  const b = buf && buf.length >= entry.chunkBytes + TAG_BYTES ? buf : Buffer.allocUnsafe(entry.chunkBytes + TAG_BYTES);
+  const { signal, helper, sha256 } = opts;
+  const bufs = opts.bufs ?? {};
   const fd = fs.openSync(src, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW);
   let out: number | undefined;
+  let reader: DirectReader | undefined;
   try {
     const size = fs.fstatSync(fd).size;
     if (size !== sealedSize(entry.plainSize, entry.chunkBytes)) {
@@ -558,13 +584,22 @@ export async function openSealedFile(
       );
     }
     out = fs.openSync(dest, 'wx', 0o600);
-    const job: OpenJob = { src, dest, entry, sealId, key: { id: key.id, key: key.key } };
+    reader = new DirectReader(fd, src, entry.chunkBytes <= SEAL_CHUNK_BYTES ? bufs.direct : undefined);
+    const need = entry.chunkBytes + TAG_BYTES;
+    const plainBuf = reader.direct
+      ? Buffer.alloc(0)
+      : bufs.plain && bufs.plain.length >= need
+        ? bufs.plain
+        : Buffer.allocUnsafe(need);
+    const job: OpenJob = { src, dest, entry, sealId, key: { id: key.id, key: key.key }, direct: !!bufs.direct };
     const next = new Int32Array(new SharedArrayBuffer(4));
     const stop = () => Atomics.store(next, 0, CHUNKS_STOPPED); // the helper takes no further chunk
     signal?.addEventListener('abort', stop, { once: true });
     const helped = helper && chunkCount(entry.plainSize, entry.chunkBytes) > 1 ? helper.help(job, next) : undefined;
+    // In order on this thread alone: the chunks are hashed as they are read.
+    const hash = sha256 && !helped ? createHash('sha256') : undefined;
     try {
-      await openChunks(fd, out, job, next, b, signal);
+      await openChunks(reader, out, job, next, plainBuf, signal, hash);
     } catch (err) {
       stop();
       await helped?.catch(() => undefined);
@@ -573,10 +608,31 @@ export async function openSealedFile(
       signal?.removeEventListener('abort', stop);
     }
     await helped;
+    if (sha256) {
+      const got = hash ? hash.digest('hex') : await hashStored(reader, size, plainBuf, signal);
+      if (got !== sha256)
+        throw new CheckpointUnusableError('corrupt', `${entry.path}: sha256 mismatch (stored bytes altered)`);
+    }
   } finally {
+    reader?.close();
     fs.closeSync(fd);
     if (out !== undefined) fs.closeSync(out);
   }
+}
+
+/** The sha256 of a whole stored file, read through `reader` a chunk at a time (yielding between chunks). */
+async function hashStored(reader: DirectReader, size: number, buf: Buffer, signal?: AbortSignal): Promise<string> {
+  const h = createHash('sha256');
+  const step = SEAL_CHUNK_BYTES;
+  const b = reader.direct || buf.length >= step ? buf : Buffer.allocUnsafe(step);
+  for (let pos = 0; pos < size; pos += step) {
+    const view = reader.read(pos, Math.min(step, size - pos), b);
+    if (view.length === 0) throw new CheckpointUnusableError('truncated', `ends at ${pos} bytes while hashed`);
+    h.update(view);
+    await yieldTurn();
+    signal?.throwIfAborted();
+  }
+  return h.digest('hex');
 }
 
 /** What openSealedFile hands its helper thread (plain data). */
@@ -586,24 +642,29 @@ export interface OpenJob {
   entry: SealedFile;
   sealId: string;
   key: { id: string; key: Uint8Array };
+  /** Read the ciphertext around the page cache where allowed. */
+  direct: boolean;
 }
 
 const CHUNKS_STOPPED = 0x3fffffff;
 
 /**
- * Decrypt chunks of `job` from `fd` into `out` until none is left: each
- * thread working on the file takes the next index from the shared counter
- * `next`, so a helper that starts late, or a thread that is slowed, leaves
- * more to the other. Plaintext goes to its own offset (chunk i at i x
- * chunkBytes), so the order of the writes does not matter.
+ * Decrypt chunks of `job` through `reader` into `out` until none is left:
+ * each thread working on the file takes the next index from the shared
+ * counter `next`, so a helper that starts late, or a thread that is slowed,
+ * leaves more to the other. Plaintext goes to its own offset (chunk i at
+ * i x chunkBytes), so the order of the writes does not matter. `hash`
+ * (one thread only: the chunks are then taken in order) gets every stored
+ * byte read.
  */
 export async function openChunks(
-  fd: number,
+  reader: DirectReader,
   out: number,
   job: OpenJob,
   next: Int32Array,
   b: Buffer,
   signal?: AbortSignal,
+  hash?: Hash,
 ): Promise<void> {
   const { entry } = job;
   const chunks = chunkCount(entry.plainSize, entry.chunkBytes);
@@ -612,20 +673,16 @@ export async function openChunks(
   for (let i = Atomics.add(next, 0, 1); i < chunks; i = Atomics.add(next, 0, 1)) {
     const plain = Math.min(entry.chunkBytes, entry.plainSize - i * entry.chunkBytes);
     const n = plain + TAG_BYTES;
-    const pos = i * (entry.chunkBytes + TAG_BYTES);
-    let got = 0;
-    while (got < n) {
-      const r = fs.readSync(fd, b, got, n - got, pos + got);
-      if (r === 0) throw new CheckpointUnusableError('truncated', `${entry.path}: ends inside chunk ${i}`);
-      got += r;
-    }
+    const sealed = reader.read(i * (entry.chunkBytes + TAG_BYTES), n, b);
+    if (sealed.length < n) throw new CheckpointUnusableError('truncated', `${entry.path}: ends inside chunk ${i}`);
+    hash?.update(sealed);
     writeAll(
       out,
       openChunk(
         key,
         chunkNonce(nonce, i),
         chunkAad(job.sealId, entry.path, i, i === chunks - 1),
-        b.subarray(0, n),
+        sealed,
         `${entry.path}: chunk ${i + 1} of ${chunks}`,
       ),
       i * entry.chunkBytes,

@@ -40,6 +40,10 @@ export interface Settings {
   fsync: boolean;
   /** Stage the dump of a checkpoint left running in a tmpfs when it fits (core/dump-staging.ts). */
   stageDumpsInMemory: boolean;
+  /** ARCH_SEAL_DIRECT (internal, default on): sealed files' ciphertext written and read around the page cache (core/direct-append.ts). */
+  sealDirect: boolean;
+  /** ARCH_UNSEAL_THREADS (internal, 1 or 2, default 1): threads that decrypt a sealed restore's page images. */
+  unsealThreads: 1 | 2;
   /** ARCH_STORE_FORMAT: 1 (whole files, the default) or 2 (chunked, compressed, deduplicated: README "Checkpoint store v2"). */
   storeFormat: 1 | 2;
   /** ARCH_KEEP: checkpoints of a container kept in store format 2 (the current one and the ones before it). */
@@ -181,6 +185,8 @@ export function loadSettings(env: NodeJS.ProcessEnv = process.env): Settings {
     criuNetworkLock: parseNetworkLock(get('ARCH_CRIU_NETWORK_LOCK')),
     fsync: parseBool(get('ARCH_FSYNC'), 'ARCH_FSYNC', true),
     stageDumpsInMemory: parseBool(get('ARCH_STAGE_DUMPS_IN_MEMORY'), 'ARCH_STAGE_DUMPS_IN_MEMORY', true),
+    sealDirect: parseBool(get('ARCH_SEAL_DIRECT'), 'ARCH_SEAL_DIRECT', true),
+    unsealThreads: parseUnsealThreads(get('ARCH_UNSEAL_THREADS')),
     storeFormat: parseStoreFormat(get('ARCH_STORE_FORMAT')),
     keep: parseKeep(get('ARCH_KEEP')),
     logFile: logFile ? requireAbsolutePath(logFile, 'ARCH_LOG_FILE') : undefined,
@@ -229,6 +235,12 @@ export function parseStoreFormat(v: string | undefined): 1 | 2 {
     `is "${v}"`,
     'set 1 (whole files) or 2 (chunked and compressed), or leave it unset (1)',
   );
+}
+
+export function parseUnsealThreads(v: string | undefined): 1 | 2 {
+  if (v === undefined || v === '' || v === '1') return 1;
+  if (v === '2') return 2;
+  throw new ArchInputError('ARCH_UNSEAL_THREADS', `is "${v}"`, 'set 1 or 2, or leave it unset (1)');
 }
 
 export function parseKeep(v: string | undefined): number {

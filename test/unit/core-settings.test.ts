@@ -54,6 +54,8 @@ describe('loadSettings', () => {
       criuNetworkLock: 'auto',
       fsync: true,
       stageDumpsInMemory: true,
+      sealDirect: true,
+      unsealThreads: 1,
       logFile: undefined,
       logLevel: 'info',
       nodeName: os.hostname(),
