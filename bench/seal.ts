@@ -31,14 +31,14 @@ import { StandaloneRunc } from './support/standalone-runc.js';
  * More sealed variants for A/B in the same run, named in SEAL_BENCH_VARIANTS
  * (comma-separated, added to the four above; reported in the log and the
  * details):
- *   paged       ARCH_SEAL_DIRECT=0: the ciphertext written and read through
- *               the page cache (core/direct-append.ts's fallback).
+ *   direct      ARCH_SEAL_DIRECT=1: the ciphertext written and read around
+ *               the page cache (core/direct-append.ts).
  *   two-threads ARCH_UNSEAL_THREADS=2: the page images decrypted on two
  *               threads on restore (the digest then a pass of its own).
  *   format2     ARCH_STORE_FORMAT=2 with the same key: encrypted chunks.
  */
 const EXTRA_VARIANTS: Record<string, Record<string, string>> = {
-  paged: { ARCH_SEAL_DIRECT: '0' },
+  direct: { ARCH_SEAL_DIRECT: '1' },
   'two-threads': { ARCH_UNSEAL_THREADS: '2' },
   format2: { ARCH_STORE_FORMAT: '2' },
 };

@@ -399,7 +399,7 @@ async function stageFiles(
 ): Promise<void> {
   const sealed = new Map(manifest.seal!.files.map((f) => [f.path, f]));
   const files = manifest.files.filter((x) => which(x.path));
-  // The ciphertext read around the page cache (ARCH_SEAL_DIRECT): fresh page cache is what costs here.
+  // ARCH_SEAL_DIRECT=1: the ciphertext read around the page cache (written so: it is not in the cache).
   const large = files.some((f) => sealed.has(f.path) && f.size > SEAL_CHUNK_BYTES);
   const bufs: OpenBuffers = direct && large ? { direct: new DirectBuffer(DIRECT_READ_BYTES) } : {};
   for (const f of files) {

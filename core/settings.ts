@@ -40,7 +40,7 @@ export interface Settings {
   fsync: boolean;
   /** Stage the dump of a checkpoint left running in a tmpfs when it fits (core/dump-staging.ts). */
   stageDumpsInMemory: boolean;
-  /** ARCH_SEAL_DIRECT (internal, default on): sealed files' ciphertext written and read around the page cache (core/direct-append.ts). */
+  /** ARCH_SEAL_DIRECT (internal, default off): sealed files' ciphertext written and read around the page cache (core/direct-append.ts). */
   sealDirect: boolean;
   /** ARCH_UNSEAL_THREADS (internal, 1 or 2, default 1): threads that decrypt a sealed restore's page images. */
   unsealThreads: 1 | 2;
@@ -185,7 +185,7 @@ export function loadSettings(env: NodeJS.ProcessEnv = process.env): Settings {
     criuNetworkLock: parseNetworkLock(get('ARCH_CRIU_NETWORK_LOCK')),
     fsync: parseBool(get('ARCH_FSYNC'), 'ARCH_FSYNC', true),
     stageDumpsInMemory: parseBool(get('ARCH_STAGE_DUMPS_IN_MEMORY'), 'ARCH_STAGE_DUMPS_IN_MEMORY', true),
-    sealDirect: parseBool(get('ARCH_SEAL_DIRECT'), 'ARCH_SEAL_DIRECT', true),
+    sealDirect: parseBool(get('ARCH_SEAL_DIRECT'), 'ARCH_SEAL_DIRECT', false),
     unsealThreads: parseUnsealThreads(get('ARCH_UNSEAL_THREADS')),
     storeFormat: parseStoreFormat(get('ARCH_STORE_FORMAT')),
     keep: parseKeep(get('ARCH_KEEP')),

@@ -4,8 +4,10 @@ import os from 'node:os';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { FORMAT_VERSION, parseManifest, SEALED_FORMAT_VERSION, type Manifest } from '../../core/manifest.js';
+import { DirectBuffer } from '../../core/direct-append.js';
 import {
   chunkAad,
+  DIRECT_READ_BYTES,
   chunkCount,
   chunkNonce,
   keyFor,
@@ -173,6 +175,68 @@ describe('seal format: round trip', () => {
     const b = await sealed(Buffer.alloc(100), k);
     expect(a.entry.nonce).not.toBe(b.entry.nonce);
     expect(fs.readFileSync(a.stored).equals(fs.readFileSync(b.stored))).toBe(false);
+  });
+});
+
+describe('seal format: ciphertext written and read around the page cache (ARCH_SEAL_DIRECT)', () => {
+  test('a file sealed with direct writes is the same format, its digest that of the stored bytes', async () => {
+    const dir = fresh();
+    const src = path.join(dir, 'in');
+    fs.mkdirSync(src);
+    const plain = randomBytes(37 * CHUNK + 5);
+    fs.writeFileSync(path.join(src, 'pages-1.img'), plain);
+    fs.writeFileSync(path.join(src, 'pages-2.img'), plain.subarray(0, 3 * CHUNK));
+    const k = key();
+    const id = newSealId();
+    const f = new SealFollower(
+      [{ dir: src, pattern: /^pages-\d+\.img$/, prefix: 'criu/' }],
+      path.join(dir, 'store'),
+      k,
+      id,
+      { chunkBytes: CHUNK, direct: true },
+    );
+    const got = await f.finish();
+    for (const [rel, want] of [
+      ['criu/pages-1.img', plain],
+      ['criu/pages-2.img', plain.subarray(0, 3 * CHUNK)],
+    ] as const) {
+      const r = got.get(rel)!;
+      const stored = path.join(dir, 'store', rel);
+      expect(r.stored).toEqual({ size: sealedSize(want.length, CHUNK), sha256: sha(fs.readFileSync(stored)) });
+      const out = path.join(dir, `out-${n++}`);
+      await openSealedFile(stored, out, r.sealed, id, k, {
+        bufs: { direct: new DirectBuffer(DIRECT_READ_BYTES) },
+        sha256: r.stored.sha256,
+      });
+      expect(fs.readFileSync(out).equals(want)).toBe(true);
+    }
+  });
+
+  test.each([
+    ['one thread, hashed as it is decrypted', false],
+    ['two threads, hashed after', true],
+  ])('%s: stored bytes that are not the signed ones are refused by their digest', async (_, two) => {
+    const s = await sealed(randomBytes(9 * CHUNK));
+    const helper = two ? new Unsealer() : undefined;
+    try {
+      const out = path.join(s.dir, `out-${n++}`);
+      const err = await checkpointUnusable(
+        openSealedFile(s.stored, out, s.entry, s.sealId, s.k, {
+          bufs: { direct: new DirectBuffer(DIRECT_READ_BYTES) },
+          helper,
+          sha256: sha(Buffer.from('other bytes')),
+        }),
+      );
+      expect(err.reason).toBe('corrupt');
+      expect(err.message).toContain('sha256 mismatch');
+      // The right digest passes.
+      await openSealedFile(s.stored, path.join(s.dir, `out-${n++}`), s.entry, s.sealId, s.k, {
+        helper,
+        sha256: s.digest.sha256,
+      });
+    } finally {
+      await helper?.close();
+    }
   });
 });
 

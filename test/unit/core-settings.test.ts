@@ -54,7 +54,7 @@ describe('loadSettings', () => {
       criuNetworkLock: 'auto',
       fsync: true,
       stageDumpsInMemory: true,
-      sealDirect: true,
+      sealDirect: false,
       unsealThreads: 1,
       logFile: undefined,
       logLevel: 'info',
