@@ -309,7 +309,7 @@ describe('an altered sealed checkpoint is refused (fresh start), nothing extract
     fs.writeFileSync(path.join(dir, rel), b);
   }
 
-  const cases: { name: string; reason: string; alter: (dir: string) => Promise<void> }[] = [
+  const cases: { name: string; reason: string; says?: RegExp; alter: (dir: string) => Promise<void> }[] = [
     {
       name: 'a flipped byte in a page image chunk (digests re-signed)',
       reason: 'corrupt',
@@ -367,21 +367,23 @@ describe('an altered sealed checkpoint is refused (fresh start), nothing extract
       },
     },
     {
-      // Decrypts (so CRIU restores it, stopped), but is not what the signer wrote: the processes never run.
-      name: 'a chunk re-encrypted with the key (the signed digest catches it after CRIU ran)',
+      // Decrypts, but is not what the signer wrote: the digest, checked as the chunks are decrypted, keeps CRIU at its gate.
+      name: 'a chunk re-encrypted with the key (the signed digest catches it before CRIU reads a page)',
       reason: 'corrupt',
+      says: /sha256 mismatch/,
       alter: async (dir) => reseal(dir, pagesRel(dir), 1),
     },
   ];
 
-  test.each(cases)('$name → $reason', async ({ name, reason, alter }) => {
+  test.each(cases)('$name → $reason', async ({ name, reason, says, alter }) => {
     const ck = `alt-${cases.findIndex((c) => c.name === name)}`;
     const id = `se-${ck}`;
     const dir = await copyAs(ck);
     await alter(dir);
     try {
       const out = await run(id, [`ARCH_CHECKPOINT_ID=${ck}`]);
-      await expectFreshWith(id, out, reason);
+      const e = await expectFreshWith(id, out, reason);
+      if (says) expect(String(e.err)).toMatch(says);
       // Nothing of the checkpoint's layer: the fresh container made only its state dir.
       const upper = await findUpperDir(path.join(node.bundleDir(id), 'rootfs'));
       expect(fs.readdirSync(upper!).sort()).toEqual(['state']);
