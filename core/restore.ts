@@ -401,7 +401,10 @@ async function stageFiles(
   const files = manifest.files.filter((x) => which(x.path));
   // ARCH_SEAL_DIRECT=1: the ciphertext read around the page cache (written so: it is not in the cache).
   const large = files.some((f) => sealed.has(f.path) && f.size > SEAL_CHUNK_BYTES);
-  const bufs: OpenBuffers = direct && large ? { direct: new DirectBuffer(DIRECT_READ_BYTES) } : {};
+  const bufs: OpenBuffers =
+    direct && large
+      ? { direct: new DirectBuffer(DIRECT_READ_BYTES) }
+      : { plain: Buffer.allocUnsafe(SEAL_CHUNK_BYTES + 16) };
   for (const f of files) {
     const dest = path.join(to, f.path);
     await fsp.mkdir(path.dirname(dest), { recursive: true, mode: 0o700 });
