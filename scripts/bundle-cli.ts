@@ -50,6 +50,8 @@ interface Split {
   name: string;
   modules: string[];
   children?: Split[];
+  /** Splits (planned before it) whose modules it takes rather than hold copies: loaded first when not yet. */
+  uses?: string[];
 }
 
 /**
@@ -58,13 +60,16 @@ interface Split {
  * child split loads that child. Any other import() stays inside its bundle.
  */
 const SPLITS: Split[] = [
+  // Started first by ls --local and finalize, which load the rest while runc runs (core/runc-listing.ts).
+  { name: 'runc-listing', modules: ['core/runc-listing.js', 'core/runc-roots.js'] },
   {
     name: 'finalize',
     modules: ['core/context.js', 'core/finalize.js'],
+    uses: ['runc-listing'],
     // Read and compiled while `runc list` runs (core/finalize.ts loadCheckpointPath): ~2/3 of finalize's code.
     children: [{ name: 'checkpoint', modules: ['core/checkpoint.js'] }],
   },
-  { name: 'ls-local', modules: ['core/log.js', 'core/node-containers.js', 'core/runc-roots.js'] },
+  { name: 'ls-local', modules: ['core/log.js', 'core/node-containers.js'], uses: ['runc-listing'] },
   { name: 'doctor', modules: ['core/doctor.js', 'temporal/payload-check.js'] },
 ];
 const DEFAULT_SPLIT = 'temporal';
@@ -116,8 +121,8 @@ function lazyModuleSource(name: string): string {
 interface Plan {
   name: string;
   parent?: Plan;
-  /** The modules of the bundles above it (their instances are used), by key. */
-  above: Set<string>;
+  /** The modules of the bundles above it and of those it uses (their instances are used), by key: which bundle holds each. */
+  above: Map<string, Plan>;
   /** import() targets (keys) that load a child bundle, and which. */
   childOf: Map<string, string>;
   /** Every other import() of a module outside `above` loads this bundle (the front only). */
@@ -167,10 +172,11 @@ function splitter(plan: Plan, closureOnly: boolean): Plugin {
         });
         if (r.errors.length || r.external || !path.isAbsolute(r.path)) return undefined;
         const key = keyOf(r.path);
-        if (plan.above.has(key)) {
+        const holder = plan.above.get(key);
+        if (holder) {
           plan.used.add(key);
           // A .cjs path whatever the module's own (an .mjs stub would be taken for an ES module).
-          return { path: `${key}.cjs`, namespace: 'arch-cli-above', pluginData: key };
+          return { path: `${key}.cjs`, namespace: 'arch-cli-above', pluginData: { key, holder: holder.name } };
         }
         if (a.kind !== 'dynamic-import' || !r.path.startsWith(`${DIST}${path.sep}`)) return undefined;
         // Its static closure first: an import() of a module it holds anyway stays inside.
@@ -181,10 +187,15 @@ function splitter(plan: Plan, closureOnly: boolean): Plugin {
         plan.routed.set(key, child);
         return { path: `${key}.cjs`, namespace: 'arch-cli-split', pluginData: { child, key } };
       });
-      b.onLoad({ filter: /.*/, namespace: 'arch-cli-above' }, (a) => ({
-        contents: `module.exports = ${REGISTRY}[${JSON.stringify(a.pluginData)}]();`,
-        loader: 'js',
-      }));
+      b.onLoad({ filter: /.*/, namespace: 'arch-cli-above' }, (a) => {
+        const { key, holder } = a.pluginData as { key: string; holder: string };
+        // The front is loaded (it runs this); a bundle used rather than above may not be yet.
+        const contents =
+          holder === 'front'
+            ? `module.exports = ${REGISTRY}[${JSON.stringify(key)}]();`
+            : `module.exports = require('arch-cli:load')(${JSON.stringify(bundleFile(holder))}, ${JSON.stringify(key)});`;
+        return { contents, loader: 'js' };
+      });
       b.onLoad({ filter: /.*/, namespace: 'arch-cli-split' }, (a) => {
         const { child, key } = a.pluginData as { child: string; key: string };
         return {
@@ -260,11 +271,16 @@ async function buildOne(plan: Plan, step: 'closure' | 'plan' | 'write'): Promise
     throw new Error(`${plan.name}: the bundle holds other modules than its static closure`);
 }
 
-function newPlan(name: string, roots: string[], parent?: Plan, children: Split[] = []): Plan {
+function newPlan(name: string, roots: string[], parent?: Plan, children: Split[] = [], uses: Plan[] = []): Plan {
+  const above = new Map<string, Plan>();
+  for (const p of [...(parent ? [parent] : []), ...uses]) {
+    for (const [k, holder] of p.above) above.set(k, holder);
+    for (const k of p.modules) above.set(k, p);
+  }
   return {
     name,
     parent,
-    above: parent ? new Set([...parent.above, ...parent.modules]) : new Set(),
+    above,
     childOf: new Map(children.flatMap((c) => c.modules.map((m) => [m, c.name] as const))),
     roots,
     exported: new Set(),
@@ -284,7 +300,12 @@ async function main(): Promise<void> {
   await buildOne(front, 'plan');
   const plans: Plan[] = [front];
   const plan = async (split: Split, parent: Plan, roots = split.modules): Promise<void> => {
-    const p = newPlan(split.name, roots, parent, split.children);
+    const uses = (split.uses ?? []).map((u) => {
+      const used = plans.find((q) => q.name === u);
+      if (!used) throw new Error(`${split.name} uses ${u}, which is not planned before it`);
+      return used;
+    });
+    const p = newPlan(split.name, roots, parent, split.children, uses);
     await buildOne(p, 'closure');
     await buildOne(p, 'plan');
     plans.push(p);
@@ -293,14 +314,8 @@ async function main(): Promise<void> {
   for (const s of SPLITS) await plan(s, front);
   const rest = [...front.routed].filter(([, child]) => child === DEFAULT_SPLIT).map(([key]) => key);
   await plan({ name: DEFAULT_SPLIT, modules: rest }, front);
-  // What a bundle takes from above is registered by the one above that holds it.
-  for (const p of plans)
-    for (const key of p.used) {
-      let holder = p.parent;
-      while (holder && !holder.modules.has(key)) holder = holder.parent;
-      if (!holder) throw new Error(`${p.name} takes ${key} from above, and no bundle above holds it`);
-      holder.exported.add(key);
-    }
+  // What a bundle takes from above is registered by the one that holds it.
+  for (const p of plans) for (const key of p.used) p.above.get(key)!.exported.add(key);
   for (const p of plans) await buildOne(p, 'write');
   warmUp();
 }

@@ -58,6 +58,12 @@ export function registerLs(program: Command, ctx: CliContext): void {
       const node = o.node ?? ctx.settings.nodeName;
       if (o.namespace) validateNamespace(o.namespace, '--namespace');
       if (o.local) {
+        // `runc list` first (a small module): the rest loads while runc runs.
+        const listing = import('../../core/runc-listing.js').then((m) =>
+          m.startRuncListing(ctx.settings, { namespaces: o.namespace ? [o.namespace] : undefined }),
+        );
+        // Loading blocks this thread: only once every runc runs (a few file-system replies away).
+        await listing.catch(() => undefined); // findArchContainers reports a failure
         const [{ createLogger }, { containerSummary, findArchContainers }, { describeSearched }] = await Promise.all([
           import('../../core/log.js'),
           import('../../core/node-containers.js'),
@@ -65,7 +71,7 @@ export function registerLs(program: Command, ctx: CliContext): void {
         ]);
         const found = await findArchContainers(
           { settings: ctx.settings, log: createLogger(ctx.settings, 'arch-cli') },
-          { namespaces: o.namespace ? [o.namespace] : undefined },
+          { listing },
         );
         const list: ContainerSummary[] = found.containers.map(containerSummary);
         const { searched, warnings } = found.roots;
