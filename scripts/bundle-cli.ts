@@ -99,20 +99,34 @@ const importMetaUrl: Plugin = {
 };
 
 /**
- * Node modules that cost a start more than they are used: worker_threads
- * (~4 ms; loaded at require time by pino's thread-stream and core/digest.ts,
- * used when a checkpoint hashes) is the shim's lazy stand-in in every
- * bundle; child_process (~4 ms with the stream and net modules it loads)
- * only for commander's executable subcommands, which arch-cli has none of,
- * is one made here in the front.
+ * Node modules that cost a start more than they are used (Node compiles
+ * each on its first require; times on these VMs): worker_threads (~4 ms;
+ * loaded at require time by pino's thread-stream and core/digest.ts, used
+ * when a checkpoint hashes) is the shim's lazy stand-in in every bundle.
+ * LAZY_BUILTINS of a bundle are stand-ins made here, loading the real
+ * module on the first use of any of its exports: child_process (~4 ms with
+ * the stream and net modules it loads) in the front, for commander's
+ * executable subcommands, which arch-cli has none of; node:crypto (~4 ms)
+ * and assert (~2 ms, pino's sonic-boom) in ls --local's, which imports them
+ * (the store, manifest signatures) and lists a container without a
+ * checkpoint without them. Not in finalize's: it uses them all, and loaded
+ * at start they load while runc lists.
  */
 const WORKER_THREADS_LAZY = path.join(DIST, 'shim/worker-threads-lazy.js');
+const LAZY_BUILTINS: Record<string, string[]> = {
+  front: ['child_process'],
+  'ls-local': ['crypto', 'assert'],
+};
 
-/** A stand-in for a Node module that loads it on the first use of any of its exports. */
+/** A stand-in for a Node module that loads it on the first use of any of its exports (a function: of itself too). */
 function lazyModuleSource(name: string): string {
-  const keys = Object.keys(createRequire(import.meta.url)(name) as object);
+  const real = createRequire(import.meta.url)(name) as object;
+  const keys = Object.keys(real).filter((k) => !['length', 'name', 'prototype'].includes(k));
   return [
     `let m; const real = () => (m ??= require(${JSON.stringify(name)}));`,
+    typeof real === 'function'
+      ? `module.exports = function (...a) { return new.target ? Reflect.construct(real(), a, new.target) : real().apply(this, a); };`
+      : '',
     `for (const k of ${JSON.stringify(keys)}) Object.defineProperty(module.exports, k, { get: () => real()[k], enumerable: true });`,
   ].join('\n');
 }
@@ -149,8 +163,9 @@ function splitter(plan: Plan, closureOnly: boolean): Plugin {
       b.onResolve({ filter: /^(node:)?worker_threads$/ }, (a) =>
         a.importer === WORKER_THREADS_LAZY ? undefined : { path: WORKER_THREADS_LAZY },
       );
-      b.onResolve({ filter: /^(node:)?child_process$/ }, (a) =>
-        !plan.parent && a.namespace !== 'arch-cli-lazy'
+      const lazy = LAZY_BUILTINS[plan.name] ?? [];
+      b.onResolve({ filter: /^(node:)?[a-z_]+$/ }, (a) =>
+        lazy.includes(a.path.replace(/^node:/, '')) && a.namespace !== 'arch-cli-lazy'
           ? { path: `node:${a.path.replace(/^node:/, '')}`, namespace: 'arch-cli-lazy' }
           : undefined,
       );
