@@ -35,7 +35,7 @@
 import { build, type BuildOptions, type Plugin } from 'esbuild';
 import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
-import { createRequire } from 'node:module';
+import { createRequire, isBuiltin } from 'node:module';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -99,31 +99,42 @@ const importMetaUrl: Plugin = {
 };
 
 /**
- * Node modules that cost a start more than they are used (Node compiles
- * each on its first require; times on these VMs): worker_threads (~4 ms;
+ * Modules that cost a start more than they are used (Node compiles a
+ * built-in on its first require; times on these VMs): worker_threads (~4 ms;
  * loaded at require time by pino's thread-stream and core/digest.ts, used
  * when a checkpoint hashes) is the shim's lazy stand-in in every bundle.
- * LAZY_BUILTINS of a bundle are stand-ins made here, loading the real
- * module on the first use of any of its exports: child_process (~4 ms with
- * the stream and net modules it loads) in the front, for commander's
- * executable subcommands, which arch-cli has none of; node:crypto (~4 ms)
- * and assert (~2 ms, pino's sonic-boom) in ls --local's, which imports them
- * (the store, manifest signatures) and lists a container without a
- * checkpoint without them. Not in finalize's: it uses them all, and loaded
- * at start they load while runc lists.
+ * LAZY of a bundle are stand-ins made here, loading the real module (a Node
+ * built-in, or a package bundled as usual) on the first use of any of its
+ * exports:
+ *  - child_process (~4 ms with the stream and net modules it loads) in the
+ *    front, for commander's executable subcommands, which arch-cli has none
+ *    of;
+ *  - zod (its module body ~3 ms) wherever it is: only a manifest read
+ *    (core/manifest.ts builds its schemas then) uses it, which finalize's
+ *    checkpoint does not;
+ *  - in ls --local's, node:crypto (~4 ms) and assert (~2 ms, for pino's
+ *    sonic-boom), imported by the store and manifest signatures, and pino
+ *    (~90 KB of modules), whose logger `ls` creates on its first line
+ *    (core/log.ts createLazyLogger): a listing of containers without
+ *    checkpoints and warnings needs none of them. Not in finalize's: it
+ *    uses them all, and loaded at its start they load while runc lists.
  */
 const WORKER_THREADS_LAZY = path.join(DIST, 'shim/worker-threads-lazy.js');
-const LAZY_BUILTINS: Record<string, string[]> = {
+const LAZY: Record<string, string[]> = {
   front: ['child_process'],
-  'ls-local': ['crypto', 'assert'],
+  finalize: ['zod'],
+  checkpoint: ['zod'],
+  'ls-local': ['crypto', 'assert', 'pino', 'zod'],
+  doctor: ['zod'],
+  temporal: ['zod'],
 };
 
-/** A stand-in for a Node module that loads it on the first use of any of its exports (a function: of itself too). */
+/** A stand-in for a module that loads it on the first use of any of its exports (a function: of itself too). */
 function lazyModuleSource(name: string): string {
   const real = createRequire(import.meta.url)(name) as object;
-  const keys = Object.keys(real).filter((k) => !['length', 'name', 'prototype'].includes(k));
+  const keys = Object.keys(real).filter((k) => !['length', 'name', 'prototype', '__esModule'].includes(k));
   return [
-    `let m; const real = () => (m ??= require(${JSON.stringify(name)}));`,
+    `let m; const real = () => (m ??= require(${JSON.stringify(isBuiltin(name) ? `node:${name}` : name)}));`,
     typeof real === 'function'
       ? `module.exports = function (...a) { return new.target ? Reflect.construct(real(), a, new.target) : real().apply(this, a); };`
       : '',
@@ -163,15 +174,17 @@ function splitter(plan: Plan, closureOnly: boolean): Plugin {
       b.onResolve({ filter: /^(node:)?worker_threads$/ }, (a) =>
         a.importer === WORKER_THREADS_LAZY ? undefined : { path: WORKER_THREADS_LAZY },
       );
-      const lazy = LAZY_BUILTINS[plan.name] ?? [];
-      b.onResolve({ filter: /^(node:)?[a-z_]+$/ }, (a) =>
-        lazy.includes(a.path.replace(/^node:/, '')) && a.namespace !== 'arch-cli-lazy'
-          ? { path: `node:${a.path.replace(/^node:/, '')}`, namespace: 'arch-cli-lazy' }
-          : undefined,
-      );
+      const lazy = LAZY[plan.name] ?? [];
+      b.onResolve({ filter: /^(node:)?[a-z_]+$/ }, (a) => {
+        const name = a.path.replace(/^node:/, '');
+        return lazy.includes(name) && a.namespace !== 'arch-cli-lazy'
+          ? { path: name, namespace: 'arch-cli-lazy' }
+          : undefined;
+      });
       b.onLoad({ filter: /.*/, namespace: 'arch-cli-lazy' }, (a) => ({
         contents: lazyModuleSource(a.path),
         loader: 'js',
+        resolveDir: DIST,
       }));
       // Node's require at run time, from the bundle's directory: dist/shim/start.cjs is not bundled.
       b.onResolve({ filter: /^\.\.\/shim\/start\.cjs$/ }, (a) =>

@@ -64,13 +64,14 @@ export function registerLs(program: Command, ctx: CliContext): void {
         );
         // Loading blocks this thread: only once every runc runs (a few file-system replies away).
         await listing.catch(() => undefined); // findArchContainers reports a failure
-        const [{ createLogger }, { containerSummary, findArchContainers }, { describeSearched }] = await Promise.all([
-          import('../../core/log.js'),
-          import('../../core/node-containers.js'),
-          import('../../core/runc-roots.js'),
-        ]);
+        const [{ createLazyLogger }, { containerSummary, findArchContainers }, { describeSearched }] =
+          await Promise.all([
+            import('../../core/log.js'),
+            import('../../core/node-containers.js'),
+            import('../../core/runc-roots.js'),
+          ]);
         const found = await findArchContainers(
-          { settings: ctx.settings, log: createLogger(ctx.settings, 'arch-cli') },
+          { settings: ctx.settings, log: createLazyLogger(ctx.settings, 'arch-cli') },
           { listing },
         );
         const list: ContainerSummary[] = found.containers.map(containerSummary);
