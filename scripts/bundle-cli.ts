@@ -351,7 +351,9 @@ async function main(): Promise<void> {
 /**
  * The caches hold what a run compiled: each written by a run of a local
  * command that finds nothing (every bundle loaded writes its cache at exit
- * when it has none). The front's is written by `ls --local`'s run.
+ * when it has none). The front's is written by `ls --local`'s run. The
+ * bundles no such run loads (doctor's probes and the Temporal commands take
+ * seconds) get the cache of their compilation alone.
  */
 function warmUp(): void {
   const env = {
@@ -365,6 +367,12 @@ function warmUp(): void {
   run('finalize', '--json');
   fs.rmSync(path.join(OUT_DIR, `${FRONT}.v8cache`), { force: true });
   run('ls', '--local', '--json');
+  const { cacheBundle } = createRequire(import.meta.url)(path.join(DIST, 'shim/start.cjs')) as {
+    cacheBundle(bundle: string): void;
+  };
+  for (const f of fs.readdirSync(OUT_DIR))
+    if (/^arch-cli(-[\w-]+)?\.cjs$/.test(f) && !fs.existsSync(path.join(OUT_DIR, `${f}.v8cache`)))
+      cacheBundle(path.join(OUT_DIR, f));
 }
 
 main().catch((err: unknown) => {
