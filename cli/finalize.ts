@@ -3,6 +3,7 @@ import { ArchInputError } from '../contract/errors.js';
 import { validateNamespace } from '../contract/ids.js';
 import type { FinalizeItem } from '../core/finalize.js';
 import { parseDurationMs } from '../core/option-parsers.js';
+import { loadSettings } from '../core/settings.js';
 import { bytes as formatBytes, makeOut, ms as formatMs } from './output.js';
 
 /**
@@ -24,11 +25,6 @@ export function registerFinalize(program: Command): void {
         cmd: Command,
       ) => {
         opts.json = !!cmd.optsWithGlobals().json;
-        const [{ createNodeContext }, { finalizeNode }] = await Promise.all([
-          import('../core/context.js'),
-          import('../core/finalize.js'),
-        ]);
-        const ctx = createNodeContext('arch-cli');
         const deadlineMs = parseDurationMs(opts.deadline, '--deadline');
         const maxParallel = Number(opts.parallel);
         if (!Number.isInteger(maxParallel) || maxParallel < 1)
@@ -38,6 +34,18 @@ export function registerFinalize(program: Command): void {
             'pass e.g. --parallel 4',
           );
         opts.namespace?.forEach((ns) => validateNamespace(ns, '--namespace'));
+        const settings = loadSettings();
+        // `runc list` first (a small module): the rest of finalize loads while runc runs.
+        const listing = import('../core/runc-listing.js').then((m) =>
+          m.startRuncListing(settings, { namespaces: opts.namespace }),
+        );
+        // Loading blocks this thread: only once every runc runs (a few file-system replies away).
+        await listing.catch(() => undefined); // finalizeNode reports a failure
+        const [{ createNodeContext }, { finalizeNode }] = await Promise.all([
+          import('../core/context.js'),
+          import('../core/finalize.js'),
+        ]);
+        const ctx = createNodeContext('arch-cli');
         const line = (i: FinalizeItem) => {
           const what = i.status === 'checkpointed' ? 'ok    ' : i.status === 'deadline' ? 'LATE  ' : 'FAILED';
           process.stdout.write(
@@ -49,6 +57,7 @@ export function registerFinalize(program: Command): void {
           maxParallel,
           namespaces: opts.namespace,
           leaveRunning: opts.leaveRunning,
+          listing,
           onPlan: (plan, containers) => {
             if (opts.json) return;
             if (containers.length === 0) return; // said below, with the roots searched

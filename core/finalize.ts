@@ -4,7 +4,8 @@ import type { NodeContext } from './context.js';
 import { planDrain, ThroughputEstimator, type DrainPlan } from './drain-plan.js';
 import { errorMessage } from '../contract/errors.js';
 import { findArchContainers, type ArchContainer } from './node-containers.js';
-import { describeSearched, findRuncRoots, type RuncRootsFound } from './runc-roots.js';
+import { describeSearched, type RuncRootsFound } from './runc-roots.js';
+import { startRuncListing, type RuncListing } from './runc-listing.js';
 
 /**
  * Checkpoint every running ARCH container on this node before a deadline:
@@ -26,6 +27,8 @@ export interface FinalizeOptions {
   onPlan?: (plan: DrainPlan, containers: ArchContainer[]) => void;
   onResult?: (r: FinalizeItem) => void;
   signal?: AbortSignal;
+  /** The `runc list`s, started by the caller already (core/runc-listing.ts; `namespaces` is then the caller's to apply). */
+  listing?: Promise<RuncListing>;
 }
 
 export interface FinalizeItem {
@@ -55,8 +58,10 @@ export interface FinalizeReport {
   /**
    * When each step ended, in ms since this process started (Node's time
    * origin): `started` is finalizeNode's start (Node, modules, settings and
-   * logger before it), then the runc roots found, the containers listed and
-   * planned, and every checkpoint done. A reclaim notice is counted from
+   * logger before it), then the runc roots found (and their `runc list`s
+   * started, before `started` when the caller started them: then
+   * `started`), the containers listed and planned, and every checkpoint
+   * done. A reclaim notice is counted from
    * the process's start, not from the first checkpoint.
    */
   timeline: { started: number; rootsFound: number; listed: number; planned: number; checkpointed: number };
@@ -87,9 +92,10 @@ export async function finalizeNode(ctx: NodeContext, opts: FinalizeOptions): Pro
   const t0 = Date.now();
   const since = () => Math.round(performance.now());
   const started = since();
-  const found = await findRuncRoots(ctx.settings);
-  const rootsFound = since();
-  const listing = findArchContainers(ctx, { namespaces: opts.namespaces, roots: found });
+  const runcListing = opts.listing ?? startRuncListing(ctx.settings, { namespaces: opts.namespaces });
+  // Found before finalizeNode started when the caller started the listing: then at `started`.
+  const rootsFound = Math.max(started, Math.round((await runcListing).rootsFoundAt));
+  const listing = findArchContainers(ctx, { listing: runcListing });
   const checkpointing = loadCheckpointPath();
   checkpointing.catch(() => undefined); // a failed load fails each checkpoint, said in its item
   const { containers: all, roots } = await listing;

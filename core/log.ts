@@ -23,3 +23,22 @@ export function createLogger(settings: Pick<Settings, 'logFile' | 'logLevel' | '
     dest,
   );
 }
+
+/**
+ * A logger that creates its pino logger on its first use: for a command that
+ * mostly logs nothing (`arch-cli ls --local`), whose bundle then loads pino
+ * only for a line to log (scripts/bundle-cli.ts).
+ */
+export function createLazyLogger(
+  settings: Pick<Settings, 'logFile' | 'logLevel' | 'nodeName'>,
+  component: string,
+): Logger {
+  let real: Logger | undefined;
+  return new Proxy({} as Logger, {
+    get(_, key) {
+      real ??= createLogger(settings, component);
+      const v = (real as unknown as Record<PropertyKey, unknown>)[key];
+      return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(real) : v;
+    },
+  });
+}

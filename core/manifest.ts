@@ -32,79 +32,90 @@ export const SEALED_FORMAT_VERSION = 2;
 export const CHUNKED_FORMAT_VERSION = 3;
 const NEWEST_FORMAT_VERSION = CHUNKED_FORMAT_VERSION;
 
-const HEX64 = z.string().regex(/^[0-9a-f]{64}$/);
-const FileEntry = z.object({
-  path: z.string(),
-  size: z.number().int().nonnegative(),
-  sha256: HEX64,
-});
-export type FileEntry = z.infer<typeof FileEntry>;
+/**
+ * The schemas, built on first use: a listing (`arch-cli ls --local`) of
+ * containers without checkpoints reads no manifest, and building them cost
+ * every start that loads this module (the store's, the shim's) ~1-2 ms here.
+ */
+function buildSchemas() {
+  const HEX64 = z.string().regex(/^[0-9a-f]{64}$/);
+  const FileEntry = z.object({
+    path: z.string(),
+    size: z.number().int().nonnegative(),
+    sha256: HEX64,
+  });
 
-/** How one file was sealed (core/seal.ts); `files` still lists its stored (ciphertext) size and sha256. */
-const SealedEntry = z.object({
-  path: z.string(),
-  alg: z.string(),
-  keyId: z.string().regex(/^[0-9a-f]{16}$/),
-  nonce: z.string().regex(/^[0-9a-f]{24}$/),
-  chunkBytes: z
-    .number()
-    .int()
-    .min(4096)
-    .max(64 << 20),
-  plainSize: z.number().int().nonnegative(),
-});
+  /** How one file was sealed (core/seal.ts); `files` still lists its stored (ciphertext) size and sha256. */
+  const SealedEntry = z.object({
+    path: z.string(),
+    alg: z.string(),
+    keyId: z.string().regex(/^[0-9a-f]{16}$/),
+    nonce: z.string().regex(/^[0-9a-f]{24}$/),
+    chunkBytes: z
+      .number()
+      .int()
+      .min(4096)
+      .max(64 << 20),
+    plainSize: z.number().int().nonnegative(),
+  });
 
-const ChunkedFileEntry = z.object({
-  path: z.string(),
-  size: z.number().int().nonnegative(),
-  chunks: z.array(z.object({ id: HEX64, size: z.number().int().nonnegative() })).min(1),
-});
+  const ChunkedFileEntry = z.object({
+    path: z.string(),
+    size: z.number().int().nonnegative(),
+    chunks: z.array(z.object({ id: HEX64, size: z.number().int().nonnegative() })).min(1),
+  });
 
-export const ManifestSchema = z.object({
-  formatVersion: z.number().int(),
-  namespace: z.string(),
-  containerId: z.string(),
-  /** ARCH_CHECKPOINT_ID of the container, when it named its checkpoint (else the checkpoint is the container id's). */
-  checkpointId: z.string().optional(),
-  image: z.string().optional(),
-  /**
-   * Whose job this is, beyond the containerd namespace and the checkpoint's
-   * name (core/owner.ts): a restore into a container with another pod
-   * namespace or image is refused. null: not known when the checkpoint was
-   * taken (no CRI annotations / containerd did not say). Absent in manifests
-   * of ARCH before signing.
-   */
-  owner: z.object({ podNamespace: z.string().nullable(), image: z.string().nullable() }).optional(),
-  node: z.string(),
-  createdAt: z.string(),
-  mode: z.enum(['local', 'shared', 's3']),
-  leaveRunning: z.boolean(),
-  /** networkLock: how CRIU locked the container's network during the dump (absent before ARCH recorded it). */
-  runtime: z.object({ runc: z.string(), criu: z.string(), networkLock: z.string().optional() }),
-  timingsMs: z.record(z.number()),
-  /** How long the job was frozen by a checkpoint that left it running (absent before ARCH measured it, and for a stop). */
-  freezeMs: z.number().nonnegative().optional(),
-  rootfs: z.object({ files: z.number().int(), bytes: z.number().int(), deletions: z.number().int() }),
-  files: z.array(FileEntry),
-  /** Present exactly in SEALED_FORMAT_VERSION manifests: the random id every chunk is bound to, and each sealed file. */
-  seal: z.object({ id: z.string().regex(/^[0-9a-f]{32}$/), files: z.array(SealedEntry).min(1) }).optional(),
-  /**
-   * Present exactly in CHUNKED_FORMAT_VERSION manifests: the files stored as
-   * chunks (not in `files`), each chunk's id and plain size in file order.
-   * `keyId`: the store key that encrypts the chunks and keys their ids (absent: plain zstd, ids are sha256).
-   */
-  chunked: z
-    .object({
-      alg: z.string(),
-      keyId: z
-        .string()
-        .regex(/^[0-9a-f]{16}$/)
-        .optional(),
-      files: z.array(ChunkedFileEntry),
-    })
-    .optional(),
-});
-export type Manifest = z.infer<typeof ManifestSchema>;
+  const ManifestSchema = z.object({
+    formatVersion: z.number().int(),
+    namespace: z.string(),
+    containerId: z.string(),
+    /** ARCH_CHECKPOINT_ID of the container, when it named its checkpoint (else the checkpoint is the container id's). */
+    checkpointId: z.string().optional(),
+    image: z.string().optional(),
+    /**
+     * Whose job this is, beyond the containerd namespace and the checkpoint's
+     * name (core/owner.ts): a restore into a container with another pod
+     * namespace or image is refused. null: not known when the checkpoint was
+     * taken (no CRI annotations / containerd did not say). Absent in manifests
+     * of ARCH before signing.
+     */
+    owner: z.object({ podNamespace: z.string().nullable(), image: z.string().nullable() }).optional(),
+    node: z.string(),
+    createdAt: z.string(),
+    mode: z.enum(['local', 'shared', 's3']),
+    leaveRunning: z.boolean(),
+    /** networkLock: how CRIU locked the container's network during the dump (absent before ARCH recorded it). */
+    runtime: z.object({ runc: z.string(), criu: z.string(), networkLock: z.string().optional() }),
+    timingsMs: z.record(z.number()),
+    /** How long the job was frozen by a checkpoint that left it running (absent before ARCH measured it, and for a stop). */
+    freezeMs: z.number().nonnegative().optional(),
+    rootfs: z.object({ files: z.number().int(), bytes: z.number().int(), deletions: z.number().int() }),
+    files: z.array(FileEntry),
+    /** Present exactly in SEALED_FORMAT_VERSION manifests: the random id every chunk is bound to, and each sealed file. */
+    seal: z.object({ id: z.string().regex(/^[0-9a-f]{32}$/), files: z.array(SealedEntry).min(1) }).optional(),
+    /**
+     * Present exactly in CHUNKED_FORMAT_VERSION manifests: the files stored as
+     * chunks (not in `files`), each chunk's id and plain size in file order.
+     * `keyId`: the store key that encrypts the chunks and keys their ids (absent: plain zstd, ids are sha256).
+     */
+    chunked: z
+      .object({
+        alg: z.string(),
+        keyId: z
+          .string()
+          .regex(/^[0-9a-f]{16}$/)
+          .optional(),
+        files: z.array(ChunkedFileEntry),
+      })
+      .optional(),
+  });
+  return { FileEntry, ManifestSchema };
+}
+let schemas: ReturnType<typeof buildSchemas> | undefined;
+const manifestSchema = () => (schemas ??= buildSchemas()).ManifestSchema;
+
+export type FileEntry = z.infer<ReturnType<typeof buildSchemas>['FileEntry']>;
+export type Manifest = z.infer<ReturnType<typeof buildSchemas>['ManifestSchema']>;
 
 /** Parse without trusting: newer formats and malformed fields are refused. */
 export function parseManifest(text: string): Manifest {
@@ -121,7 +132,7 @@ export function parseManifest(text: string): Manifest {
       `format version ${version} is newer than this ARCH supports (${NEWEST_FORMAT_VERSION}); upgrade ARCH on this node`,
     );
   }
-  const parsed = ManifestSchema.safeParse(raw);
+  const parsed = manifestSchema().safeParse(raw);
   if (!parsed.success) {
     throw new CheckpointUnusableError(
       'manifest-invalid',

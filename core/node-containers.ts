@@ -14,8 +14,9 @@ import type { ManagerName } from '../contract/managers.js';
 import { managerOf } from './container-manager.js';
 import { readSpec, rootfsOf } from './oci-spec.js';
 import { findUpperDir } from './overlay-mount.js';
-import { Runc, type RuncState } from './runc.js';
-import { findRuncRoots, namespacesOf, type RuncRootsFound } from './runc-roots.js';
+import type { Runc, RuncState } from './runc.js';
+import type { RuncRootsFound } from './runc-roots.js';
+import { startRuncListing, type ListingOptions, type NamespaceListing, type RuncListing } from './runc-listing.js';
 import { readShimState, type RestoreFailure } from './shim-state.js';
 
 /**
@@ -69,13 +70,10 @@ export function containerSummary(c: ArchContainer) {
   };
 }
 
-export interface ListOptions {
-  namespaces?: string[];
-  /** Only these runc root bases (default: every one core/runc-roots.ts finds). */
-  runcRootBases?: string[];
+export interface ListOptions extends ListingOptions {
   withSizes?: boolean;
-  /** The roots core/runc-roots.ts found already (finalize times that step apart). */
-  roots?: RuncRootsFound;
+  /** The listing, started by the caller already (core/runc-listing.ts says why). */
+  listing?: Promise<RuncListing>;
 }
 
 /** The ARCH containers under every runc root of the node, and the roots that were searched. */
@@ -83,18 +81,9 @@ export async function findArchContainers(
   ctx: NodeContext,
   opts: ListOptions = {},
 ): Promise<{ containers: ArchContainer[]; roots: RuncRootsFound }> {
-  const roots: RuncRootsFound = opts.roots
-    ? opts.roots
-    : opts.runcRootBases
-      ? {
-          searched: opts.runcRootBases.map((base) => ({ base, source: 'caller', exists: true })),
-          bases: opts.runcRootBases,
-          warnings: [],
-        }
-      : await findRuncRoots(ctx.settings);
+  const { roots, namespaces } = await (opts.listing ?? startRuncListing(ctx.settings, opts));
   for (const w of roots.warnings) ctx.log.warn({ field: w.field }, `runc roots: ${w.field}: ${w.message}`);
-  // Every root and namespace at once: each is a `runc list` (a process), and a reclaim notice has no time to queue them.
-  const containers = (await Promise.all(roots.bases.map((base) => listUnder(ctx, base, opts)))).flat();
+  const containers = (await Promise.all(namespaces.map((n) => listNamespace(ctx, n, opts)))).flat();
   return { containers, roots };
 }
 
@@ -102,29 +91,18 @@ export async function listArchContainers(ctx: NodeContext, opts: ListOptions = {
   return (await findArchContainers(ctx, opts)).containers;
 }
 
-async function listUnder(ctx: NodeContext, base: string, opts: ListOptions): Promise<ArchContainer[]> {
-  // Namespaces are the directories (the worker keeps a marker file here: shim-state.ts).
-  const namespaces = opts.namespaces ?? (await namespacesOf(base));
-  return (await Promise.all(namespaces.map((namespace) => listNamespace(ctx, base, namespace, opts)))).flat();
-}
-
-async function listNamespace(
-  ctx: NodeContext,
-  base: string,
-  namespace: string,
-  opts: ListOptions,
-): Promise<ArchContainer[]> {
-  const runc = new Runc(ctx.settings, path.join(base, namespace));
+async function listNamespace(ctx: NodeContext, n: NamespaceListing, opts: ListOptions): Promise<ArchContainer[]> {
   let states;
   try {
-    // A namespace asked for that this base does not have: nothing here (runc would say so as an error).
-    if (opts.namespaces && !(await isDir(runc.root))) return [];
-    states = await runc.list();
+    states = await n.states;
   } catch (err) {
-    ctx.log.warn({ namespace, runcRoot: runc.root, err: errorMessage(err) }, 'cannot list runc containers');
+    ctx.log.warn(
+      { namespace: n.namespace, runcRoot: n.runc.root, err: errorMessage(err) },
+      'cannot list runc containers',
+    );
     return [];
   }
-  const found = await Promise.all(states.map((st) => archContainerOf(ctx, runc, namespace, st, opts)));
+  const found = await Promise.all(states.map((st) => archContainerOf(ctx, n.runc, n.namespace, st, opts)));
   return found.filter((c): c is ArchContainer => c !== undefined);
 }
 
@@ -191,12 +169,6 @@ async function archContainerOf(
   c.lastRestoreFailure = (await readShimState(runc.root, st.id))?.lastRestoreFailure;
   return c;
 }
-
-const isDir = (p: string) =>
-  fsp.stat(p).then(
-    (s) => s.isDirectory(),
-    () => false,
-  );
 
 /** Resident memory of the container's cgroup (all its processes), falling back to the init's VmRSS. */
 export async function rssOf(pid: number): Promise<number> {

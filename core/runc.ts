@@ -45,12 +45,13 @@ export class Runc {
     return JSON.parse(String(r.stdout)) as RuncState;
   }
 
-  async list(): Promise<RuncState[]> {
+  /** `onStarted`: runc runs (or is not needed), so that a caller can turn to other work. */
+  async list(o: { onStarted?: () => void } = {}): Promise<RuncState[]> {
     // runc keeps a container as a directory of its root: none (or no root) is an empty list without
     // a runc process (a fork+exec for every empty namespace of every root, on each `ls` and `finalize`).
     const entries = await fs.readdir(this.root, { withFileTypes: true }).catch(() => []);
     if (!entries.some((e) => e.isDirectory())) return [];
-    const r = await this.run(['list', '--format', 'json']);
+    const r = await this.run(['list', '--format', 'json'], { onSpawn: o.onStarted });
     return (JSON.parse(String(r.stdout) || 'null') as RuncState[] | null) ?? [];
   }
 

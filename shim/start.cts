@@ -103,6 +103,23 @@ function writeCache(script: vm.Script, cache: string, key: Buffer): void {
   }
 }
 
-export = { runBundle };
+/**
+ * Write the cache of a bundle without running it (what compiling it makes:
+ * its top-level code): for a bundle no warm-up run of the build loads
+ * (scripts/bundle-cli.ts). A start that finds it valid uses it as it is.
+ */
+function cacheBundle(bundle: string): void {
+  if (!crc32) return;
+  const fd = fs.openSync(bundle, 'r');
+  try {
+    const key = identityOf(fd);
+    const script = new vm.Script(Module.wrap(fs.readFileSync(fd, 'utf8')), { filename: bundle });
+    writeCache(script, `${bundle}.v8cache`, key);
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+export = { runBundle, cacheBundle };
 
 if (require.main === module) runBundle(path.join(__dirname, 'arch-runc.cjs'));

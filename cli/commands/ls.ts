@@ -58,14 +58,21 @@ export function registerLs(program: Command, ctx: CliContext): void {
       const node = o.node ?? ctx.settings.nodeName;
       if (o.namespace) validateNamespace(o.namespace, '--namespace');
       if (o.local) {
-        const [{ createLogger }, { containerSummary, findArchContainers }, { describeSearched }] = await Promise.all([
-          import('../../core/log.js'),
-          import('../../core/node-containers.js'),
-          import('../../core/runc-roots.js'),
-        ]);
+        // `runc list` first (a small module): the rest loads while runc runs.
+        const listing = import('../../core/runc-listing.js').then((m) =>
+          m.startRuncListing(ctx.settings, { namespaces: o.namespace ? [o.namespace] : undefined }),
+        );
+        // Loading blocks this thread: only once every runc runs (a few file-system replies away).
+        await listing.catch(() => undefined); // findArchContainers reports a failure
+        const [{ createLazyLogger }, { containerSummary, findArchContainers }, { describeSearched }] =
+          await Promise.all([
+            import('../../core/log.js'),
+            import('../../core/node-containers.js'),
+            import('../../core/runc-roots.js'),
+          ]);
         const found = await findArchContainers(
-          { settings: ctx.settings, log: createLogger(ctx.settings, 'arch-cli') },
-          { namespaces: o.namespace ? [o.namespace] : undefined },
+          { settings: ctx.settings, log: createLazyLogger(ctx.settings, 'arch-cli') },
+          { listing },
         );
         const list: ContainerSummary[] = found.containers.map(containerSummary);
         const { searched, warnings } = found.roots;
