@@ -93,12 +93,6 @@ async function restoreHolding(
   const stored = await store.current(trust);
   if (!stored) return undefined;
   let t = Date.now();
-  // Store format 2: chunks assembled into a tmpfs scratch dir, read from there like any checkpoint directory.
-  const assembled = await assembleIfChunked(stored, store, trust, ctx.settings, held);
-  if (assembled) timings.assemble = Date.now() - t;
-  const dir = assembled ?? stored;
-  // Resolved while the checkpoint is verified (a probe of CRIU the first time after boot).
-  const criuAsked = criuRunEnv(ctx.settings, req.spec);
   // Verifying the page images is most of the verification time: it runs
   // while CRIU restores (started once runc is, so that it delays nothing
   // before), and the restored processes stay stopped until it has passed
@@ -107,6 +101,16 @@ async function restoreHolding(
   // with its own CRIU configuration is left alone: then everything is
   // verified first.
   const overlap = req.spec.annotations?.[CRIU_CONFIG_ANNOTATION] === undefined;
+  // Where CRIU can be held at its gate (our own CRIU configuration, the
+  // gate script installed), the page images are decrypted (sealed) or
+  // assembled (store format 2) while runc and CRIU start; else before runc starts.
+  const gateScript = overlap ? await SealGate.script() : undefined;
+  // Store format 2: chunks assembled into a tmpfs scratch dir, read from there like any checkpoint directory.
+  const assembled = await assembleIfChunked(stored, store, trust, ctx.settings, held, gateScript !== undefined);
+  if (assembled) timings.assemble = Date.now() - t;
+  const dir = assembled?.dir ?? stored;
+  // Resolved while the checkpoint is verified (a probe of CRIU the first time after boot).
+  const criuAsked = criuRunEnv(ctx.settings, req.spec);
   // Who this container is (pod namespace, image: containerd's record), asked while the checkpoint is verified.
   const ownerAsked = ownerOf(req.spec, req.namespace, req.id, process.pid, (why) =>
     ctx.log.debug(
@@ -122,6 +126,7 @@ async function restoreHolding(
     defer: overlap ? PAGE_IMAGE_PATH : undefined,
     trust,
     assembled: !!assembled,
+    ...(assembled?.assemblePages ? { assembledLater: PAGE_IMAGE_PATH } : {}),
   }).then(async (v) => {
     timings.verify = Date.now() - t;
     // The checkpoint's name (ARCH_CHECKPOINT_ID, else the container id) must be the one this container looks for.
@@ -156,31 +161,28 @@ async function restoreHolding(
     timings.unsealRootfs = Date.now() - s;
     return held.scratch.dir;
   });
-  // Where CRIU can be held at its gate (our own CRIU configuration, the
-  // gate script installed), the page images are decrypted while runc and
-  // CRIU start; else before runc starts.
-  const gateScript = overlap ? SealGate.script() : Promise.resolve(undefined);
   const stopDecrypting = new AbortController();
   const imagesStaged = layerSource.then(async (src): Promise<StagedImages> => {
     const v = await verified;
+    if (assembled?.assemblePages)
+      return behindGate(path.join(dir, CRIU_DIR), gateScript!, async () => {
+        const s = Date.now();
+        await assembled.assemblePages!(stopDecrypting.signal);
+        timings.assemblePages = Date.now() - s;
+      });
     if (!v.keys) return { dir: path.join(dir, CRIU_DIR) };
     const s = Date.now();
-    const script = await gateScript;
+    const script = gateScript;
     const later = (p: string) => script !== undefined && PAGE_IMAGE_PATH.test(p);
     const now = (p: string) => p.startsWith(`${CRIU_DIR}/`) && !later(p);
     await stageFiles(dir, src, v.manifest, v.keys, now, undefined, held.unsealer);
     timings.unsealImages = Date.now() - s;
     const images = path.join(src, CRIU_DIR);
     if (script === undefined) return { dir: images };
-    const gate = await SealGate.close(images);
-    const pages = stageFiles(dir, src, v.manifest, v.keys, later, stopDecrypting.signal, held.unsealer).then(() => {
+    return behindGate(images, script, async () => {
+      await stageFiles(dir, src, v.manifest, v.keys!, later, stopDecrypting.signal, held.unsealer);
       timings.unsealPages = Date.now() - s;
     });
-    pages.then(
-      () => gate.open(true),
-      () => gate.open(false),
-    );
-    return { dir: images, gate: { gate, script, pages } };
   });
   const layer = layerSource.then(async (src) => {
     const v = await verified;
@@ -247,7 +249,8 @@ async function restoreHolding(
   const criuConfig = overlap ? await leaveStoppedConfig(req.bundle, req.spec, gated?.script) : undefined;
   const { env } = await criuAsked;
   const images = im.value.dir;
-  // The ciphertext of the page images is hashed once they are decrypted (this thread does both).
+  // The ciphertext of the page images is hashed once they are decrypted (this thread does both);
+  // assembled page images were checked chunk by chunk as they were written.
   const pagesDecrypted = gated ? gated.pages : Promise.resolve();
   const verifyPages = (): Promise<void> => pagesDecrypted.then(verifyDeferred);
   // In the foreground runc says it has restored only by writing the pid file: one is needed then.
@@ -334,6 +337,17 @@ interface StagedImages {
   gate?: { gate: SealGate; script: string; pages: Promise<void> };
 }
 
+/** The page images written by `write` while CRIU waits at a closed gate in `images`, opened when they are (refused if that fails). */
+async function behindGate(images: string, script: string, write: () => Promise<void>): Promise<StagedImages> {
+  const gate = await SealGate.close(images);
+  const pages = write();
+  pages.then(
+    () => gate.open(true),
+    () => gate.open(false),
+  );
+  return { dir: images, gate: { gate, script, pages } };
+}
+
 /** A restore that will not go on: refuse at the gate, stop decrypting, and wait for it (the scratch dir is removed next). */
 async function stopGated(images: StagedImages, stop: AbortController): Promise<void> {
   if (!images.gate) return;
@@ -394,8 +408,8 @@ async function stageFiles(
 
 /**
  * Point the bundle's spec at a CRIU configuration that restores the
- * processes stopped (and, for a sealed checkpoint, holds CRIU at the seal
- * gate until the page images are decrypted: core/seal-gate.ts). runc keeps the annotation for the container's life, so
+ * processes stopped (and, for a sealed or chunked checkpoint, holds CRIU at the seal
+ * gate until the page images are decrypted or assembled: core/seal-gate.ts). runc keeps the annotation for the container's life, so
  * reset() rewrites the file to what runc would otherwise give CRIU.
  */
 async function leaveStoppedConfig(

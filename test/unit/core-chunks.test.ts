@@ -240,6 +240,40 @@ describe('chunked while written (the dump)', () => {
   });
 });
 
+describe("assembled the shim's way (on its own thread, page images behind CRIU's gate)", () => {
+  test('on this thread under .part names, renamed only once every chunk is checked; a bad chunk leaves no file under its name; a stopped assembly writes nothing more', async () => {
+    const src = path.join(tmp, 'gsrc');
+    fs.mkdirSync(path.join(src, 'criu'), { recursive: true });
+    const pages = pageLike(4 * CHUNK_BYTES + 7);
+    fs.writeFileSync(path.join(src, 'criu/pages-1.img'), pages);
+    const store = new ChunkDir(path.join(tmp, 'gstore'));
+    const r = await storeChunked(src, ['criu/pages-1.img'], store, { fsync: false, keys });
+
+    const out = path.join(tmp, 'gout');
+    await assembleChunked(r.files, store, out, keys, { workers: 0, partial: true });
+    expect(fs.readdirSync(path.join(out, 'criu'))).toEqual(['pages-1.img']);
+    expect(fs.readFileSync(path.join(out, 'criu/pages-1.img')).equals(pages)).toBe(true);
+
+    const victim = store.pathOf(r.files[0]!.chunks[3]!.id);
+    const bytes = fs.readFileSync(victim);
+    bytes[bytes.length >> 1] ^= 1;
+    fs.writeFileSync(victim, bytes);
+    const bad = path.join(tmp, 'gbad');
+    const e = await checkpointUnusable(assembleChunked(r.files, store, bad, keys, { workers: 0, partial: true }));
+    expect(e.reason).toBe('corrupt');
+    expect(e.message).toContain('criu/pages-1.img: chunk 4 of 5');
+    expect(fs.existsSync(path.join(bad, 'criu/pages-1.img'))).toBe(false);
+
+    const stop = new AbortController();
+    stop.abort();
+    const stopped = path.join(tmp, 'gstop');
+    await expect(
+      assembleChunked(r.files, store, stopped, keys, { workers: 0, partial: true, signal: stop.signal }),
+    ).rejects.toThrow();
+    expect(fs.existsSync(path.join(stopped, 'criu/pages-1.img'))).toBe(false);
+  });
+});
+
 describe('manifest, format 3', () => {
   const base = (over: Partial<Manifest>): string =>
     JSON.stringify({
