@@ -16,6 +16,8 @@ import { ChunkPool, type HeldChunk } from './chunk-pool.js';
 export const CHUNK_BYTES = 1 << 20;
 /** Chunks in flight at once (hashed, encoded or written; fetched on restore): keeps the workers and the disk or network busy. */
 const IN_FLIGHT = 8;
+/** A lane's read buffer on restore: a stored chunk of CHUNK_BYTES that did not compress fits (zstd's raw blocks, a seal). */
+const READ_BYTES = CHUNK_BYTES + (64 << 10);
 /** How often the dump's page images are looked at for new whole chunks (as core/digest-worker.ts follows them). */
 const FOLLOW_MS = 5;
 
@@ -309,12 +311,14 @@ export async function assembleChunked(
     let next = 0;
     let failed = false;
     const lane = async (): Promise<void> => {
+      // One read buffer per lane, reused for each of its chunks (fresh memory costs a fault a page).
+      const into = Buffer.allocUnsafe(READ_BYTES);
       while (next < jobs.length && !failed) {
         const { file, ref, offset, index } = jobs[next++]!;
         const what = `${file.path}: chunk ${index + 1} of ${file.chunks.length} (${ref.id.slice(0, 12)})`;
         try {
           opts.signal?.throwIfAborted();
-          const stored = await chunks.get(ref.id);
+          const stored = await chunks.get(ref.id, into);
           if (!stored) throw new CheckpointUnusableError('truncated', `${what} is missing from the store`);
           await pool.decode(stored, ref.id, ref.size, what, handles.get(file.path)!.fd, offset);
         } catch (e) {

@@ -4,7 +4,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { chunkIdOf, chunkKeysOf, decodeChunk, encodeChunk } from '../../core/chunk-codec.js';
-import { ChunkDir } from '../../core/chunk-dir.js';
+import { ChunkDir, COLLECTED_MARK } from '../../core/chunk-dir.js';
 import { assembleChunked, CHUNK_BYTES, ChunkFollower, ChunkWriter, storeChunked } from '../../core/chunked-files.js';
 import { ChunkPool } from '../../core/chunk-pool.js';
 import { CHUNKED_FORMAT_VERSION, parseManifest, type Manifest } from '../../core/manifest.js';
@@ -416,6 +416,32 @@ describe('retention and chunk collection', () => {
     expect([present(x!), present(y!), present(z!)]).toEqual([true, true, true]);
   });
 
+  test('the chunks are gone through at most once per half grace period (chunks/.collected); checkpoints beyond ARCH_KEEP go every time; a planted marker is not followed', async () => {
+    const x = await chunk(2 * GRACE);
+    checkpointWith(1, []);
+    const first = await collect(cdir, chunks, { keep: 1, current: checkpointWith(2, []), graceMs: GRACE });
+    expect(first).toMatchObject({ trashed: 1, removedCheckpoints: [expect.stringMatching(/^ckpt-/)] });
+    expect(first.skipped).toBeUndefined();
+    const y = await chunk(2 * GRACE);
+    const soon = await collect(cdir, chunks, { keep: 1, current: checkpointWith(3, []), graceMs: GRACE });
+    expect(soon).toMatchObject({ skipped: true, trashed: 0, removedCheckpoints: [expect.stringMatching(/^ckpt-/)] });
+    expect([present(x), present(y)]).toEqual([false, true]);
+    const later = await collect(cdir, chunks, { keep: 1, current: null, graceMs: GRACE, now: Date.now() + GRACE });
+    expect(later).toMatchObject({ trashed: 1 });
+    expect(present(y)).toBe(false);
+
+    // A symlink planted as the marker: neither followed nor trusted (the chunks are gone through every time).
+    const outside = path.join(tmp, 'marker-target');
+    fs.writeFileSync(outside, 'x');
+    const old = new Date(2000, 0, 1);
+    fs.utimesSync(outside, old, old);
+    fs.rmSync(path.join(chunks.dir, COLLECTED_MARK));
+    fs.symlinkSync(outside, path.join(chunks.dir, COLLECTED_MARK));
+    for (let i = 0; i < 2; i++)
+      expect((await collect(cdir, chunks, { keep: 1, current: null, graceMs: GRACE })).skipped).toBeUndefined();
+    expect(fs.statSync(outside).mtimeMs).toBe(old.getTime());
+  });
+
   /** A dump that staged a chunk of its own and was killed (SIGKILL) before it committed: its `.tmp-<pid>-*` file. */
   async function crashedDumpLeftover(): Promise<string> {
     const script = `
@@ -466,6 +492,7 @@ describe('retention and chunk collection', () => {
     expect(path.basename(mine)).toMatch(new RegExp(`^\\.tmp-${process.pid}-`));
     age(mine, 2 * GRACE);
     age(dead, 2 * GRACE);
+    age(COLLECTED_MARK, GRACE); // the collector went through the chunks long enough ago to do it again
 
     expect(await collect(cdir, chunks, { keep: 1, current: cur, graceMs: GRACE })).toMatchObject({ removedStaged: 1 });
     expect(staged()).toEqual([mine]);
