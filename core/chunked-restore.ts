@@ -29,8 +29,18 @@ import { verifyManifestSignature, type Trust } from './trust.js';
  */
 export interface AssembledCheckpoint {
   dir: string;
-  /** The page images left for later (`deferPages`): written under `.part` names, renamed once all are checked. */
-  assemblePages?: (signal: AbortSignal) => Promise<void>;
+  /**
+   * `deferPages`: the page images, being written (under `.part` names,
+   * renamed once every chunk is checked) from the moment the manifest was
+   * verified, while the rest is verified and the layer written.
+   */
+  pages?: Promise<void>;
+}
+
+/** Page images being assembled: stopped and waited for before the scratch dir goes, however the restore ends. */
+export interface Assembling {
+  stop: AbortController;
+  done: Promise<void>;
 }
 
 export async function assembleIfChunked(
@@ -38,7 +48,7 @@ export async function assembleIfChunked(
   store: CheckpointStore,
   trust: Trust,
   settings: { configFile: string },
-  held: { scratch?: Scratch },
+  held: { scratch?: Scratch; assembling?: Assembling },
   deferPages: boolean,
 ): Promise<AssembledCheckpoint | undefined> {
   const bytes = await readSmallFile(path.join(stored, MANIFEST_FILE), MAX_MANIFEST_BYTES);
@@ -55,6 +65,15 @@ export async function assembleIfChunked(
     throw new CheckpointUnusableError('scratch', errorMessage(err));
   }
   const dir = held.scratch.dir;
+  const later = (f: ChunkedFile) => deferPages && PAGE_IMAGE_PATH.test(f.path);
+  const chunks = store.chunkDir();
+  const pages = manifest.chunked.files.filter(later);
+  if (pages.length > 0) {
+    const stop = new AbortController();
+    const done = assembleChunked(pages, chunks, dir, keys, { ...SHIM_ASSEMBLY, partial: true, signal: stop.signal });
+    done.catch(() => undefined); // its failure is the restore's (CRIU's gate refuses, the reason is thrown)
+    held.assembling = { stop, done };
+  }
   await fsp.writeFile(path.join(dir, MANIFEST_FILE), bytes, { mode: 0o600 });
   if (sig) await fsp.writeFile(path.join(dir, SIGNATURE_FILE), sig, { mode: 0o600 });
   for (const f of manifest.files) {
@@ -63,8 +82,6 @@ export async function assembleIfChunked(
       throw new CheckpointUnusableError('truncated', `${f.path}: ${errorMessage(err)}`);
     });
   }
-  const later = (f: ChunkedFile) => deferPages && PAGE_IMAGE_PATH.test(f.path);
-  const chunks = store.chunkDir();
   await assembleChunked(
     manifest.chunked.files.filter((f) => !later(f)),
     chunks,
@@ -72,12 +89,7 @@ export async function assembleIfChunked(
     keys,
     SHIM_ASSEMBLY,
   );
-  const pages = manifest.chunked.files.filter(later);
-  if (pages.length === 0) return { dir };
-  return {
-    dir,
-    assemblePages: (signal) => assembleChunked(pages, chunks, dir, keys, { ...SHIM_ASSEMBLY, partial: true, signal }),
-  };
+  return { dir, ...(held.assembling ? { pages: held.assembling.done } : {}) };
 }
 
 /**

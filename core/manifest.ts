@@ -292,9 +292,12 @@ export async function verifyCheckpointDirStaged(
   const signer = verifyManifestSignature(bytes, sig?.toString('utf8'), trust);
   const manifest = parseManifest(bytes.toString('utf8'));
   const present = await listFiles(dir);
-  const whole = opts.assembled ? (manifest.chunked?.files ?? []).filter((f) => !opts.assembledLater?.test(f.path)) : [];
+  const chunked = opts.assembled ? (manifest.chunked?.files ?? []) : [];
+  const whole = chunked.filter((f) => !opts.assembledLater?.test(f.path));
+  // Still being written (`.part`) or written already: either way not judged here.
+  const pending = chunked.filter((f) => !whole.includes(f)).flatMap((f) => [f.path, `${f.path}.part`]);
   const listed = [...manifest.files, ...whole].map((f) => f.path).sort();
-  const extra = present.filter((p) => !listed.includes(p));
+  const extra = present.filter((p) => !listed.includes(p) && !pending.includes(p));
   const missing = listed.filter((p) => !present.includes(p));
   if (missing.length)
     throw new CheckpointUnusableError('truncated', `missing files: ${missing.slice(0, 5).join(', ')}`);

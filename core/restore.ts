@@ -23,7 +23,7 @@ import {
   type StoreKey,
 } from './seal.js';
 import { trustOf } from './trust.js';
-import { assembleIfChunked } from './chunked-restore.js';
+import { assembleIfChunked, type Assembling } from './chunked-restore.js';
 import { SealGate } from './seal-gate.js';
 import { CRIU_DIR, DELETED_FILES, PAGE_IMAGE_PATH, ROOTFS_TAR } from './checkpoint-layout.js';
 
@@ -66,10 +66,12 @@ const BUNDLE_CRIU_CONFIG = 'arch-criu.conf';
 
 export async function restoreFromCheckpoint(ctx: NodeContext, req: RestoreRequest): Promise<RestoreResult | undefined> {
   // A sealed checkpoint's plaintext lives in a tmpfs scratch dir only for the restore: removed however it ends.
-  const held: { scratch?: Scratch; unsealer?: Unsealer } = {};
+  const held: Held = {};
   try {
     return await restoreHolding(ctx, req, held);
   } finally {
+    held.assembling?.stop.abort(); // done already unless the restore failed
+    await held.assembling?.done.catch(() => undefined);
     await held.unsealer?.close();
     await held.scratch
       ?.remove()
@@ -82,17 +84,21 @@ export async function restoreFromCheckpoint(ctx: NodeContext, req: RestoreReques
   }
 }
 
-async function restoreHolding(
-  ctx: NodeContext,
-  req: RestoreRequest,
-  held: { scratch?: Scratch; unsealer?: Unsealer },
-): Promise<RestoreResult | undefined> {
+/** What a restore holds until it ends: the scratch dir, the decryption helper, the page images being assembled. */
+interface Held {
+  scratch?: Scratch;
+  unsealer?: Unsealer;
+  assembling?: Assembling;
+}
+
+async function restoreHolding(ctx: NodeContext, req: RestoreRequest, held: Held): Promise<RestoreResult | undefined> {
   const timings: Record<string, number> = {};
   const store = checkpointStoreOf(req.contract, req.namespace, req.id);
   const trust = trustOf(ctx.settings);
   const stored = await store.current(trust);
   if (!stored) return undefined;
-  let t = Date.now();
+  const began = Date.now();
+  let t = began;
   // Verifying the page images is most of the verification time: it runs
   // while CRIU restores (started once runc is, so that it delays nothing
   // before), and the restored processes stay stopped until it has passed
@@ -126,7 +132,7 @@ async function restoreHolding(
     defer: overlap ? PAGE_IMAGE_PATH : undefined,
     trust,
     assembled: !!assembled,
-    ...(assembled?.assemblePages ? { assembledLater: PAGE_IMAGE_PATH } : {}),
+    ...(assembled?.pages ? { assembledLater: PAGE_IMAGE_PATH } : {}),
   }).then(async (v) => {
     timings.verify = Date.now() - t;
     // The checkpoint's name (ARCH_CHECKPOINT_ID, else the container id) must be the one this container looks for.
@@ -162,13 +168,13 @@ async function restoreHolding(
     return held.scratch.dir;
   });
   const stopDecrypting = new AbortController();
+  stopDecrypting.signal.addEventListener('abort', () => held.assembling?.stop.abort());
   const imagesStaged = layerSource.then(async (src): Promise<StagedImages> => {
     const v = await verified;
-    if (assembled?.assemblePages)
+    if (assembled?.pages)
       return behindGate(path.join(dir, CRIU_DIR), gateScript!, async () => {
-        const s = Date.now();
-        await assembled.assemblePages!(stopDecrypting.signal);
-        timings.assemblePages = Date.now() - s;
+        await assembled.pages;
+        timings.assemblePages = Date.now() - began;
       });
     if (!v.keys) return { dir: path.join(dir, CRIU_DIR) };
     const s = Date.now();
