@@ -30,11 +30,10 @@ import { verifyManifestSignature, type Trust } from './trust.js';
 export interface AssembledCheckpoint {
   dir: string;
   /**
-   * `deferPages`: the page images, being written (under `.part` names,
-   * renamed once every chunk is checked) from the moment the manifest was
-   * verified, while the rest is verified and the layer written.
+   * `deferPages`: start writing the page images (under `.part` names,
+   * renamed once every chunk is checked); resolves when they are written.
    */
-  pages?: Promise<void>;
+  assemblePages?: () => Promise<void>;
 }
 
 /** Page images being assembled: stopped and waited for before the scratch dir goes, however the restore ends. */
@@ -67,13 +66,6 @@ export async function assembleIfChunked(
   const dir = held.scratch.dir;
   const later = (f: ChunkedFile) => deferPages && PAGE_IMAGE_PATH.test(f.path);
   const chunks = store.chunkDir();
-  const pages = manifest.chunked.files.filter(later);
-  if (pages.length > 0) {
-    const stop = new AbortController();
-    const done = assembleChunked(pages, chunks, dir, keys, { ...SHIM_ASSEMBLY, partial: true, signal: stop.signal });
-    done.catch(() => undefined); // its failure is the restore's (CRIU's gate refuses, the reason is thrown)
-    held.assembling = { stop, done };
-  }
   await fsp.writeFile(path.join(dir, MANIFEST_FILE), bytes, { mode: 0o600 });
   if (sig) await fsp.writeFile(path.join(dir, SIGNATURE_FILE), sig, { mode: 0o600 });
   for (const f of manifest.files) {
@@ -89,7 +81,15 @@ export async function assembleIfChunked(
     keys,
     SHIM_ASSEMBLY,
   );
-  return { dir, ...(held.assembling ? { pages: held.assembling.done } : {}) };
+  const pages = manifest.chunked.files.filter(later);
+  if (pages.length === 0) return { dir };
+  const assemblePages = (): Promise<void> => {
+    const stop = new AbortController();
+    const done = assembleChunked(pages, chunks, dir, keys, { ...SHIM_ASSEMBLY, partial: true, signal: stop.signal });
+    held.assembling = { stop, done };
+    return done;
+  };
+  return { dir, assemblePages };
 }
 
 /**

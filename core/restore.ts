@@ -97,8 +97,7 @@ async function restoreHolding(ctx: NodeContext, req: RestoreRequest, held: Held)
   const trust = trustOf(ctx.settings);
   const stored = await store.current(trust);
   if (!stored) return undefined;
-  const began = Date.now();
-  let t = began;
+  let t = Date.now();
   // Verifying the page images is most of the verification time: it runs
   // while CRIU restores (started once runc is, so that it delays nothing
   // before), and the restored processes stay stopped until it has passed
@@ -132,7 +131,7 @@ async function restoreHolding(ctx: NodeContext, req: RestoreRequest, held: Held)
     defer: overlap ? PAGE_IMAGE_PATH : undefined,
     trust,
     assembled: !!assembled,
-    ...(assembled?.pages ? { assembledLater: PAGE_IMAGE_PATH } : {}),
+    ...(assembled?.assemblePages ? { assembledLater: PAGE_IMAGE_PATH } : {}),
   }).then(async (v) => {
     timings.verify = Date.now() - t;
     // The checkpoint's name (ARCH_CHECKPOINT_ID, else the container id) must be the one this container looks for.
@@ -167,29 +166,6 @@ async function restoreHolding(ctx: NodeContext, req: RestoreRequest, held: Held)
     timings.unsealRootfs = Date.now() - s;
     return held.scratch.dir;
   });
-  const stopDecrypting = new AbortController();
-  stopDecrypting.signal.addEventListener('abort', () => held.assembling?.stop.abort());
-  const imagesStaged = layerSource.then(async (src): Promise<StagedImages> => {
-    const v = await verified;
-    if (assembled?.pages)
-      return behindGate(path.join(dir, CRIU_DIR), gateScript!, async () => {
-        await assembled.pages;
-        timings.assemblePages = Date.now() - began;
-      });
-    if (!v.keys) return { dir: path.join(dir, CRIU_DIR) };
-    const s = Date.now();
-    const script = gateScript;
-    const later = (p: string) => script !== undefined && PAGE_IMAGE_PATH.test(p);
-    const now = (p: string) => p.startsWith(`${CRIU_DIR}/`) && !later(p);
-    await stageFiles(dir, src, v.manifest, v.keys, now, undefined, held.unsealer);
-    timings.unsealImages = Date.now() - s;
-    const images = path.join(src, CRIU_DIR);
-    if (script === undefined) return { dir: images };
-    return behindGate(images, script, async () => {
-      await stageFiles(dir, src, v.manifest, v.keys!, later, stopDecrypting.signal, held.unsealer);
-      timings.unsealPages = Date.now() - s;
-    });
-  });
   const layer = layerSource.then(async (src) => {
     const v = await verified;
     const overlay = await findOverlayDirs(rootfsOf(req.bundle, req.spec));
@@ -218,6 +194,34 @@ async function restoreHolding(ctx: NodeContext, req: RestoreRequest, held: Held)
     }
     timings.rootfs = Date.now() - t;
     return { upper, written };
+  });
+  const stopDecrypting = new AbortController();
+  stopDecrypting.signal.addEventListener('abort', () => held.assembling?.stop.abort());
+  const imagesStaged = layerSource.then(async (src): Promise<StagedImages> => {
+    const v = await verified;
+    // Once the layer is written (the main thread is the shim's only one, and runc waits for the layer):
+    // the page images are then written while runc and CRIU start, CRIU waiting at the gate for them.
+    if (assembled?.assemblePages) {
+      await layer;
+      const s = Date.now();
+      return behindGate(path.join(dir, CRIU_DIR), gateScript!, async () => {
+        await assembled.assemblePages!();
+        timings.assemblePages = Date.now() - s;
+      });
+    }
+    if (!v.keys) return { dir: path.join(dir, CRIU_DIR) };
+    const s = Date.now();
+    const script = gateScript;
+    const later = (p: string) => script !== undefined && PAGE_IMAGE_PATH.test(p);
+    const now = (p: string) => p.startsWith(`${CRIU_DIR}/`) && !later(p);
+    await stageFiles(dir, src, v.manifest, v.keys, now, undefined, held.unsealer);
+    timings.unsealImages = Date.now() - s;
+    const images = path.join(src, CRIU_DIR);
+    if (script === undefined) return { dir: images };
+    return behindGate(images, script, async () => {
+      await stageFiles(dir, src, v.manifest, v.keys!, later, stopDecrypting.signal, held.unsealer);
+      timings.unsealPages = Date.now() - s;
+    });
   });
   const [v, l, im] = await Promise.allSettled([verified, layer, imagesStaged]);
   if (v.status === 'rejected' || l.status === 'rejected' || im.status === 'rejected') {
