@@ -10,8 +10,10 @@
  *                seconds apart: the second's bytes written and time against
  *                the first's;
  *   restore      the arch-runc create that restores the chunked checkpoint
- *                (chunks fetched, checked, assembled in tmpfs, then runc
- *                restore) vs `runc restore -d` of a standalone container;
+ *                (chunks fetched, checked, assembled in tmpfs; the page
+ *                images while runc and CRIU start, CRIU held at its gate
+ *                until they are whole) vs `runc restore -d` of a standalone
+ *                container;
  *   size         what the checkpoint takes in the store (du of its container
  *                directory: chunks + small files) vs podman's
  *                `checkpoint --export --compress zstd` of the same job

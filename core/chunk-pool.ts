@@ -32,14 +32,15 @@ export class ChunkPool {
   private readonly here?: ChunkWork;
   private nextJob = 1;
 
+  /** `workers` 0: every chunk on this thread (where starting workers costs more than they save). */
   constructor(keys?: ChunkKeys, workers = Math.min(MAX_WORKERS, os.availableParallelism())) {
-    if (!usesWorkerThreads()) {
+    if (!usesWorkerThreads() || workers === 0) {
       this.here = new ChunkWork(keys);
       this.lanes = [{ pending: new Map() }];
       return;
     }
     const workerData = keys ? { keys: { id: keys.key.id, key: keys.key.key, idKey: keys.idKey } } : {};
-    this.lanes = Array.from({ length: Math.max(1, workers) }, () => {
+    this.lanes = Array.from({ length: workers }, () => {
       const lane: Lane = { pending: new Map() };
       // trackUnmanagedFds off: a chunk file a worker opens is closed by this thread (after its
       // fdatasync), so the worker must neither warn when the number comes back nor close it at exit.

@@ -16,6 +16,8 @@ import { ChunkPool, type HeldChunk } from './chunk-pool.js';
 export const CHUNK_BYTES = 1 << 20;
 /** Chunks in flight at once (hashed, encoded or written; fetched on restore): keeps the workers and the disk or network busy. */
 const IN_FLIGHT = 8;
+/** A lane's read buffer on restore: a stored chunk of CHUNK_BYTES that did not compress fits (zstd's raw blocks, a seal). */
+const READ_BYTES = CHUNK_BYTES + (64 << 10);
 /** How often the dump's page images are looked at for new whole chunks (as core/digest-worker.ts follows them). */
 const FOLLOW_MS = 5;
 
@@ -272,22 +274,30 @@ export async function storeChunked(
 
 /**
  * Write every chunked file into destDir from its chunks, fetched in
- * parallel, each checked (decodeChunk, on the pool's threads) before a byte
- * of it is written. A chunk that is missing or bad throws
- * CheckpointUnusableError naming it.
+ * parallel, each checked (decodeChunk) before a byte of it is written. A
+ * chunk that is missing or bad throws CheckpointUnusableError naming it.
+ *
+ * `workers`: the pool's threads (0: this thread, as the shim restores: on
+ * two cores a worker's start-up and its competition with CRIU cost more
+ * than it saves). `partial`: each file is written as `<path>.part` and
+ * renamed to its name only once every chunk of every file is written and
+ * checked (a reader looking early, CRIU behind its gate, finds no file
+ * rather than part of one). `signal`: stop early (the restore will not go on).
  */
 export async function assembleChunked(
   files: ChunkedFile[],
   chunks: ChunkStore,
   destDir: string,
   keys?: ChunkKeys,
+  opts: { workers?: number; partial?: boolean; signal?: AbortSignal } = {},
 ): Promise<void> {
   const jobs: { file: ChunkedFile; ref: ChunkRef; offset: number; index: number }[] = [];
   const handles = new Map<string, fsp.FileHandle>();
-  const pool = new ChunkPool(keys);
+  const written = (file: ChunkedFile) => path.join(destDir, opts.partial ? `${file.path}.part` : file.path);
+  const pool = new ChunkPool(keys, opts.workers);
   try {
     for (const file of files) {
-      const dest = path.join(destDir, file.path);
+      const dest = written(file);
       await fsp.mkdir(path.dirname(dest), { recursive: true, mode: 0o700 });
       const fh = await fsp.open(dest, 'wx', 0o600);
       handles.set(file.path, fh);
@@ -301,11 +311,14 @@ export async function assembleChunked(
     let next = 0;
     let failed = false;
     const lane = async (): Promise<void> => {
+      // One read buffer per lane, reused for each of its chunks (fresh memory costs a fault a page).
+      const into = Buffer.allocUnsafe(READ_BYTES);
       while (next < jobs.length && !failed) {
         const { file, ref, offset, index } = jobs[next++]!;
         const what = `${file.path}: chunk ${index + 1} of ${file.chunks.length} (${ref.id.slice(0, 12)})`;
         try {
-          const stored = await chunks.get(ref.id);
+          opts.signal?.throwIfAborted();
+          const stored = await chunks.get(ref.id, into);
           if (!stored) throw new CheckpointUnusableError('truncated', `${what} is missing from the store`);
           await pool.decode(stored, ref.id, ref.size, what, handles.get(file.path)!.fd, offset);
         } catch (e) {
@@ -319,6 +332,7 @@ export async function assembleChunked(
     const results = await Promise.allSettled(lanes);
     const bad = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
     if (bad) throw bad.reason;
+    if (opts.partial) for (const file of files) await fsp.rename(written(file), path.join(destDir, file.path));
   } finally {
     await pool.close();
     for (const fh of handles.values()) await fh.close().catch(() => undefined);

@@ -285,6 +285,13 @@ export async function verifyCheckpointDirStaged(
      * checked here and their contents were checked chunk by chunk as written.
      */
     assembled?: boolean;
+    /**
+     * Of an assembled checkpoint, the chunked files still being assembled
+     * (the page images, behind CRIU's gate): not looked for here; their
+     * chunks are checked as they are written, their sizes add up to the
+     * manifest's (parseManifest).
+     */
+    assembledLater?: RegExp;
   } = {},
 ): Promise<{ manifest: Manifest; signer: string; verifyDeferred: () => Promise<void> }> {
   // The signature first: nothing in the manifest is believed (not even its
@@ -296,9 +303,12 @@ export async function verifyCheckpointDirStaged(
   const signer = verifyManifestSignature(bytes, sig?.toString('utf8'), trust);
   const manifest = parseManifest(bytes.toString('utf8'));
   const present = await listFiles(dir);
-  const whole = opts.assembled ? (manifest.chunked?.files ?? []) : [];
+  const chunked = opts.assembled ? (manifest.chunked?.files ?? []) : [];
+  const whole = chunked.filter((f) => !opts.assembledLater?.test(f.path));
+  // Still being written (`.part`) or written already: either way not judged here.
+  const pending = chunked.filter((f) => !whole.includes(f)).flatMap((f) => [f.path, `${f.path}.part`]);
   const listed = [...manifest.files, ...whole].map((f) => f.path).sort();
-  const extra = present.filter((p) => !listed.includes(p));
+  const extra = present.filter((p) => !listed.includes(p) && !pending.includes(p));
   const missing = listed.filter((p) => !present.includes(p));
   if (missing.length)
     throw new CheckpointUnusableError('truncated', `missing files: ${missing.slice(0, 5).join(', ')}`);

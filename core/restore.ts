@@ -26,7 +26,7 @@ import {
   type StoreKey,
 } from './seal.js';
 import { trustOf } from './trust.js';
-import { assembleIfChunked } from './chunked-restore.js';
+import { assembleIfChunked, type Assembling } from './chunked-restore.js';
 import { SealGate } from './seal-gate.js';
 import { CRIU_DIR, DELETED_FILES, PAGE_IMAGE_PATH, ROOTFS_TAR } from './checkpoint-layout.js';
 
@@ -69,10 +69,12 @@ const BUNDLE_CRIU_CONFIG = 'arch-criu.conf';
 
 export async function restoreFromCheckpoint(ctx: NodeContext, req: RestoreRequest): Promise<RestoreResult | undefined> {
   // A sealed checkpoint's plaintext lives in a tmpfs scratch dir only for the restore: removed however it ends.
-  const held: { scratch?: Scratch; unsealer?: Unsealer } = {};
+  const held: Held = {};
   try {
     return await restoreHolding(ctx, req, held);
   } finally {
+    held.assembling?.stop.abort(); // done already unless the restore failed
+    await held.assembling?.done.catch(() => undefined);
     await held.unsealer?.close();
     await held.scratch
       ?.remove()
@@ -85,23 +87,20 @@ export async function restoreFromCheckpoint(ctx: NodeContext, req: RestoreReques
   }
 }
 
-async function restoreHolding(
-  ctx: NodeContext,
-  req: RestoreRequest,
-  held: { scratch?: Scratch; unsealer?: Unsealer },
-): Promise<RestoreResult | undefined> {
+/** What a restore holds until it ends: the scratch dir, the decryption helper, the page images being assembled. */
+interface Held {
+  scratch?: Scratch;
+  unsealer?: Unsealer;
+  assembling?: Assembling;
+}
+
+async function restoreHolding(ctx: NodeContext, req: RestoreRequest, held: Held): Promise<RestoreResult | undefined> {
   const timings: Record<string, number> = {};
   const store = checkpointStoreOf(req.contract, req.namespace, req.id);
   const trust = trustOf(ctx.settings);
   const stored = await store.current(trust);
   if (!stored) return undefined;
   let t = Date.now();
-  // Store format 2: chunks assembled into a tmpfs scratch dir, read from there like any checkpoint directory.
-  const assembled = await assembleIfChunked(stored, store, trust, ctx.settings, held);
-  if (assembled) timings.assemble = Date.now() - t;
-  const dir = assembled ?? stored;
-  // Resolved while the checkpoint is verified (a probe of CRIU the first time after boot).
-  const criuAsked = criuRunEnv(ctx.settings, req.spec);
   // Verifying the page images is most of the verification time: it runs
   // while CRIU restores (started once runc is, so that it delays nothing
   // before), and the restored processes stay stopped until it has passed
@@ -110,6 +109,16 @@ async function restoreHolding(
   // with its own CRIU configuration is left alone: then everything is
   // verified first.
   const overlap = req.spec.annotations?.[CRIU_CONFIG_ANNOTATION] === undefined;
+  // Where CRIU can be held at its gate (our own CRIU configuration, the
+  // gate script installed), the page images are decrypted (sealed) or
+  // assembled (store format 2) while runc and CRIU start; else before runc starts.
+  const gateScript = overlap ? await SealGate.script() : undefined;
+  // Store format 2: chunks assembled into a tmpfs scratch dir, read from there like any checkpoint directory.
+  const assembled = await assembleIfChunked(stored, store, trust, ctx.settings, held, gateScript !== undefined);
+  if (assembled) timings.assemble = Date.now() - t;
+  const dir = assembled?.dir ?? stored;
+  // Resolved while the checkpoint is verified (a probe of CRIU the first time after boot).
+  const criuAsked = criuRunEnv(ctx.settings, req.spec);
   // Who this container is (pod namespace, image: containerd's record), asked while the checkpoint is verified.
   const ownerAsked = ownerOf(req.spec, req.namespace, req.id, process.pid, (why) =>
     ctx.log.debug(
@@ -125,6 +134,7 @@ async function restoreHolding(
     defer: overlap ? PAGE_IMAGE_PATH : undefined,
     trust,
     assembled: !!assembled,
+    ...(assembled?.assemblePages ? { assembledLater: PAGE_IMAGE_PATH } : {}),
   }).then(async (v) => {
     timings.verify = Date.now() - t;
     // The checkpoint's name (ARCH_CHECKPOINT_ID, else the container id) must be the one this container looks for.
@@ -168,41 +178,6 @@ async function restoreHolding(
     timings.unsealRootfs = Date.now() - s;
     return held.scratch.dir;
   });
-  // Where CRIU can be held at its gate (our own CRIU configuration, the
-  // gate script installed), the page images are decrypted while runc and
-  // CRIU start; else before runc starts.
-  const gateScript = overlap ? SealGate.script() : Promise.resolve(undefined);
-  const stopDecrypting = new AbortController();
-  const imagesStaged = layerSource.then(async (src): Promise<StagedImages> => {
-    const v = await verified;
-    if (!v.keys) return { dir: path.join(dir, CRIU_DIR) };
-    const s = Date.now();
-    const script = await gateScript;
-    const later = (p: string) => script !== undefined && PAGE_IMAGE_PATH.test(p);
-    const now = (p: string) => p.startsWith(`${CRIU_DIR}/`) && !later(p);
-    await stageFiles(dir, src, v.manifest, v.keys, now, ctx.settings.sealDirect, undefined, held.unsealer);
-    timings.unsealImages = Date.now() - s;
-    const images = path.join(src, CRIU_DIR);
-    if (script === undefined) return { dir: images };
-    const gate = await SealGate.close(images);
-    const pages = stageFiles(
-      dir,
-      src,
-      v.manifest,
-      v.keys,
-      later,
-      ctx.settings.sealDirect,
-      stopDecrypting.signal,
-      held.unsealer,
-    ).then(() => {
-      timings.unsealPages = Date.now() - s;
-    });
-    pages.then(
-      () => gate.open(true),
-      () => gate.open(false),
-    );
-    return { dir: images, gate: { gate, script, pages } };
-  });
   const layer = layerSource.then(async (src) => {
     const v = await verified;
     const overlay = await findOverlayDirs(rootfsOf(req.bundle, req.spec));
@@ -231,6 +206,43 @@ async function restoreHolding(
     }
     timings.rootfs = Date.now() - t;
     return { upper, written };
+  });
+  const stopDecrypting = new AbortController();
+  stopDecrypting.signal.addEventListener('abort', () => held.assembling?.stop.abort());
+  const imagesStaged = layerSource.then(async (src): Promise<StagedImages> => {
+    const v = await verified;
+    // Once the layer is written (the main thread is the shim's only one, and runc waits for the layer):
+    // the page images are then written while runc and CRIU start, CRIU waiting at the gate for them.
+    if (assembled?.assemblePages) {
+      await layer;
+      const s = Date.now();
+      return behindGate(path.join(dir, CRIU_DIR), gateScript!, async () => {
+        await assembled.assemblePages!();
+        timings.assemblePages = Date.now() - s;
+      });
+    }
+    if (!v.keys) return { dir: path.join(dir, CRIU_DIR) };
+    const s = Date.now();
+    const script = gateScript;
+    const later = (p: string) => script !== undefined && PAGE_IMAGE_PATH.test(p);
+    const now = (p: string) => p.startsWith(`${CRIU_DIR}/`) && !later(p);
+    await stageFiles(dir, src, v.manifest, v.keys, now, ctx.settings.sealDirect, undefined, held.unsealer);
+    timings.unsealImages = Date.now() - s;
+    const images = path.join(src, CRIU_DIR);
+    if (script === undefined) return { dir: images };
+    return behindGate(images, script, async () => {
+      await stageFiles(
+        dir,
+        src,
+        v.manifest,
+        v.keys!,
+        later,
+        ctx.settings.sealDirect,
+        stopDecrypting.signal,
+        held.unsealer,
+      );
+      timings.unsealPages = Date.now() - s;
+    });
   });
   const [v, l, im] = await Promise.allSettled([verified, layer, imagesStaged]);
   if (v.status === 'rejected' || l.status === 'rejected' || im.status === 'rejected') {
@@ -269,7 +281,8 @@ async function restoreHolding(
   const { env } = await criuAsked;
   const images = im.value.dir;
   // Sealed: the ciphertext of every page image (all of them are sealed) was hashed and checked as it
-  // was decrypted, before the gate let CRIU read a page (or before runc started). Unsealed: hashed
+  // was decrypted, before the gate let CRIU read a page (or before runc started). Assembled (store
+  // format 2): checked chunk by chunk as they were written, before the gate opened. Else: hashed
   // here while CRIU restores, the processes stopped until they match.
   const pagesDecrypted = gated ? gated.pages : Promise.resolve();
   const sealedPaths = new Set(manifest.seal?.files.map((f) => f.path));
@@ -360,6 +373,17 @@ interface StagedImages {
   gate?: { gate: SealGate; script: string; pages: Promise<void> };
 }
 
+/** The page images written by `write` while CRIU waits at a closed gate in `images`, opened when they are (refused if that fails). */
+async function behindGate(images: string, script: string, write: () => Promise<void>): Promise<StagedImages> {
+  const gate = await SealGate.close(images);
+  const pages = write();
+  pages.then(
+    () => gate.open(true),
+    () => gate.open(false),
+  );
+  return { dir: images, gate: { gate, script, pages } };
+}
+
 /** A restore that will not go on: refuse at the gate, stop decrypting, and wait for it (the scratch dir is removed next). */
 async function stopGated(images: StagedImages, stop: AbortController): Promise<void> {
   if (!images.gate) return;
@@ -428,8 +452,8 @@ async function stageFiles(
 
 /**
  * Point the bundle's spec at a CRIU configuration that restores the
- * processes stopped (and, for a sealed checkpoint, holds CRIU at the seal
- * gate until the page images are decrypted: core/seal-gate.ts). runc keeps the annotation for the container's life, so
+ * processes stopped (and, for a sealed or chunked checkpoint, holds CRIU at the seal
+ * gate until the page images are decrypted or assembled: core/seal-gate.ts). runc keeps the annotation for the container's life, so
  * reset() rewrites the file to what runc would otherwise give CRIU.
  */
 async function leaveStoppedConfig(

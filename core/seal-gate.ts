@@ -6,13 +6,14 @@ import { runCommand } from './run-command.js';
 
 /**
  * Holds CRIU's restore of a sealed checkpoint until its page images are
- * decrypted, so that the decryption runs while runc and CRIU start (runc,
+ * decrypted (of a store-format-2 checkpoint: until they are assembled from
+ * their checked chunks), so that this runs while runc and CRIU start (runc,
  * CRIU's swrk, namespaces, mounts) instead of before them. CRIU opens the
  * page images only after its post-setup-namespaces action; at that action
  * bin/arch-criu-gate (named as an `action-script` in the restore's CRIU
  * configuration) waits for a verdict beside the FIFO `arch-gate` in the
  * image directory: `arch-gate.ok` lets CRIU go on; `arch-gate.no` (a chunk
- * failed authentication, the restore is abandoned), or no verdict when the
+ * failed authentication or its digest, the restore is abandoned), or no verdict when the
  * FIFO reaches EOF (this process died), makes CRIU abort the restore. The
  * FIFO is held open here for reading and writing from the start, so the
  * script's open never waits for this process, its read ends when this

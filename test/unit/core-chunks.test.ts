@@ -4,7 +4,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { chunkIdOf, chunkKeysOf, decodeChunk, encodeChunk } from '../../core/chunk-codec.js';
-import { ChunkDir } from '../../core/chunk-dir.js';
+import { ChunkDir, COLLECTED_MARK } from '../../core/chunk-dir.js';
 import { assembleChunked, CHUNK_BYTES, ChunkFollower, ChunkWriter, storeChunked } from '../../core/chunked-files.js';
 import { ChunkPool } from '../../core/chunk-pool.js';
 import { CHUNKED_FORMAT_VERSION, parseManifest, type Manifest } from '../../core/manifest.js';
@@ -240,6 +240,40 @@ describe('chunked while written (the dump)', () => {
   });
 });
 
+describe("assembled the shim's way (on its own thread, page images behind CRIU's gate)", () => {
+  test('on this thread under .part names, renamed only once every chunk is checked; a bad chunk leaves no file under its name; a stopped assembly writes nothing more', async () => {
+    const src = path.join(tmp, 'gsrc');
+    fs.mkdirSync(path.join(src, 'criu'), { recursive: true });
+    const pages = pageLike(4 * CHUNK_BYTES + 7);
+    fs.writeFileSync(path.join(src, 'criu/pages-1.img'), pages);
+    const store = new ChunkDir(path.join(tmp, 'gstore'));
+    const r = await storeChunked(src, ['criu/pages-1.img'], store, { fsync: false, keys });
+
+    const out = path.join(tmp, 'gout');
+    await assembleChunked(r.files, store, out, keys, { workers: 0, partial: true });
+    expect(fs.readdirSync(path.join(out, 'criu'))).toEqual(['pages-1.img']);
+    expect(fs.readFileSync(path.join(out, 'criu/pages-1.img')).equals(pages)).toBe(true);
+
+    const victim = store.pathOf(r.files[0]!.chunks[3]!.id);
+    const bytes = fs.readFileSync(victim);
+    bytes[bytes.length >> 1] ^= 1;
+    fs.writeFileSync(victim, bytes);
+    const bad = path.join(tmp, 'gbad');
+    const e = await checkpointUnusable(assembleChunked(r.files, store, bad, keys, { workers: 0, partial: true }));
+    expect(e.reason).toBe('corrupt');
+    expect(e.message).toContain('criu/pages-1.img: chunk 4 of 5');
+    expect(fs.existsSync(path.join(bad, 'criu/pages-1.img'))).toBe(false);
+
+    const stop = new AbortController();
+    stop.abort();
+    const stopped = path.join(tmp, 'gstop');
+    await expect(
+      assembleChunked(r.files, store, stopped, keys, { workers: 0, partial: true, signal: stop.signal }),
+    ).rejects.toThrow();
+    expect(fs.existsSync(path.join(stopped, 'criu/pages-1.img'))).toBe(false);
+  });
+});
+
 describe('manifest, format 3', () => {
   const base = (over: Partial<Manifest>): string =>
     JSON.stringify({
@@ -382,6 +416,32 @@ describe('retention and chunk collection', () => {
     expect([present(x!), present(y!), present(z!)]).toEqual([true, true, true]);
   });
 
+  test('the chunks are gone through at most once per half grace period (chunks/.collected); checkpoints beyond ARCH_KEEP go every time; a planted marker is not followed', async () => {
+    const x = await chunk(2 * GRACE);
+    checkpointWith(1, []);
+    const first = await collect(cdir, chunks, { keep: 1, current: checkpointWith(2, []), graceMs: GRACE });
+    expect(first).toMatchObject({ trashed: 1, removedCheckpoints: [expect.stringMatching(/^ckpt-/)] });
+    expect(first.skipped).toBeUndefined();
+    const y = await chunk(2 * GRACE);
+    const soon = await collect(cdir, chunks, { keep: 1, current: checkpointWith(3, []), graceMs: GRACE });
+    expect(soon).toMatchObject({ skipped: true, trashed: 0, removedCheckpoints: [expect.stringMatching(/^ckpt-/)] });
+    expect([present(x), present(y)]).toEqual([false, true]);
+    const later = await collect(cdir, chunks, { keep: 1, current: null, graceMs: GRACE, now: Date.now() + GRACE });
+    expect(later).toMatchObject({ trashed: 1 });
+    expect(present(y)).toBe(false);
+
+    // A symlink planted as the marker: neither followed nor trusted (the chunks are gone through every time).
+    const outside = path.join(tmp, 'marker-target');
+    fs.writeFileSync(outside, 'x');
+    const old = new Date(2000, 0, 1);
+    fs.utimesSync(outside, old, old);
+    fs.rmSync(path.join(chunks.dir, COLLECTED_MARK));
+    fs.symlinkSync(outside, path.join(chunks.dir, COLLECTED_MARK));
+    for (let i = 0; i < 2; i++)
+      expect((await collect(cdir, chunks, { keep: 1, current: null, graceMs: GRACE })).skipped).toBeUndefined();
+    expect(fs.statSync(outside).mtimeMs).toBe(old.getTime());
+  });
+
   /** A dump that staged a chunk of its own and was killed (SIGKILL) before it committed: its `.tmp-<pid>-*` file. */
   async function crashedDumpLeftover(): Promise<string> {
     const script = `
@@ -432,6 +492,7 @@ describe('retention and chunk collection', () => {
     expect(path.basename(mine)).toMatch(new RegExp(`^\\.tmp-${process.pid}-`));
     age(mine, 2 * GRACE);
     age(dead, 2 * GRACE);
+    age(COLLECTED_MARK, GRACE); // the collector went through the chunks long enough ago to do it again
 
     expect(await collect(cdir, chunks, { keep: 1, current: cur, graceMs: GRACE })).toMatchObject({ removedStaged: 1 });
     expect(staged()).toEqual([mine]);
