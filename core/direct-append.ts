@@ -90,14 +90,7 @@ export class DirectAppender {
     file: string,
     buf: DirectBuffer | undefined,
   ) {
-    let dfd: number | undefined;
-    if (buf && O_DIRECT !== undefined) {
-      try {
-        dfd = fs.openSync(file, fs.constants.O_WRONLY | fs.constants.O_NOFOLLOW | O_DIRECT);
-      } catch {
-        dfd = undefined; // refused (EINVAL on a filesystem without O_DIRECT): the page cache then
-      }
-    }
+    let dfd = buf ? openDirectTwin(fd, file, fs.constants.O_WRONLY) : undefined;
     // Probing writes DIRECT_ALIGN zero bytes at offset 0 of the new file: overwritten by the first block (or cut away).
     const w = dfd;
     const area = w === undefined ? undefined : buf!.area((v) => einval(() => fs.writeSync(w, v, 0, v.length, 0)));
@@ -181,18 +174,7 @@ export class DirectReader {
     file: string,
     buf: DirectBuffer | undefined,
   ) {
-    let dfd: number | undefined;
-    if (buf && O_DIRECT !== undefined) {
-      try {
-        dfd = fs.openSync(file, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW | O_DIRECT);
-        // The same file as `fd` (a name swapped in between must not be read instead).
-        const [a, b] = [fs.fstatSync(fd), fs.fstatSync(dfd)];
-        if (a.dev !== b.dev || a.ino !== b.ino) throw new Error('not the same file');
-      } catch {
-        if (dfd !== undefined) fs.closeSync(dfd);
-        dfd = undefined;
-      }
-    }
+    let dfd = buf ? openDirectTwin(fd, file, fs.constants.O_RDONLY) : undefined;
     const r = dfd;
     const area = r === undefined ? undefined : buf!.area((v) => einval(() => fs.readSync(r, v, 0, v.length, 0)));
     if (dfd !== undefined && !area) {
@@ -238,6 +220,26 @@ export class DirectReader {
 
   close(): void {
     if (this.dfd !== undefined) fs.closeSync(this.dfd);
+  }
+}
+
+/**
+ * A second, O_DIRECT descriptor of the file `fd` has open, or undefined where
+ * O_DIRECT is refused (EINVAL on tmpfs and some filesystems: the page cache
+ * then). Checked to be the same file: a name swapped in between must never
+ * be read or written instead.
+ */
+function openDirectTwin(fd: number, file: string, access: number): number | undefined {
+  if (O_DIRECT === undefined) return undefined;
+  let dfd: number | undefined;
+  try {
+    dfd = fs.openSync(file, access | fs.constants.O_NOFOLLOW | O_DIRECT);
+    const [a, b] = [fs.fstatSync(fd), fs.fstatSync(dfd)];
+    if (a.dev !== b.dev || a.ino !== b.ino) throw new Error('not the same file');
+    return dfd;
+  } catch {
+    if (dfd !== undefined) fs.closeSync(dfd);
+    return undefined;
   }
 }
 

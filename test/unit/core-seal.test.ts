@@ -67,6 +67,18 @@ async function open(
   return fs.readFileSync(out);
 }
 
+type FollowerArgs = ConstructorParameters<typeof SealFollower>;
+/** Seals the page images CRIU would write into `src`, into `<dir>/store`. */
+function pageFollower(src: string, dir: string, k: FollowerArgs[2], id: FollowerArgs[3], opts: FollowerArgs[4]) {
+  return new SealFollower(
+    [{ dir: src, pattern: /^pages-\d+\.img$/, prefix: 'criu/' }],
+    path.join(dir, 'store'),
+    k,
+    id,
+    opts,
+  );
+}
+
 describe('seal format: round trip', () => {
   test.each([0, 1, CHUNK - 1, CHUNK, CHUNK + 1, 3 * CHUNK, 3 * CHUNK + 5])('%i bytes', async (size) => {
     const plain = randomBytes(size);
@@ -85,13 +97,7 @@ describe('seal format: round trip', () => {
     fs.mkdirSync(src);
     const k = key();
     const id = newSealId();
-    const f = new SealFollower(
-      [{ dir: src, pattern: /^pages-\d+\.img$/, prefix: 'criu/' }],
-      path.join(dir, 'store'),
-      k,
-      id,
-      { chunkBytes: CHUNK },
-    );
+    const f = pageFollower(src, dir, k, id, { chunkBytes: CHUNK });
     const parts: Buffer[] = [];
     for (let i = 0; i < 20; i++) {
       const p = randomBytes(1000 + i * 37);
@@ -131,15 +137,9 @@ describe('seal format: round trip', () => {
     fs.mkdirSync(src);
     for (const i of [1, 2, 3]) fs.writeFileSync(path.join(src, `pages-${i}.img`), randomBytes(CHUNK * 2 + 1));
     const before = fds();
-    const f = new SealFollower(
-      [{ dir: src, pattern: /^pages-\d+\.img$/, prefix: 'criu/' }],
-      path.join(dir, 'store'),
-      key(),
-      newSealId(),
-      {
-        chunkBytes: CHUNK,
-      },
-    );
+    const f = pageFollower(src, dir, key(), newSealId(), {
+      chunkBytes: CHUNK,
+    });
     // The worker has started and opened them all (it creates each stored file as it opens its source).
     await until(() => [1, 2, 3].every((i) => fs.existsSync(path.join(dir, `store/criu/pages-${i}.img`))));
     expect(fds()).toBeGreaterThanOrEqual(before + 6);
@@ -154,15 +154,9 @@ describe('seal format: round trip', () => {
     fs.mkdirSync(src);
     fs.writeFileSync(path.join(src, 'pages-1.img'), randomBytes(CHUNK * 3));
     const stored = path.join(dir, 'store/criu/pages-1.img');
-    const f = new SealFollower(
-      [{ dir: src, pattern: /^pages-\d+\.img$/, prefix: 'criu/' }],
-      path.join(dir, 'store'),
-      key(),
-      newSealId(),
-      {
-        chunkBytes: CHUNK,
-      },
-    );
+    const f = pageFollower(src, dir, key(), newSealId(), {
+      chunkBytes: CHUNK,
+    });
     // Once it has sealed the first chunk, the writer shrinks the file it wrote.
     await until(() => fs.existsSync(stored) && fs.statSync(stored).size >= CHUNK + 16);
     fs.truncateSync(path.join(src, 'pages-1.img'), 10);
@@ -188,13 +182,7 @@ describe('seal format: ciphertext written and read around the page cache (ARCH_S
     fs.writeFileSync(path.join(src, 'pages-2.img'), plain.subarray(0, 3 * CHUNK));
     const k = key();
     const id = newSealId();
-    const f = new SealFollower(
-      [{ dir: src, pattern: /^pages-\d+\.img$/, prefix: 'criu/' }],
-      path.join(dir, 'store'),
-      k,
-      id,
-      { chunkBytes: CHUNK, direct: true },
-    );
+    const f = pageFollower(src, dir, k, id, { chunkBytes: CHUNK, direct: true });
     const got = await f.finish();
     for (const [rel, want] of [
       ['criu/pages-1.img', plain],
