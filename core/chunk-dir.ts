@@ -75,7 +75,6 @@ export interface ChunkStore {
   commitStaged(fsync: boolean): Promise<void>;
   /** A checkpoint given up: its staged chunks removed where that is cheap (else the collector takes them). */
   dropStaged(): Promise<void>;
-  /** The stored bytes, or undefined when the chunk is not there. */
   /** The stored bytes of a chunk, undefined when it is not there; read into `into` when it fits (then a view of it). */
   get(id: string, into?: Buffer): Promise<Buffer | undefined>;
   /** Make what put() wrote durable (a no-op where each put already is). */

@@ -31,15 +31,11 @@ export interface AssembledCheckpoint {
   dir: string;
   /**
    * `deferPages`: start writing the page images (under `.part` names,
-   * renamed once every chunk is checked); resolves when they are written.
+   * renamed once every chunk is checked) until `signal` stops them; resolves
+   * when they are written. Held in `held.assembling` too, for the restore to
+   * wait for before its scratch dir goes, however it ends.
    */
-  assemblePages?: () => Promise<void>;
-}
-
-/** Page images being assembled: stopped and waited for before the scratch dir goes, however the restore ends. */
-export interface Assembling {
-  stop: AbortController;
-  done: Promise<void>;
+  assemblePages?: (signal: AbortSignal) => Promise<void>;
 }
 
 export async function assembleIfChunked(
@@ -47,7 +43,7 @@ export async function assembleIfChunked(
   store: CheckpointStore,
   trust: Trust,
   settings: { configFile: string },
-  held: { scratch?: Scratch; assembling?: Assembling },
+  held: { scratch?: Scratch; assembling?: Promise<void> },
   deferPages: boolean,
 ): Promise<AssembledCheckpoint | undefined> {
   const bytes = await readSmallFile(path.join(stored, MANIFEST_FILE), MAX_MANIFEST_BYTES);
@@ -83,12 +79,8 @@ export async function assembleIfChunked(
   );
   const pages = manifest.chunked.files.filter(later);
   if (pages.length === 0) return { dir };
-  const assemblePages = (): Promise<void> => {
-    const stop = new AbortController();
-    const done = assembleChunked(pages, chunks, dir, keys, { ...SHIM_ASSEMBLY, partial: true, signal: stop.signal });
-    held.assembling = { stop, done };
-    return done;
-  };
+  const assemblePages = (signal: AbortSignal): Promise<void> =>
+    (held.assembling = assembleChunked(pages, chunks, dir, keys, { ...SHIM_ASSEMBLY, partial: true, signal }));
   return { dir, assemblePages };
 }
 

@@ -26,7 +26,7 @@ import {
   type StoreKey,
 } from './seal.js';
 import { trustOf } from './trust.js';
-import { assembleIfChunked, type Assembling } from './chunked-restore.js';
+import { assembleIfChunked } from './chunked-restore.js';
 import { SealGate } from './seal-gate.js';
 import { CRIU_DIR, DELETED_FILES, PAGE_IMAGE_PATH, ROOTFS_TAR } from './checkpoint-layout.js';
 
@@ -69,12 +69,12 @@ const BUNDLE_CRIU_CONFIG = 'arch-criu.conf';
 
 export async function restoreFromCheckpoint(ctx: NodeContext, req: RestoreRequest): Promise<RestoreResult | undefined> {
   // A sealed checkpoint's plaintext lives in a tmpfs scratch dir only for the restore: removed however it ends.
-  const held: Held = {};
+  const held: Held = { stop: new AbortController() };
   try {
     return await restoreHolding(ctx, req, held);
   } finally {
-    held.assembling?.stop.abort(); // done already unless the restore failed
-    await held.assembling?.done.catch(() => undefined);
+    held.stop.abort(); // the page images are written already unless the restore failed
+    await held.assembling?.catch(() => undefined);
     await held.unsealer?.close();
     await held.scratch
       ?.remove()
@@ -87,11 +87,16 @@ export async function restoreFromCheckpoint(ctx: NodeContext, req: RestoreReques
   }
 }
 
-/** What a restore holds until it ends: the scratch dir, the decryption helper, the page images being assembled. */
+/**
+ * What a restore holds until it ends: the scratch dir, the decryption helper,
+ * the page images being assembled, and what stops the page images being
+ * decrypted or assembled behind CRIU's gate (the restore will not go on).
+ */
 interface Held {
   scratch?: Scratch;
   unsealer?: Unsealer;
-  assembling?: Assembling;
+  assembling?: Promise<void>;
+  stop: AbortController;
 }
 
 async function restoreHolding(ctx: NodeContext, req: RestoreRequest, held: Held): Promise<RestoreResult | undefined> {
@@ -207,8 +212,6 @@ async function restoreHolding(ctx: NodeContext, req: RestoreRequest, held: Held)
     timings.rootfs = Date.now() - t;
     return { upper, written };
   });
-  const stopDecrypting = new AbortController();
-  stopDecrypting.signal.addEventListener('abort', () => held.assembling?.stop.abort());
   const imagesStaged = layerSource.then(async (src): Promise<StagedImages> => {
     const v = await verified;
     // Once the layer is written (the main thread is the shim's only one, and runc waits for the layer):
@@ -217,7 +220,7 @@ async function restoreHolding(ctx: NodeContext, req: RestoreRequest, held: Held)
       await layer;
       const s = Date.now();
       return behindGate(path.join(dir, CRIU_DIR), gateScript!, async () => {
-        await assembled.assemblePages!();
+        await assembled.assemblePages!(held.stop.signal);
         timings.assemblePages = Date.now() - s;
       });
     }
@@ -231,22 +234,13 @@ async function restoreHolding(ctx: NodeContext, req: RestoreRequest, held: Held)
     const images = path.join(src, CRIU_DIR);
     if (script === undefined) return { dir: images };
     return behindGate(images, script, async () => {
-      await stageFiles(
-        dir,
-        src,
-        v.manifest,
-        v.keys!,
-        later,
-        ctx.settings.sealDirect,
-        stopDecrypting.signal,
-        held.unsealer,
-      );
+      await stageFiles(dir, src, v.manifest, v.keys!, later, ctx.settings.sealDirect, held.stop.signal, held.unsealer);
       timings.unsealPages = Date.now() - s;
     });
   });
   const [v, l, im] = await Promise.allSettled([verified, layer, imagesStaged]);
   if (v.status === 'rejected' || l.status === 'rejected' || im.status === 'rejected') {
-    if (im.status === 'fulfilled') await stopGated(im.value, stopDecrypting);
+    if (im.status === 'fulfilled') await stopGated(im.value, held.stop);
     if (l.status === 'fulfilled' && l.value.written) await unwriteLayer(ctx, l.value.upper!); // the images failed after the layer was written
     // A failed verification explains a bad archive too: it comes first.
     throw v.status === 'rejected'
@@ -314,7 +308,7 @@ async function restoreHolding(ctx: NodeContext, req: RestoreRequest, held: Held)
     }
   } catch (err) {
     await criuConfig?.reset().catch(() => undefined);
-    await stopGated(im.value, stopDecrypting);
+    await stopGated(im.value, held.stop);
     const pages = await verifyPages().then(
       () => undefined,
       (e: unknown) => e,

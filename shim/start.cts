@@ -46,18 +46,20 @@ function checksum(data: Buffer): Buffer {
   return b;
 }
 
-/** Run a CommonJS bundle as a module of its own, compiled from `<bundle>.v8cache` when that fits it. */
-function runBundle(bundle: string): void {
-  const cache = `${bundle}.v8cache`;
+/** A bundle's source and its identity, read from one open file (a new build between the two is never mixed). */
+function readBundle(bundle: string): { source: string; key: Buffer } {
   const fd = fs.openSync(bundle, 'r');
-  let source: string;
-  let key: Buffer;
   try {
-    key = identityOf(fd);
-    source = fs.readFileSync(fd, 'utf8');
+    return { key: identityOf(fd), source: fs.readFileSync(fd, 'utf8') };
   } finally {
     fs.closeSync(fd);
   }
+}
+
+/** Run a CommonJS bundle as a module of its own, compiled from `<bundle>.v8cache` when that fits it. */
+function runBundle(bundle: string): void {
+  const cache = `${bundle}.v8cache`;
+  const { source, key } = readBundle(bundle);
   let cachedData: Buffer | undefined;
   try {
     const file = crc32 ? fs.readFileSync(cache) : undefined;
@@ -110,14 +112,8 @@ function writeCache(script: vm.Script, cache: string, key: Buffer): void {
  */
 function cacheBundle(bundle: string): void {
   if (!crc32) return;
-  const fd = fs.openSync(bundle, 'r');
-  try {
-    const key = identityOf(fd);
-    const script = new vm.Script(Module.wrap(fs.readFileSync(fd, 'utf8')), { filename: bundle });
-    writeCache(script, `${bundle}.v8cache`, key);
-  } finally {
-    fs.closeSync(fd);
-  }
+  const { source, key } = readBundle(bundle);
+  writeCache(new vm.Script(Module.wrap(source), { filename: bundle }), `${bundle}.v8cache`, key);
 }
 
 export = { runBundle, cacheBundle };
