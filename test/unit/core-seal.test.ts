@@ -172,6 +172,70 @@ describe('seal format: round trip', () => {
   });
 });
 
+describe('seal format: page images hashed on a thread of their own (hashApart)', () => {
+  test.each([
+    ['through the page cache, hashing started while they grow', false, true],
+    ['direct writes (the last block is cut at the end), hashing started by finish()', true, false],
+  ])('%s: each digest is that of the stored bytes', async (_, direct, early) => {
+    const dir = fresh();
+    const src = path.join(dir, 'in');
+    fs.mkdirSync(src);
+    const k = key();
+    const id = newSealId();
+    const f = new SealFollower(
+      [{ dir: src, pattern: /^pages-\d+\.img$/, prefix: 'criu/', hashApart: true }],
+      path.join(dir, 'store'),
+      k,
+      id,
+      { chunkBytes: CHUNK, direct },
+    );
+    const want: Record<string, Buffer[]> = { 'pages-1.img': [], 'pages-2.img': [] };
+    for (let i = 0; i < 24; i++) {
+      const name = i % 3 === 0 ? 'pages-2.img' : 'pages-1.img';
+      const p = randomBytes(700 + i * 211);
+      want[name]!.push(p);
+      fs.appendFileSync(path.join(src, name), p);
+      if (early && i === 12) f.startHashing();
+      await sleep(2);
+    }
+    const got = await f.finish();
+    expect([...got.keys()].sort()).toEqual(['criu/pages-1.img', 'criu/pages-2.img']);
+    for (const [name, parts] of Object.entries(want)) {
+      const r = got.get(`criu/${name}`)!;
+      const stored = path.join(dir, 'store/criu', name);
+      expect(r.stored).toEqual({
+        size: sealedSize(Buffer.concat(parts).length, CHUNK),
+        sha256: sha(fs.readFileSync(stored)),
+      });
+      const out = path.join(dir, `out-${n++}`);
+      await openSealedFile(stored, out, r.sealed, id, k, { sha256: r.stored.sha256 });
+      expect(fs.readFileSync(out).equals(Buffer.concat(parts))).toBe(true);
+    }
+  });
+
+  test('cancel() stops the hashers too: every file and thread is closed', async () => {
+    const fds = () => fs.readdirSync('/proc/self/fd').length;
+    const dir = fresh();
+    const src = path.join(dir, 'in');
+    fs.mkdirSync(src);
+    for (const i of [1, 2]) fs.writeFileSync(path.join(src, `pages-${i}.img`), randomBytes(CHUNK * 2 + 1));
+    const before = fds();
+    const f = new SealFollower(
+      [{ dir: src, pattern: /^pages-\d+\.img$/, prefix: 'criu/', hashApart: true }],
+      path.join(dir, 'store'),
+      key(),
+      newSealId(),
+      { chunkBytes: CHUNK },
+    );
+    await until(() => [1, 2].every((i) => fs.existsSync(path.join(dir, `store/criu/pages-${i}.img`))));
+    f.startHashing();
+    await sleep(50);
+    await f.cancel();
+    await sleep(50);
+    expect(fds()).toBeLessThanOrEqual(before);
+  });
+});
+
 describe('seal format: ciphertext written and read around the page cache (ARCH_SEAL_DIRECT)', () => {
   test('a file sealed with direct writes is the same format, its digest that of the stored bytes', async () => {
     const dir = fresh();
