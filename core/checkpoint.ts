@@ -305,7 +305,7 @@ async function checkpointLocked(
     if (scratch && sealKey) {
       sealer = new SealFollower(
         [
-          { dir: dumpDir, pattern: PAGE_IMAGE_NAME, prefix: `${CRIU_DIR}/`, hashApart: true },
+          { dir: dumpDir, pattern: PAGE_IMAGE_NAME, prefix: `${CRIU_DIR}/` },
           { dir: scratch.dir, pattern: new RegExp(`^${ROOTFS_TAR.replace('.', '\\.')}$`) },
         ],
         staging.dir,
@@ -442,7 +442,6 @@ async function checkpointLocked(
         timings.hashTail = Date.now() - tail; // hashing left when CRIU was done (part of dump)
       }
     }
-    sealer?.startHashing(); // CRIU is done: the stored page images are hashed beside the sealer from here
     lap('dump', t);
     t = Date.now();
     req.onProgress?.({ phase: 'rootfs' });

@@ -7,7 +7,7 @@ import type { Digest } from './digest.js';
 import { ArchInputError, CheckpointUnusableError, errorMessage } from '../contract/errors.js';
 import { requireAbsolutePath } from './paths.js';
 import { isAlive } from './pid.js';
-import { DigestFollower, usesWorkerThreads, workerReply } from './digest.js';
+import { usesWorkerThreads, workerReply } from './digest.js';
 import { Worker } from 'node:worker_threads';
 import { settingsVars } from './settings.js';
 import { keyLines, parseKeyText } from './key-text.js';
@@ -235,8 +235,6 @@ class FileSealer {
     private readonly buf: Buffer,
     private readonly writeback: boolean,
     direct: DirectBuffer | undefined,
-    /** False when another thread hashes the stored file (SealSource.hashApart): the result's sha256 is then empty. */
-    private readonly hashing: boolean,
   ) {
     this.out = new DirectAppender(dst, dstPath, direct);
   }
@@ -261,7 +259,7 @@ class FileSealer {
       chunkAad(this.sealId, this.rel, this.index, last),
       this.buf.subarray(0, n),
     );
-    if (this.hashing) for (const b of out) this.hash.update(b);
+    for (const b of out) this.hash.update(b);
     this.out.append(out);
     this.pos += n;
     this.index++;
@@ -290,7 +288,7 @@ class FileSealer {
     while (this.pumpOne(true)) await yieldTurn();
     this.out.finish();
     return {
-      stored: { size: this.out.length, sha256: this.hashing ? this.hash.digest('hex') : '' },
+      stored: { size: this.out.length, sha256: this.hash.digest('hex') },
       sealed: {
         path: this.rel,
         alg: SEAL_ALG,
@@ -318,12 +316,6 @@ export interface SealSource {
   pattern: RegExp;
   prefix?: string;
   rel?: string;
-  /**
-   * Hash the stored files on a thread of their own, reading them back as
-   * they are written (with `prefix` only; see SealFollower): for the page
-   * images, most of the bytes.
-   */
-  hashApart?: boolean;
 }
 
 /** One sealed file: the digest of what was stored, and the manifest's seal entry. */
@@ -395,7 +387,6 @@ export class SealLoop {
             this.buf,
             !!this.opts.writeback,
             this.direct,
-            !s.hashApart,
           ),
         );
       }
@@ -471,85 +462,29 @@ export class SealFollower {
   private readonly here?: SealLoop;
   private readonly worker?: Worker;
   private readonly reply?: Promise<{ files?: [string, SealResult][]; error?: string }>;
-  /**
-   * The stored files of `hashApart` sources, hashed on a thread of their own
-   * as the sealer writes them (read back from the page cache). Why: the seal
-   * tail (CRIU done, the job still frozen) is the sealer's thread alone, at
-   * ~8 ms per 4 MiB chunk, while the other core idles; sha256 was part of
-   * that work. Measured: tail 479-553 ms against 574-627 ms (bench seal,
-   * 2026-12-04), a modest share: GCM and the writes remain.
-   */
-  private readonly hashers: { prefix: string; follower: Promise<DigestFollower> }[] = [];
-  private readonly toHash: { prefix: string; dir: string; pattern: RegExp }[] = [];
 
   constructor(sources: SealSource[], dest: string, key: StoreKey, sealId: string, opts: SealOptions = {}) {
     if (!usesWorkerThreads()) {
-      this.here = new SealLoop(
-        sources.map((s) => ({ ...s, hashApart: false })),
-        dest,
-        key,
-        sealId,
-        opts,
-      );
+      this.here = new SealLoop(sources, dest, key, sealId, opts);
       return;
     }
-    const apart = (s: SealSource) => !!s.hashApart && s.prefix !== undefined && s.rel === undefined;
-    for (const s of sources.filter(apart))
-      this.toHash.push({ prefix: s.prefix!, dir: path.join(dest, s.prefix!), pattern: s.pattern });
-    const data: SealWorkerData = {
-      sources: sources.map((s) => ({ ...s, hashApart: apart(s) })),
-      dest,
-      key: { id: key.id, key: key.key },
-      sealId,
-      opts,
-    };
+    const data: SealWorkerData = { sources, dest, key: { id: key.id, key: key.key }, sealId, opts };
     this.worker = new Worker(sealWorkerFile(), { workerData: data });
     this.reply = workerReply(this.worker);
     this.reply.catch(() => undefined); // observed by finish() or cancel()
   }
 
-  /**
-   * Start hashing the stored files of `hashApart` sources (once; finish()
-   * does if nobody did). Call it when the writer is done (CRIU's dump): a
-   * third thread beside CRIU and the sealer slowed the dump as much as it
-   * saved.
-   */
-  startHashing(): void {
-    for (const { prefix, dir, pattern } of this.toHash.splice(0)) {
-      const follower = DigestFollower.start(dir, pattern);
-      follower.catch(() => undefined); // observed by finish() or cancel()
-      this.hashers.push({ prefix, follower });
-    }
-  }
-
   /** Every matching file sealed to its end: stored digests and the manifest's seal entries, by path. */
   async finish(): Promise<Map<string, SealResult>> {
     if (this.here) return new Map(await this.here.finish());
-    this.startHashing();
-    let sealed: Map<string, SealResult>;
     try {
       this.worker!.postMessage('finish');
       const r = await this.reply!;
       if (r.error !== undefined || !r.files) throw new Error(`sealing failed: ${r.error ?? 'no result'}`);
-      sealed = new Map(r.files);
-    } catch (err) {
-      await this.cancelHashers();
-      throw err;
+      return new Map(r.files);
     } finally {
       await this.worker!.terminate();
     }
-    // Every file is written and closed: the hashers read them to their ends.
-    for (const { prefix, follower } of this.hashers) {
-      for (const [name, d] of await (await follower).finish()) {
-        const r = sealed.get(prefix + name);
-        if (!r) throw new Error(`sealing failed: ${prefix}${name} was hashed but never sealed`);
-        if (d.size !== r.stored.size)
-          throw new Error(`sealing failed: ${prefix}${name}: ${r.stored.size} bytes stored, ${d.size} hashed`);
-        r.stored = d;
-      }
-    }
-    for (const [rel, r] of sealed) if (!r.stored.sha256) throw new Error(`sealing failed: ${rel} was never hashed`);
-    return sealed;
   }
 
   /** Stop and close every file (the worker closes its own: a terminated thread leaves its descriptors open). */
@@ -560,12 +495,7 @@ export class SealFollower {
       await this.reply!.catch(() => undefined);
     } finally {
       await this.worker!.terminate();
-      await this.cancelHashers();
     }
-  }
-
-  private async cancelHashers(): Promise<void> {
-    for (const { follower } of this.hashers) await (await follower.catch(() => undefined))?.cancel();
   }
 }
 
