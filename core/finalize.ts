@@ -90,7 +90,7 @@ const LISTING_HEAD_START_MS = 2;
 
 export async function finalizeNode(ctx: NodeContext, opts: FinalizeOptions): Promise<FinalizeReport> {
   const t0 = Date.now();
-  const since = () => Math.round(performance.now());
+  const since = () => Math.round(process.uptime() * 1000); // the clock of runc-listing.ts rootsFoundAt
   const started = since();
   const runcListing = opts.listing ?? startRuncListing(ctx.settings, { namespaces: opts.namespaces });
   // Found before finalizeNode started when the caller started the listing: then at `started`.

@@ -47,7 +47,8 @@ export async function startRuncListing(settings: Settings, opts: ListingOptions 
           warnings: [],
         }
       : await findRuncRoots(settings);
-  const rootsFoundAt = performance.now();
+  // process.uptime(), not performance.now(): the `performance` global loads perf_hooks (~1 ms) on first use.
+  const rootsFoundAt = process.uptime() * 1000;
   const perBase = await Promise.all(
     roots.bases.map(async (base) =>
       // Namespaces are the directories (the worker keeps a marker file here: shim-state.ts).

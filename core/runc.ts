@@ -1,6 +1,6 @@
-import fs from 'node:fs/promises';
 import { runForeground, type Foreground } from './foreground.js';
 import { runCommand, type RunOptions } from './run-command.js';
+import { readRuncStates } from './runc-state-files.js';
 import { criuEnv, type Settings } from './settings.js';
 
 /** What `runc state` / `runc list --format json` report. */
@@ -45,12 +45,18 @@ export class Runc {
     return JSON.parse(String(r.stdout)) as RuncState;
   }
 
-  /** `onStarted`: runc runs (or is not needed), so that a caller can turn to other work. */
+  /**
+   * What `runc list --format json` reports, read from runc's own files when
+   * they are plain (core/runc-state-files.ts: no fork of this process, no
+   * runc start), from runc itself otherwise. `onStarted`: the listing runs
+   * (or needs no process), so that a caller can turn to other work.
+   */
   async list(o: { onStarted?: () => void } = {}): Promise<RuncState[]> {
-    // runc keeps a container as a directory of its root: none (or no root) is an empty list without
-    // a runc process (a fork+exec for every empty namespace of every root, on each `ls` and `finalize`).
-    const entries = await fs.readdir(this.root, { withFileTypes: true }).catch(() => []);
-    if (!entries.some((e) => e.isDirectory())) return [];
+    const read = await readRuncStates(this.root);
+    if (read) {
+      o.onStarted?.();
+      return read;
+    }
     const r = await this.run(['list', '--format', 'json'], { onSpawn: o.onStarted });
     return (JSON.parse(String(r.stdout) || 'null') as RuncState[] | null) ?? [];
   }

@@ -108,7 +108,8 @@ const importMetaUrl: Plugin = {
  * exports:
  *  - child_process (~4 ms with the stream and net modules it loads) in the
  *    front, for commander's executable subcommands, which arch-cli has none
- *    of;
+ *    of, and in the listing's, which reads runc's files rather than run it
+ *    (core/runc-state-files.ts) unless they puzzle it;
  *  - zod (its module body ~3 ms) wherever it is: only a manifest read
  *    (core/manifest.ts builds its schemas then) uses it, which finalize's
  *    checkpoint does not;
@@ -122,6 +123,7 @@ const importMetaUrl: Plugin = {
 const WORKER_THREADS_LAZY = path.join(DIST, 'shim/worker-threads-lazy.js');
 const LAZY: Record<string, string[]> = {
   front: ['child_process'],
+  'runc-listing': ['child_process'],
   finalize: ['zod'],
   checkpoint: ['zod'],
   'ls-local': ['crypto', 'assert', 'pino', 'zod'],
