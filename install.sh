@@ -28,6 +28,7 @@ mkdir -p "$ARCH_PREFIX/bin" "$CONF_DIR"
 export DEBIAN_FRONTEND=noninteractive
 
 # ---- Debian packages -------------------------------------------------------
+# gcc and libc6-dev: the build compiles arch-runc's front (shim/arch-runc.c); the tests, their images' programs.
 PKGS=(runc containerd iptables zstd busybox-static gcc libc6-dev attr ca-certificates openssl)
 # npm ci builds zstd-napi (store format 2's compression) from source with node-gyp: a C++ compiler, make and python3.
 PKGS+=(g++ make python3)

@@ -104,7 +104,7 @@ export function optionString(call: RuncCall, ...names: string[]): string | undef
 /**
  * Descriptors beyond stdio that runc itself uses from the caller: the N after
  * stdio that --preserve-fds hands to the container, and --status-fd. The
- * shell front execs runc (everything inherited); where Node starts runc these
+ * front (shim/arch-runc.c) execs runc (everything inherited); where Node starts runc these
  * must be passed on by number, or they are lost.
  */
 export function inheritedFds(call: RuncCall): number[] {

@@ -24,8 +24,8 @@ export interface S3ClientSettings {
 
 /**
  * Node-wide ARCH settings. One file, /etc/arch/arch.env (or $ARCH_CONFIG),
- * in KEY=VALUE shell syntax so that the shell front of arch-runc can source
- * it too; variables in the environment override the file.
+ * in KEY=VALUE shell syntax (arch-runc's front, shim/arch-runc.c, reads three
+ * of its lines the same way); variables in the environment override the file.
  */
 export interface Settings {
   /** The real runc that arch-runc hands calls to. */

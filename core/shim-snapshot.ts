@@ -5,7 +5,8 @@ import path from 'node:path';
 /**
  * The shim's V8 start-up snapshot (dist/shim/arch-runc.blob) and its stamp.
  * scripts/build-shim-snapshot.ts makes both; bin/arch-runc reads the stamp
- * in sh before every Node start (same format, same `stat` call), and
+ * (shim/arch-runc.c) before every Node start (the same fields as `stat -L
+ * --printf STAT_FORMAT`), and
  * `arch-cli doctor` reports whether it still holds.
  *
  * A blob works only with the Node that built it (any other crashes on it),

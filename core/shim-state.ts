@@ -8,9 +8,9 @@ import { isAlive } from './pid.js';
  * It lives inside runc's own state directory for the container
  * (<runc root>/<id>/): keyed by the node's runc root, so two containerd
  * instances never share it, and removed by `runc delete` with the rest.
- * The shell front of arch-runc tests for ARCH_STATE_FILE there to decide, without
- * starting Node, whether a start/checkpoint/delete concerns an ARCH container;
- * it creates KILLED_FILE on `runc kill` (see bin/arch-runc).
+ * arch-runc's front (shim/arch-runc.c) tests for ARCH_STATE_FILE there to decide,
+ * without starting Node, whether a start/checkpoint/delete concerns an ARCH
+ * container; it creates KILLED_FILE on `runc kill`.
  */
 export const ARCH_STATE_FILE = 'arch.json';
 export const KILLED_FILE = 'arch.killed';

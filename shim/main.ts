@@ -1,5 +1,5 @@
 /**
- * arch-runc, Node side. The shell front (bin/arch-runc) execs the real runc
+ * arch-runc, Node side. The front (shim/arch-runc.c) execs the real runc
  * directly for everything that is not ARCH's business and starts this only for
  * `create` of a container whose spec mentions ARCH_ENABLE, for
  * start/checkpoint/delete of containers this shim created, and for checkpoint

@@ -132,7 +132,7 @@ describe('direct calls: arch-runc and runc side by side', () => {
       timeoutMs: 10_000,
     });
     expectSame(viaLink, await call(RUNC, ['--version']));
-    // No runc at all: a clear error, not a loop. (Only the tools the sh front uses are on PATH.)
+    // No runc at all: a clear error, not a loop. (PATH holds a few tools, none of them runc.)
     const tools = path.join(work, 'path-tools');
     fs.mkdirSync(tools, { recursive: true });
     for (const t of ['dirname', 'basename', 'readlink', 'grep']) {

@@ -8,8 +8,8 @@ import { REPO_ROOT } from '../support/images.js';
 import { SPEC_FILE } from '../../core/checkpoint-layout.js';
 
 /**
- * The environment wins over the settings file, in arch-runc's shell front
- * too: containerd's environment (e.g. ARCH_LOG_FILE set on the service) is
+ * The environment wins over the settings file, in arch-runc's front
+ * too (shim/arch-runc.c): containerd's environment (e.g. ARCH_LOG_FILE set on the service) is
  * what the node's administrator said last. The front once sourced the file,
  * which overwrote such variables before Node read them.
  */

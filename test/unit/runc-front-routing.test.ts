@@ -8,7 +8,7 @@ import { containerIdOf, optionString, parseRuncArgs, type RuncCall } from '../..
 import { REPO_ROOT } from '../support/images.js';
 
 /**
- * The runc argument grammar is spelled twice: in sh by bin/arch-runc's front
+ * The runc argument grammar is spelled twice: in C by bin/arch-runc's front (shim/arch-runc.c)
  * (which calls go to Node at all) and in TypeScript by core/runc-args.ts
  * (what the Node side then reads: root, subcommand, id, bundle, --criu).
  * Each argument vector below goes to both. The front runs for real, with
@@ -128,7 +128,7 @@ test.each(vectors().map(([name]) => name))('%s: the front routes as runc-args.ts
   const call = parseRuncArgs(argv);
   for (const w of worlds) {
     const { stateDir } = arrange(call, w);
-    const r = await execa('sh', [FRONT, ...argv], { env, extendEnv: false, cwd: bundle, reject: false });
+    const r = await execa(FRONT, argv, { env, extendEnv: false, cwd: bundle, reject: false });
     expect({ world: w, exit: r.exitCode, to: r.stdout.trim() }).toEqual({
       world: w,
       exit: 0,
