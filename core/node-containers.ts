@@ -141,10 +141,13 @@ async function archContainerOf(
     upperDirBytes: 0,
     checkpointIntervalMs: effectiveIntervalMs(contract, ctx.settings.defaultCheckpointIntervalMs),
   };
-  // Sizes only shape the plan: a container whose size cannot be read is still listed
-  // (a drain or finalize that skipped it would leave its job behind on a node that goes away).
-  if (opts.withSizes !== false) {
-    c.rssBytes = st.pid > 0 ? await rssOf(st.pid) : 0;
+  // Its sizes, its checkpoint and its shim state are independent reads: all at once (a listing is
+  // on a reclaim's critical path, and each read waits for the file system's reply).
+  const sizes = async () => {
+    // Sizes only shape the plan: a container whose size cannot be read is still listed
+    // (a drain or finalize that skipped it would leave its job behind on a node that goes away).
+    if (opts.withSizes === false) return;
+    const rss = st.pid > 0 ? rssOf(st.pid) : Promise.resolve(0);
     try {
       const upper = await findUpperDir(rootfsOf(st.bundle, spec));
       c.upperDirBytes = upper ? await layerBytes(upper) : 0;
@@ -154,19 +157,25 @@ async function archContainerOf(
         "cannot size the container's writable layer; listed without it",
       );
     }
-  }
-  const store = checkpointStoreOf(contract, namespace, st.id);
-  const dir = await store.current().catch(() => null);
-  const m = dir ? await store.readManifest().catch(() => null) : null;
-  if (m && dir)
-    c.checkpoint = {
-      dir,
-      createdAt: m.createdAt,
-      sizeBytes: m.files.reduce((a, f) => a + f.size, 0),
-      node: m.node,
-      ...(m.freezeMs !== undefined ? { freezeMs: m.freezeMs } : {}),
-    };
-  c.lastRestoreFailure = (await readShimState(runc.root, st.id))?.lastRestoreFailure;
+    c.rssBytes = await rss;
+  };
+  const checkpoint = async () => {
+    const store = checkpointStoreOf(contract, namespace, st.id);
+    const dir = await store.current().catch(() => null);
+    const m = dir ? await store.readManifest().catch(() => null) : null;
+    if (m && dir)
+      c.checkpoint = {
+        dir,
+        createdAt: m.createdAt,
+        sizeBytes: m.files.reduce((a, f) => a + f.size, 0),
+        node: m.node,
+        ...(m.freezeMs !== undefined ? { freezeMs: m.freezeMs } : {}),
+      };
+  };
+  const shimState = async () => {
+    c.lastRestoreFailure = (await readShimState(runc.root, st.id))?.lastRestoreFailure;
+  };
+  await Promise.all([sizes(), checkpoint(), shimState()]);
   return c;
 }
 

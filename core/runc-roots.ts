@@ -109,15 +109,14 @@ export async function findRuncRoots(settings: RootSettings): Promise<RuncRootsFo
   if (settings.discoverRuncRoots) {
     candidates.push({ base: CONTAINERD_DEFAULT_RUNC_ROOT, source: 'containerd default', named: false });
     const cdFile = settings.containerdConfig ?? CONTAINERD_DEFAULT_CONFIG;
-    const cdText = await readOptional(
-      cdFile,
-      settings.containerdConfig ? 'ARCH_CONTAINERD_CONFIG' : undefined,
-      warnings,
-    );
+    const dkFile = settings.dockerConfig ?? DOCKER_DEFAULT_CONFIG;
+    // Read at once: every listing (a reclaim's finalize first) starts here.
+    const [cdText, dkText] = await Promise.all([
+      readOptional(cdFile, settings.containerdConfig ? 'ARCH_CONTAINERD_CONFIG' : undefined, warnings),
+      readOptional(dkFile, settings.dockerConfig ? 'ARCH_DOCKER_CONFIG' : undefined, warnings),
+    ]);
     for (const base of cdText ? containerdConfigRoots(cdText) : [])
       candidates.push({ base, source: `containerd runtime Root (${cdFile})`, named: false });
-    const dkFile = settings.dockerConfig ?? DOCKER_DEFAULT_CONFIG;
-    const dkText = await readOptional(dkFile, settings.dockerConfig ? 'ARCH_DOCKER_CONFIG' : undefined, warnings);
     let execRoot: string | undefined;
     try {
       execRoot = dkText ? dockerExecRoot(dkText) : undefined;
@@ -135,12 +134,18 @@ export async function findRuncRoots(settings: RootSettings): Promise<RuncRootsFo
   }
   const searched: RuncRootBase[] = [];
   const seen = new Set<string>();
-  for (const c of candidates) {
+  // Looked at all at once, then taken in order (the first of two names for one directory wins).
+  const looked = await Promise.all(
+    candidates.map(async (c) => ({
+      real: await fsp.realpath(c.base).catch(() => c.base),
+      exists: await isDir(c.base),
+    })),
+  );
+  for (const [i, c] of candidates.entries()) {
     // /var/run/... and /run/... are one directory: listed once.
-    const real = await fsp.realpath(c.base).catch(() => c.base);
+    const { real, exists } = looked[i]!;
     if (seen.has(real)) continue;
     seen.add(real);
-    const exists = await isDir(c.base);
     if (!exists && c.named)
       warnings.push({
         field: 'ARCH_RUNC_ROOT',

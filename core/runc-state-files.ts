@@ -73,12 +73,14 @@ async function stateOf(dir: string, name: string): Promise<RuncState | typeof UN
     return UNSURE;
   }
   if (!isStateFile(s) || s.id !== name) return UNSURE;
-  const frozen = await freezerState(s.cgroup_paths ?? {});
+  // All three looked at once (a listing is on a reclaim's critical path), then decided in runc's order.
+  const [frozen, alive, fifo] = await Promise.all([
+    freezerState(s.cgroup_paths ?? {}),
+    initAlive(s.init_process_pid, String(s.init_process_start)),
+    exists(path.join(dir, 'exec.fifo')),
+  ]);
   if (frozen === UNSURE) return UNSURE;
-  let status: RuncState['status'];
-  if (frozen) status = 'paused';
-  else if (!(await initAlive(s.init_process_pid, String(s.init_process_start)))) status = 'stopped';
-  else status = (await exists(path.join(dir, 'exec.fifo'))) ? 'created' : 'running';
+  const status: RuncState['status'] = frozen ? 'paused' : !alive ? 'stopped' : fifo ? 'created' : 'running';
   let bundle = '';
   const annotations: Record<string, string> = {};
   for (const label of s.config.labels ?? []) {
