@@ -9,10 +9,10 @@ import { median, round } from './support/stats.js';
 import { StandaloneRunc } from './support/standalone-runc.js';
 
 /**
- * What bin/arch-runc costs on every runc call containerd makes: the sh front
- * against the real runc, same arguments, interleaved. The pass-through calls
- * must stay within a few ms; an ARCH create (Node side, no checkpoint) is
- * shown for scale.
+ * What bin/arch-runc costs on every runc call containerd makes: its front
+ * (shim/arch-runc.c) against the real runc, same arguments, interleaved.
+ * The pass-through calls must stay within a few ms; an ARCH create (Node
+ * side, no checkpoint) is shown for scale.
  */
 const TARGET_ADDED_MS = 5;
 
@@ -93,7 +93,7 @@ export const benchmark: Benchmark = {
           commandSide(ARCH_RUNC_BIN, createArgs(plain, 'pt-create-a'), { env: callEnv }, del('pt-create-a')),
           commandSide(runc, createArgs(plain, 'pt-create-b'), { env: callEnv }, del('pt-create-b')),
         ],
-        note: 'grep of config.json runs',
+        note: 'the front reads config.json',
       },
       {
         metric: 'runc create, ARCH bundle, no checkpoint (Node side)',
@@ -123,7 +123,7 @@ export const benchmark: Benchmark = {
           commandSide(ARCH_RUNC_BIN, ['--root', root, 'state', 'pt-sleeper'], { env: trueEnv }),
           commandSide('/bin/true', ['--root', root, 'state', 'pt-sleeper'], { env: trueEnv }),
         ],
-        note: 'sh + settings file',
+        note: 'settings file read',
       },
       {
         metric: 'front alone (real runc = /bin/true): create, non-ARCH bundle',
@@ -133,7 +133,7 @@ export const benchmark: Benchmark = {
           commandSide(ARCH_RUNC_BIN, createArgs(plain, 'pt-true'), { env: trueEnv }),
           commandSide('/bin/true', createArgs(plain, 'pt-true'), { env: trueEnv }),
         ],
-        note: 'sh + settings file + grep',
+        note: 'settings file and config.json read',
       },
     );
 
