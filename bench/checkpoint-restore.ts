@@ -27,7 +27,7 @@ import { MANIFEST_FILE } from '../core/checkpoint-layout.js';
  *   raw (sa)    the same on a standalone runc container (no containerd).
  * Restore
  *   ARCH        the arch-runc `create` containerd's shim makes for the new
- *               container (sh front + Node + verify digests while the rootfs
+ *               container (front + Node + verify digests while the rootfs
  *               diff is applied + runc restore, page images verified
  *               meanwhile), timed by a wrapper around arch-runc; the
  *               shim's own durationMs (from inside Node) is reported beside it.
@@ -328,7 +328,7 @@ export const benchmark: Benchmark = {
         header: [
           'variant',
           'arch-runc create (wall)',
-          'sh front + Node start + imports',
+          'front + Node start + imports',
           'verify (manifest, all but page images)',
           'rootfs diff (meanwhile)',
           'both (wall)',
@@ -356,7 +356,7 @@ export const benchmark: Benchmark = {
     const notes = [
       `Checkpoint: ARCH ${round(ck1)} ms (fsync) / ${round(ck0)} ms (no fsync) vs raw runc ${round(rCtr)} ms on the same containerd node (${round(rSa)} ms standalone): ${paired(A1, (s) => s.checkpointMs, rawCtr)}x / ${paired(A0, (s) => s.checkpointMs, rawCtr)}x (median of per-repetition ratios). Extra dump time over raw runc (freeze + --leave-running + hashing catching up, same rep): ${round(median(arch.map((s) => (s.result.timings.dump ?? 0) - rawCtr[s.rep]!)))} ms.`,
       `Where ARCH's checkpoint time goes (median): dump ${round(dumpMs)} ms (${mbps(dumpMs)} MB/s; the raw checkpoint of the same memory takes ${round(rCtr)} ms), of which hashing left when CRIU was done ${round(hashTailMs)} ms (the page images are hashed while CRIU writes them); sha256 of the other files ${round(digestMs)} ms; fsync left after the dump ${round(fsyncMs)} ms (the page images are written back during it); preparing (lock, inspect, staging) ${round(ckPrepareMs)} ms.`,
-      `Restore: the arch-runc create takes ${round(rsArch)} ms vs ${round(rsRaw)} ms for runc restore -d (${paired(arch, (s) => s.restoreCallMs, rawSaRestore)}x). Of ARCH's extra ${round(rsArch - rsRaw)} ms: sh front + Node start-up + module loading ${round(nodeStart)} ms, verifying the manifest and every image but the page images (${round(verifyMs)} ms) while the writable layer is written (${round(prepareMs)} ms for both); the page images are verified while CRIU restores them into stopped processes (left waiting for it afterwards: ${round(pagesWaitMs)} ms). The whole ctr run -d until RUNNING takes ${round(ctrRun)} ms.`,
+      `Restore: the arch-runc create takes ${round(rsArch)} ms vs ${round(rsRaw)} ms for runc restore -d (${paired(arch, (s) => s.restoreCallMs, rawSaRestore)}x). Of ARCH's extra ${round(rsArch - rsRaw)} ms: front + Node start-up + module loading ${round(nodeStart)} ms, verifying the manifest and every image but the page images (${round(verifyMs)} ms) while the writable layer is written (${round(prepareMs)} ms for both); the page images are verified while CRIU restores them into stopped processes (left waiting for it afterwards: ${round(pagesWaitMs)} ms). The whole ctr run -d until RUNNING takes ${round(ctrRun)} ms.`,
       'Restores read the images from the page cache (just written); a restore on another node reading from network storage would be slower for both sides.',
     ];
     return {

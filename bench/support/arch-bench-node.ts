@@ -10,7 +10,7 @@ import type { Cleanup } from './cleanup.js';
  * A private containerd node with ARCH settings (test/support/arch-node.ts),
  * plus what the benchmarks need on top:
  * - a timing wrapper around bin/arch-runc: every runc call containerd's shim
- *   makes is logged with its wall time (sh front + Node side + real runc),
+ *   makes is logged with its wall time (front + Node side + real runc),
  *   which is the honest "ARCH restore" figure (the shim's own durationMs
  *   starts after Node has loaded);
  * - raw runc checkpoints of containers that containerd runs with plain runc.
