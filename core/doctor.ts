@@ -239,6 +239,7 @@ export async function runDoctor(settings: Settings, payloadCheck: (s: Settings) 
   }
   if (criu.ok) checks.push(criuProbeCacheCheck());
   if (criu.ok) checks.push(await dirtyTrackCheck(settings.criu));
+  checks.push(await shimFrontCheck());
   checks.push(await shimSnapshotCheck());
   const lock = criu.ok ? await networkLockCheck(settings) : undefined;
   if (lock) checks.push(lock);
@@ -411,6 +412,27 @@ export function criuProbeCacheCheck(run = '/run'): Check {
       : `${run} is not a tmpfs: CRIU probes the kernel on every run (about 20-30 ms more per checkpoint and restore)`,
     fix: `mount ${run} as a tmpfs at boot (systemd does); nothing else is needed`,
   };
+}
+
+/**
+ * bin/arch-runc links to the front the build compiles (shim/arch-runc.c into
+ * dist/shim/arch-runc): without it containerd starts no container whose
+ * runtime names arch-runc, ARCH's or not.
+ */
+export async function shimFrontCheck(archHome = ARCH_HOME): Promise<Check> {
+  const bin = path.join(archHome, 'bin/arch-runc');
+  const fix = `run ${path.join(archHome, 'install.sh')} (or npm run build in ${archHome}: it compiles the front with gcc)`;
+  try {
+    await fsp.access(bin, fs.constants.X_OK);
+    return { name: 'arch-runc front', ok: true, detail: `${bin} -> ${await fsp.realpath(bin)}`, fix };
+  } catch (err) {
+    return {
+      name: 'arch-runc front',
+      ok: false,
+      detail: `${bin} is not built (${errorMessage(err)}): containerd cannot start a container whose runtime is arch-runc`,
+      fix,
+    };
+  }
 }
 
 /**

@@ -2,7 +2,7 @@ import { execa } from 'execa';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { shimSnapshotCheck } from '../../core/doctor.js';
+import { shimFrontCheck, shimSnapshotCheck } from '../../core/doctor.js';
 import { REPO_ROOT } from '../support/images.js';
 
 /**
@@ -114,6 +114,29 @@ test('ARCH_NODE_BIN naming another Node: that Node runs start.cjs', async () => 
   expect(r.stderr).toBe('other-node');
   expect(r.exitCode).toBe(0);
   expect(r.stdout).toBe(call().join(' '));
+});
+
+describe('arch-cli doctor says whether the front is built (without it no container starts under arch-runc)', () => {
+  test('bin/arch-runc links to the built front: ok', async () => {
+    fs.copyFileSync(path.join(BUILT, 'arch-runc'), shimFile('arch-runc'));
+    fs.mkdirSync(path.join(home, 'bin'));
+    fs.symlinkSync('../dist/shim/arch-runc', path.join(home, 'bin/arch-runc'));
+    const c = await shimFrontCheck(home);
+    expect(c).toMatchObject({ name: 'arch-runc front', ok: true });
+    expect(c.detail).toContain(shimFile('arch-runc'));
+  });
+
+  test('a link to a front never built (a clone without npm run build), or no link: a failure naming the fix', async () => {
+    fs.mkdirSync(path.join(home, 'bin'));
+    fs.symlinkSync('../dist/shim/arch-runc', path.join(home, 'bin/arch-runc'));
+    for (let i = 0; i < 2; i++) {
+      const c = await shimFrontCheck(home);
+      expect(c).toMatchObject({ ok: false, detail: expect.stringContaining('is not built') });
+      expect(c.optional).toBeFalsy();
+      expect(c.fix).toContain('npm run build');
+      fs.rmSync(path.join(home, 'bin/arch-runc'), { force: true });
+    }
+  });
 });
 
 describe('arch-cli doctor says whether arch-runc starts from the snapshot (a warning, never a failure)', () => {
