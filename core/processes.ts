@@ -14,12 +14,31 @@ export interface ProcessRef {
   start: string;
 }
 
+/** What ARCH reads of /proc/PID/stat: the state letter (field 3) and the start time (field 22). */
+export interface ProcStat {
+  state: string;
+  start: string;
+}
+
+/** Fields counted after the ")" that ends the command name (which may hold spaces and parentheses). */
+export function parseProcStat(stat: string): ProcStat {
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return { state: fields[0] ?? '', start: (fields[19] ?? '').trim() };
+}
+
+/** /proc/PID/stat, read without blocking the thread; undefined once the process is gone. */
+export async function readProcStat(pid: number): Promise<ProcStat | undefined> {
+  try {
+    return parseProcStat(await fs.promises.readFile(`/proc/${pid}/stat`, 'utf8'));
+  } catch {
+    return undefined;
+  }
+}
+
 /** Field 22 of /proc/PID/stat (start time), or undefined once the process is gone. */
 export function processStartTime(pid: number): string | undefined {
   try {
-    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
-    // Counted after the ")" that ends the command name (which may hold spaces).
-    return stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19];
+    return parseProcStat(fs.readFileSync(`/proc/${pid}/stat`, 'utf8')).start;
   } catch {
     return undefined;
   }
@@ -58,8 +77,7 @@ export function allPids(): number[] {
 /** Alive and not a zombie (a zombie still answers kill(0) but does nothing). */
 export function isRunning(pid: number): boolean {
   try {
-    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
-    return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3) !== 'Z';
+    return parseProcStat(fs.readFileSync(`/proc/${pid}/stat`, 'utf8')).state !== 'Z';
   } catch {
     return false;
   }

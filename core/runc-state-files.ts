@@ -1,5 +1,6 @@
 import fsp from 'node:fs/promises';
 import path from 'node:path';
+import { readProcStat } from './processes.js';
 import type { RuncState } from './runc.js';
 
 /**
@@ -124,13 +125,8 @@ async function freezerState(paths: Record<string, string>): Promise<boolean | ty
 /** The init process runc started is still there: same pid, same start time, neither zombie nor dead. */
 async function initAlive(pid: number, start: string): Promise<boolean> {
   if (pid <= 0) return false;
-  const stat = await readTrimmed(`/proc/${pid}/stat`);
-  if (stat === undefined) return false;
-  // Fields after the command name, which is in parentheses and may hold spaces or parentheses itself.
-  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  const state = fields[0];
-  const startTime = fields[19]; // field 22 of proc(5), the 20th after the name
-  return startTime === start && state !== 'Z' && state !== 'X' && state !== 'x';
+  const stat = await readProcStat(pid);
+  return !!stat && stat.start === start && !['Z', 'X', 'x'].includes(stat.state);
 }
 
 async function readTrimmed(file: string): Promise<string | undefined> {

@@ -2,6 +2,7 @@ import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { writeFileAtomic } from './atomic-file.js';
 import { isAlive } from './pid.js';
+import { readProcStat } from './processes.js';
 
 /**
  * What the shim remembers about an ARCH container between runc calls.
@@ -101,14 +102,9 @@ export async function initRunning(runcRoot: string, id: string): Promise<boolean
   const st = await readRuncStateFile(runcRoot, id);
   const pid = st?.init_process_pid;
   if (!st || !Number.isInteger(pid) || !pid || pid <= 0) return false;
-  try {
-    const stat = await fsp.readFile(`/proc/${pid}/stat`, 'utf8');
-    // Field 22 (start time), counted after the command name's closing parenthesis.
-    const start = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19]);
-    return st.init_process_start === undefined || start === Number(st.init_process_start);
-  } catch {
-    return false;
-  }
+  const stat = await readProcStat(pid);
+  if (!stat) return false;
+  return st.init_process_start === undefined || Number(stat.start) === Number(st.init_process_start);
 }
 
 /** The fields ARCH reads of runc's own state file (<runc root>/<id>/state.json). */

@@ -358,7 +358,7 @@ int main(int argc, char **argv) {
         at[digits] = 0;
         struct stat st;
         if (digits && stat(join("/proc/", at, ""), &st) == 0 && S_ISDIR(st.st_mode)) {
-          int fd = open(join(dir, "/", KILLED), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0666);
+          int fd = open(join(dir, "/", KILLED), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0666);
           if (fd >= 0) close(fd);
         }
       }
