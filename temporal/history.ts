@@ -18,6 +18,8 @@ const EV = {
   started: 1,
   completed: 2,
   failed: 3,
+  workflowTaskStarted: 6,
+  workflowTaskCompleted: 7,
   activityScheduled: 10,
   activityStarted: 11,
   activityCompleted: 12,
@@ -27,6 +29,12 @@ const EV = {
 } as const;
 
 type Num = { toNumber(): number } | number | null | undefined;
+
+/** An interval of server time, epoch ms. */
+interface Span {
+  from: number;
+  to: number;
+}
 
 interface Ts {
   seconds?: Num;
@@ -86,10 +94,16 @@ export interface WorkflowTimes {
   activities: ActivityRun[];
 }
 
-/** The runs in the order they closed, beside WorkflowTimes (overhead reports them so). */
-function readHistory(events: HistoryEvent[]): WorkflowTimes & { closed: ActivityRun[] } {
+/**
+ * The runs in the order they closed, beside WorkflowTimes (overhead reports
+ * them so), and the workflow tasks' own time: started (a worker took it) →
+ * completed (its commands reached the server).
+ */
+function readHistory(events: HistoryEvent[]): WorkflowTimes & { closed: ActivityRun[]; workflowTasks: Span[] } {
   let startedAt = NaN;
   let closedAt = NaN;
+  let taskStartedAt = NaN;
+  const workflowTasks: Span[] = [];
   const byId = new Map<number, ActivityRun>();
   const activities: ActivityRun[] = [];
   const closed: ActivityRun[] = [];
@@ -102,6 +116,13 @@ function readHistory(events: HistoryEvent[]): WorkflowTimes & { closed: Activity
       case EV.completed:
       case EV.failed:
         closedAt = t;
+        break;
+      case EV.workflowTaskStarted:
+        taskStartedAt = t;
+        break;
+      case EV.workflowTaskCompleted:
+        if (!Number.isNaN(taskStartedAt)) workflowTasks.push({ from: taskStartedAt, to: t });
+        taskStartedAt = NaN;
         break;
       case EV.activityScheduled: {
         const a = e.activityTaskScheduledEventAttributes;
@@ -144,7 +165,7 @@ function readHistory(events: HistoryEvent[]): WorkflowTimes & { closed: Activity
       }
     }
   }
-  return { startedAt, closedAt, activities, closed };
+  return { startedAt, closedAt, activities, closed, workflowTasks };
 }
 
 /** Start and close of a workflow and every activity it ran, from its history. */
@@ -173,11 +194,32 @@ export interface Overhead {
   overheadMs: number;
   /** In the order they closed. */
   activities: ActivitySpan[];
+  /** Each workflow task's started → completed, in order (the worker running the workflow code). */
+  workflowTaskMs: number[];
+  /** The same, less the time some activity ran meanwhile: what the workflow tasks add to the overhead. */
+  workflowTaskOutsideMs: number[];
+}
+
+/** Sorted, non-overlapping. */
+function union(spans: Span[]): Span[] {
+  const out: Span[] = [];
+  for (const s of [...spans].sort((a, b) => a.from - b.from)) {
+    const last = out[out.length - 1];
+    if (last && s.from <= last.to) last.to = Math.max(last.to, s.to);
+    else out.push({ ...s });
+  }
+  return out;
+}
+
+const lengthOf = (s: Span) => s.to - s.from;
+
+function overlap(a: Span, merged: Span[]): number {
+  return merged.reduce((sum, b) => sum + Math.max(0, Math.min(a.to, b.to) - Math.max(a.from, b.from)), 0);
 }
 
 export function overheadFromHistory(events: HistoryEvent[]): Overhead {
   const h = readHistory(events);
-  const spans: { from: number; to: number }[] = [];
+  const spans: Span[] = [];
   const activities: ActivitySpan[] = [];
   for (const r of h.closed) {
     const st = Number.isNaN(r.startedAt) ? r.closedAt : r.startedAt;
@@ -189,20 +231,17 @@ export function overheadFromHistory(events: HistoryEvent[]): Overhead {
       runMs: r.closedAt - st,
     });
   }
-  spans.sort((a, b) => a.from - b.from);
-  let activityMs = 0;
-  let curFrom = NaN;
-  let curTo = NaN;
-  for (const s of spans) {
-    if (Number.isNaN(curTo) || s.from > curTo) {
-      if (!Number.isNaN(curTo)) activityMs += curTo - curFrom;
-      curFrom = s.from;
-      curTo = s.to;
-    } else curTo = Math.max(curTo, s.to);
-  }
-  if (!Number.isNaN(curTo)) activityMs += curTo - curFrom;
+  const inside = union(spans);
+  const activityMs = inside.reduce((a, s) => a + lengthOf(s), 0);
   const totalMs = h.closedAt - h.startedAt;
-  return { totalMs, activityMs, overheadMs: totalMs - activityMs, activities };
+  return {
+    totalMs,
+    activityMs,
+    overheadMs: totalMs - activityMs,
+    activities,
+    workflowTaskMs: h.workflowTasks.map(lengthOf),
+    workflowTaskOutsideMs: h.workflowTasks.map((w) => lengthOf(w) - overlap(w, inside)),
+  };
 }
 
 export async function workflowOverhead(handle: WorkflowHandle): Promise<Overhead> {

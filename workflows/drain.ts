@@ -37,6 +37,7 @@ import {
   expectedOf,
   leavesToManager,
   handOverProtection,
+  handsOverEarly,
   moveCheckpointed,
   shipImage,
   Timeline,
@@ -67,6 +68,7 @@ export async function drainNode(input: DrainInput): Promise<DrainResult> {
   const t0 = Date.now();
   const t: ActivityTimeouts = input;
   const tidy = withdrawsOffers();
+  const early = handsOverEarly();
   const phase = (p: string, details: string) =>
     track(
       { sourceNode: node, targetNode: targets.join(','), operation: 'drain', phase: p },
@@ -198,14 +200,23 @@ export async function drainNode(input: DrainInput): Promise<DrainResult> {
         try {
           // The image check (and shipping) of a normal move; the container is already stopped.
           await prepareImageOnly(spec, node, to, t, tl, tidy);
-          const moved = await moveCheckpointed(spec, ck, to, t, tl, () => undefined, tidy);
+          const moved = await moveCheckpointed(
+            spec,
+            ck,
+            to,
+            t,
+            tl,
+            () => undefined,
+            tidy,
+            early ? () => handOverProtection(spec, node, to) : undefined,
+          );
           r.outcome = 'migrated';
           r.target = to;
           r.runningOn = to;
           r.transferMs = tl.phases.filter((p) => p.phase === 'transfer').reduce((a, p) => a + p.ms, 0);
           r.restoreMs = tl.phases.filter((p) => p.phase === 'restore').reduce((a, p) => a + p.ms, 0);
           r.error = undefined;
-          await handOverProtection(spec, node, to);
+          if (!early) await handOverProtection(spec, node, to);
           // The source may be gone already: its clean-up is best effort and quick to give up.
           await onNode(node, 'quick', { ...t, nodeStartTimeoutMs: 5_000 })
             .cleanupSource({

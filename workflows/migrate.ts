@@ -19,6 +19,7 @@ import {
   compensate,
   expectedOf,
   handOverProtection,
+  handsOverEarly,
   moveCheckpointed,
   prepareMove,
   Timeline,
@@ -35,6 +36,7 @@ export async function migrateContainer(input: MigrateInput): Promise<MigrateResu
   if (from === to) throw inputFailure(`from and to are both "${from}". Fix: pass two different nodes`);
   const t: ActivityTimeouts = input;
   const tidy = withdrawsOffers();
+  const early = handsOverEarly();
   const t0 = Date.now();
   const tl = new Timeline();
   const progress: MigrateProgress = { phase: 'preflight', from, to, phases: tl.phases };
@@ -69,6 +71,7 @@ export async function migrateContainer(input: MigrateInput): Promise<MigrateResu
       tl,
       (p) => phase(p, `checkpoint ${Math.round(ck.sizeBytes / 1024)} KiB (${ck.mode} storage)`),
       tidy,
+      early ? () => handOverProtection(ref, from, to) : undefined,
     );
   } catch (err) {
     progress.error = rootMessage(err);
@@ -98,7 +101,7 @@ export async function migrateContainer(input: MigrateInput): Promise<MigrateResu
   }
 
   phase('cleanup');
-  await handOverProtection(ref, from, to);
+  if (!early) await handOverProtection(ref, from, to);
   let cleanupError: string | undefined;
   try {
     await tl.step('cleanup', from, () =>

@@ -1,7 +1,7 @@
 import type { ContainerInfo } from '../../core/containerd.js';
 import { ArchInputError } from '../../contract/errors.js';
 import { isValidNodeName, nodeTaskQueue, workflowIds } from '../../contract/names.js';
-import { overheadFromHistory } from '../../temporal/history.js';
+import { overheadFromHistory, type HistoryEvent } from '../../temporal/history.js';
 import { attributePairs, devServerSearchAttributeArgs, SA } from '../../contract/search-attributes.js';
 import { runOptionsFor, specFromInfo, userMounts } from '../../activities/spec.js';
 
@@ -172,4 +172,49 @@ test('overhead from a history: wall time minus the union of activity intervals',
     ['describeContainer', 2, 100],
     ['checkpointContainer', 2, 1000],
   ]);
+});
+
+test('overheadFromHistory: each workflow task started → completed, in order; a task that never completed is not counted', () => {
+  const t = (ms: number) => ({ seconds: 1000, nanos: ms * 1e6 });
+  const events: HistoryEvent[] = [
+    { eventId: 1, eventType: 1, eventTime: t(0) },
+    { eventId: 2, eventType: 5, eventTime: t(0) },
+    { eventId: 3, eventType: 6, eventTime: t(4) },
+    { eventId: 4, eventType: 7, eventTime: t(39) },
+    { eventId: 5, eventType: 5, eventTime: t(50) },
+    { eventId: 6, eventType: 6, eventTime: t(52) },
+    { eventId: 7, eventType: 8, eventTime: t(60) }, // timed out: the worker never answered
+    { eventId: 8, eventType: 5, eventTime: t(61) },
+    { eventId: 9, eventType: 6, eventTime: t(63) },
+    { eventId: 10, eventType: 7, eventTime: t(81) },
+    { eventId: 11, eventType: 2, eventTime: t(82) },
+  ];
+  expect(overheadFromHistory(events).workflowTaskMs).toEqual([35, 18]);
+  expect(overheadFromHistory(events).workflowTaskOutsideMs).toEqual([35, 18]);
+});
+
+test('overheadFromHistory: a workflow task while an activity runs adds nothing to the overhead', () => {
+  const t = (ms: number) => ({ seconds: 1000, nanos: ms * 1e6 });
+  const sched = (id: number, at: number): HistoryEvent => ({
+    eventId: id,
+    eventType: 10,
+    eventTime: t(at),
+    activityTaskScheduledEventAttributes: { activityType: { name: 'restoreContainer' }, taskQueue: { name: 'q' } },
+  });
+  const events: HistoryEvent[] = [
+    { eventId: 1, eventType: 1, eventTime: t(0) },
+    { eventId: 2, eventType: 6, eventTime: t(2) },
+    { eventId: 3, eventType: 7, eventTime: t(22) },
+    sched(4, 22),
+    { eventId: 5, eventType: 11, eventTime: t(30), activityTaskStartedEventAttributes: { scheduledEventId: 4 } },
+    // A signal's answer woke the workflow while the restore ran (10 ms inside it, 5 after it closed).
+    { eventId: 6, eventType: 6, eventTime: t(90) },
+    { eventId: 7, eventType: 12, eventTime: t(100), activityTaskCompletedEventAttributes: { scheduledEventId: 4 } },
+    { eventId: 8, eventType: 7, eventTime: t(105) },
+    { eventId: 9, eventType: 2, eventTime: t(106) },
+  ];
+  const o = overheadFromHistory(events);
+  expect(o.workflowTaskMs).toEqual([20, 15]);
+  expect(o.workflowTaskOutsideMs).toEqual([20, 5]);
+  expect(o.overheadMs).toBe(106 - 70);
 });

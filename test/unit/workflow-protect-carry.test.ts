@@ -2,7 +2,8 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import type { WorkflowHandle } from '@temporalio/client';
 import { workflowIds } from '../../contract/names.js';
 import type { MigrateInput, MigrateResult, ProtectWatchState } from '../../contract/types.js';
-import { StubCluster, type Stubs } from '../support/workflow-env.js';
+import { FailureType } from '../../contract/failures.js';
+import { fail, StubCluster, type Stubs } from '../support/workflow-env.js';
 import { happyMove, spec, summary, withStubs } from '../support/workflow-fixtures.js';
 
 /**
@@ -33,6 +34,10 @@ async function until<T>(what: string, f: () => T | undefined | Promise<T | undef
     await sleep(100);
   }
 }
+
+// temporal.api.enums.v1.EventType
+const SIGNAL_EXTERNAL_INITIATED = 37;
+const ACTIVITY_FAILED = 13;
 
 const state = (h: WorkflowHandle) => h.query<ProtectWatchState>('protectState');
 
@@ -95,6 +100,60 @@ test('migrate: a protect choice on the source node is in force on the target nod
       },
     });
     expect(r.ok).toBe(false); // terminated
+  } finally {
+    for (const h of protects) await h.terminate('test over').catch(() => undefined);
+  }
+}, 60_000);
+
+test('migrate whose restore fails: the choice handed over as the restore started stays in force on the source, and the target never applies it', async () => {
+  const s = spec('stay');
+  // The container never leaves the source: the target's restore fails, the compensation restores it there.
+  const listing = (node: string) => () => (node === FROM ? [summary('stay')] : []);
+  const stubs: Stubs = withStubs(happyMove(s, FROM, TO), {
+    [FROM]: { listContainers: listing(FROM) },
+    [TO]: { listContainers: listing(TO), restoreContainer: () => fail(FailureType.restoreFellBack, 'started fresh') },
+  });
+  const protects: WorkflowHandle[] = [];
+  try {
+    const r = await wf.run('nodeProtect', { node: FROM, discoverEveryMs: 300, jitter: 0 }, stubs, {
+      workflowId: workflowIds.protect(FROM),
+      during: async (src) => {
+        protects.push(src);
+        const dst = await wf.client.workflow.start('nodeProtect', {
+          taskQueue: wf.taskQueue,
+          workflowId: workflowIds.protect(TO),
+          args: [{ node: TO, discoverEveryMs: 300, jitter: 0 }],
+        });
+        protects.push(dst);
+        await until('stay listed on the source', async () =>
+          (await state(src)).containers.some((c) => c.id === 'stay'),
+        );
+        await src.executeUpdate('protect', { args: [{ namespace: 'default', id: 'stay', intervalMs: 600_000 }] });
+        const migrate = await wf.client.workflow.start('migrateContainer', {
+          taskQueue: wf.taskQueue,
+          workflowId: `migrate-carry-fails-${Date.now()}`,
+          args: [
+            { namespace: 'default', id: 'stay', from: FROM, to: TO, nodeStartTimeoutMs: 2_000, restoreAttempts: 1 },
+          ],
+        });
+        await expect(migrate.result()).rejects.toThrow();
+        // The hand-over went out with the restore (before it failed), as it does in every new run.
+        const events = (await migrate.fetchHistory()).events ?? [];
+        const signalled = events.findIndex((e) => e.eventType === SIGNAL_EXTERNAL_INITIATED);
+        const restoreFailed = events.findIndex((e) => e.eventType === ACTIVITY_FAILED);
+        expect(signalled).toBeGreaterThan(0);
+        expect(signalled).toBeLessThan(restoreFailed);
+        // Several discovery rounds on both nodes after the failed move.
+        await sleep(1_500);
+        expect((await state(src)).containers.find((c) => c.id === 'stay')).toMatchObject({
+          intervalMs: 600_000,
+          source: 'protect',
+        });
+        expect((await state(dst)).containers).toEqual([]);
+        await src.terminate('test over');
+      },
+    });
+    expect(r.ok).toBe(false);
   } finally {
     for (const h of protects) await h.terminate('test over').catch(() => undefined);
   }
