@@ -2,6 +2,7 @@ import path from 'node:path';
 import readline from 'node:readline';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { execa, type ResultPromise } from 'execa';
+import { runCommand } from './run-command.js';
 import { wireFields } from './protobuf-wire.js';
 import type { MountSpec } from '../contract/types.js';
 import type { OciSpec } from './oci-spec.js';
@@ -229,15 +230,22 @@ export class Containerd {
   /** Run `ctr -a ADDRESS -n NAMESPACE ...args`; resolves stdout, throws CtrError. */
   async ctr(args: string[], timeoutMs = this.timeoutMs): Promise<string> {
     const full = ['-a', this.address, '-n', this.namespace, ...args];
-    const r = await execa(this.ctrBinary, full, { reject: false, timeout: timeoutMs, stdin: 'ignore' });
-    if (r.failed)
+    // runCommand: in the worker, through the spawn helper (core/spawner.ts).
+    const r = await runCommand(this.ctrBinary, full, { reject: false, timeoutMs });
+    if (r.exitCode !== 0)
       throw new CtrError(
         full,
-        r.stderr ?? '',
-        r.exitCode,
-        r.timedOut ? `timed out after ${timeoutMs} ms` : r.shortMessage,
+        r.exitCode === null ? '' : r.stderr,
+        r.exitCode ?? undefined,
+        r.timedOut
+          ? `timed out after ${timeoutMs} ms`
+          : r.exitCode === null
+            ? r.signal
+              ? `killed with ${r.signal}`
+              : r.stderr
+            : undefined,
       );
-    return r.stdout ?? '';
+    return r.stdout;
   }
 
   /** `ctr version` succeeds: the daemon answers. */

@@ -1,4 +1,5 @@
-import { spawn, type StdioOptions } from 'node:child_process';
+import { spawn } from 'node:child_process';
+import { currentSpawner, type LaunchEvents, type Launched } from './spawner.js';
 
 /**
  * Run a program and collect its output: what the node's hot paths need
@@ -36,6 +37,8 @@ export interface RunResult {
   /** null when a signal ended it. */
   exitCode: number | null;
   signal: NodeJS.Signals | null;
+  /** Stopped because timeoutMs ran out. */
+  timedOut: boolean;
 }
 
 export class CommandError extends Error {
@@ -51,45 +54,87 @@ export class CommandError extends Error {
 export function runCommand(file: string, args: string[], opts: RunOptions = {}): Promise<RunResult> {
   return new Promise((resolve, reject) => {
     opts.signal?.throwIfAborted();
-    const stdio: StdioOptions = opts.stdio === 'inherit' ? 'inherit' : ['ignore', 'pipe', 'pipe'];
-    const child = spawn(file, args, { env: opts.env ? { ...process.env, ...opts.env } : process.env, stdio });
-    const out: Buffer[] = [];
-    const err: Buffer[] = [];
-    child.stdout?.on('data', (b: Buffer) => out.push(b));
-    child.stderr?.on('data', (b: Buffer) => err.push(b));
+    const env = opts.env ? { ...process.env, ...opts.env } : process.env;
     let forceKill: NodeJS.Timeout | undefined;
+    let timer: NodeJS.Timeout | undefined;
+    let timedOut = false;
+    let child: Launched | undefined;
     const stop = (signal: NodeJS.Signals) => {
-      child.kill(signal);
+      child?.kill(signal);
       if (opts.forceKillAfterMs !== undefined && !forceKill) {
-        forceKill = setTimeout(() => child.kill('SIGKILL'), opts.forceKillAfterMs);
+        forceKill = setTimeout(() => child?.kill('SIGKILL'), opts.forceKillAfterMs);
         forceKill.unref();
       }
     };
     const onAbort = () => stop(opts.killSignal ?? 'SIGTERM');
-    opts.signal?.addEventListener('abort', onAbort, { once: true });
-    const timer = opts.timeoutMs === undefined ? undefined : setTimeout(() => stop('SIGTERM'), opts.timeoutMs);
     const done = () => {
       opts.signal?.removeEventListener('abort', onAbort);
       if (timer) clearTimeout(timer);
       if (forceKill) clearTimeout(forceKill);
     };
     const command = [file, ...args].join(' ');
-    child.on('error', (e) => {
-      done();
-      const r: RunResult = { stdout: '', stderr: e.message, all: e.message, exitCode: null, signal: null };
-      if (opts.reject === false) resolve(r);
-      else reject(new CommandError(`Command failed: ${command}: ${e.message}`, r));
-    });
-    child.on('spawn', () => opts.onSpawn?.());
-    child.on('close', (exitCode, signal) => {
-      done();
-      const stdout = Buffer.concat(out).toString().replace(/\n$/, '');
-      const stderr = Buffer.concat(err).toString().replace(/\n$/, '');
-      const r: RunResult = { stdout, stderr, all: [stdout, stderr].filter(Boolean).join('\n'), exitCode, signal };
-      if (exitCode === 0 || opts.reject === false) return resolve(r);
-      const how = signal ? `was killed with ${signal}` : `failed with exit code ${exitCode}`;
-      const said = [stderr, stdout].filter(Boolean).join('\n');
-      reject(new CommandError(`Command ${how}: ${command}${said ? `\n\n${said}` : ''}`, r));
-    });
+    const events: LaunchEvents = {
+      spawn: () => opts.onSpawn?.(),
+      error: (message) => {
+        done();
+        const r: RunResult = { stdout: '', stderr: message, all: message, exitCode: null, signal: null, timedOut };
+        if (opts.reject === false) resolve(r);
+        else reject(new CommandError(`Command failed: ${command}: ${message}`, r));
+      },
+      close: (exitCode, signal, out, err) => {
+        done();
+        const stdout = out.toString().replace(/\n$/, '');
+        const stderr = err.toString().replace(/\n$/, '');
+        const r: RunResult = {
+          stdout,
+          stderr,
+          all: [stdout, stderr].filter(Boolean).join('\n'),
+          exitCode,
+          signal,
+          timedOut,
+        };
+        if (exitCode === 0 || opts.reject === false) return resolve(r);
+        const how = signal ? `was killed with ${signal}` : `failed with exit code ${exitCode}`;
+        const said = [stderr, stdout].filter(Boolean).join('\n');
+        reject(new CommandError(`Command ${how}: ${command}${said ? `\n\n${said}` : ''}`, r));
+      },
+    };
+    // The worker's calls leave its thread through the spawn helper (core/spawner.ts says why).
+    const spawner = opts.stdio === 'inherit' ? undefined : currentSpawner();
+    child = spawner ? spawner.launch(file, args, env, events) : launchHere(file, args, env, opts.stdio, events);
+    opts.signal?.addEventListener('abort', onAbort, { once: true });
+    if (opts.timeoutMs !== undefined)
+      timer = setTimeout(() => {
+        timedOut = true;
+        stop('SIGTERM');
+      }, opts.timeoutMs);
   });
+}
+
+/** Spawned by this process itself. */
+function launchHere(
+  file: string,
+  args: string[],
+  env: NodeJS.ProcessEnv,
+  stdio: RunOptions['stdio'],
+  ev: LaunchEvents,
+): Launched {
+  const child = spawn(file, args, { env, stdio: stdio === 'inherit' ? 'inherit' : ['ignore', 'pipe', 'pipe'] });
+  const out: Buffer[] = [];
+  const err: Buffer[] = [];
+  let settled = false;
+  child.stdout?.on('data', (b: Buffer) => out.push(b));
+  child.stderr?.on('data', (b: Buffer) => err.push(b));
+  child.on('spawn', () => ev.spawn(child.pid ?? 0));
+  child.on('error', (e) => {
+    if (settled) return;
+    settled = true;
+    ev.error(e.message);
+  });
+  child.on('close', (code, signal) => {
+    if (settled) return;
+    settled = true;
+    ev.close(code, signal, Buffer.concat(out), Buffer.concat(err));
+  });
+  return { kill: (signal) => child.kill(signal) };
 }

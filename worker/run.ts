@@ -25,6 +25,7 @@ import { nodeThroughputFile } from '../core/drain-plan.js';
 import { livenessSettings, type LivenessSettings } from '../core/liveness-settings.js';
 import { ownNodeNames } from '../core/lease.js';
 import { startLiveness } from './liveness.js';
+import { installSpawner, uninstallSpawner } from '../core/spawner.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 /** The checkout: this file is <repo>/dist/worker/run.js. */
@@ -88,6 +89,8 @@ export async function startNodeWorker(o: NodeWorkerOptions): Promise<RunningWork
     Runtime.install({ logger: sdkLogger(log.child({ component: 'temporal-sdk' })), shutdownSignals: [] });
     runtimeInstalled = true;
   }
+  // ctr and runc calls leave the worker's thread through a small helper process (core/spawner.ts).
+  installSpawner();
   if (o.workflows && !fs.existsSync(WORKFLOW_BUNDLE)) {
     throw new Error(`workflow bundle ${WORKFLOW_BUNDLE} is missing: run \`npm run build\` in ${REPO_DIR}`);
   }
@@ -197,6 +200,7 @@ export async function startNodeWorker(o: NodeWorkerOptions): Promise<RunningWork
         await notices?.stop().catch(() => undefined);
         await transfer.stop().catch(() => undefined);
         await conn.close().catch(() => undefined);
+        uninstallSpawner();
         log.info({ phase: 'shutdown' }, 'worker stopped');
       }
     })();
