@@ -1,4 +1,4 @@
-import { execa } from 'execa';
+import { runCommand } from './run-command.js';
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import os from 'node:os';
@@ -60,7 +60,7 @@ export class LayerGate {
   static async open(): Promise<LayerGate> {
     const dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'arch-layer-gate-'));
     try {
-      await execa('mkfifo', ['-m', '600', path.join(dir, WAKE)]);
+      await runCommand('mkfifo', ['-m', '600', path.join(dir, WAKE)]);
       const fd = fs.openSync(
         path.join(dir, WAKE),
         fs.constants.O_RDWR | fs.constants.O_NONBLOCK | fs.constants.O_NOFOLLOW,

@@ -58,11 +58,12 @@ export function runCommand(file: string, args: string[], opts: RunOptions = {}):
     let forceKill: NodeJS.Timeout | undefined;
     let timer: NodeJS.Timeout | undefined;
     let timedOut = false;
-    let child: Launched | undefined;
+    // Set once launched (the abort and timeout that call stop() are set up after).
+    const launched: { child?: Launched } = {};
     const stop = (signal: NodeJS.Signals) => {
-      child?.kill(signal);
+      launched.child?.kill(signal);
       if (opts.forceKillAfterMs !== undefined && !forceKill) {
-        forceKill = setTimeout(() => child?.kill('SIGKILL'), opts.forceKillAfterMs);
+        forceKill = setTimeout(() => launched.child?.kill('SIGKILL'), opts.forceKillAfterMs);
         forceKill.unref();
       }
     };
@@ -101,7 +102,9 @@ export function runCommand(file: string, args: string[], opts: RunOptions = {}):
     };
     // The worker's calls leave its thread through the spawn helper (core/spawner.ts says why).
     const spawner = opts.stdio === 'inherit' ? undefined : currentSpawner();
-    child = spawner ? spawner.launch(file, args, env, events) : launchHere(file, args, env, opts.stdio, events);
+    launched.child = spawner
+      ? spawner.launch(file, args, env, events)
+      : launchHere(file, args, env, opts.stdio, events);
     opts.signal?.addEventListener('abort', onAbort, { once: true });
     if (opts.timeoutMs !== undefined)
       timer = setTimeout(() => {
