@@ -232,19 +232,11 @@ export class Containerd {
     const full = ['-a', this.address, '-n', this.namespace, ...args];
     // runCommand: in the worker, through the spawn helper (core/spawner.ts).
     const r = await runCommand(this.ctrBinary, full, { reject: false, timeoutMs });
-    if (r.exitCode !== 0)
-      throw new CtrError(
-        full,
-        r.exitCode === null ? '' : r.stderr,
-        r.exitCode ?? undefined,
-        r.timedOut
-          ? `timed out after ${timeoutMs} ms`
-          : r.exitCode === null
-            ? r.signal
-              ? `killed with ${r.signal}`
-              : r.stderr
-            : undefined,
-      );
+    if (r.exitCode !== 0) {
+      // A program that could not start has its error in stderr (runCommand); timeouts and signals say nothing there.
+      const cause = r.timedOut ? `timed out after ${timeoutMs} ms` : r.signal ? `killed with ${r.signal}` : undefined;
+      throw new CtrError(full, r.stderr, r.exitCode ?? undefined, cause);
+    }
     return r.stdout;
   }
 

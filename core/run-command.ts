@@ -114,8 +114,8 @@ export function runCommand(file: string, args: string[], opts: RunOptions = {}):
   });
 }
 
-/** Spawned by this process itself. */
-function launchHere(
+/** Spawned by this process itself (the spawn helper starts its programs with it too). */
+export function launchHere(
   file: string,
   args: string[],
   env: NodeJS.ProcessEnv,

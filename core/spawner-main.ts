@@ -1,7 +1,8 @@
 /**
  * The spawn helper's process (core/spawner.ts says why it exists): starts
- * the programs its parent asks for and sends back what they said. Loads
- * nothing but node:child_process, so that its own forks stay cheap.
+ * the programs its parent asks for (with run-command.ts's launcher) and
+ * sends back what they said. Loads nothing else, so that its own forks
+ * stay cheap.
  *
  * Messages (IPC, advanced serialization):
  *   in:  { type: 'run', id, file, args, env } | { type: 'kill', id, signal }
@@ -11,36 +12,30 @@
  * Its parent gone (the channel closed), it exits; programs still running
  * carry on, as they would have without it. Signals do not end it.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
-import type { SpawnerReply, SpawnerRequest } from './spawner.js';
+import { launchHere } from './run-command.js';
+import type { Launched, SpawnerReply, SpawnerRequest } from './spawner.js';
 
-const children = new Map<number, ChildProcess>();
+const children = new Map<number, Launched>();
 
 function reply(m: SpawnerReply): void {
   process.send?.(m);
 }
 
 function run(id: number, file: string, args: string[], env: NodeJS.ProcessEnv): void {
-  let settled = false;
-  const out: Buffer[] = [];
-  const err: Buffer[] = [];
-  const child = spawn(file, args, { env, stdio: ['ignore', 'pipe', 'pipe'] });
-  children.set(id, child);
-  child.stdout.on('data', (b: Buffer) => out.push(b));
-  child.stderr.on('data', (b: Buffer) => err.push(b));
-  child.on('spawn', () => reply({ type: 'spawn', id, pid: child.pid ?? 0 }));
-  child.on('error', (e) => {
-    if (settled) return;
-    settled = true;
-    children.delete(id);
-    reply({ type: 'error', id, message: e.message });
-  });
-  child.on('close', (code, signal) => {
-    if (settled) return;
-    settled = true;
-    children.delete(id);
-    reply({ type: 'exit', id, code, signal, stdout: Buffer.concat(out), stderr: Buffer.concat(err) });
-  });
+  children.set(
+    id,
+    launchHere(file, args, env, 'pipe', {
+      spawn: (pid) => reply({ type: 'spawn', id, pid }),
+      error: (message) => {
+        children.delete(id);
+        reply({ type: 'error', id, message });
+      },
+      close: (code, signal, stdout, stderr) => {
+        children.delete(id);
+        reply({ type: 'exit', id, code, signal, stdout, stderr });
+      },
+    }),
+  );
 }
 
 process.on('message', (m: SpawnerRequest) => {

@@ -41,6 +41,34 @@ const ACTIVITY_FAILED = 13;
 
 const state = (h: WorkflowHandle) => h.query<ProtectWatchState>('protectState');
 
+/**
+ * Both nodes' protect workflows on the stub cluster (the source's as its
+ * worker starts it, with `stubs` for every workflow), `during` run against
+ * them; both are terminated afterwards, whatever happens.
+ */
+async function withProtects(stubs: Stubs, during: (src: WorkflowHandle, dst: WorkflowHandle) => Promise<void>) {
+  const protects: WorkflowHandle[] = [];
+  try {
+    const r = await wf.run('nodeProtect', { node: FROM, discoverEveryMs: 300, jitter: 0 }, stubs, {
+      workflowId: workflowIds.protect(FROM),
+      during: async (src) => {
+        protects.push(src);
+        const dst = await wf.client.workflow.start('nodeProtect', {
+          taskQueue: wf.taskQueue,
+          workflowId: workflowIds.protect(TO),
+          args: [{ node: TO, discoverEveryMs: 300, jitter: 0 }],
+        });
+        protects.push(dst);
+        await during(src, dst);
+        await src.terminate('test over');
+      },
+    });
+    expect(r.ok).toBe(false); // terminated
+  } finally {
+    for (const h of protects) await h.terminate('test over').catch(() => undefined);
+  }
+}
+
 test('migrate: a protect choice on the source node is in force on the target node once the container runs there', async () => {
   const s = spec('job');
   const where = { node: FROM };
@@ -65,44 +93,26 @@ test('migrate: a protect choice on the source node is in force on the target nod
     nodeStartTimeoutMs: 2_000,
     restoreAttempts: 1,
   };
-  const protects: WorkflowHandle[] = [];
-  try {
-    // The source node's protect workflow, as its worker starts it (run() sets the stubs for every workflow below).
-    const r = await wf.run('nodeProtect', { node: FROM, discoverEveryMs: 300, jitter: 0 }, stubs, {
-      workflowId: workflowIds.protect(FROM),
-      during: async (src) => {
-        protects.push(src);
-        const dst = await wf.client.workflow.start('nodeProtect', {
-          taskQueue: wf.taskQueue,
-          workflowId: workflowIds.protect(TO),
-          args: [{ node: TO, discoverEveryMs: 300, jitter: 0 }],
-        });
-        protects.push(dst);
-        await until('job listed on the source', async () => (await state(src)).containers.some((c) => c.id === 'job'));
-        await src.executeUpdate('protect', { args: [{ namespace: 'default', id: 'job', intervalMs: 600_000 }] });
-        expect((await state(dst)).containers).toEqual([]);
+  await withProtects(stubs, async (src, dst) => {
+    await until('job listed on the source', async () => (await state(src)).containers.some((c) => c.id === 'job'));
+    await src.executeUpdate('protect', { args: [{ namespace: 'default', id: 'job', intervalMs: 600_000 }] });
+    expect((await state(dst)).containers).toEqual([]);
 
-        const migrated = await wf.client.workflow.execute('migrateContainer', {
-          taskQueue: wf.taskQueue,
-          workflowId: `migrate-carry-${Date.now()}`,
-          args: [input],
-        });
-        expect((migrated as MigrateResult).outcome).toBe('migrated');
-        const onTarget = await until('job protected on the target', async () =>
-          (await state(dst)).containers.find((c) => c.id === 'job' && c.source === 'protect'),
-        );
-        expect(onTarget).toMatchObject({ intervalMs: 600_000, source: 'protect' });
-        // Gone from the source, with its choice.
-        await until('job gone from the source', async () =>
-          (await state(src)).containers.some((c) => c.id === 'job') ? undefined : true,
-        );
-        await src.terminate('test over');
-      },
+    const migrated = await wf.client.workflow.execute('migrateContainer', {
+      taskQueue: wf.taskQueue,
+      workflowId: `migrate-carry-${Date.now()}`,
+      args: [input],
     });
-    expect(r.ok).toBe(false); // terminated
-  } finally {
-    for (const h of protects) await h.terminate('test over').catch(() => undefined);
-  }
+    expect((migrated as MigrateResult).outcome).toBe('migrated');
+    const onTarget = await until('job protected on the target', async () =>
+      (await state(dst)).containers.find((c) => c.id === 'job' && c.source === 'protect'),
+    );
+    expect(onTarget).toMatchObject({ intervalMs: 600_000, source: 'protect' });
+    // Gone from the source, with its choice.
+    await until('job gone from the source', async () =>
+      (await state(src)).containers.some((c) => c.id === 'job') ? undefined : true,
+    );
+  });
 }, 60_000);
 
 test('migrate whose restore fails: the choice handed over as the restore started stays in force on the source, and the target never applies it', async () => {
@@ -113,50 +123,29 @@ test('migrate whose restore fails: the choice handed over as the restore started
     [FROM]: { listContainers: listing(FROM) },
     [TO]: { listContainers: listing(TO), restoreContainer: () => fail(FailureType.restoreFellBack, 'started fresh') },
   });
-  const protects: WorkflowHandle[] = [];
-  try {
-    const r = await wf.run('nodeProtect', { node: FROM, discoverEveryMs: 300, jitter: 0 }, stubs, {
-      workflowId: workflowIds.protect(FROM),
-      during: async (src) => {
-        protects.push(src);
-        const dst = await wf.client.workflow.start('nodeProtect', {
-          taskQueue: wf.taskQueue,
-          workflowId: workflowIds.protect(TO),
-          args: [{ node: TO, discoverEveryMs: 300, jitter: 0 }],
-        });
-        protects.push(dst);
-        await until('stay listed on the source', async () =>
-          (await state(src)).containers.some((c) => c.id === 'stay'),
-        );
-        await src.executeUpdate('protect', { args: [{ namespace: 'default', id: 'stay', intervalMs: 600_000 }] });
-        const migrate = await wf.client.workflow.start('migrateContainer', {
-          taskQueue: wf.taskQueue,
-          workflowId: `migrate-carry-fails-${Date.now()}`,
-          args: [
-            { namespace: 'default', id: 'stay', from: FROM, to: TO, nodeStartTimeoutMs: 2_000, restoreAttempts: 1 },
-          ],
-        });
-        await expect(migrate.result()).rejects.toThrow();
-        // The hand-over went out with the restore (before it failed), as it does in every new run.
-        const events = (await migrate.fetchHistory()).events ?? [];
-        const signalled = events.findIndex((e) => e.eventType === SIGNAL_EXTERNAL_INITIATED);
-        const restoreFailed = events.findIndex((e) => e.eventType === ACTIVITY_FAILED);
-        expect(signalled).toBeGreaterThan(0);
-        expect(signalled).toBeLessThan(restoreFailed);
-        // Several discovery rounds on both nodes after the failed move.
-        await sleep(1_500);
-        expect((await state(src)).containers.find((c) => c.id === 'stay')).toMatchObject({
-          intervalMs: 600_000,
-          source: 'protect',
-        });
-        expect((await state(dst)).containers).toEqual([]);
-        await src.terminate('test over');
-      },
+  await withProtects(stubs, async (src, dst) => {
+    await until('stay listed on the source', async () => (await state(src)).containers.some((c) => c.id === 'stay'));
+    await src.executeUpdate('protect', { args: [{ namespace: 'default', id: 'stay', intervalMs: 600_000 }] });
+    const migrate = await wf.client.workflow.start('migrateContainer', {
+      taskQueue: wf.taskQueue,
+      workflowId: `migrate-carry-fails-${Date.now()}`,
+      args: [{ namespace: 'default', id: 'stay', from: FROM, to: TO, nodeStartTimeoutMs: 2_000, restoreAttempts: 1 }],
     });
-    expect(r.ok).toBe(false);
-  } finally {
-    for (const h of protects) await h.terminate('test over').catch(() => undefined);
-  }
+    await expect(migrate.result()).rejects.toThrow();
+    // The hand-over went out with the restore (before it failed), as it does in every new run.
+    const events = (await migrate.fetchHistory()).events ?? [];
+    const signalled = events.findIndex((e) => e.eventType === SIGNAL_EXTERNAL_INITIATED);
+    const restoreFailed = events.findIndex((e) => e.eventType === ACTIVITY_FAILED);
+    expect(signalled).toBeGreaterThan(0);
+    expect(signalled).toBeLessThan(restoreFailed);
+    // Several discovery rounds on both nodes after the failed move.
+    await sleep(1_500);
+    expect((await state(src)).containers.find((c) => c.id === 'stay')).toMatchObject({
+      intervalMs: 600_000,
+      source: 'protect',
+    });
+    expect((await state(dst)).containers).toEqual([]);
+  });
 }, 60_000);
 
 test('a container that moves without a protect choice keeps its own interval on the target; a choice for a container not there is not applied to others', async () => {
@@ -164,36 +153,17 @@ test('a container that moves without a protect choice keeps its own interval on 
   const listing = (node: string) => () =>
     where.node === node ? [summary('plain', { checkpointIntervalMs: 3_600_000 })] : [];
   const stubs: Stubs = { [FROM]: { listContainers: listing(FROM) }, [TO]: { listContainers: listing(TO) } };
-  const protects: WorkflowHandle[] = [];
-  try {
-    const r = await wf.run('nodeProtect', { node: FROM, discoverEveryMs: 300, jitter: 0 }, stubs, {
-      workflowId: workflowIds.protect(FROM),
-      during: async (src) => {
-        protects.push(src);
-        const dst = await wf.client.workflow.start('nodeProtect', {
-          taskQueue: wf.taskQueue,
-          workflowId: workflowIds.protect(TO),
-          args: [{ node: TO, discoverEveryMs: 300, jitter: 0 }],
-        });
-        protects.push(dst);
-        await until('plain listed on the source', async () =>
-          (await state(src)).containers.some((c) => c.id === 'plain'),
-        );
-        await src.signal('protectHandOver', { namespace: 'default', id: 'plain', to: TO });
-        where.node = TO;
-        const onTarget = await until('plain on the target', async () =>
-          (await state(dst)).containers.find((c) => c.id === 'plain'),
-        );
-        expect(onTarget).toMatchObject({ intervalMs: 3_600_000, source: 'container' });
-        // A choice handed over for a container that is not here (yet) is kept, not applied to others, and not shown.
-        await dst.signal('protectCarry', { namespace: 'default', id: 'elsewhere', from: FROM, intervalMs: 0 });
-        await sleep(1_000);
-        expect((await state(dst)).containers.map((c) => c.id)).toEqual(['plain']);
-        await src.terminate('test over');
-      },
-    });
-    expect(r.ok).toBe(false);
-  } finally {
-    for (const h of protects) await h.terminate('test over').catch(() => undefined);
-  }
+  await withProtects(stubs, async (src, dst) => {
+    await until('plain listed on the source', async () => (await state(src)).containers.some((c) => c.id === 'plain'));
+    await src.signal('protectHandOver', { namespace: 'default', id: 'plain', to: TO });
+    where.node = TO;
+    const onTarget = await until('plain on the target', async () =>
+      (await state(dst)).containers.find((c) => c.id === 'plain'),
+    );
+    expect(onTarget).toMatchObject({ intervalMs: 3_600_000, source: 'container' });
+    // A choice handed over for a container that is not here (yet) is kept, not applied to others, and not shown.
+    await dst.signal('protectCarry', { namespace: 'default', id: 'elsewhere', from: FROM, intervalMs: 0 });
+    await sleep(1_000);
+    expect((await state(dst)).containers.map((c) => c.id)).toEqual(['plain']);
+  });
 }, 60_000);
