@@ -7,6 +7,7 @@
  * benchmark creates is removed afterwards, also on failure or Ctrl-C; leftovers
  * of a killed earlier run are removed at start.
  */
+import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -20,6 +21,7 @@ import { loadBenchmarks, type BenchResult } from './support/registry.js';
 import { resultsMarkdown, summaryTable, type RunInfo } from './support/report.js';
 import { destroyStandaloneBase } from './support/standalone-runc.js';
 import { provenance, snapshotArchHome } from './support/arch-home.js';
+import { forgetMallocTunables, withMallocTunables } from '../core/malloc-tunables.js';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 /** Results go to the source folder bench/, not dist/bench/. */
@@ -253,6 +255,26 @@ async function main(): Promise<number> {
   }
   return results.some((r) => r.status === 'failed') ? 1 : 0;
 }
+
+/**
+ * The benchmarks run ARCH's code in this process too (a sealed checkpoint's
+ * encryption, say): with the glibc malloc settings ARCH's launchers give the
+ * worker and the CLI (core/malloc-tunables.ts), or its figures would not be
+ * theirs. glibc reads them only at start: so this process starts itself
+ * again with them, and waits (a Ctrl-C is the child's to handle: it cleans
+ * up).
+ */
+function startTuned(): void {
+  for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.on(sig, () => undefined);
+  const r = spawnSync(process.execPath, [...process.execArgv, ...process.argv.slice(1)], {
+    stdio: 'inherit',
+    env: withMallocTunables(process.env),
+  });
+  process.exit(r.status ?? 2);
+}
+
+if (process.env.GLIBC_TUNABLES === undefined) startTuned();
+forgetMallocTunables(); // containerd, runc and CRIU get the environment as it was
 
 main().then(
   (code) => process.exit(code),

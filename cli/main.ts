@@ -8,6 +8,7 @@ import { ArchInputError, CheckpointUnusableError, errorMessage } from '../contra
 import { loadSettings, type Settings } from '../core/settings.js';
 import { CliError, EXIT } from './exit-codes.js';
 import { buildProgram } from './program.js';
+import { forgetMallocTunables } from '../core/malloc-tunables.js';
 
 function report(err: unknown, json: boolean): number {
   let code: number = EXIT.failed;
@@ -31,6 +32,7 @@ function report(err: unknown, json: boolean): number {
 }
 
 async function main(argv: string[]): Promise<number> {
+  forgetMallocTunables(); // what the command starts gets the environment it was given
   const json = argv.includes('--json');
   let settings: Settings;
   try {

@@ -69,6 +69,7 @@ import { trustOf } from '../core/trust.js';
 import { prepareWorkDir, removeWorkDir, type PreparedWorkDir } from '../core/work-dir.js';
 import { runRealRunc, startRealRunc, withNodeCriu } from './passthrough.js';
 import type { Foreground } from '../core/foreground.js';
+import { forgetMallocTunables } from '../core/malloc-tunables.js';
 
 export async function main(argv: string[]): Promise<number> {
   let ctx: NodeContext;
@@ -747,6 +748,7 @@ async function parkJob(
 
 /** Run one runc call and exit with its code (the bundle's entry, shim/entry.ts, calls this). */
 export function runShim(argv: string[]): void {
+  forgetMallocTunables(); // runc and CRIU get containerd's environment as it was
   main(argv).then(
     (code) => process.exit(code),
     (err) => {

@@ -11,8 +11,10 @@ import { ArchInputError, errorMessage } from '../contract/errors.js';
 import { loadSettings } from '../core/settings.js';
 import { workerOptionsFrom, workerProgram, type WorkerFlags } from './options.js';
 import { startNodeWorker } from './run.js';
+import { forgetMallocTunables } from '../core/malloc-tunables.js';
 
 async function main(argv: string[]): Promise<number> {
+  forgetMallocTunables(); // what the worker starts gets the environment it was given
   const settings = loadSettings();
   const program = workerProgram(settings);
   program.parse(argv, { from: 'user' });
