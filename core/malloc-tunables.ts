@@ -15,6 +15,13 @@
  * rather than from a fresh mmap each, brings it to 127-165 brk calls; the
  * process's peak memory stays where it was (the garbage collector frees the
  * buffers as it goes: ~93 MB peak either way for 256 MiB through AES-GCM).
+ * And glibc.malloc.hugetlb=1 has glibc ask for transparent huge pages for
+ * its heap (madvise; the kernel's default mode here): one fault per 2 MiB
+ * instead of per 4 KiB. Measured: a 256 MiB sealed file decrypted in
+ * ~350 ms instead of ~525 (12,300 -> 3,300 faults); the shim's Node start
+ * from its snapshot (whose 7 MB blob is read into malloc'd memory) 94 ms
+ * instead of 145 (node -e 0: 62 ms). Where the kernel's THP mode is
+ * "never" it changes nothing.
  *
  * Only ARCH's process gets them: it removes them from its environment at
  * start (forgetMallocTunables), so runc, CRIU and everything else it starts
@@ -25,7 +32,7 @@
  * The same string is in shim/arch-runc.c, bin/arch-worker and bin/arch-cli
  * (a unit test keeps them equal).
  */
-export const MALLOC_TUNABLES = 'glibc.malloc.trim_threshold=67108864:glibc.malloc.mmap_threshold=33554432';
+export const MALLOC_TUNABLES = 'glibc.malloc.trim_threshold=67108864:glibc.malloc.mmap_threshold=33554432:glibc.malloc.hugetlb=1';
 
 /** Set beside GLIBC_TUNABLES by whichever launcher added it (and only then). */
 export const MALLOC_TUNED_MARK = 'ARCH_MALLOC_TUNED';

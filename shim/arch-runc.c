@@ -234,7 +234,7 @@ static void exec_node(int argc, char **argv, const char *self, char *runc, char 
    * The Node side removes them again before it starts runc or CRIU.
    */
   if (!getenv("GLIBC_TUNABLES")) {
-    setenv("GLIBC_TUNABLES", "glibc.malloc.trim_threshold=67108864:glibc.malloc.mmap_threshold=33554432", 1);
+    setenv("GLIBC_TUNABLES", "glibc.malloc.trim_threshold=67108864:glibc.malloc.mmap_threshold=33554432:glibc.malloc.hugetlb=1", 1);
     setenv("ARCH_MALLOC_TUNED", "1", 1);
   }
   char **args = calloc((size_t)argc + 5, sizeof *args);
