@@ -32,7 +32,8 @@
  * The same string is in shim/arch-runc.c, bin/arch-worker and bin/arch-cli
  * (a unit test keeps them equal).
  */
-export const MALLOC_TUNABLES = 'glibc.malloc.trim_threshold=67108864:glibc.malloc.mmap_threshold=33554432:glibc.malloc.hugetlb=1';
+export const MALLOC_TUNABLES =
+  'glibc.malloc.trim_threshold=67108864:glibc.malloc.mmap_threshold=33554432:glibc.malloc.hugetlb=1';
 
 /** Set beside GLIBC_TUNABLES by whichever launcher added it (and only then). */
 export const MALLOC_TUNED_MARK = 'ARCH_MALLOC_TUNED';
