@@ -8,6 +8,7 @@ import {
   MALLOC_TUNED_MARK,
   withMallocTunables,
 } from '../../core/malloc-tunables.js';
+import { fakeFrontTargets } from '../support/fake-front-targets.js';
 import { REPO_ROOT } from '../support/images.js';
 
 /**
@@ -20,15 +21,7 @@ let env: Record<string, string>;
 
 beforeAll(() => {
   dir = fs.mkdtempSync(path.join(os.tmpdir(), 'arch-malloc-'));
-  const show = `#!/bin/sh\necho "$(basename "$0") \${GLIBC_TUNABLES-unset} \${${MALLOC_TUNED_MARK}-unset}"\n`;
-  for (const name of ['node', 'runc']) fs.writeFileSync(path.join(dir, name), show, { mode: 0o755 });
-  env = {
-    PATH: process.env.PATH ?? '/usr/bin:/bin',
-    ARCH_CONFIG: '/dev/null',
-    ARCH_RUNC: path.join(dir, 'runc'),
-    ARCH_NODE_BIN: path.join(dir, 'node'),
-    ARCH_HOME: path.join(dir, 'home'), // no snapshot there: the front execs ARCH_NODE_BIN
-  };
+  env = fakeFrontTargets(dir, (name) => `echo "${name} \${GLIBC_TUNABLES-unset} \${${MALLOC_TUNED_MARK}-unset}"`);
 });
 
 afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));

@@ -5,6 +5,7 @@ import path from 'node:path';
 import { SPEC_FILE } from '../../core/checkpoint-layout.js';
 import { ARCH_STATE_FILE, KILLED_FILE } from '../../core/shim-state.js';
 import { containerIdOf, optionString, parseRuncArgs, type RuncCall } from '../../core/runc-args.js';
+import { fakeFrontTargets } from '../support/fake-front-targets.js';
 import { REPO_ROOT } from '../support/images.js';
 
 /**
@@ -30,16 +31,7 @@ beforeAll(() => {
   root = path.join(dir, 'root');
   bundle = path.join(dir, 'bundle');
   fs.mkdirSync(bundle, { recursive: true });
-  for (const name of ['node', 'runc']) {
-    fs.writeFileSync(path.join(dir, name), `#!/bin/sh\necho ${name}\n`, { mode: 0o755 });
-  }
-  env = {
-    PATH: process.env.PATH ?? '/usr/bin:/bin',
-    ARCH_CONFIG: '/dev/null',
-    ARCH_RUNC: path.join(dir, 'runc'),
-    ARCH_NODE_BIN: path.join(dir, 'node'),
-    ARCH_HOME: path.join(dir, 'home'), // no snapshot there: the front execs ARCH_NODE_BIN
-  };
+  env = fakeFrontTargets(dir, (name) => `echo ${name}`);
 });
 
 afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));
