@@ -82,19 +82,19 @@ export function dockerExecRoot(text: string): string | undefined {
   return typeof v === 'string' && path.isAbsolute(v) ? path.normalize(v).replace(/\/+$/, '') : undefined;
 }
 
+/** A config file's text, or why not (a warning, or nothing for a default file that is absent). */
 async function readOptional(
   file: string,
   field: string | undefined,
-  warnings: RuncRootsFound['warnings'],
-): Promise<string | undefined> {
+): Promise<{ text?: string; warning?: RuncRootsFound['warnings'][number] }> {
   try {
-    return await fsp.readFile(file, 'utf8');
+    return { text: await fsp.readFile(file, 'utf8') };
   } catch (err) {
     // A default file that is not there is a node without that client; a file named in settings is a mistake.
-    if (field) warnings.push({ field, message: `${file}: ${errorMessage(err)}` });
-    else if ((err as NodeJS.ErrnoException).code !== 'ENOENT')
-      warnings.push({ field: file, message: errorMessage(err) });
-    return undefined;
+    if (field) return { warning: { field, message: `${file}: ${errorMessage(err)}` } };
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT')
+      return { warning: { field: file, message: errorMessage(err) } };
+    return {};
   }
 }
 
@@ -111,10 +111,14 @@ export async function findRuncRoots(settings: RootSettings): Promise<RuncRootsFo
     const cdFile = settings.containerdConfig ?? CONTAINERD_DEFAULT_CONFIG;
     const dkFile = settings.dockerConfig ?? DOCKER_DEFAULT_CONFIG;
     // Read at once: every listing (a reclaim's finalize first) starts here.
-    const [cdText, dkText] = await Promise.all([
-      readOptional(cdFile, settings.containerdConfig ? 'ARCH_CONTAINERD_CONFIG' : undefined, warnings),
-      readOptional(dkFile, settings.dockerConfig ? 'ARCH_DOCKER_CONFIG' : undefined, warnings),
+    const [cd, dk] = await Promise.all([
+      readOptional(cdFile, settings.containerdConfig ? 'ARCH_CONTAINERD_CONFIG' : undefined),
+      readOptional(dkFile, settings.dockerConfig ? 'ARCH_DOCKER_CONFIG' : undefined),
     ]);
+    // Their warnings in this order whichever read ended first.
+    for (const w of [cd.warning, dk.warning]) if (w) warnings.push(w);
+    const cdText = cd.text;
+    const dkText = dk.text;
     for (const base of cdText ? containerdConfigRoots(cdText) : [])
       candidates.push({ base, source: `containerd runtime Root (${cdFile})`, named: false });
     let execRoot: string | undefined;
