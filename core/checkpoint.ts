@@ -277,8 +277,8 @@ async function checkpointLocked(
   let staged: Scratch | undefined;
   const sealId = newSealId();
   const chunkKeys = chunking && storeKey ? chunkKeysOf(storeKey) : undefined;
-  // Started before the freeze: the workers are ready when CRIU writes its first pages.
-  const chunkPool = chunking && !req.dumpedImages ? new ChunkPool(chunkKeys) : undefined;
+  // Started before the freeze: the workers (where a core is left for them) are ready when CRIU writes its first pages.
+  const chunkPool = chunking && !req.dumpedImages ? ChunkPool.besideCriu(chunkKeys) : undefined;
   let chunkFollower: ChunkFollower | undefined;
   try {
     // Before the freeze: no tmpfs with room refuses the checkpoint with the container untouched.
@@ -298,7 +298,7 @@ async function checkpointLocked(
     const criuDir = path.join(staging.dir, CRIU_DIR);
     // Sealing: CRIU and the layer capture write plaintext to the tmpfs
     // scratch only; the sealer encrypts from there into the staging dir as
-    // they write (on a worker thread, a chunk at a time), so the freeze does
+    // they write (a chunk at a time, on a worker thread or this one: SealFollower), so the freeze does
     // not wait for a separate encryption pass.
     const dumpDir = scratch ? path.join(scratch.dir, CRIU_DIR) : criuDir;
     const diffDir = scratch ? scratch.dir : staging.dir;
@@ -386,7 +386,8 @@ async function checkpointLocked(
       const workPath = path.join(staging.dir, 'criu-work');
       await fsp.mkdir(dumpDir);
       // Chunked: the page images are cut, hashed, compressed and stored while CRIU writes them
-      // (on worker threads; left running too, since that is most of a chunked checkpoint's work).
+      // (on worker threads where cores are left beside CRIU, else on this thread; left running too,
+      // since that is most of a chunked checkpoint's work).
       if (chunkPool)
         chunkFollower = new ChunkFollower(
           dumpDir,

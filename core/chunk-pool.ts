@@ -4,11 +4,14 @@ import { Worker } from 'node:worker_threads';
 import type { ChunkKeys } from './chunk-codec.js';
 import { replyError, ChunkWork, type ChunkJob, type ChunkReply } from './chunk-work.js';
 import { usesWorkerThreads } from './digest.js';
+import { helperThreadsBesideCriu } from './growing-files.js';
 
 /**
  * Hashing, compressing, encrypting and checking chunks on worker threads
- * (one per core, at most MAX_WORKERS), so that a checkpoint's chunks are
- * produced while CRIU is still writing and this thread stays free for I/O.
+ * (one per core, at most MAX_WORKERS; for a checkpoint, one per core left
+ * beside CRIU's and this thread's: besideCriu), so that a checkpoint's
+ * chunks are produced while CRIU is still writing and this thread stays
+ * free for I/O.
  * Where this process may not start workers (the shim: core/digest.ts says
  * why) the same work runs on this thread, a chunk at a time.
  */
@@ -63,6 +66,11 @@ export class ChunkPool {
       lane.worker = w;
       return lane;
     });
+  }
+
+  /** A pool for a checkpoint: as many workers as there are cores beside CRIU's and this thread's (none on 2 cores). */
+  static besideCriu(keys?: ChunkKeys): ChunkPool {
+    return new ChunkPool(keys, helperThreadsBesideCriu(MAX_WORKERS));
   }
 
   /** Read and hash `length` bytes of `fd` at `offset`; the plain bytes stay with the worker until encode() or drop(). */

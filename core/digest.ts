@@ -5,16 +5,19 @@ import os from 'node:os';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Worker } from 'node:worker_threads';
+import { GrowingFilesDigest, helperThreadsBesideCriu } from './growing-files.js';
 
 /**
  * File digests for checkpoint manifests: every file's size and sha256.
  *
  * Hashing is the one cost ARCH adds to every byte of a checkpoint, so it is
  * kept off the critical path where it can be:
- *  - at checkpoint time a worker thread follows CRIU's page images while CRIU
+ *  - at checkpoint time a follower hashes CRIU's page images while CRIU
  *    is still writing them (reading only below the current file size, which
- *    the kernel advances once the data is in the page cache); on the other
- *    core it keeps pace with the dump, so little is left when CRIU is done;
+ *    the kernel advances once the data is in the page cache), on a worker
+ *    thread or, on 2 cores, on the checkpointing thread (DigestFollower); on
+ *    the core CRIU leaves it keeps pace with the dump, so little is left when
+ *    CRIU is done;
  *  - when verifying (transfers, `verifyCurrent`), large files are hashed on
  *    worker threads, one file per thread, while the main thread checks the
  *    small ones; the shim hashes on its own thread (see
@@ -165,38 +168,64 @@ export async function digestFilesHere(files: string[]): Promise<Digest[]> {
 
 /**
  * Hash the files matching `pattern` in `dir` while another process is still
- * writing them (CRIU's page images), on a worker thread. With `writeback`,
- * this thread meanwhile fdatasyncs each file every WRITEBACK_STEP bytes, so
- * the disk writes overlap the dump and the publishing fsync has little left.
- * Start it with DigestFollower.start(). finish() is called once the writer
- * is done and returns the digests by file name; cancel() abandons it (the
- * dump failed).
+ * writing them (CRIU's page images): on a worker thread where a core is left
+ * for one beside CRIU and this thread (helperThreadsBesideCriu), else on
+ * this thread, a READ_SIZE block per turn of its event loop. With
+ * `writeback`, this thread meanwhile fdatasyncs each file every
+ * WRITEBACK_STEP bytes, so the disk writes overlap the dump and the
+ * publishing fsync has little left. Start it with DigestFollower.start().
+ * finish() is called once the writer is done and returns the digests by
+ * file name; cancel() abandons it (the dump failed).
  */
 const WRITEBACK_STEP = 32 * 1024 * 1024;
+/** How often the files are looked at for new bytes, when nothing is left to hash. */
+const FOLLOW_MS = 5;
 
 export class DigestFollower {
-  private readonly result: Promise<WorkerReply>;
+  private readonly result: Promise<[string, Digest][]>;
   private stopped = false;
+  private cancelled = false;
   private readonly writer: Promise<void>;
+  private readonly worker?: Worker;
 
-  static async start(dir: string, pattern: RegExp, opts: { writeback?: boolean } = {}): Promise<DigestFollower> {
-    return new DigestFollower(
-      new Worker(workerFile(), { workerData: { follow: { dir, pattern: pattern.source } } }),
-      dir,
-      pattern,
-      opts,
-    );
+  static async start(
+    dir: string,
+    pattern: RegExp,
+    opts: { writeback?: boolean; threads?: number } = {},
+  ): Promise<DigestFollower> {
+    return new DigestFollower(dir, pattern, opts);
   }
 
   private constructor(
-    private readonly worker: Worker,
     private readonly dir: string,
     private readonly pattern: RegExp,
-    opts: { writeback?: boolean },
+    opts: { writeback?: boolean; threads?: number },
   ) {
-    this.result = workerReply<WorkerReply>(this.worker);
+    if ((opts.threads ?? helperThreadsBesideCriu(1)) > 0 && workerThreads) {
+      this.worker = new Worker(workerFile(), { workerData: { follow: { dir, pattern: pattern.source } } });
+      this.result = workerReply<WorkerReply>(this.worker).then((r) => r.digests ?? []);
+    } else {
+      this.result = this.followHere();
+    }
     this.result.catch(() => undefined); // observed by finish(); cancel() may never look
     this.writer = opts.writeback ? this.writeback() : Promise.resolve();
+  }
+
+  /** This thread's follower: a block at a time, a turn for the event loop (runc's exit, the fdatasyncs) between. */
+  private async followHere(): Promise<[string, Digest][]> {
+    const files = new GrowingFilesDigest(this.dir, this.pattern);
+    const buf = Buffer.allocUnsafe(READ_SIZE);
+    try {
+      for (;;) {
+        const last = this.stopped;
+        while (!this.cancelled && files.catchUp(buf, buf.length)) await new Promise((r) => setImmediate(r));
+        if (this.cancelled) return [];
+        if (last) return files.finish();
+        await sleep(FOLLOW_MS);
+      }
+    } finally {
+      files.close();
+    }
   }
 
   private async writeback(): Promise<void> {
@@ -227,17 +256,17 @@ export class DigestFollower {
 
   async finish(): Promise<Map<string, Digest>> {
     this.stopped = true;
-    this.worker.postMessage('finish');
+    this.worker?.postMessage('finish');
     try {
-      const [r] = await Promise.all([this.result, this.writer]);
-      return new Map(r.digests ?? []);
+      const [digests] = await Promise.all([this.result, this.writer]);
+      return new Map(digests);
     } finally {
-      await this.worker.terminate();
+      await this.worker?.terminate();
     }
   }
 
   async cancel(): Promise<void> {
-    this.stopped = true;
-    await Promise.all([this.worker.terminate(), this.writer]);
+    this.stopped = this.cancelled = true;
+    await Promise.all([this.worker?.terminate(), this.writer, this.worker ? undefined : this.result]);
   }
 }

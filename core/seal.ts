@@ -8,6 +8,7 @@ import { ArchInputError, CheckpointUnusableError, errorMessage } from '../contra
 import { requireAbsolutePath } from './paths.js';
 import { isAlive } from './pid.js';
 import { usesWorkerThreads, workerReply } from './digest.js';
+import { helperThreadsBesideCriu } from './growing-files.js';
 import { Worker } from 'node:worker_threads';
 import { settingsVars } from './settings.js';
 import { keyLines, parseKeyText } from './key-text.js';
@@ -329,6 +330,8 @@ export interface SealOptions {
   chunkBytes?: number;
   /** Write the ciphertext around the page cache (core/direct-append.ts) where the store's filesystem allows. */
   direct?: boolean;
+  /** Worker threads to seal on (0 or 1; default: one where a core is left beside CRIU's and this thread's). */
+  threads?: number;
 }
 
 /** Direct writes go out a MiB at a time: large enough for the disk, a small buffer to touch. */
@@ -443,12 +446,12 @@ const sealWorkerFile = (): URL => new URL('../core/seal-worker.js', import.meta.
 
 /**
  * Seal files while another process writes them (CRIU's page images, the
- * layer archive). On a worker thread where this process may start one:
- * there the encryption and the ciphertext's hash run on the other core
- * while CRIU dumps and this thread captures the layer, so little is left
- * to seal once CRIU is done (the container is still frozen then). Where a
- * process may start no worker thread (usesWorkerThreads) the same loop runs
- * here instead.
+ * layer archive), so little is left to seal once CRIU is done (the
+ * container is still frozen then). On a worker thread where a core is left
+ * for one beside CRIU's and this thread's (helperThreadsBesideCriu); on 2
+ * cores, or where a process may start no worker thread (usesWorkerThreads),
+ * the same loop runs here instead, a chunk per turn of the event loop: a
+ * worker's own start-up took ~80 ms of CPU from CRIU's core.
  * finish() is called once every writer is done; cancel() abandons it.
  *
  * The ciphertext's sha256 is kept in the manifest although GCM
@@ -464,7 +467,7 @@ export class SealFollower {
   private readonly reply?: Promise<{ files?: [string, SealResult][]; error?: string }>;
 
   constructor(sources: SealSource[], dest: string, key: StoreKey, sealId: string, opts: SealOptions = {}) {
-    if (!usesWorkerThreads()) {
+    if (!usesWorkerThreads() || (opts.threads ?? helperThreadsBesideCriu(1)) === 0) {
       this.here = new SealLoop(sources, dest, key, sealId, opts);
       return;
     }

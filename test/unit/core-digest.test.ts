@@ -36,45 +36,48 @@ test('StreamDigest over pieces equals the digest of the whole', () => {
   expect(h.digest()).toEqual({ size: 1000, sha256: sha(d) });
 });
 
-test('DigestFollower hashes files while they are written, only those matching, including ones created late', async () => {
-  const dir = path.join(tmp, 'follow');
-  fs.mkdirSync(dir);
-  const follower = await DigestFollower.start(dir, /^pages-\d+\.img$/, { writeback: true });
-  const a = fs.openSync(path.join(dir, 'pages-1.img'), 'w');
-  const parts: Buffer[] = [];
-  for (let i = 0; i < 12; i++) {
-    const p = randomBytes(4 << 20);
-    parts.push(p);
-    fs.writeSync(a, p);
-    await sleep(3);
-  }
-  fs.closeSync(a);
-  const late = randomBytes(12345);
-  fs.writeFileSync(path.join(dir, 'pages-2.img'), late);
-  fs.writeFileSync(path.join(dir, 'core-1.img'), 'not followed');
-  const got = await follower.finish();
-  expect([...got.keys()].sort()).toEqual(['pages-1.img', 'pages-2.img']);
-  expect(got.get('pages-1.img')).toEqual({ size: 48 << 20, sha256: sha(Buffer.concat(parts)) });
-  expect(got.get('pages-2.img')).toEqual({ size: late.length, sha256: sha(late) });
-});
+// A worker thread where a core is left beside CRIU's and the checkpointing thread's; that thread itself on 2 cores.
+describe.each([0, 1])('DigestFollower on %i worker thread(s)', (threads) => {
+  test('hashes files while they are written, only those matching, including ones created late', async () => {
+    const dir = path.join(tmp, `follow-${threads}`);
+    fs.mkdirSync(dir);
+    const follower = await DigestFollower.start(dir, /^pages-\d+\.img$/, { writeback: true, threads });
+    const a = fs.openSync(path.join(dir, 'pages-1.img'), 'w');
+    const parts: Buffer[] = [];
+    for (let i = 0; i < 12; i++) {
+      const p = randomBytes(4 << 20);
+      parts.push(p);
+      fs.writeSync(a, p);
+      await sleep(3);
+    }
+    fs.closeSync(a);
+    const late = randomBytes(12345);
+    fs.writeFileSync(path.join(dir, 'pages-2.img'), late);
+    fs.writeFileSync(path.join(dir, 'core-1.img'), 'not followed');
+    const got = await follower.finish();
+    expect([...got.keys()].sort()).toEqual(['pages-1.img', 'pages-2.img']);
+    expect(got.get('pages-1.img')).toEqual({ size: 48 << 20, sha256: sha(Buffer.concat(parts)) });
+    expect(got.get('pages-2.img')).toEqual({ size: late.length, sha256: sha(late) });
+  });
 
-test('DigestFollower: a file rewritten shorter is hashed from the start again', async () => {
-  const dir = path.join(tmp, 'rewrite');
-  fs.mkdirSync(dir);
-  const f = path.join(dir, 'pages-1.img');
-  const follower = await DigestFollower.start(dir, /^pages-\d+\.img$/);
-  fs.writeFileSync(f, randomBytes(2 << 20));
-  await sleep(100);
-  const final = randomBytes(1000);
-  fs.writeFileSync(f, final); // truncates, then writes less than was there
-  await sleep(50);
-  expect((await follower.finish()).get('pages-1.img')).toEqual({ size: 1000, sha256: sha(final) });
-});
+  test('a file rewritten shorter is hashed from the start again', async () => {
+    const dir = path.join(tmp, `rewrite-${threads}`);
+    fs.mkdirSync(dir);
+    const f = path.join(dir, 'pages-1.img');
+    const follower = await DigestFollower.start(dir, /^pages-\d+\.img$/, { threads });
+    fs.writeFileSync(f, randomBytes(2 << 20));
+    await sleep(100);
+    const final = randomBytes(1000);
+    fs.writeFileSync(f, final); // truncates, then writes less than was there
+    await sleep(50);
+    expect((await follower.finish()).get('pages-1.img')).toEqual({ size: 1000, sha256: sha(final) });
+  });
 
-test('DigestFollower.cancel stops without waiting for the writer', async () => {
-  const dir = path.join(tmp, 'cancel');
-  fs.mkdirSync(dir);
-  const follower = await DigestFollower.start(dir, /^pages-\d+\.img$/, { writeback: true });
-  fs.writeFileSync(path.join(dir, 'pages-1.img'), randomBytes(1 << 20));
-  await follower.cancel();
+  test('cancel stops without waiting for the writer', async () => {
+    const dir = path.join(tmp, `cancel-${threads}`);
+    fs.mkdirSync(dir);
+    const follower = await DigestFollower.start(dir, /^pages-\d+\.img$/, { writeback: true, threads });
+    fs.writeFileSync(path.join(dir, 'pages-1.img'), randomBytes(1 << 20));
+    await follower.cancel();
+  });
 });

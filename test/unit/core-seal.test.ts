@@ -91,26 +91,30 @@ describe('seal format: round trip', () => {
     expect((await open(s)).equals(plain)).toBe(true);
   });
 
-  test('a file sealed while it grows (as CRIU writes) opens to the whole file', async () => {
-    const dir = fresh();
-    const src = path.join(dir, 'in');
-    fs.mkdirSync(src);
-    const k = key();
-    const id = newSealId();
-    const f = pageFollower(src, dir, k, id, { chunkBytes: CHUNK });
-    const parts: Buffer[] = [];
-    for (let i = 0; i < 20; i++) {
-      const p = randomBytes(1000 + i * 37);
-      parts.push(p);
-      fs.appendFileSync(path.join(src, 'pages-1.img'), p);
-      await sleep(2);
-    }
-    const r = (await f.finish()).get('criu/pages-1.img')!;
-    const s = { dir, k, sealId: id, stored: path.join(dir, 'store/criu/pages-1.img'), entry: r.sealed };
-    expect((await open(s)).equals(Buffer.concat(parts))).toBe(true);
-  });
+  // On a worker thread where a core is left beside CRIU's and the checkpointing thread's; that thread itself on 2 cores.
+  test.each([0, 1])(
+    'a file sealed while it grows (as CRIU writes) opens to the whole file (%i worker threads)',
+    async (threads) => {
+      const dir = fresh();
+      const src = path.join(dir, 'in');
+      fs.mkdirSync(src);
+      const k = key();
+      const id = newSealId();
+      const f = pageFollower(src, dir, k, id, { chunkBytes: CHUNK, threads });
+      const parts: Buffer[] = [];
+      for (let i = 0; i < 20; i++) {
+        const p = randomBytes(1000 + i * 37);
+        parts.push(p);
+        fs.appendFileSync(path.join(src, 'pages-1.img'), p);
+        await sleep(2);
+      }
+      const r = (await f.finish()).get('criu/pages-1.img')!;
+      const s = { dir, k, sealId: id, stored: path.join(dir, 'store/criu/pages-1.img'), entry: r.sealed };
+      expect((await open(s)).equals(Buffer.concat(parts))).toBe(true);
+    },
+  );
 
-  test('the same loop on the calling thread (the shim, which starts no worker threads) writes the same format', async () => {
+  test('the same loop on the calling thread (the shim; a checkpoint on 2 cores) writes the same format', async () => {
     const dir = fresh();
     const src = path.join(dir, 'in');
     fs.mkdirSync(src);
@@ -130,25 +134,29 @@ describe('seal format: round trip', () => {
     expect((await open({ dir, k, sealId: id, stored, entry: r.sealed })).equals(plain)).toBe(true);
   });
 
-  test('cancel() on the worker thread closes every file it opened (a terminated thread would leave them open)', async () => {
-    const fds = () => fs.readdirSync('/proc/self/fd').length;
-    const dir = fresh();
-    const src = path.join(dir, 'in');
-    fs.mkdirSync(src);
-    for (const i of [1, 2, 3]) fs.writeFileSync(path.join(src, `pages-${i}.img`), randomBytes(CHUNK * 2 + 1));
-    const before = fds();
-    const f = pageFollower(src, dir, key(), newSealId(), {
-      chunkBytes: CHUNK,
-    });
-    // The worker has started and opened them all (it creates each stored file as it opens its source).
-    await until(() => [1, 2, 3].every((i) => fs.existsSync(path.join(dir, `store/criu/pages-${i}.img`))));
-    expect(fds()).toBeGreaterThanOrEqual(before + 6);
-    await f.cancel();
-    await sleep(50);
-    expect(fds()).toBeLessThanOrEqual(before);
-  });
+  test.each([1, 0])(
+    'cancel() closes every file it opened (a terminated thread would leave them open; %i worker threads)',
+    async (threads) => {
+      const fds = () => fs.readdirSync('/proc/self/fd').length;
+      const dir = fresh();
+      const src = path.join(dir, 'in');
+      fs.mkdirSync(src);
+      for (const i of [1, 2, 3]) fs.writeFileSync(path.join(src, `pages-${i}.img`), randomBytes(CHUNK * 2 + 1));
+      const before = fds();
+      const f = pageFollower(src, dir, key(), newSealId(), {
+        chunkBytes: CHUNK,
+        threads,
+      });
+      // The loop has started and opened them all (it creates each stored file as it opens its source).
+      await until(() => [1, 2, 3].every((i) => fs.existsSync(path.join(dir, `store/criu/pages-${i}.img`))));
+      expect(fds()).toBeGreaterThanOrEqual(before + 6);
+      await f.cancel();
+      await sleep(50);
+      expect(fds()).toBeLessThanOrEqual(before);
+    },
+  );
 
-  test('a sealing error on the worker thread fails finish() with its message', async () => {
+  test.each([1, 0])('a sealing error fails finish() with its message (%i worker threads)', async (threads) => {
     const dir = fresh();
     const src = path.join(dir, 'in');
     fs.mkdirSync(src);
@@ -156,6 +164,7 @@ describe('seal format: round trip', () => {
     const stored = path.join(dir, 'store/criu/pages-1.img');
     const f = pageFollower(src, dir, key(), newSealId(), {
       chunkBytes: CHUNK,
+      threads,
     });
     // Once it has sealed the first chunk, the writer shrinks the file it wrote.
     await until(() => fs.existsSync(stored) && fs.statSync(stored).size >= CHUNK + 16);

@@ -1,0 +1,87 @@
+import { createHash, type Hash } from 'node:crypto';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+
+/**
+ * The sha256 of files another process is still appending to (CRIU's page
+ * images during a dump), kept up as they grow: each catchUp() opens the
+ * matching files that appeared and hashes what was written since. Reads
+ * stay below the size the kernel reports, which it advances once the data
+ * is in the page cache. A file that shrank was rewritten: hashed again from
+ * its start. Used by a worker thread (core/digest-worker.ts) and, where no
+ * core is left for one, by the checkpointing thread itself (core/digest.ts).
+ * Reads are synchronous: no thread-pool round trip per block.
+ */
+export class GrowingFilesDigest {
+  private readonly files = new Map<string, { fd: number; pos: number; hash: Hash }>();
+
+  constructor(
+    private readonly dir: string,
+    private readonly pattern: RegExp,
+  ) {}
+
+  /**
+   * Hash what was appended since the last call, at most `budget` bytes of
+   * it (`buf` at a time); true when more is waiting (the caller gives its
+   * event loop a turn, then calls again).
+   */
+  catchUp(buf: Buffer, budget = Infinity): boolean {
+    let names: string[] = [];
+    try {
+      names = fs.readdirSync(this.dir);
+    } catch {
+      // not made yet
+    }
+    for (const name of names) {
+      if (!this.pattern.test(name) || this.files.has(name)) continue;
+      try {
+        this.files.set(name, { fd: fs.openSync(path.join(this.dir, name), 'r'), pos: 0, hash: createHash('sha256') });
+      } catch {
+        // gone again: not one of the dump's files
+      }
+    }
+    let left = budget;
+    for (const f of this.files.values()) {
+      const size = fs.fstatSync(f.fd).size;
+      if (size < f.pos) {
+        f.hash = createHash('sha256');
+        f.pos = 0;
+      }
+      while (f.pos < size) {
+        if (left <= 0) return true;
+        const n = fs.readSync(f.fd, buf, 0, Math.min(buf.length, size - f.pos, left), f.pos);
+        if (n === 0) break;
+        f.hash.update(buf.subarray(0, n));
+        f.pos += n;
+        left -= n;
+      }
+    }
+    return false;
+  }
+
+  /** Each file's size and sha256 as hashed so far, by name; the files are closed. */
+  finish(): [string, { size: number; sha256: string }][] {
+    const out: [string, { size: number; sha256: string }][] = [];
+    for (const [name, f] of this.files) out.push([name, { size: f.pos, sha256: f.hash.digest('hex') }]);
+    this.close();
+    return out;
+  }
+
+  close(): void {
+    for (const f of this.files.values()) fs.closeSync(f.fd);
+    this.files.clear();
+  }
+}
+
+/**
+ * Threads a checkpoint may start to hash, compress or encrypt beside CRIU:
+ * the cores left once CRIU and the checkpointing thread have one each. On
+ * a 2-core node that is none: a worker thread's own start (~80 ms of CPU
+ * here, a V8 isolate and Node's bootstrap) then came out of CRIU's core,
+ * and the checkpointing thread, idle while it waits for runc, does the
+ * work sooner itself (bench/chunking.ts, README "2026-12-05, threads").
+ */
+export function helperThreadsBesideCriu(max: number): number {
+  return Math.max(0, Math.min(max, (os.availableParallelism?.() ?? os.cpus().length) - 2));
+}
