@@ -58,8 +58,12 @@ export interface ChunkWriteStats {
 export interface ChunkStore {
   /** For messages: the directory or the s3:// place. */
   readonly where: string;
-  /** True when the chunk is there (then marked as in use now, for a collector running meanwhile). */
-  reuse(id: string): Promise<boolean>;
+  /**
+   * True when the chunk is there (then marked as in use now, for a collector
+   * running meanwhile). `mayMiss`: a chunk the collector set aside since the
+   * store last looked may be reported missing (it is then written again).
+   */
+  reuse(id: string, mayMiss?: boolean): Promise<boolean>;
   put(id: string, bytes: Buffer, fsync: boolean): Promise<void>;
   /** Write a new chunk as the dump goes; it need only be readable (and durable) after commitStaged(). */
   stage(id: string, bytes: Buffer): Promise<void>;
@@ -90,6 +94,8 @@ export class ChunkDir implements ChunkStore {
   private syncing = 0;
   /** Directories checked to be real ones (not symlinks) by this instance. */
   private readonly real = new Set<string>();
+  /** The trash dirs as trashDirs() last listed them (a readdir of the 256 subdirectories each time cost a writer ~30 ms a checkpoint). */
+  private trashSeen?: string[];
 
   constructor(containerDir: string) {
     this.dir = path.join(containerDir, CHUNKS_DIR);
@@ -135,8 +141,12 @@ export class ChunkDir implements ChunkStore {
   /**
    * True when the chunk is there; its mtime is then set to now, so that a
    * collector running meanwhile sees it as young (the retention rule in gc.ts).
+   * `mayMiss`: the collector's trash dirs as this instance listed them
+   * before will do (a writer asking whether to write a chunk: one missed in a
+   * trash dir made since is only written again); otherwise they are listed
+   * anew (publishing, where a chunk set aside must be found back).
    */
-  async reuse(id: string): Promise<boolean> {
+  async reuse(id: string, mayMiss = false): Promise<boolean> {
     const now = new Date();
     const place = await this.placeOf(id);
     try {
@@ -147,14 +157,14 @@ export class ChunkDir implements ChunkStore {
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
     }
-    if (!(await this.takeBack(id))) return false;
+    if (!(await this.takeBack(id, mayMiss))) return false;
     await fsp.utimes(this.pathOf(id), now, now);
     return true;
   }
 
   /** A chunk the collector set aside moved back into place (rename: atomic against the collector's delete). */
-  async takeBack(id: string): Promise<boolean> {
-    for (const t of await this.trashDirs()) {
+  async takeBack(id: string, mayMiss = false): Promise<boolean> {
+    for (const t of mayMiss && this.trashSeen ? this.trashSeen : await this.trashDirs()) {
       try {
         await fsp.rename(path.join(this.dir, t, id), this.pathOf(id));
         return true;
@@ -171,6 +181,7 @@ export class ChunkDir implements ChunkStore {
     const out: string[] = [];
     for (const n of await fsp.readdir(this.dir).catch(() => [] as string[]))
       if (n.startsWith(TRASH_PREFIX) && (await this.realDir(path.join(this.dir, n)).catch(() => false))) out.push(n);
+    this.trashSeen = out;
     return out;
   }
 
@@ -315,17 +326,29 @@ export class ChunkDir implements ChunkStore {
     const final = this.pathOf(id);
     const sub = path.dirname(final);
     if (!this.made.has(sub)) {
-      await fsp.mkdir(path.dirname(this.dir), { recursive: true, mode: 0o700 }); // the container's dir (the store's own walk)
-      // Then one level at a time, each checked before the next is made in it (mkdir -p would follow a planted symlink).
-      for (const d of [this.dir, sub]) {
-        await fsp.mkdir(d, { mode: 0o700 }).catch((err: NodeJS.ErrnoException) => {
-          if (err.code !== 'EEXIST') throw err;
-        });
-        if (!(await this.realDir(d))) throw new Error(`${d} disappeared while chunks were written`);
+      if (!this.made.has(this.dir)) {
+        await fsp.mkdir(path.dirname(this.dir), { recursive: true, mode: 0o700 }); // the container's dir (the store's own walk)
+        await this.makeRealDir(this.dir);
+        this.made.add(this.dir);
       }
+      // Then one level at a time, each checked before the next is made in it (mkdir -p would follow a planted symlink).
+      await this.makeRealDir(sub);
       this.made.add(sub);
     }
     return path.join(sub, `${TMP_PREFIX}${process.pid}-${randomBytes(4).toString('hex')}`);
+  }
+
+  /**
+   * `d` made if it is not there, and checked to be a real directory. Looked
+   * at first: a store used before has most of its 256 subdirectories, and a
+   * failed mkdir (an exception in Node) cost more than the lstat.
+   */
+  private async makeRealDir(d: string): Promise<void> {
+    if (await this.realDir(d)) return;
+    await fsp.mkdir(d, { mode: 0o700 }).catch((err: NodeJS.ErrnoException) => {
+      if (err.code !== 'EEXIST') throw err;
+    });
+    if (!(await this.realDir(d))) throw new Error(`${d} disappeared while chunks were written`);
   }
 
   /**

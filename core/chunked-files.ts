@@ -83,7 +83,7 @@ export class ChunkWriter {
   private async store(h: HeldChunk): Promise<void> {
     if (this.seen.has(h.id)) return this.pool.drop(h);
     this.seen.add(h.id);
-    if (await this.chunks.reuse(h.id)) {
+    if (await this.chunks.reuse(h.id, true)) {
       this.stats.reused++;
       return this.pool.drop(h);
     }
