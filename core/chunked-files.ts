@@ -1,11 +1,11 @@
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { CheckpointUnusableError } from '../contract/errors.js';
 import type { ChunkKeys } from './chunk-codec.js';
 import type { ChunkStore, ChunkWriteStats } from './chunk-dir.js';
 import { ChunkPool, type HeldChunk } from './chunk-pool.js';
+import { Nap } from './growing-files.js';
 
 /**
  * Large checkpoint files (page images, the layer archive) to and from
@@ -153,6 +153,7 @@ async function chunkFile(srcDir: string, rel: string, writer: ChunkWriter): Prom
 export class ChunkFollower {
   private readonly files = new Map<string, { fd: number; pos: number; refs: Promise<ChunkRef>[]; redo: boolean }>();
   private stopping = false;
+  private readonly nap = new Nap();
   private readonly loop: Promise<void>;
   private loopError: unknown;
 
@@ -169,7 +170,7 @@ export class ChunkFollower {
   private async run(): Promise<void> {
     while (!this.stopping) {
       await this.catchUp(false);
-      await sleep(FOLLOW_MS);
+      if (!this.stopping) await this.nap.for(FOLLOW_MS);
     }
   }
 
@@ -209,6 +210,7 @@ export class ChunkFollower {
   /** CRIU is done: the rest started, and each followed file's chunk list (by path; a rewritten one is left out). */
   async finish(): Promise<Map<string, ChunkedFile>> {
     this.stopping = true;
+    this.nap.wake();
     await this.loop;
     try {
       if (this.loopError) throw this.loopError;
@@ -233,6 +235,7 @@ export class ChunkFollower {
   /** Stop following (the dump failed): nothing is published, chunks already written are the collector's. */
   async cancel(): Promise<void> {
     this.stopping = true;
+    this.nap.wake();
     await this.loop;
     await this.close();
     await this.writer.abandon();

@@ -5,7 +5,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Worker } from 'node:worker_threads';
-import { GrowingFilesDigest, helperThreadsBesideCriu } from './growing-files.js';
+import { GrowingFilesDigest, helperThreadsBesideCriu, Nap } from './growing-files.js';
 
 /**
  * File digests for checkpoint manifests: every file's size and sha256.
@@ -185,6 +185,7 @@ export class DigestFollower {
   private readonly result: Promise<[string, Digest][]>;
   private stopped = false;
   private cancelled = false;
+  private readonly nap = new Nap();
   private readonly writer: Promise<void>;
   private readonly worker?: Worker;
 
@@ -221,7 +222,7 @@ export class DigestFollower {
         while (!this.cancelled && files.catchUp(buf, buf.length)) await new Promise((r) => setImmediate(r));
         if (this.cancelled) return [];
         if (last) return files.finish();
-        await sleep(FOLLOW_MS);
+        if (!this.stopped) await this.nap.for(FOLLOW_MS);
       }
     } finally {
       files.close();
@@ -256,6 +257,7 @@ export class DigestFollower {
 
   async finish(): Promise<Map<string, Digest>> {
     this.stopped = true;
+    this.nap.wake();
     this.worker?.postMessage('finish');
     try {
       const [digests] = await Promise.all([this.result, this.writer]);
@@ -267,6 +269,7 @@ export class DigestFollower {
 
   async cancel(): Promise<void> {
     this.stopped = this.cancelled = true;
+    this.nap.wake();
     await Promise.all([this.worker?.terminate(), this.writer, this.worker ? undefined : this.result]);
   }
 }

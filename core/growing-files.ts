@@ -75,6 +75,23 @@ export class GrowingFilesDigest {
 }
 
 /**
+ * The pause between two looks at files another process is writing, cut
+ * short by wake() once that process is done: whoever waits for the last
+ * look (a frozen container, for one) need not wait out the pause.
+ */
+export class Nap {
+  private wakeUp?: () => void;
+
+  for(ms: number): Promise<void> {
+    return new Promise((r) => setTimeout((this.wakeUp = r), ms));
+  }
+
+  wake(): void {
+    this.wakeUp?.();
+  }
+}
+
+/**
  * Threads a checkpoint may start to hash, compress or encrypt beside CRIU:
  * the cores left once CRIU and the checkpointing thread have one each. On
  * a 2-core node that is none: a worker thread's own start (~80 ms of CPU

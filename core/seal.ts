@@ -8,7 +8,7 @@ import { ArchInputError, CheckpointUnusableError, errorMessage } from '../contra
 import { requireAbsolutePath } from './paths.js';
 import { isAlive } from './pid.js';
 import { usesWorkerThreads, workerReply } from './digest.js';
-import { helperThreadsBesideCriu } from './growing-files.js';
+import { helperThreadsBesideCriu, Nap } from './growing-files.js';
 import { Worker } from 'node:worker_threads';
 import { settingsVars } from './settings.js';
 import { keyLines, parseKeyText } from './key-text.js';
@@ -345,6 +345,7 @@ const DIRECT_WRITE_BYTES = 1024 * 1024;
 export class SealLoop {
   private readonly files = new Map<string, FileSealer>();
   private stopped = false;
+  private readonly nap = new Nap();
   private readonly loop: Promise<void>;
   private readonly buf: Buffer;
   private readonly direct: DirectBuffer | undefined;
@@ -402,13 +403,14 @@ export class SealLoop {
       let sealed = false;
       for (const f of this.files.values()) sealed = f.pumpOne(false) || sealed;
       if (sealed) await yieldTurn();
-      else await sleep(2);
+      else if (!this.stopped) await this.nap.for(2);
     }
   }
 
   /** Every matching file sealed to its end, sorted by path. */
   async finish(): Promise<[string, SealResult][]> {
     this.stopped = true;
+    this.nap.wake();
     try {
       await this.loop;
       this.scan();
@@ -422,6 +424,7 @@ export class SealLoop {
 
   async cancel(): Promise<void> {
     this.stopped = true;
+    this.nap.wake();
     await this.loop.catch(() => undefined);
     await this.closeAll();
   }
