@@ -5,7 +5,7 @@ import { CheckpointUnusableError } from '../contract/errors.js';
 import type { ChunkKeys } from './chunk-codec.js';
 import type { ChunkStore, ChunkWriteStats } from './chunk-dir.js';
 import { ChunkPool, type HeldChunk } from './chunk-pool.js';
-import { Nap } from './growing-files.js';
+import { Nap, openNewFiles } from './growing-files.js';
 
 /**
  * Large checkpoint files (page images, the layer archive) to and from
@@ -175,21 +175,8 @@ export class ChunkFollower {
   }
 
   private async catchUp(last: boolean): Promise<void> {
-    let names: string[] = [];
-    try {
-      names = fs.readdirSync(this.dir);
-    } catch {
-      // not made yet
-    }
-    for (const name of names) {
-      if (!this.pattern.test(name) || this.files.has(name)) continue;
-      try {
-        const fd = fs.openSync(path.join(this.dir, name), fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW);
-        this.files.set(name, { fd, pos: 0, refs: [], redo: false });
-      } catch {
-        // gone again: not one of the dump's files
-      }
-    }
+    for (const [name, fd] of openNewFiles(this.dir, this.pattern, this.files))
+      this.files.set(name, { fd, pos: 0, refs: [], redo: false });
     for (const f of this.files.values()) {
       if (f.redo) continue;
       const size = fs.fstatSync(f.fd).size;

@@ -27,20 +27,8 @@ export class GrowingFilesDigest {
    * event loop a turn, then calls again).
    */
   catchUp(buf: Buffer, budget = Infinity): boolean {
-    let names: string[] = [];
-    try {
-      names = fs.readdirSync(this.dir);
-    } catch {
-      // not made yet
-    }
-    for (const name of names) {
-      if (!this.pattern.test(name) || this.files.has(name)) continue;
-      try {
-        this.files.set(name, { fd: fs.openSync(path.join(this.dir, name), 'r'), pos: 0, hash: createHash('sha256') });
-      } catch {
-        // gone again: not one of the dump's files
-      }
-    }
+    for (const [name, fd] of openNewFiles(this.dir, this.pattern, this.files))
+      this.files.set(name, { fd, pos: 0, hash: createHash('sha256') });
     let left = budget;
     for (const f of this.files.values()) {
       const size = fs.fstatSync(f.fd).size;
@@ -72,6 +60,31 @@ export class GrowingFilesDigest {
     for (const f of this.files.values()) fs.closeSync(f.fd);
     this.files.clear();
   }
+}
+
+/**
+ * The files matching `pattern` in `dir` that `known` does not have yet,
+ * opened for reading. Never through a symlink: the dump directory can lie
+ * in a store others may write. A name gone again, or a symlink, is skipped:
+ * not one of the dump's files.
+ */
+export function openNewFiles(dir: string, pattern: RegExp, known: { has(name: string): boolean }): [string, number][] {
+  let names: string[] = [];
+  try {
+    names = fs.readdirSync(dir);
+  } catch {
+    // not made yet
+  }
+  const opened: [string, number][] = [];
+  for (const name of names) {
+    if (!pattern.test(name) || known.has(name)) continue;
+    try {
+      opened.push([name, fs.openSync(path.join(dir, name), fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW)]);
+    } catch {
+      // gone again, or a symlink
+    }
+  }
+  return opened;
 }
 
 /**

@@ -73,6 +73,20 @@ describe.each([0, 1])('DigestFollower on %i worker thread(s)', (threads) => {
     expect((await follower.finish()).get('pages-1.img')).toEqual({ size: 1000, sha256: sha(final) });
   });
 
+  test('a symlink named like a page image is not followed (the dump dir can lie in a store others write)', async () => {
+    const dir = path.join(tmp, `symlink-${threads}`);
+    fs.mkdirSync(dir);
+    const outside = path.join(tmp, `outside-${threads}`);
+    fs.writeFileSync(outside, 'a host file');
+    fs.symlinkSync(outside, path.join(dir, 'pages-2.img'));
+    const real = randomBytes(1000);
+    fs.writeFileSync(path.join(dir, 'pages-1.img'), real);
+    const follower = await DigestFollower.start(dir, /^pages-\d+\.img$/, { threads });
+    const got = await follower.finish();
+    expect([...got.keys()]).toEqual(['pages-1.img']);
+    expect(got.get('pages-1.img')).toEqual({ size: 1000, sha256: sha(real) });
+  });
+
   test('cancel stops without waiting for the writer', async () => {
     const dir = path.join(tmp, `cancel-${threads}`);
     fs.mkdirSync(dir);
