@@ -22,6 +22,7 @@ import { resultsMarkdown, summaryTable, type RunInfo } from './support/report.js
 import { destroyStandaloneBase } from './support/standalone-runc.js';
 import { provenance, snapshotArchHome } from './support/arch-home.js';
 import { forgetMallocTunables, withMallocTunables } from '../core/malloc-tunables.js';
+import { withThreadPool } from '../core/thread-pool.js';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 /** Results go to the source folder bench/, not dist/bench/. */
@@ -258,22 +259,22 @@ async function main(): Promise<number> {
 
 /**
  * The benchmarks run ARCH's code in this process too (a sealed checkpoint's
- * encryption, say): with the glibc malloc settings ARCH's launchers give the
- * worker and the CLI (core/malloc-tunables.ts), or its figures would not be
- * theirs. glibc reads them only at start: so this process starts itself
- * again with them, and waits (a Ctrl-C is the child's to handle: it cleans
+ * encryption, say): with the glibc malloc settings and the libuv thread pool
+ * ARCH's launchers give the worker and the CLI (core/malloc-tunables.ts,
+ * core/thread-pool.ts), or its figures would not be theirs. glibc and libuv
+ * read them only at start: so this process starts itself again with them, and waits (a Ctrl-C is the child's to handle: it cleans
  * up).
  */
 function startTuned(): void {
   for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.on(sig, () => undefined);
   const r = spawnSync(process.execPath, [...process.execArgv, ...process.argv.slice(1)], {
     stdio: 'inherit',
-    env: withMallocTunables(process.env),
+    env: withThreadPool(withMallocTunables(process.env)),
   });
   process.exit(r.status ?? 2);
 }
 
-if (process.env.GLIBC_TUNABLES === undefined) startTuned();
+if (process.env.GLIBC_TUNABLES === undefined || process.env.UV_THREADPOOL_SIZE === undefined) startTuned();
 forgetMallocTunables(); // containerd, runc and CRIU get the environment as it was
 
 main().then(

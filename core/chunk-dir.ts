@@ -3,6 +3,7 @@ import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { isChunkId } from './chunk-codec.js';
+import { syncsInFlight } from './thread-pool.js';
 
 /**
  * Where a container's v2 checkpoints keep their chunks: <containerDir>/chunks/<first 2 hex>/<id>.
@@ -15,8 +16,11 @@ export const CHUNKS_DIR = 'chunks';
 export const TMP_PREFIX = '.tmp-';
 /** fsyncs (and renames) in flight at once when staged chunks are committed (the kernel merges their writeback). */
 const SYNC_LANES = 16;
-/** fdatasyncs in flight at once while chunks are still being written (each holds a libuv thread, which writes need too). */
-const SYNC_EARLY = 2;
+/**
+ * fdatasyncs in flight at once while chunks are still being written: each holds a libuv thread,
+ * which the other file work needs too (2 with libuv's default pool, 12 with the launchers': core/thread-pool.ts).
+ */
+const SYNC_EARLY = syncsInFlight();
 
 /** `f` over `items`, `n` at a time. */
 async function lanes<T>(items: T[], n: number, f: (item: T) => Promise<unknown> | undefined): Promise<void> {

@@ -1,6 +1,6 @@
 import { runForeground, type Foreground } from './foreground.js';
 import { runCommand, type RunOptions } from './run-command.js';
-import { readRuncStates } from './runc-state-files.js';
+import { readRuncState, readRuncStates } from './runc-state-files.js';
 import { criuEnv, type Settings } from './settings.js';
 
 /** What `runc state` / `runc list --format json` report. */
@@ -40,7 +40,10 @@ export class Runc {
     });
   }
 
+  /** What `runc state` reports, from runc's own files when they are plain (as list() does), else from runc. */
   async state(id: string): Promise<RuncState> {
+    const read = await readRuncState(this.root, id);
+    if (read) return read;
     const r = await this.run(['state', id]);
     return JSON.parse(String(r.stdout)) as RuncState;
   }

@@ -237,6 +237,8 @@ static void exec_node(int argc, char **argv, const char *self, char *runc, char 
     setenv("GLIBC_TUNABLES", "glibc.malloc.trim_threshold=67108864:glibc.malloc.mmap_threshold=33554432:glibc.malloc.hugetlb=1", 1);
     setenv("ARCH_MALLOC_TUNED", "1", 1);
   }
+  /* libuv's thread pool for the Node side (core/thread-pool.ts; the same in bin/arch-worker and bin/arch-cli). */
+  setenv("UV_THREADPOOL_SIZE", "16", 0);
   char **args = calloc((size_t)argc + 5, sizeof *args);
   /*
    * From the start-up snapshot (modules loaded, restore path compiled: ~20

@@ -2,7 +2,7 @@ import { execa } from 'execa';
 import fs from 'node:fs';
 import path from 'node:path';
 import { Runc, type RuncState } from '../../core/runc.js';
-import { readRuncStates } from '../../core/runc-state-files.js';
+import { readRuncState, readRuncStates } from '../../core/runc-state-files.js';
 import { realRunc } from '../support/arch-env.js';
 import { makeRuncBundle } from '../support/direct-runc.js';
 import { buildRootfs } from '../support/images.js';
@@ -97,6 +97,16 @@ test('created, running, paused and stopped containers: the same list as `runc li
   // And through the class every listing uses.
   const settings = { runc: RUNC, criu: '/nonexistent/criu', criuNoBreakpoints: false };
   expect(comparable(await new Runc(settings, root).list())).toEqual(fromRunc);
+  // `runc state` of each, the same way (what a checkpoint, a restore and the shim ask first).
+  for (const { id } of fromRunc) {
+    const fromState = comparable([JSON.parse((await execa(RUNC, ['--root', root, 'state', id])).stdout) as RuncState]);
+    expect(comparable([(await readRuncState(root, id))!])).toEqual(fromState);
+    expect(comparable([await new Runc(settings, root).state(id)])).toEqual(fromState);
+  }
+  // Not a container (half made, or no directory): runc is asked, and its error is the answer.
+  expect(await readRuncState(root, `half-${tag}`)).toBeUndefined();
+  expect(await readRuncState(root, `none-${tag}`)).toBeUndefined();
+  await expect(new Runc(settings, root).state(`none-${tag}`)).rejects.toThrow(/does not exist|not exist/);
   fs.rmdirSync(path.join(root, `half-${tag}`));
 });
 
@@ -113,6 +123,10 @@ test('a state file it does not recognise, or a root it cannot read: undefined (r
     JSON.stringify({ id: 'c2', init_process_pid: 1, init_process_start: 1, created: '', config: { rootfs: '/' } }),
   );
   expect(await readRuncStates(odd)).toBeUndefined();
+  expect(await readRuncState(odd, 'c1')).toBeUndefined();
+  // A name runc would refuse, or one leading out of the root: runc is asked.
+  expect(await readRuncState(path.join(odd, 'c1'), '..')).toBeUndefined();
+  expect(await readRuncState(odd, '../odd/c1')).toBeUndefined();
   // No root at all: nothing listed, as runc says.
   expect(await readRuncStates(path.join(work, 'no-such-root'))).toEqual([]);
   // A file where the root should be: runc's error, not an empty list.
