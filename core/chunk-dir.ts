@@ -332,7 +332,9 @@ export class ChunkDir implements ChunkStore {
     if (!this.made.has(sub)) {
       if (!this.made.has(this.dir)) {
         await fsp.mkdir(path.dirname(this.dir), { recursive: true, mode: 0o700 }); // the container's dir (the store's own walk)
-        await this.makeRealDir(this.dir);
+        // Made now: every chunk it will hold is younger than it, so a collection (chunk-gc.ts) finds
+        // nothing to take for a grace period; marked as if collected, the first publishes skip the pass.
+        if (await this.makeRealDir(this.dir)) await this.markCollected(Date.now());
         this.made.add(this.dir);
       }
       // Then one level at a time, each checked before the next is made in it (mkdir -p would follow a planted symlink).
@@ -343,16 +345,21 @@ export class ChunkDir implements ChunkStore {
   }
 
   /**
-   * `d` made if it is not there, and checked to be a real directory. Looked
+   * `d` made if it is not there (true: made by this call), and checked to be a real directory. Looked
    * at first: a store used before has most of its 256 subdirectories, and a
    * failed mkdir (an exception in Node) cost more than the lstat.
    */
-  private async makeRealDir(d: string): Promise<void> {
-    if (await this.realDir(d)) return;
-    await fsp.mkdir(d, { mode: 0o700 }).catch((err: NodeJS.ErrnoException) => {
-      if (err.code !== 'EEXIST') throw err;
-    });
+  private async makeRealDir(d: string): Promise<boolean> {
+    if (await this.realDir(d)) return false;
+    const made = await fsp.mkdir(d, { mode: 0o700 }).then(
+      () => true,
+      (err: NodeJS.ErrnoException) => {
+        if (err.code !== 'EEXIST') throw err;
+        return false;
+      },
+    );
     if (!(await this.realDir(d))) throw new Error(`${d} disappeared while chunks were written`);
+    return made;
   }
 
   /**

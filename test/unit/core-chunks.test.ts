@@ -4,7 +4,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { chunkIdOf, chunkKeysOf, decodeChunk, encodeChunk } from '../../core/chunk-codec.js';
-import { ChunkDir, COLLECTED_MARK } from '../../core/chunk-dir.js';
+import { ChunkDir, CHUNKS_DIR, COLLECTED_MARK } from '../../core/chunk-dir.js';
 import { assembleChunked, CHUNK_BYTES, ChunkFollower, ChunkWriter, storeChunked } from '../../core/chunked-files.js';
 import { ChunkPool } from '../../core/chunk-pool.js';
 import { CHUNKED_FORMAT_VERSION, parseManifest, type Manifest } from '../../core/manifest.js';
@@ -326,7 +326,9 @@ describe('retention and chunk collection', () => {
   let n = 0;
   beforeEach(() => {
     cdir = path.join(tmp, `gc-${n++}`);
-    fs.mkdirSync(cdir);
+    // chunks/ there before (a store in use): its chunks are aged below, and a chunks/ that
+    // ARCH makes is marked as collected at once (the last test of this block).
+    fs.mkdirSync(path.join(cdir, CHUNKS_DIR), { recursive: true });
     chunks = new ChunkDir(cdir);
   });
 
@@ -440,6 +442,25 @@ describe('retention and chunk collection', () => {
     for (let i = 0; i < 2; i++)
       expect((await collect(cdir, chunks, { keep: 1, current: null, graceMs: GRACE })).skipped).toBeUndefined();
     expect(fs.statSync(outside).mtimeMs).toBe(old.getTime());
+  });
+
+  test('a chunk directory a checkpoint makes is not gone through for half a grace period (nothing in it is old enough); then it is', async () => {
+    fs.rmSync(chunks.dir, { recursive: true });
+    const fresh = new ChunkDir(cdir);
+    const plain = randomBytes(100);
+    const id = chunkIdOf(plain);
+    await fresh.stage(id, encodeChunk(plain, id));
+    await fresh.commitStaged(false);
+    const made = (await fresh.lastCollected())!;
+    expect(Math.abs(made - Date.now())).toBeLessThan(10_000);
+    const cur = checkpointWith(1, []);
+    expect(await collect(cdir, fresh, { keep: 1, current: cur, graceMs: GRACE })).toMatchObject({ skipped: true });
+    expect(present(id)).toBe(true);
+    // Half a grace period on, the chunk (unreferenced, and now old) is set aside as ever.
+    fs.utimesSync(fresh.pathOf(id), new Date(Date.now() - 2 * GRACE), new Date(Date.now() - 2 * GRACE));
+    const later = await collect(cdir, fresh, { keep: 1, current: cur, graceMs: GRACE, now: Date.now() + GRACE });
+    expect(later.skipped).toBeUndefined();
+    expect(later.trashed).toBe(1);
   });
 
   /** A dump that staged a chunk of its own and was killed (SIGKILL) before it committed: its `.tmp-<pid>-*` file. */
