@@ -166,6 +166,33 @@ export class ChunkDir implements ChunkStore {
     return true;
   }
 
+  /**
+   * reuse() of every chunk a checkpoint is about to publish (its touch just
+   * before the rename, chunk-gc.ts's rule), undefined when all are there,
+   * else the first that is gone. The chunks in place are looked at and
+   * touched with synchronous calls: two system calls each, where a round
+   * trip through libuv's pool each took a 256 MiB checkpoint's publish
+   * 60-90 ms for its ~130 chunks.
+   */
+  async touchAll(ids: string[]): Promise<string | undefined> {
+    const now = new Date();
+    const elsewhere: string[] = [];
+    for (const id of ids) {
+      const place = await this.placeOf(id); // directories checked once per instance
+      try {
+        if (place && fs.lstatSync(place).isFile()) {
+          fs.utimesSync(place, now, now);
+          continue;
+        }
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+      }
+      elsewhere.push(id);
+    }
+    for (const id of elsewhere) if (!(await this.reuse(id))) return id;
+    return undefined;
+  }
+
   /** A chunk the collector set aside moved back into place (rename: atomic against the collector's delete). */
   async takeBack(id: string, mayMiss = false): Promise<boolean> {
     for (const t of mayMiss && this.trashSeen ? this.trashSeen : await this.trashDirs()) {

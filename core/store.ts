@@ -125,9 +125,11 @@ export class CheckpointStore {
     if (this.guard) await (await this.hold(false))?.close();
   }
 
-  /** Where this container's chunks are (store format 2). */
+  private chunks?: ChunkDir;
+
+  /** Where this container's chunks are (store format 2): one ChunkDir per store, whose directory checks the writer, the publish and the collector share. */
   chunkDir(): ChunkStore {
-    return new ChunkDir(this.containerDir);
+    return (this.chunks ??= new ChunkDir(this.containerDir));
   }
 
   /**
@@ -321,6 +323,11 @@ export class CheckpointStore {
   protected async touchChunks(files: { path: string; chunks: { id: string }[] }[]): Promise<void> {
     const dir = this.chunkDir();
     const ids = [...new Set(files.flatMap((f) => f.chunks.map((c) => c.id)))];
+    if (dir instanceof ChunkDir) {
+      const gone = await dir.touchAll(ids);
+      if (gone) throw new Error(`chunk ${gone} disappeared from ${dir.where} while this checkpoint was written`);
+      return;
+    }
     for (let i = 0; i < ids.length; i += 32) {
       const gone = (
         await Promise.all(ids.slice(i, i + 32).map(async (id) => ((await dir.reuse(id)) ? undefined : id)))

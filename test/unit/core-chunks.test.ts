@@ -444,6 +444,19 @@ describe('retention and chunk collection', () => {
     expect(fs.statSync(outside).mtimeMs).toBe(old.getTime());
   });
 
+  test("the publisher's touch of every chunk: those in place get a new mtime, one set aside is taken back, one gone is named", async () => {
+    const [a, b, c] = [await chunk(2 * GRACE), await chunk(2 * GRACE), await chunk(2 * GRACE)];
+    await collect(cdir, chunks, { keep: 1, current: checkpointWith(1, [a!]), graceMs: GRACE });
+    expect([present(a!), present(b!), present(c!)]).toEqual([true, false, false]); // b and c set aside
+    fs.rmSync(path.join(chunks.dir, (await chunks.trashDirs())[0]!, c!)); // and c deleted since
+    const before = Date.now() - 1000;
+    const publisher = new ChunkDir(cdir);
+    expect(await publisher.touchAll([a!, b!])).toBeUndefined();
+    expect([present(a!), present(b!)]).toEqual([true, true]);
+    for (const id of [a!, b!]) expect(fs.statSync(chunks.pathOf(id)).mtimeMs).toBeGreaterThan(before);
+    expect(await publisher.touchAll([a!, c!, b!])).toBe(c);
+  });
+
   test('a chunk directory a checkpoint makes is not gone through for half a grace period (nothing in it is old enough); then it is', async () => {
     fs.rmSync(chunks.dir, { recursive: true });
     const fresh = new ChunkDir(cdir);
