@@ -154,40 +154,26 @@ export class ChunkDir implements ChunkStore {
     const now = new Date();
     if (this.touchInPlace(await this.placeOf(id), now)) return true;
     if (!(await this.takeBack(id, mayMiss))) return false;
-    await fsp.utimes(this.pathOf(id), now, now);
+    await fsp.lutimes(this.pathOf(id), now, now);
     return true;
   }
 
   /**
    * True when `place` is a chunk file, then touched. Synchronous: two system
    * calls, where a round trip through libuv's pool each (busy with the
-   * chunks' fdatasyncs) held up every chunk of a checkpoint.
+   * chunks' fdatasyncs) held up every chunk of a checkpoint, and the
+   * publish's touch of ~130 chunks took 60-90 ms. lutimes: a chunk swapped
+   * for a symlink after the lstat touches the link, not what it names.
    */
   private touchInPlace(place: string | undefined, now: Date): boolean {
     if (!place || !fs.lstatSync(place, { throwIfNoEntry: false })?.isFile()) return false;
     try {
-      fs.utimesSync(place, now, now);
+      fs.lutimesSync(place, now, now);
       return true;
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code === 'ENOENT') return false; // set aside meanwhile
       throw err;
     }
-  }
-
-  /**
-   * reuse() of every chunk a checkpoint is about to publish (its touch just
-   * before the rename, chunk-gc.ts's rule), undefined when all are there,
-   * else the first that is gone. Touched in place with synchronous calls
-   * (touchInPlace): the async round trips took a 256 MiB checkpoint's
-   * publish 60-90 ms for its ~130 chunks.
-   */
-  async touchAll(ids: string[]): Promise<string | undefined> {
-    const now = new Date();
-    const elsewhere: string[] = [];
-    // Directories checked once per instance (placeOf); the chunks themselves looked at here.
-    for (const id of ids) if (!this.touchInPlace(await this.placeOf(id), now)) elsewhere.push(id);
-    for (const id of elsewhere) if (!(await this.reuse(id))) return id;
-    return undefined;
   }
 
   /** A chunk the collector set aside moved back into place (rename: atomic against the collector's delete). */
@@ -398,7 +384,8 @@ export class ChunkDir implements ChunkStore {
     const place = await this.placeOf(id);
     let fd: number | undefined;
     try {
-      if (place) fd = fs.openSync(place, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW);
+      // O_NONBLOCK: a FIFO planted as a chunk would hold this thread in open() (refused below as not a file).
+      if (place) fd = fs.openSync(place, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW | fs.constants.O_NONBLOCK);
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
     }
@@ -408,7 +395,9 @@ export class ChunkDir implements ChunkStore {
       return this.get(id, into, false);
     }
     try {
-      const size = fs.fstatSync(fd).size;
+      const st = fs.fstatSync(fd);
+      if (!st.isFile()) throw new Error(`${place} is not a regular file: the checkpoint store was changed by someone`);
+      const size = st.size;
       if (!into || size > into.length) return fs.readFileSync(fd);
       let got = 0;
       while (got < size) {

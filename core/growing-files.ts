@@ -64,9 +64,9 @@ export class GrowingFilesDigest {
 
 /**
  * The files matching `pattern` in `dir` that `known` does not have yet,
- * opened for reading. Never through a symlink: the dump directory can lie
- * in a store others may write. A name gone again, or a symlink, is skipped:
- * not one of the dump's files.
+ * opened for reading. Never through a symlink, and regular files only: the
+ * dump directory can lie in a store others may write. A name gone again, a
+ * symlink or anything else is skipped: not one of the dump's files.
  */
 export function openNewFiles(dir: string, pattern: RegExp, known: { has(name: string): boolean }): [string, number][] {
   let names: string[] = [];
@@ -78,11 +78,15 @@ export function openNewFiles(dir: string, pattern: RegExp, known: { has(name: st
   const opened: [string, number][] = [];
   for (const name of names) {
     if (!pattern.test(name) || known.has(name)) continue;
+    let fd: number;
     try {
-      opened.push([name, fs.openSync(path.join(dir, name), fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW)]);
+      // O_NONBLOCK: a FIFO planted under a page image's name would hold this thread in open().
+      fd = fs.openSync(path.join(dir, name), fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW | fs.constants.O_NONBLOCK);
     } catch {
-      // gone again, or a symlink
+      continue; // gone again, or a symlink
     }
+    if (fs.fstatSync(fd).isFile()) opened.push([name, fd]);
+    else fs.closeSync(fd); // not a file CRIU wrote
   }
   return opened;
 }

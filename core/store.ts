@@ -129,6 +129,10 @@ export class CheckpointStore {
 
   /** Where this container's chunks are (store format 2): one ChunkDir per store, whose directory checks the writer, the publish and the collector share. */
   chunkDir(): ChunkStore {
+    return this.localChunks();
+  }
+
+  private localChunks(): ChunkDir {
     return (this.chunks ??= new ChunkDir(this.containerDir));
   }
 
@@ -309,8 +313,7 @@ export class CheckpointStore {
 
   /** After a publish: retention and chunk collection (format 2, `keep` given), else the previous checkpoint removed. */
   protected async pruneAfter(published: string, stale: string | undefined, keep: number | undefined): Promise<void> {
-    if (keep !== undefined)
-      await collect(this.containerDir, new ChunkDir(this.containerDir), { keep, current: published });
+    if (keep !== undefined) await collect(this.containerDir, this.localChunks(), { keep, current: published });
     else if (stale) await fsp.rm(stale, { recursive: true, force: true });
   }
 
@@ -323,11 +326,6 @@ export class CheckpointStore {
   protected async touchChunks(files: { path: string; chunks: { id: string }[] }[]): Promise<void> {
     const dir = this.chunkDir();
     const ids = [...new Set(files.flatMap((f) => f.chunks.map((c) => c.id)))];
-    if (dir instanceof ChunkDir) {
-      const gone = await dir.touchAll(ids);
-      if (gone) throw new Error(`chunk ${gone} disappeared from ${dir.where} while this checkpoint was written`);
-      return;
-    }
     for (let i = 0; i < ids.length; i += 32) {
       const gone = (
         await Promise.all(ids.slice(i, i + 32).map(async (id) => ((await dir.reuse(id)) ? undefined : id)))

@@ -1,5 +1,5 @@
 import { createHash, randomBytes } from 'node:crypto';
-import { spawnSync } from 'node:child_process';
+import { execFileSync, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -451,10 +451,23 @@ describe('retention and chunk collection', () => {
     fs.rmSync(path.join(chunks.dir, (await chunks.trashDirs())[0]!, c!)); // and c deleted since
     const before = Date.now() - 1000;
     const publisher = new ChunkDir(cdir);
-    expect(await publisher.touchAll([a!, b!])).toBeUndefined();
+    // The touch a publish makes (CheckpointStore.touchChunks): reuse() of each, the first that is gone named.
+    const firstGone = async (ids: string[]) => {
+      for (const id of ids) if (!(await publisher.reuse(id))) return id;
+      return undefined;
+    };
+    expect(await firstGone([a!, b!])).toBeUndefined();
     expect([present(a!), present(b!)]).toEqual([true, true]);
     for (const id of [a!, b!]) expect(fs.statSync(chunks.pathOf(id)).mtimeMs).toBeGreaterThan(before);
-    expect(await publisher.touchAll([a!, c!, b!])).toBe(c);
+    expect(await firstGone([a!, c!, b!])).toBe(c);
+  });
+
+  test('a FIFO planted where a chunk should be is refused at once, not waited on (the store is not trusted)', async () => {
+    const a = await chunk(0);
+    fs.rmSync(chunks.pathOf(a));
+    execFileSync('mkfifo', [chunks.pathOf(a)]);
+    await expect(new ChunkDir(cdir).get(a)).rejects.toThrow(/not a regular file/);
+    expect(await new ChunkDir(cdir).reuse(a)).toBe(false);
   });
 
   test('a chunk directory a checkpoint makes is not gone through for half a grace period (nothing in it is old enough); then it is', async () => {

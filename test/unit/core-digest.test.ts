@@ -1,3 +1,4 @@
+import { execFileSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -73,12 +74,13 @@ describe.each([0, 1])('DigestFollower on %i worker thread(s)', (threads) => {
     expect((await follower.finish()).get('pages-1.img')).toEqual({ size: 1000, sha256: sha(final) });
   });
 
-  test('a symlink named like a page image is not followed (the dump dir can lie in a store others write)', async () => {
+  test('a symlink or a FIFO named like a page image is neither followed nor opened (the dump dir can lie in a store others write)', async () => {
     const dir = path.join(tmp, `symlink-${threads}`);
     fs.mkdirSync(dir);
     const outside = path.join(tmp, `outside-${threads}`);
     fs.writeFileSync(outside, 'a host file');
     fs.symlinkSync(outside, path.join(dir, 'pages-2.img'));
+    execFileSync('mkfifo', [path.join(dir, 'pages-3.img')]); // nor waited on: a FIFO would hold open() forever
     const real = randomBytes(1000);
     fs.writeFileSync(path.join(dir, 'pages-1.img'), real);
     const follower = await DigestFollower.start(dir, /^pages-\d+\.img$/, { threads });

@@ -1,47 +1,28 @@
 import { execa } from 'execa';
 import fs from 'node:fs';
-import os from 'node:os';
-import path from 'node:path';
 import {
   forgetMallocTunables,
   MALLOC_TUNABLES,
   MALLOC_TUNED_MARK,
   withMallocTunables,
 } from '../../core/malloc-tunables.js';
-import { fakeFrontTargets } from '../support/fake-front-targets.js';
-import { REPO_ROOT } from '../support/images.js';
+import { launcherRuns, NODE_LAUNCHERS } from '../support/fake-front-targets.js';
 
 /**
  * ARCH's launchers give its Node processes glibc malloc settings
  * (core/malloc-tunables.ts). The launchers run for real here, with Node
  * and runc replaced by scripts that print what they were given.
  */
-let dir: string;
-let env: Record<string, string>;
+const run = launcherRuns(
+  'arch-malloc-',
+  (name) => `echo "${name} \${GLIBC_TUNABLES-unset} \${${MALLOC_TUNED_MARK}-unset}"`,
+);
 
-beforeAll(() => {
-  dir = fs.mkdtempSync(path.join(os.tmpdir(), 'arch-malloc-'));
-  env = fakeFrontTargets(dir, (name) => `echo "${name} \${GLIBC_TUNABLES-unset} \${${MALLOC_TUNED_MARK}-unset}"`);
-});
-
-afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));
-
-const run = async (file: string, args: string[], extra: Record<string, string> = {}) =>
-  (await execa(path.join(REPO_ROOT, file), args, { env: { ...env, ...extra }, extendEnv: false })).stdout.trim();
-
-test.each([
-  ['bin/arch-runc', ['--root', '/run/x', 'checkpoint', 'c1']], // a checkpoint without --criu goes to Node
-  ['bin/arch-worker', ['--help']],
-  ['bin/arch-cli', ['--help']],
-])('%s gives Node the malloc settings, marked as its own', async (file, args) => {
+test.each(NODE_LAUNCHERS)('%s gives Node the malloc settings, marked as its own', async (file, args) => {
   expect(await run(file, args)).toBe(`node ${MALLOC_TUNABLES} 1`);
 });
 
-test.each([
-  ['bin/arch-runc', ['--root', '/run/x', 'checkpoint', 'c1']],
-  ['bin/arch-worker', ['--help']],
-  ['bin/arch-cli', ['--help']],
-])("%s leaves an administrator's GLIBC_TUNABLES alone", async (file, args) => {
+test.each(NODE_LAUNCHERS)("%s leaves an administrator's GLIBC_TUNABLES alone", async (file, args) => {
   expect(await run(file, args, { GLIBC_TUNABLES: 'glibc.malloc.arena_max=2' })).toBe(
     'node glibc.malloc.arena_max=2 unset',
   );

@@ -1,40 +1,18 @@
-import { execa } from 'execa';
-import fs from 'node:fs';
-import os from 'node:os';
-import path from 'node:path';
 import { syncsInFlight, threadPoolSize, THREAD_POOL_SIZE, withThreadPool } from '../../core/thread-pool.js';
-import { fakeFrontTargets } from '../support/fake-front-targets.js';
-import { REPO_ROOT } from '../support/images.js';
+import { launcherRuns, NODE_LAUNCHERS } from '../support/fake-front-targets.js';
 
 /**
  * ARCH's launchers give its Node processes a larger libuv thread pool
  * (core/thread-pool.ts). The launchers run for real here, with Node and runc
  * replaced by scripts that print what they were given.
  */
-let dir: string;
-let env: Record<string, string>;
+const run = launcherRuns('arch-pool-', (name) => `echo "${name} \${UV_THREADPOOL_SIZE-unset}"`);
 
-beforeAll(() => {
-  dir = fs.mkdtempSync(path.join(os.tmpdir(), 'arch-pool-'));
-  env = fakeFrontTargets(dir, (name) => `echo "${name} \${UV_THREADPOOL_SIZE-unset}"`);
-});
-
-afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));
-
-const run = async (file: string, args: string[], extra: Record<string, string> = {}) =>
-  (await execa(path.join(REPO_ROOT, file), args, { env: { ...env, ...extra }, extendEnv: false })).stdout.trim();
-
-const launchers: [string, string[]][] = [
-  ['bin/arch-runc', ['--root', '/run/x', 'checkpoint', 'c1']], // a checkpoint without --criu goes to Node
-  ['bin/arch-worker', ['--help']],
-  ['bin/arch-cli', ['--help']],
-];
-
-test.each(launchers)('%s gives Node the thread pool', async (file, args) => {
+test.each(NODE_LAUNCHERS)('%s gives Node the thread pool', async (file, args) => {
   expect(await run(file, args)).toBe(`node ${THREAD_POOL_SIZE}`);
 });
 
-test.each(launchers)('%s leaves a pool size set already alone', async (file, args) => {
+test.each(NODE_LAUNCHERS)('%s leaves a pool size set already alone', async (file, args) => {
   expect(await run(file, args, { UV_THREADPOOL_SIZE: '6' })).toBe('node 6');
 });
 
