@@ -2,6 +2,13 @@ import fs from 'node:fs';
 import path from 'node:path';
 import type { Check } from './doctor.js';
 import { errorMessage } from '../contract/errors.js';
+import {
+  archRuntimesOf,
+  CRI_PLUGINS,
+  parseContainerdConfig,
+  type CriRuntime,
+  type TomlTable,
+} from './containerd-toml.js';
 
 /**
  * `arch-cli doctor`'s look at containerd's CRI configuration (what
@@ -21,96 +28,8 @@ export const CONTAINERD_DEFAULT_RUNC_ROOT = '/run/containerd/runc';
 export const CONTAINERD_DEFAULT_CONFIG = '/etc/containerd/config.toml';
 const CAP_SYS_RESOURCE = 24;
 
-/** The CRI plugin's table in config version 2 (containerd 1.6/1.7), version 1, and version 3 (2.x). */
-const CRI_TABLES = ['plugins."io.containerd.grpc.v1.cri"', 'plugins.cri', 'plugins."io.containerd.cri.v1.runtime"'];
-
-export type TomlValue = string | number | boolean | TomlValue[];
-
-/**
- * The subset of TOML containerd configs use: [table] headers (quoted parts
- * kept verbatim, as containerd writes them) and `key = value` with strings,
- * numbers, booleans and one-line arrays. Keys come back as "table.key".
- * Anything else is an error naming the line.
- */
-export function readTomlTables(text: string): Map<string, TomlValue> {
-  const out = new Map<string, TomlValue>();
-  let table = '';
-  text.split('\n').forEach((raw, i) => {
-    const line = stripComment(raw).trim();
-    if (!line) return;
-    const header = /^\[\s*([^[\]]+?)\s*\]$/.exec(line);
-    if (header) {
-      table = header[1]!.replace(/\s*\.\s*/g, '.');
-      return;
-    }
-    const kv = /^("[^"]*"|[A-Za-z0-9_-]+)\s*=\s*(.+)$/.exec(line);
-    if (!kv) throw new Error(`line ${i + 1}: not a TOML key = value or [table]: ${raw.trim()}`);
-    out.set(table ? `${table}.${kv[1]}` : kv[1]!, parseValue(kv[2]!, i + 1));
-  });
-  return out;
-}
-
-function stripComment(line: string): string {
-  let quote: string | undefined;
-  for (let i = 0; i < line.length; i++) {
-    const c = line[i];
-    if (quote) {
-      if (c === '\\' && quote === '"') i++;
-      else if (c === quote) quote = undefined;
-    } else if (c === '"' || c === "'") quote = c;
-    else if (c === '#') return line.slice(0, i);
-  }
-  return line;
-}
-
-function parseValue(v: string, lineNo: number): TomlValue {
-  const s = v.trim();
-  if (s === 'true' || s === 'false') return s === 'true';
-  if (/^[+-]?\d+(\.\d+)?$/.test(s)) return Number(s);
-  if (s.startsWith('"') && s.endsWith('"') && s.length >= 2) return JSON.parse(s) as string;
-  if (s.startsWith("'") && s.endsWith("'") && s.length >= 2) return s.slice(1, -1);
-  if (s.startsWith('[') && s.endsWith(']')) {
-    const inner = s.slice(1, -1).trim();
-    return inner
-      ? inner
-          .split(',')
-          .filter((p) => p.trim())
-          .map((p) => parseValue(p, lineNo))
-      : [];
-  }
-  throw new Error(`line ${lineNo}: value not understood: ${s}`);
-}
-
-export interface CriRuntime {
-  handler: string;
-  binaryName: string;
-  /** The runtime's `Root` option, if set. */
-  root?: string;
-}
-
-/** The CRI plugin's runtime handlers whose runc is arch-runc, and restrict_oom_score_adj. */
-export function archRuntimesOf(conf: Map<string, TomlValue>): {
-  criDisabled: boolean;
-  restrictOomScoreAdj: boolean;
-  runtimes: CriRuntime[];
-} {
-  const disabled = conf.get('disabled_plugins');
-  const criDisabled = Array.isArray(disabled) && disabled.some((p) => p === 'io.containerd.grpc.v1.cri' || p === 'cri');
-  let restrictOomScoreAdj = false;
-  const runtimes: CriRuntime[] = [];
-  for (const t of CRI_TABLES) {
-    if (conf.get(`${t}.restrict_oom_score_adj`) === true) restrictOomScoreAdj = true;
-    const prefix = `${t}.containerd.runtimes.`;
-    for (const [key, value] of conf) {
-      if (!key.startsWith(prefix) || !key.endsWith('.options.BinaryName') || typeof value !== 'string') continue;
-      if (path.basename(value) !== 'arch-runc') continue;
-      const handler = key.slice(prefix.length, -'.options.BinaryName'.length).replace(/^"(.*)"$/, '$1');
-      const root = conf.get(`${prefix}${key.slice(prefix.length, -'.BinaryName'.length)}.Root`);
-      runtimes.push({ handler, binaryName: value, root: typeof root === 'string' && root ? root : undefined });
-    }
-  }
-  return { criDisabled, restrictOomScoreAdj, runtimes };
-}
+/** Where restrict_oom_score_adj goes, as the fix names it. */
+const CRI_TABLE = `plugins."${CRI_PLUGINS[0]}"`;
 
 export interface ContainerdConfigFile {
   file: string;
@@ -134,9 +53,9 @@ export function containerdConfigChecks(
   const checks: Check[] = [];
   const found: { file: string; runtime: CriRuntime; root: string }[] = [];
   for (const f of files) {
-    let conf: Map<string, TomlValue>;
+    let conf: TomlTable;
     try {
-      conf = readTomlTables(f.text);
+      conf = parseContainerdConfig(f.text);
     } catch (err) {
       checks.push({ name: NAME, ok: false, optional: true, detail: `${f.file}: ${(err as Error).message}` });
       continue;
@@ -164,7 +83,7 @@ export function containerdConfigChecks(
         name: NAME,
         ok: false,
         detail: `${f.file}: containerd lacks CAP_SYS_RESOURCE and restrict_oom_score_adj is not set: runc cannot set a pod's oom_score_adj, pods fail to start`,
-        fix: `set restrict_oom_score_adj = true under [${CRI_TABLES[0]}] and restart containerd`,
+        fix: `set restrict_oom_score_adj = true under [${CRI_TABLE}] and restart containerd`,
       });
     }
   }

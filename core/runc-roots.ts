@@ -1,6 +1,7 @@
 import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { errorMessage } from '../contract/errors.js';
+import { criConfigOf, parseContainerdConfig } from './containerd-toml.js';
 import { validateContainerId, validateNamespace } from '../contract/ids.js';
 import type { Settings } from './settings.js';
 
@@ -51,28 +52,12 @@ const isDir = (p: string) =>
     () => false,
   );
 
-/**
- * The `Root` options of the runtimes in a containerd config.toml (CRI's
- * `...containerd.runtimes.NAME.options` tables, config version 2 and 3).
- * A line reader, not a TOML parser: it understands the table headers
- * `containerd config default` writes, which is how these files look.
- */
+/** The `Root` options of the CRI plugin's runtimes in a containerd config.toml (absolute ones, normalized). */
 export function containerdConfigRoots(text: string): string[] {
-  const out: string[] = [];
-  let section = '';
-  for (const raw of text.split('\n')) {
-    const line = raw.replace(/#.*$/, '').trim();
-    const header = /^\[\s*([^\]]+?)\s*\]$/.exec(line);
-    if (header) {
-      section = header[1]!;
-      continue;
-    }
-    if (!/\.containerd\.runtimes\.[^.]+\.options$/.test(section.replace(/"/g, ''))) continue;
-    const m = /^Root\s*=\s*(?:"([^"]*)"|'([^']*)')$/.exec(line);
-    const v = m ? (m[1] ?? m[2] ?? '') : undefined;
-    if (v && path.isAbsolute(v)) out.push(path.normalize(v).replace(/\/+$/, ''));
-  }
-  return out;
+  return criConfigOf(parseContainerdConfig(text))
+    .runtimes.map((r) => r.root)
+    .filter((root): root is string => !!root && path.isAbsolute(root))
+    .map((root) => path.normalize(root).replace(/\/+$/, ''));
 }
 
 /** Docker's exec-root from a daemon.json ("exec-root"); undefined when the file does not set it. */
@@ -119,8 +104,16 @@ export async function findRuncRoots(settings: RootSettings): Promise<RuncRootsFo
     for (const w of [cd.warning, dk.warning]) if (w) warnings.push(w);
     const cdText = cd.text;
     const dkText = dk.text;
-    for (const base of cdText ? containerdConfigRoots(cdText) : [])
-      candidates.push({ base, source: `containerd runtime Root (${cdFile})`, named: false });
+    let cdRoots: string[] = [];
+    try {
+      cdRoots = cdText ? containerdConfigRoots(cdText) : [];
+    } catch (err) {
+      warnings.push({
+        field: settings.containerdConfig ? 'ARCH_CONTAINERD_CONFIG' : cdFile,
+        message: `${cdFile} is not valid TOML (${errorMessage(err)}): its runtimes' Root options were not searched`,
+      });
+    }
+    for (const base of cdRoots) candidates.push({ base, source: `containerd runtime Root (${cdFile})`, named: false });
     let execRoot: string | undefined;
     try {
       execRoot = dkText ? dockerExecRoot(dkText) : undefined;

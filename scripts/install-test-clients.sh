@@ -15,10 +15,12 @@ VERSITYGW_VERSION="v1.8.0"
 say() { printf '[test-clients] %s\n' "$*"; }
 die() { printf '[test-clients] ERROR: %s\n' "$*" >&2; exit 1; }
 
-# Docker engine (Debian's docker.io: dockerd and the client of its version at
-# /usr/bin/docker) for test/integration/docker.test.ts, which starts its own
-# dockerd on a test node's containerd. The package's service is not started
-# here: nothing but the tests runs a dockerd.
+# Docker engine (Debian's docker.io: dockerd, and the client of its version at
+# /usr/bin/docker: part of docker.io on Debian 12, the package docker-cli,
+# which docker.io only recommends, on Debian 13) for
+# test/integration/docker.test.ts, which starts its own dockerd on a test
+# node's containerd. The package's service is not started here: nothing but
+# the tests runs a dockerd.
 install_docker() {
   if [ -x /usr/sbin/dockerd ] && [ -x /usr/bin/docker ]; then
     say "docker present: $(/usr/bin/docker --version)"
@@ -33,9 +35,11 @@ install_docker() {
   if [ ! -e "$policy" ]; then
     printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod 755 "$policy" && made_policy=1
   fi
-  apt-get install -y -qq --no-install-recommends docker.io >/dev/null || {
+  local pkgs=(docker.io)
+  apt-cache show docker-cli >/dev/null 2>&1 && pkgs+=(docker-cli)
+  apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null || {
     [ "$made_policy" = 1 ] && rm -f "$policy"
-    die "apt-get install docker.io failed"
+    die "apt-get install ${pkgs[*]} failed"
   }
   [ "$made_policy" = 1 ] && rm -f "$policy"
   say "installed: $(/usr/bin/docker --version)"

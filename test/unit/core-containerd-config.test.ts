@@ -1,4 +1,5 @@
-import { archRuntimesOf, containerdConfigChecks, readTomlTables } from '../../core/containerd-config.js';
+import { containerdConfigChecks } from '../../core/containerd-config.js';
+import { archRuntimesOf, parseContainerdConfig } from '../../core/containerd-toml.js';
 
 const CRI = 'plugins."io.containerd.grpc.v1.cri"';
 
@@ -92,25 +93,57 @@ describe('containerd CRI config checks', () => {
   });
 });
 
-describe('readTomlTables', () => {
-  test('quoted table parts, strings with # and escapes, arrays, numbers, booleans', () => {
-    const t = readTomlTables(
-      ['a = 1', '[x."y.z" . w]', 'k = "v # not a comment \\" q" # comment', 'l = [\'a\', "b"]', 'b = false'].join('\n'),
-    );
-    expect(Object.fromEntries(t)).toEqual({
-      a: 1,
-      'x."y.z".w.k': 'v # not a comment " q',
-      'x."y.z".w.l': ['a', 'b'],
-      'x."y.z".w.b': false,
-    });
-  });
-
+describe('the config as TOML', () => {
   test('runtimes found by BinaryName, with their Root', () => {
-    const r = archRuntimesOf(readTomlTables(config({ root: '/r' })));
+    const r = archRuntimesOf(parseContainerdConfig(config({ root: '/r' })));
     expect(r).toEqual({
       criDisabled: false,
       restrictOomScoreAdj: true,
       runtimes: [{ handler: 'arch', binaryName: '/usr/local/bin/arch-runc', root: '/r' }],
     });
+  });
+
+  test("containerd 1.7's default config (arrays of tables, inline tables, multi-line arrays) is read, not refused", () => {
+    const text = [
+      'version = 2',
+      `[${CRI}]`,
+      '  restrict_oom_score_adj = true',
+      '  [plugins."io.containerd.grpc.v1.cri".cni]',
+      '    conf_dir = "/etc/cni/net.d"',
+      `  [${CRI}.containerd.runtimes.arch]`,
+      '    runtime_type = "io.containerd.runc.v2"',
+      `    [${CRI}.containerd.runtimes.arch.options]`,
+      '      BinaryName = "/usr/local/bin/arch-runc"',
+      '      Root = "/run/arch/k8s-runc"',
+      '[plugins."io.containerd.transfer.v1.local"]',
+      '  config_path = ""',
+      '  [[plugins."io.containerd.transfer.v1.local".unpack_config]]',
+      '    differ = ""',
+      '    platform = "linux/amd64"',
+      '    snapshotter = "overlayfs"',
+      '[timeouts]',
+      '  "io.containerd.timeout.shim.cleanup" = "5s"',
+      '[proxy_plugins]',
+      '[stream_processors]',
+      '  [stream_processors."io.containerd.ocicrypt.decoder.v1.tar"]',
+      '    accepts = [',
+      '      "application/vnd.oci.image.layer.v1.tar+encrypted",',
+      '    ]',
+      '    env = ["OCICRYPT_KEYPROVIDER_CONFIG=/etc/containerd/ocicrypt/ocicrypt_keyprovider.conf"]',
+      'imports = []',
+    ].join('\n');
+    // 'imports' after a table belongs to it in TOML: still nothing ARCH reads.
+    expect(archRuntimesOf(parseContainerdConfig(text)).runtimes).toEqual([
+      { handler: 'arch', binaryName: '/usr/local/bin/arch-runc', root: '/run/arch/k8s-runc' },
+    ]);
+    expect(check(text, { runcRootBase: '/run/arch/k8s-runc' })).toEqual([
+      expect.objectContaining({ ok: true, detail: '/c.toml: runtime "arch": Root /run/arch/k8s-runc' }),
+    ]);
+  });
+
+  test('a file that is not TOML: an optional failure naming the file and the line', () => {
+    expect(check('version = 2\n[plugins\nx = 1\n')).toEqual([
+      expect.objectContaining({ ok: false, optional: true, detail: expect.stringMatching(/^\/c\.toml: line 2: /) }),
+    ]);
   });
 });

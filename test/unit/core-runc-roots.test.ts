@@ -104,6 +104,21 @@ test('discovery off: only ARCH_RUNC_ROOT; config files named in settings that ar
   expect(bad.searched.map((s) => s.base)).toContain('/run/docker/runtime-runc');
 });
 
+test('a containerd config that is not TOML: a warning naming the setting and the line; the default roots are still searched', async () => {
+  const cdConfig = path.join(tmp, 'broken.toml');
+  fs.writeFileSync(cdConfig, 'version = 2\n[plugins."io.containerd.grpc.v1.cri"\n');
+  const found = await findRuncRoots(
+    settings({ runcRoots: [], discoverRuncRoots: true, containerdConfig: cdConfig, dockerConfig: path.join(tmp, 'x') }),
+  );
+  expect(found.warnings).toContainEqual({
+    field: 'ARCH_CONTAINERD_CONFIG',
+    message: expect.stringMatching(
+      /broken\.toml is not valid TOML \(line 2: .*\): its runtimes' Root options were not searched/,
+    ),
+  });
+  expect(found.searched.map((s) => s.base)).toContain(CONTAINERD_DEFAULT_RUNC_ROOT);
+});
+
 test('ARCH_RUNC_ROOT is a list (":" or ","), relative entries refused; runcRootBase is its first entry', () => {
   const s = loadSettings({ ARCH_CONFIG: path.join(tmp, 'none.env'), ARCH_RUNC_ROOT: '/a/runc:/b/runc,/a/runc' });
   expect(s.runcRoots).toEqual(['/a/runc', '/b/runc']);
