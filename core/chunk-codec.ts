@@ -1,4 +1,4 @@
-import { createHash, createHmac, hkdfSync, randomBytes, webcrypto } from 'node:crypto';
+import { createHash, createHmac, hkdfSync, randomBytes } from 'node:crypto';
 import { createRequire } from 'node:module';
 import type * as ZstdBinding from 'zstd-napi/binding.js';
 import { CheckpointUnusableError } from '../contract/errors.js';
@@ -100,34 +100,6 @@ export function decodeChunk(
   /** Where to decompress (reused by the caller), at least `size` bytes; else a new buffer. */
   into?: Buffer,
 ): Buffer {
-  const plain = unpackChunk(stored, id, size, what, keys, into);
-  checkChunkId(chunkIdOf(plain, keys), id, what);
-  return plain;
-}
-
-/**
- * decodeChunk with the digest computed on libuv's thread pool (WebCrypto),
- * while this thread decompresses the next chunks: for a caller that decodes
- * on its own thread (the shim's restore), where the other core is idle once
- * runc and CRIU wait at the gate. The bytes are checked before this
- * resolves, and `into` is not reused before then (the digest reads a copy
- * made when it starts, but nothing here relies on that).
- */
-export async function decodeChunkOffThread(
-  stored: Buffer,
-  id: string,
-  size: number,
-  what: string,
-  keys?: ChunkKeys,
-  into?: Buffer,
-): Promise<Buffer> {
-  const plain = unpackChunk(stored, id, size, what, keys, into);
-  checkChunkId(await chunkIdOffThread(plain, keys), id, what);
-  return plain;
-}
-
-/** Authenticated (encrypted) and decompressed into exactly `size` bytes; not yet checked against `id`. */
-function unpackChunk(stored: Buffer, id: string, size: number, what: string, keys?: ChunkKeys, into?: Buffer): Buffer {
   let frame: Buffer = stored;
   if (keys) {
     if (stored.length < NONCE_BYTES + TAG_BYTES)
@@ -147,26 +119,8 @@ function unpackChunk(stored: Buffer, id: string, size: number, what: string, key
     );
   }
   if (n !== size) throw new CheckpointUnusableError('corrupt', `${what}: ${n} bytes after decompression, not ${size}`);
+  if (chunkIdOf(plain, keys) !== id) throw new CheckpointUnusableError('corrupt', `${what}: digest mismatch`);
   return plain;
-}
-
-function checkChunkId(actual: string, id: string, what: string): void {
-  if (actual !== id) throw new CheckpointUnusableError('corrupt', `${what}: digest mismatch`);
-}
-
-/** HMAC keys for chunkIdOffThread, imported once per ChunkKeys. */
-const idKeys = new WeakMap<ChunkKeys, Promise<webcrypto.CryptoKey>>();
-
-/** chunkIdOf, computed on libuv's thread pool. */
-async function chunkIdOffThread(plain: Uint8Array, keys?: ChunkKeys): Promise<string> {
-  const { subtle } = webcrypto;
-  if (!keys) return Buffer.from(await subtle.digest('SHA-256', plain)).toString('hex');
-  let key = idKeys.get(keys);
-  if (!key) {
-    key = subtle.importKey('raw', keys.idKey, { name: 'HMAC', hash: 'SHA-256' }, false, ['sign']);
-    idKeys.set(keys, key);
-  }
-  return Buffer.from(await subtle.sign('HMAC', await key, plain)).toString('hex');
 }
 
 function aad(id: string): Buffer {

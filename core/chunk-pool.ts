@@ -100,13 +100,7 @@ export class ChunkPool {
 
   /** Check a stored chunk (decodeChunk) and write its plain bytes to `fd` at `offset`. */
   async decode(stored: Buffer, id: string, size: number, what: string, fd: number, offset: number): Promise<void> {
-    const m = { op: 'decode', job: this.nextJob++, stored, id, size, what, fd, offset } as const;
-    if (this.here) {
-      // On this thread, its digest on libuv's pool: the caller's lanes keep several in flight.
-      await yieldToLoop();
-      return this.here.decodeHere(m);
-    }
-    await this.send(this.idlest(), m);
+    await this.send(this.idlest(), { op: 'decode', job: this.nextJob++, stored, id, size, what, fd, offset });
   }
 
   async close(): Promise<void> {

@@ -1,6 +1,6 @@
 import fs from 'node:fs';
 import { CheckpointUnusableError } from '../contract/errors.js';
-import { chunkIdOf, decodeChunk, decodeChunkOffThread, encodeChunk, type ChunkKeys } from './chunk-codec.js';
+import { chunkIdOf, decodeChunk, encodeChunk, type ChunkKeys } from './chunk-codec.js';
 
 /**
  * The CPU part of store format 2, one chunk at a time, as run by a worker
@@ -94,20 +94,6 @@ export class ChunkWork {
         job: m.job,
         error: { message: e.message, ...(e instanceof CheckpointUnusableError ? { reason: e.reason } : {}) },
       };
-    }
-  }
-  /**
-   * A decode on the calling thread with its digest on libuv's pool
-   * (decodeChunkOffThread): several in flight overlap one chunk's
-   * decompression here with other chunks' hashing there. Written once checked.
-   */
-  async decodeHere(m: Extract<ChunkJob, { op: 'decode' }>): Promise<void> {
-    const stored = Buffer.from(m.stored.buffer, m.stored.byteOffset, m.stored.byteLength);
-    const buf = this.buffer(m.size);
-    try {
-      writeExactly(m.fd, await decodeChunkOffThread(stored, m.id, m.size, m.what, this.keys, buf), m.offset);
-    } finally {
-      this.release(buf);
     }
   }
 }

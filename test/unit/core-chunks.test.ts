@@ -3,7 +3,7 @@ import { execFileSync, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { chunkIdOf, chunkKeysOf, decodeChunk, decodeChunkOffThread, encodeChunk } from '../../core/chunk-codec.js';
+import { chunkIdOf, chunkKeysOf, decodeChunk, encodeChunk } from '../../core/chunk-codec.js';
 import { ChunkDir, CHUNKS_DIR, COLLECTED_MARK } from '../../core/chunk-dir.js';
 import { assembleChunked, CHUNK_BYTES, ChunkFollower, ChunkWriter, storeChunked } from '../../core/chunked-files.js';
 import { ChunkPool } from '../../core/chunk-pool.js';
@@ -71,27 +71,6 @@ describe('codec', () => {
       expect(e.reason).toBe('corrupt');
       expect(e.message).toContain('criu/pages-1.img: chunk 1');
     }
-  });
-
-  test("the shim's decode, its digest on libuv's pool: the same bytes and the same refusals as on this thread", async () => {
-    for (const k of [undefined, keys]) {
-      const id = chunkIdOf(plain, k);
-      const stored = encodeChunk(plain, id, k);
-      const into = Buffer.alloc(plain.length + 10);
-      expect((await decodeChunkOffThread(stored, id, plain.length, 'c', k, into)).equals(plain)).toBe(true);
-      // The id of other bytes: decompressed fine, refused by the digest.
-      const other = chunkIdOf(pageLike(CHUNK_BYTES), k);
-      const e = await checkpointUnusable(decodeChunkOffThread(stored, other, plain.length, 'chunk 9', k));
-      expect(e.reason).toBe('corrupt');
-      // With a key the id is bound to the ciphertext too: refused by its authentication first.
-      expect(e.message).toContain(k ? 'chunk 9' : 'chunk 9: digest mismatch');
-    }
-    // Unencrypted, a byte of the random half flipped still decompresses (a raw block): only the digest sees it.
-    const id = chunkIdOf(plain);
-    const stored = Buffer.from(encodeChunk(plain, id));
-    stored[100] ^= 1;
-    const e = await checkpointUnusable(decodeChunkOffThread(stored, id, plain.length, 'chunk 1'));
-    expect(e.message).toContain('chunk 1: digest mismatch');
   });
 
   test('a frame that holds more than the manifest says is refused, not decompressed past the size', async () => {
