@@ -4,6 +4,8 @@ import type { Check } from './doctor.js';
 import { errorMessage } from '../contract/errors.js';
 import {
   archRuntimesOf,
+  CONTAINERD_DEFAULT_CONFIG,
+  CONTAINERD_DEFAULT_RUNC_ROOT,
   CRI_PLUGINS,
   parseContainerdConfig,
   type CriRuntime,
@@ -23,9 +25,6 @@ import {
  *    container's oom_score_adj below containerd's, and every pod fails.
  */
 
-/** containerd's runc root when a runtime sets no `Root` (runtime/v2/runc). */
-export const CONTAINERD_DEFAULT_RUNC_ROOT = '/run/containerd/runc';
-export const CONTAINERD_DEFAULT_CONFIG = '/etc/containerd/config.toml';
 const CAP_SYS_RESOURCE = 24;
 
 /** Where restrict_oom_score_adj goes, as the fix names it. */

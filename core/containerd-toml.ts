@@ -9,6 +9,10 @@ import { parse, TomlError } from 'smol-toml';
  * and by `arch-cli doctor`'s checks (core/containerd-config.ts).
  */
 
+/** containerd's runc root when a runtime sets no `Root` (runtime/v2/runc), and its config file by default. */
+export const CONTAINERD_DEFAULT_RUNC_ROOT = '/run/containerd/runc';
+export const CONTAINERD_DEFAULT_CONFIG = '/etc/containerd/config.toml';
+
 /** The CRI plugin's table in config version 2 (containerd 1.6/1.7), version 1, and version 3 (2.x). */
 export const CRI_PLUGINS = ['io.containerd.grpc.v1.cri', 'cri', 'io.containerd.cri.v1.runtime'] as const;
 
@@ -55,7 +59,7 @@ const stringOf = (v: unknown): string | undefined => (typeof v === 'string' && v
 /** Every runtime of the CRI plugin (under whichever config version's table the file uses), and its switches. */
 export function criConfigOf(conf: TomlTable): CriConfig {
   const disabled = conf.disabled_plugins;
-  const criDisabled = Array.isArray(disabled) && disabled.some((p) => p === 'io.containerd.grpc.v1.cri' || p === 'cri');
+  const criDisabled = Array.isArray(disabled) && disabled.some((p) => (CRI_PLUGINS as readonly unknown[]).includes(p));
   let restrictOomScoreAdj = false;
   const runtimes: CriRuntime[] = [];
   for (const plugin of CRI_PLUGINS) {

@@ -1,7 +1,12 @@
 import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { errorMessage } from '../contract/errors.js';
-import { criConfigOf, parseContainerdConfig } from './containerd-toml.js';
+import {
+  CONTAINERD_DEFAULT_CONFIG,
+  CONTAINERD_DEFAULT_RUNC_ROOT,
+  criConfigOf,
+  parseContainerdConfig,
+} from './containerd-toml.js';
 import { validateContainerId, validateNamespace } from '../contract/ids.js';
 import type { Settings } from './settings.js';
 
@@ -17,8 +22,6 @@ import type { Settings } from './settings.js';
  * `finalize`, `ls` and the worker look in all of them: a root they do not
  * know is a node whose containers a reclaim silently leaves behind.
  */
-export const CONTAINERD_DEFAULT_RUNC_ROOT = '/run/containerd/runc';
-export const CONTAINERD_DEFAULT_CONFIG = '/etc/containerd/config.toml';
 export const DOCKER_DEFAULT_CONFIG = '/etc/docker/daemon.json';
 export const DOCKER_DEFAULT_EXEC_ROOT = '/run/docker';
 /** The directory below Docker's exec-root that it gives runc as --root (moby daemon/runtime_unix.go). */

@@ -1,13 +1,8 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import {
-  containerdConfigRoots,
-  CONTAINERD_DEFAULT_RUNC_ROOT,
-  dockerExecRoot,
-  findRuncRoots,
-  runcRootOf,
-} from '../../core/runc-roots.js';
+import { CONTAINERD_DEFAULT_RUNC_ROOT } from '../../core/containerd-toml.js';
+import { containerdConfigRoots, dockerExecRoot, findRuncRoots, runcRootOf } from '../../core/runc-roots.js';
 import { loadSettings, type Settings } from '../../core/settings.js';
 
 /** Where ARCH looks for runc's state: settings, containerd's config, Docker's daemon.json. */
