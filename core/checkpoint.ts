@@ -40,6 +40,8 @@ import type { ChunkWriteStats } from './chunk-dir.js';
 import { ChunkFollower, ChunkWriter } from './chunked-files.js';
 import { lockCheckpoint, updateShimState } from './shim-state.js';
 import { runtimeVersions } from './versions.js';
+import { captureWorkFiles, holdExistingWorkDir, processesOf, type CapturedWorkFiles } from './work-files.js';
+import type { HeldDir } from './host-dirs.js';
 import { CRIU_DIR, DELETED_FILES, PAGE_IMAGE_NAME, ROOTFS_TAR, SPEC_FILE } from './checkpoint-layout.js';
 
 /**
@@ -280,6 +282,30 @@ async function checkpointLocked(
   // Started before the freeze: the workers (where a core is left for them) are ready when CRIU writes its first pages.
   const chunkPool = chunking && !req.dumpedImages ? ChunkPool.besideCriu(chunkKeys) : undefined;
   let chunkFollower: ChunkFollower | undefined;
+  // Shared mode: the work directory, walked (no symlink followed) and held while its open files are recorded.
+  const workDir = req.dumpedImages
+    ? undefined
+    : await holdExistingWorkDir(c.contract, req.namespace, req.id).catch((err: unknown) => {
+        log.warn(
+          { phase: 'checkpoint', err: errorMessage(err) },
+          "the work dir could not be walked: its open files are not recorded (a restore will not cut them back)",
+        );
+        return undefined;
+      });
+  let workFiles: CapturedWorkFiles | undefined;
+  const captureWorkFilesOf = async (dir: HeldDir): Promise<CapturedWorkFiles | undefined> => {
+    if (c.contract.mode !== 'shared') return undefined;
+    try {
+      const pids = await processesOf(cgroup?.dir ?? (await CgroupFreezer.of(c.pid))?.dir, c.pid);
+      return await captureWorkFiles(pids, c.contract.workdirContainerPath, dir.fdPath);
+    } catch (err) {
+      log.warn(
+        { phase: 'checkpoint', err: errorMessage(err) },
+        "the work dir's open files could not be recorded: a restore will not cut them back",
+      );
+      return undefined;
+    }
+  };
   try {
     // Before the freeze: no tmpfs with room refuses the checkpoint with the container untouched.
     if (storeKey) scratch = await makeScratch(await dumpSizeEstimate(c.pid));
@@ -315,10 +341,13 @@ async function checkpointLocked(
       );
     }
     const known = new Map<string, Digest>();
-    // The writable layer, captured while nothing can write to it.
+    // The writable layer, captured while nothing can write to it; and (shared mode) the sizes of the
+    // files the job holds open in its work directory, which a restore cuts back to (core/work-files.ts).
     const captureRootfs = async () => {
       const c0 = Date.now();
+      const work = workDir && captureWorkFilesOf(workDir);
       const d = upper ? await captureDiff(upper, diffDir) : await emptyDiff(diffDir);
+      workFiles = await work;
       timings.rootfsCapture = Date.now() - c0;
       return d;
     };
@@ -463,6 +492,8 @@ async function checkpointLocked(
       await copyMetadata(scratch, staging.dir); // chunked with a key: the large files are chunked from the scratch
     }
     await fsp.writeFile(path.join(staging.dir, SPEC_FILE), JSON.stringify(c.spec));
+    // The recorded sizes must outlive the node, as the checkpoint does.
+    await workFiles?.sync(ctx.settings.fsync);
     lap('rootfs', t);
     req.signal?.throwIfAborted();
     t = Date.now();
@@ -491,6 +522,7 @@ async function checkpointLocked(
         timingsMs: timings,
         ...(freezeMs !== undefined ? { freezeMs } : {}),
         rootfs: { files: diff.files, bytes: diff.bytes, deletions: diff.deletions },
+        ...(workFiles ? { workFiles: workFiles.files } : {}),
         ...(seal ? { seal } : {}),
       },
       {
@@ -567,6 +599,7 @@ async function checkpointLocked(
       ...(pub.chunkStats ? { chunkStats: pub.chunkStats } : {}),
     };
   } catch (err) {
+    await workFiles?.close();
     await sealer?.cancel();
     await chunkFollower?.cancel().catch(() => undefined);
     await chunkPool?.close();
@@ -585,6 +618,8 @@ async function checkpointLocked(
       'checkpoint failed; previous checkpoint (if any) kept',
     );
     throw err;
+  } finally {
+    await workDir?.close();
   }
 }
 

@@ -8,6 +8,7 @@ import { SEAL_ALG, sealedSize } from './seal.js';
 import { CHUNK_ALG } from './chunk-codec.js';
 import { loadTrust, verifyManifestSignature, type Trust } from './trust.js';
 import { MANIFEST_FILE, SIGNATURE_FILE } from './checkpoint-layout.js';
+import { isPlainRelativePath } from './paths.js';
 
 /**
  * The manifest is what makes a checkpoint trustworthy: restore refuses any
@@ -90,6 +91,22 @@ function buildSchemas() {
     /** How long the job was frozen by a checkpoint that left it running (absent before ARCH measured it, and for a stop). */
     freezeMs: z.number().nonnegative().optional(),
     rootfs: z.object({ files: z.number().int(), bytes: z.number().int(), deletions: z.number().int() }),
+    /**
+     * Shared mode: the files of the work directory the job held open for
+     * writing, and their sizes, when it was stopped for the checkpoint
+     * (core/work-files.ts: a restore cuts them back to these). Absent before ARCH recorded them.
+     */
+    workFiles: z
+      .array(
+        z.object({
+          path: z.string().refine(isPlainRelativePath, 'a plain relative path'),
+          size: z.number().int().nonnegative(),
+          ino: z.string().regex(/^\d{1,20}$/),
+          append: z.boolean(),
+        }),
+      )
+      .max(100_000)
+      .optional(),
     files: z.array(FileEntry),
     /** Present exactly in SEALED_FORMAT_VERSION manifests: the random id every chunk is bound to, and each sealed file. */
     seal: z.object({ id: z.string().regex(/^[0-9a-f]{32}$/), files: z.array(SealedEntry).min(1) }).optional(),

@@ -28,3 +28,14 @@ export function joinInside(root: string, ...parts: string[]): string {
 export function containerDir(root: string, namespace: string, id: string): string {
   return joinInside(root, validateNamespace(namespace), validateContainerId(id));
 }
+
+/** A relative path that stays below its directory: plain components only. */
+export function isPlainRelativePath(p: string): boolean {
+  return (
+    p.length > 0 &&
+    p.length <= 4096 &&
+    !p.startsWith('/') &&
+    !p.includes('\0') &&
+    p.split('/').every((c) => c !== '' && c !== '.' && c !== '..')
+  );
+}

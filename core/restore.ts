@@ -12,6 +12,7 @@ import { rootfsOf, writeSpec, type OciSpec } from './oci-spec.js';
 import { assertSameOwner, ownerOf } from './owner.js';
 import { layerDifference } from './layer-match.js';
 import { applyDiff, findOverlayDirs } from './rootfs-diff.js';
+import { rollBackWorkFiles } from './work-files.js';
 import type { Runc } from './runc.js';
 import { DirectBuffer } from './direct-append.js';
 import {
@@ -50,6 +51,8 @@ export interface RestoreRequest {
   consoleSocket?: string;
   /** As `runc run` without -d: runc stays in the foreground until the container exits (see `running`). */
   foreground?: boolean;
+  /** Shared mode: the walked, held work directory, whose open files roll back with the checkpoint (core/work-files.ts). */
+  workDir?: string;
 }
 
 export interface RestoreResult {
@@ -159,6 +162,18 @@ async function restoreHolding(ctx: NodeContext, req: RestoreRequest, held: Held)
       );
     }
     const keys = v.manifest.seal ? sealKeys(v.manifest, ctx.settings) : undefined;
+    // The files the job had open in its work directory, back to their sizes at the checkpoint (all checked
+    // before one is cut): what a lost run wrote after it is written again by the restored one.
+    if (req.workDir && v.manifest.workFiles?.length) {
+      const w = Date.now();
+      const cut = await rollBackWorkFiles(req.workDir, v.manifest.workFiles);
+      timings.workFiles = Date.now() - w;
+      if (cut.length)
+        ctx.log.info(
+          { namespace: req.namespace, container: req.id, phase: 'restore', files: cut },
+          'work dir files cut back to their sizes at the checkpoint (what the lost run wrote after it; the restored job writes that part again)',
+        );
+    }
     // ARCH_UNSEAL_THREADS=2: the page images decrypted on two threads (the helper's module loads while the
     // archive is decrypted). One by default: on two cores with runc and CRIU starting beside it, the second
     // thread was slower, and one thread hashes the ciphertext as it decrypts (no second read).
@@ -319,11 +334,9 @@ async function restoreHolding(ctx: NodeContext, req: RestoreRequest, held: Held)
     // authentication): the damage is the reason then, not runc.
     if (pages instanceof CheckpointUnusableError) throw pages;
     const log = await fsp.readFile(path.join(work, 'restore.log'), 'utf8').catch(() => '');
-    const tail = log
-      .split('\n')
-      .filter((l) => /Error|error/.test(l))
-      .slice(-3)
-      .join(' | ');
+    // CRIU's first error is most often the cause (a file that "has bad size"), its last ones the aftermath.
+    const errors = log.split('\n').filter((l) => /Error|error/.test(l));
+    const tail = [...new Set([...errors.slice(0, 1), ...errors.slice(-2)])].join(' | ');
     throw new Error(
       `runc restore failed: ${errorMessage(err).split('\n').slice(-3).join(' ')}${tail ? ` (criu: ${tail})` : ''}`,
     );

@@ -368,6 +368,7 @@ async function createHeld(
       pidFile: optionString(call, '--pid-file'),
       consoleSocket: optionString(call, '--console-socket'),
       foreground,
+      ...(c.work ? { workDir: c.work.mountSource } : {}),
     });
     if (restored) {
       const restoredState = { ...state, restorePending: !restored.running, restoredFrom: restored.checkpointDir };

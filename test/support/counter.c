@@ -30,6 +30,11 @@
  *   COUNTER_LOG          also append each value, one per line, to this file
  *                        (opened and closed each tick): on a shared work dir it
  *                        shows whether two copies of the job ever ran at once
+ *   COUNTER_OUT          also write each value, one per line, to this file,
+ *                        opened once at start (O_TRUNC) and kept open, as a
+ *                        job writes its results: CRIU records the open file's
+ *                        size at a checkpoint
+ *   COUNTER_OUT_APPEND   if set, COUNTER_OUT is opened O_APPEND instead (a log)
  *
  * Output: "counter start pid=P\n" once, then "count N\n" each tick, flushed.
  * SIGTERM/SIGINT: prints "counter exit N" and exits 0 (a clean exit), which
@@ -135,6 +140,7 @@ int main(void) {
   const char *file = getenv("COUNTER_FILE");
   if (!file || !*file) file = "/state/count";
   const char *log = getenv("COUNTER_LOG");
+  const char *out = getenv("COUNTER_OUT");
 
   char dir_buf[4096];
   snprintf(dir_buf, sizeof dir_buf, "%s", file);
@@ -156,6 +162,13 @@ int main(void) {
   if (sfd >= 0) { (void)!write(sfd, "start\n", 6); close(sfd); }
 
   if (getenv("COUNTER_START_FILES")) start_files(state_dir);
+
+  int ofd = -1;
+  if (out && *out) {
+    int flags = O_WRONLY | O_CREAT | (getenv("COUNTER_OUT_APPEND") ? O_APPEND : O_TRUNC);
+    ofd = open(out, flags, 0644);
+    if (ofd < 0) { perror("counter: COUNTER_OUT"); return 1; }
+  }
 
   unsigned char *mem = NULL;
   size_t mem_size = (size_t)mem_mb << 20;
@@ -181,6 +194,7 @@ int main(void) {
       int lfd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0644);
       if (lfd >= 0) { (void)!write(lfd, line, (size_t)n); close(lfd); }
     }
+    if (ofd >= 0) (void)!write(ofd, line, (size_t)n);
     printf("count %lu\n", count);
     if (mem && verify_every > 0 && count % (unsigned long)verify_every == 0) {
       int ok = 1;

@@ -1,0 +1,229 @@
+import fs from 'node:fs';
+import fsp, { type FileHandle } from 'node:fs/promises';
+import path from 'node:path';
+import { CheckpointUnusableError } from '../contract/errors.js';
+import { ENV, workDirOf, type EnabledContract } from './env-contract.js';
+import { holdDir, type HeldDir } from './host-dirs.js';
+import { isPlainRelativePath } from './paths.js';
+
+/**
+ * Files a job keeps open for writing in its shared work directory roll back
+ * with its checkpoint.
+ *
+ * The work directory is not part of a checkpoint: it lives on the shared
+ * filesystem and outlives every copy of the job. A checkpoint that left the
+ * job running (periodic protection) is followed by more writes; when the node
+ * is then lost, the job is restored from that checkpoint while its open
+ * files hold what the lost run wrote after it. CRIU refuses such a file
+ * (opened without O_APPEND it checks the size it recorded: "has bad size"),
+ * and the job would start over from nothing; an O_APPEND log would get the
+ * lost run's lines twice. So the checkpoint records, while the job's
+ * processes are stopped, the size of every regular file in the work
+ * directory they hold open for writing, and a restore cuts each file back to
+ * that size first: the restored processes write that part again, as they
+ * did before. Only what was appended is undone; a file rewritten in place
+ * (a database) cannot be, and a file that is shorter or another file now is
+ * not the job's any more (a non-append one is refused by CRIU anyway: the
+ * reason names it here, before CRIU starts).
+ *
+ * Paths come from the job (its file names): every one is walked below the
+ * work directory without following a symlink, and only a regular file that
+ * is the very file the job has open (same inode) is recorded or cut.
+ */
+export interface WorkFile {
+  /** Relative to the work directory. */
+  path: string;
+  /** Bytes when the job was stopped for the checkpoint. */
+  size: number;
+  /** Its inode number (decimal; the same on every node of a shared filesystem): another file under the name is left alone. */
+  ino: string;
+  /** Opened O_APPEND (a log): a shorter one (rotated, truncated by hand) is left as it is, since CRIU accepts it. */
+  append: boolean;
+}
+
+/** Captured work files, each still open so that the checkpoint can make its recorded size durable. */
+export interface CapturedWorkFiles {
+  files: WorkFile[];
+  /** fsync each file (its recorded bytes must outlive the node), then close them. */
+  sync(fsync: boolean): Promise<void>;
+  close(): Promise<void>;
+}
+
+const O_ACCMODE = 3;
+const { O_RDONLY, O_APPEND, O_NOFOLLOW, O_DIRECTORY, O_NONBLOCK } = fs.constants;
+
+/**
+ * Open `rel` below the directory `dir` (itself trusted: a path ARCH walked
+ * and holds) without following a symlink at any component.
+ */
+export async function openBeneath(dir: string, rel: string, flags: number): Promise<FileHandle> {
+  if (!isPlainRelativePath(rel)) throw new Error(`"${rel}" is not a plain relative path`);
+  const parts = rel.split('/');
+  let at = await fsp.open(dir, O_RDONLY | O_DIRECTORY);
+  try {
+    for (const part of parts.slice(0, -1)) {
+      const next = await fsp.open(`/proc/self/fd/${at.fd}/${part}`, O_RDONLY | O_DIRECTORY | O_NOFOLLOW);
+      await at.close();
+      at = next;
+    }
+    return await fsp.open(`/proc/self/fd/${at.fd}/${parts[parts.length - 1]!}`, flags | O_NOFOLLOW | O_NONBLOCK);
+  } finally {
+    await at.close().catch(() => undefined);
+  }
+}
+
+/** The open-for-write regular files of `pids` that lie under `containerPath`, by their path there. */
+async function openForWrite(pids: readonly number[], containerPath: string) {
+  const prefix = containerPath.endsWith('/') ? containerPath : `${containerPath}/`;
+  const found = new Map<string, { ino: bigint; dev: bigint; size: number; append: boolean }>();
+  for (const pid of pids) {
+    let fds: string[];
+    try {
+      fds = await fsp.readdir(`/proc/${pid}/fd`);
+    } catch {
+      continue; // gone, or not ours to read
+    }
+    for (const fd of fds) {
+      const target = await fsp.readlink(`/proc/${pid}/fd/${fd}`).catch(() => '');
+      if (!target.startsWith(prefix) || target.endsWith(' (deleted)')) continue;
+      const info = await fsp.readFile(`/proc/${pid}/fdinfo/${fd}`, 'utf8').catch(() => '');
+      const flags = parseInt(/^flags:\s*([0-7]+)$/m.exec(info)?.[1] ?? '', 8);
+      if (!Number.isInteger(flags) || (flags & O_ACCMODE) === O_RDONLY) continue;
+      const st = await fsp.stat(`/proc/${pid}/fd/${fd}`, { bigint: true }).catch(() => undefined);
+      if (!st?.isFile()) continue;
+      const rel = target.slice(prefix.length);
+      if (!isPlainRelativePath(rel)) continue;
+      const append = (flags & O_APPEND) !== 0;
+      const seen = found.get(rel);
+      // One file open several times: it rolls back like its non-append opens (CRIU checks those).
+      found.set(rel, { ino: st.ino, dev: st.dev, size: Number(st.size), append: append && (seen?.append ?? true) });
+    }
+  }
+  return found;
+}
+
+/**
+ * What the job holds open for writing in its work directory, read while its
+ * processes are stopped. `workDir` is the walked, held work directory (a
+ * /proc/self/fd path). Files whose name in the work directory is not the file
+ * the job has open (a mount over part of it, a rename) are left out.
+ */
+export async function captureWorkFiles(
+  pids: readonly number[],
+  containerPath: string,
+  workDir: string,
+): Promise<CapturedWorkFiles> {
+  const files: WorkFile[] = [];
+  const handles: FileHandle[] = [];
+  for (const [rel, f] of await openForWrite(pids, containerPath)) {
+    const h = await openBeneath(workDir, rel, O_RDONLY).catch(() => undefined);
+    if (!h) continue;
+    const st = await h.stat({ bigint: true }).catch(() => undefined);
+    if (!st?.isFile() || st.ino !== f.ino || st.dev !== f.dev) {
+      await h.close();
+      continue;
+    }
+    files.push({ path: rel, size: f.size, ino: f.ino.toString(), append: f.append });
+    handles.push(h);
+  }
+  const close = async () => {
+    await Promise.all(handles.splice(0).map((h) => h.close().catch(() => undefined)));
+  };
+  return {
+    files,
+    async sync(fsync: boolean) {
+      try {
+        if (fsync) await Promise.all(handles.map((h) => h.sync()));
+      } finally {
+        await close();
+      }
+    },
+    close,
+  };
+}
+
+/** What rollBackWorkFiles did to one file. */
+export interface RolledBack {
+  path: string;
+  from: number;
+  to: number;
+}
+
+/**
+ * Before CRIU reopens them: cut each recorded file back to its size at the
+ * checkpoint. `workDir` is the walked, held work directory. Throws
+ * CheckpointUnusableError (reason `work-files`) naming the file when one is
+ * gone, replaced, or (opened without O_APPEND) shorter: CRIU could not
+ * restore the job into it, and nothing has been cut by then.
+ */
+export async function rollBackWorkFiles(workDir: string, files: readonly WorkFile[]): Promise<RolledBack[]> {
+  const fix = 'keep the files a job writes in its work directory for that job alone';
+  const open: { f: WorkFile; h: FileHandle; size: number }[] = [];
+  try {
+    // Every file is checked before any is cut: a refused restore leaves them all as they were.
+    for (const f of files) {
+      if (!isPlainRelativePath(f.path))
+        throw new CheckpointUnusableError('work-files', `the checkpoint names "${f.path}" in the work directory`);
+      let h: FileHandle;
+      try {
+        h = await openBeneath(workDir, f.path, fs.constants.O_WRONLY);
+      } catch (err) {
+        const code = (err as NodeJS.ErrnoException).code;
+        throw new CheckpointUnusableError(
+          'work-files',
+          `"${f.path}", open in the job at the checkpoint, ${code === 'ENOENT' ? 'is gone from' : code === 'ELOOP' ? 'is a symlink now in' : `cannot be opened (${code ?? String(err)}) in`} its work directory: ${fix}`,
+        );
+      }
+      open.push({ f, h, size: 0 });
+      const st = await h.stat({ bigint: true });
+      if (!st.isFile() || st.ino.toString() !== f.ino)
+        throw new CheckpointUnusableError(
+          'work-files',
+          `"${f.path}" in the work directory is another file than the one the job had open at the checkpoint: ${fix}`,
+        );
+      const size = Number(st.size);
+      open[open.length - 1]!.size = size;
+      if (size < f.size && !f.append)
+        throw new CheckpointUnusableError(
+          'work-files',
+          `"${f.path}" in the work directory is shorter than at the checkpoint (${size} < ${f.size} bytes): ${fix}`,
+        );
+    }
+    const cut: RolledBack[] = [];
+    for (const { f, h, size } of open) {
+      if (size <= f.size) continue;
+      await h.truncate(f.size);
+      cut.push({ path: f.path, from: size, to: f.size });
+    }
+    return cut;
+  } finally {
+    await Promise.all(open.map(({ h }) => h.close().catch(() => undefined)));
+  }
+}
+
+/**
+ * The work dir of a running container, walked to and held as for its mount
+ * (nothing created): undefined outside shared mode or when it is gone.
+ */
+export async function holdExistingWorkDir(
+  contract: EnabledContract,
+  namespace: string,
+  id: string,
+): Promise<HeldDir | undefined> {
+  const target = workDirOf(contract, namespace, id);
+  if (!target) return undefined;
+  return holdDir({ root: contract.allowedRoot, target, kind: 'work', create: false, field: ENV.sharedHostPath });
+}
+
+/** Where the job's processes are: its cgroup's members, or its init alone. */
+export async function processesOf(cgroupDir: string | undefined, initPid: number): Promise<number[]> {
+  if (cgroupDir) {
+    const text = await fsp.readFile(path.join(cgroupDir, 'cgroup.procs'), 'utf8').catch(() => '');
+    const pids = text
+      .split('\n')
+      .map(Number)
+      .filter((n) => Number.isInteger(n) && n > 0);
+    if (pids.length) return pids;
+  }
+  return initPid > 0 ? [initPid] : [];
+}
