@@ -288,7 +288,7 @@ async function checkpointLocked(
     : await holdExistingWorkDir(c.contract, req.namespace, req.id).catch((err: unknown) => {
         log.warn(
           { phase: 'checkpoint', err: errorMessage(err) },
-          "the work dir could not be walked: its open files are not recorded (a restore will not cut them back)",
+          'the work dir could not be walked: its open files are not recorded (a restore will not cut them back)',
         );
         return undefined;
       });

@@ -1,0 +1,165 @@
+import fs from 'node:fs';
+import path from 'node:path';
+import { checkpointContainer } from '../../core/checkpoint.js';
+import { CheckpointStore } from '../../core/store.js';
+import { cleanupStaleNodes, stopAllNodes } from '../support/containerd-node.js';
+import { startArchNode, waitFor, type ArchTestNode } from '../support/arch-node.js';
+
+/**
+ * A node lost after a periodic checkpoint (the job went on writing, then
+ * died with the node): the job is restored from that checkpoint, and the
+ * files it holds open in its shared work dir must agree with it. On real
+ * runc, CRIU and containerd; the loss is a SIGKILL of the container after
+ * a checkpoint that left it running, as a dead node leaves it.
+ */
+let a: ArchTestNode;
+let storage: string;
+let shared: string;
+
+beforeAll(async () => {
+  await cleanupStaleNodes();
+  storage = fs.mkdtempSync('/tmp/arch-storage-');
+  shared = path.join(storage, 'shared');
+  a = await startArchNode('wdf-a');
+});
+
+afterAll(async () => {
+  await stopAllNodes();
+  fs.rmSync(storage, { recursive: true, force: true });
+});
+
+const envOf = (append: boolean) => [
+  'ARCH_ENABLE=1',
+  `ARCH_SHAREDFS_HOST_PATH=${shared}`,
+  'ARCH_WORKDIR_CONTAINER_PATH=/work',
+  'COUNTER_OUT=/work/out.txt',
+  ...(append ? ['COUNTER_OUT_APPEND=1'] : []),
+];
+
+const outOf = (id: string) => path.join(shared, 'work/default', id, 'out.txt');
+const linesOf = (file: string) => fs.readFileSync(file, 'utf8').split('\n').slice(0, -1).map(Number);
+/** The first value the counter printed to this stdout file: 1 after a fresh start, more after a restore. */
+const firstCount = (stdout: string) =>
+  waitFor('a count on stdout', () => {
+    const m = /count (\d+)/.exec(fs.readFileSync(stdout, 'utf8'));
+    return m ? Number(m[1]) : undefined;
+  });
+
+/** Run, checkpoint leaving it running, let it write on, then lose it. Returns the size recorded at the checkpoint. */
+async function runCheckpointAndLose(id: string, append: boolean): Promise<number> {
+  await a.runCounter(id, envOf(append));
+  await a.waitCount(id, 8);
+  const res = await checkpointContainer(a.ctx, {
+    namespace: 'default',
+    id,
+    runcRoot: a.runcRoot('default'),
+    leaveRunning: true,
+  });
+  const recorded = res.manifest.workFiles;
+  expect(recorded).toEqual([{ path: 'out.txt', size: expect.any(Number), ino: expect.any(String), append }]);
+  const size = recorded![0]!.size;
+  // The lines up to the checkpoint, whole: the job was stopped between two writes.
+  const atCheckpoint = fs.readFileSync(outOf(id), 'utf8').slice(0, size);
+  expect(atCheckpoint.endsWith('\n')).toBe(true);
+  // The job goes on writing after the checkpoint, then the node is lost.
+  await waitFor('lines written after the checkpoint', () =>
+    fs.statSync(outOf(id)).size > size + 20 ? true : undefined,
+  );
+  await a.containerd.taskKill(id, 'SIGKILL');
+  await a.containerd.waitStatus(id, 'STOPPED', 15_000);
+  await a.containerd.removeContainer(id);
+  expect(fs.statSync(outOf(id)).size).toBeGreaterThan(size);
+  return size;
+}
+
+test.each([
+  ['a results file (opened O_TRUNC, CRIU checks its size)', false],
+  ['a log (O_APPEND)', true],
+])(
+  'node lost after a periodic checkpoint: %s in the work dir is cut back, and the job continues from the checkpoint',
+  async (_what, append) => {
+    const id = `wdf-${append ? 'append' : 'trunc'}`;
+    const size = await runCheckpointAndLose(id, append);
+    const lostLines = linesOf(outOf(id)).length;
+
+    const stdout = await a.runCounter(id, envOf(append));
+    await a.containerd.waitStatus(id, 'RUNNING', 15_000);
+    const cut = a.logLines().find((l) => l.container === id && Array.isArray(l.files));
+    expect(cut?.files).toEqual([{ path: 'out.txt', from: expect.any(Number), to: size }]);
+    expect(a.logLines().some((l) => l.msg === 'restored from checkpoint' && l.container === id)).toBe(true);
+    // Restored, not started over: it goes on from the lines it had written at the checkpoint.
+    const atCheckpoint = size && fs.readFileSync(outOf(id), 'utf8').slice(0, size).split('\n').length - 1;
+    expect(await firstCount(stdout)).toBeGreaterThan(atCheckpoint);
+    expect(fs.readFileSync(stdout, 'utf8')).not.toContain('counter start');
+    // Past what the lost run had written: every value once, in order, from 1.
+    await waitFor('the restored job past the lost run', () =>
+      linesOf(outOf(id)).length > lostLines + 3 ? true : undefined,
+    );
+    const lines = linesOf(outOf(id));
+    expect(lines).toEqual(lines.map((_, i) => i + 1));
+    await a.containerd.removeContainer(id);
+  },
+);
+
+test('a work file replaced since the checkpoint: no restore, a reason naming it, nothing cut', async () => {
+  const id = 'wdf-replaced';
+  const size = await runCheckpointAndLose(id, false);
+  // Written beside and renamed over it, as editors and jobs do: a new inode, whatever the filesystem reuses.
+  fs.writeFileSync(`${outOf(id)}.new`, 'x'.repeat(size + 100));
+  fs.renameSync(`${outOf(id)}.new`, outOf(id));
+
+  const stdout = await a.runCounter(id, envOf(false));
+  await a.containerd.waitStatus(id, 'RUNNING', 15_000);
+  const refused = a.logLines().find((l) => l.container === id && l.reason === 'work-files');
+  expect(refused?.msg).toBe('checkpoint not restored; starting the container fresh');
+  expect(String(refused?.err)).toContain(
+    '"out.txt" in the work directory is another file than the one the job had open',
+  );
+  expect(a.logLines().some((l) => l.container === id && Array.isArray(l.files))).toBe(false);
+  expect(await firstCount(stdout)).toBe(1);
+  await a.containerd.removeContainer(id);
+});
+
+test('a symlink planted at a work file name: not followed, its target is not cut', async () => {
+  const id = 'wdf-symlink';
+  const size = await runCheckpointAndLose(id, false);
+  // What the job's owner could point at: a host file outside the work dir.
+  const victim = path.join(storage, 'victim.txt');
+  fs.writeFileSync(victim, 'y'.repeat(size + 100));
+  fs.rmSync(outOf(id));
+  fs.symlinkSync(victim, outOf(id));
+
+  await a.runCounter(id, envOf(false));
+  // Started fresh (the counter itself then fails to open /work/out.txt: the link's target is not in the container).
+  const refused = await waitFor('the refusal', () =>
+    a.logLines().find((l) => l.container === id && l.reason === 'work-files'),
+  );
+  expect(refused.msg).toBe('checkpoint not restored; starting the container fresh');
+  expect(String(refused.err)).toContain(
+    '"out.txt", open in the job at the checkpoint, is a symlink now in its work directory',
+  );
+  expect(fs.readFileSync(victim, 'utf8')).toBe('y'.repeat(size + 100));
+  await a.containerd.removeContainer(id);
+});
+
+test('a checkpoint that stops the job records its work files too, and they restore uncut', async () => {
+  const id = 'wdf-stop';
+  await a.runCounter(id, envOf(false));
+  await a.waitCount(id, 5);
+  const res = await checkpointContainer(a.ctx, { namespace: 'default', id, runcRoot: a.runcRoot('default') });
+  await a.containerd.waitStatus(id, 'STOPPED', 15_000);
+  expect(res.manifest.workFiles).toEqual([
+    { path: 'out.txt', size: fs.statSync(outOf(id)).size, ino: String(fs.statSync(outOf(id)).ino), append: false },
+  ]);
+  const before = linesOf(outOf(id)).length;
+  await a.containerd.removeContainer(id);
+  const stdout = await a.runCounter(id, envOf(false));
+  await waitFor('restored', () => (linesOf(outOf(id)).length > before + 2 ? true : undefined));
+  expect(a.logLines().some((l) => l.msg === 'restored from checkpoint' && l.container === id)).toBe(true);
+  expect(a.logLines().some((l) => l.container === id && Array.isArray(l.files))).toBe(false);
+  expect(await firstCount(stdout)).toBeGreaterThanOrEqual(before);
+  const lines = linesOf(outOf(id));
+  expect(lines).toEqual(lines.map((_, i) => i + 1));
+  await a.containerd.removeContainer(id);
+  expect(await new CheckpointStore(path.join(shared, 'checkpoint/default', id)).current()).toBeTruthy();
+});

@@ -1,0 +1,180 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { once } from 'node:events';
+import { isPlainRelativePath } from '../../core/paths.js';
+import { captureWorkFiles, openBeneath, rollBackWorkFiles, type WorkFile } from '../../core/work-files.js';
+import { CheckpointUnusableError } from '../../contract/errors.js';
+
+/**
+ * What a job holds open in its work dir, read from /proc of real processes
+ * (a shell that opens files and hands them on to sleep), and the cut back
+ * before a restore, on real files.
+ */
+let dir: string;
+const holders: ChildProcess[] = [];
+beforeEach(() => {
+  dir = fs.mkdtempSync(path.join(os.tmpdir(), 'arch-work-files-'));
+});
+afterEach(() => {
+  for (const p of holders.splice(0)) p.kill('SIGKILL');
+  fs.rmSync(dir, { recursive: true, force: true });
+});
+
+/** A process holding `redirections` (sh syntax, relative to dir) open until killed. */
+async function holding(redirections: string): Promise<number> {
+  const p = spawn('sh', ['-c', `cd "$1" && exec ${redirections} sleep 60`, 'sh', dir], { stdio: 'ignore' });
+  holders.push(p);
+  await once(p, 'spawn');
+  // Until the exec into sleep, the shell holds the files: wait for sleep.
+  for (let i = 0; i < 200; i++) {
+    const comm = fs.readFileSync(`/proc/${p.pid}/comm`, 'utf8').trim();
+    if (comm === 'sleep') return p.pid!;
+    await new Promise((r) => setTimeout(r, 10));
+  }
+  throw new Error('the holder never became sleep');
+}
+
+const ino = (p: string) => String(fs.statSync(path.join(dir, p)).ino);
+
+describe('captureWorkFiles', () => {
+  test('files open for writing, by their path below the work dir, with their size and O_APPEND', async () => {
+    fs.mkdirSync(path.join(dir, 'sub'));
+    fs.writeFileSync(path.join(dir, 'read-only.txt'), 'r');
+    const pid = await holding('3>results.txt 4>>log.txt 5<read-only.txt 6<>sub/db.bin');
+    fs.appendFileSync(path.join(dir, 'results.txt'), 'abc');
+    fs.appendFileSync(path.join(dir, 'sub/db.bin'), '12345');
+    const got = await captureWorkFiles([pid], dir, dir);
+    try {
+      expect([...got.files].sort((x, y) => x.path.localeCompare(y.path))).toEqual([
+        { path: 'log.txt', size: 0, ino: ino('log.txt'), append: true },
+        { path: 'results.txt', size: 3, ino: ino('results.txt'), append: false },
+        { path: 'sub/db.bin', size: 5, ino: ino('sub/db.bin'), append: false },
+      ]);
+    } finally {
+      await got.sync(true);
+    }
+  });
+
+  test('files outside the work dir, deleted ones and ones no longer under their name are left out', async () => {
+    const outside = fs.mkdtempSync(path.join(os.tmpdir(), 'arch-work-files-out-'));
+    try {
+      const pid = await holding(`3>gone.txt 4>moved.txt 7>"${outside}/o.txt"`);
+      fs.rmSync(path.join(dir, 'gone.txt'));
+      // The name now leads elsewhere: a directory swapped in under the held file's name.
+      fs.renameSync(path.join(dir, 'moved.txt'), path.join(outside, 'moved.txt'));
+      const got = await captureWorkFiles([pid], dir, dir);
+      expect(got.files).toEqual([]);
+      await got.close();
+    } finally {
+      fs.rmSync(outside, { recursive: true, force: true });
+    }
+  });
+
+  test('a name reached through a symlink inside the work dir is not recorded', async () => {
+    const real = fs.mkdtempSync(path.join(os.tmpdir(), 'arch-work-files-real-'));
+    try {
+      fs.mkdirSync(path.join(dir, 'd'));
+      const pid = await holding('3>d/f.txt');
+      // The job's view says d/f.txt; the work dir's d is now a symlink to another directory with such a file.
+      fs.renameSync(path.join(dir, 'd'), path.join(real, 'd'));
+      fs.mkdirSync(path.join(dir, 'x'));
+      fs.writeFileSync(path.join(dir, 'x/f.txt'), 'other');
+      fs.symlinkSync(path.join(dir, 'x'), path.join(dir, 'd'));
+      const got = await captureWorkFiles([pid], dir, dir);
+      expect(got.files).toEqual([]);
+      await got.close();
+    } finally {
+      fs.rmSync(real, { recursive: true, force: true });
+    }
+  });
+});
+
+describe('rollBackWorkFiles', () => {
+  const write = (p: string, text: string) => fs.writeFileSync(path.join(dir, p), text);
+  const read = (p: string) => fs.readFileSync(path.join(dir, p), 'utf8');
+  const rec = (p: string, size: number, append = false): WorkFile => ({ path: p, size, ino: ino(p), append });
+
+  test('cuts each longer file back to its recorded size and says what it cut', async () => {
+    write('a.txt', '1\n2\n3\n');
+    write('b.log', 'x\ny\n');
+    write('same.txt', 'same');
+    const files = [rec('a.txt', 2), rec('b.log', 2, true), rec('same.txt', 4)];
+    expect(await rollBackWorkFiles(dir, files)).toEqual([
+      { path: 'a.txt', from: 6, to: 2 },
+      { path: 'b.log', from: 4, to: 2 },
+    ]);
+    expect([read('a.txt'), read('b.log'), read('same.txt')]).toEqual(['1\n', 'x\n', 'same']);
+  });
+
+  test('checks every file before it cuts one: a gone file refuses the restore and leaves the others whole', async () => {
+    write('a.txt', 'long enough');
+    write('b.txt', 'b');
+    const files = [rec('a.txt', 1), rec('b.txt', 1)];
+    fs.rmSync(path.join(dir, 'b.txt'));
+    const err = await rollBackWorkFiles(dir, files).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(CheckpointUnusableError);
+    expect((err as CheckpointUnusableError).reason).toBe('work-files');
+    expect(String(err)).toContain('"b.txt", open in the job at the checkpoint, is gone from its work directory');
+    expect(read('a.txt')).toBe('long enough');
+  });
+
+  test('a shorter file: refused unless the job opened it O_APPEND (a rotated log)', async () => {
+    write('r.txt', '12');
+    write('l.log', '12');
+    await expect(rollBackWorkFiles(dir, [rec('r.txt', 5)])).rejects.toThrow(
+      '"r.txt" in the work directory is shorter than at the checkpoint (2 < 5 bytes)',
+    );
+    await expect(rollBackWorkFiles(dir, [rec('l.log', 5, true)])).resolves.toEqual([]);
+    expect(read('l.log')).toBe('12');
+  });
+
+  test('another file under the name (another inode) is refused and not cut', async () => {
+    write('r.txt', 'old');
+    const files = [rec('r.txt', 1)];
+    // Held open, as the lost job held it: its inode number is not reused by the new file.
+    const old = fs.openSync(path.join(dir, 'r.txt'), 'r');
+    try {
+      fs.rmSync(path.join(dir, 'r.txt'));
+      write('other', 'new and longer');
+      fs.renameSync(path.join(dir, 'other'), path.join(dir, 'r.txt'));
+      await expect(rollBackWorkFiles(dir, files)).rejects.toThrow('is another file than the one the job had open');
+      expect(read('r.txt')).toBe('new and longer');
+    } finally {
+      fs.closeSync(old);
+    }
+  });
+
+  test('symlinks are never followed, at the file or at a directory on the way', async () => {
+    const outside = fs.mkdtempSync(path.join(os.tmpdir(), 'arch-work-files-victim-'));
+    try {
+      fs.writeFileSync(path.join(outside, 'victim'), 'must stay whole');
+      write('f.txt', 'x');
+      const files = [rec('f.txt', 0)];
+      fs.rmSync(path.join(dir, 'f.txt'));
+      fs.symlinkSync(path.join(outside, 'victim'), path.join(dir, 'f.txt'));
+      await expect(rollBackWorkFiles(dir, files)).rejects.toThrow('is a symlink now in its work directory');
+      fs.mkdirSync(path.join(dir, 'd'));
+      write('d/g.txt', 'x');
+      const nested = [rec('d/g.txt', 0)];
+      fs.rmSync(path.join(dir, 'd'), { recursive: true });
+      fs.symlinkSync(outside, path.join(dir, 'd'));
+      fs.writeFileSync(path.join(outside, 'g.txt'), 'must stay whole');
+      await expect(rollBackWorkFiles(dir, nested)).rejects.toThrow(CheckpointUnusableError);
+      expect(fs.readFileSync(path.join(outside, 'victim'), 'utf8')).toBe('must stay whole');
+      expect(fs.readFileSync(path.join(outside, 'g.txt'), 'utf8')).toBe('must stay whole');
+    } finally {
+      fs.rmSync(outside, { recursive: true, force: true });
+    }
+  });
+
+  test('a path that would leave the work dir is refused before anything is opened', async () => {
+    for (const p of ['../x', '/etc/passwd', 'a/../../x', 'a//b', './a', ''])
+      await expect(rollBackWorkFiles(dir, [{ path: p, size: 0, ino: '1', append: false }])).rejects.toThrow(
+        CheckpointUnusableError,
+      );
+    expect(isPlainRelativePath('a/b.txt')).toBe(true);
+    await expect(openBeneath(dir, '../x', fs.constants.O_RDONLY)).rejects.toThrow('not a plain relative path');
+  });
+});
