@@ -165,7 +165,8 @@ test('arch-cli nodes: the nodes alive, the ARCH container with the age of its la
 });
 
 test('power loss: node A loses power; its shared-mode job continues on a live node from its last checkpoint, its local-mode job is reported not recoverable, by name', async () => {
-  await cluster.runCounter(A, 'job', [...sharedEnv(), 'COUNTER_INTERVAL_MS=100']);
+  // Its results file stays open on the shared work dir, written on after the checkpoint until A dies.
+  await cluster.runCounter(A, 'job', [...sharedEnv(), 'COUNTER_INTERVAL_MS=100', 'COUNTER_OUT=/work/out.txt']);
   await cluster.runCounter(A, 'local-job', ['COUNTER_INTERVAL_MS=100']);
   await cluster.waitCount(A, 'job', 5);
   // Read before the checkpoint: the checkpoint's count is at least this.
@@ -206,6 +207,14 @@ test('power loss: node A loses power; its shared-mode job continues on a live no
   // Restored, not started fresh: the count goes on from the checkpoint's value.
   const after = await cluster.waitCount(on, 'job', countAtCheckpoint + 3);
   expect(after).toBeGreaterThan(countAtCheckpoint);
+  // The results file was cut back to the checkpoint and written on from there: every value once, in order.
+  const lines = fs
+    .readFileSync(path.join(cluster.dir, 'shared/work/default/job/out.txt'), 'utf8')
+    .split('\n')
+    .slice(0, -1)
+    .map(Number);
+  expect(lines.length).toBeGreaterThan(countAtCheckpoint);
+  expect(lines).toEqual(lines.map((_, i) => i + 1));
   expect(
     readLogLines(cluster.archRuncLog).some((l) => l.container === 'job' && l.msg === 'restored from checkpoint'),
   ).toBe(true);
