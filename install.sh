@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # ARCH node installer: idempotent, as root, on Debian 12 or 13.
-# Installs runc, containerd, iptables, zstd, CRIU >= 4, the Temporal CLI,
+# Installs runc, containerd, iptables, zstd, CRIU >= 4.2, the Temporal CLI,
 # the npm dependencies and the build, then puts arch-runc, arch-cli and
 # arch-worker on PATH and writes /etc/arch/arch.env (kept if present).
 #
@@ -34,7 +34,6 @@ export DEBIAN_FRONTEND=noninteractive
 PKGS=(runc containerd iptables iproute2 zstd busybox-static gcc libc6-dev attr ca-certificates openssl)
 # npm ci builds zstd-napi (store format 2's compression) from source with node-gyp: a C++ compiler, make and python3.
 PKGS+=(g++ make python3)
-[ "$DEBIAN_MAJOR" = 13 ] && PKGS+=(criu)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -47,54 +46,70 @@ else
   say "Debian packages present"
 fi
 
-# ---- CRIU >= 4 -------------------------------------------------------------
-criu_major() { "$1" --version 2>/dev/null | sed -n 's/^Version: \([0-9]*\).*/\1/p'; }
-CRIU_BIN=""
-if [ "$DEBIAN_MAJOR" = 13 ]; then
-  CRIU_BIN="$(command -v criu || true)"
-else
-  # Debian 12's criu 3.17 cannot dump on kernels with [vvar_vclock]. Take
-  # Debian 13's criu and the libraries it needs into a private directory and
-  # run it through that directory's own loader: the system libc stays as is.
-  CRIU_DIR="$ARCH_PREFIX/criu"
-  if [ ! -x "$CRIU_DIR/bin/criu" ] || [ "$(criu_major "$CRIU_DIR/bin/criu")" -lt 4 ] 2>/dev/null; then
-    say "fetching Debian 13 criu into $CRIU_DIR (system libc untouched)"
-    APT_PRIV="$ARCH_PREFIX/apt-trixie"
-    mkdir -p "$APT_PRIV/lists/partial" "$APT_PRIV/cache/archives/partial" "$APT_PRIV/debs"
-    # Same mirror as the configured Debian suite, read from apt's own config.
-    MIRROR="$(cat /etc/apt/sources.list.d/*.sources /etc/apt/sources.list 2>/dev/null \
-      | grep -E '^(URIs:|deb )' | grep -v -- '-security' | grep -oE 'https?://[^ ]+/debian/?' | head -n1 | sed 's:/*$::' || true)"
-    [ -n "$MIRROR" ] || die "cannot find the Debian mirror in /etc/apt (needed to fetch Debian 13's criu)"
-    cat > "$APT_PRIV/trixie.sources" <<SRC
+# ---- CRIU >= 4.2 -----------------------------------------------------------
+# Debian 12's criu 3.17 cannot dump on kernels with [vvar_vclock], and
+# Debian 13's 4.1.1 cannot dump a process with any inet socket (a TCP
+# connection, a listener) on Linux >= 6.16, which refuses SO_PASSCRED on
+# them (fixed in CRIU 4.2: "Restrict SO_PASSCRED and SO_PASSSEC to
+# supported families"). So ARCH takes Debian's newest criu (the testing
+# suite, forky: 4.2.1 when this was written) and the libraries it needs
+# into a private directory, and runs it through that directory's own
+# loader: the system's libc and packages stay as they are. ARCH_CRIU in
+# /etc/arch/arch.env can name another CRIU >= 4.2.
+criu_version() { "$1" --version 2>/dev/null | sed -n 's/^Version: \([0-9.]*\).*/\1/p'; }
+criu_at_least_4_2() {
+  local v; v="$(criu_version "$1")"
+  [ -n "$v" ] && [ "$(printf '%s\n4.2\n' "$v" | sort -V | head -n1)" = 4.2 ]
+}
+CRIU_DIR="$ARCH_PREFIX/criu"
+if ! criu_at_least_4_2 "$CRIU_DIR/bin/criu"; then
+  CRIU_SUITE=forky
+  say "fetching Debian $CRIU_SUITE's criu into $CRIU_DIR (system libc untouched)"
+  APT_PRIV="$ARCH_PREFIX/apt-criu"
+  rm -rf "$APT_PRIV" "$ARCH_PREFIX/apt-trixie"
+  mkdir -p "$APT_PRIV/lists/partial" "$APT_PRIV/cache/archives/partial" "$APT_PRIV/debs"
+  # Same mirror as the configured Debian suite, read from apt's own config.
+  MIRROR="$(cat /etc/apt/sources.list.d/*.sources /etc/apt/sources.list 2>/dev/null \
+    | grep -E '^(URIs:|deb )' | grep -v -- '-security' | grep -oE 'https?://[^ ]+/debian/?' | head -n1 | sed 's:/*$::' || true)"
+  [ -n "$MIRROR" ] || die "cannot find the Debian mirror in /etc/apt (needed to fetch Debian's criu)"
+  cat > "$APT_PRIV/criu.sources" <<SRC
 Types: deb
 URIs: $MIRROR
-Suites: trixie
+Suites: $CRIU_SUITE
 Components: main
 Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 SRC
-    APT_OPTS=(-o "Dir::Etc::SourceList=$APT_PRIV/trixie.sources" -o "Dir::Etc::SourceParts=/nonexistent"
-      -o "Dir::State::Lists=$APT_PRIV/lists" -o "Dir::Cache=$APT_PRIV/cache" -o "Dir::State::status=$APT_PRIV/status"
-      -o "APT::Architecture=amd64" -o "Debug::NoLocking=1" -o "APT::Sandbox::User=root")
-    : > "$APT_PRIV/status"
-    apt-get "${APT_OPTS[@]}" update -qq
-    DEBS=(criu libcompel1 libc6 libgnutls30t64 libnettle8t64 libhogweed6t64 libp11-kit0 libunistring5
-      libtasn1-6 libidn2-0 libgmp10 libnftables1 libnl-3-200 libprotobuf-c1 libnet1 libbsd0 libmd0
-      libuuid1 libjansson4 libxtables12 libmnl0 libnftnl11 libffi8 libedit2 libtinfo6 libcap2 libgcc-s1)
-    (cd "$APT_PRIV/debs" && apt-get "${APT_OPTS[@]}" download "${DEBS[@]}" >/dev/null)
-    rm -rf "$CRIU_DIR.new" && mkdir -p "$CRIU_DIR.new/bin"
-    for d in "$APT_PRIV"/debs/*.deb; do dpkg-deb -x "$d" "$CRIU_DIR.new/root"; done
-    cat > "$CRIU_DIR.new/bin/criu" <<WRAP
+  APT_OPTS=(-o "Dir::Etc::SourceList=$APT_PRIV/criu.sources" -o "Dir::Etc::SourceParts=/nonexistent"
+    -o "Dir::State::Lists=$APT_PRIV/lists" -o "Dir::Cache=$APT_PRIV/cache" -o "Dir::State::status=$APT_PRIV/status"
+    -o "APT::Architecture=amd64" -o "Debug::NoLocking=1" -o "APT::Sandbox::User=root")
+  : > "$APT_PRIV/status"
+  apt-get "${APT_OPTS[@]}" update -qq
+  # criu and everything it loads, whatever that suite's versions depend on today (no list to go stale).
+  mapfile -t DEBS < <(apt-cache "${APT_OPTS[@]}" depends --recurse --no-recommends --no-suggests \
+    --no-conflicts --no-breaks --no-replaces --no-enhances criu | grep -E '^[a-z0-9]' | sort -u)
+  [ "${#DEBS[@]}" -gt 1 ] || die "Debian $CRIU_SUITE has no criu package"
+  (cd "$APT_PRIV/debs" && apt-get "${APT_OPTS[@]}" download "${DEBS[@]}" >/dev/null 2>&1) \
+    || (cd "$APT_PRIV/debs" && for d in "${DEBS[@]}"; do apt-get "${APT_OPTS[@]}" download "$d" >/dev/null 2>&1 || true; done)
+  rm -rf "$CRIU_DIR.new" && mkdir -p "$CRIU_DIR.new/bin"
+  for d in "$APT_PRIV"/debs/*.deb; do dpkg-deb -x "$d" "$CRIU_DIR.new/root"; done
+  cat > "$CRIU_DIR.new/bin/criu" <<WRAP
 #!/bin/sh
-# Debian 13's criu, run by its own loader and libraries (installed by ARCH).
+# Debian $CRIU_SUITE's criu, run by its own loader and libraries (installed by ARCH).
 R=$CRIU_DIR/root
 exec "\$R/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2" --library-path "\$R/usr/lib/x86_64-linux-gnu:\$R/lib/x86_64-linux-gnu" "\$R/usr/sbin/criu" "\$@"
 WRAP
-    chmod 755 "$CRIU_DIR.new/bin/criu"
-    rm -rf "$CRIU_DIR" && mv "$CRIU_DIR.new" "$CRIU_DIR"
+  chmod 755 "$CRIU_DIR.new/bin/criu"
+  # The wrapper names $CRIU_DIR: moved into place first, then checked there.
+  rm -rf "$CRIU_DIR.old" && { [ ! -e "$CRIU_DIR" ] || mv "$CRIU_DIR" "$CRIU_DIR.old"; }
+  mv "$CRIU_DIR.new" "$CRIU_DIR"
+  if criu_at_least_4_2 "$CRIU_DIR/bin/criu"; then
+    rm -rf "$CRIU_DIR.old" "$APT_PRIV/debs"
+  else
+    rm -rf "$CRIU_DIR" && { [ ! -e "$CRIU_DIR.old" ] || mv "$CRIU_DIR.old" "$CRIU_DIR"; }
+    die "Debian $CRIU_SUITE's criu does not run here (or is older than 4.2): $("$CRIU_DIR/bin/criu" --version 2>&1 | head -n3 || true)"
   fi
-  CRIU_BIN="$CRIU_DIR/bin/criu"
 fi
-{ [ -n "$CRIU_BIN" ] && [ "$(criu_major "$CRIU_BIN")" -ge 4 ]; } || die "CRIU >= 4 not available at '$CRIU_BIN'"
+CRIU_BIN="$CRIU_DIR/bin/criu"
 say "criu: $("$CRIU_BIN" --version | head -n1) at $CRIU_BIN"
 
 # ---- Go (for the Temporal CLI) and the Temporal CLI -------------------------

@@ -105,6 +105,25 @@ export async function probeCriuDump(
  * periodic checkpoint; ARCH does not pre-dump today, since these VMs have
  * no such tracking to test it on. Information only.
  */
+const CRIU_FIX = "run ./install.sh: it installs Debian's newest CRIU (>= 4.2) privately, or set ARCH_CRIU to one";
+
+/**
+ * Why this CRIU cannot checkpoint containers on this kernel, if it cannot:
+ * 3.x does not know the vDSO layout of current kernels, and before 4.2 it
+ * asks every inet socket for SO_PASSCRED, which Linux 6.16 and later refuse
+ * on them: a container with any TCP or UDP socket (a connection, a listener)
+ * then fails to dump ("Can't get 1:16 opt").
+ */
+export function criuTooOld(criuVersion: string, kernelRelease: string): string | undefined {
+  const num = (v: string) => v.split(/[.-]/).map((p) => Number.parseInt(p, 10) || 0);
+  const [cMaj = 0, cMin = 0] = num(criuVersion);
+  const [kMaj = 0, kMin = 0] = num(kernelRelease);
+  if (cMaj < 4) return `CRIU ${criuVersion} is too old for this kernel (vDSO layout)`;
+  if (cMaj === 4 && cMin < 2 && (kMaj > 6 || (kMaj === 6 && kMin >= 16)))
+    return `CRIU ${criuVersion} cannot checkpoint a container with a TCP or UDP socket on Linux ${kernelRelease} (6.16 and later refuse SO_PASSCRED on them; fixed in CRIU 4.2)`;
+  return undefined;
+}
+
 export async function dirtyTrackCheck(criu: string): Promise<Check> {
   const r = await execa(criu, ['check', '--feature', 'mem_dirty_track'], {
     reject: false,
@@ -188,15 +207,10 @@ export async function runDoctor(settings: Settings, payloadCheck: (s: Settings) 
     settings.criu,
     ['--version'],
     /Version: (\S+)/,
-    'run ./install.sh (installs CRIU >= 4), or set ARCH_CRIU',
+    'run ./install.sh (installs CRIU >= 4.2), or set ARCH_CRIU',
   );
-  if (criu.ok && Number(criu.version!.split('.')[0]) < 4) {
-    Object.assign(criu, {
-      ok: false,
-      detail: `CRIU ${criu.version} is too old for this kernel (vDSO layout)`,
-      fix: "run ./install.sh: it installs Debian 13's CRIU 4 privately on Debian 12",
-    });
-  }
+  const tooOld = criu.ok ? criuTooOld(criu.version!, os.release()) : undefined;
+  if (tooOld) Object.assign(criu, { ok: false, detail: tooOld, fix: CRIU_FIX });
   checks.push(criu);
   if (criu.ok) {
     const r = await execa(settings.criu, ['check'], { reject: false, all: true, timeout: 30_000 });

@@ -21,7 +21,7 @@ export function realRunc(): string {
   return p;
 }
 
-/** CRIU >= 4 as installed by install.sh on Debian 12, else the system's (by absolute path, as the installer sets it). */
+/** CRIU >= 4.2 as installed by install.sh (Debian's newest, privately), else the system's (by absolute path, as the installer sets it). */
 export function criuBinary(): string {
   if (fs.existsSync(PRIVATE_CRIU)) return PRIVATE_CRIU;
   return execaSync('sh', ['-c', 'command -v criu'], { reject: false }).stdout?.trim() || 'criu';
