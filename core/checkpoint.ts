@@ -40,6 +40,7 @@ import type { ChunkWriteStats } from './chunk-dir.js';
 import { ChunkFollower, ChunkWriter } from './chunked-files.js';
 import { lockCheckpoint, updateShimState } from './shim-state.js';
 import { runtimeVersions } from './versions.js';
+import { withCriuErrors } from './criu-log.js';
 import { captureWorkFiles, holdExistingWorkDir, processesOf, type CapturedWorkFiles } from './work-files.js';
 import type { HeldDir } from './host-dirs.js';
 import { CRIU_DIR, DELETED_FILES, PAGE_IMAGE_NAME, ROOTFS_TAR, SPEC_FILE } from './checkpoint-layout.js';
@@ -150,6 +151,12 @@ export async function inspectArchContainer(
   return { runc, bundle: state.bundle, spec, contract, status: state.status, pid: state.pid };
 }
 
+/** A failed `runc checkpoint` with what CRIU's log says (runc's error says only "criu failed"); an abort as it is. */
+async function dumpError(err: unknown, workPath: string): Promise<unknown> {
+  if ((err as Error | undefined)?.name === 'AbortError') return err;
+  return withCriuErrors('runc checkpoint failed', err, path.join(workPath, 'dump.log'));
+}
+
 function firstLine(err: unknown): string {
   return (
     errorMessage(err)
@@ -211,7 +218,8 @@ async function checkpointLocked(
   // does, and the layer is captured behind the layer gate (core/layer-gate.ts). Stopping it,
   // or a container the user paused: frozen here first, since it must stay frozen after CRIU.
   const gateScript = req.leaveRunning && !wasPaused && !req.dumpedImages ? await LayerGate.script() : undefined;
-  const criuAsked = criuRunEnv(ctx.settings, c.spec, gateScript);
+  // TCP connections: left alone by the dump, closed on the restore (criuRunEnv says why).
+  const criuAsked = criuRunEnv(ctx.settings, c.spec, gateScript, { closeTcp: true });
   // Whose job this is (pod namespace, image), recorded in the signed manifest: asked during the dump too.
   const ownerAsked = ownerOf(c.spec, req.namespace, req.id, c.pid > 0 ? c.pid : process.pid, (why) =>
     log.warn(
@@ -399,7 +407,7 @@ async function checkpointLocked(
             cause: err,
           });
         });
-      if (failed) throw failed;
+      if (failed) throw await dumpError(failed, workPath);
       if (!captured) throw new Error('CRIU dumped without running the layer gate: the writable layer was not captured');
       // What the job felt: CRIU's own freeze-to-resume, from its log; runc's whole run if the log says nothing.
       const log = await fsp.readFile(path.join(workPath, 'dump.log'), 'utf8').catch(() => '');
@@ -465,7 +473,7 @@ async function checkpointLocked(
         } catch (err) {
           await follower?.cancel();
           await captured?.catch(() => undefined);
-          throw err;
+          throw await dumpError(err, workPath);
         }
         const tail = Date.now();
         if (follower) for (const [name, d] of await follower.finish()) known.set(`${CRIU_DIR}/${name}`, d);

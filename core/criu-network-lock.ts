@@ -72,12 +72,25 @@ export function joinsNetworkNamespace(spec: OciSpec | undefined): boolean {
  * Environment for a runc call that runs CRIU (checkpoint, restore): the VM
  * quirk setting and the network lock method. Never fails: when the method
  * cannot be set up, CRIU keeps its default (iptables), which always worked.
+ *
+ * `closeTcp` (ARCH's own checkpoints and restores, not a runc call passed
+ * through, which keeps runc's meaning): CRIU's `tcp-close`. A job with a
+ * TCP connection open (a database, an HTTP keep-alive, a metrics push)
+ * cannot be dumped otherwise ("Connected TCP socket, consider using
+ * --tcp-established"): its checkpoint and a reclaim fail. With it the dump
+ * leaves the connections alone (a job left running keeps them), and the
+ * restore makes them closed sockets: the job's next send or receive fails as
+ * after a network hiccup, and it connects again. Restoring them open instead
+ * (--tcp-established) only works where the same addresses and the same peer
+ * still are, which a restore on another node, or after a pause, does not
+ * have; and the dump would stop every connection in repair mode.
  */
 export async function criuRunEnv(
   settings: Pick<Settings, 'criu' | 'criuNetworkLock' | 'criuNoBreakpoints'>,
   spec?: OciSpec,
   /** An action script for CRIU to run (the layer gate of a dump left running: core/layer-gate.ts). */
   actionScript?: string,
+  opts: { closeTcp?: boolean } = {},
 ): Promise<{ env: Record<string, string>; networkLock: NetworkLock; actionScript?: string }> {
   const env = criuEnv(settings);
   let networkLock: NetworkLock = 'iptables';
@@ -95,10 +108,12 @@ export async function criuRunEnv(
     const lines = [
       ...(networkLock === 'iptables' ? [] : [`network-lock ${networkLock}`]),
       ...(actionScript ? [`action-script ${actionScript}`] : []),
+      ...(opts.closeTcp ? ['tcp-close'] : []),
     ];
     if (!lines.length) return { env, networkLock };
-    const file = path.join(CRIU_RUN_DIR, `${actionScript ? 'gated-' : ''}network-lock-${networkLock}.conf`);
-    const text = `# Written by ARCH (ARCH_CRIU_NETWORK_LOCK, the layer gate); read by CRIU through CRIU_CONFIG_FILE.\n${lines.join('\n')}\n`;
+    const name = `${actionScript ? 'gated-' : ''}${opts.closeTcp ? 'tcp-close-' : ''}network-lock-${networkLock}.conf`;
+    const file = path.join(CRIU_RUN_DIR, name);
+    const text = `# Written by ARCH (ARCH_CRIU_NETWORK_LOCK, the layer gate, TCP connections closed on restore); read by CRIU through CRIU_CONFIG_FILE.\n${lines.join('\n')}\n`;
     if ((await fs.readFile(file, 'utf8').catch(() => '')) !== text) await writeRunFile(file, text);
     return { env: { ...env, CRIU_CONFIG_FILE: file }, networkLock, ...(actionScript ? { actionScript } : {}) };
   } catch {

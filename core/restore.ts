@@ -13,6 +13,8 @@ import { assertSameOwner, ownerOf } from './owner.js';
 import { layerDifference } from './layer-match.js';
 import { applyDiff, findOverlayDirs } from './rootfs-diff.js';
 import { rollBackWorkFiles } from './work-files.js';
+import { withCriuErrors } from './criu-log.js';
+import { loopbackUp, ownsNewNetworkNamespace } from './restored-loopback.js';
 import type { Runc } from './runc.js';
 import { DirectBuffer } from './direct-append.js';
 import {
@@ -126,7 +128,8 @@ async function restoreHolding(ctx: NodeContext, req: RestoreRequest, held: Held)
   if (assembled) timings.assemble = Date.now() - t;
   const dir = assembled?.dir ?? stored;
   // Resolved while the checkpoint is verified (a probe of CRIU the first time after boot).
-  const criuAsked = criuRunEnv(ctx.settings, req.spec);
+  // The job's TCP connections come back closed: it connects again (criuRunEnv says why).
+  const criuAsked = criuRunEnv(ctx.settings, req.spec, undefined, { closeTcp: true });
   // Who this container is (pod namespace, image: containerd's record), asked while the checkpoint is verified.
   const ownerAsked = ownerOf(req.spec, req.namespace, req.id, process.pid, (why) =>
     ctx.log.debug(
@@ -333,20 +336,28 @@ async function restoreHolding(ctx: NodeContext, req: RestoreRequest, held: Held)
     // byte in memory it needs), or its gate refuses them (a chunk failed
     // authentication): the damage is the reason then, not runc.
     if (pages instanceof CheckpointUnusableError) throw pages;
-    const log = await fsp.readFile(path.join(work, 'restore.log'), 'utf8').catch(() => '');
-    // CRIU's first error is most often the cause (a file that "has bad size"), its last ones the aftermath.
-    const errors = log.split('\n').filter((l) => /Error|error/.test(l));
-    const tail = [...new Set([...errors.slice(0, 1), ...errors.slice(-2)])].join(' | ');
-    throw new Error(
-      `runc restore failed: ${errorMessage(err).split('\n').slice(-3).join(' ')}${tail ? ` (criu: ${tail})` : ''}`,
-    );
+    throw await withCriuErrors('runc restore failed', err, path.join(work, 'restore.log'));
   }
   timings.restore = Date.now() - t;
   gated?.gate.release();
+  // Its own network namespace comes back with lo down (core/restored-loopback.ts): up before the job runs on.
+  const networkUp = async (): Promise<void> => {
+    if (!ownsNewNetworkNamespace(req.spec)) return;
+    const l = Date.now();
+    await loopbackUp(await restoredInitPid(req, pidFile)).catch((err: unknown) =>
+      ctx.log.warn(
+        { namespace: req.namespace, container: req.id, phase: 'restore', err: errorMessage(err) },
+        "could not bring the restored container's loopback up (install iproute2): its 127.0.0.1 is unreachable",
+      ),
+    );
+    timings.loopback = Date.now() - l;
+  };
+  if (!criuConfig) await networkUp(); // running already: as soon as it can be
   if (criuConfig) {
     try {
       await criuConfig.reset(); // later dumps of this container must not leave it stopped
       await pagesVerified();
+      await networkUp();
       await continueProcesses(req, pidFile);
     } catch (err) {
       // Bad page images never ran: the stopped processes are killed unresumed.
@@ -476,11 +487,16 @@ async function leaveStoppedConfig(
   return { reset: () => fsp.writeFile(file, defaults) };
 }
 
-/** SIGCONT every process of the restored container (through its cgroup; runc where that is unknown). */
-async function continueProcesses(req: RestoreRequest, pidFile: string | undefined): Promise<void> {
-  const pid = pidFile
+/** The restored container's init: from runc's pid file, else runc's state. */
+async function restoredInitPid(req: RestoreRequest, pidFile: string | undefined): Promise<number> {
+  return pidFile
     ? Number((await fsp.readFile(pidFile, 'utf8').catch(() => '')).trim())
     : (await req.runc.state(req.id)).pid;
+}
+
+/** SIGCONT every process of the restored container (through its cgroup; runc where that is unknown). */
+async function continueProcesses(req: RestoreRequest, pidFile: string | undefined): Promise<void> {
+  const pid = await restoredInitPid(req, pidFile);
   const cgroup = await CgroupFreezer.of(pid);
   if (cgroup && (await cgroup.signalAll('SIGCONT')) > 0) return;
   await req.runc.kill(req.id, 'CONT', true);

@@ -35,6 +35,11 @@
  *                        job writes its results: CRIU records the open file's
  *                        size at a checkpoint
  *   COUNTER_OUT_APPEND   if set, COUNTER_OUT is opened O_APPEND instead (a log)
+ *   COUNTER_TCP          if set, hold a TCP connection open (to a listener of
+ *                        its own on 127.0.0.1), send a byte over it each tick,
+ *                        and connect again when it breaks: prints "tcp up"
+ *                        at each connect and "tcp broken" when a send fails,
+ *                        as a job with a database or HTTP connection does
  *
  * Output: "counter start pid=P\n" once, then "count N\n" each tick, flushed.
  * SIGTERM/SIGINT: prints "counter exit N" and exits 0 (a clean exit), which
@@ -53,6 +58,8 @@
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 
 static volatile sig_atomic_t stop_requested = 0;
 static void on_term(int sig) { (void)sig; stop_requested = 1; }
@@ -131,6 +138,45 @@ static void start_files(const char *state_dir) {
   unlink("/etc/to-delete.txt");
 }
 
+/* COUNTER_TCP: the listener, and the two ends of the connection the job holds. */
+static int tcp_listener = -1, tcp_client = -1, tcp_server = -1;
+
+static void tcp_connect(void) {
+  struct sockaddr_in a;
+  socklen_t len = sizeof a;
+  if (getsockname(tcp_listener, (struct sockaddr *)&a, &len) < 0) return;
+  tcp_client = socket(AF_INET, SOCK_STREAM, 0);
+  if (tcp_client < 0 || connect(tcp_client, (struct sockaddr *)&a, len) < 0) { perror("counter: connect"); return; }
+  tcp_server = accept(tcp_listener, NULL, NULL);
+  if (tcp_server < 0) { perror("counter: accept"); return; }
+  printf("tcp up\n");
+}
+
+static void tcp_start(void) {
+  struct sockaddr_in a;
+  memset(&a, 0, sizeof a);
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  tcp_listener = socket(AF_INET, SOCK_STREAM, 0);
+  if (tcp_listener < 0 || bind(tcp_listener, (struct sockaddr *)&a, sizeof a) < 0 || listen(tcp_listener, 4) < 0) {
+    perror("counter: listen");
+    return;
+  }
+  tcp_connect();
+}
+
+static void tcp_tick(void) {
+  char b[256];
+  if (tcp_client >= 0 && send(tcp_client, "x", 1, MSG_NOSIGNAL | MSG_DONTWAIT) == 1 &&
+      tcp_server >= 0 && recv(tcp_server, b, sizeof b, MSG_DONTWAIT) != 0)
+    return;
+  printf("tcp broken\n");
+  if (tcp_client >= 0) close(tcp_client);
+  if (tcp_server >= 0) close(tcp_server);
+  tcp_client = tcp_server = -1;
+  tcp_connect();
+}
+
 int main(void) {
   long interval_ms = env_long("COUNTER_INTERVAL_MS", 100);
   long mem_mb = env_long("COUNTER_MEM_MB", 0);
@@ -170,6 +216,8 @@ int main(void) {
     if (ofd < 0) { perror("counter: COUNTER_OUT"); return 1; }
   }
 
+  if (getenv("COUNTER_TCP")) tcp_start();
+
   unsigned char *mem = NULL;
   size_t mem_size = (size_t)mem_mb << 20;
   if (mem_size) {
@@ -195,6 +243,7 @@ int main(void) {
       if (lfd >= 0) { (void)!write(lfd, line, (size_t)n); close(lfd); }
     }
     if (ofd >= 0) (void)!write(ofd, line, (size_t)n);
+    if (tcp_listener >= 0) tcp_tick();
     printf("count %lu\n", count);
     if (mem && verify_every > 0 && count % (unsigned long)verify_every == 0) {
       int ok = 1;

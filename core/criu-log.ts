@@ -1,0 +1,23 @@
+import fsp from 'node:fs/promises';
+import { errorMessage } from '../contract/errors.js';
+
+/**
+ * What CRIU's log says went wrong, for the one line a failed dump or restore
+ * gets: its first error (most often the cause: "Connected TCP socket", a file
+ * that "has bad size") and its last two (the aftermath), without repeats.
+ */
+export function criuErrors(log: string): string {
+  const errors = log.split('\n').filter((l) => /Error|error/.test(l));
+  return [...new Set([...errors.slice(0, 1), ...errors.slice(-2)])].join(' | ');
+}
+
+/** A runc error, its last lines (runc's own say only "criu failed"), with CRIU's errors from `logFile`. */
+export async function withCriuErrors(what: string, err: unknown, logFile: string): Promise<Error> {
+  const criu = criuErrors(await fsp.readFile(logFile, 'utf8').catch(() => ''));
+  return new Error(
+    `${what}: ${errorMessage(err).split('\n').slice(-3).join(' ').trim()}${criu ? ` (criu: ${criu})` : ''}`,
+    {
+      cause: err,
+    },
+  );
+}
