@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run ARCH's CI (.ci/run: install.sh, then the whole test suite) in a Debian 13
 # root on this host, to check the installer and the tests on Debian 13's
-# packages (containerd 1.7, runc 1.1.15, criu 4.1, Node 20.19, Go 1.24) from a
+# packages (containerd 1.7, runc 1.1.15, Node 20.19, Go 1.24; CRIU comes from Debian forky, as on Debian 12) from a
 # Debian 12 machine. As root; about 15 minutes the first time.
 #
 #   scripts/debian13-ci.sh [ROOT]      ROOT default /var/tmp/arch-debian13
