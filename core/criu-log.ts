@@ -3,12 +3,13 @@ import { errorMessage } from '../contract/errors.js';
 
 /**
  * What CRIU's log says went wrong, for the one line a failed dump or restore
- * gets: its first error (most often the cause: "Connected TCP socket", a file
- * that "has bad size") and its last two (the aftermath), without repeats.
+ * gets: its first error (most often the cause: a socket it cannot dump, a
+ * file that "has bad size") and its last three (where it gave up, such as
+ * "Can't fork for N": shim/main.ts reads that one), without repeats.
  */
 export function criuErrors(log: string): string {
   const errors = log.split('\n').filter((l) => /Error|error/.test(l));
-  return [...new Set([...errors.slice(0, 1), ...errors.slice(-2)])].join(' | ');
+  return [...new Set([...errors.slice(0, 1), ...errors.slice(-3)])].join(' | ');
 }
 
 /** A runc error, its last lines (runc's own say only "criu failed"), with CRIU's errors from `logFile`. */
