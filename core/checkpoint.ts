@@ -354,10 +354,12 @@ async function checkpointLocked(
     const captureRootfs = async () => {
       const c0 = Date.now();
       const work = workDir && captureWorkFilesOf(workDir);
-      const d = upper ? await captureDiff(upper, diffDir) : await emptyDiff(diffDir);
-      workFiles = await work;
-      timings.rootfsCapture = Date.now() - c0;
-      return d;
+      try {
+        return upper ? await captureDiff(upper, diffDir) : await emptyDiff(diffDir);
+      } finally {
+        workFiles = await work; // closed on the failure path below
+        timings.rootfsCapture = Date.now() - c0;
+      }
     };
     let captured: ReturnType<typeof captureRootfs> | undefined;
     /**
