@@ -9,7 +9,7 @@
 # What it is and is not: the host's kernel, a Debian 13 userland. The root is
 # made with debootstrap (installed on the host if missing) from the host's own
 # Debian mirror, gets the host's extra CA certificates (a TLS-inspecting proxy
-# needs them, as the host does), and a fresh clone of this repository's HEAD.
+# needs them, as the host does) and its apt Acquire settings, and a fresh clone of this repository's HEAD.
 # Everything runs in a private mount namespace entered with pivot_root (runc
 # and CRIU need a real root mount, not a chroot): its mounts go away with it.
 # .ci/run stops what it started; the root dir stays for a faster next run
@@ -36,6 +36,12 @@ if compgen -G '/usr/local/share/ca-certificates/*.crt' >/dev/null; then
   cp /usr/local/share/ca-certificates/*.crt "$ROOT/usr/local/share/ca-certificates/"
   chroot "$ROOT" update-ca-certificates >/dev/null
 fi
+# The host's apt settings for reaching its mirror (Acquire::*: proxies, and a
+# frozen mirror's expired Valid-Until dates, which the testing suite's
+# Release files carry and install.sh's CRIU fetch reads), as the host has them.
+for f in /etc/apt/apt.conf.d/*; do
+  [ -f "$f" ] && grep -q '^Acquire::' "$f" && cp "$f" "$ROOT/etc/apt/apt.conf.d/"
+done
 say "fresh clone of $(git -C "$REPO" rev-parse --short HEAD)"
 rm -rf "$ROOT/work/arch"
 mkdir -p "$ROOT/work" "$ROOT/.oldroot"
