@@ -157,8 +157,15 @@ ARCH_TEMPORAL_CLI=$ARCH_PREFIX/bin/temporal
 ARCH_LOG_FILE=/var/log/arch/arch.log
 CONF
 else
-  # Keep the user's settings; only move ARCH_HOME to this checkout.
+  # Keep the user's settings; only move ARCH_HOME to this checkout, and move
+  # ARCH_CRIU on from a CRIU older than 4.2 (an earlier install's, Debian 13's
+  # own 4.1.1) to the one installed above.
   sed -i "s:^ARCH_HOME=.*:ARCH_HOME=$ARCH_HOME:" "$CONF_DIR/arch.env"
+  OLD_CRIU="$(sed -n 's/^ARCH_CRIU=//p' "$CONF_DIR/arch.env" | tail -n1)"
+  if [ -n "$OLD_CRIU" ] && [ "$OLD_CRIU" != "$CRIU_BIN" ] && ! criu_at_least_4_2 "$OLD_CRIU"; then
+    say "ARCH_CRIU in $CONF_DIR/arch.env: $OLD_CRIU ($(criu_version "$OLD_CRIU" || true)) -> $CRIU_BIN"
+    sed -i "s:^ARCH_CRIU=.*:ARCH_CRIU=$CRIU_BIN:" "$CONF_DIR/arch.env"
+  fi
 fi
 mkdir -p /var/log/arch /var/lib/arch
 # This node's checkpoint signing key (Ed25519): restores accept only manifests
