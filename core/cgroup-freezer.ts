@@ -118,23 +118,31 @@ export class CgroupFreezer {
    */
   async signalAll(signal: NodeJS.Signals): Promise<number> {
     let sent = 0;
+    for (const pid of await this.pids()) {
+      try {
+        process.kill(pid, signal);
+        sent++;
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== 'ESRCH') throw err;
+      }
+    }
+    return sent;
+  }
+
+  /** Every process of the cgroup and of the cgroups below it (a container running its own cgroups). */
+  async pids(): Promise<number[]> {
+    const pids: number[] = [];
     const visit = async (dir: string): Promise<void> => {
       for (const line of (await fsp.readFile(path.join(dir, 'cgroup.procs'), 'utf8')).split('\n')) {
         const pid = Number(line);
-        if (!Number.isInteger(pid) || pid <= 0) continue;
-        try {
-          process.kill(pid, signal);
-          sent++;
-        } catch (err) {
-          if ((err as NodeJS.ErrnoException).code !== 'ESRCH') throw err;
-        }
+        if (Number.isInteger(pid) && pid > 0) pids.push(pid);
       }
       for (const e of await fsp.readdir(dir, { withFileTypes: true })) {
         if (e.isDirectory()) await visit(path.join(dir, e.name));
       }
     };
     await visit(this.dir);
-    return sent;
+    return pids;
   }
 
   /**

@@ -41,7 +41,8 @@ import { ChunkFollower, ChunkWriter } from './chunked-files.js';
 import { lockCheckpoint, updateShimState } from './shim-state.js';
 import { runtimeVersions } from './versions.js';
 import { withCriuErrors } from './criu-log.js';
-import { captureWorkFiles, holdExistingWorkDir, processesOf, type CapturedWorkFiles } from './work-files.js';
+import { captureWorkFiles, type CapturedWorkFiles } from './work-files.js';
+import { walkWorkDir } from './work-dir.js';
 import type { HeldDir } from './host-dirs.js';
 import { CRIU_DIR, DELETED_FILES, PAGE_IMAGE_NAME, ROOTFS_TAR, SPEC_FILE } from './checkpoint-layout.js';
 
@@ -293,7 +294,7 @@ async function checkpointLocked(
   // Shared mode: the work directory, walked (no symlink followed) and held while its open files are recorded.
   const workDir = req.dumpedImages
     ? undefined
-    : await holdExistingWorkDir(c.contract, req.namespace, req.id).catch((err: unknown) => {
+    : await walkWorkDir(c.contract, req.namespace, req.id, false).catch((err: unknown) => {
         log.warn(
           { phase: 'checkpoint', err: errorMessage(err) },
           'the work dir could not be walked: its open files are not recorded (a restore will not cut them back)',
@@ -304,7 +305,8 @@ async function checkpointLocked(
   const captureWorkFilesOf = async (dir: HeldDir): Promise<CapturedWorkFiles | undefined> => {
     if (c.contract.mode !== 'shared') return undefined;
     try {
-      const pids = await processesOf(cgroup?.dir ?? (await CgroupFreezer.of(c.pid))?.dir, c.pid);
+      const group = cgroup ?? (await CgroupFreezer.of(c.pid));
+      const pids = group ? await group.pids() : [c.pid];
       return await captureWorkFiles(pids, c.contract.workdirContainerPath, dir.fdPath);
     } catch (err) {
       log.warn(

@@ -98,13 +98,6 @@ export async function probeCriuDump(
   }
 }
 
-/**
- * Whether the kernel tracks dirty pages (soft-dirty bits), as CRIU itself
- * says. Where it does, pre-dumps (memory copied while the job runs, only
- * the pages changed since copied while frozen) could cut the freeze of a
- * periodic checkpoint; ARCH does not pre-dump today, since these VMs have
- * no such tracking to test it on. Information only.
- */
 const CRIU_FIX = "run ./install.sh: it installs Debian's newest CRIU (>= 4.2) privately, or set ARCH_CRIU to one";
 
 /**
@@ -124,6 +117,13 @@ export function criuTooOld(criuVersion: string, kernelRelease: string): string |
   return undefined;
 }
 
+/**
+ * Whether the kernel tracks dirty pages (soft-dirty bits), as CRIU itself
+ * says. Where it does, pre-dumps (memory copied while the job runs, only
+ * the pages changed since copied while frozen) could cut the freeze of a
+ * periodic checkpoint; ARCH does not pre-dump today, since these VMs have
+ * no such tracking to test it on. Information only.
+ */
 export async function dirtyTrackCheck(criu: string): Promise<Check> {
   const r = await execa(criu, ['check', '--feature', 'mem_dirty_track'], {
     reject: false,

@@ -2,6 +2,7 @@ import fs from 'node:fs';
 import fsp, { type FileHandle } from 'node:fs/promises';
 import path from 'node:path';
 import { ArchInputError } from '../contract/errors.js';
+import { isPlainRelativePath } from './paths.js';
 
 /**
  * Host directories that a container's environment names (its checkpoint
@@ -44,7 +45,7 @@ export interface OwnerRecord {
 export const RECORD_SUFFIX = '@arch.json';
 export const ALLOWED_ROOTS_SETTING = 'ARCH_ALLOWED_ROOTS';
 
-const { O_RDONLY, O_DIRECTORY, O_NOFOLLOW } = fs.constants;
+const { O_RDONLY, O_DIRECTORY, O_NOFOLLOW, O_NONBLOCK } = fs.constants;
 
 /** The allowed root that `p` is, or lies under (the longest one); undefined when none. */
 export function allowedRootOf(p: string, roots: readonly string[]): string | undefined {
@@ -226,6 +227,44 @@ function throw_(err: unknown): never {
 
 function openNoFollow(dirFd: number, name: string): Promise<FileHandle> {
   return fsp.open(`/proc/self/fd/${dirFd}/${name}`, O_RDONLY | O_DIRECTORY | O_NOFOLLOW);
+}
+
+/** Linux's O_PATH (node does not export it): a handle on a name that opens nothing behind it. */
+const O_PATH = 0o10000000;
+
+/**
+ * Open the regular file `rel` below the directory `dir` (a path ARCH walked
+ * and holds) without following a symlink at any component. The name is
+ * first taken with O_PATH, which opens no device or FIFO behind it, and only
+ * a regular file is then opened (through that very handle, so a swap of the
+ * name in between changes nothing). Errors carry `code`: ENOENT, ELOOP (a
+ * symlink on the way or at the end), ENOTREG (not a regular file).
+ */
+export async function openBeneath(dir: string, rel: string, flags: number): Promise<FileHandle> {
+  if (!isPlainRelativePath(rel)) throw new Error(`"${rel}" is not a plain relative path`);
+  const parts = rel.split('/');
+  let at = await fsp.open(dir, O_RDONLY | O_DIRECTORY);
+  let name: FileHandle | undefined;
+  try {
+    for (const part of parts.slice(0, -1)) {
+      const next = await openNoFollow(at.fd, part).catch((err: NodeJS.ErrnoException) => {
+        // O_NOFOLLOW with O_DIRECTORY says ENOTDIR for a symlink too.
+        throw err.code === 'ENOTDIR' ? Object.assign(err, { code: 'ELOOP' }) : err;
+      });
+      await at.close();
+      at = next;
+    }
+    name = await fsp.open(`/proc/self/fd/${at.fd}/${parts[parts.length - 1]!}`, O_PATH | O_NOFOLLOW);
+    const st = await name.stat();
+    if (!st.isFile()) {
+      const what = st.isSymbolicLink() ? 'a symlink' : 'not a regular file';
+      throw Object.assign(new Error(`"${rel}" is ${what}`), { code: st.isSymbolicLink() ? 'ELOOP' : 'ENOTREG' });
+    }
+    return await fsp.open(`/proc/self/fd/${name.fd}`, flags | O_NONBLOCK);
+  } finally {
+    await name?.close().catch(() => undefined);
+    await at.close().catch(() => undefined);
+  }
 }
 
 async function walkError(req: WalkRequest, here: string, dirFd: number, name: string, err: unknown): Promise<Error> {

@@ -341,10 +341,9 @@ async function restoreHolding(ctx: NodeContext, req: RestoreRequest, held: Held)
   timings.restore = Date.now() - t;
   gated?.gate.release();
   // Its own network namespace comes back with lo down (core/restored-loopback.ts): up before the job runs on.
-  const networkUp = async (): Promise<void> => {
-    if (!ownsNewNetworkNamespace(req.spec)) return;
+  const networkUp = async (pid: number): Promise<void> => {
     const l = Date.now();
-    await loopbackUp(await restoredInitPid(req, pidFile)).catch((err: unknown) =>
+    await loopbackUp(pid).catch((err: unknown) =>
       ctx.log.warn(
         { namespace: req.namespace, container: req.id, phase: 'restore', err: errorMessage(err) },
         "could not bring the restored container's loopback up (install iproute2): its 127.0.0.1 is unreachable",
@@ -352,13 +351,16 @@ async function restoreHolding(ctx: NodeContext, req: RestoreRequest, held: Held)
     );
     timings.loopback = Date.now() - l;
   };
-  if (!criuConfig) await networkUp(); // running already: as soon as it can be
-  if (criuConfig) {
+  if (!criuConfig) {
+    // Running already: as soon as it can be.
+    if (ownsNewNetworkNamespace(req.spec)) await networkUp(await restoredInitPid(req, pidFile));
+  } else {
     try {
       await criuConfig.reset(); // later dumps of this container must not leave it stopped
       await pagesVerified();
-      await networkUp();
-      await continueProcesses(req, pidFile);
+      const pid = await restoredInitPid(req, pidFile);
+      if (ownsNewNetworkNamespace(req.spec)) await networkUp(pid);
+      await continueProcesses(req, pid);
     } catch (err) {
       // Bad page images never ran: the stopped processes are killed unresumed.
       await undo();
@@ -494,9 +496,8 @@ async function restoredInitPid(req: RestoreRequest, pidFile: string | undefined)
     : (await req.runc.state(req.id)).pid;
 }
 
-/** SIGCONT every process of the restored container (through its cgroup; runc where that is unknown). */
-async function continueProcesses(req: RestoreRequest, pidFile: string | undefined): Promise<void> {
-  const pid = await restoredInitPid(req, pidFile);
+/** SIGCONT every process of the restored container, whose init is `pid` (through its cgroup; runc where that is unknown). */
+async function continueProcesses(req: RestoreRequest, pid: number): Promise<void> {
   const cgroup = await CgroupFreezer.of(pid);
   if (cgroup && (await cgroup.signalAll('SIGCONT')) > 0) return;
   await req.runc.kill(req.id, 'CONT', true);

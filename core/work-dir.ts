@@ -1,9 +1,9 @@
-import { execa } from 'execa';
 import { randomBytes } from 'node:crypto';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { checkpointKeyOf, ENV, workDirOf, type EnabledContract } from './env-contract.js';
-import { holdDir, mayRemove } from './host-dirs.js';
+import { holdDir, mayRemove, type HeldDir } from './host-dirs.js';
+import { runCommand } from './run-command.js';
 import { isAlive } from './pid.js';
 
 /**
@@ -34,16 +34,9 @@ export async function prepareWorkDir(
   id: string,
   node: string,
 ): Promise<PreparedWorkDir | undefined> {
-  const target = workDirOf(contract, namespace, id);
-  if (!target) return undefined;
-  const held = (await holdDir({
-    root: contract.allowedRoot,
-    target,
-    kind: 'work',
-    create: true,
-    mode: 0o755,
-    field: ENV.sharedHostPath,
-  }))!;
+  const held = await walkWorkDir(contract, namespace, id, true);
+  if (!held) return undefined;
+  const target = held.path;
   try {
     const key = checkpointKeyOf(contract, id);
     if (held.created || !held.record) {
@@ -69,7 +62,7 @@ export async function prepareWorkDir(
     await removeStaleStages();
     const stage = path.join(STAGE_DIR, `${namespace}-${id}-${process.pid}-${randomBytes(3).toString('hex')}`);
     await fsp.mkdir(stage, { recursive: true, mode: 0o700 });
-    await execa('mount', [
+    await runCommand('mount', [
       '--no-canonicalize',
       '--bind',
       held.fdPath.replace('/proc/self/', `/proc/${process.pid}/`),
@@ -90,8 +83,25 @@ export async function prepareWorkDir(
   }
 }
 
+/**
+ * The work dir of a container (shared mode), walked to from the allowed root
+ * without following a symlink and held open: made when `create` (for its
+ * mount), else undefined when it is not there (a checkpoint reads it). Also
+ * undefined outside shared mode.
+ */
+export async function walkWorkDir(
+  contract: EnabledContract,
+  namespace: string,
+  id: string,
+  create: boolean,
+): Promise<HeldDir | undefined> {
+  const target = workDirOf(contract, namespace, id);
+  if (!target) return undefined;
+  return holdDir({ root: contract.allowedRoot, target, kind: 'work', create, mode: 0o755, field: ENV.sharedHostPath });
+}
+
 async function unstage(stage: string): Promise<void> {
-  await execa('umount', ['-l', stage], { reject: false });
+  await runCommand('umount', ['-l', stage], { reject: false });
   await fsp.rmdir(stage).catch(() => undefined);
 }
 

@@ -1,9 +1,7 @@
 import fs from 'node:fs';
 import fsp, { type FileHandle } from 'node:fs/promises';
-import path from 'node:path';
 import { CheckpointUnusableError } from '../contract/errors.js';
-import { ENV, workDirOf, type EnabledContract } from './env-contract.js';
-import { holdDir, type HeldDir } from './host-dirs.js';
+import { openBeneath } from './host-dirs.js';
 import { isPlainRelativePath } from './paths.js';
 
 /**
@@ -50,27 +48,7 @@ export interface CapturedWorkFiles {
 }
 
 const O_ACCMODE = 3;
-const { O_RDONLY, O_APPEND, O_NOFOLLOW, O_DIRECTORY, O_NONBLOCK } = fs.constants;
-
-/**
- * Open `rel` below the directory `dir` (itself trusted: a path ARCH walked
- * and holds) without following a symlink at any component.
- */
-export async function openBeneath(dir: string, rel: string, flags: number): Promise<FileHandle> {
-  if (!isPlainRelativePath(rel)) throw new Error(`"${rel}" is not a plain relative path`);
-  const parts = rel.split('/');
-  let at = await fsp.open(dir, O_RDONLY | O_DIRECTORY);
-  try {
-    for (const part of parts.slice(0, -1)) {
-      const next = await fsp.open(`/proc/self/fd/${at.fd}/${part}`, O_RDONLY | O_DIRECTORY | O_NOFOLLOW);
-      await at.close();
-      at = next;
-    }
-    return await fsp.open(`/proc/self/fd/${at.fd}/${parts[parts.length - 1]!}`, flags | O_NOFOLLOW | O_NONBLOCK);
-  } finally {
-    await at.close().catch(() => undefined);
-  }
-}
+const { O_RDONLY, O_WRONLY, O_APPEND } = fs.constants;
 
 /** The open-for-write regular files of `pids` that lie under `containerPath`, by their path there. */
 async function openForWrite(pids: readonly number[], containerPath: string) {
@@ -119,7 +97,7 @@ export async function captureWorkFiles(
     const h = await openBeneath(workDir, rel, O_RDONLY).catch(() => undefined);
     if (!h) continue;
     const st = await h.stat({ bigint: true }).catch(() => undefined);
-    if (!st?.isFile() || st.ino !== f.ino || st.dev !== f.dev) {
+    if (!st || st.ino !== f.ino || st.dev !== f.dev) {
       await h.close();
       continue;
     }
@@ -166,23 +144,31 @@ export async function rollBackWorkFiles(workDir: string, files: readonly WorkFil
         throw new CheckpointUnusableError('work-files', `the checkpoint names "${f.path}" in the work directory`);
       let h: FileHandle;
       try {
-        h = await openBeneath(workDir, f.path, fs.constants.O_WRONLY);
+        h = await openBeneath(workDir, f.path, O_WRONLY);
       } catch (err) {
         const code = (err as NodeJS.ErrnoException).code;
+        const now =
+          code === 'ENOENT'
+            ? 'is gone from'
+            : code === 'ELOOP'
+              ? 'is a symlink now in'
+              : code === 'ENOTREG'
+                ? 'is not a regular file now in'
+                : `cannot be opened (${code ?? String(err)}) in`;
         throw new CheckpointUnusableError(
           'work-files',
-          `"${f.path}", open in the job at the checkpoint, ${code === 'ENOENT' ? 'is gone from' : code === 'ELOOP' ? 'is a symlink now in' : `cannot be opened (${code ?? String(err)}) in`} its work directory: ${fix}`,
+          `"${f.path}", open in the job at the checkpoint, ${now} its work directory: ${fix}`,
         );
       }
-      open.push({ f, h, size: 0 });
+      const entry = { f, h, size: 0 };
+      open.push(entry);
       const st = await h.stat({ bigint: true });
-      if (!st.isFile() || st.ino.toString() !== f.ino)
+      if (st.ino.toString() !== f.ino)
         throw new CheckpointUnusableError(
           'work-files',
           `"${f.path}" in the work directory is another file than the one the job had open at the checkpoint: ${fix}`,
         );
-      const size = Number(st.size);
-      open[open.length - 1]!.size = size;
+      const size = (entry.size = Number(st.size));
       if (size < f.size && !f.append)
         throw new CheckpointUnusableError(
           'work-files',
@@ -199,31 +185,4 @@ export async function rollBackWorkFiles(workDir: string, files: readonly WorkFil
   } finally {
     await Promise.all(open.map(({ h }) => h.close().catch(() => undefined)));
   }
-}
-
-/**
- * The work dir of a running container, walked to and held as for its mount
- * (nothing created): undefined outside shared mode or when it is gone.
- */
-export async function holdExistingWorkDir(
-  contract: EnabledContract,
-  namespace: string,
-  id: string,
-): Promise<HeldDir | undefined> {
-  const target = workDirOf(contract, namespace, id);
-  if (!target) return undefined;
-  return holdDir({ root: contract.allowedRoot, target, kind: 'work', create: false, field: ENV.sharedHostPath });
-}
-
-/** Where the job's processes are: its cgroup's members, or its init alone. */
-export async function processesOf(cgroupDir: string | undefined, initPid: number): Promise<number[]> {
-  if (cgroupDir) {
-    const text = await fsp.readFile(path.join(cgroupDir, 'cgroup.procs'), 'utf8').catch(() => '');
-    const pids = text
-      .split('\n')
-      .map(Number)
-      .filter((n) => Number.isInteger(n) && n > 0);
-    if (pids.length) return pids;
-  }
-  return initPid > 0 ? [initPid] : [];
 }

@@ -1,10 +1,12 @@
+import { execa } from 'execa';
 import { spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { once } from 'node:events';
 import { isPlainRelativePath } from '../../core/paths.js';
-import { captureWorkFiles, openBeneath, rollBackWorkFiles, type WorkFile } from '../../core/work-files.js';
+import { openBeneath } from '../../core/host-dirs.js';
+import { captureWorkFiles, rollBackWorkFiles, type WorkFile } from '../../core/work-files.js';
 import { CheckpointUnusableError } from '../../contract/errors.js';
 
 /**
@@ -14,13 +16,21 @@ import { CheckpointUnusableError } from '../../contract/errors.js';
  */
 let dir: string;
 const holders: ChildProcess[] = [];
+const scratch: string[] = [];
 beforeEach(() => {
   dir = fs.mkdtempSync(path.join(os.tmpdir(), 'arch-work-files-'));
 });
 afterEach(() => {
   for (const p of holders.splice(0)) p.kill('SIGKILL');
-  fs.rmSync(dir, { recursive: true, force: true });
+  for (const d of [dir, ...scratch.splice(0)]) fs.rmSync(d, { recursive: true, force: true });
 });
+
+/** A directory outside the work dir, removed after the test. */
+function outsideDir(): string {
+  const d = fs.mkdtempSync(path.join(os.tmpdir(), 'arch-work-files-outside-'));
+  scratch.push(d);
+  return d;
+}
 
 /** A process holding `redirections` (sh syntax, relative to dir) open until killed. */
 async function holding(redirections: string): Promise<number> {
@@ -58,36 +68,28 @@ describe('captureWorkFiles', () => {
   });
 
   test('files outside the work dir, deleted ones and ones no longer under their name are left out', async () => {
-    const outside = fs.mkdtempSync(path.join(os.tmpdir(), 'arch-work-files-out-'));
-    try {
-      const pid = await holding(`3>gone.txt 4>moved.txt 7>"${outside}/o.txt"`);
-      fs.rmSync(path.join(dir, 'gone.txt'));
-      // The name now leads elsewhere: a directory swapped in under the held file's name.
-      fs.renameSync(path.join(dir, 'moved.txt'), path.join(outside, 'moved.txt'));
-      const got = await captureWorkFiles([pid], dir, dir);
-      expect(got.files).toEqual([]);
-      await got.close();
-    } finally {
-      fs.rmSync(outside, { recursive: true, force: true });
-    }
+    const outside = outsideDir();
+    const pid = await holding(`3>gone.txt 4>moved.txt 7>"${outside}/o.txt"`);
+    fs.rmSync(path.join(dir, 'gone.txt'));
+    // The name now leads elsewhere: the held file moved out of the work dir.
+    fs.renameSync(path.join(dir, 'moved.txt'), path.join(outside, 'moved.txt'));
+    const got = await captureWorkFiles([pid], dir, dir);
+    expect(got.files).toEqual([]);
+    await got.close();
   });
 
   test('a name reached through a symlink inside the work dir is not recorded', async () => {
-    const real = fs.mkdtempSync(path.join(os.tmpdir(), 'arch-work-files-real-'));
-    try {
-      fs.mkdirSync(path.join(dir, 'd'));
-      const pid = await holding('3>d/f.txt');
-      // The job's view says d/f.txt; the work dir's d is now a symlink to another directory with such a file.
-      fs.renameSync(path.join(dir, 'd'), path.join(real, 'd'));
-      fs.mkdirSync(path.join(dir, 'x'));
-      fs.writeFileSync(path.join(dir, 'x/f.txt'), 'other');
-      fs.symlinkSync(path.join(dir, 'x'), path.join(dir, 'd'));
-      const got = await captureWorkFiles([pid], dir, dir);
-      expect(got.files).toEqual([]);
-      await got.close();
-    } finally {
-      fs.rmSync(real, { recursive: true, force: true });
-    }
+    const real = outsideDir();
+    fs.mkdirSync(path.join(dir, 'd'));
+    const pid = await holding('3>d/f.txt');
+    // The job's view says d/f.txt; the work dir's d is now a symlink to another directory with such a file.
+    fs.renameSync(path.join(dir, 'd'), path.join(real, 'd'));
+    fs.mkdirSync(path.join(dir, 'x'));
+    fs.writeFileSync(path.join(dir, 'x/f.txt'), 'other');
+    fs.symlinkSync(path.join(dir, 'x'), path.join(dir, 'd'));
+    const got = await captureWorkFiles([pid], dir, dir);
+    expect(got.files).toEqual([]);
+    await got.close();
   });
 });
 
@@ -147,26 +149,30 @@ describe('rollBackWorkFiles', () => {
   });
 
   test('symlinks are never followed, at the file or at a directory on the way', async () => {
-    const outside = fs.mkdtempSync(path.join(os.tmpdir(), 'arch-work-files-victim-'));
-    try {
-      fs.writeFileSync(path.join(outside, 'victim'), 'must stay whole');
-      write('f.txt', 'x');
-      const files = [rec('f.txt', 0)];
-      fs.rmSync(path.join(dir, 'f.txt'));
-      fs.symlinkSync(path.join(outside, 'victim'), path.join(dir, 'f.txt'));
-      await expect(rollBackWorkFiles(dir, files)).rejects.toThrow('is a symlink now in its work directory');
-      fs.mkdirSync(path.join(dir, 'd'));
-      write('d/g.txt', 'x');
-      const nested = [rec('d/g.txt', 0)];
-      fs.rmSync(path.join(dir, 'd'), { recursive: true });
-      fs.symlinkSync(outside, path.join(dir, 'd'));
-      fs.writeFileSync(path.join(outside, 'g.txt'), 'must stay whole');
-      await expect(rollBackWorkFiles(dir, nested)).rejects.toThrow(CheckpointUnusableError);
-      expect(fs.readFileSync(path.join(outside, 'victim'), 'utf8')).toBe('must stay whole');
-      expect(fs.readFileSync(path.join(outside, 'g.txt'), 'utf8')).toBe('must stay whole');
-    } finally {
-      fs.rmSync(outside, { recursive: true, force: true });
-    }
+    const outside = outsideDir();
+    fs.writeFileSync(path.join(outside, 'victim'), 'must stay whole');
+    write('f.txt', 'x');
+    const files = [rec('f.txt', 0)];
+    fs.rmSync(path.join(dir, 'f.txt'));
+    fs.symlinkSync(path.join(outside, 'victim'), path.join(dir, 'f.txt'));
+    await expect(rollBackWorkFiles(dir, files)).rejects.toThrow('is a symlink now in its work directory');
+    fs.mkdirSync(path.join(dir, 'd'));
+    write('d/g.txt', 'x');
+    const nested = [rec('d/g.txt', 0)];
+    fs.rmSync(path.join(dir, 'd'), { recursive: true });
+    fs.symlinkSync(outside, path.join(dir, 'd'));
+    fs.writeFileSync(path.join(outside, 'g.txt'), 'must stay whole');
+    await expect(rollBackWorkFiles(dir, nested)).rejects.toThrow(CheckpointUnusableError);
+    expect(fs.readFileSync(path.join(outside, 'victim'), 'utf8')).toBe('must stay whole');
+    expect(fs.readFileSync(path.join(outside, 'g.txt'), 'utf8')).toBe('must stay whole');
+  });
+
+  test('a FIFO put at the name is refused without being opened (no writer blocks, nothing behind it runs)', async () => {
+    write('f.txt', 'x');
+    const files = [rec('f.txt', 0)];
+    fs.rmSync(path.join(dir, 'f.txt'));
+    await execa('mkfifo', [path.join(dir, 'f.txt')]);
+    await expect(rollBackWorkFiles(dir, files)).rejects.toThrow('is not a regular file now in its work directory');
   });
 
   test('a path that would leave the work dir is refused before anything is opened', async () => {
