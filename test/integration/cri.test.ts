@@ -126,7 +126,10 @@ async function expectRestored(
   expect({ restored: !!state?.restoredFrom, failure }).toEqual({ restored: true, failure: undefined });
   await waitCount(c.job, atCheckpoint + 3);
   expect(starts(c.job)).toBe(1);
-  expect(output(c.pod, 'job', c.attempt)).not.toMatch(/counter start/);
+  const printed = output(c.pod, 'job', c.attempt);
+  expect(printed).not.toMatch(/counter start/);
+  // What the restored job prints reaches the new container's log (kubectl logs).
+  expect(printed).toMatch(new RegExp(`stdout F count ${atCheckpoint + 2}\\n`));
 }
 
 test("arch-cli doctor finds the node's containerd and checks its CRI config (Root, restrict_oom_score_adj)", async () => {

@@ -123,6 +123,10 @@ test("run -> arch-cli finalize -> rm -> run again: restored, the count goes on; 
   const c = await waitCount(b, atCheckpoint + 3);
   expect(c).toBeGreaterThan(atCheckpoint);
   expect(restoredLines(await idOf(b))).toHaveLength(1);
+  // What the restored job prints reaches `docker logs` of the new container; it did not start again.
+  const printed = (await dk.docker(['logs', b.name])).stdout;
+  expect(printed).toMatch(new RegExp(`^count ${atCheckpoint + 2}$`, 'm'));
+  expect(printed).not.toMatch(/counter start/);
   // Its files from before the checkpoint came along (new, changed and deleted files of the layer).
   expect((await dk.docker(['exec', b.name, 'cat', '/etc/to-modify.txt'])).stdout).toBe('modified by counter');
   expect((await dk.docker(['exec', b.name, 'ls', '/etc'], { reject: false })).stdout).not.toContain('to-delete.txt');
