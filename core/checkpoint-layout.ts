@@ -20,3 +20,14 @@ export const SPEC_FILE = 'config.json';
 export const PAGE_IMAGE_NAME = /^pages-\d+\.img$/;
 /** The same, by path relative to the checkpoint directory (as the manifest lists files). */
 export const PAGE_IMAGE_PATH = new RegExp(`^${CRIU_DIR}/${PAGE_IMAGE_NAME.source.slice(1)}`);
+
+/**
+ * CRIU's images of what the job holds, not of how it is built: its memory
+ * pages, and its ghost files (ghost-file-<hex id>.img: the contents of files
+ * it holds open after deleting them, a temporary file or a spill file, which
+ * exist nowhere else). Sealed and chunked like the writable layer's archive;
+ * CRIU's other images are small descriptions of the processes.
+ */
+export const CONTENT_IMAGE_NAME = /^(pages-\d+|ghost-file-[0-9a-f]+)\.img$/;
+/** The same, by path relative to the checkpoint directory. */
+export const CONTENT_IMAGE_PATH = new RegExp(`^${CRIU_DIR}/${CONTENT_IMAGE_NAME.source.slice(1)}`);

@@ -44,7 +44,14 @@ import { withCriuErrors } from './criu-log.js';
 import { captureWorkFiles, type CapturedWorkFiles } from './work-files.js';
 import { walkWorkDir } from './work-dir.js';
 import type { HeldDir } from './host-dirs.js';
-import { CRIU_DIR, DELETED_FILES, PAGE_IMAGE_NAME, ROOTFS_TAR, SPEC_FILE } from './checkpoint-layout.js';
+import {
+  CONTENT_IMAGE_NAME,
+  CRIU_DIR,
+  DELETED_FILES,
+  PAGE_IMAGE_NAME,
+  ROOTFS_TAR,
+  SPEC_FILE,
+} from './checkpoint-layout.js';
 
 /**
  * One checkpoint path for everybody: `arch-cli finalize`, the Temporal
@@ -220,7 +227,7 @@ async function checkpointLocked(
   // or a container the user paused: frozen here first, since it must stay frozen after CRIU.
   const gateScript = req.leaveRunning && !wasPaused && !req.dumpedImages ? await LayerGate.script() : undefined;
   // TCP connections: left alone by the dump, closed on the restore (criuRunEnv says why).
-  const criuAsked = criuRunEnv(ctx.settings, c.spec, gateScript, { closeTcp: true });
+  const criuAsked = criuRunEnv(ctx.settings, c.spec, gateScript, { own: true });
   // Whose job this is (pod namespace, image), recorded in the signed manifest: asked during the dump too.
   const ownerAsked = ownerOf(c.spec, req.namespace, req.id, c.pid > 0 ? c.pid : process.pid, (why) =>
     log.warn(
@@ -341,7 +348,7 @@ async function checkpointLocked(
     if (scratch && sealKey) {
       sealer = new SealFollower(
         [
-          { dir: dumpDir, pattern: PAGE_IMAGE_NAME, prefix: `${CRIU_DIR}/` },
+          { dir: dumpDir, pattern: CONTENT_IMAGE_NAME, prefix: `${CRIU_DIR}/` },
           { dir: scratch.dir, pattern: new RegExp(`^${ROOTFS_TAR.replace('.', '\\.')}$`) },
         ],
         staging.dir,
@@ -662,7 +669,7 @@ async function copyMetadata(scratch: Scratch, stagingDir: string): Promise<void>
   const dumpDir = path.join(scratch.dir, CRIU_DIR);
   await fsp.mkdir(path.join(stagingDir, CRIU_DIR), { recursive: true });
   for (const e of await fsp.readdir(dumpDir, { withFileTypes: true }).catch(() => [])) {
-    if (e.isFile() && !PAGE_IMAGE_NAME.test(e.name))
+    if (e.isFile() && !CONTENT_IMAGE_NAME.test(e.name))
       await fsp.copyFile(path.join(dumpDir, e.name), path.join(stagingDir, CRIU_DIR, e.name));
   }
   await fsp.copyFile(path.join(scratch.dir, DELETED_FILES), path.join(stagingDir, DELETED_FILES));

@@ -6,9 +6,14 @@ import { errorMessage } from '../contract/errors.js';
  * gets: its first error (most often the cause: a socket it cannot dump, a
  * file that "has bad size") and its last three (where it gave up, such as
  * "Can't fork for N": shim/main.ts reads that one), without repeats.
+ * CRIU 4.2 logs one error it goes on from at every dump and restore under
+ * runc here ("rlimit: Can't setup RLIMIT_NOFILE for self"): never the
+ * cause, so never the first line.
  */
+const HARMLESS = /rlimit: Can't setup RLIMIT_NOFILE for self/;
+
 export function criuErrors(log: string): string {
-  const errors = log.split('\n').filter((l) => /Error|error/.test(l));
+  const errors = log.split('\n').filter((l) => /Error|error/.test(l) && !HARMLESS.test(l));
   return [...new Set([...errors.slice(0, 1), ...errors.slice(-3)])].join(' | ');
 }
 

@@ -68,29 +68,40 @@ export function joinsNetworkNamespace(spec: OciSpec | undefined): boolean {
   return namespaces.some((n) => n.type === 'network' && !!n.path);
 }
 
+/** CRIU's ghost limit for ARCH's dumps: 1 TiB, no limit in practice (a size_t, in bytes: CRIU's parse_size). */
+export const GHOST_LIMIT_BYTES = 2 ** 40;
+
 /**
  * Environment for a runc call that runs CRIU (checkpoint, restore): the VM
  * quirk setting and the network lock method. Never fails: when the method
  * cannot be set up, CRIU keeps its default (iptables), which always worked.
  *
- * `closeTcp` (ARCH's own checkpoints and restores, not a runc call passed
- * through, which keeps runc's meaning): CRIU's `tcp-close`. A job with a
- * TCP connection open (a database, an HTTP keep-alive, a metrics push)
- * cannot be dumped otherwise ("Connected TCP socket, consider using
- * --tcp-established"): its checkpoint and a reclaim fail. With it the dump
- * leaves the connections alone (a job left running keeps them), and the
- * restore makes them closed sockets: the job's next send or receive fails as
- * after a network hiccup, and it connects again. Restoring them open instead
- * (--tcp-established) only works where the same addresses and the same peer
- * still are, which a restore on another node, or after a pause, does not
- * have; and the dump would stop every connection in repair mode.
+ * `own` (ARCH's own checkpoints and restores, not a runc call passed
+ * through, which keeps runc's meaning) adds two lines:
+ *  - `tcp-close`. A job with a TCP connection open (a database, an HTTP
+ *    keep-alive, a metrics push) cannot be dumped otherwise ("Connected TCP
+ *    socket, consider using --tcp-established"): its checkpoint and a
+ *    reclaim fail. With it the dump leaves the connections alone (a job left
+ *    running keeps them), and the restore makes them closed sockets: the
+ *    job's next send or receive fails as after a network hiccup, and it
+ *    connects again. Restoring them open instead (--tcp-established) only
+ *    works where the same addresses and the same peer still are, which a
+ *    restore on another node, or after a pause, does not have; and the dump
+ *    would stop every connection in repair mode.
+ *  - `ghost-limit`. A file the job still holds open after deleting it (a
+ *    temporary file: Python's tempfile.TemporaryFile, a sort's spill file)
+ *    exists nowhere but in the job: CRIU copies its content into the images
+ *    (ghost-file-N.img), and refuses the whole dump when one is larger than
+ *    its ghost limit, 1 MiB by default ("Can't dump ghost file ... increase
+ *    limit"). Such a file is part of the job's state, as its memory is: no
+ *    limit below the store's own space (GHOST_LIMIT_BYTES).
  */
 export async function criuRunEnv(
   settings: Pick<Settings, 'criu' | 'criuNetworkLock' | 'criuNoBreakpoints'>,
   spec?: OciSpec,
   /** An action script for CRIU to run (the layer gate of a dump left running: core/layer-gate.ts). */
   actionScript?: string,
-  opts: { closeTcp?: boolean } = {},
+  opts: { own?: boolean } = {},
 ): Promise<{ env: Record<string, string>; networkLock: NetworkLock; actionScript?: string }> {
   const env = criuEnv(settings);
   let networkLock: NetworkLock = 'iptables';
@@ -108,12 +119,12 @@ export async function criuRunEnv(
     const lines = [
       ...(networkLock === 'iptables' ? [] : [`network-lock ${networkLock}`]),
       ...(actionScript ? [`action-script ${actionScript}`] : []),
-      ...(opts.closeTcp ? ['tcp-close'] : []),
+      ...(opts.own ? ['tcp-close', `ghost-limit ${GHOST_LIMIT_BYTES}`] : []),
     ];
     if (!lines.length) return { env, networkLock };
-    const name = `${actionScript ? 'gated-' : ''}${opts.closeTcp ? 'tcp-close-' : ''}network-lock-${networkLock}.conf`;
+    const name = `${actionScript ? 'gated-' : ''}${opts.own ? 'arch-' : ''}network-lock-${networkLock}.conf`;
     const file = path.join(CRIU_RUN_DIR, name);
-    const text = `# Written by ARCH (ARCH_CRIU_NETWORK_LOCK, the layer gate, TCP connections closed on restore); read by CRIU through CRIU_CONFIG_FILE.\n${lines.join('\n')}\n`;
+    const text = `# Written by ARCH (ARCH_CRIU_NETWORK_LOCK, the layer gate, TCP connections closed on restore, deleted open files dumped whole); read by CRIU through CRIU_CONFIG_FILE.\n${lines.join('\n')}\n`;
     if ((await fs.readFile(file, 'utf8').catch(() => '')) !== text) await writeRunFile(file, text);
     return { env: { ...env, CRIU_CONFIG_FILE: file }, networkLock, ...(actionScript ? { actionScript } : {}) };
   } catch {

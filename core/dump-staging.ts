@@ -1,6 +1,8 @@
 import fsp from 'node:fs/promises';
 import path from 'node:path';
+import { CgroupFreezer } from './cgroup-freezer.js';
 import { freeMemBytes } from './free-memory.js';
+import { deletedOpenFileBytes } from './open-files.js';
 import { makeScratch, type Scratch } from './seal.js';
 
 /**
@@ -15,22 +17,34 @@ import { makeScratch, type Scratch } from './seal.js';
 
 /**
  * Bytes a dump of the container puts in its image dir: its anonymous and
- * shared memory (what CRIU dumps) from its cgroup (v2), plus a margin for
- * the other images and the layer archive. Unknown (cgroup v1, no pid): only
- * the margin.
+ * shared memory (what CRIU dumps) from its cgroup (v2), the files its
+ * processes hold open after deleting them (CRIU copies those whole), plus a
+ * margin for the other images and the layer archive. Unknown (cgroup v1, no
+ * pid): only the margin and those files.
  */
 export async function dumpSizeEstimate(pid: number): Promise<number> {
   const margin = 64 * 1024 * 1024;
   if (pid <= 0) return margin;
+  const [memory, ghosts] = await Promise.all([cgroupMemoryBytes(pid), ghostBytes(pid)]);
+  return memory + ghosts + margin;
+}
+
+async function cgroupMemoryBytes(pid: number): Promise<number> {
   try {
     const line = (await fsp.readFile(`/proc/${pid}/cgroup`, 'utf8')).split('\n').find((l) => l.startsWith('0::'));
-    if (!line) return margin;
+    if (!line) return 0;
     const stat = await fsp.readFile(path.join('/sys/fs/cgroup', line.slice(3), 'memory.stat'), 'utf8');
     const get = (k: string) => Number(new RegExp(`^${k} (\\d+)$`, 'm').exec(stat)?.[1] ?? 0);
-    return get('anon') + get('shmem') + margin;
+    return get('anon') + get('shmem');
   } catch {
-    return margin;
+    return 0;
   }
+}
+
+async function ghostBytes(pid: number): Promise<number> {
+  const group = await CgroupFreezer.of(pid).catch(() => undefined);
+  const pids = group ? await group.pids().catch(() => [pid]) : [pid];
+  return deletedOpenFileBytes(pids);
 }
 
 /**

@@ -129,7 +129,7 @@ async function restoreHolding(ctx: NodeContext, req: RestoreRequest, held: Held)
   const dir = assembled?.dir ?? stored;
   // Resolved while the checkpoint is verified (a probe of CRIU the first time after boot).
   // The job's TCP connections come back closed: it connects again (criuRunEnv says why).
-  const criuAsked = criuRunEnv(ctx.settings, req.spec, undefined, { closeTcp: true });
+  const criuAsked = criuRunEnv(ctx.settings, req.spec, undefined, { own: true });
   // Who this container is (pod namespace, image: containerd's record), asked while the checkpoint is verified.
   const ownerAsked = ownerOf(req.spec, req.namespace, req.id, process.pid, (why) =>
     ctx.log.debug(

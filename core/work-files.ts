@@ -2,6 +2,7 @@ import fs from 'node:fs';
 import fsp, { type FileHandle } from 'node:fs/promises';
 import { CheckpointUnusableError } from '../contract/errors.js';
 import { openBeneath } from './host-dirs.js';
+import { DELETED_SUFFIX, openFds } from './open-files.js';
 import { isPlainRelativePath } from './paths.js';
 
 /**
@@ -54,28 +55,18 @@ const { O_RDONLY, O_WRONLY, O_APPEND } = fs.constants;
 async function openForWrite(pids: readonly number[], containerPath: string) {
   const prefix = containerPath.endsWith('/') ? containerPath : `${containerPath}/`;
   const found = new Map<string, { ino: bigint; dev: bigint; size: number; append: boolean }>();
-  for (const pid of pids) {
-    let fds: string[];
-    try {
-      fds = await fsp.readdir(`/proc/${pid}/fd`);
-    } catch {
-      continue; // gone, or not ours to read
-    }
-    for (const fd of fds) {
-      const target = await fsp.readlink(`/proc/${pid}/fd/${fd}`).catch(() => '');
-      if (!target.startsWith(prefix) || target.endsWith(' (deleted)')) continue;
-      const info = await fsp.readFile(`/proc/${pid}/fdinfo/${fd}`, 'utf8').catch(() => '');
-      const flags = parseInt(/^flags:\s*([0-7]+)$/m.exec(info)?.[1] ?? '', 8);
-      if (!Number.isInteger(flags) || (flags & O_ACCMODE) === O_RDONLY) continue;
-      const st = await fsp.stat(`/proc/${pid}/fd/${fd}`, { bigint: true }).catch(() => undefined);
-      if (!st?.isFile()) continue;
-      const rel = target.slice(prefix.length);
-      if (!isPlainRelativePath(rel)) continue;
-      const append = (flags & O_APPEND) !== 0;
-      const seen = found.get(rel);
-      // One file open several times: it rolls back like its non-append opens (CRIU checks those).
-      found.set(rel, { ino: st.ino, dev: st.dev, size: Number(st.size), append: append && (seen?.append ?? true) });
-    }
+  for await (const f of openFds(pids, (t) => t.startsWith(prefix) && !t.endsWith(DELETED_SUFFIX))) {
+    const info = await fsp.readFile(f.info, 'utf8').catch(() => '');
+    const flags = parseInt(/^flags:\s*([0-7]+)$/m.exec(info)?.[1] ?? '', 8);
+    if (!Number.isInteger(flags) || (flags & O_ACCMODE) === O_RDONLY) continue;
+    const st = await fsp.stat(f.proc, { bigint: true }).catch(() => undefined);
+    if (!st?.isFile()) continue;
+    const rel = f.target.slice(prefix.length);
+    if (!isPlainRelativePath(rel)) continue;
+    const append = (flags & O_APPEND) !== 0;
+    const seen = found.get(rel);
+    // One file open several times: it rolls back like its non-append opens (CRIU checks those).
+    found.set(rel, { ino: st.ino, dev: st.dev, size: Number(st.size), append: append && (seen?.append ?? true) });
   }
   return found;
 }

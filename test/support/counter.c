@@ -40,6 +40,12 @@
  *                        and connect again when it breaks: prints "tcp up"
  *                        at each connect and "tcp broken" when a send fails,
  *                        as a job with a database or HTTP connection does
+ *   COUNTER_GHOST        at start, write COUNTER_GHOST_MB MiB (default 4) of
+ *                        lines "arch ghost line NNNNNNNN\n" to this file,
+ *                        delete it and keep it open, as a job does with a
+ *                        temporary or spill file; with COUNTER_VERIFY_EVERY,
+ *                        re-read it then: prints "ghostcheck ok|FAIL" and
+ *                        writes <state dir>/ghostcheck
  *
  * Output: "counter start pid=P\n" once, then "count N\n" each tick, flushed.
  * SIGTERM/SIGINT: prints "counter exit N" and exits 0 (a clean exit), which
@@ -177,6 +183,24 @@ static void tcp_tick(void) {
   tcp_connect();
 }
 
+#define GHOST_LINE 25 /* "arch ghost line %08lu\n" */
+
+/* Write the ghost file's lines (check = 0) or compare them with what it holds (check = 1). */
+static int ghost_lines(int fd, long mb, int check) {
+  size_t total = (size_t)mb << 20, lines = total / GHOST_LINE;
+  char want[48], have[GHOST_LINE];
+  for (size_t i = 0; i < lines; i++) {
+    snprintf(want, sizeof want, "arch ghost line %08lu\n", (unsigned long)(i % 100000000UL));
+    off_t at = (off_t)(i * GHOST_LINE);
+    if (!check) {
+      if (pwrite(fd, want, GHOST_LINE, at) != GHOST_LINE) return 0;
+    } else if (pread(fd, have, GHOST_LINE, at) != GHOST_LINE || memcmp(want, have, GHOST_LINE) != 0) {
+      return 0;
+    }
+  }
+  return 1;
+}
+
 int main(void) {
   long interval_ms = env_long("COUNTER_INTERVAL_MS", 100);
   long mem_mb = env_long("COUNTER_MEM_MB", 0);
@@ -218,6 +242,14 @@ int main(void) {
 
   if (getenv("COUNTER_TCP")) tcp_start();
 
+  const char *ghost = getenv("COUNTER_GHOST");
+  long ghost_mb = env_long("COUNTER_GHOST_MB", 4);
+  int gfd = -1;
+  if (ghost && *ghost) {
+    gfd = open(ghost, O_RDWR | O_CREAT | O_TRUNC, 0600);
+    if (gfd < 0 || !ghost_lines(gfd, ghost_mb, 0) || unlink(ghost) != 0) { perror("counter: COUNTER_GHOST"); return 1; }
+  }
+
   unsigned char *mem = NULL;
   size_t mem_size = (size_t)mem_mb << 20;
   if (mem_size) {
@@ -250,6 +282,12 @@ int main(void) {
       fill_or_check(mem, mem_size, 1, &ok);
       printf("memcheck %s\n", ok ? "ok" : "FAIL");
       snprintf(path, sizeof path, "%s/memcheck", state_dir);
+      write_atomic(path, ok ? "ok\n" : "FAIL\n", ok ? 3 : 5);
+    }
+    if (gfd >= 0 && verify_every > 0 && count % (unsigned long)verify_every == 0) {
+      int ok = ghost_lines(gfd, ghost_mb, 1);
+      printf("ghostcheck %s\n", ok ? "ok" : "FAIL");
+      snprintf(path, sizeof path, "%s/ghostcheck", state_dir);
       write_atomic(path, ok ? "ok\n" : "FAIL\n", ok ? 3 : 5);
     }
     if (exit_after > 0 && count >= (unsigned long)exit_after) break;
