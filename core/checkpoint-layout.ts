@@ -1,7 +1,7 @@
 /**
  * What a checkpoint directory holds, named once (README "Checkpoint image"):
  *   manifest.json, manifest.sig, criu/ (CRIU's images, pages-N.img among
- *   them), rootfs-diff.tar, deleted.files, config.json.
+ *   them), rootfs-diff.tar, deleted.files, devshm.tar (some), config.json.
  * The writer (checkpoint.ts), the readers (restore.ts, store.ts,
  * transfer.ts) and the tests spell these names from here.
  */
@@ -13,6 +13,8 @@ export const SIGNATURE_FILE = 'manifest.sig';
 export const CRIU_DIR = 'criu';
 export const ROOTFS_TAR = 'rootfs-diff.tar';
 export const DELETED_FILES = 'deleted.files';
+/** The files of the container's /dev/shm when it is a host directory bound in (a Kubernetes pod's): core/dev-shm.ts. */
+export const DEVSHM_TAR = 'devshm.tar';
 /** The OCI spec (oci-spec.ts): a bundle's config.json, kept in the checkpoint under the same name. */
 export const SPEC_FILE = 'config.json';
 

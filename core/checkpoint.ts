@@ -15,6 +15,7 @@ import {
 import { ArchInputError, errorMessage } from '../contract/errors.js';
 import { FreezeGuard } from './freeze-guard.js';
 import { criuStallMs, LayerGate } from './layer-gate.js';
+import { captureDevShm, devShmSource, type DevShmRecord } from './dev-shm.js';
 import { dumpSizeEstimate, memoryStaging, moveStaged } from './dump-staging.js';
 import { validateContainerId, validateNamespace } from '../contract/ids.js';
 import { FORMAT_VERSION, SEALED_FORMAT_VERSION, type Manifest } from './manifest.js';
@@ -48,10 +49,14 @@ import {
   CONTENT_IMAGE_NAME,
   CRIU_DIR,
   DELETED_FILES,
+  DEVSHM_TAR,
   PAGE_IMAGE_NAME,
   ROOTFS_TAR,
   SPEC_FILE,
 } from './checkpoint-layout.js';
+
+/** The archives of the job's files beside CRIU's images (sealed like its memory). */
+const LAYER_ARCHIVES = new RegExp(`^(${[ROOTFS_TAR, DEVSHM_TAR].map((n) => n.replace('.', '\\.')).join('|')})$`);
 
 /**
  * One checkpoint path for everybody: `arch-cli finalize`, the Temporal
@@ -250,6 +255,9 @@ async function checkpointLocked(
     node: ctx.settings.nodeName,
   });
   const upper = await findUpperDir(rootfsOf(c.bundle, c.spec));
+  // A pod's /dev/shm (a host directory bound in): its files are kept with the layer (core/dev-shm.ts).
+  const shmSource = devShmSource(c.spec);
+  let devShm: DevShmRecord | undefined;
   // Freeze/thaw/kill through the cgroup (no runc exec while frozen); runc where the layout is unknown.
   const cgroup = req.dumpedImages || wasPaused ? undefined : await CgroupFreezer.of(c.pid);
   const freeze = () => (cgroup ? cgroup.freeze() : c.runc.pause(req.id));
@@ -349,7 +357,7 @@ async function checkpointLocked(
       sealer = new SealFollower(
         [
           { dir: dumpDir, pattern: CONTENT_IMAGE_NAME, prefix: `${CRIU_DIR}/` },
-          { dir: scratch.dir, pattern: new RegExp(`^${ROOTFS_TAR.replace('.', '\\.')}$`) },
+          { dir: scratch.dir, pattern: LAYER_ARCHIVES },
         ],
         staging.dir,
         sealKey,
@@ -364,7 +372,14 @@ async function checkpointLocked(
       const c0 = Date.now();
       const work = workDir && captureWorkFilesOf(workDir);
       try {
-        return upper ? await captureDiff(upper, diffDir) : await emptyDiff(diffDir);
+        const [diff, s] = await Promise.all([
+          upper ? captureDiff(upper, diffDir) : emptyDiff(diffDir),
+          shmSource ? captureDevShm(shmSource, diffDir) : undefined,
+        ]);
+        if (s?.skipped.length)
+          log.info({ phase: 'rootfs', skipped: s.skipped }, '/dev/shm entries that are not files left out');
+        devShm = s && { files: s.files, bytes: s.bytes };
+        return diff;
       } finally {
         workFiles = await work; // closed on the failure path below
         timings.rootfsCapture = Date.now() - c0;
@@ -541,6 +556,7 @@ async function checkpointLocked(
         timingsMs: timings,
         ...(freezeMs !== undefined ? { freezeMs } : {}),
         rootfs: { files: diff.files, bytes: diff.bytes, deletions: diff.deletions },
+        ...(devShm ? { devShm } : {}),
         ...(workFiles ? { workFiles: workFiles.files } : {}),
         ...(seal ? { seal } : {}),
       },

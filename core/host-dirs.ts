@@ -45,7 +45,7 @@ export interface OwnerRecord {
 export const RECORD_SUFFIX = '@arch.json';
 export const ALLOWED_ROOTS_SETTING = 'ARCH_ALLOWED_ROOTS';
 
-const { O_RDONLY, O_DIRECTORY, O_NOFOLLOW, O_NONBLOCK } = fs.constants;
+const { O_RDONLY, O_DIRECTORY, O_NOFOLLOW, O_NONBLOCK, O_CREAT, O_EXCL } = fs.constants;
 
 /** The allowed root that `p` is, or lies under (the longest one); undefined when none. */
 export function allowedRootOf(p: string, roots: readonly string[]): string | undefined {
@@ -239,8 +239,10 @@ const O_PATH = 0o10000000;
  * a regular file is then opened (through that very handle, so a swap of the
  * name in between changes nothing). Errors carry `code`: ENOENT, ELOOP (a
  * symlink on the way or at the end), ENOTREG (not a regular file).
+ * `createMode`: a missing file is created (O_EXCL: a new regular file, never
+ * one that appeared at that name meanwhile).
  */
-export async function openBeneath(dir: string, rel: string, flags: number): Promise<FileHandle> {
+export async function openBeneath(dir: string, rel: string, flags: number, createMode?: number): Promise<FileHandle> {
   if (!isPlainRelativePath(rel)) throw new Error(`"${rel}" is not a plain relative path`);
   const parts = rel.split('/');
   let at = await fsp.open(dir, O_RDONLY | O_DIRECTORY);
@@ -254,7 +256,13 @@ export async function openBeneath(dir: string, rel: string, flags: number): Prom
       await at.close();
       at = next;
     }
-    name = await fsp.open(`/proc/self/fd/${at.fd}/${parts[parts.length - 1]!}`, O_PATH | O_NOFOLLOW);
+    const last = `/proc/self/fd/${at.fd}/${parts[parts.length - 1]!}`;
+    try {
+      name = await fsp.open(last, O_PATH | O_NOFOLLOW);
+    } catch (err) {
+      if (createMode === undefined || (err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+      return await fsp.open(last, flags | O_CREAT | O_EXCL | O_NOFOLLOW, createMode);
+    }
     const st = await name.stat();
     if (!st.isFile()) {
       const what = st.isSymbolicLink() ? 'a symlink' : 'not a regular file';

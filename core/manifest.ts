@@ -92,6 +92,11 @@ function buildSchemas() {
     freezeMs: z.number().nonnegative().optional(),
     rootfs: z.object({ files: z.number().int(), bytes: z.number().int(), deletions: z.number().int() }),
     /**
+     * The files of the container's /dev/shm when it was a host directory bound in (a pod's): how many
+     * DEVSHM_TAR holds and their bytes (core/dev-shm.ts). Absent when it was not, and before ARCH kept them.
+     */
+    devShm: z.object({ files: z.number().int().nonnegative(), bytes: z.number().int().nonnegative() }).optional(),
+    /**
      * Shared mode: the files of the work directory the job held open for
      * writing, and their sizes, when it was stopped for the checkpoint
      * (core/work-files.ts: a restore cuts them back to these). Absent before ARCH recorded them.

@@ -31,7 +31,8 @@ import {
 import { trustOf } from './trust.js';
 import { assembleIfChunked } from './chunked-restore.js';
 import { SealGate } from './seal-gate.js';
-import { CRIU_DIR, DELETED_FILES, PAGE_IMAGE_PATH, ROOTFS_TAR } from './checkpoint-layout.js';
+import { CRIU_DIR, DELETED_FILES, DEVSHM_TAR, PAGE_IMAGE_PATH, ROOTFS_TAR } from './checkpoint-layout.js';
+import { restoreDevShm } from './dev-shm.js';
 
 /**
  * Restore a container in place of its create (or of a `runc run`, in the
@@ -195,7 +196,7 @@ async function restoreHolding(ctx: NodeContext, req: RestoreRequest, held: Held)
       held.scratch.dir,
       v.manifest,
       v.keys,
-      (p) => p === ROOTFS_TAR || p === DELETED_FILES,
+      (p) => p === ROOTFS_TAR || p === DELETED_FILES || p === DEVSHM_TAR,
       ctx.settings.sealDirect,
     );
     timings.unsealRootfs = Date.now() - s;
@@ -203,6 +204,16 @@ async function restoreHolding(ctx: NodeContext, req: RestoreRequest, held: Held)
   });
   const layer = layerSource.then(async (src) => {
     const v = await verified;
+    // The job's shared memory files, back in the pod's /dev/shm before CRIU maps them (core/dev-shm.ts).
+    if (v.manifest.devShm?.files) {
+      const s = Date.now();
+      const names = await restoreDevShm(src, req.spec, v.manifest.devShm);
+      timings.devShm = Date.now() - s;
+      ctx.log.info(
+        { namespace: req.namespace, container: req.id, phase: 'restore', files: names },
+        '/dev/shm files restored',
+      );
+    }
     const overlay = await findOverlayDirs(rootfsOf(req.bundle, req.spec));
     const upper = overlay?.upper;
     let written = false;

@@ -89,7 +89,7 @@ export async function captureDiff(upperDir: string, destDir: string): Promise<Ca
  * must not make its own archive refused. A hard link declares 0 bytes, as the
  * restore counts it.
  */
-async function packInOrder(cwd: string, names: string[], tarFile: string): Promise<number> {
+export async function packInOrder(cwd: string, names: string[], tarFile: string): Promise<number> {
   const linkCache = new Map<`${number}:${number}`, string>(); // dev:ino -> first name archived
   let declared = 0;
   async function* entries(): AsyncGenerator<Buffer> {

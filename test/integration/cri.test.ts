@@ -174,6 +174,29 @@ describe.each<PidMode>(['container', 'pod'])('PID namespace of the %s', (pidMode
   });
 });
 
+test("the job's shared memory in its pod's /dev/shm comes back in the new pod", async () => {
+  const job = 'pod-shm';
+  const env = jobEnv(job);
+  // POSIX shared memory is a file in /dev/shm, the pod's own tmpfs on the host; the job keeps it open (mapped, as a rule).
+  const command = [
+    '/bin/sh',
+    '-c',
+    'echo job state > /dev/shm/job-state; exec 3</dev/shm/job-state; exec /usr/bin/counter',
+  ];
+  const first = await node.runPod('shm-first', 'container');
+  const c0 = await node.startCounter(first, { name: 'job', attempt: 0, env, command });
+  await waitCount(job, 5);
+  const at = await finalize(node, c0, job);
+  await node.removePod(first);
+
+  // The new pod's /dev/shm starts empty: without the file, CRIU could not restore the job (it holds it open).
+  const second = await node.runPod('shm-second', 'container');
+  const c1 = await node.startCounter(second, { name: 'job', attempt: 0, env, command });
+  await expectRestored(node, { pod: second, id: c1, attempt: 0, job }, at);
+  expect(await node.crictl(['exec', c1, 'cat', '/dev/shm/job-state'])).toMatch(/^job state\n?$/);
+  await node.removePod(second);
+});
+
 describe('a sandbox whose PID 1 does not reap (sleep), PID namespace of the pod', () => {
   let sleepy: CriTestNode;
   beforeAll(async () => {

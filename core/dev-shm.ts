@@ -1,0 +1,171 @@
+import fs from 'node:fs';
+import fsp from 'node:fs/promises';
+import path from 'node:path';
+import * as tar from 'tar';
+import { CheckpointUnusableError } from '../contract/errors.js';
+import { DEVSHM_TAR } from './checkpoint-layout.js';
+import { openBeneath } from './host-dirs.js';
+import type { OciSpec } from './oci-spec.js';
+import { isEmptyArchive, packInOrder, unreadable, validateDiffArchive } from './rootfs-diff.js';
+
+/**
+ * A container's /dev/shm, when it is a host directory bound in rather than
+ * a tmpfs of its own.
+ *
+ * POSIX shared memory and named semaphores (shm_open, sem_open: Python's
+ * multiprocessing.shared_memory, a job's workers sharing a buffer) are
+ * files in /dev/shm. Where /dev/shm is a tmpfs mounted inside the container
+ * (`ctr run`, Docker's private IPC), CRIU dumps and restores its files
+ * itself. A Kubernetes pod's containers share the pod's /dev/shm instead, a
+ * tmpfs on the host that containerd binds into each of them (Docker's
+ * shareable IPC does the same): to runc and CRIU an external mount, whose
+ * files they leave where they are. A new pod's /dev/shm is empty, so the
+ * restored job found its shared memory gone (and a restore whose processes
+ * held such a file open failed, the job starting over).
+ *
+ * So the checkpoint keeps them, as Podman's archives do
+ * (devshm-checkpoint.tar): the regular files at the top of /dev/shm (where
+ * shm_open and sem_open put theirs), read while the processes are stopped,
+ * into DEVSHM_TAR; the signed manifest records how many and their bytes. A
+ * restore writes them back into the new container's /dev/shm before CRIU
+ * runs, replacing files of the same name (they are the job's, as its memory
+ * is at the checkpoint) and leaving other files alone (another container of
+ * the pod may own them). The directory is the pod's, and the pod's other
+ * containers may write in it at any time: no name is followed through a
+ * symlink, and a name that is not a regular file refuses the restore
+ * (reason `devshm`) before anything is written.
+ */
+export interface DevShmRecord {
+  files: number;
+  bytes: number;
+}
+
+const { O_RDONLY, O_WRONLY, O_TRUNC, O_DIRECTORY, O_NOFOLLOW } = fs.constants;
+
+/** The host directory bound at the container's /dev/shm (a pod's, Docker's shareable IPC), if it is one. */
+export function devShmSource(spec: OciSpec | undefined): string | undefined {
+  // The last mount at a destination is the one the container sees.
+  const m = [...(spec?.mounts ?? [])].reverse().find((x) => path.posix.normalize(`${x.destination}/`) === '/dev/shm/');
+  if (!m?.source || !path.isAbsolute(m.source)) return undefined;
+  const bound = m.type === 'bind' || (m.options ?? []).some((o) => o === 'bind' || o === 'rbind');
+  return bound ? m.source : undefined;
+}
+
+/**
+ * Write DEVSHM_TAR of the regular files at the top of `source` (the
+ * container manager's directory, named by the spec it wrote) into `destDir`.
+ * Everything else there (directories, sockets, symlinks) is not shared
+ * memory of shm_open's, and is listed in `skipped`.
+ */
+export async function captureDevShm(source: string, destDir: string): Promise<DevShmRecord & { skipped: string[] }> {
+  const dir = await fsp.open(source, O_RDONLY | O_DIRECTORY | O_NOFOLLOW);
+  try {
+    const at = `/proc/self/fd/${dir.fd}`;
+    const names: string[] = [];
+    const skipped: string[] = [];
+    for (const e of await fsp.readdir(at, { withFileTypes: true })) (e.isFile() ? names : skipped).push(e.name);
+    const tarFile = path.join(destDir, DEVSHM_TAR);
+    const bytes = names.length ? await packInOrder(at, names, tarFile) : 0;
+    if (!names.length) await fsp.writeFile(tarFile, Buffer.alloc(1024)); // an empty tar: two zero blocks
+    return { files: names.length, bytes, skipped };
+  } finally {
+    await dir.close();
+  }
+}
+
+/** The archive's names, checked: regular files at its top only, each once, no more bytes than the manifest signed. */
+async function namesIn(tarFile: string, recorded: DevShmRecord): Promise<string[]> {
+  if (await isEmptyArchive(tarFile)) return [];
+  await validateDiffArchive(tarFile, recorded.bytes);
+  const names: string[] = [];
+  let stray: string | undefined;
+  await tar
+    .t({
+      file: tarFile,
+      strict: true,
+      onReadEntry: (e) => {
+        names.push(e.path);
+        if (e.type !== 'File' || e.path.includes('/')) stray ??= e.path;
+      },
+    })
+    .catch(unreadable);
+  if (stray !== undefined)
+    throw new CheckpointUnusableError('devshm', `${DEVSHM_TAR}: "${stray}" is not a file at the top of /dev/shm`);
+  if (names.length !== recorded.files)
+    throw new CheckpointUnusableError(
+      'devshm',
+      `${DEVSHM_TAR} holds ${names.length} files, the manifest records ${recorded.files}`,
+    );
+  return names;
+}
+
+/**
+ * Write the checkpoint's /dev/shm files into the new container's (its spec's
+ * bound host directory), before CRIU restores the processes that map them.
+ * Returns the names written.
+ */
+export async function restoreDevShm(
+  checkpointDir: string,
+  spec: OciSpec | undefined,
+  recorded: DevShmRecord,
+): Promise<string[]> {
+  const tarFile = path.join(checkpointDir, DEVSHM_TAR);
+  const names = await namesIn(tarFile, recorded);
+  if (!names.length) return [];
+  const target = devShmSource(spec);
+  if (!target)
+    throw new CheckpointUnusableError(
+      'devshm',
+      `the checkpoint holds ${names.length} files of the job's /dev/shm (shared memory of its pod or Docker's shareable IPC), and this container's /dev/shm is a tmpfs of its own: they would be lost. Run it in a pod (or with --ipc shareable) as before`,
+    );
+  const dir = await fsp.open(target, O_RDONLY | O_DIRECTORY | O_NOFOLLOW);
+  try {
+    const at = `/proc/self/fd/${dir.fd}`;
+    // Every name checked before one is written: only a regular file (or nothing) may be replaced.
+    for (const name of names) {
+      const st = await fsp.lstat(path.join(at, name)).catch((err: NodeJS.ErrnoException) => {
+        if (err.code === 'ENOENT') return undefined;
+        throw err;
+      });
+      if (st && !st.isFile())
+        throw new CheckpointUnusableError(
+          'devshm',
+          `/dev/shm/${name} is ${st.isSymbolicLink() ? 'a symlink' : 'not a regular file'} in the new container: not replaced`,
+        );
+    }
+    const writes: Promise<void>[] = [];
+    let failed: unknown;
+    const write = async (entry: tar.ReadEntry): Promise<void> => {
+      try {
+        // No symlink followed, no FIFO or device opened: a name changed since the check refuses here.
+        const h = await openBeneath(at, entry.path, O_WRONLY | O_TRUNC, 0o600);
+        try {
+          for await (const chunk of entry as AsyncIterable<Buffer>) await h.write(chunk);
+          await h.chmod((entry.mode ?? 0o600) & 0o7777);
+          if (entry.uid !== undefined && entry.gid !== undefined) await h.chown(entry.uid, entry.gid);
+          if (entry.mtime) await h.utimes(entry.mtime, entry.mtime);
+        } finally {
+          await h.close();
+        }
+      } catch (err) {
+        failed ??= err;
+        entry.resume(); // the archive reads on past it
+      }
+    };
+    await new Promise<void>((resolve, reject) => {
+      const parser = new tar.Parser({ strict: true, onReadEntry: (entry) => void writes.push(write(entry)) });
+      parser.on('error', reject);
+      parser.on('end', resolve);
+      fs.createReadStream(tarFile).on('error', reject).pipe(parser);
+    }).catch(unreadable);
+    await Promise.all(writes);
+    if (failed)
+      throw new CheckpointUnusableError(
+        'devshm',
+        `the job's /dev/shm files could not be written back: ${(failed as Error).message}`,
+      );
+    return names;
+  } finally {
+    await dir.close();
+  }
+}
