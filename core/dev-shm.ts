@@ -42,8 +42,14 @@ export interface DevShmRecord {
 
 const { O_RDONLY, O_WRONLY, O_TRUNC, O_DIRECTORY, O_NOFOLLOW } = fs.constants;
 
-/** The host directory bound at the container's /dev/shm (a pod's, Docker's shareable IPC), if it is one. */
+/**
+ * The host directory bound at the container's /dev/shm (a pod's, Docker's
+ * shareable IPC), if it is one. Not with the host's IPC namespace (no `ipc`
+ * namespace in the spec: hostIPC, --ipc host): that /dev/shm is the node's
+ * own, with other processes' files in it, never the job's to keep or write.
+ */
 export function devShmSource(spec: OciSpec | undefined): string | undefined {
+  if (!spec?.linux?.namespaces?.some((n) => n.type === 'ipc')) return undefined;
   // The last mount at a destination is the one the container sees.
   const m = [...(spec?.mounts ?? [])].reverse().find((x) => path.posix.normalize(`${x.destination}/`) === '/dev/shm/');
   if (!m?.source || !path.isAbsolute(m.source)) return undefined;
@@ -116,7 +122,7 @@ export async function restoreDevShm(
   if (!target)
     throw new CheckpointUnusableError(
       'devshm',
-      `the checkpoint holds ${names.length} files of the job's /dev/shm (shared memory of its pod or Docker's shareable IPC), and this container's /dev/shm is a tmpfs of its own: they would be lost. Run it in a pod (or with --ipc shareable) as before`,
+      `the checkpoint holds ${names.length} files of the job's /dev/shm (shared memory of its pod or Docker's shareable IPC), and this container's /dev/shm is not a pod's (a tmpfs of its own, or the node's with the host's IPC namespace): they would be lost. Run it in a pod (or with --ipc shareable) as before`,
     );
   const dir = await fsp.open(target, O_RDONLY | O_DIRECTORY | O_NOFOLLOW);
   try {

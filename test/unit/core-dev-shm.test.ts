@@ -24,7 +24,9 @@ beforeEach(() => {
 });
 afterEach(() => fs.rmSync(root, { recursive: true, force: true }));
 
+const IPC_OF_POD = { namespaces: [{ type: 'ipc', path: '/proc/1234/ns/ipc' }] };
 const podSpec = (source: string): OciSpec => ({
+  linux: IPC_OF_POD,
   mounts: [
     { destination: '/dev/shm', type: 'tmpfs', source: 'shm', options: ['nosuid'] },
     { destination: '/dev/shm', type: 'bind', source, options: ['rbind', 'ro'] },
@@ -33,10 +35,19 @@ const podSpec = (source: string): OciSpec => ({
 
 test('the /dev/shm a spec binds in from the host is found; a tmpfs of its own is not', () => {
   expect(devShmSource(podSpec('/run/pod/shm'))).toBe('/run/pod/shm');
-  expect(devShmSource({ mounts: [{ destination: '/dev/shm/', source: '/x', options: ['bind'] }] })).toBe('/x');
-  expect(devShmSource({ mounts: [{ destination: '/dev/shm', type: 'tmpfs', source: 'shm' }] })).toBeUndefined();
-  expect(devShmSource({ mounts: [{ destination: '/dev/shm', type: 'bind', source: 'relative' }] })).toBeUndefined();
+  const own = { namespaces: [{ type: 'ipc' }] };
+  expect(devShmSource({ linux: own, mounts: [{ destination: '/dev/shm/', source: '/x', options: ['bind'] }] })).toBe(
+    '/x',
+  );
+  expect(devShmSource({ linux: own, mounts: [{ destination: '/dev/shm', type: 'tmpfs', source: 'shm' }] })).toBe(
+    undefined,
+  );
+  expect(devShmSource({ linux: own, mounts: [{ destination: '/dev/shm', type: 'bind', source: 'rel' }] })).toBe(
+    undefined,
+  );
   expect(devShmSource({})).toBeUndefined();
+  // The host's IPC namespace (hostIPC, --ipc host): the node's own /dev/shm, never kept nor written.
+  expect(devShmSource({ mounts: [{ destination: '/dev/shm', type: 'bind', source: '/dev/shm' }] })).toBeUndefined();
 });
 
 async function captured(): Promise<{ files: number; bytes: number }> {
@@ -103,8 +114,14 @@ test("files kept, and this container's /dev/shm a tmpfs of its own: refused with
   fs.writeFileSync(path.join(from, 'a'), 'A');
   const rec = await captured();
   expect(
-    await refusal(restoreDevShm(ck, { mounts: [{ destination: '/dev/shm', type: 'tmpfs', source: 'shm' }] }, rec)),
-  ).toMatch("this container's /dev/shm is a tmpfs of its own");
+    await refusal(
+      restoreDevShm(
+        ck,
+        { linux: IPC_OF_POD, mounts: [{ destination: '/dev/shm', type: 'tmpfs', source: 'shm' }] },
+        rec,
+      ),
+    ),
+  ).toMatch("this container's /dev/shm is not a pod's (a tmpfs of its own");
 });
 
 test('an archive that is not what the signed manifest says is refused before anything is written', async () => {
