@@ -108,16 +108,18 @@ async function namesIn(tarFile: string, recorded: DevShmRecord): Promise<string[
 /**
  * Write the checkpoint's /dev/shm files into the new container's (its spec's
  * bound host directory), before CRIU restores the processes that map them.
- * Returns the names written.
+ * Returns the names written, and those of them that did not exist before
+ * (what removeDevShmFiles takes back if the restore fails after; on its own
+ * failure this takes them back itself).
  */
 export async function restoreDevShm(
   checkpointDir: string,
   spec: OciSpec | undefined,
   recorded: DevShmRecord,
-): Promise<string[]> {
+): Promise<{ names: string[]; created: string[] }> {
   const tarFile = path.join(checkpointDir, DEVSHM_TAR);
   const names = await namesIn(tarFile, recorded);
-  if (!names.length) return [];
+  if (!names.length) return { names, created: [] };
   const target = devShmSource(spec);
   if (!target)
     throw new CheckpointUnusableError(
@@ -128,6 +130,7 @@ export async function restoreDevShm(
   try {
     const at = `/proc/self/fd/${dir.fd}`;
     // Every name checked before one is written: only a regular file (or nothing) may be replaced.
+    const created: string[] = [];
     for (const name of names) {
       const st = await fsp.lstat(path.join(at, name)).catch((err: NodeJS.ErrnoException) => {
         if (err.code === 'ENOENT') return undefined;
@@ -138,6 +141,7 @@ export async function restoreDevShm(
           'devshm',
           `/dev/shm/${name} is ${st.isSymbolicLink() ? 'a symlink' : 'not a regular file'} in the new container: not replaced`,
         );
+      if (!st) created.push(name);
     }
     const writes: Promise<void>[] = [];
     let failed: unknown;
@@ -147,8 +151,8 @@ export async function restoreDevShm(
         const h = await openBeneath(at, entry.path, O_WRONLY | O_TRUNC, 0o600);
         try {
           for await (const chunk of entry as AsyncIterable<Buffer>) await h.write(chunk);
-          await h.chmod((entry.mode ?? 0o600) & 0o7777);
           if (entry.uid !== undefined && entry.gid !== undefined) await h.chown(entry.uid, entry.gid);
+          await h.chmod((entry.mode ?? 0o600) & 0o7777); // after chown, which clears set-id bits
           if (entry.mtime) await h.utimes(entry.mtime, entry.mtime);
         } finally {
           await h.close();
@@ -158,19 +162,42 @@ export async function restoreDevShm(
         entry.resume(); // the archive reads on past it
       }
     };
-    await new Promise<void>((resolve, reject) => {
-      const parser = new tar.Parser({ strict: true, onReadEntry: (entry) => void writes.push(write(entry)) });
-      parser.on('error', reject);
-      parser.on('end', resolve);
-      fs.createReadStream(tarFile).on('error', reject).pipe(parser);
-    }).catch(unreadable);
-    await Promise.all(writes);
-    if (failed)
-      throw new CheckpointUnusableError(
-        'devshm',
-        `the job's /dev/shm files could not be written back: ${(failed as Error).message}`,
-      );
-    return names;
+    try {
+      await new Promise<void>((resolve, reject) => {
+        const parser = new tar.Parser({ strict: true, onReadEntry: (entry) => void writes.push(write(entry)) });
+        parser.on('error', reject);
+        parser.on('end', resolve);
+        fs.createReadStream(tarFile).on('error', reject).pipe(parser);
+      }).catch(unreadable);
+      await Promise.all(writes);
+      if (failed)
+        throw new CheckpointUnusableError(
+          'devshm',
+          `the job's /dev/shm files could not be written back: ${(failed as Error).message}`,
+        );
+    } catch (err) {
+      await Promise.all(writes);
+      await unlinkBeneath(at, created);
+      throw err;
+    }
+    return { names, created };
+  } finally {
+    await dir.close();
+  }
+}
+
+/** Remove `names` from the directory open at `at` (no symlink followed: unlink removes the name itself). */
+async function unlinkBeneath(at: string, names: readonly string[]): Promise<void> {
+  for (const name of names) await fsp.unlink(path.join(at, name)).catch(() => undefined);
+}
+
+/** Take back the files restoreDevShm created in the container's /dev/shm (its restore failed after them). */
+export async function removeDevShmFiles(spec: OciSpec | undefined, names: readonly string[]): Promise<void> {
+  const target = names.length ? devShmSource(spec) : undefined;
+  if (!target) return;
+  const dir = await fsp.open(target, O_RDONLY | O_DIRECTORY | O_NOFOLLOW);
+  try {
+    await unlinkBeneath(`/proc/self/fd/${dir.fd}`, names);
   } finally {
     await dir.close();
   }

@@ -32,7 +32,7 @@ import { trustOf } from './trust.js';
 import { assembleIfChunked } from './chunked-restore.js';
 import { SealGate } from './seal-gate.js';
 import { CRIU_DIR, DELETED_FILES, DEVSHM_TAR, PAGE_IMAGE_PATH, ROOTFS_TAR } from './checkpoint-layout.js';
-import { restoreDevShm } from './dev-shm.js';
+import { removeDevShmFiles, restoreDevShm } from './dev-shm.js';
 
 /**
  * Restore a container in place of its create (or of a `runc run`, in the
@@ -204,16 +204,6 @@ async function restoreHolding(ctx: NodeContext, req: RestoreRequest, held: Held)
   });
   const layer = layerSource.then(async (src) => {
     const v = await verified;
-    // The job's shared memory files, back in the pod's /dev/shm before CRIU maps them (core/dev-shm.ts).
-    if (v.manifest.devShm?.files) {
-      const s = Date.now();
-      const names = await restoreDevShm(src, req.spec, v.manifest.devShm);
-      timings.devShm = Date.now() - s;
-      ctx.log.info(
-        { namespace: req.namespace, container: req.id, phase: 'restore', files: names },
-        '/dev/shm files restored',
-      );
-    }
     const overlay = await findOverlayDirs(rootfsOf(req.bundle, req.spec));
     const upper = overlay?.upper;
     let written = false;
@@ -280,6 +270,25 @@ async function restoreHolding(ctx: NodeContext, req: RestoreRequest, held: Held)
   }
   const { manifest, verifyDeferred } = v.value;
   const { upper, written } = l.value;
+  // The job's shared memory files, back in its pod's /dev/shm before CRIU maps them (core/dev-shm.ts), once
+  // everything else is in place: a restore that fails after takes back the files it created.
+  let shmCreated: string[] = [];
+  if (manifest.devShm?.files) {
+    const s = Date.now();
+    try {
+      const r = await restoreDevShm(await layerSource, req.spec, manifest.devShm);
+      shmCreated = r.created;
+      ctx.log.info(
+        { namespace: req.namespace, container: req.id, phase: 'restore', files: r.names },
+        '/dev/shm files restored',
+      );
+    } catch (err) {
+      await stopGated(im.value, held.stop);
+      if (written) await unwriteLayer(ctx, upper!);
+      throw err;
+    }
+    timings.devShm = Date.now() - s;
+  }
   const pagesVerified = async (): Promise<void> => {
     const w = Date.now();
     await verifyPages();
@@ -323,6 +332,8 @@ async function restoreHolding(ctx: NodeContext, req: RestoreRequest, held: Held)
     // And the writable layer as it was: empty if this restore wrote it (the fresh start must not see the
     // checkpoint's files), untouched if the container had it already (its own files, equal to the checkpoint's).
     if (upper && written) await unwriteLayer(ctx, upper);
+    // Nor its /dev/shm files: a semaphore left locked would hang the fresh start.
+    await removeDevShmFiles(req.spec, shmCreated).catch(() => undefined);
   };
   try {
     const o = { bundle: req.bundle, imagePath: images, workPath: work, pidFile, consoleSocket: req.consoleSocket, env };

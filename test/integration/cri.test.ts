@@ -197,6 +197,38 @@ test("the job's shared memory in its pod's /dev/shm comes back in the new pod", 
   await node.removePod(second);
 });
 
+test("a restore that fails after writing the pod's /dev/shm takes its files back: the fresh start finds none", async () => {
+  const job = 'pod-shm-fails';
+  const env = jobEnv(job);
+  // A fresh start notes in its work dir whether /dev/shm already held the file.
+  const command = [
+    '/bin/sh',
+    '-c',
+    '[ -e /dev/shm/job-state ] && echo found >> /work/shm-seen; echo job state > /dev/shm/job-state; exec 3</dev/shm/job-state; exec /usr/bin/counter',
+  ];
+  const first = await node.runPod('shm-fails-first', 'container');
+  const c0 = await node.startCounter(first, { name: 'job', attempt: 0, env, command });
+  await waitCount(job, 5);
+  await finalize(node, c0, job);
+  await node.removePod(first);
+  // One flipped byte in a page image: found while CRIU restores, after the /dev/shm files were written.
+  const criu = path.join(storage, 'checkpoint', CRI_NAMESPACE, job, 'current', 'criu');
+  const pages = path.join(
+    criu,
+    fs.readdirSync(criu).find((n) => /^pages-\d+\.img$/.test(n))!,
+  );
+  const b = fs.readFileSync(pages);
+  b[Math.floor(b.length / 2)] ^= 0x40;
+  fs.writeFileSync(pages, b);
+
+  const second = await node.runPod('shm-fails-second', 'container');
+  const c1 = await node.startCounter(second, { name: 'job', attempt: 0, env, command });
+  expect((await listed(node, c1))?.lastRestoreFailure).toMatchObject({ reason: 'corrupt' });
+  await waitFor('a fresh start', () => (starts(job) === 2 ? true : undefined));
+  expect(fs.existsSync(jobFile(job, 'shm-seen'))).toBe(false);
+  await node.removePod(second);
+});
+
 describe('a sandbox whose PID 1 does not reap (sleep), PID namespace of the pod', () => {
   let sleepy: CriTestNode;
   beforeAll(async () => {

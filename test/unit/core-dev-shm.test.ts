@@ -5,7 +5,7 @@ import path from 'node:path';
 import * as tar from 'tar';
 import { CheckpointUnusableError } from '../../contract/errors.js';
 import { DEVSHM_TAR } from '../../core/checkpoint-layout.js';
-import { captureDevShm, devShmSource, restoreDevShm } from '../../core/dev-shm.js';
+import { captureDevShm, devShmSource, removeDevShmFiles, restoreDevShm } from '../../core/dev-shm.js';
 import type { OciSpec } from '../../core/oci-spec.js';
 
 /**
@@ -67,20 +67,24 @@ test("its files come back in the new pod's /dev/shm: contents, modes, owners; na
 
   fs.writeFileSync(path.join(to, 'psm_1'), 'what the lost run wrote after the checkpoint, longer than nothing');
   fs.writeFileSync(path.join(to, 'sidecar'), 'another container of the pod');
-  const names = await restoreDevShm(ck, podSpec(to), rec);
-  expect(names.sort()).toEqual(['psm_1', 'sem.lock']);
+  const r = await restoreDevShm(ck, podSpec(to), rec);
+  expect(r.names.sort()).toEqual(['psm_1', 'sem.lock']);
+  expect(r.created).toEqual(['sem.lock']);
   expect(fs.readFileSync(path.join(to, 'psm_1')).equals(Buffer.alloc(3 << 20, 7))).toBe(true);
   expect(fs.statSync(path.join(to, 'psm_1')).mode & 0o7777).toBe(0o640);
   const sem = fs.statSync(path.join(to, 'sem.lock'));
   expect([sem.mode & 0o7777, sem.uid, sem.gid]).toEqual([0o666, 1234, 5678]);
   expect(fs.readFileSync(path.join(to, 'sidecar'), 'utf8')).toBe('another container of the pod');
   expect(fs.readdirSync(to).sort()).toEqual(['psm_1', 'sem.lock', 'sidecar']);
+  // A restore that fails later takes back only what it created (a semaphore left behind could hang the fresh start).
+  await removeDevShmFiles(podSpec(to), r.created);
+  expect(fs.readdirSync(to).sort()).toEqual(['psm_1', 'sidecar']);
 });
 
 test('an empty /dev/shm: nothing to write, and no bound /dev/shm is needed then', async () => {
   const rec = await captured();
   expect(rec).toEqual({ files: 0, bytes: 0 });
-  await expect(restoreDevShm(ck, { mounts: [] }, rec)).resolves.toEqual([]);
+  await expect(restoreDevShm(ck, { mounts: [] }, rec)).resolves.toEqual({ names: [], created: [] });
 });
 
 async function refusal(p: Promise<unknown>): Promise<string> {
