@@ -402,6 +402,7 @@ async function checkpointLocked(
         leaveRunning: true,
         signal: req.signal,
         env: { ...(await criuAsked).env, ...g.env() },
+        extra: (await criuAsked).runcArgs,
       });
       dumped.catch(() => undefined); // awaited below
       const ran = Date.now();
@@ -491,6 +492,7 @@ async function checkpointLocked(
             leaveRunning: true,
             signal: req.signal,
             env: (await criuAsked).env,
+            extra: (await criuAsked).runcArgs,
           });
           if (req.leaveRunning) {
             await captured;

@@ -77,7 +77,7 @@ export const GHOST_LIMIT_BYTES = 2 ** 40;
  * cannot be set up, CRIU keeps its default (iptables), which always worked.
  *
  * `own` (ARCH's own checkpoints and restores, not a runc call passed
- * through, which keeps runc's meaning) adds two lines:
+ * through, which keeps runc's meaning) adds two lines and a runc flag:
  *  - `tcp-close`. A job with a TCP connection open (a database, an HTTP
  *    keep-alive, a metrics push) cannot be dumped otherwise ("Connected TCP
  *    socket, consider using --tcp-established"): its checkpoint and a
@@ -95,6 +95,14 @@ export const GHOST_LIMIT_BYTES = 2 ** 40;
  *    its ghost limit, 1 MiB by default ("Can't dump ghost file ... increase
  *    limit"). Such a file is part of the job's state, as its memory is: no
  *    limit below the store's own space (GHOST_LIMIT_BYTES).
+ *  - runc's `--file-locks` (`runcArgs`, for checkpoint and restore: runc
+ *    sets CRIU's file_locks in its request, which a configuration file
+ *    cannot override). A job holding a lock on a file (a lock file for its
+ *    whole run, HDF5's flock on an open file, SQLite's record locks) cannot
+ *    be dumped otherwise ("Some file locks are hold by dumping tasks"). With
+ *    it CRIU takes flock, POSIX and OFD locks along, and the restore holds
+ *    them again before the job runs (a restore where another process took
+ *    one meanwhile fails, as a second copy of the job must).
  */
 export async function criuRunEnv(
   settings: Pick<Settings, 'criu' | 'criuNetworkLock' | 'criuNoBreakpoints'>,
@@ -102,8 +110,9 @@ export async function criuRunEnv(
   /** An action script for CRIU to run (the layer gate of a dump left running: core/layer-gate.ts). */
   actionScript?: string,
   opts: { own?: boolean } = {},
-): Promise<{ env: Record<string, string>; networkLock: NetworkLock; actionScript?: string }> {
+): Promise<{ env: Record<string, string>; networkLock: NetworkLock; actionScript?: string; runcArgs: string[] }> {
   const env = criuEnv(settings);
+  const runcArgs = opts.own ? ['--file-locks'] : [];
   let networkLock: NetworkLock = 'iptables';
   try {
     // nftables' lock is a table named after the container's first pid, made in
@@ -121,14 +130,19 @@ export async function criuRunEnv(
       ...(actionScript ? [`action-script ${actionScript}`] : []),
       ...(opts.own ? ['tcp-close', `ghost-limit ${GHOST_LIMIT_BYTES}`] : []),
     ];
-    if (!lines.length) return { env, networkLock };
+    if (!lines.length) return { env, networkLock, runcArgs };
     const name = `${actionScript ? 'gated-' : ''}${opts.own ? 'arch-' : ''}network-lock-${networkLock}.conf`;
     const file = path.join(CRIU_RUN_DIR, name);
     const text = `# Written by ARCH (ARCH_CRIU_NETWORK_LOCK, the layer gate, TCP connections closed on restore, deleted open files dumped whole); read by CRIU through CRIU_CONFIG_FILE.\n${lines.join('\n')}\n`;
     if ((await fs.readFile(file, 'utf8').catch(() => '')) !== text) await writeRunFile(file, text);
-    return { env: { ...env, CRIU_CONFIG_FILE: file }, networkLock, ...(actionScript ? { actionScript } : {}) };
+    return {
+      env: { ...env, CRIU_CONFIG_FILE: file },
+      networkLock,
+      ...(actionScript ? { actionScript } : {}),
+      runcArgs,
+    };
   } catch {
     // The method could not be set up: CRIU keeps its default (iptables), which always worked; and no gate.
-    return { env, networkLock: 'iptables' };
+    return { env, networkLock: 'iptables', runcArgs };
   }
 }

@@ -310,7 +310,7 @@ async function restoreHolding(ctx: NodeContext, req: RestoreRequest, held: Held)
   await fsp.mkdir(work, { recursive: true });
   const gated = im.value.gate;
   const criuConfig = overlap ? await leaveStoppedConfig(req.bundle, req.spec, gated?.script) : undefined;
-  const { env } = await criuAsked;
+  const { env, runcArgs } = await criuAsked;
   const images = im.value.dir;
   // Sealed: the ciphertext of every page image (all of them are sealed) was hashed and checked as it
   // was decrypted, before the gate let CRIU read a page (or before runc started). Assembled (store
@@ -336,7 +336,15 @@ async function restoreHolding(ctx: NodeContext, req: RestoreRequest, held: Held)
     await removeDevShmFiles(req.spec, shmCreated).catch(() => undefined);
   };
   try {
-    const o = { bundle: req.bundle, imagePath: images, workPath: work, pidFile, consoleSocket: req.consoleSocket, env };
+    const o = {
+      bundle: req.bundle,
+      imagePath: images,
+      workPath: work,
+      pidFile,
+      consoleSocket: req.consoleSocket,
+      env,
+      extra: runcArgs,
+    };
     if (req.foreground) {
       await fsp.rm(pidFile!, { force: true }); // a stale one would say "restored" at once
       running = req.runc.restoreForeground(req.id, o);

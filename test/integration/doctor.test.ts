@@ -121,7 +121,11 @@ describe('the network lock CRIU is given', () => {
   );
 
   test("iptables is CRIU's own default: nothing to add", async () => {
-    expect(await criuRunEnv(settings('iptables'))).toEqual({ env: { CRIU_FAULT: '130' }, networkLock: 'iptables' });
+    expect(await criuRunEnv(settings('iptables'))).toEqual({
+      env: { CRIU_FAULT: '130' },
+      networkLock: 'iptables',
+      runcArgs: [],
+    });
   });
 
   test('auto asks CRIU, and a damaged answer file is asked again, not trusted', async () => {

@@ -40,6 +40,12 @@
  *                        and connect again when it breaks: prints "tcp up"
  *                        at each connect and "tcp broken" when a send fails,
  *                        as a job with a database or HTTP connection does
+ *   COUNTER_LOCK         at start, open this file and hold an exclusive
+ *                        flock(2) on it, and a POSIX record lock (fcntl
+ *                        F_SETLK) on its first byte, as a job does that
+ *                        keeps a lock file or an HDF5/SQLite file open;
+ *                        with COUNTER_VERIFY_EVERY, checks in /proc/locks
+ *                        that it holds both: prints "lockcheck ok|FAIL"
  *   COUNTER_GHOST        at start, write COUNTER_GHOST_MB MiB (default 4) of
  *                        lines "arch ghost line NNNNNNNN\n" to this file,
  *                        delete it and keep it open, as a job does with a
@@ -60,6 +66,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <time.h>
@@ -201,6 +208,23 @@ static int ghost_lines(int fd, long mb, int check) {
   return 1;
 }
 
+/* Whether /proc/locks lists a write lock of this kind (FLOCK, POSIX) of this process on the file open as fd. */
+static int lock_held(int fd, const char *which) {
+  struct stat st;
+  if (fstat(fd, &st) != 0) return 0;
+  FILE *f = fopen("/proc/locks", "r");
+  if (!f) return 0;
+  char line[256], kind[16], mode[16];
+  int pid, found = 0;
+  unsigned long ino;
+  while (!found && fgets(line, sizeof line, f)) {
+    if (sscanf(line, "%*d: %15s %*s %15s %d %*x:%*x:%lu", kind, mode, &pid, &ino) == 4)
+      found = !strcmp(kind, which) && !strcmp(mode, "WRITE") && pid == (int)getpid() && ino == (unsigned long)st.st_ino;
+  }
+  fclose(f);
+  return found;
+}
+
 int main(void) {
   long interval_ms = env_long("COUNTER_INTERVAL_MS", 100);
   long mem_mb = env_long("COUNTER_MEM_MB", 0);
@@ -241,6 +265,17 @@ int main(void) {
   }
 
   if (getenv("COUNTER_TCP")) tcp_start();
+
+  const char *lock = getenv("COUNTER_LOCK");
+  int lfd_lock = -1;
+  if (lock && *lock) {
+    struct flock fl = { .l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = 0, .l_len = 1 };
+    lfd_lock = open(lock, O_RDWR | O_CREAT, 0644);
+    if (lfd_lock < 0 || flock(lfd_lock, LOCK_EX | LOCK_NB) != 0 || fcntl(lfd_lock, F_SETLK, &fl) != 0) {
+      perror("counter: COUNTER_LOCK");
+      return 1;
+    }
+  }
 
   const char *ghost = getenv("COUNTER_GHOST");
   long ghost_mb = env_long("COUNTER_GHOST_MB", 4);
@@ -283,6 +318,11 @@ int main(void) {
       printf("memcheck %s\n", ok ? "ok" : "FAIL");
       snprintf(path, sizeof path, "%s/memcheck", state_dir);
       write_atomic(path, ok ? "ok\n" : "FAIL\n", ok ? 3 : 5);
+    }
+    if (lfd_lock >= 0 && verify_every > 0 && count % (unsigned long)verify_every == 0) {
+      /* Read from /proc/locks: opening the file again here would drop the record lock at its close. */
+      int held = lock_held(lfd_lock, "FLOCK") && lock_held(lfd_lock, "POSIX");
+      printf("lockcheck %s\n", held ? "ok" : "FAIL");
     }
     if (gfd >= 0 && verify_every > 0 && count % (unsigned long)verify_every == 0) {
       int ok = ghost_lines(gfd, ghost_mb, 1);

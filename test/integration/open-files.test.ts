@@ -8,6 +8,9 @@ import { cleanupStaleNodes, stopAllNodes } from '../support/containerd-node.js';
 import { COUNTER_FILES } from '../support/images.js';
 
 /**
+ * What a job holds in its open files besides their contents, on real runc,
+ * CRIU and containerd.
+ *
  * A job that holds a file open after deleting it (a temporary file, a spill
  * file: Python's tempfile.TemporaryFile) has that file nowhere but in itself.
  * CRIU copies it into the dump as a ghost file, and refused the whole dump
@@ -78,6 +81,36 @@ test.each([
   const out2 = await node.runCounter(id, env);
   await printed(out2, 'ghostcheck ok');
   expect(fs.readFileSync(out2, 'utf8')).not.toMatch(/ghostcheck FAIL|counter start/);
+  expect(node.readContainerFile(id, COUNTER_FILES.starts).trim().split('\n')).toHaveLength(1);
+  await node.containerd.taskKill(id, 'SIGKILL');
+  await node.containerd.waitStatus(id, 'STOPPED', 15_000);
+  await node.containerd.removeContainer(id);
+});
+
+/**
+ * A job that holds locks on a file (a lock file for the whole run, HDF5's
+ * flock on an open file, SQLite's record locks) could not be checkpointed:
+ * CRIU refuses a dump with file locks unless told to take them. They come
+ * back held by the restored job, so no second copy can take them meanwhile.
+ */
+test('flock and record locks the job holds come back held', async () => {
+  const node = nodes.plain!;
+  const id = 'locks';
+  const env = [
+    'ARCH_ENABLE=1',
+    `ARCH_CHECKPOINT_HOST_PATH=${path.join(storage, 'ck', 'locks')}`,
+    'COUNTER_VERIFY_EVERY=3',
+  ];
+  const out1 = await node.runCounter(id, [...env, 'COUNTER_LOCK=/state/job.lock']);
+  await printed(out1, 'lockcheck ok');
+  await checkpointContainer(node.ctx, { namespace: 'default', id, runcRoot: node.runcRoot('default') });
+  await node.containerd.waitStatus(id, 'STOPPED', 15_000);
+  await node.containerd.removeContainer(id);
+
+  // Created again without COUNTER_LOCK: a fresh start would never print a lock check.
+  const out2 = await node.runCounter(id, env);
+  await printed(out2, 'lockcheck ok');
+  expect(fs.readFileSync(out2, 'utf8')).not.toMatch(/lockcheck FAIL|counter start/);
   expect(node.readContainerFile(id, COUNTER_FILES.starts).trim().split('\n')).toHaveLength(1);
   await node.containerd.taskKill(id, 'SIGKILL');
   await node.containerd.waitStatus(id, 'STOPPED', 15_000);
