@@ -6,7 +6,7 @@ import { CheckpointUnusableError } from '../contract/errors.js';
 import { DEVSHM_TAR } from './checkpoint-layout.js';
 import { openBeneath } from './host-dirs.js';
 import type { OciSpec } from './oci-spec.js';
-import { isEmptyArchive, packInOrder, unreadable, validateDiffArchive } from './rootfs-diff.js';
+import { canonical, isEmptyArchive, packInOrder, unreadable, validateDiffArchive } from './rootfs-diff.js';
 
 /**
  * A container's /dev/shm, when it is a host directory bound in rather than
@@ -82,19 +82,12 @@ export async function captureDevShm(source: string, destDir: string): Promise<De
 /** The archive's names, checked: regular files at its top only, each once, no more bytes than the manifest signed. */
 async function namesIn(tarFile: string, recorded: DevShmRecord): Promise<string[]> {
   if (await isEmptyArchive(tarFile)) return [];
-  await validateDiffArchive(tarFile, recorded.bytes);
   const names: string[] = [];
   let stray: string | undefined;
-  await tar
-    .t({
-      file: tarFile,
-      strict: true,
-      onReadEntry: (e) => {
-        names.push(e.path);
-        if (e.type !== 'File' || e.path.includes('/')) stray ??= e.path;
-      },
-    })
-    .catch(unreadable);
+  await validateDiffArchive(tarFile, recorded.bytes, (p, type) => {
+    names.push(p);
+    if (type !== 'File' || p.includes('/')) stray ??= p;
+  });
   if (stray !== undefined)
     throw new CheckpointUnusableError('devshm', `${DEVSHM_TAR}: "${stray}" is not a file at the top of /dev/shm`);
   if (names.length !== recorded.files)
@@ -148,7 +141,7 @@ export async function restoreDevShm(
     const write = async (entry: tar.ReadEntry): Promise<void> => {
       try {
         // No symlink followed, no FIFO or device opened: a name changed since the check refuses here.
-        const h = await openBeneath(at, entry.path, O_WRONLY | O_TRUNC, 0o600);
+        const h = await openBeneath(at, canonical(entry.path), O_WRONLY | O_TRUNC, 0o600);
         try {
           for await (const chunk of entry as AsyncIterable<Buffer>) await h.write(chunk);
           if (entry.uid !== undefined && entry.gid !== undefined) await h.chown(entry.uid, entry.gid);

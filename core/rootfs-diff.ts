@@ -149,7 +149,12 @@ export function canonical(p: string): string {
  * manifest's signed rootfs.bytes): a few KiB of archive must not make the
  * restore write gigabytes of holes and zeros into the node's disk.
  */
-export async function validateDiffArchive(tarFile: string, maxBytes = Infinity): Promise<void> {
+export async function validateDiffArchive(
+  tarFile: string,
+  maxBytes = Infinity,
+  /** Each entry that passed, by its canonical path and type (a caller's own checks, in the same read). */
+  each?: (p: string, type: string) => void,
+): Promise<void> {
   if (await isEmptyArchive(tarFile)) return;
   const symlinks = new Set<string>();
   const seen = new Set<string>();
@@ -232,6 +237,7 @@ export async function validateDiffArchive(tarFile: string, maxBytes = Infinity):
               );
           }
           seen.add(p);
+          each?.(p, entry.type);
         } catch (err) {
           problem = err as CheckpointUnusableError;
         }
