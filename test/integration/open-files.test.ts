@@ -51,6 +51,28 @@ function holds(dir: string, bytes: Buffer): boolean {
 const printed = (out: string, what: string) =>
   waitFor(`"${what}" in ${path.basename(out)}`, () => (fs.readFileSync(out, 'utf8').includes(what) ? true : undefined));
 
+/** A checkpoint that stops the job, then the container removed, as a reclaim leaves it. */
+async function checkpointAndRemove(node: ArchTestNode, id: string) {
+  const res = await checkpointContainer(node.ctx, { namespace: 'default', id, runcRoot: node.runcRoot('default') });
+  await node.containerd.waitStatus(id, 'STOPPED', 15_000);
+  await node.containerd.removeContainer(id);
+  return res;
+}
+
+/**
+ * The container created again with `env`, which lacks what made the job
+ * print "<check> ok" at its start: only the restored job prints it. Removed after.
+ */
+async function expectRestoredPrinting(node: ArchTestNode, id: string, env: string[], check: string): Promise<void> {
+  const out = await node.runCounter(id, env);
+  await printed(out, `${check} ok`);
+  expect(fs.readFileSync(out, 'utf8')).not.toMatch(new RegExp(`${check} FAIL|counter start`));
+  expect(node.readContainerFile(id, COUNTER_FILES.starts).trim().split('\n')).toHaveLength(1);
+  await node.containerd.taskKill(id, 'SIGKILL');
+  await node.containerd.waitStatus(id, 'STOPPED', 15_000);
+  await node.containerd.removeContainer(id);
+}
+
 test.each([
   ['store format 1', 'plain', '/tmp/spill'],
   ['store format 1, a file in /dev/shm', 'plain', '/dev/shm/spill'],
@@ -64,9 +86,7 @@ test.each([
   const out1 = await node.runCounter(id, [...env, `COUNTER_GHOST=${file}`, `COUNTER_GHOST_MB=${MB}`]);
   await printed(out1, 'ghostcheck ok');
 
-  const res = await checkpointContainer(node.ctx, { namespace: 'default', id, runcRoot: node.runcRoot('default') });
-  await node.containerd.waitStatus(id, 'STOPPED', 15_000);
-  await node.containerd.removeContainer(id);
+  const res = await checkpointAndRemove(node, id);
   // The file's contents are in the checkpoint, as CRIU's ghost file image; sealed or chunked where the store is encrypted.
   const m = res.manifest;
   const ghosts = [...m.files, ...(m.chunked?.files ?? [])].filter(
@@ -78,13 +98,7 @@ test.each([
   expect(holds(store, MARKER)).toBe(which === 'plain');
 
   // Created again without COUNTER_GHOST: a fresh start would never print a ghost check.
-  const out2 = await node.runCounter(id, env);
-  await printed(out2, 'ghostcheck ok');
-  expect(fs.readFileSync(out2, 'utf8')).not.toMatch(/ghostcheck FAIL|counter start/);
-  expect(node.readContainerFile(id, COUNTER_FILES.starts).trim().split('\n')).toHaveLength(1);
-  await node.containerd.taskKill(id, 'SIGKILL');
-  await node.containerd.waitStatus(id, 'STOPPED', 15_000);
-  await node.containerd.removeContainer(id);
+  await expectRestoredPrinting(node, id, env, 'ghostcheck');
 });
 
 /**
@@ -103,16 +117,7 @@ test('flock and record locks the job holds come back held', async () => {
   ];
   const out1 = await node.runCounter(id, [...env, 'COUNTER_LOCK=/state/job.lock']);
   await printed(out1, 'lockcheck ok');
-  await checkpointContainer(node.ctx, { namespace: 'default', id, runcRoot: node.runcRoot('default') });
-  await node.containerd.waitStatus(id, 'STOPPED', 15_000);
-  await node.containerd.removeContainer(id);
-
+  await checkpointAndRemove(node, id);
   // Created again without COUNTER_LOCK: a fresh start would never print a lock check.
-  const out2 = await node.runCounter(id, env);
-  await printed(out2, 'lockcheck ok');
-  expect(fs.readFileSync(out2, 'utf8')).not.toMatch(/lockcheck FAIL|counter start/);
-  expect(node.readContainerFile(id, COUNTER_FILES.starts).trim().split('\n')).toHaveLength(1);
-  await node.containerd.taskKill(id, 'SIGKILL');
-  await node.containerd.waitStatus(id, 'STOPPED', 15_000);
-  await node.containerd.removeContainer(id);
+  await expectRestoredPrinting(node, id, env, 'lockcheck');
 });
