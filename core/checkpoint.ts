@@ -230,7 +230,12 @@ async function checkpointLocked(
   // Left running: CRIU freezes the job itself, as a raw `runc checkpoint --leave-running`
   // does, and the layer is captured behind the layer gate (core/layer-gate.ts). Stopping it,
   // or a container the user paused: frozen here first, since it must stay frozen after CRIU.
-  const gateScript = req.leaveRunning && !wasPaused && !req.dumpedImages ? await LayerGate.script() : undefined;
+  // A pod's /dev/shm (a host directory bound in): its files are kept with the layer (core/dev-shm.ts),
+  // captured at CRIU's post-dump action, behind the same gate: CRIU's link remaps are there only then.
+  const shmSource = devShmSource(c.spec);
+  // Not for a container the user paused: the gate needs the freeze guard, which would thaw it.
+  const gateScript =
+    !req.dumpedImages && !wasPaused && (req.leaveRunning || shmSource) ? await LayerGate.script() : undefined;
   // TCP connections: left alone by the dump, closed on the restore (criuRunEnv says why).
   const criuAsked = criuRunEnv(ctx.settings, c.spec, gateScript, { own: true });
   // Whose job this is (pod namespace, image), recorded in the signed manifest: asked during the dump too.
@@ -255,8 +260,6 @@ async function checkpointLocked(
     node: ctx.settings.nodeName,
   });
   const upper = await findUpperDir(rootfsOf(c.bundle, c.spec));
-  // A pod's /dev/shm (a host directory bound in): its files are kept with the layer (core/dev-shm.ts).
-  const shmSource = devShmSource(c.spec);
   let devShm: DevShmRecord | undefined;
   // Freeze/thaw/kill through the cgroup (no runc exec while frozen); runc where the layout is unknown.
   const cgroup = req.dumpedImages || wasPaused ? undefined : await CgroupFreezer.of(c.pid);
@@ -368,17 +371,24 @@ async function checkpointLocked(
     const known = new Map<string, Digest>();
     // The writable layer, captured while nothing can write to it; and (shared mode) the sizes of the
     // files the job holds open in its work directory, which a restore cuts back to (core/work-files.ts).
+    const captureShm = async () => {
+      if (!shmSource) return;
+      const s = await captureDevShm(shmSource, diffDir);
+      if (s.skipped.length)
+        log.info({ phase: 'rootfs', skipped: s.skipped }, '/dev/shm entries that are not files left out');
+      devShm = { files: s.files, bytes: s.bytes };
+    };
+    /** The pod's /dev/shm, captured at CRIU's post-dump action when a gate holds CRIU there. */
+    let shmCaptured: Promise<void> | undefined;
     const captureRootfs = async () => {
       const c0 = Date.now();
       const work = workDir && captureWorkFilesOf(workDir);
       try {
-        const [diff, s] = await Promise.all([
+        const [diff] = await Promise.all([
           upper ? captureDiff(upper, diffDir) : emptyDiff(diffDir),
-          shmSource ? captureDevShm(shmSource, diffDir) : undefined,
+          // Without a gate (none installed, or a paused container): during the dump, as near as this gets.
+          (await criuAsked).actionScript ? undefined : captureShm(),
         ]);
-        if (s?.skipped.length)
-          log.info({ phase: 'rootfs', skipped: s.skipped }, '/dev/shm entries that are not files left out');
-        devShm = s && { files: s.files, bytes: s.bytes };
         return diff;
       } finally {
         workFiles = await work; // closed on the failure path below
@@ -386,6 +396,34 @@ async function checkpointLocked(
       }
     };
     let captured: ReturnType<typeof captureRootfs> | undefined;
+    /** Its own error first (CRIU's says only that the script failed), saying what it was for. */
+    const shmCapturedOrThrow = async () => {
+      await shmCaptured?.catch((err: unknown) => {
+        throw new Error(`the pod's /dev/shm could not be captured while CRIU held the job: ${errorMessage(err)}`, {
+          cause: err,
+        });
+      });
+    };
+    /**
+     * CRIU held at its post-dump action (every task dumped, none resumed):
+     * the pod's /dev/shm captured, then CRIU let go (or made to fail the
+     * dump when `ok` is false or the capture failed). A job holding a file
+     * there under a name it no longer has (glibc's sem_open makes each
+     * semaphore under a temporary name and links it to its own:
+     * multiprocessing's forkserver and spawn workers) needs CRIU's link
+     * remap, a second name CRIU makes for that file during the dump and
+     * removes once it lets the tasks go (or, left running, at once): it must
+     * be in the archive, as a hard link, for the restore to find it.
+     */
+    const shmAtPostDump = async (g: LayerGate, ended: Promise<'ended'>, ok: () => Promise<boolean>) => {
+      if ((await Promise.race([g.when('post-dump').then(() => 'post-dump' as const), ended])) !== 'post-dump') return;
+      if (shmSource) shmCaptured = captureShm();
+      const shmOk = await (shmCaptured ?? Promise.resolve()).then(
+        () => true,
+        () => false,
+      );
+      g.release((await ok()) && shmOk);
+    };
     /**
      * Left running: runc and CRIU start while the job runs; CRIU freezes it,
      * and the layer is captured while CRIU holds the tasks stopped (from its
@@ -413,12 +451,11 @@ async function checkpointLocked(
       if ((await Promise.race([g.when('any').then(() => 'stopped' as const), ended])) === 'stopped') {
         // The tasks are stopped from here until the gate opens.
         captured = captureRootfs();
-        const ok = await captured.then(
+        const layerOk = captured.then(
           () => true,
           () => false,
         );
-        if ((await Promise.race([g.when('post-dump').then(() => 'post-dump' as const), ended])) === 'post-dump')
-          g.release(ok);
+        await shmAtPostDump(g, ended, () => layerOk);
       }
       const failed = await dumped.then(
         () => undefined,
@@ -434,8 +471,11 @@ async function checkpointLocked(
             cause: err,
           });
         });
+      await shmCapturedOrThrow();
       if (failed) throw await dumpError(failed, workPath);
       if (!captured) throw new Error('CRIU dumped without running the layer gate: the writable layer was not captured');
+      if (shmSource && !shmCaptured)
+        throw new Error("CRIU dumped without running ARCH's gate: the pod's /dev/shm was not captured");
       // What the job felt: CRIU's own freeze-to-resume, from its log; runc's whole run if the log says nothing.
       const log = await fsp.readFile(path.join(workPath, 'dump.log'), 'utf8').catch(() => '');
       freezeMs = criuStallMs(log) ?? Date.now() - ran;
@@ -459,11 +499,13 @@ async function checkpointLocked(
           `${CRIU_DIR}/`,
           new ChunkWriter(store.chunkDir(), chunkPool, ctx.settings.fsync),
         );
-      if ((await criuAsked).actionScript) {
+      if ((await criuAsked).actionScript && req.leaveRunning) {
         await dumpGated(dumpDir, workPath);
       } else {
+        // Stopping it, with a pod's /dev/shm: gated at post-dump only, for that capture.
+        const g = (await criuAsked).actionScript ? await LayerGate.open() : undefined;
         if (!wasPaused) {
-          guard = armGuard(dumpDir);
+          guard = armGuard(dumpDir, g?.dir);
           frozenAt = Date.now();
           await freeze();
           frozen = true;
@@ -485,15 +527,26 @@ async function checkpointLocked(
         const follower = hashBesideDump
           ? await DigestFollower.start(criuDir, PAGE_IMAGE_NAME, { writeback: ctx.settings.fsync })
           : undefined;
+        let held: Promise<void> | undefined;
         try {
-          await c.runc.checkpoint(req.id, {
+          const dumped = c.runc.checkpoint(req.id, {
             imagePath: dumpDir,
             workPath,
             leaveRunning: true,
             signal: req.signal,
-            env: (await criuAsked).env,
+            env: { ...(await criuAsked).env, ...g?.env() },
             extra: (await criuAsked).runcArgs,
           });
+          dumped.catch(() => undefined); // awaited next
+          const ended = dumped.then(
+            () => 'ended' as const,
+            () => 'ended' as const,
+          );
+          held = g && shmAtPostDump(g, ended, async () => true);
+          await dumped;
+          await held;
+          if (g && shmSource && !shmCaptured)
+            throw new Error("CRIU dumped without running ARCH's gate: the pod's /dev/shm was not captured");
           if (req.leaveRunning) {
             await captured;
             await thawNow();
@@ -501,7 +554,12 @@ async function checkpointLocked(
         } catch (err) {
           await follower?.cancel();
           await captured?.catch(() => undefined);
+          await held;
+          await shmCapturedOrThrow(); // the gate made CRIU fail: this says why
           throw await dumpError(err, workPath);
+        } finally {
+          g?.release(false); // a no-op once released
+          await g?.close();
         }
         const tail = Date.now();
         if (follower) for (const [name, d] of await follower.finish()) known.set(`${CRIU_DIR}/${name}`, d);

@@ -128,7 +128,7 @@ export async function criuRunEnv(
     const lines = [
       ...(networkLock === 'iptables' ? [] : [`network-lock ${networkLock}`]),
       ...(actionScript ? [`action-script ${actionScript}`] : []),
-      ...(opts.own ? ['tcp-close', `ghost-limit ${GHOST_LIMIT_BYTES}`] : []),
+      ...(opts.own ? ['tcp-close', `ghost-limit ${GHOST_LIMIT_BYTES}`, 'link-remap'] : []),
     ];
     if (!lines.length) return { env, networkLock, runcArgs };
     const name = `${actionScript ? 'gated-' : ''}${opts.own ? 'arch-' : ''}network-lock-${networkLock}.conf`;

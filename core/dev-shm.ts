@@ -25,8 +25,11 @@ import { canonical, isEmptyArchive, packInOrder, unreadable, validateDiffArchive
  *
  * So the checkpoint keeps them, as Podman's archives do
  * (devshm-checkpoint.tar): the regular files at the top of /dev/shm (where
- * shm_open and sem_open put theirs), read while the processes are stopped,
- * into DEVSHM_TAR; the signed manifest records how many and their bytes. A
+ * shm_open and sem_open put theirs), read while CRIU holds the processes
+ * at its post-dump action (with CRIU's link remaps: a file the job maps
+ * under a name it no longer has gets a second name from CRIU for the dump,
+ * core/checkpoint.ts says when), into DEVSHM_TAR, a file's second name as a
+ * hard link; the signed manifest records how many and their bytes. A
  * restore writes them back into the new container's /dev/shm before CRIU
  * runs, replacing files of the same name (they are the job's, as its memory
  * is at the checkpoint) and leaving other files alone (another container of
@@ -79,14 +82,19 @@ export async function captureDevShm(source: string, destDir: string): Promise<De
   }
 }
 
-/** The archive's names, checked: regular files at its top only, each once, no more bytes than the manifest signed. */
+/**
+ * The archive's names, checked: regular files at its top only (or second
+ * names of them: hard links, which validateDiffArchive allows only to a
+ * regular file archived before), each once, no more bytes than the manifest
+ * signed.
+ */
 async function namesIn(tarFile: string, recorded: DevShmRecord): Promise<string[]> {
   if (await isEmptyArchive(tarFile)) return [];
   const names: string[] = [];
   let stray: string | undefined;
   await validateDiffArchive(tarFile, recorded.bytes, (p, type) => {
     names.push(p);
-    if (type !== 'File' || p.includes('/')) stray ??= p;
+    if ((type !== 'File' && type !== 'Link') || p.includes('/')) stray ??= p;
   });
   if (stray !== undefined)
     throw new CheckpointUnusableError('devshm', `${DEVSHM_TAR}: "${stray}" is not a file at the top of /dev/shm`);
@@ -137,8 +145,15 @@ export async function restoreDevShm(
       if (!st) created.push(name);
     }
     const writes: Promise<void>[] = [];
+    /** Second names (name, first name), made once every file is written. */
+    const links: [string, string][] = [];
     let failed: unknown;
     const write = async (entry: tar.ReadEntry): Promise<void> => {
+      if (entry.type === 'Link') {
+        links.push([canonical(entry.path), canonical(entry.linkpath ?? '')]);
+        entry.resume();
+        return;
+      }
       try {
         // No symlink followed, no FIFO or device opened: a name changed since the check refuses here.
         const h = await openBeneath(at, canonical(entry.path), O_WRONLY | O_TRUNC, 0o600);
@@ -163,6 +178,17 @@ export async function restoreDevShm(
         fs.createReadStream(tarFile).on('error', reject).pipe(parser);
       }).catch(unreadable);
       await Promise.all(writes);
+      // A name in the directory, the directory held open: link(2) follows no symlink at either end.
+      for (const [name, first] of links) {
+        if (failed) break;
+        await fsp
+          .unlink(path.join(at, name))
+          .catch((err: NodeJS.ErrnoException) => {
+            if (err.code !== 'ENOENT') throw err;
+          })
+          .then(() => fsp.link(path.join(at, first), path.join(at, name)))
+          .catch((err: unknown) => (failed ??= err));
+      }
       if (failed)
         throw new CheckpointUnusableError(
           'devshm',

@@ -4,7 +4,7 @@
 # another version, so later CI runs on the same machine skip the build.
 #
 #   scripts/install-test-clients.sh                 # every part
-#   scripts/install-test-clients.sh docker crictl   # only the named parts (docker, crictl, versitygw, shellcheck, podman)
+#   scripts/install-test-clients.sh docker crictl   # only the named parts (docker, crictl, versitygw, shellcheck, python3, podman)
 #
 #   ARCH_TEST_TOOLS=/opt/arch/test-tools   where built binaries go (bin/ below it)
 set -euo pipefail
@@ -54,6 +54,20 @@ install_shellcheck() {
   say "installing Debian's shellcheck"
   export DEBIAN_FRONTEND=noninteractive
   apt-get install -y -qq shellcheck >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq shellcheck >/dev/null; }
+}
+
+# Debian's python3, for the Python job image of the workload tests
+# (test/support/images.ts copies it, its standard library and its libraries).
+install_python3() {
+  if [ -x /usr/bin/python3 ]; then
+    say "python3 present: $(/usr/bin/python3 --version)"
+    return 0
+  fi
+  say "installing Debian's python3"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y -qq --no-install-recommends python3 >/dev/null 2>&1 \
+    || { apt-get update -qq && apt-get install -y -qq --no-install-recommends python3 >/dev/null; } \
+    || die "apt-get install python3 failed"
 }
 
 find_go() {
@@ -106,7 +120,7 @@ install_crictl() { install_go_tool crictl "$CRICTL_VERSION" sigs.k8s.io/cri-tool
 install_versitygw() { install_go_tool versitygw "$VERSITYGW_VERSION" github.com/versity/versitygw/cmd/versitygw; }
 
 parts=("$@")
-[ "${#parts[@]}" -gt 0 ] || parts=(docker crictl versitygw shellcheck)
+[ "${#parts[@]}" -gt 0 ] || parts=(docker crictl versitygw shellcheck python3)
 for p in "${parts[@]}"; do
   case "$p" in
     docker) install_docker ;;
@@ -114,6 +128,7 @@ for p in "${parts[@]}"; do
     versitygw) install_versitygw ;;
     shellcheck) install_shellcheck ;;
     podman) install_podman ;;
-    *) die "unknown part '$p' (known: docker, crictl, versitygw, shellcheck, podman)" ;;
+    python3) install_python3 ;;
+    *) die "unknown part '$p' (known: docker, crictl, versitygw, shellcheck, python3, podman)" ;;
   esac
 done

@@ -1,11 +1,12 @@
 import { execa } from 'execa';
 import fs from 'node:fs';
 import path from 'node:path';
+import { checkpointContainer } from '../../core/checkpoint.js';
 import { readShimState } from '../../core/shim-state.js';
 import { waitFor } from '../support/arch-node.js';
 import { cleanupStaleNodes, stopAllNodes } from '../support/containerd-node.js';
 import { CRI_NAMESPACE, startCriNode, type CriTestNode, type Pod, type PidMode } from '../support/cri-node.js';
-import { REPO_ROOT } from '../support/images.js';
+import { ensureImage, PYTHON_IMAGE, REPO_ROOT } from '../support/images.js';
 
 /**
  * Kubernetes' way in, end to end: containerd's CRI plugin driven by the real
@@ -228,6 +229,59 @@ test("a restore that fails after writing the pod's /dev/shm takes its files back
   expect(fs.existsSync(jobFile(job, 'shm-seen'))).toBe(false);
   await node.removePod(second);
 });
+
+/**
+ * Python's multiprocessing with the forkserver start method (the default on
+ * Linux from Python 3.14, and what spawn does too) opens its semaphores by
+ * name in /dev/shm: glibc makes each under a temporary name, maps it, and
+ * gives it its own name by a link, so the job maps a file whose mapped name
+ * is gone while the file is not. CRIU dumps it through a second name (a
+ * link remap) that must be in the pod's /dev/shm again for the restore; a
+ * pod's /dev/shm is ARCH's to carry. Stopped by finalize, and left running
+ * by a periodic checkpoint before the pod is lost (CRIU removes the second
+ * name from the running pod's /dev/shm then, as it must).
+ */
+test.each(['finalize', 'a checkpoint left running, then the pod lost'])(
+  'a Python job with a forkserver worker pool continues in a new pod: %s',
+  async (how) => {
+    const left = how !== 'finalize';
+    const job = left ? 'pod-python-lost' : 'pod-python';
+    const env = { ...jobEnv(job), PYJOB_MODE: 'forkserver', PYJOB_STATE: '/work' };
+    const image = await ensureImage(node.containerd.withNamespace(CRI_NAMESPACE), PYTHON_IMAGE);
+    const first = await node.runPod(`${job}-first`, 'container');
+    const c0 = await node.startCounter(first, { name: 'job', attempt: 0, env, image });
+    await waitCount(job, 5);
+    let at: number;
+    if (left) {
+      at = count(job);
+      await checkpointContainer(node.ctx, {
+        namespace: CRI_NAMESPACE,
+        id: c0,
+        runcRoot: node.runcRoot(CRI_NAMESPACE),
+        leaveRunning: true,
+      });
+      await waitCount(job, at + 3); // it went on
+      expect(await node.crictl(['exec', c0, 'ls', '/dev/shm'])).not.toMatch(/link_remap/);
+    } else {
+      at = await finalize(node, c0, job);
+    }
+    await node.removePod(first);
+
+    const second = await node.runPod(`${job}-second`, 'container');
+    const c1 = await node.startCounter(second, { name: 'job', attempt: 0, env, image });
+    const failure = (await listed(node, c1))?.lastRestoreFailure;
+    const restored = !!(await readShimState(node.runcRoot(CRI_NAMESPACE), c1))?.restoredFrom;
+    expect({ restored, failure }).toEqual({ restored: true, failure: undefined });
+    await waitCount(job, at + 3);
+    expect(starts(job)).toBe(1);
+    const printed = output(second, 'job', 0);
+    expect(printed).not.toMatch(/pyjob start|FAIL/);
+    expect(printed).toMatch(/stdout F pyjob \d+ forkserver ok\n/);
+    // CRIU took its second names away once the job had its files back.
+    expect(await node.crictl(['exec', c1, 'ls', '/dev/shm'])).not.toMatch(/link_remap/);
+    await node.removePod(second);
+  },
+);
 
 describe('a sandbox whose PID 1 does not reap (sleep), PID namespace of the pod', () => {
   let sleepy: CriTestNode;

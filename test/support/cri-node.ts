@@ -37,6 +37,8 @@ export interface CounterOptions {
   attempt: number;
   env: Record<string, string>;
   command?: string[];
+  /** Another image than the counter's (imported in the CRI namespace by the caller). */
+  image?: string;
 }
 
 export interface CriTestNode extends ArchTestNode {
@@ -152,7 +154,7 @@ export async function startCriNode(
         file,
         JSON.stringify({
           metadata: { name: opts.name, attempt: opts.attempt },
-          image: { image: n.image },
+          image: { image: opts.image ?? n.image },
           ...(opts.command ? { command: opts.command } : {}),
           envs: Object.entries(opts.env).map(([key, value]) => ({ key, value })),
           log_path: `${opts.name}-${opts.attempt}.log`,

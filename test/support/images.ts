@@ -180,3 +180,69 @@ export async function ensureImage(containerd: Containerd, recipe: ImageRecipe): 
 export function ensureTestImage(containerd: Containerd): Promise<string> {
   return ensureImage(containerd, COUNTER_IMAGE);
 }
+
+export const PYTHON_JOB_SOURCE = path.join(REPO_ROOT, 'test/support/python-job.py');
+
+/** The host's Debian python3 (never a user's pyenv shim): the binary, its version directory name. */
+function hostPython(): { binary: string; version: string } {
+  const link = '/usr/bin/python3';
+  if (!fs.existsSync(link)) throw new Error('python3 not found. Fix: scripts/install-test-clients.sh python3');
+  const binary = fs.realpathSync(link);
+  const version = path.basename(binary); // python3.11
+  if (!/^python3\.\d+$/.test(version)) throw new Error(`unexpected python3 binary ${binary}`);
+  return { binary, version };
+}
+
+/** Copy a host file to the same path under rootfs (its content, not a symlink), making parents. */
+function copyHostFile(rootfs: string, hostPath: string): void {
+  const target = path.join(rootfs, hostPath);
+  if (fs.existsSync(target)) return;
+  fs.mkdirSync(path.dirname(target), { recursive: true });
+  fs.copyFileSync(fs.realpathSync(hostPath), target);
+  fs.chmodSync(target, fs.statSync(hostPath).mode & 0o7777);
+}
+
+/** The shared libraries `ldd` names for each of `files` (absolute host paths). */
+async function sharedLibraries(files: string[]): Promise<Set<string>> {
+  const libs = new Set<string>();
+  for (const f of files) {
+    const { stdout } = await execa('ldd', [f], { reject: false });
+    for (const m of stdout.matchAll(/(\/\S+\.so[^\s]*)/g)) libs.add(m[1]!);
+  }
+  return libs;
+}
+
+/** Parts of the standard library a batch job never imports (tests, GUIs, installers). */
+const PYTHON_STDLIB_SKIP = new Set(['test', 'idlelib', 'tkinter', 'turtledemo', 'ensurepip', 'lib2to3', 'pydoc_data']);
+
+/**
+ * A Python job image: the host's python3 with its standard library and the
+ * libraries they link, on the busybox rootfs, running python-job.py. Real
+ * batch jobs are Python more often than anything else: worker pools, queues,
+ * threads and shared memory, as the standard library makes them.
+ */
+export const PYTHON_IMAGE: ImageRecipe = {
+  ref: 'localhost/arch-test/python-job:1',
+  get inputs() {
+    const { binary } = hostPython();
+    const st = fs.statSync(binary);
+    return [fs.readFileSync(PYTHON_JOB_SOURCE, 'utf8'), binary, String(st.size), String(st.mtimeMs), LAYOUT_VERSION];
+  },
+  async buildRootfs(dir) {
+    const { binary, version } = hostPython();
+    layoutBusyboxRootfs(dir, { applets: BUSYBOX_APPLETS, hostname: 'arch-test' });
+    const stdlib = `/usr/lib/${version}`;
+    fs.cpSync(stdlib, path.join(dir, stdlib), {
+      recursive: true,
+      dereference: true,
+      filter: (src) => !PYTHON_STDLIB_SKIP.has(path.relative(stdlib, src).split('/')[0]!),
+    });
+    copyHostFile(dir, binary);
+    fs.symlinkSync(version, path.join(dir, 'usr/bin/python3'));
+    const dynload = path.join(stdlib, 'lib-dynload');
+    const modules = fs.readdirSync(dynload).map((f) => path.join(dynload, f));
+    for (const lib of await sharedLibraries([binary, ...modules])) copyHostFile(dir, lib);
+    fs.copyFileSync(PYTHON_JOB_SOURCE, path.join(dir, 'job.py'));
+  },
+  cmd: ['/usr/bin/python3', '-u', '/job.py'],
+};

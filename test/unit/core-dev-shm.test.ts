@@ -145,3 +145,28 @@ test('an archive that is not what the signed manifest says is refused before any
   // More bytes than signed: refused by the layer archive's own check.
   await expect(restoreDevShm(ck, podSpec(to), { files: 1, bytes: 0 })).rejects.toThrow(/archive-size|more than/);
 });
+
+test("a file with two names (a semaphore and CRIU's link remap of it) comes back as one file with both names", async () => {
+  fs.writeFileSync(path.join(from, 'sem.mp-abc'), 'semaphore');
+  fs.linkSync(path.join(from, 'sem.mp-abc'), path.join(from, 'link_remap.3'));
+  const rec = await captured();
+  expect(rec).toEqual({ files: 2, bytes: 9 });
+  fs.writeFileSync(path.join(to, 'link_remap.3'), 'a stale file of that name'); // replaced, as a file is
+  const r = await restoreDevShm(ck, podSpec(to), rec);
+  expect(r.names.sort()).toEqual(['link_remap.3', 'sem.mp-abc']);
+  expect(r.created).toEqual(['sem.mp-abc']);
+  const [a, b] = ['sem.mp-abc', 'link_remap.3'].map((n) => fs.statSync(path.join(to, n)));
+  expect([a!.ino, a!.nlink, fs.readFileSync(path.join(to, 'link_remap.3'), 'utf8')]).toEqual([b!.ino, 2, 'semaphore']);
+});
+
+test('a second name that is a symlink in the new /dev/shm refuses the restore; the symlink target is untouched', async () => {
+  fs.writeFileSync(path.join(from, 'sem.x'), 'S');
+  fs.linkSync(path.join(from, 'sem.x'), path.join(from, 'link_remap.1'));
+  const rec = await captured();
+  const outside = path.join(root, 'outside');
+  fs.writeFileSync(outside, 'host file');
+  fs.symlinkSync(outside, path.join(to, 'link_remap.1'));
+  expect(await refusal(restoreDevShm(ck, podSpec(to), rec))).toMatch('/dev/shm/link_remap.1 is a symlink');
+  expect(fs.readFileSync(outside, 'utf8')).toBe('host file');
+  expect(fs.readdirSync(to)).toEqual(['link_remap.1']);
+});

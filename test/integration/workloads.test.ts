@@ -1,0 +1,122 @@
+import fs from 'node:fs';
+import path from 'node:path';
+import { checkpointContainer } from '../../core/checkpoint.js';
+import { ARCH_RUNC_BIN, startArchNode, waitFor, type ArchTestNode } from '../support/arch-node.js';
+import { cleanupStaleNodes, stopAllNodes } from '../support/containerd-node.js';
+import { ensureImage, PYTHON_IMAGE } from '../support/images.js';
+
+/**
+ * Batch jobs as people write them, on real runc, CRIU and containerd: a
+ * Python job whose work is spread over worker processes, queues, threads or
+ * shared memory, as the standard library makes them. Checkpointed in the
+ * middle of its work, removed (a reclaim), created again: it goes on from
+ * the step it had reached, with the sum it keeps in memory still right, and
+ * it never starts again.
+ */
+let storage: string;
+let node: ArchTestNode;
+let image: string;
+
+beforeAll(async () => {
+  await cleanupStaleNodes();
+  storage = fs.mkdtempSync('/tmp/arch-workloads-');
+  node = await startArchNode('workloads');
+  image = await ensureImage(node.containerd, PYTHON_IMAGE);
+}, 300_000);
+
+afterAll(async () => {
+  await stopAllNodes();
+  if (storage) fs.rmSync(storage, { recursive: true, force: true });
+});
+
+const lines = (out: string) => fs.readFileSync(out, 'utf8').split('\n').filter(Boolean);
+const lastStep = (out: string) => {
+  const steps = lines(out).flatMap((l) => /^pyjob (\d+) /.exec(l)?.[1] ?? []);
+  return steps.length ? Number(steps[steps.length - 1]) : 0;
+};
+
+async function runJob(id: string, env: string[]): Promise<string> {
+  const logFile = path.join(node.dir, `${id}-${Date.now()}.out`);
+  await node.containerd.run({ image, id, env, logFile, runcBinary: ARCH_RUNC_BIN, detach: true });
+  return logFile;
+}
+
+test.each(['pool', 'forkserver', 'queue', 'threads', 'shm'])(
+  'a Python job spread over %s goes on where it was',
+  async (mode) => {
+    const id = `py-${mode}`;
+    const env = ['ARCH_ENABLE=1', `ARCH_CHECKPOINT_HOST_PATH=${path.join(storage, 'ck')}`];
+    const out1 = await runJob(id, [...env, `PYJOB_MODE=${mode}`]);
+    await waitFor(`${id} step 5`, () => (lastStep(out1) >= 5 ? true : undefined), 60_000);
+    await checkpointContainer(node.ctx, { namespace: 'default', id, runcRoot: node.runcRoot('default') });
+    await node.containerd.waitStatus(id, 'STOPPED', 15_000);
+    const reached = lastStep(out1);
+    await node.containerd.removeContainer(id);
+
+    const out2 = await runJob(id, [...env, `PYJOB_MODE=${mode}`]);
+    try {
+      await waitFor(`${id} restored, 5 more steps`, () => (lastStep(out2) >= reached + 5 ? true : undefined), 60_000);
+      const after = lines(out2);
+      expect(after.filter((l) => / FAIL$/.test(l))).toEqual([]);
+      expect(after.filter((l) => l.startsWith('pyjob start'))).toEqual([]);
+      expect(Number(/^pyjob (\d+) /.exec(after[0]!)?.[1])).toBe(reached + 1);
+      expect(node.readContainerFile(id, '/state/starts').trim().split('\n')).toHaveLength(1);
+    } catch (err) {
+      const log = node.logLines().filter((l) => l.container === id);
+      throw new Error(
+        `${String(err)}\nafter restore:\n${fs.readFileSync(out2, 'utf8').slice(-2000)}\nARCH log:\n${JSON.stringify(log.slice(-8), null, 1)}`,
+      );
+    } finally {
+      await node.containerd.taskKill(id, 'SIGKILL').catch(() => undefined);
+      await node.containerd.waitStatus(id, 'STOPPED', 15_000).catch(() => undefined);
+      await node.containerd.removeContainer(id).catch(() => undefined);
+    }
+  },
+  180_000,
+);
+
+/**
+ * Periodic protection of the same job: checkpoints left running, one after
+ * another. CRIU dumps a forkserver job's semaphores through second names it
+ * makes in /dev/shm (link remaps) and must take them away each time, or the
+ * next dump collides with them ("File exists") and the job's /dev/shm fills.
+ */
+test('a forkserver job checkpointed three times while it runs continues from the last after its node is lost', async () => {
+  const id = 'py-forkserver-periodic';
+  const env = ['ARCH_ENABLE=1', `ARCH_CHECKPOINT_HOST_PATH=${path.join(storage, 'ck')}`, 'PYJOB_MODE=forkserver'];
+  const out1 = await runJob(id, env);
+  const shm = (n: number) =>
+    node.containerd.ctr(['tasks', 'exec', '--exec-id', `ls-${n}`, id, 'ls', '/dev/shm']).then((o) => o.split('\n'));
+  let before = 0;
+  for (let n = 1; n <= 3; n++) {
+    await waitFor(`${id} step ${before + 3}`, () => (lastStep(out1) >= before + 3 ? true : undefined), 60_000);
+    before = lastStep(out1);
+    await checkpointContainer(node.ctx, {
+      namespace: 'default',
+      id,
+      runcRoot: node.runcRoot('default'),
+      leaveRunning: true,
+    });
+    expect((await shm(n)).filter((f) => f.startsWith('link_remap'))).toEqual([]);
+  }
+  const after = lastStep(out1); // the last checkpoint holds a step from before to after
+  await waitFor(`${id} runs on`, () => (lastStep(out1) >= after + 3 ? true : undefined), 60_000);
+  // The node lost: the task killed, no checkpoint taken.
+  await node.containerd.taskKill(id, 'SIGKILL');
+  await node.containerd.waitStatus(id, 'STOPPED', 15_000);
+  await node.containerd.removeContainer(id);
+
+  const out2 = await runJob(id, env);
+  try {
+    await waitFor(`${id} restored`, () => (lastStep(out2) > 0 ? true : undefined), 60_000);
+    const first = Number(/^pyjob (\d+) /.exec(lines(out2)[0]!)?.[1]);
+    expect(first).toBeGreaterThan(before);
+    expect(first).toBeLessThanOrEqual(after + 1);
+    expect(lines(out2).filter((l) => / FAIL$|^pyjob start/.test(l))).toEqual([]);
+    expect(node.readContainerFile(id, '/state/starts').trim().split('\n')).toHaveLength(1);
+  } finally {
+    await node.containerd.taskKill(id, 'SIGKILL').catch(() => undefined);
+    await node.containerd.waitStatus(id, 'STOPPED', 15_000).catch(() => undefined);
+    await node.containerd.removeContainer(id).catch(() => undefined);
+  }
+}, 180_000);

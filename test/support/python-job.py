@@ -1,0 +1,157 @@
+"""A batch job as Python users write them, for ARCH's workload tests.
+
+Its progress lives in memory (a running sum it checks against a closed
+form), the work is spread over processes, and it prints one line per step:
+"pyjob <step> <mode> ok|FAIL". It appends "start" to $PYJOB_STATE/starts
+(default /state) when it starts, so a restored job (which does not start
+again) is told from a fresh one. It writes the step to $PYJOB_STATE/count,
+as the counter does.
+
+PYJOB_MODE picks how the work is spread:
+  pool        multiprocessing.Pool (fork): pipes, a semaphore, handler threads
+  forkserver  the same with the forkserver start method (a unix socket server)
+  queue       a producer Process feeding a consumer through multiprocessing.Queue
+  threads     a ThreadPoolExecutor and a threading.Timer heartbeat
+  shm         workers adding into multiprocessing.shared_memory (POSIX shm in /dev/shm)
+"""
+import os
+import sys
+import time
+
+MODE = os.environ.get("PYJOB_MODE", "pool")
+# Where "count" and "starts" go: /state in the image, a shared work dir under Kubernetes.
+STATE = os.environ.get("PYJOB_STATE", "/state")
+STEP = 16
+
+
+def square(x):
+    return x * x
+
+
+def expected(n):
+    # sum of squares 0..n-1
+    return (n - 1) * n * (2 * n - 1) // 6
+
+
+def write_count(step):
+    tmp = f"{STATE}/count.tmp"
+    with open(tmp, "w") as f:
+        f.write(f"{step}\n")
+    os.replace(tmp, f"{STATE}/count")
+
+
+def report(step, total):
+    ok = "ok" if total == expected(step * STEP) else "FAIL"
+    write_count(step)
+    print(f"pyjob {step} {MODE} {ok}", flush=True)
+
+
+def run_pool(method):
+    import multiprocessing as mp
+
+    ctx = mp.get_context(method)
+    total = 0
+    step = 0
+    with ctx.Pool(2) as pool:
+        while True:
+            base = step * STEP
+            total += sum(pool.map(square, range(base, base + STEP)))
+            step += 1
+            report(step, total)
+            time.sleep(0.1)
+
+
+def produce(q, start):
+    i = start
+    while True:
+        q.put(i * i)
+        i += 1
+
+
+def run_queue():
+    import multiprocessing as mp
+
+    q = mp.get_context("fork").Queue(maxsize=64)
+    p = mp.get_context("fork").Process(target=produce, args=(q, 0), daemon=True)
+    p.start()
+    total = 0
+    step = 0
+    while True:
+        for _ in range(STEP):
+            total += q.get()
+        step += 1
+        report(step, total)
+        time.sleep(0.1)
+
+
+def run_threads():
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    beats = [0]
+
+    def beat():
+        beats[0] += 1
+        t = threading.Timer(0.05, beat)
+        t.daemon = True
+        t.start()
+
+    beat()
+    total = 0
+    step = 0
+    with ThreadPoolExecutor(max_workers=3) as ex:
+        while True:
+            base = step * STEP
+            total += sum(ex.map(square, range(base, base + STEP)))
+            step += 1
+            report(step, total)
+            time.sleep(0.1)
+
+
+def add_squares(name, slot, base):
+    from multiprocessing import shared_memory
+
+    shm = shared_memory.SharedMemory(name=name)
+    buf = shm.buf
+    cur = int.from_bytes(buf[slot * 16:(slot + 1) * 16], "little")
+    for x in range(base + slot, base + STEP, 2):
+        cur += x * x
+    buf[slot * 16:(slot + 1) * 16] = cur.to_bytes(16, "little")
+    del buf
+    shm.close()
+
+
+def run_shm():
+    import multiprocessing as mp
+    from multiprocessing import shared_memory
+
+    shm = shared_memory.SharedMemory(name="pyjob-sums", create=True, size=4096)
+    ctx = mp.get_context("fork")
+    step = 0
+    while True:
+        base = step * STEP
+        procs = [ctx.Process(target=add_squares, args=("pyjob-sums", s, base)) for s in range(2)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join()
+        step += 1
+        total = sum(int.from_bytes(shm.buf[s * 16:(s + 1) * 16], "little") for s in range(2))
+        report(step, total)
+        time.sleep(0.1)
+
+
+if __name__ == "__main__":
+    with open(f"{STATE}/starts", "a") as f:
+        f.write("start\n")
+    print(f"pyjob start {MODE}", flush=True)
+    if MODE in ("pool", "forkserver"):
+        run_pool("fork" if MODE == "pool" else "forkserver")
+    elif MODE == "queue":
+        run_queue()
+    elif MODE == "threads":
+        run_threads()
+    elif MODE == "shm":
+        run_shm()
+    else:
+        sys.exit(f"unknown PYJOB_MODE {MODE}")
