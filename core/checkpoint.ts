@@ -14,6 +14,7 @@ import {
 } from './env-contract.js';
 import { ArchInputError, errorMessage } from '../contract/errors.js';
 import { FreezeGuard } from './freeze-guard.js';
+import { rootfsWatchPaths } from './inotify-watches.js';
 import { criuStallMs, LayerGate } from './layer-gate.js';
 import { captureDevShm, devShmSource, type DevShmRecord } from './dev-shm.js';
 import { dumpSizeEstimate, memoryStaging, moveStaged } from './dump-staging.js';
@@ -237,7 +238,17 @@ async function checkpointLocked(
   const gateScript =
     !req.dumpedImages && !wasPaused && (req.leaveRunning || shmSource) ? await LayerGate.script() : undefined;
   // TCP connections: left alone by the dump, closed on the restore (criuRunEnv says why).
-  const criuAsked = criuRunEnv(ctx.settings, c.spec, gateScript, { own: true });
+  // inotify watches on the container's root: CRIU finds them only where told (core/inotify-watches.ts).
+  const irmapAsked = req.dumpedImages
+    ? Promise.resolve([])
+    : CgroupFreezer.of(c.pid)
+        .then(async (g) => rootfsWatchPaths(g ? await g.pids() : [c.pid], rootfsOf(c.bundle, c.spec)))
+        .catch(() => []);
+  const criuAsked = irmapAsked.then((irmapPaths) => {
+    if (irmapPaths.length)
+      log.info({ phase: 'checkpoint', paths: irmapPaths }, "inotify watches on the container's root: paths for CRIU");
+    return criuRunEnv(ctx.settings, c.spec, gateScript, { own: true, irmapPaths });
+  });
   // Whose job this is (pod namespace, image), recorded in the signed manifest: asked during the dump too.
   const ownerAsked = ownerOf(c.spec, req.namespace, req.id, c.pid > 0 ? c.pid : process.pid, (why) =>
     log.warn(

@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { cachedBinaryFact, writeRunFile } from './binary-facts.js';
@@ -95,6 +96,15 @@ export const GHOST_LIMIT_BYTES = 2 ** 40;
  *    its ghost limit, 1 MiB by default ("Can't dump ghost file ... increase
  *    limit"). Such a file is part of the job's state, as its memory is: no
  *    limit below the store's own space (GHOST_LIMIT_BYTES).
+ *  - `link-remap`. A job can map a file under a name the file no longer
+ *    has while another name still reaches it: glibc's sem_open makes every
+ *    named semaphore so (a temporary name, then a link), which Python's
+ *    multiprocessing does with its forkserver and spawn start methods. CRIU
+ *    refuses to dump it ("Can't create link remap") unless it may give the
+ *    file a second name for the dump, which it removes when the job goes on
+ *    and after the restore (a pod's /dev/shm keeps it: core/dev-shm.ts).
+ *  - `irmap-scan-path` (`irmapPaths`): where the job's inotify watches on
+ *    its overlay root are (core/inotify-watches.ts says why CRIU needs it).
  *  - runc's `--file-locks` (`runcArgs`, for checkpoint and restore: runc
  *    sets CRIU's file_locks in its request, which a configuration file
  *    cannot override). A job holding a lock on a file (a lock file for its
@@ -109,7 +119,8 @@ export async function criuRunEnv(
   spec?: OciSpec,
   /** An action script for CRIU to run (the layer gate of a dump left running: core/layer-gate.ts). */
   actionScript?: string,
-  opts: { own?: boolean } = {},
+  /** irmapPaths: where CRIU finds the job's inotify watches on its root (core/inotify-watches.ts). */
+  opts: { own?: boolean; irmapPaths?: readonly string[] } = {},
 ): Promise<{ env: Record<string, string>; networkLock: NetworkLock; actionScript?: string; runcArgs: string[] }> {
   const env = criuEnv(settings);
   const runcArgs = opts.own ? ['--file-locks'] : [];
@@ -129,11 +140,16 @@ export async function criuRunEnv(
       ...(networkLock === 'iptables' ? [] : [`network-lock ${networkLock}`]),
       ...(actionScript ? [`action-script ${actionScript}`] : []),
       ...(opts.own ? ['tcp-close', `ghost-limit ${GHOST_LIMIT_BYTES}`, 'link-remap'] : []),
+      ...(opts.irmapPaths ?? []).map((p) => `irmap-scan-path ${p}`),
     ];
     if (!lines.length) return { env, networkLock, runcArgs };
-    const name = `${actionScript ? 'gated-' : ''}${opts.own ? 'arch-' : ''}network-lock-${networkLock}.conf`;
+    // A job's own watch paths: a file per set of them (the same job's next dump finds it again).
+    const irmap = opts.irmapPaths?.length
+      ? `-irmap-${createHash('sha256').update(opts.irmapPaths.join('\n')).digest('hex').slice(0, 16)}`
+      : '';
+    const name = `${actionScript ? 'gated-' : ''}${opts.own ? 'arch-' : ''}network-lock-${networkLock}${irmap}.conf`;
     const file = path.join(CRIU_RUN_DIR, name);
-    const text = `# Written by ARCH (ARCH_CRIU_NETWORK_LOCK, the layer gate, TCP connections closed on restore, deleted open files dumped whole); read by CRIU through CRIU_CONFIG_FILE.\n${lines.join('\n')}\n`;
+    const text = `# Written by ARCH (ARCH_CRIU_NETWORK_LOCK, the layer gate, TCP connections closed on restore, deleted open files dumped whole, link remaps, inotify watches' paths); read by CRIU through CRIU_CONFIG_FILE.\n${lines.join('\n')}\n`;
     if ((await fs.readFile(file, 'utf8').catch(() => '')) !== text) await writeRunFile(file, text);
     return {
       env: { ...env, CRIU_CONFIG_FILE: file },

@@ -8,7 +8,8 @@ import { ensureImage, PYTHON_IMAGE } from '../support/images.js';
 /**
  * Batch jobs as people write them, on real runc, CRIU and containerd: a
  * Python job whose work is spread over worker processes, queues, threads or
- * shared memory, as the standard library makes them. Checkpointed in the
+ * shared memory, as the standard library makes them, or that watches its
+ * files with inotify. Checkpointed in the
  * middle of its work, removed (a reclaim), created again: it goes on from
  * the step it had reached, with the sum it keeps in memory still right, and
  * it never starts again.
@@ -41,8 +42,15 @@ async function runJob(id: string, env: string[]): Promise<string> {
   return logFile;
 }
 
-test.each(['pool', 'forkserver', 'queue', 'threads', 'shm'])(
-  'a Python job spread over %s goes on where it was',
+test.each([
+  ['pool', 'a worker pool (fork)'],
+  ['forkserver', 'a forkserver worker pool (named semaphores)'],
+  ['queue', 'a producer process feeding a Queue'],
+  ['threads', 'a thread pool and a Timer'],
+  ['shm', 'workers adding into shared_memory'],
+  ['inotify', 'an inotify watch on its own image filesystem'],
+])(
+  'a Python job (%s: %s) goes on where it was',
   async (mode) => {
     const id = `py-${mode}`;
     const env = ['ARCH_ENABLE=1', `ARCH_CHECKPOINT_HOST_PATH=${path.join(storage, 'ck')}`];

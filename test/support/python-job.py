@@ -13,6 +13,8 @@ PYJOB_MODE picks how the work is spread:
   queue       a producer Process feeding a consumer through multiprocessing.Queue
   threads     a ThreadPoolExecutor and a threading.Timer heartbeat
   shm         workers adding into multiprocessing.shared_memory (POSIX shm in /dev/shm)
+  inotify     an inotify watch on a directory it writes to (as watchdog does): a step
+              counts only once the watch has reported its write
 """
 import os
 import sys
@@ -141,6 +143,35 @@ def run_shm():
         time.sleep(0.1)
 
 
+def run_inotify():
+    import ctypes
+    import struct
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    watched = f"{STATE}/watched"
+    os.makedirs(watched, exist_ok=True)
+    fd = libc.inotify_init1(0)
+    IN_CLOSE_WRITE = 0x8
+    if fd < 0 or libc.inotify_add_watch(fd, watched.encode(), IN_CLOSE_WRITE) < 0:
+        sys.exit(f"inotify: errno {ctypes.get_errno()}")
+    total = 0
+    step = 0
+    while True:
+        name = str(step % 4)
+        with open(f"{watched}/{name}", "w") as f:
+            f.write(str(step))
+        # Blocks until the watch reports the write: a watch lost in a restore stops the job here.
+        data = os.read(fd, 4096)
+        _wd, _mask, _cookie, size = struct.unpack_from("iIII", data)
+        got = data[16:16 + size].rstrip(b"\0").decode()
+        if got == name:
+            base = step * STEP
+            total += sum(x * x for x in range(base, base + STEP))
+        step += 1
+        report(step, total)
+        time.sleep(0.1)
+
+
 if __name__ == "__main__":
     with open(f"{STATE}/starts", "a") as f:
         f.write("start\n")
@@ -153,5 +184,7 @@ if __name__ == "__main__":
         run_threads()
     elif MODE == "shm":
         run_shm()
+    elif MODE == "inotify":
+        run_inotify()
     else:
         sys.exit(f"unknown PYJOB_MODE {MODE}")

@@ -1,0 +1,100 @@
+import fsp from 'node:fs/promises';
+import path from 'node:path';
+import { openFds } from './open-files.js';
+
+/**
+ * Paths CRIU needs to dump a job's inotify watches on its own image
+ * filesystem.
+ *
+ * CRIU keeps an inotify watch (a job watching its config file or an input
+ * directory: Python's watchdog, Java's WatchService, Node's fs.watch) as
+ * the watched inode's file handle, and a path it resolves from it; the
+ * restore adds the watch again by that path. The container's root is an
+ * overlay mount, whose file handles cannot be opened back unless it was
+ * mounted with nfs_export, which container managers do not do: CRIU then
+ * looks for the inode under a few well-known directories (/etc, /var/log...)
+ * and, not finding it there, refuses the whole dump ("fsnotify: Can't dump
+ * that handle"). Such a job could not be checkpointed, and a reclaim lost it.
+ *
+ * So before a dump ARCH reads the job's watches (/proc/<pid>/fdinfo of each
+ * inotify descriptor: the inode and its filesystem), finds the watched
+ * inodes of the root filesystem by walking it from the host (the container's
+ * view of its root without its other mounts), and hands CRIU their paths in
+ * the container as `irmap-scan-path`, where CRIU looks first. Only jobs with
+ * such a watch pay for the walk.
+ */
+
+/** A watched inode, as the kernel names it in fdinfo (`sdev` is the kernel's dev_t: major << 20 | minor). */
+export interface Watched {
+  sdev: number;
+  ino: bigint;
+}
+
+/** The inodes the inotify descriptors of `pids` watch (fdinfo lines "inotify wd:1 ino:5 sdev:2c ..."). */
+export async function inotifyWatches(pids: readonly number[]): Promise<Watched[]> {
+  const out = new Map<string, Watched>();
+  for await (const f of openFds(pids, (t) => t === 'anon_inode:inotify')) {
+    const info = await fsp.readFile(f.info, 'utf8').catch(() => '');
+    for (const m of info.matchAll(/^inotify wd:[0-9a-f]+ ino:([0-9a-f]+) sdev:([0-9a-f]+)/gm)) {
+      const w = { ino: BigInt(`0x${m[1]!}`), sdev: parseInt(m[2]!, 16) };
+      out.set(`${w.sdev}:${w.ino}`, w);
+    }
+  }
+  return [...out.values()];
+}
+
+/** The kernel's dev_t of a device number as stat() gives it (glibc's encoding). */
+export function kernelDev(st: bigint): number {
+  const major = Number(((st >> 8n) & 0xfffn) | ((st >> 32n) & ~0xfffn));
+  const minor = Number((st & 0xffn) | ((st >> 12n) & ~0xffn));
+  return major * 2 ** 20 + minor;
+}
+
+/** Never walk more entries than this for one dump (a huge image): the watches not found by then are left to CRIU. */
+const WALK_LIMIT = 500_000;
+
+/**
+ * The paths, in the container, of the `watched` inodes that lie on the
+ * filesystem of `rootfs` (the container's root as the host sees it, which
+ * shows none of the container's other mounts). Walked breadth first without
+ * following a symlink or leaving that filesystem; stops when all are found.
+ */
+export async function watchedPathsOnRootfs(rootfs: string, watched: readonly Watched[]): Promise<string[]> {
+  const root = await fsp.stat(rootfs, { bigint: true }).catch(() => undefined);
+  if (!root) return [];
+  const dev = kernelDev(root.dev);
+  const wanted = new Set(watched.filter((w) => w.sdev === dev).map((w) => w.ino));
+  const found: string[] = [];
+  if (wanted.delete(root.ino)) found.push('/');
+  let queue = ['/'];
+  let walked = 0;
+  while (queue.length && wanted.size && walked < WALK_LIMIT) {
+    const next: string[] = [];
+    for (const dir of queue) {
+      const entries = await fsp.readdir(path.join(rootfs, dir), { withFileTypes: true }).catch(() => []);
+      for (const e of entries) {
+        if (++walked > WALK_LIMIT || !wanted.size) break;
+        const p = path.posix.join(dir, e.name);
+        if (e.isSymbolicLink()) continue;
+        const st = await fsp.lstat(path.join(rootfs, p), { bigint: true }).catch(() => undefined);
+        if (!st || kernelDev(st.dev) !== dev) continue;
+        if (wanted.delete(st.ino)) found.push(p);
+        if (st.isDirectory()) next.push(p);
+      }
+    }
+    queue = next;
+  }
+  return found;
+}
+
+/** A path CRIU's configuration file can carry as one word (it splits on whitespace; quotes are its own). */
+export function configWord(p: string): boolean {
+  return /^\/[^\s"'\\#]*$/.test(p);
+}
+
+/** The container paths to hand CRIU for the inotify watches of `pids` on `rootfs` (none: no watch there). */
+export async function rootfsWatchPaths(pids: readonly number[], rootfs: string): Promise<string[]> {
+  const watches = await inotifyWatches(pids);
+  if (!watches.length) return [];
+  return (await watchedPathsOnRootfs(rootfs, watches)).filter(configWord);
+}
