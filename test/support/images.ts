@@ -235,7 +235,8 @@ export const PYTHON_IMAGE: ImageRecipe = {
     fs.cpSync(stdlib, path.join(dir, stdlib), {
       recursive: true,
       dereference: true,
-      filter: (src) => !PYTHON_STDLIB_SKIP.has(path.relative(stdlib, src).split('/')[0]!),
+      // A dangling symlink (a configuration file of another package) is left out: copying it would fail.
+      filter: (src) => !PYTHON_STDLIB_SKIP.has(path.relative(stdlib, src).split('/')[0]!) && fs.existsSync(src),
     });
     copyHostFile(dir, binary);
     fs.symlinkSync(version, path.join(dir, 'usr/bin/python3'));
