@@ -238,10 +238,12 @@ async function checkpointLocked(
   const gateScript =
     !req.dumpedImages && !wasPaused && (req.leaveRunning || shmSource) ? await LayerGate.script() : undefined;
   // TCP connections: left alone by the dump, closed on the restore (criuRunEnv says why).
+  // The container's cgroup, looked up once: the watches below, the freeze, the work dir's open files.
+  const groupAsked = req.dumpedImages ? Promise.resolve(undefined) : CgroupFreezer.of(c.pid);
   // inotify watches on the container's root: CRIU finds them only where told (core/inotify-watches.ts).
   const irmapAsked = req.dumpedImages
     ? Promise.resolve([])
-    : CgroupFreezer.of(c.pid)
+    : groupAsked
         .then(async (g) => rootfsWatchPaths(g ? await g.pids() : [c.pid], rootfsOf(c.bundle, c.spec)))
         .catch(() => []);
   const criuAsked = irmapAsked.then((irmapPaths) => {
@@ -273,7 +275,7 @@ async function checkpointLocked(
   const upper = await findUpperDir(rootfsOf(c.bundle, c.spec));
   let devShm: DevShmRecord | undefined;
   // Freeze/thaw/kill through the cgroup (no runc exec while frozen); runc where the layout is unknown.
-  const cgroup = req.dumpedImages || wasPaused ? undefined : await CgroupFreezer.of(c.pid);
+  const cgroup = wasPaused ? undefined : await groupAsked;
   const freeze = () => (cgroup ? cgroup.freeze() : c.runc.pause(req.id));
   const thaw = () => (cgroup ? cgroup.thaw() : c.runc.resume(req.id));
   const killFrozen = async () => {
@@ -334,7 +336,7 @@ async function checkpointLocked(
   const captureWorkFilesOf = async (dir: HeldDir): Promise<CapturedWorkFiles | undefined> => {
     if (c.contract.mode !== 'shared') return undefined;
     try {
-      const group = cgroup ?? (await CgroupFreezer.of(c.pid));
+      const group = cgroup ?? (await groupAsked);
       const pids = group ? await group.pids() : [c.pid];
       return await captureWorkFiles(pids, c.contract.workdirContainerPath, dir.fdPath);
     } catch (err) {
@@ -426,14 +428,19 @@ async function checkpointLocked(
      * removes once it lets the tasks go (or, left running, at once): it must
      * be in the archive, as a hard link, for the restore to find it.
      */
-    const shmAtPostDump = async (g: LayerGate, ended: Promise<'ended'>, ok: () => Promise<boolean>) => {
+    const shmAtPostDump = async (g: LayerGate, ended: Promise<'ended'>, ok: Promise<boolean>) => {
       if ((await Promise.race([g.when('post-dump').then(() => 'post-dump' as const), ended])) !== 'post-dump') return;
       if (shmSource) shmCaptured = captureShm();
       const shmOk = await (shmCaptured ?? Promise.resolve()).then(
         () => true,
         () => false,
       );
-      g.release((await ok()) && shmOk);
+      g.release((await ok) && shmOk);
+    };
+    /** After a dump that passed the gate: CRIU ran it (a gate script that is not run fails nothing by itself). */
+    const shmMissing = () => {
+      if (shmSource && !shmCaptured)
+        throw new Error("CRIU dumped without running ARCH's gate: the pod's /dev/shm was not captured");
     };
     /**
      * Left running: runc and CRIU start while the job runs; CRIU freezes it,
@@ -466,7 +473,7 @@ async function checkpointLocked(
           () => true,
           () => false,
         );
-        await shmAtPostDump(g, ended, () => layerOk);
+        await shmAtPostDump(g, ended, layerOk);
       }
       const failed = await dumped.then(
         () => undefined,
@@ -485,8 +492,7 @@ async function checkpointLocked(
       await shmCapturedOrThrow();
       if (failed) throw await dumpError(failed, workPath);
       if (!captured) throw new Error('CRIU dumped without running the layer gate: the writable layer was not captured');
-      if (shmSource && !shmCaptured)
-        throw new Error("CRIU dumped without running ARCH's gate: the pod's /dev/shm was not captured");
+      shmMissing();
       // What the job felt: CRIU's own freeze-to-resume, from its log; runc's whole run if the log says nothing.
       const log = await fsp.readFile(path.join(workPath, 'dump.log'), 'utf8').catch(() => '');
       freezeMs = criuStallMs(log) ?? Date.now() - ran;
@@ -553,11 +559,10 @@ async function checkpointLocked(
             () => 'ended' as const,
             () => 'ended' as const,
           );
-          held = g && shmAtPostDump(g, ended, async () => true);
+          held = g && shmAtPostDump(g, ended, Promise.resolve(true));
           await dumped;
           await held;
-          if (g && shmSource && !shmCaptured)
-            throw new Error("CRIU dumped without running ARCH's gate: the pod's /dev/shm was not captured");
+          if (g) shmMissing();
           if (req.leaveRunning) {
             await captured;
             await thawNow();

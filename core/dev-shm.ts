@@ -181,13 +181,12 @@ export async function restoreDevShm(
       // A name in the directory, the directory held open: link(2) follows no symlink at either end.
       for (const [name, first] of links) {
         if (failed) break;
-        await fsp
-          .unlink(path.join(at, name))
-          .catch((err: NodeJS.ErrnoException) => {
-            if (err.code !== 'ENOENT') throw err;
-          })
-          .then(() => fsp.link(path.join(at, first), path.join(at, name)))
-          .catch((err: unknown) => (failed ??= err));
+        try {
+          await fsp.rm(path.join(at, name), { force: true }); // a regular file or nothing (checked above)
+          await fsp.link(path.join(at, first), path.join(at, name));
+        } catch (err) {
+          failed = err;
+        }
       }
       if (failed)
         throw new CheckpointUnusableError(

@@ -1,3 +1,4 @@
+import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { openFds } from './open-files.js';
@@ -58,10 +59,13 @@ const WALK_LIMIT = 500_000;
  * filesystem of `rootfs` (the container's root as the host sees it, which
  * shows none of the container's other mounts). Walked breadth first without
  * following a symlink or leaving that filesystem; stops when all are found.
+ * Names the container chose are only read here: what reaches CRIU is
+ * filtered by configWord.
  */
 export async function watchedPathsOnRootfs(rootfs: string, watched: readonly Watched[]): Promise<string[]> {
-  const root = await fsp.stat(rootfs, { bigint: true }).catch(() => undefined);
-  if (!root) return [];
+  const realRoot = await fsp.realpath(rootfs).catch(() => undefined);
+  const root = realRoot && (await fsp.stat(realRoot, { bigint: true }).catch(() => undefined));
+  if (!realRoot || !root) return [];
   const dev = kernelDev(root.dev);
   const wanted = new Set(watched.filter((w) => w.sdev === dev).map((w) => w.ino));
   const found: string[] = [];
@@ -71,20 +75,43 @@ export async function watchedPathsOnRootfs(rootfs: string, watched: readonly Wat
   while (queue.length && wanted.size && walked < WALK_LIMIT) {
     const next: string[] = [];
     for (const dir of queue) {
-      const entries = await fsp.readdir(path.join(rootfs, dir), { withFileTypes: true }).catch(() => []);
-      for (const e of entries) {
-        if (++walked > WALK_LIMIT || !wanted.size) break;
-        const p = path.posix.join(dir, e.name);
-        if (e.isSymbolicLink()) continue;
-        const st = await fsp.lstat(path.join(rootfs, p), { bigint: true }).catch(() => undefined);
-        if (!st || kernelDev(st.dev) !== dev) continue;
+      if (!wanted.size || walked >= WALK_LIMIT) break;
+      walked += await walkDir(realRoot, dir, (p, st) => {
+        if (kernelDev(st.dev) !== dev) return;
         if (wanted.delete(st.ino)) found.push(p);
         if (st.isDirectory()) next.push(p);
-      }
+      });
     }
     queue = next;
   }
   return found;
+}
+
+const { O_RDONLY, O_DIRECTORY, O_NOFOLLOW } = fs.constants;
+
+/**
+ * Hand `each` the entries of `dir` (a path in the container), lstat'ed, and
+ * return how many. The container writes in its root meanwhile: a directory
+ * is read through the descriptor it was opened as, and only when that is
+ * where the walk expected it (a component swapped for a symlink on the way
+ * leads elsewhere, and is not read).
+ */
+async function walkDir(realRoot: string, dir: string, each: (p: string, st: fs.BigIntStats) => void): Promise<number> {
+  const where = dir === '/' ? realRoot : path.join(realRoot, dir);
+  const h = await fsp.open(where, O_RDONLY | O_DIRECTORY | O_NOFOLLOW).catch(() => undefined);
+  if (!h) return 0;
+  try {
+    const at = `/proc/self/fd/${h.fd}`;
+    if ((await fsp.readlink(at).catch(() => '')) !== where) return 0;
+    const names = await fsp.readdir(at).catch(() => [] as string[]);
+    for (const name of names) {
+      const st = await fsp.lstat(path.join(at, name), { bigint: true }).catch(() => undefined);
+      if (st) each(path.posix.join(dir, name), st);
+    }
+    return names.length;
+  } finally {
+    await h.close();
+  }
 }
 
 /** A path CRIU's configuration file can carry as one word (it splits on whitespace; quotes are its own). */

@@ -116,11 +116,22 @@ function output(pod: Pod, name: string, attempt: number): string {
   return fs.readFileSync(path.join(path.dirname(pod.configFile), `${name}-${attempt}.log`), 'utf8');
 }
 
+/** What a job prints when it starts fresh, and what only a job that went on from `atCheckpoint` prints. */
+interface Printing {
+  fresh: RegExp;
+  goesOn: (atCheckpoint: number) => RegExp;
+}
+const COUNTER_PRINTING: Printing = {
+  fresh: /counter start/,
+  goesOn: (at) => new RegExp(`stdout F count ${at + 2}\\n`),
+};
+
 /** The container continues the job: restored (shim state), count goes on, the program did not start again. */
 async function expectRestored(
   on: CriTestNode,
   c: { pod: Pod; id: string; attempt: number; job: string },
   atCheckpoint: number,
+  printing: Printing = COUNTER_PRINTING,
 ): Promise<void> {
   const state = await readShimState(on.runcRoot(CRI_NAMESPACE), c.id);
   const failure = (await listed(on, c.id))?.lastRestoreFailure;
@@ -128,9 +139,9 @@ async function expectRestored(
   await waitCount(c.job, atCheckpoint + 3);
   expect(starts(c.job)).toBe(1);
   const printed = output(c.pod, 'job', c.attempt);
-  expect(printed).not.toMatch(/counter start/);
+  expect(printed).not.toMatch(printing.fresh);
   // What the restored job prints reaches the new container's log (kubectl logs).
-  expect(printed).toMatch(new RegExp(`stdout F count ${atCheckpoint + 2}\\n`));
+  expect(printed).toMatch(printing.goesOn(atCheckpoint));
 }
 
 test("arch-cli doctor finds the node's containerd and checks its CRI config (Root, restrict_oom_score_adj)", async () => {
@@ -269,14 +280,10 @@ test.each(['finalize', 'a checkpoint left running, then the pod lost'])(
 
     const second = await node.runPod(`${job}-second`, 'container');
     const c1 = await node.startCounter(second, { name: 'job', attempt: 0, env, image });
-    const failure = (await listed(node, c1))?.lastRestoreFailure;
-    const restored = !!(await readShimState(node.runcRoot(CRI_NAMESPACE), c1))?.restoredFrom;
-    expect({ restored, failure }).toEqual({ restored: true, failure: undefined });
-    await waitCount(job, at + 3);
-    expect(starts(job)).toBe(1);
-    const printed = output(second, 'job', 0);
-    expect(printed).not.toMatch(/pyjob start|FAIL/);
-    expect(printed).toMatch(/stdout F pyjob \d+ forkserver ok\n/);
+    await expectRestored(node, { pod: second, id: c1, attempt: 0, job }, at, {
+      fresh: /pyjob start|FAIL/,
+      goesOn: () => /stdout F pyjob \d+ forkserver ok\n/,
+    });
     // CRIU took its second names away once the job had its files back.
     expect(await node.crictl(['exec', c1, 'ls', '/dev/shm'])).not.toMatch(/link_remap/);
     await node.removePod(second);

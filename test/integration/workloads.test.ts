@@ -36,6 +36,19 @@ const lastStep = (out: string) => {
   return steps.length ? Number(steps[steps.length - 1]) : 0;
 };
 
+const stepReached = (out: string, step: number, what = `step ${step}`) =>
+  waitFor(`${path.basename(out)} ${what}`, () => (lastStep(out) >= step ? true : undefined), 60_000);
+
+/** The task killed (as a lost node's is) and the container removed; `quietly` after a test, whatever state it left. */
+async function removeJob(id: string, quietly = false): Promise<void> {
+  const steps = [
+    () => node.containerd.taskKill(id, 'SIGKILL'),
+    () => node.containerd.waitStatus(id, 'STOPPED', 15_000),
+    () => node.containerd.removeContainer(id),
+  ];
+  for (const step of steps) await (quietly ? step().catch(() => undefined) : step());
+}
+
 async function runJob(id: string, env: string[]): Promise<string> {
   const logFile = path.join(node.dir, `${id}-${Date.now()}.out`);
   await node.containerd.run({ image, id, env, logFile, runcBinary: ARCH_RUNC_BIN, detach: true });
@@ -55,7 +68,7 @@ test.each([
     const id = `py-${mode}`;
     const env = ['ARCH_ENABLE=1', `ARCH_CHECKPOINT_HOST_PATH=${path.join(storage, 'ck')}`];
     const out1 = await runJob(id, [...env, `PYJOB_MODE=${mode}`]);
-    await waitFor(`${id} step 5`, () => (lastStep(out1) >= 5 ? true : undefined), 60_000);
+    await stepReached(out1, 5);
     await checkpointContainer(node.ctx, { namespace: 'default', id, runcRoot: node.runcRoot('default') });
     await node.containerd.waitStatus(id, 'STOPPED', 15_000);
     const reached = lastStep(out1);
@@ -63,7 +76,7 @@ test.each([
 
     const out2 = await runJob(id, [...env, `PYJOB_MODE=${mode}`]);
     try {
-      await waitFor(`${id} restored, 5 more steps`, () => (lastStep(out2) >= reached + 5 ? true : undefined), 60_000);
+      await stepReached(out2, reached + 5, 'restored, 5 more steps');
       const after = lines(out2);
       expect(after.filter((l) => / FAIL$/.test(l))).toEqual([]);
       expect(after.filter((l) => l.startsWith('pyjob start'))).toEqual([]);
@@ -75,9 +88,7 @@ test.each([
         `${String(err)}\nafter restore:\n${fs.readFileSync(out2, 'utf8').slice(-2000)}\nARCH log:\n${JSON.stringify(log.slice(-8), null, 1)}`,
       );
     } finally {
-      await node.containerd.taskKill(id, 'SIGKILL').catch(() => undefined);
-      await node.containerd.waitStatus(id, 'STOPPED', 15_000).catch(() => undefined);
-      await node.containerd.removeContainer(id).catch(() => undefined);
+      await removeJob(id, true);
     }
   },
   180_000,
@@ -97,7 +108,7 @@ test('a forkserver job checkpointed three times while it runs continues from the
     node.containerd.ctr(['tasks', 'exec', '--exec-id', `ls-${n}`, id, 'ls', '/dev/shm']).then((o) => o.split('\n'));
   let before = 0;
   for (let n = 1; n <= 3; n++) {
-    await waitFor(`${id} step ${before + 3}`, () => (lastStep(out1) >= before + 3 ? true : undefined), 60_000);
+    await stepReached(out1, before + 3);
     before = lastStep(out1);
     await checkpointContainer(node.ctx, {
       namespace: 'default',
@@ -108,23 +119,18 @@ test('a forkserver job checkpointed three times while it runs continues from the
     expect((await shm(n)).filter((f) => f.startsWith('link_remap'))).toEqual([]);
   }
   const after = lastStep(out1); // the last checkpoint holds a step from before to after
-  await waitFor(`${id} runs on`, () => (lastStep(out1) >= after + 3 ? true : undefined), 60_000);
-  // The node lost: the task killed, no checkpoint taken.
-  await node.containerd.taskKill(id, 'SIGKILL');
-  await node.containerd.waitStatus(id, 'STOPPED', 15_000);
-  await node.containerd.removeContainer(id);
+  await stepReached(out1, after + 3, 'runs on');
+  await removeJob(id); // the node lost: no checkpoint taken
 
   const out2 = await runJob(id, env);
   try {
-    await waitFor(`${id} restored`, () => (lastStep(out2) > 0 ? true : undefined), 60_000);
+    await stepReached(out2, 1, 'restored');
     const first = Number(/^pyjob (\d+) /.exec(lines(out2)[0]!)?.[1]);
     expect(first).toBeGreaterThan(before);
     expect(first).toBeLessThanOrEqual(after + 1);
     expect(lines(out2).filter((l) => / FAIL$|^pyjob start/.test(l))).toEqual([]);
     expect(node.readContainerFile(id, '/state/starts').trim().split('\n')).toHaveLength(1);
   } finally {
-    await node.containerd.taskKill(id, 'SIGKILL').catch(() => undefined);
-    await node.containerd.waitStatus(id, 'STOPPED', 15_000).catch(() => undefined);
-    await node.containerd.removeContainer(id).catch(() => undefined);
+    await removeJob(id, true);
   }
 }, 180_000);

@@ -48,19 +48,26 @@ def report(step, total):
     print(f"pyjob {step} {MODE} {ok}", flush=True)
 
 
+def run_steps(step_sum):
+    """The job's loop: step_sum(step) gives that step's sum of squares, kept in memory."""
+    total = 0
+    step = 0
+    while True:
+        total += step_sum(step)
+        step += 1
+        report(step, total)
+        time.sleep(0.1)
+
+
+def squares_of(step):
+    return range(step * STEP, (step + 1) * STEP)
+
+
 def run_pool(method):
     import multiprocessing as mp
 
-    ctx = mp.get_context(method)
-    total = 0
-    step = 0
-    with ctx.Pool(2) as pool:
-        while True:
-            base = step * STEP
-            total += sum(pool.map(square, range(base, base + STEP)))
-            step += 1
-            report(step, total)
-            time.sleep(0.1)
+    with mp.get_context(method).Pool(2) as pool:
+        run_steps(lambda step: sum(pool.map(square, squares_of(step))))
 
 
 def produce(q, start):
@@ -76,14 +83,7 @@ def run_queue():
     q = mp.get_context("fork").Queue(maxsize=64)
     p = mp.get_context("fork").Process(target=produce, args=(q, 0), daemon=True)
     p.start()
-    total = 0
-    step = 0
-    while True:
-        for _ in range(STEP):
-            total += q.get()
-        step += 1
-        report(step, total)
-        time.sleep(0.1)
+    run_steps(lambda _step: sum(q.get() for _ in range(STEP)))
 
 
 def run_threads():
@@ -99,15 +99,8 @@ def run_threads():
         t.start()
 
     beat()
-    total = 0
-    step = 0
     with ThreadPoolExecutor(max_workers=3) as ex:
-        while True:
-            base = step * STEP
-            total += sum(ex.map(square, range(base, base + STEP)))
-            step += 1
-            report(step, total)
-            time.sleep(0.1)
+        run_steps(lambda step: sum(ex.map(square, squares_of(step))))
 
 
 def add_squares(name, slot, base):
@@ -154,9 +147,8 @@ def run_inotify():
     IN_CLOSE_WRITE = 0x8
     if fd < 0 or libc.inotify_add_watch(fd, watched.encode(), IN_CLOSE_WRITE) < 0:
         sys.exit(f"inotify: errno {ctypes.get_errno()}")
-    total = 0
-    step = 0
-    while True:
+
+    def step_sum(step):
         name = str(step % 4)
         with open(f"{watched}/{name}", "w") as f:
             f.write(str(step))
@@ -164,12 +156,9 @@ def run_inotify():
         data = os.read(fd, 4096)
         _wd, _mask, _cookie, size = struct.unpack_from("iIII", data)
         got = data[16:16 + size].rstrip(b"\0").decode()
-        if got == name:
-            base = step * STEP
-            total += sum(x * x for x in range(base, base + STEP))
-        step += 1
-        report(step, total)
-        time.sleep(0.1)
+        return sum(map(square, squares_of(step))) if got == name else 0
+
+    run_steps(step_sum)
 
 
 if __name__ == "__main__":
