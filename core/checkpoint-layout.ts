@@ -1,7 +1,8 @@
 /**
  * What a checkpoint directory holds, named once (README "Checkpoint image"):
  *   manifest.json, manifest.sig, criu/ (CRIU's images, pages-N.img among
- *   them), rootfs-diff.tar, deleted.files, devshm.tar (some), config.json.
+ *   them), rootfs-diff.tar, deleted.files, devshm.tar (some), volume-<n>.tar
+ *   (some), config.json.
  * The writer (checkpoint.ts), the readers (restore.ts, store.ts,
  * transfer.ts) and the tests spell these names from here.
  */
@@ -15,6 +16,9 @@ export const ROOTFS_TAR = 'rootfs-diff.tar';
 export const DELETED_FILES = 'deleted.files';
 /** The files of the container's /dev/shm when it is a host directory bound in (a Kubernetes pod's): core/dev-shm.ts. */
 export const DEVSHM_TAR = 'devshm.tar';
+/** The files of the pod's emptyDir volumes the container mounts, one archive each, in the manifest's order: core/pod-volumes.ts. */
+export const VOLUME_TAR = /^volume-\d+\.tar$/;
+export const volumeTar = (index: number): string => `volume-${index}.tar`;
 /** The OCI spec (oci-spec.ts): a bundle's config.json, kept in the checkpoint under the same name. */
 export const SPEC_FILE = 'config.json';
 

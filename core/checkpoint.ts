@@ -17,6 +17,7 @@ import { FreezeGuard } from './freeze-guard.js';
 import { rootfsWatchPaths } from './inotify-watches.js';
 import { criuStallMs, LayerGate } from './layer-gate.js';
 import { captureDevShm, devShmSource, type DevShmRecord } from './dev-shm.js';
+import { captureVolume, podScratchVolumes, type VolumeRecord } from './pod-volumes.js';
 import { dumpSizeEstimate, memoryStaging, moveStaged } from './dump-staging.js';
 import { validateContainerId, validateNamespace } from '../contract/ids.js';
 import { FORMAT_VERSION, SEALED_FORMAT_VERSION, type Manifest } from './manifest.js';
@@ -54,10 +55,14 @@ import {
   PAGE_IMAGE_NAME,
   ROOTFS_TAR,
   SPEC_FILE,
+  VOLUME_TAR,
+  volumeTar,
 } from './checkpoint-layout.js';
 
 /** The archives of the job's files beside CRIU's images (sealed like its memory). */
-const LAYER_ARCHIVES = new RegExp(`^(${[ROOTFS_TAR, DEVSHM_TAR].map((n) => n.replace('.', '\\.')).join('|')})$`);
+const LAYER_ARCHIVES = new RegExp(
+  `^(${[ROOTFS_TAR, DEVSHM_TAR].map((n) => n.replace('.', '\\.')).join('|')}|${VOLUME_TAR.source.slice(1, -1)})$`,
+);
 
 /**
  * One checkpoint path for everybody: `arch-cli finalize`, the Temporal
@@ -234,6 +239,8 @@ async function checkpointLocked(
   // A pod's /dev/shm (a host directory bound in): its files are kept with the layer (core/dev-shm.ts),
   // captured at CRIU's post-dump action, behind the same gate: CRIU's link remaps are there only then.
   const shmSource = devShmSource(c.spec);
+  // The pod's emptyDir volumes it mounts: kept with the layer, captured with it (core/pod-volumes.ts).
+  const volumes = req.dumpedImages ? [] : podScratchVolumes(c.spec);
   // Not for a container the user paused: the gate needs the freeze guard, which would thaw it.
   const gateScript =
     !req.dumpedImages && !wasPaused && (req.leaveRunning || shmSource) ? await LayerGate.script() : undefined;
@@ -274,6 +281,7 @@ async function checkpointLocked(
   });
   const upper = await findUpperDir(rootfsOf(c.bundle, c.spec));
   let devShm: DevShmRecord | undefined;
+  let volumeRecords: VolumeRecord[] = [];
   // Freeze/thaw/kill through the cgroup (no runc exec while frozen); runc where the layout is unknown.
   const cgroup = wasPaused ? undefined : await groupAsked;
   const freeze = () => (cgroup ? cgroup.freeze() : c.runc.pause(req.id));
@@ -391,6 +399,23 @@ async function checkpointLocked(
         log.info({ phase: 'rootfs', skipped: s.skipped }, '/dev/shm entries that are not files left out');
       devShm = { files: s.files, bytes: s.bytes };
     };
+    const captureVolumes = async () => {
+      const recs: VolumeRecord[] = [];
+      for (const [i, v] of volumes.entries()) {
+        const r = await captureVolume(v.source, path.join(diffDir, volumeTar(i))).catch((err: unknown) => {
+          throw new Error(
+            `the pod's emptyDir at ${v.destination} (${v.source}) could not be read: ${errorMessage(err)}`,
+          );
+        });
+        if (r.skipped.length)
+          log.info(
+            { phase: 'rootfs', volume: v.destination, skipped: r.skipped },
+            'emptyDir entries that are not files left out',
+          );
+        recs.push({ destination: v.destination, files: r.files, bytes: r.bytes });
+      }
+      volumeRecords = recs;
+    };
     /** The pod's /dev/shm, captured at CRIU's post-dump action when a gate holds CRIU there. */
     let shmCaptured: Promise<void> | undefined;
     const captureRootfs = async () => {
@@ -399,6 +424,7 @@ async function checkpointLocked(
       try {
         const [diff] = await Promise.all([
           upper ? captureDiff(upper, diffDir) : emptyDiff(diffDir),
+          captureVolumes(),
           // Without a gate (none installed, or a paused container): during the dump, as near as this gets.
           (await criuAsked).actionScript ? undefined : captureShm(),
         ]);
@@ -633,6 +659,7 @@ async function checkpointLocked(
         ...(freezeMs !== undefined ? { freezeMs } : {}),
         rootfs: { files: diff.files, bytes: diff.bytes, deletions: diff.deletions },
         ...(devShm ? { devShm } : {}),
+        ...(volumeRecords.length ? { volumes: volumeRecords } : {}),
         ...(workFiles ? { workFiles: workFiles.files } : {}),
         ...(seal ? { seal } : {}),
       },

@@ -97,6 +97,21 @@ function buildSchemas() {
      */
     devShm: z.object({ files: z.number().int().nonnegative(), bytes: z.number().int().nonnegative() }).optional(),
     /**
+     * The pod's emptyDir volumes the container mounted (core/pod-volumes.ts), in the order of their
+     * archives (volume-<index>.tar): where each was mounted, its entries and their bytes. Absent when
+     * it mounted none, and before ARCH kept them.
+     */
+    volumes: z
+      .array(
+        z.object({
+          destination: z.string().startsWith('/'),
+          files: z.number().int().nonnegative(),
+          bytes: z.number().int().nonnegative(),
+        }),
+      )
+      .max(256)
+      .optional(),
+    /**
      * Shared mode: the files of the work directory the job held open for
      * writing, and their sizes, when it was stopped for the checkpoint
      * (core/work-files.ts: a restore cuts them back to these). Absent before ARCH recorded them.

@@ -31,8 +31,17 @@ import {
 import { trustOf } from './trust.js';
 import { assembleIfChunked } from './chunked-restore.js';
 import { SealGate } from './seal-gate.js';
-import { CRIU_DIR, DELETED_FILES, DEVSHM_TAR, PAGE_IMAGE_PATH, ROOTFS_TAR } from './checkpoint-layout.js';
+import {
+  CRIU_DIR,
+  DELETED_FILES,
+  DEVSHM_TAR,
+  PAGE_IMAGE_PATH,
+  ROOTFS_TAR,
+  VOLUME_TAR,
+  volumeTar,
+} from './checkpoint-layout.js';
 import { removeDevShmFiles, restoreDevShm } from './dev-shm.js';
+import { removeVolumeFiles, restoreVolume } from './pod-volumes.js';
 
 /**
  * Restore a container in place of its create (or of a `runc run`, in the
@@ -196,7 +205,7 @@ async function restoreHolding(ctx: NodeContext, req: RestoreRequest, held: Held)
       held.scratch.dir,
       v.manifest,
       v.keys,
-      (p) => p === ROOTFS_TAR || p === DELETED_FILES || p === DEVSHM_TAR,
+      (p) => p === ROOTFS_TAR || p === DELETED_FILES || p === DEVSHM_TAR || VOLUME_TAR.test(p),
       ctx.settings.sealDirect,
     );
     timings.unsealRootfs = Date.now() - s;
@@ -289,6 +298,31 @@ async function restoreHolding(ctx: NodeContext, req: RestoreRequest, held: Held)
     }
     timings.devShm = Date.now() - s;
   }
+  // The job's emptyDir volumes, written into the new pod's (empty) ones (core/pod-volumes.ts), taken back likewise.
+  const volumesCreated: { destination: string; created: string[] }[] = [];
+  if (manifest.volumes?.length) {
+    const s = Date.now();
+    try {
+      for (const [i, rec] of manifest.volumes.entries()) {
+        const r = await restoreVolume(path.join(await layerSource, volumeTar(i)), req.spec, rec);
+        volumesCreated.push({ destination: rec.destination, created: r.created });
+        ctx.log.info(
+          { namespace: req.namespace, container: req.id, phase: 'restore', volume: rec.destination, files: rec.files },
+          r.kept
+            ? 'emptyDir kept as it is: not empty, it outlived the container (the same pod)'
+            : "emptyDir restored: the job's files are back in the new pod's",
+        );
+      }
+    } catch (err) {
+      await stopGated(im.value, held.stop);
+      for (const v of volumesCreated)
+        await removeVolumeFiles(req.spec, v.destination, v.created).catch(() => undefined);
+      await removeDevShmFiles(req.spec, shmCreated).catch(() => undefined);
+      if (written) await unwriteLayer(ctx, upper!);
+      throw err;
+    }
+    timings.volumes = Date.now() - s;
+  }
   const pagesVerified = async (): Promise<void> => {
     const w = Date.now();
     await verifyPages();
@@ -334,6 +368,7 @@ async function restoreHolding(ctx: NodeContext, req: RestoreRequest, held: Held)
     if (upper && written) await unwriteLayer(ctx, upper);
     // Nor its /dev/shm files: a semaphore left locked would hang the fresh start.
     await removeDevShmFiles(req.spec, shmCreated).catch(() => undefined);
+    for (const v of volumesCreated) await removeVolumeFiles(req.spec, v.destination, v.created).catch(() => undefined);
   };
   try {
     const o = {

@@ -16,7 +16,14 @@ import {
   type Manifest,
 } from './manifest.js';
 import { loadTrust, signManifest, type Trust } from './trust.js';
-import { CONTENT_IMAGE_PATH, DEVSHM_TAR, MANIFEST_FILE, ROOTFS_TAR, SIGNATURE_FILE } from './checkpoint-layout.js';
+import {
+  CONTENT_IMAGE_PATH,
+  DEVSHM_TAR,
+  MANIFEST_FILE,
+  ROOTFS_TAR,
+  SIGNATURE_FILE,
+  VOLUME_TAR,
+} from './checkpoint-layout.js';
 import { CHUNK_ALG, type ChunkKeys } from './chunk-codec.js';
 import { ChunkDir, CHUNKS_DIR, type ChunkStore, type ChunkWriteStats } from './chunk-dir.js';
 import { storeChunked, type ChunkFollower } from './chunked-files.js';
@@ -58,9 +65,9 @@ const ARCH_ENTRY_RE = new RegExp(
   `^(current|lease\\.json|lease\\.claim-\\d+|\\.lease-.*|ckpt-[0-9TZ-]+-[0-9a-f]{8}|\\.staging-.*|\\.current-[0-9a-f]{8}|${CHUNKS_DIR})$`,
 );
 
-/** The files store format 2 keeps as chunks: what the job holds (CRIU's content images, the layer's and /dev/shm's archives); the rest is a few KiB of CRIU metadata. */
+/** The files store format 2 keeps as chunks: what the job holds (CRIU's content images, the layer's, /dev/shm's and the emptyDirs' archives); the rest is a few KiB of CRIU metadata. */
 export const isChunkedPath = (rel: string): boolean =>
-  CONTENT_IMAGE_PATH.test(rel) || rel === ROOTFS_TAR || rel === DEVSHM_TAR;
+  CONTENT_IMAGE_PATH.test(rel) || rel === ROOTFS_TAR || rel === DEVSHM_TAR || VOLUME_TAR.test(rel);
 
 /** The job's ownership (core/lease.ts), beside its checkpoints. */
 export const LEASE_FILE = 'lease.json';

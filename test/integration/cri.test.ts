@@ -1,4 +1,5 @@
 import { execa } from 'execa';
+import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { checkpointContainer } from '../../core/checkpoint.js';
@@ -239,6 +240,105 @@ test("a restore that fails after writing the pod's /dev/shm takes its files back
   await waitFor('a fresh start', () => (starts(job) === 2 ? true : undefined));
   expect(fs.existsSync(jobFile(job, 'shm-seen'))).toBe(false);
   await node.removePod(second);
+});
+
+/**
+ * A pod's emptyDir (scratch that lives as long as its pod: kubelet's
+ * `pods/<uid>/volumes/kubernetes.io~empty-dir/<name>`, bound in by the CRI
+ * plugin) is new and empty in the new pod. The job spilled a file there and
+ * holds it open (CRIU needs it to restore the job at all), and left a
+ * symlink to it (closed: only its absence would tell). Stopped by finalize,
+ * or left running by a periodic checkpoint before the pod is lost.
+ */
+/** What the job writes there; its command computes the number, so the spec (kept in the checkpoint) does not hold it. */
+const SPILLED = 'spilled arch-emptydir-42';
+
+/** The files below dir that hold `bytes`. */
+function filesHolding(dir: string, bytes: string): string[] {
+  return fs
+    .readdirSync(dir, { withFileTypes: true, recursive: true })
+    .filter((e) => e.isFile() && fs.readFileSync(path.join(e.parentPath, e.name)).includes(bytes))
+    .map((e) => path.join(e.parentPath, e.name));
+}
+
+async function emptyDirJob(on: CriTestNode, job: string, left: boolean): Promise<void> {
+  const env = jobEnv(job);
+  const command = [
+    '/bin/sh',
+    '-c',
+    'mkdir /scratch/sub && echo spilled arch-emptydir-$((6*7)) > /scratch/sub/spill && ln -s sub/spill /scratch/latest && exec 3</scratch/sub/spill; exec /usr/bin/counter',
+  ];
+  const emptyDir = () => {
+    const dir = path.join(on.dir, 'kubelet/pods', crypto.randomUUID(), 'volumes/kubernetes.io~empty-dir/scratch');
+    fs.mkdirSync(dir, { recursive: true, mode: 0o777 });
+    return [{ containerPath: '/scratch', hostPath: dir }];
+  };
+  const first = await on.runPod(`${job}-first`, 'container');
+  const c0 = await on.startCounter(first, { name: 'job', attempt: 0, env, command, mounts: emptyDir() });
+  await waitCount(job, 5);
+  let at: number;
+  if (left) {
+    at = count(job);
+    await checkpointContainer(on.ctx, {
+      namespace: CRI_NAMESPACE,
+      id: c0,
+      runcRoot: on.runcRoot(CRI_NAMESPACE),
+      leaveRunning: true,
+    });
+    await waitCount(job, at + 3); // it went on
+  } else {
+    at = await finalize(on, c0, job);
+  }
+  await on.removePod(first);
+
+  const second = await on.runPod(`${job}-second`, 'container');
+  const c1 = await on.startCounter(second, { name: 'job', attempt: 0, env, command, mounts: emptyDir() });
+  // Left running, the job counted on after `at` was read: its checkpoint's count is a little past it.
+  await expectRestored(
+    on,
+    { pod: second, id: c1, attempt: 0, job },
+    at,
+    left ? { ...COUNTER_PRINTING, goesOn: () => /stdout F count \d+\n/ } : COUNTER_PRINTING,
+  );
+  expect(await on.crictl(['exec', c1, 'cat', '/scratch/latest'])).toBe(SPILLED);
+  await on.removePod(second);
+}
+
+test.each(['finalize', 'a checkpoint left running, then the pod lost'])(
+  "the job's files in its pod's emptyDir come back in the new pod: %s",
+  async (how) => {
+    const job = how === 'finalize' ? 'pod-emptydir' : 'pod-emptydir-lost';
+    await emptyDirJob(node, job, how !== 'finalize');
+    // Unencrypted, the archive holds them as written (the control for the encrypted stores below).
+    expect(filesHolding(path.join(storage, 'checkpoint', CRI_NAMESPACE, job), SPILLED)).toEqual([
+      expect.stringMatching(/\/volume-0\.tar$/),
+    ]);
+  },
+);
+
+describe('encrypted stores', () => {
+  const encrypted: Record<string, CriTestNode> = {};
+  beforeAll(async () => {
+    const key = path.join(storage, 'store.key');
+    fs.writeFileSync(key, `${crypto.randomBytes(32).toString('hex')}\n`, { mode: 0o600 });
+    encrypted['store format 1'] = await startCriNode('cri-k1', { ARCH_STORE_KEY_FILE: key });
+    encrypted['store format 2'] = await startCriNode('cri-k2', { ARCH_STORE_FORMAT: '2', ARCH_STORE_KEY_FILE: key });
+  }, 240_000);
+  afterEach(async () => {
+    for (const n of Object.values(encrypted)) await n.removeAllPods();
+  });
+
+  // The emptyDir's archive is the job's data, as its memory is: sealed or chunked with it, never stored in plaintext.
+  test.each(['store format 1', 'store format 2'])(
+    "the emptyDir's files are encrypted in the store and come back in the new pod: %s",
+    async (which) => {
+      const job = `pod-emptydir-k${which.slice(-1)}`;
+      await emptyDirJob(encrypted[which]!, job, false);
+      const stored = path.join(storage, 'checkpoint', CRI_NAMESPACE, job); // its checkpoints, and its chunks in format 2
+      expect(fs.readdirSync(stored).length).toBeGreaterThan(0);
+      expect(filesHolding(stored, SPILLED)).toEqual([]);
+    },
+  );
 });
 
 /**

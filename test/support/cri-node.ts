@@ -39,6 +39,8 @@ export interface CounterOptions {
   command?: string[];
   /** Another image than the counter's (imported in the CRI namespace by the caller). */
   image?: string;
+  /** Host directories bound in (CRI mounts), as the kubelet binds a pod's volumes. */
+  mounts?: { containerPath: string; hostPath: string }[];
 }
 
 export interface CriTestNode extends ArchTestNode {
@@ -156,6 +158,9 @@ export async function startCriNode(
           metadata: { name: opts.name, attempt: opts.attempt },
           image: { image: opts.image ?? n.image },
           ...(opts.command ? { command: opts.command } : {}),
+          ...(opts.mounts
+            ? { mounts: opts.mounts.map((m) => ({ container_path: m.containerPath, host_path: m.hostPath })) }
+            : {}),
           envs: Object.entries(opts.env).map(([key, value]) => ({ key, value })),
           log_path: `${opts.name}-${opts.attempt}.log`,
           linux: {

@@ -1,0 +1,413 @@
+import fs from 'node:fs';
+import fsp, { type FileHandle } from 'node:fs/promises';
+import path from 'node:path';
+import * as tar from 'tar';
+import { CheckpointUnusableError } from '../contract/errors.js';
+import type { OciSpec } from './oci-spec.js';
+import { canonical, isEmptyArchive, unreadable, validateDiffArchive } from './rootfs-diff.js';
+
+/**
+ * A Kubernetes pod's emptyDir volumes: scratch space that lives exactly as
+ * long as its pod (kubelet makes `<root>/pods/<pod uid>/volumes/kubernetes.io~empty-dir/<name>`
+ * and containerd binds it into the containers that mount it; `medium: Memory`
+ * is a tmpfs at the same path). To runc and CRIU it is an external mount:
+ * they leave its files where they are. A pod rescheduled after a reclaim
+ * gets a new, empty emptyDir, so a job restored there found its scratch
+ * files gone: one it held open failed CRIU's restore (the job started
+ * over), one it had closed was silently missing (a spill file, an
+ * intermediate result, `/tmp` of a read-only root filesystem).
+ *
+ * So the checkpoint keeps them, as it keeps the writable layer: each
+ * emptyDir the container mounts becomes `volume-<n>.tar`, read while the
+ * job's processes are stopped, its entry count and bytes in the signed
+ * manifest with the container path it was mounted at. A restore writes
+ * them into the new container's emptyDir at that path, only when that one
+ * is empty (a new pod): in the same pod (a container restarted by the
+ * kubelet) the emptyDir outlived the container and is left as it is, as
+ * without ARCH. The directory is shared with the pod's other containers,
+ * which may write in it at any time: nothing is read or written through a
+ * symlink (every directory is opened with O_NOFOLLOW from its parent's
+ * descriptor, every file with O_NOFOLLOW and created with O_EXCL), and a
+ * restore that fails takes back what it created.
+ *
+ * Other volumes (host paths, persistent volumes, configMaps, secrets) are
+ * not the pod's own scratch: they outlive the pod or come from the cluster,
+ * and ARCH neither keeps nor writes them.
+ */
+export interface PodVolume {
+  /** Where the container sees it. */
+  destination: string;
+  /** The host directory (the container manager's, named by the spec it wrote). */
+  source: string;
+}
+
+/** What the manifest records of one kept emptyDir (archive `volumeTar(index)`). */
+export interface VolumeRecord {
+  destination: string;
+  files: number;
+  bytes: number;
+}
+
+/** kubelet's emptyDir layout below its root dir (which is configurable: --root-dir). */
+const EMPTY_DIR_SOURCE = /\/pods\/[0-9a-fA-F-]{1,64}\/volumes\/kubernetes\.io~empty-dir\/[^/]+\/?$/;
+
+const { O_RDONLY, O_WRONLY, O_CREAT, O_EXCL, O_DIRECTORY, O_NOFOLLOW, O_NONBLOCK } = fs.constants;
+
+/** The emptyDir volumes bound into the container (the last mount at a destination wins; /dev/shm is dev-shm.ts's). */
+export function podScratchVolumes(spec: OciSpec | undefined): PodVolume[] {
+  const byDest = new Map<string, PodVolume>();
+  for (const m of spec?.mounts ?? []) {
+    const destination = path.posix.normalize(`${m.destination ?? ''}/`).replace(/(.)\/+$/, '$1');
+    if (!m.source || !path.isAbsolute(m.source) || !path.posix.isAbsolute(destination)) continue;
+    const bound = m.type === 'bind' || (m.options ?? []).some((o) => o === 'bind' || o === 'rbind');
+    if (bound && EMPTY_DIR_SOURCE.test(m.source) && destination !== '/dev/shm')
+      byDest.set(destination, { destination, source: m.source });
+    else byDest.delete(destination); // mounted over by something else
+  }
+  return [...byDest.values()];
+}
+
+const openDirAt = (dirFd: number, name: string): Promise<FileHandle> =>
+  fsp.open(`/proc/self/fd/${dirFd}/${name}`, O_RDONLY | O_DIRECTORY | O_NOFOLLOW);
+
+/** One tar entry: its header (and a PAX header before it when a field does not fit). */
+function headerBlocks(data: tar.HeaderData): Buffer[] {
+  const h = new tar.Header(data);
+  const out: Buffer[] = [];
+  if (h.encode()) out.push(new tar.Pax({ ...data }).encode());
+  out.push(h.block!);
+  return out;
+}
+
+const pad = (size: number): Buffer => Buffer.alloc((512 - (size % 512)) % 512);
+
+/**
+ * Write the archive of the directory `source` into `tarFile`: directories,
+ * regular files, symlinks and second names of files (hard links); sockets,
+ * FIFOs and devices are listed in `skipped`. Walked through descriptors:
+ * a directory or file swapped for a symlink meanwhile is skipped, never
+ * followed. A file is archived with the size it had when opened (a file a
+ * sibling container cuts short meanwhile is padded with zeros, one it grows
+ * is cut at that size): the archive always matches its headers.
+ */
+export async function captureVolume(
+  source: string,
+  tarFile: string,
+): Promise<{ files: number; bytes: number; skipped: string[] }> {
+  const out = await fsp.open(tarFile, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW, 0o600);
+  const skipped: string[] = [];
+  const firstName = new Map<string, string>(); // dev:ino -> first name archived
+  let files = 0;
+  let bytes = 0;
+  const write = async (bufs: Buffer[]) => {
+    for (const b of bufs) if (b.length) await out.write(b);
+  };
+  async function copyBody(h: FileHandle, size: number): Promise<void> {
+    const buf = Buffer.allocUnsafe(Math.min(size, 1 << 20) || 1);
+    let pos = 0;
+    while (pos < size) {
+      const { bytesRead } = await h.read(buf, 0, Math.min(buf.length, size - pos), pos);
+      if (bytesRead === 0) {
+        await write([Buffer.alloc(size - pos)]); // cut short by someone else meanwhile
+        pos = size;
+        break;
+      }
+      await out.write(buf.subarray(0, bytesRead));
+      pos += bytesRead;
+    }
+    await write([pad(size)]);
+  }
+  async function walk(dir: FileHandle, rel: string): Promise<void> {
+    const at = `/proc/self/fd/${dir.fd}`;
+    const entries = (await fsp.readdir(at, { withFileTypes: true })).sort((a, b) => a.name.localeCompare(b.name));
+    for (const e of entries) {
+      const r = rel ? `${rel}/${e.name}` : e.name;
+      if (e.isDirectory()) {
+        const child = await openDirAt(dir.fd, e.name).catch(() => undefined);
+        if (!child) {
+          skipped.push(r); // swapped for something else since the listing
+          continue;
+        }
+        try {
+          const st = await child.stat();
+          await write(headerBlocks({ path: `${r}/`, type: 'Directory', ...owner(st), size: 0 }));
+          files++;
+          await walk(child, r);
+        } finally {
+          await child.close();
+        }
+      } else if (e.isSymbolicLink()) {
+        const target = await fsp.readlink(`${at}/${e.name}`).catch(() => undefined);
+        const st = await fsp.lstat(`${at}/${e.name}`).catch(() => undefined);
+        if (target === undefined || !st?.isSymbolicLink()) {
+          skipped.push(r);
+          continue;
+        }
+        await write(headerBlocks({ path: r, type: 'SymbolicLink', linkpath: target, ...owner(st), size: 0 }));
+        files++;
+      } else if (e.isFile()) {
+        // O_NONBLOCK: a FIFO swapped in meanwhile does not hang the open (and is not archived: not a file).
+        const h = await fsp.open(`${at}/${e.name}`, O_RDONLY | O_NOFOLLOW | O_NONBLOCK).catch(() => undefined);
+        if (!h) {
+          skipped.push(r);
+          continue;
+        }
+        try {
+          const st = await h.stat();
+          if (!st.isFile()) {
+            skipped.push(r);
+            continue;
+          }
+          const key = `${st.dev}:${st.ino}`;
+          const first = st.nlink > 1 ? firstName.get(key) : undefined;
+          if (first !== undefined) {
+            await write(headerBlocks({ path: r, type: 'Link', linkpath: first, ...owner(st), size: 0 }));
+          } else {
+            if (st.nlink > 1) firstName.set(key, r);
+            await write(headerBlocks({ path: r, type: 'File', ...owner(st), size: st.size }));
+            await copyBody(h, st.size);
+            bytes += st.size;
+          }
+          files++;
+        } finally {
+          await h.close();
+        }
+      } else {
+        skipped.push(r); // sockets, FIFOs, devices: recreated by the processes, not files to carry
+      }
+    }
+  }
+  try {
+    const root = await fsp.open(source, O_RDONLY | O_DIRECTORY | O_NOFOLLOW);
+    try {
+      await walk(root, '');
+    } finally {
+      await root.close();
+    }
+    await write([Buffer.alloc(1024)]); // end of archive: two zero blocks
+  } finally {
+    await out.close();
+  }
+  return { files, bytes, skipped };
+}
+
+function owner(st: fs.Stats): Pick<tar.HeaderData, 'mode' | 'uid' | 'gid' | 'mtime'> {
+  return { mode: st.mode & 0o7777, uid: st.uid, gid: st.gid, mtime: st.mtime };
+}
+
+/** The archive checked against its record: validateDiffArchive's rules, no more entries or bytes than signed. */
+async function checkArchive(tarFile: string, recorded: VolumeRecord): Promise<void> {
+  let entries = 0;
+  await validateDiffArchive(tarFile, recorded.bytes, () => entries++);
+  if (entries !== recorded.files)
+    throw new CheckpointUnusableError(
+      'volume',
+      `the archive of the emptyDir at ${recorded.destination} holds ${entries} entries, the manifest records ${recorded.files}`,
+    );
+}
+
+/**
+ * Write the checkpoint's files of the emptyDir mounted at `recorded.destination`
+ * into the new container's (`spec`'s emptyDir at the same path), before CRIU
+ * restores the processes that hold them. Returns what was created (for
+ * removeVolumeFiles if the restore fails after), or `kept` when the
+ * container's emptyDir is not empty (the same pod: it outlived the
+ * container). On its own failure it takes back what it created.
+ */
+export async function restoreVolume(
+  tarFile: string,
+  spec: OciSpec | undefined,
+  recorded: VolumeRecord,
+): Promise<{ created: string[]; kept: boolean }> {
+  await checkArchive(tarFile, recorded);
+  const target = podScratchVolumes(spec).find((v) => v.destination === recorded.destination);
+  if (!target)
+    throw new CheckpointUnusableError(
+      'volume',
+      `the checkpoint holds the files of the job's emptyDir at ${recorded.destination}, and this container has no emptyDir mounted there: they would be lost. Mount the same emptyDir volume at ${recorded.destination} as before`,
+    );
+  const root = await fsp.open(target.source, O_RDONLY | O_DIRECTORY | O_NOFOLLOW);
+  const created: string[] = [];
+  try {
+    if ((await fsp.readdir(`/proc/self/fd/${root.fd}`)).length > 0) return { created, kept: true };
+    if (await isEmptyArchive(tarFile)) return { created, kept: false };
+    try {
+      await extract(tarFile, root, created);
+    } catch (err) {
+      await removeCreated(root, created);
+      if (err instanceof CheckpointUnusableError) throw err;
+      throw new CheckpointUnusableError(
+        'volume',
+        `the job's emptyDir at ${recorded.destination} could not be written back: ${(err as Error).message}`,
+      );
+    }
+    return { created, kept: false };
+  } finally {
+    await root.close();
+  }
+}
+
+/**
+ * The parent directory of `rel` below `root`, each component opened with
+ * O_NOFOLLOW from the one before (a symlink planted on the way refuses).
+ */
+async function parentOf(root: FileHandle, rel: string): Promise<{ dir: FileHandle; name: string; owned: boolean }> {
+  const parts = rel.split('/');
+  let dir = root;
+  for (const part of parts.slice(0, -1)) {
+    const next = await openDirAt(dir.fd, part).catch((err: NodeJS.ErrnoException) => {
+      throw err.code === 'ENOTDIR' || err.code === 'ELOOP'
+        ? new Error(`"${rel}": a component is not a directory (a symlink or a file put there meanwhile)`)
+        : err;
+    });
+    if (dir !== root) await dir.close();
+    dir = next;
+  }
+  return { dir, name: parts[parts.length - 1]!, owned: dir !== root };
+}
+
+async function extract(tarFile: string, root: FileHandle, created: string[]): Promise<void> {
+  const dirs: { rel: string; mode: number; uid?: number; gid?: number; mtime?: Date }[] = [];
+  const links: [string, string][] = [];
+  // One entry at a time, in archive order (a directory before what it holds): the parser waits for each.
+  const entries: tar.ReadEntry[] = [];
+  let wake: (() => void) | undefined;
+  let ended = false;
+  let failed: unknown;
+  const parser = new tar.Parser({
+    strict: true,
+    onReadEntry: (entry) => {
+      entry.pause();
+      entries.push(entry);
+      wake?.();
+    },
+  });
+  const done = new Promise<void>((resolve, reject) => {
+    parser.on('error', reject);
+    parser.on('end', resolve);
+    fs.createReadStream(tarFile).on('error', reject).pipe(parser);
+  }).finally(() => {
+    ended = true;
+    wake?.();
+  });
+  done.catch(() => undefined);
+  for (;;) {
+    if (!entries.length) {
+      if (ended) break;
+      await new Promise<void>((r) => (wake = r));
+      wake = undefined;
+      continue;
+    }
+    const entry = entries.shift()!;
+    if (failed) {
+      entry.resume();
+      continue;
+    }
+    try {
+      const rel = canonical(entry.path);
+      if (entry.type === 'Link') {
+        links.push([rel, canonical(entry.linkpath ?? '')]);
+        entry.resume();
+        continue;
+      }
+      const { dir, name, owned } = await parentOf(root, rel);
+      const at = `/proc/self/fd/${dir.fd}/${name}`;
+      try {
+        if (entry.type === 'Directory') {
+          await fsp.mkdir(at, { mode: 0o700 });
+          created.push(rel);
+          dirs.push({ rel, mode: (entry.mode ?? 0o755) & 0o7777, uid: entry.uid, gid: entry.gid, mtime: entry.mtime });
+          entry.resume();
+        } else if (entry.type === 'SymbolicLink') {
+          await fsp.symlink(entry.linkpath ?? '', at);
+          created.push(rel);
+          if (entry.uid !== undefined && entry.gid !== undefined) await fsp.lchown(at, entry.uid, entry.gid);
+          if (entry.mtime) await fsp.lutimes(at, entry.mtime, entry.mtime);
+          entry.resume();
+        } else {
+          const h = await fsp.open(at, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW, 0o600);
+          created.push(rel);
+          try {
+            for await (const chunk of entry as AsyncIterable<Buffer>) await h.write(chunk);
+            if (entry.uid !== undefined && entry.gid !== undefined) await h.chown(entry.uid, entry.gid);
+            await h.chmod((entry.mode ?? 0o600) & 0o7777); // after chown, which clears set-id bits
+            if (entry.mtime) await h.utimes(entry.mtime, entry.mtime);
+          } finally {
+            await h.close();
+          }
+        }
+      } finally {
+        if (owned) await dir.close();
+      }
+    } catch (err) {
+      failed = err;
+      entry.resume();
+    }
+  }
+  await done.catch(unreadable);
+  if (failed) throw failed;
+  // Second names once every file is there (validated: each names an earlier regular file of the archive).
+  for (const [rel, first] of links) {
+    const a = await parentOf(root, first);
+    const b = await parentOf(root, rel);
+    try {
+      // link(2) follows no symlink at either end; both names are in directories held open.
+      await fsp.link(`/proc/self/fd/${a.dir.fd}/${a.name}`, `/proc/self/fd/${b.dir.fd}/${b.name}`);
+      created.push(rel);
+    } finally {
+      if (a.owned) await a.dir.close();
+      if (b.owned) await b.dir.close();
+    }
+  }
+  // Directory modes, owners and times last (their contents changed their mtime), deepest first.
+  for (const d of dirs.reverse()) {
+    const { dir, name, owned } = await parentOf(root, d.rel);
+    try {
+      const h = await openDirAt(dir.fd, name);
+      try {
+        if (d.uid !== undefined && d.gid !== undefined) await h.chown(d.uid, d.gid);
+        await h.chmod(d.mode);
+        if (d.mtime) await h.utimes(d.mtime, d.mtime);
+      } finally {
+        await h.close();
+      }
+    } finally {
+      if (owned) await dir.close();
+    }
+  }
+}
+
+/** Remove `created` (relative to the open directory `root`), deepest first, never through a symlink. */
+async function removeCreated(root: FileHandle, created: readonly string[]): Promise<void> {
+  for (const rel of [...created].reverse()) {
+    try {
+      const { dir, name, owned } = await parentOf(root, rel);
+      try {
+        const at = `/proc/self/fd/${dir.fd}/${name}`;
+        const st = await fsp.lstat(at);
+        // rmdir leaves a directory someone else put files in; unlink removes a name, never what it points to.
+        await (st.isDirectory() ? fsp.rmdir(at) : fsp.unlink(at));
+      } finally {
+        if (owned) await dir.close();
+      }
+    } catch {
+      // gone already, or no longer ours to reach: left
+    }
+  }
+}
+
+/** Take back what restoreVolume created in the container's emptyDir at `destination` (its restore failed after). */
+export async function removeVolumeFiles(
+  spec: OciSpec | undefined,
+  destination: string,
+  created: readonly string[],
+): Promise<void> {
+  const target = created.length ? podScratchVolumes(spec).find((v) => v.destination === destination) : undefined;
+  if (!target) return;
+  const root = await fsp.open(target.source, O_RDONLY | O_DIRECTORY | O_NOFOLLOW);
+  try {
+    await removeCreated(root, created);
+  } finally {
+    await root.close();
+  }
+}

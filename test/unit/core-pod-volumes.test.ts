@@ -1,0 +1,158 @@
+import { execFileSync } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import * as tar from 'tar';
+import { CheckpointUnusableError } from '../../contract/errors.js';
+import type { OciSpec } from '../../core/oci-spec.js';
+import {
+  captureVolume,
+  podScratchVolumes,
+  removeVolumeFiles,
+  restoreVolume,
+  type VolumeRecord,
+} from '../../core/pod-volumes.js';
+
+/**
+ * A pod's emptyDir kept with the checkpoint and written into the new pod's
+ * (core/pod-volumes.ts), on real directories laid out as kubelet lays them
+ * out: what is kept, what is written back, what is left alone and what
+ * refuses the restore.
+ */
+let root: string;
+let from: string; // the old pod's emptyDir
+let to: string; // the new pod's emptyDir
+let tarFile: string;
+const emptyDir = (pod: string) => path.join(root, 'kubelet/pods', pod, 'volumes/kubernetes.io~empty-dir/scratch');
+beforeEach(() => {
+  root = fs.mkdtempSync(path.join(os.tmpdir(), 'arch-volumes-'));
+  from = emptyDir('0a6e1c1e-4a8e-4b8e-9c1e-000000000001');
+  to = emptyDir('0a6e1c1e-4a8e-4b8e-9c1e-000000000002');
+  fs.mkdirSync(from, { recursive: true });
+  fs.mkdirSync(to, { recursive: true });
+  tarFile = path.join(root, 'volume-0.tar');
+});
+afterEach(() => fs.rmSync(root, { recursive: true, force: true }));
+
+const podSpec = (source: string, destination = '/scratch'): OciSpec => ({
+  mounts: [
+    { destination: '/proc', type: 'proc', source: 'proc' },
+    { destination, type: 'bind', source, options: ['rbind', 'rprivate', 'rw'] },
+    { destination: '/etc/hosts', type: 'bind', source: '/var/lib/kubelet/pods/x/etc-hosts', options: ['rbind'] },
+  ],
+});
+
+async function capture(): Promise<VolumeRecord> {
+  const r = await captureVolume(from, tarFile);
+  return { destination: '/scratch', files: r.files, bytes: r.bytes };
+}
+
+test("a spec's emptyDir binds are found by kubelet's layout; host paths, /dev/shm and mounts over them are not", () => {
+  expect(podScratchVolumes(podSpec(from))).toEqual([{ destination: '/scratch', source: from }]);
+  expect(podScratchVolumes(podSpec('/data/host-path'))).toEqual([]);
+  expect(podScratchVolumes(podSpec(from, '/dev/shm'))).toEqual([]);
+  const over = podSpec(from);
+  over.mounts!.push({ destination: '/scratch/', type: 'bind', source: '/srv/other', options: ['rbind'] });
+  expect(podScratchVolumes(over)).toEqual([]);
+  expect(podScratchVolumes(undefined)).toEqual([]);
+});
+
+test('a tree of files, directories, symlinks and second names comes back with contents, modes, owners and times', async () => {
+  fs.mkdirSync(path.join(from, 'sub/deeper'), { recursive: true, mode: 0o750 });
+  fs.writeFileSync(path.join(from, 'spill.bin'), Buffer.alloc(3 << 20, 9), { mode: 0o640 });
+  fs.writeFileSync(path.join(from, 'sub/deeper/result.txt'), 'partial result\n', { mode: 0o600 });
+  fs.chownSync(path.join(from, 'sub/deeper/result.txt'), 1234, 5678);
+  fs.linkSync(path.join(from, 'spill.bin'), path.join(from, 'sub/spill-again.bin'));
+  fs.symlinkSync('deeper/result.txt', path.join(from, 'sub/latest'));
+  fs.symlinkSync('/etc/passwd', path.join(from, 'abs-link')); // a target is data, read in the container
+  const old = new Date('2026-01-02T03:04:05Z');
+  fs.utimesSync(path.join(from, 'sub/deeper/result.txt'), old, old);
+  execFileSync('mkfifo', [path.join(from, 'fifo')]); // not a file to carry: left out
+
+  const rec = await capture();
+  expect(rec).toEqual({ destination: '/scratch', files: 7, bytes: (3 << 20) + 15 });
+  const r = await restoreVolume(tarFile, podSpec(to), rec);
+  expect(r.kept).toBe(false);
+  expect(r.created.sort()).toEqual(
+    ['abs-link', 'spill.bin', 'sub', 'sub/deeper', 'sub/deeper/result.txt', 'sub/latest', 'sub/spill-again.bin'].sort(),
+  );
+  expect(fs.readFileSync(path.join(to, 'spill.bin')).equals(Buffer.alloc(3 << 20, 9))).toBe(true);
+  const res = fs.statSync(path.join(to, 'sub/deeper/result.txt'));
+  expect({ uid: res.uid, gid: res.gid, mode: res.mode & 0o777, mtime: res.mtime.toISOString() }).toEqual({
+    uid: 1234,
+    gid: 5678,
+    mode: 0o600,
+    mtime: old.toISOString(),
+  });
+  expect(fs.statSync(path.join(to, 'sub')).mode & 0o777).toBe(0o750);
+  expect(fs.readlinkSync(path.join(to, 'sub/latest'))).toBe('deeper/result.txt');
+  expect(fs.readlinkSync(path.join(to, 'abs-link'))).toBe('/etc/passwd');
+  expect(fs.statSync(path.join(to, 'sub/spill-again.bin')).ino).toBe(fs.statSync(path.join(to, 'spill.bin')).ino);
+
+  // A restore that fails after takes them all back.
+  await removeVolumeFiles(podSpec(to), '/scratch', r.created);
+  expect(fs.readdirSync(to)).toEqual([]);
+});
+
+test('the same pod (its emptyDir not empty: it outlived the container) is left as it is', async () => {
+  fs.writeFileSync(path.join(from, 'a'), 'at the checkpoint');
+  const rec = await capture();
+  fs.writeFileSync(path.join(to, 'a'), 'later');
+  expect(await restoreVolume(tarFile, podSpec(to), rec)).toEqual({ created: [], kept: true });
+  expect(fs.readFileSync(path.join(to, 'a'), 'utf8')).toBe('later');
+});
+
+test('capture reads no file and no directory through a symlink', async () => {
+  const secret = path.join(root, 'host-secret');
+  fs.mkdirSync(secret);
+  fs.writeFileSync(path.join(secret, 'key'), 'host key');
+  fs.symlinkSync(secret, path.join(from, 'dir-link'));
+  fs.symlinkSync(path.join(secret, 'key'), path.join(from, 'file-link'));
+  await capture();
+  const listed: { path: string; type: string; size: number }[] = [];
+  await tar.t({ file: tarFile, onReadEntry: (e) => listed.push({ path: e.path, type: e.type, size: e.size ?? 0 }) });
+  expect(listed.sort((a, b) => a.path.localeCompare(b.path))).toEqual([
+    { path: 'dir-link', type: 'SymbolicLink', size: 0 },
+    { path: 'file-link', type: 'SymbolicLink', size: 0 },
+  ]);
+  expect(fs.readFileSync(tarFile).includes('host key')).toBe(false);
+});
+
+test('an emptyDir source that is itself a symlink is not read', async () => {
+  const real = path.join(root, 'elsewhere');
+  fs.mkdirSync(real);
+  fs.rmSync(from, { recursive: true });
+  fs.symlinkSync(real, from);
+  await expect(captureVolume(from, tarFile)).rejects.toMatchObject({ code: 'ENOTDIR' }); // O_NOFOLLOW with O_DIRECTORY says so for a symlink
+});
+
+test('a new emptyDir that is not empty (a sibling container wrote first, a symlink among it) is not written into', async () => {
+  fs.mkdirSync(path.join(from, 'sub'));
+  fs.writeFileSync(path.join(from, 'sub/x'), 'job data');
+  const rec = await capture();
+  const outside = path.join(root, 'outside');
+  fs.mkdirSync(outside);
+  fs.symlinkSync(outside, path.join(to, 'sub'));
+  expect((await restoreVolume(tarFile, podSpec(to), rec)).kept).toBe(true);
+  expect(fs.readdirSync(outside)).toEqual([]);
+});
+
+test('an archive that does not match its signed record, or a container without that emptyDir, refuses the restore', async () => {
+  fs.writeFileSync(path.join(from, 'a'), 'abc');
+  fs.writeFileSync(path.join(from, 'b'), 'def');
+  const rec = await capture();
+  await expect(restoreVolume(tarFile, podSpec(to), { ...rec, files: 1 })).rejects.toMatchObject({ reason: 'volume' });
+  await expect(restoreVolume(tarFile, podSpec(to), { ...rec, bytes: 3 })).rejects.toBeInstanceOf(
+    CheckpointUnusableError,
+  );
+  await expect(restoreVolume(tarFile, podSpec(to, '/elsewhere'), rec)).rejects.toThrow(
+    /no emptyDir mounted there.*Mount the same emptyDir volume at \/scratch/,
+  );
+  expect(fs.readdirSync(to)).toEqual([]);
+});
+
+test('an empty emptyDir is kept as an empty archive and restores as nothing', async () => {
+  const rec = await capture();
+  expect(rec).toEqual({ destination: '/scratch', files: 0, bytes: 0 });
+  expect(await restoreVolume(tarFile, podSpec(to), rec)).toEqual({ created: [], kept: false });
+});
