@@ -17,7 +17,7 @@ import { FreezeGuard } from './freeze-guard.js';
 import { rootfsWatchPaths } from './inotify-watches.js';
 import { criuStallMs, LayerGate } from './layer-gate.js';
 import { captureDevShm, devShmSource, type DevShmRecord } from './dev-shm.js';
-import { captureVolume, podScratchVolumes, type VolumeRecord } from './pod-volumes.js';
+import { captureVolume, podScratchVolumes, volumeBytes, type VolumeRecord } from './pod-volumes.js';
 import { dumpSizeEstimate, memoryStaging, moveStaged } from './dump-staging.js';
 import { validateContainerId, validateNamespace } from '../contract/ids.js';
 import { FORMAT_VERSION, SEALED_FORMAT_VERSION, type Manifest } from './manifest.js';
@@ -357,7 +357,8 @@ async function checkpointLocked(
   };
   try {
     // Before the freeze: no tmpfs with room refuses the checkpoint with the container untouched.
-    if (storeKey) scratch = await makeScratch(await dumpSizeEstimate(c.pid));
+    // The emptyDirs' archives are written there too, before they are sealed.
+    if (storeKey) scratch = await makeScratch((await dumpSizeEstimate(c.pid)) + (await volumeBytes(volumes)));
     else if (
       req.leaveRunning &&
       !chunking &&

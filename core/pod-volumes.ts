@@ -4,6 +4,7 @@ import path from 'node:path';
 import * as tar from 'tar';
 import { CheckpointUnusableError } from '../contract/errors.js';
 import type { OciSpec } from './oci-spec.js';
+import { runCommand } from './run-command.js';
 import { canonical, isEmptyArchive, unreadable, validateDiffArchive } from './rootfs-diff.js';
 
 /**
@@ -65,6 +66,19 @@ export function podScratchVolumes(spec: OciSpec | undefined): PodVolume[] {
     else byDest.delete(destination); // mounted over by something else
   }
   return [...byDest.values()];
+}
+
+/**
+ * The bytes the volumes' files hold now (du's apparent sizes, no symlink
+ * followed), for sizing the tmpfs an encrypted checkpoint writes its
+ * archives to before sealing them; 0 where du cannot tell.
+ */
+export async function volumeBytes(volumes: readonly PodVolume[]): Promise<number> {
+  if (!volumes.length) return 0;
+  const r = await runCommand('du', ['-s', '-b', '-P', '--', ...volumes.map((v) => v.source)], { reject: false });
+  return String(r.stdout)
+    .split('\n')
+    .reduce((a, l) => a + (Number(/^(\d+)\s/.exec(l)?.[1]) || 0), 0);
 }
 
 const openDirAt = (dirFd: number, name: string): Promise<FileHandle> =>

@@ -7,6 +7,7 @@ import { CheckpointUnusableError } from '../../contract/errors.js';
 import type { OciSpec } from '../../core/oci-spec.js';
 import {
   captureVolume,
+  volumeBytes,
   podScratchVolumes,
   removeVolumeFiles,
   restoreVolume,
@@ -71,6 +72,9 @@ test('a tree of files, directories, symlinks and second names comes back with co
 
   const rec = await capture();
   expect(rec).toEqual({ destination: '/scratch', files: 7, bytes: (3 << 20) + 15 });
+  // What an encrypted checkpoint's scratch is sized for: at least the files' bytes (directories and links add a little).
+  expect(await volumeBytes([{ destination: '/scratch', source: from }])).toBeGreaterThanOrEqual(rec.bytes);
+  expect(await volumeBytes([{ destination: '/scratch', source: from }])).toBeLessThan(rec.bytes + 64 * 1024);
   const r = await restoreVolume(tarFile, podSpec(to), rec);
   expect(r.kept).toBe(false);
   expect(r.created.sort()).toEqual(
