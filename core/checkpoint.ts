@@ -17,7 +17,7 @@ import { FreezeGuard } from './freeze-guard.js';
 import { rootfsWatchPaths } from './inotify-watches.js';
 import { criuStallMs, LayerGate } from './layer-gate.js';
 import { captureDevShm, devShmSource, type DevShmRecord } from './dev-shm.js';
-import { captureVolume, podScratchVolumes, volumeBytes, type VolumeRecord } from './pod-volumes.js';
+import { captureVolume, podScratchVolumes, podUidOf, volumeBytes, type VolumeRecord } from './pod-volumes.js';
 import { dumpSizeEstimate, memoryStaging, moveStaged } from './dump-staging.js';
 import { validateContainerId, validateNamespace } from '../contract/ids.js';
 import { FORMAT_VERSION, SEALED_FORMAT_VERSION, type Manifest } from './manifest.js';
@@ -401,6 +401,8 @@ async function checkpointLocked(
       devShm = { files: s.files, bytes: s.bytes };
     };
     const captureVolumes = async () => {
+      if (!volumes.length) return;
+      const v0 = Date.now();
       const recs: VolumeRecord[] = [];
       for (const [i, v] of volumes.entries()) {
         const r = await captureVolume(v.source, path.join(diffDir, volumeTar(i))).catch((err: unknown) => {
@@ -413,8 +415,15 @@ async function checkpointLocked(
             { phase: 'rootfs', volume: v.destination, skipped: r.skipped },
             'emptyDir entries that are not files left out',
           );
-        recs.push({ destination: v.destination, files: r.files, bytes: r.bytes });
+        const pod = podUidOf(v.source);
+        recs.push({ destination: v.destination, ...(pod ? { pod } : {}), files: r.files, bytes: r.bytes });
       }
+      timings.volumes = Date.now() - v0;
+      // Part of the job's stall when it is left running: its size is worth seeing.
+      log.info(
+        { phase: 'rootfs', volumes: recs, durationMs: timings.volumes },
+        "the pod's emptyDir volumes captured with the layer",
+      );
       volumeRecords = recs;
     };
     /** The pod's /dev/shm, captured at CRIU's post-dump action when a gate holds CRIU there. */

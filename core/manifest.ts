@@ -105,6 +105,11 @@ function buildSchemas() {
       .array(
         z.object({
           destination: z.string().startsWith('/'),
+          /** The pod's uid: restored in the same pod, its emptyDir is left as it is. */
+          pod: z
+            .string()
+            .regex(/^[0-9a-fA-F-]{1,64}$/)
+            .optional(),
           files: z.number().int().nonnegative(),
           bytes: z.number().int().nonnegative(),
         }),

@@ -10,8 +10,8 @@ import { canonical, isEmptyArchive, unreadable, validateDiffArchive } from './ro
 /**
  * A Kubernetes pod's emptyDir volumes: scratch space that lives exactly as
  * long as its pod (kubelet makes `<root>/pods/<pod uid>/volumes/kubernetes.io~empty-dir/<name>`
- * and containerd binds it into the containers that mount it; `medium: Memory`
- * is a tmpfs at the same path). To runc and CRIU it is an external mount:
+ * and containerd binds it into the containers that mount it, or a
+ * subdirectory of it with `subPath`; `medium: Memory` is a tmpfs at the same path). To runc and CRIU it is an external mount:
  * they leave its files where they are. A pod rescheduled after a reclaim
  * gets a new, empty emptyDir, so a job restored there found its scratch
  * files gone: one it held open failed CRIU's restore (the job started
@@ -21,15 +21,20 @@ import { canonical, isEmptyArchive, unreadable, validateDiffArchive } from './ro
  * So the checkpoint keeps them, as it keeps the writable layer: each
  * emptyDir the container mounts becomes `volume-<n>.tar`, read while the
  * job's processes are stopped, its entry count and bytes in the signed
- * manifest with the container path it was mounted at. A restore writes
- * them into the new container's emptyDir at that path, only when that one
- * is empty (a new pod): in the same pod (a container restarted by the
- * kubelet) the emptyDir outlived the container and is left as it is, as
- * without ARCH. The directory is shared with the pod's other containers,
- * which may write in it at any time: nothing is read or written through a
- * symlink (every directory is opened with O_NOFOLLOW from its parent's
- * descriptor, every file with O_NOFOLLOW and created with O_EXCL), and a
- * restore that fails takes back what it created.
+ * manifest with the container path it was mounted at and the pod it was
+ * in. A restore in another pod (rescheduled) writes them into the new
+ * container's emptyDir at that path: a name the pod's init containers or
+ * other containers wrote meanwhile is replaced (it holds what the job's
+ * memory expects), other names are left alone. In the same pod (a
+ * container restarted by the kubelet) the emptyDir outlived the container
+ * and is left as it is, as without ARCH. The directory is shared with the
+ * pod's other containers, which may write in it at any time: nothing is
+ * read or written through a symlink (every directory is opened with
+ * O_NOFOLLOW from its parent's descriptor, every file created with O_EXCL
+ * after its old name, a file or a symlink, is unlinked), a name that is
+ * something else where the job had a file (a directory where it had a
+ * file, or the reverse) refuses the restore, and a restore that fails takes
+ * back the names it created.
  *
  * Other volumes (host paths, persistent volumes, configMaps, secrets) are
  * not the pod's own scratch: they outlive the pod or come from the cluster,
@@ -45,12 +50,38 @@ export interface PodVolume {
 /** What the manifest records of one kept emptyDir (archive `volumeTar(index)`). */
 export interface VolumeRecord {
   destination: string;
+  /** The pod's uid (kubelet's pod dir): a restore in the same pod leaves its emptyDir as it is. */
+  pod?: string;
   files: number;
   bytes: number;
 }
 
+/** The pod uid in an emptyDir's source (kubelet's `pods/<uid>/…`). */
+export function podUidOf(source: string): string | undefined {
+  return /\/pods\/([0-9a-fA-F-]{1,64})\/(?:volumes|volume-subpaths)\//.exec(source)?.[1];
+}
+
 /** kubelet's emptyDir layout below its root dir (which is configurable: --root-dir). */
 const EMPTY_DIR_SOURCE = /\/pods\/[0-9a-fA-F-]{1,64}\/volumes\/kubernetes\.io~empty-dir\/[^/]+\/?$/;
+/**
+ * A volume mounted with `subPath`: kubelet binds the subdirectory at
+ * `<pod dir>/volume-subpaths/<volume>/<container>/<mount index>` and names
+ * that in the container's mounts. Which kind of volume it is, only the pod
+ * dir's `volumes/<plugin>/<volume>` says.
+ */
+const SUB_PATH_SOURCE = /^(.*\/pods\/[0-9a-fA-F-]{1,64})\/volume-subpaths\/([^/]+)\/[^/]+\/\d+\/?$/;
+
+/** An emptyDir's own directory, or a subPath of one (not a subPath of another kind of volume). */
+function isEmptyDirSource(source: string): boolean {
+  if (EMPTY_DIR_SOURCE.test(source)) return true;
+  const sub = SUB_PATH_SOURCE.exec(source);
+  if (!sub) return false;
+  try {
+    return fs.lstatSync(path.join(sub[1]!, 'volumes/kubernetes.io~empty-dir', sub[2]!)).isDirectory();
+  } catch {
+    return false;
+  }
+}
 
 const { O_RDONLY, O_WRONLY, O_CREAT, O_EXCL, O_DIRECTORY, O_NOFOLLOW, O_NONBLOCK } = fs.constants;
 
@@ -61,7 +92,7 @@ export function podScratchVolumes(spec: OciSpec | undefined): PodVolume[] {
     const destination = path.posix.normalize(`${m.destination ?? ''}/`).replace(/(.)\/+$/, '$1');
     if (!m.source || !path.isAbsolute(m.source) || !path.posix.isAbsolute(destination)) continue;
     const bound = m.type === 'bind' || (m.options ?? []).some((o) => o === 'bind' || o === 'rbind');
-    if (bound && EMPTY_DIR_SOURCE.test(m.source) && destination !== '/dev/shm')
+    if (bound && destination !== '/dev/shm' && isEmptyDirSource(m.source))
       byDest.set(destination, { destination, source: m.source });
     else byDest.delete(destination); // mounted over by something else
   }
@@ -224,9 +255,9 @@ async function checkArchive(tarFile: string, recorded: VolumeRecord): Promise<vo
  * Write the checkpoint's files of the emptyDir mounted at `recorded.destination`
  * into the new container's (`spec`'s emptyDir at the same path), before CRIU
  * restores the processes that hold them. Returns what was created (for
- * removeVolumeFiles if the restore fails after), or `kept` when the
- * container's emptyDir is not empty (the same pod: it outlived the
- * container). On its own failure it takes back what it created.
+ * removeVolumeFiles if the restore fails after), or `kept` in the pod the
+ * checkpoint was taken in (its emptyDir outlived the container). On its
+ * own failure it takes back what it created.
  */
 export async function restoreVolume(
   tarFile: string,
@@ -243,7 +274,7 @@ export async function restoreVolume(
   const root = await fsp.open(target.source, O_RDONLY | O_DIRECTORY | O_NOFOLLOW);
   const created: string[] = [];
   try {
-    if ((await fsp.readdir(`/proc/self/fd/${root.fd}`)).length > 0) return { created, kept: true };
+    if (recorded.pod !== undefined && podUidOf(target.source) === recorded.pod) return { created, kept: true };
     if (await isEmptyArchive(tarFile)) return { created, kept: false };
     try {
       await extract(tarFile, root, created);
@@ -328,19 +359,18 @@ async function extract(tarFile: string, root: FileHandle, created: string[]): Pr
       const at = `/proc/self/fd/${dir.fd}/${name}`;
       try {
         if (entry.type === 'Directory') {
-          await fsp.mkdir(at, { mode: 0o700 });
-          created.push(rel);
+          if (await madeOrDir(at, rel)) created.push(rel);
           dirs.push({ rel, mode: (entry.mode ?? 0o755) & 0o7777, uid: entry.uid, gid: entry.gid, mtime: entry.mtime });
           entry.resume();
         } else if (entry.type === 'SymbolicLink') {
+          if (await freeName(at, rel)) created.push(rel);
           await fsp.symlink(entry.linkpath ?? '', at);
-          created.push(rel);
           if (entry.uid !== undefined && entry.gid !== undefined) await fsp.lchown(at, entry.uid, entry.gid);
           if (entry.mtime) await fsp.lutimes(at, entry.mtime, entry.mtime);
           entry.resume();
         } else {
+          if (await freeName(at, rel)) created.push(rel);
           const h = await fsp.open(at, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW, 0o600);
-          created.push(rel);
           try {
             for await (const chunk of entry as AsyncIterable<Buffer>) await h.write(chunk);
             if (entry.uid !== undefined && entry.gid !== undefined) await h.chown(entry.uid, entry.gid);
@@ -365,9 +395,10 @@ async function extract(tarFile: string, root: FileHandle, created: string[]): Pr
     const a = await parentOf(root, first);
     const b = await parentOf(root, rel);
     try {
+      const at = `/proc/self/fd/${b.dir.fd}/${b.name}`;
+      if (await freeName(at, rel)) created.push(rel);
       // link(2) follows no symlink at either end; both names are in directories held open.
-      await fsp.link(`/proc/self/fd/${a.dir.fd}/${a.name}`, `/proc/self/fd/${b.dir.fd}/${b.name}`);
-      created.push(rel);
+      await fsp.link(`/proc/self/fd/${a.dir.fd}/${a.name}`, at);
     } finally {
       if (a.owned) await a.dir.close();
       if (b.owned) await b.dir.close();
@@ -389,6 +420,45 @@ async function extract(tarFile: string, root: FileHandle, created: string[]): Pr
       if (owned) await dir.close();
     }
   }
+}
+
+/**
+ * Make `at` free for a file or symlink of the archive: true when nothing
+ * was there (a name this restore creates). A file or symlink there (the
+ * pod's init containers or other containers wrote it meanwhile) is
+ * unlinked, which removes the name, never what a symlink points to;
+ * anything else refuses the restore.
+ */
+async function freeName(at: string, rel: string): Promise<boolean> {
+  const st = await fsp.lstat(at).catch((err: NodeJS.ErrnoException) => {
+    if (err.code === 'ENOENT') return undefined;
+    throw err;
+  });
+  if (!st) return true;
+  if (!st.isFile() && !st.isSymbolicLink())
+    throw new CheckpointUnusableError(
+      'volume',
+      `"${rel}" is ${st.isDirectory() ? 'a directory' : 'not a regular file'} in the new pod's emptyDir, where the job had a file: not replaced`,
+    );
+  await fsp.unlink(at);
+  return false;
+}
+
+/** A directory of the archive at `at`: made (true), or one already there (false; a symlink or a file there refuses). */
+async function madeOrDir(at: string, rel: string): Promise<boolean> {
+  try {
+    await fsp.mkdir(at, { mode: 0o700 });
+    return true;
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+  }
+  const st = await fsp.lstat(at);
+  if (!st.isDirectory())
+    throw new CheckpointUnusableError(
+      'volume',
+      `"${rel}" is ${st.isSymbolicLink() ? 'a symlink' : 'not a directory'} in the new pod's emptyDir, where the job had a directory: not written through`,
+    );
+  return false;
 }
 
 /** Remove `created` (relative to the open directory `root`), deepest first, never through a symlink. */

@@ -261,20 +261,37 @@ function filesHolding(dir: string, bytes: string): string[] {
     .map((e) => path.join(e.parentPath, e.name));
 }
 
-async function emptyDirJob(on: CriTestNode, job: string, left: boolean): Promise<void> {
+/** kubelet's subPath binds made by a test, unmounted after it (whatever became of it). */
+const subPathBinds: string[] = [];
+afterEach(async () => {
+  for (const m of subPathBinds.splice(0)) await execa('umount', [m], { reject: false });
+});
+
+/**
+ * `subPath`: the container mounts the emptyDir's subdirectory `tmp`, as
+ * kubelet does it (bound at `<pod dir>/volume-subpaths/<volume>/<container>/<index>`).
+ */
+async function emptyDirJob(on: CriTestNode, job: string, left: boolean, subPath = false): Promise<void> {
   const env = jobEnv(job);
   const command = [
     '/bin/sh',
     '-c',
     'mkdir /scratch/sub && echo spilled arch-emptydir-$((6*7)) > /scratch/sub/spill && ln -s sub/spill /scratch/latest && exec 3</scratch/sub/spill; exec /usr/bin/counter',
   ];
-  const emptyDir = () => {
-    const dir = path.join(on.dir, 'kubelet/pods', crypto.randomUUID(), 'volumes/kubernetes.io~empty-dir/scratch');
+  const emptyDir = async () => {
+    const pod = path.join(on.dir, 'kubelet/pods', crypto.randomUUID());
+    const dir = path.join(pod, 'volumes/kubernetes.io~empty-dir/scratch');
     fs.mkdirSync(dir, { recursive: true, mode: 0o777 });
-    return [{ containerPath: '/scratch', hostPath: dir }];
+    if (!subPath) return [{ containerPath: '/scratch', hostPath: dir }];
+    fs.mkdirSync(path.join(dir, 'tmp'), { mode: 0o777 });
+    const bind = path.join(pod, 'volume-subpaths/scratch/job/0');
+    fs.mkdirSync(bind, { recursive: true });
+    await execa('mount', ['--bind', path.join(dir, 'tmp'), bind]);
+    subPathBinds.push(bind);
+    return [{ containerPath: '/scratch', hostPath: bind }];
   };
   const first = await on.runPod(`${job}-first`, 'container');
-  const c0 = await on.startCounter(first, { name: 'job', attempt: 0, env, command, mounts: emptyDir() });
+  const c0 = await on.startCounter(first, { name: 'job', attempt: 0, env, command, mounts: await emptyDir() });
   await waitCount(job, 5);
   let at: number;
   if (left) {
@@ -292,7 +309,11 @@ async function emptyDirJob(on: CriTestNode, job: string, left: boolean): Promise
   await on.removePod(first);
 
   const second = await on.runPod(`${job}-second`, 'container');
-  const c1 = await on.startCounter(second, { name: 'job', attempt: 0, env, command, mounts: emptyDir() });
+  const mounts = await emptyDir();
+  // What an init container of the new pod wrote there first: a name of the job's (replaced) and one of its own (left).
+  fs.writeFileSync(path.join(mounts[0]!.hostPath, 'latest'), 'downloaded by init');
+  fs.writeFileSync(path.join(mounts[0]!.hostPath, 'input'), 'downloaded by init');
+  const c1 = await on.startCounter(second, { name: 'job', attempt: 0, env, command, mounts });
   // Left running, the job counted on after `at` was read: its checkpoint's count is a little past it.
   await expectRestored(
     on,
@@ -301,6 +322,12 @@ async function emptyDirJob(on: CriTestNode, job: string, left: boolean): Promise
     left ? { ...COUNTER_PRINTING, goesOn: () => /stdout F count \d+\n/ } : COUNTER_PRINTING,
   );
   expect(await on.crictl(['exec', c1, 'cat', '/scratch/latest'])).toBe(SPILLED);
+  expect(await on.crictl(['exec', c1, 'cat', '/scratch/input'])).toBe('downloaded by init');
+  // Written where the new pod's kubelet keeps it (with subPath: in the emptyDir's subdirectory).
+  const volume = subPath
+    ? path.join(mounts[0]!.hostPath, '../../../../volumes/kubernetes.io~empty-dir/scratch/tmp')
+    : mounts[0]!.hostPath;
+  expect(fs.readFileSync(path.join(volume, 'sub/spill'), 'utf8')).toBe(`${SPILLED}\n`);
   await on.removePod(second);
 }
 
@@ -315,6 +342,9 @@ test.each(['finalize', 'a checkpoint left running, then the pod lost'])(
     ]);
   },
 );
+
+test("a subPath of the pod's emptyDir comes back in the new pod", () =>
+  emptyDirJob(node, 'pod-emptydir-subpath', false, true));
 
 describe('encrypted stores', () => {
   const encrypted: Record<string, CriTestNode> = {};

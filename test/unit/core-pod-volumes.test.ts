@@ -7,6 +7,7 @@ import { CheckpointUnusableError } from '../../contract/errors.js';
 import type { OciSpec } from '../../core/oci-spec.js';
 import {
   captureVolume,
+  podUidOf,
   volumeBytes,
   podScratchVolumes,
   removeVolumeFiles,
@@ -45,7 +46,7 @@ const podSpec = (source: string, destination = '/scratch'): OciSpec => ({
 
 async function capture(): Promise<VolumeRecord> {
   const r = await captureVolume(from, tarFile);
-  return { destination: '/scratch', files: r.files, bytes: r.bytes };
+  return { destination: '/scratch', pod: podUidOf(from), files: r.files, bytes: r.bytes };
 }
 
 test("a spec's emptyDir binds are found by kubelet's layout; host paths, /dev/shm and mounts over them are not", () => {
@@ -56,6 +57,21 @@ test("a spec's emptyDir binds are found by kubelet's layout; host paths, /dev/sh
   over.mounts!.push({ destination: '/scratch/', type: 'bind', source: '/srv/other', options: ['rbind'] });
   expect(podScratchVolumes(over)).toEqual([]);
   expect(podScratchVolumes(undefined)).toEqual([]);
+});
+
+test("a subPath of an emptyDir is found (kubelet's volume-subpaths bind); a subPath of another kind of volume is not", () => {
+  const pod = path.join(root, 'kubelet/pods/0a6e1c1e-4a8e-4b8e-9c1e-000000000001');
+  const subPath = (volume: string) => {
+    const dir = path.join(pod, 'volume-subpaths', volume, 'job', '2');
+    fs.mkdirSync(dir, { recursive: true });
+    return dir;
+  };
+  fs.mkdirSync(path.join(pod, 'volumes/kubernetes.io~csi/data'), { recursive: true });
+  expect(podScratchVolumes(podSpec(subPath('scratch'), '/tmp'))).toEqual([
+    { destination: '/tmp', source: subPath('scratch') },
+  ]);
+  expect(podScratchVolumes(podSpec(subPath('data'), '/data'))).toEqual([]);
+  expect(podScratchVolumes(podSpec(subPath('nothing'), '/x'))).toEqual([]);
 });
 
 test('a tree of files, directories, symlinks and second names comes back with contents, modes, owners and times', async () => {
@@ -71,7 +87,12 @@ test('a tree of files, directories, symlinks and second names comes back with co
   execFileSync('mkfifo', [path.join(from, 'fifo')]); // not a file to carry: left out
 
   const rec = await capture();
-  expect(rec).toEqual({ destination: '/scratch', files: 7, bytes: (3 << 20) + 15 });
+  expect(rec).toEqual({
+    destination: '/scratch',
+    pod: '0a6e1c1e-4a8e-4b8e-9c1e-000000000001',
+    files: 7,
+    bytes: (3 << 20) + 15,
+  });
   // What an encrypted checkpoint's scratch is sized for: at least the files' bytes (directories and links add a little).
   expect(await volumeBytes([{ destination: '/scratch', source: from }])).toBeGreaterThanOrEqual(rec.bytes);
   expect(await volumeBytes([{ destination: '/scratch', source: from }])).toBeLessThan(rec.bytes + 64 * 1024);
@@ -98,12 +119,48 @@ test('a tree of files, directories, symlinks and second names comes back with co
   expect(fs.readdirSync(to)).toEqual([]);
 });
 
-test('the same pod (its emptyDir not empty: it outlived the container) is left as it is', async () => {
+test('in the same pod its emptyDir outlived the container: left as it is', async () => {
   fs.writeFileSync(path.join(from, 'a'), 'at the checkpoint');
   const rec = await capture();
-  fs.writeFileSync(path.join(to, 'a'), 'later');
-  expect(await restoreVolume(tarFile, podSpec(to), rec)).toEqual({ created: [], kept: true });
-  expect(fs.readFileSync(path.join(to, 'a'), 'utf8')).toBe('later');
+  fs.writeFileSync(path.join(from, 'a'), 'later');
+  expect(await restoreVolume(tarFile, podSpec(from), rec)).toEqual({ created: [], kept: true });
+  expect(fs.readFileSync(path.join(from, 'a'), 'utf8')).toBe('later');
+});
+
+test("in a new pod, names its init containers wrote are replaced by the job's, other names are left", async () => {
+  fs.mkdirSync(path.join(from, 'data'));
+  fs.writeFileSync(path.join(from, 'data/input'), 'input as the job read it');
+  fs.writeFileSync(path.join(from, 'data/partial'), "the job's partial result");
+  fs.symlinkSync('data/partial', path.join(from, 'latest'));
+  const rec = await capture();
+  // What an init container of the new pod wrote before the job's container is created.
+  fs.mkdirSync(path.join(to, 'data'));
+  fs.writeFileSync(path.join(to, 'data/input'), 'input downloaded again');
+  fs.writeFileSync(path.join(to, 'data/other'), "not the job's");
+  fs.writeFileSync(path.join(to, 'latest'), 'a file where the job had a symlink');
+  const r = await restoreVolume(tarFile, podSpec(to), rec);
+  expect(r).toEqual({ created: ['data/partial'], kept: false });
+  expect(fs.readFileSync(path.join(to, 'data/input'), 'utf8')).toBe('input as the job read it');
+  expect(fs.readFileSync(path.join(to, 'data/other'), 'utf8')).toBe("not the job's");
+  expect(fs.readlinkSync(path.join(to, 'latest'))).toBe('data/partial');
+});
+
+test('in a new pod, a symlink or a directory where the job had something else refuses the restore: nothing written through it, created names taken back', async () => {
+  fs.writeFileSync(path.join(from, 'a-first'), 'created, then taken back');
+  fs.mkdirSync(path.join(from, 'sub'));
+  fs.writeFileSync(path.join(from, 'sub/x'), 'job data');
+  const rec = await capture();
+  const outside = path.join(root, 'outside');
+  fs.mkdirSync(outside);
+  fs.symlinkSync(outside, path.join(to, 'sub'));
+  await expect(restoreVolume(tarFile, podSpec(to), rec)).rejects.toMatchObject({ reason: 'volume' });
+  expect(fs.readdirSync(outside)).toEqual([]);
+  expect(fs.readdirSync(to)).toEqual(['sub']);
+
+  fs.rmSync(path.join(to, 'sub'));
+  fs.mkdirSync(path.join(to, 'sub/x'), { recursive: true }); // a directory where the job had a file
+  await expect(restoreVolume(tarFile, podSpec(to), rec)).rejects.toThrow(/"sub\/x" is a directory/);
+  expect(fs.readdirSync(to)).toEqual(['sub']);
 });
 
 test('capture reads no file and no directory through a symlink', async () => {
@@ -130,17 +187,6 @@ test('an emptyDir source that is itself a symlink is not read', async () => {
   await expect(captureVolume(from, tarFile)).rejects.toMatchObject({ code: 'ENOTDIR' }); // O_NOFOLLOW with O_DIRECTORY says so for a symlink
 });
 
-test('a new emptyDir that is not empty (a sibling container wrote first, a symlink among it) is not written into', async () => {
-  fs.mkdirSync(path.join(from, 'sub'));
-  fs.writeFileSync(path.join(from, 'sub/x'), 'job data');
-  const rec = await capture();
-  const outside = path.join(root, 'outside');
-  fs.mkdirSync(outside);
-  fs.symlinkSync(outside, path.join(to, 'sub'));
-  expect((await restoreVolume(tarFile, podSpec(to), rec)).kept).toBe(true);
-  expect(fs.readdirSync(outside)).toEqual([]);
-});
-
 test('an archive that does not match its signed record, or a container without that emptyDir, refuses the restore', async () => {
   fs.writeFileSync(path.join(from, 'a'), 'abc');
   fs.writeFileSync(path.join(from, 'b'), 'def');
@@ -157,6 +203,6 @@ test('an archive that does not match its signed record, or a container without t
 
 test('an empty emptyDir is kept as an empty archive and restores as nothing', async () => {
   const rec = await capture();
-  expect(rec).toEqual({ destination: '/scratch', files: 0, bytes: 0 });
+  expect(rec).toMatchObject({ destination: '/scratch', files: 0, bytes: 0 });
   expect(await restoreVolume(tarFile, podSpec(to), rec)).toEqual({ created: [], kept: false });
 });
