@@ -271,7 +271,12 @@ export async function restoreVolume(
       'volume',
       `the checkpoint holds the files of the job's emptyDir at ${recorded.destination}, and this container has no emptyDir mounted there: they would be lost. Mount the same emptyDir volume at ${recorded.destination} as before`,
     );
-  const root = await fsp.open(target.source, O_RDONLY | O_DIRECTORY | O_NOFOLLOW);
+  const root = await fsp.open(target.source, O_RDONLY | O_DIRECTORY | O_NOFOLLOW).catch((err: unknown) => {
+    throw new CheckpointUnusableError(
+      'volume',
+      `the new pod's emptyDir at ${recorded.destination} (${target.source}) cannot be opened as a directory: ${(err as Error).message}`,
+    );
+  });
   const created: string[] = [];
   try {
     if (recorded.pod !== undefined && podUidOf(target.source) === recorded.pod) return { created, kept: true };
