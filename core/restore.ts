@@ -298,7 +298,7 @@ async function restoreHolding(ctx: NodeContext, req: RestoreRequest, held: Held)
     }
     timings.devShm = Date.now() - s;
   }
-  // The job's emptyDir volumes, written into the new pod's (empty) ones (core/pod-volumes.ts), taken back likewise.
+  // The job's emptyDir volumes, written into a new pod's (core/pod-volumes.ts), the names created taken back likewise.
   const volumesCreated: { destination: string; created: string[] }[] = [];
   if (manifest.volumes?.length) {
     const s = Date.now();
@@ -309,7 +309,7 @@ async function restoreHolding(ctx: NodeContext, req: RestoreRequest, held: Held)
         ctx.log.info(
           { namespace: req.namespace, container: req.id, phase: 'restore', volume: rec.destination, files: rec.files },
           r.kept
-            ? 'emptyDir kept as it is: not empty, it outlived the container (the same pod)'
+            ? 'emptyDir left as it is: the same pod, it outlived the container'
             : "emptyDir restored: the job's files are back in the new pod's",
         );
       }
