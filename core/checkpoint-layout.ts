@@ -17,8 +17,14 @@ export const DELETED_FILES = 'deleted.files';
 /** The files of the container's /dev/shm when it is a host directory bound in (a Kubernetes pod's): core/dev-shm.ts. */
 export const DEVSHM_TAR = 'devshm.tar';
 /** The files of the pod's emptyDir volumes the container mounts, one archive each, in the manifest's order: core/pod-volumes.ts. */
-export const VOLUME_TAR = /^volume-\d+\.tar$/;
 export const volumeTar = (index: number): string => `volume-${index}.tar`;
+/**
+ * The archives of the job's files beside CRIU's images: the writable layer's, /dev/shm's, the emptyDirs'.
+ * The job's data like its memory: sealed and chunked with it, decrypted on restore before they are checked.
+ */
+export const LAYER_ARCHIVE = new RegExp(
+  `^(${ROOTFS_TAR.replace('.', '\\.')}|${DEVSHM_TAR.replace('.', '\\.')}|volume-\\d+\\.tar)$`,
+);
 /** The OCI spec (oci-spec.ts): a bundle's config.json, kept in the checkpoint under the same name. */
 export const SPEC_FILE = 'config.json';
 

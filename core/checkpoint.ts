@@ -51,18 +51,12 @@ import {
   CONTENT_IMAGE_NAME,
   CRIU_DIR,
   DELETED_FILES,
-  DEVSHM_TAR,
   PAGE_IMAGE_NAME,
   ROOTFS_TAR,
   SPEC_FILE,
-  VOLUME_TAR,
+  LAYER_ARCHIVE,
   volumeTar,
 } from './checkpoint-layout.js';
-
-/** The archives of the job's files beside CRIU's images (sealed like its memory). */
-const LAYER_ARCHIVES = new RegExp(
-  `^(${[ROOTFS_TAR, DEVSHM_TAR].map((n) => n.replace('.', '\\.')).join('|')}|${VOLUME_TAR.source.slice(1, -1)})$`,
-);
 
 /**
  * One checkpoint path for everybody: `arch-cli finalize`, the Temporal
@@ -382,7 +376,7 @@ async function checkpointLocked(
       sealer = new SealFollower(
         [
           { dir: dumpDir, pattern: CONTENT_IMAGE_NAME, prefix: `${CRIU_DIR}/` },
-          { dir: scratch.dir, pattern: LAYER_ARCHIVES },
+          { dir: scratch.dir, pattern: LAYER_ARCHIVE },
         ],
         staging.dir,
         sealKey,

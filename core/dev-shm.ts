@@ -6,7 +6,14 @@ import { CheckpointUnusableError } from '../contract/errors.js';
 import { DEVSHM_TAR } from './checkpoint-layout.js';
 import { openBeneath } from './host-dirs.js';
 import type { OciSpec } from './oci-spec.js';
-import { canonical, isEmptyArchive, packInOrder, unreadable, validateDiffArchive } from './rootfs-diff.js';
+import {
+  canonical,
+  isEmptyArchive,
+  packInOrder,
+  unreadable,
+  validateDiffArchive,
+  writeEntryFile,
+} from './rootfs-diff.js';
 
 /**
  * A container's /dev/shm, when it is a host directory bound in rather than
@@ -158,10 +165,7 @@ export async function restoreDevShm(
         // No symlink followed, no FIFO or device opened: a name changed since the check refuses here.
         const h = await openBeneath(at, canonical(entry.path), O_WRONLY | O_TRUNC, 0o600);
         try {
-          for await (const chunk of entry as AsyncIterable<Buffer>) await h.write(chunk);
-          if (entry.uid !== undefined && entry.gid !== undefined) await h.chown(entry.uid, entry.gid);
-          await h.chmod((entry.mode ?? 0o600) & 0o7777); // after chown, which clears set-id bits
-          if (entry.mtime) await h.utimes(entry.mtime, entry.mtime);
+          await writeEntryFile(h, entry);
         } finally {
           await h.close();
         }

@@ -5,7 +5,7 @@ import * as tar from 'tar';
 import { CheckpointUnusableError } from '../contract/errors.js';
 import type { OciSpec } from './oci-spec.js';
 import { runCommand } from './run-command.js';
-import { canonical, isEmptyArchive, unreadable, validateDiffArchive } from './rootfs-diff.js';
+import { canonical, isEmptyArchive, unreadable, validateDiffArchive, writeEntryFile } from './rootfs-diff.js';
 
 /**
  * A Kubernetes pod's emptyDir volumes: scratch space that lives exactly as
@@ -377,10 +377,7 @@ async function extract(tarFile: string, root: FileHandle, created: string[]): Pr
           if (await freeName(at, rel)) created.push(rel);
           const h = await fsp.open(at, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW, 0o600);
           try {
-            for await (const chunk of entry as AsyncIterable<Buffer>) await h.write(chunk);
-            if (entry.uid !== undefined && entry.gid !== undefined) await h.chown(entry.uid, entry.gid);
-            await h.chmod((entry.mode ?? 0o600) & 0o7777); // after chown, which clears set-id bits
-            if (entry.mtime) await h.utimes(entry.mtime, entry.mtime);
+            await writeEntryFile(h, entry);
           } finally {
             await h.close();
           }

@@ -31,15 +31,7 @@ import {
 import { trustOf } from './trust.js';
 import { assembleIfChunked } from './chunked-restore.js';
 import { SealGate } from './seal-gate.js';
-import {
-  CRIU_DIR,
-  DELETED_FILES,
-  DEVSHM_TAR,
-  PAGE_IMAGE_PATH,
-  ROOTFS_TAR,
-  VOLUME_TAR,
-  volumeTar,
-} from './checkpoint-layout.js';
+import { CRIU_DIR, DELETED_FILES, PAGE_IMAGE_PATH, LAYER_ARCHIVE, volumeTar } from './checkpoint-layout.js';
 import { removeDevShmFiles, restoreDevShm } from './dev-shm.js';
 import { removeVolumeFiles, restoreVolume } from './pod-volumes.js';
 
@@ -205,7 +197,7 @@ async function restoreHolding(ctx: NodeContext, req: RestoreRequest, held: Held)
       held.scratch.dir,
       v.manifest,
       v.keys,
-      (p) => p === ROOTFS_TAR || p === DELETED_FILES || p === DEVSHM_TAR || VOLUME_TAR.test(p),
+      (p) => p === DELETED_FILES || LAYER_ARCHIVE.test(p),
       ctx.settings.sealDirect,
     );
     timings.unsealRootfs = Date.now() - s;
@@ -282,6 +274,17 @@ async function restoreHolding(ctx: NodeContext, req: RestoreRequest, held: Held)
   // The job's shared memory files, back in its pod's /dev/shm before CRIU maps them (core/dev-shm.ts), once
   // everything else is in place: a restore that fails after takes back the files it created.
   let shmCreated: string[] = [];
+  // The job's emptyDir volumes, written into a new pod's (core/pod-volumes.ts), the names created taken back likewise.
+  const volumesCreated: { destination: string; created: string[] }[] = [];
+  /** Everything this restore wrote for the job's files, taken back (the fresh start must not see them). */
+  const unwriteFiles = async (): Promise<void> => {
+    for (const v of volumesCreated) await removeVolumeFiles(req.spec, v.destination, v.created).catch(() => undefined);
+    // Nor its /dev/shm files: a semaphore left locked would hang the fresh start.
+    await removeDevShmFiles(req.spec, shmCreated).catch(() => undefined);
+    // And the writable layer as it was: empty if this restore wrote it (the fresh start must not see the
+    // checkpoint's files), untouched if the container had it already (its own files, equal to the checkpoint's).
+    if (upper && written) await unwriteLayer(ctx, upper);
+  };
   if (manifest.devShm?.files) {
     const s = Date.now();
     try {
@@ -293,13 +296,11 @@ async function restoreHolding(ctx: NodeContext, req: RestoreRequest, held: Held)
       );
     } catch (err) {
       await stopGated(im.value, held.stop);
-      if (written) await unwriteLayer(ctx, upper!);
+      await unwriteFiles();
       throw err;
     }
     timings.devShm = Date.now() - s;
   }
-  // The job's emptyDir volumes, written into a new pod's (core/pod-volumes.ts), the names created taken back likewise.
-  const volumesCreated: { destination: string; created: string[] }[] = [];
   if (manifest.volumes?.length) {
     const s = Date.now();
     try {
@@ -315,10 +316,7 @@ async function restoreHolding(ctx: NodeContext, req: RestoreRequest, held: Held)
       }
     } catch (err) {
       await stopGated(im.value, held.stop);
-      for (const v of volumesCreated)
-        await removeVolumeFiles(req.spec, v.destination, v.created).catch(() => undefined);
-      await removeDevShmFiles(req.spec, shmCreated).catch(() => undefined);
-      if (written) await unwriteLayer(ctx, upper!);
+      await unwriteFiles();
       throw err;
     }
     timings.volumes = Date.now() - s;
@@ -363,12 +361,7 @@ async function restoreHolding(ctx: NodeContext, req: RestoreRequest, held: Held)
     await req.runc.kill(req.id, 'KILL', true).catch(() => undefined);
     await req.runc.delete(req.id, true).catch(() => undefined);
     await running?.exited; // a foreground runc deletes the container as it exits
-    // And the writable layer as it was: empty if this restore wrote it (the fresh start must not see the
-    // checkpoint's files), untouched if the container had it already (its own files, equal to the checkpoint's).
-    if (upper && written) await unwriteLayer(ctx, upper);
-    // Nor its /dev/shm files: a semaphore left locked would hang the fresh start.
-    await removeDevShmFiles(req.spec, shmCreated).catch(() => undefined);
-    for (const v of volumesCreated) await removeVolumeFiles(req.spec, v.destination, v.created).catch(() => undefined);
+    await unwriteFiles();
   };
   try {
     const o = {

@@ -1,5 +1,5 @@
 import fs from 'node:fs';
-import fsp from 'node:fs/promises';
+import fsp, { type FileHandle } from 'node:fs/promises';
 import path from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import * as tar from 'tar';
@@ -245,6 +245,18 @@ export async function validateDiffArchive(
     })
     .catch(unreadable);
   if (problem) throw problem;
+}
+
+/**
+ * A file entry's bytes and attributes into `h`, a regular file the caller
+ * opened without following a symlink: owner first, then the mode (chown
+ * clears set-id bits), then the times.
+ */
+export async function writeEntryFile(h: FileHandle, entry: tar.ReadEntry): Promise<void> {
+  for await (const chunk of entry as AsyncIterable<Buffer>) await h.write(chunk);
+  if (entry.uid !== undefined && entry.gid !== undefined) await h.chown(entry.uid, entry.gid);
+  await h.chmod((entry.mode ?? 0o600) & 0o7777);
+  if (entry.mtime) await h.utimes(entry.mtime, entry.mtime);
 }
 
 /** node-tar's errors on a damaged archive (TAR_BAD_ARCHIVE, TAR_ENTRY_INVALID...): the checkpoint's fault. */

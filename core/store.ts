@@ -16,14 +16,7 @@ import {
   type Manifest,
 } from './manifest.js';
 import { loadTrust, signManifest, type Trust } from './trust.js';
-import {
-  CONTENT_IMAGE_PATH,
-  DEVSHM_TAR,
-  MANIFEST_FILE,
-  ROOTFS_TAR,
-  SIGNATURE_FILE,
-  VOLUME_TAR,
-} from './checkpoint-layout.js';
+import { CONTENT_IMAGE_PATH, MANIFEST_FILE, SIGNATURE_FILE, LAYER_ARCHIVE } from './checkpoint-layout.js';
 import { CHUNK_ALG, type ChunkKeys } from './chunk-codec.js';
 import { ChunkDir, CHUNKS_DIR, type ChunkStore, type ChunkWriteStats } from './chunk-dir.js';
 import { storeChunked, type ChunkFollower } from './chunked-files.js';
@@ -66,8 +59,7 @@ const ARCH_ENTRY_RE = new RegExp(
 );
 
 /** The files store format 2 keeps as chunks: what the job holds (CRIU's content images, the layer's, /dev/shm's and the emptyDirs' archives); the rest is a few KiB of CRIU metadata. */
-export const isChunkedPath = (rel: string): boolean =>
-  CONTENT_IMAGE_PATH.test(rel) || rel === ROOTFS_TAR || rel === DEVSHM_TAR || VOLUME_TAR.test(rel);
+export const isChunkedPath = (rel: string): boolean => CONTENT_IMAGE_PATH.test(rel) || LAYER_ARCHIVE.test(rel);
 
 /** The job's ownership (core/lease.ts), beside its checkpoints. */
 export const LEASE_FILE = 'lease.json';

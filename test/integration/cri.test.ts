@@ -112,6 +112,37 @@ async function finalize(on: CriTestNode, containerId: string, checkpointId: stri
   return count(checkpointId);
 }
 
+/**
+ * The first pod's end: its job checkpointed by finalize (stopped), or by a
+ * checkpoint left running (`whileRunning` checks the running job after it),
+ * then the pod removed. Returns the count the checkpoint holds (left
+ * running: the count read before it, a little below).
+ */
+async function checkpointThenLosePod(
+  on: CriTestNode,
+  pod: Pod,
+  c: { id: string; job: string },
+  left: boolean,
+  whileRunning?: () => Promise<void>,
+): Promise<number> {
+  let at: number;
+  if (left) {
+    at = count(c.job);
+    await checkpointContainer(on.ctx, {
+      namespace: CRI_NAMESPACE,
+      id: c.id,
+      runcRoot: on.runcRoot(CRI_NAMESPACE),
+      leaveRunning: true,
+    });
+    await waitCount(c.job, at + 3); // it went on
+    await whileRunning?.();
+  } else {
+    at = await finalize(on, c.id, c.job);
+  }
+  await on.removePod(pod);
+  return at;
+}
+
 /** What the job printed (CRI log format: one "TIME STREAM TAG text" line per line). */
 function output(pod: Pod, name: string, attempt: number): string {
   return fs.readFileSync(path.join(path.dirname(pod.configFile), `${name}-${attempt}.log`), 'utf8');
@@ -293,20 +324,7 @@ async function emptyDirJob(on: CriTestNode, job: string, left: boolean, subPath 
   const first = await on.runPod(`${job}-first`, 'container');
   const c0 = await on.startCounter(first, { name: 'job', attempt: 0, env, command, mounts: await emptyDir() });
   await waitCount(job, 5);
-  let at: number;
-  if (left) {
-    at = count(job);
-    await checkpointContainer(on.ctx, {
-      namespace: CRI_NAMESPACE,
-      id: c0,
-      runcRoot: on.runcRoot(CRI_NAMESPACE),
-      leaveRunning: true,
-    });
-    await waitCount(job, at + 3); // it went on
-  } else {
-    at = await finalize(on, c0, job);
-  }
-  await on.removePod(first);
+  const at = await checkpointThenLosePod(on, first, { id: c0, job }, left);
 
   const second = await on.runPod(`${job}-second`, 'container');
   const mounts = await emptyDir();
@@ -392,21 +410,9 @@ test.each(['finalize', 'a checkpoint left running, then the pod lost'])(
     const first = await node.runPod(`${job}-first`, 'container');
     const c0 = await node.startCounter(first, { name: 'job', attempt: 0, env, image });
     await waitCount(job, 5);
-    let at: number;
-    if (left) {
-      at = count(job);
-      await checkpointContainer(node.ctx, {
-        namespace: CRI_NAMESPACE,
-        id: c0,
-        runcRoot: node.runcRoot(CRI_NAMESPACE),
-        leaveRunning: true,
-      });
-      await waitCount(job, at + 3); // it went on
+    const at = await checkpointThenLosePod(node, first, { id: c0, job }, left, async () => {
       expect(await node.crictl(['exec', c0, 'ls', '/dev/shm'])).not.toMatch(/link_remap/);
-    } else {
-      at = await finalize(node, c0, job);
-    }
-    await node.removePod(first);
+    });
 
     const second = await node.runPod(`${job}-second`, 'container');
     const c1 = await node.startCounter(second, { name: 'job', attempt: 0, env, image });
