@@ -1,5 +1,6 @@
 import fs from 'node:fs';
 import fsp, { type FileHandle } from 'node:fs/promises';
+import { randomBytes } from 'node:crypto';
 import path from 'node:path';
 import * as tar from 'tar';
 import { CheckpointUnusableError } from '../contract/errors.js';
@@ -26,15 +27,20 @@ import { canonical, isEmptyArchive, unreadable, validateDiffArchive, writeEntryF
  * container's emptyDir at that path: a name the pod's init containers or
  * other containers wrote meanwhile is replaced (it holds what the job's
  * memory expects), other names are left alone. In the same pod (a
- * container restarted by the kubelet) the emptyDir outlived the container
- * and is left as it is, as without ARCH. The directory is shared with the
+ * container restarted by the kubelet after a crash, from a checkpoint that
+ * left it running) the emptyDir outlived the container and holds what the
+ * lost run wrote after the checkpoint: the job's names are written back
+ * likewise, as its restored memory expects them (CRIU refuses a file it
+ * holds open that grew since: "has bad size"). The directory is shared with the
  * pod's other containers, which may write in it at any time: nothing is
  * read or written through a symlink (every directory is opened with
  * O_NOFOLLOW from its parent's descriptor, every file created with O_EXCL
- * after its old name, a file or a symlink, is unlinked), a name that is
+ * after its old name, a file or a symlink, is moved aside), a name that is
  * something else where the job had a file (a directory where it had a
- * file, or the reverse) refuses the restore, and a restore that fails takes
- * back the names it created.
+ * file, or the reverse) refuses the restore, and a restore that fails
+ * leaves the emptyDir as it found it: the names it created are taken back
+ * and the files it moved aside are put back (the fresh start sees what the
+ * pod had: an init container's download, the lost run's own resume files).
  *
  * Other volumes (host paths, persistent volumes, configMaps, secrets) are
  * not the pod's own scratch: they outlive the pod or come from the cluster,
@@ -50,7 +56,7 @@ export interface PodVolume {
 /** What the manifest records of one kept emptyDir (archive `volumeTar(index)`). */
 export interface VolumeRecord {
   destination: string;
-  /** The pod's uid (kubelet's pod dir): a restore in the same pod leaves its emptyDir as it is. */
+  /** The pod's uid (kubelet's pod dir): a restore tells a new pod from the same one. */
   pod?: string;
   files: number;
   bytes: number;
@@ -84,6 +90,10 @@ function isEmptyDirSource(source: string): boolean {
 }
 
 const { O_RDONLY, O_WRONLY, O_CREAT, O_EXCL, O_DIRECTORY, O_NOFOLLOW, O_NONBLOCK } = fs.constants;
+
+/** A restore's hold directory at an emptyDir's root: one per restore, random (never a name the pod's containers chose). */
+const HOLD_PREFIX = '.arch-replaced-';
+const HOLD_NAME = /^\.arch-replaced-[0-9a-f]{16}$/;
 
 /** The emptyDir volumes bound into the container (the last mount at a destination wins; /dev/shm is dev-shm.ts's). */
 export function podScratchVolumes(spec: OciSpec | undefined): PodVolume[] {
@@ -167,6 +177,7 @@ export async function captureVolume(
     const entries = (await fsp.readdir(at, { withFileTypes: true })).sort((a, b) => a.name.localeCompare(b.name));
     for (const e of entries) {
       const r = rel ? `${rel}/${e.name}` : e.name;
+      if (!rel && HOLD_NAME.test(e.name)) continue; // what a stopped restore moved aside: ARCH's, not the job's
       if (e.isDirectory()) {
         const child = await openDirAt(dir.fd, e.name).catch(() => undefined);
         if (!child) {
@@ -252,18 +263,37 @@ async function checkArchive(tarFile: string, recorded: VolumeRecord): Promise<vo
 }
 
 /**
+ * What restoreVolume wrote into one emptyDir: undone by removeVolumeFiles if
+ * the restore fails after, made final by keepVolumeFiles once it succeeded.
+ */
+export interface VolumeWrite {
+  destination: string;
+  /** The pod the checkpoint was taken in (a container restarted by the kubelet), not a new one. */
+  samePod: boolean;
+  /** Names it made where nothing was. */
+  created: string[];
+  /** Its hold directory at the emptyDir's root, once a name had to be freed. */
+  hold?: string;
+  /** The names whose file or symlink it moved into the hold directory, and the name each has there. */
+  replaced: [string, string][];
+}
+
+/**
  * Write the checkpoint's files of the emptyDir mounted at `recorded.destination`
- * into the new container's (`spec`'s emptyDir at the same path), before CRIU
- * restores the processes that hold them. Returns what was created (for
- * removeVolumeFiles if the restore fails after), or `kept` in the pod the
- * checkpoint was taken in (its emptyDir outlived the container). On its
- * own failure it takes back what it created.
+ * into the container's (`spec`'s emptyDir at the same path), before CRIU
+ * restores the processes that hold them: in a new pod (rescheduled) and in
+ * the same one (the kubelet restarting a crashed container, whose emptyDir
+ * holds what the lost run wrote after the checkpoint) alike, each name the
+ * job had gets what it held at the checkpoint. A file or symlink there is
+ * moved aside, not deleted, until the restore succeeds: a restore that fails
+ * (the job starts fresh) leaves the emptyDir as it found it. On its own
+ * failure it undoes what it wrote.
  */
 export async function restoreVolume(
   tarFile: string,
   spec: OciSpec | undefined,
   recorded: VolumeRecord,
-): Promise<{ created: string[]; kept: boolean }> {
+): Promise<VolumeWrite> {
   await checkArchive(tarFile, recorded);
   const target = podScratchVolumes(spec).find((v) => v.destination === recorded.destination);
   if (!target)
@@ -274,26 +304,87 @@ export async function restoreVolume(
   const root = await fsp.open(target.source, O_RDONLY | O_DIRECTORY | O_NOFOLLOW).catch((err: unknown) => {
     throw new CheckpointUnusableError(
       'volume',
-      `the new pod's emptyDir at ${recorded.destination} (${target.source}) cannot be opened as a directory: ${(err as Error).message}`,
+      `the pod's emptyDir at ${recorded.destination} (${target.source}) cannot be opened as a directory: ${(err as Error).message}`,
     );
   });
-  const created: string[] = [];
+  const write: VolumeWrite = {
+    destination: recorded.destination,
+    samePod: recorded.pod !== undefined && podUidOf(target.source) === recorded.pod,
+    created: [],
+    replaced: [],
+  };
   try {
-    if (recorded.pod !== undefined && podUidOf(target.source) === recorded.pod) return { created, kept: true };
-    if (await isEmptyArchive(tarFile)) return { created, kept: false };
+    if (await isEmptyArchive(tarFile)) return write;
     try {
-      await extract(tarFile, root, created);
+      await extract(tarFile, root, new Writer(root, write));
     } catch (err) {
-      await removeCreated(root, created);
+      await undoWrite(root, write);
       if (err instanceof CheckpointUnusableError) throw err;
       throw new CheckpointUnusableError(
         'volume',
         `the job's emptyDir at ${recorded.destination} could not be written back: ${(err as Error).message}`,
       );
     }
-    return { created, kept: false };
+    return write;
   } finally {
     await root.close();
+  }
+}
+
+/** Records what extract() does to an emptyDir in its VolumeWrite. */
+class Writer {
+  private holdDir?: FileHandle;
+
+  constructor(
+    private readonly root: FileHandle,
+    readonly write: VolumeWrite,
+  ) {}
+
+  /**
+   * Make `at` free for a file or symlink of the archive. A file or symlink
+   * there (the pod's init containers or other containers wrote it, or the
+   * lost run did after the checkpoint) is moved into the hold directory,
+   * which moves the name, never what a symlink points to; anything else
+   * refuses the restore.
+   */
+  async freeName(at: string, rel: string): Promise<void> {
+    const st = await fsp.lstat(at).catch((err: NodeJS.ErrnoException) => {
+      if (err.code === 'ENOENT') return undefined;
+      throw err;
+    });
+    if (!st) {
+      this.write.created.push(rel);
+      return;
+    }
+    if (!st.isFile() && !st.isSymbolicLink())
+      throw new CheckpointUnusableError(
+        'volume',
+        `"${rel}" is ${st.isDirectory() ? 'a directory' : 'not a regular file'} in the pod's emptyDir, where the job had a file: not replaced`,
+      );
+    const hold = await this.hold();
+    const as = String(this.write.replaced.length);
+    try {
+      await fsp.rename(at, `/proc/self/fd/${hold.fd}/${as}`);
+    } catch (err) {
+      // Another filesystem mounted inside the emptyDir: the name cannot be kept aside there.
+      if ((err as NodeJS.ErrnoException).code !== 'EXDEV') throw err;
+      await fsp.unlink(at);
+      return;
+    }
+    this.write.replaced.push([rel, as]);
+  }
+
+  private async hold(): Promise<FileHandle> {
+    if (this.holdDir) return this.holdDir;
+    const name = `${HOLD_PREFIX}${randomBytes(8).toString('hex')}`;
+    await fsp.mkdir(`/proc/self/fd/${this.root.fd}/${name}`, { mode: 0o700 });
+    this.write.hold = name;
+    this.holdDir = await openDirAt(this.root.fd, name);
+    return this.holdDir;
+  }
+
+  async close(): Promise<void> {
+    await this.holdDir?.close();
   }
 }
 
@@ -316,7 +407,15 @@ async function parentOf(root: FileHandle, rel: string): Promise<{ dir: FileHandl
   return { dir, name: parts[parts.length - 1]!, owned: dir !== root };
 }
 
-async function extract(tarFile: string, root: FileHandle, created: string[]): Promise<void> {
+async function extract(tarFile: string, root: FileHandle, w: Writer): Promise<void> {
+  try {
+    await extractInto(tarFile, root, w);
+  } finally {
+    await w.close();
+  }
+}
+
+async function extractInto(tarFile: string, root: FileHandle, w: Writer): Promise<void> {
   const dirs: { rel: string; mode: number; uid?: number; gid?: number; mtime?: Date }[] = [];
   const links: [string, string][] = [];
   // One entry at a time, in archive order (a directory before what it holds): the parser waits for each.
@@ -364,17 +463,17 @@ async function extract(tarFile: string, root: FileHandle, created: string[]): Pr
       const at = `/proc/self/fd/${dir.fd}/${name}`;
       try {
         if (entry.type === 'Directory') {
-          if (await madeOrDir(at, rel)) created.push(rel);
+          if (await madeOrDir(at, rel)) w.write.created.push(rel);
           dirs.push({ rel, mode: (entry.mode ?? 0o755) & 0o7777, uid: entry.uid, gid: entry.gid, mtime: entry.mtime });
           entry.resume();
         } else if (entry.type === 'SymbolicLink') {
-          if (await freeName(at, rel)) created.push(rel);
+          await w.freeName(at, rel);
           await fsp.symlink(entry.linkpath ?? '', at);
           if (entry.uid !== undefined && entry.gid !== undefined) await fsp.lchown(at, entry.uid, entry.gid);
           if (entry.mtime) await fsp.lutimes(at, entry.mtime, entry.mtime);
           entry.resume();
         } else {
-          if (await freeName(at, rel)) created.push(rel);
+          await w.freeName(at, rel);
           const h = await fsp.open(at, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW, 0o600);
           try {
             await writeEntryFile(h, entry);
@@ -398,7 +497,7 @@ async function extract(tarFile: string, root: FileHandle, created: string[]): Pr
     const b = await parentOf(root, rel);
     try {
       const at = `/proc/self/fd/${b.dir.fd}/${b.name}`;
-      if (await freeName(at, rel)) created.push(rel);
+      await w.freeName(at, rel);
       // link(2) follows no symlink at either end; both names are in directories held open.
       await fsp.link(`/proc/self/fd/${a.dir.fd}/${a.name}`, at);
     } finally {
@@ -424,28 +523,6 @@ async function extract(tarFile: string, root: FileHandle, created: string[]): Pr
   }
 }
 
-/**
- * Make `at` free for a file or symlink of the archive: true when nothing
- * was there (a name this restore creates). A file or symlink there (the
- * pod's init containers or other containers wrote it meanwhile) is
- * unlinked, which removes the name, never what a symlink points to;
- * anything else refuses the restore.
- */
-async function freeName(at: string, rel: string): Promise<boolean> {
-  const st = await fsp.lstat(at).catch((err: NodeJS.ErrnoException) => {
-    if (err.code === 'ENOENT') return undefined;
-    throw err;
-  });
-  if (!st) return true;
-  if (!st.isFile() && !st.isSymbolicLink())
-    throw new CheckpointUnusableError(
-      'volume',
-      `"${rel}" is ${st.isDirectory() ? 'a directory' : 'not a regular file'} in the new pod's emptyDir, where the job had a file: not replaced`,
-    );
-  await fsp.unlink(at);
-  return false;
-}
-
 /** A directory of the archive at `at`: made (true), or one already there (false; a symlink or a file there refuses). */
 async function madeOrDir(at: string, rel: string): Promise<boolean> {
   try {
@@ -458,7 +535,7 @@ async function madeOrDir(at: string, rel: string): Promise<boolean> {
   if (!st.isDirectory())
     throw new CheckpointUnusableError(
       'volume',
-      `"${rel}" is ${st.isSymbolicLink() ? 'a symlink' : 'not a directory'} in the new pod's emptyDir, where the job had a directory: not written through`,
+      `"${rel}" is ${st.isSymbolicLink() ? 'a symlink' : 'not a directory'} in the pod's emptyDir, where the job had a directory: not written through`,
     );
   return false;
 }
@@ -482,17 +559,73 @@ async function removeCreated(root: FileHandle, created: readonly string[]): Prom
   }
 }
 
-/** Take back what restoreVolume created in the container's emptyDir at `destination` (its restore failed after). */
-export async function removeVolumeFiles(
-  spec: OciSpec | undefined,
-  destination: string,
-  created: readonly string[],
-): Promise<void> {
-  const target = created.length ? podScratchVolumes(spec).find((v) => v.destination === destination) : undefined;
-  if (!target) return;
-  const root = await fsp.open(target.source, O_RDONLY | O_DIRECTORY | O_NOFOLLOW);
+/**
+ * Undo `write` in the emptyDir `root`: every replaced name gets its earlier
+ * file or symlink back from the hold directory (the latest replacement
+ * first), then the created names go and the hold directory with them.
+ */
+async function undoWrite(root: FileHandle, write: VolumeWrite): Promise<void> {
+  if (write.hold) {
+    const hold = await openDirAt(root.fd, write.hold).catch(() => undefined);
+    if (hold) {
+      try {
+        for (const [rel, as] of [...write.replaced].reverse()) {
+          try {
+            const { dir, name, owned } = await parentOf(root, rel);
+            try {
+              const at = `/proc/self/fd/${dir.fd}/${name}`;
+              const st = await fsp.lstat(at).catch(() => undefined);
+              if (st?.isDirectory()) continue; // not the job's file there any more: the earlier one stays held
+              if (st) await fsp.unlink(at);
+              await fsp.rename(`/proc/self/fd/${hold.fd}/${as}`, at);
+            } finally {
+              if (owned) await dir.close();
+            }
+          } catch {
+            // its directory is gone or no longer ours to reach: it stays in the hold directory
+          }
+        }
+      } finally {
+        await hold.close();
+      }
+    }
+  }
+  await removeCreated(root, write.created);
+  if (write.hold) await fsp.rmdir(`/proc/self/fd/${root.fd}/${write.hold}`).catch(() => undefined);
+}
+
+/** The emptyDir `write` went to, open (undefined when the spec has none at its path any more). */
+async function writtenRoot(spec: OciSpec | undefined, write: VolumeWrite): Promise<FileHandle | undefined> {
+  const target = podScratchVolumes(spec).find((v) => v.destination === write.destination);
+  return target && fsp.open(target.source, O_RDONLY | O_DIRECTORY | O_NOFOLLOW);
+}
+
+/** Undo what restoreVolume wrote into the container's emptyDir (its restore failed after): as it was found. */
+export async function removeVolumeFiles(spec: OciSpec | undefined, write: VolumeWrite): Promise<void> {
+  if (!write.created.length && !write.hold) return;
+  const root = await writtenRoot(spec, write);
+  if (!root) return;
   try {
-    await removeCreated(root, created);
+    await undoWrite(root, write);
+  } finally {
+    await root.close();
+  }
+}
+
+/** The restore succeeded: the files restoreVolume moved aside are removed, and its hold directory. */
+export async function keepVolumeFiles(spec: OciSpec | undefined, write: VolumeWrite): Promise<void> {
+  if (!write.hold) return;
+  const root = await writtenRoot(spec, write);
+  if (!root) return;
+  try {
+    const hold = await openDirAt(root.fd, write.hold);
+    try {
+      // unlink removes a name, never what a symlink points to.
+      for (const [, as] of write.replaced) await fsp.unlink(`/proc/self/fd/${hold.fd}/${as}`).catch(() => undefined);
+    } finally {
+      await hold.close();
+    }
+    await fsp.rmdir(`/proc/self/fd/${root.fd}/${write.hold}`);
   } finally {
     await root.close();
   }

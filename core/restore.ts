@@ -33,7 +33,7 @@ import { assembleIfChunked } from './chunked-restore.js';
 import { SealGate } from './seal-gate.js';
 import { CRIU_DIR, DELETED_FILES, PAGE_IMAGE_PATH, LAYER_ARCHIVE, volumeTar } from './checkpoint-layout.js';
 import { removeDevShmFiles, restoreDevShm } from './dev-shm.js';
-import { removeVolumeFiles, restoreVolume } from './pod-volumes.js';
+import { keepVolumeFiles, removeVolumeFiles, restoreVolume, type VolumeWrite } from './pod-volumes.js';
 
 /**
  * Restore a container in place of its create (or of a `runc run`, in the
@@ -274,11 +274,11 @@ async function restoreHolding(ctx: NodeContext, req: RestoreRequest, held: Held)
   // The job's shared memory files, back in its pod's /dev/shm before CRIU maps them (core/dev-shm.ts), once
   // everything else is in place: a restore that fails after takes back the files it created.
   let shmCreated: string[] = [];
-  // The job's emptyDir volumes, written into a new pod's (core/pod-volumes.ts), the names created taken back likewise.
-  const volumesCreated: { destination: string; created: string[] }[] = [];
+  // The job's emptyDir volumes, written back (core/pod-volumes.ts): undone likewise, the files they replaced put back.
+  const volumesWritten: VolumeWrite[] = [];
   /** Everything this restore wrote for the job's files, taken back (the fresh start must not see them). */
   const unwriteFiles = async (): Promise<void> => {
-    for (const v of volumesCreated) await removeVolumeFiles(req.spec, v.destination, v.created).catch(() => undefined);
+    for (const w of volumesWritten) await removeVolumeFiles(req.spec, w).catch(() => undefined);
     // Nor its /dev/shm files: a semaphore left locked would hang the fresh start.
     await removeDevShmFiles(req.spec, shmCreated).catch(() => undefined);
     // And the writable layer as it was: empty if this restore wrote it (the fresh start must not see the
@@ -305,12 +305,19 @@ async function restoreHolding(ctx: NodeContext, req: RestoreRequest, held: Held)
     const s = Date.now();
     try {
       for (const [i, rec] of manifest.volumes.entries()) {
-        const r = await restoreVolume(path.join(await layerSource, volumeTar(i)), req.spec, rec);
-        volumesCreated.push({ destination: rec.destination, created: r.created });
+        const w = await restoreVolume(path.join(await layerSource, volumeTar(i)), req.spec, rec);
+        volumesWritten.push(w);
         ctx.log.info(
-          { namespace: req.namespace, container: req.id, phase: 'restore', volume: rec.destination, files: rec.files },
-          r.kept
-            ? 'emptyDir left as it is: the same pod, it outlived the container'
+          {
+            namespace: req.namespace,
+            container: req.id,
+            phase: 'restore',
+            volume: rec.destination,
+            files: rec.files,
+            replaced: w.replaced.length,
+          },
+          w.samePod
+            ? "emptyDir restored: the job's files are back as at the checkpoint (the same pod)"
             : "emptyDir restored: the job's files are back in the new pod's",
         );
       }
@@ -425,6 +432,20 @@ async function restoreHolding(ctx: NodeContext, req: RestoreRequest, held: Held)
       throw err;
     }
   }
+  // Restored: what the job's files replaced in its emptyDirs is not needed to undo it any more.
+  for (const w of volumesWritten)
+    await keepVolumeFiles(req.spec, w).catch((err: unknown) =>
+      ctx.log.warn(
+        {
+          namespace: req.namespace,
+          container: req.id,
+          phase: 'restore',
+          volume: w.destination,
+          err: errorMessage(err),
+        },
+        `could not remove the files the restore moved aside in the emptyDir (${w.hold}): remove that directory by hand`,
+      ),
+    );
   return { checkpointDir: stored, manifest, timings, running };
 }
 

@@ -364,6 +364,58 @@ test.each(['finalize', 'a checkpoint left running, then the pod lost'])(
 test("a subPath of the pod's emptyDir comes back in the new pod", () =>
   emptyDirJob(node, 'pod-emptydir-subpath', false, true));
 
+/**
+ * A job that crashed (OOM-killed, a failed node-local dependency) is started
+ * again by the kubelet in the same pod, from its last periodic checkpoint:
+ * its emptyDir outlived it, holding what the job wrote after that
+ * checkpoint. The job writes a numbered line per tick into a file there that
+ * it holds open (without O_APPEND: CRIU checks its size), so the restored
+ * job finds the file as its memory left it and goes on with the next line.
+ */
+test("attempt 1 after a crash in the same pod finds the pod's emptyDir as at the checkpoint", async () => {
+  const job = 'pod-emptydir-crash';
+  const env = jobEnv(job);
+  const command = [
+    '/bin/sh',
+    '-c',
+    'exec 3>/scratch/progress; (i=0; while :; do i=$((i+1)); echo line $i >&3; sleep 0.1; done) & exec /usr/bin/counter',
+  ];
+  const dir = path.join(node.dir, 'kubelet/pods', crypto.randomUUID(), 'volumes/kubernetes.io~empty-dir/scratch');
+  fs.mkdirSync(dir, { recursive: true, mode: 0o777 });
+  const mounts = [{ containerPath: '/scratch', hostPath: dir }];
+  const progress = () => fs.readFileSync(path.join(dir, 'progress'), 'utf8');
+  const pod = await node.runPod(job, 'container');
+  const c0 = await node.startCounter(pod, { name: 'job', attempt: 0, env, command, mounts });
+  await waitCount(job, 5);
+  const at = count(job);
+  await checkpointContainer(node.ctx, {
+    namespace: CRI_NAMESPACE,
+    id: c0,
+    runcRoot: node.runcRoot(CRI_NAMESPACE),
+    leaveRunning: true,
+  });
+  await waitCount(job, at + 5); // it went on writing past its checkpoint
+  const beforeCrash = progress().length;
+  await node.crictl(['stop', '--timeout', '0', c0]);
+  await waitFor(`${c0} exited`, async () =>
+    (await node.containerState(c0)) === 'CONTAINER_EXITED' ? true : undefined,
+  );
+
+  const c1 = await node.startCounter(pod, { name: 'job', attempt: 1, env, command, mounts });
+  await expectRestored(node, { pod, id: c1, attempt: 1, job }, at, {
+    ...COUNTER_PRINTING,
+    goesOn: () => /stdout F count \d+\n/,
+  });
+  await waitFor('the restored job wrote past the crashed one', () =>
+    progress().length > beforeCrash ? true : undefined,
+  );
+  // One line per number, in order: nothing the crashed run wrote after the checkpoint is left in between.
+  const lines = progress().trim().split('\n');
+  expect(lines).toEqual(lines.map((_, i) => `line ${i + 1}`));
+  expect(fs.readdirSync(dir)).toEqual(['progress']); // what the restore moved aside is gone once it succeeded
+  await node.removePod(pod);
+});
+
 describe('encrypted stores', () => {
   const encrypted: Record<string, CriTestNode> = {};
   beforeAll(async () => {
@@ -453,17 +505,30 @@ describe('a sandbox whose PID 1 does not reap (sleep), PID namespace of the pod'
     const job = 'sleep-sandbox';
     const env = jobEnv(job);
     const pod = await sleepy.runPod('sleepy', 'pod');
-    const c0 = await sleepy.startCounter(pod, { name: 'job', attempt: 0, env, command: TWO_PROCESSES });
+    // The job keeps a file in its emptyDir (written once): the failed restore writes it back first, then must undo that.
+    const dir = path.join(sleepy.dir, 'kubelet/pods', crypto.randomUUID(), 'volumes/kubernetes.io~empty-dir/scratch');
+    fs.mkdirSync(dir, { recursive: true, mode: 0o777 });
+    const mounts = [{ containerPath: '/scratch', hostPath: dir }];
+    const command = [
+      '/bin/sh',
+      '-c',
+      '[ -e /scratch/note ] || echo by the job > /scratch/note; /usr/bin/counter & wait',
+    ];
+    const c0 = await sleepy.startCounter(pod, { name: 'job', attempt: 0, env, command, mounts });
     await waitCount(job, 5);
     await finalize(sleepy, c0, job);
+    fs.writeFileSync(path.join(dir, 'note'), 'by a sidecar, after the checkpoint');
 
-    const c1 = await sleepy.startCounter(pod, { name: 'job', attempt: 1, env, command: TWO_PROCESSES });
+    const c1 = await sleepy.startCounter(pod, { name: 'job', attempt: 1, env, command, mounts });
     const failure = (await listed(sleepy, c1))?.lastRestoreFailure;
     expect(failure).toMatchObject({ reason: 'pid-in-use' });
     expect(failure?.message).toMatch(/shares with its pod.*Fix: .*own PID namespace.*Can't fork for \d+: File exists/s);
     const table = await archCli(sleepy, ['ls', '--local', '--namespace', CRI_NAMESPACE]);
     expect(table).toMatch(/FAILED \(pid-in-use\)/);
     await waitFor('a fresh start', () => (starts(job) === 2 ? true : undefined));
+    // The fresh start found the emptyDir as the restore found it.
+    expect(fs.readdirSync(dir)).toEqual(['note']);
+    expect(fs.readFileSync(path.join(dir, 'note'), 'utf8')).toBe('by a sidecar, after the checkpoint');
     await sleepy.removePod(pod);
   });
 });

@@ -10,6 +10,7 @@ import {
   podUidOf,
   volumeBytes,
   podScratchVolumes,
+  keepVolumeFiles,
   removeVolumeFiles,
   restoreVolume,
   type VolumeRecord,
@@ -18,8 +19,9 @@ import {
 /**
  * A pod's emptyDir kept with the checkpoint and written into the new pod's
  * (core/pod-volumes.ts), on real directories laid out as kubelet lays them
- * out: what is kept, what is written back, what is left alone and what
- * refuses the restore.
+ * out: what is kept, what is written back (in a new pod and in the same
+ * one), what is left alone, what refuses the restore, and what a restore
+ * that fails after leaves.
  */
 let root: string;
 let from: string; // the old pod's emptyDir
@@ -97,7 +99,8 @@ test('a tree of files, directories, symlinks and second names comes back with co
   expect(await volumeBytes([{ destination: '/scratch', source: from }])).toBeGreaterThanOrEqual(rec.bytes);
   expect(await volumeBytes([{ destination: '/scratch', source: from }])).toBeLessThan(rec.bytes + 64 * 1024);
   const r = await restoreVolume(tarFile, podSpec(to), rec);
-  expect(r.kept).toBe(false);
+  expect(r).toMatchObject({ samePod: false, replaced: [] });
+  expect(r.hold).toBeUndefined();
   expect(r.created.sort()).toEqual(
     ['abs-link', 'spill.bin', 'sub', 'sub/deeper', 'sub/deeper/result.txt', 'sub/latest', 'sub/spill-again.bin'].sort(),
   );
@@ -115,16 +118,64 @@ test('a tree of files, directories, symlinks and second names comes back with co
   expect(fs.statSync(path.join(to, 'sub/spill-again.bin')).ino).toBe(fs.statSync(path.join(to, 'spill.bin')).ino);
 
   // A restore that fails after takes them all back.
-  await removeVolumeFiles(podSpec(to), '/scratch', r.created);
+  await removeVolumeFiles(podSpec(to), r);
   expect(fs.readdirSync(to)).toEqual([]);
 });
 
-test('in the same pod its emptyDir outlived the container: left as it is', async () => {
-  fs.writeFileSync(path.join(from, 'a'), 'at the checkpoint');
-  const rec = await capture();
-  fs.writeFileSync(path.join(from, 'a'), 'later');
-  expect(await restoreVolume(tarFile, podSpec(from), rec)).toEqual({ created: [], kept: true });
-  expect(fs.readFileSync(path.join(from, 'a'), 'utf8')).toBe('later');
+/** A directory's entries and what each holds (a file's bytes, a symlink's target, a directory's entries). */
+function tree(dir: string): Record<string, unknown> {
+  const out: Record<string, unknown> = {};
+  for (const e of fs.readdirSync(dir, { withFileTypes: true })) {
+    const at = path.join(dir, e.name);
+    out[e.name] = e.isDirectory()
+      ? tree(at)
+      : e.isSymbolicLink()
+        ? `-> ${fs.readlinkSync(at)}`
+        : fs.readFileSync(at, 'utf8');
+  }
+  return out;
+}
+
+describe('in the same pod (the kubelet restarting a crashed container), its emptyDir outlived the container', () => {
+  /** The emptyDir at a checkpoint left running, then what the lost run did after it. */
+  async function lostRunAfterCheckpoint(): Promise<VolumeRecord> {
+    fs.mkdirSync(path.join(from, 'out'));
+    fs.writeFileSync(path.join(from, 'progress'), 'line 1\n');
+    fs.writeFileSync(path.join(from, 'out/resume.pt'), 'step 1');
+    fs.writeFileSync(path.join(from, 'tmp-gone-later'), 'removed by the lost run');
+    const rec = await capture();
+    fs.appendFileSync(path.join(from, 'progress'), 'line 2\n');
+    fs.writeFileSync(path.join(from, 'out/resume.pt'), 'step 2');
+    fs.rmSync(path.join(from, 'tmp-gone-later'));
+    fs.writeFileSync(path.join(from, 'out/result-2'), 'made after the checkpoint');
+    return rec;
+  }
+  const afterLostRun = {
+    progress: 'line 1\nline 2\n',
+    out: { 'resume.pt': 'step 2', 'result-2': 'made after the checkpoint' },
+  };
+
+  test("the job's names hold what they held at the checkpoint; names made after are left", async () => {
+    const rec = await lostRunAfterCheckpoint();
+    const w = await restoreVolume(tarFile, podSpec(from), rec);
+    expect(w).toMatchObject({ samePod: true, created: ['tmp-gone-later'] });
+    expect(w.replaced.map(([name]) => name).sort()).toEqual(['out/resume.pt', 'progress']);
+    await keepVolumeFiles(podSpec(from), w);
+    expect(tree(from)).toEqual({
+      progress: 'line 1\n',
+      out: { 'resume.pt': 'step 1', 'result-2': 'made after the checkpoint' },
+      'tmp-gone-later': 'removed by the lost run',
+    });
+  });
+
+  test('a restore that fails after puts back what the lost run left (the fresh start resumes from its own files)', async () => {
+    const rec = await lostRunAfterCheckpoint();
+    const w = await restoreVolume(tarFile, podSpec(from), rec);
+    // Until the restore succeeds, what was replaced is held aside in one directory of ARCH's.
+    expect(fs.readdirSync(from).filter((n) => n.startsWith('.arch-replaced-'))).toEqual([w.hold]);
+    await removeVolumeFiles(podSpec(from), w);
+    expect(tree(from)).toEqual(afterLostRun);
+  });
 });
 
 test("in a new pod, names its init containers wrote are replaced by the job's, other names are left", async () => {
@@ -138,11 +189,21 @@ test("in a new pod, names its init containers wrote are replaced by the job's, o
   fs.writeFileSync(path.join(to, 'data/input'), 'input downloaded again');
   fs.writeFileSync(path.join(to, 'data/other'), "not the job's");
   fs.writeFileSync(path.join(to, 'latest'), 'a file where the job had a symlink');
+  const before = tree(to);
   const r = await restoreVolume(tarFile, podSpec(to), rec);
-  expect(r).toEqual({ created: ['data/partial'], kept: false });
+  expect(r).toMatchObject({ samePod: false, created: ['data/partial'] });
+  expect(r.replaced.map(([name]) => name).sort()).toEqual(['data/input', 'latest']);
   expect(fs.readFileSync(path.join(to, 'data/input'), 'utf8')).toBe('input as the job read it');
   expect(fs.readFileSync(path.join(to, 'data/other'), 'utf8')).toBe("not the job's");
   expect(fs.readlinkSync(path.join(to, 'latest'))).toBe('data/partial');
+
+  // A restore that fails after leaves the new pod's emptyDir as its init containers left it.
+  await removeVolumeFiles(podSpec(to), r);
+  expect(tree(to)).toEqual(before);
+  // One that succeeds leaves nothing of ARCH's there.
+  const again = await restoreVolume(tarFile, podSpec(to), rec);
+  await keepVolumeFiles(podSpec(to), again);
+  expect(fs.readdirSync(to).sort()).toEqual(['data', 'latest']);
 });
 
 test('in a new pod, a symlink or a directory where the job had something else refuses the restore: nothing written through it, created names taken back', async () => {
@@ -159,8 +220,16 @@ test('in a new pod, a symlink or a directory where the job had something else re
 
   fs.rmSync(path.join(to, 'sub'));
   fs.mkdirSync(path.join(to, 'sub/x'), { recursive: true }); // a directory where the job had a file
+  fs.writeFileSync(path.join(to, 'a-first'), 'written by an init container'); // replaced, then put back
   await expect(restoreVolume(tarFile, podSpec(to), rec)).rejects.toThrow(/"sub\/x" is a directory/);
-  expect(fs.readdirSync(to)).toEqual(['sub']);
+  expect(tree(to)).toEqual({ 'a-first': 'written by an init container', sub: { x: {} } });
+});
+
+test("a hold directory a stopped restore left at the emptyDir's root is not the job's: not captured", async () => {
+  fs.mkdirSync(path.join(from, '.arch-replaced-0123456789abcdef'));
+  fs.writeFileSync(path.join(from, '.arch-replaced-0123456789abcdef/0'), 'moved aside');
+  fs.mkdirSync(path.join(from, 'sub/.arch-replaced-0123456789abcdef'), { recursive: true }); // below the root: the job's
+  expect(await capture()).toMatchObject({ files: 2, bytes: 0 });
 });
 
 test('capture reads no file and no directory through a symlink', async () => {
@@ -204,5 +273,10 @@ test('an archive that does not match its signed record, or a container without t
 test('an empty emptyDir is kept as an empty archive and restores as nothing', async () => {
   const rec = await capture();
   expect(rec).toMatchObject({ destination: '/scratch', files: 0, bytes: 0 });
-  expect(await restoreVolume(tarFile, podSpec(to), rec)).toEqual({ created: [], kept: false });
+  expect(await restoreVolume(tarFile, podSpec(to), rec)).toEqual({
+    destination: '/scratch',
+    samePod: false,
+    created: [],
+    replaced: [],
+  });
 });
