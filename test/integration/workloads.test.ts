@@ -8,8 +8,8 @@ import { ensureImage, PYTHON_IMAGE } from '../support/images.js';
 /**
  * Batch jobs as people write them, on real runc, CRIU and containerd: a
  * Python job whose work is spread over worker processes, queues, threads or
- * shared memory, as the standard library makes them, or that watches its
- * files with inotify. Checkpointed in the
+ * shared memory, as the standard library makes them, whose workers hold
+ * large data in memory, or that watches its files with inotify. Checkpointed in the
  * middle of its work, removed (a reclaim), created again: it goes on from
  * the step it had reached, with the sum it keeps in memory still right, and
  * it never starts again.
@@ -62,6 +62,7 @@ test.each([
   ['threads', 'a thread pool and a Timer'],
   ['shm', 'workers adding into shared_memory'],
   ['inotify', 'an inotify watch on its own image filesystem'],
+  ['bigmem', 'workers each holding 128 MiB of data, checked against digests'],
 ])(
   'a Python job (%s: %s) goes on where it was',
   async (mode) => {

@@ -15,6 +15,10 @@ PYJOB_MODE picks how the work is spread:
   shm         workers adding into multiprocessing.shared_memory (POSIX shm in /dev/shm)
   inotify     an inotify watch on a directory it writes to (as watchdog does): a step
               counts only once the watch has reported its write
+  bigmem      $PYJOB_WORKERS worker processes (default 3), each holding $PYJOB_MB MiB
+              (default 128) of random data in memory and a pipe to the job; each step
+              every worker checks one MiB of its data against the digest it took when
+              it made it, and adds its share of the sum
 """
 import os
 import sys
@@ -161,6 +165,48 @@ def run_inotify():
     run_steps(step_sum)
 
 
+def hold_memory(conn, seed, mib):
+    import hashlib
+    import random
+
+    rng = random.Random(seed)
+    data = bytearray()
+    for _ in range(mib):
+        data += rng.randbytes(1 << 20)
+    digests = [hashlib.sha256(data[i << 20:(i + 1) << 20]).digest() for i in range(mib)]
+    conn.send("ready")
+    while True:
+        step, lo, hi = conn.recv()
+        i = (step * 7 + seed) % mib
+        intact = hashlib.sha256(data[i << 20:(i + 1) << 20]).digest() == digests[i]
+        conn.send(sum(map(square, range(lo, hi))) if intact else -1)
+
+
+def run_bigmem():
+    import multiprocessing as mp
+
+    ctx = mp.get_context("fork")
+    workers = int(os.environ.get("PYJOB_WORKERS", "3"))
+    mib = int(os.environ.get("PYJOB_MB", "128"))
+    conns = []
+    for w in range(workers):
+        parent, child = ctx.Pipe()
+        ctx.Process(target=hold_memory, args=(child, w, mib), daemon=True).start()
+        conns.append(parent)
+    for c in conns:
+        c.recv()
+
+    def step_sum(step):
+        base = step * STEP
+        cut = [base + STEP * w // workers for w in range(workers + 1)]
+        for w, c in enumerate(conns):
+            c.send((step, cut[w], cut[w + 1]))
+        parts = [c.recv() for c in conns]
+        return -1 if -1 in parts else sum(parts)
+
+    run_steps(step_sum)
+
+
 if __name__ == "__main__":
     with open(f"{STATE}/starts", "a") as f:
         f.write("start\n")
@@ -175,5 +221,7 @@ if __name__ == "__main__":
         run_shm()
     elif MODE == "inotify":
         run_inotify()
+    elif MODE == "bigmem":
+        run_bigmem()
     else:
         sys.exit(f"unknown PYJOB_MODE {MODE}")
