@@ -17,7 +17,7 @@ import { FreezeGuard } from './freeze-guard.js';
 import { rootfsWatchPaths } from './inotify-watches.js';
 import { criuStallMs, LayerGate } from './layer-gate.js';
 import { captureDevShm, devShmSource, type DevShmRecord } from './dev-shm.js';
-import { captureVolume, podScratchVolumes, podUidOf, volumeBytes, type VolumeRecord } from './pod-volumes.js';
+import { captureVolume, keptVolumes, podScratchVolumes, podUidOf, type VolumeRecord } from './pod-volumes.js';
 import { dumpSizeEstimate, memoryStaging, moveStaged } from './dump-staging.js';
 import { validateContainerId, validateNamespace } from '../contract/ids.js';
 import { FORMAT_VERSION, SEALED_FORMAT_VERSION, type Manifest } from './manifest.js';
@@ -233,8 +233,17 @@ async function checkpointLocked(
   // A pod's /dev/shm (a host directory bound in): its files are kept with the layer (core/dev-shm.ts),
   // captured at CRIU's post-dump action, behind the same gate: CRIU's link remaps are there only then.
   const shmSource = devShmSource(c.spec);
-  // The pod's emptyDir volumes it mounts: kept with the layer, captured with it (core/pod-volumes.ts).
-  const volumes = req.dumpedImages ? [] : podScratchVolumes(c.spec);
+  // The pod's emptyDir volumes it mounts: kept with the layer, captured with it (core/pod-volumes.ts),
+  // each up to the node's ARCH_EMPTYDIR_MAX_BYTES (measured before anything is stopped).
+  const { kept: volumes, left: volumesLeft } = await keptVolumes(
+    req.dumpedImages ? [] : podScratchVolumes(c.spec),
+    ctx.settings.emptyDirMaxBytes,
+  );
+  for (const v of volumesLeft)
+    log.warn(
+      { phase: 'checkpoint', volume: v.destination, bytes: v.bytes, limit: ctx.settings.emptyDirMaxBytes },
+      `the pod's emptyDir at ${v.destination} holds ${v.bytes} bytes, over ARCH_EMPTYDIR_MAX_BYTES: not kept with the checkpoint (a restore in a new pod finds it as that pod makes it; in the same pod it is left as it is). Fix: raise ARCH_EMPTYDIR_MAX_BYTES in the node settings (unlimited: no limit), or keep less in it`,
+    );
   // Not for a container the user paused: the gate needs the freeze guard, which would thaw it.
   const gateScript =
     !req.dumpedImages && !wasPaused && (req.leaveRunning || shmSource) ? await LayerGate.script() : undefined;
@@ -352,7 +361,8 @@ async function checkpointLocked(
   try {
     // Before the freeze: no tmpfs with room refuses the checkpoint with the container untouched.
     // The emptyDirs' archives are written there too, before they are sealed.
-    if (storeKey) scratch = await makeScratch((await dumpSizeEstimate(c.pid)) + (await volumeBytes(volumes)));
+    if (storeKey)
+      scratch = await makeScratch((await dumpSizeEstimate(c.pid)) + volumes.reduce((a, v) => a + v.bytes, 0));
     else if (
       req.leaveRunning &&
       !chunking &&
@@ -398,7 +408,7 @@ async function checkpointLocked(
       if (!volumes.length) return;
       const v0 = Date.now();
       const recs: VolumeRecord[] = [];
-      for (const [i, v] of volumes.entries()) {
+      for (const [i, { volume: v }] of volumes.entries()) {
         const r = await captureVolume(v.source, path.join(diffDir, volumeTar(i))).catch((err: unknown) => {
           throw new Error(
             `the pod's emptyDir at ${v.destination} (${v.source}) could not be read: ${errorMessage(err)}`,
@@ -664,6 +674,7 @@ async function checkpointLocked(
         rootfs: { files: diff.files, bytes: diff.bytes, deletions: diff.deletions },
         ...(devShm ? { devShm } : {}),
         ...(volumeRecords.length ? { volumes: volumeRecords } : {}),
+        ...(volumesLeft.length ? { volumesLeft } : {}),
         ...(workFiles ? { workFiles: workFiles.files } : {}),
         ...(seal ? { seal } : {}),
       },

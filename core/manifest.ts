@@ -105,7 +105,7 @@ function buildSchemas() {
       .array(
         z.object({
           destination: z.string().startsWith('/'),
-          /** The pod's uid: restored in the same pod, its emptyDir is left as it is. */
+          /** The pod's uid: a restore tells a new pod from the same one. */
           pod: z
             .string()
             .regex(/^[0-9a-fA-F-]{1,64}$/)
@@ -114,6 +114,14 @@ function buildSchemas() {
           bytes: z.number().int().nonnegative(),
         }),
       )
+      .max(256)
+      .optional(),
+    /**
+     * The pod's emptyDir volumes the container mounted that were not kept, being larger than the
+     * node's ARCH_EMPTYDIR_MAX_BYTES: where each was mounted and its bytes then. Absent when none.
+     */
+    volumesLeft: z
+      .array(z.object({ destination: z.string().startsWith('/'), bytes: z.number().int().nonnegative() }))
       .max(256)
       .optional(),
     /**

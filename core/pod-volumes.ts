@@ -110,16 +110,36 @@ export function podScratchVolumes(spec: OciSpec | undefined): PodVolume[] {
 }
 
 /**
- * The bytes the volumes' files hold now (du's apparent sizes, no symlink
- * followed), for sizing the tmpfs an encrypted checkpoint writes its
- * archives to before sealing them; 0 where du cannot tell.
+ * The bytes a volume's files hold now (du's apparent sizes, no symlink
+ * followed): what its archive will hold, give or take its headers; 0 where
+ * du cannot tell.
  */
-export async function volumeBytes(volumes: readonly PodVolume[]): Promise<number> {
-  if (!volumes.length) return 0;
-  const r = await runCommand('du', ['-s', '-b', '-P', '--', ...volumes.map((v) => v.source)], { reject: false });
-  return String(r.stdout)
-    .split('\n')
-    .reduce((a, l) => a + (Number(/^(\d+)\s/.exec(l)?.[1]) || 0), 0);
+export async function volumeBytes(volume: PodVolume): Promise<number> {
+  const r = await runCommand('du', ['-s', '-b', '-P', '--', volume.source], { reject: false });
+  return Number(/^(\d+)\s/.exec(String(r.stdout))?.[1]) || 0;
+}
+
+/** A volume a checkpoint keeps, and its bytes before the job was stopped. */
+export interface KeptVolume {
+  volume: PodVolume;
+  bytes: number;
+}
+
+/**
+ * The volumes a checkpoint keeps, and those it leaves (larger than the
+ * node's ARCH_EMPTYDIR_MAX_BYTES: reading one while the job is stopped would
+ * stall it for as long, at every checkpoint, and a dataset cache is not
+ * worth it), measured before anything is stopped.
+ */
+export async function keptVolumes(
+  volumes: readonly PodVolume[],
+  maxBytes: number,
+): Promise<{ kept: KeptVolume[]; left: { destination: string; bytes: number }[] }> {
+  const sized = await Promise.all(volumes.map(async (volume) => ({ volume, bytes: await volumeBytes(volume) })));
+  return {
+    kept: sized.filter((v) => v.bytes <= maxBytes),
+    left: sized.filter((v) => v.bytes > maxBytes).map((v) => ({ destination: v.volume.destination, bytes: v.bytes })),
+  };
 }
 
 const openDirAt = (dirFd: number, name: string): Promise<FileHandle> =>

@@ -301,6 +301,11 @@ async function restoreHolding(ctx: NodeContext, req: RestoreRequest, held: Held)
     }
     timings.devShm = Date.now() - s;
   }
+  for (const left of manifest.volumesLeft ?? [])
+    ctx.log.info(
+      { namespace: req.namespace, container: req.id, phase: 'restore', volume: left.destination, bytes: left.bytes },
+      `the emptyDir at ${left.destination} was not kept with this checkpoint (over the checkpointing node's ARCH_EMPTYDIR_MAX_BYTES): the job finds it as this pod has it`,
+    );
   if (manifest.volumes?.length) {
     const s = Date.now();
     try {

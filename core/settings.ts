@@ -48,6 +48,8 @@ export interface Settings {
   storeFormat: 1 | 2;
   /** ARCH_KEEP: checkpoints of a container kept in store format 2 (the current one and the ones before it). */
   keep: number;
+  /** ARCH_EMPTYDIR_MAX_BYTES: a pod's emptyDir larger than this is not kept with a checkpoint (core/pod-volumes.ts); Infinity: no limit. */
+  emptyDirMaxBytes: number;
   logFile: string | undefined;
   logLevel: string;
   nodeName: string;
@@ -189,6 +191,7 @@ export function loadSettings(env: NodeJS.ProcessEnv = process.env): Settings {
     unsealThreads: parseUnsealThreads(get('ARCH_UNSEAL_THREADS')),
     storeFormat: parseStoreFormat(get('ARCH_STORE_FORMAT')),
     keep: parseKeep(get('ARCH_KEEP')),
+    emptyDirMaxBytes: parseEmptyDirMaxBytes(get('ARCH_EMPTYDIR_MAX_BYTES')),
     logFile: logFile ? requireAbsolutePath(logFile, 'ARCH_LOG_FILE') : undefined,
     logLevel: get('ARCH_LOG_LEVEL') || 'info',
     nodeName: get('ARCH_NODE_NAME') || os.hostname(),
@@ -251,6 +254,25 @@ export function parseKeep(v: string | undefined): number {
     `is "${v}"`,
     'set how many checkpoints of a container to keep: a whole number from 1 (default 2)',
   );
+}
+
+/** ARCH_EMPTYDIR_MAX_BYTES's default: a few seconds of reading while the job is stopped, on these disks. */
+export const DEFAULT_EMPTYDIR_MAX_BYTES = 4 * 1024 ** 3;
+
+const SIZE_UNITS: Record<string, number> = { '': 1, B: 1, KiB: 1024, MiB: 1024 ** 2, GiB: 1024 ** 3, TiB: 1024 ** 4 };
+
+/** A size: bytes, or a number with KiB, MiB, GiB or TiB (e.g. 512MiB, 4GiB); `unlimited` for no limit. */
+export function parseEmptyDirMaxBytes(v: string | undefined): number {
+  if (v === undefined || v === '') return DEFAULT_EMPTYDIR_MAX_BYTES;
+  if (v === 'unlimited') return Infinity;
+  const m = /^(\d{1,15}(?:\.\d{1,6})?)\s*(B|KiB|MiB|GiB|TiB)?$/.exec(v);
+  if (!m)
+    throw new ArchInputError(
+      'ARCH_EMPTYDIR_MAX_BYTES',
+      `is "${v}"`,
+      'set a size such as 512MiB or 16GiB (0: keep no emptyDir), or unlimited (default 4GiB)',
+    );
+  return Math.floor(Number(m[1]) * SIZE_UNITS[m[2] ?? '']!);
 }
 
 function optionalInterval(v: string | undefined): number | undefined {

@@ -416,6 +416,62 @@ test("attempt 1 after a crash in the same pod finds the pod's emptyDir as at the
   await node.removePod(pod);
 });
 
+/**
+ * A pod with a large emptyDir (a dataset cache) beside its scratch: reading
+ * the cache while the job is stopped would stall it at every checkpoint, so
+ * the node keeps an emptyDir only up to ARCH_EMPTYDIR_MAX_BYTES (here 1 MiB,
+ * as this node's settings would say). The scratch comes back in the new pod,
+ * the cache is left to the new pod (its init containers download it again),
+ * and the checkpoint says so.
+ */
+test("an emptyDir over the node's ARCH_EMPTYDIR_MAX_BYTES is not kept; the job's scratch beside it is", async () => {
+  const job = 'pod-emptydir-limit';
+  const env = jobEnv(job);
+  const command = [
+    '/bin/sh',
+    '-c',
+    'cat /cache/dataset > /dev/null && echo spilled > /scratch/spill && exec 3</scratch/spill; exec /usr/bin/counter',
+  ];
+  const podVolumes = (cacheBytes: number) => {
+    const pod = path.join(node.dir, 'kubelet/pods', crypto.randomUUID(), 'volumes/kubernetes.io~empty-dir');
+    const scratch = path.join(pod, 'scratch');
+    const cache = path.join(pod, 'cache');
+    for (const d of [scratch, cache]) fs.mkdirSync(d, { recursive: true, mode: 0o777 });
+    fs.writeFileSync(path.join(cache, 'dataset'), Buffer.alloc(cacheBytes, 7)); // what an init container downloaded
+    return [
+      { containerPath: '/scratch', hostPath: scratch },
+      { containerPath: '/cache', hostPath: cache },
+    ];
+  };
+  const first = await node.runPod(`${job}-first`, 'container');
+  const c0 = await node.startCounter(first, { name: 'job', attempt: 0, env, command, mounts: podVolumes(2 << 20) });
+  await waitCount(job, 5);
+  const at = count(job);
+  const limited = { ...node.ctx, settings: { ...node.ctx.settings, emptyDirMaxBytes: 1 << 20 } };
+  const r = await checkpointContainer(limited, {
+    namespace: CRI_NAMESPACE,
+    id: c0,
+    runcRoot: node.runcRoot(CRI_NAMESPACE),
+    leaveRunning: true,
+  });
+  expect(r.manifest.volumes?.map((v) => v.destination)).toEqual(['/scratch']);
+  expect(r.manifest.volumesLeft).toEqual([{ destination: '/cache', bytes: expect.any(Number) }]);
+  expect(fs.readdirSync(r.dir)).not.toContain('volume-1.tar');
+  await waitCount(job, at + 3);
+  await node.removePod(first);
+
+  const second = await node.runPod(`${job}-second`, 'container');
+  const mounts = podVolumes(1024); // the new pod's cache: what its own init container put there
+  const c1 = await node.startCounter(second, { name: 'job', attempt: 0, env, command, mounts });
+  await expectRestored(node, { pod: second, id: c1, attempt: 0, job }, at, {
+    ...COUNTER_PRINTING,
+    goesOn: () => /stdout F count \d+\n/,
+  });
+  expect(await node.crictl(['exec', c1, 'cat', '/scratch/spill'])).toBe('spilled');
+  expect(fs.statSync(path.join(mounts[1]!.hostPath, 'dataset')).size).toBe(1024);
+  await node.removePod(second);
+});
+
 describe('encrypted stores', () => {
   const encrypted: Record<string, CriTestNode> = {};
   beforeAll(async () => {

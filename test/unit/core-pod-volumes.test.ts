@@ -7,6 +7,7 @@ import { CheckpointUnusableError } from '../../contract/errors.js';
 import type { OciSpec } from '../../core/oci-spec.js';
 import {
   captureVolume,
+  keptVolumes,
   podUidOf,
   volumeBytes,
   podScratchVolumes,
@@ -96,8 +97,8 @@ test('a tree of files, directories, symlinks and second names comes back with co
     bytes: (3 << 20) + 15,
   });
   // What an encrypted checkpoint's scratch is sized for: at least the files' bytes (directories and links add a little).
-  expect(await volumeBytes([{ destination: '/scratch', source: from }])).toBeGreaterThanOrEqual(rec.bytes);
-  expect(await volumeBytes([{ destination: '/scratch', source: from }])).toBeLessThan(rec.bytes + 64 * 1024);
+  expect(await volumeBytes({ destination: '/scratch', source: from })).toBeGreaterThanOrEqual(rec.bytes);
+  expect(await volumeBytes({ destination: '/scratch', source: from })).toBeLessThan(rec.bytes + 64 * 1024);
   const r = await restoreVolume(tarFile, podSpec(to), rec);
   expect(r).toMatchObject({ samePod: false, replaced: [] });
   expect(r.hold).toBeUndefined();
@@ -230,6 +231,20 @@ test("a hold directory a stopped restore left at the emptyDir's root is not the 
   fs.writeFileSync(path.join(from, '.arch-replaced-0123456789abcdef/0'), 'moved aside');
   fs.mkdirSync(path.join(from, 'sub/.arch-replaced-0123456789abcdef'), { recursive: true }); // below the root: the job's
   expect(await capture()).toMatchObject({ files: 2, bytes: 0 });
+});
+
+test("volumes over the node's ARCH_EMPTYDIR_MAX_BYTES are left, each measured on its own", async () => {
+  fs.writeFileSync(path.join(from, 'spill'), Buffer.alloc(4096, 1));
+  fs.writeFileSync(path.join(to, 'dataset'), Buffer.alloc(3 << 20, 2));
+  const small = { destination: '/scratch', source: from };
+  const big = { destination: '/cache', source: to };
+  const r = await keptVolumes([small, big], 1 << 20);
+  expect(r.kept).toEqual([{ volume: small, bytes: expect.any(Number) }]);
+  expect(r.kept[0]!.bytes).toBeGreaterThanOrEqual(4096);
+  expect(r.left).toEqual([{ destination: '/cache', bytes: expect.any(Number) }]);
+  expect(r.left[0]!.bytes).toBeGreaterThanOrEqual(3 << 20);
+  expect((await keptVolumes([small, big], Infinity)).left).toEqual([]);
+  expect((await keptVolumes([small, big], 0)).kept).toEqual([]);
 });
 
 test('capture reads no file and no directory through a symlink', async () => {

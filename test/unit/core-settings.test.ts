@@ -2,7 +2,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { ArchInputError } from '../../contract/errors.js';
-import { criuEnv, loadSettings, parseEnvFile } from '../../core/settings.js';
+import { criuEnv, loadSettings, parseEmptyDirMaxBytes, parseEnvFile } from '../../core/settings.js';
 
 let dir: string;
 beforeAll(() => {
@@ -56,6 +56,7 @@ describe('loadSettings', () => {
       stageDumpsInMemory: true,
       sealDirect: false,
       unsealThreads: 1,
+      emptyDirMaxBytes: 4 * 1024 ** 3,
       logFile: undefined,
       logLevel: 'info',
       nodeName: os.hostname(),
@@ -144,5 +145,24 @@ describe('loadSettings', () => {
 
   test('an unreadable config file (a directory) is an error, not silently ignored', () => {
     expect(() => loadSettings({ ARCH_CONFIG: dir })).toThrow(/EISDIR/);
+  });
+});
+
+describe('ARCH_EMPTYDIR_MAX_BYTES', () => {
+  test.each<[string | undefined, number]>([
+    [undefined, 4 * 1024 ** 3],
+    ['', 4 * 1024 ** 3],
+    ['0', 0],
+    ['1048576', 1 << 20],
+    ['512MiB', 512 * 1024 ** 2],
+    ['1.5GiB', 1.5 * 1024 ** 3],
+    ['16 GiB', 16 * 1024 ** 3],
+    ['2TiB', 2 * 1024 ** 4],
+    ['unlimited', Infinity],
+  ])('%s -> %d bytes', (v, bytes) => expect(parseEmptyDirMaxBytes(v)).toBe(bytes));
+
+  test.each(['4G', '-1', 'lots', '1e9', '4 gib'])('"%s" is refused, naming the setting and the fix', (v) => {
+    expect(() => parseEmptyDirMaxBytes(v)).toThrow(ArchInputError);
+    expect(() => parseEmptyDirMaxBytes(v)).toThrow(/ARCH_EMPTYDIR_MAX_BYTES.*512MiB or 16GiB.*unlimited/s);
   });
 });
