@@ -17,7 +17,14 @@ import { FreezeGuard } from './freeze-guard.js';
 import { rootfsWatchPaths } from './inotify-watches.js';
 import { criuStallMs, LayerGate } from './layer-gate.js';
 import { captureDevShm, devShmSource, type DevShmRecord } from './dev-shm.js';
-import { captureVolume, keptVolumes, podScratchVolumes, podUidOf, type VolumeRecord } from './pod-volumes.js';
+import {
+  captureVolume,
+  keptVolumes,
+  openInVolumes,
+  podScratchVolumes,
+  podUidOf,
+  type VolumeRecord,
+} from './pod-volumes.js';
 import { dumpSizeEstimate, memoryStaging, moveStaged } from './dump-staging.js';
 import { validateContainerId, validateNamespace } from '../contract/ids.js';
 import { FORMAT_VERSION, SEALED_FORMAT_VERSION, type Manifest } from './manifest.js';
@@ -239,11 +246,6 @@ async function checkpointLocked(
     req.dumpedImages ? [] : podScratchVolumes(c.spec),
     ctx.settings.emptyDirMaxBytes,
   );
-  for (const v of volumesLeft)
-    log.warn(
-      { phase: 'checkpoint', volume: v.destination, bytes: v.bytes, limit: ctx.settings.emptyDirMaxBytes },
-      `the pod's emptyDir at ${v.destination} holds ${v.bytes} bytes, over ARCH_EMPTYDIR_MAX_BYTES: not kept with the checkpoint (a restore in a new pod finds it as that pod makes it; in the same pod it is left as it is). Fix: raise ARCH_EMPTYDIR_MAX_BYTES in the node settings (unlimited: no limit), or keep less in it`,
-    );
   // Not for a container the user paused: the gate needs the freeze guard, which would thaw it.
   const gateScript =
     !req.dumpedImages && !wasPaused && (req.leaveRunning || shmSource) ? await LayerGate.script() : undefined;
@@ -287,6 +289,26 @@ async function checkpointLocked(
   let volumeRecords: VolumeRecord[] = [];
   // Freeze/thaw/kill through the cgroup (no runc exec while frozen); runc where the layout is unknown.
   const cgroup = wasPaused ? undefined : await groupAsked;
+  if (volumesLeft.length) {
+    // What the job holds open there is what a restore in a new pod cannot do without: said now, not at that restore.
+    const group = cgroup ?? (await groupAsked);
+    const pids = group ? await group.pids().catch(() => [c.pid]) : [c.pid];
+    const held = await openInVolumes(
+      pids,
+      volumesLeft.map((v) => v.destination),
+    );
+    for (const v of volumesLeft) {
+      const open = held.get(v.destination) ?? [];
+      log.warn(
+        { phase: 'checkpoint', volume: v.destination, bytes: v.bytes, limit: ctx.settings.emptyDirMaxBytes, open },
+        `the pod's emptyDir at ${v.destination} holds ${v.bytes} bytes, over ARCH_EMPTYDIR_MAX_BYTES: not kept with the checkpoint (a restore in a new pod finds it as that pod makes it; in the same pod it is left as it is)` +
+          (open.length
+            ? `. The job has ${open.join(', ')} open there: a restore in a new pod will fail (CRIU cannot reopen them) and the job will start fresh`
+            : '') +
+          '. Fix: raise ARCH_EMPTYDIR_MAX_BYTES in the node settings (unlimited: no limit), or keep less in it',
+      );
+    }
+  }
   const freeze = () => (cgroup ? cgroup.freeze() : c.runc.pause(req.id));
   const thaw = () => (cgroup ? cgroup.thaw() : c.runc.resume(req.id));
   const killFrozen = async () => {

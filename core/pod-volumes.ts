@@ -5,6 +5,7 @@ import path from 'node:path';
 import * as tar from 'tar';
 import { CheckpointUnusableError } from '../contract/errors.js';
 import type { OciSpec } from './oci-spec.js';
+import { openFds } from './open-files.js';
 import { runCommand } from './run-command.js';
 import { canonical, isEmptyArchive, unreadable, validateDiffArchive, writeEntryFile } from './rootfs-diff.js';
 
@@ -140,6 +141,38 @@ export async function keptVolumes(
     kept: sized.filter((v) => v.bytes <= maxBytes),
     left: sized.filter((v) => v.bytes > maxBytes).map((v) => ({ destination: v.volume.destination, bytes: v.bytes })),
   };
+}
+
+/** At most this many paths named per volume: enough to recognise the files. */
+const OPEN_NAMED = 5;
+
+/**
+ * The files below each of `destinations` (container paths) that `pids` hold
+ * open or have mapped, by their path in the container: what a restore cannot
+ * do without.
+ */
+export async function openInVolumes(
+  pids: readonly number[],
+  destinations: readonly string[],
+): Promise<Map<string, string[]>> {
+  const under = (p: string) => destinations.find((d) => p.startsWith(d.endsWith('/') ? d : `${d}/`));
+  const found = new Map<string, Set<string>>();
+  const add = (p: string) => {
+    const d = under(p);
+    if (d === undefined) return;
+    const set = found.get(d) ?? new Set<string>();
+    if (set.size < OPEN_NAMED) set.add(p);
+    found.set(d, set);
+  };
+  for await (const f of openFds(pids, (t) => under(t) !== undefined)) add(f.target);
+  for (const pid of pids) {
+    const maps = await fsp.readFile(`/proc/${pid}/maps`, 'utf8').catch(() => '');
+    for (const line of maps.split('\n')) {
+      const p = /^\S+ \S+ \S+ \S+ \S+\s+(\/.*)$/.exec(line)?.[1];
+      if (p) add(p);
+    }
+  }
+  return new Map([...found].map(([d, set]) => [d, [...set].sort()]));
 }
 
 const openDirAt = (dirFd: number, name: string): Promise<FileHandle> =>

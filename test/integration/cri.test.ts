@@ -430,7 +430,7 @@ test("an emptyDir over the node's ARCH_EMPTYDIR_MAX_BYTES is not kept; the job's
   const command = [
     '/bin/sh',
     '-c',
-    'cat /cache/dataset > /dev/null && echo spilled > /scratch/spill && exec 3</scratch/spill; exec /usr/bin/counter',
+    'exec 4</cache/dataset; echo spilled > /scratch/spill && exec 3</scratch/spill; exec /usr/bin/counter',
   ];
   const podVolumes = (cacheBytes: number) => {
     const pod = path.join(node.dir, 'kubelet/pods', crypto.randomUUID(), 'volumes/kubernetes.io~empty-dir');
@@ -457,18 +457,27 @@ test("an emptyDir over the node's ARCH_EMPTYDIR_MAX_BYTES is not kept; the job's
   expect(r.manifest.volumes?.map((v) => v.destination)).toEqual(['/scratch']);
   expect(r.manifest.volumesLeft).toEqual([{ destination: '/cache', bytes: expect.any(Number) }]);
   expect(fs.readdirSync(r.dir)).not.toContain('volume-1.tar');
+  // The log says so, and names what the job holds open there (a restore in a new pod needs it there again).
+  expect(node.logLines().filter((l) => l.container === c0 && l.volume === '/cache')).toEqual([
+    expect.objectContaining({
+      level: 40,
+      open: ['/cache/dataset'],
+      msg: expect.stringMatching(/over ARCH_EMPTYDIR_MAX_BYTES.*\/cache\/dataset open there.*Fix: raise/),
+    }),
+  ]);
   await waitCount(job, at + 3);
   await node.removePod(first);
 
   const second = await node.runPod(`${job}-second`, 'container');
-  const mounts = podVolumes(1024); // the new pod's cache: what its own init container put there
+  const mounts = podVolumes(2 << 20); // the new pod's cache: its own init container downloaded the same dataset
+  fs.appendFileSync(path.join(mounts[1]!.hostPath, 'dataset.sha'), 'a file only the new pod has');
   const c1 = await node.startCounter(second, { name: 'job', attempt: 0, env, command, mounts });
   await expectRestored(node, { pod: second, id: c1, attempt: 0, job }, at, {
     ...COUNTER_PRINTING,
     goesOn: () => /stdout F count \d+\n/,
   });
   expect(await node.crictl(['exec', c1, 'cat', '/scratch/spill'])).toBe('spilled');
-  expect(fs.statSync(path.join(mounts[1]!.hostPath, 'dataset')).size).toBe(1024);
+  expect(fs.readdirSync(mounts[1]!.hostPath).sort()).toEqual(['dataset', 'dataset.sha']); // left as the new pod made it
   await node.removePod(second);
 });
 

@@ -8,6 +8,7 @@ import type { OciSpec } from '../../core/oci-spec.js';
 import {
   captureVolume,
   keptVolumes,
+  openInVolumes,
   podUidOf,
   volumeBytes,
   podScratchVolumes,
@@ -245,6 +246,20 @@ test("volumes over the node's ARCH_EMPTYDIR_MAX_BYTES are left, each measured on
   expect(r.left[0]!.bytes).toBeGreaterThanOrEqual(3 << 20);
   expect((await keptVolumes([small, big], Infinity)).left).toEqual([]);
   expect((await keptVolumes([small, big], 0)).kept).toEqual([]);
+});
+
+test('the files a process holds open below a volume are named (by its path there), at most 5 per volume', async () => {
+  const fds = ['a', 'b', 'c', 'd', 'e', 'f'].map((n) => fs.openSync(path.join(to, n), 'w'));
+  fds.push(fs.openSync(path.join(from, 'spill'), 'w'));
+  try {
+    const held = await openInVolumes([process.pid], [to, from, path.join(root, 'nothing-open')]);
+    expect(held.get(to)).toHaveLength(5);
+    expect(held.get(to)![0]).toBe(path.join(to, 'a'));
+    expect(held.get(from)).toEqual([path.join(from, 'spill')]);
+    expect(held.has(path.join(root, 'nothing-open'))).toBe(false);
+  } finally {
+    for (const fd of fds) fs.closeSync(fd);
+  }
 });
 
 test('capture reads no file and no directory through a symlink', async () => {
