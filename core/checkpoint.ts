@@ -241,11 +241,9 @@ async function checkpointLocked(
   // captured at CRIU's post-dump action, behind the same gate: CRIU's link remaps are there only then.
   const shmSource = devShmSource(c.spec);
   // The pod's emptyDir volumes it mounts: kept with the layer, captured with it (core/pod-volumes.ts),
-  // each up to the node's ARCH_EMPTYDIR_MAX_BYTES (measured before anything is stopped).
-  const { kept: volumes, left: volumesLeft } = await keptVolumes(
-    req.dumpedImages ? [] : podScratchVolumes(c.spec),
-    ctx.settings.emptyDirMaxBytes,
-  );
+  // each up to the node's ARCH_EMPTYDIR_MAX_BYTES (measured before anything is stopped, beside the asks below).
+  const volumesAsked = keptVolumes(req.dumpedImages ? [] : podScratchVolumes(c.spec), ctx.settings.emptyDirMaxBytes);
+  volumesAsked.catch(() => undefined); // awaited below, after the cgroup (a failure before then must not go unobserved)
   // Not for a container the user paused: the gate needs the freeze guard, which would thaw it.
   const gateScript =
     !req.dumpedImages && !wasPaused && (req.leaveRunning || shmSource) ? await LayerGate.script() : undefined;
@@ -289,9 +287,10 @@ async function checkpointLocked(
   let volumeRecords: VolumeRecord[] = [];
   // Freeze/thaw/kill through the cgroup (no runc exec while frozen); runc where the layout is unknown.
   const cgroup = wasPaused ? undefined : await groupAsked;
+  const { kept: volumes, left: volumesLeft } = await volumesAsked;
   if (volumesLeft.length) {
     // What the job holds open there is what a restore in a new pod cannot do without: said now, not at that restore.
-    const group = cgroup ?? (await groupAsked);
+    const group = await groupAsked;
     const pids = group ? await group.pids().catch(() => [c.pid]) : [c.pid];
     const held = await openInVolumes(
       pids,

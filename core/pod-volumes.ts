@@ -316,7 +316,7 @@ async function checkArchive(tarFile: string, recorded: VolumeRecord): Promise<vo
 }
 
 /**
- * What restoreVolume wrote into one emptyDir: undone by removeVolumeFiles if
+ * What restoreVolume wrote into one emptyDir: undone by undoVolumeWrite if
  * the restore fails after, made final by keepVolumeFiles once it succeeded.
  */
 export interface VolumeWrite {
@@ -366,11 +366,13 @@ export async function restoreVolume(
     created: [],
     replaced: [],
   };
+  const writer = new Writer(root, write);
   try {
     if (await isEmptyArchive(tarFile)) return write;
     try {
-      await extract(tarFile, root, new Writer(root, write));
+      await extract(tarFile, root, writer);
     } catch (err) {
+      await writer.close();
       await undoWrite(root, write);
       if (err instanceof CheckpointUnusableError) throw err;
       throw new CheckpointUnusableError(
@@ -380,6 +382,7 @@ export async function restoreVolume(
     }
     return write;
   } finally {
+    await writer.close();
     await root.close();
   }
 }
@@ -438,6 +441,7 @@ class Writer {
 
   async close(): Promise<void> {
     await this.holdDir?.close();
+    this.holdDir = undefined;
   }
 }
 
@@ -461,14 +465,6 @@ async function parentOf(root: FileHandle, rel: string): Promise<{ dir: FileHandl
 }
 
 async function extract(tarFile: string, root: FileHandle, w: Writer): Promise<void> {
-  try {
-    await extractInto(tarFile, root, w);
-  } finally {
-    await w.close();
-  }
-}
-
-async function extractInto(tarFile: string, root: FileHandle, w: Writer): Promise<void> {
   const dirs: { rel: string; mode: number; uid?: number; gid?: number; mtime?: Date }[] = [];
   const links: [string, string][] = [];
   // One entry at a time, in archive order (a directory before what it holds): the parser waits for each.
@@ -654,7 +650,7 @@ async function writtenRoot(spec: OciSpec | undefined, write: VolumeWrite): Promi
 }
 
 /** Undo what restoreVolume wrote into the container's emptyDir (its restore failed after): as it was found. */
-export async function removeVolumeFiles(spec: OciSpec | undefined, write: VolumeWrite): Promise<void> {
+export async function undoVolumeWrite(spec: OciSpec | undefined, write: VolumeWrite): Promise<void> {
   if (!write.created.length && !write.hold) return;
   const root = await writtenRoot(spec, write);
   if (!root) return;

@@ -33,7 +33,7 @@ import { assembleIfChunked } from './chunked-restore.js';
 import { SealGate } from './seal-gate.js';
 import { CRIU_DIR, DELETED_FILES, PAGE_IMAGE_PATH, LAYER_ARCHIVE, volumeTar } from './checkpoint-layout.js';
 import { removeDevShmFiles, restoreDevShm } from './dev-shm.js';
-import { keepVolumeFiles, removeVolumeFiles, restoreVolume, type VolumeWrite } from './pod-volumes.js';
+import { keepVolumeFiles, undoVolumeWrite, restoreVolume, type VolumeWrite } from './pod-volumes.js';
 
 /**
  * Restore a container in place of its create (or of a `runc run`, in the
@@ -278,7 +278,7 @@ async function restoreHolding(ctx: NodeContext, req: RestoreRequest, held: Held)
   const volumesWritten: VolumeWrite[] = [];
   /** Everything this restore wrote for the job's files, taken back (the fresh start must not see them). */
   const unwriteFiles = async (): Promise<void> => {
-    for (const w of volumesWritten) await removeVolumeFiles(req.spec, w).catch(() => undefined);
+    for (const w of volumesWritten) await undoVolumeWrite(req.spec, w).catch(() => undefined);
     // Nor its /dev/shm files: a semaphore left locked would hang the fresh start.
     await removeDevShmFiles(req.spec, shmCreated).catch(() => undefined);
     // And the writable layer as it was: empty if this restore wrote it (the fresh start must not see the

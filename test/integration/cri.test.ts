@@ -105,9 +105,7 @@ async function finalize(on: CriTestNode, containerId: string, checkpointId: stri
     items: { id: string; status: string }[];
   };
   expect(report.items).toEqual([expect.objectContaining({ id: containerId, status: 'checkpointed' })]);
-  await waitFor(`${containerId} exited`, async () =>
-    (await on.containerState(containerId)) === 'CONTAINER_EXITED' ? true : undefined,
-  );
+  await waitExited(on, containerId);
   // The counter is dead now: its last written count is what memory held at the dump (±1 tick).
   return count(checkpointId);
 }
@@ -128,12 +126,7 @@ async function checkpointThenLosePod(
   let at: number;
   if (left) {
     at = count(c.job);
-    await checkpointContainer(on.ctx, {
-      namespace: CRI_NAMESPACE,
-      id: c.id,
-      runcRoot: on.runcRoot(CRI_NAMESPACE),
-      leaveRunning: true,
-    });
+    await checkpointLeftRunning(on, c.id);
     await waitCount(c.job, at + 3); // it went on
     await whileRunning?.();
   } else {
@@ -157,6 +150,35 @@ const COUNTER_PRINTING: Printing = {
   fresh: /counter start/,
   goesOn: (at) => new RegExp(`stdout F count ${at + 2}\\n`),
 };
+/** Left running, the job counted on after its count was read: its checkpoint's count is a little past it. */
+const LEFT_RUNNING_PRINTING: Printing = { ...COUNTER_PRINTING, goesOn: () => /stdout F count \d+\n/ };
+
+/** A checkpoint that leaves the job running (periodic protection), in this process; `ctx` to change the node's settings. */
+function checkpointLeftRunning(on: CriTestNode, id: string, ctx = on.ctx) {
+  return checkpointContainer(ctx, {
+    namespace: CRI_NAMESPACE,
+    id,
+    runcRoot: on.runcRoot(CRI_NAMESPACE),
+    leaveRunning: true,
+  });
+}
+
+/** A new pod's emptyDir `name`, laid out as kubelet lays it out (`pod`: a pod dir of an earlier call, for a second volume). */
+function podEmptyDir(
+  on: CriTestNode,
+  name = 'scratch',
+  pod = path.join(on.dir, 'kubelet/pods', crypto.randomUUID()),
+): string {
+  const dir = path.join(pod, 'volumes/kubernetes.io~empty-dir', name);
+  fs.mkdirSync(dir, { recursive: true, mode: 0o777 });
+  return dir;
+}
+
+async function waitExited(on: CriTestNode, containerId: string): Promise<void> {
+  await waitFor(`${containerId} exited`, async () =>
+    (await on.containerState(containerId)) === 'CONTAINER_EXITED' ? true : undefined,
+  );
+}
 
 /** The container continues the job: restored (shim state), count goes on, the program did not start again. */
 async function expectRestored(
@@ -310,9 +332,8 @@ async function emptyDirJob(on: CriTestNode, job: string, left: boolean, subPath 
     'mkdir /scratch/sub && echo spilled arch-emptydir-$((6*7)) > /scratch/sub/spill && ln -s sub/spill /scratch/latest && exec 3</scratch/sub/spill; exec /usr/bin/counter',
   ];
   const emptyDir = async () => {
-    const pod = path.join(on.dir, 'kubelet/pods', crypto.randomUUID());
-    const dir = path.join(pod, 'volumes/kubernetes.io~empty-dir/scratch');
-    fs.mkdirSync(dir, { recursive: true, mode: 0o777 });
+    const dir = podEmptyDir(on);
+    const pod = path.resolve(dir, '../../..');
     if (!subPath) return [{ containerPath: '/scratch', hostPath: dir }];
     fs.mkdirSync(path.join(dir, 'tmp'), { mode: 0o777 });
     const bind = path.join(pod, 'volume-subpaths/scratch/job/0');
@@ -337,7 +358,7 @@ async function emptyDirJob(on: CriTestNode, job: string, left: boolean, subPath 
     on,
     { pod: second, id: c1, attempt: 0, job },
     at,
-    left ? { ...COUNTER_PRINTING, goesOn: () => /stdout F count \d+\n/ } : COUNTER_PRINTING,
+    left ? LEFT_RUNNING_PRINTING : COUNTER_PRINTING,
   );
   expect(await on.crictl(['exec', c1, 'cat', '/scratch/latest'])).toBe(SPILLED);
   expect(await on.crictl(['exec', c1, 'cat', '/scratch/input'])).toBe('downloaded by init');
@@ -380,32 +401,21 @@ test("attempt 1 after a crash in the same pod finds the pod's emptyDir as at the
     '-c',
     'exec 3>/scratch/progress; (i=0; while :; do i=$((i+1)); echo line $i >&3; sleep 0.1; done) & exec /usr/bin/counter',
   ];
-  const dir = path.join(node.dir, 'kubelet/pods', crypto.randomUUID(), 'volumes/kubernetes.io~empty-dir/scratch');
-  fs.mkdirSync(dir, { recursive: true, mode: 0o777 });
+  const dir = podEmptyDir(node);
   const mounts = [{ containerPath: '/scratch', hostPath: dir }];
   const progress = () => fs.readFileSync(path.join(dir, 'progress'), 'utf8');
   const pod = await node.runPod(job, 'container');
   const c0 = await node.startCounter(pod, { name: 'job', attempt: 0, env, command, mounts });
   await waitCount(job, 5);
   const at = count(job);
-  await checkpointContainer(node.ctx, {
-    namespace: CRI_NAMESPACE,
-    id: c0,
-    runcRoot: node.runcRoot(CRI_NAMESPACE),
-    leaveRunning: true,
-  });
+  await checkpointLeftRunning(node, c0);
   await waitCount(job, at + 5); // it went on writing past its checkpoint
   const beforeCrash = progress().length;
   await node.crictl(['stop', '--timeout', '0', c0]);
-  await waitFor(`${c0} exited`, async () =>
-    (await node.containerState(c0)) === 'CONTAINER_EXITED' ? true : undefined,
-  );
+  await waitExited(node, c0);
 
   const c1 = await node.startCounter(pod, { name: 'job', attempt: 1, env, command, mounts });
-  await expectRestored(node, { pod, id: c1, attempt: 1, job }, at, {
-    ...COUNTER_PRINTING,
-    goesOn: () => /stdout F count \d+\n/,
-  });
+  await expectRestored(node, { pod, id: c1, attempt: 1, job }, at, LEFT_RUNNING_PRINTING);
   await waitFor('the restored job wrote past the crashed one', () =>
     progress().length > beforeCrash ? true : undefined,
   );
@@ -433,10 +443,8 @@ test("an emptyDir over the node's ARCH_EMPTYDIR_MAX_BYTES is not kept; the job's
     'exec 4</cache/dataset; echo spilled > /scratch/spill && exec 3</scratch/spill; exec /usr/bin/counter',
   ];
   const podVolumes = (cacheBytes: number) => {
-    const pod = path.join(node.dir, 'kubelet/pods', crypto.randomUUID(), 'volumes/kubernetes.io~empty-dir');
-    const scratch = path.join(pod, 'scratch');
-    const cache = path.join(pod, 'cache');
-    for (const d of [scratch, cache]) fs.mkdirSync(d, { recursive: true, mode: 0o777 });
+    const scratch = podEmptyDir(node);
+    const cache = podEmptyDir(node, 'cache', path.resolve(scratch, '../../..'));
     fs.writeFileSync(path.join(cache, 'dataset'), Buffer.alloc(cacheBytes, 7)); // what an init container downloaded
     return [
       { containerPath: '/scratch', hostPath: scratch },
@@ -448,12 +456,7 @@ test("an emptyDir over the node's ARCH_EMPTYDIR_MAX_BYTES is not kept; the job's
   await waitCount(job, 5);
   const at = count(job);
   const limited = { ...node.ctx, settings: { ...node.ctx.settings, emptyDirMaxBytes: 1 << 20 } };
-  const r = await checkpointContainer(limited, {
-    namespace: CRI_NAMESPACE,
-    id: c0,
-    runcRoot: node.runcRoot(CRI_NAMESPACE),
-    leaveRunning: true,
-  });
+  const r = await checkpointLeftRunning(node, c0, limited);
   expect(r.manifest.volumes?.map((v) => v.destination)).toEqual(['/scratch']);
   expect(r.manifest.volumesLeft).toEqual([{ destination: '/cache', bytes: expect.any(Number) }]);
   expect(fs.readdirSync(r.dir)).not.toContain('volume-1.tar');
@@ -472,10 +475,7 @@ test("an emptyDir over the node's ARCH_EMPTYDIR_MAX_BYTES is not kept; the job's
   const mounts = podVolumes(2 << 20); // the new pod's cache: its own init container downloaded the same dataset
   fs.appendFileSync(path.join(mounts[1]!.hostPath, 'dataset.sha'), 'a file only the new pod has');
   const c1 = await node.startCounter(second, { name: 'job', attempt: 0, env, command, mounts });
-  await expectRestored(node, { pod: second, id: c1, attempt: 0, job }, at, {
-    ...COUNTER_PRINTING,
-    goesOn: () => /stdout F count \d+\n/,
-  });
+  await expectRestored(node, { pod: second, id: c1, attempt: 0, job }, at, LEFT_RUNNING_PRINTING);
   expect(await node.crictl(['exec', c1, 'cat', '/scratch/spill'])).toBe('spilled');
   expect(fs.readdirSync(mounts[1]!.hostPath).sort()).toEqual(['dataset', 'dataset.sha']); // left as the new pod made it
   await node.removePod(second);
@@ -571,8 +571,7 @@ describe('a sandbox whose PID 1 does not reap (sleep), PID namespace of the pod'
     const env = jobEnv(job);
     const pod = await sleepy.runPod('sleepy', 'pod');
     // The job keeps a file in its emptyDir (written once): the failed restore writes it back first, then must undo that.
-    const dir = path.join(sleepy.dir, 'kubelet/pods', crypto.randomUUID(), 'volumes/kubernetes.io~empty-dir/scratch');
-    fs.mkdirSync(dir, { recursive: true, mode: 0o777 });
+    const dir = podEmptyDir(sleepy);
     const mounts = [{ containerPath: '/scratch', hostPath: dir }];
     const command = [
       '/bin/sh',

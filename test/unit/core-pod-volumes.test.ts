@@ -13,7 +13,7 @@ import {
   volumeBytes,
   podScratchVolumes,
   keepVolumeFiles,
-  removeVolumeFiles,
+  undoVolumeWrite,
   restoreVolume,
   type VolumeRecord,
 } from '../../core/pod-volumes.js';
@@ -120,7 +120,7 @@ test('a tree of files, directories, symlinks and second names comes back with co
   expect(fs.statSync(path.join(to, 'sub/spill-again.bin')).ino).toBe(fs.statSync(path.join(to, 'spill.bin')).ino);
 
   // A restore that fails after takes them all back.
-  await removeVolumeFiles(podSpec(to), r);
+  await undoVolumeWrite(podSpec(to), r);
   expect(fs.readdirSync(to)).toEqual([]);
 });
 
@@ -175,7 +175,7 @@ describe('in the same pod (the kubelet restarting a crashed container), its empt
     const w = await restoreVolume(tarFile, podSpec(from), rec);
     // Until the restore succeeds, what was replaced is held aside in one directory of ARCH's.
     expect(fs.readdirSync(from).filter((n) => n.startsWith('.arch-replaced-'))).toEqual([w.hold]);
-    await removeVolumeFiles(podSpec(from), w);
+    await undoVolumeWrite(podSpec(from), w);
     expect(tree(from)).toEqual(afterLostRun);
   });
 });
@@ -200,7 +200,7 @@ test("in a new pod, names its init containers wrote are replaced by the job's, o
   expect(fs.readlinkSync(path.join(to, 'latest'))).toBe('data/partial');
 
   // A restore that fails after leaves the new pod's emptyDir as its init containers left it.
-  await removeVolumeFiles(podSpec(to), r);
+  await undoVolumeWrite(podSpec(to), r);
   expect(tree(to)).toEqual(before);
   // One that succeeds leaves nothing of ARCH's there.
   const again = await restoreVolume(tarFile, podSpec(to), rec);
