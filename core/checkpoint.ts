@@ -10,6 +10,7 @@ import {
   contractOptions,
   envListToMap,
   parseContract,
+  rollbackVolumePaths,
   type EnabledContract,
 } from './env-contract.js';
 import { ArchInputError, errorMessage } from '../contract/errors.js';
@@ -52,6 +53,7 @@ import { lockCheckpoint, updateShimState } from './shim-state.js';
 import { runtimeVersions } from './versions.js';
 import { withCriuErrors } from './criu-log.js';
 import { captureWorkFiles, type CapturedWorkFiles } from './work-files.js';
+import { captureVolumeFiles, jobVolumes, ROLLBACK_VOLUMES_FIELD, type CapturedVolumeFiles } from './volume-files.js';
 import { walkWorkDir } from './work-dir.js';
 import type { HeldDir } from './host-dirs.js';
 import {
@@ -244,6 +246,20 @@ async function checkpointLocked(
   // each up to the node's ARCH_EMPTYDIR_MAX_BYTES (measured before anything is stopped, beside the asks below).
   const volumesAsked = keptVolumes(req.dumpedImages ? [] : podScratchVolumes(c.spec), ctx.settings.emptyDirMaxBytes);
   volumesAsked.catch(() => undefined); // awaited below, after the cgroup (a failure before then must not go unobserved)
+  // The volumes the owner says are the job's alone (ARCH_ROLLBACK_VOLUMES): the files it holds open
+  // there are recorded with the layer, and a restore cuts them back to these sizes (core/volume-files.ts).
+  const rollback = req.dumpedImages
+    ? undefined
+    : jobVolumes(
+        c.spec,
+        rollbackVolumePaths(c.contract),
+        c.contract.mode === 'shared' ? c.contract.workdirContainerPath : undefined,
+      );
+  for (const { destination, why } of rollback?.ignored ?? [])
+    log.warn(
+      { phase: 'checkpoint', field: ROLLBACK_VOLUMES_FIELD, volume: destination, why },
+      `${ROLLBACK_VOLUMES_FIELD} names ${destination}, whose files are not rolled back: ${why}`,
+    );
   // Not for a container the user paused: the gate needs the freeze guard, which would thaw it.
   const gateScript =
     !req.dumpedImages && !wasPaused && (req.leaveRunning || shmSource) ? await LayerGate.script() : undefined;
@@ -364,20 +380,35 @@ async function checkpointLocked(
         );
         return undefined;
       });
-  let workFiles: CapturedWorkFiles | undefined;
-  const captureWorkFilesOf = async (dir: HeldDir): Promise<CapturedWorkFiles | undefined> => {
-    if (c.contract.mode !== 'shared') return undefined;
+  /** The job's processes, stopped: whose open files are recorded. */
+  const jobPids = async (): Promise<readonly number[]> => {
+    const group = cgroup ?? (await groupAsked);
+    return group ? await group.pids() : [c.pid];
+  };
+  /** Open files recorded for a restore to cut back to; a failure is logged: the checkpoint goes on without them. */
+  const recordOpenFiles = async <T>(where: string, capture: (pids: readonly number[]) => Promise<T>) => {
     try {
-      const group = cgroup ?? (await groupAsked);
-      const pids = group ? await group.pids() : [c.pid];
-      return await captureWorkFiles(pids, c.contract.workdirContainerPath, dir.fdPath);
+      return await capture(await jobPids());
     } catch (err) {
       log.warn(
         { phase: 'checkpoint', err: errorMessage(err) },
-        "the work dir's open files could not be recorded: a restore will not cut them back",
+        `the files open in ${where} could not be recorded: a restore will not cut them back`,
       );
       return undefined;
     }
+  };
+  let workFiles: CapturedWorkFiles | undefined;
+  const contract = c.contract;
+  const captureWorkFilesOf = async (dir: HeldDir): Promise<CapturedWorkFiles | undefined> =>
+    contract.mode === 'shared'
+      ? recordOpenFiles('the work dir', (pids) => captureWorkFiles(pids, contract.workdirContainerPath, dir.fdPath))
+      : undefined;
+  let volumeFiles: CapturedVolumeFiles | undefined;
+  const captureVolumeFilesNow = async (): Promise<CapturedVolumeFiles | undefined> => {
+    const volumes = rollback?.volumes ?? [];
+    return volumes.length
+      ? recordOpenFiles(`the volumes ${ROLLBACK_VOLUMES_FIELD} names`, (pids) => captureVolumeFiles(pids, volumes))
+      : undefined;
   };
   try {
     // Before the freeze: no tmpfs with room refuses the checkpoint with the container untouched.
@@ -456,6 +487,7 @@ async function checkpointLocked(
     const captureRootfs = async () => {
       const c0 = Date.now();
       const work = workDir && captureWorkFilesOf(workDir);
+      const vols = captureVolumeFilesNow();
       try {
         const [diff] = await Promise.all([
           upper ? captureDiff(upper, diffDir) : emptyDiff(diffDir),
@@ -466,6 +498,7 @@ async function checkpointLocked(
         return diff;
       } finally {
         workFiles = await work; // closed on the failure path below
+        volumeFiles = await vols;
         timings.rootfsCapture = Date.now() - c0;
       }
     };
@@ -665,6 +698,7 @@ async function checkpointLocked(
     await fsp.writeFile(path.join(staging.dir, SPEC_FILE), JSON.stringify(c.spec));
     // The recorded sizes must outlive the node, as the checkpoint does.
     await workFiles?.sync(ctx.settings.fsync);
+    await volumeFiles?.sync(ctx.settings.fsync);
     lap('rootfs', t);
     req.signal?.throwIfAborted();
     t = Date.now();
@@ -697,6 +731,7 @@ async function checkpointLocked(
         ...(volumeRecords.length ? { volumes: volumeRecords } : {}),
         ...(volumesLeft.length ? { volumesLeft } : {}),
         ...(workFiles ? { workFiles: workFiles.files } : {}),
+        ...(volumeFiles?.records.length ? { volumeFiles: volumeFiles.records } : {}),
         ...(seal ? { seal } : {}),
       },
       {
@@ -774,6 +809,7 @@ async function checkpointLocked(
     };
   } catch (err) {
     await workFiles?.close();
+    await volumeFiles?.close();
     await sealer?.cancel();
     await chunkFollower?.cancel().catch(() => undefined);
     await chunkPool?.close();

@@ -28,7 +28,12 @@ interface ContractCommon {
   checkpointId?: string;
   /** ARCH_CHECKPOINT_INTERVAL: checkpoint it (left running) this often; 'off' refuses the node's default. */
   checkpointInterval?: CheckpointInterval;
+  /** ARCH_ROLLBACK_VOLUMES: container paths of volumes only this job writes (core/volume-files.ts). */
+  rollbackVolumes?: RollbackVolumes;
 }
+
+/** The volumes a container names as its job's alone, or the error of a bad value (logged; nothing rolled back then). */
+export type RollbackVolumes = { paths: string[] } | { invalid: ArchInputError };
 
 /**
  * A container's periodic checkpoint interval as it set it. A bad value is
@@ -72,6 +77,7 @@ export const ENV = {
   checkpointId: 'ARCH_CHECKPOINT_ID',
   checkpointInterval: 'ARCH_CHECKPOINT_INTERVAL',
   checkpointUrl: 'ARCH_CHECKPOINT_URL',
+  rollbackVolumes: 'ARCH_ROLLBACK_VOLUMES',
 } as const;
 
 /** OCI process.env (["K=V", ...]) to a map; the last value of a key wins, as in execve. */
@@ -117,11 +123,13 @@ export function parseContract(env: Map<string, string>, opts: ContractOptions): 
   const priority = parsePriority(env.get(ENV.priority));
   const checkpointId = parseCheckpointId(env.get(ENV.checkpointId));
   const checkpointInterval = readCheckpointInterval(env.get(ENV.checkpointInterval));
+  const rollbackVolumes = readRollbackVolumes(env.get(ENV.rollbackVolumes));
   const common = {
     enabled: true as const,
     priority,
     ...(checkpointId ? { checkpointId } : {}),
     ...(checkpointInterval ? { checkpointInterval } : {}),
+    ...(rollbackVolumes ? { rollbackVolumes } : {}),
   };
   const allowed = (p: string, field: string) => ({
     ...common,
@@ -230,6 +238,42 @@ function readCheckpointInterval(v: string | undefined): CheckpointInterval | und
     if (err instanceof ArchInputError) return { invalid: err };
     throw err;
   }
+}
+
+const MAX_ROLLBACK_VOLUMES = 32;
+
+/**
+ * ARCH_ROLLBACK_VOLUMES: comma-separated absolute paths in the container
+ * (where its volumes are mounted). A bad value is kept as the error, like
+ * the interval's: the container keeps ARCH, without the roll-back.
+ */
+export function readRollbackVolumes(v: string | undefined): RollbackVolumes | undefined {
+  if (v === undefined || v.trim() === '') return undefined;
+  const field = ENV.rollbackVolumes;
+  const fix = `set ${field} to the absolute paths in the container where its volumes are mounted, comma-separated, e.g. /results,/logs`;
+  const paths: string[] = [];
+  for (const raw of v.split(',').map((p) => p.trim())) {
+    const bad =
+      !raw.startsWith('/') ||
+      [...raw].some((ch) => ch.charCodeAt(0) < 0x20) ||
+      raw.split('/').some((p) => p === '..' || p === '.')
+        ? `"${raw}" is not an absolute path without . or .. parts`
+        : raw.replace(/\/+$/, '') === ''
+          ? "the container's root (/) is not a volume"
+          : undefined;
+    if (bad) return { invalid: new ArchInputError(field, bad, fix) };
+    const p = path.posix.normalize(raw).replace(/\/+$/, '');
+    if (!paths.includes(p)) paths.push(p);
+  }
+  if (paths.length > MAX_ROLLBACK_VOLUMES)
+    return { invalid: new ArchInputError(field, `names ${paths.length} paths (at most ${MAX_ROLLBACK_VOLUMES})`, fix) };
+  return { paths };
+}
+
+/** The volumes a container's job files roll back in (none when unset or invalid). */
+export function rollbackVolumePaths(contract: EnabledContract): string[] {
+  const r = contract.rollbackVolumes;
+  return r && 'paths' in r ? r.paths : [];
 }
 
 /**

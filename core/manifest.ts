@@ -40,7 +40,15 @@ const NEWEST_FORMAT_VERSION = CHUNKED_FORMAT_VERSION;
  */
 function buildSchemas() {
   const HEX64 = z.string().regex(/^[0-9a-f]{64}$/);
-  const FileEntry = z.object({
+  /** A file the job held open for writing, and its size when it was stopped (core/work-files.ts). */
+const WorkFileEntry = z.object({
+  path: z.string().refine(isPlainRelativePath, 'a plain relative path'),
+  size: z.number().int().nonnegative(),
+  ino: z.string().regex(/^\d{1,20}$/),
+  append: z.boolean(),
+});
+
+const FileEntry = z.object({
     path: z.string(),
     size: z.number().int().nonnegative(),
     sha256: HEX64,
@@ -129,16 +137,15 @@ function buildSchemas() {
      * writing, and their sizes, when it was stopped for the checkpoint
      * (core/work-files.ts: a restore cuts them back to these). Absent before ARCH recorded them.
      */
-    workFiles: z
-      .array(
-        z.object({
-          path: z.string().refine(isPlainRelativePath, 'a plain relative path'),
-          size: z.number().int().nonnegative(),
-          ino: z.string().regex(/^\d{1,20}$/),
-          append: z.boolean(),
-        }),
-      )
-      .max(100_000)
+    workFiles: z.array(WorkFileEntry).max(100_000).optional(),
+    /**
+     * The same for the volumes the container named as its job's alone
+     * (ARCH_ROLLBACK_VOLUMES, core/volume-files.ts): where each is mounted in
+     * the container, and the files the job held open for writing there. Absent when none.
+     */
+    volumeFiles: z
+      .array(z.object({ destination: z.string().startsWith('/'), files: z.array(WorkFileEntry).max(100_000) }))
+      .max(32)
       .optional(),
     files: z.array(FileEntry),
     /** Present exactly in SEALED_FORMAT_VERSION manifests: the random id every chunk is bound to, and each sealed file. */

@@ -12,7 +12,8 @@ import { rootfsOf, writeSpec, type OciSpec } from './oci-spec.js';
 import { assertSameOwner, ownerOf } from './owner.js';
 import { layerDifference } from './layer-match.js';
 import { applyDiff, findOverlayDirs } from './rootfs-diff.js';
-import { rollBackWorkFiles } from './work-files.js';
+import { prepareRollBack, type RollBack } from './work-files.js';
+import { prepareVolumeRollBacks } from './volume-files.js';
 import { withCriuErrors } from './criu-log.js';
 import { loopbackUp, ownsNewNetworkNamespace } from './restored-loopback.js';
 import type { Runc } from './runc.js';
@@ -167,18 +168,7 @@ async function restoreHolding(ctx: NodeContext, req: RestoreRequest, held: Held)
       );
     }
     const keys = v.manifest.seal ? sealKeys(v.manifest, ctx.settings) : undefined;
-    // The files the job had open in its work directory, back to their sizes at the checkpoint (all checked
-    // before one is cut): what a lost run wrote after it is written again by the restored one.
-    if (req.workDir && v.manifest.workFiles?.length) {
-      const w = Date.now();
-      const cut = await rollBackWorkFiles(req.workDir, v.manifest.workFiles);
-      timings.workFiles = Date.now() - w;
-      if (cut.length)
-        ctx.log.info(
-          { namespace: req.namespace, container: req.id, phase: 'restore', files: cut },
-          'work dir files cut back to their sizes at the checkpoint (what the lost run wrote after it; the restored job writes that part again)',
-        );
-    }
+    await rollBackOpenFiles(ctx, req, v.manifest, timings);
     // ARCH_UNSEAL_THREADS=2: the page images decrypted on two threads (the helper's module loads while the
     // archive is decrypted). One by default: on two cores with runc and CRIU starting beside it, the second
     // thread was slower, and one thread hashes the ciphertext as it decrypts (no second read).
@@ -585,6 +575,48 @@ async function continueProcesses(req: RestoreRequest, pid: number): Promise<void
   const cgroup = await CgroupFreezer.of(pid);
   if (cgroup && (await cgroup.signalAll('SIGCONT')) > 0) return;
   await req.runc.kill(req.id, 'CONT', true);
+}
+
+/**
+ * The files the job had open in its work directory and in the volumes its
+ * owner named as its alone (ARCH_ROLLBACK_VOLUMES), back to their sizes at
+ * the checkpoint: what a lost run wrote after it is written again by the
+ * restored one. Every file of every place is checked before one is cut.
+ */
+async function rollBackOpenFiles(
+  ctx: NodeContext,
+  req: RestoreRequest,
+  manifest: Manifest,
+  timings: Record<string, number>,
+): Promise<void> {
+  if (!(req.workDir && manifest.workFiles?.length) && !manifest.volumeFiles?.length) return;
+  const w = Date.now();
+  const places: { volume?: string; rollBack: RollBack }[] = [];
+  try {
+    if (req.workDir && manifest.workFiles?.length)
+      places.push({ rollBack: await prepareRollBack(req.workDir, manifest.workFiles) });
+    if (manifest.volumeFiles?.length)
+      for (const p of await prepareVolumeRollBacks(req.spec, manifest.volumeFiles))
+        places.push({ volume: p.destination, rollBack: p.rollBack });
+  } catch (err) {
+    await Promise.all(places.map((p) => p.rollBack.close()));
+    throw err;
+  }
+  for (const [i, { volume, rollBack }] of places.entries()) {
+    let cut;
+    try {
+      cut = await rollBack.cut();
+    } catch (err) {
+      await Promise.all(places.slice(i + 1).map((p) => p.rollBack.close()));
+      throw err;
+    }
+    if (cut.length)
+      ctx.log.info(
+        { namespace: req.namespace, container: req.id, phase: 'restore', files: cut, ...(volume ? { volume } : {}) },
+        `${volume ? `files of the volume at ${volume}` : 'work dir files'} cut back to their sizes at the checkpoint (what the lost run wrote after it; the restored job writes that part again)`,
+      );
+  }
+  timings.workFiles = Date.now() - w;
 }
 
 /**

@@ -111,31 +111,62 @@ export async function captureWorkFiles(
   };
 }
 
-/** What rollBackWorkFiles did to one file. */
+/** What a roll-back did to one file. */
 export interface RolledBack {
   path: string;
   from: number;
   to: number;
 }
 
+/** Where recorded files are rolled back, for the reason a refusal gives. */
+export interface RollBackPlace {
+  /** CheckpointUnusableError's reason. */
+  reason: string;
+  /** The place, after "in": "the work directory", "the volume at /results". */
+  name: string;
+  /** The same, after "is gone from": "its work directory". */
+  own: string;
+  fix: string;
+}
+
+export const WORK_DIR_PLACE: RollBackPlace = {
+  reason: 'work-files',
+  name: 'the work directory',
+  own: 'its work directory',
+  fix: 'keep the files a job writes in its work directory for that job alone',
+};
+
+/** Every file checked and held open, ready to be cut; nothing cut yet. */
+export interface RollBack {
+  /** Cut each file back to its recorded size, then close them. */
+  cut(): Promise<RolledBack[]>;
+  close(): Promise<void>;
+}
+
 /**
- * Before CRIU reopens them: cut each recorded file back to its size at the
- * checkpoint. `workDir` is the walked, held work directory. Throws
- * CheckpointUnusableError (reason `work-files`) naming the file when one is
- * gone, replaced, or (opened without O_APPEND) shorter: CRIU could not
- * restore the job into it, and nothing has been cut by then.
+ * Check every recorded file below `dir` (walked, no symlink followed) and
+ * hold it open: throws CheckpointUnusableError (the place's reason) naming
+ * the file when one is gone, replaced, or (opened without O_APPEND) shorter:
+ * CRIU could not restore the job into it. Nothing is cut until cut(), so a
+ * refusal of any place leaves every place as it was.
  */
-export async function rollBackWorkFiles(workDir: string, files: readonly WorkFile[]): Promise<RolledBack[]> {
-  const fix = 'keep the files a job writes in its work directory for that job alone';
+export async function prepareRollBack(
+  dir: string,
+  files: readonly WorkFile[],
+  place: RollBackPlace = WORK_DIR_PLACE,
+): Promise<RollBack> {
+  const refuse = (what: string) => new CheckpointUnusableError(place.reason, `${what}: ${place.fix}`);
   const open: { f: WorkFile; h: FileHandle; size: number }[] = [];
+  const close = async () => {
+    await Promise.all(open.splice(0).map(({ h }) => h.close().catch(() => undefined)));
+  };
   try {
-    // Every file is checked before any is cut: a refused restore leaves them all as they were.
     for (const f of files) {
       if (!isPlainRelativePath(f.path))
-        throw new CheckpointUnusableError('work-files', `the checkpoint names "${f.path}" in the work directory`);
+        throw new CheckpointUnusableError(place.reason, `the checkpoint names "${f.path}" in ${place.name}`);
       let h: FileHandle;
       try {
-        h = await openBeneath(workDir, f.path, O_WRONLY);
+        h = await openBeneath(dir, f.path, O_WRONLY);
       } catch (err) {
         const code = (err as NodeJS.ErrnoException).code;
         const now =
@@ -146,34 +177,45 @@ export async function rollBackWorkFiles(workDir: string, files: readonly WorkFil
               : code === 'ENOTREG'
                 ? 'is not a regular file now in'
                 : `cannot be opened (${code ?? String(err)}) in`;
-        throw new CheckpointUnusableError(
-          'work-files',
-          `"${f.path}", open in the job at the checkpoint, ${now} its work directory: ${fix}`,
-        );
+        throw refuse(`"${f.path}", open in the job at the checkpoint, ${now} ${place.own}`);
       }
       const entry = { f, h, size: 0 };
       open.push(entry);
       const st = await h.stat({ bigint: true });
       if (st.ino.toString() !== f.ino)
-        throw new CheckpointUnusableError(
-          'work-files',
-          `"${f.path}" in the work directory is another file than the one the job had open at the checkpoint: ${fix}`,
-        );
+        throw refuse(`"${f.path}" in ${place.name} is another file than the one the job had open at the checkpoint`);
       const size = (entry.size = Number(st.size));
       if (size < f.size && !f.append)
-        throw new CheckpointUnusableError(
-          'work-files',
-          `"${f.path}" in the work directory is shorter than at the checkpoint (${size} < ${f.size} bytes): ${fix}`,
-        );
+        throw refuse(`"${f.path}" in ${place.name} is shorter than at the checkpoint (${size} < ${f.size} bytes)`);
     }
-    const cut: RolledBack[] = [];
-    for (const { f, h, size } of open) {
-      if (size <= f.size) continue;
-      await h.truncate(f.size);
-      cut.push({ path: f.path, from: size, to: f.size });
-    }
-    return cut;
-  } finally {
-    await Promise.all(open.map(({ h }) => h.close().catch(() => undefined)));
+  } catch (err) {
+    await close();
+    throw err;
   }
+  return {
+    async cut() {
+      try {
+        const cut: RolledBack[] = [];
+        for (const { f, h, size } of open) {
+          if (size <= f.size) continue;
+          await h.truncate(f.size);
+          cut.push({ path: f.path, from: size, to: f.size });
+        }
+        return cut;
+      } finally {
+        await close();
+      }
+    },
+    close,
+  };
+}
+
+/**
+ * Before CRIU reopens them: cut each recorded file back to its size at the
+ * checkpoint. `workDir` is the walked, held work directory. Throws
+ * CheckpointUnusableError (reason `work-files`) naming the file when one is
+ * gone, replaced, or (opened without O_APPEND) shorter, with nothing cut.
+ */
+export async function rollBackWorkFiles(workDir: string, files: readonly WorkFile[]): Promise<RolledBack[]> {
+  return (await prepareRollBack(workDir, files)).cut();
 }

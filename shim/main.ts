@@ -21,8 +21,10 @@ import {
   ENV,
   envListToMap,
   parseContract,
+  rollbackVolumePaths,
   type EnabledContract,
 } from '../core/env-contract.js';
+import { grownVolumeFileFix } from '../core/volume-files.js';
 import { ArchInputError, CheckpointUnusableError, errorMessage } from '../contract/errors.js';
 import { formatS3Url, parseS3Url } from '../core/s3-location.js';
 import { S3CheckpointStore } from '../core/s3-store.js';
@@ -205,6 +207,12 @@ async function handleCreate(
         `invalid ${interval.invalid.field}; the container starts with ARCH but without periodic checkpoints`,
       );
     }
+    const rollback = c.rollbackVolumes;
+    if (rollback && 'invalid' in rollback)
+      log.error(
+        { err: rollback.invalid.message, field: rollback.invalid.field, fix: rollback.invalid.fix },
+        `invalid ${rollback.invalid.field}; the container starts with ARCH, but its checkpoints roll back no volume's files`,
+      );
   } catch (err) {
     // Bad ARCH_* settings: the container still starts, as if ARCH were off.
     log.error(
@@ -399,7 +407,11 @@ async function createHeld(
       log.info({ checkpointDir }, 'no checkpoint; creating fresh');
     }
   } catch (err) {
-    failure = { ...restoreFailureOf(err, finalSpec), at: new Date().toISOString(), checkpointDir };
+    failure = {
+      ...restoreFailureOf(err, finalSpec, rollbackVolumePaths(contract)),
+      at: new Date().toISOString(),
+      checkpointDir,
+    };
     log.error(
       { reason: failure.reason, err: failure.message, checkpointDir },
       'checkpoint not restored; starting the container fresh',
@@ -447,9 +459,15 @@ export function restoreFailureReason(err: unknown): string {
  * restore cannot take another PID (the processes keep theirs), so no retry
  * helps: the container starts fresh, with this reason shown by `arch-cli ls`.
  */
-export function restoreFailureOf(err: unknown, spec: OciSpec): { reason: string; message: string } {
+export function restoreFailureOf(
+  err: unknown,
+  spec: OciSpec,
+  rollbackVolumes: readonly string[] = [],
+): { reason: string; message: string } {
   const reason = restoreFailureReason(err);
   const message = errorMessage(err);
+  const grown = reason === 'restore-failed' ? grownVolumeFileFix(message, spec, rollbackVolumes) : undefined;
+  if (grown) return { reason, message: `${grown}. runc: ${message}` };
   if (reason !== 'pid-in-use') return { reason, message };
   const pid = /Can't fork for (\d+)/.exec(message)?.[1] ?? '?';
   const explained = joinedPidNamespace(spec)
