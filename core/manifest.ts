@@ -41,14 +41,14 @@ const NEWEST_FORMAT_VERSION = CHUNKED_FORMAT_VERSION;
 function buildSchemas() {
   const HEX64 = z.string().regex(/^[0-9a-f]{64}$/);
   /** A file the job held open for writing, and its size when it was stopped (core/work-files.ts). */
-const WorkFileEntry = z.object({
-  path: z.string().refine(isPlainRelativePath, 'a plain relative path'),
-  size: z.number().int().nonnegative(),
-  ino: z.string().regex(/^\d{1,20}$/),
-  append: z.boolean(),
-});
+  const WorkFileEntry = z.object({
+    path: z.string().refine(isPlainRelativePath, 'a plain relative path'),
+    size: z.number().int().nonnegative(),
+    ino: z.string().regex(/^\d{1,20}$/),
+    append: z.boolean(),
+  });
 
-const FileEntry = z.object({
+  const FileEntry = z.object({
     path: z.string(),
     size: z.number().int().nonnegative(),
     sha256: HEX64,
