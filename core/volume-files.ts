@@ -168,12 +168,14 @@ export async function prepareVolumeRollBacks(
 
 /**
  * A fix for CRIU's refusal of a file that grew in a volume nothing rolls
- * back ("File /results/out.csv has bad size 870 (expect 512)"): the volume
+ * back ("File results/out.csv has bad size 870 (expect 512)"): the volume
  * to name in ARCH_ROLLBACK_VOLUMES; undefined for anything else.
  */
 export function grownVolumeFileFix(message: string, spec: OciSpec, named: readonly string[]): string | undefined {
-  const file = /File (\/\S+) has bad size/.exec(message)?.[1];
-  if (!file) return undefined;
+  // CRIU names it relative to the container's root ("File results/out.csv has bad size").
+  const criuPath = /File (\S+) has bad size/.exec(message)?.[1];
+  if (!criuPath) return undefined;
+  const file = path.posix.join('/', criuPath);
   const volume = (spec.mounts ?? [])
     .filter((m) => isBind(m) && !isReadOnly(m) && m.destination && m.destination !== '/')
     .map((m) => mountDestination(m.destination))

@@ -427,6 +427,44 @@ test("attempt 1 after a crash in the same pod finds the pod's emptyDir as at the
 });
 
 /**
+ * A persistent volume (here a host directory, which outlives pods as a PV
+ * does; the CRI plugin binds it in the same way) that only this job writes,
+ * named in ARCH_ROLLBACK_VOLUMES: the job writes its progress to a file it
+ * holds open there. A checkpoint left running, the job writes on, its pod is
+ * lost; in the new pod its file is cut back to the checkpoint and it goes
+ * on, every line once. Without the setting CRIU refuses the grown file and
+ * the job starts over from nothing (work-dir-files.test.ts shows that).
+ */
+test('a new pod on the same persistent volume: the file the job writes there is cut back to its checkpoint', async () => {
+  const job = 'pod-pv';
+  const env = { ...jobEnv(job), ARCH_ROLLBACK_VOLUMES: '/data' };
+  const command = [
+    '/bin/sh',
+    '-c',
+    'exec 3>/data/progress; (i=0; while :; do i=$((i+1)); echo line $i >&3; sleep 0.1; done) & exec /usr/bin/counter',
+  ];
+  const pv = path.join(storage, 'pv', job);
+  fs.mkdirSync(pv, { recursive: true });
+  const mounts = [{ containerPath: '/data', hostPath: pv }];
+  const progress = () => fs.readFileSync(path.join(pv, 'progress'), 'utf8');
+  const first = await node.runPod(`${job}-first`, 'container');
+  const c0 = await node.startCounter(first, { name: 'job', attempt: 0, env, command, mounts });
+  await waitCount(job, 5);
+  const at = await checkpointThenLosePod(node, first, { id: c0, job }, true);
+  const lost = progress().length;
+
+  const second = await node.runPod(`${job}-second`, 'container');
+  const c1 = await node.startCounter(second, { name: 'job', attempt: 0, env, command, mounts });
+  await expectRestored(node, { pod: second, id: c1, attempt: 0, job }, at, LEFT_RUNNING_PRINTING);
+  const cut = node.logLines().find((l) => l.volume === '/data' && Array.isArray(l.files));
+  expect(cut?.files).toEqual([{ path: 'progress', from: lost, to: expect.any(Number) }]);
+  await waitFor('the restored job wrote past the lost one', () => (progress().length > lost ? true : undefined));
+  const lines = progress().trim().split('\n');
+  expect(lines).toEqual(lines.map((_, i) => `line ${i + 1}`));
+  await node.removePod(second);
+});
+
+/**
  * A pod with a large emptyDir (a dataset cache) beside its scratch: reading
  * the cache while the job is stopped would stall it at every checkpoint, so
  * the node keeps an emptyDir only up to ARCH_EMPTYDIR_MAX_BYTES (here 1 MiB,

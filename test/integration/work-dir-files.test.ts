@@ -163,3 +163,93 @@ test('a checkpoint that stops the job records its work files too, and they resto
   await a.containerd.removeContainer(id);
   expect(await new CheckpointStore(path.join(shared, 'checkpoint/default', id)).current()).toBeTruthy();
 });
+
+/**
+ * The same loss with the results file in a volume of the container (a
+ * Kubernetes persistent volume, a Docker volume: here a host directory bound
+ * in, which outlives the container as those do) instead of ARCH's work dir.
+ */
+describe('a volume the container names in ARCH_ROLLBACK_VOLUMES', () => {
+  let volume: string;
+  beforeAll(() => {
+    volume = path.join(storage, 'pv');
+  });
+  const results = (id: string) => path.join(volume, id, 'out.txt');
+  const run = (id: string, rollback: boolean) => {
+    fs.mkdirSync(path.join(volume, id), { recursive: true });
+    return a.runCounter(
+      id,
+      [
+        'ARCH_ENABLE=1',
+        `ARCH_CHECKPOINT_HOST_PATH=${path.join(storage, 'ck')}`,
+        'COUNTER_OUT=/results/out.txt',
+        ...(rollback ? ['ARCH_ROLLBACK_VOLUMES=/results'] : []),
+      ],
+      { mounts: [{ type: 'bind', src: path.join(volume, id), dst: '/results', options: ['rbind', 'rw'] }] },
+    );
+  };
+  /** Checkpointed left running, written on past it, lost; the size recorded for out.txt. */
+  const checkpointAndLose = async (id: string, rollback: boolean): Promise<number> => {
+    await run(id, rollback);
+    await a.waitCount(id, 8);
+    const res = await checkpointContainer(a.ctx, {
+      namespace: 'default',
+      id,
+      runcRoot: a.runcRoot('default'),
+      leaveRunning: true,
+    });
+    const recorded = res.manifest.volumeFiles;
+    const size = fs.statSync(results(id)).size;
+    if (rollback) {
+      expect(recorded).toEqual([
+        {
+          destination: '/results',
+          files: [{ path: 'out.txt', size: expect.any(Number), ino: expect.any(String), append: false }],
+        },
+      ]);
+    } else expect(recorded).toBeUndefined();
+    await waitFor('lines written after the checkpoint', () =>
+      fs.statSync(results(id)).size > size + 20 ? true : undefined,
+    );
+    await a.containerd.taskKill(id, 'SIGKILL');
+    await a.containerd.waitStatus(id, 'STOPPED', 15_000);
+    await a.containerd.removeContainer(id);
+    return recorded?.[0]?.files[0]?.size ?? size;
+  };
+
+  test('named: the results file is cut back to the checkpoint and the job continues, every line once', async () => {
+    const id = 'vol-rollback';
+    const size = await checkpointAndLose(id, true);
+    const lostLines = linesOf(results(id)).length;
+    const stdout = await run(id, true);
+    await a.containerd.waitStatus(id, 'RUNNING', 15_000);
+    const cut = a.logLines().find((l) => l.container === id && l.volume === '/results');
+    expect(cut?.files).toEqual([{ path: 'out.txt', from: expect.any(Number), to: size }]);
+    expect(a.logLines().some((l) => l.msg === 'restored from checkpoint' && l.container === id)).toBe(true);
+    expect(await firstCount(stdout)).toBeGreaterThan(1);
+    expect(fs.readFileSync(stdout, 'utf8')).not.toContain('counter start');
+    await waitFor('the restored job past the lost run', () =>
+      linesOf(results(id)).length > lostLines + 3 ? true : undefined,
+    );
+    const lines = linesOf(results(id));
+    expect(lines).toEqual(lines.map((_, i) => i + 1));
+    await a.containerd.removeContainer(id);
+  });
+
+  test('not named: CRIU refuses the grown file, the job starts fresh, and the reason names the setting to set', async () => {
+    const id = 'vol-not-named';
+    await checkpointAndLose(id, false);
+    const stdout = await run(id, false);
+    await a.containerd.waitStatus(id, 'RUNNING', 15_000);
+    const fresh = a
+      .logLines()
+      .find((l) => l.container === id && l.msg === 'checkpoint not restored; starting the container fresh');
+    expect(fresh?.reason).toBe('restore-failed');
+    expect(String(fresh?.err)).toContain(
+      '/results/out.txt changed since the checkpoint in the volume at /results, which ARCH does not roll back. ' +
+        'Fix: if only this job writes there, set ARCH_ROLLBACK_VOLUMES=/results on the container',
+    );
+    expect(await firstCount(stdout)).toBe(1);
+    await a.containerd.removeContainer(id);
+  });
+});

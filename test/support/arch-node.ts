@@ -1,3 +1,4 @@
+import type { MountSpec } from '../../contract/types.js';
 import fs from 'node:fs';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -13,7 +14,7 @@ export interface ArchTestNode extends TestNode {
   ctx: NodeContext;
   image: string;
   /** ctr run the counter through arch-runc; returns the file its stdout goes to. */
-  runCounter(id: string, env: string[], opts?: { namespace?: string }): Promise<string>;
+  runCounter(id: string, env: string[], opts?: { namespace?: string; mounts?: MountSpec[] }): Promise<string>;
   count(id: string, namespace?: string): number;
   waitCount(id: string, atLeast: number, namespace?: string): Promise<number>;
   logLines(): Record<string, unknown>[];
@@ -73,11 +74,11 @@ export async function startArchNode(
     archLog,
     ctx,
     image,
-    async runCounter(id: string, env: string[], opts: { namespace?: string } = {}) {
+    async runCounter(id: string, env: string[], opts: { namespace?: string; mounts?: MountSpec[] } = {}) {
       const cd = opts.namespace ? node.containerd.withNamespace(opts.namespace) : node.containerd;
       if (opts.namespace) await ensureTestImage(cd);
       const logFile = path.join(node.dir, `${opts.namespace ?? 'default'}-${id}-${Date.now()}.out`);
-      await cd.run({ image, id, env, logFile, runcBinary: ARCH_RUNC_BIN, detach: true });
+      await cd.run({ image, id, env, logFile, runcBinary: ARCH_RUNC_BIN, detach: true, mounts: opts.mounts });
       return logFile;
     },
     count(id: string, namespace?: string) {
