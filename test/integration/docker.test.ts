@@ -40,7 +40,11 @@ interface Job {
 }
 
 /** docker run the counter with arch-runc; ARCH_ENABLE unless `plain`. */
-async function runJob(name: string, extra: string[] = [], opts: { plain?: boolean; job?: string } = {}): Promise<Job> {
+async function runJob(
+  name: string,
+  extra: string[] = [],
+  opts: { plain?: boolean; job?: string; command?: string[] } = {},
+): Promise<Job> {
   const out = path.join(work, name);
   fs.mkdirSync(out, { recursive: true });
   const arch = opts.plain
@@ -69,6 +73,7 @@ async function runJob(name: string, extra: string[] = [], opts: { plain?: boolea
     ...arch,
     ...extra,
     dk.image,
+    ...(opts.command ?? []),
   ]);
   return { name, out };
 }
@@ -187,6 +192,40 @@ test('a container whose writable layer changed after the checkpoint starts fresh
     reject: false,
   });
   expect(String(ls.stdout)).toContain('FAILED (rootfs-changed)');
+  await dk.docker(['rm', '-f', j.name]);
+});
+
+/**
+ * The job writes its progress to a file it holds open in its volume (/out),
+ * is checkpointed left running (as periodic protection does), writes on,
+ * and crashes (killed from outside: not a stop Docker asked for, so its
+ * restart policy starts the same container again). Its layer is unchanged
+ * and the volume is named in ARCH_ROLLBACK_VOLUMES: the progress file is cut
+ * back to the checkpoint and the job goes on from there, every line once.
+ */
+test('a crash under a restart policy: the file the job writes in its volume is cut back and it goes on', async () => {
+  const j = await runJob('job-crash-volume', ['--restart=on-failure', '-e', 'ARCH_ROLLBACK_VOLUMES=/out'], {
+    command: [
+      '/bin/sh',
+      '-c',
+      'exec 3>/out/progress; (i=0; while :; do i=$((i+1)); echo line $i >&3; sleep 0.1; done) & exec /usr/bin/counter',
+    ],
+  });
+  const progress = () => fs.readFileSync(path.join(j.out, 'progress'), 'utf8');
+  await waitCount(j, 5);
+  await finalize(['--leave-running']);
+  const id = await idOf(j);
+  await waitCount(j, count(j) + 3); // it went on writing past its checkpoint
+  const pid = Number((await dk.docker(['inspect', '-f', '{{.State.Pid}}', j.name])).stdout.trim());
+  process.kill(pid, 'SIGKILL');
+  await waitFor('restore by the restart policy', () => (restoredLines(id).length === 1 ? true : undefined), 60_000);
+  const cut = logsFor(id).find((l) => l.volume === '/out' && Array.isArray(l.files));
+  expect(cut?.files).toEqual([{ path: 'progress', from: expect.any(Number), to: expect.any(Number) }]);
+  const lost = (cut!.files as { from: number }[])[0]!.from;
+  await waitFor('the restored job wrote past the crashed one', () => (progress().length > lost ? true : undefined));
+  const lines = progress().trim().split('\n');
+  expect(lines).toEqual(lines.map((_, i) => `line ${i + 1}`));
+  expect(starts(j)).toBe(1);
   await dk.docker(['rm', '-f', j.name]);
 });
 
