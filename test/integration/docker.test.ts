@@ -5,6 +5,8 @@ import { waitFor } from '../support/arch-node.js';
 import { cleanupStaleNodes } from '../support/containerd-node.js';
 import { dockerInstalled, startDockerNode, type DockerNode } from '../support/docker-node.js';
 import { REPO_ROOT } from '../support/images.js';
+import { startExitRecorder } from '../../worker/exits.js';
+import { createNodeContext } from '../../core/context.js';
 
 /**
  * Docker as a client of ARCH (issue 13): a real dockerd (Debian's docker.io)
@@ -204,6 +206,18 @@ test('a container whose writable layer changed after the checkpoint starts fresh
  * back to the checkpoint and the job goes on from there, every line once.
  */
 test('a crash under a restart policy: the file the job writes in its volume is cut back and it goes on', async () => {
+  // The node's worker records exit codes (a crash keeps the checkpoint; without it an exit counts as clean),
+  // in every runc root its settings lead to: Docker's too, named in the settings once dockerd was up.
+  const node = createNodeContext('test-exits', { ...process.env, ARCH_CONFIG: dk.node.archConfig });
+  const exits = await startExitRecorder({ containerd: dk.node.containerd, settings: node.settings, log: node.log });
+  try {
+    await crashUnderRestartPolicy();
+  } finally {
+    await exits.stop();
+  }
+});
+
+async function crashUnderRestartPolicy(): Promise<void> {
   const j = await runJob('job-crash-volume', ['--restart=on-failure', '-e', 'ARCH_ROLLBACK_VOLUMES=/out'], {
     command: [
       '/bin/sh',
@@ -227,7 +241,7 @@ test('a crash under a restart policy: the file the job writes in its volume is c
   expect(lines).toEqual(lines.map((_, i) => `line ${i + 1}`));
   expect(starts(j)).toBe(1);
   await dk.docker(['rm', '-f', j.name]);
-});
+}
 
 test("docker checkpoint create + docker start --checkpoint (runc restore passed through with the node's CRIU)", async () => {
   const j = await runJob('plain-cp', [], { plain: true });
