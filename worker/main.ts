@@ -10,7 +10,7 @@ import { InvalidArgumentError } from 'commander';
 import { ArchInputError, errorMessage } from '../contract/errors.js';
 import { loadSettings } from '../core/settings.js';
 import { workerOptionsFrom, workerProgram, type WorkerFlags } from './options.js';
-import { startNodeWorker } from './run.js';
+import { startNodeWorker, StoppedBeforeConnected } from './run.js';
 import { forgetMallocTunables } from '../core/malloc-tunables.js';
 
 async function main(argv: string[]): Promise<number> {
@@ -30,6 +30,7 @@ async function main(argv: string[]): Promise<number> {
 main(process.argv.slice(2)).then(
   (code) => process.exit(code),
   (err: unknown) => {
+    if (err instanceof StoppedBeforeConnected) process.exit(0); // SIGTERM while waiting for Temporal
     const e = err as { code?: string; exitCode?: number };
     if (typeof e.code === 'string' && e.code.startsWith('commander.')) process.exit(e.exitCode === 0 ? 0 : 2);
     process.stderr.write(`arch-worker: ${errorMessage(err)}\n`);

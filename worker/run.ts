@@ -2,7 +2,9 @@
  * One node's worker process: an activity-only worker on the node's queue
  * (arch-node-<node>) and a workflow worker on the shared `arch` queue, plus
  * the transfer server other nodes pull checkpoints from, the cloud notice
- * watcher and the exit recorder (worker/exits.ts).
+ * watcher and the exit recorder (worker/exits.ts). The exit recorder starts
+ * first and a worker that cannot reach Temporal waits for it rather than
+ * exiting (connectWhenReachable): what the node does on its own goes on.
  */
 import fs from 'node:fs';
 import os from 'node:os';
@@ -26,6 +28,8 @@ import { livenessSettings, type LivenessSettings } from '../core/liveness-settin
 import { ownNodeNames } from '../core/lease.js';
 import { startLiveness } from './liveness.js';
 import { installSpawner, uninstallSpawner } from '../core/spawner.js';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { errorMessage } from '../contract/errors.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 /** The checkout: this file is <repo>/dist/worker/run.js. */
@@ -115,9 +119,25 @@ export async function startNodeWorker(o: NodeWorkerOptions): Promise<RunningWork
     );
   else log.warn({ phase: 'start', payloadEncryption: false }, describeProtection(payloads));
   const dataConverter = workerDataConverter(payloads);
+  // The node's own duties come first: they need containerd, not Temporal. Exit codes
+  // decide whether a crashed job keeps its checkpoint, whether Temporal is up or not.
+  const exits = await startExitRecorder({
+    containerd: new Containerd({ address: o.containerdAddress, ctr: o.ctr }),
+    settings,
+    log,
+  });
   let connection: NativeConnection | undefined;
   try {
-    connection = await NativeConnection.connect(connectionOptions(target));
+    connection = await connectWhenReachable(o, target, log, () =>
+      startNoticeWatcher({
+        node: o.node,
+        targets: o.reclaimTargets ?? [],
+        ctx: { settings, log },
+        target,
+        payloads,
+        throughputFile: nodeThroughputFile(o.stateDir, o.node),
+      }),
+    );
     const identity = `${o.node}@${os.hostname()}:${process.pid}`;
     const activities = createActivities({
       node: o.node,
@@ -173,11 +193,6 @@ export async function startNodeWorker(o: NodeWorkerOptions): Promise<RunningWork
       throughputFile: nodeThroughputFile(o.stateDir, o.node),
     });
     const protect = startProtect({ node: o.node, ctx: { settings, log }, target, payloads });
-    const exits = await startExitRecorder({
-      containerd: new Containerd({ address: o.containerdAddress, ctr: o.ctr }),
-      settings,
-      log,
-    });
     // Once the workers poll: a node that reports alive can take recoveries.
     warnOnOtherName(settings, log, o.node);
     const alive = startLiveness({
@@ -236,8 +251,76 @@ export async function startNodeWorker(o: NodeWorkerOptions): Promise<RunningWork
     }
     return { node: o.node, transferUrl, log, done, shutdown };
   } catch (err) {
+    await exits.stop().catch(() => undefined);
     await transfer.stop().catch(() => undefined);
     await connection?.close().catch(() => undefined);
     throw err;
+  }
+}
+
+/** How often a worker that cannot reach Temporal tries again (a notice's deadline is 30 s on some clouds). */
+const RECONNECT_MS = 5000;
+
+/**
+ * Connect to Temporal, waiting as long as it takes: a node whose worker
+ * starts while Temporal is down (its server restarting, the network not
+ * up yet after a boot) must not be left without its node-local duties.
+ * Meanwhile exit codes are recorded, and a reclaim notice checkpoints the
+ * node's containers locally (`whileWaiting` starts that watcher; it is
+ * stopped once connected, the regular one starting when the workers poll).
+ * SIGINT/SIGTERM end the wait (the process exits 0).
+ */
+async function connectWhenReachable(
+  o: NodeWorkerOptions,
+  target: ReturnType<typeof temporalTarget>,
+  log: Logger,
+  whileWaiting: () => Promise<{ stop(): Promise<void> | void } | undefined>,
+): Promise<NativeConnection> {
+  let interim: { stop(): Promise<void> | void } | undefined;
+  let stopping = false;
+  const onSignal = () => void (stopping = true);
+  try {
+    for (let attempt = 1; ; attempt++) {
+      try {
+        const connection = await NativeConnection.connect(connectionOptions(target));
+        if (attempt > 1) log.info({ phase: 'start', temporal: target.address, attempt }, 'Temporal reached');
+        return connection;
+      } catch (err) {
+        if (attempt === 1) {
+          log.error(
+            { phase: 'start', temporal: target.address, err: errorMessage(err), retryMs: RECONNECT_MS },
+            `cannot reach Temporal at ${target.address}: trying again every ${RECONNECT_MS / 1000} s. Meanwhile exit codes are recorded and a reclaim notice checkpoints this node's containers locally. Fix: start Temporal, or set TEMPORAL_ADDRESS (and its TLS settings) in ${o.settings.configFile}`,
+          );
+          if (o.handleSignals !== false) for (const sig of ['SIGINT', 'SIGTERM'] as const) process.on(sig, onSignal);
+          interim = await whileWaiting().catch((e: unknown) => {
+            log.warn(
+              { phase: 'start', err: errorMessage(e) },
+              'reclaim notices are not watched until Temporal is reached',
+            );
+            return undefined;
+          });
+        } else if (attempt % 12 === 0) {
+          log.warn(
+            { phase: 'start', temporal: target.address, err: errorMessage(err), attempt },
+            'Temporal still unreachable',
+          );
+        }
+      }
+      for (let waited = 0; waited < RECONNECT_MS && !stopping; waited += 100) await sleep(100);
+      if (stopping) {
+        log.info({ phase: 'shutdown' }, 'stopped before Temporal was reached');
+        throw new StoppedBeforeConnected();
+      }
+    }
+  } finally {
+    for (const sig of ['SIGINT', 'SIGTERM'] as const) process.off(sig, onSignal);
+    await interim?.stop();
+  }
+}
+
+/** A signal ended the wait for Temporal: not a failure (arch-worker exits 0). */
+export class StoppedBeforeConnected extends Error {
+  constructor() {
+    super('stopped before Temporal was reached');
   }
 }

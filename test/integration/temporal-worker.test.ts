@@ -1,5 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
+import net from 'node:net';
 import path from 'node:path';
 import { checkpointContainer } from '../../core/checkpoint.js';
 import { createNodeContext } from '../../core/context.js';
@@ -9,7 +10,15 @@ import { WORKFLOW_TASK_QUEUE } from '../../contract/names.js';
 import type { PauseInput, PauseResult } from '../../contract/types.js';
 import { readLogLines } from '../support/arch-env.js';
 import { cleanupStaleNodes } from '../support/containerd-node.js';
-import { ARCH_RUNC, outcome, startCluster, stopAllTemporal, waitUntil, type TestCluster } from '../support/temporal.js';
+import {
+  ARCH_RUNC,
+  outcome,
+  startCluster,
+  startWorker,
+  stopAllTemporal,
+  waitUntil,
+  type TestCluster,
+} from '../support/temporal.js';
 import { pauseContainers } from '../../workflows/index.js';
 
 /**
@@ -296,3 +305,103 @@ test("ARCH_CHECKPOINT_ID: the job finished (exit 0) in the old container before 
   expect(await store.readManifest()).toMatchObject({ containerId: 'fin-2', checkpointId: 'fin-job' });
   await node.containerd.removeContainer('fin-2');
 });
+
+/**
+ * A worker started while Temporal cannot be reached (its server restarting,
+ * the network not up yet after a boot) does not exit: the node's own duties
+ * go on. Here Temporal sits behind a loopback port that nothing listens on
+ * yet: a job crashes meanwhile and its exit code is recorded (the checkpoint
+ * stays, so the job goes on from it), then the port starts forwarding to the
+ * real server and the worker connects and polls.
+ */
+test('Temporal unreachable when the worker starts: exit codes are recorded meanwhile, and it polls once Temporal is up', async () => {
+  const node = cluster.nodes[N]!;
+  await cluster.workers[N]!.stop();
+  const port = await freePort();
+  const ctx = createNodeContext('test', {
+    ...process.env,
+    ARCH_CONFIG: cluster.archConfig,
+    ARCH_RUNC_ROOT: node.runcRootBase,
+  });
+  const starting = startWorker(node, {
+    temporal: cluster.temporal,
+    archConfig: cluster.archConfig,
+    dir: path.join(cluster.dir, 'unreachable'),
+    env: { TEMPORAL_ADDRESS: `127.0.0.1:${port}` },
+    readyTimeoutMs: 120_000,
+  });
+  let forwarder: net.Server | undefined;
+  try {
+    const workerLog = path.join(cluster.dir, 'unreachable', `worker-${N}.log`);
+    const waiting = await waitUntil(
+      'the worker says it waits for Temporal',
+      () => readLogLines(workerLog).find((l) => String(l.msg).startsWith(`cannot reach Temporal at 127.0.0.1:${port}`)),
+      30_000,
+      100,
+    );
+    expect(String(waiting.msg)).toContain('Meanwhile exit codes are recorded');
+    // A job crashes while the worker waits: its code is recorded, so its checkpoint stays.
+    const id = 'crash-no-temporal';
+    await cluster.runCounter(N, id, ['COUNTER_INTERVAL_MS=50', 'COUNTER_EXIT_AFTER=60', 'COUNTER_EXIT_CODE=3']);
+    await cluster.waitCount(N, id, 5);
+    await checkpointContainer(ctx, {
+      namespace: 'default',
+      id,
+      runcRoot: node.runcRoot('default'),
+      leaveRunning: true,
+    });
+    await node.containerd.waitStatus(id, 'STOPPED', 30_000);
+    const exit = await waitUntil(`${id}: exit recorded`, () => recordedExit(node.runcRoot('default'), id), 10_000, 50);
+    expect(exit.exitStatus).toBe(3);
+    await node.containerd.removeContainer(id);
+    expect(await new CheckpointStore(path.join(cluster.dir, 'checkpoints/default', id)).current()).toBeTruthy();
+    // Temporal reachable at last: the worker connects and polls its node's queue.
+    forwarder = await forward(port, cluster.temporal.address);
+    const w = await starting;
+    try {
+      expect(readLogLines(workerLog).some((l) => l.msg === 'Temporal reached')).toBe(true);
+      // A pause of nothing still asks the node's worker which containers it has: it answers now.
+      const handle = await cluster.temporal.client.workflow.start(pauseContainers, {
+        taskQueue: WORKFLOW_TASK_QUEUE,
+        workflowId: `pause-after-reconnect-${randomBytes(3).toString('hex')}`,
+        args: [{ node: N, selector: { ids: ['none-such'] } } satisfies PauseInput],
+      });
+      const r = await outcome<PauseResult>(handle, 60_000);
+      expect(r.ok).toBe(true);
+    } finally {
+      await w.stop();
+    }
+  } finally {
+    forwarder?.close();
+    await starting.then((w) => w.stop()).catch(() => undefined);
+  }
+});
+
+function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const s = net.createServer().listen(0, '127.0.0.1', () => {
+      const { port } = s.address() as net.AddressInfo;
+      s.close(() => resolve(port));
+    });
+    s.on('error', reject);
+  });
+}
+
+/** A loopback port forwarding every connection to `to` (host:port). */
+function forward(port: number, to: string): Promise<net.Server> {
+  const [host, p] = [to.slice(0, to.lastIndexOf(':')), Number(to.slice(to.lastIndexOf(':') + 1))];
+  return new Promise((resolve, reject) => {
+    const server = net.createServer((sock) => {
+      const up = net.connect(p, host);
+      const end = () => {
+        sock.destroy();
+        up.destroy();
+      };
+      sock.on('error', end).on('close', end);
+      up.on('error', end).on('close', end);
+      sock.pipe(up).pipe(sock);
+    });
+    server.on('error', reject);
+    server.listen(port, '127.0.0.1', () => resolve(server));
+  });
+}
