@@ -8,7 +8,14 @@ import { writeArchConfig } from '../support/arch-env.js';
 import { cleanupStaleNodes, startNode, stopAllNodes } from '../support/containerd-node.js';
 import { makeTestPki, type TestPki } from '../support/tls.js';
 import { REPO_ROOT } from '../support/images.js';
-import { nodeHasPoller, startTemporal, startWorker, stopAllTemporal, type TestTemporal } from '../support/temporal.js';
+import {
+  nodeHasPoller,
+  startTemporal,
+  startWorker,
+  stopAllTemporal,
+  waitUntil,
+  type TestTemporal,
+} from '../support/temporal.js';
 
 /**
  * mTLS to Temporal through the usual settings (TEMPORAL_TLS_CERT,
@@ -116,6 +123,12 @@ test("arch-worker over mTLS (its own TLS stack): it polls its node's task queue 
       TEMPORAL_TLS_CA: pki.ca,
     },
   });
-  expect(await nodeHasPoller(temporal.client, temporal.namespace, 'mtls-a')).toBe(true);
+  // Ready means its pollers started; the server lists one once its first poll arrives through the front.
+  await waitUntil(
+    'a poller on the node queue',
+    async () => (await nodeHasPoller(temporal.client, temporal.namespace, 'mtls-a')) || undefined,
+    15_000,
+    100,
+  );
   await worker.stop();
 });
