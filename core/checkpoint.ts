@@ -303,13 +303,16 @@ async function checkpointLocked(
   let volumeRecords: VolumeRecord[] = [];
   // Freeze/thaw/kill through the cgroup (no runc exec while frozen); runc where the layout is unknown.
   const cgroup = wasPaused ? undefined : await groupAsked;
+  /** The job's processes (its cgroup's, else its init): whose open files are recorded. */
+  const jobPids = async (): Promise<readonly number[]> => {
+    const group = cgroup ?? (await groupAsked);
+    return group ? await group.pids() : [c.pid];
+  };
   const { kept: volumes, left: volumesLeft } = await volumesAsked;
   if (volumesLeft.length) {
     // What the job holds open there is what a restore in a new pod cannot do without: said now, not at that restore.
-    const group = await groupAsked;
-    const pids = group ? await group.pids().catch(() => [c.pid]) : [c.pid];
     const held = await openInVolumes(
-      pids,
+      await jobPids().catch(() => [c.pid]),
       volumesLeft.map((v) => v.destination),
     );
     for (const v of volumesLeft) {
@@ -380,11 +383,6 @@ async function checkpointLocked(
         );
         return undefined;
       });
-  /** The job's processes, stopped: whose open files are recorded. */
-  const jobPids = async (): Promise<readonly number[]> => {
-    const group = cgroup ?? (await groupAsked);
-    return group ? await group.pids() : [c.pid];
-  };
   /** Open files recorded for a restore to cut back to; a failure is logged: the checkpoint goes on without them. */
   const recordOpenFiles = async <T>(where: string, capture: (pids: readonly number[]) => Promise<T>) => {
     try {

@@ -5,7 +5,7 @@ import * as tar from 'tar';
 import { CheckpointUnusableError } from '../contract/errors.js';
 import { DEVSHM_TAR } from './checkpoint-layout.js';
 import { openBeneath } from './host-dirs.js';
-import type { OciSpec } from './oci-spec.js';
+import { isBindMount, mountAt, type OciSpec } from './oci-spec.js';
 import {
   canonical,
   isEmptyArchive,
@@ -60,11 +60,9 @@ const { O_RDONLY, O_WRONLY, O_TRUNC, O_DIRECTORY, O_NOFOLLOW } = fs.constants;
  */
 export function devShmSource(spec: OciSpec | undefined): string | undefined {
   if (!spec?.linux?.namespaces?.some((n) => n.type === 'ipc')) return undefined;
-  // The last mount at a destination is the one the container sees.
-  const m = [...(spec?.mounts ?? [])].reverse().find((x) => path.posix.normalize(`${x.destination}/`) === '/dev/shm/');
+  const m = mountAt(spec, '/dev/shm');
   if (!m?.source || !path.isAbsolute(m.source)) return undefined;
-  const bound = m.type === 'bind' || (m.options ?? []).some((o) => o === 'bind' || o === 'rbind');
-  return bound ? m.source : undefined;
+  return isBindMount(m) ? m.source : undefined;
 }
 
 /**

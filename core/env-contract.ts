@@ -4,6 +4,7 @@ import { validateContainerId } from '../contract/ids.js';
 import { requireAllowedRoot } from './host-dirs.js';
 import { containerDir, requireAbsolutePath } from './paths.js';
 import { parseCheckpointIntervalMs } from './checkpoint-interval.js';
+import { mountDestination } from './oci-spec.js';
 import { CheckpointStore } from './store.js';
 import { parseS3Url, requireAllowedBucket, type S3Location } from './s3-location.js';
 import type { S3ClientSettings } from './settings.js';
@@ -262,7 +263,7 @@ export function readRollbackVolumes(v: string | undefined): RollbackVolumes | un
           ? "the container's root (/) is not a volume"
           : undefined;
     if (bad) return { invalid: new ArchInputError(field, bad, fix) };
-    const p = path.posix.normalize(raw).replace(/\/+$/, '');
+    const p = mountDestination(raw);
     if (!paths.includes(p)) paths.push(p);
   }
   if (paths.length > MAX_ROLLBACK_VOLUMES)

@@ -20,6 +20,22 @@ export interface OciSpec {
   [k: string]: unknown;
 }
 
+/** A mount's destination as ARCH compares them: normalized, no trailing slash. */
+export function mountDestination(destination: string | undefined): string {
+  return path.posix.normalize(`${destination ?? ''}/`).replace(/(.)\/+$/, '$1');
+}
+
+/** A bind mount (a host directory or file bound in), by its type or its options. */
+export function isBindMount(m: OciMount): boolean {
+  return m.type === 'bind' || (m.options ?? []).some((o) => o === 'bind' || o === 'rbind');
+}
+
+/** The mount the container sees at `destination`: the last one there (it hides those before). */
+export function mountAt(spec: OciSpec | undefined, destination: string): OciMount | undefined {
+  const want = mountDestination(destination);
+  return [...(spec?.mounts ?? [])].reverse().find((m) => mountDestination(m.destination) === want);
+}
+
 export async function readSpec(bundle: string): Promise<OciSpec> {
   return JSON.parse(await fs.readFile(path.join(bundle, SPEC_FILE), 'utf8')) as OciSpec;
 }

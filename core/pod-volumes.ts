@@ -4,7 +4,7 @@ import { randomBytes } from 'node:crypto';
 import path from 'node:path';
 import * as tar from 'tar';
 import { CheckpointUnusableError } from '../contract/errors.js';
-import type { OciSpec } from './oci-spec.js';
+import { isBindMount, mountDestination, type OciSpec } from './oci-spec.js';
 import { openFds } from './open-files.js';
 import { runCommand } from './run-command.js';
 import { canonical, isEmptyArchive, unreadable, validateDiffArchive, writeEntryFile } from './rootfs-diff.js';
@@ -100,10 +100,9 @@ const HOLD_NAME = /^\.arch-replaced-[0-9a-f]{16}$/;
 export function podScratchVolumes(spec: OciSpec | undefined): PodVolume[] {
   const byDest = new Map<string, PodVolume>();
   for (const m of spec?.mounts ?? []) {
-    const destination = path.posix.normalize(`${m.destination ?? ''}/`).replace(/(.)\/+$/, '$1');
+    const destination = mountDestination(m.destination);
     if (!m.source || !path.isAbsolute(m.source) || !path.posix.isAbsolute(destination)) continue;
-    const bound = m.type === 'bind' || (m.options ?? []).some((o) => o === 'bind' || o === 'rbind');
-    if (bound && destination !== '/dev/shm' && isEmptyDirSource(m.source))
+    if (isBindMount(m) && destination !== '/dev/shm' && isEmptyDirSource(m.source))
       byDest.set(destination, { destination, source: m.source });
     else byDest.delete(destination); // mounted over by something else
   }

@@ -598,23 +598,18 @@ async function rollBackOpenFiles(
     if (manifest.volumeFiles?.length)
       for (const p of await prepareVolumeRollBacks(req.spec, manifest.volumeFiles))
         places.push({ volume: p.destination, rollBack: p.rollBack });
-  } catch (err) {
-    await Promise.all(places.map((p) => p.rollBack.close()));
-    throw err;
-  }
-  for (const [i, { volume, rollBack }] of places.entries()) {
-    let cut;
-    try {
-      cut = await rollBack.cut();
-    } catch (err) {
-      await Promise.all(places.slice(i + 1).map((p) => p.rollBack.close()));
-      throw err;
+    // Every place checked: now cut.
+    for (const { volume, rollBack } of places) {
+      const cut = await rollBack.cut();
+      if (cut.length)
+        ctx.log.info(
+          { namespace: req.namespace, container: req.id, phase: 'restore', files: cut, ...(volume ? { volume } : {}) },
+          `${volume ? `files of the volume at ${volume}` : 'work dir files'} cut back to their sizes at the checkpoint (what the lost run wrote after it; the restored job writes that part again)`,
+        );
     }
-    if (cut.length)
-      ctx.log.info(
-        { namespace: req.namespace, container: req.id, phase: 'restore', files: cut, ...(volume ? { volume } : {}) },
-        `${volume ? `files of the volume at ${volume}` : 'work dir files'} cut back to their sizes at the checkpoint (what the lost run wrote after it; the restored job writes that part again)`,
-      );
+  } finally {
+    // Each cut closes its files; these are the places a refusal or a failed cut left open.
+    await Promise.all(places.map((p) => p.rollBack.close()));
   }
   timings.workFiles = Date.now() - w;
 }

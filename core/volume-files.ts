@@ -1,15 +1,8 @@
 import path from 'node:path';
 import { CheckpointUnusableError } from '../contract/errors.js';
-import type { OciMount, OciSpec } from './oci-spec.js';
+import { isBindMount, mountAt, mountDestination, type OciMount, type OciSpec } from './oci-spec.js';
 import { podScratchVolumes } from './pod-volumes.js';
-import {
-  captureWorkFiles,
-  prepareRollBack,
-  type CapturedWorkFiles,
-  type RollBack,
-  type RollBackPlace,
-  type WorkFile,
-} from './work-files.js';
+import { captureOpenFiles, prepareRollBack, type RollBack, type RollBackPlace, type WorkFile } from './work-files.js';
 
 /**
  * Files a job holds open for writing in a volume its owner says is the job's
@@ -48,19 +41,12 @@ export interface VolumeFiles {
   files: WorkFile[];
 }
 
-/** A mount's destination as compared here: normalized, no trailing slash. */
-export function mountDestination(destination: string | undefined): string {
-  return path.posix.normalize(`${destination ?? ''}/`).replace(/(.)\/+$/, '$1');
-}
-
-const isBind = (m: OciMount) => m.type === 'bind' || (m.options ?? []).some((o) => o === 'bind' || o === 'rbind');
 const isReadOnly = (m: OciMount) => (m.options ?? []).includes('ro');
 
-/** The bind mount at `destination` (the last one there wins: it hides those before). */
+/** The bind mount the container sees at `destination`, if that is one (from a host directory). */
 function bindAt(spec: OciSpec | undefined, destination: string): OciMount | undefined {
-  let found: OciMount | undefined;
-  for (const m of spec?.mounts ?? []) if (mountDestination(m.destination) === destination) found = m;
-  return found && isBind(found) && found.source && path.isAbsolute(found.source) ? found : undefined;
+  const m = mountAt(spec, destination);
+  return m && isBindMount(m) && m.source && path.isAbsolute(m.source) ? m : undefined;
 }
 
 /**
@@ -103,27 +89,24 @@ export interface CapturedVolumeFiles {
   close(): Promise<void>;
 }
 
-/** What the job (`pids`, stopped) holds open for writing in each volume. */
+/** What the job (`pids`, stopped) holds open for writing in each volume, in one pass over its descriptors. */
 export async function captureVolumeFiles(
   pids: readonly number[],
   volumes: readonly JobVolume[],
 ): Promise<CapturedVolumeFiles> {
-  const captured: [JobVolume, CapturedWorkFiles][] = [];
-  try {
-    for (const v of volumes) captured.push([v, await captureWorkFiles(pids, v.destination, v.source)]);
-  } catch (err) {
-    await Promise.all(captured.map(([, c]) => c.close()));
-    throw err;
-  }
+  const captured = await captureOpenFiles(
+    pids,
+    volumes.map((v) => ({ containerPath: v.destination, dir: v.source })),
+  );
   return {
-    records: captured
-      .filter(([, c]) => c.files.length)
-      .map(([v, c]) => ({ destination: v.destination, files: c.files })),
+    records: volumes
+      .map((v, i) => ({ destination: v.destination, files: captured[i]!.files }))
+      .filter((r) => r.files.length),
     async sync(fsync) {
-      await Promise.all(captured.map(([, c]) => c.sync(fsync)));
+      await Promise.all(captured.map((c) => c.sync(fsync)));
     },
     async close() {
-      await Promise.all(captured.map(([, c]) => c.close()));
+      await Promise.all(captured.map((c) => c.close()));
     },
   };
 }
@@ -148,7 +131,7 @@ export async function prepareVolumeRollBacks(
   const ready: { destination: string; rollBack: RollBack }[] = [];
   try {
     for (const r of recorded) {
-      const m = bindAt(spec, mountDestination(r.destination));
+      const m = bindAt(spec, r.destination);
       if (!m || isReadOnly(m))
         throw new CheckpointUnusableError(
           'volume-files',
@@ -177,7 +160,7 @@ export function grownVolumeFileFix(message: string, spec: OciSpec, named: readon
   if (!criuPath) return undefined;
   const file = path.posix.join('/', criuPath);
   const volume = (spec.mounts ?? [])
-    .filter((m) => isBind(m) && !isReadOnly(m) && m.destination && m.destination !== '/')
+    .filter((m) => isBindMount(m) && !isReadOnly(m) && m.destination && m.destination !== '/')
     .map((m) => mountDestination(m.destination))
     .filter((d) => file.startsWith(`${d}/`))
     .sort((a, b) => b.length - a.length)[0];

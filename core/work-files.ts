@@ -51,41 +51,93 @@ export interface CapturedWorkFiles {
 const O_ACCMODE = 3;
 const { O_RDONLY, O_WRONLY, O_APPEND } = fs.constants;
 
-/** The open-for-write regular files of `pids` that lie under `containerPath`, by their path there. */
-async function openForWrite(pids: readonly number[], containerPath: string) {
-  const prefix = containerPath.endsWith('/') ? containerPath : `${containerPath}/`;
-  const found = new Map<string, { ino: bigint; dev: bigint; size: number; append: boolean }>();
-  for await (const f of openFds(pids, (t) => t.startsWith(prefix) && !t.endsWith(DELETED_SUFFIX))) {
+interface OpenForWrite {
+  ino: bigint;
+  dev: bigint;
+  size: number;
+  append: boolean;
+}
+
+/**
+ * The open-for-write regular files of `pids` below each of `containerPaths`,
+ * by their path there, in one pass over the processes' descriptors (the job
+ * is stopped meanwhile). A file below two of them (a mount inside another)
+ * counts for the deeper one, the mount the container sees it through.
+ */
+async function openForWrite(
+  pids: readonly number[],
+  containerPaths: readonly string[],
+): Promise<Map<string, OpenForWrite>[]> {
+  const prefixes = containerPaths.map((p) => (p.endsWith('/') ? p : `${p}/`));
+  const placeOf = (t: string): number => {
+    let best = -1;
+    for (const [i, p] of prefixes.entries())
+      if (t.startsWith(p) && (best < 0 || p.length > prefixes[best]!.length)) best = i;
+    return best;
+  };
+  const found = prefixes.map(() => new Map<string, OpenForWrite>());
+  for await (const f of openFds(pids, (t) => placeOf(t) >= 0 && !t.endsWith(DELETED_SUFFIX))) {
     const info = await fsp.readFile(f.info, 'utf8').catch(() => '');
     const flags = parseInt(/^flags:\s*([0-7]+)$/m.exec(info)?.[1] ?? '', 8);
     if (!Number.isInteger(flags) || (flags & O_ACCMODE) === O_RDONLY) continue;
     const st = await fsp.stat(f.proc, { bigint: true }).catch(() => undefined);
     if (!st?.isFile()) continue;
-    const rel = f.target.slice(prefix.length);
+    const i = placeOf(f.target);
+    const rel = f.target.slice(prefixes[i]!.length);
     if (!isPlainRelativePath(rel)) continue;
     const append = (flags & O_APPEND) !== 0;
-    const seen = found.get(rel);
+    const seen = found[i]!.get(rel);
     // One file open several times: it rolls back like its non-append opens (CRIU checks those).
-    found.set(rel, { ino: st.ino, dev: st.dev, size: Number(st.size), append: append && (seen?.append ?? true) });
+    found[i]!.set(rel, { ino: st.ino, dev: st.dev, size: Number(st.size), append: append && (seen?.append ?? true) });
   }
   return found;
 }
 
+/** Where open files are recorded: the path the container sees, and the host directory behind it. */
+export interface OpenFilesPlace {
+  containerPath: string;
+  /** The host directory (for the work dir: the walked, held one, a /proc/self/fd path). */
+  dir: string;
+}
+
 /**
- * What the job holds open for writing in its work directory, read while its
- * processes are stopped. `workDir` is the walked, held work directory (a
- * /proc/self/fd path). Files whose name in the work directory is not the file
- * the job has open (a mount over part of it, a rename) are left out.
+ * What the job holds open for writing in each place, read while its
+ * processes are stopped. Each name is walked below the place's host
+ * directory without following a symlink; files whose name there is not the
+ * file the job has open (a mount over part of it, a rename) are left out.
  */
+export async function captureOpenFiles(
+  pids: readonly number[],
+  places: readonly OpenFilesPlace[],
+): Promise<CapturedWorkFiles[]> {
+  const open = await openForWrite(
+    pids,
+    places.map((p) => p.containerPath),
+  );
+  const captured: CapturedWorkFiles[] = [];
+  try {
+    for (const [i, place] of places.entries()) captured.push(await holdOpenFiles(place.dir, open[i]!));
+  } catch (err) {
+    await Promise.all(captured.map((c) => c.close()));
+    throw err;
+  }
+  return captured;
+}
+
+/** The work directory's open files (captureOpenFiles for that one place). */
 export async function captureWorkFiles(
   pids: readonly number[],
   containerPath: string,
   workDir: string,
 ): Promise<CapturedWorkFiles> {
+  return (await captureOpenFiles(pids, [{ containerPath, dir: workDir }]))[0]!;
+}
+
+async function holdOpenFiles(dir: string, open: Map<string, OpenForWrite>): Promise<CapturedWorkFiles> {
   const files: WorkFile[] = [];
   const handles: FileHandle[] = [];
-  for (const [rel, f] of await openForWrite(pids, containerPath)) {
-    const h = await openBeneath(workDir, rel, O_RDONLY).catch(() => undefined);
+  for (const [rel, f] of open) {
+    const h = await openBeneath(dir, rel, O_RDONLY).catch(() => undefined);
     if (!h) continue;
     const st = await h.stat({ bigint: true }).catch(() => undefined);
     if (!st || st.ino !== f.ino || st.dev !== f.dev) {

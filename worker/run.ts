@@ -21,7 +21,7 @@ import { nodeTaskQueue, WORKFLOW_TASK_QUEUE } from '../contract/names.js';
 import { loadTransferTls, TransferServer } from '../core/transfer.js';
 import { sdkLogger } from './logger.js';
 import { startExitRecorder } from './exits.js';
-import { startNoticeWatcher } from './notices.js';
+import { startNoticeWatcher, type NoticeOptions } from './notices.js';
 import { startProtect } from './protect.js';
 import { nodeThroughputFile } from '../core/drain-plan.js';
 import { livenessSettings, type LivenessSettings } from '../core/liveness-settings.js';
@@ -126,18 +126,17 @@ export async function startNodeWorker(o: NodeWorkerOptions): Promise<RunningWork
     settings,
     log,
   });
+  const noticeOptions: NoticeOptions = {
+    node: o.node,
+    targets: o.reclaimTargets ?? [],
+    ctx: { settings, log },
+    target,
+    payloads,
+    throughputFile: nodeThroughputFile(o.stateDir, o.node),
+  };
   let connection: NativeConnection | undefined;
   try {
-    connection = await connectWhenReachable(o, target, log, () =>
-      startNoticeWatcher({
-        node: o.node,
-        targets: o.reclaimTargets ?? [],
-        ctx: { settings, log },
-        target,
-        payloads,
-        throughputFile: nodeThroughputFile(o.stateDir, o.node),
-      }),
-    );
+    connection = await connectWhenReachable(o, target, log, () => startNoticeWatcher(noticeOptions));
     const identity = `${o.node}@${os.hostname()}:${process.pid}`;
     const activities = createActivities({
       node: o.node,
@@ -184,14 +183,7 @@ export async function startNodeWorker(o: NodeWorkerOptions): Promise<RunningWork
     const conn = connection;
     const runs = workers.map((w) => w.run());
     // Only once the workers poll: a notice must find someone to drain the node.
-    const notices = await startNoticeWatcher({
-      node: o.node,
-      targets: o.reclaimTargets ?? [],
-      ctx: { settings, log },
-      target,
-      payloads,
-      throughputFile: nodeThroughputFile(o.stateDir, o.node),
-    });
+    const notices = await startNoticeWatcher(noticeOptions);
     const protect = startProtect({ node: o.node, ctx: { settings, log }, target, payloads });
     // Once the workers poll: a node that reports alive can take recoveries.
     warnOnOtherName(settings, log, o.node);

@@ -46,6 +46,41 @@ afterAll(async () => {
   await stopAllTemporal();
 });
 
+/** A node context for N as arch-cli would have it (the cluster's settings, the node's runc root). */
+const nodeContext = () =>
+  createNodeContext('test', {
+    ...process.env,
+    ARCH_CONFIG: cluster.archConfig,
+    ARCH_RUNC_ROOT: cluster.nodes[N]!.runcRootBase,
+  });
+
+/**
+ * Run to `exitAfter` ticks and exit with `code`, with a checkpoint (left
+ * running) on the way; the exit recorded from containerd's event (delete
+ * reads it) must be `code`. Returns the count at the checkpoint.
+ */
+async function runToExit(id: string, exitAfter: number, code: number): Promise<number> {
+  const node = cluster.nodes[N]!;
+  await cluster.runCounter(N, id, [
+    'COUNTER_INTERVAL_MS=50',
+    `COUNTER_EXIT_AFTER=${exitAfter}`,
+    `COUNTER_EXIT_CODE=${code}`,
+  ]);
+  await cluster.waitCount(N, id, 5);
+  await checkpointContainer(nodeContext(), {
+    namespace: 'default',
+    id,
+    runcRoot: node.runcRoot('default'),
+    leaveRunning: true,
+  });
+  const atCheckpoint = cluster.count(N, id)!;
+  await node.containerd.waitStatus(id, 'STOPPED', 30_000);
+  const exit = await waitUntil(`${id}: exit recorded`, () => recordedExit(node.runcRoot('default'), id), 10_000, 50);
+  expect(exit.exitStatus).toBe(code);
+  await node.containerd.removeContainer(id);
+  return atCheckpoint;
+}
+
 test('SIGTERM during a checkpoint: the checkpoint completes once, the worker exits 0', async () => {
   // Enough memory that the checkpoint takes a while (CRIU dump + digests + fsync).
   await cluster.runCounter(N, 'big', ['COUNTER_MEM_MB=384']);
@@ -112,34 +147,7 @@ test('SIGTERM during a checkpoint: the checkpoint completes once, the worker exi
 
 test('exit codes from containerd: a crash keeps the checkpoint (the job goes on from it), a clean exit removes it', async () => {
   const node = cluster.nodes[N]!;
-  const ctx = createNodeContext('test', {
-    ...process.env,
-    ARCH_CONFIG: cluster.archConfig,
-    ARCH_RUNC_ROOT: node.runcRootBase,
-  });
   const checkpointsOf = (id: string) => new CheckpointStore(path.join(cluster.dir, 'checkpoints/default', id));
-  /** Run to `exitAfter` ticks and exit with `code`, with a checkpoint (left running) on the way. */
-  const runToExit = async (id: string, exitAfter: number, code: number) => {
-    await cluster.runCounter(N, id, [
-      'COUNTER_INTERVAL_MS=50',
-      `COUNTER_EXIT_AFTER=${exitAfter}`,
-      `COUNTER_EXIT_CODE=${code}`,
-    ]);
-    await cluster.waitCount(N, id, 5);
-    await checkpointContainer(ctx, {
-      namespace: 'default',
-      id,
-      runcRoot: node.runcRoot('default'),
-      leaveRunning: true,
-    });
-    const atCheckpoint = cluster.count(N, id)!;
-    await node.containerd.waitStatus(id, 'STOPPED', 30_000);
-    // The worker records the exit from containerd's event; delete reads it.
-    const exit = await waitUntil(`${id}: exit recorded`, () => recordedExit(node.runcRoot('default'), id), 10_000, 50);
-    expect(exit.exitStatus).toBe(code);
-    await node.containerd.removeContainer(id);
-    return atCheckpoint;
-  };
 
   const atCheckpoint = await runToExit('crash', 60, 3);
   expect(await checkpointsOf('crash').current()).toBeTruthy();
@@ -177,11 +185,7 @@ test('exit codes from containerd: a crash keeps the checkpoint (the job goes on 
 test('ctr run --rm: delete comes right after a crash, before the worker has the exit code: it waits for it and keeps the checkpoint', async () => {
   const node = cluster.nodes[N]!;
   const cd = node.containerd;
-  const ctx = createNodeContext('test', {
-    ...process.env,
-    ARCH_CONFIG: cluster.archConfig,
-    ARCH_RUNC_ROOT: node.runcRootBase,
-  });
+  const ctx = nodeContext();
   const id = 'rm-crash';
   const worker = cluster.workers[N]!;
   // Foreground with --rm: ctr waits for the exit and deletes the task at once.
@@ -256,11 +260,7 @@ test('ctr run --rm: delete comes right after a crash, before the worker has the 
 
 test("ARCH_CHECKPOINT_ID: the job finished (exit 0) in the old container before Kubernetes created its successor: the successor starts fresh, and collecting the old one leaves the successor's checkpoint alone", async () => {
   const node = cluster.nodes[N]!;
-  const ctx = createNodeContext('test', {
-    ...process.env,
-    ARCH_CONFIG: cluster.archConfig,
-    ARCH_RUNC_ROOT: node.runcRootBase,
-  });
+  const ctx = nodeContext();
   const name = ['ARCH_CHECKPOINT_ID=fin-job'];
   const store = new CheckpointStore(path.join(cluster.dir, 'checkpoints/default/fin-job'));
   await cluster.runCounter(N, 'fin-1', [...name, 'COUNTER_INTERVAL_MS=50', 'COUNTER_EXIT_AFTER=100']);
@@ -318,11 +318,6 @@ test('Temporal unreachable when the worker starts: exit codes are recorded meanw
   const node = cluster.nodes[N]!;
   await cluster.workers[N]!.stop();
   const port = await freePort();
-  const ctx = createNodeContext('test', {
-    ...process.env,
-    ARCH_CONFIG: cluster.archConfig,
-    ARCH_RUNC_ROOT: node.runcRootBase,
-  });
   const starting = startWorker(node, {
     temporal: cluster.temporal,
     archConfig: cluster.archConfig,
@@ -342,18 +337,7 @@ test('Temporal unreachable when the worker starts: exit codes are recorded meanw
     expect(String(waiting.msg)).toContain('Meanwhile exit codes are recorded');
     // A job crashes while the worker waits: its code is recorded, so its checkpoint stays.
     const id = 'crash-no-temporal';
-    await cluster.runCounter(N, id, ['COUNTER_INTERVAL_MS=50', 'COUNTER_EXIT_AFTER=60', 'COUNTER_EXIT_CODE=3']);
-    await cluster.waitCount(N, id, 5);
-    await checkpointContainer(ctx, {
-      namespace: 'default',
-      id,
-      runcRoot: node.runcRoot('default'),
-      leaveRunning: true,
-    });
-    await node.containerd.waitStatus(id, 'STOPPED', 30_000);
-    const exit = await waitUntil(`${id}: exit recorded`, () => recordedExit(node.runcRoot('default'), id), 10_000, 50);
-    expect(exit.exitStatus).toBe(3);
-    await node.containerd.removeContainer(id);
+    await runToExit(id, 60, 3);
     expect(await new CheckpointStore(path.join(cluster.dir, 'checkpoints/default', id)).current()).toBeTruthy();
     // Temporal reachable at last: the worker connects and polls its node's queue.
     forwarder = await forward(port, cluster.temporal.address);

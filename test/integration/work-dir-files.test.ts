@@ -83,23 +83,48 @@ test.each([
     const lostLines = linesOf(outOf(id)).length;
 
     const stdout = await a.runCounter(id, envOf(append));
-    await a.containerd.waitStatus(id, 'RUNNING', 15_000);
-    const cut = a.logLines().find((l) => l.container === id && Array.isArray(l.files));
-    expect(cut?.files).toEqual([{ path: 'out.txt', from: expect.any(Number), to: size }]);
-    expect(a.logLines().some((l) => l.msg === 'restored from checkpoint' && l.container === id)).toBe(true);
-    // Restored, not started over: it goes on from the lines it had written at the checkpoint.
+    // The lines it had written at the checkpoint: the restored job goes on from them (the cut keeps them as they are).
     const atCheckpoint = size && fs.readFileSync(outOf(id), 'utf8').slice(0, size).split('\n').length - 1;
-    expect(await firstCount(stdout)).toBeGreaterThan(atCheckpoint);
-    expect(fs.readFileSync(stdout, 'utf8')).not.toContain('counter start');
-    // Past what the lost run had written: every value once, in order, from 1.
-    await waitFor('the restored job past the lost run', () =>
-      linesOf(outOf(id)).length > lostLines + 3 ? true : undefined,
-    );
-    const lines = linesOf(outOf(id));
-    expect(lines).toEqual(lines.map((_, i) => i + 1));
-    await a.containerd.removeContainer(id);
+    await expectContinued({
+      id,
+      stdout,
+      file: outOf(id),
+      size,
+      lostLines,
+      countAbove: atCheckpoint,
+      cutLine: (l) => Array.isArray(l.files),
+    });
   },
 );
+
+/**
+ * Restored (not started over: its first count is past `countAbove`) with
+ * `file` cut back to `size` (the log line `cutLine` picks says so), then
+ * writing on past what the lost run had written: every value once, in
+ * order, from 1. The container is removed after.
+ */
+async function expectContinued(o: {
+  id: string;
+  stdout: string;
+  file: string;
+  size: number;
+  lostLines: number;
+  countAbove: number;
+  cutLine: (l: Record<string, unknown>) => boolean;
+}): Promise<void> {
+  await a.containerd.waitStatus(o.id, 'RUNNING', 15_000);
+  const cut = a.logLines().find((l) => l.container === o.id && o.cutLine(l));
+  expect(cut?.files).toEqual([{ path: path.basename(o.file), from: expect.any(Number), to: o.size }]);
+  expect(a.logLines().some((l) => l.msg === 'restored from checkpoint' && l.container === o.id)).toBe(true);
+  expect(await firstCount(o.stdout)).toBeGreaterThan(o.countAbove);
+  expect(fs.readFileSync(o.stdout, 'utf8')).not.toContain('counter start');
+  await waitFor('the restored job past the lost run', () =>
+    linesOf(o.file).length > o.lostLines + 3 ? true : undefined,
+  );
+  const lines = linesOf(o.file);
+  expect(lines).toEqual(lines.map((_, i) => i + 1));
+  await a.containerd.removeContainer(o.id);
+}
 
 test('a work file replaced since the checkpoint: no restore, a reason naming it, nothing cut', async () => {
   const id = 'wdf-replaced';
@@ -222,18 +247,15 @@ describe('a volume the container names in ARCH_ROLLBACK_VOLUMES', () => {
     const size = await checkpointAndLose(id, true);
     const lostLines = linesOf(results(id)).length;
     const stdout = await run(id, true);
-    await a.containerd.waitStatus(id, 'RUNNING', 15_000);
-    const cut = a.logLines().find((l) => l.container === id && l.volume === '/results');
-    expect(cut?.files).toEqual([{ path: 'out.txt', from: expect.any(Number), to: size }]);
-    expect(a.logLines().some((l) => l.msg === 'restored from checkpoint' && l.container === id)).toBe(true);
-    expect(await firstCount(stdout)).toBeGreaterThan(1);
-    expect(fs.readFileSync(stdout, 'utf8')).not.toContain('counter start');
-    await waitFor('the restored job past the lost run', () =>
-      linesOf(results(id)).length > lostLines + 3 ? true : undefined,
-    );
-    const lines = linesOf(results(id));
-    expect(lines).toEqual(lines.map((_, i) => i + 1));
-    await a.containerd.removeContainer(id);
+    await expectContinued({
+      id,
+      stdout,
+      file: results(id),
+      size,
+      lostLines,
+      countAbove: 1,
+      cutLine: (l) => l.volume === '/results',
+    });
   });
 
   test('not named: CRIU refuses the grown file, the job starts fresh, and the reason names the setting to set', async () => {
