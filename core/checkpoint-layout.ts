@@ -2,7 +2,7 @@
  * What a checkpoint directory holds, named once (README "Checkpoint image"):
  *   manifest.json, manifest.sig, criu/ (CRIU's images, pages-N.img among
  *   them), rootfs-diff.tar, deleted.files, devshm.tar (some), volume-<n>.tar
- *   (some), config.json.
+ *   (some), kept-files.bin (some), config.json.
  * The writer (checkpoint.ts), the readers (restore.ts, store.ts,
  * transfer.ts) and the tests spell these names from here.
  */
@@ -19,11 +19,17 @@ export const DEVSHM_TAR = 'devshm.tar';
 /** The files of the pod's emptyDir volumes the container mounts, one archive each, in the manifest's order: core/pod-volumes.ts. */
 export const volumeTar = (index: number): string => `volume-${index}.tar`;
 /**
- * The archives of the job's files beside CRIU's images: the writable layer's, /dev/shm's, the emptyDirs'.
+ * The contents of the files the job rewrites in place in its work dir and its own volumes, one after
+ * another (the manifest's workFiles and volumeFiles say where each starts): core/work-files.ts.
+ */
+export const KEPT_FILES = 'kept-files.bin';
+/**
+ * The archives of the job's files beside CRIU's images: the writable layer's, /dev/shm's, the emptyDirs',
+ * the files it rewrites in place.
  * The job's data like its memory: sealed and chunked with it, decrypted on restore before they are checked.
  */
 export const LAYER_ARCHIVE = new RegExp(
-  `^(${ROOTFS_TAR.replace('.', '\\.')}|${DEVSHM_TAR.replace('.', '\\.')}|volume-\\d+\\.tar)$`,
+  `^(${ROOTFS_TAR.replace('.', '\\.')}|${DEVSHM_TAR.replace('.', '\\.')}|volume-\\d+\\.tar|${KEPT_FILES.replace('.', '\\.')})$`,
 );
 /** The OCI spec (oci-spec.ts): a bundle's config.json, kept in the checkpoint under the same name. */
 export const SPEC_FILE = 'config.json';

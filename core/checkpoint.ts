@@ -52,7 +52,13 @@ import { ChunkFollower, ChunkWriter } from './chunked-files.js';
 import { lockCheckpoint, updateShimState } from './shim-state.js';
 import { runtimeVersions } from './versions.js';
 import { withCriuErrors } from './criu-log.js';
-import { captureWorkFiles, type CapturedWorkFiles } from './work-files.js';
+import {
+  captureWorkFiles,
+  KEPT_FILES_MAX_FIELD,
+  keptFilesWriter,
+  type CapturedWorkFiles,
+  type KeptFilesSink,
+} from './work-files.js';
 import { captureVolumeFiles, jobVolumes, ROLLBACK_VOLUMES_FIELD, type CapturedVolumeFiles } from './volume-files.js';
 import { walkWorkDir } from './work-dir.js';
 import type { HeldDir } from './host-dirs.js';
@@ -63,6 +69,7 @@ import {
   PAGE_IMAGE_NAME,
   ROOTFS_TAR,
   SPEC_FILE,
+  KEPT_FILES,
   LAYER_ARCHIVE,
   volumeTar,
 } from './checkpoint-layout.js';
@@ -492,6 +499,7 @@ async function checkpointLocked(
           captureVolumes(),
           // Without a gate (none installed, or a paused container): during the dump, as near as this gets.
           (await criuAsked).actionScript ? undefined : captureShm(),
+          keepRewrittenFiles([work, vols], path.join(diffDir, KEPT_FILES)),
         ]);
         return diff;
       } finally {
@@ -499,6 +507,34 @@ async function checkpointLocked(
         volumeFiles = await vols;
         timings.rootfsCapture = Date.now() - c0;
       }
+    };
+    /**
+     * The contents of the files the job rewrites in place (a database) in its work dir and its own
+     * volumes, read while it is stopped: a restore writes them back whole (core/work-files.ts).
+     */
+    const keepRewrittenFiles = async (
+      places: (Promise<{ keepInPlace(sink: KeptFilesSink): Promise<void> } | undefined> | undefined)[],
+      file: string,
+    ) => {
+      const k0 = Date.now();
+      const writer = await keptFilesWriter(file, ctx.settings.keptFilesMaxBytes);
+      try {
+        for (const p of places) await (await p)?.keepInPlace(writer.sink);
+      } finally {
+        await writer.close();
+      }
+      if (writer.bytes()) {
+        timings.keptFiles = Date.now() - k0;
+        log.info(
+          { phase: 'rootfs', bytes: writer.bytes(), durationMs: timings.keptFiles },
+          'files the job rewrites in place kept whole with the checkpoint',
+        );
+      }
+      if (writer.left())
+        log.warn(
+          { phase: 'rootfs', bytes: writer.left(), limit: ctx.settings.keptFilesMaxBytes },
+          `files the job rewrites in place hold more than ${KEPT_FILES_MAX_FIELD} in all: not kept with the checkpoint (a restore after the job changed them starts it fresh). Fix: raise ${KEPT_FILES_MAX_FIELD} in the node settings (unlimited: no limit)`,
+        );
     };
     let captured: ReturnType<typeof captureRootfs> | undefined;
     /** Its own error first (CRIU's says only that the script failed), saying what it was for. */

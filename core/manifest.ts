@@ -46,6 +46,11 @@ function buildSchemas() {
     size: z.number().int().nonnegative(),
     ino: z.string().regex(/^\d{1,20}$/),
     append: z.boolean(),
+    /** Rewritten in place (core/work-files.ts): where its contents start in kept-files.bin (absent: not kept), its mtime then. */
+    inPlace: z
+      .object({ offset: z.number().int().nonnegative().optional(), mtimeNs: z.string().regex(/^\d{1,25}$/) })
+      .strict()
+      .optional(),
   });
 
   const FileEntry = z.object({

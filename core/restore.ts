@@ -32,7 +32,7 @@ import {
 import { trustOf } from './trust.js';
 import { assembleIfChunked } from './chunked-restore.js';
 import { SealGate } from './seal-gate.js';
-import { CRIU_DIR, DELETED_FILES, PAGE_IMAGE_PATH, LAYER_ARCHIVE, volumeTar } from './checkpoint-layout.js';
+import { CRIU_DIR, DELETED_FILES, KEPT_FILES, PAGE_IMAGE_PATH, LAYER_ARCHIVE, volumeTar } from './checkpoint-layout.js';
 import { removeDevShmFiles, restoreDevShm } from './dev-shm.js';
 import { keepVolumeFiles, undoVolumeWrite, restoreVolume, type VolumeWrite } from './pod-volumes.js';
 
@@ -168,7 +168,6 @@ async function restoreHolding(ctx: NodeContext, req: RestoreRequest, held: Held)
       );
     }
     const keys = v.manifest.seal ? sealKeys(v.manifest, ctx.settings) : undefined;
-    await rollBackOpenFiles(ctx, req, v.manifest, timings);
     // ARCH_UNSEAL_THREADS=2: the page images decrypted on two threads (the helper's module loads while the
     // archive is decrypted). One by default: on two cores with runc and CRIU starting beside it, the second
     // thread was slower, and one thread hashes the ciphertext as it decrypts (no second read).
@@ -275,6 +274,14 @@ async function restoreHolding(ctx: NodeContext, req: RestoreRequest, held: Held)
     // checkpoint's files), untouched if the container had it already (its own files, equal to the checkpoint's).
     if (upper && written) await unwriteLayer(ctx, upper);
   };
+  // The files the job had open in its work dir and its own volumes, as they were at the checkpoint.
+  try {
+    await rollBackOpenFiles(ctx, req, manifest, path.join(await layerSource, KEPT_FILES), timings);
+  } catch (err) {
+    await stopGated(im.value, held.stop);
+    await unwriteFiles();
+    throw err;
+  }
   if (manifest.devShm?.files) {
     const s = Date.now();
     try {
@@ -580,13 +587,16 @@ async function continueProcesses(req: RestoreRequest, pid: number): Promise<void
 /**
  * The files the job had open in its work directory and in the volumes its
  * owner named as its alone (ARCH_ROLLBACK_VOLUMES), back to their sizes at
- * the checkpoint: what a lost run wrote after it is written again by the
- * restored one. Every file of every place is checked before one is cut.
+ * the checkpoint (what a lost run wrote after it is written again by the
+ * restored one), and those it rewrites in place back to their contents then
+ * (from `kept`, the checkpoint's KEPT_FILES). Every file of every place is
+ * checked before one is changed.
  */
 async function rollBackOpenFiles(
   ctx: NodeContext,
   req: RestoreRequest,
   manifest: Manifest,
+  kept: string,
   timings: Record<string, number>,
 ): Promise<void> {
   if (!(req.workDir && manifest.workFiles?.length) && !manifest.volumeFiles?.length) return;
@@ -598,13 +608,22 @@ async function rollBackOpenFiles(
     if (manifest.volumeFiles?.length)
       for (const p of await prepareVolumeRollBacks(req.spec, manifest.volumeFiles))
         places.push({ volume: p.destination, rollBack: p.rollBack });
-    // Every place checked: now cut.
+    // Every place checked: now cut, and write back.
     for (const { volume, rollBack } of places) {
-      const cut = await rollBack.cut();
+      const done = await rollBack.apply(kept);
+      const where = volume ? `files of the volume at ${volume}` : 'work dir files';
+      const base = { namespace: req.namespace, container: req.id, phase: 'restore', ...(volume ? { volume } : {}) };
+      const cut = done.filter((d) => !d.rewritten);
+      const rewritten = done.filter((d) => d.rewritten).map(({ path, from, to }) => ({ path, from, to }));
       if (cut.length)
         ctx.log.info(
-          { namespace: req.namespace, container: req.id, phase: 'restore', files: cut, ...(volume ? { volume } : {}) },
-          `${volume ? `files of the volume at ${volume}` : 'work dir files'} cut back to their sizes at the checkpoint (what the lost run wrote after it; the restored job writes that part again)`,
+          { ...base, files: cut },
+          `${where} cut back to their sizes at the checkpoint (what the lost run wrote after it; the restored job writes that part again)`,
+        );
+      if (rewritten.length)
+        ctx.log.info(
+          { ...base, rewritten },
+          `${where} the job rewrites in place written back as they were at the checkpoint`,
         );
     }
   } finally {

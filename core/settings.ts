@@ -50,6 +50,11 @@ export interface Settings {
   keep: number;
   /** ARCH_EMPTYDIR_MAX_BYTES: a pod's emptyDir larger than this is not kept with a checkpoint (core/pod-volumes.ts); Infinity: no limit. */
   emptyDirMaxBytes: number;
+  /**
+   * ARCH_KEPT_FILES_MAX_BYTES: the bytes of the files a job rewrites in place (its work dir's, its own
+   * volumes') a checkpoint keeps whole (core/work-files.ts); Infinity: no limit.
+   */
+  keptFilesMaxBytes: number;
   logFile: string | undefined;
   logLevel: string;
   nodeName: string;
@@ -192,6 +197,7 @@ export function loadSettings(env: NodeJS.ProcessEnv = process.env): Settings {
     storeFormat: parseStoreFormat(get('ARCH_STORE_FORMAT')),
     keep: parseKeep(get('ARCH_KEEP')),
     emptyDirMaxBytes: parseEmptyDirMaxBytes(get('ARCH_EMPTYDIR_MAX_BYTES')),
+    keptFilesMaxBytes: parseKeptFilesMaxBytes(get('ARCH_KEPT_FILES_MAX_BYTES')),
     logFile: logFile ? requireAbsolutePath(logFile, 'ARCH_LOG_FILE') : undefined,
     logLevel: get('ARCH_LOG_LEVEL') || 'info',
     nodeName: get('ARCH_NODE_NAME') || os.hostname(),
@@ -258,22 +264,30 @@ export function parseKeep(v: string | undefined): number {
 
 /** ARCH_EMPTYDIR_MAX_BYTES's default: a few seconds of reading while the job is stopped, on these disks. */
 export const DEFAULT_EMPTYDIR_MAX_BYTES = 4 * 1024 ** 3;
+/** ARCH_KEPT_FILES_MAX_BYTES's default: the same reading while the job is stopped. */
+export const DEFAULT_KEPT_FILES_MAX_BYTES = 4 * 1024 ** 3;
 
 const SIZE_UNITS: Record<string, number> = { '': 1, B: 1, KiB: 1024, MiB: 1024 ** 2, GiB: 1024 ** 3, TiB: 1024 ** 4 };
 
 /** A size: bytes, or a number with KiB, MiB, GiB or TiB (e.g. 512MiB, 4GiB); `unlimited` for no limit. */
-export function parseEmptyDirMaxBytes(v: string | undefined): number {
-  if (v === undefined || v === '') return DEFAULT_EMPTYDIR_MAX_BYTES;
+function parseMaxBytes(v: string | undefined, field: string, dflt: number, none: string): number {
+  if (v === undefined || v === '') return dflt;
   if (v === 'unlimited') return Infinity;
   const m = /^(\d{1,15}(?:\.\d{1,6})?)\s*(B|KiB|MiB|GiB|TiB)?$/.exec(v);
   if (!m)
     throw new ArchInputError(
-      'ARCH_EMPTYDIR_MAX_BYTES',
+      field,
       `is "${v}"`,
-      'set a size such as 512MiB or 16GiB (0: keep no emptyDir), or unlimited (default 4GiB)',
+      `set a size such as 512MiB or 16GiB (0: ${none}), or unlimited (default ${dflt / 1024 ** 3}GiB)`,
     );
   return Math.floor(Number(m[1]) * SIZE_UNITS[m[2] ?? '']!);
 }
+
+export const parseEmptyDirMaxBytes = (v: string | undefined): number =>
+  parseMaxBytes(v, 'ARCH_EMPTYDIR_MAX_BYTES', DEFAULT_EMPTYDIR_MAX_BYTES, 'keep no emptyDir');
+
+export const parseKeptFilesMaxBytes = (v: string | undefined): number =>
+  parseMaxBytes(v, 'ARCH_KEPT_FILES_MAX_BYTES', DEFAULT_KEPT_FILES_MAX_BYTES, 'keep no rewritten file');
 
 function optionalInterval(v: string | undefined): number | undefined {
   return v ? parseCheckpointIntervalMs(v, 'ARCH_DEFAULT_CHECKPOINT_INTERVAL') : undefined;

@@ -2,7 +2,14 @@ import path from 'node:path';
 import { CheckpointUnusableError } from '../contract/errors.js';
 import { isBindMount, mountAt, mountDestination, type OciMount, type OciSpec } from './oci-spec.js';
 import { podScratchVolumes } from './pod-volumes.js';
-import { captureOpenFiles, prepareRollBack, type RollBack, type RollBackPlace, type WorkFile } from './work-files.js';
+import {
+  captureOpenFiles,
+  prepareRollBack,
+  type KeptFilesSink,
+  type RollBack,
+  type RollBackPlace,
+  type WorkFile,
+} from './work-files.js';
 
 /**
  * Files a job holds open for writing in a volume its owner says is the job's
@@ -85,6 +92,8 @@ export function jobVolumes(
 export interface CapturedVolumeFiles {
   /** The volumes where the job held files open for writing (none: nothing to roll back). */
   records: VolumeFiles[];
+  /** The contents of the files rewritten in place, kept through `sink` (core/work-files.ts). */
+  keepInPlace(sink: KeptFilesSink): Promise<void>;
   sync(fsync: boolean): Promise<void>;
   close(): Promise<void>;
 }
@@ -102,6 +111,9 @@ export async function captureVolumeFiles(
     records: volumes
       .map((v, i) => ({ destination: v.destination, files: captured[i]!.files }))
       .filter((r) => r.files.length),
+    async keepInPlace(sink) {
+      for (const c of captured) await c.keepInPlace(sink);
+    },
     async sync(fsync) {
       await Promise.all(captured.map((c) => c.sync(fsync)));
     },

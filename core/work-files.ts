@@ -20,10 +20,15 @@ import { isPlainRelativePath } from './paths.js';
  * processes are stopped, the size of every regular file in the work
  * directory they hold open for writing, and a restore cuts each file back to
  * that size first: the restored processes write that part again, as they
- * did before. Only what was appended is undone; a file rewritten in place
- * (a database) cannot be, and a file that is shorter or another file now is
- * not the job's any more (a non-append one is refused by CRIU anyway: the
- * reason names it here, before CRIU starts).
+ * did before. A file the job rewrites in place (a database: opened for
+ * reading and writing, or written elsewhere than at its end) cannot be cut
+ * back: cut, a SQLite database that grew after the checkpoint was left with
+ * pages its header still counted ("database disk image is malformed"), and
+ * a same-sized one kept what the lost run wrote. So its contents are kept
+ * with the checkpoint, read while the job is stopped (up to the node's
+ * ARCH_KEPT_FILES_MAX_BYTES, KEPT_FILES), and written back whole. A file that
+ * is shorter or another file now is not the job's any more (a non-append one
+ * is refused by CRIU anyway: the reason names it here, before CRIU starts).
  *
  * Paths come from the job (its file names): every one is walked below the
  * work directory without following a symlink, and only a regular file that
@@ -38,24 +43,46 @@ export interface WorkFile {
   ino: string;
   /** Opened O_APPEND (a log): a shorter one (rotated, truncated by hand) is left as it is, since CRIU accepts it. */
   append: boolean;
+  /** Rewritten in place (see above): its contents roll back, not only its size. Absent: written at its end only. */
+  inPlace?: InPlace;
+}
+
+/** What a checkpoint keeps of a file the job rewrites in place. */
+export interface InPlace {
+  /** Where its `size` bytes start in KEPT_FILES; absent when they were not kept (over the node's limit). */
+  offset?: number;
+  /** Its modification time then, in ns: a file not kept may be restored into only if it is unchanged since. */
+  mtimeNs: string;
+}
+
+/** The node setting that bounds the bytes of rewritten files a checkpoint keeps. */
+export const KEPT_FILES_MAX_FIELD = 'ARCH_KEPT_FILES_MAX_BYTES';
+
+/** Where a checkpoint keeps rewritten files' contents, one after another in the order they are recorded. */
+export interface KeptFilesSink {
+  /** Copies `size` bytes of `h` from its start; the offset they were written at, or undefined over the limit. */
+  keep(h: FileHandle, size: number): Promise<number | undefined>;
 }
 
 /** Captured work files, each still open so that the checkpoint can make its recorded size durable. */
 export interface CapturedWorkFiles {
   files: WorkFile[];
+  /** The contents of the files rewritten in place, kept through `sink` (each one's `inPlace.offset` set). */
+  keepInPlace(sink: KeptFilesSink): Promise<void>;
   /** fsync each file (its recorded bytes must outlive the node), then close them. */
   sync(fsync: boolean): Promise<void>;
   close(): Promise<void>;
 }
 
 const O_ACCMODE = 3;
-const { O_RDONLY, O_WRONLY, O_APPEND } = fs.constants;
+const { O_RDONLY, O_WRONLY, O_RDWR, O_APPEND } = fs.constants;
 
 interface OpenForWrite {
   ino: bigint;
   dev: bigint;
   size: number;
   append: boolean;
+  inPlace: boolean;
 }
 
 /**
@@ -86,9 +113,20 @@ async function openForWrite(
     const rel = f.target.slice(prefixes[i]!.length);
     if (!isPlainRelativePath(rel)) continue;
     const append = (flags & O_APPEND) !== 0;
+    const size = Number(st.size);
+    // Read as well as written, or written elsewhere than at its end (pwrite leaves the position alone):
+    // a database, not a results file or a log.
+    const pos = Number(/^pos:\s*(\d+)$/m.exec(info)?.[1] ?? size);
+    const inPlace = !append && ((flags & O_ACCMODE) === O_RDWR || pos !== size);
     const seen = found[i]!.get(rel);
     // One file open several times: it rolls back like its non-append opens (CRIU checks those).
-    found[i]!.set(rel, { ino: st.ino, dev: st.dev, size: Number(st.size), append: append && (seen?.append ?? true) });
+    found[i]!.set(rel, {
+      ino: st.ino,
+      dev: st.dev,
+      size,
+      append: append && (seen?.append ?? true),
+      inPlace: inPlace || (seen?.inPlace ?? false),
+    });
   }
   return found;
 }
@@ -144,7 +182,13 @@ async function holdOpenFiles(dir: string, open: Map<string, OpenForWrite>): Prom
       await h.close();
       continue;
     }
-    files.push({ path: rel, size: f.size, ino: f.ino.toString(), append: f.append });
+    files.push({
+      path: rel,
+      size: f.size,
+      ino: f.ino.toString(),
+      append: f.append,
+      ...(f.inPlace ? { inPlace: { mtimeNs: st.mtimeNs.toString() } } : {}),
+    });
     handles.push(h);
   }
   const close = async () => {
@@ -152,6 +196,13 @@ async function holdOpenFiles(dir: string, open: Map<string, OpenForWrite>): Prom
   };
   return {
     files,
+    async keepInPlace(sink) {
+      for (const [i, f] of files.entries()) {
+        if (!f.inPlace) continue;
+        const offset = await sink.keep(handles[i]!, f.size);
+        if (offset !== undefined) f.inPlace.offset = offset;
+      }
+    },
     async sync(fsync: boolean) {
       try {
         if (fsync) await Promise.all(handles.map((h) => h.sync()));
@@ -163,11 +214,64 @@ async function holdOpenFiles(dir: string, open: Map<string, OpenForWrite>): Prom
   };
 }
 
-/** What a roll-back did to one file. */
+/** KEPT_FILES being written: the sink the captured files copy into, and what did not fit. */
+export interface KeptFilesWriter {
+  sink: KeptFilesSink;
+  /** Bytes kept so far. */
+  bytes(): number;
+  /** Bytes of the rewritten files that did not fit under the limit. */
+  left(): number;
+  close(): Promise<void>;
+}
+
+const COPY_STEP = 1024 * 1024;
+
+/**
+ * Open `file` (new) for the kept contents of rewritten files, at most
+ * `maxBytes` of them in all: a file that would pass the limit is not kept
+ * (the restore then takes it only unchanged).
+ */
+export async function keptFilesWriter(file: string, maxBytes: number): Promise<KeptFilesWriter> {
+  let out: FileHandle | undefined;
+  let bytes = 0;
+  let left = 0;
+  let buf: Buffer | undefined;
+  return {
+    sink: {
+      async keep(h, size) {
+        if (bytes + size > maxBytes) {
+          left += size;
+          return undefined;
+        }
+        out ??= await fsp.open(file, 'wx', 0o600);
+        buf ??= Buffer.allocUnsafe(COPY_STEP);
+        const offset = bytes;
+        for (let at = 0; at < size; ) {
+          const { bytesRead } = await h.read(buf, 0, Math.min(COPY_STEP, size - at), at);
+          // The job is stopped and the file is its own: shorter than its size a moment ago, something else writes it.
+          if (bytesRead === 0) throw new Error(`a file the job rewrites in place shrank while it was read (${at} of ${size} bytes)`);
+          await out.write(buf, 0, bytesRead, offset + at);
+          at += bytesRead;
+        }
+        bytes += size;
+        return offset;
+      },
+    },
+    bytes: () => bytes,
+    left: () => left,
+    async close() {
+      await out?.close();
+      out = undefined;
+    },
+  };
+}
+
+/** What a roll-back did to one file: cut from one size to another, or (rewritten) written back whole. */
 export interface RolledBack {
   path: string;
   from: number;
   to: number;
+  rewritten?: true;
 }
 
 /** Where recorded files are rolled back, for the reason a refusal gives. */
@@ -188,10 +292,14 @@ export const WORK_DIR_PLACE: RollBackPlace = {
   fix: 'keep the files a job writes in its work directory for that job alone',
 };
 
-/** Every file checked and held open, ready to be cut; nothing cut yet. */
+/** Every file checked and held open, ready to be rolled back; nothing changed yet. */
 export interface RollBack {
-  /** Cut each file back to its recorded size, then close them. */
-  cut(): Promise<RolledBack[]>;
+  /**
+   * Cut each file back to its recorded size, and write each rewritten one's
+   * kept contents back from `kept` (the checkpoint's KEPT_FILES, checked
+   * with it), then close them.
+   */
+  apply(kept: string | undefined): Promise<RolledBack[]>;
   close(): Promise<void>;
 }
 
@@ -237,7 +345,15 @@ export async function prepareRollBack(
       if (st.ino.toString() !== f.ino)
         throw refuse(`"${f.path}" in ${place.name} is another file than the one the job had open at the checkpoint`);
       const size = (entry.size = Number(st.size));
-      if (size < f.size && !f.append)
+      if (f.inPlace) {
+        if (f.inPlace.offset === undefined && (size !== f.size || st.mtimeNs.toString() !== f.inPlace.mtimeNs))
+          throw new CheckpointUnusableError(
+            place.reason,
+            `"${f.path}" in ${place.name}, which the job rewrites in place, changed after the checkpoint, and the checkpoint ` +
+              `does not hold its contents (more than the checkpointing node's ${KEPT_FILES_MAX_FIELD}): ` +
+              `raise ${KEPT_FILES_MAX_FIELD} in that node's settings so that checkpoints keep it`,
+          );
+      } else if (size < f.size && !f.append)
         throw refuse(`"${f.path}" in ${place.name} is shorter than at the checkpoint (${size} < ${f.size} bytes)`);
     }
   } catch (err) {
@@ -245,15 +361,26 @@ export async function prepareRollBack(
     throw err;
   }
   return {
-    async cut() {
+    async apply(kept) {
       try {
-        const cut: RolledBack[] = [];
-        for (const { f, h, size } of open) {
-          if (size <= f.size) continue;
-          await h.truncate(f.size);
-          cut.push({ path: f.path, from: size, to: f.size });
+        const done: RolledBack[] = [];
+        let from: FileHandle | undefined;
+        try {
+          for (const { f, h, size } of open) {
+            if (f.inPlace?.offset !== undefined) {
+              if (!kept) throw refuse(`the checkpoint lacks the kept contents of "${f.path}"`);
+              from ??= await fsp.open(kept, O_RDONLY);
+              await copyKept(from, f.inPlace.offset, h, f.size, () => refuse(`the checkpoint's kept contents of "${f.path}" end early`));
+              done.push({ path: f.path, from: size, to: f.size, rewritten: true });
+            } else if (!f.inPlace && size > f.size) {
+              await h.truncate(f.size);
+              done.push({ path: f.path, from: size, to: f.size });
+            }
+          }
+        } finally {
+          await from?.close();
         }
-        return cut;
+        return done;
       } finally {
         await close();
       }
@@ -262,12 +389,34 @@ export async function prepareRollBack(
   };
 }
 
+/** `size` bytes of `from` at `offset` written over `to` from its start, and `to` cut to them. */
+async function copyKept(
+  from: FileHandle,
+  offset: number,
+  to: FileHandle,
+  size: number,
+  short: () => Error,
+): Promise<void> {
+  const buf = Buffer.allocUnsafe(Math.min(COPY_STEP, Math.max(size, 1)));
+  for (let at = 0; at < size; ) {
+    const { bytesRead } = await from.read(buf, 0, Math.min(buf.length, size - at), offset + at);
+    if (bytesRead === 0) throw short();
+    await to.write(buf, 0, bytesRead, at);
+    at += bytesRead;
+  }
+  await to.truncate(size);
+}
+
 /**
  * Before CRIU reopens them: cut each recorded file back to its size at the
  * checkpoint. `workDir` is the walked, held work directory. Throws
  * CheckpointUnusableError (reason `work-files`) naming the file when one is
  * gone, replaced, or (opened without O_APPEND) shorter, with nothing cut.
  */
-export async function rollBackWorkFiles(workDir: string, files: readonly WorkFile[]): Promise<RolledBack[]> {
-  return (await prepareRollBack(workDir, files)).cut();
+export async function rollBackWorkFiles(
+  workDir: string,
+  files: readonly WorkFile[],
+  kept?: string,
+): Promise<RolledBack[]> {
+  return (await prepareRollBack(workDir, files)).apply(kept);
 }

@@ -15,6 +15,11 @@ PYJOB_MODE picks how the work is spread:
   shm         workers adding into multiprocessing.shared_memory (POSIX shm in /dev/shm)
   inotify     an inotify watch on a directory it writes to (as watchdog does): a step
               counts only once the watch has reported its write
+  sqlite      keeps its progress in a SQLite database in $PYJOB_STATE (progress.db, the
+              connection held open, one row of ~6 KiB per step in its own transaction,
+              so the file grows and its pages change in place); a step counts only when
+              the database agrees with memory: as many rows as steps, the last one this
+              step's total, and the database intact (PRAGMA quick_check)
   bigmem      $PYJOB_WORKERS worker processes (default 3), each holding $PYJOB_MB MiB
               (default 128) of random data in memory and a pipe to the job; each step
               every worker checks one MiB of its data against the digest it took when
@@ -165,6 +170,34 @@ def run_inotify():
     run_steps(step_sum)
 
 
+def run_sqlite():
+    import sqlite3
+
+    db = sqlite3.connect(f"{STATE}/progress.db", isolation_level=None)
+    db.execute("CREATE TABLE IF NOT EXISTS steps (step INTEGER PRIMARY KEY, total INTEGER, pad BLOB)")
+    total = 0
+    step = 0
+    while True:
+        total += sum(map(square, squares_of(step)))
+        step += 1
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            db.execute("INSERT INTO steps VALUES (?, ?, ?)", (step, total, os.urandom(6000)))
+            db.execute("COMMIT")
+            rows, last = db.execute("SELECT count(*), (SELECT total FROM steps WHERE step = ?) FROM steps", (step,)).fetchone()
+            check = db.execute("PRAGMA quick_check").fetchone()[0]
+            agrees = rows == step and last == total and check == "ok"
+        except sqlite3.Error as err:
+            print(f"pyjob {step} {MODE} FAIL {err}", flush=True)
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            time.sleep(0.5)
+            continue
+        write_count(step)
+        print(f"pyjob {step} {MODE} {'ok' if agrees and total == expected(step * STEP) else 'FAIL'}", flush=True)
+        time.sleep(0.1)
+
+
 def hold_memory(conn, seed, mib):
     import hashlib
     import random
@@ -221,6 +254,8 @@ if __name__ == "__main__":
         run_shm()
     elif MODE == "inotify":
         run_inotify()
+    elif MODE == "sqlite":
+        run_sqlite()
     elif MODE == "bigmem":
         run_bigmem()
     else:
