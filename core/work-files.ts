@@ -114,10 +114,11 @@ async function openForWrite(
     if (!isPlainRelativePath(rel)) continue;
     const append = (flags & O_APPEND) !== 0;
     const size = Number(st.size);
-    // Read as well as written, or written elsewhere than at its end (pwrite leaves the position alone):
-    // a database, not a results file or a log.
+    // Opened for reading and writing (SQLite, HDF5, LMDB, a memory-mapped array), or written up to
+    // somewhere before its end (it went back): a database, not a results file or a log. A write-only
+    // one at position 0 counts as neither (another descriptor writes it: that one says).
     const pos = Number(/^pos:\s*(\d+)$/m.exec(info)?.[1] ?? size);
-    const inPlace = !append && ((flags & O_ACCMODE) === O_RDWR || pos !== size);
+    const inPlace = !append && ((flags & O_ACCMODE) === O_RDWR || (pos > 0 && pos < size));
     const seen = found[i]!.get(rel);
     // One file open several times: it rolls back like its non-append opens (CRIU checks those).
     found[i]!.set(rel, {
@@ -246,10 +247,11 @@ export async function keptFilesWriter(file: string, maxBytes: number): Promise<K
         out ??= await fsp.open(file, 'wx', 0o600);
         buf ??= Buffer.allocUnsafe(COPY_STEP);
         const offset = bytes;
-        for (let at = 0; at < size; ) {
+        for (let at = 0; at < size;) {
           const { bytesRead } = await h.read(buf, 0, Math.min(COPY_STEP, size - at), at);
           // The job is stopped and the file is its own: shorter than its size a moment ago, something else writes it.
-          if (bytesRead === 0) throw new Error(`a file the job rewrites in place shrank while it was read (${at} of ${size} bytes)`);
+          if (bytesRead === 0)
+            throw new Error(`a file the job rewrites in place shrank while it was read (${at} of ${size} bytes)`);
           await out.write(buf, 0, bytesRead, offset + at);
           at += bytesRead;
         }
@@ -370,7 +372,9 @@ export async function prepareRollBack(
             if (f.inPlace?.offset !== undefined) {
               if (!kept) throw refuse(`the checkpoint lacks the kept contents of "${f.path}"`);
               from ??= await fsp.open(kept, O_RDONLY);
-              await copyKept(from, f.inPlace.offset, h, f.size, () => refuse(`the checkpoint's kept contents of "${f.path}" end early`));
+              await copyKept(from, f.inPlace.offset, h, f.size, () =>
+                refuse(`the checkpoint's kept contents of "${f.path}" end early`),
+              );
               done.push({ path: f.path, from: size, to: f.size, rewritten: true });
             } else if (!f.inPlace && size > f.size) {
               await h.truncate(f.size);
@@ -398,7 +402,7 @@ async function copyKept(
   short: () => Error,
 ): Promise<void> {
   const buf = Buffer.allocUnsafe(Math.min(COPY_STEP, Math.max(size, 1)));
-  for (let at = 0; at < size; ) {
+  for (let at = 0; at < size;) {
     const { bytesRead } = await from.read(buf, 0, Math.min(buf.length, size - at), offset + at);
     if (bytesRead === 0) throw short();
     await to.write(buf, 0, bytesRead, at);

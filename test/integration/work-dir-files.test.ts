@@ -3,7 +3,8 @@ import path from 'node:path';
 import { checkpointContainer } from '../../core/checkpoint.js';
 import { CheckpointStore } from '../../core/store.js';
 import { cleanupStaleNodes, stopAllNodes } from '../support/containerd-node.js';
-import { startArchNode, waitFor, type ArchTestNode } from '../support/arch-node.js';
+import { ARCH_RUNC_BIN, startArchNode, waitFor, type ArchTestNode } from '../support/arch-node.js';
+import { ensureImage, PYTHON_IMAGE } from '../support/images.js';
 
 /**
  * A node lost after a periodic checkpoint (the job went on writing, then
@@ -273,5 +274,108 @@ describe('a volume the container names in ARCH_ROLLBACK_VOLUMES', () => {
     );
     expect(await firstCount(stdout)).toBe(1);
     await a.containerd.removeContainer(id);
+  });
+});
+
+/**
+ * A job that keeps its progress in a SQLite database in its work dir, the
+ * connection held open (test/support/python-job.py, mode sqlite): a row per
+ * step, the file growing and its pages changing in place. Cut back to its
+ * size at the checkpoint, the database was malformed; its contents are kept
+ * with the checkpoint and written back whole.
+ */
+describe('a database the job rewrites in place in its work dir', () => {
+  let image: string;
+  beforeAll(async () => {
+    image = await ensureImage(a.containerd, PYTHON_IMAGE);
+  }, 300_000);
+  // storage is made in the file's beforeAll: read when a test runs.
+  const env = () => [
+    'ARCH_ENABLE=1',
+    `ARCH_SHAREDFS_HOST_PATH=${path.join(storage, 'db-shared')}`,
+    'ARCH_WORKDIR_CONTAINER_PATH=/work',
+    'PYJOB_STATE=/work',
+    'PYJOB_MODE=sqlite',
+  ];
+  const pyLines = (out: string) => fs.readFileSync(out, 'utf8').split('\n').filter(Boolean);
+  const lastStep = (out: string) => Number(/^pyjob (\d+) /.exec(pyLines(out).at(-1) ?? '')?.[1] ?? 0);
+  const run = async (id: string) => {
+    const logFile = path.join(a.dir, `${id}-${Date.now()}.out`);
+    await a.containerd.run({ image, id, env: env(), logFile, runcBinary: ARCH_RUNC_BIN, detach: true });
+    return logFile;
+  };
+  /** Checkpointed left running at step `at`, run on 6 more steps (the database grows), lost. */
+  const checkpointAndLose = async (id: string, ctx = a.ctx) => {
+    const out = await run(id);
+    await waitFor('step 4', () => (lastStep(out) >= 4 ? true : undefined), 60_000);
+    const res = await checkpointContainer(ctx, {
+      namespace: 'default',
+      id,
+      runcRoot: a.runcRoot('default'),
+      leaveRunning: true,
+    });
+    const at = lastStep(out);
+    await waitFor('6 steps more', () => (lastStep(out) >= at + 6 ? true : undefined), 60_000);
+    await a.containerd.taskKill(id, 'SIGKILL');
+    await a.containerd.waitStatus(id, 'STOPPED', 15_000);
+    await a.containerd.removeContainer(id);
+    return { res, at };
+  };
+  const remove = async (id: string) => {
+    await a.containerd.taskKill(id, 'SIGKILL').catch(() => undefined);
+    await a.containerd.waitStatus(id, 'STOPPED', 15_000).catch(() => undefined);
+    await a.containerd.removeContainer(id).catch(() => undefined);
+  };
+
+  test('node lost after a periodic checkpoint: the database comes back as it was then, and the job goes on from it', async () => {
+    const id = 'wdf-sqlite';
+    try {
+      const { res, at } = await checkpointAndLose(id);
+      const db = res.manifest.workFiles?.find((f) => f.path === 'progress.db');
+      expect(db?.inPlace).toEqual({ offset: expect.any(Number), mtimeNs: expect.stringMatching(/^\d+$/) });
+      const out = await run(id);
+      await waitFor('5 steps after the restore', () => (pyLines(out).length >= 5 ? true : undefined), 60_000);
+      const after = pyLines(out);
+      // Restored (no fresh start), from the checkpoint, and every step's database check passed:
+      // as many rows as steps, the last one this step's total, PRAGMA quick_check ok.
+      expect(after.filter((l) => / FAIL|^pyjob start/.test(l))).toEqual([]);
+      const first = Number(/^pyjob (\d+) /.exec(after[0]!)?.[1]);
+      expect(first).toBeGreaterThan(1);
+      expect(first).toBeLessThanOrEqual(at + 1);
+      const written = a.logLines().find((l) => l.container === id && Array.isArray(l.rewritten));
+      expect(written?.rewritten).toEqual([{ path: 'progress.db', from: expect.any(Number), to: db!.size }]);
+    } finally {
+      await remove(id);
+    }
+  });
+
+  test("over the node's ARCH_KEPT_FILES_MAX_BYTES: not kept, and once the job changed it the restore is refused, naming the setting", async () => {
+    const id = 'wdf-sqlite-over';
+    try {
+      const { res } = await checkpointAndLose(id, { ...a.ctx, settings: { ...a.ctx.settings, keptFilesMaxBytes: 0 } });
+      const db = res.manifest.workFiles?.find((f) => f.path === 'progress.db');
+      expect(db?.inPlace).toEqual({ mtimeNs: expect.stringMatching(/^\d+$/) });
+      expect(
+        a
+          .logLines()
+          .some(
+            (l) =>
+              l.container === id && /rewrites in place hold more than ARCH_KEPT_FILES_MAX_BYTES/.test(String(l.msg)),
+          ),
+      ).toBe(true);
+      const out = await run(id);
+      const refused = await waitFor('the refusal', () =>
+        a.logLines().find((l) => l.container === id && l.reason === 'work-files'),
+      );
+      expect(refused.msg).toBe('checkpoint not restored; starting the container fresh');
+      expect(String(refused.err)).toMatch(
+        /"progress.db" in the work directory, which the job rewrites in place, changed after the checkpoint.*raise ARCH_KEPT_FILES_MAX_BYTES/,
+      );
+      await waitFor('the fresh start', () =>
+        pyLines(out).some((l) => l.startsWith('pyjob start')) ? true : undefined,
+      );
+    } finally {
+      await remove(id);
+    }
   });
 });

@@ -2,7 +2,13 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { ArchInputError } from '../../contract/errors.js';
-import { criuEnv, loadSettings, parseEmptyDirMaxBytes, parseEnvFile } from '../../core/settings.js';
+import {
+  criuEnv,
+  loadSettings,
+  parseEmptyDirMaxBytes,
+  parseEnvFile,
+  parseKeptFilesMaxBytes,
+} from '../../core/settings.js';
 
 let dir: string;
 beforeAll(() => {
@@ -164,5 +170,20 @@ describe('ARCH_EMPTYDIR_MAX_BYTES', () => {
   test.each(['4G', '-1', 'lots', '1e9', '4 gib'])('"%s" is refused, naming the setting and the fix', (v) => {
     expect(() => parseEmptyDirMaxBytes(v)).toThrow(ArchInputError);
     expect(() => parseEmptyDirMaxBytes(v)).toThrow(/ARCH_EMPTYDIR_MAX_BYTES.*512MiB or 16GiB.*unlimited/s);
+  });
+});
+
+describe('ARCH_KEPT_FILES_MAX_BYTES', () => {
+  test('the same sizes, its own name in the error, 4 GiB by default', () => {
+    expect([undefined, '64MiB', '0', 'unlimited'].map(parseKeptFilesMaxBytes)).toEqual([
+      4 * 1024 ** 3,
+      64 * 1024 ** 2,
+      0,
+      Infinity,
+    ]);
+    expect(() => parseKeptFilesMaxBytes('4G')).toThrow(/ARCH_KEPT_FILES_MAX_BYTES.*0: keep no rewritten file/s);
+    expect(loadSettings({ ARCH_CONFIG: '/nonexistent', ARCH_KEPT_FILES_MAX_BYTES: '1MiB' }).keptFilesMaxBytes).toBe(
+      1024 ** 2,
+    );
   });
 });

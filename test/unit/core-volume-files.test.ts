@@ -140,7 +140,7 @@ describe('capture, then roll back in the new mount', () => {
     const recorded: VolumeFiles[] = captured.records.map((r) => ({ ...r, destination: '/results' }));
     const ready = await prepareVolumeRollBacks(specOf(bind('/results', vol)), recorded);
     expect(ready.map((r) => r.destination)).toEqual(['/results']);
-    const cut = await ready[0]!.rollBack.cut();
+    const cut = await ready[0]!.rollBack.apply(undefined);
     expect(cut).toEqual(
       expect.arrayContaining([
         { path: 'out.csv', from: 12, to: 4 },

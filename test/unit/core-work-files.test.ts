@@ -6,7 +6,7 @@ import path from 'node:path';
 import { once } from 'node:events';
 import { isPlainRelativePath } from '../../core/paths.js';
 import { openBeneath } from '../../core/host-dirs.js';
-import { captureWorkFiles, rollBackWorkFiles, type WorkFile } from '../../core/work-files.js';
+import { captureWorkFiles, keptFilesWriter, rollBackWorkFiles, type WorkFile } from '../../core/work-files.js';
 import { CheckpointUnusableError } from '../../contract/errors.js';
 
 /**
@@ -47,6 +47,7 @@ async function holding(redirections: string): Promise<number> {
 }
 
 const ino = (p: string) => String(fs.statSync(path.join(dir, p)).ino);
+const mtimeNs = (p: string) => String(fs.statSync(path.join(dir, p), { bigint: true }).mtimeNs);
 
 describe('captureWorkFiles', () => {
   test('files open for writing, by their path below the work dir, with their size and O_APPEND', async () => {
@@ -60,7 +61,14 @@ describe('captureWorkFiles', () => {
       expect([...got.files].sort((x, y) => x.path.localeCompare(y.path))).toEqual([
         { path: 'log.txt', size: 0, ino: ino('log.txt'), append: true },
         { path: 'results.txt', size: 3, ino: ino('results.txt'), append: false },
-        { path: 'sub/db.bin', size: 5, ino: ino('sub/db.bin'), append: false },
+        // Opened for reading and writing: rewritten in place, its contents kept, not its size.
+        {
+          path: 'sub/db.bin',
+          size: 5,
+          ino: ino('sub/db.bin'),
+          append: false,
+          inPlace: { mtimeNs: mtimeNs('sub/db.bin') },
+        },
       ]);
     } finally {
       await got.sync(true);
@@ -90,6 +98,122 @@ describe('captureWorkFiles', () => {
     const got = await captureWorkFiles([pid], dir, dir);
     expect(got.files).toEqual([]);
     await got.close();
+  });
+});
+
+describe('files the job rewrites in place', () => {
+  /** A process that wrote `text` to `name` and went back `back` bytes (a database's header update), then sleeps. */
+  async function wroteAndWentBack(name: string, text: string, back: number): Promise<number> {
+    const p = spawn(
+      'python3',
+      [
+        '-c',
+        `import os,time\nf=os.open(${JSON.stringify(name)},os.O_WRONLY|os.O_CREAT)\nos.write(f,${JSON.stringify(text)}.encode())\nos.lseek(f,-${back},2)\nprint(1,flush=True)\ntime.sleep(60)`,
+      ],
+      { cwd: dir, stdio: ['ignore', 'pipe', 'ignore'] },
+    );
+    holders.push(p);
+    await once(p.stdout!, 'data');
+    return p.pid!;
+  }
+
+  test('a write-only file written up to before its end is rewritten in place; one written at its end is not', async () => {
+    const went = await wroteAndWentBack('header.bin', 'HEADERbody', 4);
+    const at = await wroteAndWentBack('seq.bin', 'abc', 0);
+    const got = await captureWorkFiles([went, at], dir, dir);
+    await got.close();
+    expect([...got.files].sort((x, y) => x.path.localeCompare(y.path))).toEqual([
+      {
+        path: 'header.bin',
+        size: 10,
+        ino: ino('header.bin'),
+        append: false,
+        inPlace: { mtimeNs: mtimeNs('header.bin') },
+      },
+      { path: 'seq.bin', size: 3, ino: ino('seq.bin'), append: false },
+    ]);
+  });
+
+  test('kept at the checkpoint, written back whole at the restore, whatever the lost run did to them', async () => {
+    fs.writeFileSync(path.join(dir, 'grown.db'), 'AAAAbbbb');
+    fs.writeFileSync(path.join(dir, 'same-size.db'), '12345678');
+    fs.writeFileSync(path.join(dir, 'shrunk.db'), 'long contents');
+    fs.writeFileSync(path.join(dir, 'log.txt'), 'one\n');
+    const pid = await holding('3<>grown.db 4<>same-size.db 5<>shrunk.db 6>>log.txt');
+    const got = await captureWorkFiles([pid], dir, dir);
+    const kept = path.join(outsideDir(), 'kept-files.bin');
+    const writer = await keptFilesWriter(kept, 1024);
+    await got.keepInPlace(writer.sink);
+    await writer.close();
+    await got.sync(false);
+    expect(writer.bytes()).toBe(8 + 8 + 13);
+    expect(writer.left()).toBe(0);
+    const files = got.files;
+    expect(files.filter((f) => f.inPlace).map((f) => f.inPlace!.offset)).toEqual([0, 8, 16]);
+    // The lost run: pages changed in place, the file grew; another rewritten; one shrank (a VACUUM); the log grew.
+    fs.writeFileSync(path.join(dir, 'grown.db'), 'ZZZZbbbbNEWPAGES');
+    fs.writeFileSync(path.join(dir, 'same-size.db'), '87654321');
+    fs.truncateSync(path.join(dir, 'shrunk.db'), 4);
+    fs.appendFileSync(path.join(dir, 'log.txt'), 'two\n');
+    const done = await rollBackWorkFiles(dir, files, kept);
+    expect(done.sort((x, y) => x.path.localeCompare(y.path))).toEqual([
+      { path: 'grown.db', from: 16, to: 8, rewritten: true },
+      { path: 'log.txt', from: 8, to: 4 },
+      { path: 'same-size.db', from: 8, to: 8, rewritten: true },
+      { path: 'shrunk.db', from: 4, to: 13, rewritten: true },
+    ]);
+    const read = (p: string) => fs.readFileSync(path.join(dir, p), 'utf8');
+    expect([read('grown.db'), read('same-size.db'), read('shrunk.db'), read('log.txt')]).toEqual([
+      'AAAAbbbb',
+      '12345678',
+      'long contents',
+      'one\n',
+    ]);
+  });
+
+  test('over the limit: not kept; the restore takes the file unchanged, and refuses it changed (nothing written back)', async () => {
+    fs.writeFileSync(path.join(dir, 'small.db'), 'small');
+    fs.writeFileSync(path.join(dir, 'big.db'), 'x'.repeat(100));
+    const pid = await holding('3<>small.db 4<>big.db');
+    const got = await captureWorkFiles([pid], dir, dir);
+    const kept = path.join(outsideDir(), 'kept-files.bin');
+    const writer = await keptFilesWriter(kept, 50);
+    await got.keepInPlace(writer.sink);
+    await writer.close();
+    await got.close();
+    expect([writer.bytes(), writer.left()]).toEqual([5, 100]);
+    const big = got.files.find((f) => f.path === 'big.db')!;
+    expect(big.inPlace).toEqual({ mtimeNs: mtimeNs('big.db') });
+    // Unchanged since the checkpoint: restored into as it is.
+    fs.writeFileSync(path.join(dir, 'small.db'), 'SMALL and more');
+    expect(await rollBackWorkFiles(dir, got.files, kept)).toEqual([
+      { path: 'small.db', from: 14, to: 5, rewritten: true },
+    ]);
+    // Changed: refused with the setting to raise, and small.db not written back.
+    fs.writeFileSync(path.join(dir, 'small.db'), 'SMALL again');
+    fs.writeFileSync(path.join(dir, 'big.db'), 'y'.repeat(100));
+    const err = await rollBackWorkFiles(dir, got.files, kept).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(CheckpointUnusableError);
+    expect((err as CheckpointUnusableError).reason).toBe('work-files');
+    expect(String(err)).toMatch(
+      /"big.db" in the work directory, which the job rewrites in place, changed after the checkpoint.*raise ARCH_KEPT_FILES_MAX_BYTES/,
+    );
+    expect(fs.readFileSync(path.join(dir, 'small.db'), 'utf8')).toBe('SMALL again');
+  });
+
+  test('kept contents that end early refuse the restore', async () => {
+    fs.writeFileSync(path.join(dir, 'a.db'), 'contents');
+    const files: WorkFile[] = [
+      { path: 'a.db', size: 8, ino: ino('a.db'), append: false, inPlace: { offset: 0, mtimeNs: '1' } },
+    ];
+    const kept = path.join(outsideDir(), 'kept-files.bin');
+    fs.writeFileSync(kept, 'cont');
+    await expect(rollBackWorkFiles(dir, files, kept)).rejects.toThrow(
+      `the checkpoint's kept contents of "a.db" end early`,
+    );
+    await expect(rollBackWorkFiles(dir, files, undefined)).rejects.toThrow(
+      'the checkpoint lacks the kept contents of "a.db"',
+    );
   });
 });
 
