@@ -1,6 +1,8 @@
+import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { checkpointContainer } from '../../core/checkpoint.js';
+import { createNodeContext } from '../../core/context.js';
 import { CheckpointStore } from '../../core/store.js';
 import { cleanupStaleNodes, stopAllNodes } from '../support/containerd-node.js';
 import { ARCH_RUNC_BIN, startArchNode, waitFor, type ArchTestNode } from '../support/arch-node.js';
@@ -327,27 +329,72 @@ describe('a database the job rewrites in place in its work dir', () => {
     await a.containerd.removeContainer(id).catch(() => undefined);
   };
 
-  test('node lost after a periodic checkpoint: the database comes back as it was then, and the job goes on from it', async () => {
-    const id = 'wdf-sqlite';
+  /** The node's settings file with `extra` lines while `body` runs (arch-runc reads it at every call), and a context reading it. */
+  const withSettings = async (extra: Record<string, string>, body: (ctx: typeof a.ctx) => Promise<void>) => {
+    const before = fs.readFileSync(a.archConfig, 'utf8');
+    fs.appendFileSync(
+      a.archConfig,
+      Object.entries(extra)
+        .map(([k, v]) => `${k}=${v}\n`)
+        .join(''),
+    );
     try {
-      const { res, at } = await checkpointAndLose(id);
-      const db = res.manifest.workFiles?.find((f) => f.path === 'progress.db');
-      expect(db?.inPlace).toEqual({ offset: expect.any(Number), mtimeNs: expect.stringMatching(/^\d+$/) });
-      const out = await run(id);
-      await waitFor('5 steps after the restore', () => (pyLines(out).length >= 5 ? true : undefined), 60_000);
-      const after = pyLines(out);
-      // Restored (no fresh start), from the checkpoint, and every step's database check passed:
-      // as many rows as steps, the last one this step's total, PRAGMA quick_check ok.
-      expect(after.filter((l) => / FAIL|^pyjob start/.test(l))).toEqual([]);
-      const first = Number(/^pyjob (\d+) /.exec(after[0]!)?.[1]);
-      expect(first).toBeGreaterThan(1);
-      expect(first).toBeLessThanOrEqual(at + 1);
-      const written = a.logLines().find((l) => l.container === id && Array.isArray(l.rewritten));
-      expect(written?.rewritten).toEqual([{ path: 'progress.db', from: expect.any(Number), to: db!.size }]);
+      await body(createNodeContext('test', { ...process.env, ARCH_CONFIG: a.archConfig }));
     } finally {
-      await remove(id);
+      fs.writeFileSync(a.archConfig, before);
     }
-  });
+  };
+  const storeKey = () => {
+    const file = path.join(storage, 'store.key');
+    if (!fs.existsSync(file)) fs.writeFileSync(file, `${crypto.randomBytes(32).toString('hex')}\n`, { mode: 0o600 });
+    return file;
+  };
+  /** Files of a checkpoint directory that hold these bytes in plaintext. */
+  const filesHolding = (dir: string, bytes: Buffer): string[] =>
+    fs
+      .readdirSync(dir, { recursive: true, withFileTypes: true })
+      .filter((e) => e.isFile() && fs.readFileSync(path.join(e.parentPath, e.name)).includes(bytes))
+      .map((e) => path.relative(dir, path.join(e.parentPath, e.name)));
+  const SQLITE_MAGIC = Buffer.from('SQLite format 3\0');
+
+  test.each([
+    ['whole files (format 1)', false, false],
+    ['encrypted (ARCH_STORE_KEY_FILE)', true, false],
+    ['chunked (ARCH_STORE_FORMAT=2)', false, true],
+  ])(
+    'node lost after a periodic checkpoint, store %s: the database comes back as it was then, and the job goes on from it',
+    async (_store, sealed, chunked) => {
+      const id = `wdf-sqlite${sealed ? '-sealed' : ''}${chunked ? '-chunked' : ''}`;
+      const settings = {
+        ...(sealed ? { ARCH_STORE_KEY_FILE: storeKey() } : {}),
+        ...(chunked ? { ARCH_STORE_FORMAT: '2' } : {}),
+      };
+      await withSettings(settings, async (ctx) => {
+        try {
+          const { res, at } = await checkpointAndLose(id, ctx);
+          const db = res.manifest.workFiles?.find((f) => f.path === 'progress.db');
+          expect(db?.inPlace).toEqual({ offset: expect.any(Number), mtimeNs: expect.stringMatching(/^\d+$/) });
+          // The database's pages are the job's data: in kept-files.bin in the clear, sealed with the rest when
+          // the store is encrypted (format 2 keeps them in chunks outside the checkpoint's directory).
+          if (!chunked) expect(filesHolding(res.dir, SQLITE_MAGIC).includes('kept-files.bin')).toBe(!sealed);
+          if (sealed) expect(filesHolding(res.dir, SQLITE_MAGIC)).toEqual([]);
+          const out = await run(id);
+          await waitFor('5 steps after the restore', () => (pyLines(out).length >= 5 ? true : undefined), 60_000);
+          const after = pyLines(out);
+          // Restored (no fresh start), from the checkpoint, and every step's database check passed:
+          // as many rows as steps, the last one this step's total, PRAGMA quick_check ok.
+          expect(after.filter((l) => / FAIL|^pyjob start/.test(l))).toEqual([]);
+          const first = Number(/^pyjob (\d+) /.exec(after[0]!)?.[1]);
+          expect(first).toBeGreaterThan(1);
+          expect(first).toBeLessThanOrEqual(at + 1);
+          const written = a.logLines().find((l) => l.container === id && Array.isArray(l.rewritten));
+          expect(written?.rewritten).toEqual([{ path: 'progress.db', from: expect.any(Number), to: db!.size }]);
+        } finally {
+          await remove(id);
+        }
+      });
+    },
+  );
 
   test("over the node's ARCH_KEPT_FILES_MAX_BYTES: not kept, and once the job changed it the restore is refused, naming the setting", async () => {
     const id = 'wdf-sqlite-over';
