@@ -6,6 +6,7 @@ import path from 'node:path';
 import { CheckpointUnusableError } from '../../contract/errors.js';
 import { readRollbackVolumes } from '../../core/env-contract.js';
 import type { OciMount, OciSpec } from '../../core/oci-spec.js';
+import { keptFilesWriter } from '../../core/work-files.js';
 import {
   captureVolumeFiles,
   grownVolumeFileFix,
@@ -149,6 +150,32 @@ describe('capture, then roll back in the new mount', () => {
     );
     expect(fs.readFileSync(path.join(vol, 'out.csv'), 'utf8')).toBe('a,1\n');
     expect(fs.readFileSync(path.join(vol, 'input.txt'), 'utf8')).toBe('read only\n');
+  });
+
+  test('a database the job rewrites in a volume is kept through the volume capture and written back whole', async () => {
+    const vol = tmp();
+    fs.writeFileSync(path.join(vol, 'state.db'), 'page1page2');
+    const pid = await holding(vol, '3<>state.db');
+    const captured = await captureVolumeFiles([pid], [{ destination: vol, source: vol }]);
+    const kept = path.join(tmp(), 'kept-files.bin');
+    const writer = await keptFilesWriter(kept, Infinity);
+    await captured.keepInPlace(writer.sink);
+    await writer.close();
+    await captured.sync(false);
+    expect(captured.records[0]!.files).toEqual([
+      {
+        path: 'state.db',
+        size: 10,
+        ino: expect.any(String),
+        append: false,
+        inPlace: { offset: 0, mtimeNs: expect.any(String) },
+      },
+    ]);
+    fs.writeFileSync(path.join(vol, 'state.db'), 'PAGE1page2page3');
+    const recorded: VolumeFiles[] = captured.records.map((r) => ({ ...r, destination: '/data' }));
+    const [ready] = await prepareVolumeRollBacks(specOf(bind('/data', vol)), recorded);
+    expect(await ready!.rollBack.apply(kept)).toEqual([{ path: 'state.db', from: 15, to: 10, rewritten: true }]);
+    expect(fs.readFileSync(path.join(vol, 'state.db'), 'utf8')).toBe('page1page2');
   });
 
   test('a volume not mounted in the new container, or a file replaced there: refused, nothing cut anywhere', async () => {
