@@ -149,7 +149,14 @@ test('docker stop / docker start of the same container restores its checkpoint',
   await waitCount(j, count(j) + 3); // runs on past its checkpoint (its memory only: the layer stays)
   await dk.docker(['stop', j.name]);
   await dk.docker(['start', j.name]);
-  await waitFor('restore of the same container', () => (restoredLines(id).length === 1 ? true : undefined));
+  // Restored, or started fresh with a reason (which the failure then shows).
+  const outcome = await waitFor('the same container restored or started fresh', () =>
+    logsFor(id).find(
+      (l) => l.msg === 'restored from checkpoint' || l.msg === 'checkpoint not restored; starting the container fresh',
+    ),
+  );
+  expect(outcome).toMatchObject({ msg: 'restored from checkpoint' });
+  expect(restoredLines(id)).toHaveLength(1);
   expect(starts(j)).toBe(1);
   const c = count(j);
   await waitCount(j, c + 3);
