@@ -52,6 +52,7 @@ import { ChunkFollower, ChunkWriter } from './chunked-files.js';
 import { lockCheckpoint, updateShimState } from './shim-state.js';
 import { runtimeVersions } from './versions.js';
 import { withCriuErrors } from './criu-log.js';
+import { CLOSED_FILES_MAX } from './closed-files.js';
 import {
   captureWorkFiles,
   KEPT_FILES_MAX_FIELD,
@@ -506,6 +507,11 @@ async function checkpointLocked(
         workFiles = await work; // closed on the failure path below
         volumeFiles = await vols;
         timings.rootfsCapture = Date.now() - c0;
+        for (const where of [...(workFiles?.closedMore ? ['the work dir'] : []), ...(volumeFiles?.closedMore ?? [])])
+          log.warn(
+            { phase: 'rootfs', where, max: CLOSED_FILES_MAX },
+            `${where} holds more than ${CLOSED_FILES_MAX} files: those past them are not recorded, and a restore does not cut them back if the lost run appended to them`,
+          );
       }
     };
     /**
@@ -765,6 +771,8 @@ async function checkpointLocked(
         ...(volumeRecords.length ? { volumes: volumeRecords } : {}),
         ...(volumesLeft.length ? { volumesLeft } : {}),
         ...(workFiles ? { workFiles: workFiles.files } : {}),
+        ...(workFiles ? { closedWorkFiles: workFiles.closed } : {}),
+        ...(workFiles?.closedMore ? { closedWorkFilesMore: true as const } : {}),
         ...(volumeFiles?.records.length ? { volumeFiles: volumeFiles.records } : {}),
         ...(seal ? { seal } : {}),
       },

@@ -46,11 +46,24 @@ function buildSchemas() {
     size: z.number().int().nonnegative(),
     ino: z.string().regex(/^\d{1,20}$/),
     append: z.boolean(),
-    /** Rewritten in place (core/work-files.ts): where its contents start in kept-files.bin (absent: not kept), its mtime then. */
+    /** Rewritten in place (core/work-files.ts): its mtime then. */
     inPlace: z
-      .object({ offset: z.number().int().nonnegative().optional(), mtimeNs: z.string().regex(/^\d{1,25}$/) })
+      .object({ mtimeNs: z.string().regex(/^\d{1,25}$/) })
       .strict()
       .optional(),
+    /** Its contents kept: where they start in kept-files.bin; its mode bits and owner, to make it again. */
+    kept: z.number().int().nonnegative().optional(),
+    mode: z.number().int().min(0).max(0o7777).optional(),
+    uid: z.number().int().nonnegative().optional(),
+    gid: z.number().int().nonnegative().optional(),
+  });
+
+  /** core/closed-files.ts: a file of the work dir or a volume the job did not hold open. */
+  const ClosedFileEntry = z.object({
+    path: z.string().refine(isPlainRelativePath, 'a plain relative path'),
+    size: z.number().int().nonnegative(),
+    ino: z.string().regex(/^\d{1,20}$/),
+    tail: HEX64,
   });
 
   const FileEntry = z.object({
@@ -143,13 +156,24 @@ function buildSchemas() {
      * (core/work-files.ts: a restore cuts them back to these). Absent before ARCH recorded them.
      */
     workFiles: z.array(WorkFileEntry).max(100_000).optional(),
+    /** The work dir's other files, which the job opens and closes (core/closed-files.ts). Absent when none. */
+    closedWorkFiles: z.array(ClosedFileEntry).max(100_000).optional(),
+    /** More files in the work dir than closedWorkFiles lists (then nothing the lost run made is set aside). */
+    closedWorkFilesMore: z.literal(true).optional(),
     /**
      * The same for the volumes the container named as its job's alone
      * (ARCH_ROLLBACK_VOLUMES, core/volume-files.ts): where each is mounted in
      * the container, and the files the job held open for writing there. Absent when none.
      */
     volumeFiles: z
-      .array(z.object({ destination: z.string().startsWith('/'), files: z.array(WorkFileEntry).max(100_000) }))
+      .array(
+        z.object({
+          destination: z.string().startsWith('/'),
+          files: z.array(WorkFileEntry).max(100_000),
+          closed: z.array(ClosedFileEntry).max(100_000).optional(),
+          closedMore: z.literal(true).optional(),
+        }),
+      )
       .max(32)
       .optional(),
     files: z.array(FileEntry),

@@ -599,12 +599,21 @@ async function rollBackOpenFiles(
   kept: string,
   timings: Record<string, number>,
 ): Promise<void> {
-  if (!(req.workDir && manifest.workFiles?.length) && !manifest.volumeFiles?.length) return;
+  const inWorkDir = !!req.workDir && !!(manifest.workFiles?.length || manifest.closedWorkFiles);
+  if (!inWorkDir && !manifest.volumeFiles?.length) return;
   const w = Date.now();
   const places: { volume?: string; rollBack: RollBack }[] = [];
   try {
-    if (req.workDir && manifest.workFiles?.length)
-      places.push({ rollBack: await prepareRollBack(req.workDir, manifest.workFiles) });
+    if (inWorkDir)
+      places.push({
+        rollBack: await prepareRollBack(
+          req.workDir!,
+          manifest.workFiles ?? [],
+          undefined,
+          manifest.closedWorkFiles,
+          !!manifest.closedWorkFiles && !manifest.closedWorkFilesMore,
+        ),
+      });
     if (manifest.volumeFiles?.length)
       for (const p of await prepareVolumeRollBacks(req.spec, manifest.volumeFiles))
         places.push({ volume: p.destination, rollBack: p.rollBack });
@@ -613,12 +622,24 @@ async function rollBackOpenFiles(
       const done = await rollBack.apply(kept);
       const where = volume ? `files of the volume at ${volume}` : 'work dir files';
       const base = { namespace: req.namespace, container: req.id, phase: 'restore', ...(volume ? { volume } : {}) };
-      const cut = done.filter((d) => !d.rewritten);
+      const cut = done.filter((d) => !d.rewritten && !d.closed && !d.setAside);
+      const aside = done.filter((d) => d.setAside);
       const rewritten = done.filter((d) => d.rewritten).map(({ path, from, to }) => ({ path, from, to }));
+      const appended = done.filter((d) => d.closed).map(({ path, from, to }) => ({ path, from, to }));
       if (cut.length)
         ctx.log.info(
           { ...base, files: cut },
           `${where} cut back to their sizes at the checkpoint (what the lost run wrote after it; the restored job writes that part again)`,
+        );
+      if (aside.length)
+        ctx.log.info(
+          { ...base, setAside: aside.map((d) => d.path), to: aside[0]!.setAside },
+          `${where} the lost run made after the checkpoint moved aside into ${aside[0]!.setAside} (the restored job makes them again)`,
+        );
+      if (appended.length)
+        ctx.log.info(
+          { ...base, appended },
+          `${where} the job appends to between checkpoints cut back to their sizes at the checkpoint (the restored job appends that part again)`,
         );
       if (rewritten.length)
         ctx.log.info(

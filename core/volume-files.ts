@@ -2,6 +2,7 @@ import path from 'node:path';
 import { CheckpointUnusableError } from '../contract/errors.js';
 import { isBindMount, mountAt, mountDestination, type OciMount, type OciSpec } from './oci-spec.js';
 import { podScratchVolumes } from './pod-volumes.js';
+import type { ClosedFile } from './closed-files.js';
 import {
   captureOpenFiles,
   prepareRollBack,
@@ -46,6 +47,10 @@ export interface JobVolume {
 export interface VolumeFiles {
   destination: string;
   files: WorkFile[];
+  /** The volume's other files, which the job opens and closes (core/closed-files.ts). */
+  closed?: ClosedFile[];
+  /** More files than the checkpoint records: `closed` is not all of them. */
+  closedMore?: true;
 }
 
 const isReadOnly = (m: OciMount) => (m.options ?? []).includes('ro');
@@ -92,6 +97,8 @@ export function jobVolumes(
 export interface CapturedVolumeFiles {
   /** The volumes where the job held files open for writing (none: nothing to roll back). */
   records: VolumeFiles[];
+  /** The volumes holding more files than the checkpoint records (closed-files.ts's CLOSED_FILES_MAX). */
+  closedMore: string[];
   /** The contents of the files rewritten in place, kept through `sink` (core/work-files.ts). */
   keepInPlace(sink: KeptFilesSink): Promise<void>;
   sync(fsync: boolean): Promise<void>;
@@ -108,9 +115,13 @@ export async function captureVolumeFiles(
     volumes.map((v) => ({ containerPath: v.destination, dir: v.source })),
   );
   return {
-    records: volumes
-      .map((v, i) => ({ destination: v.destination, files: captured[i]!.files }))
-      .filter((r) => r.files.length),
+    records: volumes.map((v, i) => ({
+      destination: v.destination,
+      files: captured[i]!.files,
+      closed: captured[i]!.closed,
+      ...(captured[i]!.closedMore ? { closedMore: true as const } : {}),
+    })),
+    closedMore: volumes.filter((_, i) => captured[i]!.closedMore).map((v) => v.destination),
     async keepInPlace(sink) {
       for (const c of captured) await c.keepInPlace(sink);
     },
@@ -151,7 +162,13 @@ export async function prepareVolumeRollBacks(
         );
       ready.push({
         destination: r.destination,
-        rollBack: await prepareRollBack(m.source!, r.files, placeOf(r.destination)),
+        rollBack: await prepareRollBack(
+          m.source!,
+          r.files,
+          placeOf(r.destination),
+          r.closed,
+          !!r.closed && !r.closedMore,
+        ),
       });
     }
   } catch (err) {

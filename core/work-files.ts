@@ -1,6 +1,7 @@
 import fs from 'node:fs';
 import fsp, { type FileHandle } from 'node:fs/promises';
 import { CheckpointUnusableError } from '../contract/errors.js';
+import { cutAppendedFiles, recordClosedFiles, setAsideNewFiles, type ClosedFile } from './closed-files.js';
 import { openBeneath } from './host-dirs.js';
 import { DELETED_SUFFIX, openFds } from './open-files.js';
 import { isPlainRelativePath } from './paths.js';
@@ -45,15 +46,28 @@ export interface WorkFile {
   append: boolean;
   /** Rewritten in place (see above): its contents roll back, not only its size. Absent: written at its end only. */
   inPlace?: InPlace;
+  /**
+   * Its contents were kept: where its `size` bytes start in KEPT_FILES. Every file rewritten in place
+   * (up to the node's limit), written back whole; and every other non-append one up to
+   * SMALL_FILE_BYTES, cut back as before where it is longer, written back where it is shorter, and
+   * made again where it is gone (a temporary file the job renamed after the checkpoint, as a file
+   * written whole is: write, then rename).
+   */
+  kept?: number;
+  /** With `kept`: its mode bits and owner, for a file made again. */
+  mode?: number;
+  uid?: number;
+  gid?: number;
 }
 
-/** What a checkpoint keeps of a file the job rewrites in place. */
+/** What a checkpoint records of a file the job rewrites in place. */
 export interface InPlace {
-  /** Where its `size` bytes start in KEPT_FILES; absent when they were not kept (over the node's limit). */
-  offset?: number;
   /** Its modification time then, in ns: a file not kept may be restored into only if it is unchanged since. */
   mtimeNs: string;
 }
+
+/** Non-append files up to this size are kept whole with the checkpoint even when written at their end only. */
+export const SMALL_FILE_BYTES = 1024 * 1024;
 
 /** The node setting that bounds the bytes of rewritten files a checkpoint keeps. */
 export const KEPT_FILES_MAX_FIELD = 'ARCH_KEPT_FILES_MAX_BYTES';
@@ -67,7 +81,11 @@ export interface KeptFilesSink {
 /** Captured work files, each still open so that the checkpoint can make its recorded size durable. */
 export interface CapturedWorkFiles {
   files: WorkFile[];
-  /** The contents of the files rewritten in place, kept through `sink` (each one's `inPlace.offset` set). */
+  /** The place's other files, which the job opens and closes (core/closed-files.ts). */
+  closed: ClosedFile[];
+  /** More files than CLOSED_FILES_MAX: the rest were not recorded. */
+  closedMore: boolean;
+  /** The contents of the files rewritten in place and of small ones, kept through `sink` (each one's `kept` set). */
   keepInPlace(sink: KeptFilesSink): Promise<void>;
   /** fsync each file (its recorded bytes must outlive the node), then close them. */
   sync(fsync: boolean): Promise<void>;
@@ -155,7 +173,13 @@ export async function captureOpenFiles(
   );
   const captured: CapturedWorkFiles[] = [];
   try {
-    for (const [i, place] of places.entries()) captured.push(await holdOpenFiles(place.dir, open[i]!));
+    for (const [i, place] of places.entries()) {
+      const held = await holdOpenFiles(place.dir, open[i]!);
+      captured.push(held);
+      const closed = await recordClosedFiles(place.dir, new Set(open[i]!.keys()));
+      held.closed = closed.files;
+      held.closedMore = closed.more;
+    }
   } catch (err) {
     await Promise.all(captured.map((c) => c.close()));
     throw err;
@@ -197,11 +221,17 @@ async function holdOpenFiles(dir: string, open: Map<string, OpenForWrite>): Prom
   };
   return {
     files,
+    closed: [],
+    closedMore: false,
     async keepInPlace(sink) {
       for (const [i, f] of files.entries()) {
-        if (!f.inPlace) continue;
-        const offset = await sink.keep(handles[i]!, f.size);
-        if (offset !== undefined) f.inPlace.offset = offset;
+        // An O_APPEND log is only cut: a shorter one was rotated, and stays as it is.
+        if (!f.inPlace && (f.append || f.size > SMALL_FILE_BYTES)) continue;
+        const h = handles[i]!;
+        const offset = await sink.keep(h, f.size);
+        if (offset === undefined) continue;
+        const st = await h.stat();
+        Object.assign(f, { kept: offset, mode: st.mode & 0o7777, uid: st.uid, gid: st.gid });
       }
     },
     async sync(fsync: boolean) {
@@ -268,12 +298,18 @@ export async function keptFilesWriter(file: string, maxBytes: number): Promise<K
   };
 }
 
-/** What a roll-back did to one file: cut from one size to another, or (rewritten) written back whole. */
+/**
+ * What a roll-back did to one file: cut from one size to another, or (rewritten) written back whole,
+ * or (closed) cut back though the job did not hold it open (core/closed-files.ts).
+ */
 export interface RolledBack {
   path: string;
   from: number;
   to: number;
   rewritten?: true;
+  closed?: true;
+  /** Made by the lost run after the checkpoint: moved into this directory at the top of the place. */
+  setAside?: string;
 }
 
 /** Where recorded files are rolled back, for the reason a refusal gives. */
@@ -316,11 +352,15 @@ export async function prepareRollBack(
   dir: string,
   files: readonly WorkFile[],
   place: RollBackPlace = WORK_DIR_PLACE,
+  closed: readonly ClosedFile[] = [],
+  /** `closed` lists every other file of the place: what is not in it was made after the checkpoint. */
+  closedComplete = false,
 ): Promise<RollBack> {
   const refuse = (what: string) => new CheckpointUnusableError(place.reason, `${what}: ${place.fix}`);
-  const open: { f: WorkFile; h: FileHandle; size: number }[] = [];
+  /** Each file checked: held open, or (h undefined) gone and made again from its kept contents. */
+  const open: { f: WorkFile; h?: FileHandle; size: number }[] = [];
   const close = async () => {
-    await Promise.all(open.splice(0).map(({ h }) => h.close().catch(() => undefined)));
+    await Promise.all(open.splice(0).map(({ h }) => h?.close().catch(() => undefined)));
   };
   try {
     for (const f of files) {
@@ -331,6 +371,10 @@ export async function prepareRollBack(
         h = await openBeneath(dir, f.path, O_WRONLY);
       } catch (err) {
         const code = (err as NodeJS.ErrnoException).code;
+        if (code === 'ENOENT' && f.kept !== undefined) {
+          open.push({ f, size: 0 });
+          continue;
+        }
         const now =
           code === 'ENOENT'
             ? 'is gone from'
@@ -347,8 +391,9 @@ export async function prepareRollBack(
       if (st.ino.toString() !== f.ino)
         throw refuse(`"${f.path}" in ${place.name} is another file than the one the job had open at the checkpoint`);
       const size = (entry.size = Number(st.size));
+      if (f.kept !== undefined) continue; // written back whole, whatever the lost run left
       if (f.inPlace) {
-        if (f.inPlace.offset === undefined && (size !== f.size || st.mtimeNs.toString() !== f.inPlace.mtimeNs))
+        if (size !== f.size || st.mtimeNs.toString() !== f.inPlace.mtimeNs)
           throw new CheckpointUnusableError(
             place.reason,
             `"${f.path}" in ${place.name}, which the job rewrites in place, changed after the checkpoint, and the checkpoint ` +
@@ -368,21 +413,38 @@ export async function prepareRollBack(
         const done: RolledBack[] = [];
         let from: FileHandle | undefined;
         try {
-          for (const { f, h, size } of open) {
-            if (f.inPlace?.offset !== undefined) {
+          for (const entry of open) {
+            const { f, size } = entry;
+            // Rewritten in place: always whole. Written at its end: cut back, unless it is gone or shorter.
+            if (f.kept !== undefined && (f.inPlace || !entry.h || size < f.size)) {
               if (!kept) throw refuse(`the checkpoint lacks the kept contents of "${f.path}"`);
               from ??= await fsp.open(kept, O_RDONLY);
-              await copyKept(from, f.inPlace.offset, h, f.size, () =>
+              // Gone: made again (never over a file that appeared at the name meanwhile), as it was.
+              const made = !entry.h;
+              const h = (entry.h ??= await openBeneath(dir, f.path, O_WRONLY, 0o600));
+              if (made && f.mode !== undefined) {
+                await h.chown(f.uid ?? 0, f.gid ?? 0);
+                await h.chmod(f.mode);
+              }
+              await copyKept(from, f.kept, h, f.size, () =>
                 refuse(`the checkpoint's kept contents of "${f.path}" end early`),
               );
               done.push({ path: f.path, from: size, to: f.size, rewritten: true });
             } else if (!f.inPlace && size > f.size) {
+              const h = entry.h!;
               await h.truncate(f.size);
               done.push({ path: f.path, from: size, to: f.size });
             }
           }
         } finally {
           await from?.close();
+        }
+        // The files it opens and closes: cut back only where only appended to, never refused.
+        for (const c of await cutAppendedFiles(dir, closed)) done.push({ ...c, closed: true });
+        if (closedComplete) {
+          const recorded = new Set([...files.map((f) => f.path), ...closed.map((c) => c.path)]);
+          const aside = await setAsideNewFiles(dir, recorded);
+          for (const p of aside.moved) done.push({ path: p, from: 0, to: 0, setAside: aside.to! });
         }
         return done;
       } finally {

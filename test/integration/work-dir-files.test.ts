@@ -59,7 +59,16 @@ async function runCheckpointAndLose(id: string, append: boolean): Promise<number
     leaveRunning: true,
   });
   const recorded = res.manifest.workFiles;
-  expect(recorded).toEqual([{ path: 'out.txt', size: expect.any(Number), ino: expect.any(String), append }]);
+  expect(recorded).toEqual([
+    {
+      path: 'out.txt',
+      size: expect.any(Number),
+      ino: expect.any(String),
+      append,
+      // A small results file is kept too (made again if it is gone at the restore); a log is not.
+      ...(append ? {} : { kept: 0, mode: expect.any(Number), uid: 0, gid: 0 }),
+    },
+  ]);
   const size = recorded![0]!.size;
   // The lines up to the checkpoint, whole: the job was stopped between two writes.
   const atCheckpoint = fs.readFileSync(outOf(id), 'utf8').slice(0, size);
@@ -177,7 +186,16 @@ test('a checkpoint that stops the job records its work files too, and they resto
   const res = await checkpointContainer(a.ctx, { namespace: 'default', id, runcRoot: a.runcRoot('default') });
   await a.containerd.waitStatus(id, 'STOPPED', 15_000);
   expect(res.manifest.workFiles).toEqual([
-    { path: 'out.txt', size: fs.statSync(outOf(id)).size, ino: String(fs.statSync(outOf(id)).ino), append: false },
+    {
+      path: 'out.txt',
+      size: fs.statSync(outOf(id)).size,
+      ino: String(fs.statSync(outOf(id)).ino),
+      append: false,
+      kept: 0,
+      mode: 0o644,
+      uid: 0,
+      gid: 0,
+    },
   ]);
   const before = linesOf(outOf(id)).length;
   await a.containerd.removeContainer(id);
@@ -232,7 +250,17 @@ describe('a volume the container names in ARCH_ROLLBACK_VOLUMES', () => {
       expect(recorded).toEqual([
         {
           destination: '/results',
-          files: [{ path: 'out.txt', size: expect.any(Number), ino: expect.any(String), append: false }],
+          files: [
+            {
+              path: 'out.txt',
+              size: expect.any(Number),
+              ino: expect.any(String),
+              append: false,
+              ...{ kept: 0, mode: expect.any(Number), uid: 0, gid: 0 },
+            },
+          ],
+          // Every other file of the volume (none here): what is not among them at the restore is set aside.
+          closed: [],
         },
       ]);
     } else expect(recorded).toBeUndefined();
@@ -286,29 +314,30 @@ describe('a volume the container names in ARCH_ROLLBACK_VOLUMES', () => {
  * size at the checkpoint, the database was malformed; its contents are kept
  * with the checkpoint and written back whole.
  */
-describe('a database the job rewrites in place in its work dir', () => {
+describe('a Python job in its work dir: a database it rewrites in place, a results file it opens and closes', () => {
   let image: string;
   beforeAll(async () => {
     image = await ensureImage(a.containerd, PYTHON_IMAGE);
   }, 300_000);
   // storage is made in the file's beforeAll: read when a test runs.
-  const env = () => [
+  const env = (job: string[]) => [
     'ARCH_ENABLE=1',
     `ARCH_SHAREDFS_HOST_PATH=${path.join(storage, 'db-shared')}`,
     'ARCH_WORKDIR_CONTAINER_PATH=/work',
     'PYJOB_STATE=/work',
-    'PYJOB_MODE=sqlite',
+    ...job,
   ];
+  const SQLITE_JOB = ['PYJOB_MODE=sqlite'];
   const pyLines = (out: string) => fs.readFileSync(out, 'utf8').split('\n').filter(Boolean);
   const lastStep = (out: string) => Number(/^pyjob (\d+) /.exec(pyLines(out).at(-1) ?? '')?.[1] ?? 0);
-  const run = async (id: string) => {
+  const run = async (id: string, job = SQLITE_JOB) => {
     const logFile = path.join(a.dir, `${id}-${Date.now()}.out`);
-    await a.containerd.run({ image, id, env: env(), logFile, runcBinary: ARCH_RUNC_BIN, detach: true });
+    await a.containerd.run({ image, id, env: env(job), logFile, runcBinary: ARCH_RUNC_BIN, detach: true });
     return logFile;
   };
   /** Checkpointed left running at step `at`, run on 6 more steps (the database grows), lost. */
-  const checkpointAndLose = async (id: string, ctx = a.ctx) => {
-    const out = await run(id);
+  const checkpointAndLose = async (id: string, ctx = a.ctx, job = SQLITE_JOB) => {
+    const out = await run(id, job);
     await waitFor('step 4', () => (lastStep(out) >= 4 ? true : undefined), 60_000);
     const res = await checkpointContainer(ctx, {
       namespace: 'default',
@@ -372,8 +401,13 @@ describe('a database the job rewrites in place in its work dir', () => {
       await withSettings(settings, async (ctx) => {
         try {
           const { res, at } = await checkpointAndLose(id, ctx);
+          // What the lost run made after the checkpoint (its SQLite journal too, when it was killed in a
+          // transaction: played back by the restored job's SQLite, it broke the database): set aside.
+          const workDir = path.join(storage, 'db-shared/work/default', id);
+          fs.mkdirSync(path.join(workDir, 'results'), { recursive: true });
+          fs.writeFileSync(path.join(workDir, 'results/after-checkpoint.csv'), 'lost run\n');
           const db = res.manifest.workFiles?.find((f) => f.path === 'progress.db');
-          expect(db?.inPlace).toEqual({ offset: expect.any(Number), mtimeNs: expect.stringMatching(/^\d+$/) });
+          expect(db).toMatchObject({ inPlace: { mtimeNs: expect.stringMatching(/^\d+$/) }, kept: expect.any(Number) });
           // The database's pages are the job's data: in kept-files.bin in the clear, sealed with the rest when
           // the store is encrypted (format 2 keeps them in chunks outside the checkpoint's directory).
           if (!chunked) expect(filesHolding(res.dir, SQLITE_MAGIC).includes('kept-files.bin')).toBe(!sealed);
@@ -383,12 +417,32 @@ describe('a database the job rewrites in place in its work dir', () => {
           const after = pyLines(out);
           // Restored (no fresh start), from the checkpoint, and every step's database check passed:
           // as many rows as steps, the last one this step's total, PRAGMA quick_check ok.
-          expect(after.filter((l) => / FAIL|^pyjob start/.test(l))).toEqual([]);
+          const failed = after.filter((l) => / FAIL|^pyjob start/.test(l));
+          if (failed.length)
+            throw new Error(
+              `after the restore:\n${after.slice(0, 8).join('\n')}\nARCH log:\n${JSON.stringify(
+                a
+                  .logLines()
+                  .filter((l) => l.container === id)
+                  .slice(-6),
+                null,
+                1,
+              )}`,
+            );
           const first = Number(/^pyjob (\d+) /.exec(after[0]!)?.[1]);
           expect(first).toBeGreaterThan(1);
           expect(first).toBeLessThanOrEqual(at + 1);
           const written = a.logLines().find((l) => l.container === id && Array.isArray(l.rewritten));
-          expect(written?.rewritten).toEqual([{ path: 'progress.db', from: expect.any(Number), to: db!.size }]);
+          // With its rollback journal when the checkpoint caught a transaction (made again: the lost run deleted it).
+          expect(written?.rewritten).toEqual(
+            expect.arrayContaining([{ path: 'progress.db', from: expect.any(Number), to: db!.size }]),
+          );
+          const aside = a.logLines().find((l) => l.container === id && Array.isArray(l.setAside));
+          expect(aside?.setAside).toEqual(expect.arrayContaining(['results/after-checkpoint.csv']));
+          expect(fs.existsSync(path.join(workDir, 'results/after-checkpoint.csv'))).toBe(false);
+          expect(fs.readFileSync(path.join(workDir, String(aside!.to), 'results%2Fafter-checkpoint.csv'), 'utf8')).toBe(
+            'lost run\n',
+          );
         } finally {
           await remove(id);
         }
@@ -402,6 +456,7 @@ describe('a database the job rewrites in place in its work dir', () => {
       const { res } = await checkpointAndLose(id, { ...a.ctx, settings: { ...a.ctx.settings, keptFilesMaxBytes: 0 } });
       const db = res.manifest.workFiles?.find((f) => f.path === 'progress.db');
       expect(db?.inPlace).toEqual({ mtimeNs: expect.stringMatching(/^\d+$/) });
+      expect(db?.kept).toBeUndefined();
       expect(
         a
           .logLines()
@@ -421,6 +476,32 @@ describe('a database the job rewrites in place in its work dir', () => {
       await waitFor('the fresh start', () =>
         pyLines(out).some((l) => l.startsWith('pyjob start')) ? true : undefined,
       );
+    } finally {
+      await remove(id);
+    }
+  });
+
+  test('node lost after a periodic checkpoint: a results file appended by open and close at every step has every step once', async () => {
+    const id = 'wdf-appended';
+    const job = ['PYJOB_MODE=threads', 'PYJOB_STEPS_LOG=1'];
+    const stepsLog = path.join(storage, 'db-shared/work/default', id, 'steps.log');
+    const steps = () => fs.readFileSync(stepsLog, 'utf8').split('\n').filter(Boolean).map(Number);
+    try {
+      const { res } = await checkpointAndLose(id, a.ctx, job);
+      // Not open while the job was stopped: recorded among the files it opens and closes.
+      expect(res.manifest.closedWorkFiles).toContainEqual(
+        expect.objectContaining({ path: 'steps.log', tail: expect.stringMatching(/^[0-9a-f]{64}$/) }),
+      );
+      const recorded = res.manifest.closedWorkFiles!.find((f) => f.path === 'steps.log')!.size;
+      const lost = steps().length;
+      const out = await run(id, job);
+      await waitFor('the restored job past the lost run', () => (steps().length > lost + 3 ? true : undefined), 60_000);
+      expect(pyLines(out).filter((l) => / FAIL|^pyjob start/.test(l))).toEqual([]);
+      const cut = a.logLines().find((l) => l.container === id && Array.isArray(l.appended));
+      expect(cut?.appended).toEqual([{ path: 'steps.log', from: expect.any(Number), to: recorded }]);
+      // Every step once, in order: the lost run's steps after the checkpoint were cut, and appended again.
+      const all = steps();
+      expect(all).toEqual(all.map((_, i) => i + 1));
     } finally {
       await remove(id);
     }

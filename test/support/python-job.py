@@ -32,6 +32,8 @@ import time
 MODE = os.environ.get("PYJOB_MODE", "pool")
 # Where "count" and "starts" go: /state in the image, a shared work dir under Kubernetes.
 STATE = os.environ.get("PYJOB_STATE", "/state")
+# PYJOB_STEPS_LOG=1: each step also appends its number to $PYJOB_STATE/steps.log, opening and closing it.
+STEPS_LOG = os.environ.get("PYJOB_STEPS_LOG") == "1"
 STEP = 16
 
 
@@ -54,6 +56,10 @@ def write_count(step):
 def report(step, total):
     ok = "ok" if total == expected(step * STEP) else "FAIL"
     write_count(step)
+    if STEPS_LOG:
+        # Opened and closed at every step, as results are often appended.
+        with open(f"{STATE}/steps.log", "a") as f:
+            f.write(f"{step}\n")
     print(f"pyjob {step} {MODE} {ok}", flush=True)
 
 

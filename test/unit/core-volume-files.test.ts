@@ -126,6 +126,7 @@ describe('capture, then roll back in the new mount', () => {
       ],
     );
     await captured.sync(true);
+    const tail = expect.stringMatching(/^[0-9a-f]{64}$/);
     expect(captured.records).toEqual([
       {
         destination: vol,
@@ -133,12 +134,16 @@ describe('capture, then roll back in the new mount', () => {
           { path: 'out.csv', size: 4, ino: expect.any(String), append: true },
           { path: 'logs/job.log', size: 0, ino: expect.any(String), append: false },
         ],
+        // The files the job does not hold open there (core/closed-files.ts).
+        closed: [{ path: 'input.txt', size: 10, ino: expect.any(String), tail }],
       },
+      // The holder's o.txt shows under the host path, not /elsewhere: not open there, as far as this place knows.
+      { destination: '/elsewhere', files: [], closed: [{ path: 'o.txt', size: 2, ino: expect.any(String), tail }] },
     ]);
     // The lost run went on writing; the restore's container mounts the same volume at /results.
     fs.appendFileSync(path.join(vol, 'out.csv'), 'b,2\nc,3\n');
     fs.appendFileSync(path.join(vol, 'logs/job.log'), 'later\n');
-    const recorded: VolumeFiles[] = captured.records.map((r) => ({ ...r, destination: '/results' }));
+    const recorded: VolumeFiles[] = [{ ...captured.records[0]!, destination: '/results' }];
     const ready = await prepareVolumeRollBacks(specOf(bind('/results', vol)), recorded);
     expect(ready.map((r) => r.destination)).toEqual(['/results']);
     const cut = await ready[0]!.rollBack.apply(undefined);
@@ -168,7 +173,11 @@ describe('capture, then roll back in the new mount', () => {
         size: 10,
         ino: expect.any(String),
         append: false,
-        inPlace: { offset: 0, mtimeNs: expect.any(String) },
+        inPlace: { mtimeNs: expect.any(String) },
+        kept: 0,
+        mode: 0o644,
+        uid: 0,
+        gid: 0,
       },
     ]);
     fs.writeFileSync(path.join(vol, 'state.db'), 'PAGE1page2page3');

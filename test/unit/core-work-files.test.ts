@@ -149,7 +149,9 @@ describe('files the job rewrites in place', () => {
     expect(writer.bytes()).toBe(8 + 8 + 13);
     expect(writer.left()).toBe(0);
     const files = got.files;
-    expect(files.filter((f) => f.inPlace).map((f) => f.inPlace!.offset)).toEqual([0, 8, 16]);
+    expect(files.filter((f) => f.inPlace).map((f) => f.kept)).toEqual([0, 8, 16]);
+    // An O_APPEND log is not kept: it is only cut (a shorter one, rotated, stays as it is).
+    expect(files.find((f) => f.path === 'log.txt')!.kept).toBeUndefined();
     // The lost run: pages changed in place, the file grew; another rewritten; one shrank (a VACUUM); the log grew.
     fs.writeFileSync(path.join(dir, 'grown.db'), 'ZZZZbbbbNEWPAGES');
     fs.writeFileSync(path.join(dir, 'same-size.db'), '87654321');
@@ -184,6 +186,7 @@ describe('files the job rewrites in place', () => {
     expect([writer.bytes(), writer.left()]).toEqual([5, 100]);
     const big = got.files.find((f) => f.path === 'big.db')!;
     expect(big.inPlace).toEqual({ mtimeNs: mtimeNs('big.db') });
+    expect(big.kept).toBeUndefined();
     // Unchanged since the checkpoint: restored into as it is.
     fs.writeFileSync(path.join(dir, 'small.db'), 'SMALL and more');
     expect(await rollBackWorkFiles(dir, got.files, kept)).toEqual([
@@ -201,10 +204,46 @@ describe('files the job rewrites in place', () => {
     expect(fs.readFileSync(path.join(dir, 'small.db'), 'utf8')).toBe('SMALL again');
   });
 
+  test('a small results file is kept too: gone since (a temporary file the job renamed), it is made again as it was', async () => {
+    fs.writeFileSync(path.join(dir, 'count.tmp'), '');
+    const pid = await holding('3>count.tmp');
+    fs.writeFileSync(path.join(dir, 'count.tmp'), '41\n');
+    fs.chmodSync(path.join(dir, 'count.tmp'), 0o640);
+    fs.chownSync(path.join(dir, 'count.tmp'), 1234, 5678);
+    const got = await captureWorkFiles([pid], dir, dir);
+    const kept = path.join(outsideDir(), 'kept-files.bin');
+    const writer = await keptFilesWriter(kept, 1024);
+    await got.keepInPlace(writer.sink);
+    await writer.close();
+    await got.close();
+    expect(got.files).toEqual([
+      { path: 'count.tmp', size: 3, ino: ino('count.tmp'), append: false, kept: 0, mode: 0o640, uid: 1234, gid: 5678 },
+    ]);
+    // The lost run wrote on and renamed it over its final name.
+    fs.appendFileSync(path.join(dir, 'count.tmp'), 'more');
+    fs.renameSync(path.join(dir, 'count.tmp'), path.join(dir, 'count'));
+    expect(await rollBackWorkFiles(dir, got.files, kept)).toEqual([
+      { path: 'count.tmp', from: 0, to: 3, rewritten: true },
+    ]);
+    const st = fs.statSync(path.join(dir, 'count.tmp'));
+    expect([fs.readFileSync(path.join(dir, 'count.tmp'), 'utf8'), st.mode & 0o7777, st.uid, st.gid]).toEqual([
+      '41\n',
+      0o640,
+      1234,
+      5678,
+    ]);
+    // Not kept (no room): gone refuses the restore, as before.
+    fs.rmSync(path.join(dir, 'count.tmp'));
+    const { kept: _k, mode: _m, uid: _u, gid: _g, ...unkept } = got.files[0]!;
+    await expect(rollBackWorkFiles(dir, [unkept], kept)).rejects.toThrow(
+      '"count.tmp", open in the job at the checkpoint, is gone',
+    );
+  });
+
   test('kept contents that end early refuse the restore', async () => {
     fs.writeFileSync(path.join(dir, 'a.db'), 'contents');
     const files: WorkFile[] = [
-      { path: 'a.db', size: 8, ino: ino('a.db'), append: false, inPlace: { offset: 0, mtimeNs: '1' } },
+      { path: 'a.db', size: 8, ino: ino('a.db'), append: false, inPlace: { mtimeNs: '1' }, kept: 0 },
     ];
     const kept = path.join(outsideDir(), 'kept-files.bin');
     fs.writeFileSync(kept, 'cont');

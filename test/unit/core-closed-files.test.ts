@@ -1,0 +1,119 @@
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { cutAppendedFiles, recordClosedFiles, setAsideNewFiles, TAIL_BYTES } from '../../core/closed-files.js';
+
+/**
+ * The files a job opens and closes in its work dir: recorded at a checkpoint,
+ * cut back at a restore only where the lost run appended to them, on real
+ * files.
+ */
+let dir: string;
+let outside: string;
+beforeEach(() => {
+  dir = fs.mkdtempSync(path.join(os.tmpdir(), 'arch-closed-files-'));
+  outside = fs.mkdtempSync(path.join(os.tmpdir(), 'arch-closed-files-outside-'));
+});
+afterEach(() => {
+  for (const d of [dir, outside]) fs.rmSync(d, { recursive: true, force: true });
+});
+const write = (p: string, text: string) => fs.writeFileSync(path.join(dir, p), text);
+const append = (p: string, text: string) => fs.appendFileSync(path.join(dir, p), text);
+const read = (p: string) => fs.readFileSync(path.join(dir, p), 'utf8');
+
+test('records the regular files below the place, but not the open ones, symlinks, what they lead to, or ARCH own entries', async () => {
+  fs.mkdirSync(path.join(dir, 'sub'));
+  write('results.csv', 'a,1\n');
+  write('sub/steps.log', '1\n');
+  write('open.db', 'held open');
+  write('empty', '');
+  fs.writeFileSync(path.join(outside, 'secret'), "not the job's");
+  fs.symlinkSync(path.join(outside, 'secret'), path.join(dir, 'link'));
+  fs.symlinkSync(outside, path.join(dir, 'linked-dir'));
+  fs.mkdirSync(path.join(dir, '.arch-after-checkpoint-0123456789abcdef'));
+  write('.arch-after-checkpoint-0123456789abcdef/x', 'set aside before');
+  const { files, more } = await recordClosedFiles(dir, new Set(['open.db']));
+  expect(more).toBe(false);
+  expect(files.map((f) => f.path).sort()).toEqual(['empty', 'results.csv', 'sub/steps.log']);
+  expect(files.find((f) => f.path === 'results.csv')).toEqual({
+    path: 'results.csv',
+    size: 4,
+    ino: String(fs.statSync(path.join(dir, 'results.csv')).ino),
+    tail: expect.stringMatching(/^[0-9a-f]{64}$/),
+  });
+});
+
+test('at most `max` files: more says some were left out', async () => {
+  for (let i = 0; i < 5; i++) write(`f${i}`, 'x');
+  const { files, more } = await recordClosedFiles(dir, new Set(), 3);
+  expect([files.length, more]).toEqual([3, true]);
+});
+
+test('a restore cuts back only what was appended: a file rewritten, replaced, shorter or gone is left as it is', async () => {
+  // Longer than the tail window: the bytes just before the recorded size are what is compared.
+  const long = 'x'.repeat(TAIL_BYTES + 100);
+  write('appended.log', `${long}1\n`);
+  write('state.json', '{"step":1}');
+  write('replaced.txt', 'one');
+  write('shorter.txt', 'one two');
+  write('gone.txt', 'one');
+  const { files } = await recordClosedFiles(dir, new Set());
+  append('appended.log', '2\n3\n');
+  write('state.json', '{"step":12345}'); // rewritten whole, longer: its bytes at the old end differ
+  fs.rmSync(path.join(dir, 'replaced.txt'));
+  write('replaced.txt', 'one and more'); // another inode (the old one is free: the number may come back, so checked below)
+  fs.truncateSync(path.join(dir, 'shorter.txt'), 3);
+  fs.rmSync(path.join(dir, 'gone.txt'));
+  const replacedSameIno =
+    String(fs.statSync(path.join(dir, 'replaced.txt')).ino) === files.find((f) => f.path === 'replaced.txt')!.ino;
+  const cut = await cutAppendedFiles(dir, files);
+  expect(cut).toEqual([
+    { path: 'appended.log', from: long.length + 6, to: long.length + 2 },
+    // A new file that took the old one's inode number and kept its first bytes looks appended to: cut the same.
+    ...(replacedSameIno ? [{ path: 'replaced.txt', from: 12, to: 3 }] : []),
+  ]);
+  expect([read('appended.log').slice(-2), read('state.json'), read('shorter.txt')]).toEqual([
+    '1\n',
+    '{"step":12345}',
+    'one',
+  ]);
+  expect(fs.existsSync(path.join(dir, 'gone.txt'))).toBe(false);
+});
+
+test('a symlink put at a recorded name is not followed: its target is not cut', async () => {
+  write('r.log', 'one\n');
+  const { files } = await recordClosedFiles(dir, new Set());
+  fs.writeFileSync(path.join(outside, 'victim'), 'one\nand the rest\n');
+  fs.rmSync(path.join(dir, 'r.log'));
+  fs.symlinkSync(path.join(outside, 'victim'), path.join(dir, 'r.log'));
+  expect(await cutAppendedFiles(dir, files)).toEqual([]);
+  expect(fs.readFileSync(path.join(outside, 'victim'), 'utf8')).toBe('one\nand the rest\n');
+});
+
+test('what the lost run made after the checkpoint is moved aside, under its path; nothing else moves, no symlink is followed', async () => {
+  fs.mkdirSync(path.join(dir, 'out'));
+  write('out/step-1.npy', 'one');
+  write('progress.db', 'db');
+  const { files } = await recordClosedFiles(dir, new Set(['progress.db']));
+  const recorded = new Set([...files.map((f) => f.path), 'progress.db']);
+  // The lost run: a step's output, a rollback journal left by a kill mid-transaction, a new directory.
+  write('out/step-2.npy', 'two');
+  write('progress.db-journal', 'hot');
+  fs.mkdirSync(path.join(dir, 'later'));
+  write('later/x', 'x');
+  fs.writeFileSync(path.join(outside, 'not-the-jobs'), 'stays');
+  fs.symlinkSync(outside, path.join(dir, 'link'));
+  const aside = await setAsideNewFiles(dir, recorded);
+  expect(aside.moved.sort()).toEqual(['later/x', 'out/step-2.npy', 'progress.db-journal']);
+  expect(aside.to).toMatch(/^\.arch-after-checkpoint-[0-9a-f]{16}$/);
+  expect(fs.readdirSync(path.join(dir, aside.to!)).sort()).toEqual([
+    'later%2Fx',
+    'out%2Fstep-2.npy',
+    'progress.db-journal',
+  ]);
+  expect([read('out/step-1.npy'), read('progress.db')]).toEqual(['one', 'db']);
+  expect(fs.existsSync(path.join(dir, 'progress.db-journal'))).toBe(false);
+  expect(fs.readdirSync(outside)).toEqual(['not-the-jobs']);
+  // Nothing new: no directory made.
+  expect(await setAsideNewFiles(dir, new Set([...recorded]))).toEqual({ moved: [] });
+});
