@@ -69,30 +69,97 @@ export async function recordClosedFiles(
   skip: ReadonlySet<string>,
   max = CLOSED_FILES_MAX,
 ): Promise<{ files: ClosedFile[]; more: boolean }> {
+  // Synchronous: the job is stopped while this runs, and a promise per system call (libuv's pool)
+  // took ~1 ms per file on these VMs (10 s for 10,000 files); this takes a few microseconds each.
   const files: ClosedFile[] = [];
-  const dirs = [''];
-  while (dirs.length) {
-    const rel = dirs.pop()!;
-    const entries = await fsp.readdir(path.join(dir, rel), { withFileTypes: true }).catch(() => []);
-    for (const e of entries) {
-      if (!rel && ARCH_OWN.test(e.name)) continue;
-      const p = rel ? `${rel}/${e.name}` : e.name;
-      // Dirent types come from the directory itself: a symlink is neither a directory nor a file here.
-      if (e.isDirectory()) dirs.push(p);
-      if (!e.isFile() || skip.has(p) || !isPlainRelativePath(p)) continue;
-      if (files.length >= max) return { files, more: true };
-      const h = await openBeneath(dir, p, fs.constants.O_RDONLY).catch(() => undefined);
-      if (!h) continue;
-      try {
-        const st = await h.stat({ bigint: true });
-        const size = Number(st.size);
-        files.push({ path: p, size, ino: st.ino.toString(), tail: await tailDigest(h, size) });
-      } finally {
-        await h.close();
+  const buf = Buffer.allocUnsafe(TAIL_BYTES);
+  let more = false;
+  const root = fs.openSync(dir, O_RDONLY | O_DIRECTORY);
+  try {
+    walkSync(root, '', (dirFd, name, p) => {
+      if (skip.has(p) || !isPlainRelativePath(p)) return true;
+      if (files.length >= max) {
+        more = true;
+        return false;
       }
-    }
+      const f = readTailSync(dirFd, name, buf);
+      if (f) files.push({ path: p, ...f });
+      return true;
+    });
+  } finally {
+    fs.closeSync(root);
   }
-  return { files, more: false };
+  return { files, more };
+}
+
+/**
+ * Each directory below the one open as `dirFd`, opened without following a
+ * symlink from the one before it, and `visit` called for each regular file
+ * in it (by the directory's descriptor, the file's name and its path); a
+ * visit returning false ends the walk. ARCH's own entries at the top
+ * (.arch-*) are not the job's.
+ */
+function walkSync(dirFd: number, rel: string, visit: (dirFd: number, name: string, p: string) => boolean): boolean {
+  for (const e of fs.readdirSync(`/proc/self/fd/${dirFd}`, { withFileTypes: true })) {
+    if (!rel && ARCH_OWN.test(e.name)) continue;
+    const p = rel ? `${rel}/${e.name}` : e.name;
+    if (e.isDirectory()) {
+      let child: number;
+      try {
+        child = fs.openSync(`/proc/self/fd/${dirFd}/${e.name}`, O_RDONLY | O_DIRECTORY | O_NOFOLLOW);
+      } catch {
+        continue; // swapped for something else since the listing
+      }
+      try {
+        if (!walkSync(child, p, visit)) return false;
+      } finally {
+        fs.closeSync(child);
+      }
+    } else if (e.isFile() && !visit(dirFd, e.name, p)) return false;
+  }
+  return true;
+}
+
+/** Linux's O_PATH (node does not export it): a handle on a name that opens nothing behind it. */
+const O_PATH = 0o10000000;
+const { O_RDONLY, O_DIRECTORY, O_NOFOLLOW } = fs.constants;
+
+/**
+ * Size, inode and tail digest of the regular file `name` in the directory
+ * open as `dirFd`: taken with O_PATH first (no device or FIFO behind a name
+ * swapped since the listing is opened), never through a symlink.
+ */
+function readTailSync(dirFd: number, name: string, buf: Buffer): Omit<ClosedFile, 'path'> | undefined {
+  let at: number;
+  try {
+    at = fs.openSync(`/proc/self/fd/${dirFd}/${name}`, O_PATH | O_NOFOLLOW);
+  } catch {
+    return undefined;
+  }
+  try {
+    const st = fs.fstatSync(at, { bigint: true });
+    if (!st.isFile()) return undefined;
+    const fd = fs.openSync(`/proc/self/fd/${at}`, O_RDONLY);
+    try {
+      const size = Number(st.size);
+      const from = Math.max(0, size - TAIL_BYTES);
+      let got = 0;
+      while (got < size - from) {
+        const n = fs.readSync(fd, buf, got, size - from - got, from + got);
+        if (n === 0) break;
+        got += n;
+      }
+      return {
+        size,
+        ino: st.ino.toString(),
+        tail: crypto.createHash('sha256').update(buf.subarray(0, got)).digest('hex'),
+      };
+    } finally {
+      fs.closeSync(fd);
+    }
+  } finally {
+    fs.closeSync(at);
+  }
 }
 
 async function tailDigest(h: FileHandle, size: number): Promise<string> {
@@ -124,6 +191,10 @@ export async function cutAppendedFiles(dir: string, files: readonly ClosedFile[]
   const cut: ClosedFileCut[] = [];
   for (const f of files) {
     if (!isPlainRelativePath(f.path)) continue;
+    // Most files did not grow: one lstat tells (it may pass through a symlink on the way, so it only
+    // picks the candidates; each is then opened below the place without following one).
+    const now = lstatOrNot(path.join(dir, f.path));
+    if (!now?.isFile() || now.ino.toString() !== f.ino || Number(now.size) <= f.size) continue;
     const h = await openBeneath(dir, f.path, fs.constants.O_RDWR).catch(() => undefined);
     if (!h) continue;
     try {
@@ -195,3 +266,11 @@ const openDirAt = (dirFd: number, name: string): Promise<FileHandle> =>
     `/proc/self/fd/${dirFd}/${name}`,
     fs.constants.O_RDONLY | fs.constants.O_DIRECTORY | fs.constants.O_NOFOLLOW,
   );
+
+function lstatOrNot(p: string): fs.BigIntStats | undefined {
+  try {
+    return fs.lstatSync(p, { bigint: true });
+  } catch {
+    return undefined;
+  }
+}
