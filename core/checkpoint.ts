@@ -500,14 +500,18 @@ async function checkpointLocked(
           captureVolumes(),
           // Without a gate (none installed, or a paused container): during the dump, as near as this gets.
           (await criuAsked).actionScript ? undefined : captureShm(),
-          keepRewrittenFiles([work, vols], path.join(diffDir, KEPT_FILES)),
+          keepFileContents([work, vols], path.join(diffDir, KEPT_FILES)),
         ]);
         return diff;
       } finally {
         workFiles = await work; // closed on the failure path below
         volumeFiles = await vols;
         timings.rootfsCapture = Date.now() - c0;
-        for (const where of [...(workFiles?.closedMore ? ['the work dir'] : []), ...(volumeFiles?.closedMore ?? [])])
+        const crowded = [
+          ...(workFiles?.closed.more ? ['the work dir'] : []),
+          ...(volumeFiles?.records ?? []).filter((r) => r.closedMore).map((r) => `the volume at ${r.destination}`),
+        ];
+        for (const where of crowded)
           log.warn(
             { phase: 'rootfs', where, max: CLOSED_FILES_MAX },
             `${where} holds more than ${CLOSED_FILES_MAX} files: those past them are not recorded, and a restore does not cut them back if the lost run appended to them`,
@@ -515,17 +519,18 @@ async function checkpointLocked(
       }
     };
     /**
-     * The contents of the files the job rewrites in place (a database) in its work dir and its own
-     * volumes, read while it is stopped: a restore writes them back whole (core/work-files.ts).
+     * The contents of the files the job rewrites in place (a database), and of its small results files,
+     * in its work dir and its own volumes, read while it is stopped: a restore writes them back whole
+     * (core/work-files.ts).
      */
-    const keepRewrittenFiles = async (
-      places: (Promise<{ keepInPlace(sink: KeptFilesSink): Promise<void> } | undefined> | undefined)[],
+    const keepFileContents = async (
+      places: (Promise<{ keepContents(sink: KeptFilesSink): Promise<void> } | undefined> | undefined)[],
       file: string,
     ) => {
       const k0 = Date.now();
       const writer = await keptFilesWriter(file, ctx.settings.keptFilesMaxBytes);
       try {
-        for (const p of places) await (await p)?.keepInPlace(writer.sink);
+        for (const p of places) await (await p)?.keepContents(writer.sink);
       } finally {
         await writer.close();
       }
@@ -533,13 +538,13 @@ async function checkpointLocked(
         timings.keptFiles = Date.now() - k0;
         log.info(
           { phase: 'rootfs', bytes: writer.bytes(), durationMs: timings.keptFiles },
-          'files the job rewrites in place kept whole with the checkpoint',
+          'files the job holds open kept whole with the checkpoint (rewritten in place, or small)',
         );
       }
       if (writer.left())
         log.warn(
           { phase: 'rootfs', bytes: writer.left(), limit: ctx.settings.keptFilesMaxBytes },
-          `files the job rewrites in place hold more than ${KEPT_FILES_MAX_FIELD} in all: not kept with the checkpoint (a restore after the job changed them starts it fresh). Fix: raise ${KEPT_FILES_MAX_FIELD} in the node settings (unlimited: no limit)`,
+          `files the job rewrites in place hold more than ${KEPT_FILES_MAX_FIELD} in all (with its small open files): not kept with the checkpoint (a restore after the job changed them starts it fresh). Fix: raise ${KEPT_FILES_MAX_FIELD} in the node settings (unlimited: no limit)`,
         );
     };
     let captured: ReturnType<typeof captureRootfs> | undefined;
@@ -771,8 +776,8 @@ async function checkpointLocked(
         ...(volumeRecords.length ? { volumes: volumeRecords } : {}),
         ...(volumesLeft.length ? { volumesLeft } : {}),
         ...(workFiles ? { workFiles: workFiles.files } : {}),
-        ...(workFiles ? { closedWorkFiles: workFiles.closed } : {}),
-        ...(workFiles?.closedMore ? { closedWorkFilesMore: true as const } : {}),
+        ...(workFiles ? { closedWorkFiles: workFiles.closed.files } : {}),
+        ...(workFiles?.closed.more ? { closedWorkFilesMore: true as const } : {}),
         ...(volumeFiles?.records.length ? { volumeFiles: volumeFiles.records } : {}),
         ...(seal ? { seal } : {}),
       },

@@ -1,6 +1,5 @@
 import crypto from 'node:crypto';
 import fs from 'node:fs';
-import fsp, { type FileHandle } from 'node:fs/promises';
 import path from 'node:path';
 import { openBeneath } from './host-dirs.js';
 import { isPlainRelativePath } from './paths.js';
@@ -142,18 +141,7 @@ function readTailSync(dirFd: number, name: string, buf: Buffer): Omit<ClosedFile
     const fd = fs.openSync(`/proc/self/fd/${at}`, O_RDONLY);
     try {
       const size = Number(st.size);
-      const from = Math.max(0, size - TAIL_BYTES);
-      let got = 0;
-      while (got < size - from) {
-        const n = fs.readSync(fd, buf, got, size - from - got, from + got);
-        if (n === 0) break;
-        got += n;
-      }
-      return {
-        size,
-        ino: st.ino.toString(),
-        tail: crypto.createHash('sha256').update(buf.subarray(0, got)).digest('hex'),
-      };
+      return { size, ino: st.ino.toString(), tail: tailDigest(fd, size, buf) };
     } finally {
       fs.closeSync(fd);
     }
@@ -162,14 +150,14 @@ function readTailSync(dirFd: number, name: string, buf: Buffer): Omit<ClosedFile
   }
 }
 
-async function tailDigest(h: FileHandle, size: number): Promise<string> {
+/** sha256 (hex) of the bytes [size - TAIL_BYTES, size) of `fd` (fewer where it ends before), read into `buf`. */
+function tailDigest(fd: number, size: number, buf: Buffer): string {
   const from = Math.max(0, size - TAIL_BYTES);
-  const buf = Buffer.alloc(size - from);
   let got = 0;
-  while (got < buf.length) {
-    const { bytesRead } = await h.read(buf, got, buf.length - got, from + got);
-    if (bytesRead === 0) break;
-    got += bytesRead;
+  while (got < size - from) {
+    const n = fs.readSync(fd, buf, got, size - from - got, from + got);
+    if (n === 0) break;
+    got += n;
   }
   return crypto.createHash('sha256').update(buf.subarray(0, got)).digest('hex');
 }
@@ -189,6 +177,7 @@ export interface ClosedFileCut {
  */
 export async function cutAppendedFiles(dir: string, files: readonly ClosedFile[]): Promise<ClosedFileCut[]> {
   const cut: ClosedFileCut[] = [];
+  const buf = Buffer.allocUnsafe(TAIL_BYTES);
   for (const f of files) {
     if (!isPlainRelativePath(f.path)) continue;
     // Most files did not grow: one lstat tells (it may pass through a symlink on the way, so it only
@@ -201,7 +190,7 @@ export async function cutAppendedFiles(dir: string, files: readonly ClosedFile[]
       const st = await h.stat({ bigint: true });
       const size = Number(st.size);
       if (st.ino.toString() !== f.ino || size <= f.size) continue;
-      if ((await tailDigest(h, f.size)) !== f.tail) continue;
+      if (tailDigest(h.fd, f.size, buf) !== f.tail) continue;
       await h.truncate(f.size);
       cut.push({ path: f.path, from: size, to: f.size });
     } finally {
@@ -217,55 +206,32 @@ export async function cutAppendedFiles(dir: string, files: readonly ClosedFile[]
  * into a new SET_ASIDE_PREFIX directory at its top, walking directories
  * without following a symlink. Returns the paths moved and where to.
  */
-export async function setAsideNewFiles(
-  dir: string,
-  recorded: ReadonlySet<string>,
-): Promise<{ moved: string[]; to?: string }> {
+export function setAsideNewFiles(dir: string, recorded: ReadonlySet<string>): { moved: string[]; to?: string } {
   const moved: string[] = [];
-  const root = await fsp.open(dir, fs.constants.O_RDONLY | fs.constants.O_DIRECTORY);
-  let hold: { fd: FileHandle; name: string } | undefined;
-  const holdDir = async () => {
-    if (hold) return hold;
-    const name = `${SET_ASIDE_PREFIX}${crypto.randomBytes(8).toString('hex')}`;
-    await fsp.mkdir(`/proc/self/fd/${root.fd}/${name}`, { mode: 0o700 });
-    hold = { fd: await openDirAt(root.fd, name), name };
-    return hold;
-  };
-  const walk = async (at: FileHandle, rel: string): Promise<void> => {
-    const entries = await fsp.readdir(`/proc/self/fd/${at.fd}`, { withFileTypes: true });
-    for (const e of entries) {
-      if (!rel && ARCH_OWN.test(e.name)) continue;
-      const p = rel ? `${rel}/${e.name}` : e.name;
-      if (e.isDirectory()) {
-        const child = await openDirAt(at.fd, e.name).catch(() => undefined);
-        if (!child) continue; // swapped for something else since the listing
-        try {
-          await walk(child, p);
-        } finally {
-          await child.close();
-        }
-      } else if (e.isFile() && !recorded.has(p)) {
-        const h = await holdDir();
-        // Both names resolved in directories held open: no symlink on the way is followed.
-        await fsp.rename(`/proc/self/fd/${at.fd}/${e.name}`, `/proc/self/fd/${h.fd.fd}/${encodeURIComponent(p)}`);
-        moved.push(p);
-      }
-    }
-  };
+  const root = fs.openSync(dir, O_RDONLY | O_DIRECTORY);
+  let hold: { fd: number; name: string } | undefined;
   try {
-    await walk(root, '');
+    walkSync(root, '', (dirFd, name, p) => {
+      if (recorded.has(p)) return true;
+      if (!hold) {
+        const holdName = `${SET_ASIDE_PREFIX}${crypto.randomBytes(8).toString('hex')}`;
+        fs.mkdirSync(`/proc/self/fd/${root}/${holdName}`, { mode: 0o700 });
+        hold = {
+          fd: fs.openSync(`/proc/self/fd/${root}/${holdName}`, O_RDONLY | O_DIRECTORY | O_NOFOLLOW),
+          name: holdName,
+        };
+      }
+      // Both names resolved in directories held open: no symlink on the way is followed.
+      fs.renameSync(`/proc/self/fd/${dirFd}/${name}`, `/proc/self/fd/${hold.fd}/${encodeURIComponent(p)}`);
+      moved.push(p);
+      return true;
+    });
   } finally {
-    await hold?.fd.close();
-    await root.close();
+    if (hold) fs.closeSync(hold.fd);
+    fs.closeSync(root);
   }
   return { moved, ...(hold ? { to: hold.name } : {}) };
 }
-
-const openDirAt = (dirFd: number, name: string): Promise<FileHandle> =>
-  fsp.open(
-    `/proc/self/fd/${dirFd}/${name}`,
-    fs.constants.O_RDONLY | fs.constants.O_DIRECTORY | fs.constants.O_NOFOLLOW,
-  );
 
 function lstatOrNot(p: string): fs.BigIntStats | undefined {
   try {

@@ -12,8 +12,8 @@ import { rootfsOf, writeSpec, type OciSpec } from './oci-spec.js';
 import { assertSameOwner, ownerOf } from './owner.js';
 import { layerDifference } from './layer-match.js';
 import { applyDiff, findOverlayDirs } from './rootfs-diff.js';
-import { prepareRollBack, type RollBack } from './work-files.js';
-import { prepareVolumeRollBacks } from './volume-files.js';
+import { prepareRollBack, type RollBack, type RolledBack } from './work-files.js';
+import { closedOf, prepareVolumeRollBacks } from './volume-files.js';
 import { withCriuErrors } from './criu-log.js';
 import { loopbackUp, ownsNewNetworkNamespace } from './restored-loopback.js';
 import type { Runc } from './runc.js';
@@ -584,6 +584,26 @@ async function continueProcesses(req: RestoreRequest, pid: number): Promise<void
   await req.runc.kill(req.id, 'CONT', true);
 }
 
+/** How each kind of roll-back is logged: the field that lists the files, and what was done to them. */
+const ROLLED_BACK_LINES: [RolledBack['how'], string, string][] = [
+  [
+    'cut',
+    'files',
+    'cut back to their sizes at the checkpoint (what the lost run wrote after it; the restored job writes that part again)',
+  ],
+  [
+    'setAside',
+    'setAside',
+    'the lost run made after the checkpoint moved aside into the directory `to` at its top (the restored job makes them again)',
+  ],
+  [
+    'appended',
+    'appended',
+    'the job appends to between checkpoints cut back to their sizes at the checkpoint (the restored job appends that part again)',
+  ],
+  ['rewritten', 'rewritten', 'the job rewrites in place written back as they were at the checkpoint'],
+];
+
 /**
  * The files the job had open in its work directory and in the volumes its
  * owner named as its alone (ARCH_ROLLBACK_VOLUMES), back to their sizes at
@@ -610,8 +630,7 @@ async function rollBackOpenFiles(
           req.workDir!,
           manifest.workFiles ?? [],
           undefined,
-          manifest.closedWorkFiles,
-          !!manifest.closedWorkFiles && !manifest.closedWorkFilesMore,
+          closedOf(manifest.closedWorkFiles, manifest.closedWorkFilesMore),
         ),
       });
     if (manifest.volumeFiles?.length)
@@ -622,30 +641,20 @@ async function rollBackOpenFiles(
       const done = await rollBack.apply(kept);
       const where = volume ? `files of the volume at ${volume}` : 'work dir files';
       const base = { namespace: req.namespace, container: req.id, phase: 'restore', ...(volume ? { volume } : {}) };
-      const cut = done.filter((d) => !d.rewritten && !d.closed && !d.setAside);
-      const aside = done.filter((d) => d.setAside);
-      const rewritten = done.filter((d) => d.rewritten).map(({ path, from, to }) => ({ path, from, to }));
-      const appended = done.filter((d) => d.closed).map(({ path, from, to }) => ({ path, from, to }));
-      if (cut.length)
+      for (const [how, field, what] of ROLLED_BACK_LINES) {
+        const these = done.filter((d) => d.how === how);
+        if (!these.length) continue;
+        const dir = these[0]!.dir;
         ctx.log.info(
-          { ...base, files: cut },
-          `${where} cut back to their sizes at the checkpoint (what the lost run wrote after it; the restored job writes that part again)`,
+          {
+            ...base,
+            [field]:
+              how === 'setAside' ? these.map((d) => d.path) : these.map(({ path, from, to }) => ({ path, from, to })),
+            ...(dir ? { to: dir } : {}),
+          },
+          `${where} ${what}`,
         );
-      if (aside.length)
-        ctx.log.info(
-          { ...base, setAside: aside.map((d) => d.path), to: aside[0]!.setAside },
-          `${where} the lost run made after the checkpoint moved aside into ${aside[0]!.setAside} (the restored job makes them again)`,
-        );
-      if (appended.length)
-        ctx.log.info(
-          { ...base, appended },
-          `${where} the job appends to between checkpoints cut back to their sizes at the checkpoint (the restored job appends that part again)`,
-        );
-      if (rewritten.length)
-        ctx.log.info(
-          { ...base, rewritten },
-          `${where} the job rewrites in place written back as they were at the checkpoint`,
-        );
+      }
     }
   } finally {
     // Each cut closes its files; these are the places a refusal or a failed cut left open.

@@ -6,6 +6,7 @@ import type { ClosedFile } from './closed-files.js';
 import {
   captureOpenFiles,
   prepareRollBack,
+  type ClosedFiles,
   type KeptFilesSink,
   type RollBack,
   type RollBackPlace,
@@ -95,12 +96,10 @@ export function jobVolumes(
 
 /** Captured volume files, each still open so that the checkpoint can make its recorded size durable. */
 export interface CapturedVolumeFiles {
-  /** The volumes where the job held files open for writing (none: nothing to roll back). */
+  /** Each volume's files: those the job held open for writing, and the others. */
   records: VolumeFiles[];
-  /** The volumes holding more files than the checkpoint records (closed-files.ts's CLOSED_FILES_MAX). */
-  closedMore: string[];
-  /** The contents of the files rewritten in place, kept through `sink` (core/work-files.ts). */
-  keepInPlace(sink: KeptFilesSink): Promise<void>;
+  /** The contents of the files rewritten in place and of small ones, kept through `sink` (core/work-files.ts). */
+  keepContents(sink: KeptFilesSink): Promise<void>;
   sync(fsync: boolean): Promise<void>;
   close(): Promise<void>;
 }
@@ -118,12 +117,11 @@ export async function captureVolumeFiles(
     records: volumes.map((v, i) => ({
       destination: v.destination,
       files: captured[i]!.files,
-      closed: captured[i]!.closed,
-      ...(captured[i]!.closedMore ? { closedMore: true as const } : {}),
+      closed: captured[i]!.closed.files,
+      ...(captured[i]!.closed.more ? { closedMore: true as const } : {}),
     })),
-    closedMore: volumes.filter((_, i) => captured[i]!.closedMore).map((v) => v.destination),
-    async keepInPlace(sink) {
-      for (const c of captured) await c.keepInPlace(sink);
+    async keepContents(sink) {
+      for (const c of captured) await c.keepContents(sink);
     },
     async sync(fsync) {
       await Promise.all(captured.map((c) => c.sync(fsync)));
@@ -133,6 +131,10 @@ export async function captureVolumeFiles(
     },
   };
 }
+
+/** A manifest's record of a place's other files, for prepareRollBack. */
+export const closedOf = (files: ClosedFile[] | undefined, more: true | undefined): ClosedFiles | undefined =>
+  files && { files, more: !!more };
 
 const placeOf = (destination: string): RollBackPlace => ({
   reason: 'volume-files',
@@ -162,13 +164,7 @@ export async function prepareVolumeRollBacks(
         );
       ready.push({
         destination: r.destination,
-        rollBack: await prepareRollBack(
-          m.source!,
-          r.files,
-          placeOf(r.destination),
-          r.closed,
-          !!r.closed && !r.closedMore,
-        ),
+        rollBack: await prepareRollBack(m.source!, r.files, placeOf(r.destination), closedOf(r.closed, r.closedMore)),
       });
     }
   } catch (err) {

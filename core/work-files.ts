@@ -82,11 +82,9 @@ export interface KeptFilesSink {
 export interface CapturedWorkFiles {
   files: WorkFile[];
   /** The place's other files, which the job opens and closes (core/closed-files.ts). */
-  closed: ClosedFile[];
-  /** More files than CLOSED_FILES_MAX: the rest were not recorded. */
-  closedMore: boolean;
+  closed: ClosedFiles;
   /** The contents of the files rewritten in place and of small ones, kept through `sink` (each one's `kept` set). */
-  keepInPlace(sink: KeptFilesSink): Promise<void>;
+  keepContents(sink: KeptFilesSink): Promise<void>;
   /** fsync each file (its recorded bytes must outlive the node), then close them. */
   sync(fsync: boolean): Promise<void>;
   close(): Promise<void>;
@@ -173,13 +171,10 @@ export async function captureOpenFiles(
   );
   const captured: CapturedWorkFiles[] = [];
   try {
-    for (const [i, place] of places.entries()) {
-      const held = await holdOpenFiles(place.dir, open[i]!);
-      captured.push(held);
-      const closed = await recordClosedFiles(place.dir, new Set(open[i]!.keys()));
-      held.closed = closed.files;
-      held.closedMore = closed.more;
-    }
+    for (const [i, place] of places.entries())
+      captured.push(
+        await holdOpenFiles(place.dir, open[i]!, await recordClosedFiles(place.dir, new Set(open[i]!.keys()))),
+      );
   } catch (err) {
     await Promise.all(captured.map((c) => c.close()));
     throw err;
@@ -196,7 +191,11 @@ export async function captureWorkFiles(
   return (await captureOpenFiles(pids, [{ containerPath, dir: workDir }]))[0]!;
 }
 
-async function holdOpenFiles(dir: string, open: Map<string, OpenForWrite>): Promise<CapturedWorkFiles> {
+async function holdOpenFiles(
+  dir: string,
+  open: Map<string, OpenForWrite>,
+  closed: ClosedFiles,
+): Promise<CapturedWorkFiles> {
   const files: WorkFile[] = [];
   const handles: FileHandle[] = [];
   for (const [rel, f] of open) {
@@ -221,9 +220,8 @@ async function holdOpenFiles(dir: string, open: Map<string, OpenForWrite>): Prom
   };
   return {
     files,
-    closed: [],
-    closedMore: false,
-    async keepInPlace(sink) {
+    closed,
+    async keepContents(sink) {
       for (const [i, f] of files.entries()) {
         // An O_APPEND log is only cut: a shorter one was rotated, and stays as it is.
         if (!f.inPlace && (f.append || f.size > SMALL_FILE_BYTES)) continue;
@@ -231,7 +229,8 @@ async function holdOpenFiles(dir: string, open: Map<string, OpenForWrite>): Prom
         const offset = await sink.keep(h, f.size);
         if (offset === undefined) continue;
         const st = await h.stat();
-        Object.assign(f, { kept: offset, mode: st.mode & 0o7777, uid: st.uid, gid: st.gid });
+        // Permission bits only: a file made again is never set-id.
+        Object.assign(f, { kept: offset, mode: st.mode & 0o777, uid: st.uid, gid: st.gid });
       }
     },
     async sync(fsync: boolean) {
@@ -299,17 +298,23 @@ export async function keptFilesWriter(file: string, maxBytes: number): Promise<K
 }
 
 /**
- * What a roll-back did to one file: cut from one size to another, or (rewritten) written back whole,
- * or (closed) cut back though the job did not hold it open (core/closed-files.ts).
+ * What a roll-back did to one file: cut from one size to another (held open, or `appended` to
+ * between checkpoints: core/closed-files.ts), `rewritten` whole from its kept contents, or (made by
+ * the lost run after the checkpoint) `setAside` into the directory `dir` at the top of the place.
  */
 export interface RolledBack {
   path: string;
   from: number;
   to: number;
-  rewritten?: true;
-  closed?: true;
-  /** Made by the lost run after the checkpoint: moved into this directory at the top of the place. */
-  setAside?: string;
+  how: 'cut' | 'rewritten' | 'appended' | 'setAside';
+  dir?: string;
+}
+
+/** What a checkpoint recorded of a place's files the job did not hold open. */
+export interface ClosedFiles {
+  files: ClosedFile[];
+  /** More files than it records: what is not in `files` was not necessarily made after it. */
+  more: boolean;
 }
 
 /** Where recorded files are rolled back, for the reason a refusal gives. */
@@ -345,16 +350,15 @@ export interface RollBack {
  * Check every recorded file below `dir` (walked, no symlink followed) and
  * hold it open: throws CheckpointUnusableError (the place's reason) naming
  * the file when one is gone, replaced, or (opened without O_APPEND) shorter:
- * CRIU could not restore the job into it. Nothing is cut until cut(), so a
- * refusal of any place leaves every place as it was.
+ * CRIU could not restore the job into it. Nothing changes until apply(), so
+ * a refusal of any place leaves every place as it was.
  */
 export async function prepareRollBack(
   dir: string,
   files: readonly WorkFile[],
   place: RollBackPlace = WORK_DIR_PLACE,
-  closed: readonly ClosedFile[] = [],
-  /** `closed` lists every other file of the place: what is not in it was made after the checkpoint. */
-  closedComplete = false,
+  /** Absent in checkpoints from before ARCH recorded them: then nothing is set aside. */
+  closed?: ClosedFiles,
 ): Promise<RollBack> {
   const refuse = (what: string) => new CheckpointUnusableError(place.reason, `${what}: ${place.fix}`);
   /** Each file checked: held open, or (h undefined) gone and made again from its kept contents. */
@@ -424,27 +428,27 @@ export async function prepareRollBack(
               const h = (entry.h ??= await openBeneath(dir, f.path, O_WRONLY, 0o600));
               if (made && f.mode !== undefined) {
                 await h.chown(f.uid ?? 0, f.gid ?? 0);
-                await h.chmod(f.mode);
+                await h.chmod(f.mode & 0o777);
               }
               await copyKept(from, f.kept, h, f.size, () =>
                 refuse(`the checkpoint's kept contents of "${f.path}" end early`),
               );
-              done.push({ path: f.path, from: size, to: f.size, rewritten: true });
+              done.push({ path: f.path, from: size, to: f.size, how: 'rewritten' });
             } else if (!f.inPlace && size > f.size) {
               const h = entry.h!;
               await h.truncate(f.size);
-              done.push({ path: f.path, from: size, to: f.size });
+              done.push({ path: f.path, from: size, to: f.size, how: 'cut' });
             }
           }
         } finally {
           await from?.close();
         }
         // The files it opens and closes: cut back only where only appended to, never refused.
-        for (const c of await cutAppendedFiles(dir, closed)) done.push({ ...c, closed: true });
-        if (closedComplete) {
-          const recorded = new Set([...files.map((f) => f.path), ...closed.map((c) => c.path)]);
-          const aside = await setAsideNewFiles(dir, recorded);
-          for (const p of aside.moved) done.push({ path: p, from: 0, to: 0, setAside: aside.to! });
+        for (const c of await cutAppendedFiles(dir, closed?.files ?? [])) done.push({ ...c, how: 'appended' });
+        if (closed && !closed.more) {
+          const recorded = new Set([...files.map((f) => f.path), ...closed.files.map((c) => c.path)]);
+          const aside = setAsideNewFiles(dir, recorded);
+          for (const p of aside.moved) done.push({ path: p, from: 0, to: 0, how: 'setAside', dir: aside.to });
         }
         return done;
       } finally {

@@ -149,8 +149,8 @@ describe('capture, then roll back in the new mount', () => {
     const cut = await ready[0]!.rollBack.apply(undefined);
     expect(cut).toEqual(
       expect.arrayContaining([
-        { path: 'out.csv', from: 12, to: 4 },
-        { path: 'logs/job.log', from: 6, to: 0 },
+        { path: 'out.csv', from: 12, to: 4, how: 'cut' },
+        { path: 'logs/job.log', from: 6, to: 0, how: 'cut' },
       ]),
     );
     expect(fs.readFileSync(path.join(vol, 'out.csv'), 'utf8')).toBe('a,1\n');
@@ -164,7 +164,7 @@ describe('capture, then roll back in the new mount', () => {
     const captured = await captureVolumeFiles([pid], [{ destination: vol, source: vol }]);
     const kept = path.join(tmp(), 'kept-files.bin');
     const writer = await keptFilesWriter(kept, Infinity);
-    await captured.keepInPlace(writer.sink);
+    await captured.keepContents(writer.sink);
     await writer.close();
     await captured.sync(false);
     expect(captured.records[0]!.files).toEqual([
@@ -183,7 +183,7 @@ describe('capture, then roll back in the new mount', () => {
     fs.writeFileSync(path.join(vol, 'state.db'), 'PAGE1page2page3');
     const recorded: VolumeFiles[] = captured.records.map((r) => ({ ...r, destination: '/data' }));
     const [ready] = await prepareVolumeRollBacks(specOf(bind('/data', vol)), recorded);
-    expect(await ready!.rollBack.apply(kept)).toEqual([{ path: 'state.db', from: 15, to: 10, rewritten: true }]);
+    expect(await ready!.rollBack.apply(kept)).toEqual([{ path: 'state.db', from: 15, to: 10, how: 'rewritten' }]);
     expect(fs.readFileSync(path.join(vol, 'state.db'), 'utf8')).toBe('page1page2');
   });
 

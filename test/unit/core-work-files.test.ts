@@ -101,6 +101,17 @@ describe('captureWorkFiles', () => {
   });
 });
 
+/** What the job `pid` holds open in dir, its contents kept (at most `limit` bytes) into a new kept-files.bin. */
+async function captureAndKeep(pid: number, limit: number) {
+  const got = await captureWorkFiles([pid], dir, dir);
+  const kept = path.join(outsideDir(), 'kept-files.bin');
+  const writer = await keptFilesWriter(kept, limit);
+  await got.keepContents(writer.sink);
+  await writer.close();
+  await got.close();
+  return { got, kept, writer };
+}
+
 describe('files the job rewrites in place', () => {
   /** A process that wrote `text` to `name` and went back `back` bytes (a database's header update), then sleeps. */
   async function wroteAndWentBack(name: string, text: string, back: number): Promise<number> {
@@ -140,12 +151,7 @@ describe('files the job rewrites in place', () => {
     fs.writeFileSync(path.join(dir, 'shrunk.db'), 'long contents');
     fs.writeFileSync(path.join(dir, 'log.txt'), 'one\n');
     const pid = await holding('3<>grown.db 4<>same-size.db 5<>shrunk.db 6>>log.txt');
-    const got = await captureWorkFiles([pid], dir, dir);
-    const kept = path.join(outsideDir(), 'kept-files.bin');
-    const writer = await keptFilesWriter(kept, 1024);
-    await got.keepInPlace(writer.sink);
-    await writer.close();
-    await got.sync(false);
+    const { got, kept, writer } = await captureAndKeep(pid, 1024);
     expect(writer.bytes()).toBe(8 + 8 + 13);
     expect(writer.left()).toBe(0);
     const files = got.files;
@@ -159,10 +165,10 @@ describe('files the job rewrites in place', () => {
     fs.appendFileSync(path.join(dir, 'log.txt'), 'two\n');
     const done = await rollBackWorkFiles(dir, files, kept);
     expect(done.sort((x, y) => x.path.localeCompare(y.path))).toEqual([
-      { path: 'grown.db', from: 16, to: 8, rewritten: true },
-      { path: 'log.txt', from: 8, to: 4 },
-      { path: 'same-size.db', from: 8, to: 8, rewritten: true },
-      { path: 'shrunk.db', from: 4, to: 13, rewritten: true },
+      { path: 'grown.db', from: 16, to: 8, how: 'rewritten' },
+      { path: 'log.txt', from: 8, to: 4, how: 'cut' },
+      { path: 'same-size.db', from: 8, to: 8, how: 'rewritten' },
+      { path: 'shrunk.db', from: 4, to: 13, how: 'rewritten' },
     ]);
     const read = (p: string) => fs.readFileSync(path.join(dir, p), 'utf8');
     expect([read('grown.db'), read('same-size.db'), read('shrunk.db'), read('log.txt')]).toEqual([
@@ -177,12 +183,7 @@ describe('files the job rewrites in place', () => {
     fs.writeFileSync(path.join(dir, 'small.db'), 'small');
     fs.writeFileSync(path.join(dir, 'big.db'), 'x'.repeat(100));
     const pid = await holding('3<>small.db 4<>big.db');
-    const got = await captureWorkFiles([pid], dir, dir);
-    const kept = path.join(outsideDir(), 'kept-files.bin');
-    const writer = await keptFilesWriter(kept, 50);
-    await got.keepInPlace(writer.sink);
-    await writer.close();
-    await got.close();
+    const { got, kept, writer } = await captureAndKeep(pid, 50);
     expect([writer.bytes(), writer.left()]).toEqual([5, 100]);
     const big = got.files.find((f) => f.path === 'big.db')!;
     expect(big.inPlace).toEqual({ mtimeNs: mtimeNs('big.db') });
@@ -190,7 +191,7 @@ describe('files the job rewrites in place', () => {
     // Unchanged since the checkpoint: restored into as it is.
     fs.writeFileSync(path.join(dir, 'small.db'), 'SMALL and more');
     expect(await rollBackWorkFiles(dir, got.files, kept)).toEqual([
-      { path: 'small.db', from: 14, to: 5, rewritten: true },
+      { path: 'small.db', from: 14, to: 5, how: 'rewritten' },
     ]);
     // Changed: refused with the setting to raise, and small.db not written back.
     fs.writeFileSync(path.join(dir, 'small.db'), 'SMALL again');
@@ -210,12 +211,7 @@ describe('files the job rewrites in place', () => {
     fs.writeFileSync(path.join(dir, 'count.tmp'), '41\n');
     fs.chmodSync(path.join(dir, 'count.tmp'), 0o640);
     fs.chownSync(path.join(dir, 'count.tmp'), 1234, 5678);
-    const got = await captureWorkFiles([pid], dir, dir);
-    const kept = path.join(outsideDir(), 'kept-files.bin');
-    const writer = await keptFilesWriter(kept, 1024);
-    await got.keepInPlace(writer.sink);
-    await writer.close();
-    await got.close();
+    const { got, kept } = await captureAndKeep(pid, 1024);
     expect(got.files).toEqual([
       { path: 'count.tmp', size: 3, ino: ino('count.tmp'), append: false, kept: 0, mode: 0o640, uid: 1234, gid: 5678 },
     ]);
@@ -223,7 +219,7 @@ describe('files the job rewrites in place', () => {
     fs.appendFileSync(path.join(dir, 'count.tmp'), 'more');
     fs.renameSync(path.join(dir, 'count.tmp'), path.join(dir, 'count'));
     expect(await rollBackWorkFiles(dir, got.files, kept)).toEqual([
-      { path: 'count.tmp', from: 0, to: 3, rewritten: true },
+      { path: 'count.tmp', from: 0, to: 3, how: 'rewritten' },
     ]);
     const st = fs.statSync(path.join(dir, 'count.tmp'));
     expect([fs.readFileSync(path.join(dir, 'count.tmp'), 'utf8'), st.mode & 0o7777, st.uid, st.gid]).toEqual([
@@ -267,8 +263,8 @@ describe('rollBackWorkFiles', () => {
     write('same.txt', 'same');
     const files = [rec('a.txt', 2), rec('b.log', 2, true), rec('same.txt', 4)];
     expect(await rollBackWorkFiles(dir, files)).toEqual([
-      { path: 'a.txt', from: 6, to: 2 },
-      { path: 'b.log', from: 4, to: 2 },
+      { path: 'a.txt', from: 6, to: 2, how: 'cut' },
+      { path: 'b.log', from: 4, to: 2, how: 'cut' },
     ]);
     expect([read('a.txt'), read('b.log'), read('same.txt')]).toEqual(['1\n', 'x\n', 'same']);
   });
