@@ -51,3 +51,47 @@ export async function deletedOpenFileBytes(pids: readonly number[]): Promise<num
   }
   return bytes;
 }
+
+/** A file mapped into a process's memory. */
+export interface MappedFile {
+  /** /proc/<pid>/map_files/<range>: stat() through it reaches the mapped file itself. */
+  proc: string;
+  /** The file's path as the process sees it. */
+  target: string;
+  /** MAP_SHARED with PROT_WRITE: the process's writes reach the file through memory, no descriptor needed. */
+  sharedWritable: boolean;
+}
+
+/** A /proc/<pid>/maps line: range, permissions, offset, device, inode, path (which may hold spaces). */
+const MAPS_LINE = /^([0-9a-f]+-[0-9a-f]+) (\S{4}) \S+ \S+ \d+ +(\/.+)$/;
+
+/**
+ * The files `pids` map whose path `wanted` accepts (read from /proc like
+ * openFds), each once per process and kind of mapping. A shared writable
+ * mapping outlives its descriptor: a NumPy memmap or Java's
+ * MappedByteBuffer once the file is closed, a C program's mmap.
+ */
+export async function* mappedFiles(
+  pids: readonly number[],
+  wanted: (target: string) => boolean,
+): AsyncGenerator<MappedFile> {
+  for (const pid of pids) {
+    let maps: string;
+    try {
+      maps = await fsp.readFile(`/proc/${pid}/maps`, 'utf8');
+    } catch {
+      continue; // gone, or not ours to read
+    }
+    const seen = new Set<string>();
+    for (const line of maps.split('\n')) {
+      const m = MAPS_LINE.exec(line);
+      if (!m) continue;
+      const target = m[3]!;
+      const sharedWritable = m[2]![1] === 'w' && m[2]![3] === 's';
+      const key = `${sharedWritable ? 'w' : 'r'}${target}`;
+      if (seen.has(key) || !wanted(target)) continue;
+      seen.add(key);
+      yield { proc: `/proc/${pid}/map_files/${m[1]}`, target, sharedWritable };
+    }
+  }
+}

@@ -5,7 +5,7 @@ import path from 'node:path';
 import * as tar from 'tar';
 import { CheckpointUnusableError } from '../contract/errors.js';
 import { isBindMount, mountDestination, type OciSpec } from './oci-spec.js';
-import { openFds } from './open-files.js';
+import { mappedFiles, openFds } from './open-files.js';
 import { runCommand } from './run-command.js';
 import { canonical, isEmptyArchive, unreadable, validateDiffArchive, writeEntryFile } from './rootfs-diff.js';
 
@@ -163,14 +163,9 @@ export async function openInVolumes(
     if (set.size < OPEN_NAMED) set.add(p);
     found.set(d, set);
   };
-  for await (const f of openFds(pids, (t) => under(t) !== undefined)) add(f.target);
-  for (const pid of pids) {
-    const maps = await fsp.readFile(`/proc/${pid}/maps`, 'utf8').catch(() => '');
-    for (const line of maps.split('\n')) {
-      const p = /^\S+ \S+ \S+ \S+ \S+\s+(\/.*)$/.exec(line)?.[1];
-      if (p) add(p);
-    }
-  }
+  const wanted = (t: string) => under(t) !== undefined;
+  for await (const f of openFds(pids, wanted)) add(f.target);
+  for await (const m of mappedFiles(pids, wanted)) add(m.target);
   return new Map([...found].map(([d, set]) => [d, [...set].sort()]));
 }
 

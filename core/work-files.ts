@@ -1,9 +1,9 @@
-import fs from 'node:fs';
+import fs, { type BigIntStats } from 'node:fs';
 import fsp, { type FileHandle } from 'node:fs/promises';
 import { CheckpointUnusableError } from '../contract/errors.js';
 import { cutAppendedFiles, recordClosedFiles, setAsideNewFiles, type ClosedFile } from './closed-files.js';
 import { openBeneath } from './host-dirs.js';
-import { DELETED_SUFFIX, openFds } from './open-files.js';
+import { DELETED_SUFFIX, openFds, mappedFiles } from './open-files.js';
 import { isPlainRelativePath } from './paths.js';
 
 /**
@@ -102,9 +102,10 @@ interface OpenForWrite {
 }
 
 /**
- * The open-for-write regular files of `pids` below each of `containerPaths`,
- * by their path there, in one pass over the processes' descriptors (the job
- * is stopped meanwhile). A file below two of them (a mount inside another)
+ * The regular files `pids` hold open for writing, or map shared and
+ * writable, below each of `containerPaths`, by their path there, in one pass
+ * over the processes' descriptors and one over their mappings (the job is
+ * stopped meanwhile). A file below two of them (a mount inside another)
  * counts for the deeper one, the mount the container sees it through.
  */
 async function openForWrite(
@@ -119,31 +120,41 @@ async function openForWrite(
     return best;
   };
   const found = prefixes.map(() => new Map<string, OpenForWrite>());
-  for await (const f of openFds(pids, (t) => placeOf(t) >= 0 && !t.endsWith(DELETED_SUFFIX))) {
+  const wanted = (t: string) => placeOf(t) >= 0 && !t.endsWith(DELETED_SUFFIX);
+  /** The file at `target` (stat'ed through /proc as `st`) noted as written: one file open or mapped several times rolls back like its non-append uses (CRIU checks those). */
+  const note = (target: string, st: BigIntStats, append: boolean, inPlace: boolean) => {
+    const i = placeOf(target);
+    const rel = target.slice(prefixes[i]!.length);
+    if (!isPlainRelativePath(rel)) return;
+    const seen = found[i]!.get(rel);
+    found[i]!.set(rel, {
+      ino: st.ino,
+      dev: st.dev,
+      size: Number(st.size),
+      append: append && (seen?.append ?? true),
+      inPlace: inPlace || (seen?.inPlace ?? false),
+    });
+  };
+  for await (const f of openFds(pids, wanted)) {
     const info = await fsp.readFile(f.info, 'utf8').catch(() => '');
     const flags = parseInt(/^flags:\s*([0-7]+)$/m.exec(info)?.[1] ?? '', 8);
     if (!Number.isInteger(flags) || (flags & O_ACCMODE) === O_RDONLY) continue;
     const st = await fsp.stat(f.proc, { bigint: true }).catch(() => undefined);
     if (!st?.isFile()) continue;
-    const i = placeOf(f.target);
-    const rel = f.target.slice(prefixes[i]!.length);
-    if (!isPlainRelativePath(rel)) continue;
     const append = (flags & O_APPEND) !== 0;
-    const size = Number(st.size);
     // Opened for reading and writing (SQLite, HDF5, LMDB, a memory-mapped array), or written up to
     // somewhere before its end (it went back): a database, not a results file or a log. A write-only
     // one at position 0 counts as neither (another descriptor writes it: that one says).
-    const pos = Number(/^pos:\s*(\d+)$/m.exec(info)?.[1] ?? size);
-    const inPlace = !append && ((flags & O_ACCMODE) === O_RDWR || (pos > 0 && pos < size));
-    const seen = found[i]!.get(rel);
-    // One file open several times: it rolls back like its non-append opens (CRIU checks those).
-    found[i]!.set(rel, {
-      ino: st.ino,
-      dev: st.dev,
-      size,
-      append: append && (seen?.append ?? true),
-      inPlace: inPlace || (seen?.inPlace ?? false),
-    });
+    const pos = Number(/^pos:\s*(\d+)$/m.exec(info)?.[1] ?? st.size);
+    note(f.target, st, append, !append && ((flags & O_ACCMODE) === O_RDWR || (pos > 0 && pos < Number(st.size))));
+  }
+  // Mapped shared and writable: written in place through memory, whether or not a descriptor is still
+  // open (a C program's mmap, Java's MappedByteBuffer, NumPy's memmap once its file object is gone).
+  // Unseen, the restored job found the lost run's writes in it, its memory from the checkpoint.
+  for await (const m of mappedFiles(pids, wanted)) {
+    if (!m.sharedWritable) continue;
+    const st = await fsp.stat(m.proc, { bigint: true }).catch(() => undefined);
+    if (st?.isFile()) note(m.target, st, false, true);
   }
   return found;
 }

@@ -481,6 +481,31 @@ describe('a Python job in its work dir: a database it rewrites in place, a resul
     }
   });
 
+  test('node lost after a periodic checkpoint: a file the job maps shared and writable, its descriptor closed, comes back as it was then', async () => {
+    const id = 'wdf-mmap';
+    const job = ['PYJOB_MODE=mmap'];
+    try {
+      const { res, at } = await checkpointAndLose(id, a.ctx, job);
+      // No descriptor open: seen through the job's mappings, kept whole as a file rewritten in place.
+      const sums = res.manifest.workFiles?.find((f) => f.path === 'sums.bin');
+      expect(sums).toMatchObject({ size: 4096, inPlace: expect.any(Object), kept: expect.any(Number) });
+      expect(res.manifest.closedWorkFiles?.map((f) => f.path)).not.toContain('sums.bin');
+      const out = await run(id, job);
+      await waitFor('5 steps after the restore', () => (pyLines(out).length >= 5 ? true : undefined), 60_000);
+      const after = pyLines(out);
+      // Restored from the checkpoint, and at every step the file held the sum the job had in memory
+      // (before, it held the lost run's: "FAIL (the file held step 11, memory step 5)").
+      expect(after.filter((l) => / FAIL|^pyjob start/.test(l))).toEqual([]);
+      const first = Number(/^pyjob (\d+) /.exec(after[0]!)?.[1]);
+      expect(first).toBeGreaterThan(1);
+      expect(first).toBeLessThanOrEqual(at + 1);
+      const written = a.logLines().find((l) => l.container === id && Array.isArray(l.rewritten));
+      expect(written?.rewritten).toEqual([{ path: 'sums.bin', from: 4096, to: 4096 }]);
+    } finally {
+      await remove(id);
+    }
+  });
+
   test('node lost after a periodic checkpoint: a results file appended by open and close at every step has every step once', async () => {
     const id = 'wdf-appended';
     const job = ['PYJOB_MODE=threads', 'PYJOB_STEPS_LOG=1'];

@@ -20,6 +20,11 @@ PYJOB_MODE picks how the work is spread:
               so the file grows and its pages change in place); a step counts only when
               the database agrees with memory: as many rows as steps, the last one this
               step's total, and the database intact (PRAGMA quick_check)
+  mmap        keeps its running sum in a file in $PYJOB_STATE (sums.bin) that it maps shared
+              and writable with the C library's mmap and then closes (as a C program, Java's
+              MappedByteBuffer or a NumPy memmap whose file object is gone do): no descriptor
+              is left open, every write goes through memory; a step counts only when the
+              file's sum is the one the job has in memory
   bigmem      $PYJOB_WORKERS worker processes (default 3), each holding $PYJOB_MB MiB
               (default 128) of random data in memory and a pipe to the job; each step
               every worker checks one MiB of its data against the digest it took when
@@ -204,6 +209,37 @@ def run_sqlite():
         time.sleep(0.1)
 
 
+def run_mmap():
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+    PROT_READ, PROT_WRITE, MAP_SHARED = 1, 2, 1
+    fd = os.open(f"{STATE}/sums.bin", os.O_RDWR | os.O_CREAT, 0o644)
+    os.ftruncate(fd, 4096)
+    addr = libc.mmap(None, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)
+    if addr in (None, ctypes.c_void_p(-1).value):
+        sys.exit(f"mmap: errno {ctypes.get_errno()}")
+    os.close(fd)
+    # [0]: the running sum, [1]: the steps it holds; the job's own copy is in memory.
+    mapped = (ctypes.c_uint64 * 2).from_address(addr)
+    mapped[0], mapped[1] = 0, 0
+    total = 0
+    step = 0
+    while True:
+        held = mapped[1]
+        agrees = mapped[0] == total and held == step
+        total += sum(map(square, squares_of(step)))
+        step += 1
+        mapped[0], mapped[1] = total, step
+        write_count(step)
+        ok = agrees and total == expected(step * STEP)
+        detail = "" if agrees else f" (the file held step {held}, memory step {step - 1})"
+        print(f"pyjob {step} {MODE} {'ok' if ok else 'FAIL'}{detail}", flush=True)
+        time.sleep(0.1)
+
+
 def hold_memory(conn, seed, mib):
     import hashlib
     import random
@@ -262,6 +298,8 @@ if __name__ == "__main__":
         run_inotify()
     elif MODE == "sqlite":
         run_sqlite()
+    elif MODE == "mmap":
+        run_mmap()
     elif MODE == "bigmem":
         run_bigmem()
     else:

@@ -145,6 +145,42 @@ describe('files the job rewrites in place', () => {
     ]);
   });
 
+  test('a file mapped shared and writable, its descriptor closed, is rewritten in place; mapped privately or read-only it is not', async () => {
+    // Each file mapped with the C library's mmap, then its descriptor closed: only the mapping is left.
+    const mapping = (name: string, prot: number, flags: number) =>
+      `f=os.open(${JSON.stringify(name)},os.O_RDWR|os.O_CREAT)\nos.ftruncate(f,8192)\n` +
+      `assert libc.mmap(None,8192,${prot},${flags},f,0) not in (None, ctypes.c_void_p(-1).value)\nos.close(f)\n`;
+    const p = spawn(
+      'python3',
+      [
+        '-c',
+        'import ctypes,os,time\nlibc=ctypes.CDLL(None)\nlibc.mmap.restype=ctypes.c_void_p\n' +
+          'libc.mmap.argtypes=[ctypes.c_void_p,ctypes.c_size_t,ctypes.c_int,ctypes.c_int,ctypes.c_int,ctypes.c_long]\n' +
+          // PROT_READ|PROT_WRITE = 3, PROT_READ = 1; MAP_SHARED = 1, MAP_PRIVATE = 2.
+          mapping('shared.bin', 3, 1) +
+          mapping('private.bin', 3, 2) +
+          mapping('readonly.bin', 1, 1) +
+          'print(1,flush=True)\ntime.sleep(60)',
+      ],
+      { cwd: dir, stdio: ['ignore', 'pipe', 'inherit'] },
+    );
+    holders.push(p);
+    await once(p.stdout!, 'data');
+    const got = await captureWorkFiles([p.pid!], dir, dir);
+    await got.close();
+    expect(got.files).toEqual([
+      {
+        path: 'shared.bin',
+        size: 8192,
+        ino: ino('shared.bin'),
+        append: false,
+        inPlace: { mtimeNs: mtimeNs('shared.bin') },
+      },
+    ]);
+    // The others are among the files it opens and closes, recorded as such.
+    expect(got.closed.files.map((f) => f.path).sort()).toEqual(['private.bin', 'readonly.bin']);
+  });
+
   test('kept at the checkpoint, written back whole at the restore, whatever the lost run did to them', async () => {
     fs.writeFileSync(path.join(dir, 'grown.db'), 'AAAAbbbb');
     fs.writeFileSync(path.join(dir, 'same-size.db'), '12345678');
