@@ -514,7 +514,7 @@ async function checkpointLocked(
         for (const where of crowded)
           log.warn(
             { phase: 'rootfs', where, max: CLOSED_FILES_MAX },
-            `${where} holds more than ${CLOSED_FILES_MAX} files: those past them are not recorded, and a restore does not cut them back if the lost run appended to them`,
+            `${where} holds more than ${CLOSED_FILES_MAX} files and directories: those past them are not recorded, a restore does not cut them back if the lost run appended to them, and moves nothing it made aside`,
           );
       }
     };
@@ -777,6 +777,7 @@ async function checkpointLocked(
         ...(volumesLeft.length ? { volumesLeft } : {}),
         ...(workFiles ? { workFiles: workFiles.files } : {}),
         ...(workFiles ? { closedWorkFiles: workFiles.closed.files } : {}),
+        ...(workFiles ? { closedWorkNonFiles: workFiles.closed.nonFiles ?? [] } : {}),
         ...(workFiles?.closed.more ? { closedWorkFilesMore: true as const } : {}),
         ...(volumeFiles?.records.length ? { volumeFiles: volumeFiles.records } : {}),
         ...(seal ? { seal } : {}),

@@ -33,10 +33,12 @@ import { isPlainRelativePath } from './paths.js';
  * ("database disk image is malformed"); a job that skips the steps whose
  * output exists would skip the ones the lost run did, and miss them in the
  * sums it keeps in memory. So where a checkpoint recorded every file of the
- * place (at most CLOSED_FILES_MAX), a restore moves each regular file it
- * did not record into SET_ASIDE_PREFIX<hex> at the top of the place, under
- * its path with "/" written "%2F": nothing is deleted, and the place looks
- * to the restored job as it did at the checkpoint.
+ * place (at most CLOSED_FILES_MAX entries), a restore moves each file it
+ * did not record, and each directory and symlink (a directory whole: a job
+ * that makes each step's output directory with mkdir died on the lost
+ * run's), into SET_ASIDE_PREFIX<hex> at the top of the place, under its
+ * path with "/" written "%2F": nothing is deleted, and the place looks to
+ * the restored job as it did at the checkpoint.
  */
 export interface ClosedFile {
   /** Relative to the place. */
@@ -57,64 +59,89 @@ export const CLOSED_FILES_MAX = 10_000;
 export const SET_ASIDE_PREFIX = '.arch-after-checkpoint-';
 const ARCH_OWN = /^\.arch-/;
 
+/** What a checkpoint records of a place's files and directories that the job did not hold open. */
+export interface RecordedEntries {
+  files: ClosedFile[];
+  /** Every directory, symlink and other entry that is not a regular file, by its path. */
+  nonFiles: string[];
+  /** More entries than CLOSED_FILES_MAX: some were left out. */
+  more: boolean;
+}
+
 /**
  * The regular files below `dir` (a host directory: for the work dir its
  * held /proc/self/fd path) other than `skip` (the files the job holds open,
- * rolled back by work-files.ts), at most `max`: `more` says whether some
- * were left out. ARCH's own entries at the top (.arch-*) are not the job's.
+ * rolled back by work-files.ts), and the paths of everything else there
+ * (directories, symlinks), at most `max` entries in all: `more` says
+ * whether some were left out. ARCH's own entries at the top (.arch-*) are
+ * not the job's.
  */
 export async function recordClosedFiles(
   dir: string,
   skip: ReadonlySet<string>,
   max = CLOSED_FILES_MAX,
-): Promise<{ files: ClosedFile[]; more: boolean }> {
+): Promise<RecordedEntries> {
   // Synchronous: the job is stopped while this runs, and a promise per system call (libuv's pool)
   // took ~1 ms per file on these VMs (10 s for 10,000 files); this takes a few microseconds each.
   const files: ClosedFile[] = [];
+  const nonFiles: string[] = [];
   const buf = Buffer.allocUnsafe(TAIL_BYTES);
   let more = false;
   const root = fs.openSync(dir, O_RDONLY | O_DIRECTORY);
   try {
-    walkSync(root, '', (dirFd, name, p) => {
-      if (skip.has(p) || !isPlainRelativePath(p)) return true;
-      if (files.length >= max) {
+    walkSync(root, '', (dirFd, name, p, kind) => {
+      if (skip.has(p) || !isPlainRelativePath(p)) return 'skip';
+      if (files.length + nonFiles.length >= max) {
         more = true;
-        return false;
+        return 'stop';
+      }
+      if (kind !== 'file') {
+        nonFiles.push(p);
+        return 'go';
       }
       const f = readTailSync(dirFd, name, buf);
       if (f) files.push({ path: p, ...f });
-      return true;
+      return 'go';
     });
   } finally {
     fs.closeSync(root);
   }
-  return { files, more };
+  return { files, nonFiles, more };
 }
 
+type EntryKind = 'file' | 'dir' | 'other';
+
 /**
- * Each directory below the one open as `dirFd`, opened without following a
- * symlink from the one before it, and `visit` called for each regular file
- * in it (by the directory's descriptor, the file's name and its path); a
- * visit returning false ends the walk. ARCH's own entries at the top
- * (.arch-*) are not the job's.
+ * Each entry below the directory open as `dirFd`, passed to `visit` (by its
+ * directory's descriptor, its name, its path and its kind) before a
+ * directory is entered: 'go' on (into a directory), 'skip' (not into it),
+ * 'stop' the whole walk. Each directory is opened without following a
+ * symlink from the one before it. ARCH's own entries at the top (.arch-*)
+ * are not the job's. False when stopped.
  */
-function walkSync(dirFd: number, rel: string, visit: (dirFd: number, name: string, p: string) => boolean): boolean {
+function walkSync(
+  dirFd: number,
+  rel: string,
+  visit: (dirFd: number, name: string, p: string, kind: EntryKind) => 'go' | 'skip' | 'stop',
+): boolean {
   for (const e of fs.readdirSync(`/proc/self/fd/${dirFd}`, { withFileTypes: true })) {
     if (!rel && ARCH_OWN.test(e.name)) continue;
     const p = rel ? `${rel}/${e.name}` : e.name;
-    if (e.isDirectory()) {
-      let child: number;
-      try {
-        child = fs.openSync(`/proc/self/fd/${dirFd}/${e.name}`, O_RDONLY | O_DIRECTORY | O_NOFOLLOW);
-      } catch {
-        continue; // swapped for something else since the listing
-      }
-      try {
-        if (!walkSync(child, p, visit)) return false;
-      } finally {
-        fs.closeSync(child);
-      }
-    } else if (e.isFile() && !visit(dirFd, e.name, p)) return false;
+    const kind: EntryKind = e.isFile() ? 'file' : e.isDirectory() ? 'dir' : 'other';
+    const next = visit(dirFd, e.name, p, kind);
+    if (next === 'stop') return false;
+    if (next === 'skip' || kind !== 'dir') continue;
+    let child: number;
+    try {
+      child = fs.openSync(`/proc/self/fd/${dirFd}/${e.name}`, O_RDONLY | O_DIRECTORY | O_NOFOLLOW);
+    } catch {
+      continue; // swapped for something else since the listing
+    }
+    try {
+      if (!walkSync(child, p, visit)) return false;
+    } finally {
+      fs.closeSync(child);
+    }
   }
   return true;
 }
@@ -201,18 +228,27 @@ export async function cutAppendedFiles(dir: string, files: readonly ClosedFile[]
 }
 
 /**
- * Move each regular file below `dir` that is not in `recorded` (the paths a
+ * Move what the lost run made below `dir` after the checkpoint into a new
+ * SET_ASIDE_PREFIX directory at its top, walking directories without
+ * following a symlink: each regular file not in `recorded` (the paths a
  * checkpoint recorded there: every file it held open and every other one)
- * into a new SET_ASIDE_PREFIX directory at its top, walking directories
- * without following a symlink. Returns the paths moved and where to.
+ * and, with `nonFiles` (the directories, symlinks and other entries it
+ * recorded; absent in checkpoints from before ARCH recorded them), each
+ * other entry not among them, a directory whole (a job that makes a step's
+ * directory with mkdir failed on the lost run's). Returns the paths moved
+ * and where to.
  */
-export function setAsideNewFiles(dir: string, recorded: ReadonlySet<string>): { moved: string[]; to?: string } {
+export function setAsideNewFiles(
+  dir: string,
+  recorded: ReadonlySet<string>,
+  nonFiles?: ReadonlySet<string>,
+): { moved: string[]; to?: string } {
   const moved: string[] = [];
   const root = fs.openSync(dir, O_RDONLY | O_DIRECTORY);
   let hold: { fd: number; name: string } | undefined;
   try {
-    walkSync(root, '', (dirFd, name, p) => {
-      if (recorded.has(p)) return true;
+    walkSync(root, '', (dirFd, name, p, kind) => {
+      if (kind === 'file' ? recorded.has(p) : !nonFiles || nonFiles.has(p)) return 'go';
       if (!hold) {
         const holdName = `${SET_ASIDE_PREFIX}${crypto.randomBytes(8).toString('hex')}`;
         fs.mkdirSync(`/proc/self/fd/${root}/${holdName}`, { mode: 0o700 });
@@ -224,7 +260,7 @@ export function setAsideNewFiles(dir: string, recorded: ReadonlySet<string>): { 
       // Both names resolved in directories held open: no symlink on the way is followed.
       fs.renameSync(`/proc/self/fd/${dirFd}/${name}`, `/proc/self/fd/${hold.fd}/${encodeURIComponent(p)}`);
       moved.push(p);
-      return true;
+      return 'skip';
     });
   } finally {
     if (hold) fs.closeSync(hold.fd);

@@ -158,7 +158,12 @@ function buildSchemas() {
     workFiles: z.array(WorkFileEntry).max(100_000).optional(),
     /** The work dir's other files, which the job opens and closes (core/closed-files.ts). Absent when none. */
     closedWorkFiles: z.array(ClosedFileEntry).max(100_000).optional(),
-    /** More files in the work dir than closedWorkFiles lists (then nothing the lost run made is set aside). */
+    /** The work dir's directories, symlinks and other entries that are not regular files (core/closed-files.ts). */
+    closedWorkNonFiles: z
+      .array(z.string().refine(isPlainRelativePath, 'a plain relative path'))
+      .max(100_000)
+      .optional(),
+    /** More entries in the work dir than closedWorkFiles and closedWorkNonFiles list (then nothing the lost run made is set aside). */
     closedWorkFilesMore: z.literal(true).optional(),
     /**
      * The same for the volumes the container named as its job's alone
@@ -171,6 +176,10 @@ function buildSchemas() {
           destination: z.string().startsWith('/'),
           files: z.array(WorkFileEntry).max(100_000),
           closed: z.array(ClosedFileEntry).max(100_000).optional(),
+          closedNonFiles: z
+            .array(z.string().refine(isPlainRelativePath, 'a plain relative path'))
+            .max(100_000)
+            .optional(),
           closedMore: z.literal(true).optional(),
         }),
       )

@@ -630,7 +630,7 @@ async function rollBackOpenFiles(
           req.workDir!,
           manifest.workFiles ?? [],
           undefined,
-          closedOf(manifest.closedWorkFiles, manifest.closedWorkFilesMore),
+          closedOf(manifest.closedWorkFiles, manifest.closedWorkFilesMore, manifest.closedWorkNonFiles),
         ),
       });
     if (manifest.volumeFiles?.length)

@@ -50,7 +50,9 @@ export interface VolumeFiles {
   files: WorkFile[];
   /** The volume's other files, which the job opens and closes (core/closed-files.ts). */
   closed?: ClosedFile[];
-  /** More files than the checkpoint records: `closed` is not all of them. */
+  /** Its directories, symlinks and other entries that are not regular files. */
+  closedNonFiles?: string[];
+  /** More entries than the checkpoint records: `closed` and `closedNonFiles` are not all of them. */
   closedMore?: true;
 }
 
@@ -118,6 +120,7 @@ export async function captureVolumeFiles(
       destination: v.destination,
       files: captured[i]!.files,
       closed: captured[i]!.closed.files,
+      closedNonFiles: captured[i]!.closed.nonFiles ?? [],
       ...(captured[i]!.closed.more ? { closedMore: true as const } : {}),
     })),
     async keepContents(sink) {
@@ -133,8 +136,11 @@ export async function captureVolumeFiles(
 }
 
 /** A manifest's record of a place's other files, for prepareRollBack. */
-export const closedOf = (files: ClosedFile[] | undefined, more: true | undefined): ClosedFiles | undefined =>
-  files && { files, more: !!more };
+export const closedOf = (
+  files: ClosedFile[] | undefined,
+  more: true | undefined,
+  nonFiles: string[] | undefined,
+): ClosedFiles | undefined => files && { files, more: !!more, ...(nonFiles ? { nonFiles } : {}) };
 
 const placeOf = (destination: string): RollBackPlace => ({
   reason: 'volume-files',
@@ -164,7 +170,12 @@ export async function prepareVolumeRollBacks(
         );
       ready.push({
         destination: r.destination,
-        rollBack: await prepareRollBack(m.source!, r.files, placeOf(r.destination), closedOf(r.closed, r.closedMore)),
+        rollBack: await prepareRollBack(
+          m.source!,
+          r.files,
+          placeOf(r.destination),
+          closedOf(r.closed, r.closedMore, r.closedNonFiles),
+        ),
       });
     }
   } catch (err) {

@@ -324,7 +324,9 @@ export interface RolledBack {
 /** What a checkpoint recorded of a place's files the job did not hold open. */
 export interface ClosedFiles {
   files: ClosedFile[];
-  /** More files than it records: what is not in `files` was not necessarily made after it. */
+  /** The directories, symlinks and other entries there; absent in checkpoints from before ARCH recorded them. */
+  nonFiles?: string[];
+  /** More entries than it records: what is not in `files` was not necessarily made after it. */
   more: boolean;
 }
 
@@ -458,7 +460,7 @@ export async function prepareRollBack(
         for (const c of await cutAppendedFiles(dir, closed?.files ?? [])) done.push({ ...c, how: 'appended' });
         if (closed && !closed.more) {
           const recorded = new Set([...files.map((f) => f.path), ...closed.files.map((c) => c.path)]);
-          const aside = setAsideNewFiles(dir, recorded);
+          const aside = setAsideNewFiles(dir, recorded, closed.nonFiles && new Set(closed.nonFiles));
           for (const p of aside.moved) done.push({ path: p, from: 0, to: 0, how: 'setAside', dir: aside.to });
         }
         return done;

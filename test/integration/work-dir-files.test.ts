@@ -259,8 +259,9 @@ describe('a volume the container names in ARCH_ROLLBACK_VOLUMES', () => {
               ...{ kept: 0, mode: expect.any(Number), uid: 0, gid: 0 },
             },
           ],
-          // Every other file of the volume (none here): what is not among them at the restore is set aside.
+          // Every other file and directory of the volume (none here): what is not among them at the restore is set aside.
           closed: [],
+          closedNonFiles: [],
         },
       ]);
     } else expect(recorded).toBeUndefined();
@@ -438,9 +439,10 @@ describe('a Python job in its work dir: a database it rewrites in place, a resul
             expect.arrayContaining([{ path: 'progress.db', from: expect.any(Number), to: db!.size }]),
           );
           const aside = a.logLines().find((l) => l.container === id && Array.isArray(l.setAside));
-          expect(aside?.setAside).toEqual(expect.arrayContaining(['results/after-checkpoint.csv']));
-          expect(fs.existsSync(path.join(workDir, 'results/after-checkpoint.csv'))).toBe(false);
-          expect(fs.readFileSync(path.join(workDir, String(aside!.to), 'results%2Fafter-checkpoint.csv'), 'utf8')).toBe(
+          // The directory was made after the checkpoint too: moved whole.
+          expect(aside?.setAside).toEqual(expect.arrayContaining(['results']));
+          expect(fs.existsSync(path.join(workDir, 'results'))).toBe(false);
+          expect(fs.readFileSync(path.join(workDir, String(aside!.to), 'results/after-checkpoint.csv'), 'utf8')).toBe(
             'lost run\n',
           );
         } finally {
@@ -476,6 +478,34 @@ describe('a Python job in its work dir: a database it rewrites in place, a resul
       await waitFor('the fresh start', () =>
         pyLines(out).some((l) => l.startsWith('pyjob start')) ? true : undefined,
       );
+    } finally {
+      await remove(id);
+    }
+  });
+
+  test('node lost after a periodic checkpoint: the directories the lost run made are set aside, so the job makes them again', async () => {
+    const id = 'wdf-step-dirs';
+    const job = ['PYJOB_MODE=threads', 'PYJOB_STEP_DIRS=1'];
+    const workDir = path.join(storage, 'db-shared/work/default', id);
+    try {
+      const { res, at } = await checkpointAndLose(id, a.ctx, job);
+      // Directories are recorded with the files: the lost run's out/<step> after the checkpoint are not among them.
+      expect(res.manifest.closedWorkNonFiles).toEqual(expect.arrayContaining(['out', 'out/1']));
+      expect(res.manifest.closedWorkNonFiles).not.toContain(`out/${at + 3}`);
+      expect(fs.existsSync(path.join(workDir, `out/${at + 3}/sum`))).toBe(true);
+      const out = await run(id, job);
+      await waitFor('5 steps after the restore', () => (pyLines(out).length >= 5 ? true : undefined), 60_000);
+      const after = pyLines(out);
+      // Restored, and every step made its directory again (os.mkdir failed on the lost run's, and the job died).
+      expect(after.filter((l) => / FAIL|^pyjob start|Error/.test(l))).toEqual([]);
+      const first = Number(/^pyjob (\d+) /.exec(after[0]!)?.[1]);
+      expect(first).toBeGreaterThan(1);
+      expect(first).toBeLessThanOrEqual(at + 1);
+      const aside = a.logLines().find((l) => l.container === id && Array.isArray(l.setAside));
+      // Moved whole, each directory once (not the files in it one by one).
+      expect(aside?.setAside).toEqual(expect.arrayContaining([`out/${at + 3}`]));
+      expect(aside?.setAside).not.toContain(`out/${at + 3}/sum`);
+      expect(fs.readdirSync(path.join(workDir, String(aside!.to), `out%2F${at + 3}`))).toEqual(['sum']);
     } finally {
       await remove(id);
     }

@@ -39,6 +39,9 @@ MODE = os.environ.get("PYJOB_MODE", "pool")
 STATE = os.environ.get("PYJOB_STATE", "/state")
 # PYJOB_STEPS_LOG=1: each step also appends its number to $PYJOB_STATE/steps.log, opening and closing it.
 STEPS_LOG = os.environ.get("PYJOB_STEPS_LOG") == "1"
+# PYJOB_STEP_DIRS=1: each step makes its own output directory $PYJOB_STATE/out/<step> (os.mkdir, which
+# fails where one is there already, as a job claiming a step's output does) and writes its sum in it.
+STEP_DIRS = os.environ.get("PYJOB_STEP_DIRS") == "1"
 STEP = 16
 
 
@@ -61,6 +64,11 @@ def write_count(step):
 def report(step, total):
     ok = "ok" if total == expected(step * STEP) else "FAIL"
     write_count(step)
+    if STEP_DIRS:
+        os.makedirs(f"{STATE}/out", exist_ok=True)
+        os.mkdir(f"{STATE}/out/{step}")
+        with open(f"{STATE}/out/{step}/sum", "w") as f:
+            f.write(f"{total}\n")
     if STEPS_LOG:
         # Opened and closed at every step, as results are often appended.
         with open(f"{STATE}/steps.log", "a") as f:

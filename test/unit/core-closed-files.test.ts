@@ -32,9 +32,11 @@ test('records the regular files below the place, but not the open ones, symlinks
   fs.symlinkSync(outside, path.join(dir, 'linked-dir'));
   fs.mkdirSync(path.join(dir, '.arch-after-checkpoint-0123456789abcdef'));
   write('.arch-after-checkpoint-0123456789abcdef/x', 'set aside before');
-  const { files, more } = await recordClosedFiles(dir, new Set(['open.db']));
+  const { files, nonFiles, more } = await recordClosedFiles(dir, new Set(['open.db']));
   expect(more).toBe(false);
   expect(files.map((f) => f.path).sort()).toEqual(['empty', 'results.csv', 'sub/steps.log']);
+  // Directories and symlinks by their path (a symlink to a directory is not entered).
+  expect(nonFiles.sort()).toEqual(['link', 'linked-dir', 'sub']);
   expect(files.find((f) => f.path === 'results.csv')).toEqual({
     path: 'results.csv',
     size: 4,
@@ -43,10 +45,13 @@ test('records the regular files below the place, but not the open ones, symlinks
   });
 });
 
-test('at most `max` files: more says some were left out', async () => {
+test('at most `max` entries, directories included: more says some were left out', async () => {
   for (let i = 0; i < 5; i++) write(`f${i}`, 'x');
   const { files, more } = await recordClosedFiles(dir, new Set(), 3);
   expect([files.length, more]).toEqual([3, true]);
+  for (let i = 0; i < 3; i++) fs.mkdirSync(path.join(dir, `d${i}`));
+  const r = await recordClosedFiles(dir, new Set(), 7);
+  expect([r.files.length + r.nonFiles.length, r.more]).toEqual([7, true]);
 });
 
 test('a restore cuts back only what was appended: a file rewritten, replaced, shorter or gone is left as it is', async () => {
@@ -90,7 +95,7 @@ test('a symlink put at a recorded name is not followed: its target is not cut', 
   expect(fs.readFileSync(path.join(outside, 'victim'), 'utf8')).toBe('one\nand the rest\n');
 });
 
-test('what the lost run made after the checkpoint is moved aside, under its path; nothing else moves, no symlink is followed', async () => {
+test('a checkpoint from before directories were recorded: only files are moved aside, directories stay', async () => {
   fs.mkdirSync(path.join(dir, 'out'));
   write('out/step-1.npy', 'one');
   write('progress.db', 'db');
@@ -116,4 +121,28 @@ test('what the lost run made after the checkpoint is moved aside, under its path
   expect(fs.readdirSync(outside)).toEqual(['not-the-jobs']);
   // Nothing new: no directory made.
   expect(await setAsideNewFiles(dir, new Set([...recorded]))).toEqual({ moved: [] });
+});
+
+test('with directories recorded: a directory the lost run made moves whole, a new symlink moves unfollowed, recorded ones stay', async () => {
+  fs.mkdirSync(path.join(dir, 'out/1'), { recursive: true });
+  write('out/1/sum', '1');
+  fs.symlinkSync('out/1', path.join(dir, 'latest'));
+  const { files, nonFiles } = await recordClosedFiles(dir, new Set());
+  expect(nonFiles.sort()).toEqual(['latest', 'out', 'out/1']);
+  // The lost run: its steps' directories (os.mkdir fails on one that is there), a symlink to one, an empty one.
+  for (const step of [2, 3]) {
+    fs.mkdirSync(path.join(dir, `out/${step}`));
+    write(`out/${step}/sum`, String(step));
+  }
+  fs.symlinkSync(outside, path.join(dir, 'out/link'));
+  fs.mkdirSync(path.join(dir, 'empty'));
+  fs.writeFileSync(path.join(outside, 'not-the-jobs'), 'stays');
+  const aside = await setAsideNewFiles(dir, new Set(files.map((f) => f.path)), new Set(nonFiles));
+  expect(aside.moved.sort()).toEqual(['empty', 'out/2', 'out/3', 'out/link']);
+  expect(fs.readdirSync(path.join(dir, aside.to!)).sort()).toEqual(['empty', 'out%2F2', 'out%2F3', 'out%2Flink']);
+  expect(fs.readFileSync(path.join(dir, aside.to!, 'out%2F3/sum'), 'utf8')).toBe('3');
+  expect(fs.readlinkSync(path.join(dir, aside.to!, 'out%2Flink'))).toBe(outside);
+  expect(fs.readdirSync(path.join(dir, 'out')).sort()).toEqual(['1']);
+  expect([read('out/1/sum'), fs.readlinkSync(path.join(dir, 'latest'))]).toEqual(['1', 'out/1']);
+  expect(fs.readdirSync(outside)).toEqual(['not-the-jobs']);
 });

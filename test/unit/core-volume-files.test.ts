@@ -136,9 +136,16 @@ describe('capture, then roll back in the new mount', () => {
         ],
         // The files the job does not hold open there (core/closed-files.ts).
         closed: [{ path: 'input.txt', size: 10, ino: expect.any(String), tail }],
+        // Its directories (and symlinks): what is not among them at the restore is the lost run's.
+        closedNonFiles: ['logs'],
       },
       // The holder's o.txt shows under the host path, not /elsewhere: not open there, as far as this place knows.
-      { destination: '/elsewhere', files: [], closed: [{ path: 'o.txt', size: 2, ino: expect.any(String), tail }] },
+      {
+        destination: '/elsewhere',
+        files: [],
+        closed: [{ path: 'o.txt', size: 2, ino: expect.any(String), tail }],
+        closedNonFiles: [],
+      },
     ]);
     // The lost run went on writing; the restore's container mounts the same volume at /results.
     fs.appendFileSync(path.join(vol, 'out.csv'), 'b,2\nc,3\n');
