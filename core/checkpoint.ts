@@ -778,6 +778,7 @@ async function checkpointLocked(
         ...(workFiles ? { workFiles: workFiles.files } : {}),
         ...(workFiles ? { closedWorkFiles: workFiles.closed.files } : {}),
         ...(workFiles ? { closedWorkNonFiles: workFiles.closed.nonFiles ?? [] } : {}),
+        ...(workFiles?.closed.links ? { closedWorkLinks: workFiles.closed.links } : {}),
         ...(workFiles?.closed.more ? { closedWorkFilesMore: true as const } : {}),
         ...(volumeFiles?.records.length ? { volumeFiles: volumeFiles.records } : {}),
         ...(seal ? { seal } : {}),
@@ -836,6 +837,9 @@ async function checkpointLocked(
       .catch((e) =>
         log.warn({ phase: 'checkpoint', err: errorMessage(e) }, 'could not remove the previous checkpoint'),
       );
+    // The second names of the job's files kept for the checkpoints the store still has (core/closed-files.ts).
+    workFiles?.settleLinks(ctx.settings.keep);
+    volumeFiles?.settleLinks(ctx.settings.keep);
     await scratch?.remove();
     const totalMs = Date.now() - t0;
     log.info(
@@ -858,6 +862,8 @@ async function checkpointLocked(
   } catch (err) {
     await workFiles?.close();
     await volumeFiles?.close();
+    workFiles?.settleLinks(undefined);
+    volumeFiles?.settleLinks(undefined);
     await sealer?.cancel();
     await chunkFollower?.cancel().catch(() => undefined);
     await chunkPool?.close();

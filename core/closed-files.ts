@@ -39,6 +39,16 @@ import { isPlainRelativePath } from './paths.js';
  * run's), into SET_ASIDE_PREFIX<hex> at the top of the place, under its
  * path with "/" written "%2F": nothing is deleted, and the place looks to
  * the restored job as it did at the checkpoint.
+ *
+ * The files the lost run deleted, moved away or replaced by a new file
+ * under their name are put back: a job that consumes its input files (reads
+ * each, then deletes it or moves it to done/) found the lost run's inputs
+ * gone and failed, or skipped them. Each checkpoint gives every file it
+ * records a second name (a hard link: no data copied) in a directory of its
+ * own at the top of the place (LINKS_PREFIX); a restore links a missing
+ * file back from there when it is still the recorded one. The newest
+ * ARCH_KEEP such directories are kept, as the store keeps its checkpoints:
+ * the space of a file the job deleted is freed once they are let go.
  */
 export interface ClosedFile {
   /** Relative to the place. */
@@ -59,6 +69,10 @@ export const CLOSED_FILES_MAX = 10_000;
 export const SET_ASIDE_PREFIX = '.arch-after-checkpoint-';
 const ARCH_OWN = /^\.arch-/;
 
+/** Where a checkpoint keeps a second name of every file it records: LINKS_PREFIX<ms>-<hex> at the top of the place. */
+export const LINKS_PREFIX = '.arch-checkpoint-files-';
+export const LINKS_NAME = /^\.arch-checkpoint-files-\d{13}-[0-9a-f]{8}$/;
+
 /** What a checkpoint records of a place's files and directories that the job did not hold open. */
 export interface RecordedEntries {
   files: ClosedFile[];
@@ -66,6 +80,13 @@ export interface RecordedEntries {
   nonFiles: string[];
   /** More entries than CLOSED_FILES_MAX: some were left out. */
   more: boolean;
+  /**
+   * The directory (LINKS_PREFIX…, at the top of the place) holding a second
+   * name (a hard link) of each recorded file, files[i] as `i`: the file as
+   * it was outlives a lost run that deletes it, moves it, or replaces it by
+   * a new file under its name. Absent when asked for none, or none could be made.
+   */
+  links?: string;
 }
 
 /**
@@ -74,12 +95,15 @@ export interface RecordedEntries {
  * rolled back by work-files.ts), and the paths of everything else there
  * (directories, symlinks), at most `max` entries in all: `more` says
  * whether some were left out. ARCH's own entries at the top (.arch-*) are
- * not the job's.
+ * not the job's. With `links`, each recorded file gets a second name in a
+ * new LINKS_PREFIX directory (see RecordedEntries): one link(2) each, no
+ * data copied.
  */
 export async function recordClosedFiles(
   dir: string,
   skip: ReadonlySet<string>,
   max = CLOSED_FILES_MAX,
+  opts: { links?: boolean } = {},
 ): Promise<RecordedEntries> {
   // Synchronous: the job is stopped while this runs, and a promise per system call (libuv's pool)
   // took ~1 ms per file on these VMs (10 s for 10,000 files); this takes a few microseconds each.
@@ -88,7 +112,9 @@ export async function recordClosedFiles(
   const buf = Buffer.allocUnsafe(TAIL_BYTES);
   let more = false;
   const root = fs.openSync(dir, O_RDONLY | O_DIRECTORY);
+  let links: { fd: number; name: string; made: number } | undefined;
   try {
+    if (opts.links) links = makeLinksDir(root);
     walkSync(root, '', (dirFd, name, p, kind) => {
       if (skip.has(p) || !isPlainRelativePath(p)) return 'skip';
       if (files.length + nonFiles.length >= max) {
@@ -100,13 +126,60 @@ export async function recordClosedFiles(
         return 'go';
       }
       const f = readTailSync(dirFd, name, buf);
-      if (f) files.push({ path: p, ...f });
+      if (!f) return 'go';
+      if (links && linkAs(dirFd, name, links.fd, String(files.length))) links.made++;
+      files.push({ path: p, ...f });
       return 'go';
     });
   } finally {
+    if (links) fs.closeSync(links.fd);
     fs.closeSync(root);
   }
-  return { files, nonFiles, more };
+  if (links && links.made === 0) fs.rmSync(path.join(dir, links.name), { recursive: true, force: true });
+  return { files, nonFiles, more, ...(links?.made ? { links: links.name } : {}) };
+}
+
+/** A new, empty LINKS_PREFIX directory at the top of the place open as `root`, held open. */
+function makeLinksDir(root: number): { fd: number; name: string; made: number } {
+  const name = `${LINKS_PREFIX}${Date.now()}-${crypto.randomBytes(4).toString('hex')}`;
+  fs.mkdirSync(`/proc/self/fd/${root}/${name}`, { mode: 0o700 });
+  return { fd: fs.openSync(`/proc/self/fd/${root}/${name}`, O_RDONLY | O_DIRECTORY | O_NOFOLLOW), name, made: 0 };
+}
+
+/**
+ * A second name `as` in the directory `toFd` for the file `name` in
+ * `dirFd`: link(2) does not follow a symlink at `name`. Not checked here
+ * (a stat each doubled the cost while the job is stopped): a restore uses
+ * a second name only if it is the recorded file (putBackFiles).
+ */
+function linkAs(dirFd: number, name: string, toFd: number, as: string): boolean {
+  try {
+    fs.linkSync(`/proc/self/fd/${dirFd}/${name}`, `/proc/self/fd/${toFd}/${as}`);
+    return true;
+  } catch {
+    return false; // another filesystem below the place, or gone since
+  }
+}
+
+/**
+ * The newest `keep` LINKS_PREFIX directories at the top of `dir` kept (the
+ * store keeps as many checkpoints: ARCH_KEEP), older ones removed, and
+ * `except` too (a checkpoint that was not published). Their files' space
+ * is freed once the job's own names are gone too.
+ */
+export function pruneLinks(dir: string, keep: number, except?: string): void {
+  const root = fs.openSync(dir, O_RDONLY | O_DIRECTORY);
+  try {
+    const sets = fs
+      .readdirSync(`/proc/self/fd/${root}`)
+      .filter((n) => LINKS_NAME.test(n) && n !== except)
+      .sort();
+    const drop = [...sets.slice(0, Math.max(0, sets.length - keep)), ...(except ? [except] : [])];
+    // rm does not follow a symlink planted under the name (it removes the link).
+    for (const n of drop) fs.rmSync(`/proc/self/fd/${root}/${n}`, { recursive: true, force: true });
+  } finally {
+    fs.closeSync(root);
+  }
 }
 
 type EntryKind = 'file' | 'dir' | 'other';
@@ -228,45 +301,175 @@ export async function cutAppendedFiles(dir: string, files: readonly ClosedFile[]
 }
 
 /**
- * Move what the lost run made below `dir` after the checkpoint into a new
- * SET_ASIDE_PREFIX directory at its top, walking directories without
- * following a symlink: each regular file not in `recorded` (the paths a
- * checkpoint recorded there: every file it held open and every other one)
- * and, with `nonFiles` (the directories, symlinks and other entries it
- * recorded; absent in checkpoints from before ARCH recorded them), each
- * other entry not among them, a directory whole (a job that makes a step's
- * directory with mkdir failed on the lost run's). Returns the paths moved
- * and where to.
+ * The directory at the top of a place where a restore moves what the lost
+ * run made (SET_ASIDE_PREFIX<hex>), made on the first move; each entry
+ * under its path with "/" written "%2F". Names are resolved in directories
+ * held open: no symlink on the way is followed.
+ */
+export class SetAside {
+  readonly moved: string[] = [];
+  private hold?: { fd: number; name: string };
+
+  constructor(private readonly root: number) {}
+
+  /** Move `name` in the directory open as `dirFd` (its path in the place: `p`) aside. */
+  move(dirFd: number, name: string, p: string): void {
+    if (!this.hold) {
+      const holdName = `${SET_ASIDE_PREFIX}${crypto.randomBytes(8).toString('hex')}`;
+      fs.mkdirSync(`/proc/self/fd/${this.root}/${holdName}`, { mode: 0o700 });
+      this.hold = {
+        fd: fs.openSync(`/proc/self/fd/${this.root}/${holdName}`, O_RDONLY | O_DIRECTORY | O_NOFOLLOW),
+        name: holdName,
+      };
+    }
+    fs.renameSync(`/proc/self/fd/${dirFd}/${name}`, `/proc/self/fd/${this.hold.fd}/${encodeURIComponent(p)}`);
+    this.moved.push(p);
+  }
+
+  /** The directory's name, once something was moved. */
+  get to(): string | undefined {
+    return this.hold?.name;
+  }
+
+  close(): void {
+    if (this.hold) fs.closeSync(this.hold.fd);
+  }
+}
+
+/**
+ * Move what the lost run made below `dir` after the checkpoint aside
+ * (SetAside), walking directories without following a symlink: each
+ * regular file not in `recorded` (the paths a checkpoint recorded there:
+ * every file it held open and every other one) and, with `nonFiles` (the
+ * directories, symlinks and other entries it recorded; absent in
+ * checkpoints from before ARCH recorded them), each other entry not among
+ * them, a directory whole (a job that makes a step's directory with mkdir
+ * failed on the lost run's). Returns the paths moved and where to.
  */
 export function setAsideNewFiles(
   dir: string,
   recorded: ReadonlySet<string>,
   nonFiles?: ReadonlySet<string>,
 ): { moved: string[]; to?: string } {
-  const moved: string[] = [];
+  return inPlace(dir, (root, aside) => setAsideIn(root, aside, recorded, nonFiles));
+}
+
+/** setAsideNewFiles in the place open as `root`, into `aside`. */
+export function setAsideIn(
+  root: number,
+  aside: SetAside,
+  recorded: ReadonlySet<string>,
+  nonFiles?: ReadonlySet<string>,
+): void {
+  walkSync(root, '', (dirFd, name, p, kind) => {
+    if (kind === 'file' ? recorded.has(p) : !nonFiles || nonFiles.has(p)) return 'go';
+    aside.move(dirFd, name, p);
+    return 'skip';
+  });
+}
+
+/** `body` given the place `dir` open and its SetAside; what was moved aside, and where to. */
+export function inPlace(dir: string, body: (root: number, aside: SetAside) => void): { moved: string[]; to?: string } {
   const root = fs.openSync(dir, O_RDONLY | O_DIRECTORY);
-  let hold: { fd: number; name: string } | undefined;
+  const aside = new SetAside(root);
   try {
-    walkSync(root, '', (dirFd, name, p, kind) => {
-      if (kind === 'file' ? recorded.has(p) : !nonFiles || nonFiles.has(p)) return 'go';
-      if (!hold) {
-        const holdName = `${SET_ASIDE_PREFIX}${crypto.randomBytes(8).toString('hex')}`;
-        fs.mkdirSync(`/proc/self/fd/${root}/${holdName}`, { mode: 0o700 });
-        hold = {
-          fd: fs.openSync(`/proc/self/fd/${root}/${holdName}`, O_RDONLY | O_DIRECTORY | O_NOFOLLOW),
-          name: holdName,
-        };
-      }
-      // Both names resolved in directories held open: no symlink on the way is followed.
-      fs.renameSync(`/proc/self/fd/${dirFd}/${name}`, `/proc/self/fd/${hold.fd}/${encodeURIComponent(p)}`);
-      moved.push(p);
-      return 'skip';
-    });
+    body(root, aside);
   } finally {
-    if (hold) fs.closeSync(hold.fd);
+    aside.close();
     fs.closeSync(root);
   }
-  return { moved, ...(hold ? { to: hold.name } : {}) };
+  return { moved: aside.moved, ...(aside.to ? { to: aside.to } : {}) };
+}
+
+/**
+ * Each recorded file the lost run deleted, moved away, or replaced by
+ * another under its name, put back from its second name in the
+ * checkpoint's `links` directory (recordClosedFiles) when that is still the
+ * recorded file (its inode, at least its size, its recorded last bytes
+ * unchanged; cut back to its size if appended to since): a job that
+ * consumes its input files (reads, then deletes or moves each) found the
+ * lost run's gone. What holds the name now is moved aside (`aside`, the
+ * place's SET_ASIDE_PREFIX directory); a file whose directory is gone is
+ * left out. Never throws for a file.
+ */
+export function putBackFiles(
+  dir: string,
+  root: number,
+  aside: SetAside,
+  files: readonly ClosedFile[],
+  links: string,
+): ClosedFileCut[] {
+  const back: ClosedFileCut[] = [];
+  if (!LINKS_NAME.test(links)) return back;
+  let linksFd: number;
+  try {
+    linksFd = fs.openSync(`/proc/self/fd/${root}/${links}`, O_RDONLY | O_DIRECTORY | O_NOFOLLOW);
+  } catch {
+    return back; // pruned, or never made on this filesystem
+  }
+  const buf = Buffer.allocUnsafe(TAIL_BYTES);
+  try {
+    for (const [i, f] of files.entries()) {
+      if (!isPlainRelativePath(f.path)) continue;
+      // Most files are still there: one lstat tells (it may pass a symlink on the way: it only picks candidates).
+      const now = lstatOrNot(path.join(dir, f.path));
+      if (now?.isFile() && now.ino.toString() === f.ino) continue;
+      const kept = `/proc/self/fd/${linksFd}/${i}`;
+      const size = keptSize(kept, f, buf);
+      if (size === undefined) continue;
+      const parent = openDirBeneath(root, path.dirname(f.path));
+      if (parent === undefined) continue;
+      try {
+        const base = path.basename(f.path);
+        const here = lstatOrNot(`/proc/self/fd/${parent}/${base}`);
+        if (here?.isFile() && here.ino.toString() === f.ino) continue; // looked through a symlink before
+        if (here) aside.move(parent, base, f.path);
+        fs.linkSync(kept, `/proc/self/fd/${parent}/${base}`);
+        if (size > f.size) fs.truncateSync(`/proc/self/fd/${parent}/${base}`, f.size);
+        back.push({ path: f.path, from: here ? Number(here.size) : 0, to: f.size });
+      } catch {
+        continue; // the job's to deal with, as before
+      } finally {
+        fs.closeSync(parent);
+      }
+    }
+  } finally {
+    fs.closeSync(linksFd);
+  }
+  return back;
+}
+
+/** The size of the kept second name `kept` when it is the recorded file `f` (its inode, long enough, its tail unchanged). */
+function keptSize(kept: string, f: ClosedFile, buf: Buffer): number | undefined {
+  let fd: number;
+  try {
+    fd = fs.openSync(kept, O_RDONLY | O_NOFOLLOW | fs.constants.O_NONBLOCK);
+  } catch {
+    return undefined;
+  }
+  try {
+    const st = fs.fstatSync(fd, { bigint: true });
+    if (!st.isFile() || st.ino.toString() !== f.ino || Number(st.size) < f.size) return undefined;
+    return tailDigest(fd, f.size, buf) === f.tail ? Number(st.size) : undefined;
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+/** The directory `rel` below the one open as `root`, opened without following a symlink at any step; undefined if it is not there. */
+function openDirBeneath(root: number, rel: string): number | undefined {
+  let at = fs.openSync(`/proc/self/fd/${root}`, O_RDONLY | O_DIRECTORY);
+  try {
+    for (const part of rel === '.' ? [] : rel.split('/')) {
+      const next = fs.openSync(`/proc/self/fd/${at}/${part}`, O_RDONLY | O_DIRECTORY | O_NOFOLLOW);
+      fs.closeSync(at);
+      at = next;
+    }
+    return at;
+  } catch {
+    fs.closeSync(at);
+    return undefined;
+  }
 }
 
 function lstatOrNot(p: string): fs.BigIntStats | undefined {

@@ -8,6 +8,7 @@ import { SEAL_ALG, sealedSize } from './seal.js';
 import { CHUNK_ALG } from './chunk-codec.js';
 import { loadTrust, verifyManifestSignature, type Trust } from './trust.js';
 import { MANIFEST_FILE, SIGNATURE_FILE } from './checkpoint-layout.js';
+import { LINKS_NAME } from './closed-files.js';
 import { isPlainRelativePath } from './paths.js';
 
 /**
@@ -163,6 +164,8 @@ function buildSchemas() {
       .array(z.string().refine(isPlainRelativePath, 'a plain relative path'))
       .max(100_000)
       .optional(),
+    /** Where each of closedWorkFiles has a second name, at the top of the work dir (core/closed-files.ts). */
+    closedWorkLinks: z.string().regex(LINKS_NAME).optional(),
     /** More entries in the work dir than closedWorkFiles and closedWorkNonFiles list (then nothing the lost run made is set aside). */
     closedWorkFilesMore: z.literal(true).optional(),
     /**
@@ -181,6 +184,7 @@ function buildSchemas() {
             .max(100_000)
             .optional(),
           closedMore: z.literal(true).optional(),
+          closedLinks: z.string().regex(LINKS_NAME).optional(),
         }),
       )
       .max(32)

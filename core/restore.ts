@@ -602,6 +602,11 @@ const ROLLED_BACK_LINES: [RolledBack['how'], string, string][] = [
     'the job appends to between checkpoints cut back to their sizes at the checkpoint (the restored job appends that part again)',
   ],
   ['rewritten', 'rewritten', 'the job rewrites in place written back as they were at the checkpoint'],
+  [
+    'putBack',
+    'putBack',
+    'the lost run deleted, moved away or replaced after the checkpoint put back as they were then (from their second names at the checkpoint)',
+  ],
 ];
 
 /**
@@ -630,7 +635,12 @@ async function rollBackOpenFiles(
           req.workDir!,
           manifest.workFiles ?? [],
           undefined,
-          closedOf(manifest.closedWorkFiles, manifest.closedWorkFilesMore, manifest.closedWorkNonFiles),
+          closedOf(
+            manifest.closedWorkFiles,
+            manifest.closedWorkFilesMore,
+            manifest.closedWorkNonFiles,
+            manifest.closedWorkLinks,
+          ),
         ),
       });
     if (manifest.volumeFiles?.length)

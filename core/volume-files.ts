@@ -54,6 +54,8 @@ export interface VolumeFiles {
   closedNonFiles?: string[];
   /** More entries than the checkpoint records: `closed` and `closedNonFiles` are not all of them. */
   closedMore?: true;
+  /** Where each of `closed` has a second name (core/closed-files.ts). */
+  closedLinks?: string;
 }
 
 const isReadOnly = (m: OciMount) => (m.options ?? []).includes('ro');
@@ -104,6 +106,8 @@ export interface CapturedVolumeFiles {
   keepContents(sink: KeptFilesSink): Promise<void>;
   sync(fsync: boolean): Promise<void>;
   close(): Promise<void>;
+  /** CapturedWorkFiles.settleLinks for each volume. */
+  settleLinks(keep: number | undefined): void;
 }
 
 /** What the job (`pids`, stopped) holds open for writing in each volume, in one pass over its descriptors. */
@@ -121,6 +125,7 @@ export async function captureVolumeFiles(
       files: captured[i]!.files,
       closed: captured[i]!.closed.files,
       closedNonFiles: captured[i]!.closed.nonFiles ?? [],
+      ...(captured[i]!.closed.links ? { closedLinks: captured[i]!.closed.links } : {}),
       ...(captured[i]!.closed.more ? { closedMore: true as const } : {}),
     })),
     async keepContents(sink) {
@@ -132,6 +137,9 @@ export async function captureVolumeFiles(
     async close() {
       await Promise.all(captured.map((c) => c.close()));
     },
+    settleLinks(keep) {
+      for (const c of captured) c.settleLinks(keep);
+    },
   };
 }
 
@@ -140,7 +148,9 @@ export const closedOf = (
   files: ClosedFile[] | undefined,
   more: true | undefined,
   nonFiles: string[] | undefined,
-): ClosedFiles | undefined => files && { files, more: !!more, ...(nonFiles ? { nonFiles } : {}) };
+  links: string | undefined,
+): ClosedFiles | undefined =>
+  files && { files, more: !!more, ...(nonFiles ? { nonFiles } : {}), ...(links ? { links } : {}) };
 
 const placeOf = (destination: string): RollBackPlace => ({
   reason: 'volume-files',
@@ -174,7 +184,7 @@ export async function prepareVolumeRollBacks(
           m.source!,
           r.files,
           placeOf(r.destination),
-          closedOf(r.closed, r.closedMore, r.closedNonFiles),
+          closedOf(r.closed, r.closedMore, r.closedNonFiles, r.closedLinks),
         ),
       });
     }

@@ -1,7 +1,17 @@
 import fs, { type BigIntStats } from 'node:fs';
 import fsp, { type FileHandle } from 'node:fs/promises';
 import { CheckpointUnusableError } from '../contract/errors.js';
-import { cutAppendedFiles, recordClosedFiles, setAsideNewFiles, type ClosedFile } from './closed-files.js';
+import {
+  CLOSED_FILES_MAX,
+  cutAppendedFiles,
+  inPlace,
+  pruneLinks,
+  putBackFiles,
+  recordClosedFiles,
+  setAsideIn,
+  type ClosedFile,
+  type ClosedFileCut,
+} from './closed-files.js';
 import { openBeneath } from './host-dirs.js';
 import { DELETED_SUFFIX, openFds, mappedFiles } from './open-files.js';
 import { isPlainRelativePath } from './paths.js';
@@ -88,6 +98,12 @@ export interface CapturedWorkFiles {
   /** fsync each file (its recorded bytes must outlive the node), then close them. */
   sync(fsync: boolean): Promise<void>;
   close(): Promise<void>;
+  /**
+   * Published: the place's older link sets let go, the newest `keep` kept
+   * (the store keeps as many checkpoints); not published (`keep` undefined):
+   * this checkpoint's own let go.
+   */
+  settleLinks(keep: number | undefined): void;
 }
 
 const O_ACCMODE = 3;
@@ -184,7 +200,11 @@ export async function captureOpenFiles(
   try {
     for (const [i, place] of places.entries())
       captured.push(
-        await holdOpenFiles(place.dir, open[i]!, await recordClosedFiles(place.dir, new Set(open[i]!.keys()))),
+        await holdOpenFiles(
+          place.dir,
+          open[i]!,
+          await recordClosedFiles(place.dir, new Set(open[i]!.keys()), CLOSED_FILES_MAX, { links: true }),
+        ),
       );
   } catch (err) {
     await Promise.all(captured.map((c) => c.close()));
@@ -252,6 +272,15 @@ async function holdOpenFiles(
       }
     },
     close,
+    settleLinks(keep) {
+      // A place the job (or its owner) removed meanwhile has nothing left to let go.
+      try {
+        if (keep !== undefined) pruneLinks(dir, keep);
+        else if (closed.links) pruneLinks(dir, Number.MAX_SAFE_INTEGER, closed.links);
+      } catch {
+        /* next time */
+      }
+    },
   };
 }
 
@@ -317,7 +346,7 @@ export interface RolledBack {
   path: string;
   from: number;
   to: number;
-  how: 'cut' | 'rewritten' | 'appended' | 'setAside';
+  how: 'cut' | 'rewritten' | 'appended' | 'putBack' | 'setAside';
   dir?: string;
 }
 
@@ -326,6 +355,8 @@ export interface ClosedFiles {
   files: ClosedFile[];
   /** The directories, symlinks and other entries there; absent in checkpoints from before ARCH recorded them. */
   nonFiles?: string[];
+  /** Where each of `files` has a second name (core/closed-files.ts's LINKS_PREFIX directory at the top of the place). */
+  links?: string;
   /** More entries than it records: what is not in `files` was not necessarily made after it. */
   more: boolean;
 }
@@ -456,13 +487,19 @@ export async function prepareRollBack(
         } finally {
           await from?.close();
         }
-        // The files it opens and closes: cut back only where only appended to, never refused.
-        for (const c of await cutAppendedFiles(dir, closed?.files ?? [])) done.push({ ...c, how: 'appended' });
-        if (closed && !closed.more) {
+        if (!closed) return done;
+        let putBack: ClosedFileCut[] = [];
+        const aside = inPlace(dir, (root, into) => {
+          // The files it opens and closes that the lost run deleted, moved or replaced: put back as they were.
+          if (closed.links) putBack = putBackFiles(dir, root, into, closed.files, closed.links);
+          if (closed.more) return;
           const recorded = new Set([...files.map((f) => f.path), ...closed.files.map((c) => c.path)]);
-          const aside = setAsideNewFiles(dir, recorded, closed.nonFiles && new Set(closed.nonFiles));
-          for (const p of aside.moved) done.push({ path: p, from: 0, to: 0, how: 'setAside', dir: aside.to });
-        }
+          setAsideIn(root, into, recorded, closed.nonFiles && new Set(closed.nonFiles));
+        });
+        for (const c of putBack) done.push({ ...c, how: 'putBack' });
+        // The files it opens and closes: cut back only where only appended to, never refused.
+        for (const c of await cutAppendedFiles(dir, closed.files)) done.push({ ...c, how: 'appended' });
+        for (const p of aside.moved) done.push({ path: p, from: 0, to: 0, how: 'setAside', dir: aside.to });
         return done;
       } finally {
         await close();

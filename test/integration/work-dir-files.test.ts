@@ -511,6 +511,38 @@ describe('a Python job in its work dir: a database it rewrites in place, a resul
     }
   });
 
+  test('node lost after a periodic checkpoint: the input files the lost run consumed (deleted, moved to done/) are back, and the job reads them again', async () => {
+    const id = 'wdf-inputs';
+    const job = ['PYJOB_MODE=threads', 'PYJOB_INPUTS=1'];
+    const workDir = path.join(storage, 'db-shared/work/default', id);
+    try {
+      const { res, at } = await checkpointAndLose(id, a.ctx, job);
+      // Every recorded file has a second name in the checkpoint's link set at the top of the work dir.
+      const links = res.manifest.closedWorkLinks!;
+      expect(links).toMatch(/^\.arch-checkpoint-files-/);
+      expect(fs.readdirSync(path.join(workDir, links)).length).toBe(res.manifest.closedWorkFiles!.length);
+      // The lost run consumed the inputs after the checkpoint: gone from in/.
+      expect(fs.existsSync(path.join(workDir, `in/${at + 3}`))).toBe(false);
+      const out = await run(id, job);
+      await waitFor('5 steps after the restore', () => (pyLines(out).length >= 5 ? true : undefined), 60_000);
+      const after = pyLines(out);
+      // Restored, and every step found its input holding its number (before: "FAIL", the input gone).
+      expect(after.filter((l) => / FAIL|^pyjob start|Error/.test(l))).toEqual([]);
+      const first = Number(/^pyjob (\d+) /.exec(after[0]!)?.[1]);
+      expect(first).toBeGreaterThan(1);
+      expect(first).toBeLessThanOrEqual(at + 1);
+      const back = a.logLines().find((l) => l.container === id && Array.isArray(l.putBack));
+      expect(back?.putBack).toEqual(
+        expect.arrayContaining([{ path: `in/${at + 3}`, from: 0, to: String(at + 3).length }]),
+      );
+      // The lost run's done/<n> (moved there after the checkpoint) set aside: the restored job moves them again.
+      const aside = a.logLines().find((l) => l.container === id && Array.isArray(l.setAside));
+      expect(aside?.setAside).toEqual(expect.arrayContaining([`done/${(at + 3) % 2 ? at + 4 : at + 3}`]));
+    } finally {
+      await remove(id);
+    }
+  });
+
   test('node lost after a periodic checkpoint: a file the job maps shared and writable, its descriptor closed, comes back as it was then', async () => {
     const id = 'wdf-mmap';
     const job = ['PYJOB_MODE=mmap'];

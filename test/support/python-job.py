@@ -42,6 +42,10 @@ STEPS_LOG = os.environ.get("PYJOB_STEPS_LOG") == "1"
 # PYJOB_STEP_DIRS=1: each step makes its own output directory $PYJOB_STATE/out/<step> (os.mkdir, which
 # fails where one is there already, as a job claiming a step's output does) and writes its sum in it.
 STEP_DIRS = os.environ.get("PYJOB_STEP_DIRS") == "1"
+# PYJOB_INPUTS=1: the job consumes an input file per step, as queue-directory jobs do: a fresh start
+# writes $PYJOB_STATE/in/<n> (holding n) for n in 1..INPUTS; step n reads in/<n> (the step fails
+# when it is missing or holds another number), then deletes it (odd steps) or moves it to done/<n>.
+INPUTS = 2000 if os.environ.get("PYJOB_INPUTS") == "1" else 0
 STEP = 16
 
 
@@ -61,8 +65,24 @@ def write_count(step):
     os.replace(tmp, f"{STATE}/count")
 
 
+def consume_input(step):
+    """True when in/<step> held the step's number; then it is consumed."""
+    name = f"{STATE}/in/{step}"
+    try:
+        with open(name) as f:
+            held = f.read()
+    except FileNotFoundError:
+        return False
+    if step % 2:
+        os.remove(name)
+    else:
+        os.makedirs(f"{STATE}/done", exist_ok=True)
+        os.rename(name, f"{STATE}/done/{step}")
+    return held == str(step)
+
+
 def report(step, total):
-    ok = "ok" if total == expected(step * STEP) else "FAIL"
+    ok = "ok" if total == expected(step * STEP) and (not INPUTS or consume_input(step)) else "FAIL"
     write_count(step)
     if STEP_DIRS:
         os.makedirs(f"{STATE}/out", exist_ok=True)
@@ -294,6 +314,11 @@ if __name__ == "__main__":
     with open(f"{STATE}/starts", "a") as f:
         f.write("start\n")
     print(f"pyjob start {MODE}", flush=True)
+    if INPUTS:
+        os.makedirs(f"{STATE}/in", exist_ok=True)
+        for n in range(1, INPUTS + 1):
+            with open(f"{STATE}/in/{n}", "w") as f:
+                f.write(str(n))
     if MODE in ("pool", "forkserver"):
         run_pool("fork" if MODE == "pool" else "forkserver")
     elif MODE == "queue":

@@ -1,7 +1,17 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { cutAppendedFiles, recordClosedFiles, setAsideNewFiles, TAIL_BYTES } from '../../core/closed-files.js';
+import {
+  cutAppendedFiles,
+  inPlace,
+  LINKS_NAME,
+  pruneLinks,
+  putBackFiles,
+  recordClosedFiles,
+  setAsideIn,
+  setAsideNewFiles,
+  TAIL_BYTES,
+} from '../../core/closed-files.js';
 
 /**
  * The files a job opens and closes in its work dir: recorded at a checkpoint,
@@ -145,4 +155,84 @@ test('with directories recorded: a directory the lost run made moves whole, a ne
   expect(fs.readdirSync(path.join(dir, 'out')).sort()).toEqual(['1']);
   expect([read('out/1/sum'), fs.readlinkSync(path.join(dir, 'latest'))]).toEqual(['1', 'out/1']);
   expect(fs.readdirSync(outside)).toEqual(['not-the-jobs']);
+});
+
+describe('second names: what the lost run deleted, moved or replaced is put back', () => {
+  /** A restore's roll-back of the closed files, as work-files.ts runs it: put back, then set aside. */
+  const restore = (rec: Awaited<ReturnType<typeof recordClosedFiles>>) => {
+    let back: ReturnType<typeof putBackFiles> = [];
+    const aside = inPlace(dir, (root, into) => {
+      back = putBackFiles(dir, root, into, rec.files, rec.links!);
+      setAsideIn(root, into, new Set(rec.files.map((f) => f.path)), new Set(rec.nonFiles));
+    });
+    return { back, aside };
+  };
+
+  test('a consumed input (deleted, or moved to done/) and a file replaced under its name come back as they were; what was there is set aside', async () => {
+    fs.mkdirSync(path.join(dir, 'in'));
+    fs.mkdirSync(path.join(dir, 'done'));
+    for (const n of [1, 2, 3, 4]) write(`in/${n}`, `input ${n}`);
+    write('model.bin', 'weights at the checkpoint');
+    const rec = await recordClosedFiles(dir, new Set(), undefined, { links: true });
+    expect(rec.links).toMatch(LINKS_NAME);
+    // One link(2) per file, nothing copied: the same inode under a second name.
+    expect(fs.statSync(path.join(dir, 'in/1')).nlink).toBe(2);
+    expect(fs.readdirSync(path.join(dir, rec.links!)).sort()).toEqual(['0', '1', '2', '3', '4']);
+    // The lost run: consumed inputs 1 and 2 (deleted, moved), replaced the model (written whole, renamed over).
+    fs.rmSync(path.join(dir, 'in/1'));
+    fs.renameSync(path.join(dir, 'in/2'), path.join(dir, 'done/2'));
+    write('model.bin.tmp', 'weights of the lost run');
+    fs.renameSync(path.join(dir, 'model.bin.tmp'), path.join(dir, 'model.bin'));
+    const { back, aside } = restore(rec);
+    expect(back.map((b) => b.path).sort()).toEqual(['in/1', 'in/2', 'model.bin']);
+    expect([read('in/1'), read('in/2'), read('in/3'), read('model.bin')]).toEqual([
+      'input 1',
+      'input 2',
+      'input 3',
+      'weights at the checkpoint',
+    ]);
+    // The lost run's model and its done/2 moved aside, not deleted.
+    expect(aside.moved.sort()).toEqual(['done/2', 'model.bin']);
+    expect(fs.readFileSync(path.join(dir, aside.to!, 'model.bin'), 'utf8')).toBe('weights of the lost run');
+    expect(fs.readdirSync(path.join(dir, 'done'))).toEqual([]);
+  });
+
+  test('a second name that is not the recorded file any more (rewritten in place, or another file put there) is not used', async () => {
+    write('a.txt', 'one');
+    write('b.txt', 'two');
+    const rec = await recordClosedFiles(dir, new Set(), undefined, { links: true });
+    // a.txt rewritten through its own inode (the second name sees it), then deleted; b.txt's second name swapped.
+    fs.writeFileSync(path.join(dir, 'a.txt'), 'ONE');
+    fs.rmSync(path.join(dir, 'a.txt'));
+    fs.rmSync(path.join(dir, 'b.txt'));
+    fs.rmSync(path.join(dir, rec.links!, '1'));
+    fs.writeFileSync(path.join(dir, rec.links!, '1'), 'TWO'); // (it may get b.txt's freed inode number: its bytes differ)
+    expect(restore(rec).back).toEqual([]);
+    expect(fs.existsSync(path.join(dir, 'a.txt')) || fs.existsSync(path.join(dir, 'b.txt'))).toBe(false);
+  });
+
+  test('a symlink planted at the second names or on the way to a file is not followed', async () => {
+    fs.mkdirSync(path.join(dir, 'sub'));
+    write('sub/x', 'x');
+    const rec = await recordClosedFiles(dir, new Set(), undefined, { links: true });
+    // The lost run replaced sub by a symlink to a directory outside: x is not put back through it.
+    fs.renameSync(path.join(dir, 'sub'), path.join(dir, 'moved'));
+    fs.symlinkSync(outside, path.join(dir, 'sub'));
+    expect(restore(rec).back).toEqual([]);
+    expect(fs.readdirSync(outside)).toEqual([]);
+  });
+
+  test('the newest `keep` link sets are kept, older ones let go; one not published is removed', async () => {
+    write('a.txt', 'a');
+    const sets: string[] = [];
+    for (let i = 0; i < 4; i++) {
+      sets.push((await recordClosedFiles(dir, new Set(), undefined, { links: true })).links!);
+      await new Promise((r) => setTimeout(r, 2)); // names are by the millisecond
+    }
+    pruneLinks(dir, 2);
+    expect(fs.readdirSync(dir).filter((n) => LINKS_NAME.test(n))).toEqual(sets.slice(2));
+    pruneLinks(dir, Number.MAX_SAFE_INTEGER, sets[3]);
+    expect(fs.readdirSync(dir).filter((n) => LINKS_NAME.test(n))).toEqual([sets[2]]);
+    expect(fs.statSync(path.join(dir, 'a.txt')).nlink).toBe(2);
+  });
 });

@@ -6,6 +6,7 @@ import path from 'node:path';
 import { CheckpointUnusableError } from '../../contract/errors.js';
 import { readRollbackVolumes } from '../../core/env-contract.js';
 import type { OciMount, OciSpec } from '../../core/oci-spec.js';
+import { LINKS_NAME } from '../../core/closed-files.js';
 import { keptFilesWriter } from '../../core/work-files.js';
 import {
   captureVolumeFiles,
@@ -138,6 +139,8 @@ describe('capture, then roll back in the new mount', () => {
         closed: [{ path: 'input.txt', size: 10, ino: expect.any(String), tail }],
         // Its directories (and symlinks): what is not among them at the restore is the lost run's.
         closedNonFiles: ['logs'],
+        // Every one of them has a second name there (put back if the lost run deletes or moves it).
+        closedLinks: expect.stringMatching(LINKS_NAME),
       },
       // The holder's o.txt shows under the host path, not /elsewhere: not open there, as far as this place knows.
       {
@@ -145,6 +148,7 @@ describe('capture, then roll back in the new mount', () => {
         files: [],
         closed: [{ path: 'o.txt', size: 2, ino: expect.any(String), tail }],
         closedNonFiles: [],
+        closedLinks: expect.stringMatching(LINKS_NAME),
       },
     ]);
     // The lost run went on writing; the restore's container mounts the same volume at /results.
