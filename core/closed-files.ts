@@ -1,6 +1,7 @@
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
+import type { FileHandle } from 'node:fs/promises';
 import { openBeneath } from './host-dirs.js';
 import { isPlainRelativePath } from './paths.js';
 
@@ -84,7 +85,8 @@ export interface RecordedEntries {
    * The directory (LINKS_PREFIX…, at the top of the place) holding a second
    * name (a hard link) of each recorded file, files[i] as `i`: the file as
    * it was outlives a lost run that deletes it, moves it, or replaces it by
-   * a new file under its name. Absent when asked for none, or none could be made.
+   * a new file under its name (the files the job holds open have theirs
+   * there too: linkOpenFiles). Absent when asked for none.
    */
   links?: string;
 }
@@ -112,7 +114,7 @@ export async function recordClosedFiles(
   const buf = Buffer.allocUnsafe(TAIL_BYTES);
   let more = false;
   const root = fs.openSync(dir, O_RDONLY | O_DIRECTORY);
-  let links: { fd: number; name: string; made: number } | undefined;
+  let links: { fd: number; name: string } | undefined;
   try {
     if (opts.links) links = makeLinksDir(root);
     walkSync(root, '', (dirFd, name, p, kind) => {
@@ -127,7 +129,7 @@ export async function recordClosedFiles(
       }
       const f = readTailSync(dirFd, name, buf);
       if (!f) return 'go';
-      if (links && linkAs(dirFd, name, links.fd, String(files.length))) links.made++;
+      if (links) linkAs(dirFd, name, links.fd, String(files.length));
       files.push({ path: p, ...f });
       return 'go';
     });
@@ -135,15 +137,14 @@ export async function recordClosedFiles(
     if (links) fs.closeSync(links.fd);
     fs.closeSync(root);
   }
-  if (links && links.made === 0) fs.rmSync(path.join(dir, links.name), { recursive: true, force: true });
-  return { files, nonFiles, more, ...(links?.made ? { links: links.name } : {}) };
+  return { files, nonFiles, more, ...(links ? { links: links.name } : {}) };
 }
 
 /** A new, empty LINKS_PREFIX directory at the top of the place open as `root`, held open. */
-function makeLinksDir(root: number): { fd: number; name: string; made: number } {
+function makeLinksDir(root: number): { fd: number; name: string } {
   const name = `${LINKS_PREFIX}${Date.now()}-${crypto.randomBytes(4).toString('hex')}`;
   fs.mkdirSync(`/proc/self/fd/${root}/${name}`, { mode: 0o700 });
-  return { fd: fs.openSync(`/proc/self/fd/${root}/${name}`, O_RDONLY | O_DIRECTORY | O_NOFOLLOW), name, made: 0 };
+  return { fd: fs.openSync(`/proc/self/fd/${root}/${name}`, O_RDONLY | O_DIRECTORY | O_NOFOLLOW), name };
 }
 
 /**
@@ -158,6 +159,89 @@ function linkAs(dirFd: number, name: string, toFd: number, as: string): boolean 
     return true;
   } catch {
     return false; // another filesystem below the place, or gone since
+  }
+}
+
+/** The second name of the file the job held open that a checkpoint recorded i-th (WorkFile order); closed files have `i`. */
+export const openFileLink = (i: number): string => `o${i}`;
+
+/**
+ * Second names in the link set `links` (at the top of `dir`) for the files
+ * the job holds open, by their paths (openFileLink(i) for paths[i]), each
+ * walked below the place without following a symlink. A file that cannot
+ * be linked goes without (as before: a restore then needs it in place).
+ */
+export function linkOpenFiles(dir: string, links: string, paths: readonly string[]): void {
+  if (!LINKS_NAME.test(links) || paths.length === 0) return;
+  const root = fs.openSync(dir, O_RDONLY | O_DIRECTORY);
+  try {
+    const to = fs.openSync(`/proc/self/fd/${root}/${links}`, O_RDONLY | O_DIRECTORY | O_NOFOLLOW);
+    try {
+      for (const [i, p] of paths.entries()) {
+        const parent = isPlainRelativePath(p) ? openDirBeneath(root, path.dirname(p)) : undefined;
+        if (parent === undefined) continue;
+        try {
+          linkAs(parent, path.basename(p), to, openFileLink(i));
+        } finally {
+          fs.closeSync(parent);
+        }
+      }
+    } finally {
+      fs.closeSync(to);
+    }
+  } finally {
+    fs.closeSync(root);
+  }
+}
+
+/**
+ * The second name `name` in the link set `links` at the top of `dir`, open
+ * with `flags` (never through a symlink, never a FIFO or device), when it is
+ * still the file of inode `ino`; undefined otherwise.
+ */
+export async function openSecondName(
+  dir: string,
+  links: string | undefined,
+  name: string,
+  ino: string,
+  flags: number,
+): Promise<FileHandle | undefined> {
+  if (!links || !LINKS_NAME.test(links)) return undefined;
+  const h = await openBeneath(dir, `${links}/${name}`, flags).catch(() => undefined);
+  if (!h) return undefined;
+  const st = await h.stat({ bigint: true }).catch(() => undefined);
+  if (st?.ino.toString() === ino) return h;
+  await h.close();
+  return undefined;
+}
+
+/**
+ * Put the second name `name` of link set `links` back at `rel` (below the
+ * place open as `root`), moving what holds `rel` now aside: false when the
+ * directory `rel` is in is gone.
+ */
+export function linkBack(root: number, aside: SetAside, links: string, name: string, rel: string): boolean {
+  const parent = openDirBeneath(root, path.dirname(rel));
+  if (parent === undefined) return false;
+  try {
+    const base = path.basename(rel);
+    if (lstatOrNot(`/proc/self/fd/${parent}/${base}`)) aside.move(parent, base, rel);
+    fs.linkSync(`/proc/self/fd/${root}/${links}/${name}`, `/proc/self/fd/${parent}/${base}`);
+    return true;
+  } finally {
+    fs.closeSync(parent);
+  }
+}
+
+/** True when the directory `rel` is there below `dir`, reached without a symlink. */
+export function dirThere(dir: string, rel: string): boolean {
+  const root = fs.openSync(dir, O_RDONLY | O_DIRECTORY);
+  try {
+    const d = openDirBeneath(root, path.dirname(rel));
+    if (d !== undefined) fs.closeSync(d);
+    return d !== undefined;
+  } finally {
+    fs.closeSync(root);
   }
 }
 

@@ -4,13 +4,17 @@ import { CheckpointUnusableError } from '../contract/errors.js';
 import {
   CLOSED_FILES_MAX,
   cutAppendedFiles,
-  inPlace,
+  dirThere,
+  linkBack,
+  linkOpenFiles,
+  openFileLink,
+  openSecondName,
   pruneLinks,
   putBackFiles,
   recordClosedFiles,
+  SetAside,
   setAsideIn,
   type ClosedFile,
-  type ClosedFileCut,
 } from './closed-files.js';
 import { openBeneath } from './host-dirs.js';
 import { DELETED_SUFFIX, openFds, mappedFiles } from './open-files.js';
@@ -107,7 +111,7 @@ export interface CapturedWorkFiles {
 }
 
 const O_ACCMODE = 3;
-const { O_RDONLY, O_WRONLY, O_RDWR, O_APPEND } = fs.constants;
+const { O_RDONLY, O_WRONLY, O_RDWR, O_APPEND, O_DIRECTORY } = fs.constants;
 
 interface OpenForWrite {
   ino: bigint;
@@ -246,6 +250,17 @@ async function holdOpenFiles(
     });
     handles.push(h);
   }
+  // Second names for them too: the lost run may rename one (a finished `result.part` to `result`) or delete it.
+  if (closed.links)
+    try {
+      linkOpenFiles(
+        dir,
+        closed.links,
+        files.map((f) => f.path),
+      );
+    } catch {
+      /* without second names: as before */
+    }
   const close = async () => {
     await Promise.all(handles.splice(0).map((h) => h.close().catch(() => undefined)));
   };
@@ -405,16 +420,23 @@ export async function prepareRollBack(
   closed?: ClosedFiles,
 ): Promise<RollBack> {
   const refuse = (what: string) => new CheckpointUnusableError(place.reason, `${what}: ${place.fix}`);
-  /** Each file checked: held open, or (h undefined) gone and made again from its kept contents. */
-  const open: { f: WorkFile; h?: FileHandle; size: number }[] = [];
+  /**
+   * Each file checked: held open, or (h undefined) gone and made again from its kept contents;
+   * `linkBack`: gone, replaced or renamed by the lost run, put back from its second name (h is that).
+   */
+  const open: { f: WorkFile; h?: FileHandle; size: number; linkBack?: string }[] = [];
   const close = async () => {
     await Promise.all(open.splice(0).map(({ h }) => h?.close().catch(() => undefined)));
   };
+  /** The file's second name at the checkpoint (closed-files.ts), when it is still the file and its directory is there. */
+  const secondName = async (i: number, f: WorkFile) =>
+    dirThere(dir, f.path) ? openSecondName(dir, closed?.links, openFileLink(i), f.ino, O_WRONLY) : undefined;
   try {
-    for (const f of files) {
+    for (const [i, f] of files.entries()) {
       if (!isPlainRelativePath(f.path))
         throw new CheckpointUnusableError(place.reason, `the checkpoint names "${f.path}" in ${place.name}`);
-      let h: FileHandle;
+      let h: FileHandle | undefined;
+      let linkBack: string | undefined;
       try {
         h = await openBeneath(dir, f.path, O_WRONLY);
       } catch (err) {
@@ -423,21 +445,33 @@ export async function prepareRollBack(
           open.push({ f, size: 0 });
           continue;
         }
-        const now =
-          code === 'ENOENT'
-            ? 'is gone from'
-            : code === 'ELOOP'
-              ? 'is a symlink now in'
-              : code === 'ENOTREG'
-                ? 'is not a regular file now in'
-                : `cannot be opened (${code ?? String(err)}) in`;
-        throw refuse(`"${f.path}", open in the job at the checkpoint, ${now} ${place.own}`);
+        h = await secondName(i, f);
+        linkBack = openFileLink(i);
+        if (!h) {
+          const now =
+            code === 'ENOENT'
+              ? 'is gone from'
+              : code === 'ELOOP'
+                ? 'is a symlink now in'
+                : code === 'ENOTREG'
+                  ? 'is not a regular file now in'
+                  : `cannot be opened (${code ?? String(err)}) in`;
+          throw refuse(`"${f.path}", open in the job at the checkpoint, ${now} ${place.own}`);
+        }
       }
-      const entry = { f, h, size: 0 };
+      const entry = { f, h, size: 0, ...(linkBack ? { linkBack } : {}) };
       open.push(entry);
-      const st = await h.stat({ bigint: true });
-      if (st.ino.toString() !== f.ino)
-        throw refuse(`"${f.path}" in ${place.name} is another file than the one the job had open at the checkpoint`);
+      let st = await h.stat({ bigint: true });
+      if (st.ino.toString() !== f.ino) {
+        // Another file under the name (the lost run wrote a new one and renamed it over): the recorded one back.
+        const second = await secondName(i, f);
+        if (!second)
+          throw refuse(`"${f.path}" in ${place.name} is another file than the one the job had open at the checkpoint`);
+        await h.close();
+        entry.h = second;
+        entry.linkBack = openFileLink(i);
+        st = await second.stat({ bigint: true });
+      }
       const size = (entry.size = Number(st.size));
       if (f.kept !== undefined) continue; // written back whole, whatever the lost run left
       if (f.inPlace) {
@@ -457,8 +491,18 @@ export async function prepareRollBack(
   }
   return {
     async apply(kept) {
+      const root = fs.openSync(dir, O_RDONLY | O_DIRECTORY);
+      const aside = new SetAside(root);
       try {
         const done: RolledBack[] = [];
+        // Held open at the checkpoint, and deleted, renamed or replaced by the lost run (a finished
+        // `result.part` renamed to `result`): its second name back under its name, then cut as the others.
+        for (const entry of open) {
+          if (!entry.linkBack) continue;
+          if (!linkBack(root, aside, closed!.links!, entry.linkBack, entry.f.path))
+            throw refuse(`the directory of "${entry.f.path}" is gone from ${place.own}`);
+          done.push({ path: entry.f.path, from: 0, to: entry.size, how: 'putBack' });
+        }
         let from: FileHandle | undefined;
         try {
           for (const entry of open) {
@@ -487,21 +531,23 @@ export async function prepareRollBack(
         } finally {
           await from?.close();
         }
-        if (!closed) return done;
-        let putBack: ClosedFileCut[] = [];
-        const aside = inPlace(dir, (root, into) => {
+        if (closed) {
           // The files it opens and closes that the lost run deleted, moved or replaced: put back as they were.
-          if (closed.links) putBack = putBackFiles(dir, root, into, closed.files, closed.links);
-          if (closed.more) return;
-          const recorded = new Set([...files.map((f) => f.path), ...closed.files.map((c) => c.path)]);
-          setAsideIn(root, into, recorded, closed.nonFiles && new Set(closed.nonFiles));
-        });
-        for (const c of putBack) done.push({ ...c, how: 'putBack' });
-        // The files it opens and closes: cut back only where only appended to, never refused.
-        for (const c of await cutAppendedFiles(dir, closed.files)) done.push({ ...c, how: 'appended' });
+          if (closed.links)
+            for (const c of putBackFiles(dir, root, aside, closed.files, closed.links))
+              done.push({ ...c, how: 'putBack' });
+          if (!closed.more) {
+            const recorded = new Set([...files.map((f) => f.path), ...closed.files.map((c) => c.path)]);
+            setAsideIn(root, aside, recorded, closed.nonFiles && new Set(closed.nonFiles));
+          }
+          // The files it opens and closes: cut back only where only appended to, never refused.
+          for (const c of await cutAppendedFiles(dir, closed.files)) done.push({ ...c, how: 'appended' });
+        }
         for (const p of aside.moved) done.push({ path: p, from: 0, to: 0, how: 'setAside', dir: aside.to });
         return done;
       } finally {
+        aside.close();
+        fs.closeSync(root);
         await close();
       }
     },

@@ -49,7 +49,7 @@ const firstCount = (stdout: string) =>
   });
 
 /** Run, checkpoint leaving it running, let it write on, then lose it. Returns the size recorded at the checkpoint. */
-async function runCheckpointAndLose(id: string, append: boolean): Promise<number> {
+async function runCheckpointAndLose(id: string, append: boolean, rotate = false): Promise<number> {
   await a.runCounter(id, envOf(append));
   await a.waitCount(id, 8);
   const res = await checkpointContainer(a.ctx, {
@@ -77,10 +77,12 @@ async function runCheckpointAndLose(id: string, append: boolean): Promise<number
   await waitFor('lines written after the checkpoint', () =>
     fs.statSync(outOf(id)).size > size + 20 ? true : undefined,
   );
+  // The log rotated after the checkpoint (logrotate's default: renamed, the job writes on into it).
+  if (rotate) fs.renameSync(outOf(id), `${outOf(id)}.1`);
   await a.containerd.taskKill(id, 'SIGKILL');
   await a.containerd.waitStatus(id, 'STOPPED', 15_000);
   await a.containerd.removeContainer(id);
-  expect(fs.statSync(outOf(id)).size).toBeGreaterThan(size);
+  expect(fs.statSync(rotate ? `${outOf(id)}.1` : outOf(id)).size).toBeGreaterThan(size);
   return size;
 }
 
@@ -108,6 +110,31 @@ test.each([
     });
   },
 );
+
+test('node lost after a periodic checkpoint: a log (O_APPEND) rotated after it is put back under its name and cut back, and the job continues', async () => {
+  const id = 'wdf-rotated';
+  const size = await runCheckpointAndLose(id, true, true);
+  const lostLines = linesOf(`${outOf(id)}.1`).length;
+  // Before, the restore was refused ("out.txt" … is gone from its work directory) and the job started over.
+  const stdout = await a.runCounter(id, envOf(true));
+  const atCheckpoint = fs.readFileSync(outOf(id), 'utf8').slice(0, size).split('\n').length - 1;
+  const back = await waitFor('the put-back line', () =>
+    a.logLines().find((l) => l.container === id && Array.isArray(l.putBack)),
+  );
+  expect(back.putBack).toEqual([{ path: 'out.txt', from: 0, to: expect.any(Number) }]);
+  // The rotated name is the lost run's: set aside (the same file, a second name of it).
+  const aside = a.logLines().find((l) => l.container === id && Array.isArray(l.setAside));
+  expect(aside?.setAside).toEqual(['out.txt.1']);
+  await expectContinued({
+    id,
+    stdout,
+    file: outOf(id),
+    size,
+    lostLines,
+    countAbove: atCheckpoint,
+    cutLine: (l) => Array.isArray(l.files),
+  });
+});
 
 /**
  * Restored (not started over: its first count is past `countAbove`) with
@@ -138,12 +165,51 @@ async function expectContinued(o: {
   await a.containerd.removeContainer(o.id);
 }
 
-test('a work file replaced since the checkpoint: no restore, a reason naming it, nothing cut', async () => {
+/** The checkpoints' second names of the job's files (core/closed-files.ts) removed, as if let go. */
+const removeSecondNames = (id: string) => {
+  const dir = path.dirname(outOf(id));
+  for (const n of fs.readdirSync(dir))
+    if (n.startsWith('.arch-checkpoint-files-')) fs.rmSync(path.join(dir, n), { recursive: true });
+};
+
+test('a work file replaced since the checkpoint: the recorded one back under its name, the new one set aside, and the job continues', async () => {
   const id = 'wdf-replaced';
   const size = await runCheckpointAndLose(id, false);
+  const lostLines = linesOf(outOf(id)).length;
   // Written beside and renamed over it, as editors and jobs do: a new inode, whatever the filesystem reuses.
   fs.writeFileSync(`${outOf(id)}.new`, 'x'.repeat(size + 100));
   fs.renameSync(`${outOf(id)}.new`, outOf(id));
+
+  const stdout = await a.runCounter(id, envOf(false));
+  await a.containerd.waitStatus(id, 'RUNNING', 15_000);
+  const aside = await waitFor('the set-aside line', () =>
+    a.logLines().find((l) => l.container === id && Array.isArray(l.setAside)),
+  );
+  expect(aside.setAside).toEqual(['out.txt']);
+  expect(fs.readFileSync(path.join(path.dirname(outOf(id)), String(aside.to), 'out.txt'), 'utf8')).toBe(
+    'x'.repeat(size + 100),
+  );
+  expect(a.logLines().find((l) => l.container === id && Array.isArray(l.putBack))?.putBack).toEqual([
+    { path: 'out.txt', from: 0, to: expect.any(Number) },
+  ]);
+  const atCheckpoint = fs.readFileSync(outOf(id), 'utf8').slice(0, size).split('\n').length - 1;
+  await expectContinued({
+    id,
+    stdout,
+    file: outOf(id),
+    size,
+    lostLines,
+    countAbove: atCheckpoint,
+    cutLine: (l) => Array.isArray(l.files),
+  });
+});
+
+test('a work file replaced since the checkpoint, its second name gone: no restore, a reason naming it, nothing cut', async () => {
+  const id = 'wdf-replaced-unlinked';
+  const size = await runCheckpointAndLose(id, false);
+  fs.writeFileSync(`${outOf(id)}.new`, 'x'.repeat(size + 100));
+  fs.renameSync(`${outOf(id)}.new`, outOf(id));
+  removeSecondNames(id);
 
   const stdout = await a.runCounter(id, envOf(false));
   await a.containerd.waitStatus(id, 'RUNNING', 15_000);
@@ -157,7 +223,7 @@ test('a work file replaced since the checkpoint: no restore, a reason naming it,
   await a.containerd.removeContainer(id);
 });
 
-test('a symlink planted at a work file name: not followed, its target is not cut', async () => {
+test('a symlink planted at a work file name: not followed, its target is not cut (the link set aside, the file put back)', async () => {
   const id = 'wdf-symlink';
   const size = await runCheckpointAndLose(id, false);
   // What the job's owner could point at: a host file outside the work dir.
@@ -165,6 +231,29 @@ test('a symlink planted at a work file name: not followed, its target is not cut
   fs.writeFileSync(victim, 'y'.repeat(size + 100));
   fs.rmSync(outOf(id));
   fs.symlinkSync(victim, outOf(id));
+
+  await a.runCounter(id, envOf(false));
+  await a.containerd.waitStatus(id, 'RUNNING', 15_000);
+  const aside = await waitFor('the set-aside line', () =>
+    a.logLines().find((l) => l.container === id && Array.isArray(l.setAside)),
+  );
+  expect(aside.setAside).toEqual(['out.txt']);
+  expect(fs.readlinkSync(path.join(path.dirname(outOf(id)), String(aside.to), 'out.txt'))).toBe(victim);
+  expect(fs.lstatSync(outOf(id)).isFile()).toBe(true);
+  expect(fs.readFileSync(victim, 'utf8')).toBe('y'.repeat(size + 100));
+  await a.containerd.taskKill(id, 'SIGKILL');
+  await a.containerd.waitStatus(id, 'STOPPED', 15_000);
+  await a.containerd.removeContainer(id);
+});
+
+test('a symlink planted at a work file name, its second name gone: refused, not followed, its target is not cut', async () => {
+  const id = 'wdf-symlink-unlinked';
+  const size = await runCheckpointAndLose(id, false);
+  const victim = path.join(storage, 'victim-2.txt');
+  fs.writeFileSync(victim, 'y'.repeat(size + 100));
+  fs.rmSync(outOf(id));
+  fs.symlinkSync(victim, outOf(id));
+  removeSecondNames(id);
 
   await a.runCounter(id, envOf(false));
   // Started fresh (the counter itself then fails to open /work/out.txt: the link's target is not in the container).
@@ -262,6 +351,8 @@ describe('a volume the container names in ARCH_ROLLBACK_VOLUMES', () => {
           // Every other file and directory of the volume (none here): what is not among them at the restore is set aside.
           closed: [],
           closedNonFiles: [],
+          // Where the volume's files have second names (put back if the lost run deletes or renames one).
+          closedLinks: expect.stringMatching(/^\.arch-checkpoint-files-/),
         },
       ]);
     } else expect(recorded).toBeUndefined();

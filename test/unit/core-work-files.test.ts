@@ -6,7 +6,14 @@ import path from 'node:path';
 import { once } from 'node:events';
 import { isPlainRelativePath } from '../../core/paths.js';
 import { openBeneath } from '../../core/host-dirs.js';
-import { captureWorkFiles, keptFilesWriter, rollBackWorkFiles, type WorkFile } from '../../core/work-files.js';
+import { LINKS_NAME } from '../../core/closed-files.js';
+import {
+  captureWorkFiles,
+  keptFilesWriter,
+  prepareRollBack,
+  rollBackWorkFiles,
+  type WorkFile,
+} from '../../core/work-files.js';
 import { CheckpointUnusableError } from '../../contract/errors.js';
 
 /**
@@ -284,6 +291,56 @@ describe('files the job rewrites in place', () => {
     );
     await expect(rollBackWorkFiles(dir, files, undefined)).rejects.toThrow(
       'the checkpoint lacks the kept contents of "a.db"',
+    );
+  });
+});
+
+describe('a file held open that the lost run renamed, deleted or replaced', () => {
+  /** The job holds result.part open, 5 bytes written; the checkpoint records it (with its second name). */
+  async function checkpointed() {
+    const pid = await holding('3>result.part');
+    fs.appendFileSync(path.join(dir, 'result.part'), 'first');
+    const got = await captureWorkFiles([pid], dir, dir);
+    await got.sync(false);
+    expect(got.files.map((f) => f.path)).toEqual(['result.part']);
+    expect(got.closed.links).toMatch(LINKS_NAME);
+    return got;
+  }
+  const restore = async (got: Awaited<ReturnType<typeof checkpointed>>) =>
+    (await prepareRollBack(dir, got.files, undefined, got.closed)).apply(undefined);
+
+  test('finished and renamed (result.part to result): put back under its name and cut back; the rename set aside', async () => {
+    const got = await checkpointed();
+    fs.appendFileSync(path.join(dir, 'result.part'), ' and the rest');
+    fs.renameSync(path.join(dir, 'result.part'), path.join(dir, 'result'));
+    const done = await restore(got);
+    expect(done.filter((d) => d.how !== 'setAside')).toEqual([
+      { path: 'result.part', from: 0, to: 18, how: 'putBack' },
+      { path: 'result.part', from: 18, to: 5, how: 'cut' },
+    ]);
+    expect(fs.readFileSync(path.join(dir, 'result.part'), 'utf8')).toBe('first');
+    expect(String(fs.statSync(path.join(dir, 'result.part')).ino)).toBe(got.files[0]!.ino);
+    expect(done.filter((d) => d.how === 'setAside').map((d) => d.path)).toEqual(['result']);
+  });
+
+  test('replaced by a new file under its name: the recorded one back, the new one set aside', async () => {
+    const got = await checkpointed();
+    fs.writeFileSync(path.join(dir, 'new'), 'the lost run wrote this whole');
+    fs.renameSync(path.join(dir, 'new'), path.join(dir, 'result.part'));
+    const done = await restore(got);
+    expect(done.find((d) => d.how === 'putBack')).toEqual({ path: 'result.part', from: 0, to: 5, how: 'putBack' });
+    expect(fs.readFileSync(path.join(dir, 'result.part'), 'utf8')).toBe('first');
+    const aside = done.find((d) => d.how === 'setAside')!;
+    expect(aside.path).toBe('result.part');
+    expect(fs.readFileSync(path.join(dir, aside.dir!, 'result.part'), 'utf8')).toBe('the lost run wrote this whole');
+  });
+
+  test('deleted, its second name deleted too: refused as before, naming it', async () => {
+    const got = await checkpointed();
+    fs.rmSync(path.join(dir, 'result.part'));
+    fs.rmSync(path.join(dir, got.closed.links!), { recursive: true });
+    await expect(restore(got)).rejects.toThrow(
+      /"result.part", open in the job at the checkpoint, is gone from its work directory/,
     );
   });
 });
