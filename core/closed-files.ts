@@ -259,10 +259,46 @@ export function pruneLinks(dir: string, keep: number, except?: string): void {
       .filter((n) => LINKS_NAME.test(n) && n !== except)
       .sort();
     const drop = [...sets.slice(0, Math.max(0, sets.length - keep)), ...(except ? [except] : [])];
-    // rm does not follow a symlink planted under the name (it removes the link).
-    for (const n of drop) fs.rmSync(`/proc/self/fd/${root}/${n}`, { recursive: true, force: true });
+    for (const n of drop) removeLinkSet(root, n);
   } finally {
     fs.closeSync(root);
+  }
+}
+
+/**
+ * The link set `name` in the place open as `root` removed, with no
+ * recursive walk a running job could swap a directory under (it runs again
+ * while this runs): a link set holds only files, each unlinked in the
+ * directory held open; what else the job put there stays, and the set then.
+ * A symlink at the name is removed itself.
+ */
+function removeLinkSet(root: number, name: string): void {
+  const at = `/proc/self/fd/${root}/${name}`;
+  let fd: number;
+  try {
+    fd = fs.openSync(at, O_RDONLY | O_DIRECTORY | O_NOFOLLOW);
+  } catch {
+    try {
+      fs.unlinkSync(at); // not a directory (a symlink, a file): the name only
+    } catch {
+      /* gone */
+    }
+    return;
+  }
+  try {
+    for (const n of fs.readdirSync(`/proc/self/fd/${fd}`))
+      try {
+        fs.unlinkSync(`/proc/self/fd/${fd}/${n}`);
+      } catch {
+        /* a directory the job made: left */
+      }
+  } finally {
+    fs.closeSync(fd);
+  }
+  try {
+    fs.rmdirSync(at);
+  } catch {
+    /* not empty: left */
   }
 }
 

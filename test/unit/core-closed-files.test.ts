@@ -234,5 +234,21 @@ describe('second names: what the lost run deleted, moved or replaced is put back
     pruneLinks(dir, Number.MAX_SAFE_INTEGER, sets[3]);
     expect(fs.readdirSync(dir).filter((n) => LINKS_NAME.test(n))).toEqual([sets[2]]);
     expect(fs.statSync(path.join(dir, 'a.txt')).nlink).toBe(2);
+    // What the job could plant at a link set's name, or in one, is never followed.
+    fs.writeFileSync(path.join(outside, 'keep'), 'stays');
+    fs.mkdirSync(path.join(outside, 'sub'));
+    fs.writeFileSync(path.join(outside, 'sub/keep'), 'stays');
+    fs.symlinkSync(outside, path.join(dir, '.arch-checkpoint-files-0000000000001-00000000'));
+    fs.symlinkSync(outside, path.join(dir, sets[2]!, 'planted'));
+    fs.mkdirSync(path.join(dir, sets[2]!, 'made'));
+    fs.symlinkSync(path.join(outside, 'sub'), path.join(dir, sets[2]!, 'made', 'link'));
+    pruneLinks(dir, 0);
+    expect(fs.readdirSync(dir).filter((n) => LINKS_NAME.test(n))).toEqual([sets[2]]); // what the job made in it stays
+    expect(fs.readdirSync(path.join(dir, sets[2]!))).toEqual(['made']);
+    expect([
+      fs.readFileSync(path.join(outside, 'keep'), 'utf8'),
+      fs.readFileSync(path.join(outside, 'sub/keep'), 'utf8'),
+    ]).toEqual(['stays', 'stays']);
+    expect(fs.statSync(path.join(dir, 'a.txt')).nlink).toBe(1);
   });
 });
