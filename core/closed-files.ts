@@ -58,6 +58,8 @@ export interface ClosedFile {
   ino: string;
   /** sha256 (hex) of the bytes [size - TAIL_BYTES, size) (from 0 when shorter). */
   tail: string;
+  /** Its modification time then, in ns; absent in checkpoints from before ARCH recorded it. */
+  mtimeNs?: string;
 }
 
 /** How many bytes before a file's recorded size must be unchanged for it to count as appended to. */
@@ -361,7 +363,7 @@ function readTailSync(dirFd: number, name: string, buf: Buffer): Omit<ClosedFile
     const fd = fs.openSync(`/proc/self/fd/${at}`, O_RDONLY);
     try {
       const size = Number(st.size);
-      return { size, ino: st.ino.toString(), tail: tailDigest(fd, size, buf) };
+      return { size, ino: st.ino.toString(), tail: tailDigest(fd, size, buf), mtimeNs: st.mtimeNs.toString() };
     } finally {
       fs.closeSync(fd);
     }
@@ -395,29 +397,43 @@ export interface ClosedFileCut {
  * anything else left as it is. Never throws for a file: a file that cannot
  * be opened, or is not what was recorded, is the job's to deal with.
  */
-export async function cutAppendedFiles(dir: string, files: readonly ClosedFile[]): Promise<ClosedFileCut[]> {
+export async function cutAppendedFiles(
+  dir: string,
+  files: readonly ClosedFile[],
+): Promise<{ cut: ClosedFileCut[]; changed: ClosedFileCut[] }> {
   const cut: ClosedFileCut[] = [];
+  /** Rewritten through their own inode since (shorter, or longer with other last bytes, or modified since): left. */
+  const changed: ClosedFileCut[] = [];
   const buf = Buffer.allocUnsafe(TAIL_BYTES);
   for (const f of files) {
     if (!isPlainRelativePath(f.path)) continue;
-    // Most files did not grow: one lstat tells (it may pass through a symlink on the way, so it only
+    // Most files did not change: one lstat tells (it may pass through a symlink on the way, so it only
     // picks the candidates; each is then opened below the place without following one).
     const now = lstatOrNot(path.join(dir, f.path));
-    if (!now?.isFile() || now.ino.toString() !== f.ino || Number(now.size) <= f.size) continue;
+    if (!now?.isFile() || now.ino.toString() !== f.ino) continue;
+    const size = Number(now.size);
+    if (size < f.size || (size === f.size && f.mtimeNs !== undefined && now.mtimeNs.toString() !== f.mtimeNs)) {
+      changed.push({ path: f.path, from: size, to: f.size });
+      continue;
+    }
+    if (size === f.size) continue;
     const h = await openBeneath(dir, f.path, fs.constants.O_RDWR).catch(() => undefined);
     if (!h) continue;
     try {
       const st = await h.stat({ bigint: true });
-      const size = Number(st.size);
-      if (st.ino.toString() !== f.ino || size <= f.size) continue;
-      if (tailDigest(h.fd, f.size, buf) !== f.tail) continue;
+      const grown = Number(st.size);
+      if (st.ino.toString() !== f.ino || grown <= f.size) continue;
+      if (tailDigest(h.fd, f.size, buf) !== f.tail) {
+        changed.push({ path: f.path, from: grown, to: f.size });
+        continue;
+      }
       await h.truncate(f.size);
-      cut.push({ path: f.path, from: size, to: f.size });
+      cut.push({ path: f.path, from: grown, to: f.size });
     } finally {
       await h.close();
     }
   }
-  return cut;
+  return { cut, changed };
 }
 
 /**

@@ -65,6 +65,10 @@ function buildSchemas() {
     size: z.number().int().nonnegative(),
     ino: z.string().regex(/^\d{1,20}$/),
     tail: HEX64,
+    mtimeNs: z
+      .string()
+      .regex(/^\d{1,24}$/)
+      .optional(),
   });
 
   const FileEntry = z.object({

@@ -607,6 +607,11 @@ const ROLLED_BACK_LINES: [RolledBack['how'], string, string][] = [
     'putBack',
     'the lost run deleted, moved away or replaced after the checkpoint put back as they were then (from their second names at the checkpoint)',
   ],
+  [
+    'changed',
+    'changed',
+    'the job opens and closes that the lost run rewrote after the checkpoint (through the same file, opened for writing without appending) are left as it left them: ARCH keeps only their size and last bytes; to have them come back as they were at the checkpoint, write such a file whole under a temporary name and rename it over the old one (ARCH then puts the old one back)',
+  ],
 ];
 
 /**
@@ -655,7 +660,8 @@ async function rollBackOpenFiles(
         const these = done.filter((d) => d.how === how);
         if (!these.length) continue;
         const dir = these[0]!.dir;
-        ctx.log.info(
+        // Left as the lost run left them: worth a look, not a failure.
+        ctx.log[how === 'changed' ? 'warn' : 'info'](
           {
             ...base,
             [field]:

@@ -361,7 +361,7 @@ export interface RolledBack {
   path: string;
   from: number;
   to: number;
-  how: 'cut' | 'rewritten' | 'appended' | 'putBack' | 'setAside';
+  how: 'cut' | 'rewritten' | 'appended' | 'putBack' | 'setAside' | 'changed';
   dir?: string;
 }
 
@@ -540,8 +540,11 @@ export async function prepareRollBack(
             const recorded = new Set([...files.map((f) => f.path), ...closed.files.map((c) => c.path)]);
             setAsideIn(root, aside, recorded, closed.nonFiles && new Set(closed.nonFiles));
           }
-          // The files it opens and closes: cut back only where only appended to, never refused.
-          for (const c of await cutAppendedFiles(dir, closed.files)) done.push({ ...c, how: 'appended' });
+          // The files it opens and closes: cut back only where only appended to, never refused; the
+          // ones rewritten through their own inode since are left as the lost run left them, and said.
+          const { cut, changed } = await cutAppendedFiles(dir, closed.files);
+          for (const c of cut) done.push({ ...c, how: 'appended' });
+          for (const c of changed) done.push({ ...c, how: 'changed' });
         }
         for (const p of aside.moved) done.push({ path: p, from: 0, to: 0, how: 'setAside', dir: aside.to });
         return done;

@@ -52,6 +52,7 @@ test('records the regular files below the place, but not the open ones, symlinks
     size: 4,
     ino: String(fs.statSync(path.join(dir, 'results.csv')).ino),
     tail: expect.stringMatching(/^[0-9a-f]{64}$/),
+    mtimeNs: String(fs.statSync(path.join(dir, 'results.csv'), { bigint: true }).mtimeNs),
   });
 });
 
@@ -81,11 +82,16 @@ test('a restore cuts back only what was appended: a file rewritten, replaced, sh
   fs.rmSync(path.join(dir, 'gone.txt'));
   const replacedSameIno =
     String(fs.statSync(path.join(dir, 'replaced.txt')).ino) === files.find((f) => f.path === 'replaced.txt')!.ino;
-  const cut = await cutAppendedFiles(dir, files);
+  const { cut, changed } = await cutAppendedFiles(dir, files);
   expect(cut).toEqual([
     { path: 'appended.log', from: long.length + 6, to: long.length + 2 },
     // A new file that took the old one's inode number and kept its first bytes looks appended to: cut the same.
     ...(replacedSameIno ? [{ path: 'replaced.txt', from: 12, to: 3 }] : []),
+  ]);
+  // Rewritten through their own inode: left as they are, and said.
+  expect(changed).toEqual([
+    { path: 'shorter.txt', from: 3, to: 7 },
+    { path: 'state.json', from: 14, to: 10 },
   ]);
   expect([read('appended.log').slice(-2), read('state.json'), read('shorter.txt')]).toEqual([
     '1\n',
@@ -95,13 +101,25 @@ test('a restore cuts back only what was appended: a file rewritten, replaced, sh
   expect(fs.existsSync(path.join(dir, 'gone.txt'))).toBe(false);
 });
 
+test('a file rewritten to the same size since is said to have changed (its mtime); an untouched one is not', async () => {
+  write('same.txt', 'abc');
+  write('untouched.txt', 'abc');
+  const { files } = await recordClosedFiles(dir, new Set());
+  fs.writeFileSync(path.join(dir, 'same.txt'), 'xyz');
+  fs.utimesSync(path.join(dir, 'same.txt'), new Date(), new Date(Date.now() + 5000)); // a clock tick apart
+  expect(await cutAppendedFiles(dir, files)).toEqual({ cut: [], changed: [{ path: 'same.txt', from: 3, to: 3 }] });
+  // A checkpoint from before mtimes were recorded: the same size says nothing.
+  const old = files.map(({ mtimeNs: _m, ...f }) => f);
+  expect(await cutAppendedFiles(dir, old)).toEqual({ cut: [], changed: [] });
+});
+
 test('a symlink put at a recorded name is not followed: its target is not cut', async () => {
   write('r.log', 'one\n');
   const { files } = await recordClosedFiles(dir, new Set());
   fs.writeFileSync(path.join(outside, 'victim'), 'one\nand the rest\n');
   fs.rmSync(path.join(dir, 'r.log'));
   fs.symlinkSync(path.join(outside, 'victim'), path.join(dir, 'r.log'));
-  expect(await cutAppendedFiles(dir, files)).toEqual([]);
+  expect(await cutAppendedFiles(dir, files)).toEqual({ cut: [], changed: [] });
   expect(fs.readFileSync(path.join(outside, 'victim'), 'utf8')).toBe('one\nand the rest\n');
 });
 

@@ -136,7 +136,9 @@ describe('capture, then roll back in the new mount', () => {
           { path: 'logs/job.log', size: 0, ino: expect.any(String), append: false },
         ],
         // The files the job does not hold open there (core/closed-files.ts).
-        closed: [{ path: 'input.txt', size: 10, ino: expect.any(String), tail }],
+        closed: [
+          { path: 'input.txt', size: 10, ino: expect.any(String), tail, mtimeNs: expect.stringMatching(/^\d+$/) },
+        ],
         // Its directories (and symlinks): what is not among them at the restore is the lost run's.
         closedNonFiles: ['logs'],
         // Every one of them has a second name there (put back if the lost run deletes or moves it).
@@ -146,7 +148,7 @@ describe('capture, then roll back in the new mount', () => {
       {
         destination: '/elsewhere',
         files: [],
-        closed: [{ path: 'o.txt', size: 2, ino: expect.any(String), tail }],
+        closed: [{ path: 'o.txt', size: 2, ino: expect.any(String), tail, mtimeNs: expect.stringMatching(/^\d+$/) }],
         closedNonFiles: [],
         closedLinks: expect.stringMatching(LINKS_NAME),
       },
