@@ -533,16 +533,22 @@ export async function prepareRollBack(
         }
         if (closed) {
           // The files it opens and closes that the lost run deleted, moved or replaced: put back as they were.
+          const putBack = new Set<string>();
           if (closed.links)
-            for (const c of putBackFiles(dir, root, aside, closed.files, closed.links))
+            for (const c of putBackFiles(dir, root, aside, closed.files, closed.links)) {
               done.push({ ...c, how: 'putBack' });
+              putBack.add(c.path);
+            }
           if (!closed.more) {
             const recorded = new Set([...files.map((f) => f.path), ...closed.files.map((c) => c.path)]);
             setAsideIn(root, aside, recorded, closed.nonFiles && new Set(closed.nonFiles));
           }
           // The files it opens and closes: cut back only where only appended to, never refused; the
           // ones rewritten through their own inode since are left as the lost run left them, and said.
-          const { cut, changed } = await cutAppendedFiles(dir, closed.files);
+          const { cut, changed } = await cutAppendedFiles(
+            dir,
+            closed.files.filter((f) => !putBack.has(f.path)), // as recorded already
+          );
           for (const c of cut) done.push({ ...c, how: 'appended' });
           for (const c of changed) done.push({ ...c, how: 'changed' });
         }
