@@ -222,8 +222,15 @@ export async function openSecondName(
  * place open as `root`), moving what holds `rel` now aside: false when the
  * directory `rel` is in is gone.
  */
-export function linkBack(root: number, aside: SetAside, links: string, name: string, rel: string): boolean {
-  const parent = openDirBeneath(root, path.dirname(rel));
+export function linkBack(
+  root: number,
+  aside: SetAside,
+  links: string,
+  name: string,
+  rel: string,
+  remake?: ReadonlySet<string>,
+): boolean {
+  const parent = openDirBeneath(root, path.dirname(rel), remake);
   if (parent === undefined) return false;
   try {
     const base = path.basename(rel);
@@ -235,13 +242,15 @@ export function linkBack(root: number, aside: SetAside, links: string, name: str
   }
 }
 
-/** True when the directory `rel` is there below `dir`, reached without a symlink. */
-export function dirThere(dir: string, rel: string): boolean {
+/**
+ * True when the directory of `rel` is there below `dir`, reached without a
+ * symlink, or gone with every missing directory on the way among `remake`
+ * (recorded at the checkpoint: linkBack makes them again).
+ */
+export function dirThere(dir: string, rel: string, remake?: ReadonlySet<string>): boolean {
   const root = fs.openSync(dir, O_RDONLY | O_DIRECTORY);
   try {
-    const d = openDirBeneath(root, path.dirname(rel));
-    if (d !== undefined) fs.closeSync(d);
-    return d !== undefined;
+    return dirReachable(root, path.dirname(rel), remake);
   } finally {
     fs.closeSync(root);
   }
@@ -534,6 +543,8 @@ export function putBackFiles(
   aside: SetAside,
   files: readonly ClosedFile[],
   links: string,
+  /** The directories the checkpoint recorded: one the lost run removed is made again for a file put back into it. */
+  remake?: ReadonlySet<string>,
 ): ClosedFileCut[] {
   const back: ClosedFileCut[] = [];
   if (!LINKS_NAME.test(links)) return back;
@@ -553,7 +564,7 @@ export function putBackFiles(
       const kept = `/proc/self/fd/${linksFd}/${i}`;
       const size = keptSize(kept, f, buf);
       if (size === undefined) continue;
-      const parent = openDirBeneath(root, path.dirname(f.path));
+      const parent = openDirBeneath(root, path.dirname(f.path), remake);
       if (parent === undefined) continue;
       try {
         const base = path.basename(f.path);
@@ -593,11 +604,24 @@ function keptSize(kept: string, f: ClosedFile, buf: Buffer): number | undefined 
 }
 
 /** The directory `rel` below the one open as `root`, opened without following a symlink at any step; undefined if it is not there. */
-function openDirBeneath(root: number, rel: string): number | undefined {
+function openDirBeneath(root: number, rel: string, remake?: ReadonlySet<string>): number | undefined {
   let at = fs.openSync(`/proc/self/fd/${root}`, O_RDONLY | O_DIRECTORY);
   try {
-    for (const part of rel === '.' ? [] : rel.split('/')) {
-      const next = fs.openSync(`/proc/self/fd/${at}/${part}`, O_RDONLY | O_DIRECTORY | O_NOFOLLOW);
+    const parts = rel === '.' ? [] : rel.split('/');
+    for (const [i, part] of parts.entries()) {
+      const name = `/proc/self/fd/${at}/${part}`;
+      // A directory the checkpoint recorded and the lost run removed: made again, as the one it is in.
+      if (remake?.has(parts.slice(0, i + 1).join('/')) && !lstatOrNot(name)) {
+        const up = fs.fstatSync(at);
+        fs.mkdirSync(name, { mode: 0o700 });
+        const made = fs.openSync(name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW);
+        fs.fchownSync(made, up.uid, up.gid);
+        fs.fchmodSync(made, up.mode & 0o777);
+        fs.closeSync(at);
+        at = made;
+        continue;
+      }
+      const next = fs.openSync(name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW);
       fs.closeSync(at);
       at = next;
     }
@@ -605,6 +629,28 @@ function openDirBeneath(root: number, rel: string): number | undefined {
   } catch {
     fs.closeSync(at);
     return undefined;
+  }
+}
+
+/** True when the directory `rel` below the place open as `root` is there, or gone with each missing one in `remake`. */
+function dirReachable(root: number, rel: string, remake?: ReadonlySet<string>): boolean {
+  let at = fs.openSync(`/proc/self/fd/${root}`, O_RDONLY | O_DIRECTORY);
+  try {
+    const parts = rel === '.' ? [] : rel.split('/');
+    for (const [i, part] of parts.entries()) {
+      let next: number;
+      try {
+        next = fs.openSync(`/proc/self/fd/${at}/${part}`, O_RDONLY | O_DIRECTORY | O_NOFOLLOW);
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== 'ENOENT' || !remake) return false;
+        return parts.every((_, j) => j < i || remake.has(parts.slice(0, j + 1).join('/')));
+      }
+      fs.closeSync(at);
+      at = next;
+    }
+    return true;
+  } finally {
+    fs.closeSync(at);
   }
 }
 

@@ -428,9 +428,11 @@ export async function prepareRollBack(
   const close = async () => {
     await Promise.all(open.splice(0).map(({ h }) => h?.close().catch(() => undefined)));
   };
-  /** The file's second name at the checkpoint (closed-files.ts), when it is still the file and its directory is there. */
+  /** The directories the checkpoint recorded: one the lost run removed is made again for a file put back into it. */
+  const remake = closed?.nonFiles ? new Set(closed.nonFiles) : undefined;
+  /** The file's second name at the checkpoint (closed-files.ts), when it is still the file and its directory is there (or made again). */
   const secondName = async (i: number, f: WorkFile) =>
-    dirThere(dir, f.path) ? openSecondName(dir, closed?.links, openFileLink(i), f.ino, O_WRONLY) : undefined;
+    dirThere(dir, f.path, remake) ? openSecondName(dir, closed?.links, openFileLink(i), f.ino, O_WRONLY) : undefined;
   try {
     for (const [i, f] of files.entries()) {
       if (!isPlainRelativePath(f.path))
@@ -499,7 +501,7 @@ export async function prepareRollBack(
         // `result.part` renamed to `result`): its second name back under its name, then cut as the others.
         for (const entry of open) {
           if (!entry.linkBack) continue;
-          if (!linkBack(root, aside, closed!.links!, entry.linkBack, entry.f.path))
+          if (!linkBack(root, aside, closed!.links!, entry.linkBack, entry.f.path, remake))
             throw refuse(`the directory of "${entry.f.path}" is gone from ${place.own}`);
           done.push({ path: entry.f.path, from: 0, to: entry.size, how: 'putBack' });
         }
@@ -535,7 +537,7 @@ export async function prepareRollBack(
           // The files it opens and closes that the lost run deleted, moved or replaced: put back as they were.
           const putBack = new Set<string>();
           if (closed.links)
-            for (const c of putBackFiles(dir, root, aside, closed.files, closed.links)) {
+            for (const c of putBackFiles(dir, root, aside, closed.files, closed.links, remake)) {
               done.push({ ...c, how: 'putBack' });
               putBack.add(c.path);
             }

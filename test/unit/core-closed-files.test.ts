@@ -180,7 +180,7 @@ describe('second names: what the lost run deleted, moved or replaced is put back
   const restore = (rec: Awaited<ReturnType<typeof recordClosedFiles>>) => {
     let back: ReturnType<typeof putBackFiles> = [];
     const aside = inPlace(dir, (root, into) => {
-      back = putBackFiles(dir, root, into, rec.files, rec.links!);
+      back = putBackFiles(dir, root, into, rec.files, rec.links!, new Set(rec.nonFiles));
       setAsideIn(root, into, new Set(rec.files.map((f) => f.path)), new Set(rec.nonFiles));
     });
     return { back, aside };
@@ -213,6 +213,19 @@ describe('second names: what the lost run deleted, moved or replaced is put back
     expect(aside.moved.sort()).toEqual(['done/2', 'model.bin']);
     expect(fs.readFileSync(path.join(dir, aside.to!, 'model.bin'), 'utf8')).toBe('weights of the lost run');
     expect(fs.readdirSync(path.join(dir, 'done'))).toEqual([]);
+  });
+
+  test('a directory the lost run removed (after merging what it held) is made again, as the one it is in, for the files put back', async () => {
+    fs.mkdirSync(path.join(dir, 'parts/a'), { recursive: true });
+    fs.chmodSync(path.join(dir, 'parts'), 0o751);
+    write('parts/a/1', 'one');
+    write('parts/a/2', 'two');
+    const rec = await recordClosedFiles(dir, new Set(), undefined, { links: true });
+    fs.rmSync(path.join(dir, 'parts/a'), { recursive: true });
+    const { back } = restore(rec);
+    expect(back.map((b) => b.path).sort()).toEqual(['parts/a/1', 'parts/a/2']);
+    expect([read('parts/a/1'), read('parts/a/2')]).toEqual(['one', 'two']);
+    expect(fs.statSync(path.join(dir, 'parts/a')).mode & 0o777).toBe(0o751);
   });
 
   test('a second name that is not the recorded file any more (rewritten in place, or another file put there) is not used', async () => {

@@ -335,6 +335,18 @@ describe('a file held open that the lost run renamed, deleted or replaced', () =
     expect(fs.readFileSync(path.join(dir, aside.dir!, 'result.part'), 'utf8')).toBe('the lost run wrote this whole');
   });
 
+  test('in a directory the lost run removed: the directory made again, the file put back', async () => {
+    fs.mkdirSync(path.join(dir, 'out'));
+    const pid = await holding('3>out/result.part');
+    fs.appendFileSync(path.join(dir, 'out/result.part'), 'first');
+    const got = await captureWorkFiles([pid], dir, dir);
+    await got.sync(false);
+    fs.rmSync(path.join(dir, 'out'), { recursive: true });
+    const done = await restore(got);
+    expect(done).toEqual([{ path: 'out/result.part', from: 0, to: 5, how: 'putBack' }]);
+    expect(fs.readFileSync(path.join(dir, 'out/result.part'), 'utf8')).toBe('first');
+  });
+
   test('deleted, its second name deleted too: refused as before, naming it', async () => {
     const got = await checkpointed();
     fs.rmSync(path.join(dir, 'result.part'));
