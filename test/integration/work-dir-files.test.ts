@@ -612,8 +612,10 @@ describe('a Python job in its work dir: a database it rewrites in place, a resul
       const links = res.manifest.closedWorkLinks!;
       expect(links).toMatch(/^\.arch-checkpoint-files-/);
       expect(fs.readdirSync(path.join(workDir, links)).length).toBe(res.manifest.closedWorkFiles!.length);
-      // The lost run consumed the inputs after the checkpoint: gone from in/.
+      // The lost run consumed the inputs after the checkpoint: gone from in/. And it cleared done/ at the end.
       expect(fs.existsSync(path.join(workDir, `in/${at + 3}`))).toBe(false);
+      expect(fs.existsSync(path.join(workDir, 'done/2'))).toBe(true);
+      fs.rmSync(path.join(workDir, 'done'), { recursive: true });
       const out = await run(id, job);
       await waitFor('5 steps after the restore', () => (pyLines(out).length >= 5 ? true : undefined), 60_000);
       const after = pyLines(out);
@@ -626,9 +628,9 @@ describe('a Python job in its work dir: a database it rewrites in place, a resul
       expect(back?.putBack).toEqual(
         expect.arrayContaining([{ path: `in/${at + 3}`, from: 0, to: String(at + 3).length }]),
       );
-      // The lost run's done/<n> (moved there after the checkpoint) set aside: the restored job moves them again.
-      const aside = a.logLines().find((l) => l.container === id && Array.isArray(l.setAside));
-      expect(aside?.setAside).toEqual(expect.arrayContaining([`done/${(at + 3) % 2 ? at + 4 : at + 3}`]));
+      // done/ made again, with what it held at the checkpoint back in it.
+      expect(back?.putBack).toEqual(expect.arrayContaining([{ path: 'done/2', from: 0, to: 1 }]));
+      expect(fs.readFileSync(path.join(workDir, 'done/2'), 'utf8')).toBe('2');
     } finally {
       await remove(id);
     }
