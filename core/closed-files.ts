@@ -155,13 +155,28 @@ function makeLinksDir(root: number): { fd: number; name: string } {
  * (a stat each doubled the cost while the job is stopped): a restore uses
  * a second name only if it is the recorded file (putBackFiles).
  */
-function linkAs(dirFd: number, name: string, toFd: number, as: string): boolean {
+function linkAs(dirFd: number, name: string, toFd: number, as: string): void {
   try {
     fs.linkSync(`/proc/self/fd/${dirFd}/${name}`, `/proc/self/fd/${toFd}/${as}`);
-    return true;
   } catch {
-    return false; // another filesystem below the place, or gone since
+    /* another filesystem below the place, or gone since: no second name */
   }
+}
+
+/**
+ * A second name `from` (a name in a directory held open) linked at `name` in
+ * the directory open as `dirFd`, kept only if what got linked is the
+ * recorded regular file (inode `ino`): link(2) does not follow a symlink at
+ * `from`, so a second name swapped for one since it was checked links the
+ * symlink itself, which is taken away again.
+ */
+function linkChecked(from: string, dirFd: number, name: string, ino: string): boolean {
+  const to = `/proc/self/fd/${dirFd}/${name}`;
+  fs.linkSync(from, to);
+  const st = lstatOrNot(to);
+  if (st?.isFile() && st.ino.toString() === ino) return true;
+  fs.unlinkSync(to);
+  return false;
 }
 
 /** The second name of the file the job held open that a checkpoint recorded i-th (WorkFile order); closed files have `i`. */
@@ -228,17 +243,33 @@ export function linkBack(
   links: string,
   name: string,
   rel: string,
+  ino: string,
   remake?: ReadonlySet<string>,
 ): boolean {
-  const parent = openDirBeneath(root, path.dirname(rel), remake);
-  if (parent === undefined) return false;
+  const linksFd = openLinkSet(root, links);
+  if (linksFd === undefined) return false;
   try {
-    const base = path.basename(rel);
-    if (lstatOrNot(`/proc/self/fd/${parent}/${base}`)) aside.move(parent, base, rel);
-    fs.linkSync(`/proc/self/fd/${root}/${links}/${name}`, `/proc/self/fd/${parent}/${base}`);
-    return true;
+    const parent = openDirBeneath(root, path.dirname(rel), remake);
+    if (parent === undefined) return false;
+    try {
+      const base = path.basename(rel);
+      if (lstatOrNot(`/proc/self/fd/${parent}/${base}`)) aside.move(parent, base, rel);
+      return linkChecked(`/proc/self/fd/${linksFd}/${name}`, parent, base, ino);
+    } finally {
+      fs.closeSync(parent);
+    }
   } finally {
-    fs.closeSync(parent);
+    fs.closeSync(linksFd);
+  }
+}
+
+/** The link set `links` at the top of the place open as `root`, opened without following a symlink; undefined if it is not one. */
+function openLinkSet(root: number, links: string): number | undefined {
+  if (!LINKS_NAME.test(links)) return undefined;
+  try {
+    return fs.openSync(`/proc/self/fd/${root}/${links}`, O_RDONLY | O_DIRECTORY | O_NOFOLLOW);
+  } catch {
+    return undefined; // pruned, or never made on this filesystem
   }
 }
 
@@ -250,7 +281,10 @@ export function linkBack(
 export function dirThere(dir: string, rel: string, remake?: ReadonlySet<string>): boolean {
   const root = fs.openSync(dir, O_RDONLY | O_DIRECTORY);
   try {
-    return dirReachable(root, path.dirname(rel), remake);
+    const d = descend(root, path.dirname(rel));
+    if (!d) return false;
+    fs.closeSync(d.fd);
+    return d.missing.every((p) => remake?.has(p));
   } finally {
     fs.closeSync(root);
   }
@@ -258,19 +292,28 @@ export function dirThere(dir: string, rel: string, remake?: ReadonlySet<string>)
 
 /**
  * The newest `keep` LINKS_PREFIX directories at the top of `dir` kept (the
- * store keeps as many checkpoints: ARCH_KEEP), older ones removed, and
- * `except` too (a checkpoint that was not published). Their files' space
- * is freed once the job's own names are gone too.
+ * store keeps as many checkpoints: ARCH_KEEP), older ones removed. Their
+ * files' space is freed once the job's own names are gone too.
  */
-export function pruneLinks(dir: string, keep: number, except?: string): void {
+export function pruneLinks(dir: string, keep: number): void {
   const root = fs.openSync(dir, O_RDONLY | O_DIRECTORY);
   try {
     const sets = fs
       .readdirSync(`/proc/self/fd/${root}`)
-      .filter((n) => LINKS_NAME.test(n) && n !== except)
+      .filter((n) => LINKS_NAME.test(n))
       .sort();
-    const drop = [...sets.slice(0, Math.max(0, sets.length - keep)), ...(except ? [except] : [])];
-    for (const n of drop) removeLinkSet(root, n);
+    for (const n of sets.slice(0, Math.max(0, sets.length - keep))) removeLinkSet(root, n);
+  } finally {
+    fs.closeSync(root);
+  }
+}
+
+/** The link set `links` at the top of `dir` removed (made for a checkpoint that was not published). */
+export function dropLinks(dir: string, links: string): void {
+  if (!LINKS_NAME.test(links)) return;
+  const root = fs.openSync(dir, O_RDONLY | O_DIRECTORY);
+  try {
+    removeLinkSet(root, links);
   } finally {
     fs.closeSync(root);
   }
@@ -482,24 +525,15 @@ export class SetAside {
 }
 
 /**
- * Move what the lost run made below `dir` after the checkpoint aside
- * (SetAside), walking directories without following a symlink: each
- * regular file not in `recorded` (the paths a checkpoint recorded there:
- * every file it held open and every other one) and, with `nonFiles` (the
- * directories, symlinks and other entries it recorded; absent in
+ * Move what the lost run made after the checkpoint, below the place open as
+ * `root`, into `aside`, walking directories without following a symlink:
+ * each regular file not in `recorded` (the paths a checkpoint recorded
+ * there: every file it held open and every other one) and, with `nonFiles`
+ * (the directories, symlinks and other entries it recorded; absent in
  * checkpoints from before ARCH recorded them), each other entry not among
  * them, a directory whole (a job that makes a step's directory with mkdir
- * failed on the lost run's). Returns the paths moved and where to.
+ * failed on the lost run's).
  */
-export function setAsideNewFiles(
-  dir: string,
-  recorded: ReadonlySet<string>,
-  nonFiles?: ReadonlySet<string>,
-): { moved: string[]; to?: string } {
-  return inPlace(dir, (root, aside) => setAsideIn(root, aside, recorded, nonFiles));
-}
-
-/** setAsideNewFiles in the place open as `root`, into `aside`. */
 export function setAsideIn(
   root: number,
   aside: SetAside,
@@ -511,19 +545,6 @@ export function setAsideIn(
     aside.move(dirFd, name, p);
     return 'skip';
   });
-}
-
-/** `body` given the place `dir` open and its SetAside; what was moved aside, and where to. */
-export function inPlace(dir: string, body: (root: number, aside: SetAside) => void): { moved: string[]; to?: string } {
-  const root = fs.openSync(dir, O_RDONLY | O_DIRECTORY);
-  const aside = new SetAside(root);
-  try {
-    body(root, aside);
-  } finally {
-    aside.close();
-    fs.closeSync(root);
-  }
-  return { moved: aside.moved, ...(aside.to ? { to: aside.to } : {}) };
 }
 
 /**
@@ -547,13 +568,8 @@ export function putBackFiles(
   remake?: ReadonlySet<string>,
 ): ClosedFileCut[] {
   const back: ClosedFileCut[] = [];
-  if (!LINKS_NAME.test(links)) return back;
-  let linksFd: number;
-  try {
-    linksFd = fs.openSync(`/proc/self/fd/${root}/${links}`, O_RDONLY | O_DIRECTORY | O_NOFOLLOW);
-  } catch {
-    return back; // pruned, or never made on this filesystem
-  }
+  const linksFd = openLinkSet(root, links);
+  if (linksFd === undefined) return back;
   const buf = Buffer.allocUnsafe(TAIL_BYTES);
   try {
     for (const [i, f] of files.entries()) {
@@ -562,22 +578,24 @@ export function putBackFiles(
       const now = lstatOrNot(path.join(dir, f.path));
       if (now?.isFile() && now.ino.toString() === f.ino) continue;
       const kept = `/proc/self/fd/${linksFd}/${i}`;
-      const size = keptSize(kept, f, buf);
-      if (size === undefined) continue;
+      const fd = openKept(kept, f, buf);
+      if (fd === undefined) continue;
       const parent = openDirBeneath(root, path.dirname(f.path), remake);
-      if (parent === undefined) continue;
       try {
+        if (parent === undefined) continue;
         const base = path.basename(f.path);
         const here = lstatOrNot(`/proc/self/fd/${parent}/${base}`);
         if (here?.isFile() && here.ino.toString() === f.ino) continue; // looked through a symlink before
         if (here) aside.move(parent, base, f.path);
-        fs.linkSync(kept, `/proc/self/fd/${parent}/${base}`);
-        if (size > f.size) fs.truncateSync(`/proc/self/fd/${parent}/${base}`, f.size);
+        if (!linkChecked(kept, parent, base, f.ino)) continue;
+        // Appended to after it was moved away: cut through the file itself, never through a name.
+        fs.ftruncateSync(fd, f.size);
         back.push({ path: f.path, from: here ? Number(here.size) : 0, to: f.size });
       } catch {
         continue; // the job's to deal with, as before
       } finally {
-        fs.closeSync(parent);
+        if (parent !== undefined) fs.closeSync(parent);
+        fs.closeSync(fd);
       }
     }
   } finally {
@@ -586,44 +604,42 @@ export function putBackFiles(
   return back;
 }
 
-/** The size of the kept second name `kept` when it is the recorded file `f` (its inode, long enough, its tail unchanged). */
-function keptSize(kept: string, f: ClosedFile, buf: Buffer): number | undefined {
+/** The kept second name `kept`, open for writing, when it is the recorded file `f` (its inode, long enough, its tail unchanged). */
+function openKept(kept: string, f: ClosedFile, buf: Buffer): number | undefined {
   let fd: number;
   try {
-    fd = fs.openSync(kept, O_RDONLY | O_NOFOLLOW | fs.constants.O_NONBLOCK);
+    fd = fs.openSync(kept, fs.constants.O_RDWR | O_NOFOLLOW | fs.constants.O_NONBLOCK);
   } catch {
     return undefined;
   }
-  try {
-    const st = fs.fstatSync(fd, { bigint: true });
-    if (!st.isFile() || st.ino.toString() !== f.ino || Number(st.size) < f.size) return undefined;
-    return tailDigest(fd, f.size, buf) === f.tail ? Number(st.size) : undefined;
-  } finally {
-    fs.closeSync(fd);
-  }
+  const st = fs.fstatSync(fd, { bigint: true });
+  if (st.isFile() && st.ino.toString() === f.ino && Number(st.size) >= f.size && tailDigest(fd, f.size, buf) === f.tail)
+    return fd;
+  fs.closeSync(fd);
+  return undefined;
 }
 
-/** The directory `rel` below the one open as `root`, opened without following a symlink at any step; undefined if it is not there. */
+/**
+ * The directory `rel` below the one open as `root`, opened without
+ * following a symlink at any step; a recorded directory (`remake`) that the
+ * lost run removed is made again on the way, as the one it is in.
+ * Undefined when it cannot be reached.
+ */
 function openDirBeneath(root: number, rel: string, remake?: ReadonlySet<string>): number | undefined {
-  let at = fs.openSync(`/proc/self/fd/${root}`, O_RDONLY | O_DIRECTORY);
+  const d = descend(root, rel);
+  if (!d) return undefined;
+  let at = d.fd;
   try {
-    const parts = rel === '.' ? [] : rel.split('/');
-    for (const [i, part] of parts.entries()) {
-      const name = `/proc/self/fd/${at}/${part}`;
-      // A directory the checkpoint recorded and the lost run removed: made again, as the one it is in.
-      if (remake?.has(parts.slice(0, i + 1).join('/')) && !lstatOrNot(name)) {
-        const up = fs.fstatSync(at);
-        fs.mkdirSync(name, { mode: 0o700 });
-        const made = fs.openSync(name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW);
-        fs.fchownSync(made, up.uid, up.gid);
-        fs.fchmodSync(made, up.mode & 0o777);
-        fs.closeSync(at);
-        at = made;
-        continue;
-      }
-      const next = fs.openSync(name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW);
+    for (const p of d.missing) {
+      if (!remake?.has(p)) throw new Error(`${p} is gone`);
+      const up = fs.fstatSync(at);
+      const name = `/proc/self/fd/${at}/${path.basename(p)}`;
+      fs.mkdirSync(name, { mode: 0o700 });
+      const made = fs.openSync(name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW);
       fs.closeSync(at);
-      at = next;
+      at = made;
+      fs.fchownSync(at, up.uid, up.gid);
+      fs.fchmodSync(at, up.mode & 0o777);
     }
     return at;
   } catch {
@@ -632,26 +648,29 @@ function openDirBeneath(root: number, rel: string, remake?: ReadonlySet<string>)
   }
 }
 
-/** True when the directory `rel` below the place open as `root` is there, or gone with each missing one in `remake`. */
-function dirReachable(root: number, rel: string, remake?: ReadonlySet<string>): boolean {
+/**
+ * As far down `rel` (below `root`) as it is there, without following a
+ * symlink: the deepest directory reached, held open, and the paths of the
+ * ones missing below it. Undefined when a step is something else than a
+ * missing directory (a symlink, a file).
+ */
+function descend(root: number, rel: string): { fd: number; missing: string[] } | undefined {
+  const parts = rel === '.' ? [] : rel.split('/');
   let at = fs.openSync(`/proc/self/fd/${root}`, O_RDONLY | O_DIRECTORY);
-  try {
-    const parts = rel === '.' ? [] : rel.split('/');
-    for (const [i, part] of parts.entries()) {
-      let next: number;
-      try {
-        next = fs.openSync(`/proc/self/fd/${at}/${part}`, O_RDONLY | O_DIRECTORY | O_NOFOLLOW);
-      } catch (err) {
-        if ((err as NodeJS.ErrnoException).code !== 'ENOENT' || !remake) return false;
-        return parts.every((_, j) => j < i || remake.has(parts.slice(0, j + 1).join('/')));
-      }
+  for (const [i, part] of parts.entries()) {
+    try {
+      const next = fs.openSync(`/proc/self/fd/${at}/${part}`, O_RDONLY | O_DIRECTORY | O_NOFOLLOW);
       fs.closeSync(at);
       at = next;
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') {
+        fs.closeSync(at);
+        return undefined;
+      }
+      return { fd: at, missing: parts.slice(i).map((_, j) => parts.slice(0, i + j + 1).join('/')) };
     }
-    return true;
-  } finally {
-    fs.closeSync(at);
   }
+  return { fd: at, missing: [] };
 }
 
 function lstatOrNot(p: string): fs.BigIntStats | undefined {

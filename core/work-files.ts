@@ -5,6 +5,7 @@ import {
   CLOSED_FILES_MAX,
   cutAppendedFiles,
   dirThere,
+  dropLinks,
   linkBack,
   linkOpenFiles,
   openFileLink,
@@ -291,7 +292,7 @@ async function holdOpenFiles(
       // A place the job (or its owner) removed meanwhile has nothing left to let go.
       try {
         if (keep !== undefined) pruneLinks(dir, keep);
-        else if (closed.links) pruneLinks(dir, Number.MAX_SAFE_INTEGER, closed.links);
+        else if (closed.links) dropLinks(dir, closed.links);
       } catch {
         /* next time */
       }
@@ -501,7 +502,7 @@ export async function prepareRollBack(
         // `result.part` renamed to `result`): its second name back under its name, then cut as the others.
         for (const entry of open) {
           if (!entry.linkBack) continue;
-          if (!linkBack(root, aside, closed!.links!, entry.linkBack, entry.f.path, remake))
+          if (!linkBack(root, aside, closed!.links!, entry.linkBack, entry.f.path, entry.f.ino, remake))
             throw refuse(`the directory of "${entry.f.path}" is gone from ${place.own}`);
           done.push({ path: entry.f.path, from: 0, to: entry.size, how: 'putBack' });
         }

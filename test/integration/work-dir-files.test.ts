@@ -97,17 +97,7 @@ test.each([
     const lostLines = linesOf(outOf(id)).length;
 
     const stdout = await a.runCounter(id, envOf(append));
-    // The lines it had written at the checkpoint: the restored job goes on from them (the cut keeps them as they are).
-    const atCheckpoint = size && fs.readFileSync(outOf(id), 'utf8').slice(0, size).split('\n').length - 1;
-    await expectContinued({
-      id,
-      stdout,
-      file: outOf(id),
-      size,
-      lostLines,
-      countAbove: atCheckpoint,
-      cutLine: (l) => Array.isArray(l.files),
-    });
+    await expectOutContinued(id, stdout, size, lostLines);
   },
 );
 
@@ -117,7 +107,6 @@ test('node lost after a periodic checkpoint: a log (O_APPEND) rotated after it i
   const lostLines = linesOf(`${outOf(id)}.1`).length;
   // Before, the restore was refused ("out.txt" … is gone from its work directory) and the job started over.
   const stdout = await a.runCounter(id, envOf(true));
-  const atCheckpoint = fs.readFileSync(outOf(id), 'utf8').slice(0, size).split('\n').length - 1;
   const back = await waitFor('the put-back line', () =>
     a.logLines().find((l) => l.container === id && Array.isArray(l.putBack)),
   );
@@ -125,6 +114,16 @@ test('node lost after a periodic checkpoint: a log (O_APPEND) rotated after it i
   // The rotated name is the lost run's: set aside (the same file, a second name of it).
   const aside = a.logLines().find((l) => l.container === id && Array.isArray(l.setAside));
   expect(aside?.setAside).toEqual(['out.txt.1']);
+  await expectOutContinued(id, stdout, size, lostLines);
+});
+
+/**
+ * expectContinued for the work dir's out.txt, recorded at `size` bytes: the
+ * restored job goes on from the lines it had written at the checkpoint (the
+ * cut keeps them as they are).
+ */
+async function expectOutContinued(id: string, stdout: string, size: number, lostLines: number): Promise<void> {
+  const atCheckpoint = size && fs.readFileSync(outOf(id), 'utf8').slice(0, size).split('\n').length - 1;
   await expectContinued({
     id,
     stdout,
@@ -134,7 +133,7 @@ test('node lost after a periodic checkpoint: a log (O_APPEND) rotated after it i
     countAbove: atCheckpoint,
     cutLine: (l) => Array.isArray(l.files),
   });
-});
+}
 
 /**
  * Restored (not started over: its first count is past `countAbove`) with
@@ -192,16 +191,7 @@ test('a work file replaced since the checkpoint: the recorded one back under its
   expect(a.logLines().find((l) => l.container === id && Array.isArray(l.putBack))?.putBack).toEqual([
     { path: 'out.txt', from: 0, to: expect.any(Number) },
   ]);
-  const atCheckpoint = fs.readFileSync(outOf(id), 'utf8').slice(0, size).split('\n').length - 1;
-  await expectContinued({
-    id,
-    stdout,
-    file: outOf(id),
-    size,
-    lostLines,
-    countAbove: atCheckpoint,
-    cutLine: (l) => Array.isArray(l.files),
-  });
+  await expectOutContinued(id, stdout, size, lostLines);
 });
 
 test('a work file replaced since the checkpoint, its second name gone: no restore, a reason naming it, nothing cut', async () => {

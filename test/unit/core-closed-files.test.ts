@@ -3,13 +3,13 @@ import os from 'node:os';
 import path from 'node:path';
 import {
   cutAppendedFiles,
-  inPlace,
+  dropLinks,
   LINKS_NAME,
   pruneLinks,
   putBackFiles,
   recordClosedFiles,
+  SetAside,
   setAsideIn,
-  setAsideNewFiles,
   TAIL_BYTES,
 } from '../../core/closed-files.js';
 
@@ -30,6 +30,21 @@ afterEach(() => {
 const write = (p: string, text: string) => fs.writeFileSync(path.join(dir, p), text);
 const append = (p: string, text: string) => fs.appendFileSync(path.join(dir, p), text);
 const read = (p: string) => fs.readFileSync(path.join(dir, p), 'utf8');
+
+/** `body` given the place `d` open and its SetAside, as a restore's roll-back holds them; what was moved aside, and where to. */
+function inPlace(d: string, body: (root: number, aside: SetAside) => void): { moved: string[]; to?: string } {
+  const root = fs.openSync(d, fs.constants.O_RDONLY | fs.constants.O_DIRECTORY);
+  const aside = new SetAside(root);
+  try {
+    body(root, aside);
+  } finally {
+    aside.close();
+    fs.closeSync(root);
+  }
+  return { moved: aside.moved, ...(aside.to ? { to: aside.to } : {}) };
+}
+const setAsideNewFiles = (d: string, recorded: ReadonlySet<string>, nonFiles?: ReadonlySet<string>) =>
+  inPlace(d, (root, aside) => setAsideIn(root, aside, recorded, nonFiles));
 
 test('records the regular files below the place, but not the open ones, symlinks, what they lead to, or ARCH own entries', async () => {
   fs.mkdirSync(path.join(dir, 'sub'));
@@ -262,7 +277,7 @@ describe('second names: what the lost run deleted, moved or replaced is put back
     }
     pruneLinks(dir, 2);
     expect(fs.readdirSync(dir).filter((n) => LINKS_NAME.test(n))).toEqual(sets.slice(2));
-    pruneLinks(dir, Number.MAX_SAFE_INTEGER, sets[3]);
+    dropLinks(dir, sets[3]!);
     expect(fs.readdirSync(dir).filter((n) => LINKS_NAME.test(n))).toEqual([sets[2]]);
     expect(fs.statSync(path.join(dir, 'a.txt')).nlink).toBe(2);
     // What the job could plant at a link set's name, or in one, is never followed.
