@@ -14,8 +14,24 @@ const HARMLESS = /rlimit: Can't setup RLIMIT_NOFILE for self/;
 
 export function criuErrors(log: string): string {
   const errors = log.split('\n').filter((l) => /Error|error/.test(l) && !HARMLESS.test(l));
-  return [...new Set([...errors.slice(0, 1), ...errors.slice(-3)])].join(' | ');
+  const said = [...new Set([...errors.slice(0, 1), ...errors.slice(-3)])].join(' | ');
+  const hint = KNOWN_CAUSES.find((c) => c.error.test(said))?.hint;
+  return hint ? `${said} | ${hint}` : said;
 }
+
+/**
+ * Errors whose CRIU line does not say what to change. CRIU reads each
+ * process's resource limits with prlimit(2), which needs CAP_SYS_RESOURCE
+ * for a process of another user: where ARCH runs without it (a sandbox, a
+ * DaemonSet that drops it), every container whose processes are not root
+ * fails its dump (arch-cli doctor's "capabilities" check says so ahead).
+ */
+const KNOWN_CAUSES: { error: RegExp; hint: string }[] = [
+  {
+    error: /Can't get rlimit \d+: Operation not permitted/,
+    hint: 'CRIU runs without CAP_SYS_RESOURCE here, so it cannot checkpoint processes that run as a non-root user: give ARCH that capability (see `arch-cli doctor`)',
+  },
+];
 
 /** A runc error, its last lines (runc's own say only "criu failed"), with CRIU's errors from `logFile`. */
 export async function withCriuErrors(what: string, err: unknown, logFile: string): Promise<Error> {

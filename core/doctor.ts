@@ -251,6 +251,7 @@ export async function runDoctor(settings: Settings, payloadCheck: (s: Settings) 
     }
     checks.push(bp);
   }
+  checks.push(capabilitiesCheck());
   if (criu.ok) checks.push(criuProbeCacheCheck());
   if (criu.ok) checks.push(await dirtyTrackCheck(settings.criu));
   checks.push(await shimFrontCheck());
@@ -313,6 +314,37 @@ export async function runDoctor(settings: Settings, payloadCheck: (s: Settings) 
     });
   }
   return checks;
+}
+
+/** Linux capability numbers (linux/capability.h) CRIU needs beside those every root has. */
+const CAP_SYS_RESOURCE = 24;
+
+/**
+ * The capabilities ARCH (and the CRIU it starts) runs with. Without
+ * CAP_SYS_RESOURCE, CRIU cannot read the resource limits of a process that
+ * runs as another user (prlimit(2)): containers whose processes are not
+ * root (an image's USER, a pod's runAsUser) cannot be checkpointed, root
+ * ones still can. A warning, since the node still serves root containers.
+ */
+export function capabilitiesCheck(status = '/proc/self/status'): Check {
+  const name = 'capabilities';
+  let eff: bigint | undefined;
+  try {
+    const hex = /^CapEff:\s*([0-9a-f]+)$/m.exec(fs.readFileSync(status, 'utf8'))?.[1];
+    eff = hex === undefined ? undefined : BigInt(`0x${hex}`);
+  } catch {
+    eff = undefined;
+  }
+  if (eff === undefined) return { name, ok: true, info: true, detail: `cannot read ${status}` };
+  if ((eff >> BigInt(CAP_SYS_RESOURCE)) & 1n) return { name, ok: true, detail: 'CAP_SYS_RESOURCE present' };
+  return {
+    name,
+    ok: false,
+    optional: true,
+    detail:
+      'no CAP_SYS_RESOURCE: CRIU cannot read the limits of processes that run as a non-root user, so containers whose processes are not root cannot be checkpointed (root ones can)',
+    fix: 'run ARCH with CAP_SYS_RESOURCE (as a DaemonSet: securityContext.capabilities.add [SYS_RESOURCE], or privileged: true)',
+  };
 }
 
 /**

@@ -12,7 +12,13 @@ export interface OciMount {
 }
 export interface OciSpec {
   ociVersion?: string;
-  process?: { env?: string[]; cwd?: string; args?: string[]; terminal?: boolean };
+  process?: {
+    env?: string[];
+    cwd?: string;
+    args?: string[];
+    terminal?: boolean;
+    user?: { uid?: number; gid?: number };
+  };
   root?: { path: string; readonly?: boolean };
   mounts?: OciMount[];
   annotations?: Record<string, string>;
@@ -58,6 +64,34 @@ export function joinedPidNamespace(spec: OciSpec): string | undefined {
 export function rootfsOf(bundle: string, spec: OciSpec): string {
   const p = spec.root?.path ?? 'rootfs';
   return path.isAbsolute(p) ? p : path.join(bundle, p);
+}
+
+/** One range of a user namespace's id map (OCI linux.uidMappings / gidMappings). */
+export interface IdMapping {
+  containerID: number;
+  hostID: number;
+  size: number;
+}
+
+/**
+ * The host uid and gid that the container's processes run as: the spec's
+ * process.user (0 when unset), through the user namespace's id maps when
+ * there is one (Docker's userns-remap, Kubernetes' hostUsers: false). An id
+ * outside every range is the kernel's overflow id (65534) there, which owns
+ * nothing the container may write: undefined then.
+ */
+export function hostUserOf(spec: OciSpec): { uid: number; gid: number } | undefined {
+  const linux = spec.linux as { uidMappings?: IdMapping[]; gidMappings?: IdMapping[] } | undefined;
+  const uid = mapId(spec.process?.user?.uid ?? 0, linux?.uidMappings);
+  const gid = mapId(spec.process?.user?.gid ?? 0, linux?.gidMappings);
+  return uid === undefined || gid === undefined ? undefined : { uid, gid };
+}
+
+function mapId(id: number, maps: IdMapping[] | undefined): number | undefined {
+  if (!Number.isInteger(id) || id < 0) return undefined;
+  if (!maps || maps.length === 0) return id;
+  const m = maps.find((r) => id >= r.containerID && id < r.containerID + r.size);
+  return m ? m.hostID + (id - m.containerID) : undefined;
 }
 
 /**

@@ -33,12 +33,14 @@ export async function prepareWorkDir(
   namespace: string,
   id: string,
   node: string,
+  user?: { uid: number; gid: number },
 ): Promise<PreparedWorkDir | undefined> {
   const held = await walkWorkDir(contract, namespace, id, true);
   if (!held) return undefined;
   const target = held.path;
   try {
     const key = checkpointKeyOf(contract, id);
+    if (user && (held.created || held.record?.createdByArch)) await giveToJob(held.fdPath, user);
     if (held.created || !held.record) {
       // One that existed before (made by hand, or by an ARCH without records) is used, never removed.
       await held.writeRecord({
@@ -81,6 +83,21 @@ export async function prepareWorkDir(
     await held.close();
     throw err;
   }
+}
+
+/**
+ * A work dir ARCH made belongs to the user the job runs as (its image's
+ * USER, a pod's runAsUser, mapped through a user namespace): made as root
+ * with mode 0755, a job that is not root could not write in it. One that
+ * is still root's is given to the job; one that already belongs to
+ * someone else is left as it is (that owner's choice, or an earlier job's).
+ * Through the held descriptor: the very directory that was walked.
+ */
+async function giveToJob(fdPath: string, user: { uid: number; gid: number }): Promise<void> {
+  const st = await fsp.stat(fdPath);
+  if (st.uid === user.uid && st.gid === user.gid) return;
+  if (st.uid !== 0 || st.gid !== 0) return;
+  await fsp.chown(fdPath, user.uid, user.gid);
 }
 
 /**

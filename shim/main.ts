@@ -29,7 +29,14 @@ import { ArchInputError, CheckpointUnusableError, errorMessage } from '../contra
 import { formatS3Url, parseS3Url } from '../core/s3-location.js';
 import { S3CheckpointStore } from '../core/s3-store.js';
 import { validateContainerId, validateNamespace } from '../contract/ids.js';
-import { joinedPidNamespace, readSpec, withWorkdirMount, writeSpec, type OciSpec } from '../core/oci-spec.js';
+import {
+  hostUserOf,
+  joinedPidNamespace,
+  readSpec,
+  withWorkdirMount,
+  writeSpec,
+  type OciSpec,
+} from '../core/oci-spec.js';
 import { restoreFromCheckpoint } from '../core/restore.js';
 import {
   containerIdOf,
@@ -265,7 +272,7 @@ async function handleCreate(
     }
     // Walked (and the work dir recorded before it is mounted): a path through a symlink, or inside a work dir, is refused here.
     await store.checkPath();
-    work = await prepareWorkDir(contract, namespace, id, ctx.settings.nodeName);
+    work = await prepareWorkDir(contract, namespace, id, ctx.settings.nodeName, hostUserOf(spec));
   } catch (err) {
     if (!(err instanceof ArchInputError)) throw err;
     log.error(

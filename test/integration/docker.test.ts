@@ -7,6 +7,7 @@ import { dockerInstalled, startDockerNode, type DockerNode } from '../support/do
 import { REPO_ROOT } from '../support/images.js';
 import { startExitRecorder } from '../../worker/exits.js';
 import { createNodeContext } from '../../core/context.js';
+import { capabilitiesCheck } from '../../core/doctor.js';
 
 /**
  * Docker as a client of ARCH (issue 13): a real dockerd (Debian's docker.io)
@@ -202,6 +203,74 @@ test('a container whose writable layer changed after the checkpoint starts fresh
   });
   expect(String(ls.stdout)).toContain('FAILED (rootfs-changed)');
   await dk.docker(['rm', '-f', j.name]);
+});
+
+/**
+ * A job whose image (or pod) runs it as a user that is not root: the shared
+ * work dir ARCH makes belongs to that user, so the job can write in it
+ * (before, ARCH made it root's, mode 0755, and the job's first write failed
+ * with "Permission denied"). Its checkpoint restores where ARCH runs with
+ * CAP_SYS_RESOURCE (CRIU needs it to read the limits of another user's
+ * process); where it does not (these VMs), the checkpoint fails saying so,
+ * and the job runs on.
+ */
+test('a job running as a non-root user writes its shared work dir, and its checkpoint restores or names the missing capability', async () => {
+  const name = 'job-user';
+  const shared = path.join(work, 'shared');
+  const wd = path.join(shared, 'work', 'moby', name);
+  const run = () =>
+    dk.docker([
+      'run',
+      '-d',
+      '--name',
+      name,
+      '--runtime',
+      'arch',
+      '--user',
+      '1000:1000',
+      '-e',
+      'ARCH_ENABLE=1',
+      '-e',
+      `ARCH_SHAREDFS_HOST_PATH=${shared}`,
+      '-e',
+      'ARCH_WORKDIR_CONTAINER_PATH=/work',
+      '-e',
+      `ARCH_CHECKPOINT_ID=${name}`,
+      '-e',
+      'COUNTER_FILE=/work/count',
+      '-e',
+      'COUNTER_START_FILES=1',
+      dk.image,
+    ]);
+  await run();
+  const j: Job = { name, out: wd };
+  await waitCount(j, 5);
+  expect(fs.statSync(wd)).toMatchObject({ uid: 1000, gid: 1000 });
+  expect(fs.statSync(path.join(wd, 'count'))).toMatchObject({ uid: 1000 });
+  const id = await idOf(j);
+  const r = await execa(ARCH_CLI, ['finalize', '--deadline', '60s', '-n', 'moby', '--json'], {
+    env: { ARCH_CONFIG: dk.node.archConfig },
+    reject: false,
+  });
+  const report = JSON.parse(String(r.stdout)) as { items: { id: string; status: string; error?: string }[] };
+  if (capabilitiesCheck().ok) {
+    expect(report.items).toEqual([expect.objectContaining({ id, status: 'checkpointed' })]);
+    await waitFor('exit after checkpoint', async () => ((await state(j)) === 'exited' ? true : undefined));
+    const atCheckpoint = count(j);
+    await dk.docker(['rm', name]);
+    await run();
+    await waitCount(j, atCheckpoint + 3);
+    expect(restoredLines(await idOf(j))).toHaveLength(1);
+    expect(starts(j)).toBe(1);
+  } else {
+    expect(report.items).toEqual([expect.objectContaining({ id, status: 'failed' })]);
+    expect(report.items[0]!.error).toMatch(
+      /CRIU runs without CAP_SYS_RESOURCE here, so it cannot checkpoint processes that run as a non-root user/,
+    );
+    expect(await state(j)).toBe('running');
+    await waitCount(j, count(j) + 2); // runs on
+  }
+  await dk.docker(['rm', '-f', name]);
 });
 
 /**

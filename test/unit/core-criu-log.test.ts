@@ -21,3 +21,16 @@ test('the cause comes first, then where CRIU gave up; the harmless rlimit line i
 test('a log without errors gives nothing', () => {
   expect(criuErrors('(00.000012) Version: 4.2\n(00.1) Dumping finished successfully')).toBe('');
 });
+
+test('a dump refused the rlimits of a non-root process says which capability ARCH lacks', () => {
+  const log = [
+    "(00.058890) Error (criu/cr-dump.c:389): Can't get rlimit 0: Operation not permitted",
+    '(00.058894) Error (criu/cr-dump.c:1584): Dump core (pid: 24065) failed with -1',
+    '(00.079486) Error (criu/cr-dump.c:1975): Dumping FAILED.',
+  ].join('\n');
+  const said = criuErrors(log).split(' | ');
+  expect(said[0]).toContain("Can't get rlimit 0");
+  expect(said[said.length - 1]).toMatch(/without CAP_SYS_RESOURCE .* non-root user: give ARCH that capability/);
+  // Other failures get no such hint.
+  expect(criuErrors(DUMP_LOG)).not.toContain('CAP_SYS_RESOURCE');
+});
