@@ -25,6 +25,10 @@ PYJOB_MODE picks how the work is spread:
               MappedByteBuffer or a NumPy memmap whose file object is gone do): no descriptor
               is left open, every write goes through memory; a step counts only when the
               file's sum is the one the job has in memory
+  clock       paces its steps with Event.wait(0.2) (a deadline on the monotonic clock, as
+              time.sleep, queue timeouts and rate limiters keep theirs) and watches that clock,
+              as a stall watchdog does: a step counts only when the monotonic clock moved
+              forward by less than 3 s since the step before (its line ends "gap <seconds> ok")
   bigmem      $PYJOB_WORKERS worker processes (default 3), each holding $PYJOB_MB MiB
               (default 128) of random data in memory and a pipe to the job; each step
               every worker checks one MiB of its data against the digest it took when
@@ -109,6 +113,24 @@ def run_steps(step_sum):
 
 def squares_of(step):
     return range(step * STEP, (step + 1) * STEP)
+
+
+def run_clock():
+    import threading
+
+    wake = threading.Event()
+    total = 0
+    step = 0
+    last = time.monotonic()
+    while True:
+        wake.wait(0.2)
+        now = time.monotonic()
+        gap, last = now - last, now
+        total += sum(square(x) for x in squares_of(step))
+        step += 1
+        ok = 0 <= gap < 3 and total == expected(step * STEP)
+        write_count(step)
+        print(f"pyjob {step} {MODE} gap {gap:.3f} {'ok' if ok else 'FAIL'}", flush=True)
 
 
 def run_pool(method):
@@ -335,5 +357,7 @@ if __name__ == "__main__":
         run_mmap()
     elif MODE == "bigmem":
         run_bigmem()
+    elif MODE == "clock":
+        run_clock()
     else:
         sys.exit(f"unknown PYJOB_MODE {MODE}")
