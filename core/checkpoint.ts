@@ -31,6 +31,7 @@ import { validateContainerId, validateNamespace } from '../contract/ids.js';
 import { FORMAT_VERSION, SEALED_FORMAT_VERSION, type Manifest } from './manifest.js';
 import { readSpec, rootfsOf, type OciSpec } from './oci-spec.js';
 import { ownerOf } from './owner.js';
+import { thisCpu } from './cpu-features.js';
 import { isAlive } from './pid.js';
 import { leaseOf, leaseRefusal, ownNodeNames, parkedLease, writeLease } from './lease.js';
 import { trustOf } from './trust.js';
@@ -755,6 +756,7 @@ async function checkpointLocked(
     const mine = ownNodeNames(ctx.settings);
     const refusal = leaseRefusal(leaseBefore, mine, `${req.namespace}/${req.id}`);
     if (refusal) throw new Error(`checkpoint not published: ${refusal}`);
+    const cpu = thisCpu();
     const pub = await store.publish(
       staging,
       {
@@ -764,6 +766,7 @@ async function checkpointLocked(
         ...(c.contract.checkpointId ? { checkpointId: c.contract.checkpointId } : {}),
         image: req.image,
         owner: await ownerAsked,
+        ...(cpu ? { cpu } : {}),
         node: ctx.settings.nodeName,
         createdAt: new Date().toISOString(),
         mode: c.contract.mode,

@@ -112,6 +112,8 @@ function buildSchemas() {
      * of ARCH before signing.
      */
     owner: z.object({ podNamespace: z.string().nullable(), image: z.string().nullable() }).optional(),
+    /** The checkpointing node's CPU: architecture and instruction-set extensions (core/cpu-features.ts); absent before ARCH recorded it. */
+    cpu: z.object({ arch: z.string(), features: z.array(z.string()) }).optional(),
     node: z.string(),
     createdAt: z.string(),
     mode: z.enum(['local', 'shared', 's3']),

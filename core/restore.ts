@@ -10,6 +10,7 @@ import type { Foreground } from './foreground.js';
 import { verifyCheckpointDirStaged, type Manifest } from './manifest.js';
 import { rootfsOf, writeSpec, type OciSpec } from './oci-spec.js';
 import { assertSameOwner, ownerOf } from './owner.js';
+import { assertCpuCanRun, thisCpu } from './cpu-features.js';
 import { layerDifference } from './layer-match.js';
 import { applyDiff, findOverlayDirs } from './rootfs-diff.js';
 import { prepareRollBack, type RollBack, type RolledBack } from './work-files.js';
@@ -161,6 +162,7 @@ async function restoreHolding(ctx: NodeContext, req: RestoreRequest, held: Held)
       );
     }
     assertSameOwner(v.manifest.owner, await ownerAsked, trust.acceptUnsigned && v.signer === 'unsigned');
+    assertCpuCanRun(v.manifest.cpu, thisCpu());
     if (v.signer === 'unsigned') {
       ctx.log.warn(
         { namespace: req.namespace, container: req.id, checkpointDir: stored, reason: 'unsigned' },

@@ -11,6 +11,7 @@ import { findUpperDir } from '../../core/rootfs-diff.js';
 import { CheckpointStore, isLeaseEntry } from '../../core/store.js';
 import { SCRATCH_ROOTS } from '../../core/seal.js';
 import { signManifest, trustOf } from '../../core/trust.js';
+import { thisCpu } from '../../core/cpu-features.js';
 import { craftTar, type TarEntry } from '../support/crafted-tar.js';
 import { realRunc } from '../support/arch-env.js';
 import { ARCH_RUNC_BIN, startArchNode, waitFor, type ArchTestNode } from '../support/arch-node.js';
@@ -271,6 +272,8 @@ describe('damaged checkpoints: refused, container starts fresh, nothing written 
       expect(node.readContainerFile(id, COUNTER_FILES.created)).toBe(COUNTER_FILES.createdContent);
       expect(errorsOf(id)).toEqual([]);
       expect(node.logLines().some((l) => l.container === id && l.msg === 'restored from checkpoint')).toBe(true);
+      // It records the CPU it was taken on (this one): a restore on a CPU without its instructions is refused below.
+      expect(readManifest(path.join(ckRoot, 'default', id, path.basename(seedDir))).cpu).toEqual(thisCpu());
     } finally {
       await remove(id);
     }
@@ -344,6 +347,28 @@ describe('damaged checkpoints: refused, container starts fresh, nothing written 
       id: 'bi-tar-chardev',
       tamper: (dir) => tamperArchive(dir, [{ name: 'dev-mem', type: '3', dev: [1, 1] }]),
       reason: 'archive-entry',
+    },
+    // A checkpoint another node of the cluster took (signed by a trusted key) on a CPU this one is not.
+    {
+      name: 'taken on a CPU with instructions this one lacks (an AVX-512 node, restored on one without)',
+      id: 'bi-cpu-features',
+      tamper: (dir) => {
+        const m = readManifest(dir);
+        const lacking = ['avx512f', 'avx512bw', 'amx_tile', 'avx512_fp16'].find(
+          (f) => !thisCpu()!.features.includes(f),
+        )!;
+        writeManifest(dir, { ...m, cpu: { arch: m.cpu!.arch, features: [...m.cpu!.features, lacking].sort() } });
+      },
+      reason: 'cpu-features',
+    },
+    {
+      name: 'taken on a CPU of another architecture',
+      id: 'bi-cpu-arch',
+      tamper: (dir) => {
+        const m = readManifest(dir);
+        writeManifest(dir, { ...m, cpu: { ...m.cpu!, arch: process.arch === 'arm64' ? 'x64' : 'arm64' } });
+      },
+      reason: 'cpu-features',
     },
   ];
 
