@@ -2,7 +2,9 @@
  * What a recovery asks a candidate node before restoring a dead node's job
  * there: does it see the checkpoint (shared storage mounted at the same
  * path), does it have the image (the dead node cannot ship it), how much
- * memory is free, and is a copy of that container already running here.
+ * memory is free, can its CPU run the job (the instructions the job's
+ * checkpoint was taken with), and is a copy of that container already
+ * running here.
  */
 import {
   checkpointKeyOf,
@@ -17,6 +19,12 @@ import { validateContainerId, validateNamespace } from '../contract/ids.js';
 import type { ContainerSpec } from '../contract/types.js';
 import { freeMemBytes } from '../core/free-memory.js';
 import { activityLog, containerd, mapped, type NodeDeps } from './context.js';
+import fsp from 'node:fs/promises';
+import path from 'node:path';
+import { MANIFEST_FILE } from '../core/checkpoint-layout.js';
+import { parseManifest } from '../core/manifest.js';
+import { assertCpuCanRun, thisCpu } from '../core/cpu-features.js';
+import { CheckpointUnusableError } from '../contract/errors.js';
 
 export interface RecoveryProbe {
   node: string;
@@ -92,7 +100,7 @@ export function recoveryActivities(d: NodeDeps) {
           ? `does not see a checkpoint in ${store.containerDir}`
           : !hasImage
             ? `does not have image ${spec.image}`
-            : undefined;
+            : await cpuCannotRun(current);
         return {
           node: d.node,
           seesCheckpoint: !!current,
@@ -104,4 +112,20 @@ export function recoveryActivities(d: NodeDeps) {
       });
     },
   };
+}
+
+/**
+ * Why this node's CPU cannot run the checkpoint in `dir` (core/cpu-features.ts),
+ * or undefined. The manifest is read, not verified: this only steers the
+ * choice of node, and the restore there verifies it before it uses it.
+ */
+async function cpuCannotRun(dir: string): Promise<string | undefined> {
+  try {
+    const manifest = parseManifest(await fsp.readFile(path.join(dir, MANIFEST_FILE), 'utf8'));
+    assertCpuCanRun(manifest.cpu, thisCpu());
+    return undefined;
+  } catch (err) {
+    // Only the CPU is this check's to say: anything else about the checkpoint is the restore's.
+    return err instanceof CheckpointUnusableError && err.reason === 'cpu-features' ? err.message : undefined;
+  }
 }

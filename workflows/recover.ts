@@ -146,6 +146,10 @@ export async function recoverContainer(input: ContainerRecoveryInput): Promise<R
     attempts,
     reason: usable.length
       ? `the restore failed on every node that could take it (${attempts.map((a) => `${a.node}: ${a.error}`).join('; ')})`
-      : `no live node can take it (${attempts.map((a) => `${a.node}: ${a.error}`).join('; ') || 'none alive'}). Fix: mount the shared storage and import the image on a live node, then create the container there: arch-runc restores its checkpoint`,
+      : `no live node can take it (${attempts.map((a) => `${a.node}: ${a.error}`).join('; ') || 'none alive'}). Fix: ${
+          attempts.length > 0 && attempts.every((a) => a.error.includes('(cpu-features)'))
+            ? "add a node whose CPU has the checkpoint's instructions and create the container there (arch-runc restores its checkpoint); created on a node without them, the job starts fresh"
+            : 'mount the shared storage and import the image on a live node, then create the container there: arch-runc restores its checkpoint'
+        }`,
   };
 }

@@ -7,7 +7,10 @@ import type { ClusterView, NodeLiveness } from '../../contract/liveness.js';
 import { cleanupStaleNodes } from '../support/containerd-node.js';
 import { readLease, type Lease } from '../../core/lease.js';
 import { CheckpointStore } from '../../core/store.js';
-import { trustOf } from '../../core/trust.js';
+import { signManifest, trustOf } from '../../core/trust.js';
+import { thisCpu } from '../../core/cpu-features.js';
+import { MANIFEST_FILE, SIGNATURE_FILE } from '../../core/checkpoint-layout.js';
+import type { Manifest } from '../../core/manifest.js';
 import { readLogLines } from '../support/arch-env.js';
 import { startTcpLink } from '../support/tcp-link.js';
 import { runCli, runningOn, startCluster, stopAllTemporal, waitUntil, type TestCluster } from '../support/temporal.js';
@@ -168,17 +171,26 @@ test('power loss: node A loses power; its shared-mode job continues on a live no
   // Its results file stays open on the shared work dir, written on after the checkpoint until A dies.
   await cluster.runCounter(A, 'job', [...sharedEnv(), 'COUNTER_INTERVAL_MS=100', 'COUNTER_OUT=/work/out.txt']);
   await cluster.runCounter(A, 'local-job', ['COUNTER_INTERVAL_MS=100']);
+  // A job checkpointed on a CPU with instructions no live node has (an AVX-512 node among ones without).
+  await cluster.runCounter(A, 'avx-job', [...sharedEnv(), 'COUNTER_INTERVAL_MS=100']);
   await cluster.waitCount(A, 'job', 5);
   // Read before the checkpoint: the checkpoint's count is at least this.
   const countAtCheckpoint = cluster.count(A, 'job')!;
   await checkpointLeavingRunning(A, 'job');
   await checkpointLeavingRunning(A, 'local-job');
+  await checkpointLeavingRunning(A, 'avx-job');
+  const lacking = ['avx512f', 'avx512bw', 'amx_tile'].find((f) => !thisCpu()!.features.includes(f))!;
+  const avxCheckpoint = fs.realpathSync(path.join(cluster.dir, 'shared/checkpoint/default/avx-job/current'));
+  const m = JSON.parse(fs.readFileSync(path.join(avxCheckpoint, MANIFEST_FILE), 'utf8')) as Manifest;
+  const bytes = Buffer.from(JSON.stringify({ ...m, cpu: { ...m.cpu!, features: [...m.cpu!.features, lacking] } }));
+  fs.writeFileSync(path.join(avxCheckpoint, MANIFEST_FILE), bytes);
+  fs.writeFileSync(path.join(avxCheckpoint, SIGNATURE_FILE), signManifest(bytes, trustOf(nodeCtx(A).settings))!);
   // Both containers and their checkpoints are in A's report before it dies.
   await waitUntil(
     "A's report with both checkpoints",
     async () => {
       const a = (await nodes()).find((n) => n.node === A);
-      return (a?.report.containers ?? []).filter((c) => c.lastCheckpointAt).length === 2 || undefined;
+      return (a?.report.containers ?? []).filter((c) => c.lastCheckpointAt).length === 3 || undefined;
     },
     30_000,
     500,
@@ -196,6 +208,15 @@ test('power loss: node A loses power; its shared-mode job continues on a live no
     }),
   );
   expect(byId.job).toEqual(expect.objectContaining({ outcome: 'recovered' }));
+  // Not restored where it would die with SIGILL: every live node says why, and the fix is named.
+  expect(byId['avx-job']).toEqual(expect.objectContaining({ outcome: 'failed' }));
+  expect(byId['avx-job']!.reason).toMatch(
+    new RegExp(
+      `^no live node can take it \\(.*checkpoint unusable \\(cpu-features\\): the checkpoint was taken on a CPU with ${lacking}, which this node's CPU lacks`,
+    ),
+  );
+  expect(byId['avx-job']!.reason).toContain("Fix: add a node whose CPU has the checkpoint's instructions");
+  expect(await runningOn(cluster, 'avx-job')).toEqual([]);
   const on = byId.job!.runningOn!;
   expect([B, C]).toContain(on);
   expect(await runningOn(cluster, 'job')).toEqual([on]);
