@@ -2,6 +2,8 @@
  * Read-only activities: what runs on this node, what a container is, and
  * whether a node can take a container.
  */
+import { thisCpu } from '../core/cpu-features.js';
+import type { CpuRecord } from '../contract/cpu.js';
 import { isNotFound } from '../core/containerd.js';
 import { managerOf } from '../core/container-manager.js';
 import type { ManagerName } from '../contract/managers.js';
@@ -129,7 +131,7 @@ export function containerActivities(d: NodeDeps) {
     /** The spec to create the container again elsewhere. Unknown or non-ARCH containers fail non-retryably. */
     async describeContainer(
       ref: ContainerRef,
-    ): Promise<{ spec: ContainerSpec; status: string; manager: ManagerName; ms: number }> {
+    ): Promise<{ spec: ContainerSpec; status: string; manager: ManagerName; cpu?: CpuRecord; ms: number }> {
       return mapped(async () => {
         const t0 = Date.now();
         validateNamespace(ref.namespace);
@@ -158,7 +160,8 @@ export function containerActivities(d: NodeDeps) {
           { namespace: ref.namespace, labels: info.labels, annotations: info.spec.annotations },
           d.ctx.settings.managedNamespaces,
         );
-        return { spec, status: task?.status ?? 'ABSENT', manager, ms: Date.now() - t0 };
+        // The CPU its checkpoint will be taken on: a move checks the target's against it.
+        return { spec, status: task?.status ?? 'ABSENT', manager, cpu: thisCpu(), ms: Date.now() - t0 };
       });
     },
 
@@ -170,7 +173,7 @@ export function containerActivities(d: NodeDeps) {
      */
     async checkTarget(input: {
       ref: ContainerRef;
-    }): Promise<{ node: string; images: string[]; staleContainer: boolean; ms: number }> {
+    }): Promise<{ node: string; images: string[]; staleContainer: boolean; cpu?: CpuRecord; ms: number }> {
       return mapped(async () => {
         const t0 = Date.now();
         validateNamespace(input.ref.namespace);
@@ -202,7 +205,7 @@ export function containerActivities(d: NodeDeps) {
             );
           }
         }
-        return { node: d.node, images, staleContainer, ms: Date.now() - t0 };
+        return { node: d.node, images, staleContainer, cpu: thisCpu(), ms: Date.now() - t0 };
       });
     },
 

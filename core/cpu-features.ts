@@ -1,5 +1,6 @@
 import fs from 'node:fs';
 import { CheckpointUnusableError } from '../contract/errors.js';
+import { cpuShortfall, type CpuRecord } from '../contract/cpu.js';
 
 /**
  * The instruction-set extensions of a node's CPU, recorded with each
@@ -35,13 +36,7 @@ const X86_INSTRUCTION_FLAGS = new Set(
   ).split(' '),
 );
 
-/** What a checkpoint records of its node's CPU. */
-export interface CpuRecord {
-  /** process.arch of the checkpointing node (x64, arm64). */
-  arch: string;
-  /** Its instruction-set extensions, sorted. */
-  features: string[];
-}
+export type { CpuRecord };
 
 /** The instruction-set extensions /proc/cpuinfo lists (its first CPU: a node's CPUs are alike). */
 export function featuresIn(cpuinfo: string, arch: string = process.arch): string[] {
@@ -72,18 +67,16 @@ export function thisCpu(cpuinfo = '/proc/cpuinfo'): CpuRecord | undefined {
  * checkpoint that records no CPU (an older ARCH) is not checked.
  */
 export function assertCpuCanRun(recorded: CpuRecord | undefined, here: CpuRecord | undefined): void {
-  if (!recorded || !here) return;
-  if (recorded.arch !== here.arch) {
+  const short = cpuShortfall(recorded, here);
+  if (!short) return;
+  if (recorded!.arch !== here!.arch) {
     throw new CheckpointUnusableError(
       'cpu-features',
-      `the checkpoint was taken on a ${recorded.arch} CPU and this node's is ${here.arch}. Fix: restore it on a ${recorded.arch} node (a node selector on kubernetes.io/arch)`,
+      `the checkpoint was taken on a ${recorded!.arch} CPU and this node's is ${here!.arch}. Fix: restore it on a ${recorded!.arch} node (a node selector on kubernetes.io/arch)`,
     );
   }
-  const have = new Set(here.features);
-  const missing = recorded.features.filter((f) => !have.has(f));
-  if (missing.length === 0) return;
   throw new CheckpointUnusableError(
     'cpu-features',
-    `the checkpoint was taken on a CPU with ${missing.join(', ')}, which this node's CPU lacks: the job chose those instructions when it started and would die (SIGILL) here. Fix: run the job on nodes whose CPUs have them (one instance family, or a node selector on the CPU's features)`,
+    `the checkpoint was taken on a CPU with ${short.missing.join(', ')}, which this node's CPU lacks: the job chose those instructions when it started and would die (SIGILL) here. Fix: run the job on nodes whose CPUs have them (one instance family, or a node selector on the CPU's features)`,
   );
 }

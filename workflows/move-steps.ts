@@ -17,6 +17,7 @@ import { protectHandOverSignal } from './protect.js';
 import { FailureType } from '../contract/failures.js';
 import { isManaged, managedMoveRefusal } from '../contract/managers.js';
 import { reachableEverywhere } from '../contract/types.js';
+import { cpuShortfall } from '../contract/cpu.js';
 import { failureTypeOf, inputFailure, nodeUnavailable, onNode, refString, rootMessage, DEFAULTS } from './common.js';
 import type {
   ActivityTimeouts,
@@ -170,6 +171,13 @@ export async function prepareMove(
       nonRetryable: true,
     });
   }
+  // Restored on a CPU without the instructions it started with, the job would die (SIGILL): refused before it stops.
+  // (Histories from before the nodes reported their CPUs have none here: their course is unchanged.)
+  const short = cpuShortfall(described.cpu, target.cpu);
+  if (short)
+    throw inputFailure(
+      `${refString(ref)} cannot move from node ${from} to node ${to}: ${to}'s CPU ${short.what}; the job's processes chose their instructions when they started on ${from} and would die there (SIGILL). Fix: pick a target whose CPU has them`,
+    );
   const spec = described.spec;
   if (!target.images.includes(spec.image)) await shipImage(spec, from, to, t, tl, tidy);
   return { spec };

@@ -166,6 +166,39 @@ test.each([
   },
 );
 
+test("a target whose CPU lacks instructions the source's has is refused in preflight, naming them: no checkpoint", async () => {
+  const { from, to, s, input } = setup();
+  const intel = { arch: 'x64', features: ['avx2', 'avx512bw', 'avx512f', 'sse2'] };
+  const amd = { arch: 'x64', features: ['avx2', 'sha_ni', 'sse2'] };
+  const stubs = withStubs(happyMove(s, from, to), {
+    [from]: { describeContainer: () => ({ ...described(s), cpu: intel }) },
+    [to]: { checkTarget: () => ({ images: [s.image], staleContainer: false, cpu: amd }) },
+  });
+  const r = await wf.run<MigrateResult>('migrateContainer', input, stubs);
+  const f = appFailure((r as { error: Error }).error);
+  expect(f.type).toBe(FailureType.input);
+  expect(f.message).toBe(
+    `default/job-1 cannot move from node ${from} to node ${to}: ${to}'s CPU lacks avx512bw, avx512f; the job's processes chose their instructions when they started on ${from} and would die there (SIGILL). Fix: pick a target whose CPU has them`,
+  );
+  expect(wf.callsOf('checkpointContainer')).toHaveLength(0);
+  // The other way round (more instructions on the target), and where a node did not say, it moves.
+  for (const [a, b] of [
+    [amd, { ...amd, features: [...amd.features, 'avx512f'] }],
+    [intel, undefined],
+  ] as const) {
+    const ok = await wf.run<MigrateResult>(
+      'migrateContainer',
+      input,
+      withStubs(happyMove(s, from, to), {
+        [from]: { describeContainer: () => ({ ...described(s), cpu: a }) },
+        [to]: { checkTarget: () => ({ images: [s.image], staleContainer: false, ...(b ? { cpu: b } : {}) }) },
+      }),
+    );
+    if (!ok.ok) throw ok.error;
+    expect(ok.value.outcome).toBe('migrated');
+  }
+});
+
 test('a plain containerd container (manager "containerd") moves as before', async () => {
   const { from, to, s, input } = setup();
   const stubs = withStubs(happyMove(s, from, to), {
