@@ -18,6 +18,7 @@
  */
 import { ApplicationFailure, log } from '@temporalio/workflow';
 import { FailureType } from '../contract/failures.js';
+import { cpuShortfall, type CpuRecord } from '../contract/cpu.js';
 import {
   boundedAll,
   checkDeadline,
@@ -99,7 +100,13 @@ export async function drainNode(input: DrainInput): Promise<DrainResult> {
     outcome: 'checkpoint-failed' as const,
     expectedToFit: c.expectedToFit,
   }));
-  const checkpointed: { idx: number; spec: ContainerSpec; ck: CheckpointInfo & { offer?: TransferOffer } }[] = [];
+  const checkpointed: {
+    idx: number;
+    spec: ContainerSpec;
+    ck: CheckpointInfo & { offer?: TransferOffer };
+    /** The CPU its processes started on (the drained node's): a target must have its instructions. */
+    cpu?: CpuRecord;
+  }[] = [];
   // Reported before any checkpoint starts: the node logged it too (planDrain).
   const late = plan.notExpectedToFit;
   if (late.length) {
@@ -167,7 +174,7 @@ export async function drainNode(input: DrainInput): Promise<DrainResult> {
         return;
       }
       r.outcome = 'checkpointed';
-      checkpointed.push({ idx, spec: described.spec, ck });
+      checkpointed.push({ idx, spec: described.spec, ck, cpu: described.cpu });
     } catch (err) {
       r.error = rootMessage(err);
       r.checkpointedInTime = false;
@@ -191,7 +198,7 @@ export async function drainNode(input: DrainInput): Promise<DrainResult> {
   if (targets.length > 0 && checkpointed.length > 0) {
     phase('restore', `${checkpointed.length} checkpointed in ${checkpointPhaseMs} ms; restoring`);
     checkpointed.sort((a, b) => a.idx - b.idx);
-    await boundedAll(checkpointed, Math.max(plan.parallelism, 2), async ({ idx, spec, ck }, i) => {
+    await boundedAll(checkpointed, Math.max(plan.parallelism, 2), async ({ idx, spec, ck, cpu }, i) => {
       const r = results[idx]!;
       const errors: string[] = [];
       for (let k = 0; k < targets.length; k++) {
@@ -199,7 +206,7 @@ export async function drainNode(input: DrainInput): Promise<DrainResult> {
         const tl = new Timeline();
         try {
           // The image check (and shipping) of a normal move; the container is already stopped.
-          await prepareImageOnly(spec, node, to, t, tl, tidy);
+          await prepareImageOnly(spec, node, to, t, tl, tidy, cpu);
           const moved = await moveCheckpointed(
             spec,
             ck,
@@ -289,7 +296,7 @@ export async function drainNode(input: DrainInput): Promise<DrainResult> {
   return result;
 }
 
-/** Make sure `to` can take the container (alive, not running it, has the image). */
+/** Make sure `to` can take the container (alive, not running it, a CPU with the job's instructions, has the image). */
 async function prepareImageOnly(
   spec: ContainerSpec,
   from: string,
@@ -297,9 +304,15 @@ async function prepareImageOnly(
   t: ActivityTimeouts,
   tl: Timeline,
   tidy: boolean,
+  cpu: CpuRecord | undefined,
 ): Promise<void> {
   const target = await tl.step('check-target', to, () =>
     onNode(to, 'quick', t).checkTarget({ ref: { namespace: spec.namespace, id: spec.id } }),
   );
+  const short = cpuShortfall(cpu, target.cpu);
+  if (short)
+    throw inputFailure(
+      `node ${to}'s CPU ${short.what}; the job's processes chose their instructions when they started on ${from} and would die there (SIGILL)`,
+    );
   if (!target.images.includes(spec.image)) await shipImage(spec, from, to, t, tl, tidy);
 }

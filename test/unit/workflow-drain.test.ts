@@ -194,6 +194,24 @@ test('first target fails: the next one restores it', async () => {
   expect(wf.callsOf('receiveCheckpoint', 't2')[0]!.input).toMatchObject({ offer: offer('tok2-a') });
 });
 
+test("a target whose CPU lacks the job's instructions is passed over before anything is sent: the next one restores it", async () => {
+  const stubs = withStubs(drainStubs(plan(['a'])), {
+    [NODE]: {
+      describeContainer: (ref: ContainerRef) => ({
+        ...described(spec(ref.id)),
+        cpu: { arch: 'x64', features: ['avx2', 'avx512f'] },
+      }),
+    },
+    t1: { checkTarget: () => ({ images: [IMAGE], cpu: { arch: 'x64', features: ['avx2'] } }) },
+    t2: { checkTarget: () => ({ images: [IMAGE], cpu: { arch: 'x64', features: ['avx2', 'avx512f', 'sha_ni'] } }) },
+  });
+  const r = await wf.run<DrainResult>('drainNode', drainInput(), stubs);
+  if (!r.ok) throw r.error;
+  expect(outcomes(r.value)).toEqual(['a:migrated@t2']);
+  expect(wf.callsOf('receiveCheckpoint', 't1')).toHaveLength(0);
+  expect(wf.callsOf('restoreContainer', 't1')).toHaveLength(0);
+});
+
 test('no target restores it, node still there: compensated, running on the node again', async () => {
   const broken = { restoreContainer: () => fail(FailureType.restoreFellBack, 'started fresh') };
   const stubs = withStubs(drainStubs(plan(['a'])), {
