@@ -31,7 +31,7 @@ import { validateContainerId, validateNamespace } from '../contract/ids.js';
 import { FORMAT_VERSION, SEALED_FORMAT_VERSION, type Manifest } from './manifest.js';
 import { readSpec, rootfsOf, type OciSpec } from './oci-spec.js';
 import { ownerOf } from './owner.js';
-import { thisCpu } from './cpu-features.js';
+import { cpuOfJob, thisCpu, type CpuRecord } from './cpu-features.js';
 import { isAlive } from './pid.js';
 import { leaseOf, leaseRefusal, ownNodeNames, parkedLease, writeLease } from './lease.js';
 import { trustOf } from './trust.js';
@@ -50,7 +50,7 @@ import { chunkKeysOf } from './chunk-codec.js';
 import { ChunkPool } from './chunk-pool.js';
 import type { ChunkWriteStats } from './chunk-dir.js';
 import { ChunkFollower, ChunkWriter } from './chunked-files.js';
-import { lockCheckpoint, updateShimState } from './shim-state.js';
+import { lockCheckpoint, readShimState, updateShimState } from './shim-state.js';
 import { runtimeVersions } from './versions.js';
 import { withCriuErrors } from './criu-log.js';
 import { CLOSED_FILES_MAX } from './closed-files.js';
@@ -317,6 +317,15 @@ async function checkpointLocked(
     const group = cgroup ?? (await groupAsked);
     return group ? await group.pids() : [c.pid];
   };
+  // The CPU its processes chose their instructions on (cpuOfJob), looked at before the dump and again before publishing.
+  const root = req.runcRoot ?? path.join(ctx.settings.runcRootBase, req.namespace);
+  const restoredCpu = readShimState(root, req.id).then(
+    (s) => s?.restoredCpu,
+    () => undefined,
+  );
+  const jobCpu = async () => cpuOfJob(await jobPids().catch(() => undefined), await restoredCpu);
+  const cpuBeforeDump = jobCpu();
+  cpuBeforeDump.catch(() => undefined); // awaited at publish
   const { kept: volumes, left: volumesLeft } = await volumesAsked;
   if (volumesLeft.length) {
     // What the job holds open there is what a restore in a new pod cannot do without: said now, not at that restore.
@@ -756,7 +765,7 @@ async function checkpointLocked(
     const mine = ownNodeNames(ctx.settings);
     const refusal = leaseRefusal(leaseBefore, mine, `${req.namespace}/${req.id}`);
     if (refusal) throw new Error(`checkpoint not published: ${refusal}`);
-    const cpu = thisCpu();
+    const cpu = await checkpointCpu(cpuBeforeDump, req.leaveRunning ? jobCpu() : undefined);
     const pub = await store.publish(
       staging,
       {
@@ -897,6 +906,21 @@ async function checkpointLocked(
  * handed to the manifest. The plaintext stays in the scratch dir, removed
  * by the caller on every path.
  */
+/**
+ * The CPU a checkpoint records: the job's (cpuOfJob) as it was before the
+ * dump, and, for a job left running, as it is after it too (a process it
+ * started meanwhile may be in the dump): this node's where they differ, or
+ * where either cannot be told.
+ */
+async function checkpointCpu(
+  before: Promise<CpuRecord | undefined>,
+  after: Promise<CpuRecord | undefined> | undefined,
+): Promise<CpuRecord | undefined> {
+  const [b, a] = await Promise.all([before.catch(() => undefined), after?.catch(() => undefined)]);
+  if (!b || (after && (!a || a.features.join(' ') !== b.features.join(' ') || a.arch !== b.arch))) return thisCpu();
+  return b;
+}
+
 async function finishSealing(
   sealer: SealFollower,
   scratch: Scratch,

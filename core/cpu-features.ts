@@ -1,4 +1,5 @@
 import fs from 'node:fs';
+import { readProcStat } from './processes.js';
 import { CheckpointUnusableError } from '../contract/errors.js';
 import { cpuShortfall, type CpuRecord } from '../contract/cpu.js';
 
@@ -79,4 +80,40 @@ export function assertCpuCanRun(recorded: CpuRecord | undefined, here: CpuRecord
     'cpu-features',
     `the checkpoint was taken on a CPU with ${short.missing.join(', ')}, which this node's CPU lacks: the job chose those instructions when it started and would die (SIGILL) here. Fix: run the job on nodes whose CPUs have them (one instance family, or a node selector on the CPU's features)`,
   );
+}
+
+/** Clock ticks (USER_HZ, 100 a second) since boot, now: what /proc/PID/stat's start times count. */
+export function ticksSinceBoot(): number {
+  return Math.ceil(Number(fs.readFileSync('/proc/uptime', 'utf8').split(' ')[0]) * 100);
+}
+
+/** Where a container's processes came from: the restore that made them, as its shim recorded it. */
+export interface RestoredCpu {
+  /** The `cpu` of the checkpoint it was restored from (absent: it recorded none). */
+  cpu?: CpuRecord;
+  /** ticksSinceBoot() when that restore was done. */
+  atTicks: number;
+}
+
+/**
+ * The CPU a checkpoint of the job records: the one its processes chose
+ * their instructions on. A job restored here runs what its processes chose
+ * on the CPU they started on, whatever this node has: the checkpoint it was
+ * restored from says which, and that is what a later restore must offer
+ * (a job that moved from a CPU without AVX-512 to one with it can move
+ * back). A process started since that restore chose here: then this
+ * node's CPU. A process the job forks in the few milliseconds between
+ * CRIU's resume and the restore's end counts as restored.
+ */
+export async function cpuOfJob(
+  pids: readonly number[] | undefined,
+  restored: RestoredCpu | undefined,
+): Promise<CpuRecord | undefined> {
+  const here = thisCpu();
+  if (!restored?.cpu || !pids?.length || restored.cpu.arch !== here?.arch) return here;
+  for (const pid of pids) {
+    const start = Number((await readProcStat(pid))?.start);
+    if (!Number.isFinite(start) || start > restored.atTicks) return here;
+  }
+  return restored.cpu;
 }

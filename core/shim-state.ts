@@ -1,3 +1,4 @@
+import type { RestoredCpu } from './cpu-features.js';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { writeFileAtomic } from './atomic-file.js';
@@ -28,6 +29,8 @@ export interface ShimState {
   checkpointDir: string;
   /** The checkpoint this container was restored from (kept after start): proof of a restore. */
   restoredFrom?: string;
+  /** What CPU the restored processes started on, and when the restore was done (core/cpu-features.ts cpuOfJob). */
+  restoredCpu?: RestoredCpu;
   workDir?: string;
   /** The allowed root both directories lie under (absent in states of ARCH before 0.2: then nothing is removed). */
   allowedRoot?: string;

@@ -75,6 +75,7 @@ import {
   type Lease,
 } from '../core/lease.js';
 import { trustOf } from '../core/trust.js';
+import { ticksSinceBoot } from '../core/cpu-features.js';
 import { prepareWorkDir, removeWorkDir, type PreparedWorkDir } from '../core/work-dir.js';
 import { runRealRunc, startRealRunc, withNodeCriu } from './passthrough.js';
 import type { Foreground } from '../core/foreground.js';
@@ -386,7 +387,12 @@ async function createHeld(
       ...(c.work ? { workDir: c.work.mountSource } : {}),
     });
     if (restored) {
-      const restoredState = { ...state, restorePending: !restored.running, restoredFrom: restored.checkpointDir };
+      const restoredState: ShimState = {
+        ...state,
+        restorePending: !restored.running,
+        restoredFrom: restored.checkpointDir,
+        restoredCpu: { ...(restored.manifest.cpu ? { cpu: restored.manifest.cpu } : {}), atTicks: ticksSinceBoot() },
+      };
       if (restored.running) running = { fg: restored.running, state: restoredState };
       const recorded = writeShimState(call.root, restoredState);
       // In the foreground the container runs already (and may be gone with its state dir): not a failed restore.

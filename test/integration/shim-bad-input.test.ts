@@ -279,6 +279,38 @@ describe('damaged checkpoints: refused, container starts fresh, nothing written 
     }
   });
 
+  /**
+   * A job that moved here from a CPU with fewer instructions (another node of
+   * the cluster signed its checkpoint) still runs what it chose there: its
+   * next checkpoint records that CPU, so it can move back. Once it has
+   * started a process here, this node's CPU.
+   */
+  test("a job restored from a CPU with fewer instructions records that CPU at its next checkpoint, and this node's once it starts a process here", async () => {
+    const id = 'bi-cpu-back';
+    const dir = await copyFor(id);
+    const m = readManifest(dir);
+    const fewer = { arch: m.cpu!.arch, features: m.cpu!.features.slice(0, -1) };
+    writeManifest(dir, { ...m, cpu: fewer });
+    try {
+      const out = await node.runCounter(id, ['ARCH_ENABLE=1', `ARCH_CHECKPOINT_HOST_PATH=${ckRoot}`]);
+      await waitFor('restored output', () => (/count \d+\n/.test(fs.readFileSync(out, 'utf8')) ? true : undefined));
+      expect(node.logLines().some((l) => l.container === id && l.msg === 'restored from checkpoint')).toBe(true);
+      const checkpoint = () =>
+        checkpointContainer(node.ctx, {
+          namespace: 'default',
+          id,
+          runcRoot: node.runcRoot('default'),
+          leaveRunning: true,
+        });
+      expect((await checkpoint()).manifest.cpu).toEqual(fewer);
+      // A process started here (as a job's next step would be) chose on this CPU.
+      await node.containerd.ctr(['tasks', 'exec', '--detach', '--exec-id', 'later', id, '/bin/sleep', '300']);
+      expect((await checkpoint()).manifest.cpu).toEqual(thisCpu());
+    } finally {
+      await remove(id);
+    }
+  });
+
   const escapeTargets = (): Record<string, string> => ({
     abs: path.join(outside, 'abs', 'file'),
     somewhere: path.join(outside, 'somewhere', 'file'),

@@ -2,7 +2,14 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { CheckpointUnusableError } from '../../contract/errors.js';
-import { assertCpuCanRun, featuresIn, thisCpu, type CpuRecord } from '../../core/cpu-features.js';
+import {
+  assertCpuCanRun,
+  cpuOfJob,
+  featuresIn,
+  thisCpu,
+  ticksSinceBoot,
+  type CpuRecord,
+} from '../../core/cpu-features.js';
 
 /** /proc/cpuinfo's first lines on an Intel node with AVX-512 and an AMD one without (shortened). */
 const INTEL =
@@ -91,4 +98,20 @@ test("this node's record comes from /proc/cpuinfo; none where it cannot be read"
   } finally {
     fs.rmSync(dir, { recursive: true, force: true });
   }
+});
+
+test("a restored job's CPU is the one its processes started on, until it starts a process here", async () => {
+  const here = thisCpu()!;
+  const older = { arch: here.arch, features: here.features.slice(0, 2) };
+  const now = ticksSinceBoot();
+  // This test's own process started before "the restore": a restored process.
+  await expect(cpuOfJob([process.pid], { cpu: older, atTicks: now })).resolves.toEqual(older);
+  // Started after it (the restore was long before): it chose on this CPU.
+  await expect(cpuOfJob([process.pid], { cpu: older, atTicks: 0 })).resolves.toEqual(here);
+  // Not restored, or from a checkpoint that records no CPU, or of another architecture: this CPU.
+  await expect(cpuOfJob([process.pid], undefined)).resolves.toEqual(here);
+  await expect(cpuOfJob([process.pid], { atTicks: now })).resolves.toEqual(here);
+  await expect(cpuOfJob([process.pid], { cpu: { ...older, arch: 'riscv64' }, atTicks: now })).resolves.toEqual(here);
+  // A process that is gone cannot be told: this CPU.
+  await expect(cpuOfJob([2 ** 22 + 7], { cpu: older, atTicks: now })).resolves.toEqual(here);
 });
