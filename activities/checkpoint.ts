@@ -60,6 +60,7 @@ export function checkpointActivities(d: NodeDeps) {
       manifestSha256,
       createdAt: manifest.createdAt,
       sizeBytes: manifest.files.reduce((a, f) => a + f.size, 0),
+      ...(manifest.cpu ? { cpu: manifest.cpu } : {}),
       ...extra,
     }));
   }

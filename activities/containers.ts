@@ -2,7 +2,10 @@
  * Read-only activities: what runs on this node, what a container is, and
  * whether a node can take a container.
  */
-import { thisCpu } from '../core/cpu-features.js';
+import { cpuOfJob, thisCpu } from '../core/cpu-features.js';
+import { runcRootOf } from '../core/runc-roots.js';
+import { readShimState } from '../core/shim-state.js';
+import { CgroupFreezer } from '../core/cgroup-freezer.js';
 import type { CpuRecord } from '../contract/cpu.js';
 import { isNotFound } from '../core/containerd.js';
 import { managerOf } from '../core/container-manager.js';
@@ -160,8 +163,9 @@ export function containerActivities(d: NodeDeps) {
           { namespace: ref.namespace, labels: info.labels, annotations: info.spec.annotations },
           d.ctx.settings.managedNamespaces,
         );
-        // The CPU its checkpoint will be taken on: a move checks the target's against it.
-        return { spec, status: task?.status ?? 'ABSENT', manager, cpu: thisCpu(), ms: Date.now() - t0 };
+        // The CPU its processes started on (its checkpoint will record it): a move checks the target's against it.
+        const cpu = await jobCpu(d.ctx.settings, ref, task?.pid).catch(() => thisCpu());
+        return { spec, status: task?.status ?? 'ABSENT', manager, ...(cpu ? { cpu } : {}), ms: Date.now() - t0 };
       });
     },
 
@@ -278,4 +282,20 @@ export function containerActivities(d: NodeDeps) {
       });
     },
   };
+}
+
+/**
+ * The CPU a container's processes chose their instructions on (cpuOfJob):
+ * its cgroup's processes against the restore its shim recorded; this
+ * node's CPU where they cannot be listed.
+ */
+async function jobCpu(settings: Parameters<typeof runcRootOf>[0], ref: ContainerRef, pid: number | undefined) {
+  if (!pid) return thisCpu();
+  const [root, group] = await Promise.all([
+    runcRootOf(settings, ref.namespace, ref.id),
+    CgroupFreezer.of(pid).catch(() => undefined),
+  ]);
+  const pids = group ? await group.pids().catch(() => [pid]) : [pid];
+  const restored = (await readShimState(root, ref.id).catch(() => undefined))?.restoredCpu;
+  return cpuOfJob(pids, restored);
 }

@@ -4,6 +4,8 @@
  * history: plain data only, no classes, no Buffers, no Node types.
  */
 
+import type { CpuRecord } from './cpu.js';
+
 /**
  * Where a container's checkpoints live: a node's own disk (moved by
  * copying), a shared filesystem or object storage (every node reads them in
@@ -81,6 +83,8 @@ export interface CheckpointInfo extends ContainerRef {
   freezeMs?: number;
   /** True when an earlier attempt had already checkpointed (retry after a lost result). */
   reused: boolean;
+  /** The CPU the manifest records (contract/cpu.ts): a node that restores it must have its instructions. */
+  cpu?: CpuRecord;
 }
 
 /** Which checkpoint the restore must use: the one the source published. */

@@ -174,7 +174,8 @@ export async function drainNode(input: DrainInput): Promise<DrainResult> {
         return;
       }
       r.outcome = 'checkpointed';
-      checkpointed.push({ idx, spec: described.spec, ck, cpu: described.cpu });
+      // The checkpoint's own record (the CPU its processes started on); the node's where it has none.
+      checkpointed.push({ idx, spec: described.spec, ck, cpu: ck.cpu ?? described.cpu });
     } catch (err) {
       r.error = rootMessage(err);
       r.checkpointedInTime = false;
