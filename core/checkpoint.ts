@@ -900,13 +900,6 @@ async function checkpointLocked(
 }
 
 /**
- * The end of a sealed dump: the rest of each file sealed, the small CRIU
- * images and the deletion list (metadata CRIU parses / file names, not
- * memory or file contents) copied beside them, the ciphertexts' digests
- * handed to the manifest. The plaintext stays in the scratch dir, removed
- * by the caller on every path.
- */
-/**
  * The CPU a checkpoint records: the job's (cpuOfJob) as it was before the
  * dump, and, for a job left running, as it is after it too (a process it
  * started meanwhile may be in the dump): this node's where they differ, or
@@ -921,6 +914,13 @@ async function checkpointCpu(
   return b;
 }
 
+/**
+ * The end of a sealed dump: the rest of each file sealed, the small CRIU
+ * images and the deletion list (metadata CRIU parses / file names, not
+ * memory or file contents) copied beside them, the ciphertexts' digests
+ * handed to the manifest. The plaintext stays in the scratch dir, removed
+ * by the caller on every path.
+ */
 async function finishSealing(
   sealer: SealFollower,
   scratch: Scratch,
