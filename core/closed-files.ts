@@ -398,29 +398,38 @@ const O_PATH = 0o10000000;
 const { O_RDONLY, O_DIRECTORY, O_NOFOLLOW } = fs.constants;
 
 /**
- * Size, inode and tail digest of the regular file `name` in the directory
- * open as `dirFd`: taken with O_PATH first (no device or FIFO behind a name
- * swapped since the listing is opened), never through a symlink.
+ * The regular file at `name` (a /proc/self/fd/N/... path below a place the
+ * job can write), opened with `flags`, and its stat: taken with O_PATH
+ * first, never through a symlink, so that a device or FIFO swapped in under
+ * the name is never opened (opening a device can act on it: a watchdog
+ * arms when opened). Undefined when it is something else, or gone.
  */
-function readTailSync(dirFd: number, name: string, buf: Buffer): Omit<ClosedFile, 'path'> | undefined {
+function openRegular(name: string, flags: number): { fd: number; st: fs.BigIntStats } | undefined {
   let at: number;
   try {
-    at = fs.openSync(`/proc/self/fd/${dirFd}/${name}`, O_PATH | O_NOFOLLOW);
+    at = fs.openSync(name, O_PATH | O_NOFOLLOW);
   } catch {
     return undefined;
   }
   try {
     const st = fs.fstatSync(at, { bigint: true });
-    if (!st.isFile()) return undefined;
-    const fd = fs.openSync(`/proc/self/fd/${at}`, O_RDONLY);
-    try {
-      const size = Number(st.size);
-      return { size, ino: st.ino.toString(), tail: tailDigest(fd, size, buf), mtimeNs: st.mtimeNs.toString() };
-    } finally {
-      fs.closeSync(fd);
-    }
+    return st.isFile() ? { fd: fs.openSync(`/proc/self/fd/${at}`, flags), st } : undefined;
+  } catch {
+    return undefined;
   } finally {
     fs.closeSync(at);
+  }
+}
+
+/** Size, inode and tail digest of the regular file `name` in the directory open as `dirFd` (openRegular). */
+function readTailSync(dirFd: number, name: string, buf: Buffer): Omit<ClosedFile, 'path'> | undefined {
+  const f = openRegular(`/proc/self/fd/${dirFd}/${name}`, O_RDONLY);
+  if (!f) return undefined;
+  try {
+    const size = Number(f.st.size);
+    return { size, ino: f.st.ino.toString(), tail: tailDigest(f.fd, size, buf), mtimeNs: f.st.mtimeNs.toString() };
+  } finally {
+    fs.closeSync(f.fd);
   }
 }
 
@@ -606,16 +615,11 @@ export function putBackFiles(
 
 /** The kept second name `kept`, open for writing, when it is the recorded file `f` (its inode, long enough, its tail unchanged). */
 function openKept(kept: string, f: ClosedFile, buf: Buffer): number | undefined {
-  let fd: number;
-  try {
-    fd = fs.openSync(kept, fs.constants.O_RDWR | O_NOFOLLOW | fs.constants.O_NONBLOCK);
-  } catch {
-    return undefined;
-  }
-  const st = fs.fstatSync(fd, { bigint: true });
-  if (st.isFile() && st.ino.toString() === f.ino && Number(st.size) >= f.size && tailDigest(fd, f.size, buf) === f.tail)
-    return fd;
-  fs.closeSync(fd);
+  const k = openRegular(kept, fs.constants.O_RDWR);
+  if (!k) return undefined;
+  if (k.st.ino.toString() === f.ino && Number(k.st.size) >= f.size && tailDigest(k.fd, f.size, buf) === f.tail)
+    return k.fd;
+  fs.closeSync(k.fd);
   return undefined;
 }
 

@@ -113,7 +113,13 @@ function buildSchemas() {
      */
     owner: z.object({ podNamespace: z.string().nullable(), image: z.string().nullable() }).optional(),
     /** The checkpointing node's CPU: architecture and instruction-set extensions (core/cpu-features.ts); absent before ARCH recorded it. */
-    cpu: z.object({ arch: z.string(), features: z.array(z.string()) }).optional(),
+    cpu: z
+      .object({
+        arch: z.string().regex(/^[a-z0-9_]{1,16}$/),
+        // Names as /proc/cpuinfo spells them, bounded: they reach logs and workflow histories.
+        features: z.array(z.string().regex(/^[a-z0-9_]{1,40}$/)).max(1024),
+      })
+      .optional(),
     node: z.string(),
     createdAt: z.string(),
     mode: z.enum(['local', 'shared', 's3']),

@@ -206,8 +206,8 @@ export async function drainNode(input: DrainInput): Promise<DrainResult> {
         const to = targets[(i + k) % targets.length]!;
         const tl = new Timeline();
         try {
-          // The image check (and shipping) of a normal move; the container is already stopped.
-          await prepareImageOnly(spec, node, to, t, tl, tidy, cpu);
+          // The checks (CPU, image, shipped if missing) of a normal move; the container is already stopped.
+          await prepareTarget(spec, node, to, t, tl, tidy, cpu);
           const moved = await moveCheckpointed(
             spec,
             ck,
@@ -298,7 +298,7 @@ export async function drainNode(input: DrainInput): Promise<DrainResult> {
 }
 
 /** Make sure `to` can take the container (alive, not running it, a CPU with the job's instructions, has the image). */
-async function prepareImageOnly(
+async function prepareTarget(
   spec: ContainerSpec,
   from: string,
   to: string,

@@ -7,10 +7,9 @@ import type { ClusterView, NodeLiveness } from '../../contract/liveness.js';
 import { cleanupStaleNodes } from '../support/containerd-node.js';
 import { readLease, type Lease } from '../../core/lease.js';
 import { CheckpointStore } from '../../core/store.js';
-import { signManifest, trustOf } from '../../core/trust.js';
+import { trustOf } from '../../core/trust.js';
 import { thisCpu } from '../../core/cpu-features.js';
-import { MANIFEST_FILE, SIGNATURE_FILE } from '../../core/checkpoint-layout.js';
-import type { Manifest } from '../../core/manifest.js';
+import { readManifest, writeManifest } from '../support/checkpoint-copies.js';
 import { readLogLines } from '../support/arch-env.js';
 import { startTcpLink } from '../support/tcp-link.js';
 import { runCli, runningOn, startCluster, stopAllTemporal, waitUntil, type TestCluster } from '../support/temporal.js';
@@ -181,13 +180,16 @@ test('power loss: node A loses power; its shared-mode job continues on a live no
   await checkpointLeavingRunning(A, 'avx-job');
   const lacking = ['avx512f', 'avx512bw', 'amx_tile'].find((f) => !thisCpu()!.features.includes(f))!;
   const avxCheckpoint = fs.realpathSync(path.join(cluster.dir, 'shared/checkpoint/default/avx-job/current'));
-  const m = JSON.parse(fs.readFileSync(path.join(avxCheckpoint, MANIFEST_FILE), 'utf8')) as Manifest;
-  const bytes = Buffer.from(JSON.stringify({ ...m, cpu: { ...m.cpu!, features: [...m.cpu!.features, lacking] } }));
-  fs.writeFileSync(path.join(avxCheckpoint, MANIFEST_FILE), bytes);
-  fs.writeFileSync(path.join(avxCheckpoint, SIGNATURE_FILE), signManifest(bytes, trustOf(nodeCtx(A).settings))!);
-  // Both containers and their checkpoints are in A's report before it dies.
+  // Signed by A, as a checkpoint another node of the cluster took on its CPU would be.
+  const m = readManifest(avxCheckpoint);
+  writeManifest(
+    avxCheckpoint,
+    { ...m, cpu: { ...m.cpu!, features: [...m.cpu!.features, lacking] } },
+    trustOf(nodeCtx(A).settings),
+  );
+  // The three containers and their checkpoints are in A's report before it dies.
   await waitUntil(
-    "A's report with both checkpoints",
+    "A's report with the three checkpoints",
     async () => {
       const a = (await nodes()).find((n) => n.node === A);
       return (a?.report.containers ?? []).filter((c) => c.lastCheckpointAt).length === 3 || undefined;
