@@ -7,6 +7,7 @@ import { CheckpointUnusableError } from '../contract/errors.js';
 import { isBindMount, mountDestination, type OciSpec } from './oci-spec.js';
 import { mappedFiles, openFds } from './open-files.js';
 import { runCommand } from './run-command.js';
+import { openBeneath } from './host-dirs.js';
 import { canonical, isEmptyArchive, unreadable, validateDiffArchive, writeEntryFile } from './rootfs-diff.js';
 
 /**
@@ -90,7 +91,7 @@ function isEmptyDirSource(source: string): boolean {
   }
 }
 
-const { O_RDONLY, O_WRONLY, O_CREAT, O_EXCL, O_DIRECTORY, O_NOFOLLOW, O_NONBLOCK } = fs.constants;
+const { O_RDONLY, O_WRONLY, O_CREAT, O_EXCL, O_DIRECTORY, O_NOFOLLOW } = fs.constants;
 
 /** A restore's hold directory at an emptyDir's root: one per restore, random (never a name the pod's containers chose). */
 const HOLD_PREFIX = '.arch-replaced-';
@@ -249,8 +250,8 @@ export async function captureVolume(
         await write(headerBlocks({ path: r, type: 'SymbolicLink', linkpath: target, ...owner(st), size: 0 }));
         files++;
       } else if (e.isFile()) {
-        // O_NONBLOCK: a FIFO swapped in meanwhile does not hang the open (and is not archived: not a file).
-        const h = await fsp.open(`${at}/${e.name}`, O_RDONLY | O_NOFOLLOW | O_NONBLOCK).catch(() => undefined);
+        // Taken with O_PATH first (openBeneath): a FIFO or device the job swapped in meanwhile is never opened.
+        const h = await openBeneath(at, e.name, O_RDONLY).catch(() => undefined);
         if (!h) {
           skipped.push(r);
           continue;
