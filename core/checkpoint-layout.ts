@@ -7,6 +7,9 @@
  * transfer.ts) and the tests spell these names from here.
  */
 
+/** A checkpoint directory's name (ckpt-<time>-<random>): storage other nodes write names only these. */
+export const CHECKPOINT_NAME_RE = /^ckpt-[0-9TZ-]+-[0-9a-f]{8}$/;
+
 export const MANIFEST_FILE = 'manifest.json';
 /** The publishing node's signature of MANIFEST_FILE's bytes (trust.ts). */
 export const SIGNATURE_FILE = 'manifest.sig';

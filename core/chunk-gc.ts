@@ -1,6 +1,6 @@
 import fsp from 'node:fs/promises';
 import path from 'node:path';
-import { MANIFEST_FILE } from './checkpoint-layout.js';
+import { CHECKPOINT_NAME_RE as CKPT_RE, MANIFEST_FILE } from './checkpoint-layout.js';
 import { TMP_PREFIX, TRASH_PREFIX, type ChunkDir } from './chunk-dir.js';
 import { parseManifest } from './manifest.js';
 import { isAlive } from './pid.js';
@@ -30,7 +30,6 @@ import { isAlive } from './pid.js';
  * previous checkpoint stays current; nothing half-written is published.
  */
 export const CHUNK_GRACE_MS = 15 * 60_000;
-const CKPT_RE = /^ckpt-[0-9TZ-]+-[0-9a-f]{8}$/;
 
 export interface GcResult {
   /** Checkpoint directories removed (beyond `keep`). */

@@ -32,6 +32,7 @@ import os from 'node:os';
 import { errorMessage } from '../contract/errors.js';
 import { settingsVars, type Settings } from './settings.js';
 import type { CheckpointStore } from './store.js';
+import { validRestoreCrashes, type RestoreCrashes } from './restore-crashes.js';
 import { signManifest, verifyManifestSignature, type Trust } from './trust.js';
 
 export interface Lease {
@@ -46,6 +47,8 @@ export interface Lease {
   containerId: string;
   /** A node declared dead at `generation`: its copy must never run again (cleared by the next owner). */
   revoked?: { node: string; generation: number };
+  /** Restores of one checkpoint in a row that crashed soon after (core/restore-crashes.ts): kept across owners. */
+  restoreCrashes?: RestoreCrashes;
 }
 
 interface LeaseFile {
@@ -81,7 +84,10 @@ export async function readLease(store: CheckpointStore, trust: Trust): Promise<L
       !Number.isInteger(lease.generation)
     )
       throw new Error('not an ARCH lease (format 1)');
-    return { lease };
+    // A count of the wrong shape is dropped, not the lease: it only ever makes a restore less likely.
+    const { restoreCrashes, ...rest } = lease;
+    const crashes = validRestoreCrashes(restoreCrashes);
+    return { lease: crashes ? { ...rest, restoreCrashes: crashes } : rest };
   } catch (err) {
     return { problem: `lease not believed: ${errorMessage(err)}` };
   }
@@ -108,6 +114,7 @@ export function runningLease(prev: Lease | undefined, node: string, containerId:
     at: new Date().toISOString(),
     reason,
     containerId,
+    ...(prev?.restoreCrashes ? { restoreCrashes: prev.restoreCrashes } : {}),
   };
 }
 

@@ -11,6 +11,7 @@ import { verifyCheckpointDirStaged, type Manifest } from './manifest.js';
 import { rootfsOf, writeSpec, type OciSpec } from './oci-spec.js';
 import { assertSameOwner, ownerOf } from './owner.js';
 import { assertCpuCanRun, thisCpu } from './cpu-features.js';
+import { crashLoopRefusal, type RestoreCrashes } from './restore-crashes.js';
 import { layerDifference } from './layer-match.js';
 import { applyDiff, findOverlayDirs } from './rootfs-diff.js';
 import { prepareRollBack, type RollBack, type RolledBack } from './work-files.js';
@@ -59,6 +60,8 @@ export interface RestoreRequest {
   foreground?: boolean;
   /** Shared mode: the walked, held work directory, whose open files roll back with the checkpoint (core/work-files.ts). */
   workDir?: string;
+  /** The job's restore crash count (from its lease): a checkpoint whose restores keep crashing is not restored (core/restore-crashes.ts). */
+  crashLoop?: { crashes: RestoreCrashes; limit: number };
 }
 
 export interface RestoreResult {
@@ -114,6 +117,8 @@ async function restoreHolding(ctx: NodeContext, req: RestoreRequest, held: Held)
   const trust = trustOf(ctx.settings);
   const stored = await store.current(trust);
   if (!stored) return undefined;
+  const looping = req.crashLoop && crashLoopRefusal(req.crashLoop.crashes, path.basename(stored), req.crashLoop.limit);
+  if (looping) throw new CheckpointUnusableError('crash-loop', looping);
   let t = Date.now();
   // Verifying the page images is most of the verification time: it runs
   // while CRIU restores (started once runc is, so that it delays nothing
@@ -122,7 +127,9 @@ async function restoreHolding(ctx: NodeContext, req: RestoreRequest, held: Held)
   // rootfs archive and the manifest are verified before CRIU starts. A spec
   // with its own CRIU configuration is left alone: then everything is
   // verified first.
-  const overlap = req.spec.annotations?.[CRIU_CONFIG_ANNOTATION] === undefined;
+  // ARCH's own file, named by an earlier restore of this bundle (runc run again in the same bundle), is not one.
+  const criuConfigNamed = req.spec.annotations?.[CRIU_CONFIG_ANNOTATION];
+  const overlap = criuConfigNamed === undefined || criuConfigNamed === path.join(req.bundle, BUNDLE_CRIU_CONFIG);
   // Where CRIU can be held at its gate (our own CRIU configuration, the
   // gate script installed), the page images are decrypted (sealed) or
   // assembled (store format 2) while runc and CRIU start; else before runc starts.
@@ -453,19 +460,25 @@ async function restoreHolding(ctx: NodeContext, req: RestoreRequest, held: Held)
   return { checkpointDir: stored, manifest, timings, running };
 }
 
-/** Resolves once runc has written the pid file (the processes are restored); throws if runc exits first. */
+/**
+ * Resolves once runc has written the pid file (the processes are restored);
+ * throws if runc exits without having written it. A runc that wrote it and
+ * exited since restored a job that ended at once (where it was not left
+ * stopped): that exit is the job's, not a failed restore, and the job must
+ * not run a second time from a fresh start.
+ */
 async function restoredOrExited(pidFile: string, running: Foreground): Promise<void> {
   let code: number | undefined;
   void running.exited.then((c) => (code = c));
+  const written = () =>
+    fsp.access(pidFile).then(
+      () => true,
+      () => false,
+    );
   for (let wait = 2; ; wait = Math.min(wait * 2, 50)) {
-    if (code !== undefined) throw new Error(`runc exited with code ${code}`);
-    if (
-      await fsp.access(pidFile).then(
-        () => true,
-        () => false,
-      )
-    )
-      return;
+    const exited = code;
+    if (await written()) return;
+    if (exited !== undefined) throw new Error(`runc exited with code ${exited}`);
     await sleep(wait);
   }
 }

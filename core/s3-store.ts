@@ -5,7 +5,7 @@ import { createRequire } from 'node:module';
 import type * as S3Sdk from '@aws-sdk/client-s3';
 import type { S3Client, S3ClientConfig } from '@aws-sdk/client-s3';
 import { ArchInputError, CheckpointUnusableError, errorMessage } from '../contract/errors.js';
-import { MANIFEST_FILE, SIGNATURE_FILE } from './checkpoint-layout.js';
+import { CHECKPOINT_NAME_RE as CKPT_RE, MANIFEST_FILE, SIGNATURE_FILE } from './checkpoint-layout.js';
 import { isChunkId } from './chunk-codec.js';
 import { CHUNKS_DIR, type ChunkStore } from './chunk-dir.js';
 import { listFiles, MAX_MANIFEST_BYTES, parseManifest } from './manifest.js';
@@ -42,7 +42,6 @@ import {
  * restore assembles them.
  */
 const CURRENT_OBJECT = 'current';
-const CKPT_RE = /^ckpt-[0-9TZ-]+-[0-9a-f]{8}$/;
 const MAX_SMALL_OBJECT = 64 << 20;
 const MAX_SIGNATURE_BYTES = 64 << 10;
 const UPLOADS_IN_FLIGHT = 8;

@@ -3,7 +3,9 @@ import os from 'node:os';
 import { ArchInputError } from '../contract/errors.js';
 import { parseCheckpointIntervalMs } from './checkpoint-interval.js';
 import { parseManagedNamespaces } from './container-manager.js';
+import { durationMs } from './duration.js';
 import { requireAbsolutePath } from './paths.js';
+import type { CrashSettings } from './restore-crashes.js';
 import { parseAllowedBuckets, parseS3Url, type S3Location } from './s3-location.js';
 
 /**
@@ -102,6 +104,8 @@ export interface Settings {
   defaultCheckpointIntervalMs?: number;
   /** ARCH_MAX_CONCURRENT_CHECKPOINTS: periodic checkpoints this node takes at once (its disk is the limit). */
   maxConcurrentCheckpoints?: number;
+  /** ARCH_RESTORE_CRASH_LIMIT and ARCH_RESTORE_CRASH_WINDOW: when a checkpoint whose restores keep crashing is given up (core/restore-crashes.ts). */
+  restoreCrashes: CrashSettings;
 }
 
 export const DEFAULT_CONFIG_FILE = '/etc/arch/arch.env';
@@ -233,7 +237,33 @@ export function loadSettings(env: NodeJS.ProcessEnv = process.env): Settings {
     configFile,
     defaultCheckpointIntervalMs: optionalInterval(get('ARCH_DEFAULT_CHECKPOINT_INTERVAL')),
     maxConcurrentCheckpoints: parseCount(get('ARCH_MAX_CONCURRENT_CHECKPOINTS'), 'ARCH_MAX_CONCURRENT_CHECKPOINTS', 1),
+    restoreCrashes: {
+      limit: parseRestoreCrashLimit(get('ARCH_RESTORE_CRASH_LIMIT')),
+      windowMs: parseRestoreCrashWindowMs(get('ARCH_RESTORE_CRASH_WINDOW')),
+    },
   };
+}
+
+export function parseRestoreCrashLimit(v: string | undefined): number {
+  if (v === undefined || v === '') return 3;
+  if (/^(0|[1-9]\d{0,2})$/.test(v)) return Number(v);
+  throw new ArchInputError(
+    'ARCH_RESTORE_CRASH_LIMIT',
+    `is "${v}"`,
+    'set how many restores of one checkpoint in a row may crash before the job starts fresh: a whole number (default 3; 0 restores every time)',
+  );
+}
+
+export function parseRestoreCrashWindowMs(v: string | undefined): number {
+  if (v === undefined || v === '') return 60_000;
+  const ms = durationMs(v);
+  if (ms === undefined || ms < 1000 || ms > 86_400_000)
+    throw new ArchInputError(
+      'ARCH_RESTORE_CRASH_WINDOW',
+      `is "${v}"`,
+      'set how soon after its restore a crash counts, e.g. 60s or 5m (1s to 24h; default 60s)',
+    );
+  return ms;
 }
 
 export function parseStoreFormat(v: string | undefined): 1 | 2 {

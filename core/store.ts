@@ -16,7 +16,13 @@ import {
   type Manifest,
 } from './manifest.js';
 import { loadTrust, signManifest, type Trust } from './trust.js';
-import { CONTENT_IMAGE_PATH, MANIFEST_FILE, SIGNATURE_FILE, LAYER_ARCHIVE } from './checkpoint-layout.js';
+import {
+  CHECKPOINT_NAME_RE as CKPT_RE,
+  CONTENT_IMAGE_PATH,
+  MANIFEST_FILE,
+  SIGNATURE_FILE,
+  LAYER_ARCHIVE,
+} from './checkpoint-layout.js';
 import { CHUNK_ALG, type ChunkKeys } from './chunk-codec.js';
 import { ChunkDir, CHUNKS_DIR, type ChunkStore, type ChunkWriteStats } from './chunk-dir.js';
 import { storeChunked, type ChunkFollower } from './chunked-files.js';
@@ -34,7 +40,6 @@ import { collect } from './chunk-gc.js';
  * one, fsynced, renamed into place, and only then does `current` move.
  */
 export const CURRENT_LINK = 'current';
-const CKPT_RE = /^ckpt-[0-9TZ-]+-[0-9a-f]{8}$/;
 const STAGING_PREFIX = '.staging-';
 
 export interface Staging {

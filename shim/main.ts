@@ -76,6 +76,7 @@ import {
 } from '../core/lease.js';
 import { trustOf } from '../core/trust.js';
 import { ticksSinceBoot } from '../core/cpu-features.js';
+import { afterEnd, countPredecessor, endOf, type ContainerEnd } from '../core/restore-crashes.js';
 import { prepareWorkDir, removeWorkDir, type PreparedWorkDir } from '../core/work-dir.js';
 import { runRealRunc, startRealRunc, withNodeCriu } from './passthrough.js';
 import type { Foreground } from '../core/foreground.js';
@@ -240,6 +241,17 @@ async function handleCreate(
     lease = undefined; // an unsafe path: refused just below, and the container starts without ARCH
   }
   const refusal = leaseRefusal(lease, ownNodeNames(ctx.settings), `${namespace}/${id}`);
+  if (lease && !refusal) {
+    // A crashed predecessor not deleted yet (Kubernetes creates the next container of a pod first) is counted here.
+    const crashes = await countPredecessor(
+      call.root,
+      lease,
+      id,
+      ownNodeNames(ctx.settings),
+      ctx.settings.restoreCrashes.windowMs,
+    );
+    if (crashes !== lease.restoreCrashes) lease = { ...lease, restoreCrashes: crashes };
+  }
   if (refusal) {
     log.error(
       {
@@ -385,6 +397,9 @@ async function createHeld(
       consoleSocket: optionString(call, '--console-socket'),
       foreground,
       ...(c.work ? { workDir: c.work.mountSource } : {}),
+      ...(c.lease?.restoreCrashes
+        ? { crashLoop: { crashes: c.lease.restoreCrashes, limit: ctx.settings.restoreCrashes.limit } }
+        : {}),
     });
     if (restored) {
       const restoredState: ShimState = {
@@ -613,7 +628,7 @@ async function handleDelete(
       exit ? 'exit code arrived after delete began' : 'no exit code recorded in time: counting the exit as clean',
     );
   const keptBecause = stopped ?? (exit && exit.exitStatus !== 0 ? `exited with code ${exit.exitStatus}` : undefined);
-  await settleCheckpoint(ctx, s, id, keptBecause, exit?.exitStatus, log);
+  await settleCheckpoint(ctx, s, id, keptBecause, exit?.exitStatus, endOf(stopped, exit), log);
   return pass();
 }
 
@@ -628,6 +643,7 @@ async function settleCheckpoint(
   id: string,
   keptBecause: string | undefined,
   exitStatus: number | undefined,
+  end: ContainerEnd,
   log: Log,
 ): Promise<void> {
   // Named with ARCH_CHECKPOINT_ID, the checkpoint may have passed on to a newer container since.
@@ -664,7 +680,7 @@ async function settleCheckpoint(
       { reason: keptBecause, exitStatus, checkpointDir: s.checkpointDir },
       `container ${keptBecause}: checkpoint kept`,
     );
-    await parkJob(ctx, store, s, id, keptBecause, log);
+    await parkJob(ctx, store, s, id, keptBecause, end, log);
   } else {
     // Only what ARCH created for this very container goes (its ownership record says so).
     const ck = await store
@@ -750,14 +766,16 @@ async function finishForeground(
   }
   const signalled = fg.stops.length > 0 ? `stopped by ${fg.stops[0]}` : undefined;
   const keptBecause = stopped ?? signalled ?? (code !== 0 ? `exited with code ${code}` : undefined);
-  await settleCheckpoint(ctx, s, id, keptBecause, code, log);
+  const end = endOf(stopped ?? signalled, { exitStatus: code, exitedAt: new Date().toISOString() });
+  await settleCheckpoint(ctx, s, id, keptBecause, code, end, log);
   return code;
 }
 
 /**
  * The job stopped here with its checkpoint kept: parked, so that any node
- * that sees the storage may restore it. Only a lease this node holds for
- * this container is changed (a job that moved on is not this node's to park).
+ * that sees the storage may restore it, with its restore crash count brought
+ * up to date by how it ended. Only a lease this node holds for this
+ * container is changed (a job that moved on is not this node's to park).
  */
 async function parkJob(
   ctx: NodeContext,
@@ -765,6 +783,7 @@ async function parkJob(
   s: ShimState,
   id: string,
   reason: string,
+  end: ContainerEnd,
   log: Log,
 ): Promise<void> {
   try {
@@ -772,7 +791,14 @@ async function parkJob(
     const lease = await leaseOf(store, trust, log);
     if (lease?.state !== 'running' || !ownNodeNames(ctx.settings).has(lease.node) || lease.containerId !== id) return;
     const key = path.basename(s.checkpointDir);
-    await writeLease(store, parkedLease(lease, ctx.settings.nodeName, reason), trust, { namespace: s.namespace, key });
+    const crashes = afterEnd(lease.restoreCrashes, s, end, ctx.settings.nodeName, ctx.settings.restoreCrashes.windowMs);
+    if (crashes && crashes !== lease.restoreCrashes)
+      log.warn(
+        { checkpoint: crashes.checkpoint, crashes: crashes.count, limit: ctx.settings.restoreCrashes.limit },
+        `the restored job crashed soon after its restore (${crashes.count} in a row)`,
+      );
+    const parked: Lease = { ...parkedLease(lease, ctx.settings.nodeName, reason), restoreCrashes: crashes };
+    await writeLease(store, parked, trust, { namespace: s.namespace, key });
   } catch (e) {
     log.warn({ err: errorMessage(e) }, 'could not record the job as parked');
   }

@@ -3,8 +3,10 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { checkpointContainer } from '../../core/checkpoint.js';
+import { readLease } from '../../core/lease.js';
 import { readShimState } from '../../core/shim-state.js';
 import { CheckpointStore } from '../../core/store.js';
+import { trustOf } from '../../core/trust.js';
 import { realRunc } from '../support/arch-env.js';
 import { ARCH_RUNC_BIN, startArchNode, waitFor, type ArchTestNode } from '../support/arch-node.js';
 import { cleanupStaleNodes, stopAllNodes } from '../support/containerd-node.js';
@@ -198,4 +200,85 @@ test('a corrupt checkpoint: a fresh foreground start, the restored processes nev
   run.proc.kill('SIGTERM');
   expect(await run.exit).toBe(7);
   expect(await status(id)).toBe('absent');
+});
+
+test('a checkpoint whose restored job crashes at once, again and again: after ARCH_RESTORE_CRASH_LIMIT restores the job starts fresh, and a new checkpoint restores again', async () => {
+  const id = `fg-loop-${process.pid}`;
+  const dir = await bundle(id);
+  const { at, ckDir } = await runAndCheckpoint(dir, id);
+  const store = new CheckpointStore(path.dirname(ckDir));
+  const trust = trustOf(node.ctx.settings);
+  // What the restore cannot carry, as the job sees it: it dies at its next look, whatever it was doing.
+  fs.writeFileSync(path.join(dir, 'rootfs/exit3'), '');
+  const limit = node.ctx.settings.restoreCrashes.limit;
+  expect(limit).toBe(3);
+  for (let n = 1; n <= limit; n++) {
+    const lines = node.logLines().length;
+    const run = runForeground(dir, id);
+    expect(await run.exit).toBe(3);
+    expect(ticks(run.out())).not.toContain(1); // restored, not fresh
+    expect(ticks(run.out()).every((t) => t > at)).toBe(true);
+    const logs = node.logLines().slice(lines);
+    expect(logs.some((l) => l.container === id && l.msg === 'restored from checkpoint')).toBe(true);
+    expect(logs.find((l) => l.container === id && l.crashes !== undefined)).toMatchObject({
+      checkpoint: path.basename(ckDir),
+      crashes: n,
+      msg: `the restored job crashed soon after its restore (${n} in a row)`,
+    });
+    expect((await readLease(store, trust)).lease?.restoreCrashes).toMatchObject({
+      checkpoint: path.basename(ckDir),
+      count: n,
+    });
+  }
+
+  // The next create does not restore it again: a fresh start (tick 1), the reason recorded; the checkpoint stays.
+  const lines = node.logLines().length;
+  const fresh = runForeground(dir, id);
+  await waitFor('a fresh start', () => (ticks(fresh.out()).length >= 1 ? true : undefined));
+  expect(ticks(fresh.out())[0]).toBe(1);
+  expect(await fresh.exit).toBe(3); // the fresh job meets the same file: its crash says nothing about the checkpoint
+  const failure = node
+    .logLines()
+    .slice(lines)
+    .find((l) => l.container === id && l.level === 50);
+  expect(failure).toMatchObject({ reason: 'crash-loop', msg: 'checkpoint not restored; starting the container fresh' });
+  expect(String(failure!.err)).toMatch(
+    /^checkpoint unusable \(crash-loop\): the job crashed soon after each of its last 3 restores \(last: exited with code 3 /,
+  );
+  expect(String(failure!.err)).toContain(`starting fresh instead of restoring ${path.basename(ckDir)} again`);
+  expect(await store.current()).toBe(ckDir);
+  expect((await readLease(store, trust)).lease?.restoreCrashes?.count).toBe(3);
+
+  // Whatever made it crash is fixed; the fresh job runs and is checkpointed: that new checkpoint restores.
+  fs.rmSync(path.join(dir, 'rootfs/exit3'));
+  const again = await runAndCheckpoint(dir, id);
+  expect(again.ckDir).not.toBe(ckDir);
+  const restored = runForeground(dir, id);
+  await waitFor('restored counting', () => (ticks(restored.out()).length >= 2 ? true : undefined));
+  expect(ticks(restored.out())[0]).toBeGreaterThan(again.at);
+  restored.proc.kill('SIGTERM');
+  expect(await restored.exit).toBe(7);
+});
+
+test("a restored job that ends at once, in a bundle with its owner's CRIU configuration (not left stopped): its exit is the job's, and it never runs again fresh", async () => {
+  const id = `fg-own-criu-${process.pid}`;
+  const dir = await bundle(id);
+  // The owner's CRIU settings (runc's org.criu.config): ARCH then verifies everything before runc, and CRIU resumes the job itself.
+  const own = path.join(work, `criu-${id}.conf`);
+  fs.writeFileSync(own, '');
+  const specFile = path.join(dir, 'config.json');
+  const spec = JSON.parse(fs.readFileSync(specFile, 'utf8')) as { annotations?: Record<string, string> };
+  fs.writeFileSync(specFile, JSON.stringify({ ...spec, annotations: { ...spec.annotations, 'org.criu.config': own } }));
+  const { at } = await runAndCheckpoint(dir, id);
+  fs.writeFileSync(path.join(dir, 'rootfs/exit3'), '');
+  for (let n = 0; n < 2; n++) {
+    const lines = node.logLines().length;
+    const run = runForeground(dir, id);
+    expect(await run.exit).toBe(3);
+    expect(ticks(run.out()).every((t) => t > at)).toBe(true); // no "tick 1": not started a second time, fresh
+    const logs = node.logLines().slice(lines);
+    expect(logs.some((l) => l.container === id && l.msg === 'restored from checkpoint')).toBe(true);
+    expect(logs.filter((l) => l.container === id && l.level === 50)).toEqual([]);
+  }
+  fs.rmSync(path.join(dir, 'rootfs/exit3'));
 });
