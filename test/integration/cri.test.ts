@@ -4,6 +4,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { checkpointContainer } from '../../core/checkpoint.js';
 import { readShimState } from '../../core/shim-state.js';
+import { startExitRecorder } from '../../worker/exits.js';
 import { waitFor } from '../support/arch-node.js';
 import { cleanupStaleNodes, stopAllNodes } from '../support/containerd-node.js';
 import { CRI_NAMESPACE, startCriNode, type CriTestNode, type Pod, type PidMode } from '../support/cri-node.js';
@@ -517,6 +518,67 @@ test("an emptyDir over the node's ARCH_EMPTYDIR_MAX_BYTES is not kept; the job's
   expect(await node.crictl(['exec', c1, 'cat', '/scratch/spill'])).toBe('spilled');
   expect(fs.readdirSync(mounts[1]!.hostPath).sort()).toEqual(['dataset', 'dataset.sha']); // left as the new pod made it
   await node.removePod(second);
+});
+
+/**
+ * A job whose restored copy dies soon, every time (here: 2 s after it sees a
+ * file on a host volume; in life a device, a driver, a peer that is gone):
+ * the kubelet creates attempt after attempt in the same pod, each restored
+ * from the same checkpoint. Each crash is counted when containerd deletes
+ * the exited task, from the exit the node's worker recorded. After
+ * ARCH_RESTORE_CRASH_LIMIT (3) restores the next attempt starts fresh,
+ * `arch-cli ls` says why, and the checkpoint is still there.
+ */
+test('attempts that crash soon after each restore: the fourth starts fresh and ls says crash-loop', async () => {
+  const exits = await startExitRecorder({
+    containerd: node.containerd,
+    settings: node.ctx.settings,
+    log: node.ctx.log,
+  });
+  try {
+    const job = 'pod-crash-loop';
+    const env = jobEnv(job);
+    const trigger = fs.mkdtempSync(path.join(storage, 'trigger-'));
+    const mounts = [{ containerPath: '/trigger', hostPath: trigger }];
+    const command = [
+      '/bin/sh',
+      '-c',
+      '/usr/bin/counter & while :; do [ -e /trigger/crash ] && sleep 2 && exit 3; sleep 0.1; done',
+    ];
+    const pod = await node.runPod(job, 'container');
+    const c0 = await node.startCounter(pod, { name: 'job', attempt: 0, env, command, mounts });
+    await waitCount(job, 5);
+    await finalize(node, c0, job);
+    const ckDir = path.join(storage, 'checkpoint', CRI_NAMESPACE, job);
+    const current = fs.readlinkSync(path.join(ckDir, 'current'));
+    fs.writeFileSync(path.join(trigger, 'crash'), '');
+    for (let attempt = 1; attempt <= 3; attempt++) {
+      const c = await node.startCounter(pod, { name: 'job', attempt, env, command, mounts });
+      await waitExited(node, c);
+      // containerd deletes an exited task at once: its delete counted the crash (the lease says so).
+      const said = (msg: string) => node.logLines().some((l) => l.container === c && l.msg === msg);
+      await waitFor(`attempt ${attempt}'s crash counted`, () =>
+        said(`the restored job crashed soon after its restore (${attempt} in a row)`) ? true : undefined,
+      );
+      expect(said('restored from checkpoint')).toBe(true);
+    }
+    expect(starts(job)).toBe(1); // three restores, no fresh start yet
+    fs.rmSync(path.join(trigger, 'crash'));
+    const c4 = await node.startCounter(pod, { name: 'job', attempt: 4, env, command, mounts });
+    const failure = (await listed(node, c4))?.lastRestoreFailure;
+    expect(failure).toMatchObject({ reason: 'crash-loop' });
+    expect(failure?.message).toMatch(
+      /the job crashed soon after each of its last 3 restores \(last: exited with code 3 .* after its restore on /,
+    );
+    expect(await archCli(node, ['ls', '--local', '--namespace', CRI_NAMESPACE])).toMatch(/FAILED \(crash-loop\)/);
+    await waitFor('a fresh start', () => (starts(job) === 2 ? true : undefined));
+    expect(output(pod, 'job', 4)).toMatch(COUNTER_PRINTING.fresh);
+    // Not restored, not removed: the checkpoint is there until the fresh job's own replace it.
+    expect(fs.readlinkSync(path.join(ckDir, 'current'))).toBe(current);
+    await node.removePod(pod);
+  } finally {
+    await exits.stop();
+  }
 });
 
 describe('encrypted stores', () => {
