@@ -235,10 +235,13 @@ export function restoreActivities(d: NodeDeps) {
         const task = await cd.task(spec.id);
         const evidence = task?.status === 'RUNNING' ? await restoreEvidence(runcRoot, runc, spec.id) : undefined;
         if (!task || task.status !== 'RUNNING' || !evidence) {
+          const failure = (await readShimState(runcRoot, spec.id).catch(() => undefined))?.lastRestoreFailure;
           const why =
             !task || task.status !== 'RUNNING'
               ? `is ${task?.status ?? 'gone'} right after create`
-              : 'was started fresh by arch-runc (its restore failed; see the node log)';
+              : failure
+                ? `was started fresh by arch-runc: its restore failed (${failure.reason}): ${failure.message}`
+                : 'was started fresh by arch-runc (its restore failed; see the node log)';
           const kept = await keepRestoreLog(runc, spec, d.stateDir);
           log.error({ status: task?.status, restoreLog: kept }, `restore failed: container ${why}; removing it`);
           await cd
