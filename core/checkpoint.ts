@@ -16,6 +16,7 @@ import {
 import { ArchInputError, errorMessage } from '../contract/errors.js';
 import { FreezeGuard } from './freeze-guard.js';
 import { rootfsWatchPaths } from './inotify-watches.js';
+import { uncheckpointableFiles } from './open-files.js';
 import { criuStallMs, LayerGate } from './layer-gate.js';
 import { captureDevShm, devShmSource, type DevShmRecord } from './dev-shm.js';
 import {
@@ -275,6 +276,10 @@ async function checkpointLocked(
   // TCP connections: left alone by the dump, closed on the restore (criuRunEnv says why).
   // The container's cgroup, looked up once: the watches below, the freeze, the work dir's open files.
   const groupAsked = req.dumpedImages ? Promise.resolve(undefined) : CgroupFreezer.of(c.pid);
+  // Open files no dump can take (an io_uring): found before anything is frozen, named with their process.
+  const blockersAsked = req.dumpedImages
+    ? Promise.resolve([])
+    : groupAsked.then(async (g) => uncheckpointableFiles(g ? await g.pids() : [c.pid])).catch(() => []);
   // inotify watches on the container's root: CRIU finds them only where told (core/inotify-watches.ts).
   const irmapAsked = req.dumpedImages
     ? Promise.resolve([])
@@ -297,6 +302,13 @@ async function checkpointLocked(
   const containerDir = store.containerDir;
   // Encryption at rest (ARCH_STORE_KEY_FILE): a bad key file fails the checkpoint here, before the container is touched.
   const storeKey: StoreKey | undefined = storeKeysOf(ctx.settings)?.keys[0];
+  const blockers = await blockersAsked;
+  if (blockers.length)
+    throw new Error(
+      `${req.namespace}/${req.id} cannot be checkpointed: ${blockers.join('; ')}, which CRIU cannot checkpoint. ` +
+        `Fix: turn io_uring off in the job (Node.js: UV_USE_IO_URING=0; liburing, tokio-uring and netty's io_uring ` +
+        `transport have their own switches). The container keeps running and its previous checkpoint stays current`,
+    );
   // Store format 2 encrypts chunk by chunk when it publishes (chunk-codec.ts), not file by file while CRIU writes.
   // Object storage holds only format 2: a chunk already in the bucket is never uploaded again.
   const chunking = ctx.settings.storeFormat === 2 || c.contract.mode === 's3';

@@ -25,11 +25,25 @@ export function criuErrors(log: string): string {
  * for a process of another user: where ARCH runs without it (a sandbox, a
  * DaemonSet that drops it), every container whose processes are not root
  * fails its dump (arch-cli doctor's "capabilities" check says so ahead).
+ * Each hint was written from CRIU's log of that very failure, reproduced.
  */
 const KNOWN_CAUSES: { error: RegExp; hint: string }[] = [
   {
     error: /Can't get rlimit \d+: Operation not permitted/,
     hint: 'CRIU runs without CAP_SYS_RESOURCE here, so it cannot checkpoint processes that run as a non-root user: give ARCH that capability (see `arch-cli doctor`)',
+  },
+  {
+    // CRIU's own advice (--ext-unix-sk) is not one a container's owner can take, nor one that would keep the connection.
+    error: /External socket is used|Can't dump name-less external socket/,
+    hint:
+      'a process of the job is connected to a UNIX socket whose other end is outside its container (a host socket ' +
+      "mounted in, such as /dev/log, docker.sock or a node agent's; or a process of another container): no checkpoint " +
+      'can carry that connection. Fix: do not mount that socket into the job, or have the job connect only while it uses it',
+  },
+  {
+    // The kernel would not pass one of the job's files to CRIU: an io_uring opened after ARCH looked (see open-files.ts).
+    error: /send_fds failed \(-22\)|Can't retrieve FDs from socket/,
+    hint: "the kernel refused to hand CRIU one of the job's open files, which is what an io_uring instance does: turn io_uring off in the job (Node.js: UV_USE_IO_URING=0)",
   },
 ];
 

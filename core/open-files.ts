@@ -95,3 +95,27 @@ export async function* mappedFiles(
     }
   }
 }
+
+/**
+ * Open files CRIU cannot checkpoint, known by their descriptor's link. The
+ * kernel refuses to pass an io_uring instance over a UNIX socket, so CRIU's
+ * parasite cannot hand it over and the dump fails with only "send_fds
+ * failed (-22)": said here, before anything is frozen, with the process
+ * that holds it.
+ */
+const UNCHECKPOINTABLE: Record<string, string> = {
+  'anon_inode:[io_uring]': 'an io_uring instance',
+};
+
+/** What in `pids` CRIU cannot checkpoint: "process 42 (node) holds an io_uring instance (fd 7)", one per process and kind. */
+export async function uncheckpointableFiles(pids: readonly number[]): Promise<string[]> {
+  const found = new Map<string, string>();
+  for await (const f of openFds(pids, (t) => t in UNCHECKPOINTABLE)) {
+    const [, pid, fd] = /^\/proc\/(\d+)\/fd\/(\d+)$/.exec(f.proc) ?? [];
+    const key = `${pid}:${f.target}`;
+    if (found.has(key)) continue;
+    const comm = (await fsp.readFile(`/proc/${pid}/comm`, 'utf8').catch(() => '')).trim();
+    found.set(key, `process ${pid}${comm ? ` (${comm})` : ''} holds ${UNCHECKPOINTABLE[f.target]} (fd ${fd})`);
+  }
+  return [...found.values()];
+}

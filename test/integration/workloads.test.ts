@@ -102,6 +102,31 @@ test.each([
 );
 
 /**
+ * A job holding an io_uring instance (libuv with UV_USE_IO_URING=1, tokio-uring, liburing-based
+ * I/O): the kernel will not pass it to CRIU, whose dump would fail with only "send_fds failed
+ * (-22)". The checkpoint is refused before anything is frozen, naming the process and the fix;
+ * the job runs on, and no checkpoint is published.
+ */
+test('a job holding an io_uring: its checkpoint is refused before it is frozen, with the process and the fix', async () => {
+  const id = 'py-io-uring';
+  const ck = path.join(storage, 'ck');
+  const out = await runJob(id, ['ARCH_ENABLE=1', `ARCH_CHECKPOINT_HOST_PATH=${ck}`, 'PYJOB_MODE=io_uring']);
+  try {
+    await stepReached(out, 3);
+    await expect(
+      checkpointContainer(node.ctx, { namespace: 'default', id, runcRoot: node.runcRoot('default') }),
+    ).rejects.toThrow(
+      /^default\/py-io-uring cannot be checkpointed: process \d+ \(python3\) holds an io_uring instance \(fd \d+\), which CRIU cannot checkpoint\. Fix: turn io_uring off in the job .*previous checkpoint stays current$/,
+    );
+    await stepReached(out, lastStep(out) + 3, 'runs on after the refusal');
+    expect(lines(out).filter((l) => / FAIL$/.test(l) || l.startsWith('io_uring_setup failed'))).toEqual([]);
+    expect(fs.existsSync(path.join(ck, 'default', id, 'current'))).toBe(false);
+  } finally {
+    await removeJob(id, true);
+  }
+});
+
+/**
  * Periodic protection of the same job: checkpoints left running, one after
  * another. CRIU dumps a forkserver job's semaphores through second names it
  * makes in /dev/shm (link remaps) and must take them away each time, or the

@@ -33,6 +33,8 @@ PYJOB_MODE picks how the work is spread:
               (default 128) of random data in memory and a pipe to the job; each step
               every worker checks one MiB of its data against the digest it took when
               it made it, and adds its share of the sum
+  io_uring    holds an io_uring instance while it works (as libuv with UV_USE_IO_URING=1,
+              tokio-uring or liburing-based I/O do): no checkpoint can take it
 """
 import os
 import sys
@@ -332,6 +334,16 @@ def run_bigmem():
     run_steps(step_sum)
 
 
+def run_io_uring():
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    params = ctypes.create_string_buffer(120)  # struct io_uring_params, zeroed
+    if libc.syscall(425, 4, params) < 0:  # io_uring_setup(4 entries): the same number on every architecture
+        sys.exit(f"io_uring_setup failed: errno {ctypes.get_errno()}")
+    run_steps(lambda step: sum(square(x) for x in squares_of(step)))
+
+
 if __name__ == "__main__":
     with open(f"{STATE}/starts", "a") as f:
         f.write("start\n")
@@ -359,5 +371,7 @@ if __name__ == "__main__":
         run_bigmem()
     elif MODE == "clock":
         run_clock()
+    elif MODE == "io_uring":
+        run_io_uring()
     else:
         sys.exit(f"unknown PYJOB_MODE {MODE}")

@@ -34,3 +34,32 @@ test('a dump refused the rlimits of a non-root process says which capability ARC
   // Other failures get no such hint.
   expect(criuErrors(DUMP_LOG)).not.toContain('CAP_SYS_RESOURCE');
 });
+
+test("a job connected to a UNIX socket outside its container: the cause, and not CRIU's --ext-unix-sk advice alone", () => {
+  // dump.log of a real dump of a process connected to another process's listening socket.
+  const log = [
+    "(00.052518) Error (criu/util.c:1534): rlimit: Can't setup RLIMIT_NOFILE for self: Operation not permitted",
+    '(00.061120) Error (criu/sk-unix.c:874): unix: External socket is used. Consider using --ext-unix-sk option.',
+    '(00.061497) Error (criu/cr-dump.c:1975): Dumping FAILED.',
+  ].join('\n');
+  const said = criuErrors(log).split(' | ');
+  expect(said[0]).toContain('External socket is used');
+  expect(said[said.length - 1]).toMatch(
+    /connected to a UNIX socket whose other end is outside its container .*Fix: do not mount that socket into the job/,
+  );
+});
+
+test('a file the kernel would not pass to CRIU (an io_uring) is named as the likely cause', () => {
+  // dump.log of a real dump of a process holding an io_uring instance.
+  const log = [
+    'pie: 625: Error (criu/pie/parasite.c:588): send_fds failed (-22)',
+    "(00.061142) Error (criu/parasite-syscall.c:280): Can't retrieve FDs from socket",
+    '(00.061146) Error (compel/src/lib/infect-rpc.c:44): Message reply from daemon is trimmed (12/0)',
+    '(00.061155) Error (criu/cr-dump.c:1545): Dump files (pid: 625) failed with -1',
+    '(00.061497) Error (criu/cr-dump.c:1975): Dumping FAILED.',
+  ].join('\n');
+  expect(criuErrors(log)).toMatch(
+    /\| the kernel refused to hand CRIU one of the job's open files, .*io_uring.*UV_USE_IO_URING=0/,
+  );
+  expect(criuErrors(DUMP_LOG)).not.toMatch(/io_uring|UNIX socket/);
+});

@@ -1,7 +1,8 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { deletedOpenFileBytes } from '../../core/open-files.js';
+import { spawn } from 'node:child_process';
+import { deletedOpenFileBytes, uncheckpointableFiles } from '../../core/open-files.js';
 
 /** What a dump's size estimate counts of a process's open files (CRIU's ghost files), on this very process. */
 let dir: string;
@@ -33,4 +34,31 @@ test('counts each deleted file held open once, and no file that still has a name
 
 test('a process that is gone counts nothing', async () => {
   expect(await deletedOpenFileBytes([2 ** 22 + 1])).toBe(0);
+});
+
+test('an io_uring held by a process is named with the process; other processes and files are not', async () => {
+  // The host's python3 opens one (io_uring_setup) and says so; the test's own process holds none.
+  const job = spawn(
+    'python3',
+    [
+      '-c',
+      'import ctypes, sys, time\n' +
+        'libc = ctypes.CDLL(None, use_errno=True)\n' +
+        'fd = libc.syscall(425, 4, ctypes.create_string_buffer(120))\n' +
+        'print(fd, ctypes.get_errno(), flush=True)\n' +
+        'time.sleep(60)\n',
+    ],
+    { stdio: ['ignore', 'pipe', 'inherit'] },
+  );
+  try {
+    const said = await new Promise<string>((resolve) => job.stdout!.once('data', (b: Buffer) => resolve(String(b))));
+    const fd = Number(said.split(' ')[0]);
+    expect({ fd: fd >= 0, said }).toEqual({ fd: true, said }); // io_uring_setup worked here
+    expect(await uncheckpointableFiles([process.pid, job.pid!])).toEqual([
+      `process ${job.pid} (python3) holds an io_uring instance (fd ${fd})`,
+    ]);
+    expect(await uncheckpointableFiles([process.pid, 2 ** 22 + 1])).toEqual([]);
+  } finally {
+    job.kill('SIGKILL');
+  }
 });
