@@ -305,9 +305,9 @@ async function checkpointLocked(
   const blockers = await blockersAsked;
   if (blockers.length)
     throw new Error(
-      `${req.namespace}/${req.id} cannot be checkpointed: ${blockers.join('; ')}, which CRIU cannot checkpoint. ` +
-        `Fix: turn io_uring off in the job (Node.js: UV_USE_IO_URING=0; liburing, tokio-uring and netty's io_uring ` +
-        `transport have their own switches). The container keeps running and its previous checkpoint stays current`,
+      `${req.namespace}/${req.id} cannot be checkpointed: ${blockers.map((b) => b.said).join('; ')}, which CRIU ` +
+        `cannot checkpoint. Fix: ${[...new Set(blockers.map((b) => b.fix))].join('; ')}. ` +
+        `The container keeps running and its previous checkpoint stays current`,
     );
   // Store format 2 encrypts chunk by chunk when it publishes (chunk-codec.ts), not file by file while CRIU writes.
   // Object storage holds only format 2: a chunk already in the bucket is never uploaded again.

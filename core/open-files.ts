@@ -97,25 +97,44 @@ export async function* mappedFiles(
 }
 
 /**
- * Open files CRIU cannot checkpoint, known by their descriptor's link. The
- * kernel refuses to pass an io_uring instance over a UNIX socket, so CRIU's
- * parasite cannot hand it over and the dump fails with only "send_fds
- * failed (-22)": said here, before anything is frozen, with the process
- * that holds it.
+ * Open files CRIU cannot checkpoint, known by their descriptor's link, with
+ * what to change (each reproduced with CRIU 4.2.1). The kernel refuses to
+ * pass an io_uring instance over a UNIX socket, so CRIU's parasite cannot
+ * hand it over and the dump fails with only "send_fds failed (-22)"; CRIU
+ * has no dumper for the other two. Said before anything is frozen, with the
+ * process that holds each.
  */
-const UNCHECKPOINTABLE: Record<string, string> = {
-  'anon_inode:[io_uring]': 'an io_uring instance',
+const UNCHECKPOINTABLE: Record<string, { what: string; fix: string }> = {
+  'anon_inode:[io_uring]': {
+    what: 'an io_uring instance',
+    fix: "turn io_uring off in the job (Node.js: UV_USE_IO_URING=0; liburing, tokio-uring and netty's io_uring transport have their own switches)",
+  },
+  'anon_inode:[perf_event]': {
+    what: 'a perf_event descriptor',
+    fix: 'detach the profiler that opened it (perf, or an APM agent in perf_events mode: async-profiler with event=itimer does without)',
+  },
+  'anon_inode:[userfaultfd]': {
+    what: 'a userfaultfd',
+    fix: 'run what uses userfaultfd (a VMM such as QEMU or Firecracker, a memory tool) outside ARCH jobs',
+  },
 };
 
-/** What in `pids` CRIU cannot checkpoint: "process 42 (node) holds an io_uring instance (fd 7)", one per process and kind. */
-export async function uncheckpointableFiles(pids: readonly number[]): Promise<string[]> {
-  const found = new Map<string, string>();
-  for await (const f of openFds(pids, (t) => t in UNCHECKPOINTABLE)) {
+export interface Uncheckpointable {
+  /** "process 42 (node) holds an io_uring instance (fd 7)" */
+  said: string;
+  fix: string;
+}
+
+/** What in `pids` CRIU cannot checkpoint, one per process and kind. */
+export async function uncheckpointableFiles(pids: readonly number[]): Promise<Uncheckpointable[]> {
+  const found = new Map<string, Uncheckpointable>();
+  for await (const f of openFds(pids, (t) => Object.hasOwn(UNCHECKPOINTABLE, t))) {
     const [, pid, fd] = /^\/proc\/(\d+)\/fd\/(\d+)$/.exec(f.proc) ?? [];
     const key = `${pid}:${f.target}`;
     if (found.has(key)) continue;
     const comm = (await fsp.readFile(`/proc/${pid}/comm`, 'utf8').catch(() => '')).trim();
-    found.set(key, `process ${pid}${comm ? ` (${comm})` : ''} holds ${UNCHECKPOINTABLE[f.target]} (fd ${fd})`);
+    const kind = UNCHECKPOINTABLE[f.target]!;
+    found.set(key, { said: `process ${pid}${comm ? ` (${comm})` : ''} holds ${kind.what} (fd ${fd})`, fix: kind.fix });
   }
   return [...found.values()];
 }

@@ -36,27 +36,43 @@ test('a process that is gone counts nothing', async () => {
   expect(await deletedOpenFileBytes([2 ** 22 + 1])).toBe(0);
 });
 
-test('an io_uring held by a process is named with the process; other processes and files are not', async () => {
-  // The host's python3 opens one (io_uring_setup) and says so; the test's own process holds none.
+test('an io_uring, a perf_event and a userfaultfd held by a process are named with it; other processes are not', async () => {
+  // The host's python3 opens one of each (io_uring_setup, perf_event_open of a software clock, userfaultfd) and
+  // prints their fds; the test's own process holds none of them.
   const job = spawn(
     'python3',
     [
       '-c',
-      'import ctypes, sys, time\n' +
-        'libc = ctypes.CDLL(None, use_errno=True)\n' +
-        'fd = libc.syscall(425, 4, ctypes.create_string_buffer(120))\n' +
-        'print(fd, ctypes.get_errno(), flush=True)\n' +
-        'time.sleep(60)\n',
+      [
+        'import ctypes, os, time',
+        'libc = ctypes.CDLL(None, use_errno=True)',
+        'uring = libc.syscall(425, 4, ctypes.create_string_buffer(120))',
+        'attr = ctypes.create_string_buffer(136)',
+        "ctypes.memmove(attr, (1).to_bytes(4, 'little') + (136).to_bytes(4, 'little'), 8)",
+        'perf = libc.syscall(298, attr, 0, -1, -1, 0)',
+        'uffd = libc.syscall(323, os.O_CLOEXEC | os.O_NONBLOCK)',
+        'print(uring, perf, uffd, flush=True)',
+        'time.sleep(60)',
+      ].join('\n'),
     ],
     { stdio: ['ignore', 'pipe', 'inherit'] },
   );
   try {
     const said = await new Promise<string>((resolve) => job.stdout!.once('data', (b: Buffer) => resolve(String(b))));
-    const fd = Number(said.split(' ')[0]);
-    expect({ fd: fd >= 0, said }).toEqual({ fd: true, said }); // io_uring_setup worked here
-    expect(await uncheckpointableFiles([process.pid, job.pid!])).toEqual([
-      `process ${job.pid} (python3) holds an io_uring instance (fd ${fd})`,
-    ]);
+    const [uring, perf, uffd] = said.trim().split(' ').map(Number);
+    expect({ opened: [uring, perf, uffd].every((fd) => fd! >= 0), said }).toEqual({ opened: true, said });
+    const found = await uncheckpointableFiles([process.pid, job.pid!]);
+    expect(found.map((f) => f.said).sort()).toEqual(
+      [
+        `process ${job.pid} (python3) holds an io_uring instance (fd ${uring})`,
+        `process ${job.pid} (python3) holds a perf_event descriptor (fd ${perf})`,
+        `process ${job.pid} (python3) holds a userfaultfd (fd ${uffd})`,
+      ].sort(),
+    );
+    expect(found.find((f) => f.said.includes('io_uring'))?.fix).toMatch(
+      /^turn io_uring off in the job \(Node\.js: UV_USE_IO_URING=0/,
+    );
+    expect(found.find((f) => f.said.includes('perf_event'))?.fix).toMatch(/^detach the profiler/);
     expect(await uncheckpointableFiles([process.pid, 2 ** 22 + 1])).toEqual([]);
   } finally {
     job.kill('SIGKILL');
