@@ -18,6 +18,7 @@ import { prepareRollBack, type RollBack, type RolledBack } from './work-files.js
 import { closedOf, prepareVolumeRollBacks } from './volume-files.js';
 import { withCriuErrors } from './criu-log.js';
 import { loopbackUp, ownsNewNetworkNamespace } from './restored-loopback.js';
+import { freeListenerPorts, tcpListenPorts } from './time-wait.js';
 import type { Runc } from './runc.js';
 import { DirectBuffer } from './direct-append.js';
 import {
@@ -362,6 +363,32 @@ async function restoreHolding(ctx: NodeContext, req: RestoreRequest, held: Held)
   const criuConfig = overlap ? await leaveStoppedConfig(req.bundle, req.spec, gated?.script) : undefined;
   const { env, runcArgs } = await criuAsked;
   const images = im.value.dir;
+  // The job's listeners come back on their ports: in a network namespace that outlived it, free of its old
+  // connections' TIME_WAIT entries first (core/time-wait.ts).
+  const tw = Date.now();
+  const freed = await tcpListenPorts(images)
+    .then((ports) =>
+      freeListenerPorts(req.spec, ports, (left) =>
+        ctx.log.warn(
+          { namespace: req.namespace, container: req.id, phase: 'restore', ports, timeWait: left },
+          "waiting for the TIME_WAIT entries of the job's old connections on its listener ports to expire (this kernel cannot remove them): up to a minute",
+        ),
+      ),
+    )
+    .catch((err: unknown) => {
+      ctx.log.warn(
+        { namespace: req.namespace, container: req.id, phase: 'restore', err: errorMessage(err) },
+        "could not free the job's listener ports of TIME_WAIT entries: a restore may find them taken",
+      );
+      return undefined;
+    });
+  if (freed) {
+    timings.timeWait = Date.now() - tw;
+    ctx.log.info(
+      { namespace: req.namespace, container: req.id, phase: 'restore', ...freed },
+      "TIME_WAIT entries on the job's listener ports removed before the restore",
+    );
+  }
   // Sealed: the ciphertext of every page image (all of them are sealed) was hashed and checked as it
   // was decrypted, before the gate let CRIU read a page (or before runc started). Assembled (store
   // format 2): checked chunk by chunk as they were written, before the gate opened. Else: hashed

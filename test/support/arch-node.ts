@@ -14,7 +14,11 @@ export interface ArchTestNode extends TestNode {
   ctx: NodeContext;
   image: string;
   /** ctr run the counter through arch-runc; returns the file its stdout goes to. */
-  runCounter(id: string, env: string[], opts?: { namespace?: string; mounts?: MountSpec[] }): Promise<string>;
+  runCounter(
+    id: string,
+    env: string[],
+    opts?: { namespace?: string; mounts?: MountSpec[]; netHost?: boolean },
+  ): Promise<string>;
   count(id: string, namespace?: string): number;
   waitCount(id: string, atLeast: number, namespace?: string): Promise<number>;
   logLines(): Record<string, unknown>[];
@@ -74,11 +78,24 @@ export async function startArchNode(
     archLog,
     ctx,
     image,
-    async runCounter(id: string, env: string[], opts: { namespace?: string; mounts?: MountSpec[] } = {}) {
+    async runCounter(
+      id: string,
+      env: string[],
+      opts: { namespace?: string; mounts?: MountSpec[]; netHost?: boolean } = {},
+    ) {
       const cd = opts.namespace ? node.containerd.withNamespace(opts.namespace) : node.containerd;
       if (opts.namespace) await ensureTestImage(cd);
       const logFile = path.join(node.dir, `${opts.namespace ?? 'default'}-${id}-${Date.now()}.out`);
-      await cd.run({ image, id, env, logFile, runcBinary: ARCH_RUNC_BIN, detach: true, mounts: opts.mounts });
+      await cd.run({
+        image,
+        id,
+        env,
+        logFile,
+        runcBinary: ARCH_RUNC_BIN,
+        detach: true,
+        mounts: opts.mounts,
+        netHost: opts.netHost,
+      });
       return logFile;
     },
     count(id: string, namespace?: string) {
