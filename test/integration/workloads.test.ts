@@ -102,6 +102,45 @@ test.each([
 );
 
 /**
+ * A job that serves a control socket (AF_UNIX) and talks to it every step,
+ * its socket file in the writable layer or in its shared work dir. On the
+ * host the work dir keeps the old socket file after the job stopped, where
+ * the restored listener must bind again.
+ */
+test.each([
+  ['its image (/state)', []],
+  ['its shared work dir (/work)', ['ARCH_WORKDIR_CONTAINER_PATH=/work', 'PYJOB_STATE=/work']],
+])('a job serving a UNIX socket in %s goes on where it was', async (_where, extra) => {
+  const id = `py-unix-${extra.length ? 'work' : 'image'}`;
+  const place = extra.length
+    ? `ARCH_SHAREDFS_HOST_PATH=${path.join(storage, 'shared')}`
+    : `ARCH_CHECKPOINT_HOST_PATH=${path.join(storage, 'ck')}`;
+  const env = ['ARCH_ENABLE=1', place, 'PYJOB_MODE=unix', ...extra];
+  const out1 = await runJob(id, env);
+  try {
+    await stepReached(out1, 5);
+    await checkpointContainer(node.ctx, { namespace: 'default', id, runcRoot: node.runcRoot('default') });
+    await node.containerd.waitStatus(id, 'STOPPED', 15_000);
+    const reached = lastStep(out1);
+    await node.containerd.removeContainer(id);
+    const out2 = await runJob(id, env);
+    try {
+      await stepReached(out2, reached + 5, 'restored, 5 more steps');
+    } catch (err) {
+      const log = node.logLines().filter((l) => l.container === id);
+      throw new Error(
+        `${String(err)}\nafter restore:\n${fs.readFileSync(out2, 'utf8').slice(-1500)}\nARCH log:\n${JSON.stringify(log.slice(-4), null, 1)}`,
+      );
+    }
+    const after = lines(out2);
+    expect(after.filter((l) => / FAIL$/.test(l) || l.startsWith('pyjob start'))).toEqual([]);
+    expect(Number(/^pyjob (\d+) /.exec(after[0]!)?.[1])).toBe(reached + 1);
+  } finally {
+    await removeJob(id, true);
+  }
+});
+
+/**
  * A job holding an io_uring instance (libuv with UV_USE_IO_URING=1, tokio-uring, liburing-based
  * I/O): the kernel will not pass it to CRIU, whose dump would fail with only "send_fds failed
  * (-22)". The checkpoint is refused before anything is frozen, naming the process and the fix;

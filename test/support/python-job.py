@@ -33,6 +33,9 @@ PYJOB_MODE picks how the work is spread:
               (default 128) of random data in memory and a pipe to the job; each step
               every worker checks one MiB of its data against the digest it took when
               it made it, and adds its share of the sum
+  unix        serves a control socket (AF_UNIX, bound at $PYJOB_STATE/control.sock, as
+              supervisors, local RPC and gunicorn do) from a thread; each step connects to it,
+              sends the step and counts it only when the echo comes back
   io_uring    holds an io_uring instance while it works (as libuv with UV_USE_IO_URING=1,
               tokio-uring or liburing-based I/O do): no checkpoint can take it
 """
@@ -334,6 +337,36 @@ def run_bigmem():
     run_steps(step_sum)
 
 
+def run_unix():
+    import socket
+    import threading
+
+    path = f"{STATE}/control.sock"
+    if os.path.exists(path):
+        os.unlink(path)  # a fresh start's leftover, as servers do
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(path)
+    server.listen(4)
+
+    def serve():
+        while True:
+            conn, _ = server.accept()
+            with conn:
+                conn.sendall(conn.recv(64))
+
+    threading.Thread(target=serve, daemon=True).start()
+
+    def step_sum(step):
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as c:
+            c.settimeout(5)
+            c.connect(path)
+            c.sendall(str(step).encode())
+            echoed = c.recv(64).decode()
+        return sum(map(square, squares_of(step))) if echoed == str(step) else -1
+
+    run_steps(step_sum)
+
+
 def run_io_uring():
     import ctypes
 
@@ -371,6 +404,8 @@ if __name__ == "__main__":
         run_bigmem()
     elif MODE == "clock":
         run_clock()
+    elif MODE == "unix":
+        run_unix()
     elif MODE == "io_uring":
         run_io_uring()
     else:
