@@ -270,6 +270,17 @@ export async function runDoctor(settings: Settings, payloadCheck: (s: Settings) 
     ),
   );
   checks.push(await binCheck('zstd', 'zstd', ['--version'], /v(\d[\d.]*\d)/, 'apt-get install zstd', true));
+  // A restore brings a container's own loopback up with ip, and frees its listener ports of TIME_WAIT with ss.
+  checks.push(
+    await binCheck(
+      'iproute2',
+      'ss',
+      ['--version'],
+      /iproute2-(\S+)/,
+      "apt-get install iproute2 (a restored container's loopback, and its listener ports in a network namespace that outlived it)",
+      true,
+    ),
+  );
   checks.push(
     await binCheck(
       'getfattr',

@@ -39,7 +39,8 @@ test('every dependency with its version, CRIU probed, and the network lock this 
   expect(report.checks.filter((c) => !c.ok && !c.optional)).toEqual([]);
   expect(report.ok).toBe(true);
   expect(r.exitCode).toBe(0);
-  for (const name of ['runc', 'containerd', 'ctr', 'criu']) expect(byName.get(name)?.version).toMatch(/^\d/);
+  for (const name of ['runc', 'containerd', 'ctr', 'criu', 'iproute2'])
+    expect(byName.get(name)?.version).toMatch(/^\d/);
   expect(Number(byName.get('criu')!.version!.split('.')[0])).toBeGreaterThanOrEqual(4);
   expect(byName.get('criu check')?.ok).toBe(true);
   expect(byName.get('hardware breakpoints')?.ok).toBe(true);
