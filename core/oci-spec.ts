@@ -95,6 +95,22 @@ function mapId(id: number, maps: IdMapping[] | undefined): number | undefined {
 }
 
 /**
+ * libuv's io_uring off (UV_USE_IO_URING=0) for an ARCH container that does
+ * not set it: no checkpoint can take an io_uring (core/open-files.ts), and
+ * libuv opens some as soon as a program reads a file where its distribution
+ * enables them (Debian 13's Node.js, on the system libuv 1.50), so a Node.js
+ * job could never be checkpointed. libuv then uses its thread pool, as
+ * upstream Node.js does by default. An owner who sets the variable keeps
+ * their value (and a checkpoint refused with the reason if it is 1).
+ * Returns `spec` itself when there is nothing to add.
+ */
+export function withCheckpointableRuntimes(spec: OciSpec): OciSpec {
+  const env = spec.process?.env ?? [];
+  if (env.some((e) => e.startsWith('UV_USE_IO_URING='))) return spec;
+  return { ...spec, process: { ...spec.process, env: [...env, 'UV_USE_IO_URING=0'] } };
+}
+
+/**
  * Shared-filesystem mode: bind the shared work dir at the container path and
  * make it the working directory. Idempotent (a restore re-applies it to the
  * same bundle): an existing mount at that destination is replaced.

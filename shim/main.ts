@@ -33,6 +33,7 @@ import {
   hostUserOf,
   joinedPidNamespace,
   readSpec,
+  withCheckpointableRuntimes,
   withWorkdirMount,
   writeSpec,
   type OciSpec,
@@ -365,11 +366,10 @@ async function createHeld(
     }).catch((e) => log.warn({ err: errorMessage(e) }, 'could not record this node as the owner of the job'));
   const checkpointDir = store.containerDir;
   const workDir = c.work?.path;
-  let finalSpec = spec;
-  if (contract.mode === 'shared' && c.work) {
-    finalSpec = withWorkdirMount(spec, c.work.mountSource, contract.workdirContainerPath);
-    await writeSpec(bundle, finalSpec);
-  }
+  let finalSpec = withCheckpointableRuntimes(spec);
+  if (contract.mode === 'shared' && c.work)
+    finalSpec = withWorkdirMount(finalSpec, c.work.mountSource, contract.workdirContainerPath);
+  if (finalSpec !== spec) await writeSpec(bundle, finalSpec);
   const runc = new Runc(ctx.settings, call.root, passGlobals(call));
   const state: ShimState = {
     namespace,
