@@ -10,11 +10,14 @@ import { validateContainerId } from '../contract/ids.js';
 import { readShimState, recordedExit, wasKilled, wasOomKilled } from './shim-state.js';
 import type { CheckpointStore } from './store.js';
 
+/** The stop reason of a container the kernel's OOM killer ended: a crash, where the others are stops from outside. */
+export const OOM_KILLED = 'OOM-killed';
+
 /** Why a container was stopped rather than finishing its job (undefined: it exited by itself). */
 export async function stoppedReason(root: string, id: string, checkpointed: boolean): Promise<string | undefined> {
   if (checkpointed) return 'checkpointed';
   if (await wasKilled(root, id)) return 'stopped from outside';
-  if (await wasOomKilled(root, id)) return 'OOM-killed';
+  if (await wasOomKilled(root, id)) return OOM_KILLED;
   return undefined;
 }
 

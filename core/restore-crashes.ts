@@ -16,7 +16,7 @@
 import path from 'node:path';
 import { validateContainerId } from '../contract/ids.js';
 import { CHECKPOINT_NAME_RE } from './checkpoint-layout.js';
-import { stoppedReason } from './checkpoint-holder.js';
+import { OOM_KILLED, stoppedReason } from './checkpoint-holder.js';
 import { formatDurationMs } from './duration.js';
 import type { Lease } from './lease.js';
 import { readShimState, recordedExit, type RecordedExit, type ShimState } from './shim-state.js';
@@ -93,7 +93,7 @@ export function crashLoopRefusal(
 /** What a container's end was, from what delete knows: stopped (the reason, if any), and its recorded exit. */
 export function endOf(stopped: string | undefined, exit: RecordedExit | undefined): ContainerEnd {
   const at = exit?.exitedAt ? new Date(exit.exitedAt) : new Date();
-  if (stopped === 'OOM-killed') return { crash: stopped, at };
+  if (stopped === OOM_KILLED) return { crash: stopped, at };
   if (stopped || !exit || exit.exitStatus === 0) return { at };
   return { crash: `exited with code ${exit.exitStatus}`, at };
 }
@@ -137,7 +137,8 @@ export function validRestoreCrashes(v: unknown): RestoreCrashes | undefined {
     c.count! < 1 ||
     typeof c.last !== 'string' ||
     c.last.length > 512 ||
-    typeof c.at !== 'string'
+    typeof c.at !== 'string' ||
+    c.at.length > 64
   )
     return undefined;
   return { checkpoint: c.checkpoint, count: c.count!, last: c.last, at: c.at };

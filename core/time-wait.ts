@@ -1,6 +1,6 @@
-import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { readSmallFile } from './manifest.js';
 import type { OciSpec } from './oci-spec.js';
 import { wireFields } from './protobuf-wire.js';
 import { runCommand } from './run-command.js';
@@ -31,9 +31,16 @@ const ISK_SRC_PORT = 7;
 const IPPROTO_TCP = 6;
 const TCP_LISTEN = 10;
 
-/** The ports of the TCP listeners in a checkpoint's CRIU images (its files.img); none if it cannot be read. */
+/** Far above the files.img of a job with many thousands of open files. */
+const MAX_FILES_IMG = 64 << 20;
+
+/**
+ * The ports of the TCP listeners in a checkpoint's CRIU images (its
+ * files.img, read as the store's other small files are: never through a
+ * symlink, bounded); none if it cannot be read.
+ */
 export async function tcpListenPorts(criuDir: string): Promise<number[]> {
-  const img = await fsp.readFile(path.join(criuDir, 'files.img')).catch(() => undefined);
+  const img = await readSmallFile(path.join(criuDir, 'files.img'), MAX_FILES_IMG).catch(() => undefined);
   if (!img || img.length < 8 || img.readUInt32LE(4) !== FILES_MAGIC) return [];
   const ports = new Set<number>();
   try {

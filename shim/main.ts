@@ -241,16 +241,12 @@ async function handleCreate(
     if (!(err instanceof ArchInputError)) throw err;
     lease = undefined; // an unsafe path: refused just below, and the container starts without ARCH
   }
-  const refusal = leaseRefusal(lease, ownNodeNames(ctx.settings), `${namespace}/${id}`);
+  // This node's names (ownNodeNames reads the settings file): asked once for the lease's checks below.
+  const mine = ownNodeNames(ctx.settings);
+  const refusal = leaseRefusal(lease, mine, `${namespace}/${id}`);
   if (lease && !refusal) {
     // A crashed predecessor not deleted yet (Kubernetes creates the next container of a pod first) is counted here.
-    const crashes = await countPredecessor(
-      call.root,
-      lease,
-      id,
-      ownNodeNames(ctx.settings),
-      ctx.settings.restoreCrashes.windowMs,
-    );
+    const crashes = await countPredecessor(call.root, lease, id, mine, ctx.settings.restoreCrashes.windowMs);
     if (crashes !== lease.restoreCrashes) lease = { ...lease, restoreCrashes: crashes };
   }
   if (refusal) {
@@ -302,7 +298,7 @@ async function handleCreate(
       store,
       lease,
       ctx.settings.nodeName,
-      ownNodeNames(ctx.settings),
+      mine,
       id,
       { namespace, key: checkpointKeyOf(contract, id) },
       `${namespace}/${id}`,

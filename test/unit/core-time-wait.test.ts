@@ -1,6 +1,9 @@
 import { execFileSync } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
 import type { OciSpec } from '../../core/oci-spec.js';
-import { existingNetworkNamespace, freeListenerPorts } from '../../core/time-wait.js';
+import { existingNetworkNamespace, freeListenerPorts, tcpListenPorts } from '../../core/time-wait.js';
 
 /**
  * TIME_WAIT entries on a port, made as a stopped job leaves them: a listener
@@ -78,4 +81,28 @@ test('nothing to do: a new network namespace, no listener, or no TIME_WAIT on it
   expect(await freeListenerPorts(spec(), [], () => undefined)).toBeUndefined();
   expect(await freeListenerPorts(spec(), [port], () => undefined)).toMatchObject({ found: 1 });
   expect(await freeListenerPorts(spec(), [port], () => undefined)).toBeUndefined();
+});
+
+test("the listener ports come from the checkpoint's files.img, never through a symlink there", async () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'arch-tw-img-'));
+  try {
+    expect(await tcpListenPorts(dir)).toEqual([]);
+    // files.img as CRIU writes it: IMG_COMMON_MAGIC, FILES_MAGIC, then a FileEntry (type, id) holding an
+    // InetSkEntry with proto TCP (6), state LISTEN (10) and src_port 8080.
+    const isk = [0x28, 0x06, 0x30, 0x0a, 0x38, 0x90, 0x3f];
+    const entry = Buffer.from([0x08, 0x02, 0x10, 0x05, 0x22, isk.length, ...isk]);
+    const img = Buffer.concat([Buffer.from([0x19, 0x43, 0x56, 0x54, 0x38, 0x31, 0x30, 0x56]), Buffer.alloc(4), entry]);
+    img.writeUInt32LE(entry.length, 8);
+    const real = path.join(dir, 'real');
+    fs.mkdirSync(real);
+    fs.writeFileSync(path.join(real, 'files.img'), img);
+    expect(await tcpListenPorts(real)).toEqual([8080]);
+    // A store writer's link to that file is not followed (the store is written by others).
+    const linked = path.join(dir, 'linked');
+    fs.mkdirSync(linked);
+    fs.symlinkSync(path.join(real, 'files.img'), path.join(linked, 'files.img'));
+    expect(await tcpListenPorts(linked)).toEqual([]);
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
 });
