@@ -322,7 +322,7 @@ export const benchmark: Benchmark = {
         0.6,
       ),
       row(
-        `restore ${MEM_MB} MiB from a local format-2 store: arch-runc create vs runc restore -d`,
+        `restore ${MEM_MB} MiB from a local format-2 store: arch-runc create + start vs runc restore -d`,
         'ms',
         archRestore,
         rawRestore,
@@ -363,7 +363,7 @@ export const benchmark: Benchmark = {
           ]),
       row(`checkpoint ${MEM_MB} MiB, format 2 vs format 1 (both ARCH_FSYNC=1), info`, 'ms', archCkpt, v1Ckpt, Infinity),
       row(
-        `restore ${MEM_MB} MiB, format 2 vs format 1 (arch-runc create), info`,
+        `restore ${MEM_MB} MiB, format 2 vs format 1 (arch-runc create + start), info`,
         'ms',
         archRestore,
         v1Restore,

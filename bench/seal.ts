@@ -184,7 +184,7 @@ export const benchmark: Benchmark = {
         pass: ckRatio <= CHECKPOINT_TARGET,
       },
       {
-        metric: `sealed restore ${MEM_MB} MiB: arch-runc create vs runc restore -d`,
+        metric: `sealed restore ${MEM_MB} MiB: arch-runc create + start vs runc restore -d`,
         unit: 'ms',
         arch: med(sealed.map((s) => s.restoreCallMs)),
         raw: med(rawRestore),
@@ -296,7 +296,7 @@ export const benchmark: Benchmark = {
         },
         {
           title: 'Restore phases in the shim (median ms, cumulative from the start where marked in core/restore.ts)',
-          header: ['variant', 'arch-runc create', 'shim durationMs', ...restorePhases, 'raw runc restore'],
+          header: ['variant', 'arch-runc create + start', 'shim durationMs', ...restorePhases, 'raw runc restore'],
           rows: [
             [
               'sealed',

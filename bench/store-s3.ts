@@ -98,7 +98,7 @@ export const benchmark: Benchmark = {
     });
     const rows: Row[] = [
       row(
-        `restore ${MEM_MB} MiB from the loopback S3 server vs from a local format-2 store (arch-runc create), info`,
+        `restore ${MEM_MB} MiB from the loopback S3 server vs from a local format-2 store (arch-runc create + start), info`,
         s3Restore,
         localRestore,
       ),

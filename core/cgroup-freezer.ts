@@ -116,33 +116,13 @@ export class CgroupFreezer {
    * Send `signal` to every process of the cgroup and of the cgroups below it
    * (a container running its own cgroups); a process gone meanwhile is skipped.
    */
-  async signalAll(signal: NodeJS.Signals): Promise<number> {
-    let sent = 0;
-    for (const pid of await this.pids()) {
-      try {
-        process.kill(pid, signal);
-        sent++;
-      } catch (err) {
-        if ((err as NodeJS.ErrnoException).code !== 'ESRCH') throw err;
-      }
-    }
-    return sent;
+  signalAll(signal: NodeJS.Signals): Promise<number> {
+    return signalCgroupTree(this.dir, signal);
   }
 
   /** Every process of the cgroup and of the cgroups below it (a container running its own cgroups). */
-  async pids(): Promise<number[]> {
-    const pids: number[] = [];
-    const visit = async (dir: string): Promise<void> => {
-      for (const line of (await fsp.readFile(path.join(dir, 'cgroup.procs'), 'utf8')).split('\n')) {
-        const pid = Number(line);
-        if (Number.isInteger(pid) && pid > 0) pids.push(pid);
-      }
-      for (const e of await fsp.readdir(dir, { withFileTypes: true })) {
-        if (e.isDirectory()) await visit(path.join(dir, e.name));
-      }
-    };
-    await visit(this.dir);
-    return pids;
+  pids(): Promise<number[]> {
+    return cgroupTreePids(this.dir);
   }
 
   /**
@@ -156,4 +136,34 @@ export class CgroupFreezer {
     else await this.signalAll('SIGKILL');
     await this.thaw();
   }
+}
+
+/** Every process of cgroup directory `dir` and of the cgroups below it. */
+export async function cgroupTreePids(dir: string): Promise<number[]> {
+  const pids: number[] = [];
+  const visit = async (d: string): Promise<void> => {
+    for (const line of (await fsp.readFile(path.join(d, 'cgroup.procs'), 'utf8')).split('\n')) {
+      const pid = Number(line);
+      if (Number.isInteger(pid) && pid > 0) pids.push(pid);
+    }
+    for (const e of await fsp.readdir(d, { withFileTypes: true })) {
+      if (e.isDirectory()) await visit(path.join(d, e.name));
+    }
+  };
+  await visit(dir);
+  return pids;
+}
+
+/** Send `signal` to every process of cgroup directory `dir` and below; returns how many got it (one gone meanwhile is skipped). */
+export async function signalCgroupTree(dir: string, signal: NodeJS.Signals): Promise<number> {
+  let sent = 0;
+  for (const pid of await cgroupTreePids(dir)) {
+    try {
+      process.kill(pid, signal);
+      sent++;
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ESRCH') throw err;
+    }
+  }
+  return sent;
 }

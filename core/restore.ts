@@ -63,6 +63,15 @@ export interface RestoreRequest {
   workDir?: string;
   /** The job's restore crash count (from its lease): a checkpoint whose restores keep crashing is not restored (core/restore-crashes.ts). */
   crashLoop?: { crashes: RestoreCrashes; limit: number };
+  /**
+   * A create that a start follows (not the foreground): the restored
+   * processes stay stopped until that start (RestoreResult.heldIn), as runc's
+   * create holds a new container's process. A job that would end right
+   * after its restore then ends after the start containerd makes, not
+   * before it (which containerd's shim reports as a failed start: "cannot
+   * start a stopped process").
+   */
+  holdUntilStart?: boolean;
 }
 
 export interface RestoreResult {
@@ -71,9 +80,10 @@ export interface RestoreResult {
   timings: Record<string, number>;
   /** A foreground restore: runc, waiting for the restored container (its exit code is the container's). */
   running?: Foreground;
+  /** The cgroup directory of the restored processes, when they are held stopped for the start (holdUntilStart). */
+  heldIn?: string;
 }
 
-/** CRIU's raw page images: restored into stopped processes while their digests are still being checked. */
 /** runc passes the file this annotation names to CRIU as its configuration (runc >= 1.0). */
 const CRIU_CONFIG_ANNOTATION = 'org.criu.config';
 /** What runc gives CRIU when the annotation is absent. */
@@ -454,6 +464,7 @@ async function restoreHolding(ctx: NodeContext, req: RestoreRequest, held: Held)
     );
     timings.loopback = Date.now() - l;
   };
+  let heldIn: string | undefined;
   if (!criuConfig) {
     // Running already: as soon as it can be.
     if (ownsNewNetworkNamespace(req.spec)) await networkUp(await restoredInitPid(req, pidFile));
@@ -463,7 +474,9 @@ async function restoreHolding(ctx: NodeContext, req: RestoreRequest, held: Held)
       await pagesVerified();
       const pid = await restoredInitPid(req, pidFile);
       if (ownsNewNetworkNamespace(req.spec)) await networkUp(pid);
-      await continueProcesses(req, pid);
+      const cgroup = req.holdUntilStart && !req.foreground ? await CgroupFreezer.of(pid) : undefined;
+      if (cgroup) heldIn = cgroup.dir;
+      else await continueProcesses(req, pid);
     } catch (err) {
       // Bad page images never ran: the stopped processes are killed unresumed.
       await undo();
@@ -484,7 +497,7 @@ async function restoreHolding(ctx: NodeContext, req: RestoreRequest, held: Held)
         `could not remove the files the restore moved aside in the emptyDir (${w.hold}): remove that directory by hand`,
       ),
     );
-  return { checkpointDir: stored, manifest, timings, running };
+  return { checkpointDir: stored, manifest, timings, running, ...(heldIn ? { heldIn } : {}) };
 }
 
 /**

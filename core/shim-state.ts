@@ -4,6 +4,7 @@ import path from 'node:path';
 import { writeFileAtomic } from './atomic-file.js';
 import { isAlive } from './pid.js';
 import { readProcStat } from './processes.js';
+import { signalCgroupTree } from './cgroup-freezer.js';
 
 /**
  * What the shim remembers about an ARCH container between runc calls.
@@ -11,19 +12,28 @@ import { readProcStat } from './processes.js';
  * (<runc root>/<id>/): keyed by the node's runc root, so two containerd
  * instances never share it, and removed by `runc delete` with the rest.
  * arch-runc's front (shim/arch-runc.c) tests for ARCH_STATE_FILE there to decide,
- * without starting Node, whether a start/checkpoint/delete concerns an ARCH
- * container; it creates KILLED_FILE on `runc kill`.
+ * without starting Node, whether a checkpoint/delete concerns an ARCH
+ * container; it creates KILLED_FILE on `runc kill`, and does the `start` of
+ * a restored container itself (RESTORED_FILE).
  */
 export const ARCH_STATE_FILE = 'arch.json';
 export const KILLED_FILE = 'arch.killed';
+/**
+ * A container that create restored rather than created: its `start` is not
+ * runc's (runc would refuse to start processes that exist already) but
+ * ARCH's. The file holds the cgroup directory of the restored processes
+ * when they are held stopped until that start (as runc's create holds a new
+ * container's process until start), else nothing. Removed by the start, or
+ * by a kill before it (which lets the held processes go on to take the
+ * signal as a running job would).
+ */
+export const RESTORED_FILE = 'arch.restored';
 /** How the init process exited, from containerd's exit event (written by the node's worker). */
 export const EXIT_FILE = 'arch.exit';
 
 export interface ShimState {
   namespace: string;
   id: string;
-  /** Restored on create: the following `start` is a no-op. */
-  restorePending: boolean;
   /** Checkpointed since it started: delete keeps the checkpoint. */
   checkpointed: boolean;
   checkpointDir: string;
@@ -70,6 +80,30 @@ export async function readShimState(runcRoot: string, id: string): Promise<ShimS
 
 export async function writeShimState(runcRoot: string, s: ShimState): Promise<void> {
   await writeFileAtomic(stateFile(runcRoot, s.id), JSON.stringify(s));
+}
+
+/** Create restored the container (RESTORED_FILE): its processes held stopped in cgroup `heldIn` until start, or running. */
+export async function markRestored(runcRoot: string, id: string, heldIn: string | undefined): Promise<void> {
+  await writeFileAtomic(path.join(runcRoot, id, RESTORED_FILE), heldIn ? `${heldIn}\n` : '');
+}
+
+/**
+ * The `start` of a container create restored (the front's start_restored in
+ * shim/arch-runc.c does the same for containerd's calls): its held processes
+ * go on, and the mark goes. False when create did not restore it (runc
+ * starts it then).
+ */
+export async function startRestored(runcRoot: string, id: string): Promise<boolean> {
+  const file = path.join(runcRoot, id, RESTORED_FILE);
+  let heldIn: string;
+  try {
+    heldIn = (await fsp.readFile(file, 'utf8')).trim();
+  } catch {
+    return false;
+  }
+  if (heldIn) await signalCgroupTree(heldIn, 'SIGCONT');
+  await fsp.rm(file, { force: true });
+  return true;
 }
 
 export async function updateShimState(runcRoot: string, id: string, patch: Partial<ShimState>): Promise<void> {

@@ -11,14 +11,18 @@
  * decides, then execs the real runc itself, and starts Node only when the
  * call concerns ARCH:
  *   create, run  of a bundle whose config.json mentions ARCH_ENABLE
- *   start, delete  of a container the Node side created (its marker file
- *          lives in runc's state dir: <root>/<id>/arch.json)
+ *   delete  of a container the Node side created (its marker file lives
+ *          in runc's state dir: <root>/<id>/arch.json)
  *   checkpoint, restore  without --criu, of any container (the node's CRIU,
  *          off PATH, with its settings: the Node side adds them), or of
  *          ARCH's
  *   kill  of such a container leaves a note (<root>/<id>/arch.killed) while
  *          its init process lives, so a later delete knows the container
  *          did not exit by itself.
+ *   start  of a container the Node side restored (<root>/<id>/arch.restored)
+ *          is done here: its processes, held stopped since the restore,
+ *          go on (runc would refuse to start processes that exist). Other
+ *          starts are runc's.
  * Settings: $ARCH_CONFIG (default /etc/arch/arch.env), overridden by the
  * environment. The front needs three (ARCH_RUNC, ARCH_HOME, ARCH_NODE_BIN);
  * the Node side reads the rest itself (core/settings.ts parses the same
@@ -30,8 +34,10 @@
  * two to the same choices.
  */
 #define _GNU_SOURCE
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <inttypes.h>
 #include <limits.h>
 #include <stdio.h>
@@ -43,6 +49,7 @@
 #define DEFAULT_CONF "/etc/arch/arch.env"
 #define MARKER "arch.json"
 #define KILLED "arch.killed"
+#define RESTORED "arch.restored"
 
 static const char *conf_path;
 
@@ -98,6 +105,57 @@ static int file_contains(const char *p, const char *needle) {
   }
   close(fd);
   return 0;
+}
+
+/* SIGCONT every process of cgroup directory `dir` and of the cgroups below it (core/cgroup-freezer.ts signalCgroupTree). */
+static void continue_tree(const char *dir, int depth) {
+  char *procs = join(dir, "/", "cgroup.procs");
+  char *text = slurp(procs, 1 << 22);
+  free(procs);
+  for (char *p = text; p && *p;) {
+    char *end;
+    long pid = strtol(p, &end, 10);
+    if (end == p) break;
+    if (pid > 0) kill((pid_t)pid, SIGCONT);
+    p = end;
+    while (*p == '\n') p++;
+  }
+  free(text);
+  DIR *d = depth < 64 ? opendir(dir) : NULL;
+  struct dirent *e;
+  while (d && (e = readdir(d))) {
+    if (e->d_type != DT_DIR || strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0) continue;
+    char *sub = join(dir, "/", e->d_name);
+    continue_tree(sub, depth + 1);
+    free(sub);
+  }
+  if (d) closedir(d);
+}
+
+/*
+ * A container create restored (core/shim-state.ts RESTORED_FILE, which holds
+ * the cgroup of processes held stopped for the start, or nothing): they go
+ * on, and the file is `keep`ed empty (a kill before the start: the start
+ * stays ARCH's) or removed (the start). 0 when create did not restore it.
+ */
+static int go_on_restored(const char *state_dir, int keep) {
+  char *file = join(state_dir, "/", RESTORED);
+  char *held = is_regular(file) ? slurp(file, PATH_MAX) : NULL;
+  if (!held) {
+    free(file);
+    return 0;
+  }
+  held[strcspn(held, "\n")] = 0;
+  if (held[0] == '/') continue_tree(held, 0);
+  if (keep) {
+    int fd = held[0] ? open(file, O_WRONLY | O_TRUNC | O_CLOEXEC | O_NOFOLLOW) : -1;
+    if (fd >= 0) close(fd);
+  } else {
+    unlink(file);
+  }
+  free(held);
+  free(file);
+  return 1;
 }
 
 /*
@@ -341,7 +399,9 @@ int main(int argc, char **argv) {
     }
     char *spec = join(bundle, "/", "config.json");
     to_node = is_regular(spec) && file_contains(spec, "ARCH_ENABLE");
-  } else if (strcmp(cmd, "start") == 0 || strcmp(cmd, "delete") == 0) {
+  } else if (strcmp(cmd, "start") == 0) {
+    if (is_regular(marker) && go_on_restored(state_dir, 0)) return 0;
+  } else if (strcmp(cmd, "delete") == 0) {
     to_node = is_regular(marker);
   } else if (strcmp(cmd, "checkpoint") == 0 || strcmp(cmd, "restore") == 0) {
     /* Both run CRIU for far longer than Node takes to start. */
@@ -373,6 +433,8 @@ int main(int argc, char **argv) {
         if (digits && stat(join("/proc/", at, ""), &st) == 0 && S_ISDIR(st.st_mode)) {
           int fd = open(join(dir, "/", KILLED), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0666);
           if (fd >= 0) close(fd);
+          /* Held for a start that has not come: they take the signal as the running job they are. */
+          go_on_restored(dir, 1);
         }
       }
     }

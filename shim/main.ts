@@ -55,10 +55,11 @@ import {
   KILLED_FILE,
   recordExit,
   initRunning,
+  markRestored,
   readShimState,
   recordedExit,
   runningHolderOf,
-  updateShimState,
+  startRestored,
   writeShimState,
   type RestoreFailure,
   type ShimState,
@@ -82,6 +83,7 @@ import { prepareWorkDir, removeWorkDir, type PreparedWorkDir } from '../core/wor
 import { runRealRunc, startRealRunc, withNodeCriu } from './passthrough.js';
 import type { Foreground } from '../core/foreground.js';
 import { forgetMallocTunables } from '../core/malloc-tunables.js';
+import { signalCgroupTree } from '../core/cgroup-freezer.js';
 
 export async function main(argv: string[]): Promise<number> {
   let ctx: NodeContext;
@@ -376,7 +378,6 @@ async function createHeld(
     checkpointField: store.guard?.field,
     ...(contract.mode === 's3' ? { checkpointUrl: formatS3Url(contract.s3.loc) } : {}),
     checkpointed: false,
-    restorePending: false,
     createdAt: new Date().toISOString(),
   };
   let failure: RestoreFailure | undefined;
@@ -392,6 +393,7 @@ async function createHeld(
       pidFile: optionString(call, '--pid-file'),
       consoleSocket: optionString(call, '--console-socket'),
       foreground,
+      holdUntilStart: !foreground,
       ...(c.work ? { workDir: c.work.mountSource } : {}),
       ...(c.lease?.restoreCrashes
         ? { crashLoop: { crashes: c.lease.restoreCrashes, limit: ctx.settings.restoreCrashes.limit } }
@@ -400,21 +402,26 @@ async function createHeld(
     if (restored) {
       const restoredState: ShimState = {
         ...state,
-        restorePending: !restored.running,
         restoredFrom: restored.checkpointDir,
         restoredCpu: { ...(restored.manifest.cpu ? { cpu: restored.manifest.cpu } : {}), atTicks: ticksSinceBoot() },
       };
       if (restored.running) running = { fg: restored.running, state: restoredState };
       const recorded = writeShimState(call.root, restoredState);
-      // In the foreground the container runs already (and may be gone with its state dir): not a failed restore.
-      await (running
-        ? recorded.catch((e) => log.warn({ err: errorMessage(e) }, 'could not record shim state'))
-        : recorded);
+      // The start that follows is ARCH's (the front's), which lets held processes go on.
+      const marked = running ? Promise.resolve() : markRestoredOrGoOn(call.root, id, restored.heldIn, log);
       // This container carries the job on: its clean exit may remove the checkpoint, a predecessor's may not.
-      await store
+      const heldBy = store
         .takeOver({ namespace, key: checkpointKeyOf(contract, id), containerId: id, node: ctx.settings.nodeName })
         .catch((e) => log.warn({ err: errorMessage(e) }, "could not record this container as the checkpoint's holder"));
-      await takeOwnership('restored');
+      // Written side by side: a held job waits for all of them (and the start) before it goes on.
+      const owned = takeOwnership('restored');
+      // In the foreground the container runs already (and may be gone with its state dir): not a failed restore.
+      await Promise.all([
+        running ? recorded.catch((e) => log.warn({ err: errorMessage(e) }, 'could not record shim state')) : recorded,
+        marked,
+        heldBy,
+        owned,
+      ]);
       log.info(
         {
           durationMs: Date.now() - t0,
@@ -457,7 +464,7 @@ async function createHeld(
   const code = await runRealRunc(ctx.settings.runc, fresh);
   if (code === 0) {
     await takeOwnership('started');
-    await writeShimState(call.root, { ...state, restorePending: false, lastRestoreFailure: failure }).catch((e) =>
+    await writeShimState(call.root, { ...state, lastRestoreFailure: failure }).catch((e) =>
       log.warn({ err: errorMessage(e) }, 'could not record shim state'),
     );
   }
@@ -513,24 +520,42 @@ export function restoreFailureOf(
 async function handleRun(ctx: NodeContext, call: RuncCall, namespace: string, id: string, log: Log): Promise<number> {
   if (!(call.options.has('-d') || call.options.has('--detach')))
     return handleCreate(ctx, call, namespace, id, log, { foreground: true });
-  const { create, start } = splitDetachedRun(call, id);
+  const { create } = splitDetachedRun(call, id);
   const code = await handleCreate(ctx, parseRuncArgs(create), namespace, id, log.child({ phase: 'run' }), {
     fresh: call.argv,
   });
-  // Started fresh, runc's run has started it; a restored container only needs the start's bookkeeping.
-  if (code !== 0 || !(await readShimState(call.root, id))?.restorePending) return code;
-  return handleStart(ctx, parseRuncArgs(start), id, log);
+  // Started fresh, runc's run has started it; a restored container is started here, as by its start.
+  if (code === 0 && (await startRestored(call.root, id))) log.info('restored container started');
+  return code;
 }
 
+/**
+ * The start of a restored container: its held processes go on (the front
+ * does the same for containerd's calls, without Node). Others are runc's.
+ */
 async function handleStart(ctx: NodeContext, call: RuncCall, id: string, log: Log): Promise<number> {
-  const s = await readShimState(call.root, id);
-  if (s?.restorePending) {
-    // The processes already run since the restore; runc would refuse to start them.
-    await updateShimState(call.root, id, { restorePending: false });
-    log.info('start after restore: nothing to do');
+  if (await startRestored(call.root, id)) {
+    log.info('restored container started');
     return 0;
   }
   return runRealRunc(ctx.settings.runc, call.argv);
+}
+
+/**
+ * Mark a restored container for its start. Where the mark cannot be
+ * written, held processes go on now: a job is never left stopped for a
+ * start that would not know to let it go on.
+ */
+async function markRestoredOrGoOn(root: string, id: string, heldIn: string | undefined, log: Log): Promise<void> {
+  try {
+    await markRestored(root, id, heldIn);
+  } catch (err) {
+    log.warn(
+      { err: errorMessage(err) },
+      'could not mark the restored container for its start; its processes go on now',
+    );
+    if (heldIn) await signalCgroupTree(heldIn, 'SIGCONT').catch(() => undefined);
+  }
 }
 
 /**

@@ -88,11 +88,7 @@ export async function warmUp(main: (argv: string[]) => Promise<number>): Promise
       if (code !== 0) throw new Error(`warm-up: arch-runc ${argv.join(' ')} exited ${code}`);
     }
     const log = await fsp.readFile(logFile, 'utf8');
-    for (const msg of [
-      'restored from checkpoint',
-      'start after restore: nothing to do',
-      'container exited by itself',
-    ]) {
+    for (const msg of ['restored from checkpoint', 'restored container started', 'container exited by itself']) {
       if (!log.includes(`"msg":"${msg}`)) throw new Error(`warm-up: the shim did not log "${msg}"; its log:\n${log}`);
     }
   } finally {

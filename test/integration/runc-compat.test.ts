@@ -101,7 +101,11 @@ test('--preserve-fds: the descriptors after stdio reach the container of an ARCH
   }
   expect(fs.existsSync(path.join(root, id, 'arch.json'))).toBe(true); // an ARCH container
   expect(await archRunc(['start', id])).toBe(0);
-  await waitFor('the container read fd 4', () => (fs.existsSync(path.join(dir, 'rootfs/from-fd4')) ? true : undefined));
+  // The shell makes the file before cat writes into it: its content is the sign.
+  const fromFd4 = path.join(dir, 'rootfs/from-fd4');
+  await waitFor('the container read fd 4', () =>
+    fs.existsSync(fromFd4) && fs.readFileSync(fromFd4, 'utf8').length > 0 ? true : undefined,
+  );
   expect(fs.readFileSync(path.join(dir, 'rootfs/from-fd3'), 'utf8')).toBe('three\n');
   expect(fs.readFileSync(path.join(dir, 'rootfs/from-fd4'), 'utf8')).toBe('four\n');
 });
@@ -182,4 +186,43 @@ test('a container in a network namespace it only joined is restored into that sa
     await node.containerd.removeContainer(id).catch(() => undefined);
     await node.containerd.removeContainer(sid).catch(() => undefined);
   }
+});
+
+/** The state letter of process `pid` (T: stopped), from /proc. */
+const procState = (pid: number): string => /\) (\S)/.exec(fs.readFileSync(`/proc/${pid}/stat`, 'utf8'))![1]!;
+
+async function initPid(id: string): Promise<number> {
+  return (JSON.parse((await execa(RUNC, ['--root', root, 'state', id])).stdout) as { pid: number }).pid;
+}
+
+test('a restored container is held from its create until its start, as runc holds a new one; a kill before the start reaches the job', async () => {
+  const id = `held-${process.pid}`;
+  const dir = await bundle(id, { env: ['COUNTER_INTERVAL_MS=50'] });
+  expect(await archRunc(['run', '-d', '--bundle', dir, id])).toBe(0);
+  await waitFor('count >= 5', () => (countIn(dir) >= 5 ? true : undefined));
+  await checkpointContainer(node.ctx, { namespace, id, runcRoot: root });
+  const atCheckpoint = countIn(dir);
+  expect(await archRunc(['delete', id])).toBe(0);
+
+  expect(await archRunc(['create', '--bundle', dir, id])).toBe(0);
+  expect(node.logLines().filter((l) => l.container === id && l.msg === 'restored from checkpoint')).toHaveLength(1);
+  const pid = await initPid(id);
+  expect(procState(pid)).toBe('T');
+  // Held: ten of the job's ticks pass without a count.
+  await new Promise((r) => setTimeout(r, 500));
+  expect(countIn(dir)).toBe(atCheckpoint);
+  expect(procState(pid)).toBe('T');
+  expect(await archRunc(['start', id])).toBe(0);
+  await waitFor('count continues after the start', () => (countIn(dir) > atCheckpoint + 3 ? true : undefined));
+  // runc's answer to a second start of a running container.
+  expect(await archRunc(['start', id])).not.toBe(0);
+
+  // Once more, and killed before its start: the held job takes the TERM as the running job it is.
+  await checkpointContainer(node.ctx, { namespace, id, runcRoot: root });
+  expect(await archRunc(['delete', id])).toBe(0);
+  expect(await archRunc(['create', '--bundle', dir, id])).toBe(0);
+  expect(procState(await initPid(id))).toBe('T');
+  expect(await archRunc(['kill', id, 'TERM'])).toBe(0);
+  await waitFor('the job ended on the TERM', async () => ((await status(id)) === 'stopped' ? true : undefined));
+  expect(await archRunc(['delete', id])).toBe(0);
 });

@@ -130,7 +130,6 @@ test('a crashed predecessor still in the runc root (a Kubernetes restart) is cou
     id,
     checkpointDir: `/var/lib/arch/checkpoints/k8s.io/job`,
     checkpointed: false,
-    restorePending: false,
     createdAt: restoredAt.toISOString(),
     ...extra,
   });

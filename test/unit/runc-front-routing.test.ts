@@ -1,9 +1,10 @@
 import { execa } from 'execa';
+import { spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { SPEC_FILE } from '../../core/checkpoint-layout.js';
-import { ARCH_STATE_FILE, KILLED_FILE } from '../../core/shim-state.js';
+import { ARCH_STATE_FILE, KILLED_FILE, RESTORED_FILE } from '../../core/shim-state.js';
 import { containerIdOf, optionString, parseRuncArgs, type RuncCall } from '../../core/runc-args.js';
 import { fakeFrontTargets } from '../support/fake-front-targets.js';
 import { REPO_ROOT } from '../support/images.js';
@@ -47,7 +48,6 @@ function expected(call: RuncCall, w: World): 'node' | 'runc' {
     case 'create':
     case 'run':
       return w.enabled ? 'node' : 'runc';
-    case 'start':
     case 'delete':
       return w.marker ? 'node' : 'runc';
     case 'checkpoint':
@@ -134,4 +134,87 @@ test.each(vectors().map(([name]) => name))('%s: the front routes as runc-args.ts
       });
     }
   }
+});
+
+/**
+ * A container create restored is started by the front itself: the
+ * processes held stopped since the restore (every process of the cgroup
+ * RESTORED_FILE names, and of the cgroups below it) go on, the mark goes,
+ * and neither runc nor Node runs. A kill before that start lets them go on
+ * too (so they take its signal) and keeps the start ARCH's.
+ */
+describe("a restored container's start", () => {
+  let sleepers: ChildProcess[] = [];
+  afterEach(() => {
+    for (const p of sleepers) p.kill('SIGKILL');
+    sleepers = [];
+  });
+
+  /** A fake cgroup tree with a stopped `sleep` in it and one in a cgroup below; returns its dir and the pids. */
+  function heldTree(): { cg: string; pids: number[] } {
+    const cg = path.join(dir, 'cgroup');
+    fs.rmSync(cg, { recursive: true, force: true });
+    fs.mkdirSync(path.join(cg, 'inner'), { recursive: true });
+    const pids: number[] = [];
+    for (const at of [cg, path.join(cg, 'inner')]) {
+      const p = spawn('sleep', ['60'], { stdio: 'ignore' });
+      sleepers.push(p);
+      process.kill(p.pid!, 'SIGSTOP');
+      pids.push(p.pid!);
+      fs.writeFileSync(path.join(at, 'cgroup.procs'), `${p.pid}\n`);
+    }
+    return { cg, pids };
+  }
+
+  /** The process's state letter (T: stopped), once the kernel shows the wanted one or after 2 s. */
+  async function stateOf(pid: number, want: string): Promise<string> {
+    let s = '';
+    for (let i = 0; i < 200; i++) {
+      s = /\) (\S)/.exec(fs.readFileSync(`/proc/${pid}/stat`, 'utf8'))![1]!;
+      if (s === want) break;
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    return s;
+  }
+
+  function restoredContainer(cg: string): string {
+    fs.rmSync(root, { recursive: true, force: true });
+    const stateDir = path.join(root, 'job-1');
+    fs.mkdirSync(stateDir, { recursive: true });
+    fs.writeFileSync(path.join(stateDir, ARCH_STATE_FILE), '{}');
+    fs.writeFileSync(path.join(stateDir, 'state.json'), JSON.stringify({ init_process_pid: process.pid }));
+    fs.writeFileSync(path.join(stateDir, RESTORED_FILE), `${cg}\n`);
+    return stateDir;
+  }
+
+  const front = (args: string[]) =>
+    execa(FRONT, ['--root', root, ...args], { env, extendEnv: false, cwd: bundle, reject: false });
+
+  test("start lets the held processes go on, without runc or Node; a second start is runc's", async () => {
+    const { cg, pids } = heldTree();
+    const stateDir = restoredContainer(cg);
+    for (const pid of pids) expect(await stateOf(pid, 'T')).toBe('T');
+    const r = await front(['start', 'job-1']);
+    expect({ exit: r.exitCode, out: r.stdout.trim() }).toEqual({ exit: 0, out: '' });
+    for (const pid of pids) expect(await stateOf(pid, 'S')).toBe('S');
+    expect(fs.existsSync(path.join(stateDir, RESTORED_FILE))).toBe(false);
+    expect((await front(['start', 'job-1'])).stdout.trim()).toBe('runc');
+  });
+
+  test("a kill before the start lets them go on to take the signal; the start after it stays ARCH's", async () => {
+    const { cg, pids } = heldTree();
+    const stateDir = restoredContainer(cg);
+    const k = await front(['kill', 'job-1', 'TERM']);
+    expect({ exit: k.exitCode, out: k.stdout.trim() }).toEqual({ exit: 0, out: 'runc' });
+    for (const pid of pids) expect(await stateOf(pid, 'S')).toBe('S');
+    expect(fs.readFileSync(path.join(stateDir, RESTORED_FILE), 'utf8')).toBe('');
+    const s = await front(['start', 'job-1']);
+    expect({ exit: s.exitCode, out: s.stdout.trim() }).toEqual({ exit: 0, out: '' });
+  });
+
+  test('a container create did not restore is started by runc', async () => {
+    restoredContainer('/unused');
+    fs.rmSync(path.join(root, 'job-1', RESTORED_FILE));
+    expect((await front(['start', 'job-1'])).stdout.trim()).toBe('runc');
+  });
 });

@@ -35,7 +35,10 @@ beforeEach(() => {
   fs.mkdirSync(path.join(root, ID), { recursive: true });
   fs.writeFileSync(path.join(root, ID, 'arch.json'), '{}');
   conf = path.join(home, 'arch.env');
-  fs.writeFileSync(conf, 'ARCH_RUNC=/bin/echo\n');
+  // The runc the calls reach prints them, marked "direct" where the front execs it itself (no Node).
+  const echo = path.join(home, 'runc-echo');
+  fs.writeFileSync(echo, '#!/bin/sh\necho "${ARCH_RUNC_EXEC:+direct }$*"\n', { mode: 0o755 });
+  fs.writeFileSync(conf, `ARCH_RUNC=${echo}\n`);
 });
 afterEach(() => fs.rmSync(home, { recursive: true, force: true }));
 
@@ -45,7 +48,17 @@ const stamp = () => fs.readFileSync(shimFile('arch-runc.blob.stamp'), 'utf8').sp
 async function front(args: string[], env: Record<string, string> = {}) {
   return execa(FRONT, args, { env: { ARCH_CONFIG: conf, ARCH_HOME: home, ...env }, reject: false });
 }
-const call = () => ['--root', root, '--log', path.join(home, 'a log.json'), 'start', ID];
+/** A call of an ARCH container that the front hands to Node, which passes it to runc unchanged. */
+const call = () => [
+  '--root',
+  root,
+  '--log',
+  path.join(home, 'a log.json'),
+  '--criu',
+  '/nonexistent/criu',
+  'restore',
+  ID,
+];
 /** A blob that would crash Node: proves the front did not use it. */
 const spoilBlob = () => fs.writeFileSync(shimFile('arch-runc.blob'), Buffer.alloc(4096, 0x5a));
 
