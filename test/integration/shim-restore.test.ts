@@ -165,6 +165,36 @@ test('delete after the job exits by itself removes its checkpoint and work dir',
   expect(fs.existsSync(path.join(shared, 'work/default', id))).toBe(false);
 });
 
+test("a restored job that ends as soon as it goes on ends after containerd's start: the run succeeds, the job ran once and finished", async () => {
+  const id = 'ends-at-once';
+  const env = ['ARCH_ENABLE=1', `ARCH_CHECKPOINT_HOST_PATH=${storage}/ends`];
+  // Loops until a wall-clock second that has passed by the time it is restored: it ends within a tick of going on.
+  const until = Math.floor(Date.now() / 1000) + 3;
+  const job = `echo run >> /runs; while [ $(date +%s) -lt ${until} ]; do sleep 0.02; done; echo done >> /runs`;
+  const run = () =>
+    a.containerd.run({
+      image: a.image,
+      id,
+      env,
+      args: ['/bin/sh', '-c', job],
+      runcBinary: ARCH_RUNC_BIN,
+      detach: true,
+    });
+  await run();
+  await waitFor('the job runs', () => (a.readContainerFile(id, '/runs') === 'run\n' ? true : undefined));
+  await checkpointContainer(a.ctx, { namespace: 'default', id, runcRoot: a.runcRoot('default') });
+  await a.containerd.waitStatus(id, 'STOPPED', 15_000);
+  await a.containerd.removeContainer(id);
+  await waitFor('its last second passed', () => (Date.now() / 1000 > until + 0.5 ? true : undefined), 10_000);
+
+  // Restored held, it goes on at the start, not before: a job gone before the start made containerd fail the run.
+  await run();
+  expect(a.logLines().some((l) => l.msg === 'restored from checkpoint' && l.container === id)).toBe(true);
+  await a.containerd.waitStatus(id, 'STOPPED', 15_000);
+  expect(a.readContainerFile(id, '/runs')).toBe('run\ndone\n');
+  await a.containerd.removeContainer(id);
+});
+
 test('ctr task checkpoint of an ARCH container also publishes an ARCH checkpoint', async () => {
   const id = 'ctr-ck-1';
   const env = ['ARCH_ENABLE=1', `ARCH_CHECKPOINT_HOST_PATH=${storage}/ctr`];
