@@ -521,7 +521,7 @@ async function handleRun(ctx: NodeContext, call: RuncCall, namespace: string, id
   if (!(call.options.has('-d') || call.options.has('--detach')))
     return handleCreate(ctx, call, namespace, id, log, { foreground: true });
   const { create } = splitDetachedRun(call, id);
-  const code = await handleCreate(ctx, parseRuncArgs(create), namespace, id, log.child({ phase: 'run' }), {
+  const code = await handleCreate(ctx, parseRuncArgs(create), namespace, id, log, {
     fresh: call.argv,
   });
   // Started fresh, runc's run has started it; a restored container is started here, as by its start.

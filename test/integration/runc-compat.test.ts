@@ -226,3 +226,41 @@ test('a restored container is held from its create until its start, as runc hold
   await waitFor('the job ended on the TERM', async () => ((await status(id)) === 'stopped' ? true : undefined));
   expect(await archRunc(['delete', id])).toBe(0);
 });
+
+test('a container in a user namespace of its own (a Kubernetes pod with hostUsers: false) is restored where it was', async () => {
+  const id = `userns-${process.pid}`;
+  ids.push(id);
+  const dir = path.join(work, `bundle-${id}`);
+  await makeRuncBundle(dir, path.join(work, 'rootfs'), {
+    cgroupsPath: `${cgroupParent}/${id}`,
+    env: ['ARCH_ENABLE=1', `ARCH_CHECKPOINT_HOST_PATH=${storage}`, 'COUNTER_INTERVAL_MS=50'],
+    edit: (spec) => {
+      const map = [{ containerID: 0, hostID: 100_000, size: 65_536 }];
+      spec.linux = {
+        ...spec.linux,
+        namespaces: [...(spec.linux?.namespaces ?? []), { type: 'user' }],
+        uidMappings: map,
+        gidMappings: map,
+      };
+    },
+  });
+  // Root in the container is uid 100000 on the host: its rootfs is that user's, on a path that user can walk.
+  await execa('chown', ['-R', '100000:100000', path.join(dir, 'rootfs')]);
+  fs.chmodSync(work, 0o755);
+  expect(await archRunc(['run', '-d', '--bundle', dir, id])).toBe(0);
+  await waitFor('count >= 5', () => (countIn(dir) >= 5 ? true : undefined));
+  await checkpointContainer(node.ctx, { namespace, id, runcRoot: root });
+  const atCheckpoint = countIn(dir);
+  expect(await archRunc(['delete', id])).toBe(0);
+
+  expect(await archRunc(['run', '-d', '--bundle', dir, id])).toBe(0);
+  await waitFor('count continues', () => (countIn(dir) > atCheckpoint + 3 ? true : undefined));
+  expect(node.logLines().some((l) => l.container === id && l.msg === 'restored from checkpoint')).toBe(true);
+  expect(
+    fs
+      .readFileSync(path.join(dir, 'rootfs', COUNTER_FILES.starts), 'utf8')
+      .trim()
+      .split('\n'),
+  ).toHaveLength(1);
+  expect(await archRunc(['delete', '--force', id])).toBe(0);
+});
