@@ -41,6 +41,15 @@ const KNOWN_CAUSES: { error: RegExp; hint: string }[] = [
       'can carry that connection. Fix: do not mount that socket into the job, or have the job connect only while it uses it',
   },
   {
+    // CRIU finds the job's UNIX sockets through its network namespace: one made in another (the host's) is not there.
+    error: /Unix socket \d+ not found/,
+    hint:
+      "one of the job's files is a UNIX socket made outside its network namespace, most often its stdin, stdout or " +
+      "stderr (a systemd unit's journal stream, a Node.js child_process 'pipe', a process manager's socket) or a socket " +
+      'handed in (socket activation, --preserve-fds): no checkpoint can carry it. Fix: give the container its stdio as a ' +
+      'pipe, FIFO or file, as containerd, Docker and Kubernetes do, and hand it no sockets',
+  },
+  {
     // The kernel would not pass one of the job's files to CRIU: an io_uring opened after ARCH looked (see open-files.ts).
     error: /send_fds failed \(-22\)|Can't retrieve FDs from socket/,
     hint: "the kernel refused to hand CRIU one of the job's open files, which is what an io_uring instance does: turn io_uring off in the job (Node.js: UV_USE_IO_URING=0)",

@@ -49,6 +49,21 @@ test("a job connected to a UNIX socket outside its container: the cause, and not
   );
 });
 
+test('a job whose stdio is a UNIX socket from outside its network namespace: the cause and the fix', () => {
+  // dump.log of a real dump of a container run by arch-runc with a Node.js child_process 'pipe' as its stderr.
+  const log = [
+    "(00.052518) Error (criu/util.c:1534): rlimit: Can't setup RLIMIT_NOFILE for self: Operation not permitted",
+    '(00.098639) Error (criu/sk-unix.c:351): unix: Unix socket 6671404 not found',
+    '(00.098661) Error (criu/cr-dump.c:1545): Dump files (pid: 3608) failed with -1',
+    '(00.108269) Error (criu/cr-dump.c:1975): Dumping FAILED.',
+  ].join('\n');
+  const said = criuErrors(log).split(' | ');
+  expect(said[0]).toContain('Unix socket 6671404 not found');
+  expect(said[said.length - 1]).toMatch(
+    /UNIX socket made outside its network namespace, most often its stdin, stdout or stderr .*Fix: give the container its stdio as a pipe, FIFO or file/,
+  );
+});
+
 test('a file the kernel would not pass to CRIU (an io_uring) is named as the likely cause', () => {
   // dump.log of a real dump of a process holding an io_uring instance.
   const log = [
