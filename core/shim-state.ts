@@ -23,9 +23,9 @@ export const KILLED_FILE = 'arch.killed';
  * runc's (runc would refuse to start processes that exist already) but
  * ARCH's. The file holds the cgroup directory of the restored processes
  * when they are held stopped until that start (as runc's create holds a new
- * container's process until start), else nothing. Removed by the start, or
- * by a kill before it (which lets the held processes go on to take the
- * signal as a running job would).
+ * container's process until start), else nothing. The start removes it; a
+ * kill before the start empties it (the held processes go on to take the
+ * signal as the running job they are, and the start stays ARCH's).
  */
 export const RESTORED_FILE = 'arch.restored';
 /** How the init process exited, from containerd's exit event (written by the node's worker). */
@@ -88,7 +88,7 @@ export async function markRestored(runcRoot: string, id: string, heldIn: string 
 }
 
 /**
- * The `start` of a container create restored (the front's start_restored in
+ * The `start` of a container create restored (the front's go_on_restored in
  * shim/arch-runc.c does the same for containerd's calls): its held processes
  * go on, and the mark goes. False when create did not restore it (runc
  * starts it then).
