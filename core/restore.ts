@@ -11,6 +11,7 @@ import { verifyCheckpointDirStaged, type Manifest } from './manifest.js';
 import { rootfsOf, writeSpec, type OciSpec } from './oci-spec.js';
 import { assertSameOwner, ownerOf } from './owner.js';
 import { assertCpuCanRun, thisCpu } from './cpu-features.js';
+import { assertSameTerminal } from './terminal-match.js';
 import { crashLoopRefusal, type RestoreCrashes } from './restore-crashes.js';
 import { layerDifference } from './layer-match.js';
 import { applyDiff, findOverlayDirs } from './rootfs-diff.js';
@@ -181,6 +182,7 @@ async function restoreHolding(ctx: NodeContext, req: RestoreRequest, held: Held)
     }
     assertSameOwner(v.manifest.owner, await ownerAsked, trust.acceptUnsigned && v.signer === 'unsigned');
     assertCpuCanRun(v.manifest.cpu, thisCpu());
+    await assertSameTerminal(dir, req.spec);
     if (v.signer === 'unsigned') {
       ctx.log.warn(
         { namespace: req.namespace, container: req.id, checkpointDir: stored, reason: 'unsigned' },

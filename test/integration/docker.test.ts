@@ -311,3 +311,52 @@ test("docker checkpoint create + docker start --checkpoint (runc restore passed 
   expect(starts(j)).toBe(1); // restored, not started over
   await dk.docker(['rm', '-f', j.name]);
 });
+
+test('docker run -t: a job with a terminal is restored into a container with one; one whose terminal setting differs starts fresh, says why, and runs', async () => {
+  /** Checkpoint and stop `j` (finalize), then remove it; its count then. */
+  const checkpointAndRemove = async (j: Job): Promise<number> => {
+    expect((await finalize()).items).toContainEqual(
+      expect.objectContaining({ id: await idOf(j), status: 'checkpointed' }),
+    );
+    await waitFor(`${j.name} exited after its checkpoint`, async () =>
+      (await state(j)) === 'exited' ? true : undefined,
+    );
+    const at = count(j);
+    await dk.docker(['rm', j.name]);
+    return at;
+  };
+  const freshReason = async (j: Job) => {
+    const id = await idOf(j);
+    const line = await waitFor(`${j.name} started fresh`, () =>
+      logsFor(id).find((l) => l.msg === 'checkpoint not restored; starting the container fresh'),
+    );
+    await waitCount(j, 3); // it runs: a fresh counter counts from 1
+    expect(await state(j)).toBe('running');
+    expect(restoredLines(id)).toHaveLength(0);
+    return line;
+  };
+
+  const a = await runJob('job-tty', ['-t']);
+  await waitCount(a, 5);
+  const atCheckpoint = await checkpointAndRemove(a);
+  const b = await runJob('job-tty-2', ['-t'], { job: 'job-tty' });
+  fs.writeFileSync(path.join(b.out, 'count'), '0\n');
+  expect(await waitCount(b, atCheckpoint + 3)).toBeGreaterThan(atCheckpoint);
+  expect(restoredLines(await idOf(b))).toHaveLength(1);
+
+  // Checkpointed with a terminal, created without one: CRIU cannot rebuild its session on pipes.
+  await checkpointAndRemove(b);
+  const c = await runJob('job-tty-3', [], { job: 'job-tty' });
+  const noTerminal = await freshReason(c);
+  expect(noTerminal).toMatchObject({ reason: 'terminal' });
+  expect(String(noTerminal.err)).toContain('checkpointed with a terminal (docker run -t');
+
+  // Checkpointed without a terminal, created with one: a restore would spend the terminal's console
+  // socket and leave the fresh start without it (the container did not start at all).
+  await checkpointAndRemove(c);
+  const d = await runJob('job-tty-4', ['-t'], { job: 'job-tty' });
+  const withTerminal = await freshReason(d);
+  expect(withTerminal).toMatchObject({ reason: 'terminal' });
+  expect(String(withTerminal.err)).toContain('checkpointed without a terminal');
+  await dk.docker(['rm', '-f', d.name]);
+});
