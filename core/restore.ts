@@ -141,7 +141,12 @@ async function restoreHolding(ctx: NodeContext, req: RestoreRequest, held: Held)
   // verified first.
   // ARCH's own file, named by an earlier restore of this bundle (runc run again in the same bundle), is not one.
   const criuConfigNamed = req.spec.annotations?.[CRIU_CONFIG_ANNOTATION];
-  const overlap = criuConfigNamed === undefined || criuConfigNamed === path.join(req.bundle, BUNDLE_CRIU_CONFIG);
+  const ownCriuConfig = criuConfigNamed === undefined || criuConfigNamed === path.join(req.bundle, BUNDLE_CRIU_CONFIG);
+  // A job with a terminal: runc hands the caller's console socket the restored terminal while CRIU
+  // restores, and a console socket serves once. A restore that failed after that (damaged page images
+  // found meanwhile) left the fresh start without a terminal, and the container did not start at all.
+  // So everything is verified first, and its processes are still held stopped until the start.
+  const overlap = ownCriuConfig && !req.spec.process?.terminal;
   // Where CRIU can be held at its gate (our own CRIU configuration, the
   // gate script installed), the page images are decrypted (sealed) or
   // assembled (store format 2) while runc and CRIU start; else before runc starts.
@@ -372,7 +377,7 @@ async function restoreHolding(ctx: NodeContext, req: RestoreRequest, held: Held)
   await fsp.rm(work, { recursive: true, force: true });
   await fsp.mkdir(work, { recursive: true });
   const gated = im.value.gate;
-  const criuConfig = overlap ? await leaveStoppedConfig(req.bundle, req.spec, gated?.script) : undefined;
+  const criuConfig = ownCriuConfig ? await leaveStoppedConfig(req.bundle, req.spec, gated?.script) : undefined;
   const { env, runcArgs } = await criuAsked;
   const images = im.value.dir;
   // The job's listeners come back on their ports: in a network namespace that outlived it, free of its old

@@ -358,5 +358,19 @@ test('docker run -t: a job with a terminal is restored into a container with one
   const withTerminal = await freshReason(d);
   expect(withTerminal).toMatchObject({ reason: 'terminal' });
   expect(String(withTerminal.err)).toContain('checkpointed without a terminal');
-  await dk.docker(['rm', '-f', d.name]);
+
+  // A damaged page image of a job with a terminal: found before runc has the console socket, so the
+  // fresh start still has it.
+  await checkpointAndRemove(d);
+  const criu = path.join(work, 'ck', 'moby', 'job-tty', 'current', 'criu');
+  const pages = path.join(
+    criu,
+    fs.readdirSync(criu).find((n) => /^pages-\d+\.img$/.test(n))!,
+  );
+  const bytes = fs.readFileSync(pages);
+  bytes[Math.floor(bytes.length / 2)] ^= 0x40;
+  fs.writeFileSync(pages, bytes);
+  const e = await runJob('job-tty-5', ['-t'], { job: 'job-tty' });
+  expect(await freshReason(e)).toMatchObject({ reason: 'corrupt' });
+  await dk.docker(['rm', '-f', e.name]);
 });
