@@ -120,3 +120,32 @@ export function withWorkdirMount(spec: OciSpec, hostDir: string, containerPath: 
   mounts.push({ destination: containerPath, type: 'bind', source: hostDir, options: ['rbind', 'rw'] });
   return { ...spec, mounts, process: { ...spec.process, cwd: containerPath } };
 }
+
+/**
+ * The spec with each bind mount whose host source is itself a symlink
+ * given that symlink's target. runc's mount follows such a symlink, and
+ * CRIU's restore must bind the same file: runc names the source to CRIU
+ * (its external mount map), and CRIU 4's mount engine opens it without
+ * following a last symlink (open_tree with AT_SYMLINK_NOFOLLOW), so the
+ * restore failed ("Can't remount … with MS_PRIVATE: No such file or
+ * directory"). Docker's `--init` binds /usr/bin/docker-init, a symlink to
+ * tini on Debian: every such container started over. The sources are the
+ * orchestrator's, not the container's; ARCH's own work dir, bound from a
+ * descriptor it holds (/proc/self/fd/N), is left as it is. Returns `spec`
+ * itself when nothing changes.
+ */
+export async function withResolvedBindSources(spec: OciSpec): Promise<OciSpec> {
+  let changed = false;
+  const mounts = await Promise.all(
+    (spec.mounts ?? []).map(async (m) => {
+      if (!isBindMount(m) || !m.source || !path.isAbsolute(m.source) || m.source.startsWith('/proc/')) return m;
+      const st = await fs.lstat(m.source).catch(() => undefined);
+      if (!st?.isSymbolicLink()) return m;
+      const real = await fs.realpath(m.source).catch(() => undefined);
+      if (!real) return m;
+      changed = true;
+      return { ...m, source: real };
+    }),
+  );
+  return changed ? { ...spec, mounts } : spec;
+}

@@ -8,7 +8,7 @@ import { checkpointKeyOf, checkpointStoreOf, type EnabledContract } from './env-
 import { CheckpointUnusableError, errorMessage } from '../contract/errors.js';
 import type { Foreground } from './foreground.js';
 import { verifyCheckpointDirStaged, type Manifest } from './manifest.js';
-import { rootfsOf, writeSpec, type OciSpec } from './oci-spec.js';
+import { rootfsOf, withResolvedBindSources, writeSpec, type OciSpec } from './oci-spec.js';
 import { assertSameOwner, ownerOf } from './owner.js';
 import { assertCpuCanRun, thisCpu } from './cpu-features.js';
 import { assertSameTerminal } from './terminal-match.js';
@@ -377,7 +377,10 @@ async function restoreHolding(ctx: NodeContext, req: RestoreRequest, held: Held)
   await fsp.rm(work, { recursive: true, force: true });
   await fsp.mkdir(work, { recursive: true });
   const gated = im.value.gate;
-  const criuConfig = ownCriuConfig ? await leaveStoppedConfig(req.bundle, req.spec, gated?.script) : undefined;
+  // Bind sources that are symlinks, resolved as runc's own mount resolves them (oci-spec.ts withResolvedBindSources).
+  const restoreSpec = await withResolvedBindSources(req.spec);
+  const criuConfig = ownCriuConfig ? await leaveStoppedConfig(req.bundle, restoreSpec, gated?.script) : undefined;
+  if (!criuConfig && restoreSpec !== req.spec) await writeSpec(req.bundle, restoreSpec);
   const { env, runcArgs } = await criuAsked;
   const images = im.value.dir;
   // The job's listeners come back on their ports: in a network namespace that outlived it, free of its old

@@ -374,3 +374,22 @@ test('docker run -t: a job with a terminal is restored into a container with one
   expect(await freshReason(e)).toMatchObject({ reason: 'corrupt' });
   await dk.docker(['rm', '-f', e.name]);
 });
+
+test('docker run --init (docker-init, a symlink on the host, bound in as PID 1): restored, the count goes on', async () => {
+  const a = await runJob('job-init', ['--init']);
+  await waitCount(a, 5);
+  expect((await finalize()).items).toContainEqual(
+    expect.objectContaining({ id: await idOf(a), status: 'checkpointed' }),
+  );
+  await waitFor('exit after checkpoint', async () => ((await state(a)) === 'exited' ? true : undefined));
+  const atCheckpoint = count(a);
+  await dk.docker(['rm', a.name]);
+
+  const b = await runJob('job-init-2', ['--init'], { job: 'job-init' });
+  fs.writeFileSync(path.join(b.out, 'count'), '0\n');
+  expect(await waitCount(b, atCheckpoint + 3)).toBeGreaterThan(atCheckpoint);
+  expect(restoredLines(await idOf(b))).toHaveLength(1);
+  // PID 1 is still Docker's init, with the counter its child.
+  expect((await dk.docker(['exec', b.name, 'cat', '/proc/1/cmdline'])).stdout).toContain('docker-init');
+  await dk.docker(['rm', '-f', b.name]);
+});

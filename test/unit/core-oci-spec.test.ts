@@ -1,4 +1,7 @@
-import { hostUserOf, withCheckpointableRuntimes, type OciSpec } from '../../core/oci-spec.js';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { hostUserOf, withCheckpointableRuntimes, withResolvedBindSources, type OciSpec } from '../../core/oci-spec.js';
 
 test("the job's host user: the spec's process.user, root when unset", () => {
   expect(hostUserOf({})).toEqual({ uid: 0, gid: 0 });
@@ -31,4 +34,52 @@ test("libuv's io_uring is turned off for an ARCH container, unless its owner set
   const own = { process: { env: ['UV_USE_IO_URING=1'] } } as OciSpec;
   expect(withCheckpointableRuntimes(own)).toBe(own);
   expect(withCheckpointableRuntimes({} as OciSpec).process?.env).toEqual(['UV_USE_IO_URING=0']);
+});
+
+describe('withResolvedBindSources', () => {
+  let dir: string;
+  beforeAll(() => {
+    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'arch-bind-src-'));
+    fs.writeFileSync(path.join(dir, 'tini-static'), 'binary');
+    fs.symlinkSync('tini-static', path.join(dir, 'docker-init'));
+    fs.mkdirSync(path.join(dir, 'data'));
+    fs.symlinkSync(path.join(dir, 'data'), path.join(dir, 'data-link'));
+  });
+  afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));
+
+  test("a bind mount whose source is a symlink gets the symlink's target; everything else is left as it is", async () => {
+    const spec: OciSpec = {
+      mounts: [
+        {
+          destination: '/sbin/docker-init',
+          type: 'bind',
+          source: path.join(dir, 'docker-init'),
+          options: ['rbind', 'ro'],
+        },
+        { destination: '/data', source: path.join(dir, 'data-link'), options: ['bind'] },
+        { destination: '/plain', type: 'bind', source: path.join(dir, 'tini-static'), options: ['rbind'] },
+        { destination: '/work', type: 'bind', source: '/proc/self/fd/9', options: ['rbind'] },
+        { destination: '/tmp', type: 'tmpfs', source: 'tmpfs' },
+        { destination: '/gone', type: 'bind', source: path.join(dir, 'missing'), options: ['rbind'] },
+      ],
+    };
+    const out = await withResolvedBindSources(spec);
+    expect(out.mounts!.map((m) => m.source)).toEqual([
+      path.join(dir, 'tini-static'),
+      path.join(dir, 'data'),
+      path.join(dir, 'tini-static'),
+      '/proc/self/fd/9',
+      'tmpfs',
+      path.join(dir, 'missing'),
+    ]);
+    expect(out.mounts![0]!.options).toEqual(['rbind', 'ro']);
+    expect(spec.mounts![0]!.source).toBe(path.join(dir, 'docker-init')); // the caller's spec is not changed
+  });
+
+  test('nothing to resolve: the same spec back', async () => {
+    const spec: OciSpec = { mounts: [{ destination: '/x', type: 'bind', source: dir, options: ['rbind'] }] };
+    expect(await withResolvedBindSources(spec)).toBe(spec);
+    const none: OciSpec = {};
+    expect(await withResolvedBindSources(none)).toBe(none);
+  });
 });
