@@ -32,23 +32,28 @@ test('layerBytes of a layer whose files are written and renamed meanwhile never 
   // Another process, as the container's job: temp files appear and are renamed away all the time.
   const churn = path.join(dir, 'state');
   fs.mkdirSync(churn);
+  // It churns until told to stop (a minute at most), so the walks below all overlap it however slow the machine is.
+  const stop = path.join(dir, 'stop-writer');
   const writer = execa(process.execPath, [
     '-e',
     `
-    const fs = require('fs'), p = require('path'), d = ${JSON.stringify(churn)}, end = Date.now() + 1500;
-    for (let n = 0; Date.now() < end; n++) {
+    const fs = require('fs'), p = require('path'), d = ${JSON.stringify(churn)}, end = Date.now() + 60000;
+    for (let n = 0; Date.now() < end && !fs.existsSync(${JSON.stringify(stop)}); n++) {
       const t = p.join(d, 'count.tmp.' + (n % 50));
       fs.writeFileSync(t, String(n));
       fs.renameSync(t, p.join(d, 'count'));
     }
   `,
   ]);
-  let walks = 0;
-  const started = Date.now();
-  while (writer.exitCode === null && Date.now() - started < 10_000) {
+  await waitForFile(path.join(churn, 'count'));
+  for (let walk = 0; walk < 25; walk++) {
     expect(await layerBytes(dir)).toBeGreaterThanOrEqual(300 * 1024);
-    walks++;
   }
+  expect(writer.exitCode).toBeNull(); // still churning after the last walk
+  fs.writeFileSync(stop, '');
   await writer;
-  expect(walks).toBeGreaterThan(10);
 });
+
+async function waitForFile(file: string): Promise<void> {
+  for (let i = 0; i < 1000 && !fs.existsSync(file); i++) await new Promise((r) => setTimeout(r, 10));
+}
