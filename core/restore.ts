@@ -64,15 +64,6 @@ export interface RestoreRequest {
   workDir?: string;
   /** The job's restore crash count (from its lease): a checkpoint whose restores keep crashing is not restored (core/restore-crashes.ts). */
   crashLoop?: { crashes: RestoreCrashes; limit: number };
-  /**
-   * A create that a start follows (not the foreground): the restored
-   * processes stay stopped until that start (RestoreResult.heldIn), as runc's
-   * create holds a new container's process. A job that would end right
-   * after its restore then ends after the start containerd makes, not
-   * before it (which containerd's shim reports as a failed start: "cannot
-   * start a stopped process").
-   */
-  holdUntilStart?: boolean;
 }
 
 export interface RestoreResult {
@@ -81,7 +72,15 @@ export interface RestoreResult {
   timings: Record<string, number>;
   /** A foreground restore: runc, waiting for the restored container (its exit code is the container's). */
   running?: Foreground;
-  /** The cgroup directory of the restored processes, when they are held stopped for the start (holdUntilStart). */
+  /**
+   * Not in the foreground (a create, which a start follows): the cgroup
+   * directory of the restored processes, held stopped until that start as
+   * runc's create holds a new container's process. A job that would end
+   * right after its restore then ends after the start containerd makes, not
+   * before it (which containerd's shim reports as a failed start: "cannot
+   * start a stopped process"). The caller lets them go on
+   * (core/shim-state.ts startRestored). Absent when they run already.
+   */
   heldIn?: string;
 }
 
@@ -142,11 +141,11 @@ async function restoreHolding(ctx: NodeContext, req: RestoreRequest, held: Held)
   // ARCH's own file, named by an earlier restore of this bundle (runc run again in the same bundle), is not one.
   const criuConfigNamed = req.spec.annotations?.[CRIU_CONFIG_ANNOTATION];
   const ownCriuConfig = criuConfigNamed === undefined || criuConfigNamed === path.join(req.bundle, BUNDLE_CRIU_CONFIG);
-  // A job with a terminal: runc hands the caller's console socket the restored terminal while CRIU
-  // restores, and a console socket serves once. A restore that failed after that (damaged page images
-  // found meanwhile) left the fresh start without a terminal, and the container did not start at all.
-  // So everything is verified first, and its processes are still held stopped until the start.
-  const overlap = ownCriuConfig && !req.spec.process?.terminal;
+  // A console socket (a create's terminal) serves once, and runc hands it the restored terminal while
+  // CRIU restores: a restore that failed after that (damaged page images found meanwhile) left the
+  // fresh start without a terminal, and the container did not start at all. So with one, everything
+  // is verified first; the processes are still held stopped until the start.
+  const overlap = ownCriuConfig && req.consoleSocket === undefined;
   // Where CRIU can be held at its gate (our own CRIU configuration, the
   // gate script installed), the page images are decrypted (sealed) or
   // assembled (store format 2) while runc and CRIU start; else before runc starts.
@@ -484,7 +483,7 @@ async function restoreHolding(ctx: NodeContext, req: RestoreRequest, held: Held)
       await pagesVerified();
       const pid = await restoredInitPid(req, pidFile);
       if (ownsNewNetworkNamespace(req.spec)) await networkUp(pid);
-      const cgroup = req.holdUntilStart && !req.foreground ? await CgroupFreezer.of(pid) : undefined;
+      const cgroup = req.foreground ? undefined : await CgroupFreezer.of(pid);
       if (cgroup) heldIn = cgroup.dir;
       else await continueProcesses(req, pid);
     } catch (err) {

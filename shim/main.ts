@@ -393,7 +393,6 @@ async function createHeld(
       pidFile: optionString(call, '--pid-file'),
       consoleSocket: optionString(call, '--console-socket'),
       foreground,
-      holdUntilStart: !foreground,
       ...(c.work ? { workDir: c.work.mountSource } : {}),
       ...(c.lease?.restoreCrashes
         ? { crashLoop: { crashes: c.lease.restoreCrashes, limit: ctx.settings.restoreCrashes.limit } }

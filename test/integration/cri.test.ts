@@ -6,6 +6,7 @@ import { checkpointContainer } from '../../core/checkpoint.js';
 import { readShimState } from '../../core/shim-state.js';
 import { startExitRecorder } from '../../worker/exits.js';
 import { waitFor } from '../support/arch-node.js';
+import { damagePageImage } from '../support/checkpoint-copies.js';
 import { cleanupStaleNodes, stopAllNodes } from '../support/containerd-node.js';
 import { CRI_NAMESPACE, startCriNode, type CriTestNode, type Pod, type PidMode } from '../support/cri-node.js';
 import { ensureImage, PYTHON_IMAGE, REPO_ROOT } from '../support/images.js';
@@ -279,14 +280,7 @@ test("a restore that fails after writing the pod's /dev/shm takes its files back
   await finalize(node, c0, job);
   await node.removePod(first);
   // One flipped byte in a page image: found while CRIU restores, after the /dev/shm files were written.
-  const criu = path.join(storage, 'checkpoint', CRI_NAMESPACE, job, 'current', 'criu');
-  const pages = path.join(
-    criu,
-    fs.readdirSync(criu).find((n) => /^pages-\d+\.img$/.test(n))!,
-  );
-  const b = fs.readFileSync(pages);
-  b[Math.floor(b.length / 2)] ^= 0x40;
-  fs.writeFileSync(pages, b);
+  damagePageImage(path.join(storage, 'checkpoint', CRI_NAMESPACE, job, 'current'));
 
   const second = await node.runPod('shm-fails-second', 'container');
   const c1 = await node.startCounter(second, { name: 'job', attempt: 0, env, command });

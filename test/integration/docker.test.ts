@@ -2,6 +2,7 @@ import { execa } from 'execa';
 import fs from 'node:fs';
 import path from 'node:path';
 import { waitFor } from '../support/arch-node.js';
+import { damagePageImage } from '../support/checkpoint-copies.js';
 import { cleanupStaleNodes } from '../support/containerd-node.js';
 import { dockerInstalled, startDockerNode, type DockerNode } from '../support/docker-node.js';
 import { REPO_ROOT } from '../support/images.js';
@@ -362,14 +363,7 @@ test('docker run -t: a job with a terminal is restored into a container with one
   // A damaged page image of a job with a terminal: found before runc has the console socket, so the
   // fresh start still has it.
   await checkpointAndRemove(d);
-  const criu = path.join(work, 'ck', 'moby', 'job-tty', 'current', 'criu');
-  const pages = path.join(
-    criu,
-    fs.readdirSync(criu).find((n) => /^pages-\d+\.img$/.test(n))!,
-  );
-  const bytes = fs.readFileSync(pages);
-  bytes[Math.floor(bytes.length / 2)] ^= 0x40;
-  fs.writeFileSync(pages, bytes);
+  damagePageImage(path.join(work, 'ck', 'moby', 'job-tty', 'current'));
   const e = await runJob('job-tty-5', ['-t'], { job: 'job-tty' });
   expect(await freshReason(e)).toMatchObject({ reason: 'corrupt' });
   await dk.docker(['rm', '-f', e.name]);

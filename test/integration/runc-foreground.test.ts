@@ -8,6 +8,7 @@ import { readShimState } from '../../core/shim-state.js';
 import { CheckpointStore } from '../../core/store.js';
 import { trustOf } from '../../core/trust.js';
 import { realRunc } from '../support/arch-env.js';
+import { damagePageImage } from '../support/checkpoint-copies.js';
 import { ARCH_RUNC_BIN, startArchNode, waitFor, type ArchTestNode } from '../support/arch-node.js';
 import { cleanupStaleNodes, stopAllNodes } from '../support/containerd-node.js';
 import { makeRuncBundle } from '../support/direct-runc.js';
@@ -180,11 +181,7 @@ test('a corrupt checkpoint: a fresh foreground start, the restored processes nev
   const dir = await bundle(id);
   const { ckDir } = await runAndCheckpoint(dir, id);
   // One flipped byte in a page image: found only while CRIU restores (pages are verified meanwhile).
-  const pages = fs.readdirSync(path.join(ckDir, 'criu')).find((n) => /^pages-\d+\.img$/.test(n))!;
-  const file = path.join(ckDir, 'criu', pages);
-  const bytes = fs.readFileSync(file);
-  bytes[bytes.length >> 1] ^= 0xff;
-  fs.writeFileSync(file, bytes);
+  damagePageImage(ckDir, 0xff);
 
   const lines = node.logLines().length;
   const run = runForeground(dir, id);

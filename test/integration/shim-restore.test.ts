@@ -40,6 +40,19 @@ async function checkpointAndRemove(node: ArchTestNode, id: string): Promise<numb
   return atCheckpoint;
 }
 
+/** ctr run a shell script (`sh -c`) in the test image through arch-runc, detached (its output to `logFile`). */
+function runScript(node: ArchTestNode, id: string, env: string[], script: string, logFile?: string): Promise<void> {
+  return node.containerd.run({
+    image: node.image,
+    id,
+    env,
+    args: ['/bin/sh', '-c', script],
+    runcBinary: ARCH_RUNC_BIN,
+    detach: true,
+    ...(logFile ? { logFile } : {}),
+  });
+}
+
 function startsOf(node: ArchTestNode, id: string): number {
   return node.readContainerFile(id, COUNTER_FILES.starts).trim().split('\n').length;
 }
@@ -171,15 +184,7 @@ test("a restored job that ends as soon as it goes on ends after containerd's sta
   // Loops until a wall-clock second that has passed by the time it is restored: it ends within a tick of going on.
   const until = Math.floor(Date.now() / 1000) + 3;
   const job = `echo run >> /runs; while [ $(date +%s) -lt ${until} ]; do sleep 0.02; done; echo done >> /runs`;
-  const run = () =>
-    a.containerd.run({
-      image: a.image,
-      id,
-      env,
-      args: ['/bin/sh', '-c', job],
-      runcBinary: ARCH_RUNC_BIN,
-      detach: true,
-    });
+  const run = () => runScript(a, id, env, job);
   await run();
   await waitFor('the job runs', () => (a.readContainerFile(id, '/runs') === 'run\n' ? true : undefined));
   await checkpointContainer(a.ctx, { namespace: 'default', id, runcRoot: a.runcRoot('default') });
@@ -237,16 +242,7 @@ test('a container of several processes: all are restored, and all run again once
   const script =
     'mkdir -p /state; /usr/bin/counter & i=0; while :; do i=$((i+1)); echo $i > /state/sh-ticks; sleep 0.1; done';
   const env = ['ARCH_ENABLE=1', `ARCH_CHECKPOINT_HOST_PATH=${storage}/multi`];
-  const run = () =>
-    a.containerd.run({
-      image: a.image,
-      id,
-      env,
-      args: ['/bin/sh', '-c', script],
-      runcBinary: ARCH_RUNC_BIN,
-      detach: true,
-      logFile: path.join(storage, `${id}-${Date.now()}.out`),
-    });
+  const run = () => runScript(a, id, env, script, path.join(storage, `${id}-${Date.now()}.out`));
   const shTicks = () => Number(a.readContainerFile(id, '/state/sh-ticks').trim());
   await run();
   await a.waitCount(id, 5);

@@ -66,3 +66,20 @@ export async function expectRestored(node: ArchTestNode, id: string, out: string
   expect(node.readContainerFile(id, COUNTER_FILES.created)).toBe(COUNTER_FILES.createdContent);
   expect(errorsOf(node, id)).toEqual([]);
 }
+
+/**
+ * Damage a checkpoint as a bad disk or a store writer without the key would:
+ * one byte flipped (by `mask`) in the middle of its first page image
+ * (<ckDir>/criu/pages-N.img), which only the page check during CRIU's
+ * restore finds.
+ */
+export function damagePageImage(ckDir: string, mask = 0x40): void {
+  const criu = path.join(ckDir, 'criu');
+  const file = path.join(
+    criu,
+    fs.readdirSync(criu).find((n) => /^pages-\d+\.img$/.test(n))!,
+  );
+  const bytes = fs.readFileSync(file);
+  bytes[bytes.length >> 1] ^= mask;
+  fs.writeFileSync(file, bytes);
+}
