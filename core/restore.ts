@@ -39,6 +39,7 @@ import { SealGate } from './seal-gate.js';
 import { CRIU_DIR, DELETED_FILES, KEPT_FILES, PAGE_IMAGE_PATH, LAYER_ARCHIVE, volumeTar } from './checkpoint-layout.js';
 import { removeDevShmFiles, restoreDevShm } from './dev-shm.js';
 import { keepVolumeFiles, undoVolumeWrite, restoreVolume, type VolumeWrite } from './pod-volumes.js';
+import { ConsoleRelay } from './console-relay.js';
 
 /**
  * Restore a container in place of its create (or of a `runc run`, in the
@@ -97,6 +98,7 @@ export async function restoreFromCheckpoint(ctx: NodeContext, req: RestoreReques
     return await restoreHolding(ctx, req, held);
   } finally {
     held.stop.abort(); // the page images are written already unless the restore failed
+    await held.relay?.drop(); // the restored terminal, unless it was handed over
     await held.assembling?.catch(() => undefined);
     await held.unsealer?.close();
     await held.scratch
@@ -112,14 +114,17 @@ export async function restoreFromCheckpoint(ctx: NodeContext, req: RestoreReques
 
 /**
  * What a restore holds until it ends: the scratch dir, the decryption helper,
- * the page images being assembled, and what stops the page images being
- * decrypted or assembled behind CRIU's gate (the restore will not go on).
+ * the page images being assembled, what stops the page images being
+ * decrypted or assembled behind CRIU's gate (the restore will not go on), and
+ * the restored terminal until it is handed over.
  */
 interface Held {
   scratch?: Scratch;
   unsealer?: Unsealer;
   assembling?: Promise<void>;
   stop: AbortController;
+  /** The restored terminal, held until the restore has worked. */
+  relay?: ConsoleRelay;
 }
 
 async function restoreHolding(ctx: NodeContext, req: RestoreRequest, held: Held): Promise<RestoreResult | undefined> {
@@ -141,11 +146,7 @@ async function restoreHolding(ctx: NodeContext, req: RestoreRequest, held: Held)
   // ARCH's own file, named by an earlier restore of this bundle (runc run again in the same bundle), is not one.
   const criuConfigNamed = req.spec.annotations?.[CRIU_CONFIG_ANNOTATION];
   const ownCriuConfig = criuConfigNamed === undefined || criuConfigNamed === path.join(req.bundle, BUNDLE_CRIU_CONFIG);
-  // A console socket (a create's terminal) serves once, and runc hands it the restored terminal while
-  // CRIU restores: a restore that failed after that (damaged page images found meanwhile) left the
-  // fresh start without a terminal, and the container did not start at all. So with one, everything
-  // is verified first; the processes are still held stopped until the start.
-  const overlap = ownCriuConfig && req.consoleSocket === undefined;
+  const overlap = ownCriuConfig;
   // Where CRIU can be held at its gate (our own CRIU configuration, the
   // gate script installed), the page images are decrypted (sealed) or
   // assembled (store format 2) while runc and CRIU start; else before runc starts.
@@ -428,12 +429,15 @@ async function restoreHolding(ctx: NodeContext, req: RestoreRequest, held: Held)
     await unwriteFiles();
   };
   try {
+    // A console socket (a create's terminal) serves once, and runc spends it on a restore that then
+    // fails: the terminal goes to the caller only once the restore has worked (core/console-relay.ts).
+    if (req.consoleSocket) held.relay = await ConsoleRelay.open();
     const o = {
       bundle: req.bundle,
       imagePath: images,
       workPath: work,
       pidFile,
-      consoleSocket: req.consoleSocket,
+      consoleSocket: held.relay?.path,
       env,
       extra: runcArgs,
     };
@@ -490,6 +494,14 @@ async function restoreHolding(ctx: NodeContext, req: RestoreRequest, held: Held)
       // Bad page images never ran: the stopped processes are killed unresumed.
       await undo();
       throw err;
+    }
+  }
+  if (held.relay) {
+    try {
+      await held.relay.handOver(req.consoleSocket!);
+    } catch (err) {
+      await undo();
+      throw new Error(`could not pass the restored terminal on to the console socket: ${errorMessage(err)}`);
     }
   }
   // Restored: what the job's files replaced in its emptyDirs is not needed to undo it any more.

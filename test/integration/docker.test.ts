@@ -45,17 +45,17 @@ interface Job {
 
 /**
  * docker run the counter with arch-runc; ARCH_ENABLE unless `plain`. Its
- * count in a bind-mounted host directory, or with `shared`, in its shared
+ * count in a bind-mounted host directory (`out`, else a new one), or with `shared`, in its shared
  * work dir (ARCH_SHAREDFS_HOST_PATH=<work>/shared, at /work).
  */
 async function runJob(
   name: string,
   extra: string[] = [],
-  opts: { plain?: boolean; job?: string; command?: string[]; shared?: boolean } = {},
+  opts: { plain?: boolean; job?: string; command?: string[]; shared?: boolean; out?: string } = {},
 ): Promise<Job> {
   const job = opts.job ?? name;
   const shared = path.join(work, 'shared');
-  const out = opts.shared ? path.join(shared, 'work', 'moby', job) : path.join(work, name);
+  const out = opts.out ?? (opts.shared ? path.join(shared, 'work', 'moby', job) : path.join(work, name));
   if (!opts.shared) fs.mkdirSync(out, { recursive: true });
   const arch = opts.plain
     ? []
@@ -344,6 +344,8 @@ test('docker run -t: a job with a terminal is restored into a container with one
   fs.writeFileSync(path.join(b.out, 'count'), '0\n');
   expect(await waitCount(b, atCheckpoint + 3)).toBeGreaterThan(atCheckpoint);
   expect(restoredLines(await idOf(b))).toHaveLength(1);
+  // What it prints after its restore comes through the terminal handed over to Docker (a tty ends lines with \r\n).
+  expect((await dk.docker(['logs', b.name])).stdout).toMatch(new RegExp(`^count ${atCheckpoint + 2}\r?$`, 'm'));
 
   // Checkpointed with a terminal, created without one: CRIU cannot rebuild its session on pipes.
   await checkpointAndRemove(b);
@@ -360,13 +362,29 @@ test('docker run -t: a job with a terminal is restored into a container with one
   expect(withTerminal).toMatchObject({ reason: 'terminal' });
   expect(String(withTerminal.err)).toContain('checkpointed without a terminal');
 
-  // A damaged page image of a job with a terminal: found before runc has the console socket, so the
-  // fresh start still has it.
+  // A damaged page image of a job with a terminal: found while CRIU restores, after runc has been
+  // given a console socket; the terminal goes to Docker only after a restore that worked
+  // (core/console-relay.ts), so the fresh start still has Docker's.
   await checkpointAndRemove(d);
   damagePageImage(path.join(work, 'ck', 'moby', 'job-tty', 'current'));
   const e = await runJob('job-tty-5', ['-t'], { job: 'job-tty' });
   expect(await freshReason(e)).toMatchObject({ reason: 'corrupt' });
   await dk.docker(['rm', '-f', e.name]);
+
+  // A restore CRIU itself refuses, after runc has started: a file the job holds open on a volume grew
+  // since its checkpoint ("has bad size"). runc has had the terminal's console socket by then; the
+  // fresh start must still get one.
+  const held = ['sh', '-c', 'exec 3<>/out/held; exec /usr/bin/counter'];
+  const f = await runJob('job-tty-held', ['-t'], { command: held });
+  await waitCount(f, 5);
+  await checkpointAndRemove(f);
+  fs.appendFileSync(path.join(f.out, 'held'), 'written by another run after the checkpoint\n');
+  fs.writeFileSync(path.join(f.out, 'count'), '0\n');
+  const g = await runJob('job-tty-held-2', ['-t'], { command: held, job: 'job-tty-held', out: f.out });
+  const refused = await freshReason(g);
+  expect(refused).toMatchObject({ reason: 'restore-failed' });
+  expect(String(refused.err)).toMatch(/bad size/);
+  await dk.docker(['rm', '-f', g.name]);
 });
 
 test('docker run --init (docker-init, a symlink on the host, bound in as PID 1): restored, the count goes on', async () => {

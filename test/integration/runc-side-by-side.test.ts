@@ -10,6 +10,7 @@ import { realRunc } from '../support/arch-env.js';
 import { ARCH_RUNC_BIN, startArchNode, waitFor, type ArchTestNode } from '../support/arch-node.js';
 import { cleanupStaleNodes, stopAllNodes } from '../support/containerd-node.js';
 import type { OciSpec } from '../../core/oci-spec.js';
+import { damagePageImage } from '../support/checkpoint-copies.js';
 import { makeRuncBundle } from '../support/direct-runc.js';
 import { buildRootfs, COUNTER_FILES, REPO_ROOT } from '../support/images.js';
 import { expectSame, runcCaller, type CallOptions, type CallResult } from '../support/side-by-side.js';
@@ -373,23 +374,96 @@ describe('ARCH on: arch-runc and runc side by side on fresh containers', () => {
       for (const p of receivers) p.kill('SIGKILL');
     }
   });
+
+  test('--console-socket on a restore: the restored terminal goes to the socket; after a failed restore, the fresh start gets it', async () => {
+    const id = 'sbs-tty-restore';
+    // "start" only when started fresh; "hi" once /go exists (made after the checkpoint).
+    await pair(id, {
+      args: ['/bin/sh', '-c', 'echo start; while [ ! -e /go ]; do sleep 0.1; done; echo hi; sleep 600'],
+      edit: (spec) => void (spec.process!.terminal = true),
+    });
+    const receivers: ChildProcess[] = [];
+    const socket = (s: SideName, n: number) => path.join(work, s, `${id}-${n}.sock`);
+    const received = (s: SideName, n: number) => path.join(work, s, `${id}-${n}.tty`);
+    const receive = async (s: SideName, n: number, until: string) => {
+      receivers.push(
+        spawn('/usr/bin/python3', ['-c', CONSOLE_RECEIVER, socket(s, n), received(s, n), until], { stdio: 'ignore' }),
+      );
+      await waitFor(`${s} console socket ${n}`, () => (fs.existsSync(socket(s, n)) ? true : undefined));
+    };
+    const text = (s: SideName, n: number) =>
+      waitFor(`${s} terminal output ${n}`, () =>
+        fs.existsSync(received(s, n)) ? fs.readFileSync(received(s, n), 'utf8') : undefined,
+      );
+    const rootfs = (s: SideName) => path.join(bundleOf(s, id), 'rootfs');
+    const images = (s: SideName, n: number) => path.join(work, s, `${id}-images-${n}`);
+    try {
+      for (const s of SIDES) await receive(s, 1, 'start');
+      same(
+        await both((s) => ['create', '--console-socket', socket(s, 1), '--bundle', bundleOf(s, id), id], {
+          files: true,
+        }),
+        0,
+      );
+      same(await both(() => ['start', id]), 0);
+      for (const s of SIDES) expect(await text(s, 1)).toBe('start\r\n');
+      same(await both((s) => ['checkpoint', '--image-path', images(s, 1), id], { criu: true }), 0);
+
+      // arch-runc's create restores (ARCH's checkpoint of that dump); runc is asked to restore the dump.
+      for (const s of SIDES) {
+        fs.writeFileSync(path.join(rootfs(s), 'go'), '');
+        await receive(s, 2, 'hi');
+      }
+      const bundle = (s: SideName) => ['--bundle', bundleOf(s, id), id];
+      const a = await on('arch', ['create', '--console-socket', socket('arch', 2), ...bundle('arch')], { files: true });
+      const r = await on(
+        'runc',
+        ['restore', '-d', '--console-socket', socket('runc', 2), '--image-path', images('runc', 1), ...bundle('runc')],
+        { criu: true, files: true },
+      );
+      expect([a.exitCode, r.exitCode]).toEqual([0, 0]);
+      expect((await on('arch', ['start', id])).exitCode).toBe(0);
+      for (const s of SIDES) expect(await text(s, 2)).toBe('hi\r\n'); // restored: no "start"
+
+      // A damaged page image is found while CRIU restores, after runc has been given a console socket.
+      // The terminal goes to the caller only after a restore that worked (core/console-relay.ts): the
+      // fresh start still has the caller's socket.
+      expect((await on('arch', ['checkpoint', '--image-path', images('arch', 2), id], { criu: true })).exitCode).toBe(
+        0,
+      );
+      damagePageImage(path.join(storage, 'arch', id, 'current'));
+      fs.rmSync(path.join(rootfs('arch'), 'go'));
+      await receive('arch', 3, 'start');
+      expect((await on('arch', ['create', '--console-socket', socket('arch', 3), ...bundle('arch')])).exitCode).toBe(0);
+      expect((await on('arch', ['start', id])).exitCode).toBe(0);
+      expect(await text('arch', 3)).toBe('start\r\n');
+      expect(node.logLines()).toContainEqual(
+        expect.objectContaining({ msg: 'checkpoint not restored; starting the container fresh', reason: 'corrupt' }),
+      );
+      same(await both(() => ['delete', '--force', id]), 0);
+    } finally {
+      for (const p of receivers) p.kill('SIGKILL');
+    }
+  });
 });
 
 /**
  * Receives the terminal's master over the console socket (runc's
  * --console-socket protocol: one SCM_RIGHTS message), writes what the
- * container printed until "hi", then holds the master until killed.
+ * container printed until a line (argv[3], else "hi"), then holds the
+ * master until killed.
  */
 const CONSOLE_RECEIVER = `
 import os, select, socket, sys, time
 sock, out = sys.argv[1], sys.argv[2]
+until = (sys.argv[3] if len(sys.argv) > 3 else 'hi').encode() + b'\\r\\n'
 s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
 s.bind(sock)
 s.listen(1)
 c, _ = s.accept()
 _, fds, _, _ = socket.recv_fds(c, 4096, 1)
 data, end = b'', time.time() + 30
-while b'hi\\r\\n' not in data and time.time() < end:
+while until not in data and time.time() < end:
     if select.select([fds[0]], [], [], 0.5)[0]:
         try:
             chunk = os.read(fds[0], 4096)
