@@ -290,6 +290,42 @@ test("a restore that fails after writing the pod's /dev/shm takes its files back
   await node.removePod(second);
 });
 
+test('a job with a terminal (tty: true): a new pod restores it; after a restore that failed it starts fresh with its terminal', async () => {
+  const job = 'pod-tty';
+  const env = jobEnv(job);
+  // Says so when it starts on a terminal (containerd's log strips the terminal's \r).
+  const command = ['/bin/sh', '-c', '[ -t 1 ] && echo on a terminal; /usr/bin/counter & wait'];
+  const tty = { name: 'job', env, command, tty: true };
+  const onTerminal = /stdout F on a terminal\n/;
+  const first = await node.runPod('tty-first', 'container');
+  const c0 = await node.startCounter(first, { ...tty, attempt: 0 });
+  await waitCount(job, 5);
+  expect(output(first, 'job', 0)).toMatch(onTerminal);
+  const at = await finalize(node, c0, job);
+  await node.removePod(first);
+
+  // What the restored job prints comes through the terminal containerd was handed after the restore.
+  const second = await node.runPod('tty-second', 'container');
+  const c1 = await node.startCounter(second, { ...tty, attempt: 0 });
+  await expectRestored(node, { pod: second, id: c1, attempt: 0, job }, at);
+  expect(output(second, 'job', 0)).not.toMatch(onTerminal);
+  await finalize(node, c1, job);
+  await node.removePod(second);
+
+  // Found while CRIU restores, after runc was given a console socket: the terminal goes to containerd only
+  // after a restore that worked (core/console-relay.ts), so the fresh start still has containerd's.
+  damagePageImage(path.join(storage, 'checkpoint', CRI_NAMESPACE, job, 'current'));
+  const third = await node.runPod('tty-third', 'container');
+  const c2 = await node.startCounter(third, { ...tty, attempt: 0 });
+  expect((await listed(node, c2))?.lastRestoreFailure).toMatchObject({ reason: 'corrupt' });
+  await waitFor('a fresh start', () => (starts(job) === 2 ? true : undefined));
+  await waitFor('the fresh start printing on its terminal', () =>
+    onTerminal.test(output(third, 'job', 0)) && /stdout F count 2\n/.test(output(third, 'job', 0)) ? true : undefined,
+  );
+  expect(await node.containerState(c2)).toBe('CONTAINER_RUNNING');
+  await node.removePod(third);
+});
+
 /**
  * A pod's emptyDir (scratch that lives as long as its pod: kubelet's
  * `pods/<uid>/volumes/kubernetes.io~empty-dir/<name>`, bound in by the CRI

@@ -41,6 +41,8 @@ export interface CounterOptions {
   image?: string;
   /** Host directories bound in (CRI mounts), as the kubelet binds a pod's volumes. */
   mounts?: { containerPath: string; hostPath: string }[];
+  /** A terminal (a pod spec's `tty: true`): its output reaches the log through it. */
+  tty?: boolean;
 }
 
 export interface CriTestNode extends ArchTestNode {
@@ -162,6 +164,7 @@ export async function startCriNode(
             ? { mounts: opts.mounts.map((m) => ({ container_path: m.containerPath, host_path: m.hostPath })) }
             : {}),
           envs: Object.entries(opts.env).map(([key, value]) => ({ key, value })),
+          ...(opts.tty ? { tty: true } : {}),
           log_path: `${opts.name}-${opts.attempt}.log`,
           linux: {
             security_context: {
