@@ -64,6 +64,7 @@ test.each([
   ['inotify', 'an inotify watch on its own image filesystem'],
   ['bigmem', 'workers each holding 128 MiB of data, checked against digests'],
   ['clock', 'steps paced by its monotonic clock, which a watchdog checks'],
+  ['asyncio', 'an event loop driving a coprocess through pipes, a pidfd and a subprocess per step'],
 ])(
   'a Python job (%s: %s) goes on where it was',
   async (mode) => {

@@ -36,6 +36,10 @@ PYJOB_MODE picks how the work is spread:
   unix        serves a control socket (AF_UNIX, bound at $PYJOB_STATE/control.sock, as
               supervisors, local RPC and gunicorn do) from a thread; each step connects to it,
               sends the step and counts it only when the echo comes back
+  asyncio     an asyncio event loop driving a coprocess (cat) through pipes, watching it
+              through a pidfd (os.pidfd_open, as asyncio's PidfdChildWatcher does from Python
+              3.12), and running a short subprocess each step: a step counts only when the
+              coprocess echoed its sum, the subprocess printed the step, and the coprocess lives
   io_uring    holds an io_uring instance while it works (as libuv with UV_USE_IO_URING=1,
               tokio-uring or liburing-based I/O do): no checkpoint can take it
 """
@@ -367,6 +371,33 @@ def run_unix():
     run_steps(step_sum)
 
 
+def run_asyncio():
+    import asyncio
+    from asyncio.subprocess import PIPE
+
+    async def main():
+        co = await asyncio.create_subprocess_exec("cat", stdin=PIPE, stdout=PIPE)
+        gone = asyncio.Event()
+        pidfd = os.pidfd_open(co.pid)
+        asyncio.get_running_loop().add_reader(pidfd, gone.set)
+        total = 0
+        step = 0
+        while True:
+            want = sum(map(square, squares_of(step)))
+            co.stdin.write(f"{want}\n".encode())
+            await co.stdin.drain()
+            echoed = await asyncio.wait_for(co.stdout.readline(), 5)
+            p = await asyncio.create_subprocess_exec("echo", str(step), stdout=PIPE)
+            printed, _ = await asyncio.wait_for(p.communicate(), 5)
+            agrees = echoed == f"{want}\n".encode() and printed == f"{step}\n".encode() and not gone.is_set()
+            total += want if agrees else -1
+            step += 1
+            report(step, total)
+            await asyncio.sleep(0.1)
+
+    asyncio.run(main())
+
+
 def run_io_uring():
     import ctypes
 
@@ -406,6 +437,8 @@ if __name__ == "__main__":
         run_clock()
     elif MODE == "unix":
         run_unix()
+    elif MODE == "asyncio":
+        run_asyncio()
     elif MODE == "io_uring":
         run_io_uring()
     else:
