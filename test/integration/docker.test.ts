@@ -405,3 +405,26 @@ test('docker run --init (docker-init, a symlink on the host, bound in as PID 1):
   expect((await dk.docker(['exec', b.name, 'cat', '/proc/1/cmdline'])).stdout).toContain('docker-init');
   await dk.docker(['rm', '-f', b.name]);
 });
+
+test('a job that fits its memory limit but its restore does not: it starts fresh, and the reason names the limit', async () => {
+  // 128 MiB of the counter's memory runs under 130 MiB; its restore needs a few MiB more (CRIU's restorer).
+  const tight = ['--memory', '130m', '-e', 'COUNTER_MEM_MB=128'];
+  const a = await runJob('job-mem', tight);
+  await waitCount(a, 3);
+  expect((await finalize()).items).toContainEqual(
+    expect.objectContaining({ id: await idOf(a), status: 'checkpointed' }),
+  );
+  await waitFor('exit after checkpoint', async () => ((await state(a)) === 'exited' ? true : undefined));
+  await dk.docker(['rm', a.name]);
+  fs.writeFileSync(path.join(a.out, 'count'), '0\n');
+  const b = await runJob('job-mem-2', tight, { job: 'job-mem', out: a.out });
+  const id = await idOf(b);
+  const fresh = await waitFor('a fresh start', () =>
+    logsFor(id).find((l) => l.msg === 'checkpoint not restored; starting the container fresh'),
+  );
+  expect(fresh).toMatchObject({ reason: 'memory-limit' });
+  expect(String(fresh.err)).toMatch(/memory limit \(130 MiB\).*Fix: give the container 16 MiB or more/);
+  await waitCount(b, 3); // the fresh start runs under the same limit
+  expect(await state(b)).toBe('running');
+  await dk.docker(['rm', '-f', b.name]);
+});
