@@ -40,6 +40,7 @@ import { CRIU_DIR, DELETED_FILES, KEPT_FILES, PAGE_IMAGE_PATH, LAYER_ARCHIVE, vo
 import { removeDevShmFiles, restoreDevShm } from './dev-shm.js';
 import { keepVolumeFiles, undoVolumeWrite, restoreVolume, type VolumeWrite } from './pod-volumes.js';
 import { ConsoleRelay } from './console-relay.js';
+import { pidsLimitShortfall } from './pids-limit.js';
 
 /**
  * Restore a container in place of its create (or of a `runc run`, in the
@@ -462,7 +463,11 @@ async function restoreHolding(ctx: NodeContext, req: RestoreRequest, held: Held)
     // byte in memory it needs), or its gate refuses them (a chunk failed
     // authentication): the damage is the reason then, not runc.
     if (pages instanceof CheckpointUnusableError) throw pages;
-    throw await withCriuErrors('runc restore failed', err, path.join(work, 'restore.log'));
+    const failed = await withCriuErrors('runc restore failed', err, path.join(work, 'restore.log'));
+    // CRIU does not say it could not fork: the checkpoint's processes against the container's pids limit do.
+    const short = await pidsLimitShortfall(images, req.spec).catch(() => undefined);
+    if (short) throw new CheckpointUnusableError('pids-limit', `${short}. ${failed.message}`);
+    throw failed;
   }
   timings.restore = Date.now() - t;
   gated?.gate.release();

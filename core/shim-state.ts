@@ -59,7 +59,7 @@ export interface ShimState {
  * (ls, the error log), not only a container that runs.
  */
 export interface RestoreFailure {
-  /** A short cause: CheckpointUnusableError's reason, `pid-in-use`, `memory-limit`, or `restore-failed`. */
+  /** A short cause: CheckpointUnusableError's reason, `pid-in-use`, `memory-limit`, `pids-limit`, or `restore-failed`. */
   reason: string;
   message: string;
   at: string;

@@ -428,3 +428,38 @@ test('a job that fits its memory limit but its restore does not: it starts fresh
   expect(await state(b)).toBe('running');
   await dk.docker(['rm', '-f', b.name]);
 });
+
+test('a job near its pids limit, whose restore needs more: it starts fresh, and the reason names the limit and the count', async () => {
+  // sh and the counter: 2 processes; a restore under Docker needs up to 4 more (core/pids-limit.ts).
+  const opts = { command: ['sh', '-c', '/usr/bin/counter & wait'] };
+  const a = await runJob('job-pids', ['--pids-limit', '4'], opts);
+  await waitCount(a, 3);
+  expect((await finalize()).items).toContainEqual(
+    expect.objectContaining({ id: await idOf(a), status: 'checkpointed' }),
+  );
+  await waitFor('exit after checkpoint', async () => ((await state(a)) === 'exited' ? true : undefined));
+  await dk.docker(['rm', a.name]);
+  fs.writeFileSync(path.join(a.out, 'count'), '0\n');
+  const b = await runJob('job-pids-2', ['--pids-limit', '4'], { ...opts, job: 'job-pids', out: a.out });
+  const fresh = await waitFor('a fresh start', async () =>
+    logsFor(await idOf(b)).find((l) => l.msg === 'checkpoint not restored; starting the container fresh'),
+  );
+  expect(fresh).toMatchObject({ reason: 'pids-limit' });
+  expect(String(fresh.err)).toMatch(/pids limit \(4\).*the job has 2 processes and threads.*raise the limit to 6/);
+  await waitCount(b, 3); // the fresh start runs under the same limit
+  await dk.docker(['rm', '-f', b.name]);
+
+  // With enough, it restores.
+  const c = await runJob('job-pids-3', ['--pids-limit', '8'], opts);
+  await waitCount(c, 3);
+  const at = await (async () => {
+    await finalize();
+    await waitFor('exit after checkpoint', async () => ((await state(c)) === 'exited' ? true : undefined));
+    return count(c);
+  })();
+  await dk.docker(['rm', c.name]);
+  const d = await runJob('job-pids-4', ['--pids-limit', '8'], { ...opts, job: 'job-pids-3', out: c.out });
+  await waitCount(d, at + 3);
+  expect(restoredLines(await idOf(d))).toHaveLength(1);
+  await dk.docker(['rm', '-f', d.name]);
+});
