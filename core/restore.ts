@@ -147,11 +147,10 @@ async function restoreHolding(ctx: NodeContext, req: RestoreRequest, held: Held)
   // ARCH's own file, named by an earlier restore of this bundle (runc run again in the same bundle), is not one.
   const criuConfigNamed = req.spec.annotations?.[CRIU_CONFIG_ANNOTATION];
   const ownCriuConfig = criuConfigNamed === undefined || criuConfigNamed === path.join(req.bundle, BUNDLE_CRIU_CONFIG);
-  const overlap = ownCriuConfig;
   // Where CRIU can be held at its gate (our own CRIU configuration, the
   // gate script installed), the page images are decrypted (sealed) or
   // assembled (store format 2) while runc and CRIU start; else before runc starts.
-  const gateScript = overlap ? await SealGate.script() : undefined;
+  const gateScript = ownCriuConfig ? await SealGate.script() : undefined;
   // Store format 2: chunks assembled into a tmpfs scratch dir, read from there like any checkpoint directory.
   const assembled = await assembleIfChunked(stored, store, trust, ctx.settings, held, gateScript !== undefined);
   if (assembled) timings.assemble = Date.now() - t;
@@ -171,7 +170,7 @@ async function restoreHolding(ctx: NodeContext, req: RestoreRequest, held: Held)
   // is extracted (a forged archive must never reach the disk, not even for
   // the moment it takes a parallel check to fail).
   const verified = verifyCheckpointDirStaged(dir, {
-    defer: overlap ? PAGE_IMAGE_PATH : undefined,
+    defer: ownCriuConfig ? PAGE_IMAGE_PATH : undefined,
     trust,
     assembled: !!assembled,
     ...(assembled?.assemblePages ? { assembledLater: PAGE_IMAGE_PATH } : {}),
