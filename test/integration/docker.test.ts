@@ -118,6 +118,13 @@ async function finalize(extra: string[] = [], mayFail = false) {
 
 const logsFor = (id: string) => dk.node.logLines().filter((l) => l.container === id);
 const restoredLines = (id: string) => logsFor(id).filter((l) => l.msg === 'restored from checkpoint');
+/** Restored once; a failure shows what ARCH logged for the container (why it started fresh, if it did). */
+async function expectRestoredOnce(j: Job): Promise<void> {
+  const log = logsFor(await idOf(j));
+  expect({ restored: log.filter((l) => l.msg === 'restored from checkpoint').length, log }).toMatchObject({
+    restored: 1,
+  });
+}
 
 test("run -> arch-cli finalize -> rm -> run again: restored, the count goes on; Docker's runc root found by itself", async () => {
   const a = await runJob('job-rerun');
@@ -136,7 +143,7 @@ test("run -> arch-cli finalize -> rm -> run again: restored, the count goes on; 
   // The restored counter goes on from its checkpoint in memory; a fresh one would start at 1.
   const c = await waitCount(b, atCheckpoint + 3);
   expect(c).toBeGreaterThan(atCheckpoint);
-  expect(restoredLines(await idOf(b))).toHaveLength(1);
+  await expectRestoredOnce(b);
   // What the restored job prints reaches `docker logs` of the new container; it did not start again.
   const printed = (await dk.docker(['logs', b.name])).stdout;
   expect(printed).toMatch(new RegExp(`^count ${atCheckpoint + 2}$`, 'm'));
@@ -235,7 +242,7 @@ test('a job running as a non-root user writes its shared work dir, and its check
     await dk.docker(['rm', j.name]);
     await run();
     await waitCount(j, atCheckpoint + 3);
-    expect(restoredLines(await idOf(j))).toHaveLength(1);
+    await expectRestoredOnce(j);
     expect(starts(j)).toBe(1);
   } else {
     expect(report.items).toEqual([expect.objectContaining({ id, status: 'failed' })]);
@@ -343,7 +350,7 @@ test('docker run -t: a job with a terminal is restored into a container with one
   const b = await runJob('job-tty-2', ['-t'], { job: 'job-tty' });
   fs.writeFileSync(path.join(b.out, 'count'), '0\n');
   expect(await waitCount(b, atCheckpoint + 3)).toBeGreaterThan(atCheckpoint);
-  expect(restoredLines(await idOf(b))).toHaveLength(1);
+  await expectRestoredOnce(b);
   // What it prints after its restore comes through the terminal handed over to Docker (a tty ends lines with \r\n).
   expect((await dk.docker(['logs', b.name])).stdout).toMatch(new RegExp(`^count ${atCheckpoint + 2}\r?$`, 'm'));
 
@@ -400,7 +407,7 @@ test('docker run --init (docker-init, a symlink on the host, bound in as PID 1):
   const b = await runJob('job-init-2', ['--init'], { job: 'job-init' });
   fs.writeFileSync(path.join(b.out, 'count'), '0\n');
   expect(await waitCount(b, atCheckpoint + 3)).toBeGreaterThan(atCheckpoint);
-  expect(restoredLines(await idOf(b))).toHaveLength(1);
+  await expectRestoredOnce(b);
   // PID 1 is still Docker's init, with the counter its child.
   expect((await dk.docker(['exec', b.name, 'cat', '/proc/1/cmdline'])).stdout).toContain('docker-init');
   await dk.docker(['rm', '-f', b.name]);
@@ -460,6 +467,6 @@ test('a job near its pids limit, whose restore needs more: it starts fresh, and 
   await dk.docker(['rm', c.name]);
   const d = await runJob('job-pids-4', ['--pids-limit', '8'], { ...opts, job: 'job-pids-3', out: c.out });
   await waitCount(d, at + 3);
-  expect(restoredLines(await idOf(d))).toHaveLength(1);
+  await expectRestoredOnce(d);
   await dk.docker(['rm', '-f', d.name]);
 });
