@@ -56,27 +56,6 @@ const KNOWN_CAUSES: { error: RegExp; hint: string }[] = [
   },
 ];
 
-/**
- * CRIU's "killed by signal 9" for a process it was restoring, in a container
- * with a memory limit: the out-of-memory killer of that limit. A restore
- * needs a few MiB more than the job had at its checkpoint (CRIU's restorer
- * runs in the job's processes, in its cgroup): reproduced with Docker, a job
- * of 128 MiB restored under a 134 MiB limit and was killed under 131 MiB,
- * though it ran there; 512 MiB restored under 520 MiB. The fresh start
- * that follows fits, so without this the job's progress was lost to
- * nothing but "killed by signal 9".
- */
-export function oomKilledRestoreFix(message: string, memoryLimit: number | undefined): string | undefined {
-  if (memoryLimit === undefined || !/killed by signal 9/.test(message)) return undefined;
-  const mib = Math.round(memoryLimit / 2 ** 20);
-  return (
-    `a process was killed (SIGKILL) while CRIU restored it, most likely by the out-of-memory killer of the ` +
-    `container's memory limit (${mib} MiB): a restore needs a few MiB more than the job had at its checkpoint. ` +
-    `Fix: give the container 16 MiB or more above what the job uses (docker run --memory, a pod's ` +
-    `resources.limits.memory)`
-  );
-}
-
 /** A runc error, its last lines (runc's own say only "criu failed"), with CRIU's errors from `logFile`. */
 export async function withCriuErrors(what: string, err: unknown, logFile: string): Promise<Error> {
   const criu = criuErrors(await fsp.readFile(logFile, 'utf8').catch(() => ''));

@@ -26,13 +26,6 @@ export interface OciSpec {
   [k: string]: unknown;
 }
 
-/** The container's memory limit in bytes (linux.resources.memory.limit), undefined when it has none. */
-export function memoryLimitOf(spec: OciSpec): number | undefined {
-  const resources = spec.linux?.resources as { memory?: { limit?: unknown } } | undefined;
-  const limit = resources?.memory?.limit;
-  return typeof limit === 'number' && limit > 0 ? limit : undefined;
-}
-
 /** A mount's destination as ARCH compares them: normalized, no trailing slash. */
 export function mountDestination(destination: string | undefined): string {
   return path.posix.normalize(`${destination ?? ''}/`).replace(/(.)\/+$/, '$1');

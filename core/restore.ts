@@ -40,7 +40,7 @@ import { CRIU_DIR, DELETED_FILES, KEPT_FILES, PAGE_IMAGE_PATH, LAYER_ARCHIVE, vo
 import { removeDevShmFiles, restoreDevShm } from './dev-shm.js';
 import { keepVolumeFiles, undoVolumeWrite, restoreVolume, type VolumeWrite } from './pod-volumes.js';
 import { ConsoleRelay } from './console-relay.js';
-import { pidsLimitShortfall } from './pids-limit.js';
+import { restoreLimitCause } from './restore-limits.js';
 
 /**
  * Restore a container in place of its create (or of a `runc run`, in the
@@ -301,28 +301,30 @@ async function restoreHolding(ctx: NodeContext, req: RestoreRequest, held: Held)
     // checkpoint's files), untouched if the container had it already (its own files, equal to the checkpoint's).
     if (upper && written) await unwriteLayer(ctx, upper);
   };
-  // The files the job had open in its work dir and its own volumes, as they were at the checkpoint.
-  try {
-    await rollBackOpenFiles(ctx, req, manifest, path.join(await layerSource, KEPT_FILES), timings);
-  } catch (err) {
-    await stopGated(im.value, held.stop);
-    await unwriteFiles();
-    throw err;
-  }
-  if (manifest.devShm?.files) {
-    const s = Date.now();
+  /** A step before runc starts: if it fails, the page images stop and the job's files are taken back. */
+  const beforeRunc = async <T>(step: () => Promise<T>): Promise<T> => {
     try {
-      const r = await restoreDevShm(await layerSource, req.spec, manifest.devShm);
-      shmCreated = r.created;
-      ctx.log.info(
-        { namespace: req.namespace, container: req.id, phase: 'restore', files: r.names },
-        '/dev/shm files restored',
-      );
+      return await step();
     } catch (err) {
       await stopGated(im.value, held.stop);
       await unwriteFiles();
       throw err;
     }
+  };
+  // The files the job had open in its work dir and its own volumes, as they were at the checkpoint.
+  await beforeRunc(async () =>
+    rollBackOpenFiles(ctx, req, manifest, path.join(await layerSource, KEPT_FILES), timings),
+  );
+  if (manifest.devShm?.files) {
+    const s = Date.now();
+    await beforeRunc(async () => {
+      const r = await restoreDevShm(await layerSource, req.spec, manifest.devShm!);
+      shmCreated = r.created;
+      ctx.log.info(
+        { namespace: req.namespace, container: req.id, phase: 'restore', files: r.names },
+        '/dev/shm files restored',
+      );
+    });
     timings.devShm = Date.now() - s;
   }
   for (const left of manifest.volumesLeft ?? [])
@@ -332,8 +334,9 @@ async function restoreHolding(ctx: NodeContext, req: RestoreRequest, held: Held)
     );
   if (manifest.volumes?.length) {
     const s = Date.now();
-    try {
-      for (const [i, rec] of manifest.volumes.entries()) {
+    const volumes = manifest.volumes;
+    await beforeRunc(async () => {
+      for (const [i, rec] of volumes.entries()) {
         const w = await restoreVolume(path.join(await layerSource, volumeTar(i)), req.spec, rec);
         volumesWritten.push(w);
         ctx.log.info(
@@ -350,11 +353,7 @@ async function restoreHolding(ctx: NodeContext, req: RestoreRequest, held: Held)
             : "emptyDir restored: the job's files are back in the new pod's",
         );
       }
-    } catch (err) {
-      await stopGated(im.value, held.stop);
-      await unwriteFiles();
-      throw err;
-    }
+    });
     timings.volumes = Date.now() - s;
   }
   const pagesVerified = async (): Promise<void> => {
@@ -428,10 +427,10 @@ async function restoreHolding(ctx: NodeContext, req: RestoreRequest, held: Held)
     await running?.exited; // a foreground runc deletes the container as it exits
     await unwriteFiles();
   };
+  // A console socket (a create's terminal) serves once, and runc spends it on a restore that then
+  // fails: the terminal goes to the caller only once the restore has worked (core/console-relay.ts).
+  if (req.consoleSocket) held.relay = await beforeRunc(() => ConsoleRelay.open());
   try {
-    // A console socket (a create's terminal) serves once, and runc spends it on a restore that then
-    // fails: the terminal goes to the caller only once the restore has worked (core/console-relay.ts).
-    if (req.consoleSocket) held.relay = await ConsoleRelay.open();
     const o = {
       bundle: req.bundle,
       imagePath: images,
@@ -463,9 +462,9 @@ async function restoreHolding(ctx: NodeContext, req: RestoreRequest, held: Held)
     // authentication): the damage is the reason then, not runc.
     if (pages instanceof CheckpointUnusableError) throw pages;
     const failed = await withCriuErrors('runc restore failed', err, path.join(work, 'restore.log'));
-    // CRIU does not say it could not fork: the checkpoint's processes against the container's pids limit do.
-    const short = await pidsLimitShortfall(images, req.spec).catch(() => undefined);
-    if (short) throw new CheckpointUnusableError('pids-limit', `${short}. ${failed.message}`);
+    // CRIU's words do not name the container limit a restore ran into (core/restore-limits.ts).
+    const limit = await restoreLimitCause(failed.message, images, req.spec).catch(() => undefined);
+    if (limit) throw new CheckpointUnusableError(limit.reason, `${limit.fix}. ${failed.message}`);
     throw failed;
   }
   timings.restore = Date.now() - t;

@@ -25,7 +25,6 @@ import {
   type EnabledContract,
 } from '../core/env-contract.js';
 import { grownVolumeFileFix } from '../core/volume-files.js';
-import { oomKilledRestoreFix } from '../core/criu-log.js';
 import { ArchInputError, CheckpointUnusableError, errorMessage } from '../contract/errors.js';
 import { formatS3Url, parseS3Url } from '../core/s3-location.js';
 import { S3CheckpointStore } from '../core/s3-store.js';
@@ -33,7 +32,6 @@ import { validateContainerId, validateNamespace } from '../contract/ids.js';
 import {
   hostUserOf,
   joinedPidNamespace,
-  memoryLimitOf,
   readSpec,
   withCheckpointableRuntimes,
   withWorkdirMount,
@@ -500,8 +498,6 @@ export function restoreFailureOf(
   const message = errorMessage(err);
   const grown = reason === 'restore-failed' ? grownVolumeFileFix(message, spec, rollbackVolumes) : undefined;
   if (grown) return { reason, message: `${grown}. runc: ${message}` };
-  const oom = reason === 'restore-failed' ? oomKilledRestoreFix(message, memoryLimitOf(spec)) : undefined;
-  if (oom) return { reason: 'memory-limit', message: `${oom}. runc: ${message}` };
   if (reason !== 'pid-in-use') return { reason, message };
   const pid = /Can't fork for (\d+)/.exec(message)?.[1] ?? '?';
   const explained = joinedPidNamespace(spec)

@@ -118,6 +118,31 @@ async function finalize(extra: string[] = [], mayFail = false) {
 
 const logsFor = (id: string) => dk.node.logLines().filter((l) => l.container === id);
 const restoredLines = (id: string) => logsFor(id).filter((l) => l.msg === 'restored from checkpoint');
+/** Checkpoint and stop `j` (finalize), then remove it; its count then. */
+async function checkpointAndRemove(j: Job): Promise<number> {
+  expect((await finalize()).items).toContainEqual(
+    expect.objectContaining({ id: await idOf(j), status: 'checkpointed' }),
+  );
+  await waitFor(`${j.name} exited after its checkpoint`, async () =>
+    (await state(j)) === 'exited' ? true : undefined,
+  );
+  const at = count(j);
+  await dk.docker(['rm', j.name]);
+  return at;
+}
+
+/** `j` started fresh (its count reset to 0 before it was created) and runs: its log line saying why. */
+async function freshReason(j: Job) {
+  const id = await idOf(j);
+  const line = await waitFor(`${j.name} started fresh`, () =>
+    logsFor(id).find((l) => l.msg === 'checkpoint not restored; starting the container fresh'),
+  );
+  await waitCount(j, 3); // it runs: a fresh counter counts from 1
+  expect(await state(j)).toBe('running');
+  expect(restoredLines(id)).toHaveLength(0);
+  return line;
+}
+
 /** Restored once; a failure shows what ARCH logged for the container (why it started fresh, if it did). */
 async function expectRestoredOnce(j: Job): Promise<void> {
   const log = logsFor(await idOf(j));
@@ -321,29 +346,6 @@ test("docker checkpoint create + docker start --checkpoint (runc restore passed 
 });
 
 test('docker run -t: a job with a terminal is restored into a container with one; one whose terminal setting differs starts fresh, says why, and runs', async () => {
-  /** Checkpoint and stop `j` (finalize), then remove it; its count then. */
-  const checkpointAndRemove = async (j: Job): Promise<number> => {
-    expect((await finalize()).items).toContainEqual(
-      expect.objectContaining({ id: await idOf(j), status: 'checkpointed' }),
-    );
-    await waitFor(`${j.name} exited after its checkpoint`, async () =>
-      (await state(j)) === 'exited' ? true : undefined,
-    );
-    const at = count(j);
-    await dk.docker(['rm', j.name]);
-    return at;
-  };
-  const freshReason = async (j: Job) => {
-    const id = await idOf(j);
-    const line = await waitFor(`${j.name} started fresh`, () =>
-      logsFor(id).find((l) => l.msg === 'checkpoint not restored; starting the container fresh'),
-    );
-    await waitCount(j, 3); // it runs: a fresh counter counts from 1
-    expect(await state(j)).toBe('running');
-    expect(restoredLines(id)).toHaveLength(0);
-    return line;
-  };
-
   const a = await runJob('job-tty', ['-t']);
   await waitCount(a, 5);
   const atCheckpoint = await checkpointAndRemove(a);
@@ -418,53 +420,32 @@ test('a job that fits its memory limit but its restore does not: it starts fresh
   const tight = ['--memory', '130m', '-e', 'COUNTER_MEM_MB=128'];
   const a = await runJob('job-mem', tight);
   await waitCount(a, 3);
-  expect((await finalize()).items).toContainEqual(
-    expect.objectContaining({ id: await idOf(a), status: 'checkpointed' }),
-  );
-  await waitFor('exit after checkpoint', async () => ((await state(a)) === 'exited' ? true : undefined));
-  await dk.docker(['rm', a.name]);
+  await checkpointAndRemove(a);
   fs.writeFileSync(path.join(a.out, 'count'), '0\n');
   const b = await runJob('job-mem-2', tight, { job: 'job-mem', out: a.out });
-  const id = await idOf(b);
-  const fresh = await waitFor('a fresh start', () =>
-    logsFor(id).find((l) => l.msg === 'checkpoint not restored; starting the container fresh'),
-  );
+  const fresh = await freshReason(b); // it runs under the same limit
   expect(fresh).toMatchObject({ reason: 'memory-limit' });
   expect(String(fresh.err)).toMatch(/memory limit \(130 MiB\).*Fix: give the container 16 MiB or more/);
-  await waitCount(b, 3); // the fresh start runs under the same limit
-  expect(await state(b)).toBe('running');
   await dk.docker(['rm', '-f', b.name]);
 });
 
 test('a job near its pids limit, whose restore needs more: it starts fresh, and the reason names the limit and the count', async () => {
-  // sh and the counter: 2 processes; a restore under Docker needs up to 4 more (core/pids-limit.ts).
+  // sh and the counter: 2 processes; a restore under Docker needs up to 4 more (core/restore-limits.ts).
   const opts = { command: ['sh', '-c', '/usr/bin/counter & wait'] };
   const a = await runJob('job-pids', ['--pids-limit', '4'], opts);
   await waitCount(a, 3);
-  expect((await finalize()).items).toContainEqual(
-    expect.objectContaining({ id: await idOf(a), status: 'checkpointed' }),
-  );
-  await waitFor('exit after checkpoint', async () => ((await state(a)) === 'exited' ? true : undefined));
-  await dk.docker(['rm', a.name]);
+  await checkpointAndRemove(a);
   fs.writeFileSync(path.join(a.out, 'count'), '0\n');
   const b = await runJob('job-pids-2', ['--pids-limit', '4'], { ...opts, job: 'job-pids', out: a.out });
-  const fresh = await waitFor('a fresh start', async () =>
-    logsFor(await idOf(b)).find((l) => l.msg === 'checkpoint not restored; starting the container fresh'),
-  );
+  const fresh = await freshReason(b); // it runs under the same limit
   expect(fresh).toMatchObject({ reason: 'pids-limit' });
   expect(String(fresh.err)).toMatch(/pids limit \(4\).*the job has 2 processes and threads.*raise the limit to 6/);
-  await waitCount(b, 3); // the fresh start runs under the same limit
   await dk.docker(['rm', '-f', b.name]);
 
   // With enough, it restores.
   const c = await runJob('job-pids-3', ['--pids-limit', '8'], opts);
   await waitCount(c, 3);
-  const at = await (async () => {
-    await finalize();
-    await waitFor('exit after checkpoint', async () => ((await state(c)) === 'exited' ? true : undefined));
-    return count(c);
-  })();
-  await dk.docker(['rm', c.name]);
+  const at = await checkpointAndRemove(c);
   const d = await runJob('job-pids-4', ['--pids-limit', '8'], { ...opts, job: 'job-pids-3', out: c.out });
   await waitCount(d, at + 3);
   await expectRestoredOnce(d);

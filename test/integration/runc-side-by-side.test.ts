@@ -348,30 +348,22 @@ describe('ARCH on: arch-runc and runc side by side on fresh containers', () => {
       args: ['/bin/sh', '-c', 'tty; echo hi; sleep 600'],
       edit: (spec) => void (spec.process!.terminal = true),
     });
-    const receivers: ChildProcess[] = [];
+    const receivers = consoleReceivers();
     try {
-      const socket = (s: SideName) => path.join(work, s, `${id}.sock`);
-      const received = (s: SideName) => path.join(work, s, `${id}.tty`);
-      for (const s of SIDES) {
-        receivers.push(
-          spawn('/usr/bin/python3', ['-c', CONSOLE_RECEIVER, socket(s), received(s)], { stdio: 'ignore' }),
-        );
-        await waitFor(`${s} console socket`, () => (fs.existsSync(socket(s)) ? true : undefined));
-      }
+      const base = (s: SideName) => path.join(work, s, id);
+      const socket = (s: SideName) => `${base(s)}.sock`;
+      for (const s of SIDES) await receivers.start(base(s));
       same(
         await both((s) => ['create', '--console-socket', socket(s), '--bundle', bundleOf(s, id), id], { files: true }),
         0,
       );
       same(await both(() => ['start', id]), 0);
-      const text = (s: SideName) =>
-        waitFor(`${s} terminal output`, () =>
-          fs.existsSync(received(s)) ? fs.readFileSync(received(s), 'utf8') : undefined,
-        );
+      const text = (s: SideName) => receivers.text(base(s));
       expect(await text('arch')).toBe(await text('runc'));
       expect(await text('arch')).toMatch(/^\/dev\/pts\/\d+\r\nhi\r\n$/);
       same(await both(() => ['delete', '--force', id]), 0);
     } finally {
-      for (const p of receivers) p.kill('SIGKILL');
+      receivers.killAll();
     }
   });
 
@@ -382,19 +374,11 @@ describe('ARCH on: arch-runc and runc side by side on fresh containers', () => {
       args: ['/bin/sh', '-c', 'echo start; while [ ! -e /go ]; do sleep 0.1; done; echo hi; sleep 600'],
       edit: (spec) => void (spec.process!.terminal = true),
     });
-    const receivers: ChildProcess[] = [];
-    const socket = (s: SideName, n: number) => path.join(work, s, `${id}-${n}.sock`);
-    const received = (s: SideName, n: number) => path.join(work, s, `${id}-${n}.tty`);
-    const receive = async (s: SideName, n: number, until: string) => {
-      receivers.push(
-        spawn('/usr/bin/python3', ['-c', CONSOLE_RECEIVER, socket(s, n), received(s, n), until], { stdio: 'ignore' }),
-      );
-      await waitFor(`${s} console socket ${n}`, () => (fs.existsSync(socket(s, n)) ? true : undefined));
-    };
-    const text = (s: SideName, n: number) =>
-      waitFor(`${s} terminal output ${n}`, () =>
-        fs.existsSync(received(s, n)) ? fs.readFileSync(received(s, n), 'utf8') : undefined,
-      );
+    const receivers = consoleReceivers();
+    const base = (s: SideName, n: number) => path.join(work, s, `${id}-${n}`);
+    const socket = (s: SideName, n: number) => `${base(s, n)}.sock`;
+    const receive = (s: SideName, n: number, until: string) => receivers.start(base(s, n), until);
+    const text = (s: SideName, n: number) => receivers.text(base(s, n));
     const rootfs = (s: SideName) => path.join(bundleOf(s, id), 'rootfs');
     const images = (s: SideName, n: number) => path.join(work, s, `${id}-images-${n}`);
     try {
@@ -442,10 +426,32 @@ describe('ARCH on: arch-runc and runc side by side on fresh containers', () => {
       );
       same(await both(() => ['delete', '--force', id]), 0);
     } finally {
-      for (const p of receivers) p.kill('SIGKILL');
+      receivers.killAll();
     }
   });
 });
+
+/**
+ * The console receivers of a test (CONSOLE_RECEIVER below): each listens at
+ * `<base>.sock` and writes what the terminal printed to `<base>.tty`.
+ */
+function consoleReceivers() {
+  const started: ChildProcess[] = [];
+  return {
+    /** Resolves once it listens; it reads until the line `until`. */
+    async start(base: string, until = 'hi'): Promise<void> {
+      started.push(
+        spawn('/usr/bin/python3', ['-c', CONSOLE_RECEIVER, `${base}.sock`, `${base}.tty`, until], { stdio: 'ignore' }),
+      );
+      await waitFor(`console socket ${base}.sock`, () => (fs.existsSync(`${base}.sock`) ? true : undefined));
+    },
+    text: (base: string) =>
+      waitFor(`terminal output ${base}.tty`, () =>
+        fs.existsSync(`${base}.tty`) ? fs.readFileSync(`${base}.tty`, 'utf8') : undefined,
+      ),
+    killAll: () => started.forEach((p) => p.kill('SIGKILL')),
+  };
+}
 
 /**
  * Receives the terminal's master over the console socket (runc's

@@ -1,5 +1,4 @@
-import { criuErrors, oomKilledRestoreFix } from '../../core/criu-log.js';
-import { memoryLimitOf } from '../../core/oci-spec.js';
+import { criuErrors } from '../../core/criu-log.js';
 
 /** The one line a failed dump or restore gets from CRIU's log (dump.log of a real failed dump, shortened). */
 const DUMP_LOG = [
@@ -78,24 +77,4 @@ test('a file the kernel would not pass to CRIU (an io_uring) is named as the lik
     /\| the kernel refused to hand CRIU one of the job's open files, .*io_uring.*UV_USE_IO_URING=0/,
   );
   expect(criuErrors(DUMP_LOG)).not.toMatch(/io_uring|UNIX socket/);
-});
-
-test('a process killed while CRIU restored it, in a container with a memory limit: the limit and the fix', () => {
-  const said =
-    'runc restore failed: exit status 1 (criu: (00.244817) Error (criu/cr-restore.c:1269): 20753 killed by signal 9: Killed | (00.245643) Error (criu/cr-restore.c:2331): Restoring FAILED.)';
-  expect(oomKilledRestoreFix(said, 130 * 2 ** 20)).toMatch(
-    /out-of-memory killer of the container's memory limit \(130 MiB\).*Fix: give the container 16 MiB or more/,
-  );
-  // No limit: the OOM killer of the limit is not the cause; another failure: not this.
-  expect(oomKilledRestoreFix(said, undefined)).toBeUndefined();
-  expect(
-    oomKilledRestoreFix('Error (criu/files-reg.c:2175): File /out/held has bad size', 130 * 2 ** 20),
-  ).toBeUndefined();
-});
-
-test('the memory limit of a spec: linux.resources.memory.limit when positive', () => {
-  expect(memoryLimitOf({ linux: { resources: { memory: { limit: 1 << 30 } } } })).toBe(1 << 30);
-  expect(memoryLimitOf({ linux: { resources: { memory: {} } } })).toBeUndefined();
-  expect(memoryLimitOf({ linux: { resources: { memory: { limit: -1 } } } })).toBeUndefined();
-  expect(memoryLimitOf({})).toBeUndefined();
 });

@@ -2,7 +2,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { varint } from '../../core/protobuf-wire.js';
-import { checkpointTaskCount, pidsLimitOf, pidsLimitShortfall } from '../../core/pids-limit.js';
+import { checkpointTaskCount, resourceLimitOf, restoreLimitCause } from '../../core/restore-limits.js';
 
 /** A pstree.img as CRIU writes it: its two magics, then each entry's length and bytes. */
 function pstreeImage(entries: { pid: number; threads: number[]; packed?: boolean }[]): Buffer {
@@ -67,11 +67,34 @@ test('a restore short of pids: named only when the job and what the restore adds
     ]),
   );
   const spec = (limit?: number) => ({ linux: { resources: limit === undefined ? {} : { pids: { limit } } } });
-  expect(pidsLimitOf(spec(4))).toBe(4);
-  expect(pidsLimitOf(spec(0))).toBeUndefined();
-  expect(await pidsLimitShortfall(dir, spec(5))).toMatch(
+  const pidsShort = async (limit?: number) => (await restoreLimitCause('Restoring FAILED', dir, spec(limit)))?.fix;
+  expect(resourceLimitOf(spec(4), 'pids')).toBe(4);
+  expect(resourceLimitOf(spec(0), 'pids')).toBeUndefined();
+  expect(await pidsShort(5)).toMatch(
     /pids limit \(5\).*the job has 2 processes and threads.*raise the limit to 6 or more/,
   );
-  expect(await pidsLimitShortfall(dir, spec(6))).toBeUndefined();
-  expect(await pidsLimitShortfall(dir, spec())).toBeUndefined();
+  expect(await restoreLimitCause('Restoring FAILED', dir, spec(5))).toMatchObject({ reason: 'pids-limit' });
+  expect(await pidsShort(6)).toBeUndefined();
+  expect(await pidsShort()).toBeUndefined();
+});
+
+test('a process killed while CRIU restored it, in a container with a memory limit: the limit and the fix', async () => {
+  const said =
+    'runc restore failed: exit status 1 (criu: (00.244817) Error (criu/cr-restore.c:1269): 20753 killed by signal 9: Killed | (00.245643) Error (criu/cr-restore.c:2331): Restoring FAILED.)';
+  const memory = (limit?: number) => ({ linux: { resources: limit === undefined ? {} : { memory: { limit } } } });
+  const oomFix = async (message: string, limit?: number) => (await restoreLimitCause(message, dir, memory(limit)))?.fix;
+  expect(await oomFix(said, 130 * 2 ** 20)).toMatch(
+    /out-of-memory killer of the container's memory limit \(130 MiB\).*Fix: give the container 16 MiB or more/,
+  );
+  expect(await restoreLimitCause(said, dir, memory(130 * 2 ** 20))).toMatchObject({ reason: 'memory-limit' });
+  // No limit: the OOM killer of the limit is not the cause; another failure: not this.
+  expect(await oomFix(said, undefined)).toBeUndefined();
+  expect(await oomFix('Error (criu/files-reg.c:2175): File /out/held has bad size', 130 * 2 ** 20)).toBeUndefined();
+});
+
+test('the memory limit of a spec: linux.resources.memory.limit when positive', () => {
+  expect(resourceLimitOf({ linux: { resources: { memory: { limit: 1 << 30 } } } }, 'memory')).toBe(1 << 30);
+  expect(resourceLimitOf({ linux: { resources: { memory: {} } } }, 'memory')).toBeUndefined();
+  expect(resourceLimitOf({ linux: { resources: { memory: { limit: -1 } } } }, 'memory')).toBeUndefined();
+  expect(resourceLimitOf({}, 'memory')).toBeUndefined();
 });
