@@ -6,10 +6,10 @@ import type { NodeContext } from '../core/context.js';
 import { criuRunEnv } from '../core/criu-network-lock.js';
 import { criuBinary, readLogLines, realRunc } from '../test/support/arch-env.js';
 import { COUNTER_FILES } from '../test/support/images.js';
-import { duBytes, startBenchNode, syncDisks, type BenchNode } from './support/arch-bench-node.js';
+import { duBytes, startBenchNode, syncDisks, type BenchJob, type BenchNode } from './support/arch-bench-node.js';
 import type { Benchmark, BenchEnv, BenchOutcome, Row, Table } from './support/registry.js';
 import { median, msSince, round } from './support/stats.js';
-import { StandaloneRunc } from './support/standalone-runc.js';
+import { StandaloneRunc, type BundleSpec } from './support/standalone-runc.js';
 import { MANIFEST_FILE } from '../core/checkpoint-layout.js';
 
 /**
@@ -420,8 +420,10 @@ export async function rawStandalone(
   id: string,
   scratch: string,
   cleanup: BenchEnv['cleanup'],
-): Promise<{ checkpointMs: number; restoreMs: number }> {
-  const bundle = await sa.bundle(id, { args: ['/usr/bin/counter'], env: [`COUNTER_MEM_MB=${MEM_MB}`] });
+  /** Another job than the counter holding MEM_MB. */
+  job: BundleSpec = { args: ['/usr/bin/counter'], env: [`COUNTER_MEM_MB=${MEM_MB}`] },
+): Promise<{ checkpointMs: number; fsyncMs: number; restoreMs: number }> {
+  const bundle = await sa.bundle(id, job);
   const undo = cleanup.defer(`standalone ${id}`, () => sa.remove(id));
   await sa.run(id, bundle);
   const countFile = path.join(bundle, 'rootfs', COUNTER_FILES.count);
@@ -430,6 +432,7 @@ export async function rawStandalone(
   await syncDisks();
   const img = path.join(scratch, id);
   const checkpointMs = await sa.checkpoint(id, img, `${img}-work`);
+  const fsyncMs = fsyncImages(img); // what ARCH's durability would add
   const at = readCount();
   await sa.remove(id); // the dumped container is gone already; this drops its pipes
   await syncDisks();
@@ -442,7 +445,7 @@ export async function rawStandalone(
   if (starts !== 1) throw new Error(`${id}: raw restore started the counter fresh (${starts} starts)`);
   await undo();
   for (const d of [img, `${img}-work`, `${img}-rwork`, bundle]) fs.rmSync(d, { recursive: true, force: true });
-  return { checkpointMs, restoreMs };
+  return { checkpointMs, fsyncMs, restoreMs };
 }
 
 /** One ARCH cycle: run, checkpoint (timed), delete, ctr run again = restore (timed), check, delete. */
@@ -455,12 +458,12 @@ export async function archCycle(
   afterCheckpoint?: (r: CheckpointResult) => void,
   /** Other node settings for the checkpoint (e.g. another store format). */
   settings: Partial<NodeContext['settings']> = {},
-  /** More environment for the container (e.g. another place for its checkpoints). */
-  runEnv: string[] = [],
+  /** More for the container: environment (e.g. another place for its checkpoints), mounts, its command. */
+  job: BenchJob = {},
 ): Promise<Omit<ArchSample, 'rep'>> {
   const node = bn.node;
   const ctx: NodeContext = { ...node.ctx, settings: { ...node.ctx.settings, ...settings, fsync } };
-  await bn.run(id, { arch: true, memMb: MEM_MB, env: runEnv });
+  await bn.run(id, { arch: true, memMb: MEM_MB, ...job });
   const undo = env.cleanup.defer(`container ${id}`, () => bn.remove(id));
   env.cleanup.defer(`checkpoints of ${id}`, () =>
     fs.rmSync(path.join(bn.storage, 'default', id), { recursive: true, force: true }),
@@ -478,7 +481,7 @@ export async function archCycle(
   await syncDisks();
 
   const t1 = process.hrtime.bigint();
-  await bn.run(id, { arch: true, memMb: MEM_MB, env: runEnv });
+  await bn.run(id, { arch: true, memMb: MEM_MB, ...job });
   const ctrRunMs = msSince(t1);
   await node.containerd.waitStatus(id, 'RUNNING', 15_000);
   const restored = readLogLines(node.archLog)

@@ -67,7 +67,7 @@ export const benchmark: Benchmark = {
             fs.rmSync(cache, { recursive: true, force: true });
           },
           {},
-          s3Env,
+          { env: s3Env },
         );
         fs.rmSync(path.join(s3.root, BUCKET, PREFIX, 'default', id), { recursive: true, force: true });
         s3Ckpt[rep] = s.checkpointMs;

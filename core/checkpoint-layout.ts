@@ -44,11 +44,17 @@ export const PAGE_IMAGE_PATH = new RegExp(`^${CRIU_DIR}/${PAGE_IMAGE_NAME.source
 
 /**
  * CRIU's images of what the job holds, not of how it is built: its memory
- * pages, and its ghost files (ghost-file-<hex id>.img: the contents of files
- * it holds open after deleting them, a temporary file or a spill file, which
- * exist nowhere else). Sealed and chunked like the writable layer's archive;
- * CRIU's other images are small descriptions of the processes.
+ * pages; its ghost files (ghost-file-<hex id>.img: the contents of files it
+ * holds open after deleting them, a temporary or spill file, which exist
+ * nowhere else); the files of its own tmpfs mounts (tmpfs-dev-<dev>.tar.gz.img,
+ * tmpfs-<mnt>.tar.gz.img: a Docker container's /dev/shm, where POSIX shared
+ * memory lives, and its --tmpfs scratch, as large as the job makes them); and
+ * the data in flight that CRIU keeps: pipe and FIFO buffers, socket and TCP
+ * queues, terminal input, SysV message queues, BPF map values. Sealed and
+ * chunked like the writable layer's archive; CRIU's other images are small
+ * descriptions of the processes.
  */
-export const CONTENT_IMAGE_NAME = /^(pages-\d+|ghost-file-[0-9a-f]+)\.img$/;
+export const CONTENT_IMAGE_NAME =
+  /^(pages-\d+|ghost-file-[0-9a-f]+|tmpfs-(dev-)?\d+\.tar\.gz|pipes-data|fifo-data|sk-queues|tcp-stream-[0-9a-f]+|tty-data|ipcns-msg-\d+|bpfmap-data)\.img$/;
 /** The same, by path relative to the checkpoint directory. */
 export const CONTENT_IMAGE_PATH = new RegExp(`^${CRIU_DIR}/${CONTENT_IMAGE_NAME.source.slice(1)}`);

@@ -3,6 +3,7 @@ import os from 'node:os';
 import { ArchInputError } from '../contract/errors.js';
 import { parseCheckpointIntervalMs } from './checkpoint-interval.js';
 import { parseManagedNamespaces } from './container-manager.js';
+import { criuSearchPath } from './criu-path.js';
 import { durationMs } from './duration.js';
 import { requireAbsolutePath } from './paths.js';
 import type { CrashSettings } from './restore-crashes.js';
@@ -358,5 +359,5 @@ export function parseAllowedRoots(v: string | undefined, defaultCheckpointRoot: 
 
 /** Environment for runc calls that reach CRIU: runc passes its own env to criu. */
 export function criuEnv(settings: Pick<Settings, 'criuNoBreakpoints'>): Record<string, string> {
-  return settings.criuNoBreakpoints ? { CRIU_FAULT: '130' } : {};
+  return { PATH: criuSearchPath(), ...(settings.criuNoBreakpoints ? { CRIU_FAULT: '130' } : {}) };
 }

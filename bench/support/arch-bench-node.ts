@@ -1,6 +1,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { execa } from 'execa';
+import type { MountSpec } from '../../contract/types.js';
 import { criuBinary, realRunc } from '../../test/support/arch-env.js';
 import { startArchNode, waitFor, type ArchTestNode } from '../../test/support/arch-node.js';
 import { archHome } from './arch-home.js';
@@ -19,8 +20,8 @@ export interface BenchNode {
   node: ArchTestNode;
   /** Host directory given to containers as ARCH_CHECKPOINT_HOST_PATH. */
   storage: string;
-  /** ctr run the counter; `arch` picks arch-runc (through the timer) or plain runc. */
-  run(id: string, o: { arch: boolean; memMb: number; env?: string[] }): Promise<void>;
+  /** ctr run the counter (or `job.args` in its image); `arch` picks arch-runc (through the timer) or plain runc. */
+  run(id: string, o: { arch: boolean; memMb: number } & Omit<BenchJob, 'memMb'>): Promise<void>;
   /** Wait until the counter has ticked `ticks` times (its memory is filled before the first tick). */
   ready(id: string, ticks?: number, timeoutMs?: number): Promise<number>;
   /** Wall time of arch-runc calls for `id` with subcommand `sub` (newest last). */
@@ -28,6 +29,16 @@ export interface BenchNode {
   /** `runc checkpoint` (processes stop) of a plain-runc container of this node; resolves ms. */
   rawCheckpoint(id: string, imagePath: string, workPath: string, extraEnv?: Record<string, string>): Promise<number>;
   remove(id: string): Promise<void>;
+}
+
+/** What a benchmark's container runs beyond the counter's defaults. */
+export interface BenchJob {
+  /** Instead of the benchmark's default. */
+  memMb?: number;
+  env?: string[];
+  mounts?: MountSpec[];
+  /** Instead of the image's command (the counter). */
+  args?: string[];
 }
 
 export async function startBenchNode(
@@ -82,6 +93,8 @@ export async function startBenchNode(
         detach: true,
         logFile: path.join(node.dir, `${id}-${Date.now()}.out`),
         runcBinary: o.arch ? timer : undefined,
+        mounts: o.mounts,
+        args: o.args,
       });
     },
     ready(id, ticks = 2, timeoutMs = 60_000) {

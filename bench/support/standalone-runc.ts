@@ -38,6 +38,8 @@ export interface StandaloneOptions {
 export interface BundleSpec {
   args: string[];
   env?: string[];
+  /** OCI mounts added to runc's default ones (e.g. a tmpfs). */
+  mounts?: Record<string, unknown>[];
 }
 
 interface Piped {
@@ -100,6 +102,7 @@ export class StandaloneRunc {
     proc.terminal = false;
     proc.args = s.args;
     proc.env = ['PATH=/usr/bin:/bin', ...(s.env ?? [])];
+    if (s.mounts) spec.mounts = [...(spec.mounts as Record<string, unknown>[]), ...s.mounts];
     spec.root = { path: path.join(bundle, 'rootfs'), readonly: false };
     spec.hostname = 'arch-bench';
     (spec.linux as Record<string, unknown>).cgroupsPath = `${this.cgroupParent}/${name}`;

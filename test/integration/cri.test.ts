@@ -6,7 +6,7 @@ import { checkpointContainer } from '../../core/checkpoint.js';
 import { readShimState } from '../../core/shim-state.js';
 import { startExitRecorder } from '../../worker/exits.js';
 import { waitFor } from '../support/arch-node.js';
-import { damagePageImage } from '../support/checkpoint-copies.js';
+import { damagePageImage, filesHolding } from '../support/checkpoint-copies.js';
 import { cleanupStaleNodes, stopAllNodes } from '../support/containerd-node.js';
 import { CRI_NAMESPACE, startCriNode, type CriTestNode, type Pod, type PidMode } from '../support/cri-node.js';
 import { ensureImage, PYTHON_IMAGE, REPO_ROOT } from '../support/images.js';
@@ -242,6 +242,42 @@ describe.each<PidMode>(['container', 'pod'])('PID namespace of the %s', (pidMode
   });
 });
 
+/**
+ * A pod hardened as clusters enforce it (the restricted Pod Security
+ * Standard, with a read-only root): no capabilities at all, no_new_privs,
+ * the runtime's default seccomp profile, a read-only root filesystem. CRIU
+ * restores it from outside with the node's privileges; the job's own stay
+ * as they were.
+ */
+test('a hardened container (read-only root, no capabilities, no_new_privs, RuntimeDefault seccomp) restores in a new pod', async () => {
+  const job = 'hardened';
+  const env = jobEnv(job);
+  const securityContext = {
+    readonly_rootfs: true,
+    no_new_privs: true,
+    capabilities: { drop_capabilities: ['ALL'] },
+    seccomp: { profile_type: 0 }, // RuntimeDefault
+  };
+  const first = await node.runPod('hardened-first', 'container');
+  const c0 = await node.startCounter(first, { name: 'job', attempt: 0, env, command: TWO_PROCESSES, securityContext });
+  await waitCount(job, 5);
+  // What the job runs under: the same after its restore.
+  const status = (id: string) =>
+    node.crictl(['exec', id, 'grep', '-E', '^(CapEff|NoNewPrivs|Seccomp):', '/proc/1/status']);
+  const before = await status(c0);
+  expect(before).toMatch(/CapEff:\s+0+\n/);
+  expect(before).toMatch(/NoNewPrivs:\s+1/);
+  expect(before).toMatch(/Seccomp:\s+2/);
+  const at = await finalize(node, c0, job);
+  await node.removePod(first);
+
+  const second = await node.runPod('hardened-second', 'container');
+  const c1 = await node.startCounter(second, { name: 'job', attempt: 0, env, command: TWO_PROCESSES, securityContext });
+  await expectRestored(node, { pod: second, id: c1, attempt: 0, job }, at);
+  expect(await status(c1)).toBe(before);
+  await node.removePod(second);
+});
+
 test("the job's shared memory in its pod's /dev/shm comes back in the new pod", async () => {
   const job = 'pod-shm';
   const env = jobEnv(job);
@@ -336,14 +372,6 @@ test('a job with a terminal (tty: true): a new pod restores it; after a restore 
  */
 /** What the job writes there; its command computes the number, so the spec (kept in the checkpoint) does not hold it. */
 const SPILLED = 'spilled arch-emptydir-42';
-
-/** The files below dir that hold `bytes`. */
-function filesHolding(dir: string, bytes: string): string[] {
-  return fs
-    .readdirSync(dir, { withFileTypes: true, recursive: true })
-    .filter((e) => e.isFile() && fs.readFileSync(path.join(e.parentPath, e.name)).includes(bytes))
-    .map((e) => path.join(e.parentPath, e.name));
-}
 
 /** kubelet's subPath binds made by a test, unmounted after it (whatever became of it). */
 const subPathBinds: string[] = [];

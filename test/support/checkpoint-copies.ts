@@ -83,3 +83,11 @@ export function damagePageImage(ckDir: string, mask = 0x40): void {
   bytes[bytes.length >> 1] ^= mask;
   fs.writeFileSync(file, bytes);
 }
+
+/** Every file under `dir` whose bytes contain `bytes` as they are (what a copy of the store would show). */
+export function filesHolding(dir: string, bytes: string): string[] {
+  return fs
+    .readdirSync(dir, { withFileTypes: true, recursive: true })
+    .filter((e) => e.isFile() && fs.readFileSync(path.join(e.parentPath, e.name)).includes(bytes))
+    .map((e) => path.join(e.parentPath, e.name));
+}

@@ -43,6 +43,8 @@ export interface CounterOptions {
   mounts?: { containerPath: string; hostPath: string }[];
   /** A terminal (a pod spec's `tty: true`): its output reaches the log through it. */
   tty?: boolean;
+  /** More of the container's security context (readonly_rootfs, capabilities, no_new_privs, seccomp...). */
+  securityContext?: Record<string, unknown>;
 }
 
 export interface CriTestNode extends ArchTestNode {
@@ -168,6 +170,7 @@ export async function startCriNode(
           log_path: `${opts.name}-${opts.attempt}.log`,
           linux: {
             security_context: {
+              ...opts.securityContext,
               namespace_options: { network: NAMESPACE_MODE.node, pid: NAMESPACE_MODE[pod.pidMode] },
             },
           },

@@ -72,7 +72,7 @@ describe('loadSettings', () => {
       temporalNamespace: 'default',
       configFile: path.join(dir, 'missing.env'),
     });
-    expect(criuEnv(s)).toEqual({});
+    expect(criuEnv(s)).toEqual({ PATH: expect.stringMatching(/\/shim\/criu-path:/) });
   });
 
   test('file values, and the environment overrides the file', () => {
@@ -88,7 +88,7 @@ describe('loadSettings', () => {
       logFile: '/var/log/arch.log',
       fsync: false,
     });
-    expect(criuEnv(s)).toEqual({ CRIU_FAULT: '130' });
+    expect(criuEnv(s)).toEqual({ PATH: expect.stringMatching(/\/shim\/criu-path:/), CRIU_FAULT: '130' });
   });
 
   test('a bad boolean names the setting and the fix', () => {
