@@ -29,10 +29,11 @@ export DEBIAN_FRONTEND=noninteractive
 
 # ---- Debian packages -------------------------------------------------------
 # gcc and libc6-dev: the build compiles arch-runc's front (shim/arch-runc.c); the tests, their images' programs.
+# zlib1g-dev: the gzip ARCH gives CRIU for its tmpfs archives (shim/criu-gzip.c) is built against zlib.
 # iproute2: CRIU runs `ip` to save and restore a container's own network namespace (Debian's criu
 # only recommends it, and a minimal Debian 13 has none); ARCH brings a restored container's loopback up with
 # `ip` and frees its listener ports of TIME_WAIT entries with `ss`; the tests make namespaces with `ip netns`.
-PKGS=(runc containerd iptables iproute2 zstd busybox-static gcc libc6-dev attr ca-certificates openssl)
+PKGS=(runc containerd iptables iproute2 zstd busybox-static gcc libc6-dev zlib1g-dev attr ca-certificates openssl)
 # npm ci builds zstd-napi (store format 2's compression) from source with node-gyp: a C++ compiler, make and python3.
 PKGS+=(g++ make python3)
 missing=()
