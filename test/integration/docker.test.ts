@@ -3,7 +3,7 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { waitFor } from '../support/arch-node.js';
-import { damagePageImage, filesHolding } from '../support/checkpoint-copies.js';
+import { damagePageImage, filesHolding, readManifest } from '../support/checkpoint-copies.js';
 import { cleanupStaleNodes } from '../support/containerd-node.js';
 import { dockerInstalled, startDockerNode, type DockerNode } from '../support/docker-node.js';
 import { REPO_ROOT } from '../support/images.js';
@@ -526,35 +526,46 @@ test("files in the container's own tmpfs mounts (--tmpfs, /dev/shm) come back; C
 /**
  * With a store key, the files of the container's tmpfs mounts and the data
  * in its pipes are encrypted like its memory (before, CRIU's tmpfs archive and
- * pipe buffers were stored in the clear beside the encrypted page images).
+ * pipe buffers were stored in the clear beside the encrypted page images), in
+ * store format 1 (sealed files) and 2 (sealed chunks). With the first test,
+ * this also shows the text is not hidden by compression: stored unencrypted,
+ * it is there as it is.
  */
-test('with a store key, tmpfs files and pipe buffers are encrypted in the store, and come back', async () => {
-  const key = path.join(work, 'store.key');
-  fs.writeFileSync(key, `${crypto.randomBytes(32).toString('hex')}\n`, { mode: 0o600 });
-  const settings = fs.readFileSync(dk.node.archConfig, 'utf8');
-  fs.appendFileSync(dk.node.archConfig, `ARCH_STORE_KEY_FILE=${key}\n`);
-  try {
-    // A line waits in a pipe that nobody reads: CRIU keeps it in pipes-data.img. The shell computes it, so
-    // that the command (in the checkpoint's config.json, not encrypted) does not hold it.
-    const [a, b] = [crypto.randomInt(1e6, 2e6), crypto.randomInt(1e6, 2e6)];
-    const piped = `arch pipe line ${a * b}`;
-    const command = [
-      '/bin/sh',
-      '-c',
-      `(echo "arch pipe line $((${a} * ${b}))"; exec sleep 1000000) | (exec sleep 1000000) & /usr/bin/counter & wait`,
-    ];
-    const t = await tmpfsJob('job-tmpfs-sealed', command);
-    const at = await checkpointAndRemove(t.j);
-    const stored = path.join(work, 'ck', 'moby', 'job-tmpfs-sealed');
-    expect(fs.readdirSync(stored).length).toBeGreaterThan(0);
-    expect(filesHolding(stored, TMPFS_TEXT)).toEqual([]);
-    expect(filesHolding(stored, 'shm note')).toEqual([]);
-    expect(filesHolding(stored, piped)).toEqual([]);
-    await runJob(t.j.name, t.extra, { command, startFiles: false });
-    await waitCount(t.j, at + 3);
-    await expectTmpfsBack(t);
-    await dk.docker(['rm', '-f', t.j.name]);
-  } finally {
-    fs.writeFileSync(dk.node.archConfig, settings);
-  }
-});
+test.each(['1', '2'])(
+  'with a store key, tmpfs files and pipe buffers are encrypted in the store, and come back: store format %s',
+  async (format) => {
+    const key = path.join(work, 'store.key');
+    fs.writeFileSync(key, `${crypto.randomBytes(32).toString('hex')}\n`, { mode: 0o600 });
+    const settings = fs.readFileSync(dk.node.archConfig, 'utf8');
+    fs.appendFileSync(dk.node.archConfig, `ARCH_STORE_KEY_FILE=${key}\nARCH_STORE_FORMAT=${format}\n`);
+    try {
+      // A line waits in a pipe that nobody reads: CRIU keeps it in pipes-data.img. The shell computes it, so
+      // that the command (in the checkpoint's config.json, not encrypted) does not hold it.
+      const [a, b] = [crypto.randomInt(1e6, 2e6), crypto.randomInt(1e6, 2e6)];
+      const piped = `arch pipe line ${a * b}`;
+      const command = [
+        '/bin/sh',
+        '-c',
+        `(echo "arch pipe line $((${a} * ${b}))"; exec sleep 1000000) | (exec sleep 1000000) & /usr/bin/counter & wait`,
+      ];
+      const t = await tmpfsJob(`job-tmpfs-sealed-${format}`, command);
+      const at = await checkpointAndRemove(t.j);
+      const stored = path.join(work, 'ck', 'moby', t.j.name); // its checkpoints, and its chunks in format 2
+      // The manifest lists them as encrypted: sealed files (format 1), chunks under the store key (format 2).
+      const m = readManifest(path.join(stored, 'current'));
+      const encrypted = format === '1' ? m.seal?.files : m.chunked?.keyId ? m.chunked.files : [];
+      expect((encrypted ?? []).map((f) => f.path)).toEqual(
+        expect.arrayContaining([expect.stringMatching(/^criu\/tmpfs-dev-\d+\.tar\.gz\.img$/), 'criu/pipes-data.img']),
+      );
+      expect(filesHolding(stored, TMPFS_TEXT)).toEqual([]);
+      expect(filesHolding(stored, 'shm note')).toEqual([]);
+      expect(filesHolding(stored, piped)).toEqual([]);
+      await runJob(t.j.name, t.extra, { command, startFiles: false });
+      await waitCount(t.j, at + 3);
+      await expectTmpfsBack(t);
+      await dk.docker(['rm', '-f', t.j.name]);
+    } finally {
+      fs.writeFileSync(dk.node.archConfig, settings);
+    }
+  },
+);
