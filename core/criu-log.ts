@@ -50,6 +50,14 @@ const KNOWN_CAUSES: { error: RegExp; hint: string }[] = [
       'pipe, FIFO or file, as containerd, Docker and Kubernetes do, and hand it no sockets',
   },
   {
+    // A socket bound to one address (not 0.0.0.0): a new pod, or a container on another network, has another.
+    error: /Can't bind inet socket \(id \d+\): Cannot assign requested address/,
+    hint:
+      "one of the job's sockets is bound to an IP address this container does not have (a Kubernetes pod's address " +
+      "changes with the pod, a container's with its network): no restore can bind it again. Fix: have the job listen " +
+      'on all addresses (0.0.0.0 or ::) rather than its own, as servers in containers usually do',
+  },
+  {
     // The kernel would not pass one of the job's files to CRIU: an io_uring opened after ARCH looked (see open-files.ts).
     error: /send_fds failed \(-22\)|Can't retrieve FDs from socket/,
     hint: "the kernel refused to hand CRIU one of the job's open files, which is what an io_uring instance does: turn io_uring off in the job (Node.js: UV_USE_IO_URING=0)",

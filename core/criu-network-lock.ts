@@ -69,6 +69,49 @@ export function joinsNetworkNamespace(spec: OciSpec | undefined): boolean {
   return namespaces.some((n) => n.type === 'network' && !!n.path);
 }
 
+/** The network namespace the container joins (its path), if it joins one. */
+function joinedNetworkNamespace(spec: OciSpec | undefined): string | undefined {
+  return spec?.linux?.namespaces?.find((n) => n.type === 'network' && !!n.path)?.path;
+}
+
+/**
+ * Takes CRIU's iptables lock off the network namespace the container joins
+ * (a pod's, `--network container:X`), after a restore that failed.
+ *
+ * Restoring into a namespace it did not make (runc's --empty-ns network),
+ * CRIU first locks it: a chain CRIU, jumped to from INPUT and OUTPUT, drops
+ * every packet CRIU did not mark. It lifts the lock only once the restore has
+ * worked. After a failure the pod's namespace stayed cut off: the fresh start
+ * (a job that connects to itself or to anything hung) and every other
+ * container of the pod without a network, until the pod was deleted. A dump
+ * leaves no lock behind: ARCH's dumps leave the job running (CRIU lifts it),
+ * then kill it. Only what CRIU made goes: its jumps and its chain, in
+ * iptables and ip6tables (CRIU locks both where IPv6 is on).
+ *
+ * Returns true when a lock was there. Throws when one could not be taken off.
+ */
+export async function liftRestoreNetworkLock(spec: OciSpec | undefined): Promise<boolean> {
+  const netns = joinedNetworkNamespace(spec);
+  if (!netns) return false;
+  const script = [
+    'found=0',
+    'for t in iptables ip6tables; do',
+    '  command -v $t >/dev/null 2>&1 || continue',
+    '  $t -w -n -L CRIU >/dev/null 2>&1 || continue',
+    '  found=1',
+    '  for c in INPUT OUTPUT; do',
+    '    while $t -w -C $c -j CRIU 2>/dev/null; do $t -w -D $c -j CRIU || exit 1; done',
+    '  done',
+    '  $t -w -F CRIU && $t -w -X CRIU || exit 1',
+    'done',
+    'echo "lifted=$found"',
+  ].join('\n');
+  const r = await runCommand('nsenter', [`--net=${netns}`, 'sh', '-c', script], { reject: false, timeoutMs: 30_000 });
+  if (r.exitCode !== 0)
+    throw new Error(`could not take CRIU's network lock off ${netns}: ${r.all.trim() || `exit ${r.exitCode}`}`);
+  return r.stdout.includes('lifted=1');
+}
+
 /** CRIU's ghost limit for ARCH's dumps: 1 TiB, no limit in practice (a size_t, in bytes: CRIU's parse_size). */
 export const GHOST_LIMIT_BYTES = 2 ** 40;
 

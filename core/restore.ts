@@ -2,7 +2,7 @@ import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { CgroupFreezer } from './cgroup-freezer.js';
-import { criuRunEnv } from './criu-network-lock.js';
+import { criuRunEnv, liftRestoreNetworkLock } from './criu-network-lock.js';
 import type { NodeContext } from './context.js';
 import { checkpointKeyOf, checkpointStoreOf, type EnabledContract } from './env-contract.js';
 import { CheckpointUnusableError, errorMessage } from '../contract/errors.js';
@@ -426,6 +426,20 @@ async function restoreHolding(ctx: NodeContext, req: RestoreRequest, held: Held)
     await req.runc.delete(req.id, true).catch(() => undefined);
     await running?.exited; // a foreground runc deletes the container as it exits
     await unwriteFiles();
+    // A pod's network namespace, locked by CRIU for the restore: the fresh start and the pod need it back.
+    await liftRestoreNetworkLock(req.spec).then(
+      (lifted) =>
+        lifted &&
+        ctx.log.warn(
+          { namespace: req.namespace, container: req.id, phase: 'restore' },
+          "CRIU's network lock taken off the network namespace the container joins, after the failed restore",
+        ),
+      (err: unknown) =>
+        ctx.log.error(
+          { namespace: req.namespace, container: req.id, phase: 'restore', err: errorMessage(err) },
+          'the network namespace the container joins is still cut off by CRIU after the failed restore',
+        ),
+    );
   };
   // A console socket (a create's terminal) serves once, and runc spends it on a restore that then
   // fails: the terminal goes to the caller only once the restore has worked (core/console-relay.ts).

@@ -278,6 +278,117 @@ test('a hardened container (read-only root, no capabilities, no_new_privs, Runti
   await node.removePod(second);
 });
 
+/**
+ * Pods with a network namespace of their own, as a cluster's pods have (the
+ * test CNI plugins of test/support/cri-node.ts: an eth0 and an address per
+ * pod, the next pod another one). The container joins its pod's namespace:
+ * runc restores it into the new pod's.
+ */
+describe('pods with a network namespace of their own', () => {
+  /** iptables' CRIU chain in the pod's network namespace: CRIU's lock, which drops every packet. */
+  const criuLockIn = async (pod: Pod): Promise<boolean> => {
+    const pid = (JSON.parse(await node.crictl(['inspectp', pod.id])) as { info: { pid: number } }).info.pid;
+    const r = await execa('nsenter', [`--net=/proc/${pid}/ns/net`, 'iptables', '-w', '-n', '-L', 'CRIU'], {
+      reject: false,
+    });
+    return r.exitCode === 0;
+  };
+
+  test('a new pod, with another IP, restores the checkpoint of a removed one', async () => {
+    const job = 'pod-net-new';
+    const env = jobEnv(job);
+    const first = await node.runPod('pod-net-first', 'container', 'pod');
+    const c0 = await node.startCounter(first, { name: 'job', attempt: 0, env, command: TWO_PROCESSES });
+    await waitCount(job, 5);
+    const at = await finalize(node, c0, job);
+    await node.removePod(first);
+
+    const second = await node.runPod('pod-net-second', 'container', 'pod');
+    const c1 = await node.startCounter(second, { name: 'job', attempt: 0, env, command: TWO_PROCESSES });
+    await expectRestored(node, { pod: second, id: c1, attempt: 0, job }, at);
+    expect(await criuLockIn(second)).toBe(false);
+    await node.removePod(second);
+  });
+
+  test("attempt 1 in the same pod restores; the checkpoint left no lock on the pod's network meanwhile", async () => {
+    const job = 'pod-net-same';
+    const env = jobEnv(job);
+    const pod = await node.runPod('pod-net-same', 'container', 'pod');
+    const c0 = await node.startCounter(pod, { name: 'job', attempt: 0, env, command: TWO_PROCESSES });
+    await waitCount(job, 5);
+    const at = await finalize(node, c0, job);
+    // The pod's other containers keep their network while the job is stopped.
+    expect(await criuLockIn(pod)).toBe(false);
+
+    const c1 = await node.startCounter(pod, { name: 'job', attempt: 1, env, command: TWO_PROCESSES });
+    await expectRestored(node, { pod, id: c1, attempt: 1, job }, at);
+    expect(await criuLockIn(pod)).toBe(false);
+    await node.removePod(pod);
+  });
+
+  /**
+   * A job listening on its pod's own IP (as `hostname -i` binds do) cannot be
+   * restored in a new pod, which has another IP. CRIU locks the pod's network
+   * for the restore and, failing, left it locked: the fresh start (and the
+   * whole pod) had no network, and this job hung connecting to itself. Now the
+   * lock is taken off, the job starts fresh and runs, and the reason names the
+   * address and the fix.
+   */
+  test("a job listening on its pod's IP: in a new pod it starts fresh with a network, and the reason says why", async () => {
+    const job = 'pod-net-bound';
+    const env = jobEnv(job);
+    const image = await ensureImage(node.containerd.withNamespace(CRI_NAMESPACE), PYTHON_IMAGE);
+    const command = ['python3', '-c', LISTENS_ON_POD_IP];
+    const first = await node.runPod('pod-net-bound-first', 'container', 'pod');
+    const c0 = await node.startCounter(first, { name: 'job', attempt: 0, env, command, image });
+    await waitCount(job, 5);
+    await finalize(node, c0, job);
+    await node.removePod(first);
+
+    const second = await node.runPod('pod-net-bound-second', 'container', 'pod');
+    const c1 = await node.startCounter(second, { name: 'job', attempt: 0, env, command, image });
+    // Fresh, in the new pod: it connected to itself on its new address, and counts.
+    await waitFor('the fresh start counting', () =>
+      /count 3 10\.88\.7\.\d+\n/.test(output(second, 'job', 0)) ? true : undefined,
+    );
+    const addresses = fs.readFileSync(jobFile(job, 'starts'), 'utf8').trim().split('\n');
+    expect(addresses).toHaveLength(2);
+    expect(addresses[0]).not.toBe(addresses[1]);
+    const failure = (await listed(node, c1))?.lastRestoreFailure;
+    expect(failure?.message).toMatch(/Can't bind inet socket .*Cannot assign requested address/);
+    expect(failure?.message).toMatch(/bound to an IP address this container does not have .*listen on all addresses/);
+    expect(await criuLockIn(second)).toBe(false);
+    expect(node.logLines().some((l) => l.container === c1 && /network lock taken off/.test(String(l.msg)))).toBe(true);
+    await node.removePod(second);
+  });
+});
+
+/**
+ * A job that listens on its own pod's address (eth0's) and keeps a connection to itself open; it appends that
+ * address to /work/starts at each start and prints "count N ADDRESS" each 100 ms.
+ */
+const LISTENS_ON_POD_IP = [
+  'import fcntl, os, socket, struct, time',
+  'probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)',
+  'SIOCGIFADDR = 0x8915',
+  'ip = socket.inet_ntoa(fcntl.ioctl(probe.fileno(), SIOCGIFADDR, struct.pack("256s", b"eth0"))[20:24])',
+  'server = socket.socket()',
+  'server.bind((ip, 7000))',
+  'server.listen()',
+  'client = socket.create_connection((ip, 7000), timeout=10)',
+  'peer, _ = server.accept()',
+  'with open("/work/starts", "a") as f:',
+  '    f.write(ip + "\\n")',
+  'n = 0',
+  'while True:',
+  '    n += 1',
+  '    with open("/work/count.tmp", "w") as f:',
+  '        f.write(str(n))',
+  '    os.rename("/work/count.tmp", "/work/count")',
+  '    print("count", n, ip, flush=True)',
+  '    time.sleep(0.1)',
+].join('\n');
+
 test("the job's shared memory in its pod's /dev/shm comes back in the new pod", async () => {
   const job = 'pod-shm';
   const env = jobEnv(job);

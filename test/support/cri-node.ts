@@ -9,8 +9,9 @@ import { ensureImage, ensureTestImage, PAUSE_IMAGE, SLEEP_SANDBOX_IMAGE } from '
  * An ARCH node driven the way the kubelet drives it: containerd's CRI plugin
  * (enabled in the node's own config, see core/local-node.ts localContainerdConfig) and
  * the real `crictl`, with a runtime handler `arch` whose runc is arch-runc.
- * Pods use the host network (no CNI, no traffic beyond what the host has)
- * and a cgroup parent below the node's, so the node's clean-up removes them.
+ * Pods use the host network unless runPod asks for one of their own (made by
+ * the test CNI plugins below: no traffic beyond the pod), and a cgroup parent
+ * below the node's, so the node's clean-up removes them.
  */
 
 /** containerd's namespace for everything the CRI plugin creates. */
@@ -28,6 +29,7 @@ export interface Pod {
   id: string;
   name: string;
   pidMode: PidMode;
+  network: 'node' | 'pod';
   /** The pod config crictl create needs again for each container. */
   configFile: string;
 }
@@ -47,9 +49,59 @@ export interface CounterOptions {
   securityContext?: Record<string, unknown>;
 }
 
+/**
+ * CNI plugins for pods with a network namespace of their own, in the node's
+ * own CNI dirs (core/local-node.ts: conf_dir = bin_dir = <node>/cni). They
+ * work inside the pod's namespace only, with no traffic anywhere: `loopback`
+ * brings lo up (containerd's CRI plugin runs it for every pod); `arch-test-net`
+ * makes the pod's eth0, one end of a veth pair whose other end stays in the
+ * pod too, with an address of its own per pod (10.88.7.2, .3, ...: a new pod
+ * has another IP, as in a cluster).
+ */
+function installTestCni(dir: string): void {
+  const cni = path.join(dir, 'cni');
+  const version = 'VERSION) printf \'{"cniVersion":"0.4.0","supportedVersions":["0.3.0","0.3.1","0.4.0"]}\' ;;';
+  fs.writeFileSync(
+    path.join(cni, 'loopback'),
+    [
+      '#!/bin/sh',
+      'case "$CNI_COMMAND" in',
+      'ADD) nsenter --net="$CNI_NETNS" ip link set lo up >&2 || exit 1; printf \'{"cniVersion":"0.4.0"}\' ;;',
+      version,
+      'esac',
+      '',
+    ].join('\n'),
+    { mode: 0o755 },
+  );
+  fs.writeFileSync(
+    path.join(cni, 'arch-test-net'),
+    [
+      '#!/bin/sh',
+      'case "$CNI_COMMAND" in',
+      'ADD)',
+      `  n=$(cat ${cni}/next-address 2>/dev/null || echo 2); [ "$n" -gt 250 ] && n=2; echo $((n + 1)) > ${cni}/next-address`,
+      '  in_pod() { nsenter --net="$CNI_NETNS" "$@" >&2 || exit 1; }',
+      '  in_pod ip link add "$CNI_IFNAME" type veth peer name peer0',
+      '  in_pod ip addr add "10.88.7.$n/24" dev "$CNI_IFNAME"',
+      '  in_pod ip link set "$CNI_IFNAME" up',
+      '  in_pod ip link set peer0 up',
+      '  printf \'{"cniVersion":"0.4.0","interfaces":[{"name":"%s","sandbox":"%s"}],"ips":[{"version":"4","address":"10.88.7.%s/24","interface":0}]}\' "$CNI_IFNAME" "$CNI_NETNS" "$n"',
+      '  ;;',
+      version,
+      'esac',
+      '',
+    ].join('\n'),
+    { mode: 0o755 },
+  );
+  fs.writeFileSync(
+    path.join(cni, '10-arch-test.conflist'),
+    JSON.stringify({ cniVersion: '0.4.0', name: 'arch-test', plugins: [{ type: 'arch-test-net' }] }),
+  );
+}
+
 export interface CriTestNode extends ArchTestNode {
   crictl(args: string[], timeoutMs?: number): Promise<string>;
-  runPod(name: string, pidMode: PidMode): Promise<Pod>;
+  runPod(name: string, pidMode: PidMode, network?: 'node' | 'pod'): Promise<Pod>;
   /** crictl create + start of the counter (or `command` in its image) in `pod`; returns the container id. */
   startCounter(pod: Pod, opts: CounterOptions): Promise<string>;
   /** `crictl inspect`'s status.state (CONTAINER_RUNNING, CONTAINER_EXITED...). */
@@ -85,6 +137,7 @@ export async function startCriNode(
     cri: { sandboxImage: sandbox.ref, runtimes: { [ARCH_HANDLER]: ARCH_RUNC_BIN } },
   });
   const n = base as CriTestNode;
+  installTestCni(n.dir);
   // Its own crictl config: flags alone would still read /etc/crictl.yaml if present.
   const crictlConfig = path.join(n.dir, 'crictl.yaml');
   fs.writeFileSync(
@@ -125,6 +178,17 @@ export async function startCriNode(
     for (const ref of [sandbox.ref, n.image]) {
       await waitFor(`CRI image ${ref}`, () => run(['inspecti', ref], 10_000).then(() => true), 30_000);
     }
+    // And of the test CNI config (it watches its conf dir): pods of their own network need it.
+    await waitFor(
+      'CRI NetworkReady',
+      async () => {
+        const info = JSON.parse(await run(['info'], 10_000)) as {
+          status: { conditions: { type: string; status: boolean }[] };
+        };
+        return info.status.conditions.some((c) => c.type === 'NetworkReady' && c.status) ? true : undefined;
+      },
+      30_000,
+    );
   } catch (err) {
     await n.stop();
     throw err;
@@ -133,7 +197,7 @@ export async function startCriNode(
   Object.assign(n, {
     crictl: run,
     removeAllPods,
-    async runPod(podName: string, pidMode: PidMode): Promise<Pod> {
+    async runPod(podName: string, pidMode: PidMode, network: 'node' | 'pod' = 'node'): Promise<Pod> {
       const logDir = path.join(podsDir, podName);
       fs.mkdirSync(logDir, { recursive: true });
       const configFile = path.join(logDir, 'pod.json');
@@ -145,14 +209,14 @@ export async function startCriNode(
           linux: {
             cgroup_parent: `${n.cgroupParent}/${podName}`,
             security_context: {
-              namespace_options: { network: NAMESPACE_MODE.node, pid: NAMESPACE_MODE[pidMode] },
+              namespace_options: { network: NAMESPACE_MODE[network], pid: NAMESPACE_MODE[pidMode] },
             },
           },
         }),
       );
       const id = await run(['runp', '--runtime', ARCH_HANDLER, configFile]);
       pods.add(id);
-      return { id, name: podName, pidMode, configFile };
+      return { id, name: podName, pidMode, network, configFile };
     },
     async startCounter(pod: Pod, opts: CounterOptions) {
       const file = path.join(path.dirname(pod.configFile), `${opts.name}-${opts.attempt}.json`);
@@ -171,7 +235,7 @@ export async function startCriNode(
           linux: {
             security_context: {
               ...opts.securityContext,
-              namespace_options: { network: NAMESPACE_MODE.node, pid: NAMESPACE_MODE[pod.pidMode] },
+              namespace_options: { network: NAMESPACE_MODE[pod.network], pid: NAMESPACE_MODE[pod.pidMode] },
             },
           },
         }),

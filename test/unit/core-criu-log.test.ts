@@ -64,6 +64,20 @@ test('a job whose stdio is a UNIX socket from outside its network namespace: the
   );
 });
 
+test("a socket bound to the old pod's address: the cause and the fix", () => {
+  // restore.log of a real restore, in a new pod (another IP), of a job listening on its pod's IP.
+  const log = [
+    "(00.092182)      1: Error (criu/sk-inet.c:1059): inet: Can't bind inet socket (id 11): Cannot assign requested address",
+    '(00.092196)      1: Error (criu/files.c:1221): Unable to open fd=4 id=0xb',
+    '(00.093557) Error (criu/cr-restore.c:2331): Restoring FAILED.',
+  ].join('\n');
+  const said = criuErrors(log).split(' | ');
+  expect(said[0]).toContain("Can't bind inet socket (id 11): Cannot assign requested address");
+  expect(said[said.length - 1]).toMatch(
+    /bound to an IP address this container does not have .*Fix: have the job listen on all addresses \(0\.0\.0\.0 or ::\)/,
+  );
+});
+
 test('a file the kernel would not pass to CRIU (an io_uring) is named as the likely cause', () => {
   // dump.log of a real dump of a process holding an io_uring instance.
   const log = [
