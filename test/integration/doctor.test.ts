@@ -3,6 +3,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { CRIU_RUN_DIR, criuRunEnv } from '../../core/criu-network-lock.js';
+import { criuSearchPath } from '../../core/criu-path.js';
 import { criuProbeCacheCheck, type Check } from '../../core/doctor.js';
 import type { NetworkLockSetting } from '../../core/settings.js';
 import { criuBinary, writeArchConfig } from '../support/arch-env.js';
@@ -121,9 +122,9 @@ describe('the network lock CRIU is given', () => {
     },
   );
 
-  test("iptables is CRIU's own default: nothing to add", async () => {
+  test("iptables is CRIU's own default: nothing to add (but ARCH's gzip first on CRIU's PATH)", async () => {
     expect(await criuRunEnv(settings('iptables'))).toEqual({
-      env: { CRIU_FAULT: '130' },
+      env: { CRIU_FAULT: '130', PATH: criuSearchPath() },
       networkLock: 'iptables',
       runcArgs: [],
     });

@@ -80,6 +80,19 @@ test("tar --extract --gzip through it: an archive the system's gzip compressed, 
   expect((await execa(helper(), ['-d'], { inputFile: two })).stdout).toBe('onetwo');
 });
 
+test("gzip -d after a member: zeros are padding (CRIU archives a user namespace's tmpfs so), other bytes are garbage", async () => {
+  const member = (await execa('gzip', ['-c'], { input: 'member\n', encoding: 'buffer' })).stdout;
+  const padded = Buffer.concat([member, Buffer.alloc(20480 - member.length)]); // a whole tar record
+  expect(await execa(helper(), ['-d'], { input: padded })).toMatchObject({ exitCode: 0, stdout: 'member' });
+  const garbage = await execa(helper(), ['-d'], { input: Buffer.concat([member, Buffer.from('junk')]), reject: false });
+  const system = await execa('gzip', ['-d'], { input: Buffer.concat([member, Buffer.from('junk')]), reject: false });
+  expect({ exitCode: garbage.exitCode, stdout: garbage.stdout, stderr: garbage.stderr }).toEqual({
+    exitCode: system.exitCode,
+    stdout: 'member',
+    stderr: 'gzip: stdin: decompression OK, trailing garbage ignored',
+  });
+});
+
 test.each([
   ['empty input', Buffer.alloc(0), /^gzip: stdin: unexpected end of file/],
   ['not gzip', Buffer.from('not a gzip stream\n'), /^gzip: stdin: incorrect header check/],
