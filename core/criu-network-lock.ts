@@ -65,8 +65,7 @@ export async function nftablesLockCheck(criu: string): Promise<{ ok: boolean; ou
 
 /** Does the container join a network namespace made outside it (a path), rather than get its own? */
 export function joinsNetworkNamespace(spec: OciSpec | undefined): boolean {
-  const namespaces = spec?.linux?.namespaces ?? [];
-  return namespaces.some((n) => n.type === 'network' && !!n.path);
+  return joinedNetworkNamespace(spec) !== undefined;
 }
 
 /** The network namespace the container joins (its path), if it joins one. */
