@@ -54,8 +54,9 @@ const KNOWN_CAUSES: { error: RegExp; hint: string }[] = [
     error: /Can't bind inet socket \(id \d+\): Cannot assign requested address/,
     hint:
       "one of the job's sockets is bound to an IP address this container does not have (a Kubernetes pod's address " +
-      "changes with the pod, a container's with its network): no restore can bind it again. Fix: have the job listen " +
-      'on all addresses (0.0.0.0 or ::) rather than its own, as servers in containers usually do',
+      "changes with the pod, a container's with its network, a host-network job's with its node): no restore can " +
+      'bind it again. Fix: have the job listen on all addresses (0.0.0.0 or ::) rather than its own, as servers in ' +
+      'containers usually do',
   },
   {
     // The kernel would not pass one of the job's files to CRIU: an io_uring opened after ARCH looked (see open-files.ts).
