@@ -334,7 +334,7 @@ describe('pods with a network namespace of their own', () => {
    * lock is taken off, the job starts fresh and runs, and the reason names the
    * address and the fix.
    */
-  test("a job listening on its pod's IP: in a new pod it starts fresh with a network, and the reason says why", async () => {
+  test("a job listening on its pod's IP: attempt 1 in the same pod restores; in a new pod it starts fresh with a network, and the reason says why", async () => {
     const job = 'pod-net-bound';
     const env = jobEnv(job);
     const image = await ensureImage(node.containerd.withNamespace(CRI_NAMESPACE), PYTHON_IMAGE);
@@ -342,7 +342,13 @@ describe('pods with a network namespace of their own', () => {
     const first = await node.runPod('pod-net-bound-first', 'container', 'pod');
     const c0 = await node.startCounter(first, { name: 'job', attempt: 0, env, command, image });
     await waitCount(job, 5);
-    await finalize(node, c0, job);
+    const at = await finalize(node, c0, job);
+    // The same pod keeps its IP: the listener is bound again, the job goes on.
+    const again = await node.startCounter(first, { name: 'job', attempt: 1, env, command, image });
+    await waitCount(job, at + 3);
+    expect((await readShimState(node.runcRoot(CRI_NAMESPACE), again))?.restoredFrom).toBeTruthy();
+    expect(fs.readFileSync(jobFile(job, 'starts'), 'utf8').trim().split('\n')).toHaveLength(1);
+    await finalize(node, again, job);
     await node.removePod(first);
 
     const second = await node.runPod('pod-net-bound-second', 'container', 'pod');
