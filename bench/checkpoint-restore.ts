@@ -4,12 +4,12 @@ import path from 'node:path';
 import { checkpointContainer, type CheckpointResult } from '../core/checkpoint.js';
 import type { NodeContext } from '../core/context.js';
 import { criuRunEnv } from '../core/criu-network-lock.js';
-import { criuBinary, readLogLines, realRunc } from '../test/support/arch-env.js';
+import { readLogLines } from '../test/support/arch-env.js';
 import { COUNTER_FILES } from '../test/support/images.js';
 import { duBytes, startBenchNode, syncDisks, type BenchJob, type BenchNode } from './support/arch-bench-node.js';
 import type { Benchmark, BenchEnv, BenchOutcome, Row, Table } from './support/registry.js';
-import { median, msSince, round } from './support/stats.js';
-import { StandaloneRunc, type BundleSpec } from './support/standalone-runc.js';
+import { median, msSince, pairedRatio, round } from './support/stats.js';
+import { benchStandaloneRunc, type BundleSpec, type StandaloneRunc } from './support/standalone-runc.js';
 import { MANIFEST_FILE } from '../core/checkpoint-layout.js';
 
 /**
@@ -63,21 +63,10 @@ export const benchmark: Benchmark = {
   async run(env: BenchEnv): Promise<BenchOutcome> {
     const reps = env.reps || (env.quick ? 1 : 7);
     const bn = await startBenchNode('bench-cr', env.workDir, env.cleanup);
-    const sa = new StandaloneRunc(path.join(env.runDir, 'sa'), {
-      runc: realRunc(),
-      criu: criuBinary(),
-      criuNoBreakpoints: true,
-    });
-    env.cleanup.defer('standalone runc containers', () => sa.destroyAll());
+    const sa = benchStandaloneRunc(env, 'sa');
     // The CRIU network lock ARCH uses on this node, for raw runs with the same CRIU configuration.
     const criuLock = await criuRunEnv(bn.node.ctx.settings);
-    const saSameLock = new StandaloneRunc(path.join(env.runDir, 'sa-lock'), {
-      runc: realRunc(),
-      criu: criuBinary(),
-      criuNoBreakpoints: true,
-      extraEnv: criuLock.env,
-    });
-    env.cleanup.defer('standalone runc containers (network lock)', () => saSameLock.destroyAll());
+    const saSameLock = benchStandaloneRunc(env, 'sa-lock', criuLock.env);
     const scratch = path.join(env.workDir, 'raw-images');
 
     // Indexed by repetition, so ARCH can be paired with the raw run of the same repetition.
@@ -153,10 +142,6 @@ export const benchmark: Benchmark = {
     const A0 = arch.filter((s) => !s.fsync);
     const med = (xs: number[]) => round(median(xs));
     const ph = (xs: ArchSample[], k: string) => med(xs.map((s) => s.result.timings[k] ?? 0));
-    // Median of per-repetition ratios: load from other work on the machine drifts; a
-    // repetition's ARCH and raw runs are seconds apart, the repetitions are not.
-    const paired = (xs: ArchSample[], pick: (s: ArchSample) => number, raw: number[]) =>
-      round(median(xs.map((s) => pick(s) / raw[s.rep]!)));
     const ck1 = median(A1.map((s) => s.checkpointMs));
     const ck0 = median(A0.map((s) => s.checkpointMs));
     const rCtr = median(rawCtr);
@@ -172,10 +157,10 @@ export const benchmark: Benchmark = {
         arch: round(ck1),
         raw: round(rCtr),
         added: round(ck1 - rCtr),
-        ratio: paired(A1, (s) => s.checkpointMs, rawCtr),
+        ratio: pairedRatio(A1, (s) => s.checkpointMs, rawCtr),
         n: A1.length,
         target: `≤ ${TARGET_RATIO}x`,
-        pass: paired(A1, (s) => s.checkpointMs, rawCtr) <= TARGET_RATIO,
+        pass: pairedRatio(A1, (s) => s.checkpointMs, rawCtr) <= TARGET_RATIO,
       },
       {
         metric: `checkpoint ${MEM_MB} MiB, ARCH_FSYNC=0 vs runc checkpoint (containerd node)`,
@@ -183,10 +168,10 @@ export const benchmark: Benchmark = {
         arch: round(ck0),
         raw: round(rCtr),
         added: round(ck0 - rCtr),
-        ratio: paired(A0, (s) => s.checkpointMs, rawCtr),
+        ratio: pairedRatio(A0, (s) => s.checkpointMs, rawCtr),
         n: A0.length,
         target: `≤ ${TARGET_RATIO}x`,
-        pass: paired(A0, (s) => s.checkpointMs, rawCtr) <= TARGET_RATIO,
+        pass: pairedRatio(A0, (s) => s.checkpointMs, rawCtr) <= TARGET_RATIO,
       },
       {
         metric: `checkpoint ${MEM_MB} MiB, ARCH_FSYNC=1 vs runc checkpoint + fsync of its images (containerd node, same durability)`,
@@ -194,7 +179,7 @@ export const benchmark: Benchmark = {
         arch: round(ck1),
         raw: round(median(rawCtr.map((x, i) => x + rawCtrFsync[i]!))),
         added: round(ck1 - median(rawCtr.map((x, i) => x + rawCtrFsync[i]!))),
-        ratio: paired(
+        ratio: pairedRatio(
           A1,
           (s) => s.checkpointMs,
           rawCtr.map((x, i) => x + rawCtrFsync[i]!),
@@ -208,7 +193,7 @@ export const benchmark: Benchmark = {
         arch: round(ck1),
         raw: round(median(rawCtrSameLock)),
         added: round(ck1 - median(rawCtrSameLock)),
-        ratio: paired(A1, (s) => s.checkpointMs, rawCtrSameLock),
+        ratio: pairedRatio(A1, (s) => s.checkpointMs, rawCtrSameLock),
         n: A1.length,
       },
       {
@@ -217,7 +202,7 @@ export const benchmark: Benchmark = {
         arch: round(ck1),
         raw: round(rSa),
         added: round(ck1 - rSa),
-        ratio: paired(A1, (s) => s.checkpointMs, rawSaCkpt),
+        ratio: pairedRatio(A1, (s) => s.checkpointMs, rawSaCkpt),
         n: A1.length,
       },
       {
@@ -226,10 +211,10 @@ export const benchmark: Benchmark = {
         arch: round(rsArch),
         raw: round(rsRaw),
         added: round(rsArch - rsRaw),
-        ratio: paired(arch, (s) => s.restoreCallMs, rawSaRestore),
+        ratio: pairedRatio(arch, (s) => s.restoreCallMs, rawSaRestore),
         n: arch.length,
         target: `≤ ${TARGET_RATIO}x`,
-        pass: paired(arch, (s) => s.restoreCallMs, rawSaRestore) <= TARGET_RATIO,
+        pass: pairedRatio(arch, (s) => s.restoreCallMs, rawSaRestore) <= TARGET_RATIO,
         note: 'both ARCH_FSYNC settings pooled',
       },
       {
@@ -238,7 +223,7 @@ export const benchmark: Benchmark = {
         arch: round(rsArch),
         raw: round(median(rawSaRestoreSameLock)),
         added: round(rsArch - median(rawSaRestoreSameLock)),
-        ratio: paired(arch, (s) => s.restoreCallMs, rawSaRestoreSameLock),
+        ratio: pairedRatio(arch, (s) => s.restoreCallMs, rawSaRestoreSameLock),
         n: arch.length,
       },
       {
@@ -256,7 +241,7 @@ export const benchmark: Benchmark = {
         arch: round(rsShim),
         raw: round(rsRaw),
         added: round(rsShim - rsRaw),
-        ratio: paired(arch, (s) => s.restoreShimMs, rawSaRestore),
+        ratio: pairedRatio(arch, (s) => s.restoreShimMs, rawSaRestore),
         n: arch.length,
       },
     ];
@@ -354,9 +339,9 @@ export const benchmark: Benchmark = {
     const dumpMs = median(arch.map((s) => s.result.timings.dump ?? 0));
     const nodeStart = median(arch.map((s) => s.restoreCallMs - s.restoreShimMs));
     const notes = [
-      `Checkpoint: ARCH ${round(ck1)} ms (fsync) / ${round(ck0)} ms (no fsync) vs raw runc ${round(rCtr)} ms on the same containerd node (${round(rSa)} ms standalone): ${paired(A1, (s) => s.checkpointMs, rawCtr)}x / ${paired(A0, (s) => s.checkpointMs, rawCtr)}x (median of per-repetition ratios). Extra dump time over raw runc (freeze + --leave-running + hashing catching up, same rep): ${round(median(arch.map((s) => (s.result.timings.dump ?? 0) - rawCtr[s.rep]!)))} ms.`,
+      `Checkpoint: ARCH ${round(ck1)} ms (fsync) / ${round(ck0)} ms (no fsync) vs raw runc ${round(rCtr)} ms on the same containerd node (${round(rSa)} ms standalone): ${pairedRatio(A1, (s) => s.checkpointMs, rawCtr)}x / ${pairedRatio(A0, (s) => s.checkpointMs, rawCtr)}x (median of per-repetition ratios). Extra dump time over raw runc (freeze + --leave-running + hashing catching up, same rep): ${round(median(arch.map((s) => (s.result.timings.dump ?? 0) - rawCtr[s.rep]!)))} ms.`,
       `Where ARCH's checkpoint time goes (median): dump ${round(dumpMs)} ms (${mbps(dumpMs)} MB/s; the raw checkpoint of the same memory takes ${round(rCtr)} ms), of which hashing left when CRIU was done ${round(hashTailMs)} ms (the page images are hashed while CRIU writes them); sha256 of the other files ${round(digestMs)} ms; fsync left after the dump ${round(fsyncMs)} ms (the page images are written back during it); preparing (lock, inspect, staging) ${round(ckPrepareMs)} ms.`,
-      `Restore: the arch-runc create + start take ${round(rsArch)} ms vs ${round(rsRaw)} ms for runc restore -d (${paired(arch, (s) => s.restoreCallMs, rawSaRestore)}x). Of ARCH's extra ${round(rsArch - rsRaw)} ms: front + Node start-up + module loading ${round(nodeStart)} ms, verifying the manifest and every image but the page images (${round(verifyMs)} ms) while the writable layer is written (${round(prepareMs)} ms for both); the page images are verified while CRIU restores them into stopped processes (left waiting for it afterwards: ${round(pagesWaitMs)} ms). The whole ctr run -d until RUNNING takes ${round(ctrRun)} ms.`,
+      `Restore: the arch-runc create + start take ${round(rsArch)} ms vs ${round(rsRaw)} ms for runc restore -d (${pairedRatio(arch, (s) => s.restoreCallMs, rawSaRestore)}x). Of ARCH's extra ${round(rsArch - rsRaw)} ms: front + Node start-up + module loading ${round(nodeStart)} ms, verifying the manifest and every image but the page images (${round(verifyMs)} ms) while the writable layer is written (${round(prepareMs)} ms for both); the page images are verified while CRIU restores them into stopped processes (left waiting for it afterwards: ${round(pagesWaitMs)} ms). The whole ctr run -d until RUNNING takes ${round(ctrRun)} ms.`,
       'Restores read the images from the page cache (just written); a restore on another node reading from network storage would be slower for both sides.',
     ];
     return {

@@ -38,7 +38,7 @@ import { duBytes, startBenchNode, syncDisks, type BenchNode } from './support/ar
 import type { Benchmark, BenchEnv, Row } from './support/registry.js';
 import { median, msSince, round } from './support/stats.js';
 import { startPodman } from './support/podman.js';
-import { StandaloneRunc } from './support/standalone-runc.js';
+import { benchStandaloneRunc } from './support/standalone-runc.js';
 
 const PAGE = 4096;
 type Chunker = (b: Buffer) => Buffer[];
@@ -166,12 +166,7 @@ export const benchmark: Benchmark = {
     const reps = env.reps || (env.quick ? 1 : 5);
     const bn = await startBenchNode('bench-v2', env.workDir, env.cleanup, { ARCH_STORE_FORMAT: '2', ARCH_FSYNC: '1' });
     if (bn.node.ctx.settings.storeFormat !== 2) throw new Error('the bench node is not set to store format 2');
-    const sa = new StandaloneRunc(path.join(env.runDir, 'sa'), {
-      runc: realRunc(),
-      criu: criuBinary(),
-      criuNoBreakpoints: true,
-    });
-    env.cleanup.defer('standalone runc containers', () => sa.destroyAll());
+    const sa = benchStandaloneRunc(env, 'sa');
     const scratch = path.join(env.workDir, 'raw-images');
     const pod = await startPodman(env.workDir, env.runDir, criuBinary(), realRunc(), env.cleanup);
     /** Why podman's side is missing (then the size row falls back to `tar | zstd -1`). */

@@ -1,12 +1,12 @@
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
-import { criuBinary, realRunc, writeArchConfig } from '../test/support/arch-env.js';
+import { realRunc, writeArchConfig } from '../test/support/arch-env.js';
 import { archHome } from './support/arch-home.js';
 import { abSummary, commandSide, interleaved, type AbResult } from './support/ab.js';
 import type { Benchmark, BenchEnv, BenchOutcome, Row } from './support/registry.js';
 import { median, round } from './support/stats.js';
-import { StandaloneRunc } from './support/standalone-runc.js';
+import { benchStandaloneRunc } from './support/standalone-runc.js';
 
 /**
  * What bin/arch-runc costs on every runc call containerd makes: its front
@@ -32,8 +32,7 @@ export const benchmark: Benchmark = {
       ARCH_LOG_LEVEL: 'info',
       ARCH_HOME: home,
     });
-    const sa = new StandaloneRunc(path.join(env.runDir, 'pt'), { runc, criu: criuBinary(), criuNoBreakpoints: true });
-    env.cleanup.defer('standalone runc containers (passthrough)', () => sa.destroyAll());
+    const sa = benchStandaloneRunc(env, 'pt');
     const root = sa.root;
     const callEnv = { ...process.env, ARCH_CONFIG: archConfig };
 

@@ -1,13 +1,12 @@
 import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
-import { criuBinary, realRunc } from '../test/support/arch-env.js';
 import { archCycle, fsyncImages, MEM_MB, rawStandalone, type ArchSample } from './checkpoint-restore.js';
 import { duBytes, startBenchNode, syncDisks } from './support/arch-bench-node.js';
 import type { Benchmark, BenchEnv, BenchOutcome, Row } from './support/registry.js';
-import { median, round } from './support/stats.js';
+import { median, pairedRatio, round } from './support/stats.js';
 import { loadSettings } from '../core/settings.js';
-import { StandaloneRunc } from './support/standalone-runc.js';
+import { benchStandaloneRunc } from './support/standalone-runc.js';
 
 /**
  * Encryption at rest (ARCH_STORE_KEY_FILE, core/seal.ts): a sealed
@@ -57,12 +56,7 @@ export const benchmark: Benchmark = {
       ARCH_STORE_KEY_FILE: keyFile,
       ARCH_ALLOWED_ROOTS: env.workDir,
     });
-    const sa = new StandaloneRunc(path.join(env.runDir, 'sa-seal'), {
-      runc: realRunc(),
-      criu: criuBinary(),
-      criuNoBreakpoints: true,
-    });
-    env.cleanup.defer('standalone runc containers', () => sa.destroyAll());
+    const sa = benchStandaloneRunc(env, 'sa-seal');
     const scratch = path.join(env.workDir, 'raw-images-seal');
 
     const rawCkpt: number[] = [];
@@ -162,14 +156,12 @@ export const benchmark: Benchmark = {
     for (const xs of [sealed, plain, ...Object.values(extra)])
       xs.splice(0, xs.length, ...xs.filter((s) => s.rep < reps));
 
-    const paired = (xs: ArchSample[], pick: (s: ArchSample) => number, raw: number[]) =>
-      round(median(xs.map((s) => pick(s) / raw[s.rep]!)));
     const rawCkptFsync = rawCkpt.map((x, i) => x + rawFsync[i]!);
     const med = (xs: number[]) => round(median(xs));
     const ph = (xs: ArchSample[], k: string) => med(xs.map((s) => s.result.timings[k] ?? 0));
     const rph = (xs: ArchSample[], k: string) => med(xs.map((s) => s.restoreTimings[k] ?? 0));
-    const ckRatio = paired(sealed, (s) => s.checkpointMs, rawCkptFsync);
-    const rsRatio = paired(sealed, (s) => s.restoreCallMs, rawRestore);
+    const ckRatio = pairedRatio(sealed, (s) => s.checkpointMs, rawCkptFsync);
+    const rsRatio = pairedRatio(sealed, (s) => s.restoreCallMs, rawRestore);
     const signShare =
       (100 * median(sealed.map((s) => s.signMs + s.verifyMs))) / median(sealed.map((s) => s.restoreCallMs));
     const rows: Row[] = [
@@ -206,7 +198,7 @@ export const benchmark: Benchmark = {
         unit: 'ms',
         arch: med(plain.map((s) => s.checkpointMs)),
         raw: med(rawCkptFsync),
-        ratio: paired(plain, (s) => s.checkpointMs, rawCkptFsync),
+        ratio: pairedRatio(plain, (s) => s.checkpointMs, rawCkptFsync),
         n: plain.length,
       },
       {
@@ -214,7 +206,7 @@ export const benchmark: Benchmark = {
         unit: 'ms',
         arch: med(plain.map((s) => s.restoreCallMs)),
         raw: med(rawRestore),
-        ratio: paired(plain, (s) => s.restoreCallMs, rawRestore),
+        ratio: pairedRatio(plain, (s) => s.restoreCallMs, rawRestore),
         n: plain.length,
       },
     ];
@@ -233,8 +225,8 @@ export const benchmark: Benchmark = {
     for (const [x, xs] of Object.entries(extra)) {
       const per = (pick: (s: ArchSample) => number, raw: number[]) =>
         xs.map((s) => round(pick(s) / raw[s.rep]!)).join(', ');
-      const ck = paired(xs, (s) => s.checkpointMs, rawCkptFsync);
-      const rs = paired(xs, (s) => s.restoreCallMs, rawRestore);
+      const ck = pairedRatio(xs, (s) => s.checkpointMs, rawCkptFsync);
+      const rs = pairedRatio(xs, (s) => s.restoreCallMs, rawRestore);
       rows.push(
         {
           metric: `variant ${x} (${JSON.stringify(EXTRA_VARIANTS[x])}): checkpoint vs runc checkpoint + fsync`,

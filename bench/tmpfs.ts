@@ -1,9 +1,8 @@
 import path from 'node:path';
-import { criuBinary, realRunc } from '../test/support/arch-env.js';
 import { startBenchNode } from './support/arch-bench-node.js';
 import type { Benchmark, BenchEnv, BenchOutcome } from './support/registry.js';
-import { median, round } from './support/stats.js';
-import { StandaloneRunc } from './support/standalone-runc.js';
+import { median, pairedRatio, round } from './support/stats.js';
+import { benchStandaloneRunc } from './support/standalone-runc.js';
 import { archCycle, rawStandalone, type ArchSample } from './checkpoint-restore.js';
 
 /**
@@ -32,12 +31,7 @@ export const benchmark: Benchmark = {
   async run(env: BenchEnv): Promise<BenchOutcome> {
     const reps = env.reps || (env.quick ? 1 : 3);
     const bn = await startBenchNode('bench-tmpfs', env.workDir, env.cleanup);
-    const sa = new StandaloneRunc(path.join(env.runDir, 'sa-tmpfs'), {
-      runc: realRunc(),
-      criu: criuBinary(),
-      criuNoBreakpoints: true,
-    });
-    env.cleanup.defer('standalone runc containers (tmpfs)', () => sa.destroyAll());
+    const sa = benchStandaloneRunc(env, 'sa-tmpfs');
     const scratch = path.join(env.workDir, 'raw-tmpfs-images');
     const env0 = [`COUNTER_MEM_MB=${JOB_MEM_MB}`];
     const args = ['/bin/sh', '-c', JOB_SCRIPT];
@@ -87,10 +81,9 @@ export const benchmark: Benchmark = {
     raw.length = reps;
     const A = arch.filter((s) => s.rep < reps);
     const rawCkpt = raw.map((r) => r.checkpointMs + r.fsyncMs);
-    const paired = (pick: (s: ArchSample) => number, rawOf: number[]) =>
-      round(median(A.map((s) => pick(s) / rawOf[s.rep]!)));
-    const ckRatio = paired((s) => s.checkpointMs, rawCkpt);
-    const rsRatio = paired(
+    const ckRatio = pairedRatio(A, (s) => s.checkpointMs, rawCkpt);
+    const rsRatio = pairedRatio(
+      A,
       (s) => s.restoreCallMs,
       raw.map((r) => r.restoreMs),
     );

@@ -28,7 +28,7 @@
 #include <unistd.h>
 #include <zlib.h>
 
-/* Large enough to keep syscalls rare; allocated once, so its pages are touched once. */
+/* Large enough to keep syscalls rare. */
 #define IO_BYTES (1 << 20)
 
 static unsigned char in_buf[IO_BYTES];
@@ -52,12 +52,14 @@ static int write_all(const unsigned char *p, size_t n) {
   return 0;
 }
 
-static ssize_t read_some(void) {
+static ssize_t read_into(unsigned char *at, size_t n) {
   for (;;) {
-    ssize_t r = read(STDIN_FILENO, in_buf, IO_BYTES);
+    ssize_t r = read(STDIN_FILENO, at, n);
     if (r >= 0 || errno != EINTR) return r;
   }
 }
+
+static ssize_t read_some(void) { return read_into(in_buf, IO_BYTES); }
 
 /* Drains the stream's output buffer to stdout whenever it is full (or `flush`). */
 static int drain(z_stream *s, int flush) {
@@ -107,11 +109,7 @@ static int after_member(z_stream *s) {
   while (s->avail_in < 2) {
     memmove(in_buf, s->next_in, s->avail_in);
     s->next_in = in_buf;
-    ssize_t r;
-    for (;;) {
-      r = read(STDIN_FILENO, in_buf + s->avail_in, IO_BYTES - s->avail_in);
-      if (r >= 0 || errno != EINTR) break;
-    }
+    ssize_t r = read_into(in_buf + s->avail_in, IO_BYTES - s->avail_in);
     if (r < 0) return -1;
     if (r == 0) break;
     s->avail_in += (uInt)r;

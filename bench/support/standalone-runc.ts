@@ -4,7 +4,9 @@ import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { execa } from 'execa';
+import { criuBinary, realRunc } from '../../test/support/arch-env.js';
 import { buildRootfs } from '../../test/support/images.js';
+import type { BenchEnv } from './registry.js';
 import { msSince } from './stats.js';
 import { removeCgroups } from '../../test/support/containerd-node.js';
 import { SPEC_FILE } from '../../core/checkpoint-layout.js';
@@ -45,6 +47,26 @@ export interface BundleSpec {
 interface Piped {
   child: ChildProcess;
   output: string[];
+}
+
+/**
+ * A benchmark's raw tool: runc with the node's CRIU (breakpoints off, as on
+ * these VMs) in BASE = <run dir>/`name`, its containers destroyed by the
+ * run's cleanup however the benchmark ends.
+ */
+export function benchStandaloneRunc(
+  env: Pick<BenchEnv, 'runDir' | 'cleanup'>,
+  name: string,
+  extraEnv?: Record<string, string>,
+): StandaloneRunc {
+  const sa = new StandaloneRunc(path.join(env.runDir, name), {
+    runc: realRunc(),
+    criu: criuBinary(),
+    criuNoBreakpoints: true,
+    ...(extraEnv ? { extraEnv } : {}),
+  });
+  env.cleanup.defer(`standalone runc containers (${name})`, () => sa.destroyAll());
+  return sa;
 }
 
 export class StandaloneRunc {

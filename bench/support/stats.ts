@@ -54,3 +54,16 @@ export async function timed<T>(fn: () => Promise<T>): Promise<{ ms: number; valu
   const value = await fn();
   return { ms: msSince(t0), value };
 }
+
+/**
+ * The median of per-repetition ratios ARCH / raw, rounded: load from other
+ * work on the machine drifts, and a repetition's ARCH and raw runs are
+ * seconds apart while the repetitions are not. `raw` is indexed by repetition.
+ */
+export function pairedRatio<S extends { rep: number }>(
+  samples: readonly S[],
+  pick: (s: S) => number,
+  raw: readonly number[],
+): number {
+  return round(median(samples.map((s) => pick(s) / raw[s.rep]!)));
+}

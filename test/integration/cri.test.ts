@@ -8,7 +8,14 @@ import { startExitRecorder } from '../../worker/exits.js';
 import { waitFor } from '../support/arch-node.js';
 import { damagePageImage, filesHolding } from '../support/checkpoint-copies.js';
 import { cleanupStaleNodes, stopAllNodes } from '../support/containerd-node.js';
-import { CRI_NAMESPACE, startCriNode, type CriTestNode, type Pod, type PidMode } from '../support/cri-node.js';
+import {
+  CRI_NAMESPACE,
+  startCriNode,
+  type CriTestNode,
+  type Pod,
+  type PidMode,
+  type PodNetwork,
+} from '../support/cri-node.js';
 import { ensureImage, PYTHON_IMAGE, REPO_ROOT } from '../support/images.js';
 
 /**
@@ -212,32 +219,60 @@ test("arch-cli doctor finds the node's containerd and checks its CRI config (Roo
   ]);
 });
 
-describe.each<PidMode>(['container', 'pod'])('PID namespace of the %s', (pidMode) => {
+/** iptables' CRIU chain in the pod's network namespace: CRIU's lock, which drops every packet. */
+async function criuLockIn(pod: Pod): Promise<boolean> {
+  const pid = (JSON.parse(await node.crictl(['inspectp', pod.id])) as { info: { pid: number } }).info.pid;
+  const r = await execa('nsenter', [`--net=/proc/${pid}/ns/net`, 'iptables', '-w', '-n', '-L', 'CRIU'], {
+    reject: false,
+  });
+  return r.exitCode === 0;
+}
+
+/**
+ * The PID namespace of the container or of its pod, on the host's network;
+ * and the usual pod of a cluster: a network namespace of its own (the test
+ * CNI plugins of test/support/cri-node.ts give it an eth0 and an address,
+ * the next pod another one), which the container joins and runc restores it
+ * into. There, a checkpoint or a restore must leave no CRIU lock behind:
+ * the pod's other containers keep their network while the job is stopped.
+ */
+describe.each<{ pid: PidMode; network: PodNetwork }>([
+  { pid: 'container', network: 'node' },
+  { pid: 'pod', network: 'node' },
+  { pid: 'container', network: 'pod' },
+])('PID namespace of the $pid, network of the $network', ({ pid, network }) => {
+  const noLockLeft = async (pod: Pod) => {
+    if (network === 'pod') expect(await criuLockIn(pod)).toBe(false);
+  };
+
   test('a new pod restores the checkpoint of a removed one', async () => {
-    const job = `new-pod-${pidMode}`;
+    const job = `new-pod-${pid}-${network}`;
     const env = jobEnv(job);
-    const first = await node.runPod(`first-${pidMode}`, pidMode);
+    const first = await node.runPod(`first-${pid}-${network}`, pid, network);
     const c0 = await node.startCounter(first, { name: 'job', attempt: 0, env, command: TWO_PROCESSES });
     await waitCount(job, 5);
     const at = await finalize(node, c0, job);
     await node.removePod(first);
 
-    const second = await node.runPod(`second-${pidMode}`, pidMode);
+    const second = await node.runPod(`second-${pid}-${network}`, pid, network);
     const c1 = await node.startCounter(second, { name: 'job', attempt: 0, env, command: TWO_PROCESSES });
     await expectRestored(node, { pod: second, id: c1, attempt: 0, job }, at);
+    await noLockLeft(second);
     await node.removePod(second);
   });
 
   test('attempt 1 of the container in the same pod restores (kubelet restart)', async () => {
-    const job = `same-pod-${pidMode}`;
+    const job = `same-pod-${pid}-${network}`;
     const env = jobEnv(job);
-    const pod = await node.runPod(`same-${pidMode}`, pidMode);
+    const pod = await node.runPod(`same-${pid}-${network}`, pid, network);
     const c0 = await node.startCounter(pod, { name: 'job', attempt: 0, env, command: TWO_PROCESSES });
     await waitCount(job, 5);
     const at = await finalize(node, c0, job);
+    await noLockLeft(pod);
 
     const c1 = await node.startCounter(pod, { name: 'job', attempt: 1, env, command: TWO_PROCESSES });
     await expectRestored(node, { pod, id: c1, attempt: 1, job }, at);
+    await noLockLeft(pod);
     await node.removePod(pod);
   });
 });
@@ -279,94 +314,45 @@ test('a hardened container (read-only root, no capabilities, no_new_privs, Runti
 });
 
 /**
- * Pods with a network namespace of their own, as a cluster's pods have (the
- * test CNI plugins of test/support/cri-node.ts: an eth0 and an address per
- * pod, the next pod another one). The container joins its pod's namespace:
- * runc restores it into the new pod's.
+ * A job listening on its pod's own IP (as `hostname -i` binds do) cannot be
+ * restored in a new pod, which has another IP. CRIU locks the pod's network
+ * for the restore and, failing, left it locked: the fresh start (and the
+ * whole pod) had no network, and this job hung connecting to itself. Now the
+ * lock is taken off, the job starts fresh and runs, and the reason names the
+ * address and the fix.
  */
-describe('pods with a network namespace of their own', () => {
-  /** iptables' CRIU chain in the pod's network namespace: CRIU's lock, which drops every packet. */
-  const criuLockIn = async (pod: Pod): Promise<boolean> => {
-    const pid = (JSON.parse(await node.crictl(['inspectp', pod.id])) as { info: { pid: number } }).info.pid;
-    const r = await execa('nsenter', [`--net=/proc/${pid}/ns/net`, 'iptables', '-w', '-n', '-L', 'CRIU'], {
-      reject: false,
-    });
-    return r.exitCode === 0;
-  };
+test("a job listening on its pod's IP: attempt 1 in the same pod restores; in a new pod it starts fresh with a network, and the reason says why", async () => {
+  const job = 'pod-net-bound';
+  const env = jobEnv(job);
+  const image = await ensureImage(node.containerd.withNamespace(CRI_NAMESPACE), PYTHON_IMAGE);
+  const command = ['python3', '-c', LISTENS_ON_POD_IP];
+  const first = await node.runPod('pod-net-bound-first', 'container', 'pod');
+  const c0 = await node.startCounter(first, { name: 'job', attempt: 0, env, command, image });
+  await waitCount(job, 5);
+  const at = await finalize(node, c0, job);
+  // The same pod keeps its IP: the listener is bound again, the job goes on.
+  const again = await node.startCounter(first, { name: 'job', attempt: 1, env, command, image });
+  await waitCount(job, at + 3);
+  expect((await readShimState(node.runcRoot(CRI_NAMESPACE), again))?.restoredFrom).toBeTruthy();
+  expect(fs.readFileSync(jobFile(job, 'starts'), 'utf8').trim().split('\n')).toHaveLength(1);
+  await finalize(node, again, job);
+  await node.removePod(first);
 
-  test('a new pod, with another IP, restores the checkpoint of a removed one', async () => {
-    const job = 'pod-net-new';
-    const env = jobEnv(job);
-    const first = await node.runPod('pod-net-first', 'container', 'pod');
-    const c0 = await node.startCounter(first, { name: 'job', attempt: 0, env, command: TWO_PROCESSES });
-    await waitCount(job, 5);
-    const at = await finalize(node, c0, job);
-    await node.removePod(first);
-
-    const second = await node.runPod('pod-net-second', 'container', 'pod');
-    const c1 = await node.startCounter(second, { name: 'job', attempt: 0, env, command: TWO_PROCESSES });
-    await expectRestored(node, { pod: second, id: c1, attempt: 0, job }, at);
-    expect(await criuLockIn(second)).toBe(false);
-    await node.removePod(second);
-  });
-
-  test("attempt 1 in the same pod restores; the checkpoint left no lock on the pod's network meanwhile", async () => {
-    const job = 'pod-net-same';
-    const env = jobEnv(job);
-    const pod = await node.runPod('pod-net-same', 'container', 'pod');
-    const c0 = await node.startCounter(pod, { name: 'job', attempt: 0, env, command: TWO_PROCESSES });
-    await waitCount(job, 5);
-    const at = await finalize(node, c0, job);
-    // The pod's other containers keep their network while the job is stopped.
-    expect(await criuLockIn(pod)).toBe(false);
-
-    const c1 = await node.startCounter(pod, { name: 'job', attempt: 1, env, command: TWO_PROCESSES });
-    await expectRestored(node, { pod, id: c1, attempt: 1, job }, at);
-    expect(await criuLockIn(pod)).toBe(false);
-    await node.removePod(pod);
-  });
-
-  /**
-   * A job listening on its pod's own IP (as `hostname -i` binds do) cannot be
-   * restored in a new pod, which has another IP. CRIU locks the pod's network
-   * for the restore and, failing, left it locked: the fresh start (and the
-   * whole pod) had no network, and this job hung connecting to itself. Now the
-   * lock is taken off, the job starts fresh and runs, and the reason names the
-   * address and the fix.
-   */
-  test("a job listening on its pod's IP: attempt 1 in the same pod restores; in a new pod it starts fresh with a network, and the reason says why", async () => {
-    const job = 'pod-net-bound';
-    const env = jobEnv(job);
-    const image = await ensureImage(node.containerd.withNamespace(CRI_NAMESPACE), PYTHON_IMAGE);
-    const command = ['python3', '-c', LISTENS_ON_POD_IP];
-    const first = await node.runPod('pod-net-bound-first', 'container', 'pod');
-    const c0 = await node.startCounter(first, { name: 'job', attempt: 0, env, command, image });
-    await waitCount(job, 5);
-    const at = await finalize(node, c0, job);
-    // The same pod keeps its IP: the listener is bound again, the job goes on.
-    const again = await node.startCounter(first, { name: 'job', attempt: 1, env, command, image });
-    await waitCount(job, at + 3);
-    expect((await readShimState(node.runcRoot(CRI_NAMESPACE), again))?.restoredFrom).toBeTruthy();
-    expect(fs.readFileSync(jobFile(job, 'starts'), 'utf8').trim().split('\n')).toHaveLength(1);
-    await finalize(node, again, job);
-    await node.removePod(first);
-
-    const second = await node.runPod('pod-net-bound-second', 'container', 'pod');
-    const c1 = await node.startCounter(second, { name: 'job', attempt: 0, env, command, image });
-    // Fresh, in the new pod: it connected to itself on its new address, and counts.
-    await waitFor('the fresh start counting', () =>
-      /count 3 10\.88\.7\.\d+\n/.test(output(second, 'job', 0)) ? true : undefined,
-    );
-    const addresses = fs.readFileSync(jobFile(job, 'starts'), 'utf8').trim().split('\n');
-    expect(addresses).toHaveLength(2);
-    expect(addresses[0]).not.toBe(addresses[1]);
-    const failure = (await listed(node, c1))?.lastRestoreFailure;
-    expect(failure?.message).toMatch(/Can't bind inet socket .*Cannot assign requested address/);
-    expect(failure?.message).toMatch(/bound to an IP address this container does not have .*listen on all addresses/);
-    expect(await criuLockIn(second)).toBe(false);
-    expect(node.logLines().some((l) => l.container === c1 && /network lock taken off/.test(String(l.msg)))).toBe(true);
-    await node.removePod(second);
-  });
+  const second = await node.runPod('pod-net-bound-second', 'container', 'pod');
+  const c1 = await node.startCounter(second, { name: 'job', attempt: 0, env, command, image });
+  // Fresh, in the new pod: it connected to itself on its new address, and counts.
+  await waitFor('the fresh start counting', () =>
+    /count 3 10\.88\.7\.\d+\n/.test(output(second, 'job', 0)) ? true : undefined,
+  );
+  const addresses = fs.readFileSync(jobFile(job, 'starts'), 'utf8').trim().split('\n');
+  expect(addresses).toHaveLength(2);
+  expect(addresses[0]).not.toBe(addresses[1]);
+  const failure = (await listed(node, c1))?.lastRestoreFailure;
+  expect(failure?.message).toMatch(/Can't bind inet socket .*Cannot assign requested address/);
+  expect(failure?.message).toMatch(/bound to an IP address this container does not have .*listen on all addresses/);
+  expect(await criuLockIn(second)).toBe(false);
+  expect(node.logLines().some((l) => l.container === c1 && /network lock taken off/.test(String(l.msg)))).toBe(true);
+  await node.removePod(second);
 });
 
 /**

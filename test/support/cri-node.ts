@@ -23,13 +23,15 @@ export const CRICTL =
 
 /** CRI NamespaceMode (k8s.io/cri-api): POD = shared with the sandbox, CONTAINER = the container's own. */
 export type PidMode = 'pod' | 'container';
+/** The pod's network: the host's (hostNetwork), or a namespace of its own made by the test CNI plugins. */
+export type PodNetwork = 'node' | 'pod';
 const NAMESPACE_MODE = { pod: 0, container: 1, node: 2 } as const;
 
 export interface Pod {
   id: string;
   name: string;
   pidMode: PidMode;
-  network: 'node' | 'pod';
+  network: PodNetwork;
   /** The pod config crictl create needs again for each container. */
   configFile: string;
 }
@@ -60,39 +62,32 @@ export interface CounterOptions {
  */
 function installTestCni(dir: string): void {
   const cni = path.join(dir, 'cni');
-  const version = 'VERSION) printf \'{"cniVersion":"0.4.0","supportedVersions":["0.3.0","0.3.1","0.4.0"]}\' ;;';
-  fs.writeFileSync(
-    path.join(cni, 'loopback'),
-    [
-      '#!/bin/sh',
-      'case "$CNI_COMMAND" in',
-      'ADD) nsenter --net="$CNI_NETNS" ip link set lo up >&2 || exit 1; printf \'{"cniVersion":"0.4.0"}\' ;;',
-      version,
-      'esac',
-      '',
-    ].join('\n'),
-    { mode: 0o755 },
-  );
-  fs.writeFileSync(
-    path.join(cni, 'arch-test-net'),
-    [
-      '#!/bin/sh',
-      'case "$CNI_COMMAND" in',
-      'ADD)',
-      `  n=$(cat ${cni}/next-address 2>/dev/null || echo 2); [ "$n" -gt 250 ] && n=2; echo $((n + 1)) > ${cni}/next-address`,
-      '  in_pod() { nsenter --net="$CNI_NETNS" "$@" >&2 || exit 1; }',
-      '  in_pod ip link add "$CNI_IFNAME" type veth peer name peer0',
-      '  in_pod ip addr add "10.88.7.$n/24" dev "$CNI_IFNAME"',
-      '  in_pod ip link set "$CNI_IFNAME" up',
-      '  in_pod ip link set peer0 up',
-      '  printf \'{"cniVersion":"0.4.0","interfaces":[{"name":"%s","sandbox":"%s"}],"ips":[{"version":"4","address":"10.88.7.%s/24","interface":0}]}\' "$CNI_IFNAME" "$CNI_NETNS" "$n"',
-      '  ;;',
-      version,
-      'esac',
-      '',
-    ].join('\n'),
-    { mode: 0o755 },
-  );
+  /** A CNI plugin that answers ADD with `add` (its result on stdout), VERSION, and nothing else (DEL: the pod's namespace goes, and all in it). */
+  const plugin = (name: string, add: string[]) =>
+    fs.writeFileSync(
+      path.join(cni, name),
+      [
+        '#!/bin/sh',
+        'case "$CNI_COMMAND" in',
+        'ADD)',
+        '  in_pod() { nsenter --net="$CNI_NETNS" "$@" >&2 || exit 1; }',
+        ...add.map((l) => `  ${l}`),
+        '  ;;',
+        'VERSION) printf \'{"cniVersion":"0.4.0","supportedVersions":["0.3.0","0.3.1","0.4.0"]}\' ;;',
+        'esac',
+        '',
+      ].join('\n'),
+      { mode: 0o755 },
+    );
+  plugin('loopback', ['in_pod ip link set lo up', 'printf \'{"cniVersion":"0.4.0"}\'']);
+  plugin('arch-test-net', [
+    `n=$(cat ${cni}/next-address 2>/dev/null || echo 2); [ "$n" -gt 250 ] && n=2; echo $((n + 1)) > ${cni}/next-address`,
+    'in_pod ip link add "$CNI_IFNAME" type veth peer name peer0',
+    'in_pod ip addr add "10.88.7.$n/24" dev "$CNI_IFNAME"',
+    'in_pod ip link set "$CNI_IFNAME" up',
+    'in_pod ip link set peer0 up',
+    'printf \'{"cniVersion":"0.4.0","interfaces":[{"name":"%s","sandbox":"%s"}],"ips":[{"version":"4","address":"10.88.7.%s/24","interface":0}]}\' "$CNI_IFNAME" "$CNI_NETNS" "$n"',
+  ]);
   fs.writeFileSync(
     path.join(cni, '10-arch-test.conflist'),
     JSON.stringify({ cniVersion: '0.4.0', name: 'arch-test', plugins: [{ type: 'arch-test-net' }] }),
@@ -101,7 +96,7 @@ function installTestCni(dir: string): void {
 
 export interface CriTestNode extends ArchTestNode {
   crictl(args: string[], timeoutMs?: number): Promise<string>;
-  runPod(name: string, pidMode: PidMode, network?: 'node' | 'pod'): Promise<Pod>;
+  runPod(name: string, pidMode: PidMode, network?: PodNetwork): Promise<Pod>;
   /** crictl create + start of the counter (or `command` in its image) in `pod`; returns the container id. */
   startCounter(pod: Pod, opts: CounterOptions): Promise<string>;
   /** `crictl inspect`'s status.state (CONTAINER_RUNNING, CONTAINER_EXITED...). */
@@ -197,7 +192,7 @@ export async function startCriNode(
   Object.assign(n, {
     crictl: run,
     removeAllPods,
-    async runPod(podName: string, pidMode: PidMode, network: 'node' | 'pod' = 'node'): Promise<Pod> {
+    async runPod(podName: string, pidMode: PidMode, network: PodNetwork = 'node'): Promise<Pod> {
       const logDir = path.join(podsDir, podName);
       fs.mkdirSync(logDir, { recursive: true });
       const configFile = path.join(logDir, 'pod.json');
