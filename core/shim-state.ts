@@ -31,6 +31,44 @@ export const RESTORED_FILE = 'arch.restored';
 /** How the init process exited, from containerd's exit event (written by the node's worker). */
 export const EXIT_FILE = 'arch.exit';
 
+/** ARCH's files in a runc state dir, and their temporary names while written (writeFileAtomic). */
+const ARCH_FILES = new Set([ARCH_STATE_FILE, KILLED_FILE, RESTORED_FILE, EXIT_FILE]);
+const isArchFile = (name: string) => ARCH_FILES.has(name.replace(/\.\d+\.tmp$/, ''));
+
+/**
+ * Remove a container's runc state dir that runc left behind holding only
+ * ARCH's files. runc removes the dir when it deletes the container (and when
+ * a foreground run ends), but Go's RemoveAll gives up on a dir that a file
+ * appeared in meanwhile: an ARCH file written at that moment (the worker's
+ * exit record, the shim state of a job that ended right after its restore)
+ * left the dir there, and the next create of the same id failed with "container
+ * with given ID already exists". Only a dir without runc's state.json and with
+ * at least one ARCH file and nothing else goes (an empty one may be a create
+ * of runc's that is under way). True when it was removed.
+ */
+export async function removeLeftStateDir(runcRoot: string, id: string): Promise<boolean> {
+  const dir = path.join(runcRoot, id);
+  for (let attempt = 0; attempt < 3; attempt++) {
+    let names: string[];
+    try {
+      if (!(await fsp.lstat(dir)).isDirectory()) return false;
+      names = await fsp.readdir(dir);
+    } catch {
+      return false;
+    }
+    if (!names.length || !names.every(isArchFile)) return false;
+    for (const n of names) await fsp.rm(path.join(dir, n), { force: true });
+    try {
+      await fsp.rmdir(dir);
+      return true;
+    } catch (err) {
+      // One more ARCH file landed in between (ENOTEMPTY): look again.
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return false;
+    }
+  }
+  return false;
+}
+
 export interface ShimState {
   namespace: string;
   id: string;

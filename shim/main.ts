@@ -61,6 +61,7 @@ import {
   runningHolderOf,
   startRestored,
   writeShimState,
+  removeLeftStateDir,
   type RestoreFailure,
   type ShimState,
 } from '../core/shim-state.js';
@@ -193,6 +194,12 @@ async function handleCreate(
   // The id is taken (runc's state file is there): runc refuses with its own error. A restore
   // attempt would fail too, and its clean-up would kill and delete the container holding the id.
   if (await exists(path.join(call.root, id, 'state.json'))) return runRealRunc(ctx.settings.runc, fresh);
+  // A dir runc failed to remove after the last container of this id (ARCH's files only) would refuse this create.
+  if (await removeLeftStateDir(call.root, id))
+    log.warn(
+      { stateDir: path.join(call.root, id) },
+      "removed the state dir of this id's previous container that runc left behind",
+    );
   const bundle = path.resolve(optionString(call, '--bundle', '-b') ?? process.cwd());
   const spec = await readSpec(bundle);
   let contract: EnabledContract;
@@ -649,7 +656,16 @@ async function handleDelete(
     );
   const keptBecause = stopped ?? (exit && exit.exitStatus !== 0 ? `exited with code ${exit.exitStatus}` : undefined);
   await settleCheckpoint(ctx, s, id, keptBecause, exit?.exitStatus, endOf(stopped, exit), log);
-  return pass();
+  const code = await pass();
+  // runc's delete leaves the dir when an ARCH file lands in it as it removes it (a late exit record): finished here.
+  if (await removeLeftStateDir(call.root, id)) {
+    log.info(
+      { runcExit: code },
+      'runc left the state dir behind holding only ARCH files: removed, the container is deleted',
+    );
+    return 0;
+  }
+  return code;
 }
 
 /**
@@ -784,6 +800,9 @@ async function finishForeground(
     );
     return code;
   }
+  // runc removes the dir as it ends; an ARCH file written meanwhile (a job that ended right after its restore) stops that.
+  if (await removeLeftStateDir(call.root, id))
+    log.info('runc left the state dir behind holding only ARCH files: removed');
   const signalled = fg.stops.length > 0 ? `stopped by ${fg.stops[0]}` : undefined;
   const keptBecause = stopped ?? signalled ?? (code !== 0 ? `exited with code ${code}` : undefined);
   const end = endOf(stopped ?? signalled, { exitStatus: code, exitedAt: new Date().toISOString() });

@@ -3,7 +3,7 @@ import path from 'node:path';
 import { checkpointContainer } from '../../core/checkpoint.js';
 import { ARCH_RUNC_BIN, startArchNode, waitFor, type ArchTestNode } from '../support/arch-node.js';
 import { cleanupStaleNodes, stopAllNodes } from '../support/containerd-node.js';
-import { ensureImage, PYTHON_IMAGE } from '../support/images.js';
+import { ensureImage, NODE_IMAGE, PYTHON_IMAGE } from '../support/images.js';
 
 /**
  * Batch jobs as people write them, on real runc, CRIU and containerd: a
@@ -17,12 +17,16 @@ import { ensureImage, PYTHON_IMAGE } from '../support/images.js';
 let storage: string;
 let node: ArchTestNode;
 let image: string;
+let nodeImage: string;
 
 beforeAll(async () => {
   await cleanupStaleNodes();
   storage = fs.mkdtempSync('/tmp/arch-workloads-');
   node = await startArchNode('workloads');
-  image = await ensureImage(node.containerd, PYTHON_IMAGE);
+  [image, nodeImage] = await Promise.all([
+    ensureImage(node.containerd, PYTHON_IMAGE),
+    ensureImage(node.containerd, NODE_IMAGE),
+  ]);
 }, 300_000);
 
 afterAll(async () => {
@@ -32,7 +36,7 @@ afterAll(async () => {
 
 const lines = (out: string) => fs.readFileSync(out, 'utf8').split('\n').filter(Boolean);
 const lastStep = (out: string) => {
-  const steps = lines(out).flatMap((l) => /^pyjob (\d+) /.exec(l)?.[1] ?? []);
+  const steps = lines(out).flatMap((l) => /^(?:py|node)job (\d+) /.exec(l)?.[1] ?? []);
   return steps.length ? Number(steps[steps.length - 1]) : 0;
 };
 
@@ -49,9 +53,9 @@ async function removeJob(id: string, quietly = false): Promise<void> {
   for (const step of steps) await (quietly ? step().catch(() => undefined) : step());
 }
 
-async function runJob(id: string, env: string[]): Promise<string> {
+async function runJob(id: string, env: string[], jobImage = image): Promise<string> {
   const logFile = path.join(node.dir, `${id}-${Date.now()}.out`);
-  await node.containerd.run({ image, id, env, logFile, runcBinary: ARCH_RUNC_BIN, detach: true });
+  await node.containerd.run({ image: jobImage, id, env, logFile, runcBinary: ARCH_RUNC_BIN, detach: true });
   return logFile;
 }
 
@@ -95,6 +99,52 @@ test.each([
       throw new Error(
         `${String(err)}\nafter restore:\n${fs.readFileSync(out2, 'utf8').slice(-2000)}\nARCH log:\n${JSON.stringify(log.slice(-8), null, 1)}`,
       );
+    } finally {
+      await removeJob(id, true);
+    }
+  },
+  180_000,
+);
+
+/**
+ * Node.js jobs (the node-job.ts modes): libuv's event loop, its thread pool,
+ * worker threads, forked workers on Node's IPC channel, fs.watch, a signal
+ * handler and timers, all in one process tree that CRIU must put back as it
+ * was. The io job is down for 6 s between its node and the next, as the
+ * Python clock job is: its stall watchdog must not see it.
+ */
+test.each([
+  ['workers', 'a worker_threads pool adding into a SharedArrayBuffer'],
+  ['children', 'forked workers on the IPC channel and a short child each step'],
+  ['io', 'timers, fs.promises, fs.watch and a signal handler'],
+])(
+  'a Node.js job (%s: %s) goes on where it was',
+  async (mode) => {
+    const id = `node-${mode}`;
+    const env = ['ARCH_ENABLE=1', `ARCH_CHECKPOINT_HOST_PATH=${path.join(storage, 'ck')}`, `NODEJOB_MODE=${mode}`];
+    const out1 = await runJob(id, env, nodeImage);
+    try {
+      await stepReached(out1, 5);
+      await checkpointContainer(node.ctx, { namespace: 'default', id, runcRoot: node.runcRoot('default') });
+      await node.containerd.waitStatus(id, 'STOPPED', 15_000);
+      const reached = lastStep(out1);
+      expect(lines(out1).filter((l) => / FAIL/.test(l))).toEqual([]);
+      await node.containerd.removeContainer(id);
+      if (mode === 'io') await new Promise((r) => setTimeout(r, 6000));
+
+      const out2 = await runJob(id, env, nodeImage);
+      try {
+        await stepReached(out2, reached + 5, 'restored, 5 more steps');
+        const after = lines(out2);
+        expect(after.filter((l) => / FAIL/.test(l) || l.startsWith('nodejob start'))).toEqual([]);
+        expect(Number(/^nodejob (\d+) /.exec(after[0]!)?.[1])).toBe(reached + 1);
+        expect(node.readContainerFile(id, '/state/starts').trim().split('\n')).toHaveLength(1);
+      } catch (err) {
+        const log = node.logLines().filter((l) => l.container === id);
+        throw new Error(
+          `${String(err)}\nafter restore:\n${fs.readFileSync(out2, 'utf8').slice(-2000)}\nARCH log:\n${JSON.stringify(log.slice(-8), null, 1)}`,
+        );
+      }
     } finally {
       await removeJob(id, true);
     }

@@ -247,3 +247,33 @@ export const PYTHON_IMAGE: ImageRecipe = {
   },
   cmd: ['/usr/bin/python3', '-u', '/job.py'],
 };
+
+/** node-job.ts as tsc compiled it: the file a Node job image runs. */
+export const NODE_JOB_SCRIPT = path.join(REPO_ROOT, 'dist/test/support/node-job.js');
+
+/**
+ * A Node.js job image: the host's node (one binary; ICU built in) and the
+ * libraries it links, on the busybox rootfs, running node-job.ts. Node is
+ * what many data pipelines, scrapers and queue consumers are written in, and
+ * libuv's event loop (epoll, eventfds, a signal pipe, a thread pool) is none
+ * of the Python job's.
+ */
+export const NODE_IMAGE: ImageRecipe = {
+  ref: 'localhost/arch-test/node-job:1',
+  get inputs() {
+    const binary = fs.realpathSync(process.execPath);
+    const st = fs.statSync(binary);
+    return [fs.readFileSync(NODE_JOB_SCRIPT, 'utf8'), binary, String(st.size), String(st.mtimeMs), LAYOUT_VERSION];
+  },
+  async buildRootfs(dir) {
+    const binary = fs.realpathSync(process.execPath);
+    layoutBusyboxRootfs(dir, { applets: BUSYBOX_APPLETS, hostname: 'arch-test' });
+    fs.mkdirSync(path.join(dir, 'usr/bin'), { recursive: true });
+    fs.copyFileSync(binary, path.join(dir, 'usr/bin/node'));
+    fs.chmodSync(path.join(dir, 'usr/bin/node'), 0o755);
+    for (const lib of await sharedLibraries([binary])) copyHostFile(dir, lib);
+    // .mjs: an ES module without a package.json beside it.
+    fs.copyFileSync(NODE_JOB_SCRIPT, path.join(dir, 'job.mjs'));
+  },
+  cmd: ['/usr/bin/node', '/job.mjs'],
+};

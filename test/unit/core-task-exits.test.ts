@@ -8,8 +8,10 @@ import {
   awaitRecordedExit,
   EXIT_FILE,
   EXIT_RECORDER_FILE,
+  KILLED_FILE,
   recordedExit,
   recordExit,
+  removeLeftStateDir,
 } from '../../core/shim-state.js';
 
 /**
@@ -141,5 +143,48 @@ describe('awaitRecordedExit: a delete right after the exit waits for the worker'
     fs.writeFileSync(path.join(fresh, EXIT_RECORDER_FILE), '1'); // another worker since
     await undo();
     expect(fs.readFileSync(path.join(fresh, EXIT_RECORDER_FILE), 'utf8')).toBe('1');
+  });
+});
+
+describe('removeLeftStateDir: a state dir runc could not remove because an ARCH file landed in it', () => {
+  let root: string;
+  const dir = (id: string, files: string[]) => {
+    fs.mkdirSync(path.join(root, id));
+    for (const f of files) fs.writeFileSync(path.join(root, id, f), '{}');
+  };
+  beforeEach(() => {
+    root = fs.mkdtempSync(path.join(os.tmpdir(), 'arch-left-'));
+  });
+  afterEach(() => fs.rmSync(root, { recursive: true, force: true }));
+
+  test("only ARCH's files (and one still being written) left: removed", async () => {
+    dir('job', [ARCH_STATE_FILE, EXIT_FILE, `${EXIT_FILE}.4242.tmp`, KILLED_FILE]);
+    expect(await removeLeftStateDir(root, 'job')).toBe(true);
+    expect(fs.existsSync(path.join(root, 'job'))).toBe(false);
+  });
+
+  test("runc's state (a container that exists), runc's other files, an empty dir (a create under way): kept", async () => {
+    dir('live', [ARCH_STATE_FILE, 'state.json']);
+    dir('fifo', [ARCH_STATE_FILE, 'exec.fifo']);
+    dir('empty', []);
+    dir('other', [`${ARCH_STATE_FILE}.tmp`]);
+    for (const id of ['live', 'fifo', 'empty', 'other']) {
+      expect(await removeLeftStateDir(root, id)).toBe(false);
+      expect(fs.existsSync(path.join(root, id))).toBe(true);
+    }
+    expect(fs.readdirSync(path.join(root, 'live')).sort()).toEqual([ARCH_STATE_FILE, 'state.json']);
+  });
+
+  test('a missing dir, or a symlink in its place, is left alone', async () => {
+    expect(await removeLeftStateDir(root, 'missing')).toBe(false);
+    const target = fs.mkdtempSync(path.join(os.tmpdir(), 'arch-left-target-'));
+    try {
+      fs.writeFileSync(path.join(target, ARCH_STATE_FILE), '{}');
+      fs.symlinkSync(target, path.join(root, 'link'));
+      expect(await removeLeftStateDir(root, 'link')).toBe(false);
+      expect(fs.readdirSync(target)).toEqual([ARCH_STATE_FILE]);
+    } finally {
+      fs.rmSync(target, { recursive: true, force: true });
+    }
   });
 });
