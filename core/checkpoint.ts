@@ -16,6 +16,7 @@ import {
 import { ArchInputError, errorMessage } from '../contract/errors.js';
 import { FreezeGuard } from './freeze-guard.js';
 import { rootfsWatchPaths } from './inotify-watches.js';
+import { rearmFiredTimerfds } from './criu-timerfd.js';
 import { uncheckpointableFiles } from './open-files.js';
 import { criuStallMs, LayerGate } from './layer-gate.js';
 import { captureDevShm, devShmSource, type DevShmRecord } from './dev-shm.js';
@@ -743,6 +744,10 @@ async function checkpointLocked(
         timings.hashTail = Date.now() - tail; // hashing left when CRIU was done (part of dump)
       }
     }
+    // CRIU would restore a periodic timerfd that had fired unread disarmed (core/criu-timerfd.ts).
+    const rearmed = await rearmFiredTimerfds(dumpDir);
+    if (rearmed)
+      log.info({ phase: 'dump', timerfds: rearmed }, 'periodic timerfds that had fired unread rearmed in the images');
     lap('dump', t);
     t = Date.now();
     req.onProgress?.({ phase: 'rootfs' });

@@ -2,6 +2,7 @@ import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { readSmallFile } from './manifest.js';
 import type { OciSpec } from './oci-spec.js';
+import { FILE_ENTRY, FILES_IMAGE, fileEntries, MAX_FILES_IMAGE } from './criu-files-image.js';
 import { wireFields } from './protobuf-wire.js';
 import { runCommand } from './run-command.js';
 
@@ -21,18 +22,12 @@ import { runCommand } from './run-command.js';
  * rather than the job's progress. A new network namespace has none.
  */
 
-/** files.img: IMG_COMMON_MAGIC, then this, then (u32 length, FileEntry)... (CRIU's criu/include/magic.h). */
-const FILES_MAGIC = 0x56303138;
-/** FileEntry.isk; InetSkEntry's proto, state and src_port (CRIU's images/fdinfo.proto, sk-inet.proto). */
-const FILE_ISK = 4;
+/** InetSkEntry's proto, state and src_port (CRIU's images/sk-inet.proto). */
 const ISK_PROTO = 5;
 const ISK_STATE = 6;
 const ISK_SRC_PORT = 7;
 const IPPROTO_TCP = 6;
 const TCP_LISTEN = 10;
-
-/** Far above the files.img of a job with many thousands of open files. */
-const MAX_FILES_IMG = 64 << 20;
 
 /**
  * The ports of the TCP listeners in a checkpoint's CRIU images (its
@@ -40,24 +35,19 @@ const MAX_FILES_IMG = 64 << 20;
  * symlink, bounded); none if it cannot be read.
  */
 export async function tcpListenPorts(criuDir: string): Promise<number[]> {
-  const img = await readSmallFile(path.join(criuDir, 'files.img'), MAX_FILES_IMG).catch(() => undefined);
-  if (!img || img.length < 8 || img.readUInt32LE(4) !== FILES_MAGIC) return [];
+  const img = await readSmallFile(path.join(criuDir, FILES_IMAGE), MAX_FILES_IMAGE).catch(() => undefined);
+  const entries = img && fileEntries(img);
+  if (!entries) return [];
   const ports = new Set<number>();
   try {
-    for (let i = 8; i + 4 <= img.length;) {
-      const len = img.readUInt32LE(i);
-      i += 4;
-      if (i + len > img.length) break;
-      const entry = img.subarray(i, i + len);
-      i += len;
+    for (const entry of entries)
       for (const f of wireFields(entry)) {
-        if (f.no !== FILE_ISK || f.wire !== 2) continue;
+        if (f.no !== FILE_ENTRY.isk || f.wire !== 2) continue;
         const v: Record<number, number> = {};
         for (const g of wireFields(f.bytes)) if (g.wire === 0) v[g.no] = g.value;
         const port = v[ISK_SRC_PORT];
         if (v[ISK_PROTO] === IPPROTO_TCP && v[ISK_STATE] === TCP_LISTEN && port && port < 65536) ports.add(port);
       }
-    }
   } catch {
     // A malformed entry: the ports found so far (CRIU itself will refuse the image).
   }

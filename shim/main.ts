@@ -66,6 +66,7 @@ import {
   type ShimState,
 } from '../core/shim-state.js';
 import { finishedPredecessor, newerOwner, stoppedReason } from '../core/checkpoint-holder.js';
+import { rearmFiredTimerfds } from '../core/criu-timerfd.js';
 import { CheckpointStore } from '../core/store.js';
 import {
   claimNextLease,
@@ -590,6 +591,10 @@ async function handleCheckpoint(
   const spec = bundle ? await readSpec(bundle).catch(() => undefined) : undefined;
   const code = await runRealRunc(ctx.settings.runc, argv, (await criuRunEnv(ctx.settings, spec)).env);
   if (code !== 0 || !imagePath || !bundle || call.options.has('--pre-dump')) return code;
+  // The images containerd keeps restore with the job's periodic timers armed too (core/criu-timerfd.ts).
+  await rearmFiredTimerfds(imagePath).catch((e) =>
+    log.warn({ err: errorMessage(e), imagePath }, 'could not rearm the fired periodic timerfds in the images'),
+  );
   const partial = PARTIAL_DUMP_OPTIONS.filter((o) => call.options.has(o));
   if (partial.length > 0) {
     log.warn(

@@ -69,6 +69,7 @@ test.each([
   ['bigmem', 'workers each holding 128 MiB of data, checked against digests'],
   ['clock', 'steps paced by its monotonic clock, which a watchdog checks'],
   ['asyncio', 'an event loop driving a coprocess through pipes, a pidfd and a subprocess per step'],
+  ['kernelfds', 'an epoll set of a timerfd, a signalfd and an eventfd, and a memfd shared with a child'],
 ])(
   'a Python job (%s: %s) goes on where it was',
   async (mode) => {
@@ -90,7 +91,7 @@ test.each([
     try {
       await stepReached(out2, reached + 5, 'restored, 5 more steps');
       const after = lines(out2);
-      expect(after.filter((l) => / FAIL$/.test(l))).toEqual([]);
+      expect(after.filter((l) => / FAIL\b/.test(l))).toEqual([]);
       expect(after.filter((l) => l.startsWith('pyjob start'))).toEqual([]);
       expect(Number(/^pyjob (\d+) /.exec(after[0]!)?.[1])).toBe(reached + 1);
       expect(node.readContainerFile(id, '/state/starts').trim().split('\n')).toHaveLength(1);
@@ -184,7 +185,7 @@ test.each([
       );
     }
     const after = lines(out2);
-    expect(after.filter((l) => / FAIL$/.test(l) || l.startsWith('pyjob start'))).toEqual([]);
+    expect(after.filter((l) => / FAIL\b/.test(l) || l.startsWith('pyjob start'))).toEqual([]);
     expect(Number(/^pyjob (\d+) /.exec(after[0]!)?.[1])).toBe(reached + 1);
   } finally {
     await removeJob(id, true);
@@ -209,7 +210,7 @@ test('a job holding an io_uring: its checkpoint is refused before it is frozen, 
       /^default\/py-io-uring cannot be checkpointed: process \d+ \(python3\) holds an io_uring instance \(fd \d+\), which CRIU cannot checkpoint\. Fix: turn io_uring off in the job .*previous checkpoint stays current$/,
     );
     await stepReached(out, lastStep(out) + 3, 'runs on after the refusal');
-    expect(lines(out).filter((l) => / FAIL$/.test(l) || l.startsWith('io_uring_setup failed'))).toEqual([]);
+    expect(lines(out).filter((l) => / FAIL\b/.test(l) || l.startsWith('io_uring_setup failed'))).toEqual([]);
     expect(fs.existsSync(path.join(ck, 'default', id, 'current'))).toBe(false);
   } finally {
     await removeJob(id, true);
@@ -250,7 +251,7 @@ test('a forkserver job checkpointed three times while it runs continues from the
     const first = Number(/^pyjob (\d+) /.exec(lines(out2)[0]!)?.[1]);
     expect(first).toBeGreaterThan(before);
     expect(first).toBeLessThanOrEqual(after + 1);
-    expect(lines(out2).filter((l) => / FAIL$|^pyjob start/.test(l))).toEqual([]);
+    expect(lines(out2).filter((l) => / FAIL\b|^pyjob start/.test(l))).toEqual([]);
     expect(node.readContainerFile(id, '/state/starts').trim().split('\n')).toHaveLength(1);
   } finally {
     await removeJob(id, true);

@@ -40,6 +40,11 @@ PYJOB_MODE picks how the work is spread:
               through a pidfd (os.pidfd_open, as asyncio's PidfdChildWatcher does from Python
               3.12), and running a short subprocess each step: a step counts only when the
               coprocess echoed its sum, the subprocess printed the step, and the coprocess lives
+  kernelfds   waits on an epoll set for a periodic timerfd (monotonic clock), a signalfd (SIGUSR1,
+              blocked, which it sends itself every step) and an eventfd through which a helper
+              thread hands over half of each step's sum; a forked child adds the other half into a
+              memfd both map shared; a step counts only when all four answered and the memfd's
+              content read through its descriptor agrees with the mapping
   io_uring    holds an io_uring instance while it works (as libuv with UV_USE_IO_URING=1,
               tokio-uring or liburing-based I/O do): no checkpoint can take it
 """
@@ -398,6 +403,114 @@ def run_asyncio():
     asyncio.run(main())
 
 
+def run_kernelfds():
+    import ctypes
+    import mmap
+    import select
+    import signal
+    import threading
+
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    class Timespec(ctypes.Structure):
+        _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
+
+    class Itimerspec(ctypes.Structure):
+        _fields_ = [("it_interval", Timespec), ("it_value", Timespec)]
+
+    def check(ret, what):
+        if ret < 0:
+            sys.exit(f"{what} failed: errno {ctypes.get_errno()}")
+        return ret
+
+    # A periodic 20 ms timer on the monotonic clock, read through its timerfd.
+    tfd = check(libc.timerfd_create(time.CLOCK_MONOTONIC, os.O_NONBLOCK | os.O_CLOEXEC), "timerfd_create")
+    period = Itimerspec(Timespec(0, 20_000_000), Timespec(0, 20_000_000))
+    check(libc.timerfd_settime(tfd, 0, ctypes.byref(period), None), "timerfd_settime")
+    # SIGUSR1 blocked and taken from a signalfd instead of a handler.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+    mask = ctypes.create_string_buffer(128)  # sigset_t
+    libc.sigemptyset(mask)
+    libc.sigaddset(mask, signal.SIGUSR1)
+    sfd = check(libc.signalfd(-1, mask, os.O_NONBLOCK | os.O_CLOEXEC), "signalfd")
+    # A thread hands its share over through an eventfd (its counter carries the number).
+    efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+    shares = []
+    go = threading.Condition()
+
+    def helper():
+        while True:
+            with go:
+                go.wait_for(lambda: shares)
+                share = shares.pop()
+            os.eventfd_write(efd, sum(square(x) for x in share) + 1)  # + 1: a sum of 0 would not wake the reader
+
+    threading.Thread(target=helper, daemon=True).start()
+    # A forked child keeps its running sum in a memfd both map shared (a memfd passed to a worker).
+    mfd = os.memfd_create("running-sum", os.MFD_CLOEXEC)
+    os.ftruncate(mfd, 4096)
+    sums = mmap.mmap(mfd, 4096, mmap.MAP_SHARED)
+    to_child, from_job = os.pipe()
+    from_child, to_job = os.pipe()
+    if os.fork() == 0:
+        os.close(from_job)
+        os.close(from_child)
+        while True:
+            asked = os.read(to_child, 32)
+            if not asked:
+                os._exit(0)  # the job is gone
+            step = int(asked)
+            cur = int.from_bytes(sums[0:16], "little")
+            for x in range(step * STEP + STEP // 2, (step + 1) * STEP):
+                cur += x * x
+            sums[0:16] = cur.to_bytes(16, "little")
+            os.write(to_job, b"k")
+    os.close(to_child)
+    os.close(to_job)
+    poller = select.epoll()
+    for fd in (tfd, sfd, efd):
+        poller.register(fd, select.EPOLLIN)
+
+    total = 0
+    step = 0
+    while True:
+        base = step * STEP
+        with go:
+            shares.append(range(base, base + STEP // 2))
+            go.notify()
+        os.write(from_job, f"{step}".encode().ljust(32))
+        os.kill(os.getpid(), signal.SIGUSR1)
+        got = {"timer": 0, "signal": 0, "share": None}
+        deadline = time.monotonic() + 5
+        while (not got["timer"] or not got["signal"] or got["share"] is None) and time.monotonic() < deadline:
+            for fd, _ in poller.poll(0.5):
+                if fd == tfd:
+                    got["timer"] += int.from_bytes(os.read(tfd, 8), sys.byteorder)
+                elif fd == sfd:
+                    info = os.read(sfd, 128)  # struct signalfd_siginfo; ssi_signo first
+                    got["signal"] = int.from_bytes(info[0:4], sys.byteorder)
+                elif fd == efd:
+                    got["share"] = os.eventfd_read(efd) - 1
+        answered = os.read(from_child, 1) == b"k"
+        child_total = int.from_bytes(sums[0:16], "little")
+        own_half = got["share"] if got["share"] is not None else -1
+        # The memfd holds the child's halves; its content read through the fd agrees with the mapping.
+        agrees = (
+            got["timer"] > 0
+            and got["signal"] == signal.SIGUSR1
+            and answered
+            and os.pread(mfd, 16, 0) == sums[0:16]
+        )
+        total += own_half if agrees else -1
+        step += 1
+        report_total = total + child_total
+        ok = agrees and report_total == expected(step * STEP)
+        write_count(step)
+        why = "" if ok else f" timer={got['timer']} signal={got['signal']} share={got['share']} answered={answered} memfd={os.pread(mfd, 16, 0) == sums[0:16]} total={report_total}/{expected(step * STEP)}"
+        print(f"pyjob {step} {MODE} {'ok' if ok else 'FAIL'}{why}", flush=True)
+        time.sleep(0.1)
+
+
 def run_io_uring():
     import ctypes
 
@@ -439,6 +552,8 @@ if __name__ == "__main__":
         run_unix()
     elif MODE == "asyncio":
         run_asyncio()
+    elif MODE == "kernelfds":
+        run_kernelfds()
     elif MODE == "io_uring":
         run_io_uring()
     else:
