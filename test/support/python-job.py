@@ -43,8 +43,9 @@ PYJOB_MODE picks how the work is spread:
   kernelfds   waits on an epoll set for a periodic timerfd (monotonic clock), a signalfd (SIGUSR1,
               blocked, which it sends itself every step) and an eventfd through which a helper
               thread hands over half of each step's sum; a forked child adds the other half into a
-              memfd both map shared; a step counts only when all four answered and the memfd's
-              content read through its descriptor agrees with the mapping
+              memfd both map shared, while an interval timer (setitimer) rings a SIGALRM handler;
+              a step counts only when all five answered and the memfd's content read through its
+              descriptor agrees with the mapping
   io_uring    holds an io_uring instance while it works (as libuv with UV_USE_IO_URING=1,
               tokio-uring or liburing-based I/O do): no checkpoint can take it
 """
@@ -428,6 +429,10 @@ def run_kernelfds():
     period = Itimerspec(Timespec(0, 20_000_000), Timespec(0, 20_000_000))
     check(libc.timerfd_settime(tfd, 0, ctypes.byref(period), None), "timerfd_settime")
     # SIGUSR1 blocked and taken from a signalfd instead of a handler.
+    # And an interval timer (setitimer) whose SIGALRM a handler counts.
+    alarms = [0]
+    signal.signal(signal.SIGALRM, lambda *_: alarms.__setitem__(0, alarms[0] + 1))
+    signal.setitimer(signal.ITIMER_REAL, 0.03, 0.03)
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
     mask = ctypes.create_string_buffer(128)  # sigset_t
     libc.sigemptyset(mask)
@@ -473,6 +478,7 @@ def run_kernelfds():
 
     total = 0
     step = 0
+    alarms_before = 0  # rung since the step before (its sleep included)
     while True:
         base = step * STEP
         with go:
@@ -494,10 +500,13 @@ def run_kernelfds():
         answered = os.read(from_child, 1) == b"k"
         child_total = int.from_bytes(sums[0:16], "little")
         own_half = got["share"] if got["share"] is not None else -1
+        rung = alarms[0] - alarms_before
+        alarms_before += rung
         # The memfd holds the child's halves; its content read through the fd agrees with the mapping.
         agrees = (
             got["timer"] > 0
             and got["signal"] == signal.SIGUSR1
+            and (rung > 0 or step == 0)  # the first step may come before the first ring
             and answered
             and os.pread(mfd, 16, 0) == sums[0:16]
         )
@@ -506,7 +515,7 @@ def run_kernelfds():
         report_total = total + child_total
         ok = agrees and report_total == expected(step * STEP)
         write_count(step)
-        why = "" if ok else f" timer={got['timer']} signal={got['signal']} share={got['share']} answered={answered} memfd={os.pread(mfd, 16, 0) == sums[0:16]} total={report_total}/{expected(step * STEP)}"
+        why = "" if ok else f" timer={got['timer']} signal={got['signal']} share={got['share']} answered={answered} alarms={rung} memfd={os.pread(mfd, 16, 0) == sums[0:16]} total={report_total}/{expected(step * STEP)}"
         print(f"pyjob {step} {MODE} {'ok' if ok else 'FAIL'}{why}", flush=True)
         time.sleep(0.1)
 
