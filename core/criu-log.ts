@@ -59,6 +59,14 @@ const KNOWN_CAUSES: { error: RegExp; hint: string }[] = [
       'containers usually do',
   },
   {
+    // IPPROTO_MPTCP: Go >= 1.24 listens with multipath TCP by default; CRIU dumps no MPTCP socket (oci-spec.ts).
+    error: /Unsupported proto 262 for socket/,
+    hint:
+      "one of the job's sockets is a multipath TCP (MPTCP) socket, which CRIU cannot checkpoint; Go programs from " +
+      'Go 1.24 listen with MPTCP by default. Fix: GODEBUG=multipathtcp=0 in the container (ARCH adds it to containers ' +
+      'whose GODEBUG does not name multipathtcp, when they are created), or a program that opens plain TCP sockets',
+  },
+  {
     // The kernel would not pass one of the job's files to CRIU: an io_uring opened after ARCH looked (see open-files.ts).
     error: /send_fds failed \(-22\)|Can't retrieve FDs from socket/,
     hint: "the kernel refused to hand CRIU one of the job's open files, which is what an io_uring instance does: turn io_uring off in the job (Node.js: UV_USE_IO_URING=0)",

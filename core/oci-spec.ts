@@ -95,19 +95,34 @@ function mapId(id: number, maps: IdMapping[] | undefined): number | undefined {
 }
 
 /**
- * libuv's io_uring off (UV_USE_IO_URING=0) for an ARCH container that does
- * not set it: no checkpoint can take an io_uring (core/open-files.ts), and
- * libuv opens some as soon as a program reads a file where its distribution
- * enables them (Debian 13's Node.js, on the system libuv 1.50), so a Node.js
- * job could never be checkpointed. libuv then uses its thread pool, as
- * upstream Node.js does by default. An owner who sets the variable keeps
- * their value (and a checkpoint refused with the reason if it is 1).
- * Returns `spec` itself when there is nothing to add.
+ * Runtime defaults that no checkpoint could take, turned off for an ARCH
+ * container whose owner did not set them:
+ *
+ * - libuv's io_uring (UV_USE_IO_URING=0): no checkpoint can take an io_uring
+ *   (core/open-files.ts), and libuv opens some as soon as a program reads a
+ *   file where its distribution enables them (Debian 13's Node.js, on the
+ *   system libuv 1.50), so a Node.js job could never be checkpointed. libuv
+ *   then uses its thread pool, as upstream Node.js does by default.
+ * - Go's multipath TCP (GODEBUG multipathtcp=0): from Go 1.24 every TCP
+ *   listener of a Go program is an MPTCP socket where the kernel has MPTCP,
+ *   and CRIU cannot dump one ("Unsupported proto 262"), so a Go job serving
+ *   anything (an HTTP metrics endpoint, gRPC) could never be checkpointed.
+ *   Added to the owner's GODEBUG settings, which keep every other key.
+ *
+ * An owner who sets one keeps their value (and a checkpoint refused with the
+ * reason when it is on). Returns `spec` itself when there is nothing to add.
  */
 export function withCheckpointableRuntimes(spec: OciSpec): OciSpec {
   const env = spec.process?.env ?? [];
-  if (env.some((e) => e.startsWith('UV_USE_IO_URING='))) return spec;
-  return { ...spec, process: { ...spec.process, env: [...env, 'UV_USE_IO_URING=0'] } };
+  let out = env;
+  if (!env.some((e) => e.startsWith('UV_USE_IO_URING='))) out = [...out, 'UV_USE_IO_URING=0'];
+  // The first GODEBUG is the one a Go program reads.
+  const at = out.findIndex((e) => e.startsWith('GODEBUG='));
+  const godebug = at < 0 ? undefined : out[at]!.slice('GODEBUG='.length);
+  if (godebug === undefined) out = [...out, 'GODEBUG=multipathtcp=0'];
+  else if (!godebug.split(',').some((kv) => kv.trim().startsWith('multipathtcp=')))
+    out = out.map((e, i) => (i === at ? `GODEBUG=${godebug ? `${godebug},` : ''}multipathtcp=0` : e));
+  return out === env ? spec : { ...spec, process: { ...spec.process, env: out } };
 }
 
 /**

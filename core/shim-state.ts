@@ -32,8 +32,10 @@ export const RESTORED_FILE = 'arch.restored';
 export const EXIT_FILE = 'arch.exit';
 
 /** ARCH's files in a runc state dir, and their temporary names while written (writeFileAtomic). */
-const ARCH_FILES = new Set([ARCH_STATE_FILE, KILLED_FILE, RESTORED_FILE, EXIT_FILE]);
-const isArchFile = (name: string) => ARCH_FILES.has(name.replace(/\.\d+\.tmp$/, ''));
+const isArchFile = (name: string) =>
+  [ARCH_STATE_FILE, KILLED_FILE, RESTORED_FILE, EXIT_FILE, CHECKPOINT_LOCK_FILE].includes(
+    name.replace(/\.\d+\.tmp$/, ''),
+  );
 
 /**
  * Remove a container's runc state dir that runc left behind holding only

@@ -43,16 +43,23 @@ export function demoImageArchive(cacheDir: string): Promise<ImageArchive> {
  * (where the log was when the job came to this node: the same log file may
  * hold what it printed here before), or undefined.
  */
-export function lastCount(logFile: string, from = 0): number | undefined {
+/** The counts the counter printed to its log from byte `from` on; none if the log cannot be read. */
+function countsIn(logFile: string, from: number): number[] {
   let text: string;
   try {
     text = fs.readFileSync(logFile).subarray(from).toString('utf8');
   } catch {
-    return undefined;
+    return [];
   }
-  const all = [...text.matchAll(/^count (\d+)$/gm)];
-  const last = all[all.length - 1];
-  return last ? Number(last[1]) : undefined;
+  return [...text.matchAll(/^count (\d+)$/gm)].map((m) => Number(m[1]));
+}
+
+export function lastCount(logFile: string, from = 0): number | undefined {
+  return countsIn(logFile, from).at(-1);
+}
+
+export function firstCount(logFile: string, from = 0): number | undefined {
+  return countsIn(logFile, from)[0];
 }
 
 export function fileSize(file: string): number {

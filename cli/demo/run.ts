@@ -25,7 +25,7 @@ import { startMigration } from '../commands/migrate.js';
 import { connect } from '../connect.js';
 import type { CliContext } from '../context.js';
 import { CliError, EXIT } from '../exit-codes.js';
-import { DEMO_IMAGE_REF, demoImageArchive, demoLogFile, fileSize, lastCount } from './image.js';
+import { DEMO_IMAGE_REF, demoImageArchive, demoLogFile, fileSize, firstCount, lastCount } from './image.js';
 import { DEFAULT_RUN_DIR } from './defaults.js';
 import { readDemoState, teardown, writeDemoState, type DemoNode, type DemoState } from './state.js';
 
@@ -289,7 +289,11 @@ export async function runDemo(o: DemoOptions, ctx: CliContext): Promise<void> {
     };
     await watch(a, 0, o.watch);
 
+    // Where the running job prints: its node's log, from this offset.
+    let printsAt = 0;
     const migrate = async (from: DemoNode, to: DemoNode): Promise<void> => {
+      const fromLog = demoLogFile(from.logDir, DEMO_NAMESPACE, o.id);
+      const fromOffset = printsAt;
       const log = demoLogFile(to.logDir, DEMO_NAMESPACE, o.id);
       const offset = fileSize(log);
       say(`→ migrating ${job} to ${to.name}… (checkpoint on ${from.name}, restore on ${to.name})`);
@@ -302,11 +306,14 @@ export async function runDemo(o: DemoOptions, ctx: CliContext): Promise<void> {
         throw new CliError(failed, EXIT.compensated);
       }
       const restoreMs = r.phases.find((p) => p.phase === 'restore' && p.node === to.name)?.ms;
+      printsAt = offset;
+      // The last count the job printed on the source before its checkpoint (it ran on while the migration began).
+      const atCheckpoint = lastCount(fromLog, fromOffset) ?? last;
       // The first count the restored process prints on the target.
       let first: number | undefined;
       for (let i = 0; i < 50 && first === undefined; i++) {
         await pause(100);
-        first = lastCount(log, offset);
+        first = firstCount(log, offset);
       }
       const timing = `${restoreMs === undefined ? '' : `restored on ${to.name} in ${secs(restoreMs)}, `}migration ${secs(r.totalMs)}`;
       if (first === undefined) {
@@ -316,7 +323,7 @@ export async function runDemo(o: DemoOptions, ctx: CliContext): Promise<void> {
         failed = `the count went from ${last} back to ${first} on ${to.name}: the job started fresh instead of being restored`;
         say(`✘ ${timing}; ${failed}`);
       } else {
-        say(`✔ ${timing}; count continues at ${first} (was ${last} on ${from.name})`);
+        say(`✔ ${timing}; count continues at ${first} (its last on ${from.name}: ${atCheckpoint})`);
         last = first;
       }
       await watch(to, offset, o.watch);

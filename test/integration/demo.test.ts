@@ -141,6 +141,9 @@ test('demo --cleanup: the count goes on across node-a → node-b → node-a, the
   const visits = counts.map((c) => c.node).filter((n, i, all) => i === 0 || all[i - 1] !== n);
   expect(visits).toEqual(['node-a', 'node-b', 'node-a']);
   expect(r.stdout.match(/✔ restored on node-[ab] in/g)).toHaveLength(2);
+  // Each move goes on from the count the job had reached: the next number, none lost, none printed twice.
+  const moves = [...r.stdout.matchAll(/count continues at (\d+) \(its last on node-[ab]: (\d+)\)/g)];
+  expect(moves.map((m) => Number(m[1]) - Number(m[2]))).toEqual([1, 1]);
   // Strictly increasing: a fresh start on a node would begin at 1 again.
   for (let i = 1; i < counts.length; i++) expect(counts[i]!.count).toBeGreaterThan(counts[i - 1]!.count);
   expect(counts.length).toBeGreaterThanOrEqual(5);

@@ -3,7 +3,7 @@ import path from 'node:path';
 import { checkpointContainer } from '../../core/checkpoint.js';
 import { ARCH_RUNC_BIN, startArchNode, waitFor, type ArchTestNode } from '../support/arch-node.js';
 import { cleanupStaleNodes, stopAllNodes } from '../support/containerd-node.js';
-import { ensureImage, NODE_IMAGE, PYTHON_IMAGE } from '../support/images.js';
+import { ensureImage, GO_IMAGE, NODE_IMAGE, PYTHON_IMAGE } from '../support/images.js';
 
 /**
  * Batch jobs as people write them, on real runc, CRIU and containerd: a
@@ -18,14 +18,16 @@ let storage: string;
 let node: ArchTestNode;
 let image: string;
 let nodeImage: string;
+let goImage: string;
 
 beforeAll(async () => {
   await cleanupStaleNodes();
   storage = fs.mkdtempSync('/tmp/arch-workloads-');
   node = await startArchNode('workloads');
-  [image, nodeImage] = await Promise.all([
+  [image, nodeImage, goImage] = await Promise.all([
     ensureImage(node.containerd, PYTHON_IMAGE),
     ensureImage(node.containerd, NODE_IMAGE),
+    ensureImage(node.containerd, GO_IMAGE),
   ]);
 }, 300_000);
 
@@ -36,7 +38,7 @@ afterAll(async () => {
 
 const lines = (out: string) => fs.readFileSync(out, 'utf8').split('\n').filter(Boolean);
 const lastStep = (out: string) => {
-  const steps = lines(out).flatMap((l) => /^(?:py|node)job (\d+) /.exec(l)?.[1] ?? []);
+  const steps = lines(out).flatMap((l) => /^(?:py|node|go)job (\d+) /.exec(l)?.[1] ?? []);
   return steps.length ? Number(steps[steps.length - 1]) : 0;
 };
 
@@ -59,6 +61,44 @@ async function runJob(id: string, env: string[], jobImage = image): Promise<stri
   return logFile;
 }
 
+/**
+ * The cycle every job here goes through: run until step 5, checkpoint (the
+ * job stops), remove (a reclaim), stay down for `downMs` (the time between a
+ * reclaim and the restore on another node), create again. It must go on
+ * from the next step with its sum right, never print FAIL, and never start
+ * again. `tag` is what its lines begin with (pyjob, nodejob, gojob).
+ */
+async function expectGoesOn(id: string, env: string[], o: { image: string; tag: string; downMs?: number }) {
+  const out1 = await runJob(id, env, o.image);
+  try {
+    await stepReached(out1, 5);
+    await checkpointContainer(node.ctx, { namespace: 'default', id, runcRoot: node.runcRoot('default') });
+    await node.containerd.waitStatus(id, 'STOPPED', 15_000);
+    const reached = lastStep(out1);
+    expect(lines(out1).filter((l) => / FAIL\b/.test(l) || l.startsWith(`${o.tag} error`))).toEqual([]);
+    await node.containerd.removeContainer(id);
+    if (o.downMs) await new Promise((r) => setTimeout(r, o.downMs));
+
+    const out2 = await runJob(id, env, o.image);
+    try {
+      await stepReached(out2, reached + 5, 'restored, 5 more steps');
+      const after = lines(out2);
+      expect(after.filter((l) => / FAIL\b/.test(l) || /^\w+ (start|error)/.test(l))).toEqual([]);
+      expect(Number(new RegExp(`^${o.tag} (\\d+) `).exec(after[0]!)?.[1])).toBe(reached + 1);
+      expect(node.readContainerFile(id, '/state/starts').trim().split('\n')).toHaveLength(1);
+    } catch (err) {
+      const log = node.logLines().filter((l) => l.container === id);
+      throw new Error(
+        `${String(err)}\nafter restore:\n${fs.readFileSync(out2, 'utf8').slice(-2000)}\nARCH log:\n${JSON.stringify(log.slice(-8), null, 1)}`,
+      );
+    }
+  } finally {
+    await removeJob(id, true);
+  }
+}
+
+const CHECKPOINTS = () => ['ARCH_ENABLE=1', `ARCH_CHECKPOINT_HOST_PATH=${path.join(storage, 'ck')}`];
+
 test.each([
   ['pool', 'a worker pool (fork)'],
   ['forkserver', 'a forkserver worker pool (named semaphores)'],
@@ -72,38 +112,16 @@ test.each([
   ['kernelfds', 'an epoll set of a timerfd, a signalfd and an eventfd, and a memfd shared with a child'],
 ])(
   'a Python job (%s: %s) goes on where it was',
-  async (mode) => {
-    const id = `py-${mode}`;
-    const env = ['ARCH_ENABLE=1', `ARCH_CHECKPOINT_HOST_PATH=${path.join(storage, 'ck')}`];
-    const out1 = await runJob(id, [...env, `PYJOB_MODE=${mode}`]);
-    await stepReached(out1, 5);
-    await checkpointContainer(node.ctx, { namespace: 'default', id, runcRoot: node.runcRoot('default') });
-    await node.containerd.waitStatus(id, 'STOPPED', 15_000);
-    const reached = lastStep(out1);
-    await node.containerd.removeContainer(id);
-    // Down for a while, as between a reclaim and the restore on another node: its monotonic clock must not
-    // see it (nor, on a node booted later, go back by days, which would leave every deadline it computed
-    // days away). CRIU keeps the clocks: it restores the job into a time namespace of its own whose offsets
-    // continue them from the dump (timens-*.img), even for a job that ran in the node's namespace.
-    if (mode === 'clock') await new Promise((r) => setTimeout(r, 6000));
-
-    const out2 = await runJob(id, [...env, `PYJOB_MODE=${mode}`]);
-    try {
-      await stepReached(out2, reached + 5, 'restored, 5 more steps');
-      const after = lines(out2);
-      expect(after.filter((l) => / FAIL\b/.test(l))).toEqual([]);
-      expect(after.filter((l) => l.startsWith('pyjob start'))).toEqual([]);
-      expect(Number(/^pyjob (\d+) /.exec(after[0]!)?.[1])).toBe(reached + 1);
-      expect(node.readContainerFile(id, '/state/starts').trim().split('\n')).toHaveLength(1);
-    } catch (err) {
-      const log = node.logLines().filter((l) => l.container === id);
-      throw new Error(
-        `${String(err)}\nafter restore:\n${fs.readFileSync(out2, 'utf8').slice(-2000)}\nARCH log:\n${JSON.stringify(log.slice(-8), null, 1)}`,
-      );
-    } finally {
-      await removeJob(id, true);
-    }
-  },
+  // The clock job is down for a while: its monotonic clock must not see it (nor, on a node booted later, go
+  // back by days, which would leave every deadline it computed days away). CRIU keeps the clocks: it restores
+  // the job into a time namespace of its own whose offsets continue them from the dump (timens-*.img), even
+  // for a job that ran in the node's namespace.
+  (mode) =>
+    expectGoesOn(`py-${mode}`, [...CHECKPOINTS(), `PYJOB_MODE=${mode}`], {
+      image,
+      tag: 'pyjob',
+      downMs: mode === 'clock' ? 6000 : 0,
+    }),
   180_000,
 );
 
@@ -120,36 +138,24 @@ test.each([
   ['io', 'timers, fs.promises, fs.watch and a signal handler'],
 ])(
   'a Node.js job (%s: %s) goes on where it was',
-  async (mode) => {
-    const id = `node-${mode}`;
-    const env = ['ARCH_ENABLE=1', `ARCH_CHECKPOINT_HOST_PATH=${path.join(storage, 'ck')}`, `NODEJOB_MODE=${mode}`];
-    const out1 = await runJob(id, env, nodeImage);
-    try {
-      await stepReached(out1, 5);
-      await checkpointContainer(node.ctx, { namespace: 'default', id, runcRoot: node.runcRoot('default') });
-      await node.containerd.waitStatus(id, 'STOPPED', 15_000);
-      const reached = lastStep(out1);
-      expect(lines(out1).filter((l) => / FAIL/.test(l))).toEqual([]);
-      await node.containerd.removeContainer(id);
-      if (mode === 'io') await new Promise((r) => setTimeout(r, 6000));
+  (mode) =>
+    expectGoesOn(`node-${mode}`, [...CHECKPOINTS(), `NODEJOB_MODE=${mode}`], {
+      image: nodeImage,
+      tag: 'nodejob',
+      downMs: mode === 'io' ? 6000 : 0,
+    }),
+  180_000,
+);
 
-      const out2 = await runJob(id, env, nodeImage);
-      try {
-        await stepReached(out2, reached + 5, 'restored, 5 more steps');
-        const after = lines(out2);
-        expect(after.filter((l) => / FAIL/.test(l) || l.startsWith('nodejob start'))).toEqual([]);
-        expect(Number(/^nodejob (\d+) /.exec(after[0]!)?.[1])).toBe(reached + 1);
-        expect(node.readContainerFile(id, '/state/starts').trim().split('\n')).toHaveLength(1);
-      } catch (err) {
-        const log = node.logLines().filter((l) => l.container === id);
-        throw new Error(
-          `${String(err)}\nafter restore:\n${fs.readFileSync(out2, 'utf8').slice(-2000)}\nARCH log:\n${JSON.stringify(log.slice(-8), null, 1)}`,
-        );
-      }
-    } finally {
-      await removeJob(id, true);
-    }
-  },
+/**
+ * A Go job (go-job.go): goroutines on the runtime's threads, its network
+ * poller serving a loopback TCP server inside the job, a Ticker, os/signal, a
+ * child process each step and a stall watchdog on the monotonic clock. Down
+ * for 6 s between its nodes, as the io Node job is.
+ */
+test(
+  'a Go job (goroutines, its own loopback TCP server, a Ticker, a signal, a child each step) goes on where it was',
+  () => expectGoesOn('go-job', CHECKPOINTS(), { image: goImage, tag: 'gojob', downMs: 6000 }),
   180_000,
 );
 
@@ -212,6 +218,34 @@ test('a job holding an io_uring: its checkpoint is refused before it is frozen, 
     await stepReached(out, lastStep(out) + 3, 'runs on after the refusal');
     expect(lines(out).filter((l) => / FAIL\b/.test(l) || l.startsWith('io_uring_setup failed'))).toEqual([]);
     expect(fs.existsSync(path.join(ck, 'default', id, 'current'))).toBe(false);
+  } finally {
+    await removeJob(id, true);
+  }
+});
+
+/**
+ * Go programs listen with multipath TCP from Go 1.24 where the kernel has it,
+ * and CRIU cannot dump an MPTCP socket: ARCH turns it off in the containers
+ * it creates (the Go job above), unless the owner set it. An owner who turned
+ * it on gets the refusal with its reason and fix, and the job runs on.
+ */
+test('a Go job whose owner turned multipath TCP on: its checkpoint is refused with the reason and the fix; the job runs on', async () => {
+  const id = 'go-mptcp';
+  const ck = path.join(storage, 'ck');
+  const out = await runJob(id, [...CHECKPOINTS(), 'GODEBUG=multipathtcp=1'], goImage);
+  try {
+    await stepReached(out, 3);
+    const checkpoint = checkpointContainer(node.ctx, { namespace: 'default', id, runcRoot: node.runcRoot('default') });
+    if (fs.readFileSync('/proc/sys/net/mptcp/enabled', 'utf8').trim() === '1') {
+      await expect(checkpoint).rejects.toThrow(
+        /runc checkpoint failed: .*\| one of the job's sockets is a multipath TCP \(MPTCP\) socket.*Fix: GODEBUG=multipathtcp=0/,
+      );
+      await stepReached(out, lastStep(out) + 3, 'runs on after the refusal');
+      expect(fs.existsSync(path.join(ck, 'default', id, 'current'))).toBe(false);
+    } else {
+      await checkpoint; // a kernel without MPTCP: Go falls back to TCP
+    }
+    expect(lines(out).filter((l) => / FAIL\b|^gojob error/.test(l))).toEqual([]);
   } finally {
     await removeJob(id, true);
   }

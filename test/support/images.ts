@@ -277,3 +277,31 @@ export const NODE_IMAGE: ImageRecipe = {
   },
   cmd: ['/usr/bin/node', '/job.mjs'],
 };
+
+export const GO_JOB_SOURCE = path.join(REPO_ROOT, 'test/support/go-job.go');
+
+/** The Go toolchain install.sh uses (it builds the Temporal CLI with it), or the one on PATH. */
+function hostGo(): string {
+  const onPath = (process.env.PATH ?? '').split(':').filter((d) => path.isAbsolute(d));
+  for (const g of ['/usr/local/go/bin/go', ...onPath.map((d) => path.join(d, 'go'))]) if (fs.existsSync(g)) return g;
+  throw new Error('go not found. Fix: ./install.sh (it installs golang-go where no Go is present)');
+}
+
+/**
+ * A Go job image: go-job.go built static on the busybox rootfs. Go's runtime
+ * brings its own scheduler threads, signal-based preemption and network
+ * poller, none of which the Python and Node jobs have.
+ */
+export const GO_IMAGE: ImageRecipe = {
+  ref: 'localhost/arch-test/go-job:1',
+  get inputs() {
+    return [fs.readFileSync(GO_JOB_SOURCE, 'utf8'), hostGo(), LAYOUT_VERSION];
+  },
+  async buildRootfs(dir) {
+    layoutBusyboxRootfs(dir, { applets: BUSYBOX_APPLETS, hostname: 'arch-test' });
+    await execa(hostGo(), ['build', '-o', path.join(dir, 'job'), GO_JOB_SOURCE], {
+      env: { CGO_ENABLED: '0', GOTOOLCHAIN: 'local' },
+    });
+  },
+  cmd: ['/job'],
+};

@@ -92,3 +92,17 @@ test('a file the kernel would not pass to CRIU (an io_uring) is named as the lik
   );
   expect(criuErrors(DUMP_LOG)).not.toMatch(/io_uring|UNIX socket/);
 });
+
+test("a multipath TCP socket (a Go program's listener) is named with Go's switch", () => {
+  // dump.log of a real dump of a Go 1.26 program listening on TCP.
+  const log = [
+    '(00.063297) Error (criu/sk-inet.c:137): inet: Unsupported proto 262 for socket bf950',
+    '(00.063300) Error (criu/sk-inet.c:139): inet: For Go programs, consider using "GODEBUG=multipathtcp=0" to disable MPTCP',
+    '(00.063323) Error (criu/cr-dump.c:1545): Dump files (pid: 4321) failed with -1',
+    '(00.066647) Error (criu/cr-dump.c:1975): Dumping FAILED.',
+  ].join('\n');
+  expect(criuErrors(log)).toMatch(
+    /\| one of the job's sockets is a multipath TCP \(MPTCP\) socket.*GODEBUG=multipathtcp=0/,
+  );
+  expect(criuErrors(DUMP_LOG)).not.toMatch(/MPTCP/);
+});

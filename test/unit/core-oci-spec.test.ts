@@ -27,13 +27,30 @@ test("in a user namespace, the container's ids through its maps; an id no range 
   expect(hostUserOf(remapped(0, 70000))).toBeUndefined();
 });
 
-test("libuv's io_uring is turned off for an ARCH container, unless its owner set the variable", () => {
+test("libuv's io_uring and Go's multipath TCP are turned off for an ARCH container, unless its owner set them", () => {
   const spec = { process: { env: ['PATH=/bin', 'ARCH_ENABLE=1'] } } as OciSpec;
-  expect(withCheckpointableRuntimes(spec).process?.env).toEqual(['PATH=/bin', 'ARCH_ENABLE=1', 'UV_USE_IO_URING=0']);
+  expect(withCheckpointableRuntimes(spec).process?.env).toEqual([
+    'PATH=/bin',
+    'ARCH_ENABLE=1',
+    'UV_USE_IO_URING=0',
+    'GODEBUG=multipathtcp=0',
+  ]);
   expect(spec.process?.env).toEqual(['PATH=/bin', 'ARCH_ENABLE=1']); // not changed in place
-  const own = { process: { env: ['UV_USE_IO_URING=1'] } } as OciSpec;
+  const own = { process: { env: ['UV_USE_IO_URING=1', 'GODEBUG=http2debug=1,multipathtcp=1'] } } as OciSpec;
   expect(withCheckpointableRuntimes(own)).toBe(own);
-  expect(withCheckpointableRuntimes({} as OciSpec).process?.env).toEqual(['UV_USE_IO_URING=0']);
+  expect(withCheckpointableRuntimes({} as OciSpec).process?.env).toEqual([
+    'UV_USE_IO_URING=0',
+    'GODEBUG=multipathtcp=0',
+  ]);
+  // The owner's other GODEBUG settings stay; the first GODEBUG is the one Go reads.
+  const debug = { process: { env: ['UV_USE_IO_URING=0', 'GODEBUG=gctrace=1', 'GODEBUG=x=1'] } } as OciSpec;
+  expect(withCheckpointableRuntimes(debug).process?.env).toEqual([
+    'UV_USE_IO_URING=0',
+    'GODEBUG=gctrace=1,multipathtcp=0',
+    'GODEBUG=x=1',
+  ]);
+  const empty = { process: { env: ['UV_USE_IO_URING=0', 'GODEBUG='] } } as OciSpec;
+  expect(withCheckpointableRuntimes(empty).process?.env).toEqual(['UV_USE_IO_URING=0', 'GODEBUG=multipathtcp=0']);
 });
 
 describe('withResolvedBindSources', () => {

@@ -5,6 +5,7 @@ import { parseTaskExit } from '../../core/containerd.js';
 import {
   announceExitRecorder,
   ARCH_STATE_FILE,
+  CHECKPOINT_LOCK_FILE,
   awaitRecordedExit,
   EXIT_FILE,
   EXIT_RECORDER_FILE,
@@ -158,7 +159,7 @@ describe('removeLeftStateDir: a state dir runc could not remove because an ARCH 
   afterEach(() => fs.rmSync(root, { recursive: true, force: true }));
 
   test("only ARCH's files (and one still being written) left: removed", async () => {
-    dir('job', [ARCH_STATE_FILE, EXIT_FILE, `${EXIT_FILE}.4242.tmp`, KILLED_FILE]);
+    dir('job', [ARCH_STATE_FILE, EXIT_FILE, `${EXIT_FILE}.4242.tmp`, KILLED_FILE, CHECKPOINT_LOCK_FILE]);
     expect(await removeLeftStateDir(root, 'job')).toBe(true);
     expect(fs.existsSync(path.join(root, 'job'))).toBe(false);
   });
