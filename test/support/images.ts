@@ -271,7 +271,16 @@ export const NODE_IMAGE: ImageRecipe = {
     fs.mkdirSync(path.join(dir, 'usr/bin'), { recursive: true });
     fs.copyFileSync(binary, path.join(dir, 'usr/bin/node'));
     fs.chmodSync(path.join(dir, 'usr/bin/node'), 0o755);
-    for (const lib of await sharedLibraries([binary])) copyHostFile(dir, lib);
+    const libs = await sharedLibraries([binary]);
+    for (const lib of libs) copyHostFile(dir, lib);
+    // Debian's node (libnode) loads some of its own builtins from /usr/share/nodejs (cjs-module-lexer, acorn,
+    // undici): the files its libraries name, where the host has them. A self-contained node names none.
+    for (const f of [binary, ...libs])
+      for (const m of fs
+        .readFileSync(f)
+        .toString('latin1')
+        .matchAll(/\/usr\/share\/nodejs\/[\w./@-]+\.[cm]?js/g))
+        if (fs.existsSync(m[0])) copyHostFile(dir, m[0]);
     // .mjs: an ES module without a package.json beside it.
     fs.copyFileSync(NODE_JOB_SCRIPT, path.join(dir, 'job.mjs'));
   },
