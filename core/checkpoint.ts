@@ -744,8 +744,9 @@ async function checkpointLocked(
         timings.hashTail = Date.now() - tail; // hashing left when CRIU was done (part of dump)
       }
     }
-    // CRIU would restore a periodic timerfd that had fired unread disarmed (core/criu-timerfd.ts).
-    const rearmed = await rearmFiredTimerfds(dumpDir);
+    // CRIU would restore a periodic timerfd that had fired unread disarmed (core/criu-timerfd.ts). A dump
+    // handed in (containerd's) was rearmed where runc made it, before its copy here (shim/main.ts).
+    const rearmed = req.dumpedImages ? 0 : await rearmFiredTimerfds(dumpDir);
     if (rearmed)
       log.info({ phase: 'dump', timerfds: rearmed }, 'periodic timerfds that had fired unread rearmed in the images');
     lap('dump', t);

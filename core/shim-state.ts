@@ -37,6 +37,10 @@ const isArchFile = (name: string) =>
     name.replace(/\.\d+\.tmp$/, ''),
   );
 
+const ignoreMissing = (err: NodeJS.ErrnoException): void => {
+  if (err.code !== 'ENOENT') throw err;
+};
+
 /**
  * Remove a container's runc state dir that runc left behind holding only
  * ARCH's files. runc removes the dir when it deletes the container (and when
@@ -59,13 +63,14 @@ export async function removeLeftStateDir(runcRoot: string, id: string): Promise<
       return false;
     }
     if (!names.length || !names.every(isArchFile)) return false;
-    for (const n of names) await fsp.rm(path.join(dir, n), { force: true });
     try {
+      // unlink: an ARCH name that is a directory is not ARCH's file, and stays (the dir with it).
+      for (const n of names) await fsp.unlink(path.join(dir, n)).catch(ignoreMissing);
       await fsp.rmdir(dir);
       return true;
     } catch (err) {
       // One more ARCH file landed in between (ENOTEMPTY): look again.
-      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return false;
+      if ((err as NodeJS.ErrnoException).code !== 'ENOTEMPTY') return false;
     }
   }
   return false;

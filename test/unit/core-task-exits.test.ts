@@ -169,7 +169,9 @@ describe('removeLeftStateDir: a state dir runc could not remove because an ARCH 
     dir('fifo', [ARCH_STATE_FILE, 'exec.fifo']);
     dir('empty', []);
     dir('other', [`${ARCH_STATE_FILE}.tmp`]);
-    for (const id of ['live', 'fifo', 'empty', 'other']) {
+    dir('nested', []);
+    fs.mkdirSync(path.join(root, 'nested', EXIT_FILE));
+    for (const id of ['live', 'fifo', 'empty', 'other', 'nested']) {
       expect(await removeLeftStateDir(root, id)).toBe(false);
       expect(fs.existsSync(path.join(root, id))).toBe(true);
     }
