@@ -2,6 +2,7 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import { writeFileAtomic } from './atomic-file.js';
 import { SPEC_FILE } from './checkpoint-layout.js';
+import { withIoUringRefused } from './seccomp-io-uring.js';
 
 /** The parts of an OCI runtime spec (config.json) ARCH reads or changes: the one type of it, for bundles, checkpoints and containerd's record. */
 export interface OciMount {
@@ -98,19 +99,23 @@ function mapId(id: number, maps: IdMapping[] | undefined): number | undefined {
  * Runtime defaults that no checkpoint could take, turned off for an ARCH
  * container whose owner did not set them:
  *
- * - libuv's io_uring (UV_USE_IO_URING=0): no checkpoint can take an io_uring
- *   (core/open-files.ts), and libuv opens some as soon as a program reads a
- *   file where its distribution enables them (Debian 13's Node.js, on the
- *   system libuv 1.50), so a Node.js job could never be checkpointed. libuv
- *   then uses its thread pool, as upstream Node.js does by default.
+ * - io_uring, refused by the container's seccomp filter (ENOSYS, see
+ *   core/seccomp-io-uring.ts): no checkpoint can take an io_uring, and libuv
+ *   from 1.49 opens one per event loop whatever its settings say. Always:
+ *   an owner cannot have a checkpointable job that holds one.
+ * - libuv's SQPOLL ring for files (UV_USE_IO_URING=0), for libuv 1.45 to
+ *   1.48, whose only switch it is: libuv then uses its thread pool, as
+ *   upstream Node.js does by default.
  * - Go's multipath TCP (GODEBUG multipathtcp=0): from Go 1.24 every TCP
  *   listener of a Go program is an MPTCP socket where the kernel has MPTCP,
  *   and CRIU cannot dump one ("Unsupported proto 262"), so a Go job serving
  *   anything (an HTTP metrics endpoint, gRPC) could never be checkpointed.
  *   Added to the owner's GODEBUG settings, which keep every other key.
  *
- * An owner who sets one keeps their value (and a checkpoint refused with the
- * reason when it is on). Returns `spec` itself when there is nothing to add.
+ * An owner who sets UV_USE_IO_URING or GODEBUG's multipathtcp keeps their
+ * value (and a checkpoint refused with the reason when it is on). Returns
+ * `spec` itself when there is nothing to add, so a restore can apply it to
+ * the same bundle again.
  */
 export function withCheckpointableRuntimes(spec: OciSpec): OciSpec {
   const env = spec.process?.env ?? [];
@@ -122,7 +127,8 @@ export function withCheckpointableRuntimes(spec: OciSpec): OciSpec {
   if (godebug === undefined) out = [...out, 'GODEBUG=multipathtcp=0'];
   else if (!godebug.split(',').some((kv) => kv.trim().startsWith('multipathtcp=')))
     out = out.map((e, i) => (i === at ? `GODEBUG=${godebug ? `${godebug},` : ''}multipathtcp=0` : e));
-  return out === env ? spec : { ...spec, process: { ...spec.process, env: out } };
+  const withEnv = out === env ? spec : { ...spec, process: { ...spec.process, env: out } };
+  return withIoUringRefused(withEnv);
 }
 
 /**

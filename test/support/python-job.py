@@ -46,8 +46,12 @@ PYJOB_MODE picks how the work is spread:
               memfd both map shared, while an interval timer (setitimer) rings a SIGALRM handler;
               a step counts only when all five answered and the memfd's content read through its
               descriptor agrees with the mapping
-  io_uring    holds an io_uring instance while it works (as libuv with UV_USE_IO_URING=1,
-              tokio-uring or liburing-based I/O do): no checkpoint can take it
+  io_uring    opens an io_uring instance where the kernel lets it and holds it while it works
+              (as libuv does from 1.49, or tokio-uring and liburing-based I/O), falling back to
+              plain calls where io_uring_setup fails, as they all do; its first line says which
+              ("pyjob io_uring held" or "pyjob io_uring refused: errno N")
+  userfaultfd holds a userfaultfd (user-mode faults only, which needs no privilege) while it
+              works, as VMMs and memory tools do: no checkpoint can take it
 """
 import os
 import sys
@@ -526,7 +530,20 @@ def run_io_uring():
     libc = ctypes.CDLL(None, use_errno=True)
     params = ctypes.create_string_buffer(120)  # struct io_uring_params, zeroed
     if libc.syscall(425, 4, params) < 0:  # io_uring_setup(4 entries): the same number on every architecture
-        sys.exit(f"io_uring_setup failed: errno {ctypes.get_errno()}")
+        print(f"pyjob io_uring refused: errno {ctypes.get_errno()}", flush=True)
+    else:
+        print("pyjob io_uring held", flush=True)
+    run_steps(lambda step: sum(square(x) for x in squares_of(step)))
+
+
+def run_userfaultfd():
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    # userfaultfd(O_CLOEXEC | UFFD_USER_MODE_ONLY): the number is x86-64's (282 on arm64).
+    nr = 282 if os.uname().machine == "aarch64" else 323
+    if libc.syscall(nr, os.O_CLOEXEC | 1) < 0:
+        sys.exit(f"userfaultfd failed: errno {ctypes.get_errno()}")
     run_steps(lambda step: sum(square(x) for x in squares_of(step)))
 
 
@@ -565,5 +582,7 @@ if __name__ == "__main__":
         run_kernelfds()
     elif MODE == "io_uring":
         run_io_uring()
+    elif MODE == "userfaultfd":
+        run_userfaultfd()
     else:
         sys.exit(f"unknown PYJOB_MODE {MODE}")

@@ -37,7 +37,7 @@ test("libuv's io_uring and Go's multipath TCP are turned off for an ARCH contain
   ]);
   expect(spec.process?.env).toEqual(['PATH=/bin', 'ARCH_ENABLE=1']); // not changed in place
   const own = { process: { env: ['UV_USE_IO_URING=1', 'GODEBUG=http2debug=1,multipathtcp=1'] } } as OciSpec;
-  expect(withCheckpointableRuntimes(own)).toBe(own);
+  expect(withCheckpointableRuntimes(own).process).toBe(own.process);
   expect(withCheckpointableRuntimes({} as OciSpec).process?.env).toEqual([
     'UV_USE_IO_URING=0',
     'GODEBUG=multipathtcp=0',
@@ -51,6 +51,12 @@ test("libuv's io_uring and Go's multipath TCP are turned off for an ARCH contain
   ]);
   const empty = { process: { env: ['UV_USE_IO_URING=0', 'GODEBUG='] } } as OciSpec;
   expect(withCheckpointableRuntimes(empty).process?.env).toEqual(['UV_USE_IO_URING=0', 'GODEBUG=multipathtcp=0']);
+  // io_uring is refused by the seccomp filter whatever the owner set; applied again, nothing changes.
+  const once = withCheckpointableRuntimes(own);
+  expect(once.linux?.seccomp).toMatchObject({
+    syscalls: [{ names: ['io_uring_setup', 'io_uring_enter', 'io_uring_register'] }],
+  });
+  expect(withCheckpointableRuntimes(once)).toBe(once);
 });
 
 describe('withResolvedBindSources', () => {
