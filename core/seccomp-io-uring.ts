@@ -65,8 +65,8 @@ function hostArchitectures(): string[] | undefined {
  * - a filter that allows io_uring, by its default action or a rule (Docker
  *   20.10's default profile lists the three calls): those rules lose them and
  *   a rule refusing them is added;
- * - a filter that refuses them already (Docker 25 and containerd 1.7's
- *   defaults): unchanged, with its own answer.
+ * - a filter that refuses them already (Docker 25's default, recent
+ *   containerd releases'): unchanged, with its own answer.
  * Returns `spec` itself when nothing changes, so it can be applied again (a
  * restore re-applies it to the same bundle).
  */

@@ -38,6 +38,7 @@ export function testSigningKey(): string {
   const dir = path.join(os.tmpdir(), `arch-test-keys-${process.pid}`);
   const file = path.join(dir, 'node.key');
   if (!fs.existsSync(file)) {
+    removeKeysOfEndedProcesses();
     fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
     fs.writeFileSync(
       `${file}.tmp`,
@@ -50,6 +51,25 @@ export function testSigningKey(): string {
   process.env.ARCH_SIGNING_KEY = file;
   return file;
 }
+
+/**
+ * The key dirs of test processes that ended without their 'exit' handler (a
+ * helper killed by a signal, a run stopped with Ctrl-C): one whose process is
+ * gone is removed.
+ */
+function removeKeysOfEndedProcesses(): void {
+  for (const name of fs.readdirSync(os.tmpdir())) {
+    const pid = Number(/^arch-test-keys-(\d+)$/.exec(name)?.[1]);
+    if (!pid || pid === process.pid) continue;
+    try {
+      process.kill(pid, 0);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ESRCH')
+        fs.rmSync(path.join(os.tmpdir(), name), { recursive: true, force: true });
+    }
+  }
+}
+
 testSigningKey();
 
 /**

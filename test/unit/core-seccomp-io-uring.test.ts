@@ -65,7 +65,7 @@ test("an allow-list profile that lists io_uring (Docker 20.10's default): the ca
   });
 });
 
-test("a profile that refuses io_uring already (Docker 25's, containerd 1.7's) keeps its own answer", () => {
+test("a profile that refuses io_uring already (Docker 25's, recent containerd releases') keeps its own answer", () => {
   const refusing: OciSpec = {
     linux: { seccomp: { defaultAction: 'SCMP_ACT_ERRNO', syscalls: [{ names: ['read'], action: 'SCMP_ACT_ALLOW' }] } },
   };
