@@ -4,7 +4,7 @@
 # another version, so later CI runs on the same machine skip the build.
 #
 #   scripts/install-test-clients.sh                 # every part
-#   scripts/install-test-clients.sh docker crictl   # only the named parts (docker, crictl, versitygw, shellcheck, python3, podman)
+#   scripts/install-test-clients.sh docker crictl   # only the named parts (docker, crictl, versitygw, shellcheck, python3, java, podman)
 #
 #   ARCH_TEST_TOOLS=/opt/arch/test-tools   where built binaries go (bin/ below it)
 set -euo pipefail
@@ -70,6 +70,21 @@ install_python3() {
     || die "apt-get install python3 failed"
 }
 
+# Debian's JDK (default-jdk-headless: OpenJDK 17 on Debian 12, 21 on Debian
+# 13), for the Java job image of the workload tests (test/support/images.ts
+# compiles the job with its javac and makes the image's runtime with its jlink).
+install_java() {
+  if command -v javac >/dev/null 2>&1 && command -v jlink >/dev/null 2>&1; then
+    say "JDK present: $(javac -version 2>&1)"
+    return 0
+  fi
+  say "installing Debian's default-jdk-headless"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y -qq --no-install-recommends default-jdk-headless >/dev/null 2>&1 \
+    || { apt-get update -qq && apt-get install -y -qq --no-install-recommends default-jdk-headless >/dev/null; } \
+    || die "apt-get install default-jdk-headless failed"
+}
+
 find_go() {
   local g
   for g in /usr/local/go/bin/go "$(command -v go || true)"; do
@@ -120,7 +135,7 @@ install_crictl() { install_go_tool crictl "$CRICTL_VERSION" sigs.k8s.io/cri-tool
 install_versitygw() { install_go_tool versitygw "$VERSITYGW_VERSION" github.com/versity/versitygw/cmd/versitygw; }
 
 parts=("$@")
-[ "${#parts[@]}" -gt 0 ] || parts=(docker crictl versitygw shellcheck python3)
+[ "${#parts[@]}" -gt 0 ] || parts=(docker crictl versitygw shellcheck python3 java)
 for p in "${parts[@]}"; do
   case "$p" in
     docker) install_docker ;;
@@ -129,6 +144,7 @@ for p in "${parts[@]}"; do
     shellcheck) install_shellcheck ;;
     podman) install_podman ;;
     python3) install_python3 ;;
-    *) die "unknown part '$p' (known: docker, crictl, versitygw, shellcheck, python3, podman)" ;;
+    java) install_java ;;
+    *) die "unknown part '$p' (known: docker, crictl, versitygw, shellcheck, python3, java, podman)" ;;
   esac
 done

@@ -3,7 +3,7 @@ import path from 'node:path';
 import { checkpointContainer } from '../../core/checkpoint.js';
 import { ARCH_RUNC_BIN, startArchNode, waitFor, type ArchTestNode } from '../support/arch-node.js';
 import { cleanupStaleNodes, stopAllNodes } from '../support/containerd-node.js';
-import { ensureImage, GO_IMAGE, NODE_IMAGE, PYTHON_IMAGE } from '../support/images.js';
+import { ensureImage, GO_IMAGE, JAVA_IMAGE, NODE_IMAGE, PYTHON_IMAGE } from '../support/images.js';
 
 /**
  * Batch jobs as people write them, on real runc, CRIU and containerd: a
@@ -19,15 +19,17 @@ let node: ArchTestNode;
 let image: string;
 let nodeImage: string;
 let goImage: string;
+let javaImage: string;
 
 beforeAll(async () => {
   await cleanupStaleNodes();
   storage = fs.mkdtempSync('/tmp/arch-workloads-');
   node = await startArchNode('workloads');
-  [image, nodeImage, goImage] = await Promise.all([
+  [image, nodeImage, goImage, javaImage] = await Promise.all([
     ensureImage(node.containerd, PYTHON_IMAGE),
     ensureImage(node.containerd, NODE_IMAGE),
     ensureImage(node.containerd, GO_IMAGE),
+    ensureImage(node.containerd, JAVA_IMAGE),
   ]);
 }, 300_000);
 
@@ -38,7 +40,7 @@ afterAll(async () => {
 
 const lines = (out: string) => fs.readFileSync(out, 'utf8').split('\n').filter(Boolean);
 const lastStep = (out: string) => {
-  const steps = lines(out).flatMap((l) => /^(?:py|node|go)job (\d+) /.exec(l)?.[1] ?? []);
+  const steps = lines(out).flatMap((l) => /^(?:py|node|go|java)job (\d+) /.exec(l)?.[1] ?? []);
   return steps.length ? Number(steps[steps.length - 1]) : 0;
 };
 
@@ -161,6 +163,19 @@ test.each([
 test(
   'a Go job (goroutines, its own loopback TCP server, a Ticker, a signal, a child each step) goes on where it was',
   () => expectGoesOn('go-job', CHECKPOINTS(), { image: goImage, tag: 'gojob', downMs: 6000 }),
+  180_000,
+);
+
+/**
+ * A Java job (Job.java): a thread pool of futures, a scheduled heartbeat, a
+ * loopback TCP server on its own thread, a child each step (jspawnhelper), a
+ * file forced to disk, 64 MiB it checks by digest, garbage that makes the
+ * collector move its heap, and a stall watchdog on System.nanoTime. Down for
+ * 6 s between its nodes.
+ */
+test(
+  'a Java job (a thread pool, a scheduled heartbeat, its own loopback TCP server, a child each step, 64 MiB checked) goes on where it was',
+  () => expectGoesOn('java-job', CHECKPOINTS(), { image: javaImage, tag: 'javajob', downMs: 6000 }),
   180_000,
 );
 

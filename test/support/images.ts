@@ -314,3 +314,53 @@ export const GO_IMAGE: ImageRecipe = {
   },
   cmd: ['/job'],
 };
+
+export const JAVA_JOB_SOURCE = path.join(REPO_ROOT, 'test/support/java-job/Job.java');
+
+/** The host's JDK (Debian's default-jdk-headless): its home, found from javac on PATH. */
+function hostJdk(): string {
+  const onPath = (process.env.PATH ?? '').split(':').filter((d) => path.isAbsolute(d));
+  const javac = onPath.map((d) => path.join(d, 'javac')).find((f) => fs.existsSync(f));
+  if (!javac) throw new Error('javac not found. Fix: scripts/install-test-clients.sh java');
+  const home = path.dirname(path.dirname(fs.realpathSync(javac)));
+  if (!fs.existsSync(path.join(home, 'bin/jlink'))) throw new Error(`no jlink in ${home}: a JDK is needed, not a JRE`);
+  return home;
+}
+
+/**
+ * A Java job image: Job.java compiled by the host's javac, on a runtime that
+ * jlink makes from the host's JDK (java.base only), on the busybox rootfs.
+ * The JVM brings what no other job here has: JIT-compiled code, a moving
+ * garbage collector and its threads, safepoints, a perf data file mapped in
+ * /tmp, and children started through jspawnhelper.
+ */
+export const JAVA_IMAGE: ImageRecipe = {
+  ref: 'localhost/arch-test/java-job:1',
+  get inputs() {
+    const home = hostJdk();
+    const st = fs.statSync(path.join(home, 'lib/server/libjvm.so'));
+    return [fs.readFileSync(JAVA_JOB_SOURCE, 'utf8'), home, String(st.size), String(st.mtimeMs), LAYOUT_VERSION];
+  },
+  async buildRootfs(dir) {
+    const home = hostJdk();
+    layoutBusyboxRootfs(dir, { applets: BUSYBOX_APPLETS, hostname: 'arch-test' });
+    const runtime = path.join(dir, 'opt/java');
+    fs.mkdirSync(path.dirname(runtime), { recursive: true });
+    await execa(path.join(home, 'bin/jlink'), [
+      '--add-modules',
+      'java.base',
+      '--strip-debug',
+      '--no-man-pages',
+      '--no-header-files',
+      '--output',
+      runtime,
+    ]);
+    await execa(path.join(home, 'bin/javac'), ['-d', path.join(dir, 'app'), JAVA_JOB_SOURCE]);
+    // The host libraries the runtime links (its own, under the rootfs, are there already).
+    const natives = [path.join(runtime, 'bin/java'), path.join(runtime, 'lib/jspawnhelper')];
+    for (const d of [path.join(runtime, 'lib'), path.join(runtime, 'lib/server')])
+      for (const f of fs.readdirSync(d)) if (f.endsWith('.so')) natives.push(path.join(d, f));
+    for (const lib of await sharedLibraries(natives)) if (!lib.startsWith(`${dir}/`)) copyHostFile(dir, lib);
+  },
+  cmd: ['/opt/java/bin/java', '-Xmx384m', '-cp', '/app', 'Job'],
+};
