@@ -69,7 +69,10 @@ const KNOWN_CAUSES: { error: RegExp; hint: string }[] = [
   {
     // The kernel would not pass one of the job's files to CRIU: an io_uring opened after ARCH looked (see open-files.ts).
     error: /send_fds failed \(-22\)|Can't retrieve FDs from socket/,
-    hint: "the kernel refused to hand CRIU one of the job's open files, which is what an io_uring instance does: turn io_uring off in the job (Node.js: UV_USE_IO_URING=0)",
+    hint:
+      "the kernel refused to hand CRIU one of the job's open files, which is what an io_uring instance does. " +
+      'Fix: create the container again (ARCH refuses io_uring in the containers it creates; this one is older), ' +
+      'or turn io_uring off in the job',
   },
 ];
 

@@ -107,7 +107,7 @@ export async function* mappedFiles(
 const UNCHECKPOINTABLE: Record<string, { what: string; fix: string }> = {
   'anon_inode:[io_uring]': {
     what: 'an io_uring instance',
-    fix: "turn io_uring off in the job (Node.js: UV_USE_IO_URING=0; liburing, tokio-uring and netty's io_uring transport have their own switches)",
+    fix: "create the container again (ARCH refuses io_uring in the containers it creates; this one is older), or turn io_uring off in the job (liburing, tokio-uring and netty's io_uring transport have their own switches)",
   },
   'anon_inode:[perf_event]': {
     what: 'a perf_event descriptor',

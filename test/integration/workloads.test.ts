@@ -117,6 +117,7 @@ test.each([
   ['clock', 'steps paced by its monotonic clock, which a watchdog checks'],
   ['asyncio', 'an event loop driving a coprocess through pipes, a pidfd and a subprocess per step'],
   ['kernelfds', 'an epoll set of a timerfd, a signalfd and an eventfd, and a memfd shared with a child'],
+  ['sysv', 'a child on System V shared memory, semaphores and a message queue; a keyed segment found again'],
 ])(
   'a Python job (%s: %s) goes on where it was',
   // The clock job is down for a while: its monotonic clock must not see it (nor, on a node booted later, go

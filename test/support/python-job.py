@@ -46,6 +46,11 @@ PYJOB_MODE picks how the work is spread:
               memfd both map shared, while an interval timer (setitimer) rings a SIGALRM handler;
               a step counts only when all five answered and the memfd's content read through its
               descriptor agrees with the mapping
+  sysv        a forked child works through System V IPC, as PostgreSQL's, Oracle's and older HPC
+              code do: a keyed shared memory segment holds the running sum, a semaphore set
+              hands each step over and back, a message queue carries the child's answer; each
+              step also a short child finds the segment by its key (shmget, shmat) and reads
+              the step the job wrote there
   io_uring    opens an io_uring instance where the kernel lets it and holds it while it works
               (as libuv does from 1.49, or tokio-uring and liburing-based I/O), falling back to
               plain calls where io_uring_setup fails, as they all do; its first line says which
@@ -524,6 +529,78 @@ def run_kernelfds():
         time.sleep(0.1)
 
 
+def run_sysv():
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.shmat.restype = ctypes.c_void_p
+    libc.shmat.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_int]
+    IPC_CREAT, IPC_PRIVATE = 0o1000, 0
+    KEY = 0x41524348  # "ARCH": found again by a process that did not inherit the segment
+
+    def check(ret, what):
+        if ret is None or ret < 0:
+            sys.exit(f"{what} failed: errno {ctypes.get_errno()}")
+        return ret
+
+    class Sembuf(ctypes.Structure):
+        _fields_ = [("sem_num", ctypes.c_ushort), ("sem_op", ctypes.c_short), ("sem_flg", ctypes.c_short)]
+
+    class Msg(ctypes.Structure):
+        _fields_ = [("mtype", ctypes.c_long), ("mtext", ctypes.c_char * 64)]
+
+    shmid = check(libc.shmget(KEY, 1 << 20, IPC_CREAT | 0o600), "shmget")
+    seg = check(libc.shmat(shmid, None, 0), "shmat")
+    # Two semaphores: 0 says "a step to do" to the child, 1 says "done" to the job.
+    semid = check(libc.semget(IPC_PRIVATE, 2, IPC_CREAT | 0o600), "semget")
+    msqid = check(libc.msgget(IPC_PRIVATE, IPC_CREAT | 0o600), "msgget")
+
+    def sem(num, op):
+        check(libc.semop(semid, ctypes.byref(Sembuf(num, op, 0)), 1), "semop")
+
+    def read_cell(i):  # 16-byte little-endian numbers in the segment: 0 the child's sum, 1 the step
+        return int.from_bytes(ctypes.string_at(seg + 16 * i, 16), "little")
+
+    def write_cell(i, v):
+        ctypes.memmove(seg + 16 * i, v.to_bytes(16, "little"), 16)
+
+    if os.fork() == 0:
+        while True:
+            sem(0, -1)
+            step = read_cell(1)
+            write_cell(0, read_cell(0) + sum(square(x) for x in range(step * STEP + STEP // 2, (step + 1) * STEP)))
+            m = Msg(1, f"done {step}".encode())
+            check(libc.msgsnd(msqid, ctypes.byref(m), 64, 0), "msgsnd")
+            sem(1, 1)
+
+    total = 0
+    step = 0
+    while True:
+        write_cell(1, step)
+        sem(0, 1)
+        total += sum(square(x) for x in range(step * STEP, step * STEP + STEP // 2))
+        sem(1, -1)
+        m = Msg()
+        check(libc.msgrcv(msqid, ctypes.byref(m), 64, 1, 0), "msgrcv")
+        # A child that did not inherit the segment finds it by its key and reads the step from it.
+        pid = os.fork()
+        if pid == 0:
+            found = libc.shmget(KEY, 0, 0)
+            at = libc.shmat(found, None, 0) if found >= 0 else None
+            seen = int.from_bytes(ctypes.string_at(at + 16, 16), "little") if at not in (None, ctypes.c_void_p(-1).value) else -1
+            os._exit(0 if seen == step else 1)
+        _, status = os.waitpid(pid, 0)
+        keyed = os.waitstatus_to_exitcode(status) == 0
+        answer = m.mtext.decode()
+        step += 1
+        report_total = total + read_cell(0)
+        ok = answer == f"done {step - 1}" and keyed and report_total == expected(step * STEP)
+        write_count(step)
+        why = "" if ok else f" answer={answer!r} keyed={keyed} total={report_total}/{expected(step * STEP)}"
+        print(f"pyjob {step} {MODE} {'ok' if ok else 'FAIL'}{why}", flush=True)
+        time.sleep(0.1)
+
+
 def run_io_uring():
     import ctypes
 
@@ -580,6 +657,8 @@ if __name__ == "__main__":
         run_asyncio()
     elif MODE == "kernelfds":
         run_kernelfds()
+    elif MODE == "sysv":
+        run_sysv()
     elif MODE == "io_uring":
         run_io_uring()
     elif MODE == "userfaultfd":
