@@ -125,6 +125,9 @@ export async function startNode(name: string, opts: StartNodeOptions = {}): Prom
     env.PATH = `${path.dirname(PRIVATE_CRIU)}:${process.env.PATH ?? '/usr/sbin:/usr/bin:/sbin:/bin'}`;
   }
   if (opts.criuNoBreakpoints) env.CRIU_FAULT = '130';
+  // containerd 1.6 unpacks a checkpoint image it creates a task from (`docker start --checkpoint`) into a
+  // temporary dir there and never removes it: in the node's dir, it goes with the node.
+  env.XDG_RUNTIME_DIR = dir;
   Object.assign(env, opts.env);
   // Not detached: if the test process exits without stop(), containerd goes
   // with it; shims and containers are then left to cleanupStaleNodes().

@@ -531,6 +531,7 @@ def run_kernelfds():
 
 def run_sysv():
     import ctypes
+    import errno
 
     libc = ctypes.CDLL(None, use_errno=True)
     libc.shmat.restype = ctypes.c_void_p
@@ -542,6 +543,15 @@ def run_sysv():
         if ret is None or ret < 0:
             sys.exit(f"{what} failed: errno {ctypes.get_errno()}")
         return ret
+
+    def retried(call, what):
+        # semop and msgrcv fail with EINTR when their process is stopped and resumed (a freeze, a
+        # checkpoint's seizure), as man 7 signal says: real callers (PostgreSQL's) call again, as
+        # Python does for its own calls (PEP 475).
+        while True:
+            ret = call()
+            if ret >= 0 or ctypes.get_errno() != errno.EINTR:
+                return check(ret, what)
 
     class Sembuf(ctypes.Structure):
         _fields_ = [("sem_num", ctypes.c_ushort), ("sem_op", ctypes.c_short), ("sem_flg", ctypes.c_short)]
@@ -556,7 +566,7 @@ def run_sysv():
     msqid = check(libc.msgget(IPC_PRIVATE, IPC_CREAT | 0o600), "msgget")
 
     def sem(num, op):
-        check(libc.semop(semid, ctypes.byref(Sembuf(num, op, 0)), 1), "semop")
+        retried(lambda: libc.semop(semid, ctypes.byref(Sembuf(num, op, 0)), 1), "semop")
 
     def read_cell(i):  # 16-byte little-endian numbers in the segment: 0 the child's sum, 1 the step
         return int.from_bytes(ctypes.string_at(seg + 16 * i, 16), "little")
@@ -570,7 +580,7 @@ def run_sysv():
             step = read_cell(1)
             write_cell(0, read_cell(0) + sum(square(x) for x in range(step * STEP + STEP // 2, (step + 1) * STEP)))
             m = Msg(1, f"done {step}".encode())
-            check(libc.msgsnd(msqid, ctypes.byref(m), 64, 0), "msgsnd")
+            retried(lambda: libc.msgsnd(msqid, ctypes.byref(m), 64, 0), "msgsnd")
             sem(1, 1)
 
     total = 0
@@ -581,7 +591,7 @@ def run_sysv():
         total += sum(square(x) for x in range(step * STEP, step * STEP + STEP // 2))
         sem(1, -1)
         m = Msg()
-        check(libc.msgrcv(msqid, ctypes.byref(m), 64, 1, 0), "msgrcv")
+        retried(lambda: libc.msgrcv(msqid, ctypes.byref(m), 64, 1, 0), "msgrcv")
         # A child that did not inherit the segment finds it by its key and reads the step from it.
         pid = os.fork()
         if pid == 0:
