@@ -118,6 +118,7 @@ test.each([
   ['asyncio', 'an event loop driving a coprocess through pipes, a pidfd and a subprocess per step'],
   ['kernelfds', 'an epoll set of a timerfd, a signalfd and an eventfd, and a memfd shared with a child'],
   ['sysv', 'a child on System V shared memory, semaphores and a message queue; a keyed segment found again'],
+  ['fdpass', 'descriptors in flight to a worker over a UNIX socket (send_fds), three steps ahead'],
 ])(
   'a Python job (%s: %s) goes on where it was',
   // The clock job is down for a while: its monotonic clock must not see it (nor, on a node booted later, go
@@ -326,3 +327,51 @@ test('a forkserver job checkpointed three times while it runs continues from the
     await removeJob(id, true);
   }
 }, 180_000);
+
+/**
+ * Checkpoints left running (periodic protection) of jobs that a checkpoint's
+ * seizure interrupts in their own ways: a JVM (its GC, JIT and timer threads
+ * parked in futexes, safepoints), and a SysV job blocked in semop, which
+ * Linux never restarts after a stop (it answers EINTR, and the job calls
+ * again). Each checkpoint must leave the job running right; then the node is
+ * lost and the job goes on from the last one.
+ */
+test.each([
+  ['java', 'a Java job', () => javaImage, 'javajob', [] as string[]],
+  ['sysv', 'a SysV IPC job', () => image, 'pyjob', ['PYJOB_MODE=sysv']],
+])(
+  '%s: %s checkpointed twice while it runs continues from the last after its node is lost',
+  async (mode, _what, jobImage, tag, extra) => {
+    const id = `${mode}-periodic`;
+    const env = [...CHECKPOINTS(), ...extra];
+    const out1 = await runJob(id, env, jobImage());
+    let before = 0;
+    for (let n = 1; n <= 2; n++) {
+      await stepReached(out1, before + 3);
+      before = lastStep(out1);
+      await checkpointContainer(node.ctx, {
+        namespace: 'default',
+        id,
+        runcRoot: node.runcRoot('default'),
+        leaveRunning: true,
+      });
+    }
+    const after = lastStep(out1);
+    await stepReached(out1, after + 3, 'runs on');
+    expect(lines(out1).filter((l) => / FAIL\b/.test(l) || /^\w+ error/.test(l))).toEqual([]);
+    await removeJob(id); // the node lost: no checkpoint taken
+
+    const out2 = await runJob(id, env, jobImage());
+    try {
+      await stepReached(out2, after + 3, 'restored, 3 more steps');
+      const first = Number(new RegExp(`^${tag} (\\d+) `).exec(lines(out2)[0]!)?.[1]);
+      expect(first).toBeGreaterThan(before);
+      expect(first).toBeLessThanOrEqual(after + 1);
+      expect(lines(out2).filter((l) => / FAIL\b/.test(l) || /^\w+ (start|error)/.test(l))).toEqual([]);
+      expect(node.readContainerFile(id, '/state/starts').trim().split('\n')).toHaveLength(1);
+    } finally {
+      await removeJob(id, true);
+    }
+  },
+  180_000,
+);

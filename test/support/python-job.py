@@ -51,6 +51,11 @@ PYJOB_MODE picks how the work is spread:
               hands each step over and back, a message queue carries the child's answer; each
               step also a short child finds the segment by its key (shmget, shmat) and reads
               the step the job wrote there
+  fdpass      hands its work to a forked worker as file descriptors over a UNIX socket
+              (socket.send_fds, as PyTorch's DataLoader workers share tensors and
+              multiprocessing's reduction passes handles): each step's range in a memfd,
+              sent three steps ahead, so descriptors are always in flight in the socket's
+              queue; the worker reads each after a pause and answers through a pipe
   io_uring    opens an io_uring instance where the kernel lets it and holds it while it works
               (as libuv does from 1.49, or tokio-uring and liburing-based I/O), falling back to
               plain calls where io_uring_setup fails, as they all do; its first line says which
@@ -611,6 +616,48 @@ def run_sysv():
         time.sleep(0.1)
 
 
+def run_fdpass():
+    import socket
+
+    AHEAD = 3
+    job_end, worker_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    answers, to_job = os.pipe()
+    if os.fork() == 0:
+        job_end.close()
+        os.close(answers)
+        while True:
+            msg, fds, _, _ = socket.recv_fds(worker_end, 64, 1)
+            if not msg:
+                os._exit(0)  # the job is gone
+            time.sleep(0.05)  # the job's next messages queue up meanwhile
+            lo, hi = (int(x) for x in os.pread(fds[0], 64, 0).split())
+            os.close(fds[0])
+            os.write(to_job, f"{msg.decode()} {sum(square(x) for x in range(lo, hi))}".encode().ljust(64))
+    worker_end.close()
+    os.close(to_job)
+
+    def send(step):
+        fd = os.memfd_create(f"step-{step}", os.MFD_CLOEXEC)
+        os.write(fd, f"{step * STEP} {(step + 1) * STEP}".encode())
+        socket.send_fds(job_end, [str(step).encode()], [fd])
+        os.close(fd)  # the descriptor lives on in the message until the worker takes it
+
+    for ahead in range(AHEAD):
+        send(ahead)
+    total = 0
+    step = 0
+    while True:
+        said, share = os.read(answers, 64).decode().split()
+        total += int(share)
+        send(step + AHEAD)
+        step += 1
+        ok = int(said) == step - 1 and total == expected(step * STEP)
+        write_count(step)
+        why = "" if ok else f" answer for step {said} total={total}/{expected(step * STEP)}"
+        print(f"pyjob {step} {MODE} {'ok' if ok else 'FAIL'}{why}", flush=True)
+        time.sleep(0.1)
+
+
 def run_io_uring():
     import ctypes
 
@@ -669,6 +716,8 @@ if __name__ == "__main__":
         run_kernelfds()
     elif MODE == "sysv":
         run_sysv()
+    elif MODE == "fdpass":
+        run_fdpass()
     elif MODE == "io_uring":
         run_io_uring()
     elif MODE == "userfaultfd":
