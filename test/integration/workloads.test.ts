@@ -288,19 +288,19 @@ test('a Go job whose owner turned multipath TCP on: its checkpoint is refused wi
 });
 
 /**
- * Periodic protection of the same job: checkpoints left running, one after
- * another. CRIU dumps a forkserver job's semaphores through second names it
- * makes in /dev/shm (link remaps) and must take them away each time, or the
- * next dump collides with them ("File exists") and the job's /dev/shm fills.
+ * Periodic protection: the job checkpointed `times` while it runs (each left
+ * running, `afterEach` checked after each), run on, then its node lost (no
+ * checkpoint taken): created again, it goes on from a step the last
+ * checkpoint held, never printing FAIL and never starting again.
  */
-test('a forkserver job checkpointed three times while it runs continues from the last after its node is lost', async () => {
-  const id = 'py-forkserver-periodic';
-  const env = ['ARCH_ENABLE=1', `ARCH_CHECKPOINT_HOST_PATH=${path.join(storage, 'ck')}`, 'PYJOB_MODE=forkserver'];
-  const out1 = await runJob(id, env);
-  const shm = (n: number) =>
-    node.containerd.ctr(['tasks', 'exec', '--exec-id', `ls-${n}`, id, 'ls', '/dev/shm']).then((o) => o.split('\n'));
+async function expectGoesOnAfterLoss(
+  id: string,
+  env: string[],
+  o: { image: string; tag: string; times: number; afterEach?: (n: number) => Promise<void> },
+) {
+  const out1 = await runJob(id, env, o.image);
   let before = 0;
-  for (let n = 1; n <= 3; n++) {
+  for (let n = 1; n <= o.times; n++) {
     await stepReached(out1, before + 3);
     before = lastStep(out1);
     await checkpointContainer(node.ctx, {
@@ -309,69 +309,55 @@ test('a forkserver job checkpointed three times while it runs continues from the
       runcRoot: node.runcRoot('default'),
       leaveRunning: true,
     });
-    expect((await shm(n)).filter((f) => f.startsWith('link_remap'))).toEqual([]);
+    await o.afterEach?.(n);
   }
   const after = lastStep(out1); // the last checkpoint holds a step from before to after
   await stepReached(out1, after + 3, 'runs on');
+  expect(lines(out1).filter((l) => / FAIL\b/.test(l) || /^\w+ error/.test(l))).toEqual([]);
   await removeJob(id); // the node lost: no checkpoint taken
 
-  const out2 = await runJob(id, env);
+  const out2 = await runJob(id, env, o.image);
   try {
-    await stepReached(out2, 1, 'restored');
-    const first = Number(/^pyjob (\d+) /.exec(lines(out2)[0]!)?.[1]);
+    await stepReached(out2, after + 3, 'restored, 3 more steps');
+    const first = Number(new RegExp(`^${o.tag} (\\d+) `).exec(lines(out2)[0]!)?.[1]);
     expect(first).toBeGreaterThan(before);
     expect(first).toBeLessThanOrEqual(after + 1);
-    expect(lines(out2).filter((l) => / FAIL\b|^pyjob start/.test(l))).toEqual([]);
+    expect(lines(out2).filter((l) => / FAIL\b/.test(l) || /^\w+ (start|error)/.test(l))).toEqual([]);
     expect(node.readContainerFile(id, '/state/starts').trim().split('\n')).toHaveLength(1);
   } finally {
     await removeJob(id, true);
   }
+}
+
+/**
+ * CRIU dumps a forkserver job's semaphores through second names it makes in
+ * /dev/shm (link remaps) and must take them away each time, or the next dump
+ * collides with them ("File exists") and the job's /dev/shm fills.
+ */
+test('a forkserver job checkpointed three times while it runs continues from the last after its node is lost', async () => {
+  const id = 'py-forkserver-periodic';
+  const shm = (n: number) =>
+    node.containerd.ctr(['tasks', 'exec', '--exec-id', `ls-${n}`, id, 'ls', '/dev/shm']).then((o) => o.split('\n'));
+  await expectGoesOnAfterLoss(id, [...CHECKPOINTS(), 'PYJOB_MODE=forkserver'], {
+    image,
+    tag: 'pyjob',
+    times: 3,
+    afterEach: async (n) => expect((await shm(n)).filter((f) => f.startsWith('link_remap'))).toEqual([]),
+  });
 }, 180_000);
 
 /**
- * Checkpoints left running (periodic protection) of jobs that a checkpoint's
- * seizure interrupts in their own ways: a JVM (its GC, JIT and timer threads
- * parked in futexes, safepoints), and a SysV job blocked in semop, which
- * Linux never restarts after a stop (it answers EINTR, and the job calls
- * again). Each checkpoint must leave the job running right; then the node is
- * lost and the job goes on from the last one.
+ * Jobs that a checkpoint's seizure interrupts in their own ways: a JVM (its
+ * GC, JIT and timer threads parked in futexes, safepoints), and a SysV job
+ * blocked in semop, which Linux never restarts after a stop (it answers
+ * EINTR, and the job calls again).
  */
 test.each([
   ['java', 'a Java job', () => javaImage, 'javajob', [] as string[]],
   ['sysv', 'a SysV IPC job', () => image, 'pyjob', ['PYJOB_MODE=sysv']],
 ])(
   '%s: %s checkpointed twice while it runs continues from the last after its node is lost',
-  async (mode, _what, jobImage, tag, extra) => {
-    const id = `${mode}-periodic`;
-    const env = [...CHECKPOINTS(), ...extra];
-    const out1 = await runJob(id, env, jobImage());
-    let before = 0;
-    for (let n = 1; n <= 2; n++) {
-      await stepReached(out1, before + 3);
-      before = lastStep(out1);
-      await checkpointContainer(node.ctx, {
-        namespace: 'default',
-        id,
-        runcRoot: node.runcRoot('default'),
-        leaveRunning: true,
-      });
-    }
-    const after = lastStep(out1);
-    await stepReached(out1, after + 3, 'runs on');
-    expect(lines(out1).filter((l) => / FAIL\b/.test(l) || /^\w+ error/.test(l))).toEqual([]);
-    await removeJob(id); // the node lost: no checkpoint taken
-
-    const out2 = await runJob(id, env, jobImage());
-    try {
-      await stepReached(out2, after + 3, 'restored, 3 more steps');
-      const first = Number(new RegExp(`^${tag} (\\d+) `).exec(lines(out2)[0]!)?.[1]);
-      expect(first).toBeGreaterThan(before);
-      expect(first).toBeLessThanOrEqual(after + 1);
-      expect(lines(out2).filter((l) => / FAIL\b/.test(l) || /^\w+ (start|error)/.test(l))).toEqual([]);
-      expect(node.readContainerFile(id, '/state/starts').trim().split('\n')).toHaveLength(1);
-    } finally {
-      await removeJob(id, true);
-    }
-  },
+  (mode, _what, jobImage, tag, extra) =>
+    expectGoesOnAfterLoss(`${mode}-periodic`, [...CHECKPOINTS(), ...extra], { image: jobImage(), tag, times: 2 }),
   180_000,
 );

@@ -287,12 +287,18 @@ export const NODE_IMAGE: ImageRecipe = {
   cmd: ['/usr/bin/node', '/job.mjs'],
 };
 
+/** The first `name` in this process's PATH (absolute directories only). */
+function onPath(name: string): string | undefined {
+  const dirs = (process.env.PATH ?? '').split(':').filter((d) => path.isAbsolute(d));
+  return dirs.map((d) => path.join(d, name)).find((f) => fs.existsSync(f));
+}
+
 export const GO_JOB_SOURCE = path.join(REPO_ROOT, 'test/support/go-job.go');
 
 /** The Go toolchain install.sh uses (it builds the Temporal CLI with it), or the one on PATH. */
 function hostGo(): string {
-  const onPath = (process.env.PATH ?? '').split(':').filter((d) => path.isAbsolute(d));
-  for (const g of ['/usr/local/go/bin/go', ...onPath.map((d) => path.join(d, 'go'))]) if (fs.existsSync(g)) return g;
+  const go = fs.existsSync('/usr/local/go/bin/go') ? '/usr/local/go/bin/go' : onPath('go');
+  if (go) return go;
   throw new Error('go not found. Fix: ./install.sh (it installs golang-go where no Go is present)');
 }
 
@@ -319,8 +325,7 @@ export const JAVA_JOB_SOURCE = path.join(REPO_ROOT, 'test/support/java-job/Job.j
 
 /** The host's JDK (Debian's default-jdk-headless): its home, found from javac on PATH. */
 function hostJdk(): string {
-  const onPath = (process.env.PATH ?? '').split(':').filter((d) => path.isAbsolute(d));
-  const javac = onPath.map((d) => path.join(d, 'javac')).find((f) => fs.existsSync(f));
+  const javac = onPath('javac');
   if (!javac) throw new Error('javac not found. Fix: scripts/install-test-clients.sh java');
   const home = path.dirname(path.dirname(fs.realpathSync(javac)));
   if (!fs.existsSync(path.join(home, 'bin/jlink'))) throw new Error(`no jlink in ${home}: a JDK is needed, not a JRE`);
