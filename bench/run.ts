@@ -252,7 +252,9 @@ async function main(): Promise<number> {
     // The tables and notes say what the summary rows cannot (per repetition, per container): kept where a reader finds them.
     const f = path.join(os.tmpdir(), `arch-bench-${process.pid}.md`);
     fs.writeFileSync(f, resultsMarkdown(info, results));
-    log(`tables and notes of this run: ${f}`);
+    // Its raw samples and phase timings too, as results.json would hold them.
+    fs.writeFileSync(f.replace(/\.md$/, '.json'), `${JSON.stringify({ ...info, results }, null, 1)}\n`);
+    log(`tables and notes of this run: ${f} (raw samples: ${path.basename(f, '.md')}.json)`);
   }
   return results.some((r) => r.status === 'failed') ? 1 : 0;
 }

@@ -221,6 +221,8 @@ export class CheckpointStore {
        * those `follower` chunked while they were written are taken from it.
        */
       chunk?: { from: string; keys?: ChunkKeys; keep: number; follower?: ChunkFollower };
+      /** Last word before the commit (a refusal throws: nothing is published). */
+      beforeCommit?: () => Promise<void>;
       /** Retention (ARCH_KEEP) for a format-2 checkpoint whose chunks are already in place (`meta.chunked`: a transfer). */
       keep?: number;
     },
@@ -271,6 +273,7 @@ export class CheckpointStore {
       if (opts.fsync) await fsyncTree(staging.dir);
       opts.onPhase?.('fsync', Date.now() - t);
       const name = `ckpt-${new Date().toISOString().replace(/[:.]/g, '-')}-${randomBytes(4).toString('hex')}`;
+      await opts.beforeCommit?.();
       if (manifest.chunked) await this.touchChunks(manifest.chunked.files);
       const { dir: published, stale } = await this.commit(staging.dir, name, opts.fsync);
       const prune = () =>

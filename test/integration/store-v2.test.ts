@@ -14,6 +14,8 @@ import { cleanupStaleNodes, stopAllNodes } from '../support/containerd-node.js';
 import * as copies from '../support/checkpoint-copies.js';
 import { COUNTER_FILES } from '../support/images.js';
 import { PAGE_IMAGE_PATH, ROOTFS_TAR } from '../../core/checkpoint-layout.js';
+import { readLease, runningLease, writeLease } from '../../core/lease.js';
+import { CheckpointStore } from '../../core/store.js';
 
 /**
  * Issue 12, store format 2 (ARCH_STORE_FORMAT=2) on the real stack
@@ -203,6 +205,41 @@ test('chunked and compressed; the second checkpoint of an unchanged job writes a
     expect(fs.readFileSync(again, 'utf8')).not.toContain('counter start');
     expect(node.readContainerFile(id, COUNTER_FILES.modified)).toBe(COUNTER_FILES.modifiedContent);
     void out;
+  } finally {
+    await remove(id);
+  }
+});
+
+test('a job the lease gives to another node: its checkpoint is refused at the commit, after its chunks are written; the previous one stays current and the job goes on', async () => {
+  const id = 'sv2-lease';
+  try {
+    await run(id, 'lease');
+    await node.waitCount(id, 3);
+    const first = await checkpoint(id, true);
+    const store = new CheckpointStore(path.join(ckRoot, 'default', 'lease'), {
+      root: ckRoot,
+      field: 'ARCH_CHECKPOINT_HOST_PATH',
+    });
+    const current = () => fs.readlinkSync(path.join(store.containerDir, 'current'));
+    const before = current();
+    expect(path.join(store.containerDir, before)).toBe(first.dir);
+    // Another node took the job over (a recovery while this node was cut off).
+    const held = (await readLease(store, trust)).lease;
+    await writeLease(store, runningLease(held, 'node-z', id, 'recovered'), trust, {
+      namespace: 'default',
+      key: 'lease',
+    });
+    const chunksBefore = bytesBelow(chunksOf('lease'));
+    await node.waitCount(id, (await node.waitCount(id, 1)) + 2);
+
+    await expect(checkpoint(id)).rejects.toThrow(/checkpoint not published: .*running on node node-z/);
+    // The lease is read at the commit, so the chunks were made first (and are left to the collector).
+    expect(bytesBelow(chunksOf('lease'))).toBeGreaterThanOrEqual(chunksBefore);
+    expect(current()).toBe(before);
+    expect(fs.readdirSync(store.containerDir).filter((n) => n.startsWith('.staging-'))).toEqual([]);
+    // Not stopped, not left frozen: it counts on.
+    await node.containerd.waitStatus(id, 'RUNNING', 5_000);
+    await node.waitCount(id, (await node.waitCount(id, 1)) + 2);
   } finally {
     await remove(id);
   }
