@@ -24,13 +24,18 @@ export function criuErrors(log: string): string {
  * process's resource limits with prlimit(2), which needs CAP_SYS_RESOURCE
  * for a process of another user: where ARCH runs without it (a sandbox, a
  * DaemonSet that drops it), every container whose processes are not root
- * fails its dump (arch-cli doctor's "capabilities" check says so ahead).
+ * fails its dump (arch-cli doctor's "capabilities" check says so ahead),
+ * unless it has a user namespace of its own: there CRIU, root in the
+ * namespace's parent, holds every capability (runc-compat.test.ts).
  * Each hint was written from CRIU's log of that very failure, reproduced.
  */
 const KNOWN_CAUSES: { error: RegExp; hint: string }[] = [
   {
     error: /Can't get rlimit \d+: Operation not permitted/,
-    hint: 'CRIU runs without CAP_SYS_RESOURCE here, so it cannot checkpoint processes that run as a non-root user: give ARCH that capability (see `arch-cli doctor`)',
+    hint:
+      'CRIU runs without CAP_SYS_RESOURCE here, so it cannot checkpoint processes that run as a non-root user: give ARCH ' +
+      'that capability (see `arch-cli doctor`), or run the container in a user namespace of its own (a pod with ' +
+      'hostUsers: false), where CRIU holds every capability',
   },
   {
     // CRIU's own advice (--ext-unix-sk) is not one a container's owner can take, nor one that would keep the connection.

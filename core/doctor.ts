@@ -353,8 +353,8 @@ export function capabilitiesCheck(status = '/proc/self/status'): Check {
     ok: false,
     optional: true,
     detail:
-      'no CAP_SYS_RESOURCE: CRIU cannot read the limits of processes that run as a non-root user, so containers whose processes are not root cannot be checkpointed (root ones can)',
-    fix: 'run ARCH with CAP_SYS_RESOURCE (as a DaemonSet: securityContext.capabilities.add [SYS_RESOURCE], or privileged: true)',
+      'no CAP_SYS_RESOURCE: CRIU cannot read the limits of processes that run as a non-root user, so containers whose processes are not root cannot be checkpointed (root ones can, and so can containers in a user namespace of their own)',
+    fix: 'run ARCH with CAP_SYS_RESOURCE (as a DaemonSet: securityContext.capabilities.add [SYS_RESOURCE], or privileged: true), or run such pods with hostUsers: false',
   };
 }
 

@@ -4,7 +4,7 @@
 # another version, so later CI runs on the same machine skip the build.
 #
 #   scripts/install-test-clients.sh                 # every part
-#   scripts/install-test-clients.sh docker crictl   # only the named parts (docker, crictl, versitygw, shellcheck, python3, java, podman)
+#   scripts/install-test-clients.sh docker crictl   # only the named parts (docker, crictl, versitygw, shellcheck, python3, java, postgres, podman)
 #
 #   ARCH_TEST_TOOLS=/opt/arch/test-tools   where built binaries go (bin/ below it)
 set -euo pipefail
@@ -85,6 +85,36 @@ install_java() {
     || die "apt-get install default-jdk-headless failed"
 }
 
+# Debian's PostgreSQL server (postgresql: 15 on Debian 12, 17 on Debian 13),
+# for the workload tests' job with its own database (test/support/images.ts
+# copies the server's binaries, modules and share files into its image). No
+# cluster is made and no service started: only the tests run a server, in
+# their containers.
+install_postgres() {
+  local found
+  for found in /usr/lib/postgresql/*/bin/postgres; do
+    [ -x "$found" ] && { say "PostgreSQL present: $found"; return 0; }
+  done
+  say "installing Debian's postgresql (no cluster, no service)"
+  export DEBIAN_FRONTEND=noninteractive
+  mkdir -p /etc/postgresql-common/createcluster.d
+  printf 'create_main_cluster = false\n' >/etc/postgresql-common/createcluster.d/arch-test-clients.conf
+  local policy=/usr/sbin/policy-rc.d made_policy=0
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod 755 "$policy" && made_policy=1
+  fi
+  local ok=1
+  apt-get install -y -qq --no-install-recommends postgresql >/dev/null 2>&1 \
+    || { apt-get update -qq && apt-get install -y -qq --no-install-recommends postgresql >/dev/null; } \
+    || ok=0
+  [ "$made_policy" = 1 ] && rm -f "$policy"
+  [ "$ok" = 1 ] || die "apt-get install postgresql failed"
+  for found in /usr/lib/postgresql/*/bin/postgres; do
+    [ -x "$found" ] && { say "installed: $found"; return 0; }
+  done
+  die "postgresql installed, but no /usr/lib/postgresql/*/bin/postgres"
+}
+
 find_go() {
   local g
   for g in /usr/local/go/bin/go "$(command -v go || true)"; do
@@ -135,7 +165,7 @@ install_crictl() { install_go_tool crictl "$CRICTL_VERSION" sigs.k8s.io/cri-tool
 install_versitygw() { install_go_tool versitygw "$VERSITYGW_VERSION" github.com/versity/versitygw/cmd/versitygw; }
 
 parts=("$@")
-[ "${#parts[@]}" -gt 0 ] || parts=(docker crictl versitygw shellcheck python3 java)
+[ "${#parts[@]}" -gt 0 ] || parts=(docker crictl versitygw shellcheck python3 java postgres)
 for p in "${parts[@]}"; do
   case "$p" in
     docker) install_docker ;;
@@ -145,6 +175,7 @@ for p in "${parts[@]}"; do
     podman) install_podman ;;
     python3) install_python3 ;;
     java) install_java ;;
-    *) die "unknown part '$p' (known: docker, crictl, versitygw, shellcheck, python3, java, podman)" ;;
+    postgres) install_postgres ;;
+    *) die "unknown part '$p' (known: docker, crictl, versitygw, shellcheck, python3, java, postgres, podman)" ;;
   esac
 done

@@ -8,7 +8,7 @@ import { realRunc } from '../support/arch-env.js';
 import { ARCH_RUNC_BIN, startArchNode, waitFor, type ArchTestNode } from '../support/arch-node.js';
 import { cleanupStaleNodes, stopAllNodes } from '../support/containerd-node.js';
 import { makeRuncBundle } from '../support/direct-runc.js';
-import { buildRootfs, COUNTER_FILES } from '../support/images.js';
+import { buildPgJobRootfs, buildRootfs, COUNTER_FILES, pgJobArgs } from '../support/images.js';
 
 /**
  * arch-runc must be runc, with ARCH on too: the four differences runc's own
@@ -227,13 +227,18 @@ test('a restored container is held from its create until its start, as runc hold
   expect(await archRunc(['delete', id])).toBe(0);
 });
 
-test('a container in a user namespace of its own (a Kubernetes pod with hostUsers: false) is restored where it was', async () => {
-  const id = `userns-${process.pid}`;
+/** A bundle whose container has a user namespace of its own, root in it being host uid 100000 (its rootfs that user's). */
+async function usernsBundle(
+  id: string,
+  from: string,
+  opts: { args?: string[]; env: string[]; caps?: string[] },
+): Promise<string> {
   ids.push(id);
   const dir = path.join(work, `bundle-${id}`);
-  await makeRuncBundle(dir, path.join(work, 'rootfs'), {
+  await makeRuncBundle(dir, from, {
     cgroupsPath: `${cgroupParent}/${id}`,
-    env: ['ARCH_ENABLE=1', `ARCH_CHECKPOINT_HOST_PATH=${storage}`, 'COUNTER_INTERVAL_MS=50'],
+    args: opts.args,
+    env: ['ARCH_ENABLE=1', `ARCH_CHECKPOINT_HOST_PATH=${storage}`, ...opts.env],
     edit: (spec) => {
       const map = [{ containerID: 0, hostID: 100_000, size: 65_536 }];
       spec.linux = {
@@ -242,11 +247,21 @@ test('a container in a user namespace of its own (a Kubernetes pod with hostUser
         uidMappings: map,
         gidMappings: map,
       };
+      const caps = (spec.process as { capabilities?: Record<string, string[]> }).capabilities;
+      if (caps && opts.caps)
+        for (const set of ['bounding', 'effective', 'permitted'])
+          caps[set] = [...new Set([...(caps[set] ?? []), ...opts.caps])];
     },
   });
-  // Root in the container is uid 100000 on the host: its rootfs is that user's, on a path that user can walk.
+  // On a path that user can walk.
   await execa('chown', ['-R', '100000:100000', path.join(dir, 'rootfs')]);
   fs.chmodSync(work, 0o755);
+  return dir;
+}
+
+test('a container in a user namespace of its own (a Kubernetes pod with hostUsers: false) is restored where it was', async () => {
+  const id = `userns-${process.pid}`;
+  const dir = await usernsBundle(id, path.join(work, 'rootfs'), { env: ['COUNTER_INTERVAL_MS=50'] });
   expect(await archRunc(['run', '-d', '--bundle', dir, id])).toBe(0);
   await waitFor('count >= 5', () => (countIn(dir) >= 5 ? true : undefined));
   await checkpointContainer(node.ctx, { namespace, id, runcRoot: root });
@@ -264,3 +279,51 @@ test('a container in a user namespace of its own (a Kubernetes pod with hostUser
   ).toHaveLength(1);
   expect(await archRunc(['delete', '--force', id])).toBe(0);
 });
+
+/**
+ * A job whose processes are not all the container's root: its own
+ * PostgreSQL server (test/support/pg-job.sh), running as postgres, in a user
+ * namespace of its own. Each step commits a row and checks the table
+ * against the running total the job keeps in memory, so a database and a
+ * job restored from different moments fail the step. Where ARCH lacks
+ * CAP_SYS_RESOURCE (these VMs), CRIU cannot read a non-root process's
+ * limits in the node's own user namespace (docker.test.ts), but in one that
+ * runc made it holds every capability.
+ */
+test('a job running as another user (its own PostgreSQL server) in a user namespace of its own is restored where it was, its table and its memory agreeing', async () => {
+  const id = `pg-userns-${process.pid}`;
+  const from = path.join(work, 'pg-rootfs');
+  await buildPgJobRootfs(from);
+  // What a container engine gives by default and the job needs to hand its directories to postgres and become it.
+  const caps = ['CAP_CHOWN', 'CAP_DAC_OVERRIDE', 'CAP_FOWNER', 'CAP_SETUID', 'CAP_SETGID'];
+  const dir = await usernsBundle(id, from, { args: pgJobArgs('/state/job.out'), env: [], caps });
+  const out = path.join(dir, 'rootfs/state/job.out');
+  const jobLines = () => (fs.existsSync(out) ? fs.readFileSync(out, 'utf8').split('\n').filter(Boolean) : []);
+  const lastStep = () => Math.max(0, ...jobLines().map((l) => Number(/^pgjob (\d+) /.exec(l)?.[1] ?? 0)));
+  const failures = () => jobLines().filter((l) => / FAIL\b|^pgjob error/.test(l));
+  // Its own output beside a timeout: what the job, the server or initdb said.
+  const stepReached = (n: number) =>
+    waitFor(`pgjob step ${n}`, () => (lastStep() >= n ? true : undefined), 60_000).catch((err: unknown) => {
+      const said = ['state/job.out', 'pg/server.log', 'pg/initdb.log'].map((f) => {
+        const file = path.join(dir, 'rootfs', f);
+        return `${f}: ${fs.existsSync(file) ? fs.readFileSync(file, 'utf8').slice(-1500) : '(none)'}`;
+      });
+      throw new Error(`${String(err)}\n${said.join('\n')}`);
+    });
+  expect(await archRunc(['run', '-d', '--bundle', dir, id])).toBe(0);
+  await stepReached(5);
+  await checkpointContainer(node.ctx, { namespace, id, runcRoot: root });
+  const reached = lastStep();
+  const linesAtCheckpoint = jobLines().length;
+  expect(failures()).toEqual([]);
+  expect(await archRunc(['delete', id])).toBe(0);
+
+  expect(await archRunc(['run', '-d', '--bundle', dir, id])).toBe(0);
+  await stepReached(reached + 5);
+  const after = jobLines().slice(linesAtCheckpoint);
+  expect(after[0]).toMatch(new RegExp(`^pgjob ${reached + 1} ok `));
+  expect(after.filter((l) => / FAIL\b|^pgjob (start|error)/.test(l))).toEqual([]);
+  expect(node.logLines().some((l) => l.container === id && l.msg === 'restored from checkpoint')).toBe(true);
+  expect(fs.readFileSync(path.join(dir, 'rootfs/state/starts'), 'utf8').trim().split('\n')).toHaveLength(1);
+  expect(await archRunc(['delete', '--force', id])).toBe(0);
+}, 180_000);

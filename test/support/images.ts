@@ -369,3 +369,63 @@ export const JAVA_IMAGE: ImageRecipe = {
   },
   cmd: ['/opt/java/bin/java', '-Xmx384m', '-cp', '/app', 'Job'],
 };
+
+export const PG_JOB_SCRIPT = path.join(REPO_ROOT, 'test/support/pg-job.sh');
+
+/** The host's PostgreSQL server (Debian's postgresql-NN, the newest there): its bin, lib and share directories. */
+function hostPostgres(): { bin: string; lib: string; share: string } {
+  const base = '/usr/lib/postgresql';
+  const versions = fs.existsSync(base)
+    ? fs
+        .readdirSync(base)
+        .filter((v) => fs.existsSync(path.join(base, v, 'bin/postgres')))
+        .sort((a, b) => Number(b) - Number(a))
+    : [];
+  const v = versions[0];
+  if (!v) throw new Error('no PostgreSQL server in /usr/lib/postgresql. Fix: scripts/install-test-clients.sh postgres');
+  return { bin: path.join(base, v, 'bin'), lib: path.join(base, v, 'lib'), share: `/usr/share/postgresql/${v}` };
+}
+
+/** Every regular file below `dir` that `keep` accepts, copied to the same path in the rootfs. */
+function copyHostTree(rootfs: string, dir: string, keep: (f: string) => boolean = () => true): void {
+  for (const e of fs.readdirSync(dir, { withFileTypes: true, recursive: true })) {
+    const f = path.join(e.parentPath, e.name);
+    if (fs.statSync(f).isFile() && keep(f)) copyHostFile(rootfs, f);
+  }
+}
+
+/**
+ * The rootfs of a job with its own PostgreSQL server (pg-job.sh): the host's
+ * server binaries, modules and share files at their host paths (the server
+ * finds its share directory relative to its binary), on the busybox rootfs.
+ * The server brings what no other job here has: a family of processes of
+ * another user than the container's root on anonymous shared memory and a
+ * /dev/shm segment, a write-ahead log it fsyncs, and a client connection per
+ * statement.
+ */
+export async function buildPgJobRootfs(dir: string): Promise<void> {
+  const pg = hostPostgres();
+  layoutBusyboxRootfs(dir, {
+    applets: [...BUSYBOX_APPLETS, 'su', 'chown'],
+    hostname: 'arch-test',
+    files: {
+      // The server refuses to run as root: it runs as postgres (uid 70), whom initdb looks up by uid.
+      '/etc/passwd': { content: 'root:x:0:0:root:/root:/bin/sh\npostgres:x:70:70:postgres:/pg:/bin/sh\n' },
+      '/etc/group': { content: 'root:x:0:\npostgres:x:70:\n' },
+      '/job.sh': { content: fs.readFileSync(PG_JOB_SCRIPT, 'utf8'), mode: 0o755 },
+    },
+  });
+  const tools = ['postgres', 'initdb', 'psql', 'pg_isready'].map((t) => path.join(pg.bin, t));
+  for (const t of tools) copyHostFile(dir, t);
+  // The server's modules (initdb loads plpgsql and the snowball dictionaries), not its JIT (jit=off).
+  copyHostTree(dir, pg.lib, (f) => f.endsWith('.so') && !path.basename(f).startsWith('llvmjit'));
+  copyHostTree(dir, pg.share);
+  copyHostTree(dir, '/usr/share/zoneinfo', (f) => /\/(UTC|GMT)$/.test(f));
+  const natives = [...tools, ...fs.readdirSync(path.join(dir, pg.lib)).map((f) => path.join(pg.lib, f))];
+  for (const lib of await sharedLibraries(natives)) if (!lib.startsWith(`${dir}/`)) copyHostFile(dir, lib);
+}
+
+/** The process arguments of that job, its output (lines `pgjob N ok|FAIL …`) appended to `out`, a path in its rootfs. */
+export function pgJobArgs(out: string): string[] {
+  return ['/bin/sh', '-c', `PG_BIN=${hostPostgres().bin} exec /job.sh >>${out} 2>&1`];
+}
