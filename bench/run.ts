@@ -243,7 +243,8 @@ async function main(): Promise<number> {
   };
   process.stdout.write(`\n${summaryTable(results)}\n\n`);
   if (opts.write) {
-    fs.writeFileSync(path.join(OUT_DIR, 'results.json'), `${JSON.stringify({ ...info, results }, null, 1)}\n`);
+    const json = path.join(OUT_DIR, 'results.json');
+    fs.writeFileSync(json, await inPrettierFormat(json, `${JSON.stringify({ ...info, results }, null, 1)}\n`));
     fs.writeFileSync(path.join(OUT_DIR, 'RESULTS.md'), resultsMarkdown(info, results));
     log(
       `wrote ${path.relative(REPO_ROOT, path.join(OUT_DIR, 'results.json'))} and ${path.relative(REPO_ROOT, path.join(OUT_DIR, 'RESULTS.md'))}`,
@@ -257,6 +258,22 @@ async function main(): Promise<number> {
     log(`tables and notes of this run: ${f} (raw samples: ${path.basename(f, '.md')}.json)`);
   }
   return results.some((r) => r.status === 'failed') ? 1 : 0;
+}
+
+/**
+ * A committed file in the format the lint checks (`npm run lint` runs
+ * Prettier over the repository, bench/results.json included): with the
+ * repository's Prettier (a development dependency) and its settings, or as
+ * written where it cannot be loaded.
+ */
+async function inPrettierFormat(file: string, text: string): Promise<string> {
+  try {
+    const prettier = await import('prettier');
+    return await prettier.format(text, { ...((await prettier.resolveConfig(file)) ?? {}), filepath: file });
+  } catch (err) {
+    log(`results.json left as written (Prettier: ${String(err)}): run npx prettier --write on it before committing`);
+    return text;
+  }
 }
 
 /**
