@@ -242,9 +242,10 @@ async function main(): Promise<number> {
     },
   };
   process.stdout.write(`\n${summaryTable(results)}\n\n`);
+  const samples = `${JSON.stringify({ ...info, results }, null, 1)}\n`;
   if (opts.write) {
     const json = path.join(OUT_DIR, 'results.json');
-    fs.writeFileSync(json, await inPrettierFormat(json, `${JSON.stringify({ ...info, results }, null, 1)}\n`));
+    fs.writeFileSync(json, await inPrettierFormat(json, samples));
     fs.writeFileSync(path.join(OUT_DIR, 'RESULTS.md'), resultsMarkdown(info, results));
     log(
       `wrote ${path.relative(REPO_ROOT, path.join(OUT_DIR, 'results.json'))} and ${path.relative(REPO_ROOT, path.join(OUT_DIR, 'RESULTS.md'))}`,
@@ -254,7 +255,7 @@ async function main(): Promise<number> {
     const f = path.join(os.tmpdir(), `arch-bench-${process.pid}.md`);
     fs.writeFileSync(f, resultsMarkdown(info, results));
     // Its raw samples and phase timings too, as results.json would hold them.
-    fs.writeFileSync(f.replace(/\.md$/, '.json'), `${JSON.stringify({ ...info, results }, null, 1)}\n`);
+    fs.writeFileSync(f.replace(/\.md$/, '.json'), samples);
     log(`tables and notes of this run: ${f} (raw samples: ${path.basename(f, '.md')}.json)`);
   }
   return results.some((r) => r.status === 'failed') ? 1 : 0;

@@ -15,6 +15,20 @@ VERSITYGW_VERSION="v1.8.0"
 say() { printf '[test-clients] %s\n' "$*"; }
 die() { printf '[test-clients] ERROR: %s\n' "$*" >&2; exit 1; }
 
+# apt-get install PACKAGE... with no service of theirs started: policy-rc.d
+# answers 101 (action forbidden) while they install, unless the machine has
+# a policy of its own.
+apt_install_without_services() {
+  export DEBIAN_FRONTEND=noninteractive
+  local policy=/usr/sbin/policy-rc.d made_policy=0 ok=1
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod 755 "$policy" && made_policy=1
+  fi
+  apt-get install -y -qq --no-install-recommends "$@" >/dev/null || ok=0
+  [ "$made_policy" = 1 ] && rm -f "$policy"
+  [ "$ok" = 1 ] || die "apt-get install $* failed"
+}
+
 # Docker engine (Debian's docker.io: dockerd, and the client of its version at
 # /usr/bin/docker: part of docker.io on Debian 12, the package docker-cli,
 # which docker.io only recommends, on Debian 13) for
@@ -27,21 +41,12 @@ install_docker() {
     return 0
   fi
   say "installing Debian's docker.io"
-  export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  # policy-rc.d 101: the package's service must not start (on a machine with
-  # systemd it would make a bridge and iptables rules of its own).
-  local policy=/usr/sbin/policy-rc.d made_policy=0
-  if [ ! -e "$policy" ]; then
-    printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod 755 "$policy" && made_policy=1
-  fi
+  # Its service must not start (on a machine with systemd it would make a
+  # bridge and iptables rules of its own).
   local pkgs=(docker.io)
   apt-cache show docker-cli >/dev/null 2>&1 && pkgs+=(docker-cli)
-  apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null || {
-    [ "$made_policy" = 1 ] && rm -f "$policy"
-    die "apt-get install ${pkgs[*]} failed"
-  }
-  [ "$made_policy" = 1 ] && rm -f "$policy"
+  apt_install_without_services "${pkgs[@]}"
   say "installed: $(/usr/bin/docker --version)"
 }
 
@@ -86,8 +91,8 @@ install_java() {
 }
 
 # Debian's PostgreSQL server (postgresql: 15 on Debian 12, 17 on Debian 13),
-# for the workload tests' job with its own database (test/support/images.ts
-# copies the server's binaries, modules and share files into its image). No
+# for the test job with its own database (test/support/images.ts copies the
+# server's binaries, modules and share files into its rootfs). No
 # cluster is made and no service started: only the tests run a server, in
 # their containers.
 install_postgres() {
@@ -96,19 +101,10 @@ install_postgres() {
     [ -x "$found" ] && { say "PostgreSQL present: $found"; return 0; }
   done
   say "installing Debian's postgresql (no cluster, no service)"
-  export DEBIAN_FRONTEND=noninteractive
   mkdir -p /etc/postgresql-common/createcluster.d
   printf 'create_main_cluster = false\n' >/etc/postgresql-common/createcluster.d/arch-test-clients.conf
-  local policy=/usr/sbin/policy-rc.d made_policy=0
-  if [ ! -e "$policy" ]; then
-    printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod 755 "$policy" && made_policy=1
-  fi
-  local ok=1
-  apt-get install -y -qq --no-install-recommends postgresql >/dev/null 2>&1 \
-    || { apt-get update -qq && apt-get install -y -qq --no-install-recommends postgresql >/dev/null; } \
-    || ok=0
-  [ "$made_policy" = 1 ] && rm -f "$policy"
-  [ "$ok" = 1 ] || die "apt-get install postgresql failed"
+  apt-get update -qq
+  apt_install_without_services postgresql
   for found in /usr/lib/postgresql/*/bin/postgres; do
     [ -x "$found" ] && { say "installed: $found"; return 0; }
   done

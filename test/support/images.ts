@@ -370,7 +370,7 @@ export const JAVA_IMAGE: ImageRecipe = {
   cmd: ['/opt/java/bin/java', '-Xmx384m', '-cp', '/app', 'Job'],
 };
 
-export const PG_JOB_SCRIPT = path.join(REPO_ROOT, 'test/support/pg-job.sh');
+const PG_JOB_SCRIPT = path.join(REPO_ROOT, 'test/support/pg-job.sh');
 
 /** The host's PostgreSQL server (Debian's postgresql-NN, the newest there): its bin, lib and share directories. */
 function hostPostgres(): { bin: string; lib: string; share: string } {
