@@ -1,6 +1,6 @@
 import fs from 'node:fs';
 import path from 'node:path';
-import type { Check } from './doctor.js';
+import type { Check } from './doctor-check.js';
 import { errorMessage } from '../contract/errors.js';
 import {
   archRuntimesOf,

@@ -1,3 +1,9 @@
+/**
+ * `arch-cli doctor`: every dependency with its version, CRIU's own check, and
+ * whether hardware breakpoints fire (they do not in some VMs, where CRIU's
+ * dump then hangs unless CRIU_FAULT=130 makes it use ptrace instead).
+ * Each failed check carries the exact fix.
+ */
 import { execa } from 'execa';
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
@@ -7,6 +13,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { networkLockOf, nftablesLockCheck } from './criu-network-lock.js';
 import { containerdChecks } from './containerd-config.js';
+import type { Check } from './doctor-check.js';
 import { criuEnv, parseEnvFile, type Settings } from './settings.js';
 import { snapshotState } from './shim-snapshot.js';
 import { errorMessage } from '../contract/errors.js';
@@ -15,24 +22,6 @@ import { DEFAULT_SIGNING_KEY, trustOf, type Trust } from './trust.js';
 
 /** This checkout (dist/core/doctor.js lives two levels below it). */
 const ARCH_HOME = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
-
-/**
- * `arch-cli doctor`: every dependency with its version, CRIU's own check, and
- * whether hardware breakpoints fire (they do not in some VMs, where CRIU's
- * dump then hangs unless CRIU_FAULT=130 makes it use ptrace instead).
- * Each failed check carries the exact fix.
- */
-export interface Check {
-  name: string;
-  ok: boolean;
-  version?: string;
-  detail?: string;
-  fix?: string;
-  /** A failed optional check is a warning, not a failure. */
-  optional?: boolean;
-  /** Neither good nor bad: what this node can do (always ok). */
-  info?: boolean;
-}
 
 async function versionOf(cmd: string, args: string[], re: RegExp): Promise<string | undefined> {
   try {

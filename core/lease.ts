@@ -32,7 +32,7 @@ import os from 'node:os';
 import { errorMessage } from '../contract/errors.js';
 import { settingsVars, type Settings } from './settings.js';
 import type { CheckpointStore } from './store.js';
-import { validRestoreCrashes, type RestoreCrashes } from './restore-crashes.js';
+import { validRestoreCrashes, type RestoreCrashes } from './restore-crash-record.js';
 import { signManifest, verifyManifestSignature, type Trust } from './trust.js';
 
 export interface Lease {

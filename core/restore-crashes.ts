@@ -15,28 +15,11 @@
  */
 import path from 'node:path';
 import { validateContainerId } from '../contract/ids.js';
-import { CHECKPOINT_NAME_RE } from './checkpoint-layout.js';
 import { OOM_KILLED, stoppedReason } from './checkpoint-holder.js';
 import { formatDurationMs } from './duration.js';
 import type { Lease } from './lease.js';
+import type { RestoreCrashes } from './restore-crash-record.js';
 import { readShimState, recordedExit, type RecordedExit, type ShimState } from './shim-state.js';
-
-export interface RestoreCrashes {
-  /** The checkpoint's name (its directory in the store) whose restores crashed. */
-  checkpoint: string;
-  /** Restores of it in a row that crashed within the window. */
-  count: number;
-  /** The last of them, for the log and the reason: "exited with code 132 2 s after its restore on node-a". */
-  last: string;
-  at: string;
-}
-
-export interface CrashSettings {
-  /** ARCH_RESTORE_CRASH_LIMIT: crashes in a row before a fresh start (0: restore every time). */
-  limit: number;
-  /** ARCH_RESTORE_CRASH_WINDOW: a crash this soon after its restore counts. */
-  windowMs: number;
-}
 
 /**
  * A container's end, as the restore crash count sees it: `crash` names it
@@ -124,22 +107,4 @@ export async function countPredecessor(
   const exit = s && (await recordedExit(root, before));
   if (!s || !exit) return prev;
   return afterEnd(prev, s, endOf(await stoppedReason(root, before, s.checkpointed), exit), lease.node, windowMs);
-}
-
-/** A lease's restoreCrashes as read from storage: the right shape, else nothing. */
-export function validRestoreCrashes(v: unknown): RestoreCrashes | undefined {
-  const c = v as Partial<RestoreCrashes> | undefined;
-  if (
-    !c ||
-    typeof c.checkpoint !== 'string' ||
-    !CHECKPOINT_NAME_RE.test(c.checkpoint) ||
-    !Number.isInteger(c.count) ||
-    c.count! < 1 ||
-    typeof c.last !== 'string' ||
-    c.last.length > 512 ||
-    typeof c.at !== 'string' ||
-    c.at.length > 64
-  )
-    return undefined;
-  return { checkpoint: c.checkpoint, count: c.count!, last: c.last, at: c.at };
 }

@@ -12,7 +12,8 @@ import { rootfsOf, withResolvedBindSources, writeSpec, type OciSpec } from './oc
 import { assertSameOwner, ownerOf } from './owner.js';
 import { assertCpuCanRun, thisCpu } from './cpu-features.js';
 import { assertSameTerminal } from './terminal-match.js';
-import { crashLoopRefusal, type RestoreCrashes } from './restore-crashes.js';
+import { crashLoopRefusal } from './restore-crashes.js';
+import type { RestoreCrashes } from './restore-crash-record.js';
 import { layerDifference } from './layer-match.js';
 import { applyDiff, findOverlayDirs } from './rootfs-diff.js';
 import { prepareRollBack, type RollBack, type RolledBack } from './work-files.js';

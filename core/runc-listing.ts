@@ -1,6 +1,7 @@
 import fsp from 'node:fs/promises';
 import path from 'node:path';
-import { Runc, type RuncState } from './runc.js';
+import { Runc } from './runc.js';
+import type { RuncState } from './runc-state-files.js';
 import { findRuncRoots, namespacesOf, type RuncRootsFound } from './runc-roots.js';
 import type { Settings } from './settings.js';
 

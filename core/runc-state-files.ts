@@ -1,7 +1,17 @@
 import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { readProcStat } from './processes.js';
-import type { RuncState } from './runc.js';
+
+/** What `runc state` / `runc list --format json` report. */
+export interface RuncState {
+  id: string;
+  pid: number;
+  status: 'created' | 'running' | 'pausing' | 'paused' | 'stopped' | string;
+  bundle: string;
+  rootfs: string;
+  created: string;
+  annotations?: Record<string, string>;
+}
 
 /**
  * What `runc list --format json` says of a runc root, read from the files

@@ -1,18 +1,7 @@
 import { runForeground, type Foreground } from './foreground.js';
 import { runCommand, type RunOptions } from './run-command.js';
-import { readRuncState, readRuncStates } from './runc-state-files.js';
+import { readRuncState, readRuncStates, type RuncState } from './runc-state-files.js';
 import { criuEnv, type Settings } from './settings.js';
-
-/** What `runc state` / `runc list --format json` report. */
-export interface RuncState {
-  id: string;
-  pid: number;
-  status: 'created' | 'running' | 'pausing' | 'paused' | 'stopped' | string;
-  bundle: string;
-  rootfs: string;
-  created: string;
-  annotations?: Record<string, string>;
-}
 
 /**
  * The real runc, always called with the node's --root and ARCH's CRIU (runc

@@ -1,5 +1,3 @@
-import type { OciSpec } from './oci-spec.js';
-
 /**
  * io_uring refused inside ARCH containers, through the container's seccomp
  * filter: io_uring_setup, io_uring_enter and io_uring_register answer ENOSYS,
@@ -37,6 +35,11 @@ interface Seccomp {
   [k: string]: unknown;
 }
 
+/** What this reads and writes of an OCI spec (core/oci-spec.ts describes the rest, and calls this). */
+interface SpecWithLinux {
+  linux?: { [k: string]: unknown };
+}
+
 /** Actions under which a call fails without reaching the kernel; any other (ALLOW, LOG, TRACE, NOTIFY) may let it through. */
 const REFUSING = new Set([
   'SCMP_ACT_ERRNO',
@@ -70,7 +73,7 @@ function hostArchitectures(): string[] | undefined {
  * Returns `spec` itself when nothing changes, so it can be applied again (a
  * restore re-applies it to the same bundle).
  */
-export function withIoUringRefused(spec: OciSpec): OciSpec {
+export function withIoUringRefused<S extends SpecWithLinux>(spec: S): S {
   const linux = spec.linux ?? {};
   const seccomp = linux.seccomp as Seccomp | undefined;
   const ours: SeccompRule = { names: [...IO_URING_SYSCALLS], action: 'SCMP_ACT_ERRNO', errnoRet: ENOSYS };
@@ -81,7 +84,7 @@ export function withIoUringRefused(spec: OciSpec): OciSpec {
       ...(architectures ? { architectures } : {}),
       syscalls: [ours],
     };
-    return { ...spec, linux: { ...linux, seccomp: filter } };
+    return { ...spec, linux: { ...linux, seccomp: filter } } as S;
   }
   const rules = seccomp.syscalls ?? [];
   const io = (n: string) => (IO_URING_SYSCALLS as readonly string[]).includes(n);
@@ -100,8 +103,8 @@ export function withIoUringRefused(spec: OciSpec): OciSpec {
   const refusedByRule = new Set(kept.flatMap((r) => r.names ?? []));
   const toRefuse = IO_URING_SYSCALLS.filter((n) => !refusedByRule.has(n));
   if (toRefuse.length === 0 || (refuses(seccomp.defaultAction) && !stripped)) {
-    return stripped ? { ...spec, linux: { ...linux, seccomp: { ...seccomp, syscalls: kept } } } : spec;
+    return stripped ? ({ ...spec, linux: { ...linux, seccomp: { ...seccomp, syscalls: kept } } } as S) : spec;
   }
   const rule = { ...ours, names: toRefuse };
-  return { ...spec, linux: { ...linux, seccomp: { ...seccomp, syscalls: [...kept, rule] } } };
+  return { ...spec, linux: { ...linux, seccomp: { ...seccomp, syscalls: [...kept, rule] } } } as S;
 }

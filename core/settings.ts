@@ -6,8 +6,15 @@ import { parseManagedNamespaces } from './container-manager.js';
 import { criuSearchPath } from './criu-path.js';
 import { durationMs } from './duration.js';
 import { requireAbsolutePath } from './paths.js';
-import type { CrashSettings } from './restore-crashes.js';
 import { parseAllowedBuckets, parseS3Url, type S3Location } from './s3-location.js';
+
+/** When a checkpoint whose restores keep crashing is given up (core/restore-crashes.ts). */
+export interface CrashSettings {
+  /** ARCH_RESTORE_CRASH_LIMIT: crashes in a row before a fresh start (0: restore every time). */
+  limit: number;
+  /** ARCH_RESTORE_CRASH_WINDOW: a crash this soon after its restore counts. */
+  windowMs: number;
+}
 
 /**
  * How this node reaches object storage: the AWS SDK's standard variables,

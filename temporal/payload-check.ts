@@ -1,5 +1,5 @@
 /** `arch-cli doctor`: is what this node puts in Temporal encrypted, and with which key? */
-import type { Check } from '../core/doctor.js';
+import type { Check } from '../core/doctor-check.js';
 import { errorMessage } from '../contract/errors.js';
 import { settingsVars, type Settings } from '../core/settings.js';
 import { loadPayloadKeys } from './codec.js';

@@ -13,8 +13,16 @@ import { Runc } from '../core/runc.js';
 import { errorMessage } from '../contract/errors.js';
 import { Manager } from '../contract/managers.js';
 import { reachableEverywhere } from '../contract/types.js';
-import type { NodeReport, StaleStop } from '../contract/liveness.js';
-import type { Listed } from './liveness.js';
+import type { NodeReport, ProtectedContainer, StaleStop } from '../contract/liveness.js';
+import type { ArchContainer } from '../core/node-containers.js';
+import type { Lease } from '../core/lease.js';
+
+/** A protected container as the liveness loop (worker/liveness.ts) lists it, with what fencing needs. */
+export interface Listed {
+  container: ArchContainer;
+  report: ProtectedContainer;
+  lease?: Lease;
+}
 
 /** Kept free before the node may be declared dead: the stop itself, clock skew. */
 const FENCE_MARGIN_MS = 1500;

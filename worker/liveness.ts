@@ -12,9 +12,9 @@ import type { NodeContext } from '../core/context.js';
 import { checkpointStoreOf, contractOptions } from '../core/env-contract.js';
 import type { LivenessSettings } from '../core/liveness-settings.js';
 import { listArchContainers, type ArchContainer } from '../core/node-containers.js';
-import { leaseOf, ownNodeNames, staleHere, type Lease } from '../core/lease.js';
+import { leaseOf, ownNodeNames, staleHere } from '../core/lease.js';
 import { trustOf } from '../core/trust.js';
-import { fence, stopStale } from './fence.js';
+import { fence, stopStale, type Listed } from './fence.js';
 import { errorMessage } from '../contract/errors.js';
 import type { NodeReport, ProtectedContainer, StaleStop } from '../contract/liveness.js';
 import { WORKFLOW_TASK_QUEUE, workflowIds } from '../contract/names.js';
@@ -68,12 +68,6 @@ export class SpecCache {
   retain(live: Set<string>): void {
     for (const k of this.specs.keys()) if (!live.has(k)) this.specs.delete(k);
   }
-}
-
-export interface Listed {
-  container: ArchContainer;
-  report: ProtectedContainer;
-  lease?: Lease;
 }
 
 export async function protectedContainers(o: LivenessOptions, specs: SpecCache): Promise<Listed[]> {

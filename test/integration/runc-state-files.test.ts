@@ -1,8 +1,8 @@
 import { execa } from 'execa';
 import fs from 'node:fs';
 import path from 'node:path';
-import { Runc, type RuncState } from '../../core/runc.js';
-import { readRuncState, readRuncStates } from '../../core/runc-state-files.js';
+import { Runc } from '../../core/runc.js';
+import { readRuncState, readRuncStates, type RuncState } from '../../core/runc-state-files.js';
 import { realRunc } from '../support/arch-env.js';
 import { makeRuncBundle } from '../support/direct-runc.js';
 import { buildRootfs } from '../support/images.js';

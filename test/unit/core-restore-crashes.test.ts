@@ -3,13 +3,8 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { parkedLease, readLease, runningLease, writeLease, type Lease } from '../../core/lease.js';
-import {
-  afterEnd,
-  countPredecessor,
-  crashLoopRefusal,
-  endOf,
-  type RestoreCrashes,
-} from '../../core/restore-crashes.js';
+import type { RestoreCrashes } from '../../core/restore-crash-record.js';
+import { afterEnd, countPredecessor, crashLoopRefusal, endOf } from '../../core/restore-crashes.js';
 import { parseRestoreCrashLimit, parseRestoreCrashWindowMs } from '../../core/settings.js';
 import { EXIT_FILE, writeShimState, type ShimState } from '../../core/shim-state.js';
 import { CheckpointStore } from '../../core/store.js';

@@ -15,7 +15,7 @@ test('a container without a filter gets one that allows everything but io_uring,
   if (process.arch === 'x64') expect(arches).toEqual(['SCMP_ARCH_X86_64', 'SCMP_ARCH_X86', 'SCMP_ARCH_X32']);
   expect(spec.linux?.seccomp).toBeUndefined(); // not changed in place
   expect(withIoUringRefused(out)).toBe(out); // applied again (a restore into the same bundle): nothing changes
-  expect(withIoUringRefused({}).linux?.seccomp).toMatchObject({ syscalls: [REFUSE] });
+  expect(withIoUringRefused<OciSpec>({}).linux?.seccomp).toMatchObject({ syscalls: [REFUSE] });
 });
 
 test("an allow-list profile that lists io_uring (Docker 20.10's default): the calls leave its rule and are refused", () => {
