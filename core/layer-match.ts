@@ -4,12 +4,12 @@ import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import * as tar from 'tar';
-import { CheckpointUnusableError } from '../contract/errors.js';
-import { DELETED_FILES, ROOTFS_TAR } from './checkpoint-layout.js';
+import { ROOTFS_TAR } from './checkpoint-layout.js';
 import {
   canonical,
   isEmptyArchive,
   opaqueDirs,
+  readDeletions,
   unreadable,
   validateDiffArchive,
   type Deletions,
@@ -100,14 +100,7 @@ async function recordedLayer(
     if (t) entries.set(l.p, { ...t });
   }
   const linked = new Map(links.map((l) => [l.p, l.target]));
-  let deletions: Deletions;
-  try {
-    deletions = JSON.parse(await fsp.readFile(path.join(checkpointDir, DELETED_FILES), 'utf8')) as Deletions;
-    if (!Array.isArray(deletions.whiteouts) || !Array.isArray(deletions.opaque))
-      throw new Error('not {whiteouts, opaque}');
-  } catch (err) {
-    throw new CheckpointUnusableError('manifest-invalid', `${DELETED_FILES}: ${(err as Error).message}`);
-  }
+  const deletions = await readDeletions(checkpointDir);
   return {
     entries,
     links: linked,

@@ -23,6 +23,17 @@ export interface Deletions {
   opaque: string[];
 }
 
+/** A checkpoint's `deleted.files`: what the layer removed (a CheckpointUnusableError when it is not that shape). */
+export async function readDeletions(checkpointDir: string): Promise<Deletions> {
+  try {
+    const d = JSON.parse(await fsp.readFile(path.join(checkpointDir, DELETED_FILES), 'utf8')) as Deletions;
+    if (!Array.isArray(d.whiteouts) || !Array.isArray(d.opaque)) throw new Error('not {whiteouts, opaque}');
+    return d;
+  } catch (err) {
+    throw new CheckpointUnusableError('manifest-invalid', `${DELETED_FILES}: ${(err as Error).message}`);
+  }
+}
+
 /** The overlay upper dir mounted at `mountPoint`, or undefined if it is not an overlay. */
 // Where the writable layer is: a module of its own (core/overlay-mount.ts), kept importable from here.
 export { findOverlayDirs, findUpperDir, type OverlayDirs } from './overlay-mount.js';
@@ -311,14 +322,7 @@ export async function applyDiff(
 ): Promise<{ files: number; deletions: number }> {
   const tarFile = path.join(checkpointDir, ROOTFS_TAR);
   await validateDiffArchive(tarFile, maxBytes);
-  let deletions: Deletions;
-  try {
-    deletions = JSON.parse(await fsp.readFile(path.join(checkpointDir, DELETED_FILES), 'utf8')) as Deletions;
-    if (!Array.isArray(deletions.whiteouts) || !Array.isArray(deletions.opaque))
-      throw new Error('not {whiteouts, opaque}');
-  } catch (err) {
-    throw new CheckpointUnusableError('manifest-invalid', `${DELETED_FILES}: ${(err as Error).message}`);
-  }
+  const deletions = await readDeletions(checkpointDir);
   const listed = new Set<string>();
   for (const p of [...deletions.whiteouts, ...deletions.opaque]) {
     if (typeof p !== 'string')

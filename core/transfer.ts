@@ -34,6 +34,7 @@ import { pipeline } from 'node:stream/promises';
 import { Transform } from 'node:stream';
 import { StreamDigest, type Digest } from './digest.js';
 import { ArchInputError, CheckpointUnusableError } from '../contract/errors.js';
+import { readPemFile } from './pem-file.js';
 import type { Logger } from './log.js';
 import { parseManifest, type Manifest } from './manifest.js';
 import { loadTrust, verifyManifestSignature, type Trust } from './trust.js';
@@ -109,26 +110,15 @@ export interface TransferTls {
 }
 
 export function loadTransferTls(settings: Settings): TransferTls {
-  const read = (file: string, field: string): Buffer => {
-    try {
-      return fs.readFileSync(file);
-    } catch (err) {
-      throw new ArchInputError(
-        field,
-        `cannot read ${file} (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`,
-        'point it at a readable PEM file',
-      );
-    }
-  };
   return {
     server:
       settings.transferTlsCert && settings.transferTlsKey
         ? {
-            cert: read(settings.transferTlsCert, 'ARCH_TRANSFER_TLS_CERT'),
-            key: read(settings.transferTlsKey, 'ARCH_TRANSFER_TLS_KEY'),
+            cert: readPemFile(settings.transferTlsCert, 'ARCH_TRANSFER_TLS_CERT'),
+            key: readPemFile(settings.transferTlsKey, 'ARCH_TRANSFER_TLS_KEY'),
           }
         : undefined,
-    ca: settings.transferTlsCa ? read(settings.transferTlsCa, 'ARCH_TRANSFER_TLS_CA') : undefined,
+    ca: settings.transferTlsCa ? readPemFile(settings.transferTlsCa, 'ARCH_TRANSFER_TLS_CA') : undefined,
   };
 }
 

@@ -11,9 +11,9 @@
  * TEMPORAL_TLS_SERVER_CA_CERT_PATH) work too. Read like every ARCH setting:
  * the settings file, the environment over it.
  */
-import fs from 'node:fs';
 import { Client, Connection, type ConnectionOptions } from '@temporalio/client';
 import { ArchInputError } from '../contract/errors.js';
+import { readPemFile } from '../core/pem-file.js';
 import { settingsVars, type Settings } from '../core/settings.js';
 import { clientDataConverter, payloadProtection, type PayloadProtection } from './data-converter.js';
 
@@ -73,18 +73,6 @@ export function targetPayloads(
   return payloadProtection(settingsVars(env).vars, t.address, role);
 }
 
-function readPem(file: string, field: string): Buffer {
-  try {
-    return fs.readFileSync(file);
-  } catch (err) {
-    throw new ArchInputError(
-      field,
-      `cannot read ${file} (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`,
-      'point it at a readable PEM file',
-    );
-  }
-}
-
 /** Options shared by the client Connection and the worker's NativeConnection. */
 export function connectionOptions(t: TemporalTarget): {
   address: string;
@@ -96,12 +84,12 @@ export function connectionOptions(t: TemporalTarget): {
   else if (t.tls && typeof t.tls === 'object') {
     tls = {
       serverNameOverride: t.tls.serverName,
-      serverRootCACertificate: t.tls.caPath ? readPem(t.tls.caPath, 'TEMPORAL_TLS_CA') : undefined,
+      serverRootCACertificate: t.tls.caPath ? readPemFile(t.tls.caPath, 'TEMPORAL_TLS_CA') : undefined,
       clientCertPair:
         t.tls.clientCertPath && t.tls.clientKeyPath
           ? {
-              crt: readPem(t.tls.clientCertPath, 'TEMPORAL_TLS_CERT'),
-              key: readPem(t.tls.clientKeyPath, 'TEMPORAL_TLS_KEY'),
+              crt: readPemFile(t.tls.clientCertPath, 'TEMPORAL_TLS_CERT'),
+              key: readPemFile(t.tls.clientKeyPath, 'TEMPORAL_TLS_KEY'),
             }
           : undefined,
     };
