@@ -8,6 +8,7 @@ import { CheckpointStore } from '../../core/store.js';
 import { cleanupStaleNodes, stopAllNodes } from '../support/containerd-node.js';
 import { ARCH_RUNC_BIN, startArchNode, waitFor, type ArchTestNode } from '../support/arch-node.js';
 import { COUNTER_FILES } from '../support/images.js';
+import { archRuncCreateOf, processesOfContainer, runsBelow } from '../support/proc-scan.js';
 
 /**
  * The node runtime end to end on real runc, CRIU and containerd: a counter
@@ -275,6 +276,57 @@ test('a container of several processes: all are restored, and all run again once
   expect(procs.filter((p) => p && p.cmd.startsWith('/usr/bin/counter') && p.state === 'T')).toEqual([]);
   expect(a.logLines().some((l) => l.container === id && l.msg === 'restored from checkpoint')).toBe(true);
   await a.containerd.removeContainer(id);
+});
+
+describe('arch-runc killed (SIGKILL) in the middle of a restore: nothing is left, the checkpoint stays, the next create restores', () => {
+  // Two moments: as soon as arch-runc's Node side runs (verifying, writing the layer), and while CRIU restores.
+  const moments: [string, (archRunc: number) => boolean][] = [
+    ['before runc restore starts', () => true],
+    ['while CRIU restores the processes', (archRunc) => runsBelow(archRunc, 'criu')],
+  ];
+  for (const [i, [moment, ready]] of moments.entries()) {
+    test(
+      moment,
+      async () => {
+        const id = `killed-${i}`;
+        // 64 MiB of memory: CRIU restores long enough to be caught at it.
+        const env = ['ARCH_ENABLE=1', `ARCH_CHECKPOINT_HOST_PATH=${storage}/killed`, 'COUNTER_MEM_MB=64'];
+        await a.runCounter(id, env);
+        await a.waitCount(id, 5);
+        const atCheckpoint = await checkpointAndRemove(a, id);
+        const store = new CheckpointStore(path.join(storage, 'killed/default', id));
+        const checkpoint = await store.current();
+        expect(checkpoint).toBeTruthy();
+
+        const create = a.runCounter(id, env).then(
+          () => 'created',
+          () => 'failed',
+        );
+        const archRunc = await waitFor('arch-runc create', () => archRuncCreateOf(id), 15_000);
+        await waitFor(moment, () => (ready(archRunc) ? true : undefined), 15_000);
+        process.kill(archRunc, 'SIGKILL');
+        // The create fails; nothing of the half-made container is left running, stopped or held.
+        expect(await create).toBe('failed');
+        await waitFor('no process left in the container', () =>
+          processesOfContainer('default', id).length === 0 ? true : undefined,
+        );
+        const state = await execa('runc', ['--root', a.runcRoot('default'), 'state', id], { reject: false });
+        expect(state.exitCode).not.toBe(0);
+        // The checkpoint is untouched: still the current one.
+        expect(await store.current()).toBe(checkpoint);
+
+        // The orchestrator removes it and creates it again: restored, not started over.
+        await a.containerd.removeContainer(id);
+        await a.runCounter(id, env);
+        await a.containerd.waitStatus(id, 'RUNNING', 15_000);
+        expect(await a.waitCount(id, atCheckpoint + 3)).toBeGreaterThan(atCheckpoint);
+        expect(startsOf(a, id)).toBe(1);
+        expect(a.logLines().filter((l) => l.container === id && l.msg === 'restored from checkpoint')).toHaveLength(1);
+        await a.containerd.removeContainer(id);
+      },
+      90_000,
+    );
+  }
 });
 
 test('network lock: the container network is left as it was, and either method restores under the other', async () => {

@@ -13,7 +13,9 @@ import { startArchNode, waitFor, type ArchTestNode } from '../support/arch-node.
 import { cleanupStaleNodes, stopAllNodes } from '../support/containerd-node.js';
 import * as copies from '../support/checkpoint-copies.js';
 import { COUNTER_FILES } from '../support/images.js';
+import { archRuncCreateOf, processesOfContainer, runsBelow } from '../support/proc-scan.js';
 import { PAGE_IMAGE_PATH, ROOTFS_TAR } from '../../core/checkpoint-layout.js';
+import { listScratch } from '../../core/seal.js';
 import { readLease, runningLease, writeLease } from '../../core/lease.js';
 import { CheckpointStore } from '../../core/store.js';
 
@@ -304,6 +306,44 @@ test('with a store key: no chunk holds the memory in plaintext, ids are not sha2
     expect(memoryIn(res.dir)).toBe(false);
     await remove(id);
     await expectRestored(id, await run(id, 'key'));
+  } finally {
+    await remove(id);
+  }
+});
+
+test('arch-runc killed while CRIU restores encrypted chunks (page images assembled behind its gate): nothing is left, the next create restores', async () => {
+  const id = 'sv2-killed';
+  try {
+    settings({ ARCH_STORE_KEY_FILE: keyFile });
+    await run(id, 'killed', ['COUNTER_START_FILES=1']);
+    await node.waitCount(id, 3);
+    await checkpoint(id);
+    await node.containerd.waitStatus(id, 'STOPPED', 15_000);
+    const atCheckpoint = node.count(id);
+    await remove(id);
+    const store = new CheckpointStore(path.join(ckRoot, 'default', 'killed'));
+    const current = await store.current();
+
+    const create = run(id, 'killed').then(
+      () => 'created',
+      () => 'failed',
+    );
+    const archRunc = await waitFor('arch-runc create', () => archRuncCreateOf(id), 15_000);
+    await waitFor('CRIU restoring', () => (runsBelow(archRunc, 'criu') ? true : undefined), 15_000);
+    process.kill(archRunc, 'SIGKILL');
+    // The create fails (a CRIU still at the gate finds no writer left and aborts); nothing is left.
+    expect(await create).toBe('failed');
+    await waitFor('no process left in the container', () =>
+      processesOfContainer('default', id).length === 0 ? true : undefined,
+    );
+    expect(await store.current()).toBe(current);
+
+    await remove(id);
+    const out = await run(id, 'killed');
+    await expectRestored(id, out);
+    expect(node.count(id)).toBeGreaterThanOrEqual(atCheckpoint);
+    // The killed restore's plaintext scratch (named after its process) went with the next restore.
+    expect((await listScratch()).filter((d) => d.includes(`-${archRunc}-`))).toEqual([]);
   } finally {
     await remove(id);
   }
