@@ -327,3 +327,81 @@ test('a job running as another user (its own PostgreSQL server) in a user namesp
   expect(fs.readFileSync(path.join(dir, 'rootfs/state/starts'), 'utf8').trim().split('\n')).toHaveLength(1);
   expect(await archRunc(['delete', '--force', id])).toBe(0);
 }, 180_000);
+
+/**
+ * The same database job on a writable layer (an overlay, as containerd gives
+ * every container), checkpointed while it runs (a periodic checkpoint), then
+ * lost with its node: its processes killed, nothing deleted, its layer gone.
+ * Created again on a fresh layer, it must go on from the checkpoint with the
+ * data files as they were then: the rows committed after the checkpoint are
+ * gone from the table and from the job's memory alike, so every step agrees.
+ */
+test('the database job checkpointed while it runs, then lost with its node: created again on a fresh layer, its table and its memory go on from the checkpoint', async () => {
+  const id = `pg-lost-${process.pid}`;
+  const lower = path.join(work, 'pg-rootfs');
+  if (!fs.existsSync(path.join(lower, 'usr'))) await buildPgJobRootfs(lower);
+  await execa('chown', ['-R', '100000:100000', lower]);
+  const caps = ['CAP_CHOWN', 'CAP_DAC_OVERRIDE', 'CAP_FOWNER', 'CAP_SETUID', 'CAP_SETGID'];
+  const empty = path.join(work, 'empty-rootfs');
+  fs.mkdirSync(empty, { recursive: true });
+  const dir = await usernsBundle(id, empty, { args: pgJobArgs('/state/job.out'), env: [], caps });
+  const rootfs = path.join(dir, 'rootfs');
+  /** A fresh writable layer over the image, mounted at the bundle's rootfs (what containerd's snapshotter does). */
+  const mountLayer = async (n: number): Promise<string> => {
+    const layer = path.join(work, `${id}-layer-${n}`);
+    for (const d of ['upper', 'work']) fs.mkdirSync(path.join(layer, d), { recursive: true });
+    await execa('chown', ['100000:100000', path.join(layer, 'upper')]);
+    await execa('mount', [
+      '-t',
+      'overlay',
+      'overlay',
+      '-o',
+      `lowerdir=${lower},upperdir=${layer}/upper,workdir=${layer}/work`,
+      rootfs,
+    ]);
+    return layer;
+  };
+  const unmountLayer = () => execa('umount', [rootfs], { reject: false });
+  const out = path.join(rootfs, 'state/job.out');
+  const jobLines = () => (fs.existsSync(out) ? fs.readFileSync(out, 'utf8').split('\n').filter(Boolean) : []);
+  const lastStep = () => Math.max(0, ...jobLines().map((l) => Number(/^pgjob (\d+) /.exec(l)?.[1] ?? 0)));
+  const stepReached = (n: number) =>
+    waitFor(`pgjob step ${n}`, () => (lastStep() >= n ? true : undefined), 60_000).catch((err: unknown) => {
+      throw new Error(`${String(err)}\n${jobLines().slice(-10).join('\n')}`);
+    });
+  try {
+    await mountLayer(1);
+    expect(await archRunc(['run', '-d', '--bundle', dir, id])).toBe(0);
+    await stepReached(5);
+    const ck = await checkpointContainer(node.ctx, { namespace, id, runcRoot: root, leaveRunning: true });
+    expect(ck.manifest.rootfs.files).toBeGreaterThan(0); // the layer (the database's files) is in the checkpoint
+    // The job goes on past the checkpoint: rows the restore must not find again.
+    const beyond = lastStep() + 5;
+    await stepReached(beyond);
+
+    // The node is lost: every process killed at once, nothing deleted through ARCH, the layer gone.
+    await execa(RUNC, ['--root', root, 'kill', '--all', id, 'KILL'], { reject: false });
+    await waitFor('the job is dead', async () => ((await status(id)) === 'stopped' ? true : undefined));
+    await execa(RUNC, ['--root', root, 'delete', '--force', id]);
+    await unmountLayer();
+
+    // Created again on a fresh layer: restored from the checkpoint, data files and memory from the same moment.
+    await mountLayer(2);
+    expect(await archRunc(['run', '-d', '--bundle', dir, id])).toBe(0);
+    const restoredLines = () => jobLines().filter((l) => /^pgjob \d+ /.test(l));
+    // The layer came back as it was at the checkpoint: the job's output file too, so its last step is the checkpoint's.
+    const atCheckpoint = lastStep();
+    expect(atCheckpoint).toBeLessThan(beyond);
+    await stepReached(atCheckpoint + 5);
+    const after = restoredLines().filter((l) => Number(/^pgjob (\d+) /.exec(l)![1]) > atCheckpoint);
+    expect(after[0]).toMatch(new RegExp(`^pgjob ${atCheckpoint + 1} ok `));
+    expect(after.filter((l) => / FAIL\b/.test(l))).toEqual([]);
+    expect(jobLines().filter((l) => /^pgjob (start|error)/.test(l))).toEqual(['pgjob start']);
+    expect(node.logLines().some((l) => l.container === id && l.msg === 'restored from checkpoint')).toBe(true);
+    expect(await archRunc(['delete', '--force', id])).toBe(0);
+  } finally {
+    await execa(RUNC, ['--root', root, 'kill', '--all', id, 'KILL'], { reject: false });
+    await execa(RUNC, ['--root', root, 'delete', '--force', id], { reject: false });
+    await unmountLayer();
+  }
+}, 240_000);
