@@ -17,6 +17,8 @@ export interface ProtectedContainer extends ContainerRef {
   checkpointDir: string;
   /** When its current checkpoint was taken (absent: none yet). */
   lastCheckpointAt?: string;
+  /** When its last checkpoint failed, if none has succeeded since (`arch-cli ls` says why). */
+  lastCheckpointFailedAt?: string;
   /** Its ownership generation (core/lease.ts), when it has a lease. */
   generation?: number;
 }

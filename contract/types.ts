@@ -65,6 +65,8 @@ export interface ContainerSummary extends ContainerRef {
   checkpointIntervalMs?: number;
   /** The checkpoint that failed to restore when the container was created (it started fresh): core/shim-state.ts. */
   lastRestoreFailure?: { reason: string; message: string; at: string; checkpointDir: string };
+  /** Its last checkpoint that failed, when none has succeeded since (core/shim-state.ts): absent from older workers. */
+  lastCheckpointFailure?: { message: string; at: string; field?: string };
 }
 
 /** A checkpoint published on a node, as the other activities need it. */

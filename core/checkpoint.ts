@@ -52,7 +52,7 @@ import { chunkKeysOf } from './chunk-codec.js';
 import { ChunkPool } from './chunk-pool.js';
 import type { ChunkWriteStats } from './chunk-dir.js';
 import { ChunkFollower, ChunkWriter } from './chunked-files.js';
-import { lockCheckpoint, readShimState, updateShimState } from './shim-state.js';
+import { lockCheckpoint, readShimState, updateShimState, type CheckpointFailure } from './shim-state.js';
 import { runtimeVersions } from './versions.js';
 import { withCriuErrors } from './criu-log.js';
 import { CLOSED_FILES_MAX } from './closed-files.js';
@@ -227,10 +227,37 @@ export async function checkpointContainer(ctx: NodeContext, req: CheckpointReque
         'only a running container can be checkpointed',
       );
     }
-    return await checkpointLocked(ctx, req, c, t0);
+    return await recordOutcome(c.runc.root, req, () => checkpointLocked(ctx, req, c, t0));
   } finally {
     await lock.release().catch(() => undefined);
   }
+}
+
+/**
+ * A failed checkpoint is kept in the container's shim state until one
+ * succeeds (`arch-cli ls` shows it: the job is unprotected meanwhile); a
+ * failure to record it is not the checkpoint's failure.
+ */
+async function recordOutcome(
+  runcRoot: string,
+  req: CheckpointRequest,
+  attempt: () => Promise<CheckpointResult>,
+): Promise<CheckpointResult> {
+  let result: CheckpointResult;
+  try {
+    result = await attempt();
+  } catch (err) {
+    const failure: CheckpointFailure = {
+      message: errorMessage(err),
+      at: new Date().toISOString(),
+      ...(err instanceof ArchInputError ? { field: err.field } : {}),
+    };
+    await updateShimState(runcRoot, req.id, { lastCheckpointFailure: failure }).catch(() => undefined);
+    throw err;
+  }
+  if ((await readShimState(runcRoot, req.id).catch(() => undefined))?.lastCheckpointFailure)
+    await updateShimState(runcRoot, req.id, { lastCheckpointFailure: undefined }).catch(() => undefined);
+  return result;
 }
 
 async function checkpointLocked(

@@ -18,7 +18,7 @@ import type { Runc } from './runc.js';
 import type { RuncState } from './runc-state-files.js';
 import type { RuncRootsFound } from './runc-roots.js';
 import { startRuncListing, type ListingOptions, type NamespaceListing, type RuncListing } from './runc-listing.js';
-import { readShimState, type RestoreFailure } from './shim-state.js';
+import { readShimState, type CheckpointFailure, type RestoreFailure } from './shim-state.js';
 
 /**
  * The ARCH containers on this node, found the way the shim sees them: runc's
@@ -42,6 +42,8 @@ export interface ArchContainer {
   checkpoint?: { dir: string; createdAt: string; sizeBytes: number; node: string; freezeMs?: number };
   /** The checkpoint that failed to restore when this container was created (it started fresh). */
   lastRestoreFailure?: RestoreFailure;
+  /** Its last checkpoint that failed, when none has succeeded since. */
+  lastCheckpointFailure?: CheckpointFailure;
   /** Its periodic checkpoint interval from its environment or the node's default (core/env-contract.ts). */
   checkpointIntervalMs?: number;
 }
@@ -67,6 +69,7 @@ export function containerSummary(c: ArchContainer) {
         }
       : undefined,
     lastRestoreFailure: c.lastRestoreFailure,
+    lastCheckpointFailure: c.lastCheckpointFailure,
     ...(c.checkpointIntervalMs ? { checkpointIntervalMs: c.checkpointIntervalMs } : {}),
   };
 }
@@ -174,7 +177,9 @@ async function archContainerOf(
       };
   };
   const shimState = async () => {
-    c.lastRestoreFailure = (await readShimState(runc.root, st.id))?.lastRestoreFailure;
+    const shim = await readShimState(runc.root, st.id);
+    c.lastRestoreFailure = shim?.lastRestoreFailure;
+    c.lastCheckpointFailure = shim?.lastCheckpointFailure;
   };
   await Promise.all([sizes(), checkpoint(), shimState()]);
   return c;

@@ -96,6 +96,22 @@ export interface ShimState {
   createdAt: string;
   /** The restore that failed before this container started fresh instead (`arch-cli ls` shows it). */
   lastRestoreFailure?: RestoreFailure;
+  /** The last checkpoint of it that failed, until one succeeds (`arch-cli ls` shows it: the job is not protected meanwhile). */
+  lastCheckpointFailure?: CheckpointFailure;
+}
+
+/**
+ * A checkpoint of a running container that failed (a periodic one, a
+ * drain's, finalize's): its previous checkpoint, if any, stays current, so
+ * a lost node would cost the job everything since then. That must be
+ * visible where the job's protection is read (`arch-cli ls`), not only in
+ * the log of whatever asked for the checkpoint.
+ */
+export interface CheckpointFailure {
+  message: string;
+  at: string;
+  /** The setting or input at fault, when it was one (an ArchInputError's field). */
+  field?: string;
 }
 
 /**

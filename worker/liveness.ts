@@ -87,6 +87,7 @@ export async function protectedContainers(o: LivenessOptions, specs: SpecCache):
       ...(spec ? { spec } : {}),
       checkpointDir: store.containerDir,
       ...(c.checkpoint ? { lastCheckpointAt: c.checkpoint.createdAt } : {}),
+      ...(c.lastCheckpointFailure ? { lastCheckpointFailedAt: c.lastCheckpointFailure.at } : {}),
       ...(lease ? { generation: lease.generation } : {}),
     };
     out.push({ container: c, report, ...(lease ? { lease } : {}) });

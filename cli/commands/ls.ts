@@ -17,7 +17,7 @@ export function formatLs(node: string, list: ContainerSummary[], now = Date.now(
     c.manager ?? '-',
     String(c.priority),
     bytes(c.rssBytes),
-    c.checkpoint ? `${formatDurationMs(Math.max(0, now - Date.parse(c.checkpoint.createdAt)))} ago` : '-',
+    checkpointCell(c, now),
     c.checkpoint ? bytes(c.checkpoint.sizeBytes) : '-',
     ms(c.checkpoint?.freezeMs),
     c.checkpointIntervalMs ? formatDurationMs(c.checkpointIntervalMs) : '-',
@@ -37,14 +37,31 @@ export function formatLs(node: string, list: ContainerSummary[], now = Date.now(
     'EVERY',
     'RESTORE',
   ]);
-  // A failed restore means lost progress: its cause in full, below the table.
-  const failures = list
-    .filter((c) => c.lastRestoreFailure)
-    .map((c) => {
-      const f = c.lastRestoreFailure!;
-      return `${c.namespace}/${c.id}: restore failed at ${f.at} (${f.reason}), started fresh: ${f.message} [checkpoint ${f.checkpointDir}]`;
-    });
+  // A failed restore means lost progress, a failed checkpoint an unprotected job: their causes in full, below the table.
+  const failures = list.flatMap((c) => {
+    const lines: string[] = [];
+    const f = c.lastRestoreFailure;
+    if (f)
+      lines.push(
+        `${c.namespace}/${c.id}: restore failed at ${f.at} (${f.reason}), started fresh: ${f.message} [checkpoint ${f.checkpointDir}]`,
+      );
+    const k = c.lastCheckpointFailure;
+    if (k)
+      lines.push(
+        `${c.namespace}/${c.id}: checkpoint failed at ${k.at}${
+          c.checkpoint ? `, the one of ${c.checkpoint.createdAt} stays current` : ', it has no checkpoint'
+        }: ${k.message}`,
+      );
+    return lines;
+  });
   return failures.length ? `${out}\n\n${failures.join('\n')}` : out;
+}
+
+/** How old its last checkpoint is; FAILED (with how long ago) while its last attempt failed. */
+function checkpointCell(c: ContainerSummary, now: number): string {
+  const ago = (at: string) => `${formatDurationMs(Math.max(0, now - Date.parse(at)))} ago`;
+  if (c.lastCheckpointFailure) return `FAILED ${ago(c.lastCheckpointFailure.at)}`;
+  return c.checkpoint ? ago(c.checkpoint.createdAt) : '-';
 }
 
 export function registerLs(program: Command, ctx: CliContext): void {

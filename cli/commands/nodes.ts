@@ -39,7 +39,11 @@ function nodeDetails(n: NodeLiveness, nowMs: number): string[] {
   if (n.report.containers.length || n.recovery || n.cameBackAt) out.push('', `${n.node}:`);
   for (const c of n.report.containers)
     out.push(
-      `  ${c.namespace}/${c.id}  ${c.status}  ${c.mode}${c.manager !== 'containerd' ? ` (${c.manager})` : ''}  last checkpoint ${c.lastCheckpointAt ? `${age(c.lastCheckpointAt, nowMs)} ago` : 'none'}`,
+      `  ${c.namespace}/${c.id}  ${c.status}  ${c.mode}${c.manager !== 'containerd' ? ` (${c.manager})` : ''}  last checkpoint ${c.lastCheckpointAt ? `${age(c.lastCheckpointAt, nowMs)} ago` : 'none'}${
+        c.lastCheckpointFailedAt
+          ? `, the last attempt FAILED ${age(c.lastCheckpointFailedAt, nowMs)} ago (arch-cli ls --node ${n.node} says why)`
+          : ''
+      }`,
     );
   if (n.recovery) {
     out.push(`  recovery ${n.recovery.workflowId}${n.recovery.result ? '' : ' (running)'}`);

@@ -12,7 +12,7 @@ import { writeArchConfig } from '../support/arch-env.js';
 import { startArchNode, waitFor, type ArchTestNode } from '../support/arch-node.js';
 import { cleanupStaleNodes, stopAllNodes } from '../support/containerd-node.js';
 import * as copies from '../support/checkpoint-copies.js';
-import { COUNTER_FILES } from '../support/images.js';
+import { COUNTER_FILES, REPO_ROOT } from '../support/images.js';
 import { archRuncCreateOf, processesOfContainer, runsBelow } from '../support/proc-scan.js';
 import { PAGE_IMAGE_PATH, ROOTFS_TAR } from '../../core/checkpoint-layout.js';
 import { listScratch } from '../../core/seal.js';
@@ -242,6 +242,30 @@ test('a job the lease gives to another node: its checkpoint is refused at the co
     // Not stopped, not left frozen: it counts on.
     await node.containerd.waitStatus(id, 'RUNNING', 5_000);
     await node.waitCount(id, (await node.waitCount(id, 1)) + 2);
+
+    // `arch-cli ls` says the job is not protected, and why, until a checkpoint succeeds again.
+    const ls = async (json: boolean) => {
+      const r = await execa(path.join(REPO_ROOT, 'bin/arch-cli'), ['ls', '--local', ...(json ? ['--json'] : [])], {
+        env: { ARCH_CONFIG: node.archConfig },
+        reject: false,
+      });
+      expect(r.exitCode).toBe(0);
+      return String(r.stdout);
+    };
+    type Listed = { id: string; checkpoint?: { createdAt: string }; lastCheckpointFailure?: { message: string } };
+    const listed = async () =>
+      (JSON.parse(await ls(true)) as { containers: Listed[] }).containers.find((c) => c.id === id)!;
+    const failed = await listed();
+    expect(failed.lastCheckpointFailure?.message).toMatch(/checkpoint not published: .*running on node node-z/);
+    const text = await ls(false);
+    expect(text).toMatch(new RegExp(`default/${id} .* FAILED [\\d.]+ (ms|s|min) ago`));
+    expect(text).toContain(`default/${id}: checkpoint failed at `);
+    expect(text).toContain(`the one of ${failed.checkpoint!.createdAt} stays current: checkpoint not published`);
+    // The job given back to this node: the next checkpoint succeeds and the failure goes.
+    await writeLease(store, held!, trust, { namespace: 'default', key: 'lease' });
+    await checkpoint(id, true);
+    expect((await listed()).lastCheckpointFailure).toBeUndefined();
+    expect(await ls(false)).not.toContain('FAILED');
   } finally {
     await remove(id);
   }
