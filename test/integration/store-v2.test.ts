@@ -119,6 +119,15 @@ function checkpoint(id: string, leaveRunning = false) {
   return checkpointContainer(ctx, { namespace: 'default', id, runcRoot: node.runcRoot('default'), leaveRunning });
 }
 
+/** Run the counter as checkpoint `ckpt`, let it count, then checkpoint (and so stop) it; the checkpoint and the count it had. */
+async function runThenCheckpoint(id: string, ckpt: string, env: string[] = []) {
+  await run(id, ckpt, env);
+  await node.waitCount(id, 3);
+  const res = await checkpoint(id);
+  await node.containerd.waitStatus(id, 'STOPPED', 15_000);
+  return { res, count: node.count(id) };
+}
+
 const expectRestored = async (id: string, out: string): Promise<void> => {
   await copies.expectRestored(node, id, out);
   await waitFor('memcheck', () => (/memcheck ok/.test(fs.readFileSync(out, 'utf8')) ? true : undefined), 15_000);
@@ -145,10 +154,7 @@ let seeded: Promise<void> | undefined;
 function seed(): Promise<void> {
   return (seeded ??= (async () => {
     const id = 'sv2-seed';
-    await run(id, 'seed', ['COUNTER_START_FILES=1']);
-    await node.waitCount(id, 3);
-    await checkpoint(id);
-    await node.containerd.waitStatus(id, 'STOPPED', 15_000);
+    await runThenCheckpoint(id, 'seed', ['COUNTER_START_FILES=1']);
     await remove(id);
   })());
 }
@@ -320,10 +326,7 @@ test('with a store key: no chunk holds the memory in plaintext, ids are not sha2
   const id = 'sv2-key';
   try {
     settings({ ARCH_STORE_KEY_FILE: keyFile });
-    await run(id, 'key', ['COUNTER_START_FILES=1']);
-    await node.waitCount(id, 3);
-    const res = await checkpoint(id);
-    await node.containerd.waitStatus(id, 'STOPPED', 15_000);
+    const { res } = await runThenCheckpoint(id, 'key', ['COUNTER_START_FILES=1']);
     expect(res.manifest.chunked!.keyId).toMatch(/^[0-9a-f]{16}$/);
     expect(filesBelow(chunksOf('key')).some(isZstdFrame)).toBe(false);
     expect(memoryIn(chunksOf('key'))).toBe(false);
@@ -339,11 +342,7 @@ test('arch-runc killed while CRIU restores encrypted chunks (page images assembl
   const id = 'sv2-killed';
   try {
     settings({ ARCH_STORE_KEY_FILE: keyFile });
-    await run(id, 'killed', ['COUNTER_START_FILES=1']);
-    await node.waitCount(id, 3);
-    await checkpoint(id);
-    await node.containerd.waitStatus(id, 'STOPPED', 15_000);
-    const atCheckpoint = node.count(id);
+    const { count: atCheckpoint } = await runThenCheckpoint(id, 'killed', ['COUNTER_START_FILES=1']);
     await remove(id);
     const store = new CheckpointStore(path.join(ckRoot, 'default', 'killed'));
     const current = await store.current();
@@ -377,10 +376,7 @@ test('with a store key, a node without it starts fresh with reason sealed-key', 
   const id = 'sv2-nokey';
   try {
     settings({ ARCH_STORE_KEY_FILE: keyFile });
-    await run(id, 'nokey');
-    await node.waitCount(id, 3);
-    await checkpoint(id);
-    await node.containerd.waitStatus(id, 'STOPPED', 15_000);
+    await runThenCheckpoint(id, 'nokey');
     await remove(id);
     settings();
     const e = await expectFreshWith(id, await run(id, 'nokey'), 'sealed-key');
