@@ -17,7 +17,7 @@ import type { Check } from './doctor-check.js';
 import { criuEnv, parseEnvFile, type Settings } from './settings.js';
 import { snapshotState } from './shim-snapshot.js';
 import { errorMessage } from '../contract/errors.js';
-import { SCRATCH_ROOTS, STORE_KEY_SETTING, storeKeysOf } from './seal.js';
+import { SCRATCH_ROOTS, scratchRoom, STORE_KEY_SETTING, storeKeysOf } from './seal.js';
 import { DEFAULT_SIGNING_KEY, trustOf, type Trust } from './trust.js';
 
 /** This checkout (dist/core/doctor.js lives two levels below it). */
@@ -532,12 +532,23 @@ export function storeKeyCheck(settings: Pick<Settings, 'configFile'>): Check {
         detail: `${STORE_KEY_SETTING} unset: checkpoints are signed, not encrypted (anyone who can read the store can read a job's memory and files)`,
       };
     const [first, ...rest] = keys.keys;
-    const scratch = SCRATCH_ROOTS.join(' or ');
+    const sealing = `${keys.file}: new checkpoints sealed with key id ${first!.id}${rest.length ? `; also opens ${rest.map((k) => k.id).join(', ')}` : ''}`;
+    // /run/arch/seal is made on first use where /run is a tmpfs: its parent says whether it can be.
+    const room = scratchRoom(SCRATCH_ROOTS.map((r) => (r.startsWith('/run/') && !fs.existsSync(r) ? '/run' : r)));
+    if (room.length === 0)
+      return {
+        name: 'store key',
+        ok: false,
+        version: first!.id,
+        detail: `${sealing}, but neither /run nor /dev/shm is a tmpfs: every sealed checkpoint and restore is refused (plaintext never goes to a disk)`,
+        fix: 'mount a tmpfs on /dev/shm (or /run), as systemd does, large enough for the memory of the largest sealed job',
+      };
+    const where = room.map((r) => `${r.root} (${gib(r.freeBytes)} free)`).join(' or ');
     return {
       name: 'store key',
       ok: true,
       version: first!.id,
-      detail: `${keys.file}: new checkpoints sealed with key id ${first!.id}${rest.length ? `; also opens ${rest.map((k) => k.id).join(', ')}` : ''}; plaintext scratch on tmpfs (${scratch}); every node of the cluster needs this file`,
+      detail: `${sealing}; plaintext scratch on tmpfs: ${where}, which must hold a sealed job's memory while it is checkpointed or restored (a larger one is refused, its previous checkpoint kept); every node of the cluster needs this file`,
     };
   } catch (err) {
     return {
@@ -547,4 +558,8 @@ export function storeKeyCheck(settings: Pick<Settings, 'configFile'>): Check {
       fix: (err as { fix?: string }).fix ?? `fix ${STORE_KEY_SETTING} in ${settings.configFile}`,
     };
   }
+}
+
+function gib(n: number): string {
+  return `${(n / 2 ** 30).toFixed(1)} GiB`;
 }

@@ -804,6 +804,20 @@ function mib(n: number): string {
   return `${Math.round(n / (1024 * 1024))} MiB`;
 }
 
+/** The scratch roots that are a tmpfs, with the room left on each now (`arch-cli doctor` shows them). */
+export function scratchRoom(roots = SCRATCH_ROOTS): { root: string; freeBytes: number }[] {
+  const out: { root: string; freeBytes: number }[] = [];
+  for (const root of roots) {
+    try {
+      const st = fs.statfsSync(root);
+      if (st.type === TMPFS_MAGIC) out.push({ root, freeBytes: st.bavail * st.bsize });
+    } catch {
+      // absent (/run/arch/seal before the first checkpoint): makeScratch creates it where /run is a tmpfs
+    }
+  }
+  return out;
+}
+
 /** Scratch directories of processes that are gone (killed mid-checkpoint or mid-restore). */
 export async function removeDeadScratch(root: string): Promise<void> {
   for (const name of await fsp.readdir(root).catch(() => [] as string[])) {
