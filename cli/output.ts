@@ -50,3 +50,13 @@ export function ms(n: number | undefined): string {
   if (n === undefined) return '-';
   return n < 1000 ? `${n} ms` : `${(n / 1000).toFixed(1)} s`;
 }
+
+/**
+ * Text a container had a hand in (an error that quotes its environment, a
+ * name from the store) as one printable line: control characters shown as
+ * \xNN, so none reaches the operator's terminal as an escape sequence.
+ */
+export function printable(s: string): string {
+  // eslint-disable-next-line no-control-regex -- matching control characters is the point
+  return s.replace(/[\u0000-\u001f\u007f-\u009f]/g, (c) => `\\x${c.charCodeAt(0).toString(16).padStart(2, '0')}`);
+}

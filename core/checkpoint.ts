@@ -227,25 +227,21 @@ export async function checkpointContainer(ctx: NodeContext, req: CheckpointReque
         'only a running container can be checkpointed',
       );
     }
-    return await recordOutcome(c.runc.root, req, () => checkpointLocked(ctx, req, c, t0));
+    return await recordFailure(c.runc.root, req, () => checkpointLocked(ctx, req, c, t0));
   } finally {
     await lock.release().catch(() => undefined);
   }
 }
 
 /**
- * A failed checkpoint is kept in the container's shim state until one
- * succeeds (`arch-cli ls` shows it: the job is unprotected meanwhile); a
- * failure to record it is not the checkpoint's failure.
+ * A failed checkpoint is recorded in the container's shim state: until a
+ * newer checkpoint exists (core/node-containers.ts compares the two),
+ * `arch-cli ls` shows the job as unprotected, and why. A failure to record
+ * it is not the checkpoint's failure.
  */
-async function recordOutcome(
-  runcRoot: string,
-  req: CheckpointRequest,
-  attempt: () => Promise<CheckpointResult>,
-): Promise<CheckpointResult> {
-  let result: CheckpointResult;
+async function recordFailure<T>(runcRoot: string, req: CheckpointRequest, attempt: () => Promise<T>): Promise<T> {
   try {
-    result = await attempt();
+    return await attempt();
   } catch (err) {
     const failure: CheckpointFailure = {
       message: errorMessage(err),
@@ -255,9 +251,6 @@ async function recordOutcome(
     await updateShimState(runcRoot, req.id, { lastCheckpointFailure: failure }).catch(() => undefined);
     throw err;
   }
-  if ((await readShimState(runcRoot, req.id).catch(() => undefined))?.lastCheckpointFailure)
-    await updateShimState(runcRoot, req.id, { lastCheckpointFailure: undefined }).catch(() => undefined);
-  return result;
 }
 
 async function checkpointLocked(

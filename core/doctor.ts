@@ -17,7 +17,7 @@ import type { Check } from './doctor-check.js';
 import { criuEnv, parseEnvFile, type Settings } from './settings.js';
 import { snapshotState } from './shim-snapshot.js';
 import { errorMessage } from '../contract/errors.js';
-import { SCRATCH_ROOTS, scratchRoom, STORE_KEY_SETTING, storeKeysOf } from './seal.js';
+import { scratchRoom, STORE_KEY_SETTING, storeKeysOf } from './seal.js';
 import { DEFAULT_SIGNING_KEY, trustOf, type Trust } from './trust.js';
 
 /** This checkout (dist/core/doctor.js lives two levels below it). */
@@ -533,8 +533,7 @@ export function storeKeyCheck(settings: Pick<Settings, 'configFile'>): Check {
       };
     const [first, ...rest] = keys.keys;
     const sealing = `${keys.file}: new checkpoints sealed with key id ${first!.id}${rest.length ? `; also opens ${rest.map((k) => k.id).join(', ')}` : ''}`;
-    // /run/arch/seal is made on first use where /run is a tmpfs: its parent says whether it can be.
-    const room = scratchRoom(SCRATCH_ROOTS.map((r) => (r.startsWith('/run/') && !fs.existsSync(r) ? '/run' : r)));
+    const room = scratchRoom();
     if (room.length === 0)
       return {
         name: 'store key',

@@ -42,7 +42,7 @@ export interface ArchContainer {
   checkpoint?: { dir: string; createdAt: string; sizeBytes: number; node: string; freezeMs?: number };
   /** The checkpoint that failed to restore when this container was created (it started fresh). */
   lastRestoreFailure?: RestoreFailure;
-  /** Its last checkpoint that failed, when none has succeeded since. */
+  /** Its last checkpoint that failed, when no newer checkpoint exists. */
   lastCheckpointFailure?: CheckpointFailure;
   /** Its periodic checkpoint interval from its environment or the node's default (core/env-contract.ts). */
   checkpointIntervalMs?: number;
@@ -182,6 +182,10 @@ async function archContainerOf(
     c.lastCheckpointFailure = shim?.lastCheckpointFailure;
   };
   await Promise.all([sizes(), checkpoint(), shimState()]);
+  // A failed checkpoint matters until a newer one exists (taken here or, on a shared store, elsewhere).
+  const failed = c.lastCheckpointFailure;
+  if (failed && c.checkpoint && Date.parse(c.checkpoint.createdAt) > Date.parse(failed.at))
+    delete c.lastCheckpointFailure;
   return c;
 }
 

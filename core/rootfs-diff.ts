@@ -23,15 +23,31 @@ export interface Deletions {
   opaque: string[];
 }
 
-/** A checkpoint's `deleted.files`: what the layer removed (a CheckpointUnusableError when it is not that shape). */
+/**
+ * A checkpoint's `deleted.files`: what the layer removed. From the store, so
+ * untrusted: every entry a plain relative path (none absolute, none with
+ * "..") listed once, else a CheckpointUnusableError, before any reader
+ * (applyDiff, the layer comparison) uses one.
+ */
 export async function readDeletions(checkpointDir: string): Promise<Deletions> {
+  let d: Deletions;
   try {
-    const d = JSON.parse(await fsp.readFile(path.join(checkpointDir, DELETED_FILES), 'utf8')) as Deletions;
+    d = JSON.parse(await fsp.readFile(path.join(checkpointDir, DELETED_FILES), 'utf8')) as Deletions;
     if (!Array.isArray(d.whiteouts) || !Array.isArray(d.opaque)) throw new Error('not {whiteouts, opaque}');
-    return d;
   } catch (err) {
     throw new CheckpointUnusableError('manifest-invalid', `${DELETED_FILES}: ${(err as Error).message}`);
   }
+  const listed = new Set<string>();
+  for (const p of [...d.whiteouts, ...d.opaque]) {
+    if (typeof p !== 'string')
+      throw new CheckpointUnusableError('manifest-invalid', `${DELETED_FILES} holds a non-string entry`);
+    assertPlainRelative(p, 'deleted path');
+    // A path both deleted and an opaque directory (or listed twice) is nothing captureDiff writes.
+    if (listed.has(canonical(p)))
+      throw new CheckpointUnusableError('manifest-invalid', `${DELETED_FILES} lists "${p}" twice`);
+    listed.add(canonical(p));
+  }
+  return d;
 }
 
 /** The overlay upper dir mounted at `mountPoint`, or undefined if it is not an overlay. */
@@ -323,16 +339,6 @@ export async function applyDiff(
   const tarFile = path.join(checkpointDir, ROOTFS_TAR);
   await validateDiffArchive(tarFile, maxBytes);
   const deletions = await readDeletions(checkpointDir);
-  const listed = new Set<string>();
-  for (const p of [...deletions.whiteouts, ...deletions.opaque]) {
-    if (typeof p !== 'string')
-      throw new CheckpointUnusableError('manifest-invalid', `${DELETED_FILES} holds a non-string entry`);
-    assertPlainRelative(p, 'deleted path');
-    // A path both deleted and an opaque directory (or listed twice) is nothing captureDiff writes.
-    if (listed.has(canonical(p)))
-      throw new CheckpointUnusableError('manifest-invalid', `${DELETED_FILES} lists "${p}" twice`);
-    listed.add(canonical(p));
-  }
   let files = 0;
   // Symlinks are made by hand after the rest: node-tar treats a symlink's
   // target like a path to extract to (it strips a leading "/" and refuses

@@ -778,13 +778,12 @@ export async function makeScratch(needBytes: number, roots = SCRATCH_ROOTS): Pro
   const seen: string[] = [];
   for (const root of roots) {
     if (root.startsWith('/run/')) await fsp.mkdir(root, { recursive: true, mode: 0o700 }).catch(() => undefined);
-    const st = await fsp.statfs(root).catch(() => undefined);
-    if (!st || st.type !== TMPFS_MAGIC) {
+    if (tmpfsFreeBytes(root) === undefined) {
       seen.push(`${root}: not a tmpfs`);
       continue;
     }
     await removeDeadScratch(root);
-    const free = st.bavail * st.bsize;
+    const free = tmpfsFreeBytes(root) ?? 0; // what the dead ones' removal left
     if (free < needBytes) {
       seen.push(`${root}: ${mib(free)} free`);
       continue;
@@ -804,16 +803,27 @@ function mib(n: number): string {
   return `${Math.round(n / (1024 * 1024))} MiB`;
 }
 
-/** The scratch roots that are a tmpfs, with the room left on each now (`arch-cli doctor` shows them). */
+/** The room left on the tmpfs at `dir`; undefined where `dir` is absent or not on a tmpfs. */
+function tmpfsFreeBytes(dir: string): number | undefined {
+  try {
+    const st = fs.statfsSync(dir);
+    return st.type === TMPFS_MAGIC ? st.bavail * st.bsize : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * The scratch roots makeScratch could use now, with the room left on each
+ * (`arch-cli doctor` shows them). A root under /run that is not there yet
+ * counts as /run itself: makeScratch creates it on first use.
+ */
 export function scratchRoom(roots = SCRATCH_ROOTS): { root: string; freeBytes: number }[] {
   const out: { root: string; freeBytes: number }[] = [];
   for (const root of roots) {
-    try {
-      const st = fs.statfsSync(root);
-      if (st.type === TMPFS_MAGIC) out.push({ root, freeBytes: st.bavail * st.bsize });
-    } catch {
-      // absent (/run/arch/seal before the first checkpoint): makeScratch creates it where /run is a tmpfs
-    }
+    const at = root.startsWith('/run/') && !fs.existsSync(root) ? '/run' : root;
+    const freeBytes = tmpfsFreeBytes(at);
+    if (freeBytes !== undefined) out.push({ root, freeBytes });
   }
   return out;
 }

@@ -96,7 +96,7 @@ export interface ShimState {
   createdAt: string;
   /** The restore that failed before this container started fresh instead (`arch-cli ls` shows it). */
   lastRestoreFailure?: RestoreFailure;
-  /** The last checkpoint of it that failed, until one succeeds (`arch-cli ls` shows it: the job is not protected meanwhile). */
+  /** The last checkpoint of it that failed (`arch-cli ls` shows it while no newer checkpoint exists: the job is not protected meanwhile). */
   lastCheckpointFailure?: CheckpointFailure;
 }
 

@@ -4,7 +4,7 @@ import { validateNamespace } from '../../contract/ids.js';
 import { WORKFLOW_TASK_QUEUE } from '../../contract/names.js';
 import type { ContainerSummary, ListNodeInput } from '../../contract/types.js';
 import { nodeArg, suffix, type CliContext } from '../context.js';
-import { bytes, ms, table } from '../output.js';
+import { bytes, ms, printable, table } from '../output.js';
 import { formatDurationMs } from '../../core/duration.js';
 
 export function formatLs(node: string, list: ContainerSummary[], now = Date.now()): string {
@@ -43,14 +43,18 @@ export function formatLs(node: string, list: ContainerSummary[], now = Date.now(
     const f = c.lastRestoreFailure;
     if (f)
       lines.push(
-        `${c.namespace}/${c.id}: restore failed at ${f.at} (${f.reason}), started fresh: ${f.message} [checkpoint ${f.checkpointDir}]`,
+        printable(
+          `${c.namespace}/${c.id}: restore failed at ${f.at} (${f.reason}), started fresh: ${f.message} [checkpoint ${f.checkpointDir}]`,
+        ),
       );
     const k = c.lastCheckpointFailure;
     if (k)
       lines.push(
-        `${c.namespace}/${c.id}: checkpoint failed at ${k.at}${
-          c.checkpoint ? `, the one of ${c.checkpoint.createdAt} stays current` : ', it has no checkpoint'
-        }: ${k.message}`,
+        printable(
+          `${c.namespace}/${c.id}: checkpoint failed at ${k.at}${
+            c.checkpoint ? `, the one of ${c.checkpoint.createdAt} stays current` : ', it has no checkpoint'
+          }: ${k.message}`,
+        ),
       );
     return lines;
   });

@@ -87,3 +87,13 @@ test('nodes: the failed attempt beside the age of the last checkpoint, and where
     'default/job  running  local  last checkpoint 10 min ago, the last attempt FAILED 60 s ago (arch-cli ls --node node-a says why)',
   );
 });
+
+test('ls: a cause that quotes what a container set reaches the terminal without its control characters', () => {
+  const text = formatLs(
+    'vm',
+    [{ ...base, lastCheckpointFailure: { message: 'ARCH_X: "\u001b[2Jx" is not valid', at: '2026-12-07T11:59:30Z' } }],
+    now,
+  );
+  expect(text).not.toContain('\u001b');
+  expect(text).toContain('ARCH_X: "\\x1b[2Jx" is not valid');
+});
