@@ -1,5 +1,6 @@
 import fsp from 'node:fs/promises';
 import path from 'node:path';
+import { setTimeout as delay } from 'node:timers/promises';
 import { CgroupFreezer } from './cgroup-freezer.js';
 import { criuRunEnv } from './criu-network-lock.js';
 import type { NodeContext } from './context.js';
@@ -54,7 +55,7 @@ import type { ChunkWriteStats } from './chunk-dir.js';
 import { ChunkFollower, ChunkWriter } from './chunked-files.js';
 import { lockCheckpoint, readShimState, updateShimState, type CheckpointFailure } from './shim-state.js';
 import { runtimeVersions } from './versions.js';
-import { withCriuErrors } from './criu-log.js';
+import { isSeizeTimeout, withCriuErrors } from './criu-log.js';
 import { CLOSED_FILES_MAX } from './closed-files.js';
 import {
   captureWorkFiles,
@@ -136,6 +137,8 @@ export interface CheckpointResult {
   freezeMs?: number;
   /** Store format 2: chunks written (new) and reused, and the bytes written. */
   chunkStats?: ChunkWriteStats;
+  /** Why the tries before this one failed, when CRIU could not stop the job at first (withSeizeRetries). */
+  retries?: string[];
 }
 
 export interface ContainerOnNode {
@@ -227,9 +230,45 @@ export async function checkpointContainer(ctx: NodeContext, req: CheckpointReque
         'only a running container can be checkpointed',
       );
     }
-    return await recordFailure(c.runc.root, req, () => checkpointLocked(ctx, req, c, t0));
+    return await recordFailure(c.runc.root, req, () =>
+      withSeizeRetries(ctx, req, () => checkpointLocked(ctx, req, c, t0)),
+    );
   } finally {
     await lock.release().catch(() => undefined);
+  }
+}
+
+/** The pauses before the second and the third try of a dump whose seize timed out (isSeizeTimeout says why). */
+const SEIZE_RETRY_PAUSES_MS = [2_000, 5_000];
+
+/**
+ * A dump CRIU gave up before it began, because one of the job's processes
+ * would not stop (isSeizeTimeout), is tried again after a pause while the job
+ * runs on: a checkpoint that failed for a moment's wait would leave the job
+ * unprotected until the next period, or lose a drain's chance altogether.
+ * Each try is a whole checkpoint; the failed one left nothing behind.
+ */
+async function withSeizeRetries(
+  ctx: NodeContext,
+  req: CheckpointRequest,
+  attempt: () => Promise<CheckpointResult>,
+): Promise<CheckpointResult> {
+  const retries: string[] = [];
+  for (let n = 0; ; n++) {
+    try {
+      const done = await attempt();
+      return retries.length ? { ...done, retries } : done;
+    } catch (err) {
+      const pause = SEIZE_RETRY_PAUSES_MS[n];
+      if (pause === undefined || !isSeizeTimeout(err) || req.signal?.aborted) throw err;
+      retries.push(errorMessage(err));
+      ctx.log.warn(
+        { namespace: req.namespace, container: req.id, phase: 'checkpoint', try: n + 1, err: errorMessage(err) },
+        `CRIU could not stop every process of ${req.namespace}/${req.id} (one stayed in uninterruptible sleep); ` +
+          `the job runs on; trying again in ${pause / 1000} s`,
+      );
+      await delay(pause, undefined, { signal: req.signal });
+    }
   }
 }
 

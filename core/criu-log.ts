@@ -11,11 +11,13 @@ import { errorMessage } from '../contract/errors.js';
  * cause, so never the first line.
  */
 const HARMLESS = /rlimit: Can't setup RLIMIT_NOFILE for self/;
+/** A dump that failed before CRIU locked the network still unlocks it: nft finds no table to delete. */
+const AFTERMATH = /^Error: Could not process rule: No such file or directory$/;
 
 export function criuErrors(log: string): string {
-  const errors = log.split('\n').filter((l) => /Error|error/.test(l) && !HARMLESS.test(l));
+  const errors = log.split('\n').filter((l) => /Error|error/.test(l) && !HARMLESS.test(l) && !AFTERMATH.test(l));
   const said = [...new Set([...errors.slice(0, 1), ...errors.slice(-3)])].join(' | ');
-  const hint = KNOWN_CAUSES.find((c) => c.error.test(said))?.hint;
+  const hint = KNOWN_CAUSES.find((c) => errors.some((l) => c.error.test(l)))?.hint;
   return hint ? `${said} | ${hint}` : said;
 }
 
@@ -72,6 +74,15 @@ const KNOWN_CAUSES: { error: RegExp; hint: string }[] = [
       'whose GODEBUG does not name multipathtcp, when they are created), or a program that opens plain TCP sockets',
   },
   {
+    // CRIU's seize gave up (SEIZE_TIMEOUT below); core/checkpoint.ts tries again before it says so.
+    error: /Unseizable non-zombie \d+ found, state D/,
+    hint:
+      "a process of the job stayed in uninterruptible sleep (state D) for all of CRIU's 10 s, try after try: most " +
+      'often a write to a slow or hung disk or network filesystem, or a parent waiting for a child it started with ' +
+      'vfork (posix_spawn) before that child ran its program. The job runs on. Fix: find what that process waits on ' +
+      '(cat /proc/<pid>/stack as root) and checkpoint again once it no longer does',
+  },
+  {
     // The kernel would not pass one of the job's files to CRIU: an io_uring opened after ARCH looked (see open-files.ts).
     error: /send_fds failed \(-22\)|Can't retrieve FDs from socket/,
     hint:
@@ -90,4 +101,20 @@ export async function withCriuErrors(what: string, err: unknown, logFile: string
       cause: err,
     },
   );
+}
+
+/**
+ * CRIU stops each of the job's processes with ptrace before it dumps
+ * anything, and gives up when one has not stopped after its timeout (10 s):
+ * a process in uninterruptible sleep (state D) stops only once that sleep
+ * ends. A write to a busy disk can take that long; a parent blocked in vfork
+ * (posix_spawn: Java's ProcessBuilder, Python's subprocess) waits for its
+ * child, which CRIU holds stopped before it runs its program, and so never
+ * stops at all. Nothing was dumped, CRIU let the job go, and the same wait
+ * seldom lasts into a second try: such a failure is worth trying again.
+ */
+const SEIZE_TIMEOUT = /Unseizable non-zombie \d+ found, state D|Timeout reached\. Try to interrupt/;
+
+export function isSeizeTimeout(err: unknown): boolean {
+  return SEIZE_TIMEOUT.test(errorMessage(err));
 }

@@ -1,9 +1,10 @@
 import fs from 'node:fs';
 import path from 'node:path';
-import { checkpointContainer } from '../../core/checkpoint.js';
+import { checkpointContainer, type CheckpointResult } from '../../core/checkpoint.js';
 import { ARCH_RUNC_BIN, startArchNode, waitFor, type ArchTestNode } from '../support/arch-node.js';
 import { cleanupStaleNodes, stopAllNodes } from '../support/containerd-node.js';
 import { ensureImage, GO_IMAGE, JAVA_IMAGE, NODE_IMAGE, PYTHON_IMAGE } from '../support/images.js';
+import { processesOfContainer, stateOf } from '../support/proc-scan.js';
 
 /**
  * Batch jobs as people write them, on real runc, CRIU and containerd: a
@@ -296,20 +297,27 @@ test('a Go job whose owner turned multipath TCP on: its checkpoint is refused wi
 async function expectGoesOnAfterLoss(
   id: string,
   env: string[],
-  o: { image: string; tag: string; times: number; afterEach?: (n: number) => Promise<void> },
+  o: {
+    image: string;
+    tag: string;
+    times: number;
+    /** What to wait for before each checkpoint, when not 3 more steps. */
+    when?: (out: string) => Promise<unknown>;
+    afterEach?: (n: number, done: CheckpointResult) => Promise<void>;
+  },
 ) {
   const out1 = await runJob(id, env, o.image);
   let before = 0;
   for (let n = 1; n <= o.times; n++) {
-    await stepReached(out1, before + 3);
+    await (o.when ? o.when(out1) : stepReached(out1, before + 3));
     before = lastStep(out1);
-    await checkpointContainer(node.ctx, {
+    const done = await checkpointContainer(node.ctx, {
       namespace: 'default',
       id,
       runcRoot: node.runcRoot('default'),
       leaveRunning: true,
     });
-    await o.afterEach?.(n);
+    await o.afterEach?.(n, done);
   }
   const after = lastStep(out1); // the last checkpoint holds a step from before to after
   await stepReached(out1, after + 3, 'runs on');
@@ -343,6 +351,40 @@ test('a forkserver job checkpointed three times while it runs continues from the
     tag: 'pyjob',
     times: 3,
     afterEach: async (n) => expect((await shm(n)).filter((f) => f.startsWith('link_remap'))).toEqual([]),
+  });
+}, 180_000);
+
+/**
+ * CRIU stops each process of the job before it dumps and gives up after 10 s
+ * when one stays in uninterruptible sleep, as a JVM's child did in CI while
+ * ProcessBuilder started it: ARCH tries again while the job runs on. Here the
+ * job is caught for sure: its posix_spawn child waits in a FIFO's open (D)
+ * until a thread of the job opens the other end, which CRIU's first try
+ * holds stopped.
+ */
+test('a job caught while one of its processes cannot stop (a posix_spawn child waiting in open): the checkpoint is tried again, and the job continues from it after its node is lost', async () => {
+  const id = 'py-spawnwait';
+  const waiting = (out: string) =>
+    waitFor(
+      `${id} waiting in posix_spawn`,
+      () =>
+        lines(out).includes('pyjob spawnwait waiting') &&
+        processesOfContainer('default', id).some((p) => stateOf(p) === 'D')
+          ? true
+          : undefined,
+      60_000,
+    );
+  await expectGoesOnAfterLoss(id, [...CHECKPOINTS(), 'PYJOB_MODE=spawnwait'], {
+    image,
+    tag: 'pyjob',
+    times: 1,
+    when: waiting,
+    afterEach: async (_n, done) =>
+      expect(done.retries).toEqual([
+        expect.stringMatching(
+          /Unseizable non-zombie \d+ found, state D.* \| a process of the job stayed in uninterruptible sleep/,
+        ),
+      ]),
   });
 }, 180_000);
 

@@ -30,6 +30,16 @@ function parentOf(pid: number): number | undefined {
   }
 }
 
+/** A process's state letter (R, S, D, T, Z …), if it runs. */
+export function stateOf(pid: number): string | undefined {
+  try {
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return stat.slice(stat.lastIndexOf(')') + 2).split(' ')[0];
+  } catch {
+    return undefined;
+  }
+}
+
 /** Whether `pid` is `ancestor` or runs below it. */
 export function descendsFrom(pid: number, ancestor: number): boolean {
   for (let p: number | undefined = pid; p && p > 1; p = parentOf(p)) if (p === ancestor) return true;

@@ -60,6 +60,11 @@ PYJOB_MODE picks how the work is spread:
               (as libuv does from 1.49, or tokio-uring and liburing-based I/O), falling back to
               plain calls where io_uring_setup fails, as they all do; its first line says which
               ("pyjob io_uring held" or "pyjob io_uring refused: errno N")
+  spawnwait   at step 10 starts a child with os.posix_spawn (as subprocess does) whose first file action
+              opens a FIFO for reading: glibc's child, which shares the job's memory (vfork), waits there
+              for a writer while the job waits for it in vfork, in uninterruptible sleep (D), until a forked
+              helper opens the FIFO's other end 5 s later ("pyjob spawnwait waiting" is printed before;
+              posix_spawn holds the GIL, so no thread of the job could); then the child runs Python and exits
   userfaultfd holds a userfaultfd (user-mode faults only, which needs no privilege) while it
               works, as VMMs and memory tools do: no checkpoint can take it
 """
@@ -670,6 +675,31 @@ def run_io_uring():
     run_steps(lambda step: sum(square(x) for x in squares_of(step)))
 
 
+def run_spawnwait():
+    fifo = f"/tmp/spawnwait-{os.getpid()}"
+
+    def step_sum(step):
+        if step == 10:
+            os.mkfifo(fifo)
+            helper = os.fork()
+            if helper == 0:
+                time.sleep(5)
+                with open(fifo, "w"):
+                    pass
+                os._exit(0)
+            print("pyjob spawnwait waiting", flush=True)
+            child = os.posix_spawn(
+                sys.executable, [sys.executable, "-c", "pass"], os.environ,
+                file_actions=[(os.POSIX_SPAWN_OPEN, 0, fifo, os.O_RDONLY, 0)],
+            )
+            os.waitpid(child, 0)
+            os.waitpid(helper, 0)
+            os.unlink(fifo)
+        return sum(square(x) for x in squares_of(step))
+
+    run_steps(step_sum)
+
+
 def run_userfaultfd():
     import ctypes
 
@@ -720,6 +750,8 @@ if __name__ == "__main__":
         run_fdpass()
     elif MODE == "io_uring":
         run_io_uring()
+    elif MODE == "spawnwait":
+        run_spawnwait()
     elif MODE == "userfaultfd":
         run_userfaultfd()
     else:
