@@ -143,7 +143,7 @@ export async function keptVolumes(
   };
 }
 
-/** At most this many paths named per volume: enough to recognise the files. */
+/** At most this many paths named per volume, the first by name (the same on every run): enough to recognise the files. */
 const OPEN_NAMED = 5;
 
 /**
@@ -161,13 +161,13 @@ export async function openInVolumes(
     const d = under(p);
     if (d === undefined) return;
     const set = found.get(d) ?? new Set<string>();
-    if (set.size < OPEN_NAMED) set.add(p);
+    set.add(p);
     found.set(d, set);
   };
   const wanted = (t: string) => under(t) !== undefined;
   for await (const f of openFds(pids, wanted)) add(f.target);
   for await (const m of mappedFiles(pids, wanted)) add(m.target);
-  return new Map([...found].map(([d, set]) => [d, [...set].sort()]));
+  return new Map([...found].map(([d, set]) => [d, [...set].sort().slice(0, OPEN_NAMED)]));
 }
 
 const openDirAt = (dirFd: number, name: string): Promise<FileHandle> =>
