@@ -49,7 +49,7 @@ export function registerFinalize(program: Command): void {
         const line = (i: FinalizeItem) => {
           const what = i.status === 'checkpointed' ? 'ok    ' : i.status === 'deadline' ? 'LATE  ' : 'FAILED';
           process.stdout.write(
-            `${what} ${`${i.namespace}/${i.id}`.padEnd(36)} ${formatBytes(i.sizeBytes).padStart(10)} ${formatMs(i.durationMs).padStart(8)}${i.error ? `  ${i.error}` : ''}\n`,
+            `${what} ${`${i.namespace}/${i.id}`.padEnd(36)} ${formatBytes(i.sizeBytes).padStart(10)} ${formatMs(i.durationMs).padStart(8)}${i.tries ? `  ${i.tries} tries: a process of the job would not stop at first` : ''}${i.error ? `  ${i.error}` : ''}\n`,
           );
         };
         const report = await finalizeNode(ctx, {

@@ -40,6 +40,8 @@ export interface FinalizeItem {
   durationMs?: number;
   dir?: string;
   timings?: Record<string, number>;
+  /** How many tries the checkpoint took, when more than one (a process that would not stop at first). */
+  tries?: number;
   error?: string;
 }
 
@@ -178,6 +180,7 @@ export async function finalizeNode(ctx: NodeContext, opts: FinalizeOptions): Pro
             durationMs: r.totalMs,
             dir: r.dir,
             timings: r.timings,
+            ...(r.retries ? { tries: r.retries.length + 1 } : {}),
           };
         } catch (err) {
           item = {
