@@ -231,15 +231,26 @@ export async function checkpointContainer(ctx: NodeContext, req: CheckpointReque
       );
     }
     return await recordFailure(c.runc.root, req, () =>
-      withSeizeRetries(ctx, req, () => checkpointLocked(ctx, req, c, t0)),
+      withSeizeRetries(ctx, req, (seizeTimeoutS) => checkpointLocked(ctx, req, c, t0, seizeTimeoutS)),
     );
   } finally {
     await lock.release().catch(() => undefined);
   }
 }
 
-/** The pauses before the second and the third try of a dump whose seize timed out (isSeizeTimeout says why). */
-const SEIZE_RETRY_PAUSES_MS = [2_000, 5_000];
+/**
+ * The tries of a dump whose seize may time out (isSeizeTimeout says why):
+ * how long CRIU may take to stop the job at each (CRIU's `timeout`, the time
+ * the job stands still when it cannot), and the pause before it. The first
+ * gives up soon (a process caught in vfork never stops, and a job's own
+ * watchdog may count a 10 s stall as a hang); the last waits CRIU's default,
+ * for a job whose many processes take that long to stop.
+ */
+const SEIZE_TRIES = [
+  { timeoutS: 2, pauseMs: 0 },
+  { timeoutS: 5, pauseMs: 2_000 },
+  { timeoutS: 10, pauseMs: 5_000 },
+];
 
 /**
  * A dump CRIU gave up before it began, because one of the job's processes
@@ -251,23 +262,23 @@ const SEIZE_RETRY_PAUSES_MS = [2_000, 5_000];
 async function withSeizeRetries(
   ctx: NodeContext,
   req: CheckpointRequest,
-  attempt: () => Promise<CheckpointResult>,
+  attempt: (seizeTimeoutS: number) => Promise<CheckpointResult>,
 ): Promise<CheckpointResult> {
   const retries: string[] = [];
   for (let n = 0; ; n++) {
     try {
-      const done = await attempt();
+      const done = await attempt(SEIZE_TRIES[n]!.timeoutS);
       return retries.length ? { ...done, retries } : done;
     } catch (err) {
-      const pause = SEIZE_RETRY_PAUSES_MS[n];
-      if (pause === undefined || !isSeizeTimeout(err) || req.signal?.aborted) throw err;
+      const next = SEIZE_TRIES[n + 1];
+      if (!next || !isSeizeTimeout(err) || req.signal?.aborted) throw err;
       retries.push(errorMessage(err));
       ctx.log.warn(
         { namespace: req.namespace, container: req.id, phase: 'checkpoint', try: n + 1, err: errorMessage(err) },
-        `CRIU could not stop every process of ${req.namespace}/${req.id} (one stayed in uninterruptible sleep); ` +
-          `the job runs on; trying again in ${pause / 1000} s`,
+        `CRIU could not stop every process of ${req.namespace}/${req.id} within ${SEIZE_TRIES[n]!.timeoutS} s ` +
+          `(one stayed in uninterruptible sleep); the job runs on; trying again in ${next.pauseMs / 1000} s`,
       );
-      await delay(pause, undefined, { signal: req.signal });
+      await delay(next.pauseMs, undefined, { signal: req.signal });
     }
   }
 }
@@ -297,6 +308,8 @@ async function checkpointLocked(
   req: CheckpointRequest,
   c: ContainerOnNode,
   t0: number,
+  /** How long CRIU may take to stop the job (SEIZE_TRIES). */
+  seizeTimeoutS: number,
 ): Promise<CheckpointResult> {
   const timings: Record<string, number> = {};
   const lap = (phase: string, since: number) => {
@@ -349,7 +362,7 @@ async function checkpointLocked(
   const criuAsked = irmapAsked.then((irmapPaths) => {
     if (irmapPaths.length)
       log.info({ phase: 'checkpoint', paths: irmapPaths }, "inotify watches on the container's root: paths for CRIU");
-    return criuRunEnv(ctx.settings, c.spec, gateScript, { own: true, irmapPaths });
+    return criuRunEnv(ctx.settings, c.spec, gateScript, { own: true, irmapPaths, seizeTimeoutS });
   });
   // Whose job this is (pod namespace, image), recorded in the signed manifest: asked during the dump too.
   const ownerAsked = ownerOf(c.spec, req.namespace, req.id, c.pid > 0 ? c.pid : process.pid, (why) =>

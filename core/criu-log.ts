@@ -75,9 +75,9 @@ const KNOWN_CAUSES: { error: RegExp; hint: string }[] = [
   },
   {
     // CRIU's seize gave up (SEIZE_TIMEOUT below); core/checkpoint.ts tries again before it says so.
-    error: /Unseizable non-zombie \d+ found, state D/,
+    error: /Unseizable non-zombie \d+ found, state D|Unable to freeze cgroup /,
     hint:
-      "a process of the job stayed in uninterruptible sleep (state D) for all of CRIU's 10 s, try after try: most " +
+      'a process of the job stayed in uninterruptible sleep (state D) for as long as CRIU waited, try after try: most ' +
       'often a write to a slow or hung disk or network filesystem, or a parent waiting for a child it started with ' +
       'vfork (posix_spawn) before that child ran its program. The job runs on. Fix: find what that process waits on ' +
       '(cat /proc/<pid>/stack as root) and checkpoint again once it no longer does',
@@ -110,10 +110,12 @@ export async function withCriuErrors(what: string, err: unknown, logFile: string
  * ends. A write to a busy disk can take that long; a parent blocked in vfork
  * (posix_spawn: Java's ProcessBuilder, Python's subprocess) waits for its
  * child, which CRIU holds stopped before it runs its program, and so never
- * stops at all. Nothing was dumped, CRIU let the job go, and the same wait
+ * stops at all. The same wait can keep the cgroup freezer from freezing it
+ * in time (CRIU's "Unable to freeze cgroup"). Nothing was dumped, CRIU let the job go, and the same wait
  * seldom lasts into a second try: such a failure is worth trying again.
  */
-const SEIZE_TIMEOUT = /Unseizable non-zombie \d+ found, state D|Timeout reached\. Try to interrupt/;
+const SEIZE_TIMEOUT =
+  /Unseizable non-zombie \d+ found, state D|Timeout reached\. Try to interrupt|Unable to freeze cgroup /;
 
 export function isSeizeTimeout(err: unknown): boolean {
   return SEIZE_TIMEOUT.test(errorMessage(err));

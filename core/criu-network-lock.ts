@@ -147,6 +147,11 @@ export const GHOST_LIMIT_BYTES = 2 ** 40;
  *    and after the restore (a pod's /dev/shm keeps it: core/dev-shm.ts).
  *  - `irmap-scan-path` (`irmapPaths`): where the job's inotify watches on
  *    its overlay root are (core/inotify-watches.ts says why CRIU needs it).
+ *  - `timeout` (`seizeTimeoutS`, a dump's): how long CRIU waits for the
+ *    job's processes to freeze and stop before it gives up, 10 s by
+ *    default. All that time the job stands still: a dump that caught a
+ *    process which cannot stop yet (core/criu-log.ts, isSeizeTimeout) gives
+ *    up sooner on its first try, and the next tries wait longer.
  *  - runc's `--file-locks` (`runcArgs`, for checkpoint and restore: runc
  *    sets CRIU's file_locks in its request, which a configuration file
  *    cannot override). A job holding a lock on a file (a lock file for its
@@ -162,7 +167,7 @@ export async function criuRunEnv(
   /** An action script for CRIU to run (the layer gate of a dump left running: core/layer-gate.ts). */
   actionScript?: string,
   /** irmapPaths: where CRIU finds the job's inotify watches on its root (core/inotify-watches.ts). */
-  opts: { own?: boolean; irmapPaths?: readonly string[] } = {},
+  opts: { own?: boolean; irmapPaths?: readonly string[]; seizeTimeoutS?: number } = {},
 ): Promise<{ env: Record<string, string>; networkLock: NetworkLock; actionScript?: string; runcArgs: string[] }> {
   const env = criuEnv(settings);
   const runcArgs = opts.own ? ['--file-locks'] : [];
@@ -183,15 +188,17 @@ export async function criuRunEnv(
       ...(actionScript ? [`action-script ${actionScript}`] : []),
       ...(opts.own ? ['tcp-close', `ghost-limit ${GHOST_LIMIT_BYTES}`, 'link-remap'] : []),
       ...(opts.irmapPaths ?? []).map((p) => `irmap-scan-path ${p}`),
+      ...(opts.seizeTimeoutS ? [`timeout ${opts.seizeTimeoutS}`] : []),
     ];
     if (!lines.length) return { env, networkLock, runcArgs };
     // A job's own watch paths: a file per set of them (the same job's next dump finds it again).
     const irmap = opts.irmapPaths?.length
       ? `-irmap-${createHash('sha256').update(opts.irmapPaths.join('\n')).digest('hex').slice(0, 16)}`
       : '';
-    const name = `${actionScript ? 'gated-' : ''}${opts.own ? 'arch-' : ''}network-lock-${networkLock}${irmap}.conf`;
+    const timeout = opts.seizeTimeoutS ? `-timeout-${opts.seizeTimeoutS}` : '';
+    const name = `${actionScript ? 'gated-' : ''}${opts.own ? 'arch-' : ''}network-lock-${networkLock}${irmap}${timeout}.conf`;
     const file = path.join(CRIU_RUN_DIR, name);
-    const text = `# Written by ARCH (ARCH_CRIU_NETWORK_LOCK, the layer gate, TCP connections closed on restore, deleted open files dumped whole, link remaps, inotify watches' paths); read by CRIU through CRIU_CONFIG_FILE.\n${lines.join('\n')}\n`;
+    const text = `# Written by ARCH (ARCH_CRIU_NETWORK_LOCK, the layer gate, TCP connections closed on restore, deleted open files dumped whole, link remaps, inotify watches' paths, the seize timeout); read by CRIU through CRIU_CONFIG_FILE.\n${lines.join('\n')}\n`;
     if ((await fs.readFile(file, 'utf8').catch(() => '')) !== text) await writeRunFile(file, text);
     return {
       env: { ...env, CRIU_CONFIG_FILE: file },

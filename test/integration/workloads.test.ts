@@ -383,12 +383,16 @@ describe('a job caught while one of its processes cannot stop (a posix_spawn chi
           : undefined,
       60_000,
     );
-  const triedAgain = (done: CheckpointResult) =>
-    expect(done.retries).toEqual([
-      expect.stringMatching(
+  const triedAgain = (done: CheckpointResult) => {
+    // One or two failed tries, by when the helper's 5 s end: CRIU waits 2 s at the first, 5 s at the second.
+    expect(done.retries?.length).toBeGreaterThanOrEqual(1);
+    for (const why of done.retries ?? [])
+      expect(why).toMatch(
         /Unseizable non-zombie \d+ found, state D.* \| a process of the job stayed in uninterruptible sleep/,
-      ),
-    ]);
+      );
+    // The failed try left nothing in the store: its staging dir went with it.
+    expect(fs.readdirSync(done.containerDir).filter((n) => n.startsWith('.staging-'))).toEqual([]);
+  };
   const env = () => [...CHECKPOINTS(), 'PYJOB_MODE=spawnwait'];
 
   test('left running: the checkpoint is tried again, and the job continues from it after its node is lost', async () => {
