@@ -1,4 +1,4 @@
-import { criuErrors } from '../../core/criu-log.js';
+import { criuErrors, isSeizeTimeout } from '../../core/criu-log.js';
 
 /** The one line a failed dump or restore gets from CRIU's log (dump.log of a real failed dump, shortened). */
 const DUMP_LOG = [
@@ -105,4 +105,37 @@ test("a multipath TCP socket (a Go program's listener) is named with Go's switch
     /\| one of the job's sockets is a multipath TCP \(MPTCP\) socket.*GODEBUG=multipathtcp=0/,
   );
   expect(criuErrors(DUMP_LOG)).not.toMatch(/MPTCP/);
+});
+
+test('a process that would not stop (state D): the cause with its hint, without the network unlock that follows; worth another try', () => {
+  // dump.log of a real dump of a job waiting in posix_spawn for a child held in open(2) (workloads.test.ts).
+  const log = [
+    "(00.062881) Error (criu/util.c:1534): rlimit: Can't setup RLIMIT_NOFILE for self: Operation not permitted",
+    '(10.071658) Error (criu/cr-dump.c:1655): Timeout reached. Try to interrupt: 0',
+    '(10.071913) Error (compel/src/lib/infect.c:262): Unseizable non-zombie 25322 found, state D, err -1/4',
+    'Error: Could not process rule: No such file or directory',
+    '(10.074454) Error (compel/src/lib/infect.c:417): Unable to detach from 25322: No such process',
+    '(10.074531) Error (criu/cr-dump.c:1975): Dumping FAILED.',
+  ].join('\n');
+  const said = criuErrors(log).split(' | ');
+  expect(said.slice(0, -1)).toEqual([
+    '(10.071658) Error (criu/cr-dump.c:1655): Timeout reached. Try to interrupt: 0',
+    '(10.071913) Error (compel/src/lib/infect.c:262): Unseizable non-zombie 25322 found, state D, err -1/4',
+    '(10.074454) Error (compel/src/lib/infect.c:417): Unable to detach from 25322: No such process',
+    '(10.074531) Error (criu/cr-dump.c:1975): Dumping FAILED.',
+  ]);
+  expect(said[said.length - 1]).toMatch(
+    /stayed in uninterruptible sleep \(state D\).*vfork.*Fix: find what that process waits on/,
+  );
+  expect(isSeizeTimeout(new Error(`runc checkpoint failed: criu failed (criu: ${criuErrors(log)})`))).toBe(true);
+  expect(isSeizeTimeout(new Error(`runc checkpoint failed: criu failed (criu: ${criuErrors(DUMP_LOG)})`))).toBe(false);
+});
+
+test('a cgroup that would not freeze in time gets the same hint, and another try', () => {
+  const log = [
+    '(02.071229) Error (criu/seize.c:560): Unable to freeze cgroup /sys/fs/cgroup/freezer/default/job (20 x 100ms attempts, timeout: 2s)',
+    '(02.074531) Error (criu/cr-dump.c:1975): Dumping FAILED.',
+  ].join('\n');
+  expect(criuErrors(log)).toMatch(/\| a process of the job stayed in uninterruptible sleep/);
+  expect(isSeizeTimeout(new Error(`runc checkpoint failed (criu: ${criuErrors(log)})`))).toBe(true);
 });
