@@ -11,6 +11,8 @@ import { errorMessage } from '../contract/errors.js';
  * cause, so never the first line.
  */
 const HARMLESS = /rlimit: Can't setup RLIMIT_NOFILE for self/;
+/** What CRIU says of a process it could not freeze or stop in time (seizeTimedOut below). */
+const WOULD_NOT_STOP = /Unseizable non-zombie \d+ found, state D|Unable to freeze cgroup /;
 /** A dump that failed before CRIU locked the network still unlocks it: nft finds no table to delete. */
 const AFTERMATH = /^Error: Could not process rule: No such file or directory$/;
 
@@ -74,8 +76,8 @@ const KNOWN_CAUSES: { error: RegExp; hint: string }[] = [
       'whose GODEBUG does not name multipathtcp, when they are created), or a program that opens plain TCP sockets',
   },
   {
-    // CRIU's seize gave up (SEIZE_TIMEOUT below); core/checkpoint.ts tries again before it says so.
-    error: /Unseizable non-zombie \d+ found, state D|Unable to freeze cgroup /,
+    // CRIU's seize gave up (seizeTimedOut below); core/checkpoint.ts tries again before it says so.
+    error: WOULD_NOT_STOP,
     hint:
       'a process of the job stayed in uninterruptible sleep (state D) for as long as CRIU waited, try after try: most ' +
       'often a write to a slow or hung disk or network filesystem, or a parent waiting for a child it started with ' +
@@ -92,31 +94,50 @@ const KNOWN_CAUSES: { error: RegExp; hint: string }[] = [
   },
 ];
 
+/** A failed runc call with what CRIU's log says; `seizeTimedOut`: see seizeTimedOut. */
+export class CriuFailure extends Error {
+  constructor(
+    message: string,
+    readonly seizeTimedOut: boolean,
+    options: { cause: unknown },
+  ) {
+    super(message, options);
+  }
+}
+
 /** A runc error, its last lines (runc's own say only "criu failed"), with CRIU's errors from `logFile`. */
-export async function withCriuErrors(what: string, err: unknown, logFile: string): Promise<Error> {
-  const criu = criuErrors(await fsp.readFile(logFile, 'utf8').catch(() => ''));
-  return new Error(
+export async function withCriuErrors(what: string, err: unknown, logFile: string): Promise<CriuFailure> {
+  const log = await fsp.readFile(logFile, 'utf8').catch(() => '');
+  const criu = criuErrors(log);
+  return new CriuFailure(
     `${what}: ${errorMessage(err).split('\n').slice(-3).join(' ').trim()}${criu ? ` (criu: ${criu})` : ''}`,
-    {
-      cause: err,
-    },
+    seizeTimedOut(log),
+    { cause: err },
   );
 }
 
 /**
  * CRIU stops each of the job's processes with ptrace before it dumps
- * anything, and gives up when one has not stopped after its timeout (10 s):
- * a process in uninterruptible sleep (state D) stops only once that sleep
- * ends. A write to a busy disk can take that long; a parent blocked in vfork
- * (posix_spawn: Java's ProcessBuilder, Python's subprocess) waits for its
- * child, which CRIU holds stopped before it runs its program, and so never
- * stops at all. The same wait can keep the cgroup freezer from freezing it
- * in time (CRIU's "Unable to freeze cgroup"). Nothing was dumped, CRIU let the job go, and the same wait
- * seldom lasts into a second try: such a failure is worth trying again.
+ * anything, and gives up when one has not stopped within its timeout (10 s
+ * unless told: core/checkpoint.ts sets it per try): a process in
+ * uninterruptible sleep (state D) stops only once that sleep ends. A write
+ * to a busy disk can take that long; a parent blocked in vfork (posix_spawn:
+ * Java's ProcessBuilder, Python's subprocess) waits for its child, which
+ * CRIU holds stopped before it runs its program, and so never stops at all.
+ * The same wait can keep the cgroup freezer from freezing it in time.
+ * Nothing was dumped, CRIU let the job go, and the same wait seldom lasts
+ * into a second try: such a failure is worth trying again. Read from CRIU's
+ * own error lines (their prefix is CRIU's), so that a file name the job
+ * chose, quoted in another error, cannot make a failure look like this one.
  */
-const SEIZE_TIMEOUT =
-  /Unseizable non-zombie \d+ found, state D|Timeout reached\. Try to interrupt|Unable to freeze cgroup /;
+const SEIZE_TIMEOUT_LINE = new RegExp(
+  `^\\(\\s*[\\d.]+\\) Error \\([^)]*\\): (?:${WOULD_NOT_STOP.source}|Timeout reached\\. Try to interrupt)`,
+);
+
+function seizeTimedOut(log: string): boolean {
+  return log.split('\n').some((l) => SEIZE_TIMEOUT_LINE.test(l));
+}
 
 export function isSeizeTimeout(err: unknown): boolean {
-  return SEIZE_TIMEOUT.test(errorMessage(err));
+  return err instanceof CriuFailure && err.seizeTimedOut;
 }
