@@ -6,14 +6,21 @@ import { median, round } from './support/stats.js';
 
 /**
  * What protection costs a job (issue 11): a CPU-bound job (the counter
- * ticking without sleep) runs for a window with a checkpoint every 30 s
+ * computing between ticks without sleep, COUNTER_WORK: ~5 ms of CPU per
+ * tick against ~0.25 ms for its file write and output line) runs for a window with a checkpoint every 30 s
  * (leaveRunning, the call the protect workflow's activity makes) and for
- * the same window without; its progress rate (ticks/s) is compared,
- * interleaved. Target: ≤ 3 % slower. The workflow's own cost is not in the
- * job's path (it runs in the worker, between checkpoints).
+ * the same window without; its progress rate (ticks/s) is compared. Pairs of
+ * windows, back to back, the order alternating; the result is the median of
+ * the pairs' ratios (a pair shares the machine's load of the moment: with
+ * the medians of each side instead, two windows each, one busy window of
+ * another tenant moved the figure from -3 % to +10 %). Target: ≤ 3 % slower. The
+ * workflow's own cost is not in the job's path (it runs in the worker,
+ * between checkpoints).
  */
 const OVERHEAD_TARGET_PCT = 3;
 const INTERVAL_MS = 30_000;
+/** Rounds of the counter's generator per tick: ~5 ms of one core here (~180 ticks/s). */
+const SPIN_PER_TICK = 2_000_000;
 
 export const benchmark: Benchmark = {
   name: 'protection-overhead',
@@ -27,12 +34,16 @@ export const benchmark: Benchmark = {
       await bn.ready(id, 2, 180_000);
     };
     // Protection overhead: the same CPU-bound job, with and without a checkpoint every 30 s.
-    const windowMs = env.quick ? 65_000 : 95_000;
-    const overheadReps = env.quick ? 1 : 2;
+    // Two checkpoints in a protected window (at 15 s and 45 s), as many per minute as every 30 s.
+    const windowMs = env.quick ? 40_000 : 65_000;
+    const overheadReps = env.reps || (env.quick ? 1 : 3);
     const rates: { protected: number[]; unprotected: number[] } = { protected: [], unprotected: [] };
     const job = async (name: string, checkpointEvery?: number): Promise<number> => {
       const id = `per-cpu-${name}`;
-      await start(id, { arch: true, memMb: 64, env: ['COUNTER_INTERVAL_MS=0'] });
+      // Not the bare counter at COUNTER_INTERVAL_MS=0: its ~4000 file writes and output lines a second made
+      // it wait on containerd's shim and the disk, so its rate dipped while a checkpoint's writes went out
+      // and swung by ±30 % in 10 s phases on an idle node (what it measured was I/O, not CPU).
+      await start(id, { arch: true, memMb: 64, env: ['COUNTER_INTERVAL_MS=0', `COUNTER_WORK=${SPIN_PER_TICK}`] });
       await sleep(2000);
       const c0 = bn.node.count(id);
       const t0 = Date.now();
@@ -57,7 +68,8 @@ export const benchmark: Benchmark = {
     }
 
     const rows: Row[] = [];
-    const slower = round((1 - median(rates.protected) / median(rates.unprotected)) * 100);
+    const pairs = rates.protected.map((p, i) => (1 - p / rates.unprotected[i]!) * 100);
+    const slower = round(median(pairs));
     rows.push({
       metric: `CPU-bound job progress, checkpoint every ${INTERVAL_MS / 1000} s vs none`,
       unit: '%',
@@ -67,8 +79,8 @@ export const benchmark: Benchmark = {
       target: `≤ ${OVERHEAD_TARGET_PCT} % slower`,
       pass: slower <= OVERHEAD_TARGET_PCT,
       n: rates.protected.length,
-      note: `ticks/s with / without protection over ${windowMs / 1000} s windows; "added" is % slower`,
+      note: `ticks/s with / without protection over ${windowMs / 1000} s windows (medians); "added" is the median of the pairs' % slower`,
     });
-    return { rows, details: { rates, windowMs }, notes: [] };
+    return { rows, details: { rates, slowerPctByPair: pairs.map(round), windowMs }, notes: [] };
   },
 };

@@ -9,6 +9,10 @@
  *
  * Environment:
  *   COUNTER_INTERVAL_MS  tick period (default 100)
+ *   COUNTER_WORK         before each tick, compute this many rounds of a
+ *                        pseudo-random generator (default 0): with
+ *                        COUNTER_INTERVAL_MS=0 the job is CPU-bound, its
+ *                        tick's file write and output line a small share
  *   COUNTER_FILE         where each value is written, atomically with
  *                        write + rename (default /state/count)
  *   COUNTER_MEM_MB       allocate and touch this many MiB at start and keep it
@@ -114,6 +118,14 @@ static uint64_t rng_next(void) {
   return rng_state * 2685821657736338717ULL;
 }
 #define RNG_SEED 0x9E3779B97F4A7C15ULL
+
+/* CPU work: rounds of xorshift64* on a state of its own, the result kept so the loop is not optimised away. */
+static volatile uint64_t spin_sink;
+static void spin(long rounds) {
+  uint64_t x = spin_sink | 1;
+  for (long i = 0; i < rounds; i++) { x ^= x >> 12; x ^= x << 25; x ^= x >> 27; x *= 2685821657736338717ULL; }
+  spin_sink = x;
+}
 
 static void fill_or_check(unsigned char *mem, size_t size, int check, int *ok) {
   size_t half = (size / 2) & ~(size_t)7;
@@ -227,6 +239,7 @@ static int lock_held(int fd, const char *which) {
 
 int main(void) {
   long interval_ms = env_long("COUNTER_INTERVAL_MS", 100);
+  long work = env_long("COUNTER_WORK", 0);
   long mem_mb = env_long("COUNTER_MEM_MB", 0);
   long verify_every = env_long("COUNTER_VERIFY_EVERY", 0);
   long exit_after = env_long("COUNTER_EXIT_AFTER", 0);
@@ -301,6 +314,7 @@ int main(void) {
     struct timespec req = { interval_ms / 1000, (interval_ms % 1000) * 1000000L }, rem;
     while (nanosleep(&req, &rem) == -1 && errno == EINTR && !stop_requested) req = rem;
     if (stop_requested) break;
+    if (work > 0) spin(work);
     count++;
     char line[64];
     int n = snprintf(line, sizeof line, "%lu\n", count);
