@@ -7,15 +7,14 @@ import { median, round } from './support/stats.js';
 /**
  * What protection costs a job (issue 11): a CPU-bound job (the counter
  * computing between ticks without sleep, COUNTER_WORK: ~5 ms of CPU per
- * tick against ~0.25 ms for its file write and output line) runs for a window with a checkpoint every 30 s
- * (leaveRunning, the call the protect workflow's activity makes) and for
- * the same window without; its progress rate (ticks/s) is compared. Pairs of
- * windows, back to back, the order alternating; the result is the median of
- * the pairs' ratios (a pair shares the machine's load of the moment: with
- * the medians of each side instead, two windows each, one busy window of
- * another tenant moved the figure from -3 % to +10 %). Target: ≤ 3 % slower. The
- * workflow's own cost is not in the job's path (it runs in the worker,
- * between checkpoints).
+ * tick against ~0.25 ms for its file write and output line) runs for a
+ * window with a checkpoint every 30 s (leaveRunning, the call the protect
+ * workflow's activity makes) and for the same window without; its progress
+ * rate (ticks/s) is compared. Pairs of windows, back to back, the order
+ * alternating; the result is the median of the pairs' ratios (a pair shares
+ * the machine's load of the moment, which the medians of each side did
+ * not). Target: ≤ 3 % slower. The workflow's own cost is not in the job's
+ * path (it runs in the worker, between checkpoints).
  */
 const OVERHEAD_TARGET_PCT = 3;
 const INTERVAL_MS = 30_000;

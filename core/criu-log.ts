@@ -128,7 +128,10 @@ export async function withCriuErrors(what: string, err: unknown, logFile: string
  * Nothing was dumped, CRIU let the job go, and the same wait seldom lasts
  * into a second try: such a failure is worth trying again. Read from CRIU's
  * own error lines (their prefix is CRIU's), so that a file name the job
- * chose, quoted in another error, cannot make a failure look like this one.
+ * chose, quoted in another error, does not make a failure look like this
+ * one. A name with a newline in it could still forge such a line: all that
+ * buys is the bounded tries of core/checkpoint.ts (SEIZE_TRIES), never a
+ * checkpoint that failed being taken for one that worked.
  */
 const SEIZE_TIMEOUT_LINE = new RegExp(
   `^\\(\\s*[\\d.]+\\) Error \\([^)]*\\): (?:${WOULD_NOT_STOP.source}|Timeout reached\\. Try to interrupt)`,
